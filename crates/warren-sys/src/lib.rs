@@ -1,0 +1,11 @@
+//! Every syscall Warren makes, behind safe functions.
+//!
+//! This is the only crate allowed `unsafe`; each block says why it is sound.
+
+pub mod caps;
+pub mod cgroup;
+pub mod child;
+pub mod mount;
+pub mod ns;
+pub mod pty;
+pub mod seccomp;

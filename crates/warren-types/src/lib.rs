@@ -1,0 +1,5 @@
+//! Types that cross a boundary: the agent protocol and the sandbox specification.
+#![forbid(unsafe_code)]
+
+pub mod proto;
+pub mod spec;

@@ -1,0 +1,568 @@
+//! The agent protocol: how a host-side client talks to the agent (PID 1) of a sandbox.
+//!
+//! One connection carries many concurrent operations. Every operation lives on a
+//! *channel*, a number the client picks (odd numbers, never reused on a connection).
+//! Bytes on the wire are frames:
+//!
+//! ```text
+//! [len: u32 BE][channel: u32 BE][kind: u8][payload: len - 5 bytes]
+//! ```
+//!
+//! `kind` says what the payload is: a JSON [`Request`] (client → agent) or [`Response`]
+//! (agent → client) for [`FrameKind::Control`], raw bytes for the data kinds, or a
+//! window update for [`FrameKind::Credit`].
+//!
+//! The first frame on a connection is `Request::Hello` on channel 0; the agent answers
+//! `Response::Hello` with the version it speaks, or `Response::Error` with
+//! [`ErrorCode::VersionMismatch`] and closes.
+//!
+//! Flow control: the agent never sends more data (stdout, stderr, file contents) on a
+//! channel than the client has granted. Each channel starts with [`INITIAL_WINDOW`]
+//! bytes of credit; the client grants more with a `Credit` frame whose payload is a
+//! u32 BE byte count, sent as it consumes data. A process whose reader stops reading is
+//! therefore stopped by its full pipe, and the agent's memory stays bounded. Data from
+//! the client (stdin, file uploads) is bounded the other way: the agent stops reading
+//! the connection while a process's stdin is full.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes of frame header after the length prefix: channel (4) and kind (1).
+pub const HEADER_LEN: usize = 5;
+
+/// The largest payload a frame may carry; larger frames are a protocol error.
+pub const MAX_PAYLOAD: usize = 1 << 20;
+
+/// Credit each new channel starts with, in bytes.
+pub const INITIAL_WINDOW: u32 = 1 << 20;
+
+/// The largest data chunk a sender puts in one frame.
+pub const CHUNK: usize = 64 * 1024;
+
+/// What a frame's payload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// A JSON-encoded [`Request`] or [`Response`].
+    Control = 0,
+    /// A process's standard output.
+    Stdout = 1,
+    /// A process's standard error.
+    Stderr = 2,
+    /// Bytes for a process's standard input.
+    Stdin = 3,
+    /// File contents, in either direction.
+    Data = 4,
+    /// A window update: u32 BE bytes the receiver may send more.
+    Credit = 5,
+}
+
+impl FrameKind {
+    pub fn from_u8(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => Self::Control,
+            1 => Self::Stdout,
+            2 => Self::Stderr,
+            3 => Self::Stdin,
+            4 => Self::Data,
+            5 => Self::Credit,
+            _ => return None,
+        })
+    }
+}
+
+/// One frame of the agent protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub channel: u32,
+    pub kind: FrameKind,
+    pub payload: Vec<u8>,
+}
+
+/// Why bytes could not be read as a frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    #[error("frame payload of {0} bytes is larger than the limit")]
+    TooLarge(usize),
+    #[error("frame is shorter than its header")]
+    Truncated,
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+}
+
+impl Frame {
+    pub fn new(channel: u32, kind: FrameKind, payload: Vec<u8>) -> Self {
+        Self {
+            channel,
+            kind,
+            payload,
+        }
+    }
+
+    /// A control frame carrying `msg` as JSON.
+    pub fn control<T: Serialize>(channel: u32, msg: &T) -> Self {
+        // Serializing our own plain data types to a Vec cannot fail.
+        let payload = serde_json::to_vec(msg).unwrap_or_default();
+        Self::new(channel, FrameKind::Control, payload)
+    }
+
+    /// A credit frame granting `bytes` more on `channel`.
+    pub fn credit(channel: u32, bytes: u32) -> Self {
+        Self::new(channel, FrameKind::Credit, bytes.to_be_bytes().to_vec())
+    }
+
+    /// The byte count of a credit frame.
+    pub fn credit_bytes(&self) -> Option<u32> {
+        let b: [u8; 4] = self.payload.as_slice().try_into().ok()?;
+        Some(u32::from_be_bytes(b))
+    }
+
+    /// Appends the frame's wire form to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let len = (HEADER_LEN + self.payload.len()) as u32;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&self.channel.to_be_bytes());
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.payload);
+    }
+
+    /// Reads one frame from the front of `buf`. `Ok(None)` means more bytes are needed;
+    /// otherwise the frame and how many bytes it took.
+    pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+        let Some(len) = buf.get(..4) else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len < HEADER_LEN {
+            return Err(FrameError::Truncated);
+        }
+        if len - HEADER_LEN > MAX_PAYLOAD {
+            return Err(FrameError::TooLarge(len - HEADER_LEN));
+        }
+        let Some(body) = buf.get(4..4 + len) else {
+            return Ok(None);
+        };
+        let channel = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+        let kind = FrameKind::from_u8(body[4]).ok_or(FrameError::UnknownKind(body[4]))?;
+        Ok(Some((
+            Frame::new(channel, kind, body[HEADER_LEN..].to_vec()),
+            4 + len,
+        )))
+    }
+
+    /// Parses a control frame's JSON payload.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_slice(&self.payload)
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    /// argv\[0\] is looked up in PATH.
+    Argv(Vec<String>),
+    /// Run by `/bin/sh -c`.
+    Shell(String),
+}
+
+/// Terminal size in character cells.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WinSize {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+/// Who a process runs as, inside the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum User {
+    /// A numeric uid; the gid defaults to the same number.
+    Id { uid: u32, gid: Option<u32> },
+    /// A name looked up in the sandbox's /etc/passwd.
+    Name(String),
+}
+
+/// Start a process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub command: Option<Command>,
+    /// Added to the sandbox's environment (which these override).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory; the user's home when unset.
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default)]
+    pub user: Option<User>,
+    /// Run on a new pseudo-terminal of this size; stdout then carries the terminal's
+    /// output and stderr is empty.
+    #[serde(default)]
+    pub tty: Option<WinSize>,
+    /// Keep stdin open for the client to write; otherwise stdin is /dev/null.
+    #[serde(default)]
+    pub stdin: bool,
+    /// Kill the whole process group after this many milliseconds.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// Keep the process running when this channel closes; reattach with `Attach`.
+    #[serde(default)]
+    pub background: bool,
+    /// A client-chosen label shown in process lists.
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// A request from the client; each opens or acts on a channel.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Hello {
+        version: u16,
+    },
+    /// Answered by `Started`, then output frames, then `Exited`.
+    Exec(ExecRequest),
+    /// Follow a running (or recently ended) process: output since its start when `replay`
+    /// (as much as its buffer kept), then live output and `Exited`. Stdin frames on this
+    /// channel go to the process.
+    Attach {
+        pid: u32,
+        #[serde(default)]
+        replay: bool,
+    },
+    ListProcesses,
+    Signal {
+        pid: u32,
+        signal: i32,
+    },
+    Resize {
+        pid: u32,
+        size: WinSize,
+    },
+    /// Close the stdin of the process started or attached on this channel.
+    CloseStdin,
+    /// Answered by `FileInfo`, then `Data` frames, then `End`.
+    ReadFile {
+        path: String,
+    },
+    /// Followed by the client's `Data` frames and `End`; answered by `Written`.
+    WriteFile {
+        path: String,
+        #[serde(default)]
+        mode: Option<u32>,
+        #[serde(default)]
+        append: bool,
+    },
+    /// The client has no more data for this channel.
+    End,
+    ListDir {
+        path: String,
+        #[serde(default = "one")]
+        depth: u32,
+    },
+    Stat {
+        path: String,
+    },
+    MakeDir {
+        path: String,
+        #[serde(default)]
+        mode: Option<u32>,
+    },
+    Remove {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+    },
+    Rename {
+        from: String,
+        to: String,
+    },
+    /// Answered by `Ok`, then `WatchEvent`s until the client sends `Cancel`.
+    Watch {
+        path: String,
+        #[serde(default)]
+        recursive: bool,
+    },
+    /// Stop what runs on this channel (a watch, a stream); the process stays alive.
+    Cancel,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// The exit code, when it exited.
+    pub code: Option<i32>,
+    /// The signal that killed it, when it was killed.
+    pub signal: Option<i32>,
+    /// Killed because its timeout passed.
+    #[serde(default)]
+    pub timed_out: bool,
+}
+
+impl ExitStatus {
+    /// The shell's convention: the code, or 128 + the signal.
+    pub fn shell_code(&self) -> i32 {
+        match (self.code, self.signal) {
+            (Some(c), _) => c,
+            (None, Some(s)) => 128 + s,
+            (None, None) => 255,
+        }
+    }
+}
+
+/// A process the agent started.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub command: Command,
+    pub tag: Option<String>,
+    pub tty: bool,
+    pub background: bool,
+    /// Set once it has ended (ended processes stay listed until reaped by an attach).
+    pub exit: Option<ExitStatus>,
+}
+
+/// The type of a file.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// What `stat` tells of a file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileInfo {
+    /// The path as the client named it (joined for listings).
+    pub path: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub file_type: FileType,
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Seconds since the epoch.
+    pub modified: i64,
+    /// Where a symlink points.
+    pub symlink_target: Option<String>,
+}
+
+/// What happened to a watched path.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchKind {
+    Create,
+    Write,
+    Remove,
+    Rename,
+    Chmod,
+}
+
+/// Stable error codes of the agent protocol.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    VersionMismatch,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    NotADirectory,
+    IsADirectory,
+    NotEmpty,
+    NoSpace,
+    ProcessNotFound,
+    CommandNotFound,
+    Io,
+}
+
+/// A message from the agent.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum Response {
+    Hello {
+        version: u16,
+        agent: String,
+    },
+    Started {
+        pid: u32,
+    },
+    Exited {
+        status: ExitStatus,
+    },
+    Processes {
+        list: Vec<ProcessInfo>,
+    },
+    FileInfo {
+        info: FileInfo,
+    },
+    DirEntries {
+        entries: Vec<FileInfo>,
+    },
+    /// The end of a read's `Data` frames.
+    End,
+    Written {
+        bytes: u64,
+    },
+    WatchEvent {
+        kind: WatchKind,
+        path: String,
+    },
+    Ok,
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+#[cfg(feature = "tokio")]
+mod io {
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+    use super::{Frame, FrameError, FrameKind, HEADER_LEN, MAX_PAYLOAD};
+
+    /// Reads one frame. `Ok(None)` on a clean end of stream between frames.
+    pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<Frame>> {
+        let mut len = [0u8; 4];
+        match r.read_exact(&mut len).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len < HEADER_LEN {
+            return Err(invalid(FrameError::Truncated));
+        }
+        if len - HEADER_LEN > MAX_PAYLOAD {
+            return Err(invalid(FrameError::TooLarge(len - HEADER_LEN)));
+        }
+        let mut head = [0u8; HEADER_LEN];
+        r.read_exact(&mut head).await?;
+        let channel = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        let kind = FrameKind::from_u8(head[4]).ok_or(invalid(FrameError::UnknownKind(head[4])))?;
+        let mut payload = vec![0u8; len - HEADER_LEN];
+        r.read_exact(&mut payload).await?;
+        Ok(Some(Frame::new(channel, kind, payload)))
+    }
+
+    /// Writes one frame (not flushed).
+    pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, f: &Frame) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(4 + HEADER_LEN + f.payload.len());
+        f.encode(&mut buf);
+        w.write_all(&buf).await
+    }
+
+    fn invalid(e: FrameError) -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::InvalidData, e)
+    }
+}
+
+#[cfg(feature = "tokio")]
+pub use io::{read_frame, write_frame};
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let f = Frame::control(7, &Request::Stat { path: "/x".into() });
+        let mut buf = Vec::new();
+        f.encode(&mut buf);
+        let (g, used) = Frame::decode(&buf).unwrap().unwrap();
+        assert_eq!(used, buf.len());
+        assert_eq!(f, g);
+        assert_eq!(g.parse::<Request>().unwrap(), Request::Stat { path: "/x".into() });
+    }
+
+    #[test]
+    fn partial_input_needs_more() {
+        let mut buf = Vec::new();
+        Frame::new(1, FrameKind::Stdout, vec![1, 2, 3]).encode(&mut buf);
+        for cut in 0..buf.len() {
+            assert_eq!(Frame::decode(&buf[..cut]), Ok(None), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn oversized_and_unknown_frames_are_refused() {
+        let mut big = ((MAX_PAYLOAD + HEADER_LEN + 1) as u32).to_be_bytes().to_vec();
+        big.extend_from_slice(&[0; 5]);
+        assert!(matches!(Frame::decode(&big), Err(FrameError::TooLarge(_))));
+        let bad = [0, 0, 0, 5, 0, 0, 0, 1, 99];
+        assert_eq!(Frame::decode(&bad), Err(FrameError::UnknownKind(99)));
+        let short = [0, 0, 0, 2, 0, 0];
+        assert_eq!(Frame::decode(&short), Err(FrameError::Truncated));
+    }
+
+    #[test]
+    fn unknown_request_fields_are_refused() {
+        let r: Result<Request, _> = serde_json::from_str(r#"{"op":"stat","path":"/","evil":1}"#);
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn shell_code_follows_convention() {
+        let s = |code, signal| ExitStatus {
+            code,
+            signal,
+            timed_out: false,
+        };
+        assert_eq!(s(Some(3), None).shell_code(), 3);
+        assert_eq!(s(None, Some(9)).shell_code(), 137);
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the decoder, and whatever it accepts re-encodes
+        /// to the same bytes.
+        #[test]
+        fn decoder_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(Some((f, used))) = Frame::decode(&bytes) {
+                let mut again = Vec::new();
+                f.encode(&mut again);
+                prop_assert_eq!(&again[..], &bytes[..used]);
+                let _ = f.parse::<Request>();
+                let _ = f.parse::<Response>();
+            }
+        }
+
+        #[test]
+        fn frames_round_trip(channel in any::<u32>(), kind in 0u8..6,
+                             payload in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let f = Frame::new(channel, FrameKind::from_u8(kind).unwrap(), payload);
+            let mut buf = Vec::new();
+            f.encode(&mut buf);
+            let (g, used) = Frame::decode(&buf).unwrap().unwrap();
+            prop_assert_eq!(used, buf.len());
+            prop_assert_eq!(f, g);
+        }
+    }
+
+    #[tokio::test]
+    async fn async_reader_matches_decoder() {
+        let mut buf = Vec::new();
+        Frame::new(3, FrameKind::Data, b"abc".to_vec()).encode(&mut buf);
+        Frame::credit(3, 42).encode(&mut buf);
+        let mut r = &buf[..];
+        let a = read_frame(&mut r).await.unwrap().unwrap();
+        let b = read_frame(&mut r).await.unwrap().unwrap();
+        assert_eq!(a.payload, b"abc");
+        assert_eq!(b.credit_bytes(), Some(42));
+        assert!(read_frame(&mut r).await.unwrap().is_none());
+    }
+}

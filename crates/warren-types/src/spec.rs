@@ -1,0 +1,67 @@
+//! What a sandbox is made of: the specification a backend builds it from.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Kernel-enforced limits. `None` means the host's own limit.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory (and tmpfs) in bytes; swap is not granted beyond it.
+    pub memory: Option<u64>,
+    /// CPU bandwidth in millicores: 500 is half a core.
+    pub cpu_millis: Option<u32>,
+    /// Most tasks (processes and threads) alive at once.
+    pub pids: Option<u32>,
+    /// Size of the writable layer in bytes.
+    pub disk: Option<u64>,
+}
+
+/// How a sandbox reaches the network.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// Loopback only.
+    #[default]
+    None,
+    /// A veth to a host bridge; outbound traffic is masqueraded. The host's own loopback
+    /// services and private addresses of the host stay unreachable.
+    Nat,
+}
+
+/// A host port on 127.0.0.1 forwarded to a port inside the sandbox.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortMap {
+    pub host: u16,
+    pub sandbox: u16,
+}
+
+/// A persistent named volume mounted into the sandbox.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeMount {
+    pub name: String,
+    pub target: String,
+    /// Size of the volume in bytes when it is first made; ignored afterwards.
+    pub size: Option<u64>,
+}
+
+/// Everything a backend needs to build a sandbox.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    pub id: String,
+    pub template: String,
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub network: NetworkMode,
+    #[serde(default)]
+    pub publish: Vec<PortMap>,
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// The base environment of every process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
