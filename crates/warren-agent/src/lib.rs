@@ -1,1 +1,182 @@
+//! The agent: PID 1 of every sandbox, serving the agent protocol
+//! ([`warren_types::proto`]) on a unix socket.
+//!
+//! The runtime binds the socket before it pivots into the sandbox's root, so the agent
+//! only ever holds the listening descriptor: the socket's path may not exist in the
+//! filesystem the agent sees.
+//!
+//! Everything runs on one thread (a current-thread tokio runtime). That is not only
+//! frugal: it is what makes reaping sound (see [`process`]), and it keeps the state a
+//! few mutexes that are never held across an await. Blocking file work goes to tokio's
+//! blocking pool, which never forks.
+//!
+//! The agent never exits on a client's mistake: malformed requests get
+//! `ErrorCode::BadRequest` on their channel, a broken frame stream closes only that
+//! connection.
 
+#![forbid(unsafe_code)]
+
+mod conn;
+mod files;
+mod flow;
+mod process;
+mod ring;
+mod user;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use warren_sys::seccomp::SeccompProgram;
+use warren_types::proto::{ErrorCode, Response, User};
+
+/// How the agent runs its processes.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The sandbox's environment; each exec's own variables override it.
+    pub env: BTreeMap<String, String>,
+    /// Reap every child with `waitpid(-1)`, as PID 1 must (orphans are reparented to it).
+    /// False when embedded in another process, which may have children of its own.
+    pub reap_all: bool,
+    /// Installed in every process the agent starts.
+    pub seccomp: Option<Arc<SeccompProgram>>,
+    /// Limit every process to [`warren_sys::caps::KEPT_CAPABILITIES`].
+    pub drop_caps: bool,
+    /// Who processes run as when an exec names nobody; `None` keeps the agent's identity.
+    pub user: Option<User>,
+    /// Working directory when an exec names none and its user has no home.
+    pub cwd: Option<PathBuf>,
+    /// Output kept per process (stdout and stderr together), in bytes.
+    pub ring_size: usize,
+    /// `serve` kills every process it started and returns once this turns true. PID 1
+    /// never stops and leaves it `None`.
+    pub shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            env: BTreeMap::new(),
+            reap_all: false,
+            seccomp: None,
+            drop_caps: false,
+            user: None,
+            cwd: None,
+            ring_size: 1 << 20,
+            shutdown: None,
+        }
+    }
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub(crate) struct Agent {
+    config: AgentConfig,
+    procs: process::Procs,
+}
+
+/// Serves the agent protocol on `listener` until `config.shutdown` (forever as PID 1).
+pub fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) -> io::Result<()> {
+    if config.reap_all {
+        warren_sys::child::set_non_dumpable()?;
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(listener, config))
+}
+
+async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) -> io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
+    // Registered before any child exists, so no exit goes unnoticed.
+    let sigchld = signal(SignalKind::child())?;
+    let mut shutdown = config.shutdown.clone();
+    let agent = Arc::new(Agent {
+        config,
+        procs: process::Procs::new(),
+    });
+    let reaper = tokio::spawn(process::reaper(agent.clone(), sigchld));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(conn::serve(stream, agent.clone()));
+                }
+                // Out of descriptors or memory: refuse this client, keep serving others.
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    reaper.abort();
+    agent.procs.kill_all(agent.config.reap_all);
+    Ok(())
+}
+
+async fn stopped(shutdown: &mut Option<watch::Receiver<bool>>) {
+    match shutdown {
+        Some(rx) => {
+            // A dropped sender means nobody can stop us any more: run on.
+            if rx.wait_for(|stop| *stop).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// A request that failed, as the client will see it.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// An I/O error on `path`, with the stable code clients branch on.
+    pub(crate) fn io(path: &str, e: &io::Error) -> Self {
+        let code = match e.raw_os_error() {
+            Some(libc::ENOENT) => ErrorCode::NotFound,
+            Some(libc::EEXIST) => ErrorCode::AlreadyExists,
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+                ErrorCode::PermissionDenied
+            }
+            Some(libc::ENOTDIR) => ErrorCode::NotADirectory,
+            Some(libc::EISDIR) => ErrorCode::IsADirectory,
+            Some(libc::ENOTEMPTY) => ErrorCode::NotEmpty,
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorCode::NoSpace,
+            _ => ErrorCode::Io,
+        };
+        // std's Display appends "(os error N)", which means nothing to a client.
+        let reason = match e.raw_os_error() {
+            Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+            None => e.to_string(),
+        };
+        Self::new(code, format!("{path}: {reason}"))
+    }
+
+    pub(crate) fn response(self) -> Response {
+        Response::Error {
+            code: self.code,
+            message: self.message,
+        }
+    }
+}
+
+/// Locks `m`. A panic while holding one of the agent's locks leaves plain data behind
+/// (no invariant spans an unlock), so poisoning is ignored rather than spread.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

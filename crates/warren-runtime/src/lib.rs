@@ -1,1 +1,139 @@
+//! Sandbox backends and everything they are built from: root filesystems and templates,
+//! cgroups, networks, and the client side of the agent protocol.
+//!
+//! The namespace backend is the default: a sandbox is a set of fresh Linux namespaces
+//! around an overlay root, with the agent as PID 1. The privileged set-up runs in a
+//! single-threaded helper process (`warren __init`, see [`helper`]) that stays alive as
+//! the sandbox's monitor and tears everything down when the sandbox ends.
 
+pub mod client;
+pub mod doctor;
+pub mod helper;
+pub mod namespace;
+pub mod network;
+pub mod template;
+
+use std::path::PathBuf;
+
+pub use namespace::{NamespaceBackend, Sandbox};
+
+/// Host uid and gid that root inside every sandbox maps to. Sandbox ids 0..65536 map to
+/// `HOST_ID_BASE..HOST_ID_BASE + 65536`, an unprivileged range no host account uses.
+pub const HOST_ID_BASE: u32 = 100_000;
+/// How many ids each sandbox's user namespace maps.
+pub const ID_COUNT: u32 = 65_536;
+/// The uid and gid of the `user` account inside every sandbox.
+pub const USER_ID: u32 = 1000;
+
+/// Prefix of every host object Warren makes: cgroups, links, network namespaces.
+pub const PREFIX: &str = "warren-";
+
+/// Where Warren keeps things on the host.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Runtime state: one directory per live sandbox with its agent socket.
+    pub run: PathBuf,
+    /// Persistent data: templates, volumes, writable layers of kept sandboxes.
+    pub data: PathBuf,
+}
+
+impl Paths {
+    /// `WARREN_RUN_DIR` and `WARREN_DATA_DIR`, or /run/warren and /var/lib/warren.
+    pub fn from_env() -> Self {
+        let get = |k: &str, d: &str| std::env::var_os(k).map(PathBuf::from).unwrap_or(d.into());
+        Self {
+            run: get("WARREN_RUN_DIR", "/run/warren"),
+            data: get("WARREN_DATA_DIR", "/var/lib/warren"),
+        }
+    }
+
+    pub fn sandbox_run(&self, id: &str) -> PathBuf {
+        self.run.join("sandboxes").join(id)
+    }
+
+    pub fn sandbox_data(&self, id: &str) -> PathBuf {
+        self.data.join("sandboxes").join(id)
+    }
+
+    pub fn template(&self, name: &str) -> PathBuf {
+        self.data.join("templates").join(name)
+    }
+
+    pub fn volume(&self, name: &str) -> PathBuf {
+        self.data.join("volumes").join(name)
+    }
+}
+
+/// Errors of the runtime. Each says what to change.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown template {0:?}: the built-in template is \"host\"")]
+    UnknownTemplate(String),
+    #[error("invalid {what}: {why}")]
+    Invalid { what: &'static str, why: String },
+    #[error("cgroups: {0}")]
+    Cgroup(#[from] warren_sys::cgroup::CgroupError),
+    #[error("{0}")]
+    Setup(String),
+    #[error("the sandbox helper failed: {0}")]
+    Helper(String),
+    #[error("agent: {0}")]
+    Agent(#[from] client::ClientError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Whether `name` is usable as a sandbox id, template or volume name: it becomes a path
+/// component and a cgroup name, so only a plain, short word is accepted.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        && !name.starts_with('.')
+}
+
+/// A fresh random sandbox id (16 hex digits).
+pub fn new_id() -> String {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_could_escape_are_refused() {
+        for bad in ["", "..", ".x", "a/b", "a b", &"x".repeat(65), "a\0"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
+        for good in ["host", "py-3.11", "lab_1"] {
+            assert!(valid_name(good), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn ids_are_unique_hex() {
+        let (a, b) = (new_id(), new_id());
+        assert_eq!(a.len(), 16);
+        assert_ne!(a, b);
+        assert!(valid_name(&a));
+    }
+}

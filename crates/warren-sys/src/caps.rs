@@ -1,1 +1,187 @@
-//! TODO
+//! Capabilities every sandboxed process is limited to.
+//!
+//! Root inside a sandbox keeps what ordinary package installs, file ownership changes and
+//! dropping to another user need, and nothing that reaches the kernel's global state. The
+//! set is Docker's default minus `CAP_NET_RAW` (raw sockets forge packets on the bridge)
+//! and `CAP_MKNOD` (device nodes):
+//!
+//! | kept | why |
+//! |---|---|
+//! | `CAP_CHOWN`, `CAP_DAC_OVERRIDE`, `CAP_FOWNER`, `CAP_FSETID` | root owns its files |
+//! | `CAP_KILL` | signal any process of the sandbox |
+//! | `CAP_SETGID`, `CAP_SETUID` | `su`, `sudo`, daemons dropping privileges |
+//! | `CAP_SETPCAP` | drop capabilities further |
+//! | `CAP_NET_BIND_SERVICE` | listen on ports below 1024 |
+//! | `CAP_SYS_CHROOT` | `chroot`, used by package builders |
+//! | `CAP_AUDIT_WRITE` | `login`, `sshd` and PAM write audit records |
+//! | `CAP_SETFCAP` | packages that install file capabilities |
+//!
+//! Everything else (`CAP_SYS_ADMIN`, `CAP_SYS_PTRACE`, `CAP_NET_ADMIN`, `CAP_NET_RAW`,
+//! `CAP_MKNOD`, `CAP_SYS_MODULE`, ...) is removed from the bounding, effective, permitted
+//! and ambient sets, so no later exec can regain it. The inheritable set is emptied, as
+//! runc does since CVE-2022-24769: it only matters to files with inheritable capabilities.
+//!
+//! The bounding set can only shrink while `CAP_SETPCAP` is effective, which a switch to a
+//! non-root uid clears, so [`drop_to_kept`] must run before the identity change.
+
+use std::io;
+
+/// The capabilities kept, by name, as published to users.
+pub const KEPT_CAPABILITIES: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_AUDIT_WRITE",
+    "CAP_SETFCAP",
+];
+
+/// The same set as a bit mask (bit n = capability number n, from <linux/capability.h>).
+pub const KEPT_MASK: u64 = (1 << 0) // CHOWN
+    | (1 << 1) // DAC_OVERRIDE
+    | (1 << 3) // FOWNER
+    | (1 << 4) // FSETID
+    | (1 << 5) // KILL
+    | (1 << 6) // SETGID
+    | (1 << 7) // SETUID
+    | (1 << 8) // SETPCAP
+    | (1 << 10) // NET_BIND_SERVICE
+    | (1 << 18) // SYS_CHROOT
+    | (1 << 29) // AUDIT_WRITE
+    | (1 << 31); // SETFCAP
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Limits the calling thread to [`KEPT_MASK`] in every capability set. Never raises a
+/// capability the caller lacks. Async-signal-safe: only `prctl`, `capget` and `capset`.
+pub fn drop_to_kept() -> io::Result<()> {
+    for cap in 0..64 {
+        if KEPT_MASK & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: PR_CAPBSET_READ takes a capability number and reads no memory.
+        let present = unsafe { libc::prctl(libc::PR_CAPBSET_READ, cap as libc::c_ulong, 0, 0, 0) };
+        if present < 0 {
+            // EINVAL: past the last capability this kernel knows.
+            if io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+                break;
+            }
+            return Err(io::Error::last_os_error());
+        }
+        if present == 0 {
+            continue;
+        }
+        // SAFETY: PR_CAPBSET_DROP takes a capability number and reads no memory.
+        if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointers.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: version 3 capget writes exactly two CapData structs, which `data` holds.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut CapHeader,
+            data.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    for (i, d) in data.iter_mut().enumerate() {
+        let kept = (KEPT_MASK >> (32 * i)) as u32;
+        d.effective &= kept;
+        d.permitted &= kept;
+        d.inheritable = 0;
+    }
+    // SAFETY: version 3 capset reads exactly two CapData structs from `data`.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_capset,
+            &mut header as *mut CapHeader,
+            data.as_ptr(),
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    use super::*;
+
+    fn status_field(status: &str, name: &str) -> u64 {
+        let line = status.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    }
+
+    #[test]
+    fn kept_names_match_mask() {
+        assert_eq!(KEPT_CAPABILITIES.len(), KEPT_MASK.count_ones() as usize);
+    }
+
+    #[test]
+    fn child_keeps_only_the_safe_set() {
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        if status_field(&own, "CapEff:") & (1 << 8) == 0 {
+            eprintln!("SKIPPED: child_keeps_only_the_safe_set needs CAP_SETPCAP (run as root)");
+            return;
+        }
+        let mut cmd = Command::new("/bin/cat");
+        cmd.arg("/proc/self/status");
+        // SAFETY: drop_to_kept is async-signal-safe.
+        unsafe { cmd.pre_exec(drop_to_kept) };
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        let status = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(status_field(&status, "CapBnd:"), KEPT_MASK);
+        // cat runs as root without file capabilities: permitted comes from the bounding set.
+        assert_eq!(status_field(&status, "CapEff:"), KEPT_MASK);
+        assert_eq!(status_field(&status, "CapPrm:"), KEPT_MASK);
+        assert_eq!(status_field(&status, "CapInh:"), 0);
+        assert_eq!(status_field(&status, "CapAmb:"), 0);
+    }
+}

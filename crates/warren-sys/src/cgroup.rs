@@ -1,1 +1,531 @@
-//! TODO
+//! Control groups, v1 and v2, behind one type.
+//!
+//! Warren puts each sandbox in a cgroup of its own, named `warren-<id>`, directly under
+//! the cgroup the calling process is in (per controller on v1), so it works inside a
+//! delegated subtree and never needs the host's root cgroup. Limits are written before
+//! any sandbox process joins, so nothing runs unlimited even for a moment.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The v1 controllers a sandbox is placed in.
+const V1_CONTROLLERS: [&str; 5] = ["memory", "cpu", "cpuacct", "pids", "freezer"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup hierarchy found: mount cgroup2 or the v1 memory, cpu, pids and freezer controllers")]
+    NotMounted,
+    #[error("the cgroup v1 {0} controller is not mounted; mount it or run on cgroup v2")]
+    MissingController(String),
+    #[error(
+        "cgroup v2 controllers {0} are not available under {1}; delegate them to Warren's cgroup"
+    )]
+    NotDelegated(String, PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
+    move |source| CgroupError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Which hierarchy this host has, and where our own cgroup sits in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hierarchy {
+    /// One directory per controller: (controller, our cgroup's directory).
+    V1(Vec<(String, PathBuf)>),
+    /// The unified hierarchy: our cgroup's directory.
+    V2(PathBuf),
+}
+
+/// Limits written to a new cgroup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub memory: Option<u64>,
+    pub cpu_millis: Option<u32>,
+    pub pids: Option<u32>,
+}
+
+const CPU_PERIOD_US: u64 = 100_000;
+
+impl Hierarchy {
+    /// Detects the hierarchy from /proc/self/mountinfo and /proc/self/cgroup. A v2 mount
+    /// with no controllers (the v1 "hybrid" layout) does not count as v2.
+    pub fn detect() -> Result<Self, CgroupError> {
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+            .map_err(io_at(Path::new("/proc/self/mountinfo")))?;
+        let own = fs::read_to_string("/proc/self/cgroup")
+            .map_err(io_at(Path::new("/proc/self/cgroup")))?;
+        Self::from_tables(&mountinfo, &own, Path::new("/"))
+    }
+
+    /// Detection from the two tables' text; `root` prefixes every path (tests use a
+    /// temporary directory as a fake cgroupfs).
+    pub fn from_tables(mountinfo: &str, own: &str, root: &Path) -> Result<Self, CgroupError> {
+        let mut v1 = Vec::new();
+        let mut v2 = None;
+        for line in mountinfo.lines() {
+            let Some((pre, post)) = line.split_once(" - ") else {
+                continue;
+            };
+            let pre: Vec<&str> = pre.split(' ').collect();
+            let post: Vec<&str> = post.split(' ').collect();
+            let (Some(mnt), Some(fstype), Some(opts)) = (pre.get(4), post.first(), post.get(2))
+            else {
+                continue;
+            };
+            let mnt = root.join(mnt.trim_start_matches('/'));
+            match *fstype {
+                "cgroup2" => v2 = Some(mnt),
+                "cgroup" => {
+                    for c in opts.split(',') {
+                        if V1_CONTROLLERS.contains(&c) {
+                            v1.push((c.to_string(), mnt.clone()));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let own_path = |ctrl: Option<&str>| -> Option<String> {
+            own.lines().find_map(|l| {
+                let mut parts = l.splitn(3, ':');
+                let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+                let hit = match ctrl {
+                    None => ctrls.is_empty(),
+                    Some(c) => ctrls.split(',').any(|x| x == c),
+                };
+                hit.then(|| path.trim_start_matches('/').to_string())
+            })
+        };
+        if let Some(mnt) = v2 {
+            let dir = mnt.join(own_path(None).unwrap_or_default());
+            let controllers =
+                fs::read_to_string(mnt.join("cgroup.controllers")).unwrap_or_default();
+            if v1.is_empty() || controllers.contains("memory") {
+                return Ok(Hierarchy::V2(dir));
+            }
+        }
+        if v1.is_empty() {
+            return Err(CgroupError::NotMounted);
+        }
+        let mut dirs = Vec::new();
+        for c in V1_CONTROLLERS {
+            let (_, mnt) = v1
+                .iter()
+                .find(|(name, _)| name == c)
+                .ok_or_else(|| CgroupError::MissingController(c.to_string()))?;
+            let own = own_path(Some(c)).unwrap_or_default();
+            dirs.push((c.to_string(), mnt.join(own)));
+        }
+        Ok(Hierarchy::V1(dirs))
+    }
+
+    pub fn is_v2(&self) -> bool {
+        matches!(self, Hierarchy::V2(_))
+    }
+
+    /// The cgroup for sandbox `name` (not created).
+    pub fn cgroup(&self, name: &str) -> Cgroup {
+        match self {
+            Hierarchy::V1(dirs) => {
+                let mut paths: Vec<(String, PathBuf)> = Vec::new();
+                for (c, d) in dirs {
+                    paths.push((c.clone(), d.join(name)));
+                }
+                Cgroup { v2: false, paths }
+            }
+            Hierarchy::V2(d) => Cgroup {
+                v2: true,
+                paths: vec![(String::new(), d.join(name))],
+            },
+        }
+    }
+
+    /// Names of cgroups under our own whose name starts with `prefix`.
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        let dirs: Vec<&PathBuf> = match self {
+            Hierarchy::V1(d) => d.iter().map(|(_, p)| p).collect(),
+            Hierarchy::V2(d) => vec![d],
+        };
+        let mut out: Vec<String> = dirs
+            .into_iter()
+            .filter_map(|d| fs::read_dir(d).ok())
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|n| n.starts_with(prefix))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// On v2, makes sure the controllers Warren needs are enabled for children of our
+    /// cgroup.
+    pub fn prepare(&self) -> Result<(), CgroupError> {
+        let Hierarchy::V2(dir) = self else {
+            return Ok(());
+        };
+        let ctl = dir.join("cgroup.subtree_control");
+        let enabled = fs::read_to_string(&ctl).map_err(io_at(&ctl))?;
+        let missing: Vec<&str> = ["memory", "cpu", "pids"]
+            .into_iter()
+            .filter(|c| !enabled.split_whitespace().any(|e| e == *c))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let line: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
+        fs::write(&ctl, line.join(" "))
+            .map_err(|_| CgroupError::NotDelegated(missing.join(","), dir.clone()))
+    }
+}
+
+/// One sandbox's cgroup (a directory per v1 controller, or one v2 directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cgroup {
+    v2: bool,
+    paths: Vec<(String, PathBuf)>,
+}
+
+impl Cgroup {
+    fn dir(&self, ctrl: &str) -> &Path {
+        if self.v2 {
+            return &self.paths[0].1;
+        }
+        self.paths
+            .iter()
+            .find(|(c, _)| c == ctrl)
+            .map(|(_, p)| p.as_path())
+            .unwrap_or(&self.paths[0].1)
+    }
+
+    fn write(&self, ctrl: &str, file: &str, value: &str) -> Result<(), CgroupError> {
+        let p = self.dir(ctrl).join(file);
+        fs::write(&p, value).map_err(io_at(&p))
+    }
+
+    fn read(&self, ctrl: &str, file: &str) -> Result<String, CgroupError> {
+        let p = self.dir(ctrl).join(file);
+        fs::read_to_string(&p).map_err(io_at(&p))
+    }
+
+    /// The directories this cgroup is made of.
+    pub fn paths(&self) -> impl Iterator<Item = &Path> {
+        self.paths.iter().map(|(_, p)| p.as_path())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.paths.iter().any(|(_, p)| p.exists())
+    }
+
+    /// Creates the directories and writes the limits.
+    pub fn create(&self, limits: &Limits) -> Result<(), CgroupError> {
+        for (_, p) in &self.paths {
+            fs::create_dir(p).map_err(io_at(p))?;
+        }
+        let r = self.apply(limits);
+        if r.is_err() {
+            let _ = self.remove();
+        }
+        r
+    }
+
+    fn apply(&self, l: &Limits) -> Result<(), CgroupError> {
+        if self.v2 {
+            if let Some(m) = l.memory {
+                self.write("", "memory.max", &m.to_string())?;
+                // Absent when the host has no swap accounting: nothing to bound then.
+                let _ = self.write("", "memory.swap.max", "0");
+            }
+            if let Some(c) = l.cpu_millis {
+                let quota = u64::from(c) * CPU_PERIOD_US / 1000;
+                self.write("", "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
+            }
+            if let Some(p) = l.pids {
+                self.write("", "pids.max", &p.to_string())?;
+            }
+            return Ok(());
+        }
+        if let Some(m) = l.memory {
+            self.write("memory", "memory.limit_in_bytes", &m.to_string())?;
+            let sw = self.dir("memory").join("memory.memsw.limit_in_bytes");
+            if sw.exists() {
+                fs::write(&sw, m.to_string()).map_err(io_at(&sw))?;
+            }
+        }
+        if let Some(c) = l.cpu_millis {
+            let quota = u64::from(c) * CPU_PERIOD_US / 1000;
+            self.write("cpu", "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+            self.write("cpu", "cpu.cfs_quota_us", &quota.to_string())?;
+        }
+        if let Some(p) = l.pids {
+            self.write("pids", "pids.max", &p.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Moves process `pid` into this cgroup.
+    pub fn add(&self, pid: i32) -> Result<(), CgroupError> {
+        let mut seen = Vec::new();
+        for (_, p) in &self.paths {
+            if seen.contains(&p) {
+                continue;
+            }
+            seen.push(p);
+            let f = p.join("cgroup.procs");
+            fs::write(&f, pid.to_string()).map_err(io_at(&f))?;
+        }
+        Ok(())
+    }
+
+    /// Processes in the cgroup.
+    pub fn pids(&self) -> Vec<i32> {
+        let ctrl = if self.v2 { "" } else { "pids" };
+        self.read(ctrl, "cgroup.procs")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Stops every process (freezer); returns once the kernel says they are frozen.
+    pub fn freeze(&self) -> Result<(), CgroupError> {
+        self.set_frozen(true)
+    }
+
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        self.set_frozen(false)
+    }
+
+    fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        if self.v2 {
+            self.write("", "cgroup.freeze", if frozen { "1" } else { "0" })?;
+        } else {
+            self.write(
+                "freezer",
+                "freezer.state",
+                if frozen { "FROZEN" } else { "THAWED" },
+            )?;
+        }
+        // Freezing is asynchronous: wait until every task has stopped.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.is_frozen()? != frozen && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    }
+
+    pub fn is_frozen(&self) -> Result<bool, CgroupError> {
+        if self.v2 {
+            let ev = self.read("", "cgroup.events")?;
+            return Ok(ev.lines().any(|l| l.trim() == "frozen 1"));
+        }
+        Ok(self.read("freezer", "freezer.state")?.trim() == "FROZEN")
+    }
+
+    /// How many processes the kernel's OOM killer has killed in this cgroup.
+    pub fn oom_kills(&self) -> u64 {
+        let (ctrl, file) = if self.v2 {
+            ("", "memory.events")
+        } else {
+            ("memory", "memory.oom_control")
+        };
+        self.read(ctrl, file)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Memory in use, bytes.
+    pub fn memory_current(&self) -> u64 {
+        let (ctrl, file) = if self.v2 {
+            ("", "memory.current")
+        } else {
+            ("memory", "memory.usage_in_bytes")
+        };
+        self.read(ctrl, file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// CPU time used, microseconds.
+    pub fn cpu_usage_us(&self) -> u64 {
+        if self.v2 {
+            return self
+                .read("", "cpu.stat")
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok())
+                .unwrap_or(0);
+        }
+        self.read("cpuacct", "cpuacct.usage")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(|ns| ns / 1000)
+            .unwrap_or(0)
+    }
+
+    /// Kills every process in the cgroup and waits (up to `timeout`) until none is left.
+    /// Frozen tasks cannot die, so the cgroup is thawed first.
+    pub fn kill_all(&self, timeout: Duration) -> Result<(), CgroupError> {
+        if self.is_frozen().unwrap_or(false) {
+            self.thaw()?;
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return Ok(());
+            }
+            if self.v2 && self.dir("").join("cgroup.kill").exists() {
+                let _ = self.write("", "cgroup.kill", "1");
+            } else {
+                for pid in pids {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                let p = self.dir("pids").to_owned();
+                return Err(CgroupError::Io {
+                    path: p,
+                    source: io::Error::new(io::ErrorKind::TimedOut, "processes survived SIGKILL"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Removes the directories. They must hold no process.
+    pub fn remove(&self) -> Result<(), CgroupError> {
+        for (_, p) in &self.paths {
+            let mut tries = 0;
+            loop {
+                match fs::remove_dir(p) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                    // Exiting tasks leave the cgroup a moment after they are reaped.
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(io_at(p)(e)),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const OWN: &str = "8:pids:/\n6:freezer:/\n4:memory:/job/abc\n2:cpuacct:/\n1:cpu:/\n0::/\n";
+
+    #[test]
+    fn hybrid_host_is_v1_under_own_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        let h = Hierarchy::from_tables(HYBRID, OWN, root.path()).unwrap();
+        let Hierarchy::V1(dirs) = &h else {
+            panic!("expected v1, got {h:?}")
+        };
+        let mem = &dirs.iter().find(|(c, _)| c == "memory").unwrap().1;
+        assert_eq!(mem, &root.path().join("sys/fs/cgroup/memory/job/abc"));
+    }
+
+    #[test]
+    fn unified_with_controllers_is_v2() {
+        let root = tempfile::tempdir().unwrap();
+        let mnt = root.path().join("sys/fs/cgroup");
+        fs::create_dir_all(&mnt).unwrap();
+        fs::write(mnt.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let mi = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let h = Hierarchy::from_tables(mi, "0::/user.slice/x\n", root.path()).unwrap();
+        assert_eq!(h, Hierarchy::V2(mnt.join("user.slice/x")));
+    }
+
+    #[test]
+    fn no_hierarchy_is_a_clear_error() {
+        let e = Hierarchy::from_tables("", "", Path::new("/")).unwrap_err();
+        assert!(matches!(e, CgroupError::NotMounted));
+    }
+
+    fn fake_v1(root: &Path) -> Hierarchy {
+        let h = Hierarchy::from_tables(HYBRID, OWN, root).unwrap();
+        if let Hierarchy::V1(d) = &h {
+            for (_, p) in d {
+                fs::create_dir_all(p).unwrap();
+            }
+        }
+        h
+    }
+
+    #[test]
+    fn v1_limits_are_written_before_use() {
+        let root = tempfile::tempdir().unwrap();
+        let h = fake_v1(root.path());
+        let cg = h.cgroup("warren-t1");
+        // A fake cgroupfs has no control files until they are written.
+        cg.create(&Limits {
+            memory: Some(256 << 20),
+            cpu_millis: Some(500),
+            pids: Some(64),
+        })
+        .unwrap();
+        let read = |ctrl: &str, f: &str| fs::read_to_string(cg.dir(ctrl).join(f)).unwrap();
+        assert_eq!(
+            read("memory", "memory.limit_in_bytes"),
+            (256u64 << 20).to_string()
+        );
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("pids", "pids.max"), "64");
+        assert_eq!(h.list("warren-"), vec!["warren-t1".to_string()]);
+    }
+
+    #[test]
+    fn v2_limits_use_unified_files() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cg");
+        fs::create_dir_all(&dir).unwrap();
+        let h = Hierarchy::V2(dir.clone());
+        let cg = h.cgroup("warren-t2");
+        cg.create(&Limits {
+            memory: Some(1 << 30),
+            cpu_millis: Some(1500),
+            pids: None,
+        })
+        .unwrap();
+        let read = |f: &str| fs::read_to_string(dir.join("warren-t2").join(f)).unwrap();
+        assert_eq!(read("memory.max"), (1u64 << 30).to_string());
+        assert_eq!(read("cpu.max"), "150000 100000");
+        fs::write(
+            dir.join("warren-t2/memory.events"),
+            "low 0\noom 2\noom_kill 1\n",
+        )
+        .unwrap();
+        assert_eq!(cg.oom_kills(), 1);
+    }
+}

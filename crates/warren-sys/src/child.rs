@@ -1,1 +1,247 @@
-//! TODO
+//! What a sandboxed process's child does between fork and exec.
+//!
+//! After `fork` in a multi-threaded parent only async-signal-safe calls are sound (another
+//! thread may have held the allocator's lock), so [`prepare`] does every allocation up
+//! front and the hook it installs makes plain syscalls on prepared data. A failing step
+//! returns its `io::Error` from the hook, which std turns into an error from `spawn`: a
+//! process never starts half-confined.
+//!
+//! The steps run in this order, each for a reason:
+//!
+//! 1. `setsid`: a new session and process group, so a timeout or a disconnect can kill
+//!    the whole group, and so a terminal can become the controlling one.
+//! 2. The terminal (if any) becomes the controlling terminal and stdin/stdout/stderr.
+//! 3. The signal mask and dispositions are reset: the agent's handlers and masks are its
+//!    own business, and an ignored signal would survive exec.
+//! 4. `oom_score_adj` is raised to 1000: when a sandbox runs out of memory the OOM killer
+//!    must pick a sandboxed process, never the agent, which reports the kill. (Lowering
+//!    the agent's own score would need CAP_SYS_RESOURCE, which hosts may withhold.)
+//! 5. Capabilities drop to [`crate::caps`]'s set, before the uid changes, because the
+//!    bounding set can only shrink while `CAP_SETPCAP` is effective.
+//! 6. Groups, gid, then uid (the uid last: it takes the right to change the others).
+//! 7. `no_new_privs`, so setuid binaries and file capabilities cannot undo steps 5-6, and
+//!    so an unprivileged process may install seccomp.
+//! 8. seccomp, last, so the filter never has to allow the setup above.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::sync::Arc;
+
+use crate::seccomp::SeccompProgram;
+
+/// Who a child becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups; empty leaves none.
+    pub groups: Vec<u32>,
+}
+
+/// Everything a child sets up before exec.
+#[derive(Debug, Default)]
+pub struct ChildSetup {
+    /// A pseudo-terminal slave that becomes the controlling terminal and fds 0-2.
+    pub tty: Option<OwnedFd>,
+    /// Raise `oom_score_adj` to 1000, making the process the OOM killer's first choice
+    /// (see the module doc).
+    pub oom_victim: bool,
+    pub identity: Option<Identity>,
+    /// Limit capabilities to [`crate::caps::KEPT_MASK`].
+    pub drop_caps: bool,
+    pub seccomp: Option<Arc<SeccompProgram>>,
+}
+
+/// Installs `setup` to run in the child of `cmd`. Stdio configured on `cmd` is replaced
+/// when `setup.tty` is set. The setup (including the terminal fd) lives as long as `cmd`:
+/// drop `cmd` after spawning so the parent's copy of the slave closes.
+pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
+    let ChildSetup {
+        tty,
+        oom_victim,
+        identity,
+        drop_caps,
+        seccomp,
+    } = setup;
+    // std sets up stdio in the child before the hook runs, so a slave numbered 0-2 (an
+    // agent started with those closed) would be overwritten; move it out of the way.
+    let tty = tty.map(|fd| match fd.as_raw_fd() {
+        0..=2 => fd.try_clone().unwrap_or(fd),
+        _ => fd,
+    });
+    let hook = move || -> io::Result<()> {
+        // SAFETY: setsid takes no arguments.
+        check(unsafe { libc::setsid() })?;
+        if let Some(fd) = &tty {
+            let fd = fd.as_raw_fd();
+            // SAFETY: TIOCSCTTY takes an int by value; `fd` is an open terminal owned by
+            // the hook.
+            check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) })?;
+            for target in 0..3 {
+                // SAFETY: dup2 on an open descriptor; it replaces 0-2 in this child only.
+                check(unsafe { libc::dup2(fd, target) })?;
+            }
+        }
+        reset_signals()?;
+        if oom_victim {
+            write_oom_score_adj_max()?;
+        }
+        if drop_caps {
+            crate::caps::drop_to_kept()?;
+        }
+        if let Some(id) = &identity {
+            // SAFETY: the pointer and length describe `id.groups`, alive for the hook.
+            check(unsafe { libc::setgroups(id.groups.len(), id.groups.as_ptr()) })?;
+            // SAFETY: setgid and setuid take plain integers.
+            check(unsafe { libc::setgid(id.gid) })?;
+            // SAFETY: as above.
+            check(unsafe { libc::setuid(id.uid) })?;
+        }
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+        if let Some(filter) = &seccomp {
+            filter.install()?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe syscalls on data prepared before the
+    // fork (no allocation, no locks), as pre_exec requires.
+    unsafe { cmd.pre_exec(hook) };
+}
+
+/// Makes the calling process non-dumpable: no core dumps, and its /proc files and memory
+/// become root-only, so a sandboxed process cannot inspect the agent.
+pub fn set_non_dumpable() -> io::Result<()> {
+    // SAFETY: PR_SET_DUMPABLE takes integers only.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
+    Ok(())
+}
+
+fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+fn reset_signals() -> io::Result<()> {
+    for sig in 1..libc::SIGRTMAX() {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: an all-zero sigaction is SIG_DFL with no flags and an empty mask.
+        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+        act.sa_sigaction = libc::SIG_DFL;
+        // SAFETY: `act` is a valid sigaction; the old action is not requested. Errors are
+        // ignored: libc reserves a few real-time signals and refuses to touch them.
+        unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
+    }
+    // SAFETY: sigemptyset initialises the set it is given.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t to initialise.
+    unsafe { libc::sigemptyset(&mut set) };
+    // SAFETY: `set` is initialised; the old mask is not requested.
+    check(unsafe { libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) })?;
+    Ok(())
+}
+
+fn write_oom_score_adj_max() -> io::Result<()> {
+    // SAFETY: the path is a NUL-terminated literal.
+    let fd = check(unsafe {
+        libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_WRONLY | libc::O_CLOEXEC,
+        )
+    })?;
+    const MAX: &[u8] = b"1000";
+    // SAFETY: writes from a static buffer, of its length, to the descriptor just opened.
+    let written = unsafe { libc::write(fd, MAX.as_ptr().cast(), MAX.len()) };
+    let err = io::Error::last_os_error();
+    // SAFETY: closes the descriptor opened above, which nothing else uses.
+    unsafe { libc::close(fd) };
+    if written != MAX.len() as isize {
+        return Err(err);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+    use std::process::Stdio;
+
+    use super::*;
+    use crate::pty::{self, TermSize};
+
+    #[test]
+    fn child_gets_new_session_and_is_the_oom_victim() {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "cat /proc/self/oom_score_adj; ps -o sid= -o pgid= -p $$ 2>/dev/null || cut -d' ' -f5,6 /proc/$$/stat; echo $$"]);
+        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
+        prepare(
+            &mut cmd,
+            ChildSetup {
+                oom_victim: true,
+                ..Default::default()
+            },
+        );
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "1000");
+        let pid = lines[2].trim();
+        let ids: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(ids, [pid, pid], "session and group led by the child");
+    }
+
+    #[test]
+    fn child_runs_on_its_terminal() {
+        let pty = pty::open(TermSize { rows: 33, cols: 77 }).unwrap();
+        let master = pty.master;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "stty size; test -t 0 && echo tty"]);
+        prepare(
+            &mut cmd,
+            ChildSetup {
+                tty: Some(pty.slave),
+                ..Default::default()
+            },
+        );
+        let mut child = cmd.spawn().unwrap();
+        drop(cmd);
+        let status = child.wait().unwrap();
+        assert!(status.success());
+        let mut out = Vec::new();
+        let mut buf = [0u8; 256];
+        // The child and our copy of the slave are gone: the master reads what is left,
+        // then EIO.
+        while let Ok(n) = nix::unistd::read(master.as_fd().as_raw_fd(), &mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("33 77"), "{text:?}");
+        assert!(text.contains("tty"), "{text:?}");
+    }
+
+    #[test]
+    fn failing_setup_is_a_spawn_error() {
+        let mut cmd = Command::new("/bin/true");
+        // No such descriptor: TIOCSCTTY fails in the child.
+        let bogus = std::fs::File::open("/dev/null").unwrap();
+        prepare(
+            &mut cmd,
+            ChildSetup {
+                tty: Some(bogus.into()),
+                ..Default::default()
+            },
+        );
+        assert!(cmd.spawn().is_err());
+    }
+}

@@ -1,1 +1,178 @@
-//! TODO
+//! Mounts for building a sandbox's root filesystem, and loop devices for bounded disks.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+pub use nix::mount::MsFlags;
+use nix::mount::{mount, umount2, MntFlags};
+
+fn err(op: &str, target: &Path, e: nix::Error) -> io::Error {
+    io::Error::new(
+        io::Error::from(e).kind(),
+        format!("{op} {}: {e}", target.display()),
+    )
+}
+
+/// Mounts a filesystem of type `fstype`.
+pub fn mount_fs(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> io::Result<()> {
+    mount(Some(source), target, Some(fstype), flags, data).map_err(|e| err("mount", target, e))
+}
+
+/// Bind-mounts `source` on `target`, recursively, read-only when asked. A read-only bind
+/// needs a second remount: the kernel ignores MS_RDONLY on the first bind call.
+pub fn bind(source: &Path, target: &Path, readonly: bool) -> io::Result<()> {
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
+    mount(Some(source), target, None::<&str>, flags, None::<&str>)
+        .map_err(|e| err("bind", target, e))?;
+    if readonly {
+        remount_readonly(target, MsFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// Makes an existing mount read-only, keeping `extra` flags (nosuid, nodev, noexec).
+/// Flags a user namespace may not clear (locked ones) are carried over from the mount.
+pub fn remount_readonly(target: &Path, extra: MsFlags) -> io::Result<()> {
+    let locked = locked_flags(target).unwrap_or(MsFlags::empty());
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | extra | locked;
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+        .map_err(|e| err("remount read-only", target, e))
+}
+
+fn locked_flags(target: &Path) -> io::Result<MsFlags> {
+    let st = nix::sys::statvfs::statvfs(target).map_err(io::Error::from)?;
+    use nix::sys::statvfs::FsFlags;
+    let f = st.flags();
+    let mut out = MsFlags::empty();
+    for (a, b) in [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if f.contains(a) {
+            out |= b;
+        }
+    }
+    Ok(out)
+}
+
+/// Sets the propagation of every mount below `target` (MS_PRIVATE, MS_SLAVE, ...).
+pub fn set_propagation(target: &Path, kind: MsFlags) -> io::Result<()> {
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        kind | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| err("set propagation of", target, e))
+}
+
+/// Unmounts lazily.
+pub fn unmount(target: &Path) -> io::Result<()> {
+    umount2(target, MntFlags::MNT_DETACH).map_err(|e| err("unmount", target, e))
+}
+
+// From <linux/loop.h>.
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+/// A loop device bound to a backing file. It clears itself when its last user (the mount
+/// made from it) goes away, so a crashed sandbox cannot leave it behind.
+#[derive(Debug)]
+pub struct LoopDevice {
+    pub path: PathBuf,
+    // Held until the mount exists: autoclear fires when the last open or mount is gone.
+    _dev: File,
+}
+
+/// Attaches `backing` to a free loop device with autoclear set.
+pub fn attach_loop(backing: &Path) -> io::Result<LoopDevice> {
+    let backing = OpenOptions::new().read(true).write(true).open(backing)?;
+    let ctl = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/loop-control")?;
+    // A concurrent attach may take the device we were given; retry with the next one.
+    for _ in 0..16 {
+        // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1;
+        // the descriptor is valid for the duration of the call.
+        let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let path = PathBuf::from(format!("/dev/loop{n}"));
+        let dev = OpenOptions::new().read(true).write(true).open(&path)?;
+        let cfg = LoopConfig {
+            fd: backing.as_raw_fd() as u32,
+            block_size: 0,
+            info: LoopInfo64 {
+                lo_device: 0,
+                lo_inode: 0,
+                lo_rdevice: 0,
+                lo_offset: 0,
+                lo_sizelimit: 0,
+                lo_number: 0,
+                lo_encrypt_type: 0,
+                lo_encrypt_key_size: 0,
+                lo_flags: LO_FLAGS_AUTOCLEAR,
+                lo_file_name: [0; 64],
+                lo_crypt_name: [0; 64],
+                lo_encrypt_key: [0; 32],
+                lo_init: [0; 2],
+            },
+            reserved: [0; 8],
+        };
+        // SAFETY: LOOP_CONFIGURE reads one `struct loop_config`, which LoopConfig mirrors
+        // field for field (repr(C)); the pointer is valid for the call and not retained.
+        let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
+        if r == 0 {
+            return Ok(LoopDevice { path, _dev: dev });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EBUSY) {
+            return Err(e);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        "no free loop device after 16 tries",
+    ))
+}

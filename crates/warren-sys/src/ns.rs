@@ -1,1 +1,170 @@
-//! TODO
+//! Namespaces and process creation for the sandbox helper.
+//!
+//! The helper that calls these is single-threaded by design: `clone_process` forks it, and
+//! forking is only sound when no other thread can hold a lock the child would need.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+
+pub use nix::sched::CloneFlags;
+use nix::unistd::Pid;
+
+/// Namespaces every sandbox gets (user, mount, pid, uts, ipc, net). The cgroup namespace
+/// is entered later, by the child itself, once it sits in its own cgroup.
+pub fn sandbox_flags() -> CloneFlags {
+    CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWNET
+}
+
+/// Which side of [`clone_process`] we are on.
+#[derive(Debug)]
+pub enum Forked {
+    Parent(Pid),
+    Child,
+}
+
+/// Forks into new namespaces, like `fork()` but with `flags` (SIGCHLD is added).
+///
+/// The caller must be single-threaded; the child must only call async-signal-safe code
+/// until it execs or, as here, it is itself the only thread of a fresh process. Warren's
+/// helper is started with exec and never spawns threads before this call.
+pub fn clone_process(flags: CloneFlags) -> io::Result<Forked> {
+    let raw = flags.bits() as libc::c_ulong | libc::SIGCHLD as libc::c_ulong;
+    // SAFETY: a raw clone with no new stack and no CLONE_VM/CLONE_THREAD behaves as
+    // fork(): the child gets a copy-on-write copy of this address space. The helper that
+    // calls this is single-threaded (documented above), so no lock can be held by a thread
+    // that does not exist in the child. The null pointers are the optional parent/child
+    // tid and tls arguments, unused without the matching flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            raw,
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            std::ptr::null_mut::<libc::c_void>(),
+            0usize,
+        )
+    };
+    match ret {
+        -1 => Err(io::Error::last_os_error()),
+        0 => Ok(Forked::Child),
+        pid => Ok(Forked::Parent(Pid::from_raw(pid as i32))),
+    }
+}
+
+/// Forks the single-threaded caller (no new namespaces).
+pub fn fork_process() -> io::Result<Forked> {
+    clone_process(CloneFlags::empty())
+}
+
+/// Writes the uid and gid maps of `pid`'s user namespace: `inside` maps to host ids
+/// `outside .. outside + count`. Needs CAP_SETUID/CAP_SETGID in the parent namespace.
+pub fn write_id_maps(pid: Pid, inside: u32, outside: u32, count: u32) -> io::Result<()> {
+    let line = format!("{inside} {outside} {count}\n");
+    std::fs::write(format!("/proc/{pid}/uid_map"), &line)?;
+    std::fs::write(format!("/proc/{pid}/gid_map"), &line)
+}
+
+/// Enters the namespaces given as flags (the calling thread, or process for user/mount).
+pub fn unshare(flags: CloneFlags) -> io::Result<()> {
+    nix::sched::unshare(flags).map_err(io::Error::from)
+}
+
+/// Joins the namespace behind `fd` (a /proc/PID/ns/* file).
+pub fn setns(fd: impl AsFd, kind: CloneFlags) -> io::Result<()> {
+    nix::sched::setns(fd, kind).map_err(io::Error::from)
+}
+
+/// Opens `/proc/<pid>/ns/<name>`.
+pub fn open_ns(pid: Pid, name: &str) -> io::Result<OwnedFd> {
+    Ok(std::fs::File::open(format!("/proc/{pid}/ns/{name}"))?.into())
+}
+
+pub fn sethostname(name: &str) -> io::Result<()> {
+    nix::unistd::sethostname(name).map_err(io::Error::from)
+}
+
+/// Makes `new_root` the root of this mount namespace and detaches the old one.
+pub fn pivot_root(new_root: &Path) -> io::Result<()> {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+    let step = |what: &'static str| {
+        move |e: nix::Error| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+    };
+    let old = std::fs::File::open("/")?;
+    std::env::set_current_dir(new_root)?;
+    // pivot_root(".", ".") stacks the old root on top of the new one; detaching it then
+    // removes the old root without needing a directory to put it in.
+    nix::unistd::pivot_root(".", ".").map_err(step("pivot_root"))?;
+    nix::unistd::fchdir(old.as_raw_fd()).map_err(step("fchdir"))?;
+    // Unmount events must not propagate back to the host's copy of these mounts.
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(step("make the old root a slave"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(step("detach the old root"))?;
+    std::env::set_current_dir("/")
+}
+
+/// Asks the kernel to send `sig` when the parent thread exits.
+pub fn set_parent_death_signal(sig: nix::sys::signal::Signal) -> io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(sig).map_err(io::Error::from)
+}
+
+/// Becomes the reaper of orphaned descendants.
+pub fn set_child_subreaper() -> io::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
+}
+
+/// Closes every descriptor from `first` up, except those in `keep`.
+pub fn close_fds_from(first: i32, keep: &[i32]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|fd| *fd >= first && !keep.contains(fd))
+        .collect();
+    for fd in fds {
+        let _ = nix::unistd::close(fd);
+    }
+}
+
+/// Brings the loopback interface of the current network namespace up (a new network
+/// namespace starts with it down).
+pub fn loopback_up() -> io::Result<()> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    // SAFETY: `ifreq` is plain old data; all-zero is a valid value for every field.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills the flags union member of the `ifreq` we own, which
+    // outlives the call; the socket descriptor is valid.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: reading the flags member SIOCGIFFLAGS just wrote, then writing it back.
+    unsafe {
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+    }
+    // SAFETY: SIOCSIFFLAGS reads the `ifreq` we own for the duration of the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -487,7 +487,10 @@ mod tests {
         let (g, used) = Frame::decode(&buf).unwrap().unwrap();
         assert_eq!(used, buf.len());
         assert_eq!(f, g);
-        assert_eq!(g.parse::<Request>().unwrap(), Request::Stat { path: "/x".into() });
+        assert_eq!(
+            g.parse::<Request>().unwrap(),
+            Request::Stat { path: "/x".into() }
+        );
     }
 
     #[test]
@@ -501,7 +504,9 @@ mod tests {
 
     #[test]
     fn oversized_and_unknown_frames_are_refused() {
-        let mut big = ((MAX_PAYLOAD + HEADER_LEN + 1) as u32).to_be_bytes().to_vec();
+        let mut big = ((MAX_PAYLOAD + HEADER_LEN + 1) as u32)
+            .to_be_bytes()
+            .to_vec();
         big.extend_from_slice(&[0; 5]);
         assert!(matches!(Frame::decode(&big), Err(FrameError::TooLarge(_))));
         let bad = [0, 0, 0, 5, 0, 0, 0, 1, 99];

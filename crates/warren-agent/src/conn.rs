@@ -1,0 +1,429 @@
+//! One client connection: the handshake, then a dispatcher routing frames to channels.
+//!
+//! The dispatcher owns the connection's read side and the table of open channels; each
+//! operation that outlives its request runs as a task of its own, writing frames to a
+//! bounded queue that a writer task drains to the socket. The dispatcher itself only
+//! waits when a process's stdin or an upload is full, which is the protocol's
+//! backpressure towards the client.
+//!
+//! Credit, stdin and data frames for a channel that has just finished are dropped: the
+//! client may have sent them before it saw the operation end. When the connection goes
+//! away every channel task is stopped, and processes started on it without `background`
+//! are killed with their process group.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::io::{AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use warren_types::proto::{
+    read_frame, write_frame, ErrorCode, Frame, FrameKind, Request, Response, CHUNK,
+    PROTOCOL_VERSION,
+};
+
+use crate::files::{self, Upload};
+use crate::flow::Credit;
+use crate::process::{self, parse_signal};
+use crate::{Agent, Failure};
+
+/// Frames queued for the socket; data frames are at most [`CHUNK`] each.
+const OUT_QUEUE: usize = 16;
+/// Upload chunks queued before the connection stops being read.
+const UPLOAD_QUEUE: usize = 4;
+
+#[derive(Debug)]
+struct Chan {
+    credit: Arc<Credit>,
+    task: Option<AbortHandle>,
+    /// The process whose stdin this channel feeds.
+    pid: Option<u32>,
+    kill_on_disconnect: bool,
+    upload: Option<mpsc::Sender<Upload>>,
+}
+
+impl Chan {
+    fn new() -> Self {
+        Self {
+            credit: Arc::new(Credit::new()),
+            task: None,
+            pid: None,
+            kill_on_disconnect: false,
+            upload: None,
+        }
+    }
+}
+
+struct Conn {
+    agent: Arc<Agent>,
+    out: mpsc::Sender<Frame>,
+    chans: HashMap<u32, Chan>,
+    done_tx: mpsc::UnboundedSender<u32>,
+    done_rx: mpsc::UnboundedReceiver<u32>,
+}
+
+pub(crate) async fn serve(stream: UnixStream, agent: Arc<Agent>) {
+    let (rd, wr) = stream.into_split();
+    let (out, out_rx) = mpsc::channel(OUT_QUEUE);
+    tokio::spawn(write_frames(wr, out_rx));
+    let mut rd = BufReader::with_capacity(CHUNK, rd);
+    if !handshake(&mut rd, &out).await {
+        return;
+    }
+    let (done_tx, done_rx) = mpsc::unbounded_channel();
+    let mut conn = Conn {
+        agent,
+        out,
+        chans: HashMap::new(),
+        done_tx,
+        done_rx,
+    };
+    loop {
+        let frame = match read_frame(&mut rd).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                // The stream cannot be resynchronised after a bad frame: say why, close.
+                if e.kind() == std::io::ErrorKind::InvalidData {
+                    conn.fail(0, ErrorCode::BadRequest, format!("bad frame: {e}"))
+                        .await;
+                }
+                break;
+            }
+        };
+        while let Ok(ch) = conn.done_rx.try_recv() {
+            conn.chans.remove(&ch);
+        }
+        conn.dispatch(frame).await;
+    }
+    conn.close();
+}
+
+async fn handshake(
+    rd: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    out: &mpsc::Sender<Frame>,
+) -> bool {
+    let Ok(Some(first)) = read_frame(rd).await else {
+        return false;
+    };
+    let hello = (first.channel == 0 && first.kind == FrameKind::Control)
+        .then(|| first.parse::<Request>().ok())
+        .flatten();
+    let (reply, ok) = match hello {
+        Some(Request::Hello { version }) if version == PROTOCOL_VERSION => (
+            Response::Hello {
+                version: PROTOCOL_VERSION,
+                agent: format!("warren-agent {}", env!("CARGO_PKG_VERSION")),
+            },
+            true,
+        ),
+        Some(Request::Hello { version }) => (
+            Failure::new(
+                ErrorCode::VersionMismatch,
+                format!("agent speaks protocol version {PROTOCOL_VERSION}, client {version}"),
+            )
+            .response(),
+            false,
+        ),
+        _ => (
+            Failure::new(
+                ErrorCode::BadRequest,
+                "the first frame must be hello on channel 0",
+            )
+            .response(),
+            false,
+        ),
+    };
+    out.send(Frame::control(0, &reply)).await.is_ok() && ok
+}
+
+async fn write_frames(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+    let mut w = BufWriter::with_capacity(2 * CHUNK, wr);
+    while let Some(frame) = rx.recv().await {
+        if write_frame(&mut w, &frame).await.is_err() {
+            return;
+        }
+        // Batch what is already queued into one flush.
+        while let Ok(frame) = rx.try_recv() {
+            if write_frame(&mut w, &frame).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+impl Conn {
+    async fn send(&self, ch: u32, response: Response) {
+        let _ = self.out.send(Frame::control(ch, &response)).await;
+    }
+
+    async fn fail(&self, ch: u32, code: ErrorCode, message: impl Into<String>) {
+        self.send(ch, Failure::new(code, message).response()).await;
+    }
+
+    /// Runs `task` as channel `ch`'s operation; the channel closes when it ends.
+    fn run(&mut self, ch: u32, task: impl Future<Output = ()> + Send + 'static) -> &mut Chan {
+        let done = self.done_tx.clone();
+        let handle = tokio::spawn(async move {
+            task.await;
+            let _ = done.send(ch);
+        });
+        let chan = self.chans.entry(ch).or_insert_with(Chan::new);
+        chan.task = Some(handle.abort_handle());
+        chan
+    }
+
+    /// Runs blocking file work on the blocking pool and answers with its result.
+    fn run_blocking(&mut self, ch: u32, work: impl FnOnce() -> Response + Send + 'static) {
+        let out = self.out.clone();
+        self.run(ch, async move {
+            let response = tokio::task::spawn_blocking(work).await.unwrap_or_else(|_| {
+                Failure::new(ErrorCode::Io, "file operation failed").response()
+            });
+            let _ = out.send(Frame::control(ch, &response)).await;
+        });
+    }
+
+    async fn dispatch(&mut self, frame: Frame) {
+        let ch = frame.channel;
+        match frame.kind {
+            FrameKind::Control => match frame.parse::<Request>() {
+                Ok(request) => self.request(ch, request).await,
+                Err(e) => {
+                    self.fail(ch, ErrorCode::BadRequest, format!("bad request: {e}"))
+                        .await
+                }
+            },
+            FrameKind::Credit => match frame.credit_bytes() {
+                Some(bytes) => {
+                    if let Some(chan) = self.chans.get(&ch) {
+                        chan.credit.grant(bytes);
+                    }
+                }
+                None => {
+                    self.fail(ch, ErrorCode::BadRequest, "a credit frame carries 4 bytes")
+                        .await
+                }
+            },
+            FrameKind::Stdin => {
+                let proc = self
+                    .chans
+                    .get(&ch)
+                    .and_then(|c| c.pid)
+                    .and_then(|pid| self.agent.procs.get(pid));
+                if let Some(proc) = proc {
+                    proc.write_stdin(frame.payload).await;
+                }
+            }
+            FrameKind::Data => match self.chans.get(&ch).map(|c| c.upload.clone()) {
+                Some(Some(upload)) => {
+                    let _ = upload.send(Upload::Data(frame.payload)).await;
+                }
+                _ => {
+                    self.fail(
+                        ch,
+                        ErrorCode::BadRequest,
+                        "data frame without an upload on this channel",
+                    )
+                    .await
+                }
+            },
+            FrameKind::Stdout | FrameKind::Stderr => {
+                self.fail(
+                    ch,
+                    ErrorCode::BadRequest,
+                    "stdout and stderr frames only come from the agent",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn request(&mut self, ch: u32, request: Request) {
+        if ch == 0 {
+            return self
+                .fail(
+                    0,
+                    ErrorCode::BadRequest,
+                    "channel 0 carries only the handshake",
+                )
+                .await;
+        }
+        match request {
+            Request::End => match self.chans.get_mut(&ch).and_then(|c| c.upload.take()) {
+                Some(upload) => {
+                    let _ = upload.send(Upload::End).await;
+                }
+                None => {
+                    self.fail(
+                        ch,
+                        ErrorCode::BadRequest,
+                        "no upload to end on this channel",
+                    )
+                    .await
+                }
+            },
+            Request::Cancel => {
+                // Stops the stream; a process keeps running. Dropping an upload's queue
+                // abandons it.
+                if let Some(task) = self.chans.remove(&ch).and_then(|c| c.task) {
+                    task.abort();
+                }
+            }
+            Request::CloseStdin => {
+                let proc = self
+                    .chans
+                    .get(&ch)
+                    .and_then(|c| c.pid)
+                    .and_then(|pid| self.agent.procs.get(pid));
+                match proc {
+                    Some(proc) => proc.close_stdin().await,
+                    None => {
+                        self.fail(ch, ErrorCode::BadRequest, "no process on this channel")
+                            .await
+                    }
+                }
+            }
+            _ if self.chans.contains_key(&ch) => {
+                self.fail(ch, ErrorCode::BadRequest, format!("channel {ch} is in use"))
+                    .await
+            }
+            request => self.start(ch, request).await,
+        }
+    }
+
+    async fn start(&mut self, ch: u32, request: Request) {
+        let out = self.out.clone();
+        match request {
+            Request::Exec(exec) => {
+                let proc = match process::spawn(&self.agent, &exec) {
+                    Ok(proc) => proc,
+                    Err(f) => return self.send(ch, f.response()).await,
+                };
+                let reader = proc.reader(true);
+                let credit = Arc::new(Credit::new());
+                let agent = self.agent.clone();
+                let pid = proc.pid;
+                let task_credit = credit.clone();
+                let chan = self.run(ch, async move {
+                    if out
+                        .send(Frame::control(ch, &Response::Started { pid }))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    if reader.follow(ch, &task_credit, &out).await {
+                        agent.procs.collect(pid);
+                    }
+                });
+                chan.credit = credit;
+                chan.pid = Some(pid);
+                chan.kill_on_disconnect = !exec.background;
+            }
+            Request::Attach { pid, replay } => {
+                let Some(proc) = self.agent.procs.get(pid) else {
+                    return self
+                        .fail(ch, ErrorCode::ProcessNotFound, format!("no process {pid}"))
+                        .await;
+                };
+                let reader = proc.reader(replay);
+                let credit = Arc::new(Credit::new());
+                let agent = self.agent.clone();
+                let task_credit = credit.clone();
+                let chan = self.run(ch, async move {
+                    if reader.follow(ch, &task_credit, &out).await {
+                        agent.procs.collect(pid);
+                    }
+                });
+                chan.credit = credit;
+                chan.pid = Some(pid);
+            }
+            Request::ListProcesses => {
+                let list = self.agent.procs.list();
+                self.send(ch, Response::Processes { list }).await;
+            }
+            Request::Signal { pid, signal } => {
+                let result = parse_signal(signal).and_then(|sig| match self.agent.procs.get(pid) {
+                    Some(proc) => proc.signal(sig),
+                    None => Err(Failure::new(
+                        ErrorCode::ProcessNotFound,
+                        format!("no process {pid}"),
+                    )),
+                });
+                self.send(ch, result.map_or_else(Failure::response, |()| Response::Ok))
+                    .await;
+            }
+            Request::Resize { pid, size } => {
+                let result = match self.agent.procs.get(pid) {
+                    Some(proc) => proc.resize(size),
+                    None => Err(Failure::new(
+                        ErrorCode::ProcessNotFound,
+                        format!("no process {pid}"),
+                    )),
+                };
+                self.send(ch, result.map_or_else(Failure::response, |()| Response::Ok))
+                    .await;
+            }
+            Request::ReadFile { path } => {
+                let credit = Arc::new(Credit::new());
+                let task_credit = credit.clone();
+                self.run(ch, files::read_file(path, ch, task_credit, out))
+                    .credit = credit;
+            }
+            Request::WriteFile { path, mode, append } => {
+                let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+                let chan = self.run(ch, async move {
+                    let _ = tokio::task::spawn_blocking(move || {
+                        files::write_file(path, mode, append, rx, ch, out)
+                    })
+                    .await;
+                });
+                chan.upload = Some(tx);
+            }
+            Request::ListDir { path, depth } => {
+                self.run_blocking(ch, move || files::list_dir(&path, depth))
+            }
+            Request::Stat { path } => self.run_blocking(ch, move || files::stat(&path)),
+            Request::MakeDir { path, mode } => {
+                self.run_blocking(ch, move || files::make_dir(&path, mode))
+            }
+            Request::Remove { path, recursive } => {
+                self.run_blocking(ch, move || files::remove(&path, recursive))
+            }
+            Request::Rename { from, to } => {
+                self.run_blocking(ch, move || files::rename(&from, &to))
+            }
+            Request::Watch { path, recursive } => {
+                self.run(ch, files::watch(path, recursive, ch, out));
+            }
+            Request::Hello { .. } => {
+                self.fail(ch, ErrorCode::BadRequest, "hello was already exchanged")
+                    .await
+            }
+            Request::End | Request::Cancel | Request::CloseStdin => {
+                self.fail(ch, ErrorCode::BadRequest, "nothing runs on this channel")
+                    .await
+            }
+        }
+    }
+
+    fn close(self) {
+        for chan in self.chans.into_values() {
+            if chan.kill_on_disconnect {
+                if let Some(proc) = chan.pid.and_then(|pid| self.agent.procs.get(pid)) {
+                    proc.kill_group();
+                }
+            }
+            if let Some(task) = chan.task {
+                task.abort();
+            }
+        }
+    }
+}

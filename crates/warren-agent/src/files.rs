@@ -1,0 +1,494 @@
+//! File operations and watches, on the sandbox's filesystem as the agent sees it.
+//!
+//! Transfers stream in [`CHUNK`]s: a read waits for the client's credit before each
+//! chunk, an upload waits in a small queue that stops the connection's reader when full,
+//! so a 100 MB file never sits in the agent's memory. A whole-file upload goes to a
+//! temporary file beside the target and is renamed over it at the end, so readers see the
+//! old contents or the new, never a torn mix, and an abandoned upload leaves nothing.
+
+use std::fs::{self, Metadata, OpenOptions, Permissions};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use warren_types::proto::{
+    ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, WatchKind, CHUNK, MAX_PAYLOAD,
+};
+
+use crate::flow::{self, Credit};
+use crate::Failure;
+
+/// What the connection forwards to an upload.
+#[derive(Debug)]
+pub(crate) enum Upload {
+    Data(Vec<u8>),
+    End,
+}
+
+/// Entries one listing may hold; past this its JSON could not fit in a frame anyway.
+const MAX_ENTRIES: usize = MAX_PAYLOAD / 64;
+
+fn info(shown: String, path: &Path, meta: &Metadata) -> FileInfo {
+    let file_type = if meta.is_dir() {
+        FileType::Dir
+    } else if meta.is_file() {
+        FileType::File
+    } else if meta.file_type().is_symlink() {
+        FileType::Symlink
+    } else {
+        FileType::Other
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| shown.clone());
+    FileInfo {
+        path: shown,
+        name,
+        file_type,
+        size: meta.len(),
+        mode: meta.mode() & 0o7777,
+        uid: meta.uid(),
+        gid: meta.gid(),
+        modified: meta.mtime(),
+        symlink_target: (file_type == FileType::Symlink)
+            .then(|| fs::read_link(path).ok())
+            .flatten()
+            .map(|t| t.to_string_lossy().into_owned()),
+    }
+}
+
+fn join(shown: &str, name: &str) -> String {
+    if shown.ends_with('/') {
+        format!("{shown}{name}")
+    } else {
+        format!("{shown}/{name}")
+    }
+}
+
+/// Describes a path itself (a symlink is reported as one, with its target).
+pub(crate) fn stat(path: &str) -> Response {
+    match fs::symlink_metadata(path) {
+        Ok(meta) => Response::FileInfo {
+            info: info(path.to_string(), Path::new(path), &meta),
+        },
+        Err(e) => Failure::io(path, &e).response(),
+    }
+}
+
+/// Lists a directory and, down to `depth` levels, its subdirectories (never through a
+/// symlink). Subdirectories that cannot be read are listed but not entered.
+pub(crate) fn list_dir(path: &str, depth: u32) -> Response {
+    fn walk(dir: &Path, shown: &str, depth: u32, out: &mut Vec<FileInfo>) -> io::Result<()> {
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let child = entry.path();
+            let shown = join(shown, &entry.file_name().to_string_lossy());
+            let Ok(meta) = fs::symlink_metadata(&child) else {
+                continue; // removed while we listed it
+            };
+            out.push(info(shown.clone(), &child, &meta));
+            if out.len() > MAX_ENTRIES {
+                return Ok(());
+            }
+            if meta.is_dir() && depth > 1 {
+                let _ = walk(&child, &shown, depth - 1, out);
+            }
+        }
+        Ok(())
+    }
+    if depth == 0 {
+        return Failure::new(ErrorCode::BadRequest, "depth must be at least 1").response();
+    }
+    match fs::metadata(path) {
+        Ok(m) if !m.is_dir() => {
+            return Failure::io(path, &io::Error::from_raw_os_error(libc::ENOTDIR)).response()
+        }
+        Ok(_) => {}
+        Err(e) => return Failure::io(path, &e).response(),
+    }
+    let mut entries = Vec::new();
+    if let Err(e) = walk(Path::new(path), path, depth, &mut entries) {
+        return Failure::io(path, &e).response();
+    }
+    if entries.len() > MAX_ENTRIES {
+        return Failure::new(
+            ErrorCode::Io,
+            format!("{path}: more than {MAX_ENTRIES} entries; list with a smaller depth"),
+        )
+        .response();
+    }
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let response = Response::DirEntries { entries };
+    if serde_json::to_vec(&response).map_or(0, |v| v.len()) > MAX_PAYLOAD {
+        return Failure::new(
+            ErrorCode::Io,
+            format!("{path}: listing too large; list with a smaller depth"),
+        )
+        .response();
+    }
+    response
+}
+
+/// `mkdir -p`, except that an existing path is reported as `AlreadyExists`.
+pub(crate) fn make_dir(path: &str, mode: Option<u32>) -> Response {
+    if fs::symlink_metadata(path).is_ok() {
+        return Failure::io(path, &io::Error::from_raw_os_error(libc::EEXIST)).response();
+    }
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode.unwrap_or(0o755))
+        .create(path)
+    {
+        Ok(()) => Response::Ok,
+        Err(e) => Failure::io(path, &e).response(),
+    }
+}
+
+pub(crate) fn remove(path: &str, recursive: bool) -> Response {
+    let result = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() && recursive => fs::remove_dir_all(path),
+        Ok(m) if m.is_dir() => fs::remove_dir(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => Response::Ok,
+        Err(e) => Failure::io(path, &e).response(),
+    }
+}
+
+pub(crate) fn rename(from: &str, to: &str) -> Response {
+    match fs::rename(from, to) {
+        Ok(()) => Response::Ok,
+        Err(e) => Failure::io(&format!("{from} -> {to}"), &e).response(),
+    }
+}
+
+/// Sends `FileInfo`, the contents as credit allows, then `End`.
+pub(crate) async fn read_file(
+    path: String,
+    ch: u32,
+    credit: Arc<Credit>,
+    out: mpsc::Sender<Frame>,
+) {
+    let result: io::Result<()> = async {
+        let mut file = tokio::fs::File::open(&path).await?;
+        let meta = file.metadata().await?;
+        if meta.is_dir() {
+            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+        }
+        let info = info(path.clone(), Path::new(&path), &meta);
+        if out
+            .send(Frame::control(ch, &Response::FileInfo { info }))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let granted = credit.take(CHUNK).await;
+            let n = file.read(&mut buf[..granted]).await?;
+            credit.refund(granted - n);
+            if n == 0 {
+                break;
+            }
+            if out
+                .send(Frame::new(ch, FrameKind::Data, buf[..n].to_vec()))
+                .await
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+        let _ = out.send(Frame::control(ch, &Response::End)).await;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = out
+            .send(Frame::control(ch, &Failure::io(&path, &e).response()))
+            .await;
+    }
+}
+
+/// Receives an upload and answers `Written`. Blocking: run it on the blocking pool.
+pub(crate) fn write_file(
+    path: String,
+    mode: Option<u32>,
+    append: bool,
+    mut rx: mpsc::Receiver<Upload>,
+    ch: u32,
+    out: mpsc::Sender<Frame>,
+) {
+    let response = match write_upload(Path::new(&path), mode, append, &mut rx) {
+        Ok(Some(bytes)) => Response::Written { bytes },
+        // Abandoned: the client cancelled or went away.
+        Ok(None) => return,
+        Err(e) => {
+            let _ = out.blocking_send(Frame::control(ch, &Failure::io(&path, &e).response()));
+            // Absorb what the client had in flight, up to its End.
+            while let Some(Upload::Data(_)) = rx.blocking_recv() {}
+            return;
+        }
+    };
+    let _ = out.blocking_send(Frame::control(ch, &response));
+}
+
+/// Writes the upload; `None` when it was abandoned before its End.
+fn write_upload(
+    target: &Path,
+    mode: Option<u32>,
+    append: bool,
+    rx: &mut mpsc::Receiver<Upload>,
+) -> io::Result<Option<u64>> {
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    let existing = fs::metadata(target).ok();
+    if existing.as_ref().is_some_and(|m| m.is_dir()) {
+        return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    }
+    if append {
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(mode.unwrap_or(0o644))
+            .open(target)?;
+        if let Some(mode) = mode {
+            file.set_permissions(Permissions::from_mode(mode))?;
+        }
+        return receive(rx, &mut file);
+    }
+    let mut tmp = TempFile::beside(target)?;
+    let Some(bytes) = receive(rx, &mut tmp.file)? else {
+        return Ok(None);
+    };
+    let mode = mode
+        .or(existing.as_ref().map(|m| m.mode() & 0o7777))
+        .unwrap_or(0o644);
+    tmp.file.set_permissions(Permissions::from_mode(mode))?;
+    if let Some(m) = &existing {
+        // A file replaced by its owner's upload stays theirs. Best effort: an agent
+        // without CAP_CHOWN can only write files it owns anyway.
+        let _ = std::os::unix::fs::fchown(&tmp.file, Some(m.uid()), Some(m.gid()));
+    }
+    fs::rename(&tmp.path, target)?;
+    tmp.persisted = true;
+    Ok(Some(bytes))
+}
+
+fn receive(rx: &mut mpsc::Receiver<Upload>, file: &mut fs::File) -> io::Result<Option<u64>> {
+    let mut bytes = 0u64;
+    loop {
+        match rx.blocking_recv() {
+            Some(Upload::Data(data)) => {
+                file.write_all(&data)?;
+                bytes += data.len() as u64;
+            }
+            Some(Upload::End) => return Ok(Some(bytes)),
+            None => return Ok(None),
+        }
+    }
+}
+
+/// A temporary file that is removed unless it was renamed into place.
+struct TempFile {
+    path: PathBuf,
+    file: fs::File,
+    persisted: bool,
+}
+
+impl TempFile {
+    fn beside(target: &Path) -> io::Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            target.with_file_name(format!(".{name}.warren-upload-{}-{n}", std::process::id()));
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        Ok(Self {
+            path,
+            file,
+            persisted: false,
+        })
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+fn watch_mask() -> AddWatchFlags {
+    AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_ATTRIB
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_DELETE_SELF
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVE_SELF
+}
+
+/// Watches `dir` and every directory below it, recording what it finds in `found`.
+fn watch_tree(
+    ino: &Inotify,
+    dir: &Path,
+    wds: &mut std::collections::HashMap<WatchDescriptor, PathBuf>,
+    found: &mut Vec<PathBuf>,
+) {
+    let Ok(wd) = ino.add_watch(dir, watch_mask() | AddWatchFlags::IN_ONLYDIR) else {
+        return;
+    };
+    wds.insert(wd, dir.to_path_buf());
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        found.push(path.clone());
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            watch_tree(ino, &path, wds, found);
+        }
+    }
+}
+
+fn kind_of(mask: AddWatchFlags) -> Option<WatchKind> {
+    use AddWatchFlags as F;
+    if mask.contains(F::IN_CREATE) {
+        Some(WatchKind::Create)
+    } else if mask.contains(F::IN_MODIFY) {
+        Some(WatchKind::Write)
+    } else if mask.intersects(F::IN_DELETE | F::IN_DELETE_SELF) {
+        Some(WatchKind::Remove)
+    } else if mask.intersects(F::IN_MOVED_FROM | F::IN_MOVED_TO | F::IN_MOVE_SELF) {
+        Some(WatchKind::Rename)
+    } else if mask.contains(F::IN_ATTRIB) {
+        Some(WatchKind::Chmod)
+    } else {
+        None
+    }
+}
+
+/// Answers `Ok`, then a `WatchEvent` per change until cancelled (the task is aborted) or
+/// until the watched path itself is gone.
+pub(crate) async fn watch(path: String, recursive: bool, ch: u32, out: mpsc::Sender<Frame>) {
+    let send = |r: Response| Frame::control(ch, &r);
+    let ino = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = out
+                .send(send(Failure::io(&path, &io::Error::from(e)).response()))
+                .await;
+            return;
+        }
+    };
+    let root = PathBuf::from(&path);
+    let root_wd = match ino.add_watch(root.as_path(), watch_mask()) {
+        Ok(wd) => wd,
+        Err(e) => {
+            let _ = out
+                .send(send(Failure::io(&path, &io::Error::from(e)).response()))
+                .await;
+            return;
+        }
+    };
+    let mut wds = std::collections::HashMap::from([(root_wd, root.clone())]);
+    if recursive && root.is_dir() {
+        let mut found = Vec::new();
+        if let Ok(entries) = fs::read_dir(&root) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    watch_tree(&ino, &entry.path(), &mut wds, &mut found);
+                }
+            }
+        }
+    }
+    // The runtime only needs readiness; the events are read through `ino` itself.
+    let ready = match ino.as_fd().try_clone_to_owned().and_then(flow::reader) {
+        Ok(fd) => fd,
+        Err(e) => {
+            let _ = out.send(send(Failure::io(&path, &e).response())).await;
+            return;
+        }
+    };
+    if out.send(send(Response::Ok)).await.is_err() {
+        return;
+    }
+    while !wds.is_empty() {
+        if ready.readable().await.is_err() {
+            return;
+        }
+        let events = match ready.try_io(|| Ok(ino.read_events()?)) {
+            Ok(events) => events,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                let _ = out.send(send(Failure::io(&path, &e).response())).await;
+                return;
+            }
+        };
+        for ev in events {
+            if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
+                wds.remove(&ev.wd);
+                continue;
+            }
+            let Some(dir) = wds.get(&ev.wd).cloned() else {
+                continue;
+            };
+            // A subdirectory's own delete/move also arrives, named, from its parent.
+            let is_self = ev
+                .mask
+                .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF);
+            if is_self && ev.wd != root_wd {
+                continue;
+            }
+            let changed = match &ev.name {
+                Some(name) => dir.join(name),
+                None => dir,
+            };
+            let mut created = Vec::new();
+            if recursive
+                && ev.mask.contains(AddWatchFlags::IN_ISDIR)
+                && ev
+                    .mask
+                    .intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
+            {
+                // What appeared inside before the watch was in place (mkdir -p) is reported
+                // as created: it was, after its parent.
+                watch_tree(&ino, &changed, &mut wds, &mut created);
+            }
+            let Some(kind) = kind_of(ev.mask) else {
+                continue;
+            };
+            let events = std::iter::once((kind, changed))
+                .chain(created.into_iter().map(|p| (WatchKind::Create, p)));
+            for (kind, p) in events {
+                let event = Response::WatchEvent {
+                    kind,
+                    path: p.to_string_lossy().into_owned(),
+                };
+                if out.send(send(event)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! File operations and watches over the protocol.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::{sh, Client, TestAgent};
+use warren_types::proto::{
+    ErrorCode, FileType, Frame, FrameKind, Request, Response, WatchKind, CHUNK,
+};
+
+/// A deterministic byte stream and a checksum of it, so 100 MB never sits in memory.
+struct Pattern(u64);
+
+impl Pattern {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for b in buf {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            *b = self.0 as u8;
+        }
+    }
+}
+
+fn checksum(sum: u64, data: &[u8]) -> u64 {
+    data.iter()
+        .fold(sum, |s, b| s.rotate_left(5) ^ u64::from(*b))
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+async fn write_file(c: &mut Client, path: &str, chunks: impl Iterator<Item = Vec<u8>>) -> Response {
+    let ch = c
+        .open(&Request::WriteFile {
+            path: path.into(),
+            mode: None,
+            append: false,
+        })
+        .await;
+    for chunk in chunks {
+        c.send_frame(&Frame::new(ch, FrameKind::Data, chunk)).await;
+    }
+    c.send(ch, &Request::End).await;
+    c.control(ch).await
+}
+
+/// Reads a whole file, returning its info, length and checksum.
+async fn read_file(c: &mut Client, path: &str) -> Result<(u64, u64, u64), ErrorCode> {
+    let ch = c.open(&Request::ReadFile { path: path.into() }).await;
+    let size = match c.control(ch).await {
+        Response::FileInfo { info } => info.size,
+        Response::Error { code, .. } => return Err(code),
+        other => panic!("{other:?}"),
+    };
+    let (mut len, mut sum) = (0u64, 0u64);
+    loop {
+        let f = c.frame(ch).await;
+        match f.kind {
+            FrameKind::Data => {
+                assert!(f.payload.len() <= CHUNK);
+                len += f.payload.len() as u64;
+                sum = checksum(sum, &f.payload);
+                c.grant(ch, f.payload.len() as u32).await;
+            }
+            FrameKind::Control => {
+                assert_eq!(f.parse::<Response>().unwrap(), Response::End);
+                return Ok((size, len, sum));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn hundred_megabytes_round_trip_in_bounded_memory() {
+    const SIZE: usize = 100 << 20;
+    let agent = TestAgent::start();
+    let dir = agent.scratch();
+    let path = dir.join("deep/er/big.bin");
+    let path = path.to_str().unwrap();
+    let mut c = agent.connect().await;
+    let rss_before = rss_kib();
+
+    let mut pattern = Pattern(0x9e37_79b9_7f4a_7c15);
+    let mut sum = 0u64;
+    let chunks = (0..SIZE / CHUNK).map(|_| {
+        let mut buf = vec![0u8; CHUNK];
+        pattern.fill(&mut buf);
+        sum = checksum(sum, &buf);
+        buf
+    });
+    let written = write_file(&mut c, path, chunks).await;
+    assert_eq!(written, Response::Written { bytes: SIZE as u64 });
+    assert_eq!(std::fs::metadata(path).unwrap().len(), SIZE as u64);
+
+    let (size, len, read_sum) = read_file(&mut c, path).await.unwrap();
+    assert_eq!((size, len), (SIZE as u64, SIZE as u64));
+    assert_eq!(read_sum, sum);
+    let grown = rss_kib().saturating_sub(rss_before);
+    assert!(
+        grown < 64 * 1024,
+        "test process grew by {grown} KiB moving 100 MB"
+    );
+}
+
+#[tokio::test]
+async fn writes_replace_atomically_keep_modes_and_append() {
+    let agent = TestAgent::start();
+    let dir = agent.scratch();
+    let path = dir.join("f.txt");
+    let p = path.to_str().unwrap();
+    let mut c = agent.connect().await;
+    let ch = c
+        .open(&Request::WriteFile {
+            path: p.into(),
+            mode: Some(0o600),
+            append: false,
+        })
+        .await;
+    c.send_frame(&Frame::new(ch, FrameKind::Data, b"one\n".to_vec()))
+        .await;
+    c.send(ch, &Request::End).await;
+    assert_eq!(c.control(ch).await, Response::Written { bytes: 4 });
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Replacing keeps the mode; appending adds.
+    assert_eq!(
+        write_file(&mut c, p, [b"two\n".to_vec()].into_iter()).await,
+        Response::Written { bytes: 4 }
+    );
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let ch = c
+        .open(&Request::WriteFile {
+            path: p.into(),
+            mode: None,
+            append: true,
+        })
+        .await;
+    c.send_frame(&Frame::new(ch, FrameKind::Data, b"three\n".to_vec()))
+        .await;
+    c.send(ch, &Request::End).await;
+    assert_eq!(c.control(ch).await, Response::Written { bytes: 6 });
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\nthree\n");
+
+    // An abandoned upload leaves neither the target changed nor a temporary file.
+    let ch = c
+        .open(&Request::WriteFile {
+            path: p.into(),
+            mode: None,
+            append: false,
+        })
+        .await;
+    c.send_frame(&Frame::new(ch, FrameKind::Data, b"partial".to_vec()))
+        .await;
+    c.send(ch, &Request::Cancel).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\nthree\n");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+
+    // Writing over a directory, and reading one, are errors.
+    let d = dir.to_str().unwrap();
+    assert!(matches!(
+        write_file(&mut c, d, std::iter::empty()).await,
+        Response::Error {
+            code: ErrorCode::IsADirectory,
+            ..
+        }
+    ));
+    assert_eq!(read_file(&mut c, d).await, Err(ErrorCode::IsADirectory));
+    assert_eq!(
+        read_file(&mut c, "/no/such/file").await,
+        Err(ErrorCode::NotFound)
+    );
+}
+
+#[tokio::test]
+async fn directories_stat_mkdir_remove_rename() {
+    let agent = TestAgent::start();
+    let dir = agent.scratch();
+    let d = dir.to_str().unwrap().to_string();
+    std::fs::create_dir_all(dir.join("a/b/c")).unwrap();
+    std::fs::write(dir.join("a/file"), "12345").unwrap();
+    std::fs::write(dir.join("a/b/inner"), "").unwrap();
+    std::os::unix::fs::symlink("file", dir.join("a/link")).unwrap();
+    let mut c = agent.connect().await;
+
+    let Response::DirEntries { entries } = c
+        .request(&Request::ListDir {
+            path: format!("{d}/a"),
+            depth: 2,
+        })
+        .await
+    else {
+        panic!("no listing")
+    };
+    let paths: Vec<String> = entries
+        .iter()
+        .map(|e| e.path.strip_prefix(&d).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/a/b", "/a/b/c", "/a/b/inner", "/a/file", "/a/link"]
+    );
+    let link = entries.iter().find(|e| e.name == "link").unwrap();
+    assert_eq!(
+        (link.file_type, link.symlink_target.as_deref()),
+        (FileType::Symlink, Some("file"))
+    );
+    let Response::DirEntries { entries } = c
+        .request(&Request::ListDir {
+            path: format!("{d}/a"),
+            depth: 1,
+        })
+        .await
+    else {
+        panic!("no listing")
+    };
+    assert_eq!(entries.len(), 3);
+
+    match c
+        .request(&Request::Stat {
+            path: format!("{d}/a/file"),
+        })
+        .await
+    {
+        Response::FileInfo { info } => {
+            assert_eq!(
+                (info.file_type, info.size, info.name.as_str()),
+                (FileType::File, 5, "file")
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let code = |r: Response| match r {
+        Response::Error { code, .. } => Some(code),
+        _ => None,
+    };
+    assert_eq!(
+        code(
+            c.request(&Request::Stat {
+                path: format!("{d}/nope")
+            })
+            .await
+        ),
+        Some(ErrorCode::NotFound)
+    );
+    assert_eq!(
+        code(
+            c.request(&Request::ListDir {
+                path: format!("{d}/a/file"),
+                depth: 1
+            })
+            .await
+        ),
+        Some(ErrorCode::NotADirectory)
+    );
+
+    let new = format!("{d}/x/y/z");
+    assert_eq!(
+        c.request(&Request::MakeDir {
+            path: new.clone(),
+            mode: None
+        })
+        .await,
+        Response::Ok
+    );
+    assert!(dir.join("x/y/z").is_dir());
+    assert_eq!(
+        code(
+            c.request(&Request::MakeDir {
+                path: new,
+                mode: None
+            })
+            .await
+        ),
+        Some(ErrorCode::AlreadyExists)
+    );
+
+    let from = format!("{d}/a/file");
+    let to = format!("{d}/x/moved");
+    assert_eq!(c.request(&Request::Rename { from, to }).await, Response::Ok);
+    assert!(dir.join("x/moved").is_file());
+
+    assert_eq!(
+        code(
+            c.request(&Request::Remove {
+                path: format!("{d}/a"),
+                recursive: false
+            })
+            .await
+        ),
+        Some(ErrorCode::NotEmpty)
+    );
+    assert_eq!(
+        c.request(&Request::Remove {
+            path: format!("{d}/a"),
+            recursive: true
+        })
+        .await,
+        Response::Ok
+    );
+    assert!(!dir.join("a").exists());
+    assert_eq!(
+        code(
+            c.request(&Request::Remove {
+                path: format!("{d}/a"),
+                recursive: true
+            })
+            .await
+        ),
+        Some(ErrorCode::NotFound)
+    );
+}
+
+#[tokio::test]
+async fn watch_reports_changes_below_the_path() {
+    let agent = TestAgent::start();
+    let dir = agent.scratch();
+    let d = dir.to_str().unwrap().to_string();
+    let mut c = agent.connect().await;
+    let ch = c
+        .open(&Request::Watch {
+            path: d.clone(),
+            recursive: true,
+        })
+        .await;
+    assert_eq!(c.control(ch).await, Response::Ok);
+
+    // Changes made by a sandboxed process, as in real use.
+    let script = format!(
+        "cd {d} && echo a > f && echo b >> f && chmod 600 f && mv f g && mkdir -p sub/deeper && \
+         sleep 0.2 && echo c > sub/deeper/h && rm g"
+    );
+    assert_eq!(c.run(sh(&script)).await.status.code, Some(0));
+
+    let want = [
+        (WatchKind::Create, format!("{d}/f")),
+        (WatchKind::Write, format!("{d}/f")),
+        (WatchKind::Chmod, format!("{d}/f")),
+        (WatchKind::Rename, format!("{d}/f")),
+        (WatchKind::Rename, format!("{d}/g")),
+        (WatchKind::Create, format!("{d}/sub")),
+        (WatchKind::Create, format!("{d}/sub/deeper")),
+        (WatchKind::Create, format!("{d}/sub/deeper/h")),
+        (WatchKind::Remove, format!("{d}/g")),
+    ];
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !want.iter().all(|w| seen.contains(w)) {
+        assert!(Instant::now() < deadline, "saw only {seen:?}");
+        match c.control(ch).await {
+            Response::WatchEvent { kind, path } => seen.push((kind, path)),
+            other => panic!("{other:?}"),
+        }
+    }
+    c.send(ch, &Request::Cancel).await;
+
+    // A watch on a missing path is an error, not a stream.
+    let ch = c
+        .open(&Request::Watch {
+            path: format!("{d}/missing"),
+            recursive: false,
+        })
+        .await;
+    assert!(matches!(
+        c.control(ch).await,
+        Response::Error {
+            code: ErrorCode::NotFound,
+            ..
+        }
+    ));
+}

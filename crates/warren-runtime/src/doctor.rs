@@ -1,0 +1,128 @@
+//! Finding what a sandbox left behind: the check behind `warren doctor`.
+//!
+//! A sandbox's mounts live in its own mount namespaces and its veth dies with its network
+//! namespace, so in a healthy system the only host objects are those of live sandboxes.
+//! Anything else with Warren's names is a leak: a cgroup, a run directory, a host link or
+//! an address lease whose sandbox has no live helper, a mount in the host's namespace, or
+//! a helper or agent process whose sandbox is gone.
+
+use std::fs;
+use std::path::PathBuf;
+
+use crate::namespace::helper_alive;
+use crate::network::LINK_PREFIX;
+use crate::{NamespaceBackend, PREFIX};
+
+/// One thing left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leftover {
+    pub kind: &'static str,
+    pub what: String,
+}
+
+/// Everything of Warren's on this host that no live sandbox owns.
+pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
+    let paths = backend.paths();
+    let mut out = Vec::new();
+    let live = |id: &str| helper_alive(&paths.sandbox_run(id));
+
+    for name in backend.hierarchy().list(PREFIX) {
+        let id = name.trim_start_matches(PREFIX);
+        if !live(id) {
+            for p in backend.cgroup(id).paths() {
+                if p.exists() {
+                    out.push(Leftover {
+                        kind: "cgroup",
+                        what: p.display().to_string(),
+                    });
+                }
+            }
+        }
+    }
+    let runs = paths.run.join("sandboxes");
+    for e in fs::read_dir(&runs).into_iter().flatten().flatten() {
+        let id = e.file_name().to_string_lossy().into_owned();
+        if !live(&id) {
+            out.push(Leftover {
+                kind: "run directory",
+                what: e.path().display().to_string(),
+            });
+        }
+    }
+    for e in fs::read_dir(paths.run.join("net"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let id = fs::read_to_string(e.path()).unwrap_or_default();
+        if !live(id.trim()) {
+            out.push(Leftover {
+                kind: "address lease",
+                what: e.path().display().to_string(),
+            });
+        }
+    }
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let run_s = paths.run.display().to_string();
+    let data_s = paths.data.display().to_string();
+    for line in mountinfo.lines() {
+        let mnt = line.split(' ').nth(4).unwrap_or("");
+        if mnt.starts_with(&run_s) || mnt.starts_with(&data_s) || mnt.contains("warren") {
+            out.push(Leftover {
+                kind: "mount",
+                what: mnt.to_string(),
+            });
+        }
+    }
+    for e in fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(short) = name.strip_prefix(LINK_PREFIX) {
+            let owner = fs::read_dir(&runs)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|r| r.file_name().to_string_lossy().into_owned())
+                .find(|id| id.starts_with(short));
+            if owner.as_deref().map(|id| !live(id)).unwrap_or(true) {
+                out.push(Leftover {
+                    kind: "host link",
+                    what: name,
+                });
+            }
+        }
+    }
+    out.extend(orphan_processes(&runs));
+    out
+}
+
+/// Helpers (`warren __init`) whose run directory is gone.
+fn orphan_processes(runs: &std::path::Path) -> Vec<Leftover> {
+    let mut known: Vec<i32> = Vec::new();
+    for e in fs::read_dir(runs).into_iter().flatten().flatten() {
+        if let Ok(s) = fs::read_to_string(e.path().join("helper.pid")) {
+            if let Ok(pid) = s.trim().parse() {
+                known.push(pid);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmdline = fs::read(PathBuf::from("/proc").join(pid.to_string()).join("cmdline"))
+            .unwrap_or_default();
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        if args.get(1) == Some(&&b"__init"[..]) && !known.contains(&pid) {
+            out.push(Leftover {
+                kind: "process",
+                what: format!("helper pid {pid} with no sandbox"),
+            });
+        }
+    }
+    out
+}

@@ -1,0 +1,672 @@
+//! The sandbox helper: `warren __init`, one process per sandbox.
+//!
+//! The daemon and the CLI are multi-threaded; forking into new namespaces from them is
+//! not sound. So they start this helper, a fresh single-threaded process, hand it the
+//! sandbox's configuration on stdin and read one status line from its stdout. The helper
+//!
+//! 1. creates the sandbox's cgroup with its limits;
+//! 2. enters a private mount namespace and builds the root filesystem there (overlay,
+//!    read-only host directories, /dev, volumes, a loop-mounted disk when the disk is
+//!    bounded), so no mount of a sandbox is ever visible on the host or outlives it;
+//! 3. binds the agent's socket, then clones the sandbox's first process into new user,
+//!    mount, pid, uts, ipc and network namespaces, writes its id maps, puts it in the
+//!    cgroup, and lets it go on;
+//! 4. the child mounts /proc, /sys and /dev/pts, masks what the OCI default masks,
+//!    pivots into the new root and becomes the agent (PID 1);
+//! 5. the helper reports `ready`, then stays as the sandbox's monitor: it forwards
+//!    published ports and, when asked to stop (SIGTERM) or when PID 1 dies, kills what is
+//!    left, removes the cgroup and the sandbox's directories, and exits.
+//!
+//! With `die_with_parent` (the CLI's `warren run`), the kernel sends the helper SIGTERM
+//! when its caller dies, so even a SIGKILLed CLI leaves nothing behind.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use warren_sys::cgroup::{Hierarchy, Limits};
+use warren_sys::mount::{bind, mount_fs, remount_readonly, set_propagation, unmount, MsFlags};
+use warren_sys::ns::{self, Forked};
+use warren_types::spec::{NetworkMode, SandboxSpec, VolumeMount};
+
+use crate::template::{self, Template};
+use crate::{Paths, HOST_ID_BASE, ID_COUNT, PREFIX, USER_ID};
+
+/// What the caller sends the helper on stdin.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HelperConfig {
+    pub spec: SandboxSpec,
+    pub run_dir: PathBuf,
+    pub data_dir: PathBuf,
+    /// The caller's pid: the helper tears the sandbox down when that process dies.
+    pub die_with_parent: Option<i32>,
+    /// Remove the writable layer when the sandbox ends.
+    pub ephemeral: bool,
+}
+
+/// The helper's one status line on stdout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HelperStatus {
+    Ready { agent_pid: i32, socket: PathBuf },
+    Error { message: String },
+}
+
+/// /proc paths hidden from sandboxes, as the OCI runtime spec's default does.
+const MASKED: [&str; 9] = [
+    "proc/acpi",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
+    "sys/firmware",
+];
+
+/// /proc paths made read-only.
+const READONLY: [&str; 6] = [
+    "proc/asound",
+    "proc/bus",
+    "proc/fs",
+    "proc/irq",
+    "proc/sys",
+    "proc/sysrq-trigger",
+];
+
+/// Entry point of `warren __init`. Never returns.
+pub fn main() -> ! {
+    let mut input = Vec::new();
+    let config = std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| e.to_string())
+        .and_then(|_| serde_json::from_slice::<HelperConfig>(&input).map_err(|e| e.to_string()));
+    let config = match config {
+        Ok(c) => c,
+        Err(e) => report_and_exit(HelperStatus::Error {
+            message: format!("bad helper configuration: {e}"),
+        }),
+    };
+    let monitor = match Sandbox::build(&config) {
+        Ok(m) => m,
+        Err(message) => report_and_exit(HelperStatus::Error { message }),
+    };
+    report(&HelperStatus::Ready {
+        agent_pid: monitor.agent.as_raw(),
+        socket: monitor.socket.clone(),
+    });
+    // The caller reads one line; nothing more goes to it.
+    if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    }
+    let code = monitor.watch();
+    std::process::exit(code)
+}
+
+fn report(status: &HelperStatus) {
+    let mut line = serde_json::to_vec(status).unwrap_or_default();
+    line.push(b'\n');
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(&line);
+    let _ = out.flush();
+}
+
+fn report_and_exit(status: HelperStatus) -> ! {
+    report(&status);
+    std::process::exit(1)
+}
+
+/// Undoes, in reverse, what set-up did so far. Dropped on every failure path.
+struct Cleanup {
+    cgroup: Option<warren_sys::cgroup::Cgroup>,
+    dirs: Vec<PathBuf>,
+    mounts: Vec<PathBuf>,
+    agent: Option<Pid>,
+}
+
+impl Cleanup {
+    fn run(&mut self) {
+        if let Some(cg) = &self.cgroup {
+            let _ = cg.kill_all(Duration::from_secs(5));
+        }
+        if let Some(pid) = self.agent.take() {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = cg.remove();
+        }
+        for m in self.mounts.drain(..).rev() {
+            let _ = unmount(&m);
+        }
+        for d in self.dirs.drain(..).rev() {
+            if fs::remove_dir_all(&d).is_err() {
+                let _ = fs::remove_file(&d);
+            }
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.run();
+    }
+}
+
+/// A built sandbox, watched by this helper.
+struct Sandbox {
+    agent: Pid,
+    socket: PathBuf,
+    cleanup: Cleanup,
+    publishers: Vec<std::thread::JoinHandle<()>>,
+}
+
+fn fail(what: &str) -> impl FnOnce(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+impl Sandbox {
+    fn build(config: &HelperConfig) -> Result<Self, String> {
+        let spec = &config.spec;
+        if let Some(parent) = config.die_with_parent {
+            ns::set_parent_death_signal(Signal::SIGTERM).map_err(fail("set death signal"))?;
+            if nix::unistd::getppid().as_raw() != parent {
+                return Err("the caller exited before the sandbox was made".into());
+            }
+        }
+        // Signals are taken synchronously by `watch`; blocked from here on so that a
+        // SIGTERM during set-up still leads to a full clean-up, not a half-made sandbox.
+        block_signals()?;
+
+        let paths = Paths {
+            run: config.run_dir.clone(),
+            data: config.data_dir.clone(),
+        };
+        let template = template::resolve(&paths, &spec.template).map_err(|e| e.to_string())?;
+        let run = paths.sandbox_run(&spec.id);
+        let data = paths.sandbox_data(&spec.id);
+        let mut cleanup = Cleanup {
+            cgroup: None,
+            dirs: vec![],
+            mounts: vec![],
+            agent: None,
+        };
+        fs::create_dir_all(&run).map_err(fail("create the run directory"))?;
+        cleanup.dirs.push(run.clone());
+        if config.ephemeral {
+            cleanup.dirs.push(data.clone());
+        }
+        fs::create_dir_all(&data).map_err(fail("create the data directory"))?;
+        fs::write(
+            run.join("helper.pid"),
+            std::process::id().to_string().as_bytes(),
+        )
+        .map_err(fail("write the helper pid"))?;
+
+        let hierarchy = Hierarchy::detect().map_err(|e| e.to_string())?;
+        hierarchy.prepare().map_err(|e| e.to_string())?;
+        let cgroup = hierarchy.cgroup(&format!("{PREFIX}{}", spec.id));
+        let r = &spec.resources;
+        cgroup
+            .create(&Limits {
+                memory: r.memory,
+                cpu_millis: r.cpu_millis,
+                pids: r.pids,
+            })
+            .map_err(|e| e.to_string())?;
+        cleanup.cgroup = Some(cgroup.clone());
+
+        // Everything mounted from here on lives in this private namespace and dies with it.
+        ns::unshare(ns::CloneFlags::CLONE_NEWNS).map_err(fail("new mount namespace"))?;
+        set_propagation(Path::new("/"), MsFlags::MS_PRIVATE).map_err(fail("private mounts"))?;
+
+        let root = run.join("root");
+        fs::create_dir_all(&root).map_err(fail("create the root mount point"))?;
+        let (upper, work) = writable_layer(config, &run, &data)?;
+        let lower = template.rootfs.display().to_string();
+        let opts = format!(
+            "lowerdir={lower},upperdir={},workdir={}",
+            upper.display(),
+            work.display()
+        );
+        mount_fs("overlay", &root, "overlay", MsFlags::empty(), Some(&opts))
+            .map_err(fail("mount the root overlay"))?;
+        cleanup.mounts.push(root.clone());
+        populate_root(&template, &root, spec, &paths)?;
+
+        let socket = run.join("agent.sock");
+        let _ = fs::remove_file(&socket);
+        let listener = UnixListener::bind(&socket).map_err(fail("bind the agent socket"))?;
+
+        let mut env = template.env.clone();
+        env.extend(spec.env.clone());
+        let hostname = spec.hostname.clone().unwrap_or_else(|| "sandbox".into());
+        let seccomp = warren_sys::seccomp::SeccompProgram::default_policy()
+            .map_err(|e| format!("compile the seccomp policy: {e}"))?;
+
+        let (go_r, go_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (st_r, st_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        match ns::clone_process(ns::sandbox_flags()).map_err(fail("clone the sandbox"))? {
+            Forked::Child => {
+                drop(go_w);
+                drop(st_r);
+                let err = child_main(ChildArgs {
+                    go: go_r,
+                    status: st_w,
+                    root: &root,
+                    hostname: &hostname,
+                    listener,
+                    env,
+                    seccomp,
+                });
+                // Only reached on failure; the status pipe carried the reason.
+                let _ = err;
+                std::process::exit(1);
+            }
+            Forked::Parent(child) => {
+                drop(go_r);
+                drop(st_w);
+                drop(listener);
+                cleanup.agent = Some(child);
+                let setup = (|| -> Result<(), String> {
+                    ns::write_id_maps(child, 0, HOST_ID_BASE, ID_COUNT)
+                        .map_err(fail("write the id maps"))?;
+                    cgroup.add(child.as_raw()).map_err(|e| e.to_string())?;
+                    if spec.network == NetworkMode::Nat {
+                        let lease = crate::network::setup_nat(&config.run_dir, &spec.id, child)
+                            .map_err(|e| e.to_string())?;
+                        cleanup.dirs.push(lease);
+                    }
+                    Ok(())
+                })();
+                let go = fs::File::from(go_w);
+                setup?;
+                (&go).write_all(b"g").map_err(fail("start the sandbox"))?;
+                drop(go);
+                let mut msg = String::new();
+                let _ = fs::File::from(st_r).read_to_string(&mut msg);
+                if !msg.is_empty() {
+                    return Err(msg);
+                }
+                let mut publishers = Vec::new();
+                for p in &spec.publish {
+                    let h = crate::network::publish(child, *p).map_err(|e| e.to_string())?;
+                    publishers.push(h);
+                }
+                Ok(Sandbox {
+                    agent: child,
+                    socket,
+                    cleanup,
+                    publishers,
+                })
+            }
+        }
+    }
+
+    /// Waits until PID 1 dies or a stop is asked for, then tears everything down.
+    fn watch(mut self) -> i32 {
+        let mut set = SigSet::empty();
+        for s in [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+            Signal::SIGCHLD,
+        ] {
+            set.add(s);
+        }
+        let code = loop {
+            match waitpid(self.agent, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(WaitStatus::Exited(_, c)) => {
+                    self.cleanup.agent = None;
+                    break c;
+                }
+                Ok(WaitStatus::Signaled(_, s, _)) => {
+                    self.cleanup.agent = None;
+                    break 128 + s as i32;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    self.cleanup.agent = None;
+                    break 1;
+                }
+            }
+            match set.wait() {
+                Ok(Signal::SIGCHLD) | Err(_) => continue,
+                Ok(_) => break 0,
+            }
+        };
+        self.cleanup.run();
+        drop(self.publishers);
+        code
+    }
+}
+
+fn block_signals() -> Result<(), String> {
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGCHLD,
+    ] {
+        set.add(s);
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+        .map_err(|e| format!("block signals: {e}"))
+}
+
+/// The upper and work directories of the overlay: on the host's disk, or inside a
+/// loop-mounted ext4 image of the requested size when the disk is bounded.
+fn writable_layer(
+    config: &HelperConfig,
+    run: &Path,
+    data: &Path,
+) -> Result<(PathBuf, PathBuf), String> {
+    let base = match config.spec.resources.disk {
+        None => data.to_path_buf(),
+        Some(size) => {
+            let img = data.join("disk.img");
+            if !img.exists() {
+                make_ext4(&img, size, HOST_ID_BASE)?;
+            }
+            let mnt = run.join("disk");
+            fs::create_dir_all(&mnt).map_err(fail("create the disk mount point"))?;
+            mount_image(&img, &mnt)?;
+            mnt
+        }
+    };
+    let upper = base.join("upper");
+    let work = base.join("work");
+    for d in [&upper, &work] {
+        fs::create_dir_all(d).map_err(fail("create the writable layer"))?;
+    }
+    // The upper directory is the sandbox root's own directory: root inside owns it.
+    nix::unistd::chown(
+        &upper,
+        Some(nix::unistd::Uid::from_raw(HOST_ID_BASE)),
+        Some(nix::unistd::Gid::from_raw(HOST_ID_BASE)),
+    )
+    .map_err(|e| format!("chown the writable layer: {e}"))?;
+    Ok((upper, work))
+}
+
+/// Makes a sparse ext4 image of `size` bytes whose root directory `owner` owns.
+fn make_ext4(img: &Path, size: u64, owner: u32) -> Result<(), String> {
+    const MIN: u64 = 16 << 20;
+    if size < MIN {
+        return Err(format!(
+            "a disk of {size} bytes is too small: give at least 16M"
+        ));
+    }
+    let tmp = img.with_extension("tmp");
+    let f = fs::File::create(&tmp).map_err(fail("create the disk image"))?;
+    f.set_len(size).map_err(fail("size the disk image"))?;
+    drop(f);
+    let out = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0", "-E"])
+        .arg(format!(
+            "lazy_itable_init=1,lazy_journal_init=1,root_owner={owner}:{owner}"
+        ))
+        .arg(&tmp)
+        .output()
+        .map_err(|e| format!("run mkfs.ext4 (install e2fsprogs): {e}"))?;
+    if !out.status.success() {
+        let _ = fs::remove_file(&tmp);
+        return Err(format!(
+            "mkfs.ext4 failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    fs::rename(&tmp, img).map_err(fail("place the disk image"))
+}
+
+fn mount_image(img: &Path, target: &Path) -> Result<(), String> {
+    let dev = warren_sys::mount::attach_loop(img).map_err(fail("attach a loop device"))?;
+    let src = dev.path.display().to_string();
+    mount_fs(
+        &src,
+        target,
+        "ext4",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        None,
+    )
+    .map_err(fail("mount the disk image"))
+}
+
+/// Binds the template's host directories, builds /dev and mounts the volumes.
+fn populate_root(
+    template: &Template,
+    root: &Path,
+    spec: &SandboxSpec,
+    paths: &Paths,
+) -> Result<(), String> {
+    for host in &template.host_binds {
+        let target = root.join(host.strip_prefix("/").unwrap_or(host));
+        bind(host, &target, true).map_err(fail("bind a template directory"))?;
+        remount_readonly(&target, MsFlags::MS_NODEV).map_err(fail("protect a host directory"))?;
+    }
+    let dev = root.join("dev");
+    mount_fs(
+        "tmpfs",
+        &dev,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=64k"),
+    )
+    .map_err(fail("mount /dev"))?;
+    let nodes: [(&str, u64, u64); 6] = [
+        ("null", 1, 3),
+        ("zero", 1, 5),
+        ("full", 1, 7),
+        ("random", 1, 8),
+        ("urandom", 1, 9),
+        ("tty", 5, 0),
+    ];
+    for (name, major, minor) in nodes {
+        let p = dev.join(name);
+        mknod(
+            &p,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(major, minor),
+        )
+        .map_err(|e| format!("create /dev/{name}: {e}"))?;
+        // mknod applies the umask; these must be usable by every user.
+        fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+            .map_err(fail("chmod a device"))?;
+    }
+    for d in ["pts", "shm"] {
+        fs::create_dir(dev.join(d)).map_err(fail("create a /dev directory"))?;
+    }
+    let links = [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ];
+    for (name, target) in links {
+        std::os::unix::fs::symlink(target, dev.join(name)).map_err(fail("link a /dev entry"))?;
+    }
+    let shm_size = spec.resources.memory.map(|m| m / 2).unwrap_or(64 << 20);
+    mount_fs(
+        "shm",
+        &dev.join("shm"),
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(&format!(
+            "mode=1777,size={shm_size},uid={HOST_ID_BASE},gid={HOST_ID_BASE}"
+        )),
+    )
+    .map_err(fail("mount /dev/shm"))?;
+    for v in &spec.volumes {
+        mount_volume(v, root, paths)?;
+    }
+    Ok(())
+}
+
+/// A named volume: a host directory, or an ext4 image when it has a size, made on first
+/// use and owned by the sandbox's `user`.
+fn mount_volume(v: &VolumeMount, root: &Path, paths: &Paths) -> Result<(), String> {
+    let dir = paths.volume(&v.name);
+    let target = root.join(v.target.trim_start_matches('/'));
+    if v.target.split('/').any(|c| c == "..") || !v.target.starts_with('/') {
+        return Err(format!(
+            "volume target {:?} must be an absolute path without ..",
+            v.target
+        ));
+    }
+    mkdir_no_follow(root, &v.target)?;
+    fs::create_dir_all(&dir).map_err(fail("create the volume"))?;
+    let img = dir.join("volume.img");
+    let owner = HOST_ID_BASE + USER_ID;
+    if img.exists() || v.size.is_some() {
+        if !img.exists() {
+            make_ext4(&img, v.size.unwrap_or(0), owner)?;
+        }
+        return mount_image(&img, &target);
+    }
+    let data = dir.join("data");
+    if !data.exists() {
+        fs::create_dir(&data).map_err(fail("create the volume"))?;
+        nix::unistd::chown(
+            &data,
+            Some(nix::unistd::Uid::from_raw(owner)),
+            Some(nix::unistd::Gid::from_raw(owner)),
+        )
+        .map_err(|e| format!("chown the volume: {e}"))?;
+    }
+    bind(&data, &target, false).map_err(fail("mount the volume"))
+}
+
+/// Creates `rel` under `root` one component at a time, refusing symlinks: the host
+/// resolves these paths, and a link planted by a template must not lead it out of `root`.
+fn mkdir_no_follow(root: &Path, rel: &str) -> Result<(), String> {
+    let mut p = root.to_path_buf();
+    for c in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        p.push(c);
+        match p.symlink_metadata() {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("{rel:?} is not a plain directory in the sandbox")),
+            Err(_) => fs::create_dir(&p).map_err(fail("create a mount point"))?,
+        }
+    }
+    Ok(())
+}
+
+struct ChildArgs<'a> {
+    go: OwnedFd,
+    status: OwnedFd,
+    root: &'a Path,
+    hostname: &'a str,
+    listener: UnixListener,
+    env: std::collections::BTreeMap<String, String>,
+    seccomp: warren_sys::seccomp::SeccompProgram,
+}
+
+/// The sandbox's first process, before it becomes the agent. Returns only on failure,
+/// after writing the reason to the status pipe.
+fn child_main(args: ChildArgs<'_>) -> String {
+    let mut status = fs::File::from(args.status);
+    let r = child_setup(&args.go, args.root, args.hostname);
+    drop(args.go);
+    if let Err(e) = r {
+        let _ = status.write_all(e.as_bytes());
+        return e;
+    }
+    // Closing the status pipe with nothing written tells the helper all went well.
+    drop(status);
+    let config = warren_agent::AgentConfig {
+        env: args.env,
+        reap_all: true,
+        seccomp: Some(Arc::new(args.seccomp)),
+        drop_caps: true,
+        ..Default::default()
+    };
+    match warren_agent::serve(args.listener, config) {
+        Ok(()) => std::process::exit(0),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn child_setup(go: &OwnedFd, root: &Path, hostname: &str) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    match nix::unistd::read(go.as_raw_fd(), &mut b) {
+        Ok(1) => {}
+        _ => return Err("the helper did not start the sandbox".into()),
+    }
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(|e| format!("unblock signals: {e}"))?;
+    // Mounts copied from the helper's namespace are locked here, and pivot_root refuses a
+    // locked new root: a bind of the root onto itself, made in this namespace, is not.
+    bind(root, root, false).map_err(fail("bind the root onto itself"))?;
+    ns::unshare(ns::CloneFlags::CLONE_NEWCGROUP).map_err(fail("new cgroup namespace"))?;
+    ns::sethostname(hostname).map_err(fail("set the hostname"))?;
+    ns::loopback_up().map_err(fail("bring up loopback"))?;
+    let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", &root.join("proc"), "proc", hidden, None).map_err(fail("mount /proc"))?;
+    mount_fs(
+        "sysfs",
+        &root.join("sys"),
+        "sysfs",
+        hidden | MsFlags::MS_RDONLY,
+        None,
+    )
+    .map_err(fail("mount /sys"))?;
+    mount_fs(
+        "devpts",
+        &root.join("dev/pts"),
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .map_err(fail("mount /dev/pts"))?;
+    let null = root.join("dev/null");
+    for m in MASKED {
+        let p = root.join(m);
+        let Ok(meta) = p.symlink_metadata() else {
+            continue;
+        };
+        if meta.is_dir() {
+            mount_fs(
+                "tmpfs",
+                &p,
+                "tmpfs",
+                hidden | MsFlags::MS_RDONLY,
+                Some("size=0"),
+            )
+        } else {
+            bind(&null, &p, false)
+        }
+        .map_err(fail("mask a /proc path"))?;
+    }
+    for m in READONLY {
+        let p = root.join(m);
+        if p.symlink_metadata().is_ok() {
+            bind(&p, &p, true).map_err(fail("make a /proc path read-only"))?;
+        }
+    }
+    ns::pivot_root(root).map_err(fail("pivot into the sandbox root"))?;
+    // The agent keeps only its listener; stdio goes nowhere (it logs nothing to the host).
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+    Ok(())
+}

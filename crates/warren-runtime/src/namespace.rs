@@ -1,0 +1,243 @@
+//! The namespace backend: sandboxes made of Linux namespaces, cgroups and an overlay root.
+//!
+//! Creating a sandbox starts the helper (`warren __init`, see [`crate::helper`]) and
+//! waits for its one status line; from then on the helper is the sandbox's monitor and
+//! this side talks to the agent over its socket. Pausing and resuming act on the cgroup
+//! freezer directly; destroying asks the helper to tear down and waits for it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use warren_sys::cgroup::{Cgroup, Hierarchy};
+use warren_types::spec::SandboxSpec;
+
+use crate::client::AgentClient;
+use crate::helper::{HelperConfig, HelperStatus};
+use crate::{Error, Paths, Result, PREFIX};
+
+/// How a sandbox relates to the process that creates it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateOptions {
+    /// Tear the sandbox down when the creating process dies (the CLI's `run`). The
+    /// kernel signals the helper when the creating *thread* exits, so create from a
+    /// thread that lives as long as the sandbox should.
+    pub die_with_parent: bool,
+    /// Delete the writable layer when the sandbox ends.
+    pub ephemeral: bool,
+}
+
+/// Creates sandboxes with the `warren __init` helper found at `exe`.
+#[derive(Debug, Clone)]
+pub struct NamespaceBackend {
+    paths: Paths,
+    exe: PathBuf,
+    hierarchy: Hierarchy,
+}
+
+/// A live sandbox.
+#[derive(Debug)]
+pub struct Sandbox {
+    pub id: String,
+    pub socket: PathBuf,
+    /// The agent's pid on the host.
+    pub agent_pid: i32,
+    cgroup: Cgroup,
+    helper: tokio::process::Child,
+}
+
+impl NamespaceBackend {
+    pub fn new(paths: Paths, exe: PathBuf) -> Result<Self> {
+        let hierarchy = Hierarchy::detect()?;
+        Ok(Self {
+            paths,
+            exe,
+            hierarchy,
+        })
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    pub fn hierarchy(&self) -> &Hierarchy {
+        &self.hierarchy
+    }
+
+    /// The cgroup a sandbox with this id has.
+    pub fn cgroup(&self, id: &str) -> Cgroup {
+        self.hierarchy.cgroup(&format!("{PREFIX}{id}"))
+    }
+
+    /// Builds a sandbox and waits until its agent accepts connections.
+    pub async fn create(&self, spec: SandboxSpec, opts: CreateOptions) -> Result<Sandbox> {
+        validate(&spec)?;
+        let id = spec.id.clone();
+        let config = HelperConfig {
+            spec,
+            run_dir: self.paths.run.clone(),
+            data_dir: self.paths.data.clone(),
+            die_with_parent: opts
+                .die_with_parent
+                .then(std::process::id)
+                .map(|p| p as i32),
+            ephemeral: opts.ephemeral,
+        };
+        let mut child = tokio::process::Command::new(&self.exe)
+            .arg("__init")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(crate::io_err(format!(
+                "start the sandbox helper {}",
+                self.exe.display()
+            )))?;
+        let input = serde_json::to_vec(&config).expect("helper config serializes");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(&input)
+            .await
+            .map_err(crate::io_err("send the helper its configuration"))?;
+        drop(stdin);
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .await
+            .map_err(crate::io_err("read the helper's status"))?;
+        match serde_json::from_str::<HelperStatus>(&line) {
+            Ok(HelperStatus::Ready { agent_pid, socket }) => Ok(Sandbox {
+                cgroup: self.cgroup(&id),
+                id,
+                socket,
+                agent_pid,
+                helper: child,
+            }),
+            Ok(HelperStatus::Error { message }) => {
+                let _ = child.wait().await;
+                Err(Error::Setup(message))
+            }
+            Err(_) => {
+                let status = child.wait().await.ok();
+                Err(Error::Helper(format!(
+                    "it exited ({status:?}) without reporting; see its messages above"
+                )))
+            }
+        }
+    }
+}
+
+fn validate(spec: &SandboxSpec) -> Result<()> {
+    if !crate::valid_name(&spec.id) {
+        return Err(Error::Invalid {
+            what: "sandbox id",
+            why: format!(
+                "{:?} must be 1-64 letters, digits, '-', '_' or '.'",
+                spec.id
+            ),
+        });
+    }
+    if let Some(h) = &spec.hostname {
+        if h.is_empty()
+            || h.len() > 63
+            || !h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(Error::Invalid {
+                what: "hostname",
+                why: format!("{h:?} must be 1-63 letters, digits or '-'"),
+            });
+        }
+    }
+    for v in &spec.volumes {
+        if !crate::valid_name(&v.name) {
+            return Err(Error::Invalid {
+                what: "volume name",
+                why: format!("{:?} must be 1-64 letters, digits, '-', '_' or '.'", v.name),
+            });
+        }
+        if !v.target.starts_with('/') || v.target.split('/').any(|c| c == "..") {
+            return Err(Error::Invalid {
+                what: "volume target",
+                why: format!("{:?} must be an absolute path without '..'", v.target),
+            });
+        }
+    }
+    let r = &spec.resources;
+    if r.memory.is_some_and(|m| m < 8 << 20) {
+        return Err(Error::Invalid {
+            what: "memory limit",
+            why: "below 8M no program can start; give at least 8M".into(),
+        });
+    }
+    if r.cpu_millis == Some(0) || r.pids == Some(0) {
+        return Err(Error::Invalid {
+            what: "limit",
+            why: "--cpus and --pids must be above zero".into(),
+        });
+    }
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    if r.cpu_millis.is_some_and(|c| c > cores * 1000) {
+        return Err(Error::Invalid {
+            what: "CPU limit",
+            why: format!("this host has {cores} cores; ask for at most {cores}"),
+        });
+    }
+    Ok(())
+}
+
+impl Sandbox {
+    pub async fn connect(&self) -> Result<AgentClient> {
+        Ok(AgentClient::connect(&self.socket).await?)
+    }
+
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
+    /// Freezes every process of the sandbox.
+    pub fn pause(&self) -> Result<()> {
+        Ok(self.cgroup.freeze()?)
+    }
+
+    pub fn resume(&self) -> Result<()> {
+        Ok(self.cgroup.thaw()?)
+    }
+
+    /// Processes the OOM killer has killed in this sandbox so far.
+    pub fn oom_kills(&self) -> u64 {
+        self.cgroup.oom_kills()
+    }
+
+    /// Stops everything and removes what the sandbox was made of (its writable layer too
+    /// if it was created ephemeral).
+    pub async fn destroy(mut self) -> Result<()> {
+        if let Some(pid) = self.helper.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        match tokio::time::timeout(Duration::from_secs(30), self.helper.wait()).await {
+            Ok(_) => Ok(()),
+            Err(_) => Err(Error::Helper(
+                "it did not finish tearing down in 30 s".into(),
+            )),
+        }
+    }
+}
+
+/// The agent socket of sandbox `id`.
+pub fn socket_path(paths: &Paths, id: &str) -> PathBuf {
+    paths.sandbox_run(id).join("agent.sock")
+}
+
+/// Whether a helper recorded under `run` is alive.
+pub fn helper_alive(run: &Path) -> bool {
+    std::fs::read_to_string(run.join("helper.pid"))
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+}

@@ -1,0 +1,340 @@
+//! `warren run`: a command in a fresh sandbox, without a daemon.
+//!
+//! The CLI builds the sandbox itself (through the runtime's helper), runs one command in
+//! it through the agent, streams its output and exits with its status. The helper is
+//! told to die with the CLI, so even a killed CLI leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use tokio::io::AsyncReadExt;
+use warren_runtime::client::{ClientError, ProcessEvent};
+use warren_runtime::namespace::CreateOptions;
+use warren_runtime::{NamespaceBackend, Paths};
+use warren_types::proto::{Command, ErrorCode, ExecRequest, User, WinSize, CHUNK};
+use warren_types::spec::{NetworkMode, PortMap, Resources, SandboxSpec, VolumeMount};
+
+use crate::size::{parse_duration, parse_size};
+
+/// Run a command in a new sandbox.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Remove the sandbox and its writable layer when the command ends.
+    #[arg(long)]
+    rm: bool,
+    /// Keep stdin open and stream it to the command.
+    #[arg(short, long)]
+    interactive: bool,
+    /// Give the command a terminal (with -i, an interactive one).
+    #[arg(short, long)]
+    tty: bool,
+    /// Template to build the root filesystem from.
+    #[arg(long, default_value = "host")]
+    template: String,
+    /// Memory limit, e.g. 256M or 2G. Past it, the kernel kills the largest process.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// CPU limit in cores, e.g. 0.5.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Most processes and threads at once.
+    #[arg(long)]
+    pids: Option<u32>,
+    /// Size of the writable layer, e.g. 1G. Writes past it fail with ENOSPC.
+    #[arg(long, value_parser = parse_size)]
+    disk: Option<u64>,
+    /// Network: none (loopback only) or nat (outbound through the host).
+    #[arg(long, value_enum, default_value_t = Network::None)]
+    network: Network,
+    /// Forward 127.0.0.1:HOSTPORT on the host to PORT in the sandbox.
+    #[arg(short, long = "publish", value_name = "HOSTPORT:PORT", value_parser = parse_publish)]
+    publish: Vec<PortMap>,
+    /// Set an environment variable (NAME=VALUE).
+    #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Working directory inside the sandbox.
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// User to run as: a name, UID or UID:GID.
+    #[arg(short, long)]
+    user: Option<String>,
+    /// Mount the named persistent volume: NAME:/path or NAME:/path:SIZE.
+    #[arg(short, long = "volume", value_name = "NAME:/PATH[:SIZE]", value_parser = parse_volume)]
+    volume: Vec<VolumeMount>,
+    /// Hostname inside the sandbox.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Kill the command (and everything it started) after this long, e.g. 30s.
+    #[arg(long, value_parser = parse_duration)]
+    timeout: Option<std::time::Duration>,
+    /// The command and its arguments (default: a shell).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Network {
+    None,
+    Nat,
+}
+
+fn parse_publish(s: &str) -> Result<PortMap, String> {
+    let (h, p) = s
+        .split_once(':')
+        .ok_or_else(|| format!("{s:?}: write HOSTPORT:PORT, e.g. 8080:80"))?;
+    let port = |x: &str| {
+        x.parse::<u16>()
+            .ok()
+            .filter(|p| *p > 0)
+            .ok_or_else(|| format!("{x:?} is not a port (1-65535)"))
+    };
+    Ok(PortMap {
+        host: port(h)?,
+        sandbox: port(p)?,
+    })
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: write NAME=VALUE"))?;
+    if k.is_empty() || k.contains('\0') || v.contains('\0') {
+        return Err(format!("{s:?}: the name must be non-empty, with no NUL"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_volume(s: &str) -> Result<VolumeMount, String> {
+    let mut parts = s.splitn(3, ':');
+    let (Some(name), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(format!("{s:?}: write NAME:/path, e.g. data:/home/user"));
+    };
+    let size = parts.next().map(parse_size).transpose()?;
+    Ok(VolumeMount {
+        name: name.into(),
+        target: target.into(),
+        size,
+    })
+}
+
+fn parse_user(s: &str) -> Result<User, String> {
+    if let Some((u, g)) = s.split_once(':') {
+        let uid = u.parse().map_err(|_| format!("{u:?} is not a uid"))?;
+        let gid = g.parse().map_err(|_| format!("{g:?} is not a gid"))?;
+        return Ok(User::Id {
+            uid,
+            gid: Some(gid),
+        });
+    }
+    Ok(match s.parse::<u32>() {
+        Ok(uid) => User::Id { uid, gid: None },
+        Err(_) => User::Name(s.into()),
+    })
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let cpu_millis = match args.cpus {
+        Some(c) if !(c.is_finite() && c > 0.0) => {
+            anyhow::bail!("--cpus {c} must be a positive number of cores, e.g. 0.5")
+        }
+        Some(c) => Some((c * 1000.0).round().max(1.0) as u32),
+        None => None,
+    };
+    let user = args
+        .user
+        .as_deref()
+        .map(parse_user)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let spec = SandboxSpec {
+        id: warren_runtime::new_id(),
+        template: args.template.clone(),
+        hostname: args.hostname.clone(),
+        resources: Resources {
+            memory: args.memory,
+            cpu_millis,
+            pids: args.pids,
+            disk: args.disk,
+        },
+        network: match args.network {
+            Network::None => NetworkMode::None,
+            Network::Nat => NetworkMode::Nat,
+        },
+        publish: args.publish.clone(),
+        volumes: args.volume.clone(),
+        env: BTreeMap::new(),
+    };
+    let command = if args.command.is_empty() {
+        Command::Argv(vec!["/bin/sh".into()])
+    } else {
+        Command::Argv(args.command.clone())
+    };
+    let tty = args.tty && std::io::stdout().is_terminal();
+    let size = if tty {
+        warren_sys::pty::size(std::io::stdout().as_fd())
+            .map(|s| WinSize {
+                rows: s.rows,
+                cols: s.cols,
+            })
+            .unwrap_or(WinSize { rows: 24, cols: 80 })
+    } else if args.tty {
+        WinSize { rows: 24, cols: 80 }
+    } else {
+        WinSize { rows: 0, cols: 0 }
+    };
+    let req = ExecRequest {
+        command: Some(command),
+        env: args.env.iter().cloned().collect(),
+        cwd: args.workdir.clone(),
+        user,
+        tty: args.tty.then_some(size),
+        stdin: args.interactive,
+        timeout_ms: args.timeout.map(|d| d.as_millis() as u64),
+        background: false,
+        tag: None,
+    };
+
+    // A current-thread runtime: the helper is told to die with the thread that made it,
+    // and that is this one.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let exe = std::env::current_exe().context("find the warren binary")?;
+        let backend = NamespaceBackend::new(Paths::from_env(), exe)?;
+        let sandbox = backend
+            .create(
+                spec,
+                CreateOptions {
+                    die_with_parent: true,
+                    ephemeral: args.rm,
+                },
+            )
+            .await?;
+        let outcome = run_command(&sandbox, req, args.interactive, tty).await;
+        let oom = sandbox.oom_kills() > 0;
+        let id = sandbox.id.clone();
+        let teardown = sandbox.destroy().await;
+        if !args.rm {
+            eprintln!(
+                "warren: sandbox {id} ended; its files are kept in {}",
+                backend.paths().sandbox_data(&id).display()
+            );
+        }
+        let code = match outcome {
+            Ok(status) => {
+                if status.timed_out {
+                    eprintln!("warren: the command timed out and was killed");
+                    124
+                } else if oom && status.signal == Some(9) {
+                    let limit = args
+                        .memory
+                        .map(|m| format!(" (--memory {} MiB)", m >> 20))
+                        .unwrap_or_default();
+                    eprintln!("warren: the command was killed by the kernel: out of memory{limit}");
+                    137
+                } else {
+                    status.shell_code()
+                }
+            }
+            Err(ClientError::Agent {
+                code: ErrorCode::CommandNotFound,
+                message,
+            }) => {
+                eprintln!("warren: {message}");
+                127
+            }
+            Err(ClientError::Agent { message, .. }) => {
+                eprintln!("warren: {message}");
+                126
+            }
+            Err(e) => return Err(e.into()),
+        };
+        teardown?;
+        Ok(ExitCode::from(code.clamp(0, 255) as u8))
+    })
+}
+
+async fn run_command(
+    sandbox: &warren_runtime::Sandbox,
+    req: ExecRequest,
+    interactive: bool,
+    tty: bool,
+) -> Result<warren_types::proto::ExitStatus, ClientError> {
+    let client = sandbox
+        .connect()
+        .await
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let mut proc = client.exec(req).await?;
+    let stdin_handle = std::io::stdin();
+    let raw = if tty && interactive && stdin_handle.is_terminal() {
+        warren_sys::pty::RawMode::enter(stdin_handle.as_fd()).ok()
+    } else {
+        None
+    };
+
+    let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(4);
+    if interactive {
+        tokio::spawn(async move {
+            let mut stdin = tokio::io::stdin();
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                match stdin.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = stdin_tx.send(None).await;
+                        break;
+                    }
+                    Ok(n) => {
+                        if stdin_tx.send(Some(buf[..n].to_vec())).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut winch = signal(SignalKind::window_change()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut hup = signal(SignalKind::hangup()).ok();
+    async fn next_sig(s: &mut Option<tokio::signal::unix::Signal>) {
+        match s {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr();
+    let status = loop {
+        tokio::select! {
+            ev = proc.next() => match ev? {
+                ProcessEvent::Stdout(d) => { let _ = out.write_all(&d); let _ = out.flush(); }
+                ProcessEvent::Stderr(d) => { let _ = err.write_all(&d); }
+                ProcessEvent::Exited(s) => break s,
+            },
+            Some(chunk) = stdin_rx.recv(), if interactive => match chunk {
+                Some(d) => proc.write_stdin(d).await?,
+                None => proc.close_stdin().await?,
+            },
+            _ = next_sig(&mut winch), if tty => {
+                if let Ok(s) = warren_sys::pty::size(std::io::stdout().as_fd()) {
+                    let _ = proc.resize(WinSize { rows: s.rows, cols: s.cols }).await;
+                }
+            }
+            _ = next_sig(&mut int) => { let _ = proc.signal(libc::SIGINT).await; }
+            _ = next_sig(&mut term) => { let _ = proc.signal(libc::SIGTERM).await; }
+            _ = next_sig(&mut hup) => { let _ = proc.signal(libc::SIGHUP).await; }
+        }
+    };
+    drop(raw);
+    let _ = out.flush();
+    Ok(status)
+}

@@ -1,0 +1,83 @@
+//! Shared by the integration tests: run `warren` with test-only directories.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// Where the tests' sandboxes keep their state (shared by all tests, so the host template
+/// is built once). `scripts/test` runs `warren doctor` on it at the end.
+pub fn test_root() -> PathBuf {
+    std::env::var_os("WARREN_TEST_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("warren-test"))
+}
+
+/// A `warren` command aimed at the test directories.
+pub fn warren() -> Command {
+    let root = test_root();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.env("WARREN_RUN_DIR", root.join("run"))
+        .env("WARREN_DATA_DIR", root.join("data"))
+        .stdin(Stdio::null());
+    c
+}
+
+/// True when the test can run: sandboxes need root. Otherwise prints SKIPPED.
+pub fn can_run(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    println!("SKIPPED {test}: creating sandboxes needs root");
+    false
+}
+
+/// `warren run --rm <flags> -- sh -c <script>`.
+pub fn sh(flags: &[&str], script: &str) -> Output {
+    let mut c = warren();
+    c.arg("run")
+        .arg("--rm")
+        .args(flags)
+        .args(["--", "sh", "-c", script]);
+    c.output().expect("run warren")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `script` and asserts it exits 0, returning its stdout.
+pub fn sh_ok(flags: &[&str], script: &str) -> String {
+    let o = sh(flags, script);
+    assert!(
+        o.status.success(),
+        "script failed ({:?}):\n{script}\nstdout: {}\nstderr: {}",
+        o.status,
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+/// Python inside the sandbox: runs a raw syscall and prints the errno it failed with
+/// (0 when it succeeded).
+pub fn syscall_errno(nr: i64, args: &[i64]) -> i32 {
+    let args: Vec<String> = args.iter().map(|a| format!("ctypes.c_long({a})")).collect();
+    let script = format!(
+        "import ctypes, os\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         r = libc.syscall(ctypes.c_long({nr}){}{})\n\
+         print(0 if r >= 0 else ctypes.get_errno())",
+        if args.is_empty() { "" } else { ", " },
+        args.join(", ")
+    );
+    let o = warren()
+        .args(["run", "--rm", "--", "python3", "-c", &script])
+        .output()
+        .expect("run warren");
+    assert!(o.status.success(), "python failed: {}", stderr(&o));
+    stdout(&o).trim().parse().expect("errno")
+}

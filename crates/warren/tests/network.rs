@@ -1,0 +1,213 @@
+//! Network policy: `none`, `nat`, and published ports. Traffic goes only to loopback and
+//! to a network namespace the test makes itself. Needs root.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_published_port_reaches_a_server_in_the_sandbox() {
+    if !can_run("a_published_port_reaches_a_server_in_the_sandbox") {
+        return;
+    }
+    let port = free_port();
+    let server = "import socket\n\
+        s = socket.socket(); s.bind(('127.0.0.1', 8000)); s.listen()\n\
+        c, _ = s.accept(); data = c.recv(100)\n\
+        c.sendall(b'sandbox got ' + data); c.close()";
+    let mut child = warren()
+        .args([
+            "run",
+            "--rm",
+            "--publish",
+            &format!("{port}:8000"),
+            "--",
+            "python3",
+            "-c",
+            server,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let reply = loop {
+        // The listener exists once the sandbox is up; the server a moment later.
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let _ = s.write_all(b"hello");
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+            if !buf.is_empty() {
+                break String::from_utf8(buf).unwrap();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no answer through the published port"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(reply, "sandbox got hello");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn host_loopback_services_are_unreachable() {
+    if !can_run("host_loopback_services_are_unreachable") {
+        return;
+    }
+    let host = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = host.local_addr().unwrap().port();
+    for net in ["none", "nat"] {
+        let script = format!(
+            "import socket, subprocess\n\
+             gw = subprocess.run(['sh','-c',\"ip route 2>/dev/null | awk '/default/{{print $3}}'\"], capture_output=True, text=True).stdout.strip()\n\
+             for addr in ['127.0.0.1'] + ([gw] if gw else []):\n\
+             \x20   try:\n\
+             \x20       socket.create_connection((addr, {port}), timeout=1); print('reached', addr)\n\
+             \x20   except OSError: print('blocked', addr)"
+        );
+        let out = sh_ok(&["--network", net], &format!("python3 -c \"{script}\""));
+        assert!(!out.contains("reached"), "{net}: {out}");
+        assert!(out.contains("blocked 127.0.0.1"), "{net}: {out}");
+    }
+}
+
+/// A peer host: a network namespace of the test's own, linked to the host by a veth.
+struct Peer {
+    ns: String,
+    link: String,
+}
+
+impl Peer {
+    fn new() -> Option<Peer> {
+        let id = std::process::id();
+        let peer = Peer {
+            ns: format!("wtpeer{id}"),
+            link: format!("wtp{id}"),
+        };
+        let ip = |args: &str| {
+            Command::new("ip")
+                .args(args.split_whitespace())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let ok = ip(&format!("netns add {}", peer.ns))
+            && ip(&format!(
+                "link add {} type veth peer name eth0 netns {}",
+                peer.link, peer.ns
+            ))
+            && ip(&format!("addr add 198.18.0.1/30 dev {}", peer.link))
+            && ip(&format!("link set {} up", peer.link))
+            && ip(&format!("-n {} addr add 198.18.0.2/30 dev eth0", peer.ns))
+            && ip(&format!("-n {} link set eth0 up", peer.ns))
+            && ip(&format!("-n {} link set lo up", peer.ns));
+        ok.then_some(peer)
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.link])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+#[test]
+fn nat_reaches_a_peer_through_masquerade() {
+    if !can_run("nat_reaches_a_peer_through_masquerade") {
+        return;
+    }
+    let Some(peer) = Peer::new() else {
+        println!("SKIPPED nat_reaches_a_peer_through_masquerade: cannot make a peer namespace");
+        return;
+    };
+    // The peer answers with the address it sees the connection come from.
+    let server = "import socket\n\
+        s = socket.socket(); s.bind(('198.18.0.2', 9000)); s.listen()\n\
+        c, a = s.accept(); c.sendall(a[0].encode()); c.close()";
+    let mut srv = Command::new("ip")
+        .args(["netns", "exec", &peer.ns, "python3", "-c", server])
+        .spawn()
+        .unwrap();
+    let client = "import socket, time\n\
+        for i in range(100):\n\
+        \x20   try:\n\
+        \x20       c = socket.create_connection(('198.18.0.2', 9000), timeout=2); break\n\
+        \x20   except OSError: time.sleep(0.05)\n\
+        print(c.recv(100).decode())";
+    let out = sh_ok(
+        &["--network", "nat"],
+        &format!("ip -4 -o addr show eth0 | awk '{{print $4}}'; python3 -c \"{client}\""),
+    );
+    let _ = srv.kill();
+    let _ = srv.wait();
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("10.200."), "sandbox address: {out}");
+    assert_eq!(
+        lines[1], "198.18.0.1",
+        "the peer sees the host's address (masquerade)"
+    );
+}
+
+#[test]
+fn nat_sandboxes_cannot_reach_each_other() {
+    if !can_run("nat_sandboxes_cannot_reach_each_other") {
+        return;
+    }
+    let server = "import socket\n\
+        s = socket.socket(); s.bind(('0.0.0.0', 7000)); s.listen(); s.settimeout(8)\n\
+        import subprocess\n\
+        print(subprocess.run(['sh','-c',\"ip -4 -o addr show eth0 | awk '{print $4}'\"], capture_output=True, text=True).stdout.strip(), flush=True)\n\
+        try:\n\
+        \x20   c, _ = s.accept(); print('accepted')\n\
+        except OSError: print('nobody')";
+    let mut a = warren()
+        .args([
+            "run",
+            "--rm",
+            "--network",
+            "nat",
+            "--",
+            "python3",
+            "-u",
+            "-c",
+            server,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut out = a.stdout.take().unwrap();
+    let mut byte = [0u8; 1];
+    while out.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0] as char);
+    }
+    let addr = line.trim().split('/').next().unwrap().to_string();
+    assert!(addr.starts_with("10.200."), "{line}");
+    let probe = format!(
+        "import socket\ntry:\n socket.create_connection(('{addr}', 7000), timeout=2); print('reached')\nexcept OSError: print('blocked')"
+    );
+    let got = sh_ok(&["--network", "nat"], &format!("python3 -c \"{probe}\""));
+    assert_eq!(got.trim(), "blocked");
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let _ = a.wait();
+    assert_eq!(rest.trim(), "nobody");
+}

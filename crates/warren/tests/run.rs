@@ -1,0 +1,172 @@
+//! `warren run` as a user sees it: output, exit status, stdin, terminals, timeouts.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use common::*;
+
+#[test]
+fn runs_python_and_streams_stdout_and_stderr_apart() {
+    if !can_run("runs_python_and_streams_stdout_and_stderr_apart") {
+        return;
+    }
+    let o = warren()
+        .args(["run", "--rm", "--", "python3", "-c"])
+        .arg("import sys; print('hello from a sandbox'); print('oops', file=sys.stderr)")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert_eq!(stdout(&o), "hello from a sandbox\n");
+    assert_eq!(stderr(&o), "oops\n");
+}
+
+#[test]
+fn exit_status_is_the_commands_own() {
+    if !can_run("exit_status_is_the_commands_own") {
+        return;
+    }
+    assert_eq!(sh(&[], "exit 42").status.code(), Some(42));
+    assert_eq!(sh(&[], "kill -TERM $$").status.code(), Some(143));
+    assert_eq!(sh(&[], "kill -KILL $$").status.code(), Some(137));
+}
+
+#[test]
+fn a_missing_command_says_so() {
+    if !can_run("a_missing_command_says_so") {
+        return;
+    }
+    let o = warren()
+        .args(["run", "--rm", "--", "no-such-command"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(127));
+    assert!(stderr(&o).contains("no-such-command"), "{}", stderr(&o));
+}
+
+#[test]
+fn stdin_is_streamed_with_interactive() {
+    if !can_run("stdin_is_streamed_with_interactive") {
+        return;
+    }
+    let mut child = warren()
+        .args([
+            "run",
+            "--rm",
+            "-i",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; echo done",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let big = "abc\n".repeat(100_000);
+    let writer = std::thread::spawn(move || stdin.write_all(big.as_bytes()));
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    let out = stdout(&o);
+    assert_eq!(out.len(), 400_000 + 5);
+    assert!(out.starts_with("ABC\nABC\n") && out.ends_with("ABC\ndone\n"));
+}
+
+#[test]
+fn env_workdir_and_user_apply() {
+    if !can_run("env_workdir_and_user_apply") {
+        return;
+    }
+    let out = sh_ok(
+        &[
+            "--env",
+            "A=1",
+            "--env",
+            "B=two words",
+            "--workdir",
+            "/home/user",
+            "--user",
+            "1000",
+        ],
+        "echo \"$A|$B|$(pwd)|$(id -u):$(id -g)|$(whoami)\"",
+    );
+    assert_eq!(out.trim(), "1|two words|/home/user|1000:1000|user");
+}
+
+#[test]
+fn user_by_name_and_home() {
+    if !can_run("user_by_name_and_home") {
+        return;
+    }
+    let out = sh_ok(&["--user", "user"], "id -un; echo $HOME; cd && pwd");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["user", "/home/user", "/home/user"]
+    );
+}
+
+#[test]
+fn a_tty_is_a_real_terminal() {
+    if !can_run("a_tty_is_a_real_terminal") {
+        return;
+    }
+    let out = sh_ok(&["-t"], "tty; stty size; [ -t 0 ] && echo stdin-is-tty");
+    let lines: Vec<&str> = out.lines().map(str::trim).collect();
+    assert!(lines[0].starts_with("/dev/pts/"), "{out}");
+    assert_eq!(lines[1], "24 80");
+    assert_eq!(lines[2], "stdin-is-tty");
+}
+
+#[test]
+fn timeout_kills_the_whole_process_group() {
+    if !can_run("timeout_kills_the_whole_process_group") {
+        return;
+    }
+    let t = std::time::Instant::now();
+    let o = sh(&["--timeout", "500ms"], "sleep 100 & sleep 100; echo never");
+    assert_eq!(o.status.code(), Some(124));
+    assert!(t.elapsed().as_secs() < 10);
+    assert!(stderr(&o).contains("timed out"));
+    assert!(!stdout(&o).contains("never"));
+}
+
+#[test]
+fn zombies_are_reaped_by_pid_1() {
+    if !can_run("zombies_are_reaped_by_pid_1") {
+        return;
+    }
+    // The subshell exits at once, orphaning its sleeps to PID 1, which must reap them.
+    let out = sh_ok(
+        &[],
+        "(sleep 0.1 & sleep 0.1 & exit 0); sleep 0.6; \
+         grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l",
+    );
+    assert_eq!(out.trim(), "0", "zombies left");
+}
+
+#[test]
+fn a_large_output_flood_streams_completely() {
+    if !can_run("a_large_output_flood_streams_completely") {
+        return;
+    }
+    let o = sh(&[], "head -c 200000000 /dev/zero");
+    assert!(o.status.success());
+    assert_eq!(o.stdout.len(), 200_000_000);
+}
+
+#[test]
+fn bad_flags_are_one_clear_line() {
+    let o = warren()
+        .args(["run", "--rm", "--publish", "80", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("HOSTPORT:PORT"), "{}", stderr(&o));
+    let o = warren()
+        .args(["run", "--rm", "--volume", "x", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(stderr(&o).contains("NAME:/path"), "{}", stderr(&o));
+}

@@ -1,0 +1,185 @@
+//! The runtime's Rust API against real sandboxes: pause and resume, background processes
+//! and reattach, terminals with resize, and file operations. Needs root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use warren_runtime::client::ProcessEvent;
+use warren_runtime::namespace::CreateOptions;
+use warren_runtime::{NamespaceBackend, Paths, Sandbox};
+use warren_types::proto::{Command, ExecRequest, WinSize};
+use warren_types::spec::SandboxSpec;
+
+fn backend() -> NamespaceBackend {
+    let root = test_root();
+    let paths = Paths {
+        run: root.join("run"),
+        data: root.join("data"),
+    };
+    NamespaceBackend::new(paths, env!("CARGO_BIN_EXE_warren").into()).unwrap()
+}
+
+async fn sandbox() -> Sandbox {
+    let spec = SandboxSpec {
+        id: warren_runtime::new_id(),
+        template: "host".into(),
+        ..Default::default()
+    };
+    // Dies with this test's thread even if an assertion fails first.
+    let opts = CreateOptions {
+        die_with_parent: true,
+        ephemeral: true,
+    };
+    backend().create(spec, opts).await.unwrap()
+}
+
+fn shell(script: &str) -> ExecRequest {
+    ExecRequest {
+        command: Some(Command::Shell(script.into())),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn pause_stops_the_clock_and_resume_restarts_it() {
+    if !can_run("pause_stops_the_clock_and_resume_restarts_it") {
+        return;
+    }
+    let sb = sandbox().await;
+    let client = sb.connect().await.unwrap();
+    let mut req = shell("i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; done");
+    req.background = true;
+    let _proc = client.exec(req).await.unwrap();
+    let counter = backend()
+        .paths()
+        .sandbox_data(&sb.id)
+        .join("upper/tmp/counter");
+    let read = || -> u64 {
+        std::fs::read_to_string(&counter)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(read() > 0, "the counter runs");
+
+    sb.pause().unwrap();
+    let (c1, cpu1) = (read(), sb.cgroup().cpu_usage_us());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (c2, cpu2) = (read(), sb.cgroup().cpu_usage_us());
+    assert_eq!(c1, c2, "a paused sandbox made progress");
+    assert_eq!(cpu1, cpu2, "a paused sandbox used CPU");
+
+    sb.resume().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(read() > c2, "the counter did not continue after resume");
+    // The agent answers again after resume.
+    let out = client
+        .exec(shell("echo back"))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"back\n");
+    sb.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn background_processes_survive_disconnect_and_replay_on_attach() {
+    if !can_run("background_processes_survive_disconnect_and_replay_on_attach") {
+        return;
+    }
+    let sb = sandbox().await;
+    let pid = {
+        let client = sb.connect().await.unwrap();
+        let mut req = shell("echo started; sleep 0.5; echo finished");
+        req.background = true;
+        client.exec(req).await.unwrap().pid
+        // The connection closes here.
+    };
+    let client = sb.connect().await.unwrap();
+    let listed = client.list_processes().await.unwrap();
+    assert!(listed.iter().any(|p| p.pid == pid), "{listed:?}");
+    let out = client
+        .attach(pid, true)
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "started\nfinished\n");
+    assert_eq!(out.status.unwrap().code, Some(0));
+    sb.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_pty_follows_resize() {
+    if !can_run("a_pty_follows_resize") {
+        return;
+    }
+    let sb = sandbox().await;
+    let client = sb.connect().await.unwrap();
+    let mut req = shell("stty size; read line; stty size");
+    req.tty = Some(WinSize {
+        rows: 30,
+        cols: 100,
+    });
+    req.stdin = true;
+    let mut p = client.exec(req).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("30 100") {
+        match p.next().await.unwrap() {
+            ProcessEvent::Stdout(d) => seen.extend_from_slice(&d),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    p.resize(WinSize {
+        rows: 50,
+        cols: 132,
+    })
+    .await
+    .unwrap();
+    p.write_stdin(b"go\n".to_vec()).await.unwrap();
+    let out = p.output().await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("50 132"),
+        "{:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    sb.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn files_round_trip_through_the_agent() {
+    if !can_run("files_round_trip_through_the_agent") {
+        return;
+    }
+    let sb = sandbox().await;
+    let c = sb.connect().await.unwrap();
+    let data: Vec<u8> = (0..(100u32 << 20)).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        c.write_file("/tmp/big.bin", &data, None).await.unwrap(),
+        data.len() as u64
+    );
+    assert!(
+        c.read_file("/tmp/big.bin").await.unwrap() == data,
+        "100 MB differ"
+    );
+    c.make_dir("/tmp/a/b/c").await.unwrap();
+    c.write_file("/tmp/a/b/c/f.txt", b"hi", None).await.unwrap();
+    let listed = c.list_dir("/tmp/a", 3).await.unwrap();
+    assert!(
+        listed.iter().any(|f| f.path == "/tmp/a/b/c/f.txt"),
+        "{listed:?}"
+    );
+    c.rename("/tmp/a/b/c/f.txt", "/tmp/g.txt").await.unwrap();
+    assert_eq!(c.stat("/tmp/g.txt").await.unwrap().size, 2);
+    c.remove("/tmp/a", true).await.unwrap();
+    assert!(c.stat("/tmp/a").await.is_err());
+    // Paths cannot leave the sandbox: /.. is /.
+    assert!(c.read_file("/../../etc/shadow").await.is_err());
+    sb.destroy().await.unwrap();
+}
