@@ -612,7 +612,8 @@ def main():
             "unshare": first_line(["unshare", "--version"]),
         }
         log(f"cold start of `true` | commit {commit}{' (dirty tree)' if dirty else ''} | "
-            f"{facts['nproc']} cpus, kernel {facts['kernel']} | "
+            f"{facts['nproc']} cpus, kernel {facts['kernel']}, "
+            f"load {facts['loadavg_at_start'][0]:.2f} | "
             f"{args.rounds} rounds + {args.warmup} warm-up, interleaved")
         log(f"private mount namespace: {os.environ.get(NS_ENV) == '1'}; "
             f"{UNIFIED}: {unified}")

@@ -592,6 +592,12 @@ fn child_main(args: ChildArgs<'_>) -> String {
         reap_all: true,
         seccomp: Some(Arc::new(args.seccomp)),
         drop_caps: true,
+        // Root's passwd entry gives HOME and the working directory when a request names
+        // no user.
+        user: Some(warren_types::proto::User::Id {
+            uid: 0,
+            gid: Some(0),
+        }),
         ..Default::default()
     };
     match warren_agent::serve(args.listener, config) {
@@ -608,6 +614,15 @@ fn child_setup(go: &OwnedFd, root: &Path, hostname: &str) -> Result<(), String> 
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| format!("unblock signals: {e}"))?;
+    // A clone keeps the host ids it had (host root); become root *of the namespace*, which
+    // the maps now tie to an unprivileged host uid, before touching anything.
+    {
+        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+        let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
+        setgroups(&[]).map_err(|e| format!("drop supplementary groups: {e}"))?;
+        setresgid(g, g, g).map_err(|e| format!("become gid 0 of the sandbox: {e}"))?;
+        setresuid(u, u, u).map_err(|e| format!("become uid 0 of the sandbox: {e}"))?;
+    }
     // Mounts copied from the helper's namespace are locked here, and pivot_root refuses a
     // locked new root: a bind of the root onto itself, made in this namespace, is not.
     bind(root, root, false).map_err(fail("bind the root onto itself"))?;

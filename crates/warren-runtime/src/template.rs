@@ -61,14 +61,14 @@ pub struct Template {
     pub env: BTreeMap<String, String>,
 }
 
-/// The default environment of a sandbox's processes.
+/// The default environment of a sandbox's processes. HOME is not here: the agent sets it
+/// from the account a process runs as.
 pub fn default_env() -> BTreeMap<String, String> {
     [
         (
             "PATH",
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         ),
-        ("HOME", "/root"),
         ("LANG", "C.UTF-8"),
     ]
     .into_iter()

@@ -86,6 +86,11 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
         }
         reset_signals()?;
         if oom_victim {
+            // The agent is non-dumpable and a fork inherits that, which makes /proc/self
+            // belong to global root, unwritable for the sandbox's own root. exec resets
+            // dumpability from the credentials anyway.
+            // SAFETY: PR_SET_DUMPABLE takes integers only.
+            check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })?;
             write_oom_score_adj_max()?;
         }
         if drop_caps {

@@ -28,7 +28,10 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__init") {
         warren_runtime::helper::main();
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let r = match cli.command {
         Command::Run(a) => commands::run::run(*a),
         Command::Doctor(a) => commands::doctor::run(a),
@@ -40,4 +43,26 @@ fn main() -> ExitCode {
             ExitCode::from(125)
         }
     }
+}
+
+/// Help and version print as clap renders them; a usage error is one line naming what to
+/// change, as every other error of the CLI.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return ExitCode::SUCCESS;
+    }
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    eprintln!(
+        "warren: {} (see --help)",
+        first.trim_start_matches("error: ")
+    );
+    ExitCode::from(2)
 }

@@ -71,19 +71,42 @@ fn host_loopback_services_are_unreachable() {
     }
     let host = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = host.local_addr().unwrap().port();
+    // The gateway, if any, from the routing table; then the host's port on loopback and
+    // on the gateway address must both be closed.
+    let script = format!(
+        "import socket\n\
+         gw = None\n\
+         for line in open('/proc/net/route').read().splitlines()[1:]:\n\
+         \x20   f = line.split()\n\
+         \x20   if f[1] == '00000000': gw = socket.inet_ntoa(bytes.fromhex(f[2])[::-1])\n\
+         for addr in ['127.0.0.1'] + ([gw] if gw else []):\n\
+         \x20   try:\n\
+         \x20       socket.create_connection((addr, {port}), timeout=1); print('reached', addr)\n\
+         \x20   except OSError: print('blocked', addr)"
+    );
     for net in ["none", "nat"] {
-        let script = format!(
-            "import socket, subprocess\n\
-             gw = subprocess.run(['sh','-c',\"ip route 2>/dev/null | awk '/default/{{print $3}}'\"], capture_output=True, text=True).stdout.strip()\n\
-             for addr in ['127.0.0.1'] + ([gw] if gw else []):\n\
-             \x20   try:\n\
-             \x20       socket.create_connection((addr, {port}), timeout=1); print('reached', addr)\n\
-             \x20   except OSError: print('blocked', addr)"
-        );
-        let out = sh_ok(&["--network", net], &format!("python3 -c \"{script}\""));
+        let o = warren()
+            .args([
+                "run",
+                "--rm",
+                "--network",
+                net,
+                "--",
+                "python3",
+                "-c",
+                &script,
+            ])
+            .output()
+            .unwrap();
+        let out = stdout(&o);
+        assert!(o.status.success(), "{net}: {}", stderr(&o));
         assert!(!out.contains("reached"), "{net}: {out}");
         assert!(out.contains("blocked 127.0.0.1"), "{net}: {out}");
+        if net == "nat" {
+            assert!(out.contains("blocked 10.200."), "nat has a gateway: {out}");
+        }
     }
+    drop(host);
 }
 
 /// A peer host: a network namespace of the test's own, linked to the host by a veth.

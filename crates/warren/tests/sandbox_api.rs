@@ -49,7 +49,12 @@ async fn pause_stops_the_clock_and_resume_restarts_it() {
     }
     let sb = sandbox().await;
     let client = sb.connect().await.unwrap();
-    let mut req = shell("i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; done");
+    // The counter is replaced atomically, so the host never reads a half-written file.
+    let mut req = shell(
+        "python3 -c 'import os, itertools\n\
+         for i in itertools.count():\n\
+         \x20   open(\"/tmp/c.tmp\", \"w\").write(str(i)); os.replace(\"/tmp/c.tmp\", \"/tmp/counter\")'",
+    );
     req.background = true;
     let _proc = client.exec(req).await.unwrap();
     let counter = backend()
@@ -62,7 +67,7 @@ async fn pause_stops_the_clock_and_resume_restarts_it() {
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0)
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(read() > 0, "the counter runs");
 
     sb.pause().unwrap();
