@@ -617,6 +617,9 @@ def main():
             f"{args.rounds} rounds + {args.warmup} warm-up, interleaved")
         log(f"private mount namespace: {os.environ.get(NS_ENV) == '1'}; "
             f"{UNIFIED}: {unified}")
+        if facts["loadavg_at_start"][0] > 0.25 * (facts["nproc"] or 1):
+            log(f"WARNING: load average {facts['loadavg_at_start'][0]:.2f} on "
+                f"{facts['nproc']} cpus: something else is running, figures will be noisy")
         if warren_env is not None and not args.default_dirs:
             log(f"warren dirs: WARREN_RUN_DIR/WARREN_DATA_DIR under {tmp}")
         for name in tools:

@@ -232,7 +232,8 @@ impl Sandbox {
 
         let root = run.join("root");
         fs::create_dir_all(&root).map_err(fail("create the root mount point"))?;
-        let (upper, work) = writable_layer(config, &run, &data)?;
+        let (upper, work, disk) = writable_layer(config, &run, &data)?;
+        cleanup.mounts.extend(disk);
         let lower = template.rootfs.display().to_string();
         let opts = format!(
             "lowerdir={lower},upperdir={},workdir={}",
@@ -367,14 +368,15 @@ fn block_signals() -> Result<(), String> {
 }
 
 /// The upper and work directories of the overlay: on the host's disk, or inside a
-/// loop-mounted ext4 image of the requested size when the disk is bounded.
+/// loop-mounted ext4 image of the requested size when the disk is bounded (whose mount
+/// point is returned too, for the teardown).
 fn writable_layer(
     config: &HelperConfig,
     run: &Path,
     data: &Path,
-) -> Result<(PathBuf, PathBuf), String> {
-    let base = match config.spec.resources.disk {
-        None => data.to_path_buf(),
+) -> Result<(PathBuf, PathBuf, Option<PathBuf>), String> {
+    let (base, mount) = match config.spec.resources.disk {
+        None => (data.to_path_buf(), None),
         Some(size) => {
             let img = data.join("disk.img");
             if !img.exists() {
@@ -383,7 +385,7 @@ fn writable_layer(
             let mnt = run.join("disk");
             fs::create_dir_all(&mnt).map_err(fail("create the disk mount point"))?;
             mount_image(&img, &mnt)?;
-            mnt
+            (mnt.clone(), Some(mnt))
         }
     };
     let upper = base.join("upper");
@@ -398,7 +400,7 @@ fn writable_layer(
         Some(nix::unistd::Gid::from_raw(HOST_ID_BASE)),
     )
     .map_err(|e| format!("chown the writable layer: {e}"))?;
-    Ok((upper, work))
+    Ok((upper, work, mount))
 }
 
 /// Makes a sparse ext4 image of `size` bytes whose root directory `owner` owns.
