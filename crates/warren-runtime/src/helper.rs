@@ -97,6 +97,7 @@ pub fn main() -> ! {
             message: format!("bad helper configuration: {e}"),
         }),
     };
+    crate::trace::mark("helper: configuration read");
     let monitor = match Sandbox::build(&config) {
         Ok(m) => m,
         Err(message) => report_and_exit(HelperStatus::Error { message }),
@@ -128,6 +129,10 @@ fn report_and_exit(status: HelperStatus) -> ! {
 
 /// Undoes, in reverse, what set-up did so far. Dropped on every failure path.
 struct Cleanup {
+    /// The host's mount namespace. Going back into it drops every mount of the sandbox
+    /// at once (the private namespace dies with its last user), which is cheaper than
+    /// unmounting one by one.
+    host_mounts: Option<OwnedFd>,
     cgroup: Option<warren_sys::cgroup::Cgroup>,
     dirs: Vec<PathBuf>,
     mounts: Vec<PathBuf>,
@@ -136,18 +141,32 @@ struct Cleanup {
 
 impl Cleanup {
     fn run(&mut self) {
+        // Killing PID 1 kills its whole pid namespace, and its exit completes only once
+        // every task in it is gone: after the wait, the cgroup is empty and removable at
+        // once. Frozen tasks cannot die, so a paused sandbox is thawed first.
         if let Some(cg) = &self.cgroup {
-            let _ = cg.kill_all(Duration::from_secs(5));
+            if cg.is_frozen().unwrap_or(false) {
+                let _ = cg.thaw();
+            }
         }
         if let Some(pid) = self.agent.take() {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
         }
         if let Some(cg) = self.cgroup.take() {
+            // Normally a no-op: only a task that escaped the namespace would be left.
+            let _ = cg.kill_all(Duration::from_secs(5));
             let _ = cg.remove();
         }
+        let back_home = self
+            .host_mounts
+            .take()
+            .is_some_and(|fd| ns::setns(&fd, ns::CloneFlags::CLONE_NEWNS).is_ok());
+        // setns refuses a process with threads (published ports): unmount instead.
         for m in self.mounts.drain(..).rev() {
-            let _ = unmount(&m);
+            if !back_home {
+                let _ = unmount(&m);
+            }
         }
         for d in self.dirs.drain(..).rev() {
             if fs::remove_dir_all(&d).is_err() {
@@ -193,9 +212,11 @@ impl Sandbox {
             data: config.data_dir.clone(),
         };
         let template = template::resolve(&paths, &spec.template).map_err(|e| e.to_string())?;
+        crate::trace::mark("helper: template resolved");
         let run = paths.sandbox_run(&spec.id);
         let data = paths.sandbox_data(&spec.id);
         let mut cleanup = Cleanup {
+            host_mounts: None,
             cgroup: None,
             dirs: vec![],
             mounts: vec![],
@@ -225,10 +246,15 @@ impl Sandbox {
             })
             .map_err(|e| e.to_string())?;
         cleanup.cgroup = Some(cgroup.clone());
+        crate::trace::mark("helper: cgroup created");
 
         // Everything mounted from here on lives in this private namespace and dies with it.
+        cleanup.host_mounts = Some(
+            ns::open_ns(nix::unistd::getpid(), "mnt").map_err(fail("open the mount namespace"))?,
+        );
         ns::unshare(ns::CloneFlags::CLONE_NEWNS).map_err(fail("new mount namespace"))?;
         set_propagation(Path::new("/"), MsFlags::MS_PRIVATE).map_err(fail("private mounts"))?;
+        crate::trace::mark("helper: mount namespace");
 
         let root = run.join("root");
         fs::create_dir_all(&root).map_err(fail("create the root mount point"))?;
@@ -243,7 +269,9 @@ impl Sandbox {
         mount_fs("overlay", &root, "overlay", MsFlags::empty(), Some(&opts))
             .map_err(fail("mount the root overlay"))?;
         cleanup.mounts.push(root.clone());
+        crate::trace::mark("helper: overlay mounted");
         populate_root(&template, &root, spec, &paths)?;
+        crate::trace::mark("helper: root populated");
 
         let socket = run.join("agent.sock");
         let _ = fs::remove_file(&socket);
@@ -254,6 +282,7 @@ impl Sandbox {
         let hostname = spec.hostname.clone().unwrap_or_else(|| "sandbox".into());
         let seccomp = warren_sys::seccomp::SeccompProgram::default_policy()
             .map_err(|e| format!("compile the seccomp policy: {e}"))?;
+        crate::trace::mark("helper: seccomp compiled");
 
         let (go_r, go_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         let (st_r, st_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
@@ -275,6 +304,7 @@ impl Sandbox {
                 std::process::exit(1);
             }
             Forked::Parent(child) => {
+                crate::trace::mark("helper: cloned");
                 drop(go_r);
                 drop(st_w);
                 drop(listener);
@@ -292,6 +322,7 @@ impl Sandbox {
                 })();
                 let go = fs::File::from(go_w);
                 setup?;
+                crate::trace::mark("helper: maps and cgroup set");
                 (&go).write_all(b"g").map_err(fail("start the sandbox"))?;
                 drop(go);
                 let mut msg = String::new();
@@ -299,6 +330,7 @@ impl Sandbox {
                 if !msg.is_empty() {
                     return Err(msg);
                 }
+                crate::trace::mark("helper: child ready");
                 let mut publishers = Vec::new();
                 for p in &spec.publish {
                     let h = crate::network::publish(child, *p).map_err(|e| e.to_string())?;
@@ -347,7 +379,9 @@ impl Sandbox {
                 Ok(_) => break 0,
             }
         };
+        crate::trace::mark("helper: stop asked");
         self.cleanup.run();
+        crate::trace::mark("helper: torn down");
         drop(self.publishers);
         code
     }
@@ -588,6 +622,7 @@ fn child_main(args: ChildArgs<'_>) -> String {
         return e;
     }
     // Closing the status pipe with nothing written tells the helper all went well.
+    crate::trace::mark("child: set up");
     drop(status);
     let config = warren_agent::AgentConfig {
         env: args.env,

@@ -12,6 +12,7 @@ pub mod helper;
 pub mod namespace;
 pub mod network;
 pub mod template;
+pub mod trace;
 
 use std::path::PathBuf;
 

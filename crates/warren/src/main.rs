@@ -28,6 +28,7 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__init") {
         warren_runtime::helper::main();
     }
+    warren_runtime::trace::mark("cli: start");
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

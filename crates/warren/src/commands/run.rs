@@ -14,7 +14,7 @@ use clap::{Args, ValueEnum};
 use tokio::io::AsyncReadExt;
 use warren_runtime::client::{ClientError, ProcessEvent};
 use warren_runtime::namespace::CreateOptions;
-use warren_runtime::{NamespaceBackend, Paths};
+use warren_runtime::{trace, NamespaceBackend, Paths};
 use warren_types::proto::{Command, ErrorCode, ExecRequest, User, WinSize, CHUNK};
 use warren_types::spec::{NetworkMode, PortMap, Resources, SandboxSpec, VolumeMount};
 
@@ -206,6 +206,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let exe = std::env::current_exe().context("find the warren binary")?;
         let backend = NamespaceBackend::new(Paths::from_env(), exe)?;
+        trace::mark("cli: backend ready");
         let sandbox = backend
             .create(
                 spec,
@@ -215,10 +216,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 },
             )
             .await?;
+        trace::mark("cli: sandbox created");
         let outcome = run_command(&sandbox, req, args.interactive, tty).await;
+        trace::mark("cli: command ended");
         let oom = sandbox.oom_kills() > 0;
         let id = sandbox.id.clone();
         let teardown = sandbox.destroy().await;
+        trace::mark("cli: sandbox destroyed");
         if !args.rm {
             eprintln!(
                 "warren: sandbox {id} ended; its files are kept in {}",
@@ -269,7 +273,9 @@ async fn run_command(
         .connect()
         .await
         .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    trace::mark("cli: agent connected");
     let mut proc = client.exec(req).await?;
+    trace::mark("cli: process started");
     let stdin_handle = std::io::stdin();
     let raw = if tty && interactive && stdin_handle.is_terminal() {
         warren_sys::pty::RawMode::enter(stdin_handle.as_fd()).ok()
