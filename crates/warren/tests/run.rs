@@ -170,3 +170,39 @@ fn bad_flags_are_one_clear_line() {
         .unwrap();
     assert!(stderr(&o).contains("NAME:/path"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_1gib_flood_to_a_slow_reader_keeps_memory_bounded() {
+    use std::io::Read;
+    if !can_run("a_1gib_flood_to_a_slow_reader_keeps_memory_bounded") {
+        return;
+    }
+    let mut child = warren()
+        .args(["run", "--rm", "--", "head", "-c", "1073741824", "/dev/zero"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut total, mut since_pause) = (0usize, 0usize);
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        since_pause += n;
+        // Slower than the producer, so the whole chain has to hold back.
+        if since_pause >= 8 << 20 {
+            since_pause = 0;
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(total, 1 << 30);
+    // The largest resident set of the CLI, the helper, the agent and `head`.
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .unwrap();
+    let max_mib = usage.max_rss() / 1024;
+    assert!(max_mib < 64, "a process of the chain grew to {max_mib} MiB");
+}
