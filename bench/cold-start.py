@@ -38,10 +38,12 @@ RUN_TIMEOUT_S = 60
 HOST_ID_BASE = 100_000
 ID_COUNT = 65_536
 
-# Where podman writes on the host despite --root/--runroot/--tmpdir (netavark's config and
-# run dirs, the blob-info cache, libpod's run dir); removed at the end if this run made them.
-PODMAN_HOST_PATHS = ["/etc/containers/networks", "/run/containers", "/run/libpod",
-                     "/run/runc", "/var/lib/containers"]
+# What the peers make on the host despite --root/--runroot/--tmpdir: `crun --version` and
+# `crun spec` make /run/crun; podman makes netavark's config and run dirs, the blob-info
+# cache, libpod's run dir, runc's default root and a libpod_parent cgroup. Each is removed
+# at the end if it did not exist when the harness started.
+HOST_PATHS = ["/run/crun", "/etc/containers/networks", "/run/containers", "/run/libpod",
+              "/run/runc", "/var/lib/containers"]
 PODMAN_CGROUP = "libpod_parent"
 
 # Debian package that provides each peer.
@@ -51,7 +53,11 @@ WARREN_NS = "user (root -> host uid 100000), mount, pid, uts, ipc, net; cgroups 
 
 
 def log(msg=""):
-    print(msg, flush=True)
+    try:
+        print(msg, flush=True)
+    except BrokenPipeError:
+        # The reader went away (| head): keep going, so cleanup still runs to the end.
+        sys.stdout = open(os.devnull, "w")
 
 
 def skipped(tool, reason):
@@ -158,6 +164,18 @@ def git(*args):
         return r.stdout.strip() if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def newest_source():
+    newest = 0.0
+    for dirpath, dirnames, filenames in os.walk(os.path.join(REPO, "crates")):
+        dirnames[:] = [d for d in dirnames if d != "target"]
+        for f in filenames:
+            try:
+                newest = max(newest, os.stat(os.path.join(dirpath, f)).st_mtime)
+            except OSError:
+                pass
+    return newest
 
 
 def machine_facts():
@@ -354,11 +372,11 @@ def rmtree_same_fs(top):
     os.rmdir(top)
 
 
-def podman_host_state():
-    """What of podman's exists on the host now (before the run: left alone at the end)."""
+def host_state():
+    """Which of the peers' host paths exist now (those from before are left alone)."""
     cgroups = [os.path.join("/sys/fs/cgroup", h, PODMAN_CGROUP)
                for h in sorted(os.listdir("/sys/fs/cgroup"))]
-    return {p for p in PODMAN_HOST_PATHS + cgroups if os.path.lexists(p)}
+    return {p for p in HOST_PATHS + cgroups if os.path.lexists(p)}
 
 
 def remove_cgroup_tree(top):
@@ -366,7 +384,7 @@ def remove_cgroup_tree(top):
         os.rmdir(dirpath)
 
 
-def cleanup(tmp, id_prefix, runtimes, podman_global, podman_tag, podman_before, notes):
+def cleanup(tmp, id_prefix, runtimes, podman_global, podman_tag, host_before, notes):
     """Removes and then checks for state dirs, containers, cgroups and mounts."""
     problems = []
     for rt, state in runtimes:
@@ -382,27 +400,27 @@ def cleanup(tmp, id_prefix, runtimes, podman_global, podman_tag, podman_before, 
             problems.append(f"podman container left: {cid}")
             subprocess.run([*podman_global, "rm", "-f", cid], capture_output=True)
         subprocess.run([*podman_global, "rmi", "-f", podman_tag], capture_output=True)
-        cgroups = 0
-        for p in sorted(podman_host_state() - podman_before):
-            if p.startswith(UNIFIED + "/"):
-                continue  # on the stand-in tmpfs
-            try:
-                if p.startswith("/sys/fs/cgroup/"):
-                    remove_cgroup_tree(p)
-                    cgroups += 1
-                    continue
-                if mounts_under(p):
-                    problems.append(f"podman left mounts under {p}: {mounts_under(p)}")
-                    continue
-                if os.path.isdir(p) and not os.path.islink(p):
-                    rmtree_same_fs(p)
-                else:
-                    os.unlink(p)
-                notes.append(f"removed {p} (podman made it outside its --root)")
-            except OSError as e:
-                problems.append(f"could not remove podman's {p}: {e}")
-        if cgroups:
-            notes.append(f"removed podman's {PODMAN_CGROUP} cgroup in {cgroups} hierarchies")
+    cgroups = 0
+    for p in sorted(host_state() - host_before):
+        if p.startswith(UNIFIED + "/"):
+            continue  # on the stand-in tmpfs
+        try:
+            if p.startswith("/sys/fs/cgroup/"):
+                remove_cgroup_tree(p)
+                cgroups += 1
+                continue
+            if mounts_under(p):
+                problems.append(f"mounts left under {p}: {mounts_under(p)}")
+                continue
+            if os.path.isdir(p) and not os.path.islink(p):
+                rmtree_same_fs(p)
+            else:
+                os.unlink(p)
+            notes.append(f"removed {p} (a peer made it outside its --root)")
+        except OSError as e:
+            problems.append(f"could not remove {p}: {e}")
+    if cgroups:
+        notes.append(f"removed podman's {PODMAN_CGROUP} cgroup in {cgroups} hierarchies")
     for d in cgroup_dirs_named(id_prefix):
         if d.startswith(UNIFIED + "/") and (UNIFIED, "tmpfs") in mounts():
             continue  # crun's strays on the stand-in tmpfs: gone with this namespace
@@ -481,6 +499,7 @@ def main():
         tools = [t for t in tools if t != "podman"]
 
     install_missing(tools, args.no_install)
+    host_before = host_state()
     unified = drop_unified()
 
     tmp = tempfile.mkdtemp(prefix="coldstart-")
@@ -491,7 +510,6 @@ def main():
     runtimes = []
     podman_global = None
     podman_tag = f"localhost/coldstart-bench:{os.getpid()}"
-    podman_before = set()
     notes = []
     warren_env = None
     warren = os.path.abspath(args.warren)
@@ -555,7 +573,6 @@ def main():
                 if shutil.which("runc") is None:
                     skip[t] = "podman needs runc here, which is not installed"
                     continue
-                podman_before = podman_host_state()
                 pd = os.path.join(tmp, "podman")
                 podman_global = ["podman", "--root", f"{pd}/root", "--runroot", f"{pd}/run",
                                  "--tmpdir", f"{pd}/tmp", "--storage-driver", "overlay",
@@ -620,6 +637,13 @@ def main():
         if facts["loadavg_at_start"][0] > 0.25 * (facts["nproc"] or 1):
             log(f"WARNING: load average {facts['loadavg_at_start'][0]:.2f} on "
                 f"{facts['nproc']} cpus: something else is running, figures will be noisy")
+        if warren_env is not None:
+            built = os.stat(warren).st_mtime
+            facts["warren_binary_mtime"] = datetime.datetime.fromtimestamp(
+                built, datetime.timezone.utc).isoformat()
+            if newest_source() > built:
+                log(f"NOTE: {warren} is older than the newest file under crates/: "
+                    "the commit above may not be the code that ran (rebuild)")
         if warren_env is not None and not args.default_dirs:
             log(f"warren dirs: WARREN_RUN_DIR/WARREN_DATA_DIR under {tmp}")
         for name in tools:
@@ -689,7 +713,7 @@ def main():
         stats, elapsed = {}, None
     finally:
         problems += cleanup(tmp, id_prefix, runtimes, podman_global, podman_tag,
-                            podman_before, notes)
+                            host_before, notes)
 
     leftovers = [p for p in problems if p != "interrupted"]
     log()

@@ -34,6 +34,7 @@ type Result<T> = std::result::Result<T, ClientError>;
 #[derive(Debug)]
 struct Inner {
     out: mpsc::Sender<Frame>,
+    closed: std::sync::atomic::AtomicBool,
     chans: Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>,
     next: AtomicU32,
 }
@@ -71,6 +72,7 @@ impl AgentClient {
         let (out, mut out_rx) = mpsc::channel::<Frame>(256);
         let inner = Arc::new(Inner {
             out,
+            closed: std::sync::atomic::AtomicBool::new(false),
             chans: Mutex::new(HashMap::new()),
             next: AtomicU32::new(1),
         });
@@ -96,6 +98,7 @@ impl AgentClient {
             }
             // Dropping every sender ends every channel's stream.
             if let Some(inner) = reader_inner.upgrade() {
+                inner.closed.store(true, Ordering::Relaxed);
                 inner.chans.lock().unwrap().clear();
             }
         });
@@ -112,6 +115,11 @@ impl AgentClient {
             Some(other) => Err(ClientError::Protocol(format!("{other:?}"))),
             None => Err(ClientError::Closed),
         }
+    }
+
+    /// Whether the connection has ended (the agent went away).
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Relaxed) || self.inner.out.is_closed()
     }
 
     fn open_at(&self, id: u32) -> Channel {

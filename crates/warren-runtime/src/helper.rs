@@ -202,6 +202,9 @@ impl Sandbox {
             if nix::unistd::getppid().as_raw() != parent {
                 return Err("the caller exited before the sandbox was made".into());
             }
+        } else {
+            // Outlive the daemon, and do not take its terminal's Ctrl-C as a stop.
+            nix::unistd::setsid().map_err(|e| format!("new session: {e}"))?;
         }
         // Signals are taken synchronously by `watch`; blocked from here on so that a
         // SIGTERM during set-up still leads to a full clean-up, not a half-made sandbox.
@@ -331,6 +334,8 @@ impl Sandbox {
                     return Err(msg);
                 }
                 crate::trace::mark("helper: child ready");
+                fs::write(run.join("agent.pid"), child.to_string())
+                    .map_err(fail("write the agent pid"))?;
                 let mut publishers = Vec::new();
                 for p in &spec.publish {
                     let h = crate::network::publish(child, *p).map_err(|e| e.to_string())?;

@@ -46,7 +46,14 @@ pub struct Sandbox {
     /// The agent's pid on the host.
     pub agent_pid: i32,
     cgroup: Cgroup,
-    helper: tokio::process::Child,
+    helper: Helper,
+}
+
+/// The sandbox's helper: our child, or one a previous daemon started (after a restart).
+#[derive(Debug)]
+enum Helper {
+    Child(tokio::process::Child),
+    Adopted(i32),
 }
 
 impl NamespaceBackend {
@@ -115,7 +122,7 @@ impl NamespaceBackend {
                 id,
                 socket,
                 agent_pid,
-                helper: child,
+                helper: Helper::Child(child),
             }),
             Ok(HelperStatus::Error { message }) => {
                 let _ = child.wait().await;
@@ -127,6 +134,56 @@ impl NamespaceBackend {
                     "it exited ({status:?}) without reporting; see its messages above"
                 )))
             }
+        }
+    }
+}
+
+impl NamespaceBackend {
+    /// Takes over a sandbox whose helper is alive (made by an earlier daemon); `None` if
+    /// it is gone.
+    pub fn adopt(&self, id: &str) -> Option<Sandbox> {
+        let run = self.paths.sandbox_run(id);
+        let pid: i32 = std::fs::read_to_string(run.join("helper.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        kill(Pid::from_raw(pid), None).ok()?;
+        let agent_pid = std::fs::read_to_string(run.join("agent.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        Some(Sandbox {
+            id: id.to_string(),
+            socket: socket_path(&self.paths, id),
+            agent_pid,
+            cgroup: self.cgroup(id),
+            helper: Helper::Adopted(pid),
+        })
+    }
+
+    /// Removes what is left of a sandbox whose helper died without cleaning up (a crash
+    /// of the whole host, a SIGKILLed helper): processes, cgroup, run directory, and the
+    /// writable layer when `remove_data`.
+    pub fn purge(&self, id: &str, remove_data: bool) {
+        let cg = self.cgroup(id);
+        if cg.exists() {
+            let _ = cg.kill_all(Duration::from_secs(5));
+            let _ = cg.remove();
+        }
+        let _ = std::fs::remove_dir_all(self.paths.sandbox_run(id));
+        if remove_data {
+            let _ = std::fs::remove_dir_all(self.paths.sandbox_data(id));
+        }
+    }
+
+    /// Deletes a stopped sandbox's kept files.
+    pub fn remove_data(&self, id: &str) -> Result<()> {
+        match std::fs::remove_dir_all(self.paths.sandbox_data(id)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(crate::io_err("remove the sandbox's files")(e))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -214,17 +271,44 @@ impl Sandbox {
         self.cgroup.oom_kills()
     }
 
+    /// The helper's pid on the host.
+    pub fn helper_pid(&self) -> Option<i32> {
+        match &self.helper {
+            Helper::Child(c) => c.id().map(|p| p as i32),
+            Helper::Adopted(p) => Some(*p),
+        }
+    }
+
+    /// Whether the sandbox still runs (its helper is alive).
+    pub fn is_alive(&mut self) -> bool {
+        match &mut self.helper {
+            Helper::Child(c) => matches!(c.try_wait(), Ok(None)),
+            Helper::Adopted(p) => kill(Pid::from_raw(*p), None).is_ok(),
+        }
+    }
+
     /// Stops everything and removes what the sandbox was made of (its writable layer too
     /// if it was created ephemeral).
     pub async fn destroy(mut self) -> Result<()> {
-        if let Some(pid) = self.helper.id() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        if let Some(pid) = self.helper_pid() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
-        match tokio::time::timeout(Duration::from_secs(30), self.helper.wait()).await {
-            Ok(_) => Ok(()),
-            Err(_) => Err(Error::Helper(
-                "it did not finish tearing down in 30 s".into(),
-            )),
+        let wait = async {
+            match &mut self.helper {
+                Helper::Child(c) => {
+                    let _ = c.wait().await;
+                }
+                // Not our child: watch for the pid to go away.
+                Helper::Adopted(p) => {
+                    while kill(Pid::from_raw(*p), None).is_ok() {
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(30), wait).await {
+            Ok(()) => Ok(()),
+            Err(_) => Err(Error::Helper("it did not finish tearing down in 30 s".into())),
         }
     }
 }

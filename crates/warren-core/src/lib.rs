@@ -1,0 +1,1008 @@
+//! Warren's lifecycle engine: what a sandbox is at every moment, kept in the store, and
+//! what changes it: API calls, timeouts, crashes.
+//!
+//! The [`Manager`] is what the HTTP server (and any embedding application) talks to. It
+//! never sees HTTP: it takes a [`Caller`] (the tenant an API key or token belongs to) and
+//! typed requests, and answers with typed results or a [`CoreError`] whose `code()` is the
+//! stable code clients see.
+//!
+//! State machine (every transition is committed to the store before it is acknowledged):
+//!
+//! ```text
+//! creating → running ⇄ paused
+//! running | paused → stopping → stopped (processes gone, files kept) → running
+//! any → terminated (files gone; the name is free again)
+//! ```
+//!
+//! Sandboxes outlive the daemon: their helpers run in sessions of their own. When the
+//! daemon starts, [`Manager::open`] re-adopts every sandbox whose helper is alive, and
+//! cleans up those half-made or whose processes died meanwhile.
+
+pub mod store;
+mod time;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::broadcast;
+use warren_runtime::client::AgentClient;
+use warren_runtime::namespace::CreateOptions;
+use warren_runtime::{NamespaceBackend, Paths, Sandbox};
+use warren_types::api::{
+    CreateSandbox, Event, ResourceRequest, SandboxInfo, SandboxState, SetTimeout, TimeoutAction,
+};
+use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
+
+pub use crate::store::{Record, Store, StoreError};
+pub use crate::time::{now_ms, rfc3339};
+
+/// Errors of the engine, each with a stable code (see [`CoreError::code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("no sandbox {0:?}")]
+    NotFound(String),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("a sandbox named {0:?} already exists for this owner; pick another name or pass get_or_create")]
+    NameTaken(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("the sandbox could not be made: {0}")]
+    Backend(String),
+    #[error("the sandbox's agent: {0}")]
+    Agent(#[from] warren_runtime::client::ClientError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl CoreError {
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "not_found",
+            Self::InvalidState(_) => "invalid_state",
+            Self::NameTaken(_) => "name_taken",
+            Self::Invalid(_) => "invalid_request",
+            Self::Backend(_) => "backend_failed",
+            Self::Agent(_) => "agent_error",
+            Self::Store(_) => "store_error",
+        }
+    }
+}
+
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// Who is asking: a tenant sees and touches only its own sandboxes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub tenant: String,
+    /// Set when the caller authenticated with one sandbox's access token: it may act on
+    /// that sandbox only.
+    pub only_sandbox: Option<String>,
+}
+
+impl Caller {
+    pub fn tenant(name: &str) -> Self {
+        Self {
+            tenant: name.to_string(),
+            only_sandbox: None,
+        }
+    }
+}
+
+/// How the manager runs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub paths: Paths,
+    /// The `warren` binary, which the backend runs as the sandbox helper.
+    pub exe: PathBuf,
+    /// How often timeouts and activity are checked.
+    pub reaper_interval: Duration,
+    /// CPU use (fraction of one core, averaged over a reaper interval) above which a
+    /// sandbox counts as active even with no client.
+    pub busy_cpu_fraction: f64,
+}
+
+impl Config {
+    pub fn new(paths: Paths, exe: PathBuf) -> Self {
+        Self {
+            paths,
+            exe,
+            reaper_interval: Duration::from_secs(1),
+            busy_cpu_fraction: 0.02,
+        }
+    }
+}
+
+/// A filter for [`Manager::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub owner: Option<String>,
+    pub state: Option<SandboxState>,
+    /// Every pair must match.
+    pub labels: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// A running (or paused) sandbox's runtime side.
+struct Live {
+    sandbox: Sandbox,
+    client: Option<AgentClient>,
+    streams: Arc<AtomicUsize>,
+    last_cpu_us: u64,
+}
+
+#[derive(Debug, Default)]
+struct Metrics {
+    created: AtomicU64,
+    terminated: AtomicU64,
+    timeouts: [AtomicU64; 3],
+    /// Create latency histogram: counts per bucket of [`CREATE_BUCKETS_MS`], plus +Inf.
+    create_buckets: [AtomicU64; 10],
+    create_sum_us: AtomicU64,
+}
+
+const CREATE_BUCKETS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 500, 1000, 5000];
+
+/// Keeps a sandbox counted as active while held (an attached terminal or a stream).
+#[derive(Debug)]
+pub struct ActivityGuard(Arc<AtomicUsize>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The lifecycle engine.
+pub struct Manager {
+    backend: NamespaceBackend,
+    store: Mutex<Store>,
+    live: Mutex<HashMap<String, Live>>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    events: broadcast::Sender<Event>,
+    metrics: Metrics,
+    config: Config,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("paths", &self.config.paths)
+            .finish_non_exhaustive()
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn sha256_hex(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
+}
+
+/// Compares secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+fn valid_owner(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
+}
+
+impl Manager {
+    /// Opens the store under the data directory, re-adopts live sandboxes, cleans up
+    /// the rest, and starts the reaper.
+    pub async fn open(config: Config) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(&config.paths.data)
+            .map_err(|e| CoreError::Invalid(format!("cannot create the data directory: {e}")))?;
+        let store = Store::open(&config.paths.data.join("warren.db"))?;
+        let backend = NamespaceBackend::new(config.paths.clone(), config.exe.clone())
+            .map_err(|e| CoreError::Backend(e.to_string()))?;
+        let (events, _) = broadcast::channel(1024);
+        let mgr = Arc::new(Self {
+            backend,
+            store: Mutex::new(store),
+            live: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
+            events,
+            metrics: Metrics::default(),
+            config,
+        });
+        mgr.recover()?;
+        let weak = Arc::downgrade(&mgr);
+        let interval = mgr.config.reaper_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(mgr) = weak.upgrade() else { break };
+                mgr.reap().await;
+            }
+        });
+        Ok(mgr)
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn event(&self, r: &Record, kind: &str, message: impl Into<String>) {
+        let message = message.into();
+        let time = now_ms();
+        let _ = self.store().add_event(&store::EventRow {
+            time,
+            sandbox: r.id.clone(),
+            owner: r.owner.clone(),
+            kind: kind.into(),
+            message: message.clone(),
+        });
+        let _ = self.events.send(Event {
+            time: rfc3339(time),
+            sandbox: r.id.clone(),
+            owner: r.owner.clone(),
+            kind: kind.into(),
+            message,
+        });
+    }
+
+    /// Re-adopts what runs, cleans up what was half made or died while we were down.
+    fn recover(&self) -> Result<()> {
+        let records = self.store().list_live(None)?;
+        for r in records {
+            match r.state {
+                SandboxState::Creating => {
+                    self.backend.purge(&r.id, true);
+                    self.store().set_state(&r.id, SandboxState::Terminated)?;
+                    self.event(&r, "failed", "the daemon stopped while creating it; removed");
+                }
+                SandboxState::Running | SandboxState::Paused | SandboxState::Stopping => {
+                    match self.backend.adopt(&r.id) {
+                        Some(sb) => {
+                            let frozen = sb.cgroup().is_frozen().unwrap_or(false);
+                            let state = if frozen {
+                                SandboxState::Paused
+                            } else {
+                                SandboxState::Running
+                            };
+                            self.store().set_state(&r.id, state)?;
+                            self.live().insert(
+                                r.id.clone(),
+                                Live {
+                                    last_cpu_us: sb.cgroup().cpu_usage_us(),
+                                    sandbox: sb,
+                                    client: None,
+                                    streams: Arc::default(),
+                                },
+                            );
+                            self.event(&r, "adopted", format!("re-adopted as {}", state.as_str()));
+                        }
+                        None => {
+                            self.backend.purge(&r.id, false);
+                            self.store().set_state(&r.id, SandboxState::Stopped)?;
+                            self.event(
+                                &r,
+                                "failed",
+                                "its processes were gone when the daemon started; stopped, files kept",
+                            );
+                        }
+                    }
+                }
+                SandboxState::Stopped | SandboxState::Terminated => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A new API key for `tenant` (created if new). Only its hash is stored.
+    pub fn create_api_key(&self, tenant: &str) -> Result<String> {
+        if !valid_owner(tenant) {
+            return Err(CoreError::Invalid(format!(
+                "tenant {tenant:?}: use letters, digits and - _ . @ +"
+            )));
+        }
+        let key = format!("wrn_{}", random_hex(24));
+        self.store()
+            .add_api_key(&sha256_hex(&key), tenant, now_ms())?;
+        Ok(key)
+    }
+
+    /// The tenant an API key belongs to.
+    pub fn authenticate(&self, api_key: &str) -> Option<Caller> {
+        let tenant = self.store().tenant_of_key(&sha256_hex(api_key)).ok()??;
+        Some(Caller::tenant(&tenant))
+    }
+
+    /// A caller limited to sandbox `id`, if `token` is its access token.
+    pub fn authenticate_sandbox(&self, id: &str, token: &str) -> Option<Caller> {
+        let r = self.store().get(id).ok()??;
+        if r.state == SandboxState::Terminated || !same_secret(&r.access_token, token) {
+            return None;
+        }
+        Some(Caller {
+            tenant: r.tenant,
+            only_sandbox: Some(r.id),
+        })
+    }
+
+    /// Finds a sandbox by id, `owner/name`, or name (of the owner named like the tenant).
+    fn resolve(&self, who: &Caller, key: &str) -> Result<Record> {
+        let not_found = || CoreError::NotFound(key.to_string());
+        let store = self.store();
+        let r = match store.get(key)? {
+            Some(r) => Some(r),
+            None => {
+                let (owner, name) = key.split_once('/').unwrap_or((&who.tenant, key));
+                store.by_name(&who.tenant, owner, name)?
+            }
+        };
+        let r = r.ok_or_else(not_found)?;
+        let visible = r.tenant == who.tenant
+            && who.only_sandbox.as_ref().is_none_or(|only| *only == r.id)
+            && r.state != SandboxState::Terminated;
+        if !visible {
+            return Err(not_found());
+        }
+        Ok(r)
+    }
+
+    fn info(&self, r: &Record) -> SandboxInfo {
+        let res = &r.spec.resources;
+        SandboxInfo {
+            id: r.id.clone(),
+            owner: r.owner.clone(),
+            name: r.name.clone(),
+            template: r.spec.template.clone(),
+            state: r.state,
+            resources: ResourceRequest {
+                memory: res.memory,
+                cpu_millis: res.cpu_millis,
+                pids: res.pids,
+                disk: res.disk,
+            },
+            network: r.spec.network,
+            publish: r.spec.publish.clone(),
+            labels: r.labels.clone(),
+            metadata: r.metadata.clone(),
+            created_at: rfc3339(r.created_at),
+            last_active_at: rfc3339(r.last_active_at),
+            expires_at: r.expires_at.map(rfc3339),
+            idle_timeout_secs: r.idle_timeout_secs,
+            on_timeout: r.on_timeout,
+            access_token: r.access_token.clone(),
+        }
+    }
+
+    /// Creates a sandbox; with a name and `get_or_create`, returns the existing one
+    /// (resumed or started if needed). The flag says whether a new one was made.
+    pub async fn create(&self, who: &Caller, req: CreateSandbox) -> Result<(SandboxInfo, bool)> {
+        if who.only_sandbox.is_some() {
+            return Err(CoreError::NotFound("sandboxes".into()));
+        }
+        let owner = req.owner.clone().unwrap_or_else(|| who.tenant.clone());
+        if !valid_owner(&owner) {
+            return Err(CoreError::Invalid(format!(
+                "owner {owner:?}: use 1-128 letters, digits and - _ . @ +"
+            )));
+        }
+        if let Some(n) = &req.name {
+            if !warren_runtime::valid_name(n) {
+                return Err(CoreError::Invalid(format!(
+                    "name {n:?}: use 1-64 letters, digits, '-', '_' or '.'"
+                )));
+            }
+        }
+        let template = req.template.clone().unwrap_or_else(|| "host".into());
+        warren_runtime::template::resolve(self.backend.paths(), &template)
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        // Creation with a taken name races with its creator at most this many times.
+        for _ in 0..100 {
+            if let (Some(name), true) = (&req.name, req.get_or_create) {
+                let existing = self.store().by_name(&who.tenant, &owner, name)?;
+                if let Some(r) = existing {
+                    return Ok((self.bring_up(who, r).await?, false));
+                }
+            }
+            match self.create_new(who, &owner, &template, &req).await {
+                Err(CoreError::NameTaken(_)) if req.get_or_create => continue,
+                other => return other.map(|i| (i, true)),
+            }
+        }
+        Err(CoreError::InvalidState(
+            "the sandbox of that name keeps changing; try again".into(),
+        ))
+    }
+
+    /// Makes an existing named sandbox usable: waits for its creation, resumes, starts.
+    async fn bring_up(&self, who: &Caller, r: Record) -> Result<SandboxInfo> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut r = r;
+        while r.state == SandboxState::Creating || r.state == SandboxState::Stopping {
+            if tokio::time::Instant::now() > deadline {
+                return Err(CoreError::InvalidState(format!(
+                    "sandbox {} is still {}",
+                    r.id,
+                    r.state.as_str()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            r = self.resolve(who, &r.id)?;
+        }
+        match r.state {
+            SandboxState::Paused => self.resume(who, &r.id).await,
+            SandboxState::Stopped => self.start(who, &r.id).await,
+            _ => Ok(self.info(&r)),
+        }
+    }
+
+    async fn create_new(
+        &self,
+        who: &Caller,
+        owner: &str,
+        template: &str,
+        req: &CreateSandbox,
+    ) -> Result<SandboxInfo> {
+        let id = warren_runtime::new_id();
+        let mut volumes = Vec::new();
+        if req.home_volume.unwrap_or(true) {
+            let key = sha256_hex(&format!("{}\0{owner}", who.tenant));
+            volumes.push(VolumeMount {
+                name: format!("home-{}", &key[..24]),
+                target: "/home/user".into(),
+                size: None,
+            });
+        }
+        let r = &req.resources;
+        let spec = SandboxSpec {
+            id: id.clone(),
+            template: template.to_string(),
+            hostname: None,
+            resources: Resources {
+                memory: r.memory,
+                cpu_millis: r.cpu_millis,
+                pids: r.pids,
+                disk: r.disk,
+            },
+            network: req.network,
+            publish: req.publish.clone(),
+            volumes,
+            env: req.env.clone(),
+        };
+        let now = now_ms();
+        let record = Record {
+            id: id.clone(),
+            tenant: who.tenant.clone(),
+            owner: owner.to_string(),
+            name: req.name.clone(),
+            state: SandboxState::Creating,
+            spec: spec.clone(),
+            labels: req.labels.clone(),
+            metadata: req.metadata.clone(),
+            created_at: now,
+            last_active_at: now,
+            expires_at: req.timeout_secs.map(|s| now + (s as i64) * 1000),
+            idle_timeout_secs: req.idle_timeout_secs,
+            on_timeout: req.on_timeout.unwrap_or_default(),
+            access_token: random_hex(24),
+        };
+        self.store().insert(&record).map_err(|e| match e {
+            StoreError::NameTaken(n) => CoreError::NameTaken(n),
+            e => e.into(),
+        })?;
+        let lock = self.lock_for(&id);
+        let _g = lock.lock().await;
+        let started = std::time::Instant::now();
+        let opts = CreateOptions {
+            die_with_parent: false,
+            ephemeral: false,
+        };
+        match self.backend.create(spec, opts).await {
+            Ok(sb) => {
+                self.observe_create(started.elapsed());
+                self.store().set_state(&id, SandboxState::Running)?;
+                self.live().insert(
+                    id.clone(),
+                    Live {
+                        last_cpu_us: 0,
+                        sandbox: sb,
+                        client: None,
+                        streams: Arc::default(),
+                    },
+                );
+                self.metrics.created.fetch_add(1, Ordering::Relaxed);
+                let mut r = record;
+                r.state = SandboxState::Running;
+                self.event(&r, "created", format!("from template {template}"));
+                Ok(self.info(&r))
+            }
+            Err(e) => {
+                let _ = self.backend.remove_data(&id);
+                self.store().set_state(&id, SandboxState::Terminated)?;
+                self.event(&record, "failed", e.to_string());
+                Err(match e {
+                    warren_runtime::Error::Invalid { .. }
+                    | warren_runtime::Error::UnknownTemplate(_) => CoreError::Invalid(e.to_string()),
+                    e => CoreError::Backend(e.to_string()),
+                })
+            }
+        }
+    }
+
+    fn observe_create(&self, d: Duration) {
+        let ms = d.as_millis() as u64;
+        let bucket = CREATE_BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(CREATE_BUCKETS_MS.len());
+        self.metrics.create_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .create_sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, who: &Caller, key: &str) -> Result<SandboxInfo> {
+        let r = self.resolve(who, key)?;
+        Ok(self.info(&r))
+    }
+
+    pub fn list(&self, who: &Caller, filter: &ListFilter) -> Result<Vec<SandboxInfo>> {
+        let all = self.store().list_live(Some(&who.tenant))?;
+        Ok(all
+            .iter()
+            .filter(|r| who.only_sandbox.as_ref().is_none_or(|o| *o == r.id))
+            .filter(|r| filter.owner.as_ref().is_none_or(|o| *o == r.owner))
+            .filter(|r| filter.state.is_none_or(|s| s == r.state))
+            .filter(|r| filter.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
+            .filter(|r| {
+                filter
+                    .metadata
+                    .iter()
+                    .all(|(k, v)| r.metadata.get(k) == Some(v))
+            })
+            .map(|r| self.info(r))
+            .collect())
+    }
+
+    fn invalid(r: &Record, action: &str) -> CoreError {
+        let hint = match r.state {
+            SandboxState::Paused => "; resume it first",
+            SandboxState::Stopped => "; start it first",
+            SandboxState::Creating | SandboxState::Stopping => "; wait a moment",
+            _ => "",
+        };
+        CoreError::InvalidState(format!(
+            "cannot {action} sandbox {}: it is {}{hint}",
+            r.id,
+            r.state.as_str()
+        ))
+    }
+
+    pub async fn pause(&self, who: &Caller, key: &str) -> Result<SandboxInfo> {
+        self.touch_key(who, key)?;
+        let r = self.resolve(who, key)?;
+        let lock = self.lock_for(&r.id);
+        let _g = lock.lock().await;
+        let mut r = self.resolve(who, &r.id)?;
+        match r.state {
+            SandboxState::Paused => return Ok(self.info(&r)),
+            SandboxState::Running => {}
+            _ => return Err(Self::invalid(&r, "pause")),
+        }
+        self.with_live(&r.id, |l| l.sandbox.pause())?
+            .map_err(|e| CoreError::Backend(e.to_string()))?;
+        self.store().set_state(&r.id, SandboxState::Paused)?;
+        r.state = SandboxState::Paused;
+        self.event(&r, "paused", "processes frozen");
+        Ok(self.info(&r))
+    }
+
+    pub async fn resume(&self, who: &Caller, key: &str) -> Result<SandboxInfo> {
+        let r = self.resolve(who, key)?;
+        let lock = self.lock_for(&r.id);
+        let _g = lock.lock().await;
+        let mut r = self.resolve(who, &r.id)?;
+        match r.state {
+            SandboxState::Running => return Ok(self.info(&r)),
+            SandboxState::Paused => {}
+            _ => return Err(Self::invalid(&r, "resume")),
+        }
+        self.with_live(&r.id, |l| l.sandbox.resume())?
+            .map_err(|e| CoreError::Backend(e.to_string()))?;
+        self.store().set_state(&r.id, SandboxState::Running)?;
+        self.store().touch(&r.id, now_ms())?;
+        r.state = SandboxState::Running;
+        self.event(&r, "resumed", "processes thawed");
+        Ok(self.info(&r))
+    }
+
+    fn with_live<T>(&self, id: &str, f: impl FnOnce(&mut Live) -> T) -> Result<T> {
+        let mut live = self.live();
+        let l = live
+            .get_mut(id)
+            .ok_or_else(|| CoreError::InvalidState(format!("sandbox {id} is not running")))?;
+        Ok(f(l))
+    }
+
+    /// Stops every process; the files stay, and `start` runs the sandbox again.
+    pub async fn stop(&self, who: &Caller, key: &str) -> Result<SandboxInfo> {
+        let r = self.resolve(who, key)?;
+        let lock = self.lock_for(&r.id);
+        let _g = lock.lock().await;
+        let r = self.resolve(who, &r.id)?;
+        match r.state {
+            SandboxState::Stopped => return Ok(self.info(&r)),
+            SandboxState::Running | SandboxState::Paused => {}
+            _ => return Err(Self::invalid(&r, "stop")),
+        }
+        self.stop_locked(r, "stopped", "processes ended, files kept")
+            .await
+    }
+
+    async fn stop_locked(&self, mut r: Record, kind: &str, why: &str) -> Result<SandboxInfo> {
+        self.store().set_state(&r.id, SandboxState::Stopping)?;
+        let live = self.live().remove(&r.id);
+        if let Some(l) = live {
+            l.sandbox
+                .destroy()
+                .await
+                .map_err(|e| CoreError::Backend(e.to_string()))?;
+        }
+        self.store().set_state(&r.id, SandboxState::Stopped)?;
+        r.state = SandboxState::Stopped;
+        self.event(&r, kind, why);
+        Ok(self.info(&r))
+    }
+
+    /// Runs a stopped sandbox again from its kept files.
+    pub async fn start(&self, who: &Caller, key: &str) -> Result<SandboxInfo> {
+        let r = self.resolve(who, key)?;
+        let lock = self.lock_for(&r.id);
+        let _g = lock.lock().await;
+        let mut r = self.resolve(who, &r.id)?;
+        match r.state {
+            SandboxState::Running => return Ok(self.info(&r)),
+            SandboxState::Stopped => {}
+            _ => return Err(Self::invalid(&r, "start")),
+        }
+        let opts = CreateOptions {
+            die_with_parent: false,
+            ephemeral: false,
+        };
+        let sb = self
+            .backend
+            .create(r.spec.clone(), opts)
+            .await
+            .map_err(|e| CoreError::Backend(e.to_string()))?;
+        self.store().set_state(&r.id, SandboxState::Running)?;
+        self.store().touch(&r.id, now_ms())?;
+        self.live().insert(
+            r.id.clone(),
+            Live {
+                last_cpu_us: 0,
+                sandbox: sb,
+                client: None,
+                streams: Arc::default(),
+            },
+        );
+        r.state = SandboxState::Running;
+        self.event(&r, "started", "running again from its kept files");
+        Ok(self.info(&r))
+    }
+
+    /// Ends the sandbox for good: processes and files go (volumes stay).
+    pub async fn terminate(&self, who: &Caller, key: &str) -> Result<()> {
+        let r = self.resolve(who, key)?;
+        let lock = self.lock_for(&r.id);
+        let _g = lock.lock().await;
+        let r = self.resolve(who, &r.id)?;
+        self.terminate_locked(r, "terminated", "removed").await
+    }
+
+    async fn terminate_locked(&self, r: Record, kind: &str, why: &str) -> Result<()> {
+        let live = self.live().remove(&r.id);
+        if let Some(l) = live {
+            l.sandbox
+                .destroy()
+                .await
+                .map_err(|e| CoreError::Backend(e.to_string()))?;
+        }
+        self.backend
+            .remove_data(&r.id)
+            .map_err(|e| CoreError::Backend(e.to_string()))?;
+        self.store().set_state(&r.id, SandboxState::Terminated)?;
+        self.metrics.terminated.fetch_add(1, Ordering::Relaxed);
+        self.event(&r, kind, why);
+        self.locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&r.id);
+        Ok(())
+    }
+
+    /// Changes the lifetime (from now), the idle timeout, or the action on expiry.
+    pub fn set_timeout(&self, who: &Caller, key: &str, t: SetTimeout) -> Result<SandboxInfo> {
+        let mut r = self.resolve(who, key)?;
+        let now = now_ms();
+        if let Some(s) = t.timeout_secs {
+            r.expires_at = Some(now + (s as i64) * 1000);
+        }
+        if t.idle_timeout_secs.is_some() {
+            r.idle_timeout_secs = t.idle_timeout_secs;
+        }
+        if let Some(a) = t.on_timeout {
+            r.on_timeout = a;
+        }
+        self.store()
+            .set_timeouts(&r.id, r.expires_at, r.idle_timeout_secs, r.on_timeout)?;
+        self.store().touch(&r.id, now)?;
+        Ok(self.info(&r))
+    }
+
+    fn touch_key(&self, who: &Caller, key: &str) -> Result<()> {
+        let r = self.resolve(who, key)?;
+        self.store().touch(&r.id, now_ms())?;
+        Ok(())
+    }
+
+    /// A connection to a running sandbox's agent (for exec and file calls). Counts as
+    /// activity.
+    pub async fn agent(&self, who: &Caller, key: &str) -> Result<(String, AgentClient)> {
+        let r = self.resolve(who, key)?;
+        if r.state != SandboxState::Running {
+            return Err(Self::invalid(&r, "reach the processes of"));
+        }
+        self.store().touch(&r.id, now_ms())?;
+        let (cached, socket) = self.with_live(&r.id, |l| (l.client.clone(), l.sandbox.socket.clone()))?;
+        if let Some(c) = cached {
+            if !c.is_closed() {
+                return Ok((r.id, c));
+            }
+        }
+        let c = AgentClient::connect(&socket).await?;
+        let _ = self.with_live(&r.id, |l| l.client = Some(c.clone()));
+        Ok((r.id, c))
+    }
+
+    /// Marks the sandbox active for as long as the guard lives.
+    pub fn hold_activity(&self, id: &str) -> Option<ActivityGuard> {
+        self.with_live(id, |l| {
+            l.streams.fetch_add(1, Ordering::Relaxed);
+            ActivityGuard(l.streams.clone())
+        })
+        .ok()
+    }
+
+    /// OOM kills so far in a sandbox.
+    pub fn oom_kills(&self, id: &str) -> u64 {
+        self.with_live(id, |l| l.sandbox.oom_kills()).unwrap_or(0)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// The daemon's own log of a sandbox (its lifecycle events), oldest first.
+    pub fn logs(&self, who: &Caller, key: &str) -> Result<Vec<Event>> {
+        let r = self.resolve(who, key)?;
+        Ok(self
+            .store()
+            .events_of(&r.id, 1000)?
+            .into_iter()
+            .map(|e| Event {
+                time: rfc3339(e.time),
+                sandbox: e.sandbox,
+                owner: e.owner,
+                kind: e.kind,
+                message: e.message,
+            })
+            .collect())
+    }
+
+    /// Sandboxes of `who` idle longer than `idle`; removed unless `dry_run`.
+    pub async fn gc(&self, who: &Caller, idle: Duration, dry_run: bool) -> Result<Vec<SandboxInfo>> {
+        if who.only_sandbox.is_some() {
+            return Ok(Vec::new());
+        }
+        let cutoff = now_ms() - idle.as_millis() as i64;
+        let busy: Vec<String> = self
+            .live()
+            .iter()
+            .filter(|(_, l)| l.streams.load(Ordering::Relaxed) > 0)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let idle_ones: Vec<Record> = self
+            .store()
+            .list_live(Some(&who.tenant))?
+            .into_iter()
+            .filter(|r| r.last_active_at < cutoff && !busy.contains(&r.id))
+            .collect();
+        let infos = idle_ones.iter().map(|r| self.info(r)).collect();
+        if !dry_run {
+            for r in idle_ones {
+                let lock = self.lock_for(&r.id);
+                let _g = lock.lock().await;
+                if let Ok(r) = self.resolve(who, &r.id) {
+                    self.terminate_locked(r, "terminated", "removed by gc: idle")
+                        .await?;
+                }
+            }
+        }
+        Ok(infos)
+    }
+
+    /// One pass of the reaper: activity from CPU use and attached clients, then expiry.
+    async fn reap(&self) {
+        let interval_us = self.config.reaper_interval.as_micros() as f64;
+        let now = now_ms();
+        let mut active = Vec::new();
+        let mut dead = Vec::new();
+        {
+            let mut live = self.live();
+            for (id, l) in live.iter_mut() {
+                if !l.sandbox.is_alive() {
+                    dead.push(id.clone());
+                    continue;
+                }
+                let cpu = l.sandbox.cgroup().cpu_usage_us();
+                let used = cpu.saturating_sub(l.last_cpu_us) as f64;
+                l.last_cpu_us = cpu;
+                if l.streams.load(Ordering::Relaxed) > 0
+                    || used > interval_us * self.config.busy_cpu_fraction
+                {
+                    active.push(id.clone());
+                }
+            }
+        }
+        for id in &active {
+            let _ = self.store().touch(id, now);
+        }
+        for id in dead {
+            let lock = self.lock_for(&id);
+            let _g = lock.lock().await;
+            let Ok(Some(r)) = self.store().get(&id) else {
+                continue;
+            };
+            if matches!(r.state, SandboxState::Running | SandboxState::Paused) {
+                let _ = self.stop_locked(r, "failed", "its init process died; stopped, files kept").await;
+            }
+        }
+        let Ok(records) = self.store().list_live(None) else {
+            return;
+        };
+        for r in records {
+            if r.state != SandboxState::Running {
+                continue;
+            }
+            let reason = if r.expires_at.is_some_and(|t| t <= now) {
+                "its lifetime ended"
+            } else if r
+                .idle_timeout_secs
+                .is_some_and(|s| r.last_active_at + (s as i64) * 1000 <= now)
+            {
+                "it was idle too long"
+            } else {
+                continue;
+            };
+            self.expire(r, reason).await;
+        }
+    }
+
+    async fn expire(&self, r: Record, reason: &str) {
+        let lock = self.lock_for(&r.id);
+        let _g = lock.lock().await;
+        let Ok(Some(mut r)) = self.store().get(&r.id) else {
+            return;
+        };
+        if r.state != SandboxState::Running {
+            return;
+        }
+        let action = r.on_timeout;
+        self.metrics.timeouts[action as usize].fetch_add(1, Ordering::Relaxed);
+        self.event(&r, "timeout", format!("{reason}: {action:?}").to_lowercase());
+        // The lifetime is used up: a later resume or start gets no second expiry at once.
+        let _ = self
+            .store()
+            .set_timeouts(&r.id, None, r.idle_timeout_secs, r.on_timeout);
+        match action {
+            TimeoutAction::Pause => {
+                let paused = self.with_live(&r.id, |l| l.sandbox.pause());
+                if matches!(paused, Ok(Ok(()))) {
+                    let _ = self.store().set_state(&r.id, SandboxState::Paused);
+                    r.state = SandboxState::Paused;
+                    self.event(&r, "paused", reason);
+                }
+            }
+            TimeoutAction::Stop => {
+                let _ = self.stop_locked(r, "stopped", reason).await;
+            }
+            TimeoutAction::Terminate => {
+                let _ = self.terminate_locked(r, "terminated", reason).await;
+            }
+        }
+    }
+
+    /// Prometheus text exposition of the engine's state.
+    pub fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let m = &self.metrics;
+        let mut out = String::new();
+        let counts = self.store().list_live(None).unwrap_or_default();
+        let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
+        for s in ["creating", "running", "paused", "stopping", "stopped"] {
+            by_state.insert(s, 0);
+        }
+        for r in &counts {
+            *by_state.entry(r.state.as_str()).or_default() += 1;
+        }
+        let _ = writeln!(out, "# HELP warren_sandboxes Sandboxes by state.");
+        let _ = writeln!(out, "# TYPE warren_sandboxes gauge");
+        for (s, n) in &by_state {
+            let _ = writeln!(out, "warren_sandboxes{{state=\"{s}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP warren_sandboxes_created_total Sandboxes created.");
+        let _ = writeln!(out, "# TYPE warren_sandboxes_created_total counter");
+        let _ = writeln!(out, "warren_sandboxes_created_total {}", m.created.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP warren_sandboxes_terminated_total Sandboxes terminated.");
+        let _ = writeln!(out, "# TYPE warren_sandboxes_terminated_total counter");
+        let _ = writeln!(out, "warren_sandboxes_terminated_total {}", m.terminated.load(Ordering::Relaxed));
+        let _ = writeln!(out, "# HELP warren_timeouts_total Timeouts applied, by action.");
+        let _ = writeln!(out, "# TYPE warren_timeouts_total counter");
+        for (i, a) in ["pause", "stop", "terminate"].iter().enumerate() {
+            let _ = writeln!(out, "warren_timeouts_total{{action=\"{a}\"}} {}", m.timeouts[i].load(Ordering::Relaxed));
+        }
+        let _ = writeln!(out, "# HELP warren_create_seconds Time to create a sandbox.");
+        let _ = writeln!(out, "# TYPE warren_create_seconds histogram");
+        let mut cum = 0;
+        for (i, b) in CREATE_BUCKETS_MS.iter().enumerate() {
+            cum += m.create_buckets[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "warren_create_seconds_bucket{{le=\"{}\"}} {cum}", *b as f64 / 1000.0);
+        }
+        cum += m.create_buckets[CREATE_BUCKETS_MS.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "warren_create_seconds_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(out, "warren_create_seconds_sum {}", m.create_sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "warren_create_seconds_count {cum}");
+        let _ = writeln!(out, "# HELP warren_sandbox_cpu_seconds_total CPU used by a sandbox.");
+        let _ = writeln!(out, "# TYPE warren_sandbox_cpu_seconds_total counter");
+        let _ = writeln!(out, "# HELP warren_sandbox_memory_bytes Memory used by a sandbox.");
+        let _ = writeln!(out, "# TYPE warren_sandbox_memory_bytes gauge");
+        for (id, l) in self.live().iter() {
+            let cg = l.sandbox.cgroup();
+            let _ = writeln!(out, "warren_sandbox_cpu_seconds_total{{sandbox=\"{id}\"}} {}", cg.cpu_usage_us() as f64 / 1e6);
+            let _ = writeln!(out, "warren_sandbox_memory_bytes{{sandbox=\"{id}\"}} {}", cg.memory_current());
+        }
+        out
+    }
+
+    /// Sandboxes that are running or paused right now (for health and tests).
+    pub fn live_count(&self) -> usize {
+        self.live().len()
+    }
+}

@@ -1,0 +1,446 @@
+//! The embedded store: SQLite in WAL mode, the truth for every sandbox.
+//!
+//! Every state change is written (and committed) before the API acknowledges it, so a
+//! daemon killed at any point restarts from what it last promised. Names are unique per
+//! (tenant, owner) among sandboxes that are not terminated; SQLite's UNIQUE index is what
+//! makes get-or-create atomic under concurrency.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OptionalExtension};
+use warren_types::api::{SandboxState, TimeoutAction};
+use warren_types::spec::SandboxSpec;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store at {path} cannot be opened: {source}; move it aside to start afresh, or restore a backup")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the store failed its integrity check ({0}); restore a backup or move it aside")]
+    Corrupt(String),
+    #[error("store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("store: bad record: {0}")]
+    Record(#[from] serde_json::Error),
+    #[error("a sandbox named {0:?} already exists for this owner")]
+    NameTaken(String),
+}
+
+/// One sandbox's row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: String,
+    pub tenant: String,
+    pub owner: String,
+    pub name: Option<String>,
+    pub state: SandboxState,
+    pub spec: SandboxSpec,
+    pub labels: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    pub last_active_at: i64,
+    pub expires_at: Option<i64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub on_timeout: TimeoutAction,
+    pub access_token: String,
+}
+
+/// A stored lifecycle event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    pub time: i64,
+    pub sandbox: String,
+    pub owner: String,
+    pub kind: String,
+    pub message: String,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    hash TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    name TEXT,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_active_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    idle_timeout_secs INTEGER,
+    on_timeout TEXT NOT NULL,
+    access_token TEXT NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS sandbox_names ON sandboxes(tenant, owner, name)
+    WHERE name IS NOT NULL AND state != 'terminated';
+CREATE INDEX IF NOT EXISTS sandbox_states ON sandboxes(state);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time INTEGER NOT NULL,
+    sandbox TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_sandbox ON events(sandbox, seq);
+";
+
+fn action_str(a: TimeoutAction) -> &'static str {
+    match a {
+        TimeoutAction::Pause => "pause",
+        TimeoutAction::Stop => "stop",
+        TimeoutAction::Terminate => "terminate",
+    }
+}
+
+fn parse_action(s: &str) -> TimeoutAction {
+    match s {
+        "pause" => TimeoutAction::Pause,
+        "stop" => TimeoutAction::Stop,
+        _ => TimeoutAction::Terminate,
+    }
+}
+
+const COLUMNS: &str = "id, tenant, owner, name, state, spec, labels, metadata, created_at, \
+     last_active_at, expires_at, idle_timeout_secs, on_timeout, access_token";
+
+fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
+    let state: String = row.get(4)?;
+    let spec: String = row.get(5)?;
+    let labels: String = row.get(6)?;
+    let metadata: String = row.get(7)?;
+    let on_timeout: String = row.get(12)?;
+    let idle: Option<i64> = row.get(11)?;
+    let build = || -> Result<Record, StoreError> {
+        Ok(Record {
+            id: row.get(0)?,
+            tenant: row.get(1)?,
+            owner: row.get(2)?,
+            name: row.get(3)?,
+            state: SandboxState::parse(&state).unwrap_or(SandboxState::Terminated),
+            spec: serde_json::from_str(&spec)?,
+            labels: serde_json::from_str(&labels)?,
+            metadata: serde_json::from_str(&metadata)?,
+            created_at: row.get(8)?,
+            last_active_at: row.get(9)?,
+            expires_at: row.get(10)?,
+            idle_timeout_secs: idle.map(|i| i as u64),
+            on_timeout: parse_action(&on_timeout),
+            access_token: row.get(13)?,
+        })
+    };
+    Ok(build())
+}
+
+impl Store {
+    /// Opens (or creates) the store and checks it. A file that is not a database, or
+    /// fails `PRAGMA integrity_check`, is refused rather than overwritten.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_err = |source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(open_err)?;
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(open_err)?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt(check));
+        }
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    /// An in-memory store, for tests.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let conn = Connection::open_in_memory()?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+
+    pub fn ensure_tenant(&self, name: &str, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)",
+            params![name, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn add_api_key(&self, hash: &str, tenant: &str, now: i64) -> Result<(), StoreError> {
+        self.ensure_tenant(tenant, now)?;
+        self.conn.execute(
+            "INSERT INTO api_keys (hash, tenant, created_at) VALUES (?1, ?2, ?3)",
+            params![hash, tenant, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn tenant_of_key(&self, hash: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT tenant FROM api_keys WHERE hash = ?1",
+                params![hash],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Inserts a new sandbox. A live sandbox with the same (tenant, owner, name) makes
+    /// this fail with `NameTaken`, atomically.
+    pub fn insert(&self, r: &Record) -> Result<(), StoreError> {
+        let res = self.conn.execute(
+            &format!(
+                "INSERT INTO sandboxes ({COLUMNS}) VALUES \
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+            ),
+            params![
+                r.id,
+                r.tenant,
+                r.owner,
+                r.name,
+                r.state.as_str(),
+                serde_json::to_string(&r.spec)?,
+                serde_json::to_string(&r.labels)?,
+                serde_json::to_string(&r.metadata)?,
+                r.created_at,
+                r.last_active_at,
+                r.expires_at,
+                r.idle_timeout_secs.map(|i| i as i64),
+                action_str(r.on_timeout),
+                r.access_token,
+            ],
+        );
+        match res {
+            Ok(_) => Ok(()),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(StoreError::NameTaken(r.name.clone().unwrap_or_default()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        let r = self
+            .conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
+                params![id],
+                row_to_record,
+            )
+            .optional()?;
+        r.transpose()
+    }
+
+    /// The live sandbox of that name, if any.
+    pub fn by_name(
+        &self,
+        tenant: &str,
+        owner: &str,
+        name: &str,
+    ) -> Result<Option<Record>, StoreError> {
+        let r = self
+            .conn
+            .query_row(
+                &format!(
+                    "SELECT {COLUMNS} FROM sandboxes WHERE tenant = ?1 AND owner = ?2 \
+                     AND name = ?3 AND state != 'terminated'"
+                ),
+                params![tenant, owner, name],
+                row_to_record,
+            )
+            .optional()?;
+        r.transpose()
+    }
+
+    /// Sandboxes not terminated; of one tenant when given.
+    pub fn list_live(&self, tenant: Option<&str>) -> Result<Vec<Record>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE state != 'terminated' \
+             AND (?1 IS NULL OR tenant = ?1) ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map(params![tenant], row_to_record)?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
+    pub fn set_state(&self, id: &str, state: SandboxState) -> Result<(), StoreError> {
+        // A terminated sandbox gives up its name, so the name can be used again.
+        self.conn.execute(
+            "UPDATE sandboxes SET state = ?2, \
+             name = CASE WHEN ?2 = 'terminated' THEN NULL ELSE name END WHERE id = ?1",
+            params![id, state.as_str()],
+        )?;
+        Ok(())
+    }
+
+    pub fn touch(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE sandboxes SET last_active_at = ?2 WHERE id = ?1 AND last_active_at < ?2",
+            params![id, now],
+        )?;
+        Ok(())
+    }
+
+    pub fn set_timeouts(
+        &self,
+        id: &str,
+        expires_at: Option<i64>,
+        idle_timeout_secs: Option<u64>,
+        on_timeout: TimeoutAction,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE sandboxes SET expires_at = ?2, idle_timeout_secs = ?3, on_timeout = ?4 \
+             WHERE id = ?1",
+            params![
+                id,
+                expires_at,
+                idle_timeout_secs.map(|i| i as i64),
+                action_str(on_timeout)
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn add_event(&self, e: &EventRow) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO events (time, sandbox, owner, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![e.time, e.sandbox, e.owner, e.kind, e.message],
+        )?;
+        Ok(())
+    }
+
+    /// The last `limit` events of a sandbox, oldest first.
+    pub fn events_of(&self, sandbox: &str, limit: u32) -> Result<Vec<EventRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT time, sandbox, owner, kind, message FROM \
+             (SELECT seq, time, sandbox, owner, kind, message FROM events WHERE sandbox = ?1 \
+              ORDER BY seq DESC LIMIT ?2) ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(params![sandbox, limit], |r| {
+            Ok(EventRow {
+                time: r.get(0)?,
+                sandbox: r.get(1)?,
+                owner: r.get(2)?,
+                kind: r.get(3)?,
+                message: r.get(4)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, name: Option<&str>) -> Record {
+        Record {
+            id: id.into(),
+            tenant: "t".into(),
+            owner: "alice".into(),
+            name: name.map(Into::into),
+            state: SandboxState::Creating,
+            spec: SandboxSpec {
+                id: id.into(),
+                template: "host".into(),
+                ..Default::default()
+            },
+            labels: BTreeMap::from([("team".into(), "a".into())]),
+            metadata: BTreeMap::new(),
+            created_at: 1,
+            last_active_at: 1,
+            expires_at: Some(10),
+            idle_timeout_secs: Some(60),
+            on_timeout: TimeoutAction::Pause,
+            access_token: "tok".into(),
+        }
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let s = Store::in_memory().unwrap();
+        let r = record("a", Some("lab"));
+        s.insert(&r).unwrap();
+        assert_eq!(s.get("a").unwrap().unwrap(), r);
+        assert_eq!(s.by_name("t", "alice", "lab").unwrap().unwrap().id, "a");
+    }
+
+    #[test]
+    fn names_are_unique_per_owner_until_terminated() {
+        let s = Store::in_memory().unwrap();
+        s.insert(&record("a", Some("lab"))).unwrap();
+        assert!(matches!(
+            s.insert(&record("b", Some("lab"))),
+            Err(StoreError::NameTaken(_))
+        ));
+        let mut other = record("c", Some("lab"));
+        other.owner = "bob".into();
+        s.insert(&other).unwrap();
+        s.set_state("a", SandboxState::Terminated).unwrap();
+        s.insert(&record("d", Some("lab"))).unwrap();
+        assert_eq!(s.list_live(Some("t")).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("warren.db");
+        std::fs::write(&p, b"this is not a database, and it is long enough to matter....")
+            .unwrap();
+        let e = Store::open(&p).unwrap_err();
+        assert!(e.to_string().contains("move it aside"), "{e}");
+        assert!(std::fs::read(&p).unwrap().starts_with(b"this is not"));
+    }
+
+    #[test]
+    fn events_are_kept_per_sandbox_in_order() {
+        let s = Store::in_memory().unwrap();
+        for i in 0..5 {
+            s.add_event(&EventRow {
+                time: i,
+                sandbox: "a".into(),
+                owner: "o".into(),
+                kind: "k".into(),
+                message: format!("m{i}"),
+            })
+            .unwrap();
+        }
+        let ev = s.events_of("a", 3).unwrap();
+        assert_eq!(
+            ev.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            ["m2", "m3", "m4"]
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! The native REST API's request and response bodies (JSON), shared by the server, the
+//! CLI client and the core. The routes are listed in docs/api.md and in the OpenAPI
+//! document the server serves at `/openapi.json`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{NetworkMode, PortMap};
+
+/// The lifecycle states of a sandbox.
+///
+/// ```text
+/// creating → running ⇄ paused
+/// running|paused → stopped (processes gone, files kept) → running
+/// any → terminated
+/// ```
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxState {
+    Creating,
+    Running,
+    Paused,
+    Stopping,
+    Stopped,
+    Terminated,
+}
+
+impl SandboxState {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Terminated => "terminated",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "creating" => Self::Creating,
+            "running" => Self::Running,
+            "paused" => Self::Paused,
+            "stopping" => Self::Stopping,
+            "stopped" => Self::Stopped,
+            "terminated" => Self::Terminated,
+            _ => return None,
+        })
+    }
+}
+
+/// What happens when a sandbox's timeout passes.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutAction {
+    Pause,
+    Stop,
+    #[default]
+    Terminate,
+}
+
+/// Limits asked for at creation; sizes accept numbers (bytes) only on the wire.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceRequest {
+    #[serde(default)]
+    pub memory: Option<u64>,
+    #[serde(default)]
+    pub cpu_millis: Option<u32>,
+    #[serde(default)]
+    pub pids: Option<u32>,
+    #[serde(default)]
+    pub disk: Option<u64>,
+}
+
+/// `POST /v1/sandboxes`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandbox {
+    /// Who the sandbox is for (a user, an agent); defaults to the tenant's name.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Unique per owner. With `get_or_create`, an existing sandbox of that name is
+    /// returned (and resumed or started if needed) instead of an error.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub get_or_create: bool,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub resources: ResourceRequest,
+    #[serde(default)]
+    pub network: NetworkMode,
+    #[serde(default)]
+    pub publish: Vec<PortMap>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    /// Seconds the sandbox may live, from now; `set_timeout` moves it later.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Seconds without activity (API calls, attached clients, CPU use inside) before
+    /// the timeout action applies.
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub on_timeout: Option<TimeoutAction>,
+    /// Mount the owner's persistent volume at /home/user (default true).
+    #[serde(default)]
+    pub home_volume: Option<bool>,
+}
+
+/// `POST /v1/sandboxes/{id}/timeout`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SetTimeout {
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub idle_timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub on_timeout: Option<TimeoutAction>,
+}
+
+/// A sandbox as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub owner: String,
+    pub name: Option<String>,
+    pub template: String,
+    pub state: SandboxState,
+    pub resources: ResourceRequest,
+    pub network: NetworkMode,
+    pub publish: Vec<PortMap>,
+    pub labels: BTreeMap<String, String>,
+    pub metadata: BTreeMap<String, String>,
+    /// RFC 3339 times.
+    pub created_at: String,
+    pub last_active_at: String,
+    /// When the lifetime ends, if it has one.
+    pub expires_at: Option<String>,
+    pub idle_timeout_secs: Option<u64>,
+    pub on_timeout: TimeoutAction,
+    /// Required on exec and file calls made with it instead of an API key. Shown only
+    /// to the sandbox's tenant.
+    pub access_token: String,
+}
+
+/// `POST /v1/sandboxes/{id}/exec` without streaming: the collected result.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExecResult {
+    pub pid: u32,
+    /// UTF-8 (invalid bytes replaced); `stdout_b64` has the exact bytes.
+    pub stdout: String,
+    pub stderr: String,
+    pub stdout_b64: String,
+    pub stderr_b64: String,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub oom_killed: bool,
+}
+
+/// One line of a streamed exec or attach (NDJSON).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ExecEvent {
+    Started {
+        pid: u32,
+    },
+    /// `data` is base64.
+    Stdout {
+        data: String,
+    },
+    Stderr {
+        data: String,
+    },
+    Exit {
+        exit_code: Option<i32>,
+        signal: Option<i32>,
+        timed_out: bool,
+        oom_killed: bool,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// A lifecycle event (the `/v1/events` stream and per-sandbox logs).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    pub time: String,
+    pub sandbox: String,
+    pub owner: String,
+    /// created, paused, resumed, stopped, started, terminated, timeout, failed, adopted...
+    pub kind: String,
+    pub message: String,
+}
+
+/// Every error the API returns: a stable machine code and a message for people.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ApiError {
+    pub code: String,
+    pub message: String,
+}
