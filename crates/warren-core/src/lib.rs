@@ -33,7 +33,8 @@ use warren_runtime::client::AgentClient;
 use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{NamespaceBackend, Paths, Sandbox};
 use warren_types::api::{
-    CreateSandbox, Event, ResourceRequest, SandboxInfo, SandboxState, SetTimeout, TimeoutAction,
+    CreateSandbox, Event, PoolInfo, PoolSpec, ResourceRequest, SandboxInfo, SandboxState,
+    SetTimeout, TimeoutAction,
 };
 use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
 
@@ -158,8 +159,30 @@ impl Drop for ActivityGuard {
     }
 }
 
+/// A configured pool and its counters.
+#[derive(Debug)]
+struct Pool {
+    spec: PoolSpec,
+    key: String,
+    /// Members being made right now.
+    filling: Arc<AtomicUsize>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// The tenant and owner of warm pool members; `@` cannot start a real tenant's name.
+const POOL_TENANT: &str = "@pool";
+
+fn pool_key(template: &str, r: &ResourceRequest, network: warren_types::spec::NetworkMode) -> String {
+    format!(
+        "{template}|{:?}|{:?}|{:?}|{:?}|{network:?}",
+        r.memory, r.cpu_millis, r.pids, r.disk
+    )
+}
+
 /// The lifecycle engine.
 pub struct Manager {
+    pools: Mutex<Vec<Arc<Pool>>>,
     backend: NamespaceBackend,
     store: Mutex<Store>,
     live: Mutex<HashMap<String, Live>>,
@@ -217,6 +240,7 @@ impl Manager {
             .map_err(|e| CoreError::Backend(e.to_string()))?;
         let (events, _) = broadcast::channel(1024);
         let mgr = Arc::new(Self {
+            pools: Mutex::new(Vec::new()),
             backend,
             store: Mutex::new(store),
             live: Mutex::new(HashMap::new()),
@@ -232,6 +256,7 @@ impl Manager {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(mgr) = weak.upgrade() else { break };
+                mgr.refill_pools();
                 mgr.reap().await;
             }
         });
@@ -324,9 +349,9 @@ impl Manager {
 
     /// A new API key for `tenant` (created if new). Only its hash is stored.
     pub fn create_api_key(&self, tenant: &str) -> Result<String> {
-        if !valid_owner(tenant) {
+        if !valid_owner(tenant) || tenant.starts_with('@') {
             return Err(CoreError::Invalid(format!(
-                "tenant {tenant:?}: use letters, digits and - _ . @ +"
+                "tenant {tenant:?}: use letters, digits and - _ . @ +, not starting with @"
             )));
         }
         let key = format!("wrn_{}", random_hex(24));
@@ -423,6 +448,9 @@ impl Manager {
         let template = req.template.clone().unwrap_or_else(|| "host".into());
         warren_runtime::template::resolve(self.backend.paths(), &template)
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        if let Some(info) = self.claim_from_pool(who, &owner, &template, &req)? {
+            return Ok((info, true));
+        }
         // Creation with a taken name races with its creator at most this many times.
         for _ in 0..100 {
             if let (Some(name), true) = (&req.name, req.get_or_create) {
@@ -552,6 +580,176 @@ impl Manager {
                     | warren_runtime::Error::UnknownTemplate(_) => CoreError::Invalid(e.to_string()),
                     e => CoreError::Backend(e.to_string()),
                 })
+            }
+        }
+    }
+
+    /// Hands out a warm sandbox when the request fits a pool exactly; counts the hit or
+    /// the miss. The store claims the member atomically.
+    fn claim_from_pool(
+        &self,
+        who: &Caller,
+        owner: &str,
+        template: &str,
+        req: &CreateSandbox,
+    ) -> Result<Option<SandboxInfo>> {
+        let fits = req.home_volume == Some(false) && req.env.is_empty() && req.publish.is_empty();
+        let key = pool_key(template, &req.resources, req.network);
+        let pool = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|p| p.key == key)
+            .cloned();
+        let (Some(pool), true) = (pool, fits) else {
+            return Ok(None);
+        };
+        if let (Some(name), false) = (&req.name, req.get_or_create) {
+            if self.store().by_name(&who.tenant, owner, name)?.is_some() {
+                return Err(CoreError::NameTaken(name.clone()));
+            }
+        }
+        let now = now_ms();
+        let claim = Record {
+            id: String::new(),
+            tenant: who.tenant.clone(),
+            owner: owner.to_string(),
+            name: req.name.clone(),
+            state: SandboxState::Running,
+            spec: SandboxSpec::default(),
+            labels: req.labels.clone(),
+            metadata: req.metadata.clone(),
+            created_at: now,
+            last_active_at: now,
+            expires_at: req.timeout_secs.map(|s| now + (s as i64) * 1000),
+            idle_timeout_secs: req.idle_timeout_secs,
+            on_timeout: req.on_timeout.unwrap_or_default(),
+            access_token: random_hex(24),
+        };
+        let claimed = self.store().claim_from_pool(&key, &claim).map_err(|e| match e {
+            StoreError::NameTaken(n) => CoreError::NameTaken(n),
+            e => e.into(),
+        })?;
+        match claimed {
+            Some(r) => {
+                pool.hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.created.fetch_add(1, Ordering::Relaxed);
+                self.event(&r, "created", format!("from the warm pool of {template}"));
+                Ok(Some(self.info(&r)))
+            }
+            None => {
+                pool.misses.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Adds a warm pool, or changes the pool of the same template and profile.
+    pub fn set_pool(&self, spec: PoolSpec) -> Result<PoolInfo> {
+        if spec.max == 0 || spec.min > spec.max || spec.max > 1000 {
+            return Err(CoreError::Invalid(
+                "a pool needs 0 <= min <= max, and max between 1 and 1000".into(),
+            ));
+        }
+        warren_runtime::template::resolve(self.backend.paths(), &spec.template)
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        let key = pool_key(&spec.template, &spec.resources, spec.network);
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = match pools.iter().position(|p| p.key == key) {
+            Some(i) => {
+                let old = &pools[i];
+                let p = Arc::new(Pool {
+                    spec: spec.clone(),
+                    key: key.clone(),
+                    filling: old.filling.clone(),
+                    hits: AtomicU64::new(old.hits.load(Ordering::Relaxed)),
+                    misses: AtomicU64::new(old.misses.load(Ordering::Relaxed)),
+                });
+                pools[i] = p.clone();
+                p
+            }
+            None => {
+                let p = Arc::new(Pool {
+                    spec: spec.clone(),
+                    key: key.clone(),
+                    filling: Arc::default(),
+                    hits: AtomicU64::new(0),
+                    misses: AtomicU64::new(0),
+                });
+                pools.push(p.clone());
+                p
+            }
+        };
+        drop(pools);
+        Ok(self.pool_info(&pool))
+    }
+
+    fn pool_info(&self, p: &Pool) -> PoolInfo {
+        PoolInfo {
+            spec: p.spec.clone(),
+            ready: self.store().pool_members(&p.key).map(|m| m.len()).unwrap_or(0),
+            hits: p.hits.load(Ordering::Relaxed),
+            misses: p.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn pools(&self) -> Vec<PoolInfo> {
+        let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        pools.iter().map(|p| self.pool_info(p)).collect()
+    }
+
+    /// Tops pools up to their minimum and replaces members past their time to live.
+    fn refill_pools(self: &Arc<Self>) {
+        let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let now = now_ms();
+        for pool in pools {
+            let Ok(members) = self.store().pool_members(&pool.key) else {
+                continue;
+            };
+            let mut ready = members.len();
+            if let Some(ttl) = pool.spec.ttl_secs {
+                for (id, created) in &members {
+                    if created + (ttl as i64) * 1000 <= now {
+                        ready -= 1;
+                        let mgr = self.clone();
+                        let id = id.clone();
+                        tokio::spawn(async move {
+                            let lock = mgr.lock_for(&id);
+                            let _g = lock.lock().await;
+                            let found = mgr.store().get(&id);
+                            if let Ok(Some(r)) = found {
+                                if r.tenant == POOL_TENANT && r.state == SandboxState::Running {
+                                    let _ = mgr.terminate_locked(r, "terminated", "warm too long").await;
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+            let filling = pool.filling.load(Ordering::Relaxed);
+            let want = pool.spec.min.saturating_sub(ready + filling);
+            let room = pool.spec.max.saturating_sub(ready + filling);
+            for _ in 0..want.min(room) {
+                pool.filling.fetch_add(1, Ordering::Relaxed);
+                let mgr = self.clone();
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let who = Caller::tenant(POOL_TENANT);
+                    let req = CreateSandbox {
+                        resources: pool.spec.resources.clone(),
+                        network: pool.spec.network,
+                        home_volume: Some(false),
+                        ..Default::default()
+                    };
+                    if let Ok(info) = mgr
+                        .create_new(&who, POOL_TENANT, &pool.spec.template, &req)
+                        .await
+                    {
+                        let _ = mgr.store().set_pool(&info.id, Some(&pool.key));
+                    }
+                    pool.filling.fetch_sub(1, Ordering::Relaxed);
+                });
             }
         }
     }
@@ -989,6 +1187,18 @@ impl Manager {
         let _ = writeln!(out, "warren_create_seconds_bucket{{le=\"+Inf\"}} {cum}");
         let _ = writeln!(out, "warren_create_seconds_sum {}", m.create_sum_us.load(Ordering::Relaxed) as f64 / 1e6);
         let _ = writeln!(out, "warren_create_seconds_count {cum}");
+        let _ = writeln!(out, "# HELP warren_pool_ready Warm sandboxes ready, by pool template.");
+        let _ = writeln!(out, "# TYPE warren_pool_ready gauge");
+        let pools = self.pools();
+        for p in &pools {
+            let _ = writeln!(out, "warren_pool_ready{{template=\"{}\"}} {}", p.spec.template, p.ready);
+        }
+        let _ = writeln!(out, "# HELP warren_pool_requests_total Creates that fit a pool, by outcome.");
+        let _ = writeln!(out, "# TYPE warren_pool_requests_total counter");
+        for p in &pools {
+            let _ = writeln!(out, "warren_pool_requests_total{{template=\"{}\",outcome=\"hit\"}} {}", p.spec.template, p.hits);
+            let _ = writeln!(out, "warren_pool_requests_total{{template=\"{}\",outcome=\"miss\"}} {}", p.spec.template, p.misses);
+        }
         let _ = writeln!(out, "# HELP warren_sandbox_cpu_seconds_total CPU used by a sandbox.");
         let _ = writeln!(out, "# TYPE warren_sandbox_cpu_seconds_total counter");
         let _ = writeln!(out, "# HELP warren_sandbox_memory_bytes Memory used by a sandbox.");
@@ -1004,5 +1214,44 @@ impl Manager {
     /// Sandboxes that are running or paused right now (for health and tests).
     pub fn live_count(&self) -> usize {
         self.live().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: &T) {}
+
+    /// The HTTP server runs these on a multi-threaded runtime: their futures must be Send.
+    #[allow(dead_code, clippy::diverging_sub_expression, unreachable_code)]
+    fn futures_are_send(m: &Manager, who: &Caller) {
+        is_send(&m.create(who, CreateSandbox::default()));
+        is_send(&m.pause(who, ""));
+        is_send(&m.resume(who, ""));
+        is_send(&m.stop(who, ""));
+        is_send(&m.start(who, ""));
+        is_send(&m.terminate(who, ""));
+        is_send(&m.agent(who, ""));
+        is_send(&m.gc(who, Duration::ZERO, true));
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret("abc", "abc"));
+        assert!(!same_secret("abc", "abd"));
+        assert!(!same_secret("abc", "abcd"));
+    }
+
+    #[test]
+    fn pool_keys_tell_profiles_apart() {
+        let a = ResourceRequest::default();
+        let b = ResourceRequest {
+            memory: Some(1 << 30),
+            ..Default::default()
+        };
+        let none = warren_types::spec::NetworkMode::None;
+        assert_ne!(pool_key("host", &a, none), pool_key("host", &b, none));
+        assert_eq!(pool_key("host", &b, none), pool_key("host", &b.clone(), none));
     }
 }

@@ -89,8 +89,11 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     expires_at INTEGER,
     idle_timeout_secs INTEGER,
     on_timeout TEXT NOT NULL,
-    access_token TEXT NOT NULL
+    access_token TEXT NOT NULL,
+    -- Set while the sandbox waits, warm, in a pool: the pool's key.
+    pool_key TEXT
 );
+CREATE INDEX IF NOT EXISTS sandbox_pools ON sandboxes(pool_key, state) WHERE pool_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS sandbox_names ON sandboxes(tenant, owner, name)
     WHERE name IS NOT NULL AND state != 'terminated';
 CREATE INDEX IF NOT EXISTS sandbox_states ON sandboxes(state);
@@ -331,6 +334,63 @@ impl Store {
             ],
         )?;
         Ok(())
+    }
+
+    /// Marks a new sandbox as a member of pool `key`.
+    pub fn set_pool(&self, id: &str, key: Option<&str>) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE sandboxes SET pool_key = ?2 WHERE id = ?1",
+            params![id, key],
+        )?;
+        Ok(())
+    }
+
+    /// Running members of pool `key`, oldest first: (id, created_at).
+    pub fn pool_members(&self, key: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, created_at FROM sandboxes WHERE pool_key = ?1 AND state = 'running' \
+             ORDER BY created_at",
+        )?;
+        let rows = stmt.query_map(params![key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Takes one running member out of pool `key` and gives it to `claim`'s tenant,
+    /// owner, name and settings, in one statement: two claims never get the same member.
+    pub fn claim_from_pool(&self, key: &str, claim: &Record) -> Result<Option<Record>, StoreError> {
+        let res = self.conn.query_row(
+            "UPDATE sandboxes SET tenant = ?2, owner = ?3, name = ?4, labels = ?5, \
+             metadata = ?6, created_at = ?7, last_active_at = ?7, expires_at = ?8, \
+             idle_timeout_secs = ?9, on_timeout = ?10, access_token = ?11, pool_key = NULL \
+             WHERE id = (SELECT id FROM sandboxes WHERE pool_key = ?1 AND state = 'running' \
+                         ORDER BY created_at LIMIT 1) \
+             RETURNING id",
+            params![
+                key,
+                claim.tenant,
+                claim.owner,
+                claim.name,
+                serde_json::to_string(&claim.labels)?,
+                serde_json::to_string(&claim.metadata)?,
+                claim.created_at,
+                claim.expires_at,
+                claim.idle_timeout_secs.map(|i| i as i64),
+                action_str(claim.on_timeout),
+                claim.access_token,
+            ],
+            |r| r.get::<_, String>(0),
+        );
+        let id = match res {
+            Ok(id) => id,
+            Err(rusqlite::Error::QueryReturnedNoRows) => return Ok(None),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                return Err(StoreError::NameTaken(claim.name.clone().unwrap_or_default()))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.get(&id)
     }
 
     pub fn add_event(&self, e: &EventRow) -> Result<(), StoreError> {

@@ -211,3 +211,37 @@ pub struct ApiError {
     pub code: String,
     pub message: String,
 }
+
+/// A warm pool: sandboxes made ahead of demand for one template and resource profile,
+/// handed out by creates that ask for exactly that profile (and no home volume, env or
+/// published ports, which are fixed when a sandbox is made).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    #[serde(default = "host")]
+    pub template: String,
+    #[serde(default)]
+    pub resources: ResourceRequest,
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// Warm sandboxes kept ready.
+    pub min: usize,
+    /// Most warm sandboxes at once (ready and being made).
+    pub max: usize,
+    /// A warm sandbox older than this is replaced by a fresh one.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+}
+
+fn host() -> String {
+    "host".into()
+}
+
+/// A pool and how full it is.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PoolInfo {
+    pub spec: PoolSpec,
+    pub ready: usize,
+    pub hits: u64,
+    pub misses: u64,
+}

@@ -15,9 +15,10 @@ use tokio::io::AsyncReadExt;
 use warren_runtime::client::{ClientError, ProcessEvent};
 use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{trace, NamespaceBackend, Paths};
-use warren_types::proto::{Command, ErrorCode, ExecRequest, User, WinSize, CHUNK};
+use warren_types::proto::{Command, ErrorCode, ExecRequest, WinSize, CHUNK};
 use warren_types::spec::{NetworkMode, PortMap, Resources, SandboxSpec, VolumeMount};
 
+use crate::parse::{parse_env, parse_publish, parse_user};
 use crate::size::{parse_duration, parse_size};
 
 /// Run a command in a new sandbox.
@@ -82,32 +83,6 @@ enum Network {
     Nat,
 }
 
-fn parse_publish(s: &str) -> Result<PortMap, String> {
-    let (h, p) = s
-        .split_once(':')
-        .ok_or_else(|| format!("{s:?}: write HOSTPORT:PORT, e.g. 8080:80"))?;
-    let port = |x: &str| {
-        x.parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("{x:?} is not a port (1-65535)"))
-    };
-    Ok(PortMap {
-        host: port(h)?,
-        sandbox: port(p)?,
-    })
-}
-
-fn parse_env(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s
-        .split_once('=')
-        .ok_or_else(|| format!("{s:?}: write NAME=VALUE"))?;
-    if k.is_empty() || k.contains('\0') || v.contains('\0') {
-        return Err(format!("{s:?}: the name must be non-empty, with no NUL"));
-    }
-    Ok((k.to_string(), v.to_string()))
-}
-
 fn parse_volume(s: &str) -> Result<VolumeMount, String> {
     let mut parts = s.splitn(3, ':');
     let (Some(name), Some(target)) = (parts.next(), parts.next()) else {
@@ -118,21 +93,6 @@ fn parse_volume(s: &str) -> Result<VolumeMount, String> {
         name: name.into(),
         target: target.into(),
         size,
-    })
-}
-
-fn parse_user(s: &str) -> Result<User, String> {
-    if let Some((u, g)) = s.split_once(':') {
-        let uid = u.parse().map_err(|_| format!("{u:?} is not a uid"))?;
-        let gid = g.parse().map_err(|_| format!("{g:?} is not a gid"))?;
-        return Ok(User::Id {
-            uid,
-            gid: Some(gid),
-        });
-    }
-    Ok(match s.parse::<u32>() {
-        Ok(uid) => User::Id { uid, gid: None },
-        Err(_) => User::Name(s.into()),
     })
 }
 
