@@ -22,7 +22,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -84,46 +84,65 @@ const READONLY: [&str; 6] = [
     "proc/sysrq-trigger",
 ];
 
-/// Entry point of `warren __init`. Never returns.
+/// Entry point of `warren __init`: the configuration on stdin, the status on stdout.
+/// Never returns.
 pub fn main() -> ! {
     let mut input = Vec::new();
     let config = std::io::stdin()
         .read_to_end(&mut input)
         .map_err(|e| e.to_string())
         .and_then(|_| serde_json::from_slice::<HelperConfig>(&input).map_err(|e| e.to_string()));
-    let config = match config {
-        Ok(c) => c,
-        Err(e) => report_and_exit(HelperStatus::Error {
-            message: format!("bad helper configuration: {e}"),
-        }),
+    let status = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => fs::File::from(fd),
+        Err(_) => std::process::exit(1),
     };
+    match config {
+        Ok(c) => run(&c, status),
+        Err(e) => report_and_exit(
+            status,
+            HelperStatus::Error {
+                message: format!("bad helper configuration: {e}"),
+            },
+        ),
+    }
+}
+
+/// Builds the sandbox of `config`, writes one status line to `status`, then watches the
+/// sandbox until it ends. Never returns.
+pub fn run(config: &HelperConfig, mut status: fs::File) -> ! {
     crate::trace::mark("helper: configuration read");
-    let monitor = match Sandbox::build(&config) {
+    let monitor = match Sandbox::build(config) {
         Ok(m) => m,
-        Err(message) => report_and_exit(HelperStatus::Error { message }),
+        Err(message) => report_and_exit(status, HelperStatus::Error { message }),
     };
-    report(&HelperStatus::Ready {
-        agent_pid: monitor.agent.as_raw(),
-        socket: monitor.socket.clone(),
-    });
-    // The caller reads one line; nothing more goes to it.
-    if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
-        let _ = nix::unistd::dup2(null.as_raw_fd(), 1);
+    report(
+        &mut status,
+        &HelperStatus::Ready {
+            agent_pid: monitor.agent.as_raw(),
+            socket: monitor.socket.clone(),
+        },
+    );
+    drop(status);
+    // The helper keeps none of its caller's input and output (a reader waiting for the
+    // caller's stdout to close must not wait for the helper); stderr stays for traces.
+    if let Ok(null) = fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in 0..2 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
     }
     let code = monitor.watch();
     std::process::exit(code)
 }
 
-fn report(status: &HelperStatus) {
+fn report(out: &mut fs::File, status: &HelperStatus) {
     let mut line = serde_json::to_vec(status).unwrap_or_default();
     line.push(b'\n');
-    let mut out = std::io::stdout().lock();
     let _ = out.write_all(&line);
     let _ = out.flush();
 }
 
-fn report_and_exit(status: HelperStatus) -> ! {
-    report(&status);
+fn report_and_exit(mut out: fs::File, status: HelperStatus) -> ! {
+    report(&mut out, &status);
     std::process::exit(1)
 }
 

@@ -53,6 +53,8 @@ pub struct Sandbox {
 #[derive(Debug)]
 enum Helper {
     Child(tokio::process::Child),
+    /// Forked from this process without exec (see [`NamespaceBackend::create_forked`]).
+    Forked(i32),
     Adopted(i32),
 }
 
@@ -77,6 +79,68 @@ impl NamespaceBackend {
     /// The cgroup a sandbox with this id has.
     pub fn cgroup(&self, id: &str) -> Cgroup {
         self.hierarchy.cgroup(&format!("{PREFIX}{id}"))
+    }
+
+    /// Like [`create`](Self::create), but the helper is forked from this process rather
+    /// than started afresh, which saves an exec of the binary on the CLI's path.
+    ///
+    /// Forking is only sound while this process has one thread: the CLI calls this before
+    /// it starts its async runtime, and the call checks.
+    pub fn create_forked(&self, spec: SandboxSpec, opts: CreateOptions) -> Result<Sandbox> {
+        validate(&spec)?;
+        let threads = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Threads:")?.trim().parse::<u32>().ok())
+            });
+        if threads != Some(1) {
+            return Err(Error::Helper(
+                "create_forked needs a single-threaded caller; use create".into(),
+            ));
+        }
+        let id = spec.id.clone();
+        let config = HelperConfig {
+            spec,
+            run_dir: self.paths.run.clone(),
+            data_dir: self.paths.data.clone(),
+            die_with_parent: opts.die_with_parent.then(std::process::id).map(|p| p as i32),
+            ephemeral: opts.ephemeral,
+        };
+        let (r, w) = nix::unistd::pipe().map_err(|e| Error::Helper(format!("pipe: {e}")))?;
+        match warren_sys::ns::fork_process().map_err(crate::io_err("fork the sandbox helper"))? {
+            warren_sys::ns::Forked::Child => {
+                drop(r);
+                crate::helper::run(&config, std::fs::File::from(w))
+            }
+            warren_sys::ns::Forked::Parent(pid) => {
+                drop(w);
+                let mut line = String::new();
+                let _ = std::io::BufRead::read_line(
+                    &mut std::io::BufReader::new(std::fs::File::from(r)),
+                    &mut line,
+                );
+                match serde_json::from_str::<HelperStatus>(&line) {
+                    Ok(HelperStatus::Ready { agent_pid, socket }) => Ok(Sandbox {
+                        cgroup: self.cgroup(&id),
+                        id,
+                        socket,
+                        agent_pid,
+                        helper: Helper::Forked(pid.as_raw()),
+                    }),
+                    Ok(HelperStatus::Error { message }) => {
+                        let _ = nix::sys::wait::waitpid(pid, None);
+                        Err(Error::Setup(message))
+                    }
+                    Err(_) => {
+                        let status = nix::sys::wait::waitpid(pid, None).ok();
+                        Err(Error::Helper(format!(
+                            "it exited ({status:?}) without reporting; see its messages above"
+                        )))
+                    }
+                }
+            }
+        }
     }
 
     /// Builds a sandbox and waits until its agent accepts connections.
@@ -148,7 +212,9 @@ impl NamespaceBackend {
             .trim()
             .parse()
             .ok()?;
-        kill(Pid::from_raw(pid), None).ok()?;
+        if !pid_alive(pid) {
+            return None;
+        }
         let agent_pid = std::fs::read_to_string(run.join("agent.pid"))
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -275,7 +341,7 @@ impl Sandbox {
     pub fn helper_pid(&self) -> Option<i32> {
         match &self.helper {
             Helper::Child(c) => c.id().map(|p| p as i32),
-            Helper::Adopted(p) => Some(*p),
+            Helper::Forked(p) | Helper::Adopted(p) => Some(*p),
         }
     }
 
@@ -283,7 +349,7 @@ impl Sandbox {
     pub fn is_alive(&mut self) -> bool {
         match &mut self.helper {
             Helper::Child(c) => matches!(c.try_wait(), Ok(None)),
-            Helper::Adopted(p) => kill(Pid::from_raw(*p), None).is_ok(),
+            Helper::Forked(p) | Helper::Adopted(p) => pid_alive(*p),
         }
     }
 
@@ -298,9 +364,16 @@ impl Sandbox {
                 Helper::Child(c) => {
                     let _ = c.wait().await;
                 }
+                Helper::Forked(p) => {
+                    let pid = Pid::from_raw(*p);
+                    let _ = tokio::task::spawn_blocking(move || {
+                        nix::sys::wait::waitpid(pid, None)
+                    })
+                    .await;
+                }
                 // Not our child: watch for the pid to go away.
                 Helper::Adopted(p) => {
-                    while kill(Pid::from_raw(*p), None).is_ok() {
+                    while pid_alive(*p) {
                         tokio::time::sleep(Duration::from_millis(2)).await;
                     }
                 }
@@ -323,5 +396,14 @@ pub fn helper_alive(run: &Path) -> bool {
     std::fs::read_to_string(run.join("helper.pid"))
         .ok()
         .and_then(|s| s.trim().parse::<i32>().ok())
-        .is_some_and(|pid| kill(Pid::from_raw(pid), None).is_ok())
+        .is_some_and(pid_alive)
+}
+
+/// Whether `pid` is a live process (a zombie waiting for its parent counts as gone).
+fn pid_alive(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
 }

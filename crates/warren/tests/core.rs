@@ -1,0 +1,367 @@
+//! The lifecycle engine against real sandboxes: state machine, get-or-create under
+//! concurrency, the owner's home volume, timeouts that understand activity, warm pools,
+//! tenancy, and re-adoption after the daemon's state is lost. Needs root.
+
+mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use warren_core::{Caller, Config, CoreError, ListFilter, Manager};
+use warren_runtime::Paths;
+use warren_types::api::{CreateSandbox, PoolSpec, SandboxState, SetTimeout, TimeoutAction};
+use warren_types::proto::{Command, ExecRequest};
+
+/// A test's own run and data directories; dropping it ends every sandbox it made.
+struct Env {
+    root: PathBuf,
+}
+
+impl Env {
+    fn new(name: &str) -> Env {
+        let root = test_root().join(format!("core-{name}"));
+        let _ = std::fs::remove_dir_all(&root);
+        Env { root }
+    }
+
+    fn config(&self) -> Config {
+        let mut c = Config::new(
+            Paths {
+                run: self.root.join("run"),
+                data: self.root.join("data"),
+            },
+            env!("CARGO_BIN_EXE_warren").into(),
+        );
+        c.reaper_interval = Duration::from_millis(200);
+        c
+    }
+
+    async fn manager(&self) -> Arc<Manager> {
+        Manager::open(self.config()).await.unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        // Whatever a failed assertion left running: stop its helper and wait for it.
+        let runs = self.root.join("run/sandboxes");
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir(&runs).into_iter().flatten().flatten() {
+            if let Ok(p) = std::fs::read_to_string(e.path().join("helper.pid")) {
+                if let Ok(pid) = p.trim().parse::<i32>() {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGTERM,
+                    );
+                    pids.push(pid);
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for pid in pids {
+            while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn alice() -> Caller {
+    Caller::tenant("alice")
+}
+
+async fn run(mgr: &Manager, who: &Caller, key: &str, script: &str) -> String {
+    let (_, client) = mgr.agent(who, key).await.unwrap();
+    let out = client
+        .exec(ExecRequest {
+            command: Some(Command::Shell(script.into())),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_state_machine_holds_and_refuses_invalid_moves() {
+    if !can_run("the_state_machine_holds_and_refuses_invalid_moves") {
+        return;
+    }
+    let env = Env::new("states");
+    let mgr = env.manager().await;
+    let who = alice();
+    let req = CreateSandbox {
+        name: Some("lab".into()),
+        ..Default::default()
+    };
+    let (sb, created) = mgr.create(&who, req).await.unwrap();
+    assert!(created);
+    assert_eq!(sb.state, SandboxState::Running);
+    assert_eq!(run(&mgr, &who, "lab", "echo hi > /root/kept; echo ok").await, "ok\n");
+
+    mgr.pause(&who, "lab").await.unwrap();
+    let e = mgr.agent(&who, "lab").await.unwrap_err();
+    assert_eq!(e.code(), "invalid_state");
+    assert!(e.to_string().contains("resume it first"), "{e}");
+    let e = mgr.start(&who, "lab").await.unwrap_err();
+    assert_eq!(e.code(), "invalid_state");
+    mgr.resume(&who, "lab").await.unwrap();
+
+    let stopped = mgr.stop(&who, "lab").await.unwrap();
+    assert_eq!(stopped.state, SandboxState::Stopped);
+    assert!(matches!(mgr.pause(&who, "lab").await, Err(CoreError::InvalidState(_))));
+    mgr.start(&who, "lab").await.unwrap();
+    assert_eq!(run(&mgr, &who, "lab", "cat /root/kept").await, "hi\n", "files survive stop");
+
+    mgr.terminate(&who, "lab").await.unwrap();
+    assert!(matches!(mgr.get(&who, "lab"), Err(CoreError::NotFound(_))));
+    assert!(mgr.logs(&who, &sb.id).is_err(), "a terminated sandbox is gone from the API");
+}
+
+#[tokio::test]
+async fn fifty_parallel_get_or_creates_make_one_sandbox() {
+    if !can_run("fifty_parallel_get_or_creates_make_one_sandbox") {
+        return;
+    }
+    let env = Env::new("getorcreate");
+    let mgr = env.manager().await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let mgr = mgr.clone();
+        tasks.push(tokio::spawn(async move {
+            let req = CreateSandbox {
+                name: Some("shared".into()),
+                get_or_create: true,
+                ..Default::default()
+            };
+            mgr.create(&alice(), req).await.map(|(s, created)| (s.id, created))
+        }));
+    }
+    let mut ids = Vec::new();
+    let mut made = 0;
+    for t in tasks {
+        let (id, created) = t.await.unwrap().unwrap();
+        made += created as u32;
+        ids.push(id);
+    }
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "one sandbox for one name");
+    assert_eq!(made, 1);
+    assert_eq!(mgr.list(&alice(), &ListFilter::default()).unwrap().len(), 1);
+    mgr.terminate(&alice(), "shared").await.unwrap();
+}
+
+#[tokio::test]
+async fn the_home_volume_outlives_its_sandbox_and_is_the_owners_alone() {
+    if !can_run("the_home_volume_outlives_its_sandbox_and_is_the_owners_alone") {
+        return;
+    }
+    let env = Env::new("home");
+    let mgr = env.manager().await;
+    let who = alice();
+    let mk = |owner: &str| CreateSandbox {
+        owner: Some(owner.into()),
+        ..Default::default()
+    };
+    let (a, _) = mgr.create(&who, mk("ann")).await.unwrap();
+    run(&mgr, &who, &a.id, "echo notes > /home/user/notes.txt").await;
+    mgr.terminate(&who, &a.id).await.unwrap();
+
+    let (b, _) = mgr.create(&who, mk("ann")).await.unwrap();
+    assert_eq!(run(&mgr, &who, &b.id, "cat /home/user/notes.txt").await, "notes\n");
+    let (c, _) = mgr.create(&who, mk("bob")).await.unwrap();
+    assert_eq!(run(&mgr, &who, &c.id, "ls -A /home/user | wc -l").await, "0\n");
+    mgr.terminate(&who, &b.id).await.unwrap();
+    mgr.terminate(&who, &c.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn busy_sandboxes_are_not_idle_and_idle_ones_expire() {
+    if !can_run("busy_sandboxes_are_not_idle_and_idle_ones_expire") {
+        return;
+    }
+    let env = Env::new("idle");
+    let mgr = env.manager().await;
+    let who = alice();
+    let req = CreateSandbox {
+        idle_timeout_secs: Some(1),
+        on_timeout: Some(TimeoutAction::Pause),
+        ..Default::default()
+    };
+    let (sb, _) = mgr.create(&who, req).await.unwrap();
+    // A computation with no client connected: 3 s of CPU, in the background.
+    let (_, client) = mgr.agent(&who, &sb.id).await.unwrap();
+    let mut bg = ExecRequest {
+        command: Some(Command::Shell("timeout 3 sh -c 'while :; do :; done'".into())),
+        ..Default::default()
+    };
+    bg.background = true;
+    drop(client.exec(bg).await.unwrap());
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        mgr.get(&who, &sb.id).unwrap().state,
+        SandboxState::Running,
+        "a sandbox busy computing is not idle"
+    );
+    wait_for("the idle timeout", 10, || {
+        mgr.get(&who, &sb.id).unwrap().state == SandboxState::Paused
+    })
+    .await;
+    let logs = mgr.logs(&who, &sb.id).unwrap();
+    assert!(
+        logs.iter().any(|e| e.kind == "timeout" && e.message.contains("idle")),
+        "{logs:?}"
+    );
+    mgr.terminate(&who, &sb.id).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_lifetime_can_be_extended_and_then_ends() {
+    if !can_run("the_lifetime_can_be_extended_and_then_ends") {
+        return;
+    }
+    let env = Env::new("lifetime");
+    let mgr = env.manager().await;
+    let who = alice();
+    let req = CreateSandbox {
+        timeout_secs: Some(1),
+        ..Default::default()
+    };
+    let (sb, _) = mgr.create(&who, req).await.unwrap();
+    let t = SetTimeout {
+        timeout_secs: Some(3),
+        ..Default::default()
+    };
+    mgr.set_timeout(&who, &sb.id, t).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(mgr.get(&who, &sb.id).is_ok(), "the extension holds");
+    wait_for("the lifetime to end", 10, || mgr.get(&who, &sb.id).is_err()).await;
+    assert!(!env.root.join("run/sandboxes").join(&sb.id).exists());
+}
+
+#[tokio::test]
+async fn a_warm_pool_hands_out_ready_sandboxes() {
+    if !can_run("a_warm_pool_hands_out_ready_sandboxes") {
+        return;
+    }
+    let env = Env::new("pool");
+    let mgr = env.manager().await;
+    mgr.set_pool(PoolSpec {
+        template: "host".into(),
+        resources: Default::default(),
+        network: Default::default(),
+        min: 2,
+        max: 3,
+        ttl_secs: None,
+    })
+    .unwrap();
+    wait_for("the pool to fill", 20, || mgr.pools()[0].ready == 2).await;
+    let who = alice();
+    let req = CreateSandbox {
+        name: Some("fast".into()),
+        home_volume: Some(false),
+        ..Default::default()
+    };
+    let t = Instant::now();
+    let (sb, created) = mgr.create(&who, req).await.unwrap();
+    let took = t.elapsed();
+    assert!(created);
+    assert_eq!(mgr.pools()[0].hits, 1);
+    assert_eq!(sb.owner, "alice");
+    assert_eq!(run(&mgr, &who, "fast", "echo warm").await, "warm\n");
+    println!("pool acquire took {took:?}");
+    // A request that does not fit the pool is made fresh.
+    let (other, _) = mgr.create(&who, CreateSandbox::default()).await.unwrap();
+    assert_eq!(mgr.pools()[0].hits, 1);
+    wait_for("the pool to refill", 20, || mgr.pools()[0].ready == 2).await;
+    // Pool members belong to no tenant.
+    assert_eq!(mgr.list(&who, &ListFilter::default()).unwrap().len(), 2);
+    mgr.terminate(&who, &sb.id).await.unwrap();
+    mgr.terminate(&who, &other.id).await.unwrap();
+    let m = mgr.metrics();
+    assert!(m.contains("warren_pool_requests_total{template=\"host\",outcome=\"hit\"} 1"), "{m}");
+}
+
+#[tokio::test]
+async fn another_tenant_sees_nothing() {
+    if !can_run("another_tenant_sees_nothing") {
+        return;
+    }
+    let env = Env::new("tenants");
+    let mgr = env.manager().await;
+    let (sb, _) = mgr
+        .create(
+            &alice(),
+            CreateSandbox {
+                name: Some("mine".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let eve = Caller::tenant("eve");
+    for key in [sb.id.as_str(), "mine", "alice/mine"] {
+        assert!(matches!(mgr.get(&eve, key), Err(CoreError::NotFound(_))));
+        assert!(matches!(mgr.pause(&eve, key).await, Err(CoreError::NotFound(_))));
+        assert!(matches!(mgr.agent(&eve, key).await, Err(CoreError::NotFound(_))));
+        assert!(matches!(mgr.terminate(&eve, key).await, Err(CoreError::NotFound(_))));
+        assert!(mgr.logs(&eve, key).is_err());
+    }
+    assert!(mgr.list(&eve, &ListFilter::default()).unwrap().is_empty());
+    // The sandbox's own token reaches that sandbox only.
+    let scoped = mgr.authenticate_sandbox(&sb.id, &sb.access_token).unwrap();
+    assert!(mgr.agent(&scoped, &sb.id).await.is_ok());
+    assert!(mgr.authenticate_sandbox(&sb.id, "wrong").is_none());
+    let key = mgr.create_api_key("eve").unwrap();
+    assert_eq!(mgr.authenticate(&key).unwrap().tenant, "eve");
+    assert!(mgr.authenticate("wrn_nope").is_none());
+    mgr.terminate(&alice(), "mine").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_new_manager_readopts_running_sandboxes() {
+    if !can_run("a_new_manager_readopts_running_sandboxes") {
+        return;
+    }
+    let env = Env::new("adopt");
+    let who = alice();
+    let id = {
+        let mgr = env.manager().await;
+        let (sb, _) = mgr
+            .create(
+                &who,
+                CreateSandbox {
+                    name: Some("keep".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        run(&mgr, &who, "keep", "echo before > /tmp/f").await;
+        sb.id
+        // The manager goes away here, as a crashed daemon would; the sandbox runs on.
+    };
+    let mgr = env.manager().await;
+    assert_eq!(mgr.get(&who, "keep").unwrap().state, SandboxState::Running);
+    assert_eq!(run(&mgr, &who, "keep", "cat /tmp/f").await, "before\n");
+    let logs = mgr.logs(&who, &id).unwrap();
+    assert!(logs.iter().any(|e| e.kind == "adopted"), "{logs:?}");
+    mgr.terminate(&who, "keep").await.unwrap();
+}
