@@ -675,15 +675,6 @@ fn child_setup(go: &OwnedFd, root: &Path, hostname: &str) -> Result<(), String> 
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| format!("unblock signals: {e}"))?;
-    // A clone keeps the host ids it had (host root); become root *of the namespace*, which
-    // the maps now tie to an unprivileged host uid, before touching anything.
-    {
-        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-        let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
-        setgroups(&[]).map_err(|e| format!("drop supplementary groups: {e}"))?;
-        setresgid(g, g, g).map_err(|e| format!("become gid 0 of the sandbox: {e}"))?;
-        setresuid(u, u, u).map_err(|e| format!("become uid 0 of the sandbox: {e}"))?;
-    }
     // Mounts copied from the helper's namespace are locked here, and pivot_root refuses a
     // locked new root: a bind of the root onto itself, made in this namespace, is not.
     bind(root, root, false).map_err(fail("bind the root onto itself"))?;
@@ -734,6 +725,16 @@ fn child_setup(go: &OwnedFd, root: &Path, hostname: &str) -> Result<(), String> 
         }
     }
     ns::pivot_root(root).map_err(fail("pivot into the sandbox root"))?;
+    // A clone keeps the host ids it had (host root); now become root *of the namespace*,
+    // which the maps tie to an unprivileged host uid. Not earlier: the mounts above name
+    // host paths, whose directories may be open to their owner (host root) alone.
+    {
+        use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+        let (u, g) = (Uid::from_raw(0), Gid::from_raw(0));
+        setgroups(&[]).map_err(|e| format!("drop supplementary groups: {e}"))?;
+        setresgid(g, g, g).map_err(|e| format!("become gid 0 of the sandbox: {e}"))?;
+        setresuid(u, u, u).map_err(|e| format!("become uid 0 of the sandbox: {e}"))?;
+    }
     // The agent keeps only its listener; stdio goes nowhere (it logs nothing to the host).
     if let Ok(null) = fs::OpenOptions::new()
         .read(true)

@@ -1,1 +1,301 @@
-//! The HTTP surfaces.
+//! Warren's HTTP surfaces: the native REST API (OpenAPI document in `docs/openapi.json`,
+//! guide in `docs/api.md`).
+//!
+//! The same routes are served on two surfaces that differ only in who the caller is:
+//!
+//! - [`Surface::Unix`], the daemon's unix socket (mode 0600, so only the host's root
+//!   reaches it): no key; the tenant is named by `X-Warren-Tenant` (default `default`);
+//!   API keys are minted here (`POST /v1/keys`).
+//! - [`Surface::Tcp`]: every route but `/health` and `/openapi.json` needs
+//!   `Authorization: Bearer <api key>`; the routes about one sandbox's insides (exec,
+//!   processes, files, terminal) also take `X-Access-Token: <its access token>`, which
+//!   reaches that sandbox only.
+//!
+//! Handlers turn a request into one [`Manager`] call (or agent call) and never pass HTTP
+//! types down: the engine knows tenants and typed requests, not headers. Every failure
+//! is one [`Error`] with a stable code. Long answers (exec and attach output, events)
+//! stream as NDJSON; a terminal is a WebSocket.
+
+mod error;
+mod exec;
+mod extract;
+mod files;
+mod sandboxes;
+#[cfg(test)]
+mod tests;
+
+use std::future::IntoFuture;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{Method, Uri};
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use warren_core::Manager;
+
+pub use crate::error::Error;
+pub use crate::extract::{ACCESS_TOKEN_HEADER, TENANT_HEADER};
+
+/// Largest JSON body.
+pub const MAX_JSON: usize = 1 << 20;
+/// Largest raw body (a file upload, a stdin write).
+pub const MAX_RAW: usize = files::MAX_FILE;
+
+/// How long streams get to end after a shutdown signal before the daemon exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Who reaches the API, and so how callers are identified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    /// The host's root on the unix socket.
+    Unix,
+    /// Anyone who can reach the TCP port, with an API key or a sandbox access token.
+    Tcp,
+}
+
+/// What every handler gets.
+#[derive(Debug, Clone)]
+pub(crate) struct AppState {
+    pub mgr: Arc<Manager>,
+    pub surface: Surface,
+    /// Turns true when the daemon shuts down; streams end then.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Every route, as `(method, path)` in axum's syntax, which is also OpenAPI's. The
+/// OpenAPI document and the router are both checked against this list.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/health"),
+    ("GET", "/metrics"),
+    ("GET", "/openapi.json"),
+    ("POST", "/v1/sandboxes"),
+    ("GET", "/v1/sandboxes"),
+    ("GET", "/v1/sandboxes/{key}"),
+    ("DELETE", "/v1/sandboxes/{key}"),
+    ("POST", "/v1/sandboxes/{key}/pause"),
+    ("POST", "/v1/sandboxes/{key}/resume"),
+    ("POST", "/v1/sandboxes/{key}/stop"),
+    ("POST", "/v1/sandboxes/{key}/start"),
+    ("POST", "/v1/sandboxes/{key}/timeout"),
+    ("GET", "/v1/sandboxes/{key}/logs"),
+    ("POST", "/v1/sandboxes/{key}/exec"),
+    ("GET", "/v1/sandboxes/{key}/processes"),
+    ("POST", "/v1/sandboxes/{key}/processes/{pid}/signal"),
+    ("POST", "/v1/sandboxes/{key}/processes/{pid}/stdin"),
+    ("POST", "/v1/sandboxes/{key}/processes/{pid}/resize"),
+    ("GET", "/v1/sandboxes/{key}/processes/{pid}/attach"),
+    ("GET", "/v1/sandboxes/{key}/files"),
+    ("PUT", "/v1/sandboxes/{key}/files"),
+    ("DELETE", "/v1/sandboxes/{key}/files"),
+    ("GET", "/v1/sandboxes/{key}/files/stat"),
+    ("GET", "/v1/sandboxes/{key}/files/list"),
+    ("POST", "/v1/sandboxes/{key}/files/mkdir"),
+    ("POST", "/v1/sandboxes/{key}/files/rename"),
+    ("GET", "/v1/sandboxes/{key}/pty"),
+    ("GET", "/v1/events"),
+    ("POST", "/v1/gc"),
+    ("POST", "/v1/keys"),
+];
+
+/// Routes served on the unix socket only.
+pub const UNIX_ONLY: &[(&str, &str)] = &[("POST", "/v1/keys")];
+
+/// The API for one surface. Streams it serves never see a shutdown; [`serve`] builds
+/// routers whose streams end when the daemon stops.
+pub fn router(mgr: Arc<Manager>, surface: Surface) -> Router {
+    let (_, shutdown) = watch::channel(false);
+    build(AppState {
+        mgr,
+        surface,
+        shutdown,
+    })
+}
+
+fn build(state: AppState) -> Router {
+    let raw = DefaultBodyLimit::max(MAX_RAW);
+    let mut r = Router::new()
+        .route("/health", get(sandboxes::health))
+        .route("/metrics", get(sandboxes::metrics))
+        .route("/openapi.json", get(sandboxes::openapi))
+        .route(
+            "/v1/sandboxes",
+            post(sandboxes::create).get(sandboxes::list),
+        )
+        .route(
+            "/v1/sandboxes/{key}",
+            get(sandboxes::get).delete(sandboxes::terminate),
+        )
+        .route("/v1/sandboxes/{key}/pause", post(sandboxes::pause))
+        .route("/v1/sandboxes/{key}/resume", post(sandboxes::resume))
+        .route("/v1/sandboxes/{key}/stop", post(sandboxes::stop))
+        .route("/v1/sandboxes/{key}/start", post(sandboxes::start))
+        .route("/v1/sandboxes/{key}/timeout", post(sandboxes::set_timeout))
+        .route("/v1/sandboxes/{key}/logs", get(sandboxes::logs))
+        .route("/v1/sandboxes/{key}/exec", post(exec::exec))
+        .route("/v1/sandboxes/{key}/processes", get(exec::list))
+        .route(
+            "/v1/sandboxes/{key}/processes/{pid}/signal",
+            post(exec::signal),
+        )
+        .route(
+            "/v1/sandboxes/{key}/processes/{pid}/stdin",
+            post(exec::stdin).layer(raw),
+        )
+        .route(
+            "/v1/sandboxes/{key}/processes/{pid}/resize",
+            post(exec::resize),
+        )
+        .route(
+            "/v1/sandboxes/{key}/processes/{pid}/attach",
+            get(exec::attach),
+        )
+        .route(
+            "/v1/sandboxes/{key}/files",
+            get(files::read)
+                .put(files::write)
+                .layer(raw)
+                .delete(files::remove),
+        )
+        .route("/v1/sandboxes/{key}/files/stat", get(files::stat))
+        .route("/v1/sandboxes/{key}/files/list", get(files::list))
+        .route("/v1/sandboxes/{key}/files/mkdir", post(files::mkdir))
+        .route("/v1/sandboxes/{key}/files/rename", post(files::rename))
+        .route("/v1/sandboxes/{key}/pty", get(exec::pty))
+        .route("/v1/events", get(sandboxes::events))
+        .route("/v1/gc", post(sandboxes::gc));
+    if state.surface == Surface::Unix {
+        r = r.route("/v1/keys", post(sandboxes::create_key));
+    }
+    r.fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_JSON))
+        .with_state(state)
+}
+
+pub(crate) fn no_route(method: &str, path: &str) -> Error {
+    Error::not_found(format!("no route {method} {path}"))
+}
+
+async fn fallback(method: Method, uri: Uri) -> Error {
+    no_route(method.as_str(), uri.path())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Error {
+    Error::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
+/// Resolves once `rx` turns true; never, if its sender is gone without that.
+pub(crate) async fn shutting_down(mut rx: watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Binds the unix socket: a missing parent directory is made 0700, a stale socket from a
+/// dead daemon is replaced (a live one is an error), and the socket is 0600.
+fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)?;
+        }
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another daemon is listening on {}", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the API on `unix_socket` and, if given, on `tcp`, until SIGINT or SIGTERM.
+/// Then it stops accepting, ends its streams, waits for them a little, and returns:
+/// sandboxes keep running, and the next daemon re-adopts them.
+pub async fn serve(
+    mgr: Arc<Manager>,
+    unix_socket: PathBuf,
+    tcp: Option<SocketAddr>,
+) -> io::Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let unix = bind_unix(&unix_socket)?;
+    let tcp = match tcp {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let (stop, shutdown) = watch::channel(false);
+    let app = |surface| {
+        build(AppState {
+            mgr: mgr.clone(),
+            surface,
+            shutdown: shutdown.clone(),
+        })
+    };
+    let mut servers = JoinSet::new();
+    servers.spawn(
+        axum::serve(unix, app(Surface::Unix))
+            .with_graceful_shutdown(shutting_down(shutdown.clone()))
+            .into_future(),
+    );
+    if let Some(tcp) = tcp {
+        servers.spawn(
+            axum::serve(tcp, app(Surface::Tcp))
+                .with_graceful_shutdown(shutting_down(shutdown.clone()))
+                .into_future(),
+        );
+    }
+    let early = tokio::select! {
+        _ = term.recv() => None,
+        _ = int.recv() => None,
+        r = servers.join_next() => r,
+    };
+    let _ = stop.send(true);
+    let result = match early {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) => Err(io::Error::other(e)),
+        _ => Ok(()),
+    };
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await;
+    servers.abort_all();
+    let _ = std::fs::remove_file(&unix_socket);
+    result
+}

@@ -158,24 +158,23 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tag: None,
     };
 
-    // A current-thread runtime: the helper is told to die with the thread that made it,
-    // and that is this one.
+    // The sandbox is made before the async runtime exists: this process is still
+    // single-threaded, so the helper can be forked rather than started afresh. The
+    // runtime is current-thread: the helper dies with the thread that made it, this one.
+    let exe = std::env::current_exe().context("find the warren binary")?;
+    let backend = NamespaceBackend::new(Paths::from_env(), exe)?;
+    trace::mark("cli: backend ready");
+    let sandbox = backend.create_forked(
+        spec,
+        CreateOptions {
+            die_with_parent: true,
+            ephemeral: args.rm,
+        },
+    )?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let exe = std::env::current_exe().context("find the warren binary")?;
-        let backend = NamespaceBackend::new(Paths::from_env(), exe)?;
-        trace::mark("cli: backend ready");
-        let sandbox = backend
-            .create(
-                spec,
-                CreateOptions {
-                    die_with_parent: true,
-                    ephemeral: args.rm,
-                },
-            )
-            .await?;
         trace::mark("cli: sandbox created");
         let outcome = run_command(&sandbox, req, args.interactive, tty).await;
         trace::mark("cli: command ended");

@@ -1,0 +1,573 @@
+//! Processes: exec (collected or streamed), attach, stdin, signals, resize, and the
+//! terminal WebSocket.
+//!
+//! Streams are NDJSON: one [`ExecEvent`] per line, written as soon as the agent sends a
+//! chunk, so a client sees output live. A stream holds the sandbox active for its
+//! lifetime. When the HTTP client goes away the body is dropped; the task feeding it
+//! sees its queue close and drops the [`Followed`] process, which kills a foreground
+//! exec and stops the agent's stream (the agent would only kill it when the whole
+//! connection closes, and that connection is shared).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body as HttpBody;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use warren_core::ActivityGuard;
+use warren_runtime::client::{AgentClient, Channel, ClientError, Incoming, ProcessEvent};
+use warren_types::api::{ExecEvent, ExecResult};
+use warren_types::proto::{
+    Command, ExecRequest, ExitStatus, FrameKind, ProcessInfo, Request, Response as AgentResponse,
+    WinSize, CHUNK,
+};
+
+use crate::error::Error;
+use crate::extract::{Body, Json, Path, Query, SandboxAccess};
+use crate::{shutting_down, AppState};
+
+/// Most output a collected exec may produce; past it, the process is killed and the
+/// client told to stream instead, so one command cannot fill the daemon's memory.
+pub const MAX_COLLECTED: usize = 64 << 20;
+
+/// Lines queued between a stream's task and the HTTP body.
+const STREAM_QUEUE: usize = 16;
+
+const SIGKILL: i32 = 9;
+
+/// A process followed on one agent channel. Dropped before its exit, it abandons the
+/// stream: a foreground exec is killed, and the agent stops sending.
+#[derive(Debug)]
+pub(crate) struct Followed {
+    pub pid: u32,
+    ch: Option<Channel>,
+    client: AgentClient,
+    kill_on_drop: bool,
+    ended: bool,
+}
+
+impl Followed {
+    pub async fn exec(client: &AgentClient, req: ExecRequest) -> Result<Self, ClientError> {
+        let kill_on_drop = !req.background;
+        let mut ch = client.open();
+        ch.send(&Request::Exec(req)).await?;
+        match ch.reply().await? {
+            AgentResponse::Started { pid } => Ok(Self {
+                pid,
+                ch: Some(ch),
+                client: client.clone(),
+                kill_on_drop,
+                ended: false,
+            }),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
+    /// Follows a process started earlier. The agent sends no `Started` here: output (or
+    /// an error for an unknown pid) comes first.
+    pub async fn attach(client: &AgentClient, pid: u32, replay: bool) -> Result<Self, ClientError> {
+        let ch = client.open();
+        ch.send(&Request::Attach { pid, replay }).await?;
+        Ok(Self {
+            pid,
+            ch: Some(ch),
+            client: client.clone(),
+            kill_on_drop: false,
+            ended: false,
+        })
+    }
+
+    pub async fn next(&mut self) -> Result<ProcessEvent, ClientError> {
+        let Some(ch) = self.ch.as_mut() else {
+            return Err(ClientError::Closed);
+        };
+        loop {
+            let ev = match ch.recv().await {
+                Some(Incoming::Stdout(d)) => Ok(ProcessEvent::Stdout(d)),
+                Some(Incoming::Stderr(d)) => Ok(ProcessEvent::Stderr(d)),
+                Some(Incoming::Control(AgentResponse::Exited { status })) => {
+                    Ok(ProcessEvent::Exited(status))
+                }
+                Some(Incoming::Control(AgentResponse::Error { code, message })) => {
+                    Err(ClientError::Agent { code, message })
+                }
+                Some(_) => continue,
+                None => Err(ClientError::Closed),
+            };
+            if !matches!(ev, Ok(ProcessEvent::Stdout(_) | ProcessEvent::Stderr(_))) {
+                self.ended = true;
+            }
+            return ev;
+        }
+    }
+
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
+        let ch = self.ch.as_ref().ok_or(ClientError::Closed)?;
+        for chunk in data.chunks(CHUNK) {
+            ch.send_data(FrameKind::Stdin, chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close_stdin(&self) -> Result<(), ClientError> {
+        let ch = self.ch.as_ref().ok_or(ClientError::Closed)?;
+        ch.send(&Request::CloseStdin).await
+    }
+
+    pub async fn resize(&self, size: WinSize) -> Result<(), ClientError> {
+        self.client.resize(self.pid, size).await
+    }
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let Some(ch) = self.ch.take() else {
+            return;
+        };
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (client, pid, kill) = (self.client.clone(), self.pid, self.kill_on_drop);
+        rt.spawn(async move {
+            if kill {
+                let _ = client.signal(pid, SIGKILL).await;
+            }
+            let _ = ch.send(&Request::Cancel).await;
+        });
+    }
+}
+
+fn b64(d: &[u8]) -> String {
+    B64.encode(d)
+}
+
+/// Whether a SIGKILL was the memory limit's: the sandbox's OOM count rose meanwhile.
+fn oom_killed(status: &ExitStatus, before: u64, after: u64) -> bool {
+    status.signal == Some(SIGKILL) && after > before
+}
+
+fn exit_event(status: &ExitStatus, oom: bool) -> ExecEvent {
+    ExecEvent::Exit {
+        exit_code: status.code,
+        signal: status.signal,
+        timed_out: status.timed_out,
+        oom_killed: oom,
+    }
+}
+
+fn error_event(e: Error) -> ExecEvent {
+    ExecEvent::Error {
+        code: e.code.to_string(),
+        message: e.message,
+    }
+}
+
+fn line(ev: &ExecEvent) -> Bytes {
+    let mut v = serde_json::to_vec(ev).unwrap_or_default();
+    v.push(b'\n');
+    Bytes::from(v)
+}
+
+/// An NDJSON response fed by `rx`.
+pub(crate) fn ndjson(rx: mpsc::Receiver<Bytes>) -> Response {
+    let body = HttpBody::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecQuery {
+    #[serde(default)]
+    stream: bool,
+}
+
+/// `POST /v1/sandboxes/{key}/exec`.
+pub async fn exec(
+    State(st): State<AppState>,
+    access: SandboxAccess,
+    Query(q): Query<ExecQuery>,
+    Json(req): Json<ExecRequest>,
+) -> Result<Response, Error> {
+    let (id, client) = st.mgr.agent(&access.caller, &access.key).await?;
+    let activity = st.mgr.hold_activity(&id);
+    let oom_before = st.mgr.oom_kills(&id);
+    let stdin = req.stdin;
+    let p = Followed::exec(&client, req).await?;
+    if !q.stream {
+        if stdin {
+            // Nobody can write to it in this mode; an open stdin would only hang readers.
+            p.close_stdin().await?;
+        }
+        let r = collect(p, &st, &id, oom_before).await;
+        drop(activity);
+        return r.map(|r| axum::Json(r).into_response());
+    }
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let started = line(&ExecEvent::Started { pid: p.pid });
+    tokio::spawn(pump(st, id, p, tx, Some(started), oom_before, activity));
+    Ok(ndjson(rx))
+}
+
+async fn collect(
+    mut p: Followed,
+    st: &AppState,
+    id: &str,
+    oom_before: u64,
+) -> Result<ExecResult, Error> {
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    loop {
+        match p.next().await? {
+            ProcessEvent::Stdout(d) => stdout.extend_from_slice(&d),
+            ProcessEvent::Stderr(d) => stderr.extend_from_slice(&d),
+            ProcessEvent::Exited(status) => {
+                let oom = oom_killed(&status, oom_before, st.mgr.oom_kills(id));
+                return Ok(ExecResult {
+                    pid: p.pid,
+                    stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                    stderr: String::from_utf8_lossy(&stderr).into_owned(),
+                    stdout_b64: b64(&stdout),
+                    stderr_b64: b64(&stderr),
+                    exit_code: status.code,
+                    signal: status.signal,
+                    timed_out: status.timed_out,
+                    oom_killed: oom,
+                });
+            }
+        }
+        if stdout.len() + stderr.len() > MAX_COLLECTED {
+            return Err(Error::too_large(format!(
+                "the command wrote more than {} MiB and was killed; use ?stream=true",
+                MAX_COLLECTED >> 20
+            )));
+        }
+    }
+}
+
+/// Feeds a process's events to an NDJSON body until the exit, an error, the client
+/// leaving, or the daemon shutting down.
+async fn pump(
+    st: AppState,
+    id: String,
+    mut p: Followed,
+    tx: mpsc::Sender<Bytes>,
+    first: Option<Bytes>,
+    oom_before: u64,
+    _activity: Option<ActivityGuard>,
+) {
+    if let Some(first) = first {
+        if tx.send(first).await.is_err() {
+            return;
+        }
+    }
+    let shutdown = shutting_down(st.shutdown.clone());
+    tokio::pin!(shutdown);
+    loop {
+        let (ev, last) = tokio::select! {
+            ev = p.next() => match ev {
+                Ok(ProcessEvent::Stdout(d)) => (ExecEvent::Stdout { data: b64(&d) }, false),
+                Ok(ProcessEvent::Stderr(d)) => (ExecEvent::Stderr { data: b64(&d) }, false),
+                Ok(ProcessEvent::Exited(s)) => {
+                    let oom = oom_killed(&s, oom_before, st.mgr.oom_kills(&id));
+                    (exit_event(&s, oom), true)
+                }
+                Err(e) => (error_event(e.into()), true),
+            },
+            _ = tx.closed() => return,
+            _ = &mut shutdown => (error_event(Error::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the daemon is shutting down; the stream ends here",
+            )), true),
+        };
+        if tx.send(line(&ev)).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// `GET /v1/sandboxes/{key}/processes`.
+pub async fn list(
+    State(st): State<AppState>,
+    access: SandboxAccess,
+) -> Result<axum::Json<Vec<ProcessInfo>>, Error> {
+    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
+    Ok(axum::Json(client.list_processes().await?))
+}
+
+/// A process the agent knows and that still runs.
+async fn running(client: &AgentClient, pid: u32) -> Result<ProcessInfo, Error> {
+    let p = client
+        .list_processes()
+        .await?
+        .into_iter()
+        .find(|p| p.pid == pid)
+        .ok_or_else(|| {
+            Error::new(
+                StatusCode::NOT_FOUND,
+                "process_not_found",
+                format!("no process {pid}"),
+            )
+        })?;
+    Ok(p)
+}
+
+/// `{key}` and `{pid}`.
+type ProcessPath = (String, u32);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    pub signal: i32,
+}
+
+/// `POST /v1/sandboxes/{key}/processes/{pid}/signal`.
+pub async fn signal(
+    State(st): State<AppState>,
+    access: SandboxAccess,
+    Path((_, pid)): Path<ProcessPath>,
+    Json(req): Json<SignalRequest>,
+) -> Result<StatusCode, Error> {
+    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
+    client.signal(pid, req.signal).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeRequest {
+    pub rows: u16,
+    pub cols: u16,
+}
+
+fn win_size(rows: u16, cols: u16) -> Result<WinSize, Error> {
+    if rows == 0 || cols == 0 {
+        return Err(Error::invalid("rows and cols must be at least 1"));
+    }
+    Ok(WinSize { rows, cols })
+}
+
+/// `POST /v1/sandboxes/{key}/processes/{pid}/resize`.
+pub async fn resize(
+    State(st): State<AppState>,
+    access: SandboxAccess,
+    Path((_, pid)): Path<ProcessPath>,
+    Json(req): Json<ResizeRequest>,
+) -> Result<StatusCode, Error> {
+    let size = win_size(req.rows, req.cols)?;
+    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
+    client.resize(pid, size).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StdinQuery {
+    #[serde(default)]
+    eof: bool,
+}
+
+/// `POST /v1/sandboxes/{key}/processes/{pid}/stdin`: writes the body to the process's
+/// stdin on a channel of its own, then lets go of it (the process keeps running).
+pub async fn stdin(
+    State(st): State<AppState>,
+    access: SandboxAccess,
+    Path((_, pid)): Path<ProcessPath>,
+    Query(q): Query<StdinQuery>,
+    Body(body): Body,
+) -> Result<StatusCode, Error> {
+    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
+    let p = running(&client, pid).await?;
+    if p.exit.is_some() {
+        return Err(Error::invalid_state(format!("process {} has ended", pid)));
+    }
+    let attached = Followed::attach(&client, pid, false).await?;
+    attached.write_stdin(&body).await?;
+    if q.eof {
+        attached.close_stdin().await?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachQuery {
+    #[serde(default)]
+    replay: bool,
+}
+
+/// `GET /v1/sandboxes/{key}/processes/{pid}/attach`: the same stream as a streamed exec,
+/// without the `started` line.
+pub async fn attach(
+    State(st): State<AppState>,
+    access: SandboxAccess,
+    Path((_, pid)): Path<ProcessPath>,
+    Query(q): Query<AttachQuery>,
+) -> Result<Response, Error> {
+    let (id, client) = st.mgr.agent(&access.caller, &access.key).await?;
+    running(&client, pid).await?;
+    let activity = st.mgr.hold_activity(&id);
+    let oom_before = st.mgr.oom_kills(&id);
+    let p = Followed::attach(&client, pid, q.replay).await?;
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    tokio::spawn(pump(st, id, p, tx, None, oom_before, activity));
+    Ok(ndjson(rx))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PtyQuery {
+    #[serde(default)]
+    rows: Option<u16>,
+    #[serde(default)]
+    cols: Option<u16>,
+    #[serde(default)]
+    cmd: Option<String>,
+}
+
+/// A text message from the terminal client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PtyControl {
+    resize: ResizeRequest,
+}
+
+#[derive(Debug, Serialize)]
+struct PtyExit {
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    timed_out: bool,
+    oom_killed: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum PtyNotice {
+    Exit(PtyExit),
+    Error(warren_types::api::ApiError),
+}
+
+/// `GET /v1/sandboxes/{key}/pty`: a terminal over a WebSocket. The command starts before
+/// the upgrade, so a sandbox that cannot run it answers with an HTTP error.
+pub async fn pty(
+    State(st): State<AppState>,
+    access: SandboxAccess,
+    Query(q): Query<PtyQuery>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Error> {
+    let ws = ws.map_err(|e| Error::new(e.status(), "invalid_request", e.body_text()))?;
+    let size = win_size(q.rows.unwrap_or(24), q.cols.unwrap_or(80))?;
+    let (id, client) = st.mgr.agent(&access.caller, &access.key).await?;
+    let req = ExecRequest {
+        command: Some(Command::Shell(
+            q.cmd.unwrap_or_else(|| "/bin/bash".to_string()),
+        )),
+        tty: Some(size),
+        stdin: true,
+        ..ExecRequest::default()
+    };
+    let activity = st.mgr.hold_activity(&id);
+    let oom_before = st.mgr.oom_kills(&id);
+    let p = Followed::exec(&client, req).await?;
+    Ok(ws.on_upgrade(move |socket| async move {
+        let _activity = activity;
+        terminal(st, id, p, socket, oom_before).await;
+    }))
+}
+
+async fn notice(socket: &mut WebSocket, n: &PtyNotice) {
+    let text = serde_json::to_string(n).unwrap_or_default();
+    let _ = socket.send(Message::Text(text.into())).await;
+}
+
+async fn terminal(
+    st: AppState,
+    id: String,
+    mut p: Followed,
+    mut socket: WebSocket,
+    oom_before: u64,
+) {
+    let shutdown = shutting_down(st.shutdown.clone());
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            msg = socket.recv() => match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    if let Err(e) = p.write_stdin(&b).await {
+                        notice(&mut socket, &PtyNotice::Error(Error::from(e).body())).await;
+                        break;
+                    }
+                }
+                Some(Ok(Message::Text(t))) => {
+                    let result = match serde_json::from_str::<PtyControl>(t.as_str()) {
+                        Ok(c) => match win_size(c.resize.rows, c.resize.cols) {
+                            Ok(size) => p.resize(size).await.map_err(Error::from),
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(Error::invalid_json(e.to_string())),
+                    };
+                    if let Err(e) = result {
+                        notice(&mut socket, &PtyNotice::Error(e.body())).await;
+                    }
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+            },
+            ev = p.next() => match ev {
+                Ok(ProcessEvent::Stdout(d) | ProcessEvent::Stderr(d)) => {
+                    if socket.send(Message::Binary(d.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(ProcessEvent::Exited(s)) => {
+                    let exit = PtyExit {
+                        exit_code: s.code,
+                        signal: s.signal,
+                        timed_out: s.timed_out,
+                        oom_killed: oom_killed(&s, oom_before, st.mgr.oom_kills(&id)),
+                    };
+                    notice(&mut socket, &PtyNotice::Exit(exit)).await;
+                    break;
+                }
+                Err(e) => {
+                    notice(&mut socket, &PtyNotice::Error(Error::from(e).body())).await;
+                    break;
+                }
+            },
+            _ = &mut shutdown => {
+                let e = Error::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the daemon is shutting down");
+                notice(&mut socket, &PtyNotice::Error(e.body())).await;
+                break;
+            }
+        }
+    }
+    let _ = socket.send(Message::Close(None)).await;
+    // Give the close frame a moment to leave before the socket is dropped.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}

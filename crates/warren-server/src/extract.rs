@@ -1,0 +1,210 @@
+//! Extractors whose failures are [`Error`]s, and authentication.
+//!
+//! axum's own extractors answer bad input with plain-text bodies and statuses of their
+//! choosing (415, 422); every failure here is the API's JSON error instead, so a client
+//! handles one shape. Authentication is an extractor too: a handler that takes
+//! [`Tenant`] or [`SandboxAccess`] cannot run for a caller who failed it.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use warren_core::Caller;
+
+use crate::error::Error;
+use crate::{AppState, Surface};
+
+/// The header naming the tenant on the unix socket.
+pub const TENANT_HEADER: &str = "x-warren-tenant";
+/// The header carrying a sandbox's access token on TCP.
+pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
+
+/// A JSON body. An empty body reads as `{}`, so requests whose fields are all optional
+/// need none; anything else must say it is JSON.
+#[derive(Debug)]
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|v| {
+                let v = v.trim().to_ascii_lowercase();
+                v == "application/json" || (v.starts_with("application/") && v.ends_with("+json"))
+            });
+        let body = Body::from_request(req, state).await?.0;
+        if body.is_empty() {
+            return serde_json::from_slice(b"{}")
+                .map(Json)
+                .map_err(|e| Error::invalid_json(format!("a body is required: {e}")));
+        }
+        if is_json != Some(true) {
+            return Err(Error::invalid_json(
+                "the body must be JSON, sent with Content-Type: application/json",
+            ));
+        }
+        serde_json::from_slice(&body)
+            .map(Json)
+            .map_err(|e| Error::invalid_json(e.to_string()))
+    }
+}
+
+/// A raw body within the route's limit.
+#[derive(Debug)]
+pub struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        Bytes::from_request(req, state)
+            .await
+            .map(Body)
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::too_large("the body is larger than this route accepts")
+                } else {
+                    Error::invalid(format!("cannot read the body: {}", e.body_text()))
+                }
+            })
+    }
+}
+
+/// Query parameters.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Error> {
+        let q = parts.uri.query().unwrap_or_default();
+        serde_urlencoded::from_str(q)
+            .map(Query)
+            .map_err(|e| Error::invalid(format!("query: {e}")))
+    }
+}
+
+/// Path parameters.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Error> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|e| Error::invalid(e.body_text()))
+    }
+}
+
+/// A caller acting as a tenant: the routes that are not about one sandbox's insides.
+#[derive(Debug, Clone)]
+pub struct Tenant(pub Caller);
+
+impl FromRequestParts<AppState> for Tenant {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        match state.surface {
+            Surface::Unix => unix_caller(&parts.headers).map(Tenant),
+            Surface::Tcp => match bearer(&parts.headers)? {
+                Some(key) => api_key_caller(state, key).map(Tenant),
+                None => Err(Error::unauthorized("send Authorization: Bearer <api key>")),
+            },
+        }
+    }
+}
+
+/// A caller allowed to act on the sandbox named in the path, with its key: a tenant, or
+/// on TCP the holder of that sandbox's access token (scoped to it alone).
+#[derive(Debug, Clone)]
+pub struct SandboxAccess {
+    pub caller: Caller,
+    pub key: String,
+}
+
+impl FromRequestParts<AppState> for SandboxAccess {
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
+        let Path(params) =
+            Path::<HashMap<String, String>>::from_request_parts(parts, state).await?;
+        let key = params
+            .get("key")
+            .cloned()
+            .ok_or_else(|| Error::invalid("no sandbox in the path"))?;
+        let caller = match state.surface {
+            Surface::Unix => unix_caller(&parts.headers)?,
+            Surface::Tcp => match bearer(&parts.headers)? {
+                Some(api_key) => api_key_caller(state, api_key)?,
+                None => {
+                    let token = parts
+                        .headers
+                        .get(ACCESS_TOKEN_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .ok_or_else(|| {
+                            Error::unauthorized(
+                                "send Authorization: Bearer <api key>, or X-Access-Token: <the sandbox's access token>",
+                            )
+                        })?;
+                    state
+                        .mgr
+                        .authenticate_sandbox(&key, token)
+                        .ok_or_else(|| {
+                            Error::unauthorized(
+                                "the access token is not this sandbox's (address the sandbox by id with a token)",
+                            )
+                        })?
+                }
+            },
+        };
+        Ok(SandboxAccess { caller, key })
+    }
+}
+
+fn unix_caller(headers: &HeaderMap) -> Result<Caller, Error> {
+    let Some(v) = headers.get(TENANT_HEADER) else {
+        return Ok(Caller::tenant("default"));
+    };
+    let tenant = v.to_str().ok().filter(|t| valid_tenant(t)).ok_or_else(|| {
+        Error::invalid("X-Warren-Tenant: use 1-128 letters, digits and - _ . @ +")
+    })?;
+    Ok(Caller::tenant(tenant))
+}
+
+/// The same rule the engine applies to tenant names when it makes keys.
+pub fn valid_tenant(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 128
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
+}
+
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Error> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|k| Some(k.trim()))
+        .ok_or_else(|| Error::unauthorized("Authorization must be: Bearer <api key>"))
+}
+
+fn api_key_caller(state: &AppState, key: &str) -> Result<Caller, Error> {
+    state
+        .mgr
+        .authenticate(key)
+        .ok_or_else(|| Error::unauthorized("unknown API key"))
+}

@@ -1,0 +1,617 @@
+//! Router tests through `oneshot`, no socket. The manager is real but makes no sandbox
+//! (its helper binary does not exist), so these run without root; routes that need a
+//! live sandbox are covered by the CLI crate's integration tests.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+use warren_core::{Config, Manager};
+use warren_runtime::Paths;
+
+use crate::{router, Surface, ROUTES, UNIX_ONLY};
+
+struct Env {
+    _dir: tempfile::TempDir,
+    mgr: Arc<Manager>,
+}
+
+async fn env() -> Env {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let paths = Paths {
+        run: dir.path().join("run"),
+        data: dir.path().join("data"),
+    };
+    let mgr = Manager::open(Config::new(paths, "/nonexistent".into()))
+        .await
+        .expect("manager");
+    Env { _dir: dir, mgr }
+}
+
+impl Env {
+    fn unix(&self) -> Router {
+        router(self.mgr.clone(), Surface::Unix)
+    }
+
+    fn tcp(&self) -> Router {
+        router(self.mgr.clone(), Surface::Tcp)
+    }
+}
+
+fn req(method: &str, uri: &str) -> axum::http::request::Builder {
+    Request::builder().method(method).uri(uri)
+}
+
+fn json_req(method: &str, uri: &str, body: &str) -> Request<Body> {
+    req(method, uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .expect("request")
+}
+
+fn empty(method: &str, uri: &str) -> Request<Body> {
+    req(method, uri).body(Body::empty()).expect("request")
+}
+
+async fn send(app: Router, r: Request<Body>) -> (StatusCode, Value) {
+    let resp = app.oneshot(r).await.expect("infallible");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let v = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+    };
+    (status, v)
+}
+
+fn code(v: &Value) -> &str {
+    v["code"].as_str().unwrap_or("<no code>")
+}
+
+#[tokio::test]
+async fn health_reports_version_and_count() {
+    let e = env().await;
+    let (s, v) = send(e.tcp(), empty("GET", "/health")).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(v["sandboxes"], 0);
+}
+
+#[tokio::test]
+async fn openapi_is_served_as_json() {
+    let e = env().await;
+    let resp = e
+        .tcp()
+        .oneshot(empty("GET", "/openapi.json"))
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    let doc: Value = serde_json::from_slice(&body).expect("valid JSON");
+    assert!(doc["openapi"]
+        .as_str()
+        .is_some_and(|v| v.starts_with("3.0")));
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let e = env().await;
+    let resp = e
+        .unix()
+        .oneshot(empty("GET", "/metrics"))
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        resp.headers()[header::CONTENT_TYPE],
+        "text/plain; version=0.0.4"
+    );
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("warren_sandboxes_created_total 0"));
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_are_json_errors() {
+    let e = env().await;
+    let (s, v) = send(e.unix(), empty("GET", "/v2/nothing")).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, v) = send(e.unix(), empty("PATCH", "/v1/sandboxes")).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+}
+
+#[tokio::test]
+async fn bad_json_is_invalid_json() {
+    let e = env().await;
+    for body in ["{", "[1,2]", r#"{"name": 5}"#, r#"{"nmae": "x"}"#, "\u{0}"] {
+        let (s, v) = send(e.unix(), json_req("POST", "/v1/sandboxes", body)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::BAD_REQUEST, "invalid_json"),
+            "{body}"
+        );
+        assert!(!v["message"].as_str().unwrap_or_default().is_empty());
+    }
+    let unknown = json_req("POST", "/v1/sandboxes", r#"{"evil": true}"#);
+    let (_, v) = send(e.unix(), unknown).await;
+    assert!(v["message"].as_str().unwrap_or_default().contains("evil"));
+    let form = req("POST", "/v1/sandboxes")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from("name=x"))
+        .expect("request");
+    let (s, v) = send(e.unix(), form).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_json"));
+    let no_type = req("POST", "/v1/gc")
+        .body(Body::from(r#"{"idle_minutes":1}"#))
+        .expect("request");
+    let (s, v) = send(e.unix(), no_type).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_json"));
+    let (s, v) = send(e.unix(), empty("POST", "/v1/gc")).await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_json"));
+    assert!(v["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("idle_minutes"));
+}
+
+#[tokio::test]
+async fn oversize_bodies_are_413() {
+    let e = env().await;
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(crate::MAX_JSON));
+    let (s, v) = send(e.unix(), json_req("POST", "/v1/sandboxes", &big)).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    // Uploads have their own, larger limit: this one gets as far as the sandbox lookup.
+    let upload = req("PUT", "/v1/sandboxes/nosuch/files?path=/x")
+        .body(Body::from(vec![0u8; 2 * crate::MAX_JSON]))
+        .expect("request");
+    let (s, v) = send(e.unix(), upload).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+}
+
+#[tokio::test]
+async fn unknown_sandboxes_are_404_everywhere() {
+    let e = env().await;
+    let cases = [
+        empty("GET", "/v1/sandboxes/nosuch"),
+        empty("GET", "/v1/sandboxes/alice%2Fnosuch"),
+        empty("DELETE", "/v1/sandboxes/nosuch"),
+        empty("POST", "/v1/sandboxes/nosuch/pause"),
+        empty("POST", "/v1/sandboxes/nosuch/resume"),
+        empty("POST", "/v1/sandboxes/nosuch/stop"),
+        empty("POST", "/v1/sandboxes/nosuch/start"),
+        json_req(
+            "POST",
+            "/v1/sandboxes/nosuch/timeout",
+            r#"{"timeout_secs":5}"#,
+        ),
+        empty("GET", "/v1/sandboxes/nosuch/logs"),
+        json_req(
+            "POST",
+            "/v1/sandboxes/nosuch/exec",
+            r#"{"command":{"argv":["true"]}}"#,
+        ),
+        empty("GET", "/v1/sandboxes/nosuch/processes"),
+        json_req(
+            "POST",
+            "/v1/sandboxes/nosuch/processes/1/signal",
+            r#"{"signal":15}"#,
+        ),
+        empty("GET", "/v1/sandboxes/nosuch/files?path=/etc/hostname"),
+        empty("GET", "/v1/sandboxes/nosuch/files/stat?path=/"),
+        empty("GET", "/v1/sandboxes/nosuch/files/list?path=/"),
+    ];
+    for r in cases {
+        let what = format!("{} {}", r.method(), r.uri());
+        let (s, v) = send(e.unix(), r).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::NOT_FOUND, "not_found"),
+            "{what}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_parameters_are_400() {
+    let e = env().await;
+    let cases = [
+        empty("GET", "/v1/sandboxes?state=sleeping"),
+        empty("GET", "/v1/sandboxes?label=novalue"),
+        empty("GET", "/v1/sandboxes?colour=red"),
+        empty("GET", "/v1/sandboxes/x/processes/abc/attach"),
+        empty("GET", "/v1/sandboxes/x/processes/-1/attach"),
+        empty("GET", "/v1/sandboxes/x/files?path=/a&bogus=1"),
+        empty("GET", "/v1/sandboxes/x/files"),
+        empty("GET", "/v1/sandboxes/x/files?path="),
+        empty("GET", "/v1/sandboxes/x/files/list?path=/&depth=0"),
+        empty("GET", "/v1/sandboxes/x/files/list?path=/&depth=many"),
+        req("PUT", "/v1/sandboxes/x/files?path=/a&mode=999")
+            .body(Body::empty())
+            .expect("request"),
+        json_req(
+            "POST",
+            "/v1/sandboxes/x/exec?stream=maybe",
+            r#"{"command":{"argv":["true"]}}"#,
+        ),
+        json_req(
+            "POST",
+            "/v1/sandboxes/x/processes/1/resize",
+            r#"{"rows":0,"cols":80}"#,
+        ),
+        req("GET", "/v1/sandboxes")
+            .header("x-warren-tenant", "no spaces please")
+            .body(Body::empty())
+            .expect("request"),
+        json_req("POST", "/v1/keys", r#"{"tenant":"a/b"}"#),
+        empty("GET", "/v1/sandboxes/%FF"),
+        empty("GET", "/v1/sandboxes/%FF/files?path=/"),
+        json_req(
+            "POST",
+            "/v1/sandboxes",
+            r#"{"timeout_secs":18446744073709551615}"#,
+        ),
+        json_req(
+            "POST",
+            "/v1/sandboxes/x/timeout",
+            r#"{"idle_timeout_secs":9223372036854775807}"#,
+        ),
+        json_req("POST", "/v1/gc", r#"{"idle_minutes":153722867280912930}"#),
+        json_req("POST", "/v1/gc", r#"{"idle_minutes":-1}"#),
+    ];
+    for r in cases {
+        let what = format!("{} {}", r.method(), r.uri());
+        let (s, v) = send(e.unix(), r).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{what}: {v}");
+        assert!(
+            ["invalid_request", "invalid_json"].contains(&code(&v)),
+            "{what}: {v}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn list_filters_and_tenants() {
+    let e = env().await;
+    let (s, v) = send(
+        e.unix(),
+        empty(
+            "GET",
+            "/v1/sandboxes?owner=bob&state=running&label=a=1&label=b=2&metadata=k=v%3Dw",
+        ),
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, Value::Array(vec![])));
+    let tenant = req("GET", "/v1/sandboxes")
+        .header("x-warren-tenant", "team-a")
+        .body(Body::empty())
+        .expect("request");
+    let (s, _) = send(e.unix(), tenant).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = send(
+        e.unix(),
+        json_req("POST", "/v1/gc", r#"{"idle_minutes":5,"dry_run":true}"#),
+    )
+    .await;
+    assert_eq!((s, v), (StatusCode::OK, Value::Array(vec![])));
+}
+
+#[tokio::test]
+async fn tcp_needs_a_key() {
+    let e = env().await;
+    let (s, v) = send(e.tcp(), empty("GET", "/v1/sandboxes")).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    for auth in [
+        "Bearer wrn_nope",
+        "Basic dXNlcjpwYXNz",
+        "wrn_nope",
+        "Bearer ",
+    ] {
+        let r = req("GET", "/v1/sandboxes")
+            .header(header::AUTHORIZATION, auth)
+            .body(Body::empty())
+            .expect("request");
+        let (s, v) = send(e.tcp(), r).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::UNAUTHORIZED, "unauthorized"),
+            "{auth}"
+        );
+    }
+    // The unix socket's tenant header means nothing on TCP.
+    let r = req("GET", "/v1/sandboxes")
+        .header("x-warren-tenant", "default")
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(send(e.tcp(), r).await.0, StatusCode::UNAUTHORIZED);
+    // A sandbox token opens only per-sandbox insides, and only with the right token.
+    for uri in [
+        "/v1/sandboxes/abc",
+        "/v1/sandboxes",
+        "/metrics",
+        "/v1/events",
+    ] {
+        let r = req("GET", uri)
+            .header("x-access-token", "whatever")
+            .body(Body::empty())
+            .expect("request");
+        assert_eq!(send(e.tcp(), r).await.0, StatusCode::UNAUTHORIZED, "{uri}");
+    }
+    let r = req("GET", "/v1/sandboxes/abc/files?path=/")
+        .header("x-access-token", "whatever")
+        .body(Body::empty())
+        .expect("request");
+    let (s, v) = send(e.tcp(), r).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    // Authentication is checked before the body is.
+    let (s, _) = send(e.tcp(), json_req("POST", "/v1/sandboxes", "{")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn keys_are_minted_on_unix_only_and_work_on_tcp() {
+    let e = env().await;
+    let (s, v) = send(e.tcp(), json_req("POST", "/v1/keys", r#"{"tenant":"t1"}"#)).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"));
+    let (s, v) = send(e.unix(), json_req("POST", "/v1/keys", r#"{"tenant":"t1"}"#)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    assert_eq!(v["tenant"], "t1");
+    let key = v["api_key"].as_str().expect("api_key").to_string();
+    let r = req("GET", "/v1/sandboxes")
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(Body::empty())
+        .expect("request");
+    let (s, v) = send(e.tcp(), r).await;
+    assert_eq!((s, v), (StatusCode::OK, Value::Array(vec![])));
+    // Another tenant's (or no) sandbox looks the same: not found.
+    let r = req("GET", "/v1/sandboxes/nosuch/files/stat?path=/")
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(Body::empty())
+        .expect("request");
+    assert_eq!(send(e.tcp(), r).await.0, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn events_stream_as_ndjson() {
+    let e = env().await;
+    let resp = e
+        .unix()
+        .oneshot(empty("GET", "/v1/events"))
+        .await
+        .expect("infallible");
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/x-ndjson");
+}
+
+/// The path with its parameters filled in, so it reaches the handler.
+fn concrete(path: &str) -> String {
+    path.replace("{key}", "nosuch").replace("{pid}", "1")
+}
+
+#[tokio::test]
+async fn every_listed_route_is_routed() {
+    let e = env().await;
+    for (method, path) in ROUTES {
+        let r = json_req(method, &concrete(path), "{}");
+        let resp = e.unix().oneshot(r).await.expect("infallible");
+        let status = resp.status();
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        if status == StatusCode::NOT_FOUND {
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            let v: Value = serde_json::from_slice(&body).expect("JSON error");
+            let msg = v["message"].as_str().unwrap_or_default();
+            assert!(
+                !msg.starts_with("no route"),
+                "{method} {path} is not routed"
+            );
+        }
+    }
+    for (method, path) in UNIX_ONLY {
+        let (s, v) = send(e.tcp(), json_req(method, &concrete(path), "{}")).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{method} {path} on TCP");
+        assert!(v["message"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("no route"));
+    }
+}
+
+#[test]
+fn openapi_documents_exactly_the_routes() {
+    let doc: Value = serde_json::from_str(crate::sandboxes::OPENAPI).expect("valid JSON");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut documented = BTreeSet::new();
+    for (path, item) in paths {
+        for (method, _) in item.as_object().expect("path item") {
+            if ["get", "put", "post", "delete", "patch", "head", "options"]
+                .contains(&method.as_str())
+            {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let routed: BTreeSet<(String, String)> = ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    let missing: Vec<_> = routed.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        missing.is_empty(),
+        "routes missing from openapi.json: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "openapi.json documents unknown routes: {extra:?}"
+    );
+}
+
+#[test]
+fn openapi_references_resolve() {
+    let text = crate::sandboxes::OPENAPI;
+    let doc: Value = serde_json::from_str(text).expect("valid JSON");
+    let schemas = doc["components"]["schemas"].as_object().expect("schemas");
+    let responses = doc["components"]["responses"].as_object();
+    for r in text.split("\"$ref\"").skip(1) {
+        let target = r
+            .split('"')
+            .nth(1)
+            .expect("a $ref is followed by its target");
+        if let Some(name) = target.strip_prefix("#/components/schemas/") {
+            assert!(schemas.contains_key(name), "dangling {target}");
+        } else if let Some(name) = target.strip_prefix("#/components/responses/") {
+            assert!(
+                responses.is_some_and(|r| r.contains_key(name)),
+                "dangling {target}"
+            );
+        } else if let Some(name) = target.strip_prefix("#/components/parameters/") {
+            assert!(
+                doc["components"]["parameters"].get(name).is_some(),
+                "dangling {target}"
+            );
+        } else {
+            panic!("unexpected $ref {target}");
+        }
+    }
+}
+
+/// The documented schemas use the field names serde writes.
+#[test]
+fn openapi_schemas_match_serde() {
+    use warren_types::api::{ApiError, Event, ExecResult, SandboxInfo, SandboxState};
+    let doc: Value = serde_json::from_str(crate::sandboxes::OPENAPI).expect("valid JSON");
+    let props = |name: &str| -> BTreeSet<String> {
+        doc["components"]["schemas"][name]["properties"]
+            .as_object()
+            .unwrap_or_else(|| panic!("schema {name} has properties"))
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let info = SandboxInfo {
+        id: "i".into(),
+        owner: "o".into(),
+        name: None,
+        template: "host".into(),
+        state: SandboxState::Running,
+        resources: Default::default(),
+        network: Default::default(),
+        publish: vec![],
+        labels: Default::default(),
+        metadata: Default::default(),
+        created_at: String::new(),
+        last_active_at: String::new(),
+        expires_at: None,
+        idle_timeout_secs: None,
+        on_timeout: Default::default(),
+        access_token: String::new(),
+    };
+    assert_eq!(props("SandboxInfo"), keys(&info));
+    assert_eq!(
+        props("ResourceRequest"),
+        keys(&warren_types::api::ResourceRequest::default())
+    );
+    assert_eq!(
+        props("CreateSandbox"),
+        keys(&warren_types::api::CreateSandbox::default())
+    );
+    assert_eq!(
+        props("SetTimeout"),
+        keys(&warren_types::api::SetTimeout::default())
+    );
+    let result = ExecResult {
+        pid: 1,
+        stdout: String::new(),
+        stderr: String::new(),
+        stdout_b64: String::new(),
+        stderr_b64: String::new(),
+        exit_code: None,
+        signal: None,
+        timed_out: false,
+        oom_killed: false,
+    };
+    assert_eq!(props("ExecResult"), keys(&result));
+    let ev = Event {
+        time: String::new(),
+        sandbox: String::new(),
+        owner: String::new(),
+        kind: String::new(),
+        message: String::new(),
+    };
+    assert_eq!(props("Event"), keys(&ev));
+    let err = ApiError {
+        code: String::new(),
+        message: String::new(),
+    };
+    assert_eq!(props("Error"), keys(&err));
+    assert_eq!(
+        props("ExecRequest"),
+        keys(&warren_types::proto::ExecRequest::default())
+    );
+    let fi = warren_types::proto::FileInfo {
+        path: String::new(),
+        name: String::new(),
+        file_type: warren_types::proto::FileType::File,
+        size: 0,
+        mode: 0,
+        uid: 0,
+        gid: 0,
+        modified: 0,
+        symlink_target: None,
+    };
+    assert_eq!(props("FileInfo"), keys(&fi));
+    let pi = warren_types::proto::ProcessInfo {
+        pid: 1,
+        command: warren_types::proto::Command::Shell(String::new()),
+        tag: None,
+        tty: false,
+        background: false,
+        exit: None,
+    };
+    assert_eq!(props("ProcessInfo"), keys(&pi));
+}
+
+/// The field names `v` serializes with.
+fn keys<T: serde::Serialize>(v: &T) -> BTreeSet<String> {
+    serde_json::to_value(v)
+        .expect("serializable")
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn the_socket_replaces_stale_ones_and_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sub").join("warren.sock");
+    let first = crate::bind_unix(&path).expect("bind");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().expect("parent")), 0o700);
+    // Live: refused.
+    assert!(crate::bind_unix(&path).is_err());
+    drop(first);
+    // Stale: replaced.
+    let _second = crate::bind_unix(&path).expect("rebind over a stale socket");
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, b"x").expect("write");
+    assert!(crate::bind_unix(&plain).is_err());
+    assert!(plain.exists());
+}
