@@ -132,7 +132,6 @@ pub struct ListFilter {
 /// A running (or paused) sandbox's runtime side.
 struct Live {
     sandbox: Sandbox,
-    client: Option<AgentClient>,
     streams: Arc<AtomicUsize>,
     last_cpu_us: u64,
 }
@@ -180,6 +179,33 @@ fn pool_key(template: &str, r: &ResourceRequest, network: warren_types::spec::Ne
     )
 }
 
+/// A caller's live view of lifecycle events (see [`Manager::subscribe`]).
+#[derive(Debug)]
+pub struct EventStream {
+    rx: broadcast::Receiver<(String, Event)>,
+    who: Caller,
+}
+
+impl EventStream {
+    /// The next event of the caller's sandboxes; `None` once the manager is gone. A
+    /// reader too slow to keep up skips events rather than holding the daemon's memory.
+    pub async fn next(&mut self) -> Option<Event> {
+        loop {
+            match self.rx.recv().await {
+                Ok((tenant, ev)) => {
+                    let mine = tenant == self.who.tenant
+                        && self.who.only_sandbox.as_ref().is_none_or(|o| *o == ev.sandbox);
+                    if mine {
+                        return Some(ev);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
 /// The lifecycle engine.
 pub struct Manager {
     pools: Mutex<Vec<Arc<Pool>>>,
@@ -187,7 +213,7 @@ pub struct Manager {
     store: Mutex<Store>,
     live: Mutex<HashMap<String, Live>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<(String, Event)>,
     metrics: Metrics,
     config: Config,
 }
@@ -198,6 +224,12 @@ impl std::fmt::Debug for Manager {
             .field("paths", &self.config.paths)
             .finish_non_exhaustive()
     }
+}
+
+/// `secs` seconds after the Unix-millisecond time `ms`, saturating rather than
+/// overflowing on absurd inputs.
+fn after(ms: i64, secs: u64) -> i64 {
+    ms.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000))
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -290,13 +322,16 @@ impl Manager {
             kind: kind.into(),
             message: message.clone(),
         });
-        let _ = self.events.send(Event {
-            time: rfc3339(time),
-            sandbox: r.id.clone(),
-            owner: r.owner.clone(),
-            kind: kind.into(),
-            message,
-        });
+        let _ = self.events.send((
+            r.tenant.clone(),
+            Event {
+                time: rfc3339(time),
+                sandbox: r.id.clone(),
+                owner: r.owner.clone(),
+                kind: kind.into(),
+                message,
+            },
+        ));
     }
 
     /// Re-adopts what runs, cleans up what was half made or died while we were down.
@@ -324,7 +359,6 @@ impl Manager {
                                 Live {
                                     last_cpu_us: sb.cgroup().cpu_usage_us(),
                                     sandbox: sb,
-                                    client: None,
                                     streams: Arc::default(),
                                 },
                             );
@@ -536,7 +570,7 @@ impl Manager {
             metadata: req.metadata.clone(),
             created_at: now,
             last_active_at: now,
-            expires_at: req.timeout_secs.map(|s| now + (s as i64) * 1000),
+            expires_at: req.timeout_secs.map(|s| after(now, s)),
             idle_timeout_secs: req.idle_timeout_secs,
             on_timeout: req.on_timeout.unwrap_or_default(),
             access_token: random_hex(24),
@@ -561,7 +595,6 @@ impl Manager {
                     Live {
                         last_cpu_us: 0,
                         sandbox: sb,
-                        client: None,
                         streams: Arc::default(),
                     },
                 );
@@ -622,7 +655,7 @@ impl Manager {
             metadata: req.metadata.clone(),
             created_at: now,
             last_active_at: now,
-            expires_at: req.timeout_secs.map(|s| now + (s as i64) * 1000),
+            expires_at: req.timeout_secs.map(|s| after(now, s)),
             idle_timeout_secs: req.idle_timeout_secs,
             on_timeout: req.on_timeout.unwrap_or_default(),
             access_token: random_hex(24),
@@ -710,7 +743,7 @@ impl Manager {
             let mut ready = members.len();
             if let Some(ttl) = pool.spec.ttl_secs {
                 for (id, created) in &members {
-                    if created + (ttl as i64) * 1000 <= now {
+                    if after(*created, ttl) <= now {
                         ready -= 1;
                         let mgr = self.clone();
                         let id = id.clone();
@@ -906,7 +939,6 @@ impl Manager {
             Live {
                 last_cpu_us: 0,
                 sandbox: sb,
-                client: None,
                 streams: Arc::default(),
             },
         );
@@ -950,7 +982,7 @@ impl Manager {
         let mut r = self.resolve(who, key)?;
         let now = now_ms();
         if let Some(s) = t.timeout_secs {
-            r.expires_at = Some(now + (s as i64) * 1000);
+            r.expires_at = Some(after(now, s));
         }
         if t.idle_timeout_secs.is_some() {
             r.idle_timeout_secs = t.idle_timeout_secs;
@@ -970,22 +1002,18 @@ impl Manager {
         Ok(())
     }
 
-    /// A connection to a running sandbox's agent (for exec and file calls). Counts as
-    /// activity.
+    /// A connection of its own to a running sandbox's agent (for exec and file calls).
+    /// Counts as activity. Each caller gets a fresh connection: when it goes away, the
+    /// agent ends what it started on it (a foreground process), which a shared
+    /// connection could not tell.
     pub async fn agent(&self, who: &Caller, key: &str) -> Result<(String, AgentClient)> {
         let r = self.resolve(who, key)?;
         if r.state != SandboxState::Running {
             return Err(Self::invalid(&r, "reach the processes of"));
         }
         self.store().touch(&r.id, now_ms())?;
-        let (cached, socket) = self.with_live(&r.id, |l| (l.client.clone(), l.sandbox.socket.clone()))?;
-        if let Some(c) = cached {
-            if !c.is_closed() {
-                return Ok((r.id, c));
-            }
-        }
+        let socket = self.with_live(&r.id, |l| l.sandbox.socket.clone())?;
         let c = AgentClient::connect(&socket).await?;
-        let _ = self.with_live(&r.id, |l| l.client = Some(c.clone()));
         Ok((r.id, c))
     }
 
@@ -1003,8 +1031,12 @@ impl Manager {
         self.with_live(id, |l| l.sandbox.oom_kills()).unwrap_or(0)
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
-        self.events.subscribe()
+    /// Lifecycle events of the caller's sandboxes, from now on.
+    pub fn subscribe(&self, who: &Caller) -> EventStream {
+        EventStream {
+            rx: self.events.subscribe(),
+            who: who.clone(),
+        }
     }
 
     /// The daemon's own log of a sandbox (its lifecycle events), oldest first.
@@ -1029,7 +1061,7 @@ impl Manager {
         if who.only_sandbox.is_some() {
             return Ok(Vec::new());
         }
-        let cutoff = now_ms() - idle.as_millis() as i64;
+        let cutoff = now_ms().saturating_sub(i64::try_from(idle.as_millis()).unwrap_or(i64::MAX));
         let busy: Vec<String> = self
             .live()
             .iter()
@@ -1103,7 +1135,7 @@ impl Manager {
                 "its lifetime ended"
             } else if r
                 .idle_timeout_secs
-                .is_some_and(|s| r.last_active_at + (s as i64) * 1000 <= now)
+                .is_some_and(|s| after(r.last_active_at, s) <= now)
             {
                 "it was idle too long"
             } else {

@@ -34,6 +34,9 @@ type Result<T> = std::result::Result<T, ClientError>;
 #[derive(Debug)]
 struct Inner {
     out: mpsc::Sender<Frame>,
+    /// Credit grants jump the data queue and never wait: a `recv` abandoned halfway
+    /// (in a `select!`) must not lose the frame it took.
+    credit: mpsc::UnboundedSender<Frame>,
     closed: std::sync::atomic::AtomicBool,
     chans: Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>,
     next: AtomicU32,
@@ -70,14 +73,24 @@ impl AgentClient {
             .map_err(ClientError::Connect)?;
         let (mut r, mut w) = stream.into_split();
         let (out, mut out_rx) = mpsc::channel::<Frame>(256);
+        let (credit, mut credit_rx) = mpsc::unbounded_channel::<Frame>();
         let inner = Arc::new(Inner {
             out,
+            credit,
             closed: std::sync::atomic::AtomicBool::new(false),
             chans: Mutex::new(HashMap::new()),
             next: AtomicU32::new(1),
         });
         tokio::spawn(async move {
-            while let Some(f) = out_rx.recv().await {
+            loop {
+                let f = tokio::select! {
+                    biased;
+                    Some(f) = credit_rx.recv() => f,
+                    f = out_rx.recv() => match f {
+                        Some(f) => f,
+                        None => break,
+                    },
+                };
                 if write_frame(&mut w, &f).await.is_err() {
                     break;
                 }
@@ -306,7 +319,7 @@ impl Channel {
             ) {
                 let n = f.payload.len() as u32;
                 if n > 0 {
-                    let _ = self.inner.out.send(Frame::credit(self.id, n)).await;
+                    let _ = self.inner.credit.send(Frame::credit(self.id, n));
                 }
             }
             return Some(match kind {

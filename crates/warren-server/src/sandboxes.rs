@@ -5,7 +5,7 @@
 //! Each handler is one [`Manager`](warren_core::Manager) call: the engine decides what is
 //! allowed, and its errors become HTTP through [`Error`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -13,9 +13,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
-use warren_core::{Caller, ListFilter};
+use warren_core::ListFilter;
 use warren_types::api::{CreateSandbox, Event, SandboxInfo, SandboxState, SetTimeout};
 
 use crate::error::Error;
@@ -204,80 +203,20 @@ pub async fn logs(
     Ok(axum::Json(st.mgr.logs(&who, &key)?))
 }
 
-/// Which sandboxes' events a tenant may see. The broadcast carries every tenant's
-/// events and an [`Event`] names no tenant, so ownership is learned: the tenant's
-/// sandboxes when the stream opens, and each new one the first time the engine lets the
-/// caller see it. A sandbox once known stays known, so its `terminated` event (after
-/// which the engine no longer shows it) still arrives.
-/// Other tenants' sandboxes an event stream remembers, at most; forgetting only costs a
-/// lookup.
-const MAX_REMEMBERED: usize = 4096;
-
-#[derive(Debug)]
-struct Visible {
-    who: Caller,
-    known: HashSet<String>,
-    foreign: HashSet<String>,
-}
-
-impl Visible {
-    fn allows(&mut self, st: &AppState, ev: &Event) -> bool {
-        if self.known.contains(&ev.sandbox) {
-            return true;
-        }
-        if self.foreign.contains(&ev.sandbox) {
-            return false;
-        }
-        if st.mgr.get(&self.who, &ev.sandbox).is_ok() {
-            self.known.insert(ev.sandbox.clone());
-            true
-        } else {
-            // Not remembered as foreign when it may still be ours in the making.
-            if ev.kind != "created" && ev.kind != "failed" {
-                if self.foreign.len() >= MAX_REMEMBERED {
-                    self.foreign.clear();
-                }
-                self.foreign.insert(ev.sandbox.clone());
-            }
-            false
-        }
-    }
-}
-
 /// `GET /v1/events`: NDJSON, one [`Event`] a line, until the client leaves.
 pub async fn events(State(st): State<AppState>, Tenant(who): Tenant) -> Result<Response, Error> {
-    // Subscribe before listing, so no event falls between the two.
-    let mut rx = st.mgr.subscribe();
-    let known = st
-        .mgr
-        .list(&who, &ListFilter::default())?
-        .into_iter()
-        .map(|s| s.id)
-        .collect();
-    let mut visible = Visible {
-        who,
-        known,
-        foreign: HashSet::new(),
-    };
+    let mut events = st.mgr.subscribe(&who);
     let (tx, out) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let shutdown = shutting_down(st.shutdown.clone());
         tokio::pin!(shutdown);
         loop {
             let ev = tokio::select! {
-                ev = rx.recv() => ev,
+                ev = events.next() => ev,
                 _ = tx.closed() => return,
                 _ = &mut shutdown => return,
             };
-            let ev = match ev {
-                Ok(ev) => ev,
-                // A slow reader misses events rather than holding the daemon's memory.
-                Err(RecvError::Lagged(_)) => continue,
-                Err(RecvError::Closed) => return,
-            };
-            if !visible.allows(&st, &ev) {
-                continue;
-            }
+            let Some(ev) = ev else { return };
             let mut line = serde_json::to_vec(&ev).unwrap_or_default();
             line.push(b'\n');
             if tx.send(Bytes::from(line)).await.is_err() {
