@@ -28,7 +28,10 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
 
     for name in backend.hierarchy().list(PREFIX) {
         let id = name.trim_start_matches(PREFIX);
-        if !live(id) {
+        // A sandbox kept under other directories (another daemon, another test root) is
+        // alive while its agent's parent, the helper, is: only a cgroup with no live
+        // helper behind it is left over.
+        if !live(id) && !owned_by_live_helper(&backend.cgroup(id).pids()) {
             for p in backend.cgroup(id).paths() {
                 if p.exists() {
                     out.push(Leftover {
@@ -99,6 +102,36 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
     out
 }
 
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn is_warren(pid: i32) -> bool {
+    let state_ok = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
+        })
+        == Some(false);
+    state_ok && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "warren")
+}
+
+/// Whether the processes of a cgroup hang off a live helper: the one process whose
+/// parent is outside the cgroup is the agent, and its parent must be a warren process.
+fn owned_by_live_helper(pids: &[i32]) -> bool {
+    pids.iter()
+        .filter_map(|p| parent_of(*p))
+        .find(|pp| !pids.contains(pp))
+        .is_some_and(is_warren)
+}
+
 /// Helpers (`warren __init`) whose run directory is gone.
 fn orphan_processes(runs: &std::path::Path) -> Vec<Leftover> {
     let mut known: Vec<i32> = Vec::new();
@@ -117,7 +150,13 @@ fn orphan_processes(runs: &std::path::Path) -> Vec<Leftover> {
         let cmdline = fs::read(PathBuf::from("/proc").join(pid.to_string()).join("cmdline"))
             .unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.get(1) == Some(&&b"__init"[..]) && !known.contains(&pid) {
+        // A helper always has its agent as a child until it exits; one without is stuck.
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        if args.get(1) == Some(&&b"__init"[..])
+            && !known.contains(&pid)
+            && children.trim().is_empty()
+        {
             out.push(Leftover {
                 kind: "process",
                 what: format!("helper pid {pid} with no sandbox"),

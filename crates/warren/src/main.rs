@@ -1,7 +1,9 @@
 //! `warren`: one binary for the CLI, and the hidden sandbox helper (`warren __init`).
 #![forbid(unsafe_code)]
 
+mod client;
 mod commands;
+mod parse;
 mod size;
 
 use std::process::ExitCode;
@@ -19,6 +21,21 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     Run(Box<commands::run::RunArgs>),
+    Serve(commands::serve::ServeArgs),
+    Create(Box<commands::create::CreateArgs>),
+    Exec(commands::exec::ExecArgs),
+    Attach(commands::attach::AttachArgs),
+    Ls(commands::ls::LsArgs),
+    Inspect(commands::inspect::InspectArgs),
+    Logs(commands::logs::LogsArgs),
+    Events(commands::events::EventsArgs),
+    Pause(commands::pause::PauseArgs),
+    Resume(commands::resume::ResumeArgs),
+    Stop(commands::stop::StopArgs),
+    Start(commands::start::StartArgs),
+    Rm(commands::rm::RmArgs),
+    Gc(commands::gc::GcArgs),
+    Keys(commands::keys::KeysArgs),
     Doctor(commands::doctor::DoctorArgs),
 }
 
@@ -35,13 +52,33 @@ fn main() -> ExitCode {
     };
     let r = match cli.command {
         Command::Run(a) => commands::run::run(*a),
+        Command::Serve(a) => commands::serve::run(a),
+        Command::Create(a) => commands::create::run(*a),
+        Command::Exec(a) => commands::exec::run(a),
+        Command::Attach(a) => commands::attach::run(a),
+        Command::Ls(a) => commands::ls::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Logs(a) => commands::logs::run(a),
+        Command::Events(a) => commands::events::run(a),
+        Command::Pause(a) => commands::pause::run(a),
+        Command::Resume(a) => commands::resume::run(a),
+        Command::Stop(a) => commands::stop::run(a),
+        Command::Start(a) => commands::start::run(a),
+        Command::Rm(a) => commands::rm::run(a),
+        Command::Gc(a) => commands::gc::run(a),
+        Command::Keys(a) => commands::keys::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
     };
     match r {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("warren: {e:#}");
-            ExitCode::from(125)
+            let client_error = e.downcast_ref::<client::Error>();
+            if !matches!(client_error, Some(client::Error::StdoutClosed)) {
+                eprintln!("warren: {e:#}");
+            }
+            // A daemon's refusal is the caller's to fix (1); not reaching it, or a
+            // sandbox that could not be made, is Warren's (125).
+            ExitCode::from(client_error.map_or(125, client::Error::exit_code))
         }
     }
 }
@@ -66,4 +103,16 @@ fn usage_error(e: clap::Error) -> ExitCode {
         first.trim_start_matches("error: ")
     );
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
 }

@@ -80,13 +80,22 @@ mod tests {
         assert!(parse_env("=x").is_err());
         assert!(parse_env("A").is_err());
         assert_eq!(parse_pair("team=ml").unwrap(), ("team".into(), "ml".into()));
-        assert_eq!(parse_pair("empty=").unwrap(), ("empty".into(), String::new()));
+        assert_eq!(
+            parse_pair("empty=").unwrap(),
+            ("empty".into(), String::new())
+        );
         assert!(parse_pair("=x").is_err());
     }
 
     #[test]
     fn users() {
-        assert_eq!(parse_user("1000").unwrap(), User::Id { uid: 1000, gid: None });
+        assert_eq!(
+            parse_user("1000").unwrap(),
+            User::Id {
+                uid: 1000,
+                gid: None
+            }
+        );
         assert_eq!(
             parse_user("1000:100").unwrap(),
             User::Id {

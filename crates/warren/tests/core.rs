@@ -113,7 +113,10 @@ async fn the_state_machine_holds_and_refuses_invalid_moves() {
     let (sb, created) = mgr.create(&who, req).await.unwrap();
     assert!(created);
     assert_eq!(sb.state, SandboxState::Running);
-    assert_eq!(run(&mgr, &who, "lab", "echo hi > /root/kept; echo ok").await, "ok\n");
+    assert_eq!(
+        run(&mgr, &who, "lab", "echo hi > /root/kept; echo ok").await,
+        "ok\n"
+    );
 
     mgr.pause(&who, "lab").await.unwrap();
     let e = mgr.agent(&who, "lab").await.unwrap_err();
@@ -125,13 +128,23 @@ async fn the_state_machine_holds_and_refuses_invalid_moves() {
 
     let stopped = mgr.stop(&who, "lab").await.unwrap();
     assert_eq!(stopped.state, SandboxState::Stopped);
-    assert!(matches!(mgr.pause(&who, "lab").await, Err(CoreError::InvalidState(_))));
+    assert!(matches!(
+        mgr.pause(&who, "lab").await,
+        Err(CoreError::InvalidState(_))
+    ));
     mgr.start(&who, "lab").await.unwrap();
-    assert_eq!(run(&mgr, &who, "lab", "cat /root/kept").await, "hi\n", "files survive stop");
+    assert_eq!(
+        run(&mgr, &who, "lab", "cat /root/kept").await,
+        "hi\n",
+        "files survive stop"
+    );
 
     mgr.terminate(&who, "lab").await.unwrap();
     assert!(matches!(mgr.get(&who, "lab"), Err(CoreError::NotFound(_))));
-    assert!(mgr.logs(&who, &sb.id).is_err(), "a terminated sandbox is gone from the API");
+    assert!(
+        mgr.logs(&who, &sb.id).is_err(),
+        "a terminated sandbox is gone from the API"
+    );
 }
 
 #[tokio::test]
@@ -150,7 +163,9 @@ async fn fifty_parallel_get_or_creates_make_one_sandbox() {
                 get_or_create: true,
                 ..Default::default()
             };
-            mgr.create(&alice(), req).await.map(|(s, created)| (s.id, created))
+            mgr.create(&alice(), req)
+                .await
+                .map(|(s, created)| (s.id, created))
         }));
     }
     let mut ids = Vec::new();
@@ -184,9 +199,15 @@ async fn the_home_volume_outlives_its_sandbox_and_is_the_owners_alone() {
     mgr.terminate(&who, &a.id).await.unwrap();
 
     let (b, _) = mgr.create(&who, mk("ann")).await.unwrap();
-    assert_eq!(run(&mgr, &who, &b.id, "cat /home/user/notes.txt").await, "notes\n");
+    assert_eq!(
+        run(&mgr, &who, &b.id, "cat /home/user/notes.txt").await,
+        "notes\n"
+    );
     let (c, _) = mgr.create(&who, mk("bob")).await.unwrap();
-    assert_eq!(run(&mgr, &who, &c.id, "ls -A /home/user | wc -l").await, "0\n");
+    assert_eq!(
+        run(&mgr, &who, &c.id, "ls -A /home/user | wc -l").await,
+        "0\n"
+    );
     mgr.terminate(&who, &b.id).await.unwrap();
     mgr.terminate(&who, &c.id).await.unwrap();
 }
@@ -208,7 +229,9 @@ async fn busy_sandboxes_are_not_idle_and_idle_ones_expire() {
     // A computation with no client connected: 3 s of CPU, in the background.
     let (_, client) = mgr.agent(&who, &sb.id).await.unwrap();
     let mut bg = ExecRequest {
-        command: Some(Command::Shell("timeout 3 sh -c 'while :; do :; done'".into())),
+        command: Some(Command::Shell(
+            "timeout 3 sh -c 'while :; do :; done'".into(),
+        )),
         ..Default::default()
     };
     bg.background = true;
@@ -226,7 +249,8 @@ async fn busy_sandboxes_are_not_idle_and_idle_ones_expire() {
     .await;
     let logs = mgr.logs(&who, &sb.id).unwrap();
     assert!(
-        logs.iter().any(|e| e.kind == "timeout" && e.message.contains("idle")),
+        logs.iter()
+            .any(|e| e.kind == "timeout" && e.message.contains("idle")),
         "{logs:?}"
     );
     mgr.terminate(&who, &sb.id).await.unwrap();
@@ -296,7 +320,10 @@ async fn a_warm_pool_hands_out_ready_sandboxes() {
     mgr.terminate(&who, &sb.id).await.unwrap();
     mgr.terminate(&who, &other.id).await.unwrap();
     let m = mgr.metrics();
-    assert!(m.contains("warren_pool_requests_total{template=\"host\",outcome=\"hit\"} 1"), "{m}");
+    assert!(
+        m.contains("warren_pool_requests_total{template=\"host\",outcome=\"hit\"} 1"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -319,9 +346,18 @@ async fn another_tenant_sees_nothing() {
     let eve = Caller::tenant("eve");
     for key in [sb.id.as_str(), "mine", "alice/mine"] {
         assert!(matches!(mgr.get(&eve, key), Err(CoreError::NotFound(_))));
-        assert!(matches!(mgr.pause(&eve, key).await, Err(CoreError::NotFound(_))));
-        assert!(matches!(mgr.agent(&eve, key).await, Err(CoreError::NotFound(_))));
-        assert!(matches!(mgr.terminate(&eve, key).await, Err(CoreError::NotFound(_))));
+        assert!(matches!(
+            mgr.pause(&eve, key).await,
+            Err(CoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            mgr.agent(&eve, key).await,
+            Err(CoreError::NotFound(_))
+        ));
+        assert!(matches!(
+            mgr.terminate(&eve, key).await,
+            Err(CoreError::NotFound(_))
+        ));
         assert!(mgr.logs(&eve, key).is_err());
     }
     assert!(mgr.list(&eve, &ListFilter::default()).unwrap().is_empty());

@@ -1,4 +1,57 @@
 //! One module per CLI verb.
 
+pub mod attach;
+pub mod create;
 pub mod doctor;
+pub mod events;
+pub mod exec;
+pub mod gc;
+pub mod inspect;
+pub mod keys;
+pub mod logs;
+pub mod ls;
+pub mod pause;
+pub mod resume;
+pub mod rm;
 pub mod run;
+pub mod serve;
+pub mod start;
+pub mod stop;
+
+use std::process::ExitCode;
+
+use hyper::Method;
+
+use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+
+/// One call per sandbox named; each success prints its key, each failure its error, and
+/// the status is 1 if any failed (the others still happen).
+pub(crate) fn for_each_sandbox(
+    client: &ClientArgs,
+    keys: &[String],
+    method: Method,
+    action: &str,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(client)?;
+    let failed = block_on(async {
+        let mut failed = false;
+        for key in keys {
+            let path = sandbox_path(key, action);
+            match client.call_raw(method.clone(), &path, None::<&()>).await {
+                Ok(_) => out(format!("{key}\n"))?,
+                Err(e) if e.exit_code() == 1 => {
+                    eprintln!("warren: {e}");
+                    failed = true;
+                }
+                // The daemon is unreachable: the other keys would fail the same way.
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(failed)
+    })??;
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

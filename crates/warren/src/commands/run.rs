@@ -11,7 +11,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
-use tokio::io::AsyncReadExt;
 use warren_runtime::client::{ClientError, ProcessEvent};
 use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{trace, NamespaceBackend, Paths};
@@ -244,17 +243,20 @@ async fn run_command(
 
     let (stdin_tx, mut stdin_rx) = tokio::sync::mpsc::channel::<Option<Vec<u8>>>(4);
     if interactive {
-        tokio::spawn(async move {
-            let mut stdin = tokio::io::stdin();
+        // A plain thread, not the runtime's blocking pool: a read blocked on a terminal
+        // must not hold up the CLI's exit when the command ends first.
+        std::thread::spawn(move || {
+            use std::io::Read;
+            let mut stdin = std::io::stdin().lock();
             let mut buf = vec![0u8; CHUNK];
             loop {
-                match stdin.read(&mut buf).await {
+                match stdin.read(&mut buf) {
                     Ok(0) | Err(_) => {
-                        let _ = stdin_tx.send(None).await;
+                        let _ = stdin_tx.blocking_send(None);
                         break;
                     }
                     Ok(n) => {
-                        if stdin_tx.send(Some(buf[..n].to_vec())).await.is_err() {
+                        if stdin_tx.blocking_send(Some(buf[..n].to_vec())).is_err() {
                             break;
                         }
                     }

@@ -1,0 +1,26 @@
+//! `warren inspect`: everything the daemon says about a sandbox, as JSON.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use hyper::Method;
+
+use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+
+/// Show a sandbox as pretty-printed JSON.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The sandbox: its id, name, or owner/name.
+    key: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.client)?;
+    let path = sandbox_path(&args.key, "");
+    // As the daemon sent it: fields this CLI does not know yet are shown too.
+    let info: serde_json::Value = block_on(client.call(Method::GET, &path, None::<&()>))??;
+    out(format!("{}\n", serde_json::to_string_pretty(&info)?))?;
+    Ok(ExitCode::SUCCESS)
+}

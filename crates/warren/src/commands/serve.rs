@@ -1,0 +1,75 @@
+//! `warren serve`: the daemon. Opens the engine (re-adopting sandboxes a previous daemon
+//! left running), makes sure the default tenant has an API key, and serves the REST API
+//! on a unix socket and optionally on TCP until SIGINT or SIGTERM. Sandboxes outlive it.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+use warren_core::{Config, Manager};
+use warren_runtime::Paths;
+
+/// Run the daemon: the REST API on a unix socket (and optionally TCP).
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Unix socket to serve on [default: $WARREN_RUN_DIR/warren.sock]
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Also serve on this TCP address (API key or sandbox token required), e.g. 127.0.0.1:7070
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+}
+
+/// The tenant whose key is made on first start.
+const DEFAULT_TENANT: &str = "default";
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let paths = Paths::from_env();
+    let socket = args.socket.unwrap_or_else(|| paths.run.join("warren.sock"));
+    let exe = std::env::current_exe().context("cannot find the warren binary")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let mgr = Manager::open(Config::new(paths.clone(), exe))
+            .await
+            .context("cannot open the engine")?;
+        ensure_default_key(&mgr, &paths.data.join("api-key"))?;
+        eprintln!("warren: serving on {}", socket.display());
+        if let Some(addr) = args.listen {
+            eprintln!("warren: serving on http://{addr} (API key required)");
+        }
+        warren_server::serve(mgr, socket.clone(), args.listen)
+            .await
+            .with_context(|| format!("serving on {}", socket.display()))
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// On first start, mints the default tenant's key and leaves it where only root reads it.
+fn ensure_default_key(mgr: &Manager, path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let key = mgr
+        .create_api_key(DEFAULT_TENANT)
+        .context("cannot create the default API key")?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(key.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "API key for tenant {DEFAULT_TENANT} written to {}",
+        path.display()
+    );
+    Ok(())
+}
