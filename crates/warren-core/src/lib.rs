@@ -172,7 +172,11 @@ struct Pool {
 /// The tenant and owner of warm pool members; `@` cannot start a real tenant's name.
 const POOL_TENANT: &str = "@pool";
 
-fn pool_key(template: &str, r: &ResourceRequest, network: warren_types::spec::NetworkMode) -> String {
+fn pool_key(
+    template: &str,
+    r: &ResourceRequest,
+    network: warren_types::spec::NetworkMode,
+) -> String {
     format!(
         "{template}|{:?}|{:?}|{:?}|{:?}|{network:?}",
         r.memory, r.cpu_millis, r.pids, r.disk
@@ -194,7 +198,11 @@ impl EventStream {
             match self.rx.recv().await {
                 Ok((tenant, ev)) => {
                     let mine = tenant == self.who.tenant
-                        && self.who.only_sandbox.as_ref().is_none_or(|o| *o == ev.sandbox);
+                        && self
+                            .who
+                            .only_sandbox
+                            .as_ref()
+                            .is_none_or(|o| *o == ev.sandbox);
                     if mine {
                         return Some(ev);
                     }
@@ -256,8 +264,7 @@ fn same_secret(a: &str, b: &str) -> bool {
 fn valid_owner(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
 }
 
@@ -342,7 +349,11 @@ impl Manager {
                 SandboxState::Creating => {
                     self.backend.purge(&r.id, true);
                     self.store().set_state(&r.id, SandboxState::Terminated)?;
-                    self.event(&r, "failed", "the daemon stopped while creating it; removed");
+                    self.event(
+                        &r,
+                        "failed",
+                        "the daemon stopped while creating it; removed",
+                    );
                 }
                 SandboxState::Running | SandboxState::Paused | SandboxState::Stopping => {
                     match self.backend.adopt(&r.id) {
@@ -610,7 +621,9 @@ impl Manager {
                 self.event(&record, "failed", e.to_string());
                 Err(match e {
                     warren_runtime::Error::Invalid { .. }
-                    | warren_runtime::Error::UnknownTemplate(_) => CoreError::Invalid(e.to_string()),
+                    | warren_runtime::Error::UnknownTemplate(_) => {
+                        CoreError::Invalid(e.to_string())
+                    }
                     e => CoreError::Backend(e.to_string()),
                 })
             }
@@ -660,10 +673,13 @@ impl Manager {
             on_timeout: req.on_timeout.unwrap_or_default(),
             access_token: random_hex(24),
         };
-        let claimed = self.store().claim_from_pool(&key, &claim).map_err(|e| match e {
-            StoreError::NameTaken(n) => CoreError::NameTaken(n),
-            e => e.into(),
-        })?;
+        let claimed = self
+            .store()
+            .claim_from_pool(&key, &claim)
+            .map_err(|e| match e {
+                StoreError::NameTaken(n) => CoreError::NameTaken(n),
+                e => e.into(),
+            })?;
         match claimed {
             Some(r) => {
                 pool.hits.fetch_add(1, Ordering::Relaxed);
@@ -721,7 +737,11 @@ impl Manager {
     fn pool_info(&self, p: &Pool) -> PoolInfo {
         PoolInfo {
             spec: p.spec.clone(),
-            ready: self.store().pool_members(&p.key).map(|m| m.len()).unwrap_or(0),
+            ready: self
+                .store()
+                .pool_members(&p.key)
+                .map(|m| m.len())
+                .unwrap_or(0),
             hits: p.hits.load(Ordering::Relaxed),
             misses: p.misses.load(Ordering::Relaxed),
         }
@@ -753,7 +773,9 @@ impl Manager {
                             let found = mgr.store().get(&id);
                             if let Ok(Some(r)) = found {
                                 if r.tenant == POOL_TENANT && r.state == SandboxState::Running {
-                                    let _ = mgr.terminate_locked(r, "terminated", "warm too long").await;
+                                    let _ = mgr
+                                        .terminate_locked(r, "terminated", "warm too long")
+                                        .await;
                                 }
                             }
                         });
@@ -811,7 +833,12 @@ impl Manager {
             .filter(|r| who.only_sandbox.as_ref().is_none_or(|o| *o == r.id))
             .filter(|r| filter.owner.as_ref().is_none_or(|o| *o == r.owner))
             .filter(|r| filter.state.is_none_or(|s| s == r.state))
-            .filter(|r| filter.labels.iter().all(|(k, v)| r.labels.get(k) == Some(v)))
+            .filter(|r| {
+                filter
+                    .labels
+                    .iter()
+                    .all(|(k, v)| r.labels.get(k) == Some(v))
+            })
             .filter(|r| {
                 filter
                     .metadata
@@ -1057,7 +1084,12 @@ impl Manager {
     }
 
     /// Sandboxes of `who` idle longer than `idle`; removed unless `dry_run`.
-    pub async fn gc(&self, who: &Caller, idle: Duration, dry_run: bool) -> Result<Vec<SandboxInfo>> {
+    pub async fn gc(
+        &self,
+        who: &Caller,
+        idle: Duration,
+        dry_run: bool,
+    ) -> Result<Vec<SandboxInfo>> {
         if who.only_sandbox.is_some() {
             return Ok(Vec::new());
         }
@@ -1121,7 +1153,9 @@ impl Manager {
                 continue;
             };
             if matches!(r.state, SandboxState::Running | SandboxState::Paused) {
-                let _ = self.stop_locked(r, "failed", "its init process died; stopped, files kept").await;
+                let _ = self
+                    .stop_locked(r, "failed", "its init process died; stopped, files kept")
+                    .await;
             }
         }
         let Ok(records) = self.store().list_live(None) else {
@@ -1156,7 +1190,11 @@ impl Manager {
         }
         let action = r.on_timeout;
         self.metrics.timeouts[action as usize].fetch_add(1, Ordering::Relaxed);
-        self.event(&r, "timeout", format!("{reason}: {action:?}").to_lowercase());
+        self.event(
+            &r,
+            "timeout",
+            format!("{reason}: {action:?}").to_lowercase(),
+        );
         // The lifetime is used up: a later resume or start gets no second expiry at once.
         let _ = self
             .store()
@@ -1197,48 +1235,112 @@ impl Manager {
         for (s, n) in &by_state {
             let _ = writeln!(out, "warren_sandboxes{{state=\"{s}\"}} {n}");
         }
-        let _ = writeln!(out, "# HELP warren_sandboxes_created_total Sandboxes created.");
+        let _ = writeln!(
+            out,
+            "# HELP warren_sandboxes_created_total Sandboxes created."
+        );
         let _ = writeln!(out, "# TYPE warren_sandboxes_created_total counter");
-        let _ = writeln!(out, "warren_sandboxes_created_total {}", m.created.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP warren_sandboxes_terminated_total Sandboxes terminated.");
+        let _ = writeln!(
+            out,
+            "warren_sandboxes_created_total {}",
+            m.created.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warren_sandboxes_terminated_total Sandboxes terminated."
+        );
         let _ = writeln!(out, "# TYPE warren_sandboxes_terminated_total counter");
-        let _ = writeln!(out, "warren_sandboxes_terminated_total {}", m.terminated.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP warren_timeouts_total Timeouts applied, by action.");
+        let _ = writeln!(
+            out,
+            "warren_sandboxes_terminated_total {}",
+            m.terminated.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP warren_timeouts_total Timeouts applied, by action."
+        );
         let _ = writeln!(out, "# TYPE warren_timeouts_total counter");
         for (i, a) in ["pause", "stop", "terminate"].iter().enumerate() {
-            let _ = writeln!(out, "warren_timeouts_total{{action=\"{a}\"}} {}", m.timeouts[i].load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "warren_timeouts_total{{action=\"{a}\"}} {}",
+                m.timeouts[i].load(Ordering::Relaxed)
+            );
         }
-        let _ = writeln!(out, "# HELP warren_create_seconds Time to create a sandbox.");
+        let _ = writeln!(
+            out,
+            "# HELP warren_create_seconds Time to create a sandbox."
+        );
         let _ = writeln!(out, "# TYPE warren_create_seconds histogram");
         let mut cum = 0;
         for (i, b) in CREATE_BUCKETS_MS.iter().enumerate() {
             cum += m.create_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "warren_create_seconds_bucket{{le=\"{}\"}} {cum}", *b as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "warren_create_seconds_bucket{{le=\"{}\"}} {cum}",
+                *b as f64 / 1000.0
+            );
         }
         cum += m.create_buckets[CREATE_BUCKETS_MS.len()].load(Ordering::Relaxed);
         let _ = writeln!(out, "warren_create_seconds_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(out, "warren_create_seconds_sum {}", m.create_sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(
+            out,
+            "warren_create_seconds_sum {}",
+            m.create_sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
         let _ = writeln!(out, "warren_create_seconds_count {cum}");
-        let _ = writeln!(out, "# HELP warren_pool_ready Warm sandboxes ready, by pool template.");
+        let _ = writeln!(
+            out,
+            "# HELP warren_pool_ready Warm sandboxes ready, by pool template."
+        );
         let _ = writeln!(out, "# TYPE warren_pool_ready gauge");
         let pools = self.pools();
         for p in &pools {
-            let _ = writeln!(out, "warren_pool_ready{{template=\"{}\"}} {}", p.spec.template, p.ready);
+            let _ = writeln!(
+                out,
+                "warren_pool_ready{{template=\"{}\"}} {}",
+                p.spec.template, p.ready
+            );
         }
-        let _ = writeln!(out, "# HELP warren_pool_requests_total Creates that fit a pool, by outcome.");
+        let _ = writeln!(
+            out,
+            "# HELP warren_pool_requests_total Creates that fit a pool, by outcome."
+        );
         let _ = writeln!(out, "# TYPE warren_pool_requests_total counter");
         for p in &pools {
-            let _ = writeln!(out, "warren_pool_requests_total{{template=\"{}\",outcome=\"hit\"}} {}", p.spec.template, p.hits);
-            let _ = writeln!(out, "warren_pool_requests_total{{template=\"{}\",outcome=\"miss\"}} {}", p.spec.template, p.misses);
+            let _ = writeln!(
+                out,
+                "warren_pool_requests_total{{template=\"{}\",outcome=\"hit\"}} {}",
+                p.spec.template, p.hits
+            );
+            let _ = writeln!(
+                out,
+                "warren_pool_requests_total{{template=\"{}\",outcome=\"miss\"}} {}",
+                p.spec.template, p.misses
+            );
         }
-        let _ = writeln!(out, "# HELP warren_sandbox_cpu_seconds_total CPU used by a sandbox.");
+        let _ = writeln!(
+            out,
+            "# HELP warren_sandbox_cpu_seconds_total CPU used by a sandbox."
+        );
         let _ = writeln!(out, "# TYPE warren_sandbox_cpu_seconds_total counter");
-        let _ = writeln!(out, "# HELP warren_sandbox_memory_bytes Memory used by a sandbox.");
+        let _ = writeln!(
+            out,
+            "# HELP warren_sandbox_memory_bytes Memory used by a sandbox."
+        );
         let _ = writeln!(out, "# TYPE warren_sandbox_memory_bytes gauge");
         for (id, l) in self.live().iter() {
             let cg = l.sandbox.cgroup();
-            let _ = writeln!(out, "warren_sandbox_cpu_seconds_total{{sandbox=\"{id}\"}} {}", cg.cpu_usage_us() as f64 / 1e6);
-            let _ = writeln!(out, "warren_sandbox_memory_bytes{{sandbox=\"{id}\"}} {}", cg.memory_current());
+            let _ = writeln!(
+                out,
+                "warren_sandbox_cpu_seconds_total{{sandbox=\"{id}\"}} {}",
+                cg.cpu_usage_us() as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "warren_sandbox_memory_bytes{{sandbox=\"{id}\"}} {}",
+                cg.memory_current()
+            );
         }
         out
     }
@@ -1284,6 +1386,9 @@ mod tests {
         };
         let none = warren_types::spec::NetworkMode::None;
         assert_ne!(pool_key("host", &a, none), pool_key("host", &b, none));
-        assert_eq!(pool_key("host", &b, none), pool_key("host", &b.clone(), none));
+        assert_eq!(
+            pool_key("host", &b, none),
+            pool_key("host", &b.clone(), none)
+        );
     }
 }

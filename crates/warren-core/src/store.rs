@@ -386,7 +386,9 @@ impl Store {
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
-                return Err(StoreError::NameTaken(claim.name.clone().unwrap_or_default()))
+                return Err(StoreError::NameTaken(
+                    claim.name.clone().unwrap_or_default(),
+                ))
             }
             Err(e) => return Err(e.into()),
         };
@@ -477,8 +479,11 @@ mod tests {
     fn a_corrupt_file_is_refused_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("warren.db");
-        std::fs::write(&p, b"this is not a database, and it is long enough to matter....")
-            .unwrap();
+        std::fs::write(
+            &p,
+            b"this is not a database, and it is long enough to matter....",
+        )
+        .unwrap();
         let e = Store::open(&p).unwrap_err();
         assert!(e.to_string().contains("move it aside"), "{e}");
         assert!(std::fs::read(&p).unwrap().starts_with(b"this is not"));

@@ -125,7 +125,11 @@ pub fn run(config: &HelperConfig, mut status: fs::File) -> ! {
     drop(status);
     // The helper keeps none of its caller's input and output (a reader waiting for the
     // caller's stdout to close must not wait for the helper); stderr stays for traces.
-    if let Ok(null) = fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         for fd in 0..2 {
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }

@@ -104,7 +104,10 @@ impl NamespaceBackend {
             spec,
             run_dir: self.paths.run.clone(),
             data_dir: self.paths.data.clone(),
-            die_with_parent: opts.die_with_parent.then(std::process::id).map(|p| p as i32),
+            die_with_parent: opts
+                .die_with_parent
+                .then(std::process::id)
+                .map(|p| p as i32),
             ephemeral: opts.ephemeral,
         };
         let (r, w) = nix::unistd::pipe().map_err(|e| Error::Helper(format!("pipe: {e}")))?;
@@ -366,10 +369,8 @@ impl Sandbox {
                 }
                 Helper::Forked(p) => {
                     let pid = Pid::from_raw(*p);
-                    let _ = tokio::task::spawn_blocking(move || {
-                        nix::sys::wait::waitpid(pid, None)
-                    })
-                    .await;
+                    let _ = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None))
+                        .await;
                 }
                 // Not our child: watch for the pid to go away.
                 Helper::Adopted(p) => {
@@ -381,7 +382,9 @@ impl Sandbox {
         };
         match tokio::time::timeout(Duration::from_secs(30), wait).await {
             Ok(()) => Ok(()),
-            Err(_) => Err(Error::Helper("it did not finish tearing down in 30 s".into())),
+            Err(_) => Err(Error::Helper(
+                "it did not finish tearing down in 30 s".into(),
+            )),
         }
     }
 }
@@ -404,6 +407,8 @@ fn pid_alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, Some('Z') | Some('X') | None)
 }
