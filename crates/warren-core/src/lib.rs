@@ -694,12 +694,16 @@ impl Manager {
         }
     }
 
-    /// Adds a warm pool, or changes the pool of the same template and profile.
-    pub fn set_pool(&self, spec: PoolSpec) -> Result<PoolInfo> {
-        if spec.max == 0 || spec.min > spec.max || spec.max > 1000 {
+    /// Adds a warm pool, or changes the pool of the same template and profile. A pool
+    /// with `max` 0 is removed, and its warm sandboxes with it.
+    pub async fn set_pool(&self, spec: PoolSpec) -> Result<PoolInfo> {
+        if spec.min > spec.max || spec.max > 1000 {
             return Err(CoreError::Invalid(
-                "a pool needs 0 <= min <= max, and max between 1 and 1000".into(),
+                "a pool needs min <= max <= 1000 (max 0 removes the pool)".into(),
             ));
+        }
+        if spec.max == 0 {
+            return self.remove_pool(spec).await;
         }
         warren_runtime::template::resolve(self.backend.paths(), &spec.template)
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
@@ -732,6 +736,31 @@ impl Manager {
         };
         drop(pools);
         Ok(self.pool_info(&pool))
+    }
+
+    async fn remove_pool(&self, spec: PoolSpec) -> Result<PoolInfo> {
+        let key = pool_key(&spec.template, &spec.resources, spec.network);
+        let removed = {
+            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            let i = pools.iter().position(|p| p.key == key);
+            i.map(|i| pools.remove(i))
+        };
+        let members = self.store().pool_members(&key)?;
+        for (id, _) in members {
+            let lock = self.lock_for(&id);
+            let _g = lock.lock().await;
+            let found = self.store().get(&id)?;
+            if let Some(r) = found.filter(|r| r.tenant == POOL_TENANT) {
+                self.terminate_locked(r, "terminated", "its pool was removed")
+                    .await?;
+            }
+        }
+        Ok(PoolInfo {
+            spec,
+            ready: 0,
+            hits: removed.as_ref().map_or(0, |p| p.hits.load(Ordering::Relaxed)),
+            misses: removed.as_ref().map_or(0, |p| p.misses.load(Ordering::Relaxed)),
+        })
     }
 
     fn pool_info(&self, p: &Pool) -> PoolInfo {

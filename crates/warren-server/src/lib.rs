@@ -16,10 +16,12 @@
 //! is one [`Error`] with a stable code. Long answers (exec and attach output, events)
 //! stream as NDJSON; a terminal is a WebSocket.
 
+pub mod e2b;
 mod error;
 mod exec;
 mod extract;
 mod files;
+mod pools;
 mod sandboxes;
 #[cfg(test)]
 mod tests;
@@ -104,10 +106,16 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/events"),
     ("POST", "/v1/gc"),
     ("POST", "/v1/keys"),
+    ("GET", "/v1/pools"),
+    ("POST", "/v1/pools"),
 ];
 
 /// Routes served on the unix socket only.
-pub const UNIX_ONLY: &[(&str, &str)] = &[("POST", "/v1/keys")];
+pub const UNIX_ONLY: &[(&str, &str)] = &[
+    ("POST", "/v1/keys"),
+    ("GET", "/v1/pools"),
+    ("POST", "/v1/pools"),
+];
 
 /// The API for one surface. Streams it serves never see a shutdown; [`serve`] builds
 /// routers whose streams end when the daemon stops.
@@ -173,7 +181,9 @@ fn build(state: AppState) -> Router {
         .route("/v1/events", get(sandboxes::events))
         .route("/v1/gc", post(sandboxes::gc));
     if state.surface == Surface::Unix {
-        r = r.route("/v1/keys", post(sandboxes::create_key));
+        r = r
+            .route("/v1/keys", post(sandboxes::create_key))
+            .route("/v1/pools", get(pools::list).post(pools::set));
     }
     r.fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
@@ -252,10 +262,24 @@ pub async fn serve(
     unix_socket: PathBuf,
     tcp: Option<SocketAddr>,
 ) -> io::Result<()> {
+    serve_with(mgr, unix_socket, tcp, None).await
+}
+
+/// [`serve`], plus the E2B API ([`e2b`]) on `e2b` when given.
+pub async fn serve_with(
+    mgr: Arc<Manager>,
+    unix_socket: PathBuf,
+    tcp: Option<SocketAddr>,
+    e2b: Option<SocketAddr>,
+) -> io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let unix = bind_unix(&unix_socket)?;
     let tcp = match tcp {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let e2b = match e2b {
         Some(addr) => Some(TcpListener::bind(addr).await?),
         None => None,
     };
@@ -276,6 +300,13 @@ pub async fn serve(
     if let Some(tcp) = tcp {
         servers.spawn(
             axum::serve(tcp, app(Surface::Tcp))
+                .with_graceful_shutdown(shutting_down(shutdown.clone()))
+                .into_future(),
+        );
+    }
+    if let Some(listener) = e2b {
+        servers.spawn(
+            axum::serve(listener, e2b::router(mgr.clone(), shutdown.clone()))
                 .with_graceful_shutdown(shutting_down(shutdown.clone()))
                 .into_future(),
         );

@@ -295,6 +295,7 @@ async fn a_warm_pool_hands_out_ready_sandboxes() {
         max: 3,
         ttl_secs: None,
     })
+    .await
     .unwrap();
     wait_for("the pool to fill", 20, || mgr.pools()[0].ready == 2).await;
     let who = alice();
