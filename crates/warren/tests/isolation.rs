@@ -36,6 +36,9 @@ mod nr {
     pub const OPEN_TREE: i64 = 428;
     pub const FSOPEN: i64 = 430;
     pub const CLONE: i64 = 56;
+    pub const MBIND: i64 = 237;
+    pub const SET_MEMPOLICY: i64 = 238;
+    pub const MOVE_PAGES: i64 = 279;
 }
 
 const EPERM: i32 = 1;
@@ -106,6 +109,9 @@ denied!(io_uring_setup_is_denied, nr::IO_URING_SETUP, [1, 0]);
 denied!(iopl_is_denied, nr::IOPL, [3]);
 denied!(fsopen_is_denied, nr::FSOPEN, [0, 0]);
 denied!(open_tree_is_denied, nr::OPEN_TREE, [0, 0, 0]);
+denied!(mbind_is_denied, nr::MBIND, [0, 0, 0, 0, 0, 0]);
+denied!(set_mempolicy_is_denied, nr::SET_MEMPOLICY, [0, 0, 0]);
+denied!(move_pages_is_denied, nr::MOVE_PAGES, [0, 0, 0, 0, 0, 0]);
 // READ_IMPLIES_EXEC, a personality Docker's profile refuses too.
 denied!(
     personality_read_implies_exec_is_denied,

@@ -173,7 +173,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(async move {
+    let outcome = rt.block_on(async move {
         trace::mark("cli: sandbox created");
         let outcome = run_command(&sandbox, req, args.interactive, tty).await;
         trace::mark("cli: command ended");
@@ -218,7 +218,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         };
         teardown?;
         Ok(ExitCode::from(code.clamp(0, 255) as u8))
-    })
+    });
+    // Nothing the runtime still runs (a blocked stdin read) may hold up the exit.
+    rt.shutdown_background();
+    outcome
 }
 
 async fn run_command(
