@@ -50,6 +50,9 @@ pub struct AgentConfig {
     pub user: Option<User>,
     /// Working directory when an exec names none and its user has no home.
     pub cwd: Option<PathBuf>,
+    /// Working directory of every exec that names none, ahead of the user's home: a
+    /// template's (an image's `WorkingDir`).
+    pub workdir: Option<PathBuf>,
     /// Output kept per process (stdout and stderr together), in bytes.
     pub ring_size: usize,
     /// `serve` kills every process it started and returns once this turns true. PID 1
@@ -66,6 +69,7 @@ impl Default for AgentConfig {
             drop_caps: false,
             user: None,
             cwd: None,
+            workdir: None,
             ring_size: 1 << 20,
             shutdown: None,
         }

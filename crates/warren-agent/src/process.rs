@@ -496,6 +496,7 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
         .cwd
         .clone()
         .map(PathBuf::from)
+        .or_else(|| config.workdir.clone())
         .or_else(|| home.map(PathBuf::from).filter(|h| h.is_dir()))
         .or_else(|| config.cwd.clone())
         .unwrap_or_else(|| PathBuf::from("/"));

@@ -18,7 +18,9 @@
 //! daemon starts, [`Manager::open`] re-adopts every sandbox whose helper is alive, and
 //! cleans up those half-made or whose processes died meanwhile.
 
+mod share;
 pub mod store;
+mod templates;
 mod time;
 
 use std::collections::{BTreeMap, HashMap};
@@ -38,7 +40,12 @@ use warren_types::api::{
 };
 use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
 
+pub use crate::share::Guest;
 pub use crate::store::{Record, Store, StoreError};
+pub use crate::templates::{
+    BuildEvent, BuildTemplate, DiskUsage, ImportResult, ImportTemplate, LayerGcResult,
+    SnapshotRequest, SnapshotResult, TemplateInfo, UsageRow,
+};
 pub use crate::time::{now_ms, rfc3339};
 
 /// Errors of the engine, each with a stable code (see [`CoreError::code`]).
@@ -46,6 +53,8 @@ pub use crate::time::{now_ms, rfc3339};
 pub enum CoreError {
     #[error("no sandbox {0:?}")]
     NotFound(String),
+    #[error("no template {0:?}; `warren template ls` lists them")]
+    TemplateNotFound(String),
     #[error("{0}")]
     InvalidState(String),
     #[error("a sandbox named {0:?} already exists for this owner; pick another name or pass get_or_create")]
@@ -64,7 +73,7 @@ impl CoreError {
     /// The stable machine-readable code of this error.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NotFound(_) => "not_found",
+            Self::NotFound(_) | Self::TemplateNotFound(_) => "not_found",
             Self::InvalidState(_) => "invalid_state",
             Self::NameTaken(_) => "name_taken",
             Self::Invalid(_) => "invalid_request",
@@ -217,6 +226,7 @@ impl EventStream {
 /// The lifecycle engine.
 pub struct Manager {
     pools: Mutex<Vec<Arc<Pool>>>,
+    shares: Mutex<Vec<Arc<share::Share>>>,
     backend: NamespaceBackend,
     store: Mutex<Store>,
     live: Mutex<HashMap<String, Live>>,
@@ -280,6 +290,7 @@ impl Manager {
         let (events, _) = broadcast::channel(1024);
         let mgr = Arc::new(Self {
             pools: Mutex::new(Vec::new()),
+            shares: Mutex::new(Vec::new()),
             backend,
             store: Mutex::new(store),
             live: Mutex::new(HashMap::new()),
@@ -597,7 +608,7 @@ impl Manager {
             die_with_parent: false,
             ephemeral: false,
         };
-        match self.backend.create(spec, opts).await {
+        match self.boot(spec, opts).await {
             Ok(sb) => {
                 self.observe_create(started.elapsed());
                 self.store().set_state(&id, SandboxState::Running)?;
@@ -758,8 +769,12 @@ impl Manager {
         Ok(PoolInfo {
             spec,
             ready: 0,
-            hits: removed.as_ref().map_or(0, |p| p.hits.load(Ordering::Relaxed)),
-            misses: removed.as_ref().map_or(0, |p| p.misses.load(Ordering::Relaxed)),
+            hits: removed
+                .as_ref()
+                .map_or(0, |p| p.hits.load(Ordering::Relaxed)),
+            misses: removed
+                .as_ref()
+                .map_or(0, |p| p.misses.load(Ordering::Relaxed)),
         })
     }
 
@@ -963,6 +978,7 @@ impl Manager {
                 .map_err(|e| CoreError::Backend(e.to_string()))?;
         }
         self.store().set_state(&r.id, SandboxState::Stopped)?;
+        self.forget_shares(&r.id);
         r.state = SandboxState::Stopped;
         self.event(&r, kind, why);
         Ok(self.info(&r))
@@ -984,8 +1000,7 @@ impl Manager {
             ephemeral: false,
         };
         let sb = self
-            .backend
-            .create(r.spec.clone(), opts)
+            .boot(r.spec.clone(), opts)
             .await
             .map_err(|e| CoreError::Backend(e.to_string()))?;
         self.store().set_state(&r.id, SandboxState::Running)?;
@@ -1024,6 +1039,7 @@ impl Manager {
             .remove_data(&r.id)
             .map_err(|e| CoreError::Backend(e.to_string()))?;
         self.store().set_state(&r.id, SandboxState::Terminated)?;
+        self.forget_shares(&r.id);
         self.metrics.terminated.fetch_add(1, Ordering::Relaxed);
         self.event(&r, kind, why);
         self.locks

@@ -248,6 +248,22 @@ impl AgentClient {
         .await
     }
 
+    /// Watches a path (and, when `recursive`, the directories below it). Once the agent
+    /// answers `Ok`, the returned channel carries `Response::WatchEvent`s until the
+    /// watch fails or the channel is sent `Request::Cancel` or dropped.
+    pub async fn watch(&self, path: &str, recursive: bool) -> Result<Channel> {
+        let mut ch = self.open();
+        ch.send(&Request::Watch {
+            path: path.into(),
+            recursive,
+        })
+        .await?;
+        match ch.reply().await? {
+            Response::Ok => Ok(ch),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// Reads a whole file.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let mut ch = self.open();

@@ -150,18 +150,42 @@ fn orphan_processes(runs: &std::path::Path) -> Vec<Leftover> {
         let cmdline = fs::read(PathBuf::from("/proc").join(pid.to_string()).join("cmdline"))
             .unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        // A helper always has its agent as a child until it exits; one without is stuck.
+        // A helper has its agent as a child from its first milliseconds until it exits,
+        // and an agent (a clone of its helper, so named alike) has its helper as parent.
+        // A process of that name with neither, for a while, belongs to no sandbox.
         let children =
             fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
         if args.get(1) == Some(&&b"__init"[..])
             && !known.contains(&pid)
             && children.trim().is_empty()
+            && !parent_of(pid).is_some_and(is_warren)
+            && age_secs(pid).is_some_and(|a| a > 10.0)
         {
             out.push(Leftover {
                 kind: "process",
-                what: format!("helper pid {pid} with no sandbox"),
+                what: format!("warren process {pid} with no sandbox"),
             });
         }
     }
     out
+}
+
+/// How long process `pid` has existed, in seconds.
+fn age_secs(pid: i32) -> Option<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let start_ticks: f64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let uptime: f64 = fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(uptime - start_ticks / 100.0)
 }

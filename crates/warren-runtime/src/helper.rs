@@ -97,7 +97,7 @@ pub fn main() -> ! {
         Err(_) => std::process::exit(1),
     };
     match config {
-        Ok(c) => run(&c, status),
+        Ok(c) => run(&c, status, None),
         Err(e) => report_and_exit(
             status,
             HelperStatus::Error {
@@ -108,10 +108,11 @@ pub fn main() -> ! {
 }
 
 /// Builds the sandbox of `config`, writes one status line to `status`, then watches the
-/// sandbox until it ends. Never returns.
-pub fn run(config: &HelperConfig, mut status: fs::File) -> ! {
+/// sandbox until it ends, writing a byte to `stopped` (if given) once its processes are
+/// gone and before the rest of the teardown. Never returns.
+pub fn run(config: &HelperConfig, mut status: fs::File, stopped: Option<OwnedFd>) -> ! {
     crate::trace::mark("helper: configuration read");
-    let monitor = match Sandbox::build(config) {
+    let mut monitor = match Sandbox::build(config) {
         Ok(m) => m,
         Err(message) => report_and_exit(status, HelperStatus::Error { message }),
     };
@@ -123,6 +124,7 @@ pub fn run(config: &HelperConfig, mut status: fs::File) -> ! {
         },
     );
     drop(status);
+    monitor.stopped = stopped;
     // The helper keeps none of its caller's input and output (a reader waiting for the
     // caller's stdout to close must not wait for the helper); stderr stays for traces.
     if let Ok(null) = fs::OpenOptions::new()
@@ -164,6 +166,11 @@ struct Cleanup {
 
 impl Cleanup {
     fn run(&mut self) {
+        self.stop_processes();
+        self.remove();
+    }
+
+    fn stop_processes(&mut self) {
         // Killing PID 1 kills its whole pid namespace, and its exit completes only once
         // every task in it is gone: after the wait, the cgroup is empty and removable at
         // once. Frozen tasks cannot die, so a paused sandbox is thawed first.
@@ -176,6 +183,9 @@ impl Cleanup {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
         }
+    }
+
+    fn remove(&mut self) {
         if let Some(cg) = self.cgroup.take() {
             // Normally a no-op: only a task that escaped the namespace would be left.
             let _ = cg.kill_all(Duration::from_secs(5));
@@ -208,6 +218,8 @@ impl Drop for Cleanup {
 /// A built sandbox, watched by this helper.
 struct Sandbox {
     agent: Pid,
+    /// Written to once every process of the sandbox is gone (see `watch`).
+    stopped: Option<OwnedFd>,
     socket: PathBuf,
     cleanup: Cleanup,
     publishers: Vec<std::thread::JoinHandle<()>>,
@@ -259,6 +271,9 @@ impl Sandbox {
             std::process::id().to_string().as_bytes(),
         )
         .map_err(fail("write the helper pid"))?;
+        // Which template the root is built on: a template in use is not removed.
+        fs::write(run.join("template"), spec.template.as_bytes())
+            .map_err(fail("record the template"))?;
 
         let hierarchy = Hierarchy::detect().map_err(|e| e.to_string())?;
         hierarchy.prepare().map_err(|e| e.to_string())?;
@@ -286,7 +301,7 @@ impl Sandbox {
         fs::create_dir_all(&root).map_err(fail("create the root mount point"))?;
         let (upper, work, disk) = writable_layer(config, &run, &data)?;
         cleanup.mounts.extend(disk);
-        let lower = template.rootfs.display().to_string();
+        let lower = template.lowerdir().map_err(|e| e.to_string())?;
         let opts = format!(
             "lowerdir={lower},upperdir={},workdir={}",
             upper.display(),
@@ -296,6 +311,10 @@ impl Sandbox {
             .map_err(fail("mount the root overlay"))?;
         cleanup.mounts.push(root.clone());
         crate::trace::mark("helper: overlay mounted");
+        // An image's root may lack the mount points the sandbox needs.
+        for d in ["proc", "sys", "dev"] {
+            mkdir_no_follow(&root, d)?;
+        }
         populate_root(&template, &root, spec, &paths)?;
         crate::trace::mark("helper: root populated");
 
@@ -324,6 +343,8 @@ impl Sandbox {
                     listener,
                     env,
                     seccomp,
+                    user: template.meta.user.as_deref().map(template::agent_user),
+                    workdir: template.meta.workdir.as_ref().map(PathBuf::from),
                 });
                 // Only reached on failure; the status pipe carried the reason.
                 let _ = err;
@@ -365,6 +386,7 @@ impl Sandbox {
                     publishers.push(h);
                 }
                 Ok(Sandbox {
+                    stopped: None,
                     agent: child,
                     socket,
                     cleanup,
@@ -408,6 +430,13 @@ impl Sandbox {
             }
         };
         crate::trace::mark("helper: stop asked");
+        self.cleanup.stop_processes();
+        // A caller that only needs the processes gone may go on now; the rest of the
+        // teardown does not need it to wait.
+        if let Some(fd) = self.stopped.take() {
+            let _ = nix::unistd::write(&fd, b"s");
+        }
+        crate::trace::mark("helper: processes gone");
         self.cleanup.run();
         crate::trace::mark("helper: torn down");
         drop(self.publishers);
@@ -637,6 +666,9 @@ struct ChildArgs<'a> {
     listener: UnixListener,
     env: std::collections::BTreeMap<String, String>,
     seccomp: warren_sys::seccomp::SeccompProgram,
+    /// The template's default user and working directory.
+    user: Option<warren_types::proto::User>,
+    workdir: Option<PathBuf>,
 }
 
 /// The sandbox's first process, before it becomes the agent. Returns only on failure,
@@ -658,11 +690,12 @@ fn child_main(args: ChildArgs<'_>) -> String {
         seccomp: Some(Arc::new(args.seccomp)),
         drop_caps: true,
         // Root's passwd entry gives HOME and the working directory when a request names
-        // no user.
-        user: Some(warren_types::proto::User::Id {
+        // no user (and the template names none either).
+        user: Some(args.user.unwrap_or(warren_types::proto::User::Id {
             uid: 0,
             gid: Some(0),
-        }),
+        })),
+        workdir: args.workdir,
         ..Default::default()
     };
     match warren_agent::serve(args.listener, config) {

@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod helper;
 pub mod namespace;
 pub mod network;
+pub mod oci;
 pub mod template;
 pub mod trace;
 
@@ -68,8 +69,14 @@ impl Paths {
 /// Errors of the runtime. Each says what to change.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unknown template {0:?}: the built-in template is \"host\"")]
+    #[error(
+        "unknown template {0:?}: `warren template ls` lists them; the built-in one is \"host\""
+    )]
     UnknownTemplate(String),
+    #[error("a template named {0:?} exists: pick another name, or remove it first (`warren template rm`)")]
+    TemplateExists(String),
+    #[error(transparent)]
+    Image(#[from] oci::ImportError),
     #[error("invalid {what}: {why}")]
     Invalid { what: &'static str, why: String },
     #[error("cgroups: {0}")]

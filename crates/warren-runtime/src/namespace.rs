@@ -5,6 +5,7 @@
 //! this side talks to the agent over its socket. Pausing and resuming act on the cgroup
 //! freezer directly; destroying asks the helper to tear down and waits for it.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -53,8 +54,9 @@ pub struct Sandbox {
 #[derive(Debug)]
 enum Helper {
     Child(tokio::process::Child),
-    /// Forked from this process without exec (see [`NamespaceBackend::create_forked`]).
-    Forked(i32),
+    /// Forked from this process without exec (see [`NamespaceBackend::create_forked`]),
+    /// with the pipe on which it says the sandbox's processes are gone.
+    Forked(i32, std::os::fd::OwnedFd),
     Adopted(i32),
 }
 
@@ -111,13 +113,18 @@ impl NamespaceBackend {
             ephemeral: opts.ephemeral,
         };
         let (r, w) = nix::unistd::pipe().map_err(|e| Error::Helper(format!("pipe: {e}")))?;
+        // Close-on-exec: only the helper may hold the writing end, not what it starts.
+        let (stopped_r, stopped_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| Error::Helper(format!("pipe: {e}")))?;
         match warren_sys::ns::fork_process().map_err(crate::io_err("fork the sandbox helper"))? {
             warren_sys::ns::Forked::Child => {
                 drop(r);
-                crate::helper::run(&config, std::fs::File::from(w))
+                drop(stopped_r);
+                crate::helper::run(&config, std::fs::File::from(w), Some(stopped_w))
             }
             warren_sys::ns::Forked::Parent(pid) => {
                 drop(w);
+                drop(stopped_w);
                 let mut line = String::new();
                 let _ = std::io::BufRead::read_line(
                     &mut std::io::BufReader::new(std::fs::File::from(r)),
@@ -129,7 +136,7 @@ impl NamespaceBackend {
                         id,
                         socket,
                         agent_pid,
-                        helper: Helper::Forked(pid.as_raw()),
+                        helper: Helper::Forked(pid.as_raw(), stopped_r),
                     }),
                     Ok(HelperStatus::Error { message }) => {
                         let _ = nix::sys::wait::waitpid(pid, None);
@@ -344,7 +351,7 @@ impl Sandbox {
     pub fn helper_pid(&self) -> Option<i32> {
         match &self.helper {
             Helper::Child(c) => c.id().map(|p| p as i32),
-            Helper::Forked(p) | Helper::Adopted(p) => Some(*p),
+            Helper::Forked(p, _) | Helper::Adopted(p) => Some(*p),
         }
     }
 
@@ -352,7 +359,7 @@ impl Sandbox {
     pub fn is_alive(&mut self) -> bool {
         match &mut self.helper {
             Helper::Child(c) => matches!(c.try_wait(), Ok(None)),
-            Helper::Forked(p) | Helper::Adopted(p) => pid_alive(*p),
+            Helper::Forked(p, _) | Helper::Adopted(p) => pid_alive(*p),
         }
     }
 
@@ -367,10 +374,26 @@ impl Sandbox {
                 Helper::Child(c) => {
                     let _ = c.wait().await;
                 }
-                Helper::Forked(p) => {
+                // The helper says when the processes are gone and finishes the rest
+                // of the teardown alone: a `--rm` caller need not wait for directories
+                // and cgroups to be removed. (It is this process's child: the kernel
+                // reaps it once this process exits, and a caller that lives on reaps
+                // it here.)
+                Helper::Forked(p, stopped) => {
                     let pid = Pid::from_raw(*p);
-                    let _ = tokio::task::spawn_blocking(move || nix::sys::wait::waitpid(pid, None))
-                        .await;
+                    let fd = stopped.try_clone().ok();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let mut b = [0u8; 1];
+                        match fd {
+                            Some(fd) => {
+                                let _ = nix::unistd::read(fd.as_raw_fd(), &mut b);
+                            }
+                            None => {
+                                let _ = nix::sys::wait::waitpid(pid, None);
+                            }
+                        }
+                    })
+                    .await;
                 }
                 // Not our child: watch for the pid to go away.
                 Helper::Adopted(p) => {

@@ -1,19 +1,42 @@
-//! Templates: the read-only lower layer of a sandbox's root filesystem.
+//! Templates: the read-only lower layers of a sandbox's root filesystem, and what a
+//! sandbox made from one starts with (environment, working directory, user, start and
+//! ready commands).
+//!
+//! A template is an ordered list of layers plus metadata, `templates/NAME/template.json`
+//! under the data directory. A layer is a directory in overlayfs's own format (whiteouts
+//! are character devices 0/0, opaque directories carry `trusted.overlay.opaque=y`), kept
+//! once under `layers/ID` and shared by every template that lists it: a sandbox's root
+//! is `overlay lowerdir=top:…:bottom`, so making one costs the same whatever the
+//! template. Imported layers are named by the SHA-256 of their uncompressed tar (the
+//! image's diff id), so the same layer imported twice, or from two images, is stored
+//! once. Snapshot layers are a sandbox's writable layer, unique by construction; they
+//! are named by a random id rather than paying a full read to hash them.
 //!
 //! The built-in template `host` needs no download: its root is a small synthesized tree
 //! (an /etc of its own, the usual empty directories) and the host's /usr, /bin, /sbin and
 //! /lib* are bind-mounted read-only on top of it when a sandbox is made. Its /etc holds a
 //! `user` account and copies of the host files programs need to run (certificates,
 //! alternatives, the dynamic linker's configuration), and nothing secret: no shadow file,
-//! no ssh keys, no host accounts.
+//! no ssh keys, no host accounts. A template built or snapshotted from `host` keeps
+//! those binds (`host_base`) and stacks its own layers over the synthesized tree.
 //!
 //! Template files are owned by the ids that root and `user` map to in a sandbox, so they
 //! appear as root's and user's inside and the overlay can copy them up when written.
+//!
+//! Concurrency: whatever creates layers or templates holds a shared lock on
+//! `layers/.lock` throughout, and [`gc`] holds it exclusively, so the collector never
+//! removes a layer that a template being written is about to name. Unfinished layers
+//! live in `layers/.tmp-PID-RANDOM`, removed on failure and by [`gc`] once their
+//! process is gone.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::{lchown, symlink, PermissionsExt};
+use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
 
 use crate::{io_err, Error, Paths, Result, HOST_ID_BASE, USER_ID};
 
@@ -49,16 +72,109 @@ const HOST_ETC: [&str; 22] = [
     "terminfo",
 ];
 
-/// A template ready to be used as a lower layer.
+/// The name of the built-in template.
+pub const HOST: &str = "host";
+
+/// Longest `lowerdir=` option: mount options must fit in one page.
+const MAX_LOWERDIR: usize = 4000;
+
+/// How long a ready command may take to succeed when the template does not say.
+pub const DEFAULT_READY_TIMEOUT_SECS: u64 = 60;
+
+/// Where a template came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateKind {
+    #[default]
+    Builtin,
+    /// Imported from an OCI or `docker save` archive.
+    Image,
+    /// Built from a base template by running steps.
+    Build,
+    /// A sandbox's filesystem at one moment.
+    Snapshot,
+}
+
+/// A template's metadata: `templates/NAME/template.json`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateMeta {
+    pub name: String,
+    pub kind: TemplateKind,
+    /// The archive, base template or sandbox it was made from, for people.
+    pub source: String,
+    /// Layer ids, top first.
+    pub layers: Vec<String>,
+    /// Stacked on the `host` template's tree, with the host's /usr and /lib* bound.
+    pub host_base: bool,
+    /// Environment of every process, over [`default_env`].
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of processes that name none.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// Who processes run as when they name nobody: `name`, `uid` or `uid:gid`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The image's entrypoint and command, as it declared them.
+    #[serde(default)]
+    pub cmd: Vec<String>,
+    /// Run in the background (`sh -c`) whenever a sandbox made from it starts.
+    #[serde(default)]
+    pub start_cmd: Option<String>,
+    /// Polled (`sh -c`) until it exits 0 before the sandbox counts as running.
+    #[serde(default)]
+    pub ready_cmd: Option<String>,
+    #[serde(default)]
+    pub ready_timeout_secs: Option<u64>,
+    /// Unix milliseconds.
+    pub created_at: i64,
+    /// The tenant that made it; only it (or the host's root) may remove it.
+    #[serde(default)]
+    pub tenant: Option<String>,
+}
+
+/// A template ready to be used as the lower layers of a root.
 #[derive(Debug, Clone)]
 pub struct Template {
     pub name: String,
-    /// The lower layer of the overlay root.
-    pub rootfs: PathBuf,
+    /// The lower layers of the overlay root, top first.
+    pub lower: Vec<PathBuf>,
     /// Host directories bind-mounted read-only at the same place in the sandbox.
     pub host_binds: Vec<PathBuf>,
     /// Environment every process of a sandbox made from it gets.
     pub env: BTreeMap<String, String>,
+    pub meta: TemplateMeta,
+}
+
+impl Template {
+    /// The overlay's `lowerdir=` value, or an error when it cannot fit in a mount option.
+    pub fn lowerdir(&self) -> Result<String> {
+        let s = self
+            .lower
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(":");
+        if s.len() > MAX_LOWERDIR
+            || self.lower.iter().any(|p| {
+                let b = p.as_os_str().as_encoded_bytes();
+                b.contains(&b':') || b.contains(&b',')
+            })
+        {
+            return Err(Error::Invalid {
+                what: "template",
+                why: format!(
+                    "{} has {} layers, more than one overlay mount can stack here; build a \
+                     new template from a sandbox of it (`warren template build --from {}`) \
+                     to flatten it, or use a shorter data directory",
+                    self.name,
+                    self.lower.len(),
+                    self.name
+                ),
+            });
+        }
+        Ok(s)
+    }
 }
 
 /// The default environment of a sandbox's processes. HOME is not here: the agent sets it
@@ -76,28 +192,447 @@ pub fn default_env() -> BTreeMap<String, String> {
     .collect()
 }
 
-/// Finds template `name`, building the `host` template on first use.
-pub fn resolve(paths: &Paths, name: &str) -> Result<Template> {
-    if name != "host" {
-        return Err(Error::UnknownTemplate(name.to_string()));
+fn host_meta() -> TemplateMeta {
+    TemplateMeta {
+        name: HOST.into(),
+        kind: TemplateKind::Builtin,
+        source: "the host's /usr and /lib*, read-only".into(),
+        host_base: true,
+        ..Default::default()
     }
-    let dir = paths.template("host");
-    let rootfs = dir.join("rootfs");
+}
+
+/// The `host` template's synthesized tree, built on first use.
+fn host_rootfs(paths: &Paths) -> Result<PathBuf> {
+    let dir = paths.template(HOST);
     let marker = dir.join("version");
     if fs::read_to_string(&marker).ok().as_deref() != Some(HOST_TEMPLATE_VERSION) {
         build_host(&dir)?;
     }
-    let host_binds = HOST_DIRS
-        .iter()
-        .map(|d| Path::new("/").join(d))
-        .filter(|p| p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false))
-        .collect();
+    Ok(dir.join("rootfs"))
+}
+
+/// Finds template `name`, building the `host` template on first use.
+pub fn resolve(paths: &Paths, name: &str) -> Result<Template> {
+    let meta = if name == HOST {
+        host_meta()
+    } else {
+        load(paths, name)?
+    };
+    let mut lower = Vec::with_capacity(meta.layers.len() + 1);
+    for id in &meta.layers {
+        let p = layer_path(paths, id);
+        if !p.is_dir() {
+            return Err(Error::Invalid {
+                what: "template",
+                why: format!(
+                    "{name} is damaged: its layer {id} is missing; remove it with \
+                     `warren template rm {name}` and make it again"
+                ),
+            });
+        }
+        lower.push(p);
+    }
+    let mut host_binds = Vec::new();
+    if meta.host_base {
+        lower.push(host_rootfs(paths)?);
+        host_binds = HOST_DIRS
+            .iter()
+            .map(|d| Path::new("/").join(d))
+            .filter(|p| p.symlink_metadata().map(|m| m.is_dir()).unwrap_or(false))
+            .collect();
+    }
+    let mut env = default_env();
+    env.extend(meta.env.clone());
     Ok(Template {
         name: name.to_string(),
-        rootfs,
+        lower,
         host_binds,
-        env: default_env(),
+        env,
+        meta,
     })
+}
+
+/// Checks that `name` can name a new template.
+pub fn check_new_name(paths: &Paths, name: &str) -> Result<()> {
+    if !crate::valid_name(name) || name == HOST {
+        return Err(Error::Invalid {
+            what: "template name",
+            why: format!(
+                "{name:?} must be 1-64 letters, digits, '-', '_' or '.', and not \"host\""
+            ),
+        });
+    }
+    if paths.template(name).join("template.json").exists() {
+        return Err(Error::TemplateExists(name.to_string()));
+    }
+    Ok(())
+}
+
+/// The metadata of stored template `name` (not `host`).
+pub fn load(paths: &Paths, name: &str) -> Result<TemplateMeta> {
+    if !crate::valid_name(name) {
+        return Err(Error::UnknownTemplate(name.to_string()));
+    }
+    let p = paths.template(name).join("template.json");
+    let bytes = match fs::read(&p) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::UnknownTemplate(name.to_string()))
+        }
+        Err(e) => return Err(io_err(format!("read {}", p.display()))(e)),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+        what: "template",
+        why: format!(
+            "{} is unreadable ({e}); remove it with `warren template rm {name}`",
+            p.display()
+        ),
+    })
+}
+
+/// Every template, `host` first, then by name.
+pub fn list(paths: &Paths) -> Result<Vec<TemplateMeta>> {
+    let mut out = vec![host_meta()];
+    let dir = paths.data.join("templates");
+    let mut names: Vec<String> = match fs::read_dir(&dir) {
+        Ok(rd) => rd
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n != HOST && crate::valid_name(n))
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    for n in names {
+        if let Ok(m) = load(paths, &n) {
+            out.push(m);
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a new template's metadata; it appears whole or not at all. Fails if the
+/// name was taken meanwhile.
+pub fn save(paths: &Paths, meta: &TemplateMeta) -> Result<()> {
+    check_new_name(paths, &meta.name)?;
+    let dir = paths.template(&meta.name);
+    fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let tmp = dir.join(format!(".template.json.{}", crate::new_id()));
+    let body = serde_json::to_vec_pretty(meta).expect("template metadata serializes");
+    fs::write(&tmp, body).map_err(io_err(format!("write {}", tmp.display())))?;
+    // link(2) fails if the name exists: two makers of one name cannot both win.
+    let r = fs::hard_link(&tmp, dir.join("template.json"));
+    let _ = fs::remove_file(&tmp);
+    match r {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Err(Error::TemplateExists(meta.name.clone()))
+        }
+        Err(e) => Err(io_err("write the template")(e)),
+    }
+}
+
+/// Removes template `name`'s metadata (and build log). Its layers stay until [`gc`]
+/// finds nothing else uses them. Whether sandboxes use it is the caller's to check.
+pub fn remove(paths: &Paths, name: &str) -> Result<()> {
+    if name == HOST {
+        return Err(Error::Invalid {
+            what: "template",
+            why: "\"host\" is built in and cannot be removed".into(),
+        });
+    }
+    load(paths, name)?;
+    let dir = paths.template(name);
+    let gone = paths
+        .data
+        .join("templates")
+        .join(format!(".removed-{name}-{}", crate::new_id()));
+    fs::rename(&dir, &gone).map_err(io_err(format!("remove {}", dir.display())))?;
+    fs::remove_dir_all(&gone).map_err(io_err(format!("remove {}", gone.display())))
+}
+
+/// Where the layers live.
+pub fn layers_dir(paths: &Paths) -> PathBuf {
+    paths.data.join("layers")
+}
+
+pub fn layer_path(paths: &Paths, id: &str) -> PathBuf {
+    layers_dir(paths).join(id)
+}
+
+/// Whether `id` can name a layer: 64 hex digits (content-addressed) or `snap-` and hex.
+pub fn valid_layer_id(id: &str) -> bool {
+    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (id.len() == 64 && hex(id)) || id.strip_prefix("snap-").is_some_and(hex)
+}
+
+/// Held while layers or templates are being made (shared) or collected (exclusive).
+#[derive(Debug)]
+pub struct StoreLock(#[allow(dead_code)] Flock<fs::File>);
+
+fn lock(paths: &Paths, arg: FlockArg) -> Result<StoreLock> {
+    let dir = layers_dir(paths);
+    fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .map_err(io_err("open the layer store's lock"))?;
+    Flock::lock(f, arg)
+        .map(StoreLock)
+        .map_err(|(_, e)| io_err("lock the layer store")(e.into()))
+}
+
+/// Held by whatever makes layers and templates; blocks [`gc`] only.
+pub fn lock_shared(paths: &Paths) -> Result<StoreLock> {
+    lock(paths, FlockArg::LockShared)
+}
+
+/// A layer being made: removed on drop unless committed.
+#[derive(Debug)]
+pub struct Staging {
+    dir: PathBuf,
+    done: bool,
+}
+
+impl Staging {
+    /// A fresh, empty directory in the layer store, owned by the sandboxes' root.
+    pub fn new(paths: &Paths) -> Result<Self> {
+        let dir =
+            layers_dir(paths).join(format!(".tmp-{}-{}", std::process::id(), crate::new_id()));
+        fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
+        let s = Self { dir, done: false };
+        lchown(&s.dir, Some(HOST_ID_BASE), Some(HOST_ID_BASE))
+            .map_err(io_err(format!("chown {}", s.dir.display())))?;
+        fs::set_permissions(&s.dir, fs::Permissions::from_mode(0o755))
+            .map_err(io_err(format!("chmod {}", s.dir.display())))?;
+        Ok(s)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Makes the layer `id`. Returns false when the store had it already (this copy is
+    /// dropped and the stored one shared).
+    pub fn commit(mut self, paths: &Paths, id: &str) -> Result<bool> {
+        let dest = layer_path(paths, id);
+        if dest.exists() {
+            return Ok(false);
+        }
+        let size = dir_size(&self.dir);
+        match fs::rename(&self.dir, &dest) {
+            Ok(()) => {
+                self.done = true;
+                let _ = fs::write(size_file(paths, id), size.to_string());
+                Ok(true)
+            }
+            // Another import stored the same layer first.
+            Err(_) if dest.exists() => Ok(false),
+            Err(e) => Err(io_err(format!("store layer {id}"))(e)),
+        }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn size_file(paths: &Paths, id: &str) -> PathBuf {
+    layers_dir(paths).join(format!(".{id}.size"))
+}
+
+/// Bytes on disk under `root` (allocated blocks; hard links counted once).
+pub fn dir_size(root: &Path) -> u64 {
+    let mut seen = std::collections::HashSet::new();
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(m) = p.symlink_metadata() else {
+            continue;
+        };
+        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
+            continue;
+        }
+        total += m.blocks() * 512;
+        if m.is_dir() {
+            for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    total
+}
+
+/// Bytes layer `id` takes, recorded when it was made.
+pub fn layer_size(paths: &Paths, id: &str) -> u64 {
+    if let Some(n) = fs::read_to_string(size_file(paths, id))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return n;
+    }
+    let n = dir_size(&layer_path(paths, id));
+    let _ = fs::write(size_file(paths, id), n.to_string());
+    n
+}
+
+/// Where a sandbox's writable layer is read from for a snapshot.
+#[derive(Debug, Clone)]
+pub enum UpperSource {
+    /// A directory on the host (the sandbox has no bounded disk).
+    Dir(PathBuf),
+    /// The `upper` directory inside an ext4 image that nothing mounts now (a stopped
+    /// sandbox with a bounded disk); it is mounted read-only in a private namespace.
+    Image(PathBuf),
+    /// A directory in the mount namespace of a live helper (a paused sandbox with a
+    /// bounded disk, whose image only that namespace mounts).
+    InNamespace { pid: i32, dir: PathBuf },
+}
+
+/// Copies a sandbox's writable layer into a new layer. Overlayfs's upper directories
+/// are already in the lower-layer format (whiteouts, opaque directories), so the copy
+/// is a plain one that keeps owners, modes, times, links, devices and xattrs: `cp -a`,
+/// which also keeps sparse files sparse and hard links linked. Returns the layer's id
+/// and the bytes it takes.
+pub fn snapshot_layer(paths: &Paths, src: &UpperSource) -> Result<(String, u64)> {
+    let staging = Staging::new(paths)?;
+    let dst = staging.path().display().to_string();
+    let mut cmd = match src {
+        UpperSource::Dir(dir) => {
+            let mut c = Command::new("cp");
+            c.arg("-a").arg(dir.join(".")).arg(&dst);
+            c
+        }
+        UpperSource::Image(img) => {
+            let mnt = staging.path().with_extension("mnt");
+            fs::create_dir_all(&mnt).map_err(io_err("create a mount point"))?;
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                .arg(
+                    "mount -o ro,loop,nodev,nosuid \"$1\" \"$2\" && cp -a \"$2/upper/.\" \"$3\"; \
+                     r=$?; umount \"$2\"; exit $r",
+                )
+                .arg("sh")
+                .arg(img)
+                .arg(&mnt)
+                .arg(&dst);
+            c
+        }
+        UpperSource::InNamespace { pid, dir } => {
+            let mut c = Command::new("nsenter");
+            c.arg("-t")
+                .arg(pid.to_string())
+                .args(["-m", "--", "cp", "-a"])
+                .arg(dir.join("."))
+                .arg(&dst);
+            c
+        }
+    };
+    let out = cmd.output().map_err(io_err(
+        "run cp for the snapshot (install coreutils and util-linux)",
+    ))?;
+    if let UpperSource::Image(_) = src {
+        let _ = fs::remove_dir(staging.path().with_extension("mnt"));
+    }
+    if !out.status.success() {
+        return Err(Error::Setup(format!(
+            "copying the sandbox's files failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let id = format!("snap-{}{}", crate::new_id(), crate::new_id());
+    let size = dir_size(staging.path());
+    staging.commit(paths, &id)?;
+    Ok((id, size))
+}
+
+/// What [`gc`] removed (or would).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcReport {
+    pub layers: Vec<String>,
+    pub bytes: u64,
+}
+
+/// Removes layers no template lists and unfinished layers whose maker is gone.
+pub fn gc(paths: &Paths, dry_run: bool) -> Result<GcReport> {
+    let _lock = lock(paths, FlockArg::LockExclusive)?;
+    let used: BTreeSet<String> = list(paths)?.into_iter().flat_map(|t| t.layers).collect();
+    let mut report = GcReport::default();
+    let dir = layers_dir(paths);
+    for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let Ok(name) = e.file_name().into_string() else {
+            continue;
+        };
+        let path = e.path();
+        if let Some(rest) = name.strip_prefix(".tmp-") {
+            let pid = rest
+                .split(['-', '.'])
+                .next()
+                .and_then(|p| p.parse::<i32>().ok());
+            let alive = pid.is_some_and(|p| {
+                p == std::process::id() as i32 || Path::new(&format!("/proc/{p}")).exists()
+            });
+            if !alive {
+                report.bytes += dir_size(&path);
+                if !dry_run {
+                    let _ = fs::remove_dir_all(&path);
+                }
+            }
+            continue;
+        }
+        if !valid_layer_id(&name) || used.contains(&name) {
+            continue;
+        }
+        report.bytes += layer_size(paths, &name);
+        report.layers.push(name.clone());
+        if !dry_run {
+            fs::remove_dir_all(&path).map_err(io_err(format!("remove {}", path.display())))?;
+            let _ = fs::remove_file(size_file(paths, &name));
+        }
+    }
+    report.layers.sort();
+    Ok(report)
+}
+
+/// The live sandboxes (any maker, the daemon's or `warren run`'s) whose root is built
+/// from template `name`: the helper records it in the run directory.
+pub fn live_users(paths: &Paths, name: &str) -> Vec<String> {
+    let dir = paths.run.join("sandboxes");
+    fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            fs::read_to_string(e.path().join("template"))
+                .ok()
+                .as_deref()
+                == Some(name)
+                && crate::namespace::helper_alive(&e.path())
+        })
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
+}
+
+/// The agent's default user for a template's `user` (`name`, `uid`, `uid:gid`,
+/// `name:group`; a group name is not looked up and the user's own group applies).
+pub fn agent_user(spec: &str) -> warren_types::proto::User {
+    use warren_types::proto::User;
+    let (u, g) = spec.split_once(':').unwrap_or((spec, ""));
+    match (u.parse::<u32>(), g.parse::<u32>()) {
+        (Ok(uid), Ok(gid)) => User::Id {
+            uid,
+            gid: Some(gid),
+        },
+        (Ok(uid), Err(_)) => User::Id { uid, gid: None },
+        (Err(_), _) => User::Name(u.to_string()),
+    }
 }
 
 /// Builds the `host` template in a scratch directory and renames it into place, so a

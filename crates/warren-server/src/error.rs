@@ -85,7 +85,7 @@ impl From<CoreError> for Error {
     fn from(e: CoreError) -> Self {
         let message = one_line(&e.to_string());
         match e {
-            CoreError::NotFound(_) => Self::not_found(message),
+            CoreError::NotFound(_) | CoreError::TemplateNotFound(_) => Self::not_found(message),
             CoreError::InvalidState(_) => Self::invalid_state(message),
             CoreError::NameTaken(_) => Self::new(StatusCode::CONFLICT, "name_taken", message),
             CoreError::Invalid(_) => Self::invalid(message),

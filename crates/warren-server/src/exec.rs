@@ -155,7 +155,7 @@ fn b64(d: &[u8]) -> String {
 }
 
 /// Whether a SIGKILL was the memory limit's: the sandbox's OOM count rose meanwhile.
-fn oom_killed(status: &ExitStatus, before: u64, after: u64) -> bool {
+pub(crate) fn oom_killed(status: &ExitStatus, before: u64, after: u64) -> bool {
     status.signal == Some(SIGKILL) && after > before
 }
 
@@ -359,7 +359,7 @@ pub struct ResizeRequest {
     pub cols: u16,
 }
 
-fn win_size(rows: u16, cols: u16) -> Result<WinSize, Error> {
+pub(crate) fn win_size(rows: u16, cols: u16) -> Result<WinSize, Error> {
     if rows == 0 || cols == 0 {
         return Err(Error::invalid("rows and cols must be at least 1"));
     }
@@ -447,21 +447,21 @@ pub struct PtyQuery {
 /// A text message from the terminal client.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PtyControl {
-    resize: ResizeRequest,
+pub(crate) struct PtyControl {
+    pub(crate) resize: ResizeRequest,
 }
 
 #[derive(Debug, Serialize)]
-struct PtyExit {
-    exit_code: Option<i32>,
-    signal: Option<i32>,
-    timed_out: bool,
-    oom_killed: bool,
+pub(crate) struct PtyExit {
+    pub(crate) exit_code: Option<i32>,
+    pub(crate) signal: Option<i32>,
+    pub(crate) timed_out: bool,
+    pub(crate) oom_killed: bool,
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
-enum PtyNotice {
+pub(crate) enum PtyNotice {
     Exit(PtyExit),
     Error(warren_types::api::ApiError),
 }
@@ -494,7 +494,7 @@ pub async fn pty(
     }))
 }
 
-async fn notice(socket: &mut WebSocket, n: &PtyNotice) {
+pub(crate) async fn notice(socket: &mut WebSocket, n: &PtyNotice) {
     let text = serde_json::to_string(n).unwrap_or_default();
     let _ = socket.send(Message::Text(text.into())).await;
 }

@@ -23,6 +23,8 @@ mod extract;
 mod files;
 mod pools;
 mod sandboxes;
+mod share;
+mod templates;
 #[cfg(test)]
 mod tests;
 
@@ -36,7 +38,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::signal::unix::{signal, SignalKind};
@@ -103,11 +105,23 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/sandboxes/{key}/files/mkdir"),
     ("POST", "/v1/sandboxes/{key}/files/rename"),
     ("GET", "/v1/sandboxes/{key}/pty"),
+    ("POST", "/v1/sandboxes/{key}/processes/{pid}/share"),
+    ("GET", "/v1/sandboxes/{key}/shares"),
+    ("DELETE", "/v1/sandboxes/{key}/shares/{id}"),
+    ("GET", "/v1/shared/{token}"),
     ("GET", "/v1/events"),
     ("POST", "/v1/gc"),
     ("POST", "/v1/keys"),
     ("GET", "/v1/pools"),
     ("POST", "/v1/pools"),
+    ("GET", "/v1/templates"),
+    ("GET", "/v1/templates/{name}"),
+    ("DELETE", "/v1/templates/{name}"),
+    ("POST", "/v1/templates/import"),
+    ("POST", "/v1/templates/build"),
+    ("POST", "/v1/templates/gc"),
+    ("POST", "/v1/sandboxes/{key}/snapshot"),
+    ("GET", "/v1/disk"),
 ];
 
 /// Routes served on the unix socket only.
@@ -115,6 +129,8 @@ pub const UNIX_ONLY: &[(&str, &str)] = &[
     ("POST", "/v1/keys"),
     ("GET", "/v1/pools"),
     ("POST", "/v1/pools"),
+    ("POST", "/v1/templates/import"),
+    ("POST", "/v1/templates/gc"),
 ];
 
 /// The API for one surface. Streams it serves never see a shutdown; [`serve`] builds
@@ -178,8 +194,26 @@ fn build(state: AppState) -> Router {
         .route("/v1/sandboxes/{key}/files/mkdir", post(files::mkdir))
         .route("/v1/sandboxes/{key}/files/rename", post(files::rename))
         .route("/v1/sandboxes/{key}/pty", get(exec::pty))
+        .route(
+            "/v1/sandboxes/{key}/processes/{pid}/share",
+            post(share::create),
+        )
+        .route("/v1/sandboxes/{key}/shares", get(share::list))
+        .route("/v1/sandboxes/{key}/shares/{id}", delete(share::revoke))
+        .route("/v1/shared/{token}", get(share::join))
         .route("/v1/events", get(sandboxes::events))
-        .route("/v1/gc", post(sandboxes::gc));
+        .route("/v1/gc", post(sandboxes::gc))
+        .route("/v1/templates", get(templates::list))
+        .route("/v1/templates/build", post(templates::build))
+        // Unix socket only, refused inside: on TCP `{name}` would match them.
+        .route("/v1/templates/import", post(templates::import))
+        .route("/v1/templates/gc", post(templates::gc))
+        .route(
+            "/v1/templates/{name}",
+            get(templates::get).delete(templates::remove),
+        )
+        .route("/v1/sandboxes/{key}/snapshot", post(templates::snapshot))
+        .route("/v1/disk", get(templates::disk));
     if state.surface == Surface::Unix {
         r = r
             .route("/v1/keys", post(sandboxes::create_key))
@@ -305,6 +339,12 @@ pub async fn serve_with(
         );
     }
     if let Some(listener) = e2b {
+        // Streams write small envelopes; Nagle's algorithm would hold each behind the
+        // client's delayed ACK (40 ms a command).
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         servers.spawn(
             axum::serve(listener, e2b::router(mgr.clone(), shutdown.clone()))
                 .with_graceful_shutdown(shutting_down(shutdown.clone()))

@@ -245,3 +245,25 @@ pub struct PoolInfo {
     pub hits: u64,
     pub misses: u64,
 }
+
+/// `POST /v1/sandboxes/{key}/processes/{pid}/share`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ShareRequest {
+    /// Let the guest type too; read-only otherwise.
+    #[serde(default)]
+    pub write: bool,
+}
+
+/// A shared terminal: a token that lets a second client watch (or drive) one process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShareInfo {
+    /// Names the share in lists and revocations; not a credential.
+    pub id: String,
+    /// The credential, shown once, when the share is made.
+    pub token: Option<String>,
+    pub sandbox: String,
+    pub pid: u32,
+    pub write: bool,
+    pub created_at: String,
+}

@@ -25,6 +25,8 @@ enum Command {
     Create(Box<commands::create::CreateArgs>),
     Exec(commands::exec::ExecArgs),
     Attach(commands::attach::AttachArgs),
+    Share(commands::share::ShareArgs),
+    Join(commands::share::JoinArgs),
     Ls(commands::ls::LsArgs),
     Inspect(commands::inspect::InspectArgs),
     Logs(commands::logs::LogsArgs),
@@ -37,6 +39,8 @@ enum Command {
     Gc(commands::gc::GcArgs),
     Keys(commands::keys::KeysArgs),
     Doctor(commands::doctor::DoctorArgs),
+    Template(commands::template::TemplateArgs),
+    Snapshot(commands::snapshot::SnapshotArgs),
 }
 
 fn main() -> ExitCode {
@@ -56,6 +60,8 @@ fn main() -> ExitCode {
         Command::Create(a) => commands::create::run(*a),
         Command::Exec(a) => commands::exec::run(a),
         Command::Attach(a) => commands::attach::run(a),
+        Command::Share(a) => commands::share::run(a),
+        Command::Join(a) => commands::share::join(a),
         Command::Ls(a) => commands::ls::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Logs(a) => commands::logs::run(a),
@@ -68,6 +74,8 @@ fn main() -> ExitCode {
         Command::Gc(a) => commands::gc::run(a),
         Command::Keys(a) => commands::keys::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
+        Command::Template(a) => commands::template::run(a),
+        Command::Snapshot(a) => commands::snapshot::run(a),
     };
     match r {
         Ok(code) => code,

@@ -637,3 +637,132 @@ fn sandboxes_outlive_a_daemon_killed_with_sigkill() {
     assert!(logs.contains("adopted"), "{logs}");
     d.finish();
 }
+
+/// Joins a shared terminal over the daemon's unix socket.
+async fn join(
+    socket: &Path,
+    token: &str,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let url = format!("ws://localhost/v1/shared/{token}");
+    tokio_tungstenite::client_async(url, stream)
+        .await
+        .map(|(ws, _)| ws)
+}
+
+/// Reads frames until the terminal output contains `needle` (or a text frame with it).
+async fn expect_frame(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::net::UnixStream>,
+    needle: &str,
+) -> String {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut seen = String::new();
+    let wait = async {
+        while let Some(Ok(m)) = ws.next().await {
+            match m {
+                Message::Binary(b) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Message::Text(t) => seen.push_str(t.as_str()),
+                Message::Close(_) => seen.push_str("<closed>"),
+                _ => {}
+            }
+            if seen.contains(needle) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+    assert!(seen.contains(needle), "waited for {needle:?}, saw {seen:?}");
+    seen
+}
+
+#[test]
+fn a_shared_terminal_lets_guests_watch_or_type_until_revoked() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    if !can_run("a_shared_terminal_lets_guests_watch_or_type_until_revoked") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--name", "pair"]);
+    let pid = d
+        .ok(&[
+            "exec",
+            "-d",
+            "-t",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "while read l; do echo got:$l; done",
+        ])
+        .trim()
+        .to_string();
+    let rw = d.ok(&["share", "--write", &id, &pid]).trim().to_string();
+    let ro = d.ok(&["share", &id, &pid]).trim().to_string();
+    assert!(rw.starts_with("wsh_") && ro.starts_with("wsh_") && rw != ro);
+    // A process without a terminal cannot be shared.
+    let plain = d
+        .ok(&["exec", "-d", &id, "--", "sleep", "30"])
+        .trim()
+        .to_string();
+    let o = d.run(&["share", &id, &plain]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("no terminal"),
+        "{}",
+        stderr(&o)
+    );
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut writer = join(&d.socket(), &rw).await.unwrap();
+        writer
+            .send(Message::Binary(b"hello\n".to_vec().into()))
+            .await
+            .unwrap();
+        expect_frame(&mut writer, "got:hello").await;
+
+        // The read-only guest sees what was typed, and may not type.
+        let mut watcher = join(&d.socket(), &ro).await.unwrap();
+        expect_frame(&mut watcher, "got:hello").await;
+        watcher
+            .send(Message::Binary(b"sneaky\n".to_vec().into()))
+            .await
+            .unwrap();
+        expect_frame(&mut watcher, "read_only").await;
+        writer
+            .send(Message::Binary(b"again\n".to_vec().into()))
+            .await
+            .unwrap();
+        let seen = expect_frame(&mut watcher, "got:again").await;
+        assert!(
+            !seen.contains("got:sneaky"),
+            "a read-only guest typed: {seen}"
+        );
+
+        // Revoking cuts the guest off, and the token no longer opens anything.
+        let list = d.ok(&["share", "--list", &id]);
+        let share_id = list
+            .lines()
+            .skip(1)
+            .find(|l| l.contains("write"))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("the read-write share is listed")
+            .to_string();
+        d.ok(&["share", "--revoke", &share_id, &id]);
+        expect_frame(&mut writer, "share_revoked").await;
+        assert!(
+            join(&d.socket(), &rw).await.is_err(),
+            "a revoked token still joins"
+        );
+        assert!(join(&d.socket(), "wsh_forged").await.is_err());
+    });
+    d.finish();
+}

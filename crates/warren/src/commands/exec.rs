@@ -406,9 +406,13 @@ async fn pty(client: &Client, key: &str, command: &[String]) -> Result<u8, Error
         size.cols,
         enc(&shell_words(command))
     );
-    let mut ws = client
-        .websocket(&sandbox_path(key, &format!("/pty{query}")))
-        .await?;
+    terminal(client, &sandbox_path(key, &format!("/pty{query}"))).await
+}
+
+/// Drives the terminal WebSocket at `path` from this terminal (raw mode, resizes) until
+/// the process ends; its exit status as a shell would report it.
+pub(crate) async fn terminal(client: &Client, path: &str) -> Result<u8, Error> {
+    let mut ws = client.websocket(path).await?;
     let stdin = std::io::stdin();
     let raw = warren_sys::pty::RawMode::enter(stdin.as_fd()).ok();
     let mut input = read_stdin();

@@ -15,8 +15,11 @@ pub mod resume;
 pub mod rm;
 pub mod run;
 pub mod serve;
+pub mod share;
+pub mod snapshot;
 pub mod start;
 pub mod stop;
+pub mod template;
 
 use std::process::ExitCode;
 

@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// Also serve on this TCP address (API key or sandbox token required), e.g. 127.0.0.1:7070
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Also serve the E2B API (control plane and envd) on this TCP address, e.g. 127.0.0.1:3001
+    #[arg(long, value_name = "ADDR")]
+    pub e2b_listen: Option<SocketAddr>,
 }
 
 /// The tenant whose key is made on first start.
@@ -44,7 +47,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(addr) = args.listen {
             eprintln!("warren: serving on http://{addr} (API key required)");
         }
-        warren_server::serve(mgr, socket.clone(), args.listen)
+        if let Some(addr) = args.e2b_listen {
+            eprintln!("warren: serving the E2B API on http://{addr}");
+        }
+        warren_server::serve_with(mgr, socket.clone(), args.listen, args.e2b_listen)
             .await
             .with_context(|| format!("serving on {}", socket.display()))
     })?;

@@ -1,0 +1,805 @@
+//! Templates through the engine: import, build, snapshot, list, remove, collect, and the
+//! start and ready commands a template gives the sandboxes made from it.
+//!
+//! Templates are the node's, shared by every tenant (a tenant sees the templates others
+//! made, as it sees `host`); the tenant that made one is recorded and alone may remove
+//! it. A template is in use while any sandbox that is not terminated was made from it,
+//! by the daemon or by `warren run`: its layers are the lower half of those sandboxes'
+//! roots, so removing it is refused (409) until they are gone.
+//!
+//! A build is a sandbox of the base template that the engine keeps to itself (it is not
+//! in the store and no tenant sees it): each step runs there through the agent, its
+//! output streamed to the caller and to the build log; then the sandbox stops and its
+//! writable layer becomes the new template's top layer. A failed step removes the
+//! sandbox and everything it wrote, so a build either makes a whole template or nothing.
+//!
+//! A snapshot copies a sandbox's writable layer, and only that: the new template lists
+//! the copy above the base template's layers, which it shares. A running sandbox is
+//! frozen for the copy so the files are those of one moment, then thawed.
+//!
+//! Start and ready commands run when a sandbox made from a template boots (created or
+//! started again from its kept files): the start command in the background, then the
+//! ready command is polled until it exits 0; a sandbox whose ready command does not
+//! succeed before the deadline is removed and the creation fails, saying so. Memory
+//! checkpoints (resuming processes, not only files) would slot in at the same place as
+//! a `Checkpoint` step before `destroy` and a restore instead of `boot`; they need CRIU
+//! 4.1 or later, which this host does not have, so a stopped sandbox continues from its
+//! files with its start command run again.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use warren_runtime::client::{AgentClient, ProcessEvent};
+use warren_runtime::namespace::CreateOptions;
+use warren_runtime::template::{self, TemplateKind, TemplateMeta, UpperSource};
+use warren_runtime::{oci, Sandbox};
+use warren_types::api::SandboxState;
+use warren_types::proto::{Command, ExecRequest};
+use warren_types::spec::{NetworkMode, SandboxSpec};
+
+use crate::{Caller, CoreError, Manager, Result};
+
+/// A template as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateInfo {
+    #[serde(flatten)]
+    pub meta: TemplateMeta,
+    /// Bytes its own layers take (layers shared with other templates count in each).
+    pub size_bytes: u64,
+    /// Sandboxes made from it that are not terminated.
+    pub used_by: Vec<String>,
+}
+
+/// `POST /v1/templates/import`: an archive on the daemon's host.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImportTemplate {
+    /// Absolute path of a `docker save` or OCI layout archive on the daemon's host.
+    pub archive: PathBuf,
+    pub name: String,
+    #[serde(default)]
+    pub start_cmd: Option<String>,
+    #[serde(default)]
+    pub ready_cmd: Option<String>,
+    #[serde(default)]
+    pub ready_timeout_secs: Option<u64>,
+    /// Most bytes the layers may unpack to (default 32 GiB).
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+}
+
+/// What an import made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub template: TemplateInfo,
+    pub new_layers: usize,
+    pub shared_layers: usize,
+    /// Device nodes skipped, setuid bits cleared, owners clamped: what was neutralised.
+    pub warnings: Vec<String>,
+}
+
+/// `POST /v1/templates/build`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BuildTemplate {
+    pub name: String,
+    /// The base template [default: host].
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Shell commands (`sh -c`), run in order as root; the first to fail ends the build.
+    #[serde(default)]
+    pub steps: Vec<String>,
+    /// Environment of the steps, kept in the template.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Give the steps outbound network (NAT).
+    #[serde(default)]
+    pub network: bool,
+    #[serde(default)]
+    pub workdir: Option<String>,
+    #[serde(default)]
+    pub start_cmd: Option<String>,
+    #[serde(default)]
+    pub ready_cmd: Option<String>,
+    #[serde(default)]
+    pub ready_timeout_secs: Option<u64>,
+    /// Most seconds one step may run (default 3600).
+    #[serde(default)]
+    pub step_timeout_secs: Option<u64>,
+}
+
+/// A line of a build's progress (NDJSON on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuildEvent {
+    Step {
+        index: usize,
+        count: usize,
+        command: String,
+    },
+    /// Output of the running step (UTF-8, invalid bytes replaced).
+    Output {
+        stream: String,
+        data: String,
+    },
+    /// The steps are done; the files are being captured.
+    Capturing,
+    Done {
+        template: Box<TemplateInfo>,
+    },
+    Error {
+        code: String,
+        message: String,
+    },
+}
+
+/// `POST /v1/sandboxes/{key}/snapshot`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    pub name: String,
+}
+
+/// What a snapshot made and cost.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotResult {
+    pub template: TemplateInfo,
+    /// Bytes of the new layer: the sandbox's own changes, nothing of its base.
+    pub bytes_written: u64,
+    pub millis: u64,
+}
+
+/// What the layer collector removed (or would).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerGcResult {
+    pub layers: Vec<String>,
+    pub bytes: u64,
+    /// Kept files of builds that never finished.
+    pub build_leftovers: Vec<String>,
+}
+
+/// Disk used per template and per sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskUsage {
+    pub templates: Vec<UsageRow>,
+    pub sandboxes: Vec<UsageRow>,
+    /// All layers together, each counted once.
+    pub layers_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UsageRow {
+    pub name: String,
+    pub bytes: u64,
+}
+
+fn template_error(e: warren_runtime::Error) -> CoreError {
+    use warren_runtime::Error as E;
+    match e {
+        E::UnknownTemplate(n) => CoreError::TemplateNotFound(n),
+        E::TemplateExists(_) => CoreError::InvalidState(e.to_string()),
+        E::Invalid { .. } | E::Image(_) => CoreError::Invalid(e.to_string()),
+        e => CoreError::Backend(e.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> warren_runtime::Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CoreError::Backend(format!("a template task failed: {e}")))?
+        .map_err(template_error)
+}
+
+/// The last `n` bytes of `s`, from a line start when there is one.
+fn tail(s: &str, n: usize) -> &str {
+    if s.len() <= n {
+        return s;
+    }
+    let mut start = s.len() - n;
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    let t = &s[start..];
+    t.find('\n').map(|i| &t[i + 1..]).unwrap_or(t)
+}
+
+impl Manager {
+    fn template_info(&self, meta: TemplateMeta) -> TemplateInfo {
+        let paths = self.backend.paths();
+        let size_bytes = meta
+            .layers
+            .iter()
+            .map(|l| template::layer_size(paths, l))
+            .sum();
+        let used_by = self.template_users(&meta.name);
+        TemplateInfo {
+            meta,
+            size_bytes,
+            used_by,
+        }
+    }
+
+    /// Sandboxes (not terminated) made from template `name`.
+    fn template_users(&self, name: &str) -> Vec<String> {
+        let mut users: Vec<String> = self
+            .store()
+            .list_live(None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.spec.template == name)
+            .map(|r| r.id)
+            .collect();
+        for id in template::live_users(self.backend.paths(), name) {
+            if !users.contains(&id) {
+                users.push(id);
+            }
+        }
+        users.sort();
+        users
+    }
+
+    /// Every template, `host` first.
+    pub fn templates(&self) -> Result<Vec<TemplateInfo>> {
+        let metas = template::list(self.backend.paths()).map_err(template_error)?;
+        Ok(metas.into_iter().map(|m| self.template_info(m)).collect())
+    }
+
+    pub fn template(&self, name: &str) -> Result<TemplateInfo> {
+        let t = template::resolve(self.backend.paths(), name).map_err(template_error)?;
+        Ok(self.template_info(t.meta))
+    }
+
+    /// Imports an image archive from the daemon's host as a template.
+    pub async fn import_template(&self, who: &Caller, req: ImportTemplate) -> Result<ImportResult> {
+        if who.only_sandbox.is_some() {
+            return Err(CoreError::TemplateNotFound(req.name));
+        }
+        if !req.archive.is_absolute() {
+            return Err(CoreError::Invalid(format!(
+                "archive {:?} must be an absolute path on the daemon's host",
+                req.archive
+            )));
+        }
+        let paths = self.backend.paths().clone();
+        let mut limits = oci::Limits::default();
+        if let Some(m) = req.max_bytes {
+            limits.max_bytes = m;
+        }
+        let opts = oci::ImportOptions {
+            name: req.name.clone(),
+            limits,
+            start_cmd: req.start_cmd,
+            ready_cmd: req.ready_cmd,
+            ready_timeout_secs: req.ready_timeout_secs,
+            tenant: Some(who.tenant.clone()),
+        };
+        let archive = req.archive;
+        let imported = blocking(move || oci::import(&paths, &archive, &opts, &mut |_| {})).await?;
+        let mut warnings = Vec::new();
+        for (i, r) in imported.reports.iter().enumerate() {
+            let layer = i + 1;
+            if !r.skipped_devices.is_empty() {
+                warnings.push(format!(
+                    "layer {layer}: device nodes skipped (a sandbox has its own /dev): {}",
+                    r.skipped_devices.join(", ")
+                ));
+            }
+            if !r.stripped_setid.is_empty() {
+                warnings.push(format!(
+                    "layer {layer}: setuid/setgid bits cleared: {}",
+                    r.stripped_setid.join(", ")
+                ));
+            }
+            if r.clamped_owners > 0 {
+                warnings.push(format!(
+                    "layer {layer}: {} owners past uid/gid 65535 now belong to nobody",
+                    r.clamped_owners
+                ));
+            }
+        }
+        Ok(ImportResult {
+            template: self.template_info(imported.template),
+            new_layers: imported.new_layers,
+            shared_layers: imported.shared_layers,
+            warnings,
+        })
+    }
+
+    /// Removes a template no sandbox uses; 409 (`invalid_state`) while one does.
+    pub fn remove_template(&self, who: &Caller, name: &str) -> Result<()> {
+        if who.only_sandbox.is_some() {
+            return Err(CoreError::TemplateNotFound(name.into()));
+        }
+        let paths = self.backend.paths();
+        let meta = if name == template::HOST {
+            return Err(CoreError::Invalid(
+                "\"host\" is built in and cannot be removed".into(),
+            ));
+        } else {
+            template::load(paths, name).map_err(template_error)?
+        };
+        if meta.tenant.as_ref().is_some_and(|t| *t != who.tenant) {
+            return Err(CoreError::InvalidState(format!(
+                "template {name} belongs to another tenant; only its maker can remove it"
+            )));
+        }
+        let users = self.template_users(name);
+        if !users.is_empty() {
+            return Err(CoreError::InvalidState(format!(
+                "template {name} is in use by sandbox(es) {}: terminate them first",
+                users.join(", ")
+            )));
+        }
+        template::remove(paths, name).map_err(template_error)
+    }
+
+    /// Removes layers no template lists, unfinished layers, and the files of builds
+    /// that never finished.
+    pub async fn gc_layers(&self, dry_run: bool) -> Result<LayerGcResult> {
+        let paths = self.backend.paths().clone();
+        let report = blocking({
+            let paths = paths.clone();
+            move || template::gc(&paths, dry_run)
+        })
+        .await?;
+        let mut leftovers = Vec::new();
+        for e in std::fs::read_dir(paths.data.join("sandboxes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(id) = e.file_name().into_string() else {
+                continue;
+            };
+            if id.starts_with("build-")
+                && !warren_runtime::namespace::helper_alive(&paths.sandbox_run(&id))
+            {
+                if !dry_run {
+                    self.backend.purge(&id, true);
+                }
+                leftovers.push(id);
+            }
+        }
+        Ok(LayerGcResult {
+            layers: report.layers,
+            bytes: report.bytes,
+            build_leftovers: leftovers,
+        })
+    }
+
+    /// Disk used by every template and by the caller's sandboxes.
+    pub fn disk_usage(&self, who: &Caller) -> Result<DiskUsage> {
+        let paths = self.backend.paths();
+        let templates = self.templates()?;
+        let mut all_layers = std::collections::BTreeSet::new();
+        for t in &templates {
+            all_layers.extend(t.meta.layers.iter().cloned());
+        }
+        let sandboxes = self
+            .store()
+            .list_live(Some(&who.tenant))?
+            .into_iter()
+            .filter(|r| who.only_sandbox.as_ref().is_none_or(|o| *o == r.id))
+            .map(|r| UsageRow {
+                bytes: template::dir_size(&paths.sandbox_data(&r.id)),
+                name: r.id,
+            })
+            .collect();
+        Ok(DiskUsage {
+            layers_bytes: all_layers
+                .iter()
+                .map(|l| template::layer_size(paths, l))
+                .sum(),
+            templates: templates
+                .into_iter()
+                .map(|t| UsageRow {
+                    name: t.meta.name,
+                    bytes: t.size_bytes,
+                })
+                .collect(),
+            sandboxes,
+        })
+    }
+
+    /// Captures a sandbox's files (running, paused or stopped) as template `req.name`.
+    pub async fn snapshot(
+        &self,
+        who: &Caller,
+        key: &str,
+        req: SnapshotRequest,
+    ) -> Result<SnapshotResult> {
+        let started = Instant::now();
+        let paths = self.backend.paths().clone();
+        template::check_new_name(&paths, &req.name).map_err(template_error)?;
+        let r = self.resolve(who, key)?;
+        let lock = self.lock_for(&r.id);
+        let _g = lock.lock().await;
+        let r = self.resolve(who, &r.id)?;
+        if !matches!(
+            r.state,
+            SandboxState::Running | SandboxState::Paused | SandboxState::Stopped
+        ) {
+            return Err(Self::invalid(&r, "snapshot"));
+        }
+        let base = template::resolve(&paths, &r.spec.template).map_err(template_error)?;
+        let helper = self
+            .with_live(&r.id, |l| l.sandbox.helper_pid())
+            .ok()
+            .flatten();
+        let src = match (r.spec.resources.disk.is_some(), helper) {
+            (false, _) => UpperSource::Dir(paths.sandbox_data(&r.id).join("upper")),
+            (true, Some(pid)) => UpperSource::InNamespace {
+                pid,
+                dir: paths.sandbox_run(&r.id).join("disk/upper"),
+            },
+            (true, None) => UpperSource::Image(paths.sandbox_data(&r.id).join("disk.img")),
+        };
+        let freeze = r.state == SandboxState::Running;
+        if freeze {
+            self.with_live(&r.id, |l| l.sandbox.pause())?
+                .map_err(|e| CoreError::Backend(e.to_string()))?;
+        }
+        let meta = TemplateMeta {
+            name: req.name.clone(),
+            kind: TemplateKind::Snapshot,
+            source: format!("sandbox {} of template {}", r.id, base.name),
+            layers: base.meta.layers.clone(),
+            host_base: base.meta.host_base,
+            env: base.meta.env.clone(),
+            workdir: base.meta.workdir.clone(),
+            user: base.meta.user.clone(),
+            cmd: base.meta.cmd.clone(),
+            start_cmd: base.meta.start_cmd.clone(),
+            ready_cmd: base.meta.ready_cmd.clone(),
+            ready_timeout_secs: base.meta.ready_timeout_secs,
+            created_at: crate::now_ms(),
+            tenant: Some(who.tenant.clone()),
+        };
+        let made = blocking({
+            let paths = paths.clone();
+            move || capture(&paths, &src, meta)
+        })
+        .await;
+        if freeze {
+            let _ = self.with_live(&r.id, |l| l.sandbox.resume());
+        }
+        let (meta, bytes_written) = made?;
+        self.event(
+            &r,
+            "snapshot",
+            format!("files captured as template {}", req.name),
+        );
+        Ok(SnapshotResult {
+            template: self.template_info(meta),
+            bytes_written,
+            millis: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Builds template `req.name`; progress goes to `events` (a closed receiver does
+    /// not stop the build).
+    pub async fn build_template(
+        &self,
+        who: &Caller,
+        req: BuildTemplate,
+        events: mpsc::Sender<BuildEvent>,
+    ) -> Result<TemplateInfo> {
+        if who.only_sandbox.is_some() {
+            return Err(CoreError::TemplateNotFound(req.name));
+        }
+        let paths = self.backend.paths().clone();
+        template::check_new_name(&paths, &req.name).map_err(template_error)?;
+        let from = req.from.clone().unwrap_or_else(|| template::HOST.into());
+        let base = template::resolve(&paths, &from).map_err(template_error)?;
+        let id = format!("build-{}", warren_runtime::new_id());
+        let spec = SandboxSpec {
+            id: id.clone(),
+            template: from.clone(),
+            network: if req.network {
+                NetworkMode::Nat
+            } else {
+                NetworkMode::None
+            },
+            env: req.env.clone(),
+            ..Default::default()
+        };
+        let log_path = paths.data.join("templates").join(format!(".{id}.log"));
+        std::fs::create_dir_all(paths.data.join("templates"))
+            .map_err(|e| CoreError::Backend(format!("create the templates directory: {e}")))?;
+        let sb = self
+            .backend
+            .create(
+                spec,
+                CreateOptions {
+                    die_with_parent: false,
+                    ephemeral: false,
+                },
+            )
+            .await
+            .map_err(|e| CoreError::Backend(format!("the build sandbox: {e}")))?;
+        let ran = run_steps(&sb, &req, &log_path, &events).await;
+        let destroyed = sb.destroy().await;
+        let result = match (ran, destroyed) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Err(e)) => Err(CoreError::Backend(e.to_string())),
+            (Ok(()), Ok(())) => {
+                let _ = events.send(BuildEvent::Capturing).await;
+                let meta = TemplateMeta {
+                    name: req.name.clone(),
+                    kind: TemplateKind::Build,
+                    source: format!("{} step(s) on template {from}", req.steps.len()),
+                    layers: base.meta.layers.clone(),
+                    host_base: base.meta.host_base,
+                    env: {
+                        let mut env = base.meta.env.clone();
+                        env.extend(req.env.clone());
+                        env
+                    },
+                    workdir: req.workdir.clone().or(base.meta.workdir.clone()),
+                    user: base.meta.user.clone(),
+                    cmd: base.meta.cmd.clone(),
+                    start_cmd: req.start_cmd.clone().or(base.meta.start_cmd.clone()),
+                    ready_cmd: req.ready_cmd.clone().or(base.meta.ready_cmd.clone()),
+                    ready_timeout_secs: req.ready_timeout_secs.or(base.meta.ready_timeout_secs),
+                    created_at: crate::now_ms(),
+                    tenant: Some(who.tenant.clone()),
+                };
+                let src = UpperSource::Dir(paths.sandbox_data(&id).join("upper"));
+                let p = paths.clone();
+                let log = log_path.clone();
+                blocking(move || {
+                    let (meta, _) = capture(&p, &src, meta)?;
+                    let _ = std::fs::rename(&log, p.template(&meta.name).join("build.log"));
+                    Ok(meta)
+                })
+                .await
+            }
+        };
+        let _ = self.backend.remove_data(&id);
+        let _ = std::fs::remove_file(&log_path);
+        let meta = match result {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = events
+                    .send(BuildEvent::Error {
+                        code: e.code().into(),
+                        message: e.to_string(),
+                    })
+                    .await;
+                return Err(e);
+            }
+        };
+        let info = self.template_info(meta);
+        let _ = events
+            .send(BuildEvent::Done {
+                template: Box::new(info.clone()),
+            })
+            .await;
+        Ok(info)
+    }
+
+    /// Makes a sandbox and runs its template's start and ready commands; on a failed
+    /// ready command the sandbox is removed again.
+    pub(crate) async fn boot(
+        &self,
+        spec: SandboxSpec,
+        opts: CreateOptions,
+    ) -> warren_runtime::Result<Sandbox> {
+        let template = spec.template.clone();
+        let sb = self.backend.create(spec, opts).await?;
+        let meta = match template::resolve(self.backend.paths(), &template) {
+            Ok(t) => t.meta,
+            Err(e) => {
+                let _ = sb.destroy().await;
+                return Err(e);
+            }
+        };
+        if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
+            return Ok(sb);
+        }
+        match start_and_wait(&sb, &meta).await {
+            Ok(()) => Ok(sb),
+            Err(message) => {
+                let _ = sb.destroy().await;
+                Err(warren_runtime::Error::Setup(message))
+            }
+        }
+    }
+}
+
+/// Copies a sandbox's writable layer into a new layer and saves `meta` with it on top.
+fn capture(
+    paths: &warren_runtime::Paths,
+    src: &UpperSource,
+    mut meta: TemplateMeta,
+) -> warren_runtime::Result<(TemplateMeta, u64)> {
+    let _lock = template::lock_shared(paths)?;
+    let (layer, bytes) = template::snapshot_layer(paths, src)?;
+    meta.layers.insert(0, layer.clone());
+    if let Err(e) = template::save(paths, &meta) {
+        let _ = std::fs::remove_dir_all(template::layer_path(paths, &layer));
+        return Err(e);
+    }
+    Ok((meta, bytes))
+}
+
+async fn run_steps(
+    sb: &Sandbox,
+    req: &BuildTemplate,
+    log_path: &std::path::Path,
+    events: &mpsc::Sender<BuildEvent>,
+) -> Result<()> {
+    let mut log = tokio::fs::File::create(log_path)
+        .await
+        .map_err(|e| CoreError::Backend(format!("create the build log: {e}")))?;
+    let client = AgentClient::connect(&sb.socket).await?;
+    if let Some(dir) = &req.workdir {
+        // As a Dockerfile's WORKDIR: made if missing.
+        match client.make_dir(dir).await {
+            Err(warren_runtime::client::ClientError::Agent {
+                code: warren_types::proto::ErrorCode::AlreadyExists,
+                ..
+            })
+            | Ok(()) => {}
+            Err(e) => {
+                return Err(CoreError::Invalid(format!(
+                    "the build's working directory {dir:?} cannot be made: {e}"
+                )))
+            }
+        }
+    }
+    let count = req.steps.len();
+    for (i, step) in req.steps.iter().enumerate() {
+        let index = i + 1;
+        let _ = events
+            .send(BuildEvent::Step {
+                index,
+                count,
+                command: step.clone(),
+            })
+            .await;
+        let _ = log
+            .write_all(format!("### step {index}/{count}: {step}\n").as_bytes())
+            .await;
+        let mut p = client
+            .exec(ExecRequest {
+                command: Some(Command::Shell(step.clone())),
+                env: req.env.clone(),
+                cwd: req.workdir.clone(),
+                timeout_ms: Some(req.step_timeout_secs.unwrap_or(3600).saturating_mul(1000)),
+                ..Default::default()
+            })
+            .await?;
+        let mut output = String::new();
+        let status = loop {
+            let (stream, data) = match p.next().await? {
+                ProcessEvent::Stdout(d) => ("stdout", d),
+                ProcessEvent::Stderr(d) => ("stderr", d),
+                ProcessEvent::Exited(s) => break s,
+            };
+            let _ = log.write_all(&data).await;
+            let text = String::from_utf8_lossy(&data).into_owned();
+            output.push_str(&text);
+            if output.len() > 64 << 10 {
+                output = tail(&output, 16 << 10).to_string();
+            }
+            let _ = events
+                .send(BuildEvent::Output {
+                    stream: stream.into(),
+                    data: text,
+                })
+                .await;
+        };
+        let _ = log.flush().await;
+        if status.code != Some(0) {
+            let how = match (status.code, status.signal, status.timed_out) {
+                (_, _, true) => "timed out".to_string(),
+                (Some(c), _, _) => format!("exited {c}"),
+                (None, Some(s), _) => format!("was killed by signal {s}"),
+                _ => "failed".to_string(),
+            };
+            let last = tail(output.trim_end(), 2000);
+            return Err(CoreError::Invalid(format!(
+                "build step {index} of {count} ({step:?}) {how}; nothing was kept. Its \
+                 last output: {}",
+                last.replace('\n', " | ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Runs the start command in the background, then polls the ready command until it
+/// succeeds or the deadline passes. The error says which and what it printed.
+async fn start_and_wait(sb: &Sandbox, meta: &TemplateMeta) -> Result<(), String> {
+    let client = AgentClient::connect(&sb.socket)
+        .await
+        .map_err(|e| format!("reach the agent to run the start command: {e}"))?;
+    if let Some(start) = &meta.start_cmd {
+        client
+            .exec(ExecRequest {
+                command: Some(Command::Shell(start.clone())),
+                background: true,
+                tag: Some("start".into()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                format!(
+                    "the start command {start:?} of template {} did not start: {e}",
+                    meta.name
+                )
+            })?;
+    }
+    let Some(ready) = &meta.ready_cmd else {
+        return Ok(());
+    };
+    let secs = meta
+        .ready_timeout_secs
+        .unwrap_or(template::DEFAULT_READY_TIMEOUT_SECS);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let out = client
+            .exec(ExecRequest {
+                command: Some(Command::Shell(ready.clone())),
+                timeout_ms: Some(left.as_millis().clamp(100, 10_000) as u64),
+                tag: Some("ready".into()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("the ready command {ready:?} could not run: {e}"))?
+            .output()
+            .await
+            .map_err(|e| format!("the ready command {ready:?} could not run: {e}"))?;
+        if out.status.as_ref().is_some_and(|s| s.code == Some(0)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let mut said = String::from_utf8_lossy(&out.stdout).into_owned();
+            said.push_str(&String::from_utf8_lossy(&out.stderr));
+            let said = tail(said.trim(), 300).replace('\n', " | ");
+            let code = out
+                .status
+                .map(|s| s.shell_code().to_string())
+                .unwrap_or_else(|| "none".into());
+            return Err(format!(
+                "the ready command {ready:?} of template {} did not succeed within {secs} s \
+                 (last exit {code}{}{said}); fix the template's start or ready command, or \
+                 give it a longer ready timeout",
+                meta.name,
+                if said.is_empty() { "" } else { ": " }
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tails_start_at_a_line() {
+        assert_eq!(tail("abc", 10), "abc");
+        assert_eq!(tail("one\ntwo\nthree", 7), "three");
+        assert_eq!(tail("ééééé", 3), "é");
+    }
+
+    #[test]
+    fn build_events_are_tagged() {
+        let e = BuildEvent::Step {
+            index: 1,
+            count: 2,
+            command: "true".into(),
+        };
+        let j = serde_json::to_string(&e).unwrap();
+        assert!(j.contains("\"type\":\"step\""), "{j}");
+    }
+}

@@ -1,0 +1,649 @@
+//! E2B's control plane (its `spec/openapi.yml`) on the [`Manager`].
+//!
+//! What maps, and why this way:
+//!
+//! - `templateID` names a Warren template; E2B's default `base` is Warren's built-in
+//!   `host`, and is reported back as `base`.
+//! - `timeout` is the sandbox's lifetime from now, `autoPause` picks pause rather than
+//!   terminate when it passes. E2B sandboxes are independent machines, so an E2B
+//!   sandbox gets no shared home volume: its `/home/user` is its own and goes with it.
+//! - `envVars` become the sandbox's base environment, `metadata` its metadata (the
+//!   list filter matches it), `allow_internet_access: true` asks for the `nat`
+//!   network; anything else, like Warren's default, is loopback only.
+//! - States: E2B knows `running` and `paused`. A Warren sandbox that is stopped (files
+//!   kept, processes gone) is shown as `paused`, since `connect` brings it back the
+//!   way E2B resumes a paused sandbox.
+//! - Errors are `{"code": status, "message"}` with E2B's statuses, so the SDK raises
+//!   its own exceptions: 404 for a sandbox that does not exist or is another tenant's,
+//!   409 for pausing a paused sandbox, 401 for a bad key.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use warren_core::{Caller, ListFilter};
+use warren_types::api::{CreateSandbox, SandboxInfo, SandboxState, SetTimeout, TimeoutAction};
+use warren_types::spec::NetworkMode;
+
+use super::envd::HttpError;
+use super::{E2bState, ENVD_VERSION};
+use crate::extract::Path;
+
+/// The header carrying an E2B API key (a Warren API key).
+const API_KEY_HEADER: &str = "x-api-key";
+/// E2B's default template, Warren's `host`.
+const DEFAULT_TEMPLATE: &str = "base";
+const PAGE_DEFAULT: usize = 100;
+const PAGE_MAX: usize = 100;
+
+pub(super) fn router(state: E2bState) -> Router {
+    Router::new()
+        .route("/health", get(|| async { StatusCode::OK }))
+        .route("/sandboxes", post(create).get(list_v1))
+        .route("/v2/sandboxes", post(create).get(list_v2))
+        .route("/sandboxes/{id}", get(detail).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(refresh))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/snapshots", any(unsupported))
+        .route("/snapshots", any(unsupported))
+        .route("/sandboxes/{id}/fork", any(unsupported))
+        .route("/sandboxes/{id}/metrics", any(unsupported))
+        .route("/sandboxes/metrics", any(unsupported))
+        .route("/sandboxes/{id}/logs", any(unsupported))
+        .route("/v2/sandboxes/{id}/logs", any(unsupported))
+        .route("/sandboxes/{id}/network", any(unsupported))
+        .route("/templates", any(unsupported))
+        .route("/templates/{*rest}", any(unsupported))
+        .route("/v2/templates", any(unsupported))
+        .route("/v3/templates", any(unsupported))
+        .route("/v2/templates/{*rest}", any(unsupported))
+        .route("/volumes", any(unsupported))
+        .route("/volumes/{*rest}", any(unsupported))
+        .route("/secrets", any(unsupported))
+        .route("/secrets/{*rest}", any(unsupported))
+        .fallback(|uri: Uri| async move {
+            HttpError::new(StatusCode::NOT_FOUND, format!("no route {}", uri.path()))
+        })
+        .with_state(state)
+}
+
+/// The tenant of the `X-API-Key`.
+#[derive(Debug)]
+struct Key(Caller);
+
+impl FromRequestParts<E2bState> for Key {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &E2bState) -> Result<Self, HttpError> {
+        let key = parts
+            .headers
+            .get(API_KEY_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| HttpError::new(StatusCode::UNAUTHORIZED, "send X-API-Key"))?;
+        st.mgr
+            .authenticate(key.trim())
+            .map(Key)
+            .ok_or_else(|| HttpError::new(StatusCode::UNAUTHORIZED, "Invalid API key"))
+    }
+}
+
+/// A JSON body; an empty one reads as `{}`. Unknown fields are ignored: newer SDKs
+/// send options this server does not know, and refusing them would refuse the SDK.
+#[derive(Debug)]
+struct Body<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Body<T> {
+    type Rejection = HttpError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, HttpError> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e| HttpError::new(e.status(), "cannot read the body"))?;
+        let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(bytes)
+            .map(Body)
+            .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("body: {e}")))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct NewSandbox {
+    #[serde(rename = "templateID")]
+    template_id: Option<String>,
+    timeout: Option<u64>,
+    #[serde(rename = "autoPause")]
+    auto_pause: Option<bool>,
+    metadata: Option<BTreeMap<String, String>>,
+    #[serde(rename = "envVars")]
+    env_vars: Option<BTreeMap<String, String>>,
+    allow_internet_access: Option<bool>,
+}
+
+/// E2B's API default lifetime when the request names none.
+const DEFAULT_TIMEOUT_SECS: u64 = 15;
+
+fn warren_template(e2b: &str) -> String {
+    if e2b == DEFAULT_TEMPLATE {
+        "host".into()
+    } else {
+        e2b.to_string()
+    }
+}
+
+fn e2b_template(warren: &str) -> String {
+    if warren == "host" {
+        DEFAULT_TEMPLATE.into()
+    } else {
+        warren.to_string()
+    }
+}
+
+fn state_of(s: SandboxState) -> &'static str {
+    match s {
+        SandboxState::Creating | SandboxState::Running => "running",
+        _ => "paused",
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Created {
+    #[serde(rename = "templateID")]
+    template_id: String,
+    #[serde(rename = "sandboxID")]
+    sandbox_id: String,
+    #[serde(rename = "clientID")]
+    client_id: &'static str,
+    envd_version: &'static str,
+    envd_access_token: String,
+}
+
+fn created(i: &SandboxInfo) -> Created {
+    Created {
+        template_id: e2b_template(&i.template),
+        sandbox_id: i.id.clone(),
+        client_id: "warren",
+        envd_version: ENVD_VERSION,
+        envd_access_token: i.access_token.clone(),
+    }
+}
+
+/// The host's CPUs and memory, shown for sandboxes without their own limits.
+fn host_cpus() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
+fn host_memory_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb / 1024)
+}
+
+/// No end: a sandbox without a lifetime lives until killed.
+const NO_END: &str = "9999-12-31T23:59:59Z";
+
+fn listed(i: &SandboxInfo) -> serde_json::Value {
+    let r = &i.resources;
+    serde_json::json!({
+        "templateID": e2b_template(&i.template),
+        "sandboxID": i.id,
+        "clientID": "warren",
+        "startedAt": i.created_at,
+        "endAt": i.expires_at.clone().unwrap_or_else(|| NO_END.into()),
+        "cpuCount": r.cpu_millis.map_or_else(host_cpus, |m| u64::from(m).div_ceil(1000)),
+        "memoryMB": r.memory.map_or_else(host_memory_mb, |m| m >> 20),
+        "diskSizeMB": r.disk.map_or(0, |d| d >> 20),
+        "metadata": i.metadata,
+        "state": state_of(i.state),
+        "envdVersion": ENVD_VERSION,
+    })
+}
+
+fn detail_of(i: &SandboxInfo) -> serde_json::Value {
+    let mut v = listed(i);
+    v["envdAccessToken"] = serde_json::json!(i.access_token);
+    v["allowInternetAccess"] = serde_json::json!(i.network == NetworkMode::Nat);
+    let on_timeout = if i.on_timeout == TimeoutAction::Pause {
+        "pause"
+    } else {
+        "kill"
+    };
+    v["lifecycle"] = serde_json::json!({"autoResume": false, "onTimeout": on_timeout});
+    v
+}
+
+fn not_found(id: &str) -> HttpError {
+    HttpError::new(StatusCode::NOT_FOUND, format!("sandbox {id} not found"))
+}
+
+/// Engine errors, with a missing sandbox worded as E2B words it.
+fn core(id: &str) -> impl FnOnce(warren_core::CoreError) -> HttpError + '_ {
+    move |e| match e {
+        warren_core::CoreError::NotFound(_) => not_found(id),
+        e => e.into(),
+    }
+}
+
+async fn create(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Body(req): Body<NewSandbox>,
+) -> Result<Response, HttpError> {
+    let template = warren_template(req.template_id.as_deref().unwrap_or(DEFAULT_TEMPLATE));
+    let timeout = req.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    let create = CreateSandbox {
+        template: Some(template),
+        env: req.env_vars.unwrap_or_default(),
+        metadata: req.metadata.unwrap_or_default(),
+        timeout_secs: Some(timeout),
+        on_timeout: Some(if req.auto_pause == Some(true) {
+            TimeoutAction::Pause
+        } else {
+            TimeoutAction::Terminate
+        }),
+        network: if req.allow_internet_access == Some(true) {
+            NetworkMode::Nat
+        } else {
+            NetworkMode::None
+        },
+        home_volume: Some(false),
+        ..CreateSandbox::default()
+    };
+    let (info, _) = st.mgr.create(&who, create).await?;
+    Ok((StatusCode::CREATED, axum::Json(created(&info))).into_response())
+}
+
+async fn detail(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+) -> Result<Response, HttpError> {
+    let info = st.mgr.get(&who, &id).map_err(core(&id))?;
+    Ok(axum::Json(detail_of(&info)).into_response())
+}
+
+async fn kill(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    st.mgr.terminate(&who, &id).await.map_err(core(&id))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct TimeoutRequest {
+    timeout: Option<u64>,
+    duration: Option<u64>,
+    #[serde(rename = "autoPause")]
+    auto_pause: Option<bool>,
+}
+
+async fn set_timeout(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+    Body(req): Body<TimeoutRequest>,
+) -> Result<StatusCode, HttpError> {
+    let secs = req
+        .timeout
+        .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "timeout is required"))?;
+    let t = SetTimeout {
+        timeout_secs: Some(secs),
+        ..SetTimeout::default()
+    };
+    st.mgr.set_timeout(&who, &id, t).map_err(core(&id))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /sandboxes/{id}/refreshes`: lives `duration` more seconds from now (E2B's
+/// default 60), never less than it already would.
+async fn refresh(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+    Body(req): Body<TimeoutRequest>,
+) -> Result<StatusCode, HttpError> {
+    let info = st.mgr.get(&who, &id).map_err(core(&id))?;
+    let secs = req.duration.unwrap_or(60);
+    let wanted = warren_core::now_ms().saturating_add(
+        i64::try_from(secs)
+            .unwrap_or(i64::MAX / 2)
+            .saturating_mul(1000),
+    );
+    let current = info
+        .expires_at
+        .as_deref()
+        .map(|e| e > warren_core::rfc3339(wanted).as_str());
+    if current != Some(true) {
+        let t = SetTimeout {
+            timeout_secs: Some(secs),
+            ..SetTimeout::default()
+        };
+        st.mgr.set_timeout(&who, &id, t).map_err(core(&id))?;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn pause(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    let info = st.mgr.get(&who, &id).map_err(core(&id))?;
+    if info.state != SandboxState::Running {
+        return Err(HttpError::new(
+            StatusCode::CONFLICT,
+            format!("sandbox {id} is already paused"),
+        ));
+    }
+    st.mgr.pause(&who, &id).await.map_err(core(&id))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Brings a paused (or stopped) sandbox back; the flag says whether it had to.
+async fn wake(st: &E2bState, who: &Caller, id: &str) -> Result<(SandboxInfo, bool), HttpError> {
+    let info = st.mgr.get(who, id).map_err(core(id))?;
+    let info = match info.state {
+        SandboxState::Running | SandboxState::Creating => return Ok((info, false)),
+        SandboxState::Paused => st.mgr.resume(who, id).await,
+        _ => st.mgr.start(who, id).await,
+    }
+    .map_err(core(id))?;
+    Ok((info, true))
+}
+
+fn apply_timeout(
+    st: &E2bState,
+    who: &Caller,
+    id: &str,
+    req: &TimeoutRequest,
+) -> Result<(), HttpError> {
+    if req.timeout.is_none() && req.auto_pause.is_none() {
+        return Ok(());
+    }
+    let t = SetTimeout {
+        timeout_secs: req.timeout,
+        on_timeout: req.auto_pause.map(|p| {
+            if p {
+                TimeoutAction::Pause
+            } else {
+                TimeoutAction::Terminate
+            }
+        }),
+        ..SetTimeout::default()
+    };
+    st.mgr.set_timeout(who, id, t).map_err(core(id))?;
+    Ok(())
+}
+
+/// `POST /sandboxes/{id}/resume`: 409 for a running sandbox, as E2B.
+async fn resume(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+    Body(req): Body<TimeoutRequest>,
+) -> Result<Response, HttpError> {
+    let (info, woke) = wake(&st, &who, &id).await?;
+    if !woke {
+        return Err(HttpError::new(
+            StatusCode::CONFLICT,
+            format!("sandbox {id} is already running"),
+        ));
+    }
+    apply_timeout(&st, &who, &id, &req)?;
+    Ok((StatusCode::CREATED, axum::Json(created(&info))).into_response())
+}
+
+/// `POST /sandboxes/{id}/connect`: the sandbox, resumed if it was paused (201) or as
+/// it runs (200), with its lifetime set anew when a timeout is given.
+async fn connect(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+    Body(req): Body<TimeoutRequest>,
+) -> Result<Response, HttpError> {
+    let (info, woke) = wake(&st, &who, &id).await?;
+    apply_timeout(&st, &who, &id, &req)?;
+    let status = if woke {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(created(&info))).into_response())
+}
+
+#[derive(Debug, Default)]
+struct ListQuery {
+    metadata: BTreeMap<String, String>,
+    states: Vec<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+    descending: bool,
+    template: Option<String>,
+}
+
+fn list_query(uri: &Uri) -> Result<ListQuery, HttpError> {
+    let bad = |m: String| HttpError::new(StatusCode::BAD_REQUEST, m);
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(uri.query().unwrap_or_default())
+        .map_err(|e| bad(format!("query: {e}")))?;
+    let mut q = ListQuery {
+        descending: true,
+        ..ListQuery::default()
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            // `metadata` is itself a query string (`k=v&k2=v2`, url-encoded once more).
+            "metadata" => {
+                let inner: Vec<(String, String)> =
+                    serde_urlencoded::from_str(&v).map_err(|e| bad(format!("metadata: {e}")))?;
+                // The SDK percent-quotes each key and value before encoding the pairs.
+                q.metadata
+                    .extend(inner.into_iter().map(|(k, v)| (unquote(&k), unquote(&v))));
+            }
+            "state" => q
+                .states
+                .extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_string)),
+            "limit" => {
+                let n: usize = v.parse().map_err(|_| bad(format!("limit {v:?}")))?;
+                if n == 0 || n > PAGE_MAX {
+                    return Err(bad(format!("limit must be 1 to {PAGE_MAX}")));
+                }
+                q.limit = Some(n);
+            }
+            "nextToken" => q.next_token = Some(v),
+            "order" => match v.as_str() {
+                "asc" => q.descending = false,
+                "desc" => q.descending = true,
+                _ => return Err(bad(format!("order {v:?}: use asc or desc"))),
+            },
+            "template" => q.template = Some(v),
+            _ => {}
+        }
+    }
+    for s in &q.states {
+        if s != "running" && s != "paused" {
+            return Err(bad(format!("state {s:?}: use running or paused")));
+        }
+    }
+    Ok(q)
+}
+
+/// Undoes one level of percent-encoding; text that is not percent-encoded stays.
+fn unquote(s: &str) -> String {
+    if !s.contains('%') {
+        return s.to_string();
+    }
+    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={}", s.replace('+', "%2B")))
+        .ok()
+        .and_then(|mut v| v.pop())
+        .map_or_else(|| s.to_string(), |(_, v)| v)
+}
+
+/// Position in the listing: the start time, then the id. Opaque to clients.
+fn token_of(i: &SandboxInfo) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}\n{}", i.created_at, i.id))
+}
+
+fn parse_token(t: &str) -> Option<(String, String)> {
+    let raw = URL_SAFE_NO_PAD.decode(t).ok()?;
+    let raw = String::from_utf8(raw).ok()?;
+    let (time, id) = raw.split_once('\n')?;
+    Some((time.to_string(), id.to_string()))
+}
+
+fn page(
+    st: &E2bState,
+    who: &Caller,
+    q: &ListQuery,
+) -> Result<(Vec<serde_json::Value>, Option<String>), HttpError> {
+    let filter = ListFilter {
+        metadata: q.metadata.clone(),
+        ..ListFilter::default()
+    };
+    let mut all: Vec<SandboxInfo> = st
+        .mgr
+        .list(who, &filter)?
+        .into_iter()
+        .filter(|i| i.state != SandboxState::Terminated)
+        .filter(|i| q.states.is_empty() || q.states.iter().any(|s| s == state_of(i.state)))
+        .filter(|i| {
+            q.template
+                .as_ref()
+                .is_none_or(|t| *t == e2b_template(&i.template) || *t == i.template)
+        })
+        .collect();
+    all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    if q.descending {
+        all.reverse();
+    }
+    let start = match &q.next_token {
+        None => 0,
+        Some(t) => {
+            let (time, id) = parse_token(t).ok_or_else(|| {
+                HttpError::new(StatusCode::BAD_REQUEST, "nextToken is not one of ours")
+            })?;
+            let key = (time, id);
+            all.iter()
+                .position(|i| {
+                    let k = (i.created_at.clone(), i.id.clone());
+                    if q.descending {
+                        k < key
+                    } else {
+                        k > key
+                    }
+                })
+                .unwrap_or(all.len())
+        }
+    };
+    let limit = q.limit.unwrap_or(PAGE_DEFAULT);
+    let items: Vec<&SandboxInfo> = all.iter().skip(start).take(limit).collect();
+    let next = (start + items.len() < all.len())
+        .then(|| items.last().map(|i| token_of(i)))
+        .flatten();
+    Ok((items.into_iter().map(listed).collect(), next))
+}
+
+fn page_response(items: Vec<serde_json::Value>, next: Option<String>) -> Response {
+    let mut resp = axum::Json(items).into_response();
+    if let Some(t) = next.and_then(|t| t.parse().ok()) {
+        resp.headers_mut().insert("x-next-token", t);
+    }
+    resp
+}
+
+/// `GET /v2/sandboxes`: running and paused sandboxes, filtered and paged.
+async fn list_v2(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    uri: Uri,
+) -> Result<Response, HttpError> {
+    let q = list_query(&uri)?;
+    let (items, next) = page(&st, &who, &q)?;
+    Ok(page_response(items, next))
+}
+
+/// `GET /sandboxes`: the older listing, of running sandboxes only.
+async fn list_v1(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    uri: Uri,
+) -> Result<Response, HttpError> {
+    let mut q = list_query(&uri)?;
+    q.states = vec!["running".into()];
+    q.limit = Some(usize::MAX);
+    let (items, _) = page(&st, &who, &q)?;
+    Ok(axum::Json(items).into_response())
+}
+
+/// What Warren does not map (see docs/e2b.md for why): E2B's not-implemented shape.
+async fn unsupported(_: Key, uri: Uri) -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "{} is not implemented by Warren's E2B API (see docs/e2b.md)",
+            uri.path()
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_filters_are_nested_query_strings() {
+        let uri: Uri = "/v2/sandboxes?metadata=a%3D1%26b%3Dx%252520y%26c%3D%25252B&state=running,paused&limit=5"
+            .parse()
+            .unwrap();
+        let q = list_query(&uri).unwrap();
+        assert_eq!(q.metadata.get("a").map(String::as_str), Some("1"));
+        assert_eq!(q.metadata.get("b").map(String::as_str), Some("x y"));
+        assert_eq!(q.metadata.get("c").map(String::as_str), Some("+"));
+        assert_eq!(q.states, ["running", "paused"]);
+        assert_eq!(q.limit, Some(5));
+        assert!(list_query(&"/x?limit=0".parse().unwrap()).is_err());
+        assert!(list_query(&"/x?state=dead".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn tokens_round_trip() {
+        let t = URL_SAFE_NO_PAD.encode("2024-01-01T00:00:00Z\nabc");
+        assert_eq!(
+            parse_token(&t),
+            Some(("2024-01-01T00:00:00Z".into(), "abc".into()))
+        );
+        assert_eq!(parse_token("!!"), None);
+    }
+
+    #[test]
+    fn base_is_host() {
+        assert_eq!(warren_template("base"), "host");
+        assert_eq!(e2b_template("host"), "base");
+        assert_eq!(warren_template("py"), "py");
+    }
+}

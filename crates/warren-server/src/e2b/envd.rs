@@ -1,0 +1,530 @@
+//! envd's plain HTTP side (`/health`, `/files`) and what every in-sandbox call shares:
+//! finding the sandbox, checking its access token, and acting as the E2B user.
+//!
+//! E2B runs envd calls as a Linux user named in `Authorization: Basic base64(user:)`
+//! (RPCs) or `?username=` (file transfers), `user` by default, and resolves relative
+//! paths against that user's home. Warren's agent does file operations as the
+//! sandbox's root, so what it creates on behalf of another user is handed to that user
+//! afterwards (`chown`), or E2B programs that write a file and then edit it from a
+//! command as `user` would fail.
+//!
+//! A sandbox that is gone, or an access token that is not its own, is answered the
+//! way E2B's proxy answers for a sandbox it does not know: `502` and a message saying
+//! the sandbox was not found, which the SDK raises as its not-running error. Telling
+//! the two apart would tell a stranger which sandbox ids exist.
+
+use std::path::Path;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use warren_core::Caller;
+use warren_runtime::client::{AgentClient, ClientError};
+use warren_types::proto::{Command, ErrorCode, ExecRequest, User};
+
+use super::connect::{Code, RpcError};
+use super::{filesystem, process, target, E2bState, ENVD_PORT};
+use crate::error::Error;
+use crate::extract::ACCESS_TOKEN_HEADER;
+
+/// Largest file upload.
+const MAX_UPLOAD: usize = crate::MAX_RAW;
+
+pub(super) fn router(state: E2bState) -> Router {
+    let rpc = DefaultBodyLimit::max(super::connect::MAX_MESSAGE);
+    Router::new()
+        .route("/health", get(health))
+        .route(
+            "/files",
+            get(download)
+                .post(upload)
+                .layer(DefaultBodyLimit::max(MAX_UPLOAD)),
+        )
+        .route("/process.Process/{method}", post(process::call).layer(rpc))
+        .route(
+            "/filesystem.Filesystem/{method}",
+            post(filesystem::call).layer(rpc),
+        )
+        .fallback(fallback)
+        .with_state(state)
+}
+
+/// An error in the shape E2B's proxy and envd's HTTP routes use: `{"code": status,
+/// "message"}`. The SDK reads the status; Connect clients read an integer `code` as
+/// one too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HttpError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl HttpError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// What E2B's proxy answers for a sandbox it does not know.
+    pub fn sandbox_gone(id: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            format!("The sandbox {id} was not found"),
+        )
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({"code": self.status.as_u16(), "message": self.message});
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<Error> for HttpError {
+    fn from(e: Error) -> Self {
+        Self::new(e.status, e.message)
+    }
+}
+
+impl From<ClientError> for HttpError {
+    fn from(e: ClientError) -> Self {
+        Error::from(e).into()
+    }
+}
+
+impl From<warren_core::CoreError> for HttpError {
+    fn from(e: warren_core::CoreError) -> Self {
+        Error::from(e).into()
+    }
+}
+
+/// An authenticated in-sandbox caller.
+#[derive(Debug, Clone)]
+pub(crate) struct Envd {
+    pub id: String,
+    pub caller: Caller,
+    /// The E2B user from `Authorization: Basic`, `user` when none is named.
+    pub user: String,
+}
+
+impl Envd {
+    /// The user's home: relative paths and a missing `cwd` start there.
+    pub fn home(&self) -> String {
+        home_of(&self.user)
+    }
+
+    /// A path of the request as an absolute path inside the sandbox.
+    pub fn path(&self, p: &str) -> Result<String, RpcError> {
+        if p.is_empty() {
+            return Err(RpcError::invalid("path is required"));
+        }
+        resolve(p, &self.home()).map_err(RpcError::invalid)
+    }
+
+    /// A connection to the sandbox's agent.
+    pub async fn agent(&self, st: &E2bState) -> Result<AgentClient, RpcError> {
+        let (_, client) = st.mgr.agent(&self.caller, &self.id).await?;
+        Ok(client)
+    }
+
+    /// The agent's notion of this user.
+    pub fn exec_user(&self) -> User {
+        User::Name(self.user.clone())
+    }
+}
+
+pub(crate) const DEFAULT_USER: &str = "user";
+
+fn valid_user(u: &str) -> bool {
+    !u.is_empty()
+        && u.len() <= 32
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+pub(crate) fn home_of(user: &str) -> String {
+    if user == "root" {
+        "/root".into()
+    } else {
+        format!("/home/{user}")
+    }
+}
+
+/// `~`, `~/x` and relative paths start at `home`; absolute paths stay.
+pub(crate) fn resolve(p: &str, home: &str) -> Result<String, String> {
+    if p.contains('\0') {
+        return Err("the path contains a NUL byte".into());
+    }
+    let joined = if p.starts_with('/') {
+        p.to_string()
+    } else if p.is_empty() || p == "~" {
+        home.to_string()
+    } else if let Some(rest) = p.strip_prefix("~/") {
+        format!("{home}/{rest}")
+    } else {
+        format!("{home}/{p}")
+    };
+    Ok(joined)
+}
+
+/// The user named by `Authorization: Basic base64(user:)`, if any.
+fn basic_user(headers: &HeaderMap) -> Result<Option<String>, HttpError> {
+    let Some(v) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let bad = || {
+        HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "Authorization: use Basic base64(user:)",
+        )
+    };
+    let v = v.to_str().map_err(|_| bad())?;
+    let Some(b64) = v.strip_prefix("Basic ") else {
+        return Err(bad());
+    };
+    let raw = B64.decode(b64.trim()).map_err(|_| bad())?;
+    let raw = String::from_utf8(raw).map_err(|_| bad())?;
+    let user = raw.split(':').next().unwrap_or_default();
+    if user.is_empty() {
+        return Ok(None);
+    }
+    if !valid_user(user) {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid user {user:?}"),
+        ));
+    }
+    Ok(Some(user.to_string()))
+}
+
+impl FromRequestParts<E2bState> for Envd {
+    type Rejection = HttpError;
+
+    async fn from_request_parts(parts: &mut Parts, st: &E2bState) -> Result<Self, HttpError> {
+        let t = target(&parts.headers)
+            .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "no sandbox named"))?;
+        if t.port != ENVD_PORT {
+            return Err(port_not_supported(t.port));
+        }
+        let token = parts
+            .headers
+            .get(ACCESS_TOKEN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                HttpError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "send the sandbox's envdAccessToken as X-Access-Token",
+                )
+            })?;
+        let caller = st
+            .mgr
+            .authenticate_sandbox(&t.sandbox, token)
+            .ok_or_else(|| HttpError::sandbox_gone(&t.sandbox))?;
+        let user = match basic_user(&parts.headers)? {
+            Some(u) => u,
+            None => {
+                let q = parts.uri.query().unwrap_or_default();
+                serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|(k, _)| k == "username")
+                    .map(|(_, v)| v)
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| DEFAULT_USER.to_string())
+            }
+        };
+        if !valid_user(&user) {
+            return Err(HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("invalid user {user:?}"),
+            ));
+        }
+        Ok(Envd {
+            id: t.sandbox,
+            caller,
+            user,
+        })
+    }
+}
+
+fn port_not_supported(port: u16) -> HttpError {
+    HttpError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        format!(
+            "port {port}: Warren does not route traffic to sandbox ports by Host header; \
+             publish the port when creating the sandbox with the native API instead"
+        ),
+    )
+}
+
+async fn fallback(req: Request) -> Response {
+    if let Some(t) = target(req.headers()).filter(|t| t.port != ENVD_PORT) {
+        return port_not_supported(t.port).into_response();
+    }
+    HttpError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
+    .into_response()
+}
+
+/// `GET /health`: 204 while the sandbox runs (the SDK's `is_running`).
+async fn health(State(st): State<E2bState>, env: Envd) -> Result<StatusCode, HttpError> {
+    let info = st.mgr.get(&env.caller, &env.id)?;
+    if info.state != warren_types::api::SandboxState::Running {
+        return Err(HttpError::sandbox_gone(&env.id));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+struct FileQuery {
+    #[serde(default)]
+    path: Option<String>,
+}
+
+fn file_query(q: Option<&str>) -> Result<FileQuery, HttpError> {
+    // Signed-URL parameters and the user are read elsewhere or not at all.
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.unwrap_or_default())
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
+    Ok(FileQuery {
+        path: pairs.into_iter().find(|(k, _)| k == "path").map(|(_, v)| v),
+    })
+}
+
+fn bad_path(e: String) -> HttpError {
+    HttpError::new(StatusCode::BAD_REQUEST, e)
+}
+
+/// `GET /files?path=`: the file's bytes.
+async fn download(
+    State(st): State<E2bState>,
+    env: Envd,
+    uri: axum::http::Uri,
+) -> Result<Response, HttpError> {
+    let q = file_query(uri.query())?;
+    let path = q
+        .path
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "path is required"))?;
+    let path = resolve(&path, &env.home()).map_err(bad_path)?;
+    let (_, client) = st.mgr.agent(&env.caller, &env.id).await?;
+    let info = client.stat(&path).await?;
+    if info.file_type == warren_types::proto::FileType::Dir {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            format!("path {path} is a directory"),
+        ));
+    }
+    let data = client.read_file(&path).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+}
+
+#[derive(Debug, Serialize)]
+struct Written {
+    name: String,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    path: String,
+}
+
+fn written(path: &str) -> Written {
+    Written {
+        name: Path::new(path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        kind: "file",
+        path: path.to_string(),
+    }
+}
+
+/// `POST /files?path=`: a multipart form (a part per file, named by the `path`
+/// parameter or, for several, by each part's file name) or raw bytes for `path`.
+async fn upload(
+    State(st): State<E2bState>,
+    env: Envd,
+    req: Request,
+) -> Result<Response, HttpError> {
+    let q = file_query(req.uri().query())?;
+    if req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity")
+    {
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "compressed uploads are not supported by Warren; upload without gzip",
+        ));
+    }
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
+    let mut files: Vec<(Option<String>, Bytes)> = Vec::new();
+    if multipart {
+        let mut form = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+        loop {
+            let field = form.next_field().await.map_err(|e| {
+                HttpError::new(e.status(), format!("multipart body: {}", e.body_text()))
+            })?;
+            let Some(field) = field else { break };
+            let name = field.file_name().map(str::to_string);
+            let data = field.bytes().await.map_err(|e| {
+                HttpError::new(e.status(), format!("multipart body: {}", e.body_text()))
+            })?;
+            files.push((name, data));
+        }
+    } else {
+        let body = Bytes::from_request(req, &()).await.map_err(|e| {
+            HttpError::new(
+                e.status(),
+                "the upload is larger than Warren accepts (128 MiB)",
+            )
+        })?;
+        files.push((None, body));
+    }
+    let single = files.len() == 1;
+    let mut targets = Vec::with_capacity(files.len());
+    for (name, data) in files {
+        let dest = match (&q.path, name) {
+            (Some(p), _) if single => p.clone(),
+            (_, Some(n)) if !n.is_empty() => n,
+            (Some(p), None) => p.clone(),
+            _ => {
+                return Err(HttpError::new(
+                    StatusCode::BAD_REQUEST,
+                    "name the file: a path parameter or a file name on each part",
+                ))
+            }
+        };
+        if dest.is_empty() {
+            return Err(bad_path("path is required".into()));
+        }
+        targets.push((resolve(&dest, &env.home()).map_err(bad_path)?, data));
+    }
+    let (_, client) = st.mgr.agent(&env.caller, &env.id).await?;
+    let mut out = Vec::with_capacity(targets.len());
+    for (path, data) in targets {
+        let created = first_missing(&client, &path).await?;
+        client.write_file(&path, &data, None).await?;
+        hand_over(&client, &env.user, created.as_deref()).await;
+        out.push(written(&path));
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+/// The highest of `path` and its ancestors that does not exist yet: what creating
+/// `path` (with its parents) will make.
+pub(crate) async fn first_missing(
+    client: &AgentClient,
+    path: &str,
+) -> Result<Option<String>, ClientError> {
+    let mut missing = None;
+    let mut p = Path::new(path);
+    loop {
+        match client.stat(&p.to_string_lossy()).await {
+            Ok(_) => return Ok(missing),
+            Err(ClientError::Agent {
+                code: ErrorCode::NotFound,
+                ..
+            }) => {
+                missing = Some(p.to_string_lossy().into_owned());
+                match p.parent() {
+                    Some(parent) if parent != p => p = parent,
+                    _ => return Ok(missing),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Gives what the agent made at and below `top` to `user` (not for root, who owns it
+/// already). Best effort: the file is written either way, and a sandbox whose
+/// `/etc/passwd` no longer names the user leaves it to root, as before.
+pub(crate) async fn hand_over(client: &AgentClient, user: &str, top: Option<&str>) {
+    let Some(top) = top else { return };
+    if user == "root" {
+        return;
+    }
+    let req = ExecRequest {
+        command: Some(Command::Argv(vec![
+            "chown".into(),
+            "-R".into(),
+            "--".into(),
+            format!("{user}:"),
+            top.to_string(),
+        ])),
+        user: Some(User::Id {
+            uid: 0,
+            gid: Some(0),
+        }),
+        ..ExecRequest::default()
+    };
+    if let Ok(p) = client.exec(req).await {
+        let _ = p.output().await;
+    }
+}
+
+impl From<HttpError> for RpcError {
+    fn from(e: HttpError) -> Self {
+        let code = match e.status.as_u16() {
+            400 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            409 => Code::AlreadyExists,
+            429 => Code::ResourceExhausted,
+            501 => Code::Unimplemented,
+            502 | 503 => Code::Unavailable,
+            _ => Code::Internal,
+        };
+        RpcError::new(code, e.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_against_home() {
+        let h = "/home/user";
+        assert_eq!(resolve("/etc/x", h).unwrap(), "/etc/x");
+        assert_eq!(resolve("a/b", h).unwrap(), "/home/user/a/b");
+        assert_eq!(resolve("~", h).unwrap(), "/home/user");
+        assert_eq!(resolve("~/x", h).unwrap(), "/home/user/x");
+        assert_eq!(resolve("", h).unwrap(), "/home/user");
+        assert!(resolve("a\0b", h).is_err());
+        assert_eq!(home_of("root"), "/root");
+    }
+
+    #[test]
+    fn basic_auth_names_the_user() {
+        let mut h = HeaderMap::new();
+        assert_eq!(basic_user(&h).unwrap(), None);
+        h.insert(header::AUTHORIZATION, "Basic cm9vdDo=".parse().unwrap());
+        assert_eq!(basic_user(&h).unwrap().as_deref(), Some("root"));
+        h.insert(header::AUTHORIZATION, "Bearer x".parse().unwrap());
+        assert!(basic_user(&h).is_err());
+        let evil = B64.encode("../x:");
+        h.insert(
+            header::AUTHORIZATION,
+            format!("Basic {evil}").parse().unwrap(),
+        );
+        assert!(basic_user(&h).is_err());
+    }
+}

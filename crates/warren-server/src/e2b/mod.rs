@@ -1,0 +1,136 @@
+//! The E2B API, so that E2B's SDKs drive Warren unchanged (guide: `docs/e2b.md`).
+//!
+//! E2B splits its API in two, and so does this module:
+//!
+//! - the **control plane** ([`control`]): REST + JSON under `/sandboxes` and
+//!   `/v2/sandboxes`, authenticated by `X-API-Key`. Each call is one [`Manager`] call
+//!   for the [`Caller`](warren_core::Caller) the key belongs to, so tenancy is the
+//!   native API's: another tenant's sandbox is a 404, exactly like a missing one.
+//! - **envd**, the daemon E2B runs inside each sandbox: the Connect-protocol services
+//!   `process.Process` ([`process`]) and `filesystem.Filesystem` ([`filesystem`]), plus
+//!   plain HTTP `/files` and `/health` ([`envd`]). Warren has no daemon inside the
+//!   sandbox that speaks this; its agent does the work, and this module translates.
+//!
+//! Both are served on one TCP listener. E2B reaches envd through a proxy that picks the
+//! sandbox from the `E2b-Sandbox-Id` header (with `E2B_SANDBOX_URL` set, which is how
+//! the SDK is pointed at a self-hosted server) or from a `Host` of the form
+//! `PORT-SANDBOXID.DOMAIN`; a request carrying either is envd's, every other one the
+//! control plane's. The paths of the two never overlap except `/health`, which both
+//! answer.
+//!
+//! Ids: an E2B sandbox id is the Warren sandbox id, an E2B pid the agent's pid, and
+//! the `envdAccessToken` the sandbox's access token, which every envd call must carry.
+
+mod connect;
+mod control;
+mod envd;
+mod filesystem;
+mod process;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use axum::Router;
+use tokio::sync::watch;
+use tower::ServiceExt;
+use warren_core::Manager;
+
+/// The port envd listens on inside an E2B sandbox; the SDK names it in `Host` and in
+/// `E2b-Sandbox-Port`.
+pub const ENVD_PORT: u16 = 49983;
+
+/// The envd version Warren claims. The SDK turns features on and off by it: 0.5.7 has
+/// stdin closing, default-user handling, octet-stream uploads and recursive watches,
+/// and lacks file metadata (extended attributes) and entry info in watch events,
+/// which Warren does not do either, so the SDK refuses those up front.
+pub const ENVD_VERSION: &str = "0.5.7";
+
+/// What every E2B handler gets.
+#[derive(Debug, Clone)]
+pub(crate) struct E2bState {
+    pub mgr: Arc<Manager>,
+    /// Turns true when the daemon shuts down; streams end then.
+    pub shutdown: watch::Receiver<bool>,
+    pub watchers: Arc<Mutex<HashMap<String, filesystem::Watcher>>>,
+}
+
+/// The E2B surface: control plane and envd on one router. Streams it serves end when
+/// `shutdown` turns true.
+pub fn router(mgr: Arc<Manager>, shutdown: watch::Receiver<bool>) -> Router {
+    let state = E2bState {
+        mgr,
+        shutdown,
+        watchers: Arc::default(),
+    };
+    let control = control::router(state.clone());
+    let envd = envd::router(state.clone());
+    Router::new()
+        .fallback(dispatch)
+        .with_state(Routers { control, envd })
+}
+
+#[derive(Debug, Clone)]
+struct Routers {
+    control: Router,
+    envd: Router,
+}
+
+/// Which sandbox (and port) a request is for, when it is for one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub sandbox: String,
+    pub port: u16,
+}
+
+pub(crate) const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
+const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
+
+fn valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The sandbox a request addresses: the proxy headers first, else `Host`.
+pub(crate) fn target(headers: &HeaderMap) -> Option<Target> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(id) = text(SANDBOX_ID_HEADER) {
+        let port = text(SANDBOX_PORT_HEADER)
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or(ENVD_PORT);
+        return Some(Target {
+            sandbox: id.trim().to_string(),
+            port,
+        });
+    }
+    let host = text("host")?;
+    let label = host.split('.').next()?;
+    // A bare `host:port` has no dot and no sandbox in it.
+    if !host.contains('.') {
+        return None;
+    }
+    let (port, id) = label.split_once('-')?;
+    let port: u16 = port.parse().ok()?;
+    valid_id(id).then(|| Target {
+        sandbox: id.to_string(),
+        port,
+    })
+}
+
+async fn dispatch(State(r): State<Routers>, req: Request) -> Response {
+    let router = if target(req.headers()).is_some() {
+        r.envd
+    } else {
+        r.control
+    };
+    match router.oneshot(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
+    }
+}

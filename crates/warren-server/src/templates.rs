@@ -1,0 +1,141 @@
+//! Templates and snapshots: list, inspect, import (unix socket only: it reads a file of
+//! the daemon's host), build (progress streamed as NDJSON), remove, collect unused
+//! layers, disk usage; and the snapshot of a sandbox.
+//!
+//! Each handler is one [`Manager`](warren_core::Manager) call; a build's progress comes
+//! from the engine as typed events and leaves here as one JSON line each.
+
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use warren_core::{
+    BuildEvent, BuildTemplate, DiskUsage, ImportResult, ImportTemplate, LayerGcResult,
+    SnapshotRequest, SnapshotResult, TemplateInfo,
+};
+
+use crate::error::Error;
+use crate::exec::ndjson;
+use crate::extract::{Json, Path, Tenant};
+use crate::{AppState, Surface};
+
+/// `GET /v1/templates`.
+pub async fn list(
+    State(st): State<AppState>,
+    Tenant(_): Tenant,
+) -> Result<axum::Json<Vec<TemplateInfo>>, Error> {
+    Ok(axum::Json(st.mgr.templates()?))
+}
+
+/// `GET /v1/templates/{name}`.
+pub async fn get(
+    State(st): State<AppState>,
+    Tenant(_): Tenant,
+    Path(name): Path<String>,
+) -> Result<axum::Json<TemplateInfo>, Error> {
+    Ok(axum::Json(st.mgr.template(&name)?))
+}
+
+/// `DELETE /v1/templates/{name}`: 409 while a sandbox uses it.
+pub async fn remove(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+    Path(name): Path<String>,
+) -> Result<StatusCode, Error> {
+    st.mgr.remove_template(&who, &name)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/templates/import` (unix socket only: the archive is a path on the daemon's
+/// host, which only the host's root may name).
+pub async fn import(
+    State(st): State<AppState>,
+    req: Request,
+) -> Result<(StatusCode, axum::Json<ImportResult>), Error> {
+    let (who, req) = unix_only::<ImportTemplate>(&st, req, "/v1/templates/import").await?;
+    let r = st.mgr.import_template(&who, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(r)))
+}
+
+/// The caller and body of a unix-socket-only route. On TCP the route does not exist,
+/// whoever asks: checked before authentication, so TCP callers learn nothing more.
+async fn unix_only<T: serde::de::DeserializeOwned>(
+    st: &AppState,
+    req: Request,
+    path: &str,
+) -> Result<(warren_core::Caller, T), Error> {
+    if st.surface != Surface::Unix {
+        return Err(crate::no_route("POST", path));
+    }
+    let (mut parts, body) = req.into_parts();
+    let Tenant(who) = Tenant::from_request_parts(&mut parts, st).await?;
+    let Json(body) = Json::<T>::from_request(Request::from_parts(parts, body), st).await?;
+    Ok((who, body))
+}
+
+/// `POST /v1/templates/build`: NDJSON [`BuildEvent`]s, the last `done` or `error`.
+pub async fn build(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+    Json(req): Json<BuildTemplate>,
+) -> Result<Response, Error> {
+    if req.steps.len() > 1000 {
+        return Err(Error::invalid("a build has at most 1000 steps"));
+    }
+    let (events_tx, mut events_rx) = mpsc::channel::<BuildEvent>(256);
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let mgr = st.mgr.clone();
+    tokio::spawn(async move {
+        // The build goes on even if the client leaves: it cleans up after itself.
+        let _ = mgr.build_template(&who, req, events_tx).await;
+    });
+    tokio::spawn(async move {
+        while let Some(ev) = events_rx.recv().await {
+            let mut line = serde_json::to_vec(&ev).expect("events serialize");
+            line.push(b'\n');
+            if tx.send(Bytes::from(line)).await.is_err() {
+                // Keep draining so the build is never blocked on a gone client.
+                continue;
+            }
+        }
+    });
+    Ok(ndjson(rx))
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerGcRequest {
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// `POST /v1/templates/gc` (unix socket only: layers are the node's, not a tenant's):
+/// removes layers no template uses.
+pub async fn gc(
+    State(st): State<AppState>,
+    req: Request,
+) -> Result<axum::Json<LayerGcResult>, Error> {
+    let (_, req) = unix_only::<LayerGcRequest>(&st, req, "/v1/templates/gc").await?;
+    Ok(axum::Json(st.mgr.gc_layers(req.dry_run).await?))
+}
+
+/// `GET /v1/disk`: bytes per template and per sandbox of the caller.
+pub async fn disk(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+) -> Result<axum::Json<DiskUsage>, Error> {
+    Ok(axum::Json(st.mgr.disk_usage(&who)?))
+}
+
+/// `POST /v1/sandboxes/{key}/snapshot`: the sandbox's files as a new template.
+pub async fn snapshot(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+    Path(key): Path<String>,
+    Json(req): Json<SnapshotRequest>,
+) -> Result<(StatusCode, axum::Json<SnapshotResult>), Error> {
+    let r = st.mgr.snapshot(&who, &key, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(r)))
+}

@@ -1,0 +1,381 @@
+//! `warren template`: import an image archive, build from a base template, list, inspect,
+//! remove, collect unused layers, and show disk use. The daemon does the work; a build's
+//! steps stream their output here under a progress line.
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use hyper::Method;
+use indicatif::{ProgressBar, ProgressStyle};
+use warren_core::{
+    BuildEvent, BuildTemplate, DiskUsage, ImportResult, ImportTemplate, LayerGcResult, TemplateInfo,
+};
+
+use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::parse::parse_env;
+use crate::size::{parse_duration, parse_size};
+
+/// Manage templates: the root filesystems sandboxes are made from.
+#[derive(Debug, Args)]
+pub struct TemplateArgs {
+    #[command(subcommand)]
+    command: TemplateCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TemplateCommand {
+    Import(ImportArgs),
+    Build(BuildArgs),
+    Ls(LsArgs),
+    Inspect(NameArgs),
+    Rm(NameArgs),
+    Gc(GcArgs),
+    Du(LsArgs),
+}
+
+/// Import a `docker save` or OCI layout archive (.tar, optionally gzip or zstd).
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The archive, on the daemon's host.
+    archive: std::path::PathBuf,
+    #[arg(long)]
+    name: String,
+    /// Run in the background whenever a sandbox of this template starts.
+    #[arg(long)]
+    start_cmd: Option<String>,
+    /// Polled until it exits 0 before the sandbox counts as running.
+    #[arg(long)]
+    ready_cmd: Option<String>,
+    /// How long the ready command may take to succeed [default: 60s].
+    #[arg(long, value_parser = parse_duration)]
+    ready_timeout: Option<Duration>,
+    /// Most bytes the image may unpack to, e.g. 20G [default: 32G].
+    #[arg(long, value_parser = parse_size)]
+    max_size: Option<u64>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Build a template: run steps in a sandbox of a base template and keep the result.
+#[derive(Debug, Args)]
+struct BuildArgs {
+    #[arg(long)]
+    name: String,
+    /// The base template.
+    #[arg(long, default_value = "host")]
+    from: String,
+    /// A shell command to run as root (repeat for several steps, run in order).
+    #[arg(long = "run", value_name = "COMMAND")]
+    steps: Vec<String>,
+    /// An environment variable of the steps and of the template (NAME=VALUE).
+    #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+    /// Working directory of the steps and of the template's processes.
+    #[arg(short, long)]
+    workdir: Option<String>,
+    /// Give the steps outbound network (NAT).
+    #[arg(long)]
+    network: bool,
+    #[arg(long)]
+    start_cmd: Option<String>,
+    #[arg(long)]
+    ready_cmd: Option<String>,
+    #[arg(long, value_parser = parse_duration)]
+    ready_timeout: Option<Duration>,
+    /// Most time one step may take [default: 1h].
+    #[arg(long, value_parser = parse_duration)]
+    step_timeout: Option<Duration>,
+    /// Plain output (no progress line) even on a terminal.
+    #[arg(long)]
+    quiet_progress: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// List templates (`ls`), or the disk they and your sandboxes use (`du`).
+#[derive(Debug, Args)]
+struct LsArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct NameArgs {
+    name: String,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Remove layers no template uses.
+#[derive(Debug, Args)]
+struct GcArgs {
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+fn secs(d: Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
+}
+
+/// 1234567 → "1.2M".
+fn human(bytes: u64) -> String {
+    let units = ["B", "K", "M", "G", "T"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < units.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.1}{}", units[i])
+    }
+}
+
+fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    out(format!("{}\n", serde_json::to_string_pretty(v)?))?;
+    Ok(())
+}
+
+pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        TemplateCommand::Import(a) => import(a),
+        TemplateCommand::Build(a) => build(a),
+        TemplateCommand::Ls(a) => ls(a),
+        TemplateCommand::Inspect(a) => {
+            let client = Client::new(&a.client)?;
+            let path = format!("/v1/templates/{}", enc(&a.name));
+            let t: TemplateInfo = block_on(client.call(Method::GET, &path, None::<&()>))??;
+            json_out(&t)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TemplateCommand::Rm(a) => {
+            let client = Client::new(&a.client)?;
+            let path = format!("/v1/templates/{}", enc(&a.name));
+            block_on(client.call_raw(Method::DELETE, &path, None::<&()>))??;
+            out(format!("{}\n", a.name))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        TemplateCommand::Gc(a) => {
+            let client = Client::new(&a.client)?;
+            let body = serde_json::json!({ "dry_run": a.dry_run });
+            let r: LayerGcResult =
+                block_on(client.call(Method::POST, "/v1/templates/gc", Some(&body)))??;
+            for l in &r.layers {
+                out(format!("{l}\n"))?;
+            }
+            let verb = if a.dry_run { "would free" } else { "freed" };
+            eprintln!(
+                "warren: {} layer(s), {verb} {}",
+                r.layers.len(),
+                human(r.bytes)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        TemplateCommand::Du(a) => {
+            let client = Client::new(&a.client)?;
+            let u: DiskUsage = block_on(client.call(Method::GET, "/v1/disk", None::<&()>))??;
+            if a.json {
+                json_out(&u)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut text = String::from("KIND      NAME                              SIZE\n");
+            for r in &u.templates {
+                text.push_str(&format!("template  {:<32}  {}\n", r.name, human(r.bytes)));
+            }
+            for r in &u.sandboxes {
+                text.push_str(&format!("sandbox   {:<32}  {}\n", r.name, human(r.bytes)));
+            }
+            text.push_str(&format!(
+                "layers, each counted once: {}\n",
+                human(u.layers_bytes)
+            ));
+            out(text)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
+    // The daemon reads the file: give it a path that means the same there.
+    let archive = std::fs::canonicalize(&a.archive)
+        .map_err(|e| anyhow::anyhow!("cannot find the archive {}: {e}", a.archive.display()))?;
+    let client = Client::new(&a.client)?;
+    let body = ImportTemplate {
+        archive,
+        name: a.name.clone(),
+        start_cmd: a.start_cmd,
+        ready_cmd: a.ready_cmd,
+        ready_timeout_secs: a.ready_timeout.map(secs),
+        max_bytes: a.max_size,
+    };
+    let spinner = spinner(&format!("importing {}", a.name));
+    let r =
+        block_on(client.call::<ImportResult>(Method::POST, "/v1/templates/import", Some(&body)))?;
+    spinner.finish_and_clear();
+    let r = r?;
+    for w in &r.warnings {
+        eprintln!("warren: {w}");
+    }
+    eprintln!(
+        "warren: {} layer(s) stored, {} shared with other templates, {}",
+        r.new_layers,
+        r.shared_layers,
+        human(r.template.size_bytes)
+    );
+    out(format!("{}\n", r.template.meta.name))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spinner(msg: &str) -> ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(msg.to_string());
+    pb.enable_steady_tick(Duration::from_millis(100));
+    pb
+}
+
+fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
+    if a.steps.is_empty() {
+        anyhow::bail!("give at least one step with --run 'COMMAND'");
+    }
+    let client = Client::new(&a.client)?;
+    let count = a.steps.len() as u64;
+    let body = BuildTemplate {
+        name: a.name.clone(),
+        from: Some(a.from),
+        steps: a.steps,
+        env: a.env.into_iter().collect::<BTreeMap<_, _>>(),
+        network: a.network,
+        workdir: a.workdir,
+        start_cmd: a.start_cmd,
+        ready_cmd: a.ready_cmd,
+        ready_timeout_secs: a.ready_timeout.map(secs),
+        step_timeout_secs: a.step_timeout.map(secs),
+    };
+    let bar = if a.quiet_progress || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        ProgressBar::hidden()
+    } else {
+        let pb = ProgressBar::new(count);
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} [{pos}/{len}] {msg} [{elapsed}]")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        pb.enable_steady_tick(Duration::from_millis(100));
+        pb
+    };
+    let done = block_on(async {
+        let mut lines = client
+            .lines(Method::POST, "/v1/templates/build", Some(&body))
+            .await?;
+        let mut partial = String::new();
+        while let Some(ev) = lines.next::<BuildEvent>().await? {
+            match ev {
+                BuildEvent::Step {
+                    index,
+                    count,
+                    command,
+                } => {
+                    bar.set_position(index as u64 - 1);
+                    bar.set_message(command.clone());
+                    if bar.is_hidden() {
+                        eprintln!("step {index}/{count}: {command}");
+                    }
+                }
+                BuildEvent::Output { data, .. } => {
+                    // Whole lines above the progress line; a partial one waits.
+                    partial.push_str(&data);
+                    while let Some(i) = partial.find('\n') {
+                        let line: String = partial.drain(..=i).collect();
+                        bar.suspend(|| eprint!("{line}"));
+                    }
+                }
+                BuildEvent::Capturing => {
+                    bar.set_position(count);
+                    bar.set_message("capturing the files");
+                }
+                BuildEvent::Done { template } => {
+                    if !partial.is_empty() {
+                        bar.suspend(|| eprintln!("{partial}"));
+                    }
+                    return Ok(Ok(*template));
+                }
+                BuildEvent::Error { code, message } => {
+                    if !partial.is_empty() {
+                        bar.suspend(|| eprintln!("{partial}"));
+                    }
+                    return Ok(Err(crate::client::Error::Api { code, message }));
+                }
+            }
+        }
+        Ok::<_, crate::client::Error>(Err(crate::client::Error::Protocol(
+            "the build stream ended without a result".into(),
+        )))
+    })?;
+    bar.finish_and_clear();
+    let template = done??;
+    eprintln!(
+        "warren: built {} ({}), build log in the template's directory",
+        template.meta.name,
+        human(template.size_bytes)
+    );
+    out(format!("{}\n", template.meta.name))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&a.client)?;
+    let list: Vec<TemplateInfo> =
+        block_on(client.call(Method::GET, "/v1/templates", None::<&()>))??;
+    if a.json {
+        json_out(&list)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut text = format!(
+        "{:<24}  {:<8}  {:>6}  {:>8}  {:>4}  SOURCE\n",
+        "NAME", "KIND", "LAYERS", "SIZE", "USED"
+    );
+    for t in &list {
+        let kind = serde_json::to_value(t.meta.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(String::from))
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "{:<24}  {:<8}  {:>6}  {:>8}  {:>4}  {}\n",
+            t.meta.name,
+            kind,
+            t.meta.layers.len(),
+            human(t.size_bytes),
+            t.used_by.len(),
+            t.meta.source
+        ));
+    }
+    out(text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human;
+
+    #[test]
+    fn sizes_read_as_people_write_them() {
+        assert_eq!(human(512), "512B");
+        assert_eq!(human(1536), "1.5K");
+        assert_eq!(human(100 << 20), "100.0M");
+    }
+}

@@ -1,0 +1,121 @@
+"""A live `warren serve` for the E2B SDK to drive.
+
+The daemon gets its own run and data directories (short, under /tmp, so the unix
+socket path fits), an E2B listener on a free loopback port, and two tenants: the
+default one, whose key the SDK uses through E2B_API_KEY, and `other`, whose key the
+isolation tests pass explicitly. At the end every sandbox left is killed, the daemon
+stopped, and `warren doctor` must find nothing left behind.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+WARREN = os.environ.get("WARREN_BIN", os.path.join(ROOT, "target", "debug", "warren"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    def __init__(self) -> None:
+        self.dir = tempfile.mkdtemp(prefix="we2b-", dir="/tmp")
+        self.env = dict(
+            os.environ,
+            WARREN_RUN_DIR=os.path.join(self.dir, "run"),
+            WARREN_DATA_DIR=os.path.join(self.dir, "data"),
+        )
+        self.socket = os.path.join(self.dir, "run", "warren.sock")
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(os.path.join(self.dir, "serve.log"), "wb")
+        self.proc = subprocess.Popen(
+            [WARREN, "serve", "--e2b-listen", f"127.0.0.1:{self.port}"],
+            env=self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.time() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=1):
+                    break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("warren serve did not start: " + self.read_log())
+                time.sleep(0.05)
+        key_file = os.path.join(self.dir, "data", "api-key")
+        while not os.path.exists(key_file):
+            time.sleep(0.05)
+        with open(key_file) as f:
+            self.key = f.read().strip()
+        self.other_key = self.run("keys", "create", "--tenant", "other", "--socket", self.socket).strip()
+
+    def run(self, *args: str, check: bool = True) -> str:
+        out = subprocess.run([WARREN, *args], env=self.env, capture_output=True, text=True)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"warren {' '.join(args)}: {out.stderr}")
+        return out.stdout
+
+    def read_log(self) -> str:
+        with open(os.path.join(self.dir, "serve.log"), "rb") as f:
+            return f.read().decode(errors="replace")[-4000:]
+
+    def api(self, method: str, path: str, key: str):
+        req = urllib.request.Request(self.url + path, method=method, headers={"X-API-Key": key})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            body = r.read()
+            return json.loads(body) if body else None
+
+    def kill_all(self) -> None:
+        for key in (self.key, self.other_key):
+            for sb in self.api("GET", "/v2/sandboxes", key) or []:
+                try:
+                    self.api("DELETE", f"/sandboxes/{sb['sandboxID']}", key)
+                except OSError:
+                    pass
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="session")
+def daemon():
+    if os.geteuid() != 0:
+        pytest.skip("SKIPPED: the E2B tests make real sandboxes and need root")
+    d = Daemon()
+    os.environ["E2B_API_KEY"] = d.key
+    os.environ["E2B_API_URL"] = d.url
+    os.environ["E2B_SANDBOX_URL"] = d.url
+    try:
+        yield d
+    finally:
+        failed = None
+        try:
+            d.kill_all()
+        except Exception as e:  # still stop the daemon and check for leaks
+            failed = e
+        d.stop()
+        doctor = subprocess.run([WARREN, "doctor"], env=d.env, capture_output=True, text=True)
+        shutil.rmtree(d.dir, ignore_errors=True)
+        assert doctor.returncode == 0, f"warren doctor found leftovers:\n{doctor.stdout}{doctor.stderr}"
+        if failed:
+            raise failed

@@ -1,0 +1,197 @@
+"""The sync E2B SDK against a live Warren, as an E2B application would use it."""
+
+import os
+import time
+import uuid
+
+import pytest
+from e2b import CommandExitException, PtySize, Sandbox, SandboxQuery
+from e2b.exceptions import (
+    FileNotFoundException,
+    NotFoundException,
+    SandboxNotFoundException,
+    SandboxNotRunningException,
+)
+
+
+@pytest.fixture
+def sb(daemon):
+    s = Sandbox.create(timeout=120)
+    yield s
+    s.kill()
+
+
+def test_create_with_metadata_and_env(daemon):
+    tag = uuid.uuid4().hex
+    s = Sandbox.create(metadata={"suite": "sync", "tag": tag}, envs={"GREETING": "hello"}, timeout=60)
+    try:
+        r = s.commands.run("echo $GREETING; whoami; pwd")
+        assert r.stdout == "hello\nuser\n/home/user\n"
+        info = s.get_info()
+        assert info.metadata == {"suite": "sync", "tag": tag}
+        assert info.state.value == "running"
+        assert s.is_running()
+        found = Sandbox.list(query=SandboxQuery(metadata={"tag": tag})).next_items()
+        assert [i.sandbox_id for i in found] == [s.sandbox_id]
+        none = Sandbox.list(query=SandboxQuery(metadata={"tag": "nope"})).next_items()
+        assert none == []
+    finally:
+        s.kill()
+
+
+def test_run_output_exit_env_cwd_callbacks(sb):
+    r = sb.commands.run("echo out; echo err >&2; exit 0")
+    assert (r.stdout, r.stderr, r.exit_code) == ("out\n", "err\n", 0)
+    with pytest.raises(CommandExitException) as e:
+        sb.commands.run("echo no >&2; exit 3")
+    assert e.value.exit_code == 3
+    assert e.value.stderr == "no\n"
+    r = sb.commands.run("echo $A-$B; pwd", envs={"A": "1", "B": "2"}, cwd="/tmp")
+    assert r.stdout == "1-2\n/tmp\n"
+    assert sb.commands.run("whoami", user="root").stdout == "root\n"
+    out, err = [], []
+    sb.commands.run(
+        "for i in 1 2 3; do echo o$i; echo e$i >&2; sleep 0.05; done",
+        on_stdout=out.append,
+        on_stderr=err.append,
+    )
+    assert "".join(out) == "o1\no2\no3\n"
+    assert "".join(err) == "e1\ne2\ne3\n"
+
+
+def test_background_connect_list_kill(sb):
+    h = sb.commands.run("sleep 0.5; echo late", background=True)
+    pid = h.pid
+    h.disconnect()
+    assert pid in [p.pid for p in sb.commands.list()]
+    again = sb.commands.connect(pid)
+    r = again.wait()
+    assert r.stdout == "late\n"
+    long = sb.commands.run("sleep 60", background=True)
+    assert long.pid in [p.pid for p in sb.commands.list()]
+    assert sb.commands.kill(long.pid)
+    with pytest.raises(CommandExitException):
+        long.wait()
+    assert long.pid not in [p.pid for p in sb.commands.list()]
+    assert sb.commands.kill(long.pid) is False
+    with pytest.raises(NotFoundException):
+        sb.commands.connect(999999)
+
+
+def test_stdin(sb):
+    h = sb.commands.run("cat", background=True, stdin=True)
+    sb.commands.send_stdin(h.pid, "hello ")
+    h.send_stdin(b"stdin\n")
+    sb.commands.close_stdin(h.pid)
+    assert h.wait().stdout == "hello stdin\n"
+
+
+def test_pty(sb):
+    h = sb.pty.create(PtySize(rows=24, cols=80))
+    sb.pty.send_stdin(h.pid, b"stty size\n")
+    time.sleep(0.5)
+    sb.pty.resize(h.pid, PtySize(rows=40, cols=100))
+    sb.pty.send_stdin(h.pid, b"stty size; exit\n")
+    seen = bytearray()
+    h.wait(on_pty=seen.extend)
+    text = seen.decode(errors="replace")
+    assert "24 80" in text and "40 100" in text
+
+
+def test_files(sb):
+    info = sb.files.write("/home/user/notes/a.txt", "hello")
+    assert info.path == "/home/user/notes/a.txt"
+    assert sb.files.read("notes/a.txt") == "hello"
+    blob = os.urandom(10 << 20)
+    sb.files.write("big.bin", blob)
+    assert bytes(sb.files.read("big.bin", format="bytes")) == blob
+    assert sb.files.get_info("big.bin").size == len(blob)
+    # Files the API writes belong to the user, who can change them from commands.
+    sb.commands.run("echo more >> /home/user/notes/a.txt")
+    assert sb.files.read("/home/user/notes/a.txt") == "hellomore\n"
+    names = sorted(e.name for e in sb.files.list("/home/user"))
+    assert names == ["big.bin", "notes"]
+    assert sb.files.exists("notes/a.txt")
+    assert not sb.files.exists("nope.txt")
+    assert sb.files.make_dir("x/y") is True
+    assert sb.files.make_dir("x/y") is False
+    sb.commands.run("touch /home/user/x/y/z")
+    entry = sb.files.rename("notes/a.txt", "notes/b.txt")
+    assert entry.path == "/home/user/notes/b.txt"
+    assert not sb.files.exists("notes/a.txt")
+    sb.files.remove("x")
+    assert not sb.files.exists("x")
+    with pytest.raises(FileNotFoundException):
+        sb.files.read("nope.txt")
+
+
+def test_watch(sb):
+    sb.files.make_dir("w")
+    handle = sb.files.watch_dir("/home/user/w")
+    sb.files.write("w/new.txt", "x")
+    deadline = time.time() + 5
+    events = []
+    while time.time() < deadline:
+        events += handle.get_new_events()
+        if any(e.name == "new.txt" for e in events):
+            break
+        time.sleep(0.05)
+    handle.stop()
+    assert any(e.name == "new.txt" and e.type.value == "create" for e in events), events
+    assert not any("warren-upload" in e.name for e in events), events
+
+
+def test_timeout_pause_connect(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        s.files.write("state.txt", "kept")
+        s.set_timeout(120)
+        end = s.get_info().end_at.timestamp()
+        assert end - time.time() > 100
+        s.pause()
+        assert Sandbox.get_info(s.sandbox_id).state.value == "paused"
+        back = Sandbox.connect(s.sandbox_id)
+        assert back.get_info().state.value == "running"
+        assert back.files.read("state.txt") == "kept"
+        assert back.commands.run("echo alive").stdout == "alive\n"
+    finally:
+        s.kill()
+
+
+def test_kill_then_not_found(daemon):
+    s = Sandbox.create(timeout=60)
+    sid = s.sandbox_id
+    s.kill()
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.get_info(sid)
+    with pytest.raises(SandboxNotFoundException):
+        Sandbox.connect(sid)
+    with pytest.raises(SandboxNotFoundException):
+        s.set_timeout(30)
+    assert Sandbox.kill(sid) is False
+    assert not s.is_running()
+    # envd calls are answered as E2B's proxy answers for a sandbox that is gone.
+    with pytest.raises(SandboxNotRunningException):
+        s.commands.run("true")
+    with pytest.raises(SandboxNotRunningException):
+        s.files.read("x")
+
+
+def test_other_tenant_sees_nothing(daemon):
+    s = Sandbox.create(timeout=60, metadata={"owner": "first"})
+    other = {"api_key": daemon.other_key}
+    try:
+        with pytest.raises(SandboxNotFoundException):
+            Sandbox.get_info(s.sandbox_id, **other)
+        with pytest.raises(SandboxNotFoundException):
+            Sandbox.connect(s.sandbox_id, **other)
+        with pytest.raises(SandboxNotFoundException):
+            Sandbox.set_timeout(s.sandbox_id, 30, **other)
+        with pytest.raises(SandboxNotFoundException):
+            Sandbox.pause(s.sandbox_id, **other)
+        assert Sandbox.kill(s.sandbox_id, **other) is False
+        listed = Sandbox.list(query=SandboxQuery(metadata={"owner": "first"}), **other).next_items()
+        assert listed == []
+        assert s.commands.run("echo still").stdout == "still\n"
+    finally:
+        s.kill()
