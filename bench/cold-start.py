@@ -120,7 +120,7 @@ def drop_unified():
     # <id>/cgroup.procs under /sys/fs/cgroup/unified, which never removes. Without this
     # tmpfs those files would land in the host's /sys/fs/cgroup tmpfs, hidden under the
     # host's cgroup2 mount; on it they vanish with this namespace. (Read-only, crun fails.)
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=755", "coldstart-unified",
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m,mode=755", "coldstart-unified",
                         UNIFIED], capture_output=True, text=True)
     if r.returncode != 0:
         return f"unmounted, but no stand-in tmpfs: {r.stderr.strip()}"

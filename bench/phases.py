@@ -9,6 +9,7 @@ sandbox being reported created (the helper's whole set-up, seen from the caller)
     python3 bench/phases.py [--runs 50] [--warren target/release/warren]
 """
 import argparse
+import re
 import os
 import statistics
 import subprocess
@@ -40,12 +41,12 @@ def main():
         p = subprocess.run([a.warren, "run", "--rm", "--", "true"], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if p.returncode != 0:
+            subprocess.run(["rm", "-rf", tmp])
             sys.exit(f"warren failed: {p.stderr.strip()}")
-        marks = []
-        for line in p.stderr.splitlines():
-            f = line.split(" ", 3)
-            if len(f) == 4 and f[0] == "trace":
-                marks.append((int(f[1]), f[3]))
+        # The CLI and the helper share stderr and a mark may be written in pieces, so
+        # lines can run into each other: find the marks rather than split lines.
+        marks = [(int(m.group(1)), m.group(3).strip()) for m in re.finditer(
+            r"trace (\d+) (\d+) (.+?)(?=trace \d+ \d+ |\n|$)", p.stderr)]
         if i < 3 or not marks:
             continue
         marks.sort()

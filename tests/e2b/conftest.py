@@ -47,6 +47,16 @@ class Daemon:
             stdout=self.log,
             stderr=subprocess.STDOUT,
         )
+        try:
+            self._wait_ready()
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+            self.log.close()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+
+    def _wait_ready(self) -> None:
         deadline = time.time() + 30
         while True:
             try:

@@ -18,6 +18,7 @@
 //! daemon starts, [`Manager::open`] re-adopts every sandbox whose helper is alive, and
 //! cleans up those half-made or whose processes died meanwhile.
 
+mod session;
 mod share;
 pub mod store;
 mod templates;
@@ -308,6 +309,7 @@ impl Manager {
                 let Some(mgr) = weak.upgrade() else { break };
                 mgr.refill_pools();
                 mgr.reap().await;
+                mgr.reap_sessions().await;
             }
         });
         Ok(mgr)
@@ -1363,6 +1365,14 @@ impl Manager {
                 "warren_pool_requests_total{{template=\"{}\",outcome=\"miss\"}} {}",
                 p.spec.template, p.misses
             );
+        }
+        let _ = writeln!(out, "# HELP warren_sessions Live sessions by state.");
+        let _ = writeln!(out, "# TYPE warren_sessions gauge");
+        for (state, n) in ["active", "detached", "suspended"]
+            .iter()
+            .zip(self.session_counts())
+        {
+            let _ = writeln!(out, "warren_sessions{{state=\"{state}\"}} {n}");
         }
         let _ = writeln!(
             out,

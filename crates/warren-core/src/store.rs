@@ -50,6 +50,20 @@ pub struct Record {
     pub access_token: String,
 }
 
+/// One session's row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: String,
+    pub tenant: String,
+    pub client: String,
+    pub sandbox: String,
+    pub state: String,
+    pub timeouts: warren_types::api::SessionTimeouts,
+    pub created_at: i64,
+    pub last_seen_at: i64,
+    pub since: i64,
+}
+
 /// A stored lifecycle event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRow {
@@ -97,6 +111,19 @@ CREATE INDEX IF NOT EXISTS sandbox_pools ON sandboxes(pool_key, state) WHERE poo
 CREATE UNIQUE INDEX IF NOT EXISTS sandbox_names ON sandboxes(tenant, owner, name)
     WHERE name IS NOT NULL AND state != 'terminated';
 CREATE INDEX IF NOT EXISTS sandbox_states ON sandboxes(state);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    client TEXT NOT NULL,
+    sandbox TEXT NOT NULL,
+    state TEXT NOT NULL,
+    timeouts TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    -- When the session entered its current state.
+    since INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_live ON sessions(state) WHERE state != 'terminated';
 CREATE TABLE IF NOT EXISTS events (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     time INTEGER NOT NULL,
@@ -163,6 +190,11 @@ impl Store {
             path: path.display().to_string(),
             source,
         };
+        // SQLite takes an empty file for a new database, so a store truncated to nothing
+        // would open empty and every sandbox it knew would be forgotten.
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Corrupt(format!("{} is empty", path.display())));
+        }
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
@@ -393,6 +425,58 @@ impl Store {
             Err(e) => return Err(e.into()),
         };
         self.get(&id)
+    }
+
+    pub fn put_session(&self, s: &SessionRow) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO sessions \
+             (id, tenant, client, sandbox, state, timeouts, created_at, last_seen_at, since) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                s.id,
+                s.tenant,
+                s.client,
+                s.sandbox,
+                s.state,
+                serde_json::to_string(&s.timeouts)?,
+                s.created_at,
+                s.last_seen_at,
+                s.since
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Sessions not terminated; of one tenant when given.
+    pub fn live_sessions(&self, tenant: Option<&str>) -> Result<Vec<SessionRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, tenant, client, sandbox, state, timeouts, created_at, last_seen_at, \
+             since FROM sessions WHERE state != 'terminated' AND (?1 IS NULL OR tenant = ?1) \
+             ORDER BY created_at",
+        )?;
+        let rows = stmt.query_map(params![tenant], |r| {
+            Ok((
+                SessionRow {
+                    id: r.get(0)?,
+                    tenant: r.get(1)?,
+                    client: r.get(2)?,
+                    sandbox: r.get(3)?,
+                    state: r.get(4)?,
+                    timeouts: Default::default(),
+                    created_at: r.get(6)?,
+                    last_seen_at: r.get(7)?,
+                    since: r.get(8)?,
+                },
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (mut s, t) = row?;
+            s.timeouts = serde_json::from_str(&t)?;
+            out.push(s);
+        }
+        Ok(out)
     }
 
     pub fn add_event(&self, e: &EventRow) -> Result<(), StoreError> {

@@ -116,7 +116,7 @@ pub fn run(config: &HelperConfig, mut status: fs::File, stopped: Option<OwnedFd>
         Ok(m) => m,
         Err(message) => report_and_exit(status, HelperStatus::Error { message }),
     };
-    report(
+    let heard = report(
         &mut status,
         &HelperStatus::Ready {
             agent_pid: monitor.agent.as_raw(),
@@ -124,6 +124,12 @@ pub fn run(config: &HelperConfig, mut status: fs::File, stopped: Option<OwnedFd>
         },
     );
     drop(status);
+    if !heard {
+        // The caller died before hearing of the sandbox (a daemon killed mid-create):
+        // nobody will ever own it, and a restarted daemon has already written it off.
+        drop(monitor);
+        std::process::exit(1);
+    }
     monitor.stopped = stopped;
     // The helper keeps none of its caller's input and output (a reader waiting for the
     // caller's stdout to close must not wait for the helper); stderr stays for traces.
@@ -140,15 +146,15 @@ pub fn run(config: &HelperConfig, mut status: fs::File, stopped: Option<OwnedFd>
     std::process::exit(code)
 }
 
-fn report(out: &mut fs::File, status: &HelperStatus) {
+/// Writes one status line; false when nobody is there to read it.
+fn report(out: &mut fs::File, status: &HelperStatus) -> bool {
     let mut line = serde_json::to_vec(status).unwrap_or_default();
     line.push(b'\n');
-    let _ = out.write_all(&line);
-    let _ = out.flush();
+    out.write_all(&line).and_then(|()| out.flush()).is_ok()
 }
 
 fn report_and_exit(mut out: fs::File, status: HelperStatus) -> ! {
-    report(&mut out, &status);
+    let _ = report(&mut out, &status);
     std::process::exit(1)
 }
 

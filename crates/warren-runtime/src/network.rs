@@ -118,11 +118,11 @@ pub fn setup_nat(run_dir: &Path, id: &str, pid: Pid) -> Result<std::path::PathBu
 }
 
 /// The host-wide rules, added once: forwarding on, masquerade out, and nothing from a
-/// sandbox to the host or to another sandbox.
+/// sandbox to the host, to another sandbox, or to a link-local (metadata) address.
 fn host_rules() -> Result<(), NetError> {
     fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
     let wild = format!("{LINK_PREFIX}+");
-    let rules: [(&str, &str, Vec<&str>); 3] = [
+    let rules: [(&str, &str, Vec<&str>); 4] = [
         (
             "nat",
             "POSTROUTING",
@@ -133,6 +133,13 @@ fn host_rules() -> Result<(), NetError> {
             "filter",
             "FORWARD",
             vec!["-i", &wild, "-o", &wild, "-j", "DROP"],
+        ),
+        // Link-local addresses: a cloud's metadata service (169.254.169.254) hands out
+        // the machine's credentials to whoever asks, so sandboxes must not reach it.
+        (
+            "filter",
+            "FORWARD",
+            vec!["-i", &wild, "-d", "169.254.0.0/16", "-j", "DROP"],
         ),
     ];
     for (table, chain, spec) in rules {

@@ -23,6 +23,7 @@ mod extract;
 mod files;
 mod pools;
 mod sandboxes;
+mod sessions;
 mod share;
 mod templates;
 #[cfg(test)]
@@ -109,6 +110,12 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sandboxes/{key}/shares"),
     ("DELETE", "/v1/sandboxes/{key}/shares/{id}"),
     ("GET", "/v1/shared/{token}"),
+    ("POST", "/v1/sessions"),
+    ("GET", "/v1/sessions"),
+    ("GET", "/v1/sessions/{id}"),
+    ("POST", "/v1/sessions/{id}/heartbeat"),
+    ("POST", "/v1/sessions/{id}/detach"),
+    ("POST", "/v1/sessions/{id}/release"),
     ("GET", "/v1/events"),
     ("POST", "/v1/gc"),
     ("POST", "/v1/keys"),
@@ -201,6 +208,11 @@ fn build(state: AppState) -> Router {
         .route("/v1/sandboxes/{key}/shares", get(share::list))
         .route("/v1/sandboxes/{key}/shares/{id}", delete(share::revoke))
         .route("/v1/shared/{token}", get(share::join))
+        .route("/v1/sessions", post(sessions::open).get(sessions::list))
+        .route("/v1/sessions/{id}", get(sessions::get))
+        .route("/v1/sessions/{id}/heartbeat", post(sessions::heartbeat))
+        .route("/v1/sessions/{id}/detach", post(sessions::detach))
+        .route("/v1/sessions/{id}/release", post(sessions::release))
         .route("/v1/events", get(sandboxes::events))
         .route("/v1/gc", post(sandboxes::gc))
         .route("/v1/templates", get(templates::list))

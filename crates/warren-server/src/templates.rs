@@ -86,19 +86,35 @@ pub async fn build(
     }
     let (events_tx, mut events_rx) = mpsc::channel::<BuildEvent>(256);
     let (tx, rx) = mpsc::channel::<Bytes>(256);
+    let (result_tx, result_rx) = tokio::sync::oneshot::channel();
     let mgr = st.mgr.clone();
     tokio::spawn(async move {
         // The build goes on even if the client leaves: it cleans up after itself.
-        let _ = mgr.build_template(&who, req, events_tx).await;
+        let r = mgr.build_template(&who, req, events_tx).await;
+        let _ = result_tx.send(r.err());
     });
     tokio::spawn(async move {
+        let mut ended = false;
         while let Some(ev) = events_rx.recv().await {
+            ended |= matches!(ev, BuildEvent::Done { .. } | BuildEvent::Error { .. });
             let mut line = serde_json::to_vec(&ev).expect("events serialize");
             line.push(b'\n');
             if tx.send(Bytes::from(line)).await.is_err() {
                 // Keep draining so the build is never blocked on a gone client.
                 continue;
             }
+        }
+        // A build refused before it began (a bad name, an unknown base) sends no event
+        // of its own: without this line the client would see an empty, successful
+        // stream.
+        if let (false, Ok(Some(e))) = (ended, result_rx.await) {
+            let ev = BuildEvent::Error {
+                code: e.code().into(),
+                message: e.to_string(),
+            };
+            let mut line = serde_json::to_vec(&ev).expect("events serialize");
+            line.push(b'\n');
+            let _ = tx.send(Bytes::from(line)).await;
         }
     });
     Ok(ndjson(rx))

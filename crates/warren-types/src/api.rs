@@ -267,3 +267,82 @@ pub struct ShareInfo {
     pub write: bool,
     pub created_at: String,
 }
+
+/// The states of a session: a client's attachment to its sandbox.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionState {
+    /// The client is there (it calls or sends heartbeats).
+    Active,
+    /// The client went away; its sandbox runs on, waiting for it.
+    Detached,
+    /// Away too long: the sandbox is paused until the client comes back.
+    Suspended,
+    Terminated,
+}
+
+/// How long a session may stay in each state before it moves on: active without a
+/// heartbeat → detached → suspended (sandbox paused) → terminated (sandbox removed).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SessionTimeouts {
+    #[serde(default = "five_minutes")]
+    pub active_secs: u64,
+    #[serde(default = "one_hour")]
+    pub detached_secs: u64,
+    #[serde(default = "one_day")]
+    pub suspended_secs: u64,
+}
+
+fn five_minutes() -> u64 {
+    300
+}
+fn one_hour() -> u64 {
+    3600
+}
+fn one_day() -> u64 {
+    86_400
+}
+
+impl Default for SessionTimeouts {
+    fn default() -> Self {
+        Self {
+            active_secs: five_minutes(),
+            detached_secs: one_hour(),
+            suspended_secs: one_day(),
+        }
+    }
+}
+
+/// `POST /v1/sessions`: attach `client` to its default sandbox (made on first use from
+/// `sandbox`'s settings, found again afterwards).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OpenSession {
+    pub client: String,
+    #[serde(default)]
+    pub sandbox: CreateSandbox,
+    #[serde(default)]
+    pub timeouts: Option<SessionTimeouts>,
+}
+
+/// `POST /v1/sessions/{id}/release`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseSession {
+    /// Keep the sandbox running for the client's next session; otherwise it is removed.
+    #[serde(default)]
+    pub keep_alive: bool,
+}
+
+/// A session as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: String,
+    pub client: String,
+    pub state: SessionState,
+    pub sandbox: SandboxInfo,
+    pub timeouts: SessionTimeouts,
+    pub created_at: String,
+    pub last_seen_at: String,
+}

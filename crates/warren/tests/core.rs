@@ -402,3 +402,65 @@ async fn a_new_manager_readopts_running_sandboxes() {
     assert!(logs.iter().any(|e| e.kind == "adopted"), "{logs:?}");
     mgr.terminate(&who, "keep").await.unwrap();
 }
+
+#[tokio::test]
+async fn sessions_walk_down_when_the_client_leaves_and_come_back() {
+    use warren_types::api::{OpenSession, SessionState, SessionTimeouts};
+    if !can_run("sessions_walk_down_when_the_client_leaves_and_come_back") {
+        return;
+    }
+    let env = Env::new("sessions");
+    let mgr = env.manager().await;
+    let who = alice();
+    let quick = SessionTimeouts {
+        active_secs: 1,
+        detached_secs: 1,
+        suspended_secs: 60,
+    };
+    let open = |client: &str| OpenSession {
+        client: client.into(),
+        sandbox: CreateSandbox::default(),
+        timeouts: Some(quick),
+    };
+    let s = mgr.open_session(&who, open("ann")).await.unwrap();
+    assert_eq!(s.state, SessionState::Active);
+    assert_eq!(s.sandbox.owner, "ann");
+    assert_eq!(s.sandbox.name.as_deref(), Some("default"));
+    run(&mgr, &who, &s.sandbox.id, "echo kept > /tmp/mark").await;
+
+    // No heartbeat: active → detached → suspended (sandbox paused).
+    wait_for("the session to be suspended", 15, || {
+        mgr.session(&who, &s.id).unwrap().state == SessionState::Suspended
+    })
+    .await;
+    assert_eq!(
+        mgr.get(&who, &s.sandbox.id).unwrap().state,
+        SandboxState::Paused
+    );
+    let m = mgr.metrics();
+    assert!(m.contains("warren_sessions{state=\"suspended\"} 1"), "{m}");
+
+    // The client is back: active, its sandbox running with its files.
+    let back = mgr.heartbeat(&who, &s.id).await.unwrap();
+    assert_eq!(back.state, SessionState::Active);
+    assert_eq!(back.sandbox.state, SandboxState::Running);
+    assert_eq!(
+        run(&mgr, &who, &s.sandbox.id, "cat /tmp/mark").await,
+        "kept\n"
+    );
+
+    // Released with keep-alive, the next session finds the same default sandbox.
+    mgr.release_session(&who, &s.id, true).await.unwrap();
+    let again = mgr.open_session(&who, open("ann")).await.unwrap();
+    assert_ne!(again.id, s.id);
+    assert_eq!(
+        again.sandbox.id, s.sandbox.id,
+        "one default sandbox per client"
+    );
+    // Released without keep-alive, the sandbox goes.
+    mgr.release_session(&who, &again.id, false).await.unwrap();
+    assert!(mgr.get(&who, &s.sandbox.id).is_err());
+    assert!(mgr.sessions(&who).unwrap().is_empty());
+    // Another tenant sees no session.
+    assert!(mgr.session(&Caller::tenant("eve"), &again.id).is_err());
+}

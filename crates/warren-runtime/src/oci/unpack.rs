@@ -364,6 +364,14 @@ fn apply<R: Read>(
         if hidden.starts_with(WHITEOUT_PREFIX.as_bytes()) || hidden.is_empty() {
             return Ok(());
         }
+        // `.wh..` and `.wh...` name the directory itself and its parent: clearing them
+        // would delete the layer, or whatever holds it, outside the destination.
+        if hidden == b"." || hidden == b".." {
+            return Err(unsafe_entry(
+                &shown,
+                "a whiteout of \".\" or \"..\" would remove a directory, not an entry",
+            ));
+        }
         let target = parent.join(std::ffi::OsStr::from_bytes(hidden));
         clear(&target)?;
         mknod(&target, SFlag::S_IFCHR, Mode::empty(), makedev(0, 0)).map_err(|e| {
@@ -741,6 +749,25 @@ mod tests {
         t.entry_owned("far", T::Regular, 0o644, b"", 70_000);
         let (_d, r) = run(&t.bytes(), Limits::default());
         assert_eq!(r.unwrap().clamped_owners, 2, "uid and gid of `far`");
+    }
+
+    #[test]
+    fn whiteouts_of_dot_and_dotdot_are_refused() {
+        // Found by the oci_unpack fuzz target: `.wh...` cleared the layer's parent.
+        for name in [".wh..", ".wh...", "a/.wh..."] {
+            let mut t = Tar::new();
+            t.entry("a/", T::Directory, 0o755, b"");
+            t.entry(name, T::Regular, 0o644, b"");
+            let (d, r) = run(&t.bytes(), Limits::default());
+            assert!(
+                matches!(r, Err(UnpackError::Unsafe { .. })),
+                "{name}: {r:?}"
+            );
+            assert!(
+                d.path().join("layer/a").is_dir(),
+                "{name} removed the layer"
+            );
+        }
     }
 
     #[test]

@@ -83,9 +83,17 @@ impl HttpError {
 }
 
 impl IntoResponse for HttpError {
+    /// These errors are often answered before the request body was read (a refused
+    /// key or token). The connection is closed after them, so a client's pool does not
+    /// reuse one whose unread body the server may drop mid-way.
     fn into_response(self) -> Response {
         let body = serde_json::json!({"code": self.status.as_u16(), "message": self.message});
-        (self.status, axum::Json(body)).into_response()
+        (
+            self.status,
+            [(header::CONNECTION, "close")],
+            axum::Json(body),
+        )
+            .into_response()
     }
 }
 
