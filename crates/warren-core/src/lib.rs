@@ -179,6 +179,27 @@ struct Pool {
     misses: AtomicU64,
 }
 
+/// The event kind that records a termination under way.
+const TERMINATING: &str = "terminating";
+
+/// Runs a future to completion on a thread of its own: `recover` runs inside `open`,
+/// on the caller's runtime, and must finish a teardown before it goes on.
+fn futures_lite_block<F: std::future::Future + Send + 'static>(f: F) -> Option<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()
+            .map(|rt| rt.block_on(f))
+    })
+    .join()
+    .ok()
+    .flatten()
+}
+
 /// The tenant and owner of warm pool members; `@` cannot start a real tenant's name.
 const POOL_TENANT: &str = "@pool";
 
@@ -243,6 +264,32 @@ impl std::fmt::Debug for Manager {
             .field("paths", &self.config.paths)
             .finish_non_exhaustive()
     }
+}
+
+/// Published host ports must be distinct and free: a taken one is the caller's to change
+/// (a 4xx), found before anything is made. (A port taken in the instant between this
+/// check and the helper's bind still fails the create, as a backend error.)
+fn check_ports(publish: &[warren_types::spec::PortMap]) -> Result<()> {
+    let mut seen = Vec::new();
+    for p in publish {
+        if p.host == 0 || p.sandbox == 0 {
+            return Err(CoreError::Invalid("published ports must be 1-65535".into()));
+        }
+        if seen.contains(&p.host) {
+            return Err(CoreError::Invalid(format!(
+                "host port {} is published twice",
+                p.host
+            )));
+        }
+        seen.push(p.host);
+        if let Err(e) = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, p.host)) {
+            return Err(CoreError::Invalid(format!(
+                "host port {} cannot be published ({e}); pick another",
+                p.host
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `secs` seconds after the Unix-millisecond time `ms`, saturating rather than
@@ -368,6 +415,14 @@ impl Manager {
                         "the daemon stopped while creating it; removed",
                     );
                 }
+                SandboxState::Stopping if self.was_terminating(&r.id) => {
+                    if let Some(sb) = self.backend.adopt(&r.id) {
+                        let _ = futures_lite_block(sb.destroy());
+                    }
+                    self.backend.purge(&r.id, true);
+                    self.store().set_state(&r.id, SandboxState::Terminated)?;
+                    self.event(&r, "terminated", "finished after the daemon restarted");
+                }
                 SandboxState::Running | SandboxState::Paused | SandboxState::Stopping => {
                     match self.backend.adopt(&r.id) {
                         Some(sb) => {
@@ -403,6 +458,15 @@ impl Manager {
             }
         }
         Ok(())
+    }
+
+    /// Whether the last thing recorded of a sandbox is the start of its termination.
+    fn was_terminating(&self, id: &str) -> bool {
+        self.store()
+            .events_of(id, 1)
+            .ok()
+            .and_then(|e| e.into_iter().next())
+            .is_some_and(|e| e.kind == TERMINATING)
     }
 
     /// A new API key for `tenant` (created if new). Only its hash is stored.
@@ -556,6 +620,7 @@ impl Manager {
         template: &str,
         req: &CreateSandbox,
     ) -> Result<SandboxInfo> {
+        check_ports(&req.publish)?;
         let id = warren_runtime::new_id();
         let mut volumes = Vec::new();
         if req.home_volume.unwrap_or(true) {
@@ -1030,6 +1095,10 @@ impl Manager {
     }
 
     async fn terminate_locked(&self, r: Record, kind: &str, why: &str) -> Result<()> {
+        // The intent is written first: a daemon killed halfway finishes the job when it
+        // starts again (see `recover`) instead of leaving half a sandbox.
+        self.store().set_state(&r.id, SandboxState::Stopping)?;
+        self.event(&r, TERMINATING, why);
         let live = self.live().remove(&r.id);
         if let Some(l) = live {
             l.sandbox

@@ -464,3 +464,28 @@ async fn sessions_walk_down_when_the_client_leaves_and_come_back() {
     // Another tenant sees no session.
     assert!(mgr.session(&Caller::tenant("eve"), &again.id).is_err());
 }
+
+#[tokio::test]
+async fn a_taken_host_port_is_the_callers_error() {
+    if !can_run("a_taken_host_port_is_the_callers_error") {
+        return;
+    }
+    let env = Env::new("ports");
+    let mgr = env.manager().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let req = CreateSandbox {
+        publish: vec![warren_types::spec::PortMap {
+            host: port,
+            sandbox: 80,
+        }],
+        ..Default::default()
+    };
+    let e = mgr.create(&alice(), req).await.unwrap_err();
+    assert_eq!(e.code(), "invalid_request", "{e}");
+    assert!(e.to_string().contains(&port.to_string()), "{e}");
+    assert!(mgr
+        .list(&alice(), &ListFilter::default())
+        .unwrap()
+        .is_empty());
+}
