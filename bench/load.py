@@ -152,7 +152,9 @@ def main():
     print("doctor:", (doctor.stdout + doctor.stderr).strip())
     ok = not errors and not left and doctor.returncode == 0
     failed = len(errors) + len(left) + (doctor.returncode != 0)
-    print(f"load: {total - len(errors)} passed, {failed} failed")
+    # One line a test runner's summary can count: the load run is one test.
+    print(f"load: {0 if failed else 1} passed, {1 if failed else 0} failed "
+          f"({total} operations, {failed} problems)")
     return 0 if ok else 1
 
 
