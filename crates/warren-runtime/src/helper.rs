@@ -271,7 +271,9 @@ impl Sandbox {
         if config.ephemeral {
             cleanup.dirs.push(data.clone());
         }
-        fs::create_dir_all(&data).map_err(fail("create the data directory"))?;
+        if !in_memory_layer(config) {
+            fs::create_dir_all(&data).map_err(fail("create the data directory"))?;
+        }
         fs::write(
             run.join("helper.pid"),
             std::process::id().to_string().as_bytes(),
@@ -473,6 +475,22 @@ fn writable_layer(
     data: &Path,
 ) -> Result<(PathBuf, PathBuf, Option<PathBuf>), String> {
     let (base, mount) = match config.spec.resources.disk {
+        // Nothing of an ephemeral sandbox outlives it: its layer lives in memory (charged
+        // to the sandbox's own memory cgroup as it writes), in this helper's mount
+        // namespace, and no directory is made or removed on the host's disk for it.
+        None if in_memory_layer(config) => {
+            let mnt = run.join("layer");
+            fs::create_dir(&mnt).map_err(fail("create the layer mount point"))?;
+            mount_fs(
+                "warren-layer",
+                &mnt,
+                "tmpfs",
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                Some("mode=0755"),
+            )
+            .map_err(fail("mount the in-memory layer"))?;
+            (mnt.clone(), Some(mnt))
+        }
         None => (data.to_path_buf(), None),
         Some(size) => {
             let img = data.join("disk.img");
@@ -498,6 +516,11 @@ fn writable_layer(
     )
     .map_err(|e| format!("chown the writable layer: {e}"))?;
     Ok((upper, work, mount))
+}
+
+/// An ephemeral sandbox without a disk limit keeps its writable layer in memory.
+fn in_memory_layer(config: &HelperConfig) -> bool {
+    config.ephemeral && config.spec.resources.disk.is_none()
 }
 
 /// Makes a sparse ext4 image of `size` bytes whose root directory `owner` owns.
