@@ -144,6 +144,8 @@ struct Live {
     sandbox: Sandbox,
     streams: Arc<AtomicUsize>,
     last_cpu_us: u64,
+    /// Bytes its writable layer takes on disk, as the reaper last measured them.
+    disk_bytes: u64,
 }
 
 #[derive(Debug, Default)]
@@ -178,6 +180,9 @@ struct Pool {
     hits: AtomicU64,
     misses: AtomicU64,
 }
+
+/// Every how many reaper passes the sandboxes' disk use is measured.
+const DISK_EVERY: u64 = 30;
 
 /// The event kind that records a termination under way.
 const TERMINATING: &str = "terminating";
@@ -247,6 +252,8 @@ impl EventStream {
 
 /// The lifecycle engine.
 pub struct Manager {
+    /// Reaper passes so far.
+    passes: AtomicU64,
     pools: Mutex<Vec<Arc<Pool>>>,
     shares: Mutex<Vec<Arc<share::Share>>>,
     backend: NamespaceBackend,
@@ -337,6 +344,7 @@ impl Manager {
             .map_err(|e| CoreError::Backend(e.to_string()))?;
         let (events, _) = broadcast::channel(1024);
         let mgr = Arc::new(Self {
+            passes: AtomicU64::new(0),
             pools: Mutex::new(Vec::new()),
             shares: Mutex::new(Vec::new()),
             backend,
@@ -437,6 +445,7 @@ impl Manager {
                                 r.id.clone(),
                                 Live {
                                     last_cpu_us: sb.cgroup().cpu_usage_us(),
+                                    disk_bytes: 0,
                                     sandbox: sb,
                                     streams: Arc::default(),
                                 },
@@ -683,6 +692,7 @@ impl Manager {
                     id.clone(),
                     Live {
                         last_cpu_us: 0,
+                        disk_bytes: 0,
                         sandbox: sb,
                         streams: Arc::default(),
                     },
@@ -1076,6 +1086,7 @@ impl Manager {
             r.id.clone(),
             Live {
                 last_cpu_us: 0,
+                disk_bytes: 0,
                 sandbox: sb,
                 streams: Arc::default(),
             },
@@ -1237,7 +1248,22 @@ impl Manager {
     }
 
     /// One pass of the reaper: activity from CPU use and attached clients, then expiry.
+    /// Measures the disk each live sandbox's writable layer takes, outside the lock: a
+    /// walk of a large layer must not hold up the API.
+    fn measure_disks(&self) {
+        let ids: Vec<String> = self.live().keys().cloned().collect();
+        for id in ids {
+            let bytes = warren_runtime::template::dir_size(&self.backend.paths().sandbox_data(&id));
+            if let Some(l) = self.live().get_mut(&id) {
+                l.disk_bytes = bytes;
+            }
+        }
+    }
+
     async fn reap(&self) {
+        if self.passes.fetch_add(1, Ordering::Relaxed) % DISK_EVERY == 0 {
+            self.measure_disks();
+        }
         let interval_us = self.config.reaper_interval.as_micros() as f64;
         let now = now_ms();
         let mut active = Vec::new();
@@ -1453,7 +1479,17 @@ impl Manager {
             "# HELP warren_sandbox_memory_bytes Memory used by a sandbox."
         );
         let _ = writeln!(out, "# TYPE warren_sandbox_memory_bytes gauge");
+        let _ = writeln!(
+            out,
+            "# HELP warren_sandbox_disk_bytes Disk taken by a sandbox's writable layer (measured every {DISK_EVERY} reaper passes)."
+        );
+        let _ = writeln!(out, "# TYPE warren_sandbox_disk_bytes gauge");
         for (id, l) in self.live().iter() {
+            let _ = writeln!(
+                out,
+                "warren_sandbox_disk_bytes{{sandbox=\"{id}\"}} {}",
+                l.disk_bytes
+            );
             let cg = l.sandbox.cgroup();
             let _ = writeln!(
                 out,

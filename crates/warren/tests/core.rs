@@ -117,6 +117,22 @@ async fn the_state_machine_holds_and_refuses_invalid_moves() {
         run(&mgr, &who, "lab", "echo hi > /root/kept; echo ok").await,
         "ok\n"
     );
+    // The writable layer's disk use shows in the metrics once the reaper has measured it.
+    run(
+        &mgr,
+        &who,
+        "lab",
+        "head -c 5000000 /dev/urandom > /root/blob",
+    )
+    .await;
+    let needle = format!("warren_sandbox_disk_bytes{{sandbox=\"{}\"}} ", sb.id);
+    wait_for("the disk use to be measured", 20, || {
+        mgr.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle)?.parse::<u64>().ok())
+            .is_some_and(|b| b >= 5_000_000)
+    })
+    .await;
 
     mgr.pause(&who, "lab").await.unwrap();
     let e = mgr.agent(&who, "lab").await.unwrap_err();
