@@ -1261,7 +1261,11 @@ impl Manager {
     }
 
     async fn reap(&self) {
-        if self.passes.fetch_add(1, Ordering::Relaxed) % DISK_EVERY == 0 {
+        if self
+            .passes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(DISK_EVERY)
+        {
             self.measure_disks();
         }
         let interval_us = self.config.reaper_interval.as_micros() as f64;
