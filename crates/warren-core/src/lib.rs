@@ -181,6 +181,13 @@ struct Pool {
     misses: AtomicU64,
 }
 
+/// Writes the HELP and TYPE lines of a Prometheus metric.
+fn describe(out: &mut String, name: &str, kind: &str, help: &str) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
 /// Every how many reaper passes the sandboxes' disk use is measured.
 const DISK_EVERY: u64 = 30;
 
@@ -189,7 +196,7 @@ const TERMINATING: &str = "terminating";
 
 /// Runs a future to completion on a thread of its own: `recover` runs inside `open`,
 /// on the caller's runtime, and must finish a teardown before it goes on.
-fn futures_lite_block<F: std::future::Future + Send + 'static>(f: F) -> Option<F::Output>
+fn block_on_own_thread<F: std::future::Future + Send + 'static>(f: F) -> Option<F::Output>
 where
     F::Output: Send + 'static,
 {
@@ -425,7 +432,7 @@ impl Manager {
                 }
                 SandboxState::Stopping if self.was_terminating(&r.id) => {
                     if let Some(sb) = self.backend.adopt(&r.id) {
-                        let _ = futures_lite_block(sb.destroy());
+                        let _ = block_on_own_thread(sb.destroy());
                     }
                     self.backend.purge(&r.id, true);
                     self.store().set_state(&r.id, SandboxState::Terminated)?;
@@ -1376,36 +1383,38 @@ impl Manager {
         for r in &counts {
             *by_state.entry(r.state.as_str()).or_default() += 1;
         }
-        let _ = writeln!(out, "# HELP warren_sandboxes Sandboxes by state.");
-        let _ = writeln!(out, "# TYPE warren_sandboxes gauge");
+        describe(&mut out, "warren_sandboxes", "gauge", "Sandboxes by state.");
         for (s, n) in &by_state {
             let _ = writeln!(out, "warren_sandboxes{{state=\"{s}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP warren_sandboxes_created_total Sandboxes created."
+        describe(
+            &mut out,
+            "warren_sandboxes_created_total",
+            "counter",
+            "Sandboxes created.",
         );
-        let _ = writeln!(out, "# TYPE warren_sandboxes_created_total counter");
         let _ = writeln!(
             out,
             "warren_sandboxes_created_total {}",
             m.created.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP warren_sandboxes_terminated_total Sandboxes terminated."
+        describe(
+            &mut out,
+            "warren_sandboxes_terminated_total",
+            "counter",
+            "Sandboxes terminated.",
         );
-        let _ = writeln!(out, "# TYPE warren_sandboxes_terminated_total counter");
         let _ = writeln!(
             out,
             "warren_sandboxes_terminated_total {}",
             m.terminated.load(Ordering::Relaxed)
         );
-        let _ = writeln!(
-            out,
-            "# HELP warren_timeouts_total Timeouts applied, by action."
+        describe(
+            &mut out,
+            "warren_timeouts_total",
+            "counter",
+            "Timeouts applied, by action.",
         );
-        let _ = writeln!(out, "# TYPE warren_timeouts_total counter");
         for (i, a) in ["pause", "stop", "terminate"].iter().enumerate() {
             let _ = writeln!(
                 out,
@@ -1413,11 +1422,12 @@ impl Manager {
                 m.timeouts[i].load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP warren_create_seconds Time to create a sandbox."
+        describe(
+            &mut out,
+            "warren_create_seconds",
+            "histogram",
+            "Time to create a sandbox.",
         );
-        let _ = writeln!(out, "# TYPE warren_create_seconds histogram");
         let mut cum = 0;
         for (i, b) in CREATE_BUCKETS_MS.iter().enumerate() {
             cum += m.create_buckets[i].load(Ordering::Relaxed);
@@ -1435,11 +1445,12 @@ impl Manager {
             m.create_sum_us.load(Ordering::Relaxed) as f64 / 1e6
         );
         let _ = writeln!(out, "warren_create_seconds_count {cum}");
-        let _ = writeln!(
-            out,
-            "# HELP warren_pool_ready Warm sandboxes ready, by pool template."
+        describe(
+            &mut out,
+            "warren_pool_ready",
+            "gauge",
+            "Warm sandboxes ready, by pool template.",
         );
-        let _ = writeln!(out, "# TYPE warren_pool_ready gauge");
         let pools = self.pools();
         for p in &pools {
             let _ = writeln!(
@@ -1448,11 +1459,12 @@ impl Manager {
                 p.spec.template, p.ready
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP warren_pool_requests_total Creates that fit a pool, by outcome."
+        describe(
+            &mut out,
+            "warren_pool_requests_total",
+            "counter",
+            "Creates that fit a pool, by outcome.",
         );
-        let _ = writeln!(out, "# TYPE warren_pool_requests_total counter");
         for p in &pools {
             let _ = writeln!(
                 out,
@@ -1465,29 +1477,36 @@ impl Manager {
                 p.spec.template, p.misses
             );
         }
-        let _ = writeln!(out, "# HELP warren_sessions Live sessions by state.");
-        let _ = writeln!(out, "# TYPE warren_sessions gauge");
+        describe(
+            &mut out,
+            "warren_sessions",
+            "gauge",
+            "Live sessions by state.",
+        );
         for (state, n) in ["active", "detached", "suspended"]
             .iter()
             .zip(self.session_counts())
         {
             let _ = writeln!(out, "warren_sessions{{state=\"{state}\"}} {n}");
         }
-        let _ = writeln!(
-            out,
-            "# HELP warren_sandbox_cpu_seconds_total CPU used by a sandbox."
+        describe(
+            &mut out,
+            "warren_sandbox_cpu_seconds_total",
+            "counter",
+            "CPU used by a sandbox.",
         );
-        let _ = writeln!(out, "# TYPE warren_sandbox_cpu_seconds_total counter");
-        let _ = writeln!(
-            out,
-            "# HELP warren_sandbox_memory_bytes Memory used by a sandbox."
+        describe(
+            &mut out,
+            "warren_sandbox_memory_bytes",
+            "gauge",
+            "Memory used by a sandbox.",
         );
-        let _ = writeln!(out, "# TYPE warren_sandbox_memory_bytes gauge");
-        let _ = writeln!(
-            out,
-            "# HELP warren_sandbox_disk_bytes Disk taken by a sandbox's writable layer (measured every {DISK_EVERY} reaper passes)."
+        describe(
+            &mut out,
+            "warren_sandbox_disk_bytes",
+            "gauge",
+            &format!("Disk taken by a sandbox's writable layer (measured every {DISK_EVERY} reaper passes)."),
         );
-        let _ = writeln!(out, "# TYPE warren_sandbox_disk_bytes gauge");
         for (id, l) in self.live().iter() {
             let _ = writeln!(
                 out,

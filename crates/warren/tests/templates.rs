@@ -73,27 +73,8 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let runs = self.root.join("run/sandboxes");
-        let mut pids = Vec::new();
-        for e in std::fs::read_dir(&runs).into_iter().flatten().flatten() {
-            if let Ok(p) = std::fs::read_to_string(e.path().join("helper.pid")) {
-                if let Ok(pid) = p.trim().parse::<i32>() {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGTERM,
-                    );
-                    pids.push(pid);
-                }
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for pid in pids {
-            while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
+        // Whatever a failed assertion left running goes, then the test's directories.
+        stop_sandboxes_under(&self.root.join("run"));
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }

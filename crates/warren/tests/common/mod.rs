@@ -81,3 +81,30 @@ pub fn syscall_errno(nr: i64, args: &[i64]) -> i32 {
     assert!(o.status.success(), "python failed: {}", stderr(&o));
     stdout(&o).trim().parse().expect("errno")
 }
+
+/// Stops the helper of every sandbox recorded under `run_dir` and waits (up to 10 s) for
+/// each to finish its teardown: a test's clean-up after a failed assertion.
+pub fn stop_sandboxes_under(run_dir: &std::path::Path) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir(run_dir.join("sandboxes"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let pid = std::fs::read_to_string(e.path().join("helper.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        if let Some(pid) = pid {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            pids.push(pid);
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    for pid in pids {
+        while kill(Pid::from_raw(pid), None).is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
