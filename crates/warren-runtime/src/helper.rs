@@ -34,7 +34,9 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use warren_sys::cgroup::{Hierarchy, Limits};
-use warren_sys::mount::{bind, mount_fs, remount_readonly, set_propagation, unmount, MsFlags};
+use warren_sys::mount::{
+    bind, mount_fs, mount_overlay, remount_readonly, set_propagation, unmount, MsFlags,
+};
 use warren_sys::ns::{self, Forked};
 use warren_types::spec::{NetworkMode, SandboxSpec, VolumeMount};
 
@@ -307,16 +309,10 @@ impl Sandbox {
 
         let root = run.join("root");
         fs::create_dir_all(&root).map_err(fail("create the root mount point"))?;
-        let (upper, work, disk) = writable_layer(config, &run, &data)?;
+        let (rw, disk) = writable_layer(config, &run, &data)?;
         cleanup.mounts.extend(disk);
-        let lower = template.lowerdir().map_err(|e| e.to_string())?;
-        let opts = format!(
-            "lowerdir={lower},upperdir={},workdir={}",
-            upper.display(),
-            work.display()
-        );
-        mount_fs("overlay", &root, "overlay", MsFlags::empty(), Some(&opts))
-            .map_err(fail("mount the root overlay"))?;
+        template.check_layers().map_err(|e| e.to_string())?;
+        mount_overlay(&run, &template.lower, &rw).map_err(fail("mount the root overlay"))?;
         cleanup.mounts.push(root.clone());
         crate::trace::mark("helper: overlay mounted");
         // An image's root may lack the mount points the sandbox needs.
@@ -466,14 +462,14 @@ fn block_signals() -> Result<(), String> {
         .map_err(|e| format!("block signals: {e}"))
 }
 
-/// The upper and work directories of the overlay: on the host's disk, or inside a
-/// loop-mounted ext4 image of the requested size when the disk is bounded (whose mount
-/// point is returned too, for the teardown).
+/// The directory holding the overlay's upper and work directories: on the host's disk,
+/// in memory, or inside a loop-mounted ext4 image of the requested size when the disk is
+/// bounded (whose mount point is returned too, for the teardown).
 fn writable_layer(
     config: &HelperConfig,
     run: &Path,
     data: &Path,
-) -> Result<(PathBuf, PathBuf, Option<PathBuf>), String> {
+) -> Result<(PathBuf, Option<PathBuf>), String> {
     let (base, mount) = match config.spec.resources.disk {
         // Nothing of an ephemeral sandbox outlives it: its layer lives in memory (charged
         // to the sandbox's own memory cgroup as it writes), in this helper's mount
@@ -515,7 +511,7 @@ fn writable_layer(
         Some(nix::unistd::Gid::from_raw(HOST_ID_BASE)),
     )
     .map_err(|e| format!("chown the writable layer: {e}"))?;
-    Ok((upper, work, mount))
+    Ok((base, mount))
 }
 
 /// An ephemeral sandbox without a disk limit keeps its writable layer in memory.

@@ -75,8 +75,9 @@ const HOST_ETC: [&str; 22] = [
 /// The name of the built-in template.
 pub const HOST: &str = "host";
 
-/// Longest `lowerdir=` option: mount options must fit in one page.
-const MAX_LOWERDIR: usize = 4000;
+/// Most lower layers of one overlay root: the `lowerdir=` option names each as
+/// `/.lower/N` and must fit in one page (the kernel's own limit is 500).
+const MAX_LAYERS: usize = 300;
 
 /// How long a ready command may take to succeed when the template does not say.
 pub const DEFAULT_READY_TIMEOUT_SECS: u64 = 60;
@@ -147,33 +148,22 @@ pub struct Template {
 }
 
 impl Template {
-    /// The overlay's `lowerdir=` value, or an error when it cannot fit in a mount option.
-    pub fn lowerdir(&self) -> Result<String> {
-        let s = self
-            .lower
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(":");
-        if s.len() > MAX_LOWERDIR
-            || self.lower.iter().any(|p| {
-                let b = p.as_os_str().as_encoded_bytes();
-                b.contains(&b':') || b.contains(&b',')
-            })
-        {
+    /// Refuses a template with more layers than one overlay mount can stack.
+    pub fn check_layers(&self) -> Result<()> {
+        if self.lower.len() > MAX_LAYERS {
             return Err(Error::Invalid {
                 what: "template",
                 why: format!(
-                    "{} has {} layers, more than one overlay mount can stack here; build a \
-                     new template from a sandbox of it (`warren template build --from {}`) \
-                     to flatten it, or use a shorter data directory",
+                    "{} has {} layers, more than one overlay mount can stack ({MAX_LAYERS}); \
+                     build a new template from a sandbox of it (`warren template build \
+                     --from {}`) to flatten it",
                     self.name,
                     self.lower.len(),
                     self.name
                 ),
             });
         }
-        Ok(s)
+        Ok(())
     }
 }
 
@@ -312,25 +302,33 @@ pub fn list(paths: &Paths) -> Result<Vec<TemplateMeta>> {
     Ok(out)
 }
 
-/// Writes a new template's metadata; it appears whole or not at all. Fails if the
-/// name was taken meanwhile.
+/// Writes a new template's metadata; it appears whole or not at all, and a crash part
+/// way leaves nothing under its name. Fails if the name was taken meanwhile.
 pub fn save(paths: &Paths, meta: &TemplateMeta) -> Result<()> {
     check_new_name(paths, &meta.name)?;
     let dir = paths.template(&meta.name);
-    fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
-    let tmp = dir.join(format!(".template.json.{}", crate::new_id()));
+    // Made aside, then renamed into place: rename(2) replaces nothing but an empty
+    // directory, so of two makers of one name only one wins.
+    let stage = paths.data.join("templates").join(format!(
+        ".new-{}-{}",
+        std::process::id(),
+        crate::new_id()
+    ));
+    fs::create_dir_all(&stage).map_err(io_err(format!("create {}", stage.display())))?;
     let body = serde_json::to_vec_pretty(meta).expect("template metadata serializes");
-    fs::write(&tmp, body).map_err(io_err(format!("write {}", tmp.display())))?;
-    // link(2) fails if the name exists: two makers of one name cannot both win.
-    let r = fs::hard_link(&tmp, dir.join("template.json"));
-    let _ = fs::remove_file(&tmp);
-    match r {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            Err(Error::TemplateExists(meta.name.clone()))
-        }
-        Err(e) => Err(io_err("write the template")(e)),
+    let r = fs::write(stage.join("template.json"), body)
+        .map_err(io_err(format!("write {}", stage.display())))
+        .and_then(|()| match fs::rename(&stage, &dir) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {
+                Err(Error::TemplateExists(meta.name.clone()))
+            }
+            Err(e) => Err(io_err("write the template")(e)),
+        });
+    if r.is_err() {
+        let _ = fs::remove_dir_all(&stage);
     }
+    r
 }
 
 /// Removes template `name`'s metadata (and build log). Its layers stay until [`gc`]
@@ -572,14 +570,7 @@ pub fn gc(paths: &Paths, dry_run: bool) -> Result<GcReport> {
         };
         let path = e.path();
         if let Some(rest) = name.strip_prefix(".tmp-") {
-            let pid = rest
-                .split(['-', '.'])
-                .next()
-                .and_then(|p| p.parse::<i32>().ok());
-            let alive = pid.is_some_and(|p| {
-                p == std::process::id() as i32 || Path::new(&format!("/proc/{p}")).exists()
-            });
-            if !alive {
+            if !pid_alive(rest) {
                 report.bytes += dir_size(&path);
                 if !dry_run {
                     let _ = fs::remove_dir_all(&path);
@@ -597,8 +588,34 @@ pub fn gc(paths: &Paths, dry_run: bool) -> Result<GcReport> {
             let _ = fs::remove_file(size_file(paths, &name));
         }
     }
+    // Templates whose maker died before renaming them into place.
+    for e in fs::read_dir(paths.data.join("templates"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(".new-") else {
+            continue;
+        };
+        if !pid_alive(rest) {
+            report.bytes += dir_size(&e.path());
+            if !dry_run {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
     report.layers.sort();
     Ok(report)
+}
+
+/// Whether the process whose pid starts `name` (`PID-...` or `PID.…`) still runs.
+fn pid_alive(name: &str) -> bool {
+    let pid = name
+        .split(['-', '.'])
+        .next()
+        .and_then(|p| p.parse::<i32>().ok());
+    pid.is_some_and(|p| p == std::process::id() as i32 || Path::new(&format!("/proc/{p}")).exists())
 }
 
 /// The live sandboxes (any maker, the daemon's or `warren run`'s) whose root is built

@@ -79,6 +79,95 @@ pub fn set_propagation(target: &Path, kind: MsFlags) -> io::Result<()> {
     .map_err(|e| err("set propagation of", target, e))
 }
 
+/// Mounts an overlay on `dir/root` whose options name its layers by short paths inside
+/// `dir` instead of their paths on the host. Every process in the sandbox can read those
+/// options in /proc/self/mountinfo; the host's directory layout is none of its business.
+///
+/// The kernel records each layer as the path it resolves to from the caller's root. So
+/// each lower layer is bind-mounted at `dir/.lower/N` (and `rw`, the directory holding
+/// `upper` and `work`, at `dir/.rw` unless it is inside `dir` already), the caller's root
+/// moves to `dir` for the one mount call and back, and the bind mounts are dropped again
+/// at once: the overlay holds its layers by reference. The caller must be single-threaded
+/// and in a private mount namespace.
+pub fn mount_overlay(dir: &Path, lowers: &[PathBuf], rw: &Path) -> io::Result<()> {
+    let staged = dir.join(".lower");
+    std::fs::create_dir_all(&staged)?;
+    let mut binds = Vec::new();
+    let result = (|| {
+        let mut lower = Vec::with_capacity(lowers.len());
+        for (i, l) in lowers.iter().enumerate() {
+            let at = staged.join(i.to_string());
+            std::fs::create_dir_all(&at)?;
+            mount(Some(l), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| err("bind", &at, e))?;
+            binds.push(at);
+            lower.push(format!("/.lower/{i}"));
+        }
+        let rw_inside = match rw.strip_prefix(dir) {
+            Ok(rel) => Path::new("/").join(rel),
+            Err(_) => {
+                let at = dir.join(".rw");
+                std::fs::create_dir_all(&at)?;
+                mount(Some(rw), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                    .map_err(|e| err("bind", &at, e))?;
+                binds.push(at);
+                PathBuf::from("/.rw")
+            }
+        };
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            rw_inside.join("upper").display(),
+            rw_inside.join("work").display()
+        );
+        with_root(dir, || {
+            mount(
+                Some("overlay"),
+                "/root",
+                Some("overlay"),
+                MsFlags::empty(),
+                Some(opts.as_str()),
+            )
+            .map_err(|e| err("mount overlay on", &dir.join("root"), e))
+        })
+    })();
+    for b in binds.iter().rev() {
+        let _ = umount2(b, MntFlags::MNT_DETACH);
+    }
+    let _ = std::fs::remove_dir_all(&staged);
+    let _ = std::fs::remove_dir(dir.join(".rw"));
+    result
+}
+
+/// Runs `f` with the process's root and working directory at `dir`, then puts both back.
+fn with_root<T>(dir: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |p: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+            .open(p)
+    };
+    let old_root = open(Path::new("/"))?;
+    let old_cwd = open(Path::new("."))?;
+    nix::unistd::chroot(dir).map_err(|e| err("chroot", dir, e))?;
+    let result = nix::unistd::chdir("/")
+        .map_err(io::Error::from)
+        .and_then(|()| f());
+    // Back out: the saved descriptor of the old root is outside the new one, and chroot
+    // to "." from there restores it.
+    let back = nix::unistd::fchdir(old_root.as_raw_fd())
+        .and_then(|()| nix::unistd::chroot("."))
+        .and_then(|()| nix::unistd::fchdir(old_cwd.as_raw_fd()));
+    if let Err(e) = back {
+        return Err(io::Error::other(format!(
+            "return from the staging root {}: {e}",
+            dir.display()
+        )));
+    }
+    result
+}
+
 /// Unmounts lazily.
 pub fn unmount(target: &Path) -> io::Result<()> {
     umount2(target, MntFlags::MNT_DETACH).map_err(|e| err("unmount", target, e))
