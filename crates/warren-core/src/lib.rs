@@ -66,8 +66,21 @@ pub enum CoreError {
     Backend(String),
     #[error("the sandbox's agent: {0}")]
     Agent(#[from] warren_runtime::client::ClientError),
+    #[error("{0}")]
+    NoSpace(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for CoreError {
+    fn from(e: StoreError) -> Self {
+        if e.is_disk_full() {
+            return Self::NoSpace(
+                "the daemon's data directory is full; free space there and retry".into(),
+            );
+        }
+        Self::Store(e)
+    }
 }
 
 impl CoreError {
@@ -80,8 +93,24 @@ impl CoreError {
             Self::Invalid(_) => "invalid_request",
             Self::Backend(_) => "backend_failed",
             Self::Agent(_) => "agent_error",
+            Self::NoSpace(_) => "no_space",
             Self::Store(_) => "store_error",
         }
+    }
+
+    /// A failure of the sandbox backend. One that ran out of disk says so under its own
+    /// code: the reasons come from the helper as text, where the OS error survives.
+    pub fn backend(reason: impl std::fmt::Display) -> Self {
+        let reason = reason.to_string();
+        if reason.contains("(os error 28)") || reason.contains("No space left on device") {
+            // The reason names host paths: not the client's business.
+            return Self::NoSpace(
+                "the host ran out of disk space in the daemon's data directory; free space \
+                 there and retry"
+                    .into(),
+            );
+        }
+        Self::Backend(reason)
     }
 }
 
@@ -348,7 +377,7 @@ impl Manager {
             .map_err(|e| CoreError::Invalid(format!("cannot create the data directory: {e}")))?;
         let store = Store::open(&config.paths.data.join("warren.db"))?;
         let backend = NamespaceBackend::new(config.paths.clone(), config.exe.clone())
-            .map_err(|e| CoreError::Backend(e.to_string()))?;
+            .map_err(CoreError::backend)?;
         let (events, _) = broadcast::channel(1024);
         let mgr = Arc::new(Self {
             passes: AtomicU64::new(0),
@@ -441,7 +470,13 @@ impl Manager {
                 SandboxState::Running | SandboxState::Paused | SandboxState::Stopping => {
                     match self.backend.adopt(&r.id) {
                         Some(sb) => {
-                            let frozen = sb.cgroup().is_frozen().unwrap_or(false);
+                            let mut frozen = sb.cgroup().is_frozen().unwrap_or(false);
+                            // Frozen while recorded as running: by an operation the
+                            // daemon died in (a snapshot's copy, or a pause it had not
+                            // yet recorded). Nobody was told it is paused, so it is not.
+                            if frozen && r.state == SandboxState::Running && sb.resume().is_ok() {
+                                frozen = false;
+                            }
                             let state = if frozen {
                                 SandboxState::Paused
                             } else {
@@ -719,7 +754,7 @@ impl Manager {
                     | warren_runtime::Error::UnknownTemplate(_) => {
                         CoreError::Invalid(e.to_string())
                     }
-                    e => CoreError::Backend(e.to_string()),
+                    e => CoreError::backend(e),
                 })
             }
         }
@@ -1003,8 +1038,12 @@ impl Manager {
             _ => return Err(Self::invalid(&r, "pause")),
         }
         self.with_live(&r.id, |l| l.sandbox.pause())?
-            .map_err(|e| CoreError::Backend(e.to_string()))?;
-        self.store().set_state(&r.id, SandboxState::Paused)?;
+            .map_err(CoreError::backend)?;
+        if let Err(e) = self.store().set_state(&r.id, SandboxState::Paused) {
+            // Unrecorded, so undone: the store and the cgroup must agree.
+            let _ = self.with_live(&r.id, |l| l.sandbox.resume());
+            return Err(e.into());
+        }
         r.state = SandboxState::Paused;
         self.event(&r, "paused", "processes frozen");
         Ok(self.info(&r))
@@ -1021,9 +1060,12 @@ impl Manager {
             _ => return Err(Self::invalid(&r, "resume")),
         }
         self.with_live(&r.id, |l| l.sandbox.resume())?
-            .map_err(|e| CoreError::Backend(e.to_string()))?;
-        self.store().set_state(&r.id, SandboxState::Running)?;
-        self.store().touch(&r.id, now_ms())?;
+            .map_err(CoreError::backend)?;
+        if let Err(e) = self.store().set_state(&r.id, SandboxState::Running) {
+            let _ = self.with_live(&r.id, |l| l.sandbox.pause());
+            return Err(e.into());
+        }
+        let _ = self.store().touch(&r.id, now_ms());
         r.state = SandboxState::Running;
         self.event(&r, "resumed", "processes thawed");
         Ok(self.info(&r))
@@ -1056,10 +1098,7 @@ impl Manager {
         self.store().set_state(&r.id, SandboxState::Stopping)?;
         let live = self.live().remove(&r.id);
         if let Some(l) = live {
-            l.sandbox
-                .destroy()
-                .await
-                .map_err(|e| CoreError::Backend(e.to_string()))?;
+            l.sandbox.destroy().await.map_err(CoreError::backend)?;
         }
         self.store().set_state(&r.id, SandboxState::Stopped)?;
         self.forget_shares(&r.id);
@@ -1086,7 +1125,7 @@ impl Manager {
         let sb = self
             .boot(r.spec.clone(), opts)
             .await
-            .map_err(|e| CoreError::Backend(e.to_string()))?;
+            .map_err(CoreError::backend)?;
         self.store().set_state(&r.id, SandboxState::Running)?;
         self.store().touch(&r.id, now_ms())?;
         self.live().insert(
@@ -1119,14 +1158,11 @@ impl Manager {
         self.event(&r, TERMINATING, why);
         let live = self.live().remove(&r.id);
         if let Some(l) = live {
-            l.sandbox
-                .destroy()
-                .await
-                .map_err(|e| CoreError::Backend(e.to_string()))?;
+            l.sandbox.destroy().await.map_err(CoreError::backend)?;
         }
         self.backend
             .remove_data(&r.id)
-            .map_err(|e| CoreError::Backend(e.to_string()))?;
+            .map_err(CoreError::backend)?;
         self.store().set_state(&r.id, SandboxState::Terminated)?;
         self.forget_shares(&r.id);
         self.metrics.terminated.fetch_add(1, Ordering::Relaxed);
@@ -1172,7 +1208,9 @@ impl Manager {
         if r.state != SandboxState::Running {
             return Err(Self::invalid(&r, "reach the processes of"));
         }
-        self.store().touch(&r.id, now_ms())?;
+        // Best-effort: a data directory too full to record the activity must not stop
+        // the sandbox's own work (a read, a command that frees space).
+        let _ = self.store().touch(&r.id, now_ms());
         let socket = self.with_live(&r.id, |l| l.sandbox.socket.clone())?;
         let c = AgentClient::connect(&socket).await?;
         Ok((r.id, c))

@@ -30,6 +30,19 @@ pub enum StoreError {
     NameTaken(String),
 }
 
+impl StoreError {
+    /// Whether the store failed for want of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            // SQLite reports a write that met ENOSPC as SQLITE_FULL.
+            Self::Sql(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
+}
+
 /// One sandbox's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -510,6 +523,23 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_apart() {
+        let full = StoreError::Sql(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        ));
+        assert!(full.is_disk_full());
+        let e = crate::CoreError::from(full);
+        assert_eq!(e.code(), "no_space");
+        let other = StoreError::Sql(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
+            None,
+        ));
+        assert!(!other.is_disk_full());
+        assert_eq!(crate::CoreError::from(other).code(), "store_error");
+    }
 
     fn record(id: &str, name: Option<&str>) -> Record {
         Record {

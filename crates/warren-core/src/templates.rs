@@ -183,7 +183,7 @@ fn template_error(e: warren_runtime::Error) -> CoreError {
         E::UnknownTemplate(n) => CoreError::TemplateNotFound(n),
         E::TemplateExists(_) => CoreError::InvalidState(e.to_string()),
         E::Invalid { .. } | E::Image(_) => CoreError::Invalid(e.to_string()),
-        e => CoreError::Backend(e.to_string()),
+        e => CoreError::backend(e),
     }
 }
 
@@ -192,7 +192,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| CoreError::Backend(format!("a template task failed: {e}")))?
+        .map_err(|e| CoreError::backend(format!("a template task failed: {e}")))?
         .map_err(template_error)
 }
 
@@ -443,7 +443,7 @@ impl Manager {
         let freeze = r.state == SandboxState::Running;
         if freeze {
             self.with_live(&r.id, |l| l.sandbox.pause())?
-                .map_err(|e| CoreError::Backend(e.to_string()))?;
+                .map_err(CoreError::backend)?;
         }
         let meta = TemplateMeta {
             name: req.name.clone(),
@@ -511,7 +511,7 @@ impl Manager {
         };
         let log_path = paths.data.join("templates").join(format!(".{id}.log"));
         std::fs::create_dir_all(paths.data.join("templates"))
-            .map_err(|e| CoreError::Backend(format!("create the templates directory: {e}")))?;
+            .map_err(|e| CoreError::backend(format!("create the templates directory: {e}")))?;
         let sb = self
             .backend
             .create(
@@ -522,12 +522,12 @@ impl Manager {
                 },
             )
             .await
-            .map_err(|e| CoreError::Backend(format!("the build sandbox: {e}")))?;
+            .map_err(|e| CoreError::backend(format!("the build sandbox: {e}")))?;
         let ran = run_steps(&sb, &req, &log_path, &events).await;
         let destroyed = sb.destroy().await;
         let result = match (ran, destroyed) {
             (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(CoreError::Backend(e.to_string())),
+            (Ok(()), Err(e)) => Err(CoreError::backend(e)),
             (Ok(()), Ok(())) => {
                 let _ = events.send(BuildEvent::Capturing).await;
                 let meta = TemplateMeta {
@@ -637,7 +637,7 @@ async fn run_steps(
 ) -> Result<()> {
     let mut log = tokio::fs::File::create(log_path)
         .await
-        .map_err(|e| CoreError::Backend(format!("create the build log: {e}")))?;
+        .map_err(|e| CoreError::backend(format!("create the build log: {e}")))?;
     let client = AgentClient::connect(&sb.socket).await?;
     if let Some(dir) = &req.workdir {
         // As a Dockerfile's WORKDIR: made if missing.

@@ -93,6 +93,9 @@ impl From<CoreError> for Error {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "backend_failed", message)
             }
             CoreError::Agent(e) => e.into(),
+            CoreError::NoSpace(_) => {
+                Self::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", message)
+            }
             // The store's errors name files and SQL: none of that is the client's business.
             CoreError::Store(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -154,6 +157,11 @@ mod tests {
                 500,
                 "backend_failed",
             ),
+            (
+                CoreError::backend("copy /var/lib/x: No space left on device (os error 28)"),
+                507,
+                "no_space",
+            ),
         ];
         for (e, status, code) in cases {
             let core_code = e.code();
@@ -161,6 +169,7 @@ mod tests {
             assert_eq!(e.status.as_u16(), status);
             assert_eq!(e.code, code);
             assert!(!e.message.contains('\n'));
+            assert!(!e.message.contains("/var/lib"), "{}", e.message);
             if code != "backend_failed" {
                 assert_eq!(core_code, code);
             }
