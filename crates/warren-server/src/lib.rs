@@ -16,6 +16,7 @@
 //! is one [`Error`] with a stable code. Long answers (exec and attach output, events)
 //! stream as NDJSON; a terminal is a WebSocket.
 
+mod drain;
 pub mod e2b;
 mod error;
 mod exec;
@@ -234,6 +235,7 @@ fn build(state: AppState) -> Router {
     r.fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON))
+        .layer(axum::middleware::from_fn(drain::drain_unread))
         .with_state(state)
 }
 

@@ -67,9 +67,6 @@ async fn unix_only<T: serde::de::DeserializeOwned>(
     path: &str,
 ) -> Result<(warren_core::Caller, T), Error> {
     if st.surface != Surface::Unix {
-        // Read what the client sent before answering: a connection closed with its
-        // request body unread is reset, and the client never sees the answer.
-        let _ = axum::body::to_bytes(req.into_body(), crate::MAX_JSON).await;
         return Err(crate::no_route("POST", path));
     }
     let (mut parts, body) = req.into_parts();

@@ -71,6 +71,7 @@ pub fn router(mgr: Arc<Manager>, shutdown: watch::Receiver<bool>) -> Router {
     let envd = envd::router(state.clone());
     Router::new()
         .fallback(dispatch)
+        .layer(axum::middleware::from_fn(crate::drain::drain_unread))
         .with_state(Routers { control, envd })
 }
 
