@@ -480,7 +480,7 @@ async fn close_stdin(
 
 fn signal_number(v: Option<&SignalValue>) -> Result<i32, RpcError> {
     match v {
-        Some(SignalValue::Name(n)) if n == "SIGNAL_SIGKILL" => Ok(9),
+        Some(SignalValue::Name(n)) if n == "SIGNAL_SIGKILL" => Ok(SIGKILL),
         Some(SignalValue::Name(n)) if n == "SIGNAL_SIGTERM" => Ok(15),
         Some(SignalValue::Number(n)) if *n == 9 || *n == 15 => Ok(*n),
         _ => Err(RpcError::invalid(
@@ -498,8 +498,25 @@ async fn send_signal(
     let client = env.agent(st).await?;
     let p = running(&client, r.process.as_ref()).await?;
     client.signal(p.pid, sig).await?;
+    if sig == SIGKILL {
+        // `kill()` in the SDK means killed: answer once the process is gone (it cannot
+        // ignore SIGKILL), so a `list` or a second `kill` right after sees it so.
+        let deadline = tokio::time::Instant::now() + KILL_WAIT;
+        let sel = Selector {
+            pid: Some(p.pid),
+            tag: None,
+        };
+        while running(&client, Some(&sel)).await.is_ok() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
     Ok(json!({}))
 }
+
+const SIGKILL: i32 = 9;
+
+/// Longest wait for a SIGKILLed process to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(2);
 
 async fn update(
     st: &E2bState,
