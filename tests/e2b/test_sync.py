@@ -9,6 +9,7 @@ from e2b import CommandExitException, PtySize, Sandbox, SandboxQuery
 from e2b.exceptions import (
     FileNotFoundException,
     NotFoundException,
+    SandboxException,
     SandboxNotFoundException,
     SandboxNotRunningException,
 )
@@ -193,5 +194,144 @@ def test_other_tenant_sees_nothing(daemon):
         listed = Sandbox.list(query=SandboxQuery(metadata={"owner": "first"}), **other).next_items()
         assert listed == []
         assert s.commands.run("echo still").stdout == "still\n"
+    finally:
+        s.kill()
+
+
+# A tiny server for the port tests: answers GET with what it was asked, and an
+# `Upgrade: echo` request with 101, then echoes bytes (what a WebSocket splice needs).
+PORT_SERVER = r'''
+import socket, sys, threading
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(16)
+def serve(c):
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = c.recv(4096)
+        if not chunk:
+            return
+        data += chunk
+    head = data.split(b"\r\n\r\n")[0].decode()
+    lines = head.split("\r\n")
+    headers = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:]}
+    if headers.get("upgrade") == "echo":
+        c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+        while True:
+            chunk = c.recv(4096)
+            if not chunk:
+                break
+            c.sendall(chunk)
+        return
+    body = ("%s token=%s host=%s" % (lines[0], headers.get("e2b-traffic-access-token"), headers.get("host"))).encode()
+    c.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+'''
+
+
+def _start_port_server(s, port):
+    s.files.write("/tmp/port_server.py", PORT_SERVER)
+    s.commands.run(f"python3 /tmp/port_server.py {port}", background=True)
+    s.commands.run(
+        f"for i in $(seq 100); do python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", {port}))' "
+        "2>/dev/null && exit 0; sleep 0.05; done; exit 1"
+    )
+
+
+def _get(daemon, host, path="/", headers=None):
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=30)
+    c.request("GET", path, headers={"Host": host, **(headers or {})})
+    r = c.getresponse()
+    out = (r.status, r.read().decode(errors="replace"))
+    c.close()
+    return out
+
+
+def test_traffic_to_a_port_by_host(daemon, sb):
+    _start_port_server(sb, 8080)
+    host = sb.get_host(8080)
+    assert host.startswith(f"8080-{sb.sandbox_id}.")
+    status, body = _get(daemon, host, "/some/path?q=1")
+    assert status == 200, body
+    assert body == f"GET /some/path?q=1 HTTP/1.1 token=None host={host}"
+    # A port nothing listens on: E2B's answer.
+    status, body = _get(daemon, sb.get_host(8081))
+    assert status == 502 and "port is not open" in body
+    # A sandbox that does not exist.
+    status, body = _get(daemon, f"8080-{'0' * 16}.e2b.app")
+    assert status == 502 and "not found" in body
+
+
+def test_private_traffic_needs_the_token(daemon):
+    s = Sandbox.create(timeout=120, network={"allow_public_traffic": False})
+    try:
+        token = s.traffic_access_token
+        assert token
+        _start_port_server(s, 8080)
+        host = s.get_host(8080)
+        assert _get(daemon, host)[0] == 403
+        assert _get(daemon, host, headers={"e2b-traffic-access-token": "wrong"})[0] == 403
+        status, body = _get(daemon, host, headers={"e2b-traffic-access-token": token})
+        assert status == 200, body
+        # The token is the proxy's business; the service never sees it.
+        assert "token=None" in body
+        # The proxy headers E2B's SDKs use reach the same port.
+        status, body = _get(
+            daemon,
+            "127.0.0.1",
+            headers={"e2b-sandbox-id": s.sandbox_id, "e2b-sandbox-port": "8080", "e2b-traffic-access-token": token},
+        )
+        assert status == 200, body
+        # An upgrade is spliced through both ways.
+        import socket
+
+        c = socket.create_connection(("127.0.0.1", daemon.port), timeout=30)
+        c.sendall(
+            f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: Upgrade\r\nUpgrade: echo\r\n"
+            f"e2b-traffic-access-token: {token}\r\n\r\n".encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += c.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101"), head
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        c.sendall(b"ping through the splice")
+        while len(rest) < len(b"ping through the splice"):
+            rest += c.recv(4096)
+        assert rest == b"ping through the splice"
+        c.close()
+    finally:
+        s.kill()
+
+
+def test_snapshot_then_create_from_it(daemon):
+    s = Sandbox.create(timeout=120)
+    try:
+        s.files.write("/home/user/state.txt", "kept")
+        info = s.create_snapshot()
+        assert info.snapshot_id and info.names == [info.snapshot_id]
+        # The source keeps running.
+        assert s.commands.run("cat /home/user/state.txt").stdout == "kept"
+        mine = Sandbox.list_snapshots(sandbox_id=s.sandbox_id).next_items()
+        assert [x.snapshot_id for x in mine] == [info.snapshot_id]
+        t = Sandbox.create(info.snapshot_id, timeout=120)
+        try:
+            assert t.files.read("/home/user/state.txt") == "kept"
+        finally:
+            t.kill()
+        # Another tenant neither sees nor uses it, nor removes it.
+        theirs = Sandbox.list_snapshots(api_key=daemon.other_key).next_items()
+        assert info.snapshot_id not in [x.snapshot_id for x in theirs]
+        with pytest.raises(SandboxException, match="404: template .* not found"):
+            Sandbox.create(info.snapshot_id, api_key=daemon.other_key)
+        assert Sandbox.delete_snapshot(info.snapshot_id, api_key=daemon.other_key) is False
+        assert Sandbox.delete_snapshot(info.snapshot_id) is True
+        assert Sandbox.delete_snapshot(info.snapshot_id) is False
+        with pytest.raises(SandboxException, match="404: template .* not found"):
+            Sandbox.create(info.snapshot_id)
     finally:
         s.kill()

@@ -116,6 +116,24 @@ impl CoreError {
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
 
+/// Why traffic to a sandbox's port was not let through.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("no such sandbox")]
+    NoSandbox,
+    #[error("the traffic token is missing or wrong")]
+    Token,
+    #[error("the sandbox is {}", .0.as_str())]
+    NotRunning(SandboxState),
+    #[error("nothing accepts connections on that port: {0}")]
+    Closed(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Longest wait for a sandbox's port to accept a connection.
+const PORT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Who is asking: a tenant sees and touches only its own sandboxes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -551,6 +569,44 @@ impl Manager {
         })
     }
 
+    /// Opens a TCP connection to `port` inside sandbox `id`, for traffic to its ports
+    /// through the daemon, if `token` is what the sandbox requires (nothing, or its
+    /// traffic token). A sandbox that does not exist and a wrong token are told apart
+    /// only by the caller's having the right token.
+    pub async fn connect_port(
+        &self,
+        id: &str,
+        port: u16,
+        token: Option<&str>,
+    ) -> Result<(tokio::net::TcpStream, Option<ActivityGuard>), PortError> {
+        let r = self
+            .store()
+            .get(id)?
+            .filter(|r| r.state != SandboxState::Terminated)
+            .ok_or(PortError::NoSandbox)?;
+        if let Some(want) = &r.traffic_token {
+            if !token.is_some_and(|t| same_secret(want, t)) {
+                return Err(PortError::Token);
+            }
+        }
+        if r.state != SandboxState::Running {
+            return Err(PortError::NotRunning(r.state));
+        }
+        let pid = self
+            .with_live(&r.id, |l| l.sandbox.agent_pid)
+            .map_err(|_| PortError::NotRunning(r.state))?;
+        let _ = self.store().touch(&r.id, now_ms());
+        let stream = tokio::task::spawn_blocking(move || {
+            warren_runtime::network::connect_inside(pid, port, PORT_CONNECT_TIMEOUT)
+        })
+        .await
+        .map_err(|e| PortError::Closed(std::io::Error::other(e.to_string())))?
+        .map_err(PortError::Closed)?;
+        stream.set_nonblocking(true).map_err(PortError::Closed)?;
+        let stream = tokio::net::TcpStream::from_std(stream).map_err(PortError::Closed)?;
+        Ok((stream, self.hold_activity(&r.id)))
+    }
+
     /// Finds a sandbox by id, `owner/name`, or name (of the owner named like the tenant).
     fn resolve(&self, who: &Caller, key: &str) -> Result<Record> {
         let not_found = || CoreError::NotFound(key.to_string());
@@ -596,6 +652,7 @@ impl Manager {
             idle_timeout_secs: r.idle_timeout_secs,
             on_timeout: r.on_timeout,
             access_token: r.access_token.clone(),
+            traffic_token: r.traffic_token.clone(),
         }
     }
 
@@ -619,8 +676,12 @@ impl Manager {
             }
         }
         let template = req.template.clone().unwrap_or_else(|| "host".into());
-        warren_runtime::template::resolve(self.backend.paths(), &template)
-            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        self.resolve_template(who, &template).map_err(|e| match e {
+            CoreError::TemplateNotFound(_) => CoreError::Invalid(
+                warren_runtime::Error::UnknownTemplate(template.clone()).to_string(),
+            ),
+            e => CoreError::Invalid(e.to_string()),
+        })?;
         if let Some(info) = self.claim_from_pool(who, &owner, &template, &req)? {
             return Ok((info, true));
         }
@@ -714,6 +775,7 @@ impl Manager {
             idle_timeout_secs: req.idle_timeout_secs,
             on_timeout: req.on_timeout.unwrap_or_default(),
             access_token: random_hex(24),
+            traffic_token: req.traffic_token.then(|| random_hex(24)),
         };
         self.store().insert(&record).map_err(|e| match e {
             StoreError::NameTaken(n) => CoreError::NameTaken(n),
@@ -802,6 +864,7 @@ impl Manager {
             idle_timeout_secs: req.idle_timeout_secs,
             on_timeout: req.on_timeout.unwrap_or_default(),
             access_token: random_hex(24),
+            traffic_token: req.traffic_token.then(|| random_hex(24)),
         };
         let claimed = self
             .store()

@@ -61,6 +61,8 @@ pub struct Record {
     pub idle_timeout_secs: Option<u64>,
     pub on_timeout: TimeoutAction,
     pub access_token: String,
+    /// Required on traffic to the sandbox's ports, when set.
+    pub traffic_token: Option<String>,
 }
 
 /// One session's row.
@@ -118,7 +120,8 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     on_timeout TEXT NOT NULL,
     access_token TEXT NOT NULL,
     -- Set while the sandbox waits, warm, in a pool: the pool's key.
-    pool_key TEXT
+    pool_key TEXT,
+    traffic_token TEXT
 );
 CREATE INDEX IF NOT EXISTS sandbox_pools ON sandboxes(pool_key, state) WHERE pool_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS sandbox_names ON sandboxes(tenant, owner, name)
@@ -165,7 +168,7 @@ fn parse_action(s: &str) -> TimeoutAction {
 }
 
 const COLUMNS: &str = "id, tenant, owner, name, state, spec, labels, metadata, created_at, \
-     last_active_at, expires_at, idle_timeout_secs, on_timeout, access_token";
+     last_active_at, expires_at, idle_timeout_secs, on_timeout, access_token, traffic_token";
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
     let state: String = row.get(4)?;
@@ -190,9 +193,23 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, Sto
             idle_timeout_secs: idle.map(|i| i as u64),
             on_timeout: parse_action(&on_timeout),
             access_token: row.get(13)?,
+            traffic_token: row.get(14)?,
         })
     };
     Ok(build())
+}
+
+/// Brings a store made by an earlier version up to this schema.
+fn migrate(conn: &Connection) -> Result<(), StoreError> {
+    let has_traffic: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = 'traffic_token'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_traffic == 0 {
+        conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT")?;
+    }
+    Ok(())
 }
 
 impl Store {
@@ -222,6 +239,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self { conn })
     }
 
@@ -266,7 +284,7 @@ impl Store {
         let res = self.conn.execute(
             &format!(
                 "INSERT INTO sandboxes ({COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
             ),
             params![
                 r.id,
@@ -283,6 +301,7 @@ impl Store {
                 r.idle_timeout_secs.map(|i| i as i64),
                 action_str(r.on_timeout),
                 r.access_token,
+                r.traffic_token,
             ],
         );
         match res {
@@ -406,7 +425,8 @@ impl Store {
         let res = self.conn.query_row(
             "UPDATE sandboxes SET tenant = ?2, owner = ?3, name = ?4, labels = ?5, \
              metadata = ?6, created_at = ?7, last_active_at = ?7, expires_at = ?8, \
-             idle_timeout_secs = ?9, on_timeout = ?10, access_token = ?11, pool_key = NULL \
+             idle_timeout_secs = ?9, on_timeout = ?10, access_token = ?11, pool_key = NULL, \
+             traffic_token = ?12 \
              WHERE id = (SELECT id FROM sandboxes WHERE pool_key = ?1 AND state = 'running' \
                          ORDER BY created_at LIMIT 1) \
              RETURNING id",
@@ -422,6 +442,7 @@ impl Store {
                 claim.idle_timeout_secs.map(|i| i as i64),
                 action_str(claim.on_timeout),
                 claim.access_token,
+                claim.traffic_token,
             ],
             |r| r.get::<_, String>(0),
         );
@@ -525,6 +546,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_store_of_the_earlier_schema_is_brought_up_to_date() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("warren.db");
+        {
+            let old = SCHEMA.replace(
+                "    pool_key TEXT,\n    traffic_token TEXT",
+                "    pool_key TEXT",
+            );
+            assert_ne!(old, SCHEMA);
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&old).unwrap();
+            let cols = COLUMNS.replace(", traffic_token", "");
+            conn.execute(
+                &format!(
+                    "INSERT INTO sandboxes ({cols}) VALUES ('a', 't', 'o', NULL, 'running', \
+                     '{{\"id\":\"a\",\"template\":\"host\",\"hostname\":null}}', '{{}}', '{{}}', 1, 1, \
+                     NULL, NULL, 'terminate', 'tok')"
+                ),
+                [],
+            )
+            .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let r = store.get("a").unwrap().unwrap();
+        assert_eq!((r.access_token.as_str(), r.traffic_token), ("tok", None));
+        let mut r2 = record("b", None);
+        r2.traffic_token = Some("tt".into());
+        store.insert(&r2).unwrap();
+        assert_eq!(
+            store.get("b").unwrap().unwrap().traffic_token.as_deref(),
+            Some("tt")
+        );
+        drop(store);
+        // Opening again finds nothing left to do.
+        Store::open(&path).unwrap();
+    }
+
+    #[test]
     fn a_full_disk_is_told_apart() {
         let full = StoreError::Sql(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
@@ -561,6 +620,7 @@ mod tests {
             idle_timeout_secs: Some(60),
             on_timeout: TimeoutAction::Pause,
             access_token: "tok".into(),
+            traffic_token: None,
         }
     }
 

@@ -2,8 +2,9 @@
 //! start and ready commands a template gives the sandboxes made from it.
 //!
 //! Templates are the node's, shared by every tenant (a tenant sees the templates others
-//! made, as it sees `host`); the tenant that made one is recorded and alone may remove
-//! it. A template is in use while any sandbox that is not terminated was made from it,
+//! made, as it sees `host`), except snapshots: they hold a sandbox's files, so only
+//! their tenant sees and uses them. The tenant that made a template is recorded and
+//! alone may remove it. A template is in use while any sandbox that is not terminated was made from it,
 //! by the daemon or by `warren run`: its layers are the lower half of those sandboxes'
 //! roots, so removing it is refused (409) until they are gone.
 //!
@@ -35,7 +36,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use warren_runtime::client::{AgentClient, ProcessEvent};
 use warren_runtime::namespace::CreateOptions;
-use warren_runtime::template::{self, TemplateKind, TemplateMeta, UpperSource};
+use warren_runtime::template::{self, Template, TemplateKind, TemplateMeta, UpperSource};
 use warren_runtime::{oci, Sandbox};
 use warren_types::api::SandboxState;
 use warren_types::proto::{Command, ExecRequest};
@@ -245,14 +246,32 @@ impl Manager {
     }
 
     /// Every template, `host` first.
-    pub fn templates(&self) -> Result<Vec<TemplateInfo>> {
+    fn templates(&self) -> Result<Vec<TemplateInfo>> {
         let metas = template::list(self.backend.paths()).map_err(template_error)?;
         Ok(metas.into_iter().map(|m| self.template_info(m)).collect())
     }
 
-    pub fn template(&self, name: &str) -> Result<TemplateInfo> {
+    /// The templates `who` may see and use, `host` first.
+    pub fn templates_for(&self, who: &Caller) -> Result<Vec<TemplateInfo>> {
+        let metas = template::list(self.backend.paths()).map_err(template_error)?;
+        Ok(metas
+            .into_iter()
+            .filter(|m| usable_by(m, who))
+            .map(|m| self.template_info(m))
+            .collect())
+    }
+
+    pub fn template(&self, who: &Caller, name: &str) -> Result<TemplateInfo> {
+        Ok(self.template_info(self.resolve_template(who, name)?.meta))
+    }
+
+    /// Template `name`, if `who` may use it; another tenant's snapshot is not found.
+    pub(crate) fn resolve_template(&self, who: &Caller, name: &str) -> Result<Template> {
         let t = template::resolve(self.backend.paths(), name).map_err(template_error)?;
-        Ok(self.template_info(t.meta))
+        if !usable_by(&t.meta, who) {
+            return Err(CoreError::TemplateNotFound(name.to_string()));
+        }
+        Ok(t)
     }
 
     /// Imports an image archive from the daemon's host as a template.
@@ -324,6 +343,9 @@ impl Manager {
         } else {
             template::load(paths, name).map_err(template_error)?
         };
+        if !usable_by(&meta, who) {
+            return Err(CoreError::TemplateNotFound(name.into()));
+        }
         if meta.tenant.as_ref().is_some_and(|t| *t != who.tenant) {
             return Err(CoreError::InvalidState(format!(
                 "template {name} belongs to another tenant; only its maker can remove it"
@@ -460,6 +482,7 @@ impl Manager {
             ready_timeout_secs: base.meta.ready_timeout_secs,
             created_at: crate::now_ms(),
             tenant: Some(who.tenant.clone()),
+            source_sandbox: Some(r.id.clone()),
         };
         let made = blocking({
             let paths = paths.clone();
@@ -496,7 +519,7 @@ impl Manager {
         let paths = self.backend.paths().clone();
         template::check_new_name(&paths, &req.name).map_err(template_error)?;
         let from = req.from.clone().unwrap_or_else(|| template::HOST.into());
-        let base = template::resolve(&paths, &from).map_err(template_error)?;
+        let base = self.resolve_template(who, &from)?;
         let id = format!("build-{}", warren_runtime::new_id());
         let spec = SandboxSpec {
             id: id.clone(),
@@ -549,6 +572,7 @@ impl Manager {
                     ready_timeout_secs: req.ready_timeout_secs.or(base.meta.ready_timeout_secs),
                     created_at: crate::now_ms(),
                     tenant: Some(who.tenant.clone()),
+                    source_sandbox: None,
                 };
                 let src = UpperSource::Dir(paths.sandbox_data(&id).join("upper"));
                 let p = paths.clone();
@@ -614,6 +638,12 @@ impl Manager {
 }
 
 /// Copies a sandbox's writable layer into a new layer and saves `meta` with it on top.
+/// Whether `who` may see and use template `meta`: a snapshot holds its sandbox's files,
+/// so it is its tenant's alone; every other template is the node's, shared.
+fn usable_by(meta: &TemplateMeta, who: &Caller) -> bool {
+    meta.kind != TemplateKind::Snapshot || meta.tenant.as_deref().is_none_or(|t| t == who.tenant)
+}
+
 fn capture(
     paths: &warren_runtime::Paths,
     src: &UpperSource,

@@ -177,6 +177,22 @@ pub fn publish(pid: Pid, map: PortMap) -> Result<JoinHandle<()>, NetError> {
     }))
 }
 
+/// Opens a TCP connection from the host to `port` on the loopback of the sandbox whose
+/// PID 1 is `pid`, as published ports do: a thread of its own joins the sandbox's network
+/// namespace, makes the socket there and connects. The socket stays in that namespace
+/// whoever uses it afterwards, and the thread ends, so no other thread is left inside.
+pub fn connect_inside(pid: i32, port: u16, timeout: std::time::Duration) -> io::Result<TcpStream> {
+    let netns = ns::open_ns(Pid::from_raw(pid), "net")?;
+    std::thread::Builder::new()
+        .name("warren-port".into())
+        .spawn(move || {
+            ns::setns(&netns, CloneFlags::CLONE_NEWNET)?;
+            TcpStream::connect_timeout(&(Ipv4Addr::LOCALHOST, port).into(), timeout)
+        })?
+        .join()
+        .unwrap_or_else(|_| Err(io::Error::other("the connecting thread panicked")))
+}
+
 fn splice_pair(a: TcpStream, b: TcpStream) {
     let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
         return;

@@ -176,6 +176,7 @@ pub fn import(
         ready_timeout_secs: opts.ready_timeout_secs,
         created_at: unix_ms(),
         tenant: opts.tenant.clone(),
+        source_sandbox: None,
     };
     template::save(paths, &meta)?;
     Ok(Imported {

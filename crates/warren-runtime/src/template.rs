@@ -132,6 +132,9 @@ pub struct TemplateMeta {
     /// The tenant that made it; only it (or the host's root) may remove it.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// The sandbox a snapshot was taken of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_sandbox: Option<String>,
 }
 
 /// A template ready to be used as the lower layers of a root.

@@ -24,18 +24,18 @@ use crate::{AppState, Surface};
 /// `GET /v1/templates`.
 pub async fn list(
     State(st): State<AppState>,
-    Tenant(_): Tenant,
+    Tenant(who): Tenant,
 ) -> Result<axum::Json<Vec<TemplateInfo>>, Error> {
-    Ok(axum::Json(st.mgr.templates()?))
+    Ok(axum::Json(st.mgr.templates_for(&who)?))
 }
 
 /// `GET /v1/templates/{name}`.
 pub async fn get(
     State(st): State<AppState>,
-    Tenant(_): Tenant,
+    Tenant(who): Tenant,
     Path(name): Path<String>,
 ) -> Result<axum::Json<TemplateInfo>, Error> {
-    Ok(axum::Json(st.mgr.template(&name)?))
+    Ok(axum::Json(st.mgr.template(&who, &name)?))
 }
 
 /// `DELETE /v1/templates/{name}`: 409 while a sandbox uses it.

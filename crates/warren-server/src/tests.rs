@@ -518,6 +518,7 @@ fn openapi_schemas_match_serde() {
         idle_timeout_secs: None,
         on_timeout: Default::default(),
         access_token: String::new(),
+        traffic_token: None,
     };
     assert_eq!(props("SandboxInfo"), keys(&info));
     assert_eq!(

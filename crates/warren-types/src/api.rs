@@ -114,6 +114,11 @@ pub struct CreateSandbox {
     /// Mount the owner's persistent volume at /home/user (default true).
     #[serde(default)]
     pub home_volume: Option<bool>,
+    /// Issue a traffic token: connections to the sandbox's ports through the daemon
+    /// (`PORT-ID.DOMAIN` hosts on the E2B surface) must then carry it. Without one, anyone
+    /// who can reach that surface and knows the sandbox's id reaches its ports.
+    #[serde(default)]
+    pub traffic_token: bool,
 }
 
 /// `POST /v1/sandboxes/{id}/timeout`.
@@ -151,6 +156,9 @@ pub struct SandboxInfo {
     /// Required on exec and file calls made with it instead of an API key. Shown only
     /// to the sandbox's tenant.
     pub access_token: String,
+    /// Required on traffic to the sandbox's ports, when it was created with one.
+    #[serde(default)]
+    pub traffic_token: Option<String>,
 }
 
 /// `POST /v1/sandboxes/{id}/exec` without streaming: the collected result.

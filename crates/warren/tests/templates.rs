@@ -436,8 +436,8 @@ async fn an_oci_layout_with_gzip_and_zstd_layers_imports_and_shares_layers() {
     let docker = env.write("d.tar.zst", &zstd(&docker_save(&layers)));
     let r = import(&mgr, &docker, "same").await.unwrap();
     assert_eq!((r.new_layers, r.shared_layers), (0, 3));
-    let a = mgr.template("oci").unwrap();
-    let b = mgr.template("same").unwrap();
+    let a = mgr.template(&who(), "oci").unwrap();
+    let b = mgr.template(&who(), "same").unwrap();
     assert_eq!(a.meta.layers, b.meta.layers);
 }
 
@@ -470,7 +470,7 @@ async fn a_tampered_layer_is_refused() {
     let e = import(&mgr, &p, "bad").await.unwrap_err();
     assert!(e.to_string().contains("corrupt"), "{e}");
     assert!(matches!(
-        mgr.template("bad"),
+        mgr.template(&who(), "bad"),
         Err(CoreError::TemplateNotFound(_))
     ));
 }
@@ -480,7 +480,7 @@ async fn hostile(env: &Env, mgr: &Manager, entries: &[E<'_>]) -> String {
     let p = env.write("hostile.tar", &docker_save(&[layer(entries)]));
     let e = import(mgr, &p, "hostile").await.unwrap_err();
     assert_eq!(e.code(), "invalid_request", "{e}");
-    assert!(mgr.template("hostile").is_err(), "nothing is kept");
+    assert!(mgr.template(&who(), "hostile").is_err(), "nothing is kept");
     assert!(env.staging_left().is_empty(), "{:?}", env.staging_left());
     e.to_string()
 }
@@ -657,7 +657,7 @@ async fn a_decompression_bomb_is_refused() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("decompression bomb"), "{e}");
-    assert!(mgr.template("bomb").is_err());
+    assert!(mgr.template(&who(), "bomb").is_err());
     assert!(env.staging_left().is_empty());
 }
 
@@ -753,22 +753,34 @@ async fn snapshots_capture_files_share_layers_and_block_removal() {
     let e = mgr.remove_template(&who(), "lab-after-setup").unwrap_err();
     assert_eq!(e.code(), "invalid_state", "{e}");
     assert!(e.to_string().contains("in use"), "{e}");
-    let listed = mgr.templates().unwrap();
+    let listed = mgr.templates_for(&who()).unwrap();
     let t = listed
         .iter()
         .find(|t| t.meta.name == "lab-after-setup")
         .unwrap();
     assert_eq!(t.used_by.len(), 1);
+    // A snapshot holds alice's files: bob neither sees, uses nor removes it.
+    let bob = Caller::tenant("bob");
+    let e = mgr.remove_template(&bob, "lab-live").unwrap_err();
+    assert!(matches!(e, CoreError::TemplateNotFound(_)), "{e}");
+    assert!(mgr.template(&bob, "lab-live").is_err());
+    assert!(!mgr
+        .templates_for(&bob)
+        .unwrap()
+        .iter()
+        .any(|t| t.meta.name.starts_with("lab-")));
     let e = mgr
-        .remove_template(&Caller::tenant("bob"), "lab-live")
+        .create(&bob, sandbox("lab-live", "stolen"))
+        .await
         .unwrap_err();
-    assert!(e.to_string().contains("another tenant"), "{e}");
+    assert!(e.to_string().contains("lab-live"), "{e}");
+    assert!(mgr.list(&bob, &Default::default()).unwrap().is_empty());
 
     mgr.terminate(&who(), "copy1").await.unwrap();
-    let layer = mgr.template("lab-after-setup").unwrap().meta.layers[0].clone();
+    let layer = mgr.template(&who(), "lab-after-setup").unwrap().meta.layers[0].clone();
     mgr.remove_template(&who(), "lab-after-setup").unwrap();
     assert!(matches!(
-        mgr.template("lab-after-setup"),
+        mgr.template(&who(), "lab-after-setup"),
         Err(CoreError::TemplateNotFound(_))
     ));
     // The layer stays until the collector runs, then goes; used layers stay.
@@ -781,7 +793,7 @@ async fn snapshots_capture_files_share_layers_and_block_removal() {
     assert_eq!(gc.layers, vec![layer.clone()]);
     assert!(gc.bytes > 0);
     assert!(!layers.join(&layer).exists());
-    let live_layer = &mgr.template("lab-live").unwrap().meta.layers[0];
+    let live_layer = &mgr.template(&who(), "lab-live").unwrap().meta.layers[0];
     assert!(layers.join(live_layer).exists());
 
     let usage = mgr.disk_usage(&who()).unwrap();
@@ -930,7 +942,7 @@ async fn a_failed_build_step_leaves_nothing() {
     assert!(!events
         .iter()
         .any(|e| matches!(e, BuildEvent::Step { index: 3, .. })));
-    assert!(mgr.template("broken").is_err());
+    assert!(mgr.template(&who(), "broken").is_err());
     assert!(env.staging_left().is_empty());
     let sandboxes: Vec<_> = std::fs::read_dir(env.data().join("sandboxes"))
         .into_iter()

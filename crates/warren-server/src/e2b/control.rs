@@ -23,7 +23,7 @@ use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use axum::Router;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -57,8 +57,15 @@ pub(super) fn router(state: E2bState) -> Router {
         .route("/sandboxes/{id}/resume", post(resume))
         .route("/sandboxes/{id}/connect", post(connect))
         .route("/v2/sandboxes/{id}/connect", post(connect))
-        .route("/sandboxes/{id}/snapshots", any(unsupported))
-        .route("/snapshots", any(unsupported))
+        .route(
+            "/sandboxes/{id}/snapshots",
+            post(snapshot_create).fallback(unsupported),
+        )
+        .route("/snapshots", get(snapshot_list).fallback(unsupported))
+        .route(
+            "/templates/{id}",
+            delete(template_delete).fallback(unsupported),
+        )
         .route("/sandboxes/{id}/fork", any(unsupported))
         .route("/sandboxes/{id}/metrics", any(unsupported))
         .route("/sandboxes/metrics", any(unsupported))
@@ -66,7 +73,7 @@ pub(super) fn router(state: E2bState) -> Router {
         .route("/v2/sandboxes/{id}/logs", any(unsupported))
         .route("/sandboxes/{id}/network", any(unsupported))
         .route("/templates", any(unsupported))
-        .route("/templates/{*rest}", any(unsupported))
+        .route("/templates/{id}/{*rest}", any(unsupported))
         .route("/v2/templates", any(unsupported))
         .route("/v3/templates", any(unsupported))
         .route("/v2/templates/{*rest}", any(unsupported))
@@ -135,6 +142,16 @@ struct NewSandbox {
     #[serde(rename = "envVars")]
     env_vars: Option<BTreeMap<String, String>>,
     allow_internet_access: Option<bool>,
+    network: Option<NetworkConfig>,
+}
+
+/// The part of E2B's `network` that maps: whether the sandbox's ports take traffic
+/// without its traffic token. Egress rules have no counterpart (see docs/e2b.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct NetworkConfig {
+    #[serde(rename = "allowPublicTraffic", alias = "allow_public_traffic")]
+    allow_public_traffic: Option<bool>,
 }
 
 /// E2B's API default lifetime when the request names none.
@@ -174,6 +191,7 @@ struct Created {
     client_id: &'static str,
     envd_version: &'static str,
     envd_access_token: String,
+    traffic_access_token: Option<String>,
 }
 
 fn created(i: &SandboxInfo) -> Created {
@@ -183,6 +201,7 @@ fn created(i: &SandboxInfo) -> Created {
         client_id: "warren",
         envd_version: ENVD_VERSION,
         envd_access_token: i.access_token.clone(),
+        traffic_access_token: i.traffic_token.clone(),
     }
 }
 
@@ -253,6 +272,13 @@ async fn create(
     Body(req): Body<NewSandbox>,
 ) -> Result<Response, HttpError> {
     let template = warren_template(req.template_id.as_deref().unwrap_or(DEFAULT_TEMPLATE));
+    if st.mgr.template(&who, &template).is_err() {
+        // As E2B answers an unknown template (or another team's snapshot).
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            format!("template '{}' not found", e2b_template(&template)),
+        ));
+    }
     let timeout = req.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
     let create = CreateSandbox {
         template: Some(template),
@@ -270,6 +296,7 @@ async fn create(
             NetworkMode::None
         },
         home_volume: Some(false),
+        traffic_token: req.network.and_then(|n| n.allow_public_traffic) == Some(false),
         ..CreateSandbox::default()
     };
     let (info, _) = st.mgr.create(&who, create).await?;
@@ -598,6 +625,108 @@ async fn list_v1(
     q.limit = Some(usize::MAX);
     let (items, _) = page(&st, &who, &q)?;
     Ok(axum::Json(items).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SnapshotBody {
+    name: Option<String>,
+    /// Memory is not captured here (see docs/e2b.md): accepted, and the files are.
+    #[allow(dead_code)]
+    memory: Option<bool>,
+}
+
+fn snapshot_info(name: &str) -> serde_json::Value {
+    serde_json::json!({"snapshotID": name, "names": [name]})
+}
+
+/// `POST /sandboxes/{id}/snapshots`: the sandbox's files as a template of the caller's,
+/// which `Sandbox.create(snapshot_id)` starts from. Only the files: processes and
+/// memory are not captured on this host.
+async fn snapshot_create(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+    Body(req): Body<SnapshotBody>,
+) -> Result<Response, HttpError> {
+    let name = req
+        .name
+        .unwrap_or_else(|| format!("snapshot-{id}-{}", warren_runtime::new_id()));
+    let req = warren_core::SnapshotRequest { name };
+    let made = st.mgr.snapshot(&who, &id, req).await.map_err(core(&id))?;
+    let name = made.template.meta.name;
+    Ok((StatusCode::CREATED, axum::Json(snapshot_info(&name))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct SnapshotQuery {
+    #[serde(rename = "sandboxID")]
+    sandbox_id: Option<String>,
+    name: Option<String>,
+    limit: Option<usize>,
+    #[serde(rename = "nextToken")]
+    next_token: Option<String>,
+}
+
+/// `GET /snapshots`: the caller's snapshots, oldest first, paged by name.
+async fn snapshot_list(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    uri: Uri,
+) -> Result<Response, HttpError> {
+    let q: SnapshotQuery = serde_urlencoded::from_str(uri.query().unwrap_or(""))
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
+    let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    let mut snaps: Vec<_> = st
+        .mgr
+        .templates_for(&who)?
+        .into_iter()
+        .map(|t| t.meta)
+        .filter(|m| m.kind == warren_runtime::template::TemplateKind::Snapshot)
+        .filter(|m| m.tenant.as_deref() == Some(who.tenant.as_str()))
+        .filter(|m| {
+            q.sandbox_id
+                .as_ref()
+                .is_none_or(|s| m.source_sandbox.as_ref() == Some(s))
+        })
+        .filter(|m| q.name.as_ref().is_none_or(|n| *n == m.name))
+        .collect();
+    snaps.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+    let start = match &q.next_token {
+        Some(t) => snaps.iter().position(|m| m.name == *t).ok_or_else(|| {
+            HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "nextToken is not from this listing",
+            )
+        })?,
+        None => 0,
+    };
+    let page: Vec<_> = snaps.iter().skip(start).take(limit).collect();
+    let next = snaps.get(start + limit).map(|m| m.name.clone());
+    let items = page.iter().map(|m| snapshot_info(&m.name)).collect();
+    Ok(page_response(items, next))
+}
+
+/// `DELETE /templates/{id}`: the SDK's `delete_snapshot`. Another tenant's template
+/// is not found here, as it is not listed.
+async fn template_delete(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+) -> Result<StatusCode, HttpError> {
+    let visible = st
+        .mgr
+        .template(&who, &id)
+        .is_ok_and(|t| t.meta.tenant.as_deref() == Some(who.tenant.as_str()));
+    if !visible {
+        return Err(HttpError::new(
+            StatusCode::NOT_FOUND,
+            format!("template {id} not found"),
+        ));
+    }
+    st.mgr.remove_template(&who, &id)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// What Warren does not map (see docs/e2b.md for why): E2B's not-implemented shape.

@@ -221,7 +221,11 @@ impl FromRequestParts<E2bState> for Envd {
         let t = target(&parts.headers)
             .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "no sandbox named"))?;
         if t.port != ENVD_PORT {
-            return Err(port_not_supported(t.port));
+            // Routed to the sandbox's own port before this (see `ports`).
+            return Err(HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("port {} is not envd's", t.port),
+            ));
         }
         let token = parts
             .headers
@@ -264,20 +268,7 @@ impl FromRequestParts<E2bState> for Envd {
     }
 }
 
-fn port_not_supported(port: u16) -> HttpError {
-    HttpError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        format!(
-            "port {port}: Warren does not route traffic to sandbox ports by Host header; \
-             publish the port when creating the sandbox with the native API instead"
-        ),
-    )
-}
-
 async fn fallback(req: Request) -> Response {
-    if let Some(t) = target(req.headers()).filter(|t| t.port != ENVD_PORT) {
-        return port_not_supported(t.port).into_response();
-    }
     HttpError::new(
         StatusCode::NOT_FOUND,
         format!("no route {} {}", req.method(), req.uri().path()),

@@ -25,6 +25,7 @@ mod connect;
 mod control;
 mod envd;
 mod filesystem;
+mod ports;
 mod process;
 #[cfg(test)]
 mod tests;
@@ -72,13 +73,18 @@ pub fn router(mgr: Arc<Manager>, shutdown: watch::Receiver<bool>) -> Router {
     Router::new()
         .fallback(dispatch)
         .layer(axum::middleware::from_fn(crate::drain::drain_unread))
-        .with_state(Routers { control, envd })
+        .with_state(Routers {
+            control,
+            envd,
+            mgr: state.mgr,
+        })
 }
 
 #[derive(Debug, Clone)]
 struct Routers {
     control: Router,
     envd: Router,
+    mgr: Arc<Manager>,
 }
 
 /// Which sandbox (and port) a request is for, when it is for one.
@@ -125,10 +131,10 @@ pub(crate) fn target(headers: &HeaderMap) -> Option<Target> {
 }
 
 async fn dispatch(State(r): State<Routers>, req: Request) -> Response {
-    let router = if target(req.headers()).is_some() {
-        r.envd
-    } else {
-        r.control
+    let router = match target(req.headers()) {
+        Some(t) if t.port != ENVD_PORT => return ports::proxy(&r.mgr, t, req).await,
+        Some(_) => r.envd,
+        None => r.control,
     };
     match router.oneshot(req).await {
         Ok(resp) => resp,

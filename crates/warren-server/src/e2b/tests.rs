@@ -149,15 +149,17 @@ async fn envd_checks_the_token_before_anything() {
 }
 
 #[tokio::test]
-async fn ports_by_host_header_are_refused_plainly() {
+async fn ports_by_host_header_go_to_the_sandbox() {
     let e = env().await;
+    // No such sandbox: E2B's proxy answer (the traffic itself is tested with real
+    // sandboxes in tests/e2b).
     let req = Request::get("/")
         .header(header::HOST, "8080-abc123.example.com")
         .body(Body::empty())
         .unwrap();
     let (status, body, _) = send(e.app(), req).await;
-    assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
-    assert_eq!(json(&body)["code"], 501);
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(json(&body)["code"], 502);
     // A plain host:port goes to the control plane.
     let req = Request::get("/health")
         .header(header::HOST, "127.0.0.1:3001")

@@ -125,6 +125,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
             OnTimeout::Terminate => TimeoutAction::Terminate,
         }),
         home_volume: args.no_home.then_some(false),
+        traffic_token: false,
     };
     let client = Client::new(&args.client)?;
     let info: SandboxInfo = block_on(client.call(Method::POST, "/v1/sandboxes", Some(&body)))??;

@@ -120,6 +120,7 @@ mod tests {
             idle_timeout_secs: None,
             on_timeout: TimeoutAction::Terminate,
             access_token: "t".into(),
+            traffic_token: None,
         };
         let t = table(&[info]);
         let lines: Vec<&str> = t.lines().collect();
