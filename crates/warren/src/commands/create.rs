@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hyper::Method;
-use warren_types::api::{CreateSandbox, ResourceRequest, SandboxInfo, TimeoutAction};
-use warren_types::spec::{NetworkMode, PortMap};
+use warren_types::api::{CreateSandbox, SandboxInfo, TimeoutAction};
 
+use super::flags::SandboxFlags;
 use crate::client::{block_on, out, Client, ClientArgs};
-use crate::parse::{parse_env, parse_pair, parse_publish};
-use crate::size::{parse_duration, parse_size};
+use crate::parse::{parse_env, parse_pair};
+use crate::size::parse_duration;
 
 /// Create a sandbox on the daemon and print its id.
 #[derive(Debug, Args)]
@@ -29,24 +29,8 @@ pub struct CreateArgs {
     /// Template to build the root filesystem from [default: host].
     #[arg(long)]
     template: Option<String>,
-    /// Memory limit, e.g. 256M or 2G.
-    #[arg(long, value_parser = parse_size)]
-    memory: Option<u64>,
-    /// CPU limit in cores, e.g. 0.5.
-    #[arg(long)]
-    cpus: Option<f64>,
-    /// Most processes and threads at once.
-    #[arg(long)]
-    pids: Option<u32>,
-    /// Size of the writable layer, e.g. 1G.
-    #[arg(long, value_parser = parse_size)]
-    disk: Option<u64>,
-    /// Network: none (loopback only) or nat (outbound through the host).
-    #[arg(long, value_enum, default_value_t = Network::None)]
-    network: Network,
-    /// Forward 127.0.0.1:HOSTPORT on the host to PORT in the sandbox.
-    #[arg(short, long = "publish", value_name = "HOSTPORT:PORT", value_parser = parse_publish)]
-    publish: Vec<PortMap>,
+    #[command(flatten)]
+    sandbox: SandboxFlags,
     /// An environment variable of every process in the sandbox (NAME=VALUE).
     #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -73,12 +57,6 @@ pub struct CreateArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-enum Network {
-    None,
-    Nat,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
 enum OnTimeout {
     Pause,
     Stop,
@@ -91,29 +69,15 @@ fn secs(d: Duration) -> u64 {
 }
 
 pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
-    let cpu_millis = match args.cpus {
-        Some(c) if !(c.is_finite() && c > 0.0) => {
-            anyhow::bail!("--cpus {c} must be a positive number of cores, e.g. 0.5")
-        }
-        Some(c) => Some((c * 1000.0).round().max(1.0) as u32),
-        None => None,
-    };
+    let sandbox = args.sandbox.settings()?;
     let body = CreateSandbox {
         owner: args.owner,
         name: args.name,
         get_or_create: args.get_or_create,
         template: args.template,
-        resources: ResourceRequest {
-            memory: args.memory,
-            cpu_millis,
-            pids: args.pids,
-            disk: args.disk,
-        },
-        network: match args.network {
-            Network::None => NetworkMode::None,
-            Network::Nat => NetworkMode::Nat,
-        },
-        publish: args.publish,
+        resources: sandbox.resource_request(),
+        network: sandbox.network,
+        publish: sandbox.publish,
         env: args.env.into_iter().collect(),
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
         metadata: args.metadata.into_iter().collect(),

@@ -1,10 +1,11 @@
-//! One module per CLI verb.
+//! One module per CLI verb, and `flags` for the sandbox flags several verbs take.
 
 pub mod attach;
 pub mod create;
 pub mod doctor;
 pub mod events;
 pub mod exec;
+mod flags;
 pub mod gc;
 pub mod inspect;
 pub mod keys;

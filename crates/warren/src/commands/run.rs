@@ -10,18 +10,29 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 use warren_runtime::client::{ClientError, ProcessEvent};
 use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{trace, NamespaceBackend, Paths};
 use warren_types::proto::{Command, ErrorCode, ExecRequest, WinSize, CHUNK};
-use warren_types::spec::{NetworkMode, PortMap, Resources, SandboxSpec, VolumeMount};
+use warren_types::spec::{SandboxSpec, VolumeMount};
 
-use crate::parse::{parse_env, parse_publish, parse_user};
+use super::flags::SandboxFlags;
+use crate::parse::{parse_env, parse_user};
 use crate::size::{parse_duration, parse_size};
 
 /// Run a command in a new sandbox.
 #[derive(Debug, Args)]
+// Here the user watches the command itself fail, so the help adds what passing a limit
+// does. Unlike doc comments, these texts are used as written: no final period.
+#[command(
+    mut_arg("memory", |a| a.help(
+        "Memory limit, e.g. 256M or 2G. Past it, the kernel kills the largest process"
+    )),
+    mut_arg("disk", |a| a.help(
+        "Size of the writable layer, e.g. 1G. Writes past it fail with ENOSPC"
+    )),
+)]
 pub struct RunArgs {
     /// Remove the sandbox and its writable layer when the command ends.
     #[arg(long)]
@@ -35,24 +46,8 @@ pub struct RunArgs {
     /// Template to build the root filesystem from.
     #[arg(long, default_value = "host")]
     template: String,
-    /// Memory limit, e.g. 256M or 2G. Past it, the kernel kills the largest process.
-    #[arg(long, value_parser = parse_size)]
-    memory: Option<u64>,
-    /// CPU limit in cores, e.g. 0.5.
-    #[arg(long)]
-    cpus: Option<f64>,
-    /// Most processes and threads at once.
-    #[arg(long)]
-    pids: Option<u32>,
-    /// Size of the writable layer, e.g. 1G. Writes past it fail with ENOSPC.
-    #[arg(long, value_parser = parse_size)]
-    disk: Option<u64>,
-    /// Network: none (loopback only) or nat (outbound through the host).
-    #[arg(long, value_enum, default_value_t = Network::None)]
-    network: Network,
-    /// Forward 127.0.0.1:HOSTPORT on the host to PORT in the sandbox.
-    #[arg(short, long = "publish", value_name = "HOSTPORT:PORT", value_parser = parse_publish)]
-    publish: Vec<PortMap>,
+    #[command(flatten)]
+    sandbox: SandboxFlags,
     /// Set an environment variable (NAME=VALUE).
     #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -76,12 +71,6 @@ pub struct RunArgs {
     command: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum Network {
-    None,
-    Nat,
-}
-
 fn parse_volume(s: &str) -> Result<VolumeMount, String> {
     let mut parts = s.splitn(3, ':');
     let (Some(name), Some(target)) = (parts.next(), parts.next()) else {
@@ -96,13 +85,8 @@ fn parse_volume(s: &str) -> Result<VolumeMount, String> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let cpu_millis = match args.cpus {
-        Some(c) if !(c.is_finite() && c > 0.0) => {
-            anyhow::bail!("--cpus {c} must be a positive number of cores, e.g. 0.5")
-        }
-        Some(c) => Some((c * 1000.0).round().max(1.0) as u32),
-        None => None,
-    };
+    let sandbox = args.sandbox.settings()?;
+    let memory = sandbox.resources.memory;
     let user = args
         .user
         .as_deref()
@@ -113,17 +97,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         id: warren_runtime::new_id(),
         template: args.template.clone(),
         hostname: args.hostname.clone(),
-        resources: Resources {
-            memory: args.memory,
-            cpu_millis,
-            pids: args.pids,
-            disk: args.disk,
-        },
-        network: match args.network {
-            Network::None => NetworkMode::None,
-            Network::Nat => NetworkMode::Nat,
-        },
-        publish: args.publish.clone(),
+        resources: sandbox.resources,
+        network: sandbox.network,
+        publish: sandbox.publish,
         volumes: args.volume.clone(),
         env: BTreeMap::new(),
     };
@@ -193,8 +169,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                     eprintln!("warren: the command timed out and was killed");
                     124
                 } else if oom && status.signal == Some(9) {
-                    let limit = args
-                        .memory
+                    let limit = memory
                         .map(|m| format!(" (--memory {} MiB)", m >> 20))
                         .unwrap_or_default();
                     eprintln!("warren: the command was killed by the kernel: out of memory{limit}");

@@ -1,0 +1,168 @@
+//! The sandbox flags `run` and `create` share: limits, network and published ports.
+//!
+//! The two verbs differ in where the sandbox is made (the CLI itself or the daemon) but
+//! not in what it is made of, so they take these flags the same way.
+
+use clap::{Args, ValueEnum};
+use warren_types::api::ResourceRequest;
+use warren_types::spec::{NetworkMode, PortMap, Resources};
+
+use crate::parse::parse_publish;
+use crate::size::parse_size;
+
+#[derive(Debug, Args)]
+pub struct SandboxFlags {
+    /// Memory limit, e.g. 256M or 2G.
+    #[arg(long, value_parser = parse_size)]
+    memory: Option<u64>,
+    /// CPU limit in cores, e.g. 0.5.
+    #[arg(long)]
+    cpus: Option<f64>,
+    /// Most processes and threads at once.
+    #[arg(long)]
+    pids: Option<u32>,
+    /// Size of the writable layer, e.g. 1G.
+    #[arg(long, value_parser = parse_size)]
+    disk: Option<u64>,
+    /// Network: none (loopback only) or nat (outbound through the host).
+    #[arg(long, value_enum, default_value_t = Network::None)]
+    network: Network,
+    /// Forward 127.0.0.1:HOSTPORT on the host to PORT in the sandbox.
+    #[arg(short, long = "publish", value_name = "HOSTPORT:PORT", value_parser = parse_publish)]
+    publish: Vec<PortMap>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Network {
+    None,
+    Nat,
+}
+
+/// The flags as the sandbox's specification takes them.
+#[derive(Debug)]
+pub struct SandboxSettings {
+    pub resources: Resources,
+    pub network: NetworkMode,
+    pub publish: Vec<PortMap>,
+}
+
+impl SandboxFlags {
+    pub fn settings(&self) -> anyhow::Result<SandboxSettings> {
+        let cpu_millis = match self.cpus {
+            Some(c) if !(c.is_finite() && c > 0.0) => {
+                anyhow::bail!("--cpus {c} must be a positive number of cores, e.g. 0.5")
+            }
+            Some(c) => Some((c * 1000.0).round().max(1.0) as u32),
+            None => None,
+        };
+        Ok(SandboxSettings {
+            resources: Resources {
+                memory: self.memory,
+                cpu_millis,
+                pids: self.pids,
+                disk: self.disk,
+            },
+            network: match self.network {
+                Network::None => NetworkMode::None,
+                Network::Nat => NetworkMode::Nat,
+            },
+            publish: self.publish.clone(),
+        })
+    }
+}
+
+impl SandboxSettings {
+    /// The limits as the daemon's API asks for them.
+    pub fn resource_request(&self) -> ResourceRequest {
+        let Resources {
+            memory,
+            cpu_millis,
+            pids,
+            disk,
+        } = self.resources;
+        ResourceRequest {
+            memory,
+            cpu_millis,
+            pids,
+            disk,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sandbox: SandboxFlags,
+    }
+
+    fn settings(args: &[&str]) -> anyhow::Result<SandboxSettings> {
+        let cli = Cli::try_parse_from(std::iter::once("warren").chain(args.iter().copied()))?;
+        cli.sandbox.settings()
+    }
+
+    #[test]
+    fn cpus_become_millicores() {
+        let s = settings(&["--cpus", "0.5"]).unwrap();
+        assert_eq!(s.resources.cpu_millis, Some(500));
+        // A sliver of a core still gets one millicore rather than no limit at all.
+        let s = settings(&["--cpus", "0.0001"]).unwrap();
+        assert_eq!(s.resources.cpu_millis, Some(1));
+    }
+
+    #[test]
+    fn cpus_must_be_positive_and_finite() {
+        for bad in ["0", "-1", "NaN", "inf"] {
+            let flag = format!("--cpus={bad}");
+            assert!(settings(&[&flag]).is_err(), "{flag}");
+        }
+    }
+
+    #[test]
+    fn defaults_leave_the_host_limits() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.resources, Resources::default());
+        assert_eq!(s.network, NetworkMode::None);
+        assert!(s.publish.is_empty());
+        assert_eq!(s.resource_request(), ResourceRequest::default());
+    }
+
+    #[test]
+    fn limits_reach_the_request() {
+        let s = settings(&[
+            "--memory",
+            "64M",
+            "--pids",
+            "50",
+            "--disk",
+            "1G",
+            "--network",
+            "nat",
+            "-p",
+            "8080:80",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.resource_request(),
+            ResourceRequest {
+                memory: Some(64 << 20),
+                cpu_millis: None,
+                pids: Some(50),
+                disk: Some(1 << 30),
+            }
+        );
+        assert_eq!(s.network, NetworkMode::Nat);
+        assert_eq!(
+            s.publish,
+            [PortMap {
+                host: 8080,
+                sandbox: 80
+            }]
+        );
+    }
+}
