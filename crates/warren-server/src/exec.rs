@@ -9,6 +9,7 @@
 //! connection closes, and that connection is shared).
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::time::Duration;
 
 use axum::body::Body as HttpBody;
@@ -25,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use warren_core::ActivityGuard;
-use warren_runtime::client::{AgentClient, Channel, ClientError, Incoming, ProcessEvent};
+use warren_runtime::client::{AgentClient, Channel, ClientError, Incoming, Process, ProcessEvent};
 use warren_types::api::{ExecEvent, ExecResult};
 use warren_types::proto::{
     Command, ExecRequest, ExitStatus, FrameKind, ProcessInfo, Request, Response as AgentResponse,
@@ -490,7 +491,23 @@ pub async fn pty(
     let p = Followed::exec(&client, req).await?;
     Ok(ws.on_upgrade(move |socket| async move {
         let _activity = activity;
-        terminal(st, id, p, socket, oom_before).await;
+        let mut p = p;
+        let shutdown = shutting_down(st.shutdown.clone());
+        let rules = TerminalRules {
+            input: Input::Forward {
+                report_failures: true,
+            },
+            cut_off: async {
+                shutdown.await;
+                Error::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "the daemon is shutting down",
+                )
+            },
+            close_wait: Some(Duration::from_secs(2)),
+        };
+        terminal(&st, &id, oom_before, &mut p, socket, rules).await;
     }))
 }
 
@@ -499,36 +516,115 @@ pub(crate) async fn notice(socket: &mut WebSocket, n: &PtyNotice) {
     let _ = socket.send(Message::Text(text.into())).await;
 }
 
-async fn terminal(
-    st: AppState,
-    id: String,
-    mut p: Followed,
-    mut socket: WebSocket,
+/// The process behind a terminal: the owner's own `/pty` exec, or the process a share's
+/// guest attached to. Each writes input its own way: a [`Followed`] in [`CHUNK`]s, a
+/// [`Process`] as one frame.
+pub(crate) trait TerminalProcess {
+    async fn next(&mut self) -> Result<ProcessEvent, ClientError>;
+    async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError>;
+    async fn resize(&self, size: WinSize) -> Result<(), ClientError>;
+}
+
+impl TerminalProcess for Followed {
+    async fn next(&mut self) -> Result<ProcessEvent, ClientError> {
+        Followed::next(self).await
+    }
+
+    async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
+        Followed::write_stdin(self, data).await
+    }
+
+    async fn resize(&self, size: WinSize) -> Result<(), ClientError> {
+        Followed::resize(self, size).await
+    }
+}
+
+impl TerminalProcess for Process {
+    async fn next(&mut self) -> Result<ProcessEvent, ClientError> {
+        Process::next(self).await
+    }
+
+    async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
+        Process::write_stdin(self, data.to_vec()).await
+    }
+
+    async fn resize(&self, size: WinSize) -> Result<(), ClientError> {
+        Process::resize(self, size).await
+    }
+}
+
+/// What a terminal client's binary frames (input) and text frames (resizes) come to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Input {
+    /// Passed to the process. A write the agent refuses ends the session; with
+    /// `report_failures` the client is told why, and of a refused resize too (otherwise
+    /// that is ignored).
+    Forward { report_failures: bool },
+    /// Refused with a `read_only` notice each time: a read-only guest's.
+    Refuse,
+}
+
+/// Where the owner's terminal and a share guest's differ.
+pub(crate) struct TerminalRules<C> {
+    pub(crate) input: Input,
+    /// Resolves, to the error the client is told, when the session must end before the
+    /// process does: the daemon shutting down, or the share revoked.
+    pub(crate) cut_off: C,
+    /// How long to wait for the client's close frame after sending ours, so that ours
+    /// leaves before the socket is dropped.
+    pub(crate) close_wait: Option<Duration>,
+}
+
+/// Runs a terminal WebSocket: process output to the client, the client's input and
+/// resizes to the process, and a notice of the exit or error that ends it. A client
+/// that leaves gets no close frame.
+pub(crate) async fn terminal<C: Future<Output = Error>>(
+    st: &AppState,
+    id: &str,
     oom_before: u64,
+    p: &mut impl TerminalProcess,
+    mut socket: WebSocket,
+    rules: TerminalRules<C>,
 ) {
-    let shutdown = shutting_down(st.shutdown.clone());
-    tokio::pin!(shutdown);
+    let TerminalRules {
+        input,
+        cut_off,
+        close_wait,
+    } = rules;
+    tokio::pin!(cut_off);
     loop {
         tokio::select! {
             msg = socket.recv() => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    if let Err(e) = p.write_stdin(&b).await {
-                        notice(&mut socket, &PtyNotice::Error(Error::from(e).body())).await;
-                        break;
+                Some(Ok(Message::Binary(b))) => match input {
+                    Input::Refuse => refuse(&mut socket, "input").await,
+                    Input::Forward { report_failures } => {
+                        if let Err(e) = p.write_stdin(&b).await {
+                            if report_failures {
+                                notice(&mut socket, &PtyNotice::Error(Error::from(e).body())).await;
+                            }
+                            break;
+                        }
                     }
-                }
-                Some(Ok(Message::Text(t))) => {
-                    let result = match serde_json::from_str::<PtyControl>(t.as_str()) {
-                        Ok(c) => match win_size(c.resize.rows, c.resize.cols) {
-                            Ok(size) => p.resize(size).await.map_err(Error::from),
-                            Err(e) => Err(e),
-                        },
-                        Err(e) => Err(Error::invalid_json(e.to_string())),
-                    };
-                    if let Err(e) = result {
-                        notice(&mut socket, &PtyNotice::Error(e.body())).await;
+                },
+                Some(Ok(Message::Text(t))) => match input {
+                    Input::Refuse => refuse(&mut socket, "a resize").await,
+                    Input::Forward { report_failures } => {
+                        let size = serde_json::from_str::<PtyControl>(t.as_str())
+                            .map_err(|e| Error::invalid_json(e.to_string()))
+                            .and_then(|c| win_size(c.resize.rows, c.resize.cols));
+                        match size {
+                            Ok(size) => {
+                                if let Err(e) = p.resize(size).await {
+                                    if report_failures {
+                                        let e = Error::from(e);
+                                        notice(&mut socket, &PtyNotice::Error(e.body())).await;
+                                    }
+                                }
+                            }
+                            Err(e) => notice(&mut socket, &PtyNotice::Error(e.body())).await,
+                        }
                     }
-                }
+                },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return,
             },
@@ -543,7 +639,7 @@ async fn terminal(
                         exit_code: s.code,
                         signal: s.signal,
                         timed_out: s.timed_out,
-                        oom_killed: oom_killed(&s, oom_before, st.mgr.oom_kills(&id)),
+                        oom_killed: oom_killed(&s, oom_before, st.mgr.oom_kills(id)),
                     };
                     notice(&mut socket, &PtyNotice::Exit(exit)).await;
                     break;
@@ -553,16 +649,17 @@ async fn terminal(
                     break;
                 }
             },
-            _ = &mut shutdown => {
-                let e = Error::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the daemon is shutting down");
+            e = &mut cut_off => {
                 notice(&mut socket, &PtyNotice::Error(e.body())).await;
                 break;
             }
         }
     }
     let _ = socket.send(Message::Close(None)).await;
-    // Give the close frame a moment to leave before the socket is dropped.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let Some(wait) = close_wait else {
+        return;
+    };
+    let _ = tokio::time::timeout(wait, async {
         while let Some(Ok(m)) = socket.recv().await {
             if matches!(m, Message::Close(_)) {
                 break;
@@ -570,4 +667,13 @@ async fn terminal(
         }
     })
     .await;
+}
+
+async fn refuse(socket: &mut WebSocket, what: &str) {
+    let e = Error::new(
+        StatusCode::FORBIDDEN,
+        "read_only",
+        format!("this share is read-only: {what} is ignored"),
+    );
+    notice(socket, &PtyNotice::Error(e.body())).await;
 }

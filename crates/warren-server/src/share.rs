@@ -7,16 +7,16 @@
 //! read-only guest's input and resizes are refused with an error notice and ignored.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use warren_core::Guest;
-use warren_runtime::client::{Process, ProcessEvent};
+use warren_runtime::client::Process;
 use warren_types::api::{ShareInfo, ShareRequest};
 
 use crate::error::Error;
-use crate::exec::{notice, oom_killed, win_size, PtyControl, PtyExit, PtyNotice};
+use crate::exec::{terminal, Input, TerminalRules};
 use crate::extract::{Json, Path, SandboxAccess, Tenant};
 use crate::AppState;
 
@@ -75,78 +75,32 @@ pub async fn join(
     }))
 }
 
-async fn refuse(socket: &mut WebSocket, what: &str) {
-    let e = Error::new(
-        StatusCode::FORBIDDEN,
-        "read_only",
-        format!("this share is read-only: {what} is ignored"),
-    );
-    notice(socket, &PtyNotice::Error(e.body())).await;
-}
-
 async fn guest_terminal(
     st: AppState,
     id: String,
     mut guest: Guest,
     mut p: Process,
-    mut socket: WebSocket,
+    socket: WebSocket,
 ) {
     let oom_before = st.mgr.oom_kills(&id);
-    loop {
-        tokio::select! {
-            msg = socket.recv() => match msg {
-                Some(Ok(Message::Binary(b))) => {
-                    if !guest.write {
-                        refuse(&mut socket, "input").await;
-                    } else if p.write_stdin(b.to_vec()).await.is_err() {
-                        break;
-                    }
-                }
-                Some(Ok(Message::Text(t))) => {
-                    if !guest.write {
-                        refuse(&mut socket, "a resize").await;
-                        continue;
-                    }
-                    let r = serde_json::from_str::<PtyControl>(t.as_str())
-                        .map_err(|e| Error::invalid_json(e.to_string()))
-                        .and_then(|c| win_size(c.resize.rows, c.resize.cols));
-                    match r {
-                        Ok(size) => {
-                            let _ = p.resize(size).await;
-                        }
-                        Err(e) => notice(&mut socket, &PtyNotice::Error(e.body())).await,
-                    }
-                }
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
-            },
-            ev = p.next() => match ev {
-                Ok(ProcessEvent::Stdout(d) | ProcessEvent::Stderr(d)) => {
-                    if socket.send(Message::Binary(d.into())).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(ProcessEvent::Exited(s)) => {
-                    let exit = PtyExit {
-                        exit_code: s.code,
-                        signal: s.signal,
-                        timed_out: s.timed_out,
-                        oom_killed: oom_killed(&s, oom_before, st.mgr.oom_kills(&id)),
-                    };
-                    notice(&mut socket, &PtyNotice::Exit(exit)).await;
-                    break;
-                }
-                Err(e) => {
-                    notice(&mut socket, &PtyNotice::Error(Error::from(e).body())).await;
-                    break;
-                }
-            },
-            _ = guest.revoked.changed() => {
-                let e = Error::new(StatusCode::GONE, "share_revoked", "the owner revoked this share");
-                notice(&mut socket, &PtyNotice::Error(e.body())).await;
-                break;
-            }
+    let input = if guest.write {
+        Input::Forward {
+            report_failures: false,
         }
-    }
-    let _ = socket.send(Message::Close(None)).await;
+    } else {
+        Input::Refuse
+    };
+    let rules = TerminalRules {
+        input,
+        cut_off: async {
+            let _ = guest.revoked.changed().await;
+            Error::new(
+                StatusCode::GONE,
+                "share_revoked",
+                "the owner revoked this share",
+            )
+        },
+        close_wait: None,
+    };
+    terminal(&st, &id, oom_before, &mut p, socket, rules).await;
 }
