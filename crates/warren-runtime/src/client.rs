@@ -410,8 +410,15 @@ impl Process {
         }
     }
 
+    /// Writes to the process's stdin, in frames no larger than the agent takes.
     pub async fn write_stdin(&self, data: Vec<u8>) -> Result<()> {
-        self.ch.send_data(FrameKind::Stdin, data).await
+        if data.len() <= CHUNK {
+            return self.ch.send_data(FrameKind::Stdin, data).await;
+        }
+        for chunk in data.chunks(CHUNK) {
+            self.ch.send_data(FrameKind::Stdin, chunk.to_vec()).await?;
+        }
+        Ok(())
     }
 
     pub async fn close_stdin(&self) -> Result<()> {
