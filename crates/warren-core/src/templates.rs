@@ -265,6 +265,12 @@ impl Manager {
         Ok(self.template_info(self.resolve_template(who, name)?.meta))
     }
 
+    /// Whether `who` may start sandboxes from template `name` (cheaper than
+    /// [`Manager::template`], which also counts its users).
+    pub fn can_use_template(&self, who: &Caller, name: &str) -> bool {
+        self.resolve_template(who, name).is_ok()
+    }
+
     /// Template `name`, if `who` may use it; another tenant's snapshot is not found.
     pub(crate) fn resolve_template(&self, who: &Caller, name: &str) -> Result<Template> {
         let t = template::resolve(self.backend.paths(), name).map_err(template_error)?;

@@ -272,7 +272,7 @@ async fn create(
     Body(req): Body<NewSandbox>,
 ) -> Result<Response, HttpError> {
     let template = warren_template(req.template_id.as_deref().unwrap_or(DEFAULT_TEMPLATE));
-    if st.mgr.template(&who, &template).is_err() {
+    if !st.mgr.can_use_template(&who, &template) {
         // As E2B answers an unknown template (or another team's snapshot).
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
