@@ -5,10 +5,16 @@
 Starts its own `warren serve --e2b-listen` in a temp dir, times each round from before
 `Sandbox.create()` to the end of `commands.run("true")` (the kill is outside the timing),
 and prints p50 and p90 in milliseconds. Run it with the venv of scripts/e2b-test.
+
+With `--port-traffic`, it instead times GET requests to `python3 -m http.server` inside
+one sandbox through the listener (`Host: PORT-ID.DOMAIN`, one keep-alive client
+connection), beside the same server run on the host's loopback for reference.
 """
 
 import argparse
+import http.client
 import json
+import socket
 import os
 import shutil
 import statistics
@@ -27,11 +33,21 @@ def main() -> int:
     ap.add_argument("--pool", type=int, default=0,
                     help="keep this many warm `host` sandboxes (POST /v1/pools) before timing")
     ap.add_argument("--warren", default=os.path.join(conftest.ROOT, "target", "release", "warren"))
+    ap.add_argument("--port-traffic", action="store_true",
+                    help="time requests to a port inside a sandbox instead")
     args = ap.parse_args()
     conftest.WARREN = args.warren
     d = conftest.Daemon()
     os.environ.update(E2B_API_KEY=d.key, E2B_API_URL=d.url, E2B_SANDBOX_URL=d.url)
     from e2b import Sandbox
+
+    if args.port_traffic:
+        try:
+            return port_traffic(d, Sandbox, args.rounds, args.warmup)
+        finally:
+            d.kill_all()
+            d.stop()
+            shutil.rmtree(d.dir, ignore_errors=True)
 
     if args.pool:
         spec = json.dumps({"template": "host", "min": args.pool, "max": args.pool})
@@ -59,6 +75,64 @@ def main() -> int:
     q = statistics.quantiles(samples, n=10)
     print(f"rounds {len(samples)}  p50 {statistics.median(samples):.1f} ms  p90 {q[8]:.1f} ms  "
           f"min {samples[0]:.1f} ms  max {samples[-1]:.1f} ms")
+    return 0
+
+
+def _wait_listening(port: int) -> None:
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def _time_gets(port: int, host: str, n: int) -> list:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        c.request("GET", "/", headers={"Host": host})
+        r = c.getresponse()
+        r.read()
+        out.append((time.perf_counter() - t) * 1000)
+        assert r.status == 200, r.status
+    c.close()
+    return out
+
+
+def _summary(name: str, xs: list) -> str:
+    xs = sorted(xs)
+    q = statistics.quantiles(xs, n=10)
+    return f"{name:<18} n {len(xs)}  p50 {statistics.median(xs):.2f} ms  p90 {q[8]:.2f} ms"
+
+
+def port_traffic(d, Sandbox, rounds: int, warmup: int) -> int:
+    sb = Sandbox.create(timeout=600)
+    sb.commands.run("cd /tmp && python3 -m http.server 8080 >/dev/null 2>&1", background=True)
+    sb.commands.run("for i in $(seq 200); do python3 -c 'import socket; "
+                    "socket.create_connection((\"127.0.0.1\", 8080))' 2>/dev/null && exit 0; "
+                    "sleep 0.05; done; exit 1")
+    local_port = conftest._free_port()
+    local = subprocess.Popen([sys.executable, "-m", "http.server", str(local_port), "--bind", "127.0.0.1"],
+                             cwd="/tmp", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(local_port)
+        host = sb.get_host(8080)
+        _time_gets(d.port, host, warmup)
+        _time_gets(local_port, "127.0.0.1", warmup)
+        through, direct = [], []
+        for _ in range(rounds):  # interleaved, so drift hits both alike
+            through += _time_gets(d.port, host, 10)
+            direct += _time_gets(local_port, "127.0.0.1", 10)
+        print(_summary("through warren", through))
+        print(_summary("host loopback", direct))
+        print(f"ratio of medians {statistics.median(through) / statistics.median(direct):.2f}")
+    finally:
+        local.kill()
+        local.wait()
+        sb.kill()
     return 0
 
 
