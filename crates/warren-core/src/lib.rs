@@ -56,6 +56,10 @@ pub enum CoreError {
     NotFound(String),
     #[error("no template {0:?}; `warren template ls` lists them")]
     TemplateNotFound(String),
+    /// A sandbox asked for a template that does not exist (or is another tenant's
+    /// snapshot): a bad request, not a missing resource.
+    #[error("unknown template {0:?}; `warren template ls` lists them")]
+    UnknownTemplate(String),
     #[error("{0}")]
     InvalidState(String),
     #[error("a sandbox named {0:?} already exists for this owner; pick another name or pass get_or_create")]
@@ -89,6 +93,7 @@ impl CoreError {
         match self {
             Self::NotFound(_) | Self::TemplateNotFound(_) => "not_found",
             Self::InvalidState(_) => "invalid_state",
+            Self::UnknownTemplate(_) => "invalid_request",
             Self::NameTaken(_) => "name_taken",
             Self::Invalid(_) => "invalid_request",
             Self::Backend(_) => "backend_failed",
@@ -677,9 +682,7 @@ impl Manager {
         }
         let template = req.template.clone().unwrap_or_else(|| "host".into());
         self.resolve_template(who, &template).map_err(|e| match e {
-            CoreError::TemplateNotFound(_) => CoreError::Invalid(
-                warren_runtime::Error::UnknownTemplate(template.clone()).to_string(),
-            ),
+            CoreError::TemplateNotFound(_) => CoreError::UnknownTemplate(template.clone()),
             e => CoreError::Invalid(e.to_string()),
         })?;
         if let Some(info) = self.claim_from_pool(who, &owner, &template, &req)? {

@@ -265,10 +265,22 @@ impl Manager {
         Ok(self.template_info(self.resolve_template(who, name)?.meta))
     }
 
-    /// Whether `who` may start sandboxes from template `name` (cheaper than
-    /// [`Manager::template`], which also counts its users).
-    pub fn can_use_template(&self, who: &Caller, name: &str) -> bool {
-        self.resolve_template(who, name).is_ok()
+    /// Template `name`'s metadata, if `who` may see it (cheaper than
+    /// [`Manager::template`], which also measures it and counts its users).
+    pub fn template_meta(&self, who: &Caller, name: &str) -> Result<TemplateMeta> {
+        Ok(self.resolve_template(who, name)?.meta)
+    }
+
+    /// The snapshots `who`'s tenant made, oldest first.
+    pub fn snapshots(&self, who: &Caller) -> Result<Vec<TemplateMeta>> {
+        let mut out: Vec<TemplateMeta> = template::list(self.backend.paths())
+            .map_err(template_error)?
+            .into_iter()
+            .filter(|m| m.kind == TemplateKind::Snapshot)
+            .filter(|m| m.tenant.as_deref() == Some(who.tenant.as_str()))
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
+        Ok(out)
     }
 
     /// Template `name`, if `who` may use it; another tenant's snapshot is not found.

@@ -88,7 +88,7 @@ impl From<CoreError> for Error {
             CoreError::NotFound(_) | CoreError::TemplateNotFound(_) => Self::not_found(message),
             CoreError::InvalidState(_) => Self::invalid_state(message),
             CoreError::NameTaken(_) => Self::new(StatusCode::CONFLICT, "name_taken", message),
-            CoreError::Invalid(_) => Self::invalid(message),
+            CoreError::Invalid(_) | CoreError::UnknownTemplate(_) => Self::invalid(message),
             CoreError::Backend(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "backend_failed", message)
             }
@@ -152,6 +152,11 @@ mod tests {
             (CoreError::InvalidState("x".into()), 409, "invalid_state"),
             (CoreError::NameTaken("x".into()), 409, "name_taken"),
             (CoreError::Invalid("x".into()), 400, "invalid_request"),
+            (
+                CoreError::UnknownTemplate("x".into()),
+                400,
+                "invalid_request",
+            ),
             (
                 CoreError::Backend("first\nsecond".into()),
                 500,

@@ -272,13 +272,6 @@ async fn create(
     Body(req): Body<NewSandbox>,
 ) -> Result<Response, HttpError> {
     let template = warren_template(req.template_id.as_deref().unwrap_or(DEFAULT_TEMPLATE));
-    if !st.mgr.can_use_template(&who, &template) {
-        // As E2B answers an unknown template (or another team's snapshot).
-        return Err(HttpError::new(
-            StatusCode::NOT_FOUND,
-            format!("template '{}' not found", e2b_template(&template)),
-        ));
-    }
     let timeout = req.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
     let create = CreateSandbox {
         template: Some(template),
@@ -299,7 +292,14 @@ async fn create(
         traffic_token: req.network.and_then(|n| n.allow_public_traffic) == Some(false),
         ..CreateSandbox::default()
     };
-    let (info, _) = st.mgr.create(&who, create).await?;
+    let (info, _) = st.mgr.create(&who, create).await.map_err(|e| match e {
+        // As E2B answers an unknown template (or another team's snapshot).
+        warren_core::CoreError::UnknownTemplate(t) => HttpError::new(
+            StatusCode::NOT_FOUND,
+            format!("template '{}' not found", e2b_template(&t)),
+        ),
+        e => e.into(),
+    })?;
     Ok((StatusCode::CREATED, axum::Json(created(&info))).into_response())
 }
 
@@ -678,13 +678,10 @@ async fn snapshot_list(
     let q: SnapshotQuery = serde_urlencoded::from_str(uri.query().unwrap_or(""))
         .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
     let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
-    let mut snaps: Vec<_> = st
+    let snaps: Vec<_> = st
         .mgr
-        .templates_for(&who)?
+        .snapshots(&who)?
         .into_iter()
-        .map(|t| t.meta)
-        .filter(|m| m.kind == warren_runtime::template::TemplateKind::Snapshot)
-        .filter(|m| m.tenant.as_deref() == Some(who.tenant.as_str()))
         .filter(|m| {
             q.sandbox_id
                 .as_ref()
@@ -692,7 +689,6 @@ async fn snapshot_list(
         })
         .filter(|m| q.name.as_ref().is_none_or(|n| *n == m.name))
         .collect();
-    snaps.sort_by(|a, b| (a.created_at, &a.name).cmp(&(b.created_at, &b.name)));
     let start = match &q.next_token {
         Some(t) => snaps.iter().position(|m| m.name == *t).ok_or_else(|| {
             HttpError::new(
@@ -717,8 +713,8 @@ async fn template_delete(
 ) -> Result<StatusCode, HttpError> {
     let visible = st
         .mgr
-        .template(&who, &id)
-        .is_ok_and(|t| t.meta.tenant.as_deref() == Some(who.tenant.as_str()));
+        .template_meta(&who, &id)
+        .is_ok_and(|m| m.tenant.as_deref() == Some(who.tenant.as_str()));
     if !visible {
         return Err(HttpError::new(
             StatusCode::NOT_FOUND,
