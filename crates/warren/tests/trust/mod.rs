@@ -340,6 +340,18 @@ impl Daemon {
         })
     }
 
+    /// `warren ARGS` over TCP with `api_key` (the address in WARREN_HOST: a flag after
+    /// ARGS would be part of an exec's command).
+    pub fn tcp(&self, api_key: Option<&str>, args: &[&str]) -> Output {
+        let host = format!("http://{}", self.listen.as_ref().expect("a TCP daemon"));
+        let mut c = self.warren(args);
+        c.env("WARREN_HOST", host);
+        if let Some(k) = api_key {
+            c.env("WARREN_API_KEY", k);
+        }
+        c.output().expect("run warren")
+    }
+
     /// kill -9: the daemon gets no chance to tidy up.
     pub fn crash(&mut self) {
         let mut child = self.child.take().expect("a running daemon");
