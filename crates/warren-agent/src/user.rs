@@ -98,10 +98,14 @@ pub(crate) fn resolve(root: &Path, user: &User) -> Result<Account, String> {
 /// Finds `name` the way execvp would: as given when it contains a slash (relative to
 /// `cwd`), else in each PATH directory. Only executable regular files count.
 pub(crate) fn find_program(name: &str, path: Option<&str>, cwd: &Path) -> Option<PathBuf> {
-    let executable = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-            .unwrap_or(false)
+    // A path that cannot be looked at for another reason than its absence (EMFILE,
+    // ENOMEM, EIO) is taken: exec then reports the real error, not "command not found".
+    let executable = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) => m.is_file() && m.permissions().mode() & 0o111 != 0,
+        Err(e) => !matches!(
+            e.raw_os_error(),
+            Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::EACCES) | Some(libc::ELOOP)
+        ),
     };
     if name.is_empty() {
         return None;

@@ -131,11 +131,14 @@ pub fn mount_overlay(dir: &Path, lowers: &[PathBuf], rw: &Path) -> io::Result<()
             .map_err(|e| err("mount overlay on", &dir.join("root"), e))
         })
     })();
+    // Only empty directories are removed: a bind mount that would not go away must not
+    // lead a recursive removal into a template's layer.
     for b in binds.iter().rev() {
-        let _ = umount2(b, MntFlags::MNT_DETACH);
+        if umount2(b, MntFlags::MNT_DETACH).is_ok() {
+            let _ = std::fs::remove_dir(b);
+        }
     }
-    let _ = std::fs::remove_dir_all(&staged);
-    let _ = std::fs::remove_dir(dir.join(".rw"));
+    let _ = std::fs::remove_dir(&staged);
     result
 }
 
