@@ -75,6 +75,9 @@ const HOST_ETC: [&str; 22] = [
 /// The name of the built-in template.
 pub const HOST: &str = "host";
 
+/// Where an older version of the host template waits until no sandbox runs on it.
+const OLD_HOST: &str = ".old-host-";
+
 /// Most lower layers of one overlay root: the `lowerdir=` option names each as
 /// `/.lower/N` and must fit in one page (the kernel's own limit is 500).
 const MAX_LAYERS: usize = 300;
@@ -198,9 +201,24 @@ fn host_meta() -> TemplateMeta {
 /// The `host` template's synthesized tree, built on first use.
 fn host_rootfs(paths: &Paths) -> Result<PathBuf> {
     let dir = paths.template(HOST);
-    let marker = dir.join("version");
-    if fs::read_to_string(&marker).ok().as_deref() != Some(HOST_TEMPLATE_VERSION) {
-        build_host(&dir)?;
+    let current =
+        || fs::read_to_string(dir.join("version")).ok().as_deref() == Some(HOST_TEMPLATE_VERSION);
+    if !current() {
+        // Built once, under a lock: a second builder that replaced a finished copy would
+        // delete the files under sandboxes already mounted on it.
+        let parent = dir.parent().expect("template dir has a parent");
+        fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(parent.join(".host.lock"))
+            .map_err(io_err("open the host template's lock"))?;
+        let _lock = Flock::lock(f, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err("lock the host template")(e.into()))?;
+        if !current() {
+            build_host(paths, &dir)?;
+        }
     }
     Ok(dir.join("rootfs"))
 }
@@ -591,13 +609,22 @@ pub fn gc(paths: &Paths, dry_run: bool) -> Result<GcReport> {
             let _ = fs::remove_file(size_file(paths, &name));
         }
     }
-    // Templates whose maker died before renaming them into place.
+    // Templates whose maker died before renaming them into place, and host templates of
+    // an older version that no sandbox runs on any more.
+    let host_in_use = !live_users(paths, HOST).is_empty();
     for e in fs::read_dir(paths.data.join("templates"))
         .into_iter()
         .flatten()
         .flatten()
     {
         let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(OLD_HOST) && !host_in_use {
+            report.bytes += dir_size(&e.path());
+            if !dry_run {
+                let _ = fs::remove_dir_all(e.path());
+            }
+            continue;
+        }
         let Some(rest) = name.strip_prefix(".new-") else {
             continue;
         };
@@ -656,10 +683,15 @@ pub fn agent_user(spec: &str) -> warren_types::proto::User {
 }
 
 /// Builds the `host` template in a scratch directory and renames it into place, so a
-/// half-built template is never used and concurrent first uses do not collide.
-fn build_host(dir: &Path) -> Result<()> {
+/// half-built template is never used. The caller holds the host template's lock.
+fn build_host(paths: &Paths, dir: &Path) -> Result<()> {
     let parent = dir.parent().expect("template dir has a parent");
-    fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+    // A builder that died left its scratch copy; with the lock held, none is running.
+    for e in fs::read_dir(parent).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(".host-") {
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
     let scratch = parent.join(format!(".host-{}", crate::new_id()));
     let root = scratch.join("rootfs");
     let r = populate_host(&root).and_then(|()| {
@@ -670,15 +702,18 @@ fn build_host(dir: &Path) -> Result<()> {
         let _ = fs::remove_dir_all(&scratch);
         return Err(e);
     }
-    let old = parent.join(format!(".old-{}", crate::new_id()));
+    // An older version is set aside; sandboxes still running on it keep their files
+    // until `template gc` finds it unused.
+    let old = parent.join(format!("{OLD_HOST}{}", crate::new_id()));
     let _ = fs::rename(dir, &old);
-    let r = fs::rename(&scratch, dir);
-    let _ = fs::remove_dir_all(&old);
+    let r = fs::rename(&scratch, dir).map_err(io_err(format!("rename into {}", dir.display())));
     if r.is_err() {
-        // Another process won the race; its copy is as good as ours.
         let _ = fs::remove_dir_all(&scratch);
     }
-    Ok(())
+    if old.exists() && live_users(paths, HOST).is_empty() {
+        let _ = fs::remove_dir_all(&old);
+    }
+    r
 }
 
 fn populate_host(root: &Path) -> Result<()> {
@@ -847,6 +882,49 @@ mod tests {
         assert_eq!(home.uid(), HOST_ID_BASE + USER_ID);
         let tmp = fs::metadata(root.join("tmp")).unwrap();
         assert_eq!(tmp.mode() & 0o7777, 0o1777);
+    }
+
+    #[test]
+    fn concurrent_first_uses_share_one_host_template() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED: building the host template needs root (chown)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            run: dir.path().join("run"),
+            data: dir.path().join("data"),
+        };
+        // Each user holds its copy open, as a sandbox's overlay does; no later builder may
+        // empty a copy that is in use.
+        let start = std::sync::Barrier::new(8);
+        let held: Vec<fs::File> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        let t = resolve(&paths, HOST).unwrap();
+                        fs::File::open(t.lower.last().unwrap()).unwrap()
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        for f in &held {
+            use std::os::fd::AsRawFd;
+            let passwd = format!("/proc/self/fd/{}/etc/passwd", f.as_raw_fd());
+            assert!(
+                Path::new(&passwd).exists(),
+                "a host template in use was emptied"
+            );
+        }
+        let names: Vec<String> = fs::read_dir(paths.data.join("templates"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != ".host.lock")
+            .collect();
+        assert_eq!(names, vec![HOST.to_string()], "one copy, no scratch left");
     }
 
     #[test]
