@@ -1,8 +1,9 @@
 //! Resource abuse, contained: a sandbox forks, allocates, fills its disk and inode table,
 //! spins, exhausts descriptors, floods its output, and drowns the file API in tiny
 //! files. While each runs, a neighbour sandbox's exec latency through the API stays
-//! within 3x its quiet value, and the daemon's resident memory stays bounded. Each test
-//! prints its figures (`cargo test -- --nocapture` shows them). Needs root.
+//! within 3x its quiet value (sampled before and after the attack), and the daemon's
+//! resident memory stays bounded. Each test prints its figures (`cargo test --
+//! --nocapture` shows them). Needs root.
 //!
 //! The abuser has ordinary limits (the containment under test is the kernel's); sizes
 //! scale with WARREN_TRUST_FLOOD_BYTES and WARREN_TRUST_TINY_FILES (scripts/trust runs
@@ -50,12 +51,16 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// How many quiet exec latencies are taken before an attack, and again after it.
+const QUIET_SAMPLES: usize = 15;
+
 /// A daemon, a neighbour, and an abuser with limits.
 struct Bench {
     d: Daemon,
     neighbour: String,
     abuser: String,
-    quiet: Duration,
+    /// The neighbour's latencies before any abuse.
+    quiet: Vec<Duration>,
 }
 
 fn bench(limits: &str) -> Bench {
@@ -64,12 +69,13 @@ fn bench(limits: &str) -> Bench {
     let mut args = vec!["--no-home"];
     args.extend(limits.split_whitespace());
     let abuser = d.create(&args);
-    // Warm up both paths, then take the quiet median.
+    // Warm up both paths, then sample the quiet latency.
     for _ in 0..3 {
         exec_latency(&d, &neighbour);
     }
-    let mut quiet: Vec<Duration> = (0..15).map(|_| exec_latency(&d, &neighbour)).collect();
-    let quiet = median(&mut quiet);
+    let quiet = (0..QUIET_SAMPLES)
+        .map(|_| exec_latency(&d, &neighbour))
+        .collect();
     Bench {
         d,
         neighbour,
@@ -108,23 +114,36 @@ impl Bench {
             "{what}: ended too soon to measure ({} samples in {took:?})",
             samples.len()
         );
+        // The quiet value is sampled on both sides of the attack: this machine is shared,
+        // and one calm moment before it is not its usual state.
+        let mut after: Vec<Duration> = (0..QUIET_SAMPLES)
+            .map(|_| exec_latency(&self.d, &self.neighbour))
+            .collect();
+        let mut quiet: Vec<Duration> = self.quiet.iter().chain(&after).copied().collect();
+        let (before, after, quiet) = (
+            median(&mut self.quiet.clone()),
+            median(&mut after),
+            median(&mut quiet),
+        );
         let worst = *samples.iter().max().unwrap();
         let during = median(&mut samples);
         println!(
-            "ABUSE {what}: {:.1} s; neighbour exec median {:.1} ms (quiet {:.1} ms, ratio {:.2}), \
-             worst {:.1} ms over {} samples; daemon RSS peak {:.1} MiB",
+            "ABUSE {what}: {:.1} s; neighbour exec median {:.1} ms (quiet {:.1} ms: {:.1} before, \
+             {:.1} after; ratio {:.2}), worst {:.1} ms over {} samples; daemon RSS peak {:.1} MiB",
             took.as_secs_f64(),
             ms(during),
-            ms(self.quiet),
-            ms(during) / ms(self.quiet),
+            ms(quiet),
+            ms(before),
+            ms(after),
+            ms(during) / ms(quiet),
             ms(worst),
             samples.len(),
             peak as f64 / (1 << 20) as f64
         );
         assert!(
-            during <= self.quiet * 3,
+            during <= quiet * 3,
             "{what}: the neighbour's exec median went from {:.1} ms to {:.1} ms",
-            ms(self.quiet),
+            ms(quiet),
             ms(during)
         );
         assert!(
