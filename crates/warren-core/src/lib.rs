@@ -26,7 +26,7 @@ mod time;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -313,6 +313,8 @@ impl EventStream {
 pub struct Manager {
     /// Reaper passes so far.
     passes: AtomicU64,
+    /// A walk of the sandboxes' disks is under way (see [`Manager::measure_disks`]).
+    measuring: AtomicBool,
     pools: Mutex<Vec<Arc<Pool>>>,
     shares: Mutex<Vec<Arc<share::Share>>>,
     backend: NamespaceBackend,
@@ -404,6 +406,7 @@ impl Manager {
         let (events, _) = broadcast::channel(1024);
         let mgr = Arc::new(Self {
             passes: AtomicU64::new(0),
+            measuring: AtomicBool::new(false),
             pools: Mutex::new(Vec::new()),
             shares: Mutex::new(Vec::new()),
             backend,
@@ -422,6 +425,20 @@ impl Manager {
                 tokio::time::sleep(interval).await;
                 let Some(mgr) = weak.upgrade() else { break };
                 mgr.refill_pools();
+                if mgr
+                    .passes
+                    .load(Ordering::Relaxed)
+                    .is_multiple_of(DISK_EVERY)
+                    && !mgr.measuring.swap(true, Ordering::AcqRel)
+                {
+                    // A walk of a large layer takes seconds: on a thread of its own, so
+                    // it holds up neither the runtime's workers nor the next pass.
+                    let m = mgr.clone();
+                    tokio::task::spawn_blocking(move || {
+                        m.measure_disks();
+                        m.measuring.store(false, Ordering::Release);
+                    });
+                }
                 mgr.reap().await;
                 mgr.reap_sessions().await;
             }
@@ -1358,7 +1375,6 @@ impl Manager {
         Ok(infos)
     }
 
-    /// One pass of the reaper: activity from CPU use and attached clients, then expiry.
     /// Measures the disk each live sandbox's writable layer takes, outside the lock: a
     /// walk of a large layer must not hold up the API.
     fn measure_disks(&self) {
@@ -1371,14 +1387,9 @@ impl Manager {
         }
     }
 
+    /// One pass of the reaper: activity from CPU use and attached clients, then expiry.
     async fn reap(&self) {
-        if self
-            .passes
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(DISK_EVERY)
-        {
-            self.measure_disks();
-        }
+        self.passes.fetch_add(1, Ordering::Relaxed);
         let interval_us = self.config.reaper_interval.as_micros() as f64;
         let now = now_ms();
         let mut active = Vec::new();

@@ -467,22 +467,59 @@ fn size_file(paths: &Paths, id: &str) -> PathBuf {
     layers_dir(paths).join(format!(".{id}.size"))
 }
 
+/// Directories open at once while [`dir_size`] walks; deeper ones wait in a list.
+const WALK_OPEN: usize = 64;
+
+/// Hard-linked files remembered so they are counted once; past this many (a tree made
+/// to exhaust the walker's memory), further links are counted again, which only
+/// overstates.
+const WALK_LINKS: usize = 100_000;
+
 /// Bytes on disk under `root` (allocated blocks; hard links counted once).
+///
+/// Its memory does not grow with the tree: files are counted as their directory is read,
+/// and only the directories on the current path are open. A sandbox's million files in
+/// one directory cost the walk no more than ten.
 pub fn dir_size(root: &Path) -> u64 {
     let mut seen = std::collections::HashSet::new();
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(m) = p.symlink_metadata() else {
-            continue;
-        };
-        if m.nlink() > 1 && !m.is_dir() && !seen.insert((m.dev(), m.ino())) {
-            continue;
+    let mut count = |m: &fs::Metadata| {
+        if m.nlink() > 1 && !m.is_dir() {
+            if seen.contains(&(m.dev(), m.ino())) {
+                return 0;
+            }
+            if seen.len() < WALK_LINKS {
+                seen.insert((m.dev(), m.ino()));
+            }
         }
-        total += m.blocks() * 512;
-        if m.is_dir() {
-            for e in fs::read_dir(&p).into_iter().flatten().flatten() {
-                stack.push(e.path());
+        m.blocks() * 512
+    };
+    let Ok(m) = root.symlink_metadata() else {
+        return 0;
+    };
+    let mut total = count(&m);
+    if !m.is_dir() {
+        return total;
+    }
+    // Directories past WALK_OPEN deep are walked later, from their paths.
+    let mut deep = vec![root.to_path_buf()];
+    while let Some(top) = deep.pop() {
+        let mut open: Vec<fs::ReadDir> = fs::read_dir(&top).into_iter().collect();
+        while let Some(dir) = open.last_mut() {
+            let Some(e) = dir.next() else {
+                open.pop();
+                continue;
+            };
+            let Ok(e) = e else { continue };
+            let Ok(m) = e.metadata() else { continue };
+            total += count(&m);
+            if m.is_dir() {
+                if open.len() < WALK_OPEN {
+                    if let Ok(sub) = fs::read_dir(e.path()) {
+                        open.push(sub);
+                    }
+                } else {
+                    deep.push(e.path());
+                }
             }
         }
     }
@@ -882,6 +919,43 @@ mod tests {
         assert_eq!(home.uid(), HOST_ID_BASE + USER_ID);
         let tmp = fs::metadata(root.join("tmp")).unwrap();
         assert_eq!(tmp.mode() & 0o7777, 0o1777);
+    }
+
+    #[test]
+    fn dir_size_agrees_with_du_on_wide_deep_and_linked_trees() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        fs::create_dir(&root).unwrap();
+        for i in 0..300 {
+            fs::write(root.join(format!("f{i}")), vec![b'x'; i * 37]).unwrap();
+        }
+        fs::hard_link(root.join("f299"), root.join("link")).unwrap();
+        // Deeper than the directories the walk keeps open, with files all the way down.
+        let mut deep = root.clone();
+        for i in 0..(WALK_OPEN + 10) {
+            deep = deep.join(format!("d{i}"));
+            fs::create_dir(&deep).unwrap();
+            fs::write(deep.join("f"), vec![b'y'; 5000]).unwrap();
+        }
+        symlink("f1", root.join("sym")).unwrap();
+        let du = Command::new("du")
+            .args(["-s", "-B1"])
+            .arg(&root)
+            .output()
+            .unwrap();
+        let du: u64 = String::from_utf8(du.stdout)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(dir_size(&root), du);
+        assert_eq!(
+            dir_size(&root.join("f299")),
+            fs::metadata(root.join("f299")).unwrap().blocks() * 512
+        );
+        assert_eq!(dir_size(&root.join("missing")), 0);
     }
 
     #[test]
