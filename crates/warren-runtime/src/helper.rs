@@ -170,6 +170,8 @@ struct Cleanup {
     dirs: Vec<PathBuf>,
     mounts: Vec<PathBuf>,
     agent: Option<Pid>,
+    /// The host end of a `nat` sandbox's veth pair.
+    link: Option<String>,
 }
 
 impl Cleanup {
@@ -190,6 +192,11 @@ impl Cleanup {
         if let Some(pid) = self.agent.take() {
             let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
             let _ = waitpid(pid, None);
+        }
+        // The kernel would remove the pair with the network namespace, but later, on a
+        // work queue: deleted here, it is gone before the caller hears that the sandbox is.
+        if let Some(link) = self.link.take() {
+            crate::network::remove_link(&link);
         }
     }
 
@@ -267,6 +274,7 @@ impl Sandbox {
             dirs: vec![],
             mounts: vec![],
             agent: None,
+            link: None,
         };
         fs::create_dir_all(&run).map_err(fail("create the run directory"))?;
         cleanup.dirs.push(run.clone());
@@ -368,6 +376,7 @@ impl Sandbox {
                         let lease = crate::network::setup_nat(&config.run_dir, &spec.id, child)
                             .map_err(|e| e.to_string())?;
                         cleanup.dirs.push(lease);
+                        cleanup.link = Some(crate::network::link_name(&spec.id));
                     }
                     Ok(())
                 })();

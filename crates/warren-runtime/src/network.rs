@@ -60,6 +60,13 @@ pub fn link_name(id: &str) -> String {
     format!("{LINK_PREFIX}{short}")
 }
 
+/// Deletes a sandbox's host link, and with it its peer; one already gone is no error.
+pub fn remove_link(name: &str) {
+    if Path::new("/sys/class/net").join(name).exists() {
+        let _ = run("ip", &["link", "del", name]);
+    }
+}
+
 /// Leases a /30 for `id` under `run_dir/net`; the lease file names the sandbox.
 fn lease(run_dir: &Path, id: &str) -> Result<(u32, std::path::PathBuf), NetError> {
     let dir = run_dir.join("net");

@@ -60,11 +60,12 @@ pub async fn join(
     Path(token): Path<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
-    let ws = ws.map_err(|e| Error::new(e.status(), "invalid_request", e.body_text()))?;
+    // The credential first: a request without a handshake learns only that.
     let guest = st
         .mgr
         .join_share(&token)
         .ok_or_else(|| Error::not_found("no such share (revoked, or its sandbox ended)"))?;
+    let ws = ws.map_err(|e| Error::new(e.status(), "invalid_request", e.body_text()))?;
     let (id, client) = st.mgr.agent(&guest.caller, &guest.sandbox).await?;
     let process = client.attach(guest.pid, true).await?;
     let activity = st.mgr.hold_activity(&id);

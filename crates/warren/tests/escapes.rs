@@ -920,10 +920,12 @@ fn every_route_refuses_a_missing_or_wrong_credential() {
                 .iter()
                 .any(|(m, p)| *m == method && path == *p);
             let shared = path.starts_with("/v1/shared/");
-            // A share token is itself the credential; without a WebSocket handshake the
-            // route refuses before looking at it.
-            let ok = if unix_only || shared {
-                matches!(r.status, 400 | 401 | 404)
+            // A share token is itself the credential: an unknown one is 404, as anything
+            // one may not see, handshake or not.
+            let ok = if shared {
+                r.status == 404
+            } else if unix_only {
+                matches!(r.status, 401 | 404)
             } else {
                 r.status == 401
             };

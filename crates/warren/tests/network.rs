@@ -234,3 +234,23 @@ fn nat_sandboxes_cannot_reach_each_other() {
     let _ = a.wait();
     assert_eq!(rest.trim(), "nobody");
 }
+
+#[test]
+fn a_removed_nat_sandbox_leaves_no_host_link() {
+    if !can_run("a_removed_nat_sandbox_leaves_no_host_link") {
+        return;
+    }
+    // The host end's index, as the sandbox sees it from its own end.
+    let peer = sh_ok(&["--network", "nat"], "cat /sys/class/net/eth0/iflink");
+    let peer = peer.trim();
+    // `run --rm` has returned: the sandbox is gone, and so must its link be, at once.
+    let left: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("ifindex")).is_ok_and(|i| i.trim() == peer)
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "host link {left:?} outlived its sandbox");
+}
