@@ -280,7 +280,9 @@ fn exhausting_inodes_is_contained() {
         exec(
             d,
             id,
-            "python3 -c 'import os\nos.mkdir(\"/tmp/i\")\nn = 0\ntry:\n while True:\n  open(\"/tmp/i/%d\" % n, \"w\").close(); n += 1\nexcept OSError as e: print(n, e.errno)'",
+            // Filled, emptied and filled again for 3 s: one fill takes half a second,
+            // too short to time the neighbour during it.
+            "python3 -c 'import os, shutil, time\nend = time.time() + 3\nfirst = None\nwhile True:\n os.mkdir(\"/tmp/i\")\n n = 0\n try:\n  while True:\n   open(\"/tmp/i/%d\" % n, \"w\").close(); n += 1\n except OSError as e: first = first or (n, e.errno)\n if time.time() > end: break\n shutil.rmtree(\"/tmp/i\")\nprint(*first)'",
             120_000,
         )
         .1
