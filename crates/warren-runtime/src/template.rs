@@ -206,13 +206,17 @@ fn host_rootfs(paths: &Paths) -> Result<PathBuf> {
     if !current() {
         // Built once, under a lock: a second builder that replaced a finished copy would
         // delete the files under sandboxes already mounted on it.
+        // Beside the layer store's own lock: the templates directory holds templates only.
         let parent = dir.parent().expect("template dir has a parent");
-        fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+        let locks = layers_dir(paths);
+        for d in [parent, locks.as_path()] {
+            fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
+        }
         let f = fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(parent.join(".host.lock"))
+            .open(locks.join(".host.lock"))
             .map_err(io_err("open the host template's lock"))?;
         let _lock = Flock::lock(f, FlockArg::LockExclusive)
             .map_err(|(_, e)| io_err("lock the host template")(e.into()))?;
@@ -996,7 +1000,6 @@ mod tests {
             .unwrap()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".host.lock")
             .collect();
         assert_eq!(names, vec![HOST.to_string()], "one copy, no scratch left");
     }
