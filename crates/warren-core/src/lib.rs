@@ -427,7 +427,7 @@ impl Manager {
                 mgr.refill_pools();
                 if mgr
                     .passes
-                    .load(Ordering::Relaxed)
+                    .fetch_add(1, Ordering::Relaxed)
                     .is_multiple_of(DISK_EVERY)
                     && !mgr.measuring.swap(true, Ordering::AcqRel)
                 {
@@ -1389,7 +1389,6 @@ impl Manager {
 
     /// One pass of the reaper: activity from CPU use and attached clients, then expiry.
     async fn reap(&self) {
-        self.passes.fetch_add(1, Ordering::Relaxed);
         let interval_us = self.config.reaper_interval.as_micros() as f64;
         let now = now_ms();
         let mut active = Vec::new();

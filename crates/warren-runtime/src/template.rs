@@ -206,20 +206,7 @@ fn host_rootfs(paths: &Paths) -> Result<PathBuf> {
     if !current() {
         // Built once, under a lock: a second builder that replaced a finished copy would
         // delete the files under sandboxes already mounted on it.
-        // Beside the layer store's own lock: the templates directory holds templates only.
-        let parent = dir.parent().expect("template dir has a parent");
-        let locks = layers_dir(paths);
-        for d in [parent, locks.as_path()] {
-            fs::create_dir_all(d).map_err(io_err(format!("create {}", d.display())))?;
-        }
-        let f = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(locks.join(".host.lock"))
-            .map_err(io_err("open the host template's lock"))?;
-        let _lock = Flock::lock(f, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_err("lock the host template")(e.into()))?;
+        let _lock = lock(paths, ".host.lock", FlockArg::LockExclusive)?;
         if !current() {
             build_host(paths, &dir)?;
         }
@@ -394,23 +381,25 @@ pub fn valid_layer_id(id: &str) -> bool {
 #[derive(Debug)]
 pub struct StoreLock(#[allow(dead_code)] Flock<fs::File>);
 
-fn lock(paths: &Paths, arg: FlockArg) -> Result<StoreLock> {
+/// Takes lock file `name` in the layer store: `.lock` is the store's own, `.host.lock`
+/// the host template's (kept here: the templates directory holds templates only).
+fn lock(paths: &Paths, name: &str, arg: FlockArg) -> Result<StoreLock> {
     let dir = layers_dir(paths);
     fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
     let f = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(".lock"))
-        .map_err(io_err("open the layer store's lock"))?;
+        .open(dir.join(name))
+        .map_err(io_err(format!("open the lock {name}")))?;
     Flock::lock(f, arg)
         .map(StoreLock)
-        .map_err(|(_, e)| io_err("lock the layer store")(e.into()))
+        .map_err(|(_, e)| io_err(format!("take the lock {name}"))(e.into()))
 }
 
 /// Held by whatever makes layers and templates; blocks [`gc`] only.
 pub fn lock_shared(paths: &Paths) -> Result<StoreLock> {
-    lock(paths, FlockArg::LockShared)
+    lock(paths, ".lock", FlockArg::LockShared)
 }
 
 /// A layer being made: removed on drop unless committed.
@@ -622,7 +611,7 @@ pub struct GcReport {
 
 /// Removes layers no template lists and unfinished layers whose maker is gone.
 pub fn gc(paths: &Paths, dry_run: bool) -> Result<GcReport> {
-    let _lock = lock(paths, FlockArg::LockExclusive)?;
+    let _lock = lock(paths, ".lock", FlockArg::LockExclusive)?;
     let used: BTreeSet<String> = list(paths)?.into_iter().flat_map(|t| t.layers).collect();
     let mut report = GcReport::default();
     let dir = layers_dir(paths);
@@ -727,6 +716,7 @@ pub fn agent_user(spec: &str) -> warren_types::proto::User {
 /// half-built template is never used. The caller holds the host template's lock.
 fn build_host(paths: &Paths, dir: &Path) -> Result<()> {
     let parent = dir.parent().expect("template dir has a parent");
+    fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
     // A builder that died left its scratch copy; with the lock held, none is running.
     for e in fs::read_dir(parent).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().starts_with(".host-") {
