@@ -167,7 +167,10 @@ mod tests {
     fn child_keeps_only_the_safe_set() {
         let own = std::fs::read_to_string("/proc/self/status").unwrap();
         if status_field(&own, "CapEff:") & (1 << 8) == 0 {
-            eprintln!("SKIPPED: child_keeps_only_the_safe_set needs CAP_SETPCAP (run as root)");
+            warren_testkit::skip(
+                "child_keeps_only_the_safe_set",
+                "needs CAP_SETPCAP (run as root)",
+            );
             return;
         }
         let mut cmd = Command::new("/bin/cat");

@@ -402,7 +402,10 @@ fn a_full_data_directory_gives_clear_errors_and_no_corruption() {
     }
     let _turn = my_turn();
     let Some(fs) = SmallFs::new("96m") else {
-        println!("SKIPPED a_full_data_directory_gives_clear_errors_and_no_corruption: cannot mount a tmpfs");
+        warren_testkit::skip(
+            "a_full_data_directory_gives_clear_errors_and_no_corruption",
+            "cannot mount a tmpfs",
+        );
         return;
     };
     let data = fs.path().join("data");

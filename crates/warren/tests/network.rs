@@ -158,7 +158,10 @@ fn nat_reaches_a_peer_through_masquerade() {
         return;
     }
     let Some(peer) = Peer::new() else {
-        println!("SKIPPED nat_reaches_a_peer_through_masquerade: cannot make a peer namespace");
+        warren_testkit::skip(
+            "nat_reaches_a_peer_through_masquerade",
+            "cannot make a peer network namespace",
+        );
         return;
     };
     // The peer answers with the address it sees the connection come from.

@@ -772,8 +772,7 @@ mod tests {
 
     #[test]
     fn whiteouts_and_opaque_dirs_become_overlay_ones() {
-        if !nix::unistd::geteuid().is_root() {
-            println!("SKIPPED whiteouts_and_opaque_dirs_become_overlay_ones: mknod needs root");
+        if !warren_testkit::needs_root("whiteouts_and_opaque_dirs_become_overlay_ones", "mknod") {
             return;
         }
         let mut t = Tar::new();
@@ -790,7 +789,10 @@ mod tests {
         assert!(root.join("etc/.wh.motd").symlink_metadata().is_err());
         match xattr::get(root.join("var"), OPAQUE_XATTR) {
             Ok(v) => assert_eq!(v.as_deref(), Some(&b"y"[..])),
-            Err(e) => println!("SKIPPED opaque check: this filesystem has no trusted xattrs: {e}"),
+            Err(e) => warren_testkit::skip(
+                "whiteouts_and_opaque_dirs_become_overlay_ones (opaque check)",
+                &format!("this filesystem has no trusted xattrs: {e}"),
+            ),
         }
     }
 }

@@ -22,13 +22,9 @@ pub fn warren() -> Command {
     c
 }
 
-/// True when the test can run: sandboxes need root. Otherwise prints SKIPPED.
+/// True when the test can run: sandboxes need root. Otherwise the skip is recorded.
 pub fn can_run(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    println!("SKIPPED {test}: creating sandboxes needs root");
-    false
+    warren_testkit::needs_root(test, "creating sandboxes")
 }
 
 /// `warren run --rm <flags> -- sh -c <script>`.

@@ -1,0 +1,47 @@
+//! What every crate's tests share.
+//!
+//! Rust's test harness has no way to skip a test at run time: a test that returns early
+//! counts as passed. So a test that cannot run here calls [`skip`], which says so on
+//! stderr and appends a line to the file named by `WARREN_SKIP_LOG`; `scripts/test`
+//! prints those lines at the end and counts them as skipped, not passed.
+
+use std::io::Write;
+
+/// The environment variable naming the file skipped tests are recorded in.
+pub const SKIP_LOG: &str = "WARREN_SKIP_LOG";
+
+/// Records that `test` did not run, and why.
+pub fn skip(test: &str, reason: &str) {
+    let line = format!("SKIPPED {test}: {reason}");
+    eprintln!("{line}");
+    let Some(path) = std::env::var_os(SKIP_LOG) else {
+        return;
+    };
+    // O_APPEND writes of one short line land whole even from concurrent tests.
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(format!("{line}\n").as_bytes()));
+    if let Err(e) = written {
+        // A skip that cannot be recorded must not pass as a success either.
+        panic!(
+            "cannot record the skip of {test} in {}: {e}",
+            path.to_string_lossy()
+        );
+    }
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// True when `test` may run: it needs root. Otherwise records the skip.
+pub fn needs_root(test: &str, why: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    skip(test, &format!("needs root: {why}"));
+    false
+}
