@@ -74,6 +74,8 @@ pub enum CoreError {
     NoSpace(String),
     #[error(transparent)]
     Store(StoreError),
+    #[error(transparent)]
+    Random(#[from] warren_types::random::RandomError),
 }
 
 impl From<StoreError> for CoreError {
@@ -100,6 +102,7 @@ impl CoreError {
             Self::Agent(_) => "agent_error",
             Self::NoSpace(_) => "no_space",
             Self::Store(_) => "store_error",
+            Self::Random(_) => "unavailable",
         }
     }
 
@@ -366,13 +369,8 @@ fn after(ms: i64, secs: u64) -> i64 {
     ms.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX).saturating_mul(1000))
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn random_hex(bytes: usize) -> Result<String> {
+    Ok(warren_types::random::hex(bytes)?)
 }
 
 fn sha256_hex(s: &str) -> String {
@@ -567,7 +565,7 @@ impl Manager {
                 "tenant {tenant:?}: use letters, digits and - _ . @ +, not starting with @"
             )));
         }
-        let key = format!("wrn_{}", random_hex(24));
+        let key = format!("wrn_{}", random_hex(24)?);
         self.store()
             .add_api_key(&sha256_hex(&key), tenant, now_ms())?;
         Ok(key)
@@ -753,7 +751,7 @@ impl Manager {
         req: &CreateSandbox,
     ) -> Result<SandboxInfo> {
         check_ports(&req.publish)?;
-        let id = warren_runtime::new_id();
+        let id = warren_runtime::new_id().map_err(CoreError::backend)?;
         let mut volumes = Vec::new();
         if req.home_volume.unwrap_or(true) {
             let key = sha256_hex(&format!("{}\0{owner}", who.tenant));
@@ -794,8 +792,8 @@ impl Manager {
             expires_at: req.timeout_secs.map(|s| after(now, s)),
             idle_timeout_secs: req.idle_timeout_secs,
             on_timeout: req.on_timeout.unwrap_or_default(),
-            access_token: random_hex(24),
-            traffic_token: req.traffic_token.then(|| random_hex(24)),
+            access_token: random_hex(24)?,
+            traffic_token: req.traffic_token.then(|| random_hex(24)).transpose()?,
         };
         self.store().insert(&record).map_err(|e| match e {
             StoreError::NameTaken(n) => CoreError::NameTaken(n),
@@ -883,8 +881,8 @@ impl Manager {
             expires_at: req.timeout_secs.map(|s| after(now, s)),
             idle_timeout_secs: req.idle_timeout_secs,
             on_timeout: req.on_timeout.unwrap_or_default(),
-            access_token: random_hex(24),
-            traffic_token: req.traffic_token.then(|| random_hex(24)),
+            access_token: random_hex(24)?,
+            traffic_token: req.traffic_token.then(|| random_hex(24)).transpose()?,
         };
         let claimed = self
             .store()

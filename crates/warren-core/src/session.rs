@@ -92,7 +92,7 @@ impl Manager {
         let (info, _) = self.create(who, sandbox).await?;
         let now = now_ms();
         let row = SessionRow {
-            id: format!("ses_{}", random_hex(12)),
+            id: format!("ses_{}", random_hex(12)?),
             tenant: who.tenant.clone(),
             client: req.client,
             sandbox: info.id.clone(),

@@ -57,7 +57,7 @@ impl Manager {
             }
             Some(_) => {}
         }
-        let token = format!("wsh_{}", random_hex(24));
+        let token = format!("wsh_{}", random_hex(24)?);
         let info = ShareInfo {
             id: sha256_hex(&token)[..16].to_string(),
             token: Some(token),

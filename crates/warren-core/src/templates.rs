@@ -538,7 +538,10 @@ impl Manager {
         template::check_new_name(&paths, &req.name).map_err(template_error)?;
         let from = req.from.clone().unwrap_or_else(|| template::HOST.into());
         let base = self.resolve_template(who, &from)?;
-        let id = format!("build-{}", warren_runtime::new_id());
+        let id = format!(
+            "build-{}",
+            warren_runtime::new_id().map_err(CoreError::backend)?
+        );
         let spec = SandboxSpec {
             id: id.clone(),
             template: from.clone(),

@@ -87,6 +87,8 @@ pub enum Error {
     Helper(String),
     #[error("agent: {0}")]
     Agent(#[from] client::ClientError),
+    #[error(transparent)]
+    Random(#[from] warren_types::random::RandomError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -114,13 +116,8 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// A fresh random sandbox id (16 hex digits).
-pub fn new_id() -> String {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+pub fn new_id() -> Result<String> {
+    Ok(warren_types::random::hex(8)?)
 }
 
 #[cfg(test)]
@@ -139,7 +136,7 @@ mod tests {
 
     #[test]
     fn ids_are_unique_hex() {
-        let (a, b) = (new_id(), new_id());
+        let (a, b) = (new_id().unwrap(), new_id().unwrap());
         assert_eq!(a.len(), 16);
         assert_ne!(a, b);
         assert!(valid_name(&a));

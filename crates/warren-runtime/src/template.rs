@@ -324,7 +324,7 @@ pub fn save(paths: &Paths, meta: &TemplateMeta) -> Result<()> {
     let stage = paths.data.join("templates").join(format!(
         ".new-{}-{}",
         std::process::id(),
-        crate::new_id()
+        crate::new_id()?
     ));
     fs::create_dir_all(&stage).map_err(io_err(format!("create {}", stage.display())))?;
     let body = serde_json::to_vec_pretty(meta).expect("template metadata serializes");
@@ -357,7 +357,7 @@ pub fn remove(paths: &Paths, name: &str) -> Result<()> {
     let gone = paths
         .data
         .join("templates")
-        .join(format!(".removed-{name}-{}", crate::new_id()));
+        .join(format!(".removed-{name}-{}", crate::new_id()?));
     fs::rename(&dir, &gone).map_err(io_err(format!("remove {}", dir.display())))?;
     fs::remove_dir_all(&gone).map_err(io_err(format!("remove {}", gone.display())))
 }
@@ -413,7 +413,7 @@ impl Staging {
     /// A fresh, empty directory in the layer store, owned by the sandboxes' root.
     pub fn new(paths: &Paths) -> Result<Self> {
         let dir =
-            layers_dir(paths).join(format!(".tmp-{}-{}", std::process::id(), crate::new_id()));
+            layers_dir(paths).join(format!(".tmp-{}-{}", std::process::id(), crate::new_id()?));
         fs::create_dir_all(&dir).map_err(io_err(format!("create {}", dir.display())))?;
         let s = Self { dir, done: false };
         lchown(&s.dir, Some(HOST_ID_BASE), Some(HOST_ID_BASE))
@@ -596,7 +596,7 @@ pub fn snapshot_layer(paths: &Paths, src: &UpperSource) -> Result<(String, u64)>
             String::from_utf8_lossy(&out.stderr).trim()
         )));
     }
-    let id = format!("snap-{}{}", crate::new_id(), crate::new_id());
+    let id = format!("snap-{}{}", crate::new_id()?, crate::new_id()?);
     let size = dir_size(staging.path());
     staging.commit(paths, &id)?;
     Ok((id, size))
@@ -723,7 +723,7 @@ fn build_host(paths: &Paths, dir: &Path) -> Result<()> {
             let _ = fs::remove_dir_all(e.path());
         }
     }
-    let scratch = parent.join(format!(".host-{}", crate::new_id()));
+    let scratch = parent.join(format!(".host-{}", crate::new_id()?));
     let root = scratch.join("rootfs");
     let r = populate_host(&root).and_then(|()| {
         fs::write(scratch.join("version"), HOST_TEMPLATE_VERSION)
@@ -735,7 +735,7 @@ fn build_host(paths: &Paths, dir: &Path) -> Result<()> {
     }
     // An older version is set aside; sandboxes still running on it keep their files
     // until `template gc` finds it unused.
-    let old = parent.join(format!("{OLD_HOST}{}", crate::new_id()));
+    let old = parent.join(format!("{OLD_HOST}{}", crate::new_id()?));
     let _ = fs::rename(dir, &old);
     let r = fs::rename(&scratch, dir).map_err(io_err(format!("rename into {}", dir.display())));
     if r.is_err() {
@@ -902,7 +902,10 @@ mod tests {
         let root = dir.path().join("rootfs");
         if let Err(e) = populate_host(&root) {
             // chown needs root; the namespace tests cover this path as root in CI.
-            println!("SKIPPED: cannot build the host template here: {e}");
+            warren_testkit::skip(
+                "host_template_has_accounts_and_no_secrets",
+                &format!("cannot build the host template here: {e}"),
+            );
             return;
         }
         let passwd = fs::read_to_string(root.join("etc/passwd")).unwrap();
@@ -954,8 +957,10 @@ mod tests {
 
     #[test]
     fn concurrent_first_uses_share_one_host_template() {
-        if !nix::unistd::geteuid().is_root() {
-            println!("SKIPPED: building the host template needs root (chown)");
+        if !warren_testkit::needs_root(
+            "concurrent_first_uses_share_one_host_template",
+            "building the host template (chown)",
+        ) {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -97,6 +97,11 @@ impl From<CoreError> for Error {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", message)
             }
             // The store's errors name files and SQL: none of that is the client's business.
+            CoreError::Random(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the host's random number generator failed; retry",
+            ),
             CoreError::Store(_) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "store_error",

@@ -3,4 +3,5 @@
 
 pub mod api;
 pub mod proto;
+pub mod random;
 pub mod spec;

@@ -23,7 +23,7 @@ fn backend() -> NamespaceBackend {
 
 async fn sandbox() -> Sandbox {
     let spec = SandboxSpec {
-        id: warren_runtime::new_id(),
+        id: warren_runtime::new_id().unwrap(),
         template: "host".into(),
         ..Default::default()
     };

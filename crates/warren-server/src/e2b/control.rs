@@ -649,9 +649,14 @@ async fn snapshot_create(
     Path(id): Path<String>,
     Body(req): Body<SnapshotBody>,
 ) -> Result<Response, HttpError> {
-    let name = req
-        .name
-        .unwrap_or_else(|| format!("snapshot-{id}-{}", warren_runtime::new_id()));
+    let name = match req.name {
+        Some(n) => n,
+        None => format!(
+            "snapshot-{id}-{}",
+            warren_types::random::hex(8)
+                .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
+        ),
+    };
     let req = warren_core::SnapshotRequest { name };
     let made = st.mgr.snapshot(&who, &id, req).await.map_err(core(&id))?;
     let name = made.template.meta.name;

@@ -358,13 +358,8 @@ fn watchers(
     st.watchers.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn new_watcher_id() -> String {
-    let mut b = [0u8; 12];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        use std::io::Read;
-        let _ = f.read_exact(&mut b);
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+fn new_watcher_id() -> Result<String, RpcError> {
+    warren_types::random::hex(12).map_err(|e| RpcError::new(Code::Unavailable, e.to_string()))
 }
 
 async fn create_watcher(st: &E2bState, env: &Envd, r: WatchRequest) -> Result<Value, RpcError> {
@@ -409,7 +404,7 @@ async fn create_watcher(st: &E2bState, env: &Envd, r: WatchRequest) -> Result<Va
             }
         }
     });
-    let id = new_watcher_id();
+    let id = new_watcher_id()?;
     watchers(st).insert(
         id.clone(),
         Watcher {

@@ -94,7 +94,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let spec = SandboxSpec {
-        id: warren_runtime::new_id(),
+        id: warren_runtime::new_id()?,
         template: args.template.clone(),
         hostname: args.hostname.clone(),
         resources: sandbox.resources,
