@@ -114,6 +114,19 @@ pub fn main() -> ! {
 /// gone and before the rest of the teardown. Never returns.
 pub fn run(config: &HelperConfig, mut status: fs::File, stopped: Option<OwnedFd>) -> ! {
     crate::trace::mark("helper: configuration read");
+    // Nothing its caller left open may reach the sandbox (see warren_sys::fd).
+    let keep = [
+        status.as_raw_fd(),
+        stopped.as_ref().map_or(-1, |f| f.as_raw_fd()),
+    ];
+    if let Err(e) = warren_sys::fd::close_all_except(&keep) {
+        report_and_exit(
+            status,
+            HelperStatus::Error {
+                message: format!("close inherited descriptors: {e}"),
+            },
+        );
+    }
     let mut monitor = match Sandbox::build(config) {
         Ok(m) => m,
         Err(message) => report_and_exit(status, HelperStatus::Error { message }),
@@ -718,6 +731,11 @@ fn child_main(args: ChildArgs<'_>) -> String {
     // Closing the status pipe with nothing written tells the helper all went well.
     crate::trace::mark("child: set up");
     drop(status);
+    // The agent holds its listener and nothing else of the helper's: not the host's
+    // mount namespace, not a pipe, not a lock.
+    if let Err(e) = warren_sys::fd::close_all_except(&[args.listener.as_raw_fd()]) {
+        return format!("close the helper's descriptors: {e}");
+    }
     let config = warren_agent::AgentConfig {
         env: args.env,
         reap_all: true,

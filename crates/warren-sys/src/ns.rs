@@ -124,20 +124,6 @@ pub fn set_child_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
 
-/// Closes every descriptor from `first` up, except those in `keep`.
-pub fn close_fds_from(first: i32, keep: &[i32]) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .filter(|fd| *fd >= first && !keep.contains(fd))
-        .collect();
-    for fd in fds {
-        let _ = nix::unistd::close(fd);
-    }
-}
-
 /// Brings the loopback interface of the current network namespace up (a new network
 /// namespace starts with it down).
 pub fn loopback_up() -> io::Result<()> {

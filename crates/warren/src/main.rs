@@ -50,6 +50,12 @@ fn main() -> ExitCode {
         warren_runtime::helper::main();
     }
     warren_runtime::trace::mark("cli: start");
+    // What started us may have left descriptors open without close-on-exec; none of them
+    // may reach a helper, a tool or a sandbox this process starts (see warren_sys::fd).
+    if let Err(e) = warren_sys::fd::cloexec_from(3) {
+        eprintln!("warren: cannot mark inherited descriptors close-on-exec: {e}");
+        return ExitCode::from(125);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),

@@ -71,6 +71,9 @@ pub struct Daemon {
     /// Every sandbox id the test saw: `doctor` leftovers are told apart by them.
     ids: Mutex<BTreeSet<String>>,
     finished: bool,
+    /// Shell redirections run before `exec warren serve`: descriptors the daemon inherits
+    /// from whatever starts it.
+    pub inherit: Option<String>,
 }
 
 impl Daemon {
@@ -97,6 +100,28 @@ impl Daemon {
             tenants: vec!["default".into()],
             ids: Mutex::default(),
             finished: false,
+            inherit: None,
+        };
+        d.spawn();
+        d
+    }
+
+    /// A daemon started from a shell that first ran `redirections` (e.g. `exec 7</`), so
+    /// it inherits those descriptors as a service started carelessly would.
+    pub fn start_inheriting(redirections: &str) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("wt")
+            .tempdir_in("/tmp")
+            .expect("make a directory under /tmp");
+        let mut d = Daemon {
+            dir,
+            data: None,
+            child: None,
+            listen: None,
+            tenants: vec!["default".into()],
+            ids: Mutex::default(),
+            finished: false,
+            inherit: Some(redirections.to_string()),
         };
         d.spawn();
         d
@@ -165,6 +190,21 @@ impl Daemon {
             .open(self.dir.path().join("serve.log"))
             .unwrap();
         let mut c = self.serve_command();
+        if let Some(redirections) = &self.inherit {
+            let serve = c;
+            c = Command::new("/bin/sh");
+            c.arg("-c")
+                .arg(format!("{redirections}\nexec \"$0\" \"$@\""))
+                .arg(serve.get_program())
+                .args(serve.get_args())
+                .stdin(Stdio::null());
+            for (k, v) in serve.get_envs() {
+                match v {
+                    Some(v) => c.env(k, v),
+                    None => c.env_remove(k),
+                };
+            }
+        }
         c.stdout(log.try_clone().unwrap()).stderr(log);
         self.child = Some(c.spawn().expect("start warren serve"));
         let deadline = Instant::now() + Duration::from_secs(60);

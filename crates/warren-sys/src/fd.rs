@@ -1,0 +1,170 @@
+//! Descriptors a process must not hand on.
+//!
+//! Whatever starts Warren (a shell, a service manager, a test) may leave descriptors
+//! open without close-on-exec: a directory, a pipe, a socket. Inherited by a sandbox's
+//! processes, a directory descriptor is a way out of every namespace (`/proc/self/fd/N/..`
+//! reaches the host's filesystem) and a pipe or socket talks to the host. So the helper
+//! closes everything it did not open itself, the agent keeps only its listener, and the
+//! daemon and CLI mark what they inherited close-on-exec before they start anything.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// close_range(2) over `first..=last` with `flags`. Async-signal-safe.
+fn close_range(first: u32, last: u32, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range takes plain integers and touches only this process's table.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The descriptors open in this process, from /proc/self/fd (for kernels without
+/// close_range). Not async-signal-safe: it allocates.
+fn open_fds() -> Vec<RawFd> {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Most descriptors [`close_all_except`] can keep.
+pub const MAX_KEPT: usize = 16;
+
+/// Closes every descriptor from 3 up except those in `keep` (at most [`MAX_KEPT`]).
+/// Standard input, output and error are the caller's to redirect. Async-signal-safe on
+/// kernels with close_range (5.9 and later): it allocates nothing.
+pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    if keep.len() > MAX_KEPT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many descriptors to keep",
+        ));
+    }
+    let mut sorted = [u32::MAX; MAX_KEPT];
+    let mut n = 0;
+    for fd in keep.iter().filter(|fd| **fd >= 3) {
+        sorted[n] = *fd as u32;
+        n += 1;
+    }
+    let sorted = &mut sorted[..n];
+    sorted.sort_unstable();
+    let mut from = 3u32;
+    for &k in sorted.iter().chain(std::iter::once(&u32::MAX)) {
+        if k > from {
+            let last = if k == u32::MAX { u32::MAX } else { k - 1 };
+            close_between(from, last)?;
+        }
+        from = k.saturating_add(1);
+    }
+    Ok(())
+}
+
+fn close_between(first: u32, last: u32) -> io::Result<()> {
+    match close_range(first, last, 0) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) => {
+            // An older kernel: close one by one what /proc lists.
+            for fd in open_fds() {
+                if fd as u32 >= first && fd as u32 <= last {
+                    let _ = nix::unistd::close(fd);
+                }
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+/// Marks every descriptor from `first` up close-on-exec.
+pub fn cloexec_from(first: RawFd) -> io::Result<()> {
+    let first = first.max(0) as u32;
+    match close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) => {
+            for fd in open_fds().into_iter().filter(|fd| *fd as u32 >= first) {
+                // SAFETY: F_SETFD on a descriptor number only changes its flags; one that
+                // was closed meanwhile answers EBADF, which is ignored.
+                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            }
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{AsRawFd, IntoRawFd};
+
+    use super::*;
+
+    fn is_open(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn everything_but_what_is_kept_is_closed_in_a_child() {
+        // In a child process: the test harness's own descriptors must not be closed.
+        let (a, b) = nix::unistd::pipe().unwrap();
+        let (a, b) = (a.into_raw_fd(), b.into_raw_fd());
+        let dir = std::fs::File::open("/").unwrap().into_raw_fd();
+        match unsafe_fork() {
+            0 => {
+                let ok =
+                    close_all_except(&[b]).is_ok() && !is_open(a) && is_open(b) && !is_open(dir);
+                exit(ok);
+            }
+            pid => {
+                let status =
+                    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+                assert_eq!(
+                    status,
+                    nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0)
+                );
+            }
+        }
+        for fd in [a, b, dir] {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+
+    #[test]
+    fn marked_descriptors_do_not_survive_exec() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let raw = r.as_raw_fd();
+        match unsafe_fork() {
+            0 => {
+                let _ = cloexec_from(3);
+                // SAFETY: F_GETFD only reads the descriptor's flags.
+                let flags = unsafe { libc::fcntl(raw, libc::F_GETFD) };
+                exit(flags >= 0 && flags & libc::FD_CLOEXEC != 0);
+            }
+            pid => {
+                let status =
+                    nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+                assert_eq!(
+                    status,
+                    nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0)
+                );
+            }
+        }
+        drop((r, w));
+    }
+
+    fn exit(ok: bool) -> ! {
+        // SAFETY: _exit ends the forked child at once, running nothing of the parent's.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+    }
+
+    /// fork(2) for the tests above, whose children only make plain syscalls and exit.
+    fn unsafe_fork() -> libc::pid_t {
+        // SAFETY: the children of these tests call only close_range/fcntl (syscalls) and
+        // exit; they take no lock another thread of the harness could hold.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork: {}", io::Error::last_os_error());
+        pid
+    }
+}
