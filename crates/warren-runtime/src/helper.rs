@@ -22,7 +22,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,11 +35,13 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use warren_sys::cgroup::{Hierarchy, Limits};
 use warren_sys::mount::{
-    bind, mount_fs, mount_overlay, remount_readonly, set_propagation, unmount, MsFlags,
+    bind, bind_idmapped, bind_with, mount_fs, mount_overlay, set_propagation, unmount,
+    MountAttrs, MsFlags,
 };
 use warren_sys::ns::{self, Forked};
 use warren_types::spec::{NetworkMode, SandboxSpec, VolumeMount};
 
+use crate::ids::IdSlot;
 use crate::template::{self, Template};
 use crate::{Paths, HOST_ID_BASE, ID_COUNT, PREFIX, USER_ID};
 
@@ -63,9 +65,12 @@ pub enum HelperStatus {
     Error { message: String },
 }
 
-/// /proc paths hidden from sandboxes, as the OCI runtime spec's default does.
-const MASKED: [&str; 9] = [
+/// /proc and /sys paths hidden from sandboxes: the OCI runtime spec's defaults, with
+/// what runc and containerd added since (interrupt counts per CPU and device, the
+/// powercap energy counters behind the "Platypus" power side channel).
+const MASKED: [&str; 11] = [
     "proc/acpi",
+    "proc/interrupts",
     "proc/kcore",
     "proc/keys",
     "proc/latency_stats",
@@ -74,6 +79,7 @@ const MASKED: [&str; 9] = [
     "proc/sched_debug",
     "proc/scsi",
     "sys/firmware",
+    "sys/devices/virtual/powercap",
 ];
 
 /// /proc paths made read-only.
@@ -245,6 +251,8 @@ impl Drop for Cleanup {
 
 /// A built sandbox, watched by this helper.
 struct Sandbox {
+    /// The sandbox's host ids, held as long as the helper lives.
+    _ids: IdSlot,
     agent: Pid,
     /// Written to once every process of the sandbox is gone (see `watch`).
     stopped: Option<OwnedFd>,
@@ -277,6 +285,7 @@ impl Sandbox {
             run: config.run_dir.clone(),
             data: config.data_dir.clone(),
         };
+        let ids = IdSlot::allocate().map_err(|e| e.to_string())?;
         let template = template::resolve(&paths, &spec.template).map_err(|e| e.to_string())?;
         crate::trace::mark("helper: template resolved");
         let run = paths.sandbox_run(&spec.id);
@@ -305,6 +314,8 @@ impl Sandbox {
         // Which template the root is built on: a template in use is not removed.
         fs::write(run.join("template"), spec.template.as_bytes())
             .map_err(fail("record the template"))?;
+        // The host uid of the sandbox's root, for people and tests reading the host.
+        fs::write(run.join("uid"), ids.base.to_string()).map_err(fail("record the ids"))?;
 
         let hierarchy = Hierarchy::detect().map_err(|e| e.to_string())?;
         hierarchy.prepare().map_err(|e| e.to_string())?;
@@ -333,14 +344,24 @@ impl Sandbox {
         let (rw, disk) = writable_layer(config, &run, &data)?;
         cleanup.mounts.extend(disk);
         template.check_layers().map_err(|e| e.to_string())?;
-        mount_overlay(&run, &template.lower, &rw).map_err(fail("mount the root overlay"))?;
+        // Files are stored under the common range; the sandbox sees them under its own.
+        let storage = ns::idmap_userns(&ids.storage_map(), &ids.storage_map())
+            .map_err(fail("make the id mapping of the sandbox's files"))?;
+        mount_overlay(&run, &template.lower, &rw, Some(storage.as_fd()))
+            .map_err(fail("mount the root overlay"))?;
         cleanup.mounts.push(root.clone());
         crate::trace::mark("helper: overlay mounted");
         // An image's root may lack the mount points the sandbox needs.
         for d in ["proc", "sys", "dev"] {
             mkdir_no_follow(&root, d)?;
         }
-        populate_root(&template, &root, spec, &paths)?;
+        populate_root(&template, &root, spec, &paths, &ids, storage.as_fd())?;
+        drop(storage);
+        // The child works from this descriptor: as the sandbox's namespace owner it may
+        // not walk the host's directories that lead to the root.
+        let root_fd: OwnedFd = fs::File::open(&root)
+            .map_err(fail("open the root"))?
+            .into();
         crate::trace::mark("helper: root populated");
 
         let socket = run.join("agent.sock");
@@ -356,14 +377,16 @@ impl Sandbox {
 
         let (go_r, go_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         let (st_r, st_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-        match ns::clone_process(ns::sandbox_flags()).map_err(fail("clone the sandbox"))? {
+        match ns::clone_process_owned_by(ns::sandbox_flags(), ids.owner)
+            .map_err(fail("clone the sandbox"))?
+        {
             Forked::Child => {
                 drop(go_w);
                 drop(st_r);
                 let err = child_main(ChildArgs {
                     go: go_r,
                     status: st_w,
-                    root: &root,
+                    root: root_fd,
                     hostname: &hostname,
                     listener,
                     env,
@@ -380,9 +403,10 @@ impl Sandbox {
                 drop(go_r);
                 drop(st_w);
                 drop(listener);
+                drop(root_fd);
                 cleanup.agent = Some(child);
                 let setup = (|| -> Result<(), String> {
-                    ns::write_id_maps(child, 0, HOST_ID_BASE, ID_COUNT)
+                    ns::write_id_maps(child, 0, ids.base, ID_COUNT)
                         .map_err(fail("write the id maps"))?;
                     cgroup.add(child.as_raw()).map_err(|e| e.to_string())?;
                     if spec.network == NetworkMode::Nat {
@@ -398,10 +422,16 @@ impl Sandbox {
                 crate::trace::mark("helper: maps and cgroup set");
                 (&go).write_all(b"g").map_err(fail("start the sandbox"))?;
                 drop(go);
+                // The child writes READY when set up, or why not; a child that died
+                // saying nothing did not make it either.
                 let mut msg = String::new();
                 let _ = fs::File::from(st_r).read_to_string(&mut msg);
-                if !msg.is_empty() {
-                    return Err(msg);
+                match msg.strip_prefix(READY) {
+                    Some("") => {}
+                    _ if msg.is_empty() => {
+                        return Err("the sandbox's first process died while setting up".into())
+                    }
+                    _ => return Err(msg),
                 }
                 crate::trace::mark("helper: child ready");
                 fs::write(run.join("agent.pid"), child.to_string())
@@ -412,6 +442,7 @@ impl Sandbox {
                     publishers.push(h);
                 }
                 Ok(Sandbox {
+                    _ids: ids,
                     stopped: None,
                     agent: child,
                     socket,
@@ -584,17 +615,22 @@ fn mount_image(img: &Path, target: &Path) -> Result<(), String> {
     .map_err(fail("mount the disk image"))
 }
 
-/// Binds the template's host directories, builds /dev and mounts the volumes.
+/// Binds the template's host directories, builds /dev and mounts the volumes (their
+/// owners shown through `storage`, see [`crate::ids`]).
 fn populate_root(
     template: &Template,
     root: &Path,
     spec: &SandboxSpec,
     paths: &Paths,
+    ids: &IdSlot,
+    storage: BorrowedFd<'_>,
 ) -> Result<(), String> {
     for host in &template.host_binds {
         let target = root.join(host.strip_prefix("/").unwrap_or(host));
-        bind(host, &target, true).map_err(fail("bind a template directory"))?;
-        remount_readonly(&target, MsFlags::MS_NODEV).map_err(fail("protect a host directory"))?;
+        // Read-only, no setuid and no devices on every mount of the tree, submounts
+        // included (a remount of the top would leave those writable).
+        bind_with(host, &target, MountAttrs::PROTECTED)
+            .map_err(fail("bind a template directory"))?;
     }
     let dev = root.join("dev");
     mount_fs(
@@ -646,19 +682,27 @@ fn populate_root(
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         Some(&format!(
-            "mode=1777,size={shm_size},uid={HOST_ID_BASE},gid={HOST_ID_BASE}"
+            "mode=1777,size={shm_size},uid={},gid={}",
+            ids.base, ids.base
         )),
     )
     .map_err(fail("mount /dev/shm"))?;
-    for v in &spec.volumes {
-        mount_volume(v, root, paths)?;
+    for (i, v) in spec.volumes.iter().enumerate() {
+        mount_volume(v, i, root, paths, storage)?;
     }
     Ok(())
 }
 
 /// A named volume: a host directory, or an ext4 image when it has a size, made on first
-/// use and owned by the sandbox's `user`.
-fn mount_volume(v: &VolumeMount, root: &Path, paths: &Paths) -> Result<(), String> {
+/// use and owned by the sandbox's `user`. Shown through `storage`, honouring no setuid
+/// bit and no device node.
+fn mount_volume(
+    v: &VolumeMount,
+    index: usize,
+    root: &Path,
+    paths: &Paths,
+    storage: BorrowedFd<'_>,
+) -> Result<(), String> {
     let dir = paths.volume(&v.name);
     let target = root.join(v.target.trim_start_matches('/'));
     if v.target.split('/').any(|c| c == "..") || !v.target.starts_with('/') {
@@ -675,7 +719,18 @@ fn mount_volume(v: &VolumeMount, root: &Path, paths: &Paths) -> Result<(), Strin
         if !img.exists() {
             make_ext4(&img, v.size.unwrap_or(0), owner)?;
         }
-        return mount_image(&img, &target);
+        // Mounted aside, then shown through the mapping where it belongs.
+        let staging = root
+            .parent()
+            .unwrap_or(root)
+            .join(format!(".volume-{index}"));
+        fs::create_dir_all(&staging).map_err(fail("create a volume mount point"))?;
+        mount_image(&img, &staging)?;
+        let placed = bind_idmapped(&staging, &target, storage, MountAttrs::PLAIN)
+            .map_err(fail("mount the volume"));
+        let _ = unmount(&staging);
+        let _ = fs::remove_dir(&staging);
+        return placed;
     }
     let data = dir.join("data");
     if !data.exists() {
@@ -687,7 +742,7 @@ fn mount_volume(v: &VolumeMount, root: &Path, paths: &Paths) -> Result<(), Strin
         )
         .map_err(|e| format!("chown the volume: {e}"))?;
     }
-    bind(&data, &target, false).map_err(fail("mount the volume"))
+    bind_idmapped(&data, &target, storage, MountAttrs::PLAIN).map_err(fail("mount the volume"))
 }
 
 /// Creates `rel` under `root` one component at a time, refusing symlinks: the host
@@ -708,7 +763,8 @@ fn mkdir_no_follow(root: &Path, rel: &str) -> Result<(), String> {
 struct ChildArgs<'a> {
     go: OwnedFd,
     status: OwnedFd,
-    root: &'a Path,
+    /// The sandbox's root directory (its overlay).
+    root: OwnedFd,
     hostname: &'a str,
     listener: UnixListener,
     env: std::collections::BTreeMap<String, String>,
@@ -718,18 +774,24 @@ struct ChildArgs<'a> {
     workdir: Option<PathBuf>,
 }
 
+/// What the sandbox's first process writes on the status pipe once it is set up.
+const READY: &str = "ready";
+
 /// The sandbox's first process, before it becomes the agent. Returns only on failure,
 /// after writing the reason to the status pipe.
 fn child_main(args: ChildArgs<'_>) -> String {
     let mut status = fs::File::from(args.status);
-    let r = child_setup(&args.go, args.root, args.hostname);
+    let r = child_setup(&args.go, &args.root, args.hostname);
     drop(args.go);
+    drop(args.root);
     if let Err(e) = r {
         let _ = status.write_all(e.as_bytes());
         return e;
     }
-    // Closing the status pipe with nothing written tells the helper all went well.
     crate::trace::mark("child: set up");
+    if status.write_all(READY.as_bytes()).is_err() {
+        return "the helper went away".into();
+    }
     drop(status);
     // The agent holds its listener and nothing else of the helper's: not the host's
     // mount namespace, not a pipe, not a lock.
@@ -756,7 +818,7 @@ fn child_main(args: ChildArgs<'_>) -> String {
     }
 }
 
-fn child_setup(go: &OwnedFd, root: &Path, hostname: &str) -> Result<(), String> {
+fn child_setup(go: &OwnedFd, root: &OwnedFd, hostname: &str) -> Result<(), String> {
     let mut b = [0u8; 1];
     match nix::unistd::read(go.as_raw_fd(), &mut b) {
         Ok(1) => {}
@@ -764,9 +826,25 @@ fn child_setup(go: &OwnedFd, root: &Path, hostname: &str) -> Result<(), String> 
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| format!("unblock signals: {e}"))?;
+    // This process runs as the owner of its user namespace, who may not walk the host's
+    // directories that lead to the root: it works from the helper's descriptor instead.
+    // It still shares the helper's mount namespace, so it can stand in the root first;
+    // its own mount namespace, made then, follows its working directory to the copy.
+    nix::unistd::fchdir(root.as_raw_fd()).map_err(|e| format!("enter the root: {e}"))?;
+    ns::unshare(ns::CloneFlags::CLONE_NEWNS).map_err(fail("new mount namespace"))?;
     // Mounts copied from the helper's namespace are locked here, and pivot_root refuses a
-    // locked new root: a bind of the root onto itself, made in this namespace, is not.
-    bind(root, root, false).map_err(fail("bind the root onto itself"))?;
+    // locked new root: a copy of the root tree, made and placed in this namespace, is
+    // not.
+    let here = Path::new(".");
+    let tree = warren_sys::mount::clone_tree(here, true).map_err(fail("copy the root"))?;
+    let top = tree
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(fail("hold the root"))?;
+    tree.attach(here).map_err(fail("place the root"))?;
+    nix::unistd::fchdir(top.as_raw_fd()).map_err(|e| format!("enter the root: {e}"))?;
+    drop(top);
+    let root = Path::new(".");
     ns::unshare(ns::CloneFlags::CLONE_NEWCGROUP).map_err(fail("new cgroup namespace"))?;
     ns::sethostname(hostname).map_err(fail("set the hostname"))?;
     ns::loopback_up().map_err(fail("bring up loopback"))?;

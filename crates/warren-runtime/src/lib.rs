@@ -9,6 +9,7 @@
 pub mod client;
 pub mod doctor;
 pub mod helper;
+pub mod ids;
 pub mod namespace;
 pub mod network;
 pub mod oci;

@@ -2,7 +2,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 pub use nix::mount::MsFlags;
@@ -84,48 +85,49 @@ pub fn set_propagation(target: &Path, kind: MsFlags) -> io::Result<()> {
 /// options in /proc/self/mountinfo; the host's directory layout is none of its business.
 ///
 /// The kernel records each layer as the path it resolves to from the caller's root. So
-/// each lower layer is bind-mounted at `dir/.lower/N` (and `rw`, the directory holding
-/// `upper` and `work`, at `dir/.rw` unless it is inside `dir` already), the caller's root
-/// moves to `dir` for the one mount call and back, and the bind mounts are dropped again
-/// at once: the overlay holds its layers by reference. The caller must be single-threaded
-/// and in a private mount namespace.
-pub fn mount_overlay(dir: &Path, lowers: &[PathBuf], rw: &Path) -> io::Result<()> {
+/// each lower layer is bind-mounted at `dir/.lower/N` and `rw` (the directory holding
+/// `upper` and `work`) at `dir/.rw`, the caller's root moves to `dir` for the one mount
+/// call and back, and the bind mounts are dropped again at once: the overlay holds its
+/// layers by reference. With `idmap`, those binds show the layers' owners through that
+/// user namespace's maps (see [`DetachedMount::idmap`]), so files stored under one range
+/// of ids appear, and are created, under the sandbox's own. The overlay itself honours no
+/// setuid bit and no device node. The caller must be single-threaded and in a private
+/// mount namespace.
+pub fn mount_overlay(
+    dir: &Path,
+    lowers: &[PathBuf],
+    rw: &Path,
+    idmap: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let staged = dir.join(".lower");
     std::fs::create_dir_all(&staged)?;
     let mut binds = Vec::new();
+    let stage = |from: &Path, at: &Path| -> io::Result<()> {
+        std::fs::create_dir_all(at)?;
+        match idmap {
+            Some(ns) => bind_idmapped(from, at, ns, MountAttrs::PLAIN),
+            None => mount(Some(from), at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+                .map_err(|e| err("bind", at, e)),
+        }
+    };
     let result = (|| {
         let mut lower = Vec::with_capacity(lowers.len());
         for (i, l) in lowers.iter().enumerate() {
             let at = staged.join(i.to_string());
-            std::fs::create_dir_all(&at)?;
-            mount(Some(l), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| err("bind", &at, e))?;
+            stage(l, &at)?;
             binds.push(at);
             lower.push(format!("/.lower/{i}"));
         }
-        let rw_inside = match rw.strip_prefix(dir) {
-            Ok(rel) => Path::new("/").join(rel),
-            Err(_) => {
-                let at = dir.join(".rw");
-                std::fs::create_dir_all(&at)?;
-                mount(Some(rw), &at, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                    .map_err(|e| err("bind", &at, e))?;
-                binds.push(at);
-                PathBuf::from("/.rw")
-            }
-        };
-        let opts = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
-            rw_inside.join("upper").display(),
-            rw_inside.join("work").display()
-        );
+        let at = dir.join(".rw");
+        stage(rw, &at)?;
+        binds.push(at);
+        let opts = format!("lowerdir={},upperdir=/.rw/upper,workdir=/.rw/work", lower.join(":"));
         with_root(dir, || {
             mount(
                 Some("overlay"),
                 "/root",
                 Some("overlay"),
-                MsFlags::empty(),
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
                 Some(opts.as_str()),
             )
             .map_err(|e| err("mount overlay on", &dir.join("root"), e))
@@ -169,6 +171,222 @@ fn with_root<T>(dir: &Path, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> 
         )));
     }
     result
+}
+
+/// Attributes of a mount, for [`DetachedMount::set_attrs`] (MOUNT_ATTR_* of
+/// <linux/mount.h>).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountAttrs {
+    pub readonly: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+}
+
+impl MountAttrs {
+    /// What host directories shared into a sandbox get: read-only, no setuid, no devices.
+    pub const PROTECTED: Self = Self {
+        readonly: true,
+        nosuid: true,
+        nodev: true,
+        noexec: false,
+    };
+    /// What a sandbox's own writable mounts get: no setuid, no devices.
+    pub const PLAIN: Self = Self {
+        readonly: false,
+        nosuid: true,
+        nodev: true,
+        noexec: false,
+    };
+
+    fn bits(self) -> u64 {
+        let mut b = 0;
+        for (on, bit) in [
+            (self.readonly, MOUNT_ATTR_RDONLY),
+            (self.nosuid, MOUNT_ATTR_NOSUID),
+            (self.nodev, MOUNT_ATTR_NODEV),
+            (self.noexec, MOUNT_ATTR_NOEXEC),
+        ] {
+            if on {
+                b |= bit;
+            }
+        }
+        b
+    }
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `struct mount_attr` of <linux/mount.h>.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// A copy of a mount (tree) that is attached nowhere yet: its attributes and id mapping
+/// can change before it is placed, and until it is placed nobody sees it. Dropped
+/// unattached, it vanishes.
+#[derive(Debug)]
+pub struct DetachedMount {
+    fd: OwnedFd,
+    recursive: bool,
+}
+
+fn path_cstr(p: &Path) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))
+}
+
+/// Copies the mount at `source` (with what is mounted below it, when `recursive`) into
+/// a detached mount: open_tree(2) with OPEN_TREE_CLONE.
+pub fn clone_tree(source: &Path, recursive: bool) -> io::Result<DetachedMount> {
+    clone_tree_at(libc::AT_FDCWD, source, recursive)
+}
+
+/// [`clone_tree`] of `path` relative to the directory `dirfd` (an empty path: `dirfd`
+/// itself), so that the caller need not be able to walk to it from the root.
+pub fn clone_tree_at(dirfd: RawFd, path: &Path, recursive: bool) -> io::Result<DetachedMount> {
+    let c = path_cstr(path)?;
+    let mut flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint;
+    if recursive {
+        flags |= AT_RECURSIVE;
+    }
+    if path.as_os_str().is_empty() {
+        flags |= libc::AT_EMPTY_PATH as libc::c_uint;
+    }
+    // SAFETY: open_tree reads the NUL-terminated path, which outlives the call, and
+    // returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(err_at("clone the mount at", path));
+    }
+    // SAFETY: open_tree returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    Ok(DetachedMount { fd, recursive })
+}
+
+fn err_at(what: &str, path: &Path) -> io::Error {
+    let e = io::Error::last_os_error();
+    io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
+}
+
+impl DetachedMount {
+    fn setattr(&self, attr: &MountAttr) -> io::Result<()> {
+        let mut flags = libc::AT_EMPTY_PATH as libc::c_uint;
+        if self.recursive {
+            flags |= AT_RECURSIVE;
+        }
+        // SAFETY: mount_setattr reads one `struct mount_attr` of the given size from a
+        // live reference; the empty path names the descriptor itself.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                self.fd.as_raw_fd(),
+                c"".as_ptr(),
+                flags,
+                attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Sets `attrs` on the mount (every mount of the tree when it was cloned
+    /// recursively): unlike a remount, this reaches submounts too.
+    pub fn set_attrs(&self, attrs: MountAttrs) -> io::Result<()> {
+        self.setattr(&MountAttr {
+            attr_set: attrs.bits(),
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        })
+    }
+
+    /// Shows the files' owners through `userns`'s id maps: an owner stored as id N on
+    /// disk appears as whatever N maps to in `userns`, and files created through the
+    /// mount are stored with the id that maps to their creator.
+    pub fn idmap(&self, userns: BorrowedFd<'_>) -> io::Result<()> {
+        self.setattr(&MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns.as_raw_fd() as u64,
+        })
+    }
+
+    /// Places the mount on `target`.
+    pub fn attach(self, target: &Path) -> io::Result<()> {
+        self.attach_at(libc::AT_FDCWD, target)
+    }
+
+    /// Places the mount on `path` relative to `dirfd` (an empty path: on `dirfd` itself).
+    pub fn attach_at(self, dirfd: RawFd, path: &Path) -> io::Result<()> {
+        let c = path_cstr(path)?;
+        let mut flags = MOVE_MOUNT_F_EMPTY_PATH;
+        if path.as_os_str().is_empty() {
+            flags |= MOVE_MOUNT_T_EMPTY_PATH;
+        }
+        // SAFETY: move_mount reads the NUL-terminated paths, which outlive the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_move_mount,
+                self.fd.as_raw_fd(),
+                c"".as_ptr(),
+                dirfd,
+                c.as_ptr(),
+                flags,
+            )
+        };
+        if rc != 0 {
+            return Err(err_at("place a mount on", path));
+        }
+        Ok(())
+    }
+
+    /// The mount's root, e.g. to change into once it is placed.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+/// Bind-mounts `source` on `target` (recursively) with `attrs` on every mount of the
+/// copy, submounts included.
+pub fn bind_with(source: &Path, target: &Path, attrs: MountAttrs) -> io::Result<()> {
+    let m = clone_tree(source, true)?;
+    m.set_attrs(attrs)
+        .map_err(|e| io::Error::new(e.kind(), format!("protect {}: {e}", source.display())))?;
+    m.attach(target)
+}
+
+/// Bind-mounts `source` on `target`, its owners shown through `userns` (see
+/// [`DetachedMount::idmap`]) and with `attrs`. Not recursive: what is mounted below
+/// `source` stays out.
+pub fn bind_idmapped(
+    source: &Path,
+    target: &Path,
+    userns: BorrowedFd<'_>,
+    attrs: MountAttrs,
+) -> io::Result<()> {
+    let m = clone_tree(source, false)?;
+    m.idmap(userns)
+        .map_err(|e| io::Error::new(e.kind(), format!("idmap {}: {e}", source.display())))?;
+    m.set_attrs(attrs)
+        .map_err(|e| io::Error::new(e.kind(), format!("protect {}: {e}", source.display())))?;
+    m.attach(target)
 }
 
 /// Unmounts lazily.

@@ -10,11 +10,12 @@ use std::path::Path;
 pub use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-/// Namespaces every sandbox gets (user, mount, pid, uts, ipc, net). The cgroup namespace
-/// is entered later, by the child itself, once it sits in its own cgroup.
+/// Namespaces a sandbox's first process is cloned into (user, pid, uts, ipc, net). The
+/// mount namespace is made by the child itself once it stands in its root (see
+/// `unshare`: the copy it gets follows its working directory), and the cgroup namespace
+/// once it sits in its own cgroup.
 pub fn sandbox_flags() -> CloneFlags {
     CloneFlags::CLONE_NEWUSER
-        | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
@@ -60,6 +61,107 @@ pub fn clone_process(flags: CloneFlags) -> io::Result<Forked> {
 /// Forks the single-threaded caller (no new namespaces).
 pub fn fork_process() -> io::Result<Forked> {
     clone_process(CloneFlags::empty())
+}
+
+// From <linux/securebits.h>.
+const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+
+fn setresuid_raw(r: u32, e: u32, s: u32) -> io::Result<()> {
+    // SAFETY: setresuid takes plain integers (u32::MAX leaves an id unchanged). The raw
+    // syscall changes the calling thread only, which is all there is here.
+    let rc = unsafe { libc::syscall(libc::SYS_setresuid, r, e, s) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn set_securebits(bits: libc::c_ulong) -> io::Result<()> {
+    // SAFETY: PR_SET_SECUREBITS takes integers only.
+    if unsafe { libc::prctl(libc::PR_SET_SECUREBITS, bits, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// [`clone_process`] into a new user namespace (`flags` must include CLONE_NEWUSER)
+/// whose owner is host uid `owner` rather than the caller.
+///
+/// The kernel charges per-user counters (inotify instances and watches, pending signals,
+/// message queue bytes, processes) at every level above a user namespace to that
+/// namespace's owner: a sandbox whose namespace root owned could exhaust root's share of
+/// them for the whole host. Owned by a uid of its own, it exhausts only its own. The
+/// owner is the creator's effective uid, so the caller takes `owner` as its effective uid
+/// for the one clone call, with SECBIT_NO_SETUID_FIXUP set so that its capabilities
+/// stay (no unprivileged-namespace policy of the host can refuse it), and returns to
+/// its own afterwards. The child starts with that bit cleared again: left set, a later
+/// switch to an ordinary user inside would keep capabilities it must lose.
+///
+/// Same preconditions as [`clone_process`]: single-threaded caller.
+pub fn clone_process_owned_by(flags: CloneFlags, owner: u32) -> io::Result<Forked> {
+    let old_bits = {
+        // SAFETY: PR_GET_SECUREBITS takes no arguments and returns the bits or -1.
+        let b = unsafe { libc::prctl(libc::PR_GET_SECUREBITS, 0, 0, 0, 0) };
+        if b < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        b as libc::c_ulong
+    };
+    set_securebits(old_bits | SECBIT_NO_SETUID_FIXUP)?;
+    let switched = setresuid_raw(u32::MAX, owner, u32::MAX);
+    let forked = switched.and_then(|()| clone_process(flags));
+    if let Ok(Forked::Child) = forked {
+        // Only this process's own securebits change; the parent restores its own below.
+        // A child that cannot shed the bit must not go on (nor return into the caller's
+        // code as if it were the parent).
+        if set_securebits(old_bits).is_err() {
+            // SAFETY: _exit ends this forked child without running the parent's handlers.
+            unsafe { libc::_exit(126) }
+        }
+        return Ok(Forked::Child);
+    }
+    let back = setresuid_raw(u32::MAX, 0, u32::MAX).and_then(|()| set_securebits(old_bits));
+    let forked = forked?;
+    back?;
+    Ok(forked)
+}
+
+/// A user namespace with these maps and no process in it: a description of an id
+/// mapping for idmapped mounts (see `mount::DetachedMount::idmap`). A throwaway child
+/// creates it and exits once the maps are written. Single-threaded caller.
+pub fn idmap_userns(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
+    let (r, w) = nix::unistd::pipe()?;
+    let (r2, w2) = nix::unistd::pipe()?;
+    match fork_process()? {
+        Forked::Child => {
+            drop(r);
+            drop(w2);
+            let ok = nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok();
+            let _ = nix::unistd::write(&w, if ok { b"k" } else { b"e" });
+            // Wait for the parent to have written the maps and opened the namespace.
+            let mut b = [0u8; 1];
+            let _ = nix::unistd::read(r2.as_raw_fd(), &mut b);
+            // SAFETY: _exit ends this forked child without running the parent's handlers.
+            unsafe { libc::_exit(0) }
+        }
+        Forked::Parent(child) => {
+            drop(w);
+            drop(r2);
+            let result = (|| {
+                let mut b = [0u8; 1];
+                match nix::unistd::read(r.as_raw_fd(), &mut b) {
+                    Ok(1) if b[0] == b'k' => {}
+                    _ => return Err(io::Error::other("could not make a user namespace")),
+                }
+                std::fs::write(format!("/proc/{child}/uid_map"), uid_map)?;
+                std::fs::write(format!("/proc/{child}/gid_map"), gid_map)?;
+                open_ns(child, "user")
+            })();
+            drop(w2);
+            let _ = nix::sys::wait::waitpid(child, None);
+            result
+        }
+    }
 }
 
 /// Writes the uid and gid maps of `pid`'s user namespace: `inside` maps to host ids

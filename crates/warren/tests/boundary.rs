@@ -84,3 +84,117 @@ fn inherited_descriptors_do_not_reach_sandboxes_of_the_daemon() {
     assert_eq!(fds, "", "descriptors reached a terminal process");
     d.finish();
 }
+
+/// Python, run in a sandbox and on the host: exhausts (with `EXHAUST = True`) or just
+/// uses a little of each per-user counter the kernel keeps (inotify instances and
+/// watches, queued real-time signals, POSIX message queue bytes), prints what it got.
+const PER_USER: &str = r#"
+import ctypes, os, signal, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+EXHAUST = sys.argv[1] == "exhaust"
+got = {}
+fds = []
+while len(fds) < (100000 if EXHAUST else 4):
+    fd = libc.inotify_init1(0)
+    if fd < 0:
+        break
+    fds.append(fd)
+got["inotify"] = len(fds)
+d = "/tmp/w-dirs"
+os.makedirs(d, exist_ok=True)
+n = 0
+for i in range(3000 if EXHAUST else 20):
+    p = f"{d}/{i}".encode()
+    os.makedirs(p, exist_ok=True)
+    for fd in fds:
+        if libc.inotify_add_watch(fd, p, 0x100) < 0:
+            break
+        n += 1
+    else:
+        continue
+    break
+got["watches"] = n
+signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGRTMIN])
+# sigqueue, not kill: past the limit kill() drops the signal's data silently, sigqueue
+# fails with EAGAIN.
+n = 0
+while n < (500000 if EXHAUST else 100):
+    if libc.sigqueue(os.getpid(), int(signal.SIGRTMIN), ctypes.c_void_p(0)) != 0:
+        break
+    n += 1
+got["signals"] = n
+class Attr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long),
+                ("msgsize", ctypes.c_long), ("curmsgs", ctypes.c_long),
+                ("pad", ctypes.c_long * 4)]
+a = Attr(0, 10, 8192, 0)
+n = 0
+tag = f"/warren-per-user-{os.getpid()}"
+while n < (100000 if EXHAUST else 1):
+    q = libc.mq_open(f"{tag}-{n}".encode(), os.O_CREAT | os.O_RDWR, 0o600, ctypes.byref(a))
+    if q < 0:
+        break
+    n += 1
+for i in range(n):
+    libc.mq_unlink(f"{tag}-{i}".encode())
+got["mqueues"] = n
+print(" ".join(f"{k}={v}" for k, v in sorted(got.items())), flush=True)
+if EXHAUST:
+    time.sleep(60)
+"#;
+
+fn counters(line: &str) -> std::collections::BTreeMap<String, u64> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))
+        .collect()
+}
+
+#[test]
+fn per_user_counters_of_a_sandbox_reach_neither_the_host_nor_a_neighbour() {
+    use std::io::BufRead;
+    if !can_run("per_user_counters_of_a_sandbox_reach_neither_the_host_nor_a_neighbour") {
+        return;
+    }
+    // The message queues are held (not unlinked) while the exhauster sleeps: it keeps
+    // them open by not exiting; its unlink only drops the names.
+    let mut hog = warren()
+        .args(["run", "--rm", "--", "python3", "-c", PER_USER, "exhaust"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(hog.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let hogged = counters(&line);
+    assert!(
+        hogged.get("inotify").copied().unwrap_or(0) >= 100,
+        "the sandbox could not even use its own share: {line:?}"
+    );
+    // The host's root and a neighbour still have all of theirs.
+    let host = Command::new("python3")
+        .args(["-c", PER_USER, "use"])
+        .output()
+        .unwrap();
+    let neighbour = warren()
+        .args(["run", "--rm", "--", "python3", "-c", PER_USER, "use"])
+        .output()
+        .unwrap();
+    let _ = hog.kill();
+    let _ = hog.wait();
+    let want = [("inotify", 4), ("watches", 80), ("signals", 100), ("mqueues", 1)];
+    for (who, out) in [("host root", &host), ("a neighbour sandbox", &neighbour)] {
+        let got = counters(&stdout(out));
+        for (k, n) in want {
+            assert_eq!(
+                got.get(k).copied(),
+                Some(n),
+                "{who} lost its {k} to a sandbox that exhausted its own ({line:?}): {} {}",
+                stdout(out),
+                stderr(out)
+            );
+        }
+    }
+}

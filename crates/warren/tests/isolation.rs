@@ -124,14 +124,30 @@ fn root_inside_is_an_unprivileged_host_uid() {
     if !can_run("root_inside_is_an_unprivileged_host_uid") {
         return;
     }
-    let out = sh_ok(&[], "id -u; cat /proc/self/uid_map /proc/self/gid_map");
-    let lines: Vec<Vec<&str>> = out
-        .lines()
-        .map(|l| l.split_whitespace().collect())
-        .collect();
-    assert_eq!(lines[0], ["0"]);
-    assert_eq!(lines[1], ["0", "100000", "65536"], "uid_map");
-    assert_eq!(lines[2], ["0", "100000", "65536"], "gid_map");
+    // Two sandboxes at once: each maps its ids to a range of host ids of its own, far
+    // from every account and from the range files are stored under on disk.
+    let script = "id -u; cat /proc/self/uid_map /proc/self/gid_map; sleep 1";
+    let other = warren()
+        .args(["run", "--rm", "--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = sh_ok(&[], script);
+    let other = stdout(&other.wait_with_output().unwrap());
+    let maps = |out: &str| -> Vec<Vec<u64>> {
+        out.lines()
+            .map(|l| l.split_whitespace().map(|w| w.parse().unwrap()).collect())
+            .collect()
+    };
+    let (a, b) = (maps(&out), maps(&other));
+    for lines in [&a, &b] {
+        assert_eq!(lines[0], [0]);
+        assert_eq!(lines[1], lines[2], "uid and gid maps agree");
+        assert_eq!(lines[1][0], 0);
+        assert_eq!(lines[1][2], 65536);
+        assert!(lines[1][1] >= 1 << 30, "root maps to an unprivileged host uid: {lines:?}");
+    }
+    assert_ne!(a[1][1], b[1][1], "two sandboxes share host ids");
 }
 
 #[test]
