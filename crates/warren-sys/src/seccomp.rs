@@ -39,11 +39,20 @@ pub enum SeccompError {
 const DEFAULT_POLICY: &str = include_str!("../seccomp/default.json");
 
 /// Syscalls missing from seccompiler 0.4's x86-64 table, refused with `EPERM` by the guard.
+/// The reasons are those of their relatives in `default.json`.
 #[cfg(target_arch = "x86_64")]
 const UNNAMED_EPERM: &[(&str, u32)] = &[
+    // The mount API, as mount and open_tree; quotactl_fd as quotactl.
     ("mount_setattr", 442),
     ("quotactl_fd", 443),
     ("open_tree_attr", 467),
+    // NUMA placement, as mbind.
+    ("set_mempolicy_home_node", 450),
+    // A process's own LSM attributes; Docker refuses them, and /proc/self/attr remains
+    // for the programs that read them.
+    ("lsm_get_self_attr", 459),
+    ("lsm_set_self_attr", 460),
+    ("lsm_list_modules", 461),
 ];
 
 /// A compiled policy, ready to install in a child.
