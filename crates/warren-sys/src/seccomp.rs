@@ -10,8 +10,9 @@
 //!
 //! Three BPF programs are installed, all of which the kernel runs on every syscall:
 //!
-//! - `main` (from the JSON): the `EPERM` list, including `clone` with namespace flags and
-//!   `personality` outside the values Docker allows.
+//! - `main` (from the JSON): the `EPERM` list, including `clone` with namespace flags,
+//!   `personality` outside the values Docker allows, and `socket` and `socketpair` for the
+//!   address families Docker refuses.
 //! - `clone3` (from the JSON): `ENOSYS`, because clone3's flags sit in user memory that
 //!   a filter cannot inspect; libc then falls back to `clone`, which `main` checks.
 //!   seccompiler gives one action per filter, hence a filter of its own.
