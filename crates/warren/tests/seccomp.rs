@@ -173,6 +173,9 @@ const CALLS: &[Call] = &[
     call("lsm_set_self_attr", 460, &[0, 0, 0, 0], EPERM),
     call("lsm_list_modules", 461, &[0, 0, 0], EPERM),
     call("open_tree_attr", 467, &[NO_FD, BAD_PTR, 0, 0, 0], EPERM),
+    // Newer than the reviewed kernel: listns (6.19). This kernel may not have it either,
+    // so only warren-sys's unit test tells the guard's answer from the kernel's.
+    with("listns", "a number from 470 on", 470, &[0, 0, 0, 0], ENOSYS),
 ];
 
 /// Makes the calls given as JSON, printing "index errno" for each (0 for a success), then
