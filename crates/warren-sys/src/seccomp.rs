@@ -10,15 +10,17 @@
 //!
 //! Three BPF programs are installed, all of which the kernel runs on every syscall:
 //!
-//! - `main` (from the JSON): the `EPERM` list, including `clone` with namespace flags and
-//!   `personality` outside the values Docker allows.
+//! - `main` (from the JSON): the `EPERM` list, including `clone` with namespace flags,
+//!   `personality` outside the values Docker allows, and `socket` and `socketpair` for the
+//!   address families Docker refuses.
 //! - `clone3` (from the JSON): `ENOSYS`, because clone3's flags sit in user memory that
 //!   a filter cannot inspect; libc then falls back to `clone`, which `main` checks.
 //!   seccompiler gives one action per filter, hence a filter of its own.
 //! - a guard built here: kills the process for a foreign architecture or an x32 syscall
 //!   number (x32 shares x86-64's audit arch, so without it every rule above could be
-//!   bypassed by setting bit 30 of the syscall number), and refuses the syscalls that
-//!   seccompiler 0.4's table cannot name.
+//!   bypassed by setting bit 30 of the syscall number), refuses the syscalls that
+//!   seccompiler 0.4's table cannot name, and answers `ENOSYS` for numbers newer than the
+//!   reviewed kernel.
 //!
 //! Installing only copies a prepared program into the kernel, so it is async-signal-safe
 //! and can run between fork and exec.
@@ -39,12 +41,28 @@ pub enum SeccompError {
 const DEFAULT_POLICY: &str = include_str!("../seccomp/default.json");
 
 /// Syscalls missing from seccompiler 0.4's x86-64 table, refused with `EPERM` by the guard.
+/// The reasons are those of their relatives in `default.json`.
 #[cfg(target_arch = "x86_64")]
 const UNNAMED_EPERM: &[(&str, u32)] = &[
+    // The mount API, as mount and open_tree; quotactl_fd as quotactl.
     ("mount_setattr", 442),
     ("quotactl_fd", 443),
     ("open_tree_attr", 467),
+    // NUMA placement, as mbind.
+    ("set_mempolicy_home_node", 450),
+    // A process's own LSM attributes; Docker refuses them, and /proc/self/attr remains
+    // for the programs that read them.
+    ("lsm_get_self_attr", 459),
+    ("lsm_set_self_attr", 460),
+    ("lsm_list_modules", 461),
 ];
+
+/// The first syscall number newer than the kernel this policy was reviewed on (Linux 6.18,
+/// whose last is file_setattr, 469). A deny list would let such a call through unreviewed;
+/// the guard answers `ENOSYS` instead, so programs take the path they take on an older
+/// kernel until the call is reviewed (docs/seccomp.md).
+#[cfg(target_arch = "x86_64")]
+const FIRST_UNREVIEWED: u32 = 470;
 
 /// A compiled policy, ready to install in a child.
 #[derive(Debug, Clone)]
@@ -113,17 +131,23 @@ struct SockFprog {
     filter: *const sock_filter,
 }
 
+/// The classic BPF the guard is written in (<linux/bpf_common.h>, <linux/audit.h>).
+#[cfg(target_arch = "x86_64")]
+mod bpf {
+    pub const LD_W_ABS: u16 = 0x20;
+    pub const JEQ_K: u16 = 0x15;
+    pub const JGE_K: u16 = 0x35;
+    pub const RET_K: u16 = 0x06;
+    pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+    // Offsets in struct seccomp_data.
+    pub const NR: u32 = 0;
+    pub const ARCH: u32 = 4;
+}
+
 #[cfg(target_arch = "x86_64")]
 fn guard_program() -> BpfProgram {
-    const LD_W_ABS: u16 = 0x20;
-    const JEQ_K: u16 = 0x15;
-    const JGE_K: u16 = 0x35;
-    const RET_K: u16 = 0x06;
-    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    const X32_SYSCALL_BIT: u32 = 0x4000_0000;
-    // Offsets in struct seccomp_data.
-    const NR: u32 = 0;
-    const ARCH: u32 = 4;
+    use bpf::*;
     let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
     let n = UNNAMED_EPERM.len() as u8;
     let mut p = vec![
@@ -134,16 +158,24 @@ fn guard_program() -> BpfProgram {
         ins(JGE_K, 0, 1, X32_SYSCALL_BIT),
         ins(RET_K, 0, 0, libc::SECCOMP_RET_KILL_PROCESS),
     ];
-    // Each match jumps over the remaining comparisons and the ALLOW to the EPERM.
+    // Each match jumps over the remaining comparisons, the range check and the ALLOW to
+    // the EPERM.
     for (i, (_, nr)) in UNNAMED_EPERM.iter().enumerate() {
-        p.push(ins(JEQ_K, n - i as u8, 0, *nr));
+        p.push(ins(JEQ_K, n - i as u8 + 1, 0, *nr));
     }
+    p.push(ins(JGE_K, 2, 0, FIRST_UNREVIEWED));
     p.push(ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW));
     p.push(ins(
         RET_K,
         0,
         0,
         libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+    ));
+    p.push(ins(
+        RET_K,
+        0,
+        0,
+        libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
     ));
     p
 }
@@ -160,16 +192,30 @@ mod tests {
         f: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
         sh: &str,
     ) -> std::process::Output {
+        run_filtered_after(None, f, sh)
+    }
+
+    /// Runs `sh` in a child that installs `first` (when given), then the policy, then
+    /// calls `f`.
+    fn run_filtered_after(
+        first: Option<SeccompProgram>,
+        f: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+        sh: &str,
+    ) -> std::process::Output {
         let policy = Arc::new(SeccompProgram::default_policy().unwrap());
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", sh]).stdin(Stdio::null());
         let mut f = f;
-        // SAFETY: the hook only makes async-signal-safe syscalls (prctl, seccomp) and
-        // whatever the test's own closure does, which is equally restricted.
+        // SAFETY: the hook only makes async-signal-safe syscalls (prctl, seccomp, on
+        // programs built before the fork) and whatever the test's own closure does, which
+        // is equally restricted.
         unsafe {
             cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(first) = &first {
+                    first.install()?;
                 }
                 policy.install()?;
                 f()
@@ -275,5 +321,733 @@ mod tests {
             "true",
         );
         assert!(out.status.success());
+    }
+
+    #[test]
+    fn i386_syscalls_kill_the_process() {
+        use std::os::unix::process::ExitStatusExt;
+        let out = run_filtered(
+            || {
+                // SAFETY: i386 getpid (20) through int 0x80, which takes no memory operand;
+                // the guard kills the process before the kernel runs it. The registers the
+                // 32-bit entry may change are declared clobbered.
+                unsafe {
+                    std::arch::asm!(
+                        "int 0x80",
+                        inlateout("eax") 20u32 => _,
+                        lateout("r8") _,
+                        lateout("r9") _,
+                        lateout("r10") _,
+                        lateout("r11") _,
+                    );
+                }
+                Ok(())
+            },
+            "true",
+        );
+        if out.status.signal() == Some(libc::SIGSEGV) {
+            println!("SKIPPED i386_syscalls_kill_the_process: this kernel runs no i386 calls");
+            return;
+        }
+        assert_eq!(out.status.signal(), Some(libc::SIGSYS));
+    }
+
+    /// The reviewed policy, as docs/seccomp.md sets it out: every rule of `default.json`
+    /// and of the guard, rendered as `policy_rules` renders them, with the action it
+    /// takes. `policy_is_the_reviewed_one` compares the two, so that no rule is added or
+    /// dropped without this list, and the review, changing too.
+    const REVIEWED: &[(&str, &str)] = &[
+        ("mount", "EPERM"),
+        ("umount2", "EPERM"),
+        ("pivot_root", "EPERM"),
+        ("fsopen", "EPERM"),
+        ("fsconfig", "EPERM"),
+        ("fsmount", "EPERM"),
+        ("fspick", "EPERM"),
+        ("move_mount", "EPERM"),
+        ("open_tree", "EPERM"),
+        ("unshare", "EPERM"),
+        ("setns", "EPERM"),
+        ("keyctl", "EPERM"),
+        ("add_key", "EPERM"),
+        ("request_key", "EPERM"),
+        ("bpf", "EPERM"),
+        ("perf_event_open", "EPERM"),
+        ("kexec_load", "EPERM"),
+        ("kexec_file_load", "EPERM"),
+        ("init_module", "EPERM"),
+        ("finit_module", "EPERM"),
+        ("delete_module", "EPERM"),
+        ("acct", "EPERM"),
+        ("swapon", "EPERM"),
+        ("swapoff", "EPERM"),
+        ("reboot", "EPERM"),
+        ("settimeofday", "EPERM"),
+        ("clock_settime", "EPERM"),
+        ("clock_adjtime", "EPERM"),
+        ("adjtimex", "EPERM"),
+        ("syslog", "EPERM"),
+        ("quotactl", "EPERM"),
+        ("ptrace", "EPERM"),
+        ("process_vm_readv", "EPERM"),
+        ("process_vm_writev", "EPERM"),
+        ("kcmp", "EPERM"),
+        ("pidfd_getfd", "EPERM"),
+        ("open_by_handle_at", "EPERM"),
+        ("name_to_handle_at", "EPERM"),
+        ("userfaultfd", "EPERM"),
+        ("io_uring_setup", "EPERM"),
+        ("io_uring_enter", "EPERM"),
+        ("io_uring_register", "EPERM"),
+        ("iopl", "EPERM"),
+        ("ioperm", "EPERM"),
+        ("lookup_dcookie", "EPERM"),
+        ("fanotify_init", "EPERM"),
+        ("vhangup", "EPERM"),
+        ("mbind", "EPERM"),
+        ("set_mempolicy", "EPERM"),
+        ("get_mempolicy", "EPERM"),
+        ("move_pages", "EPERM"),
+        ("migrate_pages", "EPERM"),
+        ("uselib", "EPERM"),
+        ("ustat", "EPERM"),
+        ("sysfs", "EPERM"),
+        ("_sysctl", "EPERM"),
+        ("modify_ldt", "EPERM"),
+        ("sethostname", "EPERM"),
+        ("setdomainname", "EPERM"),
+        ("process_madvise", "EPERM"),
+        // All but PER_LINUX, PER_LINUX32, UNAME26, UNAME26|PER_LINUX32 and the query.
+        (PERSONALITY, "EPERM"),
+        // AF_VSOCK, AF_ALG, AF_ATMSVC, AF_ISDN, AF_CAIF, AF_DECnet, AF_ECONET, AF_IRDA,
+        // AF_WANPIPE, and AF_MAX on.
+        ("socket(arg0 == 40)", "EPERM"),
+        ("socket(arg0 == 38)", "EPERM"),
+        ("socket(arg0 == 20)", "EPERM"),
+        ("socket(arg0 == 34)", "EPERM"),
+        ("socket(arg0 == 37)", "EPERM"),
+        ("socket(arg0 == 12)", "EPERM"),
+        ("socket(arg0 == 19)", "EPERM"),
+        ("socket(arg0 == 23)", "EPERM"),
+        ("socket(arg0 == 25)", "EPERM"),
+        ("socket(arg0 >= 46)", "EPERM"),
+        ("socketpair(arg0 == 40)", "EPERM"),
+        ("socketpair(arg0 == 38)", "EPERM"),
+        ("socketpair(arg0 == 20)", "EPERM"),
+        ("socketpair(arg0 == 34)", "EPERM"),
+        ("socketpair(arg0 == 37)", "EPERM"),
+        ("socketpair(arg0 == 12)", "EPERM"),
+        ("socketpair(arg0 == 19)", "EPERM"),
+        ("socketpair(arg0 == 23)", "EPERM"),
+        ("socketpair(arg0 == 25)", "EPERM"),
+        ("socketpair(arg0 >= 46)", "EPERM"),
+        // CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
+        // CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME.
+        ("clone(arg0 & 131072 == 131072)", "EPERM"),
+        ("clone(arg0 & 33554432 == 33554432)", "EPERM"),
+        ("clone(arg0 & 67108864 == 67108864)", "EPERM"),
+        ("clone(arg0 & 134217728 == 134217728)", "EPERM"),
+        ("clone(arg0 & 268435456 == 268435456)", "EPERM"),
+        ("clone(arg0 & 536870912 == 536870912)", "EPERM"),
+        ("clone(arg0 & 1073741824 == 1073741824)", "EPERM"),
+        ("clone(arg0 & 128 == 128)", "EPERM"),
+        ("clone3", "ENOSYS"),
+        ("guard: mount_setattr #442", "EPERM"),
+        ("guard: quotactl_fd #443", "EPERM"),
+        ("guard: set_mempolicy_home_node #450", "EPERM"),
+        ("guard: lsm_get_self_attr #459", "EPERM"),
+        ("guard: lsm_set_self_attr #460", "EPERM"),
+        ("guard: lsm_list_modules #461", "EPERM"),
+        ("guard: open_tree_attr #467", "EPERM"),
+        ("guard: #470 and above", "ENOSYS"),
+        ("guard: another architecture", "KILL_PROCESS"),
+        ("guard: x32 calls", "KILL_PROCESS"),
+    ];
+
+    const PERSONALITY: &str = "personality(arg0 != 0 && arg0 != 8 && arg0 != 131072 \
+                               && arg0 != 131080 && arg0 != 4294967295)";
+
+    /// The guard's kills end the process, so their own tests make those calls.
+    const KILLS_TESTED_APART: &[&str] = &["guard: another architecture", "guard: x32 calls"];
+
+    /// Every rule of the policy as it is: `default.json` read the way seccompiler reads it,
+    /// and the guard as it answers when run.
+    fn policy_rules() -> Vec<(String, String)> {
+        let mut rules = json_rules();
+        rules.extend(guard_rules());
+        rules.sort();
+        rules
+    }
+
+    fn json_rules() -> Vec<(String, String)> {
+        let policy: serde_json::Value = serde_json::from_str(DEFAULT_POLICY).unwrap();
+        let mut rules = Vec::new();
+        for (name, filter) in policy.as_object().unwrap() {
+            assert_eq!(
+                filter["mismatch_action"], "allow",
+                "{name} is not a deny list"
+            );
+            let errno = filter["match_action"]["errno"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: not an errno action"));
+            let action = errno_name(errno as i32);
+            for rule in filter["filter"].as_array().unwrap() {
+                let syscall = rule["syscall"].as_str().unwrap();
+                let conditions: Vec<String> = rule["args"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(render_condition)
+                    .collect();
+                let rendered = if conditions.is_empty() {
+                    syscall.to_string()
+                } else {
+                    format!("{syscall}({})", conditions.join(" && "))
+                };
+                rules.push((rendered, action.clone()));
+            }
+        }
+        rules
+    }
+
+    fn render_condition(c: &serde_json::Value) -> String {
+        let width = match c["type"].as_str() {
+            Some("dword") => "",
+            Some("qword") => ":64",
+            other => panic!("argument type {other:?}"),
+        };
+        let arg = format!("arg{}{width}", c["index"]);
+        let val = c["val"].as_u64().unwrap();
+        match &c["op"] {
+            serde_json::Value::String(op) => {
+                let op = match op.as_str() {
+                    "eq" => "==",
+                    "ne" => "!=",
+                    "lt" => "<",
+                    "le" => "<=",
+                    "gt" => ">",
+                    "ge" => ">=",
+                    other => panic!("operator {other}"),
+                };
+                format!("{arg} {op} {val}")
+            }
+            op => {
+                let mask = op["masked_eq"]
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("operator {op}"));
+                format!("{arg} & {mask} == {val}")
+            }
+        }
+    }
+
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+
+    fn guard_rules() -> Vec<(String, String)> {
+        let guard = guard_program();
+        let mut rules = Vec::new();
+        let foreign: Vec<String> = [AUDIT_ARCH_I386, AUDIT_ARCH_AARCH64]
+            .iter()
+            .map(|arch| action(run_bpf(&guard, *arch, 20)))
+            .collect();
+        if foreign.iter().all(|a| *a == foreign[0]) {
+            rules.push(("guard: another architecture".into(), foreign[0].clone()));
+        } else {
+            rules.push(("guard: i386".into(), foreign[0].clone()));
+            rules.push(("guard: aarch64".into(), foreign[1].clone()));
+        }
+        let x32 = run_bpf(&guard, bpf::AUDIT_ARCH_X86_64, bpf::X32_SYSCALL_BIT | 39);
+        rules.push(("guard: x32 calls".into(), action(x32)));
+        // Every number below x32's bit: the range at the top, where all give one answer
+        // (checked at its ends and at every number up to 1024), is one rule.
+        let verdict = |nr| run_bpf(&guard, bpf::AUDIT_ARCH_X86_64, nr);
+        let top = bpf::X32_SYSCALL_BIT - 1;
+        let mut open_from = 1024;
+        while open_from > 0 && verdict(open_from - 1) == verdict(top) {
+            open_from -= 1;
+        }
+        if verdict(top) != libc::SECCOMP_RET_ALLOW {
+            rules.push((
+                format!("guard: #{open_from} and above"),
+                action(verdict(top)),
+            ));
+        }
+        for nr in 0..open_from {
+            if verdict(nr) != libc::SECCOMP_RET_ALLOW {
+                let name = UNNAMED_EPERM
+                    .iter()
+                    .find(|(_, n)| *n == nr)
+                    .map_or("?", |(name, _)| name);
+                rules.push((format!("guard: {name} #{nr}"), action(verdict(nr))));
+            }
+        }
+        rules
+    }
+
+    /// Runs the guard's classic BPF on a syscall of `arch` numbered `nr`.
+    fn run_bpf(program: &[sock_filter], arch: u32, nr: u32) -> u32 {
+        let mut acc = 0;
+        let mut pc = 0;
+        loop {
+            let ins = &program[pc];
+            pc += 1;
+            let jump = |taken: bool| usize::from(if taken { ins.jt } else { ins.jf });
+            match ins.code {
+                bpf::LD_W_ABS if ins.k == bpf::NR => acc = nr,
+                bpf::LD_W_ABS if ins.k == bpf::ARCH => acc = arch,
+                bpf::JEQ_K => pc += jump(acc == ins.k),
+                bpf::JGE_K => pc += jump(acc >= ins.k),
+                bpf::RET_K => return ins.k,
+                code => panic!("the guard grew an instruction this test cannot run: {code:#x}"),
+            }
+        }
+    }
+
+    fn action(verdict: u32) -> String {
+        match verdict {
+            libc::SECCOMP_RET_KILL_PROCESS => "KILL_PROCESS".into(),
+            libc::SECCOMP_RET_ALLOW => "ALLOW".into(),
+            v if v & 0xffff_0000 == libc::SECCOMP_RET_ERRNO => errno_name((v & 0xffff) as i32),
+            v => format!("{v:#x}"),
+        }
+    }
+
+    fn errno_name(errno: i32) -> String {
+        match errno {
+            libc::EPERM => "EPERM".into(),
+            libc::ENOSYS => "ENOSYS".into(),
+            e => format!("errno {e}"),
+        }
+    }
+
+    #[test]
+    fn policy_is_the_reviewed_one() {
+        let mut reviewed: Vec<(String, String)> = REVIEWED
+            .iter()
+            .map(|(rule, action)| (rule.to_string(), action.to_string()))
+            .collect();
+        reviewed.sort();
+        let actual = policy_rules();
+        let unreviewed: Vec<_> = actual.iter().filter(|r| !reviewed.contains(r)).collect();
+        let dropped: Vec<_> = reviewed.iter().filter(|r| !actual.contains(r)).collect();
+        assert!(
+            unreviewed.is_empty() && dropped.is_empty(),
+            "the policy is not the reviewed one (docs/seccomp.md, REVIEWED):\n\
+             in the policy, not reviewed: {unreviewed:#?}\n\
+             reviewed, not in the policy: {dropped:#?}"
+        );
+        assert_eq!(actual, reviewed, "a rule appears twice");
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Verdict {
+        /// The policy answers this errno.
+        Refused(i32),
+        /// The policy lets the call through to the kernel.
+        Allowed,
+    }
+    use Verdict::{Allowed, Refused};
+
+    const EPERM: Verdict = Refused(libc::EPERM);
+
+    /// A call made under the policy and the verdict the policy must give it. `rule` is the
+    /// REVIEWED rule a refused call exercises, or what an allowed call is. The arguments
+    /// would be harmless even if a refused call reached the kernel: bad pointers, bad
+    /// descriptors, flags the kernel rejects, reads, no-ops.
+    #[derive(Debug)]
+    struct Probe {
+        rule: &'static str,
+        nr: libc::c_long,
+        args: [libc::c_long; 6],
+        verdict: Verdict,
+    }
+
+    const fn probe(
+        rule: &'static str,
+        nr: libc::c_long,
+        given: &[libc::c_long],
+        verdict: Verdict,
+    ) -> Probe {
+        let mut args = [0; 6];
+        let mut i = 0;
+        while i < given.len() {
+            args[i] = given[i];
+            i += 1;
+        }
+        Probe {
+            rule,
+            nr,
+            args,
+            verdict,
+        }
+    }
+
+    /// Page 0 is never mapped.
+    const BAD_PTR: libc::c_long = 1;
+    const NO_FD: libc::c_long = -1;
+    const STREAM: libc::c_long = libc::SOCK_STREAM as libc::c_long;
+    const SIGCHLD: libc::c_long = libc::SIGCHLD as libc::c_long;
+
+    const fn ns_clone(rule: &'static str, flag: libc::c_int) -> Probe {
+        probe(
+            rule,
+            libc::SYS_clone,
+            &[flag as libc::c_long | SIGCHLD],
+            EPERM,
+        )
+    }
+
+    #[rustfmt::skip]
+    const PROBES: &[Probe] = &[
+        probe("mount", libc::SYS_mount, &[0, 0, 0, 0, 0], EPERM),
+        probe("umount2", libc::SYS_umount2, &[0, 0], EPERM),
+        probe("pivot_root", libc::SYS_pivot_root, &[0, 0], EPERM),
+        probe("fsopen", libc::SYS_fsopen, &[0, 0], EPERM),
+        probe("fsconfig", libc::SYS_fsconfig, &[NO_FD, 0, 0, 0, 0], EPERM),
+        probe("fsmount", libc::SYS_fsmount, &[NO_FD, 0, 0], EPERM),
+        probe("fspick", libc::SYS_fspick, &[NO_FD, 0, 0], EPERM),
+        probe("move_mount", libc::SYS_move_mount, &[NO_FD, 0, NO_FD, 0, 0], EPERM),
+        probe("open_tree", libc::SYS_open_tree, &[NO_FD, 0, 0], EPERM),
+        // No flags: a no-op.
+        probe("unshare", libc::SYS_unshare, &[0], EPERM),
+        probe("setns", libc::SYS_setns, &[NO_FD, 0], EPERM),
+        // An unknown operation.
+        probe("keyctl", libc::SYS_keyctl, &[-1, 0, 0, 0, 0], EPERM),
+        probe("add_key", libc::SYS_add_key, &[0, 0, 0, 0, 0], EPERM),
+        probe("request_key", libc::SYS_request_key, &[0, 0, 0, 0], EPERM),
+        probe("bpf", libc::SYS_bpf, &[-1, 0, 0], EPERM),
+        probe("perf_event_open", libc::SYS_perf_event_open, &[0, 0, -1, -1, 0], EPERM),
+        // An unknown flag: never an unload of the loaded kernel.
+        probe("kexec_load", libc::SYS_kexec_load, &[0, 0, 0, 0x8000], EPERM),
+        probe("kexec_file_load", libc::SYS_kexec_file_load, &[NO_FD, NO_FD, 0, 0, 0x8000], EPERM),
+        probe("init_module", libc::SYS_init_module, &[0, 0, 0], EPERM),
+        probe("finit_module", libc::SYS_finit_module, &[NO_FD, 0, 0], EPERM),
+        probe("delete_module", libc::SYS_delete_module, &[0, 0], EPERM),
+        // Not NULL, which would switch accounting off.
+        probe("acct", libc::SYS_acct, &[BAD_PTR], EPERM),
+        probe("swapon", libc::SYS_swapon, &[BAD_PTR, 0], EPERM),
+        probe("swapoff", libc::SYS_swapoff, &[BAD_PTR], EPERM),
+        // Without the magic numbers.
+        probe("reboot", libc::SYS_reboot, &[0, 0, 0, 0], EPERM),
+        // Neither a time nor a zone: a no-op.
+        probe("settimeofday", libc::SYS_settimeofday, &[0, 0], EPERM),
+        probe("clock_settime", libc::SYS_clock_settime, &[0, BAD_PTR], EPERM),
+        probe("clock_adjtime", libc::SYS_clock_adjtime, &[0, BAD_PTR], EPERM),
+        probe("adjtimex", libc::SYS_adjtimex, &[BAD_PTR], EPERM),
+        // SYSLOG_ACTION_SIZE_BUFFER, a read.
+        probe("syslog", libc::SYS_syslog, &[10, 0, 0], EPERM),
+        probe("quotactl", libc::SYS_quotactl, &[0, 0, 0, 0], EPERM),
+        // An unknown request.
+        probe("ptrace", libc::SYS_ptrace, &[0x7fff, 0, 0, 0], EPERM),
+        probe("process_vm_readv", libc::SYS_process_vm_readv, &[0, 0, 0, 0, 0, 0], EPERM),
+        probe("process_vm_writev", libc::SYS_process_vm_writev, &[0, 0, 0, 0, 0, 0], EPERM),
+        probe("kcmp", libc::SYS_kcmp, &[0, 0, -1, 0, 0], EPERM),
+        probe("pidfd_getfd", libc::SYS_pidfd_getfd, &[NO_FD, 0, 0], EPERM),
+        probe("open_by_handle_at", libc::SYS_open_by_handle_at, &[NO_FD, BAD_PTR, 0], EPERM),
+        probe("name_to_handle_at", libc::SYS_name_to_handle_at, &[NO_FD, BAD_PTR, BAD_PTR, BAD_PTR, 0], EPERM),
+        // An unknown flag.
+        probe("userfaultfd", libc::SYS_userfaultfd, &[0x4000_0000], EPERM),
+        probe("io_uring_setup", libc::SYS_io_uring_setup, &[0, 0], EPERM),
+        probe("io_uring_enter", libc::SYS_io_uring_enter, &[NO_FD, 0, 0, 0, 0, 0], EPERM),
+        probe("io_uring_register", libc::SYS_io_uring_register, &[NO_FD, 0, 0, 0], EPERM),
+        // Level 0, no ports: no-ops.
+        probe("iopl", libc::SYS_iopl, &[0], EPERM),
+        probe("ioperm", libc::SYS_ioperm, &[0, 0, 0], EPERM),
+        probe("lookup_dcookie", libc::SYS_lookup_dcookie, &[0, 0, 0], EPERM),
+        probe("fanotify_init", libc::SYS_fanotify_init, &[0x7fff_ffff, 0], EPERM),
+        // The probing child has left its terminal (setsid), so there is none to hang up.
+        probe("vhangup", libc::SYS_vhangup, &[], EPERM),
+        // Empty ranges; the calling thread's own default policy.
+        probe("mbind", libc::SYS_mbind, &[0, 0, 0, 0, 0, 0], EPERM),
+        probe("set_mempolicy", libc::SYS_set_mempolicy, &[0, 0, 0], EPERM),
+        probe("get_mempolicy", libc::SYS_get_mempolicy, &[0, 0, 0, 0, 0], EPERM),
+        probe("move_pages", libc::SYS_move_pages, &[0, 0, 0, 0, 0, 0], EPERM),
+        probe("migrate_pages", libc::SYS_migrate_pages, &[0, 0, 0, 0], EPERM),
+        probe("uselib", libc::SYS_uselib, &[BAD_PTR], EPERM),
+        probe("ustat", libc::SYS_ustat, &[0, BAD_PTR], EPERM),
+        probe("sysfs", libc::SYS_sysfs, &[1, BAD_PTR], EPERM),
+        probe("_sysctl", libc::SYS__sysctl, &[BAD_PTR], EPERM),
+        // Reads nothing of the LDT.
+        probe("modify_ldt", libc::SYS_modify_ldt, &[0, 0, 0], EPERM),
+        // Longer than any name: rejected before anything changes.
+        probe("sethostname", libc::SYS_sethostname, &[BAD_PTR, 65], EPERM),
+        probe("setdomainname", libc::SYS_setdomainname, &[BAD_PTR, 65], EPERM),
+        probe("process_madvise", libc::SYS_process_madvise, &[NO_FD, 0, 0, 0, 0], EPERM),
+        // READ_IMPLIES_EXEC; then the values Docker allows.
+        probe(PERSONALITY, libc::SYS_personality, &[0x0040_0000], EPERM),
+        probe("personality(PER_LINUX)", libc::SYS_personality, &[0], Allowed),
+        probe("personality(PER_LINUX32)", libc::SYS_personality, &[8], Allowed),
+        probe("personality(UNAME26)", libc::SYS_personality, &[0x2_0000], Allowed),
+        probe("personality(UNAME26|PER_LINUX32)", libc::SYS_personality, &[0x2_0008], Allowed),
+        probe("personality(query)", libc::SYS_personality, &[0xffff_ffff], Allowed),
+        probe("socket(arg0 == 40)", libc::SYS_socket, &[40, STREAM, 0], EPERM),
+        probe("socket(arg0 == 38)", libc::SYS_socket, &[38, STREAM, 0], EPERM),
+        probe("socket(arg0 == 20)", libc::SYS_socket, &[20, STREAM, 0], EPERM),
+        probe("socket(arg0 == 34)", libc::SYS_socket, &[34, STREAM, 0], EPERM),
+        probe("socket(arg0 == 37)", libc::SYS_socket, &[37, STREAM, 0], EPERM),
+        probe("socket(arg0 == 12)", libc::SYS_socket, &[12, STREAM, 0], EPERM),
+        probe("socket(arg0 == 19)", libc::SYS_socket, &[19, STREAM, 0], EPERM),
+        probe("socket(arg0 == 23)", libc::SYS_socket, &[23, STREAM, 0], EPERM),
+        probe("socket(arg0 == 25)", libc::SYS_socket, &[25, STREAM, 0], EPERM),
+        probe("socket(arg0 >= 46)", libc::SYS_socket, &[46, STREAM, 0], EPERM),
+        probe("socket(arg0 >= 46)", libc::SYS_socket, &[0x7fff_ffff, STREAM, 0], EPERM),
+        probe("socket(AF_UNIX)", libc::SYS_socket, &[1, STREAM, 0], Allowed),
+        probe("socket(AF_INET)", libc::SYS_socket, &[2, STREAM, 0], Allowed),
+        probe("socket(AF_NETLINK)", libc::SYS_socket, &[16, 3, 0], Allowed),
+        probe("socket(AF_NFC)", libc::SYS_socket, &[39, STREAM, 0], Allowed),
+        probe("socket(AF_KCM)", libc::SYS_socket, &[41, STREAM, 0], Allowed),
+        probe("socket(AF_MCTP)", libc::SYS_socket, &[45, STREAM, 0], Allowed),
+        // A NULL pair, should a call get through.
+        probe("socketpair(arg0 == 40)", libc::SYS_socketpair, &[40, STREAM, 0, 0], EPERM),
+        probe("socketpair(arg0 == 38)", libc::SYS_socketpair, &[38, STREAM, 0, 0], EPERM),
+        probe("socketpair(arg0 == 20)", libc::SYS_socketpair, &[20, STREAM, 0, 0], EPERM),
+        probe("socketpair(arg0 == 34)", libc::SYS_socketpair, &[34, STREAM, 0, 0], EPERM),
+        probe("socketpair(arg0 == 37)", libc::SYS_socketpair, &[37, STREAM, 0, 0], EPERM),
+        probe("socketpair(arg0 == 12)", libc::SYS_socketpair, &[12, STREAM, 0, 0], EPERM),
+        probe("socketpair(arg0 == 19)", libc::SYS_socketpair, &[19, STREAM, 0, 0], EPERM),
+        probe("socketpair(arg0 == 23)", libc::SYS_socketpair, &[23, STREAM, 0, 0], EPERM),
+        probe("socketpair(arg0 == 25)", libc::SYS_socketpair, &[25, STREAM, 0, 0], EPERM),
+        probe("socketpair(arg0 >= 46)", libc::SYS_socketpair, &[46, STREAM, 0, 0], EPERM),
+        probe("socketpair(AF_UNIX)", libc::SYS_socketpair, &[1, STREAM, 0, 0], Allowed),
+        ns_clone("clone(arg0 & 131072 == 131072)", libc::CLONE_NEWNS),
+        ns_clone("clone(arg0 & 33554432 == 33554432)", libc::CLONE_NEWCGROUP),
+        ns_clone("clone(arg0 & 67108864 == 67108864)", libc::CLONE_NEWUTS),
+        ns_clone("clone(arg0 & 134217728 == 134217728)", libc::CLONE_NEWIPC),
+        ns_clone("clone(arg0 & 268435456 == 268435456)", libc::CLONE_NEWUSER),
+        ns_clone("clone(arg0 & 536870912 == 536870912)", libc::CLONE_NEWPID),
+        ns_clone("clone(arg0 & 1073741824 == 1073741824)", libc::CLONE_NEWNET),
+        ns_clone("clone(arg0 & 128 == 128)", libc::CLONE_NEWTIME),
+        probe("clone(SIGCHLD)", libc::SYS_clone, &[SIGCHLD, 0, 0, 0, 0], Allowed),
+        probe("clone3", libc::SYS_clone3, &[0, 0], Refused(libc::ENOSYS)),
+        probe("guard: mount_setattr #442", 442, &[NO_FD, BAD_PTR, 0, 0, 0], EPERM),
+        probe("guard: quotactl_fd #443", 443, &[NO_FD, 0, 0, 0], EPERM),
+        probe("guard: set_mempolicy_home_node #450", 450, &[0, 0, 0, 0], EPERM),
+        probe("guard: lsm_get_self_attr #459", 459, &[0, 0, 0, 0], EPERM),
+        probe("guard: lsm_set_self_attr #460", 460, &[0, 0, 0, 0], EPERM),
+        probe("guard: lsm_list_modules #461", 461, &[0, 0, 0], EPERM),
+        probe("guard: open_tree_attr #467", 467, &[NO_FD, BAD_PTR, 0, 0, 0], EPERM),
+        // listns (6.19), and the last number below x32's bit.
+        probe("guard: #470 and above", 470, &[0, 0, 0, 0], Refused(libc::ENOSYS)),
+        probe("guard: #470 and above", 0x3fff_ffff, &[], Refused(libc::ENOSYS)),
+    ];
+
+    #[test]
+    fn every_reviewed_rule_has_a_probe() {
+        for (rule, action) in REVIEWED {
+            if KILLS_TESTED_APART.contains(rule) {
+                continue;
+            }
+            let probed = PROBES.iter().any(|p| {
+                p.rule == *rule && matches!(p.verdict, Refused(e) if errno_name(e) == *action)
+            });
+            assert!(probed, "no probe calls {rule} expecting {action}");
+        }
+        for p in PROBES.iter().filter(|p| p.verdict != Allowed) {
+            assert!(
+                REVIEWED.iter().any(|(rule, _)| *rule == p.rule),
+                "{} is not a reviewed rule",
+                p.rule
+            );
+        }
+    }
+
+    /// What a filter installed before the policy answers for every probed syscall. For
+    /// verdicts of equal precedence the kernel keeps the most recently installed filter's,
+    /// so a probe sees the policy's errno where the policy refuses the call and SENTINEL
+    /// where it lets it through: the answer is the policy's, not the kernel's permission
+    /// check, whoever runs the test, and a call the policy wrongly allowed still never
+    /// reaches the kernel.
+    fn sentinel_program() -> SeccompProgram {
+        use bpf::*;
+        let mut nrs: Vec<u32> = PROBES.iter().map(|p| p.nr as u32).collect();
+        nrs.sort_unstable();
+        nrs.dedup();
+        let n = u8::try_from(nrs.len()).expect("fewer than 256 probed syscalls");
+        let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+        let mut p = vec![ins(LD_W_ABS, 0, 0, NR)];
+        for (i, nr) in nrs.iter().enumerate() {
+            p.push(ins(JEQ_K, n - i as u8, 0, *nr));
+        }
+        p.push(ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW));
+        p.push(ins(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | SENTINEL as u32));
+        SeccompProgram { filters: vec![p] }
+    }
+
+    const SENTINEL: i32 = libc::ENOTRECOVERABLE;
+
+    fn errno() -> i32 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    }
+
+    /// Writes "index errno" and a newline to stdout with neither allocation nor locks, as
+    /// a child between fork and exec must.
+    fn report(index: usize, errno: i32) {
+        fn decimal(out: &mut [u8], mut n: u32) -> usize {
+            let mut digits = [0u8; 10];
+            let mut k = 0;
+            loop {
+                digits[k] = b'0' + (n % 10) as u8;
+                k += 1;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            for (o, d) in out.iter_mut().zip(digits[..k].iter().rev()) {
+                *o = *d;
+            }
+            k
+        }
+        let mut line = [0u8; 24];
+        let mut len = decimal(&mut line, index as u32);
+        line[len] = b' ';
+        len += 1;
+        len += decimal(&mut line[len..], errno as u32);
+        line[len] = b'\n';
+        len += 1;
+        // SAFETY: writes `len` initialised bytes of `line`.
+        unsafe { libc::write(1, line.as_ptr().cast(), len) };
+    }
+
+    /// Reads `report`'s lines back: the index and the errno (0 for a success) of each call
+    /// that misbehaved.
+    fn reports(out: &std::process::Output) -> Vec<(usize, i32)> {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let (i, e) = l.split_once(' ').unwrap();
+                (i.parse().unwrap(), e.parse().unwrap())
+            })
+            .collect()
+    }
+
+    fn describe(errno: i32) -> String {
+        match errno {
+            0 => "success".into(),
+            SENTINEL => "let through".into(),
+            e => std::io::Error::from_raw_os_error(e).to_string(),
+        }
+    }
+
+    /// Calls every probe and reports those whose answer is not their verdict.
+    fn call_probes() -> std::io::Result<()> {
+        // SAFETY: setsid takes no arguments.
+        unsafe { libc::setsid() };
+        for (i, p) in PROBES.iter().enumerate() {
+            let [a, b, c, d, e, f] = p.args;
+            // SAFETY: under the sentinel no probed call reaches the kernel, and the
+            // arguments would be harmless if one did (see Probe).
+            let rc = unsafe { libc::syscall(p.nr, a, b, c, d, e, f) };
+            if rc == 0 && p.nr == libc::SYS_clone {
+                // SAFETY: the new process ends at once, touching nothing.
+                unsafe { libc::_exit(0) };
+            }
+            let seen = if rc < 0 { errno() } else { 0 };
+            let expected = match p.verdict {
+                Refused(errno) => errno,
+                Allowed => SENTINEL,
+            };
+            if seen != expected {
+                report(i, seen);
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn every_rule_refuses_its_calls_and_lets_the_rest_through() {
+        let out = run_filtered_after(Some(sentinel_program()), call_probes, "true");
+        assert!(out.status.success(), "{out:?}");
+        let wrong: Vec<String> = reports(&out)
+            .into_iter()
+            .map(|(i, seen)| {
+                let p = &PROBES[i];
+                let expected = match p.verdict {
+                    Refused(e) => describe(e),
+                    Allowed => describe(SENTINEL),
+                };
+                format!(
+                    "{} (nr {}, args {:?}): expected {expected}, got {}",
+                    p.rule,
+                    p.nr,
+                    p.args,
+                    describe(seen)
+                )
+            })
+            .collect();
+        assert!(wrong.is_empty(), "misbehaved:\n{}", wrong.join("\n"));
+    }
+
+    /// The calls `call_allowed_values` makes for real.
+    const WORKS: &[&str] = &[
+        "socket(AF_UNIX)",
+        "socket(AF_INET)",
+        "socket(AF_NETLINK)",
+        "socketpair(AF_UNIX)",
+        "personality(query)",
+        "personality(PER_LINUX32)",
+        "personality(PER_LINUX)",
+        "clone(SIGCHLD)",
+    ];
+
+    fn call_allowed_values() -> std::io::Result<()> {
+        let check = |i: usize, ok: bool| {
+            if !ok {
+                report(i, errno());
+            }
+        };
+        for (i, (family, kind)) in [
+            (libc::AF_UNIX, libc::SOCK_STREAM),
+            (libc::AF_INET, libc::SOCK_DGRAM),
+            (libc::AF_NETLINK, libc::SOCK_RAW),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            // SAFETY: socket takes integers; the descriptor is closed at once.
+            let fd = unsafe { libc::socket(family, kind, 0) };
+            check(i, fd >= 0);
+            // SAFETY: closes only the descriptor just opened.
+            unsafe { libc::close(fd) };
+        }
+        let mut pair = [-1; 2];
+        // SAFETY: `pair` has room for the two descriptors, closed at once.
+        let rc =
+            unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) };
+        check(3, rc == 0);
+        for fd in pair {
+            // SAFETY: closes only the descriptors just opened.
+            unsafe { libc::close(fd) };
+        }
+        // The child ends as it began, in PER_LINUX.
+        for (i, persona) in [(4, 0xffff_ffff), (5, 8), (6, 0)] {
+            // SAFETY: personality takes an integer.
+            let rc = unsafe { libc::personality(persona) };
+            check(i, rc >= 0);
+        }
+        // SAFETY: a fork-like clone with a null stack; the new process exits at once.
+        let pid = unsafe { libc::syscall(libc::SYS_clone, SIGCHLD, 0, 0, 0, 0) };
+        if pid == 0 {
+            // SAFETY: _exit is async-signal-safe and ends the new process.
+            unsafe { libc::_exit(0) };
+        }
+        let mut status = -1;
+        if pid > 0 {
+            // SAFETY: waits for the process just created, into a local.
+            unsafe { libc::waitpid(pid as libc::pid_t, &mut status, 0) };
+        }
+        check(7, pid > 0 && status == 0);
+        Ok(())
+    }
+
+    #[test]
+    fn what_the_argument_filters_allow_still_works() {
+        let out = run_filtered(call_allowed_values, "true");
+        assert!(out.status.success(), "{out:?}");
+        let failed: Vec<String> = reports(&out)
+            .into_iter()
+            .map(|(i, e)| format!("{}: {}", WORKS[i], describe(e)))
+            .collect();
+        assert!(failed.is_empty(), "refused: {failed:?}");
     }
 }
