@@ -23,6 +23,7 @@ mod share;
 pub mod store;
 mod templates;
 mod time;
+pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -30,7 +31,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::broadcast;
 use warren_runtime::client::AgentClient;
 use warren_runtime::namespace::CreateOptions;
@@ -48,6 +48,7 @@ pub use crate::templates::{
     SnapshotRequest, SnapshotResult, TemplateInfo, UsageRow,
 };
 pub use crate::time::{now_ms, rfc3339};
+use crate::tokens::{Keyring, TokenKind, TokenRef};
 
 /// Errors of the engine, each with a stable code (see [`CoreError::code`]).
 #[derive(Debug, thiserror::Error)]
@@ -326,6 +327,8 @@ pub struct Manager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<(String, Event)>,
     metrics: Metrics,
+    /// Derives the sandboxes' tokens (see [`tokens`]).
+    keys: Keyring,
     config: Config,
 }
 
@@ -373,17 +376,7 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(warren_types::random::hex(bytes)?)
 }
 
-fn sha256_hex(s: &str) -> String {
-    Sha256::digest(s.as_bytes())
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
-}
-
-/// Compares secrets in time independent of where they differ.
-fn same_secret(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
-}
+use crate::tokens::sha256_hex;
 
 fn valid_owner(s: &str) -> bool {
     !s.is_empty()
@@ -396,9 +389,12 @@ impl Manager {
     /// Opens the store under the data directory, re-adopts live sandboxes, cleans up
     /// the rest, and starts the reaper.
     pub async fn open(config: Config) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(&config.paths.data)
-            .map_err(|e| CoreError::Invalid(format!("cannot create the data directory: {e}")))?;
+        config
+            .paths
+            .secure()
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
         let store = Store::open(&config.paths.data.join("warren.db"))?;
+        let keys = Keyring::load_or_create(&config.paths.data.join("secret"))?;
         let backend = NamespaceBackend::new(config.paths.clone(), config.exe.clone())
             .map_err(CoreError::backend)?;
         let (events, _) = broadcast::channel(1024);
@@ -413,6 +409,7 @@ impl Manager {
             locks: Mutex::new(HashMap::new()),
             events,
             metrics: Metrics::default(),
+            keys,
             config,
         });
         mgr.recover()?;
@@ -580,7 +577,9 @@ impl Manager {
     /// A caller limited to sandbox `id`, if `token` is its access token.
     pub fn authenticate_sandbox(&self, id: &str, token: &str) -> Option<Caller> {
         let r = self.store().get(id).ok()??;
-        if r.state == SandboxState::Terminated || !same_secret(&r.access_token, token) {
+        if r.state == SandboxState::Terminated
+            || !self.keys.verify(TokenKind::Access, &r.id, &r.access, token)
+        {
             return None;
         }
         Some(Caller {
@@ -604,8 +603,8 @@ impl Manager {
             .get(id)?
             .filter(|r| r.state != SandboxState::Terminated)
             .ok_or(PortError::NoSandbox)?;
-        if let Some(want) = &r.traffic_token {
-            if !token.is_some_and(|t| same_secret(want, t)) {
+        if let Some(want) = &r.traffic {
+            if !token.is_some_and(|t| self.keys.verify(TokenKind::Traffic, &r.id, want, t)) {
                 return Err(PortError::Token);
             }
         }
@@ -648,7 +647,9 @@ impl Manager {
         Ok(r)
     }
 
-    fn info(&self, r: &Record) -> SandboxInfo {
+    /// A sandbox as the API shows it. Its tokens are in it only when `tokens`: in the
+    /// answer that makes (or, with `get_or_create`, finds) it.
+    fn info_with(&self, r: &Record, tokens: bool) -> SandboxInfo {
         let res = &r.spec.resources;
         SandboxInfo {
             id: r.id.clone(),
@@ -671,9 +672,30 @@ impl Manager {
             expires_at: r.expires_at.map(rfc3339),
             idle_timeout_secs: r.idle_timeout_secs,
             on_timeout: r.on_timeout,
-            access_token: r.access_token.clone(),
-            traffic_token: r.traffic_token.clone(),
+            access_token: tokens
+                .then(|| self.keys.token(TokenKind::Access, &r.id, &r.access))
+                .flatten(),
+            traffic_token: tokens
+                .then(|| {
+                    r.traffic
+                        .as_ref()
+                        .and_then(|t| self.keys.token(TokenKind::Traffic, &r.id, t))
+                })
+                .flatten(),
         }
+    }
+
+    fn info(&self, r: &Record) -> SandboxInfo {
+        self.info_with(r, false)
+    }
+
+    /// A sandbox's tokens again, for its tenant (E2B's `connect` hands them out): the
+    /// access token and, when it has one, the traffic token. A sandbox made before
+    /// tokens were derived has none that can be shown.
+    pub fn tokens(&self, who: &Caller, key: &str) -> Result<(Option<String>, Option<String>)> {
+        let r = self.resolve(who, key)?;
+        let info = self.info_with(&r, true);
+        Ok((info.access_token, info.traffic_token))
     }
 
     /// Creates a sandbox; with a name and `get_or_create`, returns the existing one
@@ -741,6 +763,14 @@ impl Manager {
             SandboxState::Stopped => self.start(who, &r.id).await,
             _ => Ok(self.info(&r)),
         }
+        .map(|i| SandboxInfo {
+            access_token: self.keys.token(TokenKind::Access, &r.id, &r.access),
+            traffic_token: r
+                .traffic
+                .as_ref()
+                .and_then(|t| self.keys.token(TokenKind::Traffic, &r.id, t)),
+            ..i
+        })
     }
 
     async fn create_new(
@@ -792,8 +822,8 @@ impl Manager {
             expires_at: req.timeout_secs.map(|s| after(now, s)),
             idle_timeout_secs: req.idle_timeout_secs,
             on_timeout: req.on_timeout.unwrap_or_default(),
-            access_token: random_hex(24)?,
-            traffic_token: req.traffic_token.then(|| random_hex(24)).transpose()?,
+            access: TokenRef::Derived(0),
+            traffic: req.traffic_token.then_some(TokenRef::Derived(0)),
         };
         self.store().insert(&record).map_err(|e| match e {
             StoreError::NameTaken(n) => CoreError::NameTaken(n),
@@ -823,7 +853,7 @@ impl Manager {
                 let mut r = record;
                 r.state = SandboxState::Running;
                 self.event(&r, "created", format!("from template {template}"));
-                Ok(self.info(&r))
+                Ok(self.info_with(&r, true))
             }
             Err(e) => {
                 let _ = self.backend.remove_data(&id);
@@ -881,8 +911,10 @@ impl Manager {
             expires_at: req.timeout_secs.map(|s| after(now, s)),
             idle_timeout_secs: req.idle_timeout_secs,
             on_timeout: req.on_timeout.unwrap_or_default(),
-            access_token: random_hex(24)?,
-            traffic_token: req.traffic_token.then(|| random_hex(24)).transpose()?,
+            // A new generation: the warm member's own token was never shown, and its
+            // new tenant's is one no earlier holder could have derived.
+            access: TokenRef::Derived(1),
+            traffic: req.traffic_token.then_some(TokenRef::Derived(1)),
         };
         let claimed = self
             .store()
@@ -896,7 +928,7 @@ impl Manager {
                 pool.hits.fetch_add(1, Ordering::Relaxed);
                 self.metrics.created.fetch_add(1, Ordering::Relaxed);
                 self.event(&r, "created", format!("from the warm pool of {template}"));
-                Ok(Some(self.info(&r)))
+                Ok(Some(self.info_with(&r, true)))
             }
             None => {
                 pool.misses.fetch_add(1, Ordering::Relaxed);
@@ -1663,13 +1695,6 @@ mod tests {
         is_send(&m.terminate(who, ""));
         is_send(&m.agent(who, ""));
         is_send(&m.gc(who, Duration::ZERO, true));
-    }
-
-    #[test]
-    fn secrets_compare_whole() {
-        assert!(same_secret("abc", "abc"));
-        assert!(!same_secret("abc", "abd"));
-        assert!(!same_secret("abc", "abcd"));
     }
 
     #[test]

@@ -12,6 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use warren_types::api::{SandboxState, TimeoutAction};
 use warren_types::spec::SandboxSpec;
 
+use crate::tokens::TokenRef;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the store at {path} cannot be opened: {source}; move it aside to start afresh, or restore a backup")]
@@ -24,6 +26,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store: {0}")]
     Sql(#[from] rusqlite::Error),
+    #[error("cannot make the store private: {0}")]
+    Private(String),
     #[error("store: bad record: {0}")]
     Record(#[from] serde_json::Error),
     #[error("a sandbox named {0:?} already exists for this owner")]
@@ -60,9 +64,10 @@ pub struct Record {
     pub expires_at: Option<i64>,
     pub idle_timeout_secs: Option<u64>,
     pub on_timeout: TimeoutAction,
-    pub access_token: String,
-    /// Required on traffic to the sandbox's ports, when set.
-    pub traffic_token: Option<String>,
+    /// Which access token the sandbox has (see [`crate::tokens`]); never the token.
+    pub access: TokenRef,
+    /// Set when traffic to the sandbox's ports needs a token: which one.
+    pub traffic: Option<TokenRef>,
 }
 
 /// One session's row.
@@ -192,8 +197,10 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, Sto
             expires_at: row.get(10)?,
             idle_timeout_secs: idle.map(|i| i as u64),
             on_timeout: parse_action(&on_timeout),
-            access_token: row.get(13)?,
-            traffic_token: row.get(14)?,
+            access: TokenRef::from_column(&row.get::<_, String>(13)?),
+            traffic: row
+                .get::<_, Option<String>>(14)?
+                .map(|t| TokenRef::from_column(&t)),
         })
     };
     Ok(build())
@@ -208,6 +215,24 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     )?;
     if has_traffic == 0 {
         conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT")?;
+    }
+    // Tokens were kept in plain text: keep only their hashes (see `crate::tokens`).
+    let plain: Vec<(String, String, Option<String>)> = {
+        let mut stmt = conn.prepare(
+            "SELECT id, access_token, traffic_token FROM sandboxes              WHERE access_token NOT LIKE 'g%' AND access_token NOT LIKE 'legacy-sha256:%'",
+        )?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect::<Result<_, _>>()?
+    };
+    for (id, access, traffic) in plain {
+        conn.execute(
+            "UPDATE sandboxes SET access_token = ?2, traffic_token = ?3 WHERE id = ?1",
+            params![
+                id,
+                TokenRef::from_column(&access).to_column(),
+                traffic.map(|t| TokenRef::from_column(&t).to_column())
+            ],
+        )?;
     }
     Ok(())
 }
@@ -226,6 +251,19 @@ impl Store {
             return Err(StoreError::Corrupt(format!("{} is empty", path.display())));
         }
         let conn = Connection::open(path).map_err(open_err)?;
+        // Private to the daemon, and so the journal files SQLite makes beside it, which
+        // take the store's permissions.
+        for p in [
+            path.to_path_buf(),
+            path.with_extension("db-wal"),
+            path.with_extension("db-shm"),
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            if p.exists() {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| StoreError::Private(format!("{}: {e}", p.display())))?;
+            }
+        }
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(open_err)?;
         let check: String = conn
@@ -300,8 +338,8 @@ impl Store {
                 r.expires_at,
                 r.idle_timeout_secs.map(|i| i as i64),
                 action_str(r.on_timeout),
-                r.access_token,
-                r.traffic_token,
+                r.access.to_column(),
+                r.traffic.as_ref().map(TokenRef::to_column),
             ],
         );
         match res {
@@ -441,8 +479,8 @@ impl Store {
                 claim.expires_at,
                 claim.idle_timeout_secs.map(|i| i as i64),
                 action_str(claim.on_timeout),
-                claim.access_token,
-                claim.traffic_token,
+                claim.access.to_column(),
+                claim.traffic.as_ref().map(TokenRef::to_column),
             ],
             |r| r.get::<_, String>(0),
         );
@@ -570,13 +608,29 @@ mod tests {
         }
         let store = Store::open(&path).unwrap();
         let r = store.get("a").unwrap().unwrap();
-        assert_eq!((r.access_token.as_str(), r.traffic_token), ("tok", None));
+        // The plain token of the old store is kept only as its hash.
+        assert_eq!(
+            (r.access, r.traffic),
+            (TokenRef::Legacy(crate::tokens::sha256_hex("tok")), None)
+        );
+        let raw: String = store
+            .conn
+            .query_row(
+                "SELECT access_token FROM sandboxes WHERE id = 'a'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            raw,
+            format!("legacy-sha256:{}", crate::tokens::sha256_hex("tok"))
+        );
         let mut r2 = record("b", None);
-        r2.traffic_token = Some("tt".into());
+        r2.traffic = Some(TokenRef::Derived(3));
         store.insert(&r2).unwrap();
         assert_eq!(
-            store.get("b").unwrap().unwrap().traffic_token.as_deref(),
-            Some("tt")
+            store.get("b").unwrap().unwrap().traffic,
+            Some(TokenRef::Derived(3))
         );
         drop(store);
         // Opening again finds nothing left to do.
@@ -619,8 +673,8 @@ mod tests {
             expires_at: Some(10),
             idle_timeout_secs: Some(60),
             on_timeout: TimeoutAction::Pause,
-            access_token: "tok".into(),
-            traffic_token: None,
+            access: TokenRef::Derived(0),
+            traffic: None,
         }
     }
 

@@ -35,8 +35,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use warren_sys::cgroup::{Hierarchy, Limits};
 use warren_sys::mount::{
-    bind, bind_idmapped, bind_with, mount_fs, mount_overlay, set_propagation, unmount,
-    MountAttrs, MsFlags,
+    bind, bind_idmapped, bind_with, mount_fs, mount_overlay, set_propagation, unmount, MountAttrs,
+    MsFlags,
 };
 use warren_sys::ns::{self, Forked};
 use warren_types::spec::{NetworkMode, SandboxSpec, VolumeMount};
@@ -359,9 +359,7 @@ impl Sandbox {
         drop(storage);
         // The child works from this descriptor: as the sandbox's namespace owner it may
         // not walk the host's directories that lead to the root.
-        let root_fd: OwnedFd = fs::File::open(&root)
-            .map_err(fail("open the root"))?
-            .into();
+        let root_fd: OwnedFd = fs::File::open(&root).map_err(fail("open the root"))?.into();
         crate::trace::mark("helper: root populated");
 
         let socket = run.join("agent.sock");

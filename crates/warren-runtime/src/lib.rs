@@ -50,6 +50,41 @@ impl Paths {
         }
     }
 
+    /// Makes the run and data directories if missing and keeps them private to the
+    /// user running Warren (root): mode 0700, owned by it. They hold every tenant's
+    /// state, the daemon's key, and every sandbox's files; a sandbox's files may carry
+    /// whatever its processes made (setuid bits included), so no other host user may even
+    /// walk into them. A directory with wider permissions is narrowed (an older Warren
+    /// made it 0755); one owned by another user is refused.
+    pub fn secure(&self) -> Result<()> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+        let me = nix::unistd::geteuid().as_raw();
+        for dir in [&self.run, &self.data] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_err(format!("create {}", dir.display())))?;
+            let meta = std::fs::symlink_metadata(dir)
+                .map_err(io_err(format!("look at {}", dir.display())))?;
+            if !meta.is_dir() || meta.uid() != me {
+                return Err(Error::Invalid {
+                    what: "state directory",
+                    why: format!(
+                        "{} must be a directory owned by uid {me} (it holds every sandbox's \
+                         state); fix it or point WARREN_RUN_DIR / WARREN_DATA_DIR elsewhere",
+                        dir.display()
+                    ),
+                });
+            }
+            if meta.mode() & 0o077 != 0 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(io_err(format!("make {} private", dir.display())))?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn sandbox_run(&self, id: &str) -> PathBuf {
         self.run.join("sandboxes").join(id)
     }

@@ -62,6 +62,7 @@ enum Helper {
 
 impl NamespaceBackend {
     pub fn new(paths: Paths, exe: PathBuf) -> Result<Self> {
+        paths.secure()?;
         let hierarchy = Hierarchy::detect()?;
         Ok(Self {
             paths,

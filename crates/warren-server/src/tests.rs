@@ -517,7 +517,7 @@ fn openapi_schemas_match_serde() {
         expires_at: None,
         idle_timeout_secs: None,
         on_timeout: Default::default(),
-        access_token: String::new(),
+        access_token: None,
         traffic_token: None,
     };
     assert_eq!(props("SandboxInfo"), keys(&info));

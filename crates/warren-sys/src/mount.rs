@@ -121,7 +121,10 @@ pub fn mount_overlay(
         let at = dir.join(".rw");
         stage(rw, &at)?;
         binds.push(at);
-        let opts = format!("lowerdir={},upperdir=/.rw/upper,workdir=/.rw/work", lower.join(":"));
+        let opts = format!(
+            "lowerdir={},upperdir=/.rw/upper,workdir=/.rw/work",
+            lower.join(":")
+        );
         with_root(dir, || {
             mount(
                 Some("overlay"),

@@ -154,10 +154,12 @@ pub struct SandboxInfo {
     pub idle_timeout_secs: Option<u64>,
     pub on_timeout: TimeoutAction,
     /// Required on exec and file calls made with it instead of an API key. Shown only
-    /// to the sandbox's tenant.
-    pub access_token: String,
-    /// Required on traffic to the sandbox's ports, when it was created with one.
-    #[serde(default)]
+    /// in the answer that creates the sandbox (or finds it, with `get_or_create`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_token: Option<String>,
+    /// Required on traffic to the sandbox's ports, when it was created with one. Shown
+    /// as the access token is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_token: Option<String>,
 }
 

@@ -184,7 +184,12 @@ fn per_user_counters_of_a_sandbox_reach_neither_the_host_nor_a_neighbour() {
         .unwrap();
     let _ = hog.kill();
     let _ = hog.wait();
-    let want = [("inotify", 4), ("watches", 80), ("signals", 100), ("mqueues", 1)];
+    let want = [
+        ("inotify", 4),
+        ("watches", 80),
+        ("signals", 100),
+        ("mqueues", 1),
+    ];
     for (who, out) in [("host root", &host), ("a neighbour sandbox", &neighbour)] {
         let got = counters(&stdout(out));
         for (k, n) in want {
@@ -197,4 +202,97 @@ fn per_user_counters_of_a_sandbox_reach_neither_the_host_nor_a_neighbour() {
             );
         }
     }
+}
+
+/// Runs `script` on the host as the unprivileged user `nobody`.
+fn as_nobody(script: &str) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .output()
+        .expect("run setpriv")
+}
+
+#[test]
+fn local_host_users_cannot_read_warrens_state_or_a_sandboxs_files() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !can_run("local_host_users_cannot_read_warrens_state_or_a_sandboxs_files") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--owner", "alice"]);
+    // A setuid-root (inside) copy of a shell, planted in the writable layer and in the
+    // home volume.
+    let (code, _) = d.exec(
+        &id,
+        "cp /bin/sh /tmp/suid-sh && chmod 4755 /tmp/suid-sh && \
+         cp /bin/sh /home/user/suid-sh && chmod 4755 /home/user/suid-sh && \
+         echo secret > /home/user/notes",
+    );
+    assert_eq!(code, 0);
+    let data = d.data_dir();
+    let run = d.run_dir();
+    for dir in [&data, &run] {
+        let m = std::fs::metadata(dir).unwrap();
+        assert_eq!(m.mode() & 0o777, 0o700, "{} is not private", dir.display());
+    }
+    for file in ["warren.db", "secret", "api-key"] {
+        let m = std::fs::metadata(data.join(file)).unwrap();
+        assert_eq!(
+            m.permissions().mode() & 0o777,
+            0o600,
+            "{file} is readable by others"
+        );
+    }
+    // The API key is in the store as its hash only.
+    let key = d.api_key();
+    let mut db = std::fs::read(data.join("warren.db")).unwrap();
+    db.extend(std::fs::read(data.join("warren.db-wal")).unwrap_or_default());
+    assert!(
+        !db.windows(key.len()).any(|w| w == key.as_bytes()),
+        "the store holds an API key"
+    );
+    // Whatever nobody tries, it reads and runs nothing of Warren's or a sandbox's.
+    let uppers: Vec<String> = std::fs::read_dir(data.join("sandboxes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("upper/tmp/suid-sh").display().to_string())
+        .collect();
+    let volumes = data.join("volumes");
+    let mut attempts = vec![
+        format!("cat {}/warren.db", data.display()),
+        format!("cat {}/secret", data.display()),
+        format!("ls {}", data.display()),
+        format!("ls {}/volumes", data.display()),
+        format!("ls {}", run.display()),
+        format!("cat {}/*/data/notes", volumes.display()),
+        format!("{}/*/data/suid-sh -c id", volumes.display()),
+    ];
+    attempts.extend(uppers.iter().map(|p| format!("{p} -c id")));
+    for a in &attempts {
+        let o = as_nobody(a);
+        assert!(
+            !o.status.success(),
+            "nobody could run `{a}`: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+    // Even a file of the common on-disk range is no sandbox's process: the sandbox's
+    // root runs as host ids of its own.
+    let uid: u32 = std::fs::read_to_string(run.join("sandboxes").join(&id).join("uid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(uid >= 1 << 30, "root of the sandbox is host uid {uid}");
+    d.finish();
 }

@@ -359,7 +359,20 @@ async fn another_tenant_sees_nothing() {
     }
     assert!(mgr.list(&eve, &ListFilter::default()).unwrap().is_empty());
     // The sandbox's own token reaches that sandbox only.
-    let scoped = mgr.authenticate_sandbox(&sb.id, &sb.access_token).unwrap();
+    let token = sb
+        .access_token
+        .clone()
+        .expect("a new sandbox's answer has its token");
+    let scoped = mgr.authenticate_sandbox(&sb.id, &token).unwrap();
+    // Shown once: looking the sandbox up again does not show it.
+    assert_eq!(mgr.get(&alice(), &sb.id).unwrap().access_token, None);
+    // Nothing in the store is the token.
+    let mut db = std::fs::read(env.root.join("data/warren.db")).unwrap();
+    db.extend(std::fs::read(env.root.join("data/warren.db-wal")).unwrap_or_default());
+    assert!(
+        !db.windows(token.len()).any(|w| w == token.as_bytes()),
+        "the store holds the access token"
+    );
     assert!(mgr.agent(&scoped, &sb.id).await.is_ok());
     assert!(mgr.authenticate_sandbox(&sb.id, "wrong").is_none());
     let key = mgr.create_api_key("eve").unwrap();

@@ -145,7 +145,10 @@ fn root_inside_is_an_unprivileged_host_uid() {
         assert_eq!(lines[1], lines[2], "uid and gid maps agree");
         assert_eq!(lines[1][0], 0);
         assert_eq!(lines[1][2], 65536);
-        assert!(lines[1][1] >= 1 << 30, "root maps to an unprivileged host uid: {lines:?}");
+        assert!(
+            lines[1][1] >= 1 << 30,
+            "root maps to an unprivileged host uid: {lines:?}"
+        );
     }
     assert_ne!(a[1][1], b[1][1], "two sandboxes share host ids");
 }

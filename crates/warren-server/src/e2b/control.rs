@@ -190,7 +190,7 @@ struct Created {
     #[serde(rename = "clientID")]
     client_id: &'static str,
     envd_version: &'static str,
-    envd_access_token: String,
+    envd_access_token: Option<String>,
     traffic_access_token: Option<String>,
 }
 
@@ -238,6 +238,21 @@ fn listed(i: &SandboxInfo) -> serde_json::Value {
         "metadata": i.metadata,
         "state": state_of(i.state),
         "envdVersion": ENVD_VERSION,
+    })
+}
+
+/// `info` with its tokens, which E2B hands to every holder of the API key that asks
+/// (`connect` and the detail of a sandbox).
+fn with_tokens(
+    st: &E2bState,
+    who: &warren_core::Caller,
+    info: SandboxInfo,
+) -> Result<SandboxInfo, HttpError> {
+    let (access_token, traffic_token) = st.mgr.tokens(who, &info.id).map_err(core(&info.id))?;
+    Ok(SandboxInfo {
+        access_token,
+        traffic_token,
+        ..info
     })
 }
 
@@ -308,7 +323,7 @@ async fn detail(
     Key(who): Key,
     Path(id): Path<String>,
 ) -> Result<Response, HttpError> {
-    let info = st.mgr.get(&who, &id).map_err(core(&id))?;
+    let info = with_tokens(&st, &who, st.mgr.get(&who, &id).map_err(core(&id))?)?;
     Ok(axum::Json(detail_of(&info)).into_response())
 }
 
@@ -443,6 +458,7 @@ async fn resume(
         ));
     }
     apply_timeout(&st, &who, &id, &req)?;
+    let info = with_tokens(&st, &who, info)?;
     Ok((StatusCode::CREATED, axum::Json(created(&info))).into_response())
 }
 
@@ -456,6 +472,7 @@ async fn connect(
 ) -> Result<Response, HttpError> {
     let (info, woke) = wake(&st, &who, &id).await?;
     apply_timeout(&st, &who, &id, &req)?;
+    let info = with_tokens(&st, &who, info)?;
     let status = if woke {
         StatusCode::CREATED
     } else {

@@ -119,7 +119,7 @@ mod tests {
             expires_at: None,
             idle_timeout_secs: None,
             on_timeout: TimeoutAction::Terminate,
-            access_token: "t".into(),
+            access_token: None,
             traffic_token: None,
         };
         let t = table(&[info]);
