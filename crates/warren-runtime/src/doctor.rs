@@ -10,7 +10,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use crate::namespace::helper_alive;
-use crate::network::LINK_PREFIX;
+use crate::network::{link_helper, link_name, LINK_PREFIX};
 use crate::{NamespaceBackend, PREFIX};
 
 /// One thing left behind.
@@ -83,19 +83,25 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
         .flatten()
     {
         let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(short) = name.strip_prefix(LINK_PREFIX) {
-            let owner = fs::read_dir(&runs)
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|r| r.file_name().to_string_lossy().into_owned())
-                .find(|id| id.starts_with(short));
-            if owner.as_deref().map(|id| !live(id)).unwrap_or(true) {
-                out.push(Leftover {
-                    kind: "host link",
-                    what: name,
-                });
-            }
+        if !name.starts_with(LINK_PREFIX) {
+            continue;
+        }
+        // Its helper, named in its alias, is alive: a sandbox of some Warren of this host
+        // (any run directory) still uses it.
+        if link_helper(&name).is_some_and(is_warren) {
+            continue;
+        }
+        let owner = fs::read_dir(&runs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|r| r.file_name().to_string_lossy().into_owned())
+            .find(|id| link_name(id) == name);
+        if owner.as_deref().map(|id| !live(id)).unwrap_or(true) {
+            out.push(Leftover {
+                kind: "host link",
+                what: name,
+            });
         }
     }
     out.extend(orphan_processes(&runs));

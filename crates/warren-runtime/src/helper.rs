@@ -408,8 +408,13 @@ impl Sandbox {
                         .map_err(fail("write the id maps"))?;
                     cgroup.add(child.as_raw()).map_err(|e| e.to_string())?;
                     if spec.network == NetworkMode::Nat {
-                        let lease = crate::network::setup_nat(&config.run_dir, &spec.id, child)
-                            .map_err(|e| e.to_string())?;
+                        let lease = crate::network::setup_nat(
+                            &config.run_dir,
+                            &spec.id,
+                            child,
+                            std::process::id(),
+                        )
+                        .map_err(|e| e.to_string())?;
                         cleanup.dirs.push(lease);
                         cleanup.link = Some(crate::network::link_name(&spec.id));
                     }

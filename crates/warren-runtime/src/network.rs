@@ -1,11 +1,28 @@
 //! Sandbox networking: the `nat` policy and published ports.
 //!
 //! Every sandbox has its own network namespace with only loopback. `nat` adds a veth
-//! pair: `wrn<id>` on the host, `eth0` inside, a /30 of 10.200.0.0/16 between them, and
-//! masquerading for traffic leaving the host. Filter rules drop whatever a sandbox sends
-//! to the host itself or to another sandbox; the host's loopback is never routed to.
-//! The veth disappears with the namespace, so nothing needs removing when a sandbox ends
-//! except its address lease.
+//! pair: `wrn…` on the host, `eth0` inside, a /30 of 10.200.0.0/16 between them, and
+//! masquerading for traffic leaving the host. Neither end has IPv6: the policy below is
+//! written for IPv4, and a link-local address on either end would reach the host's
+//! services on `[::]` around it (ip6tables drops whatever an interface of Warren's still
+//! carries, when the host has it).
+//!
+//! The host's filter rules live in chains of Warren's own (`WARREN-INPUT`,
+//! `WARREN-FORWARD`, and `WARREN-POSTROUTING` for NAT), jumped to first from the
+//! built-in chains, and do not rely on the host's policies:
+//!
+//! - nothing from a sandbox to the host itself, to another sandbox, or to a link-local
+//!   (metadata) address;
+//! - nothing into a sandbox but replies to connections it opened: a neighbour routing
+//!   the sandbox subnet through this host reaches no port of any sandbox;
+//! - when it was Warren that turned IPv4 forwarding on (it was off), nothing forwarded
+//!   that does not come from a sandbox or answer one: the host does not become a router
+//!   between its other interfaces.
+//!
+//! The chains are written whole with `iptables-restore --noflush`, which replaces their
+//! contents atomically, under a host-wide lock: every Warren of the host writes the same
+//! rules. The host end of a veth carries, in its alias, the pid of the helper that made
+//! it, so `warren doctor` tells a live sandbox's link (of any Warren) from a leftover.
 //!
 //! Published ports need no network at all: the helper listens on 127.0.0.1 of the host
 //! and opens each forwarded connection from inside the sandbox's namespace (a thread that
@@ -13,18 +30,26 @@
 
 use std::fs;
 use std::io;
+use std::io::Write;
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::thread::JoinHandle;
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
 use warren_sys::ns::{self, CloneFlags};
 use warren_types::spec::PortMap;
 
 /// Host-side link names start with this; `warren doctor` looks for them.
 pub const LINK_PREFIX: &str = "wrn";
+/// What a host link's alias starts with, followed by its helper's pid.
+pub const LINK_ALIAS: &str = "warren-helper ";
 const SUBNET: &str = "10.200.0.0/16";
+/// The host-wide lock for writing Warren's netfilter chains.
+const RULES_LOCK: &str = "/run/warren-netfilter.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -40,24 +65,41 @@ pub enum NetError {
     Io(#[from] io::Error),
 }
 
-fn run(tool: &'static str, args: &[&str]) -> Result<(), NetError> {
-    let out = Command::new(tool)
+fn run_with(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, NetError> {
+    let mut child = Command::new(tool)
         .args(args)
-        .output()
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| NetError::Missing(tool, e))?;
+    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
     if !out.status.success() {
         return Err(NetError::Command {
             cmd: format!("{tool} {}", args.join(" ")),
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The host link name of a sandbox.
+fn run(tool: &'static str, args: &[&str]) -> Result<(), NetError> {
+    run_with(tool, args, None).map(|_| ())
+}
+
+/// The host link name of a sandbox: a hash of its whole id, so that no two sandboxes'
+/// names meet (ids that share a prefix, as build sandboxes' do, included) and a link is
+/// never torn down by the wrong sandbox's name.
 pub fn link_name(id: &str) -> String {
-    let short: String = id.chars().take(12).collect();
-    format!("{LINK_PREFIX}{short}")
+    let h = warren_types::random::to_hex(&Sha256::digest(id.as_bytes()));
+    format!("{LINK_PREFIX}{}", &h[..12])
 }
 
 /// Deletes a sandbox's host link, and with it its peer; one already gone is no error.
@@ -67,11 +109,22 @@ pub fn remove_link(name: &str) {
     }
 }
 
+/// The pid of the helper that made host link `name`, from its alias.
+pub fn link_helper(name: &str) -> Option<i32> {
+    fs::read_to_string(Path::new("/sys/class/net").join(name).join("ifalias"))
+        .ok()?
+        .trim()
+        .strip_prefix(LINK_ALIAS)?
+        .parse()
+        .ok()
+}
+
 /// Leases a /30 for `id` under `run_dir/net`; the lease file names the sandbox.
 fn lease(run_dir: &Path, id: &str) -> Result<(u32, std::path::PathBuf), NetError> {
     let dir = run_dir.join("net");
     fs::create_dir_all(&dir)?;
-    let start = u32::from_str_radix(&id[..id.len().min(4)], 16).unwrap_or(0) % 16384;
+    let start =
+        u32::from_str_radix(&link_name(id)[LINK_PREFIX.len()..][..4], 16).unwrap_or(0) % 16384;
     for i in 0..16384u32 {
         let n = (start + i) % 16384;
         let p = dir.join(n.to_string());
@@ -91,13 +144,49 @@ fn addr(n: u32, host: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + n * 4 + host)
 }
 
-/// Connects sandbox `pid` (a fresh network namespace) to the host through NAT. Returns
-/// the lease file, which the caller removes when the sandbox ends.
-pub fn setup_nat(run_dir: &Path, id: &str, pid: Pid) -> Result<std::path::PathBuf, NetError> {
+/// Turns IPv6 off on `dev` in the calling thread's network namespace (a host without
+/// IPv6 has nothing to turn off).
+fn no_ipv6(dev: &str) -> Result<(), NetError> {
+    let p = Path::new("/proc/sys/net/ipv6/conf")
+        .join(dev)
+        .join("disable_ipv6");
+    match fs::write(&p, "1") {
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound && !Path::new("/proc/sys/net/ipv6").exists() =>
+        {
+            Ok(())
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Runs `f` with the calling thread in the network namespace of `pid`, then back in its
+/// own. The caller must be single-threaded or accept that only this thread moves.
+fn in_netns_of<T>(pid: Pid, f: impl FnOnce() -> Result<T, NetError>) -> Result<T, NetError> {
+    let own = fs::File::open("/proc/thread-self/ns/net")?;
+    let theirs = ns::open_ns(pid, "net")?;
+    ns::setns(&theirs, CloneFlags::CLONE_NEWNET)?;
+    let r = f();
+    ns::setns(own.as_fd(), CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io::Error::other(format!("return to the host's network: {e}")))?;
+    r
+}
+
+/// Connects sandbox `pid` (a fresh network namespace) to the host through NAT; the host
+/// link's alias names `helper`. Returns the lease file, which the caller removes when the
+/// sandbox ends.
+pub fn setup_nat(
+    run_dir: &Path,
+    id: &str,
+    pid: Pid,
+    helper: u32,
+) -> Result<std::path::PathBuf, NetError> {
     let (n, lease_file) = lease(run_dir, id)?;
     let r = (|| {
         let host_if = link_name(id);
         let (gw, ip) = (addr(n, 1), addr(n, 2));
+        // New interfaces of the sandbox's namespace get no IPv6, eth0 included.
+        in_netns_of(pid, || no_ipv6("default"))?;
         let pid_s = pid.to_string();
         run(
             "ip",
@@ -105,59 +194,147 @@ pub fn setup_nat(run_dir: &Path, id: &str, pid: Pid) -> Result<std::path::PathBu
                 "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &pid_s,
             ],
         )?;
+        fs::write(
+            Path::new("/sys/class/net").join(&host_if).join("ifalias"),
+            format!("{LINK_ALIAS}{helper}"),
+        )?;
+        no_ipv6(&host_if)?;
         run("ip", &["addr", "add", &format!("{gw}/30"), "dev", &host_if])?;
         run("ip", &["link", "set", &host_if, "up"])?;
-        let inside = |args: &[&str]| {
-            let mut a = vec!["-t", pid_s.as_str(), "-n", "ip"];
-            a.extend_from_slice(args);
-            run("nsenter", &a)
-        };
-        inside(&["addr", "add", &format!("{ip}/30"), "dev", "eth0"])?;
-        inside(&["link", "set", "eth0", "up"])?;
-        inside(&["route", "add", "default", "via", &gw.to_string()])?;
+        in_netns_of(pid, || {
+            no_ipv6("eth0")?;
+            run("ip", &["addr", "add", &format!("{ip}/30"), "dev", "eth0"])?;
+            run("ip", &["link", "set", "eth0", "up"])?;
+            run("ip", &["route", "add", "default", "via", &gw.to_string()])
+        })?;
         host_rules()
     })();
     if let Err(e) = r {
+        remove_link(&link_name(id));
         let _ = fs::remove_file(&lease_file);
         return Err(e);
     }
     Ok(lease_file)
 }
 
-/// The host-wide rules, added once: forwarding on, masquerade out, and nothing from a
-/// sandbox to the host, to another sandbox, or to a link-local (metadata) address.
-fn host_rules() -> Result<(), NetError> {
-    fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
-    let wild = format!("{LINK_PREFIX}+");
-    let rules: [(&str, &str, Vec<&str>); 4] = [
-        (
-            "nat",
-            "POSTROUTING",
-            vec!["-s", SUBNET, "!", "-o", &wild, "-j", "MASQUERADE"],
-        ),
-        ("filter", "INPUT", vec!["-i", &wild, "-j", "DROP"]),
-        (
-            "filter",
-            "FORWARD",
-            vec!["-i", &wild, "-o", &wild, "-j", "DROP"],
-        ),
+/// The chains of Warren's IPv4 filter table: each a list of rule specs.
+fn filter_v4(router_guard: bool) -> Vec<(&'static str, Vec<String>)> {
+    let w = format!("{LINK_PREFIX}+");
+    let mut forward = vec![
+        format!("-i {w} -o {w} -j DROP"),
         // Link-local addresses: a cloud's metadata service (169.254.169.254) hands out
-        // the machine's credentials to whoever asks, so sandboxes must not reach it.
-        (
-            "filter",
-            "FORWARD",
-            vec!["-i", &wild, "-d", "169.254.0.0/16", "-j", "DROP"],
-        ),
+        // the machine's credentials to whoever asks.
+        format!("-i {w} -d 169.254.0.0/16 -j DROP"),
+        format!("-o {w} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+        format!("-o {w} -j DROP"),
+        format!("-i {w} -j ACCEPT"),
     ];
-    for (table, chain, spec) in rules {
-        let mut check = vec!["-w", "-t", table, "-C", chain];
-        check.extend(spec.iter().copied());
-        if run("iptables", &check).is_ok() {
-            continue;
+    if router_guard {
+        forward.push("-j DROP".to_string());
+    }
+    vec![
+        ("WARREN-INPUT", vec![format!("-i {w} -j DROP")]),
+        ("WARREN-FORWARD", forward),
+    ]
+}
+
+fn filter_v6() -> Vec<(&'static str, Vec<String>)> {
+    let w = format!("{LINK_PREFIX}+");
+    vec![
+        ("WARREN-INPUT", vec![format!("-i {w} -j DROP")]),
+        (
+            "WARREN-FORWARD",
+            vec![format!("-i {w} -j DROP"), format!("-o {w} -j DROP")],
+        ),
+    ]
+}
+
+/// `iptables-restore --noflush` input that makes `chains` of `table` exactly so.
+fn restore_input(table: &str, chains: &[(&str, Vec<String>)]) -> String {
+    let mut s = format!("*{table}\n");
+    for (c, _) in chains {
+        s.push_str(&format!(":{c} - [0:0]\n"));
+    }
+    for (c, rules) in chains {
+        for r in rules {
+            s.push_str(&format!("-A {c} {r}\n"));
         }
-        let mut add = vec!["-w", "-t", table, "-I", chain, "1"];
-        add.extend(spec.iter().copied());
-        run("iptables", &add)?;
+    }
+    s.push_str("COMMIT\n");
+    s
+}
+
+/// Whether `-S` output of a chain lists exactly `rules`.
+fn chain_is(listing: &str, chain: &str, rules: &[String]) -> bool {
+    let have: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("-A {chain} ")))
+        .collect();
+    have.len() == rules.len() && have.iter().zip(rules).all(|(a, b)| *a == b.as_str())
+}
+
+/// Makes Warren's chains of one family (`iptables` or `ip6tables`) what `tables` say,
+/// and jumps to them first from the built-in chains.
+fn ensure_family(
+    tool: &'static str,
+    restore: &'static str,
+    tables: &[(&str, Vec<(&'static str, Vec<String>)>)],
+) -> Result<(), NetError> {
+    for (table, chains) in tables {
+        let current = run_with(tool, &["-w", "-t", table, "-S"], None)?;
+        let up_to_date = chains.iter().all(|(c, rules)| chain_is(&current, c, rules));
+        if !up_to_date {
+            run_with(
+                restore,
+                &["-w", "--noflush"],
+                Some(&restore_input(table, chains)),
+            )?;
+        }
+        for (c, _) in chains {
+            let builtin = c.trim_start_matches("WARREN-");
+            let jump = format!("-A {builtin} -j {c}");
+            if !current.lines().any(|l| l == jump) {
+                run(tool, &["-w", "-t", table, "-I", builtin, "1", "-j", c])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The host-wide rules (see the module doc), written when missing or changed.
+fn host_rules() -> Result<(), NetError> {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(RULES_LOCK)?;
+    let _held = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
+    let forwarding = fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
+    let turned_on = forwarding.trim() == "0";
+    if turned_on {
+        fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
+    }
+    // The guard stays once set: the rule itself records that Warren turned forwarding on.
+    let current = run_with(
+        "iptables",
+        &["-w", "-t", "filter", "-S", "WARREN-FORWARD"],
+        None,
+    )
+    .unwrap_or_default();
+    let guard = turned_on || current.lines().any(|l| l == "-A WARREN-FORWARD -j DROP");
+    let masquerade = vec![(
+        "WARREN-POSTROUTING",
+        vec![format!("-s {SUBNET} ! -o {LINK_PREFIX}+ -j MASQUERADE")],
+    )];
+    ensure_family(
+        "iptables",
+        "iptables-restore",
+        &[("filter", filter_v4(guard)), ("nat", masquerade)],
+    )?;
+    // Both ends have IPv6 off; these rules are for anything of Warren's that has it
+    // anyway. A host without ip6tables has no IPv6 filtering to do it with.
+    if Command::new("ip6tables").arg("-V").output().is_ok() {
+        ensure_family("ip6tables", "ip6tables-restore", &[("filter", filter_v6())])?;
     }
     Ok(())
 }

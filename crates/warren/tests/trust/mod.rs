@@ -468,8 +468,10 @@ impl Daemon {
             return true;
         }
         let word = line.split_whitespace().last().unwrap_or_default();
-        if let Some(short) = word.strip_prefix(warren_runtime::network::LINK_PREFIX) {
-            return ids.iter().any(|id| id.starts_with(short));
+        if word.starts_with(warren_runtime::network::LINK_PREFIX) {
+            return ids
+                .iter()
+                .any(|id| warren_runtime::network::link_name(id) == word);
         }
         let Some(pid) = line
             .split("helper pid ")
