@@ -13,15 +13,26 @@
 //! 2. The terminal (if any) becomes the controlling terminal and stdin/stdout/stderr.
 //! 3. The signal mask and dispositions are reset: the agent's handlers and masks are its
 //!    own business, and an ignored signal would survive exec.
-//! 4. `oom_score_adj` is raised to 1000: when a sandbox runs out of memory the OOM killer
-//!    must pick a sandboxed process, never the agent, which reports the kill. (Lowering
-//!    the agent's own score would need CAP_SYS_RESOURCE, which hosts may withhold.)
-//! 5. Capabilities drop to [`crate::caps`]'s set, before the uid changes, because the
+//! 4. Capabilities drop to [`crate::caps`]'s set, before the uid changes, because the
 //!    bounding set can only shrink while `CAP_SETPCAP` is effective.
-//! 6. Groups, gid, then uid (the uid last: it takes the right to change the others).
-//! 7. `no_new_privs`, so setuid binaries and file capabilities cannot undo steps 5-6, and
+//! 5. Groups, gid, then uid (the uid last: it takes the right to change the others).
+//! 6. `no_new_privs`, so setuid binaries and file capabilities cannot undo steps 4-5, and
 //!    so an unprivileged process may install seccomp.
-//! 8. seccomp, last, so the filter never has to allow the setup above.
+//! 7. seccomp, so the filter never has to allow the setup above.
+//! 8. Only now the child becomes dumpable and raises `oom_score_adj` to 1000: when a
+//!    sandbox runs out of memory the OOM killer must pick a sandboxed process, never the
+//!    agent, which reports the kill. (Lowering the agent's own score would need
+//!    CAP_SYS_RESOURCE, which hosts may withhold; raising a score needs nothing.)
+//!
+//! Step 8 is last because dumpability is what lets other processes of the same uid
+//! reach this one: a dumpable process can be ptraced, and its `/proc/PID/mem` written,
+//! by the sandbox's root. A child forked from the agent is non-dumpable, like the agent,
+//! and must stay so until nothing it still runs could be worth hijacking: a process
+//! stopped and rewritten before step 7 would run the attacker's code with the agent's
+//! capabilities and without seccomp. After the uid change `/proc/self/oom_score_adj`
+//! belongs to the new uid once the process is dumpable, so the unprivileged child can
+//! still write it. What remains reachable until exec is a process confined exactly as
+//! the program it is about to run.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -85,14 +96,6 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
             }
         }
         reset_signals()?;
-        if oom_victim {
-            // The agent is non-dumpable and a fork inherits that, which makes /proc/self
-            // belong to global root, unwritable for the sandbox's own root. exec resets
-            // dumpability from the credentials anyway.
-            // SAFETY: PR_SET_DUMPABLE takes integers only.
-            check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })?;
-            write_oom_score_adj_max()?;
-        }
         if drop_caps {
             crate::caps::drop_to_kept()?;
         }
@@ -108,6 +111,14 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
         check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
         if let Some(filter) = &seccomp {
             filter.install()?;
+        }
+        if oom_victim {
+            // The agent is non-dumpable and a fork inherits that, which makes /proc/self
+            // belong to global root, unwritable for the sandbox's own root or user. exec
+            // resets dumpability from the credentials anyway.
+            // SAFETY: PR_SET_DUMPABLE takes integers only.
+            check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })?;
+            write_oom_score_adj_max()?;
         }
         Ok(())
     };
@@ -233,6 +244,61 @@ mod tests {
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("33 77"), "{text:?}");
         assert!(text.contains("tty"), "{text:?}");
+    }
+
+    #[test]
+    fn unprivileged_child_is_confined_and_still_the_oom_victim() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED: changing to another uid needs root");
+            return;
+        }
+        let seccomp = match SeccompProgram::default_policy() {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                println!("SKIPPED: no seccomp policy here: {e}");
+                return;
+            }
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "id -u; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; cat /proc/self/oom_score_adj",
+        ]);
+        cmd.current_dir("/")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        prepare(
+            &mut cmd,
+            ChildSetup {
+                oom_victim: true,
+                identity: Some(Identity {
+                    uid: 1000,
+                    gid: 1000,
+                    groups: vec![1000],
+                }),
+                drop_caps: true,
+                seccomp: Some(seccomp),
+                ..Default::default()
+            },
+        );
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let fields: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                vec!["1000"],
+                vec!["NoNewPrivs:", "1"],
+                vec!["Seccomp:", "2"],
+                vec!["1000"],
+            ],
+            "{text}"
+        );
     }
 
     #[test]
