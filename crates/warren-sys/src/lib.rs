@@ -5,6 +5,7 @@
 pub mod caps;
 pub mod cgroup;
 pub mod child;
+pub mod fsid;
 pub mod mount;
 pub mod ns;
 pub mod pty;
