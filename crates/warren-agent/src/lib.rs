@@ -163,12 +163,7 @@ impl Failure {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorCode::NoSpace,
             _ => ErrorCode::Io,
         };
-        // std's Display appends "(os error N)", which means nothing to a client.
-        let reason = match e.raw_os_error() {
-            Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
-            None => e.to_string(),
-        };
-        Self::new(code, format!("{path}: {reason}"))
+        Self::new(code, format!("{path}: {}", reason(e)))
     }
 
     pub(crate) fn response(self) -> Response {
@@ -176,6 +171,15 @@ impl Failure {
             code: self.code,
             message: self.message,
         }
+    }
+}
+
+/// What went wrong, for a client: std's Display appends "(os error N)", which means
+/// nothing to one.
+pub(crate) fn reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+        None => e.to_string(),
     }
 }
 

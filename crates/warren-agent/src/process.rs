@@ -476,7 +476,8 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
         .ok_or_else(|| Failure::new(ErrorCode::BadRequest, "exec needs a command"))?;
     let account = match req.user.as_ref().or(config.user.as_ref()) {
         Some(u) => Some(
-            user::resolve(Path::new("/"), u).map_err(|m| Failure::new(ErrorCode::BadRequest, m))?,
+            user::resolve(Path::new("/"), u)
+                .map_err(|e| Failure::new(ErrorCode::BadRequest, e.to_string()))?,
         ),
         None => None,
     };
