@@ -2,5 +2,6 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod b64;
 pub mod proto;
 pub mod spec;

@@ -23,10 +23,24 @@
 //! therefore stopped by its full pipe, and the agent's memory stays bounded. Data from
 //! the client (stdin, file uploads) is bounded the other way: the agent stops reading
 //! the connection while a process's stdin is full.
+//!
+//! File names are bytes on Linux, not text. Paths in requests are [`WirePath`]s, which
+//! travel as plain JSON strings when they are UTF-8 (nearly always) and as
+//! `{"b64": "..."}` when they are not; names the agent reports carry a `*_b64` twin in
+//! the second case, so two names that display alike can still be told apart and
+//! addressed.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use crate::b64::Base64Error;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -157,6 +171,204 @@ impl Frame {
     /// Parses a control frame's JSON payload.
     pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
         serde_json::from_slice(&self.payload)
+    }
+}
+
+/// A path as the exact bytes the filesystem knows it by.
+///
+/// Serialized as a JSON string when the bytes are UTF-8, which keeps the wire unchanged
+/// for every such path, and as `{"b64": "<standard base64>"}` otherwise; both forms are
+/// read back.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WirePath(Vec<u8>);
+
+impl WirePath {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    pub fn as_os_str(&self) -> &OsStr {
+        OsStr::from_bytes(&self.0)
+    }
+
+    pub fn as_path(&self) -> &Path {
+        Path::new(self.as_os_str())
+    }
+
+    /// The path as text, when it is UTF-8.
+    pub fn to_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The path for display: invalid UTF-8 becomes U+FFFD, so different paths may look
+    /// the same.
+    pub fn to_string_lossy(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.0)
+    }
+
+    /// The bytes in base64 when they are not UTF-8, as the `*_b64` fields of
+    /// [`FileInfo`] and [`Response::WatchEvent`] carry them; `None` for text.
+    pub fn b64_unless_utf8(&self) -> Option<String> {
+        self.to_str().is_none().then(|| crate::b64::encode(&self.0))
+    }
+
+    /// The path a display string and its `*_b64` twin stand for: the twin's bytes when
+    /// present, else the string's.
+    pub fn from_shown(shown: &str, b64: Option<&str>) -> Result<Self, Base64Error> {
+        match b64 {
+            Some(b64) => Ok(Self(crate::b64::decode(b64)?)),
+            None => Ok(Self::from(shown)),
+        }
+    }
+}
+
+impl fmt::Debug for WirePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_str() {
+            Some(s) => fmt::Debug::fmt(s, f),
+            None => write!(f, "b\"{}\"", self.0.escape_ascii()),
+        }
+    }
+}
+
+impl fmt::Display for WirePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_string_lossy())
+    }
+}
+
+impl From<&str> for WirePath {
+    fn from(s: &str) -> Self {
+        Self(s.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for WirePath {
+    fn from(s: String) -> Self {
+        Self(s.into_bytes())
+    }
+}
+
+impl From<&String> for WirePath {
+    fn from(s: &String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+impl From<&[u8]> for WirePath {
+    fn from(b: &[u8]) -> Self {
+        Self(b.to_vec())
+    }
+}
+
+impl From<Vec<u8>> for WirePath {
+    fn from(b: Vec<u8>) -> Self {
+        Self(b)
+    }
+}
+
+impl From<&OsStr> for WirePath {
+    fn from(s: &OsStr) -> Self {
+        Self(s.as_bytes().to_vec())
+    }
+}
+
+impl From<OsString> for WirePath {
+    fn from(s: OsString) -> Self {
+        Self(s.into_vec())
+    }
+}
+
+impl From<&Path> for WirePath {
+    fn from(p: &Path) -> Self {
+        Self::from(p.as_os_str())
+    }
+}
+
+impl From<PathBuf> for WirePath {
+    fn from(p: PathBuf) -> Self {
+        Self::from(p.into_os_string())
+    }
+}
+
+impl From<&WirePath> for WirePath {
+    fn from(p: &WirePath) -> Self {
+        p.clone()
+    }
+}
+
+impl AsRef<OsStr> for WirePath {
+    fn as_ref(&self) -> &OsStr {
+        self.as_os_str()
+    }
+}
+
+impl AsRef<Path> for WirePath {
+    fn as_ref(&self) -> &Path {
+        self.as_path()
+    }
+}
+
+impl Serialize for WirePath {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.to_str() {
+            Some(s) => serializer.serialize_str(s),
+            None => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("b64", &crate::b64::encode(&self.0))?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WirePath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WirePathVisitor;
+
+        impl<'de> Visitor<'de> for WirePathVisitor {
+            type Value = WirePath;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a path: a string, or {"b64": "<base64>"}"#)
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<WirePath, E> {
+                Ok(WirePath::from(s))
+            }
+
+            fn visit_string<E: de::Error>(self, s: String) -> Result<WirePath, E> {
+                Ok(WirePath::from(s))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WirePath, A::Error> {
+                let mut bytes = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key != "b64" {
+                        return Err(de::Error::unknown_field(&key, &["b64"]));
+                    }
+                    if bytes.is_some() {
+                        return Err(de::Error::duplicate_field("b64"));
+                    }
+                    let text: Cow<'de, str> = map.next_value()?;
+                    bytes = Some(crate::b64::decode(&text).map_err(de::Error::custom)?);
+                }
+                bytes
+                    .map(WirePath)
+                    .ok_or_else(|| de::Error::missing_field("b64"))
+            }
+        }
+
+        deserializer.deserialize_any(WirePathVisitor)
     }
 }
 
@@ -532,7 +744,56 @@ mod tests {
         assert_eq!(s(None, Some(9)).shell_code(), 137);
     }
 
+    #[test]
+    fn text_paths_are_plain_strings_and_others_base64() {
+        let text = WirePath::from("/tmp/ü");
+        assert_eq!(serde_json::to_string(&text).unwrap(), r#""/tmp/ü""#);
+        let raw = WirePath::from(&b"/tmp/\xff\xfe"[..]);
+        let json = serde_json::to_string(&raw).unwrap();
+        assert_eq!(json, r#"{"b64":"L3RtcC///g=="}"#);
+        assert_eq!(serde_json::from_str::<WirePath>(&json).unwrap(), raw);
+        assert_eq!(raw.b64_unless_utf8().as_deref(), Some("L3RtcC///g=="));
+        assert_eq!(text.b64_unless_utf8(), None);
+        assert_eq!(raw.to_string(), "/tmp/\u{fffd}\u{fffd}");
+        assert_eq!(format!("{raw:?}"), r#"b"/tmp/\xff\xfe""#);
+        // A text path may be sent base64-encoded too.
+        let spelled: WirePath = serde_json::from_str(r#"{"b64":"L3g="}"#).unwrap();
+        assert_eq!(spelled, WirePath::from("/x"));
+        assert_eq!(
+            WirePath::from_shown("/tmp/\u{fffd}\u{fffd}", Some("L3RtcC///g==")).unwrap(),
+            raw
+        );
+        assert_eq!(
+            WirePath::from_shown("/x", None).unwrap(),
+            WirePath::from("/x")
+        );
+    }
+
+    #[test]
+    fn malformed_raw_paths_are_refused() {
+        for bad in [
+            r#"{}"#,
+            r#"{"b64":"L3g=","b64":"L3g="}"#,
+            r#"{"b64":"L3g"}"#,
+            r#"{"b64":"L3g=","x":1}"#,
+            r#"{"hex":"2f"}"#,
+            r#"47"#,
+            r#"["/x"]"#,
+        ] {
+            assert!(serde_json::from_str::<WirePath>(bad).is_err(), "{bad}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn any_path_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let path = WirePath::from(bytes.clone());
+            let json = serde_json::to_string(&path).unwrap();
+            prop_assert_eq!(json.starts_with('"'), std::str::from_utf8(&bytes).is_ok());
+            let back: WirePath = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(back.as_bytes(), &bytes[..]);
+        }
+
         /// Arbitrary bytes never panic the decoder, and whatever it accepts re-encodes
         /// to the same bytes.
         #[test]
