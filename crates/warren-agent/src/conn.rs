@@ -374,6 +374,7 @@ impl Conn {
             Request::ReadFile { path } => {
                 let credit = Arc::new(Credit::new());
                 let task_credit = credit.clone();
+                let path = path.into_path_buf();
                 self.run(ch, files::read_file(path, ch, task_credit, out))
                     .credit = credit;
             }
@@ -381,27 +382,27 @@ impl Conn {
                 let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
                 let chan = self.run(ch, async move {
                     let _ = tokio::task::spawn_blocking(move || {
-                        files::write_file(path, mode, append, rx, ch, out)
+                        files::write_file(path.into_path_buf(), mode, append, rx, ch, out)
                     })
                     .await;
                 });
                 chan.upload = Some(tx);
             }
             Request::ListDir { path, depth } => {
-                self.run_blocking(ch, move || files::list_dir(&path, depth))
+                self.run_blocking(ch, move || files::list_dir(path.as_path(), depth))
             }
-            Request::Stat { path } => self.run_blocking(ch, move || files::stat(&path)),
+            Request::Stat { path } => self.run_blocking(ch, move || files::stat(path.as_path())),
             Request::MakeDir { path, mode } => {
-                self.run_blocking(ch, move || files::make_dir(&path, mode))
+                self.run_blocking(ch, move || files::make_dir(path.as_path(), mode))
             }
             Request::Remove { path, recursive } => {
-                self.run_blocking(ch, move || files::remove(&path, recursive))
+                self.run_blocking(ch, move || files::remove(path.as_path(), recursive))
             }
             Request::Rename { from, to } => {
-                self.run_blocking(ch, move || files::rename(&from, &to))
+                self.run_blocking(ch, move || files::rename(from.as_path(), to.as_path()))
             }
             Request::Watch { path, recursive } => {
-                self.run(ch, files::watch(path, recursive, ch, out));
+                self.run(ch, files::watch(path.into_path_buf(), recursive, ch, out));
             }
             Request::Hello { .. } => {
                 self.fail(ch, ErrorCode::BadRequest, "hello was already exchanged")

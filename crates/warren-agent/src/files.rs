@@ -5,10 +5,15 @@
 //! so a 100 MB file never sits in the agent's memory. A whole-file upload goes to a
 //! temporary file beside the target and is renamed over it at the end, so readers see the
 //! old contents or the new, never a torn mix, and an abandoned upload leaves nothing.
+//!
+//! Paths stay bytes throughout (`OsStr`): a name that is not UTF-8 is reported with its
+//! exact bytes beside the display string, and can be addressed by them.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata, OpenOptions, Permissions};
 use std::io::{self, Write};
 use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,7 +23,8 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use warren_types::proto::{
-    ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, WatchKind, CHUNK, MAX_PAYLOAD,
+    ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, WatchKind, WirePath, CHUNK,
+    MAX_PAYLOAD,
 };
 
 use crate::flow::{self, Credit};
@@ -34,7 +40,14 @@ pub(crate) enum Upload {
 /// Entries one listing may hold; past this its JSON could not fit in a frame anyway.
 const MAX_ENTRIES: usize = MAX_PAYLOAD / 64;
 
-fn info(shown: String, path: &Path, meta: &Metadata) -> FileInfo {
+/// A name for display, and its exact bytes in base64 when the display cannot hold them.
+fn shown(name: &OsStr) -> (String, Option<String>) {
+    let raw = WirePath::from(name);
+    (raw.to_string_lossy().into_owned(), raw.b64_unless_utf8())
+}
+
+/// Describes `path` (as the client named it, or joined below it for listings).
+fn info(path: &Path, meta: &Metadata) -> FileInfo {
     let file_type = if meta.is_dir() {
         FileType::Dir
     } else if meta.is_file() {
@@ -44,12 +57,18 @@ fn info(shown: String, path: &Path, meta: &Metadata) -> FileInfo {
     } else {
         FileType::Other
     };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| shown.clone());
+    let (path_shown, path_b64) = shown(path.as_os_str());
+    let (name, name_b64) = shown(path.file_name().unwrap_or(path.as_os_str()));
+    let target = (file_type == FileType::Symlink)
+        .then(|| fs::read_link(path).ok())
+        .flatten()
+        .map(|t| shown(t.as_os_str()));
+    let (symlink_target, symlink_target_b64) = match target {
+        Some((t, b64)) => (Some(t), b64),
+        None => (None, None),
+    };
     FileInfo {
-        path: shown,
+        path: path_shown,
         name,
         file_type,
         size: meta.len(),
@@ -57,79 +76,73 @@ fn info(shown: String, path: &Path, meta: &Metadata) -> FileInfo {
         uid: meta.uid(),
         gid: meta.gid(),
         modified: meta.mtime(),
-        symlink_target: (file_type == FileType::Symlink)
-            .then(|| fs::read_link(path).ok())
-            .flatten()
-            .map(|t| t.to_string_lossy().into_owned()),
-    }
-}
-
-fn join(shown: &str, name: &str) -> String {
-    if shown.ends_with('/') {
-        format!("{shown}{name}")
-    } else {
-        format!("{shown}/{name}")
+        symlink_target,
+        path_b64,
+        name_b64,
+        symlink_target_b64,
     }
 }
 
 /// Describes a path itself (a symlink is reported as one, with its target).
-pub(crate) fn stat(path: &str) -> Response {
+pub(crate) fn stat(path: &Path) -> Response {
     match fs::symlink_metadata(path) {
         Ok(meta) => Response::FileInfo {
-            info: info(path.to_string(), Path::new(path), &meta),
+            info: info(path, &meta),
         },
-        Err(e) => Failure::io(path, &e).response(),
+        Err(e) => Failure::io(path.display(), &e).response(),
     }
 }
 
 /// Lists a directory and, down to `depth` levels, its subdirectories (never through a
 /// symlink). Subdirectories that cannot be read are listed but not entered.
-pub(crate) fn list_dir(path: &str, depth: u32) -> Response {
-    fn walk(dir: &Path, shown: &str, depth: u32, out: &mut Vec<FileInfo>) -> io::Result<()> {
+pub(crate) fn list_dir(path: &Path, depth: u32) -> Response {
+    fn walk(dir: &Path, depth: u32, out: &mut Vec<(PathBuf, FileInfo)>) -> io::Result<()> {
         for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let child = entry.path();
-            let shown = join(shown, &entry.file_name().to_string_lossy());
+            let child = entry?.path();
             let Ok(meta) = fs::symlink_metadata(&child) else {
                 continue; // removed while we listed it
             };
-            out.push(info(shown.clone(), &child, &meta));
+            out.push((child.clone(), info(&child, &meta)));
             if out.len() > MAX_ENTRIES {
                 return Ok(());
             }
             if meta.is_dir() && depth > 1 {
-                let _ = walk(&child, &shown, depth - 1, out);
+                let _ = walk(&child, depth - 1, out);
             }
         }
         Ok(())
     }
+    let shown = path.display();
     if depth == 0 {
         return Failure::new(ErrorCode::BadRequest, "depth must be at least 1").response();
     }
     match fs::metadata(path) {
         Ok(m) if !m.is_dir() => {
-            return Failure::io(path, &io::Error::from_raw_os_error(libc::ENOTDIR)).response()
+            return Failure::io(shown, &io::Error::from_raw_os_error(libc::ENOTDIR)).response()
         }
         Ok(_) => {}
-        Err(e) => return Failure::io(path, &e).response(),
+        Err(e) => return Failure::io(shown, &e).response(),
     }
     let mut entries = Vec::new();
-    if let Err(e) = walk(Path::new(path), path, depth, &mut entries) {
-        return Failure::io(path, &e).response();
+    if let Err(e) = walk(path, depth, &mut entries) {
+        return Failure::io(shown, &e).response();
     }
     if entries.len() > MAX_ENTRIES {
         return Failure::new(
             ErrorCode::Io,
-            format!("{path}: more than {MAX_ENTRIES} entries; list with a smaller depth"),
+            format!("{shown}: more than {MAX_ENTRIES} entries; list with a smaller depth"),
         )
         .response();
     }
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let response = Response::DirEntries { entries };
+    // By bytes, not by Path's component order: a listing reads like `ls -R | sort`.
+    entries.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+    let response = Response::DirEntries {
+        entries: entries.into_iter().map(|(_, info)| info).collect(),
+    };
     if serde_json::to_vec(&response).map_or(0, |v| v.len()) > MAX_PAYLOAD {
         return Failure::new(
             ErrorCode::Io,
-            format!("{path}: listing too large; list with a smaller depth"),
+            format!("{shown}: listing too large; list with a smaller depth"),
         )
         .response();
     }
@@ -137,9 +150,9 @@ pub(crate) fn list_dir(path: &str, depth: u32) -> Response {
 }
 
 /// `mkdir -p`, except that an existing path is reported as `AlreadyExists`.
-pub(crate) fn make_dir(path: &str, mode: Option<u32>) -> Response {
+pub(crate) fn make_dir(path: &Path, mode: Option<u32>) -> Response {
     if fs::symlink_metadata(path).is_ok() {
-        return Failure::io(path, &io::Error::from_raw_os_error(libc::EEXIST)).response();
+        return Failure::io(path.display(), &io::Error::from_raw_os_error(libc::EEXIST)).response();
     }
     match fs::DirBuilder::new()
         .recursive(true)
@@ -147,11 +160,11 @@ pub(crate) fn make_dir(path: &str, mode: Option<u32>) -> Response {
         .create(path)
     {
         Ok(()) => Response::Ok,
-        Err(e) => Failure::io(path, &e).response(),
+        Err(e) => Failure::io(path.display(), &e).response(),
     }
 }
 
-pub(crate) fn remove(path: &str, recursive: bool) -> Response {
+pub(crate) fn remove(path: &Path, recursive: bool) -> Response {
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() && recursive => fs::remove_dir_all(path),
         Ok(m) if m.is_dir() => fs::remove_dir(path),
@@ -160,20 +173,20 @@ pub(crate) fn remove(path: &str, recursive: bool) -> Response {
     };
     match result {
         Ok(()) => Response::Ok,
-        Err(e) => Failure::io(path, &e).response(),
+        Err(e) => Failure::io(path.display(), &e).response(),
     }
 }
 
-pub(crate) fn rename(from: &str, to: &str) -> Response {
+pub(crate) fn rename(from: &Path, to: &Path) -> Response {
     match fs::rename(from, to) {
         Ok(()) => Response::Ok,
-        Err(e) => Failure::io(&format!("{from} -> {to}"), &e).response(),
+        Err(e) => Failure::io(format!("{} -> {}", from.display(), to.display()), &e).response(),
     }
 }
 
 /// Sends `FileInfo`, the contents as credit allows, then `End`.
 pub(crate) async fn read_file(
-    path: String,
+    path: PathBuf,
     ch: u32,
     credit: Arc<Credit>,
     out: mpsc::Sender<Frame>,
@@ -184,7 +197,7 @@ pub(crate) async fn read_file(
         if meta.is_dir() {
             return Err(io::Error::from_raw_os_error(libc::EISDIR));
         }
-        let info = info(path.clone(), Path::new(&path), &meta);
+        let info = info(&path, &meta);
         if out
             .send(Frame::control(ch, &Response::FileInfo { info }))
             .await
@@ -214,26 +227,30 @@ pub(crate) async fn read_file(
     .await;
     if let Err(e) = result {
         let _ = out
-            .send(Frame::control(ch, &Failure::io(&path, &e).response()))
+            .send(Frame::control(
+                ch,
+                &Failure::io(path.display(), &e).response(),
+            ))
             .await;
     }
 }
 
 /// Receives an upload and answers `Written`. Blocking: run it on the blocking pool.
 pub(crate) fn write_file(
-    path: String,
+    path: PathBuf,
     mode: Option<u32>,
     append: bool,
     mut rx: mpsc::Receiver<Upload>,
     ch: u32,
     out: mpsc::Sender<Frame>,
 ) {
-    let response = match write_upload(Path::new(&path), mode, append, &mut rx) {
+    let response = match write_upload(&path, mode, append, &mut rx) {
         Ok(Some(bytes)) => Response::Written { bytes },
         // Abandoned: the client cancelled or went away.
         Ok(None) => return,
         Err(e) => {
-            let _ = out.blocking_send(Frame::control(ch, &Failure::io(&path, &e).response()));
+            let failure = Failure::io(path.display(), &e);
+            let _ = out.blocking_send(Frame::control(ch, &failure.response()));
             // Absorb what the client had in flight, up to its End.
             while let Some(Upload::Data(_)) = rx.blocking_recv() {}
             return;
@@ -309,13 +326,11 @@ struct TempFile {
 impl TempFile {
     fn beside(target: &Path) -> io::Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            target.with_file_name(format!(".{name}.warren-upload-{}-{n}", std::process::id()));
+        let mut name = OsString::from(".");
+        name.push(target.file_name().unwrap_or_default());
+        name.push(format!(".warren-upload-{}-{n}", std::process::id()));
+        let path = target.with_file_name(name);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -390,23 +405,27 @@ fn kind_of(mask: AddWatchFlags) -> Option<WatchKind> {
 
 /// Answers `Ok`, then a `WatchEvent` per change until cancelled (the task is aborted) or
 /// until the watched path itself is gone.
-pub(crate) async fn watch(path: String, recursive: bool, ch: u32, out: mpsc::Sender<Frame>) {
+pub(crate) async fn watch(path: PathBuf, recursive: bool, ch: u32, out: mpsc::Sender<Frame>) {
     let send = |r: Response| Frame::control(ch, &r);
     let ino = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
         Ok(i) => i,
         Err(e) => {
             let _ = out
-                .send(send(Failure::io(&path, &io::Error::from(e)).response()))
+                .send(send(
+                    Failure::io(path.display(), &io::Error::from(e)).response(),
+                ))
                 .await;
             return;
         }
     };
-    let root = PathBuf::from(&path);
+    let root = path.clone();
     let root_wd = match ino.add_watch(root.as_path(), watch_mask()) {
         Ok(wd) => wd,
         Err(e) => {
             let _ = out
-                .send(send(Failure::io(&path, &io::Error::from(e)).response()))
+                .send(send(
+                    Failure::io(path.display(), &io::Error::from(e)).response(),
+                ))
                 .await;
             return;
         }
@@ -426,7 +445,9 @@ pub(crate) async fn watch(path: String, recursive: bool, ch: u32, out: mpsc::Sen
     let ready = match ino.as_fd().try_clone_to_owned().and_then(flow::reader) {
         Ok(fd) => fd,
         Err(e) => {
-            let _ = out.send(send(Failure::io(&path, &e).response())).await;
+            let _ = out
+                .send(send(Failure::io(path.display(), &e).response()))
+                .await;
             return;
         }
     };
@@ -441,7 +462,9 @@ pub(crate) async fn watch(path: String, recursive: bool, ch: u32, out: mpsc::Sen
             Ok(events) => events,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
-                let _ = out.send(send(Failure::io(&path, &e).response())).await;
+                let _ = out
+                    .send(send(Failure::io(path.display(), &e).response()))
+                    .await;
                 return;
             }
         };
@@ -481,9 +504,11 @@ pub(crate) async fn watch(path: String, recursive: bool, ch: u32, out: mpsc::Sen
             let events = std::iter::once((kind, changed))
                 .chain(created.into_iter().map(|p| (WatchKind::Create, p)));
             for (kind, p) in events {
+                let (path, path_b64) = shown(p.as_os_str());
                 let event = Response::WatchEvent {
                     kind,
-                    path: p.to_string_lossy().into_owned(),
+                    path,
+                    path_b64,
                 };
                 if out.send(send(event)).await.is_err() {
                     return;

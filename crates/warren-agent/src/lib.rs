@@ -150,7 +150,7 @@ impl Failure {
     }
 
     /// An I/O error on `path`, with the stable code clients branch on.
-    pub(crate) fn io(path: &str, e: &io::Error) -> Self {
+    pub(crate) fn io(path: impl std::fmt::Display, e: &io::Error) -> Self {
         let code = match e.raw_os_error() {
             Some(libc::ENOENT) => ErrorCode::NotFound,
             Some(libc::EEXIST) => ErrorCode::AlreadyExists,

@@ -509,7 +509,7 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
                 format!("working directory {}: not a directory", cwd.display()),
             ))
         }
-        Err(e) => return Err(Failure::io(&cwd.display().to_string(), &e)),
+        Err(e) => return Err(Failure::io(cwd.display(), &e)),
     }
 
     let (program, argv0, args): (PathBuf, String, Vec<String>) = match &command {

@@ -198,7 +198,7 @@ async fn directories_stat_mkdir_remove_rename() {
 
     let Response::DirEntries { entries } = c
         .request(&Request::ListDir {
-            path: format!("{d}/a"),
+            path: format!("{d}/a").into(),
             depth: 2,
         })
         .await
@@ -220,7 +220,7 @@ async fn directories_stat_mkdir_remove_rename() {
     );
     let Response::DirEntries { entries } = c
         .request(&Request::ListDir {
-            path: format!("{d}/a"),
+            path: format!("{d}/a").into(),
             depth: 1,
         })
         .await
@@ -231,7 +231,7 @@ async fn directories_stat_mkdir_remove_rename() {
 
     match c
         .request(&Request::Stat {
-            path: format!("{d}/a/file"),
+            path: format!("{d}/a/file").into(),
         })
         .await
     {
@@ -250,7 +250,7 @@ async fn directories_stat_mkdir_remove_rename() {
     assert_eq!(
         code(
             c.request(&Request::Stat {
-                path: format!("{d}/nope")
+                path: format!("{d}/nope").into()
             })
             .await
         ),
@@ -259,7 +259,7 @@ async fn directories_stat_mkdir_remove_rename() {
     assert_eq!(
         code(
             c.request(&Request::ListDir {
-                path: format!("{d}/a/file"),
+                path: format!("{d}/a/file").into(),
                 depth: 1
             })
             .await
@@ -270,7 +270,7 @@ async fn directories_stat_mkdir_remove_rename() {
     let new = format!("{d}/x/y/z");
     assert_eq!(
         c.request(&Request::MakeDir {
-            path: new.clone(),
+            path: new.clone().into(),
             mode: None
         })
         .await,
@@ -280,7 +280,7 @@ async fn directories_stat_mkdir_remove_rename() {
     assert_eq!(
         code(
             c.request(&Request::MakeDir {
-                path: new,
+                path: new.into(),
                 mode: None
             })
             .await
@@ -290,13 +290,20 @@ async fn directories_stat_mkdir_remove_rename() {
 
     let from = format!("{d}/a/file");
     let to = format!("{d}/x/moved");
-    assert_eq!(c.request(&Request::Rename { from, to }).await, Response::Ok);
+    assert_eq!(
+        c.request(&Request::Rename {
+            from: from.into(),
+            to: to.into()
+        })
+        .await,
+        Response::Ok
+    );
     assert!(dir.join("x/moved").is_file());
 
     assert_eq!(
         code(
             c.request(&Request::Remove {
-                path: format!("{d}/a"),
+                path: format!("{d}/a").into(),
                 recursive: false
             })
             .await
@@ -305,7 +312,7 @@ async fn directories_stat_mkdir_remove_rename() {
     );
     assert_eq!(
         c.request(&Request::Remove {
-            path: format!("{d}/a"),
+            path: format!("{d}/a").into(),
             recursive: true
         })
         .await,
@@ -315,7 +322,7 @@ async fn directories_stat_mkdir_remove_rename() {
     assert_eq!(
         code(
             c.request(&Request::Remove {
-                path: format!("{d}/a"),
+                path: format!("{d}/a").into(),
                 recursive: true
             })
             .await
@@ -332,7 +339,7 @@ async fn watch_reports_changes_below_the_path() {
     let mut c = agent.connect().await;
     let ch = c
         .open(&Request::Watch {
-            path: d.clone(),
+            path: d.clone().into(),
             recursive: true,
         })
         .await;
@@ -361,7 +368,7 @@ async fn watch_reports_changes_below_the_path() {
     while !want.iter().all(|w| seen.contains(w)) {
         assert!(Instant::now() < deadline, "saw only {seen:?}");
         match c.control(ch).await {
-            Response::WatchEvent { kind, path } => seen.push((kind, path)),
+            Response::WatchEvent { kind, path, .. } => seen.push((kind, path)),
             other => panic!("{other:?}"),
         }
     }
@@ -370,7 +377,7 @@ async fn watch_reports_changes_below_the_path() {
     // A watch on a missing path is an error, not a stream.
     let ch = c
         .open(&Request::Watch {
-            path: format!("{d}/missing"),
+            path: format!("{d}/missing").into(),
             recursive: false,
         })
         .await;
@@ -381,4 +388,120 @@ async fn watch_reports_changes_below_the_path() {
             ..
         }
     ));
+}
+
+#[tokio::test]
+async fn names_that_are_not_utf8_are_reported_and_addressed_exactly() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    use warren_types::proto::WirePath;
+
+    let agent = TestAgent::start();
+    let dir = agent.scratch();
+    let mut c = agent.connect().await;
+    let raw = |name: &[u8]| dir.join(OsStr::from_bytes(name));
+    // Two names that display alike, a symlink to one of them, through a raw directory.
+    std::fs::create_dir(raw(b"d\xe9")).unwrap();
+    std::fs::write(raw(b"d\xe9/a\xff"), "ff").unwrap();
+    std::fs::write(raw(b"d\xe9/a\xfe"), "fe").unwrap();
+    std::os::unix::fs::symlink(OsStr::from_bytes(b"a\xff"), raw(b"d\xe9/l")).unwrap();
+    let d = WirePath::from(raw(b"d\xe9"));
+
+    let Response::DirEntries { entries } = c
+        .request(&Request::ListDir {
+            path: d.clone(),
+            depth: 1,
+        })
+        .await
+    else {
+        panic!("no listing")
+    };
+    let names: Vec<(String, Option<String>)> = entries
+        .iter()
+        .map(|e| (e.name.clone(), e.name_b64.clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("a\u{fffd}".to_string(), Some("Yf4=".to_string())),
+            ("a\u{fffd}".to_string(), Some("Yf8=".to_string())),
+            ("l".to_string(), None),
+        ]
+    );
+    assert!(entries.iter().all(|e| e.path_b64.is_some()));
+    let link = &entries[2];
+    assert_eq!(link.symlink_target_b64.as_deref(), Some("Yf8="));
+    assert_eq!(
+        link.raw_symlink_target().unwrap().unwrap().as_bytes(),
+        b"a\xff"
+    );
+
+    // Each entry is addressed by its exact bytes.
+    for (entry, contents) in entries.iter().zip(["fe", "ff"]) {
+        let path = entry.raw_path().unwrap();
+        assert_eq!(
+            path.as_bytes(),
+            raw(&[b"d\xe9/", entry.raw_name().unwrap().as_bytes()].concat())
+                .as_os_str()
+                .as_bytes()
+        );
+        let ch = c.open(&Request::ReadFile { path }).await;
+        assert!(matches!(c.control(ch).await, Response::FileInfo { .. }));
+        let data = c.frame(ch).await;
+        assert_eq!(data.payload, contents.as_bytes());
+        assert_eq!(c.control(ch).await, Response::End);
+    }
+    let from = WirePath::from(raw(b"d\xe9/a\xff"));
+    let to = WirePath::from(raw(b"d\xe9/b\x80"));
+    assert_eq!(
+        c.request(&Request::Rename {
+            from,
+            to: to.clone()
+        })
+        .await,
+        Response::Ok
+    );
+    match c.request(&Request::Stat { path: to.clone() }).await {
+        Response::FileInfo { info } => {
+            assert_eq!(info.raw_path().unwrap(), to);
+            assert_eq!(info.raw_name().unwrap().as_bytes(), b"b\x80");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Watch events carry the exact bytes too.
+    let ch = c
+        .open(&Request::Watch {
+            path: d.clone(),
+            recursive: false,
+        })
+        .await;
+    assert_eq!(c.control(ch).await, Response::Ok);
+    std::fs::write(raw(b"d\xe9/new\xc3"), "").unwrap();
+    loop {
+        match c.control(ch).await {
+            Response::WatchEvent {
+                kind: WatchKind::Create,
+                path,
+                path_b64,
+            } => {
+                let exact = WirePath::from_shown(&path, path_b64.as_deref()).unwrap();
+                assert_eq!(exact, WirePath::from(raw(b"d\xe9/new\xc3")));
+                break;
+            }
+            Response::WatchEvent { .. } => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+    c.send(ch, &Request::Cancel).await;
+    assert_eq!(
+        c.request(&Request::Remove {
+            path: d,
+            recursive: true
+        })
+        .await,
+        Response::Ok
+    );
+    assert!(!raw(b"d\xe9").exists());
 }

@@ -572,6 +572,10 @@ fn openapi_schemas_match_serde() {
         gid: 0,
         modified: 0,
         symlink_target: None,
+        // Present only for names that are not UTF-8; set so that they are compared too.
+        path_b64: Some(String::new()),
+        name_b64: Some(String::new()),
+        symlink_target_b64: Some(String::new()),
     };
     assert_eq!(props("FileInfo"), keys(&fi));
     let pi = warren_types::proto::ProcessInfo {

@@ -203,6 +203,10 @@ impl WirePath {
         Path::new(self.as_os_str())
     }
 
+    pub fn into_path_buf(self) -> PathBuf {
+        PathBuf::from(OsString::from_vec(self.0))
+    }
+
     /// The path as text, when it is UTF-8.
     pub fn to_str(&self) -> Option<&str> {
         std::str::from_utf8(&self.0).ok()
@@ -460,11 +464,11 @@ pub enum Request {
     CloseStdin,
     /// Answered by `FileInfo`, then `Data` frames, then `End`.
     ReadFile {
-        path: String,
+        path: WirePath,
     },
     /// Followed by the client's `Data` frames and `End`; answered by `Written`.
     WriteFile {
-        path: String,
+        path: WirePath,
         #[serde(default)]
         mode: Option<u32>,
         #[serde(default)]
@@ -473,30 +477,30 @@ pub enum Request {
     /// The client has no more data for this channel.
     End,
     ListDir {
-        path: String,
+        path: WirePath,
         #[serde(default = "one")]
         depth: u32,
     },
     Stat {
-        path: String,
+        path: WirePath,
     },
     MakeDir {
-        path: String,
+        path: WirePath,
         #[serde(default)]
         mode: Option<u32>,
     },
     Remove {
-        path: String,
+        path: WirePath,
         #[serde(default)]
         recursive: bool,
     },
     Rename {
-        from: String,
-        to: String,
+        from: WirePath,
+        to: WirePath,
     },
     /// Answered by `Ok`, then `WatchEvent`s until the client sends `Cancel`.
     Watch {
-        path: String,
+        path: WirePath,
         #[serde(default)]
         recursive: bool,
     },
@@ -554,6 +558,10 @@ pub enum FileType {
 }
 
 /// What `stat` tells of a file.
+///
+/// `path`, `name` and `symlink_target` are for display; when their bytes are not UTF-8
+/// they show them lossily and the matching `*_b64` field holds the exact bytes (see
+/// [`WirePath`]). [`FileInfo::raw_path`] and its siblings give the exact bytes either way.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileInfo {
     /// The path as the client named it (joined for listings).
@@ -570,6 +578,30 @@ pub struct FileInfo {
     pub modified: i64,
     /// Where a symlink points.
     pub symlink_target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target_b64: Option<String>,
+}
+
+impl FileInfo {
+    /// The exact bytes of `path`, to address the file in another request.
+    pub fn raw_path(&self) -> Result<WirePath, Base64Error> {
+        WirePath::from_shown(&self.path, self.path_b64.as_deref())
+    }
+
+    pub fn raw_name(&self) -> Result<WirePath, Base64Error> {
+        WirePath::from_shown(&self.name, self.name_b64.as_deref())
+    }
+
+    pub fn raw_symlink_target(&self) -> Result<Option<WirePath>, Base64Error> {
+        self.symlink_target
+            .as_deref()
+            .map(|t| WirePath::from_shown(t, self.symlink_target_b64.as_deref()))
+            .transpose()
+    }
 }
 
 /// What happened to a watched path.
@@ -629,9 +661,13 @@ pub enum Response {
     Written {
         bytes: u64,
     },
+    /// `path` is for display, `path_b64` the exact bytes when they are not UTF-8 (see
+    /// [`WirePath::from_shown`]).
     WatchEvent {
         kind: WatchKind,
         path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path_b64: Option<String>,
     },
     Ok,
     Error {
@@ -767,6 +803,63 @@ mod tests {
             WirePath::from_shown("/x", None).unwrap(),
             WirePath::from("/x")
         );
+    }
+
+    #[test]
+    fn requests_with_text_paths_keep_their_old_wire_form() {
+        let old = [
+            r#"{"op":"stat","path":"/x"}"#,
+            r#"{"op":"read_file","path":"/x"}"#,
+            r#"{"op":"rename","from":"/a","to":"/b"}"#,
+            r#"{"op":"list_dir","path":"/","depth":2}"#,
+        ];
+        for json in old {
+            let r: Request = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&r).unwrap(), json);
+        }
+        let raw = Request::Stat {
+            path: WirePath::from(&b"/\x80"[..]),
+        };
+        let json = serde_json::to_string(&raw).unwrap();
+        assert_eq!(json, r#"{"op":"stat","path":{"b64":"L4A="}}"#);
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), raw);
+        // The tag and the raw path's object do not confuse deny_unknown_fields.
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"stat","path":{"b64":"L4A=","x":1}}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn file_info_gives_back_exact_names() {
+        let json = r#"{"path":"/d/\ufffd","name":"\ufffd","type":"symlink","size":1,"mode":511,
+            "uid":0,"gid":0,"modified":0,"symlink_target":"\ufffd","path_b64":"L2Qv/w==",
+            "name_b64":"/w==","symlink_target_b64":"/g=="}"#;
+        let info: FileInfo = serde_json::from_str(json).unwrap();
+        assert_eq!(info.raw_path().unwrap().as_bytes(), b"/d/\xff");
+        assert_eq!(info.raw_name().unwrap().as_bytes(), b"\xff");
+        assert_eq!(
+            info.raw_symlink_target().unwrap().unwrap().as_bytes(),
+            b"\xfe"
+        );
+        // Text names carry no twins, so old readers see the same fields as before.
+        let text = FileInfo {
+            path: "/a".into(),
+            name: "a".into(),
+            file_type: FileType::File,
+            size: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            modified: 0,
+            symlink_target: None,
+            path_b64: None,
+            name_b64: None,
+            symlink_target_b64: None,
+        };
+        let value = serde_json::to_value(&text).unwrap();
+        assert!(value.get("path_b64").is_none() && value.get("name_b64").is_none());
+        assert_eq!(text.raw_path().unwrap(), WirePath::from("/a"));
     }
 
     #[test]
