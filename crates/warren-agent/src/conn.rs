@@ -371,11 +371,11 @@ impl Conn {
                 self.send(ch, result.map_or_else(Failure::response, |()| Response::Ok))
                     .await;
             }
-            Request::ReadFile { path } => {
+            Request::ReadFile { path, special } => {
                 let credit = Arc::new(Credit::new());
                 let task_credit = credit.clone();
                 let path = path.into_path_buf();
-                self.run(ch, files::read_file(path, ch, task_credit, out))
+                self.run(ch, files::read_file(path, special, ch, task_credit, out))
                     .credit = credit;
             }
             Request::WriteFile { path, mode, append } => {

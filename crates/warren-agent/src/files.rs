@@ -12,15 +12,16 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use warren_types::proto::{
     ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, WatchKind, WirePath, CHUNK,
@@ -184,25 +185,116 @@ pub(crate) fn rename(from: &Path, to: &Path) -> Response {
     }
 }
 
-/// Sends `FileInfo`, the contents as credit allows, then `End`.
+/// A file opened for a read, described as the client will see it.
+pub(crate) struct Opened {
+    file: fs::File,
+    info: FileInfo,
+    regular: bool,
+}
+
+/// What a file that is not regular is, for the client.
+fn what(t: &fs::FileType) -> &'static str {
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses what a read must not open (or must not have opened): directories, and
+/// special files unless asked for.
+fn check_readable(path: &Path, meta: &Metadata, special: bool) -> Result<(), Failure> {
+    if meta.is_dir() {
+        return Err(Failure::io(
+            path.display(),
+            &io::Error::from_raw_os_error(libc::EISDIR),
+        ));
+    }
+    if !meta.is_file() && !special {
+        return Err(Failure::new(
+            ErrorCode::NotAFile,
+            format!(
+                "{} is {}; special files are read only when asked (special)",
+                path.display(),
+                what(&meta.file_type())
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens `path` for a read. Blocking: run it on the blocking pool.
+///
+/// The type is checked before the open, so that a device is not even opened (which has
+/// effects of its own) unless asked for, and again on the open file, which is what is
+/// read. The open never waits: O_NONBLOCK makes a FIFO without a writer open at once, and
+/// O_NOCTTY keeps a terminal from becoming the agent's.
+pub(crate) fn open_for_read(path: &Path, special: bool) -> Result<Opened, Failure> {
+    let io = |e: io::Error| Failure::io(path.display(), &e);
+    check_readable(path, &fs::metadata(path).map_err(io)?, special)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    check_readable(path, &meta, special)?;
+    Ok(Opened {
+        info: info(path, &meta),
+        regular: meta.is_file(),
+        file,
+    })
+}
+
+/// Where a read's bytes come from.
+fn source(opened: Opened) -> io::Result<Box<dyn AsyncRead + Unpin + Send>> {
+    if opened.regular {
+        return Ok(Box::new(tokio::fs::File::from_std(opened.file)));
+    }
+    // FIFOs, sockets and most devices can be polled, and a silent one then costs no
+    // thread while it keeps the client waiting.
+    if let Ok(polled) = flow::reader(OwnedFd::from(opened.file.try_clone()?)) {
+        return Ok(Box::new(polled));
+    }
+    // The rest (/dev/zero, /dev/urandom) answer at once; they are read on the blocking
+    // pool like files, in the blocking mode they expect.
+    let fd = opened.file.as_raw_fd();
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(Box::new(tokio::fs::File::from_std(opened.file)))
+}
+
+/// Opens the file on the blocking pool, then sends `FileInfo`, the contents as credit
+/// allows, then `End`.
 pub(crate) async fn read_file(
     path: PathBuf,
+    special: bool,
     ch: u32,
     credit: Arc<Credit>,
     out: mpsc::Sender<Frame>,
 ) {
-    let result: io::Result<()> = async {
-        let mut file = tokio::fs::File::open(&path).await?;
-        let meta = file.metadata().await?;
-        if meta.is_dir() {
-            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    let send = |r: Response| Frame::control(ch, &r);
+    let shown = path.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || open_for_read(&path, special))
+        .await
+        .unwrap_or_else(|_| Err(Failure::new(ErrorCode::Io, "opening the file failed")));
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(f) => {
+            let _ = out.send(send(f.response())).await;
+            return;
         }
-        let info = info(&path, &meta);
-        if out
-            .send(Frame::control(ch, &Response::FileInfo { info }))
-            .await
-            .is_err()
-        {
+    };
+    let info = opened.info.clone();
+    let result: io::Result<()> = async {
+        let mut file = source(opened)?;
+        if out.send(send(Response::FileInfo { info })).await.is_err() {
             return Ok(());
         }
         let mut buf = vec![0u8; CHUNK];
@@ -221,17 +313,12 @@ pub(crate) async fn read_file(
                 return Ok(());
             }
         }
-        let _ = out.send(Frame::control(ch, &Response::End)).await;
+        let _ = out.send(send(Response::End)).await;
         Ok(())
     }
     .await;
     if let Err(e) = result {
-        let _ = out
-            .send(Frame::control(
-                ch,
-                &Failure::io(path.display(), &e).response(),
-            ))
-            .await;
+        let _ = out.send(send(Failure::io(&shown, &e).response())).await;
     }
 }
 

@@ -52,7 +52,12 @@ async fn write_file(c: &mut Client, path: &str, chunks: impl Iterator<Item = Vec
 
 /// Reads a whole file, returning its info, length and checksum.
 async fn read_file(c: &mut Client, path: &str) -> Result<(u64, u64, u64), ErrorCode> {
-    let ch = c.open(&Request::ReadFile { path: path.into() }).await;
+    let ch = c
+        .open(&Request::ReadFile {
+            path: path.into(),
+            special: false,
+        })
+        .await;
     let size = match c.control(ch).await {
         Response::FileInfo { info } => info.size,
         Response::Error { code, .. } => return Err(code),
@@ -446,7 +451,12 @@ async fn names_that_are_not_utf8_are_reported_and_addressed_exactly() {
                 .as_os_str()
                 .as_bytes()
         );
-        let ch = c.open(&Request::ReadFile { path }).await;
+        let ch = c
+            .open(&Request::ReadFile {
+                path,
+                special: false,
+            })
+            .await;
         assert!(matches!(c.control(ch).await, Response::FileInfo { .. }));
         let data = c.frame(ch).await;
         assert_eq!(data.payload, contents.as_bytes());
@@ -504,4 +514,79 @@ async fn names_that_are_not_utf8_are_reported_and_addressed_exactly() {
         Response::Ok
     );
     assert!(!raw(b"d\xe9").exists());
+}
+
+#[tokio::test]
+async fn special_files_are_read_only_when_asked() {
+    use warren_types::proto::INITIAL_WINDOW;
+
+    let agent = TestAgent::start();
+    let dir = agent.scratch();
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let fifo_path = fifo.to_str().unwrap().to_string();
+    let mut c = agent.connect().await;
+    let read = |path: &str, special: bool| Request::ReadFile {
+        path: path.into(),
+        special,
+    };
+
+    // Refused at once, without waiting for a writer, and saying why.
+    for (path, what) in [
+        (fifo_path.as_str(), "a FIFO"),
+        ("/dev/null", "a character device"),
+        ("/dev/zero", "a character device"),
+    ] {
+        match c.request(&read(path, false)).await {
+            Response::Error {
+                code: ErrorCode::NotAFile,
+                message,
+            } => {
+                assert!(message.contains(what), "{message}");
+                assert!(message.contains("special"), "{message}");
+            }
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    // Asked for, a FIFO streams what its writer writes, to the writer's end.
+    let writer = std::thread::spawn(move || std::fs::write(fifo, "hello fifo"));
+    let ch = c.open(&read(&fifo_path, true)).await;
+    match c.control(ch).await {
+        Response::FileInfo { info } => assert_eq!(info.file_type, FileType::Other),
+        other => panic!("{other:?}"),
+    }
+    let mut got = Vec::new();
+    loop {
+        let f = c.frame(ch).await;
+        match f.kind {
+            FrameKind::Data => got.extend_from_slice(&f.payload),
+            FrameKind::Control => {
+                assert_eq!(f.parse::<Response>().unwrap(), Response::End);
+                break;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(got, b"hello fifo");
+    writer.join().unwrap().unwrap();
+
+    // An endless device streams only as far as the client grants.
+    let ch = c.open(&read("/dev/zero", true)).await;
+    assert!(matches!(c.control(ch).await, Response::FileInfo { .. }));
+    let mut total = 0usize;
+    while total < INITIAL_WINDOW as usize {
+        let f = c.frame(ch).await;
+        assert_eq!(f.kind, FrameKind::Data);
+        total += f.payload.len();
+    }
+    assert_eq!(total, INITIAL_WINDOW as usize);
+    let more = tokio::time::timeout(Duration::from_millis(300), c.frame(ch)).await;
+    assert!(more.is_err(), "sent past the window: {more:?}");
+    c.send(ch, &Request::Cancel).await;
+    // The connection still serves.
+    assert!(matches!(
+        c.request(&Request::Stat { path: "/".into() }).await,
+        Response::FileInfo { .. }
+    ));
 }

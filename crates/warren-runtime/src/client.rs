@@ -264,10 +264,14 @@ impl AgentClient {
         }
     }
 
-    /// Reads a whole file.
+    /// Reads a whole regular file.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
         let mut ch = self.open();
-        ch.send(&Request::ReadFile { path: path.into() }).await?;
+        ch.send(&Request::ReadFile {
+            path: path.into(),
+            special: false,
+        })
+        .await?;
         ch.reply().await?;
         let mut out = Vec::new();
         loop {

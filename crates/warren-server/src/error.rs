@@ -130,6 +130,7 @@ fn agent_error(code: ErrorCode, message: String) -> Error {
         ErrorCode::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
         ErrorCode::IsADirectory => (StatusCode::BAD_REQUEST, "is_a_directory"),
         ErrorCode::NotADirectory => (StatusCode::BAD_REQUEST, "not_a_directory"),
+        ErrorCode::NotAFile => (StatusCode::BAD_REQUEST, "not_a_file"),
         ErrorCode::NotEmpty => (StatusCode::BAD_REQUEST, "not_empty"),
         ErrorCode::BadRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
         ErrorCode::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),

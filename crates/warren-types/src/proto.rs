@@ -462,9 +462,14 @@ pub enum Request {
     },
     /// Close the stdin of the process started or attached on this channel.
     CloseStdin,
-    /// Answered by `FileInfo`, then `Data` frames, then `End`.
+    /// Answered by `FileInfo`, then `Data` frames, then `End`. Anything but a regular
+    /// file (a FIFO, a device, a socket) is refused with [`ErrorCode::NotAFile`] unless
+    /// `special` is set; then it is streamed for as long as it yields data and the client
+    /// grants credit, so the client decides how much it takes (and `Cancel`s).
     ReadFile {
         path: WirePath,
+        #[serde(default, skip_serializing_if = "is_false")]
+        special: bool,
     },
     /// Followed by the client's `Data` frames and `End`; answered by `Written`.
     WriteFile {
@@ -510,6 +515,10 @@ pub enum Request {
 
 fn one() -> u32 {
     1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How a process ended.
@@ -626,6 +635,8 @@ pub enum ErrorCode {
     PermissionDenied,
     NotADirectory,
     IsADirectory,
+    /// A FIFO, device or socket where a regular file was expected.
+    NotAFile,
     NotEmpty,
     NoSpace,
     ProcessNotFound,
@@ -810,6 +821,7 @@ mod tests {
         let old = [
             r#"{"op":"stat","path":"/x"}"#,
             r#"{"op":"read_file","path":"/x"}"#,
+            r#"{"op":"read_file","path":"/x","special":true}"#,
             r#"{"op":"rename","from":"/a","to":"/b"}"#,
             r#"{"op":"list_dir","path":"/","depth":2}"#,
         ];
