@@ -28,6 +28,7 @@ use warren_types::proto::{
 use crate::files::{self, Upload};
 use crate::flow::Credit;
 use crate::process::{self, parse_signal};
+use crate::watches;
 use crate::{Agent, Failure};
 
 /// Frames queued for the socket; data frames are at most [`CHUNK`] each.
@@ -402,7 +403,7 @@ impl Conn {
                 self.run_blocking(ch, move || files::rename(from.as_path(), to.as_path()))
             }
             Request::Watch { path, recursive } => {
-                self.run(ch, files::watch(path.into_path_buf(), recursive, ch, out));
+                self.run(ch, watches::watch(path.into_path_buf(), recursive, ch, out));
             }
             Request::Hello { .. } => {
                 self.fail(ch, ErrorCode::BadRequest, "hello was already exchanged")

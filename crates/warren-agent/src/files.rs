@@ -1,4 +1,4 @@
-//! File operations and watches, on the sandbox's filesystem as the agent sees it.
+//! File operations, on the sandbox's filesystem as the agent sees it.
 //!
 //! Transfers stream in [`CHUNK`]s: a read waits for the client's credit before each
 //! chunk, an upload waits in a small queue that stops the connection's reader when full,
@@ -12,7 +12,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -20,12 +20,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use warren_types::proto::{
-    ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, WatchKind, WirePath, CHUNK,
-    MAX_PAYLOAD,
+    ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, WirePath, CHUNK, MAX_PAYLOAD,
 };
 
 use crate::flow::{self, Credit};
@@ -42,7 +40,7 @@ pub(crate) enum Upload {
 const MAX_ENTRIES: usize = MAX_PAYLOAD / 64;
 
 /// A name for display, and its exact bytes in base64 when the display cannot hold them.
-fn shown(name: &OsStr) -> (String, Option<String>) {
+pub(crate) fn shown(name: &OsStr) -> (String, Option<String>) {
     let raw = WirePath::from(name);
     (raw.to_string_lossy().into_owned(), raw.b64_unless_utf8())
 }
@@ -435,172 +433,6 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.persisted {
             let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn watch_mask() -> AddWatchFlags {
-    AddWatchFlags::IN_CREATE
-        | AddWatchFlags::IN_MODIFY
-        | AddWatchFlags::IN_ATTRIB
-        | AddWatchFlags::IN_DELETE
-        | AddWatchFlags::IN_DELETE_SELF
-        | AddWatchFlags::IN_MOVED_FROM
-        | AddWatchFlags::IN_MOVED_TO
-        | AddWatchFlags::IN_MOVE_SELF
-}
-
-/// Watches `dir` and every directory below it, recording what it finds in `found`.
-fn watch_tree(
-    ino: &Inotify,
-    dir: &Path,
-    wds: &mut std::collections::HashMap<WatchDescriptor, PathBuf>,
-    found: &mut Vec<PathBuf>,
-) {
-    let Ok(wd) = ino.add_watch(dir, watch_mask() | AddWatchFlags::IN_ONLYDIR) else {
-        return;
-    };
-    wds.insert(wd, dir.to_path_buf());
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        found.push(path.clone());
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            watch_tree(ino, &path, wds, found);
-        }
-    }
-}
-
-fn kind_of(mask: AddWatchFlags) -> Option<WatchKind> {
-    use AddWatchFlags as F;
-    if mask.contains(F::IN_CREATE) {
-        Some(WatchKind::Create)
-    } else if mask.contains(F::IN_MODIFY) {
-        Some(WatchKind::Write)
-    } else if mask.intersects(F::IN_DELETE | F::IN_DELETE_SELF) {
-        Some(WatchKind::Remove)
-    } else if mask.intersects(F::IN_MOVED_FROM | F::IN_MOVED_TO | F::IN_MOVE_SELF) {
-        Some(WatchKind::Rename)
-    } else if mask.contains(F::IN_ATTRIB) {
-        Some(WatchKind::Chmod)
-    } else {
-        None
-    }
-}
-
-/// Answers `Ok`, then a `WatchEvent` per change until cancelled (the task is aborted) or
-/// until the watched path itself is gone.
-pub(crate) async fn watch(path: PathBuf, recursive: bool, ch: u32, out: mpsc::Sender<Frame>) {
-    let send = |r: Response| Frame::control(ch, &r);
-    let ino = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
-        Ok(i) => i,
-        Err(e) => {
-            let _ = out
-                .send(send(
-                    Failure::io(path.display(), &io::Error::from(e)).response(),
-                ))
-                .await;
-            return;
-        }
-    };
-    let root = path.clone();
-    let root_wd = match ino.add_watch(root.as_path(), watch_mask()) {
-        Ok(wd) => wd,
-        Err(e) => {
-            let _ = out
-                .send(send(
-                    Failure::io(path.display(), &io::Error::from(e)).response(),
-                ))
-                .await;
-            return;
-        }
-    };
-    let mut wds = std::collections::HashMap::from([(root_wd, root.clone())]);
-    if recursive && root.is_dir() {
-        let mut found = Vec::new();
-        if let Ok(entries) = fs::read_dir(&root) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    watch_tree(&ino, &entry.path(), &mut wds, &mut found);
-                }
-            }
-        }
-    }
-    // The runtime only needs readiness; the events are read through `ino` itself.
-    let ready = match ino.as_fd().try_clone_to_owned().and_then(flow::reader) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = out
-                .send(send(Failure::io(path.display(), &e).response()))
-                .await;
-            return;
-        }
-    };
-    if out.send(send(Response::Ok)).await.is_err() {
-        return;
-    }
-    while !wds.is_empty() {
-        if ready.readable().await.is_err() {
-            return;
-        }
-        let events = match ready.try_io(|| Ok(ino.read_events()?)) {
-            Ok(events) => events,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                let _ = out
-                    .send(send(Failure::io(path.display(), &e).response()))
-                    .await;
-                return;
-            }
-        };
-        for ev in events {
-            if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
-                wds.remove(&ev.wd);
-                continue;
-            }
-            let Some(dir) = wds.get(&ev.wd).cloned() else {
-                continue;
-            };
-            // A subdirectory's own delete/move also arrives, named, from its parent.
-            let is_self = ev
-                .mask
-                .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF);
-            if is_self && ev.wd != root_wd {
-                continue;
-            }
-            let changed = match &ev.name {
-                Some(name) => dir.join(name),
-                None => dir,
-            };
-            let mut created = Vec::new();
-            if recursive
-                && ev.mask.contains(AddWatchFlags::IN_ISDIR)
-                && ev
-                    .mask
-                    .intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
-            {
-                // What appeared inside before the watch was in place (mkdir -p) is reported
-                // as created: it was, after its parent.
-                watch_tree(&ino, &changed, &mut wds, &mut created);
-            }
-            let Some(kind) = kind_of(ev.mask) else {
-                continue;
-            };
-            let events = std::iter::once((kind, changed))
-                .chain(created.into_iter().map(|p| (WatchKind::Create, p)));
-            for (kind, p) in events {
-                let (path, path_b64) = shown(p.as_os_str());
-                let event = Response::WatchEvent {
-                    kind,
-                    path,
-                    path_b64,
-                };
-                if out.send(send(event)).await.is_err() {
-                    return;
-                }
-            }
         }
     }
 }

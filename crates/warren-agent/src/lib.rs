@@ -22,6 +22,7 @@ mod flow;
 mod process;
 mod ring;
 mod user;
+mod watches;
 
 use std::collections::BTreeMap;
 use std::io;

@@ -590,3 +590,114 @@ async fn special_files_are_read_only_when_asked() {
         Response::FileInfo { .. }
     ));
 }
+
+/// Answers of a watch request: `Ok` or the error's code and message.
+async fn start_watch(c: &mut Client, path: &std::path::Path) -> (u32, Result<(), String>) {
+    let ch = c
+        .open(&Request::Watch {
+            path: path.into(),
+            recursive: true,
+        })
+        .await;
+    match c.control(ch).await {
+        Response::Ok => (ch, Ok(())),
+        Response::Error { message, .. } => (ch, Err(message)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn recursive_watches_cover_a_bounded_number_of_directories() {
+    let agent = TestAgent::start();
+    let tree = agent.scratch().join("tree");
+    // 64 directories holding 8127: with the root, exactly the limit.
+    for i in 0..8127 {
+        std::fs::create_dir_all(tree.join(format!("d{}/e{i}", i % 64))).unwrap();
+    }
+    let mut c = agent.connect().await;
+    let (ch, started) = start_watch(&mut c, &tree).await;
+    assert_eq!(started, Ok(()));
+    std::fs::write(tree.join("d0/e0/file"), "").unwrap();
+    assert!(matches!(
+        c.control(ch).await,
+        Response::WatchEvent {
+            kind: WatchKind::Create,
+            ..
+        }
+    ));
+    // One directory more ends the watch, with a reason, rather than leaving it blind.
+    std::fs::create_dir(tree.join("d0/one-more")).unwrap();
+    match c.control(ch).await {
+        Response::Error { message, .. } => {
+            assert!(
+                message.contains("8192") && message.contains("ended"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    // A tree already past the limit is refused up front.
+    let (_, started) = start_watch(&mut c, &tree).await;
+    let message = started.unwrap_err();
+    assert!(message.contains("more than 8192 directories"), "{message}");
+    // Not recursively, it is one directory.
+    let ch = c
+        .open(&Request::Watch {
+            path: tree.clone().into(),
+            recursive: false,
+        })
+        .await;
+    assert_eq!(c.control(ch).await, Response::Ok);
+}
+
+#[tokio::test]
+async fn recursive_watches_stay_on_the_watched_filesystem() {
+    use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+    /// Unmounts on drop, also when the test fails.
+    struct Mounted(std::path::PathBuf);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            let _ = umount2(&self.0, MntFlags::MNT_DETACH);
+        }
+    }
+
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED: recursive_watches_stay_on_the_watched_filesystem mounts a tmpfs");
+        return;
+    }
+    let agent = TestAgent::start();
+    let dir = agent.scratch();
+    let mnt = dir.join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    if let Err(e) = mount(
+        Some("tmpfs"),
+        &mnt,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    ) {
+        println!(
+            "SKIPPED: recursive_watches_stay_on_the_watched_filesystem: mounting a tmpfs: {e}"
+        );
+        return;
+    }
+    let _mounted = Mounted(mnt.clone());
+    // More directories than a watch may cover, all on the other filesystem.
+    for i in 0..8200 {
+        std::fs::create_dir_all(mnt.join(format!("d{}/e{i}", i % 64))).unwrap();
+    }
+    let mut c = agent.connect().await;
+    let (ch, started) = start_watch(&mut c, &dir).await;
+    assert_eq!(started, Ok(()), "the walk crossed into the tmpfs");
+    std::fs::write(mnt.join("d0/inside"), "").unwrap();
+    std::fs::write(mnt.join("inside"), "").unwrap();
+    std::fs::write(dir.join("marker"), "").unwrap();
+    match c.control(ch).await {
+        Response::WatchEvent { kind, path, .. } => {
+            assert_eq!(kind, WatchKind::Create);
+            assert!(path.ends_with("/marker"), "{path}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
