@@ -372,38 +372,61 @@ impl Conn {
                 self.send(ch, result.map_or_else(Failure::response, |()| Response::Ok))
                     .await;
             }
-            Request::ReadFile { path, special } => {
+            Request::ReadFile {
+                path,
+                special,
+                user,
+            } => {
                 let credit = Arc::new(Credit::new());
                 let task_credit = credit.clone();
                 let path = path.into_path_buf();
-                self.run(ch, files::read_file(path, special, ch, task_credit, out))
-                    .credit = credit;
+                let read = files::read_file(path, special, user, ch, task_credit, out);
+                self.run(ch, read).credit = credit;
             }
-            Request::WriteFile { path, mode, append } => {
+            Request::WriteFile {
+                path,
+                mode,
+                append,
+                user,
+            } => {
                 let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+                let path = path.into_path_buf();
                 let chan = self.run(ch, async move {
                     let _ = tokio::task::spawn_blocking(move || {
-                        files::write_file(path.into_path_buf(), mode, append, rx, ch, out)
+                        files::write_file(path, mode, append, user, rx, ch, out)
                     })
                     .await;
                 });
                 chan.upload = Some(tx);
             }
-            Request::ListDir { path, depth } => {
-                self.run_blocking(ch, move || files::list_dir(path.as_path(), depth))
-            }
-            Request::Stat { path } => self.run_blocking(ch, move || files::stat(path.as_path())),
-            Request::MakeDir { path, mode } => {
-                self.run_blocking(ch, move || files::make_dir(path.as_path(), mode))
-            }
-            Request::Remove { path, recursive } => {
-                self.run_blocking(ch, move || files::remove(path.as_path(), recursive))
-            }
-            Request::Rename { from, to } => {
-                self.run_blocking(ch, move || files::rename(from.as_path(), to.as_path()))
-            }
-            Request::Watch { path, recursive } => {
-                self.run(ch, watches::watch(path.into_path_buf(), recursive, ch, out));
+            Request::ListDir { path, depth, user } => self.run_blocking(ch, move || {
+                files::as_user(user.as_ref(), || files::list_dir(path.as_path(), depth))
+            }),
+            Request::Stat { path, user } => self.run_blocking(ch, move || {
+                files::as_user(user.as_ref(), || files::stat(path.as_path()))
+            }),
+            Request::MakeDir { path, mode, user } => self.run_blocking(ch, move || {
+                files::as_user(user.as_ref(), || files::make_dir(path.as_path(), mode))
+            }),
+            Request::Remove {
+                path,
+                recursive,
+                user,
+            } => self.run_blocking(ch, move || {
+                files::as_user(user.as_ref(), || files::remove(path.as_path(), recursive))
+            }),
+            Request::Rename { from, to, user } => self.run_blocking(ch, move || {
+                files::as_user(user.as_ref(), || {
+                    files::rename(from.as_path(), to.as_path())
+                })
+            }),
+            Request::Watch {
+                path,
+                recursive,
+                user,
+            } => {
+                let watch = watches::watch(path.into_path_buf(), recursive, user, ch, out);
+                self.run(ch, watch);
             }
             Request::Hello { .. } => {
                 self.fail(ch, ErrorCode::BadRequest, "hello was already exchanged")

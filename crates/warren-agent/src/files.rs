@@ -8,6 +8,12 @@
 //!
 //! Paths stay bytes throughout (`OsStr`): a name that is not UTF-8 is reported with its
 //! exact bytes beside the display string, and can be addressed by them.
+//!
+//! A request that names a user runs, whole, on a blocking-pool thread that has taken
+//! that user's filesystem identity ([`warren_sys::fsid`]): the kernel then checks every
+//! step as it would for the user's own processes, symlinks included, and what is created
+//! belongs to them. Nothing is checked by hand, so nothing can be checked wrong. Only
+//! that thread changes identity; the agent stays root for everything else.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata, OpenOptions, Permissions};
@@ -22,12 +28,14 @@ use std::sync::Arc;
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
+use warren_sys::child::Identity;
+use warren_sys::fsid::with_fs_identity;
 use warren_types::proto::{
-    ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, WirePath, CHUNK, MAX_PAYLOAD,
+    ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, User, WirePath, CHUNK, MAX_PAYLOAD,
 };
 
 use crate::flow::{self, Credit};
-use crate::Failure;
+use crate::{user, Failure};
 
 /// What the connection forwards to an upload.
 #[derive(Debug)]
@@ -38,6 +46,41 @@ pub(crate) enum Upload {
 
 /// Entries one listing may hold; past this its JSON could not fit in a frame anyway.
 const MAX_ENTRIES: usize = MAX_PAYLOAD / 64;
+
+/// The filesystem identity file work for `user` runs with; `None` (the agent's own)
+/// when no user is named. Blocking: reads the sandbox's /etc/passwd and /etc/group.
+pub(crate) fn identity_of(user: Option<&User>) -> Result<Option<Identity>, Failure> {
+    user.map(|u| {
+        user::resolve(Path::new("/"), u)
+            .map(|account| account.identity)
+            .map_err(|e| Failure::new(ErrorCode::BadRequest, e.to_string()))
+    })
+    .transpose()
+}
+
+/// Runs `work` on this thread with `identity` as its filesystem identity, or as the
+/// agent when `None`. Blocking, like the work it runs.
+pub(crate) fn acting_as<T>(
+    identity: Option<&Identity>,
+    work: impl FnOnce() -> T,
+) -> Result<T, Failure> {
+    match identity {
+        None => Ok(work()),
+        Some(id) => with_fs_identity(id, work).map_err(|e| {
+            Failure::new(
+                ErrorCode::Io,
+                format!("acting as uid {}: {}", id.uid, crate::reason(&e)),
+            )
+        }),
+    }
+}
+
+/// Answers `work` done as `user` (see the module doc). Blocking.
+pub(crate) fn as_user(user: Option<&User>, work: impl FnOnce() -> Response) -> Response {
+    identity_of(user)
+        .and_then(|id| acting_as(id.as_ref(), work))
+        .unwrap_or_else(Failure::response)
+}
 
 /// A name for display, and its exact bytes in base64 when the display cannot hold them.
 pub(crate) fn shown(name: &OsStr) -> (String, Option<String>) {
@@ -273,15 +316,19 @@ fn source(opened: Opened) -> io::Result<Box<dyn AsyncRead + Unpin + Send>> {
 pub(crate) async fn read_file(
     path: PathBuf,
     special: bool,
+    user: Option<User>,
     ch: u32,
     credit: Arc<Credit>,
     out: mpsc::Sender<Frame>,
 ) {
     let send = |r: Response| Frame::control(ch, &r);
     let shown = path.display().to_string();
-    let opened = tokio::task::spawn_blocking(move || open_for_read(&path, special))
-        .await
-        .unwrap_or_else(|_| Err(Failure::new(ErrorCode::Io, "opening the file failed")));
+    let opened = tokio::task::spawn_blocking(move || {
+        let identity = identity_of(user.as_ref())?;
+        acting_as(identity.as_ref(), || open_for_read(&path, special))?
+    })
+    .await
+    .unwrap_or_else(|_| Err(Failure::new(ErrorCode::Io, "opening the file failed")));
     let opened = match opened {
         Ok(opened) => opened,
         Err(f) => {
@@ -325,16 +372,22 @@ pub(crate) fn write_file(
     path: PathBuf,
     mode: Option<u32>,
     append: bool,
+    user: Option<User>,
     mut rx: mpsc::Receiver<Upload>,
     ch: u32,
     out: mpsc::Sender<Frame>,
 ) {
-    let response = match write_upload(&path, mode, append, &mut rx) {
+    let written = identity_of(user.as_ref()).and_then(|identity| {
+        acting_as(identity.as_ref(), || {
+            write_upload(&path, mode, append, &mut rx)
+        })?
+        .map_err(|e| Failure::io(path.display(), &e))
+    });
+    let response = match written {
         Ok(Some(bytes)) => Response::Written { bytes },
         // Abandoned: the client cancelled or went away.
         Ok(None) => return,
-        Err(e) => {
-            let failure = Failure::io(path.display(), &e);
+        Err(failure) => {
             let _ = out.blocking_send(Frame::control(ch, &failure.response()));
             // Absorb what the client had in flight, up to its End.
             while let Some(Upload::Data(_)) = rx.blocking_recv() {}
@@ -379,7 +432,9 @@ fn write_upload(
     tmp.file.set_permissions(Permissions::from_mode(mode))?;
     if let Some(m) = &existing {
         // A file replaced by its owner's upload stays theirs. Best effort: an agent
-        // without CAP_CHOWN can only write files it owns anyway.
+        // without CAP_CHOWN can only write files it owns anyway, and an upload as a user
+        // makes the file the user's (a user may give a file to a group of theirs, no
+        // more).
         let _ = std::os::unix::fs::fchown(&tmp.file, Some(m.uid()), Some(m.gid()));
     }
     fs::rename(&tmp.path, target)?;

@@ -8,7 +8,8 @@
 //! covers at most [`MAX_WATCHED_DIRS`] directories. A tree larger than that is refused
 //! with an error instead of being watched in part; a watch that grows past it later
 //! ends with an error, so a client never silently misses changes. Walks run on the
-//! blocking pool, never on the runtime's only thread.
+//! blocking pool, never on the runtime's only thread, and as the watch's user when it
+//! names one: inotify needs read permission on what it watches, which must be theirs.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -24,9 +25,10 @@ use nix::fcntl::OFlag;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::stat::Mode;
 use tokio::sync::mpsc;
-use warren_types::proto::{ErrorCode, Frame, Response, WatchKind};
+use warren_sys::child::Identity;
+use warren_types::proto::{ErrorCode, Frame, Response, User, WatchKind};
 
-use crate::files::shown;
+use crate::files::{acting_as, identity_of, shown};
 use crate::{flow, Failure};
 
 /// Directories one watch covers at most, the root included.
@@ -52,6 +54,8 @@ struct Tree {
     root_wd: WatchDescriptor,
     /// The filesystem of the root, which a recursive watch does not leave.
     dev: u64,
+    /// Whom the walks run as; `None` for the agent itself.
+    identity: Option<Identity>,
 }
 
 /// Why a tree could not be watched whole.
@@ -80,8 +84,16 @@ impl Limit {
 }
 
 impl Tree {
-    /// Watches `root` itself, and the directories below it when `recursive`. Blocking.
-    fn start(root: &Path, recursive: bool) -> Result<Self, Failure> {
+    /// Watches `root` itself, and the directories below it when `recursive`, as `user`.
+    /// Blocking.
+    fn start(root: &Path, recursive: bool, user: Option<&User>) -> Result<Self, Failure> {
+        let identity = identity_of(user)?;
+        let mut tree = acting_as(identity.as_ref(), || Self::walk(root, recursive))??;
+        tree.identity = identity;
+        Ok(tree)
+    }
+
+    fn walk(root: &Path, recursive: bool) -> Result<Self, Failure> {
         let io = |e: io::Error| Failure::io(root.display(), &e);
         let ino = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(|e| io(e.into()))?;
@@ -95,6 +107,7 @@ impl Tree {
             root: root.to_path_buf(),
             root_wd,
             dev: meta.dev(),
+            identity: None,
         };
         if recursive && meta.is_dir() {
             if let Err(limit) = tree.add_children(root, None) {
@@ -211,11 +224,18 @@ fn kind_of(mask: AddWatchFlags) -> Option<WatchKind> {
 
 /// Answers `Ok`, then a `WatchEvent` per change until cancelled (the task is aborted) or
 /// until the watched path itself is gone.
-pub(crate) async fn watch(path: PathBuf, recursive: bool, ch: u32, out: mpsc::Sender<Frame>) {
+pub(crate) async fn watch(
+    path: PathBuf,
+    recursive: bool,
+    user: Option<User>,
+    ch: u32,
+    out: mpsc::Sender<Frame>,
+) {
     let send = |r: Response| Frame::control(ch, &r);
     let shown_root = path.display().to_string();
     let failed = || Failure::new(ErrorCode::Io, format!("{shown_root}: the watch failed"));
-    let started = tokio::task::spawn_blocking(move || Tree::start(&path, recursive)).await;
+    let started =
+        tokio::task::spawn_blocking(move || Tree::start(&path, recursive, user.as_ref())).await;
     let mut tree = match started.unwrap_or_else(|_| Err(failed())) {
         Ok(tree) => tree,
         Err(f) => {
@@ -281,11 +301,12 @@ pub(crate) async fn watch(path: PathBuf, recursive: bool, ch: u32, out: mpsc::Se
                 let dir = changed.clone();
                 let grown = tokio::task::spawn_blocking(move || {
                     let mut created = Vec::new();
-                    let added = match tree.add(&dir) {
+                    let identity = tree.identity.clone();
+                    let added = acting_as(identity.as_ref(), || match tree.add(&dir) {
                         Ok(true) => tree.add_children(&dir, Some(&mut created)),
                         Ok(false) => Ok(()),
                         Err(limit) => Err(limit),
-                    };
+                    });
                     (tree, added, created)
                 })
                 .await;
@@ -294,8 +315,12 @@ pub(crate) async fn watch(path: PathBuf, recursive: bool, ch: u32, out: mpsc::Se
                     return;
                 };
                 tree = back;
-                if let Err(limit) = added {
-                    let failure = limit.failure(&tree.root, "the watch ended");
+                let failure = match added {
+                    Ok(Ok(())) => None,
+                    Ok(Err(limit)) => Some(limit.failure(&tree.root, "the watch ended")),
+                    Err(failure) => Some(failure),
+                };
+                if let Some(failure) = failure {
                     let _ = out.send(send(failure.response())).await;
                     return;
                 }

@@ -41,6 +41,7 @@ async fn write_file(c: &mut Client, path: &str, chunks: impl Iterator<Item = Vec
             path: path.into(),
             mode: None,
             append: false,
+            user: None,
         })
         .await;
     for chunk in chunks {
@@ -56,6 +57,7 @@ async fn read_file(c: &mut Client, path: &str) -> Result<(u64, u64, u64), ErrorC
         .open(&Request::ReadFile {
             path: path.into(),
             special: false,
+            user: None,
         })
         .await;
     let size = match c.control(ch).await {
@@ -126,6 +128,7 @@ async fn writes_replace_atomically_keep_modes_and_append() {
             path: p.into(),
             mode: Some(0o600),
             append: false,
+            user: None,
         })
         .await;
     c.send_frame(&Frame::new(ch, FrameKind::Data, b"one\n".to_vec()))
@@ -151,6 +154,7 @@ async fn writes_replace_atomically_keep_modes_and_append() {
             path: p.into(),
             mode: None,
             append: true,
+            user: None,
         })
         .await;
     c.send_frame(&Frame::new(ch, FrameKind::Data, b"three\n".to_vec()))
@@ -165,6 +169,7 @@ async fn writes_replace_atomically_keep_modes_and_append() {
             path: p.into(),
             mode: None,
             append: false,
+            user: None,
         })
         .await;
     c.send_frame(&Frame::new(ch, FrameKind::Data, b"partial".to_vec()))
@@ -205,6 +210,7 @@ async fn directories_stat_mkdir_remove_rename() {
         .request(&Request::ListDir {
             path: format!("{d}/a").into(),
             depth: 2,
+            user: None,
         })
         .await
     else {
@@ -227,6 +233,7 @@ async fn directories_stat_mkdir_remove_rename() {
         .request(&Request::ListDir {
             path: format!("{d}/a").into(),
             depth: 1,
+            user: None,
         })
         .await
     else {
@@ -237,6 +244,7 @@ async fn directories_stat_mkdir_remove_rename() {
     match c
         .request(&Request::Stat {
             path: format!("{d}/a/file").into(),
+            user: None,
         })
         .await
     {
@@ -255,7 +263,8 @@ async fn directories_stat_mkdir_remove_rename() {
     assert_eq!(
         code(
             c.request(&Request::Stat {
-                path: format!("{d}/nope").into()
+                path: format!("{d}/nope").into(),
+                user: None
             })
             .await
         ),
@@ -265,7 +274,8 @@ async fn directories_stat_mkdir_remove_rename() {
         code(
             c.request(&Request::ListDir {
                 path: format!("{d}/a/file").into(),
-                depth: 1
+                depth: 1,
+                user: None
             })
             .await
         ),
@@ -276,7 +286,8 @@ async fn directories_stat_mkdir_remove_rename() {
     assert_eq!(
         c.request(&Request::MakeDir {
             path: new.clone().into(),
-            mode: None
+            mode: None,
+            user: None
         })
         .await,
         Response::Ok
@@ -286,7 +297,8 @@ async fn directories_stat_mkdir_remove_rename() {
         code(
             c.request(&Request::MakeDir {
                 path: new.into(),
-                mode: None
+                mode: None,
+                user: None
             })
             .await
         ),
@@ -298,7 +310,8 @@ async fn directories_stat_mkdir_remove_rename() {
     assert_eq!(
         c.request(&Request::Rename {
             from: from.into(),
-            to: to.into()
+            to: to.into(),
+            user: None
         })
         .await,
         Response::Ok
@@ -309,7 +322,8 @@ async fn directories_stat_mkdir_remove_rename() {
         code(
             c.request(&Request::Remove {
                 path: format!("{d}/a").into(),
-                recursive: false
+                recursive: false,
+                user: None
             })
             .await
         ),
@@ -318,7 +332,8 @@ async fn directories_stat_mkdir_remove_rename() {
     assert_eq!(
         c.request(&Request::Remove {
             path: format!("{d}/a").into(),
-            recursive: true
+            recursive: true,
+            user: None
         })
         .await,
         Response::Ok
@@ -328,7 +343,8 @@ async fn directories_stat_mkdir_remove_rename() {
         code(
             c.request(&Request::Remove {
                 path: format!("{d}/a").into(),
-                recursive: true
+                recursive: true,
+                user: None
             })
             .await
         ),
@@ -346,6 +362,7 @@ async fn watch_reports_changes_below_the_path() {
         .open(&Request::Watch {
             path: d.clone().into(),
             recursive: true,
+            user: None,
         })
         .await;
     assert_eq!(c.control(ch).await, Response::Ok);
@@ -384,6 +401,7 @@ async fn watch_reports_changes_below_the_path() {
         .open(&Request::Watch {
             path: format!("{d}/missing").into(),
             recursive: false,
+            user: None,
         })
         .await;
     assert!(matches!(
@@ -417,6 +435,7 @@ async fn names_that_are_not_utf8_are_reported_and_addressed_exactly() {
         .request(&Request::ListDir {
             path: d.clone(),
             depth: 1,
+            user: None,
         })
         .await
     else {
@@ -455,6 +474,7 @@ async fn names_that_are_not_utf8_are_reported_and_addressed_exactly() {
             .open(&Request::ReadFile {
                 path,
                 special: false,
+                user: None,
             })
             .await;
         assert!(matches!(c.control(ch).await, Response::FileInfo { .. }));
@@ -467,12 +487,19 @@ async fn names_that_are_not_utf8_are_reported_and_addressed_exactly() {
     assert_eq!(
         c.request(&Request::Rename {
             from,
-            to: to.clone()
+            to: to.clone(),
+            user: None
         })
         .await,
         Response::Ok
     );
-    match c.request(&Request::Stat { path: to.clone() }).await {
+    match c
+        .request(&Request::Stat {
+            path: to.clone(),
+            user: None,
+        })
+        .await
+    {
         Response::FileInfo { info } => {
             assert_eq!(info.raw_path().unwrap(), to);
             assert_eq!(info.raw_name().unwrap().as_bytes(), b"b\x80");
@@ -485,6 +512,7 @@ async fn names_that_are_not_utf8_are_reported_and_addressed_exactly() {
         .open(&Request::Watch {
             path: d.clone(),
             recursive: false,
+            user: None,
         })
         .await;
     assert_eq!(c.control(ch).await, Response::Ok);
@@ -508,7 +536,8 @@ async fn names_that_are_not_utf8_are_reported_and_addressed_exactly() {
     assert_eq!(
         c.request(&Request::Remove {
             path: d,
-            recursive: true
+            recursive: true,
+            user: None
         })
         .await,
         Response::Ok
@@ -529,6 +558,7 @@ async fn special_files_are_read_only_when_asked() {
     let read = |path: &str, special: bool| Request::ReadFile {
         path: path.into(),
         special,
+        user: None,
     };
 
     // Refused at once, without waiting for a writer, and saying why.
@@ -586,7 +616,11 @@ async fn special_files_are_read_only_when_asked() {
     c.send(ch, &Request::Cancel).await;
     // The connection still serves.
     assert!(matches!(
-        c.request(&Request::Stat { path: "/".into() }).await,
+        c.request(&Request::Stat {
+            path: "/".into(),
+            user: None
+        })
+        .await,
         Response::FileInfo { .. }
     ));
 }
@@ -597,6 +631,7 @@ async fn start_watch(c: &mut Client, path: &std::path::Path) -> (u32, Result<(),
         .open(&Request::Watch {
             path: path.into(),
             recursive: true,
+            user: None,
         })
         .await;
     match c.control(ch).await {
@@ -645,6 +680,7 @@ async fn recursive_watches_cover_a_bounded_number_of_directories() {
         .open(&Request::Watch {
             path: tree.clone().into(),
             recursive: false,
+            user: None,
         })
         .await;
     assert_eq!(c.control(ch).await, Response::Ok);
@@ -700,4 +736,188 @@ async fn recursive_watches_stay_on_the_watched_filesystem() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn file_operations_as_a_user_have_the_users_rights() {
+    use std::os::unix::fs::MetadataExt;
+
+    use warren_types::proto::{User, WirePath};
+
+    if !nix::unistd::geteuid().is_root() {
+        println!("SKIPPED: file_operations_as_a_user_have_the_users_rights switches users");
+        return;
+    }
+    let agent = TestAgent::start();
+    let dir = agent.scratch();
+    let mode = |p: &std::path::Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+    };
+    mode(dir.parent().unwrap(), 0o755);
+    mode(&dir, 0o777);
+    let private = dir.join("private");
+    std::fs::create_dir(&private).unwrap();
+    mode(&private, 0o700);
+    std::fs::write(private.join("inner"), "root's").unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "root only").unwrap();
+    mode(&secret, 0o600);
+    std::os::unix::fs::symlink(&secret, dir.join("to-secret")).unwrap();
+    let owner = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.uid(), m.gid())
+    };
+    let user = || {
+        Some(User::Id {
+            uid: 1000,
+            gid: None,
+        })
+    };
+    let p = |path: &std::path::Path| -> WirePath { path.into() };
+    let code = |r: Response| match r {
+        Response::Error { code, .. } => Some(code),
+        _ => None,
+    };
+    let mut c = agent.connect().await;
+
+    // Reads: root's rights do not apply, also through a symlink or a private directory.
+    for path in [&secret, &dir.join("to-secret"), &private.join("inner")] {
+        let r = c
+            .request(&Request::ReadFile {
+                path: p(path),
+                special: false,
+                user: user(),
+            })
+            .await;
+        assert_eq!(code(r), Some(ErrorCode::PermissionDenied), "{path:?}");
+    }
+    let r = c
+        .request(&Request::ReadFile {
+            path: p(&secret),
+            special: false,
+            user: None,
+        })
+        .await;
+    assert!(matches!(r, Response::FileInfo { .. }), "{r:?}");
+    let denied = [
+        Request::Stat {
+            path: p(&private.join("inner")),
+            user: user(),
+        },
+        Request::ListDir {
+            path: p(&private),
+            depth: 1,
+            user: user(),
+        },
+        Request::Remove {
+            path: p(&private.join("inner")),
+            recursive: false,
+            user: user(),
+        },
+        Request::Rename {
+            from: p(&secret),
+            to: p(&private.join("moved")),
+            user: user(),
+        },
+        Request::MakeDir {
+            path: p(&private.join("sub")),
+            mode: None,
+            user: user(),
+        },
+        Request::Watch {
+            path: p(&private),
+            recursive: false,
+            user: user(),
+        },
+    ];
+    for request in denied {
+        let r = c.request(&request).await;
+        assert_eq!(code(r), Some(ErrorCode::PermissionDenied), "{request:?}");
+    }
+
+    // What a user creates is theirs, parents included.
+    let ch = c
+        .open(&Request::WriteFile {
+            path: p(&dir.join("made/by/user")),
+            mode: None,
+            append: false,
+            user: user(),
+        })
+        .await;
+    c.send_frame(&Frame::new(ch, FrameKind::Data, b"mine".to_vec()))
+        .await;
+    c.send(ch, &Request::End).await;
+    assert_eq!(c.control(ch).await, Response::Written { bytes: 4 });
+    for made in ["made", "made/by", "made/by/user"] {
+        assert_eq!(owner(&dir.join(made)), (1000, 1000), "{made}");
+    }
+    let r = c
+        .request(&Request::MakeDir {
+            path: p(&dir.join("mk/dirs")),
+            mode: None,
+            user: user(),
+        })
+        .await;
+    assert_eq!(r, Response::Ok);
+    assert_eq!(owner(&dir.join("mk")), (1000, 1000));
+    assert_eq!(owner(&dir.join("mk/dirs")), (1000, 1000));
+    // Writing into root's private directory is refused, and leaves nothing behind.
+    let ch = c
+        .open(&Request::WriteFile {
+            path: p(&private.join("planted")),
+            mode: None,
+            append: false,
+            user: user(),
+        })
+        .await;
+    c.send(ch, &Request::End).await;
+    assert_eq!(code(c.control(ch).await), Some(ErrorCode::PermissionDenied));
+    assert_eq!(std::fs::read_dir(&private).unwrap().count(), 1);
+
+    // The user's own files are theirs to list, watch, rename and remove.
+    let r = c
+        .request(&Request::Rename {
+            from: p(&dir.join("made/by/user")),
+            to: p(&dir.join("made/renamed")),
+            user: user(),
+        })
+        .await;
+    assert_eq!(r, Response::Ok);
+    let r = c
+        .request(&Request::ListDir {
+            path: p(&dir.join("made")),
+            depth: 2,
+            user: user(),
+        })
+        .await;
+    assert!(
+        matches!(r, Response::DirEntries { ref entries } if entries.len() == 2),
+        "{r:?}"
+    );
+    let ch = c
+        .open(&Request::Watch {
+            path: p(&dir.join("made")),
+            recursive: true,
+            user: user(),
+        })
+        .await;
+    assert_eq!(c.control(ch).await, Response::Ok);
+    c.send(ch, &Request::Cancel).await;
+    let r = c
+        .request(&Request::Remove {
+            path: p(&dir.join("made")),
+            recursive: true,
+            user: user(),
+        })
+        .await;
+    assert_eq!(r, Response::Ok);
+
+    // A user the sandbox does not know is a bad request, not root's rights.
+    let r = c
+        .request(&Request::Stat {
+            path: p(&secret),
+            user: Some(User::Name("no-such-user-here".into())),
+        })
+        .await;
+    assert_eq!(code(r), Some(ErrorCode::BadRequest));
 }

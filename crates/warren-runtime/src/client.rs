@@ -207,7 +207,13 @@ impl AgentClient {
     }
 
     pub async fn stat(&self, path: &str) -> Result<FileInfo> {
-        match self.call(&Request::Stat { path: path.into() }).await? {
+        match self
+            .call(&Request::Stat {
+                path: path.into(),
+                user: None,
+            })
+            .await?
+        {
             Response::FileInfo { info } => Ok(info),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
@@ -217,6 +223,7 @@ impl AgentClient {
         let req = Request::ListDir {
             path: path.into(),
             depth,
+            user: None,
         };
         match self.call(&req).await? {
             Response::DirEntries { entries } => Ok(entries),
@@ -228,6 +235,7 @@ impl AgentClient {
         self.call_ok(&Request::MakeDir {
             path: path.into(),
             mode: None,
+            user: None,
         })
         .await
     }
@@ -236,6 +244,7 @@ impl AgentClient {
         self.call_ok(&Request::Remove {
             path: path.into(),
             recursive,
+            user: None,
         })
         .await
     }
@@ -244,6 +253,7 @@ impl AgentClient {
         self.call_ok(&Request::Rename {
             from: from.into(),
             to: to.into(),
+            user: None,
         })
         .await
     }
@@ -256,6 +266,7 @@ impl AgentClient {
         ch.send(&Request::Watch {
             path: path.into(),
             recursive,
+            user: None,
         })
         .await?;
         match ch.reply().await? {
@@ -270,6 +281,7 @@ impl AgentClient {
         ch.send(&Request::ReadFile {
             path: path.into(),
             special: false,
+            user: None,
         })
         .await?;
         ch.reply().await?;
@@ -294,6 +306,7 @@ impl AgentClient {
             path: path.into(),
             mode,
             append: false,
+            user: None,
         })
         .await?;
         for chunk in data.chunks(CHUNK) {

@@ -435,6 +435,12 @@ pub struct ExecRequest {
 }
 
 /// A request from the client; each opens or acts on a channel.
+///
+/// Every file request takes `user`: when set, the agent performs it with that user's
+/// filesystem identity (resolved from the sandbox's /etc/passwd and /etc/group, as for
+/// `Exec`), so permission checks, the traversal of directories and symlinks, and the
+/// owner of what is created are that user's. Unset, the agent acts as itself (the
+/// sandbox's root).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -470,6 +476,8 @@ pub enum Request {
         path: WirePath,
         #[serde(default, skip_serializing_if = "is_false")]
         special: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     /// Followed by the client's `Data` frames and `End`; answered by `Written`.
     WriteFile {
@@ -478,6 +486,8 @@ pub enum Request {
         mode: Option<u32>,
         #[serde(default)]
         append: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     /// The client has no more data for this channel.
     End,
@@ -485,29 +495,41 @@ pub enum Request {
         path: WirePath,
         #[serde(default = "one")]
         depth: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     Stat {
         path: WirePath,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     MakeDir {
         path: WirePath,
         #[serde(default)]
         mode: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     Remove {
         path: WirePath,
         #[serde(default)]
         recursive: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     Rename {
         from: WirePath,
         to: WirePath,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     /// Answered by `Ok`, then `WatchEvent`s until the client sends `Cancel`.
     Watch {
         path: WirePath,
         #[serde(default)]
         recursive: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     /// Stop what runs on this channel (a watch, a stream); the process stays alive.
     Cancel,
@@ -740,16 +762,17 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let f = Frame::control(7, &Request::Stat { path: "/x".into() });
+        let stat = Request::Stat {
+            path: "/x".into(),
+            user: None,
+        };
+        let f = Frame::control(7, &stat);
         let mut buf = Vec::new();
         f.encode(&mut buf);
         let (g, used) = Frame::decode(&buf).unwrap().unwrap();
         assert_eq!(used, buf.len());
         assert_eq!(f, g);
-        assert_eq!(
-            g.parse::<Request>().unwrap(),
-            Request::Stat { path: "/x".into() }
-        );
+        assert_eq!(g.parse::<Request>().unwrap(), stat);
     }
 
     #[test]
@@ -831,10 +854,21 @@ mod tests {
         }
         let raw = Request::Stat {
             path: WirePath::from(&b"/\x80"[..]),
+            user: None,
         };
         let json = serde_json::to_string(&raw).unwrap();
         assert_eq!(json, r#"{"op":"stat","path":{"b64":"L4A="}}"#);
         assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), raw);
+        let as_user = r#"{"op":"stat","path":"/x","user":{"name":"user"}}"#;
+        let r: Request = serde_json::from_str(as_user).unwrap();
+        assert_eq!(
+            r,
+            Request::Stat {
+                path: "/x".into(),
+                user: Some(User::Name("user".into()))
+            }
+        );
+        assert_eq!(serde_json::to_string(&r).unwrap(), as_user);
         // The tag and the raw path's object do not confuse deny_unknown_fields.
         assert!(
             serde_json::from_str::<Request>(r#"{"op":"stat","path":{"b64":"L4A=","x":1}}"#)
