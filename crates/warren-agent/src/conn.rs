@@ -27,7 +27,7 @@ use warren_types::proto::{
 
 use crate::files::{self, Upload};
 use crate::flow::Credit;
-use crate::process::{self, parse_signal};
+use crate::process::{self, parse_signal, Replay};
 use crate::watches;
 use crate::{Agent, Failure};
 
@@ -307,14 +307,14 @@ impl Conn {
                     Ok(proc) => proc,
                     Err(f) => return self.send(ch, f.response()).await,
                 };
-                let reader = proc.reader(true);
+                let reader = proc.reader(Replay::All);
                 let credit = Arc::new(Credit::new());
                 let agent = self.agent.clone();
-                let pid = proc.pid;
+                let (pid, serial) = (proc.pid, proc.serial);
                 let task_credit = credit.clone();
                 let chan = self.run(ch, async move {
                     if out
-                        .send(Frame::control(ch, &Response::Started { pid }))
+                        .send(Frame::control(ch, &Response::Started { pid, serial }))
                         .await
                         .is_err()
                     {
@@ -328,13 +328,29 @@ impl Conn {
                 chan.pid = Some(pid);
                 chan.kill_on_disconnect = !exec.background;
             }
-            Request::Attach { pid, replay } => {
-                let Some(proc) = self.agent.procs.get(pid) else {
-                    return self
-                        .fail(ch, ErrorCode::ProcessNotFound, format!("no process {pid}"))
-                        .await;
+            Request::Attach {
+                pid,
+                replay,
+                from,
+                serial,
+            } => {
+                let proc = self
+                    .agent
+                    .procs
+                    .get(pid)
+                    .filter(|p| serial.is_none_or(|s| s == p.serial));
+                let Some(proc) = proc else {
+                    let message = match serial {
+                        Some(s) => format!("no process {pid} with serial {s}"),
+                        None => format!("no process {pid}"),
+                    };
+                    return self.fail(ch, ErrorCode::ProcessNotFound, message).await;
                 };
-                let reader = proc.reader(replay);
+                let reader = proc.reader(match (from, replay) {
+                    (Some(offset), _) => Replay::From(offset),
+                    (None, true) => Replay::All,
+                    (None, false) => Replay::Nothing,
+                });
                 let credit = Arc::new(Credit::new());
                 let agent = self.agent.clone();
                 let task_credit = credit.clone();

@@ -170,7 +170,7 @@ impl AgentClient {
         let mut ch = self.open();
         ch.send(&Request::Exec(req)).await?;
         match ch.reply().await? {
-            Response::Started { pid } => Ok(Process {
+            Response::Started { pid, .. } => Ok(Process {
                 pid,
                 ch,
                 client: self.clone(),
@@ -182,7 +182,13 @@ impl AgentClient {
     /// Follows a process started earlier (by any client).
     pub async fn attach(&self, pid: u32, replay: bool) -> Result<Process> {
         let ch = self.open();
-        ch.send(&Request::Attach { pid, replay }).await?;
+        ch.send(&Request::Attach {
+            pid,
+            replay,
+            from: None,
+            serial: None,
+        })
+        .await?;
         // Output (or an error for an unknown pid) follows on the channel.
         Ok(Process {
             pid,

@@ -580,11 +580,13 @@ fn openapi_schemas_match_serde() {
     assert_eq!(props("FileInfo"), keys(&fi));
     let pi = warren_types::proto::ProcessInfo {
         pid: 1,
+        serial: 1,
         command: warren_types::proto::Command::Shell(String::new()),
         tag: None,
         tty: false,
         background: false,
         exit: None,
+        output_end: 0,
     };
     assert_eq!(props("ProcessInfo"), keys(&pi));
 }

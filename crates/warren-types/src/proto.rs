@@ -456,6 +456,16 @@ pub enum Request {
         pid: u32,
         #[serde(default)]
         replay: bool,
+        /// Start at this absolute output offset instead (see [`ProcessInfo::output_end`]),
+        /// or at the oldest byte the buffer still holds if that is later; an offset past
+        /// the end starts at the end. Takes precedence over `replay`. A client that
+        /// counts what it has received resumes with it after a disconnect.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<u64>,
+        /// Attach only if the process `pid` has this [`ProcessInfo::serial`]; otherwise
+        /// `ProcessNotFound`, as the pid now belongs to another process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serial: Option<u64>,
     },
     ListProcesses,
     Signal {
@@ -570,12 +580,20 @@ impl ExitStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,
+    /// Assigned by the agent, from 1, never reused while it runs: tells this process from
+    /// a later one the kernel gave the same pid.
+    #[serde(default)]
+    pub serial: u64,
     pub command: Command,
     pub tag: Option<String>,
     pub tty: bool,
     pub background: bool,
     /// Set once it has ended (ended processes stay listed until reaped by an attach).
     pub exit: Option<ExitStatus>,
+    /// The absolute offset just past the newest output byte: how many bytes of output
+    /// (stdout and stderr together) the process has produced so far.
+    #[serde(default)]
+    pub output_end: u64,
 }
 
 /// The type of a file.
@@ -676,6 +694,9 @@ pub enum Response {
     },
     Started {
         pid: u32,
+        /// The process's [`ProcessInfo::serial`].
+        #[serde(default)]
+        serial: u64,
     },
     Exited {
         status: ExitStatus,
@@ -847,6 +868,8 @@ mod tests {
             r#"{"op":"read_file","path":"/x","special":true}"#,
             r#"{"op":"rename","from":"/a","to":"/b"}"#,
             r#"{"op":"list_dir","path":"/","depth":2}"#,
+            r#"{"op":"attach","pid":7,"replay":true}"#,
+            r#"{"op":"attach","pid":7,"replay":false,"from":42,"serial":3}"#,
         ];
         for json in old {
             let r: Request = serde_json::from_str(json).unwrap();
