@@ -118,6 +118,11 @@ impl From<ClientError> for Error {
                 "agent_error",
                 "unexpected reply from the sandbox's agent",
             ),
+            ClientError::Upload(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "io_error",
+                "reading the data to upload failed",
+            ),
         }
     }
 }
