@@ -27,7 +27,8 @@ use warren_types::proto::{
 
 use crate::files::{self, Upload};
 use crate::flow::Credit;
-use crate::process::{self, parse_signal};
+use crate::process::{self, parse_signal, Replay};
+use crate::watches;
 use crate::{Agent, Failure};
 
 /// Frames queued for the socket; data frames are at most [`CHUNK`] each.
@@ -306,14 +307,14 @@ impl Conn {
                     Ok(proc) => proc,
                     Err(f) => return self.send(ch, f.response()).await,
                 };
-                let reader = proc.reader(true);
+                let reader = proc.reader(Replay::All);
                 let credit = Arc::new(Credit::new());
                 let agent = self.agent.clone();
-                let pid = proc.pid;
+                let (pid, serial) = (proc.pid, proc.serial);
                 let task_credit = credit.clone();
                 let chan = self.run(ch, async move {
                     if out
-                        .send(Frame::control(ch, &Response::Started { pid }))
+                        .send(Frame::control(ch, &Response::Started { pid, serial }))
                         .await
                         .is_err()
                     {
@@ -327,13 +328,29 @@ impl Conn {
                 chan.pid = Some(pid);
                 chan.kill_on_disconnect = !exec.background;
             }
-            Request::Attach { pid, replay } => {
-                let Some(proc) = self.agent.procs.get(pid) else {
-                    return self
-                        .fail(ch, ErrorCode::ProcessNotFound, format!("no process {pid}"))
-                        .await;
+            Request::Attach {
+                pid,
+                replay,
+                from,
+                serial,
+            } => {
+                let proc = self
+                    .agent
+                    .procs
+                    .get(pid)
+                    .filter(|p| serial.is_none_or(|s| s == p.serial));
+                let Some(proc) = proc else {
+                    let message = match serial {
+                        Some(s) => format!("no process {pid} with serial {s}"),
+                        None => format!("no process {pid}"),
+                    };
+                    return self.fail(ch, ErrorCode::ProcessNotFound, message).await;
                 };
-                let reader = proc.reader(replay);
+                let reader = proc.reader(match (from, replay) {
+                    (Some(offset), _) => Replay::From(offset),
+                    (None, true) => Replay::All,
+                    (None, false) => Replay::Nothing,
+                });
                 let credit = Arc::new(Credit::new());
                 let agent = self.agent.clone();
                 let task_credit = credit.clone();
@@ -371,37 +388,61 @@ impl Conn {
                 self.send(ch, result.map_or_else(Failure::response, |()| Response::Ok))
                     .await;
             }
-            Request::ReadFile { path } => {
+            Request::ReadFile {
+                path,
+                special,
+                user,
+            } => {
                 let credit = Arc::new(Credit::new());
                 let task_credit = credit.clone();
-                self.run(ch, files::read_file(path, ch, task_credit, out))
-                    .credit = credit;
+                let path = path.into_path_buf();
+                let read = files::read_file(path, special, user, ch, task_credit, out);
+                self.run(ch, read).credit = credit;
             }
-            Request::WriteFile { path, mode, append } => {
+            Request::WriteFile {
+                path,
+                mode,
+                append,
+                user,
+            } => {
                 let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+                let path = path.into_path_buf();
                 let chan = self.run(ch, async move {
                     let _ = tokio::task::spawn_blocking(move || {
-                        files::write_file(path, mode, append, rx, ch, out)
+                        files::write_file(path, mode, append, user, rx, ch, out)
                     })
                     .await;
                 });
                 chan.upload = Some(tx);
             }
-            Request::ListDir { path, depth } => {
-                self.run_blocking(ch, move || files::list_dir(&path, depth))
-            }
-            Request::Stat { path } => self.run_blocking(ch, move || files::stat(&path)),
-            Request::MakeDir { path, mode } => {
-                self.run_blocking(ch, move || files::make_dir(&path, mode))
-            }
-            Request::Remove { path, recursive } => {
-                self.run_blocking(ch, move || files::remove(&path, recursive))
-            }
-            Request::Rename { from, to } => {
-                self.run_blocking(ch, move || files::rename(&from, &to))
-            }
-            Request::Watch { path, recursive } => {
-                self.run(ch, files::watch(path, recursive, ch, out));
+            Request::ListDir { path, depth, user } => self.run_blocking(ch, move || {
+                files::as_user(user.as_ref(), || files::list_dir(path.as_path(), depth))
+            }),
+            Request::Stat { path, user } => self.run_blocking(ch, move || {
+                files::as_user(user.as_ref(), || files::stat(path.as_path()))
+            }),
+            Request::MakeDir { path, mode, user } => self.run_blocking(ch, move || {
+                files::as_user(user.as_ref(), || files::make_dir(path.as_path(), mode))
+            }),
+            Request::Remove {
+                path,
+                recursive,
+                user,
+            } => self.run_blocking(ch, move || {
+                files::as_user(user.as_ref(), || files::remove(path.as_path(), recursive))
+            }),
+            Request::Rename { from, to, user } => self.run_blocking(ch, move || {
+                files::as_user(user.as_ref(), || {
+                    files::rename(from.as_path(), to.as_path())
+                })
+            }),
+            Request::Watch {
+                path,
+                recursive,
+                user,
+            } => {
+                let watch = watches::watch(path.into_path_buf(), recursive, user, ch, out);
+                self.run(ch, watch);
             }
             Request::Hello { .. } => {
                 self.fail(ch, ErrorCode::BadRequest, "hello was already exchanged")

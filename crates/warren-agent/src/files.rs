@@ -1,28 +1,41 @@
-//! File operations and watches, on the sandbox's filesystem as the agent sees it.
+//! File operations, on the sandbox's filesystem as the agent sees it.
 //!
 //! Transfers stream in [`CHUNK`]s: a read waits for the client's credit before each
 //! chunk, an upload waits in a small queue that stops the connection's reader when full,
 //! so a 100 MB file never sits in the agent's memory. A whole-file upload goes to a
 //! temporary file beside the target and is renamed over it at the end, so readers see the
 //! old contents or the new, never a torn mix, and an abandoned upload leaves nothing.
+//!
+//! Paths stay bytes throughout (`OsStr`): a name that is not UTF-8 is reported with its
+//! exact bytes beside the display string, and can be addressed by them.
+//!
+//! A request that names a user runs, whole, on a blocking-pool thread that has taken
+//! that user's filesystem identity ([`warren_sys::fsid`]): the kernel then checks every
+//! step as it would for the user's own processes, symlinks included, and what is created
+//! belongs to them. Nothing is checked by hand, so nothing can be checked wrong. Only
+//! that thread changes identity; the agent stays root for everything else.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, Metadata, OpenOptions, Permissions};
 use std::io::{self, Write};
-use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
-use tokio::io::AsyncReadExt;
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
+use warren_sys::child::Identity;
+use warren_sys::fsid::with_fs_identity;
 use warren_types::proto::{
-    ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, WatchKind, CHUNK, MAX_PAYLOAD,
+    ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, User, WirePath, CHUNK, MAX_PAYLOAD,
 };
 
 use crate::flow::{self, Credit};
-use crate::Failure;
+use crate::{user, Failure};
 
 /// What the connection forwards to an upload.
 #[derive(Debug)]
@@ -34,7 +47,49 @@ pub(crate) enum Upload {
 /// Entries one listing may hold; past this its JSON could not fit in a frame anyway.
 const MAX_ENTRIES: usize = MAX_PAYLOAD / 64;
 
-fn info(shown: String, path: &Path, meta: &Metadata) -> FileInfo {
+/// The filesystem identity file work for `user` runs with; `None` (the agent's own)
+/// when no user is named. Blocking: reads the sandbox's /etc/passwd and /etc/group.
+pub(crate) fn identity_of(user: Option<&User>) -> Result<Option<Identity>, Failure> {
+    user.map(|u| {
+        user::resolve(Path::new("/"), u)
+            .map(|account| account.identity)
+            .map_err(|e| Failure::new(ErrorCode::BadRequest, e.to_string()))
+    })
+    .transpose()
+}
+
+/// Runs `work` on this thread with `identity` as its filesystem identity, or as the
+/// agent when `None`. Blocking, like the work it runs.
+pub(crate) fn acting_as<T>(
+    identity: Option<&Identity>,
+    work: impl FnOnce() -> T,
+) -> Result<T, Failure> {
+    match identity {
+        None => Ok(work()),
+        Some(id) => with_fs_identity(id, work).map_err(|e| {
+            Failure::new(
+                ErrorCode::Io,
+                format!("acting as uid {}: {}", id.uid, crate::reason(&e)),
+            )
+        }),
+    }
+}
+
+/// Answers `work` done as `user` (see the module doc). Blocking.
+pub(crate) fn as_user(user: Option<&User>, work: impl FnOnce() -> Response) -> Response {
+    identity_of(user)
+        .and_then(|id| acting_as(id.as_ref(), work))
+        .unwrap_or_else(Failure::response)
+}
+
+/// A name for display, and its exact bytes in base64 when the display cannot hold them.
+pub(crate) fn shown(name: &OsStr) -> (String, Option<String>) {
+    let raw = WirePath::from(name);
+    (raw.to_string_lossy().into_owned(), raw.b64_unless_utf8())
+}
+
+/// Describes `path` (as the client named it, or joined below it for listings).
+fn info(path: &Path, meta: &Metadata) -> FileInfo {
     let file_type = if meta.is_dir() {
         FileType::Dir
     } else if meta.is_file() {
@@ -44,12 +99,18 @@ fn info(shown: String, path: &Path, meta: &Metadata) -> FileInfo {
     } else {
         FileType::Other
     };
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| shown.clone());
+    let (path_shown, path_b64) = shown(path.as_os_str());
+    let (name, name_b64) = shown(path.file_name().unwrap_or(path.as_os_str()));
+    let target = (file_type == FileType::Symlink)
+        .then(|| fs::read_link(path).ok())
+        .flatten()
+        .map(|t| shown(t.as_os_str()));
+    let (symlink_target, symlink_target_b64) = match target {
+        Some((t, b64)) => (Some(t), b64),
+        None => (None, None),
+    };
     FileInfo {
-        path: shown,
+        path: path_shown,
         name,
         file_type,
         size: meta.len(),
@@ -57,79 +118,73 @@ fn info(shown: String, path: &Path, meta: &Metadata) -> FileInfo {
         uid: meta.uid(),
         gid: meta.gid(),
         modified: meta.mtime(),
-        symlink_target: (file_type == FileType::Symlink)
-            .then(|| fs::read_link(path).ok())
-            .flatten()
-            .map(|t| t.to_string_lossy().into_owned()),
-    }
-}
-
-fn join(shown: &str, name: &str) -> String {
-    if shown.ends_with('/') {
-        format!("{shown}{name}")
-    } else {
-        format!("{shown}/{name}")
+        symlink_target,
+        path_b64,
+        name_b64,
+        symlink_target_b64,
     }
 }
 
 /// Describes a path itself (a symlink is reported as one, with its target).
-pub(crate) fn stat(path: &str) -> Response {
+pub(crate) fn stat(path: &Path) -> Response {
     match fs::symlink_metadata(path) {
         Ok(meta) => Response::FileInfo {
-            info: info(path.to_string(), Path::new(path), &meta),
+            info: info(path, &meta),
         },
-        Err(e) => Failure::io(path, &e).response(),
+        Err(e) => Failure::io(path.display(), &e).response(),
     }
 }
 
 /// Lists a directory and, down to `depth` levels, its subdirectories (never through a
 /// symlink). Subdirectories that cannot be read are listed but not entered.
-pub(crate) fn list_dir(path: &str, depth: u32) -> Response {
-    fn walk(dir: &Path, shown: &str, depth: u32, out: &mut Vec<FileInfo>) -> io::Result<()> {
+pub(crate) fn list_dir(path: &Path, depth: u32) -> Response {
+    fn walk(dir: &Path, depth: u32, out: &mut Vec<(PathBuf, FileInfo)>) -> io::Result<()> {
         for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let child = entry.path();
-            let shown = join(shown, &entry.file_name().to_string_lossy());
+            let child = entry?.path();
             let Ok(meta) = fs::symlink_metadata(&child) else {
                 continue; // removed while we listed it
             };
-            out.push(info(shown.clone(), &child, &meta));
+            out.push((child.clone(), info(&child, &meta)));
             if out.len() > MAX_ENTRIES {
                 return Ok(());
             }
             if meta.is_dir() && depth > 1 {
-                let _ = walk(&child, &shown, depth - 1, out);
+                let _ = walk(&child, depth - 1, out);
             }
         }
         Ok(())
     }
+    let shown = path.display();
     if depth == 0 {
         return Failure::new(ErrorCode::BadRequest, "depth must be at least 1").response();
     }
     match fs::metadata(path) {
         Ok(m) if !m.is_dir() => {
-            return Failure::io(path, &io::Error::from_raw_os_error(libc::ENOTDIR)).response()
+            return Failure::io(shown, &io::Error::from_raw_os_error(libc::ENOTDIR)).response()
         }
         Ok(_) => {}
-        Err(e) => return Failure::io(path, &e).response(),
+        Err(e) => return Failure::io(shown, &e).response(),
     }
     let mut entries = Vec::new();
-    if let Err(e) = walk(Path::new(path), path, depth, &mut entries) {
-        return Failure::io(path, &e).response();
+    if let Err(e) = walk(path, depth, &mut entries) {
+        return Failure::io(shown, &e).response();
     }
     if entries.len() > MAX_ENTRIES {
         return Failure::new(
             ErrorCode::Io,
-            format!("{path}: more than {MAX_ENTRIES} entries; list with a smaller depth"),
+            format!("{shown}: more than {MAX_ENTRIES} entries; list with a smaller depth"),
         )
         .response();
     }
-    entries.sort_by(|a, b| a.path.cmp(&b.path));
-    let response = Response::DirEntries { entries };
+    // By bytes, not by Path's component order: a listing reads like `ls -R | sort`.
+    entries.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
+    let response = Response::DirEntries {
+        entries: entries.into_iter().map(|(_, info)| info).collect(),
+    };
     if serde_json::to_vec(&response).map_or(0, |v| v.len()) > MAX_PAYLOAD {
         return Failure::new(
             ErrorCode::Io,
-            format!("{path}: listing too large; list with a smaller depth"),
+            format!("{shown}: listing too large; list with a smaller depth"),
         )
         .response();
     }
@@ -137,9 +192,9 @@ pub(crate) fn list_dir(path: &str, depth: u32) -> Response {
 }
 
 /// `mkdir -p`, except that an existing path is reported as `AlreadyExists`.
-pub(crate) fn make_dir(path: &str, mode: Option<u32>) -> Response {
+pub(crate) fn make_dir(path: &Path, mode: Option<u32>) -> Response {
     if fs::symlink_metadata(path).is_ok() {
-        return Failure::io(path, &io::Error::from_raw_os_error(libc::EEXIST)).response();
+        return Failure::io(path.display(), &io::Error::from_raw_os_error(libc::EEXIST)).response();
     }
     match fs::DirBuilder::new()
         .recursive(true)
@@ -147,11 +202,11 @@ pub(crate) fn make_dir(path: &str, mode: Option<u32>) -> Response {
         .create(path)
     {
         Ok(()) => Response::Ok,
-        Err(e) => Failure::io(path, &e).response(),
+        Err(e) => Failure::io(path.display(), &e).response(),
     }
 }
 
-pub(crate) fn remove(path: &str, recursive: bool) -> Response {
+pub(crate) fn remove(path: &Path, recursive: bool) -> Response {
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() && recursive => fs::remove_dir_all(path),
         Ok(m) if m.is_dir() => fs::remove_dir(path),
@@ -160,36 +215,131 @@ pub(crate) fn remove(path: &str, recursive: bool) -> Response {
     };
     match result {
         Ok(()) => Response::Ok,
-        Err(e) => Failure::io(path, &e).response(),
+        Err(e) => Failure::io(path.display(), &e).response(),
     }
 }
 
-pub(crate) fn rename(from: &str, to: &str) -> Response {
+pub(crate) fn rename(from: &Path, to: &Path) -> Response {
     match fs::rename(from, to) {
         Ok(()) => Response::Ok,
-        Err(e) => Failure::io(&format!("{from} -> {to}"), &e).response(),
+        Err(e) => Failure::io(format!("{} -> {}", from.display(), to.display()), &e).response(),
     }
 }
 
-/// Sends `FileInfo`, the contents as credit allows, then `End`.
+/// A file opened for a read, described as the client will see it.
+pub(crate) struct Opened {
+    file: fs::File,
+    info: FileInfo,
+    regular: bool,
+}
+
+/// What a file that is not regular is, for the client.
+fn what(t: &fs::FileType) -> &'static str {
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses what a read must not open (or must not have opened): directories, and
+/// special files unless asked for.
+fn check_readable(path: &Path, meta: &Metadata, special: bool) -> Result<(), Failure> {
+    if meta.is_dir() {
+        return Err(Failure::io(
+            path.display(),
+            &io::Error::from_raw_os_error(libc::EISDIR),
+        ));
+    }
+    if !meta.is_file() && !special {
+        return Err(Failure::new(
+            ErrorCode::NotAFile,
+            format!(
+                "{} is {}; special files are read only when asked (special)",
+                path.display(),
+                what(&meta.file_type())
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Opens `path` for a read. Blocking: run it on the blocking pool.
+///
+/// The type is checked before the open, so that a device is not even opened (which has
+/// effects of its own) unless asked for, and again on the open file, which is what is
+/// read. The open never waits: O_NONBLOCK makes a FIFO without a writer open at once, and
+/// O_NOCTTY keeps a terminal from becoming the agent's.
+pub(crate) fn open_for_read(path: &Path, special: bool) -> Result<Opened, Failure> {
+    let io = |e: io::Error| Failure::io(path.display(), &e);
+    check_readable(path, &fs::metadata(path).map_err(io)?, special)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
+    check_readable(path, &meta, special)?;
+    Ok(Opened {
+        info: info(path, &meta),
+        regular: meta.is_file(),
+        file,
+    })
+}
+
+/// Where a read's bytes come from.
+fn source(opened: Opened) -> io::Result<Box<dyn AsyncRead + Unpin + Send>> {
+    if opened.regular {
+        return Ok(Box::new(tokio::fs::File::from_std(opened.file)));
+    }
+    // FIFOs, sockets and most devices can be polled, and a silent one then costs no
+    // thread while it keeps the client waiting.
+    if let Ok(polled) = flow::reader(OwnedFd::from(opened.file.try_clone()?)) {
+        return Ok(Box::new(polled));
+    }
+    // The rest (/dev/zero, /dev/urandom) answer at once; they are read on the blocking
+    // pool like files, in the blocking mode they expect.
+    let fd = opened.file.as_raw_fd();
+    let flags = OFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFL)?);
+    fcntl(fd, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
+    Ok(Box::new(tokio::fs::File::from_std(opened.file)))
+}
+
+/// Opens the file on the blocking pool, then sends `FileInfo`, the contents as credit
+/// allows, then `End`.
 pub(crate) async fn read_file(
-    path: String,
+    path: PathBuf,
+    special: bool,
+    user: Option<User>,
     ch: u32,
     credit: Arc<Credit>,
     out: mpsc::Sender<Frame>,
 ) {
-    let result: io::Result<()> = async {
-        let mut file = tokio::fs::File::open(&path).await?;
-        let meta = file.metadata().await?;
-        if meta.is_dir() {
-            return Err(io::Error::from_raw_os_error(libc::EISDIR));
+    let send = |r: Response| Frame::control(ch, &r);
+    let shown = path.display().to_string();
+    let opened = tokio::task::spawn_blocking(move || {
+        let identity = identity_of(user.as_ref())?;
+        acting_as(identity.as_ref(), || open_for_read(&path, special))?
+    })
+    .await
+    .unwrap_or_else(|_| Err(Failure::new(ErrorCode::Io, "opening the file failed")));
+    let opened = match opened {
+        Ok(opened) => opened,
+        Err(f) => {
+            let _ = out.send(send(f.response())).await;
+            return;
         }
-        let info = info(path.clone(), Path::new(&path), &meta);
-        if out
-            .send(Frame::control(ch, &Response::FileInfo { info }))
-            .await
-            .is_err()
-        {
+    };
+    let info = opened.info.clone();
+    let result: io::Result<()> = async {
+        let mut file = source(opened)?;
+        if out.send(send(Response::FileInfo { info })).await.is_err() {
             return Ok(());
         }
         let mut buf = vec![0u8; CHUNK];
@@ -208,32 +358,37 @@ pub(crate) async fn read_file(
                 return Ok(());
             }
         }
-        let _ = out.send(Frame::control(ch, &Response::End)).await;
+        let _ = out.send(send(Response::End)).await;
         Ok(())
     }
     .await;
     if let Err(e) = result {
-        let _ = out
-            .send(Frame::control(ch, &Failure::io(&path, &e).response()))
-            .await;
+        let _ = out.send(send(Failure::io(&shown, &e).response())).await;
     }
 }
 
 /// Receives an upload and answers `Written`. Blocking: run it on the blocking pool.
 pub(crate) fn write_file(
-    path: String,
+    path: PathBuf,
     mode: Option<u32>,
     append: bool,
+    user: Option<User>,
     mut rx: mpsc::Receiver<Upload>,
     ch: u32,
     out: mpsc::Sender<Frame>,
 ) {
-    let response = match write_upload(Path::new(&path), mode, append, &mut rx) {
+    let written = identity_of(user.as_ref()).and_then(|identity| {
+        acting_as(identity.as_ref(), || {
+            write_upload(&path, mode, append, &mut rx)
+        })?
+        .map_err(|e| Failure::io(path.display(), &e))
+    });
+    let response = match written {
         Ok(Some(bytes)) => Response::Written { bytes },
         // Abandoned: the client cancelled or went away.
         Ok(None) => return,
-        Err(e) => {
-            let _ = out.blocking_send(Frame::control(ch, &Failure::io(&path, &e).response()));
+        Err(failure) => {
+            let _ = out.blocking_send(Frame::control(ch, &failure.response()));
             // Absorb what the client had in flight, up to its End.
             while let Some(Upload::Data(_)) = rx.blocking_recv() {}
             return;
@@ -277,7 +432,9 @@ fn write_upload(
     tmp.file.set_permissions(Permissions::from_mode(mode))?;
     if let Some(m) = &existing {
         // A file replaced by its owner's upload stays theirs. Best effort: an agent
-        // without CAP_CHOWN can only write files it owns anyway.
+        // without CAP_CHOWN can only write files it owns anyway, and an upload as a user
+        // makes the file the user's (a user may give a file to a group of theirs, no
+        // more).
         let _ = std::os::unix::fs::fchown(&tmp.file, Some(m.uid()), Some(m.gid()));
     }
     fs::rename(&tmp.path, target)?;
@@ -309,13 +466,11 @@ struct TempFile {
 impl TempFile {
     fn beside(target: &Path) -> io::Result<Self> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path =
-            target.with_file_name(format!(".{name}.warren-upload-{}-{n}", std::process::id()));
+        let mut name = OsString::from(".");
+        name.push(target.file_name().unwrap_or_default());
+        name.push(format!(".warren-upload-{}-{n}", std::process::id()));
+        let path = target.with_file_name(name);
         let file = OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -333,162 +488,6 @@ impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.persisted {
             let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn watch_mask() -> AddWatchFlags {
-    AddWatchFlags::IN_CREATE
-        | AddWatchFlags::IN_MODIFY
-        | AddWatchFlags::IN_ATTRIB
-        | AddWatchFlags::IN_DELETE
-        | AddWatchFlags::IN_DELETE_SELF
-        | AddWatchFlags::IN_MOVED_FROM
-        | AddWatchFlags::IN_MOVED_TO
-        | AddWatchFlags::IN_MOVE_SELF
-}
-
-/// Watches `dir` and every directory below it, recording what it finds in `found`.
-fn watch_tree(
-    ino: &Inotify,
-    dir: &Path,
-    wds: &mut std::collections::HashMap<WatchDescriptor, PathBuf>,
-    found: &mut Vec<PathBuf>,
-) {
-    let Ok(wd) = ino.add_watch(dir, watch_mask() | AddWatchFlags::IN_ONLYDIR) else {
-        return;
-    };
-    wds.insert(wd, dir.to_path_buf());
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        found.push(path.clone());
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            watch_tree(ino, &path, wds, found);
-        }
-    }
-}
-
-fn kind_of(mask: AddWatchFlags) -> Option<WatchKind> {
-    use AddWatchFlags as F;
-    if mask.contains(F::IN_CREATE) {
-        Some(WatchKind::Create)
-    } else if mask.contains(F::IN_MODIFY) {
-        Some(WatchKind::Write)
-    } else if mask.intersects(F::IN_DELETE | F::IN_DELETE_SELF) {
-        Some(WatchKind::Remove)
-    } else if mask.intersects(F::IN_MOVED_FROM | F::IN_MOVED_TO | F::IN_MOVE_SELF) {
-        Some(WatchKind::Rename)
-    } else if mask.contains(F::IN_ATTRIB) {
-        Some(WatchKind::Chmod)
-    } else {
-        None
-    }
-}
-
-/// Answers `Ok`, then a `WatchEvent` per change until cancelled (the task is aborted) or
-/// until the watched path itself is gone.
-pub(crate) async fn watch(path: String, recursive: bool, ch: u32, out: mpsc::Sender<Frame>) {
-    let send = |r: Response| Frame::control(ch, &r);
-    let ino = match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
-        Ok(i) => i,
-        Err(e) => {
-            let _ = out
-                .send(send(Failure::io(&path, &io::Error::from(e)).response()))
-                .await;
-            return;
-        }
-    };
-    let root = PathBuf::from(&path);
-    let root_wd = match ino.add_watch(root.as_path(), watch_mask()) {
-        Ok(wd) => wd,
-        Err(e) => {
-            let _ = out
-                .send(send(Failure::io(&path, &io::Error::from(e)).response()))
-                .await;
-            return;
-        }
-    };
-    let mut wds = std::collections::HashMap::from([(root_wd, root.clone())]);
-    if recursive && root.is_dir() {
-        let mut found = Vec::new();
-        if let Ok(entries) = fs::read_dir(&root) {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    watch_tree(&ino, &entry.path(), &mut wds, &mut found);
-                }
-            }
-        }
-    }
-    // The runtime only needs readiness; the events are read through `ino` itself.
-    let ready = match ino.as_fd().try_clone_to_owned().and_then(flow::reader) {
-        Ok(fd) => fd,
-        Err(e) => {
-            let _ = out.send(send(Failure::io(&path, &e).response())).await;
-            return;
-        }
-    };
-    if out.send(send(Response::Ok)).await.is_err() {
-        return;
-    }
-    while !wds.is_empty() {
-        if ready.readable().await.is_err() {
-            return;
-        }
-        let events = match ready.try_io(|| Ok(ino.read_events()?)) {
-            Ok(events) => events,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => {
-                let _ = out.send(send(Failure::io(&path, &e).response())).await;
-                return;
-            }
-        };
-        for ev in events {
-            if ev.mask.contains(AddWatchFlags::IN_IGNORED) {
-                wds.remove(&ev.wd);
-                continue;
-            }
-            let Some(dir) = wds.get(&ev.wd).cloned() else {
-                continue;
-            };
-            // A subdirectory's own delete/move also arrives, named, from its parent.
-            let is_self = ev
-                .mask
-                .intersects(AddWatchFlags::IN_DELETE_SELF | AddWatchFlags::IN_MOVE_SELF);
-            if is_self && ev.wd != root_wd {
-                continue;
-            }
-            let changed = match &ev.name {
-                Some(name) => dir.join(name),
-                None => dir,
-            };
-            let mut created = Vec::new();
-            if recursive
-                && ev.mask.contains(AddWatchFlags::IN_ISDIR)
-                && ev
-                    .mask
-                    .intersects(AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO)
-            {
-                // What appeared inside before the watch was in place (mkdir -p) is reported
-                // as created: it was, after its parent.
-                watch_tree(&ino, &changed, &mut wds, &mut created);
-            }
-            let Some(kind) = kind_of(ev.mask) else {
-                continue;
-            };
-            let events = std::iter::once((kind, changed))
-                .chain(created.into_iter().map(|p| (WatchKind::Create, p)));
-            for (kind, p) in events {
-                let event = Response::WatchEvent {
-                    kind,
-                    path: p.to_string_lossy().into_owned(),
-                };
-                if out.send(send(event)).await.is_err() {
-                    return;
-                }
-            }
         }
     }
 }

@@ -22,6 +22,7 @@ mod flow;
 mod process;
 mod ring;
 mod user;
+mod watches;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -150,7 +151,7 @@ impl Failure {
     }
 
     /// An I/O error on `path`, with the stable code clients branch on.
-    pub(crate) fn io(path: &str, e: &io::Error) -> Self {
+    pub(crate) fn io(path: impl std::fmt::Display, e: &io::Error) -> Self {
         let code = match e.raw_os_error() {
             Some(libc::ENOENT) => ErrorCode::NotFound,
             Some(libc::EEXIST) => ErrorCode::AlreadyExists,
@@ -163,12 +164,7 @@ impl Failure {
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorCode::NoSpace,
             _ => ErrorCode::Io,
         };
-        // std's Display appends "(os error N)", which means nothing to a client.
-        let reason = match e.raw_os_error() {
-            Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
-            None => e.to_string(),
-        };
-        Self::new(code, format!("{path}: {reason}"))
+        Self::new(code, format!("{path}: {}", reason(e)))
     }
 
     pub(crate) fn response(self) -> Response {
@@ -176,6 +172,15 @@ impl Failure {
             code: self.code,
             message: self.message,
         }
+    }
+}
+
+/// What went wrong, for a client: std's Display appends "(os error N)", which means
+/// nothing to one.
+pub(crate) fn reason(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => nix::errno::Errno::from_raw(n).desc().to_string(),
+        None => e.to_string(),
     }
 }
 

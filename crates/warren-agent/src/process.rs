@@ -67,11 +67,25 @@ struct Table {
     by_pid: BTreeMap<u32, Arc<Proc>>,
     /// Ended processes, oldest first, for eviction.
     ended: VecDeque<u32>,
+    /// The last serial handed out.
+    last_serial: u64,
+}
+
+/// Where a new reader starts in a process's output.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Replay {
+    /// At the end: only output from now on.
+    Nothing,
+    /// At the oldest byte the ring still holds.
+    All,
+    /// At this absolute offset, moved into what the ring holds.
+    From(u64),
 }
 
 #[derive(Debug)]
 pub(crate) struct Proc {
     pub(crate) pid: u32,
+    pub(crate) serial: u64,
     command: Command,
     tag: Option<String>,
     background: bool,
@@ -202,13 +216,16 @@ pub(crate) async fn reaper(agent: Arc<Agent>, mut sigchld: SignalStream) {
 
 impl Proc {
     fn info(&self) -> ProcessInfo {
+        let state = lock(&self.state);
         ProcessInfo {
             pid: self.pid,
+            serial: self.serial,
             command: self.command.clone(),
             tag: self.tag.clone(),
             tty: self.tty.is_some(),
             background: self.background,
-            exit: lock(&self.state).exit,
+            exit: state.exit,
+            output_end: state.ring.end(),
         }
     }
 
@@ -306,12 +323,17 @@ impl Proc {
         self.bump();
     }
 
-    /// Starts following the output: from the oldest byte kept when `replay`, else from now.
-    pub(crate) fn reader(self: &Arc<Self>, replay: bool) -> Reader {
+    /// Starts following the output where `replay` says.
+    pub(crate) fn reader(self: &Arc<Self>, replay: Replay) -> Reader {
         let mut s = lock(&self.state);
         let id = s.next_reader;
         s.next_reader += 1;
-        let pos = if replay { s.ring.start() } else { s.ring.end() };
+        // Never past the end: a reader's position pins the ring from there on.
+        let pos = match replay {
+            Replay::Nothing => s.ring.end(),
+            Replay::All => s.ring.start(),
+            Replay::From(offset) => offset.clamp(s.ring.start(), s.ring.end()),
+        };
         s.readers.insert(id, pos);
         Reader {
             proc: self.clone(),
@@ -476,7 +498,8 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
         .ok_or_else(|| Failure::new(ErrorCode::BadRequest, "exec needs a command"))?;
     let account = match req.user.as_ref().or(config.user.as_ref()) {
         Some(u) => Some(
-            user::resolve(Path::new("/"), u).map_err(|m| Failure::new(ErrorCode::BadRequest, m))?,
+            user::resolve(Path::new("/"), u)
+                .map_err(|e| Failure::new(ErrorCode::BadRequest, e.to_string()))?,
         ),
         None => None,
     };
@@ -508,7 +531,7 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
                 format!("working directory {}: not a directory", cwd.display()),
             ))
         }
-        Err(e) => return Err(Failure::io(&cwd.display().to_string(), &e)),
+        Err(e) => return Err(Failure::io(cwd.display(), &e)),
     }
 
     let (program, argv0, args): (PathBuf, String, Vec<String>) = match &command {
@@ -618,8 +641,11 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
         }
     };
     let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+    let mut table = lock(&agent.procs.table);
+    table.last_serial += 1;
     let proc = Arc::new(Proc {
         pid,
+        serial: table.last_serial,
         command,
         tag: req.tag.clone(),
         background: req.background,
@@ -636,7 +662,8 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
         timed_out: AtomicBool::new(false),
         stdin: Mutex::new(stdin_fd.is_some().then_some(stdin_tx)),
     });
-    lock(&agent.procs.table).by_pid.insert(pid, proc.clone());
+    table.by_pid.insert(pid, proc.clone());
+    drop(table);
 
     let plumb = || -> std::io::Result<()> {
         if let Some(fd) = stdin_fd {

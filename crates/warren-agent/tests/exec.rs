@@ -179,7 +179,14 @@ async fn background_process_survives_disconnect_and_replays() {
         }
         other => panic!("{other:?}"),
     }
-    let attach = b.open(&Request::Attach { pid, replay: true }).await;
+    let attach = b
+        .open(&Request::Attach {
+            pid,
+            replay: true,
+            from: None,
+            serial: None,
+        })
+        .await;
     assert_eq!(b.read_until(attach, "second\n").await, "first\nsecond\n");
     assert_eq!(
         b.request(&Request::Signal { pid, signal: 9 }).await,
@@ -218,7 +225,14 @@ async fn foreground_process_dies_with_its_connection() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Attaching to an ended process replays it and reports its end.
-    let attach = b.open(&Request::Attach { pid, replay: true }).await;
+    let attach = b
+        .open(&Request::Attach {
+            pid,
+            replay: true,
+            from: None,
+            serial: None,
+        })
+        .await;
     assert_eq!(b.outcome(attach).await.status.signal, Some(9));
 }
 
@@ -241,7 +255,9 @@ async fn signals_and_resizes_need_a_known_process() {
     assert!(not_found(
         c.request(&Request::Attach {
             pid: 1,
-            replay: false
+            replay: false,
+            from: None,
+            serial: None
         })
         .await
     ));
@@ -399,7 +415,14 @@ async fn detached_flood_keeps_memory_bounded() {
     assert!(grown < 32 * 1024, "agent grew by {grown} KiB");
 
     let mut b = agent.connect().await;
-    let attach = b.open(&Request::Attach { pid, replay: true }).await;
+    let attach = b
+        .open(&Request::Attach {
+            pid,
+            replay: true,
+            from: None,
+            serial: None,
+        })
+        .await;
     assert!(b
         .read_until(attach, "flood\nflood\n")
         .await
@@ -496,4 +519,109 @@ async fn handshake_and_framing_errors_close_only_that_connection() {
 
     let mut fine = agent.connect().await;
     assert_eq!(fine.run(sh("echo ok")).await.stdout(), "ok\n");
+}
+
+/// Starts `req` in the background, returning its channel, pid and serial.
+async fn start_background(c: &mut common::Client, mut req: ExecRequest) -> (u32, u32, u64) {
+    req.background = true;
+    let ch = c.open(&Request::Exec(req)).await;
+    match c.control(ch).await {
+        Response::Started { pid, serial } => (ch, pid, serial),
+        other => panic!("exec answered {other:?}"),
+    }
+}
+
+async fn listed(c: &mut common::Client, pid: u32) -> warren_types::proto::ProcessInfo {
+    match c.request(&Request::ListProcesses).await {
+        Response::Processes { list } => list.into_iter().find(|p| p.pid == pid).expect("listed"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn attach(pid: u32, from: Option<u64>, serial: Option<u64>) -> Request {
+    Request::Attach {
+        pid,
+        replay: false,
+        from,
+        serial,
+    }
+}
+
+#[tokio::test]
+async fn serials_tell_processes_apart_and_attach_checks_them() {
+    let agent = TestAgent::start();
+    let mut c = agent.connect().await;
+    let (ch_a, a, serial_a) =
+        start_background(&mut c, sh("printf 0123456789; exec sleep 100")).await;
+    let (_, b, serial_b) = start_background(&mut c, sh("exec sleep 100")).await;
+    assert_eq!(serial_a, 1, "serials start at 1");
+    assert_eq!(serial_b, serial_a + 1);
+    c.read_until(ch_a, "9").await;
+    let info = listed(&mut c, a).await;
+    assert_eq!((info.serial, info.output_end), (serial_a, 10));
+    assert_eq!(listed(&mut c, b).await.serial, serial_b);
+
+    // A serial that is not the pid's is a process that is gone.
+    match c.request(&attach(a, None, Some(serial_b))).await {
+        Response::Error { code, message } => {
+            assert_eq!(code, ErrorCode::ProcessNotFound);
+            assert!(message.contains(&serial_b.to_string()), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let ch = c.open(&attach(a, Some(0), Some(serial_a))).await;
+    assert_eq!(c.read_until(ch, "9").await, "0123456789");
+
+    // Serials are not reused once a process is collected.
+    for pid in [a, b] {
+        c.request(&Request::Signal { pid, signal: 9 }).await;
+    }
+    c.outcome(ch).await;
+    let (_, _, serial_c) = start_background(&mut c, sh("true")).await;
+    assert_eq!(serial_c, serial_b + 1);
+}
+
+#[tokio::test]
+async fn attach_resumes_from_an_output_offset() {
+    let agent = TestAgent::start_with(AgentConfig {
+        ring_size: 0, // the least the ring takes: about 128 KiB
+        ..AgentConfig::default()
+    });
+    let mut c = agent.connect().await;
+    let (ch, pid, _) = start_background(&mut c, sh("printf 0123456789; exec sleep 100")).await;
+    c.read_until(ch, "9").await;
+
+    let from_four = c.open(&attach(pid, Some(4), None)).await;
+    assert_eq!(c.read_until(from_four, "9").await, "456789");
+    // `from` wins over `replay`.
+    let ch = c
+        .open(&Request::Attach {
+            pid,
+            replay: true,
+            from: Some(8),
+            serial: None,
+        })
+        .await;
+    assert_eq!(c.read_until(ch, "9").await, "89");
+    // Past the end: only what comes next, here nothing but the end.
+    let past = c.open(&attach(pid, Some(1 << 40), None)).await;
+    c.request(&Request::Signal { pid, signal: 9 }).await;
+    let out = c.outcome(past).await;
+    assert_eq!((out.stdout(), out.status.signal), (String::new(), Some(9)));
+
+    // Evicted output: the replay starts at the oldest byte kept.
+    let full: String = (1..=60_000).map(|i| format!("{i}\n")).collect();
+    let (ch, pid, _) = start_background(&mut c, sh("seq 1 60000; exec sleep 100")).await;
+    // Without a reader the ring forgets the oldest output.
+    c.send(ch, &Request::Cancel).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while listed(&mut c, pid).await.output_end < full.len() as u64 {
+        assert!(Instant::now() < deadline, "seq did not finish");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ch = c.open(&attach(pid, Some(0), None)).await;
+    let kept = c.read_until(ch, "\n60000\n").await;
+    assert!(kept.len() < full.len(), "nothing was evicted");
+    assert!(full.ends_with(&kept), "the replay is not the newest output");
+    c.request(&Request::Signal { pid, signal: 9 }).await;
 }

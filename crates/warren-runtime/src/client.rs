@@ -4,17 +4,24 @@
 //! channel they belong to, a writer task serialises outgoing frames. Data credit is
 //! granted back to the agent only when the consumer takes the data out of its
 //! [`Channel`], so a slow consumer slows the process it reads from, not the host's memory.
+//!
+//! File operations come in two forms: the plain ones (`stat`, `read_file`, ...) take text
+//! paths and act as the agent itself (the sandbox's root); the `*_as` and `*_with` ones
+//! take any [`WirePath`] (a `&str`, raw bytes, an `OsStr`) and may name the sandbox user
+//! to act as. [`AgentClient::open_read`] and [`AgentClient::write_stream`] move a file in
+//! chunks, so neither side ever holds more of it than a window.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use warren_types::proto::{
     read_frame, write_frame, ErrorCode, ExecRequest, ExitStatus, FileInfo, Frame, FrameKind,
-    ProcessInfo, Request, Response, WinSize, CHUNK, PROTOCOL_VERSION,
+    ProcessInfo, Request, Response, User, WinSize, WirePath, CHUNK, PROTOCOL_VERSION,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +34,8 @@ pub enum ClientError {
     Protocol(String),
     #[error("{message}")]
     Agent { code: ErrorCode, message: String },
+    #[error("reading the data to upload")]
+    Upload(#[source] std::io::Error),
 }
 
 type Result<T> = std::result::Result<T, ClientError>;
@@ -63,6 +72,42 @@ pub struct Channel {
     id: u32,
     rx: mpsc::UnboundedReceiver<Frame>,
     inner: Arc<Inner>,
+}
+
+/// How to read a file.
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Read as this sandbox user; `None` reads as the agent (the sandbox's root).
+    pub user: Option<User>,
+    /// Also read FIFOs, devices and sockets, which are otherwise refused with
+    /// `ErrorCode::NotAFile`. They may never end: stream them with
+    /// [`AgentClient::open_read`].
+    pub special: bool,
+}
+
+/// How to write a file.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// Write as this sandbox user, who then owns what is created; `None` writes as the
+    /// agent (the sandbox's root).
+    pub user: Option<User>,
+    /// Permission bits; a replaced file keeps its own, a new one gets 0644.
+    pub mode: Option<u32>,
+    /// Append instead of replacing the file atomically.
+    pub append: bool,
+}
+
+/// Where an attach starts, and which process it expects.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttachOptions {
+    /// Replay the output the agent still holds.
+    pub replay: bool,
+    /// Start at this absolute output offset (taking precedence over `replay`), such as
+    /// the count of bytes received before a disconnect; see `ProcessInfo::output_end`.
+    pub from: Option<u64>,
+    /// Attach only to the process with this serial: a pid reused by another process is
+    /// `ErrorCode::ProcessNotFound`.
+    pub serial: Option<u64>,
 }
 
 impl AgentClient {
@@ -165,13 +210,22 @@ impl AgentClient {
         }
     }
 
+    async fn call_info(&self, req: &Request) -> Result<FileInfo> {
+        match self.call(req).await? {
+            Response::FileInfo { info } => Ok(info),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+
     /// Starts a process.
     pub async fn exec(&self, req: ExecRequest) -> Result<Process> {
         let mut ch = self.open();
         ch.send(&Request::Exec(req)).await?;
         match ch.reply().await? {
-            Response::Started { pid } => Ok(Process {
+            Response::Started { pid, serial } => Ok(Process {
                 pid,
+                // An agent that predates serials sends none.
+                serial: (serial != 0).then_some(serial),
                 ch,
                 client: self.clone(),
             }),
@@ -181,11 +235,27 @@ impl AgentClient {
 
     /// Follows a process started earlier (by any client).
     pub async fn attach(&self, pid: u32, replay: bool) -> Result<Process> {
+        let opts = AttachOptions {
+            replay,
+            ..AttachOptions::default()
+        };
+        self.attach_with(pid, opts).await
+    }
+
+    /// Follows a process started earlier, from where `opts` says.
+    pub async fn attach_with(&self, pid: u32, opts: AttachOptions) -> Result<Process> {
         let ch = self.open();
-        ch.send(&Request::Attach { pid, replay }).await?;
-        // Output (or an error for an unknown pid) follows on the channel.
+        ch.send(&Request::Attach {
+            pid,
+            replay: opts.replay,
+            from: opts.from,
+            serial: opts.serial,
+        })
+        .await?;
+        // Output (or an error for an unknown pid or serial) follows on the channel.
         Ok(Process {
             pid,
+            serial: opts.serial,
             ch,
             client: self.clone(),
         })
@@ -207,16 +277,37 @@ impl AgentClient {
     }
 
     pub async fn stat(&self, path: &str) -> Result<FileInfo> {
-        match self.call(&Request::Stat { path: path.into() }).await? {
-            Response::FileInfo { info } => Ok(info),
-            other => Err(ClientError::Protocol(format!("{other:?}"))),
-        }
+        self.stat_as(path, None).await
+    }
+
+    /// Describes `path` (a symlink as itself), looked at as `user`.
+    pub async fn stat_as(
+        &self,
+        path: impl Into<WirePath>,
+        user: Option<&User>,
+    ) -> Result<FileInfo> {
+        self.call_info(&Request::Stat {
+            path: path.into(),
+            user: user.cloned(),
+        })
+        .await
     }
 
     pub async fn list_dir(&self, path: &str, depth: u32) -> Result<Vec<FileInfo>> {
+        self.list_dir_as(path, depth, None).await
+    }
+
+    /// Lists a directory down to `depth` levels, as `user`.
+    pub async fn list_dir_as(
+        &self,
+        path: impl Into<WirePath>,
+        depth: u32,
+        user: Option<&User>,
+    ) -> Result<Vec<FileInfo>> {
         let req = Request::ListDir {
             path: path.into(),
             depth,
+            user: user.cloned(),
         };
         match self.call(&req).await? {
             Response::DirEntries { entries } => Ok(entries),
@@ -225,25 +316,56 @@ impl AgentClient {
     }
 
     pub async fn make_dir(&self, path: &str) -> Result<()> {
+        self.make_dir_as(path, None, None).await
+    }
+
+    /// Makes a directory and its missing parents, as `user` (who then owns them).
+    pub async fn make_dir_as(
+        &self,
+        path: impl Into<WirePath>,
+        mode: Option<u32>,
+        user: Option<&User>,
+    ) -> Result<()> {
         self.call_ok(&Request::MakeDir {
             path: path.into(),
-            mode: None,
+            mode,
+            user: user.cloned(),
         })
         .await
     }
 
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
+        self.remove_as(path, recursive, None).await
+    }
+
+    pub async fn remove_as(
+        &self,
+        path: impl Into<WirePath>,
+        recursive: bool,
+        user: Option<&User>,
+    ) -> Result<()> {
         self.call_ok(&Request::Remove {
             path: path.into(),
             recursive,
+            user: user.cloned(),
         })
         .await
     }
 
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
+        self.rename_as(from, to, None).await
+    }
+
+    pub async fn rename_as(
+        &self,
+        from: impl Into<WirePath>,
+        to: impl Into<WirePath>,
+        user: Option<&User>,
+    ) -> Result<()> {
         self.call_ok(&Request::Rename {
             from: from.into(),
             to: to.into(),
+            user: user.cloned(),
         })
         .await
     }
@@ -252,10 +374,21 @@ impl AgentClient {
     /// answers `Ok`, the returned channel carries `Response::WatchEvent`s until the
     /// watch fails or the channel is sent `Request::Cancel` or dropped.
     pub async fn watch(&self, path: &str, recursive: bool) -> Result<Channel> {
+        self.watch_as(path, recursive, None).await
+    }
+
+    /// [`AgentClient::watch`] with what `user` may read.
+    pub async fn watch_as(
+        &self,
+        path: impl Into<WirePath>,
+        recursive: bool,
+        user: Option<&User>,
+    ) -> Result<Channel> {
         let mut ch = self.open();
         ch.send(&Request::Watch {
             path: path.into(),
             recursive,
+            user: user.cloned(),
         })
         .await?;
         match ch.reply().await? {
@@ -264,41 +397,169 @@ impl AgentClient {
         }
     }
 
-    /// Reads a whole file.
+    /// Reads a whole regular file.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        let mut ch = self.open();
-        ch.send(&Request::ReadFile { path: path.into() }).await?;
-        ch.reply().await?;
+        self.read_file_with(path, &ReadOptions::default()).await
+    }
+
+    /// Reads a whole file into memory, however large. For a special file, or one of
+    /// unknown size, use [`AgentClient::open_read`].
+    pub async fn read_file_with(
+        &self,
+        path: impl Into<WirePath>,
+        opts: &ReadOptions,
+    ) -> Result<Vec<u8>> {
+        let mut reader = self.open_read(path, opts).await?;
         let mut out = Vec::new();
-        loop {
-            match ch.recv().await {
-                Some(Incoming::Data(d)) => out.extend_from_slice(&d),
-                Some(Incoming::Control(Response::End)) => return Ok(out),
-                Some(Incoming::Control(Response::Error { code, message })) => {
-                    return Err(ClientError::Agent { code, message })
-                }
-                Some(other) => return Err(ClientError::Protocol(format!("{other:?}"))),
-                None => return Err(ClientError::Closed),
-            }
+        while let Some(chunk) = reader.chunk().await? {
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+
+    /// Opens a file for a streaming read: the answer describes the file, and its
+    /// contents come by [`FileReader::chunk`]. The agent sends only as much as the
+    /// consumer has taken plus one window, so that is all the host ever holds.
+    pub async fn open_read(
+        &self,
+        path: impl Into<WirePath>,
+        opts: &ReadOptions,
+    ) -> Result<FileReader> {
+        let mut ch = self.open();
+        ch.send(&Request::ReadFile {
+            path: path.into(),
+            special: opts.special,
+            user: opts.user.clone(),
+        })
+        .await?;
+        match ch.reply().await? {
+            Response::FileInfo { info } => Ok(FileReader {
+                info,
+                ch,
+                ended: false,
+            }),
+            other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }
 
     /// Writes a whole file (replacing it atomically).
     pub async fn write_file(&self, path: &str, data: &[u8], mode: Option<u32>) -> Result<u64> {
-        let mut ch = self.open();
+        let opts = WriteOptions {
+            mode,
+            ..WriteOptions::default()
+        };
+        self.write_file_with(path, data, &opts).await
+    }
+
+    pub async fn write_file_with(
+        &self,
+        path: impl Into<WirePath>,
+        data: &[u8],
+        opts: &WriteOptions,
+    ) -> Result<u64> {
+        self.write_stream(path, data, opts).await
+    }
+
+    /// Writes a file from `source`, sending each chunk as it is read: memory stays
+    /// bounded by the connection's queue however large the file. Stops early (and
+    /// abandons the upload, leaving the file as it was) when the agent refuses it or
+    /// `source` fails. Dropping the future also abandons it.
+    pub async fn write_stream<R: AsyncRead + Unpin>(
+        &self,
+        path: impl Into<WirePath>,
+        mut source: R,
+        opts: &WriteOptions,
+    ) -> Result<u64> {
+        let mut upload = Abandon(Some(self.open()));
+        let ch = upload.0.as_mut().ok_or(ClientError::Closed)?;
         ch.send(&Request::WriteFile {
             path: path.into(),
-            mode,
-            append: false,
+            mode: opts.mode,
+            append: opts.append,
+            user: opts.user.clone(),
         })
         .await?;
-        for chunk in data.chunks(CHUNK) {
-            ch.send_data(FrameKind::Data, chunk.to_vec()).await?;
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            // The agent answers a refused upload (no permission, a directory) at once;
+            // sending the rest would be for nothing.
+            if let Some(answer) = ch.try_recv() {
+                return match answer {
+                    Incoming::Control(Response::Error { code, message }) => {
+                        Err(ClientError::Agent { code, message })
+                    }
+                    other => Err(ClientError::Protocol(format!("{other:?}"))),
+                };
+            }
+            let n = source.read(&mut buf).await.map_err(ClientError::Upload)?;
+            if n == 0 {
+                break;
+            }
+            ch.send_data(FrameKind::Data, buf[..n].to_vec()).await?;
         }
         ch.send(&Request::End).await?;
-        match ch.reply().await? {
+        let answer = ch.reply().await;
+        // The agent has finished with the channel either way.
+        upload.0.take();
+        match answer? {
             Response::Written { bytes } => Ok(bytes),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
+        }
+    }
+}
+
+/// Abandons the operation on its channel when dropped before it finished.
+struct Abandon(Option<Channel>);
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if let Some(ch) = &self.0 {
+            ch.cancel_queued();
+        }
+    }
+}
+
+/// A file being read; see [`AgentClient::open_read`]. Dropping it before the end stops
+/// the agent's read.
+#[derive(Debug)]
+pub struct FileReader {
+    info: FileInfo,
+    ch: Channel,
+    ended: bool,
+}
+
+impl FileReader {
+    /// What the file was when it was opened.
+    pub fn info(&self) -> &FileInfo {
+        &self.info
+    }
+
+    /// The next chunk of the contents, `None` at the end. Taking a chunk grants the
+    /// agent credit for as many bytes more.
+    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>> {
+        if self.ended {
+            return Ok(None);
+        }
+        match self.ch.recv().await {
+            Some(Incoming::Data(d)) => Ok(Some(d)),
+            Some(Incoming::Control(Response::End)) => {
+                self.ended = true;
+                Ok(None)
+            }
+            Some(Incoming::Control(Response::Error { code, message })) => {
+                self.ended = true;
+                Err(ClientError::Agent { code, message })
+            }
+            Some(other) => Err(ClientError::Protocol(format!("{other:?}"))),
+            None => Err(ClientError::Closed),
+        }
+    }
+}
+
+impl Drop for FileReader {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.ch.cancel_queued();
         }
     }
 }
@@ -328,29 +589,72 @@ impl Channel {
     pub async fn recv(&mut self) -> Option<Incoming> {
         loop {
             let f = self.rx.recv().await?;
-            let kind = f.kind;
-            if matches!(
-                kind,
-                FrameKind::Stdout | FrameKind::Stderr | FrameKind::Data
-            ) {
-                let n = f.payload.len() as u32;
-                if n > 0 {
-                    let _ = self.inner.credit.send(Frame::credit(self.id, n));
+            if let Some(incoming) = self.take(f) {
+                return Some(incoming);
+            }
+        }
+    }
+
+    /// A message that has already arrived, if any, without waiting.
+    fn try_recv(&mut self) -> Option<Incoming> {
+        loop {
+            let f = self.rx.try_recv().ok()?;
+            if let Some(incoming) = self.take(f) {
+                return Some(incoming);
+            }
+        }
+    }
+
+    /// Decodes a frame handed to the consumer, granting the agent credit for its data;
+    /// `None` for frames a client never receives.
+    fn take(&self, f: Frame) -> Option<Incoming> {
+        let kind = f.kind;
+        if matches!(
+            kind,
+            FrameKind::Stdout | FrameKind::Stderr | FrameKind::Data
+        ) {
+            let n = f.payload.len() as u32;
+            if n > 0 {
+                let _ = self.inner.credit.send(Frame::credit(self.id, n));
+            }
+        }
+        Some(match kind {
+            FrameKind::Control => match f.parse::<Response>() {
+                Ok(r) => Incoming::Control(r),
+                Err(e) => Incoming::Control(Response::Error {
+                    code: ErrorCode::BadRequest,
+                    message: format!("undecodable reply: {e}"),
+                }),
+            },
+            FrameKind::Stdout => Incoming::Stdout(f.payload),
+            FrameKind::Stderr => Incoming::Stderr(f.payload),
+            FrameKind::Data => Incoming::Data(f.payload),
+            FrameKind::Stdin | FrameKind::Credit => return None,
+        })
+    }
+
+    /// Stops what runs on this channel (a watch, a read, an upload), after what was
+    /// already sent on it.
+    pub async fn cancel(&self) -> Result<()> {
+        self.send(&Request::Cancel).await
+    }
+
+    /// [`Channel::cancel`] from a destructor, which cannot wait: queued after what was
+    /// sent before, so the agent never sees the cancel ahead of the request it cancels.
+    fn cancel_queued(&self) {
+        let frame = Frame::control(self.id, &Request::Cancel);
+        match self.inner.out.try_send(frame) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let out = self.inner.out.clone();
+                    runtime.spawn(async move {
+                        let _ = out.send(frame).await;
+                    });
                 }
             }
-            return Some(match kind {
-                FrameKind::Control => match f.parse::<Response>() {
-                    Ok(r) => Incoming::Control(r),
-                    Err(e) => Incoming::Control(Response::Error {
-                        code: ErrorCode::BadRequest,
-                        message: format!("undecodable reply: {e}"),
-                    }),
-                },
-                FrameKind::Stdout => Incoming::Stdout(f.payload),
-                FrameKind::Stderr => Incoming::Stderr(f.payload),
-                FrameKind::Data => Incoming::Data(f.payload),
-                FrameKind::Stdin | FrameKind::Credit => continue,
-            });
+            // The connection is gone, and with it whatever ran on the channel.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
@@ -387,6 +691,9 @@ pub enum ProcessEvent {
 #[derive(Debug)]
 pub struct Process {
     pub pid: u32,
+    /// The process's serial: from the agent for a started process, as asked for an
+    /// attached one.
+    pub serial: Option<u64>,
     ch: Channel,
     client: AgentClient,
 }
@@ -455,4 +762,342 @@ pub struct Output {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
     pub status: Option<ExitStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::PathBuf;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+
+    use tokio::io::ReadBuf;
+    use tokio::sync::watch;
+    use warren_types::proto::INITIAL_WINDOW;
+
+    use super::*;
+
+    /// An agent serving on a socket in a temporary directory, in a thread of its own.
+    struct TestAgent {
+        socket: PathBuf,
+        dir: tempfile::TempDir,
+        stop: watch::Sender<bool>,
+        thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    }
+
+    impl TestAgent {
+        fn start() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let socket = dir.path().join("agent.sock");
+            let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+            let (stop, stopped) = watch::channel(false);
+            let config = warren_agent::AgentConfig {
+                shutdown: Some(stopped),
+                ..Default::default()
+            };
+            let thread = std::thread::spawn(move || warren_agent::serve(listener, config));
+            Self {
+                socket,
+                dir,
+                stop,
+                thread: Some(thread),
+            }
+        }
+
+        async fn client(&self) -> AgentClient {
+            AgentClient::connect(&self.socket).await.unwrap()
+        }
+
+        fn path(&self, name: &[u8]) -> PathBuf {
+            self.dir.path().join(OsStr::from_bytes(name))
+        }
+    }
+
+    impl Drop for TestAgent {
+        fn drop(&mut self) {
+            let _ = self.stop.send(true);
+            if let Some(t) = self.thread.take() {
+                t.join().unwrap().unwrap();
+            }
+        }
+    }
+
+    fn agent_code<T: std::fmt::Debug>(r: Result<T>) -> ErrorCode {
+        match r {
+            Err(ClientError::Agent { code, .. }) => code,
+            other => panic!("expected an agent error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn streaming_reads_hold_at_most_a_window() {
+        let agent = TestAgent::start();
+        let client = agent.client().await;
+        let path = agent.path(b"big");
+        let data: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+
+        let mut reader = client
+            .open_read(path.as_path(), &ReadOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(reader.info().size, data.len() as u64);
+        // Nothing taken yet: the agent stops at its initial credit.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let queued = reader.ch.rx.len();
+        assert!(
+            queued <= INITIAL_WINDOW as usize / CHUNK,
+            "{queued} chunks queued unread"
+        );
+        let mut read = Vec::new();
+        while let Some(chunk) = reader.chunk().await.unwrap() {
+            read.extend_from_slice(&chunk);
+        }
+        assert!(read == data, "contents differ");
+        assert_eq!(reader.chunk().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_reader_stops_the_agents_read() {
+        use std::io::Write;
+
+        let agent = TestAgent::start();
+        let client = agent.client().await;
+        let fifo = agent.path(b"fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        // Writes until no reader is left: its end is the agent closing the FIFO.
+        let writer_path = fifo.clone();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(writer_path)
+                .unwrap();
+            let err = loop {
+                if let Err(e) = w.write_all(&[b'x'; 4096]) {
+                    break e;
+                }
+            };
+            let _ = done_tx.send(err.kind());
+        });
+        let special = ReadOptions {
+            special: true,
+            ..ReadOptions::default()
+        };
+        assert_eq!(
+            agent_code(client.read_file(fifo.to_str().unwrap()).await),
+            ErrorCode::NotAFile
+        );
+        let mut reader = client.open_read(fifo.as_path(), &special).await.unwrap();
+        assert!(!reader.chunk().await.unwrap().unwrap().is_empty());
+        drop(reader);
+        let ended =
+            tokio::task::spawn_blocking(move || done_rx.recv_timeout(Duration::from_secs(5)))
+                .await
+                .unwrap();
+        assert_eq!(
+            ended,
+            Ok(std::io::ErrorKind::BrokenPipe),
+            "the agent kept reading"
+        );
+        // Whole special reads work too, where they end.
+        let empty = client.read_file_with("/dev/null", &special).await.unwrap();
+        assert!(empty.is_empty());
+    }
+
+    /// Yields some bytes, then fails.
+    struct Failing(bool);
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.0 {
+                return Poll::Ready(Err(std::io::Error::other("source broke")));
+            }
+            self.0 = true;
+            buf.put_slice(b"partial");
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn uploads_stream_and_stop_early() {
+        let agent = TestAgent::start();
+        let client = agent.client().await;
+        let path = agent.path(b"up");
+        let size = 5u64 << 20;
+        let source = tokio::io::repeat(7).take(size);
+        let written = client
+            .write_stream(path.as_path(), source, &WriteOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(written, size);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+
+        // A refused upload ends at once, not when its (here endless) source does.
+        let endless = tokio::io::repeat(0);
+        let refused = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.write_stream(agent.dir.path(), endless, &WriteOptions::default()),
+        )
+        .await
+        .expect("the upload went on after the agent refused it");
+        assert_eq!(agent_code(refused), ErrorCode::IsADirectory);
+
+        // A broken source abandons the upload: the file keeps its contents.
+        let broken = client
+            .write_stream(path.as_path(), Failing(false), &WriteOptions::default())
+            .await;
+        assert!(matches!(broken, Err(ClientError::Upload(_))), "{broken:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), size);
+        let leftovers = std::fs::read_dir(agent.dir.path())
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .as_bytes()
+                    .starts_with(b".up")
+            })
+            .count();
+        assert_eq!(leftovers, 0, "the abandoned upload left a temporary file");
+        // The old entry points still work.
+        client
+            .write_file(path.to_str().unwrap(), b"small", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            client.read_file(path.to_str().unwrap()).await.unwrap(),
+            b"small"
+        );
+    }
+
+    #[tokio::test]
+    async fn raw_paths_and_users_reach_the_agent() {
+        let agent = TestAgent::start();
+        let client = agent.client().await;
+        let dir = agent.path(b"d\xff");
+        client.make_dir_as(dir.as_path(), None, None).await.unwrap();
+        let file = dir.join(OsStr::from_bytes(b"f\xfe"));
+        client
+            .write_file_with(file.as_path(), b"raw", &WriteOptions::default())
+            .await
+            .unwrap();
+        let listed = client.list_dir_as(dir.as_path(), 1, None).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].raw_path().unwrap().as_path(), file.as_path());
+        let info = client.stat_as(file.as_path(), None).await.unwrap();
+        assert_eq!(info.raw_name().unwrap().as_bytes(), b"f\xfe");
+        let moved = dir.join(OsStr::from_bytes(b"g\x80"));
+        client
+            .rename_as(file.as_path(), moved.as_path(), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            client
+                .read_file_with(moved.as_path(), &ReadOptions::default())
+                .await
+                .unwrap(),
+            b"raw"
+        );
+        let watch = client.watch_as(dir.as_path(), true, None).await.unwrap();
+        drop(watch);
+        client.remove_as(dir.as_path(), true, None).await.unwrap();
+        assert!(!dir.exists());
+
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED: the user half of raw_paths_and_users_reach_the_agent needs root");
+            return;
+        }
+        // Like /tmp: anyone may create files, only their owner remove them.
+        std::fs::set_permissions(
+            agent.dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+        )
+        .unwrap();
+        let user = User::Id {
+            uid: 1000,
+            gid: None,
+        };
+        let as_user = WriteOptions {
+            user: Some(user.clone()),
+            ..WriteOptions::default()
+        };
+        let theirs = agent.path(b"theirs");
+        client
+            .write_file_with(theirs.as_path(), b"u", &as_user)
+            .await
+            .unwrap();
+        let meta = std::fs::metadata(&theirs).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1000, 1000));
+        let secret = agent.path(b"secret");
+        std::fs::write(&secret, "root").unwrap();
+        std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .unwrap();
+        let read_as_user = ReadOptions {
+            user: Some(user.clone()),
+            special: false,
+        };
+        assert_eq!(
+            agent_code(client.read_file_with(secret.as_path(), &read_as_user).await),
+            ErrorCode::PermissionDenied
+        );
+        assert_eq!(
+            agent_code(client.remove_as(secret.as_path(), false, Some(&user)).await),
+            ErrorCode::PermissionDenied
+        );
+    }
+
+    #[tokio::test]
+    async fn attach_resumes_at_an_offset_of_the_same_process() {
+        let agent = TestAgent::start();
+        let client = agent.client().await;
+        let req = ExecRequest {
+            command: Some(warren_types::proto::Command::Shell(
+                "printf 0123456789; exec sleep 100".into(),
+            )),
+            background: true,
+            ..Default::default()
+        };
+        let mut started = client.exec(req).await.unwrap();
+        let serial = started.serial.expect("the agent sends serials");
+        let mut seen = Vec::new();
+        while seen.len() < 10 {
+            match started.next().await.unwrap() {
+                ProcessEvent::Stdout(d) => seen.extend_from_slice(&d),
+                other => panic!("{other:?}"),
+            }
+        }
+        drop(started);
+        let listed = client.list_processes().await.unwrap();
+        let info = listed.iter().find(|p| p.serial == serial).unwrap();
+        assert_eq!(info.output_end, 10);
+
+        let resume = AttachOptions {
+            from: Some(6),
+            serial: Some(serial),
+            ..AttachOptions::default()
+        };
+        let mut resumed = client.attach_with(info.pid, resume).await.unwrap();
+        match resumed.next().await.unwrap() {
+            ProcessEvent::Stdout(d) => assert_eq!(d, b"6789"),
+            other => panic!("{other:?}"),
+        }
+        let stranger = AttachOptions {
+            serial: Some(serial + 1),
+            ..AttachOptions::default()
+        };
+        let mut wrong = client.attach_with(info.pid, stranger).await.unwrap();
+        assert_eq!(agent_code(wrong.next().await), ErrorCode::ProcessNotFound);
+        resumed.signal(9).await.unwrap();
+        let out = resumed.output().await.unwrap();
+        assert_eq!(out.status.and_then(|s| s.signal), Some(9));
+    }
 }

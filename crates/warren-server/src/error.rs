@@ -123,6 +123,11 @@ impl From<ClientError> for Error {
                 "agent_error",
                 "unexpected reply from the sandbox's agent",
             ),
+            ClientError::Upload(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "io_error",
+                "reading the data to upload failed",
+            ),
         }
     }
 }
@@ -135,6 +140,7 @@ fn agent_error(code: ErrorCode, message: String) -> Error {
         ErrorCode::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
         ErrorCode::IsADirectory => (StatusCode::BAD_REQUEST, "is_a_directory"),
         ErrorCode::NotADirectory => (StatusCode::BAD_REQUEST, "not_a_directory"),
+        ErrorCode::NotAFile => (StatusCode::BAD_REQUEST, "not_a_file"),
         ErrorCode::NotEmpty => (StatusCode::BAD_REQUEST, "not_empty"),
         ErrorCode::BadRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
         ErrorCode::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),

@@ -63,7 +63,7 @@ impl Followed {
         let mut ch = client.open();
         ch.send(&Request::Exec(req)).await?;
         match ch.reply().await? {
-            AgentResponse::Started { pid } => Ok(Self {
+            AgentResponse::Started { pid, .. } => Ok(Self {
                 pid,
                 ch: Some(ch),
                 client: client.clone(),
@@ -78,7 +78,13 @@ impl Followed {
     /// an error for an unknown pid) comes first.
     pub async fn attach(client: &AgentClient, pid: u32, replay: bool) -> Result<Self, ClientError> {
         let ch = client.open();
-        ch.send(&Request::Attach { pid, replay }).await?;
+        ch.send(&Request::Attach {
+            pid,
+            replay,
+            from: None,
+            serial: None,
+        })
+        .await?;
         Ok(Self {
             pid,
             ch: Some(ch),

@@ -572,15 +572,21 @@ fn openapi_schemas_match_serde() {
         gid: 0,
         modified: 0,
         symlink_target: None,
+        // Present only for names that are not UTF-8; set so that they are compared too.
+        path_b64: Some(String::new()),
+        name_b64: Some(String::new()),
+        symlink_target_b64: Some(String::new()),
     };
     assert_eq!(props("FileInfo"), keys(&fi));
     let pi = warren_types::proto::ProcessInfo {
         pid: 1,
+        serial: 1,
         command: warren_types::proto::Command::Shell(String::new()),
         tag: None,
         tty: false,
         background: false,
         exit: None,
+        output_end: 0,
     };
     assert_eq!(props("ProcessInfo"), keys(&pi));
 }

@@ -11,17 +11,32 @@
 //! 1. `setsid`: a new session and process group, so a timeout or a disconnect can kill
 //!    the whole group, and so a terminal can become the controlling one.
 //! 2. The terminal (if any) becomes the controlling terminal and stdin/stdout/stderr.
-//! 3. The signal mask and dispositions are reset: the agent's handlers and masks are its
+//! 3. Every descriptor above 2 becomes close-on-exec: the agent's sockets, other
+//!    processes' pipes and whatever a library left inheritable must not leak into tenant
+//!    code. std's own exec-error pipe is close-on-exec already, so marking it again
+//!    changes nothing.
+//! 4. The signal mask and dispositions are reset: the agent's handlers and masks are its
 //!    own business, and an ignored signal would survive exec.
-//! 4. `oom_score_adj` is raised to 1000: when a sandbox runs out of memory the OOM killer
-//!    must pick a sandboxed process, never the agent, which reports the kill. (Lowering
-//!    the agent's own score would need CAP_SYS_RESOURCE, which hosts may withhold.)
 //! 5. Capabilities drop to [`crate::caps`]'s set, before the uid changes, because the
 //!    bounding set can only shrink while `CAP_SETPCAP` is effective.
 //! 6. Groups, gid, then uid (the uid last: it takes the right to change the others).
 //! 7. `no_new_privs`, so setuid binaries and file capabilities cannot undo steps 5-6, and
 //!    so an unprivileged process may install seccomp.
-//! 8. seccomp, last, so the filter never has to allow the setup above.
+//! 8. seccomp, so the filter never has to allow the setup above.
+//! 9. Only now the child becomes dumpable and raises `oom_score_adj` to 1000: when a
+//!    sandbox runs out of memory the OOM killer must pick a sandboxed process, never the
+//!    agent, which reports the kill. (Lowering the agent's own score would need
+//!    CAP_SYS_RESOURCE, which hosts may withhold; raising a score needs nothing.)
+//!
+//! Step 9 is last because dumpability is what lets other processes of the same uid
+//! reach this one: a dumpable process can be ptraced, and its `/proc/PID/mem` written,
+//! by the sandbox's root. A child forked from the agent is non-dumpable, like the agent,
+//! and must stay so until nothing it still runs could be worth hijacking: a process
+//! stopped and rewritten before step 8 would run the attacker's code with the agent's
+//! capabilities and without seccomp. After the uid change `/proc/self/oom_score_adj`
+//! belongs to the new uid once the process is dumpable, so the unprivileged child can
+//! still write it. What remains reachable until exec is a process confined exactly as
+//! the program it is about to run.
 
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -84,15 +99,8 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
                 check(unsafe { libc::dup2(fd, target) })?;
             }
         }
+        close_on_exec_from(3)?;
         reset_signals()?;
-        if oom_victim {
-            // The agent is non-dumpable and a fork inherits that, which makes /proc/self
-            // belong to global root, unwritable for the sandbox's own root. exec resets
-            // dumpability from the credentials anyway.
-            // SAFETY: PR_SET_DUMPABLE takes integers only.
-            check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })?;
-            write_oom_score_adj_max()?;
-        }
         if drop_caps {
             crate::caps::drop_to_kept()?;
         }
@@ -108,6 +116,14 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
         check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
         if let Some(filter) = &seccomp {
             filter.install()?;
+        }
+        if oom_victim {
+            // The agent is non-dumpable and a fork inherits that, which makes /proc/self
+            // belong to global root, unwritable for the sandbox's own root or user. exec
+            // resets dumpability from the credentials anyway.
+            // SAFETY: PR_SET_DUMPABLE takes integers only.
+            check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })?;
+            write_oom_score_adj_max()?;
         }
         Ok(())
     };
@@ -130,6 +146,54 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(rc)
     }
+}
+
+/// Marks every descriptor from `first` on close-on-exec, without closing any: a
+/// descriptor std still needs before exec (its error pipe) keeps working.
+fn close_on_exec_from(first: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range takes integers only; with CLOSE_RANGE_CLOEXEC it changes flags
+    // and closes nothing.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        // Kernels before 5.11 know close_range without the flag, before 5.9 not at all.
+        Some(libc::ENOSYS) | Some(libc::EINVAL) => close_on_exec_each(first),
+        _ => Err(err),
+    }
+}
+
+/// The slow way of [`close_on_exec_from`]: one descriptor at a time, up to the soft
+/// limit (no descriptor can be open at or above it), capped so that a huge limit does not
+/// make every spawn take seconds.
+fn close_on_exec_each(first: libc::c_uint) -> io::Result<()> {
+    const MAX_SCANNED: libc::rlim_t = 65536;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
+    let end = limit.rlim_cur.min(MAX_SCANNED) as libc::c_int;
+    for fd in first as libc::c_int..end {
+        // SAFETY: F_GETFD takes no argument; an fd that is not open fails with EBADF.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 || flags & libc::FD_CLOEXEC != 0 {
+            continue;
+        }
+        // SAFETY: F_SETFD takes an int of flags.
+        check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    }
+    Ok(())
 }
 
 fn reset_signals() -> io::Result<()> {
@@ -233,6 +297,110 @@ mod tests {
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("33 77"), "{text:?}");
         assert!(text.contains("tty"), "{text:?}");
+    }
+
+    #[test]
+    fn unprivileged_child_is_confined_and_still_the_oom_victim() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("SKIPPED: changing to another uid needs root");
+            return;
+        }
+        let seccomp = match SeccompProgram::default_policy() {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                println!("SKIPPED: no seccomp policy here: {e}");
+                return;
+            }
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args([
+            "-c",
+            "id -u; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; cat /proc/self/oom_score_adj",
+        ]);
+        cmd.current_dir("/")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        prepare(
+            &mut cmd,
+            ChildSetup {
+                oom_victim: true,
+                identity: Some(Identity {
+                    uid: 1000,
+                    gid: 1000,
+                    groups: vec![1000],
+                }),
+                drop_caps: true,
+                seccomp: Some(seccomp),
+                ..Default::default()
+            },
+        );
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8(out.stdout).unwrap();
+        let fields: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                vec!["1000"],
+                vec!["NoNewPrivs:", "1"],
+                vec!["Seccomp:", "2"],
+                vec!["1000"],
+            ],
+            "{text}"
+        );
+    }
+
+    /// The descriptors `/bin/ls` finds open in itself, while `parent_fd` is open here
+    /// without close-on-exec.
+    fn inherited(parent_fd: libc::c_int, hook: Option<fn() -> io::Result<()>>) -> Vec<String> {
+        let mut cmd = Command::new("/bin/ls");
+        cmd.arg("/proc/self/fd")
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null());
+        match hook {
+            // SAFETY: the hooks given make only async-signal-safe syscalls.
+            Some(hook) => unsafe {
+                cmd.pre_exec(hook);
+            },
+            None => prepare(&mut cmd, ChildSetup::default()),
+        }
+        // SAFETY: F_GETFD takes no argument.
+        let flags = unsafe { libc::fcntl(parent_fd, libc::F_GETFD) };
+        assert_eq!(
+            flags & libc::FD_CLOEXEC,
+            0,
+            "the test descriptor is inheritable"
+        );
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn only_stdio_is_inherited() {
+        // nix's pipe() does not set close-on-exec, like a library that forgot to.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        // ls lists 0-2 and the descriptor it reads the listing through, the lowest free.
+        assert_eq!(inherited(r.as_raw_fd(), None), ["0", "1", "2", "3"]);
+        drop(w);
+    }
+
+    #[test]
+    fn the_slow_path_marks_descriptors_too() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        assert_eq!(
+            inherited(w.as_raw_fd(), Some(|| close_on_exec_each(3))),
+            ["0", "1", "2", "3"]
+        );
+        drop(r);
     }
 
     #[test]

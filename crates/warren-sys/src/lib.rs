@@ -6,6 +6,7 @@ pub mod caps;
 pub mod cgroup;
 pub mod child;
 pub mod fd;
+pub mod fsid;
 pub mod mount;
 pub mod ns;
 pub mod pty;

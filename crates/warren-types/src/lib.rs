@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod b64;
 pub mod proto;
 pub mod random;
 pub mod spec;

@@ -23,10 +23,24 @@
 //! therefore stopped by its full pipe, and the agent's memory stays bounded. Data from
 //! the client (stdin, file uploads) is bounded the other way: the agent stops reading
 //! the connection while a process's stdin is full.
+//!
+//! File names are bytes on Linux, not text. Paths in requests are [`WirePath`]s, which
+//! travel as plain JSON strings when they are UTF-8 (nearly always) and as
+//! `{"b64": "..."}` when they are not; names the agent reports carry a `*_b64` twin in
+//! the second case, so two names that display alike can still be told apart and
+//! addressed.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+pub use crate::b64::Base64Error;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -160,6 +174,208 @@ impl Frame {
     }
 }
 
+/// A path as the exact bytes the filesystem knows it by.
+///
+/// Serialized as a JSON string when the bytes are UTF-8, which keeps the wire unchanged
+/// for every such path, and as `{"b64": "<standard base64>"}` otherwise; both forms are
+/// read back.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WirePath(Vec<u8>);
+
+impl WirePath {
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        Self(bytes.into())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.0
+    }
+
+    pub fn as_os_str(&self) -> &OsStr {
+        OsStr::from_bytes(&self.0)
+    }
+
+    pub fn as_path(&self) -> &Path {
+        Path::new(self.as_os_str())
+    }
+
+    pub fn into_path_buf(self) -> PathBuf {
+        PathBuf::from(OsString::from_vec(self.0))
+    }
+
+    /// The path as text, when it is UTF-8.
+    pub fn to_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The path for display: invalid UTF-8 becomes U+FFFD, so different paths may look
+    /// the same.
+    pub fn to_string_lossy(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(&self.0)
+    }
+
+    /// The bytes in base64 when they are not UTF-8, as the `*_b64` fields of
+    /// [`FileInfo`] and [`Response::WatchEvent`] carry them; `None` for text.
+    pub fn b64_unless_utf8(&self) -> Option<String> {
+        self.to_str().is_none().then(|| crate::b64::encode(&self.0))
+    }
+
+    /// The path a display string and its `*_b64` twin stand for: the twin's bytes when
+    /// present, else the string's.
+    pub fn from_shown(shown: &str, b64: Option<&str>) -> Result<Self, Base64Error> {
+        match b64 {
+            Some(b64) => Ok(Self(crate::b64::decode(b64)?)),
+            None => Ok(Self::from(shown)),
+        }
+    }
+}
+
+impl fmt::Debug for WirePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.to_str() {
+            Some(s) => fmt::Debug::fmt(s, f),
+            None => write!(f, "b\"{}\"", self.0.escape_ascii()),
+        }
+    }
+}
+
+impl fmt::Display for WirePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_string_lossy())
+    }
+}
+
+impl From<&str> for WirePath {
+    fn from(s: &str) -> Self {
+        Self(s.as_bytes().to_vec())
+    }
+}
+
+impl From<String> for WirePath {
+    fn from(s: String) -> Self {
+        Self(s.into_bytes())
+    }
+}
+
+impl From<&String> for WirePath {
+    fn from(s: &String) -> Self {
+        Self::from(s.as_str())
+    }
+}
+
+impl From<&[u8]> for WirePath {
+    fn from(b: &[u8]) -> Self {
+        Self(b.to_vec())
+    }
+}
+
+impl From<Vec<u8>> for WirePath {
+    fn from(b: Vec<u8>) -> Self {
+        Self(b)
+    }
+}
+
+impl From<&OsStr> for WirePath {
+    fn from(s: &OsStr) -> Self {
+        Self(s.as_bytes().to_vec())
+    }
+}
+
+impl From<OsString> for WirePath {
+    fn from(s: OsString) -> Self {
+        Self(s.into_vec())
+    }
+}
+
+impl From<&Path> for WirePath {
+    fn from(p: &Path) -> Self {
+        Self::from(p.as_os_str())
+    }
+}
+
+impl From<PathBuf> for WirePath {
+    fn from(p: PathBuf) -> Self {
+        Self::from(p.into_os_string())
+    }
+}
+
+impl From<&WirePath> for WirePath {
+    fn from(p: &WirePath) -> Self {
+        p.clone()
+    }
+}
+
+impl AsRef<OsStr> for WirePath {
+    fn as_ref(&self) -> &OsStr {
+        self.as_os_str()
+    }
+}
+
+impl AsRef<Path> for WirePath {
+    fn as_ref(&self) -> &Path {
+        self.as_path()
+    }
+}
+
+impl Serialize for WirePath {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self.to_str() {
+            Some(s) => serializer.serialize_str(s),
+            None => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("b64", &crate::b64::encode(&self.0))?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for WirePath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct WirePathVisitor;
+
+        impl<'de> Visitor<'de> for WirePathVisitor {
+            type Value = WirePath;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a path: a string, or {"b64": "<base64>"}"#)
+            }
+
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<WirePath, E> {
+                Ok(WirePath::from(s))
+            }
+
+            fn visit_string<E: de::Error>(self, s: String) -> Result<WirePath, E> {
+                Ok(WirePath::from(s))
+            }
+
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WirePath, A::Error> {
+                let mut bytes = None;
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    if key != "b64" {
+                        return Err(de::Error::unknown_field(&key, &["b64"]));
+                    }
+                    if bytes.is_some() {
+                        return Err(de::Error::duplicate_field("b64"));
+                    }
+                    let text: Cow<'de, str> = map.next_value()?;
+                    bytes = Some(crate::b64::decode(&text).map_err(de::Error::custom)?);
+                }
+                bytes
+                    .map(WirePath)
+                    .ok_or_else(|| de::Error::missing_field("b64"))
+            }
+        }
+
+        deserializer.deserialize_any(WirePathVisitor)
+    }
+}
+
 /// What to run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -219,6 +435,12 @@ pub struct ExecRequest {
 }
 
 /// A request from the client; each opens or acts on a channel.
+///
+/// Every file request takes `user`: when set, the agent performs it with that user's
+/// filesystem identity (resolved from the sandbox's /etc/passwd and /etc/group, as for
+/// `Exec`), so permission checks, the traversal of directories and symlinks, and the
+/// owner of what is created are that user's. Unset, the agent acts as itself (the
+/// sandbox's root).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
@@ -234,6 +456,16 @@ pub enum Request {
         pid: u32,
         #[serde(default)]
         replay: bool,
+        /// Start at this absolute output offset instead (see [`ProcessInfo::output_end`]),
+        /// or at the oldest byte the buffer still holds if that is later; an offset past
+        /// the end starts at the end. Takes precedence over `replay`. A client that
+        /// counts what it has received resumes with it after a disconnect.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from: Option<u64>,
+        /// Attach only if the process `pid` has this [`ProcessInfo::serial`]; otherwise
+        /// `ProcessNotFound`, as the pid now belongs to another process.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        serial: Option<u64>,
     },
     ListProcesses,
     Signal {
@@ -246,47 +478,68 @@ pub enum Request {
     },
     /// Close the stdin of the process started or attached on this channel.
     CloseStdin,
-    /// Answered by `FileInfo`, then `Data` frames, then `End`.
+    /// Answered by `FileInfo`, then `Data` frames, then `End`. Anything but a regular
+    /// file (a FIFO, a device, a socket) is refused with [`ErrorCode::NotAFile`] unless
+    /// `special` is set; then it is streamed for as long as it yields data and the client
+    /// grants credit, so the client decides how much it takes (and `Cancel`s).
     ReadFile {
-        path: String,
+        path: WirePath,
+        #[serde(default, skip_serializing_if = "is_false")]
+        special: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     /// Followed by the client's `Data` frames and `End`; answered by `Written`.
     WriteFile {
-        path: String,
+        path: WirePath,
         #[serde(default)]
         mode: Option<u32>,
         #[serde(default)]
         append: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     /// The client has no more data for this channel.
     End,
     ListDir {
-        path: String,
+        path: WirePath,
         #[serde(default = "one")]
         depth: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     Stat {
-        path: String,
+        path: WirePath,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     MakeDir {
-        path: String,
+        path: WirePath,
         #[serde(default)]
         mode: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     Remove {
-        path: String,
+        path: WirePath,
         #[serde(default)]
         recursive: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     Rename {
-        from: String,
-        to: String,
+        from: WirePath,
+        to: WirePath,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     /// Answered by `Ok`, then `WatchEvent`s until the client sends `Cancel`.
     Watch {
-        path: String,
+        path: WirePath,
         #[serde(default)]
         recursive: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<User>,
     },
     /// Stop what runs on this channel (a watch, a stream); the process stays alive.
     Cancel,
@@ -294,6 +547,10 @@ pub enum Request {
 
 fn one() -> u32 {
     1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How a process ended.
@@ -323,12 +580,20 @@ impl ExitStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ProcessInfo {
     pub pid: u32,
+    /// Assigned by the agent, from 1, never reused while it runs: tells this process from
+    /// a later one the kernel gave the same pid.
+    #[serde(default)]
+    pub serial: u64,
     pub command: Command,
     pub tag: Option<String>,
     pub tty: bool,
     pub background: bool,
     /// Set once it has ended (ended processes stay listed until reaped by an attach).
     pub exit: Option<ExitStatus>,
+    /// The absolute offset just past the newest output byte: how many bytes of output
+    /// (stdout and stderr together) the process has produced so far.
+    #[serde(default)]
+    pub output_end: u64,
 }
 
 /// The type of a file.
@@ -342,6 +607,10 @@ pub enum FileType {
 }
 
 /// What `stat` tells of a file.
+///
+/// `path`, `name` and `symlink_target` are for display; when their bytes are not UTF-8
+/// they show them lossily and the matching `*_b64` field holds the exact bytes (see
+/// [`WirePath`]). [`FileInfo::raw_path`] and its siblings give the exact bytes either way.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FileInfo {
     /// The path as the client named it (joined for listings).
@@ -358,6 +627,30 @@ pub struct FileInfo {
     pub modified: i64,
     /// Where a symlink points.
     pub symlink_target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_b64: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub symlink_target_b64: Option<String>,
+}
+
+impl FileInfo {
+    /// The exact bytes of `path`, to address the file in another request.
+    pub fn raw_path(&self) -> Result<WirePath, Base64Error> {
+        WirePath::from_shown(&self.path, self.path_b64.as_deref())
+    }
+
+    pub fn raw_name(&self) -> Result<WirePath, Base64Error> {
+        WirePath::from_shown(&self.name, self.name_b64.as_deref())
+    }
+
+    pub fn raw_symlink_target(&self) -> Result<Option<WirePath>, Base64Error> {
+        self.symlink_target
+            .as_deref()
+            .map(|t| WirePath::from_shown(t, self.symlink_target_b64.as_deref()))
+            .transpose()
+    }
 }
 
 /// What happened to a watched path.
@@ -382,6 +675,8 @@ pub enum ErrorCode {
     PermissionDenied,
     NotADirectory,
     IsADirectory,
+    /// A FIFO, device or socket where a regular file was expected.
+    NotAFile,
     NotEmpty,
     NoSpace,
     ProcessNotFound,
@@ -399,6 +694,9 @@ pub enum Response {
     },
     Started {
         pid: u32,
+        /// The process's [`ProcessInfo::serial`].
+        #[serde(default)]
+        serial: u64,
     },
     Exited {
         status: ExitStatus,
@@ -417,9 +715,13 @@ pub enum Response {
     Written {
         bytes: u64,
     },
+    /// `path` is for display, `path_b64` the exact bytes when they are not UTF-8 (see
+    /// [`WirePath::from_shown`]).
     WatchEvent {
         kind: WatchKind,
         path: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        path_b64: Option<String>,
     },
     Ok,
     Error {
@@ -481,16 +783,17 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let f = Frame::control(7, &Request::Stat { path: "/x".into() });
+        let stat = Request::Stat {
+            path: "/x".into(),
+            user: None,
+        };
+        let f = Frame::control(7, &stat);
         let mut buf = Vec::new();
         f.encode(&mut buf);
         let (g, used) = Frame::decode(&buf).unwrap().unwrap();
         assert_eq!(used, buf.len());
         assert_eq!(f, g);
-        assert_eq!(
-            g.parse::<Request>().unwrap(),
-            Request::Stat { path: "/x".into() }
-        );
+        assert_eq!(g.parse::<Request>().unwrap(), stat);
     }
 
     #[test]
@@ -532,7 +835,127 @@ mod tests {
         assert_eq!(s(None, Some(9)).shell_code(), 137);
     }
 
+    #[test]
+    fn text_paths_are_plain_strings_and_others_base64() {
+        let text = WirePath::from("/tmp/ü");
+        assert_eq!(serde_json::to_string(&text).unwrap(), r#""/tmp/ü""#);
+        let raw = WirePath::from(&b"/tmp/\xff\xfe"[..]);
+        let json = serde_json::to_string(&raw).unwrap();
+        assert_eq!(json, r#"{"b64":"L3RtcC///g=="}"#);
+        assert_eq!(serde_json::from_str::<WirePath>(&json).unwrap(), raw);
+        assert_eq!(raw.b64_unless_utf8().as_deref(), Some("L3RtcC///g=="));
+        assert_eq!(text.b64_unless_utf8(), None);
+        assert_eq!(raw.to_string(), "/tmp/\u{fffd}\u{fffd}");
+        assert_eq!(format!("{raw:?}"), r#"b"/tmp/\xff\xfe""#);
+        // A text path may be sent base64-encoded too.
+        let spelled: WirePath = serde_json::from_str(r#"{"b64":"L3g="}"#).unwrap();
+        assert_eq!(spelled, WirePath::from("/x"));
+        assert_eq!(
+            WirePath::from_shown("/tmp/\u{fffd}\u{fffd}", Some("L3RtcC///g==")).unwrap(),
+            raw
+        );
+        assert_eq!(
+            WirePath::from_shown("/x", None).unwrap(),
+            WirePath::from("/x")
+        );
+    }
+
+    #[test]
+    fn requests_with_text_paths_keep_their_old_wire_form() {
+        let old = [
+            r#"{"op":"stat","path":"/x"}"#,
+            r#"{"op":"read_file","path":"/x"}"#,
+            r#"{"op":"read_file","path":"/x","special":true}"#,
+            r#"{"op":"rename","from":"/a","to":"/b"}"#,
+            r#"{"op":"list_dir","path":"/","depth":2}"#,
+            r#"{"op":"attach","pid":7,"replay":true}"#,
+            r#"{"op":"attach","pid":7,"replay":false,"from":42,"serial":3}"#,
+        ];
+        for json in old {
+            let r: Request = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&r).unwrap(), json);
+        }
+        let raw = Request::Stat {
+            path: WirePath::from(&b"/\x80"[..]),
+            user: None,
+        };
+        let json = serde_json::to_string(&raw).unwrap();
+        assert_eq!(json, r#"{"op":"stat","path":{"b64":"L4A="}}"#);
+        assert_eq!(serde_json::from_str::<Request>(&json).unwrap(), raw);
+        let as_user = r#"{"op":"stat","path":"/x","user":{"name":"user"}}"#;
+        let r: Request = serde_json::from_str(as_user).unwrap();
+        assert_eq!(
+            r,
+            Request::Stat {
+                path: "/x".into(),
+                user: Some(User::Name("user".into()))
+            }
+        );
+        assert_eq!(serde_json::to_string(&r).unwrap(), as_user);
+        // The tag and the raw path's object do not confuse deny_unknown_fields.
+        assert!(
+            serde_json::from_str::<Request>(r#"{"op":"stat","path":{"b64":"L4A=","x":1}}"#)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn file_info_gives_back_exact_names() {
+        let json = r#"{"path":"/d/\ufffd","name":"\ufffd","type":"symlink","size":1,"mode":511,
+            "uid":0,"gid":0,"modified":0,"symlink_target":"\ufffd","path_b64":"L2Qv/w==",
+            "name_b64":"/w==","symlink_target_b64":"/g=="}"#;
+        let info: FileInfo = serde_json::from_str(json).unwrap();
+        assert_eq!(info.raw_path().unwrap().as_bytes(), b"/d/\xff");
+        assert_eq!(info.raw_name().unwrap().as_bytes(), b"\xff");
+        assert_eq!(
+            info.raw_symlink_target().unwrap().unwrap().as_bytes(),
+            b"\xfe"
+        );
+        // Text names carry no twins, so old readers see the same fields as before.
+        let text = FileInfo {
+            path: "/a".into(),
+            name: "a".into(),
+            file_type: FileType::File,
+            size: 0,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            modified: 0,
+            symlink_target: None,
+            path_b64: None,
+            name_b64: None,
+            symlink_target_b64: None,
+        };
+        let value = serde_json::to_value(&text).unwrap();
+        assert!(value.get("path_b64").is_none() && value.get("name_b64").is_none());
+        assert_eq!(text.raw_path().unwrap(), WirePath::from("/a"));
+    }
+
+    #[test]
+    fn malformed_raw_paths_are_refused() {
+        for bad in [
+            r#"{}"#,
+            r#"{"b64":"L3g=","b64":"L3g="}"#,
+            r#"{"b64":"L3g"}"#,
+            r#"{"b64":"L3g=","x":1}"#,
+            r#"{"hex":"2f"}"#,
+            r#"47"#,
+            r#"["/x"]"#,
+        ] {
+            assert!(serde_json::from_str::<WirePath>(bad).is_err(), "{bad}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn any_path_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let path = WirePath::from(bytes.clone());
+            let json = serde_json::to_string(&path).unwrap();
+            prop_assert_eq!(json.starts_with('"'), std::str::from_utf8(&bytes).is_ok());
+            let back: WirePath = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(back.as_bytes(), &bytes[..]);
+        }
+
         /// Arbitrary bytes never panic the decoder, and whatever it accepts re-encodes
         /// to the same bytes.
         #[test]

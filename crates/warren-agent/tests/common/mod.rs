@@ -186,7 +186,7 @@ impl Client {
     pub async fn exec(&mut self, req: ExecRequest) -> (u32, u32) {
         let ch = self.open(&Request::Exec(req)).await;
         match self.control(ch).await {
-            Response::Started { pid } => (ch, pid),
+            Response::Started { pid, .. } => (ch, pid),
             other => panic!("exec answered {other:?}"),
         }
     }

@@ -116,7 +116,7 @@ impl From<Error> for RpcError {
         let code = match e.code {
             "not_found" | "file_not_found" | "process_not_found" => Code::NotFound,
             "invalid_request" | "invalid_json" | "is_a_directory" | "not_a_directory"
-            | "not_empty" | "command_not_found" => Code::InvalidArgument,
+            | "not_a_file" | "not_empty" | "command_not_found" => Code::InvalidArgument,
             "already_exists" | "name_taken" => Code::AlreadyExists,
             "permission_denied" => Code::PermissionDenied,
             "unauthorized" => Code::Unauthenticated,

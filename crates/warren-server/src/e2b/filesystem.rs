@@ -272,7 +272,7 @@ const UPLOAD_MARK: &str = ".warren-upload-";
 async fn next_event(ch: &mut Channel, client: &AgentClient, root: &str) -> Result<Value, RpcError> {
     loop {
         match ch.recv().await {
-            Some(Incoming::Control(AgentResponse::WatchEvent { kind, path })) => {
+            Some(Incoming::Control(AgentResponse::WatchEvent { kind, path, .. })) => {
                 if path.contains(UPLOAD_MARK) {
                     continue;
                 }
@@ -477,6 +477,9 @@ mod tests {
             gid: 1000,
             modified: 0,
             symlink_target: None,
+            path_b64: None,
+            name_b64: None,
+            symlink_target_b64: None,
         });
         assert_eq!(e["size"], "5");
         assert_eq!(e["owner"], "user");
