@@ -351,8 +351,7 @@ async fn output_never_exceeds_granted_credit() {
 
 #[tokio::test]
 async fn processes_run_confined_as_their_user() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIPPED: processes_run_confined_as_their_user needs root to switch users");
+    if !warren_testkit::needs_root("processes_run_confined_as_their_user", "switching users") {
         return;
     }
     let seccomp = warren_sys::seccomp::SeccompProgram::default_policy().unwrap();

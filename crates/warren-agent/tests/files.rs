@@ -698,8 +698,10 @@ async fn recursive_watches_stay_on_the_watched_filesystem() {
         }
     }
 
-    if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: recursive_watches_stay_on_the_watched_filesystem mounts a tmpfs");
+    if !warren_testkit::needs_root(
+        "recursive_watches_stay_on_the_watched_filesystem",
+        "mounting a tmpfs",
+    ) {
         return;
     }
     let agent = TestAgent::start();
@@ -744,8 +746,10 @@ async fn file_operations_as_a_user_have_the_users_rights() {
 
     use warren_types::proto::{User, WirePath};
 
-    if !nix::unistd::geteuid().is_root() {
-        println!("SKIPPED: file_operations_as_a_user_have_the_users_rights switches users");
+    if !warren_testkit::needs_root(
+        "file_operations_as_a_user_have_the_users_rights",
+        "switching users",
+    ) {
         return;
     }
     let agent = TestAgent::start();

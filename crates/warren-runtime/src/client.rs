@@ -1012,8 +1012,10 @@ mod tests {
         client.remove_as(dir.as_path(), true, None).await.unwrap();
         assert!(!dir.exists());
 
-        if !nix::unistd::geteuid().is_root() {
-            println!("SKIPPED: the user half of raw_paths_and_users_reach_the_agent needs root");
+        if !warren_testkit::needs_root(
+            "raw_paths_and_users_reach_the_agent (the user half)",
+            "switching users",
+        ) {
             return;
         }
         // Like /tmp: anyone may create files, only their owner remove them.

@@ -99,7 +99,7 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
                 check(unsafe { libc::dup2(fd, target) })?;
             }
         }
-        close_on_exec_from(3)?;
+        crate::fd::cloexec_from(3)?;
         reset_signals()?;
         if drop_caps {
             crate::caps::drop_to_kept()?;
@@ -146,54 +146,6 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     } else {
         Ok(rc)
     }
-}
-
-/// Marks every descriptor from `first` on close-on-exec, without closing any: a
-/// descriptor std still needs before exec (its error pipe) keeps working.
-fn close_on_exec_from(first: libc::c_uint) -> io::Result<()> {
-    // SAFETY: close_range takes integers only; with CLOSE_RANGE_CLOEXEC it changes flags
-    // and closes nothing.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            first,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let err = io::Error::last_os_error();
-    match err.raw_os_error() {
-        // Kernels before 5.11 know close_range without the flag, before 5.9 not at all.
-        Some(libc::ENOSYS) | Some(libc::EINVAL) => close_on_exec_each(first),
-        _ => Err(err),
-    }
-}
-
-/// The slow way of [`close_on_exec_from`]: one descriptor at a time, up to the soft
-/// limit (no descriptor can be open at or above it), capped so that a huge limit does not
-/// make every spawn take seconds.
-fn close_on_exec_each(first: libc::c_uint) -> io::Result<()> {
-    const MAX_SCANNED: libc::rlim_t = 65536;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit, which `limit` is.
-    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) })?;
-    let end = limit.rlim_cur.min(MAX_SCANNED) as libc::c_int;
-    for fd in first as libc::c_int..end {
-        // SAFETY: F_GETFD takes no argument; an fd that is not open fails with EBADF.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-        if flags < 0 || flags & libc::FD_CLOEXEC != 0 {
-            continue;
-        }
-        // SAFETY: F_SETFD takes an int of flags.
-        check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
-    }
-    Ok(())
 }
 
 fn reset_signals() -> io::Result<()> {
@@ -301,14 +253,14 @@ mod tests {
 
     #[test]
     fn unprivileged_child_is_confined_and_still_the_oom_victim() {
-        if !nix::unistd::geteuid().is_root() {
-            println!("SKIPPED: changing to another uid needs root");
+        const TEST: &str = "unprivileged_child_is_confined_and_still_the_oom_victim";
+        if !warren_testkit::needs_root(TEST, "changing to another uid") {
             return;
         }
         let seccomp = match SeccompProgram::default_policy() {
             Ok(p) => Arc::new(p),
             Err(e) => {
-                println!("SKIPPED: no seccomp policy here: {e}");
+                warren_testkit::skip(TEST, &format!("no seccomp policy here: {e}"));
                 return;
             }
         };
@@ -397,7 +349,7 @@ mod tests {
     fn the_slow_path_marks_descriptors_too() {
         let (r, w) = nix::unistd::pipe().unwrap();
         assert_eq!(
-            inherited(w.as_raw_fd(), Some(|| close_on_exec_each(3))),
+            inherited(w.as_raw_fd(), Some(|| crate::fd::cloexec_each(3))),
             ["0", "1", "2", "3"]
         );
         drop(r);

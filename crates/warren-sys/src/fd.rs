@@ -78,20 +78,46 @@ fn close_between(first: u32, last: u32) -> io::Result<()> {
     }
 }
 
-/// Marks every descriptor from `first` up close-on-exec.
+/// Marks every descriptor from `first` up close-on-exec, without closing any: one still
+/// needed before an exec (std's error pipe) keeps working. Async-signal-safe: fit for
+/// the moment between fork and exec.
 pub fn cloexec_from(first: RawFd) -> io::Result<()> {
     let first = first.max(0) as u32;
     match close_range(first, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) {
+        // Kernels before 5.11 know close_range without the flag, before 5.9 not at all.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) => {
-            for fd in open_fds().into_iter().filter(|fd| *fd as u32 >= first) {
-                // SAFETY: F_SETFD on a descriptor number only changes its flags; one that
-                // was closed meanwhile answers EBADF, which is ignored.
-                unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-            }
-            Ok(())
+            cloexec_each(first)
         }
         other => other,
     }
+}
+
+/// The slow way of [`cloexec_from`]: one descriptor at a time, up to the soft limit (no
+/// descriptor can be open at or above it), capped so that a huge limit does not make
+/// every spawn take seconds.
+pub(crate) fn cloexec_each(first: u32) -> io::Result<()> {
+    const MAX_SCANNED: libc::rlim_t = 65536;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit, which `limit` is.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = limit.rlim_cur.min(MAX_SCANNED) as RawFd;
+    for fd in first as RawFd..end {
+        // SAFETY: F_GETFD takes no argument; an fd that is not open fails with EBADF.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        if flags < 0 || flags & libc::FD_CLOEXEC != 0 {
+            continue;
+        }
+        // SAFETY: F_SETFD takes an int of flags.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -166,11 +166,7 @@ mod tests {
     }
 
     fn root_or_skip(test: &str) -> bool {
-        let root = nix::unistd::geteuid().is_root();
-        if !root {
-            println!("SKIPPED: {test} switches to another user, which needs root");
-        }
-        root
+        warren_testkit::needs_root(test, "switching to another user")
     }
 
     /// A directory anyone may create files in.
