@@ -403,6 +403,15 @@ impl Sandbox {
                 drop(listener);
                 drop(root_fd);
                 cleanup.agent = Some(child);
+                // Cloning as the namespace's owner changed this process's credentials for
+                // a moment, and the kernel forgets the death signal on any such change.
+                if let Some(parent) = config.die_with_parent {
+                    ns::set_parent_death_signal(Signal::SIGTERM)
+                        .map_err(fail("set death signal"))?;
+                    if nix::unistd::getppid().as_raw() != parent {
+                        return Err("the caller exited while the sandbox was made".into());
+                    }
+                }
                 let setup = (|| -> Result<(), String> {
                     ns::write_id_maps(child, 0, ids.base, ID_COUNT)
                         .map_err(fail("write the id maps"))?;

@@ -217,14 +217,18 @@ pub fn setup_nat(
     Ok(lease_file)
 }
 
-/// The chains of Warren's IPv4 filter table: each a list of rule specs.
-fn filter_v4(router_guard: bool) -> Vec<(&'static str, Vec<String>)> {
+/// Chains of one table, each with its rule specs in order, written as `iptables -S`
+/// prints them (so an unchanged chain is recognised and left alone).
+type Chains = Vec<(&'static str, Vec<String>)>;
+
+/// The chains of Warren's IPv4 filter table.
+fn filter_v4(router_guard: bool) -> Chains {
     let w = format!("{LINK_PREFIX}+");
     let mut forward = vec![
         format!("-i {w} -o {w} -j DROP"),
         // Link-local addresses: a cloud's metadata service (169.254.169.254) hands out
         // the machine's credentials to whoever asks.
-        format!("-i {w} -d 169.254.0.0/16 -j DROP"),
+        format!("-d 169.254.0.0/16 -i {w} -j DROP"),
         format!("-o {w} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
         format!("-o {w} -j DROP"),
         format!("-i {w} -j ACCEPT"),
@@ -238,7 +242,7 @@ fn filter_v4(router_guard: bool) -> Vec<(&'static str, Vec<String>)> {
     ]
 }
 
-fn filter_v6() -> Vec<(&'static str, Vec<String>)> {
+fn filter_v6() -> Chains {
     let w = format!("{LINK_PREFIX}+");
     vec![
         ("WARREN-INPUT", vec![format!("-i {w} -j DROP")]),
@@ -250,7 +254,7 @@ fn filter_v6() -> Vec<(&'static str, Vec<String>)> {
 }
 
 /// `iptables-restore --noflush` input that makes `chains` of `table` exactly so.
-fn restore_input(table: &str, chains: &[(&str, Vec<String>)]) -> String {
+fn restore_input(table: &str, chains: &[(&'static str, Vec<String>)]) -> String {
     let mut s = format!("*{table}\n");
     for (c, _) in chains {
         s.push_str(&format!(":{c} - [0:0]\n"));
@@ -278,7 +282,7 @@ fn chain_is(listing: &str, chain: &str, rules: &[String]) -> bool {
 fn ensure_family(
     tool: &'static str,
     restore: &'static str,
-    tables: &[(&str, Vec<(&'static str, Vec<String>)>)],
+    tables: &[(&str, Chains)],
 ) -> Result<(), NetError> {
     for (table, chains) in tables {
         let current = run_with(tool, &["-w", "-t", table, "-S"], None)?;

@@ -31,7 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::{lchown, symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{lchown, symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -460,8 +460,9 @@ fn size_file(paths: &Paths, id: &str) -> PathBuf {
     layers_dir(paths).join(format!(".{id}.size"))
 }
 
-/// Directories open at once while [`dir_size`] walks; deeper ones wait in a list.
-const WALK_OPEN: usize = 64;
+/// How deep [`dir_size`] goes: one open directory per level. A tree deeper than this is
+/// counted down to here; what lies below is left out rather than reached by path.
+pub const WALK_DEPTH: usize = 512;
 
 /// Hard-linked files remembered so they are counted once; past this many (a tree made
 /// to exhaust the walker's memory), further links are counted again, which only
@@ -470,49 +471,62 @@ const WALK_LINKS: usize = 100_000;
 
 /// Bytes on disk under `root` (allocated blocks; hard links counted once).
 ///
-/// Its memory does not grow with the tree: files are counted as their directory is read,
-/// and only the directories on the current path are open. A sandbox's million files in
-/// one directory cost the walk no more than ten.
+/// The tree may be a sandbox's own, changing under the walk in whatever way its
+/// processes like (a directory swapped for a symlink to the host's `/`, mid-walk). So
+/// every level is opened relative to its parent's descriptor with O_NOFOLLOW, never by
+/// path: a symlink is never followed and the walk never leaves the tree, at any depth.
+/// Its memory does not grow with the tree: entries are counted as their directory is
+/// read, and only the directories on the current path are open ([`WALK_DEPTH`] at most).
 pub fn dir_size(root: &Path) -> u64 {
+    use std::os::fd::AsRawFd;
+
+    use nix::dir::Dir;
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
+
+    fn is_dir(st: &FileStat) -> bool {
+        SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+    }
     let mut seen = std::collections::HashSet::new();
-    let mut count = |m: &fs::Metadata| {
-        if m.nlink() > 1 && !m.is_dir() {
-            if seen.contains(&(m.dev(), m.ino())) {
+    let mut count = |st: &FileStat| -> u64 {
+        if st.st_nlink > 1 && !is_dir(st) {
+            if seen.contains(&(st.st_dev, st.st_ino)) {
                 return 0;
             }
             if seen.len() < WALK_LINKS {
-                seen.insert((m.dev(), m.ino()));
+                seen.insert((st.st_dev, st.st_ino));
             }
         }
-        m.blocks() * 512
+        st.st_blocks as u64 * 512
     };
-    let Ok(m) = root.symlink_metadata() else {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let Ok(top) = fstatat(None, root, AtFlags::AT_SYMLINK_NOFOLLOW) else {
         return 0;
     };
-    let mut total = count(&m);
-    if !m.is_dir() {
+    let mut total = count(&top);
+    let Ok(dir) = Dir::open(root, flags, Mode::empty()) else {
         return total;
-    }
-    // Directories past WALK_OPEN deep are walked later, from their paths.
-    let mut deep = vec![root.to_path_buf()];
-    while let Some(top) = deep.pop() {
-        let mut open: Vec<fs::ReadDir> = fs::read_dir(&top).into_iter().collect();
-        while let Some(dir) = open.last_mut() {
-            let Some(e) = dir.next() else {
-                open.pop();
-                continue;
-            };
-            let Ok(e) = e else { continue };
-            let Ok(m) = e.metadata() else { continue };
-            total += count(&m);
-            if m.is_dir() {
-                if open.len() < WALK_OPEN {
-                    if let Ok(sub) = fs::read_dir(e.path()) {
-                        open.push(sub);
-                    }
-                } else {
-                    deep.push(e.path());
-                }
+    };
+    let mut open = vec![dir.into_iter()];
+    while let Some(it) = open.last_mut() {
+        let Some(entry) = it.next() else {
+            open.pop();
+            continue;
+        };
+        let Ok(entry) = entry else { continue };
+        let name = entry.file_name();
+        if name.to_bytes() == b"." || name.to_bytes() == b".." {
+            continue;
+        }
+        let parent = it.as_raw_fd();
+        let Ok(st) = fstatat(Some(parent), name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
+            continue; // removed while we read it
+        };
+        total += count(&st);
+        if is_dir(&st) && open.len() < WALK_DEPTH {
+            // Swapped for a symlink since the stat: O_NOFOLLOW refuses it.
+            if let Ok(sub) = Dir::openat(Some(parent), name, flags, Mode::empty()) {
+                open.push(sub.into_iter());
             }
         }
     }
@@ -929,7 +943,7 @@ mod tests {
         fs::hard_link(root.join("f299"), root.join("link")).unwrap();
         // Deeper than the directories the walk keeps open, with files all the way down.
         let mut deep = root.clone();
-        for i in 0..(WALK_OPEN + 10) {
+        for i in 0..70 {
             deep = deep.join(format!("d{i}"));
             fs::create_dir(&deep).unwrap();
             fs::write(deep.join("f"), vec![b'y'; 5000]).unwrap();

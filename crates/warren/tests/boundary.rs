@@ -296,3 +296,197 @@ fn local_host_users_cannot_read_warrens_state_or_a_sandboxs_files() {
     assert!(uid >= 1 << 30, "root of the sandbox is host uid {uid}");
     d.finish();
 }
+
+/// The host's own addresses (IPv4 and IPv6, every interface), as `ip -o addr` lists them.
+fn host_addresses() -> Vec<String> {
+    let out = Command::new("ip").args(["-o", "addr"]).output().unwrap();
+    stdout(&out)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let i = f.iter().position(|w| *w == "inet" || *w == "inet6")?;
+            Some(f.get(i + 1)?.split('/').next()?.to_string())
+        })
+        .collect()
+}
+
+/// The EUI-64 link-local address of an interface with MAC `mac`: what a neighbour on its
+/// link would try.
+fn link_local_of(mac: &str) -> String {
+    let b: Vec<u8> = mac
+        .trim()
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    format!(
+        "fe80::{:02x}{:02x}:{:02x}ff:fe{:02x}:{:02x}{:02x}",
+        b[0] ^ 2,
+        b[1],
+        b[2],
+        b[3],
+        b[4],
+        b[5]
+    )
+}
+
+/// Python: connects to every address given on argv[2:] at port argv[1] (link-local ones
+/// through eth0), prints `reached ADDR` or `blocked ADDR`, then the interfaces that have
+/// an IPv6 address.
+const PROBE: &str = r#"
+import socket, sys
+port = int(sys.argv[1])
+for t in sys.argv[2:]:
+    fam = socket.AF_INET6 if ":" in t else socket.AF_INET
+    try:
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.settimeout(2)
+        if fam == socket.AF_INET6:
+            scope = socket.if_nametoindex("eth0") if t.startswith("fe80") else 0
+            s.connect((t, port, 0, scope))
+        else:
+            s.connect((t, port))
+        print("reached", t)
+    except OSError as e:
+        print("blocked", t, e.errno)
+print("ipv6-on", sorted({l.split()[-1] for l in open("/proc/net/if_inet6")}))
+"#;
+
+#[test]
+fn a_nat_sandbox_has_no_ipv6_or_other_path_to_the_hosts_services() {
+    if !can_run("a_nat_sandbox_has_no_ipv6_or_other_path_to_the_hosts_services") {
+        return;
+    }
+    let _turn = my_turn();
+    // A host service on every address, IPv4 and IPv6.
+    let service = std::net::TcpListener::bind("[::]:0").unwrap();
+    service.set_nonblocking(true).unwrap();
+    let port = service.local_addr().unwrap().port().to_string();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home", "--network", "nat"]);
+    let link = warren_runtime::network::link_name(&id);
+    let mac = std::fs::read_to_string(format!("/sys/class/net/{link}/address")).unwrap();
+    let host_v6 = std::fs::read_to_string("/proc/net/if_inet6").unwrap_or_default();
+    assert!(
+        !host_v6.lines().any(|l| l.ends_with(&format!(" {link}"))),
+        "the host end of the sandbox's link has IPv6: {host_v6}"
+    );
+    let mut targets = host_addresses();
+    targets.push(link_local_of(&mac));
+    let script = format!(
+        "python3 -c '{}' {port} {}",
+        PROBE.replace('\'', "'\\''"),
+        targets.join(" ")
+    );
+    let (code, out) = d.exec(&id, &script);
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("reached"), "a host service answered: {out}");
+    assert!(
+        out.contains("ipv6-on ['lo']"),
+        "the sandbox has IPv6 beyond its loopback: {out}"
+    );
+    assert!(
+        service.accept().is_err(),
+        "the host service accepted a connection"
+    );
+    d.finish();
+}
+
+#[test]
+fn neighbours_routing_through_the_host_reach_no_sandbox_and_no_other_network() {
+    use common::Peer;
+    if !can_run("neighbours_routing_through_the_host_reach_no_sandbox_and_no_other_network") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home", "--network", "nat"]);
+    // A server on every address of the sandbox.
+    let (code, _) = d.exec(
+        &id,
+        "nohup python3 -c 'import socket\ns=socket.socket()\ns.bind((\"0.0.0.0\",7000))\n\
+         s.listen()\nwhile True:\n  c,_=s.accept(); c.sendall(b\"in\"); c.close()' \
+         >/dev/null 2>&1 &",
+    );
+    assert_eq!(code, 0);
+    let (_, addr) = d.exec(
+        &id,
+        "ip -4 -o addr show eth0 | awk '{print $4}' | cut -d/ -f1",
+    );
+    let addr = addr.trim().to_string();
+    assert!(addr.starts_with("10.200."), "{addr}");
+    // Two neighbours of the host, each on a link of its own.
+    let a = Peer::new("wtnbra", "192.0.2.1", "192.0.2.2").expect("a test namespace");
+    let b = Peer::new("wtnbrb", "198.51.100.1", "198.51.100.2").expect("a test namespace");
+    let ok = |mut c: Command| c.status().is_ok_and(|s| s.success());
+    assert!(ok(a.cmd(&[
+        "ip",
+        "route",
+        "add",
+        "10.200.0.0/16",
+        "via",
+        "192.0.2.1"
+    ])));
+    assert!(ok(a.cmd(&[
+        "ip",
+        "route",
+        "add",
+        "198.51.100.0/30",
+        "via",
+        "192.0.2.1"
+    ])));
+    assert!(ok(b.cmd(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.51.100.1"
+    ])));
+    let connect = |to: &str, port: u16| {
+        let probe = format!(
+            "import socket\ntry:\n socket.create_connection(('{to}', {port}), timeout=2)\n \
+             print('reached')\nexcept OSError as e: print('blocked', e)"
+        );
+        stdout(&a.cmd(&["python3", "-c", &probe]).output().unwrap())
+    };
+    // Through the host to the sandbox: nothing comes in but replies.
+    let got = connect(&addr, 7000);
+    assert!(
+        got.starts_with("blocked"),
+        "a neighbour reached the sandbox: {got}"
+    );
+    // Through the host to another of its networks: only when the host forwarded before.
+    let guard = Command::new("iptables")
+        .args(["-w", "-S", "WARREN-FORWARD"])
+        .output()
+        .unwrap();
+    if stdout(&guard)
+        .lines()
+        .any(|l| l == "-A WARREN-FORWARD -j DROP")
+    {
+        let mut server = b
+            .cmd(&[
+                "python3",
+                "-c",
+                "import socket\ns=socket.socket()\ns.bind(('198.51.100.2',7001))\n\
+                 s.listen()\ns.settimeout(6)\ntry:\n c,_=s.accept()\nexcept OSError: pass",
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let got = connect("198.51.100.2", 7001);
+        let _ = server.kill();
+        let _ = server.wait();
+        assert!(
+            got.starts_with("blocked"),
+            "the host forwarded between its other networks: {got}"
+        );
+    } else {
+        warren_testkit::skip(
+            "neighbours_routing_through_the_host_reach_no_sandbox_and_no_other_network (router part)",
+            "this host forwarded IPv4 before Warren did, so forwarding is the host's own policy",
+        );
+    }
+    drop((a, b));
+    d.finish();
+}

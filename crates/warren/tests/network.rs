@@ -109,55 +109,12 @@ fn host_loopback_services_are_unreachable() {
     drop(host);
 }
 
-/// A peer host: a network namespace of the test's own, linked to the host by a veth.
-struct Peer {
-    ns: String,
-    link: String,
-}
-
-impl Peer {
-    fn new() -> Option<Peer> {
-        let id = std::process::id();
-        let peer = Peer {
-            ns: format!("wtpeer{id}"),
-            link: format!("wtp{id}"),
-        };
-        let ip = |args: &str| {
-            Command::new("ip")
-                .args(args.split_whitespace())
-                .status()
-                .map(|s| s.success())
-                .unwrap_or(false)
-        };
-        let ok = ip(&format!("netns add {}", peer.ns))
-            && ip(&format!(
-                "link add {} type veth peer name eth0 netns {}",
-                peer.link, peer.ns
-            ))
-            && ip(&format!("addr add 198.18.0.1/30 dev {}", peer.link))
-            && ip(&format!("link set {} up", peer.link))
-            && ip(&format!("-n {} addr add 198.18.0.2/30 dev eth0", peer.ns))
-            && ip(&format!("-n {} link set eth0 up", peer.ns))
-            && ip(&format!("-n {} link set lo up", peer.ns));
-        ok.then_some(peer)
-    }
-}
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.link])
-            .status();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-    }
-}
-
 #[test]
 fn nat_reaches_a_peer_through_masquerade() {
     if !can_run("nat_reaches_a_peer_through_masquerade") {
         return;
     }
-    let Some(peer) = Peer::new() else {
+    let Some(peer) = Peer::new("wtpeer", "198.18.0.1", "198.18.0.2") else {
         warren_testkit::skip(
             "nat_reaches_a_peer_through_masquerade",
             "cannot make a peer network namespace",

@@ -104,3 +104,55 @@ pub fn stop_sandboxes_under(run_dir: &std::path::Path) {
         }
     }
 }
+
+/// A peer host: a network namespace of the test's own, linked to the host by a veth, with
+/// `host_addr` on the host's end and `peer_addr` on its own (/30s). Removed on drop.
+pub struct Peer {
+    pub ns: String,
+    pub link: String,
+}
+
+impl Peer {
+    /// Names start with `tag` (at most 7 characters), which must not look like Warren's.
+    pub fn new(tag: &str, host_addr: &str, peer_addr: &str) -> Option<Peer> {
+        let id = std::process::id() % 100_000;
+        let peer = Peer {
+            ns: format!("{tag}{id}"),
+            link: format!("{}{id}", &tag[..tag.len().min(7)]),
+        };
+        let ip = |args: &str| {
+            Command::new("ip")
+                .args(args.split_whitespace())
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        };
+        let ok = ip(&format!("netns add {}", peer.ns))
+            && ip(&format!(
+                "link add {} type veth peer name eth0 netns {}",
+                peer.link, peer.ns
+            ))
+            && ip(&format!("addr add {host_addr}/30 dev {}", peer.link))
+            && ip(&format!("link set {} up", peer.link))
+            && ip(&format!("-n {} addr add {peer_addr}/30 dev eth0", peer.ns))
+            && ip(&format!("-n {} link set eth0 up", peer.ns))
+            && ip(&format!("-n {} link set lo up", peer.ns));
+        ok.then_some(peer)
+    }
+
+    /// `cmd` run inside the peer's namespace.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).args(args);
+        c
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.link])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
