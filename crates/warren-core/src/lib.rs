@@ -18,6 +18,8 @@
 //! daemon starts, [`Manager::open`] re-adopts every sandbox whose helper is alive, and
 //! cleans up those half-made or whose processes died meanwhile.
 
+mod metrics;
+pub mod policy;
 mod session;
 mod share;
 pub mod store;
@@ -44,7 +46,7 @@ use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
 pub use crate::share::Guest;
 pub use crate::store::{Record, Store, StoreError};
 pub use crate::templates::{
-    BuildEvent, BuildTemplate, DiskUsage, ImportResult, ImportTemplate, LayerGcResult,
+    BuildEvent, BuildTemplate, DiskUsage, HostDisk, ImportResult, ImportTemplate, LayerGcResult,
     SnapshotRequest, SnapshotResult, TemplateInfo, UsageRow,
 };
 pub use crate::time::{now_ms, rfc3339};
@@ -77,6 +79,9 @@ pub enum CoreError {
     Store(StoreError),
     #[error(transparent)]
     Random(#[from] warren_types::random::RandomError),
+    /// A tenant's quota would be passed.
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl From<StoreError> for CoreError {
@@ -87,6 +92,20 @@ impl From<StoreError> for CoreError {
             );
         }
         Self::Store(e)
+    }
+}
+
+impl From<warren_runtime::Error> for CoreError {
+    /// A backend's failure: a full disk and a bad request keep their kinds, anything else
+    /// is the backend's failing.
+    fn from(e: warren_runtime::Error) -> Self {
+        use warren_runtime::Error as E;
+        match e {
+            E::NoSpace(m) => Self::NoSpace(m),
+            E::Invalid { .. } | E::Image(_) => Self::Invalid(e.to_string()),
+            E::Random(r) => Self::Random(r),
+            e => Self::backend(e),
+        }
     }
 }
 
@@ -104,6 +123,7 @@ impl CoreError {
             Self::NoSpace(_) => "no_space",
             Self::Store(_) => "store_error",
             Self::Random(_) => "unavailable",
+            Self::Quota(_) => "quota_exceeded",
         }
     }
 
@@ -150,13 +170,26 @@ pub struct Caller {
     /// Set when the caller authenticated with one sandbox's access token: it may act on
     /// that sandbox only.
     pub only_sandbox: Option<String>,
+    /// The host's operator (root on the unix socket, or an operator key): no quota, any
+    /// host port, the whole host's metrics, templates for every tenant.
+    pub operator: bool,
 }
 
 impl Caller {
+    /// A tenant's caller.
     pub fn tenant(name: &str) -> Self {
         Self {
             tenant: name.to_string(),
             only_sandbox: None,
+            operator: false,
+        }
+    }
+
+    /// The operator, acting in tenant `name`.
+    pub fn operator(name: &str) -> Self {
+        Self {
+            operator: true,
+            ..Self::tenant(name)
         }
     }
 }
@@ -172,6 +205,10 @@ pub struct Config {
     /// CPU use (fraction of one core, averaged over a reaper interval) above which a
     /// sandbox counts as active even with no client.
     pub busy_cpu_fraction: f64,
+    /// Defaults, maxima and quotas.
+    pub policy: policy::Policy,
+    /// How often the disk each sandbox takes is measured.
+    pub disk_interval: Duration,
 }
 
 impl Config {
@@ -181,6 +218,8 @@ impl Config {
             exe,
             reaper_interval: Duration::from_secs(1),
             busy_cpu_fraction: 0.02,
+            policy: policy::Policy::default(),
+            disk_interval: Duration::from_secs(30),
         }
     }
 }
@@ -200,21 +239,7 @@ struct Live {
     sandbox: Sandbox,
     streams: Arc<AtomicUsize>,
     last_cpu_us: u64,
-    /// Bytes its writable layer takes on disk, as the reaper last measured them.
-    disk_bytes: u64,
 }
-
-#[derive(Debug, Default)]
-struct Metrics {
-    created: AtomicU64,
-    terminated: AtomicU64,
-    timeouts: [AtomicU64; 3],
-    /// Create latency histogram: counts per bucket of [`CREATE_BUCKETS_MS`], plus +Inf.
-    create_buckets: [AtomicU64; 10],
-    create_sum_us: AtomicU64,
-}
-
-const CREATE_BUCKETS_MS: [u64; 9] = [5, 10, 25, 50, 100, 250, 500, 1000, 5000];
 
 /// Keeps a sandbox counted as active while held (an attached terminal or a stream).
 #[derive(Debug)]
@@ -236,16 +261,6 @@ struct Pool {
     hits: AtomicU64,
     misses: AtomicU64,
 }
-
-/// Writes the HELP and TYPE lines of a Prometheus metric.
-fn describe(out: &mut String, name: &str, kind: &str, help: &str) {
-    use std::fmt::Write;
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-}
-
-/// Every how many reaper passes the sandboxes' disk use is measured.
-const DISK_EVERY: u64 = 30;
 
 /// The event kind that records a termination under way.
 const TERMINATING: &str = "terminating";
@@ -271,15 +286,11 @@ where
 /// The tenant and owner of warm pool members; `@` cannot start a real tenant's name.
 const POOL_TENANT: &str = "@pool";
 
-fn pool_key(
-    template: &str,
-    r: &ResourceRequest,
-    network: warren_types::spec::NetworkMode,
-) -> String {
-    format!(
-        "{template}|{:?}|{:?}|{:?}|{:?}|{network:?}",
-        r.memory, r.cpu_millis, r.pids, r.disk
-    )
+/// A pool's identity: its template, the whole of its resources (every limit, including
+/// any added later, without listing them here) and its network.
+fn pool_key(template: &str, r: &Resources, network: warren_types::spec::NetworkMode) -> String {
+    let limits = serde_json::to_string(r).expect("resources serialize");
+    format!("{template}|{limits}|{network:?}")
 }
 
 /// A caller's live view of lifecycle events (see [`Manager::subscribe`]).
@@ -326,7 +337,13 @@ pub struct Manager {
     live: Mutex<HashMap<String, Live>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<(String, Event)>,
-    metrics: Metrics,
+    metrics: metrics::Metrics,
+    /// Held while a create checks its tenant's quota and records itself.
+    quota_lock: Mutex<()>,
+    /// The disk each sandbox takes, as the reaper last measured it.
+    disk_cache: Mutex<HashMap<String, u64>>,
+    /// Template builds running, per tenant.
+    builds: Mutex<HashMap<String, u32>>,
     /// Derives the sandboxes' tokens (see [`tokens`]).
     keys: Keyring,
     config: Config,
@@ -340,30 +357,11 @@ impl std::fmt::Debug for Manager {
     }
 }
 
-/// Published host ports must be distinct and free: a taken one is the caller's to change
-/// (a 4xx), found before anything is made. (A port taken in the instant between this
-/// check and the helper's bind still fails the create, as a backend error.)
-fn check_ports(publish: &[warren_types::spec::PortMap]) -> Result<()> {
-    let mut seen = Vec::new();
-    for p in publish {
-        if p.host == 0 || p.sandbox == 0 {
-            return Err(CoreError::Invalid("published ports must be 1-65535".into()));
-        }
-        if seen.contains(&p.host) {
-            return Err(CoreError::Invalid(format!(
-                "host port {} is published twice",
-                p.host
-            )));
-        }
-        seen.push(p.host);
-        if let Err(e) = std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, p.host)) {
-            return Err(CoreError::Invalid(format!(
-                "host port {} cannot be published ({e}); pick another",
-                p.host
-            )));
-        }
-    }
-    Ok(())
+/// The name of the home volume of `owner` in `tenant`: a hash, so that any owner name
+/// makes a safe path, and two tenants' owners of one name never share.
+fn home_volume_name(tenant: &str, owner: &str) -> String {
+    let key = sha256_hex(&format!("{tenant}\0{owner}"));
+    format!("home-{}", &key[..24])
 }
 
 /// `secs` seconds after the Unix-millisecond time `ms`, saturating rather than
@@ -396,7 +394,7 @@ impl Manager {
         let store = Store::open(&config.paths.data.join("warren.db"))?;
         let keys = Keyring::load_or_create(&config.paths.data.join("secret"))?;
         let backend = NamespaceBackend::new(config.paths.clone(), config.exe.clone())
-            .map_err(CoreError::backend)?;
+            .map_err(CoreError::from)?;
         let (events, _) = broadcast::channel(1024);
         let mgr = Arc::new(Self {
             passes: AtomicU64::new(0),
@@ -408,7 +406,10 @@ impl Manager {
             live: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             events,
-            metrics: Metrics::default(),
+            metrics: metrics::Metrics::default(),
+            quota_lock: Mutex::new(()),
+            disk_cache: Mutex::default(),
+            builds: Mutex::default(),
             keys,
             config,
         });
@@ -420,10 +421,12 @@ impl Manager {
                 tokio::time::sleep(interval).await;
                 let Some(mgr) = weak.upgrade() else { break };
                 mgr.refill_pools();
+                let every = (mgr.config.disk_interval.as_millis() / interval.as_millis().max(1))
+                    .max(1) as u64;
                 if mgr
                     .passes
                     .fetch_add(1, Ordering::Relaxed)
-                    .is_multiple_of(DISK_EVERY)
+                    .is_multiple_of(every)
                     && !mgr.measuring.swap(true, Ordering::AcqRel)
                 {
                     // A walk of a large layer takes seconds: on a thread of its own, so
@@ -522,7 +525,6 @@ impl Manager {
                                 r.id.clone(),
                                 Live {
                                     last_cpu_us: sb.cgroup().cpu_usage_us(),
-                                    disk_bytes: 0,
                                     sandbox: sb,
                                     streams: Arc::default(),
                                 },
@@ -555,8 +557,9 @@ impl Manager {
             .is_some_and(|e| e.kind == TERMINATING)
     }
 
-    /// A new API key for `tenant` (created if new). Only its hash is stored.
-    pub fn create_api_key(&self, tenant: &str) -> Result<String> {
+    /// A new API key for `tenant` (created if new), an operator's when `operator` (see
+    /// [`Caller::operator`]). Only its hash is stored: the key is shown this once.
+    pub fn create_api_key(&self, tenant: &str, operator: bool) -> Result<String> {
         if !valid_owner(tenant) || tenant.starts_with('@') {
             return Err(CoreError::Invalid(format!(
                 "tenant {tenant:?}: use letters, digits and - _ . @ +, not starting with @"
@@ -564,14 +567,17 @@ impl Manager {
         }
         let key = format!("wrn_{}", random_hex(24)?);
         self.store()
-            .add_api_key(&sha256_hex(&key), tenant, now_ms())?;
+            .add_api_key(&sha256_hex(&key), tenant, operator, now_ms())?;
         Ok(key)
     }
 
-    /// The tenant an API key belongs to.
+    /// The caller an API key stands for.
     pub fn authenticate(&self, api_key: &str) -> Option<Caller> {
-        let tenant = self.store().tenant_of_key(&sha256_hex(api_key)).ok()??;
-        Some(Caller::tenant(&tenant))
+        let (tenant, operator) = self.store().tenant_of_key(&sha256_hex(api_key)).ok()??;
+        Some(Caller {
+            operator,
+            ..Caller::tenant(&tenant)
+        })
     }
 
     /// A caller limited to sandbox `id`, if `token` is its access token.
@@ -585,6 +591,7 @@ impl Manager {
         Some(Caller {
             tenant: r.tenant,
             only_sandbox: Some(r.id),
+            operator: false,
         })
     }
 
@@ -704,6 +711,7 @@ impl Manager {
         if who.only_sandbox.is_some() {
             return Err(CoreError::NotFound("sandboxes".into()));
         }
+        let req = self.admit(who, req)?;
         let owner = req.owner.clone().unwrap_or_else(|| who.tenant.clone());
         if !valid_owner(&owner) {
             return Err(CoreError::Invalid(format!(
@@ -743,6 +751,57 @@ impl Manager {
         ))
     }
 
+    /// Checks a request against the policy and gives it the defaults it leaves out:
+    /// nothing is recorded or made for a request refused here.
+    fn admit(&self, who: &Caller, mut req: CreateSandbox) -> Result<CreateSandbox> {
+        let policy = &self.config.policy;
+        req.resources = policy.with_defaults(&req.resources);
+        policy.check_resources(&req.resources, "resources")?;
+        policy::check_tags("labels", &req.labels)?;
+        policy::check_tags("metadata", &req.metadata)?;
+        if req.home_volume.unwrap_or(true) {
+            let size = req.home_size.unwrap_or(policy.home_size);
+            policy.check_home(size)?;
+            req.home_size = Some(size);
+        }
+        req.publish = policy.place_ports(who, &req.publish)?;
+        Ok(req)
+    }
+
+    /// Refuses a sandbox that would take `who`'s tenant past a quota (the operator has
+    /// none). Called with the quota lock held, right before the row is written.
+    fn check_quota(&self, who: &Caller, owner: &str, req: &CreateSandbox) -> Result<()> {
+        if who.operator {
+            return Ok(());
+        }
+        let live = self.store().list_live(Some(&who.tenant))?;
+        let mut used = policy::Usage::default();
+        let mut homes = std::collections::BTreeSet::new();
+        for r in &live {
+            used.sandboxes += 1;
+            used.memory += r.spec.resources.memory.unwrap_or(0);
+            used.disk += r.spec.resources.disk.unwrap_or(0);
+            for v in r.spec.volumes.iter().filter(|v| v.target == "/home/user") {
+                if homes.insert(v.name.clone()) {
+                    used.disk += v.size.unwrap_or(0);
+                }
+            }
+        }
+        let home_new = req.home_volume.unwrap_or(true)
+            && !homes.contains(&home_volume_name(&who.tenant, owner));
+        let adding = policy::Usage {
+            sandboxes: 1,
+            memory: req.resources.memory.unwrap_or(0),
+            disk: req.resources.disk.unwrap_or(0)
+                + if home_new {
+                    req.home_size.unwrap_or(0)
+                } else {
+                    0
+                },
+        };
+        self.config.policy.quotas.check(&used, &adding)
+    }
+
     /// Makes an existing named sandbox usable: waits for its creation, resumes, starts.
     async fn bring_up(&self, who: &Caller, r: Record) -> Result<SandboxInfo> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -780,28 +839,20 @@ impl Manager {
         template: &str,
         req: &CreateSandbox,
     ) -> Result<SandboxInfo> {
-        check_ports(&req.publish)?;
-        let id = warren_runtime::new_id().map_err(CoreError::backend)?;
+        let id = warren_runtime::new_id().map_err(CoreError::from)?;
         let mut volumes = Vec::new();
         if req.home_volume.unwrap_or(true) {
-            let key = sha256_hex(&format!("{}\0{owner}", who.tenant));
             volumes.push(VolumeMount {
-                name: format!("home-{}", &key[..24]),
+                name: home_volume_name(&who.tenant, owner),
                 target: "/home/user".into(),
-                size: None,
+                size: req.home_size,
             });
         }
-        let r = &req.resources;
         let spec = SandboxSpec {
             id: id.clone(),
             template: template.to_string(),
             hostname: None,
-            resources: Resources {
-                memory: r.memory,
-                cpu_millis: r.cpu_millis,
-                pids: r.pids,
-                disk: r.disk,
-            },
+            resources: req.resources.clone(),
             network: req.network,
             publish: req.publish.clone(),
             volumes,
@@ -825,10 +876,16 @@ impl Manager {
             access: TokenRef::Derived(0),
             traffic: req.traffic_token.then_some(TokenRef::Derived(0)),
         };
-        self.store().insert(&record).map_err(|e| match e {
-            StoreError::NameTaken(n) => CoreError::NameTaken(n),
-            e => e.into(),
-        })?;
+        {
+            // Checked and recorded under one lock: concurrent creates of one tenant
+            // cannot each find room for themselves in the same quota.
+            let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.check_quota(who, owner, req)?;
+            self.store().insert(&record).map_err(|e| match e {
+                StoreError::NameTaken(n) => CoreError::NameTaken(n),
+                e => e.into(),
+            })?;
+        }
         let lock = self.lock_for(&id);
         let _g = lock.lock().await;
         let started = std::time::Instant::now();
@@ -838,13 +895,12 @@ impl Manager {
         };
         match self.boot(spec, opts).await {
             Ok(sb) => {
-                self.observe_create(started.elapsed());
+                self.metrics.observe_create(started.elapsed());
                 self.store().set_state(&id, SandboxState::Running)?;
                 self.live().insert(
                     id.clone(),
                     Live {
                         last_cpu_us: 0,
-                        disk_bytes: 0,
                         sandbox: sb,
                         streams: Arc::default(),
                     },
@@ -860,11 +916,8 @@ impl Manager {
                 self.store().set_state(&id, SandboxState::Terminated)?;
                 self.event(&record, "failed", e.to_string());
                 Err(match e {
-                    warren_runtime::Error::Invalid { .. }
-                    | warren_runtime::Error::UnknownTemplate(_) => {
-                        CoreError::Invalid(e.to_string())
-                    }
-                    e => CoreError::backend(e),
+                    warren_runtime::Error::UnknownTemplate(_) => CoreError::Invalid(e.to_string()),
+                    e => e.into(),
                 })
             }
         }
@@ -916,13 +969,16 @@ impl Manager {
             access: TokenRef::Derived(1),
             traffic: req.traffic_token.then_some(TokenRef::Derived(1)),
         };
-        let claimed = self
-            .store()
-            .claim_from_pool(&key, &claim)
-            .map_err(|e| match e {
-                StoreError::NameTaken(n) => CoreError::NameTaken(n),
-                e => e.into(),
-            })?;
+        let claimed = {
+            let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.check_quota(who, owner, req)?;
+            self.store()
+                .claim_from_pool(&key, &claim)
+                .map_err(|e| match e {
+                    StoreError::NameTaken(n) => CoreError::NameTaken(n),
+                    e => e.into(),
+                })?
+        };
         match claimed {
             Some(r) => {
                 pool.hits.fetch_add(1, Ordering::Relaxed);
@@ -945,6 +1001,11 @@ impl Manager {
                 "a pool needs min <= max <= 1000 (max 0 removes the pool)".into(),
             ));
         }
+        let mut spec = spec;
+        spec.resources = self.config.policy.with_defaults(&spec.resources);
+        self.config
+            .policy
+            .check_resources(&spec.resources, "the pool's resources")?;
         if spec.max == 0 {
             return self.remove_pool(spec).await;
         }
@@ -1066,7 +1127,7 @@ impl Manager {
                 let mgr = self.clone();
                 let pool = pool.clone();
                 tokio::spawn(async move {
-                    let who = Caller::tenant(POOL_TENANT);
+                    let who = Caller::operator(POOL_TENANT);
                     let req = CreateSandbox {
                         resources: pool.spec.resources.clone(),
                         network: pool.spec.network,
@@ -1083,18 +1144,6 @@ impl Manager {
                 });
             }
         }
-    }
-
-    fn observe_create(&self, d: Duration) {
-        let ms = d.as_millis() as u64;
-        let bucket = CREATE_BUCKETS_MS
-            .iter()
-            .position(|b| ms <= *b)
-            .unwrap_or(CREATE_BUCKETS_MS.len());
-        self.metrics.create_buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .create_sum_us
-            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn get(&self, who: &Caller, key: &str) -> Result<SandboxInfo> {
@@ -1151,7 +1200,7 @@ impl Manager {
             _ => return Err(Self::invalid(&r, "pause")),
         }
         self.with_live(&r.id, |l| l.sandbox.pause())?
-            .map_err(CoreError::backend)?;
+            .map_err(CoreError::from)?;
         if let Err(e) = self.store().set_state(&r.id, SandboxState::Paused) {
             // Unrecorded, so undone: the store and the cgroup must agree.
             let _ = self.with_live(&r.id, |l| l.sandbox.resume());
@@ -1173,7 +1222,7 @@ impl Manager {
             _ => return Err(Self::invalid(&r, "resume")),
         }
         self.with_live(&r.id, |l| l.sandbox.resume())?
-            .map_err(CoreError::backend)?;
+            .map_err(CoreError::from)?;
         if let Err(e) = self.store().set_state(&r.id, SandboxState::Running) {
             let _ = self.with_live(&r.id, |l| l.sandbox.pause());
             return Err(e.into());
@@ -1211,7 +1260,7 @@ impl Manager {
         self.store().set_state(&r.id, SandboxState::Stopping)?;
         let live = self.live().remove(&r.id);
         if let Some(l) = live {
-            l.sandbox.destroy().await.map_err(CoreError::backend)?;
+            l.sandbox.destroy().await.map_err(CoreError::from)?;
         }
         self.store().set_state(&r.id, SandboxState::Stopped)?;
         self.forget_shares(&r.id);
@@ -1238,14 +1287,13 @@ impl Manager {
         let sb = self
             .boot(r.spec.clone(), opts)
             .await
-            .map_err(CoreError::backend)?;
+            .map_err(CoreError::from)?;
         self.store().set_state(&r.id, SandboxState::Running)?;
         self.store().touch(&r.id, now_ms())?;
         self.live().insert(
             r.id.clone(),
             Live {
                 last_cpu_us: 0,
-                disk_bytes: 0,
                 sandbox: sb,
                 streams: Arc::default(),
             },
@@ -1271,11 +1319,9 @@ impl Manager {
         self.event(&r, TERMINATING, why);
         let live = self.live().remove(&r.id);
         if let Some(l) = live {
-            l.sandbox.destroy().await.map_err(CoreError::backend)?;
+            l.sandbox.destroy().await.map_err(CoreError::from)?;
         }
-        self.backend
-            .remove_data(&r.id)
-            .map_err(CoreError::backend)?;
+        self.backend.remove_data(&r.id).map_err(CoreError::from)?;
         self.store().set_state(&r.id, SandboxState::Terminated)?;
         self.forget_shares(&r.id);
         self.metrics.terminated.fetch_add(1, Ordering::Relaxed);
@@ -1405,16 +1451,30 @@ impl Manager {
         Ok(infos)
     }
 
-    /// Measures the disk each live sandbox's writable layer takes, outside the lock: a
-    /// walk of a large layer must not hold up the API.
+    /// Measures the disk each sandbox's files take (its writable layer, or the image
+    /// that holds it), on a thread of its own and one walk at a time: requests read the
+    /// last figures, never walk a tree themselves.
     fn measure_disks(&self) {
-        let ids: Vec<String> = self.live().keys().cloned().collect();
+        let ids: Vec<String> = match self.store().list_live(None) {
+            Ok(rs) => rs.into_iter().map(|r| r.id).collect(),
+            Err(_) => return,
+        };
+        let mut measured = HashMap::with_capacity(ids.len());
         for id in ids {
             let bytes = warren_runtime::template::dir_size(&self.backend.paths().sandbox_data(&id));
-            if let Some(l) = self.live().get_mut(&id) {
-                l.disk_bytes = bytes;
-            }
+            measured.insert(id, bytes);
         }
+        *self.disk_cache.lock().unwrap_or_else(|e| e.into_inner()) = measured;
+    }
+
+    /// Bytes sandbox `id`'s files took when last measured.
+    pub(crate) fn disk_bytes(&self, id: &str) -> u64 {
+        self.disk_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// One pass of the reaper: activity from CPU use and attached clients, then expiry.
@@ -1512,164 +1572,6 @@ impl Manager {
                 let _ = self.terminate_locked(r, "terminated", reason).await;
             }
         }
-    }
-
-    /// Prometheus text exposition of the engine's state.
-    pub fn metrics(&self) -> String {
-        use std::fmt::Write;
-        let m = &self.metrics;
-        let mut out = String::new();
-        let counts = self.store().list_live(None).unwrap_or_default();
-        let mut by_state: BTreeMap<&str, u64> = BTreeMap::new();
-        for s in ["creating", "running", "paused", "stopping", "stopped"] {
-            by_state.insert(s, 0);
-        }
-        for r in &counts {
-            *by_state.entry(r.state.as_str()).or_default() += 1;
-        }
-        describe(&mut out, "warren_sandboxes", "gauge", "Sandboxes by state.");
-        for (s, n) in &by_state {
-            let _ = writeln!(out, "warren_sandboxes{{state=\"{s}\"}} {n}");
-        }
-        describe(
-            &mut out,
-            "warren_sandboxes_created_total",
-            "counter",
-            "Sandboxes created.",
-        );
-        let _ = writeln!(
-            out,
-            "warren_sandboxes_created_total {}",
-            m.created.load(Ordering::Relaxed)
-        );
-        describe(
-            &mut out,
-            "warren_sandboxes_terminated_total",
-            "counter",
-            "Sandboxes terminated.",
-        );
-        let _ = writeln!(
-            out,
-            "warren_sandboxes_terminated_total {}",
-            m.terminated.load(Ordering::Relaxed)
-        );
-        describe(
-            &mut out,
-            "warren_timeouts_total",
-            "counter",
-            "Timeouts applied, by action.",
-        );
-        for (i, a) in ["pause", "stop", "terminate"].iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "warren_timeouts_total{{action=\"{a}\"}} {}",
-                m.timeouts[i].load(Ordering::Relaxed)
-            );
-        }
-        describe(
-            &mut out,
-            "warren_create_seconds",
-            "histogram",
-            "Time to create a sandbox.",
-        );
-        let mut cum = 0;
-        for (i, b) in CREATE_BUCKETS_MS.iter().enumerate() {
-            cum += m.create_buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(
-                out,
-                "warren_create_seconds_bucket{{le=\"{}\"}} {cum}",
-                *b as f64 / 1000.0
-            );
-        }
-        cum += m.create_buckets[CREATE_BUCKETS_MS.len()].load(Ordering::Relaxed);
-        let _ = writeln!(out, "warren_create_seconds_bucket{{le=\"+Inf\"}} {cum}");
-        let _ = writeln!(
-            out,
-            "warren_create_seconds_sum {}",
-            m.create_sum_us.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "warren_create_seconds_count {cum}");
-        describe(
-            &mut out,
-            "warren_pool_ready",
-            "gauge",
-            "Warm sandboxes ready, by pool template.",
-        );
-        let pools = self.pools();
-        for p in &pools {
-            let _ = writeln!(
-                out,
-                "warren_pool_ready{{template=\"{}\"}} {}",
-                p.spec.template, p.ready
-            );
-        }
-        describe(
-            &mut out,
-            "warren_pool_requests_total",
-            "counter",
-            "Creates that fit a pool, by outcome.",
-        );
-        for p in &pools {
-            let _ = writeln!(
-                out,
-                "warren_pool_requests_total{{template=\"{}\",outcome=\"hit\"}} {}",
-                p.spec.template, p.hits
-            );
-            let _ = writeln!(
-                out,
-                "warren_pool_requests_total{{template=\"{}\",outcome=\"miss\"}} {}",
-                p.spec.template, p.misses
-            );
-        }
-        describe(
-            &mut out,
-            "warren_sessions",
-            "gauge",
-            "Live sessions by state.",
-        );
-        for (state, n) in ["active", "detached", "suspended"]
-            .iter()
-            .zip(self.session_counts())
-        {
-            let _ = writeln!(out, "warren_sessions{{state=\"{state}\"}} {n}");
-        }
-        describe(
-            &mut out,
-            "warren_sandbox_cpu_seconds_total",
-            "counter",
-            "CPU used by a sandbox.",
-        );
-        describe(
-            &mut out,
-            "warren_sandbox_memory_bytes",
-            "gauge",
-            "Memory used by a sandbox.",
-        );
-        describe(
-            &mut out,
-            "warren_sandbox_disk_bytes",
-            "gauge",
-            &format!("Disk taken by a sandbox's writable layer (measured every {DISK_EVERY} reaper passes)."),
-        );
-        for (id, l) in self.live().iter() {
-            let _ = writeln!(
-                out,
-                "warren_sandbox_disk_bytes{{sandbox=\"{id}\"}} {}",
-                l.disk_bytes
-            );
-            let cg = l.sandbox.cgroup();
-            let _ = writeln!(
-                out,
-                "warren_sandbox_cpu_seconds_total{{sandbox=\"{id}\"}} {}",
-                cg.cpu_usage_us() as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "warren_sandbox_memory_bytes{{sandbox=\"{id}\"}} {}",
-                cg.memory_current()
-            );
-        }
-        out
     }
 
     /// Sandboxes that are running or paused right now (for health and tests).

@@ -225,9 +225,9 @@ impl Manager {
     }
 
     /// Live sessions by state, for metrics.
-    pub(crate) fn session_counts(&self) -> [usize; 3] {
+    pub(crate) fn session_counts(&self, tenant: Option<&str>) -> [usize; 3] {
         let mut n = [0; 3];
-        for s in self.store().live_sessions(None).unwrap_or_default() {
+        for s in self.store().live_sessions(tenant).unwrap_or_default() {
             match parse_state(&s.state) {
                 SessionState::Active => n[0] += 1,
                 SessionState::Detached => n[1] += 1,

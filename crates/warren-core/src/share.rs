@@ -110,6 +110,7 @@ impl Manager {
         let caller = Caller {
             tenant: s.tenant.clone(),
             only_sandbox: Some(s.info.sandbox.clone()),
+            operator: false,
         };
         let running = self
             .get(&caller, &s.info.sandbox)

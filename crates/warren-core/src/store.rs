@@ -107,7 +107,9 @@ CREATE TABLE IF NOT EXISTS tenants (
 CREATE TABLE IF NOT EXISTS api_keys (
     hash TEXT PRIMARY KEY,
     tenant TEXT NOT NULL REFERENCES tenants(name),
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    -- An operator's key: no quota, the whole host's metrics and templates.
+    operator INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS sandboxes (
     id TEXT PRIMARY KEY,
@@ -216,6 +218,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     if has_traffic == 0 {
         conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT")?;
     }
+    let has_operator: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('api_keys') WHERE name = 'operator'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_operator == 0 {
+        conn.execute_batch("ALTER TABLE api_keys ADD COLUMN operator INTEGER NOT NULL DEFAULT 0")?;
+    }
     // Tokens were kept in plain text: keep only their hashes (see `crate::tokens`).
     let plain: Vec<(String, String, Option<String>)> = {
         let mut stmt = conn.prepare(
@@ -296,22 +306,29 @@ impl Store {
         Ok(())
     }
 
-    pub fn add_api_key(&self, hash: &str, tenant: &str, now: i64) -> Result<(), StoreError> {
+    pub fn add_api_key(
+        &self,
+        hash: &str,
+        tenant: &str,
+        operator: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
         self.ensure_tenant(tenant, now)?;
         self.conn.execute(
-            "INSERT INTO api_keys (hash, tenant, created_at) VALUES (?1, ?2, ?3)",
-            params![hash, tenant, now],
+            "INSERT INTO api_keys (hash, tenant, created_at, operator) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, tenant, now, operator],
         )?;
         Ok(())
     }
 
-    pub fn tenant_of_key(&self, hash: &str) -> Result<Option<String>, StoreError> {
+    /// The tenant of the key with this hash, and whether it is an operator's key.
+    pub fn tenant_of_key(&self, hash: &str) -> Result<Option<(String, bool)>, StoreError> {
         Ok(self
             .conn
             .query_row(
-                "SELECT tenant FROM api_keys WHERE hash = ?1",
+                "SELECT tenant, operator FROM api_keys WHERE hash = ?1",
                 params![hash],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
     }

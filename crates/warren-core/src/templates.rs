@@ -168,8 +168,22 @@ pub struct LayerGcResult {
 pub struct DiskUsage {
     pub templates: Vec<UsageRow>,
     pub sandboxes: Vec<UsageRow>,
-    /// All layers together, each counted once.
+    /// The layers of those templates together, each counted once.
     pub layers_bytes: u64,
+    /// The host's disk, for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostDisk>,
+}
+
+/// The data directory's disk and what the sparse images on it may still take.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostDisk {
+    pub free_bytes: u64,
+    /// The sizes of every sandbox's disk image and every sized volume, added up.
+    pub images_bytes: u64,
+    /// What those images may still take as their sandboxes write: more than
+    /// `free_bytes` means the host's disk can fill before they do.
+    pub unbacked_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,8 +197,7 @@ fn template_error(e: warren_runtime::Error) -> CoreError {
     match e {
         E::UnknownTemplate(n) => CoreError::TemplateNotFound(n),
         E::TemplateExists(_) => CoreError::InvalidState(e.to_string()),
-        E::Invalid { .. } | E::Image(_) => CoreError::Invalid(e.to_string()),
-        e => CoreError::backend(e),
+        e => e.into(),
     }
 }
 
@@ -243,12 +256,6 @@ impl Manager {
         }
         users.sort();
         users
-    }
-
-    /// Every template, `host` first.
-    fn templates(&self) -> Result<Vec<TemplateInfo>> {
-        let metas = template::list(self.backend.paths()).map_err(template_error)?;
-        Ok(metas.into_iter().map(|m| self.template_info(m)).collect())
     }
 
     /// The templates `who` may see and use, `host` first.
@@ -413,29 +420,48 @@ impl Manager {
         })
     }
 
-    /// Disk used by every template and by the caller's sandboxes.
-    pub fn disk_usage(&self, who: &Caller) -> Result<DiskUsage> {
-        let paths = self.backend.paths();
-        let templates = self.templates()?;
-        let mut all_layers = std::collections::BTreeSet::new();
-        for t in &templates {
-            all_layers.extend(t.meta.layers.iter().cloned());
-        }
+    /// Disk used by the templates the caller can see and by its sandboxes (as last
+    /// measured: a request never walks a sandbox's tree), and for the operator what the
+    /// host's disk images may still take.
+    pub async fn disk_usage(self: &std::sync::Arc<Self>, who: &Caller) -> Result<DiskUsage> {
         let sandboxes = self
             .store()
             .list_live(Some(&who.tenant))?
             .into_iter()
             .filter(|r| who.only_sandbox.as_ref().is_none_or(|o| *o == r.id))
             .map(|r| UsageRow {
-                bytes: template::dir_size(&paths.sandbox_data(&r.id)),
+                bytes: self.disk_bytes(&r.id),
                 name: r.id,
             })
             .collect();
-        Ok(DiskUsage {
-            layers_bytes: all_layers
+        let (mgr, who) = (self.clone(), who.clone());
+        // Layer sizes are recorded when layers are made; an old layer without its record
+        // is measured once, off the runtime's threads.
+        let (templates, layers_bytes, host) = tokio::task::spawn_blocking(move || {
+            let paths = mgr.backend.paths();
+            let templates = mgr.templates_for(&who)?;
+            let mut all_layers = std::collections::BTreeSet::new();
+            for t in &templates {
+                all_layers.extend(t.meta.layers.iter().cloned());
+            }
+            let layers: u64 = all_layers
                 .iter()
                 .map(|l| template::layer_size(paths, l))
-                .sum(),
+                .sum();
+            let host = who
+                .operator
+                .then(|| template::disk_commitments(paths))
+                .map(|c| HostDisk {
+                    free_bytes: c.free,
+                    images_bytes: c.nominal,
+                    unbacked_bytes: c.unbacked,
+                });
+            Ok::<_, CoreError>((templates, layers, host))
+        })
+        .await
+        .map_err(|e| CoreError::backend(format!("measuring disks: {e}")))??;
+        Ok(DiskUsage {
+            layers_bytes,
             templates: templates
                 .into_iter()
                 .map(|t| UsageRow {
@@ -444,6 +470,7 @@ impl Manager {
                 })
                 .collect(),
             sandboxes,
+            host,
         })
     }
 
@@ -483,7 +510,7 @@ impl Manager {
         let freeze = r.state == SandboxState::Running;
         if freeze {
             self.with_live(&r.id, |l| l.sandbox.pause())?
-                .map_err(CoreError::backend)?;
+                .map_err(CoreError::from)?;
         }
         let meta = TemplateMeta {
             name: req.name.clone(),
@@ -538,11 +565,28 @@ impl Manager {
         template::check_new_name(&paths, &req.name).map_err(template_error)?;
         let from = req.from.clone().unwrap_or_else(|| template::HOST.into());
         let base = self.resolve_template(who, &from)?;
+        // A build is a sandbox like any other: the daemon's default limits, its step
+        // time bounded, and a tenant's builds at once counted.
+        let mut req = req;
+        let max_step = self.config.policy.build_step_secs;
+        match req.step_timeout_secs {
+            Some(s) if s == 0 || s > max_step => {
+                return Err(CoreError::Invalid(format!(
+                    "step_timeout_secs must be 1 to {max_step}"
+                )))
+            }
+            Some(_) => {}
+            None => req.step_timeout_secs = Some(max_step),
+        }
+        let _build = self.start_build(who)?;
         let id = format!(
             "build-{}",
-            warren_runtime::new_id().map_err(CoreError::backend)?
+            warren_runtime::new_id().map_err(CoreError::from)?
         );
+        let resources = self.config.policy.with_defaults(&Default::default());
+        let bounded_disk = resources.disk.is_some();
         let spec = SandboxSpec {
+            resources,
             id: id.clone(),
             template: from.clone(),
             network: if req.network {
@@ -595,7 +639,12 @@ impl Manager {
                     tenant: Some(who.tenant.clone()),
                     source_sandbox: None,
                 };
-                let src = UpperSource::Dir(paths.sandbox_data(&id).join("upper"));
+                // The build sandbox is gone: its layer is read where it was kept.
+                let src = if bounded_disk {
+                    UpperSource::Image(paths.sandbox_data(&id).join("disk.img"))
+                } else {
+                    UpperSource::Dir(paths.sandbox_data(&id).join("upper"))
+                };
                 let p = paths.clone();
                 let log = log_path.clone();
                 blocking(move || {
@@ -629,6 +678,23 @@ impl Manager {
         Ok(info)
     }
 
+    /// Counts a build of `who`'s tenant for as long as the guard lives; refuses one past
+    /// [`MAX_BUILDS`] at once (the operator's are not counted).
+    fn start_build(&self, who: &Caller) -> Result<BuildGuard<'_>> {
+        let mut builds = self.builds.lock().unwrap_or_else(|e| e.into_inner());
+        let n = builds.entry(who.tenant.clone()).or_default();
+        if !who.operator && *n >= MAX_BUILDS {
+            return Err(CoreError::Quota(format!(
+                "the tenant already runs {MAX_BUILDS} template builds; wait for one to end"
+            )));
+        }
+        *n += 1;
+        Ok(BuildGuard {
+            mgr: self,
+            tenant: who.tenant.clone(),
+        })
+    }
+
     /// Makes a sandbox and runs its template's start and ready commands; on a failed
     /// ready command the sandbox is removed again.
     pub(crate) async fn boot(
@@ -653,6 +719,27 @@ impl Manager {
             Err(message) => {
                 let _ = sb.destroy().await;
                 Err(warren_runtime::Error::Setup(message))
+            }
+        }
+    }
+}
+
+/// Template builds one tenant may run at once.
+const MAX_BUILDS: u32 = 2;
+
+/// A running build, counted until dropped.
+struct BuildGuard<'a> {
+    mgr: &'a Manager,
+    tenant: String,
+}
+
+impl Drop for BuildGuard<'_> {
+    fn drop(&mut self) {
+        let mut builds = self.mgr.builds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = builds.get_mut(&self.tenant) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                builds.remove(&self.tenant);
             }
         }
     }
@@ -723,7 +810,7 @@ async fn run_steps(
                 command: Some(Command::Shell(step.clone())),
                 env: req.env.clone(),
                 cwd: req.workdir.clone(),
-                timeout_ms: Some(req.step_timeout_secs.unwrap_or(3600).saturating_mul(1000)),
+                timeout_ms: req.step_timeout_secs.map(|s| s.saturating_mul(1000)),
                 ..Default::default()
             })
             .await?;

@@ -61,8 +61,25 @@ pub struct HelperConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HelperStatus {
-    Ready { agent_pid: i32, socket: PathBuf },
-    Error { message: String },
+    Ready {
+        agent_pid: i32,
+        socket: PathBuf,
+    },
+    Error {
+        message: String,
+        #[serde(default)]
+        kind: FailureKind,
+    },
+}
+
+/// What kind of failure a helper reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    #[default]
+    Failed,
+    /// The host's disk (the data directory) is full, or too small for what was asked.
+    NoSpace,
 }
 
 /// /proc and /sys paths hidden from sandboxes: the OCI runtime spec's defaults, with
@@ -110,6 +127,7 @@ pub fn main() -> ! {
             status,
             HelperStatus::Error {
                 message: format!("bad helper configuration: {e}"),
+                kind: FailureKind::Failed,
             },
         ),
     }
@@ -130,12 +148,19 @@ pub fn run(config: &HelperConfig, mut status: fs::File, stopped: Option<OwnedFd>
             status,
             HelperStatus::Error {
                 message: format!("close inherited descriptors: {e}"),
+                kind: FailureKind::Failed,
             },
         );
     }
     let mut monitor = match Sandbox::build(config) {
         Ok(m) => m,
-        Err(message) => report_and_exit(status, HelperStatus::Error { message }),
+        Err(e) => report_and_exit(
+            status,
+            HelperStatus::Error {
+                message: e.message,
+                kind: e.kind,
+            },
+        ),
     };
     let heard = report(
         &mut status,
@@ -261,12 +286,57 @@ struct Sandbox {
     publishers: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn fail(what: &str) -> impl FnOnce(std::io::Error) -> String + '_ {
-    move |e| format!("{what}: {e}")
+/// Why a sandbox could not be made, and what kind of failure it was: the caller answers
+/// a full disk differently from a bad request or a broken host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SetupError {
+    kind: FailureKind,
+    message: String,
+}
+
+type Setup<T> = Result<T, SetupError>;
+
+impl From<String> for SetupError {
+    fn from(message: String) -> Self {
+        Self {
+            kind: FailureKind::Failed,
+            message,
+        }
+    }
+}
+
+impl From<&str> for SetupError {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
+impl SetupError {
+    fn no_space(message: String) -> Self {
+        Self {
+            kind: FailureKind::NoSpace,
+            message,
+        }
+    }
+}
+
+/// What an I/O error says about the host: a full disk is told apart by its errno.
+fn kind_of(e: &std::io::Error) -> FailureKind {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => FailureKind::NoSpace,
+        _ => FailureKind::Failed,
+    }
+}
+
+fn fail(what: &str) -> impl FnOnce(std::io::Error) -> SetupError + '_ {
+    move |e| SetupError {
+        kind: kind_of(&e),
+        message: format!("{what}: {e}"),
+    }
 }
 
 impl Sandbox {
-    fn build(config: &HelperConfig) -> Result<Self, String> {
+    fn build(config: &HelperConfig) -> Setup<Self> {
         let spec = &config.spec;
         if let Some(parent) = config.die_with_parent {
             ns::set_parent_death_signal(Signal::SIGTERM).map_err(fail("set death signal"))?;
@@ -412,7 +482,7 @@ impl Sandbox {
                         return Err("the caller exited while the sandbox was made".into());
                     }
                 }
-                let setup = (|| -> Result<(), String> {
+                let setup = (|| -> Setup<()> {
                     ns::write_id_maps(child, 0, ids.base, ID_COUNT)
                         .map_err(fail("write the id maps"))?;
                     cgroup.add(child.as_raw()).map_err(|e| e.to_string())?;
@@ -443,7 +513,7 @@ impl Sandbox {
                     _ if msg.is_empty() => {
                         return Err("the sandbox's first process died while setting up".into())
                     }
-                    _ => return Err(msg),
+                    _ => return Err(msg.into()),
                 }
                 crate::trace::mark("helper: child ready");
                 fs::write(run.join("agent.pid"), child.to_string())
@@ -513,7 +583,7 @@ impl Sandbox {
     }
 }
 
-fn block_signals() -> Result<(), String> {
+fn block_signals() -> Setup<()> {
     let mut set = SigSet::empty();
     for s in [
         Signal::SIGTERM,
@@ -524,7 +594,7 @@ fn block_signals() -> Result<(), String> {
         set.add(s);
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-        .map_err(|e| format!("block signals: {e}"))
+        .map_err(|e| format!("block signals: {e}").into())
 }
 
 /// The directory holding the overlay's upper and work directories: on the host's disk,
@@ -534,7 +604,7 @@ fn writable_layer(
     config: &HelperConfig,
     run: &Path,
     data: &Path,
-) -> Result<(PathBuf, Option<PathBuf>), String> {
+) -> Setup<(PathBuf, Option<PathBuf>)> {
     let (base, mount) = match config.spec.resources.disk {
         // Nothing of an ephemeral sandbox outlives it: its layer lives in memory (charged
         // to the sandbox's own memory cgroup as it writes), in this helper's mount
@@ -585,12 +655,25 @@ fn in_memory_layer(config: &HelperConfig) -> bool {
 }
 
 /// Makes a sparse ext4 image of `size` bytes whose root directory `owner` owns.
-fn make_ext4(img: &Path, size: u64, owner: u32) -> Result<(), String> {
+fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
     const MIN: u64 = 16 << 20;
     if size < MIN {
-        return Err(format!(
-            "a disk of {size} bytes is too small: give at least 16M"
-        ));
+        return Err(format!("a disk of {size} bytes is too small: give at least 16M").into());
+    }
+    // A sparse image takes its blocks as they are written: one larger than the free space
+    // could never be filled, and would fail its sandbox's writes at some later moment
+    // rather than now.
+    let parent = img.parent().unwrap_or(Path::new("/"));
+    if let Ok(st) = nix::sys::statvfs::statvfs(parent) {
+        let free = st.blocks_available() * st.fragment_size();
+        if size > free {
+            return Err(SetupError::no_space(format!(
+                "a disk of {} MiB was asked for and the host has {} MiB free in the data \
+                 directory; ask for less or free space",
+                size >> 20,
+                free >> 20
+            )));
+        }
     }
     let tmp = img.with_extension("tmp");
     let f = fs::File::create(&tmp).map_err(fail("create the disk image"))?;
@@ -609,12 +692,13 @@ fn make_ext4(img: &Path, size: u64, owner: u32) -> Result<(), String> {
         return Err(format!(
             "mkfs.ext4 failed: {}",
             String::from_utf8_lossy(&out.stderr).trim()
-        ));
+        )
+        .into());
     }
     fs::rename(&tmp, img).map_err(fail("place the disk image"))
 }
 
-fn mount_image(img: &Path, target: &Path) -> Result<(), String> {
+fn mount_image(img: &Path, target: &Path) -> Setup<()> {
     let dev = warren_sys::mount::attach_loop(img).map_err(fail("attach a loop device"))?;
     let src = dev.path.display().to_string();
     mount_fs(
@@ -636,7 +720,7 @@ fn populate_root(
     paths: &Paths,
     ids: &IdSlot,
     storage: BorrowedFd<'_>,
-) -> Result<(), String> {
+) -> Setup<()> {
     for host in &template.host_binds {
         let target = root.join(host.strip_prefix("/").unwrap_or(host));
         // Read-only, no setuid and no devices on every mount of the tree, submounts
@@ -714,20 +798,24 @@ fn mount_volume(
     root: &Path,
     paths: &Paths,
     storage: BorrowedFd<'_>,
-) -> Result<(), String> {
+) -> Setup<()> {
     let dir = paths.volume(&v.name);
     let target = root.join(v.target.trim_start_matches('/'));
     if v.target.split('/').any(|c| c == "..") || !v.target.starts_with('/') {
         return Err(format!(
             "volume target {:?} must be an absolute path without ..",
             v.target
-        ));
+        )
+        .into());
     }
     mkdir_no_follow(root, &v.target)?;
     fs::create_dir_all(&dir).map_err(fail("create the volume"))?;
     let img = dir.join("volume.img");
     let owner = HOST_ID_BASE + USER_ID;
-    if img.exists() || v.size.is_some() {
+    let data = dir.join("data");
+    // A volume made as a plain directory (before volumes had sizes) stays one: its files
+    // are there, not in a new, empty image.
+    if img.exists() || (v.size.is_some() && !data.exists()) {
         if !img.exists() {
             make_ext4(&img, v.size.unwrap_or(0), owner)?;
         }
@@ -744,7 +832,7 @@ fn mount_volume(
         let _ = fs::remove_dir(&staging);
         return placed;
     }
-    let data = dir.join("data");
+
     if !data.exists() {
         fs::create_dir(&data).map_err(fail("create the volume"))?;
         nix::unistd::chown(
@@ -759,13 +847,13 @@ fn mount_volume(
 
 /// Creates `rel` under `root` one component at a time, refusing symlinks: the host
 /// resolves these paths, and a link planted by a template must not lead it out of `root`.
-fn mkdir_no_follow(root: &Path, rel: &str) -> Result<(), String> {
+fn mkdir_no_follow(root: &Path, rel: &str) -> Setup<()> {
     let mut p = root.to_path_buf();
     for c in rel.split('/').filter(|c| !c.is_empty() && *c != ".") {
         p.push(c);
         match p.symlink_metadata() {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(format!("{rel:?} is not a plain directory in the sandbox")),
+            Ok(_) => return Err(format!("{rel:?} is not a plain directory in the sandbox").into()),
             Err(_) => fs::create_dir(&p).map_err(fail("create a mount point"))?,
         }
     }
@@ -797,8 +885,8 @@ fn child_main(args: ChildArgs<'_>) -> String {
     drop(args.go);
     drop(args.root);
     if let Err(e) = r {
-        let _ = status.write_all(e.as_bytes());
-        return e;
+        let _ = status.write_all(e.message.as_bytes());
+        return e.message;
     }
     crate::trace::mark("child: set up");
     if status.write_all(READY.as_bytes()).is_err() {
@@ -830,7 +918,7 @@ fn child_main(args: ChildArgs<'_>) -> String {
     }
 }
 
-fn child_setup(go: &OwnedFd, root: &OwnedFd, hostname: &str) -> Result<(), String> {
+fn child_setup(go: &OwnedFd, root: &OwnedFd, hostname: &str) -> Setup<()> {
     let mut b = [0u8; 1];
     match nix::unistd::read(go.as_raw_fd(), &mut b) {
         Ok(1) => {}

@@ -119,6 +119,9 @@ pub enum Error {
     Cgroup(#[from] warren_sys::cgroup::CgroupError),
     #[error("{0}")]
     Setup(String),
+    /// The host's disk is full, or too small for what was asked.
+    #[error("{0}")]
+    NoSpace(String),
     #[error("the sandbox helper failed: {0}")]
     Helper(String),
     #[error("agent: {0}")]
@@ -134,6 +137,16 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The error a helper reported.
+    pub fn from_helper(kind: helper::FailureKind, message: String) -> Self {
+        match kind {
+            helper::FailureKind::NoSpace => Self::NoSpace(message),
+            helper::FailureKind::Failed => Self::Setup(message),
+        }
+    }
+}
 
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();

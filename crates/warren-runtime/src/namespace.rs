@@ -139,9 +139,9 @@ impl NamespaceBackend {
                         agent_pid,
                         helper: Helper::Forked(pid.as_raw(), stopped_r),
                     }),
-                    Ok(HelperStatus::Error { message }) => {
+                    Ok(HelperStatus::Error { message, kind }) => {
                         let _ = nix::sys::wait::waitpid(pid, None);
-                        Err(Error::Setup(message))
+                        Err(Error::from_helper(kind, message))
                     }
                     Err(_) => {
                         let status = nix::sys::wait::waitpid(pid, None).ok();
@@ -199,9 +199,9 @@ impl NamespaceBackend {
                 agent_pid,
                 helper: Helper::Child(child),
             }),
-            Ok(HelperStatus::Error { message }) => {
+            Ok(HelperStatus::Error { message, kind }) => {
                 let _ = child.wait().await;
-                Err(Error::Setup(message))
+                Err(Error::from_helper(kind, message))
             }
             Err(_) => {
                 let status = child.wait().await.ok();

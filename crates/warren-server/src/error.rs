@@ -97,6 +97,9 @@ impl From<CoreError> for Error {
                 Self::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", message)
             }
             // The store's errors name files and SQL: none of that is the client's business.
+            CoreError::Quota(_) => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
+            }
             CoreError::Random(_) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

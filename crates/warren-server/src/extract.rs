@@ -175,12 +175,12 @@ impl FromRequestParts<AppState> for SandboxAccess {
 
 fn unix_caller(headers: &HeaderMap) -> Result<Caller, Error> {
     let Some(v) = headers.get(TENANT_HEADER) else {
-        return Ok(Caller::tenant("default"));
+        return Ok(Caller::operator("default"));
     };
     let tenant = v.to_str().ok().filter(|t| valid_tenant(t)).ok_or_else(|| {
         Error::invalid("X-Warren-Tenant: use 1-128 letters, digits and - _ . @ +")
     })?;
-    Ok(Caller::tenant(tenant))
+    Ok(Caller::operator(tenant))
 }
 
 /// The same rule the engine applies to tenant names when it makes keys.

@@ -41,11 +41,12 @@ pub async fn health(State(st): State<AppState>) -> axum::Json<Health> {
     })
 }
 
-/// `GET /metrics`: Prometheus text exposition.
-pub async fn metrics(State(st): State<AppState>, _: Tenant) -> Response {
+/// `GET /metrics`: Prometheus text exposition of the caller's tenant, or for the
+/// operator of the whole host.
+pub async fn metrics(State(st): State<AppState>, Tenant(who): Tenant) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        st.mgr.metrics(),
+        st.mgr.metrics(&who),
     )
         .into_response()
 }
@@ -258,6 +259,9 @@ pub async fn gc(
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {
     pub tenant: String,
+    /// An operator's key: no quota, any host port, the whole host's metrics.
+    #[serde(default)]
+    pub operator: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -278,7 +282,7 @@ pub async fn create_key(
             req.tenant
         )));
     }
-    let api_key = st.mgr.create_api_key(&req.tenant)?;
+    let api_key = st.mgr.create_api_key(&req.tenant, req.operator)?;
     Ok((
         StatusCode::CREATED,
         axum::Json(KeyResponse {

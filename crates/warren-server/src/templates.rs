@@ -142,7 +142,7 @@ pub async fn disk(
     State(st): State<AppState>,
     Tenant(who): Tenant,
 ) -> Result<axum::Json<DiskUsage>, Error> {
-    Ok(axum::Json(st.mgr.disk_usage(&who)?))
+    Ok(axum::Json(st.mgr.disk_usage(&who).await?))
 }
 
 /// `POST /v1/sandboxes/{key}/snapshot`: the sandbox's files as a new template.

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::spec::Resources;
 use crate::spec::{NetworkMode, PortMap};
 
 /// The lifecycle states of a sandbox.
@@ -61,19 +62,10 @@ pub enum TimeoutAction {
     Terminate,
 }
 
-/// Limits asked for at creation; sizes accept numbers (bytes) only on the wire.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ResourceRequest {
-    #[serde(default)]
-    pub memory: Option<u64>,
-    #[serde(default)]
-    pub cpu_millis: Option<u32>,
-    #[serde(default)]
-    pub pids: Option<u32>,
-    #[serde(default)]
-    pub disk: Option<u64>,
-}
+/// Limits asked for at creation: the same [`Resources`] the sandbox is built with, from
+/// the request to the cgroup. A field left out takes the daemon's default. Sizes are
+/// bytes on the wire.
+pub type ResourceRequest = Resources;
 
 /// `POST /v1/sandboxes`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -114,6 +106,10 @@ pub struct CreateSandbox {
     /// Mount the owner's persistent volume at /home/user (default true).
     #[serde(default)]
     pub home_volume: Option<bool>,
+    /// Size of the owner's home volume in bytes, when this request makes it (the
+    /// daemon's default otherwise); an existing volume keeps its size.
+    #[serde(default)]
+    pub home_size: Option<u64>,
     /// Issue a traffic token: connections to the sandbox's ports through the daemon
     /// (`PORT-ID.DOMAIN` hosts on the E2B surface) must then carry it. Without one, anyone
     /// who can reach that surface and knows the sandbox's id reaches its ports.

@@ -5,4 +5,5 @@ pub mod api;
 mod b64;
 pub mod proto;
 pub mod random;
+pub mod size;
 pub mod spec;

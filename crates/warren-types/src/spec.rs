@@ -4,17 +4,22 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Kernel-enforced limits. `None` means the host's own limit.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+/// Kernel-enforced limits. `None` means the host's own limit (in a request: the
+/// daemon's default).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// Memory (and tmpfs) in bytes; swap is not granted beyond it.
+    #[serde(default)]
     pub memory: Option<u64>,
     /// CPU bandwidth in millicores: 500 is half a core.
+    #[serde(default)]
     pub cpu_millis: Option<u32>,
     /// Most tasks (processes and threads) alive at once.
+    #[serde(default)]
     pub pids: Option<u32>,
     /// Size of the writable layer in bytes.
+    #[serde(default)]
     pub disk: Option<u64>,
 }
 

@@ -4,7 +4,6 @@
 mod client;
 mod commands;
 mod parse;
-mod size;
 
 use std::process::ExitCode;
 

@@ -107,7 +107,7 @@ async fn the_state_machine_holds_and_refuses_invalid_moves() {
     .await;
     let needle = format!("warren_sandbox_disk_bytes{{sandbox=\"{}\"}} ", sb.id);
     wait_for("the disk use to be measured", 20, || {
-        mgr.metrics()
+        mgr.metrics(&Caller::operator("root"))
             .lines()
             .find_map(|l| l.strip_prefix(&needle)?.parse::<u64>().ok())
             .is_some_and(|b| b >= 5_000_000)
@@ -316,7 +316,7 @@ async fn a_warm_pool_hands_out_ready_sandboxes() {
     assert_eq!(mgr.list(&who, &ListFilter::default()).unwrap().len(), 2);
     mgr.terminate(&who, &sb.id).await.unwrap();
     mgr.terminate(&who, &other.id).await.unwrap();
-    let m = mgr.metrics();
+    let m = mgr.metrics(&Caller::operator("root"));
     assert!(
         m.contains("warren_pool_requests_total{template=\"host\",outcome=\"hit\"} 1"),
         "{m}"
@@ -375,7 +375,7 @@ async fn another_tenant_sees_nothing() {
     );
     assert!(mgr.agent(&scoped, &sb.id).await.is_ok());
     assert!(mgr.authenticate_sandbox(&sb.id, "wrong").is_none());
-    let key = mgr.create_api_key("eve").unwrap();
+    let key = mgr.create_api_key("eve", false).unwrap();
     assert_eq!(mgr.authenticate(&key).unwrap().tenant, "eve");
     assert!(mgr.authenticate("wrn_nope").is_none());
     mgr.terminate(&alice(), "mine").await.unwrap();
@@ -446,7 +446,7 @@ async fn sessions_walk_down_when_the_client_leaves_and_come_back() {
         mgr.get(&who, &s.sandbox.id).unwrap().state,
         SandboxState::Paused
     );
-    let m = mgr.metrics();
+    let m = mgr.metrics(&Caller::operator("root"));
     assert!(m.contains("warren_sessions{state=\"suspended\"} 1"), "{m}");
 
     // The client is back: active, its sandbox running with its files.

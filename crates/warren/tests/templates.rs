@@ -42,6 +42,7 @@ impl Env {
             env!("CARGO_BIN_EXE_warren").into(),
         );
         c.reaper_interval = Duration::from_millis(500);
+        c.disk_interval = Duration::from_millis(500);
         c
     }
 
@@ -796,7 +797,15 @@ async fn snapshots_capture_files_share_layers_and_block_removal() {
     let live_layer = &mgr.template(&who(), "lab-live").unwrap().meta.layers[0];
     assert!(layers.join(live_layer).exists());
 
-    let usage = mgr.disk_usage(&who()).unwrap();
+    // Sandboxes' figures are the reaper's last measurement.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let usage = loop {
+        let usage = mgr.disk_usage(&who()).await.unwrap();
+        if usage.sandboxes.iter().any(|r| r.bytes > 0) || std::time::Instant::now() > deadline {
+            break usage;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert!(usage
         .templates
         .iter()

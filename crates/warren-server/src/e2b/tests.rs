@@ -74,7 +74,7 @@ async fn control_plane_needs_a_key() {
 #[tokio::test]
 async fn control_plane_lists_and_refuses_bad_input() {
     let e = env().await;
-    let key = e.mgr.create_api_key("t1").unwrap();
+    let key = e.mgr.create_api_key("t1", false).unwrap();
     let get = |uri: &str| {
         Request::get(uri)
             .header("x-api-key", key.as_str())

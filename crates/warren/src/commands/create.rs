@@ -11,7 +11,7 @@ use warren_types::api::{CreateSandbox, SandboxInfo, TimeoutAction};
 use super::flags::SandboxFlags;
 use crate::client::{block_on, out, Client, ClientArgs};
 use crate::parse::{parse_env, parse_pair};
-use crate::size::parse_duration;
+use warren_types::size::{parse_duration, parse_size};
 
 /// Create a sandbox on the daemon and print its id.
 #[derive(Debug, Args)]
@@ -52,6 +52,10 @@ pub struct CreateArgs {
     /// Do not mount the owner's persistent volume at /home/user.
     #[arg(long)]
     no_home: bool,
+    /// Size of the owner's home volume when this makes it, e.g. 10G [default: the
+    /// daemon's]. An existing volume keeps its size.
+    #[arg(long, value_parser = parse_size, conflicts_with = "no_home")]
+    home_size: Option<u64>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -89,6 +93,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
             OnTimeout::Terminate => TimeoutAction::Terminate,
         }),
         home_volume: args.no_home.then_some(false),
+        home_size: args.home_size,
         traffic_token: false,
     };
     let client = Client::new(&args.client)?;

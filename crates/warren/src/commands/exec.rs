@@ -29,7 +29,7 @@ use crate::client::{
     block_on, enc, out, sandbox_path, write_stderr, Client, ClientArgs, Error, Lines,
 };
 use crate::parse::{parse_env, parse_user};
-use crate::size::parse_duration;
+use warren_types::size::parse_duration;
 
 /// Run a command in a sandbox.
 #[derive(Debug, Args)]

@@ -8,7 +8,7 @@ use warren_types::api::ResourceRequest;
 use warren_types::spec::{NetworkMode, PortMap, Resources};
 
 use crate::parse::parse_publish;
-use crate::size::parse_size;
+use warren_types::size::parse_size;
 
 #[derive(Debug, Args)]
 pub struct SandboxFlags {

@@ -26,6 +26,10 @@ enum KeysCommand {
         /// The tenant the key acts for.
         #[arg(long)]
         tenant: String,
+        /// An operator's key: no quota, any host port, the whole host's metrics and
+        /// templates for every tenant. Give these to people who run the host only.
+        #[arg(long)]
+        operator: bool,
         /// The daemon's unix socket [default: $WARREN_RUN_DIR/warren.sock, or
         /// /run/warren/warren.sock].
         #[arg(long, env = "WARREN_SOCKET", value_name = "PATH")]
@@ -36,6 +40,7 @@ enum KeysCommand {
 #[derive(Debug, Serialize)]
 struct KeyRequest<'a> {
     tenant: &'a str,
+    operator: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -45,12 +50,19 @@ struct KeyResponse {
 
 pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
     match args.command {
-        KeysCommand::Create { tenant, socket } => {
+        KeysCommand::Create {
+            tenant,
+            operator,
+            socket,
+        } => {
             let client = Client::new(&ClientArgs {
                 socket,
                 ..ClientArgs::default()
             })?;
-            let body = KeyRequest { tenant: &tenant };
+            let body = KeyRequest {
+                tenant: &tenant,
+                operator,
+            };
             let key: KeyResponse = block_on(client.call(Method::POST, "/v1/keys", Some(&body)))??;
             out(format!("{}\n", key.api_key))?;
             Ok(ExitCode::SUCCESS)

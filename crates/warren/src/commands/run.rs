@@ -19,7 +19,7 @@ use warren_types::spec::{SandboxSpec, VolumeMount};
 
 use super::flags::SandboxFlags;
 use crate::parse::{parse_env, parse_user};
-use crate::size::{parse_duration, parse_size};
+use warren_types::size::{parse_duration, parse_size};
 
 /// Run a command in a new sandbox.
 #[derive(Debug, Args)]

@@ -25,21 +25,60 @@ pub struct ServeArgs {
     /// Also serve the E2B API (control plane and envd) on this TCP address, e.g. 127.0.0.1:3001
     #[arg(long, value_name = "ADDR")]
     pub e2b_listen: Option<SocketAddr>,
+    /// A TOML file of limits: defaults, maxima, per-tenant quotas, publishable host ports
+    /// (see docs/api.md, "Limits and quotas").
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// What a `--config` file holds.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeConfig {
+    #[serde(default)]
+    limits: warren_core::policy::PolicyConfig,
+    /// How often the disk each sandbox takes is measured, in seconds.
+    #[serde(default)]
+    disk_measure_secs: Option<u64>,
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    let paths = Paths::from_env();
+    let exe = std::env::current_exe().context("cannot find the warren binary")?;
+    let mut config = Config::new(paths, exe);
+    let Some(path) = path else {
+        return Ok(config);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+    let file: ServeConfig =
+        toml::from_str(&text).with_context(|| format!("configuration {}", path.display()))?;
+    config.policy = warren_core::policy::Policy::from_config(&file.limits)
+        .with_context(|| format!("configuration {}", path.display()))?;
+    if let Some(s) = file.disk_measure_secs {
+        anyhow::ensure!(
+            s > 0,
+            "configuration {}: disk_measure_secs must be at least 1",
+            path.display()
+        );
+        config.disk_interval = std::time::Duration::from_secs(s);
+    }
+    Ok(config)
 }
 
 /// The tenant whose key is made on first start.
 const DEFAULT_TENANT: &str = "default";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let paths = Paths::from_env();
+    let config = load_config(args.config.as_deref())?;
+    let paths = config.paths.clone();
     let socket = args.socket.unwrap_or_else(|| paths.run.join("warren.sock"));
-    let exe = std::env::current_exe().context("cannot find the warren binary")?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
-        let mgr = Manager::open(Config::new(paths.clone(), exe))
+        let mgr = Manager::open(config)
             .await
             .context("cannot open the engine")?;
         ensure_default_key(&mgr, &paths.data.join("api-key"))?;
@@ -63,7 +102,7 @@ fn ensure_default_key(mgr: &Manager, path: &Path) -> anyhow::Result<()> {
         return Ok(());
     }
     let key = mgr
-        .create_api_key(DEFAULT_TENANT)
+        .create_api_key(DEFAULT_TENANT, false)
         .context("cannot create the default API key")?;
     let mut f = std::fs::OpenOptions::new()
         .write(true)

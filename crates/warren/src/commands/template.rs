@@ -15,7 +15,7 @@ use warren_core::{
 
 use crate::client::{block_on, enc, out, Client, ClientArgs};
 use crate::parse::parse_env;
-use crate::size::{parse_duration, parse_size};
+use warren_types::size::{parse_duration, parse_size};
 
 /// Manage templates: the root filesystems sandboxes are made from.
 #[derive(Debug, Args)]

@@ -1,6 +1,24 @@
-//! Human sizes and durations on the command line: `256M`, `1.5G`, `30s`.
+//! Human sizes and durations, on the command line and in the configuration file:
+//! `256M`, `1.5G`, `30s`.
 
 use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// A size in a configuration file: a number of bytes, or a string such as "512M".
+pub fn deserialize_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Bytes(b)) => Ok(Some(b)),
+        Some(Raw::Text(t)) => parse_size(&t).map(Some).map_err(serde::de::Error::custom),
+    }
+}
 
 /// Parses `512`, `64k`, `256M`, `1.5G`, `2GiB`; the suffixes are powers of 1024.
 pub fn parse_size(s: &str) -> Result<u64, String> {
