@@ -1461,7 +1461,7 @@ impl Manager {
         };
         let mut measured = HashMap::with_capacity(ids.len());
         for id in ids {
-            let bytes = warren_runtime::template::dir_size(&self.backend.paths().sandbox_data(&id));
+            let bytes = warren_runtime::template::sandbox_disk_used(self.backend.paths(), &id);
             measured.insert(id, bytes);
         }
         *self.disk_cache.lock().unwrap_or_else(|e| e.into_inner()) = measured;

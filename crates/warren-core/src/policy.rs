@@ -24,7 +24,9 @@ pub const MIN_CPU_MILLIS: u32 = 10;
 /// Most tasks the kernel allows one cgroup at all.
 pub const MAX_PIDS: u32 = 4 << 20;
 
-/// Limits in a configuration file: sizes as bytes or "512M", CPUs as cores.
+/// Limits in a configuration file: sizes as bytes or "512M", CPUs as cores. In
+/// `[limits.defaults]` and `[limits.maxima]`, 0 means none: no limit unless a request asks
+/// for one, or no maximum.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
@@ -161,17 +163,22 @@ impl Policy {
     pub fn from_config(c: &PolicyConfig) -> Result<Self> {
         let mut p = Self::default();
         let apply = |into: &mut Resources, home: &mut u64, l: &LimitsConfig, section: &str| {
+            let some = |v: u64| (v > 0).then_some(v);
             if let Some(m) = l.memory {
-                into.memory = Some(m);
+                into.memory = some(m);
             }
             if let Some(c) = l.cpus {
-                into.cpu_millis = Some(cpu_millis(c, &format!("{section}.cpus"))?);
+                into.cpu_millis = if c == 0.0 {
+                    None
+                } else {
+                    Some(cpu_millis(c, &format!("{section}.cpus"))?)
+                };
             }
             if let Some(n) = l.pids {
-                into.pids = Some(n);
+                into.pids = (n > 0).then_some(n);
             }
             if let Some(d) = l.disk {
-                into.disk = Some(d);
+                into.disk = some(d);
             }
             if let Some(h) = l.home {
                 *home = h;

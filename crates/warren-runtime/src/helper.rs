@@ -816,7 +816,8 @@ fn mount_volume(
     // A volume made as a plain directory (before volumes had sizes) stays one: its files
     // are there, not in a new, empty image.
     if img.exists() || (v.size.is_some() && !data.exists()) {
-        if !img.exists() {
+        let new = !img.exists();
+        if new {
             make_ext4(&img, v.size.unwrap_or(0), owner)?;
         }
         // Mounted aside, then shown through the mapping where it belongs.
@@ -826,6 +827,11 @@ fn mount_volume(
             .join(format!(".volume-{index}"));
         fs::create_dir_all(&staging).map_err(fail("create a volume mount point"))?;
         mount_image(&img, &staging)?;
+        if new {
+            // A new home is empty: ext4's lost+found is fsck's business, which makes it
+            // again when it needs one.
+            let _ = fs::remove_dir(staging.join("lost+found"));
+        }
         let placed = bind_idmapped(&staging, &target, storage, MountAttrs::PLAIN)
             .map_err(fail("mount the volume"));
         let _ = unmount(&staging);

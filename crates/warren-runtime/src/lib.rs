@@ -41,9 +41,13 @@ pub struct Paths {
 }
 
 impl Paths {
-    /// `WARREN_RUN_DIR` and `WARREN_DATA_DIR`, or /run/warren and /var/lib/warren.
+    /// `WARREN_RUN_DIR` and `WARREN_DATA_DIR`, or /run/warren and /var/lib/warren; a
+    /// relative path is taken from the current directory, once.
     pub fn from_env() -> Self {
-        let get = |k: &str, d: &str| std::env::var_os(k).map(PathBuf::from).unwrap_or(d.into());
+        let get = |k: &str, d: &str| {
+            let p = std::env::var_os(k).map(PathBuf::from).unwrap_or(d.into());
+            std::path::absolute(&p).unwrap_or(p)
+        };
         Self {
             run: get("WARREN_RUN_DIR", "/run/warren"),
             data: get("WARREN_DATA_DIR", "/var/lib/warren"),

@@ -41,14 +41,16 @@ use serde::{Deserialize, Serialize};
 use crate::{io_err, Error, Paths, Result, HOST_ID_BASE, USER_ID};
 
 /// Bumped when the synthesized tree changes, so old copies are rebuilt.
-const HOST_TEMPLATE_VERSION: &str = "1";
+const HOST_TEMPLATE_VERSION: &str = "2";
 
 /// Host directories a `host` sandbox sees read-only (those that are real directories).
 const HOST_DIRS: [&str; 7] = ["usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32"];
 
-/// Host /etc entries copied into the `host` template when present.
-const HOST_ETC: [&str; 22] = [
-    "ssl",
+/// Host /etc entries copied into the `host` template when present: what programs need
+/// to run, and nothing secret (the certificates of /etc/ssl, not its private keys).
+const HOST_ETC: [&str; 23] = [
+    "ssl/certs",
+    "ssl/openssl.cnf",
     "ca-certificates",
     "ca-certificates.conf",
     "alternatives",
@@ -533,6 +535,35 @@ pub fn dir_size(root: &Path) -> u64 {
     total
 }
 
+/// Bytes the files of sandbox `id` take on the host: its writable layer, walked (see
+/// [`dir_size`]), or when it has a bounded disk, what that filesystem holds. A running
+/// sandbox's image is mounted in its helper's namespace, where the filesystem's own count
+/// is current; a stopped one's is read from the image's blocks.
+pub fn sandbox_disk_used(paths: &Paths, id: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let data = paths.sandbox_data(id);
+    let Ok(image) = fs::symlink_metadata(data.join("disk.img")) else {
+        return dir_size(&data);
+    };
+    let helper = fs::read_to_string(paths.sandbox_run(id).join("helper.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|_| crate::namespace::helper_alive(&paths.sandbox_run(id)));
+    if let Some(pid) = helper {
+        let mounted = Path::new(&format!("/proc/{pid}/root")).join(
+            paths
+                .sandbox_run(id)
+                .join("disk")
+                .strip_prefix("/")
+                .unwrap_or(Path::new("")),
+        );
+        if let Ok(st) = nix::sys::statvfs::statvfs(&mounted) {
+            return (st.blocks() - st.blocks_free()) * st.fragment_size();
+        }
+    }
+    (image.blocks() * 512).min(image.len())
+}
+
 /// What the sparse disk images of the data directory may still take from it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Commitments {
@@ -842,12 +873,6 @@ fn populate_host(root: &Path) -> Result<()> {
         }
     }
     let etc = root.join("etc");
-    for name in HOST_ETC {
-        let src = Path::new("/etc").join(name);
-        if src.symlink_metadata().is_ok() {
-            copy_tree(&src, &etc.join(name))?;
-        }
-    }
     let files: [(&str, String); 7] = [
         (
             "passwd",
@@ -884,7 +909,21 @@ fn populate_host(root: &Path) -> Result<()> {
         &root.join("home/user"),
         HOST_ID_BASE + USER_ID,
         HOST_ID_BASE + USER_ID,
-    )
+    )?;
+    // Copied last, and left to the host's root: a sandbox reads them, and can replace
+    // them in its own /etc, but never owns (or changes) a file that came from the host.
+    for name in HOST_ETC {
+        let src = Path::new("/etc").join(name);
+        if src.symlink_metadata().is_ok() {
+            let dst = etc.join(name);
+            if let Some(parent) = dst.parent() {
+                fs::create_dir_all(parent)
+                    .map_err(io_err(format!("create {}", parent.display())))?;
+            }
+            copy_tree(&src, &dst)?;
+        }
+    }
+    Ok(())
 }
 
 /// The host's resolvers, unless they listen on the host's loopback, which a sandbox

@@ -4,6 +4,7 @@
 mod client;
 mod commands;
 mod parse;
+mod term;
 
 use std::process::ExitCode;
 
@@ -87,7 +88,7 @@ fn main() -> ExitCode {
         Err(e) => {
             let client_error = e.downcast_ref::<client::Error>();
             if !matches!(client_error, Some(client::Error::StdoutClosed)) {
-                eprintln!("warren: {e:#}");
+                eprintln!("warren: {}", term::clean(&format!("{e:#}")));
             }
             // A daemon's refusal is the caller's to fix (1); not reaching it, or a
             // sandbox that could not be made, is Warren's (125).

@@ -490,3 +490,40 @@ fn neighbours_routing_through_the_host_reach_no_sandbox_and_no_other_network() {
     drop((a, b));
     d.finish();
 }
+
+#[test]
+fn the_host_template_holds_no_secret_of_the_host_and_no_host_file_is_the_sandboxs() {
+    if !can_run("the_host_template_holds_no_secret_of_the_host_and_no_host_file_is_the_sandboxs") {
+        return;
+    }
+    let script = "for p in /etc/ssl/private /etc/shadow /etc/gshadow /etc/sudoers /etc/ssh \
+                  /root/.ssh /var/lib/warren; do [ -e $p ] && echo \"present $p\"; done; \
+                  find / -xdev \\( -name '*.key' -o -name '*_key' -o -name 'id_rsa*' \
+                  -o -name 'id_ed25519*' \\) 2>/dev/null | sed 's/^/key /'; \
+                  stat -c 'owner %u %n' /etc/ssl/openssl.cnf /etc/ld.so.cache 2>/dev/null; \
+                  stat -c 'owner %u %n' /etc/passwd";
+    let o = warren()
+        .args(["run", "--rm", "--", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !out.contains("present"),
+        "host secrets in the sandbox:\n{out}"
+    );
+    assert!(!out.contains("key "), "key files in the sandbox:\n{out}");
+    // Copied from the host: not the sandbox's to change (its root is uid 0 inside).
+    for line in out.lines().filter(|l| l.starts_with("owner")) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f[2] == "/etc/passwd" {
+            assert_eq!(f[1], "0", "the sandbox's own /etc/passwd is its root's");
+        } else {
+            assert_ne!(
+                f[1], "0",
+                "{} copied from the host belongs to the sandbox",
+                f[2]
+            );
+        }
+    }
+}

@@ -35,6 +35,7 @@ impl Env {
             env!("CARGO_BIN_EXE_warren").into(),
         );
         c.reaper_interval = Duration::from_millis(200);
+        c.disk_interval = Duration::from_millis(200);
         c
     }
 

@@ -409,7 +409,13 @@ fn a_full_data_directory_gives_clear_errors_and_no_corruption() {
         return;
     };
     let data = fs.path().join("data");
-    let mut d = Daemon::start_with(false, Some(data.clone()));
+    // Sandboxes keep their files on the data directory's own disk (no image), so that a
+    // full data directory is what they run into.
+    let mut d = Daemon::start_opts(trust::Options {
+        data: Some(data.clone()),
+        config: Some("[limits.defaults]\ndisk = 0\n".into()),
+        ..Default::default()
+    });
     let before = d.create(&["--no-home", "--name", "before"]);
     assert_eq!(d.exec(&before, "echo hello > /tmp/a; echo ok").1, "ok\n");
     let filler = fill(&fs.path());

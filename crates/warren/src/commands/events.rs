@@ -8,6 +8,7 @@ use hyper::Method;
 use warren_types::api::Event;
 
 use crate::client::{block_on, out, Client, ClientArgs, Error};
+use crate::term::clean_line;
 
 /// Follow lifecycle events of the tenant's sandboxes.
 #[derive(Debug, Args)]
@@ -34,7 +35,11 @@ pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
                 .map_err(|e| Error::Protocol(format!("an event: {e}")))?;
             let text = format!(
                 "{}  {}  {}  {:<10}  {}\n",
-                e.time, e.sandbox, e.owner, e.kind, e.message
+                clean_line(&e.time),
+                clean_line(&e.sandbox),
+                clean_line(&e.owner),
+                clean_line(&e.kind),
+                clean_line(&e.message)
             );
             out(text)?;
         }

@@ -8,6 +8,7 @@ use hyper::Method;
 use warren_types::api::Event;
 
 use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+use crate::term::clean_line;
 
 /// Show a sandbox's lifecycle events.
 #[derive(Debug, Args)]
@@ -23,7 +24,12 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
     let path = sandbox_path(&args.key, "/logs");
     let events: Vec<Event> = block_on(client.call(Method::GET, &path, None::<&()>))??;
     for e in &events {
-        out(format!("{}  {:<10}  {}\n", e.time, e.kind, e.message))?;
+        out(format!(
+            "{}  {:<10}  {}\n",
+            clean_line(&e.time),
+            clean_line(&e.kind),
+            clean_line(&e.message)
+        ))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -64,14 +64,17 @@ pub fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
 fn table(list: &[SandboxInfo]) -> String {
     let mut rows = vec![["ID", "NAME", "OWNER", "STATE", "TEMPLATE", "CREATED"].map(String::from)];
     for s in list {
-        rows.push([
-            s.id.clone(),
-            s.name.clone().unwrap_or_else(|| "-".into()),
-            s.owner.clone(),
-            s.state.as_str().to_string(),
-            s.template.clone(),
-            s.created_at.clone(),
-        ]);
+        rows.push(
+            [
+                s.id.clone(),
+                s.name.clone().unwrap_or_else(|| "-".into()),
+                s.owner.clone(),
+                s.state.as_str().to_string(),
+                s.template.clone(),
+                s.created_at.clone(),
+            ]
+            .map(|c| crate::term::clean_line(&c)),
+        );
     }
     let mut widths = [0usize; 6];
     for r in &rows {

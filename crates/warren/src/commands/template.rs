@@ -291,9 +291,12 @@ fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
                     command,
                 } => {
                     bar.set_position(index as u64 - 1);
-                    bar.set_message(command.clone());
+                    bar.set_message(crate::term::clean_line(&command));
                     if bar.is_hidden() {
-                        eprintln!("step {index}/{count}: {command}");
+                        eprintln!(
+                            "step {index}/{count}: {}",
+                            crate::term::clean_line(&command)
+                        );
                     }
                 }
                 BuildEvent::Output { data, .. } => {

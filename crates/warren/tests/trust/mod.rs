@@ -74,6 +74,21 @@ pub struct Daemon {
     /// Shell redirections run before `exec warren serve`: descriptors the daemon inherits
     /// from whatever starts it.
     pub inherit: Option<String>,
+    /// Extra arguments of `warren serve`.
+    pub serve_args: Vec<String>,
+}
+
+/// How a test's daemon is started.
+#[derive(Debug, Default)]
+pub struct Options {
+    /// Also listen on TCP (127.0.0.1, a free port).
+    pub tcp: bool,
+    /// Keep the data there instead of in the daemon's own directory.
+    pub data: Option<PathBuf>,
+    /// Shell redirections run before `exec warren serve`.
+    pub inherit: Option<String>,
+    /// The text of a `--config` file.
+    pub config: Option<String>,
 }
 
 impl Daemon {
@@ -83,45 +98,48 @@ impl Daemon {
 
     /// With `data`, the daemon keeps its data there instead of in its own directory.
     pub fn start_with(tcp: bool, data: Option<PathBuf>) -> Daemon {
-        // Under /tmp: a unix socket's path must fit in sun_path.
-        let dir = tempfile::Builder::new()
-            .prefix("wt")
-            .tempdir_in("/tmp")
-            .expect("make a directory under /tmp");
-        let listen = tcp.then(|| {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().to_string()
-        });
-        let mut d = Daemon {
-            dir,
+        Self::start_opts(Options {
+            tcp,
             data,
-            child: None,
-            listen,
-            tenants: vec!["default".into()],
-            ids: Mutex::default(),
-            finished: false,
-            inherit: None,
-        };
-        d.spawn();
-        d
+            ..Default::default()
+        })
     }
 
     /// A daemon started from a shell that first ran `redirections` (e.g. `exec 7</`), so
     /// it inherits those descriptors as a service started carelessly would.
     pub fn start_inheriting(redirections: &str) -> Daemon {
+        Self::start_opts(Options {
+            inherit: Some(redirections.to_string()),
+            ..Default::default()
+        })
+    }
+
+    pub fn start_opts(o: Options) -> Daemon {
+        // Under /tmp: a unix socket's path must fit in sun_path.
         let dir = tempfile::Builder::new()
             .prefix("wt")
             .tempdir_in("/tmp")
             .expect("make a directory under /tmp");
+        let listen = o.tcp.then(|| {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        });
+        let mut serve_args = Vec::new();
+        if let Some(config) = &o.config {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, config).unwrap();
+            serve_args = vec!["--config".into(), path.display().to_string()];
+        }
         let mut d = Daemon {
             dir,
-            data: None,
+            data: o.data,
             child: None,
-            listen: None,
+            listen,
             tenants: vec!["default".into()],
             ids: Mutex::default(),
             finished: false,
-            inherit: Some(redirections.to_string()),
+            inherit: o.inherit,
+            serve_args,
         };
         d.spawn();
         d
@@ -174,6 +192,7 @@ impl Daemon {
         if let Some(addr) = &self.listen {
             c.args(["--listen", addr]);
         }
+        c.args(&self.serve_args);
         c
     }
 
