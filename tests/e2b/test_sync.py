@@ -258,12 +258,12 @@ def test_traffic_to_a_port_by_host(daemon, sb):
     status, body = _get(daemon, host, "/some/path?q=1")
     assert status == 200, body
     assert body == f"GET /some/path?q=1 HTTP/1.1 token=None host={host}"
-    # A port nothing listens on: E2B's answer.
-    status, body = _get(daemon, sb.get_host(8081))
-    assert status == 502 and "port is not open" in body
-    # A sandbox that does not exist.
-    status, body = _get(daemon, f"8080-{'0' * 16}.e2b.app")
-    assert status == 502 and "not found" in body
+    # A port nothing listens on, and a sandbox that does not exist: one answer, so that a
+    # stranger cannot tell which ids exist.
+    closed = _get(daemon, sb.get_host(8081))
+    missing = _get(daemon, f"8081-{'0' * 16}.e2b.app")
+    assert closed[0] == missing[0] == 502
+    assert closed[1].replace(sb.sandbox_id, "ID") == missing[1].replace("0" * 16, "ID")
 
 
 def test_private_traffic_needs_the_token(daemon):
@@ -273,8 +273,9 @@ def test_private_traffic_needs_the_token(daemon):
         assert token
         _start_port_server(s, 8080)
         host = s.get_host(8080)
-        assert _get(daemon, host)[0] == 403
-        assert _get(daemon, host, headers={"e2b-traffic-access-token": "wrong"})[0] == 403
+        # Without the token, or with a wrong one: as if there were no such sandbox.
+        assert _get(daemon, host)[0] == 502
+        assert _get(daemon, host, headers={"e2b-traffic-access-token": "wrong"})[0] == 502
         status, body = _get(daemon, host, headers={"e2b-traffic-access-token": token})
         assert status == 200, body
         # The token is the proxy's business; the service never sees it.

@@ -662,7 +662,7 @@ impl Manager {
             id: r.id.clone(),
             owner: r.owner.clone(),
             name: r.name.clone(),
-            template: r.spec.template.clone(),
+            template: warren_runtime::template::display_name(&r.spec.template).to_string(),
             state: r.state,
             resources: ResourceRequest {
                 memory: res.memory,
@@ -725,11 +725,17 @@ impl Manager {
                 )));
             }
         }
-        let template = req.template.clone().unwrap_or_else(|| "host".into());
-        self.resolve_template(who, &template).map_err(|e| match e {
-            CoreError::TemplateNotFound(_) => CoreError::UnknownTemplate(template.clone()),
-            e => CoreError::Invalid(e.to_string()),
-        })?;
+        let name = req.template.clone().unwrap_or_else(|| "host".into());
+        // From here on the template is named by where it is stored: the name `who` gave
+        // resolves once, to its own or a shared one, never to another tenant's.
+        let template = self
+            .resolve_template(who, &name)
+            .map_err(|e| match e {
+                CoreError::TemplateNotFound(_) => CoreError::UnknownTemplate(name.clone()),
+                e => CoreError::Invalid(e.to_string()),
+            })?
+            .meta
+            .key;
         if let Some(info) = self.claim_from_pool(who, &owner, &template, &req)? {
             return Ok((info, true));
         }
@@ -908,7 +914,14 @@ impl Manager {
                 self.metrics.created.fetch_add(1, Ordering::Relaxed);
                 let mut r = record;
                 r.state = SandboxState::Running;
-                self.event(&r, "created", format!("from template {template}"));
+                self.event(
+                    &r,
+                    "created",
+                    format!(
+                        "from template {}",
+                        warren_runtime::template::display_name(template)
+                    ),
+                );
                 Ok(self.info_with(&r, true))
             }
             Err(e) => {
@@ -983,7 +996,14 @@ impl Manager {
             Some(r) => {
                 pool.hits.fetch_add(1, Ordering::Relaxed);
                 self.metrics.created.fetch_add(1, Ordering::Relaxed);
-                self.event(&r, "created", format!("from the warm pool of {template}"));
+                self.event(
+                    &r,
+                    "created",
+                    format!(
+                        "from the warm pool of {}",
+                        warren_runtime::template::display_name(template)
+                    ),
+                );
                 Ok(Some(self.info_with(&r, true)))
             }
             None => {

@@ -225,13 +225,14 @@ fn tail(s: &str, n: usize) -> &str {
 
 impl Manager {
     fn template_info(&self, meta: TemplateMeta) -> TemplateInfo {
+        let key = meta.key.clone();
         let paths = self.backend.paths();
         let size_bytes = meta
             .layers
             .iter()
             .map(|l| template::layer_size(paths, l))
             .sum();
-        let used_by = self.template_users(&meta.name);
+        let used_by = self.template_users(&key);
         TemplateInfo {
             meta,
             size_bytes,
@@ -239,17 +240,17 @@ impl Manager {
         }
     }
 
-    /// Sandboxes (not terminated) made from template `name`.
-    fn template_users(&self, name: &str) -> Vec<String> {
+    /// Sandboxes (not terminated) made from the template stored under `key`.
+    fn template_users(&self, key: &str) -> Vec<String> {
         let mut users: Vec<String> = self
             .store()
             .list_live(None)
             .unwrap_or_default()
             .into_iter()
-            .filter(|r| r.spec.template == name)
+            .filter(|r| r.spec.template == key)
             .map(|r| r.id)
             .collect();
-        for id in template::live_users(self.backend.paths(), name) {
+        for id in template::live_users(self.backend.paths(), key) {
             if !users.contains(&id) {
                 users.push(id);
             }
@@ -290,13 +291,35 @@ impl Manager {
         Ok(out)
     }
 
-    /// Template `name`, if `who` may use it; another tenant's snapshot is not found.
+    /// The template `who` means by `name`: the built-in one, else one every tenant sees
+    /// (these cannot be shadowed), else the tenant's own. Another tenant's is never found,
+    /// and not told apart from a missing one.
     pub(crate) fn resolve_template(&self, who: &Caller, name: &str) -> Result<Template> {
-        let t = template::resolve(self.backend.paths(), name).map_err(template_error)?;
-        if !usable_by(&t.meta, who) {
+        let paths = self.backend.paths();
+        if !warren_runtime::valid_name(name) {
             return Err(CoreError::TemplateNotFound(name.to_string()));
         }
-        Ok(t)
+        match template::resolve(paths, name) {
+            Ok(t) if usable_by(&t.meta, who) => return Ok(t),
+            Ok(_) | Err(warren_runtime::Error::UnknownTemplate(_)) => {}
+            Err(e) => return Err(template_error(e)),
+        }
+        match template::resolve(paths, &template::key(Some(&who.tenant), name)) {
+            Ok(t) => Ok(t),
+            Err(warren_runtime::Error::UnknownTemplate(_)) => {
+                Err(CoreError::TemplateNotFound(name.to_string()))
+            }
+            Err(e) => Err(template_error(e)),
+        }
+    }
+
+    /// Where a new template `name` made by `who` is stored: the operator's are every
+    /// tenant's, a tenant's (and every snapshot, which holds a sandbox's files) its own.
+    fn new_template_key(&self, who: &Caller, name: &str, snapshot: bool) -> Result<(String, bool)> {
+        let private = snapshot || !who.operator;
+        let key = template::key(private.then_some(who.tenant.as_str()), name);
+        template::check_new_name(self.backend.paths(), &key).map_err(template_error)?;
+        Ok((key, private))
     }
 
     /// Imports an image archive from the daemon's host as a template.
@@ -361,29 +384,26 @@ impl Manager {
             return Err(CoreError::TemplateNotFound(name.into()));
         }
         let paths = self.backend.paths();
-        let meta = if name == template::HOST {
+        if name == template::HOST {
             return Err(CoreError::Invalid(
                 "\"host\" is built in and cannot be removed".into(),
             ));
-        } else {
-            template::load(paths, name).map_err(template_error)?
-        };
-        if !usable_by(&meta, who) {
-            return Err(CoreError::TemplateNotFound(name.into()));
         }
-        if meta.tenant.as_ref().is_some_and(|t| *t != who.tenant) {
+        let meta = self.resolve_template(who, name)?.meta;
+        if !meta.private && meta.tenant.as_ref().is_some_and(|t| *t != who.tenant) && !who.operator
+        {
             return Err(CoreError::InvalidState(format!(
                 "template {name} belongs to another tenant; only its maker can remove it"
             )));
         }
-        let users = self.template_users(name);
+        let users = self.template_users(&meta.key);
         if !users.is_empty() {
             return Err(CoreError::InvalidState(format!(
                 "template {name} is in use by sandbox(es) {}: terminate them first",
                 users.join(", ")
             )));
         }
-        template::remove(paths, name).map_err(template_error)
+        template::remove(paths, &meta.key).map_err(template_error)
     }
 
     /// Removes layers no template lists, unfinished layers, and the files of builds
@@ -483,8 +503,10 @@ impl Manager {
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
         let paths = self.backend.paths().clone();
-        template::check_new_name(&paths, &req.name).map_err(template_error)?;
         let r = self.resolve(who, key)?;
+        // A snapshot holds its sandbox's files: the sandbox's tenant's alone.
+        let owner = Caller::tenant(&r.tenant);
+        self.new_template_key(&owner, &req.name, true)?;
         let lock = self.lock_for(&r.id);
         let _g = lock.lock().await;
         let r = self.resolve(who, &r.id)?;
@@ -526,8 +548,10 @@ impl Manager {
             ready_cmd: base.meta.ready_cmd.clone(),
             ready_timeout_secs: base.meta.ready_timeout_secs,
             created_at: crate::now_ms(),
-            tenant: Some(who.tenant.clone()),
+            tenant: Some(r.tenant.clone()),
             source_sandbox: Some(r.id.clone()),
+            private: true,
+            key: String::new(),
         };
         let made = blocking({
             let paths = paths.clone();
@@ -562,7 +586,7 @@ impl Manager {
             return Err(CoreError::TemplateNotFound(req.name));
         }
         let paths = self.backend.paths().clone();
-        template::check_new_name(&paths, &req.name).map_err(template_error)?;
+        let (_, private) = self.new_template_key(who, &req.name, false)?;
         let from = req.from.clone().unwrap_or_else(|| template::HOST.into());
         let base = self.resolve_template(who, &from)?;
         // A build is a sandbox like any other: the daemon's default limits, its step
@@ -588,7 +612,7 @@ impl Manager {
         let spec = SandboxSpec {
             resources,
             id: id.clone(),
-            template: from.clone(),
+            template: base.meta.key.clone(),
             network: if req.network {
                 NetworkMode::Nat
             } else {
@@ -638,6 +662,8 @@ impl Manager {
                     created_at: crate::now_ms(),
                     tenant: Some(who.tenant.clone()),
                     source_sandbox: None,
+                    private,
+                    key: String::new(),
                 };
                 // The build sandbox is gone: its layer is read where it was kept.
                 let src = if bounded_disk {
@@ -649,7 +675,7 @@ impl Manager {
                 let log = log_path.clone();
                 blocking(move || {
                     let (meta, _) = capture(&p, &src, meta)?;
-                    let _ = std::fs::rename(&log, p.template(&meta.name).join("build.log"));
+                    let _ = std::fs::rename(&log, p.template(&meta.key).join("build.log"));
                     Ok(meta)
                 })
                 .await
@@ -749,6 +775,10 @@ impl Drop for BuildGuard<'_> {
 /// Whether `who` may see and use template `meta`: a snapshot holds its sandbox's files,
 /// so it is its tenant's alone; every other template is the node's, shared.
 fn usable_by(meta: &TemplateMeta, who: &Caller) -> bool {
+    if meta.private {
+        return template::in_scope_of(&meta.key, &who.tenant);
+    }
+    // Snapshots made before snapshots were stored privately.
     meta.kind != TemplateKind::Snapshot || meta.tenant.as_deref().is_none_or(|t| t == who.tenant)
 }
 
@@ -764,6 +794,7 @@ fn capture(
         let _ = std::fs::remove_dir_all(template::layer_path(paths, &layer));
         return Err(e);
     }
+    meta.key = meta.storage_key();
     Ok((meta, bytes))
 }
 

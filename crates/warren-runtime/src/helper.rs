@@ -485,6 +485,10 @@ impl Sandbox {
                 let setup = (|| -> Setup<()> {
                     ns::write_id_maps(child, 0, ids.base, ID_COUNT)
                         .map_err(fail("write the id maps"))?;
+                    // Its command line is this helper's (the host's path of warren, a
+                    // CLI's arguments): every process of the sandbox could read it.
+                    warren_sys::proctitle::set_of(&child.to_string(), "warren-agent")
+                        .map_err(fail("rename the agent"))?;
                     cgroup.add(child.as_raw()).map_err(|e| e.to_string())?;
                     if spec.network == NetworkMode::Nat {
                         let lease = crate::network::setup_nat(

@@ -177,8 +177,15 @@ pub fn import(
         created_at: unix_ms(),
         tenant: opts.tenant.clone(),
         source_sandbox: None,
+        // Imports read a file of the daemon's host: the operator's, for every tenant.
+        private: false,
+        key: String::new(),
     };
     template::save(paths, &meta)?;
+    let meta = TemplateMeta {
+        key: meta.storage_key(),
+        ..meta
+    };
     Ok(Imported {
         template: meta,
         new_layers,

@@ -77,6 +77,60 @@ const HOST_ETC: [&str; 23] = [
 /// The name of the built-in template.
 pub const HOST: &str = "host";
 
+/// Where template `name` is stored: `name` when every tenant sees it (the built-in one,
+/// the operator's), under the tenant's own directory when it is that tenant's alone. A
+/// tenant's names lead to its own templates and to everyone's, never to another tenant's.
+pub fn key(tenant: Option<&str>, name: &str) -> String {
+    match tenant {
+        Some(t) => format!("{}/{name}", scope_dir(t)),
+        None => name.to_string(),
+    }
+}
+
+/// The directory of a tenant's own templates: a hash, so that any tenant name makes a
+/// safe path component.
+fn scope_dir(tenant: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = warren_types::random::to_hex(&Sha256::digest(tenant.as_bytes()));
+    format!("@{}", &h[..16])
+}
+
+/// The name a template is shown by: its key without the tenant's directory.
+pub fn display_name(key: &str) -> &str {
+    key.rsplit('/').next().unwrap_or(key)
+}
+
+/// Whether `key` names a template that belongs to `tenant`'s own namespace.
+pub fn in_scope_of(key: &str, tenant: &str) -> bool {
+    key.split_once('/')
+        .is_some_and(|(scope, _)| scope == scope_dir(tenant))
+}
+
+/// Whether `key` can name a stored template: a plain name, or a tenant's directory and
+/// a plain name.
+pub fn valid_key(key: &str) -> bool {
+    match key.split_once('/') {
+        Some((scope, name)) => {
+            scope.len() == 17
+                && scope.starts_with('@')
+                && scope[1..].bytes().all(|b| b.is_ascii_hexdigit())
+                && crate::valid_name(name)
+        }
+        None => crate::valid_name(key),
+    }
+}
+
+impl TemplateMeta {
+    /// Where this template is stored.
+    pub fn storage_key(&self) -> String {
+        if self.private {
+            key(self.tenant.as_deref(), &self.name)
+        } else {
+            self.name.clone()
+        }
+    }
+}
+
 /// Where an older version of the host template waits until no sandbox runs on it.
 const OLD_HOST: &str = ".old-host-";
 
@@ -140,6 +194,13 @@ pub struct TemplateMeta {
     /// The sandbox a snapshot was taken of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_sandbox: Option<String>,
+    /// Its tenant's alone: stored in that tenant's own namespace, where only that
+    /// tenant's names lead (see [`key`]). Otherwise every tenant's.
+    #[serde(default)]
+    pub private: bool,
+    /// Where it is stored (see [`key`]); set when it is read.
+    #[serde(skip)]
+    pub key: String,
 }
 
 /// A template ready to be used as the lower layers of a root.
@@ -193,6 +254,7 @@ pub fn default_env() -> BTreeMap<String, String> {
 fn host_meta() -> TemplateMeta {
     TemplateMeta {
         name: HOST.into(),
+        key: HOST.into(),
         kind: TemplateKind::Builtin,
         source: "the host's /usr and /lib*, read-only".into(),
         host_base: true,
@@ -216,13 +278,15 @@ fn host_rootfs(paths: &Paths) -> Result<PathBuf> {
     Ok(dir.join("rootfs"))
 }
 
-/// Finds template `name`, building the `host` template on first use.
-pub fn resolve(paths: &Paths, name: &str) -> Result<Template> {
-    let meta = if name == HOST {
+/// Finds the template stored under `key` (see [`key`]), building the `host` template on
+/// first use.
+pub fn resolve(paths: &Paths, key: &str) -> Result<Template> {
+    let meta = if key == HOST {
         host_meta()
     } else {
-        load(paths, name)?
+        load(paths, key)?
     };
+    let name = meta.name.as_str();
     let mut lower = Vec::with_capacity(meta.layers.len() + 1);
     for id in &meta.layers {
         let p = layer_path(paths, id);
@@ -257,9 +321,11 @@ pub fn resolve(paths: &Paths, name: &str) -> Result<Template> {
     })
 }
 
-/// Checks that `name` can name a new template.
-pub fn check_new_name(paths: &Paths, name: &str) -> Result<()> {
-    if !crate::valid_name(name) || name == HOST {
+/// Checks that `key` can name a new template. A tenant's own template may not take the
+/// name of one every tenant sees (it would be shadowed), nor `host`.
+pub fn check_new_name(paths: &Paths, key: &str) -> Result<()> {
+    let name = display_name(key);
+    if !valid_key(key) || name == HOST {
         return Err(Error::Invalid {
             what: "template name",
             why: format!(
@@ -267,18 +333,21 @@ pub fn check_new_name(paths: &Paths, name: &str) -> Result<()> {
             ),
         });
     }
-    if paths.template(name).join("template.json").exists() {
+    if paths.template(key).join("template.json").exists()
+        || paths.template(name).join("template.json").exists()
+    {
         return Err(Error::TemplateExists(name.to_string()));
     }
     Ok(())
 }
 
-/// The metadata of stored template `name` (not `host`).
-pub fn load(paths: &Paths, name: &str) -> Result<TemplateMeta> {
-    if !crate::valid_name(name) {
+/// The metadata of the template stored under `key` (not `host`).
+pub fn load(paths: &Paths, key: &str) -> Result<TemplateMeta> {
+    let name = display_name(key);
+    if !valid_key(key) {
         return Err(Error::UnknownTemplate(name.to_string()));
     }
-    let p = paths.template(name).join("template.json");
+    let p = paths.template(key).join("template.json");
     let bytes = match fs::read(&p) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -286,30 +355,45 @@ pub fn load(paths: &Paths, name: &str) -> Result<TemplateMeta> {
         }
         Err(e) => return Err(io_err(format!("read {}", p.display()))(e)),
     };
-    serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
+    let mut meta: TemplateMeta = serde_json::from_slice(&bytes).map_err(|e| Error::Invalid {
         what: "template",
         why: format!(
             "{} is unreadable ({e}); remove it with `warren template rm {name}`",
             p.display()
         ),
-    })
+    })?;
+    meta.key = key.to_string();
+    Ok(meta)
 }
 
-/// Every template, `host` first, then by name.
+/// Every template of every namespace, `host` first, then by key.
 pub fn list(paths: &Paths) -> Result<Vec<TemplateMeta>> {
     let mut out = vec![host_meta()];
     let dir = paths.data.join("templates");
-    let mut names: Vec<String> = match fs::read_dir(&dir) {
-        Ok(rd) => rd
+    let entries = |d: &Path| -> Vec<String> {
+        fs::read_dir(d)
+            .into_iter()
+            .flatten()
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n != HOST && crate::valid_name(n))
-            .collect(),
-        Err(_) => Vec::new(),
+            .collect()
     };
-    names.sort();
-    for n in names {
-        if let Ok(m) = load(paths, &n) {
+    let mut keys = Vec::new();
+    for n in entries(&dir) {
+        if n.starts_with('@') {
+            keys.extend(
+                entries(&dir.join(&n))
+                    .into_iter()
+                    .map(|m| format!("{n}/{m}")),
+            );
+        } else if n != HOST {
+            keys.push(n);
+        }
+    }
+    keys.retain(|k| valid_key(k));
+    keys.sort();
+    for k in keys {
+        if let Ok(m) = load(paths, &k) {
             out.push(m);
         }
     }
@@ -319,8 +403,12 @@ pub fn list(paths: &Paths) -> Result<Vec<TemplateMeta>> {
 /// Writes a new template's metadata; it appears whole or not at all, and a crash part
 /// way leaves nothing under its name. Fails if the name was taken meanwhile.
 pub fn save(paths: &Paths, meta: &TemplateMeta) -> Result<()> {
-    check_new_name(paths, &meta.name)?;
-    let dir = paths.template(&meta.name);
+    let key = meta.storage_key();
+    check_new_name(paths, &key)?;
+    let dir = paths.template(&key);
+    if let Some(parent) = dir.parent() {
+        fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
+    }
     // Made aside, then renamed into place: rename(2) replaces nothing but an empty
     // directory, so of two makers of one name only one wins.
     let stage = paths.data.join("templates").join(format!(
@@ -347,19 +435,20 @@ pub fn save(paths: &Paths, meta: &TemplateMeta) -> Result<()> {
 
 /// Removes template `name`'s metadata (and build log). Its layers stay until [`gc`]
 /// finds nothing else uses them. Whether sandboxes use it is the caller's to check.
-pub fn remove(paths: &Paths, name: &str) -> Result<()> {
-    if name == HOST {
+pub fn remove(paths: &Paths, key: &str) -> Result<()> {
+    if key == HOST {
         return Err(Error::Invalid {
             what: "template",
             why: "\"host\" is built in and cannot be removed".into(),
         });
     }
-    load(paths, name)?;
-    let dir = paths.template(name);
-    let gone = paths
-        .data
-        .join("templates")
-        .join(format!(".removed-{name}-{}", crate::new_id()?));
+    load(paths, key)?;
+    let dir = paths.template(key);
+    let gone = paths.data.join("templates").join(format!(
+        ".removed-{}-{}",
+        display_name(key),
+        crate::new_id()?
+    ));
     fs::rename(&dir, &gone).map_err(io_err(format!("remove {}", dir.display())))?;
     fs::remove_dir_all(&gone).map_err(io_err(format!("remove {}", gone.display())))
 }

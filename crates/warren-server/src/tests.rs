@@ -517,8 +517,9 @@ fn openapi_schemas_match_serde() {
         expires_at: None,
         idle_timeout_secs: None,
         on_timeout: Default::default(),
-        access_token: None,
-        traffic_token: None,
+        // Present in the answer that creates a sandbox.
+        access_token: Some(String::new()),
+        traffic_token: Some(String::new()),
     };
     assert_eq!(props("SandboxInfo"), keys(&info));
     assert_eq!(

@@ -9,5 +9,6 @@ pub mod fd;
 pub mod fsid;
 pub mod mount;
 pub mod ns;
+pub mod proctitle;
 pub mod pty;
 pub mod seccomp;

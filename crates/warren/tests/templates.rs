@@ -907,7 +907,13 @@ async fn a_build_runs_its_steps_and_keeps_the_result() {
         .iter()
         .any(|e| matches!(e, BuildEvent::Output { data, .. } if data.contains("step two output"))));
     assert!(matches!(events.last(), Some(BuildEvent::Done { .. })));
-    let log = std::fs::read_to_string(env.data().join("templates/sci/build.log")).unwrap();
+    let log = std::fs::read_to_string(
+        env.data()
+            .join("templates")
+            .join(&t.meta.key)
+            .join("build.log"),
+    )
+    .unwrap();
     assert!(
         log.contains("step two output") && log.contains("to stderr"),
         "{log}"

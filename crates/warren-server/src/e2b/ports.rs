@@ -6,8 +6,12 @@
 //!
 //! A sandbox made with `network.allowPublicTraffic: false` has a traffic token, which
 //! every request must carry in `e2b-traffic-access-token`; it is taken off the request
-//! before it goes in. The answers for a sandbox that does not exist, a missing or wrong
-//! token, and a closed port are E2B's.
+//! before it goes in.
+//!
+//! Whoever reaches this listener can send anything here, with no API key: so a sandbox
+//! that does not exist, one that is not running, a missing or wrong traffic token and a
+//! port nothing listens on all get one and the same answer. Anything else would tell a
+//! stranger which sandbox ids exist.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -16,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use warren_core::{Manager, PortError};
 
-use super::envd::HttpError;
 use super::Target;
 
 /// The header that carries a sandbox's traffic token.
@@ -36,10 +39,15 @@ const HOP_BY_HOP: &[&str] = &[
     "upgrade",
 ];
 
-fn port_closed(id: &str, port: u16) -> Response {
+/// The one answer for traffic that does not get through (see the module doc).
+fn unreachable(id: &str, port: u16) -> Response {
     let body = serde_json::json!({
         "sandboxId": id,
-        "message": "The sandbox is running but port is not open",
+        "message": format!(
+            "The sandbox is not reachable on port {port}: it does not exist, is not running, \
+             nothing listens on the port, or it needs its traffic access token in the \
+             {TRAFFIC_TOKEN_HEADER} header"
+        ),
         "port": port,
         "code": 502,
     });
@@ -58,37 +66,18 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, mut req: Request) -> Re
         .await
     {
         Ok(c) => c,
-        Err(PortError::NoSandbox) | Err(PortError::Store(_)) => {
-            return HttpError::sandbox_gone(&target.sandbox).into_response()
-        }
-        Err(PortError::Token) => {
-            return HttpError::new(
-                StatusCode::FORBIDDEN,
-                format!(
-                    "sandbox {} needs its traffic access token in the {TRAFFIC_TOKEN_HEADER} \
-                     header",
-                    target.sandbox
-                ),
-            )
-            .into_response()
-        }
-        Err(PortError::NotRunning(state)) => {
-            return HttpError::new(
-                StatusCode::BAD_GATEWAY,
-                format!(
-                    "The sandbox {} is {}; connect to it to resume it",
-                    target.sandbox,
-                    state.as_str()
-                ),
-            )
-            .into_response()
-        }
-        Err(PortError::Closed(_)) => return port_closed(&target.sandbox, target.port),
+        Err(
+            PortError::NoSandbox
+            | PortError::Store(_)
+            | PortError::Token
+            | PortError::NotRunning(_)
+            | PortError::Closed(_),
+        ) => return unreachable(&target.sandbox, target.port),
     };
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(x) => x,
-        Err(_) => return port_closed(&target.sandbox, target.port),
+        Err(_) => return unreachable(&target.sandbox, target.port),
     };
     tokio::spawn(async move {
         // Counts as activity for as long as the connection to the sandbox lasts.
@@ -113,7 +102,7 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, mut req: Request) -> Re
     parts.version = axum::http::Version::HTTP_11;
     let mut resp = match sender.send_request(Request::from_parts(parts, body)).await {
         Ok(r) => r,
-        Err(_) => return port_closed(&target.sandbox, target.port),
+        Err(_) => return unreachable(&target.sandbox, target.port),
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
