@@ -750,6 +750,9 @@ impl Manager {
     }
 }
 
+/// Bytes of a ready command's output kept to report why it failed.
+const READY_TAIL: usize = 4096;
+
 /// Template builds one tenant may run at once.
 const MAX_BUILDS: u32 = 2;
 
@@ -915,7 +918,8 @@ async fn start_and_wait(sb: &Sandbox, meta: &TemplateMeta) -> Result<(), String>
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let out = client
+        let ran = |e| format!("the ready command {ready:?} could not run: {e}");
+        let mut p = client
             .exec(ExecRequest {
                 command: Some(Command::Shell(ready.clone())),
                 timeout_ms: Some(left.as_millis().clamp(100, 10_000) as u64),
@@ -923,21 +927,28 @@ async fn start_and_wait(sb: &Sandbox, meta: &TemplateMeta) -> Result<(), String>
                 ..Default::default()
             })
             .await
-            .map_err(|e| format!("the ready command {ready:?} could not run: {e}"))?
-            .output()
-            .await
-            .map_err(|e| format!("the ready command {ready:?} could not run: {e}"))?;
-        if out.status.as_ref().is_some_and(|s| s.code == Some(0)) {
+            .map_err(ran)?;
+        // Only the end of what it says is kept: a template's ready command may print
+        // without end, and the daemon reports its last words, not all of them.
+        let mut said: Vec<u8> = Vec::new();
+        let status = loop {
+            match p.next().await.map_err(ran)? {
+                ProcessEvent::Stdout(d) | ProcessEvent::Stderr(d) => {
+                    said.extend_from_slice(&d);
+                    if said.len() > READY_TAIL * 2 {
+                        said.drain(..said.len() - READY_TAIL);
+                    }
+                }
+                ProcessEvent::Exited(s) => break s,
+            }
+        };
+        if status.code == Some(0) {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            let mut said = String::from_utf8_lossy(&out.stdout).into_owned();
-            said.push_str(&String::from_utf8_lossy(&out.stderr));
+            let said = String::from_utf8_lossy(&said);
             let said = tail(said.trim(), 300).replace('\n', " | ");
-            let code = out
-                .status
-                .map(|s| s.shell_code().to_string())
-                .unwrap_or_else(|| "none".into());
+            let code = status.shell_code().to_string();
             return Err(format!(
                 "the ready command {ready:?} of template {} did not succeed within {secs} s \
                  (last exit {code}{}{said}); fix the template's start or ready command, or \

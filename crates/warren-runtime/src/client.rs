@@ -117,7 +117,9 @@ impl AgentClient {
             .await
             .map_err(ClientError::Connect)?;
         let (mut r, mut w) = stream.into_split();
-        let (out, mut out_rx) = mpsc::channel::<Frame>(256);
+        // Frames waiting for the socket: data frames are up to CHUNK each, so this bounds
+        // what one connection holds (2 MiB) when the agent reads slower than we send.
+        let (out, mut out_rx) = mpsc::channel::<Frame>(32);
         let (credit, mut credit_rx) = mpsc::unbounded_channel::<Frame>();
         let inner = Arc::new(Inner {
             out,

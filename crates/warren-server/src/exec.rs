@@ -37,9 +37,54 @@ use crate::error::Error;
 use crate::extract::{Body, Json, Path, Query, SandboxAccess};
 use crate::{shutting_down, AppState};
 
-/// Most output a collected exec may produce; past it, the process is killed and the
-/// client told to stream instead, so one command cannot fill the daemon's memory.
+/// Largest answer a collected exec may make, as encoded (the output as text, escaped,
+/// and as base64: up to seven and a half times the raw bytes); past it, the process is
+/// killed and the client told to stream instead, so one command cannot fill the
+/// daemon's memory.
 pub const MAX_COLLECTED: usize = 64 << 20;
+
+/// What every collected exec under way may hold at once, daemon-wide: its raw output and
+/// its answer, encoded, as it will be built (twice: the result and its JSON). Past it, an
+/// exec is refused with 503 and the client told to stream, however many run in parallel.
+pub const MAX_COLLECTING: usize = 512 << 20;
+
+static COLLECTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A share of [`MAX_COLLECTING`], given back when dropped.
+struct Held(usize);
+
+impl Held {
+    fn grow(&mut self, more: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        let before = COLLECTING.fetch_add(more, Ordering::AcqRel);
+        if before + more > MAX_COLLECTING {
+            COLLECTING.fetch_sub(more, Ordering::AcqRel);
+            return false;
+        }
+        self.0 += more;
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        COLLECTING.fetch_sub(self.0, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Bytes `data` takes in the answer: as escaped JSON text and as base64.
+fn encoded_len(data: &[u8]) -> usize {
+    let text = String::from_utf8_lossy(data);
+    let escaped: usize = text
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum();
+    escaped + data.len().div_ceil(3) * 4
+}
 
 /// Lines queued between a stream's task and the HTTP body.
 const STREAM_QUEUE: usize = 16;
@@ -242,10 +287,18 @@ async fn collect(
     oom_before: u64,
 ) -> Result<ExecResult, Error> {
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    let mut held = Held(0);
+    let mut answer = 0usize;
     loop {
-        match p.next().await? {
-            ProcessEvent::Stdout(d) => stdout.extend_from_slice(&d),
-            ProcessEvent::Stderr(d) => stderr.extend_from_slice(&d),
+        let chunk = match p.next().await? {
+            ProcessEvent::Stdout(d) => {
+                stdout.extend_from_slice(&d);
+                d
+            }
+            ProcessEvent::Stderr(d) => {
+                stderr.extend_from_slice(&d);
+                d
+            }
             ProcessEvent::Exited(status) => {
                 let oom = oom_killed(&status, oom_before, st.mgr.oom_kills(id));
                 return Ok(ExecResult {
@@ -260,12 +313,23 @@ async fn collect(
                     oom_killed: oom,
                 });
             }
-        }
-        if stdout.len() + stderr.len() > MAX_COLLECTED {
+        };
+        let encoded = encoded_len(&chunk);
+        answer += encoded;
+        if answer > MAX_COLLECTED {
             return Err(Error::too_large(format!(
-                "the command wrote more than {} MiB and was killed; use ?stream=true",
+                "the command's output makes an answer of more than {} MiB and it was \
+                 killed; use ?stream=true",
                 MAX_COLLECTED >> 20
             )));
+        }
+        if !held.grow(chunk.len() + 2 * encoded) {
+            return Err(Error::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "too much collected output is held for other commands right now; the \
+                 command was killed: use ?stream=true, or retry",
+            ));
         }
     }
 }

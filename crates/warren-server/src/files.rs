@@ -1,52 +1,115 @@
 //! Files inside a sandbox, through its agent. Paths are the sandbox's own (absolute, or
 //! relative to the agent's working directory); the agent does every check that depends
 //! on the sandbox's filesystem, so errors here are its codes mapped to HTTP.
+//!
+//! Contents stream both ways: a download is sent as the agent reads it, an upload is
+//! passed on as it arrives, each with flow control, so the daemon holds at most a window
+//! of a file whatever its size (a sparse terabyte, `/dev/zero`) and however slowly the
+//! client reads or writes. A name that is not UTF-8 is listed with its exact bytes in a
+//! `*_b64` twin, and every route takes `path_b64` instead of `path` to address it.
 
-use axum::extract::State;
+use axum::body::Body as HttpBody;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use warren_types::proto::FileInfo;
+use warren_runtime::client::{ClientError, FileReader, ReadOptions, WriteOptions};
+use warren_types::proto::{FileInfo, WirePath};
 
 use crate::error::Error;
-use crate::extract::{Body, Json, Query, SandboxAccess};
+use crate::extract::{Json, Query, SandboxAccess};
 use crate::AppState;
 
 /// Largest upload, in bytes.
 pub const MAX_FILE: usize = 128 << 20;
 
+/// A path given as text, or as the base64 of its exact bytes.
+fn wire_path(path: Option<&str>, b64: Option<&str>) -> Result<WirePath, Error> {
+    let p = match (path, b64) {
+        (_, Some(b)) => WirePath::from_shown("", Some(b))
+            .map_err(|e| Error::invalid(format!("path_b64: {e}")))?,
+        (Some(p), None) => WirePath::from(p),
+        (None, None) => return Err(Error::invalid("give path (or path_b64)")),
+    };
+    if p.as_bytes().is_empty() {
+        return Err(Error::invalid("path is empty"));
+    }
+    if p.as_bytes().contains(&0) {
+        return Err(Error::invalid("path contains a NUL byte"));
+    }
+    Ok(p)
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PathQuery {
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    path_b64: Option<String>,
 }
 
-fn checked(path: &str) -> Result<&str, Error> {
-    if path.is_empty() {
-        return Err(Error::invalid("path is empty"));
+impl PathQuery {
+    fn path(&self) -> Result<WirePath, Error> {
+        wire_path(self.path.as_deref(), self.path_b64.as_deref())
     }
-    if path.contains('\0') {
-        return Err(Error::invalid("path contains a NUL byte"));
-    }
-    Ok(path)
 }
 
-/// `GET /v1/sandboxes/{key}/files?path=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    path_b64: Option<String>,
+    /// Also read a FIFO, a device or a socket (otherwise refused with `not_a_file`); such
+    /// a file may never end, and is read for as long as the client reads.
+    #[serde(default)]
+    special: bool,
+}
+
+/// The chunks of a streaming read, as an HTTP body.
+fn body_of(reader: FileReader) -> HttpBody {
+    let chunks = futures_util::stream::try_unfold(reader, |mut r| async move {
+        match r.chunk().await {
+            Ok(Some(c)) => Ok(Some((Bytes::from(c), r))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(std::io::Error::other(e.to_string())),
+        }
+    });
+    HttpBody::from_stream(chunks)
+}
+
+/// `GET /v1/sandboxes/{key}/files?path=&special=`: the file's contents, streamed.
 pub async fn read(
     State(st): State<AppState>,
     access: SandboxAccess,
-    Query(q): Query<PathQuery>,
+    Query(q): Query<ReadQuery>,
 ) -> Result<Response, Error> {
-    let path = checked(&q.path)?;
+    let path = wire_path(q.path.as_deref(), q.path_b64.as_deref())?;
     let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    let data = client.read_file(path).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+    let opts = ReadOptions {
+        user: None,
+        special: q.special,
+    };
+    // The reader's channel holds the agent connection for as long as the body is read.
+    let reader = client.open_read(path, &opts).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream")],
+        body_of(reader),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WriteQuery {
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    path_b64: Option<String>,
     /// Octal permission bits, as `chmod` takes them.
     #[serde(default)]
     mode: Option<String>,
@@ -59,24 +122,76 @@ fn parse_mode(s: &str) -> Result<u32, Error> {
         .ok_or_else(|| Error::invalid(format!("mode {s:?}: use octal permission bits, like 644")))
 }
 
-/// `PUT /v1/sandboxes/{key}/files?path=&mode=`: replaces the file with the body.
+/// A request body as a stream of at most `limit` bytes: past it, the stream fails (and
+/// the upload is abandoned) instead of the daemon holding or passing on more.
+pub(crate) fn limited_body(
+    body: axum::body::Body,
+    limit: usize,
+) -> impl tokio::io::AsyncRead + Unpin + Send {
+    let mut seen = 0usize;
+    let stream = body
+        .into_data_stream()
+        .map_err(std::io::Error::other)
+        .and_then(move |chunk: Bytes| {
+            seen += chunk.len();
+            let over = seen > limit;
+            async move {
+                if over {
+                    Err(std::io::Error::new(
+                        std::io::ErrorKind::FileTooLarge,
+                        "the upload is larger than this route accepts",
+                    ))
+                } else {
+                    Ok(chunk)
+                }
+            }
+        });
+    tokio_util::io::StreamReader::new(Box::pin(stream))
+}
+
+/// An upload's failure: a body past the limit is the client's (413), the rest as usual.
+pub(crate) fn upload_error(e: ClientError) -> Error {
+    match e {
+        ClientError::Upload(io) if io.kind() == std::io::ErrorKind::FileTooLarge => {
+            Error::too_large(format!(
+                "the file is larger than {} MiB; nothing was written",
+                MAX_FILE >> 20
+            ))
+        }
+        ClientError::Upload(io) => Error::invalid(format!("the upload broke off: {io}")),
+        e => e.into(),
+    }
+}
+
+/// `PUT /v1/sandboxes/{key}/files?path=&mode=`: replaces the file with the body, which
+/// is passed to the sandbox as it arrives.
 pub async fn write(
     State(st): State<AppState>,
     access: SandboxAccess,
     Query(q): Query<WriteQuery>,
-    Body(body): Body,
+    req: Request,
 ) -> Result<StatusCode, Error> {
-    let path = checked(&q.path)?;
+    let path = wire_path(q.path.as_deref(), q.path_b64.as_deref())?;
     let mode = q.mode.as_deref().map(parse_mode).transpose()?;
     let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    client.write_file(path, &body, mode).await?;
+    let opts = WriteOptions {
+        mode,
+        ..WriteOptions::default()
+    };
+    client
+        .write_stream(path, limited_body(req.into_body(), MAX_FILE), &opts)
+        .await
+        .map_err(upload_error)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    path_b64: Option<String>,
     #[serde(default)]
     recursive: bool,
 }
@@ -87,9 +202,9 @@ pub async fn remove(
     access: SandboxAccess,
     Query(q): Query<RemoveQuery>,
 ) -> Result<StatusCode, Error> {
-    let path = checked(&q.path)?;
+    let path = wire_path(q.path.as_deref(), q.path_b64.as_deref())?;
     let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    client.remove(path, q.recursive).await?;
+    client.remove_as(path, q.recursive, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -99,15 +214,18 @@ pub async fn stat(
     access: SandboxAccess,
     Query(q): Query<PathQuery>,
 ) -> Result<axum::Json<FileInfo>, Error> {
-    let path = checked(&q.path)?;
+    let path = q.path()?;
     let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    Ok(axum::Json(client.stat(path).await?))
+    Ok(axum::Json(client.stat_as(path, None).await?))
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    path: String,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    path_b64: Option<String>,
     #[serde(default = "one")]
     depth: u32,
 }
@@ -125,12 +243,12 @@ pub async fn list(
     access: SandboxAccess,
     Query(q): Query<ListQuery>,
 ) -> Result<axum::Json<Vec<FileInfo>>, Error> {
-    let path = checked(&q.path)?;
+    let path = wire_path(q.path.as_deref(), q.path_b64.as_deref())?;
     if q.depth == 0 || q.depth > MAX_DEPTH {
         return Err(Error::invalid(format!("depth must be 1 to {MAX_DEPTH}")));
     }
     let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    Ok(axum::Json(client.list_dir(path, q.depth).await?))
+    Ok(axum::Json(client.list_dir_as(path, q.depth, None).await?))
 }
 
 /// `POST /v1/sandboxes/{key}/files/mkdir?path=`: makes the directory and its parents.
@@ -139,17 +257,23 @@ pub async fn mkdir(
     access: SandboxAccess,
     Query(q): Query<PathQuery>,
 ) -> Result<StatusCode, Error> {
-    let path = checked(&q.path)?;
+    let path = q.path()?;
     let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    client.make_dir(path).await?;
+    client.make_dir_as(path, None, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
-    pub from: String,
-    pub to: String,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Option<String>,
+    #[serde(default)]
+    pub from_b64: Option<String>,
+    #[serde(default)]
+    pub to_b64: Option<String>,
 }
 
 /// `POST /v1/sandboxes/{key}/files/rename`.
@@ -158,8 +282,9 @@ pub async fn rename(
     access: SandboxAccess,
     Json(req): Json<RenameRequest>,
 ) -> Result<StatusCode, Error> {
-    let (from, to) = (checked(&req.from)?, checked(&req.to)?);
+    let from = wire_path(req.from.as_deref(), req.from_b64.as_deref())?;
+    let to = wire_path(req.to.as_deref(), req.to_b64.as_deref())?;
     let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    client.rename(from, to).await?;
+    client.rename_as(from, to, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use warren_core::Guest;
-use warren_runtime::client::Process;
+use warren_runtime::client::{AttachOptions, Process};
 use warren_types::api::{ShareInfo, ShareRequest};
 
 use crate::error::Error;
@@ -40,7 +40,7 @@ pub async fn list(
     Tenant(who): Tenant,
     Path(key): Path<String>,
 ) -> Result<axum::Json<Vec<ShareInfo>>, Error> {
-    Ok(axum::Json(st.mgr.list_shares(&who, &key)?))
+    Ok(axum::Json(st.mgr.list_shares(&who, &key).await?))
 }
 
 /// `DELETE /v1/sandboxes/{key}/shares/{id}`: revokes; connected guests are cut off.
@@ -61,13 +61,22 @@ pub async fn join(
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
     // The credential first: a request without a handshake learns only that.
-    let guest = st
-        .mgr
-        .join_share(&token)
-        .ok_or_else(|| Error::not_found("no such share (revoked, or its sandbox ended)"))?;
+    let guest = st.mgr.join_share(&token).await.ok_or_else(|| {
+        Error::not_found("no such share (revoked, or its process or sandbox ended)")
+    })?;
     let ws = ws.map_err(|e| Error::new(e.status(), "invalid_request", e.body_text()))?;
     let (id, client) = st.mgr.agent(&guest.caller, &guest.sandbox).await?;
-    let process = client.attach(guest.pid, true).await?;
+    // The shared process itself (its serial), from where the share began.
+    let process = client
+        .attach_with(
+            guest.pid,
+            AttachOptions {
+                replay: false,
+                from: Some(guest.from),
+                serial: Some(guest.serial),
+            },
+        )
+        .await?;
     let activity = st.mgr.hold_activity(&id);
     Ok(ws.on_upgrade(move |socket| async move {
         let _activity = activity;

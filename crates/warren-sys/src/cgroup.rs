@@ -23,6 +23,8 @@ pub enum CgroupError {
         "cgroup v2 controllers {0} are not available under {1}; delegate them to Warren's cgroup"
     )]
     NotDelegated(String, PathBuf),
+    #[error("{}: the freezer did not {} within {} s", .path.display(), if *.frozen { "stop every task" } else { "thaw every task" }, FREEZE_WAIT.as_secs())]
+    Freeze { path: PathBuf, frozen: bool },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -56,6 +58,9 @@ pub struct Limits {
 }
 
 const CPU_PERIOD_US: u64 = 100_000;
+
+/// Longest wait for the freezer to stop (or thaw) every task of a cgroup.
+const FREEZE_WAIT: Duration = Duration::from_secs(5);
 
 impl Hierarchy {
     /// Detects the hierarchy from /proc/self/mountinfo and /proc/self/cgroup. A v2 mount
@@ -317,9 +322,24 @@ impl Cgroup {
                 if frozen { "FROZEN" } else { "THAWED" },
             )?;
         }
-        // Freezing is asynchronous: wait until every task has stopped.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.is_frozen()? != frozen && Instant::now() < deadline {
+        // Freezing is asynchronous: wait until every task has stopped. One that will not
+        // (a task stuck in the kernel) fails the freeze, which is undone: a caller that
+        // went on would snapshot live files, or report paused what still runs.
+        let deadline = Instant::now() + FREEZE_WAIT;
+        while self.is_frozen()? != frozen {
+            if Instant::now() >= deadline {
+                if frozen {
+                    let _ = self.set_frozen(false);
+                }
+                return Err(CgroupError::Freeze {
+                    path: self
+                        .paths
+                        .first()
+                        .map(|(_, p)| p.clone())
+                        .unwrap_or_default(),
+                    frozen,
+                });
+            }
             std::thread::sleep(Duration::from_micros(200));
         }
         Ok(())

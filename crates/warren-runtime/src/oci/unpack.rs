@@ -66,7 +66,11 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct Budget {
     pub limits: Limits,
+    /// Bytes read from the layers' tar streams.
     pub bytes_used: u64,
+    /// Bytes the files of the layers hold, as written: a sparse entry's holes count as
+    /// the zeros they become, though the archive stores none of them.
+    pub bytes_written: u64,
     pub entries_used: u64,
 }
 
@@ -75,6 +79,7 @@ impl Budget {
         Self {
             limits,
             bytes_used: 0,
+            bytes_written: 0,
             entries_used: 0,
         }
     }
@@ -192,6 +197,14 @@ pub fn unpack(
                 });
             }
             report.entries += 1;
+            // What the entry will be on disk, before a byte is written: a 10 KiB archive
+            // may describe a sparse file near 2^63 bytes.
+            budget.bytes_written = budget.bytes_written.saturating_add(entry.size());
+            if budget.bytes_written > budget.limits.max_bytes {
+                return Err(UnpackError::TooLarge {
+                    limit: budget.limits.max_bytes,
+                });
+            }
             apply(entry, dest, opts, &mut report)?;
         }
         Ok(())
@@ -724,6 +737,55 @@ mod tests {
             .map(|m| m.len())
             .unwrap_or(0);
         assert!(written <= 8 << 20);
+    }
+
+    /// A GNU sparse entry of `real` bytes whose archive holds `data` at `offset`.
+    fn sparse(name: &str, offset: u64, data: &[u8], real: u64) -> Vec<u8> {
+        let octal = |field: &mut [u8], v: u64| {
+            let s = format!("{:0w$o}\0", v, w = field.len() - 1);
+            field.copy_from_slice(s.as_bytes());
+        };
+        let mut h = tar::Header::new_gnu();
+        h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(T::GNUSparse);
+        h.set_mode(0o644);
+        h.set_size(data.len() as u64);
+        let g = h.as_gnu_mut().unwrap();
+        octal(&mut g.sparse[0].offset, offset);
+        octal(&mut g.sparse[0].numbytes, data.len() as u64);
+        octal(&mut g.realsize, real);
+        h.set_cksum();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append(&h, data).unwrap();
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_sparse_entry_counts_what_it_writes_not_what_it_stores() {
+        // 10 KiB of archive for 100 MiB of file.
+        let archive = sparse("holes", 100 << 20, &[b'x'; 512], (100 << 20) + 512);
+        assert!(archive.len() < 10 << 10);
+        let (d, r) = run(
+            &archive,
+            Limits {
+                max_bytes: 1 << 20,
+                max_entries: 10,
+            },
+        );
+        assert!(matches!(r, Err(UnpackError::TooLarge { .. })), "{r:?}");
+        let written = fs::metadata(d.path().join("layer/holes")).map_or(0, |m| m.len());
+        assert!(written <= 1 << 20, "{written} bytes written");
+        // Within the limit, the same file unpacks.
+        let (d, r) = run(
+            &archive,
+            Limits {
+                max_bytes: 1 << 30,
+                max_entries: 10,
+            },
+        );
+        r.unwrap();
+        let m = fs::metadata(d.path().join("layer/holes")).unwrap();
+        assert_eq!(m.len(), (100 << 20) + 512);
     }
 
     #[test]
