@@ -527,3 +527,480 @@ fn the_host_template_holds_no_secret_of_the_host_and_no_host_file_is_the_sandbox
         }
     }
 }
+
+/// A daemon on TCP with two tenants, `default` (the first key) and `b`: their keys.
+fn two_tenants(config: Option<&str>) -> (Daemon, String, String) {
+    let mut d = Daemon::start_opts(trust::Options {
+        tcp: true,
+        config: config.map(str::to_string),
+        ..Default::default()
+    });
+    d.tenants.push("b".into());
+    let key_a = d.api_key();
+    let r = d.http(
+        trust::Via::Unix,
+        "POST",
+        "/v1/keys",
+        &[("Content-Type", "application/json")],
+        br#"{"tenant":"b"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key_b = r.json()["api_key"].as_str().unwrap().to_string();
+    (d, key_a, key_b)
+}
+
+/// A request over TCP with `key`.
+fn as_tenant(d: &Daemon, key: &str, method: &str, path: &str, body: &str) -> trust::Resp {
+    let auth = format!("Bearer {key}");
+    d.http(
+        trust::Via::Tcp,
+        method,
+        path,
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// Makes a sandbox as `key`'s tenant: its id.
+fn create_as(d: &Daemon, key: &str, body: &str) -> String {
+    let r = as_tenant(d, key, "POST", "/v1/sandboxes", body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    d.saw(&id);
+    id
+}
+
+#[test]
+fn metrics_show_a_tenant_its_own_sandboxes_only() {
+    if !can_run("metrics_show_a_tenant_its_own_sandboxes_only") {
+        return;
+    }
+    let _turn = my_turn();
+    let (d, key_a, key_b) = two_tenants(None);
+    let a = create_as(&d, &key_a, r#"{"home_volume":false}"#);
+    let b = create_as(&d, &key_b, r#"{"home_volume":false}"#);
+    let seen_by = |key: &str| as_tenant(&d, key, "GET", "/metrics", "").text();
+    let (ma, mb) = (seen_by(&key_a), seen_by(&key_b));
+    assert!(
+        ma.contains(&a) && !ma.contains(&b),
+        "tenant a sees b's ids:\n{ma}"
+    );
+    assert!(
+        mb.contains(&b) && !mb.contains(&a),
+        "tenant b sees a's ids:\n{mb}"
+    );
+    assert!(
+        !ma.contains("warren_sandboxes_created_total"),
+        "a tenant sees the host's counters"
+    );
+    // The host's root sees the whole host.
+    let all = d.http(trust::Via::Unix, "GET", "/metrics", &[], b"").text();
+    assert!(all.contains(&a) && all.contains(&b));
+    d.finish();
+}
+
+/// Builds template `name` as `key`'s tenant (over TCP) with one step; the build's answer.
+fn build_as(d: &Daemon, key: &str, name: &str, step: &str) -> String {
+    let body = serde_json::json!({ "name": name, "steps": [step] }).to_string();
+    as_tenant(d, key, "POST", "/v1/templates/build", &body).text()
+}
+
+#[test]
+fn a_tenants_template_names_never_lead_to_another_tenants_templates() {
+    if !can_run("a_tenants_template_names_never_lead_to_another_tenants_templates") {
+        return;
+    }
+    let _turn = my_turn();
+    let (d, key_a, key_b) = two_tenants(None);
+    // b squats a name a would use.
+    let built = build_as(&d, &key_b, "python", "echo b > /etc/owner");
+    assert!(built.contains("\"done\""), "{built}");
+    // a's name does not lead to b's template...
+    let r = as_tenant(
+        &d,
+        &key_a,
+        "POST",
+        "/v1/sandboxes",
+        r#"{"template":"python","home_volume":false}"#,
+    );
+    assert_eq!(r.status, 400, "a got b's template: {}", r.text());
+    // ...and a's own template of that name is a's.
+    let built = build_as(&d, &key_a, "python", "echo a > /etc/owner");
+    assert!(built.contains("\"done\""), "{built}");
+    let id = create_as(&d, &key_a, r#"{"template":"python","home_volume":false}"#);
+    let (_, owner) = d.exec_as("default", &id, "cat /etc/owner");
+    assert_eq!(owner, "a\n");
+    // b's listing shows b's template only; a's shows a's.
+    let listed = as_tenant(&d, &key_b, "GET", "/v1/templates", "").json();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    assert_eq!(names.iter().filter(|n| **n == "python").count(), 1);
+    // Shared names cannot be shadowed: the built-in one and the operator's.
+    let built = build_as(&d, &key_b, "host", "true");
+    assert!(built.contains("\"error\""), "{built}");
+    let r = d.http(
+        trust::Via::Unix,
+        "POST",
+        "/v1/templates/build",
+        &[("Content-Type", "application/json")],
+        br#"{"name":"shared","steps":["true"]}"#,
+    );
+    assert!(r.text().contains("\"done\""), "{}", r.text());
+    let built = build_as(&d, &key_b, "shared", "echo mine > /etc/owner");
+    assert!(
+        built.contains("\"error\""),
+        "b shadowed an operator's template: {built}"
+    );
+    for (key, name) in [(&key_a, "python"), (&key_b, "python")] {
+        let r = as_tenant(&d, key, "DELETE", &format!("/v1/templates/{name}"), "");
+        assert!(r.status == 204 || r.status == 409, "{}", r.text());
+    }
+    d.finish();
+}
+
+#[test]
+fn home_volumes_have_a_size_the_kernel_enforces() {
+    if !can_run("home_volumes_have_a_size_the_kernel_enforces") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start_opts(trust::Options {
+        config: Some("[limits.defaults]\nhome = \"64M\"\ndisk = \"256M\"\n".into()),
+        ..Default::default()
+    });
+    let id = d.create(&["--owner", "carol"]);
+    let (code, out) = d.exec(
+        &id,
+        "dd if=/dev/zero of=/home/user/big bs=1M count=200 2>&1 | grep -o 'No space left'; \
+         du -sm /home/user | cut -f1",
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("No space left"), "{out}");
+    let used: u64 = out.lines().last().unwrap().trim().parse().unwrap();
+    assert!(used <= 64, "the home took {used} MiB past its 64M");
+    // On the host, too: the volume's image holds no more than its size.
+    for e in std::fs::read_dir(d.data_dir().join("volumes"))
+        .unwrap()
+        .flatten()
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(m) = std::fs::metadata(e.path().join("volume.img")) {
+            assert!(
+                m.blocks() * 512 <= 64 << 20,
+                "{} bytes on the host",
+                m.blocks() * 512
+            );
+        }
+    }
+    // A bigger home asked for when it is first made.
+    let id = d.create(&["--owner", "dave", "--home-size", "32M"]);
+    let (_, out) = d.exec(&id, "df -m /home/user | tail -1 | awk '{print $2}'");
+    let size: u64 = out.trim().parse().unwrap();
+    assert!((24..=32).contains(&size), "a 32M home is {size} MiB");
+    d.finish();
+}
+
+#[test]
+fn the_disk_route_reads_the_last_measurement_and_walks_nothing() {
+    if !can_run("the_disk_route_reads_the_last_measurement_and_walks_nothing") {
+        return;
+    }
+    let _turn = my_turn();
+    // Writable layers on the host's disk (walked to be measured), measured rarely.
+    let d = Daemon::start_opts(trust::Options {
+        config: Some("disk_measure_secs = 3600\n[limits.defaults]\ndisk = 0\n".into()),
+        ..Default::default()
+    });
+    let id = d.create(&["--no-home"]);
+    let bytes = || -> u64 {
+        let r = d.http(trust::Via::Unix, "GET", "/v1/disk", &[], b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["sandboxes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == id.as_str())
+            .and_then(|s| s["bytes"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = bytes();
+    let (code, _) = d.exec(&id, "head -c 50000000 /dev/urandom > /root/blob");
+    assert_eq!(code, 0);
+    // A request that walked the layer would see the 50 MB now.
+    let after = bytes();
+    assert!(
+        after < before + 10_000_000,
+        "GET /v1/disk walked the sandbox's tree ({before} -> {after})"
+    );
+    d.finish();
+}
+
+#[test]
+fn the_disk_walk_never_follows_a_swapped_link_out_of_the_sandbox() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    if !can_run("the_disk_walk_never_follows_a_swapped_link_out_of_the_sandbox") {
+        return;
+    }
+    let _turn = my_turn();
+    // A host directory only root may read, watched for any open.
+    let secret = tempfile::tempdir_in("/tmp").unwrap();
+    std::fs::create_dir(secret.path().join("inner")).unwrap();
+    let ino = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+    for p in [secret.path().to_path_buf(), secret.path().join("inner")] {
+        ino.add_watch(&p, AddWatchFlags::IN_OPEN).unwrap();
+    }
+    let d = Daemon::start_opts(trust::Options {
+        config: Some("disk_measure_secs = 1\n[limits.defaults]\ndisk = 0\n".into()),
+        ..Default::default()
+    });
+    let id = d.create(&["--no-home"]);
+    // 70 levels deep, then a directory swapped with a symlink to the host's directory,
+    // as fast as the sandbox can.
+    let target = secret.path().display().to_string();
+    let script = format!(
+        "import ctypes, os, time\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         p = '/root/deep'\n\
+         for i in range(70): p += '/d'\n\
+         os.makedirs(p + '/real/x', exist_ok=True)\n\
+         os.symlink('{target}', p + '/link')\n\
+         end = time.time() + 6\n\
+         n = 0\n\
+         while time.time() < end:\n\
+         \x20   libc.renameat2(-100, (p + '/real').encode(), -100, (p + '/link').encode(), 2)\n\
+         \x20   n += 1\n\
+         print(n)"
+    );
+    let (code, out) = d.exec(&id, &format!("python3 -c \"{script}\""));
+    assert_eq!(code, 0, "{out}");
+    let events = ino.read_events().unwrap_or_default();
+    assert!(
+        events.is_empty(),
+        "the daemon opened a host directory through the sandbox's symlink ({} swaps)",
+        out.trim()
+    );
+    d.finish();
+}
+
+#[test]
+fn daemon_sandboxes_get_default_limits_and_tenants_quotas() {
+    if !can_run("daemon_sandboxes_get_default_limits_and_tenants_quotas") {
+        return;
+    }
+    let _turn = my_turn();
+    let config = "[limits.defaults]\nmemory = \"96M\"\ncpus = 0.5\npids = 200\n\
+                  [limits.maxima]\nmemory = \"1G\"\n\
+                  [limits.quotas]\nsandboxes = 2\n";
+    let (d, key, _) = two_tenants(Some(config));
+    // Unasked-for limits are the defaults, and the kernel holds the sandbox to them.
+    let id = create_as(&d, &key, r#"{"home_volume":false}"#);
+    let info = d.info(&id);
+    assert_eq!(info["resources"]["memory"], 96 << 20);
+    assert_eq!(info["resources"]["cpu_millis"], 500);
+    assert_eq!(info["resources"]["pids"], 200);
+    assert!(info["resources"]["disk"].as_u64().is_some());
+    let (_, out) = d.exec(
+        &id,
+        "python3 -c 'x = bytearray(300 << 20)' 2>&1; echo rc=$?",
+    );
+    assert!(
+        out.contains("rc=137") || out.contains("MemoryError"),
+        "{out}"
+    );
+    // Past the maximum: refused, saying which limit.
+    let r = as_tenant(
+        &d,
+        &key,
+        "POST",
+        "/v1/sandboxes",
+        r#"{"resources":{"memory":4294967296}}"#,
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("memory"), "{}", r.text());
+    // The tenant's second sandbox fits; the third passes its quota.
+    create_as(&d, &key, r#"{"home_volume":false}"#);
+    let r = as_tenant(
+        &d,
+        &key,
+        "POST",
+        "/v1/sandboxes",
+        r#"{"home_volume":false}"#,
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.code(), "quota_exceeded");
+    // Nothing was recorded for the refused ones.
+    let listed = as_tenant(&d, &key, "GET", "/v1/sandboxes", "").json();
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    // The operator has no quota.
+    d.create(&["--no-home"]);
+    // A build runs under the same limits: a step that needs more memory fails.
+    let built = build_as(&d, &key, "big", "python3 -c 'x = bytearray(300 << 20)'");
+    assert!(
+        built.contains("\"error\""),
+        "a build ran unlimited: {built}"
+    );
+    d.finish();
+}
+
+#[test]
+fn limits_are_checked_with_their_own_messages_before_anything_is_made() {
+    if !can_run("limits_are_checked_with_their_own_messages_before_anything_is_made") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let cases = [
+        (r#"{"resources":{"disk":18446744073709551615}}"#, "disk"),
+        (r#"{"resources":{"cpu_millis":0}}"#, "cpus"),
+        (r#"{"resources":{"pids":0}}"#, "pids"),
+        (r#"{"resources":{"memory":1}}"#, "memory"),
+        (r#"{"home_size":1}"#, "home_size"),
+    ];
+    for (body, word) in cases {
+        let r = d.http(
+            trust::Via::Unix,
+            "POST",
+            "/v1/sandboxes",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.text().contains(word), "{body}: {}", r.text());
+    }
+    let listed = d
+        .http(trust::Via::Unix, "GET", "/v1/sandboxes", &[], b"")
+        .json();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        0,
+        "a refused request left a row"
+    );
+    let events = d.http(trust::Via::Unix, "GET", "/metrics", &[], b"").text();
+    assert!(
+        events.contains("warren_sandboxes_created_total 0"),
+        "{events}"
+    );
+    d.finish();
+}
+
+#[test]
+fn host_ports_come_from_the_operators_range() {
+    if !can_run("host_ports_come_from_the_operators_range") {
+        return;
+    }
+    let _turn = my_turn();
+    let (d, key, _) = two_tenants(Some("[limits]\npublish_ports = \"21000-21099\"\n"));
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let outside = free.local_addr().unwrap().port();
+    drop(free);
+    for port in [81, outside] {
+        let body = format!(r#"{{"home_volume":false,"publish":[{{"host":{port},"sandbox":80}}]}}"#);
+        let r = as_tenant(&d, &key, "POST", "/v1/sandboxes", &body);
+        assert_eq!(r.status, 400, "a tenant published on {port}: {}", r.text());
+    }
+    // Port 0: one of the range is given.
+    let r = as_tenant(
+        &d,
+        &key,
+        "POST",
+        "/v1/sandboxes",
+        r#"{"home_volume":false,"publish":[{"host":0,"sandbox":80}]}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    d.saw(r.json()["id"].as_str().unwrap());
+    let given = r.json()["publish"][0]["host"].as_u64().unwrap();
+    assert!((21000..=21099).contains(&given), "{given}");
+    // The operator may choose freely.
+    let body = format!(r#"{{"home_volume":false,"publish":[{{"host":{outside},"sandbox":80}}]}}"#);
+    let r = d.http(
+        trust::Via::Unix,
+        "POST",
+        "/v1/sandboxes",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    d.saw(r.json()["id"].as_str().unwrap());
+    d.finish();
+}
+
+#[test]
+fn tenant_text_reaches_the_operators_terminal_escaped() {
+    if !can_run("tenant_text_reaches_the_operators_terminal_escaped") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    // A template whose ready command prints terminal escapes and fails.
+    let noisy = r#"printf '\033]0;owned\007\033[2J\033[31mred'; exit 1"#;
+    let o = d.run(&[
+        "template",
+        "build",
+        "--name",
+        "noisy",
+        "--run",
+        "true",
+        "--ready-cmd",
+        noisy,
+        "--ready-timeout",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let mut events = d
+        .warren(&["events"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let o = d.run(&["create", "--no-home", "--template", "noisy"]);
+    assert!(!o.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let _ = events.kill();
+    let shown = events.wait_with_output().unwrap();
+    for (what, bytes) in [("create's error", &o.stderr), ("events", &shown.stdout)] {
+        assert!(
+            !bytes.contains(&0x1b) && !bytes.contains(&0x07),
+            "{what} printed raw terminal escapes: {:?}",
+            String::from_utf8_lossy(bytes)
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("\\x1b"),
+        "the escapes are shown, escaped: {}",
+        stderr(&o)
+    );
+    d.finish();
+}
+
+#[test]
+fn pid_1_shows_nothing_of_the_host_or_the_command_line() {
+    if !can_run("pid_1_shows_nothing_of_the_host_or_the_command_line") {
+        return;
+    }
+    let o = warren()
+        .args([
+            "run",
+            "--rm",
+            "--",
+            "sh",
+            "-c",
+            "cat /proc/1/cmdline; echo; cat /proc/1/environ",
+        ])
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    let cmdline = out.lines().next().unwrap_or_default();
+    assert_eq!(
+        cmdline.trim_end_matches('\0'),
+        "warren-agent",
+        "PID 1's command line: {cmdline:?}"
+    );
+    assert!(!out.contains("/work") && !out.contains("target"), "{out:?}");
+}
