@@ -119,9 +119,9 @@ fn supplementary(root: &Path, name: &str, primary: u32) -> Result<Vec<u32>, User
 
 /// Resolves `user` against the passwd and group files under `root` ("/" in the agent).
 pub(crate) fn resolve(root: &Path, user: &User) -> Result<Account, UserError> {
-    let entries = passwd(root)?;
     match user {
         User::Name(name) => {
+            let entries = passwd(root)?;
             let e = entries
                 .iter()
                 .find(|e| &e.name == name)
@@ -136,10 +136,13 @@ pub(crate) fn resolve(root: &Path, user: &User) -> Result<Account, UserError> {
             })
         }
         User::Id { uid, gid } => {
+            // A number needs no account: with /etc/passwd unusable (a sandbox may make
+            // it anything), the process runs as that id, without a home or groups.
+            let entries = passwd(root).unwrap_or_default();
             let known = entries.iter().find(|e| e.uid == *uid);
             let gid = gid.or(known.map(|e| e.gid)).unwrap_or(*uid);
             let groups = match known {
-                Some(e) => supplementary(root, &e.name, gid)?,
+                Some(e) => supplementary(root, &e.name, gid).unwrap_or_else(|_| vec![gid]),
                 None => vec![gid],
             };
             Ok(Account {
@@ -274,8 +277,11 @@ mod tests {
     fn endless_or_huge_passwd_files_are_refused() {
         let root = sandbox_root(None);
         std::os::unix::fs::symlink("/dev/zero", root.path().join("etc/passwd")).unwrap();
-        let err = resolve_in_time(root.path(), User::Id { uid: 0, gid: None }).unwrap_err();
+        let err = resolve_in_time(root.path(), User::Name("user".into())).unwrap_err();
         assert!(matches!(err, UserError::NotAFile { .. }), "{err}");
+        // A number needs no account: it runs as that id, without a home.
+        let a = resolve_in_time(root.path(), User::Id { uid: 0, gid: None }).unwrap();
+        assert_eq!((a.identity.uid, a.identity.gid, a.home), (0, 0, None));
 
         let mut huge = "user:x:1000:1000::/home/user:/bin/sh\n".repeat(40_000);
         huge.truncate(MAX_ACCOUNT_FILE as usize + 1);

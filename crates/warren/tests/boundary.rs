@@ -1004,3 +1004,218 @@ fn pid_1_shows_nothing_of_the_host_or_the_command_line() {
     );
     assert!(!out.contains("/work") && !out.contains("target"), "{out:?}");
 }
+
+/// Python, run as the sandbox's root: stops each new process the agent starts right
+/// after its fork, then steps it (continue, stop) through its confinement; whenever its
+/// memory can be opened for writing, it must already be under seccomp with
+/// no_new_privs. Prints `stops=N violations=M` at the end.
+const RACER: &str = r#"
+import os, signal, sys, time
+me = os.getpid()
+stops = violations = 0
+end = time.time() + float(sys.argv[1])
+seen = set(int(p) for p in os.listdir("/proc") if p.isdigit())
+def field(pid, name):
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(name):
+                return line.split()[1]
+    except OSError:
+        return None
+while time.time() < end:
+    nxt = max(seen) + 1
+    try:
+        os.kill(nxt, signal.SIGSTOP)
+    except ProcessLookupError:
+        continue
+    except OSError:
+        seen.add(nxt)
+        continue
+    seen.add(nxt)
+    for _ in range(200):
+        stops += 1
+        try:
+            fd = os.open(f"/proc/{nxt}/mem", os.O_RDWR)
+            os.close(fd)
+            if field(nxt, "Seccomp:") != "2" or field(nxt, "NoNewPrivs:") != "1":
+                violations += 1
+        except OSError:
+            pass
+        try:
+            os.kill(nxt, signal.SIGCONT)
+            os.kill(nxt, signal.SIGSTOP)
+        except OSError:
+            break
+    try:
+        os.kill(nxt, signal.SIGCONT)
+    except OSError:
+        pass
+print(f"stops={stops} violations={violations}", flush=True)
+"#;
+
+#[test]
+fn seccomp_cannot_be_skipped_by_catching_a_child_before_it_is_confined() {
+    if !can_run("seccomp_cannot_be_skipped_by_catching_a_child_before_it_is_confined") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home"]);
+    let (code, _) = d.exec(
+        &id,
+        &format!(
+            "nohup python3 -c '{}' 20 > /tmp/racer.out 2>&1 &",
+            RACER.replace('\'', "'\\''")
+        ),
+    );
+    assert_eq!(code, 0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Many execs while the racer watches.
+    for _ in 0..300 {
+        let body = br#"{"command":{"argv":["true"]}}"#;
+        d.http(
+            trust::Via::Unix,
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            &[("Content-Type", "application/json")],
+            body,
+        );
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    let out = loop {
+        let (_, out) = d.exec(&id, "cat /tmp/racer.out");
+        if out.contains("stops=") || std::time::Instant::now() > deadline {
+            break out;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let n = |k: &str| -> u64 {
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        n("stops=") >= 100,
+        "the racer caught too few children to show anything: {out}"
+    );
+    assert_eq!(
+        n("violations="),
+        0,
+        "a child was writable before seccomp and no_new_privs: {out}"
+    );
+    d.finish();
+}
+
+#[test]
+fn a_hostile_etc_passwd_blocks_nothing() {
+    if !can_run("a_hostile_etc_passwd_blocks_nothing") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home"]);
+    for plant in [
+        "rm /etc/passwd && mkfifo /etc/passwd",
+        "rm -f /etc/passwd && ln -s /dev/zero /etc/passwd",
+    ] {
+        let (code, _) = d.exec(&id, plant);
+        assert_eq!(code, 0, "{plant}");
+        // Each exec as a named user resolves it; none may hang the agent.
+        let body = br#"{"command":{"argv":["true"]},"user":"user"}"#;
+        let r = d.try_http(
+            trust::Via::Unix,
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            &[("Content-Type", "application/json")],
+            body,
+            std::time::Duration::from_secs(10),
+        );
+        let r = r.unwrap_or_else(|e| panic!("after `{plant}`, an exec hung: {e}"));
+        assert!(r.status == 200 || r.status == 400, "{}", r.text());
+        // And the agent still serves everyone else at once.
+        let r = d.try_http(
+            trust::Via::Unix,
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            &[("Content-Type", "application/json")],
+            br#"{"command":{"argv":["echo","alive"]}}"#,
+            std::time::Duration::from_secs(10),
+        );
+        let r = r.unwrap_or_else(|e| panic!("after `{plant}`, the agent hung: {e}"));
+        assert_eq!(r.json()["stdout"], "alive\n", "{}", r.text());
+    }
+    let rss = trust::rss(d.pid().unwrap());
+    assert!(rss < 256 << 20, "the daemon grew to {} MiB", rss >> 20);
+    d.finish();
+}
+
+#[test]
+fn file_reads_stream_and_refuse_special_files_unless_asked() {
+    if !can_run("file_reads_stream_and_refuse_special_files_unless_asked") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home"]);
+    let path = format!("/v1/sandboxes/{id}/files?path=/dev/zero");
+    let r = d.try_http(
+        trust::Via::Unix,
+        "GET",
+        &path,
+        &[],
+        b"",
+        std::time::Duration::from_secs(10),
+    );
+    let r = r.expect("a read of /dev/zero must answer, not stream forever");
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.code(), "not_a_file");
+    // A sparse gigabyte streams through, the daemon holding a window of it.
+    let (code, _) = d.exec(&id, "truncate -s 1G /root/sparse");
+    assert_eq!(code, 0);
+    let before = trust::rss(d.pid().unwrap());
+    let mut got = 0u64;
+    let mut peak = before;
+    let pid = d.pid().unwrap();
+    let status = d
+        .http_stream(
+            trust::Via::Unix,
+            "GET",
+            &format!("/v1/sandboxes/{id}/files?path=/root/sparse"),
+            &[],
+            b"",
+            &mut |b| {
+                got += b.len() as u64;
+                if got % (64 << 20) < b.len() as u64 {
+                    peak = peak.max(trust::rss(pid));
+                }
+            },
+        )
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(got, 1 << 30);
+    assert!(
+        peak < before + (64 << 20),
+        "the daemon grew by {} MiB reading a file",
+        (peak - before) >> 20
+    );
+    // Asked for, a special file streams for as long as the client reads.
+    {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+        write!(
+            s,
+            "GET /v1/sandboxes/{id}/files?path=/dev/zero&special=true HTTP/1.1\r\n\
+             Host: localhost\r\n\r\n"
+        )
+        .unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let mut n = 0usize;
+        while n < 8 << 20 {
+            let k = s.read(&mut buf).unwrap();
+            assert!(k > 0, "the stream ended after {n} bytes");
+            n += k;
+        }
+    }
+    d.finish();
+}
