@@ -1219,3 +1219,228 @@ fn file_reads_stream_and_refuse_special_files_unless_asked() {
     }
     d.finish();
 }
+
+#[test]
+fn stalled_uploads_hold_no_memory_in_the_daemon() {
+    use std::io::Write;
+    if !can_run("stalled_uploads_hold_no_memory_in_the_daemon") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home"]);
+    let pid = d.pid().unwrap();
+    let before = trust::rss(pid);
+    // 50 uploads of 128 MiB each send 16 MiB and stall.
+    let chunk = vec![b'u'; 1 << 20];
+    let mut held = Vec::new();
+    for i in 0..50 {
+        let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+        write!(
+            s,
+            "PUT /v1/sandboxes/{id}/files?path=/root/up{i} HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Length: {}\r\n\r\n",
+            128u64 << 20
+        )
+        .unwrap();
+        for _ in 0..16 {
+            s.write_all(&chunk).unwrap();
+        }
+        held.push(s);
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let during = trust::rss(pid);
+    drop(held);
+    assert!(
+        during < before + (200 << 20),
+        "50 stalled uploads grew the daemon by {} MiB",
+        (during - before) >> 20
+    );
+    // The abandoned uploads left no file behind (nor a temporary one).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let (_, left) = d.exec(&id, "ls -A /root");
+    assert!(!left.contains("up"), "abandoned uploads left {left}");
+    d.finish();
+}
+
+#[test]
+fn a_collected_answer_is_bounded_as_sent() {
+    if !can_run("a_collected_answer_is_bounded_as_sent") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home"]);
+    // 12 MiB of control characters: six bytes each as JSON text, plus the base64.
+    let body = br#"{"command":{"shell":"head -c 12582912 /dev/zero | tr '\\0' '\\1'"}}"#;
+    let pid = d.pid().unwrap();
+    let before = trust::rss(pid);
+    let r = d.http(
+        trust::Via::Unix,
+        "POST",
+        &format!("/v1/sandboxes/{id}/exec"),
+        &[("Content-Type", "application/json")],
+        body,
+    );
+    assert_eq!(r.status, 413, "an answer of {} bytes", r.body.len());
+    assert!(r.text().contains("stream"), "{}", r.text());
+    let grew = trust::rss(pid).saturating_sub(before);
+    assert!(grew < 256 << 20, "the daemon grew by {} MiB", grew >> 20);
+    // Plain text of the same size is within the bound.
+    let r = d.http(
+        trust::Via::Unix,
+        "POST",
+        &format!("/v1/sandboxes/{id}/exec"),
+        &[("Content-Type", "application/json")],
+        br#"{"command":{"shell":"head -c 12582912 /dev/zero | tr '\\0' a"}}"#,
+    );
+    assert_eq!(r.status, 200);
+    d.finish();
+}
+
+#[test]
+fn a_templates_noisy_ready_command_costs_the_daemon_nothing() {
+    if !can_run("a_templates_noisy_ready_command_costs_the_daemon_nothing") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let o = d.run(&[
+        "template",
+        "build",
+        "--name",
+        "chatty",
+        "--run",
+        "true",
+        "--ready-cmd",
+        "head -c 300000000 /dev/zero; exit 1",
+        "--ready-timeout",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let pid = d.pid().unwrap();
+    let before = trust::rss(pid);
+    let o = d.run(&["create", "--no-home", "--template", "chatty"]);
+    assert!(!o.status.success());
+    let grew = trust::rss(pid).saturating_sub(before);
+    assert!(
+        grew < 64 << 20,
+        "a ready command's output grew the daemon by {} MiB",
+        grew >> 20
+    );
+    d.finish();
+}
+
+#[test]
+fn names_that_are_not_utf8_are_listed_and_read_exactly() {
+    if !can_run("names_that_are_not_utf8_are_listed_and_read_exactly") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home"]);
+    let (code, _) = d.exec(
+        &id,
+        "mkdir /root/n && printf one > \"/root/n/$(printf 'a\\377')\" && \
+         printf two > \"/root/n/$(printf 'a\\376')\"",
+    );
+    assert_eq!(code, 0);
+    let r = d.http(
+        trust::Via::Unix,
+        "GET",
+        &format!("/v1/sandboxes/{id}/files/list?path=/root/n"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let entries = r.json();
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    let twins: Vec<&str> = entries
+        .iter()
+        .map(|e| e["path_b64"].as_str().expect("an exact twin of the name"))
+        .collect();
+    assert_ne!(twins[0], twins[1], "two names that display alike are told apart");
+    let mut read = Vec::new();
+    for t in twins {
+        let r = d.http(
+            trust::Via::Unix,
+            "GET",
+            &format!("/v1/sandboxes/{id}/files?path_b64={}", trust::enc(t)),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        read.push(r.text());
+    }
+    read.sort();
+    assert_eq!(read, ["one", "two"]);
+    d.finish();
+}
+
+#[test]
+fn host_directories_stay_read_only_below_and_nothing_honours_setuid_or_devices() {
+    if !can_run("host_directories_stay_read_only_below_and_nothing_honours_setuid_or_devices") {
+        return;
+    }
+    // A submount below /usr, in a mount namespace of the test's own (the host's /usr
+    // is untouched): a sandbox made there must not write through it.
+    let w = warren();
+    let script = "mount -t tmpfs sub /usr/local/games && \
+                  exec \"$0\" run --rm --volume bnd-vol:/data -- sh -c \"$1\"";
+    let inside = "touch /usr/local/games/x 2>&1; echo rc=$?; \
+                  cat /proc/self/mountinfo; \
+                  wc -c < /proc/interrupts; ls /sys/devices/virtual/powercap 2>/dev/null | wc -l";
+    let o = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .arg(w.get_program())
+        .arg(inside)
+        .envs(w.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .output()
+        .unwrap();
+    let out = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!out.contains("rc=0"), "a submount of a host directory was writable:\n{out}");
+    // Every mount refuses setuid; every mount but /dev and the /dev/null binds that
+    // mask files (whose nodes are the point) refuses device nodes.
+    let mut checked = 0;
+    for line in out.lines().filter(|l| l.contains(" - ")) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (point, opts) = (fields[4], fields[5]);
+        assert!(opts.contains("nosuid"), "a mount honours setuid: {line}");
+        let device = point == "/dev" || point.starts_with("/dev/") || fields[3] == "/null";
+        if !device {
+            assert!(opts.contains("nodev"), "a mount honours device nodes: {line}");
+        }
+        checked += usize::from(matches!(point, "/" | "/usr" | "/data" | "/usr/local/games"));
+    }
+    assert!(checked >= 3, "the root, /usr and /data mounts were not all seen:\n{out}");
+    let counts: Vec<&str> = out.lines().rev().take(2).collect();
+    assert_eq!(counts, ["0", "0"], "/proc/interrupts or powercap is not masked:\n{out}");
+    let _ = std::fs::remove_dir_all(common::test_root().join("data/volumes/bnd-vol"));
+}
+
+#[test]
+fn doctor_tells_another_daemons_live_link_from_a_leftover() {
+    if !can_run("doctor_tells_another_daemons_live_link_from_a_leftover") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home", "--network", "nat"]);
+    let link = warren_runtime::network::link_name(&id);
+    // Another Warren of the host, with directories of its own.
+    let other = tempfile::tempdir_in("/tmp").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("doctor")
+        .env("WARREN_RUN_DIR", other.path().join("run"))
+        .env("WARREN_DATA_DIR", other.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        !stdout(&o).contains(&link),
+        "another daemon's live sandbox was reported as a leftover:\n{}",
+        stdout(&o)
+    );
+    d.finish();
+}
