@@ -1360,7 +1360,10 @@ fn names_that_are_not_utf8_are_listed_and_read_exactly() {
         .iter()
         .map(|e| e["path_b64"].as_str().expect("an exact twin of the name"))
         .collect();
-    assert_ne!(twins[0], twins[1], "two names that display alike are told apart");
+    assert_ne!(
+        twins[0], twins[1],
+        "two names that display alike are told apart"
+    );
     let mut read = Vec::new();
     for t in twins {
         let r = d.http(
@@ -1400,7 +1403,10 @@ fn host_directories_stay_read_only_below_and_nothing_honours_setuid_or_devices()
         .unwrap();
     let out = stdout(&o);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(!out.contains("rc=0"), "a submount of a host directory was writable:\n{out}");
+    assert!(
+        !out.contains("rc=0"),
+        "a submount of a host directory was writable:\n{out}"
+    );
     // Every mount refuses setuid; every mount but /dev and the /dev/null binds that
     // mask files (whose nodes are the point) refuses device nodes.
     let mut checked = 0;
@@ -1410,13 +1416,23 @@ fn host_directories_stay_read_only_below_and_nothing_honours_setuid_or_devices()
         assert!(opts.contains("nosuid"), "a mount honours setuid: {line}");
         let device = point == "/dev" || point.starts_with("/dev/") || fields[3] == "/null";
         if !device {
-            assert!(opts.contains("nodev"), "a mount honours device nodes: {line}");
+            assert!(
+                opts.contains("nodev"),
+                "a mount honours device nodes: {line}"
+            );
         }
         checked += usize::from(matches!(point, "/" | "/usr" | "/data" | "/usr/local/games"));
     }
-    assert!(checked >= 3, "the root, /usr and /data mounts were not all seen:\n{out}");
+    assert!(
+        checked >= 3,
+        "the root, /usr and /data mounts were not all seen:\n{out}"
+    );
     let counts: Vec<&str> = out.lines().rev().take(2).collect();
-    assert_eq!(counts, ["0", "0"], "/proc/interrupts or powercap is not masked:\n{out}");
+    assert_eq!(
+        counts,
+        ["0", "0"],
+        "/proc/interrupts or powercap is not masked:\n{out}"
+    );
     let _ = std::fs::remove_dir_all(common::test_root().join("data/volumes/bnd-vol"));
 }
 

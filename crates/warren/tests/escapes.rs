@@ -359,15 +359,48 @@ fn cgroup_limits_cannot_be_raised_from_inside() {
     if !can_run("cgroup_limits_cannot_be_raised_from_inside") {
         return;
     }
+    // Try every way to a cgroup file: the visible tree, a fresh mount of either
+    // version. Then show the limits still hold: 32 processes at most, and a 96 MiB
+    // buffer is killed under a 64 MiB limit.
     let out = sh_ok(
         &["--memory", "64M", "--pids", "32"],
         "for f in $(find /sys/fs/cgroup -maxdepth 3 -name 'memory.limit_in_bytes' -o \
                     -maxdepth 3 -name 'memory.max' -o -maxdepth 3 -name 'pids.max' \
                     -o -maxdepth 3 -name 'cgroup.procs' 2>/dev/null); do \
            echo max > $f 2>/dev/null && echo wrote:$f; echo 1 > $f 2>/dev/null && echo wrote:$f; \
-         done; mkdir /sys/fs/cgroup/memory/escape 2>/dev/null && echo made-cgroup; true",
+         done; mkdir /sys/fs/cgroup/memory/escape 2>/dev/null && echo made-cgroup; \
+         mkdir -p /tmp/cg; mount -t cgroup -o memory none /tmp/cg 2>/dev/null && echo mounted-v1; \
+         mount -t cgroup2 none /tmp/cg 2>/dev/null && echo mounted-v2; \
+         dd if=/dev/zero of=/dev/null bs=96M count=1 2>/dev/null; echo big=$?; \
+         sh -c 'for i in $(seq 1 48); do sleep 5 & done' 2>/dev/null; \
+         set -- /proc/[0-9]*; echo procs=$#; kill -9 -1 2>/dev/null; true",
     );
-    assert_eq!(out.trim(), "", "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let escapes: Vec<&&str> = lines
+        .iter()
+        .filter(|l| !l.starts_with("procs=") && !l.starts_with("big="))
+        .collect();
+    assert!(
+        escapes.is_empty(),
+        "a cgroup was reachable from inside:\n{out}"
+    );
+    let procs: u32 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("procs="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no process count:\n{out}"));
+    assert!(
+        procs <= 32,
+        "the pids limit of 32 did not hold ({procs} processes):\n{out}"
+    );
+    assert!(
+        procs >= 8,
+        "the process count is implausible ({procs}):\n{out}"
+    );
+    assert!(
+        !lines.contains(&"big=0"),
+        "a 96 MiB buffer lived under a 64 MiB limit:\n{out}"
+    );
 }
 
 #[test]
