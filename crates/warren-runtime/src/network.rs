@@ -415,4 +415,14 @@ mod tests {
     fn link_names_fit_ifnamsiz() {
         assert!(link_name("0123456789abcdef").len() < 16);
     }
+
+    #[test]
+    fn ids_sharing_a_prefix_get_different_links() {
+        // Sandbox ids that agree in their first characters (the old naming cut ids
+        // short, so two such sandboxes shared one link name) must not collide.
+        let ids: Vec<String> = (0..4096).map(|i| format!("0123456789ab{i:04x}")).collect();
+        let names: std::collections::HashSet<String> = ids.iter().map(|i| link_name(i)).collect();
+        assert_eq!(names.len(), ids.len());
+        assert!(names.iter().all(|n| n.starts_with(LINK_PREFIX) && n.len() < 16));
+    }
 }
