@@ -423,6 +423,8 @@ mod tests {
         let ids: Vec<String> = (0..4096).map(|i| format!("0123456789ab{i:04x}")).collect();
         let names: std::collections::HashSet<String> = ids.iter().map(|i| link_name(i)).collect();
         assert_eq!(names.len(), ids.len());
-        assert!(names.iter().all(|n| n.starts_with(LINK_PREFIX) && n.len() < 16));
+        assert!(names
+            .iter()
+            .all(|n| n.starts_with(LINK_PREFIX) && n.len() < 16));
     }
 }

@@ -489,3 +489,58 @@ fn a_shared_terminal_lets_guests_watch_or_type_until_revoked() {
     });
     d.finish();
 }
+
+#[test]
+fn a_share_shows_only_what_follows_it_and_ends_with_its_process() {
+    if !can_run("a_share_shows_only_what_follows_it_and_ends_with_its_process") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--name", "later"]);
+    // The owner's terminal shows a secret before anything is shared.
+    let pid = d
+        .ok(&[
+            "exec",
+            "-d",
+            "-t",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo owner-only-secret; sleep 1; while :; do echo tick; sleep 0.2; done",
+        ])
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(1500));
+    let token = d.ok(&["share", &id, &pid]).trim().to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut guest = join(&d.socket(), &token).await.unwrap();
+        let seen = expect_frame(&mut guest, "tick\r\ntick").await;
+        assert!(
+            !seen.contains("owner-only-secret"),
+            "a guest saw what the terminal showed before the share: {seen:?}"
+        );
+        // The process ends: the guest is told, and the token opens nothing more, not
+        // even a later process that happens to get the same pid.
+        d.ok(&["exec", &id, "--", "kill", "-9", &pid]);
+        expect_frame(&mut guest, "exit").await;
+        for _ in 0..50 {
+            if join(&d.socket(), &token).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            join(&d.socket(), &token).await.is_err(),
+            "a share outlived its process"
+        );
+    });
+    let list = d.ok(&["share", "--list", &id]);
+    assert_eq!(list.lines().skip(1).count(), 0, "{list}");
+    d.finish();
+}
