@@ -747,3 +747,26 @@ async fn refuse(socket: &mut WebSocket, what: &str) {
     );
     notice(socket, &PtyNotice::Error(e.body())).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_len_is_what_serde_json_and_base64_write() {
+        let mut samples: Vec<Vec<u8>> = vec![
+            Vec::new(),
+            b"plain text\n".to_vec(),
+            b"\"quoted\" \\ back\tslash\r\n\x08\x0c".to_vec(),
+            (0u8..=255).collect(),
+            "ünïcödé ✓ 😀".as_bytes().to_vec(),
+            vec![0xff, 0xfe, b'a', 0xc3],
+        ];
+        samples.push(samples.concat());
+        for data in samples {
+            let json = serde_json::to_string(&String::from_utf8_lossy(&data)).unwrap();
+            let sent = json.len() - 2 + B64.encode(&data).len();
+            assert_eq!(encoded_len(&data), sent, "{data:?}");
+        }
+    }
+}
