@@ -208,7 +208,7 @@ pub(crate) fn make_dir(path: &Path, mode: Option<u32>) -> Response {
 
 pub(crate) fn remove(path: &Path, recursive: bool) -> Response {
     let result = match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() && recursive => fs::remove_dir_all(path),
+        Ok(m) if m.is_dir() && recursive => remove_tree(path),
         Ok(m) if m.is_dir() => fs::remove_dir(path),
         Ok(_) => fs::remove_file(path),
         Err(e) => Err(e),
@@ -217,6 +217,31 @@ pub(crate) fn remove(path: &Path, recursive: bool) -> Response {
         Ok(()) => Response::Ok,
         Err(e) => Failure::io(path.display(), &e).response(),
     }
+}
+
+/// Removes a directory and everything in it, without recursion: a tree in a sandbox
+/// can be nested deeper than any stack (a level past the longest path fails cleanly
+/// with ENAMETOOLONG). Links are removed, never followed.
+fn remove_tree(root: &Path) -> io::Result<()> {
+    // Each directory is visited twice: to remove its files and queue its
+    // subdirectories, then, once they are gone, to remove it.
+    let mut stack = vec![(root.to_path_buf(), false)];
+    while let Some((dir, emptied)) = stack.pop() {
+        if emptied {
+            fs::remove_dir(&dir)?;
+            continue;
+        }
+        stack.push((dir.clone(), true));
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push((entry.path(), false));
+            } else {
+                fs::remove_file(entry.path())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 pub(crate) fn rename(from: &Path, to: &Path) -> Response {
@@ -489,5 +514,32 @@ impl Drop for TempFile {
         if !self.persisted {
             let _ = fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deep_tree_is_removed_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let keep = dir.path().join("keep");
+        fs::create_dir(&keep).unwrap();
+        fs::write(keep.join("file"), "mine").unwrap();
+        let root = dir.path().join("t");
+        fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink(&keep, root.join("link")).unwrap();
+        // Deeper than the stack of a thread that recursed once per level would allow.
+        let made = std::process::Command::new("perl")
+            .arg("-e")
+            .arg("chdir $ARGV[0] or die; for (1..800) { mkdir 'd' or die; chdir 'd' or die; open(F, '>f') or die }")
+            .arg(&root)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        assert!(matches!(remove(&root, true), Response::Ok));
+        assert!(!root.exists());
+        assert_eq!(fs::read_to_string(keep.join("file")).unwrap(), "mine");
     }
 }

@@ -681,7 +681,7 @@ impl Manager {
                 .await
             }
         };
-        let _ = self.backend.remove_data(&id);
+        let _ = self.backend.remove_data(&id).await;
         let _ = std::fs::remove_file(&log_path);
         let meta = match result {
             Ok(m) => m,
@@ -794,7 +794,7 @@ fn capture(
     let (layer, bytes) = template::snapshot_layer(paths, src)?;
     meta.layers.insert(0, layer.clone());
     if let Err(e) = template::save(paths, &meta) {
-        let _ = std::fs::remove_dir_all(template::layer_path(paths, &layer));
+        let _ = warren_runtime::tree::remove(&template::layer_path(paths, &layer));
         return Err(e);
     }
     meta.key = meta.storage_key();

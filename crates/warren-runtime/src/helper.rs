@@ -261,7 +261,7 @@ impl Cleanup {
             }
         }
         for d in self.dirs.drain(..).rev() {
-            if fs::remove_dir_all(&d).is_err() {
+            if crate::tree::remove(&d).is_err() {
                 let _ = fs::remove_file(&d);
             }
         }

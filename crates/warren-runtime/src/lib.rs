@@ -15,6 +15,7 @@ pub mod network;
 pub mod oci;
 pub mod template;
 pub mod trace;
+pub mod tree;
 
 use std::path::PathBuf;
 

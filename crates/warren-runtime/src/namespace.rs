@@ -250,18 +250,18 @@ impl NamespaceBackend {
         }
         let _ = std::fs::remove_dir_all(self.paths.sandbox_run(id));
         if remove_data {
-            let _ = std::fs::remove_dir_all(self.paths.sandbox_data(id));
+            let _ = crate::tree::remove(&self.paths.sandbox_data(id));
         }
     }
 
-    /// Deletes a stopped sandbox's kept files.
-    pub fn remove_data(&self, id: &str) -> Result<()> {
-        match std::fs::remove_dir_all(self.paths.sandbox_data(id)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(crate::io_err("remove the sandbox's files")(e))
-            }
-            _ => Ok(()),
-        }
+    /// Deletes a stopped sandbox's kept files, off the async runtime's threads (a tree
+    /// a sandbox made can take seconds to remove).
+    pub async fn remove_data(&self, id: &str) -> Result<()> {
+        let data = self.paths.sandbox_data(id);
+        tokio::task::spawn_blocking(move || crate::tree::remove(&data))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .map_err(crate::io_err("remove the sandbox's files"))
     }
 }
 

@@ -8,9 +8,14 @@
 //! carries, when the host has it).
 //!
 //! The host's filter rules live in chains of Warren's own (`WARREN-INPUT`,
-//! `WARREN-FORWARD`, and `WARREN-POSTROUTING` for NAT), jumped to first from the
-//! built-in chains, and do not rely on the host's policies:
+//! `WARREN-FORWARD`, `WARREN-PREROUTING` in the raw table, and `WARREN-POSTROUTING` for
+//! NAT), jumped to first from the built-in chains, and do not rely on the host's
+//! policies:
 //!
+//! - nothing from a sandbox whose source address is not its own (root inside may set
+//!   any): the raw table's reverse-path check drops a packet whose source would not be
+//!   routed back through the link it came in on, so a sandbox can neither send forged
+//!   packets out of the host (unmasqueraded, as anyone's) nor pass for a neighbour;
 //! - nothing from a sandbox to the host itself, to another sandbox, or to a link-local
 //!   (metadata) address;
 //! - nothing into a sandbox but replies to connections it opened: a neighbour routing
@@ -225,6 +230,9 @@ type Chains = Vec<(&'static str, Vec<String>)>;
 fn filter_v4(router_guard: bool) -> Chains {
     let w = format!("{LINK_PREFIX}+");
     let mut forward = vec![
+        // Behind the reverse-path check: whatever else a sandbox forges, an address
+        // outside the sandboxes' subnet never leaves the host unmasqueraded.
+        format!("! -s {SUBNET} -i {w} -j DROP"),
         format!("-i {w} -o {w} -j DROP"),
         // Link-local addresses: a cloud's metadata service (169.254.169.254) hands out
         // the machine's credentials to whoever asks.
@@ -330,10 +338,18 @@ fn host_rules() -> Result<(), NetError> {
         "WARREN-POSTROUTING",
         vec![format!("-s {SUBNET} ! -o {LINK_PREFIX}+ -j MASQUERADE")],
     )];
+    let reverse_path = vec![(
+        "WARREN-PREROUTING",
+        vec![format!("-i {LINK_PREFIX}+ -m rpfilter --invert -j DROP")],
+    )];
     ensure_family(
         "iptables",
         "iptables-restore",
-        &[("filter", filter_v4(guard)), ("nat", masquerade)],
+        &[
+            ("raw", reverse_path),
+            ("filter", filter_v4(guard)),
+            ("nat", masquerade),
+        ],
     )?;
     // Both ends have IPv6 off; these rules are for anything of Warren's that has it
     // anyway. A host without ip6tables has no IPv6 filtering to do it with.

@@ -428,7 +428,7 @@ pub fn save(paths: &Paths, meta: &TemplateMeta) -> Result<()> {
             Err(e) => Err(io_err("write the template")(e)),
         });
     if r.is_err() {
-        let _ = fs::remove_dir_all(&stage);
+        let _ = crate::tree::remove(&stage);
     }
     r
 }
@@ -450,7 +450,7 @@ pub fn remove(paths: &Paths, key: &str) -> Result<()> {
         crate::new_id()?
     ));
     fs::rename(&dir, &gone).map_err(io_err(format!("remove {}", dir.display())))?;
-    fs::remove_dir_all(&gone).map_err(io_err(format!("remove {}", gone.display())))
+    crate::tree::remove(&gone).map_err(io_err(format!("remove {}", gone.display())))
 }
 
 /// Where the layers live.
@@ -542,7 +542,7 @@ impl Staging {
 impl Drop for Staging {
     fn drop(&mut self) {
         if !self.done {
-            let _ = fs::remove_dir_all(&self.dir);
+            let _ = crate::tree::remove(&self.dir);
         }
     }
 }
@@ -551,77 +551,9 @@ fn size_file(paths: &Paths, id: &str) -> PathBuf {
     layers_dir(paths).join(format!(".{id}.size"))
 }
 
-/// How deep [`dir_size`] goes: one open directory per level. A tree deeper than this is
-/// counted down to here; what lies below is left out rather than reached by path.
-pub const WALK_DEPTH: usize = 512;
-
-/// Hard-linked files remembered so they are counted once; past this many (a tree made
-/// to exhaust the walker's memory), further links are counted again, which only
-/// overstates.
-const WALK_LINKS: usize = 100_000;
-
-/// Bytes on disk under `root` (allocated blocks; hard links counted once).
-///
-/// The tree may be a sandbox's own, changing under the walk in whatever way its
-/// processes like (a directory swapped for a symlink to the host's `/`, mid-walk). So
-/// every level is opened relative to its parent's descriptor with O_NOFOLLOW, never by
-/// path: a symlink is never followed and the walk never leaves the tree, at any depth.
-/// Its memory does not grow with the tree: entries are counted as their directory is
-/// read, and only the directories on the current path are open ([`WALK_DEPTH`] at most).
+/// Bytes on disk under `root`, which a sandbox may have shaped: see [`crate::tree`].
 pub fn dir_size(root: &Path) -> u64 {
-    use std::os::fd::AsRawFd;
-
-    use nix::dir::Dir;
-    use nix::fcntl::{AtFlags, OFlag};
-    use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
-
-    fn is_dir(st: &FileStat) -> bool {
-        SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
-    }
-    let mut seen = std::collections::HashSet::new();
-    let mut count = |st: &FileStat| -> u64 {
-        if st.st_nlink > 1 && !is_dir(st) {
-            if seen.contains(&(st.st_dev, st.st_ino)) {
-                return 0;
-            }
-            if seen.len() < WALK_LINKS {
-                seen.insert((st.st_dev, st.st_ino));
-            }
-        }
-        st.st_blocks as u64 * 512
-    };
-    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-    let Ok(top) = fstatat(None, root, AtFlags::AT_SYMLINK_NOFOLLOW) else {
-        return 0;
-    };
-    let mut total = count(&top);
-    let Ok(dir) = Dir::open(root, flags, Mode::empty()) else {
-        return total;
-    };
-    let mut open = vec![dir.into_iter()];
-    while let Some(it) = open.last_mut() {
-        let Some(entry) = it.next() else {
-            open.pop();
-            continue;
-        };
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        if name.to_bytes() == b"." || name.to_bytes() == b".." {
-            continue;
-        }
-        let parent = it.as_raw_fd();
-        let Ok(st) = fstatat(Some(parent), name, AtFlags::AT_SYMLINK_NOFOLLOW) else {
-            continue; // removed while we read it
-        };
-        total += count(&st);
-        if is_dir(&st) && open.len() < WALK_DEPTH {
-            // Swapped for a symlink since the stat: O_NOFOLLOW refuses it.
-            if let Ok(sub) = Dir::openat(Some(parent), name, flags, Mode::empty()) {
-                open.push(sub.into_iter());
-            }
-        }
-    }
-    total
+    crate::tree::size(root)
 }
 
 /// Bytes the files of sandbox `id` take on the host: its writable layer, walked (see
@@ -755,16 +687,15 @@ pub fn snapshot_layer(paths: &Paths, src: &UpperSource) -> Result<(String, u64)>
             c
         }
     };
-    let out = cmd.output().map_err(io_err(
+    let (status, why) = crate::tree::run_quietly(&mut cmd).map_err(io_err(
         "run cp for the snapshot (install coreutils and util-linux)",
     ))?;
     if let UpperSource::Image(_) = src {
         let _ = fs::remove_dir(staging.path().with_extension("mnt"));
     }
-    if !out.status.success() {
+    if !status.success() {
         return Err(Error::Setup(format!(
-            "copying the sandbox's files failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "copying the sandbox's files failed: {why}"
         )));
     }
     let id = format!("snap-{}{}", crate::new_id()?, crate::new_id()?);
@@ -795,7 +726,7 @@ pub fn gc(paths: &Paths, dry_run: bool) -> Result<GcReport> {
             if !pid_alive(rest) {
                 report.bytes += dir_size(&path);
                 if !dry_run {
-                    let _ = fs::remove_dir_all(&path);
+                    let _ = crate::tree::remove(&path);
                 }
             }
             continue;
@@ -806,7 +737,7 @@ pub fn gc(paths: &Paths, dry_run: bool) -> Result<GcReport> {
         report.bytes += layer_size(paths, &name);
         report.layers.push(name.clone());
         if !dry_run {
-            fs::remove_dir_all(&path).map_err(io_err(format!("remove {}", path.display())))?;
+            crate::tree::remove(&path).map_err(io_err(format!("remove {}", path.display())))?;
             let _ = fs::remove_file(size_file(paths, &name));
         }
     }
@@ -822,7 +753,7 @@ pub fn gc(paths: &Paths, dry_run: bool) -> Result<GcReport> {
         if name.starts_with(OLD_HOST) && !host_in_use {
             report.bytes += dir_size(&e.path());
             if !dry_run {
-                let _ = fs::remove_dir_all(e.path());
+                let _ = crate::tree::remove(&e.path());
             }
             continue;
         }
@@ -832,7 +763,7 @@ pub fn gc(paths: &Paths, dry_run: bool) -> Result<GcReport> {
         if !pid_alive(rest) {
             report.bytes += dir_size(&e.path());
             if !dry_run {
-                let _ = fs::remove_dir_all(e.path());
+                let _ = crate::tree::remove(&e.path());
             }
         }
     }
@@ -891,7 +822,7 @@ fn build_host(paths: &Paths, dir: &Path) -> Result<()> {
     // A builder that died left its scratch copy; with the lock held, none is running.
     for e in fs::read_dir(parent).into_iter().flatten().flatten() {
         if e.file_name().to_string_lossy().starts_with(".host-") {
-            let _ = fs::remove_dir_all(e.path());
+            let _ = crate::tree::remove(&e.path());
         }
     }
     let scratch = parent.join(format!(".host-{}", crate::new_id()?));
@@ -901,7 +832,7 @@ fn build_host(paths: &Paths, dir: &Path) -> Result<()> {
             .map_err(io_err("write template version"))
     });
     if let Err(e) = r {
-        let _ = fs::remove_dir_all(&scratch);
+        let _ = crate::tree::remove(&scratch);
         return Err(e);
     }
     // An older version is set aside; sandboxes still running on it keep their files
@@ -910,10 +841,10 @@ fn build_host(paths: &Paths, dir: &Path) -> Result<()> {
     let _ = fs::rename(dir, &old);
     let r = fs::rename(&scratch, dir).map_err(io_err(format!("rename into {}", dir.display())));
     if r.is_err() {
-        let _ = fs::remove_dir_all(&scratch);
+        let _ = crate::tree::remove(&scratch);
     }
     if old.exists() && live_users(paths, HOST).is_empty() {
-        let _ = fs::remove_dir_all(&old);
+        let _ = crate::tree::remove(&old);
     }
     r
 }
@@ -1095,43 +1026,6 @@ mod tests {
         assert_eq!(home.uid(), HOST_ID_BASE + USER_ID);
         let tmp = fs::metadata(root.join("tmp")).unwrap();
         assert_eq!(tmp.mode() & 0o7777, 0o1777);
-    }
-
-    #[test]
-    fn dir_size_agrees_with_du_on_wide_deep_and_linked_trees() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("t");
-        fs::create_dir(&root).unwrap();
-        for i in 0..300 {
-            fs::write(root.join(format!("f{i}")), vec![b'x'; i * 37]).unwrap();
-        }
-        fs::hard_link(root.join("f299"), root.join("link")).unwrap();
-        // Deeper than the directories the walk keeps open, with files all the way down.
-        let mut deep = root.clone();
-        for i in 0..70 {
-            deep = deep.join(format!("d{i}"));
-            fs::create_dir(&deep).unwrap();
-            fs::write(deep.join("f"), vec![b'y'; 5000]).unwrap();
-        }
-        symlink("f1", root.join("sym")).unwrap();
-        let du = Command::new("du")
-            .args(["-s", "-B1"])
-            .arg(&root)
-            .output()
-            .unwrap();
-        let du: u64 = String::from_utf8(du.stdout)
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert_eq!(dir_size(&root), du);
-        assert_eq!(
-            dir_size(&root.join("f299")),
-            fs::metadata(root.join("f299")).unwrap().blocks() * 512
-        );
-        assert_eq!(dir_size(&root.join("missing")), 0);
     }
 
     #[test]

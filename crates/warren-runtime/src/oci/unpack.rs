@@ -323,7 +323,7 @@ fn set_opaque(dir: &Path) -> Result<(), UnpackError> {
 fn clear(p: &Path) -> Result<(), UnpackError> {
     match p.symlink_metadata() {
         Ok(m) if m.file_type().is_dir() => {
-            fs::remove_dir_all(p).map_err(io_err(format!("replace {}", p.display())))
+            crate::tree::remove(p).map_err(io_err(format!("replace {}", p.display())))
         }
         Ok(_) => fs::remove_file(p).map_err(io_err(format!("replace {}", p.display()))),
         Err(_) => Ok(()),
