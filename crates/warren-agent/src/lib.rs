@@ -88,6 +88,11 @@ pub(crate) struct Agent {
 pub fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) -> io::Result<()> {
     if config.reap_all {
         warren_sys::child::set_non_dumpable()?;
+        // No core dumps in a sandbox, and no way to turn them back on (raising a hard
+        // limit needs CAP_SYS_RESOURCE in the host's user namespace): the host's
+        // core_pattern may pipe a crash to a host program running as host root, and
+        // writes the dump to the host's disk.
+        nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0)?;
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -505,6 +505,19 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
     };
     let home = account.as_ref().and_then(|a| a.home.clone());
 
+    if let Some(why) = warren_types::spec::env_problem(&req.env) {
+        return Err(Failure::new(ErrorCode::BadRequest, why));
+    }
+    let nul = match &command {
+        Command::Shell(script) => script.contains('\0'),
+        Command::Argv(argv) => argv.iter().any(|a| a.contains('\0')),
+    };
+    if nul || req.cwd.as_ref().is_some_and(|c| c.contains('\0')) {
+        return Err(Failure::new(
+            ErrorCode::BadRequest,
+            "the command or working directory holds a NUL byte, which no command line carries",
+        ));
+    }
     let mut env = config.env.clone();
     env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(home) = &home {
@@ -547,6 +560,7 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
                     "exec needs a non-empty argv",
                 ));
             };
+
             let program = user::find_program(first, env.get("PATH").map(String::as_str), &cwd)
                 .ok_or_else(|| {
                     Failure::new(

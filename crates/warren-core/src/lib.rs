@@ -765,6 +765,9 @@ impl Manager {
         policy.check_resources(&req.resources, "resources")?;
         policy::check_tags("labels", &req.labels)?;
         policy::check_tags("metadata", &req.metadata)?;
+        if let Some(why) = warren_types::spec::env_problem(&req.env) {
+            return Err(CoreError::Invalid(why));
+        }
         if req.home_volume.unwrap_or(true) {
             let size = req.home_size.unwrap_or(policy.home_size);
             policy.check_home(size)?;
@@ -925,7 +928,7 @@ impl Manager {
                 Ok(self.info_with(&r, true))
             }
             Err(e) => {
-                let _ = self.backend.remove_data(&id);
+                let _ = self.backend.remove_data(&id).await;
                 self.store().set_state(&id, SandboxState::Terminated)?;
                 self.event(&record, "failed", e.to_string());
                 Err(match e {
@@ -1341,7 +1344,10 @@ impl Manager {
         if let Some(l) = live {
             l.sandbox.destroy().await.map_err(CoreError::from)?;
         }
-        self.backend.remove_data(&r.id).map_err(CoreError::from)?;
+        self.backend
+            .remove_data(&r.id)
+            .await
+            .map_err(CoreError::from)?;
         self.store().set_state(&r.id, SandboxState::Terminated)?;
         self.forget_shares(&r.id);
         self.metrics.terminated.fetch_add(1, Ordering::Relaxed);

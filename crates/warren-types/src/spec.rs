@@ -70,3 +70,38 @@ pub struct SandboxSpec {
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
+
+/// Why `env` cannot be a process's environment, if it cannot: a name must be
+/// non-empty and hold neither `=` nor NUL (`A=B` would set another variable than the
+/// one named), and no value may hold NUL.
+pub fn env_problem(env: &BTreeMap<String, String>) -> Option<String> {
+    env.iter().find_map(|(k, v)| {
+        if k.is_empty() || k.contains(['=', '\0']) {
+            Some(format!(
+                "environment variable name {k:?}: use a non-empty name without '=' or NUL"
+            ))
+        } else if v.contains('\0') {
+            Some(format!(
+                "environment variable {k}: the value holds a NUL byte"
+            ))
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn names_that_would_set_another_variable_are_refused() {
+        let one = |k: &str, v: &str| env_problem(&BTreeMap::from([(k.into(), v.into())]));
+        assert_eq!(one("PATH", "/bin:/usr/bin"), None);
+        assert_eq!(one("WEIRD_BUT_FINE.x-y", "a=b"), None);
+        assert!(one("", "x").is_some());
+        assert!(one("A=B", "x").unwrap().contains("'='"));
+        assert!(one("A\0B", "x").is_some());
+        assert!(one("A", "x\0y").unwrap().contains("NUL"));
+    }
+}
