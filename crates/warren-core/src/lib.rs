@@ -265,6 +265,12 @@ struct Pool {
 /// The event kind that records a termination under way.
 const TERMINATING: &str = "terminating";
 
+/// How long a terminated sandbox's record and events are kept (`warren logs` of a
+/// sandbox removed today still works).
+const KEEP_TERMINATED_MS: i64 = 24 * 3600 * 1000;
+/// How often the reaper looks for records to forget.
+const PRUNE_EVERY_MS: i64 = 10 * 60 * 1000;
+
 /// Runs a future to completion on a thread of its own: `recover` runs inside `open`,
 /// on the caller's runtime, and must finish a teardown before it goes on.
 fn block_on_own_thread<F: std::future::Future + Send + 'static>(f: F) -> Option<F::Output>
@@ -330,6 +336,8 @@ pub struct Manager {
     passes: AtomicU64,
     /// A walk of the sandboxes' disks is under way (see [`Manager::measure_disks`]).
     measuring: AtomicBool,
+    /// When the reaper last forgot long-terminated sandboxes (ms).
+    pruned_at: std::sync::atomic::AtomicI64,
     pools: Mutex<Vec<Arc<Pool>>>,
     shares: Mutex<Vec<Arc<share::Share>>>,
     backend: NamespaceBackend,
@@ -399,6 +407,7 @@ impl Manager {
         let mgr = Arc::new(Self {
             passes: AtomicU64::new(0),
             measuring: AtomicBool::new(false),
+            pruned_at: std::sync::atomic::AtomicI64::new(0),
             pools: Mutex::new(Vec::new()),
             shares: Mutex::new(Vec::new()),
             backend,
@@ -1503,10 +1512,15 @@ impl Manager {
             .unwrap_or(0)
     }
 
-    /// One pass of the reaper: activity from CPU use and attached clients, then expiry.
+    /// One pass of the reaper: activity from CPU use and attached clients, then expiry;
+    /// now and then, the records of sandboxes that ended long ago are forgotten.
     async fn reap(&self) {
         let interval_us = self.config.reaper_interval.as_micros() as f64;
         let now = now_ms();
+        if now - self.pruned_at.load(Ordering::Relaxed) >= PRUNE_EVERY_MS {
+            self.pruned_at.store(now, Ordering::Relaxed);
+            let _ = self.store().prune_terminated(now - KEEP_TERMINATED_MS);
+        }
         let mut active = Vec::new();
         let mut dead = Vec::new();
         {

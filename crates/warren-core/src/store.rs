@@ -99,6 +99,9 @@ pub struct Store {
     conn: Connection,
 }
 
+/// Events kept per sandbox.
+pub const EVENTS_KEPT: u32 = 1000;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (
     name TEXT PRIMARY KEY,
@@ -418,10 +421,15 @@ impl Store {
     }
 
     pub fn set_state(&self, id: &str, state: SandboxState) -> Result<(), StoreError> {
-        // A terminated sandbox gives up its name, so the name can be used again.
+        // A terminated sandbox gives up its name, so the name can be used again, and
+        // its last activity is its end, from which [`Store::prune_terminated`] counts.
         self.conn.execute(
             "UPDATE sandboxes SET state = ?2, \
-             name = CASE WHEN ?2 = 'terminated' THEN NULL ELSE name END WHERE id = ?1",
+             name = CASE WHEN ?2 = 'terminated' THEN NULL ELSE name END, \
+             last_active_at = CASE WHEN ?2 = 'terminated' \
+               THEN CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) \
+               ELSE last_active_at END \
+             WHERE id = ?1",
             params![id, state.as_str()],
         )?;
         Ok(())
@@ -568,12 +576,42 @@ impl Store {
         Ok(out)
     }
 
+    /// Records an event; a sandbox keeps its last [`EVENTS_KEPT`] (one that pauses and
+    /// resumes in a loop must not grow the store without end).
     pub fn add_event(&self, e: &EventRow) -> Result<(), StoreError> {
         self.conn.execute(
             "INSERT INTO events (time, sandbox, owner, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![e.time, e.sandbox, e.owner, e.kind, e.message],
         )?;
+        self.conn
+            .prepare_cached(
+                "DELETE FROM events WHERE sandbox = ?1 AND seq <= \
+                 (SELECT seq FROM events WHERE sandbox = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![e.sandbox, EVENTS_KEPT])?;
         Ok(())
+    }
+
+    /// Forgets sandboxes terminated before `before` (ms), with their events, and sessions
+    /// that ended before then: a tenant that creates and removes sandboxes in a loop must
+    /// not grow the store without end. Returns how many sandboxes went.
+    pub fn prune_terminated(&self, before: i64) -> Result<usize, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        tx.execute(
+            "DELETE FROM events WHERE sandbox IN (SELECT id FROM sandboxes \
+             WHERE state = 'terminated' AND last_active_at < ?1)",
+            params![before],
+        )?;
+        let n = tx.execute(
+            "DELETE FROM sandboxes WHERE state = 'terminated' AND last_active_at < ?1",
+            params![before],
+        )?;
+        tx.execute(
+            "DELETE FROM sessions WHERE state = 'terminated' AND since < ?1",
+            params![before],
+        )?;
+        tx.commit()?;
+        Ok(n)
     }
 
     /// The last `limit` events of a sandbox, oldest first.
@@ -652,6 +690,48 @@ mod tests {
         drop(store);
         // Opening again finds nothing left to do.
         Store::open(&path).unwrap();
+    }
+
+    fn event(sandbox: &str, n: usize) -> EventRow {
+        EventRow {
+            time: n as i64,
+            sandbox: sandbox.into(),
+            owner: "o".into(),
+            kind: "k".into(),
+            message: format!("event {n}"),
+        }
+    }
+
+    #[test]
+    fn a_sandbox_keeps_its_last_events_only() {
+        let store = Store::in_memory().unwrap();
+        for n in 0..EVENTS_KEPT as usize + 50 {
+            store.add_event(&event("busy", n)).unwrap();
+        }
+        store.add_event(&event("quiet", 0)).unwrap();
+        let kept = store.events_of("busy", u32::MAX).unwrap();
+        assert_eq!(kept.len(), EVENTS_KEPT as usize);
+        assert_eq!(kept[0].message, "event 50");
+        assert_eq!(store.events_of("quiet", 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn sandboxes_terminated_long_ago_are_forgotten_with_their_events() {
+        let store = Store::in_memory().unwrap();
+        for id in ["ended", "live"] {
+            store.insert(&record(id, None)).unwrap();
+            store.add_event(&event(id, 1)).unwrap();
+        }
+        store.set_state("ended", SandboxState::Terminated).unwrap();
+        // Its end is now: nothing before that is forgotten yet.
+        let ended_at = store.get("ended").unwrap().unwrap().last_active_at;
+        assert!(ended_at > 1_700_000_000_000, "{ended_at}");
+        assert_eq!(store.prune_terminated(ended_at - 1000).unwrap(), 0);
+        assert_eq!(store.prune_terminated(ended_at + 1).unwrap(), 1);
+        assert!(store.get("ended").unwrap().is_none());
+        assert!(store.events_of("ended", 10).unwrap().is_empty());
+        assert!(store.get("live").unwrap().is_some());
+        assert_eq!(store.events_of("live", 10).unwrap().len(), 1);
     }
 
     #[test]
