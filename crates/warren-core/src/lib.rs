@@ -384,11 +384,15 @@ fn random_hex(bytes: usize) -> Result<String> {
 
 use crate::tokens::sha256_hex;
 
-fn valid_owner(s: &str) -> bool {
+/// Whether `s` can name an owner, a tenant or a session's client: 1-128 letters, digits
+/// and `- _ . @ +`, and not `.` or `..` (which a path or a URL would read otherwise).
+pub fn valid_owner(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
+        && s != "."
+        && s != ".."
 }
 
 impl Manager {
@@ -724,7 +728,7 @@ impl Manager {
         let owner = req.owner.clone().unwrap_or_else(|| who.tenant.clone());
         if !valid_owner(&owner) {
             return Err(CoreError::Invalid(format!(
-                "owner {owner:?}: use 1-128 letters, digits and - _ . @ +"
+                "owner {owner:?}: use 1-128 letters, digits and - _ . @ + (not . or ..)"
             )));
         }
         if let Some(n) = &req.name {

@@ -71,7 +71,7 @@ impl Manager {
         }
         if !valid_owner(&req.client) {
             return Err(CoreError::Invalid(format!(
-                "client {:?}: use 1-128 letters, digits and - _ . @ +",
+                "client {:?}: use 1-128 letters, digits and - _ . @ + (not . or ..)",
                 req.client
             )));
         }

@@ -317,6 +317,12 @@ impl Manager {
     /// tenant's, a tenant's (and every snapshot, which holds a sandbox's files) its own.
     fn new_template_key(&self, who: &Caller, name: &str, snapshot: bool) -> Result<(String, bool)> {
         let private = snapshot || !who.operator;
+        if !warren_runtime::valid_name(name) {
+            return Err(CoreError::Invalid(format!(
+                "template name {name:?}: use 1-64 letters, digits, '-', '_' or '.', not \
+                 starting with '.'"
+            )));
+        }
         let key = template::key(private.then_some(who.tenant.as_str()), name);
         template::check_new_name(self.backend.paths(), &key).map_err(template_error)?;
         Ok((key, private))

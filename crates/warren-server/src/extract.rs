@@ -178,17 +178,14 @@ fn unix_caller(headers: &HeaderMap) -> Result<Caller, Error> {
         return Ok(Caller::operator("default"));
     };
     let tenant = v.to_str().ok().filter(|t| valid_tenant(t)).ok_or_else(|| {
-        Error::invalid("X-Warren-Tenant: use 1-128 letters, digits and - _ . @ +")
+        Error::invalid("X-Warren-Tenant: use 1-128 letters, digits and - _ . @ + (not . or ..)")
     })?;
     Ok(Caller::operator(tenant))
 }
 
-/// The same rule the engine applies to tenant names when it makes keys.
+/// The rule the engine applies to tenant names when it makes keys.
 pub fn valid_tenant(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 128
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.@+".contains(&b))
+    warren_core::valid_owner(t)
 }
 
 fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Error> {

@@ -278,7 +278,7 @@ pub async fn create_key(
 ) -> Result<(StatusCode, axum::Json<KeyResponse>), Error> {
     if !valid_tenant(&req.tenant) {
         return Err(Error::invalid(format!(
-            "tenant {:?}: use 1-128 letters, digits and - _ . @ +",
+            "tenant {:?}: use 1-128 letters, digits and - _ . @ + (not . or ..)",
             req.tenant
         )));
     }

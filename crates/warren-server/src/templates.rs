@@ -85,17 +85,40 @@ pub async fn build(
         return Err(Error::invalid("a build has at most 1000 steps"));
     }
     let (events_tx, mut events_rx) = mpsc::channel::<BuildEvent>(256);
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
-    let (result_tx, result_rx) = tokio::sync::oneshot::channel();
+    let (result_tx, mut result_rx) = tokio::sync::oneshot::channel();
     let mgr = st.mgr.clone();
     tokio::spawn(async move {
         // The build goes on even if the client leaves: it cleans up after itself.
         let r = mgr.build_template(&who, req, events_tx).await;
         let _ = result_tx.send(r.err());
     });
+    // A build refused before it began (a bad name, an unknown base, a quota) sends no
+    // event: it is answered with its error's status, not with a stream.
+    let mut finished = false;
+    let first = tokio::select! {
+        ev = events_rx.recv() => ev,
+        r = &mut result_rx => {
+            if let Ok(Some(e)) = r {
+                return Err(e.into());
+            }
+            finished = true;
+            events_rx.recv().await
+        }
+    };
+    // Nor does one whose first word is its error, or that ended without a word.
+    if !finished && matches!(first, None | Some(BuildEvent::Error { .. })) {
+        if let Ok(Some(e)) = (&mut result_rx).await {
+            return Err(e.into());
+        }
+        finished = true;
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
         let mut ended = false;
-        while let Some(ev) = events_rx.recv().await {
+        use tokio_stream::StreamExt;
+        let mut events =
+            tokio_stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(events_rx));
+        while let Some(ev) = events.next().await {
             ended |= matches!(ev, BuildEvent::Done { .. } | BuildEvent::Error { .. });
             let mut line = serde_json::to_vec(&ev).expect("events serialize");
             line.push(b'\n');
@@ -104,10 +127,11 @@ pub async fn build(
                 continue;
             }
         }
-        // A build refused before it began (a bad name, an unknown base) sends no event
-        // of its own: without this line the client would see an empty, successful
-        // stream.
-        if let (false, Ok(Some(e))) = (ended, result_rx.await) {
+        // A build that failed without saying so still ends its stream with the error.
+        if ended || finished {
+            return;
+        }
+        if let Ok(Some(e)) = result_rx.await {
             let ev = BuildEvent::Error {
                 code: e.code().into(),
                 message: e.to_string(),

@@ -529,60 +529,16 @@ fn the_host_template_holds_no_secret_of_the_host_and_no_host_file_is_the_sandbox
 }
 
 /// A daemon on TCP with two tenants, `default` (the first key) and `b`: their keys.
-fn two_tenants(config: Option<&str>) -> (Daemon, String, String) {
-    let mut d = Daemon::start_opts(trust::Options {
-        tcp: true,
-        config: config.map(str::to_string),
-        ..Default::default()
-    });
-    d.tenants.push("b".into());
-    let key_a = d.api_key();
-    let r = d.http(
-        trust::Via::Unix,
-        "POST",
-        "/v1/keys",
-        &[("Content-Type", "application/json")],
-        br#"{"tenant":"b"}"#,
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let key_b = r.json()["api_key"].as_str().unwrap().to_string();
-    (d, key_a, key_b)
-}
-
-/// A request over TCP with `key`.
-fn as_tenant(d: &Daemon, key: &str, method: &str, path: &str, body: &str) -> trust::Resp {
-    let auth = format!("Bearer {key}");
-    d.http(
-        trust::Via::Tcp,
-        method,
-        path,
-        &[
-            ("Authorization", auth.as_str()),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    )
-}
-
-/// Makes a sandbox as `key`'s tenant: its id.
-fn create_as(d: &Daemon, key: &str, body: &str) -> String {
-    let r = as_tenant(d, key, "POST", "/v1/sandboxes", body);
-    assert_eq!(r.status, 201, "{}", r.text());
-    let id = r.json()["id"].as_str().unwrap().to_string();
-    d.saw(&id);
-    id
-}
-
 #[test]
 fn metrics_show_a_tenant_its_own_sandboxes_only() {
     if !can_run("metrics_show_a_tenant_its_own_sandboxes_only") {
         return;
     }
     let _turn = my_turn();
-    let (d, key_a, key_b) = two_tenants(None);
-    let a = create_as(&d, &key_a, r#"{"home_volume":false}"#);
-    let b = create_as(&d, &key_b, r#"{"home_volume":false}"#);
-    let seen_by = |key: &str| as_tenant(&d, key, "GET", "/metrics", "").text();
+    let (d, key_a, key_b) = trust::two_tenants(None);
+    let a = d.create_as(&key_a, r#"{"home_volume":false}"#);
+    let b = d.create_as(&key_b, r#"{"home_volume":false}"#);
+    let seen_by = |key: &str| d.as_tenant(key, "GET", "/metrics", "").text();
     let (ma, mb) = (seen_by(&key_a), seen_by(&key_b));
     assert!(
         ma.contains(&a) && !ma.contains(&b),
@@ -602,25 +558,18 @@ fn metrics_show_a_tenant_its_own_sandboxes_only() {
     d.finish();
 }
 
-/// Builds template `name` as `key`'s tenant (over TCP) with one step; the build's answer.
-fn build_as(d: &Daemon, key: &str, name: &str, step: &str) -> String {
-    let body = serde_json::json!({ "name": name, "steps": [step] }).to_string();
-    as_tenant(d, key, "POST", "/v1/templates/build", &body).text()
-}
-
 #[test]
 fn a_tenants_template_names_never_lead_to_another_tenants_templates() {
     if !can_run("a_tenants_template_names_never_lead_to_another_tenants_templates") {
         return;
     }
     let _turn = my_turn();
-    let (d, key_a, key_b) = two_tenants(None);
+    let (d, key_a, key_b) = trust::two_tenants(None);
     // b squats a name a would use.
-    let built = build_as(&d, &key_b, "python", "echo b > /etc/owner");
+    let built = d.build_as(&key_b, "python", "echo b > /etc/owner");
     assert!(built.contains("\"done\""), "{built}");
     // a's name does not lead to b's template...
-    let r = as_tenant(
-        &d,
+    let r = d.as_tenant(
         &key_a,
         "POST",
         "/v1/sandboxes",
@@ -628,13 +577,13 @@ fn a_tenants_template_names_never_lead_to_another_tenants_templates() {
     );
     assert_eq!(r.status, 400, "a got b's template: {}", r.text());
     // ...and a's own template of that name is a's.
-    let built = build_as(&d, &key_a, "python", "echo a > /etc/owner");
+    let built = d.build_as(&key_a, "python", "echo a > /etc/owner");
     assert!(built.contains("\"done\""), "{built}");
-    let id = create_as(&d, &key_a, r#"{"template":"python","home_volume":false}"#);
+    let id = d.create_as(&key_a, r#"{"template":"python","home_volume":false}"#);
     let (_, owner) = d.exec_as("default", &id, "cat /etc/owner");
     assert_eq!(owner, "a\n");
     // b's listing shows b's template only; a's shows a's.
-    let listed = as_tenant(&d, &key_b, "GET", "/v1/templates", "").json();
+    let listed = d.as_tenant(&key_b, "GET", "/v1/templates", "").json();
     let names: Vec<&str> = listed
         .as_array()
         .unwrap()
@@ -643,7 +592,7 @@ fn a_tenants_template_names_never_lead_to_another_tenants_templates() {
         .collect();
     assert_eq!(names.iter().filter(|n| **n == "python").count(), 1);
     // Shared names cannot be shadowed: the built-in one and the operator's.
-    let built = build_as(&d, &key_b, "host", "true");
+    let built = d.build_as(&key_b, "host", "true");
     assert!(built.contains("\"error\""), "{built}");
     let r = d.http(
         trust::Via::Unix,
@@ -653,13 +602,13 @@ fn a_tenants_template_names_never_lead_to_another_tenants_templates() {
         br#"{"name":"shared","steps":["true"]}"#,
     );
     assert!(r.text().contains("\"done\""), "{}", r.text());
-    let built = build_as(&d, &key_b, "shared", "echo mine > /etc/owner");
+    let built = d.build_as(&key_b, "shared", "echo mine > /etc/owner");
     assert!(
         built.contains("\"error\""),
         "b shadowed an operator's template: {built}"
     );
     for (key, name) in [(&key_a, "python"), (&key_b, "python")] {
-        let r = as_tenant(&d, key, "DELETE", &format!("/v1/templates/{name}"), "");
+        let r = d.as_tenant(key, "DELETE", &format!("/v1/templates/{name}"), "");
         assert!(r.status == 204 || r.status == 409, "{}", r.text());
     }
     d.finish();
@@ -807,9 +756,9 @@ fn daemon_sandboxes_get_default_limits_and_tenants_quotas() {
     let config = "[limits.defaults]\nmemory = \"96M\"\ncpus = 0.5\npids = 200\n\
                   [limits.maxima]\nmemory = \"1G\"\n\
                   [limits.quotas]\nsandboxes = 2\n";
-    let (d, key, _) = two_tenants(Some(config));
+    let (d, key, _) = trust::two_tenants(Some(config));
     // Unasked-for limits are the defaults, and the kernel holds the sandbox to them.
-    let id = create_as(&d, &key, r#"{"home_volume":false}"#);
+    let id = d.create_as(&key, r#"{"home_volume":false}"#);
     let info = d.info(&id);
     assert_eq!(info["resources"]["memory"], 96 << 20);
     assert_eq!(info["resources"]["cpu_millis"], 500);
@@ -824,8 +773,7 @@ fn daemon_sandboxes_get_default_limits_and_tenants_quotas() {
         "{out}"
     );
     // Past the maximum: refused, saying which limit.
-    let r = as_tenant(
-        &d,
+    let r = d.as_tenant(
         &key,
         "POST",
         "/v1/sandboxes",
@@ -834,23 +782,17 @@ fn daemon_sandboxes_get_default_limits_and_tenants_quotas() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("memory"), "{}", r.text());
     // The tenant's second sandbox fits; the third passes its quota.
-    create_as(&d, &key, r#"{"home_volume":false}"#);
-    let r = as_tenant(
-        &d,
-        &key,
-        "POST",
-        "/v1/sandboxes",
-        r#"{"home_volume":false}"#,
-    );
+    d.create_as(&key, r#"{"home_volume":false}"#);
+    let r = d.as_tenant(&key, "POST", "/v1/sandboxes", r#"{"home_volume":false}"#);
     assert_eq!(r.status, 429, "{}", r.text());
     assert_eq!(r.code(), "quota_exceeded");
     // Nothing was recorded for the refused ones.
-    let listed = as_tenant(&d, &key, "GET", "/v1/sandboxes", "").json();
+    let listed = d.as_tenant(&key, "GET", "/v1/sandboxes", "").json();
     assert_eq!(listed.as_array().unwrap().len(), 2);
     // The operator has no quota.
     d.create(&["--no-home"]);
     // A build runs under the same limits: a step that needs more memory fails.
-    let built = build_as(&d, &key, "big", "python3 -c 'x = bytearray(300 << 20)'");
+    let built = d.build_as(&key, "big", "python3 -c 'x = bytearray(300 << 20)'");
     assert!(
         built.contains("\"error\""),
         "a build ran unlimited: {built}"
@@ -905,18 +847,17 @@ fn host_ports_come_from_the_operators_range() {
         return;
     }
     let _turn = my_turn();
-    let (d, key, _) = two_tenants(Some("[limits]\npublish_ports = \"21000-21099\"\n"));
+    let (d, key, _) = trust::two_tenants(Some("[limits]\npublish_ports = \"21000-21099\"\n"));
     let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let outside = free.local_addr().unwrap().port();
     drop(free);
     for port in [81, outside] {
         let body = format!(r#"{{"home_volume":false,"publish":[{{"host":{port},"sandbox":80}}]}}"#);
-        let r = as_tenant(&d, &key, "POST", "/v1/sandboxes", &body);
+        let r = d.as_tenant(&key, "POST", "/v1/sandboxes", &body);
         assert_eq!(r.status, 400, "a tenant published on {port}: {}", r.text());
     }
     // Port 0: one of the range is given.
-    let r = as_tenant(
-        &d,
+    let r = d.as_tenant(
         &key,
         "POST",
         "/v1/sandboxes",

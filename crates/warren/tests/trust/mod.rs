@@ -246,6 +246,38 @@ impl Daemon {
         Ok(())
     }
 
+    /// A request over TCP with `key`.
+    pub fn as_tenant(&self, key: &str, method: &str, path: &str, body: &str) -> Resp {
+        let auth = format!("Bearer {key}");
+        self.http(
+            Via::Tcp,
+            method,
+            path,
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
+    }
+
+    /// Makes a sandbox as `key`'s tenant: its id.
+    pub fn create_as(&self, key: &str, body: &str) -> String {
+        let r = self.as_tenant(key, "POST", "/v1/sandboxes", body);
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        self.saw(&id);
+        id
+    }
+
+    /// Builds template `name` as `key`'s tenant (over TCP) with one step; the build's
+    /// answer.
+    pub fn build_as(&self, key: &str, name: &str, step: &str) -> String {
+        let body = serde_json::json!({ "name": name, "steps": [step] }).to_string();
+        self.as_tenant(key, "POST", "/v1/templates/build", &body)
+            .text()
+    }
+
     pub fn healthy(&self) -> bool {
         matches!(
             self.try_http(Via::Unix, "GET", "/health", &[], b"", Duration::from_secs(5)),
@@ -699,4 +731,25 @@ pub fn enc(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// A daemon on TCP with two tenants: `default` (the first key) and `b` (the second).
+pub fn two_tenants(config: Option<&str>) -> (Daemon, String, String) {
+    let mut d = Daemon::start_opts(Options {
+        tcp: true,
+        config: config.map(str::to_string),
+        ..Default::default()
+    });
+    d.tenants.push("b".into());
+    let key_a = d.api_key();
+    let r = d.http(
+        Via::Unix,
+        "POST",
+        "/v1/keys",
+        &[("Content-Type", "application/json")],
+        br#"{"tenant":"b"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let key_b = r.json()["api_key"].as_str().unwrap().to_string();
+    (d, key_a, key_b)
 }
