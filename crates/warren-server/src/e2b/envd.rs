@@ -3,10 +3,11 @@
 //!
 //! E2B runs envd calls as a Linux user named in `Authorization: Basic base64(user:)`
 //! (RPCs) or `?username=` (file transfers), `user` by default, and resolves relative
-//! paths against that user's home. Warren's agent does file operations as the
-//! sandbox's root, so what it creates on behalf of another user is handed to that user
-//! afterwards (`chown`), or E2B programs that write a file and then edit it from a
-//! command as `user` would fail.
+//! paths against that user's home. Every file operation is the agent's, done with that
+//! user's filesystem identity: the sandbox's kernel checks each step (symlinks
+//! included) against the user's rights, and what is created is theirs. Nothing runs in
+//! the sandbox on the daemon's behalf, so nothing the user planted there (a program on
+//! the PATH, a symlink) acts with more rights than the user's own.
 //!
 //! A sandbox that is gone, or an access token that is not its own, is answered the
 //! way E2B's proxy answers for a sandbox it does not know: `502` and a message saying
@@ -26,8 +27,8 @@ use base64::Engine;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use warren_core::Caller;
-use warren_runtime::client::{AgentClient, ClientError};
-use warren_types::proto::{Command, ErrorCode, ExecRequest, User};
+use warren_runtime::client::{AgentClient, ClientError, ReadOptions, WriteOptions};
+use warren_types::proto::User;
 
 use super::connect::{Code, RpcError};
 use super::{filesystem, process, target, E2bState, ENVD_PORT};
@@ -144,9 +145,15 @@ impl Envd {
         Ok(client)
     }
 
-    /// The agent's notion of this user.
+    /// The agent's notion of this user, for the processes it starts.
     pub fn exec_user(&self) -> User {
         User::Name(self.user.clone())
+    }
+
+    /// Whom the agent's file operations act as: the user, or the agent itself (the
+    /// sandbox's root) for root.
+    pub fn fs_user(&self) -> Option<User> {
+        (self.user != "root").then(|| self.exec_user())
     }
 }
 
@@ -317,14 +324,19 @@ async fn download(
         .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "path is required"))?;
     let path = resolve(&path, &env.home()).map_err(bad_path)?;
     let (_, client) = st.mgr.agent(&env.caller, &env.id).await?;
-    let info = client.stat(&path).await?;
+    let user = env.fs_user();
+    let info = client.stat_as(path.as_str(), user.as_ref()).await?;
     if info.file_type == warren_types::proto::FileType::Dir {
         return Err(HttpError::new(
             StatusCode::BAD_REQUEST,
             format!("path {path} is a directory"),
         ));
     }
-    let data = client.read_file(&path).await?;
+    let opts = ReadOptions {
+        user,
+        special: false,
+    };
+    let data = client.read_file_with(path.as_str(), &opts).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
 }
 
@@ -415,67 +427,16 @@ async fn upload(
         targets.push((resolve(&dest, &env.home()).map_err(bad_path)?, data));
     }
     let (_, client) = st.mgr.agent(&env.caller, &env.id).await?;
+    let opts = WriteOptions {
+        user: env.fs_user(),
+        ..WriteOptions::default()
+    };
     let mut out = Vec::with_capacity(targets.len());
     for (path, data) in targets {
-        let created = first_missing(&client, &path).await?;
-        client.write_file(&path, &data, None).await?;
-        hand_over(&client, &env.user, created.as_deref()).await;
+        client.write_file_with(path.as_str(), &data, &opts).await?;
         out.push(written(&path));
     }
     Ok(axum::Json(out).into_response())
-}
-
-/// The highest of `path` and its ancestors that does not exist yet: what creating
-/// `path` (with its parents) will make.
-pub(crate) async fn first_missing(
-    client: &AgentClient,
-    path: &str,
-) -> Result<Option<String>, ClientError> {
-    let mut missing = None;
-    let mut p = Path::new(path);
-    loop {
-        match client.stat(&p.to_string_lossy()).await {
-            Ok(_) => return Ok(missing),
-            Err(ClientError::Agent {
-                code: ErrorCode::NotFound,
-                ..
-            }) => {
-                missing = Some(p.to_string_lossy().into_owned());
-                match p.parent() {
-                    Some(parent) if parent != p => p = parent,
-                    _ => return Ok(missing),
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// Gives what the agent made at and below `top` to `user` (not for root, who owns it
-/// already). Best effort: the file is written either way, and a sandbox whose
-/// `/etc/passwd` no longer names the user leaves it to root, as before.
-pub(crate) async fn hand_over(client: &AgentClient, user: &str, top: Option<&str>) {
-    let Some(top) = top else { return };
-    if user == "root" {
-        return;
-    }
-    let req = ExecRequest {
-        command: Some(Command::Argv(vec![
-            "chown".into(),
-            "-R".into(),
-            "--".into(),
-            format!("{user}:"),
-            top.to_string(),
-        ])),
-        user: Some(User::Id {
-            uid: 0,
-            gid: Some(0),
-        }),
-        ..ExecRequest::default()
-    };
-    if let Ok(p) = client.exec(req).await {
-        let _ = p.output().await;
-    }
 }
 
 impl From<HttpError> for RpcError {

@@ -20,13 +20,14 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
-use warren_runtime::client::{AgentClient, Channel, Incoming};
+use warren_runtime::client::{AgentClient, Channel, ClientError, Incoming};
 use warren_types::proto::{
-    FileInfo, FileType, Request as AgentRequest, Response as AgentResponse, WatchKind,
+    ErrorCode, FileInfo, FileType, Request as AgentRequest, Response as AgentResponse, User,
+    WatchKind,
 };
 
 use super::connect::{self, failure, lenient_u32, message, Code, Rpc, RpcError};
-use super::envd::{first_missing, hand_over, Envd};
+use super::envd::Envd;
 use super::process::{keepalive, unary};
 use super::E2bState;
 use crate::extract::Path;
@@ -191,28 +192,39 @@ fn entry(i: &FileInfo) -> Value {
 async fn stat(st: &E2bState, env: &Envd, r: PathRequest) -> Result<Value, RpcError> {
     let path = env.path(&r.path)?;
     let client = env.agent(st).await?;
-    Ok(json!({ "entry": entry(&client.stat(&path).await?) }))
+    let info = client
+        .stat_as(path.as_str(), env.fs_user().as_ref())
+        .await?;
+    Ok(json!({ "entry": entry(&info) }))
 }
 
 async fn make_dir(st: &E2bState, env: &Envd, r: PathRequest) -> Result<Value, RpcError> {
     let path = env.path(&r.path)?;
     let client = env.agent(st).await?;
-    let Some(top) = first_missing(&client, &path).await? else {
-        return Err(RpcError::new(
-            Code::AlreadyExists,
-            format!("path {path} already exists"),
-        ));
-    };
-    client.make_dir(&path).await?;
-    hand_over(&client, &env.user, Some(&top)).await;
-    Ok(json!({ "entry": entry(&client.stat(&path).await?) }))
+    let user = env.fs_user();
+    client
+        .make_dir_as(path.as_str(), None, user.as_ref())
+        .await
+        .map_err(|e| match e {
+            ClientError::Agent {
+                code: ErrorCode::AlreadyExists,
+                ..
+            } => RpcError::new(Code::AlreadyExists, format!("path {path} already exists")),
+            e => e.into(),
+        })?;
+    let info = client.stat_as(path.as_str(), user.as_ref()).await?;
+    Ok(json!({ "entry": entry(&info) }))
 }
 
 async fn rename(st: &E2bState, env: &Envd, r: MoveRequest) -> Result<Value, RpcError> {
     let (from, to) = (env.path(&r.source)?, env.path(&r.destination)?);
     let client = env.agent(st).await?;
-    client.rename(&from, &to).await?;
-    Ok(json!({ "entry": entry(&client.stat(&to).await?) }))
+    let user = env.fs_user();
+    client
+        .rename_as(from.as_str(), to.as_str(), user.as_ref())
+        .await?;
+    let info = client.stat_as(to.as_str(), user.as_ref()).await?;
+    Ok(json!({ "entry": entry(&info) }))
 }
 
 async fn list_dir(st: &E2bState, env: &Envd, r: ListDirRequest) -> Result<Value, RpcError> {
@@ -222,12 +234,13 @@ async fn list_dir(st: &E2bState, env: &Envd, r: ListDirRequest) -> Result<Value,
         return Err(RpcError::invalid(format!("depth must be 1 to {MAX_DEPTH}")));
     }
     let client = env.agent(st).await?;
-    let info = client.stat(&path).await?;
+    let user = env.fs_user();
+    let info = client.stat_as(path.as_str(), user.as_ref()).await?;
     if info.file_type != FileType::Dir {
         return Err(RpcError::invalid(format!("path {path} is not a directory")));
     }
     let entries: Vec<Value> = client
-        .list_dir(&path, depth)
+        .list_dir_as(path.as_str(), depth, user.as_ref())
         .await?
         .iter()
         .map(entry)
@@ -238,7 +251,9 @@ async fn list_dir(st: &E2bState, env: &Envd, r: ListDirRequest) -> Result<Value,
 async fn remove(st: &E2bState, env: &Envd, r: PathRequest) -> Result<Value, RpcError> {
     let path = env.path(&r.path)?;
     let client = env.agent(st).await?;
-    client.remove(&path, true).await?;
+    client
+        .remove_as(path.as_str(), true, env.fs_user().as_ref())
+        .await?;
     Ok(json!({}))
 }
 
@@ -269,7 +284,12 @@ const UPLOAD_MARK: &str = ".warren-upload-";
 /// inotify's "moved" events say nothing about the direction; envd (through fsnotify)
 /// reports a file moved *into* the directory as created and one moved away as
 /// renamed. Whether the path still exists tells which.
-async fn next_event(ch: &mut Channel, client: &AgentClient, root: &str) -> Result<Value, RpcError> {
+async fn next_event(
+    ch: &mut Channel,
+    client: &AgentClient,
+    user: Option<&User>,
+    root: &str,
+) -> Result<Value, RpcError> {
     loop {
         match ch.recv().await {
             Some(Incoming::Control(AgentResponse::WatchEvent { kind, path, .. })) => {
@@ -277,7 +297,9 @@ async fn next_event(ch: &mut Channel, client: &AgentClient, root: &str) -> Resul
                     continue;
                 }
                 let kind = match kind {
-                    WatchKind::Rename if client.stat(&path).await.is_ok() => WatchKind::Create,
+                    WatchKind::Rename if client.stat_as(path.as_str(), user).await.is_ok() => {
+                        WatchKind::Create
+                    }
                     k => k,
                 };
                 return Ok(fs_event(root, kind, &path));
@@ -296,7 +318,7 @@ async fn next_event(ch: &mut Channel, client: &AgentClient, root: &str) -> Resul
     }
 }
 
-/// Starts an agent watch on a directory of the caller's sandbox.
+/// Starts an agent watch, as the caller, on a directory of the caller's sandbox.
 async fn open_watch(
     st: &E2bState,
     env: &Envd,
@@ -310,11 +332,14 @@ async fn open_watch(
     }
     let path = env.path(&r.path)?;
     let client = env.agent(st).await?;
-    let info = client.stat(&path).await?;
+    let user = env.fs_user();
+    let info = client.stat_as(path.as_str(), user.as_ref()).await?;
     if info.file_type != FileType::Dir {
         return Err(RpcError::invalid(format!("path {path} is not a directory")));
     }
-    let ch = client.watch(&path, r.recursive).await?;
+    let ch = client
+        .watch_as(path.as_str(), r.recursive, user.as_ref())
+        .await?;
     Ok((path, ch, client))
 }
 
@@ -325,6 +350,7 @@ async fn watch_dir(
     interval: Duration,
 ) -> Result<Response, RpcError> {
     let (root, mut ch, client) = open_watch(st, env, &r).await?;
+    let user = env.fs_user();
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     let shutdown = shutting_down(st.shutdown.clone());
     tokio::spawn(async move {
@@ -335,7 +361,7 @@ async fn watch_dir(
         let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
         loop {
             let (b, last) = tokio::select! {
-                ev = next_event(&mut ch, &client, &root) => match ev {
+                ev = next_event(&mut ch, &client, user.as_ref(), &root) => match ev {
                     Ok(ev) => (message(&json!({"filesystem": ev})), false),
                     Err(e) => (connect::end(Some(&e)), true),
                 },
@@ -384,12 +410,13 @@ async fn create_watcher(st: &E2bState, env: &Envd, r: WatchRequest) -> Result<Va
         ));
     }
     let (root, mut ch, client) = open_watch(st, env, &r).await?;
+    let user = env.fs_user();
     let events: Arc<Mutex<Vec<Value>>> = Arc::default();
     let ended: Arc<Mutex<Option<RpcError>>> = Arc::default();
     let (ev, end) = (events.clone(), ended.clone());
     let task = tokio::spawn(async move {
         loop {
-            match next_event(&mut ch, &client, &root).await {
+            match next_event(&mut ch, &client, user.as_ref(), &root).await {
                 Ok(e) => {
                     let mut evs = ev.lock().unwrap_or_else(|p| p.into_inner());
                     if evs.len() >= MAX_BUFFERED {

@@ -1,0 +1,242 @@
+//! The E2B surface on a live daemon, for what the SDK suite (tests/e2b) cannot show:
+//! whose rights an envd file operation has. Requests go over plain sockets, so each
+//! test says exactly what is sent. Needs root.
+
+mod common;
+mod trust;
+
+use common::can_run;
+use serde_json::{json, Value};
+use trust::{enc, my_turn, Daemon, Resp, Via};
+
+/// `Authorization` for envd's RPCs: base64 of `user:` and of `root:`.
+const AS_USER: &str = "Basic dXNlcjo=";
+const AS_ROOT: &str = "Basic cm9vdDo=";
+
+fn e2b_daemon(config: Option<&str>) -> Daemon {
+    Daemon::start_opts(trust::Options {
+        e2b: true,
+        config: config.map(str::to_string),
+        ..Default::default()
+    })
+}
+
+/// An E2B sandbox: its id and the token envd calls carry.
+struct Sandbox<'a> {
+    d: &'a Daemon,
+    id: String,
+    token: String,
+}
+
+/// Creates a sandbox through E2B's control plane, with `env` as its environment.
+fn create(d: &Daemon, env: Value) -> Sandbox<'_> {
+    let key = d.api_key();
+    let body = json!({"templateID": "base", "timeout": 900, "envVars": env}).to_string();
+    let r = d.http(
+        Via::E2b,
+        "POST",
+        "/sandboxes",
+        &[("X-API-Key", &key), ("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "create: {}", r.text());
+    let v = r.json();
+    let id = v["sandboxID"].as_str().unwrap().to_string();
+    d.saw(&id);
+    Sandbox {
+        d,
+        id,
+        token: v["envdAccessToken"].as_str().unwrap().to_string(),
+    }
+}
+
+impl Sandbox<'_> {
+    fn headers<'h>(&'h self, extra: &[(&'h str, &'h str)]) -> Vec<(&'h str, &'h str)> {
+        let mut h = vec![
+            ("E2b-Sandbox-Id", self.id.as_str()),
+            ("X-Access-Token", self.token.as_str()),
+        ];
+        h.extend_from_slice(extra);
+        h
+    }
+
+    /// A unary `filesystem.Filesystem` call.
+    fn rpc(&self, method: &str, auth: &str, msg: Value) -> Resp {
+        self.d.http(
+            Via::E2b,
+            "POST",
+            &format!("/filesystem.Filesystem/{method}"),
+            &self.headers(&[
+                ("Content-Type", "application/json"),
+                ("Authorization", auth),
+            ]),
+            msg.to_string().as_bytes(),
+        )
+    }
+
+    /// `POST /files` with a raw body.
+    fn upload(&self, path: &str, user: &str, data: &[u8]) -> Resp {
+        self.d.http(
+            Via::E2b,
+            "POST",
+            &format!("/files?path={}&username={user}", enc(path)),
+            &self.headers(&[("Content-Type", "application/octet-stream")]),
+            data,
+        )
+    }
+
+    /// `POST /files` with one multipart part named `name`, as the SDK sends it.
+    fn upload_part(&self, name: &str, user: &str, data: &[u8]) -> Resp {
+        let mut body = format!(
+            "--XB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+             Content-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n--XB--\r\n");
+        self.d.http(
+            Via::E2b,
+            "POST",
+            &format!("/files?username={user}"),
+            &self.headers(&[("Content-Type", "multipart/form-data; boundary=XB")]),
+            &body,
+        )
+    }
+
+    fn download(&self, path: &str, user: &str) -> Resp {
+        self.d.http(
+            Via::E2b,
+            "GET",
+            &format!("/files?path={}&username={user}", enc(path)),
+            &self.headers(&[]),
+            b"",
+        )
+    }
+
+    /// Runs a shell script in the sandbox as `user`, through the native API; its
+    /// stdout.
+    fn sh_as(&self, user: &str, script: &str) -> String {
+        let body = json!({"command": {"shell": script}, "user": {"name": user}}).to_string();
+        let r = self.d.http(
+            Via::Unix,
+            "POST",
+            &format!("/v1/sandboxes/{}/exec", self.id),
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "exec: {}", r.text());
+        let v = r.json();
+        assert_eq!(v["exit_code"], 0, "{script}: {v}");
+        v["stdout"].as_str().unwrap_or_default().to_string()
+    }
+
+    fn sh(&self, script: &str) -> String {
+        self.sh_as("root", script)
+    }
+}
+
+fn assert_denied(what: &str, r: &Resp) {
+    assert_eq!(r.status, 403, "{what}: {}", r.text());
+    let code = &r.json()["code"];
+    assert!(
+        code == "permission_denied" || code == 403,
+        "{what}: {}",
+        r.text()
+    );
+}
+
+#[test]
+fn envd_file_operations_have_the_users_rights_only() {
+    if !can_run("envd_file_operations_have_the_users_rights_only") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = e2b_daemon(None);
+    // The user's own bin directory first on the PATH, as many images have it.
+    let path = "/home/user/.local/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let sb = create(&d, json!({ "PATH": path }));
+    sb.sh(
+        "echo root only > /root/secret; chmod 600 /root/secret; chmod 700 /root; \
+         echo keep > /etc/keep; mkdir -m 755 /etc/jobs",
+    );
+    // What the user plants: a chown of their own on that PATH, and a link to a
+    // directory of root's.
+    sb.sh_as(
+        "user",
+        "mkdir -p ~/.local/bin && printf '#!/bin/sh\\nid -u > /tmp/planted-ran\\n' > ~/.local/bin/chown \
+         && chmod +x ~/.local/bin/chown && ln -s /etc/jobs ~/reports",
+    );
+
+    // A plain write and a new directory as the user are the user's, parents included,
+    // and nothing of the user's ran on the way.
+    let r = sb.upload("notes/deep/a.txt", "user", b"hello");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = sb.upload_part("parts/b.txt", "user", b"part");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = sb.rpc("MakeDir", AS_USER, json!({"path": "made/sub"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let owners = sb.sh(
+        "cd /home/user && stat -c %u:%g notes notes/deep notes/deep/a.txt parts parts/b.txt \
+         made made/sub",
+    );
+    assert_eq!(owners, "1000:1000\n".repeat(7));
+    assert_eq!(
+        sb.sh("cat /tmp/planted-ran 2>&1; true"),
+        "cat: /tmp/planted-ran: No such file or directory\n",
+        "the user's chown ran"
+    );
+
+    // Through the planted link: refused, and nothing lands in root's directory.
+    assert_denied(
+        "write through a link",
+        &sb.upload("reports/daily.sh", "user", b"echo hi\n"),
+    );
+    assert_denied(
+        "multipart write through a link",
+        &sb.upload_part("reports/weekly.sh", "user", b"echo hi\n"),
+    );
+    assert_denied(
+        "mkdir through a link",
+        &sb.rpc("MakeDir", AS_USER, json!({"path": "reports/sub"})),
+    );
+    assert_denied(
+        "move through a link",
+        &sb.rpc(
+            "Move",
+            AS_USER,
+            json!({"source": "notes/deep/a.txt", "destination": "reports/a.sh"}),
+        ),
+    );
+    assert_denied(
+        "remove in /etc",
+        &sb.rpc("Remove", AS_USER, json!({"path": "/etc/keep"})),
+    );
+    assert_eq!(sb.sh("ls /etc/jobs | wc -l; cat /etc/keep"), "0\nkeep\n");
+
+    // Root's files stay root's.
+    let r = sb.download("../../root/secret", "user");
+    assert_denied("read of /root/secret", &r);
+    assert!(!r.text().contains("root only"));
+    assert_denied(
+        "stat in /root",
+        &sb.rpc("Stat", AS_USER, json!({"path": "/root/secret"})),
+    );
+    assert_denied(
+        "list /root",
+        &sb.rpc("ListDir", AS_USER, json!({"path": "/root"})),
+    );
+    assert_denied(
+        "watch /root",
+        &sb.rpc("CreateWatcher", AS_USER, json!({"path": "/root"})),
+    );
+
+    // And root is root.
+    let r = sb.download("/root/secret", "root");
+    assert_eq!((r.status, r.text().as_str()), (200, "root only\n"));
+    let r = sb.rpc("ListDir", AS_ROOT, json!({"path": "/root"}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = sb.upload("/home/user/reports/by-root.sh", "root", b"# root's\n");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(sb.sh("stat -c %u /etc/jobs/by-root.sh"), "0\n");
+    d.finish();
+}
