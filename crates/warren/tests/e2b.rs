@@ -1,13 +1,19 @@
 //! The E2B surface on a live daemon, for what the SDK suite (tests/e2b) cannot show:
-//! whose rights an envd file operation has. Requests go over plain sockets, so each
-//! test says exactly what is sent. Needs root.
+//! whose rights an envd file operation has, and how much of an upload the daemon holds
+//! while a client stalls. Requests go over plain sockets, so each test says exactly
+//! what is sent and when; memory is the daemon's resident set. Needs root.
 
 mod common;
 mod trust;
 
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
 use common::can_run;
 use serde_json::{json, Value};
-use trust::{enc, my_turn, Daemon, Resp, Via};
+use trust::{enc, my_turn, rss, Daemon, Resp, Via};
 
 /// `Authorization` for envd's RPCs: base64 of `user:` and of `root:`.
 const AS_USER: &str = "Basic dXNlcjo=";
@@ -58,6 +64,15 @@ impl Sandbox<'_> {
         ];
         h.extend_from_slice(extra);
         h
+    }
+
+    /// The head of an envd request, for tests that send the body themselves.
+    fn head(&self, method: &str, path: &str, extra: &[(&str, &str)]) -> String {
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\n");
+        for (k, v) in self.headers(extra) {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head + "\r\n"
     }
 
     /// A unary `filesystem.Filesystem` call.
@@ -238,5 +253,176 @@ fn envd_file_operations_have_the_users_rights_only() {
     let r = sb.upload("/home/user/reports/by-root.sh", "root", b"# root's\n");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(sb.sh("stat -c %u /etc/jobs/by-root.sh"), "0\n");
+    d.finish();
+}
+
+/// The resident set of `pid`, sampled every 20 ms while `work` runs: its peak.
+fn peak_rss_during<R: Send>(pid: u32, work: impl FnOnce() -> R + Send) -> (R, u64) {
+    let done = AtomicBool::new(false);
+    let peak = AtomicU64::new(rss(pid));
+    /// Stops the sampling however `work` ends, a failed assertion included.
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                peak.fetch_max(rss(pid), Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let _done = Done(&done);
+        work()
+    });
+    (result, peak.load(Ordering::SeqCst).max(rss(pid)))
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Waits up to 30 s for `done`.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 30 s: {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn stalled_uploads_hold_little_of_their_bodies() {
+    if !can_run("stalled_uploads_hold_little_of_their_bodies") {
+        return;
+    }
+    const DECLARED: u64 = 128 * MIB;
+    const SENT: u64 = 120 * MIB;
+    const CONNECTIONS: usize = 50;
+    /// Of them, aimed where the user may not write: refused at once.
+    const REFUSED: usize = 10;
+    const BOUND: u64 = 150 * MIB;
+    let _turn = my_turn();
+    // No disk limit: 40 uploads of 120 MiB sit in the sandbox's /tmp while they stall.
+    let d = e2b_daemon(Some("[limits.defaults]\ndisk = 0\n"));
+    let sb = create(&d, json!({}));
+    let pid = d.pid().unwrap();
+    let addr = d.e2b.clone().unwrap();
+    let before = rss(pid);
+    let started = Instant::now();
+    let ((conns, stalled), peak) = peak_rss_during(pid, || {
+        let conns: Vec<TcpStream> = std::thread::scope(|s| {
+            let senders: Vec<_> = (0..CONNECTIONS)
+                .map(|i| {
+                    let (sb, addr) = (&sb, &addr);
+                    s.spawn(move || {
+                        let dir = if i < REFUSED { "/etc" } else { "/tmp" };
+                        let head = sb.head(
+                            "POST",
+                            &format!("/files?path={dir}/stall-{i}&username=user"),
+                            &[
+                                ("Content-Type", "application/octet-stream"),
+                                ("Content-Length", &DECLARED.to_string()),
+                            ],
+                        );
+                        let mut c = TcpStream::connect(addr).unwrap();
+                        c.set_write_timeout(Some(Duration::from_secs(120))).unwrap();
+                        c.write_all(head.as_bytes()).unwrap();
+                        let chunk = vec![b'w'; MIB as usize];
+                        for _ in 0..SENT / MIB {
+                            // A refused upload is cut off: the daemon stops reading it.
+                            if c.write_all(&chunk).is_err() {
+                                assert!(i < REFUSED, "upload {i} was cut off");
+                                break;
+                            }
+                        }
+                        c
+                    })
+                })
+                .collect();
+            senders.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        // Every accepted upload is in the sandbox, as far as it was sent, while its
+        // client stalls.
+        let expected = (CONNECTIONS - REFUSED) as u64 * SENT;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let now = rss(pid);
+            assert!(now < BOUND, "the daemon grew to {} MiB", now / MIB);
+            let got: u64 = sb.sh("cat /tmp/.stall-* | wc -c").trim().parse().unwrap();
+            if got == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{got} of {expected} bytes arrived"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        (conns, rss(pid))
+    });
+    println!(
+        "UPLOADS {CONNECTIONS} stalled at {} of {} MiB ({REFUSED} refused) in {:.1} s: daemon \
+         RSS {:.1} MiB before, {:.1} MiB stalled, peak {:.1} MiB",
+        SENT / MIB,
+        DECLARED / MIB,
+        started.elapsed().as_secs_f64(),
+        before as f64 / MIB as f64,
+        stalled as f64 / MIB as f64,
+        peak as f64 / MIB as f64
+    );
+    assert!(peak < BOUND, "the daemon grew to {} MiB", peak / MIB);
+    // Gone with their clients: nothing of the abandoned uploads stays.
+    drop(conns);
+    eventually("the abandoned uploads are removed", || {
+        sb.sh("ls -a /tmp /etc | grep -c stall || true") == "0\n"
+    });
+
+    // A declared size past the limit is refused before anything is sent.
+    let mut c = TcpStream::connect(&addr).unwrap();
+    let head = sb.head(
+        "POST",
+        "/files?path=/tmp/huge&username=user",
+        &[
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Length", &(DECLARED + 1).to_string()),
+            ("Connection", "close"),
+        ],
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut status = String::new();
+    BufReader::new(&c).read_line(&mut status).unwrap();
+    assert!(status.contains(" 413 "), "{status}");
+    // One sent without a length is cut off where it passes the limit.
+    let mut c = TcpStream::connect(&addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let head = sb.head(
+        "POST",
+        "/files?path=/tmp/huge&username=user",
+        &[
+            ("Content-Type", "application/octet-stream"),
+            ("Transfer-Encoding", "chunked"),
+            ("Connection", "close"),
+        ],
+    );
+    c.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'x'; MIB as usize];
+    let mut sent = 0;
+    while sent <= DECLARED {
+        let framed = [format!("{:x}\r\n", chunk.len()).as_bytes(), &chunk, b"\r\n"].concat();
+        if c.write_all(&framed).is_err() {
+            break;
+        }
+        sent += MIB;
+    }
+    let mut answer = Vec::new();
+    let _ = c.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    eventually("the refused upload is removed", || {
+        sb.sh("ls -a /tmp | grep -c huge || true") == "0\n"
+    });
     d.finish();
 }

@@ -9,13 +9,21 @@
 //! the sandbox on the daemon's behalf, so nothing the user planted there (a program on
 //! the PATH, a symlink) acts with more rights than the user's own.
 //!
+//! Uploads move through the daemon in chunks, never whole: each goes to the agent as it
+//! arrives, held back by the slower side, so that however large the file or slow the
+//! client, the daemon holds a window of it.
+//!
 //! A sandbox that is gone, or an access token that is not its own, is answered the
 //! way E2B's proxy answers for a sandbox it does not know: `502` and a message saying
 //! the sandbox was not found, which the SDK raises as its not-running error. Telling
 //! the two apart would tell a stranger which sandbox ids exist.
 
+use std::io;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
+use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -25,7 +33,9 @@ use axum::Router;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, ReadBuf};
 use warren_core::Caller;
 use warren_runtime::client::{AgentClient, ClientError, ReadOptions, WriteOptions};
 use warren_types::proto::User;
@@ -359,8 +369,38 @@ fn written(path: &str) -> Written {
     }
 }
 
+fn too_large() -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the upload is larger than Warren accepts ({} MiB)",
+            MAX_UPLOAD >> 20
+        ),
+    )
+}
+
+fn multipart_error(e: &MultipartError) -> HttpError {
+    HttpError::new(e.status(), format!("multipart body: {}", e.body_text()))
+}
+
+/// Why an upload stopped, as the client should hear it.
+fn upload_error(e: ClientError) -> HttpError {
+    let ClientError::Upload(e) = e else {
+        return e.into();
+    };
+    let cause = e.get_ref();
+    if cause.is_some_and(|c| c.is::<TooLarge>()) {
+        return too_large();
+    }
+    if let Some(m) = cause.and_then(|c| c.downcast_ref::<MultipartError>()) {
+        return multipart_error(m);
+    }
+    HttpError::new(StatusCode::BAD_REQUEST, "the upload ended before its end")
+}
+
 /// `POST /files?path=`: a multipart form (a part per file, named by the `path`
-/// parameter or, for several, by each part's file name) or raw bytes for `path`.
+/// parameter or else by the part's file name, as envd does) or raw bytes for `path`.
+/// Each file goes to the agent as it arrives.
 async fn upload(
     State(st): State<E2bState>,
     env: Envd,
@@ -382,38 +422,18 @@ async fn upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    let mut files: Vec<(Option<String>, Bytes)> = Vec::new();
-    if multipart {
-        let mut form = Multipart::from_request(req, &())
-            .await
-            .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-        loop {
-            let field = form.next_field().await.map_err(|e| {
-                HttpError::new(e.status(), format!("multipart body: {}", e.body_text()))
-            })?;
-            let Some(field) = field else { break };
-            let name = field.file_name().map(str::to_string);
-            let data = field.bytes().await.map_err(|e| {
-                HttpError::new(e.status(), format!("multipart body: {}", e.body_text()))
-            })?;
-            files.push((name, data));
-        }
-    } else {
-        let body = Bytes::from_request(req, &()).await.map_err(|e| {
-            HttpError::new(
-                e.status(),
-                "the upload is larger than Warren accepts (128 MiB)",
-            )
-        })?;
-        files.push((None, body));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_UPLOAD as u64) {
+        return Err(too_large());
     }
-    let single = files.len() == 1;
-    let mut targets = Vec::with_capacity(files.len());
-    for (name, data) in files {
+    let dest = |name: Option<String>| -> Result<String, HttpError> {
         let dest = match (&q.path, name) {
-            (Some(p), _) if single => p.clone(),
+            (Some(p), _) if !p.is_empty() => p.clone(),
             (_, Some(n)) if !n.is_empty() => n,
-            (Some(p), None) => p.clone(),
             _ => {
                 return Err(HttpError::new(
                     StatusCode::BAD_REQUEST,
@@ -421,22 +441,110 @@ async fn upload(
                 ))
             }
         };
-        if dest.is_empty() {
-            return Err(bad_path("path is required".into()));
-        }
-        targets.push((resolve(&dest, &env.home()).map_err(bad_path)?, data));
-    }
+        resolve(&dest, &env.home()).map_err(bad_path)
+    };
     let (_, client) = st.mgr.agent(&env.caller, &env.id).await?;
+    let mut out: Vec<Written> = Vec::new();
+    if !multipart {
+        let path = dest(None)?;
+        let body = Limited::new(req.into_body().into_data_stream());
+        write(&client, &env, &path, body).await?;
+        out.push(written(&path));
+        return Ok(axum::Json(out).into_response());
+    }
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    while let Some(field) = form.next_field().await.map_err(|e| multipart_error(&e))? {
+        let path = dest(field.file_name().map(str::to_string))?;
+        if out.iter().any(|w| w.path == path) {
+            return Err(HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("one upload may write {path} once"),
+            ));
+        }
+        write(&client, &env, &path, Limited::new(field)).await?;
+        out.push(written(&path));
+    }
+    Ok(axum::Json(out).into_response())
+}
+
+/// Writes one uploaded file as the caller.
+async fn write(
+    client: &AgentClient,
+    env: &Envd,
+    path: &str,
+    source: impl AsyncRead + Unpin,
+) -> Result<u64, HttpError> {
     let opts = WriteOptions {
         user: env.fs_user(),
         ..WriteOptions::default()
     };
-    let mut out = Vec::with_capacity(targets.len());
-    for (path, data) in targets {
-        client.write_file_with(path.as_str(), &data, &opts).await?;
-        out.push(written(&path));
+    client
+        .write_stream(path, source, &opts)
+        .await
+        .map_err(upload_error)
+}
+
+/// An upload passed [`MAX_UPLOAD`].
+#[derive(Debug)]
+struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the upload passed {} bytes", MAX_UPLOAD)
     }
-    Ok(axum::Json(out).into_response())
+}
+
+impl std::error::Error for TooLarge {}
+
+/// A request body, or one part of a multipart body, read as it arrives. It fails with
+/// [`TooLarge`] as soon as it passes [`MAX_UPLOAD`], so an oversized file is refused
+/// without being held. A body whose length was not declared is checked this way only.
+struct Limited<S> {
+    stream: S,
+    pending: Bytes,
+    total: u64,
+}
+
+impl<S> Limited<S> {
+    fn new(stream: S) -> Self {
+        Self {
+            stream,
+            pending: Bytes::new(),
+            total: 0,
+        }
+    }
+}
+
+impl<S, E> AsyncRead for Limited<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() {
+            match ready!(Pin::new(&mut self.stream).poll_next(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                Some(Ok(b)) => {
+                    self.total += b.len() as u64;
+                    if self.total > MAX_UPLOAD as u64 {
+                        return Poll::Ready(Err(io::Error::other(TooLarge)));
+                    }
+                    self.pending = b;
+                }
+            }
+        }
+        let n = self.pending.len().min(buf.remaining());
+        let taken = self.pending.split_to(n);
+        buf.put_slice(&taken);
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl From<HttpError> for RpcError {
