@@ -1,7 +1,7 @@
 //! The E2B surface on a live daemon, for what the SDK suite (tests/e2b) cannot show:
-//! whose rights an envd file operation has, and how much of an upload the daemon holds
-//! while a client stalls. Requests go over plain sockets, so each test says exactly
-//! what is sent and when; memory is the daemon's resident set. Needs root.
+//! whose rights an envd file operation has, and how much of a transfer the daemon
+//! holds while a client stalls. Requests go over plain sockets, so each test says
+//! exactly what is sent and when; memory is the daemon's resident set. Needs root.
 
 mod common;
 mod trust;
@@ -424,5 +424,89 @@ fn stalled_uploads_hold_little_of_their_bodies() {
     eventually("the refused upload is removed", || {
         sb.sh("ls -a /tmp | grep -c huge || true") == "0\n"
     });
+    d.finish();
+}
+
+#[test]
+fn downloads_stream_and_refuse_special_files() {
+    if !can_run("downloads_stream_and_refuse_special_files") {
+        return;
+    }
+    const SIZE: u64 = 1 << 30;
+    const GROWTH: u64 = 64 * MIB;
+    let _turn = my_turn();
+    let d = e2b_daemon(None);
+    let sb = create(&d, json!({}));
+    sb.sh("truncate -s 1G /tmp/sparse; mkfifo -m 666 /tmp/fifo");
+    for special in ["/dev/zero", "/dev/urandom", "/tmp/fifo"] {
+        let t = Instant::now();
+        let r = d
+            .try_http(
+                Via::E2b,
+                "GET",
+                &format!("/files?path={special}&username=user"),
+                &sb.headers(&[]),
+                b"",
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| panic!("{special}: {e}"));
+        assert_eq!(r.status, 400, "{special}: {}", r.text());
+        assert!(r.text().contains("not a regular file"), "{}", r.text());
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "{special} took {:?}",
+            t.elapsed()
+        );
+    }
+
+    let pid = d.pid().unwrap();
+    let before = rss(pid);
+    let started = Instant::now();
+    let ((status, received, zeros), peak) = peak_rss_during(pid, || {
+        let (mut received, mut zeros) = (0u64, true);
+        let status = d
+            .http_stream(
+                Via::E2b,
+                "GET",
+                "/files?path=/tmp/sparse&username=user",
+                &sb.headers(&[]),
+                b"",
+                &mut |b| {
+                    received += b.len() as u64;
+                    zeros &= b.iter().all(|&x| x == 0);
+                },
+            )
+            .unwrap();
+        (status, received, zeros)
+    });
+    println!(
+        "DOWNLOAD 1 GiB sparse in {:.1} s: daemon RSS {:.1} MiB before, peak {:.1} MiB",
+        started.elapsed().as_secs_f64(),
+        before as f64 / MIB as f64,
+        peak as f64 / MIB as f64
+    );
+    assert_eq!((status, received, zeros), (200, SIZE, true));
+    assert!(
+        peak.saturating_sub(before) < GROWTH,
+        "the daemon grew by {} MiB",
+        (peak - before) / MIB
+    );
+
+    // A client that stops reading holds the agent back, not the daemon.
+    let mut c = TcpStream::connect(d.e2b.as_ref().unwrap()).unwrap();
+    let head = sb.head("GET", "/files?path=/tmp/sparse&username=user", &[]);
+    c.write_all(head.as_bytes()).unwrap();
+    let mut first = vec![0u8; MIB as usize];
+    c.read_exact(&mut first).unwrap();
+    let stalled_at = rss(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let later = rss(pid);
+    println!(
+        "DOWNLOAD stalled: daemon RSS {:.1} MiB, 3 s later {:.1} MiB",
+        stalled_at as f64 / MIB as f64,
+        later as f64 / MIB as f64
+    );
+    assert!(later.saturating_sub(before) < GROWTH, "grew to {later}");
+    drop(c);
     d.finish();
 }

@@ -9,9 +9,10 @@
 //! the sandbox on the daemon's behalf, so nothing the user planted there (a program on
 //! the PATH, a symlink) acts with more rights than the user's own.
 //!
-//! Uploads move through the daemon in chunks, never whole: each goes to the agent as it
-//! arrives, held back by the slower side, so that however large the file or slow the
-//! client, the daemon holds a window of it.
+//! Files move through the daemon in chunks, never whole: an upload goes to the agent
+//! as it arrives, a download to the client as the agent reads it, each held back by the
+//! slower side. However large the file or slow the client, the daemon holds a window of
+//! it per transfer.
 //!
 //! A sandbox that is gone, or an access token that is not its own, is answered the
 //! way E2B's proxy answers for a sandbox it does not know: `502` and a message saying
@@ -23,6 +24,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use axum::body::Body;
 use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Request, State};
 use axum::http::request::Parts;
@@ -37,8 +39,8 @@ use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, ReadBuf};
 use warren_core::Caller;
-use warren_runtime::client::{AgentClient, ClientError, ReadOptions, WriteOptions};
-use warren_types::proto::User;
+use warren_runtime::client::{AgentClient, ClientError, FileReader, ReadOptions, WriteOptions};
+use warren_types::proto::{ErrorCode, User};
 
 use super::connect::{Code, RpcError};
 use super::{filesystem, process, target, E2bState, ENVD_PORT};
@@ -321,7 +323,8 @@ fn bad_path(e: String) -> HttpError {
     HttpError::new(StatusCode::BAD_REQUEST, e)
 }
 
-/// `GET /files?path=`: the file's bytes.
+/// `GET /files?path=`: the file's bytes, as the agent reads them. Only regular files:
+/// a device or a FIFO may never end, and envd has no way to ask for one.
 async fn download(
     State(st): State<E2bState>,
     env: Envd,
@@ -334,20 +337,42 @@ async fn download(
         .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "path is required"))?;
     let path = resolve(&path, &env.home()).map_err(bad_path)?;
     let (_, client) = st.mgr.agent(&env.caller, &env.id).await?;
-    let user = env.fs_user();
-    let info = client.stat_as(path.as_str(), user.as_ref()).await?;
-    if info.file_type == warren_types::proto::FileType::Dir {
-        return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            format!("path {path} is a directory"),
-        ));
-    }
     let opts = ReadOptions {
-        user,
+        user: env.fs_user(),
         special: false,
     };
-    let data = client.read_file_with(path.as_str(), &opts).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+    let reader = client
+        .open_read(path.as_str(), &opts)
+        .await
+        .map_err(|e| match e {
+            ClientError::Agent {
+                code: ErrorCode::IsADirectory,
+                ..
+            } => HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("path {path} is a directory"),
+            ),
+            ClientError::Agent {
+                code: ErrorCode::NotAFile,
+                ..
+            } => HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("path {path} is not a regular file"),
+            ),
+            e => e.into(),
+        })?;
+    let body = Body::from_stream(chunks(reader));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// The contents of `reader` as a body stream. Each chunk is taken from the agent only
+/// when the server asks for the next, that is when the client has taken the last, so
+/// a slow client holds the agent's read back instead of filling the daemon.
+fn chunks(reader: FileReader) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::try_unfold(reader, |mut reader| async move {
+        let chunk = reader.chunk().await.map_err(io::Error::other)?;
+        Ok(chunk.map(|c| (Bytes::from(c), reader)))
+    })
 }
 
 #[derive(Debug, Serialize)]
