@@ -1,7 +1,8 @@
 //! The E2B surface on a live daemon, for what the SDK suite (tests/e2b) cannot show:
-//! whose rights an envd file operation has, and how much of a transfer the daemon
-//! holds while a client stalls. Requests go over plain sockets, so each test says
-//! exactly what is sent and when; memory is the daemon's resident set. Needs root.
+//! whose rights an envd file operation has, and how much of a transfer or of a watch
+//! the daemon holds while a client stalls. Requests go over plain sockets, so each
+//! test says exactly what is sent and when; memory is the daemon's resident set. Needs
+//! root.
 
 mod common;
 mod trust;
@@ -508,5 +509,189 @@ fn downloads_stream_and_refuse_special_files() {
     );
     assert!(later.saturating_sub(before) < GROWTH, "grew to {later}");
     drop(c);
+    d.finish();
+}
+
+/// `GetWatcherEvents`: the names of the events, oldest first.
+fn watcher_events(sb: &Sandbox, id: &str) -> Vec<String> {
+    let r = sb.rpc("GetWatcherEvents", AS_USER, json!({ "watcherId": id }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Collects from watcher `probe` until it has seen an event named `last`.
+fn wait_for_event(sb: &Sandbox, probe: &str, last: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !watcher_events(sb, probe).iter().any(|n| n.ends_with(last)) {
+        assert!(Instant::now() < deadline, "no event for {last}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The other watchers saw it at the same moment; give their tasks a moment more.
+    std::thread::sleep(Duration::from_secs(1));
+}
+
+#[test]
+fn watchers_keep_a_bounded_count_and_size_of_events() {
+    if !can_run("watchers_keep_a_bounded_count_and_size_of_events") {
+        return;
+    }
+    const WATCHERS: usize = 64;
+    const MAX_EVENTS: usize = 1000;
+    const MAX_BYTES: usize = 256 << 10;
+    const GROWTH: u64 = 64 * MIB;
+    let _turn = my_turn();
+    let d = e2b_daemon(None);
+    let sb = create(&d, json!({}));
+    // Twelve levels of long names: every event below them is named by over 3 KB.
+    let deep: Vec<String> = (0..12)
+        .map(|i| format!("{}{i:02}", "d".repeat(250)))
+        .collect();
+    let deep = deep.join("/");
+    sb.sh_as("user", &format!("mkdir -p ~/w/{deep}"));
+    let ids: Vec<String> = (0..WATCHERS)
+        .map(|_| {
+            let r = sb.rpc(
+                "CreateWatcher",
+                AS_USER,
+                json!({"path": "w", "recursive": true}),
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            r.json()["watcherId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let probe = &ids[WATCHERS - 1];
+
+    let pid = d.pid().unwrap();
+    let before = rss(pid);
+    let started = Instant::now();
+    let ((), peak) = peak_rss_during(pid, || {
+        sb.sh_as(
+            "user",
+            &format!("cd ~/w/{deep} && for i in $(seq 3000); do : > f$i; done"),
+        );
+        wait_for_event(&sb, probe, "/f3000");
+    });
+    println!(
+        "WATCHERS {WATCHERS} x 3000 events of 3 KB names in {:.1} s: daemon RSS {:.1} MiB \
+         before, peak {:.1} MiB",
+        started.elapsed().as_secs_f64(),
+        before as f64 / MIB as f64,
+        peak as f64 / MIB as f64
+    );
+    let kept = watcher_events(&sb, &ids[0]);
+    let bytes: usize = kept.iter().map(|n| n.len() + 64).sum();
+    assert!(
+        kept.len() < 3000 && bytes <= MAX_BYTES,
+        "{} events of {bytes} bytes kept",
+        kept.len()
+    );
+    assert!(
+        kept.last().unwrap().ends_with("/f3000"),
+        "the newest were dropped"
+    );
+    assert!(
+        peak.saturating_sub(before) < GROWTH,
+        "the daemon grew by {} MiB",
+        (peak - before) / MIB
+    );
+
+    // Short names: the count is the bound, and the oldest go first.
+    watcher_events(&sb, &ids[1]);
+    watcher_events(&sb, probe);
+    sb.sh_as("user", "cd ~/w && for i in $(seq 1500); do : > g$i; done");
+    wait_for_event(&sb, probe, "g1500");
+    let kept = watcher_events(&sb, &ids[1]);
+    assert_eq!(kept.len(), MAX_EVENTS);
+    assert_eq!(
+        (kept[0].as_str(), kept[MAX_EVENTS - 1].as_str()),
+        ("g501", "g1500")
+    );
+    assert!(watcher_events(&sb, &ids[1]).is_empty());
+
+    for id in &ids {
+        let r = sb.rpc("RemoveWatcher", AS_USER, json!({ "watcherId": id }));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = sb.rpc("GetWatcherEvents", AS_USER, json!({ "watcherId": ids[0] }));
+    assert_eq!(r.status, 404, "{}", r.text());
+    d.finish();
+}
+
+#[test]
+fn watchers_are_capped_per_sandbox_and_team_and_go_with_their_sandbox() {
+    if !can_run("watchers_are_capped_per_sandbox_and_team_and_go_with_their_sandbox") {
+        return;
+    }
+    const PER_SANDBOX: usize = 64;
+    let _turn = my_turn();
+    let d = e2b_daemon(None);
+    let sbs: Vec<Sandbox> = (0..5).map(|_| create(&d, json!({}))).collect();
+    let watch = |sb: &Sandbox| sb.rpc("CreateWatcher", AS_USER, json!({"path": "/home/user"}));
+    let exhausted = |what: &str, r: Resp| {
+        assert_eq!(r.status, 429, "{what}: {}", r.text());
+        assert_eq!(r.json()["code"], "resource_exhausted", "{what}");
+        r.json()["message"].as_str().unwrap().to_string()
+    };
+    let mut first = String::new();
+    for sb in &sbs[..4] {
+        for _ in 0..PER_SANDBOX {
+            let r = watch(sb);
+            assert_eq!(r.status, 200, "{}", r.text());
+            if first.is_empty() {
+                first = r.json()["watcherId"].as_str().unwrap().to_string();
+            }
+        }
+        exhausted("a sandbox's 65th", watch(sb));
+    }
+    // Four sandboxes hold the team's 256: a fifth gets none.
+    let message = exhausted("the team's 257th", watch(&sbs[4]));
+    assert!(message.contains("team"), "{message}");
+    // A removed watcher makes room for one.
+    let r = sbs[0].rpc("RemoveWatcher", AS_USER, json!({ "watcherId": first }));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(watch(&sbs[4]).status, 200);
+    exhausted("the team's 257th again", watch(&sbs[4]));
+
+    // A sandbox that ends takes its watchers with it, without waiting for a call, and
+    // with the events they kept.
+    sbs[1].sh_as("user", "touch ~/unseen");
+    std::thread::sleep(Duration::from_millis(500));
+    let key = d.api_key();
+    let r = d.http(
+        Via::E2b,
+        "DELETE",
+        &format!("/sandboxes/{}", sbs[1].id),
+        &[("X-API-Key", &key)],
+        b"",
+    );
+    assert_eq!(r.status, 204, "{}", r.text());
+    eventually("the ended sandbox's watchers are gone", || {
+        let r = d.http(
+            Via::Unix,
+            "GET",
+            &format!("/v1/sandboxes/{}", sbs[1].id),
+            &[],
+            b"",
+        );
+        r.status == 404 || r.json()["state"] == "terminated"
+    });
+    let t = Instant::now();
+    let mut made = 0;
+    while made < PER_SANDBOX - 1 {
+        let r = watch(&sbs[4]);
+        if r.status == 200 {
+            made += 1;
+        } else {
+            exhausted("while the ended sandbox's watchers go", r);
+            assert!(t.elapsed() < Duration::from_secs(10), "they stayed");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    exhausted("a sandbox's 65th", watch(&sbs[4]));
     d.finish();
 }
