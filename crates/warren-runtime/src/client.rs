@@ -4,6 +4,8 @@
 //! channel they belong to, a writer task serialises outgoing frames. Data credit is
 //! granted back to the agent only when the consumer takes the data out of its
 //! [`Channel`], so a slow consumer slows the process it reads from, not the host's memory.
+//! The other way, at most [`DATA_IN_FLIGHT`] bytes of data wait to be written to the
+//! agent on a connection: a slow agent slows whoever sends it data, and holds little.
 //!
 //! File operations come in two forms: the plain ones (`stat`, `read_file`, ...) take text
 //! paths and act as the agent itself (the sandbox's root); the `*_as` and `*_with` ones
@@ -18,11 +20,15 @@ use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Semaphore};
 use warren_types::proto::{
     read_frame, write_frame, ErrorCode, ExecRequest, ExitStatus, FileInfo, Frame, FrameKind,
     ProcessInfo, Request, Response, User, WinSize, WirePath, CHUNK, PROTOCOL_VERSION,
 };
+
+/// Bytes of data (uploads, stdin) one connection queues for the agent at most; a frame
+/// holds its share until the writer has written it.
+pub const DATA_IN_FLIGHT: usize = 4 * CHUNK;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -49,6 +55,8 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     chans: Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>,
     next: AtomicU32,
+    /// Permits for [`DATA_IN_FLIGHT`] bytes; closed when the writer stops.
+    in_flight: Arc<Semaphore>,
 }
 
 /// A connection to one sandbox's agent.
@@ -121,12 +129,14 @@ impl AgentClient {
         // what one connection holds (2 MiB) when the agent reads slower than we send.
         let (out, mut out_rx) = mpsc::channel::<Frame>(32);
         let (credit, mut credit_rx) = mpsc::unbounded_channel::<Frame>();
+        let in_flight = Arc::new(Semaphore::new(DATA_IN_FLIGHT));
         let inner = Arc::new(Inner {
             out,
             credit,
             closed: std::sync::atomic::AtomicBool::new(false),
             chans: Mutex::new(HashMap::new()),
             next: AtomicU32::new(1),
+            in_flight: in_flight.clone(),
         });
         tokio::spawn(async move {
             loop {
@@ -141,7 +151,12 @@ impl AgentClient {
                 if write_frame(&mut w, &f).await.is_err() {
                     break;
                 }
+                if let Some(n) = data_share(&f) {
+                    in_flight.add_permits(n as usize);
+                }
             }
+            // Senders waiting for room would wait forever.
+            in_flight.close();
         });
         let client = AgentClient { inner };
         let mut hello = client.open_at(0);
@@ -579,12 +594,24 @@ impl Channel {
             .map_err(|_| ClientError::Closed)
     }
 
+    /// Sends data, once the connection has room for it (see [`DATA_IN_FLIGHT`]).
     pub async fn send_data(&self, kind: FrameKind, data: Vec<u8>) -> Result<()> {
+        let frame = Frame::new(self.id, kind, data);
+        let share = data_share(&frame).unwrap_or(0);
+        let room = self
+            .inner
+            .in_flight
+            .acquire_many(share)
+            .await
+            .map_err(|_| ClientError::Closed)?;
         self.inner
             .out
-            .send(Frame::new(self.id, kind, data))
+            .send(frame)
             .await
-            .map_err(|_| ClientError::Closed)
+            .map_err(|_| ClientError::Closed)?;
+        // The writer gives the room back once the frame is written.
+        room.forget();
+        Ok(())
     }
 
     /// The next message; data is credited back to the agent as it is taken.
@@ -679,6 +706,12 @@ impl Drop for Channel {
     fn drop(&mut self) {
         self.inner.chans.lock().unwrap().remove(&self.id);
     }
+}
+
+/// The room a frame takes in [`DATA_IN_FLIGHT`], for the data that counts.
+fn data_share(f: &Frame) -> Option<u32> {
+    matches!(f.kind, FrameKind::Data | FrameKind::Stdin)
+        .then(|| f.payload.len().min(DATA_IN_FLIGHT) as u32)
 }
 
 /// What a running process produces.
@@ -979,6 +1012,57 @@ mod tests {
             client.read_file(path.to_str().unwrap()).await.unwrap(),
             b"small"
         );
+    }
+
+    /// Counts what is read from an endless source.
+    struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl AsyncRead for Counted {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let n = buf.remaining();
+            buf.put_slice(&vec![7u8; n]);
+            self.0.fetch_add(n, Ordering::SeqCst);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_stops_reading_holds_back_the_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        // An agent that says hello, then reads nothing more.
+        let agent = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let hello = read_frame(&mut s).await.unwrap().unwrap();
+            let reply = Response::Hello {
+                version: PROTOCOL_VERSION,
+                agent: "stalled".into(),
+            };
+            write_frame(&mut s, &Frame::control(hello.channel, &reply))
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+            drop(s);
+        });
+        let client = AgentClient::connect(&socket).await.unwrap();
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let source = Counted(read.clone());
+        let opts = WriteOptions::default();
+        let upload = client.write_stream("/x", source, &opts);
+        let _ = tokio::time::timeout(Duration::from_secs(1), upload).await;
+        // The window, what the socket's buffers take, and a chunk being read.
+        let taken = read.load(Ordering::SeqCst);
+        assert!(
+            taken < DATA_IN_FLIGHT + (2 << 20),
+            "{} KiB read from the source while the agent read nothing",
+            taken >> 10
+        );
+        agent.abort();
     }
 
     #[tokio::test]

@@ -76,8 +76,11 @@ pub(crate) async fn drain_unread(req: Request, next: Next) -> Response {
     if refused && Arc::strong_count(&slot) == 1 {
         let rest = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(body) = rest {
-            let limited = http_body_util::Limited::new(body, DRAIN_LIMIT as usize);
-            let _ = tokio::time::timeout(DRAIN_TIME, limited.collect()).await;
+            // Each piece is dropped as it comes: many refused uploads at once must not
+            // hold their bodies in the daemon.
+            let mut limited = http_body_util::Limited::new(body, DRAIN_LIMIT as usize);
+            let discard = async { while let Some(Ok(_)) = limited.frame().await {} };
+            let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
         }
     }
     response

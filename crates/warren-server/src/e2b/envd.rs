@@ -3,18 +3,29 @@
 //!
 //! E2B runs envd calls as a Linux user named in `Authorization: Basic base64(user:)`
 //! (RPCs) or `?username=` (file transfers), `user` by default, and resolves relative
-//! paths against that user's home. Warren's agent does file operations as the
-//! sandbox's root, so what it creates on behalf of another user is handed to that user
-//! afterwards (`chown`), or E2B programs that write a file and then edit it from a
-//! command as `user` would fail.
+//! paths against that user's home. Every file operation is the agent's, done with that
+//! user's filesystem identity: the sandbox's kernel checks each step (symlinks
+//! included) against the user's rights, and what is created is theirs. Nothing runs in
+//! the sandbox on the daemon's behalf, so nothing the user planted there (a program on
+//! the PATH, a symlink) acts with more rights than the user's own.
+//!
+//! Files move through the daemon in chunks, never whole: an upload goes to the agent
+//! as it arrives, a download to the client as the agent reads it, each held back by the
+//! slower side. However large the file or slow the client, the daemon holds a window of
+//! it per transfer.
 //!
 //! A sandbox that is gone, or an access token that is not its own, is answered the
 //! way E2B's proxy answers for a sandbox it does not know: `502` and a message saying
 //! the sandbox was not found, which the SDK raises as its not-running error. Telling
 //! the two apart would tell a stranger which sandbox ids exist.
 
+use std::io;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
+use axum::body::Body;
+use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Multipart, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -24,10 +35,12 @@ use axum::Router;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use bytes::Bytes;
+use futures_util::Stream;
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, ReadBuf};
 use warren_core::Caller;
-use warren_runtime::client::{AgentClient, ClientError};
-use warren_types::proto::{Command, ErrorCode, ExecRequest, User};
+use warren_runtime::client::{AgentClient, ClientError, FileReader, ReadOptions, WriteOptions};
+use warren_types::proto::{ErrorCode, User};
 
 use super::connect::{Code, RpcError};
 use super::{filesystem, process, target, E2bState, ENVD_PORT};
@@ -144,9 +157,15 @@ impl Envd {
         Ok(client)
     }
 
-    /// The agent's notion of this user.
+    /// The agent's notion of this user, for the processes it starts.
     pub fn exec_user(&self) -> User {
         User::Name(self.user.clone())
+    }
+
+    /// Whom the agent's file operations act as: the user, or the agent itself (the
+    /// sandbox's root) for root.
+    pub fn fs_user(&self) -> Option<User> {
+        (self.user != "root").then(|| self.exec_user())
     }
 }
 
@@ -304,7 +323,8 @@ fn bad_path(e: String) -> HttpError {
     HttpError::new(StatusCode::BAD_REQUEST, e)
 }
 
-/// `GET /files?path=`: the file's bytes.
+/// `GET /files?path=`: the file's bytes, as the agent reads them. Only regular files:
+/// a device or a FIFO may never end, and envd has no way to ask for one.
 async fn download(
     State(st): State<E2bState>,
     env: Envd,
@@ -317,15 +337,42 @@ async fn download(
         .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "path is required"))?;
     let path = resolve(&path, &env.home()).map_err(bad_path)?;
     let (_, client) = st.mgr.agent(&env.caller, &env.id).await?;
-    let info = client.stat(&path).await?;
-    if info.file_type == warren_types::proto::FileType::Dir {
-        return Err(HttpError::new(
-            StatusCode::BAD_REQUEST,
-            format!("path {path} is a directory"),
-        ));
-    }
-    let data = client.read_file(&path).await?;
-    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], data).into_response())
+    let opts = ReadOptions {
+        user: env.fs_user(),
+        special: false,
+    };
+    let reader = client
+        .open_read(path.as_str(), &opts)
+        .await
+        .map_err(|e| match e {
+            ClientError::Agent {
+                code: ErrorCode::IsADirectory,
+                ..
+            } => HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("path {path} is a directory"),
+            ),
+            ClientError::Agent {
+                code: ErrorCode::NotAFile,
+                ..
+            } => HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("path {path} is not a regular file"),
+            ),
+            e => e.into(),
+        })?;
+    let body = Body::from_stream(chunks(reader));
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
+}
+
+/// The contents of `reader` as a body stream. Each chunk is taken from the agent only
+/// when the server asks for the next, that is when the client has taken the last, so
+/// a slow client holds the agent's read back instead of filling the daemon.
+fn chunks(reader: FileReader) -> impl Stream<Item = io::Result<Bytes>> + Send + 'static {
+    futures_util::stream::try_unfold(reader, |mut reader| async move {
+        let chunk = reader.chunk().await.map_err(io::Error::other)?;
+        Ok(chunk.map(|c| (Bytes::from(c), reader)))
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -347,8 +394,38 @@ fn written(path: &str) -> Written {
     }
 }
 
+fn too_large() -> HttpError {
+    HttpError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "the upload is larger than Warren accepts ({} MiB)",
+            MAX_UPLOAD >> 20
+        ),
+    )
+}
+
+fn multipart_error(e: &MultipartError) -> HttpError {
+    HttpError::new(e.status(), format!("multipart body: {}", e.body_text()))
+}
+
+/// Why an upload stopped, as the client should hear it.
+fn upload_error(e: ClientError) -> HttpError {
+    let ClientError::Upload(e) = e else {
+        return e.into();
+    };
+    let cause = e.get_ref();
+    if cause.is_some_and(|c| c.is::<TooLarge>()) {
+        return too_large();
+    }
+    if let Some(m) = cause.and_then(|c| c.downcast_ref::<MultipartError>()) {
+        return multipart_error(m);
+    }
+    HttpError::new(StatusCode::BAD_REQUEST, "the upload ended before its end")
+}
+
 /// `POST /files?path=`: a multipart form (a part per file, named by the `path`
-/// parameter or, for several, by each part's file name) or raw bytes for `path`.
+/// parameter or else by the part's file name, as envd does) or raw bytes for `path`.
+/// Each file goes to the agent as it arrives.
 async fn upload(
     State(st): State<E2bState>,
     env: Envd,
@@ -370,38 +447,18 @@ async fn upload(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/form-data"));
-    let mut files: Vec<(Option<String>, Bytes)> = Vec::new();
-    if multipart {
-        let mut form = Multipart::from_request(req, &())
-            .await
-            .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-        loop {
-            let field = form.next_field().await.map_err(|e| {
-                HttpError::new(e.status(), format!("multipart body: {}", e.body_text()))
-            })?;
-            let Some(field) = field else { break };
-            let name = field.file_name().map(str::to_string);
-            let data = field.bytes().await.map_err(|e| {
-                HttpError::new(e.status(), format!("multipart body: {}", e.body_text()))
-            })?;
-            files.push((name, data));
-        }
-    } else {
-        let body = Bytes::from_request(req, &()).await.map_err(|e| {
-            HttpError::new(
-                e.status(),
-                "the upload is larger than Warren accepts (128 MiB)",
-            )
-        })?;
-        files.push((None, body));
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_UPLOAD as u64) {
+        return Err(too_large());
     }
-    let single = files.len() == 1;
-    let mut targets = Vec::with_capacity(files.len());
-    for (name, data) in files {
+    let dest = |name: Option<String>| -> Result<String, HttpError> {
         let dest = match (&q.path, name) {
-            (Some(p), _) if single => p.clone(),
+            (Some(p), _) if !p.is_empty() => p.clone(),
             (_, Some(n)) if !n.is_empty() => n,
-            (Some(p), None) => p.clone(),
             _ => {
                 return Err(HttpError::new(
                     StatusCode::BAD_REQUEST,
@@ -409,72 +466,109 @@ async fn upload(
                 ))
             }
         };
-        if dest.is_empty() {
-            return Err(bad_path("path is required".into()));
-        }
-        targets.push((resolve(&dest, &env.home()).map_err(bad_path)?, data));
-    }
+        resolve(&dest, &env.home()).map_err(bad_path)
+    };
     let (_, client) = st.mgr.agent(&env.caller, &env.id).await?;
-    let mut out = Vec::with_capacity(targets.len());
-    for (path, data) in targets {
-        let created = first_missing(&client, &path).await?;
-        client.write_file(&path, &data, None).await?;
-        hand_over(&client, &env.user, created.as_deref()).await;
+    let mut out: Vec<Written> = Vec::new();
+    if !multipart {
+        let path = dest(None)?;
+        let body = Limited::new(req.into_body().into_data_stream());
+        write(&client, &env, &path, body).await?;
+        out.push(written(&path));
+        return Ok(axum::Json(out).into_response());
+    }
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    while let Some(field) = form.next_field().await.map_err(|e| multipart_error(&e))? {
+        let path = dest(field.file_name().map(str::to_string))?;
+        if out.iter().any(|w| w.path == path) {
+            return Err(HttpError::new(
+                StatusCode::BAD_REQUEST,
+                format!("one upload may write {path} once"),
+            ));
+        }
+        write(&client, &env, &path, Limited::new(field)).await?;
         out.push(written(&path));
     }
     Ok(axum::Json(out).into_response())
 }
 
-/// The highest of `path` and its ancestors that does not exist yet: what creating
-/// `path` (with its parents) will make.
-pub(crate) async fn first_missing(
+/// Writes one uploaded file as the caller.
+async fn write(
     client: &AgentClient,
+    env: &Envd,
     path: &str,
-) -> Result<Option<String>, ClientError> {
-    let mut missing = None;
-    let mut p = Path::new(path);
-    loop {
-        match client.stat(&p.to_string_lossy()).await {
-            Ok(_) => return Ok(missing),
-            Err(ClientError::Agent {
-                code: ErrorCode::NotFound,
-                ..
-            }) => {
-                missing = Some(p.to_string_lossy().into_owned());
-                match p.parent() {
-                    Some(parent) if parent != p => p = parent,
-                    _ => return Ok(missing),
-                }
-            }
-            Err(e) => return Err(e),
+    source: impl AsyncRead + Unpin,
+) -> Result<u64, HttpError> {
+    let opts = WriteOptions {
+        user: env.fs_user(),
+        ..WriteOptions::default()
+    };
+    client
+        .write_stream(path, source, &opts)
+        .await
+        .map_err(upload_error)
+}
+
+/// An upload passed [`MAX_UPLOAD`].
+#[derive(Debug)]
+struct TooLarge;
+
+impl std::fmt::Display for TooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the upload passed {} bytes", MAX_UPLOAD)
+    }
+}
+
+impl std::error::Error for TooLarge {}
+
+/// A request body, or one part of a multipart body, read as it arrives. It fails with
+/// [`TooLarge`] as soon as it passes [`MAX_UPLOAD`], so an oversized file is refused
+/// without being held. A body whose length was not declared is checked this way only.
+struct Limited<S> {
+    stream: S,
+    pending: Bytes,
+    total: u64,
+}
+
+impl<S> Limited<S> {
+    fn new(stream: S) -> Self {
+        Self {
+            stream,
+            pending: Bytes::new(),
+            total: 0,
         }
     }
 }
 
-/// Gives what the agent made at and below `top` to `user` (not for root, who owns it
-/// already). Best effort: the file is written either way, and a sandbox whose
-/// `/etc/passwd` no longer names the user leaves it to root, as before.
-pub(crate) async fn hand_over(client: &AgentClient, user: &str, top: Option<&str>) {
-    let Some(top) = top else { return };
-    if user == "root" {
-        return;
-    }
-    let req = ExecRequest {
-        command: Some(Command::Argv(vec![
-            "chown".into(),
-            "-R".into(),
-            "--".into(),
-            format!("{user}:"),
-            top.to_string(),
-        ])),
-        user: Some(User::Id {
-            uid: 0,
-            gid: Some(0),
-        }),
-        ..ExecRequest::default()
-    };
-    if let Ok(p) = client.exec(req).await {
-        let _ = p.output().await;
+impl<S, E> AsyncRead for Limited<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        while self.pending.is_empty() {
+            match ready!(Pin::new(&mut self.stream).poll_next(cx)) {
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => return Poll::Ready(Err(io::Error::other(e))),
+                Some(Ok(b)) => {
+                    self.total += b.len() as u64;
+                    if self.total > MAX_UPLOAD as u64 {
+                        return Poll::Ready(Err(io::Error::other(TooLarge)));
+                    }
+                    self.pending = b;
+                }
+            }
+        }
+        let n = self.pending.len().min(buf.remaining());
+        let taken = self.pending.split_to(n);
+        buf.put_slice(&taken);
+        Poll::Ready(Ok(()))
     }
 }
 

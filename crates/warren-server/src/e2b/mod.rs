@@ -29,9 +29,9 @@ mod ports;
 mod process;
 #[cfg(test)]
 mod tests;
+mod watches;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
@@ -57,7 +57,7 @@ pub(crate) struct E2bState {
     pub mgr: Arc<Manager>,
     /// Turns true when the daemon shuts down; streams end then.
     pub shutdown: watch::Receiver<bool>,
-    pub watchers: Arc<Mutex<HashMap<String, filesystem::Watcher>>>,
+    pub watchers: Arc<watches::Watchers>,
 }
 
 /// The E2B surface: control plane and envd on one router. Streams it serves end when

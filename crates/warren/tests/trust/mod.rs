@@ -35,6 +35,8 @@ pub fn stderr(o: &Output) -> String {
 pub enum Via {
     Unix,
     Tcp,
+    /// The E2B listener.
+    E2b,
 }
 
 /// An HTTP answer.
@@ -66,6 +68,8 @@ pub struct Daemon {
     child: Option<Child>,
     /// `127.0.0.1:PORT` when it also listens on TCP.
     pub listen: Option<String>,
+    /// `127.0.0.1:PORT` when it serves the E2B API.
+    pub e2b: Option<String>,
     /// Tenants whose sandboxes are removed at the end.
     pub tenants: Vec<String>,
     /// Every sandbox id the test saw: `doctor` leftovers are told apart by them.
@@ -89,6 +93,8 @@ pub struct Options {
     pub inherit: Option<String>,
     /// The text of a `--config` file.
     pub config: Option<String>,
+    /// Also serve the E2B API (127.0.0.1, a free port).
+    pub e2b: bool,
 }
 
 impl Daemon {
@@ -120,10 +126,12 @@ impl Daemon {
             .prefix("wt")
             .tempdir_in("/tmp")
             .expect("make a directory under /tmp");
-        let listen = o.tcp.then(|| {
+        let free_port = || {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().to_string()
-        });
+        };
+        let listen = o.tcp.then(free_port);
+        let e2b = o.e2b.then(free_port);
         let mut serve_args = Vec::new();
         if let Some(config) = &o.config {
             let path = dir.path().join("config.toml");
@@ -135,6 +143,7 @@ impl Daemon {
             data: o.data,
             child: None,
             listen,
+            e2b,
             tenants: vec!["default".into()],
             ids: Mutex::default(),
             finished: false,
@@ -191,6 +200,9 @@ impl Daemon {
         c.arg("serve").stdin(Stdio::null());
         if let Some(addr) = &self.listen {
             c.args(["--listen", addr]);
+        }
+        if let Some(addr) = &self.e2b {
+            c.args(["--e2b-listen", addr]);
         }
         c.args(&self.serve_args);
         c
@@ -425,6 +437,11 @@ impl Daemon {
             }
             Via::Tcp => {
                 let s = std::net::TcpStream::connect(self.listen.as_ref().expect("a TCP daemon"))?;
+                s.set_read_timeout(Some(timeout))?;
+                Box::new(s)
+            }
+            Via::E2b => {
+                let s = std::net::TcpStream::connect(self.e2b.as_ref().expect("an E2B daemon"))?;
                 s.set_read_timeout(Some(timeout))?;
                 Box::new(s)
             }
