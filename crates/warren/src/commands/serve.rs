@@ -89,7 +89,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(addr) = args.e2b_listen {
             eprintln!("warren: serving the E2B API on http://{addr}");
         }
-        warren_server::serve_with(mgr, socket.clone(), args.listen, args.e2b_listen)
+        let limits = warren_server::Limits::default();
+        warren_server::serve_with(mgr, socket.clone(), args.listen, args.e2b_listen, limits)
             .await
             .with_context(|| format!("serving on {}", socket.display()))
     })?;
