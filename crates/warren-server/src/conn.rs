@@ -98,6 +98,9 @@ impl Limits {
     }
 }
 
+/// Longest the accept loop waits for a connection it closed to make room to be gone.
+const EVICTION_WAIT: Duration = Duration::from_millis(100);
+
 /// Serves `router` on `listener` within `limits` until `shutdown` turns true; then stops
 /// accepting, lets the requests in flight finish, and returns once they have.
 pub(crate) async fn serve(
@@ -131,9 +134,14 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Some(slot) = registry.admit(Peer::of(addr.ip())) else {
+        let Some((slot, evicted)) = registry.admit(Peer::of(addr.ip())) else {
             continue;
         };
+        if let Some(old) = evicted {
+            // Its task closes it, but may not run before this loop accepts again: a flood
+            // would hold descriptors past the cap. Not forever, though, should it be slow.
+            let _ = tokio::time::timeout(EVICTION_WAIT, old.gone.notified()).await;
+        }
         if nodelay {
             // Streams write small envelopes; Nagle's algorithm would hold each behind the
             // client's delayed ACK.
@@ -234,6 +242,8 @@ struct Conn {
     /// Whoever waits on the socket, which after an upgrade is not the connection's task.
     reader: AtomicWaker,
     writer: AtomicWaker,
+    /// Told when the socket has been closed and the slot given back.
+    gone: Notify,
 }
 
 impl Conn {
@@ -252,6 +262,7 @@ impl Conn {
             closed: Notify::new(),
             reader: AtomicWaker::new(),
             writer: AtomicWaker::new(),
+            gone: Notify::new(),
         }
     }
 
@@ -393,14 +404,17 @@ impl Registry {
     }
 
     /// A place for a new connection from `peer`, made by closing an anonymous one if the
-    /// listener or the peer is at its cap; none if there is no anonymous one to close.
-    fn admit(self: &Arc<Self>, peer: Peer) -> Option<Slot> {
+    /// listener or the peer is at its cap (returned too, as it may not be gone yet);
+    /// none if there is no anonymous one to close.
+    fn admit(self: &Arc<Self>, peer: Peer) -> Option<(Slot, Option<Arc<Conn>>)> {
         let mut open = self.open();
         let peer_full = open.per_peer.get(&peer).copied().unwrap_or(0) >= self.limits.max_per_peer;
         let full = open.conns.len() >= self.limits.max_connections;
+        let mut evicted = None;
         if peer_full || full {
             let victim = open.oldest_anonymous(peer_full.then_some(peer))?;
-            if let Some(conn) = open.remove(victim) {
+            evicted = open.remove(victim);
+            if let Some(conn) = &evicted {
                 conn.close();
             }
         }
@@ -408,10 +422,11 @@ impl Registry {
         let conn = Arc::new(Conn::new(open.next, peer));
         open.conns.insert(conn.serial, conn.clone());
         *open.per_peer.entry(peer).or_default() += 1;
-        Some(Slot {
+        let slot = Slot {
             registry: self.clone(),
             conn,
-        })
+        };
+        Some((slot, evicted))
     }
 }
 
@@ -425,6 +440,7 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.registry.open().remove(self.conn.serial);
+        self.conn.gone.notify_one();
     }
 }
 
@@ -435,6 +451,7 @@ impl Drop for Slot {
 struct Io {
     stream: TcpStream,
     conn: Arc<Conn>,
+    /// Dropped after `stream`, so that a slot given back is a descriptor closed.
     _slot: Slot,
 }
 
