@@ -819,6 +819,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn http2_frames_between_requests_are_not_a_slow_head() {
+        let server = start(limits()).await;
+        let io = TokioIo::new(connect(&server).await);
+        let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let get = || {
+            Request::get(format!("http://{}/", server.addr))
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert_eq!(h2.send_request(get()).await.unwrap().status(), 200);
+        // Past the header timeout, within the idle one.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let resp = h2.send_request(get()).await.unwrap();
+        assert_eq!(resp.version(), Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            h2.send_request(get()).await.is_err(),
+            "idle, yet still open"
+        );
+    }
+
+    #[tokio::test]
     async fn a_quiet_answer_is_not_cut() {
         let server = start(limits()).await;
         let mut s = connect(&server).await;
