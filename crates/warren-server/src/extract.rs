@@ -3,7 +3,8 @@
 //! axum's own extractors answer bad input with plain-text bodies and statuses of their
 //! choosing (415, 422); every failure here is the API's JSON error instead, so a client
 //! handles one shape. Authentication is an extractor too: a handler that takes
-//! [`Tenant`] or [`SandboxAccess`] cannot run for a caller who failed it.
+//! [`Tenant`] or [`SandboxAccess`] cannot run for a caller who failed it, and a caller
+//! who passed it on TCP has its connection marked as authenticated (see [`crate::conn`]).
 
 use std::collections::HashMap;
 
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use warren_core::Caller;
 
+use crate::conn::mark_authenticated;
 use crate::error::Error;
 use crate::{AppState, Surface};
 
@@ -119,7 +121,11 @@ impl FromRequestParts<AppState> for Tenant {
         match state.surface {
             Surface::Unix => unix_caller(&parts.headers).map(Tenant),
             Surface::Tcp => match bearer(&parts.headers)? {
-                Some(key) => api_key_caller(state, key).map(Tenant),
+                Some(key) => {
+                    let caller = api_key_caller(state, key)?;
+                    mark_authenticated(&parts.extensions);
+                    Ok(Tenant(caller))
+                }
                 None => Err(Error::unauthorized("send Authorization: Bearer <api key>")),
             },
         }
@@ -169,6 +175,7 @@ impl FromRequestParts<AppState> for SandboxAccess {
                 }
             },
         };
+        mark_authenticated(&parts.extensions);
         Ok(SandboxAccess { caller, key })
     }
 }

@@ -16,6 +16,7 @@
 //! is one [`Error`] with a stable code. Long answers (exec and attach output, events)
 //! stream as NDJSON; a terminal is a WebSocket.
 
+mod conn;
 mod drain;
 pub mod e2b;
 mod error;
@@ -48,6 +49,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use warren_core::Manager;
 
+pub use crate::conn::Limits;
 pub use crate::error::Error;
 pub use crate::extract::{ACCESS_TOKEN_HEADER, TENANT_HEADER};
 
@@ -310,18 +312,26 @@ pub async fn serve(
     unix_socket: PathBuf,
     tcp: Option<SocketAddr>,
 ) -> io::Result<()> {
-    serve_with(mgr, unix_socket, tcp, None).await
+    serve_with(mgr, unix_socket, tcp, None, Limits::default()).await
 }
 
-/// [`serve`], plus the E2B API ([`e2b`]) on `e2b` when given.
+/// [`serve`], plus the E2B API ([`e2b`]) on `e2b` when given, with the TCP listeners'
+/// connections bounded by `limits` (fitted under the limit on open files, which is
+/// raised to its hard value first).
 pub async fn serve_with(
     mgr: Arc<Manager>,
     unix_socket: PathBuf,
     tcp: Option<SocketAddr>,
     e2b: Option<SocketAddr>,
+    limits: Limits,
 ) -> io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let open_files = warren_sys::fd::raise_open_files_limit()?;
+    let limits = limits.fitted(
+        open_files,
+        usize::from(tcp.is_some()) + usize::from(e2b.is_some()),
+    );
     let unix = bind_unix(&unix_socket)?;
     let tcp = match tcp {
         Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -346,24 +356,22 @@ pub async fn serve_with(
             .into_future(),
     );
     if let Some(tcp) = tcp {
-        servers.spawn(
-            axum::serve(tcp, app(Surface::Tcp))
-                .with_graceful_shutdown(shutting_down(shutdown.clone()))
-                .into_future(),
-        );
+        servers.spawn(conn::serve(
+            tcp,
+            app(Surface::Tcp),
+            limits,
+            false,
+            shutdown.clone(),
+        ));
     }
     if let Some(listener) = e2b {
-        // Streams write small envelopes; Nagle's algorithm would hold each behind the
-        // client's delayed ACK (40 ms a command).
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        servers.spawn(
-            axum::serve(listener, e2b::router(mgr.clone(), shutdown.clone()))
-                .with_graceful_shutdown(shutting_down(shutdown.clone()))
-                .into_future(),
-        );
+        servers.spawn(conn::serve(
+            listener,
+            e2b::router(mgr.clone(), shutdown.clone()),
+            limits,
+            true,
+            shutdown.clone(),
+        ));
     }
     let early = tokio::select! {
         _ = term.recv() => None,

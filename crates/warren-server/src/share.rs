@@ -15,6 +15,7 @@ use warren_core::Guest;
 use warren_runtime::client::{AttachOptions, Process};
 use warren_types::api::{ShareInfo, ShareRequest};
 
+use crate::conn::Connection;
 use crate::error::Error;
 use crate::exec::{terminal, Input, TerminalRules};
 use crate::extract::{Json, Path, SandboxAccess, Tenant};
@@ -58,12 +59,14 @@ pub async fn revoke(
 pub async fn join(
     State(st): State<AppState>,
     Path(token): Path<String>,
+    conn: Connection,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
     // The credential first: a request without a handshake learns only that.
     let guest = st.mgr.join_share(&token).await.ok_or_else(|| {
         Error::not_found("no such share (revoked, or its process or sandbox ended)")
     })?;
+    conn.authenticated();
     let ws = ws.map_err(|e| Error::new(e.status(), "invalid_request", e.body_text()))?;
     let (id, client) = st.mgr.agent(&guest.caller, &guest.sandbox).await?;
     // The shared process itself (its serial), from where the share began.

@@ -14,6 +14,7 @@ use tower::ServiceExt;
 use warren_core::{Config, Manager};
 use warren_runtime::Paths;
 
+use crate::conn::Trusted;
 use crate::{router, Surface, ROUTES, UNIX_ONLY};
 
 struct Env {
@@ -382,6 +383,39 @@ async fn keys_are_minted_on_unix_only_and_work_on_tcp() {
         .body(Body::empty())
         .expect("request");
     assert_eq!(send(e.tcp(), r).await.0, StatusCode::NOT_FOUND);
+}
+
+/// Whether `r`, coming off a TCP connection, marks that connection as authenticated.
+async fn marks(app: Router, mut r: Request<Body>) -> bool {
+    let mark = Trusted::default();
+    r.extensions_mut().insert(mark.clone());
+    let _ = send(app, r).await;
+    mark.is_set()
+}
+
+#[tokio::test]
+async fn credentials_that_pass_mark_the_connection() {
+    let e = env().await;
+    let key = e.mgr.create_api_key("t1", false).expect("key");
+    let bearer = format!("Bearer {key}");
+    let with = |uri: &str, header: &str, value: &str| {
+        req("GET", uri)
+            .header(header, value)
+            .body(Body::empty())
+            .expect("request")
+    };
+    // A tenant's key, on a tenant's route and on a sandbox's (unknown: 404 all the same).
+    assert!(marks(e.tcp(), with("/v1/sandboxes", "authorization", &bearer)).await);
+    let stat = "/v1/sandboxes/nosuch/files/stat?path=/";
+    assert!(marks(e.tcp(), with(stat, "authorization", &bearer)).await);
+    // What passes no check leaves the connection anonymous.
+    assert!(!marks(e.tcp(), empty("GET", "/health")).await);
+    assert!(!marks(e.tcp(), empty("GET", "/v1/sandboxes")).await);
+    let nope = "Bearer wrn_nope";
+    assert!(!marks(e.tcp(), with("/v1/sandboxes", "authorization", nope)).await);
+    assert!(!marks(e.tcp(), with(stat, "authorization", nope)).await);
+    assert!(!marks(e.tcp(), with(stat, "x-access-token", "whatever")).await);
+    assert!(!marks(e.tcp(), empty("GET", "/v1/shared/nosuchtoken")).await);
 }
 
 #[tokio::test]

@@ -120,6 +120,24 @@ pub(crate) fn cloexec_each(first: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// Raises the soft limit on open descriptors to the hard one and returns it. A daemon
+/// that serves many clients needs the room, and only the hard limit is a decision of
+/// whoever started it; the soft one is a default for programs that never ask.
+///
+/// A hard limit above what the kernel allows a process (`fs.nr_open`) cannot be the soft
+/// one; the soft limit then stays, and is what is returned.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft >= hard {
+        return Ok(soft);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => Ok(hard),
+        Err(_) => Ok(soft),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::{AsRawFd, IntoRawFd};
@@ -129,6 +147,16 @@ mod tests {
     fn is_open(fd: RawFd) -> bool {
         // SAFETY: F_GETFD only reads the descriptor's flags.
         unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn the_soft_limit_is_raised_to_the_hard_one() {
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, hard.min(1024), hard).unwrap();
+        let now = raise_open_files_limit().unwrap();
+        assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (now, hard));
+        assert!(now == hard || hard == libc::RLIM_INFINITY);
     }
 
     #[test]

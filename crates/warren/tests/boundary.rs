@@ -605,7 +605,10 @@ fn a_tenants_template_names_never_lead_to_another_tenants_templates() {
     );
     assert!(r.text().contains("\"done\""), "{}", r.text());
     let built = d.build_as(&key_b, "shared", "echo mine > /etc/owner");
-    assert!(refused(&built), "b shadowed an operator's template: {built}");
+    assert!(
+        refused(&built),
+        "b shadowed an operator's template: {built}"
+    );
     for (key, name) in [(&key_a, "python"), (&key_b, "python")] {
         let r = d.as_tenant(key, "DELETE", &format!("/v1/templates/{name}"), "");
         assert!(r.status == 204 || r.status == 409, "{}", r.text());

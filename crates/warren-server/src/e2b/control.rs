@@ -100,10 +100,12 @@ impl FromRequestParts<E2bState> for Key {
             .get(API_KEY_HEADER)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| HttpError::new(StatusCode::UNAUTHORIZED, "send X-API-Key"))?;
-        st.mgr
+        let caller = st
+            .mgr
             .authenticate(key.trim())
-            .map(Key)
-            .ok_or_else(|| HttpError::new(StatusCode::UNAUTHORIZED, "Invalid API key"))
+            .ok_or_else(|| HttpError::new(StatusCode::UNAUTHORIZED, "Invalid API key"))?;
+        crate::conn::mark_authenticated(&parts.extensions);
+        Ok(Key(caller))
     }
 }
 

@@ -260,6 +260,7 @@ impl FromRequestParts<E2bState> for Envd {
             .mgr
             .authenticate_sandbox(&t.sandbox, token)
             .ok_or_else(|| HttpError::sandbox_gone(&t.sandbox))?;
+        crate::conn::mark_authenticated(&parts.extensions);
         let user = match basic_user(&parts.headers)? {
             Some(u) => u,
             None => {

@@ -15,6 +15,7 @@ use warren_core::{Config, Manager};
 use warren_runtime::Paths;
 
 use super::router;
+use crate::conn::Trusted;
 
 struct Env {
     _dir: tempfile::TempDir,
@@ -146,6 +147,38 @@ async fn envd_checks_the_token_before_anything() {
         .as_str()
         .unwrap()
         .contains("was not found"));
+}
+
+/// Whether `r`, coming off a TCP connection, marks that connection as authenticated.
+async fn marks(app: Router, mut r: Request<Body>) -> bool {
+    let mark = Trusted::default();
+    r.extensions_mut().insert(mark.clone());
+    let _ = send(app, r).await;
+    mark.is_set()
+}
+
+#[tokio::test]
+async fn keys_and_tokens_that_pass_mark_the_connection() {
+    let e = env().await;
+    let key = e.mgr.create_api_key("t1", false).unwrap();
+    let control = |key: &str| {
+        Request::get("/v2/sandboxes")
+            .header("x-api-key", key)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert!(marks(e.app(), control(&key)).await);
+    assert!(!marks(e.app(), control("wrn_nope")).await);
+    let health = Request::get("/health").body(Body::empty()).unwrap();
+    assert!(!marks(e.app(), health).await);
+    let stat = "/filesystem.Filesystem/Stat";
+    let wrong = envd(stat, "sb1", Some("tok"), "application/json", "{}");
+    assert!(!marks(e.app(), wrong).await);
+    let port = Request::get("/")
+        .header(header::HOST, "8080-abc123.example.com")
+        .body(Body::empty())
+        .unwrap();
+    assert!(!marks(e.app(), port).await);
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use warren_core::{Config, Manager};
 use warren_runtime::Paths;
+use warren_server::Limits;
 
 /// Run the daemon: the REST API on a unix socket (and optionally TCP).
 #[derive(Debug, Args)]
@@ -26,7 +27,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub e2b_listen: Option<SocketAddr>,
     /// A TOML file of limits: defaults, maxima, per-tenant quotas, publishable host ports
-    /// (see docs/api.md, "Limits and quotas").
+    /// (see docs/api.md, "Limits and quotas"), TCP connections ("Connections on TCP").
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
 }
@@ -40,14 +41,49 @@ struct ServeConfig {
     /// How often the disk each sandbox takes is measured, in seconds.
     #[serde(default)]
     disk_measure_secs: Option<u64>,
+    #[serde(default)]
+    connections: ConnectionsConfig,
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+/// The `[connections]` table: how the TCP listeners' connections are bounded. Each
+/// value left out keeps its default.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConnectionsConfig {
+    header_timeout_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    max_connections: Option<usize>,
+    max_per_peer: Option<usize>,
+}
+
+impl ConnectionsConfig {
+    fn limits(&self) -> anyhow::Result<Limits> {
+        let counts = [
+            ("header_timeout_secs", self.header_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("max_connections", self.max_connections.map(|n| n as u64)),
+            ("max_per_peer", self.max_per_peer.map(|n| n as u64)),
+        ];
+        for (name, v) in counts {
+            anyhow::ensure!(v != Some(0), "connections.{name} must be at least 1");
+        }
+        let d = Limits::default();
+        let secs = std::time::Duration::from_secs;
+        Ok(Limits {
+            header_timeout: self.header_timeout_secs.map_or(d.header_timeout, secs),
+            idle_timeout: self.idle_timeout_secs.map_or(d.idle_timeout, secs),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_per_peer: self.max_per_peer.unwrap_or(d.max_per_peer),
+        })
+    }
+}
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Limits)> {
     let paths = Paths::from_env();
     let exe = std::env::current_exe().context("cannot find the warren binary")?;
     let mut config = Config::new(paths, exe);
     let Some(path) = path else {
-        return Ok(config);
+        return Ok((config, Limits::default()));
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the configuration {}", path.display()))?;
@@ -63,14 +99,18 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
         );
         config.disk_interval = std::time::Duration::from_secs(s);
     }
-    Ok(config)
+    let limits = file
+        .connections
+        .limits()
+        .with_context(|| format!("configuration {}", path.display()))?;
+    Ok((config, limits))
 }
 
 /// The tenant whose key is made on first start.
 const DEFAULT_TENANT: &str = "default";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let config = load_config(args.config.as_deref())?;
+    let (config, limits) = load_config(args.config.as_deref())?;
     let paths = config.paths.clone();
     let socket = args.socket.unwrap_or_else(|| paths.run.join("warren.sock"));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -89,7 +129,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(addr) = args.e2b_listen {
             eprintln!("warren: serving the E2B API on http://{addr}");
         }
-        warren_server::serve_with(mgr, socket.clone(), args.listen, args.e2b_listen)
+        warren_server::serve_with(mgr, socket.clone(), args.listen, args.e2b_listen, limits)
             .await
             .with_context(|| format!("serving on {}", socket.display()))
     })?;
@@ -117,4 +157,27 @@ fn ensure_default_key(mgr: &Manager, path: &Path) -> anyhow::Result<()> {
         path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connections(text: &str) -> anyhow::Result<Limits> {
+        let file: ServeConfig = toml::from_str(text)?;
+        file.connections.limits()
+    }
+
+    #[test]
+    fn connections_keep_the_defaults_they_do_not_name() {
+        assert_eq!(connections("").unwrap(), Limits::default());
+        let l = connections("[connections]\nidle_timeout_secs = 5\nmax_per_peer = 8").unwrap();
+        assert_eq!(l.idle_timeout, std::time::Duration::from_secs(5));
+        assert_eq!(l.max_per_peer, 8);
+        assert_eq!(l.header_timeout, Limits::default().header_timeout);
+        assert_eq!(l.max_connections, Limits::default().max_connections);
+        let zero = connections("[connections]\nmax_connections = 0").unwrap_err();
+        assert!(zero.to_string().contains("max_connections"), "{zero}");
+        assert!(connections("[connections]\nmax_conections = 5").is_err());
+    }
 }
