@@ -31,7 +31,8 @@ use tokio::sync::mpsc;
 use warren_sys::child::Identity;
 use warren_sys::fsid::with_fs_identity;
 use warren_types::proto::{
-    ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, User, WirePath, CHUNK, MAX_PAYLOAD,
+    frame_credit, ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, User, WirePath, CHUNK,
+    MAX_PAYLOAD, MIN_FRAME_CREDIT,
 };
 
 use crate::flow::{self, Credit};
@@ -369,12 +370,16 @@ pub(crate) async fn read_file(
         }
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let granted = credit.take(CHUNK).await;
+            let granted = credit.take_between(MIN_FRAME_CREDIT, CHUNK).await;
+            if granted == 0 {
+                return Ok(());
+            }
             let n = file.read(&mut buf[..granted]).await?;
-            credit.refund(granted - n);
             if n == 0 {
+                credit.refund(granted);
                 break;
             }
+            credit.refund(granted - frame_credit(n));
             if out
                 .send(Frame::new(ch, FrameKind::Data, buf[..n].to_vec()))
                 .await

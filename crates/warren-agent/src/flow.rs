@@ -46,22 +46,23 @@ impl Credit {
         }
     }
 
-    /// Waits for credit and takes between 1 and `max` bytes of it (`max` > 0).
-    pub(crate) async fn take(&self, max: usize) -> usize {
-        let Ok(first) = self.0.acquire().await else {
+    /// Waits for at least `min` bytes of credit and takes up to `max` (`min` ≤ `max`;
+    /// `min` at most [`INITIAL_WINDOW`], so it can always be met).
+    pub(crate) async fn take_between(&self, min: usize, max: usize) -> usize {
+        let Ok(first) = self.0.acquire_many(min as u32).await else {
             return 0;
         };
         first.forget();
-        let more = (max.saturating_sub(1)).min(self.0.available_permits());
+        let more = (max.saturating_sub(min)).min(self.0.available_permits());
         match u32::try_from(more)
             .ok()
             .and_then(|m| self.0.try_acquire_many(m).ok())
         {
             Some(permits) => {
                 permits.forget();
-                1 + more
+                min + more
             }
-            None => 1,
+            None => min,
         }
     }
 

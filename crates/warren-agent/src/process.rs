@@ -39,8 +39,8 @@ use tokio::sync::{mpsc, watch};
 use warren_sys::child::{self, ChildSetup};
 use warren_sys::pty::{self, TermSize};
 use warren_types::proto::{
-    Command, ErrorCode, ExecRequest, ExitStatus, Frame, FrameKind, ProcessInfo, Response, WinSize,
-    CHUNK,
+    frame_credit, Command, ErrorCode, ExecRequest, ExitStatus, Frame, FrameKind, ProcessInfo,
+    Response, WinSize, CHUNK, MIN_FRAME_CREDIT,
 };
 
 use crate::flow::{self, Credit};
@@ -390,12 +390,18 @@ impl Reader {
             changed.borrow_and_update();
             match self.next() {
                 Next::Data(ready) => {
-                    let granted = credit.take(ready).await;
+                    // Even a short frame costs MIN_FRAME_CREDIT (see the protocol).
+                    let granted = credit
+                        .take_between(MIN_FRAME_CREDIT, ready.max(MIN_FRAME_CREDIT))
+                        .await;
+                    if granted == 0 {
+                        return false;
+                    }
                     let Some((stream, data)) = self.take(granted) else {
                         credit.refund(granted);
                         continue;
                     };
-                    credit.refund(granted - data.len());
+                    credit.refund(granted - frame_credit(data.len()));
                     let kind = match stream {
                         Stream::Stdout => FrameKind::Stdout,
                         Stream::Stderr => FrameKind::Stderr,

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use common::{argv, sh, TestAgent};
 use warren_agent::AgentConfig;
 use warren_types::proto::{
-    ErrorCode, ExecRequest, Frame, FrameKind, Request, Response, WinSize, INITIAL_WINDOW,
+    frame_credit, ErrorCode, ExecRequest, Frame, FrameKind, Request, Response, WinSize,
+    INITIAL_WINDOW, MIN_FRAME_CREDIT,
 };
 
 #[tokio::test]
@@ -317,10 +318,12 @@ async fn output_never_exceeds_granted_credit() {
         .await;
     let mut granted = INITIAL_WINDOW as usize;
     let mut received = 0usize;
+    // What the frames cost: their length, but at least MIN_FRAME_CREDIT each.
+    let mut charged = 0usize;
     let mut grants = 0;
     loop {
-        // Once the window is used up, nothing may come until we grant more.
-        if received == granted {
+        // Once the window cannot pay for another frame, nothing may come until we grant.
+        if granted - charged < MIN_FRAME_CREDIT {
             let quiet = tokio::time::timeout(Duration::from_millis(200), c.frame(ch)).await;
             assert!(quiet.is_err(), "agent sent past its credit: {quiet:?}");
             let more = 700_000;
@@ -332,9 +335,10 @@ async fn output_never_exceeds_granted_credit() {
         match f.kind {
             FrameKind::Stdout => {
                 received += f.payload.len();
+                charged += frame_credit(f.payload.len());
                 assert!(
-                    received <= granted,
-                    "received {received} with {granted} granted"
+                    charged <= granted,
+                    "received {received} ({charged} of credit) with {granted} granted"
                 );
             }
             FrameKind::Control => {

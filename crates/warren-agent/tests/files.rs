@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::{sh, Client, TestAgent};
 use warren_types::proto::{
-    ErrorCode, FileType, Frame, FrameKind, Request, Response, WatchKind, CHUNK,
+    frame_credit, ErrorCode, FileType, Frame, FrameKind, Request, Response, WatchKind, CHUNK,
 };
 
 /// A deterministic byte stream and a checksum of it, so 100 MB never sits in memory.
@@ -73,7 +73,7 @@ async fn read_file(c: &mut Client, path: &str) -> Result<(u64, u64, u64), ErrorC
                 assert!(f.payload.len() <= CHUNK);
                 len += f.payload.len() as u64;
                 sum = checksum(sum, &f.payload);
-                c.grant(ch, f.payload.len() as u32).await;
+                c.grant(ch, frame_credit(f.payload.len()) as u32).await;
             }
             FrameKind::Control => {
                 assert_eq!(f.parse::<Response>().unwrap(), Response::End);

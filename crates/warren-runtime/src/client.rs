@@ -15,15 +15,15 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Semaphore};
 use warren_types::proto::{
-    read_frame, write_frame, ErrorCode, ExecRequest, ExitStatus, FileInfo, Frame, FrameKind,
-    ProcessInfo, Request, Response, User, WinSize, WirePath, CHUNK, PROTOCOL_VERSION,
+    frame_credit, read_frame, write_frame, ErrorCode, ExecRequest, ExitStatus, FileInfo, Frame,
+    FrameKind, ProcessInfo, Request, Response, User, WinSize, WirePath, CHUNK, PROTOCOL_VERSION,
 };
 
 /// Bytes of data (uploads, stdin) one connection queues for the agent at most; a frame
@@ -53,10 +53,30 @@ struct Inner {
     /// (in a `select!`) must not lose the frame it took.
     credit: mpsc::UnboundedSender<Frame>,
     closed: std::sync::atomic::AtomicBool,
-    chans: Mutex<HashMap<u32, mpsc::UnboundedSender<Frame>>>,
+    chans: Mutex<HashMap<u32, Route>>,
     next: AtomicU32,
     /// Permits for [`DATA_IN_FLIGHT`] bytes; closed when the writer stops.
     in_flight: Arc<Semaphore>,
+}
+
+/// Where the reader puts a channel's frames, and what they hold there until taken.
+#[derive(Debug, Clone)]
+struct Route {
+    tx: mpsc::UnboundedSender<Frame>,
+    queued: Arc<AtomicUsize>,
+}
+
+/// What a channel's frames may hold on the host before its consumer takes them. Data is
+/// bounded by credit well below this (a window plus a little per frame); what passes it is
+/// control messages (file-watch events) that a consumer stopped taking, and the channel
+/// ends rather than grow.
+const MAX_QUEUED: usize = 8 << 20;
+
+/// What a queued frame is counted as beyond its payload.
+const FRAME_OVERHEAD: usize = 64;
+
+fn queued_cost(f: &Frame) -> usize {
+    f.payload.len() + FRAME_OVERHEAD
 }
 
 /// A connection to one sandbox's agent.
@@ -79,6 +99,7 @@ pub enum Incoming {
 pub struct Channel {
     id: u32,
     rx: mpsc::UnboundedReceiver<Frame>,
+    queued: Arc<AtomicUsize>,
     inner: Arc<Inner>,
 }
 
@@ -166,9 +187,17 @@ impl AgentClient {
                 let Some(inner) = reader_inner.upgrade() else {
                     break;
                 };
-                let tx = inner.chans.lock().unwrap().get(&f.channel).cloned();
-                if let Some(tx) = tx {
-                    let _ = tx.send(f);
+                let route = inner.chans.lock().unwrap().get(&f.channel).cloned();
+                if let Some(route) = route {
+                    let cost = queued_cost(&f);
+                    if route.queued.fetch_add(cost, Ordering::Relaxed) + cost > MAX_QUEUED {
+                        // Its consumer stopped taking: the channel ends (after what is
+                        // queued) instead of growing.
+                        route.queued.fetch_sub(cost, Ordering::Relaxed);
+                        inner.chans.lock().unwrap().remove(&f.channel);
+                        continue;
+                    }
+                    let _ = route.tx.send(f);
                 }
             }
             // Dropping every sender ends every channel's stream.
@@ -199,10 +228,18 @@ impl AgentClient {
 
     fn open_at(&self, id: u32) -> Channel {
         let (tx, rx) = mpsc::unbounded_channel();
-        self.inner.chans.lock().unwrap().insert(id, tx);
+        let queued = Arc::new(AtomicUsize::new(0));
+        self.inner.chans.lock().unwrap().insert(
+            id,
+            Route {
+                tx,
+                queued: queued.clone(),
+            },
+        );
         Channel {
             id,
             rx,
+            queued,
             inner: self.inner.clone(),
         }
     }
@@ -637,14 +674,17 @@ impl Channel {
     /// Decodes a frame handed to the consumer, granting the agent credit for its data;
     /// `None` for frames a client never receives.
     fn take(&self, f: Frame) -> Option<Incoming> {
+        self.queued.fetch_sub(queued_cost(&f), Ordering::Relaxed);
         let kind = f.kind;
         if matches!(
             kind,
             FrameKind::Stdout | FrameKind::Stderr | FrameKind::Data
         ) {
-            let n = f.payload.len() as u32;
+            // The agent counted the frame as at least MIN_FRAME_CREDIT; so do we.
+            let n = f.payload.len();
             if n > 0 {
-                let _ = self.inner.credit.send(Frame::credit(self.id, n));
+                let credit = frame_credit(n).min(u32::MAX as usize) as u32;
+                let _ = self.inner.credit.send(Frame::credit(self.id, credit));
             }
         }
         Some(match kind {
@@ -1062,6 +1102,57 @@ mod tests {
             "{} KiB read from the source while the agent read nothing",
             taken >> 10
         );
+        agent.abort();
+    }
+
+    #[tokio::test]
+    async fn a_channel_whose_consumer_stopped_ends_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        // An agent that answers hello, then floods channel 1 with 4 KiB control messages
+        // (as watch events would come) far past MAX_QUEUED, then says something on 3.
+        let agent = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let hello = read_frame(&mut s).await.unwrap().unwrap();
+            let reply = Response::Hello {
+                version: PROTOCOL_VERSION,
+                agent: "flooding".into(),
+            };
+            write_frame(&mut s, &Frame::control(hello.channel, &reply))
+                .await
+                .unwrap();
+            let event = Response::Error {
+                code: ErrorCode::Io,
+                message: "e".repeat(4096),
+            };
+            for _ in 0..(3 * MAX_QUEUED / 4096) {
+                write_frame(&mut s, &Frame::control(1, &event))
+                    .await
+                    .unwrap();
+            }
+            write_frame(&mut s, &Frame::control(3, &Response::End))
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+        });
+        let client = AgentClient::connect(&socket).await.unwrap();
+        let mut stalled = client.open();
+        let mut other = client.open();
+        assert_eq!((stalled.id, other.id), (1, 3));
+        // The other channel still gets its message: the flood did not stop the reader.
+        let got = tokio::time::timeout(Duration::from_secs(20), other.recv()).await;
+        assert!(
+            matches!(got, Ok(Some(Incoming::Control(Response::End)))),
+            "{got:?}"
+        );
+        // What the stalled one holds stayed under the bound, and it ends after that.
+        assert!(stalled.queued.load(Ordering::SeqCst) <= MAX_QUEUED);
+        let mut n = 0;
+        while let Some(Incoming::Control(_)) = stalled.recv().await {
+            n += 1;
+        }
+        assert!(n > 0 && n * 4096 <= MAX_QUEUED, "{n} messages were kept");
         agent.abort();
     }
 

@@ -19,7 +19,10 @@
 //! Flow control: the agent never sends more data (stdout, stderr, file contents) on a
 //! channel than the client has granted. Each channel starts with [`INITIAL_WINDOW`]
 //! bytes of credit; the client grants more with a `Credit` frame whose payload is a
-//! u32 BE byte count, sent as it consumes data. A process whose reader stops reading is
+//! u32 BE byte count, sent as it consumes data. A data frame costs its length but at
+//! least [`MIN_FRAME_CREDIT`] (both sides count it so), which bounds the frames in flight
+//! as well as the bytes: a process writing one byte at a time cannot queue a million
+//! one-byte frames on the host. A process whose reader stops reading is
 //! therefore stopped by its full pipe, and the agent's memory stays bounded. Data from
 //! the client (stdin, file uploads) is bounded the other way: the agent stops reading
 //! the connection while a process's stdin is full.
@@ -53,6 +56,14 @@ pub const MAX_PAYLOAD: usize = 1 << 20;
 
 /// Credit each new channel starts with, in bytes.
 pub const INITIAL_WINDOW: u32 = 1 << 20;
+
+/// The least credit a data frame costs, however short.
+pub const MIN_FRAME_CREDIT: usize = 256;
+
+/// The credit a data frame of `len` bytes costs.
+pub fn frame_credit(len: usize) -> usize {
+    len.max(MIN_FRAME_CREDIT)
+}
 
 /// The largest data chunk a sender puts in one frame.
 pub const CHUNK: usize = 64 * 1024;

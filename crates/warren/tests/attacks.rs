@@ -825,3 +825,54 @@ fn a_process_that_keeps_forking_does_not_outlive_its_sandbox() {
     assert_eq!(left, 0, "processes outlived their sandbox");
     d.finish();
 }
+
+#[test]
+fn stalled_readers_of_tiny_writes_hold_little_in_the_daemon() {
+    use std::io::{Read, Write};
+    if !can_run("stalled_readers_of_tiny_writes_hold_little_in_the_daemon") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home"]);
+    let pid = d.pid().unwrap();
+    let before = trust::rss(pid);
+    // Each stream's process writes one byte at a time as fast as it can; each client
+    // reads the answer's head and then nothing. One-byte frames must not pile up on the
+    // host (the credit window bounds bytes, and a frame costs at least 256 of it).
+    let body = serde_json::json!({
+        "command": { "argv": ["python3", "-c",
+            "import os\nwhile True:\n os.write(1, b'x')"] },
+    })
+    .to_string();
+    let streams: Vec<std::os::unix::net::UnixStream> = (0..8)
+        .map(|_| {
+            let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+            write!(
+                s,
+                "POST /v1/sandboxes/{id}/exec?stream=true HTTP/1.1\r\nHost: x\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut head = [0u8; 512];
+            let n = s.read(&mut head).unwrap();
+            assert!(head[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &head[..n]);
+            s
+        })
+        .collect();
+    let mut peak = 0;
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(250));
+        peak = peak.max(trust::rss(pid));
+    }
+    let grew = peak.saturating_sub(before) >> 20;
+    println!("ATTACK tiny writes: 8 stalled streams, daemon RSS grew {grew} MiB at its peak");
+    assert!(
+        grew < 64,
+        "8 stalled streams of tiny writes grew the daemon by {grew} MiB"
+    );
+    drop(streams);
+    assert!(d.healthy());
+    d.finish();
+}
