@@ -443,8 +443,16 @@ pub fn attach_loop(backing: &Path) -> io::Result<LoopDevice> {
         .read(true)
         .write(true)
         .open("/dev/loop-control")?;
-    // A concurrent attach may take the device we were given; retry with the next one.
-    for _ in 0..16 {
+    // Two attaches at once are given the same free device and all but one fail: every
+    // Warren process (each sandbox's helper attaches its own) takes turns on this lock,
+    // held for the few calls below. Another program's attach can still race one: retry.
+    let _turn = nix::fcntl::Flock::lock(ctl, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| io::Error::from(e))?;
+    let ctl = &*_turn;
+    for attempt in 0..LOOP_TRIES {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(attempt as u64));
+        }
         // SAFETY: LOOP_CTL_GET_FREE takes no argument and returns a device number or -1;
         // the descriptor is valid for the duration of the call.
         let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
@@ -486,6 +494,10 @@ pub fn attach_loop(backing: &Path) -> io::Result<LoopDevice> {
     }
     Err(io::Error::new(
         io::ErrorKind::ResourceBusy,
-        "no free loop device after 16 tries",
+        format!("no free loop device after {LOOP_TRIES} tries"),
     ))
 }
+
+/// How often [`attach_loop`] asks for another free device when one it was given was
+/// taken by another program first.
+const LOOP_TRIES: u32 = 64;
