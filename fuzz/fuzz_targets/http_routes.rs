@@ -95,7 +95,7 @@ fn env() -> &'static Env {
             )))
             .expect("manager");
         // One real key, so that some TCP requests get past authentication.
-        let key = mgr.create_api_key("default").unwrap();
+        let key = mgr.create_api_key("default", false).unwrap();
         std::env::set_var("WARREN_FUZZ_KEY", key);
         Env { rt, mgr, _dir: dir }
     })
