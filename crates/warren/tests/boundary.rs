@@ -414,6 +414,16 @@ fn neighbours_routing_through_the_host_reach_no_sandbox_and_no_other_network() {
     );
     let addr = addr.trim().to_string();
     assert!(addr.starts_with("10.200."), "{addr}");
+    // The server answers on that address (so a refusal below is the host's doing).
+    let (_, own) = d.exec(
+        &id,
+        &format!(
+            "for i in $(seq 50); do python3 -c \"import socket; \
+             print(socket.create_connection(('{addr}', 7000), timeout=1).recv(2).decode())\" \
+             2>/dev/null && break; sleep 0.1; done"
+        ),
+    );
+    assert_eq!(own.trim(), "in", "the sandbox's server did not start");
     // Two neighbours of the host, each on a link of its own.
     let a = Peer::new("wtnbra", "192.0.2.1", "192.0.2.2").expect("a test namespace");
     let b = Peer::new("wtnbrb", "198.51.100.1", "198.51.100.2").expect("a test namespace");
