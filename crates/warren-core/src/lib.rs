@@ -36,11 +36,12 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use warren_runtime::client::AgentClient;
 use warren_runtime::namespace::CreateOptions;
-use warren_runtime::{NamespaceBackend, Paths, Sandbox};
+use warren_runtime::{Backend, Backends, Instance, NamespaceBackend, Paths};
 use warren_types::api::{
     CreateSandbox, Event, PoolInfo, PoolSpec, ResourceRequest, SandboxInfo, SandboxState,
     SetTimeout, TimeoutAction,
 };
+use warren_types::spec::Isolation;
 use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
 
 pub use crate::share::Guest;
@@ -102,7 +103,7 @@ impl From<warren_runtime::Error> for CoreError {
         use warren_runtime::Error as E;
         match e {
             E::NoSpace(m) => Self::NoSpace(m),
-            E::Invalid { .. } | E::Image(_) => Self::Invalid(e.to_string()),
+            E::Invalid { .. } | E::Image(_) | E::Unavailable { .. } => Self::Invalid(e.to_string()),
             E::Random(r) => Self::Random(r),
             e => Self::backend(e),
         }
@@ -209,6 +210,12 @@ pub struct Config {
     pub policy: policy::Policy,
     /// How often the disk each sandbox takes is measured.
     pub disk_interval: Duration,
+    /// The backend of a request that names none.
+    pub isolation: Isolation,
+    /// The process backend (trust mode): off unless set.
+    pub process: Option<warren_runtime::process::ProcessConfig>,
+    /// Tenants other than the operator's that may ask for the process backend.
+    pub process_tenants: Vec<String>,
 }
 
 impl Config {
@@ -220,6 +227,9 @@ impl Config {
             busy_cpu_fraction: 0.02,
             policy: policy::Policy::default(),
             disk_interval: Duration::from_secs(30),
+            isolation: Isolation::Namespace,
+            process: None,
+            process_tenants: Vec::new(),
         }
     }
 }
@@ -236,7 +246,7 @@ pub struct ListFilter {
 
 /// A running (or paused) sandbox's runtime side.
 struct Live {
-    sandbox: Sandbox,
+    sandbox: Box<dyn Instance>,
     streams: Arc<AtomicUsize>,
     last_cpu_us: u64,
 }
@@ -294,9 +304,29 @@ const POOL_TENANT: &str = "@pool";
 
 /// A pool's identity: its template, the whole of its resources (every limit, including
 /// any added later, without listing them here) and its network.
-fn pool_key(template: &str, r: &Resources, network: warren_types::spec::NetworkMode) -> String {
-    let limits = serde_json::to_string(r).expect("resources serialize");
-    format!("{template}|{limits}|{network:?}")
+/// What makes two warm sandboxes interchangeable: a pool hands a member only to a
+/// request of exactly this profile. Every field of it is part of the key.
+#[derive(serde::Serialize)]
+struct Profile<'a> {
+    template: &'a str,
+    resources: &'a Resources,
+    network: warren_types::spec::NetworkMode,
+    isolation: Isolation,
+}
+
+fn pool_key(
+    template: &str,
+    resources: &Resources,
+    network: warren_types::spec::NetworkMode,
+    isolation: Isolation,
+) -> String {
+    serde_json::to_string(&Profile {
+        template,
+        resources,
+        network,
+        isolation,
+    })
+    .expect("a profile serializes")
 }
 
 /// A caller's live view of lifecycle events (see [`Manager::subscribe`]).
@@ -340,7 +370,7 @@ pub struct Manager {
     pruned_at: std::sync::atomic::AtomicI64,
     pools: Mutex<Vec<Arc<Pool>>>,
     shares: Mutex<Vec<Arc<share::Share>>>,
-    backend: NamespaceBackend,
+    backends: Backends,
     store: Mutex<Store>,
     live: Mutex<HashMap<String, Live>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -405,8 +435,15 @@ impl Manager {
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
         let store = Store::open(&config.paths.data.join("warren.db"))?;
         let keys = Keyring::load_or_create(&config.paths.data.join("secret"))?;
-        let backend = NamespaceBackend::new(config.paths.clone(), config.exe.clone())
+        let namespace = NamespaceBackend::new(config.paths.clone(), config.exe.clone())
             .map_err(CoreError::from)?;
+        let process = warren_runtime::process::ProcessBackend::new(
+            config.paths.clone(),
+            config.exe.clone(),
+            config.process.clone(),
+        )
+        .map_err(CoreError::from)?;
+        let backends = Backends::new(vec![Arc::new(namespace), Arc::new(process)]);
         let (events, _) = broadcast::channel(1024);
         let mgr = Arc::new(Self {
             passes: AtomicU64::new(0),
@@ -414,7 +451,7 @@ impl Manager {
             pruned_at: std::sync::atomic::AtomicI64::new(0),
             pools: Mutex::new(Vec::new()),
             shares: Mutex::new(Vec::new()),
-            backend,
+            backends,
             store: Mutex::new(store),
             live: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
@@ -455,6 +492,36 @@ impl Manager {
             }
         });
         Ok(mgr)
+    }
+
+    /// The backend of `kind`, when this host has it.
+    fn backend(&self, kind: Isolation) -> Result<&Arc<dyn Backend>> {
+        self.backends.get(kind).map_err(CoreError::from)
+    }
+
+    /// Every isolation backend of this daemon: whether it is available and what it offers.
+    pub fn backends(&self) -> Vec<warren_types::api::BackendInfo> {
+        self.backends.infos()
+    }
+
+    /// Takes over a recorded sandbox after a restart.
+    fn adopt(&self, r: &Record) -> Option<Box<dyn Instance>> {
+        self.backend(r.spec.isolation).ok()?.adopt(&r.id)
+    }
+
+    /// Removes what is left of a recorded sandbox whose monitor died.
+    fn purge(&self, r: &Record, remove_data: bool) {
+        if let Ok(b) = self.backend(r.spec.isolation) {
+            b.purge(&r.id, remove_data);
+        }
+    }
+
+    /// Deletes a recorded sandbox's kept files.
+    async fn remove_data(&self, r: &Record) -> Result<()> {
+        self.backend(r.spec.isolation)?
+            .remove_data(&r.id)
+            .await
+            .map_err(CoreError::from)
     }
 
     fn store(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -502,7 +569,7 @@ impl Manager {
         for r in records {
             match r.state {
                 SandboxState::Creating => {
-                    self.backend.purge(&r.id, true);
+                    self.purge(&r, true);
                     self.store().set_state(&r.id, SandboxState::Terminated)?;
                     self.event(
                         &r,
@@ -511,17 +578,17 @@ impl Manager {
                     );
                 }
                 SandboxState::Stopping if self.was_terminating(&r.id) => {
-                    if let Some(sb) = self.backend.adopt(&r.id) {
+                    if let Some(sb) = self.adopt(&r) {
                         let _ = block_on_own_thread(sb.destroy());
                     }
-                    self.backend.purge(&r.id, true);
+                    self.purge(&r, true);
                     self.store().set_state(&r.id, SandboxState::Terminated)?;
                     self.event(&r, "terminated", "finished after the daemon restarted");
                 }
                 SandboxState::Running | SandboxState::Paused | SandboxState::Stopping => {
-                    match self.backend.adopt(&r.id) {
+                    match self.adopt(&r) {
                         Some(sb) => {
-                            let mut frozen = sb.cgroup().is_frozen().unwrap_or(false);
+                            let mut frozen = sb.is_paused();
                             // Frozen while recorded as running: by an operation the
                             // daemon died in (a snapshot's copy, or a pause it had not
                             // yet recorded). Nobody was told it is paused, so it is not.
@@ -537,7 +604,7 @@ impl Manager {
                             self.live().insert(
                                 r.id.clone(),
                                 Live {
-                                    last_cpu_us: sb.cgroup().cpu_usage_us(),
+                                    last_cpu_us: sb.usage().cpu_us,
                                     sandbox: sb,
                                     streams: Arc::default(),
                                 },
@@ -545,7 +612,7 @@ impl Manager {
                             self.event(&r, "adopted", format!("re-adopted as {}", state.as_str()));
                         }
                         None => {
-                            self.backend.purge(&r.id, false);
+                            self.purge(&r, false);
                             self.store().set_state(&r.id, SandboxState::Stopped)?;
                             self.event(
                                 &r,
@@ -631,16 +698,14 @@ impl Manager {
         if r.state != SandboxState::Running {
             return Err(PortError::NotRunning(r.state));
         }
-        let pid = self
-            .with_live(&r.id, |l| l.sandbox.agent_pid)
+        let dial = self
+            .with_live(&r.id, |l| l.sandbox.port_dialer())
             .map_err(|_| PortError::NotRunning(r.state))?;
         let _ = self.store().touch(&r.id, now_ms());
-        let stream = tokio::task::spawn_blocking(move || {
-            warren_runtime::network::connect_inside(pid, port, PORT_CONNECT_TIMEOUT)
-        })
-        .await
-        .map_err(|e| PortError::Closed(std::io::Error::other(e.to_string())))?
-        .map_err(PortError::Closed)?;
+        let stream = tokio::task::spawn_blocking(move || dial(port, PORT_CONNECT_TIMEOUT))
+            .await
+            .map_err(|e| PortError::Closed(std::io::Error::other(e.to_string())))?
+            .map_err(PortError::Closed)?;
         stream.set_nonblocking(true).map_err(PortError::Closed)?;
         let stream = tokio::net::TcpStream::from_std(stream).map_err(PortError::Closed)?;
         Ok((stream, self.hold_activity(&r.id)))
@@ -685,6 +750,7 @@ impl Manager {
             },
             network: r.spec.network,
             publish: r.spec.publish.clone(),
+            isolation: r.spec.isolation,
             labels: r.labels.clone(),
             metadata: r.metadata.clone(),
             created_at: rfc3339(r.created_at),
@@ -774,12 +840,33 @@ impl Manager {
     /// nothing is recorded or made for a request refused here.
     fn admit(&self, who: &Caller, mut req: CreateSandbox) -> Result<CreateSandbox> {
         let policy = &self.config.policy;
-        req.resources = policy.with_defaults(&req.resources);
+        let isolation = req.isolation.unwrap_or(self.config.isolation);
+        // A default fills in only a limit the backend enforces; one the request names
+        // itself is refused below if the backend cannot hold it.
+        let enforced = self.backend(isolation)?.info().capabilities.limits;
+        let defaults = policy.with_defaults(&Resources::default());
+        let keep = |l: &str| enforced.iter().any(|e| e == l);
+        let r = &mut req.resources;
+        r.memory = r.memory.or(defaults.memory.filter(|_| keep("memory")));
+        r.cpu_millis = r.cpu_millis.or(defaults.cpu_millis.filter(|_| keep("cpu")));
+        r.pids = r.pids.or(defaults.pids.filter(|_| keep("pids")));
+        r.disk = r.disk.or(defaults.disk.filter(|_| keep("disk")));
         policy.check_resources(&req.resources, "resources")?;
         policy::check_tags("labels", &req.labels)?;
         policy::check_tags("metadata", &req.metadata)?;
         if let Some(why) = warren_types::spec::env_problem(&req.env) {
             return Err(CoreError::Invalid(why));
+        }
+        if isolation == Isolation::Process {
+            // Its home is its working directory on the host.
+            if req.home_volume == Some(true) {
+                return Err(CoreError::Invalid(
+                    "a process sandbox takes no home volume: its home is its own directory \
+                     on the host"
+                        .into(),
+                ));
+            }
+            req.home_volume = Some(false);
         }
         if req.home_volume.unwrap_or(true) {
             let size = req.home_size.unwrap_or(policy.home_size);
@@ -787,7 +874,58 @@ impl Manager {
             req.home_size = Some(size);
         }
         req.publish = policy.place_ports(who, &req.publish)?;
+        // Trust mode has the host's network whatever is asked; `none` is only the
+        // default, which it cannot honour, so it says `host` instead of pretending.
+        if isolation == Isolation::Process && req.network == warren_types::spec::NetworkMode::None {
+            req.network = warren_types::spec::NetworkMode::Host;
+        }
+        self.check_backend(who, isolation, &req)?;
+        req.isolation = Some(isolation);
         Ok(req)
+    }
+
+    /// Refuses a request the chosen backend cannot serve here, naming what it lacks.
+    fn check_backend(&self, who: &Caller, kind: Isolation, req: &CreateSandbox) -> Result<()> {
+        let info = self.backend(kind)?.info();
+        if kind == Isolation::Process
+            && !who.operator
+            && !self.config.process_tenants.contains(&who.tenant)
+        {
+            return Err(CoreError::Invalid(format!(
+                "the process backend (trust mode) is not open to tenant {:?}: the operator \
+                 allows it per tenant (`[backends.process] tenants`)",
+                who.tenant
+            )));
+        }
+        if !info.capabilities.networks.contains(&req.network) {
+            let offered: Vec<&str> = info
+                .capabilities
+                .networks
+                .iter()
+                .map(|n| n.as_str())
+                .collect();
+            return Err(CoreError::Invalid(format!(
+                "the {kind} backend offers no `{}` network; it offers {}",
+                req.network.as_str(),
+                offered.join(", ")
+            )));
+        }
+        let r = &req.resources;
+        let asked = [
+            ("memory", r.memory.is_some()),
+            ("cpu", r.cpu_millis.is_some()),
+            ("pids", r.pids.is_some()),
+            ("disk", r.disk.is_some()),
+        ];
+        for (limit, set) in asked {
+            if set && !info.capabilities.limits.iter().any(|l| l == limit) {
+                return Err(CoreError::Invalid(format!(
+                    "the {kind} backend cannot enforce a {limit} limit here; leave it out or \
+                     pick another isolation (`GET /v1/backends`)"
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Refuses a sandbox that would take `who`'s tenant past a quota (the operator has
@@ -879,6 +1017,7 @@ impl Manager {
             publish: req.publish.clone(),
             volumes,
             env: req.env.clone(),
+            isolation: req.isolation.unwrap_or_default(),
         };
         let now = now_ms();
         let record = Record {
@@ -941,7 +1080,7 @@ impl Manager {
                 Ok(self.info_with(&r, true))
             }
             Err(e) => {
-                let _ = self.backend.remove_data(&id).await;
+                let _ = self.remove_data(&record).await;
                 self.store().set_state(&id, SandboxState::Terminated)?;
                 self.event(&record, "failed", e.to_string());
                 Err(match e {
@@ -962,7 +1101,12 @@ impl Manager {
         req: &CreateSandbox,
     ) -> Result<Option<SandboxInfo>> {
         let fits = req.home_volume == Some(false) && req.env.is_empty() && req.publish.is_empty();
-        let key = pool_key(template, &req.resources, req.network);
+        let key = pool_key(
+            template,
+            &req.resources,
+            req.network,
+            req.isolation.unwrap_or_default(),
+        );
         let pool = self
             .pools
             .lock()
@@ -1045,9 +1189,14 @@ impl Manager {
         if spec.max == 0 {
             return self.remove_pool(spec).await;
         }
-        warren_runtime::template::resolve(self.backend.paths(), &spec.template)
+        warren_runtime::template::resolve(&self.config.paths, &spec.template)
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
-        let key = pool_key(&spec.template, &spec.resources, spec.network);
+        let key = pool_key(
+            &spec.template,
+            &spec.resources,
+            spec.network,
+            spec.isolation,
+        );
         let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
         let pool = match pools.iter().position(|p| p.key == key) {
             Some(i) => {
@@ -1079,7 +1228,12 @@ impl Manager {
     }
 
     async fn remove_pool(&self, spec: PoolSpec) -> Result<PoolInfo> {
-        let key = pool_key(&spec.template, &spec.resources, spec.network);
+        let key = pool_key(
+            &spec.template,
+            &spec.resources,
+            spec.network,
+            spec.isolation,
+        );
         let removed = {
             let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
             let i = pools.iter().position(|p| p.key == key);
@@ -1167,6 +1321,7 @@ impl Manager {
                     let req = CreateSandbox {
                         resources: pool.spec.resources.clone(),
                         network: pool.spec.network,
+                        isolation: Some(pool.spec.isolation),
                         home_volume: Some(false),
                         ..Default::default()
                     };
@@ -1357,10 +1512,7 @@ impl Manager {
         if let Some(l) = live {
             l.sandbox.destroy().await.map_err(CoreError::from)?;
         }
-        self.backend
-            .remove_data(&r.id)
-            .await
-            .map_err(CoreError::from)?;
+        self.remove_data(&r).await?;
         self.store().set_state(&r.id, SandboxState::Terminated)?;
         self.forget_shares(&r.id);
         self.metrics.terminated.fetch_add(1, Ordering::Relaxed);
@@ -1409,7 +1561,7 @@ impl Manager {
         // Best-effort: a data directory too full to record the activity must not stop
         // the sandbox's own work (a read, a command that frees space).
         let _ = self.store().touch(&r.id, now_ms());
-        let socket = self.with_live(&r.id, |l| l.sandbox.socket.clone())?;
+        let socket = self.with_live(&r.id, |l| l.sandbox.agent_socket().to_owned())?;
         let c = AgentClient::connect(&socket).await?;
         Ok((r.id, c))
     }
@@ -1425,7 +1577,8 @@ impl Manager {
 
     /// OOM kills so far in a sandbox.
     pub fn oom_kills(&self, id: &str) -> u64 {
-        self.with_live(id, |l| l.sandbox.oom_kills()).unwrap_or(0)
+        self.with_live(id, |l| l.sandbox.usage().oom_kills)
+            .unwrap_or(0)
     }
 
     /// Lifecycle events of the caller's sandboxes, from now on.
@@ -1500,7 +1653,7 @@ impl Manager {
         };
         let mut measured = HashMap::with_capacity(ids.len());
         for id in ids {
-            let bytes = warren_runtime::template::sandbox_disk_used(self.backend.paths(), &id);
+            let bytes = warren_runtime::template::sandbox_disk_used(&self.config.paths, &id);
             measured.insert(id, bytes);
         }
         *self.disk_cache.lock().unwrap_or_else(|e| e.into_inner()) = measured;
@@ -1534,7 +1687,7 @@ impl Manager {
                     dead.push(id.clone());
                     continue;
                 }
-                let cpu = l.sandbox.cgroup().cpu_usage_us();
+                let cpu = l.sandbox.usage().cpu_us;
                 let used = cpu.saturating_sub(l.last_cpu_us) as f64;
                 l.last_cpu_us = cpu;
                 if l.streams.load(Ordering::Relaxed) > 0
@@ -1651,10 +1804,18 @@ mod tests {
             ..Default::default()
         };
         let none = warren_types::spec::NetworkMode::None;
-        assert_ne!(pool_key("host", &a, none), pool_key("host", &b, none));
+        let ns = Isolation::Namespace;
+        assert_ne!(
+            pool_key("host", &a, none, ns),
+            pool_key("host", &b, none, ns)
+        );
+        assert_ne!(
+            pool_key("host", &a, none, ns),
+            pool_key("host", &a, none, Isolation::Gvisor)
+        );
         assert_eq!(
-            pool_key("host", &b, none),
-            pool_key("host", &b.clone(), none)
+            pool_key("host", &b, none, ns),
+            pool_key("host", &b.clone(), none, ns)
         );
     }
 }

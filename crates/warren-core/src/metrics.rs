@@ -185,16 +185,16 @@ impl Manager {
                 self.disk_bytes(id)
             );
             let Some(l) = live.get(id) else { continue };
-            let cg = l.sandbox.cgroup();
+            let u = l.sandbox.usage();
             let _ = writeln!(
                 out,
                 "warren_sandbox_cpu_seconds_total{{sandbox=\"{id}\"}} {}",
-                cg.cpu_usage_us() as f64 / 1e6
+                u.cpu_us as f64 / 1e6
             );
             let _ = writeln!(
                 out,
                 "warren_sandbox_memory_bytes{{sandbox=\"{id}\"}} {}",
-                cg.memory_current()
+                u.memory_bytes
             );
         }
         out
@@ -236,7 +236,7 @@ impl Manager {
     }
 
     fn write_disk_commitments(&self, out: &mut String) {
-        let c = warren_runtime::template::disk_commitments(self.backend.paths());
+        let c = warren_runtime::template::disk_commitments(&self.config.paths);
         describe(
             out,
             "warren_disk_free_bytes",

@@ -34,13 +34,13 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use warren_runtime::client::{AgentClient, ProcessEvent};
+use warren_runtime::client::ProcessEvent;
 use warren_runtime::namespace::CreateOptions;
 use warren_runtime::template::{self, Template, TemplateKind, TemplateMeta, UpperSource};
-use warren_runtime::{oci, Sandbox};
+use warren_runtime::{oci, Instance};
 use warren_types::api::SandboxState;
 use warren_types::proto::{Command, ExecRequest};
-use warren_types::spec::{NetworkMode, SandboxSpec};
+use warren_types::spec::{Isolation, NetworkMode, SandboxSpec};
 
 use crate::{Caller, CoreError, Manager, Result};
 
@@ -226,7 +226,7 @@ fn tail(s: &str, n: usize) -> &str {
 impl Manager {
     fn template_info(&self, meta: TemplateMeta) -> TemplateInfo {
         let key = meta.key.clone();
-        let paths = self.backend.paths();
+        let paths = &self.config.paths;
         let size_bytes = meta
             .layers
             .iter()
@@ -250,7 +250,7 @@ impl Manager {
             .filter(|r| r.spec.template == key)
             .map(|r| r.id)
             .collect();
-        for id in template::live_users(self.backend.paths(), key) {
+        for id in template::live_users(&self.config.paths, key) {
             if !users.contains(&id) {
                 users.push(id);
             }
@@ -261,7 +261,7 @@ impl Manager {
 
     /// The templates `who` may see and use, `host` first.
     pub fn templates_for(&self, who: &Caller) -> Result<Vec<TemplateInfo>> {
-        let metas = template::list(self.backend.paths()).map_err(template_error)?;
+        let metas = template::list(&self.config.paths).map_err(template_error)?;
         Ok(metas
             .into_iter()
             .filter(|m| usable_by(m, who))
@@ -281,7 +281,7 @@ impl Manager {
 
     /// The snapshots `who`'s tenant made, oldest first.
     pub fn snapshots(&self, who: &Caller) -> Result<Vec<TemplateMeta>> {
-        let mut out: Vec<TemplateMeta> = template::list(self.backend.paths())
+        let mut out: Vec<TemplateMeta> = template::list(&self.config.paths)
             .map_err(template_error)?
             .into_iter()
             .filter(|m| m.kind == TemplateKind::Snapshot)
@@ -295,7 +295,7 @@ impl Manager {
     /// (these cannot be shadowed), else the tenant's own. Another tenant's is never found,
     /// and not told apart from a missing one.
     pub(crate) fn resolve_template(&self, who: &Caller, name: &str) -> Result<Template> {
-        let paths = self.backend.paths();
+        let paths = &self.config.paths;
         if !warren_runtime::valid_name(name) {
             return Err(CoreError::TemplateNotFound(name.to_string()));
         }
@@ -324,7 +324,7 @@ impl Manager {
             )));
         }
         let key = template::key(private.then_some(who.tenant.as_str()), name);
-        template::check_new_name(self.backend.paths(), &key).map_err(template_error)?;
+        template::check_new_name(&self.config.paths, &key).map_err(template_error)?;
         Ok((key, private))
     }
 
@@ -339,7 +339,7 @@ impl Manager {
                 req.archive
             )));
         }
-        let paths = self.backend.paths().clone();
+        let paths = self.config.paths.clone();
         let mut limits = oci::Limits::default();
         if let Some(m) = req.max_bytes {
             limits.max_bytes = m;
@@ -389,7 +389,7 @@ impl Manager {
         if who.only_sandbox.is_some() {
             return Err(CoreError::TemplateNotFound(name.into()));
         }
-        let paths = self.backend.paths();
+        let paths = &self.config.paths;
         if name == template::HOST {
             return Err(CoreError::Invalid(
                 "\"host\" is built in and cannot be removed".into(),
@@ -415,7 +415,7 @@ impl Manager {
     /// Removes layers no template lists, unfinished layers, and the files of builds
     /// that never finished.
     pub async fn gc_layers(&self, dry_run: bool) -> Result<LayerGcResult> {
-        let paths = self.backend.paths().clone();
+        let paths = self.config.paths.clone();
         let report = blocking({
             let paths = paths.clone();
             move || template::gc(&paths, dry_run)
@@ -434,7 +434,9 @@ impl Manager {
                 && !warren_runtime::namespace::helper_alive(&paths.sandbox_run(&id))
             {
                 if !dry_run {
-                    self.backend.purge(&id, true);
+                    if let Ok(b) = self.backends.get(Isolation::Namespace) {
+                        b.purge(&id, true);
+                    }
                 }
                 leftovers.push(id);
             }
@@ -464,7 +466,7 @@ impl Manager {
         // Layer sizes are recorded when layers are made; an old layer without its record
         // is measured once, off the runtime's threads.
         let (templates, layers_bytes, host) = tokio::task::spawn_blocking(move || {
-            let paths = mgr.backend.paths();
+            let paths = &mgr.config.paths;
             let templates = mgr.templates_for(&who)?;
             let mut all_layers = std::collections::BTreeSet::new();
             for t in &templates {
@@ -508,7 +510,7 @@ impl Manager {
         req: SnapshotRequest,
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
-        let paths = self.backend.paths().clone();
+        let paths = self.config.paths.clone();
         let r = self.resolve(who, key)?;
         // A snapshot holds its sandbox's files: the sandbox's tenant's alone.
         let owner = Caller::tenant(&r.tenant);
@@ -524,7 +526,7 @@ impl Manager {
         }
         let base = template::resolve(&paths, &r.spec.template).map_err(template_error)?;
         let helper = self
-            .with_live(&r.id, |l| l.sandbox.helper_pid())
+            .with_live(&r.id, |l| l.sandbox.monitor_pid())
             .ok()
             .flatten();
         let src = match (r.spec.resources.disk.is_some(), helper) {
@@ -591,7 +593,7 @@ impl Manager {
         if who.only_sandbox.is_some() {
             return Err(CoreError::TemplateNotFound(req.name));
         }
-        let paths = self.backend.paths().clone();
+        let paths = self.config.paths.clone();
         let (_, private) = self.new_template_key(who, &req.name, false)?;
         let from = req.from.clone().unwrap_or_else(|| template::HOST.into());
         let base = self.resolve_template(who, &from)?;
@@ -630,8 +632,12 @@ impl Manager {
         let log_path = paths.data.join("templates").join(format!(".{id}.log"));
         std::fs::create_dir_all(paths.data.join("templates"))
             .map_err(|e| CoreError::backend(format!("create the templates directory: {e}")))?;
+        // Builds run on the namespace backend: the layer they leave is a template's,
+        // the same whichever backend later starts from it.
         let sb = self
-            .backend
+            .backends
+            .get(Isolation::Namespace)
+            .map_err(CoreError::from)?
             .create(
                 spec,
                 CreateOptions {
@@ -641,7 +647,7 @@ impl Manager {
             )
             .await
             .map_err(|e| CoreError::backend(format!("the build sandbox: {e}")))?;
-        let ran = run_steps(&sb, &req, &log_path, &events).await;
+        let ran = run_steps(sb.as_ref(), &req, &log_path, &events).await;
         let destroyed = sb.destroy().await;
         let result = match (ran, destroyed) {
             (Err(e), _) => Err(e),
@@ -687,7 +693,9 @@ impl Manager {
                 .await
             }
         };
-        let _ = self.backend.remove_data(&id).await;
+        if let Ok(b) = self.backends.get(Isolation::Namespace) {
+            let _ = b.remove_data(&id).await;
+        }
         let _ = std::fs::remove_file(&log_path);
         let meta = match result {
             Ok(m) => m,
@@ -733,10 +741,11 @@ impl Manager {
         &self,
         spec: SandboxSpec,
         opts: CreateOptions,
-    ) -> warren_runtime::Result<Sandbox> {
+    ) -> warren_runtime::Result<Box<dyn Instance>> {
         let template = spec.template.clone();
-        let sb = self.backend.create(spec, opts).await?;
-        let meta = match template::resolve(self.backend.paths(), &template) {
+        let backend = self.backends.get(spec.isolation)?;
+        let sb = backend.create(spec, opts).await?;
+        let meta = match template::resolve(&self.config.paths, &template) {
             Ok(t) => t.meta,
             Err(e) => {
                 let _ = sb.destroy().await;
@@ -746,7 +755,7 @@ impl Manager {
         if meta.start_cmd.is_none() && meta.ready_cmd.is_none() {
             return Ok(sb);
         }
-        match start_and_wait(&sb, &meta).await {
+        match start_and_wait(sb.as_ref(), &meta).await {
             Ok(()) => Ok(sb),
             Err(message) => {
                 let _ = sb.destroy().await;
@@ -808,7 +817,7 @@ fn capture(
 }
 
 async fn run_steps(
-    sb: &Sandbox,
+    sb: &dyn Instance,
     req: &BuildTemplate,
     log_path: &std::path::Path,
     events: &mpsc::Sender<BuildEvent>,
@@ -816,7 +825,7 @@ async fn run_steps(
     let mut log = tokio::fs::File::create(log_path)
         .await
         .map_err(|e| CoreError::backend(format!("create the build log: {e}")))?;
-    let client = AgentClient::connect(&sb.socket).await?;
+    let client = sb.connect().await?;
     if let Some(dir) = &req.workdir {
         // As a Dockerfile's WORKDIR: made if missing.
         match client.make_dir(dir).await {
@@ -895,8 +904,9 @@ async fn run_steps(
 
 /// Runs the start command in the background, then polls the ready command until it
 /// succeeds or the deadline passes. The error says which and what it printed.
-async fn start_and_wait(sb: &Sandbox, meta: &TemplateMeta) -> Result<(), String> {
-    let client = AgentClient::connect(&sb.socket)
+async fn start_and_wait(sb: &dyn Instance, meta: &TemplateMeta) -> Result<(), String> {
+    let client = sb
+        .connect()
         .await
         .map_err(|e| format!("reach the agent to run the start command: {e}"))?;
     if let Some(start) = &meta.start_cmd {

@@ -6,6 +6,7 @@
 //! single-threaded helper process (`warren __init`, see [`helper`]) that stays alive as
 //! the sandbox's monitor and tears everything down when the sandbox ends.
 
+pub mod backend;
 pub mod client;
 pub mod doctor;
 pub mod helper;
@@ -13,12 +14,14 @@ pub mod ids;
 pub mod namespace;
 pub mod network;
 pub mod oci;
+pub mod process;
 pub mod template;
 pub mod trace;
 pub mod tree;
 
 use std::path::PathBuf;
 
+pub use backend::{Backend, Backends, Instance, Usage};
 pub use namespace::{NamespaceBackend, Sandbox};
 
 /// Host uid and gid that root inside every sandbox maps to. Sandbox ids 0..65536 map to
@@ -133,6 +136,15 @@ pub enum Error {
     Agent(#[from] client::ClientError),
     #[error(transparent)]
     Random(#[from] warren_types::random::RandomError),
+    /// The backend does not do this (see its capabilities in `GET /v1/backends`).
+    #[error("this sandbox's backend does not support {0}")]
+    Unsupported(&'static str),
+    /// The backend asked for cannot make sandboxes on this host.
+    #[error("the {kind} backend is not available here: {why}")]
+    Unavailable {
+        kind: warren_types::spec::Isolation,
+        why: String,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -16,9 +16,13 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use warren_sys::cgroup::{Cgroup, Hierarchy};
 use warren_types::spec::SandboxSpec;
 
+use warren_types::api::{BackendInfo, Capabilities, Isolation};
+use warren_types::spec::NetworkMode;
+
+use crate::backend::BoxFuture;
 use crate::client::AgentClient;
 use crate::helper::{HelperConfig, HelperStatus};
-use crate::{Error, Paths, Result, PREFIX};
+use crate::{Error, Instance, Paths, Result, Usage, PREFIX};
 
 /// How a sandbox relates to the process that creates it.
 #[derive(Debug, Clone, Copy, Default)]
@@ -300,6 +304,13 @@ fn validate(spec: &SandboxSpec) -> Result<()> {
             });
         }
     }
+    if spec.network == NetworkMode::Host {
+        return Err(Error::Invalid {
+            what: "network",
+            why: "a namespace sandbox has its own network (`none` or `nat`), never the host's"
+                .into(),
+        });
+    }
     let r = &spec.resources;
     if r.memory.is_some_and(|m| m < 8 << 20) {
         return Err(Error::Invalid {
@@ -435,4 +446,96 @@ fn pid_alive(pid: i32) -> bool {
         .rsplit_once(')')
         .and_then(|(_, rest)| rest.trim_start().chars().next());
     !matches!(state, Some('Z') | Some('X') | None)
+}
+
+impl crate::Backend for NamespaceBackend {
+    fn kind(&self) -> Isolation {
+        Isolation::Namespace
+    }
+
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: Isolation::Namespace,
+            available: true,
+            reason: None,
+            capabilities: Capabilities {
+                isolation: "Linux namespaces, seccomp and cgroups on the host kernel".into(),
+                strong_isolation: false,
+                pause: true,
+                memory_snapshots: false,
+                networks: vec![NetworkMode::None, NetworkMode::Nat],
+                limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
+            },
+        }
+    }
+
+    fn create(
+        &self,
+        spec: SandboxSpec,
+        opts: CreateOptions,
+    ) -> BoxFuture<'_, Result<Box<dyn Instance>>> {
+        Box::pin(async move {
+            let sb = NamespaceBackend::create(self, spec, opts).await?;
+            Ok(Box::new(sb) as Box<dyn Instance>)
+        })
+    }
+
+    fn adopt(&self, id: &str) -> Option<Box<dyn Instance>> {
+        NamespaceBackend::adopt(self, id).map(|sb| Box::new(sb) as Box<dyn Instance>)
+    }
+
+    fn purge(&self, id: &str, remove_data: bool) {
+        NamespaceBackend::purge(self, id, remove_data)
+    }
+
+    fn remove_data<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(NamespaceBackend::remove_data(self, id))
+    }
+}
+
+impl Instance for Sandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn agent_socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn pause(&self) -> Result<()> {
+        Sandbox::pause(self)
+    }
+
+    fn resume(&self) -> Result<()> {
+        Sandbox::resume(self)
+    }
+
+    fn is_paused(&self) -> bool {
+        self.cgroup.is_frozen().unwrap_or(false)
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            cpu_us: self.cgroup.cpu_usage_us(),
+            memory_bytes: self.cgroup.memory_current(),
+            oom_kills: self.cgroup.oom_kills(),
+        }
+    }
+
+    fn is_alive(&mut self) -> bool {
+        Sandbox::is_alive(self)
+    }
+
+    fn port_dialer(&self) -> crate::backend::PortDialer {
+        let pid = self.agent_pid;
+        Box::new(move |port, timeout| crate::network::connect_inside(pid, port, timeout))
+    }
+
+    fn monitor_pid(&self) -> Option<i32> {
+        self.helper_pid()
+    }
+
+    fn destroy(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(Sandbox::destroy(*self))
+    }
 }

@@ -132,6 +132,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/templates/gc"),
     ("POST", "/v1/sandboxes/{key}/snapshot"),
     ("GET", "/v1/disk"),
+    ("GET", "/v1/backends"),
 ];
 
 /// Routes served on the unix socket only.
@@ -228,7 +229,8 @@ fn build(state: AppState) -> Router {
             get(templates::get).delete(templates::remove),
         )
         .route("/v1/sandboxes/{key}/snapshot", post(templates::snapshot))
-        .route("/v1/disk", get(templates::disk));
+        .route("/v1/disk", get(templates::disk))
+        .route("/v1/backends", get(sandboxes::backends));
     if state.surface == Surface::Unix {
         r = r
             .route("/v1/keys", post(sandboxes::create_key))

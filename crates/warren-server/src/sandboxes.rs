@@ -291,3 +291,12 @@ pub async fn create_key(
         }),
     ))
 }
+
+/// `GET /v1/backends`: the isolation backends, whether each is available here, and what
+/// each offers.
+pub async fn backends(
+    State(st): State<AppState>,
+    Tenant(_who): Tenant,
+) -> axum::Json<Vec<warren_types::api::BackendInfo>> {
+    axum::Json(st.mgr.backends())
+}

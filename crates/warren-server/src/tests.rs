@@ -544,6 +544,7 @@ fn openapi_schemas_match_serde() {
         resources: Default::default(),
         network: Default::default(),
         publish: vec![],
+        isolation: Default::default(),
         labels: Default::default(),
         metadata: Default::default(),
         created_at: String::new(),

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::spec::Isolation;
 pub use crate::spec::Resources;
 use crate::spec::{NetworkMode, PortMap};
 
@@ -115,6 +116,10 @@ pub struct CreateSandbox {
     /// who can reach that surface and knows the sandbox's id reaches its ports.
     #[serde(default)]
     pub traffic_token: bool,
+    /// The backend to make the sandbox with; the template's default (or the daemon's)
+    /// when absent. `GET /v1/backends` lists what this host offers.
+    #[serde(default)]
+    pub isolation: Option<Isolation>,
 }
 
 /// `POST /v1/sandboxes/{id}/timeout`.
@@ -140,6 +145,8 @@ pub struct SandboxInfo {
     pub resources: ResourceRequest,
     pub network: NetworkMode,
     pub publish: Vec<PortMap>,
+    #[serde(default)]
+    pub isolation: Isolation,
     pub labels: BTreeMap<String, String>,
     pub metadata: BTreeMap<String, String>,
     /// RFC 3339 times.
@@ -157,6 +164,34 @@ pub struct SandboxInfo {
     /// as the access token is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_token: Option<String>,
+}
+
+/// `GET /v1/backends`: one isolation backend of this host.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BackendInfo {
+    pub name: Isolation,
+    /// Whether sandboxes can be made with it here.
+    pub available: bool,
+    /// Why not, when it is not: what to install or enable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub capabilities: Capabilities,
+}
+
+/// What a backend offers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Capabilities {
+    /// What stands between a sandbox's code and the host kernel, in a few words.
+    pub isolation: String,
+    /// Stronger than a shared kernel with namespaces.
+    pub strong_isolation: bool,
+    /// Pause keeps processes and memory (frozen in place, or checkpointed to disk).
+    pub pause: bool,
+    /// Snapshots can carry processes and memory, not only files.
+    pub memory_snapshots: bool,
+    pub networks: Vec<NetworkMode>,
+    /// The limits the backend enforces: of `memory`, `cpu`, `pids`, `disk`.
+    pub limits: Vec<String>,
 }
 
 /// `POST /v1/sandboxes/{id}/exec` without streaming: the collected result.
@@ -230,6 +265,8 @@ pub struct PoolSpec {
     pub resources: ResourceRequest,
     #[serde(default)]
     pub network: NetworkMode,
+    #[serde(default)]
+    pub isolation: Isolation,
     /// Warm sandboxes kept ready.
     pub min: usize,
     /// Most warm sandboxes at once (ready and being made).

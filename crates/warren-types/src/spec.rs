@@ -33,6 +33,64 @@ pub enum NetworkMode {
     /// A veth to a host bridge; outbound traffic is masqueraded. The host's own loopback
     /// services and private addresses of the host stay unreachable.
     Nat,
+    /// The host's own network, not separated at all: the process backend (trust mode)
+    /// only.
+    Host,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NetworkMode::None => "none",
+            NetworkMode::Nat => "nat",
+            NetworkMode::Host => "host",
+        }
+    }
+}
+
+/// What separates a sandbox from the host: the backend that makes it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Linux namespaces, cgroups, seccomp and an overlay root; the host kernel is
+    /// shared.
+    #[default]
+    Namespace,
+    /// gVisor (`runsc`): the sandbox's system calls reach gVisor's user-space kernel,
+    /// not the host's.
+    Gvisor,
+    /// Trust mode: a process tree on the host in a cgroup, as a chosen host user, in a
+    /// host directory. No isolation beyond the user's own permissions.
+    Process,
+}
+
+impl Isolation {
+    pub const ALL: [Isolation; 3] = [Isolation::Namespace, Isolation::Gvisor, Isolation::Process];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Namespace => "namespace",
+            Isolation::Gvisor => "gvisor",
+            Isolation::Process => "process",
+        }
+    }
+}
+
+impl std::fmt::Display for Isolation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Isolation {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Isolation::ALL
+            .into_iter()
+            .find(|i| i.as_str() == s)
+            .ok_or_else(|| format!("unknown isolation {s:?}: use namespace, gvisor or process"))
+    }
 }
 
 /// A host port on 127.0.0.1 forwarded to a port inside the sandbox.
@@ -69,6 +127,9 @@ pub struct SandboxSpec {
     /// The base environment of every process.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The backend that makes (and, after a restart, adopts) the sandbox.
+    #[serde(default)]
+    pub isolation: Isolation,
 }
 
 /// Why `env` cannot be a process's environment, if it cannot: a name must be

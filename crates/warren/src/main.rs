@@ -37,6 +37,7 @@ enum Command {
     Start(commands::start::StartArgs),
     Rm(commands::rm::RmArgs),
     Gc(commands::gc::GcArgs),
+    Backends(commands::backends::BackendsArgs),
     Keys(commands::keys::KeysArgs),
     Doctor(commands::doctor::DoctorArgs),
     Template(commands::template::TemplateArgs),
@@ -48,6 +49,9 @@ fn main() -> ExitCode {
     // namespaces.
     if std::env::args_os().nth(1).is_some_and(|a| a == "__init") {
         warren_runtime::helper::main();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__agent") {
+        warren_runtime::process::agent_main();
     }
     warren_runtime::trace::mark("cli: start");
     // What started us may have left descriptors open without close-on-exec; none of them
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Start(a) => commands::start::run(a),
         Command::Rm(a) => commands::rm::run(a),
         Command::Gc(a) => commands::gc::run(a),
+        Command::Backends(a) => commands::backends::run(a),
         Command::Keys(a) => commands::keys::run(a),
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Template(a) => commands::template::run(a),

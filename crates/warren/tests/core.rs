@@ -288,6 +288,7 @@ async fn a_warm_pool_hands_out_ready_sandboxes() {
         template: "host".into(),
         resources: Default::default(),
         network: Default::default(),
+        isolation: Default::default(),
         min: 2,
         max: 3,
         ttl_secs: None,

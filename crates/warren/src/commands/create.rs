@@ -95,6 +95,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
         home_volume: args.no_home.then_some(false),
         home_size: args.home_size,
         traffic_token: false,
+        isolation: sandbox.isolation,
     };
     let client = Client::new(&args.client)?;
     let info: SandboxInfo = block_on(client.call(Method::POST, "/v1/sandboxes", Some(&body)))??;

@@ -5,7 +5,7 @@
 
 use clap::{Args, ValueEnum};
 use warren_types::api::ResourceRequest;
-use warren_types::spec::{NetworkMode, PortMap, Resources};
+use warren_types::spec::{Isolation, NetworkMode, PortMap, Resources};
 
 use crate::parse::parse_publish;
 use warren_types::size::parse_size;
@@ -24,9 +24,14 @@ pub struct SandboxFlags {
     /// Size of the writable layer, e.g. 1G.
     #[arg(long, value_parser = parse_size)]
     disk: Option<u64>,
-    /// Network: none (loopback only) or nat (outbound through the host).
+    /// Network: none (loopback only), nat (outbound through the host), or host (the
+    /// host's own; process isolation only).
     #[arg(long, value_enum, default_value_t = Network::None)]
     network: Network,
+    /// Isolation backend: namespace, gvisor or process (`warren backends` lists what
+    /// this host offers) [default: the daemon's]
+    #[arg(long, value_name = "BACKEND")]
+    isolation: Option<Isolation>,
     /// Forward 127.0.0.1:HOSTPORT on the host to PORT in the sandbox.
     #[arg(short, long = "publish", value_name = "HOSTPORT:PORT", value_parser = parse_publish)]
     publish: Vec<PortMap>,
@@ -36,6 +41,7 @@ pub struct SandboxFlags {
 enum Network {
     None,
     Nat,
+    Host,
 }
 
 /// The flags as the sandbox's specification takes them.
@@ -44,6 +50,7 @@ pub struct SandboxSettings {
     pub resources: Resources,
     pub network: NetworkMode,
     pub publish: Vec<PortMap>,
+    pub isolation: Option<Isolation>,
 }
 
 impl SandboxFlags {
@@ -65,8 +72,10 @@ impl SandboxFlags {
             network: match self.network {
                 Network::None => NetworkMode::None,
                 Network::Nat => NetworkMode::Nat,
+                Network::Host => NetworkMode::Host,
             },
             publish: self.publish.clone(),
+            isolation: self.isolation,
         })
     }
 }

@@ -115,6 +115,7 @@ mod tests {
             resources: ResourceRequest::default(),
             network: NetworkMode::None,
             publish: vec![],
+            isolation: Default::default(),
             labels: Default::default(),
             metadata: Default::default(),
             created_at: "2025-01-01T00:00:00Z".into(),

@@ -1,6 +1,7 @@
 //! One module per CLI verb, and `flags` for the sandbox flags several verbs take.
 
 pub mod attach;
+pub mod backends;
 pub mod create;
 pub mod doctor;
 pub mod events;

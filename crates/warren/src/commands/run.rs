@@ -102,6 +102,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         publish: sandbox.publish,
         volumes: args.volume.clone(),
         env: BTreeMap::new(),
+        isolation: sandbox.isolation.unwrap_or_default(),
     };
     let command = if args.command.is_empty() {
         Command::Argv(vec!["/bin/sh".into()])

@@ -43,6 +43,30 @@ struct ServeConfig {
     disk_measure_secs: Option<u64>,
     #[serde(default)]
     connections: ConnectionsConfig,
+    #[serde(default)]
+    backends: BackendsConfig,
+}
+
+/// The `[backends]` table: which isolation a request that names none gets, and the
+/// settings of the backends that need the operator's word.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackendsConfig {
+    /// `namespace` unless set.
+    default: Option<warren_types::spec::Isolation>,
+    /// Trust mode, off unless this table is present.
+    process: Option<ProcessBackendConfig>,
+}
+
+/// `[backends.process]`: the host user and directory of trust-mode sandboxes, and the
+/// tenants besides the operator that may ask for them.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProcessBackendConfig {
+    user: String,
+    dir: PathBuf,
+    #[serde(default)]
+    tenants: Vec<String>,
 }
 
 /// The `[connections]` table: how the TCP listeners' connections are bounded. Each
@@ -103,6 +127,21 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Limits)> {
         .connections
         .limits()
         .with_context(|| format!("configuration {}", path.display()))?;
+    if let Some(d) = file.backends.default {
+        config.isolation = d;
+    }
+    if let Some(p) = file.backends.process {
+        anyhow::ensure!(
+            p.dir.is_absolute(),
+            "configuration {}: backends.process.dir must be an absolute path",
+            path.display()
+        );
+        config.process = Some(warren_runtime::process::ProcessConfig {
+            user: p.user,
+            dir: p.dir,
+        });
+        config.process_tenants = p.tenants;
+    }
     Ok((config, limits))
 }
 

@@ -1,0 +1,168 @@
+//! The seam between Warren's lifecycle engine and the ways it can isolate a sandbox.
+//!
+//! A [`Backend`] makes sandboxes from one [`SandboxSpec`] and takes them over again after
+//! a daemon restart; an [`Instance`] is one live sandbox: its agent connection, pause and
+//! resume, usage figures, port traffic, teardown. Everything above this seam (exec,
+//! files, terminals, watches, tenancy, timeouts) speaks the agent protocol through
+//! [`Instance::connect`] and is the same for every backend.
+//!
+//! Adding a backend is a file: a type implementing both traits, and a line in
+//! [`Backends::new`]. Capabilities a backend lacks are declared in its
+//! [`BackendInfo`]; optional operations have default bodies that refuse with
+//! [`Error::Unsupported`].
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use warren_types::api::{BackendInfo, Isolation};
+use warren_types::spec::SandboxSpec;
+
+use crate::client::AgentClient;
+use crate::namespace::CreateOptions;
+use crate::{Error, Result};
+
+/// A boxed future, so the traits stay object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One way to make sandboxes.
+pub trait Backend: Send + Sync + Debug {
+    fn kind(&self) -> Isolation;
+
+    /// Whether it works on this host (and why not), and what it offers.
+    fn info(&self) -> BackendInfo;
+
+    /// Builds a sandbox and returns once its agent accepts connections.
+    fn create(
+        &self,
+        spec: SandboxSpec,
+        opts: CreateOptions,
+    ) -> BoxFuture<'_, Result<Box<dyn Instance>>>;
+
+    /// Takes over a sandbox an earlier daemon made; `None` if it is gone.
+    fn adopt(&self, id: &str) -> Option<Box<dyn Instance>>;
+
+    /// Removes what is left of a sandbox whose monitor died without cleaning up; its
+    /// writable layer too when `remove_data`.
+    fn purge(&self, id: &str, remove_data: bool);
+
+    /// Deletes a stopped sandbox's kept files.
+    fn remove_data<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+}
+
+/// Usage figures of a live sandbox, from its cgroup (or what the backend has instead).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_us: u64,
+    pub memory_bytes: u64,
+    pub oom_kills: u64,
+}
+
+/// Connects to a port inside a sandbox, blocking, within a timeout.
+pub type PortDialer = Box<dyn FnOnce(u16, Duration) -> std::io::Result<std::net::TcpStream> + Send>;
+
+/// One live (running or paused) sandbox.
+pub trait Instance: Send + Sync + Debug {
+    fn id(&self) -> &str;
+
+    /// Where the sandbox's agent accepts connections: a unix socket on the host (a
+    /// microVM backend's vsock is one too, behind its VMM's handshake).
+    fn agent_socket(&self) -> &Path;
+
+    /// A connection to the sandbox's agent.
+    fn connect(&self) -> BoxFuture<'_, Result<AgentClient>> {
+        Box::pin(async move { Ok(AgentClient::connect(self.agent_socket()).await?) })
+    }
+
+    /// Stops every process where it is (memory kept).
+    fn pause(&self) -> Result<()>;
+
+    fn resume(&self) -> Result<()>;
+
+    /// Whether its processes are stopped by [`pause`](Self::pause) right now.
+    fn is_paused(&self) -> bool;
+
+    fn usage(&self) -> Usage;
+
+    /// Whether the sandbox still runs.
+    fn is_alive(&mut self) -> bool;
+
+    /// What makes TCP connections to ports on the sandbox's own loopback from the host.
+    /// It is taken out (the sandbox's entry stays locked only briefly) and called off the
+    /// async runtime: it blocks.
+    fn port_dialer(&self) -> PortDialer;
+
+    /// The host process that watches the sandbox (for a snapshot that must read the
+    /// writable layer from inside the sandbox's mount namespace), when there is one.
+    fn monitor_pid(&self) -> Option<i32> {
+        None
+    }
+
+    /// Stops everything and removes what the sandbox was made of (its writable layer
+    /// too if it was created ephemeral).
+    fn destroy(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+
+    /// Writes the sandbox's processes and memory to `image` (a directory), leaving it
+    /// stopped. Only backends whose info declares `memory_snapshots`.
+    fn checkpoint<'a>(&'a self, image: &'a Path) -> BoxFuture<'a, Result<()>> {
+        let _ = image;
+        Box::pin(async { Err(Error::Unsupported("memory snapshots")) })
+    }
+}
+
+/// The backends of this daemon, one per [`Isolation`] it knows.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    all: Vec<Arc<dyn Backend>>,
+}
+
+impl Backends {
+    pub fn new(all: Vec<Arc<dyn Backend>>) -> Self {
+        Self { all }
+    }
+
+    /// The backend of `kind`, if this daemon has it and it is available here.
+    pub fn get(&self, kind: Isolation) -> Result<&Arc<dyn Backend>> {
+        let b = self
+            .all
+            .iter()
+            .find(|b| b.kind() == kind)
+            .ok_or(Error::Unavailable {
+                kind,
+                why: "this daemon was not started with it".into(),
+            })?;
+        let info = b.info();
+        if !info.available {
+            return Err(Error::Unavailable {
+                kind,
+                why: info.reason.unwrap_or_default(),
+            });
+        }
+        Ok(b)
+    }
+
+    /// Every backend this daemon knows, available or not, in the order of
+    /// [`Isolation::ALL`].
+    pub fn infos(&self) -> Vec<BackendInfo> {
+        let mut out: Vec<BackendInfo> = self.all.iter().map(|b| b.info()).collect();
+        for kind in Isolation::ALL {
+            if !out.iter().any(|i| i.name == kind) {
+                out.push(BackendInfo {
+                    name: kind,
+                    available: false,
+                    reason: Some("not built into this daemon".into()),
+                    capabilities: Default::default(),
+                });
+            }
+        }
+        out.sort_by_key(|i| Isolation::ALL.iter().position(|k| *k == i.name));
+        out
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Backend>> {
+        self.all.iter()
+    }
+}

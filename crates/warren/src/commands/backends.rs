@@ -1,0 +1,69 @@
+//! `warren backends`: the daemon's isolation backends, whether each is available on this
+//! host (and why not), and what each offers.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use hyper::Method;
+use warren_types::api::BackendInfo;
+
+use crate::client::{block_on, out, Client, ClientArgs};
+
+/// List the isolation backends and their capabilities.
+#[derive(Debug, Args)]
+pub struct BackendsArgs {
+    /// Print the daemon's JSON answer as it is.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+pub fn run(args: BackendsArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.client)?;
+    let list: Vec<BackendInfo> = block_on(client.call(Method::GET, "/v1/backends", None::<&()>))??;
+    if args.json {
+        out(format!("{}\n", serde_json::to_string_pretty(&list)?))?;
+    } else {
+        out(table(&list))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn table(list: &[BackendInfo]) -> String {
+    let mut s = String::new();
+    for b in list {
+        let c = &b.capabilities;
+        let nets: Vec<String> = c.networks.iter().map(|n| n.as_str().to_string()).collect();
+        if b.available {
+            s += &format!("{:<10} available\n", b.name.as_str());
+        } else {
+            let why = b.reason.as_deref().unwrap_or("unavailable");
+            s += &format!(
+                "{:<10} unavailable: {}\n",
+                b.name.as_str(),
+                crate::term::clean_line(why)
+            );
+        }
+        s += &format!(
+            "           isolation: {}\n",
+            crate::term::clean_line(&c.isolation)
+        );
+        s += &format!(
+            "           networks: {}; limits: {}; pause: {}; memory snapshots: {}\n",
+            if nets.is_empty() {
+                "-".into()
+            } else {
+                nets.join(", ")
+            },
+            if c.limits.is_empty() {
+                "-".into()
+            } else {
+                c.limits.join(", ")
+            },
+            if c.pause { "yes" } else { "no" },
+            if c.memory_snapshots { "yes" } else { "no" },
+        );
+    }
+    s
+}
