@@ -1,0 +1,354 @@
+//! The isolation backends: one behaviour suite (lifecycle, exec, files, limits, pause)
+//! run against every backend this host offers, and how a request picks one. A backend
+//! that cannot run here records a visible skip with its reason.
+
+mod common;
+mod trust;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::can_run;
+use trust::{my_turn, Daemon, Options, Via};
+
+/// A directory for trust-mode sandboxes that the unprivileged user can reach (the
+/// daemon's own directory is private to root), removed at the end.
+struct Spaces(PathBuf);
+
+impl Spaces {
+    fn new() -> Spaces {
+        let p = PathBuf::from(format!("/tmp/wt-spaces-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Spaces(p)
+    }
+}
+
+impl Drop for Spaces {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn daemon(spaces: &Path, extra: &str) -> Daemon {
+    Daemon::start_opts(Options {
+        config: Some(format!(
+            "[backends.process]\nuser = \"nobody\"\ndir = \"{}\"\n{extra}",
+            spaces.display()
+        )),
+        tcp: true,
+        ..Default::default()
+    })
+}
+
+fn backends(d: &Daemon) -> Vec<serde_json::Value> {
+    let r = d.http(Via::Unix, "GET", "/v1/backends", &[], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().as_array().cloned().unwrap_or_default()
+}
+
+fn post(d: &Daemon, path: &str, body: &serde_json::Value) -> trust::Resp {
+    d.http(
+        Via::Unix,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body.to_string().as_bytes(),
+    )
+}
+
+/// Forks up to 100 children that live a second; prints how many it could start.
+const FORKS: &str = r#"python3 -c '
+import os, time
+n = 0
+for i in range(100):
+    try:
+        p = os.fork()
+    except OSError:
+        break
+    if p == 0:
+        time.sleep(1)
+        os._exit(0)
+    n += 1
+print(n)
+for i in range(n):
+    os.wait()
+'"#;
+
+/// Waits until `f` holds, for at most `secs` seconds.
+fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
+}
+
+/// The same behaviour, whatever isolates it. `home` is a directory the sandbox's
+/// default user may write (inside for isolating backends, on the host in trust mode).
+fn behaviour(d: &Daemon, isolation: &str, extra: &[&str], home: impl Fn(&str) -> String) {
+    let id = d.create(
+        &[
+            &["--isolation", isolation, "--memory", "128M", "--pids", "64"],
+            extra,
+        ]
+        .concat(),
+    );
+    let info = d.info(&id);
+    assert_eq!(info["isolation"], isolation, "{info}");
+    assert_eq!(info["state"], "running");
+
+    // Exec: output, exit status, stdin-less commands, environment.
+    let (code, out) = d.exec(&id, "echo hello; echo oops >&2");
+    assert_eq!((code, out.as_str()), (0, "hello\n"), "{isolation}");
+    let (code, _) = d.exec(&id, "exit 7");
+    assert_eq!(code, 7, "{isolation}");
+
+    // Files through the API, read back from a process.
+    let dir = home(&id);
+    let file = format!("{dir}/note.txt");
+    let r = d.http(
+        Via::Unix,
+        "PUT",
+        &format!("/v1/sandboxes/{id}/files?path={file}"),
+        &[("Content-Type", "application/octet-stream")],
+        b"written through the API",
+    );
+    assert!(
+        r.status < 300,
+        "{isolation}: write {file}: {} {}",
+        r.status,
+        r.text()
+    );
+    let (_, out) = d.exec(&id, &format!("cat {file}"));
+    assert_eq!(out, "written through the API", "{isolation}");
+    let (code, _) = d.exec(&id, &format!("echo from-inside > {dir}/made.txt"));
+    assert_eq!(code, 0, "{isolation}");
+    let r = d.http(
+        Via::Unix,
+        "GET",
+        &format!("/v1/sandboxes/{id}/files?path={dir}/made.txt"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.text(), "from-inside\n", "{isolation}");
+
+    // Limits held by the kernel (or the backend's kernel): memory and tasks.
+    let (code, out) = d.exec(
+        &id,
+        "python3 -c 'b = bytearray(400 << 20); print(len(b))' >/dev/null 2>&1; echo $?",
+    );
+    assert_eq!(code, 0);
+    assert_ne!(
+        out.trim(),
+        "0",
+        "{isolation}: 400 MiB fit under a 128M limit"
+    );
+    let (_, out) = d.exec(&id, FORKS);
+    let started: u32 = out.trim().parse().unwrap_or(999);
+    assert!(
+        started < 64,
+        "{isolation}: {started} sleeps ran under --pids 64"
+    );
+
+    // Pause stops every process where it is; resume lets them go on.
+    d.ok(&[
+        "exec",
+        "-d",
+        &id,
+        "--",
+        "sh",
+        "-c",
+        &format!("i=0; while true; do i=$((i+1)); echo $i > {dir}/count; sleep 0.05; done"),
+    ]);
+    let read = |d: &Daemon| {
+        let r = d.http(
+            Via::Unix,
+            "GET",
+            &format!("/v1/sandboxes/{id}/files?path={dir}/count"),
+            &[],
+            b"",
+        );
+        r.text().trim().parse::<u64>().unwrap_or(0)
+    };
+    assert!(
+        eventually(10, || read(d) > 0),
+        "{isolation}: the counter never started"
+    );
+    d.ok(&["pause", &id]);
+    assert_eq!(d.info(&id)["state"], "paused");
+    let (code, _) = (
+        d.http(
+            Via::Unix,
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec"),
+            &[("Content-Type", "application/json")],
+            br#"{"command":{"shell":"true"}}"#,
+        )
+        .status,
+        (),
+    );
+    assert_eq!(code, 409, "{isolation}: exec in a paused sandbox");
+    d.ok(&["resume", &id]);
+    let a = read(d);
+    assert!(
+        eventually(10, || read(d) > a),
+        "{isolation}: the counter did not go on"
+    );
+
+    // Removal leaves nothing.
+    d.ok(&["rm", &id]);
+    let r = d.http(Via::Unix, "GET", &format!("/v1/sandboxes/{id}"), &[], b"");
+    assert_eq!(r.status, 404, "{isolation}");
+}
+
+#[test]
+fn every_available_backend_behaves_the_same() {
+    if !can_run("every_available_backend_behaves_the_same") {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    for b in backends(&d) {
+        let name = b["name"].as_str().unwrap().to_string();
+        if b["available"] != true {
+            warren_testkit::skip(
+                &format!("every_available_backend_behaves_the_same ({name})"),
+                b["reason"].as_str().unwrap_or("unavailable"),
+            );
+            continue;
+        }
+        match name.as_str() {
+            "process" => {
+                let base = spaces.0.clone();
+                behaviour(&d, "process", &[], move |id| {
+                    base.join(id).display().to_string()
+                })
+            }
+            other => behaviour(&d, other, &[], |_| "/home/user".to_string()),
+        }
+        eprintln!("BACKEND {name}: behaviour suite passed");
+    }
+    d.finish();
+}
+
+#[test]
+fn the_backends_list_says_what_each_offers() {
+    if !can_run("the_backends_list_says_what_each_offers") {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    let list = backends(&d);
+    let names: Vec<&str> = list.iter().map(|b| b["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["namespace", "gvisor", "process"]);
+    let ns = &list[0];
+    assert_eq!(ns["available"], true);
+    assert_eq!(
+        ns["capabilities"]["networks"],
+        serde_json::json!(["none", "nat"])
+    );
+    let process = &list[2];
+    assert_eq!(process["available"], true, "{process}");
+    assert_eq!(process["capabilities"]["strong_isolation"], false);
+    assert_eq!(
+        process["capabilities"]["networks"],
+        serde_json::json!(["host"])
+    );
+    let o = d.ok(&["backends"]);
+    assert!(o.contains("namespace  available"), "{o}");
+    d.finish();
+
+    // Without the operator's table, trust mode is off and says how to turn it on.
+    let d = Daemon::start(false);
+    let list = backends(&d);
+    assert_eq!(list[2]["available"], false);
+    assert!(
+        list[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("[backends.process]"),
+        "{}",
+        list[2]
+    );
+    let r = post(
+        &d,
+        "/v1/sandboxes",
+        &serde_json::json!({"isolation": "process"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    d.finish();
+}
+
+#[test]
+fn a_request_no_backend_can_serve_is_refused_before_anything_is_recorded() {
+    if !can_run("a_request_no_backend_can_serve_is_refused_before_anything_is_recorded") {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    let refused = [
+        // Trust mode has the host's network; it cannot make a `nat` one.
+        serde_json::json!({"name": "a", "isolation": "process", "network": "nat"}),
+        // Nor enforce a disk limit.
+        serde_json::json!({"name": "b", "isolation": "process", "resources": {"disk": 1 << 30}}),
+        // A namespace sandbox never gets the host's network.
+        serde_json::json!({"name": "c", "network": "host"}),
+        serde_json::json!({"name": "d", "isolation": "vm"}),
+    ];
+    for body in refused {
+        let r = post(&d, "/v1/sandboxes", &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(!r.text().is_empty());
+    }
+    // A tenant the operator did not name cannot ask for trust mode.
+    let key = d
+        .ok(&["keys", "create", "--tenant", "other"])
+        .trim()
+        .to_string();
+    let r = d.as_tenant(&key, "POST", "/v1/sandboxes", r#"{"isolation":"process"}"#);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("not open to tenant"), "{}", r.text());
+    // Nothing was recorded: no sandbox, no event.
+    let r = d.http(Via::Unix, "GET", "/v1/sandboxes", &[], b"");
+    assert_eq!(r.json(), serde_json::json!([]));
+    d.finish();
+}
+
+#[test]
+fn a_trust_mode_sandbox_is_its_users_processes_in_its_directory() {
+    if !can_run("a_trust_mode_sandbox_is_its_users_processes_in_its_directory") {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let mut d = daemon(&spaces.0, "");
+    let id = d.create(&["--isolation", "process", "--memory", "64M"]);
+    let (_, out) = d.exec(&id, "id -un; pwd; echo $HOME; cat /proc/self/cgroup");
+    let lines: Vec<&str> = out.lines().collect();
+    let dir = spaces.0.join(&id).display().to_string();
+    assert_eq!(lines[0], "nobody", "{out}");
+    assert_eq!(lines[1], dir, "{out}");
+    assert_eq!(lines[2], dir, "{out}");
+    assert!(
+        out.contains(&format!("warren-{id}")),
+        "not in its cgroup: {out}"
+    );
+    // It may not write where its user may not.
+    let (code, _) = d.exec(&id, "touch /etc/warren-trust-test");
+    assert_ne!(code, 0);
+    assert!(!Path::new("/etc/warren-trust-test").exists());
+    // A restarted daemon finds it again.
+    d.shut_down();
+    d.spawn();
+    let (code, out) = d.exec(&id, "echo still here");
+    assert_eq!((code, out.as_str()), (0, "still here\n"));
+    d.ok(&["rm", &id]);
+    assert!(!spaces.0.join(&id).exists(), "its directory outlived it");
+    d.finish();
+}
