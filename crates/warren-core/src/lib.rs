@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use warren_runtime::client::AgentClient;
 use warren_runtime::namespace::CreateOptions;
-use warren_runtime::{Backend, Backends, Instance, NamespaceBackend, Paths};
+use warren_runtime::{Backend, Backends, Instance, NamespaceBackend};
 use warren_types::api::{
     CreateSandbox, Event, PoolInfo, PoolSpec, ResourceRequest, SandboxInfo, SandboxState,
     SetTimeout, TimeoutAction,
@@ -52,6 +52,7 @@ pub use crate::templates::{
 };
 pub use crate::time::{now_ms, rfc3339};
 use crate::tokens::{Keyring, TokenKind, TokenRef};
+pub use warren_runtime::Paths;
 
 /// Errors of the engine, each with a stable code (see [`CoreError::code`]).
 #[derive(Debug, thiserror::Error)]

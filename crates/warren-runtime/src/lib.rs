@@ -7,7 +7,7 @@
 //! the sandbox's monitor and tears everything down when the sandbox ends.
 
 pub mod backend;
-pub mod client;
+pub use warren_agent::client;
 pub mod doctor;
 pub mod helper;
 pub mod ids;

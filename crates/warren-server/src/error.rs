@@ -7,8 +7,8 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use warren_agent::client::ClientError;
 use warren_core::CoreError;
-use warren_runtime::client::ClientError;
 use warren_types::api::ApiError;
 use warren_types::proto::ErrorCode;
 

@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use warren_agent::client::{AgentClient, Channel, ClientError, Incoming, Process, ProcessEvent};
 use warren_core::ActivityGuard;
-use warren_runtime::client::{AgentClient, Channel, ClientError, Incoming, Process, ProcessEvent};
 use warren_types::api::{ExecEvent, ExecResult};
 use warren_types::proto::{
     Command, ExecRequest, ExitStatus, FrameKind, ProcessInfo, Request, Response as AgentResponse,

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use warren_runtime::client::{ClientError, FileReader, ReadOptions, WriteOptions};
+use warren_agent::client::{ClientError, FileReader, ReadOptions, WriteOptions};
 use warren_types::proto::{FileInfo, WirePath};
 
 use crate::error::Error;

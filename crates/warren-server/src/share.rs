@@ -11,8 +11,8 @@ use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use warren_agent::client::{AttachOptions, Process};
 use warren_core::Guest;
-use warren_runtime::client::{AttachOptions, Process};
 use warren_types::api::{ShareInfo, ShareRequest};
 
 use crate::conn::Connection;

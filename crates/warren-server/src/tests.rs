@@ -11,8 +11,8 @@ use axum::Router;
 use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
+use warren_core::Paths;
 use warren_core::{Config, Manager};
-use warren_runtime::Paths;
 
 use crate::conn::Trusted;
 use crate::{router, Surface, ROUTES, UNIX_ONLY};

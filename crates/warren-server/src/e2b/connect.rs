@@ -131,8 +131,8 @@ impl From<Error> for RpcError {
     }
 }
 
-impl From<warren_runtime::client::ClientError> for RpcError {
-    fn from(e: warren_runtime::client::ClientError) -> Self {
+impl From<warren_agent::client::ClientError> for RpcError {
+    fn from(e: warren_agent::client::ClientError) -> Self {
         Error::from(e).into()
     }
 }

@@ -38,8 +38,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, ReadBuf};
+use warren_agent::client::{AgentClient, ClientError, FileReader, ReadOptions, WriteOptions};
 use warren_core::Caller;
-use warren_runtime::client::{AgentClient, ClientError, FileReader, ReadOptions, WriteOptions};
 use warren_types::proto::{ErrorCode, User};
 
 use super::connect::{Code, RpcError};

@@ -9,7 +9,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use warren_runtime::client::ClientError;
+use warren_agent::client::ClientError;
 use warren_types::proto::{ErrorCode, FileInfo, FileType};
 
 use super::connect::{failure, lenient_u32, Code, Rpc, RpcError};

@@ -27,8 +27,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
+use warren_agent::client::{AgentClient, ProcessEvent};
 use warren_core::ActivityGuard;
-use warren_runtime::client::{AgentClient, ProcessEvent};
 use warren_types::proto::{Command, ExecRequest, ExitStatus, ProcessInfo as AgentProcess, WinSize};
 
 use super::connect::{self, failure, lenient_u32, message, ok, Code, Rpc, RpcError};

@@ -11,8 +11,8 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tokio::sync::watch;
 use tower::ServiceExt;
+use warren_core::Paths;
 use warren_core::{Config, Manager};
-use warren_runtime::Paths;
 
 use super::router;
 use crate::conn::Trusted;

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
+use warren_agent::client::{AgentClient, Channel, ClientError, Incoming};
 use warren_core::{Caller, Manager};
-use warren_runtime::client::{AgentClient, Channel, ClientError, Incoming};
 use warren_types::api::SandboxState;
 use warren_types::proto::{
     FileType, Request as AgentRequest, Response as AgentResponse, User, WatchKind,

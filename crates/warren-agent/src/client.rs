@@ -869,11 +869,11 @@ mod tests {
             let socket = dir.path().join("agent.sock");
             let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
             let (stop, stopped) = watch::channel(false);
-            let config = warren_agent::AgentConfig {
+            let config = crate::AgentConfig {
                 shutdown: Some(stopped),
                 ..Default::default()
             };
-            let thread = std::thread::spawn(move || warren_agent::serve(listener, config));
+            let thread = std::thread::spawn(move || crate::serve(listener, config));
             Self {
                 socket,
                 dir,
