@@ -213,6 +213,8 @@ pub struct Config {
     pub disk_interval: Duration,
     /// The backend of a request that names none.
     pub isolation: Isolation,
+    /// Which runsc the gvisor backend uses, and how.
+    pub gvisor: Option<warren_runtime::gvisor::GvisorConfig>,
     /// The process backend (trust mode): off unless set.
     pub process: Option<warren_runtime::process::ProcessConfig>,
     /// Tenants other than the operator's that may ask for the process backend.
@@ -229,6 +231,7 @@ impl Config {
             policy: policy::Policy::default(),
             disk_interval: Duration::from_secs(30),
             isolation: Isolation::Namespace,
+            gvisor: None,
             process: None,
             process_tenants: Vec::new(),
         }
@@ -444,7 +447,17 @@ impl Manager {
             config.process.clone(),
         )
         .map_err(CoreError::from)?;
-        let backends = Backends::new(vec![Arc::new(namespace), Arc::new(process)]);
+        let gvisor = warren_runtime::gvisor::GvisorBackend::new(
+            config.paths.clone(),
+            config.exe.clone(),
+            config.gvisor.clone(),
+        )
+        .map_err(CoreError::from)?;
+        let backends = Backends::new(vec![
+            Arc::new(namespace),
+            Arc::new(gvisor),
+            Arc::new(process),
+        ]);
         let (events, _) = broadcast::channel(1024);
         let mgr = Arc::new(Self {
             passes: AtomicU64::new(0),
@@ -858,14 +871,12 @@ impl Manager {
         if let Some(why) = warren_types::spec::env_problem(&req.env) {
             return Err(CoreError::Invalid(why));
         }
-        if isolation == Isolation::Process {
-            // Its home is its working directory on the host.
+        if !self.backend(isolation)?.info().capabilities.volumes {
+            // Its home is in its own files (trust mode: its directory on the host).
             if req.home_volume == Some(true) {
-                return Err(CoreError::Invalid(
-                    "a process sandbox takes no home volume: its home is its own directory \
-                     on the host"
-                        .into(),
-                ));
+                return Err(CoreError::Invalid(format!(
+                    "the {isolation} backend mounts no volumes: leave home_volume out"
+                )));
             }
             req.home_volume = Some(false);
         }

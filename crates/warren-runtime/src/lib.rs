@@ -9,8 +9,10 @@
 pub mod backend;
 pub use warren_agent::client;
 pub mod doctor;
+pub mod gvisor;
 pub mod helper;
 pub mod ids;
+pub mod launch;
 pub mod namespace;
 pub mod network;
 pub mod oci;

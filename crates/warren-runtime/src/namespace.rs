@@ -438,7 +438,7 @@ pub fn helper_alive(run: &Path) -> bool {
 }
 
 /// Whether `pid` is a live process (a zombie waiting for its parent counts as gone).
-fn pid_alive(pid: i32) -> bool {
+pub(crate) fn pid_alive(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
@@ -465,6 +465,7 @@ impl crate::Backend for NamespaceBackend {
                 memory_snapshots: false,
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
                 limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
+                volumes: true,
             },
         }
     }

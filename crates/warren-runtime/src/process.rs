@@ -7,14 +7,12 @@
 //! is off unless the operator configures it, and only the operator and the tenants the
 //! operator names may ask for it.
 //!
-//! The agent is this binary started as `warren __agent`: it reads its [`AgentLaunch`] on
-//! stdin, binds its socket in the sandbox's run directory (private to root), gives up
+//! The agent is this binary started as `warren __agent` (see [`crate::launch`]): it reads
+//! its launch on stdin, binds its socket in the sandbox's run directory (private to root), gives up
 //! root for the chosen user, says `ready` on stdout and serves. It is its own monitor:
 //! its pid is kept as the sandbox's `helper.pid`, so `warren doctor` and a restarted
 //! daemon find it as they find a namespace sandbox's helper.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -26,6 +24,7 @@ use warren_types::api::{BackendInfo, Capabilities, Isolation};
 use warren_types::spec::{NetworkMode, SandboxSpec};
 
 use crate::backend::{BoxFuture, PortDialer};
+use crate::launch::AgentLaunch;
 use crate::namespace::CreateOptions;
 use crate::{Backend, Error, Instance, Paths, Result, Usage, PREFIX};
 
@@ -37,16 +36,6 @@ pub struct ProcessConfig {
     pub user: String,
     /// Each sandbox works in `dir/ID`, made for it and owned by `user`.
     pub dir: PathBuf,
-}
-
-/// What `warren __agent` is started with.
-#[derive(Debug, Serialize, Deserialize)]
-struct AgentLaunch {
-    socket: PathBuf,
-    uid: u32,
-    gid: u32,
-    workdir: PathBuf,
-    env: BTreeMap<String, String>,
 }
 
 /// Sandboxes that are host processes (see the module's documentation).
@@ -154,10 +143,11 @@ impl ProcessBackend {
             .or_insert_with(|| "/usr/local/bin:/usr/bin:/bin".into());
         let launch = AgentLaunch {
             socket: sb.socket.clone(),
-            uid: user.uid.as_raw(),
-            gid: user.gid.as_raw(),
-            workdir,
+            host_user: Some((user.uid.as_raw(), user.gid.as_raw())),
+            workdir: Some(workdir),
             env,
+            confined: false,
+            user: None,
         };
         match self.start_agent(&mut sb, &launch).await {
             Ok(()) => Ok(sb),
@@ -287,6 +277,7 @@ impl Backend for ProcessBackend {
                 memory_snapshots: false,
                 networks: vec![NetworkMode::Host],
                 limits: ["memory", "cpu", "pids"].map(String::from).to_vec(),
+                volumes: false,
             },
         }
     }
@@ -402,70 +393,4 @@ impl Instance for ProcessSandbox {
             Ok(())
         })
     }
-}
-
-/// `warren __agent`: the agent of a process sandbox (see the module's documentation).
-/// Never returns.
-pub fn agent_main() -> ! {
-    let mut out = std::io::stdout();
-    let code = match agent_setup() {
-        Ok((listener, launch)) => {
-            let _ = out.write_all(b"ready\n");
-            let _ = out.flush();
-            if let Ok(null) = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/null")
-            {
-                use std::os::fd::AsRawFd;
-                for fd in 0..2 {
-                    let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
-                }
-            }
-            let config = warren_agent::AgentConfig {
-                env: launch.env,
-                reap_all: true,
-                cwd: Some(launch.workdir),
-                ..Default::default()
-            };
-            match warren_agent::serve(listener, config) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("warren agent: {e}");
-                    1
-                }
-            }
-        }
-        Err(why) => {
-            let _ = writeln!(out, "{why}");
-            1
-        }
-    };
-    std::process::exit(code)
-}
-
-fn agent_setup() -> std::result::Result<(std::os::unix::net::UnixListener, AgentLaunch), String> {
-    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
-    let mut input = Vec::new();
-    std::io::stdin()
-        .lock()
-        .take(1 << 20)
-        .read_to_end(&mut input)
-        .map_err(|e| format!("read the configuration: {e}"))?;
-    let launch: AgentLaunch =
-        serde_json::from_slice(&input).map_err(|e| format!("bad configuration: {e}"))?;
-    // Its own session (no terminal of the daemon's), and the parent of every orphan its
-    // processes leave, as PID 1 is in a namespace sandbox.
-    nix::unistd::setsid().map_err(|e| format!("new session: {e}"))?;
-    warren_sys::ns::set_child_subreaper().map_err(|e| format!("become a subreaper: {e}"))?;
-    let _ = std::fs::remove_file(&launch.socket);
-    let listener = std::os::unix::net::UnixListener::bind(&launch.socket)
-        .map_err(|e| format!("bind {}: {e}", launch.socket.display()))?;
-    let (u, g) = (Uid::from_raw(launch.uid), Gid::from_raw(launch.gid));
-    setgroups(&[g]).map_err(|e| format!("set groups: {e}"))?;
-    setresgid(g, g, g).map_err(|e| format!("become gid {g}: {e}"))?;
-    setresuid(u, u, u).map_err(|e| format!("become uid {u}: {e}"))?;
-    std::env::set_current_dir(&launch.workdir)
-        .map_err(|e| format!("enter {}: {e}", launch.workdir.display()))?;
-    Ok((listener, launch))
 }

@@ -49,11 +49,28 @@ pub fn open(size: TermSize) -> io::Result<Pty> {
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         )
     };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the ioctl returned a fresh descriptor that nothing else owns.
-    let slave = unsafe { OwnedFd::from_raw_fd(fd) };
+    let slave = if fd >= 0 {
+        // SAFETY: the ioctl returned a fresh descriptor that nothing else owns.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    } else {
+        let e = io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::ENOTTY) | Some(libc::EINVAL)) {
+            return Err(e);
+        }
+        // A kernel without TIOCGPTPEER (before 4.13, or gVisor's): the slave by its
+        // number, in the devpts instance next to this /dev/ptmx.
+        let mut n: libc::c_uint = 0;
+        // SAFETY: TIOCGPTN writes one unsigned int to the pointer, which points at `n`.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCGPTN, &mut n) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+            .open(format!("/dev/pts/{n}"))?
+            .into()
+    };
     set_size(master.as_fd(), size)?;
     Ok(Pty { master, slave })
 }

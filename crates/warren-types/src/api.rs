@@ -192,6 +192,9 @@ pub struct Capabilities {
     pub networks: Vec<NetworkMode>,
     /// The limits the backend enforces: of `memory`, `cpu`, `pids`, `disk`.
     pub limits: Vec<String>,
+    /// Volumes (the owner's home volume included) can be mounted.
+    #[serde(default)]
+    pub volumes: bool,
 }
 
 /// `POST /v1/sandboxes/{id}/exec` without streaming: the collected result.

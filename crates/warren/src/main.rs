@@ -50,8 +50,11 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__init") {
         warren_runtime::helper::main();
     }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__oci") {
+        warren_runtime::gvisor::oci_main();
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "__agent") {
-        warren_runtime::process::agent_main();
+        warren_runtime::launch::agent_main();
     }
     warren_runtime::trace::mark("cli: start");
     // What started us may have left descriptors open without close-on-exec; none of them

@@ -56,6 +56,8 @@ struct BackendsConfig {
     default: Option<warren_types::spec::Isolation>,
     /// Trust mode, off unless this table is present.
     process: Option<ProcessBackendConfig>,
+    /// Which runsc, and its platform.
+    gvisor: Option<warren_runtime::gvisor::GvisorConfig>,
 }
 
 /// `[backends.process]`: the host user and directory of trust-mode sandboxes, and the
@@ -130,6 +132,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Limits)> {
     if let Some(d) = file.backends.default {
         config.isolation = d;
     }
+    config.gvisor = file.backends.gvisor;
     if let Some(p) = file.backends.process {
         anyhow::ensure!(
             p.dir.is_absolute(),

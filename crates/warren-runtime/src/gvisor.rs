@@ -1,0 +1,728 @@
+//! The gVisor backend: each sandbox is an OCI bundle run by `runsc`, with Warren's agent
+//! as the container's first process. The sandbox's system calls reach gVisor's Sentry, a
+//! kernel in user space, not the host's.
+//!
+//! Creating one:
+//! 1. the run directory gets a bundle (`config.json`) and a socket directory; the data
+//!    directory the writable layer (`upper`, `work`);
+//! 2. `warren __oci` (single-threaded, see [`oci_main`]) makes a private mount
+//!    namespace, mounts the overlay root there (idmapped: files stored under the common
+//!    id range show as the sandbox's 0-65,535, as they do in a namespace sandbox) and
+//!    becomes `runsc create`: the sandbox's processes inherit that namespace, so the
+//!    root is mounted nowhere on the host;
+//! 3. `runsc start` runs the agent (`warren __agent`, bound read-only at
+//!    `/.warren/warren`), which binds its socket in the socket directory; with
+//!    `--host-uds=create` that is a socket on the host the daemon connects to.
+//!
+//! Limits: memory and CPU go in the bundle's `linux.resources`, under a cgroup named as
+//! the namespace backend names its own (relative, so under this process's cgroup). The
+//! pids limit is not offered: gVisor's own host threads count against it, and a small
+//! one kills the sandbox. Networks: `none` only for now (see docs/design.md).
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use warren_sys::cgroup::{Cgroup, Hierarchy};
+use warren_types::api::{BackendInfo, Capabilities, Isolation};
+use warren_types::spec::{NetworkMode, SandboxSpec};
+
+use crate::backend::{BoxFuture, PortDialer};
+use crate::launch::AgentLaunch;
+use crate::namespace::CreateOptions;
+use crate::{ids::FIRST_SLOT_BASE, PREFIX};
+use crate::{template, Backend, Error, Instance, Paths, Result, Usage, HOST_ID_BASE, ID_COUNT};
+
+/// Where the agent's socket directory is inside the sandbox.
+const SOCKET_DIR: &str = "/run/warren";
+/// Where the warren binary is inside the sandbox.
+const AGENT_BIN: &str = "/.warren/warren";
+/// Soft limit on open files inside: where a process without close_range (gVisor has
+/// none) stops scanning descriptors before an exec.
+const NOFILE_SOFT: u64 = 1024;
+const NOFILE_HARD: u64 = 8192;
+
+/// The operator's settings: which `runsc` and with what platform.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GvisorConfig {
+    /// The runsc binary [default: found in PATH].
+    #[serde(default)]
+    pub runsc: Option<PathBuf>,
+    /// `ptrace` (works everywhere) or `kvm` (faster, needs /dev/kvm) [default: ptrace].
+    #[serde(default)]
+    pub platform: Option<String>,
+    /// A directory for runsc's debug logs (`--debug-log`), when diagnosing it.
+    #[serde(default)]
+    pub debug_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GvisorBackend {
+    paths: Paths,
+    exe: PathBuf,
+    hierarchy: Hierarchy,
+    runsc: std::result::Result<PathBuf, String>,
+    platform: String,
+    debug_log: Option<PathBuf>,
+}
+
+/// A live gVisor sandbox.
+#[derive(Debug)]
+pub struct GvisorSandbox {
+    id: String,
+    socket: PathBuf,
+    /// The Sentry's pid on the host.
+    pid: i32,
+    cgroup: Cgroup,
+    runsc: Runsc,
+    run: PathBuf,
+    ephemeral: Option<PathBuf>,
+}
+
+/// How to call runsc for one daemon's sandboxes.
+#[derive(Debug, Clone)]
+struct Runsc {
+    bin: PathBuf,
+    root: PathBuf,
+    platform: String,
+    debug_log: Option<PathBuf>,
+}
+
+impl Runsc {
+    fn flags(&self) -> Vec<String> {
+        let mut f = vec![
+            format!("--root={}", self.root.display()),
+            format!("--platform={}", self.platform),
+            "--network=none".into(),
+            "--host-uds=create".into(),
+            // The writable layer is Warren's own overlay, not a file inside the root.
+            "--overlay2=none".into(),
+        ];
+        if let Some(d) = &self.debug_log {
+            f.push("--debug".into());
+            f.push(format!("--debug-log={}/", d.display()));
+        }
+        f
+    }
+
+    fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.bin);
+        c.args(self.flags()).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `runsc ARGS` to completion; its error output on failure.
+    fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .output()
+            .map_err(crate::io_err(format!("run {}", self.bin.display())))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(Error::Setup(format!(
+                "runsc {}: {}",
+                args.first().unwrap_or(&""),
+                last.chars().take(400).collect::<String>()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `runsc state ID`: its status (`created`, `running`, `paused`, `stopped`) and pid.
+    fn state(&self, id: &str) -> Option<(String, i32)> {
+        let out = self.run(&["state", &container(id)]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        Some((
+            v["status"].as_str()?.to_string(),
+            v["pid"].as_i64().unwrap_or(0) as i32,
+        ))
+    }
+}
+
+/// The container id runsc knows a sandbox by.
+fn container(id: &str) -> String {
+    format!("{PREFIX}{id}")
+}
+
+/// Finds `name` in PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_else(|| vec!["/usr/local/bin".into(), "/usr/bin".into()])
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Why this runsc cannot run Warren's sandboxes, if it cannot: it must run, and be new
+/// enough that `statx` works inside (Debian 12's 2022 build fails every `ls`).
+fn check_runsc(bin: &Path) -> std::result::Result<(), String> {
+    let out = std::process::Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{} does not run: {e}", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "runsc version 0.0~20240729.0" (Debian) or "release-20240729.0".
+    let date: Option<u32> = text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 8 && w.starts_with("20"))
+        .and_then(|w| w.parse().ok());
+    match date {
+        Some(d) if d < 20230101 => Err(format!(
+            "{} is gVisor {d}, too old: `ls` and `stat` fail inside it (statx); install a \
+             newer runsc (scripts/install-deps installs Debian 13's)",
+            bin.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl GvisorBackend {
+    pub fn new(paths: Paths, exe: PathBuf, config: Option<GvisorConfig>) -> Result<Self> {
+        let config = config.unwrap_or(GvisorConfig {
+            runsc: None,
+            platform: None,
+            debug_log: None,
+        });
+        let runsc = config
+            .runsc
+            .clone()
+            .or_else(|| which("runsc"))
+            .ok_or_else(|| {
+                "runsc (gVisor) is not installed: `apt-get install runsc`, or set \
+                 [backends.gvisor] runsc"
+                    .to_string()
+            })
+            .and_then(|b| check_runsc(&b).map(|()| b));
+        Ok(Self {
+            paths,
+            exe,
+            hierarchy: Hierarchy::detect()?,
+            runsc,
+            platform: config.platform.unwrap_or_else(|| "ptrace".into()),
+            debug_log: config.debug_log,
+        })
+    }
+
+    fn runsc(&self) -> Result<Runsc> {
+        let bin = self.runsc.clone().map_err(|why| Error::Unavailable {
+            kind: Isolation::Gvisor,
+            why,
+        })?;
+        Ok(Runsc {
+            bin,
+            root: self.paths.run.join("runsc"),
+            platform: self.platform.clone(),
+            debug_log: self.debug_log.clone(),
+        })
+    }
+
+    fn cgroup(&self, id: &str) -> Cgroup {
+        self.hierarchy.cgroup(&container(id))
+    }
+
+    async fn make(&self, spec: SandboxSpec, opts: CreateOptions) -> Result<GvisorSandbox> {
+        let runsc = self.runsc()?;
+        if spec.network != NetworkMode::None || !spec.volumes.is_empty() || !spec.publish.is_empty()
+        {
+            return Err(Error::Invalid {
+                what: "request",
+                why: "a gvisor sandbox has network `none` and takes no volumes or published \
+                      ports yet"
+                    .into(),
+            });
+        }
+        if !crate::valid_name(&spec.id) {
+            return Err(Error::Invalid {
+                what: "sandbox id",
+                why: format!("{:?} is not a plain name", spec.id),
+            });
+        }
+        let template = template::resolve(&self.paths, &spec.template)?;
+        template
+            .check_layers()
+            .map_err(|e| Error::Setup(e.to_string()))?;
+        let id = spec.id.clone();
+        let run = self.paths.sandbox_run(&id);
+        let data = self.paths.sandbox_data(&id);
+        let mut sb = GvisorSandbox {
+            socket: run.join("sock/agent.sock"),
+            id: id.clone(),
+            pid: 0,
+            cgroup: self.cgroup(&id),
+            runsc: runsc.clone(),
+            run: run.clone(),
+            ephemeral: opts.ephemeral.then(|| data.clone()),
+        };
+        let r = (|| -> Result<PathBuf> {
+            let bundle = prepare_dirs(&self.paths, &run, &data)?;
+            let config = bundle_config(&spec, &template, &self.exe, &run.join("sock"))?;
+            std::fs::write(bundle.join("config.json"), config.to_string())
+                .map_err(crate::io_err("write the bundle's config.json"))?;
+            std::fs::write(run.join("template"), spec.template.as_bytes())
+                .map_err(crate::io_err("record the template"))?;
+            Ok(bundle)
+        })();
+        let bundle = match r {
+            Ok(b) => b,
+            Err(e) => {
+                sb.teardown();
+                return Err(e);
+            }
+        };
+        match self.start(&mut sb, &runsc, &bundle, &template, &data).await {
+            Ok(()) => Ok(sb),
+            Err(e) => {
+                let s = sb;
+                tokio::task::spawn_blocking(move || {
+                    let mut s = s;
+                    s.teardown()
+                })
+                .await
+                .ok();
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        sb: &mut GvisorSandbox,
+        runsc: &Runsc,
+        bundle: &Path,
+        template: &template::Template,
+        data: &Path,
+    ) -> Result<()> {
+        let launch = OciLaunch {
+            bundle: bundle.to_path_buf(),
+            lower: template.lower.clone(),
+            rw: data.to_path_buf(),
+            argv: std::iter::once(runsc.bin.display().to_string())
+                .chain(runsc.flags())
+                .chain([
+                    "create".to_string(),
+                    format!("--bundle={}", bundle.display()),
+                    container(&sb.id),
+                ])
+                .collect(),
+        };
+        let exe = self.exe.clone();
+        let input = serde_json::to_vec(&launch).expect("the launch serializes");
+        let log = sb.run.join("runsc.log");
+        let created = tokio::task::spawn_blocking(move || -> Result<()> {
+            use std::io::Write;
+            let log = std::fs::File::create(&log).map_err(crate::io_err("make runsc.log"))?;
+            let mut child = std::process::Command::new(&exe)
+                .arg("__oci")
+                .stdin(Stdio::piped())
+                .stdout(log.try_clone().map_err(crate::io_err("runsc.log"))?)
+                .stderr(log)
+                .spawn()
+                .map_err(crate::io_err("start runsc"))?;
+            if let Some(mut i) = child.stdin.take() {
+                i.write_all(&input)
+                    .map_err(crate::io_err("send the launch"))?;
+            }
+            let status = child
+                .wait()
+                .map_err(crate::io_err("wait for runsc create"))?;
+            if !status.success() {
+                return Err(Error::Setup(format!("runsc create failed ({status})")));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::Setup(format!("runsc create: {e}")))?;
+        if let Err(e) = created {
+            let log = std::fs::read_to_string(sb.run.join("runsc.log")).unwrap_or_default();
+            let last = log
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(Error::Setup(format!(
+                "{e}: {}",
+                last.chars().take(400).collect::<String>()
+            )));
+        }
+        let r = runsc.clone();
+        let id = sb.id.clone();
+        tokio::task::spawn_blocking(move || r.run(&["start", &container(&id)]))
+            .await
+            .map_err(|e| Error::Setup(format!("runsc start: {e}")))??;
+        let (_, pid) = runsc.state(&sb.id).unwrap_or_default();
+        sb.pid = pid;
+        std::fs::write(sb.run.join("helper.pid"), pid.to_string())
+            .map_err(crate::io_err("write the sandbox's pid"))?;
+        // The agent binds its socket once it runs: wait for it to answer.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match crate::client::AgentClient::connect(&sb.socket).await {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() > deadline => {
+                    return Err(Error::Setup(format!(
+                        "the agent did not answer in 30 s: {e}"
+                    )))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+}
+
+/// Makes the run directory (bundle, socket directory) and the writable layer, owned as
+/// the sandbox's root will see them. Returns the bundle's directory.
+fn prepare_dirs(paths: &Paths, run: &Path, data: &Path) -> Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let _ = paths;
+    let bundle = run.join("bundle");
+    for d in [&bundle, &run.join("sock")] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .map_err(crate::io_err(format!("make {}", d.display())))?;
+    }
+    for d in [data.join("upper"), data.join("work")] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&d)
+            .map_err(crate::io_err(format!("make {}", d.display())))?;
+    }
+    // Stored as the common range's root: the sandbox's root through the overlay's map.
+    let root = Some(nix::unistd::Uid::from_raw(HOST_ID_BASE));
+    let group = Some(nix::unistd::Gid::from_raw(HOST_ID_BASE));
+    for d in [data.join("upper"), data.join("work")] {
+        nix::unistd::chown(&d, root, group)
+            .map_err(|e| crate::io_err(format!("chown {}", d.display()))(e.into()))?;
+    }
+    Ok(bundle)
+}
+
+/// The OCI runtime configuration of a sandbox.
+fn bundle_config(
+    spec: &SandboxSpec,
+    template: &template::Template,
+    exe: &Path,
+    sock: &Path,
+) -> Result<serde_json::Value> {
+    let mut env = template.env.clone();
+    env.extend(spec.env.clone());
+    let launch = AgentLaunch {
+        socket: PathBuf::from(SOCKET_DIR).join("agent.sock"),
+        host_user: None,
+        workdir: template.meta.workdir.as_ref().map(PathBuf::from),
+        env,
+        confined: true,
+        user: template.meta.user.as_deref().map(template::agent_user),
+    };
+    let caps: Vec<&str> = warren_sys::caps::KEPT_CAPABILITIES.to_vec();
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                           "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    for host in &template.host_binds {
+        mounts.push(json!({"destination": host, "type": "bind", "source": host,
+                           "options": ["rbind", "ro", "nosuid", "nodev"]}));
+    }
+    mounts.push(
+        json!({"destination": AGENT_BIN, "type": "bind", "source": exe,
+                       "options": ["bind", "ro", "nosuid", "nodev"]}),
+    );
+    mounts.push(
+        json!({"destination": SOCKET_DIR, "type": "bind", "source": sock,
+                       "options": ["rbind", "rw", "nosuid", "nodev", "noexec"]}),
+    );
+    let r = &spec.resources;
+    let mut resources = serde_json::Map::new();
+    if let Some(m) = r.memory {
+        resources.insert("memory".into(), json!({"limit": m, "swap": m}));
+    }
+    if let Some(c) = r.cpu_millis {
+        resources.insert(
+            "cpu".into(),
+            json!({"quota": u64::from(c) * 100, "period": 100_000}),
+        );
+    }
+    let launch = serde_json::to_string(&launch).expect("the launch serializes");
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": [AGENT_BIN, "__agent", launch],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "soft": NOFILE_SOFT, "hard": NOFILE_HARD},
+                        {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}],
+            "noNewPrivileges": true,
+        },
+        "root": {"path": "root", "readonly": false},
+        "hostname": spec.hostname.clone().unwrap_or_else(|| "sandbox".into()),
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
+                           {"type": "mount"}, {"type": "network"}],
+            "cgroupsPath": container(&spec.id),
+            "resources": resources,
+            "maskedPaths": ["/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+                            "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                            "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                            "/sys/devices/virtual/powercap"],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq",
+                              "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }))
+}
+
+/// What `warren __oci` is started with (on stdin).
+#[derive(Debug, Serialize, Deserialize)]
+struct OciLaunch {
+    /// The bundle's directory: the overlay is mounted at `bundle/root`.
+    bundle: PathBuf,
+    /// The template's layers, top first.
+    lower: Vec<PathBuf>,
+    /// The writable layer's directory (with `upper` and `work`).
+    rw: PathBuf,
+    /// The OCI runtime's `create` command line, run in the new mount namespace.
+    argv: Vec<String>,
+}
+
+/// `warren __oci`: mounts a sandbox's root in a mount namespace of its own and becomes
+/// the OCI runtime's `create`, whose processes keep that namespace. Must run before any
+/// thread starts (it unshares). Never returns.
+pub fn oci_main() -> ! {
+    use std::io::Read;
+    let fail = |what: &str, e: &dyn std::fmt::Display| -> ! {
+        eprintln!("warren __oci: {what}: {e}");
+        std::process::exit(1)
+    };
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin()
+        .lock()
+        .take(1 << 20)
+        .read_to_end(&mut input)
+    {
+        fail("read the launch", &e);
+    }
+    let launch: OciLaunch = match serde_json::from_slice(&input) {
+        Ok(l) => l,
+        Err(e) => fail("bad launch", &e),
+    };
+    if let Err(e) = warren_sys::ns::unshare(warren_sys::ns::CloneFlags::CLONE_NEWNS) {
+        fail("new mount namespace", &e);
+    }
+    if let Err(e) =
+        warren_sys::mount::set_propagation(Path::new("/"), nix::mount::MsFlags::MS_PRIVATE)
+    {
+        fail("private mounts", &e);
+    }
+    if let Err(e) = std::fs::create_dir_all(launch.bundle.join("root")) {
+        fail("make the root mount point", &e);
+    }
+    // Files are stored under the common range; through this map they are the
+    // sandbox's 0-65,535, which runsc shows as they are (it runs as host root).
+    let map = format!("{HOST_ID_BASE} 0 {ID_COUNT}\n");
+    let storage = match warren_sys::ns::idmap_userns(&map, &map) {
+        Ok(fd) => fd,
+        Err(e) => fail("make the id mapping of the sandbox's files", &e),
+    };
+    if let Err(e) = warren_sys::mount::mount_overlay(
+        &launch.bundle,
+        &launch.lower,
+        &launch.rw,
+        Some(std::os::fd::AsFd::as_fd(&storage)),
+    ) {
+        fail("mount the root overlay", &e);
+    }
+    drop(storage);
+    let Some((bin, _)) = launch.argv.split_first() else {
+        fail("launch", &"no command");
+    };
+    let args: Vec<std::ffi::CString> = launch
+        .argv
+        .iter()
+        .filter_map(|a| std::ffi::CString::new(a.as_str()).ok())
+        .collect();
+    let bin = std::ffi::CString::new(bin.as_str()).unwrap_or_default();
+    let e = nix::unistd::execv(&bin, &args).unwrap_err();
+    fail("exec the OCI runtime", &e)
+}
+
+impl GvisorSandbox {
+    /// Stops and deletes the container, removes its cgroup and run directory (and its
+    /// writable layer when ephemeral). Blocking.
+    fn teardown(&mut self) {
+        let c = container(&self.id);
+        if self.runsc.state(&self.id).is_some() {
+            let _ = self.runsc.run(&["kill", &c, "KILL"]);
+            let _ = self.runsc.run(&["delete", "--force", &c]);
+        }
+        if self.cgroup.exists() {
+            let _ = self.cgroup.kill_all(Duration::from_secs(5));
+            let _ = self.cgroup.remove();
+        }
+        let _ = crate::tree::remove(&self.run);
+        if let Some(dir) = self.ephemeral.take() {
+            let _ = crate::tree::remove(&dir);
+        }
+    }
+}
+
+impl Backend for GvisorBackend {
+    fn kind(&self) -> Isolation {
+        Isolation::Gvisor
+    }
+
+    fn info(&self) -> BackendInfo {
+        let (available, reason) = match &self.runsc {
+            Ok(_) => (true, None),
+            Err(why) => (false, Some(why.clone())),
+        };
+        BackendInfo {
+            name: Isolation::Gvisor,
+            available,
+            reason,
+            capabilities: Capabilities {
+                isolation: format!(
+                    "gVisor's user-space kernel (runsc, {} platform) in front of the host kernel",
+                    self.platform
+                ),
+                strong_isolation: true,
+                pause: true,
+                memory_snapshots: false,
+                networks: vec![NetworkMode::None],
+                limits: ["memory", "cpu"].map(String::from).to_vec(),
+                volumes: false,
+            },
+        }
+    }
+
+    fn create(
+        &self,
+        spec: SandboxSpec,
+        opts: CreateOptions,
+    ) -> BoxFuture<'_, Result<Box<dyn Instance>>> {
+        Box::pin(async move { Ok(Box::new(self.make(spec, opts).await?) as Box<dyn Instance>) })
+    }
+
+    fn adopt(&self, id: &str) -> Option<Box<dyn Instance>> {
+        let runsc = self.runsc().ok()?;
+        let (status, pid) = runsc.state(id)?;
+        if !matches!(status.as_str(), "running" | "paused") {
+            return None;
+        }
+        let run = self.paths.sandbox_run(id);
+        Some(Box::new(GvisorSandbox {
+            id: id.to_string(),
+            socket: run.join("sock/agent.sock"),
+            pid,
+            cgroup: self.cgroup(id),
+            runsc,
+            run,
+            ephemeral: None,
+        }))
+    }
+
+    fn purge(&self, id: &str, remove_data: bool) {
+        let Ok(runsc) = self.runsc() else { return };
+        let mut sb = GvisorSandbox {
+            id: id.to_string(),
+            socket: PathBuf::new(),
+            pid: 0,
+            cgroup: self.cgroup(id),
+            runsc,
+            run: self.paths.sandbox_run(id),
+            ephemeral: remove_data.then(|| self.paths.sandbox_data(id)),
+        };
+        sb.teardown();
+    }
+
+    fn remove_data<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
+        let data = self.paths.sandbox_data(id);
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || crate::tree::remove(&data))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+                .map_err(crate::io_err("remove the sandbox's files"))
+        })
+    }
+}
+
+impl Instance for GvisorSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn agent_socket(&self) -> &Path {
+        &self.socket
+    }
+
+    fn pause(&self) -> Result<()> {
+        self.runsc.run(&["pause", &container(&self.id)]).map(drop)
+    }
+
+    fn resume(&self) -> Result<()> {
+        self.runsc.run(&["resume", &container(&self.id)]).map(drop)
+    }
+
+    fn is_paused(&self) -> bool {
+        self.runsc
+            .state(&self.id)
+            .is_some_and(|(s, _)| s == "paused")
+    }
+
+    fn usage(&self) -> Usage {
+        Usage {
+            cpu_us: self.cgroup.cpu_usage_us(),
+            memory_bytes: self.cgroup.memory_current(),
+            oom_kills: self.cgroup.oom_kills(),
+        }
+    }
+
+    fn is_alive(&mut self) -> bool {
+        crate::namespace::pid_alive(self.pid)
+    }
+
+    fn port_dialer(&self) -> PortDialer {
+        Box::new(|_, _| {
+            Err(std::io::Error::other(
+                "a gvisor sandbox has no network the host can reach yet",
+            ))
+        })
+    }
+
+    fn destroy(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || self.teardown())
+                .await
+                .map_err(|e| Error::Setup(format!("tear down: {e}")))
+        })
+    }
+}
+
+// The slot range of namespace sandboxes starts far above the common range gVisor maps.
+const _: () = assert!(HOST_ID_BASE + ID_COUNT <= FIRST_SLOT_BASE);

@@ -1,0 +1,143 @@
+//! `warren __agent`: the agent as a program of its own, for backends that cannot hand it
+//! a listener the way the namespace helper does (it clones the agent into the sandbox).
+//!
+//! The process backend starts it on the host with its [`AgentLaunch`] on stdin; an OCI
+//! runtime (gVisor's `runsc`) starts it as the container's first process with the launch
+//! as its one argument. It binds its socket, becomes what the launch says, prints `ready`
+//! and serves until it is killed.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use warren_types::proto::User;
+
+/// What `warren __agent` is started with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentLaunch {
+    /// Where to listen (a path the agent binds itself).
+    pub socket: PathBuf,
+    /// Trust mode: leave the caller's session, adopt orphans, and give up root for
+    /// these host ids (uid, gid) after binding.
+    pub host_user: Option<(u32, u32)>,
+    /// Working directory of execs that name none.
+    pub workdir: Option<PathBuf>,
+    /// The environment of every process.
+    pub env: BTreeMap<String, String>,
+    /// Confine every process as in a namespace sandbox: Docker's seccomp policy, the
+    /// kept capabilities only, root (of the sandbox) unless a request names a user.
+    pub confined: bool,
+    /// Who processes run as when a request names nobody (a template's user).
+    pub user: Option<User>,
+}
+
+/// Runs the agent; never returns.
+pub fn agent_main() -> ! {
+    let mut out = std::io::stdout();
+    let code = match setup() {
+        Ok((listener, launch)) => {
+            let _ = out.write_all(b"ready\n");
+            let _ = out.flush();
+            if let Ok(null) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+            {
+                use std::os::fd::AsRawFd;
+                for fd in 0..2 {
+                    let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+                }
+            }
+            serve(listener, launch)
+        }
+        Err(why) => {
+            let _ = writeln!(out, "{why}");
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn serve(listener: std::os::unix::net::UnixListener, launch: AgentLaunch) -> i32 {
+    let seccomp = if launch.confined {
+        match warren_sys::seccomp::SeccompProgram::default_policy() {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                eprintln!("warren agent: compile the seccomp policy: {e}");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
+    let user = match (launch.confined, launch.user) {
+        (_, Some(u)) => Some(u),
+        (true, None) => Some(User::Id {
+            uid: 0,
+            gid: Some(0),
+        }),
+        (false, None) => None,
+    };
+    let config = warren_agent::AgentConfig {
+        env: launch.env,
+        reap_all: true,
+        seccomp,
+        drop_caps: launch.confined,
+        user,
+        cwd: if launch.confined {
+            None
+        } else {
+            launch.workdir.clone()
+        },
+        workdir: if launch.confined {
+            launch.workdir
+        } else {
+            None
+        },
+        ..Default::default()
+    };
+    match warren_agent::serve(listener, config) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("warren agent: {e}");
+            1
+        }
+    }
+}
+
+fn setup() -> Result<(std::os::unix::net::UnixListener, AgentLaunch), String> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let launch: AgentLaunch = match std::env::args().nth(2) {
+        Some(arg) => serde_json::from_str(&arg).map_err(|e| format!("bad launch: {e}"))?,
+        None => {
+            let mut input = Vec::new();
+            std::io::stdin()
+                .lock()
+                .take(1 << 20)
+                .read_to_end(&mut input)
+                .map_err(|e| format!("read the launch: {e}"))?;
+            serde_json::from_slice(&input).map_err(|e| format!("bad launch: {e}"))?
+        }
+    };
+    if launch.host_user.is_some() {
+        // Its own session (no terminal of the daemon's), and the parent of every orphan
+        // its processes leave, as PID 1 is in a sandbox.
+        nix::unistd::setsid().map_err(|e| format!("new session: {e}"))?;
+        warren_sys::ns::set_child_subreaper().map_err(|e| format!("become a subreaper: {e}"))?;
+    }
+    let _ = std::fs::remove_file(&launch.socket);
+    let listener = std::os::unix::net::UnixListener::bind(&launch.socket)
+        .map_err(|e| format!("bind {}: {e}", launch.socket.display()))?;
+    if let Some((uid, gid)) = launch.host_user {
+        let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
+        setgroups(&[g]).map_err(|e| format!("set groups: {e}"))?;
+        setresgid(g, g, g).map_err(|e| format!("become gid {g}: {e}"))?;
+        setresuid(u, u, u).map_err(|e| format!("become uid {u}: {e}"))?;
+        if let Some(dir) = &launch.workdir {
+            std::env::set_current_dir(dir).map_err(|e| format!("enter {}: {e}", dir.display()))?;
+        }
+    }
+    Ok((listener, launch))
+}
