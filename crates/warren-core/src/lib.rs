@@ -39,7 +39,7 @@ use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{Backend, Backends, Instance, NamespaceBackend};
 use warren_types::api::{
     CreateSandbox, Event, PoolInfo, PoolSpec, ResourceRequest, SandboxInfo, SandboxState,
-    SetTimeout, TimeoutAction,
+    SetTimeout, TimeoutAction, WireCode,
 };
 use warren_types::spec::Isolation;
 use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
@@ -113,19 +113,18 @@ impl From<warren_runtime::Error> for CoreError {
 
 impl CoreError {
     /// The stable machine-readable code of this error.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> WireCode {
         match self {
-            Self::NotFound(_) | Self::TemplateNotFound(_) => "not_found",
-            Self::InvalidState(_) => "invalid_state",
-            Self::UnknownTemplate(_) => "invalid_request",
-            Self::NameTaken(_) => "name_taken",
-            Self::Invalid(_) => "invalid_request",
-            Self::Backend(_) => "backend_failed",
-            Self::Agent(_) => "agent_error",
-            Self::NoSpace(_) => "no_space",
-            Self::Store(_) => "store_error",
-            Self::Random(_) => "unavailable",
-            Self::Quota(_) => "quota_exceeded",
+            Self::NotFound(_) | Self::TemplateNotFound(_) => WireCode::NotFound,
+            Self::InvalidState(_) => WireCode::InvalidState,
+            Self::UnknownTemplate(_) | Self::Invalid(_) => WireCode::InvalidRequest,
+            Self::NameTaken(_) => WireCode::NameTaken,
+            Self::Backend(_) => WireCode::BackendFailed,
+            Self::Agent(_) => WireCode::AgentError,
+            Self::NoSpace(_) => WireCode::NoSpace,
+            Self::Store(_) => WireCode::StoreError,
+            Self::Random(_) => WireCode::Unavailable,
+            Self::Quota(_) => WireCode::QuotaExceeded,
         }
     }
 

@@ -702,7 +702,7 @@ impl Manager {
             Err(e) => {
                 let _ = events
                     .send(BuildEvent::Error {
-                        code: e.code().into(),
+                        code: e.code().to_string(),
                         message: e.to_string(),
                     })
                     .await;

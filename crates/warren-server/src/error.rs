@@ -190,7 +190,7 @@ mod tests {
             assert!(!e.message.contains('\n'));
             assert!(!e.message.contains("/var/lib"), "{}", e.message);
             if code != "backend_failed" {
-                assert_eq!(core_code, code);
+                assert_eq!(core_code.as_str(), code);
             }
         }
     }
