@@ -9,7 +9,8 @@
 //!
 //! The agent is this binary started as `warren __agent`: it reads its [`AgentLaunch`] on
 //! stdin, binds its socket in the sandbox's run directory (private to root), gives up
-//! root for the chosen user, says `ready` on stdout and serves. It is its own monitor:
+//! root for the chosen user, says `ready` on stdout and serves; or says why not, as a
+//! namespace sandbox's helper does (a [`HelperStatus`]). It is its own monitor:
 //! its pid is kept as the sandbox's `helper.pid`, so `warren doctor` and a restarted
 //! daemon find it as they find a namespace sandbox's helper.
 
@@ -26,6 +27,7 @@ use warren_types::api::{BackendInfo, Capabilities, Isolation};
 use warren_types::spec::{NetworkMode, SandboxSpec};
 
 use crate::backend::{BoxFuture, PortDialer};
+use crate::helper::{FailureKind, HelperStatus};
 use crate::namespace::CreateOptions;
 use crate::{Backend, Error, Instance, Paths, Result, Usage, PREFIX};
 
@@ -203,7 +205,14 @@ impl ProcessBackend {
                     "the agent exited before it was ready; see its messages above".into(),
                 ))
             }
-            why => return Err(Error::Setup(format!("the agent: {why}"))),
+            why => {
+                return Err(match serde_json::from_str(why) {
+                    Ok(HelperStatus::Error { message, kind }) => {
+                        Error::from_helper(kind, format!("the agent: {message}"))
+                    }
+                    _ => Error::Setup(format!("the agent: {why}")),
+                })
+            }
         }
         std::fs::write(sb.run.join("helper.pid"), pid.to_string())
             .map_err(crate::io_err("write the agent pid"))?;
@@ -437,35 +446,49 @@ pub fn agent_main() -> ! {
             }
         }
         Err(why) => {
-            let _ = writeln!(out, "{why}");
+            let _ = writeln!(out, "{}", serde_json::to_string(&why).unwrap_or_default());
             1
         }
     };
     std::process::exit(code)
 }
 
-fn agent_setup() -> std::result::Result<(std::os::unix::net::UnixListener, AgentLaunch), String> {
+fn agent_setup(
+) -> std::result::Result<(std::os::unix::net::UnixListener, AgentLaunch), HelperStatus> {
     use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    let failed = |message: String| HelperStatus::Error {
+        message,
+        kind: FailureKind::Failed,
+    };
     let mut input = Vec::new();
     std::io::stdin()
         .lock()
         .take(1 << 20)
         .read_to_end(&mut input)
-        .map_err(|e| format!("read the configuration: {e}"))?;
+        .map_err(|e| failed(format!("read the configuration: {e}")))?;
     let launch: AgentLaunch =
-        serde_json::from_slice(&input).map_err(|e| format!("bad configuration: {e}"))?;
+        serde_json::from_slice(&input).map_err(|e| failed(format!("bad configuration: {e}")))?;
     // Its own session (no terminal of the daemon's), and the parent of every orphan its
     // processes leave, as PID 1 is in a namespace sandbox.
-    nix::unistd::setsid().map_err(|e| format!("new session: {e}"))?;
-    warren_sys::ns::set_child_subreaper().map_err(|e| format!("become a subreaper: {e}"))?;
+    nix::unistd::setsid().map_err(|e| failed(format!("new session: {e}")))?;
+    warren_sys::ns::set_child_subreaper()
+        .map_err(|e| failed(format!("become a subreaper: {e}")))?;
     let _ = std::fs::remove_file(&launch.socket);
-    let listener = std::os::unix::net::UnixListener::bind(&launch.socket)
-        .map_err(|e| format!("bind {}: {e}", launch.socket.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(&launch.socket).map_err(|e| {
+        if crate::is_disk_full(&e) {
+            HelperStatus::Error {
+                message: format!("bind the agent's socket: {}", crate::DISK_FULL),
+                kind: FailureKind::NoSpace,
+            }
+        } else {
+            failed(format!("bind {}: {e}", launch.socket.display()))
+        }
+    })?;
     let (u, g) = (Uid::from_raw(launch.uid), Gid::from_raw(launch.gid));
-    setgroups(&[g]).map_err(|e| format!("set groups: {e}"))?;
-    setresgid(g, g, g).map_err(|e| format!("become gid {g}: {e}"))?;
-    setresuid(u, u, u).map_err(|e| format!("become uid {u}: {e}"))?;
+    setgroups(&[g]).map_err(|e| failed(format!("set groups: {e}")))?;
+    setresgid(g, g, g).map_err(|e| failed(format!("become gid {g}: {e}")))?;
+    setresuid(u, u, u).map_err(|e| failed(format!("become uid {u}: {e}")))?;
     std::env::set_current_dir(&launch.workdir)
-        .map_err(|e| format!("enter {}: {e}", launch.workdir.display()))?;
+        .map_err(|e| failed(format!("enter {}: {e}", launch.workdir.display())))?;
     Ok((listener, launch))
 }

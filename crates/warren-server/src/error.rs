@@ -182,6 +182,12 @@ mod tests {
                 "backend_failed",
             ),
             (CoreError::NoSpace("full".into()), 507, "no_space"),
+            // ENOSPC, as the runtime meets it writing, through the engine to the wire.
+            (
+                CoreError::io("copy /var/lib/x", std::io::Error::from_raw_os_error(28)),
+                507,
+                "no_space",
+            ),
             (CoreError::Quota("x".into()), 429, "quota_exceeded"),
         ];
         for (e, status, code) in cases {
@@ -191,6 +197,7 @@ mod tests {
             assert_eq!(e.code.as_str(), code);
             assert_eq!(core_code, e.code);
             assert!(!e.message.contains('\n'));
+            assert!(!e.message.contains("/var/lib"), "{}", e.message);
             assert_eq!(
                 serde_json::to_value(e.body()).unwrap(),
                 serde_json::json!({"code": code, "message": e.message})
