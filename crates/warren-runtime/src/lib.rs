@@ -119,8 +119,10 @@ pub enum Error {
     UnknownTemplate(String),
     #[error("a template named {0:?} exists: pick another name, or remove it first (`warren template rm`)")]
     TemplateExists(String),
+    /// An archive that could not be imported, for what it holds (a full disk while
+    /// importing is [`Error::NoSpace`]).
     #[error(transparent)]
-    Image(#[from] oci::ImportError),
+    Image(oci::ImportError),
     #[error("invalid {what}: {why}")]
     Invalid { what: &'static str, why: String },
     #[error("cgroups: {0}")]
@@ -202,6 +204,16 @@ impl Error {
     }
 }
 
+impl From<oci::ImportError> for Error {
+    fn from(e: oci::ImportError) -> Self {
+        if e.is_disk_full() {
+            Self::disk_full(Self::Image(e))
+        } else {
+            Self::Image(e)
+        }
+    }
+}
+
 /// Whether `e` is the disk's being full: out of blocks or inodes (ENOSPC), or over a
 /// quota (EDQUOT).
 pub fn is_disk_full(e: &std::io::Error) -> bool {
@@ -267,6 +279,30 @@ mod tests {
         assert!(matches!(e, Error::Io { .. }), "{e:?}");
         let e = io_err("write x")(std::io::ErrorKind::Other.into());
         assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn an_import_that_fills_the_disk_is_no_space() {
+        let layer = |source| oci::ImportError::Layer {
+            index: 1,
+            count: 1,
+            source,
+        };
+        let full = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        for e in [
+            layer(oci::UnpackError::Tar(full())),
+            layer(oci::UnpackError::Io {
+                what: "create /var/lib/warren/x".into(),
+                source: full(),
+            }),
+        ] {
+            let e = Error::from(e);
+            assert!(matches!(e, Error::NoSpace { .. }), "{e:?}");
+        }
+        let e = Error::from(layer(oci::UnpackError::Tar(std::io::Error::other("bad"))));
+        assert!(matches!(e, Error::Image(_)), "{e:?}");
+        let e = Error::from(oci::ImportError::Format("no manifest".into()));
+        assert!(matches!(e, Error::Image(_)), "{e:?}");
     }
 
     #[test]
