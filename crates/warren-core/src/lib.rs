@@ -39,7 +39,7 @@ use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{Backend, Backends, Instance, NamespaceBackend};
 use warren_types::api::{
     CreateSandbox, Event, PoolInfo, PoolSpec, ResourceRequest, SandboxInfo, SandboxState,
-    SetTimeout, TimeoutAction,
+    SetTimeout, TimeoutAction, WireCode,
 };
 use warren_types::spec::Isolation;
 use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
@@ -103,45 +103,35 @@ impl From<warren_runtime::Error> for CoreError {
     fn from(e: warren_runtime::Error) -> Self {
         use warren_runtime::Error as E;
         match e {
-            E::NoSpace(m) => Self::NoSpace(m),
+            E::NoSpace { why, .. } => Self::NoSpace(why),
             E::Invalid { .. } | E::Image(_) | E::Unavailable { .. } => Self::Invalid(e.to_string()),
             E::Random(r) => Self::Random(r),
-            e => Self::backend(e),
+            e => Self::Backend(e.to_string()),
         }
     }
 }
 
 impl CoreError {
     /// The stable machine-readable code of this error.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> WireCode {
         match self {
-            Self::NotFound(_) | Self::TemplateNotFound(_) => "not_found",
-            Self::InvalidState(_) => "invalid_state",
-            Self::UnknownTemplate(_) => "invalid_request",
-            Self::NameTaken(_) => "name_taken",
-            Self::Invalid(_) => "invalid_request",
-            Self::Backend(_) => "backend_failed",
-            Self::Agent(_) => "agent_error",
-            Self::NoSpace(_) => "no_space",
-            Self::Store(_) => "store_error",
-            Self::Random(_) => "unavailable",
-            Self::Quota(_) => "quota_exceeded",
+            Self::NotFound(_) | Self::TemplateNotFound(_) => WireCode::NotFound,
+            Self::InvalidState(_) => WireCode::InvalidState,
+            Self::UnknownTemplate(_) | Self::Invalid(_) => WireCode::InvalidRequest,
+            Self::NameTaken(_) => WireCode::NameTaken,
+            Self::Backend(_) => WireCode::BackendFailed,
+            Self::Agent(_) => WireCode::AgentError,
+            Self::NoSpace(_) => WireCode::NoSpace,
+            Self::Store(_) => WireCode::StoreError,
+            Self::Random(_) => WireCode::Unavailable,
+            Self::Quota(_) => WireCode::QuotaExceeded,
         }
     }
 
-    /// A failure of the sandbox backend. One that ran out of disk says so under its own
-    /// code: the reasons come from the helper as text, where the OS error survives.
-    pub fn backend(reason: impl std::fmt::Display) -> Self {
-        let reason = reason.to_string();
-        if reason.contains("(os error 28)") || reason.contains("No space left on device") {
-            // The reason names host paths: not the client's business.
-            return Self::NoSpace(
-                "the host ran out of disk space in the daemon's data directory; free space \
-                 there and retry"
-                    .into(),
-            );
-        }
-        Self::Backend(reason)
+    /// An I/O failure of the engine's own doing `what`: a full disk is told apart as the
+    /// backend's failures are.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        warren_runtime::Error::io(what, source).into()
     }
 }
 
@@ -1792,6 +1782,34 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_is_told_by_the_runtime_not_by_its_message() {
+        // ENOSPC and EDQUOT.
+        for errno in [28, 122] {
+            let e = CoreError::io(
+                "copy /var/lib/warren/x",
+                std::io::Error::from_raw_os_error(errno),
+            );
+            assert_eq!(e.code(), WireCode::NoSpace, "{e}");
+            assert!(!e.to_string().contains("/var/lib"), "{e}");
+        }
+        // A helper's report of a full disk is for the caller as it stands.
+        let helper = warren_runtime::Error::from_helper(
+            warren_runtime::helper::FailureKind::NoSpace,
+            "a disk of 9 MiB was asked for and the host has 1 MiB free".into(),
+        );
+        let e = CoreError::from(helper);
+        assert_eq!(e.code(), WireCode::NoSpace);
+        assert!(e.to_string().starts_with("a disk of 9 MiB"), "{e}");
+        // Words are not a kind: a failure that only mentions a full disk is not one.
+        let e = CoreError::from(warren_runtime::Error::Setup(
+            "copy: No space left on device (os error 28)".into(),
+        ));
+        assert_eq!(e.code(), WireCode::BackendFailed);
+        let e = CoreError::io("copy x", std::io::Error::from_raw_os_error(13));
+        assert_eq!(e.code(), WireCode::BackendFailed);
+    }
 
     fn is_send<T: Send>(_: &T) {}
 

@@ -636,6 +636,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use warren_types::api::WireCode;
+
     use super::*;
 
     #[test]
@@ -742,13 +744,13 @@ mod tests {
         ));
         assert!(full.is_disk_full());
         let e = crate::CoreError::from(full);
-        assert_eq!(e.code(), "no_space");
+        assert_eq!(e.code(), WireCode::NoSpace);
         let other = StoreError::Sql(rusqlite::Error::SqliteFailure(
             rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR),
             None,
         ));
         assert!(!other.is_disk_full());
-        assert_eq!(crate::CoreError::from(other).code(), "store_error");
+        assert_eq!(crate::CoreError::from(other).code(), WireCode::StoreError);
     }
 
     fn record(id: &str, name: Option<&str>) -> Record {

@@ -206,7 +206,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| CoreError::backend(format!("a template task failed: {e}")))?
+        .map_err(|e| CoreError::Backend(format!("a template task failed: {e}")))?
         .map_err(template_error)
 }
 
@@ -487,7 +487,7 @@ impl Manager {
             Ok::<_, CoreError>((templates, layers, host))
         })
         .await
-        .map_err(|e| CoreError::backend(format!("measuring disks: {e}")))??;
+        .map_err(|e| CoreError::Backend(format!("measuring disks: {e}")))??;
         Ok(DiskUsage {
             layers_bytes,
             templates: templates
@@ -631,7 +631,7 @@ impl Manager {
         };
         let log_path = paths.data.join("templates").join(format!(".{id}.log"));
         std::fs::create_dir_all(paths.data.join("templates"))
-            .map_err(|e| CoreError::backend(format!("create the templates directory: {e}")))?;
+            .map_err(|e| CoreError::io("create the templates directory", e))?;
         // Builds run on the namespace backend: the layer they leave is a template's,
         // the same whichever backend later starts from it.
         let sb = self
@@ -646,12 +646,15 @@ impl Manager {
                 },
             )
             .await
-            .map_err(|e| CoreError::backend(format!("the build sandbox: {e}")))?;
+            .map_err(|e| match e {
+                e @ warren_runtime::Error::NoSpace { .. } => e.into(),
+                e => CoreError::Backend(format!("the build sandbox: {e}")),
+            })?;
         let ran = run_steps(sb.as_ref(), &req, &log_path, &events).await;
         let destroyed = sb.destroy().await;
         let result = match (ran, destroyed) {
             (Err(e), _) => Err(e),
-            (Ok(()), Err(e)) => Err(CoreError::backend(e)),
+            (Ok(()), Err(e)) => Err(e.into()),
             (Ok(()), Ok(())) => {
                 let _ = events.send(BuildEvent::Capturing).await;
                 let meta = TemplateMeta {
@@ -702,7 +705,7 @@ impl Manager {
             Err(e) => {
                 let _ = events
                     .send(BuildEvent::Error {
-                        code: e.code().into(),
+                        code: e.code().to_string(),
                         message: e.to_string(),
                     })
                     .await;
@@ -824,7 +827,7 @@ async fn run_steps(
 ) -> Result<()> {
     let mut log = tokio::fs::File::create(log_path)
         .await
-        .map_err(|e| CoreError::backend(format!("create the build log: {e}")))?;
+        .map_err(|e| CoreError::io("create the build log", e))?;
     let client = sb.connect().await?;
     if let Some(dir) = &req.workdir {
         // As a Dockerfile's WORKDIR: made if missing.

@@ -320,11 +320,36 @@ impl SetupError {
     }
 }
 
+impl From<crate::Error> for SetupError {
+    fn from(e: crate::Error) -> Self {
+        Self {
+            kind: match e {
+                crate::Error::NoSpace { .. } => FailureKind::NoSpace,
+                _ => FailureKind::Failed,
+            },
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<crate::network::NetError> for SetupError {
+    fn from(e: crate::network::NetError) -> Self {
+        Self {
+            kind: match &e {
+                crate::network::NetError::Io(e) => kind_of(e),
+                _ => FailureKind::Failed,
+            },
+            message: e.to_string(),
+        }
+    }
+}
+
 /// What an I/O error says about the host: a full disk is told apart by its errno.
 fn kind_of(e: &std::io::Error) -> FailureKind {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => FailureKind::NoSpace,
-        _ => FailureKind::Failed,
+    if crate::is_disk_full(e) {
+        FailureKind::NoSpace
+    } else {
+        FailureKind::Failed
     }
 }
 
@@ -355,8 +380,8 @@ impl Sandbox {
             run: config.run_dir.clone(),
             data: config.data_dir.clone(),
         };
-        let ids = IdSlot::allocate().map_err(|e| e.to_string())?;
-        let template = template::resolve(&paths, &spec.template).map_err(|e| e.to_string())?;
+        let ids = IdSlot::allocate()?;
+        let template = template::resolve(&paths, &spec.template)?;
         crate::trace::mark("helper: template resolved");
         let run = paths.sandbox_run(&spec.id);
         let data = paths.sandbox_data(&spec.id);
@@ -413,7 +438,7 @@ impl Sandbox {
         fs::create_dir_all(&root).map_err(fail("create the root mount point"))?;
         let (rw, disk) = writable_layer(config, &run, &data)?;
         cleanup.mounts.extend(disk);
-        template.check_layers().map_err(|e| e.to_string())?;
+        template.check_layers()?;
         // Files are stored under the common range; the sandbox sees them under its own.
         let storage = ns::idmap_userns(&ids.storage_map(), &ids.storage_map())
             .map_err(fail("make the id mapping of the sandbox's files"))?;
@@ -496,8 +521,7 @@ impl Sandbox {
                             &spec.id,
                             child,
                             std::process::id(),
-                        )
-                        .map_err(|e| e.to_string())?;
+                        )?;
                         cleanup.dirs.push(lease);
                         cleanup.link = Some(crate::network::link_name(&spec.id));
                     }
@@ -508,8 +532,8 @@ impl Sandbox {
                 crate::trace::mark("helper: maps and cgroup set");
                 (&go).write_all(b"g").map_err(fail("start the sandbox"))?;
                 drop(go);
-                // The child writes READY when set up, or why not; a child that died
-                // saying nothing did not make it either.
+                // The child writes READY when set up, or why not (a `HelperStatus`); a
+                // child that died saying nothing did not make it either.
                 let mut msg = String::new();
                 let _ = fs::File::from(st_r).read_to_string(&mut msg);
                 match msg.strip_prefix(READY) {
@@ -517,14 +541,19 @@ impl Sandbox {
                     _ if msg.is_empty() => {
                         return Err("the sandbox's first process died while setting up".into())
                     }
-                    _ => return Err(msg.into()),
+                    _ => match serde_json::from_str(&msg) {
+                        Ok(HelperStatus::Error { message, kind }) => {
+                            return Err(SetupError { kind, message })
+                        }
+                        _ => return Err(msg.into()),
+                    },
                 }
                 crate::trace::mark("helper: child ready");
                 fs::write(run.join("agent.pid"), child.to_string())
                     .map_err(fail("write the agent pid"))?;
                 let mut publishers = Vec::new();
                 for p in &spec.publish {
-                    let h = crate::network::publish(child, *p).map_err(|e| e.to_string())?;
+                    let h = crate::network::publish(child, *p)?;
                     publishers.push(h);
                 }
                 Ok(Sandbox {
@@ -649,7 +678,7 @@ fn writable_layer(
         Some(nix::unistd::Uid::from_raw(HOST_ID_BASE)),
         Some(nix::unistd::Gid::from_raw(HOST_ID_BASE)),
     )
-    .map_err(|e| format!("chown the writable layer: {e}"))?;
+    .map_err(|e| fail("chown the writable layer")(e.into()))?;
     Ok((base, mount))
 }
 
@@ -684,6 +713,7 @@ fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
     f.set_len(size).map_err(fail("size the disk image"))?;
     drop(f);
     let out = std::process::Command::new("mkfs.ext4")
+        .env("LC_ALL", "C")
         .args(["-q", "-F", "-m", "0", "-E"])
         .arg(format!(
             "lazy_itable_init=1,lazy_journal_init=1,root_owner={owner}:{owner}"
@@ -693,11 +723,13 @@ fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
         .map_err(|e| format!("run mkfs.ext4 (install e2fsprogs): {e}"))?;
     if !out.status.success() {
         let _ = fs::remove_file(&tmp);
-        return Err(format!(
-            "mkfs.ext4 failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-        .into());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // Its complaint names the image's path: the caller hears only what happened.
+        return Err(if crate::tool_says_disk_full(&stderr) {
+            SetupError::no_space(format!("make the disk image: {}", crate::DISK_FULL))
+        } else {
+            format!("mkfs.ext4 failed: {}", stderr.trim()).into()
+        });
     }
     fs::rename(&tmp, img).map_err(fail("place the disk image"))
 }
@@ -757,7 +789,7 @@ fn populate_root(
             Mode::from_bits_truncate(0o666),
             makedev(major, minor),
         )
-        .map_err(|e| format!("create /dev/{name}: {e}"))?;
+        .map_err(|e| fail(&format!("create /dev/{name}"))(e.into()))?;
         // mknod applies the umask; these must be usable by every user.
         fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666))
             .map_err(fail("chmod a device"))?;
@@ -850,7 +882,7 @@ fn mount_volume(
             Some(nix::unistd::Uid::from_raw(owner)),
             Some(nix::unistd::Gid::from_raw(owner)),
         )
-        .map_err(|e| format!("chown the volume: {e}"))?;
+        .map_err(|e| fail("chown the volume")(e.into()))?;
     }
     bind_idmapped(&data, &target, storage, MountAttrs::PLAIN).map_err(fail("mount the volume"))
 }
@@ -895,7 +927,12 @@ fn child_main(args: ChildArgs<'_>) -> String {
     drop(args.go);
     drop(args.root);
     if let Err(e) = r {
-        let _ = status.write_all(e.message.as_bytes());
+        let line = serde_json::to_vec(&HelperStatus::Error {
+            message: e.message.clone(),
+            kind: e.kind,
+        })
+        .unwrap_or_default();
+        let _ = status.write_all(&line);
         return e.message;
     }
     crate::trace::mark("child: set up");

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use warren_types::proto::User;
 
+use crate::helper::{FailureKind, HelperStatus};
+
 /// What `warren __agent` is started with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentLaunch {
@@ -53,7 +55,7 @@ pub fn agent_main() -> ! {
             serve(listener, launch)
         }
         Err(why) => {
-            let _ = writeln!(out, "{why}");
+            let _ = writeln!(out, "{}", serde_json::to_string(&why).unwrap_or_default());
             1
         }
     };
@@ -107,8 +109,32 @@ fn serve(listener: std::os::unix::net::UnixListener, launch: AgentLaunch) -> i32
     }
 }
 
-fn setup() -> Result<(std::os::unix::net::UnixListener, AgentLaunch), String> {
-    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+/// Sets up, or says why not as a namespace sandbox's helper does.
+fn setup() -> Result<(std::os::unix::net::UnixListener, AgentLaunch), HelperStatus> {
+    let failed = |message: String| HelperStatus::Error {
+        message,
+        kind: FailureKind::Failed,
+    };
+    setup_inner().map_err(failed).and_then(|(bind, launch)| {
+        let listener = bind.map_err(|e| {
+            if crate::is_disk_full(&e) {
+                HelperStatus::Error {
+                    message: format!("bind the agent's socket: {}", crate::DISK_FULL),
+                    kind: FailureKind::NoSpace,
+                }
+            } else {
+                failed(format!("bind {}: {e}", launch.socket.display()))
+            }
+        })?;
+        drop_to_user(&launch).map_err(failed)?;
+        Ok((listener, launch))
+    })
+}
+
+type Bound = std::io::Result<std::os::unix::net::UnixListener>;
+
+/// Reads the launch, leaves the caller's session (trust mode) and binds the socket.
+fn setup_inner() -> Result<(Bound, AgentLaunch), String> {
     let launch: AgentLaunch = match std::env::args().nth(2) {
         Some(arg) => serde_json::from_str(&arg).map_err(|e| format!("bad launch: {e}"))?,
         None => {
@@ -128,8 +154,13 @@ fn setup() -> Result<(std::os::unix::net::UnixListener, AgentLaunch), String> {
         warren_sys::ns::set_child_subreaper().map_err(|e| format!("become a subreaper: {e}"))?;
     }
     let _ = std::fs::remove_file(&launch.socket);
-    let listener = std::os::unix::net::UnixListener::bind(&launch.socket)
-        .map_err(|e| format!("bind {}: {e}", launch.socket.display()))?;
+    let listener = std::os::unix::net::UnixListener::bind(&launch.socket);
+    Ok((listener, launch))
+}
+
+/// Trust mode: becomes the chosen host user, in the sandbox's directory.
+fn drop_to_user(launch: &AgentLaunch) -> Result<(), String> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
     if let Some((uid, gid)) = launch.host_user {
         let (u, g) = (Uid::from_raw(uid), Gid::from_raw(gid));
         setgroups(&[g]).map_err(|e| format!("set groups: {e}"))?;
@@ -139,5 +170,5 @@ fn setup() -> Result<(std::os::unix::net::UnixListener, AgentLaunch), String> {
             std::env::set_current_dir(dir).map_err(|e| format!("enter {}: {e}", dir.display()))?;
         }
     }
-    Ok((listener, launch))
+    Ok(())
 }

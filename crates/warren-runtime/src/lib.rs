@@ -121,17 +121,25 @@ pub enum Error {
     UnknownTemplate(String),
     #[error("a template named {0:?} exists: pick another name, or remove it first (`warren template rm`)")]
     TemplateExists(String),
+    /// An archive that could not be imported, for what it holds (a full disk while
+    /// importing is [`Error::NoSpace`]).
     #[error(transparent)]
-    Image(#[from] oci::ImportError),
+    Image(oci::ImportError),
     #[error("invalid {what}: {why}")]
     Invalid { what: &'static str, why: String },
     #[error("cgroups: {0}")]
     Cgroup(#[from] warren_sys::cgroup::CgroupError),
     #[error("{0}")]
     Setup(String),
-    /// The host's disk is full, or too small for what was asked.
-    #[error("{0}")]
-    NoSpace(String),
+    /// The host's disk is full, or too small for what was asked. `why` is for the
+    /// caller and names no host path; `source` is the write that met the full disk, if
+    /// one did.
+    #[error("{why}")]
+    NoSpace {
+        why: String,
+        #[source]
+        source: Option<Box<Error>>,
+    },
     #[error("the sandbox helper failed: {0}")]
     Helper(String),
     #[error("agent: {0}")]
@@ -157,19 +165,76 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// What a write that met a full disk tells the caller: where the host ran out is the
+/// operator's business, not the caller's.
+pub(crate) const DISK_FULL: &str =
+    "the host ran out of disk space in the daemon's data directory; free space there and retry";
+
 impl Error {
-    /// The error a helper reported.
+    /// The error a helper reported. Its reasons for a full disk are written for the
+    /// caller (a helper words them so).
     pub fn from_helper(kind: helper::FailureKind, message: String) -> Self {
         match kind {
-            helper::FailureKind::NoSpace => Self::NoSpace(message),
+            helper::FailureKind::NoSpace => Self::NoSpace {
+                why: message,
+                source: None,
+            },
             helper::FailureKind::Failed => Self::Setup(message),
+        }
+    }
+
+    /// An I/O failure doing `what`; one that met a full disk is [`Error::NoSpace`].
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        let full = is_disk_full(&source);
+        let e = Self::Io {
+            what: what.into(),
+            source,
+        };
+        if full {
+            Self::disk_full(e)
+        } else {
+            e
+        }
+    }
+
+    /// `e`, a write that met a full disk, as the caller is told it.
+    pub(crate) fn disk_full(e: Error) -> Self {
+        Self::NoSpace {
+            why: DISK_FULL.into(),
+            source: Some(Box::new(e)),
         }
     }
 }
 
+impl From<oci::ImportError> for Error {
+    fn from(e: oci::ImportError) -> Self {
+        if e.is_disk_full() {
+            Self::disk_full(Self::Image(e))
+        } else {
+            Self::Image(e)
+        }
+    }
+}
+
+/// Whether `e` is the disk's being full: out of blocks or inodes (ENOSPC), or over a
+/// quota (EDQUOT).
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Whether a tool run in the C locale (`LC_ALL=C`) complains of a full disk. A tool
+/// reports its errno only as the C library's text for it, so that text is read back here,
+/// and only here: glibc's and musl's for ENOSPC and EDQUOT.
+pub(crate) fn tool_says_disk_full(stderr: &str) -> bool {
+    let stderr = stderr.to_ascii_lowercase();
+    ["no space left on device", "quota exceeded"]
+        .iter()
+        .any(|t| stderr.contains(t))
+}
+
 pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
-    move |source| Error::Io { what, source }
+    move |source| Error::io(what, source)
 }
 
 /// Whether `name` is usable as a sandbox id, template or volume name: it becomes a path
@@ -200,6 +265,59 @@ mod tests {
         for good in ["host", "py-3.11", "lab_1"] {
             assert!(valid_name(good), "{good:?}");
         }
+    }
+
+    #[test]
+    fn a_full_disk_is_told_apart_by_its_errno() {
+        for errno in [libc::ENOSPC, libc::EDQUOT] {
+            let e = io_err("write /var/lib/warren/x")(std::io::Error::from_raw_os_error(errno));
+            let Error::NoSpace { why, source } = &e else {
+                panic!("{e:?}");
+            };
+            assert!(!why.contains("/var/lib"), "{why}");
+            assert!(matches!(source.as_deref(), Some(Error::Io { .. })), "{e:?}");
+        }
+        let e = io_err("write x")(std::io::Error::from_raw_os_error(libc::EACCES));
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+        let e = io_err("write x")(std::io::ErrorKind::Other.into());
+        assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn an_import_that_fills_the_disk_is_no_space() {
+        let layer = |source| oci::ImportError::Layer {
+            index: 1,
+            count: 1,
+            source,
+        };
+        let full = || std::io::Error::from_raw_os_error(libc::ENOSPC);
+        for e in [
+            layer(oci::UnpackError::Tar(full())),
+            layer(oci::UnpackError::Io {
+                what: "create /var/lib/warren/x".into(),
+                source: full(),
+            }),
+        ] {
+            let e = Error::from(e);
+            assert!(matches!(e, Error::NoSpace { .. }), "{e:?}");
+        }
+        let e = Error::from(layer(oci::UnpackError::Tar(std::io::Error::other("bad"))));
+        assert!(matches!(e, Error::Image(_)), "{e:?}");
+        let e = Error::from(oci::ImportError::Format("no manifest".into()));
+        assert!(matches!(e, Error::Image(_)), "{e:?}");
+    }
+
+    #[test]
+    fn tools_saying_the_disk_is_full_are_heard() {
+        assert!(tool_says_disk_full(
+            "cp: error writing '/x/y': No space left on device"
+        ));
+        assert!(tool_says_disk_full(
+            "cp: cannot create '/x': Disk quota exceeded"
+        ));
+        assert!(!tool_says_disk_full(
+            "cp: cannot stat '/x': No such file or directory"
+        ));
     }
 
     #[test]

@@ -64,6 +64,21 @@ pub enum ImportError {
     },
 }
 
+impl ImportError {
+    /// Whether writing the image met a full disk: the host's trouble, not the archive's.
+    /// A layer's file is copied out of the tar stream, so its write fails as `Tar` does.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Io { source, .. }
+            | Self::Layer {
+                source: UnpackError::Io { source, .. } | UnpackError::Tar(source),
+                ..
+            } => crate::is_disk_full(source),
+            _ => false,
+        }
+    }
+}
+
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> ImportError {
     let what = what.into();
     move |source| ImportError::Io { what, source }

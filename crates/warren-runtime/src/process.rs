@@ -8,8 +8,9 @@
 //! operator names may ask for it.
 //!
 //! The agent is this binary started as `warren __agent` (see [`crate::launch`]): it reads
-//! its launch on stdin, binds its socket in the sandbox's run directory (private to root), gives up
-//! root for the chosen user, says `ready` on stdout and serves. It is its own monitor:
+//! its launch on stdin, binds its socket in the sandbox's run directory (private to root),
+//! gives up root for the chosen user, says `ready` on stdout and serves; or says why not,
+//! as a namespace sandbox's helper does (a [`HelperStatus`]). It is its own monitor:
 //! its pid is kept as the sandbox's `helper.pid`, so `warren doctor` and a restarted
 //! daemon find it as they find a namespace sandbox's helper.
 
@@ -24,6 +25,7 @@ use warren_types::api::{BackendInfo, Capabilities, Isolation};
 use warren_types::spec::{NetworkMode, SandboxSpec};
 
 use crate::backend::{BoxFuture, PortDialer};
+use crate::helper::HelperStatus;
 use crate::launch::AgentLaunch;
 use crate::namespace::CreateOptions;
 use crate::{Backend, Error, Instance, Paths, Result, Usage, PREFIX};
@@ -193,7 +195,14 @@ impl ProcessBackend {
                     "the agent exited before it was ready; see its messages above".into(),
                 ))
             }
-            why => return Err(Error::Setup(format!("the agent: {why}"))),
+            why => {
+                return Err(match serde_json::from_str(why) {
+                    Ok(HelperStatus::Error { message, kind }) => {
+                        Error::from_helper(kind, format!("the agent: {message}"))
+                    }
+                    _ => Error::Setup(format!("the agent: {why}")),
+                })
+            }
         }
         std::fs::write(sb.run.join("helper.pid"), pid.to_string())
             .map_err(crate::io_err("write the agent pid"))?;

@@ -687,16 +687,19 @@ pub fn snapshot_layer(paths: &Paths, src: &UpperSource) -> Result<(String, u64)>
             c
         }
     };
-    let (status, why) = crate::tree::run_quietly(&mut cmd).map_err(io_err(
+    let (status, why) = crate::tree::run_quietly(cmd.env("LC_ALL", "C")).map_err(io_err(
         "run cp for the snapshot (install coreutils and util-linux)",
     ))?;
     if let UpperSource::Image(_) = src {
         let _ = fs::remove_dir(staging.path().with_extension("mnt"));
     }
     if !status.success() {
-        return Err(Error::Setup(format!(
-            "copying the sandbox's files failed: {why}"
-        )));
+        let e = Error::Setup(format!("copying the sandbox's files failed: {why}"));
+        return Err(if crate::tool_says_disk_full(&why) {
+            Error::disk_full(e)
+        } else {
+            e
+        });
     }
     let id = format!("snap-{}{}", crate::new_id()?, crate::new_id()?);
     let size = dir_size(staging.path());

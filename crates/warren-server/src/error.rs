@@ -9,19 +9,26 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use warren_agent::client::ClientError;
 use warren_core::CoreError;
-use warren_types::api::ApiError;
+use warren_types::api::{ApiError, WireCode};
 use warren_types::proto::ErrorCode;
 
 /// An HTTP error: status, stable code, and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: WireCode,
     pub message: String,
 }
 
 impl Error {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// An error answered with its code's status.
+    pub fn new(code: WireCode, message: impl Into<String>) -> Self {
+        Self::with_status(status_of(code), code, message)
+    }
+
+    /// An error answered with a status of the caller's: a refused WebSocket upgrade keeps
+    /// the upgrade's own (see [`WireCode::InvalidRequest`]).
+    pub fn with_status(status: StatusCode, code: WireCode, message: impl Into<String>) -> Self {
         Self {
             status,
             code,
@@ -30,27 +37,27 @@ impl Error {
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(WireCode::InvalidRequest, message)
     }
 
     pub fn invalid_json(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+        Self::new(WireCode::InvalidJson, message)
     }
 
     pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+        Self::new(WireCode::NotFound, message)
     }
 
     pub fn invalid_state(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "invalid_state", message)
+        Self::new(WireCode::InvalidState, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        Self::new(WireCode::Unauthorized, message)
     }
 
     pub fn too_large(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+        Self::new(WireCode::PayloadTooLarge, message)
     }
 
     /// The wire form, also used for error lines inside streams.
@@ -60,6 +67,12 @@ impl Error {
             message: self.message.clone(),
         }
     }
+}
+
+/// The status of `code` as axum's type. Every code's status is a valid one (a test
+/// checks).
+pub fn status_of(code: WireCode) -> StatusCode {
+    StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
 }
 
 impl std::fmt::Display for Error {
@@ -84,32 +97,18 @@ fn one_line(s: &str) -> String {
 impl From<CoreError> for Error {
     fn from(e: CoreError) -> Self {
         let message = one_line(&e.to_string());
+        let code = e.code();
         match e {
-            CoreError::NotFound(_) | CoreError::TemplateNotFound(_) => Self::not_found(message),
-            CoreError::InvalidState(_) => Self::invalid_state(message),
-            CoreError::NameTaken(_) => Self::new(StatusCode::CONFLICT, "name_taken", message),
-            CoreError::Invalid(_) | CoreError::UnknownTemplate(_) => Self::invalid(message),
-            CoreError::Backend(_) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "backend_failed", message)
-            }
+            // The agent's own code says more than the engine's `agent_error`.
             CoreError::Agent(e) => e.into(),
-            CoreError::NoSpace(_) => {
-                Self::new(StatusCode::INSUFFICIENT_STORAGE, "no_space", message)
+            CoreError::Random(_) => {
+                Self::new(code, "the host's random number generator failed; retry")
             }
             // The store's errors name files and SQL: none of that is the client's business.
-            CoreError::Quota(_) => {
-                Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
+            CoreError::Store(_) => {
+                Self::new(code, "the daemon's store failed; see the daemon's log")
             }
-            CoreError::Random(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the host's random number generator failed; retry",
-            ),
-            CoreError::Store(_) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "store_error",
-                "the daemon's store failed; see the daemon's log",
-            ),
+            _ => Self::new(code, message),
         }
     }
 }
@@ -122,37 +121,34 @@ impl From<ClientError> for Error {
                 "the sandbox's agent is not reachable: the sandbox stopped or is stopping",
             ),
             ClientError::Protocol(_) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "agent_error",
+                WireCode::AgentError,
                 "unexpected reply from the sandbox's agent",
             ),
-            ClientError::Upload(_) => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "io_error",
-                "reading the data to upload failed",
-            ),
+            ClientError::Upload(_) => {
+                Self::new(WireCode::IoError, "reading the data to upload failed")
+            }
         }
     }
 }
 
+/// The agent's codes, as the API names them.
 fn agent_error(code: ErrorCode, message: String) -> Error {
-    let message = one_line(&message);
-    let (status, code) = match code {
-        ErrorCode::NotFound => (StatusCode::NOT_FOUND, "file_not_found"),
-        ErrorCode::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
-        ErrorCode::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
-        ErrorCode::IsADirectory => (StatusCode::BAD_REQUEST, "is_a_directory"),
-        ErrorCode::NotADirectory => (StatusCode::BAD_REQUEST, "not_a_directory"),
-        ErrorCode::NotAFile => (StatusCode::BAD_REQUEST, "not_a_file"),
-        ErrorCode::NotEmpty => (StatusCode::BAD_REQUEST, "not_empty"),
-        ErrorCode::BadRequest => (StatusCode::BAD_REQUEST, "invalid_request"),
-        ErrorCode::NoSpace => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
-        ErrorCode::ProcessNotFound => (StatusCode::NOT_FOUND, "process_not_found"),
-        ErrorCode::CommandNotFound => (StatusCode::BAD_REQUEST, "command_not_found"),
-        ErrorCode::VersionMismatch => (StatusCode::INTERNAL_SERVER_ERROR, "agent_error"),
-        ErrorCode::Io => (StatusCode::INTERNAL_SERVER_ERROR, "io_error"),
+    let code = match code {
+        ErrorCode::NotFound => WireCode::FileNotFound,
+        ErrorCode::PermissionDenied => WireCode::PermissionDenied,
+        ErrorCode::AlreadyExists => WireCode::AlreadyExists,
+        ErrorCode::IsADirectory => WireCode::IsADirectory,
+        ErrorCode::NotADirectory => WireCode::NotADirectory,
+        ErrorCode::NotAFile => WireCode::NotAFile,
+        ErrorCode::NotEmpty => WireCode::NotEmpty,
+        ErrorCode::BadRequest => WireCode::InvalidRequest,
+        ErrorCode::NoSpace => WireCode::NoSpace,
+        ErrorCode::ProcessNotFound => WireCode::ProcessNotFound,
+        ErrorCode::CommandNotFound => WireCode::CommandNotFound,
+        ErrorCode::VersionMismatch => WireCode::AgentError,
+        ErrorCode::Io => WireCode::IoError,
     };
-    Error::new(status, code, message)
+    Error::new(code, one_line(&message))
 }
 
 #[cfg(test)]
@@ -160,9 +156,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_code_has_a_valid_status() {
+        for code in WireCode::ALL {
+            assert!(StatusCode::from_u16(code.status()).is_ok(), "{code}");
+            assert_eq!(status_of(code).as_u16(), code.status(), "{code}");
+        }
+    }
+
+    #[test]
     fn engine_errors_keep_their_codes() {
         let cases = [
             (CoreError::NotFound("x".into()), 404, "not_found"),
+            (CoreError::TemplateNotFound("x".into()), 404, "not_found"),
             (CoreError::InvalidState("x".into()), 409, "invalid_state"),
             (CoreError::NameTaken("x".into()), 409, "name_taken"),
             (CoreError::Invalid("x".into()), 400, "invalid_request"),
@@ -176,22 +181,27 @@ mod tests {
                 500,
                 "backend_failed",
             ),
+            (CoreError::NoSpace("full".into()), 507, "no_space"),
+            // ENOSPC, as the runtime meets it writing, through the engine to the wire.
             (
-                CoreError::backend("copy /var/lib/x: No space left on device (os error 28)"),
+                CoreError::io("copy /var/lib/x", std::io::Error::from_raw_os_error(28)),
                 507,
                 "no_space",
             ),
+            (CoreError::Quota("x".into()), 429, "quota_exceeded"),
         ];
         for (e, status, code) in cases {
             let core_code = e.code();
             let e = Error::from(e);
             assert_eq!(e.status.as_u16(), status);
-            assert_eq!(e.code, code);
+            assert_eq!(e.code.as_str(), code);
+            assert_eq!(core_code, e.code);
             assert!(!e.message.contains('\n'));
             assert!(!e.message.contains("/var/lib"), "{}", e.message);
-            if code != "backend_failed" {
-                assert_eq!(core_code, code);
-            }
+            assert_eq!(
+                serde_json::to_value(e.body()).unwrap(),
+                serde_json::json!({"code": code, "message": e.message})
+            );
         }
     }
 
@@ -200,24 +210,33 @@ mod tests {
         let e = |code| {
             Error::from(ClientError::Agent {
                 code,
-                message: "m".into(),
+                message: "m\nmore".into(),
             })
         };
-        assert_eq!(e(ErrorCode::NotFound).code, "file_not_found");
-        assert_eq!(e(ErrorCode::NotFound).status, StatusCode::NOT_FOUND);
-        assert_eq!(e(ErrorCode::PermissionDenied).status, StatusCode::FORBIDDEN);
-        assert_eq!(e(ErrorCode::AlreadyExists).status, StatusCode::CONFLICT);
-        assert_eq!(e(ErrorCode::NotEmpty).status, StatusCode::BAD_REQUEST);
-        assert_eq!(
-            e(ErrorCode::NoSpace).status,
-            StatusCode::INSUFFICIENT_STORAGE
-        );
-        assert_eq!(e(ErrorCode::ProcessNotFound).code, "process_not_found");
-        assert_eq!(e(ErrorCode::CommandNotFound).code, "command_not_found");
+        let cases = [
+            (ErrorCode::NotFound, 404, "file_not_found"),
+            (ErrorCode::PermissionDenied, 403, "permission_denied"),
+            (ErrorCode::AlreadyExists, 409, "already_exists"),
+            (ErrorCode::IsADirectory, 400, "is_a_directory"),
+            (ErrorCode::NotADirectory, 400, "not_a_directory"),
+            (ErrorCode::NotAFile, 400, "not_a_file"),
+            (ErrorCode::NotEmpty, 400, "not_empty"),
+            (ErrorCode::BadRequest, 400, "invalid_request"),
+            (ErrorCode::NoSpace, 507, "no_space"),
+            (ErrorCode::ProcessNotFound, 404, "process_not_found"),
+            (ErrorCode::CommandNotFound, 400, "command_not_found"),
+            (ErrorCode::VersionMismatch, 500, "agent_error"),
+            (ErrorCode::Io, 500, "io_error"),
+        ];
+        for (agent, status, code) in cases {
+            let e = e(agent);
+            assert_eq!((e.status.as_u16(), e.code.as_str()), (status, code));
+            assert_eq!(e.message, "m");
+        }
         let closed = Error::from(ClientError::Closed);
         assert_eq!(
             (closed.status, closed.code),
-            (StatusCode::CONFLICT, "invalid_state")
+            (StatusCode::CONFLICT, WireCode::InvalidState)
         );
     }
 }

@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use warren_agent::client::{AgentClient, Channel, ClientError, Incoming, Process, ProcessEvent};
 use warren_core::ActivityGuard;
-use warren_types::api::{ExecEvent, ExecResult};
+use warren_types::api::{ExecEvent, ExecResult, WireCode};
 use warren_types::proto::{
     Command, ExecRequest, ExitStatus, FrameKind, ProcessInfo, Request, Response as AgentResponse,
     WinSize, CHUNK,
@@ -325,8 +325,7 @@ async fn collect(
         }
         if !held.grow(chunk.len() + 2 * encoded) {
             return Err(Error::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
+                WireCode::Busy,
                 "too much collected output is held for other commands right now; the \
                  command was killed: use ?stream=true, or retry",
             ));
@@ -365,8 +364,7 @@ async fn pump(
             },
             _ = tx.closed() => return,
             _ = &mut shutdown => (error_event(Error::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
+                WireCode::ShuttingDown,
                 "the daemon is shutting down; the stream ends here",
             )), true),
         };
@@ -392,13 +390,7 @@ async fn running(client: &AgentClient, pid: u32) -> Result<ProcessInfo, Error> {
         .await?
         .into_iter()
         .find(|p| p.pid == pid)
-        .ok_or_else(|| {
-            Error::new(
-                StatusCode::NOT_FOUND,
-                "process_not_found",
-                format!("no process {pid}"),
-            )
-        })?;
+        .ok_or_else(|| Error::new(WireCode::ProcessNotFound, format!("no process {pid}")))?;
     Ok(p)
 }
 
@@ -545,7 +537,8 @@ pub async fn pty(
     Query(q): Query<PtyQuery>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
-    let ws = ws.map_err(|e| Error::new(e.status(), "invalid_request", e.body_text()))?;
+    let ws =
+        ws.map_err(|e| Error::with_status(e.status(), WireCode::InvalidRequest, e.body_text()))?;
     let size = win_size(q.rows.unwrap_or(24), q.cols.unwrap_or(80))?;
     let (id, client) = st.mgr.agent(&access.caller, &access.key).await?;
     let req = ExecRequest {
@@ -569,11 +562,7 @@ pub async fn pty(
             },
             cut_off: async {
                 shutdown.await;
-                Error::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "shutting_down",
-                    "the daemon is shutting down",
-                )
+                Error::new(WireCode::ShuttingDown, "the daemon is shutting down")
             },
             close_wait: Some(Duration::from_secs(2)),
         };
@@ -741,8 +730,7 @@ pub(crate) async fn terminal<C: Future<Output = Error>>(
 
 async fn refuse(socket: &mut WebSocket, what: &str) {
     let e = Error::new(
-        StatusCode::FORBIDDEN,
-        "read_only",
+        WireCode::ReadOnly,
         format!("this share is read-only: {what} is ignored"),
     );
     notice(socket, &PtyNotice::Error(e.body())).await;

@@ -48,6 +48,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use warren_core::Manager;
+use warren_types::api::WireCode;
 
 pub use crate::conn::Limits;
 pub use crate::error::Error;
@@ -253,8 +254,7 @@ async fn fallback(method: Method, uri: Uri) -> Error {
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Error {
     Error::new(
-        axum::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        WireCode::MethodNotAllowed,
         format!("{} does not take {method}", uri.path()),
     )
 }

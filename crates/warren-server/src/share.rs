@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use warren_agent::client::{AttachOptions, Process};
 use warren_core::Guest;
-use warren_types::api::{ShareInfo, ShareRequest};
+use warren_types::api::{ShareInfo, ShareRequest, WireCode};
 
 use crate::conn::Connection;
 use crate::error::Error;
@@ -67,7 +67,8 @@ pub async fn join(
         Error::not_found("no such share (revoked, or its process or sandbox ended)")
     })?;
     conn.authenticated();
-    let ws = ws.map_err(|e| Error::new(e.status(), "invalid_request", e.body_text()))?;
+    let ws =
+        ws.map_err(|e| Error::with_status(e.status(), WireCode::InvalidRequest, e.body_text()))?;
     let (id, client) = st.mgr.agent(&guest.caller, &guest.sandbox).await?;
     // The shared process itself (its serial), from where the share began.
     let process = client
@@ -107,11 +108,7 @@ async fn guest_terminal(
         input,
         cut_off: async {
             let _ = guest.revoked.changed().await;
-            Error::new(
-                StatusCode::GONE,
-                "share_revoked",
-                "the owner revoked this share",
-            )
+            Error::new(WireCode::ShareRevoked, "the owner revoked this share")
         },
         close_wait: None,
     };

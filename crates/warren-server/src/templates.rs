@@ -133,7 +133,7 @@ pub async fn build(
         }
         if let Ok(Some(e)) = result_rx.await {
             let ev = BuildEvent::Error {
-                code: e.code().into(),
+                code: e.code().to_string(),
                 message: e.to_string(),
             };
             let mut line = serde_json::to_vec(&ev).expect("events serialize");

@@ -2,7 +2,7 @@
 //! (its helper binary does not exist), so these run without root; routes that need a
 //! live sandbox are covered by the CLI crate's integration tests.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -518,6 +518,50 @@ fn openapi_references_resolve() {
             );
         } else {
             panic!("unexpected $ref {target}");
+        }
+    }
+}
+
+/// The codes each documented error response names are answered with its status.
+#[test]
+fn openapi_error_responses_name_codes_of_their_status() {
+    use warren_types::api::WireCode;
+    let doc: Value = serde_json::from_str(crate::sandboxes::OPENAPI).expect("valid JSON");
+    let mut used: BTreeMap<String, BTreeSet<u16>> = BTreeMap::new();
+    for item in doc["paths"].as_object().expect("paths").values() {
+        for op in item.as_object().expect("path item").values() {
+            let Some(responses) = op["responses"].as_object() else {
+                continue;
+            };
+            for (status, r) in responses {
+                if let Some(name) = r["$ref"]
+                    .as_str()
+                    .and_then(|t| t.strip_prefix("#/components/responses/"))
+                {
+                    used.entry(name.to_string())
+                        .or_default()
+                        .insert(status.parse().expect("a numeric status"));
+                }
+            }
+        }
+    }
+    for (name, r) in doc["components"]["responses"]
+        .as_object()
+        .expect("responses")
+    {
+        let text = r["description"].as_str().unwrap_or_default();
+        let codes: Vec<WireCode> = text
+            .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+            .filter_map(|w| serde_json::from_value(Value::String(w.into())).ok())
+            .collect();
+        assert!(!codes.is_empty(), "{name} names no code: {text}");
+        for code in codes {
+            let statuses = used.get(name).cloned().unwrap_or_default();
+            assert_eq!(
+                statuses,
+                BTreeSet::from([code.status()]),
+                "{name} names {code}"
+            );
         }
     }
 }

@@ -250,10 +250,154 @@ pub struct Event {
 }
 
 /// Every error the API returns: a stable machine code and a message for people.
+///
+/// `code` stays a string: a client reads the codes of daemons newer than itself too.
+/// The daemon sends only [`WireCode`]s.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ApiError {
     pub code: String,
     pub message: String,
+}
+
+/// The stable machine codes of the API's errors (the `code` of an [`ApiError`], of an
+/// `error` line in a stream, of a terminal's `error` message), and the HTTP status each
+/// is answered with. docs/api.md lists them; clients program against them, so a code
+/// once sent is never renamed.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum WireCode {
+    InvalidJson,
+    /// Also answers a refused WebSocket upgrade, with the upgrade's own status (405 for a
+    /// method other than GET, 426 for a connection that cannot upgrade): the call site
+    /// passes it.
+    InvalidRequest,
+    CommandNotFound,
+    IsADirectory,
+    NotADirectory,
+    NotAFile,
+    NotEmpty,
+    Unauthorized,
+    PermissionDenied,
+    /// Input from a share's guest that may only watch.
+    ReadOnly,
+    NotFound,
+    FileNotFound,
+    ProcessNotFound,
+    MethodNotAllowed,
+    InvalidState,
+    NameTaken,
+    AlreadyExists,
+    ShareRevoked,
+    PayloadTooLarge,
+    QuotaExceeded,
+    BackendFailed,
+    StoreError,
+    AgentError,
+    IoError,
+    Busy,
+    Unavailable,
+    ShuttingDown,
+    NoSpace,
+}
+
+impl WireCode {
+    /// Every code, in the order of docs/api.md's table.
+    pub const ALL: [Self; 28] = [
+        Self::InvalidJson,
+        Self::InvalidRequest,
+        Self::CommandNotFound,
+        Self::IsADirectory,
+        Self::NotADirectory,
+        Self::NotAFile,
+        Self::NotEmpty,
+        Self::Unauthorized,
+        Self::PermissionDenied,
+        Self::ReadOnly,
+        Self::NotFound,
+        Self::FileNotFound,
+        Self::ProcessNotFound,
+        Self::MethodNotAllowed,
+        Self::InvalidState,
+        Self::NameTaken,
+        Self::AlreadyExists,
+        Self::ShareRevoked,
+        Self::PayloadTooLarge,
+        Self::QuotaExceeded,
+        Self::BackendFailed,
+        Self::StoreError,
+        Self::AgentError,
+        Self::IoError,
+        Self::Busy,
+        Self::Unavailable,
+        Self::ShuttingDown,
+        Self::NoSpace,
+    ];
+
+    /// The code as sent.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InvalidJson => "invalid_json",
+            Self::InvalidRequest => "invalid_request",
+            Self::CommandNotFound => "command_not_found",
+            Self::IsADirectory => "is_a_directory",
+            Self::NotADirectory => "not_a_directory",
+            Self::NotAFile => "not_a_file",
+            Self::NotEmpty => "not_empty",
+            Self::Unauthorized => "unauthorized",
+            Self::PermissionDenied => "permission_denied",
+            Self::ReadOnly => "read_only",
+            Self::NotFound => "not_found",
+            Self::FileNotFound => "file_not_found",
+            Self::ProcessNotFound => "process_not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::InvalidState => "invalid_state",
+            Self::NameTaken => "name_taken",
+            Self::AlreadyExists => "already_exists",
+            Self::ShareRevoked => "share_revoked",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::BackendFailed => "backend_failed",
+            Self::StoreError => "store_error",
+            Self::AgentError => "agent_error",
+            Self::IoError => "io_error",
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+            Self::ShuttingDown => "shutting_down",
+            Self::NoSpace => "no_space",
+        }
+    }
+
+    /// The HTTP status an error with this code is answered with. Codes sent only on a
+    /// terminal or in a stream (`read_only`, `share_revoked`, `shutting_down`) have one
+    /// too: the status they stand for, which the E2B surfaces translate.
+    pub fn status(self) -> u16 {
+        match self {
+            Self::InvalidJson
+            | Self::InvalidRequest
+            | Self::CommandNotFound
+            | Self::IsADirectory
+            | Self::NotADirectory
+            | Self::NotAFile
+            | Self::NotEmpty => 400,
+            Self::Unauthorized => 401,
+            Self::PermissionDenied | Self::ReadOnly => 403,
+            Self::NotFound | Self::FileNotFound | Self::ProcessNotFound => 404,
+            Self::MethodNotAllowed => 405,
+            Self::InvalidState | Self::NameTaken | Self::AlreadyExists => 409,
+            Self::ShareRevoked => 410,
+            Self::PayloadTooLarge => 413,
+            Self::QuotaExceeded => 429,
+            Self::BackendFailed | Self::StoreError | Self::AgentError | Self::IoError => 500,
+            Self::Busy | Self::Unavailable | Self::ShuttingDown => 503,
+            Self::NoSpace => 507,
+        }
+    }
+}
+
+impl std::fmt::Display for WireCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A warm pool: sandboxes made ahead of demand for one template and resource profile,
@@ -391,4 +535,91 @@ pub struct SessionInfo {
     pub timeouts: SessionTimeouts,
     pub created_at: String,
     pub last_seen_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn wire_codes_serialize_as_their_names() {
+        let all: BTreeSet<_> = WireCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(all.len(), WireCode::ALL.len(), "a code listed twice");
+        for code in WireCode::ALL {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<WireCode>(&json).unwrap(), code);
+            assert_eq!(code.to_string(), code.as_str());
+            assert!((400..600).contains(&code.status()), "{code}");
+        }
+    }
+
+    #[test]
+    fn every_variant_is_in_all() {
+        // A new variant breaks this match until it is added to ALL too.
+        let listed = |c: WireCode| match c {
+            WireCode::InvalidJson
+            | WireCode::InvalidRequest
+            | WireCode::CommandNotFound
+            | WireCode::IsADirectory
+            | WireCode::NotADirectory
+            | WireCode::NotAFile
+            | WireCode::NotEmpty
+            | WireCode::Unauthorized
+            | WireCode::PermissionDenied
+            | WireCode::ReadOnly
+            | WireCode::NotFound
+            | WireCode::FileNotFound
+            | WireCode::ProcessNotFound
+            | WireCode::MethodNotAllowed
+            | WireCode::InvalidState
+            | WireCode::NameTaken
+            | WireCode::AlreadyExists
+            | WireCode::ShareRevoked
+            | WireCode::PayloadTooLarge
+            | WireCode::QuotaExceeded
+            | WireCode::BackendFailed
+            | WireCode::StoreError
+            | WireCode::AgentError
+            | WireCode::IoError
+            | WireCode::Busy
+            | WireCode::Unavailable
+            | WireCode::ShuttingDown
+            | WireCode::NoSpace => WireCode::ALL.contains(&c),
+        };
+        assert!(WireCode::ALL.into_iter().all(listed));
+    }
+
+    /// docs/api.md's table of errors: (status, code) for every code in a row.
+    fn documented_codes() -> BTreeSet<(u16, String)> {
+        let doc = include_str!("../../../docs/api.md");
+        let section = doc
+            .split("\n## Errors\n")
+            .nth(1)
+            .and_then(|s| s.split("\n## ").next())
+            .expect("docs/api.md has an Errors section");
+        let mut codes = BTreeSet::new();
+        for row in section.lines().filter(|l| l.starts_with("| ")) {
+            let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+            let Ok(status) = cells[1].parse::<u16>() else {
+                continue;
+            };
+            for code in cells[2].split(", ") {
+                let code = code.trim_matches('`');
+                codes.insert((status, code.to_string()));
+            }
+        }
+        codes
+    }
+
+    #[test]
+    fn docs_list_every_code_with_its_status() {
+        let ours: BTreeSet<_> = WireCode::ALL
+            .iter()
+            .map(|c| (c.status(), c.as_str().to_string()))
+            .collect();
+        assert_eq!(documented_codes(), ours);
+    }
 }

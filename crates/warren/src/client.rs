@@ -25,7 +25,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::WebSocketStream;
-use warren_types::api::ApiError;
+use warren_types::api::{ApiError, WireCode};
 
 /// The header that names the tenant on the unix socket.
 pub const TENANT_HEADER: &str = "x-warren-tenant";
@@ -227,10 +227,12 @@ impl Client {
     fn api_error(&self, status: hyper::StatusCode, body: &[u8]) -> Error {
         match serde_json::from_slice::<ApiError>(body) {
             // The daemon's message speaks HTTP; the CLI's user sets a variable.
-            Ok(e) if e.code == "unauthorized" && self.api_key.is_none() => Error::Api {
-                code: e.code,
-                message: "an API key is required over TCP: set WARREN_API_KEY".into(),
-            },
+            Ok(e) if e.code == WireCode::Unauthorized.as_str() && self.api_key.is_none() => {
+                Error::Api {
+                    code: e.code,
+                    message: "an API key is required over TCP: set WARREN_API_KEY".into(),
+                }
+            }
             Ok(e) => Error::Api {
                 code: e.code,
                 message: e.message,
@@ -513,5 +515,30 @@ mod tests {
         };
         assert_eq!(conn.exit_code(), 125);
         assert!(conn.to_string().contains("is `warren serve` running?"));
+    }
+
+    #[test]
+    fn error_bodies_keep_their_codes_even_unknown_ones() {
+        let client = Client {
+            target: Target::Tcp("localhost:1".into()),
+            tenant: None,
+            api_key: None,
+        };
+        let status = hyper::StatusCode::CONFLICT;
+        let code = |body: &str| match client.api_error(status, body.as_bytes()) {
+            Error::Api { code, .. } => code,
+            e => panic!("{e}"),
+        };
+        assert_eq!(code(r#"{"code":"name_taken","message":"m"}"#), "name_taken");
+        // A newer daemon's code still reaches the user.
+        assert_eq!(code(r#"{"code":"brand_new","message":"m"}"#), "brand_new");
+        assert_eq!(code("not json"), "http_409");
+        match client.api_error(status, br#"{"code":"unauthorized","message":"m"}"#) {
+            Error::Api { code, message } => {
+                assert_eq!(code, "unauthorized");
+                assert!(message.contains("WARREN_API_KEY"), "{message}");
+            }
+            e => panic!("{e}"),
+        }
     }
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use common::*;
 use warren_core::{Caller, Config, CoreError, ListFilter, Manager};
 use warren_runtime::Paths;
-use warren_types::api::{CreateSandbox, PoolSpec, SandboxState, SetTimeout, TimeoutAction};
+use warren_types::api::{
+    CreateSandbox, PoolSpec, SandboxState, SetTimeout, TimeoutAction, WireCode,
+};
 use warren_types::proto::{Command, ExecRequest};
 
 /// A test's own run and data directories; dropping it ends every sandbox it made.
@@ -117,10 +119,10 @@ async fn the_state_machine_holds_and_refuses_invalid_moves() {
 
     mgr.pause(&who, "lab").await.unwrap();
     let e = mgr.agent(&who, "lab").await.unwrap_err();
-    assert_eq!(e.code(), "invalid_state");
+    assert_eq!(e.code(), WireCode::InvalidState);
     assert!(e.to_string().contains("resume it first"), "{e}");
     let e = mgr.start(&who, "lab").await.unwrap_err();
-    assert_eq!(e.code(), "invalid_state");
+    assert_eq!(e.code(), WireCode::InvalidState);
     mgr.resume(&who, "lab").await.unwrap();
 
     let stopped = mgr.stop(&who, "lab").await.unwrap();
@@ -493,7 +495,7 @@ async fn a_taken_host_port_is_the_callers_error() {
         ..Default::default()
     };
     let e = mgr.create(&alice(), req).await.unwrap_err();
-    assert_eq!(e.code(), "invalid_request", "{e}");
+    assert_eq!(e.code(), WireCode::InvalidRequest, "{e}");
     assert!(e.to_string().contains(&port.to_string()), "{e}");
     assert!(mgr
         .list(&alice(), &ListFilter::default())

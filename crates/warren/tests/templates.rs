@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 use warren_core::{
     BuildEvent, BuildTemplate, Caller, Config, CoreError, ImportTemplate, Manager, SnapshotRequest,
 };
-use warren_types::api::CreateSandbox;
+use warren_types::api::{CreateSandbox, WireCode};
 use warren_types::proto::{Command, ExecRequest};
 
 /// A test's own run and data directories; dropping it ends every sandbox it made.
@@ -480,7 +480,7 @@ async fn a_tampered_layer_is_refused() {
 async fn hostile(env: &Env, mgr: &Manager, entries: &[E<'_>]) -> String {
     let p = env.write("hostile.tar", &docker_save(&[layer(entries)]));
     let e = import(mgr, &p, "hostile").await.unwrap_err();
-    assert_eq!(e.code(), "invalid_request", "{e}");
+    assert_eq!(e.code(), WireCode::InvalidRequest, "{e}");
     assert!(mgr.template(&who(), "hostile").is_err(), "nothing is kept");
     assert!(env.staging_left().is_empty(), "{:?}", env.staging_left());
     e.to_string()
@@ -752,7 +752,7 @@ async fn snapshots_capture_files_share_layers_and_block_removal() {
 
     // In use: 409; listed, with who uses it.
     let e = mgr.remove_template(&who(), "lab-after-setup").unwrap_err();
-    assert_eq!(e.code(), "invalid_state", "{e}");
+    assert_eq!(e.code(), WireCode::InvalidState, "{e}");
     assert!(e.to_string().contains("in use"), "{e}");
     let listed = mgr.templates_for(&who()).unwrap();
     let t = listed

@@ -30,6 +30,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use warren_types::api::WireCode;
 
 use crate::error::Error;
 
@@ -113,21 +114,38 @@ impl RpcError {
 /// The native API's errors carry stable codes; each has one Connect equivalent.
 impl From<Error> for RpcError {
     fn from(e: Error) -> Self {
-        let code = match e.code {
-            "not_found" | "file_not_found" | "process_not_found" => Code::NotFound,
-            "invalid_request" | "invalid_json" | "is_a_directory" | "not_a_directory"
-            | "not_a_file" | "not_empty" | "command_not_found" => Code::InvalidArgument,
-            "already_exists" | "name_taken" => Code::AlreadyExists,
-            "permission_denied" => Code::PermissionDenied,
-            "unauthorized" => Code::Unauthenticated,
-            "payload_too_large" | "no_space" => Code::ResourceExhausted,
-            // A paused or stopping sandbox cannot run anything: E2B's proxy calls
-            // that unavailable, and the SDK then asks whether the sandbox still runs.
-            "invalid_state" => Code::Unavailable,
-            "shutting_down" => Code::Unavailable,
-            _ => Code::Internal,
-        };
-        Self::new(code, e.message)
+        Self::new(connect_code(e.code), e.message)
+    }
+}
+
+fn connect_code(code: WireCode) -> Code {
+    use WireCode as W;
+    match code {
+        W::NotFound | W::FileNotFound | W::ProcessNotFound => Code::NotFound,
+        W::InvalidRequest
+        | W::InvalidJson
+        | W::IsADirectory
+        | W::NotADirectory
+        | W::NotAFile
+        | W::NotEmpty
+        | W::CommandNotFound => Code::InvalidArgument,
+        W::AlreadyExists | W::NameTaken => Code::AlreadyExists,
+        W::PermissionDenied => Code::PermissionDenied,
+        W::Unauthorized => Code::Unauthenticated,
+        W::PayloadTooLarge | W::NoSpace => Code::ResourceExhausted,
+        // A paused or stopping sandbox cannot run anything: E2B's proxy calls that
+        // unavailable, and the SDK then asks whether the sandbox still runs.
+        W::InvalidState | W::ShuttingDown => Code::Unavailable,
+        W::ReadOnly
+        | W::MethodNotAllowed
+        | W::ShareRevoked
+        | W::QuotaExceeded
+        | W::BackendFailed
+        | W::StoreError
+        | W::AgentError
+        | W::IoError
+        | W::Busy
+        | W::Unavailable => Code::Internal,
     }
 }
 
@@ -356,11 +374,14 @@ mod tests {
 
     #[test]
     fn native_codes_map_to_connect_codes() {
-        let code = |c| RpcError::from(Error::new(StatusCode::NOT_FOUND, c, "m")).code;
-        assert_eq!(code("file_not_found"), Code::NotFound);
-        assert_eq!(code("already_exists"), Code::AlreadyExists);
-        assert_eq!(code("invalid_state"), Code::Unavailable);
-        assert_eq!(code("io_error"), Code::Internal);
+        let code = |c| RpcError::from(Error::new(c, "m")).code;
+        assert_eq!(code(WireCode::FileNotFound), Code::NotFound);
+        assert_eq!(code(WireCode::AlreadyExists), Code::AlreadyExists);
+        assert_eq!(code(WireCode::InvalidState), Code::Unavailable);
+        assert_eq!(code(WireCode::ShuttingDown), Code::Unavailable);
+        assert_eq!(code(WireCode::NoSpace), Code::ResourceExhausted);
+        assert_eq!(code(WireCode::IoError), Code::Internal);
+        assert_eq!(code(WireCode::Busy), Code::Internal);
         assert_eq!(Code::NotFound.status(), StatusCode::NOT_FOUND);
     }
 
