@@ -60,6 +60,11 @@ pub struct AgentConfig {
     /// `serve` kills every process it started and returns once this turns true. PID 1
     /// never stops and leaves it `None`.
     pub shutdown: Option<watch::Receiver<bool>>,
+    /// The listener's path, for a sandbox whose memory is saved to disk: on SIGUSR1 the
+    /// agent closes its listener and every connection (an open host socket cannot be
+    /// saved), removes the socket's path and keeps its processes; on SIGUSR2, after the
+    /// restore, it listens again.
+    pub rebind: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -74,6 +79,7 @@ impl Default for AgentConfig {
             workdir: None,
             ring_size: 1 << 20,
             shutdown: None,
+            rebind: None,
         }
     }
 }
@@ -103,30 +109,80 @@ pub fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
 
 async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) -> io::Result<()> {
     listener.set_nonblocking(true)?;
-    let listener = tokio::net::UnixListener::from_std(listener)?;
+    let mut listener = Some(tokio::net::UnixListener::from_std(listener)?);
     // Registered before any child exists, so no exit goes unnoticed.
     let sigchld = signal(SignalKind::child())?;
+    let mut quiesce = match config.rebind {
+        Some(_) => Some((
+            signal(SignalKind::user_defined1())?,
+            signal(SignalKind::user_defined2())?,
+        )),
+        None => None,
+    };
     let mut shutdown = config.shutdown.clone();
     let agent = Arc::new(Agent {
         config,
         procs: process::Procs::new(),
     });
     let reaper = tokio::spawn(process::reaper(agent.clone(), sigchld));
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = accept(&listener) => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(conn::serve(stream, agent.clone()));
+                    conns.spawn(conn::serve(stream, agent.clone()));
                 }
                 // Out of descriptors or memory: refuse this client, keep serving others.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            close = quiesced(&mut quiesce) => {
+                if close {
+                    listener = None;
+                    conns.abort_all();
+                    while conns.join_next().await.is_some() {}
+                    // Gone from the directory: the sign, seen from outside, that the
+                    // agent holds no socket any more.
+                    if let Some(path) = &agent.config.rebind {
+                        let _ = std::fs::remove_file(path);
+                    }
+                } else if let Some(path) = &agent.config.rebind {
+                    let _ = std::fs::remove_file(path);
+                    if let Ok(l) = tokio::net::UnixListener::bind(path) {
+                        listener = Some(l);
+                    }
+                }
+            }
             _ = stopped(&mut shutdown) => break,
         }
     }
     reaper.abort();
     agent.procs.kill_all(agent.config.reap_all);
     Ok(())
+}
+
+/// The next connection, or never while the listener is closed.
+async fn accept(
+    listener: &Option<tokio::net::UnixListener>,
+) -> io::Result<(tokio::net::UnixStream, tokio::net::unix::SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// True on the next SIGUSR1 (close), false on the next SIGUSR2 (listen again); never
+/// without `rebind`.
+async fn quiesced(
+    signals: &mut Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+) -> bool {
+    match signals {
+        Some((usr1, usr2)) => tokio::select! {
+            _ = usr1.recv() => true,
+            _ = usr2.recv() => false,
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn stopped(shutdown: &mut Option<watch::Receiver<bool>>) {

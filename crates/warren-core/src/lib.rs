@@ -1392,11 +1392,13 @@ impl Manager {
             SandboxState::Running => {}
             _ => return Err(Self::invalid(&r, "pause")),
         }
-        self.with_live(&r.id, |l| l.sandbox.pause())?
+        self.off_lock(&r.id, |l| l.sandbox.pause())
+            .await?
             .map_err(CoreError::from)?;
-        if let Err(e) = self.store().set_state(&r.id, SandboxState::Paused) {
+        let recorded = self.store().set_state(&r.id, SandboxState::Paused);
+        if let Err(e) = recorded {
             // Unrecorded, so undone: the store and the cgroup must agree.
-            let _ = self.with_live(&r.id, |l| l.sandbox.resume());
+            let _ = self.off_lock(&r.id, |l| l.sandbox.resume()).await;
             return Err(e.into());
         }
         r.state = SandboxState::Paused;
@@ -1414,16 +1416,40 @@ impl Manager {
             SandboxState::Paused => {}
             _ => return Err(Self::invalid(&r, "resume")),
         }
-        self.with_live(&r.id, |l| l.sandbox.resume())?
+        self.off_lock(&r.id, |l| l.sandbox.resume())
+            .await?
             .map_err(CoreError::from)?;
-        if let Err(e) = self.store().set_state(&r.id, SandboxState::Running) {
-            let _ = self.with_live(&r.id, |l| l.sandbox.pause());
+        let recorded = self.store().set_state(&r.id, SandboxState::Running);
+        if let Err(e) = recorded {
+            let _ = self.off_lock(&r.id, |l| l.sandbox.pause()).await;
             return Err(e.into());
         }
         let _ = self.store().touch(&r.id, now_ms());
         r.state = SandboxState::Running;
         self.event(&r, "resumed", "processes thawed");
         Ok(self.info(&r))
+    }
+
+    /// Runs `f` on a live sandbox off the async runtime and outside the table's lock (a
+    /// pause that saves memory to disk takes a while). The caller holds the sandbox's own
+    /// lock; meanwhile the sandbox is out of the table and counts as not running.
+    async fn off_lock<T: Send + 'static>(
+        &self,
+        id: &str,
+        f: impl FnOnce(&mut Live) -> T + Send + 'static,
+    ) -> Result<T> {
+        let mut l = self
+            .live()
+            .remove(id)
+            .ok_or_else(|| CoreError::InvalidState(format!("sandbox {id} is not running")))?;
+        let (l, out) = tokio::task::spawn_blocking(move || {
+            let out = f(&mut l);
+            (l, out)
+        })
+        .await
+        .map_err(|e| CoreError::InvalidState(format!("sandbox {id}: {e}")))?;
+        self.live().insert(id.to_string(), l);
+        Ok(out)
     }
 
     fn with_live<T>(&self, id: &str, f: impl FnOnce(&mut Live) -> T) -> Result<T> {
@@ -1757,7 +1783,7 @@ impl Manager {
             .set_timeouts(&r.id, None, r.idle_timeout_secs, r.on_timeout);
         match action {
             TimeoutAction::Pause => {
-                let paused = self.with_live(&r.id, |l| l.sandbox.pause());
+                let paused = self.off_lock(&r.id, |l| l.sandbox.pause()).await;
                 if matches!(paused, Ok(Ok(()))) {
                     let _ = self.store().set_state(&r.id, SandboxState::Paused);
                     r.state = SandboxState::Paused;

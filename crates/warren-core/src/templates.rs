@@ -539,7 +539,8 @@ impl Manager {
         };
         let freeze = r.state == SandboxState::Running;
         if freeze {
-            self.with_live(&r.id, |l| l.sandbox.pause())?
+            self.off_lock(&r.id, |l| l.sandbox.pause())
+                .await?
                 .map_err(CoreError::from)?;
         }
         let meta = TemplateMeta {
@@ -567,7 +568,7 @@ impl Manager {
         })
         .await;
         if freeze {
-            let _ = self.with_live(&r.id, |l| l.sandbox.resume());
+            let _ = self.off_lock(&r.id, |l| l.sandbox.resume()).await;
         }
         let (meta, bytes_written) = made?;
         self.event(

@@ -42,6 +42,21 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
             }
         }
     }
+    // runsc makes a gvisor sandbox's cgroup in every hierarchy, not only those Warren
+    // uses itself.
+    let known: Vec<PathBuf> = out.iter().map(|l| PathBuf::from(&l.what)).collect();
+    for (name, path) in crate::gvisor::cgroups_everywhere(PREFIX) {
+        let id = name.trim_start_matches(PREFIX);
+        let ours = backend.cgroup(id).paths().any(|p| p == path);
+        let busy =
+            fs::read_to_string(path.join("cgroup.procs")).is_ok_and(|p| !p.trim().is_empty());
+        if !ours && !known.contains(&path) && !live(id) && !busy {
+            out.push(Leftover {
+                kind: "cgroup",
+                what: path.display().to_string(),
+            });
+        }
+    }
     let runs = paths.run.join("sandboxes");
     for e in fs::read_dir(&runs).into_iter().flatten().flatten() {
         let id = e.file_name().to_string_lossy().into_owned();
@@ -136,6 +151,13 @@ fn owned_by_live_helper(pids: &[i32]) -> bool {
         .filter_map(|p| parent_of(*p))
         .find(|pp| !pids.contains(pp))
         .is_some_and(is_warren)
+        || pids.iter().any(|p| is_runsc(*p))
+}
+
+/// A gvisor sandbox's own processes (its Sentry, its Gofer): a live sandbox of some
+/// Warren of this host, whichever run directory it has.
+fn is_runsc(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("runsc"))
 }
 
 /// Helpers (`warren __init`) whose run directory is gone.

@@ -21,6 +21,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -74,12 +75,22 @@ pub struct GvisorBackend {
 pub struct GvisorSandbox {
     id: String,
     socket: PathBuf,
-    /// The Sentry's pid on the host.
-    pid: i32,
+    /// The Sentry's pid on the host (0 while paused to disk).
+    pid: AtomicI32,
     cgroup: Cgroup,
     runsc: Runsc,
     run: PathBuf,
     ephemeral: Option<PathBuf>,
+    /// How to mount its root again for a restore.
+    restore: Restore,
+}
+
+/// What a restore needs besides the checkpoint image: the root is mounted afresh in the
+/// restored sandbox's own mount namespace.
+#[derive(Debug, Clone)]
+struct Restore {
+    exe: PathBuf,
+    paths: Paths,
 }
 
 /// How to call runsc for one daemon's sandboxes.
@@ -233,6 +244,13 @@ impl GvisorBackend {
         self.hierarchy.cgroup(&container(id))
     }
 
+    fn restore(&self) -> Restore {
+        Restore {
+            exe: self.exe.clone(),
+            paths: self.paths.clone(),
+        }
+    }
+
     async fn make(&self, spec: SandboxSpec, opts: CreateOptions) -> Result<GvisorSandbox> {
         let runsc = self.runsc()?;
         if spec.network != NetworkMode::None || !spec.volumes.is_empty() || !spec.publish.is_empty()
@@ -260,11 +278,12 @@ impl GvisorBackend {
         let mut sb = GvisorSandbox {
             socket: run.join("sock/agent.sock"),
             id: id.clone(),
-            pid: 0,
+            pid: AtomicI32::new(0),
             cgroup: self.cgroup(&id),
             runsc: runsc.clone(),
             run: run.clone(),
             ephemeral: opts.ephemeral.then(|| data.clone()),
+            restore: self.restore(),
         };
         let r = (|| -> Result<PathBuf> {
             let bundle = prepare_dirs(&self.paths, &run, &data)?;
@@ -319,51 +338,17 @@ impl GvisorBackend {
                 .collect(),
         };
         let exe = self.exe.clone();
-        let input = serde_json::to_vec(&launch).expect("the launch serializes");
         let log = sb.run.join("runsc.log");
-        let created = tokio::task::spawn_blocking(move || -> Result<()> {
-            use std::io::Write;
-            let log = std::fs::File::create(&log).map_err(crate::io_err("make runsc.log"))?;
-            let mut child = std::process::Command::new(&exe)
-                .arg("__oci")
-                .stdin(Stdio::piped())
-                .stdout(log.try_clone().map_err(crate::io_err("runsc.log"))?)
-                .stderr(log)
-                .spawn()
-                .map_err(crate::io_err("start runsc"))?;
-            if let Some(mut i) = child.stdin.take() {
-                i.write_all(&input)
-                    .map_err(crate::io_err("send the launch"))?;
-            }
-            let status = child
-                .wait()
-                .map_err(crate::io_err("wait for runsc create"))?;
-            if !status.success() {
-                return Err(Error::Setup(format!("runsc create failed ({status})")));
-            }
-            Ok(())
-        })
-        .await
-        .map_err(|e| Error::Setup(format!("runsc create: {e}")))?;
-        if let Err(e) = created {
-            let log = std::fs::read_to_string(sb.run.join("runsc.log")).unwrap_or_default();
-            let last = log
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            return Err(Error::Setup(format!(
-                "{e}: {}",
-                last.chars().take(400).collect::<String>()
-            )));
-        }
+        tokio::task::spawn_blocking(move || run_oci(&exe, &launch, &log))
+            .await
+            .map_err(|e| Error::Setup(format!("runsc create: {e}")))??;
         let r = runsc.clone();
         let id = sb.id.clone();
         tokio::task::spawn_blocking(move || r.run(&["start", &container(&id)]))
             .await
             .map_err(|e| Error::Setup(format!("runsc start: {e}")))??;
         let (_, pid) = runsc.state(&sb.id).unwrap_or_default();
-        sb.pid = pid;
+        sb.pid.store(pid, Ordering::Relaxed);
         std::fs::write(sb.run.join("helper.pid"), pid.to_string())
             .map_err(crate::io_err("write the sandbox's pid"))?;
         // The agent binds its socket once it runs: wait for it to answer.
@@ -428,6 +413,7 @@ fn bundle_config(
         env,
         confined: true,
         user: template.meta.user.as_deref().map(template::agent_user),
+        quiesce: true,
     };
     let caps: Vec<&str> = warren_sys::caps::KEPT_CAPABILITIES.to_vec();
     let mut mounts = vec![
@@ -496,6 +482,39 @@ fn bundle_config(
                               "/proc/sys", "/proc/sysrq-trigger"],
         },
     }))
+}
+
+/// Runs `warren __oci` with `launch` and waits for it (the OCI runtime's create or
+/// restore); on failure, the last line runsc wrote to `log`.
+fn run_oci(exe: &Path, launch: &OciLaunch, log_path: &Path) -> Result<()> {
+    use std::io::Write;
+    let input = serde_json::to_vec(launch).expect("the launch serializes");
+    let log = std::fs::File::create(log_path).map_err(crate::io_err("make runsc.log"))?;
+    let mut child = std::process::Command::new(exe)
+        .arg("__oci")
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().map_err(crate::io_err("runsc.log"))?)
+        .stderr(log)
+        .spawn()
+        .map_err(crate::io_err("start runsc"))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(&input)
+            .map_err(crate::io_err("send the launch"))?;
+    }
+    let status = child.wait().map_err(crate::io_err("wait for runsc"))?;
+    if status.success() {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(log_path).unwrap_or_default();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    Err(Error::Setup(format!(
+        "runsc failed ({status}): {}",
+        last.chars().take(400).collect::<String>()
+    )))
 }
 
 /// What `warren __oci` is started with (on stdin).
@@ -572,7 +591,144 @@ pub fn oci_main() -> ! {
     fail("exec the OCI runtime", &e)
 }
 
+/// runsc makes the container's cgroup in every hierarchy it finds (blkio, cpuset,
+/// devices, the named systemd one too), and a failed create or a forced delete may leave
+/// them: every empty one of that name goes.
+fn remove_runsc_cgroups(name: &str) {
+    for (n, dir) in cgroups_everywhere(PREFIX) {
+        if n == name {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Every cgroup whose name starts with `prefix`, in every hierarchy mounted under
+/// /sys/fs/cgroup, at its top or under this process's own cgroup there: (name, path).
+pub fn cgroups_everywhere(prefix: &str) -> Vec<(String, PathBuf)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut out = Vec::new();
+    let Ok(mounts) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return out;
+    };
+    for m in mounts.flatten() {
+        let dir = m.file_name().to_string_lossy().into_owned();
+        let path = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let hit = if dir == "unified" {
+                ctrls.is_empty()
+            } else {
+                ctrls
+                    .split(',')
+                    .any(|c| c == dir || c.strip_prefix("name=") == Some(dir.as_str()))
+            };
+            hit.then(|| path.trim_start_matches('/').to_string())
+        });
+        let base = m.path();
+        let mut parents = vec![base.clone()];
+        if let Some(p) = path.filter(|p| !p.is_empty()) {
+            parents.push(base.join(p));
+        }
+        for parent in parents {
+            for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(prefix) && e.path().is_dir() {
+                    out.push((n, e.path()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The checkpoint image of a sandbox paused to disk; complete once `done` is written.
+fn image_dir(run: &Path) -> PathBuf {
+    run.join("image")
+}
+
+fn image_done(run: &Path) -> bool {
+    image_dir(run).join("done").exists()
+}
+
 impl GvisorSandbox {
+    /// Agent, close the host socket; checkpoint; remove the stopped container.
+    fn checkpoint_to_disk(&self) -> Result<()> {
+        let c = container(&self.id);
+        let image = image_dir(&self.run);
+        let _ = crate::tree::remove(&image);
+        std::fs::create_dir_all(&image).map_err(crate::io_err("make the checkpoint directory"))?;
+        // An open host socket cannot be saved: the agent closes its listener and every
+        // connection (SIGUSR1) and keeps its processes.
+        self.runsc.run(&["kill", &c, "USR1"])?;
+        // The agent removes its socket's path once it holds none (never probed with a
+        // connect: one queued behind a listener that stopped accepting would block).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.socket.symlink_metadata().is_ok() {
+            if Instant::now() > deadline {
+                let _ = self.runsc.run(&["kill", &c, "USR2"]);
+                return Err(Error::Setup("the agent did not close its socket".into()));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let image_flag = format!("--image-path={}", image.display());
+        if let Err(e) = self.runsc.run(&["checkpoint", &image_flag, &c]) {
+            // Still running (a checkpoint that failed leaves it be): listen again.
+            let _ = self.runsc.run(&["kill", &c, "USR2"]);
+            let _ = crate::tree::remove(&image);
+            return Err(e);
+        }
+        std::fs::write(image.join("done"), b"")
+            .map_err(crate::io_err("mark the checkpoint complete"))?;
+        let _ = self.runsc.run(&["delete", "--force", &c]);
+        remove_runsc_cgroups(&c);
+        self.pid.store(0, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Restores the container from its image, in a fresh mount of its root, and has the
+    /// agent listen again.
+    fn restore_from_disk(&self) -> Result<()> {
+        let c = container(&self.id);
+        let image = image_dir(&self.run);
+        let bundle = self.run.join("bundle");
+        let key = std::fs::read_to_string(self.run.join("template"))
+            .map_err(crate::io_err("read the sandbox's template"))?;
+        let template = template::resolve(&self.restore.paths, key.trim())?;
+        let launch = OciLaunch {
+            bundle: bundle.clone(),
+            lower: template.lower.clone(),
+            rw: self.restore.paths.sandbox_data(&self.id),
+            argv: std::iter::once(self.runsc.bin.display().to_string())
+                .chain(self.runsc.flags())
+                .chain([
+                    "restore".to_string(),
+                    format!("--image-path={}", image.display()),
+                    format!("--bundle={}", bundle.display()),
+                    "-detach".to_string(),
+                    c.clone(),
+                ])
+                .collect(),
+        };
+        run_oci(&self.restore.exe, &launch, &self.run.join("runsc.log"))?;
+        let (_, pid) = self.runsc.state(&self.id).unwrap_or_default();
+        self.pid.store(pid, Ordering::Relaxed);
+        let _ = std::fs::write(self.run.join("helper.pid"), pid.to_string());
+        self.runsc.run(&["kill", &c, "USR2"])?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::Setup(
+                    "the restored agent did not listen again in 10 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let _ = crate::tree::remove(&image);
+        Ok(())
+    }
+
     /// Stops and deletes the container, removes its cgroup and run directory (and its
     /// writable layer when ephemeral). Blocking.
     fn teardown(&mut self) {
@@ -585,6 +741,7 @@ impl GvisorSandbox {
             let _ = self.cgroup.kill_all(Duration::from_secs(5));
             let _ = self.cgroup.remove();
         }
+        remove_runsc_cgroups(&c);
         let _ = crate::tree::remove(&self.run);
         if let Some(dir) = self.ephemeral.take() {
             let _ = crate::tree::remove(&dir);
@@ -631,19 +788,25 @@ impl Backend for GvisorBackend {
 
     fn adopt(&self, id: &str) -> Option<Box<dyn Instance>> {
         let runsc = self.runsc().ok()?;
-        let (status, pid) = runsc.state(id)?;
-        if !matches!(status.as_str(), "running" | "paused") {
+        let run = self.paths.sandbox_run(id);
+        // Paused to disk: no container, an image.
+        let (status, pid) = match runsc.state(id) {
+            Some(s) => s,
+            None if image_done(&run) => ("saved".into(), 0),
+            None => return None,
+        };
+        if !matches!(status.as_str(), "running" | "paused" | "saved") {
             return None;
         }
-        let run = self.paths.sandbox_run(id);
         Some(Box::new(GvisorSandbox {
             id: id.to_string(),
             socket: run.join("sock/agent.sock"),
-            pid,
+            pid: AtomicI32::new(pid),
             cgroup: self.cgroup(id),
             runsc,
             run,
             ephemeral: None,
+            restore: self.restore(),
         }))
     }
 
@@ -652,11 +815,12 @@ impl Backend for GvisorBackend {
         let mut sb = GvisorSandbox {
             id: id.to_string(),
             socket: PathBuf::new(),
-            pid: 0,
+            pid: AtomicI32::new(0),
             cgroup: self.cgroup(id),
             runsc,
             run: self.paths.sandbox_run(id),
             ephemeral: remove_data.then(|| self.paths.sandbox_data(id)),
+            restore: self.restore(),
         };
         sb.teardown();
     }
@@ -681,18 +845,27 @@ impl Instance for GvisorSandbox {
         &self.socket
     }
 
+    /// Saves the processes and memory to disk and ends the container: a paused gvisor
+    /// sandbox holds no memory.
     fn pause(&self) -> Result<()> {
-        self.runsc.run(&["pause", &container(&self.id)]).map(drop)
+        self.checkpoint_to_disk()
     }
 
     fn resume(&self) -> Result<()> {
-        self.runsc.run(&["resume", &container(&self.id)]).map(drop)
+        if image_done(&self.run) {
+            self.restore_from_disk()
+        } else {
+            // Paused in place by an earlier daemon (`runsc pause`).
+            self.runsc.run(&["resume", &container(&self.id)]).map(drop)
+        }
     }
 
     fn is_paused(&self) -> bool {
-        self.runsc
-            .state(&self.id)
-            .is_some_and(|(s, _)| s == "paused")
+        image_done(&self.run)
+            || self
+                .runsc
+                .state(&self.id)
+                .is_some_and(|(s, _)| s == "paused")
     }
 
     fn usage(&self) -> Usage {
@@ -704,7 +877,7 @@ impl Instance for GvisorSandbox {
     }
 
     fn is_alive(&mut self) -> bool {
-        crate::namespace::pid_alive(self.pid)
+        image_done(&self.run) || crate::namespace::pid_alive(self.pid.load(Ordering::Relaxed))
     }
 
     fn port_dialer(&self) -> PortDialer {

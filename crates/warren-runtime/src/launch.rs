@@ -33,6 +33,10 @@ pub struct AgentLaunch {
     pub confined: bool,
     /// Who processes run as when a request names nobody (a template's user).
     pub user: Option<User>,
+    /// Close the listener on SIGUSR1 and listen again on SIGUSR2 (around a checkpoint of
+    /// the sandbox's memory; see `warren_agent::AgentConfig::rebind`).
+    #[serde(default)]
+    pub quiesce: bool,
 }
 
 /// Runs the agent; never returns.
@@ -82,7 +86,9 @@ fn serve(listener: std::os::unix::net::UnixListener, launch: AgentLaunch) -> i32
         }),
         (false, None) => None,
     };
+    let rebind = launch.quiesce.then(|| launch.socket.clone());
     let config = warren_agent::AgentConfig {
+        rebind,
         env: launch.env,
         reap_all: true,
         seccomp,

@@ -150,6 +150,7 @@ impl ProcessBackend {
             env,
             confined: false,
             user: None,
+            quiesce: false,
         };
         match self.start_agent(&mut sb, &launch).await {
             Ok(()) => Ok(sb),

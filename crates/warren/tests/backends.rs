@@ -378,3 +378,94 @@ fn a_trust_mode_sandbox_is_its_users_processes_in_its_directory() {
     assert!(!spaces.0.join(&id).exists(), "its directory outlived it");
     d.finish();
 }
+
+#[test]
+fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
+    if !can_run("a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory") {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    let list = backends(&d);
+    if list[1]["available"] != true {
+        warren_testkit::skip(
+            "a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory",
+            list[1]["reason"].as_str().unwrap_or("gvisor unavailable"),
+        );
+        d.finish();
+        return;
+    }
+    let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
+    // A counter in memory only, and a listener with a connection's worth of state.
+    d.ok(&[
+        "exec",
+        "-d",
+        &id,
+        "--",
+        "python3",
+        "-c",
+        "import time\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/count', 'w').write(str(i))\n    time.sleep(0.05)",
+    ]);
+    d.ok(&[
+        "exec",
+        "-d",
+        &id,
+        "--",
+        "python3",
+        "-c",
+        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', 7000))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'still here')\n    c.close()",
+    ]);
+    let count = |d: &Daemon| -> u64 {
+        let (_, out) = d.exec(&id, "cat /tmp/count");
+        out.trim().parse().unwrap_or(0)
+    };
+    assert!(eventually(20, || count(&d) > 5), "the counter never ran");
+    let sentry = std::fs::read_to_string(d.run_dir().join(format!("sandboxes/{id}/helper.pid")))
+        .unwrap()
+        .trim()
+        .to_string();
+    d.ok(&["pause", &id]);
+    assert_eq!(d.info(&id)["state"], "paused");
+    // Nothing of it runs on the host: the Sentry is gone, its memory with it.
+    assert!(
+        !Path::new(&format!("/proc/{sentry}")).exists(),
+        "the Sentry {sentry} still runs while paused"
+    );
+    let image = d.run_dir().join(format!("sandboxes/{id}/image"));
+    let bytes: u64 = walk_size(&image);
+    eprintln!("GVISOR paused to disk: image {} KiB", bytes >> 10);
+    assert!(bytes > 0);
+    // A daemon restart keeps it paused, on disk.
+    let mut d = d;
+    d.shut_down();
+    d.spawn();
+    assert_eq!(d.info(&id)["state"], "paused");
+    d.ok(&["resume", &id]);
+    assert_eq!(d.info(&id)["state"], "running");
+    let after = count(&d);
+    assert!(after > 5, "the counter started again from nothing: {after}");
+    assert!(
+        eventually(10, || count(&d) > after),
+        "the counter did not go on"
+    );
+    let (_, out) = d.exec(
+        &id,
+        "python3 -c \"import socket; print(socket.create_connection(('127.0.0.1', 7000)).recv(20).decode())\"",
+    );
+    assert_eq!(out.trim(), "still here");
+    d.ok(&["rm", &id]);
+    d.finish();
+}
+
+fn walk_size(p: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(p)
+        .map(|d| d.flatten().map(|e| walk_size(&e.path())).sum())
+        .unwrap_or(0)
+}

@@ -13,9 +13,9 @@ use anyhow::Context;
 use clap::Args;
 use warren_runtime::client::{ClientError, ProcessEvent};
 use warren_runtime::namespace::CreateOptions;
-use warren_runtime::{trace, NamespaceBackend, Paths};
+use warren_runtime::{trace, Instance, NamespaceBackend, Paths};
 use warren_types::proto::{Command, ErrorCode, ExecRequest, WinSize, CHUNK};
-use warren_types::spec::{SandboxSpec, VolumeMount};
+use warren_types::spec::{Isolation, SandboxSpec, VolumeMount};
 
 use super::flags::SandboxFlags;
 use crate::parse::{parse_env, parse_user};
@@ -134,34 +134,51 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tag: None,
     };
 
-    // The sandbox is made before the async runtime exists: this process is still
+    // A namespace sandbox is made before the async runtime exists: this process is still
     // single-threaded, so the helper can be forked rather than started afresh. The
     // runtime is current-thread: the helper dies with the thread that made it, this one.
     let exe = std::env::current_exe().context("find the warren binary")?;
-    let backend = NamespaceBackend::new(Paths::from_env(), exe)?;
-    trace::mark("cli: backend ready");
-    let sandbox = backend.create_forked(
-        spec,
-        CreateOptions {
-            die_with_parent: true,
-            ephemeral: args.rm,
-        },
-    )?;
+    let paths = Paths::from_env();
+    let opts = CreateOptions {
+        die_with_parent: true,
+        ephemeral: args.rm,
+    };
+    let isolation = spec.isolation;
+    let forked: Option<Box<dyn Instance>> = match isolation {
+        Isolation::Namespace => {
+            let backend = NamespaceBackend::new(paths.clone(), exe.clone())?;
+            trace::mark("cli: backend ready");
+            Some(Box::new(backend.create_forked(spec.clone(), opts)?))
+        }
+        Isolation::Gvisor => None,
+        Isolation::Process => anyhow::bail!(
+            "trust mode (--isolation process) is the daemon's, as its operator configured \
+             it: use `warren create --isolation process`"
+        ),
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let sandbox = match forked {
+        Some(sb) => sb,
+        // Other backends are made through the same seam the daemon uses.
+        None => {
+            let backend = warren_runtime::gvisor::GvisorBackend::new(paths.clone(), exe, None)?;
+            rt.block_on(warren_runtime::Backend::create(&backend, spec, opts))?
+        }
+    };
     let outcome = rt.block_on(async move {
         trace::mark("cli: sandbox created");
-        let outcome = run_command(&sandbox, req, args.interactive, tty).await;
+        let outcome = run_command(sandbox.as_ref(), req, args.interactive, tty).await;
         trace::mark("cli: command ended");
-        let oom = sandbox.oom_kills() > 0;
-        let id = sandbox.id.clone();
+        let oom = sandbox.usage().oom_kills > 0;
+        let id = sandbox.id().to_string();
         let teardown = sandbox.destroy().await;
         trace::mark("cli: sandbox destroyed");
         if !args.rm {
             eprintln!(
                 "warren: sandbox {id} ended; its files are kept in {}",
-                backend.paths().sandbox_data(&id).display()
+                paths.sandbox_data(&id).display()
             );
         }
         let code = match outcome {
@@ -201,7 +218,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_command(
-    sandbox: &warren_runtime::Sandbox,
+    sandbox: &dyn Instance,
     req: ExecRequest,
     interactive: bool,
     tty: bool,
