@@ -794,6 +794,20 @@ impl Manager {
         if who.only_sandbox.is_some() {
             return Err(CoreError::NotFound("sandboxes".into()));
         }
+        let mut req = req;
+        let name = req.template.clone().unwrap_or_else(|| "host".into());
+        // From here on the template is named by where it is stored: the name `who` gave
+        // resolves once, to its own or a shared one, never to another tenant's.
+        let meta = self
+            .resolve_template(who, &name)
+            .map_err(|e| match e {
+                CoreError::TemplateNotFound(_) => CoreError::UnknownTemplate(name.clone()),
+                e => CoreError::Invalid(e.to_string()),
+            })?
+            .meta;
+        // A request that names no backend gets its template's (then the daemon's).
+        req.isolation = req.isolation.or(meta.isolation);
+        let template = meta.key;
         let req = self.admit(who, req)?;
         let owner = req.owner.clone().unwrap_or_else(|| who.tenant.clone());
         if !valid_owner(&owner) {
@@ -808,17 +822,6 @@ impl Manager {
                 )));
             }
         }
-        let name = req.template.clone().unwrap_or_else(|| "host".into());
-        // From here on the template is named by where it is stored: the name `who` gave
-        // resolves once, to its own or a shared one, never to another tenant's.
-        let template = self
-            .resolve_template(who, &name)
-            .map_err(|e| match e {
-                CoreError::TemplateNotFound(_) => CoreError::UnknownTemplate(name.clone()),
-                e => CoreError::Invalid(e.to_string()),
-            })?
-            .meta
-            .key;
         if let Some(info) = self.claim_from_pool(who, &owner, &template, &req)? {
             return Ok((info, true));
         }

@@ -71,6 +71,10 @@ pub struct ImportTemplate {
     /// Most bytes the layers may unpack to (default 32 GiB).
     #[serde(default)]
     pub max_bytes: Option<u64>,
+    /// The backend its sandboxes get when their request names none (an E2B create
+    /// names none).
+    #[serde(default)]
+    pub isolation: Option<warren_types::spec::Isolation>,
 }
 
 /// What an import made.
@@ -111,6 +115,10 @@ pub struct BuildTemplate {
     /// Most seconds one step may run (default 3600).
     #[serde(default)]
     pub step_timeout_secs: Option<u64>,
+    /// The backend its sandboxes get when their request names none [default: the base
+    /// template's]. The steps themselves run in a namespace sandbox.
+    #[serde(default)]
+    pub isolation: Option<warren_types::spec::Isolation>,
 }
 
 /// A line of a build's progress (NDJSON on the wire).
@@ -351,6 +359,7 @@ impl Manager {
             ready_cmd: req.ready_cmd,
             ready_timeout_secs: req.ready_timeout_secs,
             tenant: Some(who.tenant.clone()),
+            isolation: req.isolation,
         };
         let archive = req.archive;
         let imported = blocking(move || oci::import(&paths, &archive, &opts, &mut |_| {})).await?;
@@ -560,6 +569,8 @@ impl Manager {
             tenant: Some(r.tenant.clone()),
             source_sandbox: Some(r.id.clone()),
             private: true,
+            // Made from a sandbox of this backend: so are its copies, unless asked.
+            isolation: Some(r.spec.isolation),
             key: String::new(),
         };
         let made = blocking({
@@ -679,6 +690,7 @@ impl Manager {
                     tenant: Some(who.tenant.clone()),
                     source_sandbox: None,
                     private,
+                    isolation: req.isolation.or(base.meta.isolation),
                     key: String::new(),
                 };
                 // The build sandbox is gone: its layer is read where it was kept.

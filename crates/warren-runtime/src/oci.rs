@@ -97,6 +97,8 @@ pub struct ImportOptions {
     pub ready_cmd: Option<String>,
     pub ready_timeout_secs: Option<u64>,
     pub tenant: Option<String>,
+    /// The backend its sandboxes get when they name none.
+    pub isolation: Option<warren_types::spec::Isolation>,
 }
 
 /// What an import made.
@@ -194,6 +196,7 @@ pub fn import(
         source_sandbox: None,
         // Imports read a file of the daemon's host: the operator's, for every tenant.
         private: false,
+        isolation: opts.isolation,
         key: String::new(),
     };
     template::save(paths, &meta)?;

@@ -198,6 +198,9 @@ pub struct TemplateMeta {
     /// tenant's names lead (see [`key`]). Otherwise every tenant's.
     #[serde(default)]
     pub private: bool,
+    /// The backend a sandbox made from it gets when its request names none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<warren_types::spec::Isolation>,
     /// Where it is stored (see [`key`]); set when it is read.
     #[serde(skip)]
     pub key: String,

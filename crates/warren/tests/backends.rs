@@ -469,3 +469,36 @@ fn walk_size(p: &Path) -> u64 {
         .map(|d| d.flatten().map(|e| walk_size(&e.path())).sum())
         .unwrap_or(0)
 }
+
+#[test]
+fn a_template_names_the_backend_of_requests_that_name_none() {
+    if !can_run("a_template_names_the_backend_of_requests_that_name_none") {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    let built = d.ok(&[
+        "template",
+        "build",
+        "--name",
+        "trusted",
+        "--run",
+        "true",
+        "--isolation",
+        "process",
+    ]);
+    assert!(built.contains("trusted"), "{built}");
+    let r = d.http(Via::Unix, "GET", "/v1/templates/trusted", &[], b"");
+    assert_eq!(r.json()["isolation"], "process", "{}", r.text());
+    // No isolation in the request (as an E2B create): the template's.
+    let id = d.create(&["--template", "trusted"]);
+    assert_eq!(d.info(&id)["isolation"], "process");
+    // A request that names one wins.
+    let id2 = d.create(&["--template", "trusted", "--isolation", "namespace"]);
+    assert_eq!(d.info(&id2)["isolation"], "namespace");
+    d.ok(&["rm", &id]);
+    d.ok(&["rm", &id2]);
+    d.ok(&["template", "rm", "trusted"]);
+    d.finish();
+}

@@ -54,6 +54,10 @@ struct ImportArgs {
     /// Most bytes the image may unpack to, e.g. 20G [default: 32G].
     #[arg(long, value_parser = parse_size)]
     max_size: Option<u64>,
+    /// Isolation backend of its sandboxes when a request names none (namespace, gvisor
+    /// or process); an E2B create names none.
+    #[arg(long, value_name = "BACKEND")]
+    isolation: Option<warren_types::spec::Isolation>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -87,6 +91,10 @@ struct BuildArgs {
     /// Most time one step may take [default: 1h].
     #[arg(long, value_parser = parse_duration)]
     step_timeout: Option<Duration>,
+    /// Isolation backend of its sandboxes when a request names none (namespace, gvisor
+    /// or process); an E2B create names none.
+    #[arg(long, value_name = "BACKEND")]
+    isolation: Option<warren_types::spec::Isolation>,
     /// Plain output (no progress line) even on a terminal.
     #[arg(long)]
     quiet_progress: bool,
@@ -216,6 +224,7 @@ fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         ready_cmd: a.ready_cmd,
         ready_timeout_secs: a.ready_timeout.map(secs),
         max_bytes: a.max_size,
+        isolation: a.isolation,
     };
     let spinner = spinner(&format!("importing {}", a.name));
     let r =
@@ -266,6 +275,7 @@ fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
         ready_cmd: a.ready_cmd,
         ready_timeout_secs: a.ready_timeout.map(secs),
         step_timeout_secs: a.step_timeout.map(secs),
+        isolation: a.isolation,
     };
     let bar = if a.quiet_progress || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         ProgressBar::hidden()
