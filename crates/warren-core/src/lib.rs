@@ -28,7 +28,7 @@ mod time;
 pub mod tokens;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -295,6 +295,9 @@ where
 
 /// The tenant and owner of warm pool members; `@` cannot start a real tenant's name.
 const POOL_TENANT: &str = "@pool";
+
+/// Most copies one fork makes.
+const MAX_FORKS: usize = 16;
 
 /// A pool's identity: its template, the whole of its resources (every limit, including
 /// any added later, without listing them here) and its network.
@@ -843,6 +846,84 @@ impl Manager {
         ))
     }
 
+    /// Copies of a running sandbox with its processes and memory (a fork): each has its
+    /// own id, tokens and writable layer, and goes on from the moment of the copy. The
+    /// source keeps running. Only on a backend with memory snapshots.
+    pub async fn fork(&self, who: &Caller, key: &str, count: usize) -> Result<Vec<SandboxInfo>> {
+        if who.only_sandbox.is_some() {
+            return Err(CoreError::NotFound("sandboxes".into()));
+        }
+        if count == 0 || count > MAX_FORKS {
+            return Err(CoreError::Invalid(format!(
+                "count {count}: ask for 1 to {MAX_FORKS} copies"
+            )));
+        }
+        let r = self.resolve(who, key)?;
+        let backend = self.backend(r.spec.isolation)?.clone();
+        if !backend.info().capabilities.memory_snapshots {
+            return Err(CoreError::Invalid(format!(
+                "a {} sandbox cannot be forked with its memory: use a snapshot (its files), \
+                 or the gvisor backend",
+                r.spec.isolation
+            )));
+        }
+        if r.state != SandboxState::Running {
+            return Err(Self::invalid(&r, "fork"));
+        }
+        let files = backend
+            .files_of(&r.id)
+            .ok_or_else(|| CoreError::Invalid("this backend keeps no files to copy".into()))?;
+        let image = self.config.paths.run.join("forks").join(random_hex(8)?);
+        {
+            let lock = self.lock_for(&r.id);
+            let _g = lock.lock().await;
+            let img = image.clone();
+            self.off_lock(&r.id, move |l| l.sandbox.checkpoint(&img))
+                .await?
+                .map_err(CoreError::from)?;
+        }
+        let req = CreateSandbox {
+            resources: r.spec.resources.clone(),
+            network: r.spec.network,
+            env: r.spec.env.clone(),
+            labels: r.labels.clone(),
+            metadata: r.metadata.clone(),
+            idle_timeout_secs: r.idle_timeout_secs,
+            on_timeout: Some(r.on_timeout),
+            home_volume: Some(false),
+            isolation: Some(r.spec.isolation),
+            timeout_secs: r
+                .expires_at
+                .map(|e| u64::try_from((e - now_ms()).max(1000) / 1000).unwrap_or(1)),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut failed = None;
+        for _ in 0..count {
+            match self
+                .create_from(
+                    who,
+                    &r.owner,
+                    &r.spec.template,
+                    &req,
+                    Some((&image, &files)),
+                )
+                .await
+            {
+                Ok(info) => out.push(info),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&image);
+        match (failed, out.is_empty()) {
+            (Some(e), true) => Err(e),
+            _ => Ok(out),
+        }
+    }
+
     /// Checks a request against the policy and gives it the defaults it leaves out:
     /// nothing is recorded or made for a request refused here.
     fn admit(&self, who: &Caller, mut req: CreateSandbox) -> Result<CreateSandbox> {
@@ -1004,6 +1085,19 @@ impl Manager {
         template: &str,
         req: &CreateSandbox,
     ) -> Result<SandboxInfo> {
+        self.create_from(who, owner, template, req, None).await
+    }
+
+    /// Makes a sandbox and records it; with `from`, by restoring a memory image over a
+    /// copy of another sandbox's files (a fork) instead of booting the template.
+    async fn create_from(
+        &self,
+        who: &Caller,
+        owner: &str,
+        template: &str,
+        req: &CreateSandbox,
+        from: Option<(&Path, &Path)>,
+    ) -> Result<SandboxInfo> {
         let id = warren_runtime::new_id().map_err(CoreError::from)?;
         let mut volumes = Vec::new();
         if req.home_volume.unwrap_or(true) {
@@ -1059,7 +1153,14 @@ impl Manager {
             die_with_parent: false,
             ephemeral: false,
         };
-        match self.boot(spec, opts).await {
+        let made = match from {
+            None => self.boot(spec, opts).await,
+            Some((image, files)) => match self.backends.get(spec.isolation) {
+                Ok(b) => b.restore(spec, image, files).await,
+                Err(e) => Err(e),
+            },
+        };
+        match made {
             Ok(sb) => {
                 self.metrics.observe_create(started.elapsed());
                 self.store().set_state(&id, SandboxState::Running)?;

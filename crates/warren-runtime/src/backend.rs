@@ -51,6 +51,26 @@ pub trait Backend: Send + Sync + Debug {
 
     /// Deletes a stopped sandbox's kept files.
     fn remove_data<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Makes a sandbox from a memory image another sandbox of this backend wrote
+    /// ([`Instance::checkpoint`]): its processes go on where they were, over a copy of
+    /// `files` (that sandbox's writable layer). Only backends whose info declares
+    /// `memory_snapshots`.
+    fn restore<'a>(
+        &'a self,
+        spec: SandboxSpec,
+        image: &'a Path,
+        files: &'a Path,
+    ) -> BoxFuture<'a, Result<Box<dyn Instance>>> {
+        let _ = (spec, image, files);
+        Box::pin(async { Err(Error::Unsupported("memory snapshots")) })
+    }
+
+    /// Where a sandbox's writable layer is kept, for [`restore`](Self::restore)'s copy.
+    fn files_of(&self, id: &str) -> Option<std::path::PathBuf> {
+        let _ = id;
+        None
+    }
 }
 
 /// Usage figures of a live sandbox, from its cgroup (or what the backend has instead).
@@ -105,11 +125,11 @@ pub trait Instance: Send + Sync + Debug {
     /// too if it was created ephemeral).
     fn destroy(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
 
-    /// Writes the sandbox's processes and memory to `image` (a directory), leaving it
-    /// stopped. Only backends whose info declares `memory_snapshots`.
-    fn checkpoint<'a>(&'a self, image: &'a Path) -> BoxFuture<'a, Result<()>> {
+    /// Writes the sandbox's processes and memory to `image` (a directory) and lets it
+    /// run on. Blocking. Only backends whose info declares `memory_snapshots`.
+    fn checkpoint(&self, image: &Path) -> Result<()> {
         let _ = image;
-        Box::pin(async { Err(Error::Unsupported("memory snapshots")) })
+        Err(Error::Unsupported("memory snapshots"))
     }
 }
 

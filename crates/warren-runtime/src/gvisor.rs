@@ -252,6 +252,17 @@ impl GvisorBackend {
     }
 
     async fn make(&self, spec: SandboxSpec, opts: CreateOptions) -> Result<GvisorSandbox> {
+        self.make_from(spec, opts, None).await
+    }
+
+    /// Makes a sandbox; with `from` (an image and the writable layer it goes with), by
+    /// restoring that image over a copy of those files.
+    async fn make_from(
+        &self,
+        spec: SandboxSpec,
+        opts: CreateOptions,
+        from: Option<(&Path, &Path)>,
+    ) -> Result<GvisorSandbox> {
         let runsc = self.runsc()?;
         if spec.network != NetworkMode::None || !spec.volumes.is_empty() || !spec.publish.is_empty()
         {
@@ -287,6 +298,9 @@ impl GvisorBackend {
         };
         let r = (|| -> Result<PathBuf> {
             let bundle = prepare_dirs(&self.paths, &run, &data)?;
+            if let Some((_, files)) = from {
+                copy_layer(&files.join("upper"), &data.join("upper"))?;
+            }
             let config = bundle_config(&spec, &template, &self.exe, &run.join("sock"))?;
             std::fs::write(bundle.join("config.json"), config.to_string())
                 .map_err(crate::io_err("write the bundle's config.json"))?;
@@ -301,7 +315,17 @@ impl GvisorBackend {
                 return Err(e);
             }
         };
-        match self.start(&mut sb, &runsc, &bundle, &template, &data).await {
+        match self
+            .start(
+                &mut sb,
+                &runsc,
+                &bundle,
+                &template,
+                &data,
+                from.map(|f| f.0),
+            )
+            .await
+        {
             Ok(()) => Ok(sb),
             Err(e) => {
                 let s = sb;
@@ -323,18 +347,24 @@ impl GvisorBackend {
         bundle: &Path,
         template: &template::Template,
         data: &Path,
+        image: Option<&Path>,
     ) -> Result<()> {
+        let verb: Vec<String> = match image {
+            None => vec!["create".into()],
+            Some(i) => vec![
+                "restore".into(),
+                format!("--image-path={}", i.display()),
+                "-detach".into(),
+            ],
+        };
         let launch = OciLaunch {
             bundle: bundle.to_path_buf(),
             lower: template.lower.clone(),
             rw: data.to_path_buf(),
             argv: std::iter::once(runsc.bin.display().to_string())
                 .chain(runsc.flags())
-                .chain([
-                    "create".to_string(),
-                    format!("--bundle={}", bundle.display()),
-                    container(&sb.id),
-                ])
+                .chain(verb)
+                .chain([format!("--bundle={}", bundle.display()), container(&sb.id)])
                 .collect(),
         };
         let exe = self.exe.clone();
@@ -344,9 +374,17 @@ impl GvisorBackend {
             .map_err(|e| Error::Setup(format!("runsc create: {e}")))??;
         let r = runsc.clone();
         let id = sb.id.clone();
-        tokio::task::spawn_blocking(move || r.run(&["start", &container(&id)]))
-            .await
-            .map_err(|e| Error::Setup(format!("runsc start: {e}")))??;
+        let restored = image.is_some();
+        tokio::task::spawn_blocking(move || {
+            if restored {
+                // The restored agent closed its socket before the image was written.
+                r.run(&["kill", &container(&id), "USR2"])
+            } else {
+                r.run(&["start", &container(&id)])
+            }
+        })
+        .await
+        .map_err(|e| Error::Setup(format!("runsc start: {e}")))??;
         let (_, pid) = runsc.state(&sb.id).unwrap_or_default();
         sb.pid.store(pid, Ordering::Relaxed);
         std::fs::write(sb.run.join("helper.pid"), pid.to_string())
@@ -395,6 +433,33 @@ fn prepare_dirs(paths: &Paths, run: &Path, data: &Path) -> Result<PathBuf> {
             .map_err(|e| crate::io_err(format!("chown {}", d.display()))(e.into()))?;
     }
     Ok(bundle)
+}
+
+/// Copies a writable layer (owners, modes, links, holes) for a sandbox of its own.
+fn copy_layer(from: &Path, to: &Path) -> Result<()> {
+    let out = std::process::Command::new("cp")
+        .args(["-a", "--reflink=auto", "--sparse=always", "-T"])
+        .arg(from)
+        .arg(to)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(crate::io_err("run cp"))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(Error::Setup(format!(
+            "copy the writable layer: {}",
+            err.lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(300)
+                .collect::<String>()
+        )));
+    }
+    Ok(())
 }
 
 /// The OCI runtime configuration of a sandbox.
@@ -653,12 +718,12 @@ fn image_done(run: &Path) -> bool {
 }
 
 impl GvisorSandbox {
-    /// Agent, close the host socket; checkpoint; remove the stopped container.
-    fn checkpoint_to_disk(&self) -> Result<()> {
+    /// Writes the container's memory to `image` with the agent's host socket closed;
+    /// `leave_running` keeps the container (the agent listens again), otherwise it is
+    /// stopped.
+    fn checkpoint_into(&self, image: &Path, leave_running: bool) -> Result<()> {
         let c = container(&self.id);
-        let image = image_dir(&self.run);
-        let _ = crate::tree::remove(&image);
-        std::fs::create_dir_all(&image).map_err(crate::io_err("make the checkpoint directory"))?;
+        std::fs::create_dir_all(image).map_err(crate::io_err("make the checkpoint directory"))?;
         // An open host socket cannot be saved: the agent closes its listener and every
         // connection (SIGUSR1) and keeps its processes.
         self.runsc.run(&["kill", &c, "USR1"])?;
@@ -673,9 +738,39 @@ impl GvisorSandbox {
             std::thread::sleep(Duration::from_millis(2));
         }
         let image_flag = format!("--image-path={}", image.display());
-        if let Err(e) = self.runsc.run(&["checkpoint", &image_flag, &c]) {
+        let mut args = vec!["checkpoint", image_flag.as_str()];
+        if leave_running {
+            args.push("--leave-running");
+        }
+        args.push(&c);
+        let r = self.runsc.run(&args);
+        if r.is_err() || leave_running {
             // Still running (a checkpoint that failed leaves it be): listen again.
             let _ = self.runsc.run(&["kill", &c, "USR2"]);
+            self.wait_listening()?;
+        }
+        r.map(drop)
+    }
+
+    fn wait_listening(&self) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            if Instant::now() > deadline {
+                return Err(Error::Setup(
+                    "the agent did not listen again in 10 s".into(),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        Ok(())
+    }
+
+    /// Agent, close the host socket; checkpoint; remove the stopped container.
+    fn checkpoint_to_disk(&self) -> Result<()> {
+        let c = container(&self.id);
+        let image = image_dir(&self.run);
+        let _ = crate::tree::remove(&image);
+        if let Err(e) = self.checkpoint_into(&image, false) {
             let _ = crate::tree::remove(&image);
             return Err(e);
         }
@@ -716,15 +811,7 @@ impl GvisorSandbox {
         self.pid.store(pid, Ordering::Relaxed);
         let _ = std::fs::write(self.run.join("helper.pid"), pid.to_string());
         self.runsc.run(&["kill", &c, "USR2"])?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if Instant::now() > deadline {
-                return Err(Error::Setup(
-                    "the restored agent did not listen again in 10 s".into(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        }
+        self.wait_listening()?;
         let _ = crate::tree::remove(&image);
         Ok(())
     }
@@ -770,7 +857,7 @@ impl Backend for GvisorBackend {
                 ),
                 strong_isolation: true,
                 pause: true,
-                memory_snapshots: false,
+                memory_snapshots: true,
                 networks: vec![NetworkMode::None],
                 limits: ["memory", "cpu"].map(String::from).to_vec(),
                 volumes: false,
@@ -834,6 +921,24 @@ impl Backend for GvisorBackend {
                 .map_err(crate::io_err("remove the sandbox's files"))
         })
     }
+
+    fn restore<'a>(
+        &'a self,
+        spec: SandboxSpec,
+        image: &'a Path,
+        files: &'a Path,
+    ) -> BoxFuture<'a, Result<Box<dyn Instance>>> {
+        Box::pin(async move {
+            let sb = self
+                .make_from(spec, CreateOptions::default(), Some((image, files)))
+                .await?;
+            Ok(Box::new(sb) as Box<dyn Instance>)
+        })
+    }
+
+    fn files_of(&self, id: &str) -> Option<PathBuf> {
+        Some(self.paths.sandbox_data(id))
+    }
 }
 
 impl Instance for GvisorSandbox {
@@ -858,6 +963,10 @@ impl Instance for GvisorSandbox {
             // Paused in place by an earlier daemon (`runsc pause`).
             self.runsc.run(&["resume", &container(&self.id)]).map(drop)
         }
+    }
+
+    fn checkpoint(&self, image: &Path) -> Result<()> {
+        self.checkpoint_into(image, true)
     }
 
     fn is_paused(&self) -> bool {

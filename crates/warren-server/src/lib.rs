@@ -91,6 +91,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sandboxes/{key}"),
     ("DELETE", "/v1/sandboxes/{key}"),
     ("POST", "/v1/sandboxes/{key}/pause"),
+    ("POST", "/v1/sandboxes/{key}/fork"),
     ("POST", "/v1/sandboxes/{key}/resume"),
     ("POST", "/v1/sandboxes/{key}/stop"),
     ("POST", "/v1/sandboxes/{key}/start"),
@@ -171,6 +172,7 @@ fn build(state: AppState) -> Router {
             get(sandboxes::get).delete(sandboxes::terminate),
         )
         .route("/v1/sandboxes/{key}/pause", post(sandboxes::pause))
+        .route("/v1/sandboxes/{key}/fork", post(sandboxes::fork))
         .route("/v1/sandboxes/{key}/resume", post(sandboxes::resume))
         .route("/v1/sandboxes/{key}/stop", post(sandboxes::stop))
         .route("/v1/sandboxes/{key}/start", post(sandboxes::start))

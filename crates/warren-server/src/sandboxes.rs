@@ -148,6 +148,18 @@ pub async fn terminate(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `POST /v1/sandboxes/{key}/fork`: copies with the source's processes and memory, each
+/// with its tokens (shown only here).
+pub async fn fork(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+    Path(key): Path<String>,
+    Json(req): Json<warren_types::api::ForkRequest>,
+) -> Result<(StatusCode, axum::Json<Vec<SandboxInfo>>), Error> {
+    let copies = st.mgr.fork(&who, &key, req.count.unwrap_or(1)).await?;
+    Ok((StatusCode::CREATED, axum::Json(copies)))
+}
+
 /// `POST /v1/sandboxes/{key}/pause`.
 pub async fn pause(
     State(st): State<AppState>,

@@ -166,6 +166,15 @@ pub struct SandboxInfo {
     pub traffic_token: Option<String>,
 }
 
+/// `POST /v1/sandboxes/{key}/fork`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ForkRequest {
+    /// How many copies [default: 1].
+    #[serde(default)]
+    pub count: Option<usize>,
+}
+
 /// `GET /v1/backends`: one isolation backend of this host.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackendInfo {

@@ -502,3 +502,98 @@ fn a_template_names_the_backend_of_requests_that_name_none() {
     d.ok(&["template", "rm", "trusted"]);
     d.finish();
 }
+
+#[test]
+fn a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy() {
+    if !can_run("a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy") {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    let list = backends(&d);
+    // The namespace backend has no memory snapshots, and says so.
+    let ns = d.create(&[]);
+    let r = post(
+        &d,
+        &format!("/v1/sandboxes/{ns}/fork"),
+        &serde_json::json!({}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    d.ok(&["rm", &ns]);
+    if list[1]["available"] != true {
+        warren_testkit::skip(
+            "a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy",
+            list[1]["reason"].as_str().unwrap_or("gvisor unavailable"),
+        );
+        d.finish();
+        return;
+    }
+    let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
+    // State only in memory: a counter, and a value the copies must share.
+    d.ok(&[
+        "exec",
+        "-d",
+        &id,
+        "--",
+        "python3",
+        "-c",
+        "import time, random\nsecret = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/state', 'w').write(f'{secret} {i}')\n    time.sleep(0.05)",
+    ]);
+    d.exec(&id, "echo source > /home/user/who");
+    let state = |d: &Daemon, id: &str| -> (String, u64) {
+        let (_, out) = d.exec(id, "cat /tmp/state");
+        let (s, n) = out.trim().split_once(' ').unwrap_or(("", "0"));
+        (s.to_string(), n.parse().unwrap_or(0))
+    };
+    assert!(
+        eventually(20, || state(&d, &id).1 > 3),
+        "the counter never ran"
+    );
+    let r = post(
+        &d,
+        &format!("/v1/sandboxes/{id}/fork"),
+        &serde_json::json!({"count": 2}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let copies: Vec<String> = r
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert!(c["access_token"].is_string(), "{c}");
+            c["id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(copies.len(), 2);
+    let (secret, _) = state(&d, &id);
+    for c in &copies {
+        d.saw(c);
+        assert_ne!(c, &id);
+        assert_eq!(d.info(c)["isolation"], "gvisor");
+        let (s, n) = state(&d, c);
+        assert_eq!(s, secret, "copy {c} does not carry the source's memory");
+        assert!(
+            eventually(10, || state(&d, c).1 > n),
+            "copy {c}: its counter stopped"
+        );
+        // Its own files: a change in one copy is not in the others.
+        let (_, who) = d.exec(c, "cat /home/user/who");
+        assert_eq!(who.trim(), "source");
+        d.exec(c, &format!("echo {c} > /home/user/who"));
+    }
+    let (_, who) = d.exec(&id, "cat /home/user/who");
+    assert_eq!(who.trim(), "source", "a copy wrote into the source's files");
+    // The source ran on.
+    let before = state(&d, &id).1;
+    assert!(eventually(10, || state(&d, &id).1 > before));
+    for c in copies.iter().chain([&id]) {
+        d.ok(&["rm", c]);
+    }
+    assert!(
+        std::fs::read_dir(d.run_dir().join("forks")).map_or(true, |mut e| e.next().is_none()),
+        "a fork's image was left behind"
+    );
+    d.finish();
+}

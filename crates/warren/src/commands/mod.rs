@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod events;
 pub mod exec;
 mod flags;
+pub mod fork;
 pub mod gc;
 pub mod inspect;
 pub mod keys;
