@@ -1,0 +1,417 @@
+//! Making sandboxes: admission against policy, quotas and the chosen backend, warm-pool
+//! claims, booting or restoring, and forks.
+
+use super::*;
+
+impl Manager {
+    /// Creates a sandbox; with a name and `get_or_create`, returns the existing one
+    /// (resumed or started if needed). The flag says whether a new one was made.
+    pub async fn create(&self, who: &Caller, req: CreateSandbox) -> Result<(SandboxInfo, bool)> {
+        if who.only_sandbox.is_some() {
+            return Err(CoreError::NotFound("sandboxes".into()));
+        }
+        let mut req = req;
+        let name = req.template.clone().unwrap_or_else(|| "host".into());
+        // From here on the template is named by where it is stored: the name `who` gave
+        // resolves once, to its own or a shared one, never to another tenant's.
+        let meta = self
+            .resolve_template(who, &name)
+            .map_err(|e| match e {
+                CoreError::TemplateNotFound(_) => CoreError::UnknownTemplate(name.clone()),
+                e => CoreError::Invalid(e.to_string()),
+            })?
+            .meta;
+        // A request that names no backend gets its template's (then the daemon's).
+        req.isolation = req.isolation.or(meta.isolation);
+        let template = meta.key;
+        let req = self.admit(who, req)?;
+        let owner = req.owner.clone().unwrap_or_else(|| who.tenant.clone());
+        if !valid_owner(&owner) {
+            return Err(CoreError::Invalid(format!(
+                "owner {owner:?}: use 1-128 letters, digits and - _ . @ + (not . or ..)"
+            )));
+        }
+        if let Some(n) = &req.name {
+            if !warren_runtime::valid_name(n) {
+                return Err(CoreError::Invalid(format!(
+                    "name {n:?}: use 1-64 letters, digits, '-', '_' or '.'"
+                )));
+            }
+        }
+        if let Some(info) = self.claim_from_pool(who, &owner, &template, &req)? {
+            return Ok((info, true));
+        }
+        // Creation with a taken name races with its creator at most this many times.
+        for _ in 0..100 {
+            if let (Some(name), true) = (&req.name, req.get_or_create) {
+                let existing = self.store().by_name(&who.tenant, &owner, name)?;
+                if let Some(r) = existing {
+                    return Ok((self.bring_up(who, r).await?, false));
+                }
+            }
+            match self.create_new(who, &owner, &template, &req).await {
+                Err(CoreError::NameTaken(_)) if req.get_or_create => continue,
+                other => return other.map(|i| (i, true)),
+            }
+        }
+        Err(CoreError::InvalidState(
+            "the sandbox of that name keeps changing; try again".into(),
+        ))
+    }
+
+    /// Copies of a running sandbox with its processes and memory (a fork): each has its
+    /// own id, tokens and writable layer, and goes on from the moment of the copy. The
+    /// source keeps running. Only on a backend with memory snapshots.
+    pub async fn fork(&self, who: &Caller, key: &str, count: usize) -> Result<Vec<SandboxInfo>> {
+        if who.only_sandbox.is_some() {
+            return Err(CoreError::NotFound("sandboxes".into()));
+        }
+        if count == 0 || count > MAX_FORKS {
+            return Err(CoreError::Invalid(format!(
+                "count {count}: ask for 1 to {MAX_FORKS} copies"
+            )));
+        }
+        let r = self.resolve(who, key)?;
+        let backend = self.backend(r.spec.isolation)?.clone();
+        if !backend.info().capabilities.memory_snapshots {
+            return Err(CoreError::Invalid(format!(
+                "a {} sandbox cannot be forked with its memory: use a snapshot (its files), \
+                 or the gvisor backend",
+                r.spec.isolation
+            )));
+        }
+        if r.state != SandboxState::Running {
+            return Err(Self::invalid(&r, "fork"));
+        }
+        let files = backend
+            .files_of(&r.id)
+            .ok_or_else(|| CoreError::Invalid("this backend keeps no files to copy".into()))?;
+        let image = self.config.paths.run.join("forks").join(random_hex(8)?);
+        {
+            let lock = self.lock_for(&r.id);
+            let _g = lock.lock().await;
+            let img = image.clone();
+            self.off_lock(&r.id, move |l| l.sandbox.checkpoint(&img))
+                .await?
+                .map_err(CoreError::from)?;
+        }
+        let req = CreateSandbox {
+            resources: r.spec.resources.clone(),
+            network: r.spec.network,
+            env: r.spec.env.clone(),
+            labels: r.labels.clone(),
+            metadata: r.metadata.clone(),
+            idle_timeout_secs: r.idle_timeout_secs,
+            on_timeout: Some(r.on_timeout),
+            home_volume: Some(false),
+            isolation: Some(r.spec.isolation),
+            timeout_secs: r
+                .expires_at
+                .map(|e| u64::try_from((e - now_ms()).max(1000) / 1000).unwrap_or(1)),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        let mut failed = None;
+        for _ in 0..count {
+            match self
+                .create_from(
+                    who,
+                    &r.owner,
+                    &r.spec.template,
+                    &req,
+                    Some((&image, &files)),
+                )
+                .await
+            {
+                Ok(info) => out.push(info),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&image);
+        match (failed, out.is_empty()) {
+            (Some(e), true) => Err(e),
+            _ => Ok(out),
+        }
+    }
+
+    /// Checks a request against the policy and gives it the defaults it leaves out:
+    /// nothing is recorded or made for a request refused here.
+    pub(crate) fn admit(&self, who: &Caller, mut req: CreateSandbox) -> Result<CreateSandbox> {
+        let policy = &self.config.policy;
+        let isolation = req.isolation.unwrap_or(self.config.isolation);
+        // A default fills in only a limit the backend enforces; one the request names
+        // itself is refused below if the backend cannot hold it.
+        let enforced = self.backend(isolation)?.info().capabilities.limits;
+        let defaults = policy.with_defaults(&Resources::default());
+        let keep = |l: &str| enforced.iter().any(|e| e == l);
+        let r = &mut req.resources;
+        r.memory = r.memory.or(defaults.memory.filter(|_| keep("memory")));
+        r.cpu_millis = r.cpu_millis.or(defaults.cpu_millis.filter(|_| keep("cpu")));
+        r.pids = r.pids.or(defaults.pids.filter(|_| keep("pids")));
+        r.disk = r.disk.or(defaults.disk.filter(|_| keep("disk")));
+        policy.check_resources(&req.resources, "resources")?;
+        policy::check_tags("labels", &req.labels)?;
+        policy::check_tags("metadata", &req.metadata)?;
+        if let Some(why) = warren_types::spec::env_problem(&req.env) {
+            return Err(CoreError::Invalid(why));
+        }
+        if !self.backend(isolation)?.info().capabilities.volumes {
+            // Its home is in its own files (trust mode: its directory on the host).
+            if req.home_volume == Some(true) {
+                return Err(CoreError::Invalid(format!(
+                    "the {isolation} backend mounts no volumes: leave home_volume out"
+                )));
+            }
+            req.home_volume = Some(false);
+        }
+        if req.home_volume.unwrap_or(true) {
+            let size = req.home_size.unwrap_or(policy.home_size);
+            policy.check_home(size)?;
+            req.home_size = Some(size);
+        }
+        req.publish = policy.place_ports(who, &req.publish)?;
+        // Trust mode has the host's network whatever is asked; `none` is only the
+        // default, which it cannot honour, so it says `host` instead of pretending.
+        if isolation == Isolation::Process && req.network == warren_types::spec::NetworkMode::None {
+            req.network = warren_types::spec::NetworkMode::Host;
+        }
+        self.check_backend(who, isolation, &req)?;
+        req.isolation = Some(isolation);
+        Ok(req)
+    }
+
+    /// Refuses a request the chosen backend cannot serve here, naming what it lacks.
+    pub(crate) fn check_backend(
+        &self,
+        who: &Caller,
+        kind: Isolation,
+        req: &CreateSandbox,
+    ) -> Result<()> {
+        let info = self.backend(kind)?.info();
+        if kind == Isolation::Process
+            && !who.operator
+            && !self.config.process_tenants.contains(&who.tenant)
+        {
+            return Err(CoreError::Invalid(format!(
+                "the process backend (trust mode) is not open to tenant {:?}: the operator \
+                 allows it per tenant (`[backends.process] tenants`)",
+                who.tenant
+            )));
+        }
+        if !info.capabilities.networks.contains(&req.network) {
+            let offered: Vec<&str> = info
+                .capabilities
+                .networks
+                .iter()
+                .map(|n| n.as_str())
+                .collect();
+            return Err(CoreError::Invalid(format!(
+                "the {kind} backend offers no `{}` network; it offers {}",
+                req.network.as_str(),
+                offered.join(", ")
+            )));
+        }
+        let r = &req.resources;
+        let asked = [
+            ("memory", r.memory.is_some()),
+            ("cpu", r.cpu_millis.is_some()),
+            ("pids", r.pids.is_some()),
+            ("disk", r.disk.is_some()),
+        ];
+        for (limit, set) in asked {
+            if set && !info.capabilities.limits.iter().any(|l| l == limit) {
+                return Err(CoreError::Invalid(format!(
+                    "the {kind} backend cannot enforce a {limit} limit here; leave it out or \
+                     pick another isolation (`GET /v1/backends`)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a sandbox that would take `who`'s tenant past a quota (the operator has
+    /// none). Called with the quota lock held, right before the row is written.
+    pub(crate) fn check_quota(&self, who: &Caller, owner: &str, req: &CreateSandbox) -> Result<()> {
+        if who.operator {
+            return Ok(());
+        }
+        let live = self.store().list_live(Some(&who.tenant))?;
+        let mut used = policy::Usage::default();
+        let mut homes = std::collections::BTreeSet::new();
+        for r in &live {
+            used.sandboxes += 1;
+            used.memory += r.spec.resources.memory.unwrap_or(0);
+            used.disk += r.spec.resources.disk.unwrap_or(0);
+            for v in r.spec.volumes.iter().filter(|v| v.target == "/home/user") {
+                if homes.insert(v.name.clone()) {
+                    used.disk += v.size.unwrap_or(0);
+                }
+            }
+        }
+        let home_new = req.home_volume.unwrap_or(true)
+            && !homes.contains(&home_volume_name(&who.tenant, owner));
+        let adding = policy::Usage {
+            sandboxes: 1,
+            memory: req.resources.memory.unwrap_or(0),
+            disk: req.resources.disk.unwrap_or(0)
+                + if home_new {
+                    req.home_size.unwrap_or(0)
+                } else {
+                    0
+                },
+        };
+        self.config.policy.quotas.check(&used, &adding)
+    }
+
+    /// Makes an existing named sandbox usable: waits for its creation, resumes, starts.
+    pub(crate) async fn bring_up(&self, who: &Caller, r: Record) -> Result<SandboxInfo> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut r = r;
+        while r.state == SandboxState::Creating || r.state == SandboxState::Stopping {
+            if tokio::time::Instant::now() > deadline {
+                return Err(CoreError::InvalidState(format!(
+                    "sandbox {} is still {}",
+                    r.id,
+                    r.state.as_str()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            r = self.resolve(who, &r.id)?;
+        }
+        match r.state {
+            SandboxState::Paused => self.resume(who, &r.id).await,
+            SandboxState::Stopped => self.start(who, &r.id).await,
+            _ => Ok(self.info(&r)),
+        }
+        .map(|i| SandboxInfo {
+            access_token: self.keys.token(TokenKind::Access, &r.id, &r.access),
+            traffic_token: r
+                .traffic
+                .as_ref()
+                .and_then(|t| self.keys.token(TokenKind::Traffic, &r.id, t)),
+            ..i
+        })
+    }
+
+    pub(crate) async fn create_new(
+        &self,
+        who: &Caller,
+        owner: &str,
+        template: &str,
+        req: &CreateSandbox,
+    ) -> Result<SandboxInfo> {
+        self.create_from(who, owner, template, req, None).await
+    }
+
+    /// Makes a sandbox and records it; with `from`, by restoring a memory image over a
+    /// copy of another sandbox's files (a fork) instead of booting the template.
+    pub(crate) async fn create_from(
+        &self,
+        who: &Caller,
+        owner: &str,
+        template: &str,
+        req: &CreateSandbox,
+        from: Option<(&Path, &Path)>,
+    ) -> Result<SandboxInfo> {
+        let id = warren_runtime::new_id().map_err(CoreError::from)?;
+        let mut volumes = Vec::new();
+        if req.home_volume.unwrap_or(true) {
+            volumes.push(VolumeMount {
+                name: home_volume_name(&who.tenant, owner),
+                target: "/home/user".into(),
+                size: req.home_size,
+            });
+        }
+        let spec = SandboxSpec {
+            id: id.clone(),
+            template: template.to_string(),
+            hostname: None,
+            resources: req.resources.clone(),
+            network: req.network,
+            publish: req.publish.clone(),
+            volumes,
+            env: req.env.clone(),
+            isolation: req.isolation.unwrap_or_default(),
+        };
+        let now = now_ms();
+        let record = Record {
+            id: id.clone(),
+            tenant: who.tenant.clone(),
+            owner: owner.to_string(),
+            name: req.name.clone(),
+            state: SandboxState::Creating,
+            spec: spec.clone(),
+            labels: req.labels.clone(),
+            metadata: req.metadata.clone(),
+            created_at: now,
+            last_active_at: now,
+            expires_at: req.timeout_secs.map(|s| after(now, s)),
+            idle_timeout_secs: req.idle_timeout_secs,
+            on_timeout: req.on_timeout.unwrap_or_default(),
+            access: TokenRef::Derived(0),
+            traffic: req.traffic_token.then_some(TokenRef::Derived(0)),
+        };
+        {
+            // Checked and recorded under one lock: concurrent creates of one tenant
+            // cannot each find room for themselves in the same quota.
+            let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.check_quota(who, owner, req)?;
+            self.store().insert(&record).map_err(|e| match e {
+                StoreError::NameTaken(n) => CoreError::NameTaken(n),
+                e => e.into(),
+            })?;
+        }
+        let lock = self.lock_for(&id);
+        let _g = lock.lock().await;
+        let started = std::time::Instant::now();
+        let opts = CreateOptions {
+            die_with_parent: false,
+            ephemeral: false,
+        };
+        let made = match from {
+            None => self.boot(spec, opts).await,
+            Some((image, files)) => match self.backends.get(spec.isolation) {
+                Ok(b) => b.restore(spec, image, files).await,
+                Err(e) => Err(e),
+            },
+        };
+        match made {
+            Ok(sb) => {
+                self.metrics.observe_create(started.elapsed());
+                self.store().set_state(&id, SandboxState::Running)?;
+                self.live().insert(
+                    id.clone(),
+                    Live {
+                        last_cpu_us: 0,
+                        sandbox: sb,
+                        streams: Arc::default(),
+                    },
+                );
+                self.metrics.created.fetch_add(1, Ordering::Relaxed);
+                let mut r = record;
+                r.state = SandboxState::Running;
+                self.event(
+                    &r,
+                    "created",
+                    format!(
+                        "from template {}",
+                        warren_runtime::template::display_name(template)
+                    ),
+                );
+                Ok(self.info_with(&r, true))
+            }
+            Err(e) => {
+                let _ = self.remove_data(&record).await;
+                self.store().set_state(&id, SandboxState::Terminated)?;
+                self.event(&record, "failed", e.to_string());
+                Err(match e {
+                    warren_runtime::Error::UnknownTemplate(_) => CoreError::Invalid(e.to_string()),
+                    e => e.into(),
+                })
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Warm pools: sandboxes made ahead per profile, claimed by requests that fit exactly.
+
+use super::*;
+
+impl Manager {
+    /// Hands out a warm sandbox when the request fits a pool exactly; counts the hit or
+    /// the miss. The store claims the member atomically.
+    pub(crate) fn claim_from_pool(
+        &self,
+        who: &Caller,
+        owner: &str,
+        template: &str,
+        req: &CreateSandbox,
+    ) -> Result<Option<SandboxInfo>> {
+        let fits = req.home_volume == Some(false) && req.env.is_empty() && req.publish.is_empty();
+        let key = pool_key(
+            template,
+            &req.resources,
+            req.network,
+            req.isolation.unwrap_or_default(),
+        );
+        let pool = self
+            .pools
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|p| p.key == key)
+            .cloned();
+        let (Some(pool), true) = (pool, fits) else {
+            return Ok(None);
+        };
+        if let (Some(name), false) = (&req.name, req.get_or_create) {
+            if self.store().by_name(&who.tenant, owner, name)?.is_some() {
+                return Err(CoreError::NameTaken(name.clone()));
+            }
+        }
+        let now = now_ms();
+        let claim = Record {
+            id: String::new(),
+            tenant: who.tenant.clone(),
+            owner: owner.to_string(),
+            name: req.name.clone(),
+            state: SandboxState::Running,
+            spec: SandboxSpec::default(),
+            labels: req.labels.clone(),
+            metadata: req.metadata.clone(),
+            created_at: now,
+            last_active_at: now,
+            expires_at: req.timeout_secs.map(|s| after(now, s)),
+            idle_timeout_secs: req.idle_timeout_secs,
+            on_timeout: req.on_timeout.unwrap_or_default(),
+            // A new generation: the warm member's own token was never shown, and its
+            // new tenant's is one no earlier holder could have derived.
+            access: TokenRef::Derived(1),
+            traffic: req.traffic_token.then_some(TokenRef::Derived(1)),
+        };
+        let claimed = {
+            let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.check_quota(who, owner, req)?;
+            self.store()
+                .claim_from_pool(&key, &claim)
+                .map_err(|e| match e {
+                    StoreError::NameTaken(n) => CoreError::NameTaken(n),
+                    e => e.into(),
+                })?
+        };
+        match claimed {
+            Some(r) => {
+                pool.hits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.created.fetch_add(1, Ordering::Relaxed);
+                self.event(
+                    &r,
+                    "created",
+                    format!(
+                        "from the warm pool of {}",
+                        warren_runtime::template::display_name(template)
+                    ),
+                );
+                Ok(Some(self.info_with(&r, true)))
+            }
+            None => {
+                pool.misses.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Adds a warm pool, or changes the pool of the same template and profile. A pool
+    /// with `max` 0 is removed, and its warm sandboxes with it.
+    pub async fn set_pool(&self, spec: PoolSpec) -> Result<PoolInfo> {
+        if spec.min > spec.max || spec.max > 1000 {
+            return Err(CoreError::Invalid(
+                "a pool needs min <= max <= 1000 (max 0 removes the pool)".into(),
+            ));
+        }
+        let mut spec = spec;
+        spec.resources = self.config.policy.with_defaults(&spec.resources);
+        self.config
+            .policy
+            .check_resources(&spec.resources, "the pool's resources")?;
+        if spec.max == 0 {
+            return self.remove_pool(spec).await;
+        }
+        warren_runtime::template::resolve(&self.config.paths, &spec.template)
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        let key = pool_key(
+            &spec.template,
+            &spec.resources,
+            spec.network,
+            spec.isolation,
+        );
+        let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        let pool = match pools.iter().position(|p| p.key == key) {
+            Some(i) => {
+                let old = &pools[i];
+                let p = Arc::new(Pool {
+                    spec: spec.clone(),
+                    key: key.clone(),
+                    filling: old.filling.clone(),
+                    hits: AtomicU64::new(old.hits.load(Ordering::Relaxed)),
+                    misses: AtomicU64::new(old.misses.load(Ordering::Relaxed)),
+                });
+                pools[i] = p.clone();
+                p
+            }
+            None => {
+                let p = Arc::new(Pool {
+                    spec: spec.clone(),
+                    key: key.clone(),
+                    filling: Arc::default(),
+                    hits: AtomicU64::new(0),
+                    misses: AtomicU64::new(0),
+                });
+                pools.push(p.clone());
+                p
+            }
+        };
+        drop(pools);
+        Ok(self.pool_info(&pool))
+    }
+
+    pub(crate) async fn remove_pool(&self, spec: PoolSpec) -> Result<PoolInfo> {
+        let key = pool_key(
+            &spec.template,
+            &spec.resources,
+            spec.network,
+            spec.isolation,
+        );
+        let removed = {
+            let mut pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+            let i = pools.iter().position(|p| p.key == key);
+            i.map(|i| pools.remove(i))
+        };
+        let members = self.store().pool_members(&key)?;
+        for (id, _) in members {
+            let lock = self.lock_for(&id);
+            let _g = lock.lock().await;
+            let found = self.store().get(&id)?;
+            if let Some(r) = found.filter(|r| r.tenant == POOL_TENANT) {
+                self.terminate_locked(r, "terminated", "its pool was removed")
+                    .await?;
+            }
+        }
+        Ok(PoolInfo {
+            spec,
+            ready: 0,
+            hits: removed
+                .as_ref()
+                .map_or(0, |p| p.hits.load(Ordering::Relaxed)),
+            misses: removed
+                .as_ref()
+                .map_or(0, |p| p.misses.load(Ordering::Relaxed)),
+        })
+    }
+
+    pub(crate) fn pool_info(&self, p: &Pool) -> PoolInfo {
+        PoolInfo {
+            spec: p.spec.clone(),
+            ready: self
+                .store()
+                .pool_members(&p.key)
+                .map(|m| m.len())
+                .unwrap_or(0),
+            hits: p.hits.load(Ordering::Relaxed),
+            misses: p.misses.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn pools(&self) -> Vec<PoolInfo> {
+        let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        pools.iter().map(|p| self.pool_info(p)).collect()
+    }
+
+    /// Tops pools up to their minimum and replaces members past their time to live.
+    pub(crate) fn refill_pools(self: &Arc<Self>) {
+        let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let now = now_ms();
+        for pool in pools {
+            let Ok(members) = self.store().pool_members(&pool.key) else {
+                continue;
+            };
+            let mut ready = members.len();
+            if let Some(ttl) = pool.spec.ttl_secs {
+                for (id, created) in &members {
+                    if after(*created, ttl) <= now {
+                        ready -= 1;
+                        let mgr = self.clone();
+                        let id = id.clone();
+                        tokio::spawn(async move {
+                            let lock = mgr.lock_for(&id);
+                            let _g = lock.lock().await;
+                            let found = mgr.store().get(&id);
+                            if let Ok(Some(r)) = found {
+                                if r.tenant == POOL_TENANT && r.state == SandboxState::Running {
+                                    let _ = mgr
+                                        .terminate_locked(r, "terminated", "warm too long")
+                                        .await;
+                                }
+                            }
+                        });
+                    }
+                }
+            }
+            let filling = pool.filling.load(Ordering::Relaxed);
+            let want = pool.spec.min.saturating_sub(ready + filling);
+            let room = pool.spec.max.saturating_sub(ready + filling);
+            for _ in 0..want.min(room) {
+                pool.filling.fetch_add(1, Ordering::Relaxed);
+                let mgr = self.clone();
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let who = Caller::operator(POOL_TENANT);
+                    let req = CreateSandbox {
+                        resources: pool.spec.resources.clone(),
+                        network: pool.spec.network,
+                        isolation: Some(pool.spec.isolation),
+                        home_volume: Some(false),
+                        ..Default::default()
+                    };
+                    if let Ok(info) = mgr
+                        .create_new(&who, POOL_TENANT, &pool.spec.template, &req)
+                        .await
+                    {
+                        let _ = mgr.store().set_pool(&info.id, Some(&pool.key));
+                    }
+                    pool.filling.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+}
