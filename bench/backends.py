@@ -11,9 +11,11 @@ and, for every backend `GET /v1/backends` says is available, interleaved round b
   idle     host memory per idle sandbox: its cgroup's memory (kernel and user side)
            after it settled, plus the RSS of its host processes outside the cgroup
 
-and, as the floor the gvisor backend adds to: `runsc do true` and `true` under
-`runsc run` of a minimal bundle, made and removed. Prints median, p90, min, max and n,
-and the gvisor backend's overhead over bare runsc. `--json PATH` writes every sample.
+and, as the floor the gvisor backend adds to: `runsc do true`, and bare `runsc
+checkpoint` / `restore` of a minimal bundle (an idle shell; a python holding 100 MB)
+next to Warren's pause (memory to disk) and resume of the same workloads, the image
+sizes, and a fork of 10. Prints median, p90, min, max and n, and the ratios.
+`--json PATH` writes every sample.
 Python 3 standard library only; root.
 """
 import argparse
@@ -74,6 +76,114 @@ def runsc_floor(runs):
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
         if i >= 2:
             out["runsc do true"].append(ms(t0))
+    return out
+
+
+HOLD_100M = ("import os, time\nb = os.urandom(100 << 20)\n"
+             "while True:\n    time.sleep(1)")
+IDLE = "while true; do sleep 1; done"
+
+
+def du(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def bare_runsc(runs, tmp):
+    """runsc checkpoint and restore of a minimal bundle, as the floor."""
+    runsc = shutil.which("runsc")
+    if not runsc:
+        return {}
+    out = {}
+    root = os.path.join(tmp, "runsc-root")
+    b = os.path.join(tmp, "bundle")
+    rootfs = os.path.join(b, "rootfs")
+    for d in ("usr", "proc", "dev", "tmp", "etc"):
+        os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+    for l in ("bin", "lib", "lib64", "sbin"):
+        if not os.path.lexists(os.path.join(rootfs, l)):
+            os.symlink("usr/" + l, os.path.join(rootfs, l))
+    flags = [runsc, f"--root={root}", "--platform=ptrace", "--network=none",
+             "--overlay2=root:memory"]
+    for name, args in (("idle shell", ["sh", "-c", IDLE]),
+                       ("python holding 100 MB", ["python3", "-c", HOLD_100M])):
+        cfg = {
+            "ociVersion": "1.0.2",
+            "process": {"user": {"uid": 0, "gid": 0}, "args": args, "cwd": "/",
+                        "env": ["PATH=/usr/bin:/bin"]},
+            "root": {"path": "rootfs", "readonly": False},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/usr", "type": "bind", "source": "/usr",
+                 "options": ["rbind", "ro"]},
+            ],
+            "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount",
+                                                           "network")]},
+        }
+        with open(os.path.join(b, "config.json"), "w") as f:
+            json.dump(cfg, f)
+        for i in range(runs + 1):
+            cid = f"wbb-{os.getpid()}-{i}"
+            img = os.path.join(tmp, f"img-{i}")
+            run = lambda *a: subprocess.run([*flags, *a], stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.DEVNULL, check=True)
+            try:
+                run("run", "--bundle", b, "-detach", cid)
+                time.sleep(1.5 if "python" in name else 0.3)
+                t0 = time.perf_counter()
+                run("checkpoint", f"--image-path={img}", cid)
+                t_ck = ms(t0)
+                run("delete", "-force", cid)
+                t0 = time.perf_counter()
+                run("restore", f"--image-path={img}", "--bundle", b, "-detach", cid)
+                t_rs = ms(t0)
+                if i >= 1:
+                    out.setdefault(f"bare runsc checkpoint, {name}", []).append(t_ck)
+                    out.setdefault(f"bare runsc restore, {name}", []).append(t_rs)
+                    out.setdefault(f"bare runsc image, {name}", []).append(du(img) / 2**20)
+            finally:
+                subprocess.run([*flags, "delete", "-force", cid], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+                shutil.rmtree(img, ignore_errors=True)
+    return out
+
+
+def warren_pause(api, runs, run_dir):
+    """Warren's pause (memory to disk) and resume of the same workloads, and a fork."""
+    out = {}
+    for name, cmd in (("idle shell", ["sh", "-c", IDLE]),
+                      ("python holding 100 MB", ["python3", "-c", HOLD_100M])):
+        sid = api.call("POST", "/v1/sandboxes", {"isolation": "gvisor", "resources": {}})["id"]
+        try:
+            api.call("POST", f"/v1/sandboxes/{sid}/exec",
+                     {"command": {"argv": cmd}, "background": True})
+            time.sleep(1.5)
+            for i in range(runs + 1):
+                t0 = time.perf_counter()
+                api.call("POST", f"/v1/sandboxes/{sid}/pause")
+                t_p = ms(t0)
+                img = du(os.path.join(run_dir, "sandboxes", sid, "image")) / 2**20
+                t0 = time.perf_counter()
+                api.call("POST", f"/v1/sandboxes/{sid}/resume")
+                t_r = ms(t0)
+                if i >= 1:
+                    out.setdefault(f"warren pause (to disk), {name}", []).append(t_p)
+                    out.setdefault(f"warren resume, {name}", []).append(t_r)
+                    out.setdefault(f"warren image, {name}", []).append(img)
+            if "idle" in name:
+                t0 = time.perf_counter()
+                copies = api.call("POST", f"/v1/sandboxes/{sid}/fork", {"count": 10})
+                out["warren fork of 10 (idle shell)"] = [ms(t0)]
+                for c in copies:
+                    api.call("DELETE", f"/v1/sandboxes/{c['id']}")
+        finally:
+            api.call("DELETE", f"/v1/sandboxes/{sid}")
     return out
 
 
@@ -143,6 +253,9 @@ def main():
             results[f"{n}: idle memory per sandbox"] = [m / 2**20 for m in mem if m is not None]
 
         results.update(runsc_floor(a.runs))
+        if "gvisor" in names:
+            results.update(warren_pause(api, max(3, a.runs // 4), os.path.join(tmp, "run")))
+            results.update(bare_runsc(max(3, a.runs // 4), tmp))
     finally:
         for s in made:
             try:
@@ -156,12 +269,19 @@ def main():
 
     print(f"{'scenario':<34} {'median':>9} {'p90':>9} {'min':>9} {'max':>9} {'n':>5}")
     for k, xs in results.items():
-        print(row(k, xs, "MiB" if "memory" in k else "ms"))
+        print(row(k, xs, "MiB" if ("memory" in k or "image" in k) else "ms"))
     g = results.get("gvisor: create+exec+remove")
     floor = results.get("runsc do true")
     if g and floor:
         ratio = statistics.median(g) / statistics.median(floor)
         print(f"gvisor backend / runsc do true (medians): {ratio:.2f}x")
+    for w in ("idle shell", "python holding 100 MB"):
+        for ours, bare in (("warren pause (to disk)", "bare runsc checkpoint"),
+                           ("warren resume", "bare runsc restore")):
+            x, y = results.get(f"{ours}, {w}"), results.get(f"{bare}, {w}")
+            if x and y:
+                print(f"{ours} / {bare}, {w}: "
+                      f"{statistics.median(x) / statistics.median(y):.2f}x")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
