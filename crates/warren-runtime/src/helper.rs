@@ -33,7 +33,7 @@ use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
-use warren_sys::cgroup::{Hierarchy, Limits};
+use warren_sys::cgroup::Hierarchy;
 use warren_sys::mount::{
     bind, bind_idmapped, bind_with, mount_fs, mount_overlay, set_propagation, unmount, MountAttrs,
     MsFlags,
@@ -417,11 +417,7 @@ impl Sandbox {
         let cgroup = hierarchy.cgroup(&format!("{PREFIX}{}", spec.id));
         let r = &spec.resources;
         cgroup
-            .create(&Limits {
-                memory: r.memory,
-                cpu_millis: r.cpu_millis,
-                pids: r.pids,
-            })
+            .create(&crate::cgroup_limits(r))
             .map_err(|e| e.to_string())?;
         cleanup.cgroup = Some(cgroup.clone());
         crate::trace::mark("helper: cgroup created");

@@ -237,6 +237,22 @@ pub(crate) fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
     move |source| Error::io(what, source)
 }
 
+/// The cgroup limits of a sandbox's resources: the one place a request's limits become
+/// what the kernel is told (the disk limit is the writable layer's size, not a cgroup's).
+pub fn cgroup_limits(r: &warren_types::spec::Resources) -> warren_sys::cgroup::Limits {
+    let warren_types::spec::Resources {
+        memory,
+        cpu_millis,
+        pids,
+        disk: _,
+    } = r.clone();
+    warren_sys::cgroup::Limits {
+        memory,
+        cpu_millis,
+        pids,
+    }
+}
+
 /// Whether `name` is usable as a sandbox id, template or volume name: it becomes a path
 /// component and a cgroup name, so only a plain, short word is accepted.
 pub fn valid_name(name: &str) -> bool {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use warren_sys::cgroup::{Cgroup, Hierarchy, Limits};
+use warren_sys::cgroup::{Cgroup, Hierarchy};
 use warren_types::api::{BackendInfo, Capabilities, Isolation};
 use warren_types::spec::{NetworkMode, SandboxSpec};
 
@@ -122,11 +122,7 @@ impl ProcessBackend {
         make_workdir(&config.dir, &workdir, &user)?;
         let cgroup = self.cgroup(&id);
         let r = &spec.resources;
-        cgroup.create(&Limits {
-            memory: r.memory,
-            cpu_millis: r.cpu_millis,
-            pids: r.pids,
-        })?;
+        cgroup.create(&crate::cgroup_limits(r))?;
         let mut sb = ProcessSandbox {
             socket: run.join("agent.sock"),
             id,
