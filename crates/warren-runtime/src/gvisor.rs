@@ -806,7 +806,17 @@ impl GvisorSandbox {
                 ])
                 .collect(),
         };
-        run_oci(&self.restore.exe, &launch, &self.run.join("runsc.log"))?;
+        // Nothing of an earlier attempt may stand in the way, and nothing of a failed one
+        // may stay: a damaged image is refused whole, the sandbox stays paused.
+        let _ = self.runsc.run(&["delete", "--force", &c]);
+        if let Err(e) = run_oci(&self.restore.exe, &launch, &self.run.join("runsc.log")) {
+            let _ = self.runsc.run(&["delete", "--force", &c]);
+            remove_runsc_cgroups(&c);
+            return Err(Error::Setup(format!(
+                "the sandbox's saved memory could not be restored ({e}); it stays paused, \
+                 and removing it is safe"
+            )));
+        }
         let (_, pid) = self.runsc.state(&self.id).unwrap_or_default();
         self.pid.store(pid, Ordering::Relaxed);
         let _ = std::fs::write(self.run.join("helper.pid"), pid.to_string());

@@ -597,3 +597,55 @@ fn a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy() {
     );
     d.finish();
 }
+
+#[test]
+fn a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused() {
+    if !can_run("a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused") {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    if backends(&d)[1]["available"] != true {
+        warren_testkit::skip(
+            "a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused",
+            "gvisor unavailable",
+        );
+        d.finish();
+        return;
+    }
+    let id = d.create(&["--isolation", "gvisor"]);
+    d.ok(&["pause", &id]);
+    let image = d.run_dir().join(format!("sandboxes/{id}/image"));
+    let mut truncated = 0;
+    for e in std::fs::read_dir(&image).unwrap().flatten() {
+        let len = e.metadata().unwrap().len();
+        if e.file_name() != "done" && len > 0 {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(e.path())
+                .unwrap();
+            f.set_len(len / 2).unwrap();
+            truncated += 1;
+        }
+    }
+    assert!(
+        truncated > 0,
+        "no image file to damage in {}",
+        image.display()
+    );
+    let r = post(
+        &d,
+        &format!("/v1/sandboxes/{id}/resume"),
+        &serde_json::json!({}),
+    );
+    assert!(
+        r.status >= 400,
+        "a damaged image was restored: {}",
+        r.text()
+    );
+    assert!(r.text().contains("could not be restored"), "{}", r.text());
+    assert_eq!(d.info(&id)["state"], "paused");
+    d.ok(&["rm", &id]);
+    d.finish();
+}
