@@ -484,17 +484,18 @@ impl Manager {
                 mgr.refill_pools();
                 let every = (mgr.config.disk_interval.as_millis() / interval.as_millis().max(1))
                     .max(1) as u64;
-                if mgr
+                let all = mgr
                     .passes
                     .fetch_add(1, Ordering::Relaxed)
-                    .is_multiple_of(every)
-                    && !mgr.measuring.swap(true, Ordering::AcqRel)
-                {
+                    .is_multiple_of(every);
+                // Every sandbox now and then; one made since the last walk at the next
+                // pass, so that none goes unmeasured for a whole interval.
+                if (all || mgr.has_unmeasured()) && !mgr.measuring.swap(true, Ordering::AcqRel) {
                     // A walk of a large layer takes seconds: on a thread of its own, so
                     // it holds up neither the runtime's workers nor the next pass.
                     let m = mgr.clone();
                     tokio::task::spawn_blocking(move || {
-                        m.measure_disks();
+                        m.measure_disks(!all);
                         m.measuring.store(false, Ordering::Release);
                     });
                 }

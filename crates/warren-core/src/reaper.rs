@@ -43,17 +43,38 @@ impl Manager {
     /// Measures the disk each sandbox's files take (its writable layer, or the image
     /// that holds it), on a thread of its own and one walk at a time: requests read the
     /// last figures, never walk a tree themselves.
-    pub(crate) fn measure_disks(&self) {
+    pub(crate) fn measure_disks(&self, only_new: bool) {
         let ids: Vec<String> = match self.store().list_live(None) {
             Ok(rs) => rs.into_iter().map(|r| r.id).collect(),
             Err(_) => return,
         };
+        let known = |id: &str| {
+            self.disk_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(id)
+        };
         let mut measured = HashMap::with_capacity(ids.len());
         for id in ids {
+            if only_new && known(&id) {
+                continue;
+            }
             let bytes = warren_runtime::template::sandbox_disk_used(&self.config.paths, &id);
             measured.insert(id, bytes);
         }
-        *self.disk_cache.lock().unwrap_or_else(|e| e.into_inner()) = measured;
+        let mut cache = self.disk_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if only_new {
+            cache.extend(measured);
+        } else {
+            *cache = measured;
+        }
+    }
+
+    /// Whether a live sandbox has no measurement yet (made since the last walk).
+    pub(crate) fn has_unmeasured(&self) -> bool {
+        let live: Vec<String> = self.live().keys().cloned().collect();
+        let cache = self.disk_cache.lock().unwrap_or_else(|e| e.into_inner());
+        live.iter().any(|id| !cache.contains_key(id))
     }
 
     /// One pass of the reaper: activity from CPU use and attached clients, then expiry;
