@@ -405,7 +405,8 @@ fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
         "--",
         "python3",
         "-c",
-        "import time\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/count', 'w').write(str(i))\n    time.sleep(0.05)",
+        // Written whole (a rename), so a reader never sees a half-written file.
+        "import os, time\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/c.new', 'w').write(str(i))\n    os.replace('/tmp/c.new', '/tmp/count')\n    time.sleep(0.05)",
     ]);
     d.ok(&[
         "exec",
@@ -538,7 +539,8 @@ fn a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy() {
         "--",
         "python3",
         "-c",
-        "import time, random\nsecret = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/state', 'w').write(f'{secret} {i}')\n    time.sleep(0.05)",
+        // Written whole (a rename), so a reader never sees a half-written file.
+        "import os, time, random\nsecret = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/s.new', 'w').write(f'{secret} {i}')\n    os.replace('/tmp/s.new', '/tmp/state')\n    time.sleep(0.05)",
     ]);
     d.exec(&id, "echo source > /home/user/who");
     let state = |d: &Daemon, id: &str| -> (String, u64) {
