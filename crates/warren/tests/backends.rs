@@ -74,6 +74,40 @@ for i in range(n):
     os.wait()
 '"#;
 
+/// Whether gVisor can run here; records the test's skip with the reason when not.
+fn gvisor_here(d: &Daemon, test: &str) -> bool {
+    let list = backends(d);
+    if list[1]["available"] == true {
+        return true;
+    }
+    warren_testkit::skip(
+        test,
+        list[1]["reason"].as_str().unwrap_or("gvisor unavailable"),
+    );
+    false
+}
+
+/// What a gVisor test needs: its turn, a daemon and the directory trust mode uses; `None`
+/// (with the skip recorded) when the test cannot run here or gVisor cannot.
+fn gvisor_test(test: &str) -> Option<(std::sync::MutexGuard<'static, ()>, Spaces, Daemon)> {
+    if !can_run(test) {
+        return None;
+    }
+    let turn = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    if !gvisor_here(&d, test) {
+        d.finish();
+        return None;
+    }
+    Some((turn, spaces, d))
+}
+
+/// Starts `script` under python3 in the background in sandbox `id`.
+fn python_in_background(d: &Daemon, id: &str, script: &str) {
+    d.ok(&["exec", "-d", id, "--", "python3", "-c", script]);
+}
+
 /// Waits until `f` holds, for at most `secs` seconds.
 fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + Duration::from_secs(secs);
@@ -381,42 +415,16 @@ fn a_trust_mode_sandbox_is_its_users_processes_in_its_directory() {
 
 #[test]
 fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
-    if !can_run("a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory") {
+    let Some((_t, _spaces, d)) =
+        gvisor_test("a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory")
+    else {
         return;
-    }
-    let _t = my_turn();
-    let spaces = Spaces::new();
-    let d = daemon(&spaces.0, "");
-    let list = backends(&d);
-    if list[1]["available"] != true {
-        warren_testkit::skip(
-            "a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory",
-            list[1]["reason"].as_str().unwrap_or("gvisor unavailable"),
-        );
-        d.finish();
-        return;
-    }
+    };
     let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
     // A counter in memory only, and a listener with a connection's worth of state.
-    d.ok(&[
-        "exec",
-        "-d",
-        &id,
-        "--",
-        "python3",
-        "-c",
-        // Written whole (a rename), so a reader never sees a half-written file.
-        "import os, time\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/c.new', 'w').write(str(i))\n    os.replace('/tmp/c.new', '/tmp/count')\n    time.sleep(0.05)",
-    ]);
-    d.ok(&[
-        "exec",
-        "-d",
-        &id,
-        "--",
-        "python3",
-        "-c",
-        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', 7000))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'still here')\n    c.close()",
-    ]);
+    // Written whole (a rename), so a reader never sees a half-written file.
+    python_in_background(&d, &id, "import os, time\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/c.new', 'w').write(str(i))\n    os.replace('/tmp/c.new', '/tmp/count')\n    time.sleep(0.05)");
+    python_in_background(&d, &id, "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', 7000))\ns.listen()\nwhile True:\n    c, _ = s.accept()\n    c.sendall(b'still here')\n    c.close()");
     let count = |d: &Daemon| -> u64 {
         let (_, out) = d.exec(&id, "cat /tmp/count");
         out.trim().parse().unwrap_or(0)
@@ -512,7 +520,6 @@ fn a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy() {
     let _t = my_turn();
     let spaces = Spaces::new();
     let d = daemon(&spaces.0, "");
-    let list = backends(&d);
     // The namespace backend has no memory snapshots, and says so.
     let ns = d.create(&[]);
     let r = post(
@@ -522,26 +529,17 @@ fn a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     d.ok(&["rm", &ns]);
-    if list[1]["available"] != true {
-        warren_testkit::skip(
-            "a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy",
-            list[1]["reason"].as_str().unwrap_or("gvisor unavailable"),
-        );
+    if !gvisor_here(
+        &d,
+        "a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy",
+    ) {
         d.finish();
         return;
     }
     let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
     // State only in memory: a counter, and a value the copies must share.
-    d.ok(&[
-        "exec",
-        "-d",
-        &id,
-        "--",
-        "python3",
-        "-c",
-        // Written whole (a rename), so a reader never sees a half-written file.
-        "import os, time, random\nsecret = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/s.new', 'w').write(f'{secret} {i}')\n    os.replace('/tmp/s.new', '/tmp/state')\n    time.sleep(0.05)",
-    ]);
+    // Written whole (a rename), so a reader never sees a half-written file.
+    python_in_background(&d, &id, "import os, time, random\nsecret = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/s.new', 'w').write(f'{secret} {i}')\n    os.replace('/tmp/s.new', '/tmp/state')\n    time.sleep(0.05)");
     d.exec(&id, "echo source > /home/user/who");
     let state = |d: &Daemon, id: &str| -> (String, u64) {
         let (_, out) = d.exec(id, "cat /tmp/state");
@@ -602,20 +600,11 @@ fn a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy() {
 
 #[test]
 fn a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused() {
-    if !can_run("a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused") {
+    let Some((_t, _spaces, d)) =
+        gvisor_test("a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused")
+    else {
         return;
-    }
-    let _t = my_turn();
-    let spaces = Spaces::new();
-    let d = daemon(&spaces.0, "");
-    if backends(&d)[1]["available"] != true {
-        warren_testkit::skip(
-            "a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused",
-            "gvisor unavailable",
-        );
-        d.finish();
-        return;
-    }
+    };
     let id = d.create(&["--isolation", "gvisor"]);
     d.ok(&["pause", &id]);
     let image = d.run_dir().join(format!("sandboxes/{id}/image"));
