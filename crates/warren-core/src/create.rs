@@ -144,7 +144,8 @@ impl Manager {
         let isolation = req.isolation.unwrap_or(self.config.isolation);
         // A default fills in only a limit the backend enforces; one the request names
         // itself is refused below if the backend cannot hold it.
-        let enforced = self.backend(isolation)?.info().capabilities.limits;
+        let info = self.backend(isolation)?.info();
+        let enforced = &info.capabilities.limits;
         let defaults = policy.with_defaults(&Resources::default());
         let keep = |l: &str| enforced.iter().any(|e| e == l);
         let r = &mut req.resources;
@@ -158,7 +159,7 @@ impl Manager {
         if let Some(why) = warren_types::spec::env_problem(&req.env) {
             return Err(CoreError::Invalid(why));
         }
-        if !self.backend(isolation)?.info().capabilities.volumes {
+        if !info.capabilities.volumes {
             // Its home is in its own files (trust mode: its directory on the host).
             if req.home_volume == Some(true) {
                 return Err(CoreError::Invalid(format!(
@@ -173,12 +174,16 @@ impl Manager {
             req.home_size = Some(size);
         }
         req.publish = policy.place_ports(who, &req.publish)?;
-        // Trust mode has the host's network whatever is asked; `none` is only the
-        // default, which it cannot honour, so it says `host` instead of pretending.
-        if isolation == Isolation::Process && req.network == warren_types::spec::NetworkMode::None {
-            req.network = warren_types::spec::NetworkMode::Host;
+        // `none` is only the default: a backend that cannot honour it (trust mode has the
+        // host's network) says which network the sandbox gets instead of pretending.
+        let networks = &info.capabilities.networks;
+        if req.network == warren_types::spec::NetworkMode::None && !networks.contains(&req.network)
+        {
+            if let Some(first) = networks.first() {
+                req.network = *first;
+            }
         }
-        self.check_backend(who, isolation, &req)?;
+        self.check_backend(who, isolation, &info, &req)?;
         req.isolation = Some(isolation);
         Ok(req)
     }
@@ -188,9 +193,9 @@ impl Manager {
         &self,
         who: &Caller,
         kind: Isolation,
+        info: &warren_types::api::BackendInfo,
         req: &CreateSandbox,
     ) -> Result<()> {
-        let info = self.backend(kind)?.info();
         if kind == Isolation::Process
             && !who.operator
             && !self.config.process_tenants.contains(&who.tenant)

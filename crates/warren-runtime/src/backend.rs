@@ -84,6 +84,17 @@ pub struct Usage {
 /// Connects to a port inside a sandbox, blocking, within a timeout.
 pub type PortDialer = Box<dyn FnOnce(u16, Duration) -> std::io::Result<std::net::TcpStream> + Send>;
 
+impl Usage {
+    /// The figures of a sandbox whose processes are all in `cgroup`.
+    pub fn of(cgroup: &warren_sys::cgroup::Cgroup) -> Self {
+        Self {
+            cpu_us: cgroup.cpu_usage_us(),
+            memory_bytes: cgroup.memory_current(),
+            oom_kills: cgroup.oom_kills(),
+        }
+    }
+}
+
 /// One live (running or paused) sandbox.
 pub trait Instance: Send + Sync + Debug {
     fn id(&self) -> &str;

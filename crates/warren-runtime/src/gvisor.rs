@@ -924,12 +924,7 @@ impl Backend for GvisorBackend {
 
     fn remove_data<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
         let data = self.paths.sandbox_data(id);
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || crate::tree::remove(&data))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                .map_err(crate::io_err("remove the sandbox's files"))
-        })
+        Box::pin(crate::tree::remove_off_runtime(data))
     }
 
     fn restore<'a>(
@@ -988,11 +983,7 @@ impl Instance for GvisorSandbox {
     }
 
     fn usage(&self) -> Usage {
-        Usage {
-            cpu_us: self.cgroup.cpu_usage_us(),
-            memory_bytes: self.cgroup.memory_current(),
-            oom_kills: self.cgroup.oom_kills(),
-        }
+        Usage::of(&self.cgroup)
     }
 
     fn is_alive(&mut self) -> bool {

@@ -261,11 +261,7 @@ impl NamespaceBackend {
     /// Deletes a stopped sandbox's kept files, off the async runtime's threads (a tree
     /// a sandbox made can take seconds to remove).
     pub async fn remove_data(&self, id: &str) -> Result<()> {
-        let data = self.paths.sandbox_data(id);
-        tokio::task::spawn_blocking(move || crate::tree::remove(&data))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-            .map_err(crate::io_err("remove the sandbox's files"))
+        crate::tree::remove_off_runtime(self.paths.sandbox_data(id)).await
     }
 }
 
@@ -516,11 +512,7 @@ impl Instance for Sandbox {
     }
 
     fn usage(&self) -> Usage {
-        Usage {
-            cpu_us: self.cgroup.cpu_usage_us(),
-            memory_bytes: self.cgroup.memory_current(),
-            oom_kills: self.cgroup.oom_kills(),
-        }
+        Usage::of(&self.cgroup)
     }
 
     fn is_alive(&mut self) -> bool {

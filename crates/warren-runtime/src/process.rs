@@ -336,10 +336,7 @@ impl Backend for ProcessBackend {
         let dir = self.workdir(id);
         Box::pin(async move {
             let Some(dir) = dir else { return Ok(()) };
-            tokio::task::spawn_blocking(move || crate::tree::remove(&dir))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-                .map_err(crate::io_err("remove the sandbox's directory"))
+            crate::tree::remove_off_runtime(dir).await
         })
     }
 }
@@ -366,11 +363,7 @@ impl Instance for ProcessSandbox {
     }
 
     fn usage(&self) -> Usage {
-        Usage {
-            cpu_us: self.cgroup.cpu_usage_us(),
-            memory_bytes: self.cgroup.memory_current(),
-            oom_kills: self.cgroup.oom_kills(),
-        }
+        Usage::of(&self.cgroup)
     }
 
     fn is_alive(&mut self) -> bool {

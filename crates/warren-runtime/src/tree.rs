@@ -94,6 +94,15 @@ pub fn remove(path: &Path) -> io::Result<()> {
     )))
 }
 
+/// [`remove`] on a blocking thread, off the async runtime's workers (a tree a sandbox
+/// made can take seconds to remove).
+pub async fn remove_off_runtime(path: std::path::PathBuf) -> crate::Result<()> {
+    tokio::task::spawn_blocking(move || remove(&path))
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)))
+        .map_err(crate::io_err("remove the sandbox's files"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
