@@ -124,6 +124,8 @@ pub struct WriteOptions {
     pub mode: Option<u32>,
     /// Append instead of replacing the file atomically.
     pub append: bool,
+    /// Truncate and write the file in place instead of replacing it atomically.
+    pub in_place: bool,
 }
 
 /// Where an attach starts, and which process it expects.
@@ -530,6 +532,7 @@ impl AgentClient {
             path: path.into(),
             mode: opts.mode,
             append: opts.append,
+            in_place: opts.in_place,
             user: opts.user.clone(),
         })
         .await?;

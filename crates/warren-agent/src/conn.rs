@@ -403,13 +403,19 @@ impl Conn {
                 path,
                 mode,
                 append,
+                in_place,
                 user,
             } => {
                 let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
                 let path = path.into_path_buf();
+                let how = match (append, in_place) {
+                    (true, _) => files::WriteHow::Append,
+                    (false, true) => files::WriteHow::InPlace,
+                    (false, false) => files::WriteHow::Replace,
+                };
                 let chan = self.run(ch, async move {
                     let _ = tokio::task::spawn_blocking(move || {
-                        files::write_file(path, mode, append, user, rx, ch, out)
+                        files::write_file(path, mode, how, user, rx, ch, out)
                     })
                     .await;
                 });

@@ -31,7 +31,8 @@ use tokio::sync::mpsc;
 use warren_sys::child::Identity;
 use warren_sys::fsid::with_fs_identity;
 use warren_types::proto::{
-    frame_credit, ErrorCode, FileInfo, FileType, Frame, FrameKind, Response, User, WirePath, CHUNK,
+    frame_credit, ErrorCode, FileInfo, FileType, Frame, FrameKind, Resolved, Response, User,
+    WirePath, CHUNK,
     MAX_PAYLOAD, MIN_FRAME_CREDIT,
 };
 
@@ -110,6 +111,9 @@ fn info(path: &Path, meta: &Metadata) -> FileInfo {
         Some((t, b64)) => (Some(t), b64),
         None => (None, None),
     };
+    let resolved = (file_type == FileType::Symlink)
+        .then(|| resolve(path))
+        .flatten();
     FileInfo {
         path: path_shown,
         name,
@@ -123,7 +127,27 @@ fn info(path: &Path, meta: &Metadata) -> FileInfo {
         path_b64,
         name_b64,
         symlink_target_b64,
+        resolved,
     }
+}
+
+/// Where the symlink at `path` finally leads, if anywhere (followed by the kernel, as
+/// the acting user).
+fn resolve(path: &Path) -> Option<Resolved> {
+    let end = fs::canonicalize(path).ok()?;
+    let meta = fs::metadata(&end).ok()?;
+    let file_type = if meta.is_dir() {
+        FileType::Dir
+    } else if meta.is_file() {
+        FileType::File
+    } else {
+        FileType::Other
+    };
+    Some(Resolved {
+        path: end.to_string_lossy().into_owned(),
+        file_type,
+        mode: meta.mode() & 0o7777,
+    })
 }
 
 /// Describes a path itself (a symlink is reported as one, with its target).
@@ -397,11 +421,22 @@ pub(crate) async fn read_file(
     }
 }
 
+/// How an upload meets the file already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteHow {
+    /// Written beside it and renamed over it at the end: readers see old or new.
+    Replace,
+    /// Added at its end.
+    Append,
+    /// Truncated and written through: the same inode, which watchers see written.
+    InPlace,
+}
+
 /// Receives an upload and answers `Written`. Blocking: run it on the blocking pool.
 pub(crate) fn write_file(
     path: PathBuf,
     mode: Option<u32>,
-    append: bool,
+    how: WriteHow,
     user: Option<User>,
     mut rx: mpsc::Receiver<Upload>,
     ch: u32,
@@ -409,7 +444,7 @@ pub(crate) fn write_file(
 ) {
     let written = identity_of(user.as_ref()).and_then(|identity| {
         acting_as(identity.as_ref(), || {
-            write_upload(&path, mode, append, &mut rx)
+            write_upload(&path, mode, how, &mut rx)
         })?
         .map_err(|e| Failure::io(path.display(), &e))
     });
@@ -431,7 +466,7 @@ pub(crate) fn write_file(
 fn write_upload(
     target: &Path,
     mode: Option<u32>,
-    append: bool,
+    how: WriteHow,
     rx: &mut mpsc::Receiver<Upload>,
 ) -> io::Result<Option<u64>> {
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -441,21 +476,34 @@ fn write_upload(
     if existing.as_ref().is_some_and(|m| m.is_dir()) {
         return Err(io::Error::from_raw_os_error(libc::EISDIR));
     }
-    if append {
-        let mut file = OpenOptions::new()
-            .append(true)
+    let open_target = || -> io::Result<fs::File> {
+        let file = OpenOptions::new()
+            .write(true)
+            .append(how == WriteHow::Append)
+            .truncate(how == WriteHow::InPlace)
             .create(true)
             .mode(mode.unwrap_or(0o644))
             .open(target)?;
         if let Some(mode) = mode {
             file.set_permissions(Permissions::from_mode(mode))?;
         }
-        return receive(rx, &mut file);
+        Ok(file)
+    };
+    if how == WriteHow::Append {
+        return receive(rx, &mut open_target()?);
     }
     let mut tmp = TempFile::beside(target)?;
     let Some(bytes) = receive(rx, &mut tmp.file)? else {
         return Ok(None);
     };
+    if how == WriteHow::InPlace {
+        // Only a complete upload touches the file: then it is truncated and written
+        // through (in the kernel, from the temporary file).
+        use std::io::Seek;
+        tmp.file.rewind()?;
+        io::copy(&mut tmp.file, &mut open_target()?)?;
+        return Ok(Some(bytes));
+    }
     let mode = mode
         .or(existing.as_ref().map(|m| m.mode() & 0o7777))
         .unwrap_or(0o644);
@@ -502,6 +550,7 @@ impl TempFile {
         name.push(format!(".warren-upload-{}-{n}", std::process::id()));
         let path = target.with_file_name(name);
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)

@@ -41,6 +41,7 @@ async fn write_file(c: &mut Client, path: &str, chunks: impl Iterator<Item = Vec
             path: path.into(),
             mode: None,
             append: false,
+            in_place: false,
             user: None,
         })
         .await;
@@ -117,6 +118,34 @@ async fn hundred_megabytes_round_trip_in_bounded_memory() {
 }
 
 #[tokio::test]
+async fn in_place_writes_keep_the_inode_and_its_links() {
+    use std::os::unix::fs::MetadataExt;
+    let agent = TestAgent::start();
+    let dir = agent.scratch();
+    let path = dir.join("f.txt");
+    let link = dir.join("hard");
+    std::fs::write(&path, "old contents\n").unwrap();
+    std::fs::hard_link(&path, &link).unwrap();
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let mut c = agent.connect().await;
+    let ch = c
+        .open(&Request::WriteFile {
+            path: path.to_str().unwrap().into(),
+            mode: None,
+            append: false,
+            in_place: true,
+            user: None,
+        })
+        .await;
+    c.send_frame(&Frame::new(ch, FrameKind::Data, b"new\n".to_vec()))
+        .await;
+    c.send(ch, &Request::End).await;
+    assert!(matches!(c.control(ch).await, Response::Written { bytes: 4 }));
+    assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
+    assert_eq!(std::fs::read_to_string(&link).unwrap(), "new\n");
+}
+
+#[tokio::test]
 async fn writes_replace_atomically_keep_modes_and_append() {
     let agent = TestAgent::start();
     let dir = agent.scratch();
@@ -128,6 +157,7 @@ async fn writes_replace_atomically_keep_modes_and_append() {
             path: p.into(),
             mode: Some(0o600),
             append: false,
+            in_place: false,
             user: None,
         })
         .await;
@@ -154,6 +184,7 @@ async fn writes_replace_atomically_keep_modes_and_append() {
             path: p.into(),
             mode: None,
             append: true,
+            in_place: false,
             user: None,
         })
         .await;
@@ -169,6 +200,7 @@ async fn writes_replace_atomically_keep_modes_and_append() {
             path: p.into(),
             mode: None,
             append: false,
+            in_place: false,
             user: None,
         })
         .await;
@@ -845,6 +877,7 @@ async fn file_operations_as_a_user_have_the_users_rights() {
             path: p(&dir.join("made/by/user")),
             mode: None,
             append: false,
+            in_place: false,
             user: user(),
         })
         .await;
@@ -871,6 +904,7 @@ async fn file_operations_as_a_user_have_the_users_rights() {
             path: p(&private.join("planted")),
             mode: None,
             append: false,
+            in_place: false,
             user: user(),
         })
         .await;

@@ -507,6 +507,10 @@ pub enum Request {
         mode: Option<u32>,
         #[serde(default)]
         append: bool,
+        /// Truncate and write the file itself (same inode, seen by watchers as a
+        /// write) rather than replacing it whole at the end.
+        #[serde(default, skip_serializing_if = "is_false")]
+        in_place: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<User>,
     },
@@ -644,6 +648,20 @@ pub struct FileInfo {
     pub name_b64: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symlink_target_b64: Option<String>,
+    /// For a symlink, what it finally leads to when it leads anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolved: Option<Resolved>,
+}
+
+/// Where a chain of symlinks ends: the absolute path with every link followed, and
+/// what is there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Resolved {
+    pub path: String,
+    #[serde(rename = "type")]
+    pub file_type: FileType,
+    /// Permission bits.
+    pub mode: u32,
 }
 
 impl FileInfo {
@@ -936,6 +954,7 @@ mod tests {
             path_b64: None,
             name_b64: None,
             symlink_target_b64: None,
+            resolved: None,
         };
         let value = serde_json::to_value(&text).unwrap();
         assert!(value.get("path_b64").is_none() && value.get("name_b64").is_none());

@@ -53,6 +53,7 @@ pub enum Code {
     Internal,
     Unavailable,
     Unauthenticated,
+    DeadlineExceeded,
 }
 
 impl Code {
@@ -68,6 +69,7 @@ impl Code {
             Self::Internal => "internal",
             Self::Unavailable => "unavailable",
             Self::Unauthenticated => "unauthenticated",
+            Self::DeadlineExceeded => "deadline_exceeded",
         }
     }
 
@@ -83,6 +85,7 @@ impl Code {
             Self::Unimplemented => StatusCode::NOT_IMPLEMENTED,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }

@@ -4,8 +4,11 @@
 //!
 //! - `templateID` names a Warren template; E2B's default `base` is Warren's built-in
 //!   `host`, and is reported back as `base`.
-//! - `timeout` is the sandbox's lifetime from now, `autoPause` picks pause rather than
-//!   terminate when it passes. E2B sandboxes are independent machines, so an E2B
+//! - `timeout` is the sandbox's lifetime from now (300 s when the request names none,
+//!   as E2B), `autoPause` picks pause rather than terminate when it passes, and
+//!   `autoPauseMemory: false` a pause that keeps only the files (Warren's stop).
+//!   `connect` only ever lengthens a running sandbox's lifetime; a paused one it
+//!   resumes gets the lifetime asked for, or the default. E2B sandboxes are independent machines, so an E2B
 //!   sandbox gets no shared home volume: its `/home/user` is its own and goes with it.
 //! - `envVars` become the sandbox's base environment, `metadata` its metadata (the
 //!   list filter matches it), `allow_internet_access: true` asks for the `nat`
@@ -140,6 +143,8 @@ struct NewSandbox {
     timeout: Option<u64>,
     #[serde(rename = "autoPause")]
     auto_pause: Option<bool>,
+    #[serde(rename = "autoPauseMemory")]
+    auto_pause_memory: Option<bool>,
     metadata: Option<BTreeMap<String, String>>,
     #[serde(rename = "envVars")]
     env_vars: Option<BTreeMap<String, String>>,
@@ -156,8 +161,8 @@ struct NetworkConfig {
     allow_public_traffic: Option<bool>,
 }
 
-/// E2B's API default lifetime when the request names none.
-const DEFAULT_TIMEOUT_SECS: u64 = 15;
+/// E2B's default lifetime when a create or connect names none (its spec's 300 s).
+const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
 fn warren_template(e2b: &str) -> String {
     if e2b == DEFAULT_TEMPLATE {
@@ -262,10 +267,9 @@ fn detail_of(i: &SandboxInfo) -> serde_json::Value {
     let mut v = listed(i);
     v["envdAccessToken"] = serde_json::json!(i.access_token);
     v["allowInternetAccess"] = serde_json::json!(i.network == NetworkMode::Nat);
-    let on_timeout = if i.on_timeout == TimeoutAction::Pause {
-        "pause"
-    } else {
-        "kill"
+    let on_timeout = match i.on_timeout {
+        TimeoutAction::Pause | TimeoutAction::Stop => "pause",
+        TimeoutAction::Terminate => "kill",
     };
     v["lifecycle"] = serde_json::json!({"autoResume": false, "onTimeout": on_timeout});
     v
@@ -295,10 +299,10 @@ async fn create(
         env: req.env_vars.unwrap_or_default(),
         metadata: req.metadata.unwrap_or_default(),
         timeout_secs: Some(timeout),
-        on_timeout: Some(if req.auto_pause == Some(true) {
-            TimeoutAction::Pause
-        } else {
-            TimeoutAction::Terminate
+        on_timeout: Some(match (req.auto_pause, req.auto_pause_memory) {
+            (Some(true), Some(false)) => TimeoutAction::Stop,
+            (Some(true), _) => TimeoutAction::Pause,
+            _ => TimeoutAction::Terminate,
         }),
         network: if req.allow_internet_access == Some(true) {
             NetworkMode::Nat
@@ -345,6 +349,9 @@ struct TimeoutRequest {
     duration: Option<u64>,
     #[serde(rename = "autoPause")]
     auto_pause: Option<bool>,
+    /// `false` on connect: resume from the files only (a paused sandbox's processes
+    /// end and it starts afresh).
+    memory: Option<bool>,
 }
 
 async fn set_timeout(
@@ -373,30 +380,45 @@ async fn refresh(
     Body(req): Body<TimeoutRequest>,
 ) -> Result<StatusCode, HttpError> {
     let info = st.mgr.get(&who, &id).map_err(core(&id))?;
-    let secs = req.duration.unwrap_or(60);
+    extend(&st, &who, &info, req.duration.unwrap_or(60))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Makes a sandbox live `secs` more seconds from now unless it already would (one
+/// without an end lives on).
+fn extend(st: &E2bState, who: &Caller, info: &SandboxInfo, secs: u64) -> Result<(), HttpError> {
     let wanted = warren_core::now_ms().saturating_add(
         i64::try_from(secs)
             .unwrap_or(i64::MAX / 2)
             .saturating_mul(1000),
     );
-    let current = info
+    let longer = info
         .expires_at
         .as_deref()
-        .map(|e| e > warren_core::rfc3339(wanted).as_str());
-    if current != Some(true) {
+        .is_none_or(|e| e > warren_core::rfc3339(wanted).as_str());
+    if !longer {
         let t = SetTimeout {
             timeout_secs: Some(secs),
             ..SetTimeout::default()
         };
-        st.mgr.set_timeout(&who, &id, t).map_err(core(&id))?;
+        st.mgr.set_timeout(who, &info.id, t).map_err(core(&info.id))?;
     }
-    Ok(StatusCode::NO_CONTENT)
+    Ok(())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PauseRequest {
+    /// `false`: keep the files only; processes end and resume starts the sandbox
+    /// afresh (E2B's file-system-only pause). Memory is kept otherwise.
+    memory: Option<bool>,
 }
 
 async fn pause(
     State(st): State<E2bState>,
     Key(who): Key,
     Path(id): Path<String>,
+    Body(req): Body<PauseRequest>,
 ) -> Result<StatusCode, HttpError> {
     let info = st.mgr.get(&who, &id).map_err(core(&id))?;
     if info.state != SandboxState::Running {
@@ -405,7 +427,11 @@ async fn pause(
             format!("sandbox {id} is already paused"),
         ));
     }
-    st.mgr.pause(&who, &id).await.map_err(core(&id))?;
+    if req.memory == Some(false) {
+        st.mgr.stop(&who, &id).await.map_err(core(&id))?;
+    } else {
+        st.mgr.pause(&who, &id).await.map_err(core(&id))?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -465,16 +491,30 @@ async fn resume(
 }
 
 /// `POST /sandboxes/{id}/connect`: the sandbox, resumed if it was paused (201) or as
-/// it runs (200), with its lifetime set anew when a timeout is given.
+/// it runs (200). A resumed sandbox lives the `timeout` asked for (the default when
+/// none is); a running one only ever gets longer, as on E2B.
 async fn connect(
     State(st): State<E2bState>,
     Key(who): Key,
     Path(id): Path<String>,
     Body(req): Body<TimeoutRequest>,
 ) -> Result<Response, HttpError> {
+    if req.memory == Some(false)
+        && st.mgr.get(&who, &id).map_err(core(&id))?.state == SandboxState::Paused
+    {
+        st.mgr.stop(&who, &id).await.map_err(core(&id))?;
+    }
     let (info, woke) = wake(&st, &who, &id).await?;
-    apply_timeout(&st, &who, &id, &req)?;
-    let info = with_tokens(&st, &who, info)?;
+    if woke {
+        let req = TimeoutRequest {
+            timeout: req.timeout.or(Some(DEFAULT_TIMEOUT_SECS)),
+            ..req
+        };
+        apply_timeout(&st, &who, &id, &req)?;
+    } else if let Some(secs) = req.timeout {
+        extend(&st, &who, &info, secs)?;
+    }
+    let info = with_tokens(&st, &who, st.mgr.get(&who, &id).map_err(core(&id))?)?;
     let status = if woke {
         StatusCode::CREATED
     } else {
@@ -491,6 +531,20 @@ struct ListQuery {
     next_token: Option<String>,
     descending: bool,
     template: Option<String>,
+    started_after: Option<jiff::Timestamp>,
+    started_before: Option<jiff::Timestamp>,
+}
+
+/// An instant as the SDK sends it: RFC 3339, or without an offset meaning UTC (a
+/// naive Python `datetime.isoformat()`).
+fn instant(v: &str) -> Option<jiff::Timestamp> {
+    v.parse::<jiff::Timestamp>().ok().or_else(|| {
+        v.parse::<jiff::civil::DateTime>()
+            .ok()?
+            .to_zoned(jiff::tz::TimeZone::UTC)
+            .ok()
+            .map(|z| z.timestamp())
+    })
 }
 
 fn list_query(uri: &Uri) -> Result<ListQuery, HttpError> {
@@ -528,6 +582,16 @@ fn list_query(uri: &Uri) -> Result<ListQuery, HttpError> {
                 _ => return Err(bad(format!("order {v:?}: use asc or desc"))),
             },
             "template" => q.template = Some(v),
+            "startedAfter" | "startedBefore" => {
+                let t = instant(&v).ok_or_else(|| {
+                    bad(format!("{k} {v:?}: give an RFC 3339 time such as 2026-01-02T03:04:05Z"))
+                })?;
+                if k == "startedAfter" {
+                    q.started_after = Some(t);
+                } else {
+                    q.started_before = Some(t);
+                }
+            }
             _ => {}
         }
     }
@@ -581,6 +645,11 @@ fn page(
             q.template
                 .as_ref()
                 .is_none_or(|t| *t == e2b_template(&i.template) || *t == i.template)
+        })
+        .filter(|i| {
+            let started = instant(&i.created_at);
+            q.started_after.is_none_or(|a| started.is_some_and(|s| s >= a))
+                && q.started_before.is_none_or(|b| started.is_some_and(|s| s <= b))
         })
         .collect();
     all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));

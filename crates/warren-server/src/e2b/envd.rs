@@ -433,16 +433,19 @@ async fn upload(
     req: Request,
 ) -> Result<Response, HttpError> {
     let q = file_query(req.uri().query())?;
-    if req
-        .headers()
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v.as_bytes() != b"identity")
-    {
-        return Err(HttpError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "compressed uploads are not supported by Warren; upload without gzip",
-        ));
-    }
+    let gzip = match req.headers().get(header::CONTENT_ENCODING).map(|v| v.as_bytes()) {
+        None | Some(b"identity") => false,
+        Some(b"gzip") => true,
+        Some(other) => {
+            return Err(HttpError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!(
+                    "content encoding {:?} is not supported: upload plain or gzip",
+                    String::from_utf8_lossy(other)
+                ),
+            ))
+        }
+    };
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -455,6 +458,12 @@ async fn upload(
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_UPLOAD as u64) {
         return Err(too_large());
+    }
+    if gzip && multipart {
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "a gzip upload is one file as application/octet-stream, not a multipart form",
+        ));
     }
     let dest = |name: Option<String>| -> Result<String, HttpError> {
         let dest = match (&q.path, name) {
@@ -473,8 +482,27 @@ async fn upload(
     let mut out: Vec<Written> = Vec::new();
     if !multipart {
         let path = dest(None)?;
-        let body = Limited::new(req.into_body().into_data_stream());
-        write(&client, &env, &path, body).await?;
+        let body = req.into_body().into_data_stream();
+        if gzip {
+            // Limited twice: what arrives, and what it expands to.
+            let mut arrived = 0usize;
+            let compressed = tokio_util::io::StreamReader::new(futures_util::StreamExt::map(
+                body,
+                move |chunk| {
+                    let chunk = chunk.map_err(io::Error::other)?;
+                    arrived += chunk.len();
+                    if arrived > MAX_UPLOAD {
+                        return Err(io::Error::other(TooLarge));
+                    }
+                    Ok(chunk)
+                },
+            ));
+            let plain = async_compression::tokio::bufread::GzipDecoder::new(compressed);
+            let plain = Limited::new(tokio_util::io::ReaderStream::new(plain));
+            write(&client, &env, &path, plain).await?;
+        } else {
+            write(&client, &env, &path, Limited::new(body)).await?;
+        }
         out.push(written(&path));
         return Ok(axum::Json(out).into_response());
     }
@@ -502,8 +530,11 @@ async fn write(
     path: &str,
     source: impl AsyncRead + Unpin,
 ) -> Result<u64, HttpError> {
+    // In place, as envd writes: a watcher sees the file written, links see the new
+    // contents.
     let opts = WriteOptions {
         user: env.fs_user(),
+        in_place: true,
         ..WriteOptions::default()
     };
     client

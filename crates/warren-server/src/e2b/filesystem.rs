@@ -129,26 +129,36 @@ fn permissions(t: FileType, mode: u32) -> String {
     s
 }
 
+/// envd's `EntryInfo`. As envd, a symlink is described by what it leads to: its type
+/// and permission bits are the final target's (unspecified when it leads nowhere), and
+/// `symlinkTarget` is the absolute path with every link followed (the link's own path
+/// when it cannot be followed).
 fn entry(i: &FileInfo) -> Value {
-    let kind = match i.file_type {
+    let kind = |t: FileType| match t {
         FileType::File => "FILE_TYPE_FILE",
         FileType::Dir => "FILE_TYPE_DIRECTORY",
         FileType::Symlink => "FILE_TYPE_SYMLINK",
         FileType::Other => "FILE_TYPE_UNSPECIFIED",
     };
+    let (file_type, mode) = match (i.file_type, &i.resolved) {
+        (FileType::Symlink, Some(r)) => (kind(r.file_type), r.mode),
+        (FileType::Symlink, None) => (kind(FileType::Other), 0),
+        (t, _) => (kind(t), i.mode),
+    };
     let mut v = json!({
         "name": i.name,
-        "type": kind,
+        "type": file_type,
         "path": i.path,
         "size": i.size.to_string(),
-        "mode": i.mode,
-        "permissions": permissions(i.file_type, i.mode),
+        "mode": mode,
+        "permissions": permissions(i.file_type, if i.file_type == FileType::Symlink { 0o777 } else { i.mode }),
         "owner": user_name(i.uid),
         "group": group_name(i.gid),
         "modifiedTime": warren_core::rfc3339(i.modified.saturating_mul(1000)),
     });
-    if let Some(t) = &i.symlink_target {
-        v["symlinkTarget"] = json!(t);
+    if i.file_type == FileType::Symlink {
+        let target = i.resolved.as_ref().map_or(&i.path, |r| &r.path);
+        v["symlinkTarget"] = json!(target);
     }
     v
 }
@@ -215,10 +225,18 @@ async fn list_dir(st: &E2bState, env: &Envd, r: ListDirRequest) -> Result<Value,
 async fn remove(st: &E2bState, env: &Envd, r: PathRequest) -> Result<Value, RpcError> {
     let path = env.path(&r.path)?;
     let client = env.agent(st).await?;
-    client
+    // As envd (Go's `os.RemoveAll`): what is not there is removed already.
+    match client
         .remove_as(path.as_str(), true, env.fs_user().as_ref())
-        .await?;
-    Ok(json!({}))
+        .await
+    {
+        Ok(_)
+        | Err(ClientError::Agent {
+            code: ErrorCode::NotFound,
+            ..
+        }) => Ok(json!({})),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]
@@ -246,6 +264,7 @@ mod tests {
             path_b64: None,
             name_b64: None,
             symlink_target_b64: None,
+            resolved: None,
         });
         assert_eq!(e["size"], "5");
         assert_eq!(e["owner"], "user");

@@ -296,6 +296,14 @@ fn event(ev: serde_json::Value) -> Bytes {
     message(&json!({ "event": ev }))
 }
 
+/// How a process ended, in envd's words.
+fn end_status(s: &ExitStatus) -> String {
+    end_event(s)["end"]["status"]
+        .as_str()
+        .unwrap_or("unknown")
+        .to_string()
+}
+
 /// envd's end event for an exit status.
 fn end_event(s: &ExitStatus) -> serde_json::Value {
     match (s.code, s.signal) {
@@ -348,6 +356,15 @@ async fn pump(
                 }
                 Ok(ProcessEvent::Stderr(d)) => {
                     (vec![event(json!({"data": {"stderr": connect::encode_bytes(&d)}}))], false)
+                }
+                // As envd: a process its deadline ended fails the call, which the
+                // SDK raises as its timeout.
+                Ok(ProcessEvent::Exited(s)) if s.timed_out => {
+                    let e = RpcError::new(
+                        Code::DeadlineExceeded,
+                        format!("the command ran past its deadline and was killed ({})", end_status(&s)),
+                    );
+                    (vec![connect::end(Some(&e))], true)
                 }
                 Ok(ProcessEvent::Exited(s)) => (vec![event(end_event(&s)), connect::end(None)], true),
                 Err(e) => (vec![connect::end(Some(&RpcError::from(e)))], true),

@@ -1,0 +1,306 @@
+"""E2B's own semantics where a program written for E2B's cloud depends on them: the
+default lifetime, connect that only lengthens it, writes in place, removal of what is
+not there, symlinks described by their target, the list's time filters, a command's
+deadline, a pause that keeps only the files, and gzip uploads. Each case runs through
+the sync and the async SDK."""
+
+import asyncio
+import datetime
+import gzip
+import time
+import uuid
+
+import httpx
+import pytest
+from e2b import AsyncSandbox, Sandbox, SandboxQuery
+from e2b.exceptions import TimeoutException
+from e2b.sandbox.filesystem.watch_handle import FilesystemEventType
+
+
+def _lifetime(info) -> float:
+    return info.end_at.timestamp() - time.time()
+
+
+# 1. The default lifetime is E2B's 300 s, not the API's old 15 s.
+def test_default_lifetime_sync(daemon):
+    s = Sandbox.create()
+    try:
+        assert 280 < _lifetime(s.get_info()) <= 301
+        assert s.commands.run("echo up").stdout == "up\n"
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_default_lifetime_async(daemon):
+    s = await AsyncSandbox.create()
+    try:
+        assert 280 < _lifetime(await s.get_info()) <= 301
+    finally:
+        await s.kill()
+
+
+# 2. connect(timeout=N) lengthens a running sandbox's life, never shortens it.
+def test_connect_only_lengthens_sync(daemon):
+    s = Sandbox.create(timeout=200)
+    try:
+        Sandbox.connect(s.sandbox_id, timeout=10)
+        assert _lifetime(s.get_info()) > 150
+        s.connect(timeout=400)
+        assert _lifetime(s.get_info()) > 350
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_connect_only_lengthens_async(daemon):
+    s = await AsyncSandbox.create(timeout=200)
+    try:
+        await AsyncSandbox.connect(s.sandbox_id, timeout=10)
+        assert _lifetime(await s.get_info()) > 150
+        await AsyncSandbox.connect(s.sandbox_id, timeout=400)
+        assert _lifetime(await s.get_info()) > 350
+    finally:
+        await s.kill()
+
+
+# 3. files.write writes the file itself: links see it, watchers see a write.
+def test_write_in_place_sync(daemon):
+    s = Sandbox.create(timeout=120)
+    try:
+        s.files.write("d/f.txt", "old")
+        s.commands.run("ln /home/user/d/f.txt /home/user/hard")
+        inode = s.commands.run("stat -c %i /home/user/d/f.txt").stdout
+        handle = s.files.watch_dir("/home/user/d")
+        s.files.write("d/f.txt", "new")
+        events = []
+        deadline = time.time() + 5
+        while time.time() < deadline and not any(e.type == FilesystemEventType.WRITE for e in events):
+            events += handle.get_new_events()
+            time.sleep(0.05)
+        handle.stop()
+        assert any(e.type == FilesystemEventType.WRITE and e.name == "f.txt" for e in events), events
+        assert s.commands.run("stat -c %i /home/user/d/f.txt").stdout == inode
+        assert s.files.read("hard") == "new"
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_write_in_place_async(daemon):
+    s = await AsyncSandbox.create(timeout=120)
+    try:
+        await s.files.write("d/f.txt", "old")
+        wrote = asyncio.Event()
+
+        def on_event(e):
+            if e.type == FilesystemEventType.WRITE and e.name == "f.txt":
+                wrote.set()
+
+        handle = await s.files.watch_dir("/home/user/d", on_event=on_event)
+        await s.files.write("d/f.txt", "new")
+        await asyncio.wait_for(wrote.wait(), 5)
+        await handle.stop()
+        assert await s.files.read("d/f.txt") == "new"
+    finally:
+        await s.kill()
+
+
+# 4. Removing what is not there is done, as E2B's os.RemoveAll.
+def test_remove_missing_sync(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        s.files.remove("never/was")
+        s.files.remove("work")
+        assert s.files.make_dir("work") is True
+        s.files.remove("work")
+        assert not s.files.exists("work")
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_remove_missing_async(daemon):
+    s = await AsyncSandbox.create(timeout=60)
+    try:
+        await s.files.remove("never/was")
+        assert await s.files.make_dir("work") is True
+    finally:
+        await s.kill()
+
+
+# 5. A symlink is described by where it leads: the target's type, its absolute path.
+def _check_links(files_info):
+    f, d, broken = files_info
+    assert f.type.value == "file" and f.symlink_target == "/home/user/real/file.txt", f
+    assert d.type.value == "dir" and d.symlink_target == "/home/user/real", d
+    assert broken.type is None or broken.type.value not in ("file", "dir"), broken
+
+
+LINKS = (
+    "mkdir -p /home/user/real && echo hi > /home/user/real/file.txt && cd /home/user"
+    " && ln -s real/file.txt flink && ln -s real dlink && ln -s nowhere broken"
+)
+
+
+def test_symlink_info_sync(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        s.commands.run(LINKS)
+        _check_links([s.files.get_info(p) for p in ("flink", "dlink", "broken")])
+        listed = {e.name: e for e in s.files.list("/home/user")}
+        _check_links([listed["flink"], listed["dlink"], s.files.get_info("broken")])
+        # As on E2B, the SDK leaves out of a listing what has no type it knows.
+        assert "broken" not in listed
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_symlink_info_async(daemon):
+    s = await AsyncSandbox.create(timeout=60)
+    try:
+        await s.commands.run(LINKS)
+        _check_links([await s.files.get_info(p) for p in ("flink", "dlink", "broken")])
+    finally:
+        await s.kill()
+
+
+# 6. Sandbox.list honours started_after.
+def test_list_started_after_sync(daemon):
+    tag = uuid.uuid4().hex
+    first = Sandbox.create(timeout=60, metadata={"tag": tag})
+    time.sleep(1.1)
+    between = datetime.datetime.now(datetime.timezone.utc)
+    time.sleep(0.1)
+    second = Sandbox.create(timeout=60, metadata={"tag": tag})
+    try:
+        q = SandboxQuery(metadata={"tag": tag}, started_after=between)
+        assert [i.sandbox_id for i in Sandbox.list(query=q).next_items()] == [second.sandbox_id]
+        everything = SandboxQuery(metadata={"tag": tag})
+        assert len(Sandbox.list(query=everything).next_items()) == 2
+        # A naive time is the SDK's local time; here that is UTC.
+        naive = SandboxQuery(metadata={"tag": tag}, started_after=between.replace(tzinfo=None))
+        assert [i.sandbox_id for i in Sandbox.list(query=naive).next_items()] == [second.sandbox_id]
+    finally:
+        first.kill()
+        second.kill()
+
+
+@pytest.mark.asyncio
+async def test_list_started_after_async(daemon):
+    tag = uuid.uuid4().hex
+    first = await AsyncSandbox.create(timeout=60, metadata={"tag": tag})
+    await asyncio.sleep(1.1)
+    between = datetime.datetime.now(datetime.timezone.utc)
+    await asyncio.sleep(0.1)
+    second = await AsyncSandbox.create(timeout=60, metadata={"tag": tag})
+    try:
+        q = SandboxQuery(metadata={"tag": tag}, started_after=between)
+        page = await AsyncSandbox.list(query=q).next_items()
+        assert [i.sandbox_id for i in page] == [second.sandbox_id]
+    finally:
+        await first.kill()
+        await second.kill()
+
+
+# 7. A command past its timeout raises the SDK's TimeoutException, and is killed.
+def test_command_deadline_sync(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        start = time.monotonic()
+        with pytest.raises(TimeoutException):
+            s.commands.run("sleep 30; echo late", timeout=1)
+        assert time.monotonic() - start < 15
+        assert "sleep 30" not in s.commands.run("ps -eo args").stdout
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_command_deadline_async(daemon):
+    s = await AsyncSandbox.create(timeout=60)
+    try:
+        with pytest.raises(TimeoutException):
+            await s.commands.run("sleep 30", timeout=1)
+    finally:
+        await s.kill()
+
+
+# 8. pause(keep_memory=False) keeps the files and ends the processes; resume starts it.
+def test_pause_without_memory_sync(daemon):
+    s = Sandbox.create(timeout=120)
+    try:
+        s.files.write("kept.txt", "files stay")
+        s.commands.run("sleep 600", background=True)
+        assert s.pause(keep_memory=False) is True
+        assert Sandbox.get_info(s.sandbox_id).state.value == "paused"
+        back = Sandbox.connect(s.sandbox_id)
+        assert back.files.read("kept.txt") == "files stay"
+        assert "sleep 600" not in back.commands.run("ps -eo args").stdout
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_pause_without_memory_async(daemon):
+    s = await AsyncSandbox.create(timeout=120)
+    try:
+        await s.files.write("kept.txt", "files stay")
+        await s.commands.run("sleep 600", background=True)
+        assert await s.pause(mode="filesystem") is True
+        back = await AsyncSandbox.connect(s.sandbox_id)
+        assert await back.files.read("kept.txt") == "files stay"
+        assert "sleep 600" not in (await back.commands.run("ps -eo args")).stdout
+    finally:
+        await s.kill()
+
+
+# A paused sandbox with its memory resumes with its processes; `on_resume="reboot"`
+# starts it from its files instead.
+def test_connect_reboot_sync(daemon):
+    s = Sandbox.create(timeout=120)
+    try:
+        s.commands.run("sleep 600", background=True)
+        s.pause()
+        back = Sandbox.connect(s.sandbox_id, on_resume="reboot")
+        assert "sleep 600" not in back.commands.run("ps -eo args").stdout
+    finally:
+        s.kill()
+
+
+# 9 (part). A gzip upload is taken, decompressed, and bounded as a plain one.
+def test_gzip_upload_sync(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        blob = b"compressible " * 100_000
+        s.files.write("z.bin", blob, gzip=True)
+        assert bytes(s.files.read("z.bin", format="bytes")) == blob
+        # Not gzip at all: a clear refusal, nothing half-written.
+        r = httpx.post(
+            f"{daemon.url}/files",
+            params={"path": "bad.bin"},
+            content=b"not gzip",
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Encoding": "gzip",
+                "E2b-Sandbox-Id": s.sandbox_id,
+                "E2b-Sandbox-Port": "49983",
+                "X-Access-Token": s._envd_access_token or "",
+            },
+        )
+        assert r.status_code >= 400, (r.status_code, r.text)
+        assert not s.files.exists("bad.bin")
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_gzip_upload_async(daemon):
+    s = await AsyncSandbox.create(timeout=60)
+    try:
+        blob = gzip.decompress(gzip.compress(b"x" * 1000))
+        await s.files.write("z.txt", blob, gzip=True)
+        assert await s.files.read("z.txt", format="bytes") == blob
+    finally:
+        await s.kill()
