@@ -32,8 +32,7 @@ use warren_sys::child::Identity;
 use warren_sys::fsid::with_fs_identity;
 use warren_types::proto::{
     frame_credit, ErrorCode, FileInfo, FileType, Frame, FrameKind, Resolved, Response, User,
-    WirePath, CHUNK,
-    MAX_PAYLOAD, MIN_FRAME_CREDIT,
+    WirePath, CHUNK, MAX_PAYLOAD, MIN_FRAME_CREDIT,
 };
 
 use crate::flow::{self, Credit};

@@ -140,7 +140,10 @@ async fn in_place_writes_keep_the_inode_and_its_links() {
     c.send_frame(&Frame::new(ch, FrameKind::Data, b"new\n".to_vec()))
         .await;
     c.send(ch, &Request::End).await;
-    assert!(matches!(c.control(ch).await, Response::Written { bytes: 4 }));
+    assert!(matches!(
+        c.control(ch).await,
+        Response::Written { bytes: 4 }
+    ));
     assert_eq!(std::fs::metadata(&path).unwrap().ino(), inode);
     assert_eq!(std::fs::read_to_string(&link).unwrap(), "new\n");
 }

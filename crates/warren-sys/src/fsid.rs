@@ -10,6 +10,11 @@
 //! them again from the permitted set. `CAP_SETUID` and `CAP_SETGID` are not among them,
 //! which is why the thread can always switch back.
 //!
+//! A kernel without setfsuid (gVisor answers it with ENOSYS) gets the same effect from
+//! the thread's *effective* ids, which the filesystem ids follow: the real and saved
+//! uid stay 0, so the thread keeps its permitted capabilities and can switch back, and
+//! its effective set is dropped while the effective uid is not 0, as for the fsuid.
+//!
 //! libc's `setgroups` and `setuid` are no use here: glibc and musl make them apply to
 //! every thread of the process (POSIX wants process-wide credentials), which would turn
 //! a file operation for one client into a change of identity for all. The raw syscalls
@@ -44,6 +49,9 @@ const QUERY: u32 = u32::MAX;
 /// `CAP_SETUID` or `CAP_SETGID`): running it with the caller's own rights instead would
 /// be the opposite of what was asked.
 pub fn with_fs_identity<T>(id: &Identity, f: impl FnOnce() -> T) -> io::Result<T> {
+    if !has_fs_ids() {
+        return with_effective_identity(id, f);
+    }
     let saved = FsIdentity::current()?;
     let restore = Restore(saved);
     set_groups(&id.groups)?;
@@ -52,6 +60,88 @@ pub fn with_fs_identity<T>(id: &Identity, f: impl FnOnce() -> T) -> io::Result<T
     let out = f();
     drop(restore);
     Ok(out)
+}
+
+/// Whether this kernel has setfsuid (gVisor's does not).
+fn has_fs_ids() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        // SAFETY: setfsuid with an id the kernel refuses changes nothing.
+        let rc = unsafe { libc::syscall(SYS_SETFSUID, QUERY) };
+        !(rc == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+    })
+}
+
+/// [`with_fs_identity`] through the thread's effective ids.
+fn with_effective_identity<T>(id: &Identity, f: impl FnOnce() -> T) -> io::Result<T> {
+    let saved = EffectiveIdentity::current()?;
+    let restore = RestoreEffective(saved);
+    set_groups(&id.groups)?;
+    // The group first: changing it needs CAP_SETGID, which the uid change drops.
+    set_resid(libc::SYS_setresgid, id.gid)?;
+    set_resid(libc::SYS_setresuid, id.uid)?;
+    let now = EffectiveIdentity::current()?;
+    if (now.uid, now.gid) != (id.uid, id.gid) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "effective ids stayed {}:{} instead of becoming {}:{}",
+                now.uid, now.gid, id.uid, id.gid
+            ),
+        ));
+    }
+    let out = f();
+    drop(restore);
+    Ok(out)
+}
+
+/// Sets the calling thread's effective id with `call` (setresuid or setresgid), leaving
+/// its real and saved ids.
+fn set_resid(call: libc::c_long, id: u32) -> io::Result<()> {
+    // SAFETY: setresuid and setresgid take three integers; -1 (as u32::MAX) leaves an id.
+    check(unsafe { libc::syscall(call, QUERY, id, QUERY) })?;
+    Ok(())
+}
+
+/// A thread's effective uid, gid and groups.
+struct EffectiveIdentity {
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+}
+
+impl EffectiveIdentity {
+    fn current() -> io::Result<Self> {
+        let (mut r, mut e, mut s) = (0u32, 0u32, 0u32);
+        // SAFETY: getresuid writes one id through each of the three valid pointers.
+        check(unsafe { libc::syscall(libc::SYS_getresuid, &mut r, &mut e, &mut s) })?;
+        let uid = e;
+        // SAFETY: as above, for the group ids.
+        check(unsafe { libc::syscall(libc::SYS_getresgid, &mut r, &mut e, &mut s) })?;
+        Ok(Self {
+            uid,
+            gid: e,
+            groups: FsIdentity::current_groups()?,
+        })
+    }
+}
+
+/// Puts a thread's effective ids back when dropped; aborts if it cannot (see
+/// [`Restore`]).
+struct RestoreEffective(EffectiveIdentity);
+
+impl Drop for RestoreEffective {
+    fn drop(&mut self) {
+        let saved = &self.0;
+        // The uid first: back to root, the thread has CAP_SETGID again.
+        let restored = set_resid(libc::SYS_setresuid, saved.uid)
+            .and_then(|()| set_resid(libc::SYS_setresgid, saved.gid))
+            .and_then(|()| set_groups(&saved.groups));
+        if let Err(e) = restored {
+            eprintln!("cannot restore a thread's effective ids: {e}");
+            std::process::abort();
+        }
+    }
 }
 
 /// A thread's filesystem identity.
@@ -63,6 +153,14 @@ struct FsIdentity {
 
 impl FsIdentity {
     fn current() -> io::Result<Self> {
+        Ok(Self {
+            uid: fsuid(QUERY),
+            gid: fsgid(QUERY),
+            groups: Self::current_groups()?,
+        })
+    }
+
+    fn current_groups() -> io::Result<Vec<u32>> {
         // SAFETY: with a size of 0 getgroups only counts the groups and writes nothing.
         let n = check(unsafe { libc::syscall(SYS_GETGROUPS, 0, std::ptr::null_mut::<u32>()) })?;
         let mut groups = vec![0u32; n as usize];
@@ -70,11 +168,7 @@ impl FsIdentity {
         // changes its own groups, so the count cannot have grown since.
         let n = check(unsafe { libc::syscall(SYS_GETGROUPS, groups.len(), groups.as_mut_ptr()) })?;
         groups.truncate(n as usize);
-        Ok(Self {
-            uid: fsuid(QUERY),
-            gid: fsgid(QUERY),
-            groups,
-        })
+        Ok(groups)
     }
 }
 
@@ -179,6 +273,46 @@ mod tests {
     fn identity_now() -> (u32, u32, Vec<u32>) {
         let now = FsIdentity::current().unwrap();
         (now.uid, now.gid, now.groups)
+    }
+
+    #[test]
+    fn the_effective_ids_path_acts_as_the_user_and_restores_root() {
+        // What a kernel without setfsuid (gVisor) gets: the same rights, the same owner.
+        if !root_or_skip("the_effective_ids_path_acts_as_the_user_and_restores_root") {
+            return;
+        }
+        let dir = open_dir();
+        let secret = dir.path().join("secret");
+        fs::write(&secret, "root only").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let made = dir.path().join("made");
+        let (refused, owner) = std::thread::spawn({
+            let (secret, made) = (secret.clone(), made.clone());
+            move || {
+                with_effective_identity(&user(), || {
+                    fs::write(&made, "x").unwrap();
+                    let refused = fs::read(&secret).unwrap_err().kind();
+                    let m = fs::metadata(&made).unwrap();
+                    (refused, (m.uid(), m.gid()))
+                })
+                .unwrap()
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(refused, io::ErrorKind::PermissionDenied);
+        assert_eq!(owner, (1000, 1000));
+        let after = std::thread::spawn(|| {
+            let now = EffectiveIdentity::current().unwrap();
+            (now.uid, now.gid)
+        });
+        assert_eq!(after.join().unwrap(), (0, 0));
+        // The thread that switched is root again: root's file rights are back.
+        let back = std::thread::spawn(move || {
+            with_effective_identity(&user(), || ()).unwrap();
+            fs::read_to_string(&secret).unwrap()
+        });
+        assert_eq!(back.join().unwrap(), "root only");
     }
 
     #[test]

@@ -69,7 +69,7 @@ pub(super) fn router(state: E2bState) -> Router {
             "/templates/{id}",
             delete(template_delete).fallback(unsupported),
         )
-        .route("/sandboxes/{id}/fork", any(unsupported))
+        .route("/sandboxes/{id}/fork", post(fork).fallback(unsupported))
         .route("/sandboxes/{id}/metrics", any(unsupported))
         .route("/sandboxes/metrics", any(unsupported))
         .route("/sandboxes/{id}/logs", any(unsupported))
@@ -401,7 +401,9 @@ fn extend(st: &E2bState, who: &Caller, info: &SandboxInfo, secs: u64) -> Result<
             timeout_secs: Some(secs),
             ..SetTimeout::default()
         };
-        st.mgr.set_timeout(who, &info.id, t).map_err(core(&info.id))?;
+        st.mgr
+            .set_timeout(who, &info.id, t)
+            .map_err(core(&info.id))?;
     }
     Ok(())
 }
@@ -584,7 +586,9 @@ fn list_query(uri: &Uri) -> Result<ListQuery, HttpError> {
             "template" => q.template = Some(v),
             "startedAfter" | "startedBefore" => {
                 let t = instant(&v).ok_or_else(|| {
-                    bad(format!("{k} {v:?}: give an RFC 3339 time such as 2026-01-02T03:04:05Z"))
+                    bad(format!(
+                        "{k} {v:?}: give an RFC 3339 time such as 2026-01-02T03:04:05Z"
+                    ))
                 })?;
                 if k == "startedAfter" {
                     q.started_after = Some(t);
@@ -648,8 +652,10 @@ fn page(
         })
         .filter(|i| {
             let started = instant(&i.created_at);
-            q.started_after.is_none_or(|a| started.is_some_and(|s| s >= a))
-                && q.started_before.is_none_or(|b| started.is_some_and(|s| s <= b))
+            q.started_after
+                .is_none_or(|a| started.is_some_and(|s| s >= a))
+                && q.started_before
+                    .is_none_or(|b| started.is_some_and(|s| s <= b))
         })
         .collect();
     all.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
@@ -749,6 +755,44 @@ async fn snapshot_create(
     let made = st.mgr.snapshot(&who, &id, req).await.map_err(core(&id))?;
     let name = made.template.meta.name;
     Ok((StatusCode::CREATED, axum::Json(snapshot_info(&name))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ForkBody {
+    timeout: Option<u64>,
+    count: Option<usize>,
+}
+
+/// `POST /sandboxes/{id}/fork`: copies of a running sandbox with its processes and
+/// memory (a backend with memory snapshots, such as gvisor; see docs/e2b.md), each with
+/// its own id, tokens, network and files, living `timeout` (default 300 s).
+async fn fork(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+    Body(req): Body<ForkBody>,
+) -> Result<Response, HttpError> {
+    let copies = st
+        .mgr
+        .fork(&who, &id, req.count.unwrap_or(1))
+        .await
+        .map_err(core(&id))?;
+    let secs = req.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    let mut out = Vec::with_capacity(copies.len());
+    for copy in copies {
+        let t = SetTimeout {
+            timeout_secs: Some(secs),
+            ..SetTimeout::default()
+        };
+        let copy = st
+            .mgr
+            .set_timeout(&who, &copy.id, t)
+            .map_err(core(&copy.id))?;
+        let copy = with_tokens(&st, &who, copy)?;
+        out.push(serde_json::json!({ "sandbox": created(&copy) }));
+    }
+    Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -433,7 +433,11 @@ async fn upload(
     req: Request,
 ) -> Result<Response, HttpError> {
     let q = file_query(req.uri().query())?;
-    let gzip = match req.headers().get(header::CONTENT_ENCODING).map(|v| v.as_bytes()) {
+    let gzip = match req
+        .headers()
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.as_bytes())
+    {
         None | Some(b"identity") => false,
         Some(b"gzip") => true,
         Some(other) => {
