@@ -304,3 +304,44 @@ async def test_gzip_upload_async(daemon):
         assert await s.files.read("z.txt", format="bytes") == blob
     finally:
         await s.kill()
+
+
+# Per-sandbox metrics: the daemon's readings every 5 s, as E2B's SandboxMetric.
+def test_metrics_sync(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        s.commands.run("timeout 7 sh -c 'while :; do :; done'", background=True)
+        deadline = time.time() + 30
+        metrics = []
+        while time.time() < deadline:
+            metrics = s.get_metrics()
+            if len(metrics) >= 2 and any(m.cpu_used_pct > 20 for m in metrics):
+                break
+            time.sleep(1)
+        assert len(metrics) >= 2, metrics
+        busy = max(m.cpu_used_pct for m in metrics)
+        assert busy > 20, metrics
+        m = metrics[-1]
+        assert m.cpu_count >= 1 and 0 < m.mem_used < m.mem_total and m.disk_total > 0
+        stamps = [x.timestamp for x in metrics]
+        assert stamps == sorted(stamps)
+        # A window after the last reading holds nothing.
+        later = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=5)
+        assert s.get_metrics(start=later) == []
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_metrics_async(daemon):
+    s = await AsyncSandbox.create(timeout=60)
+    try:
+        metrics = []
+        for _ in range(30):
+            metrics = await s.get_metrics()
+            if metrics:
+                break
+            await asyncio.sleep(0.5)
+        assert metrics and metrics[0].mem_used > 0
+    finally:
+        await s.kill()

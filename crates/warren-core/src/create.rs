@@ -389,11 +389,7 @@ impl Manager {
                 self.store().set_state(&id, SandboxState::Running)?;
                 self.live().insert(
                     id.clone(),
-                    Live {
-                        last_cpu_us: 0,
-                        sandbox: sb,
-                        streams: Arc::default(),
-                    },
+                    Live::new(sb),
                 );
                 self.metrics.created.fetch_add(1, Ordering::Relaxed);
                 let mut r = record;

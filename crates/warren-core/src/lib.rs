@@ -43,7 +43,7 @@ use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{Backend, Backends, Instance, NamespaceBackend};
 use warren_types::api::{
     CreateSandbox, Event, PoolInfo, PoolSpec, ResourceRequest, SandboxInfo, SandboxState,
-    SetTimeout, TimeoutAction, WireCode,
+    SetTimeout, TimeoutAction, UsageSample, WireCode,
 };
 use warren_types::spec::Isolation;
 use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
@@ -247,6 +247,54 @@ struct Live {
     sandbox: Box<dyn Instance>,
     streams: Arc<AtomicUsize>,
     last_cpu_us: u64,
+    /// Readings of its use, oldest first, at most [`SAMPLES_KEPT`].
+    samples: std::collections::VecDeque<UsageSample>,
+    /// CPU time at the last reading.
+    sampled_cpu_us: u64,
+}
+
+/// How often a live sandbox's use is read into its history, and how many readings
+/// are kept (half an hour).
+const SAMPLE_EVERY_MS: i64 = 5_000;
+const SAMPLES_KEPT: usize = 360;
+
+impl Live {
+    fn new(sandbox: Box<dyn Instance>) -> Self {
+        let cpu = sandbox.usage().cpu_us;
+        Self {
+            sandbox,
+            streams: Arc::default(),
+            last_cpu_us: cpu,
+            samples: std::collections::VecDeque::new(),
+            sampled_cpu_us: cpu,
+        }
+    }
+
+    /// Takes a reading when the last one is old enough (or there is none).
+    fn sample(&mut self, now: i64, disk_bytes: u64) {
+        let last = self.samples.back().map(|s| s.at_ms);
+        if last.is_some_and(|t| now - t < SAMPLE_EVERY_MS) {
+            return;
+        }
+        let usage = self.sandbox.usage();
+        let cpu_pct = match last {
+            Some(t) if now > t => {
+                let used = usage.cpu_us.saturating_sub(self.sampled_cpu_us) as f64;
+                used / ((now - t) as f64 * 1000.0) * 100.0
+            }
+            _ => 0.0,
+        };
+        self.sampled_cpu_us = usage.cpu_us;
+        if self.samples.len() == SAMPLES_KEPT {
+            self.samples.pop_front();
+        }
+        self.samples.push_back(UsageSample {
+            at_ms: now,
+            cpu_pct,
+            memory_bytes: usage.memory_bytes,
+            disk_bytes,
+        });
+    }
 }
 
 /// Keeps a sandbox counted as active while held (an attached terminal or a stream).
@@ -615,11 +663,7 @@ impl Manager {
                             self.store().set_state(&r.id, state)?;
                             self.live().insert(
                                 r.id.clone(),
-                                Live {
-                                    last_cpu_us: sb.usage().cpu_us,
-                                    sandbox: sb,
-                                    streams: Arc::default(),
-                                },
+                                Live::new(sb),
                             );
                             self.event(&r, "adopted", format!("re-adopted as {}", state.as_str()));
                         }
@@ -799,6 +843,31 @@ impl Manager {
     pub fn get(&self, who: &Caller, key: &str) -> Result<SandboxInfo> {
         let r = self.resolve(who, key)?;
         Ok(self.info(&r))
+    }
+
+    /// The size of the filesystem that holds sandboxes' files, in bytes.
+    pub fn data_disk_bytes(&self) -> u64 {
+        warren_runtime::template::data_disk_size(&self.config.paths)
+    }
+
+    /// A live sandbox's readings of its use, oldest first, between `from` and `to`
+    /// (Unix milliseconds, both kept). A sandbox that is not live has none.
+    pub fn usage_history(
+        &self,
+        who: &Caller,
+        key: &str,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Vec<UsageSample>> {
+        let r = self.resolve(who, key)?;
+        let live = self.live();
+        Ok(live.get(&r.id).map_or_else(Vec::new, |l| {
+            l.samples
+                .iter()
+                .filter(|s| from.is_none_or(|f| s.at_ms >= f) && to.is_none_or(|t| s.at_ms <= t))
+                .copied()
+                .collect()
+        }))
     }
 
     pub fn list(&self, who: &Caller, filter: &ListFilter) -> Result<Vec<SandboxInfo>> {

@@ -152,11 +152,7 @@ impl Manager {
         self.store().touch(&r.id, now_ms())?;
         self.live().insert(
             r.id.clone(),
-            Live {
-                last_cpu_us: 0,
-                sandbox: sb,
-                streams: Arc::default(),
-            },
+            Live::new(sb),
         );
         r.state = SandboxState::Running;
         self.event(&r, "started", "running again from its kept files");

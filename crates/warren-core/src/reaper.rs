@@ -90,11 +90,14 @@ impl Manager {
         let mut dead = Vec::new();
         {
             let mut live = self.live();
+            // Held with the live table, in the order `has_unmeasured` takes them.
+            let disks = self.disk_cache.lock().unwrap_or_else(|e| e.into_inner());
             for (id, l) in live.iter_mut() {
                 if !l.sandbox.is_alive() {
                     dead.push(id.clone());
                     continue;
                 }
+                l.sample(now, disks.get(id).copied().unwrap_or(0));
                 let cpu = l.sandbox.usage().cpu_us;
                 let used = cpu.saturating_sub(l.last_cpu_us) as f64;
                 l.last_cpu_us = cpu;

@@ -625,6 +625,11 @@ pub fn disk_commitments(paths: &Paths) -> Commitments {
     c
 }
 
+/// The size of the filesystem that holds the data directory, in bytes.
+pub fn data_disk_size(paths: &Paths) -> u64 {
+    nix::sys::statvfs::statvfs(&paths.data).map_or(0, |s| s.blocks() * s.fragment_size())
+}
+
 /// Bytes layer `id` takes, recorded when it was made.
 pub fn layer_size(paths: &Paths, id: &str) -> u64 {
     if let Some(n) = fs::read_to_string(size_file(paths, id))

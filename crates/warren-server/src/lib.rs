@@ -97,6 +97,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/sandboxes/{key}/start"),
     ("POST", "/v1/sandboxes/{key}/timeout"),
     ("GET", "/v1/sandboxes/{key}/logs"),
+    ("GET", "/v1/sandboxes/{key}/metrics"),
     ("POST", "/v1/sandboxes/{key}/exec"),
     ("GET", "/v1/sandboxes/{key}/processes"),
     ("POST", "/v1/sandboxes/{key}/processes/{pid}/signal"),
@@ -173,6 +174,7 @@ fn build(state: AppState) -> Router {
         )
         .route("/v1/sandboxes/{key}/pause", post(sandboxes::pause))
         .route("/v1/sandboxes/{key}/fork", post(sandboxes::fork))
+        .route("/v1/sandboxes/{key}/metrics", get(sandboxes::usage_history))
         .route("/v1/sandboxes/{key}/resume", post(sandboxes::resume))
         .route("/v1/sandboxes/{key}/stop", post(sandboxes::stop))
         .route("/v1/sandboxes/{key}/start", post(sandboxes::start))

@@ -160,6 +160,25 @@ pub async fn fork(
     Ok((StatusCode::CREATED, axum::Json(copies)))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsQuery {
+    /// Unix milliseconds.
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+/// `GET /v1/sandboxes/{key}/metrics?from=&to=`: readings of a live sandbox's use,
+/// taken every 5 s, the last half hour of them, oldest first.
+pub async fn usage_history(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+    Path(key): Path<String>,
+    Query(q): Query<MetricsQuery>,
+) -> Result<axum::Json<Vec<warren_types::api::UsageSample>>, Error> {
+    Ok(axum::Json(st.mgr.usage_history(&who, &key, q.from, q.to)?))
+}
+
 /// `POST /v1/sandboxes/{key}/pause`.
 pub async fn pause(
     State(st): State<AppState>,

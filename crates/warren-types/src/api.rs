@@ -175,6 +175,20 @@ pub struct ForkRequest {
     pub count: Option<usize>,
 }
 
+/// One reading of a sandbox's use, taken by the daemon every few seconds while it is
+/// live (`GET /v1/sandboxes/{key}/metrics`, E2B's sandbox metrics).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct UsageSample {
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// CPU time used since the reading before, as a share of one CPU (100 = one CPU
+    /// busy the whole time).
+    pub cpu_pct: f64,
+    pub memory_bytes: u64,
+    /// The files the sandbox added, as last measured.
+    pub disk_bytes: u64,
+}
+
 /// `GET /v1/backends`: one isolation backend of this host.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct BackendInfo {

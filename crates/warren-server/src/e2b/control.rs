@@ -70,7 +70,7 @@ pub(super) fn router(state: E2bState) -> Router {
             delete(template_delete).fallback(unsupported),
         )
         .route("/sandboxes/{id}/fork", post(fork).fallback(unsupported))
-        .route("/sandboxes/{id}/metrics", any(unsupported))
+        .route("/sandboxes/{id}/metrics", get(metrics).fallback(unsupported))
         .route("/sandboxes/metrics", any(unsupported))
         .route("/sandboxes/{id}/logs", any(unsupported))
         .route("/v2/sandboxes/{id}/logs", any(unsupported))
@@ -755,6 +755,57 @@ async fn snapshot_create(
     let made = st.mgr.snapshot(&who, &id, req).await.map_err(core(&id))?;
     let name = made.template.meta.name;
     Ok((StatusCode::CREATED, axum::Json(snapshot_info(&name))).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MetricsQuery {
+    /// Unix seconds.
+    start: Option<i64>,
+    end: Option<i64>,
+}
+
+/// `GET /sandboxes/{id}/metrics?start=&end=`: the readings the daemon takes of a live
+/// sandbox every 5 s (the last half hour), as E2B's `SandboxMetric`s. CPU use is a
+/// share of the sandbox's CPUs; totals are its limits, else the host's.
+async fn metrics(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+    uri: Uri,
+) -> Result<Response, HttpError> {
+    let q: MetricsQuery = serde_urlencoded::from_str(uri.query().unwrap_or(""))
+        .map_err(|e| HttpError::new(StatusCode::BAD_REQUEST, format!("query: {e}")))?;
+    let info = st.mgr.get(&who, &id).map_err(core(&id))?;
+    let ms = |s: i64| s.saturating_mul(1000);
+    let samples = st
+        .mgr
+        .usage_history(&who, &id, q.start.map(ms), q.end.map(ms).map(|e| e + 999))
+        .map_err(core(&id))?;
+    let r = &info.resources;
+    let cpus = r
+        .cpu_millis
+        .map_or_else(host_cpus, |m| u64::from(m).div_ceil(1000))
+        .max(1);
+    let mem_total = r.memory.unwrap_or_else(|| host_memory_mb() << 20);
+    let disk_total = r.disk.unwrap_or_else(|| st.mgr.data_disk_bytes());
+    let out: Vec<serde_json::Value> = samples
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "timestamp": warren_core::rfc3339(s.at_ms),
+                "timestampUnix": s.at_ms.div_euclid(1000),
+                "cpuCount": cpus,
+                "cpuUsedPct": (s.cpu_pct / cpus as f64 * 100.0).round() / 100.0,
+                "memUsed": s.memory_bytes,
+                "memTotal": mem_total,
+                "memCache": 0,
+                "diskUsed": s.disk_bytes,
+                "diskTotal": disk_total,
+            })
+        })
+        .collect();
+    Ok(axum::Json(out).into_response())
 }
 
 #[derive(Debug, Default, Deserialize)]
