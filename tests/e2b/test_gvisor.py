@@ -29,7 +29,22 @@ def gvisor_template(daemon):
 
 
 def _count(s) -> int:
-    return int(s.commands.run("cat /tmp/count").stdout)
+    # The loop rewrites the file: a read can land between its truncation and write.
+    for _ in range(50):
+        out = s.commands.run("cat /tmp/count").stdout.strip()
+        if out:
+            return int(out)
+        time.sleep(0.05)
+    raise AssertionError("the counter file stayed empty")
+
+
+def _grows(s, than: int) -> bool:
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        if _count(s) > than:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def test_pause_keeps_memory_and_fork_copies_processes(daemon, gvisor_template):
@@ -54,8 +69,7 @@ def test_pause_keeps_memory_and_fork_copies_processes(daemon, gvisor_template):
         for f in forks:
             n = _count(f)
             assert n >= after
-            time.sleep(0.3)
-            assert _count(f) > n, "the counter runs on in the copy"
+            assert _grows(f, n), "the counter runs on in the copy"
     finally:
         for f in forks:
             f.kill()

@@ -345,3 +345,57 @@ async def test_metrics_async(daemon):
         assert metrics and metrics[0].mem_used > 0
     finally:
         await s.kill()
+
+
+# lifecycle: pause at the timeout, and resume by itself on use (a call, port traffic).
+def test_auto_resume_sync(daemon):
+    from test_sync import _get, _start_port_server
+
+    s = Sandbox.create(timeout=4, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    plain = Sandbox.create(timeout=60)
+    try:
+        assert Sandbox.get_info(s.sandbox_id).lifecycle["auto_resume"] is True
+        _start_port_server(s, 8080)
+        s.commands.run("echo 1 > /tmp/kept")
+        deadline = time.time() + 20
+        while Sandbox.get_info(s.sandbox_id).state.value != "paused" and time.time() < deadline:
+            time.sleep(0.2)
+        assert Sandbox.get_info(s.sandbox_id).state.value == "paused"
+        # An envd call waits for the resume instead of failing.
+        assert s.commands.run("cat /tmp/kept").stdout == "1\n"
+        assert Sandbox.get_info(s.sandbox_id).state.value == "running"
+        s.set_timeout(60)
+        # Traffic to a port of a paused sandbox: the first request waits for it.
+        s.pause()
+        status, body = _get(daemon, s.get_host(8080), "/after-pause")
+        assert status == 200, body
+        assert Sandbox.get_info(s.sandbox_id).state.value == "running"
+        # Without auto-resume, a paused sandbox stays paused and says so.
+        plain.pause()
+        with pytest.raises(Exception):
+            plain.commands.run("true")
+        assert Sandbox.get_info(plain.sandbox_id).state.value == "paused"
+        # Auto-resume needs a pause that keeps memory; the API refuses it otherwise,
+        # and makes nothing.
+        before = len(Sandbox.list().next_items())
+        for body in (
+            {"templateID": "base", "autoResume": {"enabled": True}},
+            {"templateID": "base", "autoPause": True, "autoPauseMemory": False, "autoResume": {"enabled": True}},
+        ):
+            r = httpx.post(f"{daemon.url}/v2/sandboxes", json=body, headers={"X-API-Key": daemon.key})
+            assert r.status_code == 400 and "autoResume" in r.text, r.text
+        assert len(Sandbox.list().next_items()) == before
+    finally:
+        s.kill()
+        plain.kill()
+
+
+@pytest.mark.asyncio
+async def test_auto_resume_async(daemon):
+    s = await AsyncSandbox.create(timeout=60, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        await s.pause()
+        assert (await s.files.read("/etc/hostname")) != ""
+        assert (await AsyncSandbox.get_info(s.sandbox_id)).state.value == "running"
+    finally:
+        await s.kill()

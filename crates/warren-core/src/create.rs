@@ -103,6 +103,7 @@ impl Manager {
             metadata: r.metadata.clone(),
             idle_timeout_secs: r.idle_timeout_secs,
             on_timeout: Some(r.on_timeout),
+            auto_resume: Some(r.auto_resume),
             home_volume: Some(false),
             isolation: Some(r.spec.isolation),
             timeout_secs: r
@@ -358,6 +359,7 @@ impl Manager {
             on_timeout: req.on_timeout.unwrap_or_default(),
             access: TokenRef::Derived(0),
             traffic: req.traffic_token.then_some(TokenRef::Derived(0)),
+            auto_resume: req.auto_resume.unwrap_or(false),
         };
         {
             // Checked and recorded under one lock: concurrent creates of one tenant

@@ -751,6 +751,11 @@ impl Manager {
                 return Err(PortError::Token);
             }
         }
+        let state = r.state;
+        let r = self
+            .wake_if_asked(r)
+            .await
+            .map_err(|_| PortError::NotRunning(state))?;
         if r.state != SandboxState::Running {
             return Err(PortError::NotRunning(r.state));
         }
@@ -814,6 +819,7 @@ impl Manager {
             expires_at: r.expires_at.map(rfc3339),
             idle_timeout_secs: r.idle_timeout_secs,
             on_timeout: r.on_timeout,
+            auto_resume: r.auto_resume,
             access_token: tokens
                 .then(|| self.keys.token(TokenKind::Access, &r.id, &r.access))
                 .flatten(),
@@ -905,6 +911,7 @@ impl Manager {
     /// connection could not tell.
     pub async fn agent(&self, who: &Caller, key: &str) -> Result<(String, AgentClient)> {
         let r = self.resolve(who, key)?;
+        let r = self.wake_if_asked(r).await?;
         if r.state != SandboxState::Running {
             return Err(Self::invalid(&r, "reach the processes of"));
         }

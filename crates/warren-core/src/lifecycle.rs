@@ -44,9 +44,29 @@ impl Manager {
 
     pub async fn resume(&self, who: &Caller, key: &str) -> Result<SandboxInfo> {
         let r = self.resolve(who, key)?;
-        let lock = self.lock_for(&r.id);
+        self.resume_id(&r.id).await
+    }
+
+    /// `r` as it is after its own resume, when it is paused and asked to resume by
+    /// itself on use; `r` unchanged otherwise.
+    pub(crate) async fn wake_if_asked(&self, r: Record) -> Result<Record> {
+        if r.state != SandboxState::Paused || !r.auto_resume {
+            return Ok(r);
+        }
+        self.resume_id(&r.id).await?;
+        self.store()
+            .get(&r.id)?
+            .ok_or_else(|| CoreError::NotFound(r.id.clone()))
+    }
+
+    /// Resumes sandbox `id` (whose caller was already checked).
+    async fn resume_id(&self, id: &str) -> Result<SandboxInfo> {
+        let lock = self.lock_for(id);
         let _g = lock.lock().await;
-        let mut r = self.resolve(who, &r.id)?;
+        let mut r = self
+            .store()
+            .get(id)?
+            .ok_or_else(|| CoreError::NotFound(id.to_string()))?;
         match r.state {
             SandboxState::Running => return Ok(self.info(&r)),
             SandboxState::Paused => {}

@@ -53,6 +53,7 @@ impl Manager {
             // new tenant's is one no earlier holder could have derived.
             access: TokenRef::Derived(1),
             traffic: req.traffic_token.then_some(TokenRef::Derived(1)),
+            auto_resume: req.auto_resume.unwrap_or(false),
         };
         let claimed = {
             let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());

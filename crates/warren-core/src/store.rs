@@ -68,6 +68,9 @@ pub struct Record {
     pub access: TokenRef,
     /// Set when traffic to the sandbox's ports needs a token: which one.
     pub traffic: Option<TokenRef>,
+    /// A paused sandbox resumes by itself on its next use (a call into it, traffic
+    /// to a port).
+    pub auto_resume: bool,
 }
 
 /// One session's row.
@@ -131,7 +134,9 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     access_token TEXT NOT NULL,
     -- Set while the sandbox waits, warm, in a pool: the pool's key.
     pool_key TEXT,
-    traffic_token TEXT
+    traffic_token TEXT,
+    -- 1: a paused sandbox resumes by itself when it is used.
+    auto_resume INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS sandbox_pools ON sandboxes(pool_key, state) WHERE pool_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS sandbox_names ON sandboxes(tenant, owner, name)
@@ -178,7 +183,8 @@ fn parse_action(s: &str) -> TimeoutAction {
 }
 
 const COLUMNS: &str = "id, tenant, owner, name, state, spec, labels, metadata, created_at, \
-     last_active_at, expires_at, idle_timeout_secs, on_timeout, access_token, traffic_token";
+     last_active_at, expires_at, idle_timeout_secs, on_timeout, access_token, traffic_token, \
+     auto_resume";
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
     let state: String = row.get(4)?;
@@ -206,6 +212,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, Sto
             traffic: row
                 .get::<_, Option<String>>(14)?
                 .map(|t| TokenRef::from_column(&t)),
+            auto_resume: row.get::<_, i64>(15)? != 0,
         })
     };
     Ok(build())
@@ -220,6 +227,16 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     )?;
     if has_traffic == 0 {
         conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT")?;
+    }
+    let has_auto_resume: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = 'auto_resume'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_auto_resume == 0 {
+        conn.execute_batch(
+            "ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0",
+        )?;
     }
     let has_operator: i64 = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('api_keys') WHERE name = 'operator'",
@@ -342,7 +359,7 @@ impl Store {
         let res = self.conn.execute(
             &format!(
                 "INSERT INTO sandboxes ({COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
             ),
             params![
                 r.id,
@@ -360,6 +377,7 @@ impl Store {
                 action_str(r.on_timeout),
                 r.access.to_column(),
                 r.traffic.as_ref().map(TokenRef::to_column),
+                i64::from(r.auto_resume),
             ],
         );
         match res {
@@ -489,7 +507,7 @@ impl Store {
             "UPDATE sandboxes SET tenant = ?2, owner = ?3, name = ?4, labels = ?5, \
              metadata = ?6, created_at = ?7, last_active_at = ?7, expires_at = ?8, \
              idle_timeout_secs = ?9, on_timeout = ?10, access_token = ?11, pool_key = NULL, \
-             traffic_token = ?12 \
+             traffic_token = ?12, auto_resume = ?13 \
              WHERE id = (SELECT id FROM sandboxes WHERE pool_key = ?1 AND state = 'running' \
                          ORDER BY created_at LIMIT 1) \
              RETURNING id",
@@ -506,6 +524,7 @@ impl Store {
                 action_str(claim.on_timeout),
                 claim.access.to_column(),
                 claim.traffic.as_ref().map(TokenRef::to_column),
+                i64::from(claim.auto_resume),
             ],
             |r| r.get::<_, String>(0),
         );
@@ -774,6 +793,7 @@ mod tests {
             on_timeout: TimeoutAction::Pause,
             access: TokenRef::Derived(0),
             traffic: None,
+            auto_resume: false,
         }
     }
 

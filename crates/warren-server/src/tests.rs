@@ -596,6 +596,7 @@ fn openapi_schemas_match_serde() {
         expires_at: None,
         idle_timeout_secs: None,
         on_timeout: Default::default(),
+        auto_resume: false,
         // Present in the answer that creates a sandbox.
         access_token: Some(String::new()),
         traffic_token: Some(String::new()),

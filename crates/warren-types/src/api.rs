@@ -104,6 +104,10 @@ pub struct CreateSandbox {
     pub idle_timeout_secs: Option<u64>,
     #[serde(default)]
     pub on_timeout: Option<TimeoutAction>,
+    /// When paused, resume by itself on the next use: an exec or file call, a
+    /// terminal, traffic to a port (the first request waits for it) [default: false].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_resume: Option<bool>,
     /// Mount the owner's persistent volume at /home/user (default true).
     #[serde(default)]
     pub home_volume: Option<bool>,
@@ -156,6 +160,9 @@ pub struct SandboxInfo {
     pub expires_at: Option<String>,
     pub idle_timeout_secs: Option<u64>,
     pub on_timeout: TimeoutAction,
+    /// A paused sandbox resumes by itself on its next use.
+    #[serde(default)]
+    pub auto_resume: bool,
     /// Required on exec and file calls made with it instead of an API key. Shown only
     /// in the answer that creates the sandbox (or finds it, with `get_or_create`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

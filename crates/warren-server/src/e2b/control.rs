@@ -145,11 +145,19 @@ struct NewSandbox {
     auto_pause: Option<bool>,
     #[serde(rename = "autoPauseMemory")]
     auto_pause_memory: Option<bool>,
+    #[serde(rename = "autoResume")]
+    auto_resume: Option<AutoResume>,
     metadata: Option<BTreeMap<String, String>>,
     #[serde(rename = "envVars")]
     env_vars: Option<BTreeMap<String, String>>,
     allow_internet_access: Option<bool>,
     network: Option<NetworkConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct AutoResume {
+    enabled: bool,
 }
 
 /// The part of E2B's `network` that maps: whether the sandbox's ports take traffic
@@ -271,7 +279,7 @@ fn detail_of(i: &SandboxInfo) -> serde_json::Value {
         TimeoutAction::Pause | TimeoutAction::Stop => "pause",
         TimeoutAction::Terminate => "kill",
     };
-    v["lifecycle"] = serde_json::json!({"autoResume": false, "onTimeout": on_timeout});
+    v["lifecycle"] = serde_json::json!({"autoResume": i.auto_resume, "onTimeout": on_timeout});
     v
 }
 
@@ -294,6 +302,14 @@ async fn create(
 ) -> Result<Response, HttpError> {
     let template = warren_template(req.template_id.as_deref().unwrap_or(DEFAULT_TEMPLATE));
     let timeout = req.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    let auto_resume = req.auto_resume.as_ref().is_some_and(|a| a.enabled);
+    if auto_resume && (req.auto_pause != Some(true) || req.auto_pause_memory == Some(false)) {
+        return Err(HttpError::new(
+            StatusCode::BAD_REQUEST,
+            "autoResume needs autoPause with memory: a sandbox that keeps only its files is \
+             resumed by connect, not by traffic",
+        ));
+    }
     let create = CreateSandbox {
         template: Some(template),
         env: req.env_vars.unwrap_or_default(),
@@ -309,6 +325,7 @@ async fn create(
         } else {
             NetworkMode::None
         },
+        auto_resume: Some(auto_resume),
         home_volume: Some(false),
         traffic_token: req.network.and_then(|n| n.allow_public_traffic) == Some(false),
         ..CreateSandbox::default()

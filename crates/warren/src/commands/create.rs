@@ -49,6 +49,10 @@ pub struct CreateArgs {
     /// What a timeout does [default: terminate].
     #[arg(long, value_enum)]
     on_timeout: Option<OnTimeout>,
+    /// When paused, resume by itself on the next exec, file call, terminal or port
+    /// request.
+    #[arg(long)]
+    auto_resume: bool,
     /// Do not mount the owner's persistent volume at /home/user.
     #[arg(long)]
     no_home: bool,
@@ -92,6 +96,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
             OnTimeout::Stop => TimeoutAction::Stop,
             OnTimeout::Terminate => TimeoutAction::Terminate,
         }),
+        auto_resume: args.auto_resume.then_some(true),
         home_volume: args.no_home.then_some(false),
         home_size: args.home_size,
         traffic_token: false,

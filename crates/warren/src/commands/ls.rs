@@ -123,6 +123,7 @@ mod tests {
             expires_at: None,
             idle_timeout_secs: None,
             on_timeout: TimeoutAction::Terminate,
+            auto_resume: false,
             access_token: None,
             traffic_token: None,
         };
