@@ -72,6 +72,17 @@ class Daemon:
         with open(key_file) as f:
             self.key = f.read().strip()
         self.other_key = self.run("keys", "create", "--tenant", "other", "--socket", self.socket).strip()
+        self._base_template()
+
+    def _base_template(self) -> None:
+        """E2B's `base`: imported from a kept archive, or built (debootstrap) and kept."""
+        archive = os.environ.get("WARREN_BASE_ARCHIVE")
+        if not archive:
+            return
+        if os.path.exists(archive):
+            self.run("template", "import", archive, "--name", "base", "--setuid", "--socket", self.socket)
+        else:
+            self.run("template", "base", "--save", archive, "--socket", self.socket)
 
     def run(self, *args: str, check: bool = True) -> str:
         out = subprocess.run([WARREN, *args], env=self.env, capture_output=True, text=True)

@@ -48,6 +48,9 @@ pub struct AgentConfig {
     pub seccomp: Option<Arc<SeccompProgram>>,
     /// Limit every process to [`warren_sys::caps::KEPT_CAPABILITIES`].
     pub drop_caps: bool,
+    /// Leave `no_new_privs` off, so setuid programs of a template that keeps them (its
+    /// `sudo`) raise a process to the sandbox's root; see `warren_sys::child`.
+    pub allow_setuid: bool,
     /// Who processes run as when an exec names nobody; `None` keeps the agent's identity.
     pub user: Option<User>,
     /// Working directory when an exec names none and its user has no home.
@@ -74,6 +77,7 @@ impl Default for AgentConfig {
             reap_all: false,
             seccomp: None,
             drop_caps: false,
+            allow_setuid: false,
             user: None,
             cwd: None,
             workdir: None,

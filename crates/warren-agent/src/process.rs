@@ -619,6 +619,7 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
             identity: account.map(|a| a.identity),
             drop_caps: config.drop_caps,
             seccomp: config.seccomp.clone(),
+            allow_setuid: config.allow_setuid,
         },
     );
     let spawned = cmd.spawn();

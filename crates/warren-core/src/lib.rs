@@ -661,10 +661,7 @@ impl Manager {
                                 SandboxState::Running
                             };
                             self.store().set_state(&r.id, state)?;
-                            self.live().insert(
-                                r.id.clone(),
-                                Live::new(sb),
-                            );
+                            self.live().insert(r.id.clone(), Live::new(sb));
                             self.event(&r, "adopted", format!("re-adopted as {}", state.as_str()));
                         }
                         None => {

@@ -75,6 +75,11 @@ pub struct ImportTemplate {
     /// names none).
     #[serde(default)]
     pub isolation: Option<warren_types::spec::Isolation>,
+    /// Keep the image's setuid programs working inside its sandboxes (its `sudo`
+    /// raises to the sandbox's root); the operator's alone to ask, for an image it
+    /// trusts. See SECURITY.md.
+    #[serde(default)]
+    pub setuid: bool,
 }
 
 /// What an import made.
@@ -347,6 +352,13 @@ impl Manager {
                 req.archive
             )));
         }
+        if req.setuid && !who.operator {
+            return Err(CoreError::Invalid(
+                "only the operator may import a template whose setuid programs work inside \
+                 (import it on the daemon's unix socket)"
+                    .into(),
+            ));
+        }
         let paths = self.config.paths.clone();
         let mut limits = oci::Limits::default();
         if let Some(m) = req.max_bytes {
@@ -360,6 +372,7 @@ impl Manager {
             ready_timeout_secs: req.ready_timeout_secs,
             tenant: Some(who.tenant.clone()),
             isolation: req.isolation,
+            setuid: req.setuid,
         };
         let archive = req.archive;
         let imported = blocking(move || oci::import(&paths, &archive, &opts, &mut |_| {})).await?;
@@ -571,6 +584,7 @@ impl Manager {
             private: true,
             // Made from a sandbox of this backend: so are its copies, unless asked.
             isolation: Some(r.spec.isolation),
+            setuid: base.meta.setuid,
             key: String::new(),
         };
         let made = blocking({
@@ -691,6 +705,7 @@ impl Manager {
                     source_sandbox: None,
                     private,
                     isolation: req.isolation.or(base.meta.isolation),
+                    setuid: base.meta.setuid,
                     key: String::new(),
                 };
                 // The build sandbox is gone: its layer is read where it was kept.

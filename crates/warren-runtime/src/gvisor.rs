@@ -639,6 +639,9 @@ pub fn oci_main() -> ! {
         &launch.lower,
         &launch.rw,
         Some(std::os::fd::AsFd::as_fd(&storage)),
+        // gVisor's kernel runs the sandbox's setuid programs, and its processes keep
+        // no_new_privs (see docs/design.md).
+        false,
     ) {
         fail("mount the root overlay", &e);
     }

@@ -438,8 +438,14 @@ impl Sandbox {
         // Files are stored under the common range; the sandbox sees them under its own.
         let storage = ns::idmap_userns(&ids.storage_map(), &ids.storage_map())
             .map_err(fail("make the id mapping of the sandbox's files"))?;
-        mount_overlay(&run, &template.lower, &rw, Some(storage.as_fd()))
-            .map_err(fail("mount the root overlay"))?;
+        mount_overlay(
+            &run,
+            &template.lower,
+            &rw,
+            Some(storage.as_fd()),
+            template.meta.setuid,
+        )
+        .map_err(fail("mount the root overlay"))?;
         cleanup.mounts.push(root.clone());
         crate::trace::mark("helper: overlay mounted");
         // An image's root may lack the mount points the sandbox needs.
@@ -482,6 +488,7 @@ impl Sandbox {
                     seccomp,
                     user: template.meta.user.as_deref().map(template::agent_user),
                     workdir: template.meta.workdir.as_ref().map(PathBuf::from),
+                    allow_setuid: template.meta.setuid,
                 });
                 // Only reached on failure; the status pipe carried the reason.
                 let _ = err;
@@ -910,6 +917,7 @@ struct ChildArgs<'a> {
     /// The template's default user and working directory.
     user: Option<warren_types::proto::User>,
     workdir: Option<PathBuf>,
+    allow_setuid: bool,
 }
 
 /// What the sandbox's first process writes on the status pipe once it is set up.
@@ -946,6 +954,7 @@ fn child_main(args: ChildArgs<'_>) -> String {
         reap_all: true,
         seccomp: Some(Arc::new(args.seccomp)),
         drop_caps: true,
+        allow_setuid: args.allow_setuid,
         // Root's passwd entry gives HOME and the working directory when a request names
         // no user (and the template names none either).
         user: Some(args.user.unwrap_or(warren_types::proto::User::Id {

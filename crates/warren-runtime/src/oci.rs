@@ -99,6 +99,8 @@ pub struct ImportOptions {
     pub tenant: Option<String>,
     /// The backend its sandboxes get when they name none.
     pub isolation: Option<warren_types::spec::Isolation>,
+    /// Keep setuid and setgid bits, and honour them inside (see [`TemplateMeta::setuid`]).
+    pub setuid: bool,
 }
 
 /// What an import made.
@@ -136,7 +138,7 @@ pub fn import(
         progress(&format!("layer {}/{count}: unpacking", i + 1));
         let staging = Staging::new(paths)?;
         let (report, diff_id) = index
-            .unpack_layer(layer, staging.path(), &mut budget)
+            .unpack_layer(layer, staging.path(), opts.setuid, &mut budget)
             .map_err(|e| match e {
                 LayerError::Unpack(source) => ImportError::Layer {
                     index: i + 1,
@@ -197,6 +199,7 @@ pub fn import(
         // Imports read a file of the daemon's host: the operator's, for every tenant.
         private: false,
         isolation: opts.isolation,
+        setuid: opts.setuid,
         key: String::new(),
     };
     template::save(paths, &meta)?;
@@ -598,6 +601,7 @@ impl Index {
         &self,
         layer: &LayerRef,
         dest: &Path,
+        keep_setid: bool,
         budget: &mut unpack::Budget,
     ) -> Result<(Report, String), LayerError> {
         let mut blob = Hashing {
@@ -622,6 +626,7 @@ impl Index {
             };
             let opts = unpack::Options {
                 id_base: Some(HOST_ID_BASE),
+                keep_setid,
             };
             let report =
                 unpack::unpack(&mut diff, dest, opts, budget).map_err(LayerError::Unpack)?;

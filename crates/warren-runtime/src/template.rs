@@ -201,6 +201,12 @@ pub struct TemplateMeta {
     /// The backend a sandbox made from it gets when its request names none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub isolation: Option<warren_types::spec::Isolation>,
+    /// Its setuid programs keep their bits and work inside its sandboxes (`sudo` raises
+    /// a process to the sandbox's root, no further): processes run without
+    /// `no_new_privs` (see SECURITY.md). For templates the operator trusts, such as one
+    /// built from the distribution's packages.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub setuid: bool,
     /// Where it is stored (see [`key`]); set when it is read.
     #[serde(skip)]
     pub key: String,

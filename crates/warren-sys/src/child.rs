@@ -28,6 +28,13 @@
 //!    agent, which reports the kill. (Lowering the agent's own score would need
 //!    CAP_SYS_RESOURCE, which hosts may withhold; raising a score needs nothing.)
 //!
+//! A template that carries setuid programs it trusts (a distribution's `sudo`) asks for
+//! [`ChildSetup::allow_setuid`]: then step 7 is left out, so a setuid program can raise
+//! its process to the sandbox's root and no further (the bounding set of step 5 and the
+//! filter stay), and the filter is installed first, before step 5, while the child still
+//! holds `CAP_SYS_ADMIN` in the sandbox's user namespace, which installing a filter
+//! without `no_new_privs` needs. The steps after it are ones the filter allows.
+//!
 //! Step 9 is last because dumpability is what lets other processes of the same uid
 //! reach this one: a dumpable process can be ptraced, and its `/proc/PID/mem` written,
 //! by the sandbox's root. A child forked from the agent is non-dumpable, like the agent,
@@ -67,6 +74,8 @@ pub struct ChildSetup {
     /// Limit capabilities to [`crate::caps::KEPT_MASK`].
     pub drop_caps: bool,
     pub seccomp: Option<Arc<SeccompProgram>>,
+    /// Leave `no_new_privs` unset so setuid programs work (see the module doc).
+    pub allow_setuid: bool,
 }
 
 /// Installs `setup` to run in the child of `cmd`. Stdio configured on `cmd` is replaced
@@ -79,6 +88,7 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
         identity,
         drop_caps,
         seccomp,
+        allow_setuid,
     } = setup;
     // std sets up stdio in the child before the hook runs, so a slave numbered 0-2 (an
     // agent started with those closed) would be overwritten; move it out of the way.
@@ -101,6 +111,11 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
         }
         crate::fd::cloexec_from(3)?;
         reset_signals()?;
+        if allow_setuid {
+            if let Some(filter) = &seccomp {
+                filter.install()?;
+            }
+        }
         if drop_caps {
             crate::caps::drop_to_kept()?;
         }
@@ -112,10 +127,12 @@ pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
             // SAFETY: as above.
             check(unsafe { libc::setuid(id.uid) })?;
         }
-        // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
-        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
-        if let Some(filter) = &seccomp {
-            filter.install()?;
+        if !allow_setuid {
+            // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+            check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+            if let Some(filter) = &seccomp {
+                filter.install()?;
+            }
         }
         if oom_victim {
             // The agent is non-dumpable and a fork inherits that, which makes /proc/self

@@ -91,13 +91,14 @@ pub fn set_propagation(target: &Path, kind: MsFlags) -> io::Result<()> {
 /// layers by reference. With `idmap`, those binds show the layers' owners through that
 /// user namespace's maps (see [`DetachedMount::idmap`]), so files stored under one range
 /// of ids appear, and are created, under the sandbox's own. The overlay itself honours no
-/// setuid bit and no device node. The caller must be single-threaded and in a private
-/// mount namespace.
+/// device node, and no setuid bit unless `setuid` (a trusted template's). The caller must
+/// be single-threaded and in a private mount namespace.
 pub fn mount_overlay(
     dir: &Path,
     lowers: &[PathBuf],
     rw: &Path,
     idmap: Option<BorrowedFd<'_>>,
+    setuid: bool,
 ) -> io::Result<()> {
     let staged = dir.join(".lower");
     std::fs::create_dir_all(&staged)?;
@@ -125,12 +126,17 @@ pub fn mount_overlay(
             "lowerdir={},upperdir=/.rw/upper,workdir=/.rw/work",
             lower.join(":")
         );
+        let flags = if setuid {
+            MsFlags::MS_NODEV
+        } else {
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV
+        };
         with_root(dir, || {
             mount(
                 Some("overlay"),
                 "/root",
                 Some("overlay"),
-                MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+                flags,
                 Some(opts.as_str()),
             )
             .map_err(|e| err("mount overlay on", &dir.join("root"), e))

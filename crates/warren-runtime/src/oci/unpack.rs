@@ -11,8 +11,10 @@
 //!   sandbox's own root, where `/etc` is the sandbox's and `../../..` stops at its `/`;
 //! - files are created with `O_EXCL | O_NOFOLLOW` after the old entry is removed;
 //! - device nodes are skipped (a sandbox gets its own /dev) and setuid and setgid bits
-//!   are cleared (sandboxes run with `no_new_privs`, so they would grant nothing, and
-//!   the layer must not hold a setuid binary on the host's disk either);
+//!   are cleared (sandboxes run with `no_new_privs`, so they would grant nothing), unless
+//!   the operator imports a template whose setuid programs it trusts
+//!   ([`Options::keep_setid`]); such a binary is owned by the sandboxes' id range and
+//!   lies in the data directory, which only host root may enter;
 //! - owners are shifted into the sandboxes' id range (`id_base + uid`); ids past the
 //!   65536 a sandbox maps would show as `nobody` anyway, and are clamped to it;
 //! - extended attributes of entries are dropped: `trusted.overlay.*` ones would steer
@@ -91,6 +93,8 @@ pub struct Options {
     /// Owners become `id_base + uid`; `None` leaves files to the unpacking user (unit
     /// tests without root).
     pub id_base: Option<u32>,
+    /// Keep setuid and setgid bits (a trusted template's `sudo`).
+    pub keep_setid: bool,
 }
 
 /// What unpacking a layer did, beyond writing the files.
@@ -425,7 +429,7 @@ fn apply<R: Read>(
                 .map_err(io_err(format!("create {}", path.display())))?;
             io::copy(&mut entry, &mut f).map_err(UnpackError::Tar)?;
             drop(f);
-            let kept = if mode & 0o6000 != 0 {
+            let kept = if mode & 0o6000 != 0 && !opts.keep_setid {
                 report.stripped_setid.push(shown.clone());
                 mode & !0o6000
             } else {
@@ -570,11 +574,23 @@ mod tests {
     }
 
     fn run(bytes: &[u8], limits: Limits) -> (tempfile::TempDir, Result<Report, UnpackError>) {
+        run_with(bytes, limits, false)
+    }
+
+    fn run_with(
+        bytes: &[u8],
+        limits: Limits,
+        keep_setid: bool,
+    ) -> (tempfile::TempDir, Result<Report, UnpackError>) {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("layer");
         fs::create_dir(&dest).unwrap();
         let mut budget = Budget::new(limits);
-        let r = unpack(bytes, &dest, Options { id_base: None }, &mut budget);
+        let opts = Options {
+            id_base: None,
+            keep_setid,
+        };
+        let r = unpack(bytes, &dest, opts, &mut budget);
         (dir, r)
     }
 
@@ -710,6 +726,19 @@ mod tests {
     }
 
     #[test]
+    fn a_trusted_image_keeps_its_setuid_bits() {
+        let mut t = Tar::new();
+        t.entry("sudo", T::Regular, 0o4755, b"x");
+        t.entry("wall", T::Regular, 0o2755, b"x");
+        let (d, r) = run_with(&t.bytes(), Limits::default(), true);
+        assert!(r.unwrap().stripped_setid.is_empty());
+        for (f, mode) in [("sudo", 0o4755), ("wall", 0o2755)] {
+            let m = fs::metadata(d.path().join("layer").join(f)).unwrap();
+            assert_eq!(m.mode() & 0o7777, mode, "{f}");
+        }
+    }
+
+    #[test]
     fn a_decompression_bomb_stops_at_the_limit() {
         // 64 MiB of zeros gzips to ~64 KiB.
         let mut t = Tar::new();
@@ -728,7 +757,10 @@ mod tests {
         let r = unpack(
             flate2::read::GzDecoder::new(&small[..]),
             dir.path(),
-            Options { id_base: None },
+            Options {
+                id_base: None,
+                keep_setid: false,
+            },
             &mut budget,
         );
         assert!(matches!(r, Err(UnpackError::TooLarge { .. })), "{r:?}");

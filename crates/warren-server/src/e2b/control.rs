@@ -2,8 +2,10 @@
 //!
 //! What maps, and why this way:
 //!
-//! - `templateID` names a Warren template; E2B's default `base` is Warren's built-in
-//!   `host`, and is reported back as `base`.
+//! - `templateID` names a Warren template; E2B's default `base` is the template of that
+//!   name when the operator built one (`warren template base`: Debian with python, pip,
+//!   git, curl and a `user` with sudo), else Warren's built-in `host`, reported back as
+//!   `base`.
 //! - `timeout` is the sandbox's lifetime from now (300 s when the request names none,
 //!   as E2B), `autoPause` picks pause rather than terminate when it passes, and
 //!   `autoPauseMemory: false` a pause that keeps only the files (Warren's stop).
@@ -70,7 +72,10 @@ pub(super) fn router(state: E2bState) -> Router {
             delete(template_delete).fallback(unsupported),
         )
         .route("/sandboxes/{id}/fork", post(fork).fallback(unsupported))
-        .route("/sandboxes/{id}/metrics", get(metrics).fallback(unsupported))
+        .route(
+            "/sandboxes/{id}/metrics",
+            get(metrics).fallback(unsupported),
+        )
         .route("/sandboxes/metrics", any(unsupported))
         .route("/sandboxes/{id}/logs", any(unsupported))
         .route("/v2/sandboxes/{id}/logs", any(unsupported))
@@ -172,8 +177,10 @@ struct NetworkConfig {
 /// E2B's default lifetime when a create or connect names none (its spec's 300 s).
 const DEFAULT_TIMEOUT_SECS: u64 = 300;
 
-fn warren_template(e2b: &str) -> String {
-    if e2b == DEFAULT_TEMPLATE {
+/// The Warren template an E2B name means: `base` is the template of that name when the
+/// operator has built it (`warren template base`), else the built-in `host`.
+fn warren_template(st: &E2bState, who: &Caller, e2b: &str) -> String {
+    if e2b == DEFAULT_TEMPLATE && st.mgr.template_meta(who, DEFAULT_TEMPLATE).is_err() {
         "host".into()
     } else {
         e2b.to_string()
@@ -300,7 +307,11 @@ async fn create(
     Key(who): Key,
     Body(req): Body<NewSandbox>,
 ) -> Result<Response, HttpError> {
-    let template = warren_template(req.template_id.as_deref().unwrap_or(DEFAULT_TEMPLATE));
+    let template = warren_template(
+        &st,
+        &who,
+        req.template_id.as_deref().unwrap_or(DEFAULT_TEMPLATE),
+    );
     let timeout = req.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
     let auto_resume = req.auto_resume.as_ref().is_some_and(|a| a.enabled);
     if auto_resume && (req.auto_pause != Some(true) || req.auto_pause_memory == Some(false)) {
@@ -971,9 +982,8 @@ mod tests {
     }
 
     #[test]
-    fn base_is_host() {
-        assert_eq!(warren_template("base"), "host");
+    fn host_is_shown_as_base() {
         assert_eq!(e2b_template("host"), "base");
-        assert_eq!(warren_template("py"), "py");
+        assert_eq!(e2b_template("py"), "py");
     }
 }

@@ -27,6 +27,7 @@ pub struct TemplateArgs {
 #[derive(Debug, Subcommand)]
 enum TemplateCommand {
     Import(ImportArgs),
+    Base(BaseArgs),
     Build(BuildArgs),
     Ls(LsArgs),
     Inspect(NameArgs),
@@ -58,8 +59,89 @@ struct ImportArgs {
     /// or process); an E2B create names none.
     #[arg(long, value_name = "BACKEND")]
     isolation: Option<warren_types::spec::Isolation>,
+    /// Keep the image's setuid programs working inside its sandboxes, so its `sudo`
+    /// raises a process to the sandbox's root (no further): only for an image you
+    /// trust, such as one built from your distribution's packages (see SECURITY.md).
+    #[arg(long)]
+    setuid: bool,
     #[command(flatten)]
     client: ClientArgs,
+}
+
+/// Build E2B's `base` template on this host from Debian's packages (debootstrap): python
+/// and python3 with pip that installs, git, curl, build tools, and a `user` with
+/// passwordless sudo that raises to the sandbox's root and no further. Needs root,
+/// debootstrap and the Debian mirror; replaces a template of the same name that no
+/// sandbox uses.
+#[derive(Debug, Args)]
+struct BaseArgs {
+    #[arg(long, default_value = "base")]
+    name: String,
+    /// The Debian release.
+    #[arg(long, default_value = "bookworm")]
+    suite: String,
+    #[arg(long, default_value = "http://deb.debian.org/debian")]
+    mirror: String,
+    /// More packages, comma-separated.
+    #[arg(long, value_name = "PKG,...")]
+    include: Option<String>,
+    /// Also keep the image archive here (to import it elsewhere, or again, with
+    /// `warren template import FILE --name base --setuid`).
+    #[arg(long, value_name = "FILE")]
+    save: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// The script that makes `base`'s root filesystem and archive.
+const BASE_SCRIPT: &str = include_str!("base-template.sh");
+
+fn base(a: BaseArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile::Builder::new()
+        .prefix("warren-base-")
+        .tempdir_in("/var/tmp")
+        .map_err(|e| anyhow::anyhow!("make a working directory in /var/tmp: {e}"))?;
+    let archive = match &a.save {
+        Some(p) => std::path::absolute(p)?,
+        None => dir.path().join("base.tar"),
+    };
+    let script = dir.path().join("base-template.sh");
+    std::fs::write(&script, BASE_SCRIPT)?;
+    let status = std::process::Command::new("bash")
+        .arg(&script)
+        .env("OUT", &archive)
+        .env("SUITE", &a.suite)
+        .env("MIRROR", &a.mirror)
+        .env("INCLUDE", a.include.as_deref().unwrap_or(""))
+        .env("TMPDIR", dir.path())
+        .status()
+        .map_err(|e| anyhow::anyhow!("run bash: {e}"))?;
+    if !status.success() {
+        anyhow::bail!("building the {} template's files failed ({status})", a.name);
+    }
+    let client = Client::new(&a.client)?;
+    // The new one replaces the old only once it is made: remove the old, then import.
+    let old = block_on(client.call_raw(
+        Method::DELETE,
+        &format!("/v1/templates/{}", enc(&a.name)),
+        None::<&()>,
+    ))?;
+    match old {
+        Ok(_) => eprintln!("warren: the old {} template is removed", a.name),
+        Err(crate::client::Error::Api { code, .. }) if code == "not_found" => {}
+        Err(e) => return Err(e.into()),
+    }
+    import(ImportArgs {
+        archive,
+        name: a.name,
+        start_cmd: None,
+        ready_cmd: None,
+        ready_timeout: None,
+        max_size: None,
+        isolation: None,
+        setuid: true,
+        client: a.client,
+    })
 }
 
 /// Build a template: run steps in a sandbox of a base template and keep the result.
@@ -156,6 +238,7 @@ fn json_out<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
 pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         TemplateCommand::Import(a) => import(a),
+        TemplateCommand::Base(a) => base(a),
         TemplateCommand::Build(a) => build(a),
         TemplateCommand::Ls(a) => ls(a),
         TemplateCommand::Inspect(a) => {
@@ -225,6 +308,7 @@ fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         ready_timeout_secs: a.ready_timeout.map(secs),
         max_bytes: a.max_size,
         isolation: a.isolation,
+        setuid: a.setuid,
     };
     let spinner = spinner(&format!("importing {}", a.name));
     let r =
