@@ -132,7 +132,11 @@ fuzz_target!(|input: Input| {
         max_bytes: 8 << 20,
         max_entries: 10_000,
     });
-    let _ = unpack(&bytes[..], &dest, Options { id_base: None, keep_setid: false }, &mut budget);
+    let opts = Options {
+        id_base: None,
+        keep_setid: false,
+    };
+    let _ = unpack(&bytes[..], &dest, opts, &mut budget);
     let mut all = Vec::new();
     walk(scratch.path(), &mut all);
     for p in &all {
