@@ -32,6 +32,12 @@ chmod 0440 "$root/etc/sudoers.d/user"
 # pip installs where it is asked to (into ~/.local for the user, system-wide with sudo),
 # as on E2B: no PEP 668 refusal.
 rm -f "$root"/usr/lib/python3*/EXTERNALLY-MANAGED
+# The certificate authorities the host added trust (a proxy's, a company's): what the host
+# can reach over TLS, the sandbox can too.
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+  cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+  in_root update-ca-certificates >/dev/null 2>&1
+fi
 printf 'en_US.UTF-8 UTF-8\n' >"$root/etc/locale.gen"
 in_root locale-gen >/dev/null
 printf 'sandbox\n' >"$root/etc/hostname"
@@ -45,7 +51,7 @@ mkdir "$work/image"
 tar --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
   -C "$root" -cf "$work/image/layer.tar" .
 cat >"$work/image/config.json" <<EOF
-{"architecture":"$(dpkg --print-architecture)","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","LANG=C.UTF-8","LC_ALL=C.UTF-8"],"Cmd":["/bin/bash"]},"rootfs":{"type":"layers","diff_ids":["sha256:$(sha256sum "$work/image/layer.tar" | cut -d' ' -f1)"]}}
+{"architecture":"$(dpkg --print-architecture)","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","LANG=C.UTF-8","LC_ALL=C.UTF-8","SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt","REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt"],"Cmd":["/bin/bash"]},"rootfs":{"type":"layers","diff_ids":["sha256:$(sha256sum "$work/image/layer.tar" | cut -d' ' -f1)"]}}
 EOF
 printf '[{"Config":"config.json","RepoTags":["warren/base:%s"],"Layers":["layer.tar"]}]\n' "$SUITE" >"$work/image/manifest.json"
 tar -C "$work/image" -cf "$OUT.tmp" manifest.json config.json layer.tar

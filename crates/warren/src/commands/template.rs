@@ -28,6 +28,7 @@ pub struct TemplateArgs {
 enum TemplateCommand {
     Import(ImportArgs),
     Base(BaseArgs),
+    CodeInterpreter(CodeInterpreterArgs),
     Build(BuildArgs),
     Ls(LsArgs),
     Inspect(NameArgs),
@@ -144,6 +145,73 @@ fn base(a: BaseArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Build E2B's `code-interpreter-v1` template from `base`: Jupyter kernels for Python
+/// (ipykernel, with numpy, pandas and matplotlib) and bash (bash_kernel) from PyPI, and
+/// Warren's server of E2B's code-interpreter protocol on port 49999, so
+/// `e2b_code_interpreter.Sandbox.create()` and `run_code` work. The build needs PyPI.
+#[derive(Debug, Args)]
+struct CodeInterpreterArgs {
+    #[arg(long, default_value = "code-interpreter-v1")]
+    name: String,
+    /// The template it is built on (one with python3 and pip: `warren template base`).
+    #[arg(long, default_value = "base")]
+    from: String,
+    /// Plain output (no progress line) even on a terminal.
+    #[arg(long)]
+    quiet_progress: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// Warren's code-interpreter server, installed in the template.
+const CODE_INTERPRETER: &str = include_str!("code-interpreter.py");
+
+/// The Python packages of the code interpreter, pinned.
+const CODE_INTERPRETER_PACKAGES: &str = "ipykernel==6.29.5 jupyter_client==8.6.3 \
+     numpy==2.1.3 pandas==2.2.3 matplotlib==3.9.2 bash_kernel==0.10.0";
+
+fn code_interpreter(a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
+    const END: &str = "WARREN_CODE_INTERPRETER_EOF";
+    if CODE_INTERPRETER.contains(END) {
+        anyhow::bail!("the embedded server holds its own end marker");
+    }
+    let client = Client::new(&a.client)?;
+    let old = block_on(client.call_raw(
+        Method::DELETE,
+        &format!("/v1/templates/{}", enc(&a.name)),
+        None::<&()>,
+    ))?;
+    match old {
+        Ok(_) => eprintln!("warren: the old {} template is removed", a.name),
+        Err(crate::client::Error::Api { code, .. }) if code == "not_found" => {}
+        Err(e) => return Err(e.into()),
+    }
+    let server = "/opt/warren/code-interpreter.py";
+    build(BuildArgs {
+        name: a.name,
+        from: a.from,
+        steps: vec![
+            format!("mkdir -p /opt/warren && cat > {server} <<'{END}'\n{CODE_INTERPRETER}{END}"),
+            format!("pip install --no-cache-dir --disable-pip-version-check -q {CODE_INTERPRETER_PACKAGES}"),
+            "python3 -m bash_kernel.install --prefix /usr/local >/dev/null".into(),
+            // Matplotlib's font cache, made now rather than on the first plot.
+            "runuser -u user -- env HOME=/home/user python3 -c 'import matplotlib.pyplot'".into(),
+        ],
+        env: Vec::new(),
+        workdir: None,
+        network: true,
+        start_cmd: Some(format!(
+            "runuser -u user -- env HOME=/home/user USER=user python3 {server}"
+        )),
+        ready_cmd: Some("curl -sf http://127.0.0.1:49999/health >/dev/null".into()),
+        ready_timeout: Some(Duration::from_secs(60)),
+        step_timeout: None,
+        isolation: None,
+        quiet_progress: a.quiet_progress,
+        client: a.client,
+    })
+}
+
 /// Build a template: run steps in a sandbox of a base template and keep the result.
 #[derive(Debug, Args)]
 struct BuildArgs {
@@ -239,6 +307,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         TemplateCommand::Import(a) => import(a),
         TemplateCommand::Base(a) => base(a),
+        TemplateCommand::CodeInterpreter(a) => code_interpreter(a),
         TemplateCommand::Build(a) => build(a),
         TemplateCommand::Ls(a) => ls(a),
         TemplateCommand::Inspect(a) => {
