@@ -399,3 +399,43 @@ async def test_auto_resume_async(daemon):
         assert (await AsyncSandbox.get_info(s.sandbox_id)).state.value == "running"
     finally:
         await s.kill()
+
+
+# 9. envd 0.6.x: file metadata as user.e2b.* extended attributes, entries in watch events.
+def test_file_metadata_sync(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        info = s.files.write("tagged.txt", "x", metadata={"Owner": "alice", "run": "7"})
+        assert info.metadata == {"owner": "alice", "run": "7"}
+        assert s.files.get_info("tagged.txt").metadata == {"owner": "alice", "run": "7"}
+        listed = {e.name: e for e in s.files.list("/home/user")}
+        assert listed["tagged.txt"].metadata == {"owner": "alice", "run": "7"}
+        # Kept as extended attributes the sandbox's own tools see, and set from inside too.
+        out = s.commands.run("getfattr -n user.e2b.owner --only-values tagged.txt 2>/dev/null || python3 -c \"import os; print(os.getxattr('tagged.txt', 'user.e2b.owner').decode())\"")
+        assert out.stdout.strip() == "alice"
+        s.commands.run("python3 -c \"import os; os.setxattr('tagged.txt', 'user.e2b.stage', b'done')\"")
+        assert s.files.get_info("tagged.txt").metadata["stage"] == "done"
+        assert s.files.get_info("/etc/hostname").metadata is None
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_watch_entries_async(daemon):
+    s = await AsyncSandbox.create(timeout=60)
+    try:
+        await s.files.make_dir("w")
+        got = asyncio.Queue()
+        handle = await s.files.watch_dir("/home/user/w", on_event=got.put_nowait, include_entry=True)
+        await s.files.write("w/new.txt", "hello", metadata={"k": "v"})
+        deadline = asyncio.get_running_loop().time() + 5
+        entry = None
+        while entry is None:
+            e = await asyncio.wait_for(got.get(), max(0.1, deadline - asyncio.get_running_loop().time()))
+            if e.name == "new.txt" and e.entry is not None and e.entry.size == 5:
+                entry = e.entry
+        await handle.stop()
+        assert entry.path == "/home/user/w/new.txt" and entry.type.value == "file"
+        assert entry.metadata == {"k": "v"}
+    finally:
+        await s.kill()

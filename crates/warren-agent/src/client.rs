@@ -126,6 +126,8 @@ pub struct WriteOptions {
     pub append: bool,
     /// Truncate and write the file in place instead of replacing it atomically.
     pub in_place: bool,
+    /// Set on the file as `user.e2b.KEY` extended attributes.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 /// Where an attach starts, and which process it expects.
@@ -533,6 +535,7 @@ impl AgentClient {
             mode: opts.mode,
             append: opts.append,
             in_place: opts.in_place,
+            metadata: opts.metadata.clone(),
             user: opts.user.clone(),
         })
         .await?;

@@ -404,6 +404,7 @@ impl Conn {
                 mode,
                 append,
                 in_place,
+                metadata,
                 user,
             } => {
                 let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
@@ -415,7 +416,18 @@ impl Conn {
                 };
                 let chan = self.run(ch, async move {
                     let _ = tokio::task::spawn_blocking(move || {
-                        files::write_file(path, mode, how, user, rx, ch, out)
+                        files::write_file(
+                            files::WriteJob {
+                                path,
+                                mode,
+                                how,
+                                metadata,
+                                user,
+                            },
+                            rx,
+                            ch,
+                            out,
+                        )
                     })
                     .await;
                 });

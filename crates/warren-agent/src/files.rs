@@ -32,7 +32,7 @@ use warren_sys::child::Identity;
 use warren_sys::fsid::with_fs_identity;
 use warren_types::proto::{
     frame_credit, ErrorCode, FileInfo, FileType, Frame, FrameKind, Resolved, Response, User,
-    WirePath, CHUNK, MAX_PAYLOAD, MIN_FRAME_CREDIT,
+    WirePath, CHUNK, MAX_PAYLOAD, METADATA_XATTR, MIN_FRAME_CREDIT,
 };
 
 use crate::flow::{self, Credit};
@@ -113,6 +113,7 @@ fn info(path: &Path, meta: &Metadata) -> FileInfo {
     let resolved = (file_type == FileType::Symlink)
         .then(|| resolve(path))
         .flatten();
+    let metadata = metadata_of(path);
     FileInfo {
         path: path_shown,
         name,
@@ -127,7 +128,35 @@ fn info(path: &Path, meta: &Metadata) -> FileInfo {
         name_b64,
         symlink_target_b64,
         resolved,
+        metadata,
     }
+}
+
+/// A file's `user.e2b.*` extended attributes, by the rest of their names (the link
+/// itself for a symlink, which holds none). Unreadable ones are left out.
+fn metadata_of(path: &Path) -> std::collections::BTreeMap<String, String> {
+    let Ok(names) = xattr::list(path) else {
+        return Default::default();
+    };
+    names
+        .filter_map(|name| {
+            let key = name.to_str()?.strip_prefix(METADATA_XATTR)?.to_string();
+            let value = xattr::get(path, &name).ok()??;
+            Some((key, String::from_utf8(value).ok()?))
+        })
+        .collect()
+}
+
+/// Sets `metadata` on an open file as `user.e2b.*` extended attributes.
+fn set_metadata(
+    file: &fs::File,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> io::Result<()> {
+    use xattr::FileExt;
+    for (k, v) in metadata {
+        file.set_xattr(format!("{METADATA_XATTR}{k}"), v.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Where the symlink at `path` finally leads, if anywhere (followed by the kernel, as
@@ -431,19 +460,33 @@ pub(crate) enum WriteHow {
     InPlace,
 }
 
+/// What one upload writes, and how.
+pub(crate) struct WriteJob {
+    pub path: PathBuf,
+    pub mode: Option<u32>,
+    pub how: WriteHow,
+    /// Set as `user.e2b.KEY` extended attributes.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub user: Option<User>,
+}
+
 /// Receives an upload and answers `Written`. Blocking: run it on the blocking pool.
 pub(crate) fn write_file(
-    path: PathBuf,
-    mode: Option<u32>,
-    how: WriteHow,
-    user: Option<User>,
+    job: WriteJob,
     mut rx: mpsc::Receiver<Upload>,
     ch: u32,
     out: mpsc::Sender<Frame>,
 ) {
+    let WriteJob {
+        path,
+        mode,
+        how,
+        metadata,
+        user,
+    } = job;
     let written = identity_of(user.as_ref()).and_then(|identity| {
         acting_as(identity.as_ref(), || {
-            write_upload(&path, mode, how, &mut rx)
+            write_upload(&path, mode, how, &metadata, &mut rx)
         })?
         .map_err(|e| Failure::io(path.display(), &e))
     });
@@ -466,6 +509,7 @@ fn write_upload(
     target: &Path,
     mode: Option<u32>,
     how: WriteHow,
+    metadata: &std::collections::BTreeMap<String, String>,
     rx: &mut mpsc::Receiver<Upload>,
 ) -> io::Result<Option<u64>> {
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -489,7 +533,12 @@ fn write_upload(
         Ok(file)
     };
     if how == WriteHow::Append {
-        return receive(rx, &mut open_target()?);
+        let mut file = open_target()?;
+        let written = receive(rx, &mut file)?;
+        if written.is_some() {
+            set_metadata(&file, metadata)?;
+        }
+        return Ok(written);
     }
     let mut tmp = TempFile::beside(target)?;
     let Some(bytes) = receive(rx, &mut tmp.file)? else {
@@ -500,7 +549,9 @@ fn write_upload(
         // through (in the kernel, from the temporary file).
         use std::io::Seek;
         tmp.file.rewind()?;
-        io::copy(&mut tmp.file, &mut open_target()?)?;
+        let mut file = open_target()?;
+        io::copy(&mut tmp.file, &mut file)?;
+        set_metadata(&file, metadata)?;
         return Ok(Some(bytes));
     }
     let mode = mode
@@ -514,6 +565,7 @@ fn write_upload(
         // more).
         let _ = std::os::unix::fs::fchown(&tmp.file, Some(m.uid()), Some(m.gid()));
     }
+    set_metadata(&tmp.file, metadata)?;
     fs::rename(&tmp.path, target)?;
     tmp.persisted = true;
     Ok(Some(bytes))

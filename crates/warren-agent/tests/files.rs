@@ -42,6 +42,7 @@ async fn write_file(c: &mut Client, path: &str, chunks: impl Iterator<Item = Vec
             mode: None,
             append: false,
             in_place: false,
+            metadata: Default::default(),
             user: None,
         })
         .await;
@@ -134,6 +135,7 @@ async fn in_place_writes_keep_the_inode_and_its_links() {
             mode: None,
             append: false,
             in_place: true,
+            metadata: Default::default(),
             user: None,
         })
         .await;
@@ -161,6 +163,7 @@ async fn writes_replace_atomically_keep_modes_and_append() {
             mode: Some(0o600),
             append: false,
             in_place: false,
+            metadata: Default::default(),
             user: None,
         })
         .await;
@@ -188,6 +191,7 @@ async fn writes_replace_atomically_keep_modes_and_append() {
             mode: None,
             append: true,
             in_place: false,
+            metadata: Default::default(),
             user: None,
         })
         .await;
@@ -204,6 +208,7 @@ async fn writes_replace_atomically_keep_modes_and_append() {
             mode: None,
             append: false,
             in_place: false,
+            metadata: Default::default(),
             user: None,
         })
         .await;
@@ -881,6 +886,7 @@ async fn file_operations_as_a_user_have_the_users_rights() {
             mode: None,
             append: false,
             in_place: false,
+            metadata: Default::default(),
             user: user(),
         })
         .await;
@@ -908,6 +914,7 @@ async fn file_operations_as_a_user_have_the_users_rights() {
             mode: None,
             append: false,
             in_place: false,
+            metadata: Default::default(),
             user: user(),
         })
         .await;

@@ -662,6 +662,7 @@ fn openapi_schemas_match_serde() {
             file_type: warren_types::proto::FileType::File,
             mode: 0,
         }),
+        metadata: [(String::new(), String::new())].into(),
     };
     assert_eq!(props("FileInfo"), keys(&fi));
     let pi = warren_types::proto::ProcessInfo {

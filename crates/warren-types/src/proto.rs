@@ -511,6 +511,9 @@ pub enum Request {
         /// write) rather than replacing it whole at the end.
         #[serde(default, skip_serializing_if = "is_false")]
         in_place: bool,
+        /// Set on the written file as `user.e2b.KEY` extended attributes.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        metadata: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         user: Option<User>,
     },
@@ -651,7 +654,13 @@ pub struct FileInfo {
     /// For a symlink, what it finally leads to when it leads anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resolved: Option<Resolved>,
+    /// The file's `user.e2b.KEY` extended attributes, by KEY.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
 }
+
+/// The prefix of the extended attributes that hold a file's metadata.
+pub const METADATA_XATTR: &str = "user.e2b.";
 
 /// Where a chain of symlinks ends: the absolute path with every link followed, and
 /// what is there.
@@ -955,6 +964,7 @@ mod tests {
             name_b64: None,
             symlink_target_b64: None,
             resolved: None,
+            metadata: Default::default(),
         };
         let value = serde_json::to_value(&text).unwrap();
         assert!(value.get("path_b64").is_none() && value.get("name_b64").is_none());

@@ -19,6 +19,7 @@
 //! the sandbox was not found, which the SDK raises as its not-running error. Telling
 //! the two apart would tell a stranger which sandbox ids exist.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
@@ -382,9 +383,11 @@ struct Written {
     #[serde(rename = "type")]
     kind: &'static str,
     path: String,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    metadata: BTreeMap<String, String>,
 }
 
-fn written(path: &str) -> Written {
+fn written(path: &str, metadata: &BTreeMap<String, String>) -> Written {
     Written {
         name: Path::new(path)
             .file_name()
@@ -392,7 +395,38 @@ fn written(path: &str) -> Written {
             .unwrap_or_default(),
         kind: "file",
         path: path.to_string(),
+        metadata: metadata.clone(),
     }
+}
+
+/// An upload's `X-Metadata-KEY: VALUE` headers (envd 0.6.2): keys lowercased, as envd
+/// keeps them; each is set on every file of the upload as `user.e2b.KEY`.
+fn upload_metadata(headers: &HeaderMap) -> Result<BTreeMap<String, String>, HttpError> {
+    const PREFIX: &str = "x-metadata-";
+    let bad = |m: String| HttpError::new(StatusCode::BAD_REQUEST, m);
+    let mut out = BTreeMap::new();
+    for (name, value) in headers {
+        let Some(key) = name.as_str().strip_prefix(PREFIX) else {
+            continue;
+        };
+        if key.is_empty() || key.len() > 200 {
+            return Err(bad(format!(
+                "metadata key {key:?}: give 1 to 200 characters"
+            )));
+        }
+        let value = value
+            .to_str()
+            .ok()
+            .filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b)))
+            .ok_or_else(|| bad(format!("metadata value of {key:?}: use printable ASCII")))?;
+        if value.len() > 4096 {
+            return Err(bad(format!(
+                "metadata value of {key:?}: at most 4096 bytes"
+            )));
+        }
+        out.insert(key.to_string(), value.to_string());
+    }
+    Ok(out)
 }
 
 fn too_large() -> HttpError {
@@ -433,6 +467,7 @@ async fn upload(
     req: Request,
 ) -> Result<Response, HttpError> {
     let q = file_query(req.uri().query())?;
+    let metadata = upload_metadata(req.headers())?;
     let gzip = match req
         .headers()
         .get(header::CONTENT_ENCODING)
@@ -503,11 +538,11 @@ async fn upload(
             ));
             let plain = async_compression::tokio::bufread::GzipDecoder::new(compressed);
             let plain = Limited::new(tokio_util::io::ReaderStream::new(plain));
-            write(&client, &env, &path, plain).await?;
+            write(&client, &env, &path, &metadata, plain).await?;
         } else {
-            write(&client, &env, &path, Limited::new(body)).await?;
+            write(&client, &env, &path, &metadata, Limited::new(body)).await?;
         }
-        out.push(written(&path));
+        out.push(written(&path, &metadata));
         return Ok(axum::Json(out).into_response());
     }
     let mut form = Multipart::from_request(req, &())
@@ -521,8 +556,8 @@ async fn upload(
                 format!("one upload may write {path} once"),
             ));
         }
-        write(&client, &env, &path, Limited::new(field)).await?;
-        out.push(written(&path));
+        write(&client, &env, &path, &metadata, Limited::new(field)).await?;
+        out.push(written(&path, &metadata));
     }
     Ok(axum::Json(out).into_response())
 }
@@ -532,6 +567,7 @@ async fn write(
     client: &AgentClient,
     env: &Envd,
     path: &str,
+    metadata: &BTreeMap<String, String>,
     source: impl AsyncRead + Unpin,
 ) -> Result<u64, HttpError> {
     // In place, as envd writes: a watcher sees the file written, links see the new
@@ -539,6 +575,7 @@ async fn write(
     let opts = WriteOptions {
         user: env.fs_user(),
         in_place: true,
+        metadata: metadata.clone(),
         ..WriteOptions::default()
     };
     client

@@ -133,7 +133,7 @@ fn permissions(t: FileType, mode: u32) -> String {
 /// and permission bits are the final target's (unspecified when it leads nowhere), and
 /// `symlinkTarget` is the absolute path with every link followed (the link's own path
 /// when it cannot be followed).
-fn entry(i: &FileInfo) -> Value {
+pub(super) fn entry(i: &FileInfo) -> Value {
     let kind = |t: FileType| match t {
         FileType::File => "FILE_TYPE_FILE",
         FileType::Dir => "FILE_TYPE_DIRECTORY",
@@ -159,6 +159,9 @@ fn entry(i: &FileInfo) -> Value {
     if i.file_type == FileType::Symlink {
         let target = i.resolved.as_ref().map_or(&i.path, |r| &r.path);
         v["symlinkTarget"] = json!(target);
+    }
+    if !i.metadata.is_empty() {
+        v["metadata"] = json!(i.metadata);
     }
     v
 }
@@ -265,6 +268,7 @@ mod tests {
             name_b64: None,
             symlink_target_b64: None,
             resolved: None,
+            metadata: Default::default(),
         });
         assert_eq!(e["size"], "5");
         assert_eq!(e["owner"], "user");

@@ -45,11 +45,12 @@ use warren_core::Manager;
 /// `E2b-Sandbox-Port`.
 pub const ENVD_PORT: u16 = 49983;
 
-/// The envd version Warren claims. The SDK turns features on and off by it: 0.5.7 has
-/// stdin closing, default-user handling, octet-stream uploads and recursive watches,
-/// and lacks file metadata (extended attributes) and entry info in watch events,
-/// which Warren does not do either, so the SDK refuses those up front.
-pub const ENVD_VERSION: &str = "0.5.7";
+/// The envd version Warren claims. The SDK turns features on and off by it: 0.6.4 has
+/// stdin closing, default-user handling, octet-stream and gzip uploads, recursive
+/// watches, file metadata (`X-Metadata-*` uploads kept as `user.e2b.*` extended
+/// attributes, shown on entries), entry info in watch events, and the
+/// `allowNetworkMounts` watch option (a sandbox here has no network mounts to refuse).
+pub const ENVD_VERSION: &str = "0.6.4";
 
 /// What every E2B handler gets.
 #[derive(Debug, Clone)]

@@ -41,6 +41,11 @@ const MAX_EVENTS: usize = 1000;
 const MAX_BYTES: usize = 256 << 10;
 /// What an event costs besides its name: its place in the queue, its type, its JSON.
 const EVENT_OVERHEAD: usize = 64;
+
+/// What an event's entry costs: its paths and names (metadata included) and the rest.
+fn entry_cost(entry: &Value) -> usize {
+    entry.to_string().len() + EVENT_OVERHEAD
+}
 /// Polling watchers one sandbox may hold.
 const PER_SANDBOX: usize = 64;
 /// Polling watchers one tenant may hold, over all its sandboxes.
@@ -71,6 +76,8 @@ pub(super) struct WatcherRequest {
 pub(crate) struct FsEvent {
     name: String,
     kind: WatchKind,
+    /// What is at the path now, for a watch that asked (`includeEntry`).
+    entry: Option<Value>,
 }
 
 impl FsEvent {
@@ -83,6 +90,7 @@ impl FsEvent {
         Self {
             name: name.to_string(),
             kind,
+            entry: None,
         }
     }
 
@@ -94,11 +102,15 @@ impl FsEvent {
             WatchKind::Rename => "EVENT_TYPE_RENAME",
             WatchKind::Chmod => "EVENT_TYPE_CHMOD",
         };
-        json!({"name": self.name, "type": kind})
+        let mut v = json!({"name": self.name, "type": kind});
+        if let Some(entry) = &self.entry {
+            v["entry"] = entry.clone();
+        }
+        v
     }
 
     fn cost(&self) -> usize {
-        self.name.len() + EVENT_OVERHEAD
+        self.name.len() + EVENT_OVERHEAD + self.entry.as_ref().map_or(0, entry_cost)
     }
 }
 
@@ -143,16 +155,11 @@ struct Watch {
     ch: Channel,
     client: AgentClient,
     user: Option<User>,
+    include_entry: bool,
 }
 
 impl Watch {
     async fn open(st: &E2bState, env: &Envd, r: &WatchRequest) -> Result<Self, RpcError> {
-        if r.include_entry {
-            return Err(RpcError::new(
-                Code::Unimplemented,
-                "watch events with entry info are not supported by Warren",
-            ));
-        }
         let root = env.path(&r.path)?;
         let client = env.agent(st).await?;
         let user = env.fs_user();
@@ -168,6 +175,7 @@ impl Watch {
             ch,
             client,
             user,
+            include_entry: r.include_entry,
         })
     }
 
@@ -183,19 +191,25 @@ impl Watch {
                     if path.contains(UPLOAD_MARK) {
                         continue;
                     }
+                    let now = if kind == WatchKind::Remove
+                        || (kind != WatchKind::Rename && !self.include_entry)
+                    {
+                        None
+                    } else {
+                        self.client
+                            .stat_as(path.as_str(), self.user.as_ref())
+                            .await
+                            .ok()
+                    };
                     let kind = match kind {
-                        WatchKind::Rename
-                            if self
-                                .client
-                                .stat_as(path.as_str(), self.user.as_ref())
-                                .await
-                                .is_ok() =>
-                        {
-                            WatchKind::Create
-                        }
+                        WatchKind::Rename if now.is_some() => WatchKind::Create,
                         k => k,
                     };
-                    return Ok(FsEvent::new(&self.root, kind, &path));
+                    let mut event = FsEvent::new(&self.root, kind, &path);
+                    if self.include_entry {
+                        event.entry = now.as_ref().map(super::filesystem::entry);
+                    }
+                    return Ok(event);
                 }
                 Some(Incoming::Control(AgentResponse::Error { code, message })) => {
                     return Err(Ended::Failed(ClientError::Agent { code, message }.into()))
@@ -471,6 +485,7 @@ mod tests {
         FsEvent {
             name,
             kind: WatchKind::Write,
+            entry: None,
         }
     }
 
