@@ -112,7 +112,8 @@ fn info(path: &Path, meta: &Metadata) -> FileInfo {
     };
     let resolved = (file_type == FileType::Symlink)
         .then(|| resolve(path))
-        .flatten();
+        .flatten()
+        .map(Box::new);
     let metadata = metadata_of(path);
     FileInfo {
         path: path_shown,

@@ -657,11 +657,11 @@ fn openapi_schemas_match_serde() {
         path_b64: Some(String::new()),
         name_b64: Some(String::new()),
         symlink_target_b64: Some(String::new()),
-        resolved: Some(warren_types::proto::Resolved {
+        resolved: Some(Box::new(warren_types::proto::Resolved {
             path: String::new(),
             file_type: warren_types::proto::FileType::File,
             mode: 0,
-        }),
+        })),
         metadata: [(String::new(), String::new())].into(),
     };
     assert_eq!(props("FileInfo"), keys(&fi));

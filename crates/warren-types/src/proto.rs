@@ -653,7 +653,7 @@ pub struct FileInfo {
     pub symlink_target_b64: Option<String>,
     /// For a symlink, what it finally leads to when it leads anywhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resolved: Option<Resolved>,
+    pub resolved: Option<Box<Resolved>>,
     /// The file's `user.e2b.KEY` extended attributes, by KEY.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
