@@ -8,6 +8,7 @@ import asyncio
 import datetime
 import gzip
 import time
+import urllib.parse
 import uuid
 
 import httpx
@@ -437,5 +438,49 @@ async def test_watch_entries_async(daemon):
         await handle.stop()
         assert entry.path == "/home/user/w/new.txt" and entry.type.value == "file"
         assert entry.metadata == {"k": "v"}
+    finally:
+        await s.kill()
+
+
+# Signed file URLs: usable without the access token, only as signed, until they expire.
+# With E2B_SANDBOX_URL the SDK's URL names Warren, not the sandbox; as under a wildcard DNS
+# name (docs/e2b.md), the sandbox is named by the host the request is sent to.
+def _via_host(daemon, sandbox, url, method="GET", **kw):
+    u = urllib.parse.urlsplit(url)
+    host = f"49983-{sandbox.sandbox_id}.e2b.app"
+    return httpx.request(method, f"{daemon.url}{u.path}?{u.query}", headers={"Host": host}, **kw)
+
+
+def test_signed_file_urls_sync(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        s.files.write("shared.txt", "via a link")
+        url = s.download_url("shared.txt")
+        assert "signature=v1_" in url
+        r = _via_host(daemon, s, url)
+        assert r.status_code == 200 and r.text == "via a link", r.text
+        # Another path, or a changed signature: refused.
+        assert _via_host(daemon, s, url.replace("shared.txt", "other.txt")).status_code == 401
+        assert _via_host(daemon, s, url.replace("signature=v1_", "signature=v1_A")).status_code == 401
+        # A read signature does not write.
+        assert _via_host(daemon, s, url, "POST", files={"file": ("x", b"no")}).status_code == 401
+        up = s.upload_url("uploaded.txt")
+        r = _via_host(daemon, s, up, "POST", files={"file": ("uploaded.txt", b"sent by link")})
+        assert r.status_code == 200, r.text
+        assert s.files.read("uploaded.txt") == "sent by link"
+        short = s.download_url("shared.txt", use_signature_expiration=1)
+        time.sleep(2.1)
+        assert _via_host(daemon, s, short).status_code == 401
+    finally:
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_signed_file_urls_async(daemon):
+    s = await AsyncSandbox.create(timeout=60)
+    try:
+        await s.files.write("a.txt", "async link")
+        r = _via_host(daemon, s, s.download_url("a.txt", use_signature_expiration=60))
+        assert r.status_code == 200 and r.text == "async link"
     finally:
         await s.kill()

@@ -728,6 +728,29 @@ impl Manager {
         })
     }
 
+    /// The caller a file URL signed with sandbox `id`'s access token acts as, when
+    /// `signed` (given that token) says the signature is right. A sandbox whose token is
+    /// kept only as a hash (made by an old version) cannot check signatures.
+    pub fn authenticate_signed(
+        &self,
+        id: &str,
+        signed: impl FnOnce(&str) -> bool,
+    ) -> Option<Caller> {
+        let r = self.store().get(id).ok()??;
+        if r.state == SandboxState::Terminated {
+            return None;
+        }
+        let token = self.keys.token(TokenKind::Access, &r.id, &r.access)?;
+        if !signed(&token) {
+            return None;
+        }
+        Some(Caller {
+            tenant: r.tenant,
+            only_sandbox: Some(r.id),
+            operator: false,
+        })
+    }
+
     /// Opens a TCP connection to `port` inside sandbox `id`, for traffic to its ports
     /// through the daemon, if `token` is what the sandbox requires (nothing, or its
     /// traffic token). A sandbox that does not exist and a wrong token are told apart
