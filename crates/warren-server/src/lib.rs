@@ -328,7 +328,7 @@ pub async fn serve_with(
     mgr: Arc<Manager>,
     unix_socket: PathBuf,
     tcp: Option<SocketAddr>,
-    e2b: Option<SocketAddr>,
+    e2b: Option<(SocketAddr, e2b::E2bOptions)>,
     limits: Limits,
 ) -> io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
@@ -344,7 +344,7 @@ pub async fn serve_with(
         None => None,
     };
     let e2b = match e2b {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+        Some((addr, options)) => Some((TcpListener::bind(addr).await?, options)),
         None => None,
     };
     let (stop, shutdown) = watch::channel(false);
@@ -370,10 +370,10 @@ pub async fn serve_with(
             shutdown.clone(),
         ));
     }
-    if let Some(listener) = e2b {
+    if let Some((listener, options)) = e2b {
         servers.spawn(conn::serve(
             listener,
-            e2b::router(mgr.clone(), shutdown.clone()),
+            e2b::router(mgr.clone(), shutdown.clone(), options),
             limits,
             true,
             shutdown.clone(),

@@ -13,8 +13,9 @@
 //!   resumes gets the lifetime asked for, or the default. E2B sandboxes are independent machines, so an E2B
 //!   sandbox gets no shared home volume: its `/home/user` is its own and goes with it.
 //! - `envVars` become the sandbox's base environment, `metadata` its metadata (the
-//!   list filter matches it), `allow_internet_access: true` asks for the `nat`
-//!   network; anything else, like Warren's default, is loopback only.
+//!   list filter matches it), `allow_internet_access` picks the `nat` network (true)
+//!   or loopback only (false); a create that does not say gets the operator's choice,
+//!   internet on by default as on E2B (`[e2b] internet_access` in the configuration).
 //! - States: E2B knows `running` and `paused`. A Warren sandbox that is stopped (files
 //!   kept, processes gone) is shown as `paused`, since `connect` brings it back the
 //!   way E2B resumes a paused sandbox.
@@ -331,7 +332,10 @@ async fn create(
             (Some(true), _) => TimeoutAction::Pause,
             _ => TimeoutAction::Terminate,
         }),
-        network: if req.allow_internet_access == Some(true) {
+        network: if req
+            .allow_internet_access
+            .unwrap_or(st.options.internet_by_default)
+        {
             NetworkMode::Nat
         } else {
             NetworkMode::None

@@ -52,10 +52,27 @@ pub const ENVD_PORT: u16 = 49983;
 /// `allowNetworkMounts` watch option (a sandbox here has no network mounts to refuse).
 pub const ENVD_VERSION: &str = "0.6.4";
 
+/// How the E2B surface behaves where E2B leaves a choice to its operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct E2bOptions {
+    /// A create that does not say `allow_internet_access` gets the `nat` network (E2B's
+    /// default: internet on); false gives it loopback only unless it asks.
+    pub internet_by_default: bool,
+}
+
+impl Default for E2bOptions {
+    fn default() -> Self {
+        Self {
+            internet_by_default: true,
+        }
+    }
+}
+
 /// What every E2B handler gets.
 #[derive(Debug, Clone)]
 pub(crate) struct E2bState {
     pub mgr: Arc<Manager>,
+    pub options: E2bOptions,
     /// Turns true when the daemon shuts down; streams end then.
     pub shutdown: watch::Receiver<bool>,
     pub watchers: Arc<watches::Watchers>,
@@ -63,9 +80,10 @@ pub(crate) struct E2bState {
 
 /// The E2B surface: control plane and envd on one router. Streams it serves end when
 /// `shutdown` turns true.
-pub fn router(mgr: Arc<Manager>, shutdown: watch::Receiver<bool>) -> Router {
+pub fn router(mgr: Arc<Manager>, shutdown: watch::Receiver<bool>, options: E2bOptions) -> Router {
     let state = E2bState {
         mgr,
+        options,
         shutdown,
         watchers: Arc::default(),
     };

@@ -37,7 +37,7 @@ async fn env() -> Env {
 impl Env {
     fn app(&self) -> Router {
         let (_, rx) = watch::channel(false);
-        router(self.mgr.clone(), rx)
+        router(self.mgr.clone(), rx, super::E2bOptions::default())
     }
 }
 

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use warren_core::{Config, Manager};
 use warren_runtime::Paths;
+use warren_server::e2b::E2bOptions;
 use warren_server::Limits;
 
 /// Run the daemon: the REST API on a unix socket (and optionally TCP).
@@ -45,6 +46,17 @@ struct ServeConfig {
     connections: ConnectionsConfig,
     #[serde(default)]
     backends: BackendsConfig,
+    #[serde(default)]
+    e2b: E2bConfig,
+}
+
+/// The `[e2b]` table: choices E2B leaves to the operator.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct E2bConfig {
+    /// Whether an E2B create that does not say `allow_internet_access` gets outbound
+    /// network (`nat`), as on E2B [default: true].
+    internet_access: Option<bool>,
 }
 
 /// The `[backends]` table: which isolation a request that names none gets, and the
@@ -104,12 +116,12 @@ impl ConnectionsConfig {
     }
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Limits)> {
+fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Limits, E2bOptions)> {
     let paths = Paths::from_env();
     let exe = std::env::current_exe().context("cannot find the warren binary")?;
     let mut config = Config::new(paths, exe);
     let Some(path) = path else {
-        return Ok((config, Limits::default()));
+        return Ok((config, Limits::default(), E2bOptions::default()));
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the configuration {}", path.display()))?;
@@ -145,14 +157,17 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Limits)> {
         });
         config.process_tenants = p.tenants;
     }
-    Ok((config, limits))
+    let e2b = E2bOptions {
+        internet_by_default: file.e2b.internet_access.unwrap_or(true),
+    };
+    Ok((config, limits, e2b))
 }
 
 /// The tenant whose key is made on first start.
 const DEFAULT_TENANT: &str = "default";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (config, limits) = load_config(args.config.as_deref())?;
+    let (config, limits, e2b) = load_config(args.config.as_deref())?;
     let paths = config.paths.clone();
     let socket = args.socket.unwrap_or_else(|| paths.run.join("warren.sock"));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -171,7 +186,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         if let Some(addr) = args.e2b_listen {
             eprintln!("warren: serving the E2B API on http://{addr}");
         }
-        warren_server::serve_with(mgr, socket.clone(), args.listen, args.e2b_listen, limits)
+        let e2b_listen = args.e2b_listen.map(|addr| (addr, e2b));
+        warren_server::serve_with(mgr, socket.clone(), args.listen, e2b_listen, limits)
             .await
             .with_context(|| format!("serving on {}", socket.display()))
     })?;
