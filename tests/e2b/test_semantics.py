@@ -484,3 +484,19 @@ async def test_signed_file_urls_async(daemon):
         assert r.status_code == 200 and r.text == "async link"
     finally:
         await s.kill()
+
+
+# Internet access is on unless asked off, as on E2B (checked by the route out, no traffic
+# leaves the host).
+def test_internet_access_by_default(daemon):
+    on = Sandbox.create(timeout=60)
+    off = Sandbox.create(timeout=60, allow_internet_access=False)
+    try:
+        assert on.get_info().allow_internet_access is True
+        assert off.get_info().allow_internet_access is False
+        route = "cat /proc/net/route | awk 'NR > 1 && $2 == \"00000000\" {print \"default\"}'"
+        assert on.commands.run(route).stdout == "default\n"
+        assert off.commands.run(route).stdout == ""
+    finally:
+        on.kill()
+        off.kill()
