@@ -500,3 +500,17 @@ def test_internet_access_by_default(daemon):
     finally:
         on.kill()
         off.kill()
+
+
+# mask_request_host: the sandbox's services see the host it asked for.
+def test_mask_request_host_sync(daemon):
+    from test_sync import _get, _start_port_server
+
+    s = Sandbox.create(timeout=60, network={"mask_request_host": "localhost:${PORT}"})
+    try:
+        _start_port_server(s, 8080)
+        status, body = _get(daemon, s.get_host(8080), "/masked")
+        assert status == 200, body
+        assert body.endswith("host=localhost:8080"), body
+    finally:
+        s.kill()

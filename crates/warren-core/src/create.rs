@@ -104,6 +104,7 @@ impl Manager {
             idle_timeout_secs: r.idle_timeout_secs,
             on_timeout: Some(r.on_timeout),
             auto_resume: Some(r.auto_resume),
+            request_host: r.request_host.clone(),
             home_volume: Some(false),
             isolation: Some(r.spec.isolation),
             timeout_secs: r
@@ -360,6 +361,7 @@ impl Manager {
             access: TokenRef::Derived(0),
             traffic: req.traffic_token.then_some(TokenRef::Derived(0)),
             auto_resume: req.auto_resume.unwrap_or(false),
+            request_host: req.request_host.clone(),
         };
         {
             // Checked and recorded under one lock: concurrent creates of one tenant

@@ -297,6 +297,16 @@ impl Live {
     }
 }
 
+/// A connection to a port inside a sandbox, for traffic through the daemon.
+#[derive(Debug)]
+pub struct PortConnection {
+    pub stream: tokio::net::TcpStream,
+    /// Keeps the sandbox active while the connection is used.
+    pub activity: Option<ActivityGuard>,
+    /// The `Host` the sandbox asked its ports to see, when it did.
+    pub host: Option<String>,
+}
+
 /// Keeps a sandbox counted as active while held (an attached terminal or a stream).
 #[derive(Debug)]
 pub struct ActivityGuard(Arc<AtomicUsize>);
@@ -760,7 +770,7 @@ impl Manager {
         id: &str,
         port: u16,
         token: Option<&str>,
-    ) -> Result<(tokio::net::TcpStream, Option<ActivityGuard>), PortError> {
+    ) -> Result<PortConnection, PortError> {
         let r = self
             .store()
             .get(id)?
@@ -789,7 +799,13 @@ impl Manager {
             .map_err(PortError::Closed)?;
         stream.set_nonblocking(true).map_err(PortError::Closed)?;
         let stream = tokio::net::TcpStream::from_std(stream).map_err(PortError::Closed)?;
-        Ok((stream, self.hold_activity(&r.id)))
+        Ok(PortConnection {
+            stream,
+            activity: self.hold_activity(&r.id),
+            host: r
+                .request_host
+                .map(|h| h.replace("${PORT}", &port.to_string())),
+        })
     }
 
     /// Finds a sandbox by id, `owner/name`, or name (of the owner named like the tenant).
@@ -840,6 +856,7 @@ impl Manager {
             idle_timeout_secs: r.idle_timeout_secs,
             on_timeout: r.on_timeout,
             auto_resume: r.auto_resume,
+            request_host: r.request_host.clone(),
             access_token: tokens
                 .then(|| self.keys.token(TokenKind::Access, &r.id, &r.access))
                 .flatten(),

@@ -54,6 +54,7 @@ impl Manager {
             access: TokenRef::Derived(1),
             traffic: req.traffic_token.then_some(TokenRef::Derived(1)),
             auto_resume: req.auto_resume.unwrap_or(false),
+            request_host: req.request_host.clone(),
         };
         let claimed = {
             let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());

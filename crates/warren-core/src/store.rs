@@ -71,6 +71,9 @@ pub struct Record {
     /// A paused sandbox resumes by itself on its next use (a call into it, traffic
     /// to a port).
     pub auto_resume: bool,
+    /// The `Host` its ports see on traffic through the daemon (`${PORT}` stands for
+    /// the port); the client's own when unset.
+    pub request_host: Option<String>,
 }
 
 /// One session's row.
@@ -136,7 +139,9 @@ CREATE TABLE IF NOT EXISTS sandboxes (
     pool_key TEXT,
     traffic_token TEXT,
     -- 1: a paused sandbox resumes by itself when it is used.
-    auto_resume INTEGER NOT NULL DEFAULT 0
+    auto_resume INTEGER NOT NULL DEFAULT 0,
+    -- The Host header traffic to its ports carries, `${PORT}` replaced.
+    request_host TEXT
 );
 CREATE INDEX IF NOT EXISTS sandbox_pools ON sandboxes(pool_key, state) WHERE pool_key IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS sandbox_names ON sandboxes(tenant, owner, name)
@@ -184,7 +189,7 @@ fn parse_action(s: &str) -> TimeoutAction {
 
 const COLUMNS: &str = "id, tenant, owner, name, state, spec, labels, metadata, created_at, \
      last_active_at, expires_at, idle_timeout_secs, on_timeout, access_token, traffic_token, \
-     auto_resume";
+     auto_resume, request_host";
 
 fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, StoreError>> {
     let state: String = row.get(4)?;
@@ -213,6 +218,7 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, Sto
                 .get::<_, Option<String>>(14)?
                 .map(|t| TokenRef::from_column(&t)),
             auto_resume: row.get::<_, i64>(15)? != 0,
+            request_host: row.get(16)?,
         })
     };
     Ok(build())
@@ -237,6 +243,14 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
         conn.execute_batch(
             "ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0",
         )?;
+    }
+    let has_request_host: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = 'request_host'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_request_host == 0 {
+        conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN request_host TEXT")?;
     }
     let has_operator: i64 = conn.query_row(
         "SELECT COUNT(*) FROM pragma_table_info('api_keys') WHERE name = 'operator'",
@@ -359,7 +373,7 @@ impl Store {
         let res = self.conn.execute(
             &format!(
                 "INSERT INTO sandboxes ({COLUMNS}) VALUES \
-                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+                 (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
             ),
             params![
                 r.id,
@@ -378,6 +392,7 @@ impl Store {
                 r.access.to_column(),
                 r.traffic.as_ref().map(TokenRef::to_column),
                 i64::from(r.auto_resume),
+                r.request_host,
             ],
         );
         match res {
@@ -507,7 +522,7 @@ impl Store {
             "UPDATE sandboxes SET tenant = ?2, owner = ?3, name = ?4, labels = ?5, \
              metadata = ?6, created_at = ?7, last_active_at = ?7, expires_at = ?8, \
              idle_timeout_secs = ?9, on_timeout = ?10, access_token = ?11, pool_key = NULL, \
-             traffic_token = ?12, auto_resume = ?13 \
+             traffic_token = ?12, auto_resume = ?13, request_host = ?14 \
              WHERE id = (SELECT id FROM sandboxes WHERE pool_key = ?1 AND state = 'running' \
                          ORDER BY created_at LIMIT 1) \
              RETURNING id",
@@ -525,6 +540,7 @@ impl Store {
                 claim.access.to_column(),
                 claim.traffic.as_ref().map(TokenRef::to_column),
                 i64::from(claim.auto_resume),
+                claim.request_host,
             ],
             |r| r.get::<_, String>(0),
         );
@@ -794,6 +810,7 @@ mod tests {
             access: TokenRef::Derived(0),
             traffic: None,
             auto_resume: false,
+            request_host: None,
         }
     }
 

@@ -597,6 +597,7 @@ fn openapi_schemas_match_serde() {
         idle_timeout_secs: None,
         on_timeout: Default::default(),
         auto_resume: false,
+        request_host: Some(String::new()),
         // Present in the answer that creates a sandbox.
         access_token: Some(String::new()),
         traffic_token: Some(String::new()),

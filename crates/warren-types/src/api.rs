@@ -106,8 +106,12 @@ pub struct CreateSandbox {
     pub on_timeout: Option<TimeoutAction>,
     /// When paused, resume by itself on the next use: an exec or file call, a
     /// terminal, traffic to a port (the first request waits for it) [default: false].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub auto_resume: Option<bool>,
+    /// The `Host` header traffic to the sandbox's ports through the daemon carries
+    /// (`${PORT}` stands for the port), instead of the client's.
+    #[serde(default)]
+    pub request_host: Option<String>,
     /// Mount the owner's persistent volume at /home/user (default true).
     #[serde(default)]
     pub home_volume: Option<bool>,
@@ -163,6 +167,9 @@ pub struct SandboxInfo {
     /// A paused sandbox resumes by itself on its next use.
     #[serde(default)]
     pub auto_resume: bool,
+    /// The `Host` its ports see on traffic through the daemon, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_host: Option<String>,
     /// Required on exec and file calls made with it instead of an API key. Shown only
     /// in the answer that creates the sandbox (or finds it, with `get_or_create`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

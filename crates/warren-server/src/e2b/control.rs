@@ -173,6 +173,8 @@ struct AutoResume {
 struct NetworkConfig {
     #[serde(rename = "allowPublicTraffic", alias = "allow_public_traffic")]
     allow_public_traffic: Option<bool>,
+    #[serde(rename = "maskRequestHost", alias = "mask_request_host")]
+    mask_request_host: Option<String>,
 }
 
 /// E2B's default lifetime when a create or connect names none (its spec's 300 s).
@@ -342,6 +344,10 @@ async fn create(
         },
         auto_resume: Some(auto_resume),
         home_volume: Some(false),
+        request_host: req
+            .network
+            .as_ref()
+            .and_then(|n| n.mask_request_host.clone()),
         traffic_token: req.network.and_then(|n| n.allow_public_traffic) == Some(false),
         ..CreateSandbox::default()
     };

@@ -61,7 +61,11 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, mut req: Request) -> Re
         .get(TRAFFIC_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let (stream, activity) = match mgr
+    let warren_core::PortConnection {
+        stream,
+        activity,
+        host,
+    } = match mgr
         .connect_port(&target.sandbox, target.port, token.as_deref())
         .await
     {
@@ -91,6 +95,10 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, mut req: Request) -> Re
     parts.headers.remove(TRAFFIC_TOKEN_HEADER);
     parts.headers.remove(super::SANDBOX_ID_HEADER);
     parts.headers.remove(super::SANDBOX_PORT_HEADER);
+    // `mask_request_host`: the sandbox asked its services to see this host.
+    if let Some(h) = host.and_then(|h| HeaderValue::from_str(&h).ok()) {
+        parts.headers.insert(header::HOST, h);
+    }
     // Origin form on the way in: the path and query only.
     parts.uri = parts
         .uri

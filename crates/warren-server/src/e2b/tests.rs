@@ -110,9 +110,12 @@ async fn control_plane_lists_and_refuses_bad_input() {
         .unwrap();
     let (status, _, _) = send(e.app(), post).await;
     assert!(status.is_client_error(), "{status}");
-    let (status, body, _) = send(e.app(), get("/sandboxes/x/metrics")).await;
+    let (status, body, _) = send(e.app(), get("/sandboxes/x/logs")).await;
     assert_eq!(status, StatusCode::NOT_IMPLEMENTED);
     assert_eq!(json(&body)["code"], 501);
+    // Implemented, for a sandbox that exists: another's or a missing one is 404.
+    let (status, _, _) = send(e.app(), get("/sandboxes/x/metrics")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 }
 
 fn envd(uri: &str, sandbox: &str, token: Option<&str>, ct: &str, body: &str) -> Request<Body> {

@@ -97,6 +97,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
             OnTimeout::Terminate => TimeoutAction::Terminate,
         }),
         auto_resume: args.auto_resume.then_some(true),
+        request_host: None,
         home_volume: args.no_home.then_some(false),
         home_size: args.home_size,
         traffic_token: false,

@@ -124,6 +124,7 @@ mod tests {
             idle_timeout_secs: None,
             on_timeout: TimeoutAction::Terminate,
             auto_resume: false,
+            request_host: None,
             access_token: None,
             traffic_token: None,
         };
