@@ -680,14 +680,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("warren.db");
         {
-            let old = SCHEMA.replace(
-                "    pool_key TEXT,\n    traffic_token TEXT",
-                "    pool_key TEXT",
-            );
-            assert_ne!(old, SCHEMA);
+            // The sandboxes table as it was before traffic tokens, and everything later.
+            let start = SCHEMA.find(",\n    traffic_token TEXT").unwrap();
+            let end = start + SCHEMA[start..].find("\n);").unwrap();
+            let old = format!("{}{}", &SCHEMA[..start], &SCHEMA[end..]);
+            assert!(!old.contains("auto_resume") && !old.contains("traffic_token"));
             let conn = Connection::open(&path).unwrap();
             conn.execute_batch(&old).unwrap();
-            let cols = COLUMNS.replace(", traffic_token", "");
+            let cols = &COLUMNS[..COLUMNS.find(", traffic_token").unwrap()];
             conn.execute(
                 &format!(
                     "INSERT INTO sandboxes ({cols}) VALUES ('a', 't', 'o', NULL, 'running', \
@@ -700,6 +700,8 @@ mod tests {
         }
         let store = Store::open(&path).unwrap();
         let r = store.get("a").unwrap().unwrap();
+        // Columns added since take their defaults.
+        assert!(!r.auto_resume && r.request_host.is_none());
         // The plain token of the old store is kept only as its hash.
         assert_eq!(
             (r.access, r.traffic),
