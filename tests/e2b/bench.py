@@ -9,6 +9,10 @@ and prints p50 and p90 in milliseconds. Run it with the venv of scripts/e2b-test
 With `--port-traffic`, it instead times GET requests to `python3 -m http.server` inside
 one sandbox through the listener (`Host: PORT-ID.DOMAIN`, one keep-alive client
 connection), beside the same server run on the host's loopback for reference.
+
+With `--code-interpreter`, each round is `e2b_code_interpreter.Sandbox.create()` +
+`run_code("1+1")` on the code-interpreter-v1 template (built first from the base archive
+named by WARREN_BASE_ARCHIVE, as scripts/e2b-test keeps it).
 """
 
 import argparse
@@ -35,11 +39,19 @@ def main() -> int:
     ap.add_argument("--warren", default=os.path.join(conftest.ROOT, "target", "release", "warren"))
     ap.add_argument("--port-traffic", action="store_true",
                     help="time requests to a port inside a sandbox instead")
+    ap.add_argument("--code-interpreter", action="store_true",
+                    help="time Sandbox.create() + run_code('1+1') of e2b_code_interpreter")
     args = ap.parse_args()
     conftest.WARREN = args.warren
     d = conftest.Daemon()
     os.environ.update(E2B_API_KEY=d.key, E2B_API_URL=d.url, E2B_SANDBOX_URL=d.url)
     from e2b import Sandbox
+
+    template = "host"
+    if args.code_interpreter:
+        from e2b_code_interpreter import Sandbox  # noqa: F811
+        template = "code-interpreter-v1"
+        d.run("template", "code-interpreter", "--quiet-progress", "--socket", d.socket)
 
     if args.port_traffic:
         try:
@@ -50,21 +62,32 @@ def main() -> int:
             shutil.rmtree(d.dir, ignore_errors=True)
 
     if args.pool:
-        spec = json.dumps({"template": "host", "min": args.pool, "max": args.pool})
+        # The profile of an E2B create: the template, and internet access (on by default).
+        spec = json.dumps({"template": template, "network": "nat", "min": args.pool, "max": args.pool})
         subprocess.run(["curl", "-sf", "--unix-socket", d.socket, "-H", "Content-Type: application/json",
                         "-d", spec, "http://localhost/v1/pools"], check=True, capture_output=True)
-        time.sleep(2)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            pools = json.loads(subprocess.run(["curl", "-sf", "--unix-socket", d.socket, "http://localhost/v1/pools"],
+                                              check=True, capture_output=True).stdout)
+            if pools and all(p["ready"] >= p["spec"]["min"] for p in pools):
+                break
+            time.sleep(0.5)
 
     samples = []
     try:
         for i in range(args.warmup + args.rounds):
             t = time.perf_counter()
             sb = Sandbox.create()
-            sb.commands.run("true")
+            if args.code_interpreter:
+                assert sb.run_code("1+1").text == "2"
+            else:
+                sb.commands.run("true")
             dt = (time.perf_counter() - t) * 1000
             sb.kill()
             if args.pool:
-                time.sleep(0.2)  # let the pool refill, as between requests in service
+                # Let the pool refill, as between requests in service.
+                time.sleep(3 if args.code_interpreter else 0.2)
             if i >= args.warmup:
                 samples.append(dt)
     finally:
