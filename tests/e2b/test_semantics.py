@@ -365,7 +365,11 @@ def test_auto_resume_sync(daemon):
         # An envd call waits for the resume instead of failing.
         assert s.commands.run("cat /tmp/kept").stdout == "1\n"
         assert Sandbox.get_info(s.sandbox_id).state.value == "running"
-        s.set_timeout(60)
+        # Its lifetime had ended: it gets E2B's default one from the resume, rather than
+        # being paused again at once.
+        time.sleep(2)
+        assert Sandbox.get_info(s.sandbox_id).state.value == "running"
+        assert 250 < _lifetime(s.get_info()) <= 301
         # Traffic to a port of a paused sandbox: the first request waits for it.
         s.pause()
         status, body = _get(daemon, s.get_host(8080), "/after-pause")

@@ -361,6 +361,9 @@ const POOL_TENANT: &str = "@pool";
 /// Most copies one fork makes.
 const MAX_FORKS: usize = 16;
 
+/// How long a sandbox lives once it resumed by itself after its lifetime had ended.
+const AUTO_RESUME_LIFETIME_MS: i64 = 300_000;
+
 /// A pool's identity: its template, the whole of its resources (every limit, including
 /// any added later, without listing them here) and its network.
 /// What makes two warm sandboxes interchangeable: a pool hands a member only to a

@@ -49,14 +49,30 @@ impl Manager {
 
     /// `r` as it is after its own resume, when it is paused and asked to resume by
     /// itself on use; `r` unchanged otherwise.
+    ///
+    /// A sandbox its lifetime paused would be paused again at the reaper's next pass:
+    /// one resumed this way whose lifetime has ended lives [`AUTO_RESUME_LIFETIME_MS`]
+    /// more (E2B's default lifetime), which `set_timeout` changes as usual.
     pub(crate) async fn wake_if_asked(&self, r: Record) -> Result<Record> {
         if r.state != SandboxState::Paused || !r.auto_resume {
             return Ok(r);
         }
         self.resume_id(&r.id).await?;
-        self.store()
+        let r = self
+            .store()
             .get(&r.id)?
-            .ok_or_else(|| CoreError::NotFound(r.id.clone()))
+            .ok_or_else(|| CoreError::NotFound(r.id.clone()))?;
+        let now = now_ms();
+        if r.expires_at.is_some_and(|t| t <= now) {
+            let until = now + AUTO_RESUME_LIFETIME_MS;
+            self.store()
+                .set_timeouts(&r.id, Some(until), r.idle_timeout_secs, r.on_timeout)?;
+            return Ok(Record {
+                expires_at: Some(until),
+                ..r
+            });
+        }
+        Ok(r)
     }
 
     /// Resumes sandbox `id` (whose caller was already checked).
