@@ -577,6 +577,24 @@ impl Manager {
         self.backends.infos()
     }
 
+    /// The networks a sandbox of `template` (as `who` names it) can have, on the backend
+    /// its template (else the daemon) gives a request that names none; empty when the
+    /// template or backend is unknown.
+    pub fn networks_for(
+        &self,
+        who: &Caller,
+        template: &str,
+    ) -> Vec<warren_types::spec::NetworkMode> {
+        let isolation = self
+            .resolve_template(who, template)
+            .ok()
+            .and_then(|t| t.meta.isolation)
+            .unwrap_or(self.config.isolation);
+        self.backend(isolation)
+            .map(|b| b.info().capabilities.networks)
+            .unwrap_or_default()
+    }
+
     /// Takes over a recorded sandbox after a restart.
     fn adopt(&self, r: &Record) -> Option<Box<dyn Instance>> {
         self.backend(r.spec.isolation).ok()?.adopt(&r.id)

@@ -49,33 +49,22 @@ impl Manager {
 
     /// `r` as it is after its own resume, when it is paused and asked to resume by
     /// itself on use; `r` unchanged otherwise.
-    ///
-    /// A sandbox its lifetime paused would be paused again at the reaper's next pass:
-    /// one resumed this way whose lifetime has ended lives [`AUTO_RESUME_LIFETIME_MS`]
-    /// more (E2B's default lifetime), which `set_timeout` changes as usual.
     pub(crate) async fn wake_if_asked(&self, r: Record) -> Result<Record> {
         if r.state != SandboxState::Paused || !r.auto_resume {
             return Ok(r);
         }
         self.resume_id(&r.id).await?;
-        let r = self
-            .store()
+        self.store()
             .get(&r.id)?
-            .ok_or_else(|| CoreError::NotFound(r.id.clone()))?;
-        let now = now_ms();
-        if r.expires_at.is_some_and(|t| t <= now) {
-            let until = now + AUTO_RESUME_LIFETIME_MS;
-            self.store()
-                .set_timeouts(&r.id, Some(until), r.idle_timeout_secs, r.on_timeout)?;
-            return Ok(Record {
-                expires_at: Some(until),
-                ..r
-            });
-        }
-        Ok(r)
+            .ok_or_else(|| CoreError::NotFound(r.id.clone()))
     }
 
     /// Resumes sandbox `id` (whose caller was already checked).
+    ///
+    /// A sandbox its lifetime paused, and that keeps the ended lifetime (one that resumes
+    /// by itself, see the reaper), would be paused again at the reaper's next pass: it
+    /// lives [`AUTO_RESUME_LIFETIME_MS`] more from the resume (E2B's default lifetime),
+    /// which `set_timeout` changes as usual.
     async fn resume_id(&self, id: &str) -> Result<SandboxInfo> {
         let lock = self.lock_for(id);
         let _g = lock.lock().await;
@@ -96,7 +85,14 @@ impl Manager {
             let _ = self.off_lock(&r.id, |l| l.sandbox.pause()).await;
             return Err(e.into());
         }
-        let _ = self.store().touch(&r.id, now_ms());
+        let now = now_ms();
+        let _ = self.store().touch(&r.id, now);
+        if r.expires_at.is_some_and(|t| t <= now) {
+            let until = now + AUTO_RESUME_LIFETIME_MS;
+            self.store()
+                .set_timeouts(&r.id, Some(until), r.idle_timeout_secs, r.on_timeout)?;
+            r.expires_at = Some(until);
+        }
         r.state = SandboxState::Running;
         self.event(&r, "resumed", "processes thawed");
         Ok(self.info(&r))

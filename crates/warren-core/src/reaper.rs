@@ -161,9 +161,13 @@ impl Manager {
             format!("{reason}: {action:?}").to_lowercase(),
         );
         // The lifetime is used up: a later resume or start gets no second expiry at once.
-        let _ = self
-            .store()
-            .set_timeouts(&r.id, None, r.idle_timeout_secs, r.on_timeout);
+        // A sandbox that resumes by itself keeps its ended lifetime, which tells the
+        // resume to give it a new one (see `wake_if_asked`).
+        if !(action == TimeoutAction::Pause && r.auto_resume) {
+            let _ = self
+                .store()
+                .set_timeouts(&r.id, None, r.idle_timeout_secs, r.on_timeout);
+        }
         match action {
             TimeoutAction::Pause => {
                 let paused = self.off_lock(&r.id, |l| l.sandbox.pause()).await;

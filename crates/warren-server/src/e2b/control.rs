@@ -325,7 +325,7 @@ async fn create(
         ));
     }
     let create = CreateSandbox {
-        template: Some(template),
+        template: Some(template.clone()),
         env: req.env_vars.unwrap_or_default(),
         metadata: req.metadata.unwrap_or_default(),
         timeout_secs: Some(timeout),
@@ -334,10 +334,15 @@ async fn create(
             (Some(true), _) => TimeoutAction::Pause,
             _ => TimeoutAction::Terminate,
         }),
-        network: if req
-            .allow_internet_access
-            .unwrap_or(st.options.internet_by_default)
-        {
+        network: if req.allow_internet_access.unwrap_or_else(|| {
+            // Internet by default where the template's backend has it (gVisor's
+            // sandboxes have no `nat` network yet); asked for, it is refused there.
+            st.options.internet_by_default
+                && st
+                    .mgr
+                    .networks_for(&who, &template)
+                    .contains(&NetworkMode::Nat)
+        }) {
             NetworkMode::Nat
         } else {
             NetworkMode::None
