@@ -224,42 +224,31 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, Sto
     Ok(build())
 }
 
+/// Adds `column` to `table` unless the table has it (a store an earlier version made).
+/// The names are this file's constants, never input.
+fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<(), StoreError> {
+    let has: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        params![table, column],
+        |r| r.get(0),
+    )?;
+    if has == 0 {
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
+    }
+    Ok(())
+}
+
 /// Brings a store made by an earlier version up to this schema.
 fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    let has_traffic: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = 'traffic_token'",
-        [],
-        |r| r.get(0),
+    add_column(conn, "sandboxes", "traffic_token", "TEXT")?;
+    add_column(
+        conn,
+        "sandboxes",
+        "auto_resume",
+        "INTEGER NOT NULL DEFAULT 0",
     )?;
-    if has_traffic == 0 {
-        conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN traffic_token TEXT")?;
-    }
-    let has_auto_resume: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = 'auto_resume'",
-        [],
-        |r| r.get(0),
-    )?;
-    if has_auto_resume == 0 {
-        conn.execute_batch(
-            "ALTER TABLE sandboxes ADD COLUMN auto_resume INTEGER NOT NULL DEFAULT 0",
-        )?;
-    }
-    let has_request_host: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('sandboxes') WHERE name = 'request_host'",
-        [],
-        |r| r.get(0),
-    )?;
-    if has_request_host == 0 {
-        conn.execute_batch("ALTER TABLE sandboxes ADD COLUMN request_host TEXT")?;
-    }
-    let has_operator: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('api_keys') WHERE name = 'operator'",
-        [],
-        |r| r.get(0),
-    )?;
-    if has_operator == 0 {
-        conn.execute_batch("ALTER TABLE api_keys ADD COLUMN operator INTEGER NOT NULL DEFAULT 0")?;
-    }
+    add_column(conn, "sandboxes", "request_host", "TEXT")?;
+    add_column(conn, "api_keys", "operator", "INTEGER NOT NULL DEFAULT 0")?;
     // Tokens were kept in plain text: keep only their hashes (see `crate::tokens`).
     let plain: Vec<(String, String, Option<String>)> = {
         let mut stmt = conn.prepare(

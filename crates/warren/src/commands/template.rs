@@ -94,6 +94,17 @@ struct BaseArgs {
     client: ClientArgs,
 }
 
+/// Removes template `name` if there is one (a sandbox using it makes this fail).
+fn remove_old(client: &Client, name: &str) -> anyhow::Result<()> {
+    let path = format!("/v1/templates/{}", enc(name));
+    match block_on(client.call_raw(Method::DELETE, &path, None::<&()>))? {
+        Ok(_) => eprintln!("warren: the old {name} template is removed"),
+        Err(crate::client::Error::Api { code, .. }) if code == "not_found" => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(())
+}
+
 /// The script that makes `base`'s root filesystem and archive.
 const BASE_SCRIPT: &str = include_str!("base-template.sh");
 
@@ -120,18 +131,8 @@ fn base(a: BaseArgs) -> anyhow::Result<ExitCode> {
     if !status.success() {
         anyhow::bail!("building the {} template's files failed ({status})", a.name);
     }
-    let client = Client::new(&a.client)?;
     // The new one replaces the old only once it is made: remove the old, then import.
-    let old = block_on(client.call_raw(
-        Method::DELETE,
-        &format!("/v1/templates/{}", enc(&a.name)),
-        None::<&()>,
-    ))?;
-    match old {
-        Ok(_) => eprintln!("warren: the old {} template is removed", a.name),
-        Err(crate::client::Error::Api { code, .. }) if code == "not_found" => {}
-        Err(e) => return Err(e.into()),
-    }
+    remove_old(&Client::new(&a.client)?, &a.name)?;
     import(ImportArgs {
         archive,
         name: a.name,
@@ -175,17 +176,7 @@ fn code_interpreter(a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
     if CODE_INTERPRETER.contains(END) {
         anyhow::bail!("the embedded server holds its own end marker");
     }
-    let client = Client::new(&a.client)?;
-    let old = block_on(client.call_raw(
-        Method::DELETE,
-        &format!("/v1/templates/{}", enc(&a.name)),
-        None::<&()>,
-    ))?;
-    match old {
-        Ok(_) => eprintln!("warren: the old {} template is removed", a.name),
-        Err(crate::client::Error::Api { code, .. }) if code == "not_found" => {}
-        Err(e) => return Err(e.into()),
-    }
+    remove_old(&Client::new(&a.client)?, &a.name)?;
     let server = "/opt/warren/code-interpreter.py";
     build(BuildArgs {
         name: a.name,
