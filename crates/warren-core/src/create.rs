@@ -391,7 +391,7 @@ impl Manager {
             Ok(sb) => {
                 self.metrics.observe_create(started.elapsed());
                 self.store().set_state(&id, SandboxState::Running)?;
-                self.live().insert(id.clone(), Live::new(sb));
+                self.live().insert(id.clone(), Live::new(sb, 0));
                 self.metrics.created.fetch_add(1, Ordering::Relaxed);
                 let mut r = record;
                 r.state = SandboxState::Running;

@@ -259,8 +259,9 @@ const SAMPLE_EVERY_MS: i64 = 5_000;
 const SAMPLES_KEPT: usize = 360;
 
 impl Live {
-    fn new(sandbox: Box<dyn Instance>) -> Self {
-        let cpu = sandbox.usage().cpu_us;
+    /// A sandbox whose CPU time so far is `cpu` µs (0 for a new one: nothing is read on
+    /// the create path).
+    fn new(sandbox: Box<dyn Instance>, cpu: u64) -> Self {
         Self {
             sandbox,
             streams: Arc::default(),
@@ -270,13 +271,13 @@ impl Live {
         }
     }
 
-    /// Takes a reading when the last one is old enough (or there is none).
-    fn sample(&mut self, now: i64, disk_bytes: u64) {
+    /// Keeps `usage` (read by the reaper's pass) as a reading when the last one is old
+    /// enough (or there is none).
+    fn sample(&mut self, now: i64, usage: &warren_runtime::Usage, disk_bytes: u64) {
         let last = self.samples.back().map(|s| s.at_ms);
         if last.is_some_and(|t| now - t < SAMPLE_EVERY_MS) {
             return;
         }
-        let usage = self.sandbox.usage();
         let cpu_pct = match last {
             Some(t) if now > t => {
                 let used = usage.cpu_us.saturating_sub(self.sampled_cpu_us) as f64;
@@ -692,7 +693,8 @@ impl Manager {
                                 SandboxState::Running
                             };
                             self.store().set_state(&r.id, state)?;
-                            self.live().insert(r.id.clone(), Live::new(sb));
+                            let cpu = sb.usage().cpu_us;
+                            self.live().insert(r.id.clone(), Live::new(sb, cpu));
                             self.event(&r, "adopted", format!("re-adopted as {}", state.as_str()));
                         }
                         None => {

@@ -97,8 +97,9 @@ impl Manager {
                     dead.push(id.clone());
                     continue;
                 }
-                l.sample(now, disks.get(id).copied().unwrap_or(0));
-                let cpu = l.sandbox.usage().cpu_us;
+                let usage = l.sandbox.usage();
+                l.sample(now, &usage, disks.get(id).copied().unwrap_or(0));
+                let cpu = usage.cpu_us;
                 let used = cpu.saturating_sub(l.last_cpu_us) as f64;
                 l.last_cpu_us = cpu;
                 if l.streams.load(Ordering::Relaxed) > 0
