@@ -518,3 +518,18 @@ def test_mask_request_host_sync(daemon):
         assert body.endswith("host=localhost:8080"), body
     finally:
         s.kill()
+
+
+def test_file_metadata_is_bounded(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        from e2b.exceptions import SandboxException
+
+        with pytest.raises(SandboxException):
+            s.files.write("big.txt", "x", metadata={"k": "v" * 2000})
+        with pytest.raises(SandboxException):
+            s.files.write("many.txt", "x", metadata={f"k{i}": "v" for i in range(40)})
+        # Nothing half-done: refused before the file was written.
+        assert not s.files.exists("big.txt") and not s.files.exists("many.txt")
+    finally:
+        s.kill()

@@ -135,6 +135,10 @@ fn info(path: &Path, meta: &Metadata) -> FileInfo {
 
 /// A file's `user.e2b.*` extended attributes, by the rest of their names (the link
 /// itself for a symlink, which holds none). Unreadable ones are left out.
+///
+/// The sandbox sets these as it likes: at most [`METADATA_KEYS`] keys of values up to
+/// [`METADATA_VALUE`] bytes are reported, so a listing stays within a frame whatever a
+/// directory's files carry.
 fn metadata_of(path: &Path) -> std::collections::BTreeMap<String, String> {
     let Ok(names) = xattr::list(path) else {
         return Default::default();
@@ -143,10 +147,16 @@ fn metadata_of(path: &Path) -> std::collections::BTreeMap<String, String> {
         .filter_map(|name| {
             let key = name.to_str()?.strip_prefix(METADATA_XATTR)?.to_string();
             let value = xattr::get(path, &name).ok()??;
-            Some((key, String::from_utf8(value).ok()?))
+            (key.len() <= METADATA_VALUE && value.len() <= METADATA_VALUE)
+                .then(|| Some((key, String::from_utf8(value).ok()?)))?
         })
+        .take(METADATA_KEYS)
         .collect()
 }
+
+/// Most metadata keys reported per file, and longest key or value.
+const METADATA_KEYS: usize = 32;
+const METADATA_VALUE: usize = 1024;
 
 /// Sets `metadata` on an open file as `user.e2b.*` extended attributes.
 fn set_metadata(
@@ -626,6 +636,27 @@ impl Drop for TempFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_a_sandbox_piles_on_a_file_is_reported_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        fs::write(&f, "x").unwrap();
+        if xattr::set(&f, "user.e2b.probe", b"1").is_err() {
+            eprintln!("SKIPPED: this filesystem keeps no user xattrs");
+            return;
+        }
+        // Within what ext4 keeps per file (a block of xattrs).
+        xattr::set(&f, "user.e2b.big", &vec![b'v'; METADATA_VALUE + 100]).unwrap();
+        for i in 0..METADATA_KEYS + 8 {
+            xattr::set(&f, format!("user.e2b.k{i}"), b"v").unwrap();
+        }
+        xattr::set(&f, "user.other", b"not ours").unwrap();
+        let m = metadata_of(&f);
+        assert_eq!(m.len(), METADATA_KEYS);
+        assert!(!m.contains_key("big") && !m.contains_key("other"));
+        assert!(m.values().all(|v| v.len() <= METADATA_VALUE));
+    }
 
     #[test]
     fn a_deep_tree_is_removed_without_following_links() {

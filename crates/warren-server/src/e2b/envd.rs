@@ -499,12 +499,16 @@ fn upload_metadata(headers: &HeaderMap) -> Result<BTreeMap<String, String>, Http
             .ok()
             .filter(|v| v.bytes().all(|b| (0x20..0x7f).contains(&b)))
             .ok_or_else(|| bad(format!("metadata value of {key:?}: use printable ASCII")))?;
-        if value.len() > 4096 {
+        // What the agent reports of a file's metadata (see its `metadata_of`).
+        if value.len() > 1024 {
             return Err(bad(format!(
-                "metadata value of {key:?}: at most 4096 bytes"
+                "metadata value of {key:?}: at most 1024 bytes"
             )));
         }
         out.insert(key.to_string(), value.to_string());
+    }
+    if out.len() > 32 {
+        return Err(bad("at most 32 metadata keys".into()));
     }
     Ok(out)
 }
