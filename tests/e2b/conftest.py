@@ -30,7 +30,10 @@ def _free_port() -> int:
 
 
 class Daemon:
-    def __init__(self) -> None:
+    """`hosts`: a file the daemon sees as /etc/hosts (its own mount namespace), for names
+    the egress tests make up; `base`: import or build E2B's `base` template."""
+
+    def __init__(self, hosts: str | None = None, base: bool = True) -> None:
         self.dir = tempfile.mkdtemp(prefix="we2b-", dir="/tmp")
         self.env = dict(
             os.environ,
@@ -41,8 +44,15 @@ class Daemon:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(os.path.join(self.dir, "serve.log"), "wb")
+        command = [WARREN, "serve", "--e2b-listen", f"127.0.0.1:{self.port}"]
+        if hosts:
+            command = [
+                "unshare", "--mount", "--propagation", "private",
+                "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', hosts, *command,
+            ]
+        self.base = base
         self.proc = subprocess.Popen(
-            [WARREN, "serve", "--e2b-listen", f"127.0.0.1:{self.port}"],
+            command,
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -77,7 +87,7 @@ class Daemon:
     def _base_template(self) -> None:
         """E2B's `base`: imported from a kept archive, or built (debootstrap) and kept."""
         archive = os.environ.get("WARREN_BASE_ARCHIVE")
-        if not archive:
+        if not archive or not self.base:
             return
         if os.path.exists(archive):
             self.run("template", "import", archive, "--name", "base", "--setuid", "--socket", self.socket)
@@ -123,20 +133,30 @@ def daemon():
     if os.geteuid() != 0:
         pytest.skip("SKIPPED: the E2B tests make real sandboxes and need root")
     d = Daemon()
-    os.environ["E2B_API_KEY"] = d.key
-    os.environ["E2B_API_URL"] = d.url
-    os.environ["E2B_SANDBOX_URL"] = d.url
+    use(d)
     try:
         yield d
     finally:
-        failed = None
-        try:
-            d.kill_all()
-        except Exception as e:  # still stop the daemon and check for leaks
-            failed = e
-        d.stop()
-        doctor = subprocess.run([WARREN, "doctor"], env=d.env, capture_output=True, text=True)
-        shutil.rmtree(d.dir, ignore_errors=True)
-        assert doctor.returncode == 0, f"warren doctor found leftovers:\n{doctor.stdout}{doctor.stderr}"
-        if failed:
-            raise failed
+        finish(d)
+
+
+def use(d: Daemon) -> None:
+    """Points the SDK (through its environment variables) at daemon `d`."""
+    os.environ["E2B_API_KEY"] = d.key
+    os.environ["E2B_API_URL"] = d.url
+    os.environ["E2B_SANDBOX_URL"] = d.url
+
+
+def finish(d: Daemon) -> None:
+    """Kills what `d` still runs, stops it, and checks that nothing was left behind."""
+    failed = None
+    try:
+        d.kill_all()
+    except Exception as e:  # still stop the daemon and check for leaks
+        failed = e
+    d.stop()
+    doctor = subprocess.run([WARREN, "doctor"], env=d.env, capture_output=True, text=True)
+    shutil.rmtree(d.dir, ignore_errors=True)
+    assert doctor.returncode == 0, f"warren doctor found leftovers:\n{doctor.stdout}{doctor.stderr}"
+    if failed:
+        raise failed

@@ -186,6 +186,7 @@ impl Manager {
             }
         }
         self.check_backend(who, isolation, &info, &req)?;
+        self.check_egress(req.network, &req.egress)?;
         req.isolation = Some(isolation);
         Ok(req)
     }
@@ -342,6 +343,7 @@ impl Manager {
             volumes,
             env: req.env.clone(),
             isolation: req.isolation.unwrap_or_default(),
+            egress: req.egress.clone(),
         };
         let now = now_ms();
         let record = Record {

@@ -19,6 +19,7 @@
 //! cleans up those half-made or whose processes died meanwhile.
 
 mod create;
+mod egress;
 mod lifecycle;
 mod metrics;
 pub mod policy;
@@ -447,6 +448,8 @@ pub struct Manager {
     builds: Mutex<HashMap<String, u32>>,
     /// Derives the sandboxes' tokens (see [`tokens`]).
     keys: Keyring,
+    /// Looks at the connections domain rules must judge; `None` if it could not listen.
+    egress: Option<warren_runtime::egress::EgressProxy>,
     config: Config,
 }
 
@@ -534,6 +537,15 @@ impl Manager {
             disk_cache: Mutex::default(),
             builds: Mutex::default(),
             keys,
+            egress: match warren_runtime::egress::EgressProxy::start(&config.paths.run) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!(
+                        "warren: the egress proxy cannot listen ({e}); domain rules are refused"
+                    );
+                    None
+                }
+            },
             config,
         });
         mgr.recover()?;
@@ -606,6 +618,7 @@ impl Manager {
         if let Ok(b) = self.backend(r.spec.isolation) {
             b.purge(&r.id, remove_data);
         }
+        self.clear_egress(&r.spec);
     }
 
     /// Deletes a recorded sandbox's kept files.
@@ -693,6 +706,10 @@ impl Manager {
                                 SandboxState::Running
                             };
                             self.store().set_state(&r.id, state)?;
+                            // The proxy's port is this daemon's.
+                            if let Err(e) = self.apply_egress(&r.spec) {
+                                self.event(&r, "failed", format!("egress rules not restored: {e}"));
+                            }
                             let cpu = sb.usage().cpu_us;
                             self.live().insert(r.id.clone(), Live::new(sb, cpu));
                             self.event(&r, "adopted", format!("re-adopted as {}", state.as_str()));
@@ -869,6 +886,7 @@ impl Manager {
                 disk: res.disk,
             },
             network: r.spec.network,
+            egress: r.spec.egress.clone(),
             publish: r.spec.publish.clone(),
             isolation: r.spec.isolation,
             labels: r.labels.clone(),

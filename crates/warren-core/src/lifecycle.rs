@@ -154,6 +154,7 @@ impl Manager {
         if let Some(l) = live {
             l.sandbox.destroy().await.map_err(CoreError::from)?;
         }
+        self.clear_egress(&r.spec);
         self.store().set_state(&r.id, SandboxState::Stopped)?;
         self.forget_shares(&r.id);
         r.state = SandboxState::Stopped;
@@ -206,6 +207,7 @@ impl Manager {
         if let Some(l) = live {
             l.sandbox.destroy().await.map_err(CoreError::from)?;
         }
+        self.clear_egress(&r.spec);
         self.remove_data(&r).await?;
         self.store().set_state(&r.id, SandboxState::Terminated)?;
         self.forget_shares(&r.id);

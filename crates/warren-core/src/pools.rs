@@ -12,7 +12,10 @@ impl Manager {
         template: &str,
         req: &CreateSandbox,
     ) -> Result<Option<SandboxInfo>> {
-        let fits = req.home_volume == Some(false) && req.env.is_empty() && req.publish.is_empty();
+        let fits = req.home_volume == Some(false)
+            && req.env.is_empty()
+            && req.publish.is_empty()
+            && req.egress.is_open();
         let key = pool_key(
             template,
             &req.resources,

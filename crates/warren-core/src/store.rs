@@ -457,6 +457,15 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a sandbox's recorded specification (its egress rules change).
+    pub fn set_spec(&self, id: &str, spec: &SandboxSpec) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE sandboxes SET spec = ?2 WHERE id = ?1",
+            params![id, serde_json::to_string(spec)?],
+        )?;
+        Ok(())
+    }
+
     pub fn touch(&self, id: &str, now: i64) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE sandboxes SET last_active_at = ?2 WHERE id = ?1 AND last_active_at < ?2",

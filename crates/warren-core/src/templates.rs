@@ -775,11 +775,21 @@ impl Manager {
     ) -> warren_runtime::Result<Box<dyn Instance>> {
         let template = spec.template.clone();
         let backend = self.backends.get(spec.isolation)?;
-        let sb = backend.create(spec, opts).await?;
+        // Before the sandbox exists: it is under its rules from its first packet.
+        self.apply_egress(&spec)?;
+        let kept = spec.clone();
+        let sb = match backend.create(spec, opts).await {
+            Ok(sb) => sb,
+            Err(e) => {
+                self.clear_egress(&kept);
+                return Err(e);
+            }
+        };
         let meta = match template::resolve(&self.config.paths, &template) {
             Ok(t) => t.meta,
             Err(e) => {
                 let _ = sb.destroy().await;
+                self.clear_egress(&kept);
                 return Err(e);
             }
         };
@@ -790,6 +800,7 @@ impl Manager {
             Ok(()) => Ok(sb),
             Err(message) => {
                 let _ = sb.destroy().await;
+                self.clear_egress(&kept);
                 Err(warren_runtime::Error::Setup(message))
             }
         }

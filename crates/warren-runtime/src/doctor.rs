@@ -3,8 +3,9 @@
 //! A sandbox's mounts live in its own mount namespaces and its veth dies with its network
 //! namespace, so in a healthy system the only host objects are those of live sandboxes.
 //! Anything else with Warren's names is a leak: a cgroup, a run directory, a host link or
-//! an address lease whose sandbox has no live helper, a mount in the host's namespace, or
-//! a helper or agent process whose sandbox is gone.
+//! an address lease whose sandbox has no live helper, a mount in the host's namespace, a
+//! helper or agent process whose sandbox is gone, or a sandbox's egress rules without its
+//! link (a sandbox being made has its rules a moment before its link).
 
 use std::fs;
 use std::path::PathBuf;
@@ -118,6 +119,12 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
                 what: name,
             });
         }
+    }
+    for link in crate::network::leftover_egress() {
+        out.push(Leftover {
+            kind: "egress rules",
+            what: format!("the netfilter chain of {link}, whose link is gone"),
+        });
     }
     out.extend(orphan_processes(&runs));
     out

@@ -9,6 +9,7 @@
 pub mod backend;
 pub use warren_agent::client;
 pub mod doctor;
+pub mod egress;
 pub mod gvisor;
 pub mod helper;
 pub mod ids;

@@ -48,6 +48,17 @@ use sha2::{Digest, Sha256};
 use warren_sys::ns::{self, CloneFlags};
 use warren_types::spec::PortMap;
 
+/// The chain of Warren's filter table holding each sandbox's jump to its egress rules.
+const EGRESS: &str = "WARREN-EGRESS";
+/// The filter chain accepting each sandbox's redirected connections to the proxy.
+const EGRESS_IN: &str = "WARREN-EGRESS-IN";
+/// The nat chain holding each sandbox's jump to its redirections.
+const REDIRECT: &str = "WARREN-REDIRECT";
+/// A sandbox's own filter chain starts with this (then its link's hash).
+pub const EGRESS_CHAIN: &str = "WARREN-E-";
+/// A sandbox's own nat chain starts with this.
+const REDIRECT_CHAIN: &str = "WARREN-R-";
+
 /// Host-side link names start with this; `warren doctor` looks for them.
 pub const LINK_PREFIX: &str = "wrn";
 /// What a host link's alias starts with, followed by its helper's pid.
@@ -239,13 +250,24 @@ fn filter_v4(router_guard: bool) -> Chains {
         format!("-d 169.254.0.0/16 -i {w} -j DROP"),
         format!("-o {w} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
         format!("-o {w} -j DROP"),
+        // Each sandbox with egress rules has a chain of its own, jumped to from here.
+        format!("-i {w} -j {EGRESS}"),
         format!("-i {w} -j ACCEPT"),
     ];
     if router_guard {
         forward.push("-j DROP".to_string());
     }
     vec![
-        ("WARREN-INPUT", vec![format!("-i {w} -j DROP")]),
+        (
+            "WARREN-INPUT",
+            vec![
+                // Connections a sandbox's egress rules sent to the daemon's proxy
+                // (redirected, so only those); each sandbox's own port is accepted in
+                // the chain jumped to.
+                format!("-i {w} -p tcp -m conntrack --ctstate DNAT -j {EGRESS_IN}"),
+                format!("-i {w} -j DROP"),
+            ],
+        ),
         ("WARREN-FORWARD", forward),
     ]
 }
@@ -262,14 +284,14 @@ fn filter_v6() -> Chains {
 }
 
 /// `iptables-restore --noflush` input that makes `chains` of `table` exactly so.
-fn restore_input(table: &str, chains: &[(&'static str, Vec<String>)]) -> String {
+fn restore_input<S: AsRef<str>>(table: &str, chains: &[(S, Vec<String>)]) -> String {
     let mut s = format!("*{table}\n");
     for (c, _) in chains {
-        s.push_str(&format!(":{c} - [0:0]\n"));
+        s.push_str(&format!(":{} - [0:0]\n", c.as_ref()));
     }
     for (c, rules) in chains {
         for r in rules {
-            s.push_str(&format!("-A {c} {r}\n"));
+            s.push_str(&format!("-A {} {r}\n", c.as_ref()));
         }
     }
     s.push_str("COMMIT\n");
@@ -313,14 +335,19 @@ fn ensure_family(
     Ok(())
 }
 
-/// The host-wide rules (see the module doc), written when missing or changed.
-fn host_rules() -> Result<(), NetError> {
+/// Holds the host-wide lock for writing Warren's netfilter rules.
+fn rules_lock() -> Result<Flock<fs::File>, NetError> {
     let lock = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(RULES_LOCK)?;
-    let _held = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
+    Ok(Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?)
+}
+
+/// The host-wide rules (see the module doc), written when missing or changed.
+fn host_rules() -> Result<(), NetError> {
+    let _held = rules_lock()?;
     let forwarding = fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
     let turned_on = forwarding.trim() == "0";
     if turned_on {
@@ -334,10 +361,23 @@ fn host_rules() -> Result<(), NetError> {
     )
     .unwrap_or_default();
     let guard = turned_on || current.lines().any(|l| l == "-A WARREN-FORWARD -j DROP");
-    let masquerade = vec![(
-        "WARREN-POSTROUTING",
-        vec![format!("-s {SUBNET} ! -o {LINK_PREFIX}+ -j MASQUERADE")],
-    )];
+    let nat = vec![
+        (
+            "WARREN-POSTROUTING",
+            vec![format!("-s {SUBNET} ! -o {LINK_PREFIX}+ -j MASQUERADE")],
+        ),
+        (
+            "WARREN-PREROUTING",
+            vec![format!("-i {LINK_PREFIX}+ -j {REDIRECT}")],
+        ),
+    ];
+    // The chains each sandbox's rules hang from: made once, never rewritten whole
+    // (the rules in them are sandboxes').
+    for (table, chain) in [("filter", EGRESS), ("filter", EGRESS_IN), ("nat", REDIRECT)] {
+        if run_with("iptables", &["-w", "-t", table, "-S", chain], None).is_err() {
+            run("iptables", &["-w", "-t", table, "-N", chain])?;
+        }
+    }
     let reverse_path = vec![(
         "WARREN-PREROUTING",
         vec![format!("-i {LINK_PREFIX}+ -m rpfilter --invert -j DROP")],
@@ -348,7 +388,7 @@ fn host_rules() -> Result<(), NetError> {
         &[
             ("raw", reverse_path),
             ("filter", filter_v4(guard)),
-            ("nat", masquerade),
+            ("nat", nat),
         ],
     )?;
     // Both ends have IPv6 off; these rules are for anything of Warren's that has it
@@ -357,6 +397,156 @@ fn host_rules() -> Result<(), NetError> {
         ensure_family("ip6tables", "ip6tables-restore", &[("filter", filter_v6())])?;
     }
     Ok(())
+}
+
+/// The rules of `chain` in `table` as `iptables -S` prints them, without the chain's
+/// own `-N`/`-P` line; nothing when the chain does not exist.
+fn listing(table: &str, chain: &str) -> Vec<String> {
+    run_with("iptables", &["-w", "-t", table, "-S", chain], None)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("-A "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Makes the rules naming `link` in `chain` exactly `wanted` (each a rule spec without
+/// `-A chain`): missing ones are appended, others removed; one already there stays, so
+/// a jump that must not lapse never does.
+fn converge(table: &str, chain: &str, link: &str, wanted: &[String]) -> Result<(), NetError> {
+    let tag = format!(" -i {link} ");
+    let have: Vec<String> = listing(table, chain)
+        .into_iter()
+        .filter(|l| l.contains(&tag))
+        .collect();
+    let prefix = format!("-A {chain} ");
+    for w in wanted {
+        if !have
+            .iter()
+            .any(|h| h.strip_prefix(&prefix) == Some(w.as_str()))
+        {
+            let mut args = vec!["-w", "-t", table, "-A", chain];
+            args.extend(w.split_whitespace());
+            run("iptables", &args)?;
+        }
+    }
+    for h in &have {
+        let spec = h.strip_prefix(&prefix).unwrap_or(h);
+        if !wanted.iter().any(|w| w == spec) {
+            let mut args = vec!["-w", "-t", table, "-D", chain];
+            args.extend(spec.split_whitespace());
+            run("iptables", &args)?;
+        }
+    }
+    Ok(())
+}
+
+/// The names of sandbox `id`'s own chains: (filter, nat).
+fn egress_chains(id: &str) -> (String, String) {
+    let h = &link_name(id)[LINK_PREFIX.len()..];
+    (format!("{EGRESS_CHAIN}{h}"), format!("{REDIRECT_CHAIN}{h}"))
+}
+
+/// Puts sandbox `id`'s egress rules in place, or replaces the ones it has: the rules of
+/// its own chain change in one step, so no connection sees half of the old set and half
+/// of the new. Works before the sandbox's link exists (the rules name the link), so a
+/// sandbox is under its rules from its first packet. With a domain rule, connections
+/// on ports 80 and 443 that no address rule allows go to the proxy on `proxy_port`,
+/// which looks at the name they carry. Open rules remove everything.
+pub fn set_egress(
+    id: &str,
+    rules: &warren_types::egress::EgressRules,
+    proxy_port: u16,
+) -> Result<(), NetError> {
+    host_rules()?;
+    let lock = rules_lock()?;
+    let link = link_name(id);
+    let (filter, nat) = egress_chains(id);
+    let dns: Vec<Ipv4Addr> = if !rules.has_domains() {
+        Vec::new()
+    } else if rules.dns_given {
+        rules.dns.clone()
+    } else {
+        crate::template::sandbox_resolvers()
+    };
+    let mut f = Vec::new();
+    for ip in &dns {
+        f.push(format!("-d {ip}/32 -j RETURN"));
+    }
+    for n in &rules.allow_nets {
+        f.push(format!("-d {n} -j RETURN"));
+    }
+    for n in &rules.deny_nets {
+        // Refused at once rather than left to time out.
+        f.push(format!("-d {n} -p tcp -j REJECT --reject-with tcp-reset"));
+        f.push(format!(
+            "-d {n} -j REJECT --reject-with icmp-net-prohibited"
+        ));
+    }
+    let mut r = Vec::new();
+    if rules.has_domains() {
+        for n in &rules.allow_nets {
+            r.push(format!("-d {n} -j RETURN"));
+        }
+        for ip in &dns {
+            r.push(format!("-d {ip}/32 -j RETURN"));
+        }
+        r.push(format!(
+            "-p tcp -m multiport --dports 80,443 -j REDIRECT --to-ports {proxy_port}"
+        ));
+    }
+    let input = format!(
+        "{}{}",
+        restore_input("filter", &[(&filter, f)]),
+        restore_input("nat", &[(&nat, r)])
+    );
+    run_with("iptables-restore", &["-w", "--noflush"], Some(&input))?;
+    converge("filter", EGRESS, &link, &[format!("-i {link} -j {filter}")])?;
+    if rules.has_domains() {
+        converge(
+            "filter",
+            EGRESS_IN,
+            &link,
+            &[format!(
+                "-i {link} -p tcp -m tcp --dport {proxy_port} -j ACCEPT"
+            )],
+        )?;
+        converge("nat", REDIRECT, &link, &[format!("-i {link} -j {nat}")])?;
+    } else {
+        converge("filter", EGRESS_IN, &link, &[])?;
+        converge("nat", REDIRECT, &link, &[])?;
+        let _ = run("iptables", &["-w", "-t", "nat", "-X", &nat]);
+    }
+    drop(lock);
+    Ok(())
+}
+
+/// Removes sandbox `id`'s egress rules; a sandbox without any is no error.
+pub fn clear_egress(id: &str) {
+    let Ok(lock) = rules_lock() else { return };
+    let link = link_name(id);
+    let (filter, nat) = egress_chains(id);
+    let _ = converge("filter", EGRESS, &link, &[]);
+    let _ = converge("filter", EGRESS_IN, &link, &[]);
+    let _ = converge("nat", REDIRECT, &link, &[]);
+    for (table, chain) in [("filter", &filter), ("nat", &nat)] {
+        if run("iptables", &["-w", "-t", table, "-F", chain]).is_ok() {
+            let _ = run("iptables", &["-w", "-t", table, "-X", chain]);
+        }
+    }
+    drop(lock);
+}
+
+/// Sandboxes' egress chains whose link is gone (a sandbox being made has its chain a
+/// moment before its link).
+pub fn leftover_egress() -> Vec<String> {
+    listing("filter", EGRESS)
+        .iter()
+        .filter_map(|l| {
+            let link = l.split_whitespace().skip_while(|w| *w != "-i").nth(1)?;
+            (!Path::new("/sys/class/net").join(link).exists()).then(|| link.to_string())
+        })
+        .collect()
 }
 
 /// Forwards 127.0.0.1:`map.host` on the host to the sandbox's own 127.0.0.1:`map.sandbox`.

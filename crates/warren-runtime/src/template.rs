@@ -966,20 +966,26 @@ fn populate_host(root: &Path) -> Result<()> {
 /// The host's resolvers, unless they listen on the host's loopback, which a sandbox
 /// cannot reach; then public resolvers are named so that `nat` sandboxes can resolve.
 fn resolv_conf() -> String {
-    let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    let servers: Vec<&str> = host
-        .lines()
-        .filter_map(|l| l.strip_prefix("nameserver"))
-        .map(str::trim)
-        .filter(|s| !s.starts_with("127.") && *s != "::1")
-        .collect();
-    if servers.is_empty() {
-        return "nameserver 1.1.1.1\nnameserver 8.8.8.8\n".into();
-    }
-    servers
+    sandbox_resolvers()
         .iter()
         .map(|s| format!("nameserver {s}\n"))
         .collect()
+}
+
+/// The IPv4 resolvers a sandbox's `resolv.conf` names: the host's, unless they listen
+/// on the host's loopback, which a sandbox cannot reach; then public ones.
+pub fn sandbox_resolvers() -> Vec<std::net::Ipv4Addr> {
+    let host = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+    let servers: Vec<std::net::Ipv4Addr> = host
+        .lines()
+        .filter_map(|l| l.strip_prefix("nameserver"))
+        .filter_map(|s| s.trim().parse().ok())
+        .filter(|s: &std::net::Ipv4Addr| !s.is_loopback())
+        .collect();
+    if servers.is_empty() {
+        return vec![[1, 1, 1, 1].into(), [8, 8, 8, 8].into()];
+    }
+    servers
 }
 
 /// Copies a file, symlink or directory tree, keeping symlinks as links and modes.

@@ -96,6 +96,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/sandboxes/{key}/stop"),
     ("POST", "/v1/sandboxes/{key}/start"),
     ("POST", "/v1/sandboxes/{key}/timeout"),
+    ("PUT", "/v1/sandboxes/{key}/egress"),
     ("GET", "/v1/sandboxes/{key}/logs"),
     ("GET", "/v1/sandboxes/{key}/metrics"),
     ("POST", "/v1/sandboxes/{key}/exec"),
@@ -179,6 +180,10 @@ fn build(state: AppState) -> Router {
         .route("/v1/sandboxes/{key}/stop", post(sandboxes::stop))
         .route("/v1/sandboxes/{key}/start", post(sandboxes::start))
         .route("/v1/sandboxes/{key}/timeout", post(sandboxes::set_timeout))
+        .route(
+            "/v1/sandboxes/{key}/egress",
+            axum::routing::put(sandboxes::set_egress),
+        )
         .route("/v1/sandboxes/{key}/logs", get(sandboxes::logs))
         .route("/v1/sandboxes/{key}/exec", post(exec::exec))
         .route("/v1/sandboxes/{key}/processes", get(exec::list))

@@ -226,6 +226,16 @@ pub async fn set_timeout(
     Ok(axum::Json(st.mgr.set_timeout(&who, &key, req)?))
 }
 
+/// `PUT /v1/sandboxes/{key}/egress`: replaces the sandbox's egress rules.
+pub async fn set_egress(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+    Path(key): Path<String>,
+    Json(req): Json<warren_types::egress::Egress>,
+) -> Result<axum::Json<SandboxInfo>, Error> {
+    Ok(axum::Json(st.mgr.set_egress(&who, &key, req).await?))
+}
+
 /// `GET /v1/sandboxes/{key}/logs`.
 pub async fn logs(
     State(st): State<AppState>,

@@ -587,6 +587,7 @@ fn openapi_schemas_match_serde() {
         state: SandboxState::Running,
         resources: Default::default(),
         network: Default::default(),
+        egress: Default::default(),
         publish: vec![],
         isolation: Default::default(),
         labels: Default::default(),

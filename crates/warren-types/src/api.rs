@@ -87,6 +87,10 @@ pub struct CreateSandbox {
     pub resources: ResourceRequest,
     #[serde(default)]
     pub network: NetworkMode,
+    /// Where a `nat` sandbox may connect to (open when left out); changeable later
+    /// with `PUT /v1/sandboxes/{key}/egress`.
+    #[serde(default)]
+    pub egress: crate::egress::Egress,
     #[serde(default)]
     pub publish: Vec<PortMap>,
     #[serde(default)]
@@ -152,6 +156,9 @@ pub struct SandboxInfo {
     pub state: SandboxState,
     pub resources: ResourceRequest,
     pub network: NetworkMode,
+    /// Where it may connect to (`{}`: anywhere).
+    #[serde(default)]
+    pub egress: crate::egress::Egress,
     pub publish: Vec<PortMap>,
     #[serde(default)]
     pub isolation: Isolation,

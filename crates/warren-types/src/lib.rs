@@ -3,6 +3,7 @@
 
 pub mod api;
 mod b64;
+pub mod egress;
 pub mod proto;
 pub mod random;
 pub mod size;

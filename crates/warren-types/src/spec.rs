@@ -130,6 +130,9 @@ pub struct SandboxSpec {
     /// The backend that makes (and, after a restart, adopts) the sandbox.
     #[serde(default)]
     pub isolation: Isolation,
+    /// Where a `nat` sandbox may connect to; open when empty.
+    #[serde(default, skip_serializing_if = "crate::egress::Egress::is_open")]
+    pub egress: crate::egress::Egress,
 }
 
 /// Why `env` cannot be a process's environment, if it cannot: a name must be

@@ -38,6 +38,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use warren_core::{Caller, ListFilter};
 use warren_types::api::{CreateSandbox, SandboxInfo, SandboxState, SetTimeout, TimeoutAction};
+use warren_types::egress::Egress;
 use warren_types::spec::NetworkMode;
 
 use super::envd::HttpError;
@@ -80,7 +81,10 @@ pub(super) fn router(state: E2bState) -> Router {
         .route("/sandboxes/metrics", any(unsupported))
         .route("/sandboxes/{id}/logs", any(unsupported))
         .route("/v2/sandboxes/{id}/logs", any(unsupported))
-        .route("/sandboxes/{id}/network", any(unsupported))
+        .route(
+            "/sandboxes/{id}/network",
+            axum::routing::put(update_network).fallback(unsupported),
+        )
         .route("/templates", any(unsupported))
         .route("/templates/{id}/{*rest}", any(unsupported))
         .route("/v2/templates", any(unsupported))
@@ -166,8 +170,9 @@ struct AutoResume {
     enabled: bool,
 }
 
-/// The part of E2B's `network` that maps: whether the sandbox's ports take traffic
-/// without its traffic token. Egress rules have no counterpart (see docs/e2b.md).
+/// E2B's `network`: egress rules, whether the sandbox's ports take traffic without its
+/// traffic token, and the `Host` they see. Per-host request transforms and a SOCKS
+/// proxy for egress have no counterpart here and are refused rather than ignored.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct NetworkConfig {
@@ -175,7 +180,64 @@ struct NetworkConfig {
     allow_public_traffic: Option<bool>,
     #[serde(rename = "maskRequestHost", alias = "mask_request_host")]
     mask_request_host: Option<String>,
+    #[serde(flatten)]
+    egress: EgressConfig,
 }
+
+/// The egress part of E2B's `network` (a create's, and the whole of an update's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct EgressConfig {
+    #[serde(rename = "allowOut", alias = "allow_out")]
+    allow_out: Option<Vec<String>>,
+    #[serde(rename = "denyOut", alias = "deny_out")]
+    deny_out: Option<Vec<String>>,
+    #[serde(rename = "dnsServers", alias = "dns_servers")]
+    dns_servers: Option<Vec<String>>,
+    rules: Option<serde_json::Value>,
+    #[serde(rename = "egressProxy", alias = "egress_proxy")]
+    egress_proxy: Option<serde_json::Value>,
+    /// Only in an update's body (a create has it outside `network`).
+    #[serde(rename = "allow_internet_access", alias = "allowInternetAccess")]
+    allow_internet_access: Option<bool>,
+}
+
+impl EgressConfig {
+    /// Warren's rules for these fields; `internet: false` adds "deny all" (E2B's
+    /// meaning of it).
+    fn to_egress(&self, internet: Option<bool>) -> Result<Egress, HttpError> {
+        let given = |v: &Option<serde_json::Value>| {
+            v.as_ref()
+                .is_some_and(|v| !v.is_null() && v.as_object().is_none_or(|o| !o.is_empty()))
+        };
+        if given(&self.rules) {
+            return Err(HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "network.rules (per-host request transforms) are not supported by Warren;                  allow the hosts with allowOut and set headers in the sandbox",
+            ));
+        }
+        if given(&self.egress_proxy) {
+            return Err(HttpError::new(
+                StatusCode::BAD_REQUEST,
+                "network.egressProxy is not supported by Warren: a sandbox's traffic leaves                  through the host's own network",
+            ));
+        }
+        let mut e = Egress {
+            allow: self.allow_out.clone().unwrap_or_default(),
+            deny: self.deny_out.clone().unwrap_or_default(),
+            dns: self.dns_servers.clone(),
+        };
+        if internet.or(self.allow_internet_access) == Some(false)
+            && !e.deny.iter().any(|d| d == ALL_TRAFFIC)
+        {
+            e.deny.push(ALL_TRAFFIC.into());
+        }
+        Ok(e)
+    }
+}
+
+/// E2B's "all traffic".
+const ALL_TRAFFIC: &str = "0.0.0.0/0";
 
 /// E2B's default lifetime when a create or connect names none (its spec's 300 s).
 const DEFAULT_TIMEOUT_SECS: u64 = 300;
@@ -284,7 +346,21 @@ fn with_tokens(
 fn detail_of(i: &SandboxInfo) -> serde_json::Value {
     let mut v = listed(i);
     v["envdAccessToken"] = serde_json::json!(i.access_token);
-    v["allowInternetAccess"] = serde_json::json!(i.network == NetworkMode::Nat);
+    let denies_all = i.egress.deny.iter().any(|d| d == ALL_TRAFFIC) && i.egress.allow.is_empty();
+    v["allowInternetAccess"] = serde_json::json!(i.network == NetworkMode::Nat && !denies_all);
+    let mut network = serde_json::json!({
+        "allowOut": i.egress.allow,
+        "denyOut": i.egress.deny,
+        // A detail carries the tokens (`with_tokens`): a traffic token means not public.
+        "allowPublicTraffic": i.traffic_token.is_none(),
+    });
+    if let Some(d) = &i.egress.dns {
+        network["dnsServers"] = serde_json::json!(d);
+    }
+    if let Some(h) = &i.request_host {
+        network["maskRequestHost"] = serde_json::json!(h);
+    }
+    v["network"] = network;
     let on_timeout = match i.on_timeout {
         TimeoutAction::Pause | TimeoutAction::Stop => "pause",
         TimeoutAction::Terminate => "kill",
@@ -324,6 +400,31 @@ async fn create(
              resumed by connect, not by traffic",
         ));
     }
+    let egress = match &req.network {
+        Some(n) => n.egress.to_egress(req.allow_internet_access)?,
+        None => Egress::default(),
+    };
+    let has_nat = st
+        .mgr
+        .networks_for(&who, &template)
+        .contains(&NetworkMode::Nat);
+    // `allow_internet_access: false` alone is loopback only; with rules (or where the
+    // sandbox may be opened later, E2B's model) it is `nat` denying everything.
+    let network = match req.allow_internet_access {
+        Some(true) => NetworkMode::Nat,
+        Some(false) if egress.allow.is_empty() && egress.dns.is_none() => NetworkMode::None,
+        Some(false) => NetworkMode::Nat,
+        // Internet by default where the template's backend has it (gVisor's sandboxes
+        // have no `nat` network yet); asked for, it is refused there.
+        None if !egress.is_open() => NetworkMode::Nat,
+        None if st.options.internet_by_default && has_nat => NetworkMode::Nat,
+        None => NetworkMode::None,
+    };
+    let egress = if network == NetworkMode::None {
+        Egress::default()
+    } else {
+        egress
+    };
     let create = CreateSandbox {
         template: Some(template.clone()),
         env: req.env_vars.unwrap_or_default(),
@@ -334,19 +435,8 @@ async fn create(
             (Some(true), _) => TimeoutAction::Pause,
             _ => TimeoutAction::Terminate,
         }),
-        network: if req.allow_internet_access.unwrap_or_else(|| {
-            // Internet by default where the template's backend has it (gVisor's
-            // sandboxes have no `nat` network yet); asked for, it is refused there.
-            st.options.internet_by_default
-                && st
-                    .mgr
-                    .networks_for(&who, &template)
-                    .contains(&NetworkMode::Nat)
-        }) {
-            NetworkMode::Nat
-        } else {
-            NetworkMode::None
-        },
+        network,
+        egress,
         auto_resume: Some(auto_resume),
         home_volume: Some(false),
         request_host: req
@@ -965,6 +1055,33 @@ async fn unsupported(_: Key, uri: Uri) -> HttpError {
             uri.path()
         ),
     )
+}
+
+/// `PUT /sandboxes/{id}/network`: replaces the sandbox's egress rules (what the body
+/// leaves out is cleared, as E2B does).
+async fn update_network(
+    State(st): State<E2bState>,
+    Key(who): Key,
+    Path(id): Path<String>,
+    Body(req): Body<EgressConfig>,
+) -> Result<Response, HttpError> {
+    let egress = req.to_egress(None)?;
+    let info = st.mgr.get(&who, &id).map_err(core(&id))?;
+    if info.network != NetworkMode::Nat {
+        return Err(HttpError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "sandbox {id} was made without internet access (loopback only), so it has no \
+                 network to open; create it with allow_internet_access=True and \
+                 network={{\"deny_out\": [ALL_TRAFFIC]}} to change its rules later"
+            ),
+        ));
+    }
+    st.mgr
+        .set_egress(&who, &id, egress)
+        .await
+        .map_err(core(&id))?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[cfg(test)]

@@ -53,6 +53,8 @@ pub struct CreateArgs {
     /// request.
     #[arg(long)]
     auto_resume: bool,
+    #[command(flatten)]
+    egress: EgressFlags,
     /// Do not mount the owner's persistent volume at /home/user.
     #[arg(long)]
     no_home: bool,
@@ -84,7 +86,13 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
         get_or_create: args.get_or_create,
         template: args.template,
         resources: sandbox.resource_request(),
-        network: sandbox.network,
+        network: if args.egress.is_open() {
+            sandbox.network
+        } else {
+            // Rules are for a network: asking for them asks for `nat`.
+            warren_types::spec::NetworkMode::Nat
+        },
+        egress: args.egress.into_egress(),
         publish: sandbox.publish,
         env: args.env.into_iter().collect(),
         labels: args.labels.into_iter().collect::<BTreeMap<_, _>>(),
@@ -107,4 +115,36 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
     let info: SandboxInfo = block_on(client.call(Method::POST, "/v1/sandboxes", Some(&body)))??;
     out(format!("{}\n", info.id))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Egress rules of a `nat` sandbox (also `warren egress`).
+#[derive(Debug, Clone, Args)]
+pub struct EgressFlags {
+    /// Reachable even where --deny-out covers it: an IPv4 address, a CIDR block, or a
+    /// domain name (example.com, *.example.com; matched on HTTP and TLS connections to
+    /// ports 80 and 443). Repeat for more.
+    #[arg(long = "allow-out", value_name = "ADDR|CIDR|DOMAIN")]
+    pub allow_out: Vec<String>,
+    /// Not reachable: an IPv4 address or a CIDR block (0.0.0.0/0: everything not
+    /// allowed). Repeat for more.
+    #[arg(long = "deny-out", value_name = "ADDR|CIDR")]
+    pub deny_out: Vec<String>,
+    /// A DNS server that stays reachable when --allow-out names a domain [default: the
+    /// sandbox's own resolvers]. Repeat for more.
+    #[arg(long = "dns", value_name = "ADDR")]
+    pub dns: Vec<String>,
+}
+
+impl EgressFlags {
+    pub fn is_open(&self) -> bool {
+        self.allow_out.is_empty() && self.deny_out.is_empty() && self.dns.is_empty()
+    }
+
+    pub fn into_egress(self) -> warren_types::egress::Egress {
+        warren_types::egress::Egress {
+            allow: self.allow_out,
+            deny: self.deny_out,
+            dns: (!self.dns.is_empty()).then_some(self.dns),
+        }
+    }
 }

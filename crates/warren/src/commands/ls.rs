@@ -107,6 +107,7 @@ mod tests {
     #[test]
     fn table_aligns_columns() {
         let info = SandboxInfo {
+            egress: Default::default(),
             id: "abc123".into(),
             owner: "default".into(),
             name: None,

@@ -4,6 +4,7 @@ pub mod attach;
 pub mod backends;
 pub mod create;
 pub mod doctor;
+pub mod egress;
 pub mod events;
 pub mod exec;
 mod flags;

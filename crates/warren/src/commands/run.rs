@@ -94,6 +94,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let spec = SandboxSpec {
+        egress: Default::default(),
         id: warren_runtime::new_id()?,
         template: args.template.clone(),
         hostname: args.hostname.clone(),
