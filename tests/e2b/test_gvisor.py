@@ -99,3 +99,42 @@ def test_fork_of_a_namespace_sandbox_is_refused_clearly(daemon):
             s.fork()
     finally:
         s.kill()
+
+
+def test_internet_on_gvisor_when_asked(daemon, gvisor_template):
+    """A gVisor template's sandbox is offline unless the create asks (so that pause to
+    disk and fork work); asked, it is on `nat`: it has a way out, reaches nothing of the
+    host, serves its ports through the daemon, pauses in place with its memory, and is
+    not forked (its sockets are the host kernel's)."""
+    from test_sync import _get, _start_port_server
+
+    offline = Sandbox.create(gvisor_template, timeout=60)
+    s = Sandbox.create(gvisor_template, timeout=120, allow_internet_access=True)
+    try:
+        assert offline.get_info().allow_internet_access is False
+        assert s.get_info().allow_internet_access is True
+        route = "awk 'NR > 1 && $2 == \"00000000\" {print \"default\"}' /proc/net/route"
+        assert s.commands.run(route).stdout == "default\n"
+        assert offline.commands.run(route).stdout == ""
+        # The daemon's own E2B port on the host's loopback is not the sandbox's loopback.
+        probe = (
+            "python3 -c 'import socket,sys\n"
+            "try:\n socket.create_connection((\"127.0.0.1\", %d), timeout=2); print(\"open\")\n"
+            "except OSError as e: print(type(e).__name__)'" % int(daemon.url.rsplit(":", 1)[1])
+        )
+        assert s.commands.run(probe).stdout.strip() == "ConnectionRefusedError"
+        _start_port_server(s, 8080)
+        status, body = _get(daemon, s.get_host(8080), "/through-the-daemon")
+        assert status == 200, body
+        s.commands.run(COUNTER, background=True)
+        time.sleep(0.5)
+        before = _count(s)
+        assert s.pause() is True
+        back = Sandbox.connect(s.sandbox_id)
+        assert _count(back) >= before
+        assert _grows(back, _count(back))
+        with pytest.raises(Exception, match="`none`"):
+            back.fork()
+    finally:
+        s.kill()
+        offline.kill()

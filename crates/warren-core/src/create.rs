@@ -98,6 +98,8 @@ impl Manager {
         let req = CreateSandbox {
             resources: r.spec.resources.clone(),
             network: r.spec.network,
+            // A copy goes where its source may, no further.
+            egress: r.spec.egress.clone(),
             env: r.spec.env.clone(),
             labels: r.labels.clone(),
             metadata: r.metadata.clone(),

@@ -598,14 +598,18 @@ impl Manager {
         who: &Caller,
         template: &str,
     ) -> Vec<warren_types::spec::NetworkMode> {
-        let isolation = self
-            .resolve_template(who, template)
-            .ok()
-            .and_then(|t| t.meta.isolation)
-            .unwrap_or(self.config.isolation);
-        self.backend(isolation)
+        self.backend(self.isolation_for(who, template))
             .map(|b| b.info().capabilities.networks)
             .unwrap_or_default()
+    }
+
+    /// The backend a request for `template` (as `who` names it) that names none gets:
+    /// the template's, else the daemon's default.
+    pub fn isolation_for(&self, who: &Caller, template: &str) -> Isolation {
+        self.resolve_template(who, template)
+            .ok()
+            .and_then(|t| t.meta.isolation)
+            .unwrap_or(self.config.isolation)
     }
 
     /// Takes over a recorded sandbox after a restart.

@@ -17,7 +17,16 @@
 //! Limits: memory and CPU go in the bundle's `linux.resources`, under a cgroup named as
 //! the namespace backend names its own (relative, so under this process's cgroup). The
 //! pids limit is not offered: gVisor's own host threads count against it, and a small
-//! one kills the sandbox. Networks: `none` only for now (see docs/design.md).
+//! one kills the sandbox.
+//!
+//! Networks: `none` is gVisor's own network stack with loopback only. `nat` is the host
+//! kernel's stack (runsc `--network=host`) in a network namespace of the sandbox's own,
+//! made by `warren __oci` and wired as a namespace sandbox's is (a veth, the same
+//! netfilter policy, egress rules). gVisor's own stack in such a namespace
+//! (`--network=sandbox`) would be the stronger choice, but the runsc Debian ships (2022)
+//! takes every namespace for the host's on kernels that show `net.core` settings in all
+//! of them, and refuses. A `nat` sandbox's sockets are the host kernel's, which runsc
+//! cannot checkpoint: it pauses in place (frozen, its memory kept) and is not forked.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -83,6 +92,8 @@ pub struct GvisorSandbox {
     ephemeral: Option<PathBuf>,
     /// How to mount its root again for a restore.
     restore: Restore,
+    /// On `nat`: paused in place, not to disk; ports reached in its network namespace.
+    nat: bool,
 }
 
 /// What a restore needs besides the checkpoint image: the root is mounted afresh in the
@@ -100,14 +111,29 @@ struct Runsc {
     root: PathBuf,
     platform: String,
     debug_log: Option<PathBuf>,
+    /// For a container on `nat`: every command must name the network it was made with.
+    nat: bool,
 }
 
 impl Runsc {
+    /// The same runsc for a container on `nat` (the host's stack in its own namespace).
+    fn on_nat(&self, nat: bool) -> Self {
+        Self {
+            nat,
+            ..self.clone()
+        }
+    }
+
     fn flags(&self) -> Vec<String> {
         let mut f = vec![
             format!("--root={}", self.root.display()),
             format!("--platform={}", self.platform),
-            "--network=none".into(),
+            if self.nat {
+                "--network=host"
+            } else {
+                "--network=none"
+            }
+            .into(),
             "--host-uds=create".into(),
             // The writable layer is Warren's own overlay, not a file inside the root.
             "--overlay2=none".into(),
@@ -237,6 +263,7 @@ impl GvisorBackend {
             root: self.paths.run.join("runsc"),
             platform: self.platform.clone(),
             debug_log: self.debug_log.clone(),
+            nat: false,
         })
     }
 
@@ -264,14 +291,21 @@ impl GvisorBackend {
         from: Option<(&Path, &Path)>,
     ) -> Result<GvisorSandbox> {
         let runsc = self.runsc()?;
-        if spec.network != NetworkMode::None || !spec.volumes.is_empty() || !spec.publish.is_empty()
+        if !matches!(spec.network, NetworkMode::None | NetworkMode::Nat)
+            || !spec.volumes.is_empty()
+            || !spec.publish.is_empty()
         {
             return Err(Error::Invalid {
                 what: "request",
-                why: "a gvisor sandbox has network `none` and takes no volumes or published \
-                      ports yet"
+                why: "a gvisor sandbox has network `none` or `nat` and takes no volumes or \
+                      published ports yet"
                     .into(),
             });
+        }
+        let nat = spec.network == NetworkMode::Nat;
+        let runsc = runsc.on_nat(nat);
+        if nat && from.is_some() {
+            return Err(no_snapshots_on_nat());
         }
         if !crate::valid_name(&spec.id) {
             return Err(Error::Invalid {
@@ -295,6 +329,7 @@ impl GvisorBackend {
             run: run.clone(),
             ephemeral: opts.ephemeral.then(|| data.clone()),
             restore: self.restore(),
+            nat,
         };
         let r = (|| -> Result<PathBuf> {
             let bundle = prepare_dirs(&self.paths, &run, &data)?;
@@ -361,6 +396,7 @@ impl GvisorBackend {
             bundle: bundle.to_path_buf(),
             lower: template.lower.clone(),
             rw: data.to_path_buf(),
+            new_netns: sb.nat,
             argv: std::iter::once(runsc.bin.display().to_string())
                 .chain(runsc.flags())
                 .chain(verb)
@@ -372,6 +408,27 @@ impl GvisorBackend {
         tokio::task::spawn_blocking(move || run_oci(&exe, &launch, &log))
             .await
             .map_err(|e| Error::Setup(format!("runsc create: {e}")))??;
+        if sb.nat {
+            // The container's processes are in the namespace `__oci` made: wire it.
+            let (_, pid) = runsc.state(&sb.id).unwrap_or_default();
+            if pid <= 0 {
+                return Err(Error::Setup("runsc create left no sandbox process".into()));
+            }
+            let (run_dir, id) = (self.paths.run.clone(), sb.id.clone());
+            let lease = tokio::task::spawn_blocking(move || {
+                crate::network::setup_nat(
+                    &run_dir,
+                    &id,
+                    nix::unistd::Pid::from_raw(pid),
+                    std::process::id(),
+                )
+            })
+            .await
+            .map_err(|e| Error::Setup(format!("network: {e}")))?
+            .map_err(|e| Error::Setup(format!("network: {e}")))?;
+            std::fs::write(sb.run.join("lease"), lease.as_os_str().as_encoded_bytes())
+                .map_err(crate::io_err("record the address lease"))?;
+        }
         let r = runsc.clone();
         let id = sb.id.clone();
         let restored = image.is_some();
@@ -402,6 +459,17 @@ impl GvisorBackend {
                 Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
             }
         }
+    }
+}
+
+/// Why a `nat` sandbox cannot be checkpointed, forked or restored.
+fn no_snapshots_on_nat() -> Error {
+    Error::Invalid {
+        what: "request",
+        why: "a gvisor sandbox on the `nat` network keeps no memory snapshots (its sockets \
+              are the host kernel's, which runsc cannot save): fork or snapshot with memory \
+              one on `none`"
+            .into(),
     }
 }
 
@@ -518,6 +586,16 @@ fn bundle_config(
         );
     }
     let launch = serde_json::to_string(&launch).expect("the launch serializes");
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    // On `nat` the container stays in the namespace `warren __oci` made for it.
+    if spec.network != NetworkMode::Nat {
+        namespaces.push(json!({"type": "network"}));
+    }
     Ok(json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -535,8 +613,7 @@ fn bundle_config(
         "hostname": spec.hostname.clone().unwrap_or_else(|| "sandbox".into()),
         "mounts": mounts,
         "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"},
-                           {"type": "mount"}, {"type": "network"}],
+            "namespaces": namespaces,
             "cgroupsPath": container(&spec.id),
             "resources": resources,
             "maskedPaths": ["/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
@@ -591,6 +668,9 @@ struct OciLaunch {
     lower: Vec<PathBuf>,
     /// The writable layer's directory (with `upper` and `work`).
     rw: PathBuf,
+    /// Give the container a network namespace of its own, loopback up (`nat`).
+    #[serde(default)]
+    new_netns: bool,
     /// The OCI runtime's `create` command line, run in the new mount namespace.
     argv: Vec<String>,
 }
@@ -616,8 +696,17 @@ pub fn oci_main() -> ! {
         Ok(l) => l,
         Err(e) => fail("bad launch", &e),
     };
-    if let Err(e) = warren_sys::ns::unshare(warren_sys::ns::CloneFlags::CLONE_NEWNS) {
-        fail("new mount namespace", &e);
+    let mut flags = warren_sys::ns::CloneFlags::CLONE_NEWNS;
+    if launch.new_netns {
+        flags |= warren_sys::ns::CloneFlags::CLONE_NEWNET;
+    }
+    if let Err(e) = warren_sys::ns::unshare(flags) {
+        fail("new namespaces", &e);
+    }
+    if launch.new_netns {
+        if let Err(e) = warren_sys::ns::loopback_up() {
+            fail("bring up loopback", &e);
+        }
     }
     if let Err(e) =
         warren_sys::mount::set_propagation(Path::new("/"), nix::mount::MsFlags::MS_PRIVATE)
@@ -798,6 +887,7 @@ impl GvisorSandbox {
             bundle: bundle.clone(),
             lower: template.lower.clone(),
             rw: self.restore.paths.sandbox_data(&self.id),
+            new_netns: false,
             argv: std::iter::once(self.runsc.bin.display().to_string())
                 .chain(self.runsc.flags())
                 .chain([
@@ -842,6 +932,12 @@ impl GvisorSandbox {
             let _ = self.cgroup.remove();
         }
         remove_runsc_cgroups(&c);
+        // Its link went with its namespace; the lease is this daemon's to return.
+        if let Ok(lease) = std::fs::read(self.run.join("lease")) {
+            crate::network::remove_link(&crate::network::link_name(&self.id));
+            use std::os::unix::ffi::OsStrExt;
+            let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(&lease));
+        }
         let _ = crate::tree::remove(&self.run);
         if let Some(dir) = self.ephemeral.take() {
             let _ = crate::tree::remove(&dir);
@@ -871,7 +967,7 @@ impl Backend for GvisorBackend {
                 strong_isolation: true,
                 pause: true,
                 memory_snapshots: true,
-                networks: vec![NetworkMode::None],
+                networks: vec![NetworkMode::None, NetworkMode::Nat],
                 limits: ["memory", "cpu"].map(String::from).to_vec(),
                 volumes: false,
             },
@@ -903,7 +999,8 @@ impl Backend for GvisorBackend {
             socket: run.join("sock/agent.sock"),
             pid: AtomicI32::new(pid),
             cgroup: self.cgroup(id),
-            runsc,
+            runsc: runsc.on_nat(run.join("lease").exists()),
+            nat: run.join("lease").exists(),
             run,
             ephemeral: None,
             restore: self.restore(),
@@ -912,15 +1009,18 @@ impl Backend for GvisorBackend {
 
     fn purge(&self, id: &str, remove_data: bool) {
         let Ok(runsc) = self.runsc() else { return };
+        let run = self.paths.sandbox_run(id);
+        let nat = run.join("lease").exists();
         let mut sb = GvisorSandbox {
             id: id.to_string(),
             socket: PathBuf::new(),
             pid: AtomicI32::new(0),
             cgroup: self.cgroup(id),
-            runsc,
-            run: self.paths.sandbox_run(id),
+            runsc: runsc.on_nat(nat),
+            run,
             ephemeral: remove_data.then(|| self.paths.sandbox_data(id)),
             restore: self.restore(),
+            nat,
         };
         sb.teardown();
     }
@@ -959,8 +1059,11 @@ impl Instance for GvisorSandbox {
     }
 
     /// Saves the processes and memory to disk and ends the container: a paused gvisor
-    /// sandbox holds no memory.
+    /// sandbox holds no memory. One on `nat` is frozen in place instead.
     fn pause(&self) -> Result<()> {
+        if self.nat {
+            return self.runsc.run(&["pause", &container(&self.id)]).map(drop);
+        }
         self.checkpoint_to_disk()
     }
 
@@ -974,6 +1077,9 @@ impl Instance for GvisorSandbox {
     }
 
     fn checkpoint(&self, image: &Path) -> Result<()> {
+        if self.nat {
+            return Err(no_snapshots_on_nat());
+        }
         self.checkpoint_into(image, true)
     }
 
@@ -994,9 +1100,17 @@ impl Instance for GvisorSandbox {
     }
 
     fn port_dialer(&self) -> PortDialer {
+        if self.nat {
+            // Its sockets are the host kernel's, in its own namespace.
+            let pid = self.pid.load(Ordering::Relaxed);
+            return Box::new(move |port, timeout| {
+                crate::network::connect_inside(pid, port, timeout)
+            });
+        }
         Box::new(|_, _| {
             Err(std::io::Error::other(
-                "a gvisor sandbox has no network the host can reach yet",
+                "a gvisor sandbox on `none` has no network the host can reach: create it \
+                 on `nat` to reach its ports",
             ))
         })
     }

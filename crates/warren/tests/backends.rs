@@ -122,6 +122,23 @@ fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
 
 /// The same behaviour, whatever isolates it. `home` is a directory the sandbox's
 /// default user may write (inside for isolating backends, on the host in trust mode).
+/// Prints how the sandbox's default gateway answers a connection to port 22: `open`,
+/// `refused` or `dropped`; `no route` without one.
+const GATEWAY_PROBE: &str = r#"python3 -c '
+import socket, struct
+gw = [l.split()[2] for l in open("/proc/net/route") if l.split()[1] == "00000000"]
+if not gw:
+    print("no route"); raise SystemExit
+ip = socket.inet_ntoa(struct.pack("<I", int(gw[0], 16)))
+s = socket.socket(); s.settimeout(1)
+try:
+    s.connect((ip, 22)); print("open")
+except socket.timeout:
+    print("dropped")
+except OSError:
+    print("refused")
+'"#;
+
 fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> String) {
     let isolation = backend["name"].as_str().unwrap();
     let enforces = |l: &str| {
@@ -135,6 +152,14 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     if enforces("pids") {
         flags.extend(["--pids", "64"]);
     }
+    let nat = backend["capabilities"]["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "nat");
+    if nat {
+        flags.extend(["--network", "nat"]);
+    }
     let id = d.create(&flags);
     let info = d.info(&id);
     assert_eq!(info["isolation"], isolation, "{info}");
@@ -145,6 +170,14 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     assert_eq!((code, out.as_str()), (0, "hello\n"), "{isolation}");
     let (code, _) = d.exec(&id, "exit 7");
     assert_eq!(code, 7, "{isolation}");
+
+    // A `nat` sandbox has a way out, and none into the host: its gateway is the host's
+    // end of its link, where nothing answers (dropped, not refused). No packet leaves
+    // the host.
+    if nat {
+        let (code, out) = d.exec(&id, GATEWAY_PROBE);
+        assert_eq!((code, out.trim()), (0, "dropped"), "{isolation}");
+    }
 
     // Files through the API, read back from a process.
     let dir = home(&id);
@@ -312,6 +345,12 @@ fn the_backends_list_says_what_each_offers() {
         ns["capabilities"]["networks"],
         serde_json::json!(["none", "nat"])
     );
+    if list[1]["available"] == true {
+        assert_eq!(
+            list[1]["capabilities"]["networks"],
+            serde_json::json!(["none", "nat"])
+        );
+    }
     let process = &list[2];
     assert_eq!(process["available"], true, "{process}");
     assert_eq!(process["capabilities"]["strong_isolation"], false);

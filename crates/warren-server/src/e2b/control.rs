@@ -408,16 +408,19 @@ async fn create(
         .mgr
         .networks_for(&who, &template)
         .contains(&NetworkMode::Nat);
+    // A gVisor sandbox on `nat` keeps no memory snapshots (no fork, see docs/e2b.md):
+    // there, internet is on only when asked for.
+    let nat_by_default = has_nat
+        && st.options.internet_by_default
+        && st.mgr.isolation_for(&who, &template) != warren_types::spec::Isolation::Gvisor;
     // `allow_internet_access: false` alone is loopback only; with rules (or where the
     // sandbox may be opened later, E2B's model) it is `nat` denying everything.
     let network = match req.allow_internet_access {
         Some(true) => NetworkMode::Nat,
         Some(false) if egress.allow.is_empty() && egress.dns.is_none() => NetworkMode::None,
         Some(false) => NetworkMode::Nat,
-        // Internet by default where the template's backend has it (gVisor's sandboxes
-        // have no `nat` network yet); asked for, it is refused there.
         None if !egress.is_open() => NetworkMode::Nat,
-        None if st.options.internet_by_default && has_nat => NetworkMode::Nat,
+        None if nat_by_default => NetworkMode::Nat,
         None => NetworkMode::None,
     };
     let egress = if network == NetworkMode::None {
