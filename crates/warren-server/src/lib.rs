@@ -254,6 +254,13 @@ fn build(state: AppState) -> Router {
 }
 
 pub(crate) fn no_route(method: &str, path: &str) -> Error {
+    if UNIX_ONLY.iter().any(|(m, p)| *m == method && *p == path) {
+        // Documented as such: saying so tells a TCP caller nothing it could not read.
+        return Error::not_found(format!(
+            "no route {method} {path} over TCP: it is served on the daemon's unix socket \
+             only (as the host's root: `warren` on the daemon's host)"
+        ));
+    }
     Error::not_found(format!("no route {method} {path}"))
 }
 
@@ -323,18 +330,20 @@ pub async fn serve(
     unix_socket: PathBuf,
     tcp: Option<SocketAddr>,
 ) -> io::Result<()> {
-    serve_with(mgr, unix_socket, tcp, None, Limits::default()).await
+    serve_with(mgr, unix_socket, tcp, None, Limits::default(), || ()).await
 }
 
 /// [`serve`], plus the E2B API ([`e2b`]) on `e2b` when given, with the TCP listeners'
 /// connections bounded by `limits` (fitted under the limit on open files, which is
-/// raised to its hard value first).
+/// raised to its hard value first). `ready` runs once every listener is bound; a
+/// listener that cannot be bound is named in the error, and leaves no socket file.
 pub async fn serve_with(
     mgr: Arc<Manager>,
     unix_socket: PathBuf,
     tcp: Option<SocketAddr>,
     e2b: Option<(SocketAddr, e2b::E2bOptions)>,
     limits: Limits,
+    ready: impl FnOnce(),
 ) -> io::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -343,15 +352,27 @@ pub async fn serve_with(
         open_files,
         usize::from(tcp.is_some()) + usize::from(e2b.is_some()),
     );
-    let unix = bind_unix(&unix_socket)?;
+    let listen = |addr: SocketAddr| async move {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("listen on {addr}: {e}")))
+    };
+    // TCP first: a taken port leaves no unix socket behind.
     let tcp = match tcp {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
+        Some(addr) => Some(listen(addr).await?),
         None => None,
     };
     let e2b = match e2b {
-        Some((addr, options)) => Some((TcpListener::bind(addr).await?, options)),
+        Some((addr, options)) => Some((listen(addr).await?, options)),
         None => None,
     };
+    let unix = bind_unix(&unix_socket).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("listen on {}: {e}", unix_socket.display()),
+        )
+    })?;
+    ready();
     let (stop, shutdown) = watch::channel(false);
     let app = |surface| {
         build(AppState {

@@ -30,6 +30,7 @@ enum Command {
     Ls(commands::ls::LsArgs),
     Inspect(commands::inspect::InspectArgs),
     Egress(commands::egress::EgressArgs),
+    Ps(commands::ps::PsArgs),
     Logs(commands::logs::LogsArgs),
     Events(commands::events::EventsArgs),
     Pause(commands::pause::PauseArgs),
@@ -80,6 +81,7 @@ fn main() -> ExitCode {
         Command::Ls(a) => commands::ls::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Egress(a) => commands::egress::run(a),
+        Command::Ps(a) => commands::ps::run(a),
         Command::Logs(a) => commands::logs::run(a),
         Command::Events(a) => commands::events::run(a),
         Command::Pause(a) => commands::pause::run(a),
@@ -122,13 +124,30 @@ fn usage_error(e: clap::Error) -> ExitCode {
         let _ = e.print();
         return ExitCode::SUCCESS;
     }
-    let text = e.render().to_string();
-    let first = text.lines().next().unwrap_or("invalid arguments");
     eprintln!(
         "warren: {} (see --help)",
-        first.trim_start_matches("error: ")
+        one_line_usage(&e.render().to_string())
     );
     ExitCode::from(2)
+}
+
+/// clap's error as one line: its first line with what follows it (the missing
+/// arguments, the allowed values, a tip) up to the usage.
+fn one_line_usage(text: &str) -> String {
+    let mut parts = Vec::new();
+    for line in text.lines() {
+        let l = line.trim();
+        if l.starts_with("Usage:") || l.starts_with("For more information") {
+            break;
+        }
+        if !l.is_empty() {
+            parts.push(l.trim_start_matches("error: "));
+        }
+    }
+    if parts.is_empty() {
+        return "invalid arguments".into();
+    }
+    parts.join(" ")
 }
 
 #[cfg(test)]
@@ -140,5 +159,24 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// A usage error names what is missing or wrong, and what would do.
+    #[test]
+    fn usage_errors_say_what_to_change() {
+        let err = |args: &[&str]| {
+            let e = Cli::command()
+                .try_get_matches_from(std::iter::once("warren").chain(args.iter().copied()))
+                .unwrap_err();
+            super::one_line_usage(&e.render().to_string())
+        };
+        let m = err(&["inspect"]);
+        assert!(m.contains("<KEY>"), "{m}");
+        let m = err(&["exec"]);
+        assert!(m.contains("<KEY>"), "{m}");
+        let m = err(&["create", "--network", "bogus"]);
+        assert!(m.contains("none") && m.contains("nat"), "{m}");
+        let m = err(&["create", "--on-timeout", "x"]);
+        assert!(m.contains("pause") && m.contains("terminate"), "{m}");
     }
 }

@@ -15,12 +15,12 @@ pub struct SandboxFlags {
     /// Memory limit, e.g. 256M or 2G.
     #[arg(long, value_parser = parse_size)]
     memory: Option<u64>,
-    /// CPU limit in cores, e.g. 0.5.
-    #[arg(long)]
+    /// CPU limit in cores, e.g. 0.5 (at least 0.01).
+    #[arg(long, allow_negative_numbers = true)]
     cpus: Option<f64>,
-    /// Most processes and threads at once.
-    #[arg(long)]
-    pids: Option<u32>,
+    /// Most processes and threads at once (at least 1).
+    #[arg(long, allow_negative_numbers = true)]
+    pids: Option<i64>,
     /// Size of the writable layer, e.g. 1G.
     #[arg(long, value_parser = parse_size)]
     disk: Option<u64>,
@@ -55,18 +55,37 @@ pub struct SandboxSettings {
 
 impl SandboxFlags {
     pub fn settings(&self) -> anyhow::Result<SandboxSettings> {
+        // Checked here, each with its own message, before anything is asked of a daemon
+        // or the kernel.
         let cpu_millis = match self.cpus {
             Some(c) if !(c.is_finite() && c > 0.0) => {
-                anyhow::bail!("--cpus {c} must be a positive number of cores, e.g. 0.5")
+                anyhow::bail!("--cpus {c}: give a positive number of cores, e.g. 0.5")
             }
-            Some(c) => Some((c * 1000.0).round().max(1.0) as u32),
+            Some(c) if c < 0.01 => {
+                anyhow::bail!("--cpus {c}: below 0.01 core, the least the kernel can give")
+            }
+            Some(c) if c > 4096.0 => anyhow::bail!("--cpus {c}: more cores than any host has"),
+            Some(c) => Some((c * 1000.0).round() as u32),
             None => None,
         };
+        let pids = match self.pids {
+            Some(n) if n < 1 => {
+                anyhow::bail!("--pids {n}: no process could start; give at least 1")
+            }
+            Some(n) => Some(
+                u32::try_from(n)
+                    .map_err(|_| anyhow::anyhow!("--pids {n}: at most {}", u32::MAX))?,
+            ),
+            None => None,
+        };
+        if let Some(m) = self.memory.filter(|m| *m < 8 << 20) {
+            anyhow::bail!("--memory {m} bytes: below 8M, where no program can start");
+        }
         Ok(SandboxSettings {
             resources: Resources {
                 memory: self.memory,
                 cpu_millis,
-                pids: self.pids,
+                pids,
                 disk: self.disk,
             },
             network: match self.network {
@@ -119,17 +138,21 @@ mod tests {
     fn cpus_become_millicores() {
         let s = settings(&["--cpus", "0.5"]).unwrap();
         assert_eq!(s.resources.cpu_millis, Some(500));
-        // A sliver of a core still gets one millicore rather than no limit at all.
-        let s = settings(&["--cpus", "0.0001"]).unwrap();
-        assert_eq!(s.resources.cpu_millis, Some(1));
+        let s = settings(&["--cpus", "0.01"]).unwrap();
+        assert_eq!(s.resources.cpu_millis, Some(10));
     }
 
     #[test]
-    fn cpus_must_be_positive_and_finite() {
+    fn every_limit_is_checked_with_its_own_message() {
+        let err = |args: &[&str]| settings(args).unwrap_err().to_string();
         for bad in ["0", "-1", "NaN", "inf"] {
-            let flag = format!("--cpus={bad}");
-            assert!(settings(&[&flag]).is_err(), "{flag}");
+            assert!(err(&["--cpus", bad])
+                .starts_with(&format!("--cpus {}", bad.parse::<f64>().unwrap())));
         }
+        assert!(err(&["--cpus", "0.0001"]).contains("below 0.01 core"));
+        assert!(err(&["--pids", "0"]).starts_with("--pids 0"));
+        assert!(err(&["--pids", "-3"]).starts_with("--pids -3"));
+        assert!(err(&["--memory", "1K"]).starts_with("--memory 1024 bytes"));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod logs;
 pub mod ls;
 pub mod pause;
+pub mod ps;
 pub mod resume;
 pub mod rm;
 pub mod run;

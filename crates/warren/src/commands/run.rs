@@ -86,6 +86,12 @@ fn parse_volume(s: &str) -> Result<VolumeMount, String> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let sandbox = args.sandbox.settings()?;
+    if !nix::unistd::geteuid().is_root() {
+        anyhow::bail!(
+            "`warren run` makes the sandbox itself (namespaces, cgroups, mounts) and needs \
+             root: run it as root, or ask a daemon with `warren create` and `warren exec`"
+        );
+    }
     let memory = sandbox.resources.memory;
     let user = args
         .user
@@ -94,12 +100,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(anyhow::Error::msg)?;
     let spec = SandboxSpec {
-        egress: Default::default(),
         id: warren_runtime::new_id()?,
         template: args.template.clone(),
         hostname: args.hostname.clone(),
         resources: sandbox.resources,
         network: sandbox.network,
+        // Egress rules are the daemon's (its proxy enforces domain rules).
+        egress: Default::default(),
         publish: sandbox.publish,
         volumes: args.volume.clone(),
         env: BTreeMap::new(),

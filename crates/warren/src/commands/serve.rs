@@ -179,17 +179,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("cannot open the engine")?;
         ensure_default_key(&mgr, &paths.data.join("api-key"))?;
-        eprintln!("warren: serving on {}", socket.display());
-        if let Some(addr) = args.listen {
-            eprintln!("warren: serving on http://{addr} (API key required)");
-        }
-        if let Some(addr) = args.e2b_listen {
-            eprintln!("warren: serving the E2B API on http://{addr}");
-        }
+        let (listen, e2b_addr, shown) = (args.listen, args.e2b_listen, socket.clone());
+        let ready = move || {
+            eprintln!("warren: serving on {}", shown.display());
+            if let Some(addr) = listen {
+                eprintln!("warren: serving on http://{addr} (API key required)");
+            }
+            if let Some(addr) = e2b_addr {
+                eprintln!("warren: serving the E2B API on http://{addr}");
+            }
+        };
         let e2b_listen = args.e2b_listen.map(|addr| (addr, e2b));
-        warren_server::serve_with(mgr, socket.clone(), args.listen, e2b_listen, limits)
+        warren_server::serve_with(mgr, socket, args.listen, e2b_listen, limits, ready)
             .await
-            .with_context(|| format!("serving on {}", socket.display()))
+            .context("cannot serve")
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -27,7 +27,8 @@ pub struct ShareArgs {
     revoke: Option<String>,
     /// The sandbox: its id, name, or owner/name.
     key: String,
-    /// The process whose terminal to share.
+    /// The process whose terminal to share (`warren ps`); required unless --list or
+    /// --revoke.
     #[arg(required_unless_present_any = ["list", "revoke"])]
     pid: Option<u32>,
     #[command(flatten)]

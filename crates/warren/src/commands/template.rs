@@ -31,9 +31,12 @@ enum TemplateCommand {
     CodeInterpreter(CodeInterpreterArgs),
     Build(BuildArgs),
     Ls(LsArgs),
+    /// Show a template as JSON: its layers, size, commands and backend.
     Inspect(NameArgs),
+    /// Remove a template (refused while a sandbox uses it); its layers go with `gc`.
     Rm(NameArgs),
     Gc(GcArgs),
+    /// The disk templates and your sandboxes use.
     Du(LsArgs),
 }
 
@@ -206,6 +209,7 @@ fn code_interpreter(a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
 /// Build a template: run steps in a sandbox of a base template and keep the result.
 #[derive(Debug, Args)]
 struct BuildArgs {
+    /// The new template's name (a template of that name is replaced).
     #[arg(long)]
     name: String,
     /// The base template.
@@ -223,10 +227,13 @@ struct BuildArgs {
     /// Give the steps outbound network (NAT).
     #[arg(long)]
     network: bool,
+    /// Run in the background whenever a sandbox of this template starts.
     #[arg(long)]
     start_cmd: Option<String>,
+    /// Polled until it exits 0 before the sandbox counts as running.
     #[arg(long)]
     ready_cmd: Option<String>,
+    /// How long the ready command may take to succeed [default: 60s].
     #[arg(long, value_parser = parse_duration)]
     ready_timeout: Option<Duration>,
     /// Most time one step may take [default: 1h].
@@ -255,6 +262,7 @@ struct LsArgs {
 
 #[derive(Debug, Args)]
 struct NameArgs {
+    /// The template's name.
     name: String,
     #[command(flatten)]
     client: ClientArgs,
@@ -263,6 +271,7 @@ struct NameArgs {
 /// Remove layers no template uses.
 #[derive(Debug, Args)]
 struct GcArgs {
+    /// Only list what would be removed.
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
