@@ -62,8 +62,12 @@ pub use warren_runtime::Paths;
 /// Errors of the engine, each with a stable code (see [`CoreError::code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum CoreError {
-    #[error("no sandbox {0:?}")]
+    #[error("no sandbox {0:?}; `warren ls` lists them (by id, name or owner/name)")]
     NotFound(String),
+    /// Something in a sandbox, or of the tenant, that is not there (the message says
+    /// what).
+    #[error("{0}")]
+    Missing(String),
     #[error("no template {0:?}; `warren template ls` lists them")]
     TemplateNotFound(String),
     /// A sandbox asked for a template that does not exist (or is another tenant's
@@ -72,7 +76,7 @@ pub enum CoreError {
     UnknownTemplate(String),
     #[error("{0}")]
     InvalidState(String),
-    #[error("a sandbox named {0:?} already exists for this owner; pick another name or pass get_or_create")]
+    #[error("a sandbox named {0:?} already exists for this owner; pick another name, or get the existing one (`--get-or-create`, `\"get_or_create\": true`)")]
     NameTaken(String),
     #[error("{0}")]
     Invalid(String),
@@ -120,7 +124,7 @@ impl CoreError {
     /// The stable machine-readable code of this error.
     pub fn code(&self) -> WireCode {
         match self {
-            Self::NotFound(_) | Self::TemplateNotFound(_) => WireCode::NotFound,
+            Self::NotFound(_) | Self::TemplateNotFound(_) | Self::Missing(_) => WireCode::NotFound,
             Self::InvalidState(_) => WireCode::InvalidState,
             Self::UnknownTemplate(_) | Self::Invalid(_) => WireCode::InvalidRequest,
             Self::NameTaken(_) => WireCode::NameTaken,
@@ -858,10 +862,36 @@ impl Manager {
         let store = self.store();
         let r = match store.get(key)? {
             Some(r) => Some(r),
-            None => {
-                let (owner, name) = key.split_once('/').unwrap_or((&who.tenant, key));
-                store.by_name(&who.tenant, owner, name)?
-            }
+            None => match key.split_once('/') {
+                Some((owner, name)) => store.by_name(&who.tenant, owner, name)?,
+                // A bare name: the tenant's own sandbox of that name, else the one sandbox
+                // of the tenant that has it, whoever its owner (as docker resolves names).
+                None => match store.by_name(&who.tenant, &who.tenant, key)? {
+                    Some(r) => Some(r),
+                    None => {
+                        let mut found = store.by_bare_name(&who.tenant, key, 11)?;
+                        // A caller held to one sandbox sees no other's name.
+                        if let Some(only) = &who.only_sandbox {
+                            found.retain(|r| r.id == *only);
+                        }
+                        if found.len() > 1 {
+                            let mut names: Vec<String> = found
+                                .iter()
+                                .take(10)
+                                .map(|r| format!("{}/{key}", r.owner))
+                                .collect();
+                            if found.len() > 10 {
+                                names.push("...".into());
+                            }
+                            return Err(CoreError::Invalid(format!(
+                                "{key:?} names more than one sandbox; say which: {}",
+                                names.join(", ")
+                            )));
+                        }
+                        found.pop()
+                    }
+                },
+            },
         };
         let r = r.ok_or_else(not_found)?;
         let visible = r.tenant == who.tenant

@@ -60,7 +60,7 @@ impl Manager {
             .into_iter()
             .find(|s| s.id == id)
             .filter(|s| who.only_sandbox.as_ref().is_none_or(|o| *o == s.sandbox))
-            .ok_or_else(|| CoreError::NotFound(format!("session {id}")))
+            .ok_or_else(|| CoreError::Missing(format!("no session {id:?}")))
     }
 
     /// Attaches `client` to its default sandbox, making it on first use. A client with a

@@ -66,7 +66,11 @@ impl Manager {
         let procs = client.list_processes().await?;
         let p = procs.iter().find(|p| p.pid == pid && p.exit.is_none());
         let p = match p {
-            None => return Err(CoreError::NotFound(format!("process {pid}"))),
+            None => {
+                return Err(CoreError::Missing(format!(
+                    "no running process {pid} in sandbox {id}; `warren ps` lists them"
+                )))
+            }
             Some(p) if !p.tty => {
                 return Err(CoreError::Invalid(format!(
                     "process {pid} has no terminal to share; start it with a tty"
@@ -144,7 +148,9 @@ impl Manager {
             .position(|s| {
                 s.info.sandbox == info.id && s.info.id == share_id && s.tenant == who.tenant
             })
-            .ok_or_else(|| CoreError::NotFound(format!("share {share_id}")))?;
+            .ok_or_else(|| {
+                CoreError::Missing(format!("no share {share_id:?} of sandbox {}", info.id))
+            })?;
         let s = shares.remove(i);
         let _ = s.revoked.send(true);
         Ok(())

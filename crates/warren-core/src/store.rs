@@ -428,6 +428,29 @@ impl Store {
         r.transpose()
     }
 
+    /// A tenant's sandboxes (not terminated) named `name`, whatever their owner, at
+    /// most `limit`.
+    pub fn by_bare_name(
+        &self,
+        tenant: &str,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<Record>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE tenant = ?1 AND name = ?2 \
+             AND state != 'terminated' ORDER BY owner LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(
+            params![tenant, name, i64::try_from(limit).unwrap_or(i64::MAX)],
+            row_to_record,
+        )?;
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(r??);
+        }
+        Ok(out)
+    }
+
     /// Sandboxes not terminated; of one tenant when given.
     pub fn list_live(&self, tenant: Option<&str>) -> Result<Vec<Record>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(

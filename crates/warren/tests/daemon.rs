@@ -544,3 +544,44 @@ fn a_share_shows_only_what_follows_it_and_ends_with_its_process() {
     assert_eq!(list.lines().skip(1).count(), 0, "{list}");
     d.finish();
 }
+
+/// The README's walkthrough as written: a bare name finds the one sandbox of the tenant
+/// that has it, whoever its owner; two of one name are named back; errors say what is
+/// missing in its own words.
+#[test]
+fn the_readmes_walkthrough_and_its_errors_read_right() {
+    if !can_run("the_readmes_walkthrough_and_its_errors_read_right") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(true);
+    let alice = d.create(&["--owner", "alice", "--name", "lab", "--memory", "256M"]);
+    assert_eq!(d.ok(&["exec", "lab", "--", "echo", "hi"]), "hi\n");
+    assert!(d.ok(&["inspect", "lab"]).contains(&alice));
+    // The tenant's own sandbox of a name comes first; then only a unique one resolves.
+    let bob = d.create(&["--owner", "bob", "--name", "lab"]);
+    let o = d.run(&["exec", "lab", "--", "true"]);
+    assert_ne!(code(&o), Some(0));
+    let e = stderr(&o);
+    assert!(
+        e.contains("alice/lab") && e.contains("bob/lab"),
+        "an ambiguous name lists the candidates: {e}"
+    );
+    assert_eq!(d.ok(&["exec", "bob/lab", "--", "echo", "bob"]), "bob\n");
+    let o = d.run(&["exec", "nosuch", "--", "true"]);
+    assert!(stderr(&o).contains("warren ls"), "{}", stderr(&o));
+    // A missing process is not a missing sandbox.
+    let o = d.run(&["share", "alice/lab", "99999"]);
+    let e = stderr(&o);
+    assert!(e.contains("no running process 99999"), "{e}");
+    assert!(!e.contains("no sandbox"), "{e}");
+    // A taken name says how to get the existing one.
+    let o = d.run(&["create", "--owner", "alice", "--name", "lab"]);
+    assert!(stderr(&o).contains("--get-or-create"), "{}", stderr(&o));
+    // A unix-only route over TCP says so.
+    let r = d.as_tenant(&d.api_key(), "POST", "/v1/templates/import", "{}");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("unix socket only"), "{}", r.text());
+    d.ok(&["rm", &alice, &bob]);
+    d.finish();
+}
