@@ -108,8 +108,10 @@ pub(crate) async fn serve(
     router: Router,
     limits: Limits,
     nodelay: bool,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
+    let tls = tls.map(tokio_rustls::TlsAcceptor::from);
     let registry = Arc::new(Registry::new(limits));
     let mut builder = Builder::new(TokioExecutor::new());
     // The phases time heads; hyper's own timer would count the idle wait as well.
@@ -158,9 +160,24 @@ pub(crate) async fn serve(
             conn: conn.clone(),
         };
         let (builder, shutdown, running) = (builder.clone(), shutdown.clone(), running.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let http = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            drive(http, &conn, &limits, shutdown).await;
+            match tls {
+                None => {
+                    let http = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                    drive(http, &conn, &limits, shutdown).await;
+                }
+                Some(acceptor) => {
+                    // The handshake is the head of the first request: it gets that time.
+                    let shaken =
+                        tokio::time::timeout(limits.header_timeout, acceptor.accept(io)).await;
+                    if let Ok(Ok(stream)) = shaken {
+                        let http =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        drive(http, &conn, &limits, shutdown).await;
+                    }
+                }
+            }
             drop(running);
         });
     }
@@ -180,11 +197,14 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-type Http<'a> = UpgradeableConnection<'a, TokioIo<Io>, Service, TokioExecutor>;
+type Http<'a, I> = UpgradeableConnection<'a, TokioIo<I>, Service, TokioExecutor>;
 
 /// Runs one connection's HTTP until it ends, is closed from outside, or overstays its
 /// phase; on shutdown, it finishes what is in flight and ends.
-async fn drive(http: Http<'_>, conn: &Conn, limits: &Limits, shutdown: watch::Receiver<bool>) {
+async fn drive<I>(http: Http<'_, I>, conn: &Conn, limits: &Limits, shutdown: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut http = pin!(http);
     let mut stopping = pin!(crate::shutting_down(shutdown));
     let mut draining = false;
@@ -712,7 +732,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(serve(listener, app(), limits, true, shutdown));
+        let task = tokio::spawn(serve(listener, app(), limits, true, None, shutdown));
         Server { addr, stop, task }
     }
 

@@ -30,6 +30,7 @@ mod share;
 mod templates;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::future::IntoFuture;
 use std::io;
@@ -333,6 +334,15 @@ pub async fn serve(
     serve_with(mgr, unix_socket, tcp, None, Limits::default(), || ()).await
 }
 
+/// Where and how to serve the E2B API.
+#[derive(Debug, Clone)]
+pub struct E2bListener {
+    pub addr: SocketAddr,
+    pub options: e2b::E2bOptions,
+    /// TLS on it (see [`tls`]); plain HTTP without.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+}
+
 /// [`serve`], plus the E2B API ([`e2b`]) on `e2b` when given, with the TCP listeners'
 /// connections bounded by `limits` (fitted under the limit on open files, which is
 /// raised to its hard value first). `ready` runs once every listener is bound; a
@@ -341,7 +351,7 @@ pub async fn serve_with(
     mgr: Arc<Manager>,
     unix_socket: PathBuf,
     tcp: Option<SocketAddr>,
-    e2b: Option<(SocketAddr, e2b::E2bOptions)>,
+    e2b: Option<E2bListener>,
     limits: Limits,
     ready: impl FnOnce(),
 ) -> io::Result<()> {
@@ -363,7 +373,7 @@ pub async fn serve_with(
         None => None,
     };
     let e2b = match e2b {
-        Some((addr, options)) => Some((listen(addr).await?, options)),
+        Some(l) => Some((listen(l.addr).await?, l.options, l.tls)),
         None => None,
     };
     let unix = bind_unix(&unix_socket).map_err(|e| {
@@ -393,15 +403,17 @@ pub async fn serve_with(
             app(Surface::Tcp),
             limits,
             false,
+            None,
             shutdown.clone(),
         ));
     }
-    if let Some((listener, options)) = e2b {
+    if let Some((listener, options, tls)) = e2b {
         servers.spawn(conn::serve(
             listener,
             e2b::router(mgr.clone(), shutdown.clone(), options),
             limits,
             true,
+            tls,
             shutdown.clone(),
         ));
     }

@@ -27,6 +27,23 @@ pub struct ServeArgs {
     /// Also serve the E2B API (control plane and envd) on this TCP address, e.g. 127.0.0.1:3001
     #[arg(long, value_name = "ADDR")]
     pub e2b_listen: Option<SocketAddr>,
+    /// Serve the E2B API over TLS with this certificate chain (PEM; for DOMAIN and
+    /// *.DOMAIN, the `E2B_DOMAIN` of its clients). Needs --e2b-tls-key.
+    #[arg(long, value_name = "PEM", requires_all = ["e2b_listen", "e2b_tls_key"])]
+    pub e2b_tls_cert: Option<PathBuf>,
+    /// The private key of --e2b-tls-cert (PEM).
+    #[arg(long, value_name = "PEM", requires = "e2b_tls_cert")]
+    pub e2b_tls_key: Option<PathBuf>,
+    /// Serve the E2B API over TLS with a self-signed certificate for DOMAIN and
+    /// *.DOMAIN, made once and kept in the data directory (`e2b-tls/cert.pem` is what
+    /// clients trust), for trying it out.
+    #[arg(
+        long,
+        value_name = "DOMAIN",
+        requires = "e2b_listen",
+        conflicts_with = "e2b_tls_cert"
+    )]
+    pub e2b_tls_self_signed: Option<String>,
     /// A TOML file of limits: defaults, maxima, per-tenant quotas, publishable host ports
     /// (see docs/api.md, "Limits and quotas"), TCP connections ("Connections on TCP").
     #[arg(long, value_name = "PATH")]
@@ -57,6 +74,9 @@ struct E2bConfig {
     /// Whether an E2B create that does not say `allow_internet_access` gets outbound
     /// network (`nat`), as on E2B [default: true].
     internet_access: Option<bool>,
+    /// TLS on the E2B listener: a certificate chain and its key (PEM files).
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// The `[backends]` table: which isolation a request that names none gets, and the
@@ -116,12 +136,16 @@ impl ConnectionsConfig {
     }
 }
 
-fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Limits, E2bOptions)> {
+/// The daemon's configuration, its connection limits, and the E2B surface's options and
+/// TLS files (certificate, key) when the file names them.
+type Loaded = (Config, Limits, E2bOptions, Option<(PathBuf, PathBuf)>);
+
+fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
     let paths = Paths::from_env();
     let exe = std::env::current_exe().context("cannot find the warren binary")?;
     let mut config = Config::new(paths, exe);
     let Some(path) = path else {
-        return Ok((config, Limits::default(), E2bOptions::default()));
+        return Ok((config, Limits::default(), E2bOptions::default(), None));
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the configuration {}", path.display()))?;
@@ -160,14 +184,26 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<(Config, Limits, E2bOption
     let e2b = E2bOptions {
         internet_by_default: file.e2b.internet_access.unwrap_or(true),
     };
-    Ok((config, limits, e2b))
+    let tls = match (file.e2b.tls_cert, file.e2b.tls_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        _ => anyhow::bail!(
+            "configuration {}: e2b.tls_cert and e2b.tls_key go together",
+            path.display()
+        ),
+    };
+    Ok((config, limits, e2b, tls))
 }
 
 /// The tenant whose key is made on first start.
 const DEFAULT_TENANT: &str = "default";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (config, limits, e2b) = load_config(args.config.as_deref())?;
+    let (config, limits, e2b, tls_files) = load_config(args.config.as_deref())?;
+    let tls_files = match (args.e2b_tls_cert, args.e2b_tls_key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        _ => tls_files,
+    };
     let paths = config.paths.clone();
     let socket = args.socket.unwrap_or_else(|| paths.run.join("warren.sock"));
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -179,6 +215,22 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .await
             .context("cannot open the engine")?;
         ensure_default_key(&mgr, &paths.data.join("api-key"))?;
+        let tls = match (&args.e2b_tls_self_signed, tls_files) {
+            (Some(domain), _) => {
+                let (cert, key) =
+                    warren_server::tls::self_signed(&paths.data.join("e2b-tls"), domain)
+                        .context("cannot make the self-signed certificate")?;
+                eprintln!(
+                    "warren: E2B TLS with a self-signed certificate for {domain} and *.{domain}; \
+                     clients trust {}",
+                    cert.display()
+                );
+                Some(warren_server::tls::server_config(&cert, &key)?)
+            }
+            (None, Some((cert, key))) => Some(warren_server::tls::server_config(&cert, &key)?),
+            (None, None) => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let (listen, e2b_addr, shown) = (args.listen, args.e2b_listen, socket.clone());
         let ready = move || {
             eprintln!("warren: serving on {}", shown.display());
@@ -186,10 +238,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 eprintln!("warren: serving on http://{addr} (API key required)");
             }
             if let Some(addr) = e2b_addr {
-                eprintln!("warren: serving the E2B API on http://{addr}");
+                eprintln!("warren: serving the E2B API on {scheme}://{addr}");
             }
         };
-        let e2b_listen = args.e2b_listen.map(|addr| (addr, e2b));
+        let e2b_listen = args.e2b_listen.map(|addr| warren_server::E2bListener {
+            addr,
+            options: e2b,
+            tls,
+        });
         warren_server::serve_with(mgr, socket, args.listen, e2b_listen, limits, ready)
             .await
             .context("cannot serve")
