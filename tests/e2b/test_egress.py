@@ -70,7 +70,10 @@ def http(ip, port, host):
 def tls(ip, name):
     try:
         s = socket.create_connection((ip, 443), timeout=5)
-        t = ssl.create_default_context().wrap_socket(s, server_hostname=name, do_handshake_on_connect=False)
+        ctx = ssl.create_default_context()
+        if not name:
+            ctx.check_hostname = False
+        t = ctx.wrap_socket(s, server_hostname=name or None, do_handshake_on_connect=False)
         try:
             t.do_handshake()
         except (ssl.SSLEOFError, ConnectionResetError):
@@ -234,6 +237,8 @@ def test_domain_rules_go_where_the_name_resolves(edaemon, peer):
             f"tls,{b},other.test",
             # Other ports are judged by address alone.
             f"http,{b},allowed.test:8080",
+            # No name at all (a raw address): judged by address, here denied.
+            f"tls,{b},",
         ]
         r = _probe(s, *cases)
         assert r[f"http,{a},allowed.test"] == "HTTP/1.0 200 OK"
@@ -245,6 +250,14 @@ def test_domain_rules_go_where_the_name_resolves(edaemon, peer):
         assert r[f"tls,{b},allowed.test"] == "TLS answered"
         assert r[f"tls,{b},other.test"] == "TLS closed"
         assert r[f"http,{b},allowed.test:8080"] == "ERR ConnectionRefusedError"
+        assert r[f"tls,{b},"] == "TLS closed"
+        # No IPv6 to go around the rules with.
+        v6 = s.commands.run(
+            "python3 -c 'import socket\ntry:\n socket.create_connection((\"2001:db8::1\", 80), timeout=2)\n"
+            "except OSError as e: print(type(e).__name__)'"
+        ).stdout.strip()
+        # Unreachable at once: the sandbox has no IPv6 route (nothing is sent).
+        assert v6 == "OSError", v6
         new = _arrivals(peer)[before:]
         # Everything that arrived arrived at the allowed name's address, the TLS one
         # with its name; nothing reached the other address.

@@ -527,6 +527,10 @@ pub(crate) struct PtyExit {
 pub(crate) enum PtyNotice {
     Exit(PtyExit),
     Error(warren_types::api::ApiError),
+    /// First to a share's guest: whether its keys reach the process.
+    Share {
+        write: bool,
+    },
 }
 
 /// `GET /v1/sandboxes/{key}/pty`: a terminal over a WebSocket. The command starts before

@@ -94,8 +94,10 @@ async fn guest_terminal(
     id: String,
     mut guest: Guest,
     mut p: Process,
-    socket: WebSocket,
+    mut socket: WebSocket,
 ) {
+    let mode = crate::exec::PtyNotice::Share { write: guest.write };
+    crate::exec::notice(&mut socket, &mode).await;
     let oom_before = st.mgr.oom_kills(&id);
     let input = if guest.write {
         Input::Forward {

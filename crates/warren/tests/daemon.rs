@@ -470,6 +470,33 @@ fn a_shared_terminal_lets_guests_watch_or_type_until_revoked() {
             "a read-only guest typed: {seen}"
         );
 
+        // `warren join` tells a guest which kind of share it is, and Ctrl-P Ctrl-Q
+        // leaves it (the process goes on); nothing typed before the keys reaches a
+        // read-only share's process.
+        let mut guest = d
+            .warren(&["join", &ro])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut keys = guest.stdin.take().unwrap();
+        keys.write_all(b"typed-by-the-guest\n").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        keys.write_all(&[0x10, 0x11]).unwrap();
+        let left = guest.wait_with_output().unwrap();
+        drop(keys);
+        let said = String::from_utf8_lossy(&left.stderr);
+        assert_eq!(left.status.code(), Some(0), "{said}");
+        assert!(said.contains("read-only"), "{said}");
+        assert!(said.contains("detached"), "{said}");
+        writer
+            .send(Message::Binary(b"still-here\n".to_vec().into()))
+            .await
+            .unwrap();
+        let seen = expect_frame(&mut writer, "got:still-here").await;
+        assert!(!seen.contains("typed-by-the-guest"), "{seen}");
+
         // Revoking cuts the guest off, and the token no longer opens anything.
         let list = d.ok(&["share", "--list", &id]);
         let share_id = list

@@ -160,9 +160,13 @@ pub(crate) async fn follow(
         None
     };
     let mut signals = Signals::new(raw.is_none(), opts.tty);
+    // On our terminal in raw mode, Ctrl-P Ctrl-Q leaves the process running.
+    let (detach_tx, mut detached) = tokio::sync::oneshot::channel::<()>();
+    let mut armed = raw.is_some();
+    let mut detach_tx = armed.then_some(detach_tx);
     let mut pump = None;
     if let (true, Some(pid)) = (opts.stdin, pid) {
-        pump = Some(spawn_stdin(client, key, pid));
+        pump = Some(spawn_stdin(client, key, pid, detach_tx.take()));
     }
     let b64 = base64::engine::general_purpose::STANDARD;
     let code = loop {
@@ -171,7 +175,7 @@ pub(crate) async fn follow(
                 Some(ExecEvent::Started { pid: p }) => {
                     pid = Some(p);
                     if opts.stdin && pump.is_none() {
-                        pump = Some(spawn_stdin(client, key, p));
+                        pump = Some(spawn_stdin(client, key, p, detach_tx.take()));
                     }
                 }
                 Some(ExecEvent::Stdout { data }) => out(decode(&b64, &data)?)?,
@@ -191,6 +195,19 @@ pub(crate) async fn follow(
                     ))
                 }
             },
+            typed = &mut detached, if armed => {
+                if typed.is_err() {
+                    // Our stdin ended: there is nothing to detach with any more.
+                    armed = false;
+                    continue;
+                }
+                drop(raw);
+                if let Some(p) = pump {
+                    p.abort();
+                }
+                eprintln!("\nwarren: detached; the process goes on");
+                return Ok(0);
+            }
             caught = signals.next() => {
                 // The process may have just ended: its exit arrives on the stream.
                 match (caught, pid) {
@@ -280,12 +297,40 @@ fn start_failed(code: &str, message: &str) -> u8 {
 }
 
 /// Sends our stdin to process `pid`, then closes its stdin at our end of file.
-fn spawn_stdin(client: &Client, key: &str, pid: u32) -> tokio::task::JoinHandle<()> {
+/// Sends our stdin to the process; with `detach`, watches it for [`DETACH`] and, when
+/// typed, says so there and stops (sending no end of input).
+fn spawn_stdin(
+    client: &Client,
+    key: &str,
+    pid: u32,
+    detach: Option<tokio::sync::oneshot::Sender<()>>,
+) -> tokio::task::JoinHandle<()> {
     let mut rx = read_stdin();
     let client = client.clone();
     let path = sandbox_path(key, &format!("/processes/{pid}/stdin"));
     tokio::spawn(async move {
+        let mut keys = DetachKeys::default();
+        let mut detach = detach;
         while let Some(chunk) = rx.recv().await {
+            let chunk = match detach.take() {
+                Some(tx) => {
+                    let (send, leave) = keys.feed(&chunk);
+                    if leave {
+                        if !send.is_empty() {
+                            let body = Some(("application/octet-stream", send.into()));
+                            let _ = client.send(Method::POST, &path, body).await;
+                        }
+                        let _ = tx.send(());
+                        return;
+                    }
+                    detach = Some(tx);
+                    send
+                }
+                None => chunk,
+            };
+            if chunk.is_empty() {
+                continue;
+            }
             let body = Some(("application/octet-stream", chunk.into()));
             if client.send(Method::POST, &path, body).await.is_err() {
                 return;
@@ -382,6 +427,39 @@ enum Caught {
 enum PtyNotice {
     Exit(PtyExit),
     Error(ApiError),
+    Share { write: bool },
+}
+
+/// Ctrl-P then Ctrl-Q: leave a terminal and let its process run on (docker's keys).
+const DETACH: (u8, u8) = (0x10, 0x11);
+
+/// Watches keystrokes for [`DETACH`]: a Ctrl-P is held back until the next key shows
+/// whether it begins the sequence; the sequence itself is never sent.
+#[derive(Debug, Default)]
+struct DetachKeys {
+    held: bool,
+}
+
+impl DetachKeys {
+    /// The keys to send, and whether the sequence was typed (what follows it is dropped).
+    fn feed(&mut self, data: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(data.len() + 1);
+        for &b in data {
+            if self.held {
+                self.held = false;
+                if b == DETACH.1 {
+                    return (out, true);
+                }
+                out.push(DETACH.0);
+            }
+            if b == DETACH.0 {
+                self.held = true;
+            } else {
+                out.push(b);
+            }
+        }
+        (out, false)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -420,6 +498,8 @@ pub(crate) async fn terminal(client: &Client, path: &str) -> Result<u8, Error> {
     let mut signals = Signals::new(false, true);
     // An error notice is followed by the end of the terminal: it is the reason.
     let mut failure = None;
+    let mut detach = DetachKeys::default();
+    let mut told_read_only = false;
     let code = loop {
         tokio::select! {
             msg = ws.next() => match msg {
@@ -433,8 +513,23 @@ pub(crate) async fn terminal(client: &Client, path: &str) -> Result<u8, Error> {
                             oom_killed: e.oom_killed,
                         };
                     }
+                    // Keys of a read-only guest are dropped, and the guest told once.
+                    Ok(PtyNotice::Error(ApiError { code, .. })) if code == "read_only" => {
+                        if !told_read_only {
+                            told_read_only = true;
+                            eprint!("\r\nwarren: read-only share: your keys are not sent; Ctrl-P Ctrl-Q leaves\r\n");
+                        }
+                    }
                     Ok(PtyNotice::Error(ApiError { code, message })) => {
                         failure = Some(Error::Api { code, message });
+                    }
+                    Ok(PtyNotice::Share { write }) => {
+                        let mode = if write {
+                            "read-write: you type into it"
+                        } else {
+                            "read-only: you watch, your keys are not sent"
+                        };
+                        eprint!("warren: joined a shared terminal, {mode}; Ctrl-P Ctrl-Q leaves\r\n");
                     }
                     Err(_) => {}
                 },
@@ -448,9 +543,18 @@ pub(crate) async fn terminal(client: &Client, path: &str) -> Result<u8, Error> {
             },
             chunk = input.recv(), if input_open => match chunk {
                 Some(data) => {
-                    ws.send(Message::Binary(data.into()))
-                        .await
-                        .map_err(|e| Error::Connection(e.to_string()))?;
+                    let (keys, leave) = detach.feed(&data);
+                    if !keys.is_empty() {
+                        ws.send(Message::Binary(keys.into()))
+                            .await
+                            .map_err(|e| Error::Connection(e.to_string()))?;
+                    }
+                    if leave {
+                        drop(raw);
+                        let _ = ws.close(None).await;
+                        eprintln!("\nwarren: detached; the process goes on");
+                        return Ok(0);
+                    }
                 }
                 // A terminal's end of input is a keystroke (^D), not a closed stdin.
                 None => input_open = false,
@@ -501,6 +605,21 @@ mod tests {
             "exec sh -c 'echo $HOME; ls'"
         );
         assert_eq!(w(&["echo", "it's", ""]), "exec echo 'it'\\''s' ''");
+    }
+
+    #[test]
+    fn ctrl_p_ctrl_q_detaches_and_is_never_sent() {
+        let mut d = DetachKeys::default();
+        assert_eq!(d.feed(b"ls\r"), (b"ls\r".to_vec(), false));
+        assert_eq!(d.feed(&[b'a', 0x10, 0x11, b'b']), (b"a".to_vec(), true));
+        // Split across reads.
+        let mut d = DetachKeys::default();
+        assert_eq!(d.feed(&[0x10]), (vec![], false));
+        assert_eq!(d.feed(&[0x11]), (vec![], true));
+        // A Ctrl-P that begins nothing goes on with the key after it.
+        let mut d = DetachKeys::default();
+        assert_eq!(d.feed(&[0x10, b'x']), (vec![0x10, b'x'], false));
+        assert_eq!(d.feed(&[0x10, 0x10, 0x11]), (vec![0x10], true));
     }
 
     #[test]
