@@ -94,6 +94,9 @@ pub struct GvisorSandbox {
     restore: Restore,
     /// On `nat`: paused in place, not to disk; ports reached in its network namespace.
     nat: bool,
+    /// With `die_with_parent` (`warren run`): the process that removes the sandbox if
+    /// its maker dies first.
+    watchdog: Option<std::process::Child>,
 }
 
 /// What a restore needs besides the checkpoint image: the root is mounted afresh in the
@@ -330,6 +333,7 @@ impl GvisorBackend {
             ephemeral: opts.ephemeral.then(|| data.clone()),
             restore: self.restore(),
             nat,
+            watchdog: None,
         };
         let r = (|| -> Result<PathBuf> {
             let bundle = prepare_dirs(&self.paths, &run, &data)?;
@@ -361,6 +365,32 @@ impl GvisorBackend {
             )
             .await
         {
+            Ok(()) if opts.die_with_parent => {
+                // Started from this (the caller's) thread: the kernel tells it when the
+                // thread ends.
+                match std::process::Command::new(&self.exe)
+                    .args(["__gvisor-watch", &id, &std::process::id().to_string()])
+                    .arg(if opts.ephemeral { "remove" } else { "keep" })
+                    .env("WARREN_RUN_DIR", &self.paths.run)
+                    .env("WARREN_DATA_DIR", &self.paths.data)
+                    .stdin(Stdio::null())
+                    // It must not hold the caller's output open after the caller.
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                {
+                    Ok(child) => {
+                        sb.watchdog = Some(child);
+                        Ok(sb)
+                    }
+                    Err(e) => {
+                        tokio::task::spawn_blocking(move || sb.teardown())
+                            .await
+                            .ok();
+                        Err(crate::io_err("start the sandbox's watchdog")(e))
+                    }
+                }
+            }
             Ok(()) => Ok(sb),
             Err(e) => {
                 let s = sb;
@@ -748,6 +778,33 @@ pub fn oci_main() -> ! {
     fail("exec the OCI runtime", &e)
 }
 
+/// `warren __gvisor-watch ID PID remove|keep`: waits for its parent (`warren run`, pid
+/// PID) to die, then removes sandbox ID as `purge` would (its writable layer too with
+/// `remove`). Killed by its parent when the sandbox ends normally. Never returns.
+pub fn watch_main() -> ! {
+    use nix::sys::signal::{SigSet, Signal};
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let [id, parent, keep] = args.as_slice() else {
+        eprintln!("warren __gvisor-watch: expected ID PID remove|keep");
+        std::process::exit(2)
+    };
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+    let _ = warren_sys::ns::set_parent_death_signal(Signal::SIGTERM);
+    // The parent may have died before the death signal was armed.
+    if nix::unistd::getppid().to_string() == *parent {
+        let _ = set.wait();
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("warren"));
+    if let Ok(b) = GvisorBackend::new(Paths::from_env(), exe, None) {
+        b.purge(id, keep == "remove");
+    }
+    std::process::exit(0)
+}
+
 /// runsc makes the container's cgroup in every hierarchy it finds (blkio, cpuset,
 /// devices, the named systemd one too), and a failed create or a forced delete may leave
 /// them: every empty one of that name goes.
@@ -922,6 +979,10 @@ impl GvisorSandbox {
     /// Stops and deletes the container, removes its cgroup and run directory (and its
     /// writable layer when ephemeral). Blocking.
     fn teardown(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
         let c = container(&self.id);
         if self.runsc.state(&self.id).is_some() {
             let _ = self.runsc.run(&["kill", &c, "KILL"]);
@@ -1004,6 +1065,7 @@ impl Backend for GvisorBackend {
             run,
             ephemeral: None,
             restore: self.restore(),
+            watchdog: None,
         }))
     }
 
@@ -1021,6 +1083,7 @@ impl Backend for GvisorBackend {
             ephemeral: remove_data.then(|| self.paths.sandbox_data(id)),
             restore: self.restore(),
             nat,
+            watchdog: None,
         };
         sb.teardown();
     }

@@ -56,6 +56,12 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__oci") {
         warren_runtime::gvisor::oci_main();
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__gvisor-watch")
+    {
+        warren_runtime::gvisor::watch_main();
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "__agent") {
         warren_runtime::launch::agent_main();
     }

@@ -149,3 +149,70 @@ fn doctor_finds_a_planted_leftover_and_is_clean_otherwise() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stdout(&o).contains("doctor-test-planted"), "{}", stdout(&o));
 }
+
+/// `warren run --isolation gvisor` SIGKILLed mid-run: its sandbox (a runsc container,
+/// not a child of the CLI) goes too, by the watchdog the CLI left.
+#[test]
+fn a_sigkilled_cli_leaves_no_gvisor_sandbox() {
+    if !can_run("a_sigkilled_cli_leaves_no_gvisor_sandbox") {
+        return;
+    }
+    let runsc_here = std::process::Command::new("runsc")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !runsc_here {
+        warren_testkit::skip(
+            "a_sigkilled_cli_leaves_no_gvisor_sandbox",
+            "runsc is not installed",
+        );
+        return;
+    }
+    let before = sandboxes();
+    let mut child = warren()
+        .args(["run", "--rm", "--isolation", "gvisor", "--", "sleep", "100"])
+        .spawn()
+        .unwrap();
+    // A gVisor sandbox's run directory has a bundle; it runs once its pid is written.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let now = sandboxes();
+        let mine = now.difference(&before).find(|id| {
+            let run = test_root().join("run/sandboxes").join(id);
+            run.join("bundle").exists() && run.join("helper.pid").exists()
+        });
+        if let Some(id) = mine {
+            break id.clone();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the gvisor sandbox never appeared");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !remains(&id).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(remains(&id), Vec::<String>::new());
+    assert!(
+        !test_root().join("data/sandboxes").join(&id).exists(),
+        "writable layer kept"
+    );
+    let listed = std::process::Command::new("runsc")
+        .arg(format!(
+            "--root={}",
+            test_root().join("run/runsc").display()
+        ))
+        .arg("list")
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains(&id),
+        "runsc still lists it"
+    );
+}
