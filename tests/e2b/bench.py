@@ -10,6 +10,10 @@ With `--port-traffic`, it instead times GET requests to `python3 -m http.server`
 one sandbox through the listener (`Host: PORT-ID.DOMAIN`, one keep-alive client
 connection), beside the same server run on the host's loopback for reference.
 
+With `--port-traffic --tls`, the listener speaks TLS (a self-signed certificate for
+warren.test, *.warren.test and localhost): the same GETs over one TLS connection each
+round, and a fresh TLS connection (handshake included) per request.
+
 With `--code-interpreter`, each round is `e2b_code_interpreter.Sandbox.create()` +
 `run_code("1+1")` on the code-interpreter-v1 template (built first from the base archive
 named by WARREN_BASE_ARCHIVE, as scripts/e2b-test keeps it).
@@ -39,12 +43,19 @@ def main() -> int:
     ap.add_argument("--warren", default=os.path.join(conftest.ROOT, "target", "release", "warren"))
     ap.add_argument("--port-traffic", action="store_true",
                     help="time requests to a port inside a sandbox instead")
+    ap.add_argument("--tls", action="store_true",
+                    help="with --port-traffic: the E2B listener over TLS")
     ap.add_argument("--code-interpreter", action="store_true",
                     help="time Sandbox.create() + run_code('1+1') of e2b_code_interpreter")
     args = ap.parse_args()
     conftest.WARREN = args.warren
-    d = conftest.Daemon()
-    os.environ.update(E2B_API_KEY=d.key, E2B_API_URL=d.url, E2B_SANDBOX_URL=d.url)
+    d = conftest.Daemon(base=not args.tls, tls="warren.test" if args.tls else None)
+    url = d.url
+    if args.tls:
+        # The certificate names localhost, not 127.0.0.1.
+        url = f"https://localhost:{d.port}"
+        os.environ["SSL_CERT_FILE"] = d.cert
+    os.environ.update(E2B_API_KEY=d.key, E2B_API_URL=url, E2B_SANDBOX_URL=url)
     from e2b import Sandbox
 
     template = "host"
@@ -55,7 +66,7 @@ def main() -> int:
 
     if args.port_traffic:
         try:
-            return port_traffic(d, Sandbox, args.rounds, args.warmup)
+            return port_traffic(d, Sandbox, args.rounds, args.warmup, args.tls)
         finally:
             d.kill_all()
             d.stop()
@@ -117,11 +128,19 @@ def _wait_listening(port: int) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def _time_gets(port: int, host: str, n: int) -> list:
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+def _time_gets(port: int, host: str, n: int, tls=None, fresh=False) -> list:
+    def connect():
+        if tls:
+            return http.client.HTTPSConnection("localhost", port, timeout=30, context=tls)
+        return http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+
+    c = connect()
     out = []
     for _ in range(n):
         t = time.perf_counter()
+        if fresh:
+            c.close()
+            c = connect()
         c.request("GET", "/", headers={"Host": host})
         r = c.getresponse()
         r.read()
@@ -137,7 +156,7 @@ def _summary(name: str, xs: list) -> str:
     return f"{name:<18} n {len(xs)}  p50 {statistics.median(xs):.2f} ms  p90 {q[8]:.2f} ms"
 
 
-def port_traffic(d, Sandbox, rounds: int, warmup: int) -> int:
+def port_traffic(d, Sandbox, rounds: int, warmup: int, tls: bool = False) -> int:
     sb = Sandbox.create(timeout=600)
     sb.commands.run("cd /tmp && python3 -m http.server 8080 >/dev/null 2>&1", background=True)
     sb.commands.run("for i in $(seq 200); do python3 -c 'import socket; "
@@ -149,13 +168,22 @@ def port_traffic(d, Sandbox, rounds: int, warmup: int) -> int:
     try:
         _wait_listening(local_port)
         host = sb.get_host(8080)
-        _time_gets(d.port, host, warmup)
+        ctx = None
+        if tls:
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=d.cert)
+        _time_gets(d.port, host, warmup, ctx)
         _time_gets(local_port, "127.0.0.1", warmup)
-        through, direct = [], []
+        through, direct, fresh = [], [], []
         for _ in range(rounds):  # interleaved, so drift hits both alike
-            through += _time_gets(d.port, host, 10)
+            through += _time_gets(d.port, host, 10, ctx)
             direct += _time_gets(local_port, "127.0.0.1", 10)
-        print(_summary("through warren", through))
+            if tls:
+                fresh += _time_gets(d.port, host, 2, ctx, fresh=True)
+        print(_summary("through warren" + (" (tls)" if tls else ""), through))
+        if fresh:
+            print(_summary("new tls conn each", fresh))
         print(_summary("host loopback", direct))
         print(f"ratio of medians {statistics.median(through) / statistics.median(direct):.2f}")
     finally:

@@ -24,6 +24,9 @@ pub struct LsArgs {
     /// Print ids only.
     #[arg(short, long)]
     quiet: bool,
+    /// Print the list as JSON, every field the daemon gives.
+    #[arg(long, conflicts_with = "quiet")]
+    json: bool,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -49,20 +52,44 @@ pub fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
         path = format!("{path}?{}", query.join("&"));
     }
     let client = Client::new(&args.client)?;
+    if args.json {
+        // As the daemon sent it: fields this CLI does not know yet are kept.
+        let list: serde_json::Value = block_on(client.call(Method::GET, &path, None::<&()>))??;
+        out(format!("{}\n", serde_json::to_string_pretty(&list)?))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let list: Vec<SandboxInfo> = block_on(client.call(Method::GET, &path, None::<&()>))??;
     if args.quiet {
         for s in &list {
             out(format!("{}\n", s.id))?;
         }
     } else {
-        out(table(&list))?;
+        out(table(&list, jiff::Timestamp::now()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Columns padded to their widest cell; the last is not padded.
-fn table(list: &[SandboxInfo]) -> String {
-    let mut rows = vec![["ID", "NAME", "OWNER", "STATE", "TEMPLATE", "CREATED"].map(String::from)];
+/// How long ago `time` (RFC 3339) was, as `docker ps` says it: `45s`, `12m`, `3h`, `2d`.
+fn ago(time: &str, now: jiff::Timestamp) -> String {
+    let Ok(t) = time.parse::<jiff::Timestamp>() else {
+        return "-".into();
+    };
+    let s = now.as_second().saturating_sub(t.as_second()).max(0);
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86_399 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+/// Columns padded to their widest cell; the last is not padded. IDLE is the time since
+/// the sandbox was last used (calls, attached streams, CPU).
+fn table(list: &[SandboxInfo], now: jiff::Timestamp) -> String {
+    let mut rows = vec![[
+        "ID", "NAME", "OWNER", "STATE", "TEMPLATE", "BACKEND", "IDLE", "CREATED",
+    ]
+    .map(String::from)];
     for s in list {
         rows.push(
             [
@@ -71,12 +98,14 @@ fn table(list: &[SandboxInfo]) -> String {
                 s.owner.clone(),
                 s.state.as_str().to_string(),
                 s.template.clone(),
+                s.isolation.as_str().to_string(),
+                ago(&s.last_active_at, now),
                 s.created_at.clone(),
             ]
             .map(|c| crate::term::clean_line(&c)),
         );
     }
-    let mut widths = [0usize; 6];
+    let mut widths = [0usize; 8];
     for r in &rows {
         for (w, cell) in widths.iter_mut().zip(r) {
             *w = (*w).max(cell.chars().count());
@@ -129,15 +158,16 @@ mod tests {
             access_token: None,
             traffic_token: None,
         };
-        let t = table(&[info]);
+        let now: jiff::Timestamp = "2025-01-01T00:12:30Z".parse().unwrap();
+        let t = table(&[info], now);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
             lines[0],
-            "ID      NAME  OWNER    STATE    TEMPLATE  CREATED"
+            "ID      NAME  OWNER    STATE    TEMPLATE  BACKEND    IDLE  CREATED"
         );
         assert_eq!(
             lines[1],
-            "abc123  -     default  running  host      2025-01-01T00:00:00Z"
+            "abc123  -     default  running  host      namespace  12m   2025-01-01T00:00:00Z"
         );
     }
 }

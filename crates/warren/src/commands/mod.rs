@@ -23,6 +23,7 @@ pub mod serve;
 pub mod share;
 pub mod snapshot;
 pub mod start;
+pub mod stats;
 pub mod stop;
 pub mod template;
 

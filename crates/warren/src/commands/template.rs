@@ -283,7 +283,7 @@ fn secs(d: Duration) -> u64 {
 }
 
 /// 1234567 → "1.2M".
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     let units = ["B", "K", "M", "G", "T"];
     let mut v = bytes as f64;
     let mut i = 0;
