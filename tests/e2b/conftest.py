@@ -7,6 +7,7 @@ isolation tests pass explicitly. At the end every sandbox left is killed, the da
 stopped, and `warren doctor` must find nothing left behind.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -151,6 +152,23 @@ def daemon():
         yield d
     finally:
         finish(d)
+
+
+@contextlib.contextmanager
+def restored_env(*keys: str):
+    """Puts environment variables `keys` back as they were when the block ends."""
+    saved = {k: os.environ.get(k) for k in keys}
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+SDK_ENV = ("E2B_API_KEY", "E2B_API_URL", "E2B_SANDBOX_URL", "E2B_DOMAIN", "SSL_CERT_FILE")
 
 
 def use(d: Daemon) -> None:

@@ -22,7 +22,7 @@ import time
 import pytest
 from e2b import ALL_TRAFFIC, AsyncSandbox, Sandbox
 
-from conftest import Daemon, finish, use
+from conftest import SDK_ENV, Daemon, finish, restored_env, use
 
 PEER = r"""
 import socket, sys, threading, time
@@ -166,18 +166,13 @@ def peer():
 
 @pytest.fixture(scope="module")
 def edaemon(peer):
-    saved = {k: os.environ.get(k) for k in ("E2B_API_KEY", "E2B_API_URL", "E2B_SANDBOX_URL")}
-    d = Daemon(hosts=peer["hosts"], base=False)
-    use(d)
-    try:
-        yield d
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        finish(d)
+    with restored_env(*SDK_ENV):
+        d = Daemon(hosts=peer["hosts"], base=False)
+        use(d)
+        try:
+            yield d
+        finally:
+            finish(d)
 
 
 def _probe(s, *cases: str) -> dict:

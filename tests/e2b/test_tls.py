@@ -21,7 +21,7 @@ import time
 import pytest
 from e2b import AsyncSandbox, Sandbox
 
-from conftest import Daemon, finish, use
+from conftest import SDK_ENV, Daemon, finish, restored_env, use
 
 DOMAIN = "warren.test"
 
@@ -89,26 +89,20 @@ class ConnectProxy:
 def tls_daemon():
     if os.geteuid() != 0:
         pytest.skip("SKIPPED: the E2B tests make real sandboxes and need root")
-    keys = ("E2B_API_KEY", "E2B_API_URL", "E2B_SANDBOX_URL", "E2B_DOMAIN", "SSL_CERT_FILE")
-    saved = {k: os.environ.get(k) for k in keys}
-    d = Daemon(base=False, tls=DOMAIN)
-    proxy = ConnectProxy(d.port)
-    use(d)
-    # The SDK builds its URLs from the domain alone, and trusts only this certificate.
-    for k in ("E2B_API_URL", "E2B_SANDBOX_URL"):
-        os.environ.pop(k, None)
-    os.environ["E2B_DOMAIN"] = DOMAIN
-    os.environ["SSL_CERT_FILE"] = d.cert
-    try:
-        yield d, proxy
-    finally:
-        proxy.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        finish(d)
+    with restored_env(*SDK_ENV):
+        d = Daemon(base=False, tls=DOMAIN)
+        proxy = ConnectProxy(d.port)
+        use(d)
+        # The SDK builds its URLs from the domain alone, and trusts only this certificate.
+        for k in ("E2B_API_URL", "E2B_SANDBOX_URL"):
+            os.environ.pop(k, None)
+        os.environ["E2B_DOMAIN"] = DOMAIN
+        os.environ["SSL_CERT_FILE"] = d.cert
+        try:
+            yield d, proxy
+        finally:
+            proxy.close()
+            finish(d)
 
 
 def _https_get(proxy: ConnectProxy, cert: str, host: str, path: str, headers=None):
