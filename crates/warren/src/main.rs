@@ -46,6 +46,24 @@ enum Command {
     Doctor(commands::doctor::DoctorArgs),
     Template(commands::template::TemplateArgs),
     Snapshot(commands::snapshot::SnapshotArgs),
+    Completions(CompletionsArgs),
+}
+
+/// Print a shell's completion script: `warren completions bash > /etc/bash_completion.d/warren`,
+/// `warren completions zsh > "${fpath[1]}/_warren"`, `warren completions fish >
+/// ~/.config/fish/completions/warren.fish`.
+#[derive(Debug, clap::Args)]
+struct CompletionsArgs {
+    #[arg(value_enum)]
+    shell: clap_complete::Shell,
+}
+
+fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
+    use clap::CommandFactory;
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "warren", &mut script);
+    client::out(script)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -88,6 +106,7 @@ fn main() -> ExitCode {
         Command::Ls(a) => commands::ls::run(a),
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Egress(a) => commands::egress::run(a),
+        Command::Completions(a) => completions(a),
         Command::Ps(a) => commands::ps::run(a),
         Command::Stats(a) => commands::stats::run(a),
         Command::Logs(a) => commands::logs::run(a),
@@ -167,6 +186,23 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Each shell's script names the verbs.
+    #[test]
+    fn completion_scripts_know_the_verbs() {
+        for shell in [
+            clap_complete::Shell::Bash,
+            clap_complete::Shell::Zsh,
+            clap_complete::Shell::Fish,
+        ] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "warren", &mut script);
+            let text = String::from_utf8(script).unwrap();
+            for verb in ["create", "exec", "egress", "template"] {
+                assert!(text.contains(verb), "{shell}: {verb}");
+            }
+        }
     }
 
     /// A usage error names what is missing or wrong, and what would do.
