@@ -253,6 +253,20 @@ def test_domain_rules_go_where_the_name_resolves(edaemon, peer):
         ).stdout.strip()
         # Unreachable at once: the sandbox has no IPv6 route (nothing is sent).
         assert v6 == "OSError", v6
+        # The proxy itself, dialled on the sandbox's gateway rather than redirected to:
+        # dropped by the host before the proxy sees it.
+        h = hashlib.sha256(s.sandbox_id.encode()).hexdigest()[:12]
+        listing = _sh("iptables", "-S", "WARREN-EGRESS-IN")
+        port = next(l.split("--dport ")[1].split()[0] for l in listing.splitlines() if f"wrn{h} " in l)
+        direct = s.commands.run(
+            "python3 -c 'import socket, struct\n"
+            "gw = [l.split()[2] for l in open(\"/proc/net/route\") if l.split()[1] == \"00000000\"][0]\n"
+            "ip = socket.inet_ntoa(struct.pack(\"<I\", int(gw, 16)))\n"
+            "try:\n socket.create_connection((ip, %s), timeout=2); print(\"open\")\n"
+            "except socket.timeout: print(\"dropped\")\n"
+            "except OSError as e: print(type(e).__name__)'" % port
+        ).stdout.strip()
+        assert direct == "dropped", direct
         new = _arrivals(peer)[before:]
         # Everything that arrived arrived at the allowed name's address, the TLS one
         # with its name; nothing reached the other address.

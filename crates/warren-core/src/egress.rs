@@ -82,17 +82,16 @@ impl Manager {
         r.spec.egress = egress;
         self.store().set_spec(&r.id, &r.spec)?;
         if matches!(r.state, SandboxState::Running | SandboxState::Paused) {
-            let (mgr_spec, old) = (r.spec.clone(), before);
             // A few netfilter commands, under the sandbox's own lock.
-            let applied = if mgr_spec.egress.is_open() {
-                self.clear_egress(&old);
+            let applied = if r.spec.egress.is_open() {
+                self.clear_egress(&before);
                 Ok(())
             } else {
-                self.apply_egress(&mgr_spec)
+                self.apply_egress(&r.spec)
             };
             if let Err(e) = applied {
                 // The store keeps what the host enforces.
-                let _ = self.store().set_spec(&r.id, &old);
+                let _ = self.store().set_spec(&r.id, &before);
                 return Err(e.into());
             }
         }

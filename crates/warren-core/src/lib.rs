@@ -602,7 +602,12 @@ impl Manager {
         who: &Caller,
         template: &str,
     ) -> Vec<warren_types::spec::NetworkMode> {
-        self.backend(self.isolation_for(who, template))
+        self.networks_of(self.isolation_for(who, template))
+    }
+
+    /// The networks backend `kind` offers; none when this daemon lacks it.
+    pub fn networks_of(&self, kind: Isolation) -> Vec<warren_types::spec::NetworkMode> {
+        self.backend(kind)
             .map(|b| b.info().capabilities.networks)
             .unwrap_or_default()
     }

@@ -92,8 +92,6 @@ pub struct GvisorSandbox {
     ephemeral: Option<PathBuf>,
     /// How to mount its root again for a restore.
     restore: Restore,
-    /// On `nat`: paused in place, not to disk; ports reached in its network namespace.
-    nat: bool,
     /// With `die_with_parent` (`warren run`): the process that removes the sandbox if
     /// its maker dies first.
     watchdog: Option<std::process::Child>,
@@ -332,7 +330,6 @@ impl GvisorBackend {
             run: run.clone(),
             ephemeral: opts.ephemeral.then(|| data.clone()),
             restore: self.restore(),
-            nat,
             watchdog: None,
         };
         let r = (|| -> Result<PathBuf> {
@@ -426,7 +423,7 @@ impl GvisorBackend {
             bundle: bundle.to_path_buf(),
             lower: template.lower.clone(),
             rw: data.to_path_buf(),
-            new_netns: sb.nat,
+            new_netns: sb.runsc.nat,
             argv: std::iter::once(runsc.bin.display().to_string())
                 .chain(runsc.flags())
                 .chain(verb)
@@ -438,7 +435,7 @@ impl GvisorBackend {
         tokio::task::spawn_blocking(move || run_oci(&exe, &launch, &log))
             .await
             .map_err(|e| Error::Setup(format!("runsc create: {e}")))??;
-        if sb.nat {
+        if sb.runsc.nat {
             // The container's processes are in the namespace `__oci` made: wire it.
             let (_, pid) = runsc.state(&sb.id).unwrap_or_default();
             if pid <= 0 {
@@ -1061,7 +1058,6 @@ impl Backend for GvisorBackend {
             pid: AtomicI32::new(pid),
             cgroup: self.cgroup(id),
             runsc: runsc.on_nat(run.join("lease").exists()),
-            nat: run.join("lease").exists(),
             run,
             ephemeral: None,
             restore: self.restore(),
@@ -1082,7 +1078,6 @@ impl Backend for GvisorBackend {
             run,
             ephemeral: remove_data.then(|| self.paths.sandbox_data(id)),
             restore: self.restore(),
-            nat,
             watchdog: None,
         };
         sb.teardown();
@@ -1124,7 +1119,7 @@ impl Instance for GvisorSandbox {
     /// Saves the processes and memory to disk and ends the container: a paused gvisor
     /// sandbox holds no memory. One on `nat` is frozen in place instead.
     fn pause(&self) -> Result<()> {
-        if self.nat {
+        if self.runsc.nat {
             return self.runsc.run(&["pause", &container(&self.id)]).map(drop);
         }
         self.checkpoint_to_disk()
@@ -1140,7 +1135,7 @@ impl Instance for GvisorSandbox {
     }
 
     fn checkpoint(&self, image: &Path) -> Result<()> {
-        if self.nat {
+        if self.runsc.nat {
             return Err(no_snapshots_on_nat());
         }
         self.checkpoint_into(image, true)
@@ -1163,7 +1158,7 @@ impl Instance for GvisorSandbox {
     }
 
     fn port_dialer(&self) -> PortDialer {
-        if self.nat {
+        if self.runsc.nat {
             // Its sockets are the host kernel's, in its own namespace.
             let pid = self.pid.load(Ordering::Relaxed);
             return Box::new(move |port, timeout| {

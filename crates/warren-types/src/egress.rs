@@ -220,14 +220,16 @@ impl EgressRules {
 mod tests {
     use super::*;
 
-    fn e(allow: &[&str], deny: &[&str]) -> EgressRules {
+    fn egress(allow: &[&str], deny: &[&str]) -> Egress {
         Egress {
             allow: allow.iter().map(|s| s.to_string()).collect(),
             deny: deny.iter().map(|s| s.to_string()).collect(),
             dns: None,
         }
-        .parse()
-        .unwrap()
+    }
+
+    fn e(allow: &[&str], deny: &[&str]) -> EgressRules {
+        egress(allow, deny).parse().unwrap()
     }
 
     #[test]
@@ -256,15 +258,7 @@ mod tests {
 
     #[test]
     fn bad_entries_are_named() {
-        let bad = |allow: &[&str], deny: &[&str]| {
-            Egress {
-                allow: allow.iter().map(|s| s.to_string()).collect(),
-                deny: deny.iter().map(|s| s.to_string()).collect(),
-                dns: None,
-            }
-            .parse()
-            .unwrap_err()
-        };
+        let bad = |allow: &[&str], deny: &[&str]| egress(allow, deny).parse().unwrap_err();
         assert!(bad(&[], &["example.com"]).contains("domain names can only be allowed"));
         assert!(bad(&["1.2.3.4/33"], &[]).contains("1.2.3.4/33"));
         assert!(bad(&["exa mple.com"], &[]).contains("exa mple.com"));

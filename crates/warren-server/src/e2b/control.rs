@@ -404,15 +404,13 @@ async fn create(
         Some(n) => n.egress.to_egress(req.allow_internet_access)?,
         None => Egress::default(),
     };
-    let has_nat = st
-        .mgr
-        .networks_for(&who, &template)
-        .contains(&NetworkMode::Nat);
+    // The template's metadata is read once for both.
+    let isolation = st.mgr.isolation_for(&who, &template);
     // A gVisor sandbox on `nat` keeps no memory snapshots (no fork, see docs/e2b.md):
     // there, internet is on only when asked for.
-    let nat_by_default = has_nat
-        && st.options.internet_by_default
-        && st.mgr.isolation_for(&who, &template) != warren_types::spec::Isolation::Gvisor;
+    let nat_by_default = st.options.internet_by_default
+        && isolation != warren_types::spec::Isolation::Gvisor
+        && st.mgr.networks_of(isolation).contains(&NetworkMode::Nat);
     // `allow_internet_access: false` alone is loopback only; with rules (or where the
     // sandbox may be opened later, E2B's model) it is `nat` denying everything.
     let network = match req.allow_internet_access {
