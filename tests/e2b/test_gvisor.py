@@ -92,13 +92,6 @@ async def test_fork_async(daemon, gvisor_template):
         await s.kill()
 
 
-def test_fork_of_a_namespace_sandbox_is_refused_clearly(daemon):
-    s = Sandbox.create(timeout=60)
-    try:
-        with pytest.raises(Exception, match="gvisor"):
-            s.fork()
-    finally:
-        s.kill()
 
 
 def test_internet_on_gvisor_when_asked(daemon, gvisor_template):

@@ -1,8 +1,8 @@
 """E2B's own semantics where a program written for E2B's cloud depends on them: the
 default lifetime, connect that only lengthens it, writes in place, removal of what is
 not there, symlinks described by their target, the list's time filters, a command's
-deadline, a pause that keeps only the files, and gzip uploads. Each case runs through
-the sync and the async SDK."""
+deadline, a pause that keeps only the files, a fork that copies the files, and gzip
+uploads. Each case runs through the sync and the async SDK."""
 
 import asyncio
 import datetime
@@ -253,6 +253,50 @@ async def test_pause_without_memory_async(daemon):
         back = await AsyncSandbox.connect(s.sandbox_id)
         assert await back.files.read("kept.txt") == "files stay"
         assert "sleep 600" not in (await back.commands.run("ps -eo args")).stdout
+    finally:
+        await s.kill()
+
+
+# A fork of a namespace sandbox (no memory snapshots) copies its files at that moment;
+# each copy has its own files from then on, and the template's processes, not the
+# source's. (On gVisor the copies have the processes too: test_gvisor.py.)
+def test_fork_copies_the_files_sync(daemon):
+    s = Sandbox.create(timeout=120)
+    copies = []
+    try:
+        s.files.write("state.txt", "before the fork")
+        s.commands.run("sleep 600", background=True)
+        copies = s.fork(count=2, timeout=60)
+        assert len({c.sandbox_id for c in copies} | {s.sandbox_id}) == 3
+        s.files.write("state.txt", "the source went on")
+        for i, c in enumerate(copies):
+            assert c.files.read("state.txt") == "before the fork"
+            c.files.write("mine.txt", f"copy {i}")
+            assert "sleep 600" not in c.commands.run("ps -eo args").stdout
+            assert c.get_info().end_at.timestamp() - time.time() <= 61
+        assert [c.files.read("mine.txt") for c in copies] == ["copy 0", "copy 1"]
+        assert not s.files.exists("mine.txt")
+        # The files the copies started from are no template anyone is shown.
+        listed = [t.snapshot_id for t in Sandbox.list_snapshots().next_items()]
+        assert not any(s.sandbox_id in x for x in listed), listed
+    finally:
+        for c in copies:
+            c.kill()
+        s.kill()
+
+
+@pytest.mark.asyncio
+async def test_fork_copies_the_files_async(daemon):
+    s = await AsyncSandbox.create(timeout=120)
+    try:
+        await s.files.write("state.txt", "before the fork")
+        copies = await s.fork(timeout=60)
+        assert len(copies) == 1 and copies[0].sandbox_id != s.sandbox_id
+        try:
+            assert await copies[0].files.read("state.txt") == "before the fork"
+            assert (await copies[0].commands.run("echo alive")).stdout == "alive\n"
+        finally:
+            await copies[0].kill()
     finally:
         await s.kill()
 

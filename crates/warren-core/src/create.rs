@@ -59,10 +59,19 @@ impl Manager {
         ))
     }
 
-    /// Copies of a running sandbox with its processes and memory (a fork): each has its
-    /// own id, tokens and writable layer, and goes on from the moment of the copy. The
-    /// source keeps running. Only on a backend with memory snapshots.
-    pub async fn fork(&self, who: &Caller, key: &str, count: usize) -> Result<Vec<SandboxInfo>> {
+    /// Copies of a running sandbox (a fork): each has its own id, tokens and writable
+    /// layer, and goes on from the moment of the copy; the source keeps running. On a
+    /// backend with memory snapshots the copies have its processes and memory; on one
+    /// without (namespace), its files, with the template's start command run afresh.
+    ///
+    /// The answer has one entry per copy asked for: each copy is made, or fails, on its
+    /// own (as E2B's fork); a failure to take the copy fails the whole call.
+    pub async fn fork(
+        &self,
+        who: &Caller,
+        key: &str,
+        count: usize,
+    ) -> Result<Vec<Result<SandboxInfo>>> {
         if who.only_sandbox.is_some() {
             return Err(CoreError::NotFound("sandboxes".into()));
         }
@@ -73,28 +82,43 @@ impl Manager {
         }
         let r = self.resolve(who, key)?;
         let backend = self.backend(r.spec.isolation)?.clone();
-        if !backend.info().capabilities.memory_snapshots {
-            return Err(CoreError::Invalid(format!(
-                "a {} sandbox cannot be forked with its memory: use a snapshot (its files), \
-                 or the gvisor backend",
-                r.spec.isolation
-            )));
-        }
-        if r.state != SandboxState::Running {
+        let caps = backend.info().capabilities;
+        if r.state != SandboxState::Running && caps.memory_snapshots {
             return Err(Self::invalid(&r, "fork"));
         }
-        let files = backend
-            .files_of(&r.id)
-            .ok_or_else(|| CoreError::Invalid("this backend keeps no files to copy".into()))?;
-        let image = self.config.paths.run.join("forks").join(random_hex(8)?);
-        {
+        let mut template = r.spec.template.clone();
+        let memory = if caps.memory_snapshots {
+            let files = backend
+                .files_of(&r.id)
+                .ok_or_else(|| CoreError::Invalid("this backend keeps no files to copy".into()))?;
+            let image = self.config.paths.run.join("forks").join(random_hex(8)?);
             let lock = self.lock_for(&r.id);
             let _g = lock.lock().await;
             let img = image.clone();
             self.off_lock(&r.id, move |l| l.sandbox.checkpoint(&img))
                 .await?
                 .map_err(CoreError::from)?;
-        }
+            Some((image, files))
+        } else if r.spec.isolation != Isolation::Process {
+            // Its files as a template of its tenant's that no listing shows, removed by
+            // the reaper once the last copy is gone.
+            let name = format!("fork-{}-{}", r.id, random_hex(4)?);
+            let (meta, _) = self
+                .capture_files(
+                    who,
+                    &r.id,
+                    &name,
+                    warren_runtime::template::TemplateKind::Fork,
+                )
+                .await?;
+            template = meta.key;
+            None
+        } else {
+            return Err(CoreError::Invalid(format!(
+                "a {} sandbox cannot be forked",
+                r.spec.isolation
+            )));
+        };
         let req = CreateSandbox {
             resources: r.spec.resources.clone(),
             network: r.spec.network,
@@ -107,38 +131,23 @@ impl Manager {
             on_timeout: Some(r.on_timeout),
             auto_resume: Some(r.auto_resume),
             request_host: r.request_host.clone(),
-            home_volume: Some(false),
+            // The owner's home volume is the owner's, not the source's: mounted again.
+            home_volume: Some(memory.is_none() && !r.spec.volumes.is_empty()),
             isolation: Some(r.spec.isolation),
             timeout_secs: r
                 .expires_at
                 .map(|e| u64::try_from((e - now_ms()).max(1000) / 1000).unwrap_or(1)),
             ..Default::default()
         };
-        let mut out = Vec::new();
-        let mut failed = None;
+        let mut out = Vec::with_capacity(count);
         for _ in 0..count {
-            match self
-                .create_from(
-                    who,
-                    &r.owner,
-                    &r.spec.template,
-                    &req,
-                    Some((&image, &files)),
-                )
-                .await
-            {
-                Ok(info) => out.push(info),
-                Err(e) => {
-                    failed = Some(e);
-                    break;
-                }
-            }
+            let from = memory.as_ref().map(|(i, f)| (i.as_path(), f.as_path()));
+            out.push(self.create_from(who, &r.owner, &template, &req, from).await);
         }
-        let _ = std::fs::remove_dir_all(&image);
-        match (failed, out.is_empty()) {
-            (Some(e), true) => Err(e),
-            _ => Ok(out),
+        if let Some((image, _)) = &memory {
+            let _ = std::fs::remove_dir_all(image);
         }
+        Ok(out)
     }
 
     /// Checks a request against the policy and gives it the defaults it leaves out:

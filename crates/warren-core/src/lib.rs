@@ -365,7 +365,11 @@ where
 const POOL_TENANT: &str = "@pool";
 
 /// Most copies one fork makes.
-const MAX_FORKS: usize = 16;
+const MAX_FORKS: usize = 20;
+
+/// A fork's template is kept at least this long, so that no fork still being made
+/// loses it.
+const FORK_TEMPLATE_GRACE_MS: i64 = 5 * 60 * 1000;
 
 /// How long a sandbox lives once it resumed by itself after its lifetime had ended.
 const AUTO_RESUME_LIFETIME_MS: i64 = 300_000;

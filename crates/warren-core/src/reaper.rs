@@ -85,6 +85,7 @@ impl Manager {
         if now - self.pruned_at.load(Ordering::Relaxed) >= PRUNE_EVERY_MS {
             self.pruned_at.store(now, Ordering::Relaxed);
             let _ = self.store().prune_terminated(now - KEEP_TERMINATED_MS);
+            self.sweep_fork_templates();
         }
         let mut active = Vec::new();
         let mut dead = Vec::new();

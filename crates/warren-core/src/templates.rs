@@ -277,7 +277,7 @@ impl Manager {
         let metas = template::list(&self.config.paths).map_err(template_error)?;
         Ok(metas
             .into_iter()
-            .filter(|m| usable_by(m, who))
+            .filter(|m| m.kind != TemplateKind::Fork && usable_by(m, who))
             .map(|m| self.template_info(m))
             .collect())
     }
@@ -532,11 +532,30 @@ impl Manager {
         req: SnapshotRequest,
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
+        let (meta, bytes_written) = self
+            .capture_files(who, key, &req.name, TemplateKind::Snapshot)
+            .await?;
+        Ok(SnapshotResult {
+            template: self.template_info(meta),
+            bytes_written,
+            millis: started.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// Captures a sandbox's files as template `name` of `kind`, private to the sandbox's
+    /// tenant; a running sandbox is frozen for the copy.
+    pub(crate) async fn capture_files(
+        &self,
+        who: &Caller,
+        key: &str,
+        name: &str,
+        kind: TemplateKind,
+    ) -> Result<(TemplateMeta, u64)> {
         let paths = self.config.paths.clone();
         let r = self.resolve(who, key)?;
         // A snapshot holds its sandbox's files: the sandbox's tenant's alone.
         let owner = Caller::tenant(&r.tenant);
-        self.new_template_key(&owner, &req.name, true)?;
+        self.new_template_key(&owner, name, true)?;
         let lock = self.lock_for(&r.id);
         let _g = lock.lock().await;
         let r = self.resolve(who, &r.id)?;
@@ -566,8 +585,8 @@ impl Manager {
                 .map_err(CoreError::from)?;
         }
         let meta = TemplateMeta {
-            name: req.name.clone(),
-            kind: TemplateKind::Snapshot,
+            name: name.to_string(),
+            kind,
             source: format!("sandbox {} of template {}", r.id, base.name),
             layers: base.meta.layers.clone(),
             host_base: base.meta.host_base,
@@ -595,17 +614,29 @@ impl Manager {
         if freeze {
             let _ = self.off_lock(&r.id, |l| l.sandbox.resume()).await;
         }
-        let (meta, bytes_written) = made?;
-        self.event(
-            &r,
-            "snapshot",
-            format!("files captured as template {}", req.name),
-        );
-        Ok(SnapshotResult {
-            template: self.template_info(meta),
-            bytes_written,
-            millis: started.elapsed().as_millis() as u64,
-        })
+        let made = made?;
+        if kind == TemplateKind::Snapshot {
+            self.event(&r, "snapshot", format!("files captured as template {name}"));
+        }
+        Ok(made)
+    }
+
+    /// Removes the templates forks were made from once no sandbox uses them (and they
+    /// are old enough that no fork is still being made from them).
+    pub(crate) fn sweep_fork_templates(&self) {
+        let paths = &self.config.paths;
+        let Ok(metas) = template::list(paths) else {
+            return;
+        };
+        let old = crate::now_ms() - crate::FORK_TEMPLATE_GRACE_MS;
+        for m in metas {
+            if m.kind == TemplateKind::Fork
+                && m.created_at < old
+                && self.template_users(&m.key).is_empty()
+            {
+                let _ = template::remove(paths, &m.key);
+            }
+        }
     }
 
     /// Builds template `req.name`; progress goes to `events` (a closed receiver does
@@ -839,7 +870,8 @@ fn usable_by(meta: &TemplateMeta, who: &Caller) -> bool {
         return template::in_scope_of(&meta.key, &who.tenant);
     }
     // Snapshots made before snapshots were stored privately.
-    meta.kind != TemplateKind::Snapshot || meta.tenant.as_deref().is_none_or(|t| t == who.tenant)
+    !matches!(meta.kind, TemplateKind::Snapshot | TemplateKind::Fork)
+        || meta.tenant.as_deref().is_none_or(|t| t == who.tenant)
 }
 
 fn capture(

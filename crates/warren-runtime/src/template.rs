@@ -153,6 +153,9 @@ pub enum TemplateKind {
     Build,
     /// A sandbox's filesystem at one moment.
     Snapshot,
+    /// The files a fork's copies start from (a backend without memory snapshots): its
+    /// tenant's, never listed, and removed once no sandbox uses it.
+    Fork,
 }
 
 /// A template's metadata: `templates/NAME/template.json`.

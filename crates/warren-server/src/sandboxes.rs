@@ -148,16 +148,27 @@ pub async fn terminate(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `POST /v1/sandboxes/{key}/fork`: copies with the source's processes and memory, each
-/// with its tokens (shown only here).
+/// `POST /v1/sandboxes/{key}/fork`: copies of a running sandbox (with its processes and
+/// memory where the backend has memory snapshots, its files otherwise), each with its
+/// tokens (shown only here). The copies that were made; the first failure if none was.
 pub async fn fork(
     State(st): State<AppState>,
     Tenant(who): Tenant,
     Path(key): Path<String>,
     Json(req): Json<warren_types::api::ForkRequest>,
 ) -> Result<(StatusCode, axum::Json<Vec<SandboxInfo>>), Error> {
-    let copies = st.mgr.fork(&who, &key, req.count.unwrap_or(1)).await?;
-    Ok((StatusCode::CREATED, axum::Json(copies)))
+    let mut made = Vec::new();
+    let mut failed = None;
+    for copy in st.mgr.fork(&who, &key, req.count.unwrap_or(1)).await? {
+        match copy {
+            Ok(info) => made.push(info),
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    match failed {
+        Some(e) if made.is_empty() => Err(e.into()),
+        _ => Ok((StatusCode::CREATED, axum::Json(made))),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

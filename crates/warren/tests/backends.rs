@@ -552,26 +552,46 @@ fn a_template_names_the_backend_of_requests_that_name_none() {
 }
 
 #[test]
-fn a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy() {
-    if !can_run("a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy") {
+fn a_fork_copies_the_files_and_on_gvisor_the_processes() {
+    if !can_run("a_fork_copies_the_files_and_on_gvisor_the_processes") {
         return;
     }
     let _t = my_turn();
     let spaces = Spaces::new();
     let d = daemon(&spaces.0, "");
-    // The namespace backend has no memory snapshots, and says so.
+    // The namespace backend has no memory snapshots: its copies have its files, and
+    // the template's processes, not its own.
     let ns = d.create(&[]);
+    d.exec(&ns, "echo source > /tmp/who; (sleep 600 &)");
     let r = post(
         &d,
         &format!("/v1/sandboxes/{ns}/fork"),
-        &serde_json::json!({}),
+        &serde_json::json!({"count": 2}),
     );
-    assert_eq!(r.status, 400, "{}", r.text());
-    d.ok(&["rm", &ns]);
-    if !gvisor_here(
-        &d,
-        "a_forked_gvisor_sandbox_goes_on_from_the_copy_in_each_copy",
-    ) {
+    assert_eq!(r.status, 201, "{}", r.text());
+    let copies: Vec<String> = r
+        .json()
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| c["id"].as_str().expect("an id").to_string())
+        .collect();
+    assert_eq!(copies.len(), 2, "{}", r.text());
+    for c in &copies {
+        assert_eq!(d.exec(c, "cat /tmp/who").1.trim(), "source");
+        assert!(!d.exec(c, "ps -eo args").1.contains("sleep 600"));
+        d.exec(c, &format!("echo {c} > /tmp/who"));
+    }
+    assert_eq!(d.exec(&ns, "cat /tmp/who").1.trim(), "source");
+    // The files they start from are not shown as a template.
+    assert!(
+        !d.ok(&["template", "ls"]).contains(&ns),
+        "a fork's template is listed"
+    );
+    for c in copies.iter().chain([&ns]) {
+        d.ok(&["rm", c]);
+    }
+    if !gvisor_here(&d, "a_fork_copies_the_files_and_on_gvisor_the_processes") {
         d.finish();
         return;
     }

@@ -949,9 +949,10 @@ struct ForkBody {
     count: Option<usize>,
 }
 
-/// `POST /sandboxes/{id}/fork`: copies of a running sandbox with its processes and
-/// memory (a backend with memory snapshots, such as gvisor; see docs/e2b.md), each with
-/// its own id, tokens, network and files, living `timeout` (default 300 s).
+/// `POST /sandboxes/{id}/fork`: copies of a running sandbox, each with its own id,
+/// tokens, network and files, living `timeout` (default 300 s): with its processes and
+/// memory on a backend with memory snapshots (gvisor), with its files on the namespace
+/// backend (see docs/e2b.md). One entry per copy asked for, a sandbox or an error.
 async fn fork(
     State(st): State<E2bState>,
     Key(who): Key,
@@ -966,16 +967,23 @@ async fn fork(
     let secs = req.timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
     let mut out = Vec::with_capacity(copies.len());
     for copy in copies {
-        let t = SetTimeout {
-            timeout_secs: Some(secs),
-            ..SetTimeout::default()
+        let made = copy.and_then(|copy| {
+            let t = SetTimeout {
+                timeout_secs: Some(secs),
+                ..SetTimeout::default()
+            };
+            st.mgr.set_timeout(&who, &copy.id, t)
+        });
+        let made = match made {
+            Ok(copy) => with_tokens(&st, &who, copy),
+            Err(e) => Err(HttpError::from(e)),
         };
-        let copy = st
-            .mgr
-            .set_timeout(&who, &copy.id, t)
-            .map_err(core(&copy.id))?;
-        let copy = with_tokens(&st, &who, copy)?;
-        out.push(serde_json::json!({ "sandbox": created(&copy) }));
+        out.push(match made {
+            Ok(copy) => serde_json::json!({ "sandbox": created(&copy) }),
+            Err(e) => serde_json::json!({
+                "error": { "code": e.status.as_u16(), "message": e.message },
+            }),
+        });
     }
     Ok((StatusCode::CREATED, axum::Json(out)).into_response())
 }

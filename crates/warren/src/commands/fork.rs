@@ -1,5 +1,5 @@
-//! `warren fork SANDBOX`: copies of a running sandbox with its processes and memory
-//! (gvisor); prints the copies' ids.
+//! `warren fork SANDBOX`: copies of a running sandbox, with its processes and memory on
+//! gvisor, with its files on namespace; prints the copies' ids.
 
 use std::process::ExitCode;
 
@@ -9,7 +9,7 @@ use warren_types::api::{ForkRequest, SandboxInfo};
 
 use crate::client::{block_on, enc, out, Client, ClientArgs};
 
-/// Copy a running sandbox, processes and memory included (gvisor sandboxes).
+/// Copy a running sandbox: its files, and on gvisor its processes and memory too.
 #[derive(Debug, Args)]
 pub struct ForkArgs {
     /// The sandbox: id, OWNER/NAME or NAME.
