@@ -24,9 +24,10 @@
 //!   that does not come from a sandbox or answer one: the host does not become a router
 //!   between its other interfaces.
 //!
-//! The chains are written whole with `iptables-restore --noflush`, which replaces their
-//! contents atomically, under a host-wide lock: every Warren of the host writes the same
-//! rules. The host end of a veth carries, in its alias, the pid of the helper that made
+//! The tables are read with one `iptables-save`, and every change they need goes in as
+//! one `iptables-restore --noflush`, which applies it atomically (whole chains replaced,
+//! single rules added or deleted), under a host-wide lock: every Warren of the host
+//! writes the same rules. The host end of a veth carries, in its alias, the pid of the helper that made
 //! it, so `warren doctor` tells a live sandbox's link (of any Warren) from a leftover.
 //!
 //! Published ports need no network at all: the helper listens on 127.0.0.1 of the host
@@ -283,56 +284,111 @@ fn filter_v6() -> Chains {
     ]
 }
 
-/// `iptables-restore --noflush` input that makes `chains` of `table` exactly so.
-fn restore_input<S: AsRef<str>>(table: &str, chains: &[(S, Vec<String>)]) -> String {
-    let mut s = format!("*{table}\n");
-    for (c, _) in chains {
-        s.push_str(&format!(":{} - [0:0]\n", c.as_ref()));
+/// One family's tables as `iptables-save` (or `ip6tables-save`) printed them: read once
+/// for all the checks of a change, which then goes in as one `iptables-restore`.
+struct Saved(String);
+
+impl Saved {
+    fn read(save: &'static str) -> Result<Self, NetError> {
+        run_with(save, &[], None).map(Self)
     }
-    for (c, rules) in chains {
-        for r in rules {
-            s.push_str(&format!("-A {} {r}\n", c.as_ref()));
+
+    /// The lines of `table`, between its `*table` and its `COMMIT`.
+    fn table(&self, table: &str) -> Vec<&str> {
+        let head = format!("*{table}");
+        self.0
+            .lines()
+            .skip_while(|l| *l != head)
+            .skip(1)
+            .take_while(|l| *l != "COMMIT")
+            .collect()
+    }
+
+    fn has_chain(&self, table: &str, chain: &str) -> bool {
+        self.table(table)
+            .iter()
+            .any(|l| l.strip_prefix(':').and_then(|r| r.split(' ').next()) == Some(chain))
+    }
+
+    /// The rule specs of `chain` (without `-A chain`), in order.
+    fn rules(&self, table: &str, chain: &str) -> Vec<String> {
+        let prefix = format!("-A {chain} ");
+        self.table(table)
+            .iter()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Restore input, table by table, applied in one `iptables-restore --noflush` (one
+/// transaction): whatever it holds takes effect together.
+#[derive(Default)]
+struct Batch(Vec<(String, Vec<String>)>);
+
+impl Batch {
+    fn push(&mut self, table: &str, line: String) {
+        match self.0.iter_mut().find(|(t, _)| t == table) {
+            Some((_, lines)) => lines.push(line),
+            None => self.0.push((table.to_string(), vec![line])),
         }
     }
-    s.push_str("COMMIT\n");
-    s
+
+    /// Makes `chain` exactly `rules` (declaring a chain empties it).
+    fn replace(&mut self, table: &str, chain: &str, rules: &[String]) {
+        self.push(table, format!(":{chain} - [0:0]"));
+        for r in rules {
+            self.push(table, format!("-A {chain} {r}"));
+        }
+    }
+
+    /// The restore input, or nothing when there is nothing to change.
+    fn input(self) -> Option<String> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let mut input = String::new();
+        for (table, mut lines) in self.0 {
+            // Chains are declared before any rule of the table.
+            lines.sort_by_key(|l| !l.starts_with(':'));
+            input.push_str(&format!("*{table}\n"));
+            for l in lines {
+                input.push_str(&l);
+                input.push('\n');
+            }
+            input.push_str("COMMIT\n");
+        }
+        Some(input)
+    }
+
+    fn apply(self, restore: &'static str) -> Result<(), NetError> {
+        match self.input() {
+            Some(input) => run_with(restore, &["-w", "--noflush"], Some(&input)).map(drop),
+            None => Ok(()),
+        }
+    }
 }
 
-/// Whether `-S` output of a chain lists exactly `rules`.
-fn chain_is(listing: &str, chain: &str, rules: &[String]) -> bool {
-    let have: Vec<&str> = listing
-        .lines()
-        .filter_map(|l| l.strip_prefix(&format!("-A {chain} ")))
-        .collect();
-    have.len() == rules.len() && have.iter().zip(rules).all(|(a, b)| *a == b.as_str())
-}
-
-/// Makes Warren's chains of one family (`iptables` or `ip6tables`) what `tables` say,
-/// and jumps to them first from the built-in chains.
-fn ensure_family(
-    tool: &'static str,
-    restore: &'static str,
-    tables: &[(&str, Chains)],
-) -> Result<(), NetError> {
+/// Adds to `batch` what makes Warren's chains of one family what `tables` say, and
+/// jumps to them first from the built-in chains.
+fn ensure_family(saved: &Saved, batch: &mut Batch, tables: &[(&str, Chains)]) {
     for (table, chains) in tables {
-        let current = run_with(tool, &["-w", "-t", table, "-S"], None)?;
-        let up_to_date = chains.iter().all(|(c, rules)| chain_is(&current, c, rules));
+        let up_to_date = chains
+            .iter()
+            .all(|(c, rules)| saved.rules(table, c) == *rules);
         if !up_to_date {
-            run_with(
-                restore,
-                &["-w", "--noflush"],
-                Some(&restore_input(table, chains)),
-            )?;
+            for (c, rules) in chains {
+                batch.replace(table, c, rules);
+            }
         }
         for (c, _) in chains {
             let builtin = c.trim_start_matches("WARREN-");
-            let jump = format!("-A {builtin} -j {c}");
-            if !current.lines().any(|l| l == jump) {
-                run(tool, &["-w", "-t", table, "-I", builtin, "1", "-j", c])?;
+            let jump = format!("-j {c}");
+            if !saved.rules(table, builtin).contains(&jump) {
+                batch.push(table, format!("-I {builtin} 1 -j {c}"));
             }
         }
     }
-    Ok(())
 }
 
 /// Holds the host-wide lock for writing Warren's netfilter rules.
@@ -348,19 +404,26 @@ fn rules_lock() -> Result<Flock<fs::File>, NetError> {
 /// The host-wide rules (see the module doc), written when missing or changed.
 fn host_rules() -> Result<(), NetError> {
     let _held = rules_lock()?;
+    let saved = Saved::read("iptables-save")?;
+    let mut batch = Batch::default();
+    host_rules_locked(&saved, &mut batch)?;
+    batch.apply("iptables-restore")
+}
+
+/// Adds the IPv4 host-wide rules that `saved` lacks to `batch` (applied by the caller,
+/// with the lock held); the IPv6 ones are written here.
+fn host_rules_locked(saved: &Saved, batch: &mut Batch) -> Result<(), NetError> {
     let forwarding = fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
     let turned_on = forwarding.trim() == "0";
     if turned_on {
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
     }
     // The guard stays once set: the rule itself records that Warren turned forwarding on.
-    let current = run_with(
-        "iptables",
-        &["-w", "-t", "filter", "-S", "WARREN-FORWARD"],
-        None,
-    )
-    .unwrap_or_default();
-    let guard = turned_on || current.lines().any(|l| l == "-A WARREN-FORWARD -j DROP");
+    let guard = turned_on
+        || saved
+            .rules("filter", "WARREN-FORWARD")
+            .iter()
+            .any(|l| l == "-j DROP");
     let nat = vec![
         (
             "WARREN-POSTROUTING",
@@ -374,8 +437,8 @@ fn host_rules() -> Result<(), NetError> {
     // The chains each sandbox's rules hang from: made once, never rewritten whole
     // (the rules in them are sandboxes').
     for (table, chain) in [("filter", EGRESS), ("filter", EGRESS_IN), ("nat", REDIRECT)] {
-        if run_with("iptables", &["-w", "-t", table, "-S", chain], None).is_err() {
-            run("iptables", &["-w", "-t", table, "-N", chain])?;
+        if !saved.has_chain(table, chain) {
+            batch.push(table, format!(":{chain} - [0:0]"));
         }
     }
     let reverse_path = vec![(
@@ -383,62 +446,51 @@ fn host_rules() -> Result<(), NetError> {
         vec![format!("-i {LINK_PREFIX}+ -m rpfilter --invert -j DROP")],
     )];
     ensure_family(
-        "iptables",
-        "iptables-restore",
+        saved,
+        batch,
         &[
             ("raw", reverse_path),
             ("filter", filter_v4(guard)),
             ("nat", nat),
         ],
-    )?;
+    );
     // Both ends have IPv6 off; these rules are for anything of Warren's that has it
     // anyway. A host without ip6tables has no IPv6 filtering to do it with.
-    if Command::new("ip6tables").arg("-V").output().is_ok() {
-        ensure_family("ip6tables", "ip6tables-restore", &[("filter", filter_v6())])?;
+    if let Ok(saved6) = Saved::read("ip6tables-save") {
+        let mut batch6 = Batch::default();
+        ensure_family(&saved6, &mut batch6, &[("filter", filter_v6())]);
+        batch6.apply("ip6tables-restore")?;
     }
     Ok(())
 }
 
-/// The rules of `chain` in `table` as `iptables -S` prints them, without the chain's
-/// own `-N`/`-P` line; nothing when the chain does not exist.
-fn listing(table: &str, chain: &str) -> Vec<String> {
-    run_with("iptables", &["-w", "-t", table, "-S", chain], None)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.starts_with("-A "))
-        .map(str::to_string)
-        .collect()
-}
-
-/// Makes the rules naming `link` in `chain` exactly `wanted` (each a rule spec without
-/// `-A chain`): missing ones are appended, others removed; one already there stays, so
-/// a jump that must not lapse never does.
-fn converge(table: &str, chain: &str, link: &str, wanted: &[String]) -> Result<(), NetError> {
-    let tag = format!(" -i {link} ");
-    let have: Vec<String> = listing(table, chain)
+/// Adds to `batch` what makes the rules naming `link` in `chain` exactly `wanted` (each
+/// a rule spec without `-A chain`): missing ones are appended, others deleted; one
+/// already there stays, so a jump that must not lapse never does.
+fn converge(
+    saved: &Saved,
+    batch: &mut Batch,
+    table: &str,
+    chain: &str,
+    link: &str,
+    wanted: &[String],
+) {
+    let tag = format!("-i {link} ");
+    let have: Vec<String> = saved
+        .rules(table, chain)
         .into_iter()
-        .filter(|l| l.contains(&tag))
+        .filter(|l| l.starts_with(&tag) || l.contains(&format!(" {tag}")))
         .collect();
-    let prefix = format!("-A {chain} ");
     for w in wanted {
-        if !have
-            .iter()
-            .any(|h| h.strip_prefix(&prefix) == Some(w.as_str()))
-        {
-            let mut args = vec!["-w", "-t", table, "-A", chain];
-            args.extend(w.split_whitespace());
-            run("iptables", &args)?;
+        if !have.contains(w) {
+            batch.push(table, format!("-A {chain} {w}"));
         }
     }
     for h in &have {
-        let spec = h.strip_prefix(&prefix).unwrap_or(h);
-        if !wanted.iter().any(|w| w == spec) {
-            let mut args = vec!["-w", "-t", table, "-D", chain];
-            args.extend(spec.split_whitespace());
-            run("iptables", &args)?;
+        if !wanted.contains(h) {
+            batch.push(table, format!("-D {chain} {h}"));
         }
     }
-    Ok(())
 }
 
 /// The names of sandbox `id`'s own chains: (filter, nat).
@@ -458,8 +510,10 @@ pub fn set_egress(
     rules: &warren_types::egress::EgressRules,
     proxy_port: u16,
 ) -> Result<(), NetError> {
-    host_rules()?;
-    let lock = rules_lock()?;
+    let _held = rules_lock()?;
+    let saved = Saved::read("iptables-save")?;
+    let mut batch = Batch::default();
+    host_rules_locked(&saved, &mut batch)?;
     let link = link_name(id);
     let (filter, nat) = egress_chains(id);
     let dns: Vec<Ipv4Addr> = if !rules.has_domains() {
@@ -483,8 +537,17 @@ pub fn set_egress(
             "-d {n} -j REJECT --reject-with icmp-net-prohibited"
         ));
     }
-    let mut r = Vec::new();
+    batch.replace("filter", &filter, &f);
+    converge(
+        &saved,
+        &mut batch,
+        "filter",
+        EGRESS,
+        &link,
+        &[format!("-i {link} -j {filter}")],
+    );
     if rules.has_domains() {
+        let mut r = Vec::new();
         for n in &rules.allow_nets {
             r.push(format!("-d {n} -j RETURN"));
         }
@@ -494,53 +557,73 @@ pub fn set_egress(
         r.push(format!(
             "-p tcp -m multiport --dports 80,443 -j REDIRECT --to-ports {proxy_port}"
         ));
-    }
-    let input = format!(
-        "{}{}",
-        restore_input("filter", &[(&filter, f)]),
-        restore_input("nat", &[(&nat, r)])
-    );
-    run_with("iptables-restore", &["-w", "--noflush"], Some(&input))?;
-    converge("filter", EGRESS, &link, &[format!("-i {link} -j {filter}")])?;
-    if rules.has_domains() {
+        batch.replace("nat", &nat, &r);
         converge(
+            &saved,
+            &mut batch,
             "filter",
             EGRESS_IN,
             &link,
             &[format!(
                 "-i {link} -p tcp -m tcp --dport {proxy_port} -j ACCEPT"
             )],
-        )?;
-        converge("nat", REDIRECT, &link, &[format!("-i {link} -j {nat}")])?;
+        );
+        converge(
+            &saved,
+            &mut batch,
+            "nat",
+            REDIRECT,
+            &link,
+            &[format!("-i {link} -j {nat}")],
+        );
+        batch.apply("iptables-restore")
     } else {
-        converge("filter", EGRESS_IN, &link, &[])?;
-        converge("nat", REDIRECT, &link, &[])?;
-        let _ = run("iptables", &["-w", "-t", "nat", "-X", &nat]);
+        converge(&saved, &mut batch, "filter", EGRESS_IN, &link, &[]);
+        converge(&saved, &mut batch, "nat", REDIRECT, &link, &[]);
+        batch.apply("iptables-restore")?;
+        // A chain is deleted only once nothing jumps to it, so after the batch.
+        if saved.has_chain("nat", &nat) {
+            let _ = run("iptables", &["-w", "-t", "nat", "-X", &nat]);
+        }
+        Ok(())
     }
-    drop(lock);
-    Ok(())
 }
 
 /// Removes sandbox `id`'s egress rules; a sandbox without any is no error.
 pub fn clear_egress(id: &str) {
-    let Ok(lock) = rules_lock() else { return };
+    let Ok(_held) = rules_lock() else { return };
+    let Ok(saved) = Saved::read("iptables-save") else {
+        return;
+    };
     let link = link_name(id);
     let (filter, nat) = egress_chains(id);
-    let _ = converge("filter", EGRESS, &link, &[]);
-    let _ = converge("filter", EGRESS_IN, &link, &[]);
-    let _ = converge("nat", REDIRECT, &link, &[]);
-    for (table, chain) in [("filter", &filter), ("nat", &nat)] {
-        if run("iptables", &["-w", "-t", table, "-F", chain]).is_ok() {
-            let _ = run("iptables", &["-w", "-t", table, "-X", chain]);
+    let mut batch = Batch::default();
+    converge(&saved, &mut batch, "filter", EGRESS, &link, &[]);
+    converge(&saved, &mut batch, "filter", EGRESS_IN, &link, &[]);
+    converge(&saved, &mut batch, "nat", REDIRECT, &link, &[]);
+    let mine = [("filter", &filter), ("nat", &nat)];
+    for (table, chain) in mine {
+        if saved.has_chain(table, chain) {
+            batch.replace(table, chain, &[]);
         }
     }
-    drop(lock);
+    if batch.apply("iptables-restore").is_ok() {
+        for (table, chain) in mine {
+            if saved.has_chain(table, chain) {
+                let _ = run("iptables", &["-w", "-t", table, "-X", chain]);
+            }
+        }
+    }
 }
 
 /// Sandboxes' egress chains whose link is gone (a sandbox being made has its chain a
 /// moment before its link).
 pub fn leftover_egress() -> Vec<String> {
-    listing("filter", EGRESS)
+    let Ok(saved) = Saved::read("iptables-save") else {
+        return Vec::new();
+    };
+    saved
+        .rules("filter", EGRESS)
         .iter()
         .filter_map(|l| {
             let link = l.split_whitespace().skip_while(|w| *w != "-i").nth(1)?;
@@ -615,6 +698,34 @@ mod tests {
         fs::remove_file(fa).unwrap();
         let (c, _) = lease(dir.path(), "abcd0001").unwrap();
         assert_eq!(c, a, "a released lease is reused");
+    }
+
+    #[test]
+    fn a_saved_table_is_read_and_a_change_is_one_restore() {
+        let saved = Saved(
+            "# Generated by iptables-save\n*raw\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n\
+             *filter\n:INPUT ACCEPT [0:0]\n:WARREN-EGRESS - [0:0]\n\
+             -A INPUT -j WARREN-INPUT\n-A WARREN-EGRESS -i wrnaa -j WARREN-E-aa\n\
+             -A WARREN-EGRESS -i wrnaab -j WARREN-E-aab\nCOMMIT\n"
+                .into(),
+        );
+        assert!(saved.has_chain("filter", "WARREN-EGRESS"));
+        assert!(!saved.has_chain("filter", "WARREN-E-aa"));
+        assert!(!saved.has_chain("raw", "WARREN-EGRESS"));
+        assert_eq!(saved.rules("filter", "INPUT"), ["-j WARREN-INPUT"]);
+        let mut batch = Batch::default();
+        // Only the rule of link wrnaa is this sandbox's, not wrnaab's.
+        converge(&saved, &mut batch, "filter", "WARREN-EGRESS", "wrnaa", &[]);
+        batch.replace("filter", "WARREN-E-aa", &["-d 10.0.0.0/8 -j RETURN".into()]);
+        batch.push("nat", ":WARREN-REDIRECT - [0:0]".into());
+        assert_eq!(
+            batch.input().unwrap(),
+            "*filter\n:WARREN-E-aa - [0:0]\n\
+             -D WARREN-EGRESS -i wrnaa -j WARREN-E-aa\n\
+             -A WARREN-E-aa -d 10.0.0.0/8 -j RETURN\nCOMMIT\n\
+             *nat\n:WARREN-REDIRECT - [0:0]\nCOMMIT\n"
+        );
+        assert_eq!(Batch::default().input(), None);
     }
 
     #[test]
