@@ -406,6 +406,7 @@ pub fn unmount(target: &Path) -> io::Result<()> {
 // From <linux/loop.h>.
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
 const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
 #[repr(C)]
@@ -442,8 +443,12 @@ pub struct LoopDevice {
     _dev: File,
 }
 
-/// Attaches `backing` to a free loop device with autoclear set.
+/// Attaches `backing` to a free loop device with autoclear set; or, when a loop device
+/// already has that file (a volume two sandboxes mount at once), gives that one: one
+/// file system mounted from two devices would be two caches writing one disk, and
+/// corrupt it. Mounted from one device it is one file system, however often mounted.
 pub fn attach_loop(backing: &Path) -> io::Result<LoopDevice> {
+    let name = backing;
     let backing = OpenOptions::new().read(true).write(true).open(backing)?;
     let ctl = OpenOptions::new()
         .read(true)
@@ -455,6 +460,9 @@ pub fn attach_loop(backing: &Path) -> io::Result<LoopDevice> {
     let _turn = nix::fcntl::Flock::lock(ctl, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| io::Error::from(e))?;
     let ctl = &*_turn;
+    if let Some(dev) = loop_of(name, &backing.metadata()?) {
+        return Ok(dev);
+    }
     for attempt in 0..LOOP_TRIES {
         if attempt > 0 {
             std::thread::sleep(std::time::Duration::from_millis(attempt as u64));
@@ -502,6 +510,46 @@ pub fn attach_loop(backing: &Path) -> io::Result<LoopDevice> {
         io::ErrorKind::ResourceBusy,
         format!("no free loop device after {LOOP_TRIES} tries"),
     ))
+}
+
+/// The loop device bound to the file `meta` describes (at `path`), opened, so that it
+/// stays bound until the caller's mount of it exists; none if no device has it.
+fn loop_of(path: &Path, meta: &std::fs::Metadata) -> Option<LoopDevice> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::canonicalize(path).ok()?;
+    for e in std::fs::read_dir("/sys/block").ok()?.flatten() {
+        let dev = e.file_name().to_string_lossy().into_owned();
+        if !dev.starts_with("loop") {
+            continue;
+        }
+        // The name narrows it down; the device and inode numbers decide.
+        let Ok(file) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
+            continue;
+        };
+        if Path::new(file.trim_end()) != want {
+            continue;
+        }
+        let path = PathBuf::from(format!("/dev/{dev}"));
+        let Ok(f) = OpenOptions::new().read(true).write(true).open(&path) else {
+            continue;
+        };
+        // SAFETY: all-zero is a valid LoopInfo64 (integers and byte arrays).
+        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+        // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which LoopInfo64
+        // mirrors (repr(C)); the pointer is valid for the call and not retained.
+        let r = unsafe {
+            libc::ioctl(
+                f.as_raw_fd(),
+                LOOP_GET_STATUS64,
+                &mut info as *mut LoopInfo64,
+            )
+        };
+        // Read after the open: a device being cleared answers ENXIO.
+        if r == 0 && info.lo_device == meta.dev() && info.lo_inode == meta.ino() {
+            return Some(LoopDevice { path, _dev: f });
+        }
+    }
+    None
 }
 
 /// How often [`attach_loop`] asks for another free device when one it was given was

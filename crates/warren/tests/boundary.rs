@@ -669,6 +669,70 @@ fn home_volumes_have_a_size_the_kernel_enforces() {
 }
 
 #[test]
+fn an_owners_sandboxes_at_once_share_one_home_file_system() {
+    if !can_run("an_owners_sandboxes_at_once_share_one_home_file_system") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start_opts(trust::Options {
+        config: Some("[limits.defaults]\nhome = \"64M\"\n".into()),
+        ..Default::default()
+    });
+    // Two mounts of one image through two loop devices would be two ext4 caches
+    // writing one disk: each sandbox would miss the other's writes, and the image
+    // would end up corrupt.
+    let a = d.create(&["--owner", "erin"]);
+    let b = d.create(&["--owner", "erin"]);
+    d.exec(&a, "seq 1 2000 > /home/user/from-a; mkdir /home/user/dir-a");
+    let (code, out) = d.exec(
+        &b,
+        "wc -l < /home/user/from-a; seq 1 10 > /home/user/dir-a/from-b",
+    );
+    assert_eq!((code, out.trim()), (0, "2000"), "b does not see a's write");
+    let (_, out) = d.exec(&a, "wc -l < /home/user/dir-a/from-b");
+    assert_eq!(out.trim(), "10", "a does not see b's write");
+    let img = std::fs::read_dir(d.data_dir().join("volumes"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("volume.img"))
+        .find(|p| p.exists())
+        .expect("the home's image");
+    let loops = || {
+        let out = std::process::Command::new("losetup")
+            .args(["-j"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let now = loops();
+    assert_eq!(now.lines().count(), 1, "one loop device: {now}");
+    d.ok(&["rm", &a]);
+    d.ok(&["rm", &b]);
+    for _ in 0..100 {
+        if loops().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // With both gone the file system is whole, and the next sandbox has both files.
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-fn"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let c = d.create(&["--owner", "erin"]);
+    let (_, out) = d.exec(&c, "cat /home/user/from-a /home/user/dir-a/from-b | wc -l");
+    assert_eq!(out.trim(), "2010");
+    d.finish();
+}
+
+#[test]
 fn the_disk_route_reads_the_last_measurement_and_walks_nothing() {
     if !can_run("the_disk_route_reads_the_last_measurement_and_walks_nothing") {
         return;
