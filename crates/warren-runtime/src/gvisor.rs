@@ -46,7 +46,7 @@ use crate::{ids::FIRST_SLOT_BASE, PREFIX};
 use crate::{template, Backend, Error, Instance, Paths, Result, Usage, HOST_ID_BASE, ID_COUNT};
 
 /// Where the agent's socket directory is inside the sandbox.
-const SOCKET_DIR: &str = "/run/warren";
+const SOCKET_DIR: &str = "/.warren/run";
 /// Where the warren binary is inside the sandbox.
 const AGENT_BIN: &str = "/.warren/warren";
 /// Soft limit on open files inside: where a process without close_range (gVisor has

@@ -30,7 +30,7 @@ pub struct SandboxFlags {
     network: Network,
     /// Isolation backend: namespace, gvisor or process (`warren backends` lists what
     /// this host offers) [default: the daemon's]
-    #[arg(long, value_name = "BACKEND")]
+    #[arg(long, value_name = "BACKEND", env = "WARREN_ISOLATION")]
     isolation: Option<Isolation>,
     /// Forward 127.0.0.1:HOSTPORT on the host to PORT in the sandbox.
     #[arg(short, long = "publish", value_name = "HOSTPORT:PORT", value_parser = parse_publish)]
