@@ -27,6 +27,7 @@ mod pools;
 mod reaper;
 mod session;
 mod share;
+mod ssh;
 pub mod store;
 mod templates;
 mod time;
@@ -838,6 +839,22 @@ impl Manager {
                 return Err(PortError::Token);
             }
         }
+        self.dial_port(r, port).await
+    }
+
+    /// Opens a TCP connection to `port` inside sandbox `key` of `who`'s, who needs no
+    /// traffic token: the sandbox is theirs (the SSH gateway's local forwarding).
+    pub async fn connect_port_as(
+        &self,
+        who: &Caller,
+        key: &str,
+        port: u16,
+    ) -> Result<PortConnection, PortError> {
+        let r = self.resolve(who, key).map_err(|_| PortError::NoSandbox)?;
+        self.dial_port(r, port).await
+    }
+
+    async fn dial_port(&self, r: Record, port: u16) -> Result<PortConnection, PortError> {
         let state = r.state;
         let r = self
             .wake_if_asked(r)

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use warren_types::api::{SandboxState, TimeoutAction};
+use warren_types::api::{SandboxState, SshKey, TimeoutAction};
 use warren_types::spec::SandboxSpec;
 
 use crate::tokens::TokenRef;
@@ -169,6 +169,17 @@ CREATE TABLE IF NOT EXISTS events (
     message TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_sandbox ON events(sandbox, seq);
+CREATE TABLE IF NOT EXISTS ssh_keys (
+    tenant TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (tenant, owner, fingerprint)
+);
+CREATE INDEX IF NOT EXISTS ssh_keys_by_fingerprint ON ssh_keys(fingerprint, owner);
 ";
 
 fn action_str(a: TimeoutAction) -> &'static str {
@@ -354,6 +365,70 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
+    }
+
+    /// Registers `key` for `tenant`; false if that owner of that tenant has it already.
+    pub fn add_ssh_key(&self, tenant: &str, key: &SshKey) -> Result<bool, StoreError> {
+        let n = self.conn.execute(
+            "INSERT OR IGNORE INTO ssh_keys (tenant, owner, fingerprint, algorithm, comment, \
+             public_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                tenant,
+                key.owner,
+                key.fingerprint,
+                key.algorithm,
+                key.comment,
+                key.public_key,
+                key.created_at
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// A tenant's keys (of one owner, or all), oldest first.
+    pub fn ssh_keys(&self, tenant: &str, owner: Option<&str>) -> Result<Vec<SshKey>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT owner, fingerprint, algorithm, comment, public_key, created_at FROM ssh_keys \
+             WHERE tenant = ?1 AND (?2 IS NULL OR owner = ?2) ORDER BY created_at, owner",
+        )?;
+        let rows = stmt.query_map(params![tenant, owner], |r| {
+            Ok(SshKey {
+                owner: r.get(0)?,
+                fingerprint: r.get(1)?,
+                algorithm: r.get(2)?,
+                comment: r.get(3)?,
+                public_key: r.get(4)?,
+                created_at: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Removes a tenant's key (of one owner, or of every owner that has it): how many.
+    pub fn remove_ssh_key(
+        &self,
+        tenant: &str,
+        fingerprint: &str,
+        owner: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        Ok(self.conn.execute(
+            "DELETE FROM ssh_keys WHERE tenant = ?1 AND fingerprint = ?2 \
+             AND (?3 IS NULL OR owner = ?3)",
+            params![tenant, fingerprint, owner],
+        )?)
+    }
+
+    /// The tenants in which `owner` has the key `fingerprint`.
+    pub fn ssh_key_tenants(
+        &self,
+        owner: &str,
+        fingerprint: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT tenant FROM ssh_keys WHERE fingerprint = ?1 AND owner = ?2 ORDER BY tenant",
+        )?;
+        let rows = stmt.query_map(params![fingerprint, owner], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Inserts a new sandbox. A live sandbox with the same (tenant, owner, name) makes

@@ -27,6 +27,8 @@ mod pools;
 mod sandboxes;
 mod sessions;
 mod share;
+pub mod ssh;
+mod ssh_keys;
 mod templates;
 #[cfg(test)]
 mod tests;
@@ -138,6 +140,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/sandboxes/{key}/snapshot"),
     ("GET", "/v1/disk"),
     ("GET", "/v1/backends"),
+    ("POST", "/v1/ssh-keys"),
+    ("GET", "/v1/ssh-keys"),
+    ("DELETE", "/v1/ssh-keys/{fingerprint}"),
 ];
 
 /// Routes served on the unix socket only.
@@ -241,7 +246,9 @@ fn build(state: AppState) -> Router {
         )
         .route("/v1/sandboxes/{key}/snapshot", post(templates::snapshot))
         .route("/v1/disk", get(templates::disk))
-        .route("/v1/backends", get(sandboxes::backends));
+        .route("/v1/backends", get(sandboxes::backends))
+        .route("/v1/ssh-keys", post(ssh_keys::add).get(ssh_keys::list))
+        .route("/v1/ssh-keys/{fingerprint}", delete(ssh_keys::remove));
     if state.surface == Surface::Unix {
         r = r
             .route("/v1/keys", post(sandboxes::create_key))
@@ -331,7 +338,7 @@ pub async fn serve(
     unix_socket: PathBuf,
     tcp: Option<SocketAddr>,
 ) -> io::Result<()> {
-    serve_with(mgr, unix_socket, tcp, None, Limits::default(), || ()).await
+    serve_with(mgr, unix_socket, tcp, None, None, Limits::default(), || ()).await
 }
 
 /// Where and how to serve the E2B API.
@@ -352,6 +359,7 @@ pub async fn serve_with(
     unix_socket: PathBuf,
     tcp: Option<SocketAddr>,
     e2b: Option<E2bListener>,
+    ssh: Option<ssh::SshListener>,
     limits: Limits,
     ready: impl FnOnce(),
 ) -> io::Result<()> {
@@ -374,6 +382,10 @@ pub async fn serve_with(
     };
     let e2b = match e2b {
         Some(l) => Some((listen(l.addr).await?, l.options, l.tls)),
+        None => None,
+    };
+    let ssh = match ssh {
+        Some(l) => Some((listen(l.addr).await?, ssh::host_key(&l.host_key)?)),
         None => None,
     };
     let unix = bind_unix(&unix_socket).map_err(|e| {
@@ -416,6 +428,14 @@ pub async fn serve_with(
             tls,
             shutdown.clone(),
         ));
+    }
+    if let Some((listener, key)) = ssh {
+        let st = AppState {
+            mgr: mgr.clone(),
+            surface: Surface::Tcp,
+            shutdown: shutdown.clone(),
+        };
+        servers.spawn(ssh::serve(listener, st, key, shutdown.clone()));
     }
     let early = tokio::select! {
         _ = term.recv() => None,

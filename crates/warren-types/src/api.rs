@@ -187,6 +187,31 @@ pub struct SandboxInfo {
     pub traffic_token: Option<String>,
 }
 
+/// `POST /v1/ssh-keys`: a public key an owner signs in to the SSH gateway with.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AddSshKey {
+    /// The owner whose sandboxes the key reaches (`ssh OWNER+NAME@host`).
+    pub owner: String,
+    /// One line of an OpenSSH public key file (`ssh-ed25519 AAAA... comment`).
+    pub public_key: String,
+}
+
+/// A registered SSH public key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SshKey {
+    pub owner: String,
+    /// `SHA256:...`, as `ssh-keygen -l` prints it.
+    pub fingerprint: String,
+    /// `ssh-ed25519`, `ssh-rsa`, ...
+    pub algorithm: String,
+    pub comment: String,
+    /// The key as OpenSSH writes it, without its comment.
+    pub public_key: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
 /// `POST /v1/sandboxes/{key}/fork`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -1,6 +1,7 @@
 //! `warren keys`: API keys for tenants, which TCP clients present as
 //! `Authorization: Bearer <key>`. Only the unix socket hands them out, so only whoever
-//! may open it (the host's root) makes keys.
+//! may open it (the host's root) makes keys. `warren keys ssh`: the public keys owners
+//! sign in to the SSH gateway with, a tenant's to manage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +10,7 @@ use clap::{Args, Subcommand};
 use hyper::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{block_on, out, Client, ClientArgs};
+use crate::client::{block_on, enc, out, Client, ClientArgs};
 
 /// Manage API keys.
 #[derive(Debug, Args)]
@@ -34,6 +35,46 @@ enum KeysCommand {
         /// /run/warren/warren.sock].
         #[arg(long, env = "WARREN_SOCKET", value_name = "PATH")]
         socket: Option<PathBuf>,
+    },
+    /// Public keys for the SSH gateway (`warren serve --ssh-listen`).
+    Ssh {
+        #[command(subcommand)]
+        command: SshCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SshCommand {
+    /// Register an owner's public key: `ssh OWNER+SANDBOX@host` then signs in with it
+    /// and lands in that owner's sandbox (made if missing).
+    Add {
+        /// The owner the key signs in as.
+        #[arg(long)]
+        owner: String,
+        /// The public key file (e.g. ~/.ssh/id_ed25519.pub); `-` reads it from stdin.
+        file: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List the tenant's keys.
+    Ls {
+        /// Only this owner's.
+        #[arg(long)]
+        owner: Option<String>,
+        /// One JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove a key by its fingerprint (`SHA256:...`, as `warren keys ssh ls` shows it).
+    Rm {
+        fingerprint: String,
+        /// Only from this owner (otherwise from every owner that has it).
+        #[arg(long)]
+        owner: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
 }
 
@@ -67,5 +108,74 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
             out(format!("{}\n", key.api_key))?;
             Ok(ExitCode::SUCCESS)
         }
+        KeysCommand::Ssh { command } => ssh(command),
     }
+}
+
+fn ssh(command: SshCommand) -> anyhow::Result<ExitCode> {
+    use warren_types::api::{AddSshKey, SshKey};
+    match command {
+        SshCommand::Add {
+            owner,
+            file,
+            client,
+        } => {
+            let text = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
+            };
+            let client = Client::new(&client)?;
+            let body = AddSshKey {
+                owner,
+                public_key: text.trim().to_string(),
+            };
+            let key: SshKey = block_on(client.call(Method::POST, "/v1/ssh-keys", Some(&body)))??;
+            out(format!(
+                "{} {} ({})\n",
+                key.fingerprint, key.owner, key.algorithm
+            ))?;
+        }
+        SshCommand::Ls {
+            owner,
+            json,
+            client,
+        } => {
+            let client = Client::new(&client)?;
+            let path = match &owner {
+                Some(o) => format!("/v1/ssh-keys?owner={}", enc(o)),
+                None => "/v1/ssh-keys".to_string(),
+            };
+            let keys: Vec<SshKey> = block_on(client.call(Method::GET, &path, None::<&()>))??;
+            if json {
+                out(format!("{}\n", serde_json::to_string_pretty(&keys)?))?;
+            } else {
+                let mut text = format!(
+                    "{:<16} {:<52} {:<20} {}\n",
+                    "OWNER", "FINGERPRINT", "TYPE", "COMMENT"
+                );
+                for k in keys {
+                    text.push_str(&format!(
+                        "{:<16} {:<52} {:<20} {}\n",
+                        k.owner, k.fingerprint, k.algorithm, k.comment
+                    ));
+                }
+                out(text)?;
+            }
+        }
+        SshCommand::Rm {
+            fingerprint,
+            owner,
+            client,
+        } => {
+            let client = Client::new(&client)?;
+            let mut path = format!("/v1/ssh-keys/{}", enc(&fingerprint));
+            if let Some(o) = &owner {
+                path.push_str(&format!("?owner={}", enc(o)));
+            }
+            block_on(client.call_raw(Method::DELETE, &path, None::<&()>))??;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

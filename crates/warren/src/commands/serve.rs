@@ -44,6 +44,11 @@ pub struct ServeArgs {
         conflicts_with = "e2b_tls_cert"
     )]
     pub e2b_tls_self_signed: Option<String>,
+    /// Also serve the SSH gateway on this TCP address, e.g. 0.0.0.0:2222: `ssh -p 2222
+    /// OWNER+SANDBOX@host` with a key registered by `warren keys ssh add`. The host key is
+    /// made on first start and kept in the data directory (`ssh/host_ed25519_key`).
+    #[arg(long, value_name = "ADDR")]
+    pub ssh_listen: Option<SocketAddr>,
     /// A TOML file of limits: defaults, maxima, per-tenant quotas, publishable host ports
     /// (see docs/api.md, "Limits and quotas"), TCP connections ("Connections on TCP").
     #[arg(long, value_name = "PATH")]
@@ -232,6 +237,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let (listen, e2b_addr, shown) = (args.listen, args.e2b_listen, socket.clone());
+        let ssh = args.ssh_listen.map(|addr| warren_server::ssh::SshListener {
+            addr,
+            host_key: paths.data.join("ssh/host_ed25519_key"),
+        });
+        let ssh_shown = ssh.clone();
         let ready = move || {
             eprintln!("warren: serving on {}", shown.display());
             if let Some(addr) = listen {
@@ -240,13 +250,19 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             if let Some(addr) = e2b_addr {
                 eprintln!("warren: serving the E2B API on {scheme}://{addr}");
             }
+            if let Some(l) = ssh_shown {
+                let key = warren_server::ssh::host_key(&l.host_key)
+                    .map(|k| warren_server::ssh::fingerprint(&k))
+                    .unwrap_or_default();
+                eprintln!("warren: serving SSH on {} (host key {key})", l.addr);
+            }
         };
         let e2b_listen = args.e2b_listen.map(|addr| warren_server::E2bListener {
             addr,
             options: e2b,
             tls,
         });
-        warren_server::serve_with(mgr, socket, args.listen, e2b_listen, limits, ready)
+        warren_server::serve_with(mgr, socket, args.listen, e2b_listen, ssh, limits, ready)
             .await
             .context("cannot serve")
     })?;

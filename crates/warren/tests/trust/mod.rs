@@ -95,6 +95,8 @@ pub struct Options {
     pub config: Option<String>,
     /// Also serve the E2B API (127.0.0.1, a free port).
     pub e2b: bool,
+    /// More arguments of `warren serve`.
+    pub serve_args: Vec<String>,
 }
 
 impl Daemon {
@@ -138,6 +140,7 @@ impl Daemon {
             std::fs::write(&path, config).unwrap();
             serve_args = vec!["--config".into(), path.display().to_string()];
         }
+        serve_args.extend(o.serve_args);
         let mut d = Daemon {
             dir,
             data: o.data,

@@ -1,0 +1,582 @@
+//! The SSH gateway (`warren serve --ssh-listen ADDR`): `ssh OWNER+NAME@host` signs in
+//! with a key registered for OWNER (`warren keys ssh add`) and lands in OWNER's sandbox
+//! NAME (`default` when the login is OWNER alone), made from the daemon's default
+//! template if it does not exist, resumed if paused.
+//!
+//! A session channel runs one process in the sandbox through its agent, as the API's
+//! exec does: a shell or a command, with a terminal when the client asked for one
+//! (window changes follow), otherwise with stdout and stderr apart and stdin closed at the
+//! client's EOF; its exit status (or signal) is the session's. Local port forwarding
+//! (`ssh -L 8888:localhost:8888`) reaches the sandbox's own loopback. Passwords,
+//! keyboard-interactive, agent and X11 forwarding and remote forwarding are refused.
+//!
+//! The host key is made once (ed25519) and kept in the data directory.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use russh::keys::{HashAlg, PrivateKey};
+use russh::server::{
+    Auth, ChannelOpenHandle, Handle, Msg, PublicKeyOffer, Session, VerifiedPublicKey,
+};
+use russh::{Channel, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet, Sig};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use warren_agent::client::ProcessEvent;
+use warren_core::Caller;
+use warren_types::api::CreateSandbox;
+use warren_types::proto::{Command, ExecRequest, WinSize};
+
+use crate::error::Error;
+use crate::exec::{oom_killed, win_size, Followed};
+use crate::{shutting_down, AppState};
+
+/// Connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 256;
+/// Environment variables a session takes from the client (`SendEnv`).
+const MAX_ENV: usize = 64;
+/// Input a client sends before its shell or command starts, kept for it.
+const MAX_EARLY_INPUT: usize = 64 << 10;
+/// The sandbox of a login that names only its owner.
+const DEFAULT_NAME: &str = "default";
+/// What a shell session runs: the login shell the template has.
+const LOGIN_SHELL: &str = "if [ -x /bin/bash ]; then exec /bin/bash -l; else exec /bin/sh -l; fi";
+
+/// Where the gateway listens and keeps its host key.
+#[derive(Debug, Clone)]
+pub struct SshListener {
+    pub addr: SocketAddr,
+    /// The host key's file (made on first start, ed25519, mode 0600).
+    pub host_key: std::path::PathBuf,
+}
+
+/// Reads the host key, or makes it on first start.
+pub fn host_key(path: &Path) -> io::Result<PrivateKey> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    match std::fs::read_to_string(path) {
+        Ok(pem) => {
+            return PrivateKey::from_openssh(pem).map_err(|e| {
+                io::Error::other(format!(
+                    "the SSH host key {} cannot be read ({e}); restore it, or remove it to \
+                     make a new one (clients will then warn that the host key changed)",
+                    path.display()
+                ))
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let seed: [u8; 32] = warren_types::random::bytes(32)
+        .map_err(io::Error::other)?
+        .try_into()
+        .map_err(|_| io::Error::other("short random read"))?;
+    let key = PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+        &seed,
+    ));
+    let pem = key
+        .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+        .map_err(io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(pem.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(key)
+}
+
+/// The host key's fingerprint, as `ssh-keygen -l` and clients print it.
+pub fn fingerprint(key: &PrivateKey) -> String {
+    key.public_key().fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// Serves the gateway until the daemon shuts down.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    st: AppState,
+    key: PrivateKey,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let config = Arc::new(russh::server::Config {
+        server_id: russh::SshId::Standard(
+            format!("SSH-2.0-Warren_{}", env!("CARGO_PKG_VERSION")).into(),
+        ),
+        methods: MethodSet::from(&[MethodKind::PublicKey][..]),
+        auth_rejection_time: Duration::from_millis(300),
+        // OpenSSH asks with `none` first, to learn the methods.
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        max_auth_attempts: 6,
+        keys: vec![key],
+        // A client that goes quiet is asked every 30 s; three unanswered, it is gone.
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    });
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let stop = shutting_down(shutdown.clone());
+    tokio::pin!(stop);
+    loop {
+        let (socket, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                // Out of descriptors and the like: wait, do not spin.
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => return Ok(()),
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(socket);
+            continue;
+        };
+        let config = config.clone();
+        let conn = Conn {
+            st: st.clone(),
+            login: None,
+            peer,
+        };
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            // A client must sign in within this time.
+            let session = match tokio::time::timeout(
+                Duration::from_secs(60),
+                russh::server::run_stream(config, socket, conn),
+            )
+            .await
+            {
+                Ok(Ok(s)) => s,
+                _ => return,
+            };
+            let handle = session.handle();
+            tokio::select! {
+                _ = session => {}
+                _ = shutting_down(shutdown) => {
+                    let _ = handle
+                        .disconnect(
+                            russh::Disconnect::ByApplication,
+                            "the Warren daemon is shutting down".into(),
+                            String::new(),
+                        )
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+/// Who signed in, and where they go.
+#[derive(Debug, Clone)]
+struct Login {
+    caller: Caller,
+    owner: String,
+    name: String,
+}
+
+impl Login {
+    /// `OWNER+NAME` (or `OWNER`) with the key `fingerprint`, if a tenant registered it
+    /// for that owner.
+    fn of(st: &AppState, user: &str, fingerprint: &str) -> Option<Self> {
+        let (owner, name) = match user.split_once('+') {
+            Some((o, n)) => (o, n),
+            None => (user, DEFAULT_NAME),
+        };
+        if owner.is_empty() || name.is_empty() {
+            return None;
+        }
+        let caller = st.mgr.ssh_caller(owner, fingerprint)?;
+        Some(Self {
+            caller,
+            owner: owner.to_string(),
+            name: name.to_string(),
+        })
+    }
+
+    /// The sandbox, made or brought up as needed: its id.
+    async fn sandbox(&self, st: &AppState) -> Result<String, Error> {
+        let req = CreateSandbox {
+            owner: Some(self.owner.clone()),
+            name: Some(self.name.clone()),
+            get_or_create: true,
+            ..Default::default()
+        };
+        let (info, _) = st.mgr.create(&self.caller, req).await?;
+        Ok(info.id)
+    }
+}
+
+/// One client connection.
+struct Conn {
+    st: AppState,
+    login: Option<Login>,
+    #[allow(dead_code)]
+    peer: SocketAddr,
+}
+
+impl russh::server::Handler for Conn {
+    type Error = russh::Error;
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fp = offer.public_key.fingerprint(HashAlg::Sha256).to_string();
+        Ok(match Login::of(&self.st, user, &fp) {
+            Some(_) => Auth::Accept,
+            None => Auth::reject(),
+        })
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fp = key.public_key.fingerprint(HashAlg::Sha256).to_string();
+        Ok(match Login::of(&self.st, user, &fp) {
+            Some(login) => {
+                self.login = Some(login);
+                Auth::Accept
+            }
+            None => Auth::reject(),
+        })
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(login) = self.login.clone() else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        reply.accept().await;
+        let st = self.st.clone();
+        let handle = session.handle();
+        tokio::spawn(run_session(st, login, channel, handle));
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host_to_connect: &str,
+        port_to_connect: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The sandbox's own loopback, by any of its names; nothing else.
+        let local = matches!(host_to_connect, "localhost" | "127.0.0.1" | "::1" | "[::1]");
+        let (Some(login), true, Ok(port)) =
+            (self.login.clone(), local, u16::try_from(port_to_connect))
+        else {
+            reply
+                .reject(ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let st = self.st.clone();
+        tokio::spawn(async move {
+            let conn = match login.sandbox(&st).await {
+                Ok(id) => st.mgr.connect_port_as(&login.caller, &id, port).await.ok(),
+                Err(_) => None,
+            };
+            let Some(mut conn) = conn else {
+                reply.reject(ChannelOpenFailure::ConnectFailed).await;
+                return;
+            };
+            reply.accept().await;
+            let mut stream = channel.into_stream();
+            let _ = tokio::io::copy_bidirectional(&mut stream, &mut conn.stream).await;
+        });
+        Ok(())
+    }
+}
+
+/// A session channel: its requests until a shell or command starts, then the process.
+async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: Handle) {
+    let id = ch.id();
+    let mut pty: Option<(String, WinSize)> = None;
+    let mut env = BTreeMap::new();
+    let mut early = Vec::new();
+    let mut early_eof = false;
+    let command = loop {
+        let Some(msg) = ch.wait().await else { return };
+        match msg {
+            ChannelMsg::RequestPty {
+                want_reply,
+                term,
+                col_width,
+                row_height,
+                ..
+            } => {
+                // A client with no terminal of its own (`ssh -tt` from a script) asks
+                // for 0x0: it gets the classic 80x24.
+                let s = size(col_width, row_height).unwrap_or(WinSize { rows: 24, cols: 80 });
+                pty = Some((term, s));
+                reply(&handle, id, want_reply, true).await;
+            }
+            ChannelMsg::SetEnv {
+                want_reply,
+                variable_name,
+                variable_value,
+            } => {
+                let ok = env.len() < MAX_ENV && env_name(&variable_name);
+                if ok {
+                    env.insert(variable_name, variable_value);
+                }
+                reply(&handle, id, want_reply, ok).await;
+            }
+            ChannelMsg::RequestShell { want_reply } => break (None, want_reply),
+            ChannelMsg::Exec {
+                want_reply,
+                command,
+            } => {
+                break (
+                    Some(String::from_utf8_lossy(&command).into_owned()),
+                    want_reply,
+                )
+            }
+            ChannelMsg::RequestSubsystem { want_reply, .. }
+            | ChannelMsg::RequestX11 { want_reply, .. }
+            | ChannelMsg::AgentForward { want_reply } => {
+                reply(&handle, id, want_reply, false).await
+            }
+            ChannelMsg::Data { data } if early.len() + data.len() <= MAX_EARLY_INPUT => {
+                early.extend_from_slice(&data);
+            }
+            ChannelMsg::Eof => early_eof = true,
+            ChannelMsg::Close => return,
+            _ => {}
+        }
+    };
+    let (command, want_reply) = command;
+    let tty = pty.as_ref().map(|(_, s)| *s);
+    if let Some((term, _)) = &pty {
+        env.insert("TERM".into(), term.clone());
+    }
+    let started = start(&st, &login, command, tty, env).await;
+    let (sandbox, mut p) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            reply(&handle, id, want_reply, false).await;
+            let _ = ch
+                .extended_data_bytes(1, Bytes::from(format!("warren: {}\r\n", e.body().message)))
+                .await;
+            let _ = ch.exit_status(255).await;
+            let _ = ch.eof().await;
+            let _ = ch.close().await;
+            return;
+        }
+    };
+    reply(&handle, id, want_reply, true).await;
+    let _activity = st.mgr.hold_activity(&sandbox);
+    let oom_before = st.mgr.oom_kills(&sandbox);
+    if !early.is_empty() && p.write_stdin(&early).await.is_err() {
+        return;
+    }
+    if early_eof && tty.is_none() {
+        let _ = p.close_stdin().await;
+    }
+    loop {
+        tokio::select! {
+            msg = ch.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if p.write_stdin(&data).await.is_err() {
+                        break;
+                    }
+                }
+                // A terminal has no end of input: the program reads ^D as the user types it.
+                Some(ChannelMsg::Eof) => {
+                    if tty.is_none() {
+                        let _ = p.close_stdin().await;
+                    }
+                }
+                Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
+                    if let (Some(s), Some(_)) = (size(col_width, row_height), tty) {
+                        let _ = p.resize(s).await;
+                    }
+                }
+                Some(
+                    ChannelMsg::RequestPty { want_reply, .. }
+                    | ChannelMsg::RequestShell { want_reply }
+                    | ChannelMsg::Exec { want_reply, .. }
+                    | ChannelMsg::RequestSubsystem { want_reply, .. }
+                    | ChannelMsg::RequestX11 { want_reply, .. }
+                    | ChannelMsg::SetEnv { want_reply, .. }
+                    | ChannelMsg::AgentForward { want_reply },
+                ) => reply(&handle, id, want_reply, false).await,
+                // The client left: the process goes with the session, as sshd's does.
+                Some(ChannelMsg::Close) | None => return,
+                Some(_) => {}
+            },
+            ev = p.next() => match ev {
+                Ok(ProcessEvent::Stdout(d)) => {
+                    if ch.data_bytes(Bytes::from(d)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(ProcessEvent::Stderr(d)) => {
+                    if ch.extended_data_bytes(1, Bytes::from(d)).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(ProcessEvent::Exited(s)) => {
+                    match (s.code, s.signal) {
+                        (Some(code), _) => {
+                            let _ = ch.exit_status(code as u32).await;
+                        }
+                        (None, Some(sig)) => {
+                            let oom = oom_killed(&s, oom_before, st.mgr.oom_kills(&sandbox));
+                            let why = if oom { "killed: out of memory" } else { "" };
+                            let _ = handle
+                                .exit_signal_request(id, signal(sig), false, why.into(), String::new())
+                                .await;
+                        }
+                        (None, None) => {
+                            let _ = ch.exit_status(255).await;
+                        }
+                    }
+                    break;
+                }
+                Err(e) => {
+                    let e = Error::from(e);
+                    let _ = ch
+                        .extended_data_bytes(1, Bytes::from(format!("warren: {}\r\n", e.body().message)))
+                        .await;
+                    let _ = ch.exit_status(255).await;
+                    break;
+                }
+            },
+        }
+    }
+    let _ = ch.eof().await;
+    let _ = ch.close().await;
+}
+
+/// Starts the session's process in the login's sandbox (made or brought up first).
+async fn start(
+    st: &AppState,
+    login: &Login,
+    command: Option<String>,
+    tty: Option<WinSize>,
+    env: BTreeMap<String, String>,
+) -> Result<(String, Followed), Error> {
+    let id = login.sandbox(st).await?;
+    let (id, client) = st.mgr.agent(&login.caller, &id).await?;
+    let req = ExecRequest {
+        command: Some(Command::Shell(
+            command.unwrap_or_else(|| LOGIN_SHELL.to_string()),
+        )),
+        env,
+        tty,
+        stdin: true,
+        ..Default::default()
+    };
+    let p = Followed::exec(&client, req).await?;
+    Ok((id, p))
+}
+
+async fn reply(handle: &Handle, id: russh::ChannelId, want_reply: bool, ok: bool) {
+    if !want_reply {
+        return;
+    }
+    let _ = if ok {
+        handle.channel_success(id).await
+    } else {
+        handle.channel_failure(id).await
+    };
+}
+
+fn size(cols: u32, rows: u32) -> Option<WinSize> {
+    let (rows, cols) = (u16::try_from(rows).ok()?, u16::try_from(cols).ok()?);
+    win_size(rows, cols).ok()
+}
+
+/// A name a shell would take for a variable.
+fn env_name(n: &str) -> bool {
+    let mut chars = n.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && n.len() <= 128
+}
+
+/// The SSH name of signal `n` (RFC 4254 §6.10 names them without `SIG`).
+fn signal(n: i32) -> Sig {
+    match n {
+        1 => Sig::HUP,
+        2 => Sig::INT,
+        3 => Sig::QUIT,
+        4 => Sig::ILL,
+        6 => Sig::ABRT,
+        8 => Sig::FPE,
+        9 => Sig::KILL,
+        10 => Sig::USR1,
+        11 => Sig::SEGV,
+        13 => Sig::PIPE,
+        14 => Sig::ALRM,
+        15 => Sig::TERM,
+        n => Sig::Custom(format!("SIG{n}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_names_and_sizes_are_checked() {
+        assert!(env_name("LANG") && env_name("LC_ALL") && env_name("_x1"));
+        assert!(!env_name("") && !env_name("1A") && !env_name("A=B") && !env_name("A B"));
+        assert_eq!(size(80, 24), Some(WinSize { rows: 24, cols: 80 }));
+        assert_eq!(size(0, 24), None);
+        assert_eq!(size(80, 70_000), None);
+        assert!(matches!(signal(9), Sig::KILL));
+    }
+
+    #[test]
+    fn the_host_key_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ssh/host_ed25519_key");
+        let a = host_key(&path).unwrap();
+        let b = host_key(&path).unwrap();
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(
+            host_key(&path).is_err(),
+            "a damaged key is not replaced silently"
+        );
+    }
+}
