@@ -87,4 +87,20 @@ impl Manager {
             _ => None,
         }
     }
+
+    /// Who a sandbox's processes run as when a request names nobody: its template's
+    /// user (`None`: the sandbox's root). File operations made for a login use it too.
+    pub fn default_user(
+        &self,
+        who: &Caller,
+        key: &str,
+    ) -> Result<Option<warren_types::proto::User>> {
+        let r = self.resolve(who, key)?;
+        let t = warren_runtime::template::resolve(&self.config.paths, &r.spec.template)
+            .map_err(crate::templates::template_error)?;
+        Ok(t.meta
+            .user
+            .as_deref()
+            .map(warren_runtime::template::agent_user))
+    }
 }

@@ -205,7 +205,7 @@ pub struct UsageRow {
     pub bytes: u64,
 }
 
-fn template_error(e: warren_runtime::Error) -> CoreError {
+pub(crate) fn template_error(e: warren_runtime::Error) -> CoreError {
     use warren_runtime::Error as E;
     match e {
         E::UnknownTemplate(n) => CoreError::TemplateNotFound(n),

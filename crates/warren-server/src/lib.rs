@@ -26,6 +26,7 @@ mod files;
 mod pools;
 mod sandboxes;
 mod sessions;
+mod sftp;
 mod share;
 pub mod ssh;
 mod ssh_keys;

@@ -8,7 +8,9 @@
 //! (window changes follow), otherwise with stdout and stderr apart and stdin closed at the
 //! client's EOF; its exit status (or signal) is the session's. Local port forwarding
 //! (`ssh -L 8888:localhost:8888`) reaches the sandbox's own loopback. Passwords,
-//! keyboard-interactive, agent and X11 forwarding and remote forwarding are refused.
+//! keyboard-interactive, agent and X11 forwarding and remote forwarding are refused. The
+//! `sftp` subsystem (which `sftp` and `scp` use) is Warren's own, over the agent's file
+//! operations (`crate::sftp`).
 //!
 //! The host key is made once (ed25519) and kept in the data directory.
 
@@ -42,6 +44,8 @@ const MAX_CONNECTIONS: usize = 256;
 const MAX_ENV: usize = 64;
 /// Input a client sends before its shell or command starts, kept for it.
 const MAX_EARLY_INPUT: usize = 64 << 10;
+/// Bytes in flight between an SFTP channel and its server.
+const SFTP_PIPE: usize = 256 << 10;
 /// The sandbox of a login that names only its owner.
 const DEFAULT_NAME: &str = "default";
 /// What a shell session runs: the login shell the template has.
@@ -364,6 +368,9 @@ async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: H
                     want_reply,
                 )
             }
+            ChannelMsg::RequestSubsystem { want_reply, name } if name == "sftp" => {
+                return sftp(st, login, ch, handle, want_reply).await;
+            }
             ChannelMsg::RequestSubsystem { want_reply, .. }
             | ChannelMsg::RequestX11 { want_reply, .. }
             | ChannelMsg::AgentForward { want_reply } => {
@@ -477,6 +484,72 @@ async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: H
             },
         }
     }
+    let _ = ch.eof().await;
+    let _ = ch.close().await;
+}
+
+/// Serves the SFTP subsystem on a session channel, in the login's sandbox, as the
+/// template's user.
+async fn sftp(st: AppState, login: Login, ch: Channel<Msg>, handle: Handle, want_reply: bool) {
+    let id = ch.id();
+    let opened = async {
+        let sandbox = login.sandbox(&st).await?;
+        let (sandbox, client) = st.mgr.agent(&login.caller, &sandbox).await?;
+        let user = st.mgr.default_user(&login.caller, &sandbox)?;
+        Ok::<_, Error>((sandbox, client, user))
+    };
+    match opened.await {
+        Ok((sandbox, client, user)) => {
+            reply(&handle, id, want_reply, true).await;
+            let activity = st.mgr.hold_activity(&sandbox);
+            let session = crate::sftp::Sftp::new(client, user, activity);
+            // The SFTP server runs on one end of a pipe; this task carries the channel to
+            // the other, so that it sees the server end and answers with an exit status
+            // as sshd does for a subsystem (clients count a missing one as a failure).
+            let (mine, theirs) = tokio::io::duplex(SFTP_PIPE);
+            russh_sftp::server::run(theirs, session).await;
+            pump_sftp(ch, mine).await;
+        }
+        Err(e) => {
+            reply(&handle, id, want_reply, false).await;
+            let _ = ch
+                .extended_data_bytes(1, Bytes::from(format!("warren: {}\r\n", e.body().message)))
+                .await;
+            let _ = ch.close().await;
+        }
+    }
+}
+
+/// Carries an SFTP session between its channel and the server's pipe until either ends.
+async fn pump_sftp(mut ch: Channel<Msg>, pipe: tokio::io::DuplexStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut from_server, mut to_server) = tokio::io::split(pipe);
+    let mut buf = vec![0u8; SFTP_PIPE];
+    loop {
+        tokio::select! {
+            msg = ch.wait() => match msg {
+                Some(ChannelMsg::Data { data }) => {
+                    if to_server.write_all(&data).await.is_err() {
+                        break;
+                    }
+                }
+                Some(ChannelMsg::Eof) => {
+                    let _ = to_server.shutdown().await;
+                }
+                Some(ChannelMsg::Close) | None => return,
+                Some(_) => {}
+            },
+            n = from_server.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ch.data_bytes(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                        return;
+                    }
+                }
+            },
+        }
+    }
+    let _ = ch.exit_status(0).await;
     let _ = ch.eof().await;
     let _ = ch.close().await;
 }

@@ -1,7 +1,8 @@
 //! The SSH gateway, driven by OpenSSH's own client: a key registered for an owner signs
 //! in as `OWNER+NAME` and lands in that sandbox (made the first time, the same one after);
 //! a command's stdout, stderr and exit status come back apart, stdin streams in, a shell
-//! gets a terminal of the client's size, local forwarding reaches the sandbox's loopback,
+//! gets a terminal of the client's size, scp and sftp move files both ways (times and
+//! modes kept with -p), local forwarding reaches the sandbox's loopback,
 //! the host key stays the same across restarts; unknown keys, another owner's name,
 //! remote forwarding and forwarding to other hosts are refused. Needs root and `ssh`.
 
@@ -221,6 +222,127 @@ fn an_owner_signs_in_with_a_key_and_lands_in_the_named_sandbox() {
     assert!(page.starts_with("HTTP/1.0 200"), "{page}");
     let _ = tunnel.kill();
     let _ = tunnel.wait();
+
+    // Files both ways: scp (which speaks SFTP) with times and modes kept, a tree, and
+    // an sftp session's verbs.
+    let local = keys.path().join("blob");
+    let blob: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(&local, &blob).unwrap();
+    let secs = 1_700_000_000;
+    let set_times = Command::new("touch")
+        .args(["-d", &format!("@{secs}")])
+        .arg(&local)
+        .status()
+        .unwrap();
+    assert!(set_times.success());
+    let scp = |args: &[&str]| {
+        Command::new("scp")
+            .args(["-F", "/dev/null", "-P", &port.to_string(), "-i"])
+            .arg(&alice)
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "LogLevel=ERROR",
+            ])
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                client.known_hosts.display()
+            ))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run scp")
+    };
+    let o = scp(&[
+        "-p",
+        local.to_str().unwrap(),
+        "alice+lab@127.0.0.1:/tmp/blob",
+    ]);
+    assert!(o.status.success(), "scp up: {}", stderr(&o));
+    let o = client.run(
+        &alice,
+        "alice+lab",
+        &[],
+        &["stat -c '%s %Y' /tmp/blob; sha256sum < /tmp/blob"],
+    );
+    let host_sum = Command::new("sha256sum").arg(&local).output().unwrap();
+    let host_sum = stdout(&host_sum);
+    let (stat, sum) = stdout(&o)
+        .split_once('\n')
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .unwrap();
+    assert_eq!(stat, format!("2000000 {secs}"));
+    assert_eq!(
+        sum.split_whitespace().next(),
+        host_sum.split_whitespace().next()
+    );
+    let back = keys.path().join("back");
+    let o = scp(&["alice+lab@127.0.0.1:/tmp/blob", back.to_str().unwrap()]);
+    assert!(o.status.success(), "scp down: {}", stderr(&o));
+    assert!(
+        std::fs::read(&back).unwrap() == blob,
+        "the file came back different"
+    );
+    let tree = keys.path().join("tree");
+    std::fs::create_dir_all(tree.join("a/b")).unwrap();
+    std::fs::write(tree.join("a/b/deep"), "deep\n").unwrap();
+    std::fs::write(tree.join("top"), "top\n").unwrap();
+    let o = scp(&["-r", tree.to_str().unwrap(), "alice+lab@127.0.0.1:/tmp/"]);
+    assert!(o.status.success(), "scp -r: {}", stderr(&o));
+    let o = client.run(
+        &alice,
+        "alice+lab",
+        &[],
+        &["cat /tmp/tree/a/b/deep /tmp/tree/top"],
+    );
+    assert_eq!(stdout(&o), "deep\ntop\n");
+    let batch = format!(
+        "mkdir /tmp/s\ncd /tmp/s\nput {} one\nrename one two\nls\nget two {}\nrm two\ncd /\nrmdir /tmp/s\n",
+        local.display(),
+        keys.path().join("two").display()
+    );
+    let mut sftp = Command::new("sftp");
+    sftp.args(["-F", "/dev/null", "-P", &port.to_string(), "-i"])
+        .arg(&alice)
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("-o")
+        .arg(format!(
+            "UserKnownHostsFile={}",
+            client.known_hosts.display()
+        ))
+        .args(["-b", "-", "alice+lab@127.0.0.1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = sftp.spawn().expect("run sftp");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(batch.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "sftp: {}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("two"), "{}", stdout(&o));
+    assert!(std::fs::read(keys.path().join("two")).unwrap() == blob);
+    let o = client.run(
+        &alice,
+        "alice+lab",
+        &[],
+        &["test -e /tmp/s && echo left || echo gone"],
+    );
+    assert_eq!(stdout(&o), "gone\n");
 
     // Refused: forwarding to another host, remote forwarding, an unknown key, another
     // owner's name with alice's key.
