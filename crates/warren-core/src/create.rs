@@ -131,8 +131,9 @@ impl Manager {
             on_timeout: Some(r.on_timeout),
             auto_resume: Some(r.auto_resume),
             request_host: r.request_host.clone(),
-            // The owner's home volume is the owner's, not the source's: mounted again.
-            home_volume: Some(memory.is_none() && !r.spec.volumes.is_empty()),
+            // The owner's home volume is the owner's, not the source's: mounted again
+            // (a memory image expects its mounts where they were).
+            home_volume: Some(!r.spec.volumes.is_empty()),
             isolation: Some(r.spec.isolation),
             timeout_secs: r
                 .expires_at

@@ -19,6 +19,11 @@
 //! pids limit is not offered: gVisor's own host threads count against it, and a small
 //! one kills the sandbox.
 //!
+//! Volumes (the owner's home among them) are mounted by `warren __oci` as a namespace
+//! sandbox's are (an ext4 image through the one loop device that has it, or a directory;
+//! idmapped), at `bundle/volumes/N`, which the bundle's config binds at their targets;
+//! the list is kept in the run directory (`volumes.json`), so a resume mounts them again.
+//!
 //! Networks: `none` is gVisor's own network stack with loopback only. `nat` is the host
 //! kernel's stack (runsc `--network=host`) in a network namespace of the sandbox's own,
 //! made by `warren __oci` and wired as a namespace sandbox's is (a veth, the same
@@ -292,16 +297,28 @@ impl GvisorBackend {
         from: Option<(&Path, &Path)>,
     ) -> Result<GvisorSandbox> {
         let runsc = self.runsc()?;
-        if !matches!(spec.network, NetworkMode::None | NetworkMode::Nat)
-            || !spec.volumes.is_empty()
-            || !spec.publish.is_empty()
+        if !matches!(spec.network, NetworkMode::None | NetworkMode::Nat) || !spec.publish.is_empty()
         {
             return Err(Error::Invalid {
                 what: "request",
-                why: "a gvisor sandbox has network `none` or `nat` and takes no volumes or \
-                      published ports yet"
+                why: "a gvisor sandbox has network `none` or `nat` and takes no published \
+                      ports yet (reach its ports through the daemon)"
                     .into(),
             });
+        }
+        for v in &spec.volumes {
+            if !v.target.starts_with('/') || v.target.split('/').any(|c| c == "..") {
+                return Err(Error::Invalid {
+                    what: "volume target",
+                    why: format!("{:?} must be an absolute path without ..", v.target),
+                });
+            }
+            if !crate::valid_name(&v.name) {
+                return Err(Error::Invalid {
+                    what: "volume name",
+                    why: format!("{:?}", v.name),
+                });
+            }
         }
         let nat = spec.network == NetworkMode::Nat;
         let runsc = runsc.on_nat(nat);
@@ -337,11 +354,23 @@ impl GvisorBackend {
             if let Some((_, files)) = from {
                 copy_layer(&files.join("upper"), &data.join("upper"))?;
             }
-            let config = bundle_config(&spec, &template, &self.exe, &run.join("sock"))?;
+            let config = bundle_config(&spec, &template, &self.exe, &run.join("sock"), &bundle)?;
             std::fs::write(bundle.join("config.json"), config.to_string())
                 .map_err(crate::io_err("write the bundle's config.json"))?;
             std::fs::write(run.join("template"), spec.template.as_bytes())
                 .map_err(crate::io_err("record the template"))?;
+            let volumes: Vec<OciVolume> = spec
+                .volumes
+                .iter()
+                .map(|v| OciVolume {
+                    dir: self.paths.volume(&v.name),
+                    size: v.size,
+                    target: v.target.clone(),
+                })
+                .collect();
+            let volumes = serde_json::to_vec(&volumes).expect("volumes serialize");
+            std::fs::write(run.join("volumes.json"), volumes)
+                .map_err(crate::io_err("record the volumes"))?;
             Ok(bundle)
         })();
         let bundle = match r {
@@ -420,6 +449,7 @@ impl GvisorBackend {
             ],
         };
         let launch = OciLaunch {
+            volumes: recorded_volumes(&sb.run)?,
             bundle: bundle.to_path_buf(),
             lower: template.lower.clone(),
             rw: data.to_path_buf(),
@@ -563,6 +593,7 @@ fn bundle_config(
     template: &template::Template,
     exe: &Path,
     sock: &Path,
+    bundle: &Path,
 ) -> Result<serde_json::Value> {
     let mut env = template.env.clone();
     env.extend(spec.env.clone());
@@ -601,6 +632,11 @@ fn bundle_config(
         json!({"destination": SOCKET_DIR, "type": "bind", "source": sock,
                        "options": ["rbind", "rw", "nosuid", "nodev", "noexec"]}),
     );
+    for (i, v) in spec.volumes.iter().enumerate() {
+        mounts.push(json!({"destination": v.target, "type": "bind",
+                           "source": volume_point(bundle, i),
+                           "options": ["rbind", "rw", "nosuid", "nodev"]}));
+    }
     let r = &spec.resources;
     let mut resources = serde_json::Map::new();
     if let Some(m) = r.memory {
@@ -700,6 +736,36 @@ struct OciLaunch {
     new_netns: bool,
     /// The OCI runtime's `create` command line, run in the new mount namespace.
     argv: Vec<String>,
+    /// Volumes to mount (idmapped) in the bundle, where the bundle's config binds them.
+    #[serde(default)]
+    volumes: Vec<OciVolume>,
+}
+
+/// A volume of a gVisor sandbox: mounted by `warren __oci` at `bundle/volumes/N`, which
+/// the bundle's config binds at its target inside.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OciVolume {
+    /// Where the volume is kept (`Paths::volume`).
+    dir: PathBuf,
+    /// Its size when it is first made (an ext4 image), or none (a directory).
+    size: Option<u64>,
+    /// Its target inside the sandbox.
+    target: String,
+}
+
+/// Where `warren __oci` mounts volume `i` of a bundle.
+fn volume_point(bundle: &Path, i: usize) -> PathBuf {
+    bundle.join("volumes").join(i.to_string())
+}
+
+/// The volumes a sandbox was made with, as recorded in its run directory (a resume
+/// mounts them again).
+fn recorded_volumes(run: &Path) -> Result<Vec<OciVolume>> {
+    match std::fs::read(run.join("volumes.json")) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Setup(format!("volumes.json: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(crate::io_err("read volumes.json")(e)),
+    }
 }
 
 /// `warren __oci`: mounts a sandbox's root in a mount namespace of its own and becomes
@@ -760,6 +826,17 @@ pub fn oci_main() -> ! {
         false,
     ) {
         fail("mount the root overlay", &e);
+    }
+    for (i, v) in launch.volumes.iter().enumerate() {
+        let at = volume_point(&launch.bundle, i);
+        if let Err(e) = std::fs::create_dir_all(&at) {
+            fail("make a volume's mount point", &e);
+        }
+        let storage = std::os::fd::AsFd::as_fd(&storage);
+        if let Err(e) = crate::helper::place_volume(&v.dir, v.size, &launch.bundle, i, &at, storage)
+        {
+            fail("mount a volume", &e);
+        }
     }
     drop(storage);
     let Some((bin, _)) = launch.argv.split_first() else {
@@ -938,6 +1015,7 @@ impl GvisorSandbox {
             .map_err(crate::io_err("read the sandbox's template"))?;
         let template = template::resolve(&self.restore.paths, key.trim())?;
         let launch = OciLaunch {
+            volumes: recorded_volumes(&self.run)?,
             bundle: bundle.clone(),
             lower: template.lower.clone(),
             rw: self.restore.paths.sandbox_data(&self.id),
@@ -1027,7 +1105,7 @@ impl Backend for GvisorBackend {
                 memory_snapshots: true,
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
                 limits: ["memory", "cpu"].map(String::from).to_vec(),
-                volumes: false,
+                volumes: true,
             },
         }
     }

@@ -848,22 +848,46 @@ fn mount_volume(
         .into());
     }
     mkdir_no_follow(root, &v.target)?;
-    fs::create_dir_all(&dir).map_err(fail("create the volume"))?;
+    let scratch = root.parent().unwrap_or(root);
+    place_volume_inner(&dir, v.size, scratch, index, &target, storage)
+}
+
+/// Mounts the volume kept in `dir` at `target`, its owners shown through `storage`: an
+/// ext4 image when it has a size (made on first use, `size` bytes; loop-mounted at a
+/// point in `scratch` and bound from there), else the directory's `data`. The gVisor
+/// backend mounts a sandbox's volumes with this too (`warren __oci`).
+pub(crate) fn place_volume(
+    dir: &Path,
+    size: Option<u64>,
+    scratch: &Path,
+    index: usize,
+    target: &Path,
+    storage: BorrowedFd<'_>,
+) -> Result<(), String> {
+    place_volume_inner(dir, size, scratch, index, target, storage).map_err(|e| e.message)
+}
+
+fn place_volume_inner(
+    dir: &Path,
+    size: Option<u64>,
+    scratch: &Path,
+    index: usize,
+    target: &Path,
+    storage: BorrowedFd<'_>,
+) -> Setup<()> {
+    fs::create_dir_all(dir).map_err(fail("create the volume"))?;
     let img = dir.join("volume.img");
     let owner = HOST_ID_BASE + USER_ID;
     let data = dir.join("data");
     // A volume made as a plain directory (before volumes had sizes) stays one: its files
     // are there, not in a new, empty image.
-    if img.exists() || (v.size.is_some() && !data.exists()) {
+    if img.exists() || (size.is_some() && !data.exists()) {
         let new = !img.exists();
         if new {
-            make_ext4(&img, v.size.unwrap_or(0), owner)?;
+            make_ext4(&img, size.unwrap_or(0), owner)?;
         }
         // Mounted aside, then shown through the mapping where it belongs.
-        let staging = root
-            .parent()
-            .unwrap_or(root)
-            .join(format!(".volume-{index}"));
+        let staging = scratch.join(format!(".volume-{index}"));
         fs::create_dir_all(&staging).map_err(fail("create a volume mount point"))?;
         mount_image(&img, &staging)?;
         if new {
@@ -871,7 +895,7 @@ fn mount_volume(
             // again when it needs one.
             let _ = fs::remove_dir(staging.join("lost+found"));
         }
-        let placed = bind_idmapped(&staging, &target, storage, MountAttrs::PLAIN)
+        let placed = bind_idmapped(&staging, target, storage, MountAttrs::PLAIN)
             .map_err(fail("mount the volume"));
         let _ = unmount(&staging);
         let _ = fs::remove_dir(&staging);
@@ -887,7 +911,7 @@ fn mount_volume(
         )
         .map_err(|e| fail("chown the volume")(e.into()))?;
     }
-    bind_idmapped(&data, &target, storage, MountAttrs::PLAIN).map_err(fail("mount the volume"))
+    bind_idmapped(&data, target, storage, MountAttrs::PLAIN).map_err(fail("mount the volume"))
 }
 
 /// Creates `rel` under `root` one component at a time, refusing symlinks: the host

@@ -207,6 +207,25 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         b"",
     );
     assert_eq!(r.text(), "from-inside\n", "{isolation}");
+    if backend["capabilities"]["volumes"] == true {
+        // The home is the owner's volume: another sandbox of the owner, made while this
+        // one runs, has the same files.
+        let other = d.create(&flags);
+        let (_, out) = d.exec(
+            &other,
+            &format!("cat {dir}/note.txt; echo and-back >> {dir}/made.txt"),
+        );
+        assert_eq!(
+            out, "written through the API",
+            "{isolation}: the home volume"
+        );
+        d.ok(&["rm", &other]);
+        let (_, out) = d.exec(&id, &format!("cat {dir}/made.txt"));
+        assert_eq!(
+            out, "from-inside\nand-back\n",
+            "{isolation}: the home volume"
+        );
+    }
 
     // Limits held by the kernel (or the backend's kernel): tasks, and memory last.
     // Without a task limit (gVisor's host threads would count against one), a few only:
@@ -345,11 +364,13 @@ fn the_backends_list_says_what_each_offers() {
         ns["capabilities"]["networks"],
         serde_json::json!(["none", "nat"])
     );
+    assert_eq!(ns["capabilities"]["volumes"], true);
     if list[1]["available"] == true {
         assert_eq!(
             list[1]["capabilities"]["networks"],
             serde_json::json!(["none", "nat"])
         );
+        assert_eq!(list[1]["capabilities"]["volumes"], true);
     }
     let process = &list[2];
     assert_eq!(process["available"], true, "{process}");
@@ -599,7 +620,7 @@ fn a_fork_copies_the_files_and_on_gvisor_the_processes() {
     // State only in memory: a counter, and a value the copies must share.
     // Written whole (a rename), so a reader never sees a half-written file.
     python_in_background(&d, &id, "import os, time, random\nsecret = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/s.new', 'w').write(f'{secret} {i}')\n    os.replace('/tmp/s.new', '/tmp/state')\n    time.sleep(0.05)");
-    d.exec(&id, "echo source > /home/user/who");
+    d.exec(&id, "echo source > /root/who");
     let state = |d: &Daemon, id: &str| -> (String, u64) {
         let (_, out) = d.exec(id, "cat /tmp/state");
         let (s, n) = out.trim().split_once(' ').unwrap_or(("", "0"));
@@ -637,12 +658,13 @@ fn a_fork_copies_the_files_and_on_gvisor_the_processes() {
             eventually(10, || state(&d, c).1 > n),
             "copy {c}: its counter stopped"
         );
-        // Its own files: a change in one copy is not in the others.
-        let (_, who) = d.exec(c, "cat /home/user/who");
+        // Its own files (its writable layer; the home is the owner's volume, shared):
+        // a change in one copy is not in the others.
+        let (_, who) = d.exec(c, "cat /root/who");
         assert_eq!(who.trim(), "source");
-        d.exec(c, &format!("echo {c} > /home/user/who"));
+        d.exec(c, &format!("echo {c} > /root/who"));
     }
-    let (_, who) = d.exec(&id, "cat /home/user/who");
+    let (_, who) = d.exec(&id, "cat /root/who");
     assert_eq!(who.trim(), "source", "a copy wrote into the source's files");
     // The source ran on.
     let before = state(&d, &id).1;
