@@ -27,6 +27,13 @@ impl Manager {
                 key.owner
             )));
         }
+        if let Some(t) = &key.template {
+            // Checked now, as the tenant sees templates: a login must not fail on it later.
+            self.resolve_template(who, t).map_err(|e| match e {
+                CoreError::TemplateNotFound(_) => CoreError::UnknownTemplate(t.clone()),
+                e => e,
+            })?;
+        }
         let store = self.store();
         if let Some(kept) = store
             .ssh_keys(&who.tenant, Some(&key.owner))?
@@ -78,12 +85,12 @@ impl Manager {
     }
 
     /// Who signs in as `owner` with the key `fingerprint`: the tenant that registered it
-    /// for that owner. None when no tenant did, or more than one did (the key then
-    /// cannot say which tenant is meant).
-    pub fn ssh_caller(&self, owner: &str, fingerprint: &str) -> Option<Caller> {
+    /// for that owner, and the template the key makes sandboxes from. None when no tenant
+    /// did, or more than one did (the key then cannot say which tenant is meant).
+    pub fn ssh_caller(&self, owner: &str, fingerprint: &str) -> Option<(Caller, Option<String>)> {
         let tenants = self.store().ssh_key_tenants(owner, fingerprint).ok()?;
         match tenants.as_slice() {
-            [tenant] => Some(Caller::tenant(tenant)),
+            [(tenant, template)] => Some((Caller::tenant(tenant), template.clone())),
             _ => None,
         }
     }

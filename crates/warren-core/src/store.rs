@@ -177,6 +177,7 @@ CREATE TABLE IF NOT EXISTS ssh_keys (
     comment TEXT NOT NULL,
     public_key TEXT NOT NULL,
     created_at INTEGER NOT NULL,
+    template TEXT,
     PRIMARY KEY (tenant, owner, fingerprint)
 );
 CREATE INDEX IF NOT EXISTS ssh_keys_by_fingerprint ON ssh_keys(fingerprint, owner);
@@ -260,6 +261,7 @@ fn migrate(conn: &Connection) -> Result<(), StoreError> {
     )?;
     add_column(conn, "sandboxes", "request_host", "TEXT")?;
     add_column(conn, "api_keys", "operator", "INTEGER NOT NULL DEFAULT 0")?;
+    add_column(conn, "ssh_keys", "template", "TEXT")?;
     // Tokens were kept in plain text: keep only their hashes (see `crate::tokens`).
     let plain: Vec<(String, String, Option<String>)> = {
         let mut stmt = conn.prepare(
@@ -371,7 +373,7 @@ impl Store {
     pub fn add_ssh_key(&self, tenant: &str, key: &SshKey) -> Result<bool, StoreError> {
         let n = self.conn.execute(
             "INSERT OR IGNORE INTO ssh_keys (tenant, owner, fingerprint, algorithm, comment, \
-             public_key, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             public_key, created_at, template) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
                 tenant,
                 key.owner,
@@ -379,7 +381,8 @@ impl Store {
                 key.algorithm,
                 key.comment,
                 key.public_key,
-                key.created_at
+                key.created_at,
+                key.template
             ],
         )?;
         Ok(n == 1)
@@ -388,7 +391,8 @@ impl Store {
     /// A tenant's keys (of one owner, or all), oldest first.
     pub fn ssh_keys(&self, tenant: &str, owner: Option<&str>) -> Result<Vec<SshKey>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT owner, fingerprint, algorithm, comment, public_key, created_at FROM ssh_keys \
+            "SELECT owner, fingerprint, algorithm, comment, public_key, created_at, template \
+             FROM ssh_keys \
              WHERE tenant = ?1 AND (?2 IS NULL OR owner = ?2) ORDER BY created_at, owner",
         )?;
         let rows = stmt.query_map(params![tenant, owner], |r| {
@@ -399,6 +403,7 @@ impl Store {
                 comment: r.get(3)?,
                 public_key: r.get(4)?,
                 created_at: r.get(5)?,
+                template: r.get(6)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -418,16 +423,18 @@ impl Store {
         )?)
     }
 
-    /// The tenants in which `owner` has the key `fingerprint`.
+    /// The tenants in which `owner` has the key `fingerprint`, each with the key's
+    /// template.
     pub fn ssh_key_tenants(
         &self,
         owner: &str,
         fingerprint: &str,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Vec<(String, Option<String>)>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT tenant FROM ssh_keys WHERE fingerprint = ?1 AND owner = ?2 ORDER BY tenant",
+            "SELECT tenant, template FROM ssh_keys WHERE fingerprint = ?1 AND owner = ?2 \
+             ORDER BY tenant",
         )?;
-        let rows = stmt.query_map(params![fingerprint, owner], |r| r.get(0))?;
+        let rows = stmt.query_map(params![fingerprint, owner], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

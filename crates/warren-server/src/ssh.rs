@@ -1,7 +1,7 @@
 //! The SSH gateway (`warren serve --ssh-listen ADDR`): `ssh OWNER+NAME@host` signs in
 //! with a key registered for OWNER (`warren keys ssh add`) and lands in OWNER's sandbox
-//! NAME (`default` when the login is OWNER alone), made from the daemon's default
-//! template if it does not exist, resumed if paused.
+//! NAME (`default` when the login is OWNER alone), made from the key's template (else the
+//! daemon's default) if it does not exist, resumed if paused.
 //!
 //! A session channel runs one process in the sandbox through its agent, as the API's
 //! exec does: a shell or a command, with a terminal when the client asked for one
@@ -195,6 +195,8 @@ struct Login {
     caller: Caller,
     owner: String,
     name: String,
+    /// Where the sandbox is made from if it does not exist [default: the daemon's].
+    template: Option<String>,
 }
 
 impl Login {
@@ -208,11 +210,12 @@ impl Login {
         if owner.is_empty() || name.is_empty() {
             return None;
         }
-        let caller = st.mgr.ssh_caller(owner, fingerprint)?;
+        let (caller, template) = st.mgr.ssh_caller(owner, fingerprint)?;
         Some(Self {
             caller,
             owner: owner.to_string(),
             name: name.to_string(),
+            template,
         })
     }
 
@@ -221,6 +224,7 @@ impl Login {
         let req = CreateSandbox {
             owner: Some(self.owner.clone()),
             name: Some(self.name.clone()),
+            template: self.template.clone(),
             get_or_create: true,
             ..Default::default()
         };

@@ -42,6 +42,7 @@ pub(crate) fn parse(owner: &str, line: &str) -> Result<SshKey, Error> {
         algorithm: key.algorithm().as_str().to_string(),
         comment,
         public_key,
+        template: None,
         created_at: 0,
     })
 }
@@ -52,7 +53,10 @@ pub async fn add(
     Tenant(who): Tenant,
     Json(req): Json<AddSshKey>,
 ) -> Result<(StatusCode, axum::Json<SshKey>), Error> {
-    let key = parse(&req.owner, &req.public_key)?;
+    let key = SshKey {
+        template: req.template,
+        ..parse(&req.owner, &req.public_key)?
+    };
     Ok((
         StatusCode::CREATED,
         axum::Json(st.mgr.add_ssh_key(&who, key)?),

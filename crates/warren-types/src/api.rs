@@ -195,6 +195,10 @@ pub struct AddSshKey {
     pub owner: String,
     /// One line of an OpenSSH public key file (`ssh-ed25519 AAAA... comment`).
     pub public_key: String,
+    /// The template a sandbox this key signs in to is made from when it does not exist
+    /// yet [default: the daemon's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 /// A registered SSH public key.
@@ -208,6 +212,9 @@ pub struct SshKey {
     pub comment: String,
     /// The key as OpenSSH writes it, without its comment.
     pub public_key: String,
+    /// Where a sandbox it signs in to is made from, when it does not exist yet.
+    #[serde(default)]
+    pub template: Option<String>,
     /// Unix milliseconds.
     pub created_at: i64,
 }

@@ -179,6 +179,27 @@ impl Client {
         path: &str,
         body: Option<(&'static str, Bytes)>,
     ) -> Result<Response<Incoming>, Error> {
+        let (content_type, body) = match body {
+            Some((t, b)) => (Some(t), b),
+            None => (None, Bytes::new()),
+        };
+        self.send_body(method, path, content_type, Full::new(body))
+            .await
+    }
+
+    /// Sends one request with a body of any kind (a file streamed as it is read); a
+    /// non-2xx answer becomes [`Error::Api`].
+    pub async fn send_body<B>(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&'static str>,
+        body: B,
+    ) -> Result<Response<Incoming>, Error>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let io = self.connect().await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
@@ -197,15 +218,11 @@ impl Client {
                 .map_err(|_| Error::Invalid(format!("{name} has characters a header cannot")))?;
             req = req.header(name, value);
         }
-        let body = match body {
-            Some((content_type, bytes)) => {
-                req = req.header(CONTENT_TYPE, content_type);
-                bytes
-            }
-            None => Bytes::new(),
-        };
+        if let Some(content_type) = content_type {
+            req = req.header(CONTENT_TYPE, content_type);
+        }
         let req = req
-            .body(Full::new(body))
+            .body(body)
             .map_err(|e| Error::Invalid(format!("bad request {path:?}: {e}")))?;
         let resp = sender
             .send_request(req)

@@ -612,3 +612,88 @@ fn the_readmes_walkthrough_and_its_errors_read_right() {
     d.ok(&["rm", &alice, &bob]);
     d.finish();
 }
+
+#[test]
+fn cp_copies_files_and_trees_both_ways() {
+    if !can_run("cp_copies_files_and_trees_both_ways") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    d.create(&["--owner", "alice", "--name", "lab", "--no-home"]);
+    let host = tempfile::tempdir().unwrap();
+    let src = host.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i ^ (i >> 9)) as u8).collect();
+    std::fs::write(src.join("a/b/big.bin"), &big).unwrap();
+    std::fs::write(src.join("run.sh"), "#!/bin/sh\necho ran\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(src.join("run.sh"), std::fs::Permissions::from_mode(0o750)).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("link")).unwrap();
+
+    // A tree into an existing directory lands inside it under its own name; the symlink
+    // is named as skipped (exit 1), the rest is there.
+    let o = d.run(&["cp", src.to_str().unwrap(), "alice/lab:/tmp"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("link"), "{}", stderr(&o));
+    let (_, out) = d.exec(
+        "alice%2Flab",
+        "/tmp/src/run.sh; stat -c %a /tmp/src/run.sh; sha256sum < /tmp/src/a/b/big.bin",
+    );
+    let sum = Command::new("sha256sum")
+        .arg(src.join("a/b/big.bin"))
+        .output()
+        .unwrap();
+    let sum = stdout(&sum).split_whitespace().next().unwrap().to_string();
+    assert!(out.starts_with("ran\n750\n"), "{out}");
+    assert!(out.contains(&sum), "{out}");
+
+    // A single file to a new name, and back to the host, into a directory and to a name.
+    d.ok(&[
+        "cp",
+        src.join("run.sh").to_str().unwrap(),
+        "lab:/tmp/renamed.sh",
+    ]);
+    let (_, out) = d.exec("alice%2Flab", "cat /tmp/renamed.sh");
+    assert_eq!(out, "#!/bin/sh\necho ran\n");
+    let back = host.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    d.ok(&["cp", "lab:/tmp/src", back.to_str().unwrap()]);
+    assert_eq!(std::fs::read(back.join("src/a/b/big.bin")).unwrap(), big);
+    let mode = std::fs::metadata(back.join("src/run.sh"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o750);
+    d.ok(&[
+        "cp",
+        "lab:/tmp/renamed.sh",
+        back.join("one.sh").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read_to_string(back.join("one.sh")).unwrap(),
+        "#!/bin/sh\necho ran\n"
+    );
+    // A link the sandbox planted comes out as a link, and nothing is written through it.
+    d.exec(
+        "alice%2Flab",
+        "mkdir -p /tmp/t && ln -s /etc /tmp/t/etc && echo x > /tmp/t/f",
+    );
+    let out_dir = host.path().join("t-out");
+    d.ok(&["cp", "lab:/tmp/t", out_dir.to_str().unwrap()]);
+    assert_eq!(
+        std::fs::read_link(out_dir.join("etc")).unwrap(),
+        Path::new("/etc")
+    );
+    // Errors name what is wrong.
+    let o = d.run(&["cp", "lab:/nonexistent", back.to_str().unwrap()]);
+    assert_eq!(code(&o), Some(1));
+    assert!(stderr(&o).contains("no such file"), "{}", stderr(&o));
+    let o = d.run(&["cp", "/tmp", "/var"]);
+    assert!(
+        stderr(&o).contains("one side must be in a sandbox"),
+        "{}",
+        stderr(&o)
+    );
+    d.finish();
+}

@@ -143,6 +143,8 @@ fn an_owner_signs_in_with_a_key_and_lands_in_the_named_sandbox() {
         "add",
         "--owner",
         "alice",
+        "--template",
+        "host",
         alice_pub.to_str().unwrap(),
     ]);
     assert!(added.starts_with("SHA256:"), "{added}");
@@ -415,6 +417,18 @@ fn bad_keys_are_refused_with_a_reason() {
         assert!(!o.status.success(), "{owner}: accepted");
         assert!(stderr(&o).contains(why), "{owner}: {}", stderr(&o));
     }
+    let o = d.run(&[
+        "keys",
+        "ssh",
+        "add",
+        "--owner",
+        "alice",
+        "--template",
+        "no-such-template",
+        public.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no-such-template"), "{}", stderr(&o));
     assert_eq!(d.ok(&["keys", "ssh", "ls", "--json"]).trim(), "[]");
     // The same key twice is kept once.
     d.ok(&[

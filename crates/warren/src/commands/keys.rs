@@ -51,6 +51,10 @@ enum SshCommand {
         /// The owner the key signs in as.
         #[arg(long)]
         owner: String,
+        /// The template a sandbox this key signs in to is made from, when it does not
+        /// exist yet [default: the daemon's].
+        #[arg(long)]
+        template: Option<String>,
         /// The public key file (e.g. ~/.ssh/id_ed25519.pub); `-` reads it from stdin.
         file: PathBuf,
         #[command(flatten)]
@@ -117,6 +121,7 @@ fn ssh(command: SshCommand) -> anyhow::Result<ExitCode> {
     match command {
         SshCommand::Add {
             owner,
+            template,
             file,
             client,
         } => {
@@ -130,6 +135,7 @@ fn ssh(command: SshCommand) -> anyhow::Result<ExitCode> {
             let body = AddSshKey {
                 owner,
                 public_key: text.trim().to_string(),
+                template,
             };
             let key: SshKey = block_on(client.call(Method::POST, "/v1/ssh-keys", Some(&body)))??;
             out(format!(

@@ -2,6 +2,7 @@
 
 pub mod attach;
 pub mod backends;
+pub mod cp;
 pub mod create;
 pub mod doctor;
 pub mod egress;
