@@ -450,6 +450,7 @@ impl GvisorBackend {
         };
         let launch = OciLaunch {
             volumes: recorded_volumes(&sb.run)?,
+            read_only: read_only_sources(bundle, template, &self.exe),
             bundle: bundle.to_path_buf(),
             lower: template.lower.clone(),
             rw: data.to_path_buf(),
@@ -620,12 +621,17 @@ fn bundle_config(
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
                "options": ["nosuid", "noexec", "nodev", "ro"]}),
     ];
-    for host in &template.host_binds {
-        mounts.push(json!({"destination": host, "type": "bind", "source": host,
+    // The host's files are bound from read-only mounts `warren __oci` makes of them
+    // (see `read_only_sources`): runsc's own `ro` is enforced by its Sentry after the
+    // host file is opened, and an open that truncates would reach the host file first.
+    let _ = exe;
+    for (i, host) in template.host_binds.iter().enumerate() {
+        mounts.push(json!({"destination": host, "type": "bind",
+                           "source": read_only_point(bundle, i),
                            "options": ["rbind", "ro", "nosuid", "nodev"]}));
     }
     mounts.push(
-        json!({"destination": AGENT_BIN, "type": "bind", "source": exe,
+        json!({"destination": AGENT_BIN, "type": "bind", "source": bundle.join("ro/agent"),
                        "options": ["bind", "ro", "nosuid", "nodev"]}),
     );
     mounts.push(
@@ -739,6 +745,10 @@ struct OciLaunch {
     /// Volumes to mount (idmapped) in the bundle, where the bundle's config binds them.
     #[serde(default)]
     volumes: Vec<OciVolume>,
+    /// Host paths to mount read-only (on every mount of their tree) in the bundle, at the
+    /// second path, which the bundle's config binds.
+    #[serde(default)]
+    read_only: Vec<(PathBuf, PathBuf)>,
 }
 
 /// A volume of a gVisor sandbox: mounted by `warren __oci` at `bundle/volumes/N`, which
@@ -751,6 +761,28 @@ struct OciVolume {
     size: Option<u64>,
     /// Its target inside the sandbox.
     target: String,
+}
+
+/// Where `warren __oci` mounts the read-only view of host directory `i` of a bundle.
+fn read_only_point(bundle: &Path, i: usize) -> PathBuf {
+    bundle.join("ro").join(i.to_string())
+}
+
+/// What a bundle binds read-only from the host, each with where `warren __oci` mounts its
+/// read-only view: the template's host directories, and the agent's binary.
+fn read_only_sources(
+    bundle: &Path,
+    template: &template::Template,
+    exe: &Path,
+) -> Vec<(PathBuf, PathBuf)> {
+    let mut out: Vec<(PathBuf, PathBuf)> = template
+        .host_binds
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.clone(), read_only_point(bundle, i)))
+        .collect();
+    out.push((exe.to_path_buf(), bundle.join("ro/agent")));
+    out
 }
 
 /// Where `warren __oci` mounts volume `i` of a bundle.
@@ -826,6 +858,23 @@ pub fn oci_main() -> ! {
         false,
     ) {
         fail("mount the root overlay", &e);
+    }
+    for (src, at) in &launch.read_only {
+        let made = if src.is_dir() {
+            std::fs::create_dir_all(at)
+        } else {
+            at.parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|_| std::fs::File::create(at).map(drop))
+        };
+        if let Err(e) = made {
+            fail("make a read-only mount point", &e);
+        }
+        if let Err(e) =
+            warren_sys::mount::bind_with(src, at, warren_sys::mount::MountAttrs::PROTECTED)
+        {
+            fail("bind a host path read-only", &e);
+        }
     }
     for (i, v) in launch.volumes.iter().enumerate() {
         let at = volume_point(&launch.bundle, i);
@@ -1016,6 +1065,7 @@ impl GvisorSandbox {
         let template = template::resolve(&self.restore.paths, key.trim())?;
         let launch = OciLaunch {
             volumes: recorded_volumes(&self.run)?,
+            read_only: read_only_sources(&bundle, &template, &self.restore.exe),
             bundle: bundle.clone(),
             lower: template.lower.clone(),
             rw: self.restore.paths.sandbox_data(&self.id),

@@ -207,6 +207,26 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         b"",
     );
     assert_eq!(r.text(), "from-inside\n", "{isolation}");
+    if isolation != "process" {
+        // The host's files that the template binds in cannot be changed from inside by
+        // any path: written or truncated directly, or through a link planted in the
+        // writable layer or in a volume (a runtime that checks its own read-only flag
+        // after opening the host file would truncate it first).
+        let decoy = format!("/usr/local/share/warren-decoy-{}", std::process::id());
+        std::fs::write(&decoy, "the host's own\n").unwrap();
+        let script = format!(
+            "(echo x > {decoy}); (: > {decoy}); (truncate -s 0 {decoy}); \
+             ln -s {decoy} /root/l; (echo x > /root/l); (: > /root/l); \
+             ln -s {decoy} {dir}/l; (echo x > {dir}/l); (: > {dir}/l); rm -f /root/l {dir}/l; true"
+        );
+        d.exec(&id, &script);
+        let after = std::fs::read_to_string(&decoy).unwrap_or_default();
+        let _ = std::fs::remove_file(&decoy);
+        assert_eq!(
+            after, "the host's own\n",
+            "{isolation}: a host file was changed from inside"
+        );
+    }
     if backend["capabilities"]["volumes"] == true {
         // The home is the owner's volume: another sandbox of the owner, made while this
         // one runs, has the same files.
