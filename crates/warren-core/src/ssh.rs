@@ -42,6 +42,20 @@ impl Manager {
         {
             return Ok(kept);
         }
+        // A key names one tenant's owner: registered by two for the same owner name, it
+        // could sign in to neither, and a tenant could lock another's user out with the
+        // user's public key alone.
+        if store
+            .ssh_key_tenants(&key.owner, &key.fingerprint)?
+            .iter()
+            .any(|(t, _)| *t != who.tenant)
+        {
+            return Err(CoreError::InvalidState(format!(
+                "key {} is registered for owner {} by another tenant; an owner's key signs \
+                 in to one tenant only (ask the operator)",
+                key.fingerprint, key.owner
+            )));
+        }
         if store.ssh_keys(&who.tenant, None)?.len() >= MAX_SSH_KEYS {
             return Err(CoreError::Quota(format!(
                 "a tenant has at most {MAX_SSH_KEYS} SSH keys; remove some first"

@@ -24,8 +24,13 @@ use warren_types::proto::{Command, ErrorCode, ExecRequest, FileInfo, FileType, U
 const MAX_HANDLES: usize = 64;
 /// Bytes a write handle holds between the client and the agent.
 const WRITE_PIPE: usize = 256 << 10;
-/// Largest read answered (OpenSSH asks for 32 KiB at a time).
-const MAX_READ: u32 = 256 << 10;
+/// Largest read answered (OpenSSH asks for 32 KiB at a time, and takes no packet over
+/// 256 KiB whole).
+const MAX_READ: u32 = 64 << 10;
+/// Directory entries answered per `readdir` (a NAME packet must stay under 256 KiB).
+const DIR_BATCH: usize = 100;
+/// Attribute changes kept for a file open for writing.
+const MAX_LATER: usize = 8;
 
 /// One SFTP session of a login, in one sandbox.
 pub(crate) struct Sftp {
@@ -58,6 +63,18 @@ enum Open {
     Dir {
         listed: Option<Vec<FileInfo>>,
     },
+}
+
+impl Drop for Sftp {
+    /// A session that ends with files open for writing abandons them: the files stay as
+    /// they were.
+    fn drop(&mut self) {
+        for open in self.handles.values() {
+            if let Open::Write { done, .. } = open {
+                done.abort();
+            }
+        }
+    }
 }
 
 impl Sftp {
@@ -302,17 +319,23 @@ impl russh_sftp::server::Handler for Sftp {
                 return Err(StatusCode::Failure.with_message(format!("{path} exists")));
             }
             let append = pflags.contains(OpenFlags::APPEND);
-            if !append
-                && !pflags.contains(OpenFlags::TRUNCATE)
-                && !pflags.contains(OpenFlags::CREATE)
-            {
-                return Err(unsupported("writing into the middle of an existing file"));
+            let exists = self
+                .client
+                .stat_as(path.as_str(), self.user.as_ref())
+                .await
+                .is_ok();
+            if !append && !pflags.contains(OpenFlags::TRUNCATE) && exists {
+                return Err(unsupported(
+                    "writing into an existing file without truncating it",
+                ));
             }
             let opts = WriteOptions {
                 user: self.user.clone(),
                 mode: attrs.permissions.map(|p| p & 0o7777),
                 append,
-                in_place: !append,
+                // Replaced whole when the handle closes: a session that drops mid-way
+                // leaves the old file, not half of a new one.
+                in_place: false,
                 ..Default::default()
             };
             let (pipe, source) = tokio::io::duplex(WRITE_PIPE);
@@ -391,22 +414,19 @@ impl russh_sftp::server::Handler for Sftp {
         }
         let want = len.min(MAX_READ) as usize;
         loop {
-            let skip = usize::try_from(offset - *pos).unwrap_or(usize::MAX);
-            if buf.len() >= skip + want || *eof {
-                let skip = skip.min(buf.len());
-                buf.drain(..skip);
-                *pos += skip as u64;
+            // What lies before the offset is dropped as it comes: a read far ahead holds
+            // no more than a chunk.
+            let skip = usize::try_from(offset - *pos)
+                .unwrap_or(usize::MAX)
+                .min(buf.len());
+            buf.drain(..skip);
+            *pos += skip as u64;
+            if (*pos == offset && buf.len() >= want) || *eof {
                 break;
             }
             match reader.chunk().await.map_err(reply)? {
                 Some(chunk) => buf.extend_from_slice(&chunk),
                 None => *eof = true,
-            }
-            if buf.len() > skip + (4 << 20) {
-                // Skipping far ahead: drop what lies before the offset as it comes.
-                let drop = skip.min(buf.len());
-                buf.drain(..drop);
-                *pos += drop as u64;
             }
         }
         if *pos != offset || buf.is_empty() {
@@ -496,15 +516,21 @@ impl russh_sftp::server::Handler for Sftp {
         let Some(Open::Dir { listed }) = self.handles.get_mut(&handle) else {
             return Err(StatusCode::Failure.with_message("not a directory handle"));
         };
-        match listed.take() {
-            Some(entries) => Ok(Name {
-                id,
-                files: entries
-                    .iter()
-                    .map(|e| File::new(e.name.clone(), attrs(e)))
-                    .collect(),
-            }),
-            None => Err(StatusCode::Eof.into()),
+        match listed {
+            Some(entries) if !entries.is_empty() => {
+                let n = entries.len().min(DIR_BATCH);
+                Ok(Name {
+                    id,
+                    files: entries
+                        .drain(..n)
+                        .map(|e| File::new(e.name.clone(), attrs(&e)))
+                        .collect(),
+                })
+            }
+            _ => {
+                *listed = None;
+                Err(StatusCode::Eof.into())
+            }
         }
     }
 
@@ -600,6 +626,9 @@ impl russh_sftp::server::Handler for Sftp {
     ) -> Result<Status, Self::Error> {
         let path = match self.handles.get_mut(&handle) {
             Some(Open::Write { later, .. }) => {
+                if later.len() >= MAX_LATER {
+                    return Err(StatusCode::Failure.with_message("too many attribute changes"));
+                }
                 later.push(attrs);
                 return Ok(ok(id));
             }

@@ -14,11 +14,14 @@
 //!
 //! The host key is made once (ed25519) and kept in the data directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -40,6 +43,12 @@ use crate::{shutting_down, AppState};
 
 /// Connections served at once; more are closed at accept.
 const MAX_CONNECTIONS: usize = 256;
+/// Connections one peer address holds at once.
+const MAX_PER_PEER: usize = 32;
+/// Channels (sessions and forwards) one connection holds at once.
+const MAX_CHANNELS: usize = 16;
+/// Time a client has to sign in.
+const SIGN_IN_TIME: Duration = Duration::from_secs(60);
 /// Environment variables a session takes from the client (`SendEnv`).
 const MAX_ENV: usize = 64;
 /// Input a client sends before its shell or command starts, kept for it.
@@ -135,6 +144,7 @@ pub(crate) async fn serve(
         ..Default::default()
     });
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_peer: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     let stop = shutting_down(shutdown.clone());
     tokio::pin!(stop);
     loop {
@@ -153,18 +163,26 @@ pub(crate) async fn serve(
             drop(socket);
             continue;
         };
+        let Some(from_peer) = PeerSlot::take(&per_peer, peer.ip()) else {
+            drop(socket);
+            continue;
+        };
         let config = config.clone();
+        let (gone_tx, gone) = watch::channel(false);
+        let signed_in = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let conn = Conn {
             st: st.clone(),
             login: None,
-            peer,
+            signed_in: signed_in.clone(),
+            gone,
+            channels: Arc::new(AtomicUsize::new(0)),
+            env_counts: HashMap::new(),
         };
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            // A client must sign in within this time.
+            let _permits = (permit, from_peer);
             let session = match tokio::time::timeout(
-                Duration::from_secs(60),
+                SIGN_IN_TIME,
                 russh::server::run_stream(config, socket, conn),
             )
             .await
@@ -173,19 +191,92 @@ pub(crate) async fn serve(
                 _ => return,
             };
             let handle = session.handle();
-            tokio::select! {
-                _ = session => {}
-                _ = shutting_down(shutdown) => {
-                    let _ = handle
-                        .disconnect(
-                            russh::Disconnect::ByApplication,
-                            "the Warren daemon is shutting down".into(),
-                            String::new(),
-                        )
-                        .await;
+            // A client must sign in within this time, or go.
+            let late = async {
+                tokio::time::sleep(SIGN_IN_TIME).await;
+                if signed_in.load(Ordering::Relaxed) {
+                    std::future::pending::<()>().await;
                 }
+            };
+            let why = tokio::select! {
+                _ = session => None,
+                _ = shutting_down(shutdown) => Some("the Warren daemon is shutting down"),
+                _ = late => Some("not signed in in time"),
+            };
+            if let Some(why) = why {
+                let _ = handle
+                    .disconnect(russh::Disconnect::ByApplication, why.into(), String::new())
+                    .await;
             }
+            // Everything the connection started ends with it.
+            let _ = gone_tx.send(true);
         });
+    }
+}
+
+/// One of the connections a peer address holds; given back when dropped.
+struct PeerSlot {
+    table: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    ip: IpAddr,
+}
+
+impl PeerSlot {
+    fn take(table: &Arc<Mutex<HashMap<IpAddr, usize>>>, ip: IpAddr) -> Option<Self> {
+        let mut t = table.lock().unwrap_or_else(|e| e.into_inner());
+        let n = t.entry(ip).or_insert(0);
+        if *n >= MAX_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut t = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = t.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                t.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One of a connection's open channels; given back when dropped.
+struct ChannelSlot(Arc<AtomicUsize>);
+
+impl ChannelSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Option<Self> {
+        let prev = count.fetch_add(1, Ordering::Relaxed);
+        if prev >= MAX_CHANNELS {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(count.clone()))
+    }
+}
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Resolves when the connection has ended (or the sender is gone).
+async fn ends(gone: &mut watch::Receiver<bool>) {
+    let _ = gone.wait_for(|g| *g).await.map(drop);
+}
+
+/// Runs `f` unless the connection ends first.
+async fn unless_gone<T>(gone: &mut watch::Receiver<bool>, f: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        v = f => Some(v),
+        _ = ends(gone) => None,
     }
 }
 
@@ -237,12 +328,82 @@ impl Login {
 struct Conn {
     st: AppState,
     login: Option<Login>,
-    #[allow(dead_code)]
-    peer: SocketAddr,
+    signed_in: Arc<std::sync::atomic::AtomicBool>,
+    /// Turns true when the connection has ended: its channels' tasks stop then.
+    gone: watch::Receiver<bool>,
+    /// Channels open now.
+    channels: Arc<AtomicUsize>,
+    /// Environment variables taken per session channel.
+    env_counts: HashMap<russh::ChannelId, usize>,
 }
 
 impl russh::server::Handler for Conn {
     type Error = russh::Error;
+
+    async fn pty_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: russh::ChannelId,
+        variable_name: &str,
+        _variable_value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // The same rule as the session's task applies, in the same order.
+        let taken = self.env_counts.entry(channel).or_insert(0);
+        if *taken < MAX_ENV && env_name(variable_name) {
+            *taken += 1;
+            session.channel_success(channel)
+        } else {
+            session.channel_failure(channel)
+        }
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: russh::ChannelId,
+        _single_connection: bool,
+        _x11_auth_protocol: &str,
+        _x11_auth_cookie: &str,
+        _x11_screen_number: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: russh::ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        // sftp is answered by the session's task once the subsystem runs.
+        if name == "sftp" {
+            return Ok(());
+        }
+        session.channel_failure(channel)
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: russh::ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.env_counts.remove(&channel);
+        Ok(())
+    }
 
     async fn auth_publickey_offered(
         &mut self,
@@ -265,6 +426,7 @@ impl russh::server::Handler for Conn {
         Ok(match Login::of(&self.st, user, &fp) {
             Some(login) => {
                 self.login = Some(login);
+                self.signed_in.store(true, Ordering::Relaxed);
                 Auth::Accept
             }
             None => Auth::reject(),
@@ -277,7 +439,8 @@ impl russh::server::Handler for Conn {
         reply: ChannelOpenHandle,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        let Some(login) = self.login.clone() else {
+        let (Some(login), Some(slot)) = (self.login.clone(), ChannelSlot::take(&self.channels))
+        else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
@@ -286,7 +449,11 @@ impl russh::server::Handler for Conn {
         reply.accept().await;
         let st = self.st.clone();
         let handle = session.handle();
-        tokio::spawn(run_session(st, login, channel, handle));
+        let gone = self.gone.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            run_session(st, login, channel, handle, gone).await
+        });
         Ok(())
     }
 
@@ -302,16 +469,21 @@ impl russh::server::Handler for Conn {
     ) -> Result<(), Self::Error> {
         // The sandbox's own loopback, by any of its names; nothing else.
         let local = matches!(host_to_connect, "localhost" | "127.0.0.1" | "::1" | "[::1]");
-        let (Some(login), true, Ok(port)) =
-            (self.login.clone(), local, u16::try_from(port_to_connect))
-        else {
+        let (Some(login), true, Ok(port), Some(slot)) = (
+            self.login.clone(),
+            local,
+            u16::try_from(port_to_connect),
+            ChannelSlot::take(&self.channels),
+        ) else {
             reply
                 .reject(ChannelOpenFailure::AdministrativelyProhibited)
                 .await;
             return Ok(());
         };
         let st = self.st.clone();
+        let mut gone = self.gone.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let conn = match login.sandbox(&st).await {
                 Ok(id) => st.mgr.connect_port_as(&login.caller, &id, port).await.ok(),
                 Err(_) => None,
@@ -321,25 +493,38 @@ impl russh::server::Handler for Conn {
                 return;
             };
             reply.accept().await;
+            let _activity = conn.activity.take();
             let mut stream = channel.into_stream();
-            let _ = tokio::io::copy_bidirectional(&mut stream, &mut conn.stream).await;
+            let pump = tokio::io::copy_bidirectional(&mut stream, &mut conn.stream);
+            let _ = unless_gone(&mut gone, pump).await;
         });
         Ok(())
     }
 }
 
 /// A session channel: its requests until a shell or command starts, then the process.
-async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: Handle) {
+/// Requests other than shell, exec and the sftp subsystem are answered by the handler as
+/// they come (russh matches a reply to the request pending at the time it is sent); this
+/// task answers those three once it knows the outcome.
+async fn run_session(
+    st: AppState,
+    login: Login,
+    mut ch: Channel<Msg>,
+    handle: Handle,
+    mut gone: watch::Receiver<bool>,
+) {
     let id = ch.id();
     let mut pty: Option<(String, WinSize)> = None;
     let mut env = BTreeMap::new();
+    let mut env_taken = 0;
     let mut early = Vec::new();
     let mut early_eof = false;
     let command = loop {
-        let Some(msg) = ch.wait().await else { return };
+        let Some(Some(msg)) = unless_gone(&mut gone, ch.wait()).await else {
+            return;
+        };
         match msg {
             ChannelMsg::RequestPty {
-                want_reply,
                 term,
                 col_width,
                 row_height,
@@ -349,18 +534,15 @@ async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: H
                 // for 0x0: it gets the classic 80x24.
                 let s = size(col_width, row_height).unwrap_or(WinSize { rows: 24, cols: 80 });
                 pty = Some((term, s));
-                reply(&handle, id, want_reply, true).await;
             }
+            // Taken as the handler judged them (`Conn::env_request`).
             ChannelMsg::SetEnv {
-                want_reply,
                 variable_name,
                 variable_value,
-            } => {
-                let ok = env.len() < MAX_ENV && env_name(&variable_name);
-                if ok {
-                    env.insert(variable_name, variable_value);
-                }
-                reply(&handle, id, want_reply, ok).await;
+                ..
+            } if env_taken < MAX_ENV && env_name(&variable_name) => {
+                env_taken += 1;
+                env.insert(variable_name, variable_value);
             }
             ChannelMsg::RequestShell { want_reply } => break (None, want_reply),
             ChannelMsg::Exec {
@@ -373,14 +555,21 @@ async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: H
                 )
             }
             ChannelMsg::RequestSubsystem { want_reply, name } if name == "sftp" => {
-                return sftp(st, login, ch, handle, want_reply).await;
+                return sftp(st, login, ch, handle, want_reply, gone).await;
             }
-            ChannelMsg::RequestSubsystem { want_reply, .. }
-            | ChannelMsg::RequestX11 { want_reply, .. }
-            | ChannelMsg::AgentForward { want_reply } => {
-                reply(&handle, id, want_reply, false).await
-            }
-            ChannelMsg::Data { data } if early.len() + data.len() <= MAX_EARLY_INPUT => {
+            ChannelMsg::Data { data } => {
+                if early.len() + data.len() > MAX_EARLY_INPUT {
+                    let _ = ch
+                        .extended_data_bytes(
+                            1,
+                            Bytes::from_static(
+                                b"warren: more input came before the command than is kept\r\n",
+                            ),
+                        )
+                        .await;
+                    let _ = ch.close().await;
+                    return;
+                }
                 early.extend_from_slice(&data);
             }
             ChannelMsg::Eof => early_eof = true,
@@ -393,14 +582,14 @@ async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: H
     if let Some((term, _)) = &pty {
         env.insert("TERM".into(), term.clone());
     }
-    let started = start(&st, &login, command, tty, env).await;
+    let started = unless_gone(&mut gone, start(&st, &login, command, tty, env)).await;
+    let Some(started) = started else { return };
     let (sandbox, mut p) = match started {
         Ok(s) => s,
         Err(e) => {
             reply(&handle, id, want_reply, false).await;
-            let _ = ch
-                .extended_data_bytes(1, Bytes::from(format!("warren: {}\r\n", e.body().message)))
-                .await;
+            let message = Bytes::from(format!("warren: {}\r\n", e.body().message));
+            let _ = unless_gone(&mut gone, ch.extended_data_bytes(1, message)).await;
             let _ = ch.exit_status(255).await;
             let _ = ch.eof().await;
             let _ = ch.close().await;
@@ -410,18 +599,18 @@ async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: H
     reply(&handle, id, want_reply, true).await;
     let _activity = st.mgr.hold_activity(&sandbox);
     let oom_before = st.mgr.oom_kills(&sandbox);
-    if !early.is_empty() && p.write_stdin(&early).await.is_err() {
-        return;
-    }
+    // Input the process no longer takes is dropped; its output still comes.
+    let mut stdin_open = early.is_empty() || p.write_stdin(&early).await.is_ok();
     if early_eof && tty.is_none() {
         let _ = p.close_stdin().await;
     }
+    let mut ended = gone.clone();
     loop {
         tokio::select! {
             msg = ch.wait() => match msg {
                 Some(ChannelMsg::Data { data }) => {
-                    if p.write_stdin(&data).await.is_err() {
-                        break;
+                    if stdin_open && p.write_stdin(&data).await.is_err() {
+                        stdin_open = false;
                     }
                 }
                 // A terminal has no end of input: the program reads ^D as the user types it.
@@ -436,13 +625,7 @@ async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: H
                     }
                 }
                 Some(
-                    ChannelMsg::RequestPty { want_reply, .. }
-                    | ChannelMsg::RequestShell { want_reply }
-                    | ChannelMsg::Exec { want_reply, .. }
-                    | ChannelMsg::RequestSubsystem { want_reply, .. }
-                    | ChannelMsg::RequestX11 { want_reply, .. }
-                    | ChannelMsg::SetEnv { want_reply, .. }
-                    | ChannelMsg::AgentForward { want_reply },
+                    ChannelMsg::RequestShell { want_reply } | ChannelMsg::Exec { want_reply, .. },
                 ) => reply(&handle, id, want_reply, false).await,
                 // The client left: the process goes with the session, as sshd's does.
                 Some(ChannelMsg::Close) | None => return,
@@ -450,12 +633,13 @@ async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: H
             },
             ev = p.next() => match ev {
                 Ok(ProcessEvent::Stdout(d)) => {
-                    if ch.data_bytes(Bytes::from(d)).await.is_err() {
+                    if !matches!(unless_gone(&mut gone, ch.data_bytes(Bytes::from(d))).await, Some(Ok(()))) {
                         return;
                     }
                 }
                 Ok(ProcessEvent::Stderr(d)) => {
-                    if ch.extended_data_bytes(1, Bytes::from(d)).await.is_err() {
+                    let sent = unless_gone(&mut gone, ch.extended_data_bytes(1, Bytes::from(d))).await;
+                    if !matches!(sent, Some(Ok(()))) {
                         return;
                     }
                 }
@@ -479,13 +663,13 @@ async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: H
                 }
                 Err(e) => {
                     let e = Error::from(e);
-                    let _ = ch
-                        .extended_data_bytes(1, Bytes::from(format!("warren: {}\r\n", e.body().message)))
-                        .await;
+                    let message = Bytes::from(format!("warren: {}\r\n", e.body().message));
+                    let _ = unless_gone(&mut gone, ch.extended_data_bytes(1, message)).await;
                     let _ = ch.exit_status(255).await;
                     break;
                 }
             },
+            _ = ends(&mut ended) => return,
         }
     }
     let _ = ch.eof().await;
@@ -494,7 +678,14 @@ async fn run_session(st: AppState, login: Login, mut ch: Channel<Msg>, handle: H
 
 /// Serves the SFTP subsystem on a session channel, in the login's sandbox, as the
 /// template's user.
-async fn sftp(st: AppState, login: Login, ch: Channel<Msg>, handle: Handle, want_reply: bool) {
+async fn sftp(
+    st: AppState,
+    login: Login,
+    ch: Channel<Msg>,
+    handle: Handle,
+    want_reply: bool,
+    gone: watch::Receiver<bool>,
+) {
     let id = ch.id();
     let opened = async {
         let sandbox = login.sandbox(&st).await?;
@@ -507,12 +698,13 @@ async fn sftp(st: AppState, login: Login, ch: Channel<Msg>, handle: Handle, want
             reply(&handle, id, want_reply, true).await;
             let activity = st.mgr.hold_activity(&sandbox);
             let session = crate::sftp::Sftp::new(client, user, activity);
-            // The SFTP server runs on one end of a pipe; this task carries the channel to
-            // the other, so that it sees the server end and answers with an exit status
+            // The SFTP server runs on one end of a pipe; two tasks carry the channel to
+            // the other, one each way (so that a full channel one way never stops the
+            // other), and the session answers with an exit status once the server ends,
             // as sshd does for a subsystem (clients count a missing one as a failure).
             let (mine, theirs) = tokio::io::duplex(SFTP_PIPE);
             russh_sftp::server::run(theirs, session).await;
-            pump_sftp(ch, mine).await;
+            pump_sftp(ch, mine, gone).await;
         }
         Err(e) => {
             reply(&handle, id, want_reply, false).await;
@@ -525,37 +717,53 @@ async fn sftp(st: AppState, login: Login, ch: Channel<Msg>, handle: Handle, want
 }
 
 /// Carries an SFTP session between its channel and the server's pipe until either ends.
-async fn pump_sftp(mut ch: Channel<Msg>, pipe: tokio::io::DuplexStream) {
+async fn pump_sftp(
+    ch: Channel<Msg>,
+    pipe: tokio::io::DuplexStream,
+    mut gone: watch::Receiver<bool>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (mut from_server, mut to_server) = tokio::io::split(pipe);
-    let mut buf = vec![0u8; SFTP_PIPE];
-    loop {
-        tokio::select! {
-            msg = ch.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if to_server.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
-                Some(ChannelMsg::Eof) => {
-                    let _ = to_server.shutdown().await;
-                }
-                Some(ChannelMsg::Close) | None => return,
-                Some(_) => {}
-            },
-            n = from_server.read(&mut buf) => match n {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if ch.data_bytes(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
-                        return;
-                    }
-                }
-            },
+    let (mut rx, tx) = ch.split();
+    let inbound = async move {
+        while let Some(msg) = rx.wait().await {
+            let data = match msg {
+                ChannelMsg::Data { data } => data,
+                ChannelMsg::Eof | ChannelMsg::Close => break,
+                _ => continue,
+            };
+            if to_server.write_all(&data).await.is_err() {
+                break;
+            }
         }
+        // The server sees its input end, finishes, and closes its side.
+        let _ = to_server.shutdown().await;
+    };
+    let outbound = async {
+        let mut buf = vec![0u8; SFTP_PIPE];
+        loop {
+            match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => {
+                    if tx
+                        .data_bytes(Bytes::copy_from_slice(&buf[..n]))
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+            }
+        }
+    };
+    let inbound = tokio::spawn(inbound);
+    let ended = unless_gone(&mut gone, outbound).await;
+    inbound.abort();
+    if ended == Some(true) {
+        let _ = tx.exit_status(0).await;
+        let _ = tx.eof().await;
+        let _ = tx.close().await;
     }
-    let _ = ch.exit_status(0).await;
-    let _ = ch.eof().await;
-    let _ = ch.close().await;
 }
 
 /// Starts the session's process in the login's sandbox (made or brought up first).

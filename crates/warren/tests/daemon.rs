@@ -690,6 +690,7 @@ fn cp_copies_files_and_trees_both_ways() {
     assert_eq!(code(&o), Some(1));
     assert!(stderr(&o).contains("no such file"), "{}", stderr(&o));
     let o = d.run(&["cp", "/tmp", "/var"]);
+    assert_eq!(code(&o), Some(2));
     assert!(
         stderr(&o).contains("one side must be in a sandbox"),
         "{}",

@@ -60,14 +60,30 @@ pub fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
         client: &client,
         skipped: Vec::new(),
     };
-    let skipped = match (end(&args.from), end(&args.to)) {
-        (End::Host(from), End::Sandbox { key, path }) => block_on(copy.upload(&key, from, path))??,
-        (End::Sandbox { key, path }, End::Host(to)) => block_on(copy.download(&key, path, to))??,
+    let copied = match (end(&args.from), end(&args.to)) {
+        (End::Host(from), End::Sandbox { key, path }) => block_on(copy.upload(&key, from, path))?,
+        (End::Sandbox { key, path }, End::Host(to)) => block_on(copy.download(&key, path, to))?,
         (End::Host(_), End::Host(_)) => {
-            bail!("one side must be in a sandbox: SANDBOX:PATH (use cp for host to host)")
+            return Err(Error::Invalid(
+                "one side must be in a sandbox: SANDBOX:PATH (use cp for host to host)".into(),
+            )
+            .into())
         }
         (End::Sandbox { .. }, End::Sandbox { .. }) => {
-            bail!("one side must be a host path: copy through the host in two steps")
+            return Err(Error::Invalid(
+                "one side must be a host path: copy through the host in two steps".into(),
+            )
+            .into())
+        }
+    };
+    let skipped = match copied {
+        Ok(s) => s,
+        // The daemon's answers and connection failures keep their own exit status.
+        Err(e) if e.downcast_ref::<Error>().is_some() => return Err(e),
+        // A path that is not there or cannot be written is the caller's to fix.
+        Err(e) => {
+            eprintln!("warren: {e:#}");
+            return Ok(ExitCode::from(1));
         }
     };
     if skipped.is_empty() {
@@ -254,10 +270,22 @@ impl Copy<'_> {
         let mut todo = vec![(from.to_string(), target.to_path_buf())];
         while let Some((dir, target)) = todo.pop() {
             match std::fs::create_dir(&target) {
-                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                Ok(()) => {}
+                // Only a real directory is gone into: a link there (one this copy made
+                // from the sandbox's, or one a case-folding file system matched) could
+                // lead anywhere on the host.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let is_dir = std::fs::symlink_metadata(&target).is_ok_and(|m| m.is_dir());
+                    if !is_dir {
+                        bail!(
+                            "{} is there and is not a directory: not copying into it",
+                            target.display()
+                        );
+                    }
+                }
+                Err(e) => {
                     return Err(e).with_context(|| format!("cannot make {}", target.display()))
                 }
-                _ => {}
             }
             let url = format!(
                 "/v1/sandboxes/{}/files/list?path={}&depth=1",
@@ -267,7 +295,12 @@ impl Copy<'_> {
             let entries: Vec<FileInfo> = self.client.call(Method::GET, &url, None::<&()>).await?;
             for e in entries {
                 // A name the sandbox chose must stay one component here.
-                if e.name_b64.is_some() || e.name.contains('/') || e.name == "." || e.name == ".." {
+                if e.name_b64.is_some()
+                    || e.name.is_empty()
+                    || e.name.contains('/')
+                    || e.name == "."
+                    || e.name == ".."
+                {
                     self.skipped
                         .push(format!("{key}:{}/{} (an unusual name)", dir, e.name));
                     continue;
@@ -309,13 +342,17 @@ impl Copy<'_> {
             std::io::ErrorKind::NotFound => Ok(()),
             _ => Err(e),
         });
+        // No setuid, setgid or sticky bit from the sandbox's say.
+        let mode = mode & 0o777;
         let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(mode & 0o7777)
+            .mode(mode)
             .custom_flags(libc::O_NOFOLLOW)
             .open(to)
             .with_context(|| format!("cannot write {}", to.display()))?;
+        // The mode asked for at creation passed through the umask.
+        file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         let mut file = tokio::fs::File::from_std(file);
         let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
@@ -325,8 +362,6 @@ impl Copy<'_> {
             }
         }
         file.flush().await?;
-        // The mode asked for at creation passed through the umask.
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(mode & 0o7777))?;
         Ok(())
     }
 }
