@@ -44,10 +44,11 @@ struct Client {
 }
 
 impl Client {
-    /// `ssh` with only the given key, no config, no prompts.
-    fn ssh(&self, key: &Path, user: &str, options: &[&str], remote: &[&str]) -> Command {
-        let mut c = Command::new("ssh");
-        c.args(["-F", "/dev/null", "-p", &self.port.to_string(), "-i"])
+    /// One of OpenSSH's tools (`ssh`, `scp`, `sftp`, which name the port flag `port_flag`)
+    /// with only the given key, no config, no prompts.
+    fn openssh(&self, tool: &str, port_flag: &str, key: &Path) -> Command {
+        let mut c = Command::new(tool);
+        c.args(["-F", "/dev/null", port_flag, &self.port.to_string(), "-i"])
             .arg(key)
             .args([
                 "-o",
@@ -65,10 +66,16 @@ impl Client {
             ])
             .arg("-o")
             .arg(format!("UserKnownHostsFile={}", self.known_hosts.display()))
-            .args(options)
-            .arg(format!("{user}@127.0.0.1"))
-            .args(remote)
             .stdin(Stdio::null());
+        c
+    }
+
+    /// `ssh USER@127.0.0.1 REMOTE...` with `options`.
+    fn ssh(&self, key: &Path, user: &str, options: &[&str], remote: &[&str]) -> Command {
+        let mut c = self.openssh("ssh", "-p", key);
+        c.args(options)
+            .arg(format!("{user}@127.0.0.1"))
+            .args(remote);
         c
     }
 
@@ -238,24 +245,9 @@ fn an_owner_signs_in_with_a_key_and_lands_in_the_named_sandbox() {
         .unwrap();
     assert!(set_times.success());
     let scp = |args: &[&str]| {
-        Command::new("scp")
-            .args(["-F", "/dev/null", "-P", &port.to_string(), "-i"])
-            .arg(&alice)
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "LogLevel=ERROR",
-            ])
-            .arg("-o")
-            .arg(format!(
-                "UserKnownHostsFile={}",
-                client.known_hosts.display()
-            ))
+        client
+            .openssh("scp", "-P", &alice)
             .args(args)
-            .stdin(Stdio::null())
             .output()
             .expect("run scp")
     };
@@ -307,23 +299,8 @@ fn an_owner_signs_in_with_a_key_and_lands_in_the_named_sandbox() {
         local.display(),
         keys.path().join("two").display()
     );
-    let mut sftp = Command::new("sftp");
-    sftp.args(["-F", "/dev/null", "-P", &port.to_string(), "-i"])
-        .arg(&alice)
-        .args([
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-        ])
-        .arg("-o")
-        .arg(format!(
-            "UserKnownHostsFile={}",
-            client.known_hosts.display()
-        ))
-        .args(["-b", "-", "alice+lab@127.0.0.1"])
+    let mut sftp = client.openssh("sftp", "-P", &alice);
+    sftp.args(["-b", "-", "alice+lab@127.0.0.1"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
