@@ -354,7 +354,7 @@ impl GvisorBackend {
             if let Some((_, files)) = from {
                 copy_layer(&files.join("upper"), &data.join("upper"))?;
             }
-            let config = bundle_config(&spec, &template, &self.exe, &run.join("sock"), &bundle)?;
+            let config = bundle_config(&spec, &template, &run.join("sock"), &bundle)?;
             std::fs::write(bundle.join("config.json"), config.to_string())
                 .map_err(crate::io_err("write the bundle's config.json"))?;
             std::fs::write(run.join("template"), spec.template.as_bytes())
@@ -592,7 +592,6 @@ fn copy_layer(from: &Path, to: &Path) -> Result<()> {
 fn bundle_config(
     spec: &SandboxSpec,
     template: &template::Template,
-    exe: &Path,
     sock: &Path,
     bundle: &Path,
 ) -> Result<serde_json::Value> {
@@ -624,7 +623,6 @@ fn bundle_config(
     // The host's files are bound from read-only mounts `warren __oci` makes of them
     // (see `read_only_sources`): runsc's own `ro` is enforced by its Sentry after the
     // host file is opened, and an open that truncates would reach the host file first.
-    let _ = exe;
     for (i, host) in template.host_binds.iter().enumerate() {
         mounts.push(json!({"destination": host, "type": "bind",
                            "source": read_only_point(bundle, i),
@@ -884,7 +882,7 @@ pub fn oci_main() -> ! {
         let storage = std::os::fd::AsFd::as_fd(&storage);
         if let Err(e) = crate::helper::place_volume(&v.dir, v.size, &launch.bundle, i, &at, storage)
         {
-            fail("mount a volume", &e);
+            fail("mount a volume", &e.message);
         }
     }
     drop(storage);

@@ -289,12 +289,12 @@ struct Sandbox {
 /// Why a sandbox could not be made, and what kind of failure it was: the caller answers
 /// a full disk differently from a bad request or a broken host.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct SetupError {
+pub(crate) struct SetupError {
     kind: FailureKind,
-    message: String,
+    pub(crate) message: String,
 }
 
-type Setup<T> = Result<T, SetupError>;
+pub(crate) type Setup<T> = Result<T, SetupError>;
 
 impl From<String> for SetupError {
     fn from(message: String) -> Self {
@@ -849,7 +849,7 @@ fn mount_volume(
     }
     mkdir_no_follow(root, &v.target)?;
     let scratch = root.parent().unwrap_or(root);
-    place_volume_inner(&dir, v.size, scratch, index, &target, storage)
+    place_volume(&dir, v.size, scratch, index, &target, storage)
 }
 
 /// Mounts the volume kept in `dir` at `target`, its owners shown through `storage`: an
@@ -857,17 +857,6 @@ fn mount_volume(
 /// point in `scratch` and bound from there), else the directory's `data`. The gVisor
 /// backend mounts a sandbox's volumes with this too (`warren __oci`).
 pub(crate) fn place_volume(
-    dir: &Path,
-    size: Option<u64>,
-    scratch: &Path,
-    index: usize,
-    target: &Path,
-    storage: BorrowedFd<'_>,
-) -> Result<(), String> {
-    place_volume_inner(dir, size, scratch, index, target, storage).map_err(|e| e.message)
-}
-
-fn place_volume_inner(
     dir: &Path,
     size: Option<u64>,
     scratch: &Path,

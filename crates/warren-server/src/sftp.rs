@@ -309,21 +309,17 @@ impl russh_sftp::server::Handler for Sftp {
     ) -> Result<Handle, Self::Error> {
         let path = self.abs(&filename);
         let open = if pflags.contains(OpenFlags::WRITE) || pflags.contains(OpenFlags::APPEND) {
-            if pflags.contains(OpenFlags::EXCLUDE)
-                && self
-                    .client
-                    .stat_as(path.as_str(), self.user.as_ref())
-                    .await
-                    .is_ok()
-            {
-                return Err(StatusCode::Failure.with_message(format!("{path} exists")));
-            }
-            let append = pflags.contains(OpenFlags::APPEND);
+            // One look serves both rules: EXCLUDE refuses a file that is there, and
+            // without TRUNCATE or APPEND only a new file can be written from its start.
             let exists = self
                 .client
                 .stat_as(path.as_str(), self.user.as_ref())
                 .await
                 .is_ok();
+            if pflags.contains(OpenFlags::EXCLUDE) && exists {
+                return Err(StatusCode::Failure.with_message(format!("{path} exists")));
+            }
+            let append = pflags.contains(OpenFlags::APPEND);
             if !append && !pflags.contains(OpenFlags::TRUNCATE) && exists {
                 return Err(unsupported(
                     "writing into an existing file without truncating it",

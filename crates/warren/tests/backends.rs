@@ -209,15 +209,17 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     assert_eq!(r.text(), "from-inside\n", "{isolation}");
     if isolation != "process" {
         // The host's files that the template binds in cannot be changed from inside by
-        // any path: written or truncated directly, or through a link planted in the
-        // writable layer or in a volume (a runtime that checks its own read-only flag
+        // any path: written or truncated directly, or through a symbolic or hard link
+        // planted in the writable layer or in a volume (a runtime that checks its own read-only flag
         // after opening the host file would truncate it first).
         let decoy = format!("/usr/local/share/warren-decoy-{}", std::process::id());
         std::fs::write(&decoy, "the host's own\n").unwrap();
         let script = format!(
             "(echo x > {decoy}); (: > {decoy}); (truncate -s 0 {decoy}); \
              ln -s {decoy} /root/l; (echo x > /root/l); (: > /root/l); \
-             ln -s {decoy} {dir}/l; (echo x > {dir}/l); (: > {dir}/l); rm -f /root/l {dir}/l; true"
+             ln -s {decoy} {dir}/l; (echo x > {dir}/l); (: > {dir}/l); \
+             (ln {decoy} /root/h && echo x > /root/h); (ln {decoy} {dir}/h && echo x > {dir}/h); \
+             rm -f /root/l {dir}/l /root/h {dir}/h; true"
         );
         d.exec(&id, &script);
         let after = std::fs::read_to_string(&decoy).unwrap_or_default();
