@@ -968,6 +968,19 @@ impl Manager {
                         .and_then(|t| self.keys.token(TokenKind::Traffic, &r.id, t))
                 })
                 .flatten(),
+            usage: None,
+        }
+    }
+
+    /// `info` with the last usage reading, for the lists and the one-sandbox answer.
+    fn info_now(&self, r: &Record) -> SandboxInfo {
+        let usage = self
+            .live()
+            .get(&r.id)
+            .and_then(|l| l.samples.back().copied());
+        SandboxInfo {
+            usage,
+            ..self.info(r)
         }
     }
 
@@ -986,7 +999,7 @@ impl Manager {
 
     pub fn get(&self, who: &Caller, key: &str) -> Result<SandboxInfo> {
         let r = self.resolve(who, key)?;
-        Ok(self.info(&r))
+        Ok(self.info_now(&r))
     }
 
     /// The size of the filesystem that holds sandboxes' files, in bytes.
@@ -1033,7 +1046,7 @@ impl Manager {
                     .iter()
                     .all(|(k, v)| r.metadata.get(k) == Some(v))
             })
-            .map(|r| self.info(r))
+            .map(|r| self.info_now(r))
             .collect())
     }
 

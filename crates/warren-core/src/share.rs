@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use tokio::sync::watch;
-use warren_types::api::{SandboxState, ShareInfo};
+use warren_types::api::{SandboxState, ShareInfo, ShareRequest};
 
 use crate::tokens::{same_secret, sha256_hex};
 use crate::{now_ms, random_hex, rfc3339, Caller, CoreError, Manager, Result};
@@ -60,7 +60,7 @@ impl Manager {
         who: &Caller,
         key: &str,
         pid: u32,
-        write: bool,
+        req: &ShareRequest,
     ) -> Result<ShareInfo> {
         let (id, client) = self.agent(who, key).await?;
         let procs = client.list_processes().await?;
@@ -85,7 +85,7 @@ impl Manager {
             token: Some(token),
             sandbox: id,
             pid,
-            write,
+            write: req.write,
             created_at: rfc3339(now_ms()),
         };
         let (revoked, _) = watch::channel(false);
@@ -96,7 +96,8 @@ impl Manager {
             token_hash,
             tenant: who.tenant.clone(),
             serial: p.serial,
-            from: p.output_end,
+            // The oldest output the agent holds, or only what comes next.
+            from: if req.screen { 0 } else { p.output_end },
             revoked,
         }));
         Ok(info)

@@ -68,7 +68,8 @@ impl TokenKind {
     }
 }
 
-pub(crate) fn sha256_hex(s: &str) -> String {
+/// Lowercase hex of `s`'s SHA-256: how secrets are kept.
+pub fn sha256_hex(s: &str) -> String {
     warren_types::random::to_hex(&Sha256::digest(s.as_bytes()))
 }
 
@@ -147,7 +148,7 @@ impl Keyring {
 }
 
 /// Compares secrets in time independent of where they differ.
-pub(crate) fn same_secret(a: &str, b: &str) -> bool {
+pub fn same_secret(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
 }
 

@@ -505,6 +505,14 @@ pub struct PtyQuery {
     cols: Option<u16>,
     #[serde(default)]
     cmd: Option<String>,
+    /// Keep the command running when the WebSocket closes (it can be joined again with
+    /// `pid`); the first message then names its pid.
+    #[serde(default)]
+    keep: bool,
+    /// Join the terminal of this running process instead of starting one: the output
+    /// the agent still holds comes first, so the screen is drawn again.
+    #[serde(default)]
+    pid: Option<u32>,
 }
 
 /// A text message from the terminal client.
@@ -531,10 +539,15 @@ pub(crate) enum PtyNotice {
     Share {
         write: bool,
     },
+    /// First on a kept or joined terminal: the process, to join again later.
+    Process {
+        pid: u32,
+    },
 }
 
-/// `GET /v1/sandboxes/{key}/pty`: a terminal over a WebSocket. The command starts before
-/// the upgrade, so a sandbox that cannot run it answers with an HTTP error.
+/// `GET /v1/sandboxes/{key}/pty`: a terminal over a WebSocket. The command starts (or,
+/// with `pid`, is found) before the upgrade, so a sandbox that cannot run it answers
+/// with an HTTP error.
 pub async fn pty(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -544,21 +557,46 @@ pub async fn pty(
     let ws =
         ws.map_err(|e| Error::with_status(e.status(), WireCode::InvalidRequest, e.body_text()))?;
     let size = win_size(q.rows.unwrap_or(24), q.cols.unwrap_or(80))?;
+    if q.pid.is_some() && (q.cmd.is_some() || q.keep) {
+        return Err(Error::invalid(
+            "pid joins a running terminal: it takes no cmd or keep",
+        ));
+    }
     let (id, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    let req = ExecRequest {
-        command: Some(Command::Shell(
-            q.cmd.unwrap_or_else(|| "/bin/bash".to_string()),
-        )),
-        tty: Some(size),
-        stdin: true,
-        ..ExecRequest::default()
-    };
     let activity = st.mgr.hold_activity(&id);
     let oom_before = st.mgr.oom_kills(&id);
-    let p = Followed::exec(&client, req).await?;
-    Ok(ws.on_upgrade(move |socket| async move {
+    let p = match q.pid {
+        Some(pid) => {
+            if !running(&client, pid).await?.tty {
+                return Err(Error::invalid(format!(
+                    "process {pid} has no terminal: follow its output with .../processes/{pid}/attach"
+                )));
+            }
+            let p = Followed::attach(&client, pid, true).await?;
+            // The joining window's size, as a terminal that starts takes its own.
+            client.resize(pid, size).await.map_err(Error::from)?;
+            p
+        }
+        None => {
+            let req = ExecRequest {
+                command: Some(Command::Shell(
+                    q.cmd.unwrap_or_else(|| "/bin/bash".to_string()),
+                )),
+                tty: Some(size),
+                stdin: true,
+                background: q.keep,
+                ..ExecRequest::default()
+            };
+            Followed::exec(&client, req).await?
+        }
+    };
+    let named = q.keep || q.pid.is_some();
+    Ok(ws.on_upgrade(move |mut socket| async move {
         let _activity = activity;
         let mut p = p;
+        if named {
+            notice(&mut socket, &PtyNotice::Process { pid: p.pid }).await;
+        }
         let shutdown = shutting_down(st.shutdown.clone());
         let rules = TerminalRules {
             input: Input::Forward {

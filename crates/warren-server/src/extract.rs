@@ -5,6 +5,8 @@
 //! handles one shape. Authentication is an extractor too: a handler that takes
 //! [`Tenant`] or [`SandboxAccess`] cannot run for a caller who failed it, and a caller
 //! who passed it on TCP has its connection marked as authenticated (see [`crate::conn`]).
+//! On TCP a request with neither `Authorization` nor an access token may be the web
+//! console's, authenticated by its session cookie (see [`crate::console`]).
 
 use std::collections::HashMap;
 
@@ -16,6 +18,7 @@ use serde::de::DeserializeOwned;
 use warren_core::Caller;
 
 use crate::conn::mark_authenticated;
+use crate::console::cookie_caller;
 use crate::error::Error;
 use crate::{AppState, Surface};
 
@@ -120,14 +123,16 @@ impl FromRequestParts<AppState> for Tenant {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         match state.surface {
             Surface::Unix => unix_caller(&parts.headers).map(Tenant),
-            Surface::Tcp => match bearer(&parts.headers)? {
-                Some(key) => {
-                    let caller = api_key_caller(state, key)?;
-                    mark_authenticated(&parts.extensions);
-                    Ok(Tenant(caller))
-                }
-                None => Err(Error::unauthorized("send Authorization: Bearer <api key>")),
-            },
+            Surface::Tcp => {
+                let caller = match bearer(&parts.headers)? {
+                    Some(key) => api_key_caller(state, key)?,
+                    None => cookie_caller(parts, state)?.ok_or_else(|| {
+                        Error::unauthorized("send Authorization: Bearer <api key>")
+                    })?,
+                };
+                mark_authenticated(&parts.extensions);
+                Ok(Tenant(caller))
+            }
         }
     }
 }
@@ -154,6 +159,13 @@ impl FromRequestParts<AppState> for SandboxAccess {
             Surface::Unix => unix_caller(&parts.headers)?,
             Surface::Tcp => match bearer(&parts.headers)? {
                 Some(api_key) => api_key_caller(state, api_key)?,
+                None if parts.headers.get(ACCESS_TOKEN_HEADER).is_none() => {
+                    cookie_caller(parts, state)?.ok_or_else(|| {
+                        Error::unauthorized(
+                            "send Authorization: Bearer <api key>, or X-Access-Token: <the sandbox's access token>",
+                        )
+                    })?
+                }
                 None => {
                     let token = parts
                         .headers

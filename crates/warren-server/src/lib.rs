@@ -17,6 +17,7 @@
 //! stream as NDJSON; a terminal is a WebSocket.
 
 mod conn;
+mod console;
 mod drain;
 pub mod e2b;
 mod error;
@@ -82,6 +83,8 @@ pub(crate) struct AppState {
     pub surface: Surface,
     /// Turns true when the daemon shuts down; streams end then.
     pub shutdown: watch::Receiver<bool>,
+    /// The web console's signed-in browsers (TCP only).
+    pub console: Arc<console::Sessions>,
 }
 
 /// Every route, as `(method, path)` in axum's syntax, which is also OpenAPI's. The
@@ -149,7 +152,6 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// Routes served on the unix socket only.
 pub const UNIX_ONLY: &[(&str, &str)] = &[
     ("POST", "/v1/keys"),
-    ("GET", "/v1/pools"),
     ("POST", "/v1/pools"),
     ("POST", "/v1/templates/import"),
     ("POST", "/v1/templates/gc"),
@@ -163,6 +165,7 @@ pub fn router(mgr: Arc<Manager>, surface: Surface) -> Router {
         mgr,
         surface,
         shutdown,
+        console: console::sessions(),
     })
 }
 
@@ -254,6 +257,19 @@ fn build(state: AppState) -> Router {
         r = r
             .route("/v1/keys", post(sandboxes::create_key))
             .route("/v1/pools", get(pools::list).post(pools::set));
+    } else {
+        // An operator key reads the pools; changing them stays the host root's.
+        r = r.route("/v1/pools", get(pools::list).post(fallback));
+        r = r
+            .route("/", get(console::root))
+            .route("/console/", get(console::page))
+            .route("/console/{*file}", get(console::asset))
+            .route(
+                "/console/session",
+                post(console::sign_in)
+                    .get(console::whoami)
+                    .delete(console::sign_out),
+            );
     }
     r.fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
@@ -397,11 +413,13 @@ pub async fn serve_with(
     })?;
     ready();
     let (stop, shutdown) = watch::channel(false);
+    let sessions = console::sessions();
     let app = |surface| {
         build(AppState {
             mgr: mgr.clone(),
             surface,
             shutdown: shutdown.clone(),
+            console: sessions.clone(),
         })
     };
     let mut servers = JoinSet::new();
@@ -435,6 +453,7 @@ pub async fn serve_with(
             mgr: mgr.clone(),
             surface: Surface::Tcp,
             shutdown: shutdown.clone(),
+            console: sessions.clone(),
         };
         servers.spawn(ssh::serve(listener, st, key, shutdown.clone()));
     }

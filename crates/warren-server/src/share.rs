@@ -30,7 +30,7 @@ pub async fn create(
 ) -> Result<(StatusCode, axum::Json<ShareInfo>), Error> {
     let info = st
         .mgr
-        .share_process(&access.caller, &access.key, pid, req.write)
+        .share_process(&access.caller, &access.key, pid, &req)
         .await?;
     Ok((StatusCode::CREATED, axum::Json(info)))
 }

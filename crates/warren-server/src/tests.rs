@@ -602,6 +602,13 @@ fn openapi_schemas_match_serde() {
         // Present in the answer that creates a sandbox.
         access_token: Some(String::new()),
         traffic_token: Some(String::new()),
+        // Present while it runs.
+        usage: Some(warren_types::api::UsageSample {
+            at_ms: 0,
+            cpu_pct: 0.0,
+            memory_bytes: 0,
+            disk_bytes: 0,
+        }),
     };
     assert_eq!(props("SandboxInfo"), keys(&info));
     assert_eq!(

@@ -147,7 +147,7 @@ pub struct SetTimeout {
 }
 
 /// A sandbox as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SandboxInfo {
     pub id: String,
     pub owner: String,
@@ -185,6 +185,10 @@ pub struct SandboxInfo {
     /// as the access token is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traffic_token: Option<String>,
+    /// The last reading of its CPU, memory and disk, while it runs (in lists and
+    /// `GET /v1/sandboxes/{key}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageSample>,
 }
 
 /// `POST /v1/ssh-keys`: a public key an owner signs in to the SSH gateway with.
@@ -519,6 +523,11 @@ pub struct ShareRequest {
     /// Let the guest type too; read-only otherwise.
     #[serde(default)]
     pub write: bool,
+    /// Show the guest the output the agent still holds from before the share too (the
+    /// screen as it is now, and what scrolled past); otherwise a guest sees what comes
+    /// after the share only.
+    #[serde(default)]
+    pub screen: bool,
 }
 
 /// A shared terminal: a token that lets a second client watch (or drive) one process.
@@ -602,7 +611,7 @@ pub struct ReleaseSession {
 }
 
 /// A session as the API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SessionInfo {
     pub id: String,
     pub client: String,

@@ -157,6 +157,7 @@ mod tests {
             request_host: None,
             access_token: None,
             traffic_token: None,
+            usage: None,
         };
         let now: jiff::Timestamp = "2025-01-01T00:12:30Z".parse().unwrap();
         let t = table(&[info], now);

@@ -69,7 +69,10 @@ pub fn run(args: ShareArgs) -> anyhow::Result<ExitCode> {
             .call(
                 Method::POST,
                 &sandbox_path(&args.key, &format!("/processes/{pid}/share")),
-                Some(&ShareRequest { write: args.write }),
+                Some(&ShareRequest {
+                    write: args.write,
+                    screen: false,
+                }),
             )
             .await?;
         let token = share.token.unwrap_or_default();

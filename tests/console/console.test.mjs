@@ -1,0 +1,464 @@
+// The web console in a real browser: Debian's chromium, driven by playwright-core,
+// against a live `warren serve --listen` of its own (own run and data directories).
+// Screenshots of each page go to $WARREN_CONSOLE_SHOTS (default target/console-shots).
+// Prints one line per test and a summary line `N passed, M failed`.
+import { chromium } from 'playwright-core';
+import { spawn, execFileSync } from 'node:child_process';
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
+import { createServer, request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+
+const ROOT = resolve(new URL('../..', import.meta.url).pathname);
+const WARREN = process.env.WARREN_BIN || join(ROOT, 'target', 'debug', 'warren');
+const SHOTS = process.env.WARREN_CONSOLE_SHOTS || join(ROOT, 'target', 'console-shots');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function freePort() {
+  return new Promise((res) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => { const { port } = s.address(); s.close(() => res(port)); });
+  });
+}
+
+async function until(what, fn, ms = 15000) {
+  const end = Date.now() + ms;
+  let last;
+  for (;;) {
+    try { const v = await fn(); if (v) return v; } catch (e) { last = e; }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? `: ${last.message}` : ''}`);
+    await sleep(100);
+  }
+}
+
+function assert(cond, message) { if (!cond) throw new Error(message); }
+
+/** A daemon of the test's own. */
+class Daemon {
+  async start() {
+    this.dir = mkdtempSync(join(tmpdir(), 'wconsole-'));
+    this.env = { ...process.env, WARREN_RUN_DIR: join(this.dir, 'run'), WARREN_DATA_DIR: join(this.dir, 'data') };
+    this.port = await freePort();
+    this.url = `http://127.0.0.1:${this.port}`;
+    this.proc = spawn(WARREN, ['serve', '--listen', `127.0.0.1:${this.port}`], {
+      env: this.env, stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    this.log = '';
+    this.proc.stderr.on('data', (d) => { this.log += d; });
+    await until('the daemon', async () => (await fetch(`${this.url}/health`)).ok, 30000);
+    this.alice = this.cli('keys', 'create', '--tenant', 'alice').trim();
+    this.bob = this.cli('keys', 'create', '--tenant', 'bob').trim();
+    this.operator = this.cli('keys', 'create', '--tenant', 'ops', '--operator').trim();
+  }
+
+  cli(...args) { return execFileSync(WARREN, args, { env: this.env, encoding: 'utf8' }); }
+
+  async api(key, method, path, body) {
+    const r = await fetch(this.url + path, {
+      method,
+      headers: { Authorization: `Bearer ${key}`, ...(body !== undefined ? { 'Content-Type': 'application/json' } : {}) },
+      body: body !== undefined ? JSON.stringify(body) : undefined,
+    });
+    const text = await r.text();
+    if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
+    return text ? JSON.parse(text) : null;
+  }
+
+  /** A request on the unix socket (the host's root). */
+  unix(method, path, body) {
+    const args = ['-s', '--unix-socket', join(this.dir, 'run', 'warren.sock'), '-X', method, `http://warren${path}`];
+    if (body !== undefined) args.push('-H', 'Content-Type: application/json', '-d', JSON.stringify(body));
+    return execFileSync('curl', args, { encoding: 'utf8' });
+  }
+
+  async stop() {
+    for (const key of [this.alice, this.bob]) {
+      for (const s of await this.api(key, 'GET', '/v1/sandboxes').catch(() => [])) {
+        await this.api(key, 'DELETE', `/v1/sandboxes/${s.id}`).catch(() => {});
+      }
+    }
+    this.unix('POST', '/v1/pools', { template: 'host', min: 0, max: 0 });
+    this.proc.kill('SIGTERM');
+    await new Promise((r) => (this.proc.exitCode !== null ? r() : this.proc.on('exit', r)));
+    let doctor = '';
+    try { execFileSync(WARREN, ['doctor'], { env: this.env, encoding: 'utf8' }); } catch (e) { doctor = `${e.stdout}${e.stderr}`; }
+    rmSync(this.dir, { recursive: true, force: true });
+    assert(!doctor, `warren doctor found leftovers:\n${doctor}`);
+  }
+}
+
+/** Raw HTTP, for headers fetch will not let a test set (Cookie, Origin). */
+function raw(url, { method = 'GET', headers = {}, body } = {}) {
+  return new Promise((res, rej) => {
+    const req = request(url, { method, headers }, (r) => {
+      let data = '';
+      r.on('data', (d) => { data += d; });
+      r.on('end', () => res({ status: r.statusCode, headers: r.headers, body: data }));
+    });
+    req.on('error', rej);
+    if (body) req.write(body);
+    req.end();
+  });
+}
+
+const screen = (page) => page.locator('#terminal .xterm-rows').innerText();
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+async function signIn(page, d, key) {
+  await page.goto(`${d.url}/`);
+  await page.waitForSelector('#api-key');
+  await page.fill('#api-key', key);
+  await page.click('button[type=submit]');
+  await page.waitForSelector('#sandbox-list');
+}
+
+async function typeLine(page, text) {
+  await page.locator('#terminal .xterm-helper-textarea').focus();
+  await page.keyboard.type(text);
+  await page.keyboard.press('Enter');
+}
+
+const tests = [];
+const test = (name, fn) => tests.push({ name, fn });
+
+let d, browser, ctx, page, sandboxId;
+
+test('the console signs in with a key kept in an http-only cookie, and refuses a wrong key', async () => {
+  await page.goto(`${d.url}/`);
+  assert(page.url().endsWith('/console/#/signin') || page.url().includes('/console/'), `landed on ${page.url()}`);
+  await page.waitForSelector('#api-key');
+  await shot(page, '01-sign-in');
+  await page.fill('#api-key', 'wrn_not_a_key');
+  await page.click('button[type=submit]');
+  await until('the refusal', async () => (await page.locator('#status').innerText()).includes('unknown API key'));
+  await signIn(page, d, d.alice);
+  assert((await page.locator('#tenant').innerText()).includes('alice'), 'the tenant is shown');
+  const cookies = await ctx.cookies();
+  const c = cookies.find((x) => x.name === 'warren_session');
+  assert(c && c.httpOnly && c.sameSite === 'Strict', `session cookie: ${JSON.stringify(c)}`);
+  assert(!(await page.evaluate(() => document.cookie)).includes('warren_session'), 'the page cannot read the cookie');
+  assert(!(await page.evaluate(() => JSON.stringify(localStorage) + JSON.stringify(sessionStorage))).includes(d.alice), 'the key is not stored in the page');
+  assert(await page.locator('#nav-pools').isHidden(), 'pools are the operator\'s');
+});
+
+test('a sandbox made from the form opens with a terminal that runs echo hello', async () => {
+  await page.fill('#new-name', 'lab');
+  await page.fill('#new-memory', '256M');
+  await page.fill('#new-pids', '128');
+  await page.click('#new-create');
+  await page.waitForURL(/#\/sandbox\//);
+  sandboxId = decodeURIComponent(page.url().split('#/sandbox/')[1].split('/')[0]);
+  const info = await d.api(d.alice, 'GET', `/v1/sandboxes/${sandboxId}`);
+  assert(info.name === 'lab' && info.resources.memory === 256 * 1024 * 1024 && info.resources.pids === 128, `made: ${JSON.stringify(info)}`);
+  await page.waitForSelector('#terminal .xterm-rows');
+  await until('the terminal to connect', async () => (await page.locator('#term-state').innerText()) === 'connected');
+  await typeLine(page, 'echo hello');
+  await until('hello on the screen', async () => /^hello$/m.test(await screen(page)));
+  await typeLine(page, 'echo sum-$((6*7))');
+  await until('sum-42 on the screen', async () => (await screen(page)).includes('sum-42'));
+  await shot(page, '02-terminal');
+});
+
+test('the terminal follows the window size', async () => {
+  await typeLine(page, 'clear; stty size');
+  const size = async () => {
+    const m = /^(\d+) (\d+)$/m.exec(await screen(page));
+    return m ? [Number(m[1]), Number(m[2])] : null;
+  };
+  const before = await until('stty size', size);
+  await page.setViewportSize({ width: 900, height: 700 });
+  await sleep(400);
+  await typeLine(page, 'clear; stty size');
+  const after = await until('a smaller size', async () => { const s = await size(); return s && s[1] < before[1] ? s : null; });
+  assert(after[1] < before[1], `columns ${before[1]} -> ${after[1]}`);
+  await page.setViewportSize({ width: 1280, height: 800 });
+  await sleep(300);
+});
+
+test('a reload joins the same terminal and draws the screen again', async () => {
+  await typeLine(page, 'export MARK=kept; echo before-reload');
+  await until('the mark', async () => (await screen(page)).includes('before-reload'));
+  await page.reload();
+  await page.waitForSelector('#terminal .xterm-rows');
+  await until('the old screen after reload', async () => (await screen(page)).includes('before-reload'));
+  await until('connected', async () => (await page.locator('#term-state').innerText()) === 'connected');
+  await typeLine(page, 'echo mark-is-$MARK');
+  await until('the same shell', async () => (await screen(page)).includes('mark-is-kept'));
+});
+
+test('copy and paste go through the clipboard', async () => {
+  await ctx.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: d.url });
+  await page.evaluate(() => navigator.clipboard.writeText('echo pasted-$((2+3))'));
+  await page.locator('#terminal .xterm-helper-textarea').focus();
+  await page.keyboard.press('Control+Shift+V');
+  await page.keyboard.press('Enter');
+  await until('the pasted command ran', async () => /^pasted-5$/m.test(await screen(page)));
+  assert(!(await screen(page)).includes('pasted-5echo'), 'the paste arrived twice');
+});
+
+test('a read-only share shows the same screen in a second browser and takes no keys', async () => {
+  await page.click('#share-read');
+  const link = await page.locator('#share-ro').inputValue();
+  assert(link.includes('/console/#/shared/'), link);
+  const guestCtx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  try {
+    const guest = await guestCtx.newPage();
+    await guest.goto(link);
+    await until('the read-only banner', async () => (await guest.locator('#share-mode').innerText()).includes('Read-only'));
+    await until('the shared screen', async () => (await screen(guest)).includes('mark-is-kept'));
+    await typeLine(page, 'echo live-$((1+1))');
+    await until('the guest sees new output', async () => (await screen(guest)).includes('live-2'));
+    await typeLine(guest, 'echo typed-by-guest');
+    await sleep(800);
+    assert(!(await screen(page)).includes('typed-by-guest'), 'a read-only guest\'s keys reached the shell');
+    await shot(guest, '03-shared-read-only');
+    // Revoking cuts the guest off.
+    const shares = await d.api(d.alice, 'GET', `/v1/sandboxes/${sandboxId}/shares`);
+    assert(shares.length === 1 && !shares[0].write, JSON.stringify(shares));
+    await d.api(d.alice, 'DELETE', `/v1/sandboxes/${sandboxId}/shares/${shares[0].id}`);
+    await until('the guest told the share ended', async () => /revoked|ended/.test(await guest.locator('#share-mode').innerText()));
+  } finally {
+    await guestCtx.close();
+  }
+});
+
+test('a read-write share lets the second browser type', async () => {
+  await page.click('#share-write');
+  const link = await page.locator('#share-rw').inputValue();
+  const guestCtx = await browser.newContext();
+  try {
+    const guest = await guestCtx.newPage();
+    await guest.goto(link);
+    await until('the read-write banner', async () => (await guest.locator('#share-mode').innerText()).includes('Read-write'));
+    await typeLine(guest, 'echo guest-$((5*5))');
+    await until('the owner sees the guest\'s command', async () => (await screen(page)).includes('guest-25'));
+  } finally {
+    await guestCtx.close();
+  }
+});
+
+test('files upload, list, edit and download', async () => {
+  await page.click('a[href$="/files"]');
+  await page.waitForSelector('#file-list');
+  await until('the home directory', async () => (await page.locator('.crumbs').innerText()).length > 0);
+  const dir = '/tmp';
+  await page.evaluate((p) => { sessionStorage.setItem(`warren.path.${location.hash.split('/')[2]}`, p); }, dir);
+  await page.reload();
+  await page.waitForSelector('#file-list');
+  await until('the /tmp listing', async () => (await page.locator('.crumbs').innerText()).includes('tmp'));
+  await page.setInputFiles('#upload', { name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('first line\n') });
+  await until('notes.txt listed', async () => (await page.locator('#file-list').innerText()).includes('notes.txt'));
+  const got = await fetch(`${d.url}/v1/sandboxes/${sandboxId}/files?path=/tmp/notes.txt`, { headers: { Authorization: `Bearer ${d.alice}` } });
+  assert((await got.text()) === 'first line\n', 'the upload reached the sandbox');
+  await page.click('button[aria-label="Edit notes.txt"]');
+  await page.waitForSelector('#editor-text');
+  await page.fill('#editor-text', 'first line\nedited in the browser\n');
+  await page.click('#editor-save');
+  await until('the edit saved', async () => {
+    const r = await fetch(`${d.url}/v1/sandboxes/${sandboxId}/files?path=/tmp/notes.txt`, { headers: { Authorization: `Bearer ${d.alice}` } });
+    return (await r.text()).includes('edited in the browser');
+  });
+  await shot(page, '04-files');
+  const [download] = await Promise.all([
+    page.waitForEvent('download'),
+    page.click('button[aria-label="Download notes.txt"]'),
+  ]);
+  const path = await download.path();
+  assert(readFileSync(path, 'utf8') === 'first line\nedited in the browser\n', 'the download is the file');
+  assert(download.suggestedFilename() === 'notes.txt', download.suggestedFilename());
+});
+
+test('processes, events, ports and usage pages show the sandbox', async () => {
+  await page.click('a[href$="/processes"]');
+  await until('the shell in the processes', async () => (await page.locator('#process-list').innerText()).includes('/bin/bash'));
+  await shot(page, '05-processes');
+  await page.click('a[href$="/events"]');
+  await until('the created event', async () => (await page.locator('#event-list').innerText()).includes('created'));
+  await shot(page, '06-events');
+  await page.click('a[href$="/ports"]');
+  await shot(page, '07-ports');
+  await page.click('a[href$="/usage"]');
+  await until('three charts', async () => (await page.locator('#charts .chart').count()) === 3);
+  await shot(page, '08-usage');
+});
+
+test('pause and resume from the console', async () => {
+  await page.click('a[href$="/terminal"]');
+  await page.getByRole('button', { name: 'Pause' }).first().click();
+  await until('paused', async () => (await d.api(d.alice, 'GET', `/v1/sandboxes/${sandboxId}`)).state === 'paused');
+  await until('the page shows paused', async () => (await page.locator('h1 .state').innerText()) === 'paused');
+  await shot(page, '09-paused');
+  await page.getByRole('button', { name: 'Resume' }).first().click();
+  await until('running', async () => (await d.api(d.alice, 'GET', `/v1/sandboxes/${sandboxId}`)).state === 'running');
+  await until('the page shows running', async () => (await page.locator('h1 .state').innerText()) === 'running');
+  await page.reload();
+  await until('the terminal again', async () => (await screen(page)).includes('guest-25'));
+  await typeLine(page, 'echo after-resume-$MARK');
+  await until('the shell survived the pause', async () => (await screen(page)).includes('after-resume-kept'));
+});
+
+test('the list updates without a reload and shows a tenant its own sandboxes only', async () => {
+  await page.goto(`${d.url}/console/#/`);
+  await page.waitForSelector('#sandbox-list');
+  const theirs = await d.api(d.bob, 'POST', '/v1/sandboxes', { name: 'bobs' });
+  const mine = await d.api(d.alice, 'POST', '/v1/sandboxes', { name: 'made-elsewhere' });
+  await until('the new sandbox listed', async () => (await page.locator('#sandbox-list').innerText()).includes('made-elsewhere'));
+  const text = await page.locator('#sandbox-list').innerText();
+  assert(!text.includes('bobs') && !text.includes(theirs.id), 'another tenant\'s sandbox is listed');
+  const status = await page.evaluate(async (id) => (await fetch(`/v1/sandboxes/${id}`)).status, theirs.id);
+  assert(status === 404, `another tenant's sandbox answered ${status}`);
+  await until('usage in the list', async () => /\d+(\.\d)? (KiB|MiB)/.test(await page.locator('#sandbox-list').innerText()), 20000);
+  await page.fill('#filter', 'made-else');
+  await until('the filter', async () => !(await page.locator('#sandbox-list').innerText()).includes('alice/lab'));
+  await shot(page, '10-sandboxes');
+  await page.fill('#filter', '');
+  await d.api(d.alice, 'DELETE', `/v1/sandboxes/${mine.id}`);
+  await until('the removed sandbox gone', async () => !(await page.locator('#sandbox-list').innerText()).includes('made-elsewhere'));
+});
+
+test('a request without the CSRF token, or from another origin, is refused', async () => {
+  const status = await page.evaluate(async () => (await fetch('/v1/sandboxes', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' })).status);
+  assert(status === 403, `POST without the CSRF token answered ${status}`);
+  const cookie = (await ctx.cookies()).find((c) => c.name === 'warren_session');
+  const h = { Cookie: `warren_session=${cookie.value}`, Host: `127.0.0.1:${d.port}` };
+  const ok = await raw(`${d.url}/v1/sandboxes`, { headers: h });
+  assert(ok.status === 200, `GET with the cookie answered ${ok.status}`);
+  const evil = await raw(`${d.url}/v1/sandboxes`, { headers: { ...h, Origin: 'http://evil.example' } });
+  assert(evil.status === 403, `another origin answered ${evil.status}`);
+  const ws = await raw(`${d.url}/v1/sandboxes/${sandboxId}/pty`, {
+    headers: { ...h, Origin: 'http://evil.example', Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13', 'Sec-WebSocket-Key': 'dGhlIHNhbXBsZSBub25jZQ==' },
+  });
+  assert(ws.status === 403, `a cross-site terminal handshake answered ${ws.status}`);
+  const before = (await d.api(d.alice, 'GET', '/v1/sandboxes')).length;
+  const forged = await raw(`${d.url}/v1/sandboxes`, { method: 'POST', headers: { ...h, 'Content-Type': 'application/json', 'X-CSRF-Token': 'guess' }, body: '{}' });
+  assert(forged.status === 403, `a wrong CSRF token answered ${forged.status}`);
+  assert((await d.api(d.alice, 'GET', '/v1/sandboxes')).length === before, 'a refused request made a sandbox');
+});
+
+test('templates: build one from a recipe with its log streaming, then remove it', async () => {
+  await page.goto(`${d.url}/console/#/templates`);
+  await page.waitForSelector('#template-list');
+  await page.fill('#build-name', 'console-built');
+  await page.fill('#build-steps', 'echo step-one-output\nmkdir -p /opt/built && echo yes > /opt/built/flag');
+  await page.click('#build-go');
+  await until('the build log', async () => (await page.locator('#build-log').innerText()).includes('step-one-output'), 60000);
+  await until('the build done', async () => (await page.locator('#build-log').innerText()).includes('done: template console-built'), 120000);
+  await until('the template listed', async () => (await page.locator('#template-list').innerText()).includes('console-built'));
+  await shot(page, '11-templates');
+  page.once('dialog', (dlg) => dlg.accept());
+  await page.click('button[aria-label="Remove console-built"]');
+  await until('the template gone', async () => !(await page.locator('#template-list').innerText()).includes('console-built'));
+});
+
+test('an operator sees the pools with their fill level', async () => {
+  d.unix('POST', '/v1/pools', { template: 'host', min: 1, max: 1 });
+  const opCtx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  try {
+    const op = await opCtx.newPage();
+    await signIn(op, d, d.operator);
+    assert(await op.locator('#nav-pools').isVisible(), 'the pools link');
+    await op.click('#nav-pools');
+    await until('the pool filled', async () => (await op.locator('#pool-list').innerText()).includes('1/1'), 30000);
+    await shot(op, '12-pools');
+  } finally {
+    await opCtx.close();
+  }
+  const denied = await fetch(`${d.url}/v1/pools`, { headers: { Authorization: `Bearer ${d.alice}` } });
+  assert(denied.status === 403, `a tenant's key read the pools: ${denied.status}`);
+  d.unix('POST', '/v1/pools', { template: 'host', min: 0, max: 0 });
+});
+
+test('the keyboard alone signs in and reaches a sandbox; the pages fit a phone', async () => {
+  const kb = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  try {
+    const p = await kb.newPage();
+    await p.goto(`${d.url}/console/`);
+    await p.waitForSelector('#api-key');
+    await until('the key field focused', async () => p.evaluate(() => document.activeElement?.id === 'api-key'));
+    await p.keyboard.type(d.alice);
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#sandbox-list .sandbox-link');
+    await shot(p, '13-phone-sandboxes');
+    // Tab to the sandbox's link and open it with Enter.
+    let found = false;
+    for (let i = 0; i < 60 && !found; i++) {
+      await p.keyboard.press('Tab');
+      found = await p.evaluate(() => document.activeElement?.classList.contains('sandbox-link'));
+    }
+    assert(found, 'the sandbox link is reachable with Tab');
+    await p.keyboard.press('Enter');
+    await p.waitForSelector('#terminal .xterm-rows');
+    await until('the phone terminal', async () => (await p.locator('#term-state').innerText()) === 'connected');
+    await typeLine(p, 'echo phone-$((3*3))');
+    await until('the phone terminal runs commands', async () => (await screen(p)).includes('phone-9'));
+    await shot(p, '14-phone-terminal');
+    const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert(overflow <= 1, `the page is ${overflow}px wider than a phone`);
+    // Leaving the terminal for the page's buttons with the keyboard.
+    await p.locator('#terminal .xterm-helper-textarea').focus();
+    await p.keyboard.press('Control+Shift+X');
+    assert(await p.evaluate(() => !document.activeElement?.classList.contains('xterm-helper-textarea')), 'Ctrl+Shift+X leaves the terminal');
+  } finally {
+    await kb.close();
+  }
+});
+
+test('signing out ends the session', async () => {
+  const cookie = (await ctx.cookies()).find((c) => c.name === 'warren_session');
+  await page.goto(`${d.url}/console/#/`);
+  await page.click('#sign-out');
+  await page.waitForSelector('#api-key');
+  const r = await raw(`${d.url}/v1/sandboxes`, { headers: { Cookie: `warren_session=${cookie.value}` } });
+  assert(r.status === 401, `the old cookie answered ${r.status}`);
+});
+
+async function main() {
+  if (process.getuid() !== 0) {
+    console.log('SKIPPED console: the console tests make real sandboxes and need root');
+    console.log('0 passed, 0 failed, 1 skipped');
+    return;
+  }
+  if (!existsSync(CHROMIUM)) {
+    console.log(`SKIPPED console: no browser at ${CHROMIUM} (apt-get install chromium)`);
+    console.log('0 passed, 0 failed, 1 skipped');
+    return;
+  }
+  mkdirSync(SHOTS, { recursive: true });
+  d = new Daemon();
+  await d.start();
+  let passed = 0, failed = 0;
+  try {
+    browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking'],
+    });
+    ctx = await browser.newContext({ viewport: { width: 1280, height: 800 }, acceptDownloads: true });
+    page = await ctx.newPage();
+    page.setDefaultTimeout(20000);
+    for (const t of tests) {
+      const t0 = Date.now();
+      try {
+        await t.fn();
+        passed++;
+        console.log(`ok   ${t.name} (${Date.now() - t0} ms)`);
+      } catch (e) {
+        failed++;
+        console.log(`FAIL ${t.name}\n     ${String(e.stack || e).split('\n').join('\n     ')}`);
+        await shot(page, `failed-${passed + failed}`).catch(() => {});
+      }
+    }
+  } finally {
+    await browser?.close();
+    try { await d.stop(); } catch (e) { failed++; console.log(`FAIL cleanup: ${e.message}`); }
+  }
+  writeFileSync(join(SHOTS, 'README.txt'), `Screenshots of the web console's pages, made by tests/console/console.test.mjs.\n`);
+  console.log(`${passed} passed, ${failed} failed`);
+  process.exitCode = failed ? 1 : 0;
+}
+
+main().catch((e) => { console.log(`FAIL setup: ${e.stack || e}`); console.log('0 passed, 1 failed'); process.exitCode = 1; });
