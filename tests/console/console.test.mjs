@@ -340,6 +340,35 @@ test('a request without the CSRF token, or from another origin, is refused', asy
   assert((await d.api(d.alice, 'GET', '/v1/sandboxes')).length === before, 'a refused request made a sandbox');
 });
 
+test('a page on another port of the same host cannot use the session (a sandbox\'s published port)', async () => {
+  const port = await freePort();
+  const evil = createServer((req, res) => {
+    res.writeHead(200, { 'Content-Type': 'text/html' });
+    res.end(`<!doctype html><body><form id=f method=POST action="${d.url}/v1/sandboxes" enctype="text/plain"><input name='{"name":"forged","x":"' value='"}'></form><script>
+      const ws = new WebSocket('ws://127.0.0.1:${d.port}/v1/sandboxes/${sandboxId}/pty?cmd=' + encodeURIComponent('touch /tmp/pwned-by-ws'));
+      ws.onclose = () => { document.title = 'ws-closed'; };
+      fetch('${d.url}/v1/sandboxes/${sandboxId}/exec', { method: 'POST', credentials: 'include', mode: 'no-cors', headers: { 'Content-Type': 'text/plain' }, body: JSON.stringify({ command: { shell: 'touch /tmp/pwned-by-fetch' } }) }).catch(() => {});
+      setTimeout(() => document.getElementById('f').submit(), 300);
+    </script></body>`);
+  });
+  await new Promise((r) => evil.listen(port, '127.0.0.1', r));
+  try {
+    const before = (await d.api(d.alice, 'GET', '/v1/sandboxes')).length;
+    const p = await ctx.newPage();
+    await p.goto(`http://127.0.0.1:${port}/`);
+    await sleep(1500);
+    await p.close();
+    const after = await d.api(d.alice, 'GET', '/v1/sandboxes');
+    assert(after.length === before && !after.some((s) => s.name === 'forged'), 'a cross-origin form made a sandbox');
+    for (const f of ['/tmp/pwned-by-ws', '/tmp/pwned-by-fetch']) {
+      const r = await fetch(`${d.url}/v1/sandboxes/${sandboxId}/files/stat?path=${f}`, { headers: { Authorization: `Bearer ${d.alice}` } });
+      assert(r.status === 404, `${f}: a cross-origin page ran a command (${r.status})`);
+    }
+  } finally {
+    evil.close();
+  }
+});
+
 test('templates: build one from a recipe with its log streaming, then remove it', async () => {
   await page.goto(`${d.url}/console/#/templates`);
   await page.waitForSelector('#template-list');

@@ -13,8 +13,8 @@
 //! own page can read (`GET /console/session`).
 //!
 //! Sessions live in the daemon's memory: a restart signs everyone out. One ends after
-//! [`IDLE`] unused or [`MAX_AGE`] in all; at most [`MAX_SESSIONS`] are kept (the least
-//! recently used goes first).
+//! [`IDLE`] unused or [`MAX_AGE`] in all; at most [`MAX_TENANT_SESSIONS`] per tenant and
+//! [`MAX_SESSIONS`] in all are kept (the least recently used goes first).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,6 +43,9 @@ pub const IDLE: Duration = Duration::from_secs(12 * 3600);
 pub const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Most sessions kept at once.
 pub const MAX_SESSIONS: usize = 4096;
+/// Most sessions of one tenant: its own least recently used goes first, so one tenant
+/// signing in over and over cannot push others' sessions out.
+pub const MAX_TENANT_SESSIONS: usize = 64;
 
 /// The console's own files, and the npm packages' files the build fetched.
 const PAGE: &str = include_str!("../../../console/src/index.html");
@@ -89,6 +92,7 @@ pub(crate) struct Sessions {
 
 #[derive(Debug)]
 struct Session {
+    tenant: String,
     api_key: String,
     csrf: String,
     made: Instant,
@@ -100,8 +104,8 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new session for `api_key`: its cookie value and CSRF token.
-    fn open(&self, api_key: &str) -> Result<(String, String), Error> {
+    /// A new session for `api_key` of `tenant`: its cookie value and CSRF token.
+    fn open(&self, tenant: &str, api_key: &str) -> Result<(String, String), Error> {
         let random = || {
             warren_types::random::hex(32).map_err(|_| {
                 Error::new(
@@ -114,18 +118,29 @@ impl Sessions {
         let now = Instant::now();
         let mut map = self.lock();
         map.retain(|_, s| live(s, now));
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map
+        // Room is made among the tenant's own sessions first, else among all.
+        let theirs = map.values().filter(|s| s.tenant == tenant).count();
+        let room_among = if theirs >= MAX_TENANT_SESSIONS {
+            Some(Some(tenant))
+        } else if map.len() >= MAX_SESSIONS {
+            Some(None)
+        } else {
+            None
+        };
+        if let Some(among) = room_among {
+            let oldest = map
                 .iter()
+                .filter(|(_, s)| among.is_none_or(|t| s.tenant == t))
                 .min_by_key(|(_, s)| s.used)
-                .map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
+                .map(|(k, _)| k.clone());
+            if let Some(k) = oldest {
+                map.remove(&k);
             }
         }
         map.insert(
             sha256_hex(&id),
             Session {
+                tenant: tenant.to_string(),
                 api_key: api_key.to_string(),
                 csrf: csrf.clone(),
                 made: now,
@@ -211,8 +226,21 @@ pub(crate) fn cookie_caller(parts: &Parts, st: &AppState) -> Result<Option<Calle
 }
 
 /// Refuses a request whose `Origin` is not the host it was sent to (a browser sends
-/// `Origin` on every cross-origin request and on every WebSocket handshake).
+/// `Origin` on every cross-origin request and on every WebSocket handshake), or that
+/// the browser says another site or origin made (`Sec-Fetch-Site`: a page on another
+/// port of the same host is the same site, not the same origin).
 fn same_origin(headers: &HeaderMap) -> Result<(), Error> {
+    let refused = || {
+        Error::new(
+            WireCode::PermissionDenied,
+            "a console session is usable from the console's own page only (this request came from another site)",
+        )
+    };
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.to_str(), Ok("same-origin" | "none")) {
+            return Err(refused());
+        }
+    }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
@@ -223,10 +251,7 @@ fn same_origin(headers: &HeaderMap) -> Result<(), Error> {
     });
     match (origin_host, host) {
         (Some(o), Some(h)) if o.eq_ignore_ascii_case(h) => Ok(()),
-        _ => Err(Error::new(
-            WireCode::PermissionDenied,
-            "a console session is usable from the console's own page only (Origin is another site)",
-        )),
+        _ => Err(refused()),
     }
 }
 
@@ -320,7 +345,7 @@ pub async fn sign_in(
         .mgr
         .authenticate(req.api_key.trim())
         .ok_or_else(|| Error::unauthorized("unknown API key"))?;
-    let (id, csrf_token) = st.console.open(req.api_key.trim())?;
+    let (id, csrf_token) = st.console.open(&caller.tenant, req.api_key.trim())?;
     let cookie = format!("{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict");
     let info = SessionInfo {
         tenant: caller.tenant,
@@ -402,12 +427,38 @@ mod tests {
             let bad = headers(&[(header::HOST, "h:1"), (header::ORIGIN, o)]);
             assert!(same_origin(&bad).is_err(), "{o}");
         }
+        let site = header::HeaderName::from_static("sec-fetch-site");
+        for (v, ok) in [
+            ("same-origin", true),
+            ("none", true),
+            ("same-site", false),
+            ("cross-site", false),
+        ] {
+            let h = headers(&[(header::HOST, "h:1"), (site.clone(), v)]);
+            assert_eq!(same_origin(&h).is_ok(), ok, "{v}");
+        }
+    }
+
+    #[test]
+    fn one_tenant_cannot_push_out_anothers_sessions() {
+        let s = Sessions::default();
+        let (theirs, _) = s.open("b", "kb").unwrap();
+        for _ in 0..MAX_TENANT_SESSIONS * 2 {
+            s.open("a", "ka").unwrap();
+        }
+        let map = s.lock();
+        assert!(map.contains_key(&sha256_hex(&theirs)));
+        assert_eq!(
+            map.values().filter(|x| x.tenant == "a").count(),
+            MAX_TENANT_SESSIONS
+        );
     }
 
     #[test]
     fn sessions_end_when_idle_or_old() {
         let t = Instant::now();
         let s = Session {
+            tenant: String::new(),
             api_key: String::new(),
             csrf: String::new(),
             made: t,
