@@ -327,7 +327,22 @@ impl AgentClient {
     }
 
     pub async fn signal(&self, pid: u32, signal: i32) -> Result<()> {
-        self.call_ok(&Request::Signal { pid, signal }).await
+        self.call_ok(&Request::Signal {
+            pid,
+            signal,
+            group: false,
+        })
+        .await
+    }
+
+    /// `signal` to the process's whole group (what it started too).
+    pub async fn signal_group(&self, pid: u32, signal: i32) -> Result<()> {
+        self.call_ok(&Request::Signal {
+            pid,
+            signal,
+            group: true,
+        })
+        .await
     }
 
     pub async fn resize(&self, pid: u32, size: WinSize) -> Result<()> {
@@ -624,11 +639,15 @@ impl Drop for FileReader {
     }
 }
 
-impl Channel {
-    pub fn id(&self) -> u32 {
-        self.id
-    }
+/// The sending half of a [`Channel`]: a task may send on it (a process's stdin) while
+/// another receives.
+#[derive(Debug, Clone)]
+pub struct ChannelSender {
+    id: u32,
+    inner: Arc<Inner>,
+}
 
+impl ChannelSender {
     pub async fn send(&self, req: &Request) -> Result<()> {
         self.inner
             .out
@@ -655,6 +674,29 @@ impl Channel {
         // The writer gives the room back once the frame is written.
         room.forget();
         Ok(())
+    }
+}
+
+impl Channel {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// A sender of this channel's, for another task.
+    pub fn sender(&self) -> ChannelSender {
+        ChannelSender {
+            id: self.id,
+            inner: self.inner.clone(),
+        }
+    }
+
+    pub async fn send(&self, req: &Request) -> Result<()> {
+        self.sender().send(req).await
+    }
+
+    /// Sends data, once the connection has room for it (see [`DATA_IN_FLIGHT`]).
+    pub async fn send_data(&self, kind: FrameKind, data: Vec<u8>) -> Result<()> {
+        self.sender().send_data(kind, data).await
     }
 
     /// The next message; data is credited back to the agent as it is taken.

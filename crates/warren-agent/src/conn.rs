@@ -366,9 +366,9 @@ impl Conn {
                 let list = self.agent.procs.list();
                 self.send(ch, Response::Processes { list }).await;
             }
-            Request::Signal { pid, signal } => {
+            Request::Signal { pid, signal, group } => {
                 let result = parse_signal(signal).and_then(|sig| match self.agent.procs.get(pid) {
-                    Some(proc) => proc.signal(sig),
+                    Some(proc) => proc.signal(sig, group),
                     None => Err(Failure::new(
                         ErrorCode::ProcessNotFound,
                         format!("no process {pid}"),

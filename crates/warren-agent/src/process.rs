@@ -251,14 +251,21 @@ impl Proc {
         }
     }
 
-    pub(crate) fn signal(&self, sig: Signal) -> Result<(), Failure> {
+    /// `sig` to the process, or with `group` to its process group (it leads one).
+    pub(crate) fn signal(&self, sig: Signal, group: bool) -> Result<(), Failure> {
         if !self.is_running() {
             return Err(Failure::new(
                 ErrorCode::ProcessNotFound,
                 format!("process {} has ended", self.pid),
             ));
         }
-        kill(Pid::from_raw(self.pid as i32), sig).map_err(|e| {
+        let pid = Pid::from_raw(self.pid as i32);
+        let sent = if group {
+            killpg(pid, sig)
+        } else {
+            kill(pid, sig)
+        };
+        sent.map_err(|e| {
             Failure::new(
                 ErrorCode::Io,
                 format!("signalling process {}: {e}", self.pid),

@@ -191,7 +191,12 @@ async fn background_process_survives_disconnect_and_replays() {
         .await;
     assert_eq!(b.read_until(attach, "second\n").await, "first\nsecond\n");
     assert_eq!(
-        b.request(&Request::Signal { pid, signal: 9 }).await,
+        b.request(&Request::Signal {
+            pid,
+            signal: 9,
+            group: false,
+        })
+        .await,
         Response::Ok
     );
     let out = b.outcome(attach).await;
@@ -252,7 +257,12 @@ async fn signals_and_resizes_need_a_known_process() {
         )
     };
     assert!(not_found(
-        c.request(&Request::Signal { pid: 1, signal: 9 }).await
+        c.request(&Request::Signal {
+            pid: 1,
+            signal: 9,
+            group: false,
+        })
+        .await
     ));
     assert!(not_found(
         c.request(&Request::Attach {
@@ -269,14 +279,24 @@ async fn signals_and_resizes_need_a_known_process() {
     ));
     let (ch, pid) = c.exec(argv(&["sleep", "100"])).await;
     assert!(matches!(
-        c.request(&Request::Signal { pid, signal: 12345 }).await,
+        c.request(&Request::Signal {
+            pid,
+            signal: 12345,
+            group: false,
+        })
+        .await,
         Response::Error {
             code: ErrorCode::BadRequest,
             ..
         }
     ));
     assert_eq!(
-        c.request(&Request::Signal { pid, signal: 15 }).await,
+        c.request(&Request::Signal {
+            pid,
+            signal: 15,
+            group: false,
+        })
+        .await,
         Response::Ok
     );
     assert_eq!(c.outcome(ch).await.status.signal, Some(15));
@@ -432,7 +452,12 @@ async fn detached_flood_keeps_memory_bounded() {
         .await
         .contains("flood"));
     assert_eq!(
-        b.request(&Request::Signal { pid, signal: 9 }).await,
+        b.request(&Request::Signal {
+            pid,
+            signal: 9,
+            group: false,
+        })
+        .await,
         Response::Ok
     );
     assert_eq!(b.outcome(attach).await.status.signal, Some(9));
@@ -578,7 +603,12 @@ async fn serials_tell_processes_apart_and_attach_checks_them() {
 
     // Serials are not reused once a process is collected.
     for pid in [a, b] {
-        c.request(&Request::Signal { pid, signal: 9 }).await;
+        c.request(&Request::Signal {
+            pid,
+            signal: 9,
+            group: false,
+        })
+        .await;
     }
     c.outcome(ch).await;
     let (_, _, serial_c) = start_background(&mut c, sh("true")).await;
@@ -609,7 +639,12 @@ async fn attach_resumes_from_an_output_offset() {
     assert_eq!(c.read_until(ch, "9").await, "89");
     // Past the end: only what comes next, here nothing but the end.
     let past = c.open(&attach(pid, Some(1 << 40), None)).await;
-    c.request(&Request::Signal { pid, signal: 9 }).await;
+    c.request(&Request::Signal {
+        pid,
+        signal: 9,
+        group: false,
+    })
+    .await;
     let out = c.outcome(past).await;
     assert_eq!((out.stdout(), out.status.signal), (String::new(), Some(9)));
 
@@ -627,5 +662,10 @@ async fn attach_resumes_from_an_output_offset() {
     let kept = c.read_until(ch, "\n60000\n").await;
     assert!(kept.len() < full.len(), "nothing was evicted");
     assert!(full.ends_with(&kept), "the replay is not the newest output");
-    c.request(&Request::Signal { pid, signal: 9 }).await;
+    c.request(&Request::Signal {
+        pid,
+        signal: 9,
+        group: false,
+    })
+    .await;
 }

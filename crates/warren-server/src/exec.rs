@@ -25,7 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
-use warren_agent::client::{AgentClient, Channel, ClientError, Incoming, Process, ProcessEvent};
+use warren_agent::client::{
+    AgentClient, Channel, ChannelSender, ClientError, Incoming, Process, ProcessEvent,
+};
 use warren_core::ActivityGuard;
 use warren_types::api::{ExecEvent, ExecResult, WireCode};
 use warren_types::proto::{
@@ -164,20 +166,59 @@ impl Followed {
     }
 
     pub async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
-        let ch = self.ch.as_ref().ok_or(ClientError::Closed)?;
+        self.stdin().ok_or(ClientError::Closed)?.write(data).await
+    }
+
+    pub async fn close_stdin(&self) -> Result<(), ClientError> {
+        self.stdin().ok_or(ClientError::Closed)?.close().await
+    }
+
+    /// Its stdin, for a task that writes while another reads the output: a write that
+    /// waits for the process to read must not hold up the output it is writing.
+    pub fn stdin(&self) -> Option<Stdin> {
+        self.ch.as_ref().map(|ch| Stdin(ch.sender()))
+    }
+
+    pub async fn resize(&self, size: WinSize) -> Result<(), ClientError> {
+        self.resizer().resize(size).await
+    }
+
+    /// Resizes its terminal from another task than the one reading its output.
+    pub fn resizer(&self) -> Resizer {
+        Resizer {
+            client: self.client.clone(),
+            pid: self.pid,
+        }
+    }
+}
+
+/// Resizes a followed process's terminal.
+#[derive(Debug, Clone)]
+pub(crate) struct Resizer {
+    client: AgentClient,
+    pid: u32,
+}
+
+impl Resizer {
+    pub async fn resize(&self, size: WinSize) -> Result<(), ClientError> {
+        self.client.resize(self.pid, size).await
+    }
+}
+
+/// A followed process's stdin, apart from its output.
+#[derive(Debug, Clone)]
+pub(crate) struct Stdin(ChannelSender);
+
+impl Stdin {
+    pub async fn write(&self, data: &[u8]) -> Result<(), ClientError> {
         for chunk in data.chunks(CHUNK) {
-            ch.send_data(FrameKind::Stdin, chunk.to_vec()).await?;
+            self.0.send_data(FrameKind::Stdin, chunk.to_vec()).await?;
         }
         Ok(())
     }
 
-    pub async fn close_stdin(&self) -> Result<(), ClientError> {
-        let ch = self.ch.as_ref().ok_or(ClientError::Closed)?;
-        ch.send(&Request::CloseStdin).await
-    }
-
-    pub async fn resize(&self, size: WinSize) -> Result<(), ClientError> {
-        self.client.resize(self.pid, size).await
+    pub async fn close(&self) -> Result<(), ClientError> {
+        self.0.send(&Request::CloseStdin).await
     }
 }
 
@@ -194,7 +235,9 @@ impl Drop for Followed {
         };
         let (client, pid, kill) = (self.client.clone(), self.pid, self.kill_on_drop);
         rt.spawn(async move {
-            if kill {
+            // What it started goes too (a shell's children); an agent older than group
+            // signals kills the process alone.
+            if kill && client.signal_group(pid, SIGKILL).await.is_err() {
                 let _ = client.signal(pid, SIGKILL).await;
             }
             let _ = ch.send(&Request::Cancel).await;

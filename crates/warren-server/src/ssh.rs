@@ -31,14 +31,15 @@ use russh::server::{
 };
 use russh::{Channel, ChannelMsg, ChannelOpenFailure, MethodKind, MethodSet, Sig};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_util::task::AbortOnDropHandle;
 use warren_agent::client::ProcessEvent;
 use warren_core::Caller;
 use warren_types::api::CreateSandbox;
 use warren_types::proto::{Command, ExecRequest, WinSize};
 
 use crate::error::Error;
-use crate::exec::{oom_killed, win_size, Followed};
+use crate::exec::{oom_killed, win_size, Followed, Stdin};
 use crate::{shutting_down, AppState};
 
 /// Connections served at once; more are closed at accept.
@@ -584,7 +585,7 @@ async fn run_session(
     }
     let started = unless_gone(&mut gone, start(&st, &login, command, tty, env)).await;
     let Some(started) = started else { return };
-    let (sandbox, mut p) = match started {
+    let (sandbox, p) = match started {
         Ok(s) => s,
         Err(e) => {
             reply(&handle, id, want_reply, false).await;
@@ -598,30 +599,53 @@ async fn run_session(
     };
     reply(&handle, id, want_reply, true).await;
     let _activity = st.mgr.hold_activity(&sandbox);
-    let oom_before = st.mgr.oom_kills(&sandbox);
-    // Input the process no longer takes is dropped; its output still comes.
-    let mut stdin_open = early.is_empty() || p.write_stdin(&early).await.is_ok();
+    let (mut rd, wr) = ch.split();
+    // Three parts run at once, so that none waits on another: the process's output to
+    // the client, the client's input to the process, and the client's messages. russh
+    // stops the whole connection while a channel's messages are not taken, the output
+    // included, so they are taken as they come; input waiting for the process is held
+    // here (see `Backlog`).
+    let backlog = Arc::new(Backlog::default());
+    let (input, queue) = mpsc::unbounded_channel::<Input>();
+    let _writer = p
+        .stdin()
+        .map(|stdin| AbortOnDropHandle::new(tokio::spawn(feed(stdin, queue, backlog.clone()))));
+    let resizer = p.resizer();
+    let mut output = AbortOnDropHandle::new(tokio::spawn(send_output(
+        st.clone(),
+        sandbox,
+        p,
+        wr,
+        handle.clone(),
+        backlog.clone(),
+        gone.clone(),
+    )));
+    let push = |i: Input| {
+        if let Input::Data(d) = &i {
+            backlog.add(d.len());
+        }
+        let _ = input.send(i);
+    };
+    if !early.is_empty() {
+        push(Input::Data(early));
+    }
+    // A terminal has no end of input: the program reads ^D as the user types it.
     if early_eof && tty.is_none() {
-        let _ = p.close_stdin().await;
+        push(Input::Eof);
     }
     let mut ended = gone.clone();
     loop {
         tokio::select! {
-            msg = ch.wait() => match msg {
-                Some(ChannelMsg::Data { data }) => {
-                    if stdin_open && p.write_stdin(&data).await.is_err() {
-                        stdin_open = false;
-                    }
-                }
-                // A terminal has no end of input: the program reads ^D as the user types it.
+            msg = rd.wait(), if !backlog.full() => match msg {
+                Some(ChannelMsg::Data { data }) => push(Input::Data(data.to_vec())),
                 Some(ChannelMsg::Eof) => {
                     if tty.is_none() {
-                        let _ = p.close_stdin().await;
+                        push(Input::Eof);
                     }
                 }
                 Some(ChannelMsg::WindowChange { col_width, row_height, .. }) => {
                     if let (Some(s), Some(_)) = (size(col_width, row_height), tty) {
-                        let _ = p.resize(s).await;
+                        let _ = resizer.resize(s).await;
                     }
                 }
                 Some(
@@ -631,49 +655,165 @@ async fn run_session(
                 Some(ChannelMsg::Close) | None => return,
                 Some(_) => {}
             },
-            ev = p.next() => match ev {
-                Ok(ProcessEvent::Stdout(d)) => {
-                    if !matches!(unless_gone(&mut gone, ch.data_bytes(Bytes::from(d))).await, Some(Ok(()))) {
-                        return;
-                    }
-                }
-                Ok(ProcessEvent::Stderr(d)) => {
-                    let sent = unless_gone(&mut gone, ch.extended_data_bytes(1, Bytes::from(d))).await;
-                    if !matches!(sent, Some(Ok(()))) {
-                        return;
-                    }
-                }
-                Ok(ProcessEvent::Exited(s)) => {
-                    match (s.code, s.signal) {
-                        (Some(code), _) => {
-                            let _ = ch.exit_status(code as u32).await;
-                        }
-                        (None, Some(sig)) => {
-                            let oom = oom_killed(&s, oom_before, st.mgr.oom_kills(&sandbox));
-                            let why = if oom { "killed: out of memory" } else { "" };
-                            let _ = handle
-                                .exit_signal_request(id, signal(sig), false, why.into(), String::new())
-                                .await;
-                        }
-                        (None, None) => {
-                            let _ = ch.exit_status(255).await;
-                        }
-                    }
-                    break;
-                }
-                Err(e) => {
-                    let e = Error::from(e);
-                    let message = Bytes::from(format!("warren: {}\r\n", e.body().message));
-                    let _ = unless_gone(&mut gone, ch.extended_data_bytes(1, message)).await;
-                    let _ = ch.exit_status(255).await;
-                    break;
-                }
-            },
+            // Input waits: look again once some is taken, or the output may be stuck.
+            _ = backlog.changed(), if backlog.full() => {}
+            _ = &mut output => return,
             _ = ends(&mut ended) => return,
         }
     }
-    let _ = ch.eof().await;
-    let _ = ch.close().await;
+}
+
+/// The process's output to the client, then its exit status; the channel ends after.
+async fn send_output(
+    st: AppState,
+    sandbox: String,
+    mut p: Followed,
+    wr: russh::ChannelWriteHalf<Msg>,
+    handle: Handle,
+    backlog: Arc<Backlog>,
+    mut gone: watch::Receiver<bool>,
+) {
+    let id = wr.id();
+    let oom_before = st.mgr.oom_kills(&sandbox);
+    loop {
+        let ev = p.next().await;
+        let sent = match ev {
+            Ok(ProcessEvent::Stdout(d)) => {
+                let _sending = backlog.sending();
+                unless_gone(&mut gone, wr.data_bytes(Bytes::from(d))).await
+            }
+            Ok(ProcessEvent::Stderr(d)) => {
+                let _sending = backlog.sending();
+                unless_gone(&mut gone, wr.extended_data_bytes(1, Bytes::from(d))).await
+            }
+            Ok(ProcessEvent::Exited(s)) => {
+                match (s.code, s.signal) {
+                    (Some(code), _) => {
+                        let _ = wr.exit_status(code as u32).await;
+                    }
+                    (None, Some(sig)) => {
+                        let oom = oom_killed(&s, oom_before, st.mgr.oom_kills(&sandbox));
+                        let why = if oom { "killed: out of memory" } else { "" };
+                        let _ = handle
+                            .exit_signal_request(id, signal(sig), false, why.into(), String::new())
+                            .await;
+                    }
+                    (None, None) => {
+                        let _ = wr.exit_status(255).await;
+                    }
+                }
+                break;
+            }
+            Err(e) => {
+                let e = Error::from(e);
+                let message = Bytes::from(format!("warren: {}\r\n", e.body().message));
+                let _ = unless_gone(&mut gone, wr.extended_data_bytes(1, message)).await;
+                let _ = wr.exit_status(255).await;
+                break;
+            }
+        };
+        if !matches!(sent, Some(Ok(()))) {
+            return;
+        }
+    }
+    let _ = wr.eof().await;
+    let _ = wr.close().await;
+}
+
+/// Writes the client's input to the process's stdin, in order.
+async fn feed(stdin: Stdin, mut queue: mpsc::UnboundedReceiver<Input>, backlog: Arc<Backlog>) {
+    // Input the process no longer takes is dropped; its output still comes.
+    let mut open = true;
+    while let Some(i) = queue.recv().await {
+        match i {
+            Input::Data(d) => {
+                if open {
+                    open = stdin.write(&d).await.is_ok();
+                }
+                backlog.taken(d.len());
+            }
+            Input::Eof => {
+                let _ = stdin.close().await;
+            }
+        }
+    }
+}
+
+/// Input read from the client that the process has not taken yet.
+///
+/// Reading from the client stops once [`PAUSE_BACKLOG`] waits (russh then stops reading
+/// the connection, and TCP slows the client down), unless the output has been waiting
+/// to be sent for [`STUCK`]: russh may then be stopped on this very channel, and the
+/// output cannot go until its messages are taken; they are, up to [`MAX_BACKLOG`] held.
+#[derive(Debug, Default)]
+struct Backlog {
+    bytes: AtomicUsize,
+    /// When the output began waiting to be sent, in ms since `BASE`; 0 when it is not.
+    sending_since: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
+}
+
+/// What [`Backlog::sending`] returns: the send it marks ends when it is dropped.
+struct Sending<'a>(&'a Backlog);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending_since.store(0, Ordering::Release);
+    }
+}
+
+impl Backlog {
+    fn now_ms() -> u64 {
+        static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let base = *BASE.get_or_init(std::time::Instant::now);
+        u64::try_from(base.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+    }
+
+    fn taken(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.changed.notify_one();
+    }
+
+    fn sending(&self) -> Sending<'_> {
+        self.sending_since.store(Self::now_ms(), Ordering::Release);
+        self.changed.notify_one();
+        Sending(self)
+    }
+
+    fn output_stuck(&self) -> bool {
+        let since = self.sending_since.load(Ordering::Acquire);
+        since != 0 && Self::now_ms().saturating_sub(since) >= STUCK.as_millis() as u64
+    }
+
+    /// Whether to stop taking the client's messages for now.
+    fn full(&self) -> bool {
+        let held = self.bytes.load(Ordering::Acquire);
+        held >= MAX_BACKLOG || (held >= PAUSE_BACKLOG && !self.output_stuck())
+    }
+
+    /// Resolves when input was taken, or after a while (the output may be stuck by then).
+    async fn changed(&self) {
+        let _ = tokio::time::timeout(STUCK, self.changed.notified()).await;
+    }
+}
+
+/// Input held for a process before the client's messages wait.
+const PAUSE_BACKLOG: usize = 4 << 20;
+/// Most input held for a process whose output is stuck.
+const MAX_BACKLOG: usize = 64 << 20;
+/// How long output waits to be sent before it counts as stuck.
+const STUCK: Duration = Duration::from_millis(50);
+
+/// What the client sends a session's process, in order.
+enum Input {
+    Data(Vec<u8>),
+    Eof,
 }
 
 /// Serves the SFTP subsystem on a session channel, in the login's sandbox, as the

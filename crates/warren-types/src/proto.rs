@@ -482,6 +482,10 @@ pub enum Request {
     Signal {
         pid: u32,
         signal: i32,
+        /// To the process's whole group: a process the agent started leads its own, so
+        /// this reaches what it started too (a shell's children).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        group: bool,
     },
     Resize {
         pid: u32,

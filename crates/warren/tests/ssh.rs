@@ -181,6 +181,54 @@ fn an_owner_signs_in_with_a_key_and_lands_in_the_named_sandbox() {
     let input = vec![b'x'; 300_000];
     let o = client.run_with_input(&alice, "alice+lab", &[], &["wc -c"], &input);
     assert_eq!(stdout(&o).trim(), "300000", "{}", stderr(&o));
+    // Both ways at once: 32 MiB through `cat`, its output coming back while input still
+    // goes in (a gateway that waits on the input while the output fills stalls here).
+    let input: Vec<u8> = (0u32..32 << 20).map(|i| (i % 251) as u8).collect();
+    let o = client.run_with_input(&alice, "alice+lab", &[], &["timeout 300 cat"], &input);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.stdout.len(), input.len());
+    assert!(o.stdout == input, "cat's output differs from its input");
+
+    // A client that leaves takes its command with it, and what the command started.
+    let mut gone = client
+        .ssh(
+            &alice,
+            "alice+lab",
+            &[],
+            &["sleep 3210 & sleep 3211; echo never"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ssh");
+    let sleeps = || {
+        let (_, out) = d.exec(
+            "alice%2Flab",
+            "for p in /proc/[0-9]*; do [ \"$(cat $p/comm 2>/dev/null)\" = sleep ] && \
+             tr '\\0' ' ' < $p/cmdline && echo; done | sort | tr -s ' \\n' ' '",
+        );
+        out
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sleeps().trim() != "sleep 3210 sleep 3211" {
+        assert!(
+            Instant::now() < deadline,
+            "the command never started: {}",
+            sleeps()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gone.kill().unwrap();
+    gone.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sleeps().trim().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left running after the client left: {}",
+            sleeps()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // A shell on a terminal of the size the client asked for.
     let o = client.run_with_input(
