@@ -73,6 +73,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// What the caller named is not there (a port a sandbox does not publish, a process
+    /// it does not have): refused as the daemon refuses what it cannot find.
+    pub fn not_found(message: String) -> Self {
+        Self::Api {
+            code: WireCode::NotFound.as_str().into(),
+            message,
+        }
+    }
+
     /// The CLI's exit status for this error: 1 when the daemon said no, 125 when it could
     /// not be asked.
     pub fn exit_code(&self) -> u8 {

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod logs;
 pub mod ls;
 pub mod pause;
+pub mod port;
 pub mod ps;
 pub mod resume;
 pub mod rm;

@@ -86,6 +86,14 @@ fn parse_volume(s: &str) -> Result<VolumeMount, String> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let sandbox = args.sandbox.settings()?;
+    if let Some(p) = sandbox.publish.iter().find(|p| p.host == 0) {
+        return Err(crate::client::Error::Invalid(format!(
+            "-p {}: `warren run` has no daemon to choose a host port; write \
+             HOSTPORT:PORT, e.g. -p 8080:{}",
+            p.sandbox, p.sandbox
+        ))
+        .into());
+    }
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!(
             "`warren run` makes the sandbox itself (namespaces, cgroups, mounts) and needs \
