@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{can_run, stderr};
+use common::{can_run, stderr, stdout};
 use trust::{my_turn, Daemon};
 
 fn code(o: &Output) -> Option<i32> {
@@ -97,5 +97,117 @@ fn port_lists_published_ports_and_their_host_addresses() {
     // A sandbox that publishes nothing lists nothing.
     d.create(&["--name", "quiet", "--no-home"]);
     assert_eq!(d.ok(&["port", "quiet"]), "");
+    d.finish();
+}
+
+/// Waits until `warren ps SANDBOX` shows `pid` ended.
+fn wait_ended(d: &Daemon, key: &str, pid: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let list: serde_json::Value = serde_json::from_str(&d.ok(&["ps", "--json", key])).unwrap();
+        let ended = list.as_array().unwrap().iter().any(|p| {
+            p["pid"].as_u64().map(|p| p.to_string()).as_deref() == Some(pid) && !p["exit"].is_null()
+        });
+        if ended {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{pid} did not end: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn logs_shows_and_follows_a_process_and_events_keeps_the_lifecycle() {
+    if !can_run("logs_shows_and_follows_a_process_and_events_keeps_the_lifecycle") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    d.create(&["--name", "lab", "--no-home"]);
+    let o = d.run(&["logs", "lab"]);
+    assert_eq!(code(&o), Some(1), "no process yet: {}", stderr(&o));
+    assert!(stderr(&o).contains("(not_found)"), "{}", stderr(&o));
+
+    // A process still running (its stdin open, unwritten): what it has written so far, stdout and stderr apart,
+    // and the command returns while the process goes on.
+    let pid = d
+        .ok(&[
+            "exec",
+            "-d",
+            "-i",
+            "lab",
+            "--",
+            "sh",
+            "-c",
+            "echo one; echo oops >&2; read never",
+        ])
+        .trim()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let o = loop {
+        let o = d.run(&["logs", "lab", &pid]);
+        if stdout(&o) == "one\n" || Instant::now() > deadline {
+            break o;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(code(&o), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "one\n");
+    assert_eq!(stderr(&o), "oops\n");
+    // Its only process is the sandbox's main one.
+    assert_eq!(d.ok(&["logs", "lab"]), "one\n");
+
+    // -f follows to the end.
+    let follower = d
+        .warren(&["logs", "-f", "lab", &pid])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    d.ok(&["exec", "lab", "--", "kill", &pid]);
+    let o = follower.wait_with_output().unwrap();
+    assert_eq!(code(&o), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "one\n");
+
+    // An ended process: its output is still there, as often as asked.
+    let done = d
+        .ok(&["exec", "-d", "lab", "--", "sh", "-c", "seq 3"])
+        .trim()
+        .to_string();
+    wait_ended(&d, "lab", &done);
+    assert_eq!(d.ok(&["logs", "lab", &done]), "1\n2\n3\n");
+    assert_eq!(d.ok(&["logs", "lab", &done]), "1\n2\n3\n");
+    assert_eq!(d.ok(&["logs", "-f", "lab", &done]), "1\n2\n3\n");
+    let o = d.run(&["logs", "lab", "99999"]);
+    assert_eq!(code(&o), Some(1));
+    assert!(stderr(&o).contains("no process 99999"), "{}", stderr(&o));
+
+    // The lifecycle is `events SANDBOX`; with -f it goes on with what follows.
+    let mut live = d
+        .warren(&["events", "-f", "lab"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    d.ok(&["pause", "lab"]);
+    d.ok(&["resume", "lab"]);
+    let history = d.ok(&["events", "lab"]);
+    assert!(
+        history.lines().next().unwrap().contains("created"),
+        "{history}"
+    );
+    assert!(history.contains("paused"), "{history}");
+    std::thread::sleep(Duration::from_millis(500));
+    live.kill().unwrap();
+    let seen = stdout(&live.wait_with_output().unwrap());
+    for kind in ["created", "paused", "resumed"] {
+        assert_eq!(
+            seen.lines().filter(|l| l.contains(kind)).count(),
+            1,
+            "{kind} once:\n{seen}"
+        );
+    }
+    let o = d.run(&["events", "-f"]);
+    assert_eq!(code(&o), Some(2), "-f needs a sandbox: {}", stderr(&o));
     d.finish();
 }

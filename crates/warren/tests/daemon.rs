@@ -182,7 +182,7 @@ fn a_sandbox_lives_through_exec_pause_stop_and_rm() {
     d.ok(&["start", id]);
     assert_eq!(d.ok(&["exec", "lab", "--", "cat", "/tmp/kept"]), "kept\n");
 
-    let logs = d.ok(&["logs", "lab"]);
+    let logs = d.ok(&["events", "lab"]);
     for kind in ["created", "paused", "resumed", "stopped", "started"] {
         assert!(logs.contains(kind), "no {kind} in the log:\n{logs}");
     }
@@ -300,6 +300,7 @@ fn a_tenant_cannot_see_or_touch_another_tenants_sandbox() {
         vec!["inspect", theirs],
         vec!["inspect", "default/secret"],
         vec!["exec", theirs, "--", "true"],
+        vec!["events", theirs],
         vec!["logs", theirs],
         vec!["pause", theirs],
         vec!["stop", theirs],
@@ -356,7 +357,7 @@ fn sandboxes_outlive_a_daemon_killed_with_sigkill() {
         d.ok(&["exec", "survivor", "--", "cat", "/tmp/mark"]),
         "before\n"
     );
-    let logs = d.ok(&["logs", id]);
+    let logs = d.ok(&["events", id]);
     assert!(logs.contains("adopted"), "{logs}");
     d.finish();
 }
