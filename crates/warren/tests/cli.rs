@@ -211,3 +211,131 @@ fn logs_shows_and_follows_a_process_and_events_keeps_the_lifecycle() {
     assert_eq!(code(&o), Some(2), "-f needs a sandbox: {}", stderr(&o));
     d.finish();
 }
+
+/// Waits until `warren logs ARGS` prints `want` (a detached command writes it soon).
+fn logs_become(d: &Daemon, args: &[&str], want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let o = d.run(&[&["logs"], args].concat());
+        if stdout(&o) == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "logs {args:?}: wanted {want:?}, got {:?} ({})",
+            stdout(&o),
+            stderr(&o)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A template as an image import records it: the host's files, and the image's
+/// `Entrypoint` and `Cmd` as one command.
+fn image_like_template(d: &Daemon, name: &str, cmd: &[&str]) {
+    let dir = d.data_dir().join("templates").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let meta = serde_json::json!({
+        "name": name,
+        "kind": "image",
+        "source": "a test's fixture",
+        "layers": [],
+        "host_base": true,
+        "env": {"GREETING": "hello from the image"},
+        "cmd": cmd,
+        "created_at": 0,
+    });
+    std::fs::write(dir.join("template.json"), meta.to_string()).unwrap();
+}
+
+#[test]
+fn run_d_leaves_a_named_sandbox_running_its_command() {
+    if !can_run("run_d_leaves_a_named_sandbox_running_its_command") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    // The id comes back at once; the command goes on in the sandbox, which has the name.
+    let o = d.run(&[
+        "run",
+        "-d",
+        "--name",
+        "job",
+        "-e",
+        "WHO=docker",
+        "--",
+        "sh",
+        "-c",
+        "echo started $WHO; exec sleep 60",
+    ]);
+    assert_eq!(code(&o), Some(0), "{}", stderr(&o));
+    let id = stdout(&o).trim().to_string();
+    d.saw(&id);
+    assert_eq!(d.ok(&["ls", "-q"]).trim(), id);
+    let info: serde_json::Value = serde_json::from_str(&d.ok(&["inspect", "job"])).unwrap();
+    assert_eq!(info["id"], id.as_str());
+    assert_eq!(info["state"], "running");
+    logs_become(&d, &["job"], "started docker\n");
+    // -e is the sandbox's: later execs see it too.
+    assert_eq!(
+        d.ok(&["exec", "job", "--", "sh", "-c", "echo $WHO"]),
+        "docker\n"
+    );
+    let ps = d.ok(&["ps", "job"]);
+    assert!(ps.contains("running") && ps.contains("sleep 60"), "{ps}");
+
+    // The template's command when none is given; --entrypoint instead of it.
+    image_like_template(&d, "img", &["/bin/sh", "-c", "echo $GREETING"]);
+    let img = d.ok(&["run", "-d", "--template", "img"]).trim().to_string();
+    d.saw(&img);
+    logs_become(&d, &[&img], "hello from the image\n");
+    let ep = d
+        .ok(&[
+            "run",
+            "-d",
+            "--template",
+            "img",
+            "--entrypoint",
+            "echo",
+            "--",
+            "instead",
+        ])
+        .trim()
+        .to_string();
+    d.saw(&ep);
+    logs_become(&d, &[&ep], "instead\n");
+    // Without -d too, the template's command runs, with its status.
+    let o = d.run(&["run", "--rm", "--template", "img"]);
+    assert_eq!(code(&o), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "hello from the image\n");
+    let o = d.run(&["run", "--rm", "--entrypoint", "sh", "--", "-c", "exit 7"]);
+    assert_eq!(code(&o), Some(7), "{}", stderr(&o));
+
+    // With no command anywhere, the sandbox waits for `warren exec`.
+    let idle = d.ok(&["run", "-d", "--name", "idle"]).trim().to_string();
+    d.saw(&idle);
+    assert_eq!(d.ok(&["exec", "idle", "--", "echo", "here"]), "here\n");
+    assert_eq!(
+        d.ok(&["ps", "idle"]).lines().count(),
+        1,
+        "no process but the header"
+    );
+
+    // A command that cannot start leaves no sandbox behind; a taken name is the
+    // daemon's refusal; what needs -d says so.
+    let before = d.ok(&["ls", "-q"]);
+    let o = d.run(&["run", "-d", "--", "no-such-command"]);
+    assert_eq!(code(&o), Some(127), "{}", stderr(&o));
+    assert_eq!(d.ok(&["ls", "-q"]), before, "{}", stderr(&o));
+    let o = d.run(&["run", "-d", "--name", "job"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(name_taken)"), "{}", stderr(&o));
+    let o = d.run(&["run", "--name", "x", "--", "true"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    let o = d.run(&["run", "-d", "--rm", "--", "true"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    let o = d.run(&["run", "-d", "-v", "data:/data", "--", "true"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("named volumes"), "{}", stderr(&o));
+    d.finish();
+}
