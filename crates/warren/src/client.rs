@@ -44,10 +44,20 @@ pub struct ClientArgs {
     /// from WARREN_API_KEY.
     #[arg(long, env = "WARREN_HOST", value_name = "URL")]
     pub host: Option<String>,
-    /// The tenant to act for on the unix socket [default: default]. Over TCP the API key
-    /// decides.
-    #[arg(long, env = "WARREN_TENANT")]
+    /// The tenant to act for on the unix socket [default: `warren --tenant`, else
+    /// WARREN_TENANT, else default]. Over TCP the API key decides.
+    #[arg(long)]
     pub tenant: Option<String>,
+}
+
+/// `warren --tenant` (or WARREN_TENANT): the tenant of every verb that names none.
+static DEFAULT_TENANT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the tenant of every verb that names none; the first call wins.
+pub fn set_default_tenant(tenant: Option<String>) {
+    if let Some(t) = tenant {
+        let _ = DEFAULT_TENANT.set(t);
+    }
 }
 
 /// Why a call to the daemon failed.
@@ -125,7 +135,10 @@ impl Client {
             .filter(|k| !k.is_empty());
         Ok(Self {
             target,
-            tenant: args.tenant.clone(),
+            tenant: args
+                .tenant
+                .clone()
+                .or_else(|| DEFAULT_TENANT.get().cloned()),
             api_key,
         })
     }

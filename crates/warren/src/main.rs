@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod format;
 mod parse;
 mod term;
 
@@ -14,6 +15,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "warren", version, about, max_term_width = 100)]
 struct Cli {
+    /// The tenant every verb acts for on the daemon's unix socket [default: default]; a
+    /// verb's own --tenant wins. Over TCP the API key decides.
+    #[arg(long, env = "WARREN_TENANT", value_name = "TENANT")]
+    tenant: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -97,6 +102,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    client::set_default_tenant(cli.tenant);
     let r = match cli.command {
         Command::Run(a) => commands::run::run(*a),
         Command::Serve(a) => commands::serve::run(a),

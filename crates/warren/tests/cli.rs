@@ -339,3 +339,92 @@ fn run_d_leaves_a_named_sandbox_running_its_command() {
     assert!(stderr(&o).contains("named volumes"), "{}", stderr(&o));
     d.finish();
 }
+
+#[test]
+fn format_picks_fields_and_tenant_before_the_verb_applies_to_every_verb() {
+    if !can_run("format_picks_fields_and_tenant_before_the_verb_applies_to_every_verb") {
+        return;
+    }
+    let _turn = my_turn();
+    let mut d = Daemon::start(false);
+    d.tenants.push("acme".into());
+    let id = d.create(&[
+        "--name",
+        "lab",
+        "--no-home",
+        "--memory",
+        "256M",
+        "--label",
+        "team=ml",
+    ]);
+    assert_eq!(
+        d.ok(&[
+            "ls",
+            "--format",
+            r"{{.id}}\t{{.name}}\t{{.resources.memory}}\t{{.labels.team}}"
+        ]),
+        format!("{id}\tlab\t268435456\tml\n")
+    );
+    assert_eq!(
+        d.ok(&["inspect", "--format", "{{.state}} {{json .labels}}", "lab"]),
+        "running {\"team\":\"ml\"}\n"
+    );
+    let pid = d.ok(&["exec", "-d", "lab", "--", "sleep", "30"]);
+    assert_eq!(
+        d.ok(&[
+            "ps",
+            "lab",
+            "--format",
+            "{{.pid}} {{.background}} {{.exit}}|"
+        ]),
+        format!("{} true |\n", pid.trim())
+    );
+    assert_eq!(
+        d.ok(&["stats", "lab", "--format", "{{.sandbox}} {{.name}}"]),
+        format!("{id} lab\n")
+    );
+    let templates = d.ok(&["template", "ls", "--format", "{{.name}}:{{.kind}}"]);
+    assert!(
+        templates.lines().any(|l| l == "host:builtin"),
+        "{templates}"
+    );
+    // What the template cannot say is a usage error naming what it can.
+    let o = d.run(&["ls", "--format", "{{id}}"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("{{.field}}"), "{}", stderr(&o));
+    let o = d.run(&["ls", "--format", "{{.id}}", "--json"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+
+    // `warren --tenant T VERB` acts for T, as WARREN_TENANT does; a verb's own wins.
+    let theirs = d
+        .ok(&["--tenant", "acme", "create", "--name", "lab", "--no-home"])
+        .trim()
+        .to_string();
+    d.saw(&theirs);
+    assert_ne!(theirs, id);
+    assert_eq!(d.ok(&["--tenant", "acme", "ls", "-q"]).trim(), theirs);
+    assert_eq!(d.ok(&["ls", "-q"]).trim(), id);
+    let o = d
+        .warren(&["ls", "-q"])
+        .env("WARREN_TENANT", "acme")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&o).trim(), theirs, "{}", stderr(&o));
+    assert_eq!(
+        d.ok(&["--tenant", "acme", "ls", "-q", "--tenant", "default"])
+            .trim(),
+        id
+    );
+    assert_eq!(
+        d.ok(&["--tenant", "acme", "inspect", "--format", "{{.id}}", "lab"])
+            .trim(),
+        theirs
+    );
+    assert_eq!(
+        d.ok(&["--tenant", "acme", "exec", "lab", "--", "echo", "acme's"]),
+        "acme's\n"
+    );
+    d.ok(&["--tenant", "acme", "rm", "lab"]);
+    assert_eq!(d.ok(&["--tenant", "acme", "ls", "-q"]), "");
+    d.finish();
+}

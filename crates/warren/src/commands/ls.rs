@@ -7,6 +7,7 @@ use hyper::Method;
 use warren_types::api::{SandboxInfo, SandboxState};
 
 use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::format::{parse_format, Format};
 use crate::parse::parse_pair;
 
 /// List sandboxes.
@@ -27,6 +28,10 @@ pub struct LsArgs {
     /// Print the list as JSON, every field the daemon gives.
     #[arg(long, conflicts_with = "quiet")]
     json: bool,
+    /// Print one line per sandbox from a template of its JSON fields, e.g.
+    /// '{{.id}}\t{{.name}}\t{{.resources.memory}}' (see README, "--format").
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with_all = ["quiet", "json"])]
+    format: Option<Format>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -52,6 +57,11 @@ pub fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
         path = format!("{path}?{}", query.join("&"));
     }
     let client = Client::new(&args.client)?;
+    if let Some(f) = &args.format {
+        let list: Vec<serde_json::Value> = block_on(client.call(Method::GET, &path, None::<&()>))??;
+        out(f.render_all(&list))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
         // As the daemon sent it: fields this CLI does not know yet are kept.
         let list: serde_json::Value = block_on(client.call(Method::GET, &path, None::<&()>))??;

@@ -14,6 +14,7 @@ use warren_core::{
 };
 
 use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::format::{parse_format, Format};
 use crate::parse::parse_env;
 use warren_types::size::{parse_duration, parse_size};
 
@@ -256,6 +257,10 @@ struct LsArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Print one line per template from a template of its JSON fields, e.g.
+    /// '{{.name}} {{.size_bytes}} {{json .cmd}}' (see README, "--format").
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with = "json")]
+    format: Option<Format>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -343,6 +348,10 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
         TemplateCommand::Du(a) => {
             let client = Client::new(&a.client)?;
             let u: DiskUsage = block_on(client.call(Method::GET, "/v1/disk", None::<&()>))??;
+            if let Some(f) = &a.format {
+                out(f.render(&serde_json::to_value(&u)?))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if a.json {
                 json_out(&u)?;
                 return Ok(ExitCode::SUCCESS);
@@ -507,6 +516,14 @@ fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&a.client)?;
     let list: Vec<TemplateInfo> =
         block_on(client.call(Method::GET, "/v1/templates", None::<&()>))??;
+    if let Some(f) = &a.format {
+        let list: Vec<serde_json::Value> = list
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        out(f.render_all(&list))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if a.json {
         json_out(&list)?;
         return Ok(ExitCode::SUCCESS);
