@@ -258,8 +258,32 @@ fn twenty_parallel_get_or_creates_make_one_sandbox() {
     // no time at all.
     assert_eq!(d.ok(&["gc", "--idle-minutes", "60"]), "");
     assert_eq!(
-        d.ok(&["gc", "--idle-minutes", "0", "--dry-run"]).trim(),
+        d.ok(&["gc", "--idle-minutes", "0", "--dry-run", "-q"])
+            .trim(),
         ids[0]
+    );
+    // Without -q, what would go and why.
+    let o = d.run(&["gc", "--idle-minutes", "0", "--dry-run"]);
+    let table = stdout(&o);
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(
+        rows[0].starts_with("ID ") && rows[0].ends_with("REASON"),
+        "{table}"
+    );
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows[1].starts_with(&format!("{} ", ids[0])), "{table}");
+    assert!(
+        rows[1].contains(" x ") && rows[1].contains("running"),
+        "{table}"
+    );
+    assert!(
+        rows[1].contains("idle ") && rows[1].contains("past --idle-minutes 0"),
+        "{table}"
+    );
+    assert!(
+        stderr(&o).contains("1 sandbox(es) would be removed"),
+        "{}",
+        stderr(&o)
     );
     assert_eq!(
         d.ok(&["ls", "-q"]).trim(),

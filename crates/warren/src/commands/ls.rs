@@ -80,7 +80,7 @@ pub fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// How long ago `time` (RFC 3339) was, as `docker ps` says it: `45s`, `12m`, `3h`, `2d`.
-fn ago(time: &str, now: jiff::Timestamp) -> String {
+pub(crate) fn ago(time: &str, now: jiff::Timestamp) -> String {
     let Ok(t) = time.parse::<jiff::Timestamp>() else {
         return "-".into();
     };
@@ -115,14 +115,23 @@ fn table(list: &[SandboxInfo], now: jiff::Timestamp) -> String {
             .map(|c| crate::term::clean_line(&c)),
         );
     }
-    let mut widths = [0usize; 8];
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
+    align(&rows)
+}
+
+/// Rows of cells as columns padded to their widest cell; the last is not padded.
+pub(crate) fn align<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let mut widths = Vec::new();
+    for r in rows {
+        for (i, cell) in r.as_ref().iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
+        let r = r.as_ref();
         let mut line = String::new();
         for (i, cell) in r.iter().enumerate() {
             if i + 1 < r.len() {
