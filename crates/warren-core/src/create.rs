@@ -339,8 +339,10 @@ impl Manager {
         let id = warren_runtime::new_id().map_err(CoreError::from)?;
         let mut volumes = Vec::new();
         if req.home_volume.unwrap_or(true) {
+            let name = home_volume_name(&who.tenant, owner);
+            self.note_home_volume(&who.tenant, owner, &name)?;
             volumes.push(VolumeMount {
-                name: home_volume_name(&who.tenant, owner),
+                name,
                 target: "/home/user".into(),
                 size: req.home_size,
             });

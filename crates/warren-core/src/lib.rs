@@ -32,6 +32,7 @@ pub mod store;
 mod templates;
 mod time;
 pub mod tokens;
+mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};

@@ -53,6 +53,7 @@ enum Command {
     Doctor(commands::doctor::DoctorArgs),
     Template(commands::template::TemplateArgs),
     Snapshot(commands::snapshot::SnapshotArgs),
+    Volume(commands::volume::VolumeArgs),
     Completions(CompletionsArgs),
 }
 
@@ -133,6 +134,7 @@ fn main() -> ExitCode {
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Template(a) => commands::template::run(a),
         Command::Snapshot(a) => commands::snapshot::run(a),
+        Command::Volume(a) => commands::volume::run(a),
     };
     match r {
         Ok(code) => code,

@@ -428,3 +428,98 @@ fn format_picks_fields_and_tenant_before_the_verb_applies_to_every_verb() {
     assert_eq!(d.ok(&["--tenant", "acme", "ls", "-q"]), "");
     d.finish();
 }
+
+#[test]
+fn volume_lists_inspects_and_removes_owners_homes_but_not_one_in_use() {
+    if !can_run("volume_lists_inspects_and_removes_owners_homes_but_not_one_in_use") {
+        return;
+    }
+    let _turn = my_turn();
+    let mut d = Daemon::start(false);
+    d.tenants.push("acme".into());
+    // alice's home is of her own size; bob's of the daemon's default (2 GiB).
+    let a = d.create(&["--owner", "alice", "--name", "a", "--home-size", "64M"]);
+    let b = d.create(&["--owner", "bob", "--name", "b"]);
+    d.ok(&[
+        "exec",
+        "a",
+        "--",
+        "sh",
+        "-c",
+        "head -c 100000 /dev/zero > /home/user/blob",
+    ]);
+    d.ok(&["exec", "b", "--", "sh", "-c", "echo hi > /home/user/note"]);
+
+    let table = d.ok(&["volume", "ls"]);
+    let rows: Vec<&str> = table.lines().collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(
+        rows[0].starts_with("OWNER ") && rows[0].ends_with("MOUNTED BY"),
+        "{table}"
+    );
+    assert!(
+        rows[1].starts_with("alice ") && rows[1].contains("64.0M"),
+        "{table}"
+    );
+    assert!(rows[1].ends_with(&a), "{table}");
+    assert!(
+        rows[2].starts_with("bob ") && rows[2].ends_with(&b),
+        "{table}"
+    );
+    assert_eq!(d.ok(&["volume", "ls", "-q"]), "alice\nbob\n");
+    let info: serde_json::Value =
+        serde_json::from_str(&d.ok(&["volume", "inspect", "alice"])).unwrap();
+    assert_eq!(info["owner"], "alice");
+    assert_eq!(info["size_bytes"], 64 << 20);
+    assert_eq!(info["used_by"], serde_json::json!([a]));
+    assert!(info["used_bytes"].as_u64().unwrap() > 0, "{info}");
+    let bob = d.ok(&[
+        "volume",
+        "inspect",
+        "bob",
+        "--format",
+        "{{.size_bytes}}|{{.owner}}",
+    ]);
+    assert_eq!(bob, format!("{}|bob\n", 2u64 << 30));
+
+    // In use, even stopped: refused with what to do.
+    d.ok(&["stop", "b"]);
+    for owner in ["alice", "bob"] {
+        let o = d.run(&["volume", "rm", owner]);
+        assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("in use by") && e.contains("warren rm"), "{e}");
+        assert!(e.ends_with("(invalid_state)\n"), "{e}");
+    }
+    assert!(stderr(&d.run(&["volume", "rm", "alice"])).contains(&a));
+
+    // Another tenant's owners are other people: nothing of these is theirs.
+    assert_eq!(d.ok(&["--tenant", "acme", "volume", "ls", "-q"]), "");
+    let o = d.run(&["--tenant", "acme", "volume", "inspect", "alice"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(not_found)"), "{}", stderr(&o));
+    let o = d.run(&["--tenant", "acme", "volume", "rm", "alice"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+
+    // A volume outlives its sandboxes, files and all, until removed.
+    d.ok(&["rm", "a"]);
+    assert_eq!(d.ok(&["volume", "ls", "-q"]), "alice\nbob\n");
+    d.create(&["--owner", "alice", "--name", "again"]);
+    assert_eq!(
+        d.ok(&["exec", "again", "--", "stat", "-c", "%s", "/home/user/blob"]),
+        "100000\n"
+    );
+    d.ok(&["rm", "again"]);
+    assert_eq!(d.ok(&["volume", "rm", "alice"]), "alice\n");
+    assert_eq!(d.ok(&["volume", "ls", "-q"]), "bob\n");
+    let o = d.run(&["volume", "inspect", "alice"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    let fresh = d.create(&["--owner", "alice", "--name", "fresh"]);
+    assert_eq!(d.ok(&["exec", &fresh, "--", "ls", "-A", "/home/user"]), "");
+    let o = d.run(&["volume", "rm", "nosuch"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(not_found)"), "{}", stderr(&o));
+    let o = d.run(&["volume", "rm"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+    d.finish();
+}

@@ -28,6 +28,7 @@ pub mod start;
 pub mod stats;
 pub mod stop;
 pub mod template;
+pub mod volume;
 
 use std::process::ExitCode;
 

@@ -1,0 +1,156 @@
+//! Volumes: the owners' home volumes a tenant's sandboxes mount at `/home/user`.
+//!
+//! A home volume is kept in `$WARREN_DATA_DIR/volumes/NAME`, NAME a hash of the tenant
+//! and the owner (see [`home_volume_name`]): an ext4 image (`volume.img`, when it was
+//! made with a size) or a directory (`data`). Beside them, `volume.json` records whose
+//! it is, written when a sandbox is first made with it, so a volume is listed after its
+//! sandboxes are gone; one made before that record existed is listed while a sandbox of
+//! the tenant mounts it, and is always found by its owner's name.
+//!
+//! A volume is removed only when no sandbox that is not terminated mounts it (a stopped
+//! one mounts it again when started). The check and the removal hold the lock a create
+//! holds while it records its sandbox, so no sandbox can take the volume in between.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use warren_types::api::VolumeInfo;
+
+use crate::{home_volume_name, Caller, CoreError, Manager, Result};
+
+/// Where a home volume keeps whose it is, beside its files (never in them).
+const META: &str = "volume.json";
+
+/// The target home volumes are mounted at.
+const HOME: &str = "/home/user";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct VolumeMeta {
+    tenant: String,
+    owner: String,
+}
+
+impl Manager {
+    /// Records whose home volume `name` is, unless it is recorded already.
+    pub(crate) fn note_home_volume(&self, tenant: &str, owner: &str, name: &str) -> Result<()> {
+        let dir = self.config.paths.volume(name);
+        if dir.join(META).exists() {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| CoreError::io("create a volume", e))?;
+        let meta = VolumeMeta {
+            tenant: tenant.to_string(),
+            owner: owner.to_string(),
+        };
+        let bytes = serde_json::to_vec(&meta).expect("volume metadata serializes");
+        std::fs::write(dir.join(META), bytes).map_err(|e| CoreError::io("record a volume", e))
+    }
+
+    /// The home volumes of `who`'s owners, by owner.
+    pub async fn volumes(&self, who: &Caller) -> Result<Vec<VolumeInfo>> {
+        let mut owners = BTreeSet::new();
+        for r in self.store().list_live(Some(&who.tenant))? {
+            if r.spec.volumes.iter().any(|v| v.target == HOME) {
+                owners.insert(r.owner);
+            }
+        }
+        let root = self.config.paths.data.join("volumes");
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let Ok(bytes) = std::fs::read(e.path().join(META)) else {
+                continue;
+            };
+            if let Ok(m) = serde_json::from_slice::<VolumeMeta>(&bytes) {
+                if m.tenant == who.tenant {
+                    owners.insert(m.owner);
+                }
+            }
+        }
+        let mut list = Vec::new();
+        for owner in owners {
+            match self.volume(who, &owner).await {
+                Ok(v) => list.push(v),
+                // Recorded, but its files are gone: nothing to show.
+                Err(CoreError::Missing(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(list)
+    }
+
+    /// The home volume of `owner`.
+    pub async fn volume(&self, who: &Caller, owner: &str) -> Result<VolumeInfo> {
+        let name = home_volume_name(&who.tenant, owner);
+        let dir = self.config.paths.volume(&name);
+        if !dir.join("volume.img").exists() && !dir.join("data").exists() {
+            return Err(CoreError::Missing(format!(
+                "owner {owner:?} has no home volume; `warren volume ls` lists them"
+            )));
+        }
+        let used_by = self.mounted_by(who, &name)?;
+        let (size_bytes, used_bytes) = tokio::task::spawn_blocking(move || usage(&dir))
+            .await
+            .map_err(|e| CoreError::Backend(format!("measuring a volume failed: {e}")))?;
+        Ok(VolumeInfo {
+            owner: owner.to_string(),
+            name,
+            size_bytes,
+            used_bytes,
+            used_by,
+        })
+    }
+
+    /// Removes the home volume of `owner`, with every file in it; refused while a
+    /// sandbox mounts it.
+    pub async fn remove_volume(&self, who: &Caller, owner: &str) -> Result<()> {
+        let name = home_volume_name(&who.tenant, owner);
+        let dir = self.config.paths.volume(&name);
+        let gone = {
+            let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
+            if !dir.exists() {
+                return Err(CoreError::Missing(format!(
+                    "owner {owner:?} has no home volume; `warren volume ls` lists them"
+                )));
+            }
+            let used_by = self.mounted_by(who, &name)?;
+            if !used_by.is_empty() {
+                return Err(CoreError::InvalidState(format!(
+                    "the home volume of {owner:?} is in use by {}; remove {} first \
+                     (`warren rm {}`)",
+                    used_by.join(", "),
+                    if used_by.len() == 1 { "it" } else { "them" },
+                    used_by.join(" ")
+                )));
+            }
+            // Out of the way at once, under the lock: a create that follows makes a new
+            // volume, whatever is left to delete.
+            let gone = dir.with_file_name(format!(".removing-{name}-{}", crate::random_hex(4)?));
+            std::fs::rename(&dir, &gone).map_err(|e| CoreError::io("remove a volume", e))?;
+            gone
+        };
+        tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&gone))
+            .await
+            .map_err(|e| CoreError::Backend(format!("removing a volume failed: {e}")))?
+            .map_err(|e| CoreError::io("remove a volume", e))
+    }
+
+    /// The sandboxes of `who`'s tenant that are not terminated and mount volume `name`.
+    fn mounted_by(&self, who: &Caller, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store()
+            .list_live(Some(&who.tenant))?
+            .into_iter()
+            .filter(|r| r.spec.volumes.iter().any(|v| v.name == name))
+            .map(|r| r.id)
+            .collect())
+    }
+}
+
+/// Its size limit (an image's size; a directory has none) and the bytes it takes.
+fn usage(dir: &Path) -> (Option<u64>, u64) {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(dir.join("volume.img")) {
+        Ok(m) => (Some(m.len()), m.blocks() * 512),
+        Err(_) => (None, warren_runtime::template::dir_size(&dir.join("data"))),
+    }
+}
