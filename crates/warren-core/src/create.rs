@@ -383,6 +383,7 @@ impl Manager {
             // Checked and recorded under one lock: concurrent creates of one tenant
             // cannot each find room for themselves in the same quota.
             let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.check_volumes_free(&spec)?;
             self.check_quota(who, owner, req)?;
             self.store().insert(&record).map_err(|e| match e {
                 StoreError::NameTaken(n) => CoreError::NameTaken(n),

@@ -7,12 +7,15 @@
 //! sandboxes are gone; one made before that record existed is listed while a sandbox of
 //! the tenant mounts it, and is always found by its owner's name.
 //!
-//! A volume is removed only when no sandbox that is not terminated mounts it (a stopped
-//! one mounts it again when started). The check and the removal hold the lock a create
-//! holds while it records its sandbox, so no sandbox can take the volume in between.
+//! A volume is removed, or grown, only when no sandbox that is not terminated mounts it
+//! (a stopped one mounts it again when started). The check holds the lock a create holds
+//! while it records its sandbox, so no sandbox can take the volume in between: a removal
+//! moves it out of the way under that lock; a resize moves it aside for as long as it
+//! works, and a create that would mount it meanwhile is refused.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 use warren_types::api::VolumeInfo;
@@ -134,6 +137,78 @@ impl Manager {
             .map_err(|e| CoreError::io("remove a volume", e))
     }
 
+    /// Grows the home volume of `owner` (an ext4 image) to `size` bytes, its files kept;
+    /// refused while a sandbox mounts it.
+    pub async fn resize_volume(&self, who: &Caller, owner: &str, size: u64) -> Result<VolumeInfo> {
+        self.config.policy.check_home(size)?;
+        let name = home_volume_name(&who.tenant, owner);
+        let dir = self.config.paths.volume(&name);
+        let aside = resizing(&dir, &name);
+        let from = {
+            let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let img = dir.join("volume.img");
+            let Ok(meta) = std::fs::metadata(&img) else {
+                return Err(if dir.join("data").exists() {
+                    CoreError::Invalid(format!(
+                        "the home volume of {owner:?} is a directory: it has no size to change"
+                    ))
+                } else {
+                    CoreError::Missing(format!(
+                        "owner {owner:?} has no home volume; `warren volume ls` lists them"
+                    ))
+                });
+            };
+            let used_by = self.mounted_by(who, &name)?;
+            if !used_by.is_empty() {
+                return Err(CoreError::InvalidState(format!(
+                    "the home volume of {owner:?} is in use by {}; it can grow only when no \
+                     sandbox mounts it (`warren rm {}` first)",
+                    used_by.join(", "),
+                    used_by.join(" ")
+                )));
+            }
+            let from = meta.len();
+            if size < from {
+                return Err(CoreError::Invalid(format!(
+                    "the home volume of {owner:?} is {} MiB and can only grow: give more",
+                    from >> 20
+                )));
+            }
+            if size == from {
+                None
+            } else {
+                std::fs::rename(&dir, &aside)
+                    .map_err(|e| CoreError::io("set a volume aside", e))?;
+                Some(from)
+            }
+        };
+        if let Some(from) = from {
+            let img = aside.join("volume.img");
+            let free = warren_runtime::template::disk_commitments(&self.config.paths).free;
+            let grown = tokio::task::spawn_blocking(move || grow(&img, from, size, free))
+                .await
+                .map_err(|e| CoreError::Backend(format!("resizing a volume failed: {e}")));
+            {
+                let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
+                std::fs::rename(&aside, &dir).map_err(|e| CoreError::io("put a volume back", e))?;
+            }
+            grown??;
+        }
+        self.volume(who, owner).await
+    }
+
+    /// Refuses a sandbox whose volumes include one being resized.
+    pub(crate) fn check_volumes_free(&self, spec: &warren_types::spec::SandboxSpec) -> Result<()> {
+        for v in &spec.volumes {
+            if resizing(&self.config.paths.volume(&v.name), &v.name).exists() {
+                return Err(CoreError::InvalidState(
+                    "its home volume is being resized; try again in a moment".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// The sandboxes of `who`'s tenant that are not terminated and mount volume `name`.
     fn mounted_by(&self, who: &Caller, name: &str) -> Result<Vec<String>> {
         Ok(self
@@ -144,6 +219,59 @@ impl Manager {
             .map(|r| r.id)
             .collect())
     }
+}
+
+/// Where volume `name` (kept in `dir`) is while it is resized.
+fn resizing(dir: &Path, name: &str) -> PathBuf {
+    dir.with_file_name(format!(".resizing-{name}"))
+}
+
+/// Grows the ext4 image `img` from `from` to `to` bytes: checked first (resize2fs wants a
+/// clean filesystem), then the file, then the filesystem. A failure leaves it as it was.
+///
+/// The image is sparse, as a new one is: it may grow only as far as the data directory's
+/// free space, `free`, could back it.
+fn grow(img: &Path, from: u64, to: u64, free: u64) -> Result<()> {
+    if to - from > free {
+        return Err(CoreError::NoSpace(format!(
+            "{} MiB more were asked for and the host has {} MiB free in the data directory; \
+             ask for less or free space",
+            (to - from) >> 20,
+            free >> 20
+        )));
+    }
+    // 0: clean; 1: mended. Anything else: it is not fit to grow.
+    let check = tool(Command::new("e2fsck").args(["-f", "-p"]).arg(img))?;
+    if !matches!(check.status.code(), Some(0 | 1)) {
+        return Err(CoreError::Backend(format!(
+            "the volume's filesystem has errors e2fsck could not mend: {}",
+            String::from_utf8_lossy(&check.stdout).trim()
+        )));
+    }
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(img)
+        .map_err(|e| CoreError::io("open a volume's image", e))?;
+    file.set_len(to)
+        .map_err(|e| CoreError::io("grow a volume's image", e))?;
+    let resized = tool(Command::new("resize2fs").arg(img))?;
+    if !resized.status.success() {
+        let _ = file.set_len(from);
+        return Err(CoreError::Backend(format!(
+            "resize2fs failed: {}",
+            String::from_utf8_lossy(&resized.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Runs an e2fsprogs tool, in the C locale (its messages are read).
+fn tool(c: &mut Command) -> Result<std::process::Output> {
+    let name = c.get_program().to_string_lossy().into_owned();
+    c.env("LC_ALL", "C")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| CoreError::Backend(format!("run {name} (install e2fsprogs): {e}")))
 }
 
 /// Its size limit (an image's size; a directory has none) and the bytes it takes.

@@ -148,6 +148,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/volumes"),
     ("GET", "/v1/volumes/{owner}"),
     ("DELETE", "/v1/volumes/{owner}"),
+    ("POST", "/v1/volumes/{owner}/resize"),
 ];
 
 /// Routes served on the unix socket only.
@@ -258,7 +259,8 @@ fn build(state: AppState) -> Router {
         .route(
             "/v1/volumes/{owner}",
             get(volumes::get).delete(volumes::remove),
-        );
+        )
+        .route("/v1/volumes/{owner}/resize", post(volumes::resize));
     if state.surface == Surface::Unix {
         r = r
             .route("/v1/keys", post(sandboxes::create_key))

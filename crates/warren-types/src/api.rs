@@ -205,6 +205,14 @@ pub struct VolumeInfo {
     pub used_by: Vec<String>,
 }
 
+/// `POST /v1/volumes/{owner}/resize`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeVolume {
+    /// The new size: more than the volume's, within the daemon's largest home.
+    pub size_bytes: u64,
+}
+
 /// `POST /v1/ssh-keys`: a public key an owner signs in to the SSH gateway with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -523,3 +523,53 @@ fn volume_lists_inspects_and_removes_owners_homes_but_not_one_in_use() {
     assert_eq!(code(&o), Some(2), "{}", stderr(&o));
     d.finish();
 }
+
+#[test]
+fn volume_resize_grows_a_home_with_its_files_only_while_unmounted() {
+    if !can_run("volume_resize_grows_a_home_with_its_files_only_while_unmounted") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    d.create(&["--owner", "alice", "--name", "a", "--home-size", "32M"]);
+    d.ok(&["exec", "a", "--", "sh", "-c", "echo kept > /home/user/note"]);
+    let o = d.run(&["volume", "resize", "alice", "64M"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("in use by") && stderr(&o).ends_with("(invalid_state)\n"),
+        "{}",
+        stderr(&o)
+    );
+    d.ok(&["rm", "a"]);
+    let o = d.run(&["volume", "resize", "alice", "16M"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("can only grow"), "{}", stderr(&o));
+    let o = d.run(&["volume", "resize", "alice", "100T"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(invalid_request)"), "{}", stderr(&o));
+    let o = d.run(&["volume", "resize", "nobody", "64M"]);
+    assert_eq!(code(&o), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("(not_found)"), "{}", stderr(&o));
+
+    let row = d.ok(&["volume", "resize", "alice", "64M"]);
+    assert!(row.lines().nth(1).unwrap().contains(" 64.0M "), "{row}");
+    assert_eq!(
+        d.ok(&["volume", "inspect", "alice", "--format", "{{.size_bytes}}"]),
+        format!("{}\n", 64u64 << 20)
+    );
+    // The next sandbox of alice's finds her files, on the larger filesystem.
+    d.create(&["--owner", "alice", "--name", "b"]);
+    let seen = d.ok(&[
+        "exec",
+        "b",
+        "--",
+        "sh",
+        "-c",
+        "cat /home/user/note; df -k --output=size /home/user | tail -1",
+    ]);
+    let mut lines = seen.lines();
+    assert_eq!(lines.next(), Some("kept"), "{seen}");
+    let kib: u64 = lines.next().unwrap().trim().parse().unwrap();
+    assert!(kib > 48 << 10, "{seen}");
+    d.finish();
+}

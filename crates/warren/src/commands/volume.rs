@@ -1,5 +1,5 @@
 //! `warren volume`: the home volumes of the tenant's owners (each owner's sandboxes mount
-//! theirs at /home/user), named by owner: list, inspect, remove.
+//! theirs at /home/user), named by owner: list, inspect, grow, remove.
 //!
 //! Named volumes of `warren run -v NAME:/path` are the CLI's own, in the data directory
 //! (`$WARREN_DATA_DIR/volumes/NAME`), and not the daemon's to list.
@@ -15,6 +15,8 @@ use super::template::human;
 use crate::client::{block_on, enc, out, Client, ClientArgs};
 use crate::format::{parse_format, Format};
 use crate::term::clean_line;
+use warren_types::api::ResizeVolume;
+use warren_types::size::parse_size;
 
 /// Manage volumes: the owners' persistent homes.
 #[derive(Debug, Args)]
@@ -27,7 +29,20 @@ pub struct VolumeArgs {
 enum VolumeCommand {
     Ls(LsArgs),
     Inspect(InspectArgs),
+    Resize(ResizeArgs),
     Rm(RmArgs),
+}
+
+/// Grow an owner's home volume, its files kept (only while no sandbox mounts it).
+#[derive(Debug, Args)]
+struct ResizeArgs {
+    /// The owner whose home volume it is.
+    owner: String,
+    /// The new size, e.g. 10G: more than it has.
+    #[arg(value_parser = parse_size)]
+    size: u64,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
 /// List the home volumes of the tenant's owners.
@@ -85,6 +100,14 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<ExitCode> {
                 Some(f) => out(f.render(&v))?,
                 None => out(format!("{}\n", serde_json::to_string_pretty(&v)?))?,
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        VolumeCommand::Resize(a) => {
+            let client = Client::new(&a.client)?;
+            let path = format!("{}/resize", volume_path(&a.owner));
+            let body = ResizeVolume { size_bytes: a.size };
+            let v: VolumeInfo = block_on(client.call(Method::POST, &path, Some(&body)))??;
+            out(table(&[v]))?;
             Ok(ExitCode::SUCCESS)
         }
         VolumeCommand::Rm(a) => {
