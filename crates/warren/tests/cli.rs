@@ -179,6 +179,8 @@ fn logs_shows_and_follows_a_process_and_events_keeps_the_lifecycle() {
     assert_eq!(d.ok(&["logs", "lab", &done]), "1\n2\n3\n");
     assert_eq!(d.ok(&["logs", "lab", &done]), "1\n2\n3\n");
     assert_eq!(d.ok(&["logs", "-f", "lab", &done]), "1\n2\n3\n");
+    assert_eq!(d.ok(&["logs", "--tail", "2", "lab", &done]), "2\n3\n");
+    assert_eq!(d.ok(&["logs", "-f", "-n", "1", "lab", &done]), "3\n");
     let o = d.run(&["logs", "lab", "99999"]);
     assert_eq!(code(&o), Some(1));
     assert!(stderr(&o).contains("no process 99999"), "{}", stderr(&o));

@@ -35,6 +35,10 @@ pub struct LogsArgs {
     /// Follow the output until the process ends.
     #[arg(short, long)]
     follow: bool,
+    /// Only the last N lines of what it has written so far (then, with -f, what
+    /// follows).
+    #[arg(short = 'n', long, value_name = "N")]
+    tail: Option<usize>,
     /// The sandbox: its id, name, or owner/name.
     key: String,
     /// The process, as `warren ps` lists it [default: the one `run -d` started, else the
@@ -68,8 +72,7 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
             &format!("/processes/{}/attach?replay=true", p.pid),
         );
         let mut lines = client.lines(Method::GET, &path, None::<&()>).await?;
-        let until = (!args.follow).then_some(p.output_end);
-        show(&mut lines, until).await
+        show(&mut lines, p.output_end, args.follow, args.tail).await
     })??;
     Ok(ExitCode::SUCCESS)
 }
@@ -98,43 +101,128 @@ fn pick(procs: &[ProcessInfo], pid: Option<u32>) -> Result<&ProcessInfo, String>
     }
 }
 
-/// Prints the stream's output until the process ends, or (with `until`) until that many
-/// bytes were shown or the stream stays quiet.
-async fn show(lines: &mut crate::client::Lines, until: Option<u64>) -> Result<(), Error> {
+/// A piece of output, from the stream it was written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Chunk {
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Stdout(d) | Chunk::Stderr(d) => d,
+        }
+    }
+
+    fn print(&self) -> Result<(), Error> {
+        match self {
+            Chunk::Stdout(d) => out(d),
+            Chunk::Stderr(d) => {
+                write_stderr(d);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Prints the output the process had written when asked (`output_end` bytes, or what
+/// the buffer still holds of it: the stream is left once it stays quiet), only its last
+/// `tail` lines when given; then, with `follow`, what follows until the process ends.
+async fn show(
+    lines: &mut crate::client::Lines,
+    output_end: u64,
+    follow: bool,
+    tail: Option<usize>,
+) -> Result<(), Error> {
+    let mut shown = 0u64;
+    let mut kept = Vec::new();
+    let mut ended = false;
+    while shown < output_end {
+        let Ok(next) = tokio::time::timeout(QUIET, next_chunk(lines)).await else {
+            break;
+        };
+        let Some(chunk) = next? else {
+            ended = true;
+            break;
+        };
+        shown += chunk.bytes().len() as u64;
+        match tail {
+            Some(_) => kept.push(chunk),
+            None => chunk.print()?,
+        }
+    }
+    if let Some(n) = tail {
+        for chunk in last_lines(&kept, n) {
+            chunk.print()?;
+        }
+    }
+    if ended || !follow {
+        return Ok(());
+    }
+    while let Some(chunk) = next_chunk(lines).await? {
+        chunk.print()?;
+    }
+    Ok(())
+}
+
+/// The next piece of output; `None` once the process has ended.
+async fn next_chunk(lines: &mut crate::client::Lines) -> Result<Option<Chunk>, Error> {
     let b64 = base64::engine::general_purpose::STANDARD;
     let decode = |data: &str| {
         b64.decode(data)
             .map_err(|e| Error::Protocol(format!("output not in base64: {e}")))
     };
-    let mut shown = 0u64;
     loop {
-        if until.is_some_and(|u| shown >= u) {
-            return Ok(());
-        }
-        let next = lines.next::<ExecEvent>();
-        let ev = match until {
-            None => next.await?,
-            Some(_) => match tokio::time::timeout(QUIET, next).await {
-                Ok(ev) => ev?,
-                Err(_) => return Ok(()),
-            },
+        return match lines.next::<ExecEvent>().await? {
+            Some(ExecEvent::Stdout { data }) => Ok(Some(Chunk::Stdout(decode(&data)?))),
+            Some(ExecEvent::Stderr { data }) => Ok(Some(Chunk::Stderr(decode(&data)?))),
+            Some(ExecEvent::Error { code, message }) => Err(Error::Api { code, message }),
+            Some(ExecEvent::Exit { .. }) | None => Ok(None),
+            Some(ExecEvent::Started { .. }) => continue,
         };
-        match ev {
-            Some(ExecEvent::Stdout { data }) => {
-                let d = decode(&data)?;
-                shown += d.len() as u64;
-                out(d)?;
-            }
-            Some(ExecEvent::Stderr { data }) => {
-                let d = decode(&data)?;
-                shown += d.len() as u64;
-                write_stderr(&d);
-            }
-            Some(ExecEvent::Error { code, message }) => return Err(Error::Api { code, message }),
-            Some(ExecEvent::Exit { .. }) | None => return Ok(()),
-            Some(ExecEvent::Started { .. }) => {}
-        }
     }
+}
+
+/// The last `n` lines of the output, stdout and stderr together as they were written
+/// (an unfinished last line counts as one), each piece still on its stream.
+fn last_lines(chunks: &[Chunk], n: usize) -> Vec<Chunk> {
+    let all: Vec<u8> = chunks
+        .iter()
+        .flat_map(|c| c.bytes().iter().copied())
+        .collect();
+    let mut lines = all.iter().filter(|b| **b == b'\n').count();
+    if all.last().is_some_and(|b| *b != b'\n') {
+        lines += 1;
+    }
+    // Bytes before the first line kept: up to and including the newline that ends
+    // the last line dropped.
+    let mut skip = lines.saturating_sub(n);
+    let mut cut = 0;
+    for (i, b) in all.iter().enumerate() {
+        if skip == 0 {
+            break;
+        }
+        if *b == b'\n' {
+            skip -= 1;
+        }
+        cut = i + 1;
+    }
+    let mut kept = Vec::new();
+    let mut at = 0;
+    for c in chunks {
+        let len = c.bytes().len();
+        if at + len > cut {
+            let from = cut.saturating_sub(at);
+            let part = c.bytes()[from..].to_vec();
+            kept.push(match c {
+                Chunk::Stdout(_) => Chunk::Stdout(part),
+                Chunk::Stderr(_) => Chunk::Stderr(part),
+            });
+        }
+        at += len;
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -173,5 +261,21 @@ mod tests {
         let untagged = [proc(1, 1, None), proc(2, 2, None)];
         assert!(pick(&untagged, None).unwrap_err().contains("name its pid"));
         assert!(pick(&[], None).unwrap_err().contains("no process"));
+    }
+
+    #[test]
+    fn the_last_lines_cross_chunks_and_keep_their_streams() {
+        let out = |s: &str| Chunk::Stdout(s.as_bytes().to_vec());
+        let err = |s: &str| Chunk::Stderr(s.as_bytes().to_vec());
+        let chunks = [out("one\ntw"), out("o\n"), err("oops\n"), out("three")];
+        assert_eq!(last_lines(&chunks, 2), [err("oops\n"), out("three")]);
+        assert_eq!(
+            last_lines(&chunks, 3),
+            [out("tw"), out("o\n"), err("oops\n"), out("three")]
+        );
+        assert_eq!(last_lines(&chunks, 9), chunks);
+        assert_eq!(last_lines(&chunks, 0), []);
+        assert_eq!(last_lines(&[out("a\nb\n")], 1), [out("b\n")]);
+        assert_eq!(last_lines(&[], 3), []);
     }
 }
