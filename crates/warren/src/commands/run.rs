@@ -58,7 +58,7 @@ pub struct RunArgs {
     /// background; prints the sandbox's id (`warren logs ID` shows the command's output).
     #[arg(short, long, conflicts_with = "rm")]
     detach: bool,
-    /// A name, unique per owner, to call the sandbox by (with -d: the daemon keeps names).
+    /// A name, unique per owner, to call the sandbox by (with -d: names are the daemon's).
     #[arg(long, requires = "detach")]
     name: Option<String>,
     /// Run this program, with the arguments after `--`, instead of the template's
