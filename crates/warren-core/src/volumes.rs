@@ -73,8 +73,9 @@ impl Manager {
         for owner in owners {
             match self.volume(who, &owner).await {
                 Ok(v) => list.push(v),
-                // Recorded, but its files are gone: nothing to show.
-                Err(CoreError::Missing(_)) => {}
+                // Recorded, but its files are gone (or set aside while it is resized):
+                // nothing to show now.
+                Err(CoreError::Missing(_) | CoreError::InvalidState(_)) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -86,9 +87,7 @@ impl Manager {
         let name = home_volume_name(&who.tenant, owner);
         let dir = self.config.paths.volume(&name);
         if !dir.join("volume.img").exists() && !dir.join("data").exists() {
-            return Err(CoreError::Missing(format!(
-                "owner {owner:?} has no home volume; `warren volume ls` lists them"
-            )));
+            return Err(absent(&dir, &name, owner));
         }
         let used_by = self.mounted_by(who, &name)?;
         let (size_bytes, used_bytes) = tokio::task::spawn_blocking(move || usage(&dir))
@@ -111,9 +110,7 @@ impl Manager {
         let gone = {
             let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
             if !dir.exists() {
-                return Err(CoreError::Missing(format!(
-                    "owner {owner:?} has no home volume; `warren volume ls` lists them"
-                )));
+                return Err(absent(&dir, &name, owner));
             }
             let used_by = self.mounted_by(who, &name)?;
             if !used_by.is_empty() {
@@ -153,9 +150,7 @@ impl Manager {
                         "the home volume of {owner:?} is a directory: it has no size to change"
                     ))
                 } else {
-                    CoreError::Missing(format!(
-                        "owner {owner:?} has no home volume; `warren volume ls` lists them"
-                    ))
+                    absent(&dir, &name, owner)
                 });
             };
             let used_by = self.mounted_by(who, &name)?;
@@ -219,6 +214,19 @@ impl Manager {
             .map(|r| r.id)
             .collect())
     }
+}
+
+/// Why `owner`'s volume, to be kept in `dir`, is not there: it is being resized, or
+/// there is none.
+fn absent(dir: &Path, name: &str, owner: &str) -> CoreError {
+    if resizing(dir, name).exists() {
+        return CoreError::InvalidState(format!(
+            "the home volume of {owner:?} is being resized; try again in a moment"
+        ));
+    }
+    CoreError::Missing(format!(
+        "owner {owner:?} has no home volume; `warren volume ls` lists them"
+    ))
 }
 
 /// Where volume `name` (kept in `dir`) is while it is resized.
