@@ -290,3 +290,71 @@ fn usage(dir: &Path) -> (Option<u64>, u64) {
         Err(_) => (None, warren_runtime::template::dir_size(&dir.join("data"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An ext4 image of `size` bytes in `dir`, as a sized home volume is made; `None`
+    /// (the test says SKIPPED) where e2fsprogs is missing.
+    fn image(dir: &Path, size: u64) -> Option<PathBuf> {
+        let img = dir.join("volume.img");
+        std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0"])
+            .arg(&img)
+            .output();
+        match made {
+            Ok(o) if o.status.success() => Some(img),
+            _ => {
+                eprintln!("SKIPPED: mkfs.ext4 (e2fsprogs) is not installed");
+                None
+            }
+        }
+    }
+
+    /// Blocks times block size, as the filesystem itself counts its size.
+    fn fs_size(img: &Path) -> u64 {
+        let o = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(img)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        let field = |name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("{name} in {text}"))
+        };
+        field("Block count:") * field("Block size:")
+    }
+
+    #[test]
+    fn an_image_grows_its_file_and_its_filesystem() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(img) = image(dir.path(), 16 << 20) else {
+            return;
+        };
+        grow(&img, 16 << 20, 48 << 20, u64::MAX).unwrap();
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 48 << 20);
+        assert_eq!(fs_size(&img), 48 << 20);
+        let check = Command::new("e2fsck")
+            .args(["-f", "-n"])
+            .arg(&img)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{check:?}");
+    }
+
+    #[test]
+    fn an_image_does_not_grow_past_the_free_space() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(img) = image(dir.path(), 16 << 20) else {
+            return;
+        };
+        let e = grow(&img, 16 << 20, 64 << 20, 8 << 20).unwrap_err();
+        assert_eq!(e.code(), warren_types::api::WireCode::NoSpace, "{e}");
+        assert_eq!(std::fs::metadata(&img).unwrap().len(), 16 << 20);
+    }
+}
