@@ -263,6 +263,10 @@ fn run_d_leaves_a_named_sandbox_running_its_command() {
         "-d",
         "--name",
         "job",
+        "--owner",
+        "alice",
+        "-l",
+        "team=ml",
         "-e",
         "WHO=docker",
         "--",
@@ -277,6 +281,8 @@ fn run_d_leaves_a_named_sandbox_running_its_command() {
     let info: serde_json::Value = serde_json::from_str(&d.ok(&["inspect", "job"])).unwrap();
     assert_eq!(info["id"], id.as_str());
     assert_eq!(info["state"], "running");
+    assert_eq!(info["owner"], "alice");
+    assert_eq!(info["labels"]["team"], "ml");
     logs_become(&d, &["job"], "started docker\n");
     // -e is the sandbox's: later execs see it too.
     assert_eq!(
@@ -288,6 +294,10 @@ fn run_d_leaves_a_named_sandbox_running_its_command() {
 
     // The template's command when none is given; --entrypoint instead of it.
     image_like_template(&d, "img", &["/bin/sh", "-c", "echo $GREETING"]);
+    assert_eq!(
+        d.ok(&["template", "inspect", "img", "--format", "{{json .cmd}}"]),
+        "[\"/bin/sh\",\"-c\",\"echo $GREETING\"]\n"
+    );
     let img = d.ok(&["run", "-d", "--template", "img"]).trim().to_string();
     d.saw(&img);
     logs_become(&d, &[&img], "hello from the image\n");
@@ -329,7 +339,7 @@ fn run_d_leaves_a_named_sandbox_running_its_command() {
     let o = d.run(&["run", "-d", "--", "no-such-command"]);
     assert_eq!(code(&o), Some(127), "{}", stderr(&o));
     assert_eq!(d.ok(&["ls", "-q"]), before, "{}", stderr(&o));
-    let o = d.run(&["run", "-d", "--name", "job"]);
+    let o = d.run(&["run", "-d", "--owner", "alice", "--name", "job"]);
     assert_eq!(code(&o), Some(1), "{}", stderr(&o));
     assert!(stderr(&o).contains("(name_taken)"), "{}", stderr(&o));
     let o = d.run(&["run", "--name", "x", "--", "true"]);

@@ -35,7 +35,7 @@ use warren_types::proto::User;
 use super::flags::{SandboxFlags, SandboxSettings};
 use super::logs::MAIN_TAG;
 use crate::client::{block_on, enc, out, sandbox_path, Client, ClientArgs, Error};
-use crate::parse::{parse_env, parse_user};
+use crate::parse::{parse_env, parse_pair, parse_user};
 use warren_types::size::{parse_duration, parse_size};
 
 /// Run a command in a new sandbox.
@@ -61,6 +61,12 @@ pub struct RunArgs {
     /// A name, unique per owner, to call the sandbox by (with -d: names are the daemon's).
     #[arg(long, requires = "detach")]
     name: Option<String>,
+    /// Who the sandbox is for [default: the tenant's name] (with -d).
+    #[arg(long, requires = "detach")]
+    owner: Option<String>,
+    /// A label to find the sandbox by (KEY=VALUE; `ls --label` filters on it) (with -d).
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = parse_pair, requires = "detach")]
+    labels: Vec<(String, String)>,
     /// Run this program, with the arguments after `--`, instead of the template's
     /// command.
     #[arg(long, value_name = "PROGRAM")]
@@ -316,7 +322,9 @@ fn detached(args: RunArgs, sandbox: SandboxSettings) -> anyhow::Result<ExitCode>
         .transpose()
         .map_err(Error::Invalid)?;
     let body = CreateSandbox {
+        owner: args.owner.clone(),
         name: args.name.clone(),
+        labels: args.labels.iter().cloned().collect(),
         template: args.template.clone(),
         resources: sandbox.resource_request(),
         network: sandbox.network,

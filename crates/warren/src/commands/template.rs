@@ -33,7 +33,7 @@ enum TemplateCommand {
     Build(BuildArgs),
     Ls(LsArgs),
     /// Show a template as JSON: its layers, size, commands and backend.
-    Inspect(NameArgs),
+    Inspect(InspectArgs),
     /// Remove a template (refused while a sandbox uses it); its layers go with `gc`.
     Rm(NameArgs),
     Gc(GcArgs),
@@ -266,6 +266,18 @@ struct LsArgs {
 }
 
 #[derive(Debug, Args)]
+struct InspectArgs {
+    /// The template's name.
+    name: String,
+    /// Print one line from a template of its JSON fields, e.g. '{{json .cmd}}' (see
+    /// README, "--format").
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format)]
+    format: Option<Format>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
 struct NameArgs {
     /// The template's name.
     name: String,
@@ -319,7 +331,10 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
             let client = Client::new(&a.client)?;
             let path = format!("/v1/templates/{}", enc(&a.name));
             let t: TemplateInfo = block_on(client.call(Method::GET, &path, None::<&()>))??;
-            json_out(&t)?;
+            match &a.format {
+                Some(f) => out(f.render(&serde_json::to_value(&t)?))?,
+                None => json_out(&t)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         TemplateCommand::Rm(a) => {
