@@ -312,6 +312,7 @@ impl Conn {
                 let agent = self.agent.clone();
                 let (pid, serial) = (proc.pid, proc.serial);
                 let task_credit = credit.clone();
+                let background = exec.background;
                 let chan = self.run(ch, async move {
                     if out
                         .send(Frame::control(ch, &Response::Started { pid, serial }))
@@ -320,7 +321,11 @@ impl Conn {
                     {
                         return;
                     }
-                    if reader.follow(ch, &task_credit, &out).await {
+                    // A background process is kept, output and exit, for as long as
+                    // MAX_ENDED allows: its starter has usually gone before it ends
+                    // (what this channel sent then reached nobody), and its output is
+                    // read again and again (`warren logs`).
+                    if reader.follow(ch, &task_credit, &out).await && !background {
                         agent.procs.collect(pid);
                     }
                 });
@@ -354,8 +359,9 @@ impl Conn {
                 let credit = Arc::new(Credit::new());
                 let agent = self.agent.clone();
                 let task_credit = credit.clone();
+                let background = proc.background;
                 let chan = self.run(ch, async move {
-                    if reader.follow(ch, &task_credit, &out).await {
+                    if reader.follow(ch, &task_credit, &out).await && !background {
                         agent.procs.collect(pid);
                     }
                 });

@@ -49,7 +49,8 @@ use crate::{lock, user, Agent, Failure};
 
 /// How long a pump keeps reading a silent pipe after its process was reaped.
 const EXIT_GRACE: Duration = Duration::from_millis(100);
-/// Ended processes nobody has collected are kept (with their output) up to this many.
+/// Ended processes nobody has collected are kept (with their output) up to this many: a
+/// background process is never collected, so these are its output's last home.
 const MAX_ENDED: usize = 64;
 /// Stdin chunks queued per process before the connection stops being read.
 const STDIN_QUEUE: usize = 8;
@@ -88,7 +89,7 @@ pub(crate) struct Proc {
     pub(crate) serial: u64,
     command: Command,
     tag: Option<String>,
-    background: bool,
+    pub(crate) background: bool,
     /// A handle on the terminal master, for resizing.
     tty: Option<OwnedFd>,
     state: Mutex<State>,

@@ -201,11 +201,23 @@ async fn background_process_survives_disconnect_and_replays() {
     );
     let out = b.outcome(attach).await;
     assert_eq!(out.status.signal, Some(9));
-    // Collected by the attach that saw it end.
+    // Kept once ended, output and exit, to be read again.
     match b.request(&Request::ListProcesses).await {
-        Response::Processes { list } => assert!(list.iter().all(|p| p.pid != pid)),
+        Response::Processes { list } => {
+            let p = list.iter().find(|p| p.pid == pid).expect("still listed");
+            assert_eq!(p.exit.as_ref().and_then(|e| e.signal), Some(9));
+        }
         other => panic!("{other:?}"),
     }
+    let again = b
+        .open(&Request::Attach {
+            pid,
+            replay: true,
+            from: None,
+            serial: None,
+        })
+        .await;
+    assert_eq!(b.read_until(again, "second\n").await, "first\nsecond\n");
 }
 
 #[tokio::test]

@@ -339,8 +339,10 @@ impl Manager {
         let id = warren_runtime::new_id().map_err(CoreError::from)?;
         let mut volumes = Vec::new();
         if req.home_volume.unwrap_or(true) {
+            let name = home_volume_name(&who.tenant, owner);
+            self.note_home_volume(&who.tenant, owner, &name)?;
             volumes.push(VolumeMount {
-                name: home_volume_name(&who.tenant, owner),
+                name,
                 target: "/home/user".into(),
                 size: req.home_size,
             });
@@ -381,6 +383,7 @@ impl Manager {
             // Checked and recorded under one lock: concurrent creates of one tenant
             // cannot each find room for themselves in the same quota.
             let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.check_volumes_free(&spec)?;
             self.check_quota(who, owner, req)?;
             self.store().insert(&record).map_err(|e| match e {
                 StoreError::NameTaken(n) => CoreError::NameTaken(n),

@@ -32,6 +32,7 @@ pub mod store;
 mod templates;
 mod time;
 pub mod tokens;
+mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -1175,6 +1176,10 @@ mod tests {
         is_send(&m.terminate(who, ""));
         is_send(&m.agent(who, ""));
         is_send(&m.gc(who, Duration::ZERO, true));
+        is_send(&m.volumes(who));
+        is_send(&m.volume(who, ""));
+        is_send(&m.remove_volume(who, ""));
+        is_send(&m.resize_volume(who, "", 0));
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod templates;
 #[cfg(test)]
 mod tests;
 pub mod tls;
+mod volumes;
 
 use std::future::IntoFuture;
 use std::io;
@@ -147,6 +148,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/ssh-keys"),
     ("GET", "/v1/ssh-keys"),
     ("DELETE", "/v1/ssh-keys/{fingerprint}"),
+    ("GET", "/v1/volumes"),
+    ("GET", "/v1/volumes/{owner}"),
+    ("DELETE", "/v1/volumes/{owner}"),
+    ("POST", "/v1/volumes/{owner}/resize"),
 ];
 
 /// Routes served on the unix socket only.
@@ -252,7 +257,13 @@ fn build(state: AppState) -> Router {
         .route("/v1/disk", get(templates::disk))
         .route("/v1/backends", get(sandboxes::backends))
         .route("/v1/ssh-keys", post(ssh_keys::add).get(ssh_keys::list))
-        .route("/v1/ssh-keys/{fingerprint}", delete(ssh_keys::remove));
+        .route("/v1/ssh-keys/{fingerprint}", delete(ssh_keys::remove))
+        .route("/v1/volumes", get(volumes::list))
+        .route(
+            "/v1/volumes/{owner}",
+            get(volumes::get).delete(volumes::remove),
+        )
+        .route("/v1/volumes/{owner}/resize", post(volumes::resize));
     if state.surface == Surface::Unix {
         r = r
             .route("/v1/keys", post(sandboxes::create_key))

@@ -191,6 +191,32 @@ pub struct SandboxInfo {
     pub usage: Option<UsageSample>,
 }
 
+/// A persistent volume: an owner's home, mounted at `/home/user` in each of the owner's
+/// sandboxes (`GET /v1/volumes`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// The owner whose home it is: the volume routes name it by this.
+    pub owner: String,
+    /// Where the daemon keeps it: `$WARREN_DATA_DIR/volumes/NAME`.
+    pub name: String,
+    /// Its size when it is an ext4 image of its own (made with `home_size`); a directory
+    /// has none and takes what the disk has.
+    pub size_bytes: Option<u64>,
+    /// Bytes it takes on the host's disk.
+    pub used_bytes: u64,
+    /// The sandboxes that mount it (any not terminated: a stopped one mounts it again
+    /// when started).
+    pub used_by: Vec<String>,
+}
+
+/// `POST /v1/volumes/{owner}/resize`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ResizeVolume {
+    /// The new size: more than the volume's, within the daemon's largest home.
+    pub size_bytes: u64,
+}
+
 /// `POST /v1/ssh-keys`: a public key an owner signs in to the SSH gateway with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -610,7 +610,8 @@ pub struct ProcessInfo {
     pub tag: Option<String>,
     pub tty: bool,
     pub background: bool,
-    /// Set once it has ended (ended processes stay listed until reaped by an attach).
+    /// Set once it has ended (an ended process stays listed until a client has seen its
+    /// end; one started in the background, until 64 newer ones have ended).
     pub exit: Option<ExitStatus>,
     /// The absolute offset just past the newest output byte: how many bytes of output
     /// (stdout and stderr together) the process has produced so far.

@@ -44,10 +44,20 @@ pub struct ClientArgs {
     /// from WARREN_API_KEY.
     #[arg(long, env = "WARREN_HOST", value_name = "URL")]
     pub host: Option<String>,
-    /// The tenant to act for on the unix socket [default: default]. Over TCP the API key
-    /// decides.
-    #[arg(long, env = "WARREN_TENANT")]
+    /// The tenant to act for on the unix socket [default: `warren --tenant`, else
+    /// WARREN_TENANT, else default]. Over TCP the API key decides.
+    #[arg(long)]
     pub tenant: Option<String>,
+}
+
+/// `warren --tenant` (or WARREN_TENANT): the tenant of every verb that names none.
+static DEFAULT_TENANT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets the tenant of every verb that names none; the first call wins.
+pub fn set_default_tenant(tenant: Option<String>) {
+    if let Some(t) = tenant {
+        let _ = DEFAULT_TENANT.set(t);
+    }
 }
 
 /// Why a call to the daemon failed.
@@ -73,6 +83,15 @@ pub enum Error {
 }
 
 impl Error {
+    /// What the caller named is not there (a port a sandbox does not publish, a process
+    /// it does not have): refused as the daemon refuses what it cannot find.
+    pub fn not_found(message: String) -> Self {
+        Self::Api {
+            code: WireCode::NotFound.as_str().into(),
+            message,
+        }
+    }
+
     /// The CLI's exit status for this error: 1 when the daemon said no, 125 when it could
     /// not be asked.
     pub fn exit_code(&self) -> u8 {
@@ -116,7 +135,10 @@ impl Client {
             .filter(|k| !k.is_empty());
         Ok(Self {
             target,
-            tenant: args.tenant.clone(),
+            tenant: args
+                .tenant
+                .clone()
+                .or_else(|| DEFAULT_TENANT.get().cloned()),
             api_key,
         })
     }

@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod format;
 mod parse;
 mod term;
 
@@ -14,6 +15,10 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "warren", version, about, max_term_width = 100)]
 struct Cli {
+    /// The tenant every verb acts for on the daemon's unix socket [default: default]; a
+    /// verb's own --tenant wins. Over TCP the API key decides.
+    #[arg(long, env = "WARREN_TENANT", value_name = "TENANT")]
+    tenant: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -30,6 +35,7 @@ enum Command {
     Ls(commands::ls::LsArgs),
     Inspect(commands::inspect::InspectArgs),
     Egress(commands::egress::EgressArgs),
+    Port(commands::port::PortArgs),
     Ps(commands::ps::PsArgs),
     Stats(commands::stats::StatsArgs),
     Logs(commands::logs::LogsArgs),
@@ -47,6 +53,7 @@ enum Command {
     Doctor(commands::doctor::DoctorArgs),
     Template(commands::template::TemplateArgs),
     Snapshot(commands::snapshot::SnapshotArgs),
+    Volume(commands::volume::VolumeArgs),
     Completions(CompletionsArgs),
 }
 
@@ -96,6 +103,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    client::set_default_tenant(cli.tenant);
     let r = match cli.command {
         Command::Run(a) => commands::run::run(*a),
         Command::Serve(a) => commands::serve::run(a),
@@ -108,6 +116,7 @@ fn main() -> ExitCode {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Egress(a) => commands::egress::run(a),
         Command::Completions(a) => completions(a),
+        Command::Port(a) => commands::port::run(a),
         Command::Ps(a) => commands::ps::run(a),
         Command::Stats(a) => commands::stats::run(a),
         Command::Logs(a) => commands::logs::run(a),
@@ -125,6 +134,7 @@ fn main() -> ExitCode {
         Command::Doctor(a) => commands::doctor::run(a),
         Command::Template(a) => commands::template::run(a),
         Command::Snapshot(a) => commands::snapshot::run(a),
+        Command::Volume(a) => commands::volume::run(a),
     };
     match r {
         Ok(code) => code,

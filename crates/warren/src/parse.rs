@@ -4,19 +4,17 @@
 use warren_types::proto::User;
 use warren_types::spec::PortMap;
 
-/// `HOSTPORT:PORT`, both in 1-65535.
+/// `HOSTPORT:PORT`, both in 1-65535; `PORT` alone (or `0:PORT`) leaves the host port to
+/// the daemon, which gives the first free one of its range (`warren port` shows it).
 pub fn parse_publish(s: &str) -> Result<PortMap, String> {
-    let (h, p) = s
-        .split_once(':')
-        .ok_or_else(|| format!("{s:?}: write HOSTPORT:PORT, e.g. 8080:80"))?;
+    let (h, p) = s.split_once(':').unwrap_or(("0", s));
     let port = |x: &str| {
-        x.parse::<u16>()
-            .ok()
-            .filter(|p| *p > 0)
-            .ok_or_else(|| format!("{x:?} is not a port (1-65535)"))
+        x.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+            format!("{x:?} is not a port (1-65535); write HOSTPORT:PORT, e.g. 8080:80")
+        })
     };
     Ok(PortMap {
-        host: port(h)?,
+        host: if h == "0" { 0 } else { port(h)? },
         sandbox: port(p)?,
     })
 }
@@ -69,7 +67,16 @@ mod tests {
                 sandbox: 80
             }
         );
-        for bad in ["80", "0:80", "80:70000", "a:b"] {
+        for given in ["80", "0:80"] {
+            assert_eq!(
+                parse_publish(given).unwrap(),
+                PortMap {
+                    host: 0,
+                    sandbox: 80
+                }
+            );
+        }
+        for bad in ["80:0", ":80", "80:70000", "a:b", "70000"] {
             assert!(parse_publish(bad).is_err(), "{bad:?}");
         }
     }

@@ -182,7 +182,7 @@ fn a_sandbox_lives_through_exec_pause_stop_and_rm() {
     d.ok(&["start", id]);
     assert_eq!(d.ok(&["exec", "lab", "--", "cat", "/tmp/kept"]), "kept\n");
 
-    let logs = d.ok(&["logs", "lab"]);
+    let logs = d.ok(&["events", "lab"]);
     for kind in ["created", "paused", "resumed", "stopped", "started"] {
         assert!(logs.contains(kind), "no {kind} in the log:\n{logs}");
     }
@@ -258,8 +258,32 @@ fn twenty_parallel_get_or_creates_make_one_sandbox() {
     // no time at all.
     assert_eq!(d.ok(&["gc", "--idle-minutes", "60"]), "");
     assert_eq!(
-        d.ok(&["gc", "--idle-minutes", "0", "--dry-run"]).trim(),
+        d.ok(&["gc", "--idle-minutes", "0", "--dry-run", "-q"])
+            .trim(),
         ids[0]
+    );
+    // Without -q, what would go and why.
+    let o = d.run(&["gc", "--idle-minutes", "0", "--dry-run"]);
+    let table = stdout(&o);
+    let rows: Vec<&str> = table.lines().collect();
+    assert!(
+        rows[0].starts_with("ID ") && rows[0].ends_with("REASON"),
+        "{table}"
+    );
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(rows[1].starts_with(&format!("{} ", ids[0])), "{table}");
+    assert!(
+        rows[1].contains(" x ") && rows[1].contains("running"),
+        "{table}"
+    );
+    assert!(
+        rows[1].contains("idle ") && rows[1].contains("past --idle-minutes 0"),
+        "{table}"
+    );
+    assert!(
+        stderr(&o).contains("1 sandbox(es) would be removed"),
+        "{}",
+        stderr(&o)
     );
     assert_eq!(
         d.ok(&["ls", "-q"]).trim(),
@@ -300,6 +324,7 @@ fn a_tenant_cannot_see_or_touch_another_tenants_sandbox() {
         vec!["inspect", theirs],
         vec!["inspect", "default/secret"],
         vec!["exec", theirs, "--", "true"],
+        vec!["events", theirs],
         vec!["logs", theirs],
         vec!["pause", theirs],
         vec!["stop", theirs],
@@ -356,7 +381,7 @@ fn sandboxes_outlive_a_daemon_killed_with_sigkill() {
         d.ok(&["exec", "survivor", "--", "cat", "/tmp/mark"]),
         "before\n"
     );
-    let logs = d.ok(&["logs", id]);
+    let logs = d.ok(&["events", id]);
     assert!(logs.contains("adopted"), "{logs}");
     d.finish();
 }

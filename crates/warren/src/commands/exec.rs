@@ -52,7 +52,8 @@ pub struct ExecArgs {
     /// Kill the command (and everything it started) after this long, e.g. 30s.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// Run in the background and print its pid; `warren attach` follows it later.
+    /// Run in the background and print its pid; `warren logs` shows its output later,
+    /// `warren attach` follows it (with -i, typing into it).
     #[arg(short, long)]
     detach: bool,
     /// The sandbox: its id, name, or owner/name.

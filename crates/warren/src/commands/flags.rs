@@ -32,8 +32,9 @@ pub struct SandboxFlags {
     /// this host offers) [default: the daemon's]
     #[arg(long, value_name = "BACKEND", env = "WARREN_ISOLATION")]
     isolation: Option<Isolation>,
-    /// Forward 127.0.0.1:HOSTPORT on the host to PORT in the sandbox.
-    #[arg(short, long = "publish", value_name = "HOSTPORT:PORT", value_parser = parse_publish)]
+    /// Forward 127.0.0.1:HOSTPORT on the host to PORT in the sandbox; a daemon's sandbox
+    /// may leave HOSTPORT out to be given a free one (`warren port` shows it).
+    #[arg(short, long = "publish", value_name = "[HOSTPORT:]PORT", value_parser = parse_publish)]
     publish: Vec<PortMap>,
 }
 

@@ -7,6 +7,7 @@ use hyper::Method;
 use warren_types::api::{SandboxInfo, SandboxState};
 
 use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::format::{parse_format, Format};
 use crate::parse::parse_pair;
 
 /// List sandboxes.
@@ -27,6 +28,10 @@ pub struct LsArgs {
     /// Print the list as JSON, every field the daemon gives.
     #[arg(long, conflicts_with = "quiet")]
     json: bool,
+    /// Print one line per sandbox from a template of its JSON fields, e.g.
+    /// '{{.id}}\t{{.name}}\t{{.resources.memory}}' (see README, "--format").
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with_all = ["quiet", "json"])]
+    format: Option<Format>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -52,6 +57,11 @@ pub fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
         path = format!("{path}?{}", query.join("&"));
     }
     let client = Client::new(&args.client)?;
+    if let Some(f) = &args.format {
+        let list: Vec<serde_json::Value> = block_on(client.call(Method::GET, &path, None::<&()>))??;
+        out(f.render_all(&list))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
         // As the daemon sent it: fields this CLI does not know yet are kept.
         let list: serde_json::Value = block_on(client.call(Method::GET, &path, None::<&()>))??;
@@ -70,7 +80,7 @@ pub fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// How long ago `time` (RFC 3339) was, as `docker ps` says it: `45s`, `12m`, `3h`, `2d`.
-fn ago(time: &str, now: jiff::Timestamp) -> String {
+pub(crate) fn ago(time: &str, now: jiff::Timestamp) -> String {
     let Ok(t) = time.parse::<jiff::Timestamp>() else {
         return "-".into();
     };
@@ -105,14 +115,23 @@ fn table(list: &[SandboxInfo], now: jiff::Timestamp) -> String {
             .map(|c| crate::term::clean_line(&c)),
         );
     }
-    let mut widths = [0usize; 8];
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
+    align(&rows)
+}
+
+/// Rows of cells as columns padded to their widest cell; the last is not padded.
+pub(crate) fn align<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let mut widths = Vec::new();
+    for r in rows {
+        for (i, cell) in r.as_ref().iter().enumerate() {
+            if widths.len() <= i {
+                widths.push(0);
+            }
+            widths[i] = widths[i].max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
+        let r = r.as_ref();
         let mut line = String::new();
         for (i, cell) in r.iter().enumerate() {
             if i + 1 < r.len() {

@@ -16,6 +16,7 @@ pub mod keys;
 pub mod logs;
 pub mod ls;
 pub mod pause;
+pub mod port;
 pub mod ps;
 pub mod resume;
 pub mod rm;
@@ -27,6 +28,7 @@ pub mod start;
 pub mod stats;
 pub mod stop;
 pub mod template;
+pub mod volume;
 
 use std::process::ExitCode;
 

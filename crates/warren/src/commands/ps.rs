@@ -8,6 +8,7 @@ use hyper::Method;
 use warren_types::proto::{Command, ProcessInfo};
 
 use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+use crate::format::{parse_format, Format};
 
 /// List a sandbox's processes started through the API (exec, terminals, start commands).
 #[derive(Debug, Args)]
@@ -17,6 +18,10 @@ pub struct PsArgs {
     /// Print the list as JSON.
     #[arg(long)]
     json: bool,
+    /// Print one line per process from a template of its JSON fields, e.g.
+    /// '{{.pid}} {{.tag}} {{.exit.code}}' (see README, "--format").
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with = "json")]
+    format: Option<Format>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -24,6 +29,11 @@ pub struct PsArgs {
 pub fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&args.client)?;
     let path = sandbox_path(&args.key, "/processes");
+    if let Some(f) = &args.format {
+        let list: Vec<serde_json::Value> = block_on(client.call(Method::GET, &path, None::<&()>))??;
+        out(f.render_all(&list))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let procs: Vec<ProcessInfo> = block_on(client.call(Method::GET, &path, None::<&()>))??;
     if args.json {
         out(format!("{}\n", serde_json::to_string_pretty(&procs)?))?;

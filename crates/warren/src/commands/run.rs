@@ -1,8 +1,18 @@
-//! `warren run`: a command in a fresh sandbox, without a daemon.
+//! `warren run`: a command in a fresh sandbox, without a daemon; with -d, a sandbox the
+//! daemon keeps, its command left running.
 //!
 //! The CLI builds the sandbox itself (through the runtime's helper), runs one command in
 //! it through the agent, streams its output and exits with its status. The helper is
 //! told to die with the CLI, so even a killed CLI leaves nothing behind.
+//!
+//! Detached (`-d`), nothing can outlive the CLI but what a daemon keeps: the sandbox is
+//! made by `warren serve` (as `warren create` makes it), the command started in the
+//! background there (tagged `main`, which `warren logs` follows by default), and the
+//! sandbox's id printed.
+//!
+//! Which command: `--entrypoint` and the arguments after it; else the arguments; else
+//! the template's own command (an imported image's `Entrypoint` and `Cmd`); else a shell,
+//! or, detached, none (the sandbox waits for `warren exec`).
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -17,8 +27,15 @@ use warren_runtime::{trace, Instance, NamespaceBackend, Paths};
 use warren_types::proto::{Command, ErrorCode, ExecRequest, WinSize, CHUNK};
 use warren_types::spec::{Isolation, SandboxSpec, VolumeMount};
 
-use super::flags::SandboxFlags;
-use crate::parse::{parse_env, parse_user};
+use hyper::Method;
+use serde::Deserialize;
+use warren_types::api::{CreateSandbox, ExecEvent, SandboxInfo};
+use warren_types::proto::User;
+
+use super::flags::{SandboxFlags, SandboxSettings};
+use super::logs::MAIN_TAG;
+use crate::client::{block_on, enc, out, sandbox_path, Client, ClientArgs, Error};
+use crate::parse::{parse_env, parse_pair, parse_user};
 use warren_types::size::{parse_duration, parse_size};
 
 /// Run a command in a new sandbox.
@@ -37,15 +54,32 @@ pub struct RunArgs {
     /// Remove the sandbox and its writable layer when the command ends.
     #[arg(long)]
     rm: bool,
+    /// Leave it running: the daemon makes the sandbox and starts the command in the
+    /// background; prints the sandbox's id (`warren logs ID` shows the command's output).
+    #[arg(short, long, conflicts_with = "rm")]
+    detach: bool,
+    /// A name, unique per owner, to call the sandbox by (with -d: names are the daemon's).
+    #[arg(long, requires = "detach")]
+    name: Option<String>,
+    /// Who the sandbox is for [default: the tenant's name] (with -d).
+    #[arg(long, requires = "detach")]
+    owner: Option<String>,
+    /// A label to find the sandbox by (KEY=VALUE; `ls --label` filters on it) (with -d).
+    #[arg(short, long = "label", value_name = "KEY=VALUE", value_parser = parse_pair, requires = "detach")]
+    labels: Vec<(String, String)>,
+    /// Run this program, with the arguments after `--`, instead of the template's
+    /// command.
+    #[arg(long, value_name = "PROGRAM")]
+    entrypoint: Option<String>,
     /// Keep stdin open and stream it to the command.
     #[arg(short, long)]
     interactive: bool,
     /// Give the command a terminal (with -i, an interactive one).
     #[arg(short, long)]
     tty: bool,
-    /// Template to build the root filesystem from.
-    #[arg(long, default_value = "host")]
-    template: String,
+    /// Template to build the root filesystem from [default: host; with -d, the daemon's].
+    #[arg(long)]
+    template: Option<String>,
     #[command(flatten)]
     sandbox: SandboxFlags,
     /// Set an environment variable (NAME=VALUE).
@@ -66,9 +100,30 @@ pub struct RunArgs {
     /// Kill the command (and everything it started) after this long, e.g. 30s.
     #[arg(long, value_parser = parse_duration)]
     timeout: Option<std::time::Duration>,
-    /// The command and its arguments (default: a shell).
+    /// The command and its arguments [default: the template's command, else a shell].
     #[arg(last = true)]
     command: Vec<String>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// The command to run: `--entrypoint` and the arguments; else the arguments; else the
+/// template's command; `None` when there is none of them.
+fn command_line(
+    entrypoint: Option<&str>,
+    args: &[String],
+    template_cmd: &[String],
+) -> Option<Vec<String>> {
+    match entrypoint {
+        Some(program) => Some(
+            std::iter::once(program.to_string())
+                .chain(args.iter().cloned())
+                .collect(),
+        ),
+        None if !args.is_empty() => Some(args.to_vec()),
+        None if !template_cmd.is_empty() => Some(template_cmd.to_vec()),
+        None => None,
+    }
 }
 
 fn parse_volume(s: &str) -> Result<VolumeMount, String> {
@@ -86,6 +141,17 @@ fn parse_volume(s: &str) -> Result<VolumeMount, String> {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let sandbox = args.sandbox.settings()?;
+    if args.detach {
+        return detached(args, sandbox);
+    }
+    if let Some(p) = sandbox.publish.iter().find(|p| p.host == 0) {
+        return Err(Error::Invalid(format!(
+            "-p {}: without -d there is no daemon to choose a host port; write \
+             HOSTPORT:PORT, e.g. -p 8080:{}, or run it with -d",
+            p.sandbox, p.sandbox
+        ))
+        .into());
+    }
     if !nix::unistd::geteuid().is_root() {
         anyhow::bail!(
             "`warren run` makes the sandbox itself (namespaces, cgroups, mounts) and needs \
@@ -99,9 +165,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         .map(parse_user)
         .transpose()
         .map_err(anyhow::Error::msg)?;
+    let template = args
+        .template
+        .clone()
+        .unwrap_or_else(|| warren_runtime::template::HOST.to_string());
+    let paths = Paths::from_env();
+    // An unknown template is named by the create below, in its own words.
+    let template_cmd = match template.as_str() {
+        warren_runtime::template::HOST => Vec::new(),
+        name => warren_runtime::template::load(&paths, name)
+            .map(|m| m.cmd)
+            .unwrap_or_default(),
+    };
     let spec = SandboxSpec {
         id: warren_runtime::new_id()?,
-        template: args.template.clone(),
+        template,
         hostname: args.hostname.clone(),
         resources: sandbox.resources,
         network: sandbox.network,
@@ -112,11 +190,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         env: BTreeMap::new(),
         isolation: sandbox.isolation.unwrap_or_default(),
     };
-    let command = if args.command.is_empty() {
-        Command::Argv(vec!["/bin/sh".into()])
-    } else {
-        Command::Argv(args.command.clone())
-    };
+    let command = Command::Argv(
+        command_line(args.entrypoint.as_deref(), &args.command, &template_cmd)
+            .unwrap_or_else(|| vec!["/bin/sh".into()]),
+    );
     let tty = args.tty && std::io::stdout().is_terminal();
     let size = if tty {
         warren_sys::pty::size(std::io::stdout().as_fd())
@@ -146,7 +223,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // single-threaded, so the helper can be forked rather than started afresh. The
     // runtime is current-thread: the helper dies with the thread that made it, this one.
     let exe = std::env::current_exe().context("find the warren binary")?;
-    let paths = Paths::from_env();
     let opts = CreateOptions {
         die_with_parent: true,
         ephemeral: args.rm,
@@ -223,6 +299,128 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     // Nothing the runtime still runs (a blocked stdin read) may hold up the exit.
     rt.shutdown_background();
     outcome
+}
+
+/// `run -d`: the daemon makes the sandbox and starts the command in the background.
+fn detached(args: RunArgs, sandbox: SandboxSettings) -> anyhow::Result<ExitCode> {
+    // What only a sandbox of the CLI's own has.
+    if let Some(v) = args.volume.first() {
+        return Err(Error::Invalid(format!(
+            "-v {}:{}: with -d the daemon mounts the owner's home volume at /home/user; \
+             named volumes are for `warren run` without -d",
+            v.name, v.target
+        ))
+        .into());
+    }
+    if args.hostname.is_some() {
+        return Err(Error::Invalid("--hostname is for `warren run` without -d".into()).into());
+    }
+    let user = args
+        .user
+        .as_deref()
+        .map(parse_user)
+        .transpose()
+        .map_err(Error::Invalid)?;
+    let body = CreateSandbox {
+        owner: args.owner.clone(),
+        name: args.name.clone(),
+        labels: args.labels.iter().cloned().collect(),
+        template: args.template.clone(),
+        resources: sandbox.resource_request(),
+        network: sandbox.network,
+        publish: sandbox.publish.clone(),
+        // As docker's -e: every process of the sandbox sees it, later execs too.
+        env: args.env.iter().cloned().collect(),
+        isolation: sandbox.isolation,
+        ..CreateSandbox::default()
+    };
+    let client = Client::new(&args.client)?;
+    let code = block_on(async {
+        let info: SandboxInfo = client
+            .call(Method::POST, "/v1/sandboxes", Some(&body))
+            .await?;
+        let started = start_main(&client, &info, &args, user).await;
+        if !matches!(started, Ok(0)) {
+            // A sandbox whose command could not start is not left behind.
+            let path = sandbox_path(&info.id, "");
+            let _ = client.call_raw(Method::DELETE, &path, None::<&()>).await;
+            return started;
+        }
+        out(format!("{}\n", info.id))?;
+        Ok(0)
+    })??;
+    Ok(ExitCode::from(code))
+}
+
+/// Starts the sandbox's main command in the background, if there is one: 0 when it
+/// started (or there was none), else the CLI's status for a command that could not.
+async fn start_main(
+    client: &Client,
+    info: &SandboxInfo,
+    args: &RunArgs,
+    user: Option<User>,
+) -> Result<u8, Error> {
+    let template_cmd = if args.entrypoint.is_none() && args.command.is_empty() {
+        let path = format!("/v1/templates/{}", enc(&info.template));
+        match client
+            .call::<TemplateCommand>(Method::GET, &path, None::<&()>)
+            .await
+        {
+            Ok(t) => t.cmd,
+            Err(Error::Api { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        }
+    } else {
+        Vec::new()
+    };
+    let Some(argv) = command_line(args.entrypoint.as_deref(), &args.command, &template_cmd) else {
+        return Ok(0);
+    };
+    let req = ExecRequest {
+        command: Some(Command::Argv(argv)),
+        cwd: args.workdir.clone(),
+        user,
+        tty: args.tty.then_some(WinSize { rows: 24, cols: 80 }),
+        stdin: args.interactive,
+        timeout_ms: args.timeout.map(|d| d.as_millis().max(1) as u64),
+        background: true,
+        tag: Some(MAIN_TAG.into()),
+        ..ExecRequest::default()
+    };
+    let path = sandbox_path(&info.id, "/exec?stream=true");
+    // A command that cannot start is refused before the stream, or as its first line;
+    // either way it exits as a shell would.
+    let not_started = |code: &str, message: &str| {
+        eprintln!("warren: {message} ({code})");
+        Ok(if code == "command_not_found" {
+            127
+        } else {
+            126
+        })
+    };
+    let mut lines = match client.lines(Method::POST, &path, Some(&req)).await {
+        Ok(lines) => lines,
+        Err(Error::Api { code, message })
+            if code == "command_not_found" || code == "permission_denied" =>
+        {
+            return not_started(&code, &message);
+        }
+        Err(e) => return Err(e),
+    };
+    match lines.next::<ExecEvent>().await? {
+        Some(ExecEvent::Started { .. }) => Ok(0),
+        Some(ExecEvent::Error { code, message }) => not_started(&code, &message),
+        other => Err(Error::Protocol(format!(
+            "expected the command to start, got {other:?}"
+        ))),
+    }
+}
+
+/// The one field of a template's description `run -d` needs.
+#[derive(Debug, Deserialize)]
+struct TemplateCommand {
+    #[serde(default)]
+    cmd: Vec<String>,
 }
 
 async fn run_command(
@@ -308,4 +506,30 @@ async fn run_command(
     drop(raw);
     let _ = out.flush();
     Ok(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn the_command_is_the_entrypoint_the_arguments_or_the_templates() {
+        let image = v(&["/bin/sh", "-c", "serve"]);
+        assert_eq!(command_line(None, &[], &image), Some(image.clone()));
+        assert_eq!(
+            command_line(None, &v(&["ls"]), &image),
+            Some(v(&["ls"])),
+            "arguments replace the whole command"
+        );
+        assert_eq!(
+            command_line(Some("echo"), &v(&["hi"]), &image),
+            Some(v(&["echo", "hi"]))
+        );
+        assert_eq!(command_line(Some("top"), &[], &image), Some(v(&["top"])));
+        assert_eq!(command_line(None, &[], &[]), None);
+    }
 }

@@ -9,6 +9,7 @@ use warren_types::api::{SandboxInfo, UsageSample};
 
 use super::template::human;
 use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+use crate::format::{parse_format, Format};
 
 /// Show running sandboxes' CPU, memory and disk use (the daemon's last reading).
 #[derive(Debug, Args)]
@@ -16,9 +17,14 @@ pub struct StatsArgs {
     /// Sandboxes (ids, names, or owner/name) [default: every running one].
     #[arg(value_name = "KEY")]
     keys: Vec<String>,
-    /// Print JSON: each sandbox with its readings of the last half hour.
+    /// Print JSON: each sandbox with its readings of the last half hour and the newest
+    /// (`last`).
     #[arg(long)]
     json: bool,
+    /// Print one line per sandbox from a template of its JSON fields, e.g.
+    /// '{{.name}} {{.last.cpu_pct}} {{.last.memory_bytes}}' (see README, "--format").
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with = "json")]
+    format: Option<Format>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -63,7 +69,12 @@ pub fn run(args: StatsArgs) -> anyhow::Result<ExitCode> {
                 }),
                 last.map_or("-".into(), |l| human(l.disk_bytes)),
             ]);
-            json.push(serde_json::json!({"sandbox": s.id, "name": s.name, "samples": samples}));
+            json.push(serde_json::json!({
+                "sandbox": s.id, "name": s.name, "last": last, "samples": samples,
+            }));
+        }
+        if let Some(f) = &args.format {
+            return out(f.render_all(&json));
         }
         if args.json {
             return out(format!(

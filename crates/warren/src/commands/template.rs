@@ -14,6 +14,7 @@ use warren_core::{
 };
 
 use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::format::{parse_format, Format};
 use crate::parse::parse_env;
 use warren_types::size::{parse_duration, parse_size};
 
@@ -32,7 +33,7 @@ enum TemplateCommand {
     Build(BuildArgs),
     Ls(LsArgs),
     /// Show a template as JSON: its layers, size, commands and backend.
-    Inspect(NameArgs),
+    Inspect(InspectArgs),
     /// Remove a template (refused while a sandbox uses it); its layers go with `gc`.
     Rm(NameArgs),
     Gc(GcArgs),
@@ -256,6 +257,22 @@ struct LsArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Print one line per template from a template of its JSON fields, e.g.
+    /// '{{.name}} {{.size_bytes}} {{json .cmd}}' (see README, "--format").
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with = "json")]
+    format: Option<Format>,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// The template's name.
+    name: String,
+    /// Print one line from a template of its JSON fields, e.g. '{{json .cmd}}' (see
+    /// README, "--format").
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format)]
+    format: Option<Format>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -314,7 +331,10 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
             let client = Client::new(&a.client)?;
             let path = format!("/v1/templates/{}", enc(&a.name));
             let t: TemplateInfo = block_on(client.call(Method::GET, &path, None::<&()>))??;
-            json_out(&t)?;
+            match &a.format {
+                Some(f) => out(f.render(&serde_json::to_value(&t)?))?,
+                None => json_out(&t)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         TemplateCommand::Rm(a) => {
@@ -343,6 +363,10 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
         TemplateCommand::Du(a) => {
             let client = Client::new(&a.client)?;
             let u: DiskUsage = block_on(client.call(Method::GET, "/v1/disk", None::<&()>))??;
+            if let Some(f) = &a.format {
+                out(f.render(&serde_json::to_value(&u)?))?;
+                return Ok(ExitCode::SUCCESS);
+            }
             if a.json {
                 json_out(&u)?;
                 return Ok(ExitCode::SUCCESS);
@@ -507,6 +531,14 @@ fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
     let client = Client::new(&a.client)?;
     let list: Vec<TemplateInfo> =
         block_on(client.call(Method::GET, "/v1/templates", None::<&()>))??;
+    if let Some(f) = &a.format {
+        let list: Vec<serde_json::Value> = list
+            .iter()
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        out(f.render_all(&list))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     if a.json {
         json_out(&list)?;
         return Ok(ExitCode::SUCCESS);
