@@ -297,7 +297,21 @@ test('pause and resume from the console', async () => {
   await until('running', async () => (await d.api(d.alice, 'GET', `/v1/sandboxes/${sandboxId}`)).state === 'running');
   await until('the page shows running', async () => (await page.locator('h1 .state').innerText()) === 'running');
   await page.reload();
-  await until('the terminal again', async () => (await screen(page)).includes('guest-25'));
+  try {
+    await until('the terminal again', async () => (await screen(page)).includes('guest-25'));
+  } catch (e) {
+    // What the agent holds of the terminal's output, to tell a lost replay from a lost process.
+    const pid = Number(await page.evaluate((id) => sessionStorage.getItem(`warren.terminal.${id}`), sandboxId));
+    const ac = new AbortController();
+    setTimeout(() => ac.abort(), 2000);
+    let held = '';
+    try {
+      const r = await fetch(`${d.url}/v1/sandboxes/${sandboxId}/processes/${pid}/attach?replay=true`, { headers: { Authorization: `Bearer ${d.alice}` }, signal: ac.signal });
+      for await (const chunk of r.body) held += Buffer.from(chunk).toString();
+    } catch { /* aborted */ }
+    const text = held.split('\n').filter(Boolean).map((l) => { try { const v = JSON.parse(l); return v.data ? Buffer.from(v.data, 'base64').toString() : ''; } catch { return ''; } }).join('');
+    throw new Error(`${e.message}; pid ${pid}; the agent holds: ${JSON.stringify(text.slice(-400))}; processes: ${JSON.stringify(await d.api(d.alice, 'GET', `/v1/sandboxes/${sandboxId}/processes`))}`);
+  }
   await typeLine(page, 'echo after-resume-$MARK');
   await until('the shell survived the pause', async () => (await screen(page)).includes('after-resume-kept'));
 });
