@@ -366,13 +366,19 @@ function attachTerminal(el, { connect, readOnly = false, onNotice = () => {}, on
   const fit = new FitAddon();
   term.loadAddon(fit);
   term.open(el);
-  try { fit.fit(); } catch { /* not laid out yet */ }
+  // An element not laid out yet (or being taken off the page) measures nothing, and
+  // fitting it would tell the program a two-column terminal: its redraw for that width
+  // would then wipe lines of the real screen.
+  const laidOut = () => el.clientWidth >= 40 && el.clientHeight >= 20;
+  const fitNow = () => { if (laidOut()) { try { fit.fit(); } catch { /* hidden */ } } };
+  const plausible = ({ rows, cols }) => rows >= 2 && cols >= 10;
+  fitNow();
   let ws = null, ended = false, closed = false, writable = !readOnly, retry = 0;
   const encoder = new TextEncoder();
   const send = (data) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(data); };
   term.onData((d) => { if (writable) send(encoder.encode(d)); });
   term.onBinary((d) => { if (writable) send(Uint8Array.from(d, (c) => c.charCodeAt(0))); });
-  term.onResize(({ rows, cols }) => { if (writable) send(JSON.stringify({ resize: { rows, cols } })); });
+  term.onResize((size) => { if (writable && plausible(size)) send(JSON.stringify({ resize: size })); });
   // Copy and paste: Ctrl+Shift+C / Ctrl+Shift+V (Ctrl+C stays the terminal's). The
   // browser's own paste (Ctrl+Shift+V, Ctrl+V, the menu) reaches xterm.js as a paste
   // event, so only the key itself is kept from the terminal here.
@@ -384,7 +390,8 @@ function attachTerminal(el, { connect, readOnly = false, onNotice = () => {}, on
     return true;
   });
   const open = (first) => {
-    const url = connect(term.rows, term.cols, first);
+    const size = plausible(term) ? term : { rows: 24, cols: 80 };
+    const url = connect(size.rows, size.cols, first);
     if (!url) return;
     ws = new WebSocket(wsUrl(url));
     ws.binaryType = 'arraybuffer';
@@ -415,7 +422,7 @@ function attachTerminal(el, { connect, readOnly = false, onNotice = () => {}, on
       setTimeout(() => { if (!closed && !ended) { term.reset(); open(false); } }, wait);
     };
   };
-  const ro = new ResizeObserver(() => { try { fit.fit(); } catch { /* hidden */ } });
+  const ro = new ResizeObserver(fitNow);
   ro.observe(el);
   open(true);
   const api_ = {

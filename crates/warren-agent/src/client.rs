@@ -841,6 +841,12 @@ impl Process {
     }
 
     /// Writes to the process's stdin, in frames no larger than the agent takes.
+    /// Its channel's sending half: stdin written from another task than the one reading
+    /// the output.
+    pub fn sender(&self) -> ChannelSender {
+        self.ch.sender()
+    }
+
     pub async fn write_stdin(&self, data: Vec<u8>) -> Result<()> {
         if data.len() <= CHUNK {
             return self.ch.send_data(FrameKind::Stdin, data).await;

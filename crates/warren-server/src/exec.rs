@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
+use tokio_util::task::AbortOnDropHandle;
 use warren_agent::client::{
     AgentClient, Channel, ChannelSender, ClientError, Incoming, Process, ProcessEvent,
 };
@@ -665,7 +666,8 @@ pub(crate) async fn notice(socket: &mut WebSocket, n: &PtyNotice) {
 /// [`Process`] as one frame.
 pub(crate) trait TerminalProcess {
     async fn next(&mut self) -> Result<ProcessEvent, ClientError>;
-    async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError>;
+    /// Its stdin, written from a task of its own.
+    fn stdin(&self) -> Option<Stdin>;
     async fn resize(&self, size: WinSize) -> Result<(), ClientError>;
 }
 
@@ -674,8 +676,8 @@ impl TerminalProcess for Followed {
         Followed::next(self).await
     }
 
-    async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
-        Followed::write_stdin(self, data).await
+    fn stdin(&self) -> Option<Stdin> {
+        Followed::stdin(self)
     }
 
     async fn resize(&self, size: WinSize) -> Result<(), ClientError> {
@@ -688,8 +690,8 @@ impl TerminalProcess for Process {
         Process::next(self).await
     }
 
-    async fn write_stdin(&self, data: &[u8]) -> Result<(), ClientError> {
-        Process::write_stdin(self, data.to_vec()).await
+    fn stdin(&self) -> Option<Stdin> {
+        Some(Stdin(self.sender()))
     }
 
     async fn resize(&self, size: WinSize) -> Result<(), ClientError> {
@@ -719,9 +721,15 @@ pub(crate) struct TerminalRules<C> {
     pub(crate) close_wait: Option<Duration>,
 }
 
+/// Keystroke messages queued for a terminal's process before the client's next
+/// messages wait (TCP then slows it down).
+const TERMINAL_INPUT_QUEUE: usize = 64;
+
 /// Runs a terminal WebSocket: process output to the client, the client's input and
 /// resizes to the process, and a notice of the exit or error that ends it. A client
-/// that leaves gets no close frame.
+/// that leaves gets no close frame. Input goes to the process from a task of its own:
+/// a paste the process is not reading must not hold up its output, nor a Ctrl-C
+/// behind it (which reaches the process once the paste is taken).
 pub(crate) async fn terminal<C: Future<Output = Error>>(
     st: &AppState,
     id: &str,
@@ -736,18 +744,24 @@ pub(crate) async fn terminal<C: Future<Output = Error>>(
         close_wait,
     } = rules;
     tokio::pin!(cut_off);
+    let (keys, mut queue) = mpsc::channel::<Bytes>(TERMINAL_INPUT_QUEUE);
+    let stdin = p.stdin();
+    // Ends only when a write fails: a closed queue means the session is over.
+    let mut writer = AbortOnDropHandle::new(tokio::spawn(async move {
+        if let Some(stdin) = stdin {
+            while let Some(b) = queue.recv().await {
+                stdin.write(&b).await?;
+            }
+        }
+        std::future::pending::<Result<(), ClientError>>().await
+    }));
     loop {
         tokio::select! {
-            msg = socket.recv() => match msg {
+            msg = socket.recv(), if keys.capacity() > 0 => match msg {
                 Some(Ok(Message::Binary(b))) => match input {
                     Input::Refuse => refuse(&mut socket, "input").await,
-                    Input::Forward { report_failures } => {
-                        if let Err(e) = p.write_stdin(&b).await {
-                            if report_failures {
-                                notice(&mut socket, &PtyNotice::Error(Error::from(e).body())).await;
-                            }
-                            break;
-                        }
+                    Input::Forward { .. } => {
+                        let _ = keys.try_send(b);
                     }
                 },
                 Some(Ok(Message::Text(t))) => match input {
@@ -795,6 +809,12 @@ pub(crate) async fn terminal<C: Future<Output = Error>>(
             },
             e = &mut cut_off => {
                 notice(&mut socket, &PtyNotice::Error(e.body())).await;
+                break;
+            }
+            written = &mut writer => {
+                if let (Ok(Err(e)), Input::Forward { report_failures: true }) = (written, input) {
+                    notice(&mut socket, &PtyNotice::Error(Error::from(e).body())).await;
+                }
                 break;
             }
         }
