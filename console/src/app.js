@@ -378,7 +378,7 @@ function attachTerminal(el, { connect, readOnly = false, onNotice = () => {}, on
   const send = (data) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(data); };
   term.onData((d) => { if (writable) send(encoder.encode(d)); });
   term.onBinary((d) => { if (writable) send(Uint8Array.from(d, (c) => c.charCodeAt(0))); });
-  term.onResize((size) => { if (writable && plausible(size)) send(JSON.stringify({ resize: size })); });
+  term.onResize(({ rows, cols }) => { if (writable && plausible({ rows, cols })) send(JSON.stringify({ resize: { rows, cols } })); });
   // Copy and paste: Ctrl+Shift+C / Ctrl+Shift+V (Ctrl+C stays the terminal's). The
   // browser's own paste (Ctrl+Shift+V, Ctrl+V, the menu) reaches xterm.js as a paste
   // event, so only the key itself is kept from the terminal here.
