@@ -58,8 +58,11 @@ def main():
     sock = os.path.join(tmp, "run", "warren.sock")
     env = dict(os.environ, WARREN_RUN_DIR=os.path.join(tmp, "run"),
                WARREN_DATA_DIR=os.path.join(tmp, "data"))
+    # The daemon logs each request: to a file, never a pipe nobody reads.
+    os.makedirs(os.path.join(tmp, "run"), exist_ok=True)
+    serve_log = open(os.path.join(tmp, "serve.log"), "wb")
     server = subprocess.Popen([a.warren, "serve", "--socket", sock], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.DEVNULL, stderr=serve_log)
     for _ in range(1000):
         if os.path.exists(sock):
             break

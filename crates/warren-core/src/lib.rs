@@ -550,8 +550,8 @@ impl Manager {
             egress: match warren_runtime::egress::EgressProxy::start(&config.paths.run) {
                 Ok(p) => Some(p),
                 Err(e) => {
-                    eprintln!(
-                        "warren: the egress proxy cannot listen ({e}); domain rules are refused"
+                    tracing::warn!(
+                        "the egress proxy cannot listen ({e}); domain rules are refused"
                     );
                     None
                 }
@@ -667,6 +667,14 @@ impl Manager {
 
     fn event(&self, r: &Record, kind: &str, message: impl Into<String>) {
         let message = message.into();
+        tracing::info!(
+            target: "warren::lifecycle",
+            tenant = %r.tenant,
+            sandbox = %r.id,
+            owner = %r.owner,
+            kind,
+            "{message}"
+        );
         let time = now_ms();
         let _ = self.store().add_event(&store::EventRow {
             time,

@@ -20,6 +20,7 @@ use warren_core::Caller;
 use crate::conn::mark_authenticated;
 use crate::console::cookie_caller;
 use crate::error::Error;
+use crate::reqlog::note_caller;
 use crate::{AppState, Surface};
 
 /// The header naming the tenant on the unix socket.
@@ -122,7 +123,11 @@ impl FromRequestParts<AppState> for Tenant {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
         match state.surface {
-            Surface::Unix => unix_caller(&parts.headers).map(Tenant),
+            Surface::Unix => {
+                let caller = unix_caller(&parts.headers)?;
+                note_caller(&parts.extensions, &caller);
+                Ok(Tenant(caller))
+            }
             Surface::Tcp => {
                 let caller = match bearer(&parts.headers)? {
                     Some(key) => api_key_caller(state, key)?,
@@ -131,6 +136,7 @@ impl FromRequestParts<AppState> for Tenant {
                     })?,
                 };
                 mark_authenticated(&parts.extensions);
+                note_caller(&parts.extensions, &caller);
                 Ok(Tenant(caller))
             }
         }
@@ -188,6 +194,7 @@ impl FromRequestParts<AppState> for SandboxAccess {
             },
         };
         mark_authenticated(&parts.extensions);
+        note_caller(&parts.extensions, &caller);
         Ok(SandboxAccess { caller, key })
     }
 }

@@ -25,6 +25,7 @@ mod exec;
 mod extract;
 mod files;
 mod pools;
+mod reqlog;
 mod sandboxes;
 mod sessions;
 mod sftp;
@@ -286,6 +287,7 @@ fn build(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON))
         .layer(axum::middleware::from_fn(drain::drain_unread))
+        .layer(axum::middleware::from_fn(reqlog::log_request))
         .with_state(state)
 }
 

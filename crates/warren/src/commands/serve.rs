@@ -53,6 +53,38 @@ pub struct ServeArgs {
     /// (see docs/api.md, "Limits and quotas"), TCP connections ("Connections on TCP").
     #[arg(long, value_name = "PATH")]
     pub config: Option<PathBuf>,
+    /// How the log (stderr) is written: `text` for people, `json` (one object a line)
+    /// for log shippers. Which lines: `WARREN_LOG` (e.g. `info`, `warren::request=off`,
+    /// `debug`) [default: info]
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// The log's format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Starts the log: requests (`warren::request`) and lifecycle changes
+/// (`warren::lifecycle`) at info, filtered by `WARREN_LOG`.
+fn start_log(format: LogFormat) -> anyhow::Result<()> {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("WARREN_LOG") {
+        Ok(f) => EnvFilter::try_new(&f).with_context(|| {
+            format!("WARREN_LOG={f:?}: use a level (info) or target=level pairs")
+        })?,
+        Err(_) => EnvFilter::new("info"),
+    };
+    let log = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let started = match format {
+        LogFormat::Text => log.with_ansi(false).try_init(),
+        LogFormat::Json => log.json().try_init(),
+    };
+    started.map_err(|e| anyhow::anyhow!("cannot start the log: {e}"))
 }
 
 /// What a `--config` file holds.
@@ -204,6 +236,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
 const DEFAULT_TENANT: &str = "default";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    start_log(args.log_format)?;
     let (config, limits, e2b, tls_files) = load_config(args.config.as_deref())?;
     let tls_files = match (args.e2b_tls_cert, args.e2b_tls_key) {
         (Some(c), Some(k)) => Some((c, k)),
