@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Instruction counts (callgrind) of the daemon's exec and create paths, and of the agent's exec.
+"""Instruction counts (callgrind) of the daemon's exec and create paths.
 
 Wall-clock figures move with whatever else the machine runs; callgrind counts the
 instructions a process executes, which is the same from run to run within a few per cent.
@@ -13,13 +13,10 @@ temp dir: WARREN_RUN_DIR, WARREN_DATA_DIR) and measures, through the unix-socket
 
 Each window is bracketed with `callgrind_control --zero` and `--dump`, so only the daemon's
 instructions between the two count: its helpers (`warren __init`) and agents are separate
-processes that run natively (valgrind does not follow exec by default). With `--agent`
-it also counts the agent's side of an exec: a second daemon whose sandboxes use the
-process backend, with valgrind following its `warren __agent` children (see
-BENCHMARKS.md for why the namespace backend's agent, PID 1 of its namespaces, is not
-measured directly).
+processes that run natively (valgrind does not follow exec by default). The agent's
+side of an exec is not counted: BENCHMARKS.md says why.
 
-    python3 bench/callgrind.py [--n 100] [--top 25] [--agent] [--warren PATH] [--json PATH]
+    python3 bench/callgrind.py [--n 100] [--top 25] [--warren PATH] [--json PATH]
 
 Root (sandboxes need it); needs valgrind (`apt-get install valgrind`). A release build has
 line tables, which is what callgrind_annotate needs for function names. Not part of CI:
@@ -177,7 +174,7 @@ def demangle_short(name):
 
 
 class Daemon:
-    def __init__(self, warren, tmp, name, config=None, follow_agents=False):
+    def __init__(self, warren, tmp, name):
         self.warren = warren
         self.dir = os.path.join(tmp, name)
         self.run_dir = os.path.join(self.dir, "run")
@@ -190,15 +187,7 @@ class Daemon:
         self.log_path = os.path.join(self.dir, "serve.log")
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out}.%p",
                 "--dump-instr=no", "--collect-jumps=no"]
-        if follow_agents:
-            # The daemon and its agents (`warren __agent`, process backend) under callgrind;
-            # its helpers, if any, and everything the agents start run natively.
-            argv += ["--trace-children=yes",
-                     "--trace-children-skip-by-arg=__init",
-                     "--trace-children-skip=/usr/*,/bin/*,/sbin/*"]
         argv += [warren, "serve", "--socket", self.sock]
-        if config:
-            argv += ["--config", config]
         self.logf = open(self.log_path, "w")
         self.proc = subprocess.Popen(argv, env=self.env, stdin=subprocess.DEVNULL,
                                      stdout=self.logf, stderr=subprocess.STDOUT)
@@ -241,9 +230,16 @@ class Daemon:
         self.logf.close()
 
     def doctor(self):
-        r = subprocess.run([self.warren, "doctor"], env=self.env, capture_output=True,
-                           text=True, timeout=120)
-        return r.returncode, (r.stdout + r.stderr).strip()
+        """`warren doctor`'s verdict, once the helpers of the last removes have finished:
+        a helper tears its sandbox down (cgroups, mounts) after the daemon has answered,
+        so the first seconds after a stop may still show them."""
+        deadline = time.monotonic() + 20
+        while True:
+            r = subprocess.run([self.warren, "doctor"], env=self.env, capture_output=True,
+                               text=True, timeout=120)
+            if r.returncode == 0 or time.monotonic() > deadline:
+                return r.returncode, (r.stdout + r.stderr).strip()
+            time.sleep(0.5)
 
 
 def window(grind, label, work):
@@ -289,66 +285,6 @@ def measure_daemon(d, n, top):
     return exec_fig, create_fig
 
 
-PROCESS_CONFIG = """\
-[backends.process]
-user = "{user}"
-dir = "{dir}"
-tenants = ["default"]
-"""
-
-
-def agent_pids(daemon_pid):
-    """Processes below the daemon that are `warren __agent` under valgrind."""
-    found = []
-    for p in os.listdir("/proc"):
-        if not p.isdigit():
-            continue
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{p}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except OSError:
-            continue
-        if ppid == daemon_pid and b"__agent" in argv:
-            found.append(int(p))
-    return found
-
-
-def measure_agent(warren, tmp, n, top):
-    """The agent's instructions per exec, in a process-backend sandbox (see the module doc)."""
-    pdir = os.path.join(tmp, "process-homes")
-    os.makedirs(pdir)
-    os.chmod(pdir, 0o755)
-    cfg = os.path.join(tmp, "process.toml")
-    with open(cfg, "w") as f:
-        f.write(PROCESS_CONFIG.format(user="nobody", dir=pdir))
-    d = Daemon(warren, tmp, "agentd", config=cfg, follow_agents=True)
-    try:
-        api = d.api
-        sid = api.call("POST", "/v1/sandboxes", dict(CREATE, isolation="process"))["id"]
-        pids = agent_pids(d.proc.pid)
-        if len(pids) != 1:
-            raise RuntimeError(f"expected one agent under the daemon, found {pids}")
-        g = Grind(pids[0], f"{d.out}.{pids[0]}")
-        for _ in range(3):
-            api.call("POST", f"/v1/sandboxes/{sid}/exec", TRUE)
-        ir, secs, path = window(g, "agent-exec", lambda: [
-            api.call("POST", f"/v1/sandboxes/{sid}/exec", TRUE) for _ in range(n)])
-        quiet = idle(g, "agent-idle", secs)
-        fig = {"n": n, "window_ir": ir, "idle_ir": quiet, "seconds": round(secs, 2),
-               "per_op": (ir - quiet) // n, "top": top_functions(path, top),
-               "backend": "process"}
-        d.remove_all()
-        return d, fig
-    except BaseException:
-        try:
-            d.remove_all()
-        finally:
-            d.stop()
-        raise
-
-
 def show(title, fig):
     print(f"\n== {title}: {fig['per_op']:,} instructions per operation "
           f"(window {fig['window_ir']:,} Ir over {fig['n']} in {fig['seconds']} s, "
@@ -365,8 +301,6 @@ def main():
     ap.add_argument("--warren", default=os.path.join(target, "release/warren"))
     ap.add_argument("--n", type=int, default=100, help="operations per window (default 100)")
     ap.add_argument("--top", type=int, default=25, help="functions listed per window")
-    ap.add_argument("--agent", action="store_true",
-                    help="also count the agent's exec (process backend)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (callgrind files)")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -384,14 +318,6 @@ def main():
         daemons.append(d)
         log(f"exec and create windows, n={a.n} (the daemon runs about 50x slower under callgrind)")
         figs["exec"], figs["create"] = measure_daemon(d, a.n, a.top)
-        if a.agent:
-            log("agent window (process backend)")
-            try:
-                ad, figs["agent_exec"] = measure_agent(warren, tmp, a.n, a.top)
-                daemons.append(ad)
-            except Exception as e:  # noqa: BLE001 - reported, the daemon figures stand
-                figs["agent_exec_error"] = str(e)
-                log(f"agent window failed: {e}")
     finally:
         for d in daemons:
             try:
@@ -413,8 +339,6 @@ def main():
     print(f"commit {commit}, binary {warren}")
     show("daemon: exec of `true` (collected) in a running sandbox", figs["exec"])
     show("daemon: create + remove", figs["create"])
-    if "agent_exec" in figs:
-        show("agent: exec of `true` (process backend, unconfined)", figs["agent_exec"])
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"commit": commit, "figures": figs, "problems": problems}, f, indent=1)
