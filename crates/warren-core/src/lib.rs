@@ -1094,8 +1094,7 @@ impl Manager {
 
     /// OOM kills so far in a sandbox.
     pub fn oom_kills(&self, id: &str) -> u64 {
-        self.with_live(id, |l| l.sandbox.usage().oom_kills)
-            .unwrap_or(0)
+        self.with_live(id, |l| l.sandbox.oom_kills()).unwrap_or(0)
     }
 
     /// Lifecycle events of the caller's sandboxes, from now on.

@@ -322,9 +322,18 @@ impl Store {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Room for every statement the store runs, so none is parsed twice.
+        conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(Self { conn })
+    }
+
+    /// Runs one statement through the connection's cache of prepared statements: the
+    /// daemon runs the same few on every request, and parsing one costs more than
+    /// running it.
+    fn run<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.conn.prepare_cached(sql)?.execute(params)
     }
 
     /// An in-memory store, for tests.
@@ -335,7 +344,7 @@ impl Store {
     }
 
     pub fn ensure_tenant(&self, name: &str, now: i64) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.run(
             "INSERT OR IGNORE INTO tenants (name, created_at) VALUES (?1, ?2)",
             params![name, now],
         )?;
@@ -350,7 +359,7 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         self.ensure_tenant(tenant, now)?;
-        self.conn.execute(
+        self.run(
             "INSERT INTO api_keys (hash, tenant, created_at, operator) VALUES (?1, ?2, ?3, ?4)",
             params![hash, tenant, now, operator],
         )?;
@@ -371,7 +380,7 @@ impl Store {
 
     /// Registers `key` for `tenant`; false if that owner of that tenant has it already.
     pub fn add_ssh_key(&self, tenant: &str, key: &SshKey) -> Result<bool, StoreError> {
-        let n = self.conn.execute(
+        let n = self.run(
             "INSERT OR IGNORE INTO ssh_keys (tenant, owner, fingerprint, algorithm, comment, \
              public_key, created_at, template) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             params![
@@ -416,7 +425,7 @@ impl Store {
         fingerprint: &str,
         owner: Option<&str>,
     ) -> Result<usize, StoreError> {
-        Ok(self.conn.execute(
+        Ok(self.run(
             "DELETE FROM ssh_keys WHERE tenant = ?1 AND fingerprint = ?2 \
              AND (?3 IS NULL OR owner = ?3)",
             params![tenant, fingerprint, owner],
@@ -441,7 +450,7 @@ impl Store {
     /// Inserts a new sandbox. A live sandbox with the same (tenant, owner, name) makes
     /// this fail with `NameTaken`, atomically.
     pub fn insert(&self, r: &Record) -> Result<(), StoreError> {
-        let res = self.conn.execute(
+        let res = self.run(
             &format!(
                 "INSERT INTO sandboxes ({COLUMNS}) VALUES \
                  (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
@@ -478,13 +487,12 @@ impl Store {
     }
 
     pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
+        // Cached: every exec and file call resolves its sandbox here, and parsing the
+        // statement each time was a third of the daemon's instructions per exec.
         let r = self
             .conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
-                params![id],
-                row_to_record,
-            )
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"))?
+            .query_row(params![id], row_to_record)
             .optional()?;
         r.transpose()
     }
@@ -550,7 +558,7 @@ impl Store {
     pub fn set_state(&self, id: &str, state: SandboxState) -> Result<(), StoreError> {
         // A terminated sandbox gives up its name, so the name can be used again, and
         // its last activity is its end, from which [`Store::prune_terminated`] counts.
-        self.conn.execute(
+        self.run(
             "UPDATE sandboxes SET state = ?2, \
              name = CASE WHEN ?2 = 'terminated' THEN NULL ELSE name END, \
              last_active_at = CASE WHEN ?2 = 'terminated' \
@@ -564,7 +572,7 @@ impl Store {
 
     /// Replaces a sandbox's recorded specification (its egress rules change).
     pub fn set_spec(&self, id: &str, spec: &SandboxSpec) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.run(
             "UPDATE sandboxes SET spec = ?2 WHERE id = ?1",
             params![id, serde_json::to_string(spec)?],
         )?;
@@ -572,10 +580,11 @@ impl Store {
     }
 
     pub fn touch(&self, id: &str, now: i64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE sandboxes SET last_active_at = ?2 WHERE id = ?1 AND last_active_at < ?2",
-            params![id, now],
-        )?;
+        self.conn
+            .prepare_cached(
+                "UPDATE sandboxes SET last_active_at = ?2 WHERE id = ?1 AND last_active_at < ?2",
+            )?
+            .execute(params![id, now])?;
         Ok(())
     }
 
@@ -586,7 +595,7 @@ impl Store {
         idle_timeout_secs: Option<u64>,
         on_timeout: TimeoutAction,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.run(
             "UPDATE sandboxes SET expires_at = ?2, idle_timeout_secs = ?3, on_timeout = ?4 \
              WHERE id = ?1",
             params![
@@ -601,7 +610,7 @@ impl Store {
 
     /// Marks a new sandbox as a member of pool `key`.
     pub fn set_pool(&self, id: &str, key: Option<&str>) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.run(
             "UPDATE sandboxes SET pool_key = ?2 WHERE id = ?1",
             params![id, key],
         )?;
@@ -663,7 +672,7 @@ impl Store {
     }
 
     pub fn put_session(&self, s: &SessionRow) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.run(
             "INSERT OR REPLACE INTO sessions \
              (id, tenant, client, sandbox, state, timeouts, created_at, last_seen_at, since) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -717,7 +726,7 @@ impl Store {
     /// Records an event; a sandbox keeps its last [`EVENTS_KEPT`] (one that pauses and
     /// resumes in a loop must not grow the store without end).
     pub fn add_event(&self, e: &EventRow) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.run(
             "INSERT INTO events (time, sandbox, owner, kind, message) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![e.time, e.sandbox, e.owner, e.kind, e.message],
         )?;

@@ -118,6 +118,12 @@ pub trait Instance: Send + Sync + Debug {
 
     fn usage(&self) -> Usage;
 
+    /// [`Usage::oom_kills`] alone: an exec reads it before and after the command, and
+    /// the other figures cost a cgroup file each.
+    fn oom_kills(&self) -> u64 {
+        self.usage().oom_kills
+    }
+
     /// Whether the sandbox still runs.
     fn is_alive(&mut self) -> bool;
 

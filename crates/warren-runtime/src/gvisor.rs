@@ -1279,6 +1279,10 @@ impl Instance for GvisorSandbox {
         Usage::of(&self.cgroup)
     }
 
+    fn oom_kills(&self) -> u64 {
+        self.cgroup.oom_kills()
+    }
+
     fn is_alive(&mut self) -> bool {
         image_done(&self.run) || crate::namespace::pid_alive(self.pid.load(Ordering::Relaxed))
     }

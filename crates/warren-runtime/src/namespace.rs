@@ -515,6 +515,10 @@ impl Instance for Sandbox {
         Usage::of(&self.cgroup)
     }
 
+    fn oom_kills(&self) -> u64 {
+        self.cgroup.oom_kills()
+    }
+
     fn is_alive(&mut self) -> bool {
         Sandbox::is_alive(self)
     }

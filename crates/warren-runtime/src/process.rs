@@ -366,6 +366,10 @@ impl Instance for ProcessSandbox {
         Usage::of(&self.cgroup)
     }
 
+    fn oom_kills(&self) -> u64 {
+        self.cgroup.oom_kills()
+    }
+
     fn is_alive(&mut self) -> bool {
         if let Some(c) = &mut self.child {
             return matches!(c.try_wait(), Ok(None));
