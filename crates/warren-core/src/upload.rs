@@ -142,6 +142,8 @@ fn human(bytes: u64) -> String {
         format!("{} GiB", bytes / GIB)
     } else if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB", bytes / MIB)
+    } else if bytes >= 1024 && bytes.is_multiple_of(1024) {
+        format!("{} KiB", bytes / 1024)
     } else {
         format!("{bytes} bytes")
     }
@@ -234,6 +236,7 @@ mod tests {
     fn limits_read_as_people_write_them() {
         assert_eq!(human(MAX_UPLOAD), "8 GiB");
         assert_eq!(human(3 << 20), "3 MiB");
+        assert_eq!(human(4 << 10), "4 KiB");
         assert_eq!(human(1000), "1000 bytes");
     }
 }

@@ -750,7 +750,7 @@ async fn template_uploads_are_bounded_and_leave_no_file() {
         let (s, v) = send(e.unix(), r).await;
         assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
         assert_eq!(code(&v), "payload_too_large");
-        assert!(v["message"].as_str().unwrap().contains("1024 bytes"), "{v}");
+        assert!(v["message"].as_str().unwrap().contains("1 KiB"), "{v}");
         assert!(uploads_left(&e).is_empty());
     }
     // Within the limit but not an archive: refused, nothing kept.
