@@ -753,6 +753,17 @@ async fn template_uploads_are_bounded_and_leave_no_file() {
         assert!(v["message"].as_str().unwrap().contains("1 KiB"), "{v}");
         assert!(uploads_left(&e).is_empty());
     }
+    // A client that leaves mid-body: its part is not kept.
+    let broken = futures_util::stream::iter([
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 4096])),
+        Err(std::io::Error::other("the client left")),
+    ]);
+    let r = req("POST", "/v1/templates/upload?name=gone")
+        .body(Body::from_stream(broken))
+        .expect("request");
+    let (s, v) = send(e.unix(), r).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(uploads_left(&e).is_empty());
     // Within the limit but not an archive: refused, nothing kept.
     let r = upload("/v1/templates/upload?name=junk", vec![7; 4096], false);
     let (s, v) = send(e.unix(), r).await;
