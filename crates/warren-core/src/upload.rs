@@ -207,8 +207,8 @@ impl Manager {
             setuid: req.setuid,
             private: !who.operator,
             source: Some(format!(
-                "an archive of {} sent to the API",
-                human(upload.written)
+                "an archive of {:.1} MiB sent to the API",
+                upload.written as f64 / (1 << 20) as f64
             )),
         };
         // The file goes when the import is done, even if the caller stopped waiting.
