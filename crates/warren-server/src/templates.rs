@@ -60,6 +60,9 @@ pub async fn import(
     Ok((StatusCode::CREATED, axum::Json(r)))
 }
 
+/// Longest wait for the next part of an upload.
+const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `POST /v1/templates/upload?name=...`: the body is the archive, written to the
 /// daemon's disk as it arrives (never held whole) and counted against its limit, then
 /// imported as `import` does. The route has no body limit of axum's: the engine's
@@ -83,7 +86,17 @@ pub async fn upload(
     }
     let mut data = body.into_data_stream();
     use tokio_stream::StreamExt;
-    while let Some(chunk) = data.next().await {
+    loop {
+        // A sender that stops sending gives its place back rather than hold it.
+        let next = tokio::time::timeout(UPLOAD_STALL, data.next())
+            .await
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "the upload stalled: nothing arrived for {} s",
+                    UPLOAD_STALL.as_secs()
+                ))
+            })?;
+        let Some(chunk) = next else { break };
         let chunk = chunk.map_err(|e| Error::invalid(format!("the upload broke off: {e}")))?;
         upload.write(&chunk).await?;
     }
