@@ -731,8 +731,76 @@ async function templatesView() {
       await draw();
     } catch (e) { failed(e); } finally { btn.disabled = false; }
   });
-  mount(h('h1', {}, 'Templates'), h('div', { style: 'margin-bottom:16px' }, list), form,
-    h('p', { class: 'muted' }, 'Images are imported on the daemon\'s host: warren template import ARCHIVE NAME.'));
+  mount(h('h1', {}, 'Templates'), h('div', { style: 'margin-bottom:16px' }, list), form, importForm(draw));
+}
+
+/** Sends a `docker save` or OCI layout archive to the daemon, showing how much is sent. */
+function importForm(draw) {
+  const f = {
+    file: h('input', { type: 'file', id: 'import-file', required: true, accept: '.tar,.gz,.tgz,.zst,application/x-tar' }),
+    name: h('input', { id: 'import-name', required: true, size: 14 }),
+    start: h('input', { id: 'import-start', size: 24, placeholder: 'optional' }),
+  };
+  const progress = h('progress', { id: 'import-progress', hidden: true, max: 1, value: 0 });
+  const percent = h('span', { id: 'import-percent', class: 'muted' });
+  const result = h('pre', { class: 'log', id: 'import-result', hidden: true });
+  const form = h('form', { class: 'panel', 'aria-label': 'Import an image' },
+    h('h2', {}, 'Import an image'),
+    h('p', { class: 'muted' }, 'A docker save or OCI layout archive (.tar, or gzip or zstd of one). The template is your tenant\'s own.'),
+    h('div', { class: 'row' },
+      h('label', { for: 'import-file' }, 'Archive', f.file), h('label', { for: 'import-name' }, 'Name', f.name),
+      h('label', { for: 'import-start' }, 'Start command', f.start)),
+    h('div', { class: 'row', style: 'margin-top:8px' }, h('button', { type: 'submit', class: 'primary', id: 'import-go' }, 'Import'), progress, percent),
+    result);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const file = f.file.files[0];
+    if (!file) return;
+    const btn = form.querySelector('button[type=submit]');
+    btn.disabled = true;
+    progress.hidden = false; progress.max = 1; progress.value = 0;
+    percent.textContent = '0%';
+    result.hidden = true; result.textContent = '';
+    const query = new URLSearchParams({ name: f.name.value });
+    if (f.start.value) query.set('start_cmd', f.start.value);
+    try {
+      const r = await upload(`/v1/templates/upload?${query}`, file, (sent, total) => {
+        progress.max = total || 1; progress.value = sent;
+        percent.textContent = `${total ? Math.floor((100 * sent) / total) : 100}% (${bytes(sent)} of ${bytes(total)})`;
+      });
+      percent.textContent = '100%';
+      result.hidden = false;
+      result.textContent = [...r.warnings, `template ${r.template.name}: ${r.new_layers} layer(s) stored, ${r.shared_layers} shared, ${bytes(r.template.size_bytes)}`].join('\n');
+      say(`template ${r.template.name} imported`, 'ok');
+      await draw();
+    } catch (e) {
+      result.hidden = false;
+      result.textContent = `error: ${e.message}${e.code ? ` (${e.code})` : ''}`;
+      failed(e);
+    } finally { btn.disabled = false; }
+  });
+  return form;
+}
+
+/** POSTs `file` as the raw body with XMLHttpRequest, whose upload reports progress (fetch's does not). */
+function upload(path, file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const x = new XMLHttpRequest();
+    x.open('POST', path);
+    x.withCredentials = true;
+    if (session.csrf) x.setRequestHeader('X-CSRF-Token', session.csrf);
+    x.setRequestHeader('Content-Type', 'application/octet-stream');
+    x.upload.onprogress = (e) => onProgress(e.loaded, e.lengthComputable ? e.total : file.size);
+    x.onload = () => {
+      let body = null;
+      try { body = x.responseText ? JSON.parse(x.responseText) : null; } catch { body = null; }
+      if (x.status >= 200 && x.status < 300) { onProgress(file.size, file.size); resolve(body); return; }
+      if (x.status === 401) { session.tenant = null; location.hash = '#/signin'; }
+      reject(new ApiError(x.status, body?.code || '', body?.message || `HTTP ${x.status}`));
+    };
+    x.onerror = () => reject(new ApiError(0, '', 'the upload broke off'));
+    x.send(file);
+  });
 }
 
 async function poolsView() {

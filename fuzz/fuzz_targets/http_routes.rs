@@ -7,7 +7,8 @@
 //! JSON error with a code; `backend_failed` is the one 5xx expected here (creating a
 //! sandbox without a helper). `POST /v1/templates/import` is left out: it reads a host
 //! path named in the request (the unix socket is root's), and a fuzzer naming
-//! /dev/zero would only test the disk.
+//! /dev/zero would only test the disk. `POST /v1/templates/upload` stays: its archive is
+//! the request's body, unpacked under the import's bounds.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};

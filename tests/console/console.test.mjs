@@ -6,6 +6,7 @@ import { chromium } from 'playwright-core';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer, request } from 'node:http';
+import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -396,6 +397,44 @@ test('templates: build one from a recipe with its log streaming, then remove it'
   page.once('dialog', (dlg) => dlg.accept());
   await page.click('button[aria-label="Remove console-built"]');
   await until('the template gone', async () => !(await page.locator('#template-list').innerText()).includes('console-built'));
+});
+
+/** A small `docker save` archive made with tar(1): one layer of one file. */
+function dockerSave(dir) {
+  const root = join(dir, 'root'), img = join(dir, 'img');
+  mkdirSync(join(root, 'etc'), { recursive: true });
+  mkdirSync(join(img, '0'), { recursive: true });
+  writeFileSync(join(root, 'etc', 'from-the-console'), 'uploaded\n');
+  execFileSync('tar', ['-cf', join(img, '0', 'layer.tar'), '-C', root, 'etc']);
+  const sha = (b) => createHash('sha256').update(b).digest('hex');
+  const config = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [`sha256:${sha(readFileSync(join(img, '0', 'layer.tar')))}`] } }));
+  const configName = `${sha(config)}.json`;
+  writeFileSync(join(img, configName), config);
+  writeFileSync(join(img, 'manifest.json'), JSON.stringify([{ Config: configName, RepoTags: ['console:latest'], Layers: ['0/layer.tar'] }]));
+  execFileSync('tar', ['-cf', join(dir, 'image.tar'), '-C', img, configName, '0/layer.tar', 'manifest.json']);
+  return readFileSync(join(dir, 'image.tar'));
+}
+
+test('templates: import an archive from the browser, its progress shown, then list it as the tenant\'s own', async () => {
+  const archive = dockerSave(mkdtempSync(join(d.dir, 'archive-')));
+  await page.goto(`${d.url}/console/#/templates`);
+  await page.waitForSelector('#import-file');
+  await page.setInputFiles('#import-file', { name: 'image.tar', mimeType: 'application/x-tar', buffer: archive });
+  await page.fill('#import-name', 'console-imported');
+  await page.click('#import-go');
+  await until('the import done', async () => (await page.locator('#import-result').innerText()).includes('template console-imported'), 60000);
+  assert((await page.locator('#import-percent').innerText()).includes('100%'), 'the progress reached 100%');
+  assert(await page.locator('#import-progress').evaluate((p) => p.value === p.max), 'the progress bar is full');
+  await until('the template listed', async () => (await page.locator('#template-list').innerText()).includes('console-imported'));
+  await shot(page, '12-template-import');
+  const others = await d.api(d.bob, 'GET', '/v1/templates');
+  assert(!others.some((t) => t.name === 'console-imported'), 'another tenant does not see it');
+  // A second import of the same name is refused, and says why.
+  await page.click('#import-go');
+  await until('the refusal shown', async () => (await page.locator('#import-result').innerText()).startsWith('error:'));
+  page.once('dialog', (dlg) => dlg.accept());
+  await page.click('button[aria-label="Remove console-imported"]');
+  await until('the template gone', async () => !(await page.locator('#template-list').innerText()).includes('console-imported'));
 });
 
 test('an operator sees the pools with their fill level', async () => {

@@ -32,6 +32,7 @@ pub mod store;
 mod templates;
 mod time;
 pub mod tokens;
+mod upload;
 mod volumes;
 
 use std::collections::{BTreeMap, HashMap};
@@ -59,6 +60,7 @@ pub use crate::templates::{
 };
 pub use crate::time::{now_ms, rfc3339};
 use crate::tokens::{Keyring, TokenKind, TokenRef};
+pub use crate::upload::{Upload, UploadTemplate, MAX_UPLOAD, MAX_UPLOADS};
 pub use warren_runtime::Paths;
 
 /// Errors of the engine, each with a stable code (see [`CoreError::code`]).
@@ -95,6 +97,12 @@ pub enum CoreError {
     /// A tenant's quota would be passed.
     #[error("{0}")]
     Quota(String),
+    /// What the caller sent is over its limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The daemon does as much of this as it takes at once; retry later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl From<StoreError> for CoreError {
@@ -136,6 +144,8 @@ impl CoreError {
             Self::Store(_) => WireCode::StoreError,
             Self::Random(_) => WireCode::Unavailable,
             Self::Quota(_) => WireCode::QuotaExceeded,
+            Self::TooLarge(_) => WireCode::PayloadTooLarge,
+            Self::Busy(_) => WireCode::Busy,
         }
     }
 
@@ -456,6 +466,8 @@ pub struct Manager {
     disk_cache: Mutex<HashMap<String, u64>>,
     /// Template builds running, per tenant.
     builds: Mutex<HashMap<String, u32>>,
+    /// Archives being received.
+    uploads: upload::Uploads,
     /// Derives the sandboxes' tokens (see [`tokens`]).
     keys: Keyring,
     /// Looks at the connections domain rules must judge; `None` if it could not listen.
@@ -546,6 +558,7 @@ impl Manager {
             quota_lock: Mutex::new(()),
             disk_cache: Mutex::default(),
             builds: Mutex::default(),
+            uploads: upload::Uploads::default(),
             keys,
             egress: match warren_runtime::egress::EgressProxy::start(&config.paths.run) {
                 Ok(p) => Some(p),
@@ -559,6 +572,7 @@ impl Manager {
             config,
         });
         mgr.recover()?;
+        upload::clear_leftovers(&mgr.config.paths);
         let weak = Arc::downgrade(&mgr);
         let interval = mgr.config.reaper_interval;
         tokio::spawn(async move {

@@ -328,7 +328,12 @@ impl Manager {
 
     /// Where a new template `name` made by `who` is stored: the operator's are every
     /// tenant's, a tenant's (and every snapshot, which holds a sandbox's files) its own.
-    fn new_template_key(&self, who: &Caller, name: &str, snapshot: bool) -> Result<(String, bool)> {
+    pub(crate) fn new_template_key(
+        &self,
+        who: &Caller,
+        name: &str,
+        snapshot: bool,
+    ) -> Result<(String, bool)> {
         let private = snapshot || !who.operator;
         if !warren_runtime::valid_name(name) {
             return Err(CoreError::Invalid(format!(
@@ -352,14 +357,7 @@ impl Manager {
                 req.archive
             )));
         }
-        if req.setuid && !who.operator {
-            return Err(CoreError::Invalid(
-                "only the operator may import a template whose setuid programs work inside \
-                 (import it on the daemon's unix socket)"
-                    .into(),
-            ));
-        }
-        let paths = self.config.paths.clone();
+        crate::upload::check_setuid(who, req.setuid)?;
         let mut limits = oci::Limits::default();
         if let Some(m) = req.max_bytes {
             limits.max_bytes = m;
@@ -373,9 +371,28 @@ impl Manager {
             tenant: Some(who.tenant.clone()),
             isolation: req.isolation,
             setuid: req.setuid,
+            // A file of the daemon's host: only the host's root names one.
+            private: false,
+            source: None,
         };
-        let archive = req.archive;
-        let imported = blocking(move || oci::import(&paths, &archive, &opts, &mut |_| {})).await?;
+        self.import_archive(req.archive, opts, ()).await
+    }
+
+    /// Imports `archive` as `opts` says; `keep` lives until the import is done, whether
+    /// or not the caller still waits.
+    pub(crate) async fn import_archive(
+        &self,
+        archive: PathBuf,
+        opts: oci::ImportOptions,
+        keep: impl Send + 'static,
+    ) -> Result<ImportResult> {
+        let paths = self.config.paths.clone();
+        let imported = blocking(move || {
+            let r = oci::import(&paths, &archive, &opts, &mut |_| {});
+            drop(keep);
+            r
+        })
+        .await?;
         let mut warnings = Vec::new();
         for (i, r) in imported.reports.iter().enumerate() {
             let layer = i + 1;

@@ -101,6 +101,10 @@ pub struct ImportOptions {
     pub isolation: Option<warren_types::spec::Isolation>,
     /// Keep setuid and setgid bits, and honour them inside (see [`TemplateMeta::setuid`]).
     pub setuid: bool,
+    /// Stored in `tenant`'s own namespace, seen by it alone (see [`TemplateMeta::private`]).
+    pub private: bool,
+    /// What the template's `source` says it came from [default: the archive's path].
+    pub source: Option<String>,
 }
 
 /// What an import made.
@@ -121,7 +125,8 @@ pub fn import(
     opts: &ImportOptions,
     progress: &mut dyn FnMut(&str),
 ) -> crate::Result<Imported> {
-    template::check_new_name(paths, &opts.name)?;
+    let key = template::key(opts.tenant.as_deref().filter(|_| opts.private), &opts.name);
+    template::check_new_name(paths, &key)?;
     let _lock = template::lock_shared(paths)?;
     let mut budget = unpack::Budget::new(opts.limits);
     let (file, _tmp) = open_outer(paths, archive, &mut budget)?;
@@ -178,7 +183,10 @@ pub fn import(
     let meta = TemplateMeta {
         name: opts.name.clone(),
         kind: TemplateKind::Image,
-        source: archive.display().to_string(),
+        source: opts
+            .source
+            .clone()
+            .unwrap_or_else(|| archive.display().to_string()),
         layers: ids,
         host_base: false,
         env: c
@@ -196,8 +204,9 @@ pub fn import(
         created_at: unix_ms(),
         tenant: opts.tenant.clone(),
         source_sandbox: None,
-        // Imports read a file of the daemon's host: the operator's, for every tenant.
-        private: false,
+        // A file of the daemon's host is the operator's, for every tenant; an archive a
+        // tenant sent is that tenant's.
+        private: opts.private,
         isolation: opts.isolation,
         setuid: opts.setuid,
         key: String::new(),

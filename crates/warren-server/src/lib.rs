@@ -141,6 +141,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/templates/{name}"),
     ("DELETE", "/v1/templates/{name}"),
     ("POST", "/v1/templates/import"),
+    ("POST", "/v1/templates/upload"),
     ("POST", "/v1/templates/build"),
     ("POST", "/v1/templates/gc"),
     ("POST", "/v1/sandboxes/{key}/snapshot"),
@@ -250,6 +251,11 @@ fn build(state: AppState) -> Router {
         // Unix socket only, refused inside: on TCP `{name}` would match them.
         .route("/v1/templates/import", post(templates::import))
         .route("/v1/templates/gc", post(templates::gc))
+        // The archive is counted by the engine, against a limit of its own.
+        .route(
+            "/v1/templates/upload",
+            post(templates::upload).layer(DefaultBodyLimit::disable()),
+        )
         .route(
             "/v1/templates/{name}",
             get(templates::get).delete(templates::remove),

@@ -1,24 +1,25 @@
 //! Templates and snapshots: list, inspect, import (unix socket only: it reads a file of
-//! the daemon's host), build (progress streamed as NDJSON), remove, collect unused
+//! the daemon's host), upload (the archive in the body, on both surfaces), build (progress streamed as NDJSON), remove, collect unused
 //! layers, disk usage; and the snapshot of a sandbox.
 //!
 //! Each handler is one [`Manager`](warren_core::Manager) call; a build's progress comes
 //! from the engine as typed events and leaves here as one JSON line each.
 
+use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use warren_core::{
     BuildEvent, BuildTemplate, DiskUsage, ImportResult, ImportTemplate, LayerGcResult,
-    SnapshotRequest, SnapshotResult, TemplateInfo,
+    SnapshotRequest, SnapshotResult, TemplateInfo, UploadTemplate,
 };
 
 use crate::error::Error;
 use crate::exec::ndjson;
-use crate::extract::{Json, Path, Tenant};
+use crate::extract::{Json, Path, Query, Tenant};
 use crate::{AppState, Surface};
 
 /// `GET /v1/templates`.
@@ -56,6 +57,50 @@ pub async fn import(
 ) -> Result<(StatusCode, axum::Json<ImportResult>), Error> {
     let (who, req) = unix_only::<ImportTemplate>(&st, req, "/v1/templates/import").await?;
     let r = st.mgr.import_template(&who, req).await?;
+    Ok((StatusCode::CREATED, axum::Json(r)))
+}
+
+/// Longest wait for the next part of an upload.
+const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `POST /v1/templates/upload?name=...`: the body is the archive, written to the
+/// daemon's disk as it arrives (never held whole) and counted against its limit, then
+/// imported as `import` does. The route has no body limit of axum's: the engine's
+/// [`Upload`](warren_core::Upload) counts, and removes its file however this ends (the
+/// client leaving drops it with this future).
+pub async fn upload(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+    Query(req): Query<UploadTemplate>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, axum::Json<ImportResult>), Error> {
+    let mut upload = st.mgr.begin_upload(&who, req)?;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = declared {
+        // Refused before a byte is written; the same words as a body found too long.
+        upload.write_declared(n)?;
+    }
+    let mut data = body.into_data_stream();
+    use tokio_stream::StreamExt;
+    loop {
+        // A sender that stops sending gives its place back rather than hold it.
+        let next = tokio::time::timeout(UPLOAD_STALL, data.next())
+            .await
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "the upload stalled: nothing arrived for {} s",
+                    UPLOAD_STALL.as_secs()
+                ))
+            })?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| Error::invalid(format!("the upload broke off: {e}")))?;
+        upload.write(&chunk).await?;
+    }
+    let r = st.mgr.import_upload(&who, upload).await?;
     Ok((StatusCode::CREATED, axum::Json(r)))
 }
 

@@ -12,7 +12,8 @@ use http_body_util::BodyExt;
 use serde_json::Value;
 use tower::ServiceExt;
 use warren_core::Paths;
-use warren_core::{Config, Manager};
+use warren_core::{Caller, Config, Manager, UploadTemplate};
+use warren_types::api::WireCode;
 
 use crate::conn::Trusted;
 use crate::{router, Surface, ROUTES, UNIX_ONLY};
@@ -717,4 +718,84 @@ async fn the_socket_replaces_stale_ones_and_is_private() {
     std::fs::write(&plain, b"x").expect("write");
     assert!(crate::bind_unix(&plain).is_err());
     assert!(plain.exists());
+}
+
+/// The files uploads left in the data directory.
+fn uploads_left(e: &Env) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(e._dir.path().join("data/uploads"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path())
+        .collect()
+}
+
+#[tokio::test]
+async fn template_uploads_are_bounded_and_leave_no_file() {
+    let e = env().await;
+    let upload = |uri: &str, body: Vec<u8>, declared: bool| {
+        let mut r = req("POST", uri);
+        if declared {
+            r = r.header(header::CONTENT_LENGTH, body.len());
+        }
+        r.body(Body::from(body)).expect("request")
+    };
+    // Counted as it arrives, and refused before a byte is written when declared.
+    for declared in [false, true] {
+        let r = upload(
+            "/v1/templates/upload?name=big&max_bytes=1024",
+            vec![0; 4096],
+            declared,
+        );
+        let (s, v) = send(e.unix(), r).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{v}");
+        assert_eq!(code(&v), "payload_too_large");
+        assert!(v["message"].as_str().unwrap().contains("1 KiB"), "{v}");
+        assert!(uploads_left(&e).is_empty());
+    }
+    // A client that leaves mid-body: its part is not kept.
+    let broken = futures_util::stream::iter([
+        Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 4096])),
+        Err(std::io::Error::other("the client left")),
+    ]);
+    let r = req("POST", "/v1/templates/upload?name=gone")
+        .body(Body::from_stream(broken))
+        .expect("request");
+    let (s, v) = send(e.unix(), r).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(uploads_left(&e).is_empty());
+    // Within the limit but not an archive: refused, nothing kept.
+    let r = upload("/v1/templates/upload?name=junk", vec![7; 4096], false);
+    let (s, v) = send(e.unix(), r).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(uploads_left(&e).is_empty());
+    // A bad name, setuid from a tenant, and no name are refused before the body is read.
+    let r = upload("/v1/templates/upload?name=..", vec![0; 10], false);
+    assert_eq!(send(e.unix(), r).await.0, StatusCode::BAD_REQUEST);
+    let r = upload("/v1/templates/upload", vec![0; 10], false);
+    assert_eq!(send(e.unix(), r).await.0, StatusCode::BAD_REQUEST);
+    let tenant = Caller::tenant("t");
+    let refused = e.mgr.begin_upload(
+        &tenant,
+        UploadTemplate {
+            name: "s".into(),
+            setuid: true,
+            ..Default::default()
+        },
+    );
+    assert_eq!(refused.unwrap_err().code(), WireCode::InvalidRequest);
+    // Two at once at most; a finished one frees its place.
+    let one = UploadTemplate {
+        name: "a".into(),
+        ..Default::default()
+    };
+    let held: Vec<_> = (0..warren_core::MAX_UPLOADS)
+        .map(|_| e.mgr.begin_upload(&tenant, one.clone()).expect("a place"))
+        .collect();
+    let busy = e.mgr.begin_upload(&tenant, one.clone()).unwrap_err();
+    assert_eq!(busy.code(), WireCode::Busy);
+    assert_eq!(uploads_left(&e).len(), warren_core::MAX_UPLOADS);
+    drop(held);
+    assert!(uploads_left(&e).is_empty());
+    assert!(e.mgr.begin_upload(&tenant, one).is_ok());
 }

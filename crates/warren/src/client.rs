@@ -143,6 +143,12 @@ impl Client {
         })
     }
 
+    /// Whether this client reaches the daemon over TCP, from wherever it may be, rather
+    /// than on the daemon's own host.
+    pub fn over_tcp(&self) -> bool {
+        matches!(self.target, Target::Tcp(_))
+    }
+
     fn describe(&self) -> String {
         match &self.target {
             Target::Unix(p) => format!("socket {}", p.display()),

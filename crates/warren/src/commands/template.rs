@@ -41,13 +41,22 @@ enum TemplateCommand {
     Du(LsArgs),
 }
 
-/// Import a `docker save` or OCI layout archive (.tar, optionally gzip or zstd).
+/// Import a `docker save` or OCI layout archive (.tar, optionally gzip or zstd). On the
+/// daemon's host the daemon reads the file; with `--host` it is sent to the daemon, and
+/// the template is the API key's tenant's own.
 #[derive(Debug, Args)]
 struct ImportArgs {
-    /// The archive, on the daemon's host.
+    /// The archive.
     archive: std::path::PathBuf,
+    /// The template's name (or `--name`).
+    #[arg(
+        value_name = "NAME",
+        required_unless_present = "name",
+        conflicts_with = "name"
+    )]
+    name_arg: Option<String>,
     #[arg(long)]
-    name: String,
+    name: Option<String>,
     /// Run in the background whenever a sandbox of this template starts.
     #[arg(long)]
     start_cmd: Option<String>,
@@ -139,7 +148,8 @@ fn base(a: BaseArgs) -> anyhow::Result<ExitCode> {
     remove_old(&Client::new(&a.client)?, &a.name)?;
     import(ImportArgs {
         archive,
-        name: a.name,
+        name_arg: None,
+        name: Some(a.name),
         start_cmd: None,
         ready_cmd: None,
         ready_timeout: None,
@@ -389,25 +399,37 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
-    // The daemon reads the file: give it a path that means the same there.
-    let archive = std::fs::canonicalize(&a.archive)
-        .map_err(|e| anyhow::anyhow!("cannot find the archive {}: {e}", a.archive.display()))?;
+    let name = a
+        .name_arg
+        .clone()
+        .or_else(|| a.name.clone())
+        .ok_or_else(|| anyhow::anyhow!("give the template a name"))?;
     let client = Client::new(&a.client)?;
-    let body = ImportTemplate {
-        archive,
-        name: a.name.clone(),
-        start_cmd: a.start_cmd,
-        ready_cmd: a.ready_cmd,
-        ready_timeout_secs: a.ready_timeout.map(secs),
-        max_bytes: a.max_size,
-        isolation: a.isolation,
-        setuid: a.setuid,
+    let r = if client.over_tcp() {
+        upload(&client, &a, &name)?
+    } else {
+        // The daemon reads the file: give it a path that means the same there.
+        let archive = std::fs::canonicalize(&a.archive)
+            .map_err(|e| anyhow::anyhow!("cannot find the archive {}: {e}", a.archive.display()))?;
+        let body = ImportTemplate {
+            archive,
+            name: name.clone(),
+            start_cmd: a.start_cmd,
+            ready_cmd: a.ready_cmd,
+            ready_timeout_secs: a.ready_timeout.map(secs),
+            max_bytes: a.max_size,
+            isolation: a.isolation,
+            setuid: a.setuid,
+        };
+        let spinner = spinner(&format!("importing {name}"));
+        let r = block_on(client.call::<ImportResult>(
+            Method::POST,
+            "/v1/templates/import",
+            Some(&body),
+        ))?;
+        spinner.finish_and_clear();
+        r?
     };
-    let spinner = spinner(&format!("importing {}", a.name));
-    let r =
-        block_on(client.call::<ImportResult>(Method::POST, "/v1/templates/import", Some(&body)))?;
-    spinner.finish_and_clear();
-    let r = r?;
     for w in &r.warnings {
         eprintln!("warren: {w}");
     }
@@ -419,6 +441,109 @@ fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
     );
     out(format!("{}\n", r.template.meta.name))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sends the archive to the daemon (`POST /v1/templates/upload`) as it is read, with
+/// the bytes sent and their share on stderr when it is a terminal.
+fn upload(client: &Client, a: &ImportArgs, name: &str) -> anyhow::Result<ImportResult> {
+    use anyhow::Context;
+    let file = std::fs::File::open(&a.archive)
+        .with_context(|| format!("cannot open the archive {}", a.archive.display()))?;
+    let len = file.metadata()?.len();
+    let mut query = vec![format!("name={}", enc(name))];
+    let mut param = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", enc(&v)));
+        }
+    };
+    param("start_cmd", a.start_cmd.clone());
+    param("ready_cmd", a.ready_cmd.clone());
+    param(
+        "ready_timeout_secs",
+        a.ready_timeout.map(|d| secs(d).to_string()),
+    );
+    param("max_bytes", a.max_size.map(|m| m.to_string()));
+    param(
+        "isolation",
+        a.isolation
+            .and_then(|i| serde_json::to_value(i).ok())
+            .and_then(|v| v.as_str().map(str::to_string)),
+    );
+    param("setuid", a.setuid.then(|| "true".to_string()));
+    let path = format!("/v1/templates/upload?{}", query.join("&"));
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let pb = ProgressBar::new(len);
+        pb.set_style(
+            ProgressStyle::with_template(
+                "sending {msg} {bytes}/{total_bytes} ({percent}%) [{wide_bar}] {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        pb.set_message(name.to_string());
+        pb
+    } else {
+        ProgressBar::hidden()
+    };
+    let sent = bar.clone();
+    let r = block_on(async move {
+        let file = tokio::fs::File::from_std(file);
+        let chunks = futures_util::stream::unfold(file, move |mut f| {
+            let sent = sent.clone();
+            async move {
+                use tokio::io::AsyncReadExt;
+                let mut buf = vec![0u8; 256 << 10];
+                match f.read(&mut buf).await {
+                    Ok(0) => None,
+                    Ok(n) => {
+                        buf.truncate(n);
+                        sent.inc(n as u64);
+                        Some((Ok(hyper::body::Frame::data(bytes::Bytes::from(buf))), f))
+                    }
+                    Err(e) => Some((Err(e), f)),
+                }
+            }
+        });
+        let body = Declared {
+            inner: http_body_util::StreamBody::new(Box::pin(chunks)),
+            len,
+        };
+        let resp = client
+            .send_body(Method::POST, &path, Some("application/octet-stream"), body)
+            .await?;
+        let bytes = http_body_util::BodyExt::collect(resp.into_body())
+            .await
+            .map_err(|e| crate::client::Error::Connection(e.to_string()))?
+            .to_bytes();
+        serde_json::from_slice::<ImportResult>(&bytes)
+            .map_err(|e| crate::client::Error::Protocol(e.to_string()))
+    });
+    bar.finish_and_clear();
+    let r = r??;
+    eprintln!("warren: sent {} ({len} bytes)", human(len));
+    Ok(r)
+}
+
+/// A body whose length is known before it is read: sent with `Content-Length`, so the
+/// daemon can refuse one over its limit before it arrives.
+struct Declared<B> {
+    inner: B,
+    len: u64,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Declared<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.len)
+    }
 }
 
 fn spinner(msg: &str) -> ProgressBar {
