@@ -44,11 +44,21 @@ pub(crate) fn for_each_sandbox(
     method: Method,
     action: &str,
 ) -> anyhow::Result<ExitCode> {
+    for_each(client, keys, method, |key| sandbox_path(key, action))
+}
+
+/// [`for_each_sandbox`] for any resource: one `method` call on `path(key)` per key.
+pub(crate) fn for_each(
+    client: &ClientArgs,
+    keys: &[String],
+    method: Method,
+    path: impl Fn(&str) -> String,
+) -> anyhow::Result<ExitCode> {
     let client = Client::new(client)?;
     let failed = block_on(async {
         let mut failed = false;
         for key in keys {
-            let path = sandbox_path(key, action);
+            let path = path(key);
             match client.call_raw(method.clone(), &path, None::<&()>).await {
                 Ok(_) => out(format!("{key}\n"))?,
                 Err(e) if e.exit_code() == 1 => {

@@ -110,29 +110,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<ExitCode> {
             out(table(&[v]))?;
             Ok(ExitCode::SUCCESS)
         }
-        VolumeCommand::Rm(a) => {
-            let client = Client::new(&a.client)?;
-            let failed = block_on(async {
-                let mut failed = false;
-                for owner in &a.owners {
-                    let path = volume_path(owner);
-                    match client.call_raw(Method::DELETE, &path, None::<&()>).await {
-                        Ok(_) => out(format!("{owner}\n"))?,
-                        Err(e) if e.exit_code() == 1 => {
-                            eprintln!("warren: {e}");
-                            failed = true;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                Ok(failed)
-            })??;
-            Ok(if failed {
-                ExitCode::from(1)
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        VolumeCommand::Rm(a) => super::for_each(&a.client, &a.owners, Method::DELETE, volume_path),
     }
 }
 
