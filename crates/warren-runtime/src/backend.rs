@@ -124,6 +124,12 @@ pub trait Instance: Send + Sync + Debug {
         self.usage().oom_kills
     }
 
+    /// How often the host refused the sandbox a task for its limit, where that stops
+    /// the whole sandbox (gVisor); 0 where a process is refused and the sandbox goes on.
+    fn fatal_task_limit_hits(&self) -> u64 {
+        0
+    }
+
     /// Whether the sandbox still runs.
     fn is_alive(&mut self) -> bool;
 

@@ -15,9 +15,12 @@
 //!    `--host-uds=create` that is a socket on the host the daemon connects to.
 //!
 //! Limits: memory and CPU go in the bundle's `linux.resources`, under a cgroup named as
-//! the namespace backend names its own (relative, so under this process's cgroup). The
-//! pids limit is not offered: gVisor's own host threads count against it, and a small
-//! one kills the sandbox.
+//! the namespace backend names its own (relative, so under this process's cgroup).
+//! Tasks are limited on the host too, and always: each process inside costs gVisor
+//! (on the ptrace platform) several host tasks, so without a cap a fork bomb inside
+//! would use up the host's pids. The cap is [`host_tasks`] of the sandbox's pids limit;
+//! past it gVisor cannot make a thread and the sandbox stops whole, as past its memory
+//! limit. gVisor's own pids cgroup is not used: this runsc enforces it only now and then.
 //!
 //! Volumes (the owner's home among them) are mounted by `warren __oci` as a namespace
 //! sandbox's are (an ext4 image through the one loop device that has it, or a directory;
@@ -652,6 +655,7 @@ fn bundle_config(
             json!({"quota": u64::from(c) * 100, "period": 100_000}),
         );
     }
+    resources.insert("pids".into(), json!({"limit": host_tasks(r.pids)}));
     let launch = serde_json::to_string(&launch).expect("the launch serializes");
     let mut namespaces = vec![
         json!({"type": "pid"}),
@@ -691,6 +695,21 @@ fn bundle_config(
                               "/proc/sys", "/proc/sysrq-trigger"],
         },
     }))
+}
+
+/// Host tasks gVisor's Sentry, Gofer and platform use with nothing running inside
+/// (measured: about 40 on the ptrace platform), with room to spare.
+const BASE_HOST_TASKS: u64 = 256;
+/// Host tasks each process inside costs on the ptrace platform (measured: about 6, its
+/// address space's stub and the threads tracing it; a thread inside costs less).
+const HOST_TASKS_PER_TASK: u64 = 8;
+/// Tasks a sandbox with no pids limit of its own may have, for the host cap.
+const DEFAULT_TASKS: u64 = 1024;
+
+/// The host's cap on a gVisor sandbox's tasks (its cgroup's `pids.max`) for a limit of
+/// `pids` tasks inside.
+fn host_tasks(pids: Option<u32>) -> u64 {
+    BASE_HOST_TASKS + HOST_TASKS_PER_TASK * pids.map_or(DEFAULT_TASKS, u64::from)
 }
 
 /// Runs `warren __oci` with `launch` and waits for it (the OCI runtime's create or
@@ -1152,7 +1171,7 @@ impl Backend for GvisorBackend {
                 pause: true,
                 memory_snapshots: true,
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
-                limits: ["memory", "cpu"].map(String::from).to_vec(),
+                limits: ["memory", "cpu", "pids"].map(String::from).to_vec(),
                 volumes: true,
             },
         }
@@ -1281,6 +1300,10 @@ impl Instance for GvisorSandbox {
 
     fn oom_kills(&self) -> u64 {
         self.cgroup.oom_kills()
+    }
+
+    fn fatal_task_limit_hits(&self) -> u64 {
+        self.cgroup.task_limit_hits()
     }
 
     fn is_alive(&mut self) -> bool {

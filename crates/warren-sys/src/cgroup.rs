@@ -367,6 +367,16 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
+    /// How many times a new task was refused for the cgroup's pids limit.
+    pub fn task_limit_hits(&self) -> u64 {
+        let ctrl = if self.v2 { "" } else { "pids" };
+        self.read(ctrl, "pids.events")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("max ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Memory in use, bytes.
     pub fn memory_current(&self) -> u64 {
         let (ctrl, file) = if self.v2 {

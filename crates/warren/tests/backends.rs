@@ -250,13 +250,14 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     }
 
     // Limits held by the kernel (or the backend's kernel): tasks, and memory last.
-    // Without a task limit (gVisor's host threads would count against one), a few only:
-    // the point there is that children start, not that a limit holds.
-    let n = if enforces("pids") { "100" } else { "16" };
+    // gVisor's task limit is held on the host's count of its threads and stops the
+    // sandbox whole (`gvisor_fork_bomb_...`): here, a few children only, which must start.
+    let refuses_forks = enforces("pids") && isolation != "gvisor";
+    let n = if refuses_forks { "100" } else { "16" };
     let (_, out) = d.exec(&id, &FORKS.replace('N', n));
     let started: u32 = out.trim().parse().unwrap_or(999);
     assert!(
-        !enforces("pids") || started < 64,
+        !refuses_forks || started < 64,
         "{isolation}: {started} sleeps ran under --pids 64"
     );
     assert!(started > 0, "{isolation}: no child could be started: {out}");
@@ -305,6 +306,15 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         eventually(10, || read(d) > a),
         "{isolation}: the counter did not go on"
     );
+    if refuses_forks {
+        // The limit is still held after a resume.
+        let (_, out) = d.exec(&id, &FORKS.replace('N', "100"));
+        let started: u32 = out.trim().parse().unwrap_or(999);
+        assert!(
+            started > 0 && started < 64,
+            "{isolation}: {started} sleeps ran under --pids 64 after a resume"
+        );
+    }
 
     // Memory: a process past the limit is killed, or (gVisor, whose Sentry is one host
     // process) the whole sandbox is stopped; either way the host is untouched.
@@ -331,6 +341,11 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         assert!(
             eventually(15, || d.info(&id)["state"] != "running"),
             "{isolation}: a sandbox whose agent died still counts as running"
+        );
+        assert!(
+            eventually(15, || d.ok(&["events", &id]).contains("out of memory")),
+            "{isolation}: the stop is not told as out of memory: {}",
+            d.ok(&["events", &id])
         );
     }
 
@@ -546,6 +561,43 @@ fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
     );
     assert_eq!(out.trim(), "still here");
     d.ok(&["rm", &id]);
+    d.finish();
+}
+
+#[test]
+fn a_gvisor_fork_bomb_stops_its_sandbox_and_not_the_hosts_pids() {
+    let Some((_t, _spaces, d)) =
+        gvisor_test("a_gvisor_fork_bomb_stops_its_sandbox_and_not_the_hosts_pids")
+    else {
+        return;
+    };
+    let id = d.create(&["--isolation", "gvisor", "--memory", "512M", "--pids", "32"]);
+    let cgroups = warren_runtime::gvisor::cgroups_everywhere(&format!("warren-{id}"));
+    let pids = cgroups
+        .into_iter()
+        .map(|(_, p)| p)
+        .find(|p| p.join("pids.max").exists())
+        .expect("the sandbox has a pids cgroup on the host");
+    let max: u64 = std::fs::read_to_string(pids.join("pids.max"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(max < 1024, "the host cap for --pids 32 is {max} tasks");
+    // Each process inside costs gVisor several host tasks: unchecked, this would use up
+    // the host's pids in seconds.
+    d.ok(&["exec", "-d", &id, "--", "bash", "-c", "f() { f | f & }; f"]);
+    assert!(
+        eventually(60, || d.info(&id)["state"] != "running"),
+        "the fork bomb is still running"
+    );
+    assert!(
+        eventually(15, || d.ok(&["events", &id]).contains("too many tasks")),
+        "the stop is not told as the task limit: {}",
+        d.ok(&["events", &id])
+    );
+    d.ok(&["rm", &id]);
+    assert!(!pids.exists(), "its pids cgroup outlived it");
     d.finish();
 }
 
