@@ -1286,6 +1286,27 @@ impl Instance for GvisorSandbox {
         self.checkpoint_into(image, true)
     }
 
+    /// Pauses it to disk (unless it is), so that the image and the files are of one
+    /// moment, copies both, and resumes it if it was running.
+    fn save_memory(&self, into: &Path) -> Result<()> {
+        if self.runsc.nat {
+            return Err(no_snapshots_on_nat());
+        }
+        let was_running = !image_done(&self.run);
+        if was_running {
+            self.checkpoint_to_disk()?;
+        }
+        let files = self.restore.paths.sandbox_data(&self.id).join("upper");
+        let copied = std::fs::create_dir_all(into)
+            .map_err(crate::io_err("make the memory directory"))
+            .and_then(|()| copy_layer(&image_dir(&self.run), &into.join("image")))
+            .and_then(|()| copy_layer(&files, &into.join("upper")));
+        if was_running {
+            self.restore_from_disk()?;
+        }
+        copied
+    }
+
     fn is_paused(&self) -> bool {
         image_done(&self.run)
             || self

@@ -754,6 +754,101 @@ fn a_fork_copies_the_files_and_on_gvisor_the_processes() {
 }
 
 #[test]
+fn a_template_with_memory_starts_its_sandboxes_warm() {
+    let Some((_t, _spaces, d)) = gvisor_test("a_template_with_memory_starts_its_sandboxes_warm")
+    else {
+        return;
+    };
+    // A namespace sandbox cannot save its memory, and says which backend can.
+    let ns = d.create(&[]);
+    let r = post(
+        &d,
+        &format!("/v1/sandboxes/{ns}/snapshot"),
+        &serde_json::json!({"name": "ns-warm", "memory": true}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("gvisor"), "{}", r.text());
+    d.ok(&["rm", &ns]);
+
+    let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
+    // A "warm-up" whose result lives only in memory, then a counter going on from it.
+    python_in_background(&d, &id, "import os, time, random\nwarm = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/s.new', 'w').write(f'{warm} {i}')\n    os.replace('/tmp/s.new', '/tmp/state')\n    time.sleep(0.05)");
+    d.exec(&id, "echo source > /root/who");
+    let state = |d: &Daemon, id: &str| -> (String, u64) {
+        let (_, out) = d.exec(id, "cat /tmp/state");
+        let (s, n) = out.trim().split_once(' ').unwrap_or(("", "0"));
+        (s.to_string(), n.parse().unwrap_or(0))
+    };
+    assert!(
+        eventually(20, || state(&d, &id).1 > 3),
+        "the counter never ran"
+    );
+    let out = d.ok(&["snapshot", &id, "--name", "warm", "--memory"]);
+    assert_eq!(out.trim(), "warm");
+    let (warm, at) = state(&d, &id);
+    // The source goes on, running.
+    assert_eq!(d.info(&id)["state"], "running");
+    assert!(
+        eventually(10, || state(&d, &id).1 > at),
+        "the source stopped"
+    );
+    let listed = d.ok(&["template", "inspect", "warm"]);
+    assert!(listed.contains("image_bytes"), "{listed}");
+
+    // Two sandboxes of the template: the process is there, warm, and goes on; each
+    // has its own files.
+    let copies = [
+        d.create(&["--template", "warm"]),
+        d.create(&["--template", "warm"]),
+    ];
+    for c in &copies {
+        assert_eq!(d.info(c)["isolation"], "gvisor");
+        let (s, n) = state(&d, c);
+        assert_eq!(s, warm, "{c} does not carry the template's memory");
+        assert!(n > 3, "{c}: the counter started again from nothing: {n}");
+        assert!(
+            eventually(10, || state(&d, c).1 > n),
+            "{c}: its counter stopped"
+        );
+        assert_eq!(d.exec(c, "cat /root/who").1.trim(), "source");
+        d.exec(c, &format!("echo {c} > /root/who"));
+    }
+    assert_eq!(d.exec(&copies[0], "cat /root/who").1.trim(), copies[0]);
+    assert_eq!(d.exec(&id, "cat /root/who").1.trim(), "source");
+    // Only gVisor restores it; no pool boots it cold; in use, it stays.
+    let r = post(
+        &d,
+        "/v1/sandboxes",
+        &serde_json::json!({"template": "warm", "isolation": "namespace"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = d.http(Via::Unix, "DELETE", "/v1/templates/warm", &[], b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    for c in copies.iter().chain([&id]) {
+        d.ok(&["rm", c]);
+    }
+    d.ok(&["template", "rm", "warm"]);
+    // Nothing of it, nor of its saving, is left.
+    let templates = d.data_dir().join("templates");
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&templates).unwrap().flatten() {
+        names.push(e.file_name().to_string_lossy().into_owned());
+        if e.path().is_dir() {
+            for f in std::fs::read_dir(e.path()).unwrap().flatten() {
+                names.push(f.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "warm" || n.starts_with(".memory-")),
+        "left under templates/: {names:?}"
+    );
+    d.finish();
+}
+
+#[test]
 fn a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused() {
     let Some((_t, _spaces, d)) =
         gvisor_test("a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused")
