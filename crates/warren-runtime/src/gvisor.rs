@@ -914,8 +914,82 @@ pub fn oci_main() -> ! {
         .filter_map(|a| std::ffi::CString::new(a.as_str()).ok())
         .collect();
     let bin = std::ffi::CString::new(bin.as_str()).unwrap_or_default();
-    let e = nix::unistd::execv(&bin, &args).unwrap_err();
-    fail("exec the OCI runtime", &e)
+    // The runtime's create (or restore) leaves the container's processes behind when it
+    // exits. They are adopted by a reaper of the sandbox's own, not by the host's init,
+    // which may reap as late as a second after (this host's does): `runsc delete` waits
+    // for them to be gone, so a slow reaper is in every remove and pause.
+    let (status_r, status_w) = match nix::unistd::pipe() {
+        Ok(p) => p,
+        Err(e) => fail("pipe", &e),
+    };
+    match warren_sys::ns::fork_process() {
+        Ok(warren_sys::ns::Forked::Child) => {
+            drop(status_r);
+            reap_for_the_sandbox(&bin, &args, status_w)
+        }
+        Ok(warren_sys::ns::Forked::Parent(_)) => {
+            drop(status_w);
+            // The runtime's exit status, from the reaper; nothing if it died first.
+            let mut code = [1u8];
+            let _ = std::io::Read::read_exact(&mut std::fs::File::from(status_r), &mut code);
+            std::process::exit(i32::from(code[0]))
+        }
+        Err(e) => fail("fork the sandbox's reaper", &e),
+    }
+}
+
+/// The sandbox's reaper (see [`oci_main`]): in a session of its own, it adopts what the
+/// runtime leaves (PR_SET_CHILD_SUBREAPER), runs the runtime, sends its exit status
+/// down `status`, and reaps until nothing is left under it. Never returns.
+fn reap_for_the_sandbox(
+    bin: &std::ffi::CStr,
+    args: &[std::ffi::CString],
+    status: std::os::fd::OwnedFd,
+) -> ! {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    let _ = nix::unistd::setsid();
+    if warren_sys::ns::set_child_subreaper().is_err() {
+        // The host's init adopts them instead: slower to remove, nothing worse.
+    }
+    let runtime = match warren_sys::ns::fork_process() {
+        Ok(warren_sys::ns::Forked::Child) => {
+            drop(status);
+            let e = nix::unistd::execv(bin, args).unwrap_err();
+            eprintln!("warren __oci: exec the OCI runtime: {e}");
+            std::process::exit(1)
+        }
+        Ok(warren_sys::ns::Forked::Parent(pid)) => pid,
+        Err(e) => {
+            eprintln!("warren __oci: fork the OCI runtime: {e}");
+            std::process::exit(1)
+        }
+    };
+    let code: u8 = loop {
+        match waitpid(runtime, None) {
+            Ok(WaitStatus::Exited(_, c)) => break u8::try_from(c).unwrap_or(1),
+            Ok(WaitStatus::Signaled(..)) => break 1,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break 1,
+        }
+    };
+    let _ = std::io::Write::write_all(&mut std::fs::File::from(status), &[code]);
+    // Nothing of the daemon's is held from here on: not its log, not a terminal.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+        }
+    }
+    loop {
+        match waitpid(None, None) {
+            Err(nix::errno::Errno::ECHILD) => std::process::exit(0),
+            _ => continue,
+        }
+    }
 }
 
 /// `warren __gvisor-watch ID PID remove|keep`: waits for its parent (`warren run`, pid
