@@ -32,6 +32,8 @@ pub enum StoreError {
     Record(#[from] serde_json::Error),
     #[error("a sandbox named {0:?} already exists for this owner")]
     NameTaken(String),
+    #[error("{0}")]
+    Backup(String),
 }
 
 impl StoreError {
@@ -327,6 +329,112 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
         Ok(Self { conn })
+    }
+
+    /// Copies the store at `from` to a new file `to`, consistently while a daemon
+    /// writes it (SQLite's `VACUUM INTO` reads one snapshot), readable by root alone,
+    /// and checks the copy. Returns the copy's size in bytes.
+    pub fn backup(from: &Path, to: &Path) -> Result<u64, StoreError> {
+        use rusqlite::OpenFlags;
+        if to.symlink_metadata().is_ok() {
+            return Err(StoreError::Backup(format!(
+                "{} exists: name a new file (a backup never overwrites)",
+                to.display()
+            )));
+        }
+        if !from.exists() {
+            return Err(StoreError::Backup(format!(
+                "no store at {} (is WARREN_DATA_DIR the daemon's?)",
+                from.display()
+            )));
+        }
+        let conn = Connection::open_with_flags(
+            from,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: from.display().to_string(),
+            source,
+        })?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Made empty and private first: SQLite then writes into it, keeping its mode.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(to)
+                .map_err(|e| StoreError::Backup(format!("{}: {e}", to.display())))?;
+        }
+        let copied = conn
+            .execute("VACUUM INTO ?1", params![to.to_string_lossy()])
+            .map_err(StoreError::from)
+            .and_then(|_| Self::check_copy(to));
+        if let Err(e) = copied {
+            let _ = std::fs::remove_file(to);
+            return Err(e);
+        }
+        Ok(std::fs::metadata(to).map(|m| m.len()).unwrap_or(0))
+    }
+
+    /// Checks that `path` is a whole store: a database that passes its integrity check
+    /// and holds the store's tables.
+    pub fn check_copy(path: &Path) -> Result<(), StoreError> {
+        use rusqlite::OpenFlags;
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(
+            |source| StoreError::Open {
+                path: path.display().to_string(),
+                source,
+            },
+        )?;
+        let check: String = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt(check));
+        }
+        let tables: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('sandboxes', 'api_keys')",
+            [],
+            |r| r.get(0),
+        )?;
+        if tables != 2 {
+            return Err(StoreError::Backup(format!(
+                "{} is a database, but not a Warren store",
+                path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Puts the backup `from` in place of the store at `to` (no daemon may have it
+    /// open), keeping the store it replaces beside it; returns where that went.
+    pub fn restore(from: &Path, to: &Path) -> Result<Option<std::path::PathBuf>, StoreError> {
+        Self::check_copy(from)?;
+        let io = |what: &str, e: std::io::Error| StoreError::Backup(format!("{what}: {e}"));
+        let staged = to.with_extension("db.restoring");
+        std::fs::copy(from, &staged).map_err(|e| io("copy the backup", e))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| io("make the store private", e))?;
+        }
+        let mut kept = None;
+        if to.exists() {
+            let aside = to.with_extension(format!("db.before-restore-{}", crate::now_ms()));
+            std::fs::rename(to, &aside).map_err(|e| io("move the old store aside", e))?;
+            // Its journal belongs to it, not to the restored store.
+            for ext in ["db-wal", "db-shm"] {
+                let j = to.with_extension(ext);
+                if j.exists() {
+                    let _ = std::fs::rename(&j, aside.with_extension(format!("{ext}.old")));
+                }
+            }
+            kept = Some(aside);
+        }
+        std::fs::rename(&staged, to).map_err(|e| io("put the backup in place", e))?;
+        Ok(kept)
     }
 
     /// Runs one statement through the connection's cache of prepared statements: the

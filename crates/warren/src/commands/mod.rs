@@ -2,6 +2,7 @@
 
 pub mod attach;
 pub mod backends;
+pub mod backup;
 pub mod cp;
 pub mod create;
 pub mod doctor;

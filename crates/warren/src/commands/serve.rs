@@ -58,6 +58,11 @@ pub struct ServeArgs {
     /// `debug`) [default: info]
     #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Start from a backup (`warren backup FILE`) instead of the store in the data
+    /// directory, which is kept beside it (`warren.db.before-restore-TIME`). Sandboxes the
+    /// backup knows and that still run are adopted; the others are marked stopped.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
 }
 
 /// The log's format.
@@ -244,6 +249,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let paths = config.paths.clone();
     let socket = args.socket.unwrap_or_else(|| paths.run.join("warren.sock"));
+    if let Some(backup) = &args.restore {
+        // The store must not be open: a daemon answering on the socket still has it.
+        anyhow::ensure!(
+            std::os::unix::net::UnixStream::connect(&socket).is_err(),
+            "a daemon is running on {}: stop it before restoring its store",
+            socket.display()
+        );
+        std::fs::create_dir_all(&paths.data)
+            .with_context(|| format!("cannot create {}", paths.data.display()))?;
+        let store = paths.data.join("warren.db");
+        let kept = warren_core::Store::restore(backup, &store)
+            .with_context(|| format!("cannot restore {}", backup.display()))?;
+        match kept {
+            Some(old) => eprintln!(
+                "warren: store restored from {}; the one it replaced is {}",
+                backup.display(),
+                old.display()
+            ),
+            None => eprintln!("warren: store restored from {}", backup.display()),
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

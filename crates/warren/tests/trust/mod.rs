@@ -211,6 +211,16 @@ impl Daemon {
         c
     }
 
+    /// Starts `warren serve` with `extra` arguments this once, and waits until it
+    /// answers `/health`.
+    pub fn spawn_with(&mut self, extra: &[&str]) {
+        let kept = self.serve_args.clone();
+        self.serve_args.extend(extra.iter().map(|a| a.to_string()));
+        let r = self.try_spawn();
+        self.serve_args = kept;
+        r.unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// Starts `warren serve` and waits until it answers `/health`.
     pub fn spawn(&mut self) {
         self.try_spawn().unwrap_or_else(|e| panic!("{e}"));
