@@ -56,8 +56,12 @@ pub struct ServeArgs {
     /// How the log (stderr) is written: `text` for people, `json` (one object a line)
     /// for log shippers. Which lines: `WARREN_LOG` (e.g. `info`, `warren::request=off`,
     /// `debug`) [default: info]
-    #[arg(long, value_name = "FORMAT", default_value = "text")]
-    pub log_format: LogFormat,
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Check the --config file (every key and value, the TLS files it names) and exit:
+    /// 0 when the daemon would start with it, 1 with the key at fault otherwise.
+    #[arg(long, requires = "config")]
+    pub check_config: bool,
     /// Start from a backup (`warren backup FILE`) instead of the store in the data
     /// directory, which is kept beside it (`warren.db.before-restore-TIME`). Sandboxes the
     /// backup knows and that still run are adopted; the others are marked stopped.
@@ -66,7 +70,8 @@ pub struct ServeArgs {
 }
 
 /// The log's format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -107,6 +112,20 @@ struct ServeConfig {
     backends: BackendsConfig,
     #[serde(default)]
     e2b: E2bConfig,
+    #[serde(default)]
+    serve: ServeTable,
+}
+
+/// The `[serve]` table: the listeners and the log, as the flags of the same names
+/// (which win over it).
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServeTable {
+    socket: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    e2b_listen: Option<SocketAddr>,
+    ssh_listen: Option<SocketAddr>,
+    log_format: Option<LogFormat>,
 }
 
 /// The `[e2b]` table: choices E2B leaves to the operator.
@@ -180,14 +199,26 @@ impl ConnectionsConfig {
 
 /// The daemon's configuration, its connection limits, and the E2B surface's options and
 /// TLS files (certificate, key) when the file names them.
-type Loaded = (Config, Limits, E2bOptions, Option<(PathBuf, PathBuf)>);
+type Loaded = (
+    Config,
+    Limits,
+    E2bOptions,
+    Option<(PathBuf, PathBuf)>,
+    ServeTable,
+);
 
 fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
     let paths = Paths::from_env();
     let exe = std::env::current_exe().context("cannot find the warren binary")?;
     let mut config = Config::new(paths, exe);
     let Some(path) = path else {
-        return Ok((config, Limits::default(), E2bOptions::default(), None));
+        return Ok((
+            config,
+            Limits::default(),
+            E2bOptions::default(),
+            None,
+            ServeTable::default(),
+        ));
     };
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the configuration {}", path.display()))?;
@@ -234,19 +265,38 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
             path.display()
         ),
     };
-    Ok((config, limits, e2b, tls))
+    Ok((config, limits, e2b, tls, file.serve))
 }
 
 /// The tenant whose key is made on first start.
 const DEFAULT_TENANT: &str = "default";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    start_log(args.log_format)?;
-    let (config, limits, e2b, tls_files) = load_config(args.config.as_deref())?;
+    let (config, limits, e2b, tls_files, file) = load_config(args.config.as_deref())?;
     let tls_files = match (args.e2b_tls_cert, args.e2b_tls_key) {
         (Some(c), Some(k)) => Some((c, k)),
         _ => tls_files,
     };
+    // A flag wins over the file's `[serve]` table.
+    let args = ServeArgs {
+        socket: args.socket.or(file.socket),
+        listen: args.listen.or(file.listen),
+        e2b_listen: args.e2b_listen.or(file.e2b_listen),
+        ssh_listen: args.ssh_listen.or(file.ssh_listen),
+        log_format: args.log_format.or(file.log_format),
+        e2b_tls_cert: None,
+        e2b_tls_key: None,
+        ..args
+    };
+    if args.check_config {
+        if let Some((cert, key)) = &tls_files {
+            warren_server::tls::server_config(cert, key).context("e2b.tls_cert / e2b.tls_key")?;
+        }
+        let path = args.config.as_deref().unwrap_or(Path::new("-"));
+        println!("configuration {}: ok", path.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    start_log(args.log_format.unwrap_or(LogFormat::Text))?;
     let paths = config.paths.clone();
     let socket = args.socket.unwrap_or_else(|| paths.run.join("warren.sock"));
     if let Some(backup) = &args.restore {

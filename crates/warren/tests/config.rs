@@ -1,0 +1,75 @@
+//! `warren serve --config`: `--check-config` says whether the daemon would start with a
+//! file and names the key at fault; the `[serve]` table holds the listeners.
+
+mod common;
+mod trust;
+
+use std::process::Command;
+
+use trust::{my_turn, Daemon, Options};
+
+fn check(text: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("warren.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["serve", "--check-config", "--config"])
+        .arg(&path)
+        .env("WARREN_RUN_DIR", dir.path().join("run"))
+        .env("WARREN_DATA_DIR", dir.path().join("data"))
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), said)
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_the_bad_key() {
+    let (ok, said) = check(
+        "[serve]\nlisten = \"127.0.0.1:7070\"\nlog_format = \"json\"\n\
+         [limits.defaults]\nmemory = \"512M\"\n[connections]\nmax_per_peer = 8\n",
+    );
+    assert!(ok, "{said}");
+    assert!(said.contains(": ok"), "{said}");
+    let (ok, said) = check("[serve]\nlisen = \"127.0.0.1:7070\"\n");
+    assert!(!ok);
+    assert!(said.contains("lisen"), "{said}");
+    let (ok, said) = check("[serve]\nlisten = \"not an address\"\n");
+    assert!(!ok);
+    assert!(said.contains("listen"), "{said}");
+    let (ok, said) = check("[connections]\nmax_per_peer = 0\n");
+    assert!(!ok);
+    assert!(said.contains("max_per_peer"), "{said}");
+    let (ok, said) =
+        check("[e2b]\ntls_cert = \"/nonexistent.pem\"\ntls_key = \"/nonexistent.key\"\n");
+    assert!(!ok, "missing TLS files pass the check: {said}");
+}
+
+#[test]
+fn the_serve_table_holds_the_listeners() {
+    if !common::can_run("the_serve_table_holds_the_listeners") {
+        return;
+    }
+    let _t = my_turn();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let d = Daemon::start_opts(Options {
+        config: Some(format!("[serve]\nlisten = \"127.0.0.1:{port}\"\n")),
+        ..Default::default()
+    });
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("the file's listener");
+    use std::io::{Read, Write};
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    d.finish();
+}
