@@ -9,9 +9,9 @@
 //! queue, which a client that reads its socket always makes.
 //!
 //! Credit frames to the client go through a queue of their own, ahead of everything
-//! else and never waiting: they are given back from wherever input is consumed (a
-//! process's stdin writer, an upload on the blocking pool), and their number is bounded
-//! by the credit outstanding.
+//! else and never waiting: credit is given back from wherever input is consumed (a
+//! process's stdin writer, an upload on the blocking pool), and the queue holds each
+//! channel at most once, with what it has given back added up (see `flow::Window`).
 //!
 //! Credit frames for a channel that has just finished are dropped, and so are its stdin
 //! and data frames, with their credit given back: the client may have sent them before
@@ -57,7 +57,7 @@ struct Chan {
 }
 
 impl Chan {
-    fn new(ch: u32, grants: mpsc::UnboundedSender<Frame>) -> Self {
+    fn new(ch: u32, grants: mpsc::UnboundedSender<Arc<Window>>) -> Self {
         Self {
             credit: Arc::new(Credit::new()),
             input: Window::new(ch, grants),
@@ -73,8 +73,8 @@ impl Chan {
 struct Conn {
     agent: Arc<Agent>,
     out: mpsc::Sender<Frame>,
-    /// Credit frames for the client, ahead of `out`.
-    grants: mpsc::UnboundedSender<Frame>,
+    /// Channels with input credit to give back, ahead of `out`.
+    grants: mpsc::UnboundedSender<Arc<Window>>,
     chans: HashMap<u32, Chan>,
     done_tx: mpsc::UnboundedSender<u32>,
     done_rx: mpsc::UnboundedReceiver<u32>,
@@ -160,32 +160,36 @@ async fn handshake(
 async fn write_frames(
     wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Frame>,
-    mut grants: mpsc::UnboundedReceiver<Frame>,
+    mut grants: mpsc::UnboundedReceiver<Arc<Window>>,
 ) {
     let mut w = BufWriter::with_capacity(2 * CHUNK, wr);
     loop {
         let frame = tokio::select! {
             biased;
-            Some(frame) = grants.recv() => frame,
+            Some(window) = grants.recv() => window.grant(),
             frame = rx.recv() => match frame {
-                Some(frame) => frame,
+                Some(frame) => Some(frame),
                 None => return,
             },
         };
-        if write_frame(&mut w, &frame).await.is_err() {
-            return;
+        if let Some(frame) = frame {
+            if write_frame(&mut w, &frame).await.is_err() {
+                return;
+            }
         }
         // Batch what is already queued into one flush, credit first.
         loop {
             let frame = match grants.try_recv() {
-                Ok(frame) => frame,
+                Ok(window) => window.grant(),
                 Err(_) => match rx.try_recv() {
-                    Ok(frame) => frame,
+                    Ok(frame) => Some(frame),
                     Err(_) => break,
                 },
             };
-            if write_frame(&mut w, &frame).await.is_err() {
-                return;
+            if let Some(frame) = frame {
+                if write_frame(&mut w, &frame).await.is_err() {
+                    return;
+                }
             }
         }
         if w.flush().await.is_err() {

@@ -78,21 +78,33 @@ impl Credit {
 /// What the agent lets the client send on a channel (stdin, upload data), in bytes:
 /// charged as frames arrive, given back with a `Credit` frame as the bytes leave the
 /// agent. What is outstanding is what the agent holds for the channel.
+///
+/// Credit given back is added up until the connection's writer sends it, so a channel
+/// is queued for the writer at most once however many frames it gives back meanwhile.
 #[derive(Debug)]
 pub(crate) struct Window {
     left: AtomicUsize,
+    /// Given back and not yet sent.
+    unsent: AtomicUsize,
     ch: u32,
-    /// The connection's queue of credit frames, which never waits (see `conn`).
-    grants: mpsc::UnboundedSender<Frame>,
+    /// The connection's queue of windows with credit to send, which never waits.
+    grants: mpsc::UnboundedSender<Arc<Window>>,
 }
 
 impl Window {
-    pub(crate) fn new(ch: u32, grants: mpsc::UnboundedSender<Frame>) -> Arc<Self> {
+    pub(crate) fn new(ch: u32, grants: mpsc::UnboundedSender<Arc<Window>>) -> Arc<Self> {
         Arc::new(Self {
             left: AtomicUsize::new(INPUT_WINDOW as usize),
+            unsent: AtomicUsize::new(0),
             ch,
             grants,
         })
+    }
+
+    /// The credit frame for what was given back since the last one, if anything was.
+    pub(crate) fn grant(&self) -> Option<Frame> {
+        let n = self.unsent.swap(0, Ordering::AcqRel);
+        (n > 0).then(|| Frame::credit(self.ch, n.min(u32::MAX as usize) as u32))
     }
 
     /// Charges a frame that arrived with `data`; `None` when the client sent beyond its
@@ -110,10 +122,13 @@ impl Window {
         })
     }
 
-    fn give_back(&self, cost: usize) {
+    fn give_back(self: Arc<Self>, cost: usize) {
         // The count first: the client may spend the grant as soon as it sees it.
         self.left.fetch_add(cost, Ordering::AcqRel);
-        let _ = self.grants.send(Frame::credit(self.ch, cost as u32));
+        if self.unsent.fetch_add(cost, Ordering::AcqRel) == 0 {
+            let grants = self.grants.clone();
+            let _ = grants.send(self);
+        }
     }
 }
 
