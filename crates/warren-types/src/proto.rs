@@ -30,7 +30,8 @@
 //! the agent has granted: each channel starts with [`INPUT_WINDOW`] bytes, and the agent
 //! sends `Credit` frames as the bytes leave it (written into the process or the file, or
 //! thrown away because nothing takes them any more: a process without stdin, a channel
-//! that has ended). So the agent never waits on a process's stdin or a slow disk while
+//! that has ended), so an input frame can carry no more than the window (the client
+//! library sends [`CHUNK`]s). So the agent never waits on a process's stdin or a slow disk while
 //! reading the connection, and a process that does not read its stdin holds up that
 //! channel's input alone, not the other channels of the connection. A frame beyond the
 //! granted credit is a protocol error on its channel only: it is dropped, the agent
