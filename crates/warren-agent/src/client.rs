@@ -4,8 +4,11 @@
 //! channel they belong to, a writer task serialises outgoing frames. Data credit is
 //! granted back to the agent only when the consumer takes the data out of its
 //! [`Channel`], so a slow consumer slows the process it reads from, not the host's memory.
-//! The other way, at most [`DATA_IN_FLIGHT`] bytes of data wait to be written to the
-//! agent on a connection: a slow agent slows whoever sends it data, and holds little.
+//! The other way, stdin and upload data wait for the agent's credit on their own channel
+//! (a process that does not read its stdin holds up only whoever writes to it), and at
+//! most [`DATA_IN_FLIGHT`] bytes of data wait to be written to the agent on a connection.
+//! An agent that an older build started speaks protocol version 1, which has no input
+//! credit: the client then sends without it, as that agent expects.
 //!
 //! File operations come in two forms: the plain ones (`stat`, `read_file`, ...) take text
 //! paths and act as the agent itself (the sandbox's root); the `*_as` and `*_with` ones
@@ -15,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -23,7 +26,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Semaphore};
 use warren_types::proto::{
     frame_credit, read_frame, write_frame, ErrorCode, ExecRequest, ExitStatus, FileInfo, Frame,
-    FrameKind, ProcessInfo, Request, Response, User, WinSize, WirePath, CHUNK, PROTOCOL_VERSION,
+    FrameKind, ProcessInfo, Request, Response, User, WinSize, WirePath, CHUNK, INPUT_WINDOW,
+    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
 /// Bytes of data (uploads, stdin) one connection queues for the agent at most; a frame
@@ -57,6 +61,8 @@ struct Inner {
     next: AtomicU32,
     /// Permits for [`DATA_IN_FLIGHT`] bytes; closed when the writer stops.
     in_flight: Arc<Semaphore>,
+    /// Whether the agent grants credit for input (protocol version 2 on).
+    input_credit: AtomicBool,
 }
 
 /// Where the reader puts a channel's frames, and what they hold there until taken.
@@ -64,7 +70,12 @@ struct Inner {
 struct Route {
     tx: mpsc::UnboundedSender<Frame>,
     queued: Arc<AtomicUsize>,
+    input: Arc<Semaphore>,
 }
+
+/// A cap on hoarded input credit, far below the semaphore's own limit, so that no
+/// sequence of grants can make it panic.
+const MAX_INPUT_CREDIT: usize = 1 << 40;
 
 /// What a channel's frames may hold on the host before its consumer takes them. Data is
 /// bounded by credit well below this (a window plus a little per frame); what passes it is
@@ -100,6 +111,8 @@ pub struct Channel {
     id: u32,
     rx: mpsc::UnboundedReceiver<Frame>,
     queued: Arc<AtomicUsize>,
+    /// Credit for stdin and upload data; closed when the channel or connection ends.
+    input: Arc<Semaphore>,
     inner: Arc<Inner>,
 }
 
@@ -144,8 +157,24 @@ pub struct AttachOptions {
 }
 
 impl AgentClient {
-    /// Connects and checks that the agent speaks our protocol version.
+    /// Connects and checks that the agent speaks our protocol version, or the older
+    /// one that an agent started by an older build speaks.
     pub async fn connect(socket: &Path) -> Result<Self> {
+        match Self::connect_speaking(socket, PROTOCOL_VERSION).await {
+            // The agent closes a connection it refuses: ask again on a new one.
+            Err(
+                e @ ClientError::Agent {
+                    code: ErrorCode::VersionMismatch,
+                    ..
+                },
+            ) => Self::connect_speaking(socket, OLDEST_PROTOCOL_VERSION)
+                .await
+                .map_err(|_| e),
+            connected => connected,
+        }
+    }
+
+    async fn connect_speaking(socket: &Path, version: u16) -> Result<Self> {
         let stream = UnixStream::connect(socket)
             .await
             .map_err(ClientError::Connect)?;
@@ -162,6 +191,7 @@ impl AgentClient {
             chans: Mutex::new(HashMap::new()),
             next: AtomicU32::new(1),
             in_flight: in_flight.clone(),
+            input_credit: AtomicBool::new(version >= 2),
         });
         tokio::spawn(async move {
             loop {
@@ -192,13 +222,25 @@ impl AgentClient {
                     break;
                 };
                 let route = inner.chans.lock().unwrap().get(&f.channel).cloned();
+                if let (Some(route), FrameKind::Credit) = (&route, f.kind) {
+                    // Input credit, taken here: whoever writes input waits for it while
+                    // nobody may be reading the channel's other frames.
+                    if let Some(n) = f.credit_bytes() {
+                        if route.input.available_permits() < MAX_INPUT_CREDIT {
+                            route.input.add_permits(n as usize);
+                        }
+                    }
+                    continue;
+                }
                 if let Some(route) = route {
                     let cost = queued_cost(&f);
                     if route.queued.fetch_add(cost, Ordering::Relaxed) + cost > MAX_QUEUED {
                         // Its consumer stopped taking: the channel ends (after what is
                         // queued) instead of growing.
                         route.queued.fetch_sub(cost, Ordering::Relaxed);
-                        inner.chans.lock().unwrap().remove(&f.channel);
+                        if let Some(gone) = inner.chans.lock().unwrap().remove(&f.channel) {
+                            gone.input.close();
+                        }
                         continue;
                     }
                     let _ = route.tx.send(f);
@@ -207,16 +249,16 @@ impl AgentClient {
             // Dropping every sender ends every channel's stream.
             if let Some(inner) = reader_inner.upgrade() {
                 inner.closed.store(true, Ordering::Relaxed);
-                inner.chans.lock().unwrap().clear();
+                for (_, route) in inner.chans.lock().unwrap().drain() {
+                    route.input.close();
+                }
             }
         });
-        hello
-            .send(&Request::Hello {
-                version: PROTOCOL_VERSION,
-            })
-            .await?;
+        hello.send(&Request::Hello { version }).await?;
         match hello.recv().await {
-            Some(Incoming::Control(Response::Hello { .. })) => Ok(client),
+            Some(Incoming::Control(Response::Hello { version: v, .. })) if v == version => {
+                Ok(client)
+            }
             Some(Incoming::Control(Response::Error { code, message })) => {
                 Err(ClientError::Agent { code, message })
             }
@@ -233,17 +275,24 @@ impl AgentClient {
     fn open_at(&self, id: u32) -> Channel {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        self.inner.chans.lock().unwrap().insert(
-            id,
-            Route {
-                tx,
-                queued: queued.clone(),
-            },
-        );
+        let input = Arc::new(Semaphore::new(INPUT_WINDOW as usize));
+        let route = Route {
+            tx,
+            queued: queued.clone(),
+            input: input.clone(),
+        };
+        let mut chans = self.inner.chans.lock().unwrap();
+        if self.inner.closed.load(Ordering::Relaxed) {
+            // The reader has gone: nothing would ever close this channel's input.
+            input.close();
+        }
+        chans.insert(id, route);
+        drop(chans);
         Channel {
             id,
             rx,
             queued,
+            input,
             inner: self.inner.clone(),
         }
     }
@@ -644,6 +693,7 @@ impl Drop for FileReader {
 #[derive(Debug, Clone)]
 pub struct ChannelSender {
     id: u32,
+    input: Arc<Semaphore>,
     inner: Arc<Inner>,
 }
 
@@ -656,8 +706,32 @@ impl ChannelSender {
             .map_err(|_| ClientError::Closed)
     }
 
-    /// Sends data, once the connection has room for it (see [`DATA_IN_FLIGHT`]).
+    /// Sends data (stdin, upload data) in frames of at most [`CHUNK`], each once the
+    /// agent has granted credit for it on this channel and the connection has room for
+    /// it (see [`DATA_IN_FLIGHT`]). Data for a channel that has been dropped is
+    /// discarded: nothing follows what runs on it any more.
     pub async fn send_data(&self, kind: FrameKind, data: Vec<u8>) -> Result<()> {
+        if data.len() <= CHUNK {
+            return self.send_frame(kind, data).await;
+        }
+        for chunk in data.chunks(CHUNK) {
+            self.send_frame(kind, chunk.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    async fn send_frame(&self, kind: FrameKind, data: Vec<u8>) -> Result<()> {
+        if self.inner.input_credit.load(Ordering::Relaxed) {
+            // CHUNK is below INPUT_WINDOW, so the agent can always grant this much.
+            let cost = frame_credit(data.len()) as u32;
+            match self.input.acquire_many(cost).await {
+                Ok(credit) => credit.forget(),
+                Err(_) if self.inner.closed.load(Ordering::Relaxed) => {
+                    return Err(ClientError::Closed)
+                }
+                Err(_) => return Ok(()),
+            }
+        }
         let frame = Frame::new(self.id, kind, data);
         let share = data_share(&frame).unwrap_or(0);
         let room = self
@@ -686,6 +760,7 @@ impl Channel {
     pub fn sender(&self) -> ChannelSender {
         ChannelSender {
             id: self.id,
+            input: self.input.clone(),
             inner: self.inner.clone(),
         }
     }
@@ -694,7 +769,7 @@ impl Channel {
         self.sender().send(req).await
     }
 
-    /// Sends data, once the connection has room for it (see [`DATA_IN_FLIGHT`]).
+    /// Sends data; see [`ChannelSender::send_data`].
     pub async fn send_data(&self, kind: FrameKind, data: Vec<u8>) -> Result<()> {
         self.sender().send_data(kind, data).await
     }
@@ -793,6 +868,8 @@ impl Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         self.inner.chans.lock().unwrap().remove(&self.id);
+        // Nothing routes credit to it now: a sender waiting for some gives up.
+        self.input.close();
     }
 }
 
@@ -840,21 +917,17 @@ impl Process {
         }
     }
 
-    /// Writes to the process's stdin, in frames no larger than the agent takes.
     /// Its channel's sending half: stdin written from another task than the one reading
-    /// the output.
+    /// the output. Needed by a writer that may get ahead of the process: a write waits
+    /// for the process to take earlier input, and the process may first wait for its
+    /// output to be read.
     pub fn sender(&self) -> ChannelSender {
         self.ch.sender()
     }
 
+    /// Writes to the process's stdin, waiting for the agent's credit as it goes.
     pub async fn write_stdin(&self, data: Vec<u8>) -> Result<()> {
-        if data.len() <= CHUNK {
-            return self.ch.send_data(FrameKind::Stdin, data).await;
-        }
-        for chunk in data.chunks(CHUNK) {
-            self.ch.send_data(FrameKind::Stdin, chunk.to_vec()).await?;
-        }
-        Ok(())
+        self.ch.send_data(FrameKind::Stdin, data).await
     }
 
     pub async fn close_stdin(&self) -> Result<()> {
@@ -1157,6 +1230,122 @@ mod tests {
             taken >> 10
         );
         agent.abort();
+    }
+
+    #[tokio::test]
+    async fn stdin_nobody_reads_holds_up_only_its_own_channel() {
+        let agent = TestAgent::start();
+        let client = agent.client().await;
+        // A reads nothing for a while, then all of its stdin.
+        let input: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let req = ExecRequest {
+            command: Some(warren_types::proto::Command::Shell(
+                "sleep 4; exec cat".into(),
+            )),
+            stdin: true,
+            ..Default::default()
+        };
+        let a = client.exec(req).await.unwrap();
+        let stdin = a.sender();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let writer = tokio::spawn({
+            let (input, sent) = (input.clone(), sent.clone());
+            async move {
+                for chunk in input.chunks(CHUNK) {
+                    stdin.send_data(FrameKind::Stdin, chunk.to_vec()).await?;
+                    sent.fetch_add(chunk.len(), Ordering::SeqCst);
+                }
+                stdin.send(&Request::CloseStdin).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        // Meanwhile, on the same connection, another process's output and a file read
+        // go through at once.
+        let started = std::time::Instant::now();
+        let b = ExecRequest {
+            command: Some(warren_types::proto::Command::Shell(
+                "head -c 4194304 /dev/zero".into(),
+            )),
+            ..Default::default()
+        };
+        let b = client.exec(b).await.unwrap().output().await.unwrap();
+        assert_eq!(b.stdout.len(), 4 << 20);
+        let path = agent.path(b"meanwhile");
+        std::fs::write(&path, vec![5u8; 1 << 20]).unwrap();
+        let read = client.read_file(path.to_str().unwrap()).await.unwrap();
+        assert_eq!(read.len(), 1 << 20);
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(2500), "took {took:?}");
+        // A's writer waits for credit, having sent its window and what the pipe buffers.
+        let taken = sent.load(Ordering::SeqCst);
+        assert!(
+            taken < 2 << 20,
+            "{taken} bytes of stdin went out while the process read none"
+        );
+        assert!(!writer.is_finished());
+
+        // Then A reads, and gets all of it, in order.
+        let out = a.output().await.unwrap();
+        writer.await.unwrap().unwrap();
+        assert_eq!(out.stdout.len(), input.len());
+        assert!(out.stdout == input, "the process read different bytes");
+        assert_eq!(out.status.and_then(|s| s.code), Some(0));
+    }
+
+    #[tokio::test]
+    async fn an_agent_of_the_previous_version_is_sent_stdin_without_credit() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        // An agent as version 1 was: it refuses any other version and closes, and
+        // grants no input credit.
+        let agent = tokio::spawn(async move {
+            let mut s = loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let hello = read_frame(&mut s).await.unwrap().unwrap();
+                match hello.parse::<Request>().unwrap() {
+                    Request::Hello { version: 1 } => break s,
+                    Request::Hello { .. } => {
+                        let refusal = Response::Error {
+                            code: ErrorCode::VersionMismatch,
+                            message: "agent speaks protocol version 1".into(),
+                        };
+                        write_frame(&mut s, &Frame::control(0, &refusal))
+                            .await
+                            .unwrap();
+                    }
+                    other => panic!("{other:?}"),
+                }
+            };
+            let reply = Response::Hello {
+                version: 1,
+                agent: "old".into(),
+            };
+            write_frame(&mut s, &Frame::control(0, &reply))
+                .await
+                .unwrap();
+            let exec = read_frame(&mut s).await.unwrap().unwrap();
+            let started = Response::Started { pid: 7, serial: 1 };
+            write_frame(&mut s, &Frame::control(exec.channel, &started))
+                .await
+                .unwrap();
+            let mut stdin = 0;
+            while stdin < 1 << 20 {
+                let f = read_frame(&mut s).await.unwrap().unwrap();
+                assert_eq!(f.kind, FrameKind::Stdin);
+                stdin += f.payload.len();
+            }
+            stdin
+        });
+        let client = AgentClient::connect(&socket).await.unwrap();
+        let p = client.exec(ExecRequest::default()).await.unwrap();
+        let write = p.write_stdin(vec![1; 1 << 20]);
+        tokio::time::timeout(Duration::from_secs(10), write)
+            .await
+            .expect("the client waited for credit an old agent never sends")
+            .unwrap();
+        assert_eq!(agent.await.unwrap(), 1 << 20);
     }
 
     #[tokio::test]

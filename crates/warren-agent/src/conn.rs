@@ -2,14 +2,21 @@
 //!
 //! The dispatcher owns the connection's read side and the table of open channels; each
 //! operation that outlives its request runs as a task of its own, writing frames to a
-//! bounded queue that a writer task drains to the socket. The dispatcher itself only
-//! waits when a process's stdin or an upload is full, which is the protocol's
-//! backpressure towards the client.
+//! bounded queue that a writer task drains to the socket. The dispatcher never waits on
+//! a process or a file: stdin and upload data go into queues that the client's input
+//! credit bounds (see `flow::Window`), so one process that does not read its stdin holds
+//! up its own channel's input and nothing else. It waits only for room in the outgoing
+//! queue, which a client that reads its socket always makes.
 //!
-//! Credit, stdin and data frames for a channel that has just finished are dropped: the
-//! client may have sent them before it saw the operation end. When the connection goes
-//! away every channel task is stopped, and processes started on it without `background`
-//! are killed with their process group.
+//! Credit frames to the client go through a queue of their own, ahead of everything
+//! else and never waiting: credit is given back from wherever input is consumed (a
+//! process's stdin writer, an upload on the blocking pool), and the queue holds each
+//! channel at most once, with what it has given back added up (see `flow::Window`).
+//!
+//! Credit frames for a channel that has just finished are dropped, and so are its stdin
+//! and data frames, with their credit given back: the client may have sent them before
+//! it saw the operation end. When the connection goes away every channel task is stopped,
+//! and processes started on it without `background` are killed with their process group.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -21,35 +28,40 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use warren_types::proto::{
-    read_frame, write_frame, ErrorCode, Frame, FrameKind, Request, Response, CHUNK,
+    frame_credit, read_frame, write_frame, ErrorCode, Frame, FrameKind, Request, Response, CHUNK,
     PROTOCOL_VERSION,
 };
 
 use crate::files::{self, Upload};
-use crate::flow::Credit;
+use crate::flow::{Credit, Window};
 use crate::process::{self, parse_signal, Replay};
 use crate::watches;
 use crate::{Agent, Failure};
 
 /// Frames queued for the socket; data frames are at most [`CHUNK`] each.
 const OUT_QUEUE: usize = 16;
-/// Upload chunks queued before the connection stops being read.
-const UPLOAD_QUEUE: usize = 4;
 
 #[derive(Debug)]
 struct Chan {
+    /// What the agent may send the client.
     credit: Arc<Credit>,
+    /// What the client may send the agent.
+    input: Arc<Window>,
+    /// The client sent beyond its input credit: its input is dropped from then on.
+    refused: bool,
     task: Option<AbortHandle>,
     /// The process whose stdin this channel feeds.
     pid: Option<u32>,
     kill_on_disconnect: bool,
-    upload: Option<mpsc::Sender<Upload>>,
+    upload: Option<mpsc::UnboundedSender<Upload>>,
 }
 
 impl Chan {
-    fn new() -> Self {
+    fn new(ch: u32, grants: mpsc::UnboundedSender<Arc<Window>>) -> Self {
         Self {
             credit: Arc::new(Credit::new()),
+            input: Window::new(ch, grants),
+            refused: false,
             task: None,
             pid: None,
             kill_on_disconnect: false,
@@ -61,6 +73,8 @@ impl Chan {
 struct Conn {
     agent: Arc<Agent>,
     out: mpsc::Sender<Frame>,
+    /// Channels with input credit to give back, ahead of `out`.
+    grants: mpsc::UnboundedSender<Arc<Window>>,
     chans: HashMap<u32, Chan>,
     done_tx: mpsc::UnboundedSender<u32>,
     done_rx: mpsc::UnboundedReceiver<u32>,
@@ -69,7 +83,8 @@ struct Conn {
 pub(crate) async fn serve(stream: UnixStream, agent: Arc<Agent>) {
     let (rd, wr) = stream.into_split();
     let (out, out_rx) = mpsc::channel(OUT_QUEUE);
-    tokio::spawn(write_frames(wr, out_rx));
+    let (grants, grants_rx) = mpsc::unbounded_channel();
+    tokio::spawn(write_frames(wr, out_rx, grants_rx));
     let mut rd = BufReader::with_capacity(CHUNK, rd);
     if !handshake(&mut rd, &out).await {
         return;
@@ -78,6 +93,7 @@ pub(crate) async fn serve(stream: UnixStream, agent: Arc<Agent>) {
     let mut conn = Conn {
         agent,
         out,
+        grants,
         chans: HashMap::new(),
         done_tx,
         done_rx,
@@ -141,16 +157,39 @@ async fn handshake(
     out.send(Frame::control(0, &reply)).await.is_ok() && ok
 }
 
-async fn write_frames(wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+async fn write_frames(
+    wr: OwnedWriteHalf,
+    mut rx: mpsc::Receiver<Frame>,
+    mut grants: mpsc::UnboundedReceiver<Arc<Window>>,
+) {
     let mut w = BufWriter::with_capacity(2 * CHUNK, wr);
-    while let Some(frame) = rx.recv().await {
-        if write_frame(&mut w, &frame).await.is_err() {
-            return;
-        }
-        // Batch what is already queued into one flush.
-        while let Ok(frame) = rx.try_recv() {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            Some(window) = grants.recv() => window.grant(),
+            frame = rx.recv() => match frame {
+                Some(frame) => Some(frame),
+                None => return,
+            },
+        };
+        if let Some(frame) = frame {
             if write_frame(&mut w, &frame).await.is_err() {
                 return;
+            }
+        }
+        // Batch what is already queued into one flush, credit first.
+        loop {
+            let frame = match grants.try_recv() {
+                Ok(window) => window.grant(),
+                Err(_) => match rx.try_recv() {
+                    Ok(frame) => Some(frame),
+                    Err(_) => break,
+                },
+            };
+            if let Some(frame) = frame {
+                if write_frame(&mut w, &frame).await.is_err() {
+                    return;
+                }
             }
         }
         if w.flush().await.is_err() {
@@ -175,7 +214,11 @@ impl Conn {
             task.await;
             let _ = done.send(ch);
         });
-        let chan = self.chans.entry(ch).or_insert_with(Chan::new);
+        let grants = self.grants.clone();
+        let chan = self
+            .chans
+            .entry(ch)
+            .or_insert_with(|| Chan::new(ch, grants));
         chan.task = Some(handle.abort_handle());
         chan
     }
@@ -212,34 +255,63 @@ impl Conn {
                         .await
                 }
             },
-            FrameKind::Stdin => {
-                let proc = self
-                    .chans
-                    .get(&ch)
-                    .and_then(|c| c.pid)
-                    .and_then(|pid| self.agent.procs.get(pid));
-                if let Some(proc) = proc {
-                    proc.write_stdin(frame.payload).await;
-                }
-            }
-            FrameKind::Data => match self.chans.get(&ch).map(|c| c.upload.clone()) {
-                Some(Some(upload)) => {
-                    let _ = upload.send(Upload::Data(frame.payload)).await;
-                }
-                _ => {
-                    self.fail(
-                        ch,
-                        ErrorCode::BadRequest,
-                        "data frame without an upload on this channel",
-                    )
-                    .await
-                }
-            },
+            FrameKind::Stdin | FrameKind::Data => self.input(frame).await,
             FrameKind::Stdout | FrameKind::Stderr => {
                 self.fail(
                     ch,
                     ErrorCode::BadRequest,
                     "stdout and stderr frames only come from the agent",
+                )
+                .await
+            }
+        }
+    }
+
+    /// Takes stdin or upload data: charges the channel's input credit and hands the
+    /// bytes on without waiting. Whatever is dropped here gives its credit back.
+    async fn input(&mut self, frame: Frame) {
+        let (ch, kind) = (frame.channel, frame.kind);
+        let Some(chan) = self.chans.get_mut(&ch) else {
+            // The channel has ended (or never began): nothing takes the bytes, but the
+            // client counted them against a window it may still be writing to.
+            let cost = frame_credit(frame.payload.len()) as u32;
+            let _ = self.out.send(Frame::credit(ch, cost)).await;
+            return;
+        };
+        if chan.refused {
+            return;
+        }
+        let Some(input) = chan.input.charge(frame.payload) else {
+            chan.refused = true;
+            // An upload with a hole in it must not be finished: abandon it.
+            chan.upload = None;
+            let what = if kind == FrameKind::Stdin {
+                "stdin"
+            } else {
+                "data"
+            };
+            let message = format!(
+                "{what} beyond the credit the agent granted; this channel's input is refused"
+            );
+            return self.fail(ch, ErrorCode::BadRequest, message).await;
+        };
+        match (kind, chan.pid, &chan.upload) {
+            (FrameKind::Stdin, Some(pid), _) => {
+                if let Some(proc) = self.agent.procs.get(pid) {
+                    proc.write_stdin(input);
+                }
+            }
+            (FrameKind::Data, _, Some(upload)) => {
+                let _ = upload.send(Upload::Data(input));
+            }
+            // Stdin for a channel without a process is dropped, as for an ended one.
+            (FrameKind::Stdin, None, _) => {}
+            _ => {
+                drop(input);
+                self.fail(
+                    ch,
+                    ErrorCode::BadRequest,
+                    "data frame without an upload on this channel",
                 )
                 .await
             }
@@ -259,7 +331,7 @@ impl Conn {
         match request {
             Request::End => match self.chans.get_mut(&ch).and_then(|c| c.upload.take()) {
                 Some(upload) => {
-                    let _ = upload.send(Upload::End).await;
+                    let _ = upload.send(Upload::End);
                 }
                 None => {
                     self.fail(
@@ -284,7 +356,7 @@ impl Conn {
                     .and_then(|c| c.pid)
                     .and_then(|pid| self.agent.procs.get(pid));
                 match proc {
-                    Some(proc) => proc.close_stdin().await,
+                    Some(proc) => proc.close_stdin(),
                     None => {
                         self.fail(ch, ErrorCode::BadRequest, "no process on this channel")
                             .await
@@ -413,7 +485,7 @@ impl Conn {
                 metadata,
                 user,
             } => {
-                let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+                let (tx, rx) = mpsc::unbounded_channel();
                 let path = path.into_path_buf();
                 let how = match (append, in_place) {
                     (true, _) => files::WriteHow::Append,

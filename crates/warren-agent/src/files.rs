@@ -1,8 +1,9 @@
 //! File operations, on the sandbox's filesystem as the agent sees it.
 //!
 //! Transfers stream in [`CHUNK`]s: a read waits for the client's credit before each
-//! chunk, an upload waits in a small queue that stops the connection's reader when full,
-//! so a 100 MB file never sits in the agent's memory. A whole-file upload goes to a
+//! chunk, and an upload's chunks wait in a queue that the client's own credit bounds
+//! (each chunk's credit goes back once it is written), so a 100 MB file never sits in
+//! the agent's memory. A whole-file upload goes to a
 //! temporary file beside the target and is renamed over it at the end, so readers see the
 //! old contents or the new, never a torn mix, and an abandoned upload leaves nothing.
 //!
@@ -35,13 +36,13 @@ use warren_types::proto::{
     WirePath, CHUNK, MAX_PAYLOAD, METADATA_XATTR, MIN_FRAME_CREDIT,
 };
 
-use crate::flow::{self, Credit};
+use crate::flow::{self, Charged, Credit};
 use crate::{user, Failure};
 
 /// What the connection forwards to an upload.
 #[derive(Debug)]
 pub(crate) enum Upload {
-    Data(Vec<u8>),
+    Data(Charged),
     End,
 }
 
@@ -484,7 +485,7 @@ pub(crate) struct WriteJob {
 /// Receives an upload and answers `Written`. Blocking: run it on the blocking pool.
 pub(crate) fn write_file(
     job: WriteJob,
-    mut rx: mpsc::Receiver<Upload>,
+    mut rx: mpsc::UnboundedReceiver<Upload>,
     ch: u32,
     out: mpsc::Sender<Frame>,
 ) {
@@ -521,7 +522,7 @@ fn write_upload(
     mode: Option<u32>,
     how: WriteHow,
     metadata: &std::collections::BTreeMap<String, String>,
-    rx: &mut mpsc::Receiver<Upload>,
+    rx: &mut mpsc::UnboundedReceiver<Upload>,
 ) -> io::Result<Option<u64>> {
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent)?;
@@ -582,13 +583,17 @@ fn write_upload(
     Ok(Some(bytes))
 }
 
-fn receive(rx: &mut mpsc::Receiver<Upload>, file: &mut fs::File) -> io::Result<Option<u64>> {
+fn receive(
+    rx: &mut mpsc::UnboundedReceiver<Upload>,
+    file: &mut fs::File,
+) -> io::Result<Option<u64>> {
     let mut bytes = 0u64;
     loop {
         match rx.blocking_recv() {
-            Some(Upload::Data(data)) => {
-                file.write_all(&data)?;
-                bytes += data.len() as u64;
+            // Dropping the chunk once written gives its credit back.
+            Some(Upload::Data(input)) => {
+                file.write_all(&input.data)?;
+                bytes += input.data.len() as u64;
             }
             Some(Upload::End) => return Ok(Some(bytes)),
             None => return Ok(None),

@@ -43,7 +43,7 @@ use warren_types::proto::{
     Response, WinSize, CHUNK, MIN_FRAME_CREDIT,
 };
 
-use crate::flow::{self, Credit};
+use crate::flow::{self, Charged, Credit};
 use crate::ring::{Ring, Stream};
 use crate::{lock, user, Agent, Failure};
 
@@ -52,8 +52,6 @@ const EXIT_GRACE: Duration = Duration::from_millis(100);
 /// Ended processes nobody has collected are kept (with their output) up to this many: a
 /// background process is never collected, so these are its output's last home.
 const MAX_ENDED: usize = 64;
-/// Stdin chunks queued per process before the connection stops being read.
-const STDIN_QUEUE: usize = 8;
 /// A safety net under SIGCHLD, which coalesces and could in principle be missed.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -97,7 +95,10 @@ pub(crate) struct Proc {
     changed: watch::Sender<()>,
     exit: watch::Sender<Option<ExitStatus>>,
     timed_out: AtomicBool,
-    stdin: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
+    /// Input for the process's stdin, in order, from every channel that writes to it.
+    /// Unbounded here because the client's credit bounds it: each channel that feeds
+    /// the process holds at most its input window in this queue.
+    stdin: Mutex<Option<mpsc::UnboundedSender<Charged>>>,
 }
 
 #[derive(Debug)]
@@ -293,22 +294,22 @@ impl Proc {
         })
     }
 
-    /// Queues bytes for the process's stdin, waiting while the queue is full. Bytes for a
-    /// process without stdin, or whose stdin is closed, are dropped: they race with its
-    /// end and carry nothing the process could still read.
-    pub(crate) async fn write_stdin(&self, data: Vec<u8>) {
-        let tx = lock(&self.stdin).clone();
-        if let Some(tx) = tx {
-            let _ = tx.send(data).await;
+    /// Queues bytes for the process's stdin; never waits, as the client's credit bounds
+    /// the queue. Bytes for a process without stdin, or whose stdin is closed, are
+    /// dropped (which gives their credit back): they race with its end and carry nothing
+    /// the process could still read.
+    pub(crate) fn write_stdin(&self, input: Charged) {
+        if let Some(tx) = lock(&self.stdin).as_ref() {
+            let _ = tx.send(input);
         }
     }
 
     /// Closes stdin once what is queued has been written. On a terminal, where closing
     /// the master would hang the terminal up, it types the EOF character instead.
-    pub(crate) async fn close_stdin(&self) {
+    pub(crate) fn close_stdin(&self) {
         let tx = lock(&self.stdin).take();
         if let (Some(tx), Some(_)) = (&tx, &self.tty) {
-            let _ = tx.send(vec![0x04]).await;
+            let _ = tx.send(Charged::free(vec![0x04]));
         }
     }
 
@@ -479,10 +480,13 @@ async fn pump(proc: Arc<Proc>, mut pipe: pipe::Receiver, stream: Stream) {
     proc.close_stream();
 }
 
-async fn feed_stdin(mut pipe: pipe::Sender, mut rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(data) = rx.recv().await {
-        if pipe.write_all(&data).await.is_err() {
-            // The process closed its stdin or died; the rest has no reader.
+/// Writes queued input into the process, giving each frame's credit back to its
+/// channel once written.
+async fn feed_stdin(mut pipe: pipe::Sender, mut rx: mpsc::UnboundedReceiver<Charged>) {
+    while let Some(input) = rx.recv().await {
+        if pipe.write_all(&input.data).await.is_err() {
+            // The process closed its stdin or died; the rest has no reader. Dropping the
+            // queue gives its credit back, and what comes later is dropped on arrival.
             return;
         }
     }
@@ -669,7 +673,7 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
             child.stdin.take().map(OwnedFd::from)
         }
     };
-    let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
+    let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();
     let mut table = lock(&agent.procs.table);
     table.last_serial += 1;
     let proc = Arc::new(Proc {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use common::{argv, sh, TestAgent};
 use warren_agent::AgentConfig;
 use warren_types::proto::{
-    frame_credit, ErrorCode, ExecRequest, Frame, FrameKind, Request, Response, WinSize,
-    INITIAL_WINDOW, MIN_FRAME_CREDIT,
+    frame_credit, ErrorCode, ExecRequest, Frame, FrameKind, Request, Response, WinSize, CHUNK,
+    INITIAL_WINDOW, INPUT_WINDOW, MIN_FRAME_CREDIT, OLDEST_PROTOCOL_VERSION,
 };
 
 #[tokio::test]
@@ -107,6 +107,84 @@ async fn stdin_round_trips() {
     c.send(ch, &Request::CloseStdin).await;
     let out = c.outcome(ch).await;
     assert_eq!(out.status.code, Some(0));
+}
+
+#[tokio::test]
+async fn stdin_credit_comes_back_as_the_process_reads() {
+    let agent = TestAgent::start();
+    let mut c = agent.connect().await;
+    let mut req = sh("sleep 2; wc -c");
+    req.stdin = true;
+    let (ch, _) = c.exec(req).await;
+    // While the process reads nothing, the agent takes what the pipe buffers and the
+    // window, no more.
+    let mut sent = 0;
+    loop {
+        while c.input_left(ch) >= CHUNK {
+            c.send_input(ch, FrameKind::Stdin, vec![7; CHUNK]).await;
+            sent += CHUNK;
+        }
+        if !c.poll_credit(Duration::from_millis(300)).await {
+            break;
+        }
+    }
+    assert!(
+        (INPUT_WINDOW as usize..=INPUT_WINDOW as usize + (1 << 20)).contains(&sent),
+        "{sent} bytes taken before the process read any"
+    );
+    // Then it reads, and 4 MiB go through the window as it gives credit back.
+    let total = 4 << 20;
+    while sent < total {
+        c.send_input(ch, FrameKind::Stdin, vec![7; CHUNK]).await;
+        sent += CHUNK;
+    }
+    c.send(ch, &Request::CloseStdin).await;
+    let out = c.outcome(ch).await;
+    assert_eq!(out.stdout().trim(), total.to_string(), "{}", out.stderr());
+    assert_eq!(
+        c.input_left(ch),
+        INPUT_WINDOW as usize,
+        "written input kept its credit"
+    );
+}
+
+#[tokio::test]
+async fn stdin_beyond_its_credit_is_refused_on_that_channel_only() {
+    let agent = TestAgent::start();
+    let mut c = agent.connect().await;
+    let mut req = argv(&["sleep", "1000"]);
+    req.stdin = true;
+    let (ch, pid) = c.exec(req).await;
+    // A client that ignores its credit: the window's worth is held for the process
+    // (which reads nothing) beyond what its pipe buffers, and a frame past that is
+    // refused on its channel, once.
+    for _ in 0..(4 << 20) / CHUNK {
+        c.send_frame(&Frame::new(ch, FrameKind::Stdin, vec![b'x'; CHUNK]))
+            .await;
+    }
+    match c.control(ch).await {
+        Response::Error {
+            code: ErrorCode::BadRequest,
+            message,
+        } => assert!(message.contains("credit"), "{message}"),
+        other => panic!("overrun answered {other:?}"),
+    }
+    // Its later input is dropped without another word, and the connection carries on.
+    c.send_frame(&Frame::new(ch, FrameKind::Stdin, b"more".to_vec()))
+        .await;
+    assert_eq!(c.run(sh("echo alive")).await.stdout(), "alive\n");
+    let stat = Request::Stat {
+        path: "/".into(),
+        user: None,
+    };
+    assert!(matches!(c.request(&stat).await, Response::FileInfo { .. }));
+    let kill = Request::Signal {
+        pid,
+        signal: 9,
+        group: false,
+    };
+    assert_eq!(c.request(&kill).await, Response::Ok);
+    assert_eq!(c.outcome(ch).await.status.signal, Some(9));
 }
 
 #[tokio::test]
@@ -521,15 +599,33 @@ async fn bad_requests_get_errors_and_the_connection_lives_on() {
 async fn handshake_and_framing_errors_close_only_that_connection() {
     let agent = TestAgent::start();
 
-    let mut old = agent.connect_raw().await;
-    old.send(0, &Request::Hello { version: 999 }).await;
+    let mut future = agent.connect_raw().await;
+    future.send(0, &Request::Hello { version: 999 }).await;
     assert!(matches!(
-        old.control(0).await,
+        future.control(0).await,
         Response::Error {
             code: ErrorCode::VersionMismatch,
             ..
         }
     ));
+    assert!(future.next_frame().await.is_none());
+    // A client of the version before input credit is refused too, saying so: it
+    // would send stdin unbounded, which this agent no longer absorbs.
+    let mut old = agent.connect_raw().await;
+    old.send(
+        0,
+        &Request::Hello {
+            version: OLDEST_PROTOCOL_VERSION,
+        },
+    )
+    .await;
+    match old.control(0).await {
+        Response::Error {
+            code: ErrorCode::VersionMismatch,
+            message,
+        } => assert!(message.contains("version 2, client 1"), "{message}"),
+        other => panic!("{other:?}"),
+    }
     assert!(old.next_frame().await.is_none());
 
     let mut rude = agent.connect_raw().await;

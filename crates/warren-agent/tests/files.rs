@@ -2,12 +2,13 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::time::{Duration, Instant};
 
 use common::{sh, Client, TestAgent};
 use warren_types::proto::{
     frame_credit, ErrorCode, FileType, Frame, FrameKind, Request, Response, WatchKind, CHUNK,
+    INPUT_WINDOW,
 };
 
 /// A deterministic byte stream and a checksum of it, so 100 MB never sits in memory.
@@ -47,7 +48,7 @@ async fn write_file(c: &mut Client, path: &str, chunks: impl Iterator<Item = Vec
         })
         .await;
     for chunk in chunks {
-        c.send_frame(&Frame::new(ch, FrameKind::Data, chunk)).await;
+        c.send_input(ch, FrameKind::Data, chunk).await;
     }
     c.send(ch, &Request::End).await;
     c.control(ch).await
@@ -116,6 +117,66 @@ async fn hundred_megabytes_round_trip_in_bounded_memory() {
         grown < 64 * 1024,
         "test process grew by {grown} KiB moving 100 MB"
     );
+}
+
+#[tokio::test]
+async fn an_upload_that_cannot_be_written_holds_up_only_its_channel() {
+    let agent = TestAgent::start();
+    let dir = agent.scratch();
+    // Appending to a FIFO nobody reads: the agent's open waits for a reader.
+    let fifo = dir.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut c = agent.connect().await;
+    let ch = c
+        .open(&Request::WriteFile {
+            path: fifo.to_str().unwrap().into(),
+            mode: None,
+            append: true,
+            in_place: false,
+            metadata: Default::default(),
+            user: None,
+        })
+        .await;
+    // The window's worth is held for the upload; the connection still answers.
+    for _ in 0..INPUT_WINDOW as usize / CHUNK {
+        c.send_input(ch, FrameKind::Data, vec![1; CHUNK]).await;
+    }
+    let started = Instant::now();
+    let stat = Request::Stat {
+        path: dir.to_str().unwrap().into(),
+        user: None,
+    };
+    assert!(matches!(c.request(&stat).await, Response::FileInfo { .. }));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(c.input_left(ch), 0, "credit came back for unwritten data");
+    // A frame past the credit abandons the upload, answered on its channel alone.
+    c.send_frame(&Frame::new(ch, FrameKind::Data, vec![1; CHUNK]))
+        .await;
+    match c.control(ch).await {
+        Response::Error {
+            code: ErrorCode::BadRequest,
+            message,
+        } => assert!(message.contains("credit"), "{message}"),
+        other => panic!("overrun answered {other:?}"),
+    }
+    // Let the agent's open through: it appends what it took, then sees the upload
+    // abandoned and closes the FIFO.
+    let mut reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&reader),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
+    )
+    .unwrap();
+    let drained = tokio::task::spawn_blocking(move || {
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut reader, &mut got).map(|_| got.len())
+    });
+    let drained = tokio::time::timeout(common::WAIT, drained).await;
+    assert_eq!(drained.unwrap().unwrap().unwrap(), INPUT_WINDOW as usize);
 }
 
 #[tokio::test]

@@ -211,6 +211,8 @@ impl Resizer {
 pub(crate) struct Stdin(ChannelSender);
 
 impl Stdin {
+    /// Writes as the agent grants credit for this process's stdin: waits while the
+    /// process is not reading, and holds up nothing else on the connection.
     pub async fn write(&self, data: &[u8]) -> Result<(), ClientError> {
         for chunk in data.chunks(CHUNK) {
             self.0.send_data(FrameKind::Stdin, chunk.to_vec()).await?;
@@ -662,8 +664,8 @@ pub(crate) async fn notice(socket: &mut WebSocket, n: &PtyNotice) {
 }
 
 /// The process behind a terminal: the owner's own `/pty` exec, or the process a share's
-/// guest attached to. Each writes input its own way: a [`Followed`] in [`CHUNK`]s, a
-/// [`Process`] as one frame.
+/// guest attached to. Both take input through a [`Stdin`], which waits for the agent's
+/// credit on the process's channel.
 pub(crate) trait TerminalProcess {
     async fn next(&mut self) -> Result<ProcessEvent, ClientError>;
     /// Its stdin, written from a task of its own.
@@ -728,8 +730,9 @@ const TERMINAL_INPUT_QUEUE: usize = 64;
 /// Runs a terminal WebSocket: process output to the client, the client's input and
 /// resizes to the process, and a notice of the exit or error that ends it. A client
 /// that leaves gets no close frame. Input goes to the process from a task of its own:
-/// a paste the process is not reading must not hold up its output, nor a Ctrl-C
-/// behind it (which reaches the process once the paste is taken).
+/// its writes wait for the agent's credit while the process is not reading, and a paste
+/// it is not reading must not hold up its output here, nor a Ctrl-C behind it (which
+/// reaches the process once the paste is taken).
 pub(crate) async fn terminal<C: Future<Output = Error>>(
     st: &AppState,
     id: &str,

@@ -601,10 +601,11 @@ async fn run_session(
     let _activity = st.mgr.hold_activity(&sandbox);
     let (mut rd, wr) = ch.split();
     // Three parts run at once, so that none waits on another: the process's output to
-    // the client, the client's input to the process, and the client's messages. russh
-    // stops the whole connection while a channel's messages are not taken, the output
-    // included, so they are taken as they come; input waiting for the process is held
-    // here (see `Backlog`).
+    // the client, the client's input to the process (which waits for the agent's credit
+    // while the process is not reading), and the client's messages. russh stops the
+    // whole connection while a channel's messages are not taken, the output included,
+    // so they are taken as they come; input waiting for the process is held here (see
+    // `Backlog`).
     let backlog = Arc::new(Backlog::default());
     let (input, queue) = mpsc::unbounded_channel::<Input>();
     let _writer = p
@@ -741,10 +742,15 @@ async fn feed(stdin: Stdin, mut queue: mpsc::UnboundedReceiver<Input>, backlog: 
 
 /// Input read from the client that the process has not taken yet.
 ///
-/// Reading from the client stops once [`PAUSE_BACKLOG`] waits (russh then stops reading
-/// the connection, and TCP slows the client down), unless the output has been waiting
-/// to be sent for [`STUCK`]: russh may then be stopped on this very channel, and the
-/// output cannot go until its messages are taken; they are, up to [`MAX_BACKLOG`] held.
+/// The agent's input credit bounds what waits in the sandbox, and keeps a process that
+/// does not read its stdin from stalling the agent connection (its output, resizes);
+/// it cannot bound what waits here, because russh grants the client's SSH window as
+/// data arrives, not as it is consumed: the only brake is to stop taking the channel's
+/// messages. So reading from the client stops once [`PAUSE_BACKLOG`] waits (russh then
+/// stops reading the connection, and TCP slows the client down), unless the output has
+/// been waiting to be sent for [`STUCK`]: russh may then be stopped on this very channel
+/// (and so not reading the client's window adjusts for the output), and the output
+/// cannot go until its messages are taken; they are, up to [`MAX_BACKLOG`] held.
 #[derive(Debug, Default)]
 struct Backlog {
     bytes: AtomicUsize,

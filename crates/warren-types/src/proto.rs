@@ -14,18 +14,35 @@
 //!
 //! The first frame on a connection is `Request::Hello` on channel 0; the agent answers
 //! `Response::Hello` with the version it speaks, or `Response::Error` with
-//! [`ErrorCode::VersionMismatch`] and closes.
+//! [`ErrorCode::VersionMismatch`] and closes. The agent speaks exactly
+//! [`PROTOCOL_VERSION`]; a client that is refused may connect again with an older version
+//! it still speaks (see [`OLDEST_PROTOCOL_VERSION`]), which is how a daemon adopts a
+//! sandbox whose agent an older build started.
 //!
-//! Flow control: the agent never sends more data (stdout, stderr, file contents) on a
-//! channel than the client has granted. Each channel starts with [`INITIAL_WINDOW`]
-//! bytes of credit; the client grants more with a `Credit` frame whose payload is a
-//! u32 BE byte count, sent as it consumes data. A data frame costs its length but at
-//! least [`MIN_FRAME_CREDIT`] (both sides count it so), which bounds the frames in flight
-//! as well as the bytes: a process writing one byte at a time cannot queue a million
-//! one-byte frames on the host. A process whose reader stops reading is
-//! therefore stopped by its full pipe, and the agent's memory stays bounded. Data from
-//! the client (stdin, file uploads) is bounded the other way: the agent stops reading
-//! the connection while a process's stdin is full.
+//! Flow control is credit, per channel and both ways. The agent never sends more data
+//! (stdout, stderr, file contents) on a channel than the client has granted: each
+//! channel starts with [`INITIAL_WINDOW`] bytes of credit, and the client grants more
+//! with a `Credit` frame whose payload is a u32 BE byte count, sent as it consumes data.
+//! A process whose reader stops reading is therefore stopped by its full pipe, and the
+//! agent's memory stays bounded.
+//!
+//! The client likewise never sends more data (stdin, upload `Data`) on a channel than
+//! the agent has granted: each channel starts with [`INPUT_WINDOW`] bytes, and the agent
+//! sends `Credit` frames as the bytes leave it (written into the process or the file, or
+//! thrown away because nothing takes them any more: a process without stdin, a channel
+//! that has ended), so an input frame can carry no more than the window (the client
+//! library sends [`CHUNK`]s). So the agent never waits on a process's stdin or a slow disk while
+//! reading the connection, and a process that does not read its stdin holds up that
+//! channel's input alone, not the other channels of the connection. A frame beyond the
+//! granted credit is a protocol error on its channel only: it is dropped, the agent
+//! answers `Error` (`BadRequest`) once on the channel, and refuses its input from then on
+//! (stdin frames are dropped, an upload is abandoned), since a stream with a hole in it
+//! is worth nothing; the process and the rest of the connection carry on.
+//!
+//! In both directions a data frame costs its length but at least [`MIN_FRAME_CREDIT`]
+//! (both sides count it so), which bounds the frames in flight as well as the bytes: a
+//! process writing one byte at a time cannot queue a million one-byte frames on the
+//! host, nor a client a million one-byte stdin frames in the agent.
 //!
 //! File names are bytes on Linux, not text. Paths in requests are [`WirePath`]s, which
 //! travel as plain JSON strings when they are UTF-8 (nearly always) and as
@@ -45,8 +62,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::b64::Base64Error;
 
-/// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Version 2 added credit for the data a
+/// client sends ([`INPUT_WINDOW`]).
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// The oldest version a client still speaks, to an agent an older build started. In
+/// version 1 the agent grants no credit for stdin and upload data: a client sends it
+/// bounded only by its own queue, and the agent stops reading the connection while a
+/// process's stdin is full.
+pub const OLDEST_PROTOCOL_VERSION: u16 = 1;
 
 /// Bytes of frame header after the length prefix: channel (4) and kind (1).
 pub const HEADER_LEN: usize = 5;
@@ -54,8 +78,13 @@ pub const HEADER_LEN: usize = 5;
 /// The largest payload a frame may carry; larger frames are a protocol error.
 pub const MAX_PAYLOAD: usize = 1 << 20;
 
-/// Credit each new channel starts with, in bytes.
+/// Credit each new channel starts with for data from the agent, in bytes.
 pub const INITIAL_WINDOW: u32 = 1 << 20;
+
+/// Credit each new channel starts with for data from the client (stdin, upload data),
+/// in bytes: what the agent may have to hold per channel, so smaller than
+/// [`INITIAL_WINDOW`] (the agent runs inside the sandbox, on its memory).
+pub const INPUT_WINDOW: u32 = 256 << 10;
 
 /// The least credit a data frame costs, however short.
 pub const MIN_FRAME_CREDIT: usize = 256;
@@ -82,7 +111,9 @@ pub enum FrameKind {
     Stdin = 3,
     /// File contents, in either direction.
     Data = 4,
-    /// A window update: u32 BE bytes the receiver may send more.
+    /// A window update: u32 BE bytes the receiver may send more on the channel. From
+    /// the client it grants output (stdout, stderr, read data); from the agent, input
+    /// (stdin, upload data).
     Credit = 5,
 }
 

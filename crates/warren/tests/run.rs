@@ -2,8 +2,9 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -72,6 +73,54 @@ fn stdin_is_streamed_with_interactive() {
     let out = stdout(&o);
     assert_eq!(out.len(), 400_000 + 5);
     assert!(out.starts_with("ABC\nABC\n") && out.ends_with("ABC\ndone\n"));
+}
+
+#[test]
+fn stdin_waits_while_the_command_writes_first() {
+    if !can_run("stdin_waits_while_the_command_writes_first") {
+        return;
+    }
+    // The command writes far more than every buffer on the way holds before it reads
+    // any of its input: the CLI must keep taking output while its input waits.
+    let mut child = warren()
+        .args([
+            "run",
+            "--rm",
+            "-i",
+            "--",
+            "sh",
+            "-c",
+            "head -c 16777216 /dev/zero; wc -c",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&vec![b'x'; 4 << 20]));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        stdout.read_to_end(&mut out).map(|_| out)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            // The CLI's sandbox dies with it.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("warren run stalled: its input waited while its output went unread");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    writer.join().unwrap().unwrap();
+    let out = reader.join().unwrap().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert_eq!(out.len(), (16 << 20) + "4194304\n".len());
+    assert!(out.ends_with(b"\x004194304\n"), "wc saw other input");
 }
 
 #[test]

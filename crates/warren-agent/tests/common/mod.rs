@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,8 +12,8 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 use warren_agent::AgentConfig;
 use warren_types::proto::{
-    read_frame, write_frame, ExecRequest, ExitStatus, Frame, FrameKind, Request, Response,
-    PROTOCOL_VERSION,
+    frame_credit, read_frame, write_frame, ExecRequest, ExitStatus, Frame, FrameKind, Request,
+    Response, INPUT_WINDOW, PROTOCOL_VERSION,
 };
 
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -80,6 +80,7 @@ impl TestAgent {
             wr,
             pending: VecDeque::new(),
             next: 1,
+            input_spent: HashMap::new(),
         }
     }
 }
@@ -98,6 +99,8 @@ pub struct Client {
     pub wr: OwnedWriteHalf,
     pending: VecDeque<Frame>,
     next: u32,
+    /// Input credit spent per channel and not yet given back by the agent.
+    input_spent: HashMap<u32, usize>,
 }
 
 /// What an exec produced.
@@ -125,7 +128,12 @@ impl Client {
         ch
     }
 
+    /// Sends a frame; stdin and data count against the channel's input credit, whether
+    /// or not there is enough (see [`Client::send_input`]).
     pub async fn send_frame(&mut self, f: &Frame) {
+        if matches!(f.kind, FrameKind::Stdin | FrameKind::Data) {
+            *self.input_spent.entry(f.channel).or_default() += frame_credit(f.payload.len());
+        }
         write_frame(&mut self.wr, f).await.unwrap();
         self.wr.flush().await.unwrap();
     }
@@ -153,18 +161,62 @@ impl Client {
             .unwrap_or(None)
     }
 
-    /// The next frame on `ch`, keeping frames of other channels for later.
+    /// The next frame on `ch` other than input credit (which is counted), keeping
+    /// frames of other channels for later.
     pub async fn frame(&mut self, ch: u32) -> Frame {
         if let Some(i) = self.pending.iter().position(|f| f.channel == ch) {
             return self.pending.remove(i).unwrap();
         }
         loop {
             let f = self.next_frame().await.expect("connection closed");
-            if f.channel == ch {
+            if f.kind == FrameKind::Credit {
+                self.credited(&f);
+            } else if f.channel == ch {
                 return f;
+            } else {
+                self.pending.push_back(f);
             }
-            self.pending.push_back(f);
         }
+    }
+
+    fn credited(&mut self, f: &Frame) {
+        let n = f.credit_bytes().expect("a credit frame carries 4 bytes") as usize;
+        let spent = self.input_spent.entry(f.channel).or_default();
+        assert!(
+            n <= *spent,
+            "the agent gave back more credit than was spent"
+        );
+        *spent -= n;
+    }
+
+    /// Input credit left on `ch`.
+    pub fn input_left(&self, ch: u32) -> usize {
+        (INPUT_WINDOW as usize).saturating_sub(self.input_spent.get(&ch).copied().unwrap_or(0))
+    }
+
+    /// Reads what has arrived and is waiting, counting input credit; false if nothing
+    /// came within `wait`.
+    pub async fn poll_credit(&mut self, wait: Duration) -> bool {
+        match tokio::time::timeout(wait, read_frame(&mut self.rd)).await {
+            Ok(Ok(Some(f))) if f.kind == FrameKind::Credit => self.credited(&f),
+            Ok(Ok(Some(f))) => self.pending.push_back(f),
+            Ok(_) => panic!("connection closed"),
+            Err(_) => return false,
+        }
+        true
+    }
+
+    /// Sends stdin or upload data as a client that keeps to its credit does: waits for
+    /// the agent to give enough back first.
+    pub async fn send_input(&mut self, ch: u32, kind: FrameKind, data: Vec<u8>) {
+        let cost = frame_credit(data.len());
+        while self.input_left(ch) < cost {
+            assert!(
+                self.poll_credit(WAIT).await,
+                "the agent gave no credit back in time"
+            );
+        }
+        self.send_frame(&Frame::new(ch, kind, data)).await;
     }
 
     pub async fn control(&mut self, ch: u32) -> Response {

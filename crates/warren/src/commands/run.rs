@@ -24,7 +24,7 @@ use clap::Args;
 use warren_runtime::client::{ClientError, ProcessEvent};
 use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{trace, Instance, NamespaceBackend, Paths};
-use warren_types::proto::{Command, ErrorCode, ExecRequest, WinSize, CHUNK};
+use warren_types::proto::{Command, ErrorCode, ExecRequest, FrameKind, Request, WinSize, CHUNK};
 use warren_types::spec::{Isolation, SandboxSpec, VolumeMount};
 
 use hyper::Method;
@@ -466,6 +466,23 @@ async fn run_command(
             }
         });
     }
+    // Stdin goes in from a task of its own: a write waits for the command to take the
+    // input before it, and the command may first wait for its output to be read here.
+    let stdin = proc.sender();
+    let forward = interactive.then(|| {
+        tokio::spawn(async move {
+            while let Some(chunk) = stdin_rx.recv().await {
+                let sent = match chunk {
+                    Some(d) => stdin.send_data(FrameKind::Stdin, d).await,
+                    None => stdin.send(&Request::CloseStdin).await,
+                };
+                // A lost connection ends the command's output too, which says so.
+                if sent.is_err() {
+                    return;
+                }
+            }
+        })
+    });
     use tokio::signal::unix::{signal, SignalKind};
     let mut winch = signal(SignalKind::window_change()).ok();
     let mut int = signal(SignalKind::interrupt()).ok();
@@ -489,10 +506,6 @@ async fn run_command(
                 ProcessEvent::Stderr(d) => { let _ = err.write_all(&d); }
                 ProcessEvent::Exited(s) => break s,
             },
-            Some(chunk) = stdin_rx.recv(), if interactive => match chunk {
-                Some(d) => proc.write_stdin(d).await?,
-                None => proc.close_stdin().await?,
-            },
             _ = next_sig(&mut winch), if tty => {
                 if let Ok(s) = warren_sys::pty::size(std::io::stdout().as_fd()) {
                     let _ = proc.resize(WinSize { rows: s.rows, cols: s.cols }).await;
@@ -503,6 +516,9 @@ async fn run_command(
             _ = next_sig(&mut hup) => { let _ = proc.signal(libc::SIGHUP).await; }
         }
     };
+    if let Some(forward) = forward {
+        forward.abort();
+    }
     drop(raw);
     let _ = out.flush();
     Ok(status)
