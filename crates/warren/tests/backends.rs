@@ -46,6 +46,13 @@ fn backends(d: &Daemon) -> Vec<serde_json::Value> {
     r.json().as_array().cloned().unwrap_or_default()
 }
 
+/// The entry of backend `name` in the list.
+fn entry<'a>(list: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    list.iter()
+        .find(|b| b["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list:?}"))
+}
+
 fn post(d: &Daemon, path: &str, body: &serde_json::Value) -> trust::Resp {
     d.http(
         Via::Unix,
@@ -77,12 +84,13 @@ for i in range(n):
 /// Whether gVisor can run here; records the test's skip with the reason when not.
 fn gvisor_here(d: &Daemon, test: &str) -> bool {
     let list = backends(d);
-    if list[1]["available"] == true {
+    let gvisor = entry(&list, "gvisor");
+    if gvisor["available"] == true {
         return true;
     }
     warren_testkit::skip(
         test,
-        list[1]["reason"].as_str().unwrap_or("gvisor unavailable"),
+        gvisor["reason"].as_str().unwrap_or("gvisor unavailable"),
     );
     false
 }
@@ -379,7 +387,7 @@ fn the_backends_list_says_what_each_offers() {
     let d = daemon(&spaces.0, "");
     let list = backends(&d);
     let names: Vec<&str> = list.iter().map(|b| b["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["namespace", "gvisor", "process"]);
+    assert_eq!(names, ["namespace", "gvisor", "runc", "crun", "process"]);
     let ns = &list[0];
     assert_eq!(ns["available"], true);
     assert_eq!(
@@ -387,14 +395,46 @@ fn the_backends_list_says_what_each_offers() {
         serde_json::json!(["none", "nat"])
     );
     assert_eq!(ns["capabilities"]["volumes"], true);
-    if list[1]["available"] == true {
-        assert_eq!(
-            list[1]["capabilities"]["networks"],
-            serde_json::json!(["none", "nat"])
-        );
-        assert_eq!(list[1]["capabilities"]["volumes"], true);
+    for b in &list[1..4] {
+        if b["available"] == true {
+            assert_eq!(
+                b["capabilities"]["networks"],
+                serde_json::json!(["none", "nat"])
+            );
+            assert_eq!(b["capabilities"]["volumes"], true);
+        }
     }
-    let process = &list[2];
+    // The runc-compatible runtimes say what they are and what they lack, and why.
+    for name in ["runc", "crun"] {
+        let b = entry(&list, name);
+        if b["available"] != true {
+            assert!(
+                b["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("apt-get install"),
+                "{b}"
+            );
+            continue;
+        }
+        let caps = &b["capabilities"];
+        assert_eq!(caps["strong_isolation"], false, "{b}");
+        assert_eq!(caps["memory_snapshots"], false, "{b}");
+        assert_eq!(caps["pause"], true, "{b}");
+        assert_eq!(caps["limits"], serde_json::json!(["memory", "cpu", "pids"]));
+        assert!(
+            caps["isolation"].as_str().unwrap().contains(name),
+            "the runtime's version: {b}"
+        );
+        assert!(
+            caps["lacking"]["memory_snapshots"]
+                .as_str()
+                .unwrap_or("")
+                .contains("CRIU"),
+            "{b}"
+        );
+    }
+    let process = entry(&list, "process");
     assert_eq!(process["available"], true, "{process}");
     assert_eq!(process["capabilities"]["strong_isolation"], false);
     assert_eq!(
@@ -408,14 +448,14 @@ fn the_backends_list_says_what_each_offers() {
     // Without the operator's table, trust mode is off and says how to turn it on.
     let d = Daemon::start(false);
     let list = backends(&d);
-    assert_eq!(list[2]["available"], false);
+    let process = entry(&list, "process");
+    assert_eq!(process["available"], false);
     assert!(
-        list[2]["reason"]
+        process["reason"]
             .as_str()
             .unwrap()
             .contains("[backends.process]"),
-        "{}",
-        list[2]
+        "{process}"
     );
     let r = post(
         &d,
