@@ -393,6 +393,11 @@ pub(crate) struct Keeper {
     pub(crate) runtime_root: PathBuf,
     /// Where the runtime's `create` writes the first process's pid (`--pid-file`).
     pub(crate) pid_file: PathBuf,
+    /// Cgroups (a directory per hierarchy) the runtime's `create` is put in before it
+    /// runs, for a runtime told to leave cgroups alone: the sandbox's processes start
+    /// there.
+    #[serde(default)]
+    pub(crate) join_cgroups: Vec<PathBuf>,
     /// Hide the (controller-less but for one) cgroup v2 hierarchy of a v1 host from the
     /// runtime's `create`, which would refuse such a host (see `crate::runc`).
     #[serde(default)]
@@ -614,6 +619,11 @@ fn keep(
     let _ = std::fs::remove_file(&keeper.pid_file);
     let create = match warren_sys::ns::fork_process() {
         Ok(Forked::Child) => {
+            for dir in &keeper.join_cgroups {
+                if let Err(e) = std::fs::write(dir.join("cgroup.procs"), b"0") {
+                    oci_fail("join the sandbox's cgroup", &e);
+                }
+            }
             // The runtime's output goes to the log (stderr); the first process inherits
             // its descriptors, and must not hold the caller's status pipe.
             let _ = nix::unistd::dup2(2, 1);

@@ -66,6 +66,8 @@ pub struct RuncBackend {
     args: Vec<String>,
     /// Hide the host's cgroup v2 hierarchy from `create` (see [`refuses_hybrid`]).
     hide_cgroup2: bool,
+    /// Warren makes the sandbox's cgroup (see [`places_cgroups_elsewhere`]).
+    warren_cgroups: bool,
 }
 
 /// A live runc or crun sandbox.
@@ -78,6 +80,8 @@ pub struct RuncSandbox {
     pid: i32,
     cgroup: Cgroup,
     cli: OciCli,
+    /// Pause and resume are Warren's own freezing of the cgroup Warren made.
+    warren_cgroups: bool,
     run: PathBuf,
     ephemeral: Option<PathBuf>,
     /// With `die_with_parent` (`warren run`): the process that removes the sandbox if
@@ -118,6 +122,16 @@ fn refuses_hybrid(kind: Isolation, hierarchy: &Hierarchy) -> bool {
         .is_ok_and(|c| !c.trim().is_empty())
 }
 
+/// Whether `kind`'s runtime would put the sandbox's cgroups somewhere other than where
+/// Warren keeps its own. crun 1.8 takes a relative `cgroupsPath` from the top of each v1
+/// hierarchy, not from its own cgroup there as runc does: out of the daemon's own memory
+/// cgroup, and not where usage and OOM kills are read. So Warren makes the cgroup, limits
+/// included, as for a namespace sandbox, puts the runtime's `create` in it, and runs the
+/// runtime with `--cgroup-manager=disabled`; pause freezes that cgroup.
+fn places_cgroups_elsewhere(kind: Isolation) -> bool {
+    kind == Isolation::Crun
+}
+
 impl RuncBackend {
     /// The backend of `kind` (`Runc` or `Crun`).
     pub fn new(
@@ -142,6 +156,7 @@ impl RuncBackend {
         let hierarchy = Hierarchy::detect()?;
         Ok(Self {
             hide_cgroup2: refuses_hybrid(kind, &hierarchy),
+            warren_cgroups: places_cgroups_elsewhere(kind),
             kind,
             paths,
             exe,
@@ -164,6 +179,10 @@ impl RuncBackend {
             name: self.name(),
             bin,
             flags: std::iter::once(format!("--root={}", self.state_dir().display()))
+                .chain(
+                    self.warren_cgroups
+                        .then(|| "--cgroup-manager=disabled".to_string()),
+                )
                 .chain(self.args.iter().cloned())
                 .collect(),
         })
@@ -187,6 +206,7 @@ impl RuncBackend {
             pid,
             cgroup: self.cgroup(id),
             cli,
+            warren_cgroups: self.warren_cgroups,
             run,
             ephemeral: None,
             watchdog: None,
@@ -254,6 +274,12 @@ impl RuncBackend {
         std::fs::write(run.join("template"), spec.template.as_bytes())
             .map_err(crate::io_err("record the template"))?;
         let pid_file = run.join("init.pid");
+        let mut join_cgroups = Vec::new();
+        if self.warren_cgroups {
+            self.hierarchy.prepare()?;
+            sb.cgroup.create(&crate::cgroup_limits(&spec.resources))?;
+            join_cgroups = sb.cgroup.paths().map(Path::to_path_buf).collect();
+        }
 
         let launch = OciLaunch {
             volumes: spec
@@ -284,6 +310,7 @@ impl RuncBackend {
                 sandbox_run: run.clone(),
                 runtime_root: self.state_dir(),
                 pid_file,
+                join_cgroups,
                 hide_cgroup2: self.hide_cgroup2,
             }),
         };
@@ -463,10 +490,16 @@ impl Instance for RuncSandbox {
     }
 
     fn pause(&self) -> Result<()> {
+        if self.warren_cgroups {
+            return Ok(self.cgroup.freeze()?);
+        }
         self.cli.run(&["pause", &container(&self.id)]).map(drop)
     }
 
     fn resume(&self) -> Result<()> {
+        if self.warren_cgroups {
+            return Ok(self.cgroup.thaw()?);
+        }
         self.cli.run(&["resume", &container(&self.id)]).map(drop)
     }
 

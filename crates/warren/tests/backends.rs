@@ -783,3 +783,189 @@ fn a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused() {
     d.ok(&["rm", &id]);
     d.finish();
 }
+
+/// Every host object a runc or crun sandbox could leave: its keeper, its cgroup in any
+/// hierarchy, its container in the runtime's state, its run directory.
+fn oci_leftovers(d: &Daemon, runtime: &str, id: &str, keeper: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    if Path::new(&format!("/proc/{keeper}")).exists() {
+        out.push(format!("keeper {keeper} still runs"));
+    }
+    let name = format!("warren-{id}");
+    for m in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        for dir in [m.path(), m.path().join("process_api")] {
+            let hits = walkdir(&dir, &name, 3);
+            out.extend(hits.into_iter().map(|p| format!("cgroup {}", p.display())));
+        }
+    }
+    let listed = std::process::Command::new(runtime)
+        .arg(format!("--root={}", d.run_dir().join(runtime).display()))
+        .arg("list")
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&listed.stdout).contains(id) {
+        out.push(format!("{runtime} list still shows it"));
+    }
+    if d.run_dir().join("sandboxes").join(id).exists() {
+        out.push("its run directory".into());
+    }
+    out
+}
+
+/// Directories named `name` under `dir`, at most `depth` levels down.
+fn walkdir(dir: &Path, name: &str, depth: u32) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !e.path().is_dir() {
+            continue;
+        }
+        if e.file_name() == name {
+            out.push(e.path());
+        } else if depth > 0 {
+            out.extend(walkdir(&e.path(), name, depth - 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_runc_or_crun_sandbox_is_its_own_ids_and_outlives_a_daemon_restart_and_a_stop() {
+    let test = "a_runc_or_crun_sandbox_is_its_own_ids_and_outlives_a_daemon_restart_and_a_stop";
+    if !can_run(test) {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let mut d = daemon(&spaces.0, "");
+    for runtime in ["runc", "crun"] {
+        let list = backends(&d);
+        let b = entry(&list, runtime);
+        if b["available"] != true {
+            warren_testkit::skip(
+                &format!("{test} ({runtime})"),
+                b["reason"].as_str().unwrap_or("unavailable"),
+            );
+            continue;
+        }
+        let id = d.create(&[
+            "--isolation",
+            runtime,
+            "--memory",
+            "128M",
+            "--network",
+            "nat",
+        ]);
+        let run = d.run_dir().join("sandboxes").join(&id);
+        let keeper: i32 = std::fs::read_to_string(run.join("helper.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+
+        // Root inside is the sandbox's own slot of host ids, and the root's files are
+        // shown under it: root owns /, `user` its home.
+        let base: u64 = std::fs::read_to_string(run.join("uid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(base >= 1 << 30, "{runtime}: {base} is not a slot's base");
+        let (_, out) = d.exec(
+            &id,
+            "cat /proc/self/uid_map; stat -c '%u %U' / /home/user; id -u; \
+             readlink /proc/self/ns/user /proc/self/ns/cgroup",
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let map: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(map, ["0", &base.to_string(), "65536"], "{runtime}: {out}");
+        assert_eq!(lines[1], "0 root", "{runtime}: {out}");
+        assert_eq!(lines[2], "1000 user", "{runtime}: {out}");
+        let host_user = std::fs::read_link("/proc/self/ns/user").unwrap();
+        assert_ne!(lines[4], host_user.to_str().unwrap(), "{runtime}: {out}");
+        let host_cgroup = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+        assert_ne!(lines[5], host_cgroup.to_str().unwrap(), "{runtime}: {out}");
+
+        // A terminal.
+        let out = d.ok(&["exec", "-t", &id, "--", "sh", "-c", "test -t 1 && echo tty"]);
+        assert_eq!(out.trim_end(), "tty", "{runtime}");
+
+        // A process past the memory limit is killed, and the exec says why.
+        let body = serde_json::json!({"command": {"shell":
+            "exec python3 -c 'b = bytearray(400 << 20)'"}});
+        let r = post(&d, &format!("/v1/sandboxes/{id}/exec"), &body);
+        assert_eq!(r.status, 200, "{runtime}: {}", r.text());
+        assert_eq!(r.json()["oom_killed"], true, "{runtime}: {}", r.text());
+
+        // A restarted daemon takes it over, processes and all; pause works on it.
+        d.ok(&["exec", "-d", &id, "--", "sleep", "1000"]);
+        d.ok(&["exec", &id, "--", "sh", "-c", "echo kept > /root/kept"]);
+        d.shut_down();
+        d.spawn();
+        let (code, out) = d.exec(
+            &id,
+            "pgrep -x sleep >/dev/null && echo running; cat /root/kept",
+        );
+        assert_eq!((code, out.as_str()), (0, "running\nkept\n"), "{runtime}");
+        d.ok(&["pause", &id]);
+        assert_eq!(d.info(&id)["state"], "paused", "{runtime}");
+        d.ok(&["resume", &id]);
+
+        // Stopped, it keeps its files and nothing else; started, it runs again.
+        d.ok(&["stop", &id]);
+        assert_eq!(d.info(&id)["state"], "stopped", "{runtime}");
+        assert!(
+            eventually(10, || oci_leftovers(&d, runtime, &id, keeper).is_empty()),
+            "{runtime}: a stopped sandbox left {:?}",
+            oci_leftovers(&d, runtime, &id, keeper)
+        );
+        d.ok(&["start", &id]);
+        let (_, out) = d.exec(&id, "cat /root/kept");
+        assert_eq!(out, "kept\n", "{runtime}");
+        let keeper: i32 = std::fs::read_to_string(run.join("helper.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        d.ok(&["rm", &id]);
+        assert!(
+            eventually(10, || oci_leftovers(&d, runtime, &id, keeper).is_empty()),
+            "{runtime}: a removed sandbox left {:?}",
+            oci_leftovers(&d, runtime, &id, keeper)
+        );
+        eprintln!("BACKEND {runtime}: ids, terminal, OOM, restart, stop and start passed");
+    }
+    d.finish();
+}
+
+#[test]
+fn warren_run_takes_runc_and_crun() {
+    if !can_run("warren_run_takes_runc_and_crun") {
+        return;
+    }
+    let _t = my_turn();
+    for runtime in ["runc", "crun"] {
+        let here = std::process::Command::new(runtime)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !here {
+            warren_testkit::skip(
+                &format!("warren_run_takes_runc_and_crun ({runtime})"),
+                &format!("{runtime} is not installed (`apt-get install {runtime}`)"),
+            );
+            continue;
+        }
+        let o = common::warren()
+            .args(["run", "--isolation", runtime, "--rm", "--", "uname", "-a"])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && out.starts_with("Linux sandbox "),
+            "{runtime}: {out} {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = common::sh(&["--isolation", runtime], "exit 3");
+        assert_eq!(o.status.code(), Some(3), "{runtime}");
+    }
+}
