@@ -849,3 +849,105 @@ pub fn cgroups_everywhere(prefix: &str) -> Vec<(String, PathBuf)> {
     out.dedup();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> template::Template {
+        template::Template {
+            name: "host".into(),
+            lower: vec![],
+            host_binds: vec!["/usr".into()],
+            env: Default::default(),
+            meta: template::host_meta(),
+        }
+    }
+
+    fn spec(network: NetworkMode) -> SandboxSpec {
+        let mut s = SandboxSpec {
+            id: "abc".into(),
+            network,
+            ..Default::default()
+        };
+        s.resources.memory = Some(64 << 20);
+        s.resources.pids = Some(32);
+        s
+    }
+
+    fn namespaces(config: &serde_json::Value) -> Vec<String> {
+        config["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_host_kernel_bundle_has_every_namespace_and_the_pids_limit() {
+        let b = Path::new("/run/warren/sandboxes/abc/bundle");
+        for network in [NetworkMode::None, NetworkMode::Nat] {
+            let c = bundle_config(
+                &spec(network),
+                &host(),
+                Path::new("/s"),
+                b,
+                BundleKind::HostKernel,
+            )
+            .unwrap();
+            assert_eq!(
+                namespaces(&c),
+                ["pid", "ipc", "uts", "mount", "network", "cgroup", "user"]
+            );
+            assert_eq!(c["linux"]["resources"]["pids"]["limit"], 32);
+            assert_eq!(c["linux"]["resources"]["memory"]["limit"], 64 << 20);
+            assert_eq!(c["linux"]["cgroupsPath"], "warren-abc");
+            assert_eq!(c["process"]["noNewPrivileges"], true);
+            // The agent does not close its socket for a checkpoint no one makes.
+            let launch = c["process"]["args"][2].as_str().unwrap();
+            assert!(launch.contains("\"quiesce\":false"), "{launch}");
+            // Host directories come from the read-only mounts `warren __oci` made.
+            let usr = c["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/usr")
+                .unwrap();
+            assert_eq!(usr["source"], b.join("ro/0").display().to_string());
+        }
+    }
+
+    #[test]
+    fn a_gvisor_bundle_keeps_runscs_network_and_no_pids_limit() {
+        let b = Path::new("/b");
+        let c = bundle_config(
+            &spec(NetworkMode::Nat),
+            &host(),
+            Path::new("/s"),
+            b,
+            BundleKind::Gvisor,
+        )
+        .unwrap();
+        assert_eq!(namespaces(&c), ["pid", "ipc", "uts", "mount"]);
+        assert!(c["linux"]["resources"].get("pids").is_none());
+        let c = bundle_config(
+            &spec(NetworkMode::None),
+            &host(),
+            Path::new("/s"),
+            b,
+            BundleKind::Gvisor,
+        )
+        .unwrap();
+        assert_eq!(namespaces(&c), ["pid", "ipc", "uts", "mount", "network"]);
+    }
+
+    #[test]
+    fn a_launch_without_a_keeper_still_reads() {
+        // What an older daemon wrote for `warren __oci` (gvisor) has no keeper.
+        let l: OciLaunch =
+            serde_json::from_str(r#"{"bundle":"/b","lower":[],"rw":"/r","argv":["runsc"]}"#)
+                .unwrap();
+        assert!(l.keeper.is_none());
+    }
+}
