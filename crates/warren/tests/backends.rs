@@ -443,6 +443,12 @@ fn the_backends_list_says_what_each_offers() {
     );
     let o = d.ok(&["backends"]);
     assert!(o.contains("namespace  available"), "{o}");
+    if entry(&list, "runc")["available"] == true {
+        assert!(
+            o.contains("no memory snapshots: runc checkpoints through CRIU"),
+            "{o}"
+        );
+    }
     d.finish();
 
     // Without the operator's table, trust mode is off and says how to turn it on.
