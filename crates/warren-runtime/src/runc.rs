@@ -351,7 +351,7 @@ impl RuncBackend {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match crate::client::AgentClient::connect(&sb.socket).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => return take_back_socket_dir(&run),
                 Err(e) if Instant::now() > deadline => {
                     return Err(Error::Setup(format!(
                         "the agent did not answer in 30 s: {e}"
@@ -361,6 +361,16 @@ impl RuncBackend {
             }
         }
     }
+}
+
+/// Gives the socket directory back to host root once the agent listens there, before
+/// any of the sandbox's own code runs: the daemon connects to the socket by its path, so
+/// the sandbox must not be able to replace it (with a link to another sandbox's socket,
+/// say). Its root, unmapped inside, then cannot even list the directory.
+fn take_back_socket_dir(run: &Path) -> Result<()> {
+    let dir = run.join("sock");
+    std::os::unix::fs::chown(&dir, Some(0), Some(0))
+        .map_err(crate::io_err(format!("chown {}", dir.display())))
 }
 
 impl RuncSandbox {

@@ -891,6 +891,20 @@ fn a_runc_or_crun_sandbox_is_its_own_ids_and_outlives_a_daemon_restart_and_a_sto
         let host_cgroup = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
         assert_ne!(lines[5], host_cgroup.to_str().unwrap(), "{runtime}: {out}");
 
+        // The agent's socket, which the daemon connects to by its path, cannot be
+        // replaced from inside (by a link to another sandbox's agent, say).
+        let (_, out) = d.exec(
+            &id,
+            "rm -f /.warren/run/agent.sock 2>&1; ln -s /tmp /.warren/run/x 2>&1; \
+             ls /.warren/run 2>&1; true",
+        );
+        assert_eq!(
+            out.matches("Permission denied").count(),
+            3,
+            "{runtime}: {out}"
+        );
+        assert!(run.join("sock/agent.sock").exists(), "{runtime}");
+
         // A terminal.
         let out = d.ok(&["exec", "-t", &id, "--", "sh", "-c", "test -t 1 && echo tty"]);
         assert_eq!(out.trim_end(), "tty", "{runtime}");
