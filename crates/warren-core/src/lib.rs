@@ -1115,7 +1115,7 @@ impl Manager {
         // the sandbox's own work (a read, a command that frees space).
         let _ = self.store().touch(&r.id, now_ms());
         let socket = self.with_live(&r.id, |l| l.sandbox.agent_socket().to_owned())?;
-        let c = AgentClient::connect(&socket).await?;
+        let c = warren_runtime::backend::connect_agent(&socket).await?;
         Ok((r.id, c))
     }
 

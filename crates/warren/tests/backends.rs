@@ -989,3 +989,45 @@ fn warren_run_takes_runc_and_crun() {
         assert_eq!(o.status.code(), Some(3), "{runtime}");
     }
 }
+
+/// A sandbox that can write in its agent socket's directory (gVisor makes the agent's
+/// files there host files) swaps its socket for a link to another sandbox's agent: the
+/// daemon must not follow it and run the first sandbox's commands in the second.
+#[test]
+fn a_planted_link_for_the_agent_socket_is_not_followed() {
+    let Some((_t, _spaces, d)) = gvisor_test("a_planted_link_for_the_agent_socket_is_not_followed")
+    else {
+        return;
+    };
+    let a = d.create(&["--isolation", "gvisor"]);
+    let b = d.create(&["--isolation", "gvisor"]);
+    d.ok(&["exec", &b, "--", "touch", "/root/this-is-b"]);
+    let target = d
+        .run_dir()
+        .join("sandboxes")
+        .join(&b)
+        .join("sock/agent.sock");
+    let (_, out) = d.exec(
+        &a,
+        &format!(
+            "rm -f /.warren/run/agent.sock && ln -s {} /.warren/run/agent.sock && echo planted",
+            target.display()
+        ),
+    );
+    let planted = out.contains("planted");
+    let r = d.http(
+        Via::Unix,
+        "POST",
+        &format!("/v1/sandboxes/{a}/exec"),
+        &[("Content-Type", "application/json")],
+        br#"{"command":{"shell":"ls /root"}}"#,
+    );
+    assert!(
+        !r.text().contains("this-is-b"),
+        "a's command ran in b (planted: {planted}): {}",
+        r.text()
+    );
+    d.ok(&["rm", &a]);
+    d.ok(&["rm", &b]);
+    d.finish();
+}
