@@ -14,7 +14,8 @@ and, for every backend `GET /v1/backends` says is available, interleaved round b
 and, as the floor the gvisor backend adds to: `runsc do true`, and bare `runsc
 checkpoint` / `restore` of a minimal bundle (an idle shell; a python holding 100 MB)
 next to Warren's pause (memory to disk) and resume of the same workloads, the image
-sizes, and a fork of 10. Prints median, p90, min, max and n, and the ratios.
+sizes, a fork of 10, and a template carrying each workload's memory (`snapshot` with
+`memory`) with sandboxes made from it. Prints median, p90, min, max and n, and the ratios.
 `--json PATH` writes every sample.
 Python 3 standard library only; root.
 """
@@ -194,6 +195,21 @@ def warren_pause(api, sock, runs, run_dir):
                 out["warren fork of 10 (idle shell)"] = [ms(t0)]
                 for c in copies:
                     api.call("DELETE", f"/v1/sandboxes/{c['id']}")
+            # A template that carries this process, warm: the snapshot, then sandboxes
+            # made from it (each restored, the process going on) next to a cold create.
+            tname = f"warm-{sid}"
+            t0 = time.perf_counter()
+            api.call("POST", f"/v1/sandboxes/{sid}/snapshot", {"name": tname, "memory": True})
+            out[f"warren snapshot with memory, {name}"] = [ms(t0)]
+            try:
+                for _ in range(runs):
+                    t0 = time.perf_counter()
+                    w = api.call("POST", "/v1/sandboxes", {"template": tname, "resources": {}})
+                    api.call("POST", f"/v1/sandboxes/{w['id']}/exec", TRUE)
+                    out.setdefault(f"warren create from it + exec, {name}", []).append(ms(t0))
+                    api.call("DELETE", f"/v1/sandboxes/{w['id']}")
+            finally:
+                api.call("DELETE", f"/v1/templates/{tname}")
         finally:
             api.call("DELETE", f"/v1/sandboxes/{sid}")
     return out

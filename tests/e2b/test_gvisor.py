@@ -1,5 +1,5 @@
-"""E2B programs on a gVisor template: pause keeps the processes and their memory, and
-`fork` copies a running sandbox, processes included. A host without gVisor skips these
+"""E2B programs on a gVisor template: pause keeps the processes and their memory,
+`fork` copies a running sandbox, processes included, and so do its snapshots. A host without gVisor skips these
 visibly, with the reason `warren backends` gives."""
 
 import json
@@ -74,6 +74,34 @@ def test_pause_keeps_memory_and_fork_copies_processes(daemon, gvisor_template):
         for f in forks:
             f.kill()
         s.kill()
+
+
+def test_snapshot_keeps_memory_on_gvisor(daemon, gvisor_template):
+    s = Sandbox.create(gvisor_template, timeout=120)
+    made = []
+    try:
+        s.commands.run(COUNTER, background=True)
+        s.files.write("/tmp/mark", "from the source")
+        time.sleep(0.5)
+        info = s.create_snapshot()
+        at = _count(s)
+        # The source runs on.
+        assert _grows(s, at)
+        for _ in range(2):
+            made.append(Sandbox.create(info.snapshot_id, timeout=120))
+        for t in made:
+            # The loop of the source, carried on: not a fresh one from 1.
+            n = _count(t)
+            assert n >= at - 5 and n > 1, (at, n)
+            assert _grows(t, n), "the counter runs on in the sandbox made from it"
+            assert t.files.read("/tmp/mark") == "from the source"
+        made[0].files.write("/tmp/mark", "changed")
+        assert made[1].files.read("/tmp/mark") == "from the source"
+    finally:
+        for t in made:
+            t.kill()
+        s.kill()
+    assert Sandbox.delete_snapshot(info.snapshot_id) is True
 
 
 @pytest.mark.asyncio

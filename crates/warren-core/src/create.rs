@@ -2,6 +2,8 @@
 //! claims, booting or restoring, and forks.
 
 use super::*;
+use warren_runtime::template;
+use warren_types::spec::NetworkMode;
 
 impl Manager {
     /// Creates a sandbox; with a name and `get_or_create`, returns the existing one
@@ -23,8 +25,25 @@ impl Manager {
             .meta;
         // A request that names no backend gets its template's (then the daemon's).
         req.isolation = req.isolation.or(meta.isolation);
+        if let Some(saved) = &meta.memory {
+            check_memory_template(&name, saved, &mut req)?;
+        }
         let template = meta.key;
         let req = self.admit(who, req)?;
+        // A template that carries memory is restored, never booted: its processes go on.
+        let memory = meta
+            .memory
+            .is_some()
+            .then(|| template::memory_dir(&self.config.paths, &template));
+        if memory.is_some() && req.network != NetworkMode::None {
+            return Err(CoreError::Invalid(format!(
+                "template {name} carries memory, which a sandbox on `{}` cannot restore (its \
+                 sockets would be the host's): ask for network none",
+                req.network.as_str()
+            )));
+        }
+        let from = memory.as_ref().map(|d| (d.join("image"), d.clone()));
+        let from = from.as_ref().map(|(i, d)| (i.as_path(), d.as_path()));
         let owner = req.owner.clone().unwrap_or_else(|| who.tenant.clone());
         if !valid_owner(&owner) {
             return Err(CoreError::Invalid(format!(
@@ -38,8 +57,10 @@ impl Manager {
                 )));
             }
         }
-        if let Some(info) = self.claim_from_pool(who, &owner, &template, &req)? {
-            return Ok((info, true));
+        if from.is_none() {
+            if let Some(info) = self.claim_from_pool(who, &owner, &template, &req)? {
+                return Ok((info, true));
+            }
         }
         // Creation with a taken name races with its creator at most this many times.
         for _ in 0..100 {
@@ -49,7 +70,7 @@ impl Manager {
                     return Ok((self.bring_up(who, r).await?, false));
                 }
             }
-            match self.create_new(who, &owner, &template, &req).await {
+            match self.create_from(who, &owner, &template, &req, from).await {
                 Err(CoreError::NameTaken(_)) if req.get_or_create => continue,
                 other => return other.map(|i| (i, true)),
             }
@@ -431,6 +452,32 @@ impl Manager {
                     e => e.into(),
                 })
             }
+        }
+    }
+}
+
+/// Fits a request to a template that carries memory: only a backend with memory
+/// snapshots restores it, and its processes find the mounts they had.
+fn check_memory_template(
+    name: &str,
+    saved: &template::SavedMemory,
+    req: &mut CreateSandbox,
+) -> Result<()> {
+    if req.isolation != Some(Isolation::Gvisor) {
+        return Err(CoreError::Invalid(format!(
+            "template {name} carries a gVisor sandbox's memory: only the gvisor backend can \
+             start it (leave isolation out)"
+        )));
+    }
+    match req.home_volume {
+        Some(home) if home != saved.home_volume => Err(CoreError::Invalid(format!(
+            "template {name} carries memory saved {} the owner's home volume: leave \
+             home_volume out",
+            if saved.home_volume { "with" } else { "without" }
+        ))),
+        _ => {
+            req.home_volume = Some(saved.home_volume);
+            Ok(())
         }
     }
 }

@@ -106,8 +106,15 @@ impl Manager {
         if spec.max == 0 {
             return self.remove_pool(spec).await;
         }
-        warren_runtime::template::resolve(&self.config.paths, &spec.template)
+        let t = warren_runtime::template::resolve(&self.config.paths, &spec.template)
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        if t.meta.memory.is_some() {
+            // Its sandboxes are restored, already warm, not booted.
+            return Err(CoreError::Invalid(format!(
+                "template {} carries memory: its sandboxes start warm without a pool",
+                t.name
+            )));
+        }
         let key = pool_key(
             &spec.template,
             &spec.resources,

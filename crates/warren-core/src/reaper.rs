@@ -95,7 +95,8 @@ impl Manager {
             let disks = self.disk_cache.lock().unwrap_or_else(|e| e.into_inner());
             for (id, l) in live.iter_mut() {
                 if !l.sandbox.is_alive() {
-                    dead.push(id.clone());
+                    let s = &l.sandbox;
+                    dead.push((id.clone(), s.oom_kills(), s.fatal_task_limit_hits()));
                     continue;
                 }
                 let usage = l.sandbox.usage();
@@ -113,16 +114,24 @@ impl Manager {
         for id in &active {
             let _ = self.store().touch(id, now);
         }
-        for id in dead {
+        for (id, oom_kills, task_limit_hits) in dead {
             let lock = self.lock_for(&id);
             let _g = lock.lock().await;
             let Ok(Some(r)) = self.store().get(&id) else {
                 continue;
             };
             if matches!(r.state, SandboxState::Running | SandboxState::Paused) {
-                let _ = self
-                    .stop_locked(r, "failed", "its init process died; stopped, files kept")
-                    .await;
+                // A gVisor sandbox past its memory limit is one host process killed whole.
+                let reason = if oom_kills > 0 {
+                    "out of memory: it went past its memory limit and its init process was \
+                     killed; stopped, files kept (start it again, with more memory)"
+                } else if task_limit_hits > 0 {
+                    "too many tasks: it went past its pids limit, which stops a gVisor \
+                     sandbox whole; stopped, files kept (start it again, with a higher --pids)"
+                } else {
+                    "its init process died; stopped, files kept"
+                };
+                let _ = self.stop_locked(r, "failed", reason).await;
             }
         }
         let Ok(records) = self.store().list_live(None) else {

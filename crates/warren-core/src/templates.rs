@@ -42,7 +42,7 @@ use warren_types::api::SandboxState;
 use warren_types::proto::{Command, ExecRequest};
 use warren_types::spec::{Isolation, NetworkMode, SandboxSpec};
 
-use crate::{Caller, CoreError, Manager, Result};
+use crate::{random_hex, Caller, CoreError, Manager, Record, Result};
 
 /// A template as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -156,6 +156,10 @@ pub enum BuildEvent {
 #[serde(deny_unknown_fields)]
 pub struct SnapshotRequest {
     pub name: String,
+    /// Its processes and memory too (a gVisor sandbox on network `none`): sandboxes made
+    /// from the template go on from that moment, warm, instead of booting.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub memory: bool,
 }
 
 /// What a snapshot made and cost.
@@ -549,9 +553,12 @@ impl Manager {
         req: SnapshotRequest,
     ) -> Result<SnapshotResult> {
         let started = Instant::now();
-        let (meta, bytes_written) = self
-            .capture_files(who, key, &req.name, TemplateKind::Snapshot)
-            .await?;
+        let (meta, bytes_written) = if req.memory {
+            self.capture_memory(who, key, &req.name).await?
+        } else {
+            self.capture_files(who, key, &req.name, TemplateKind::Snapshot)
+                .await?
+        };
         Ok(SnapshotResult {
             template: self.template_info(meta),
             bytes_written,
@@ -601,28 +608,7 @@ impl Manager {
                 .await?
                 .map_err(CoreError::from)?;
         }
-        let meta = TemplateMeta {
-            name: name.to_string(),
-            kind,
-            source: format!("sandbox {} of template {}", r.id, base.name),
-            layers: base.meta.layers.clone(),
-            host_base: base.meta.host_base,
-            env: base.meta.env.clone(),
-            workdir: base.meta.workdir.clone(),
-            user: base.meta.user.clone(),
-            cmd: base.meta.cmd.clone(),
-            start_cmd: base.meta.start_cmd.clone(),
-            ready_cmd: base.meta.ready_cmd.clone(),
-            ready_timeout_secs: base.meta.ready_timeout_secs,
-            created_at: crate::now_ms(),
-            tenant: Some(r.tenant.clone()),
-            source_sandbox: Some(r.id.clone()),
-            private: true,
-            // Made from a sandbox of this backend: so are its copies, unless asked.
-            isolation: Some(r.spec.isolation),
-            setuid: base.meta.setuid,
-            key: String::new(),
-        };
+        let meta = snapshot_meta(&r, &base.meta, name, kind);
         let made = blocking({
             let paths = paths.clone();
             move || capture(&paths, &src, meta)
@@ -636,6 +622,69 @@ impl Manager {
             self.event(&r, "snapshot", format!("files captured as template {name}"));
         }
         Ok(made)
+    }
+
+    /// Captures a running or paused sandbox's processes, memory and files, at one moment,
+    /// as template `name` of its tenant's (see [`SnapshotRequest::memory`]).
+    async fn capture_memory(
+        &self,
+        who: &Caller,
+        key: &str,
+        name: &str,
+    ) -> Result<(TemplateMeta, u64)> {
+        let paths = self.config.paths.clone();
+        let r = self.resolve(who, key)?;
+        let caps = self.backend(r.spec.isolation)?.info().capabilities;
+        if !caps.memory_snapshots {
+            return Err(CoreError::Invalid(format!(
+                "a {} sandbox cannot save its memory (the gvisor backend can): snapshot its \
+                 files alone, without `memory`",
+                r.spec.isolation
+            )));
+        }
+        let owner = Caller::tenant(&r.tenant);
+        self.new_template_key(&owner, name, true)?;
+        let lock = self.lock_for(&r.id);
+        let _g = lock.lock().await;
+        let r = self.resolve(who, &r.id)?;
+        if !matches!(r.state, SandboxState::Running | SandboxState::Paused) {
+            return Err(Self::invalid(&r, "snapshot with memory"));
+        }
+        let base = template::resolve(&paths, &r.spec.template).map_err(template_error)?;
+        let mut meta = snapshot_meta(&r, &base.meta, name, TemplateKind::Snapshot);
+        // Saved aside, then moved into the template's directory as it appears.
+        let aside = paths
+            .data
+            .join("templates")
+            .join(format!(".memory-{}", random_hex(8)?));
+        let into = aside.clone();
+        let saved = self
+            .off_lock(&r.id, move |l| l.sandbox.save_memory(&into))
+            .await?
+            .map_err(CoreError::from);
+        let image_bytes = template::dir_size(&aside.join("image"));
+        let made = saved.and_then(|()| {
+            meta.memory = Some(template::SavedMemory {
+                home_volume: !r.spec.volumes.is_empty(),
+                image_bytes,
+            });
+            template::save_with(&paths, &meta, |stage| {
+                std::fs::rename(&aside, stage.join("memory"))
+                    .map_err(|e| warren_runtime::Error::io("place the saved memory", e))
+            })
+            .map_err(template_error)
+        });
+        if made.is_err() {
+            let _ = warren_runtime::tree::remove(&aside);
+        }
+        made?;
+        meta.key = meta.storage_key();
+        self.event(
+            &r,
+            "snapshot",
+            format!("processes, memory and files captured as template {name}"),
+        );
+        Ok((meta, image_bytes))
     }
 
     /// Removes the templates forks were made from once no sandbox uses them (and they
@@ -671,6 +720,12 @@ impl Manager {
         let (_, private) = self.new_template_key(who, &req.name, false)?;
         let from = req.from.clone().unwrap_or_else(|| template::HOST.into());
         let base = self.resolve_template(who, &from)?;
+        if base.meta.memory.is_some() {
+            return Err(CoreError::Invalid(format!(
+                "template {from} carries a sandbox's memory and cannot be built on: build on \
+                 the template it was made from, or snapshot that sandbox without memory"
+            )));
+        }
         // A build is a sandbox like any other: the daemon's default limits, its step
         // time bounded, and a tenant's builds at once counted.
         let mut req = req;
@@ -754,6 +809,7 @@ impl Manager {
                     private,
                     isolation: req.isolation.or(base.meta.isolation),
                     setuid: base.meta.setuid,
+                    memory: None,
                     key: String::new(),
                 };
                 // The build sandbox is gone: its layer is read where it was kept.
@@ -889,6 +945,24 @@ fn usable_by(meta: &TemplateMeta, who: &Caller) -> bool {
     // Snapshots made before snapshots were stored privately.
     !matches!(meta.kind, TemplateKind::Snapshot | TemplateKind::Fork)
         || meta.tenant.as_deref().is_none_or(|t| t == who.tenant)
+}
+
+/// A snapshot's metadata: its sandbox's template's, as its tenant's own, of the same
+/// backend (its copies are, unless asked otherwise).
+fn snapshot_meta(r: &Record, base: &TemplateMeta, name: &str, kind: TemplateKind) -> TemplateMeta {
+    TemplateMeta {
+        name: name.to_string(),
+        kind,
+        source: format!("sandbox {} of template {}", r.id, base.name),
+        created_at: crate::now_ms(),
+        tenant: Some(r.tenant.clone()),
+        source_sandbox: Some(r.id.clone()),
+        private: true,
+        isolation: Some(r.spec.isolation),
+        memory: None,
+        key: String::new(),
+        ..base.clone()
+    }
 }
 
 fn capture(

@@ -124,6 +124,12 @@ pub trait Instance: Send + Sync + Debug {
         self.usage().oom_kills
     }
 
+    /// How often the host refused the sandbox a task for its limit, where that stops
+    /// the whole sandbox (gVisor); 0 where a process is refused and the sandbox goes on.
+    fn fatal_task_limit_hits(&self) -> u64 {
+        0
+    }
+
     /// Whether the sandbox still runs.
     fn is_alive(&mut self) -> bool;
 
@@ -144,6 +150,15 @@ pub trait Instance: Send + Sync + Debug {
 
     /// Writes the sandbox's processes and memory to `image` (a directory) and lets it
     /// run on. Blocking. Only backends whose info declares `memory_snapshots`.
+    /// Saves the sandbox's processes and memory, and its writable layer, as they are at
+    /// one moment, into `into` (`image/` and `upper/`, see
+    /// [`memory_dir`](crate::template::memory_dir)); the sandbox goes on as it was
+    /// (running or paused). Only backends whose info declares `memory_snapshots`.
+    fn save_memory(&self, into: &Path) -> Result<()> {
+        let _ = into;
+        Err(Error::Unsupported("memory snapshots"))
+    }
+
     fn checkpoint(&self, image: &Path) -> Result<()> {
         let _ = image;
         Err(Error::Unsupported("memory snapshots"))

@@ -207,8 +207,18 @@ pub(crate) fn bundle_config(
     if let Some(m) = r.memory {
         resources.insert("memory".into(), json!({"limit": m, "swap": m}));
     }
-    if let (Some(p), BundleKind::HostKernel) = (r.pids, kind) {
-        resources.insert("pids".into(), json!({"limit": p}));
+    match (kind, r.pids) {
+        // A cap on the host tasks gVisor uses, always (see `crate::gvisor`).
+        (BundleKind::Gvisor, p) => {
+            resources.insert(
+                "pids".into(),
+                json!({"limit": crate::gvisor::host_tasks(p)}),
+            );
+        }
+        (BundleKind::HostKernel, Some(p)) => {
+            resources.insert("pids".into(), json!({"limit": p}));
+        }
+        (BundleKind::HostKernel, None) => {}
     }
     if let Some(c) = r.cpu_millis {
         resources.insert(
@@ -453,10 +463,10 @@ pub(crate) fn recorded_volumes(run: &Path) -> Result<Vec<OciVolume>> {
     }
 }
 
-/// `warren __oci`: mounts a sandbox's root in a mount namespace of its own and becomes
-/// the OCI runtime's `create`, whose processes keep that namespace; with a [`Keeper`] in
-/// the launch, runs it and stays as the sandbox's keeper. Must run before any thread
-/// starts (it unshares and forks). Never returns.
+/// `warren __oci`: mounts a sandbox's root in a mount namespace of its own and runs the
+/// OCI runtime's `create` there, whose processes keep that namespace: under a reaper of
+/// the sandbox's own (runsc), or, with a [`Keeper`] in the launch, under the keeper.
+/// Must run before any thread starts (it unshares and forks). Never returns.
 pub fn oci_main() -> ! {
     use std::io::Read;
     let mut input = Vec::new();
@@ -559,8 +569,84 @@ pub fn oci_main() -> ! {
     match (launch.keeper, slot) {
         (Some(keeper), Some(slot)) => keep(&launch.bundle, &keeper, slot, &bin, &args),
         _ => {
-            let e = nix::unistd::execv(&bin, &args).unwrap_err();
-            oci_fail("exec the OCI runtime", &e)
+            // The runtime's create (or restore) leaves the container's processes behind
+            // when it exits. They are adopted by a reaper of the sandbox's own, not by the
+            // host's init, which may reap as late as a second after (this host's does):
+            // `runsc delete` waits for them to be gone, so a slow reaper is in every
+            // remove and pause.
+            let (status_r, status_w) = match nix::unistd::pipe() {
+                Ok(p) => p,
+                Err(e) => oci_fail("pipe", &e),
+            };
+            match warren_sys::ns::fork_process() {
+                Ok(warren_sys::ns::Forked::Child) => {
+                    drop(status_r);
+                    reap_for_the_sandbox(&bin, &args, status_w)
+                }
+                Ok(warren_sys::ns::Forked::Parent(_)) => {
+                    drop(status_w);
+                    // The runtime's exit status, from the reaper; nothing if it died first.
+                    let mut code = [1u8];
+                    let _ =
+                        std::io::Read::read_exact(&mut std::fs::File::from(status_r), &mut code);
+                    std::process::exit(i32::from(code[0]))
+                }
+                Err(e) => oci_fail("fork the sandbox's reaper", &e),
+            }
+        }
+    }
+}
+
+/// The sandbox's reaper (see [`oci_main`]): in a session of its own, it adopts what the
+/// runtime leaves (PR_SET_CHILD_SUBREAPER), runs the runtime, sends its exit status
+/// down `status`, and reaps until nothing is left under it. Never returns.
+fn reap_for_the_sandbox(
+    bin: &std::ffi::CStr,
+    args: &[std::ffi::CString],
+    status: std::os::fd::OwnedFd,
+) -> ! {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    let _ = nix::unistd::setsid();
+    if warren_sys::ns::set_child_subreaper().is_err() {
+        // The host's init adopts them instead: slower to remove, nothing worse.
+    }
+    let runtime = match warren_sys::ns::fork_process() {
+        Ok(warren_sys::ns::Forked::Child) => {
+            drop(status);
+            let e = nix::unistd::execv(bin, args).unwrap_err();
+            eprintln!("warren __oci: exec the OCI runtime: {e}");
+            std::process::exit(1)
+        }
+        Ok(warren_sys::ns::Forked::Parent(pid)) => pid,
+        Err(e) => {
+            eprintln!("warren __oci: fork the OCI runtime: {e}");
+            std::process::exit(1)
+        }
+    };
+    let code: u8 = loop {
+        match waitpid(runtime, None) {
+            Ok(WaitStatus::Exited(_, c)) => break u8::try_from(c).unwrap_or(1),
+            Ok(WaitStatus::Signaled(..)) => break 1,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break 1,
+        }
+    };
+    let _ = std::io::Write::write_all(&mut std::fs::File::from(status), &[code]);
+    // Nothing of the daemon's is held from here on: not its log, not a terminal.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+        }
+    }
+    loop {
+        match waitpid(None, None) {
+            Err(nix::errno::Errno::ECHILD) => std::process::exit(0),
+            _ => continue,
         }
     }
 }
@@ -919,7 +1005,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gvisor_bundle_keeps_runscs_network_and_no_pids_limit() {
+    fn a_gvisor_bundle_keeps_runscs_network_and_a_host_task_cap() {
         let b = Path::new("/b");
         let c = bundle_config(
             &spec(NetworkMode::Nat),
@@ -930,7 +1016,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(namespaces(&c), ["pid", "ipc", "uts", "mount"]);
-        assert!(c["linux"]["resources"].get("pids").is_none());
+        assert_eq!(c["linux"]["resources"]["pids"]["limit"], 256 + 8 * 32);
         let c = bundle_config(
             &spec(NetworkMode::None),
             &host(),

@@ -209,6 +209,7 @@ pub fn import(
         private: opts.private,
         isolation: opts.isolation,
         setuid: opts.setuid,
+        memory: None,
         key: String::new(),
     };
     template::save(paths, &meta)?;

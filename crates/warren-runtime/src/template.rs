@@ -210,9 +210,30 @@ pub struct TemplateMeta {
     /// built from the distribution's packages.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub setuid: bool,
+    /// A sandbox's processes and memory, saved with its files (gVisor): a sandbox made
+    /// from it goes on from that moment instead of booting. Stored in [`memory_dir`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<SavedMemory>,
     /// Where it is stored (see [`key`]); set when it is read.
     #[serde(skip)]
     pub key: String,
+}
+
+/// What a template that carries memory expects of the sandboxes made from it: the
+/// processes it holds had these mounts, and find them again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedMemory {
+    /// The owner's home volume was mounted at /home/user.
+    pub home_volume: bool,
+    /// Bytes of the memory image.
+    pub image_bytes: u64,
+}
+
+/// Where a template that carries memory keeps it: `image/` (the backend's memory image)
+/// and `upper/` (the sandbox's writable layer at the same moment).
+pub fn memory_dir(paths: &Paths, key: &str) -> PathBuf {
+    paths.template(key).join("memory")
 }
 
 /// A template ready to be used as the lower layers of a root.
@@ -415,6 +436,16 @@ pub fn list(paths: &Paths) -> Result<Vec<TemplateMeta>> {
 /// Writes a new template's metadata; it appears whole or not at all, and a crash part
 /// way leaves nothing under its name. Fails if the name was taken meanwhile.
 pub fn save(paths: &Paths, meta: &TemplateMeta) -> Result<()> {
+    save_with(paths, meta, |_| Ok(()))
+}
+
+/// [`save`], with `fill` putting the template's own files (see [`memory_dir`]) in its
+/// directory before it appears.
+pub fn save_with(
+    paths: &Paths,
+    meta: &TemplateMeta,
+    fill: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let key = meta.storage_key();
     check_new_name(paths, &key)?;
     let dir = paths.template(&key);
@@ -430,8 +461,11 @@ pub fn save(paths: &Paths, meta: &TemplateMeta) -> Result<()> {
     ));
     fs::create_dir_all(&stage).map_err(io_err(format!("create {}", stage.display())))?;
     let body = serde_json::to_vec_pretty(meta).expect("template metadata serializes");
-    let r = fs::write(stage.join("template.json"), body)
-        .map_err(io_err(format!("write {}", stage.display())))
+    let r = fill(&stage)
+        .and_then(|()| {
+            fs::write(stage.join("template.json"), body)
+                .map_err(io_err(format!("write {}", stage.display())))
+        })
         .and_then(|()| match fs::rename(&stage, &dir) {
             Ok(()) => Ok(()),
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTEMPTY) | Some(libc::EEXIST)) => {

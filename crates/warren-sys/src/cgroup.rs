@@ -59,6 +59,10 @@ pub struct Limits {
 
 const CPU_PERIOD_US: u64 = 100_000;
 
+/// On cgroup v2, the leaf the daemon moves to so that the cgroup it was started in can
+/// hand controllers to its sandboxes' cgroups.
+const DAEMON_LEAF: &str = "daemon";
+
 /// Longest wait for the freezer to stop (or thaw) every task of a cgroup.
 const FREEZE_WAIT: Duration = Duration::from_secs(5);
 
@@ -113,7 +117,15 @@ impl Hierarchy {
             })
         };
         if let Some(mnt) = v2 {
-            let dir = mnt.join(own_path(None).unwrap_or_default());
+            // Its own leaf (see `prepare`), or systemd's `DelegateSubgroup=daemon`: the
+            // sandboxes go next to it, under the cgroup it was given.
+            let own = own_path(None).unwrap_or_default();
+            let own = match own.rsplit_once('/') {
+                Some((parent, DAEMON_LEAF)) => parent.to_string(),
+                None if own == DAEMON_LEAF => String::new(),
+                _ => own,
+            };
+            let dir = mnt.join(own);
             let controllers =
                 fs::read_to_string(mnt.join("cgroup.controllers")).unwrap_or_default();
             if v1.is_empty() || controllers.contains("memory") {
@@ -190,8 +202,21 @@ impl Hierarchy {
             return Ok(());
         }
         let line: Vec<String> = missing.iter().map(|c| format!("+{c}")).collect();
-        fs::write(&ctl, line.join(" "))
-            .map_err(|_| CgroupError::NotDelegated(missing.join(","), dir.clone()))
+        let line = line.join(" ");
+        let refused = || CgroupError::NotDelegated(missing.join(","), dir.clone());
+        match fs::write(&ctl, &line) {
+            Ok(()) => Ok(()),
+            // cgroup v2 gives no controllers to the children of a cgroup that holds
+            // processes, and this daemon is in it: it moves to a leaf of its own first.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                let leaf = dir.join(DAEMON_LEAF);
+                fs::create_dir_all(&leaf).map_err(io_at(&leaf))?;
+                let procs = leaf.join("cgroup.procs");
+                fs::write(&procs, std::process::id().to_string()).map_err(io_at(&procs))?;
+                fs::write(&ctl, &line).map_err(|_| refused())
+            }
+            Err(_) => Err(refused()),
+        }
     }
 }
 
@@ -367,6 +392,16 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
+    /// How many times a new task was refused for the cgroup's pids limit.
+    pub fn task_limit_hits(&self) -> u64 {
+        let ctrl = if self.v2 { "" } else { "pids" };
+        self.read(ctrl, "pids.events")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("max ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Memory in use, bytes.
     pub fn memory_current(&self) -> u64 {
         let (ctrl, file) = if self.v2 {
@@ -485,6 +520,20 @@ mod tests {
         let mi = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
         let h = Hierarchy::from_tables(mi, "0::/user.slice/x\n", root.path()).unwrap();
         assert_eq!(h, Hierarchy::V2(mnt.join("user.slice/x")));
+    }
+
+    #[test]
+    fn on_v2_a_daemon_leaf_puts_sandboxes_next_to_it() {
+        let root = tempfile::tempdir().unwrap();
+        let mnt = root.path().join("sys/fs/cgroup");
+        fs::create_dir_all(&mnt).unwrap();
+        fs::write(mnt.join("cgroup.controllers"), "cpu memory pids").unwrap();
+        let mi = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        let own = "0::/system.slice/warren.service/daemon\n";
+        let h = Hierarchy::from_tables(mi, own, root.path()).unwrap();
+        assert_eq!(h, Hierarchy::V2(mnt.join("system.slice/warren.service")));
+        let h = Hierarchy::from_tables(mi, "0::/daemon\n", root.path()).unwrap();
+        assert_eq!(h, Hierarchy::V2(mnt.clone()));
     }
 
     #[test]

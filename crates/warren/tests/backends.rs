@@ -258,13 +258,14 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     }
 
     // Limits held by the kernel (or the backend's kernel): tasks, and memory last.
-    // Without a task limit (gVisor's host threads would count against one), a few only:
-    // the point there is that children start, not that a limit holds.
-    let n = if enforces("pids") { "100" } else { "16" };
+    // gVisor's task limit is held on the host's count of its threads and stops the
+    // sandbox whole (`gvisor_fork_bomb_...`): here, a few children only, which must start.
+    let refuses_forks = enforces("pids") && isolation != "gvisor";
+    let n = if refuses_forks { "100" } else { "16" };
     let (_, out) = d.exec(&id, &FORKS.replace('N', n));
     let started: u32 = out.trim().parse().unwrap_or(999);
     assert!(
-        !enforces("pids") || started < 64,
+        !refuses_forks || started < 64,
         "{isolation}: {started} sleeps ran under --pids 64"
     );
     assert!(started > 0, "{isolation}: no child could be started: {out}");
@@ -313,6 +314,15 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         eventually(10, || read(d) > a),
         "{isolation}: the counter did not go on"
     );
+    if refuses_forks {
+        // The limit is still held after a resume.
+        let (_, out) = d.exec(&id, &FORKS.replace('N', "100"));
+        let started: u32 = out.trim().parse().unwrap_or(999);
+        assert!(
+            started > 0 && started < 64,
+            "{isolation}: {started} sleeps ran under --pids 64 after a resume"
+        );
+    }
 
     // Memory: a process past the limit is killed, or (gVisor, whose Sentry is one host
     // process) the whole sandbox is stopped; either way the host is untouched.
@@ -339,6 +349,11 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         assert!(
             eventually(15, || d.info(&id)["state"] != "running"),
             "{isolation}: a sandbox whose agent died still counts as running"
+        );
+        assert!(
+            eventually(15, || d.ok(&["events", &id]).contains("out of memory")),
+            "{isolation}: the stop is not told as out of memory: {}",
+            d.ok(&["events", &id])
         );
     }
 
@@ -595,6 +610,43 @@ fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
     d.finish();
 }
 
+#[test]
+fn a_gvisor_fork_bomb_stops_its_sandbox_and_not_the_hosts_pids() {
+    let Some((_t, _spaces, d)) =
+        gvisor_test("a_gvisor_fork_bomb_stops_its_sandbox_and_not_the_hosts_pids")
+    else {
+        return;
+    };
+    let id = d.create(&["--isolation", "gvisor", "--memory", "512M", "--pids", "32"]);
+    let cgroups = warren_runtime::bundle::cgroups_everywhere(&format!("warren-{id}"));
+    let pids = cgroups
+        .into_iter()
+        .map(|(_, p)| p)
+        .find(|p| p.join("pids.max").exists())
+        .expect("the sandbox has a pids cgroup on the host");
+    let max: u64 = std::fs::read_to_string(pids.join("pids.max"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(max < 1024, "the host cap for --pids 32 is {max} tasks");
+    // Each process inside costs gVisor several host tasks: unchecked, this would use up
+    // the host's pids in seconds.
+    d.ok(&["exec", "-d", &id, "--", "bash", "-c", "f() { f | f & }; f"]);
+    assert!(
+        eventually(60, || d.info(&id)["state"] != "running"),
+        "the fork bomb is still running"
+    );
+    assert!(
+        eventually(15, || d.ok(&["events", &id]).contains("too many tasks")),
+        "the stop is not told as the task limit: {}",
+        d.ok(&["events", &id])
+    );
+    d.ok(&["rm", &id]);
+    assert!(!pids.exists(), "its pids cgroup outlived it");
+    d.finish();
+}
+
 fn walk_size(p: &Path) -> u64 {
     let Ok(meta) = std::fs::symlink_metadata(p) else {
         return 0;
@@ -743,6 +795,101 @@ fn a_fork_copies_the_files_and_on_gvisor_the_processes() {
     assert!(
         std::fs::read_dir(d.run_dir().join("forks")).map_or(true, |mut e| e.next().is_none()),
         "a fork's image was left behind"
+    );
+    d.finish();
+}
+
+#[test]
+fn a_template_with_memory_starts_its_sandboxes_warm() {
+    let Some((_t, _spaces, d)) = gvisor_test("a_template_with_memory_starts_its_sandboxes_warm")
+    else {
+        return;
+    };
+    // A namespace sandbox cannot save its memory, and says which backend can.
+    let ns = d.create(&[]);
+    let r = post(
+        &d,
+        &format!("/v1/sandboxes/{ns}/snapshot"),
+        &serde_json::json!({"name": "ns-warm", "memory": true}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("gvisor"), "{}", r.text());
+    d.ok(&["rm", &ns]);
+
+    let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
+    // A "warm-up" whose result lives only in memory, then a counter going on from it.
+    python_in_background(&d, &id, "import os, time, random\nwarm = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/s.new', 'w').write(f'{warm} {i}')\n    os.replace('/tmp/s.new', '/tmp/state')\n    time.sleep(0.05)");
+    d.exec(&id, "echo source > /root/who");
+    let state = |d: &Daemon, id: &str| -> (String, u64) {
+        let (_, out) = d.exec(id, "cat /tmp/state");
+        let (s, n) = out.trim().split_once(' ').unwrap_or(("", "0"));
+        (s.to_string(), n.parse().unwrap_or(0))
+    };
+    assert!(
+        eventually(20, || state(&d, &id).1 > 3),
+        "the counter never ran"
+    );
+    let out = d.ok(&["snapshot", &id, "--name", "warm", "--memory"]);
+    assert_eq!(out.trim(), "warm");
+    let (warm, at) = state(&d, &id);
+    // The source goes on, running.
+    assert_eq!(d.info(&id)["state"], "running");
+    assert!(
+        eventually(10, || state(&d, &id).1 > at),
+        "the source stopped"
+    );
+    let listed = d.ok(&["template", "inspect", "warm"]);
+    assert!(listed.contains("image_bytes"), "{listed}");
+
+    // Two sandboxes of the template: the process is there, warm, and goes on; each
+    // has its own files.
+    let copies = [
+        d.create(&["--template", "warm"]),
+        d.create(&["--template", "warm"]),
+    ];
+    for c in &copies {
+        assert_eq!(d.info(c)["isolation"], "gvisor");
+        let (s, n) = state(&d, c);
+        assert_eq!(s, warm, "{c} does not carry the template's memory");
+        assert!(n > 3, "{c}: the counter started again from nothing: {n}");
+        assert!(
+            eventually(10, || state(&d, c).1 > n),
+            "{c}: its counter stopped"
+        );
+        assert_eq!(d.exec(c, "cat /root/who").1.trim(), "source");
+        d.exec(c, &format!("echo {c} > /root/who"));
+    }
+    assert_eq!(d.exec(&copies[0], "cat /root/who").1.trim(), copies[0]);
+    assert_eq!(d.exec(&id, "cat /root/who").1.trim(), "source");
+    // Only gVisor restores it; no pool boots it cold; in use, it stays.
+    let r = post(
+        &d,
+        "/v1/sandboxes",
+        &serde_json::json!({"template": "warm", "isolation": "namespace"}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = d.http(Via::Unix, "DELETE", "/v1/templates/warm", &[], b"");
+    assert_eq!(r.status, 409, "{}", r.text());
+    for c in copies.iter().chain([&id]) {
+        d.ok(&["rm", c]);
+    }
+    d.ok(&["template", "rm", "warm"]);
+    // Nothing of it, nor of its saving, is left.
+    let templates = d.data_dir().join("templates");
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&templates).unwrap().flatten() {
+        names.push(e.file_name().to_string_lossy().into_owned());
+        if e.path().is_dir() {
+            for f in std::fs::read_dir(e.path()).unwrap().flatten() {
+                names.push(f.file_name().to_string_lossy().into_owned());
+            }
+        }
+    }
+    assert!(
+        !names
+            .iter()
+            .any(|n| n == "warm" || n.starts_with(".memory-")),
+        "left under templates/: {names:?}"
     );
     d.finish();
 }

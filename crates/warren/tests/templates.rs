@@ -703,6 +703,7 @@ async fn snapshots_capture_files_share_layers_and_block_removal() {
             "lab",
             SnapshotRequest {
                 name: "lab-live".into(),
+                ..Default::default()
             },
         )
         .await
@@ -724,6 +725,7 @@ async fn snapshots_capture_files_share_layers_and_block_removal() {
             "lab",
             SnapshotRequest {
                 name: "lab-after-setup".into(),
+                ..Default::default()
             },
         )
         .await
@@ -831,6 +833,7 @@ async fn a_snapshot_of_a_sandbox_with_a_bounded_disk_works_stopped_and_paused() 
         "d",
         SnapshotRequest {
             name: "d-paused".into(),
+            ..Default::default()
         },
     )
     .await
@@ -842,6 +845,7 @@ async fn a_snapshot_of_a_sandbox_with_a_bounded_disk_works_stopped_and_paused() 
         "d",
         SnapshotRequest {
             name: "d-stopped".into(),
+            ..Default::default()
         },
     )
     .await

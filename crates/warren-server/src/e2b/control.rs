@@ -868,9 +868,9 @@ fn snapshot_info(name: &str) -> serde_json::Value {
     serde_json::json!({"snapshotID": name, "names": [name]})
 }
 
-/// `POST /sandboxes/{id}/snapshots`: the sandbox's files as a template of the caller's,
-/// which `Sandbox.create(snapshot_id)` starts from. Only the files: processes and
-/// memory are not captured on this host.
+/// `POST /sandboxes/{id}/snapshots`: the sandbox as a template of the caller's, which
+/// `Sandbox.create(snapshot_id)` starts from. As E2B's, with its processes and memory
+/// where the backend can save them (gVisor, network none); otherwise its files.
 async fn snapshot_create(
     State(st): State<E2bState>,
     Key(who): Key,
@@ -885,7 +885,14 @@ async fn snapshot_create(
                 .map_err(|e| HttpError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()))?
         ),
     };
-    let req = warren_core::SnapshotRequest { name };
+    let info = st.mgr.get(&who, &id).map_err(core(&id))?;
+    let memory = info.network == NetworkMode::None
+        && st
+            .mgr
+            .backends()
+            .iter()
+            .any(|b| b.name == info.isolation && b.capabilities.memory_snapshots);
+    let req = warren_core::SnapshotRequest { name, memory };
     let made = st.mgr.snapshot(&who, &id, req).await.map_err(core(&id))?;
     let name = made.template.meta.name;
     Ok((StatusCode::CREATED, axum::Json(snapshot_info(&name))).into_response())

@@ -296,6 +296,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     .unwrap_or_default();
                 eprintln!("warren: serving SSH on {} (host key {key})", l.addr);
             }
+            if let Err(e) = notify_ready() {
+                eprintln!("warren: cannot tell the service manager it is ready: {e}");
+            }
         };
         let e2b_listen = args.e2b_listen.map(|addr| warren_server::E2bListener {
             addr,
@@ -307,6 +310,28 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             .context("cannot serve")
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells the service manager that started it (systemd's `Type=notify`, through
+/// `$NOTIFY_SOCKET`) that every listener is bound. Nothing without one.
+fn notify_ready() -> std::io::Result<()> {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(at) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    // What it starts inherits the variable; systemd takes notifications from the main
+    // process only (NotifyAccess=main), so theirs change nothing.
+    let at = at.to_string_lossy().into_owned();
+    let addr = match at.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name.as_bytes())?
+        }
+        None => SocketAddr::from_pathname(&at)?,
+    };
+    let msg = format!("READY=1\nMAINPID={}\nSTATUS=serving\n", std::process::id());
+    UnixDatagram::unbound()?.send_to_addr(msg.as_bytes(), &addr)?;
+    Ok(())
 }
 
 /// On first start, mints the default tenant's key and leaves it where only root reads it.
