@@ -394,10 +394,8 @@ pub(crate) struct OciLaunch {
 /// sandbox's first process to end, and exits.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Keeper {
-    /// The daemon's run directory: not walkable on the host, so covered (in this mount
-    /// namespace only) by a walkable one holding just what the runtime needs.
-    pub(crate) run_dir: PathBuf,
-    /// This sandbox's run directory (bundle, socket directory, logs).
+    /// This sandbox's run directory (bundle, socket directory, logs): the directories
+    /// above it that are not walkable on the host are covered (see `cover_run_dir`).
     pub(crate) sandbox_run: PathBuf,
     /// The runtime's state directory (`--root`).
     pub(crate) runtime_root: PathBuf,
@@ -790,29 +788,44 @@ fn give_ids(bundle: &Path, keeper: &Keeper, slot: &IdSlot) -> std::io::Result<()
 }
 
 /// The runtime sets the root and the bind mounts up from inside the sandbox's user
-/// namespace, whose root may not walk the daemon's run directory (mode 0700, owned by
-/// host root). In this mount namespace only, that directory is covered by a walkable
-/// one holding this sandbox's run directory and the runtime's state directory, each
-/// bound at its own path: the paths stay the same, and no other sandbox's state is
-/// there to be reached.
+/// namespace, whose root may not walk a directory only host root may (the daemon's run
+/// directory is 0700; a directory above it may be too). In this mount namespace only,
+/// the highest such directory on the way to this sandbox's run directory is covered by a
+/// walkable one holding this sandbox's run directory and the runtime's state directory
+/// (when it is under it too), each bound at its own path: the paths stay the same, and
+/// nothing else under it (another sandbox's state) is there to be reached.
 fn cover_run_dir(keeper: &Keeper) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     use warren_sys::mount::{clone_tree, mount_fs, MsFlags};
     std::fs::create_dir_all(&keeper.runtime_root)?;
-    let sandbox = clone_tree(&keeper.sandbox_run, true)?;
-    let state = clone_tree(&keeper.runtime_root, true)?;
+    let mut closed = None;
+    let mut at = PathBuf::from("/");
+    for c in keeper.sandbox_run.components().skip(1) {
+        at.push(c);
+        if std::fs::metadata(&at)?.permissions().mode() & 0o001 == 0 {
+            closed = Some(at.clone());
+            break;
+        }
+    }
+    let Some(closed) = closed else {
+        return Ok(());
+    };
+    let mut trees = Vec::new();
+    for dir in [&keeper.sandbox_run, &keeper.runtime_root] {
+        if dir.starts_with(&closed) {
+            trees.push((clone_tree(dir, true)?, dir));
+        }
+    }
     mount_fs(
         "warren-oci",
-        &keeper.run_dir,
+        &closed,
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0711,size=64k"),
     )?;
-    for (tree, at) in [
-        (sandbox, &keeper.sandbox_run),
-        (state, &keeper.runtime_root),
-    ] {
-        std::fs::create_dir_all(at)?;
-        tree.attach(at)?;
+    for (tree, dir) in trees {
+        std::fs::create_dir_all(dir)?;
+        tree.attach(dir)?;
     }
     Ok(())
 }

@@ -306,7 +306,6 @@ impl RuncBackend {
                 ])
                 .collect(),
             keeper: Some(Keeper {
-                run_dir: self.paths.run.clone(),
                 sandbox_run: run.clone(),
                 runtime_root: self.state_dir(),
                 pid_file,

@@ -1134,6 +1134,20 @@ fn warren_run_takes_runc_and_crun() {
         );
         let o = common::sh(&["--isolation", runtime], "exit 3");
         assert_eq!(o.status.code(), Some(3), "{runtime}");
+        // A run directory under one that only host root may walk (made 0700 by
+        // `warren`): the runtime, in the sandbox's user namespace, still reaches it.
+        let closed = common::test_root().join(format!("closed-{}", std::process::id()));
+        let o = common::warren()
+            .env("WARREN_RUN_DIR", closed.join("run"))
+            .args(["run", "--isolation", runtime, "--rm", "--", "true"])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&closed);
+        assert!(
+            o.status.success(),
+            "{runtime}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
 }
 
