@@ -226,6 +226,10 @@ pub struct Config {
     pub isolation: Isolation,
     /// Which runsc the gvisor backend uses, and how.
     pub gvisor: Option<warren_runtime::gvisor::GvisorConfig>,
+    /// Which runc binary the runc backend uses, and its global flags.
+    pub runc: Option<warren_runtime::runc::RuncConfig>,
+    /// The same for crun.
+    pub crun: Option<warren_runtime::runc::RuncConfig>,
     /// The process backend (trust mode): off unless set.
     pub process: Option<warren_runtime::process::ProcessConfig>,
     /// Tenants other than the operator's that may ask for the process backend.
@@ -243,6 +247,8 @@ impl Config {
             disk_interval: Duration::from_secs(30),
             isolation: Isolation::Namespace,
             gvisor: None,
+            runc: None,
+            crun: None,
             process: None,
             process_tenants: Vec::new(),
         }
@@ -537,9 +543,25 @@ impl Manager {
             config.gvisor.clone(),
         )
         .map_err(CoreError::from)?;
+        let runc = warren_runtime::runc::RuncBackend::new(
+            Isolation::Runc,
+            config.paths.clone(),
+            config.exe.clone(),
+            config.runc.clone(),
+        )
+        .map_err(CoreError::from)?;
+        let crun = warren_runtime::runc::RuncBackend::new(
+            Isolation::Crun,
+            config.paths.clone(),
+            config.exe.clone(),
+            config.crun.clone(),
+        )
+        .map_err(CoreError::from)?;
         let backends = Backends::new(vec![
             Arc::new(namespace),
             Arc::new(gvisor),
+            Arc::new(runc),
+            Arc::new(crun),
             Arc::new(process),
         ]);
         let (events, _) = broadcast::channel(1024);
@@ -1093,7 +1115,7 @@ impl Manager {
         // the sandbox's own work (a read, a command that frees space).
         let _ = self.store().touch(&r.id, now_ms());
         let socket = self.with_live(&r.id, |l| l.sandbox.agent_socket().to_owned())?;
-        let c = AgentClient::connect(&socket).await?;
+        let c = warren_runtime::backend::connect_agent(&socket).await?;
         Ok((r.id, c))
     }
 

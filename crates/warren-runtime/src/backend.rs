@@ -21,7 +21,7 @@ use std::time::Duration;
 use warren_types::api::{BackendInfo, Isolation};
 use warren_types::spec::SandboxSpec;
 
-use crate::client::AgentClient;
+use crate::client::{AgentClient, ClientError};
 use crate::namespace::CreateOptions;
 use crate::{Error, Result};
 
@@ -105,7 +105,7 @@ pub trait Instance: Send + Sync + Debug {
 
     /// A connection to the sandbox's agent.
     fn connect(&self) -> BoxFuture<'_, Result<AgentClient>> {
-        Box::pin(async move { Ok(AgentClient::connect(self.agent_socket()).await?) })
+        Box::pin(async move { Ok(connect_agent(self.agent_socket()).await?) })
     }
 
     /// Stops every process where it is (memory kept).
@@ -163,6 +163,38 @@ pub trait Instance: Send + Sync + Debug {
         let _ = image;
         Err(Error::Unsupported("memory snapshots"))
     }
+}
+
+/// Connects to the agent's socket at `path`, never through a link there. A backend whose
+/// sandbox can write in the socket's directory (gVisor's `--host-uds` makes the agent's
+/// files there host files) would otherwise let it swap the socket for a link to another
+/// sandbox's agent, and have the daemon run its commands there. The socket is opened as a
+/// path (`O_PATH | O_NOFOLLOW`), checked to be one, and connected to through that
+/// descriptor, so what is checked is what is connected to.
+pub async fn connect_agent(path: &Path) -> Result<AgentClient, ClientError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let connect_err = ClientError::Connect;
+    let pinned = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(connect_err)?;
+    let is_socket = pinned
+        .metadata()
+        .map_err(connect_err)?
+        .file_type()
+        .is_socket();
+    if !is_socket {
+        return Err(connect_err(std::io::Error::other(format!(
+            "{} is not the agent's socket",
+            path.display()
+        ))));
+    }
+    let via = format!("/proc/self/fd/{}", pinned.as_raw_fd());
+    let client = AgentClient::connect(Path::new(&via)).await;
+    drop(pinned);
+    client
 }
 
 /// The backends of this daemon, one per [`Isolation`] it knows.

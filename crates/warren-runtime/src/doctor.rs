@@ -46,7 +46,7 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
     // runsc makes a gvisor sandbox's cgroup in every hierarchy, not only those Warren
     // uses itself.
     let known: Vec<PathBuf> = out.iter().map(|l| PathBuf::from(&l.what)).collect();
-    for (name, path) in crate::gvisor::cgroups_everywhere(PREFIX) {
+    for (name, path) in crate::bundle::cgroups_everywhere(PREFIX) {
         let id = name.trim_start_matches(PREFIX);
         let ours = backend.cgroup(id).paths().any(|p| p == path);
         let busy =

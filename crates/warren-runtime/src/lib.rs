@@ -7,6 +7,7 @@
 //! the sandbox's monitor and tears everything down when the sandbox ends.
 
 pub mod backend;
+pub mod bundle;
 pub use warren_agent::client;
 pub mod doctor;
 pub mod egress;
@@ -18,6 +19,7 @@ pub mod namespace;
 pub mod network;
 pub mod oci;
 pub mod process;
+pub mod runc;
 pub mod template;
 pub mod trace;
 pub mod tree;

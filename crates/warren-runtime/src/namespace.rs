@@ -265,7 +265,7 @@ impl NamespaceBackend {
     }
 }
 
-fn validate(spec: &SandboxSpec) -> Result<()> {
+pub(crate) fn validate(spec: &SandboxSpec) -> Result<()> {
     if !crate::valid_name(&spec.id) {
         return Err(Error::Invalid {
             what: "sandbox id",
@@ -462,6 +462,7 @@ impl crate::Backend for NamespaceBackend {
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
                 limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
                 volumes: true,
+                lacking: Default::default(),
             },
         }
     }

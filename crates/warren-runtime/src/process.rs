@@ -284,6 +284,7 @@ impl Backend for ProcessBackend {
                 networks: vec![NetworkMode::Host],
                 limits: ["memory", "cpu", "pids"].map(String::from).to_vec(),
                 volumes: false,
+                lacking: Default::default(),
             },
         }
     }

@@ -284,7 +284,7 @@ pub fn default_env() -> BTreeMap<String, String> {
     .collect()
 }
 
-fn host_meta() -> TemplateMeta {
+pub(crate) fn host_meta() -> TemplateMeta {
     TemplateMeta {
         name: HOST.into(),
         key: HOST.into(),

@@ -301,6 +301,9 @@ pub struct Capabilities {
     /// Volumes (the owner's home volume included) can be mounted.
     #[serde(default)]
     pub volumes: bool,
+    /// Why a capability this backend lacks is missing here, by its name above.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lacking: std::collections::BTreeMap<String, String>,
 }
 
 /// `POST /v1/sandboxes/{id}/exec` without streaming: the collected result.

@@ -59,18 +59,31 @@ pub enum Isolation {
     /// gVisor (`runsc`): the sandbox's system calls reach gVisor's user-space kernel,
     /// not the host's.
     Gvisor,
+    /// runc, the OCI reference runtime: namespaces, seccomp and cgroups on the host
+    /// kernel, set up by runc rather than by Warren.
+    Runc,
+    /// crun, an OCI runtime in C: the same isolation as `runc`.
+    Crun,
     /// Trust mode: a process tree on the host in a cgroup, as a chosen host user, in a
     /// host directory. No isolation beyond the user's own permissions.
     Process,
 }
 
 impl Isolation {
-    pub const ALL: [Isolation; 3] = [Isolation::Namespace, Isolation::Gvisor, Isolation::Process];
+    pub const ALL: [Isolation; 5] = [
+        Isolation::Namespace,
+        Isolation::Gvisor,
+        Isolation::Runc,
+        Isolation::Crun,
+        Isolation::Process,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Isolation::Namespace => "namespace",
             Isolation::Gvisor => "gvisor",
+            Isolation::Runc => "runc",
+            Isolation::Crun => "crun",
             Isolation::Process => "process",
         }
     }
@@ -89,7 +102,9 @@ impl std::str::FromStr for Isolation {
         Isolation::ALL
             .into_iter()
             .find(|i| i.as_str() == s)
-            .ok_or_else(|| format!("unknown isolation {s:?}: use namespace, gvisor or process"))
+            .ok_or_else(|| {
+                format!("unknown isolation {s:?}: use namespace, gvisor, runc, crun or process")
+            })
     }
 }
 

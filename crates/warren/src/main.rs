@@ -82,13 +82,13 @@ fn main() -> ExitCode {
         warren_runtime::helper::main();
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "__oci") {
-        warren_runtime::gvisor::oci_main();
+        warren_runtime::bundle::oci_main();
     }
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|a| a == "__gvisor-watch")
+        .is_some_and(|a| a == "__oci-watch")
     {
-        warren_runtime::gvisor::watch_main();
+        warren_runtime::bundle::watch_main();
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "__agent") {
         warren_runtime::launch::agent_main();

@@ -46,6 +46,13 @@ fn backends(d: &Daemon) -> Vec<serde_json::Value> {
     r.json().as_array().cloned().unwrap_or_default()
 }
 
+/// The entry of backend `name` in the list.
+fn entry<'a>(list: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    list.iter()
+        .find(|b| b["name"] == name)
+        .unwrap_or_else(|| panic!("no {name} in {list:?}"))
+}
+
 fn post(d: &Daemon, path: &str, body: &serde_json::Value) -> trust::Resp {
     d.http(
         Via::Unix,
@@ -77,12 +84,13 @@ for i in range(n):
 /// Whether gVisor can run here; records the test's skip with the reason when not.
 fn gvisor_here(d: &Daemon, test: &str) -> bool {
     let list = backends(d);
-    if list[1]["available"] == true {
+    let gvisor = entry(&list, "gvisor");
+    if gvisor["available"] == true {
         return true;
     }
     warren_testkit::skip(
         test,
-        list[1]["reason"].as_str().unwrap_or("gvisor unavailable"),
+        gvisor["reason"].as_str().unwrap_or("gvisor unavailable"),
     );
     false
 }
@@ -394,7 +402,7 @@ fn the_backends_list_says_what_each_offers() {
     let d = daemon(&spaces.0, "");
     let list = backends(&d);
     let names: Vec<&str> = list.iter().map(|b| b["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["namespace", "gvisor", "process"]);
+    assert_eq!(names, ["namespace", "gvisor", "runc", "crun", "process"]);
     let ns = &list[0];
     assert_eq!(ns["available"], true);
     assert_eq!(
@@ -402,14 +410,46 @@ fn the_backends_list_says_what_each_offers() {
         serde_json::json!(["none", "nat"])
     );
     assert_eq!(ns["capabilities"]["volumes"], true);
-    if list[1]["available"] == true {
-        assert_eq!(
-            list[1]["capabilities"]["networks"],
-            serde_json::json!(["none", "nat"])
-        );
-        assert_eq!(list[1]["capabilities"]["volumes"], true);
+    for b in &list[1..4] {
+        if b["available"] == true {
+            assert_eq!(
+                b["capabilities"]["networks"],
+                serde_json::json!(["none", "nat"])
+            );
+            assert_eq!(b["capabilities"]["volumes"], true);
+        }
     }
-    let process = &list[2];
+    // The runc-compatible runtimes say what they are and what they lack, and why.
+    for name in ["runc", "crun"] {
+        let b = entry(&list, name);
+        if b["available"] != true {
+            assert!(
+                b["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("apt-get install"),
+                "{b}"
+            );
+            continue;
+        }
+        let caps = &b["capabilities"];
+        assert_eq!(caps["strong_isolation"], false, "{b}");
+        assert_eq!(caps["memory_snapshots"], false, "{b}");
+        assert_eq!(caps["pause"], true, "{b}");
+        assert_eq!(caps["limits"], serde_json::json!(["memory", "cpu", "pids"]));
+        assert!(
+            caps["isolation"].as_str().unwrap().contains(name),
+            "the runtime's version: {b}"
+        );
+        assert!(
+            caps["lacking"]["memory_snapshots"]
+                .as_str()
+                .unwrap_or("")
+                .contains("CRIU"),
+            "{b}"
+        );
+    }
+    let process = entry(&list, "process");
     assert_eq!(process["available"], true, "{process}");
     assert_eq!(process["capabilities"]["strong_isolation"], false);
     assert_eq!(
@@ -418,19 +458,25 @@ fn the_backends_list_says_what_each_offers() {
     );
     let o = d.ok(&["backends"]);
     assert!(o.contains("namespace  available"), "{o}");
+    if entry(&list, "runc")["available"] == true {
+        assert!(
+            o.contains("no memory snapshots: runc checkpoints through CRIU"),
+            "{o}"
+        );
+    }
     d.finish();
 
     // Without the operator's table, trust mode is off and says how to turn it on.
     let d = Daemon::start(false);
     let list = backends(&d);
-    assert_eq!(list[2]["available"], false);
+    let process = entry(&list, "process");
+    assert_eq!(process["available"], false);
     assert!(
-        list[2]["reason"]
+        process["reason"]
             .as_str()
             .unwrap()
             .contains("[backends.process]"),
-        "{}",
-        list[2]
+        "{process}"
     );
     let r = post(
         &d,
@@ -572,7 +618,7 @@ fn a_gvisor_fork_bomb_stops_its_sandbox_and_not_the_hosts_pids() {
         return;
     };
     let id = d.create(&["--isolation", "gvisor", "--memory", "512M", "--pids", "32"]);
-    let cgroups = warren_runtime::gvisor::cgroups_everywhere(&format!("warren-{id}"));
+    let cgroups = warren_runtime::bundle::cgroups_everywhere(&format!("warren-{id}"));
     let pids = cgroups
         .into_iter()
         .map(|(_, p)| p)
@@ -888,5 +934,261 @@ fn a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused() {
     assert!(r.text().contains("could not be restored"), "{}", r.text());
     assert_eq!(d.info(&id)["state"], "paused");
     d.ok(&["rm", &id]);
+    d.finish();
+}
+
+/// Every host object a runc or crun sandbox could leave: its keeper, its cgroup in any
+/// hierarchy, its container in the runtime's state, its run directory.
+fn oci_leftovers(d: &Daemon, runtime: &str, id: &str, keeper: i32) -> Vec<String> {
+    let mut out = Vec::new();
+    if Path::new(&format!("/proc/{keeper}")).exists() {
+        out.push(format!("keeper {keeper} still runs"));
+    }
+    let name = format!("warren-{id}");
+    for m in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        for dir in [m.path(), m.path().join("process_api")] {
+            let hits = walkdir(&dir, &name, 3);
+            out.extend(hits.into_iter().map(|p| format!("cgroup {}", p.display())));
+        }
+    }
+    let listed = std::process::Command::new(runtime)
+        .arg(format!("--root={}", d.run_dir().join(runtime).display()))
+        .arg("list")
+        .output()
+        .unwrap();
+    if String::from_utf8_lossy(&listed.stdout).contains(id) {
+        out.push(format!("{runtime} list still shows it"));
+    }
+    if d.run_dir().join("sandboxes").join(id).exists() {
+        out.push("its run directory".into());
+    }
+    out
+}
+
+/// Directories named `name` under `dir`, at most `depth` levels down.
+fn walkdir(dir: &Path, name: &str, depth: u32) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !e.path().is_dir() {
+            continue;
+        }
+        if e.file_name() == name {
+            out.push(e.path());
+        } else if depth > 0 {
+            out.extend(walkdir(&e.path(), name, depth - 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_runc_or_crun_sandbox_is_its_own_ids_and_outlives_a_daemon_restart_and_a_stop() {
+    let test = "a_runc_or_crun_sandbox_is_its_own_ids_and_outlives_a_daemon_restart_and_a_stop";
+    if !can_run(test) {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let mut d = daemon(&spaces.0, "");
+    for runtime in ["runc", "crun"] {
+        let list = backends(&d);
+        let b = entry(&list, runtime);
+        if b["available"] != true {
+            warren_testkit::skip(
+                &format!("{test} ({runtime})"),
+                b["reason"].as_str().unwrap_or("unavailable"),
+            );
+            continue;
+        }
+        let id = d.create(&[
+            "--isolation",
+            runtime,
+            "--memory",
+            "128M",
+            "--network",
+            "nat",
+        ]);
+        let run = d.run_dir().join("sandboxes").join(&id);
+        let keeper: i32 = std::fs::read_to_string(run.join("helper.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+
+        // Root inside is the sandbox's own slot of host ids, and the root's files are
+        // shown under it: root owns /, `user` its home.
+        let base: u64 = std::fs::read_to_string(run.join("uid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(base >= 1 << 30, "{runtime}: {base} is not a slot's base");
+        let (_, out) = d.exec(
+            &id,
+            "cat /proc/self/uid_map; stat -c '%u %U' / /home/user; id -u; \
+             readlink /proc/self/ns/user /proc/self/ns/cgroup",
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        let map: Vec<&str> = lines[0].split_whitespace().collect();
+        assert_eq!(map, ["0", &base.to_string(), "65536"], "{runtime}: {out}");
+        assert_eq!(lines[1], "0 root", "{runtime}: {out}");
+        assert_eq!(lines[2], "1000 user", "{runtime}: {out}");
+        let host_user = std::fs::read_link("/proc/self/ns/user").unwrap();
+        assert_ne!(lines[4], host_user.to_str().unwrap(), "{runtime}: {out}");
+        let host_cgroup = std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+        assert_ne!(lines[5], host_cgroup.to_str().unwrap(), "{runtime}: {out}");
+
+        // The agent's socket, which the daemon connects to by its path, cannot be
+        // replaced from inside (by a link to another sandbox's agent, say).
+        let (_, out) = d.exec(
+            &id,
+            "rm -f /.warren/run/agent.sock 2>&1; ln -s /tmp /.warren/run/x 2>&1; \
+             ls /.warren/run 2>&1; true",
+        );
+        assert_eq!(
+            out.matches("Permission denied").count(),
+            3,
+            "{runtime}: {out}"
+        );
+        assert!(run.join("sock/agent.sock").exists(), "{runtime}");
+
+        // A terminal.
+        let out = d.ok(&["exec", "-t", &id, "--", "sh", "-c", "test -t 1 && echo tty"]);
+        assert_eq!(out.trim_end(), "tty", "{runtime}");
+
+        // A process past the memory limit is killed, and the exec says why.
+        let body = serde_json::json!({"command": {"shell":
+            "exec python3 -c 'b = bytearray(400 << 20)'"}});
+        let r = post(&d, &format!("/v1/sandboxes/{id}/exec"), &body);
+        assert_eq!(r.status, 200, "{runtime}: {}", r.text());
+        assert_eq!(r.json()["oom_killed"], true, "{runtime}: {}", r.text());
+
+        // A restarted daemon takes it over, processes and all; pause works on it.
+        d.ok(&["exec", "-d", &id, "--", "sleep", "1000"]);
+        d.ok(&["exec", &id, "--", "sh", "-c", "echo kept > /root/kept"]);
+        d.shut_down();
+        d.spawn();
+        let (code, out) = d.exec(
+            &id,
+            "pgrep -x sleep >/dev/null && echo running; cat /root/kept",
+        );
+        assert_eq!((code, out.as_str()), (0, "running\nkept\n"), "{runtime}");
+        d.ok(&["pause", &id]);
+        assert_eq!(d.info(&id)["state"], "paused", "{runtime}");
+        d.ok(&["resume", &id]);
+
+        // Stopped, it keeps its files and nothing else; started, it runs again.
+        d.ok(&["stop", &id]);
+        assert_eq!(d.info(&id)["state"], "stopped", "{runtime}");
+        assert!(
+            eventually(10, || oci_leftovers(&d, runtime, &id, keeper).is_empty()),
+            "{runtime}: a stopped sandbox left {:?}",
+            oci_leftovers(&d, runtime, &id, keeper)
+        );
+        d.ok(&["start", &id]);
+        let (_, out) = d.exec(&id, "cat /root/kept");
+        assert_eq!(out, "kept\n", "{runtime}");
+        let keeper: i32 = std::fs::read_to_string(run.join("helper.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        d.ok(&["rm", &id]);
+        assert!(
+            eventually(10, || oci_leftovers(&d, runtime, &id, keeper).is_empty()),
+            "{runtime}: a removed sandbox left {:?}",
+            oci_leftovers(&d, runtime, &id, keeper)
+        );
+        eprintln!("BACKEND {runtime}: ids, terminal, OOM, restart, stop and start passed");
+    }
+    d.finish();
+}
+
+#[test]
+fn warren_run_takes_runc_and_crun() {
+    if !can_run("warren_run_takes_runc_and_crun") {
+        return;
+    }
+    let _t = my_turn();
+    for runtime in ["runc", "crun"] {
+        let here = std::process::Command::new(runtime)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !here {
+            warren_testkit::skip(
+                &format!("warren_run_takes_runc_and_crun ({runtime})"),
+                &format!("{runtime} is not installed (`apt-get install {runtime}`)"),
+            );
+            continue;
+        }
+        let o = common::warren()
+            .args(["run", "--isolation", runtime, "--rm", "--", "uname", "-a"])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            o.status.success() && out.starts_with("Linux sandbox "),
+            "{runtime}: {out} {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let o = common::sh(&["--isolation", runtime], "exit 3");
+        assert_eq!(o.status.code(), Some(3), "{runtime}");
+        // A run directory under one that only host root may walk (made 0700 by
+        // `warren`): the runtime, in the sandbox's user namespace, still reaches it.
+        let closed = common::test_root().join(format!("closed-{}", std::process::id()));
+        let o = common::warren()
+            .env("WARREN_RUN_DIR", closed.join("run"))
+            .args(["run", "--isolation", runtime, "--rm", "--", "true"])
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&closed);
+        assert!(
+            o.status.success(),
+            "{runtime}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// A sandbox that can write in its agent socket's directory (gVisor makes the agent's
+/// files there host files) swaps its socket for a link to another sandbox's agent: the
+/// daemon must not follow it and run the first sandbox's commands in the second.
+#[test]
+fn a_planted_link_for_the_agent_socket_is_not_followed() {
+    let Some((_t, _spaces, d)) = gvisor_test("a_planted_link_for_the_agent_socket_is_not_followed")
+    else {
+        return;
+    };
+    let a = d.create(&["--isolation", "gvisor"]);
+    let b = d.create(&["--isolation", "gvisor"]);
+    d.ok(&["exec", &b, "--", "touch", "/root/this-is-b"]);
+    let target = d
+        .run_dir()
+        .join("sandboxes")
+        .join(&b)
+        .join("sock/agent.sock");
+    let (_, out) = d.exec(
+        &a,
+        &format!(
+            "rm -f /.warren/run/agent.sock && ln -s {} /.warren/run/agent.sock && echo planted",
+            target.display()
+        ),
+    );
+    let planted = out.contains("planted");
+    let r = d.http(
+        Via::Unix,
+        "POST",
+        &format!("/v1/sandboxes/{a}/exec"),
+        &[("Content-Type", "application/json")],
+        br#"{"command":{"shell":"ls /root"}}"#,
+    );
+    assert!(
+        !r.text().contains("this-is-b"),
+        "a's command ran in b (planted: {planted}): {}",
+        r.text()
+    );
+    d.ok(&["rm", &a]);
+    d.ok(&["rm", &b]);
     d.finish();
 }

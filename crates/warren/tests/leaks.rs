@@ -154,26 +154,51 @@ fn doctor_finds_a_planted_leftover_and_is_clean_otherwise() {
 /// not a child of the CLI) goes too, by the watchdog the CLI left.
 #[test]
 fn a_sigkilled_cli_leaves_no_gvisor_sandbox() {
-    if !can_run("a_sigkilled_cli_leaves_no_gvisor_sandbox") {
+    sigkilled_cli_leaves_no_oci_sandbox(
+        "a_sigkilled_cli_leaves_no_gvisor_sandbox",
+        "gvisor",
+        "runsc",
+    );
+}
+
+/// The same with runc and crun, whose containers are children of their keeper.
+#[test]
+fn a_sigkilled_cli_leaves_no_runc_or_crun_sandbox() {
+    for runtime in ["runc", "crun"] {
+        sigkilled_cli_leaves_no_oci_sandbox(
+            &format!("a_sigkilled_cli_leaves_no_runc_or_crun_sandbox ({runtime})"),
+            runtime,
+            runtime,
+        );
+    }
+}
+
+fn sigkilled_cli_leaves_no_oci_sandbox(test: &str, isolation: &str, runtime: &str) {
+    if !can_run(test) {
         return;
     }
-    let runsc_here = std::process::Command::new("runsc")
+    let here = std::process::Command::new(runtime)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
-    if !runsc_here {
-        warren_testkit::skip(
-            "a_sigkilled_cli_leaves_no_gvisor_sandbox",
-            "runsc is not installed",
-        );
+    if !here {
+        warren_testkit::skip(test, &format!("{runtime} is not installed"));
         return;
     }
     let before = sandboxes();
     let mut child = warren()
-        .args(["run", "--rm", "--isolation", "gvisor", "--", "sleep", "100"])
+        .args([
+            "run",
+            "--rm",
+            "--isolation",
+            isolation,
+            "--",
+            "sleep",
+            "100",
+        ])
         .spawn()
         .unwrap();
-    // A gVisor sandbox's run directory has a bundle; it runs once its pid is written.
+    // Its run directory has a bundle; it runs once its pid is written.
     let deadline = Instant::now() + Duration::from_secs(60);
     let id = loop {
         let now = sandboxes();
@@ -187,7 +212,7 @@ fn a_sigkilled_cli_leaves_no_gvisor_sandbox() {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("the gvisor sandbox never appeared");
+            panic!("the {isolation} sandbox never appeared");
         }
         std::thread::sleep(Duration::from_millis(20));
     };
@@ -200,21 +225,21 @@ fn a_sigkilled_cli_leaves_no_gvisor_sandbox() {
     while (!remains(&id).is_empty() || data.exists()) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(remains(&id), Vec::<String>::new());
+    assert_eq!(remains(&id), Vec::<String>::new(), "{isolation}");
     assert!(
         !test_root().join("data/sandboxes").join(&id).exists(),
-        "writable layer kept"
+        "{isolation}: writable layer kept"
     );
-    let listed = std::process::Command::new("runsc")
+    let listed = std::process::Command::new(runtime)
         .arg(format!(
             "--root={}",
-            test_root().join("run/runsc").display()
+            test_root().join("run").join(runtime).display()
         ))
         .arg("list")
         .output()
         .unwrap();
     assert!(
         !String::from_utf8_lossy(&listed.stdout).contains(&id),
-        "runsc still lists it"
+        "{runtime} still lists it"
     );
 }

@@ -64,6 +64,13 @@ fn table(list: &[BackendInfo]) -> String {
             if c.pause { "yes" } else { "no" },
             if c.memory_snapshots { "yes" } else { "no" },
         );
+        for (what, why) in &c.lacking {
+            s += &format!(
+                "           no {}: {}\n",
+                what.replace('_', " "),
+                crate::term::clean_line(why)
+            );
+        }
     }
     s
 }

@@ -28,8 +28,8 @@ pub struct SandboxFlags {
     /// host's own; process isolation only).
     #[arg(long, value_enum, default_value_t = Network::None)]
     network: Network,
-    /// Isolation backend: namespace, gvisor or process (`warren backends` lists what
-    /// this host offers) [default: the daemon's]
+    /// Isolation backend: namespace, gvisor, runc, crun or process (`warren backends`
+    /// lists what this host offers) [default: the daemon's]
     #[arg(long, value_name = "BACKEND", env = "WARREN_ISOLATION")]
     isolation: Option<Isolation>,
     /// Forward 127.0.0.1:HOSTPORT on the host to PORT in the sandbox; a daemon's sandbox

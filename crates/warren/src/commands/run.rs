@@ -234,7 +234,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             trace::mark("cli: backend ready");
             Some(Box::new(backend.create_forked(spec.clone(), opts)?))
         }
-        Isolation::Gvisor => None,
+        Isolation::Gvisor | Isolation::Runc | Isolation::Crun => None,
         Isolation::Process => anyhow::bail!(
             "trust mode (--isolation process) is the daemon's, as its operator configured \
              it: use `warren create --isolation process`"
@@ -247,8 +247,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         Some(sb) => sb,
         // Other backends are made through the same seam the daemon uses.
         None => {
-            let backend = warren_runtime::gvisor::GvisorBackend::new(paths.clone(), exe, None)?;
-            rt.block_on(warren_runtime::Backend::create(&backend, spec, opts))?
+            let backend: Box<dyn warren_runtime::Backend> = match isolation {
+                Isolation::Runc | Isolation::Crun => Box::new(
+                    warren_runtime::runc::RuncBackend::new(isolation, paths.clone(), exe, None)?,
+                ),
+                _ => Box::new(warren_runtime::gvisor::GvisorBackend::new(
+                    paths.clone(),
+                    exe,
+                    None,
+                )?),
+            };
+            rt.block_on(backend.create(spec, opts))?
         }
     };
     let outcome = rt.block_on(async move {

@@ -151,6 +151,11 @@ struct BackendsConfig {
     process: Option<ProcessBackendConfig>,
     /// Which runsc, and its platform.
     gvisor: Option<warren_runtime::gvisor::GvisorConfig>,
+    /// Which runc, and its global flags.
+    runc: Option<warren_runtime::runc::RuncConfig>,
+    /// Which crun, and its global flags (`binary` may name another runc-compatible
+    /// runtime; see docs/design.md).
+    crun: Option<warren_runtime::runc::RuncConfig>,
 }
 
 /// `[backends.process]`: the host user and directory of trust-mode sandboxes, and the
@@ -242,6 +247,8 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
         config.isolation = d;
     }
     config.gvisor = file.backends.gvisor;
+    config.runc = file.backends.runc;
+    config.crun = file.backends.crun;
     if let Some(p) = file.backends.process {
         anyhow::ensure!(
             p.dir.is_absolute(),

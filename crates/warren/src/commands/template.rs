@@ -69,8 +69,8 @@ struct ImportArgs {
     /// Most bytes the image may unpack to, e.g. 20G [default: 32G].
     #[arg(long, value_parser = parse_size)]
     max_size: Option<u64>,
-    /// Isolation backend of its sandboxes when a request names none (namespace, gvisor
-    /// or process); an E2B create names none.
+    /// Isolation backend of its sandboxes when a request names none (namespace, gvisor,
+    /// runc, crun or process); an E2B create names none.
     #[arg(long, value_name = "BACKEND")]
     isolation: Option<warren_types::spec::Isolation>,
     /// Keep the image's setuid programs working inside its sandboxes, so its `sudo`
@@ -250,8 +250,8 @@ struct BuildArgs {
     /// Most time one step may take [default: 1h].
     #[arg(long, value_parser = parse_duration)]
     step_timeout: Option<Duration>,
-    /// Isolation backend of its sandboxes when a request names none (namespace, gvisor
-    /// or process); an E2B create names none.
+    /// Isolation backend of its sandboxes when a request names none (namespace, gvisor,
+    /// runc, crun or process); an E2B create names none.
     #[arg(long, value_name = "BACKEND")]
     isolation: Option<warren_types::spec::Isolation>,
     /// Plain output (no progress line) even on a terminal.

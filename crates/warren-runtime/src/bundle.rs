@@ -1,0 +1,1052 @@
+//! OCI bundles and the OCI runtime's command line, shared by the backends that run a
+//! sandbox through one: gVisor (`runsc`) and the runc-compatible runtimes (`runc`,
+//! `crun`).
+//!
+//! A sandbox's bundle lives in its run directory: `config.json`, the root's mount point,
+//! and the mount points of what the config binds (read-only host directories, the
+//! agent's binary, volumes). `warren __oci` ([`oci_main`]) mounts all of them in a
+//! private mount namespace, so nothing of a sandbox is mounted on the host, and runs the
+//! runtime's `create` there.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use warren_types::api::Isolation;
+use warren_types::spec::{NetworkMode, SandboxSpec};
+
+use crate::ids::IdSlot;
+use crate::launch::AgentLaunch;
+use crate::{template, Backend, Error, Paths, Result, HOST_ID_BASE, ID_COUNT, PREFIX};
+
+/// Where the agent's socket directory is inside the sandbox.
+pub(crate) const SOCKET_DIR: &str = "/.warren/run";
+/// Where the warren binary is inside the sandbox.
+pub(crate) const AGENT_BIN: &str = "/.warren/warren";
+/// Soft limit on open files inside: where a process without close_range (gVisor has
+/// none) stops scanning descriptors before an exec.
+pub(crate) const NOFILE_SOFT: u64 = 1024;
+pub(crate) const NOFILE_HARD: u64 = 8192;
+
+/// Which kind of runtime a bundle is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BundleKind {
+    /// runsc: its own kernel maps ids and makes the network.
+    Gvisor,
+    /// runc, crun: the host kernel, so a user namespace of the sandbox's own (its id
+    /// slot), and every other namespace the namespace backend gives a sandbox.
+    HostKernel,
+}
+
+/// An OCI runtime's command line: its binary and the global flags every command of one
+/// daemon's sandboxes takes (`--root` among them).
+#[derive(Debug, Clone)]
+pub(crate) struct OciCli {
+    /// How errors name it.
+    pub(crate) name: &'static str,
+    pub(crate) bin: PathBuf,
+    pub(crate) flags: Vec<String>,
+}
+
+impl OciCli {
+    pub(crate) fn command(&self, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new(&self.bin);
+        c.args(&self.flags).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs `RUNTIME ARGS` to completion; its error output on failure.
+    pub(crate) fn run(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .command(args)
+            .stderr(Stdio::piped())
+            .stdout(Stdio::piped())
+            .output()
+            .map_err(crate::io_err(format!("run {}", self.bin.display())))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last = err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            return Err(Error::Setup(format!(
+                "{} {}: {}",
+                self.name,
+                args.first().unwrap_or(&""),
+                last.chars().take(400).collect::<String>()
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `RUNTIME state ID` of sandbox `id`: its status (`created`, `running`, `paused`,
+    /// `stopped`) and its first process's pid.
+    pub(crate) fn state(&self, id: &str) -> Option<(String, i32)> {
+        let out = self.run(&["state", &container(id)]).ok()?;
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        Some((
+            v["status"].as_str()?.to_string(),
+            v["pid"].as_i64().unwrap_or(0) as i32,
+        ))
+    }
+}
+
+/// The container id the OCI runtime knows a sandbox by.
+pub(crate) fn container(id: &str) -> String {
+    format!("{PREFIX}{id}")
+}
+
+/// Finds `name` in PATH.
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_else(|| vec!["/usr/local/bin".into(), "/usr/bin".into()])
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Makes the run directory (bundle, socket directory) and the writable layer, owned as
+/// the sandbox's root will see them. Returns the bundle's directory. With `walkable`, the
+/// run directory and the bundle may be walked through (not listed) by anyone: a runtime
+/// that sets the root up from inside the sandbox's user namespace must reach it (the
+/// directories above it are not walkable on the host; see [`oci_main`]).
+pub(crate) fn prepare_dirs(run: &Path, data: &Path, walkable: bool) -> Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let bundle = run.join("bundle");
+    for d in [&bundle, &run.join("sock")] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .map_err(crate::io_err(format!("make {}", d.display())))?;
+    }
+    if walkable {
+        for d in [run, &bundle] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711))
+                .map_err(crate::io_err(format!("open {} to be walked", d.display())))?;
+        }
+    }
+    for d in [data.join("upper"), data.join("work")] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&d)
+            .map_err(crate::io_err(format!("make {}", d.display())))?;
+    }
+    // Stored as the common range's root: the sandbox's root through the overlay's map.
+    let root = Some(nix::unistd::Uid::from_raw(HOST_ID_BASE));
+    let group = Some(nix::unistd::Gid::from_raw(HOST_ID_BASE));
+    for d in [data.join("upper"), data.join("work")] {
+        nix::unistd::chown(&d, root, group)
+            .map_err(|e| crate::io_err(format!("chown {}", d.display()))(e.into()))?;
+    }
+    Ok(bundle)
+}
+
+/// The OCI runtime configuration of a sandbox.
+pub(crate) fn bundle_config(
+    spec: &SandboxSpec,
+    template: &template::Template,
+    sock: &Path,
+    bundle: &Path,
+    kind: BundleKind,
+) -> Result<serde_json::Value> {
+    let mut env = template.env.clone();
+    env.extend(spec.env.clone());
+    let launch = AgentLaunch {
+        socket: PathBuf::from(SOCKET_DIR).join("agent.sock"),
+        host_user: None,
+        workdir: template.meta.workdir.as_ref().map(PathBuf::from),
+        env,
+        confined: true,
+        user: template.meta.user.as_deref().map(template::agent_user),
+        // Only runsc checkpoints: the agent closes its socket first when told.
+        quiesce: kind == BundleKind::Gvisor,
+    };
+    let caps: Vec<&str> = warren_sys::caps::KEPT_CAPABILITIES.to_vec();
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc",
+               "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+               "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts",
+               "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620",
+                           "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+               "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs",
+               "options": ["nosuid", "noexec", "nodev", "ro"]}),
+    ];
+    // The host's files are bound from read-only mounts `warren __oci` makes of them
+    // (see `read_only_sources`): runsc's own `ro` is enforced by its Sentry after the
+    // host file is opened, and an open that truncates would reach the host file first.
+    for (i, host) in template.host_binds.iter().enumerate() {
+        mounts.push(json!({"destination": host, "type": "bind",
+                           "source": read_only_point(bundle, i),
+                           "options": ["rbind", "ro", "nosuid", "nodev"]}));
+    }
+    mounts.push(
+        json!({"destination": AGENT_BIN, "type": "bind", "source": bundle.join("ro/agent"),
+                       "options": ["bind", "ro", "nosuid", "nodev"]}),
+    );
+    mounts.push(
+        json!({"destination": SOCKET_DIR, "type": "bind", "source": sock,
+                       "options": ["rbind", "rw", "nosuid", "nodev", "noexec"]}),
+    );
+    for (i, v) in spec.volumes.iter().enumerate() {
+        mounts.push(json!({"destination": v.target, "type": "bind",
+                           "source": volume_point(bundle, i),
+                           "options": ["rbind", "rw", "nosuid", "nodev"]}));
+    }
+    let r = &spec.resources;
+    let mut resources = serde_json::Map::new();
+    if let Some(m) = r.memory {
+        resources.insert("memory".into(), json!({"limit": m, "swap": m}));
+    }
+    match (kind, r.pids) {
+        // A cap on the host tasks gVisor uses, always (see `crate::gvisor`).
+        (BundleKind::Gvisor, p) => {
+            resources.insert(
+                "pids".into(),
+                json!({"limit": crate::gvisor::host_tasks(p)}),
+            );
+        }
+        (BundleKind::HostKernel, Some(p)) => {
+            resources.insert("pids".into(), json!({"limit": p}));
+        }
+        (BundleKind::HostKernel, None) => {}
+    }
+    if let Some(c) = r.cpu_millis {
+        resources.insert(
+            "cpu".into(),
+            json!({"quota": u64::from(c) * 100, "period": 100_000}),
+        );
+    }
+    let launch = serde_json::to_string(&launch).expect("the launch serializes");
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+    ];
+    match kind {
+        // On `nat` the container stays in the namespace `warren __oci` made for it.
+        BundleKind::Gvisor if spec.network == NetworkMode::Nat => {}
+        BundleKind::Gvisor => namespaces.push(json!({"type": "network"})),
+        // Its own network namespace, in its user namespace (it may mount sysfs): the
+        // keeper brings loopback up, the daemon wires `nat`. The keeper writes the slot's
+        // id maps.
+        BundleKind::HostKernel => {
+            for t in ["network", "cgroup", "user"] {
+                namespaces.push(json!({"type": t}));
+            }
+        }
+    }
+    Ok(json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": 0, "gid": 0},
+            "args": [AGENT_BIN, "__agent", launch],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "soft": NOFILE_SOFT, "hard": NOFILE_HARD},
+                        {"type": "RLIMIT_CORE", "soft": 0, "hard": 0}],
+            "noNewPrivileges": true,
+        },
+        "root": {"path": "root", "readonly": false},
+        "hostname": spec.hostname.clone().unwrap_or_else(|| "sandbox".into()),
+        "mounts": mounts,
+        "linux": {
+            "namespaces": namespaces,
+            "cgroupsPath": container(&spec.id),
+            "resources": resources,
+            "maskedPaths": ["/proc/acpi", "/proc/interrupts", "/proc/kcore", "/proc/keys",
+                            "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                            "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                            "/sys/devices/virtual/powercap"],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq",
+                              "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }))
+}
+
+/// Runs `warren __oci` with `launch` and waits for it (the OCI runtime's create or
+/// restore); on failure, the last line the runtime (`name`) wrote to `log`.
+pub(crate) fn run_oci(exe: &Path, launch: &OciLaunch, log_path: &Path, name: &str) -> Result<()> {
+    let mut child = start_oci(exe, launch, log_path)?;
+    let status = child
+        .wait()
+        .map_err(crate::io_err(format!("wait for {name}")))?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(Error::Setup(format!(
+        "{name} failed ({status}): {}",
+        last_line(log_path)
+    )))
+}
+
+/// Runs `warren __oci` with `launch`, which has a [`Keeper`], and waits for the keeper's
+/// line: its pid and the sandbox's first process's.
+pub(crate) fn run_keeper(
+    exe: &Path,
+    launch: &OciLaunch,
+    log_path: &Path,
+    name: &str,
+) -> Result<(i32, i32)> {
+    use std::io::BufRead;
+    let mut child = start_oci(exe, launch, log_path)?;
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        let _ = std::io::BufReader::new(out).read_line(&mut line);
+    }
+    let _ = child.wait();
+    let mut words = line.split_whitespace();
+    match (words.next(), words.next(), words.next()) {
+        (Some("ready"), Some(k), Some(i)) => match (k.parse(), i.parse()) {
+            (Ok(k), Ok(i)) => Ok((k, i)),
+            _ => Err(Error::Setup(format!("{name}: a bad keeper line {line:?}"))),
+        },
+        _ => Err(Error::Setup(format!(
+            "{name} failed: {}",
+            last_line(log_path)
+        ))),
+    }
+}
+
+fn start_oci(exe: &Path, launch: &OciLaunch, log_path: &Path) -> Result<std::process::Child> {
+    use std::io::Write;
+    let input = serde_json::to_vec(launch).expect("the launch serializes");
+    let log = std::fs::File::create(log_path)
+        .map_err(crate::io_err(format!("make {}", log_path.display())))?;
+    // A keeper says it is ready on stdout; a runtime that is exec'd writes there too.
+    let stdout: Stdio = if launch.keeper.is_some() {
+        Stdio::piped()
+    } else {
+        log.try_clone()
+            .map_err(crate::io_err("open the runtime's log"))?
+            .into()
+    };
+    let mut child = std::process::Command::new(exe)
+        .arg("__oci")
+        .stdin(Stdio::piped())
+        .stdout(stdout)
+        .stderr(log)
+        .spawn()
+        .map_err(crate::io_err("start warren __oci"))?;
+    if let Some(mut i) = child.stdin.take() {
+        i.write_all(&input)
+            .map_err(crate::io_err("send the launch"))?;
+    }
+    Ok(child)
+}
+
+/// The last line of a runtime's log, for an error.
+fn last_line(log_path: &Path) -> String {
+    let text = std::fs::read_to_string(log_path).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .chars()
+        .take(400)
+        .collect()
+}
+
+/// What `warren __oci` is started with (on stdin).
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct OciLaunch {
+    /// The bundle's directory: the overlay is mounted at `bundle/root`.
+    pub(crate) bundle: PathBuf,
+    /// The template's layers, top first.
+    pub(crate) lower: Vec<PathBuf>,
+    /// The writable layer's directory (with `upper` and `work`).
+    pub(crate) rw: PathBuf,
+    /// Give the container a network namespace of its own, loopback up (`nat`).
+    #[serde(default)]
+    pub(crate) new_netns: bool,
+    /// The OCI runtime's `create` command line, run in the new mount namespace.
+    pub(crate) argv: Vec<String>,
+    /// Volumes to mount (idmapped) in the bundle, where the bundle's config binds them.
+    #[serde(default)]
+    pub(crate) volumes: Vec<OciVolume>,
+    /// Host paths to mount read-only (on every mount of their tree) in the bundle, at the
+    /// second path, which the bundle's config binds.
+    #[serde(default)]
+    pub(crate) read_only: Vec<(PathBuf, PathBuf)>,
+    /// Stay as the sandbox's keeper (see [`Keeper`]) rather than become the runtime.
+    #[serde(default)]
+    pub(crate) keeper: Option<Keeper>,
+}
+
+/// What `warren __oci` does for a runtime that runs the sandbox's processes on the host
+/// kernel in a user namespace of their own (runc, crun): it takes an id slot (see
+/// [`crate::ids`]) and holds it as long as the sandbox runs, shows the root's files
+/// under that slot's ids, writes the slot's maps into the bundle's config, and runs the
+/// runtime's `create` as its child rather than becoming it. Its line on stdout is
+/// `ready KEEPER_PID INIT_PID`; then it waits, as the sandbox's subreaper, for the
+/// sandbox's first process to end, and exits.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Keeper {
+    /// This sandbox's run directory (bundle, socket directory, logs): the directories
+    /// above it that are not walkable on the host are covered (see `cover_run_dir`).
+    pub(crate) sandbox_run: PathBuf,
+    /// The runtime's state directory (`--root`).
+    pub(crate) runtime_root: PathBuf,
+    /// Where the runtime's `create` writes the first process's pid (`--pid-file`).
+    pub(crate) pid_file: PathBuf,
+    /// Cgroups (a directory per hierarchy) the runtime's `create` is put in before it
+    /// runs, for a runtime told to leave cgroups alone: the sandbox's processes start
+    /// there.
+    #[serde(default)]
+    pub(crate) join_cgroups: Vec<PathBuf>,
+    /// Hide the (controller-less but for one) cgroup v2 hierarchy of a v1 host from the
+    /// runtime's `create`, which would refuse such a host (see `crate::runc`).
+    #[serde(default)]
+    pub(crate) hide_cgroup2: bool,
+}
+
+/// A volume of an OCI sandbox: mounted by `warren __oci` at `bundle/volumes/N`, which
+/// the bundle's config binds at its target inside.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct OciVolume {
+    /// Where the volume is kept (`Paths::volume`).
+    pub(crate) dir: PathBuf,
+    /// Its size when it is first made (an ext4 image), or none (a directory).
+    pub(crate) size: Option<u64>,
+    /// Its target inside the sandbox.
+    pub(crate) target: String,
+}
+
+/// Where `warren __oci` mounts the read-only view of host directory `i` of a bundle.
+pub(crate) fn read_only_point(bundle: &Path, i: usize) -> PathBuf {
+    bundle.join("ro").join(i.to_string())
+}
+
+/// What a bundle binds read-only from the host, each with where `warren __oci` mounts its
+/// read-only view: the template's host directories, and the agent's binary.
+pub(crate) fn read_only_sources(
+    bundle: &Path,
+    template: &template::Template,
+    exe: &Path,
+) -> Vec<(PathBuf, PathBuf)> {
+    let mut out: Vec<(PathBuf, PathBuf)> = template
+        .host_binds
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.clone(), read_only_point(bundle, i)))
+        .collect();
+    out.push((exe.to_path_buf(), bundle.join("ro/agent")));
+    out
+}
+
+/// Where `warren __oci` mounts volume `i` of a bundle.
+pub(crate) fn volume_point(bundle: &Path, i: usize) -> PathBuf {
+    bundle.join("volumes").join(i.to_string())
+}
+
+/// The volumes a sandbox was made with, as recorded in its run directory (a resume
+/// mounts them again).
+pub(crate) fn recorded_volumes(run: &Path) -> Result<Vec<OciVolume>> {
+    match std::fs::read(run.join("volumes.json")) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Setup(format!("volumes.json: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(crate::io_err("read volumes.json")(e)),
+    }
+}
+
+/// `warren __oci`: mounts a sandbox's root in a mount namespace of its own and runs the
+/// OCI runtime's `create` there, whose processes keep that namespace: under a reaper of
+/// the sandbox's own (runsc), or, with a [`Keeper`] in the launch, under the keeper.
+/// Must run before any thread starts (it unshares and forks). Never returns.
+pub fn oci_main() -> ! {
+    use std::io::Read;
+    let mut input = Vec::new();
+    if let Err(e) = std::io::stdin()
+        .lock()
+        .take(1 << 20)
+        .read_to_end(&mut input)
+    {
+        oci_fail("read the launch", &e);
+    }
+    let launch: OciLaunch = match serde_json::from_slice(&input) {
+        Ok(l) => l,
+        Err(e) => oci_fail("bad launch", &e),
+    };
+    let mut flags = warren_sys::ns::CloneFlags::CLONE_NEWNS;
+    if launch.new_netns {
+        flags |= warren_sys::ns::CloneFlags::CLONE_NEWNET;
+    }
+    if let Err(e) = warren_sys::ns::unshare(flags) {
+        oci_fail("new namespaces", &e);
+    }
+    if launch.new_netns {
+        if let Err(e) = warren_sys::ns::loopback_up() {
+            oci_fail("bring up loopback", &e);
+        }
+    }
+    if let Err(e) =
+        warren_sys::mount::set_propagation(Path::new("/"), nix::mount::MsFlags::MS_PRIVATE)
+    {
+        oci_fail("private mounts", &e);
+    }
+    if let Err(e) = std::fs::create_dir_all(launch.bundle.join("root")) {
+        oci_fail("make the root mount point", &e);
+    }
+    let slot = launch.keeper.as_ref().map(|_| match IdSlot::allocate() {
+        Ok(s) => s,
+        Err(e) => oci_fail("take an id slot", &e),
+    });
+    let map = match &slot {
+        // Files are stored under the common range; through this map they are the slot's,
+        // the host ids of the sandbox's 0-65,535.
+        Some(slot) => slot.storage_map(),
+        // Through this map they are the sandbox's 0-65,535 themselves, which runsc shows
+        // as they are (it runs as host root and maps ids in its own kernel).
+        None => format!("{HOST_ID_BASE} 0 {ID_COUNT}\n"),
+    };
+    let storage = match warren_sys::ns::idmap_userns(&map, &map) {
+        Ok(fd) => fd,
+        Err(e) => oci_fail("make the id mapping of the sandbox's files", &e),
+    };
+    if let Err(e) = warren_sys::mount::mount_overlay(
+        &launch.bundle,
+        &launch.lower,
+        &launch.rw,
+        Some(std::os::fd::AsFd::as_fd(&storage)),
+        // No setuid program of the root runs as its owner: gVisor's kernel would run
+        // them, and every process keeps no_new_privs anyway (see docs/design.md).
+        false,
+    ) {
+        oci_fail("mount the root overlay", &e);
+    }
+    for (src, at) in &launch.read_only {
+        let made = if src.is_dir() {
+            std::fs::create_dir_all(at)
+        } else {
+            at.parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|_| std::fs::File::create(at).map(drop))
+        };
+        if let Err(e) = made {
+            oci_fail("make a read-only mount point", &e);
+        }
+        if let Err(e) =
+            warren_sys::mount::bind_with(src, at, warren_sys::mount::MountAttrs::PROTECTED)
+        {
+            oci_fail("bind a host path read-only", &e);
+        }
+    }
+    for (i, v) in launch.volumes.iter().enumerate() {
+        let at = volume_point(&launch.bundle, i);
+        if let Err(e) = std::fs::create_dir_all(&at) {
+            oci_fail("make a volume's mount point", &e);
+        }
+        let storage = std::os::fd::AsFd::as_fd(&storage);
+        if let Err(e) = crate::helper::place_volume(&v.dir, v.size, &launch.bundle, i, &at, storage)
+        {
+            oci_fail("mount a volume", &e.message);
+        }
+    }
+    drop(storage);
+    let Some((bin, _)) = launch.argv.split_first() else {
+        oci_fail("launch", &"no command");
+    };
+    let args: Vec<std::ffi::CString> = launch
+        .argv
+        .iter()
+        .filter_map(|a| std::ffi::CString::new(a.as_str()).ok())
+        .collect();
+    let bin = std::ffi::CString::new(bin.as_str()).unwrap_or_default();
+    match (launch.keeper, slot) {
+        (Some(keeper), Some(slot)) => keep(&launch.bundle, &keeper, slot, &bin, &args),
+        _ => {
+            // The runtime's create (or restore) leaves the container's processes behind
+            // when it exits. They are adopted by a reaper of the sandbox's own, not by the
+            // host's init, which may reap as late as a second after (this host's does):
+            // `runsc delete` waits for them to be gone, so a slow reaper is in every
+            // remove and pause.
+            let (status_r, status_w) = match nix::unistd::pipe() {
+                Ok(p) => p,
+                Err(e) => oci_fail("pipe", &e),
+            };
+            match warren_sys::ns::fork_process() {
+                Ok(warren_sys::ns::Forked::Child) => {
+                    drop(status_r);
+                    reap_for_the_sandbox(&bin, &args, status_w)
+                }
+                Ok(warren_sys::ns::Forked::Parent(_)) => {
+                    drop(status_w);
+                    // The runtime's exit status, from the reaper; nothing if it died first.
+                    let mut code = [1u8];
+                    let _ =
+                        std::io::Read::read_exact(&mut std::fs::File::from(status_r), &mut code);
+                    std::process::exit(i32::from(code[0]))
+                }
+                Err(e) => oci_fail("fork the sandbox's reaper", &e),
+            }
+        }
+    }
+}
+
+/// The sandbox's reaper (see [`oci_main`]): in a session of its own, it adopts what the
+/// runtime leaves (PR_SET_CHILD_SUBREAPER), runs the runtime, sends its exit status
+/// down `status`, and reaps until nothing is left under it. Never returns.
+fn reap_for_the_sandbox(
+    bin: &std::ffi::CStr,
+    args: &[std::ffi::CString],
+    status: std::os::fd::OwnedFd,
+) -> ! {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    let _ = nix::unistd::setsid();
+    if warren_sys::ns::set_child_subreaper().is_err() {
+        // The host's init adopts them instead: slower to remove, nothing worse.
+    }
+    let runtime = match warren_sys::ns::fork_process() {
+        Ok(warren_sys::ns::Forked::Child) => {
+            drop(status);
+            let e = nix::unistd::execv(bin, args).unwrap_err();
+            eprintln!("warren __oci: exec the OCI runtime: {e}");
+            std::process::exit(1)
+        }
+        Ok(warren_sys::ns::Forked::Parent(pid)) => pid,
+        Err(e) => {
+            eprintln!("warren __oci: fork the OCI runtime: {e}");
+            std::process::exit(1)
+        }
+    };
+    let code: u8 = loop {
+        match waitpid(runtime, None) {
+            Ok(WaitStatus::Exited(_, c)) => break u8::try_from(c).unwrap_or(1),
+            Ok(WaitStatus::Signaled(..)) => break 1,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => break 1,
+        }
+    };
+    let _ = std::io::Write::write_all(&mut std::fs::File::from(status), &[code]);
+    // Nothing of the daemon's is held from here on: not its log, not a terminal.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+        }
+    }
+    loop {
+        match waitpid(None, None) {
+            Err(nix::errno::Errno::ECHILD) => std::process::exit(0),
+            _ => continue,
+        }
+    }
+}
+
+/// Where a cgroup v1 host mounts its cgroup v2 hierarchy ("hybrid").
+pub(crate) const CGROUP2_ON_V1: &str = "/sys/fs/cgroup/unified";
+
+fn oci_fail(what: &str, e: &dyn std::fmt::Display) -> ! {
+    eprintln!("warren __oci: {what}: {e}");
+    std::process::exit(1)
+}
+
+/// The [`Keeper`]'s part of `warren __oci`, once the root is mounted: see there.
+fn keep(
+    bundle: &Path,
+    keeper: &Keeper,
+    slot: IdSlot,
+    bin: &std::ffi::CStr,
+    args: &[std::ffi::CString],
+) -> ! {
+    use std::io::Write;
+    use warren_sys::ns::Forked;
+    if let Err(e) = give_ids(bundle, keeper, &slot) {
+        oci_fail("give the sandbox its ids", &e);
+    }
+    if let Err(e) = cover_run_dir(keeper) {
+        oci_fail("make the bundle reachable", &e);
+    }
+    if keeper.hide_cgroup2 {
+        let hidden = warren_sys::mount::mount_fs(
+            "warren-oci",
+            Path::new(CGROUP2_ON_V1),
+            "tmpfs",
+            nix::mount::MsFlags::MS_NOSUID
+                | nix::mount::MsFlags::MS_NODEV
+                | nix::mount::MsFlags::MS_NOEXEC,
+            Some("size=64k"),
+        );
+        if let Err(e) = hidden {
+            oci_fail("hide the cgroup v2 hierarchy", &e);
+        }
+    }
+    // The caller reads one line, then this process goes on alone: out of the caller's
+    // session and process tree, so that it outlives a daemon that restarts.
+    match warren_sys::ns::fork_process() {
+        Ok(Forked::Parent(_)) => std::process::exit(0),
+        Ok(Forked::Child) => {}
+        Err(e) => oci_fail("fork the keeper", &e),
+    }
+    let _ = nix::unistd::setsid();
+    // The runtime's `create` exits once the sandbox's first process waits to start: that
+    // process is then this one's child.
+    if let Err(e) = warren_sys::ns::set_child_subreaper() {
+        oci_fail("become the sandbox's subreaper", &e);
+    }
+    let _ = std::fs::remove_file(&keeper.pid_file);
+    let create = match warren_sys::ns::fork_process() {
+        Ok(Forked::Child) => {
+            for dir in &keeper.join_cgroups {
+                if let Err(e) = std::fs::write(dir.join("cgroup.procs"), b"0") {
+                    oci_fail("join the sandbox's cgroup", &e);
+                }
+            }
+            // The runtime's output goes to the log (stderr); the first process inherits
+            // its descriptors, and must not hold the caller's status pipe.
+            let _ = nix::unistd::dup2(2, 1);
+            if let Ok(null) = std::fs::File::open("/dev/null") {
+                let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 0);
+            }
+            let e = nix::unistd::execv(bin, args).unwrap_err();
+            oci_fail("exec the OCI runtime", &e)
+        }
+        Ok(Forked::Parent(p)) => p,
+        Err(e) => oci_fail("fork the OCI runtime", &e),
+    };
+    match nix::sys::wait::waitpid(create, None) {
+        Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => {}
+        // Its own last words (in the log) say why.
+        Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => std::process::exit(code),
+        Ok(status) => oci_fail("the OCI runtime's create failed", &format!("{status:?}")),
+        Err(e) => oci_fail("wait for the OCI runtime", &e),
+    }
+    let init: i32 = match std::fs::read_to_string(&keeper.pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+    {
+        Some(p) => p,
+        None => oci_fail("read the sandbox's pid", &"the runtime wrote none"),
+    };
+    // The runtime made the sandbox's network namespace (in its user namespace, so that
+    // it may mount sysfs) with loopback down.
+    let up = warren_sys::ns::open_ns(nix::unistd::Pid::from_raw(init), "net").and_then(|net| {
+        warren_sys::ns::setns(&net, warren_sys::ns::CloneFlags::CLONE_NEWNET)?;
+        warren_sys::ns::loopback_up()
+    });
+    if let Err(e) = up {
+        oci_fail("bring up the sandbox's loopback", &e);
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "ready {} {init}", std::process::id());
+    let _ = out.flush();
+    drop(out);
+    if let Ok(null) = std::fs::OpenOptions::new().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), 1);
+    }
+    // Holds the slot until the sandbox's first process is gone.
+    let init = nix::unistd::Pid::from_raw(init);
+    loop {
+        match nix::sys::wait::waitpid(None, None) {
+            Ok(s) if s.pid() == Some(init) => break,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            // Not this process's child after all: watch it instead.
+            Err(_) => {
+                while crate::namespace::pid_alive(init.as_raw()) {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                break;
+            }
+        }
+    }
+    drop(slot);
+    std::process::exit(0)
+}
+
+/// Writes the slot's id maps into the bundle's config and hands the socket directory to
+/// the sandbox's root (its agent binds its socket there).
+fn give_ids(bundle: &Path, keeper: &Keeper, slot: &IdSlot) -> std::io::Result<()> {
+    let path = bundle.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let map = json!([{"containerID": 0, "hostID": slot.base, "size": ID_COUNT}]);
+    config["linux"]["uidMappings"] = map.clone();
+    config["linux"]["gidMappings"] = map;
+    std::fs::write(&path, config.to_string())?;
+    let sock = keeper.sandbox_run.join("sock");
+    nix::unistd::chown(
+        &sock,
+        Some(nix::unistd::Uid::from_raw(slot.base)),
+        Some(nix::unistd::Gid::from_raw(slot.base)),
+    )?;
+    std::fs::write(keeper.sandbox_run.join("uid"), slot.base.to_string())
+}
+
+/// The runtime sets the root and the bind mounts up from inside the sandbox's user
+/// namespace, whose root may not walk a directory only host root may (the daemon's run
+/// directory is 0700; a directory above it may be too). In this mount namespace only,
+/// the highest such directory on the way to this sandbox's run directory is covered by a
+/// walkable one holding this sandbox's run directory and the runtime's state directory
+/// (when it is under it too), each bound at its own path: the paths stay the same, and
+/// nothing else under it (another sandbox's state) is there to be reached.
+fn cover_run_dir(keeper: &Keeper) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    use warren_sys::mount::{clone_tree, mount_fs, MsFlags};
+    std::fs::create_dir_all(&keeper.runtime_root)?;
+    let mut closed = None;
+    let mut at = PathBuf::from("/");
+    for c in keeper.sandbox_run.components().skip(1) {
+        at.push(c);
+        if std::fs::metadata(&at)?.permissions().mode() & 0o001 == 0 {
+            closed = Some(at.clone());
+            break;
+        }
+    }
+    let Some(closed) = closed else {
+        return Ok(());
+    };
+    let mut trees = Vec::new();
+    for dir in [&keeper.sandbox_run, &keeper.runtime_root] {
+        if dir.starts_with(&closed) {
+            trees.push((clone_tree(dir, true)?, dir));
+        }
+    }
+    mount_fs(
+        "warren-oci",
+        &closed,
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0711,size=64k"),
+    )?;
+    for (tree, dir) in trees {
+        std::fs::create_dir_all(dir)?;
+        tree.attach(dir)?;
+    }
+    Ok(())
+}
+
+/// `warren __oci-watch ISOLATION ID PID remove|keep`: waits for its parent (`warren run`,
+/// pid PID) to die, then removes sandbox ID of that backend as `purge` would (its
+/// writable layer too with `remove`). Killed by its parent when the sandbox ends
+/// normally. Never returns.
+pub fn watch_main() -> ! {
+    use nix::sys::signal::{SigSet, Signal};
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let [kind, id, parent, keep] = args.as_slice() else {
+        eprintln!("warren __oci-watch: expected ISOLATION ID PID remove|keep");
+        std::process::exit(2)
+    };
+    let mut set = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        set.add(s);
+    }
+    let _ = set.thread_block();
+    let _ = warren_sys::ns::set_parent_death_signal(Signal::SIGTERM);
+    // The parent may have died before the death signal was armed.
+    if nix::unistd::getppid().to_string() == *parent {
+        let _ = set.wait();
+    }
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("warren"));
+    let paths = Paths::from_env();
+    let backend: Option<Box<dyn Backend>> = match kind.parse::<Isolation>() {
+        Ok(Isolation::Gvisor) => crate::gvisor::GvisorBackend::new(paths, exe, None)
+            .ok()
+            .map(|b| Box::new(b) as Box<dyn Backend>),
+        Ok(k @ (Isolation::Runc | Isolation::Crun)) => {
+            crate::runc::RuncBackend::new(k, paths, exe, None)
+                .ok()
+                .map(|b| Box::new(b) as Box<dyn Backend>)
+        }
+        _ => None,
+    };
+    if let Some(b) = backend {
+        b.purge(id, keep == "remove");
+    }
+    std::process::exit(0)
+}
+
+/// Starts `warren __oci-watch` for sandbox `id` of backend `kind`, from the caller's
+/// thread (the kernel tells the watcher when that thread ends).
+pub(crate) fn start_watch(
+    exe: &Path,
+    paths: &Paths,
+    kind: Isolation,
+    id: &str,
+    remove: bool,
+) -> Result<std::process::Child> {
+    std::process::Command::new(exe)
+        .args([
+            "__oci-watch",
+            kind.as_str(),
+            id,
+            &std::process::id().to_string(),
+        ])
+        .arg(if remove { "remove" } else { "keep" })
+        .env("WARREN_RUN_DIR", &paths.run)
+        .env("WARREN_DATA_DIR", &paths.data)
+        .stdin(Stdio::null())
+        // It must not hold the caller's output open after the caller.
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(crate::io_err("start the sandbox's watchdog"))
+}
+
+/// An OCI runtime makes the container's cgroup in every hierarchy it finds (blkio,
+/// cpuset, devices, the named systemd one too), and a failed create or a forced delete
+/// may leave them: every empty one of that name goes.
+pub(crate) fn remove_runtime_cgroups(name: &str) {
+    for (n, dir) in cgroups_everywhere(PREFIX) {
+        if n == name {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Every cgroup whose name starts with `prefix`, in every hierarchy mounted under
+/// /sys/fs/cgroup, at its top or under this process's own cgroup there: (name, path).
+pub fn cgroups_everywhere(prefix: &str) -> Vec<(String, PathBuf)> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let mut out = Vec::new();
+    let Ok(mounts) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return out;
+    };
+    for m in mounts.flatten() {
+        let dir = m.file_name().to_string_lossy().into_owned();
+        let path = own.lines().find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+            let hit = if dir == "unified" {
+                ctrls.is_empty()
+            } else {
+                ctrls
+                    .split(',')
+                    .any(|c| c == dir || c.strip_prefix("name=") == Some(dir.as_str()))
+            };
+            hit.then(|| path.trim_start_matches('/').to_string())
+        });
+        let base = m.path();
+        let mut parents = vec![base.clone()];
+        if let Some(p) = path.filter(|p| !p.is_empty()) {
+            parents.push(base.join(p));
+        }
+        for parent in parents {
+            for e in std::fs::read_dir(&parent).into_iter().flatten().flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(prefix) && e.path().is_dir() {
+                    out.push((n, e.path()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> template::Template {
+        template::Template {
+            name: "host".into(),
+            lower: vec![],
+            host_binds: vec!["/usr".into()],
+            env: Default::default(),
+            meta: template::host_meta(),
+        }
+    }
+
+    fn spec(network: NetworkMode) -> SandboxSpec {
+        let mut s = SandboxSpec {
+            id: "abc".into(),
+            network,
+            ..Default::default()
+        };
+        s.resources.memory = Some(64 << 20);
+        s.resources.pids = Some(32);
+        s
+    }
+
+    fn namespaces(config: &serde_json::Value) -> Vec<String> {
+        config["linux"]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["type"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_host_kernel_bundle_has_every_namespace_and_the_pids_limit() {
+        let b = Path::new("/run/warren/sandboxes/abc/bundle");
+        for network in [NetworkMode::None, NetworkMode::Nat] {
+            let c = bundle_config(
+                &spec(network),
+                &host(),
+                Path::new("/s"),
+                b,
+                BundleKind::HostKernel,
+            )
+            .unwrap();
+            assert_eq!(
+                namespaces(&c),
+                ["pid", "ipc", "uts", "mount", "network", "cgroup", "user"]
+            );
+            assert_eq!(c["linux"]["resources"]["pids"]["limit"], 32);
+            assert_eq!(c["linux"]["resources"]["memory"]["limit"], 64 << 20);
+            assert_eq!(c["linux"]["cgroupsPath"], "warren-abc");
+            assert_eq!(c["process"]["noNewPrivileges"], true);
+            // The agent does not close its socket for a checkpoint no one makes.
+            let launch = c["process"]["args"][2].as_str().unwrap();
+            assert!(launch.contains("\"quiesce\":false"), "{launch}");
+            // Host directories come from the read-only mounts `warren __oci` made.
+            let usr = c["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/usr")
+                .unwrap();
+            assert_eq!(usr["source"], b.join("ro/0").display().to_string());
+        }
+    }
+
+    #[test]
+    fn a_gvisor_bundle_keeps_runscs_network_and_a_host_task_cap() {
+        let b = Path::new("/b");
+        let c = bundle_config(
+            &spec(NetworkMode::Nat),
+            &host(),
+            Path::new("/s"),
+            b,
+            BundleKind::Gvisor,
+        )
+        .unwrap();
+        assert_eq!(namespaces(&c), ["pid", "ipc", "uts", "mount"]);
+        assert_eq!(c["linux"]["resources"]["pids"]["limit"], 256 + 8 * 32);
+        let c = bundle_config(
+            &spec(NetworkMode::None),
+            &host(),
+            Path::new("/s"),
+            b,
+            BundleKind::Gvisor,
+        )
+        .unwrap();
+        assert_eq!(namespaces(&c), ["pid", "ipc", "uts", "mount", "network"]);
+    }
+
+    #[test]
+    fn a_launch_without_a_keeper_still_reads() {
+        // What an older daemon wrote for `warren __oci` (gvisor) has no keeper.
+        let l: OciLaunch =
+            serde_json::from_str(r#"{"bundle":"/b","lower":[],"rw":"/r","argv":["runsc"]}"#)
+                .unwrap();
+        assert!(l.keeper.is_none());
+    }
+}
