@@ -117,6 +117,20 @@ fn python_in_background(d: &Daemon, id: &str, script: &str) {
 }
 
 /// Waits until `f` holds, for at most `secs` seconds.
+/// Starts a process whose state lives in memory only: a random value drawn once and a
+/// counter, written whole (a rename) to /tmp/state as `VALUE COUNT`, so a reader never
+/// sees a half-written file. Read back with [`secret_and_count`].
+fn start_secret_counter(d: &Daemon, id: &str) {
+    python_in_background(d, id, "import os, time, random\nsecret = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/s.new', 'w').write(f'{secret} {i}')\n    os.replace('/tmp/s.new', '/tmp/state')\n    time.sleep(0.05)");
+}
+
+/// The value and count [`start_secret_counter`]'s process last wrote.
+fn secret_and_count(d: &Daemon, id: &str) -> (String, u64) {
+    let (_, out) = d.exec(id, "cat /tmp/state");
+    let (s, n) = out.trim().split_once(' ').unwrap_or(("", "0"));
+    (s.to_string(), n.parse().unwrap_or(0))
+}
+
 fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + Duration::from_secs(secs);
     while std::time::Instant::now() < end {
@@ -738,14 +752,9 @@ fn a_fork_copies_the_files_and_on_gvisor_the_processes() {
     }
     let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
     // State only in memory: a counter, and a value the copies must share.
-    // Written whole (a rename), so a reader never sees a half-written file.
-    python_in_background(&d, &id, "import os, time, random\nsecret = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/s.new', 'w').write(f'{secret} {i}')\n    os.replace('/tmp/s.new', '/tmp/state')\n    time.sleep(0.05)");
+    start_secret_counter(&d, &id);
     d.exec(&id, "echo source > /root/who");
-    let state = |d: &Daemon, id: &str| -> (String, u64) {
-        let (_, out) = d.exec(id, "cat /tmp/state");
-        let (s, n) = out.trim().split_once(' ').unwrap_or(("", "0"));
-        (s.to_string(), n.parse().unwrap_or(0))
-    };
+    let state = secret_and_count;
     assert!(
         eventually(20, || state(&d, &id).1 > 3),
         "the counter never ran"
@@ -818,13 +827,9 @@ fn a_template_with_memory_starts_its_sandboxes_warm() {
 
     let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
     // A "warm-up" whose result lives only in memory, then a counter going on from it.
-    python_in_background(&d, &id, "import os, time, random\nwarm = random.getrandbits(64)\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/s.new', 'w').write(f'{warm} {i}')\n    os.replace('/tmp/s.new', '/tmp/state')\n    time.sleep(0.05)");
+    start_secret_counter(&d, &id);
     d.exec(&id, "echo source > /root/who");
-    let state = |d: &Daemon, id: &str| -> (String, u64) {
-        let (_, out) = d.exec(id, "cat /tmp/state");
-        let (s, n) = out.trim().split_once(' ').unwrap_or(("", "0"));
-        (s.to_string(), n.parse().unwrap_or(0))
-    };
+    let state = secret_and_count;
     assert!(
         eventually(20, || state(&d, &id).1 > 3),
         "the counter never ran"
