@@ -590,6 +590,14 @@ impl Manager {
             return Err(Self::invalid(&r, "snapshot"));
         }
         let base = template::resolve(&paths, &r.spec.template).map_err(template_error)?;
+        let freeze = r.state == SandboxState::Running;
+        if freeze {
+            self.off_lock(&r.id, |l| l.sandbox.pause())
+                .await?
+                .map_err(CoreError::from)?;
+        }
+        // Asked once paused: a sandbox paused to disk (gVisor) has no process left that
+        // mounts its disk.
         let helper = self
             .with_live(&r.id, |l| l.sandbox.monitor_pid())
             .ok()
@@ -602,12 +610,6 @@ impl Manager {
             },
             (true, None) => UpperSource::Image(paths.sandbox_data(&r.id).join("disk.img")),
         };
-        let freeze = r.state == SandboxState::Running;
-        if freeze {
-            self.off_lock(&r.id, |l| l.sandbox.pause())
-                .await?
-                .map_err(CoreError::from)?;
-        }
         let meta = snapshot_meta(&r, &base.meta, name, kind);
         let made = blocking({
             let paths = paths.clone();

@@ -366,8 +366,14 @@ pub(crate) struct OciLaunch {
     pub(crate) bundle: PathBuf,
     /// The template's layers, top first.
     pub(crate) lower: Vec<PathBuf>,
-    /// The writable layer's directory (with `upper` and `work`).
+    /// The sandbox's data directory: the writable layer (`upper`, `work`) is there, or
+    /// inside its disk image when `disk` bounds it.
     pub(crate) rw: PathBuf,
+    /// The size of the sandbox's disk: its writable layer is then kept in an ext4 image
+    /// of that size (`disk.img` in `rw`, made on first use), mounted in this namespace
+    /// only. An image already there is used whatever its size.
+    #[serde(default)]
+    pub(crate) disk: Option<u64>,
     /// Give the container a network namespace of its own, loopback up (`nat`).
     #[serde(default)]
     pub(crate) new_netns: bool,
@@ -515,10 +521,17 @@ pub fn oci_main() -> ! {
         Ok(fd) => fd,
         Err(e) => oci_fail("make the id mapping of the sandbox's files", &e),
     };
+    let rw = match launch.disk {
+        None => launch.rw.clone(),
+        Some(size) => match mount_disk(&launch.rw, size, &sandbox_run(&launch.bundle)) {
+            Ok(at) => at,
+            Err(e) => oci_fail("mount the sandbox's disk", &e.message),
+        },
+    };
     if let Err(e) = warren_sys::mount::mount_overlay(
         &launch.bundle,
         &launch.lower,
-        &launch.rw,
+        &rw,
         Some(std::os::fd::AsFd::as_fd(&storage)),
         // No setuid program of the root runs as its owner: gVisor's kernel would run
         // them, and every process keeps no_new_privs anyway (see docs/design.md).
@@ -581,8 +594,9 @@ pub fn oci_main() -> ! {
                     drop(status_r);
                     reap_for_the_sandbox(&bin, &args, status_w)
                 }
-                Ok(warren_sys::ns::Forked::Parent(_)) => {
+                Ok(warren_sys::ns::Forked::Parent(reaper)) => {
                     drop(status_w);
+                    record_mounts_holder(&launch.bundle, reaper.as_raw());
                     // The runtime's exit status, from the reaper; nothing if it died first.
                     let mut code = [1u8];
                     let _ =
@@ -657,6 +671,112 @@ fn oci_fail(what: &str, e: &dyn std::fmt::Display) -> ! {
     std::process::exit(1)
 }
 
+/// The sandbox's run directory, which holds its bundle.
+fn sandbox_run(bundle: &Path) -> PathBuf {
+    bundle.parent().unwrap_or(bundle).to_path_buf()
+}
+
+/// Where a sandbox's disk image is mounted (in the namespace of `warren __oci` only) and
+/// the file naming the process that holds that namespace for as long as the sandbox
+/// runs: a snapshot or a usage reading enters it to see the sandbox's files.
+pub(crate) const DISK_MOUNT: &str = "disk";
+pub(crate) const MOUNTS_HOLDER: &str = "mounts.pid";
+
+fn record_mounts_holder(bundle: &Path, pid: i32) {
+    let _ = std::fs::write(sandbox_run(bundle).join(MOUNTS_HOLDER), pid.to_string());
+}
+
+/// The live process holding the mount namespace of the OCI sandbox whose run directory
+/// is `run`, if it runs.
+pub(crate) fn mounts_holder(run: &Path) -> Option<i32> {
+    std::fs::read_to_string(run.join(MOUNTS_HOLDER))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&pid| crate::namespace::pid_alive(pid))
+}
+
+/// The size of the disk image in the sandbox data directory `data`, when it has one.
+pub(crate) fn recorded_disk(data: &Path) -> Option<u64> {
+    std::fs::metadata(data.join("disk.img"))
+        .ok()
+        .map(|m| m.len())
+}
+
+/// Waits (up to 5 s) until nothing holds the mounts of the OCI sandbox whose run
+/// directory is `run`: its disk image may then be mounted again, by a restore or a
+/// snapshot, without two mounts of one ext4 image at once.
+pub(crate) fn wait_mounts_released(run: &Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while mounts_holder(run).is_some() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Mounts the sandbox's disk image (made first, of `size` bytes, when `data` has none)
+/// at `run/disk`, and returns it as the writable layer's directory. A new image takes in
+/// the files already in `data/upper` (a sandbox started from a snapshot with memory),
+/// which are then removed from the host's disk.
+fn mount_disk(data: &Path, size: u64, run: &Path) -> crate::helper::Setup<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let img = data.join("disk.img");
+    let new = !img.exists();
+    if new {
+        crate::helper::make_ext4(&img, size, HOST_ID_BASE)?;
+    }
+    let at = run.join(DISK_MOUNT);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&at)
+        .map_err(|e| format!("make the disk's mount point: {e}"))?;
+    crate::helper::mount_image(&img, &at)?;
+    if new {
+        // An empty disk: lost+found is fsck's business, which makes it when it needs it.
+        let _ = std::fs::remove_dir(at.join("lost+found"));
+    }
+    let seed = data.join("upper");
+    if new && std::fs::read_dir(&seed).is_ok_and(|mut d| d.next().is_some()) {
+        copy_tree(&seed, &at.join("upper"))?;
+        let _ = crate::tree::remove(&seed);
+        let _ = std::fs::create_dir(&seed);
+    }
+    for d in ["upper", "work"] {
+        let d = at.join(d);
+        std::fs::create_dir_all(&d).map_err(|e| format!("make the writable layer: {e}"))?;
+        nix::unistd::chown(
+            &d,
+            Some(nix::unistd::Uid::from_raw(HOST_ID_BASE)),
+            Some(nix::unistd::Gid::from_raw(HOST_ID_BASE)),
+        )
+        .map_err(|e| format!("chown the writable layer: {e}"))?;
+    }
+    Ok(at)
+}
+
+/// `cp -a from/. to`, told apart when the disk is full.
+fn copy_tree(from: &Path, to: &Path) -> crate::helper::Setup<()> {
+    let out = std::process::Command::new("cp")
+        .args(["-a", "--sparse=always", "-T"])
+        .arg(from)
+        .arg(to)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("run cp: {e}"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let why = String::from_utf8_lossy(&out.stderr);
+    Err(if crate::tool_says_disk_full(&why) {
+        crate::helper::SetupError::no_space(format!(
+            "the sandbox's files do not fit its disk: {}",
+            why.lines().next().unwrap_or("")
+        ))
+    } else {
+        format!("copy the files into the disk: {}", why.trim()).into()
+    })
+}
+
 /// The [`Keeper`]'s part of `warren __oci`, once the root is mounted: see there.
 fn keep(
     bundle: &Path,
@@ -695,6 +815,7 @@ fn keep(
         Err(e) => oci_fail("fork the keeper", &e),
     }
     let _ = nix::unistd::setsid();
+    record_mounts_holder(bundle, std::process::id() as i32);
     // The runtime's `create` exits once the sandbox's first process waits to start: that
     // process is then this one's child.
     if let Err(e) = warren_sys::ns::set_child_subreaper() {

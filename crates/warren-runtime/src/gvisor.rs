@@ -48,7 +48,7 @@ use warren_types::spec::{NetworkMode, SandboxSpec};
 
 use crate::backend::{BoxFuture, PortDialer};
 use crate::bundle::{
-    bundle_config, container, prepare_dirs, read_only_sources, recorded_volumes,
+    bundle_config, container, prepare_dirs, read_only_sources, recorded_disk, recorded_volumes,
     remove_runtime_cgroups, run_oci, which, BundleKind, OciCli, OciLaunch, OciVolume,
 };
 use crate::ids::FIRST_SLOT_BASE;
@@ -311,7 +311,7 @@ impl GvisorBackend {
         let r = (|| -> Result<PathBuf> {
             let bundle = prepare_dirs(&run, &data, false)?;
             if let Some((_, files)) = from {
-                copy_layer(&files.join("upper"), &data.join("upper"))?;
+                copy_start_files(&self.paths, files, &data.join("upper"))?;
             }
             let config = bundle_config(
                 &spec,
@@ -348,10 +348,10 @@ impl GvisorBackend {
         match self
             .start(
                 &mut sb,
-                &runsc,
                 &bundle,
                 &template,
                 &data,
+                spec.resources.disk,
                 from.map(|f| f.0),
             )
             .await
@@ -395,12 +395,13 @@ impl GvisorBackend {
     async fn start(
         &self,
         sb: &mut GvisorSandbox,
-        runsc: &Runsc,
         bundle: &Path,
         template: &template::Template,
         data: &Path,
+        disk: Option<u64>,
         image: Option<&Path>,
     ) -> Result<()> {
+        let runsc = &sb.runsc.clone();
         let verb: Vec<String> = match image {
             None => vec!["create".into()],
             Some(i) => vec![
@@ -415,6 +416,7 @@ impl GvisorBackend {
             bundle: bundle.to_path_buf(),
             lower: template.lower.clone(),
             rw: data.to_path_buf(),
+            disk,
             new_netns: sb.runsc.nat,
             keeper: None,
             argv: std::iter::once(runsc.bin.display().to_string())
@@ -509,6 +511,24 @@ fn no_snapshots_on_nat() -> Error {
 }
 
 /// Copies a writable layer (owners, modes, links, holes) for a sandbox of its own.
+/// Copies the files a sandbox starts from into `to`: `files` is a template's saved
+/// files (an `upper` directory) or a running sandbox's data directory (a fork), whose
+/// layer may be in its disk image, mounted only in the namespace of its mounts' holder.
+fn copy_start_files(paths: &Paths, files: &Path, to: &Path) -> Result<()> {
+    if recorded_disk(files).is_none() {
+        return copy_layer(&files.join("upper"), to);
+    }
+    let run = paths.sandbox_run(&files.file_name().unwrap_or_default().to_string_lossy());
+    let src = match crate::bundle::mounts_holder(&run).filter(|_| !image_done(&run)) {
+        Some(pid) => template::UpperSource::InNamespace {
+            pid,
+            dir: run.join(crate::bundle::DISK_MOUNT).join("upper"),
+        },
+        None => template::UpperSource::Image(files.join("disk.img")),
+    };
+    template::copy_upper(&src, to)
+}
+
 fn copy_layer(from: &Path, to: &Path) -> Result<()> {
     let out = std::process::Command::new("cp")
         .args(["-a", "--reflink=auto", "--sparse=always", "-T"])
@@ -606,6 +626,7 @@ impl GvisorSandbox {
         let _ = self.runsc.run(&["delete", "--force", &c]);
         remove_runtime_cgroups(&c);
         self.pid.store(0, Ordering::Relaxed);
+        crate::bundle::wait_mounts_released(&self.run);
         Ok(())
     }
 
@@ -624,6 +645,8 @@ impl GvisorSandbox {
             bundle: bundle.clone(),
             lower: template.lower.clone(),
             rw: self.restore.paths.sandbox_data(&self.id),
+            // The image made when it was created, whatever its size.
+            disk: recorded_disk(&self.restore.paths.sandbox_data(&self.id)),
             new_netns: false,
             keeper: None,
             argv: std::iter::once(self.runsc.bin.display().to_string())
@@ -679,6 +702,8 @@ impl GvisorSandbox {
             let _ = self.cgroup.remove();
         }
         remove_runtime_cgroups(&c);
+        // Nothing of it outlives its removal: the reaper holding its mounts ends last.
+        crate::bundle::wait_mounts_released(&self.run);
         // Its link went with its namespace; the lease is this daemon's to return.
         if let Ok(lease) = std::fs::read(self.run.join("lease")) {
             crate::network::remove_link(&crate::network::link_name(&self.id));
@@ -715,7 +740,7 @@ impl Backend for GvisorBackend {
                 pause: true,
                 memory_snapshots: true,
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
-                limits: ["memory", "cpu", "pids"].map(String::from).to_vec(),
+                limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
                 volumes: true,
                 lacking: Default::default(),
             },
@@ -841,11 +866,18 @@ impl Instance for GvisorSandbox {
         if was_running {
             self.checkpoint_to_disk()?;
         }
-        let files = self.restore.paths.sandbox_data(&self.id).join("upper");
+        let data = self.restore.paths.sandbox_data(&self.id);
         let copied = std::fs::create_dir_all(into)
             .map_err(crate::io_err("make the memory directory"))
             .and_then(|()| copy_layer(&image_dir(&self.run), &into.join("image")))
-            .and_then(|()| copy_layer(&files, &into.join("upper")));
+            .and_then(|()| match recorded_disk(&data) {
+                // Nothing mounts the disk while the sandbox is paused to disk.
+                Some(_) => template::copy_upper(
+                    &template::UpperSource::Image(data.join("disk.img")),
+                    &into.join("upper"),
+                ),
+                None => copy_layer(&data.join("upper"), &into.join("upper")),
+            });
         if was_running {
             self.restore_from_disk()?;
         }
@@ -874,6 +906,14 @@ impl Instance for GvisorSandbox {
 
     fn is_alive(&mut self) -> bool {
         image_done(&self.run) || crate::namespace::pid_alive(self.pid.load(Ordering::Relaxed))
+    }
+
+    fn monitor_pid(&self) -> Option<i32> {
+        // Paused to disk, nothing mounts its files.
+        if image_done(&self.run) {
+            return None;
+        }
+        crate::bundle::mounts_holder(&self.run)
     }
 
     fn port_dialer(&self) -> PortDialer {

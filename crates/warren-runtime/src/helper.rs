@@ -312,7 +312,7 @@ impl From<&str> for SetupError {
 }
 
 impl SetupError {
-    fn no_space(message: String) -> Self {
+    pub(crate) fn no_space(message: String) -> Self {
         Self {
             kind: FailureKind::NoSpace,
             message,
@@ -691,7 +691,7 @@ fn in_memory_layer(config: &HelperConfig) -> bool {
 }
 
 /// Makes a sparse ext4 image of `size` bytes whose root directory `owner` owns.
-fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
+pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
     const MIN: u64 = 16 << 20;
     if size < MIN {
         return Err(format!("a disk of {size} bytes is too small: give at least 16M").into());
@@ -737,7 +737,7 @@ fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
     fs::rename(&tmp, img).map_err(fail("place the disk image"))
 }
 
-fn mount_image(img: &Path, target: &Path) -> Setup<()> {
+pub(crate) fn mount_image(img: &Path, target: &Path) -> Setup<()> {
     let dev = warren_sys::mount::attach_loop(img).map_err(fail("attach a loop device"))?;
     let src = dev.path.display().to_string();
     mount_fs(

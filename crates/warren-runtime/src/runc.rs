@@ -295,6 +295,7 @@ impl RuncBackend {
             bundle: bundle.clone(),
             lower: template.lower.clone(),
             rw: data.to_path_buf(),
+            disk: spec.resources.disk,
             new_netns: false,
             argv: std::iter::once(sb.cli.bin.display().to_string())
                 .chain(sb.cli.flags.iter().cloned())
@@ -452,7 +453,7 @@ impl Backend for RuncBackend {
                 pause: true,
                 memory_snapshots: false,
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
-                limits: ["memory", "cpu", "pids"].map(String::from).to_vec(),
+                limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
                 volumes: true,
                 lacking,
             },
@@ -526,6 +527,10 @@ impl Instance for RuncSandbox {
 
     fn is_alive(&mut self) -> bool {
         crate::namespace::pid_alive(self.pid)
+    }
+
+    fn monitor_pid(&self) -> Option<i32> {
+        crate::bundle::mounts_holder(&self.run)
     }
 
     fn port_dialer(&self) -> PortDialer {

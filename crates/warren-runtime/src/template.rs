@@ -612,10 +612,14 @@ pub fn sandbox_disk_used(paths: &Paths, id: &str) -> u64 {
     let Ok(image) = fs::symlink_metadata(data.join("disk.img")) else {
         return dir_size(&data);
     };
-    let helper = fs::read_to_string(paths.sandbox_run(id).join("helper.pid"))
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-        .filter(|_| crate::namespace::helper_alive(&paths.sandbox_run(id)));
+    // The namespace backend's helper, or what holds an OCI sandbox's mounts.
+    let run = paths.sandbox_run(id);
+    let helper = crate::bundle::mounts_holder(&run).or_else(|| {
+        fs::read_to_string(run.join("helper.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .filter(|_| crate::namespace::helper_alive(&run))
+    });
     if let Some(pid) = helper {
         let mounted = Path::new(&format!("/proc/{pid}/root")).join(
             paths
@@ -699,22 +703,16 @@ pub enum UpperSource {
     InNamespace { pid: i32, dir: PathBuf },
 }
 
-/// Copies a sandbox's writable layer into a new layer. Overlayfs's upper directories
-/// are already in the lower-layer format (whiteouts, opaque directories), so the copy
-/// is a plain one that keeps owners, modes, times, links, devices and xattrs: `cp -a`,
-/// which also keeps sparse files sparse and hard links linked. Returns the layer's id
-/// and the bytes it takes.
-pub fn snapshot_layer(paths: &Paths, src: &UpperSource) -> Result<(String, u64)> {
-    let staging = Staging::new(paths)?;
-    let dst = staging.path().display().to_string();
+/// Copies a sandbox's writable layer into directory `dst` (see [`snapshot_layer`]).
+pub(crate) fn copy_upper(src: &UpperSource, dst: &Path) -> Result<()> {
+    let mnt = dst.with_extension("mnt");
     let mut cmd = match src {
         UpperSource::Dir(dir) => {
             let mut c = Command::new("cp");
-            c.arg("-a").arg(dir.join(".")).arg(&dst);
+            c.arg("-a").arg(dir.join(".")).arg(dst);
             c
         }
         UpperSource::Image(img) => {
-            let mnt = staging.path().with_extension("mnt");
             fs::create_dir_all(&mnt).map_err(io_err("create a mount point"))?;
             let mut c = Command::new("unshare");
             c.args(["--mount", "--propagation", "private", "sh", "-c"])
@@ -725,7 +723,7 @@ pub fn snapshot_layer(paths: &Paths, src: &UpperSource) -> Result<(String, u64)>
                 .arg("sh")
                 .arg(img)
                 .arg(&mnt)
-                .arg(&dst);
+                .arg(dst);
             c
         }
         UpperSource::InNamespace { pid, dir } => {
@@ -734,7 +732,7 @@ pub fn snapshot_layer(paths: &Paths, src: &UpperSource) -> Result<(String, u64)>
                 .arg(pid.to_string())
                 .args(["-m", "--", "cp", "-a"])
                 .arg(dir.join("."))
-                .arg(&dst);
+                .arg(dst);
             c
         }
     };
@@ -742,7 +740,7 @@ pub fn snapshot_layer(paths: &Paths, src: &UpperSource) -> Result<(String, u64)>
         "run cp for the snapshot (install coreutils and util-linux)",
     ))?;
     if let UpperSource::Image(_) = src {
-        let _ = fs::remove_dir(staging.path().with_extension("mnt"));
+        let _ = fs::remove_dir(&mnt);
     }
     if !status.success() {
         let e = Error::Setup(format!("copying the sandbox's files failed: {why}"));
@@ -752,6 +750,17 @@ pub fn snapshot_layer(paths: &Paths, src: &UpperSource) -> Result<(String, u64)>
             e
         });
     }
+    Ok(())
+}
+
+/// Copies a sandbox's writable layer into a new layer. Overlayfs's upper directories
+/// are already in the lower-layer format (whiteouts, opaque directories), so the copy
+/// is a plain one that keeps owners, modes, times, links, devices and xattrs: `cp -a`,
+/// which also keeps sparse files sparse and hard links linked. Returns the layer's id
+/// and the bytes it takes.
+pub fn snapshot_layer(paths: &Paths, src: &UpperSource) -> Result<(String, u64)> {
+    let staging = Staging::new(paths)?;
+    copy_upper(src, staging.path())?;
     let id = format!("snap-{}{}", crate::new_id()?, crate::new_id()?);
     let size = dir_size(staging.path());
     staging.commit(paths, &id)?;

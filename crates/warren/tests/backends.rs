@@ -182,6 +182,10 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     if nat {
         flags.extend(["--network", "nat"]);
     }
+    let disk = enforces("disk");
+    if disk {
+        flags.extend(["--disk", "64M"]);
+    }
     let id = d.create(&flags);
     let info = d.info(&id);
     assert_eq!(info["isolation"], isolation, "{info}");
@@ -271,6 +275,21 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         );
     }
 
+    // The writable layer is as large as its disk: a write past it fails inside, and
+    // what fits stays (through the pause below too).
+    if disk {
+        let (_, out) = d.exec(
+            &id,
+            "{ head -c 100M /dev/zero > /root/big; } 2>&1; echo status=$?; rm -f /root/big; \
+             head -c 1M /dev/urandom > /root/kept && echo kept",
+        );
+        assert!(
+            out.contains("No space left") && out.contains("status=1"),
+            "{isolation}: 100M fit on a 64M disk: {out}"
+        );
+        assert!(out.contains("kept"), "{isolation}: {out}");
+    }
+
     // Limits held by the kernel (or the backend's kernel): tasks, and memory last.
     // gVisor's task limit is held on the host's count of its threads and stops the
     // sandbox whole (`gvisor_fork_bomb_...`): here, a few children only, which must start.
@@ -328,6 +347,14 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         eventually(10, || read(d) > a),
         "{isolation}: the counter did not go on"
     );
+    if disk {
+        let (_, out) = d.exec(&id, "stat -c %s /root/kept");
+        assert_eq!(
+            out.trim(),
+            "1048576",
+            "{isolation}: the disk after a resume"
+        );
+    }
     if refuses_forks {
         // The limit is still held after a resume.
         let (_, out) = d.exec(&id, &FORKS.replace('N', "100"));
@@ -1195,5 +1222,129 @@ fn a_planted_link_for_the_agent_socket_is_not_followed() {
     );
     d.ok(&["rm", &a]);
     d.ok(&["rm", &b]);
+    d.finish();
+}
+
+/// Loop devices backed by a file under `dir`.
+fn loops_under(dir: &Path) -> Vec<String> {
+    let out = std::process::Command::new("losetup")
+        .args(["-n", "-O", "NAME,BACK-FILE", "-l"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter(|l| l.contains(&*dir.display().to_string()))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn an_oci_sandboxs_disk_holds_through_stop_snapshot_and_saved_memory() {
+    let test = "an_oci_sandboxs_disk_holds_through_stop_snapshot_and_saved_memory";
+    if !can_run(test) {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    let list = backends(&d);
+    for name in ["gvisor", "runc", "crun"] {
+        let b = entry(&list, name);
+        if b["available"] != true {
+            warren_testkit::skip(
+                &format!("{test} ({name})"),
+                b["reason"].as_str().unwrap_or("unavailable"),
+            );
+            continue;
+        }
+        let id = d.create(&["--isolation", name, "--disk", "32M", "--memory", "256M"]);
+        let (_, out) = d.exec(
+            &id,
+            "head -c 3M /dev/urandom > /root/kept; md5sum < /root/kept; \
+             { head -c 40M /dev/zero > /root/big; } 2>&1 | grep -c 'No space'; rm -f /root/big",
+        );
+        let mut lines = out.lines();
+        let sum = lines.next().unwrap_or_default().to_string();
+        assert_eq!(
+            lines.next(),
+            Some("1"),
+            "{name}: 40M fit on a 32M disk: {out}"
+        );
+        // Its files are in its image, not on the host's disk beside it.
+        let data = d.data_dir().join("sandboxes").join(&id);
+        assert!(data.join("disk.img").is_file(), "{name}: no disk image");
+        assert_eq!(
+            walk_size(&data.join("upper")),
+            0,
+            "{name}: files outside the image"
+        );
+        assert_eq!(
+            loops_under(&data).len(),
+            1,
+            "{name}: {:?}",
+            loops_under(&data)
+        );
+
+        // Stopped and started again: the same disk, still bounded.
+        d.ok(&["stop", &id]);
+        assert!(
+            loops_under(&data).is_empty(),
+            "{name}: a stopped sandbox's loop device"
+        );
+        d.ok(&["start", &id]);
+        let (_, out) = d.exec(
+            &id,
+            "md5sum < /root/kept; { head -c 40M /dev/zero > /root/big; } 2>&1 | grep -c 'No space'; \
+             rm -f /root/big",
+        );
+        assert_eq!(
+            out,
+            format!("{sum}\n1\n"),
+            "{name}: after a stop and a start"
+        );
+
+        // A snapshot reads the files from the image while it runs.
+        d.ok(&["snapshot", &id, "--name", &format!("disk-{name}")]);
+        let copy = d.create(&["--isolation", name, "--template", &format!("disk-{name}")]);
+        assert_eq!(
+            d.exec(&copy, "md5sum < /root/kept").1,
+            format!("{sum}\n"),
+            "{name}"
+        );
+        d.ok(&["rm", &copy]);
+
+        if name == "gvisor" {
+            // Saved with its memory, and started again from that: the files come along
+            // into the new sandbox's own bounded disk.
+            start_secret_counter(&d, &id);
+            assert!(eventually(20, || secret_and_count(&d, &id).1 > 2));
+            d.ok(&["snapshot", &id, "--name", "disk-warm", "--memory"]);
+            let warm = d.create(&["--template", "disk-warm", "--disk", "32M"]);
+            assert!(
+                secret_and_count(&d, &warm).1 > 2,
+                "the warm copy lost its counter"
+            );
+            let (_, out) = d.exec(
+                &warm,
+                "md5sum < /root/kept; { head -c 40M /dev/zero > /root/big; } 2>&1 | \
+                 grep -c 'No space'; rm -f /root/big",
+            );
+            assert_eq!(out, format!("{sum}\n1\n"), "a warm copy's disk");
+            // Paused to disk and resumed: the image is mounted again.
+            d.ok(&["pause", &warm]);
+            d.ok(&["resume", &warm]);
+            assert_eq!(d.exec(&warm, "md5sum < /root/kept").1, format!("{sum}\n"));
+            d.ok(&["rm", &warm]);
+            d.ok(&["template", "rm", "disk-warm"]);
+        }
+        d.ok(&["rm", &id]);
+        d.ok(&["template", "rm", &format!("disk-{name}")]);
+        assert!(!data.exists(), "{name}: its data directory stayed");
+        assert!(
+            loops_under(&d.data_dir()).is_empty(),
+            "{name}: a loop device stayed"
+        );
+        eprintln!("BACKEND {name}: the disk limit holds");
+    }
     d.finish();
 }
