@@ -166,6 +166,13 @@ pub(crate) fn bundle_config(
         user: template.meta.user.as_deref().map(template::agent_user),
         // Only runsc checkpoints: the agent closes its socket first when told.
         quiesce: kind == BundleKind::Gvisor,
+        remove: match kind {
+            BundleKind::Gvisor => ["/dev/fuse", "/dev/net/tun", "/dev/net"]
+                .map(PathBuf::from)
+                .to_vec(),
+            // crun's link to /proc/kcore (masked, but no business in /dev).
+            BundleKind::HostKernel => vec!["/dev/core".into()],
+        },
     };
     let caps: Vec<&str> = warren_sys::caps::KEPT_CAPABILITIES.to_vec();
     let mut mounts = vec![

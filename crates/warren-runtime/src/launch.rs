@@ -37,6 +37,12 @@ pub struct AgentLaunch {
     /// the sandbox's memory; see `warren_agent::AgentConfig::rebind`).
     #[serde(default)]
     pub quiesce: bool,
+    /// What the runtime adds to `/dev` that no process of the sandbox may use (gVisor's
+    /// FUSE and TUN devices, which need capabilities every process lacks; crun's `core`
+    /// link): removed before anything runs (an empty directory too), so `/dev` holds
+    /// what a namespace sandbox's does.
+    #[serde(default)]
+    pub remove: Vec<PathBuf>,
 }
 
 /// Runs the agent; never returns.
@@ -158,6 +164,18 @@ fn setup_inner() -> Result<(Bound, AgentLaunch), String> {
         // its processes leave, as PID 1 is in a sandbox.
         nix::unistd::setsid().map_err(|e| format!("new session: {e}"))?;
         warren_sys::ns::set_child_subreaper().map_err(|e| format!("become a subreaper: {e}"))?;
+    }
+    for node in &launch.remove {
+        let gone = match std::fs::symlink_metadata(node) {
+            Ok(m) if m.is_dir() => std::fs::remove_dir(node),
+            _ => std::fs::remove_file(node),
+        };
+        match gone {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(format!("remove {}: {e}", node.display()));
+            }
+            _ => {}
+        }
     }
     let _ = std::fs::remove_file(&launch.socket);
     let listener = std::os::unix::net::UnixListener::bind(&launch.socket);

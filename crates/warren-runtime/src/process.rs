@@ -147,6 +147,7 @@ impl ProcessBackend {
             confined: false,
             user: None,
             quiesce: false,
+            remove: Vec::new(),
         };
         match self.start_agent(&mut sb, &launch).await {
             Ok(()) => Ok(sb),

@@ -446,6 +446,10 @@ mod tests {
         ("socketpair(arg0 >= 46)", "EPERM"),
         // CLONE_NEWNS, CLONE_NEWCGROUP, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWUSER,
         // CLONE_NEWPID, CLONE_NEWNET, CLONE_NEWTIME.
+        ("mknod(arg1 & 61440 == 8192)", "EPERM"),
+        ("mknod(arg1 & 61440 == 24576)", "EPERM"),
+        ("mknodat(arg2 & 61440 == 8192)", "EPERM"),
+        ("mknodat(arg2 & 61440 == 24576)", "EPERM"),
         ("clone(arg0 & 131072 == 131072)", "EPERM"),
         ("clone(arg0 & 33554432 == 33554432)", "EPERM"),
         ("clone(arg0 & 67108864 == 67108864)", "EPERM"),
@@ -812,6 +816,12 @@ mod tests {
         probe("socketpair(arg0 == 25)", libc::SYS_socketpair, &[25, STREAM, 0, 0], EPERM),
         probe("socketpair(arg0 >= 46)", libc::SYS_socketpair, &[46, STREAM, 0, 0], EPERM),
         probe("socketpair(AF_UNIX)", libc::SYS_socketpair, &[1, STREAM, 0, 0], Allowed),
+        // A bad path: nothing is made should a call get through.
+        probe("mknod(arg1 & 61440 == 8192)", libc::SYS_mknod, &[BAD_PTR, 0o20600, 0], EPERM),
+        probe("mknod(arg1 & 61440 == 24576)", libc::SYS_mknod, &[BAD_PTR, 0o60600, 0], EPERM),
+        probe("mknodat(arg2 & 61440 == 8192)", libc::SYS_mknodat, &[NO_FD, BAD_PTR, 0o20600, 0], EPERM),
+        probe("mknodat(arg2 & 61440 == 24576)", libc::SYS_mknodat, &[NO_FD, BAD_PTR, 0o60600, 0], EPERM),
+        probe("mknod(FIFO)", libc::SYS_mknod, &[BAD_PTR, 0o10600, 0], Allowed),
         ns_clone("clone(arg0 & 131072 == 131072)", libc::CLONE_NEWNS),
         ns_clone("clone(arg0 & 33554432 == 33554432)", libc::CLONE_NEWCGROUP),
         ns_clone("clone(arg0 & 67108864 == 67108864)", libc::CLONE_NEWUTS),

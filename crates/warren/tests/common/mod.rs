@@ -22,6 +22,27 @@ pub fn warren() -> Command {
     c
 }
 
+/// The backend the suites run against: `WARREN_ISOLATION` (which `warren run` and
+/// `warren create` read too), the namespace backend when unset.
+pub fn isolation() -> String {
+    std::env::var("WARREN_ISOLATION").unwrap_or_else(|_| "namespace".into())
+}
+
+/// True when the suite's backend runs the sandbox on the host kernel (every backend but
+/// gVisor); otherwise records the test's skip: what it checks is the host kernel's
+/// boundary (host uid ranges, the host's namespaces), which gVisor's kernel replaces.
+pub fn host_kernel(test: &str) -> bool {
+    if isolation() != "gvisor" {
+        return true;
+    }
+    warren_testkit::skip(
+        test,
+        "gVisor: the sandbox's ids and namespaces are its kernel's own; the host sees only \
+         runsc's Sentry and Gofer",
+    );
+    false
+}
+
 /// True when the test can run: sandboxes need root. Otherwise the skip is recorded.
 pub fn can_run(test: &str) -> bool {
     warren_testkit::needs_root(test, "creating sandboxes")
