@@ -329,6 +329,8 @@ pub struct PortConnection {
     pub activity: Option<ActivityGuard>,
     /// The `Host` the sandbox asked its ports to see, when it did.
     pub host: Option<String>,
+    /// The sandbox's tenant.
+    pub tenant: String,
 }
 
 /// Keeps a sandbox counted as active while held (an attached terminal or a stream).
@@ -924,6 +926,7 @@ impl Manager {
             host: r
                 .request_host
                 .map(|h| h.replace("${PORT}", &port.to_string())),
+            tenant: r.tenant,
         })
     }
 

@@ -34,6 +34,15 @@ pub enum StoreError {
     NameTaken(String),
     #[error("{0}")]
     Backup(String),
+    #[error(
+        "the store at {path} has schema version {found}, newer than this binary's {known}: \
+         a newer warren wrote it; run that version or a later one (a store is never downgraded)"
+    )]
+    Newer {
+        path: String,
+        found: u32,
+        known: u32,
+    },
 }
 
 impl StoreError {
@@ -109,6 +118,14 @@ pub struct Store {
 
 /// Events kept per sandbox.
 pub const EVENTS_KEPT: u32 = 1000;
+
+/// The version of [`SCHEMA`], kept in the store's `PRAGMA user_version`. Migrations go
+/// forward only: a store of an earlier version is brought up to this one when opened,
+/// and one of a later version is refused untouched.
+///
+/// Versions 1 to 8 were never written down: a store they made reads 0 and is told
+/// apart by its columns (`tests/testdata/store/` holds one made by each).
+pub const SCHEMA_VERSION: u32 = 9;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS tenants (
@@ -238,36 +255,60 @@ fn row_to_record(row: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Record, Sto
     Ok(build())
 }
 
-/// Adds `column` to `table` unless the table has it (a store an earlier version made).
-/// The names are this file's constants, never input.
+/// Adds `column` to `table` if the table is there without it (a store an earlier
+/// version made; a missing table is made whole by [`SCHEMA`]). The names are this
+/// file's constants, never input.
 fn add_column(conn: &Connection, table: &str, column: &str, decl: &str) -> Result<(), StoreError> {
-    let has: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+    let (columns, has): (i64, i64) = conn.query_row(
+        "SELECT COUNT(*), COUNT(*) FILTER (WHERE name = ?2) FROM pragma_table_info(?1)",
         params![table, column],
-        |r| r.get(0),
+        |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    if has == 0 {
+    if columns > 0 && has == 0 {
         conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl}"))?;
     }
     Ok(())
 }
 
-/// Brings a store made by an earlier version up to this schema.
-fn migrate(conn: &Connection) -> Result<(), StoreError> {
-    add_column(conn, "sandboxes", "traffic_token", "TEXT")?;
-    add_column(
-        conn,
-        "sandboxes",
-        "auto_resume",
-        "INTEGER NOT NULL DEFAULT 0",
-    )?;
-    add_column(conn, "sandboxes", "request_host", "TEXT")?;
-    add_column(conn, "api_keys", "operator", "INTEGER NOT NULL DEFAULT 0")?;
-    add_column(conn, "ssh_keys", "template", "TEXT")?;
-    // Tokens were kept in plain text: keep only their hashes (see `crate::tokens`).
+/// The schema version a store records (0 for one made before versions were).
+fn schema_version(conn: &Connection) -> rusqlite::Result<u32> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+/// Brings a store of version `from` (0: unrecorded, 1 to 8) up to [`SCHEMA_VERSION`],
+/// in the caller's transaction. A later schema adds its step here, after the others,
+/// guarded by `from < ITS_VERSION`.
+fn migrate(conn: &Connection, from: u32) -> Result<(), StoreError> {
+    if from < 9 {
+        // Columns added to tables of versions 1 to 8, each once: before `SCHEMA`, whose
+        // indexes name them.
+        add_column(conn, "sandboxes", "pool_key", "TEXT")?;
+        add_column(conn, "sandboxes", "traffic_token", "TEXT")?;
+        add_column(
+            conn,
+            "sandboxes",
+            "auto_resume",
+            "INTEGER NOT NULL DEFAULT 0",
+        )?;
+        add_column(conn, "sandboxes", "request_host", "TEXT")?;
+        add_column(conn, "api_keys", "operator", "INTEGER NOT NULL DEFAULT 0")?;
+        add_column(conn, "ssh_keys", "template", "TEXT")?;
+    }
+    // Tables and indexes a store lacks.
+    conn.execute_batch(SCHEMA)?;
+    if from < 9 {
+        hash_plain_tokens(conn)?;
+    }
+    Ok(())
+}
+
+/// Tokens were kept in plain text (schema 4 and before): keep only their hashes (see
+/// `crate::tokens`).
+fn hash_plain_tokens(conn: &Connection) -> Result<(), StoreError> {
     let plain: Vec<(String, String, Option<String>)> = {
         let mut stmt = conn.prepare(
-            "SELECT id, access_token, traffic_token FROM sandboxes              WHERE access_token NOT LIKE 'g%' AND access_token NOT LIKE 'legacy-sha256:%'",
+            "SELECT id, access_token, traffic_token FROM sandboxes \
+             WHERE access_token NOT LIKE 'g%' AND access_token NOT LIKE 'legacy-sha256:%'",
         )?;
         let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
         rows.collect::<Result<_, _>>()?
@@ -299,6 +340,15 @@ impl Store {
             return Err(StoreError::Corrupt(format!("{} is empty", path.display())));
         }
         let conn = Connection::open(path).map_err(open_err)?;
+        // Before anything is written: a newer binary's store is left as it is.
+        let version = schema_version(&conn).map_err(open_err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Newer {
+                path: path.display().to_string(),
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
         // Private to the daemon, and so the journal files SQLite makes beside it, which
         // take the store's permissions.
         for p in [
@@ -326,8 +376,13 @@ impl Store {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // Room for every statement the store runs, so none is parsed twice.
         conn.set_prepared_statement_cache_capacity(64);
-        conn.execute_batch(SCHEMA)?;
-        migrate(&conn)?;
+        if version < SCHEMA_VERSION {
+            // All of it or none: a migration that fails leaves the store as it was.
+            let tx = conn.unchecked_transaction()?;
+            migrate(&tx, version)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            tx.commit()?;
+        }
         Ok(Self { conn })
     }
 
@@ -412,6 +467,17 @@ impl Store {
     /// open), keeping the store it replaces beside it; returns where that went.
     pub fn restore(from: &Path, to: &Path) -> Result<Option<std::path::PathBuf>, StoreError> {
         Self::check_copy(from)?;
+        // Refused before the store in place is moved aside, which this binary could
+        // then not open either.
+        let version = Connection::open_with_flags(from, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .and_then(|c| schema_version(&c))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Newer {
+                path: from.display().to_string(),
+                found: version,
+                known: SCHEMA_VERSION,
+            });
+        }
         let io = |what: &str, e: std::io::Error| StoreError::Backup(format!("{what}: {e}"));
         let staged = to.with_extension("db.restoring");
         std::fs::copy(from, &staged).map_err(|e| io("copy the backup", e))?;
@@ -448,6 +514,7 @@ impl Store {
     pub fn in_memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(Self { conn })
     }
 

@@ -356,9 +356,33 @@ fn a_tenant_cannot_see_or_touch_another_tenants_sandbox() {
     d.finish();
 }
 
+/// The last tick of the loop `sandboxes_outlive_their_daemon` leaves running.
+fn tick(d: &Daemon, id: &str) -> String {
+    d.ok(&["exec", id, "--", "cat", "/tmp/tick"])
+}
+
+/// Waits (up to 10 s) until the sandbox's ticking loop has moved past `last`.
+fn ticks_past(d: &Daemon, id: &str, last: &str) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = tick(d, id);
+        if now != last {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background loop stopped at {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A daemon killed with SIGKILL, or shut down with SIGTERM, leaves its sandboxes
+/// running, and the next one adopts them. This is also how a host is upgraded: the new
+/// binary is the next daemon (README, "Upgrades").
 #[test]
-fn sandboxes_outlive_a_daemon_killed_with_sigkill() {
-    if !can_run("sandboxes_outlive_a_daemon_killed_with_sigkill") {
+fn sandboxes_outlive_their_daemon_and_the_next_one_adopts_them() {
+    if !can_run("sandboxes_outlive_their_daemon_and_the_next_one_adopts_them") {
         return;
     }
     let _turn = my_turn();
@@ -366,23 +390,60 @@ fn sandboxes_outlive_a_daemon_killed_with_sigkill() {
     let id = d.create(&["--name", "survivor"]);
     let id = id.as_str();
     d.ok(&["exec", id, "--", "sh", "-c", "echo before > /tmp/mark"]);
-    d.crash();
-    let o = d.run(&["ls"]);
-    assert_eq!(code(&o), Some(125), "no daemon: {}", stderr(&o));
-    assert!(
-        stderr(&o).contains("is `warren serve` running?"),
-        "{}",
-        stderr(&o)
-    );
+    let pid = d
+        .ok(&[
+            "exec",
+            "-d",
+            id,
+            "--",
+            "sh",
+            "-c",
+            "n=0; while :; do n=$((n+1)); echo $n > /tmp/tick; sleep 0.1; done",
+        ])
+        .trim()
+        .to_string();
+    let mut last = ticks_past(&d, id, "");
+    let running = |d: &Daemon| {
+        d.ok(&["ps", id, "--format", "{{.pid}} {{.exit}}"])
+            .lines()
+            .any(|l| l.trim() == pid)
+    };
+    assert!(running(&d), "{}", d.ok(&["ps", id]));
 
-    d.spawn();
-    assert_eq!(d.ok(&["ls", "-q", "--state", "running"]).trim(), id);
-    assert_eq!(
-        d.ok(&["exec", "survivor", "--", "cat", "/tmp/mark"]),
-        "before\n"
-    );
+    for (how, stop) in [
+        ("SIGKILL", Daemon::crash as fn(&mut Daemon)),
+        ("SIGTERM", Daemon::shut_down),
+    ] {
+        stop(&mut d);
+        let o = d.run(&["ls"]);
+        assert_eq!(code(&o), Some(125), "no daemon: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("is `warren serve` running?"),
+            "{}",
+            stderr(&o)
+        );
+
+        d.spawn();
+        assert_eq!(
+            d.ok(&["ls", "-q", "--state", "running"]).trim(),
+            id,
+            "after {how}"
+        );
+        assert_eq!(
+            d.ok(&["exec", "survivor", "--", "cat", "/tmp/mark"]),
+            "before\n",
+            "after {how}"
+        );
+        // The process started before runs on, and is still the sandbox's.
+        last = ticks_past(&d, id, &last);
+        assert!(running(&d), "after {how}: {}", d.ok(&["ps", id]));
+    }
     let logs = d.ok(&["events", id]);
-    assert!(logs.contains("adopted"), "{logs}");
+    let adoptions = logs
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("adopted"))
+        .count();
+    assert_eq!(adoptions, 2, "{logs}");
     d.finish();
 }
 

@@ -73,3 +73,81 @@ fn the_daemon_logs_requests_and_lifecycle_changes_as_json_lines() {
         "a query string was logged"
     );
 }
+
+#[test]
+fn the_e2b_listener_logs_routes_with_tenant_and_sandbox_and_no_secret() {
+    use trust::Via;
+    if !can_run("the_e2b_listener_logs_routes_with_tenant_and_sandbox_and_no_secret") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start_opts(trust::Options {
+        e2b: true,
+        serve_args: vec!["--log-format".into(), "json".into()],
+        ..Default::default()
+    });
+    let key = d.api_key();
+    let r = d.http(
+        Via::E2b,
+        "POST",
+        "/sandboxes",
+        &[("X-API-Key", &key), ("Content-Type", "application/json")],
+        br#"{"templateID": "base", "timeout": 300}"#,
+    );
+    assert_eq!(r.status, 201, "create: {}", r.text());
+    let id = r.json()["sandboxID"].as_str().unwrap().to_string();
+    d.saw(&id);
+    let token = r.json()["envdAccessToken"].as_str().unwrap().to_string();
+    let envd = [
+        ("E2b-Sandbox-Id", id.as_str()),
+        ("X-Access-Token", token.as_str()),
+        ("Content-Type", "application/octet-stream"),
+    ];
+    let r = d.http(
+        Via::E2b,
+        "POST",
+        "/files?path=/tmp/path-in-a-query&username=user",
+        &envd,
+        b"x",
+    );
+    assert_eq!(r.status, 200, "upload: {}", r.text());
+    let r = d.http(
+        Via::E2b,
+        "DELETE",
+        &format!("/sandboxes/{id}"),
+        &[("X-API-Key", &key)],
+        b"",
+    );
+    assert_eq!(r.status, 204, "kill: {}", r.text());
+
+    let lines: Vec<serde_json::Value> = d
+        .log()
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .filter(|v: &serde_json::Value| {
+            v["target"] == "warren::request" && v["fields"]["api"] == "e2b"
+        })
+        .collect();
+    let find = |method: &str, route: &str| {
+        lines
+            .iter()
+            .find(|v| v["fields"]["method"] == method && v["fields"]["route"] == route)
+            .unwrap_or_else(|| panic!("no {method} {route} line:\n{}", d.log()))
+    };
+    let create = find("POST", "/sandboxes");
+    assert_eq!(create["fields"]["status"], 201);
+    assert_eq!(create["fields"]["tenant"], "default");
+    for (method, route, status) in [("POST", "/files", 200), ("DELETE", "/sandboxes/{id}", 204)] {
+        let line = find(method, route);
+        assert_eq!(line["fields"]["status"], status, "{line}");
+        assert_eq!(line["fields"]["tenant"], "default", "{line}");
+        assert_eq!(line["fields"]["sandbox"], id.as_str(), "{line}");
+        assert!(line["fields"]["us"].as_u64().is_some(), "{line}");
+    }
+    let log = d.log();
+    for secret in [key.as_str(), token.as_str(), "path-in-a-query"] {
+        assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");
+    }
+    d.finish();
+}

@@ -97,6 +97,7 @@ pub(super) fn router(state: E2bState) -> Router {
         .fallback(|uri: Uri| async move {
             HttpError::new(StatusCode::NOT_FOUND, format!("no route {}", uri.path()))
         })
+        .layer(axum::middleware::from_fn(crate::reqlog::note_matched_route))
         .with_state(state)
 }
 
@@ -118,6 +119,7 @@ impl FromRequestParts<E2bState> for Key {
             .authenticate(key.trim())
             .ok_or_else(|| HttpError::new(StatusCode::UNAUTHORIZED, "Invalid API key"))?;
         crate::conn::mark_authenticated(&parts.extensions);
+        crate::reqlog::note_caller(&parts.extensions, &caller);
         Ok(Key(caller))
     }
 }

@@ -67,6 +67,7 @@ pub(super) fn router(state: E2bState) -> Router {
             post(filesystem::call).layer(rpc),
         )
         .fallback(fallback)
+        .layer(axum::middleware::from_fn(crate::reqlog::note_matched_route))
         .with_state(state)
 }
 
@@ -283,6 +284,7 @@ impl FromRequestParts<E2bState> for Envd {
             }
         };
         crate::conn::mark_authenticated(&parts.extensions);
+        crate::reqlog::note_caller(&parts.extensions, &caller);
         let user = match basic_user(&parts.headers)? {
             Some(u) => u,
             None => {

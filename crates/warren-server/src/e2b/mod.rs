@@ -92,6 +92,7 @@ pub fn router(mgr: Arc<Manager>, shutdown: watch::Receiver<bool>, options: E2bOp
     Router::new()
         .fallback(dispatch)
         .layer(axum::middleware::from_fn(crate::drain::drain_unread))
+        .layer(axum::middleware::from_fn(crate::reqlog::log_e2b_request))
         .with_state(Routers {
             control,
             envd,
@@ -116,7 +117,7 @@ pub(crate) struct Target {
 pub(crate) const SANDBOX_ID_HEADER: &str = "e2b-sandbox-id";
 const SANDBOX_PORT_HEADER: &str = "e2b-sandbox-port";
 
-fn valid_id(s: &str) -> bool {
+pub(crate) fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes()
@@ -151,7 +152,10 @@ pub(crate) fn target(headers: &HeaderMap) -> Option<Target> {
 
 async fn dispatch(State(r): State<Routers>, req: Request) -> Response {
     let router = match target(req.headers()) {
-        Some(t) if t.port != ENVD_PORT => return ports::proxy(&r.mgr, t, req).await,
+        Some(t) if t.port != ENVD_PORT => {
+            crate::reqlog::note_route(req.extensions(), &format!("port {}", t.port));
+            return ports::proxy(&r.mgr, t, req).await;
+        }
         Some(_) => r.envd,
         None => r.control,
     };

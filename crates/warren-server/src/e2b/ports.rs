@@ -65,6 +65,7 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, mut req: Request) -> Re
         stream,
         activity,
         host,
+        tenant,
     } = match mgr
         .connect_port(&target.sandbox, target.port, token.as_deref())
         .await
@@ -78,6 +79,7 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, mut req: Request) -> Re
             | PortError::Closed(_),
         ) => return unreachable(&target.sandbox, target.port),
     };
+    crate::reqlog::note_tenant(req.extensions(), &tenant);
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(x) => x,

@@ -1,0 +1,100 @@
+-- A store as schema 9 made it (commit e117630), which added the template an SSH key makes
+-- sandboxes from (ssh_keys.template), the schema this binary writes.
+-- Its CREATE statements as that version ran them, then rows such as it wrote them;
+-- it recorded no schema version (PRAGMA user_version is 0).
+
+CREATE TABLE IF NOT EXISTS tenants (
+    name TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    hash TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL REFERENCES tenants(name),
+    created_at INTEGER NOT NULL,
+    -- An operator's key: no quota, the whole host's metrics and templates.
+    operator INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    name TEXT,
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_active_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    idle_timeout_secs INTEGER,
+    on_timeout TEXT NOT NULL,
+    access_token TEXT NOT NULL,
+    -- Set while the sandbox waits, warm, in a pool: the pool's key.
+    pool_key TEXT,
+    traffic_token TEXT,
+    -- 1: a paused sandbox resumes by itself when it is used.
+    auto_resume INTEGER NOT NULL DEFAULT 0,
+    -- The Host header traffic to its ports carries, `${PORT}` replaced.
+    request_host TEXT
+);
+CREATE INDEX IF NOT EXISTS sandbox_pools ON sandboxes(pool_key, state) WHERE pool_key IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS sandbox_names ON sandboxes(tenant, owner, name)
+    WHERE name IS NOT NULL AND state != 'terminated';
+CREATE INDEX IF NOT EXISTS sandbox_states ON sandboxes(state);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    client TEXT NOT NULL,
+    sandbox TEXT NOT NULL,
+    state TEXT NOT NULL,
+    timeouts TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL,
+    -- When the session entered its current state.
+    since INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_live ON sessions(state) WHERE state != 'terminated';
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    time INTEGER NOT NULL,
+    sandbox TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_sandbox ON events(sandbox, seq);
+CREATE TABLE IF NOT EXISTS ssh_keys (
+    tenant TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    algorithm TEXT NOT NULL,
+    comment TEXT NOT NULL,
+    public_key TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    template TEXT,
+    PRIMARY KEY (tenant, owner, fingerprint)
+);
+CREATE INDEX IF NOT EXISTS ssh_keys_by_fingerprint ON ssh_keys(fingerprint, owner);
+
+INSERT INTO tenants (name, created_at) VALUES ('default', 1764000000000), ('acme', 1764000000001);
+INSERT INTO api_keys (hash, tenant, created_at, operator) VALUES
+    ('aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 'default', 1764000000000, 0),
+    ('bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb', 'acme', 1764000000005, 0),
+    ('cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc', 'default', 1764000000006, 1);
+INSERT INTO sandboxes (id, tenant, owner, name, state, spec, labels, metadata, created_at, last_active_at, expires_at, idle_timeout_secs, on_timeout, access_token, pool_key, traffic_token, auto_resume, request_host) VALUES
+    ('sb-live', 'default', 'alice', 'lab', 'running', '{"id":"sb-live","template":"python","hostname":"lab","resources":{"memory":536870912,"cpu_millis":500,"pids":256,"disk":null},"network":"nat","publish":[{"host":8080,"sandbox":80}],"volumes":[{"name":"data","target":"/data","size":1073741824}],"env":{"LANG":"C.UTF-8"},"isolation":"namespace","egress":{"allow":["pypi.org"],"deny":["10.0.0.0/8"]}}', '{"team":"a"}', '{"purpose":"ci"}', 1764000000010, 1764000000020, 1764003600000, 600, 'pause', 'g7', NULL, 'g8', 0, 'app-${PORT}.example.test'),
+    ('sb-paused', 'acme', 'bob', NULL, 'paused', '{"id":"sb-paused","template":"base","hostname":null,"resources":{"memory":null,"cpu_millis":null,"pids":null,"disk":null},"network":"none","publish":[],"volumes":[],"env":{},"isolation":"gvisor"}', '{}', '{}', 1764000000030, 1764000000040, NULL, NULL, 'terminate', 'legacy-sha256:68fce55d9ae9900bd03b0f22f65582870015d6fc7061647f7c61050fcdcc7195', NULL, NULL, 1, NULL),
+    ('sb-gone', 'default', 'alice', NULL, 'terminated', '{"id":"sb-gone","template":"base","hostname":null,"resources":{"memory":null,"cpu_millis":null,"pids":null,"disk":null},"network":"none","publish":[],"volumes":[],"env":{},"isolation":"namespace"}', '{}', '{}', 1764000000050, 1764000000060, NULL, 300, 'stop', 'g2', NULL, NULL, 0, NULL),
+    ('sb-stopped', 'default', 'alice', 'old', 'stopped', '{"id":"sb-stopped","template":"base","hostname":null,"resources":{"memory":null,"cpu_millis":null,"pids":null,"disk":null},"network":"none","publish":[],"volumes":[],"env":{},"isolation":"namespace"}', '{"keep":"yes"}', '{}', 1764000000070, 1764000000080, NULL, NULL, 'stop', 'g3', NULL, NULL, 0, NULL),
+    ('sb-warm', '@pool', '@pool', NULL, 'running', '{"id":"sb-warm","template":"base","hostname":null,"resources":{"memory":null,"cpu_millis":null,"pids":null,"disk":null},"network":"none","publish":[],"volumes":[],"env":{},"isolation":"namespace"}', '{}', '{}', 1764000000090, 1764000000090, NULL, NULL, 'terminate', 'g1', '{"template":"base","resources":{"memory":268435456,"cpu_millis":null,"pids":null,"disk":null},"network":"none","isolation":"namespace"}', NULL, 0, NULL);
+INSERT INTO events (time, sandbox, owner, kind, message) VALUES
+    (1764000000010, 'sb-live', 'alice', 'created', 'created from python'),
+    (1764000000015, 'sb-live', 'alice', 'paused', 'idle for 600s'),
+    (1764000000016, 'sb-live', 'alice', 'resumed', 'exec'),
+    (1764000000060, 'sb-gone', 'alice', 'terminated', 'removed');
+INSERT INTO sessions (id, tenant, client, sandbox, state, timeouts, created_at, last_seen_at, since) VALUES
+    ('ses-live', 'default', 'laptop', 'sb-live', 'detached', '{"active_secs":300,"detached_secs":3600,"suspended_secs":86400}', 1764000000100, 1764000000200, 1764000000150),
+    ('ses-done', 'default', 'ci', 'sb-gone', 'terminated', '{"active_secs":60,"detached_secs":60,"suspended_secs":60}', 1764000000050, 1764000000060, 1764000000060);
+INSERT INTO ssh_keys (tenant, owner, fingerprint, algorithm, comment, public_key, created_at, template) VALUES
+    ('default', 'alice', 'SHA256:q3VhbGl0eS1maW5nZXJwcmludC1vZi1hbGljZQ', 'ssh-ed25519', 'alice@laptop', 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHdhcnJlbi10ZXN0LWtleS1vZi1hbGljZS0wMDAw', 1764000000300, 'python'),
+    ('acme', 'bob', 'SHA256:Ym9icy1rZXktZmluZ2VycHJpbnQtZm9yLXRlc3Rz', 'ssh-ed25519', '', 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJvYnMta2V5LWZvci10aGUtbWlncmF0aW9uLXRlc3Q', 1764000000301, NULL);
