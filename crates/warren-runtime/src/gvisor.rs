@@ -717,6 +717,7 @@ impl Backend for GvisorBackend {
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
                 limits: ["memory", "cpu", "pids"].map(String::from).to_vec(),
                 volumes: true,
+                host_mounts: false,
                 lacking: Default::default(),
             },
         }

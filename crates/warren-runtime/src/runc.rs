@@ -454,6 +454,7 @@ impl Backend for RuncBackend {
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
                 limits: ["memory", "cpu", "pids"].map(String::from).to_vec(),
                 volumes: true,
+                host_mounts: false,
                 lacking,
             },
         }
