@@ -48,7 +48,7 @@ use warren_types::spec::{NetworkMode, SandboxSpec};
 
 use crate::backend::{BoxFuture, PortDialer};
 use crate::bundle::{
-    bundle_config, container, prepare_dirs, read_only_sources, recorded_volumes,
+    bundle_config, container, prepare_dirs, read_only_sources, recorded_mounts, recorded_volumes,
     remove_runtime_cgroups, run_oci, which, BundleKind, OciCli, OciLaunch, OciVolume,
 };
 use crate::ids::FIRST_SLOT_BASE;
@@ -336,6 +336,9 @@ impl GvisorBackend {
             let volumes = serde_json::to_vec(&volumes).expect("volumes serialize");
             std::fs::write(run.join("volumes.json"), volumes)
                 .map_err(crate::io_err("record the volumes"))?;
+            let mounts = serde_json::to_vec(&spec.mounts).expect("mounts serialize");
+            std::fs::write(run.join("mounts.json"), mounts)
+                .map_err(crate::io_err("record the host directory mounts"))?;
             Ok(bundle)
         })();
         let bundle = match r {
@@ -411,6 +414,7 @@ impl GvisorBackend {
         };
         let launch = OciLaunch {
             volumes: recorded_volumes(&sb.run)?,
+            mounts: recorded_mounts(&sb.run)?,
             read_only: read_only_sources(bundle, template, &self.exe),
             bundle: bundle.to_path_buf(),
             lower: template.lower.clone(),
@@ -620,6 +624,7 @@ impl GvisorSandbox {
         let template = template::resolve(&self.restore.paths, key.trim())?;
         let launch = OciLaunch {
             volumes: recorded_volumes(&self.run)?,
+            mounts: recorded_mounts(&self.run)?,
             read_only: read_only_sources(&bundle, &template, &self.restore.exe),
             bundle: bundle.clone(),
             lower: template.lower.clone(),
@@ -717,7 +722,7 @@ impl Backend for GvisorBackend {
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
                 limits: ["memory", "cpu", "pids"].map(String::from).to_vec(),
                 volumes: true,
-                host_mounts: false,
+                host_mounts: true,
                 lacking: Default::default(),
             },
         }

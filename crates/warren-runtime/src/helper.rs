@@ -835,7 +835,7 @@ fn populate_root(
             }
             mkdir_no_follow(root, &m.target)?;
             let target = root.join(m.target.trim_start_matches('/'));
-            crate::mounts::place(m, &target, own.as_fd())
+            crate::mounts::place(m, &target, Some(own.as_fd()))
                 .map_err(fail("mount a host directory"))?;
         }
     }

@@ -110,8 +110,13 @@ pub fn resolve_all(
 }
 
 /// Mounts `m`'s source on `target` (which exists), its owners shown through `userns`
-/// (the sandbox's own maps). The caller is the host's root, in a private mount namespace.
-pub(crate) fn place(m: &HostMount, target: &Path, userns: BorrowedFd<'_>) -> io::Result<()> {
+/// (the sandbox's own maps) when given; without, as they are (gVisor maps ids in its own
+/// kernel). The caller is the host's root, in a private mount namespace.
+pub(crate) fn place(
+    m: &HostMount,
+    target: &Path,
+    userns: Option<BorrowedFd<'_>>,
+) -> io::Result<()> {
     let source = Path::new(&m.source);
     let dir = open_dir_no_symlinks(source).map_err(|e| {
         let why = if e.raw_os_error() == Some(libc::ELOOP) {
@@ -122,15 +127,18 @@ pub(crate) fn place(m: &HostMount, target: &Path, userns: BorrowedFd<'_>) -> io:
         io::Error::new(e.kind(), format!("host directory {}: {why}", m.source))
     })?;
     let tree = clone_tree_at(dir.as_raw_fd(), Path::new(""), false)?;
-    tree.idmap(userns).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!(
-                "idmap host directory {} (its filesystem must support idmapped mounts): {e}",
-                m.source
-            ),
-        )
-    })?;
+    if let Some(userns) = userns {
+        tree.idmap(userns).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "idmap host directory {} (its filesystem must support idmapped mounts): \
+                     {e}",
+                    m.source
+                ),
+            )
+        })?;
+    }
     tree.set_attrs(MountAttrs {
         readonly: m.read_only,
         ..MountAttrs::PLAIN

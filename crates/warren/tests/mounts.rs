@@ -312,3 +312,130 @@ fn a_symlink_swapped_in_after_creation_is_not_followed() {
     assert_eq!(d.exec(&id, "cat /data/users.txt").1, "user's\n");
     d.finish();
 }
+
+/// The OCI backends mount host directories as the namespace backend does (gVisor through
+/// its gofer); trust mode, which has no mount namespace, refuses them before anything is
+/// made.
+#[test]
+fn host_mounts_alike_on_the_oci_backends_and_refused_in_trust_mode() {
+    let test = "host_mounts_alike_on_the_oci_backends_and_refused_in_trust_mode";
+    if !can_run(test) {
+        return;
+    }
+    let _turn = my_turn();
+    let spaces = tempfile::Builder::new()
+        .prefix("wmnt-spaces")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let d = Daemon::start_opts(trust::Options {
+        config: Some(format!(
+            "[backends.process]\nuser = \"nobody\"\ndir = \"{}\"\n",
+            spaces.path().display()
+        )),
+        ..Default::default()
+    });
+    let host = HostDir::new();
+    let ro = host.path("ro");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::write(ro.join("kept"), b"read me\n").unwrap();
+    let mounts = serde_json::json!([
+        {"source": host.path("data"), "target": "/data"},
+        {"source": ro, "target": "/srv/ro", "read_only": true},
+    ]);
+    let r = d.http(Via::Unix, "GET", "/v1/backends", &[], b"");
+    let list = r.json().as_array().cloned().unwrap_or_default();
+    let entry = |name: &str| list.iter().find(|b| b["name"] == name).cloned().unwrap();
+
+    let process = entry("process");
+    assert_eq!(process["capabilities"]["host_mounts"], false);
+    if process["available"] == true {
+        let r = create(
+            &d,
+            serde_json::json!({"isolation": "process", "mounts": mounts}),
+        );
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(
+            r.text()
+                .contains("process backend mounts no host directories"),
+            "{}",
+            r.text()
+        );
+        assert_eq!(sandbox_count(&d), 0);
+    } else {
+        warren_testkit::skip(
+            &format!("{test} (process)"),
+            process["reason"].as_str().unwrap_or("unavailable"),
+        );
+    }
+
+    for backend in ["gvisor", "runc", "crun"] {
+        let b = entry(backend);
+        if b["available"] != true {
+            warren_testkit::skip(
+                &format!("{test} ({backend})"),
+                b["reason"].as_str().unwrap_or("unavailable"),
+            );
+            continue;
+        }
+        assert_eq!(b["capabilities"]["host_mounts"], true, "{backend}");
+        let r = create(
+            &d,
+            serde_json::json!({
+                "isolation": backend,
+                "home_volume": false,
+                "mounts": mounts,
+            }),
+        );
+        assert_eq!(r.status, 201, "{backend}: {}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        d.saw(&id);
+        let (c, out) = d.exec(&id, "stat -c '%u %n' /data/users.txt /data/roots.txt");
+        assert_eq!(
+            (c, out.as_str()),
+            (0, "1000 /data/users.txt\n0 /data/roots.txt\n"),
+            "{backend}"
+        );
+        let file = format!("by-{backend}.txt");
+        let (c, _) = d.exec(&id, &format!("echo {backend} > /data/{file}"));
+        assert_eq!(c, 0, "{backend}");
+        let written = host.path("data").join(&file);
+        assert_eq!(
+            std::fs::read(&written).unwrap(),
+            format!("{backend}\n").as_bytes()
+        );
+        assert_eq!(std::fs::metadata(&written).unwrap().uid(), 0, "{backend}");
+        let ro_check = "cat /srv/ro/kept; echo x > /srv/ro/kept 2>/dev/null && echo written; \
+                        touch /srv/ro/new 2>/dev/null && echo written; echo done";
+        assert_eq!(d.exec(&id, ro_check).1, "read me\ndone\n", "{backend}");
+        let (_, out) = d.exec(
+            &id,
+            "mount -o remount,rw /srv/ro 2>/dev/null && echo remounted; \
+             touch /srv/ro/new 2>/dev/null && echo written; echo done",
+        );
+        assert_eq!(out, "done\n", "{backend}");
+        // Back after a pause (gVisor: a checkpoint and a restore) and after a stop.
+        d.ok(&["pause", &id]);
+        d.ok(&["resume", &id]);
+        assert_eq!(
+            d.exec(&id, &format!("cat /data/{file}")).1,
+            format!("{backend}\n")
+        );
+        d.ok(&["stop", &id]);
+        d.ok(&["start", &id]);
+        assert_eq!(
+            d.exec(&id, ro_check).1,
+            "read me\ndone\n",
+            "{backend} after a start"
+        );
+        let before = host.snapshot("data");
+        d.ok(&["rm", &id]);
+        assert_eq!(
+            host.snapshot("data"),
+            before,
+            "{backend}: removal kept the files"
+        );
+        eprintln!("host mounts on {backend}: checked");
+    }
+    assert_eq!(std::fs::read(ro.join("kept")).unwrap(), b"read me\n");
+    d.finish();
+}
