@@ -128,7 +128,7 @@ fn host_directories_mount_read_write_and_read_only_through_a_sandboxs_life() {
     assert_eq!(d.exec(&id, "cat /data/from-host").1, "hello\n");
     // Nothing beside the directory is reachable from it.
     let (c, out) = d.exec(&id, "cat /data/../other/secret 2>&1; ls /");
-    assert_ne!(out.contains("not for the sandbox"), true, "{c} {out}");
+    assert!(!out.contains("not for the sandbox"), "{c} {out}");
 
     // Read-only: writes fail, and a remount by the sandbox's root cannot change that.
     let (c, out) = d.exec(
@@ -438,4 +438,22 @@ fn host_mounts_alike_on_the_oci_backends_and_refused_in_trust_mode() {
     }
     assert_eq!(std::fs::read(ro.join("kept")).unwrap(), b"read me\n");
     d.finish();
+}
+
+/// `warren run` without a daemon mounts host directories itself, with the same checks.
+#[test]
+fn warren_run_mounts_host_directories_without_a_daemon() {
+    if !can_run("warren_run_mounts_host_directories_without_a_daemon") {
+        return;
+    }
+    let host = HostDir::new();
+    let out = common::sh_ok(
+        &["-v", &host.arg("data", "/data", ":ro")],
+        "stat -c %u /data/users.txt; touch /data/new 2>/dev/null || echo refused",
+    );
+    assert_eq!(out, "1000\nrefused\n");
+    let o = common::sh(&["-v", &host.arg("data", "/proc/x", "")], "true");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("sandbox's own"), "{}", stderr(&o));
+    assert!(!host.path("data/new").exists());
 }
