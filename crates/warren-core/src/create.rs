@@ -102,6 +102,13 @@ impl Manager {
             )));
         }
         let r = self.resolve(who, key)?;
+        if !r.spec.mounts.is_empty() {
+            // A copy would not have them, and one made from memory would miss them.
+            return Err(CoreError::Invalid(format!(
+                "sandbox {} mounts host directories: it cannot be forked",
+                r.id
+            )));
+        }
         let backend = self.backend(r.spec.isolation)?.clone();
         let caps = backend.info().capabilities;
         if r.state != SandboxState::Running && caps.memory_snapshots {
@@ -219,6 +226,7 @@ impl Manager {
             }
         }
         self.check_backend(who, isolation, &info, &req)?;
+        req.mounts = self.check_mounts(who, isolation, &info, &req)?;
         self.check_egress(req.network, &req.egress)?;
         req.isolation = Some(isolation);
         Ok(req)
@@ -376,6 +384,7 @@ impl Manager {
             network: req.network,
             publish: req.publish.clone(),
             volumes,
+            mounts: req.mounts.clone(),
             env: req.env.clone(),
             isolation: req.isolation.unwrap_or_default(),
             egress: req.egress.clone(),

@@ -22,6 +22,7 @@ mod create;
 mod egress;
 mod lifecycle;
 mod metrics;
+mod mounts;
 pub mod policy;
 mod pools;
 mod reaper;
@@ -103,6 +104,9 @@ pub enum CoreError {
     /// The daemon does as much of this as it takes at once; retry later.
     #[error("{0}")]
     Busy(String),
+    /// Allowed, but not to this caller (whatever its key).
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl From<StoreError> for CoreError {
@@ -146,6 +150,7 @@ impl CoreError {
             Self::Quota(_) => WireCode::QuotaExceeded,
             Self::TooLarge(_) => WireCode::PayloadTooLarge,
             Self::Busy(_) => WireCode::Busy,
+            Self::Forbidden(_) => WireCode::PermissionDenied,
         }
     }
 
@@ -186,6 +191,10 @@ pub struct Caller {
     /// The host's operator (root on the unix socket, or an operator key): no quota, any
     /// host port, the whole host's metrics, templates for every tenant.
     pub operator: bool,
+    /// The host's root itself, on the daemon's unix socket: it may name paths of the
+    /// host (host directory mounts). No key confers this, an operator's neither: a key
+    /// travels, and whoever holds it need not be on the host.
+    pub host_root: bool,
 }
 
 impl Caller {
@@ -195,6 +204,7 @@ impl Caller {
             tenant: name.to_string(),
             only_sandbox: None,
             operator: false,
+            host_root: false,
         }
     }
 
@@ -203,6 +213,15 @@ impl Caller {
         Self {
             operator: true,
             ..Self::tenant(name)
+        }
+    }
+
+    /// The host's root on the unix socket, acting in tenant `name`: the operator, who may
+    /// also mount host directories.
+    pub fn host_root(name: &str) -> Self {
+        Self {
+            host_root: true,
+            ..Self::operator(name)
         }
     }
 }
@@ -840,6 +859,7 @@ impl Manager {
             tenant: r.tenant,
             only_sandbox: Some(r.id),
             operator: false,
+            host_root: false,
         })
     }
 
@@ -863,6 +883,7 @@ impl Manager {
             tenant: r.tenant,
             only_sandbox: Some(r.id),
             operator: false,
+            host_root: false,
         })
     }
 
@@ -996,6 +1017,7 @@ impl Manager {
             network: r.spec.network,
             egress: r.spec.egress.clone(),
             publish: r.spec.publish.clone(),
+            mounts: r.spec.mounts.clone(),
             isolation: r.spec.isolation,
             labels: r.labels.clone(),
             metadata: r.metadata.clone(),

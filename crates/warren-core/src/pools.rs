@@ -15,7 +15,8 @@ impl Manager {
         let fits = req.home_volume == Some(false)
             && req.env.is_empty()
             && req.publish.is_empty()
-            && req.egress.is_open();
+            && req.egress.is_open()
+            && req.mounts.is_empty();
         let key = pool_key(
             template,
             &req.resources,

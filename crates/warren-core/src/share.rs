@@ -170,6 +170,7 @@ impl Manager {
             tenant: s.tenant.clone(),
             only_sandbox: Some(s.info.sandbox.clone()),
             operator: false,
+            host_root: false,
         };
         let running = self
             .get(&caller, &s.info.sandbox)

@@ -644,6 +644,14 @@ impl Manager {
                 r.spec.isolation
             )));
         }
+        if !r.spec.mounts.is_empty() {
+            // Its processes' memory holds what they read of the host's directories, and
+            // a sandbox started from it would find them missing.
+            return Err(CoreError::Invalid(format!(
+                "sandbox {} mounts host directories: snapshot its files alone, without                  `memory`",
+                r.id
+            )));
+        }
         let owner = Caller::tenant(&r.tenant);
         self.new_template_key(&owner, name, true)?;
         let lock = self.lock_for(&r.id);

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use warren_types::api::Isolation;
-use warren_types::spec::{NetworkMode, SandboxSpec};
+use warren_types::spec::{HostMount, NetworkMode, SandboxSpec};
 
 use crate::ids::IdSlot;
 use crate::launch::AgentLaunch;
@@ -209,6 +209,20 @@ pub(crate) fn bundle_config(
                            "source": volume_point(bundle, i),
                            "options": ["rbind", "rw", "nosuid", "nodev"]}));
     }
+    // Bound from the mounts `warren __oci` makes of them (see `crate::mounts`): a
+    // read-only one is read-only there already, before the runtime's `ro`.
+    for (i, m) in spec.mounts.iter().enumerate() {
+        if let Some(why) = HostMount::target_problem(&m.target) {
+            return Err(Error::Invalid {
+                what: "host directory mount",
+                why,
+            });
+        }
+        let mode = if m.read_only { "ro" } else { "rw" };
+        mounts.push(json!({"destination": m.target, "type": "bind",
+                           "source": host_mount_point(bundle, i),
+                           "options": ["bind", mode, "nosuid", "nodev"]}));
+    }
     let r = &spec.resources;
     let mut resources = serde_json::Map::new();
     if let Some(m) = r.memory {
@@ -389,6 +403,10 @@ pub(crate) struct OciLaunch {
     /// Volumes to mount (idmapped) in the bundle, where the bundle's config binds them.
     #[serde(default)]
     pub(crate) volumes: Vec<OciVolume>,
+    /// Host directories to mount in the bundle (`bundle/mounts/N`), where the bundle's
+    /// config binds them.
+    #[serde(default)]
+    pub(crate) mounts: Vec<HostMount>,
     /// Host paths to mount read-only (on every mount of their tree) in the bundle, at the
     /// second path, which the bundle's config binds.
     #[serde(default)]
@@ -462,6 +480,21 @@ pub(crate) fn read_only_sources(
 /// Where `warren __oci` mounts volume `i` of a bundle.
 pub(crate) fn volume_point(bundle: &Path, i: usize) -> PathBuf {
     bundle.join("volumes").join(i.to_string())
+}
+
+/// Where `warren __oci` mounts host directory `i` of a bundle.
+pub(crate) fn host_mount_point(bundle: &Path, i: usize) -> PathBuf {
+    bundle.join("mounts").join(i.to_string())
+}
+
+/// The host directories a sandbox was made with, as recorded in its run directory (a
+/// restore mounts them again).
+pub(crate) fn recorded_mounts(run: &Path) -> Result<Vec<HostMount>> {
+    match std::fs::read(run.join("mounts.json")) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| Error::Setup(format!("mounts.json: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(crate::io_err("read mounts.json")(e)),
+    }
 }
 
 /// The volumes a sandbox was made with, as recorded in its run directory (a resume
@@ -575,6 +608,25 @@ pub fn oci_main() -> ! {
         }
     }
     drop(storage);
+    if !launch.mounts.is_empty() {
+        // Host ids show as themselves inside: through the slot's own maps on the host
+        // kernel; gVisor, running as the host's root, maps ids in its own.
+        let own = slot
+            .as_ref()
+            .map(|s| warren_sys::ns::idmap_userns(&s.map(), &s.map()))
+            .transpose()
+            .unwrap_or_else(|e| oci_fail("make the id mapping of host directories", &e));
+        for (i, m) in launch.mounts.iter().enumerate() {
+            let at = host_mount_point(&launch.bundle, i);
+            if let Err(e) = std::fs::create_dir_all(&at) {
+                oci_fail("make a host directory's mount point", &e);
+            }
+            let own = own.as_ref().map(std::os::fd::AsFd::as_fd);
+            if let Err(e) = crate::mounts::place(m, &at, own) {
+                oci_fail("mount a host directory", &e);
+            }
+        }
+    }
     let Some((bin, _)) = launch.argv.split_first() else {
         oci_fail("launch", &"no command");
     };

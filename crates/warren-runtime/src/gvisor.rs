@@ -48,8 +48,9 @@ use warren_types::spec::{NetworkMode, SandboxSpec};
 
 use crate::backend::{BoxFuture, PortDialer};
 use crate::bundle::{
-    bundle_config, container, prepare_dirs, read_only_sources, recorded_disk, recorded_volumes,
-    remove_runtime_cgroups, run_oci, which, BundleKind, OciCli, OciLaunch, OciVolume,
+    bundle_config, container, prepare_dirs, read_only_sources, recorded_disk, recorded_mounts,
+    recorded_volumes, remove_runtime_cgroups, run_oci, which, BundleKind, OciCli, OciLaunch,
+    OciVolume,
 };
 use crate::ids::FIRST_SLOT_BASE;
 use crate::namespace::CreateOptions;
@@ -336,6 +337,9 @@ impl GvisorBackend {
             let volumes = serde_json::to_vec(&volumes).expect("volumes serialize");
             std::fs::write(run.join("volumes.json"), volumes)
                 .map_err(crate::io_err("record the volumes"))?;
+            let mounts = serde_json::to_vec(&spec.mounts).expect("mounts serialize");
+            std::fs::write(run.join("mounts.json"), mounts)
+                .map_err(crate::io_err("record the host directory mounts"))?;
             Ok(bundle)
         })();
         let bundle = match r {
@@ -412,6 +416,7 @@ impl GvisorBackend {
         };
         let launch = OciLaunch {
             volumes: recorded_volumes(&sb.run)?,
+            mounts: recorded_mounts(&sb.run)?,
             read_only: read_only_sources(bundle, template, &self.exe),
             bundle: bundle.to_path_buf(),
             lower: template.lower.clone(),
@@ -641,6 +646,7 @@ impl GvisorSandbox {
         let template = template::resolve(&self.restore.paths, key.trim())?;
         let launch = OciLaunch {
             volumes: recorded_volumes(&self.run)?,
+            mounts: recorded_mounts(&self.run)?,
             read_only: read_only_sources(&bundle, &template, &self.restore.exe),
             bundle: bundle.clone(),
             lower: template.lower.clone(),
@@ -742,6 +748,7 @@ impl Backend for GvisorBackend {
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
                 limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
                 volumes: true,
+                host_mounts: true,
                 lacking: Default::default(),
             },
         }

@@ -39,7 +39,7 @@ use warren_sys::mount::{
     MsFlags,
 };
 use warren_sys::ns::{self, Forked};
-use warren_types::spec::{NetworkMode, SandboxSpec, VolumeMount};
+use warren_types::spec::{HostMount, NetworkMode, SandboxSpec, VolumeMount};
 
 use crate::ids::IdSlot;
 use crate::template::{self, Template};
@@ -824,6 +824,20 @@ fn populate_root(
     .map_err(fail("mount /dev/shm"))?;
     for (i, v) in spec.volumes.iter().enumerate() {
         mount_volume(v, i, root, paths, storage)?;
+    }
+    if !spec.mounts.is_empty() {
+        // Host ids show as themselves inside: through the sandbox's own maps.
+        let own = ns::idmap_userns(&ids.map(), &ids.map())
+            .map_err(fail("make the id mapping of host directories"))?;
+        for m in &spec.mounts {
+            if let Some(why) = HostMount::target_problem(&m.target) {
+                return Err(why.into());
+            }
+            mkdir_no_follow(root, &m.target)?;
+            let target = root.join(m.target.trim_start_matches('/'));
+            crate::mounts::place(m, &target, Some(own.as_fd()))
+                .map_err(fail("mount a host directory"))?;
+        }
     }
     Ok(())
 }

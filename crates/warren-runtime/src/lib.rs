@@ -15,6 +15,7 @@ pub mod gvisor;
 pub mod helper;
 pub mod ids;
 pub mod launch;
+pub mod mounts;
 pub mod namespace;
 pub mod network;
 pub mod oci;

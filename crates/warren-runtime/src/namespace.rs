@@ -286,6 +286,14 @@ pub(crate) fn validate(spec: &SandboxSpec) -> Result<()> {
             });
         }
     }
+    for m in &spec.mounts {
+        if let Some(why) = warren_types::spec::HostMount::target_problem(&m.target) {
+            return Err(Error::Invalid {
+                what: "host directory mount",
+                why,
+            });
+        }
+    }
     for v in &spec.volumes {
         if !crate::valid_name(&v.name) {
             return Err(Error::Invalid {
@@ -462,6 +470,7 @@ impl crate::Backend for NamespaceBackend {
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
                 limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
                 volumes: true,
+                host_mounts: true,
                 lacking: Default::default(),
             },
         }

@@ -100,12 +100,15 @@ impl ProcessBackend {
 
     async fn make(&self, spec: SandboxSpec, opts: CreateOptions) -> Result<ProcessSandbox> {
         let (config, user) = self.account()?;
-        if spec.network == NetworkMode::Nat || !spec.volumes.is_empty() || !spec.publish.is_empty()
+        if spec.network == NetworkMode::Nat
+            || !spec.volumes.is_empty()
+            || !spec.mounts.is_empty()
+            || !spec.publish.is_empty()
         {
             return Err(Error::Invalid {
                 what: "request",
                 why: "a process sandbox has the host's network and files: it takes no `nat` \
-                      network, volumes or published ports"
+                      network, volumes, host directory mounts or published ports"
                     .into(),
             });
         }
@@ -285,6 +288,7 @@ impl Backend for ProcessBackend {
                 networks: vec![NetworkMode::Host],
                 limits: ["memory", "cpu", "pids"].map(String::from).to_vec(),
                 volumes: false,
+                host_mounts: false,
                 lacking: Default::default(),
             },
         }

@@ -291,6 +291,7 @@ impl RuncBackend {
                     target: v.target.clone(),
                 })
                 .collect(),
+            mounts: spec.mounts.clone(),
             read_only: read_only_sources(&bundle, template, &self.exe),
             bundle: bundle.clone(),
             lower: template.lower.clone(),
@@ -455,6 +456,7 @@ impl Backend for RuncBackend {
                 networks: vec![NetworkMode::None, NetworkMode::Nat],
                 limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
                 volumes: true,
+                host_mounts: true,
                 lacking,
             },
         }

@@ -201,12 +201,12 @@ impl FromRequestParts<AppState> for SandboxAccess {
 
 fn unix_caller(headers: &HeaderMap) -> Result<Caller, Error> {
     let Some(v) = headers.get(TENANT_HEADER) else {
-        return Ok(Caller::operator("default"));
+        return Ok(Caller::host_root("default"));
     };
     let tenant = v.to_str().ok().filter(|t| valid_tenant(t)).ok_or_else(|| {
         Error::invalid("X-Warren-Tenant: use 1-128 letters, digits and - _ . @ + (not . or ..)")
     })?;
-    Ok(Caller::operator(tenant))
+    Ok(Caller::host_root(tenant))
 }
 
 /// The rule the engine applies to tenant names when it makes keys.

@@ -567,6 +567,14 @@ fn openapi_error_responses_name_codes_of_their_status() {
     }
 }
 
+fn host_mount() -> warren_types::api::HostMount {
+    warren_types::api::HostMount {
+        source: "/srv".into(),
+        target: "/srv".into(),
+        read_only: true,
+    }
+}
+
 /// The documented schemas use the field names serde writes.
 #[test]
 fn openapi_schemas_match_serde() {
@@ -590,6 +598,8 @@ fn openapi_schemas_match_serde() {
         network: Default::default(),
         egress: Default::default(),
         publish: vec![],
+        // Present when it has some.
+        mounts: vec![host_mount()],
         isolation: Default::default(),
         labels: Default::default(),
         metadata: Default::default(),
@@ -618,8 +628,12 @@ fn openapi_schemas_match_serde() {
     );
     assert_eq!(
         props("CreateSandbox"),
-        keys(&warren_types::api::CreateSandbox::default())
+        keys(&warren_types::api::CreateSandbox {
+            mounts: vec![host_mount()],
+            ..Default::default()
+        })
     );
+    assert_eq!(props("HostMount"), keys(&host_mount()));
     assert_eq!(
         props("SetTimeout"),
         keys(&warren_types::api::SetTimeout::default())
@@ -798,4 +812,67 @@ async fn template_uploads_are_bounded_and_leave_no_file() {
     drop(held);
     assert!(uploads_left(&e).is_empty());
     assert!(e.mgr.begin_upload(&tenant, one).is_ok());
+}
+
+/// Host directory mounts are the unix socket's alone: over TCP even an operator's key is
+/// refused, before anything is recorded.
+#[tokio::test]
+async fn host_mounts_are_refused_over_tcp_whatever_the_key() {
+    let e = env().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = serde_json::json!({
+        "home_volume": false,
+        "mounts": [{"source": dir.path(), "target": "/data"}],
+    })
+    .to_string();
+    for operator in [false, true] {
+        let key = e.mgr.create_api_key("t1", operator).expect("key");
+        let r = req("POST", "/v1/sandboxes")
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.clone()))
+            .expect("request");
+        let (s, v) = send(e.tcp(), r).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::FORBIDDEN, "permission_denied"),
+            "operator {operator}: {v}"
+        );
+        assert!(
+            v["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("only on the daemon's unix socket"),
+            "{v}"
+        );
+    }
+    let everyone = Caller::operator("t1");
+    let listed = e.mgr.list(&everyone, &Default::default()).expect("list");
+    assert!(listed.is_empty(), "{listed:?}");
+    // On the unix socket the request is checked, not refused for where it came from.
+    for (source, target, why) in [
+        ("relative/dir", "/data", "absolute path"),
+        (
+            "/nonexistent/warren-mount-source",
+            "/data",
+            "does not exist",
+        ),
+        (
+            dir.path().to_str().expect("utf-8"),
+            "/proc/x",
+            "sandbox's own",
+        ),
+    ] {
+        let body = serde_json::json!({
+            "home_volume": false,
+            "mounts": [{"source": source, "target": target}],
+        });
+        let (s, v) = send(
+            e.unix(),
+            json_req("POST", "/v1/sandboxes", &body.to_string()),
+        )
+        .await;
+        assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"));
+        assert!(v["message"].as_str().unwrap_or("").contains(why), "{v}");
+    }
 }

@@ -4,6 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 pub use nix::mount::MsFlags;
@@ -396,6 +397,58 @@ pub fn bind_idmapped(
     m.set_attrs(attrs)
         .map_err(|e| io::Error::new(e.kind(), format!("protect {}: {e}", source.display())))?;
     m.attach(target)
+}
+
+/// `struct open_how` of <linux/openat2.h>.
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens the directory at the absolute `path` as an `O_PATH` descriptor, refusing any
+/// symlink on the way (openat2 with RESOLVE_NO_SYMLINKS): a path recorded once resolved
+/// keeps naming what it named, and a link planted on it since makes the open fail
+/// instead of leading elsewhere. Mount from the descriptor ([`clone_tree_at`] with an
+/// empty path) and nothing can be swapped in between the check and the mount.
+pub fn open_dir_no_symlinks(path: &Path) -> io::Result<OwnedFd> {
+    let c = path_cstr(path)?;
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: openat2 reads the NUL-terminated path and one `struct open_how` of the
+    // given size, both live for the call, and returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        // Left bare, for its errno: ELOOP is a symlink met on the way.
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat2 returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Opens the directory at `path` as an `O_PATH` descriptor, following symlinks, and
+/// tells where it is: the path the kernel knows the opened directory by, with no
+/// symlink left in it.
+pub fn resolve_dir(path: &Path) -> io::Result<(OwnedFd, PathBuf)> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)?;
+    let fd: OwnedFd = f.into();
+    let at = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))?;
+    Ok((fd, at))
 }
 
 /// Unmounts lazily.

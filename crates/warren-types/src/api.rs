@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::spec::HostMount;
 pub use crate::spec::Isolation;
 pub use crate::spec::Resources;
 use crate::spec::{NetworkMode, PortMap};
@@ -123,6 +124,11 @@ pub struct CreateSandbox {
     /// daemon's default otherwise); an existing volume keeps its size.
     #[serde(default)]
     pub home_size: Option<u64>,
+    /// Directories of the daemon's host to mount in (`docker run -v` style). Allowed only
+    /// on the daemon's unix socket (the host's root); refused on TCP, operator keys
+    /// included, with 403 `permission_denied`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<HostMount>,
     /// Issue a traffic token: connections to the sandbox's ports through the daemon
     /// (`PORT-ID.DOMAIN` hosts on the E2B surface) must then carry it. Without one, anyone
     /// who can reach that surface and knows the sandbox's id reaches its ports.
@@ -160,6 +166,9 @@ pub struct SandboxInfo {
     #[serde(default)]
     pub egress: crate::egress::Egress,
     pub publish: Vec<PortMap>,
+    /// The host directories mounted in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<HostMount>,
     #[serde(default)]
     pub isolation: Isolation,
     pub labels: BTreeMap<String, String>,
@@ -301,6 +310,9 @@ pub struct Capabilities {
     /// Volumes (the owner's home volume included) can be mounted.
     #[serde(default)]
     pub volumes: bool,
+    /// Host directories can be mounted (`mounts`, on the unix socket).
+    #[serde(default)]
+    pub host_mounts: bool,
     /// Why a capability this backend lacks is missing here, by its name above.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub lacking: std::collections::BTreeMap<String, String>,

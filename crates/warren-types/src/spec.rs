@@ -124,6 +124,62 @@ pub struct VolumeMount {
     pub size: Option<u64>,
 }
 
+/// A directory of the daemon's host mounted into a sandbox (`-v /host/dir:/path[:ro]`).
+/// Only the host's root, on the daemon's unix socket, may ask for one: its source is a
+/// path on the host. Host ids 0-65,535 show inside as themselves (the mount is idmapped
+/// onto the sandbox's ids), so root inside writes as the host's root there.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[serde(deny_unknown_fields)]
+pub struct HostMount {
+    /// An absolute path of an existing directory on the host. Recorded as the daemon
+    /// resolved it (symlinks followed once, at creation); a symlink found on that path
+    /// later fails the mount instead of being followed.
+    pub source: String,
+    /// Where it shows inside: an absolute path, not `/` and not under `/proc`, `/sys`,
+    /// `/dev` or Warren's own `/.warren`.
+    pub target: String,
+    /// Mounted read-only: writes fail, and a remount inside cannot make it writable.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// Paths inside a sandbox a host directory may not be mounted on, nor under: the kernel's
+/// and Warren's own (its agent's socket and binary are under `/.warren`).
+pub const RESERVED_TARGETS: [&str; 4] = ["/proc", "/sys", "/dev", "/.warren"];
+
+impl HostMount {
+    /// Why `target` cannot be where a host directory shows, if it cannot: it must be
+    /// absolute and normalized (no `.`, `..`, `//` or trailing `/`), not `/`, and not at
+    /// or under one of [`RESERVED_TARGETS`].
+    pub fn target_problem(target: &str) -> Option<String> {
+        let bad = |why: &str| Some(format!("mount target {target:?}: {why}"));
+        if !target.starts_with('/') {
+            return bad("use an absolute path");
+        }
+        if target == "/" {
+            return bad("the sandbox's root cannot be replaced");
+        }
+        if target.contains('\0') {
+            return bad("the path holds a NUL byte");
+        }
+        if target[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+        {
+            return bad("use a normalized path, without '.', '..', '//' or a trailing '/'");
+        }
+        if let Some(r) = RESERVED_TARGETS.iter().find(|r| path_within(target, r)) {
+            return bad(&format!("{r} is the sandbox's own; mount elsewhere"));
+        }
+        None
+    }
+}
+
+/// Whether the normalized absolute path `p` is `dir` or below it.
+pub fn path_within(p: &str, dir: &str) -> bool {
+    p == dir || (p.starts_with(dir) && p.as_bytes().get(dir.len()) == Some(&b'/'))
+}
+
 /// Everything a backend needs to build a sandbox.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -139,6 +195,9 @@ pub struct SandboxSpec {
     pub publish: Vec<PortMap>,
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// Host directories mounted in, after the volumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<HostMount>,
     /// The base environment of every process.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -167,6 +226,51 @@ pub fn env_problem(env: &BTreeMap<String, String>) -> Option<String> {
             None
         }
     })
+}
+
+#[cfg(test)]
+mod mount_tests {
+    use super::*;
+
+    #[test]
+    fn mount_targets_are_absolute_normalized_and_not_the_sandboxs_own() {
+        for ok in [
+            "/data",
+            "/home/user/project",
+            "/procfs",
+            "/devices",
+            "/srv/.warren",
+        ] {
+            assert_eq!(HostMount::target_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "data",
+            "/",
+            "/data/",
+            "//data",
+            "/a/../etc",
+            "/a/./b",
+            "/proc",
+            "/proc/sys",
+            "/sys/fs/cgroup",
+            "/dev",
+            "/dev/shm",
+            "/.warren",
+            "/.warren/run",
+            "/a\0b",
+        ] {
+            assert!(HostMount::target_problem(bad).is_some(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn within_means_at_or_below() {
+        assert!(path_within("/a", "/a"));
+        assert!(path_within("/a/b", "/a"));
+        assert!(!path_within("/ab", "/a"));
+        assert!(!path_within("/a", "/a/b"));
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
-//! Values of command-line options shared by several verbs: ports, `NAME=VALUE` pairs and
-//! users.
+//! Values of command-line options shared by several verbs: ports, `NAME=VALUE` pairs,
+//! users and host directory mounts.
 
 use warren_types::proto::User;
-use warren_types::spec::PortMap;
+use warren_types::spec::{HostMount, PortMap};
 
 /// `HOSTPORT:PORT`, both in 1-65535; `PORT` alone (or `0:PORT`) leaves the host port to
 /// the daemon, which gives the first free one of its range (`warren port` shows it).
@@ -54,9 +54,54 @@ pub fn parse_user(s: &str) -> Result<User, String> {
     })
 }
 
+/// A host directory to mount, as `docker run -v` writes it: `/HOST/DIR:/PATH`, then
+/// `:ro` for read-only (`:rw`, the default, may be written too).
+pub fn parse_host_mount(s: &str) -> Result<HostMount, String> {
+    let mut parts = s.split(':');
+    let (Some(source), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(format!(
+            "{s:?}: write /HOST/DIR:/PATH[:ro], e.g. /srv/data:/data:ro"
+        ));
+    };
+    if !source.starts_with('/') {
+        return Err(format!(
+            "{s:?}: a host directory is an absolute path (/HOST/DIR:/PATH[:ro])"
+        ));
+    }
+    let read_only = match parts.next() {
+        None | Some("rw") => false,
+        Some("ro") => true,
+        Some(o) => return Err(format!("{s:?}: the mode {o:?} is not ro or rw")),
+    };
+    if parts.next().is_some() {
+        return Err(format!(
+            "{s:?}: write /HOST/DIR:/PATH[:ro]; a path holds no ':'"
+        ));
+    }
+    Ok(HostMount {
+        source: source.into(),
+        target: target.into(),
+        read_only,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_mounts() {
+        let m = parse_host_mount("/srv/data:/data:ro").unwrap();
+        assert_eq!(
+            (m.source.as_str(), m.target.as_str(), m.read_only),
+            ("/srv/data", "/data", true)
+        );
+        assert!(!parse_host_mount("/srv:/srv").unwrap().read_only);
+        assert!(!parse_host_mount("/srv:/srv:rw").unwrap().read_only);
+        for bad in ["/srv", "srv:/srv", "/srv:/srv:rx", "/a:/b:ro:x", ""] {
+            assert!(parse_host_mount(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn publish() {

@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use clap::{Args, ValueEnum};
 use hyper::Method;
-use warren_types::api::{CreateSandbox, SandboxInfo, TimeoutAction};
+use warren_types::api::{CreateSandbox, HostMount, SandboxInfo, TimeoutAction};
 
 use super::flags::SandboxFlags;
 use crate::client::{block_on, out, Client, ClientArgs};
-use crate::parse::{parse_env, parse_pair};
+use crate::parse::{parse_env, parse_host_mount, parse_pair};
 use warren_types::size::{parse_duration, parse_size};
 
 /// Create a sandbox on the daemon and print its id.
@@ -62,6 +62,10 @@ pub struct CreateArgs {
     /// daemon's]. An existing volume keeps its size.
     #[arg(long, value_parser = parse_size, conflicts_with = "no_home")]
     home_size: Option<u64>,
+    /// Mount a directory of the daemon's host: /HOST/DIR:/PATH, or /HOST/DIR:/PATH:ro
+    /// read-only. Repeat for more. Only on the daemon's unix socket (the host's root).
+    #[arg(short = 'v', long = "volume", value_name = "/HOST/DIR:/PATH[:ro]", value_parser = parse_host_mount)]
+    mounts: Vec<HostMount>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -110,6 +114,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
         home_size: args.home_size,
         traffic_token: false,
         isolation: sandbox.isolation,
+        mounts: args.mounts,
     };
     let client = Client::new(&args.client)?;
     let info: SandboxInfo = block_on(client.call(Method::POST, "/v1/sandboxes", Some(&body)))??;

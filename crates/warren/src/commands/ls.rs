@@ -164,6 +164,7 @@ mod tests {
             resources: ResourceRequest::default(),
             network: NetworkMode::None,
             publish: vec![],
+            mounts: vec![],
             isolation: Default::default(),
             labels: Default::default(),
             metadata: Default::default(),

@@ -25,7 +25,7 @@ use warren_runtime::client::{ClientError, ProcessEvent};
 use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{trace, Instance, NamespaceBackend, Paths};
 use warren_types::proto::{Command, ErrorCode, ExecRequest, FrameKind, Request, WinSize, CHUNK};
-use warren_types::spec::{Isolation, SandboxSpec, VolumeMount};
+use warren_types::spec::{HostMount, Isolation, SandboxSpec, VolumeMount};
 
 use hyper::Method;
 use serde::Deserialize;
@@ -35,7 +35,7 @@ use warren_types::proto::User;
 use super::flags::{SandboxFlags, SandboxSettings};
 use super::logs::MAIN_TAG;
 use crate::client::{block_on, enc, out, sandbox_path, Client, ClientArgs, Error};
-use crate::parse::{parse_env, parse_pair, parse_user};
+use crate::parse::{parse_env, parse_host_mount, parse_pair, parse_user};
 use warren_types::size::{parse_duration, parse_size};
 
 /// Run a command in a new sandbox.
@@ -91,9 +91,15 @@ pub struct RunArgs {
     /// User to run as: a name, UID or UID:GID.
     #[arg(short, long)]
     user: Option<String>,
-    /// Mount the named persistent volume: NAME:/path or NAME:/path:SIZE.
-    #[arg(short, long = "volume", value_name = "NAME:/PATH[:SIZE]", value_parser = parse_volume)]
-    volume: Vec<VolumeMount>,
+    /// Mount a host directory (/HOST/DIR:/PATH[:ro]), or the named persistent volume
+    /// (NAME:/PATH[:SIZE], without -d). Repeat for more.
+    #[arg(
+        short,
+        long = "volume",
+        value_name = "/HOST/DIR:/PATH[:ro] | NAME:/PATH[:SIZE]",
+        value_parser = parse_volume
+    )]
+    volume: Vec<VolumeArg>,
     /// Hostname inside the sandbox.
     #[arg(long)]
     hostname: Option<String>,
@@ -126,7 +132,31 @@ fn command_line(
     }
 }
 
-fn parse_volume(s: &str) -> Result<VolumeMount, String> {
+/// What `-v` mounts: a host directory when its source is an absolute path, as with
+/// `docker run -v`, else a named volume.
+#[derive(Debug, Clone)]
+enum VolumeArg {
+    Host(HostMount),
+    Named(VolumeMount),
+}
+
+impl VolumeArg {
+    fn host(&self) -> Option<HostMount> {
+        match self {
+            VolumeArg::Host(m) => Some(m.clone()),
+            VolumeArg::Named(_) => None,
+        }
+    }
+}
+
+fn parse_volume(s: &str) -> Result<VolumeArg, String> {
+    if s.starts_with('/') {
+        return parse_host_mount(s).map(VolumeArg::Host);
+    }
+    parse_named_volume(s).map(VolumeArg::Named)
+}
+
+fn parse_named_volume(s: &str) -> Result<VolumeMount, String> {
     let mut parts = s.splitn(3, ':');
     let (Some(name), Some(target)) = (parts.next(), parts.next()) else {
         return Err(format!("{s:?}: write NAME:/path, e.g. data:/home/user"));
@@ -177,6 +207,18 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             .map(|m| m.cmd)
             .unwrap_or_default(),
     };
+    // Checked and resolved here as the daemon would: the CLI makes this sandbox itself.
+    let host: Vec<HostMount> = args.volume.iter().filter_map(VolumeArg::host).collect();
+    let named: Vec<&str> = args
+        .volume
+        .iter()
+        .filter_map(|v| match v {
+            VolumeArg::Named(v) => Some(v.target.as_str()),
+            VolumeArg::Host(_) => None,
+        })
+        .collect();
+    let own = [paths.data.as_path(), paths.run.as_path()];
+    let mounts = warren_runtime::mounts::resolve_all(&host, &named, &own)?;
     let spec = SandboxSpec {
         id: warren_runtime::new_id()?,
         template,
@@ -186,7 +228,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // Egress rules are the daemon's (its proxy enforces domain rules).
         egress: Default::default(),
         publish: sandbox.publish,
-        volumes: args.volume.clone(),
+        volumes: args
+            .volume
+            .iter()
+            .filter_map(|v| match v {
+                VolumeArg::Named(v) => Some(v.clone()),
+                VolumeArg::Host(_) => None,
+            })
+            .collect(),
+        mounts,
         env: BTreeMap::new(),
         isolation: sandbox.isolation.unwrap_or_default(),
     };
@@ -313,7 +363,11 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// `run -d`: the daemon makes the sandbox and starts the command in the background.
 fn detached(args: RunArgs, sandbox: SandboxSettings) -> anyhow::Result<ExitCode> {
     // What only a sandbox of the CLI's own has.
-    if let Some(v) = args.volume.first() {
+    let named = args.volume.iter().find_map(|v| match v {
+        VolumeArg::Named(v) => Some(v),
+        VolumeArg::Host(_) => None,
+    });
+    if let Some(v) = named {
         return Err(Error::Invalid(format!(
             "-v {}:{}: with -d the daemon mounts the owner's home volume at /home/user; \
              named volumes are for `warren run` without -d",
@@ -341,6 +395,7 @@ fn detached(args: RunArgs, sandbox: SandboxSettings) -> anyhow::Result<ExitCode>
         // As docker's -e: every process of the sandbox sees it, later execs too.
         env: args.env.iter().cloned().collect(),
         isolation: sandbox.isolation,
+        mounts: args.volume.iter().filter_map(VolumeArg::host).collect(),
         ..CreateSandbox::default()
     };
     let client = Client::new(&args.client)?;
