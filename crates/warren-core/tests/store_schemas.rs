@@ -152,6 +152,7 @@ fn expected_sandboxes(version: u32) -> Vec<Record> {
                 target: "/data".into(),
                 size: Some(1 << 30),
             }],
+            mounts: Vec::new(),
             env: BTreeMap::from([("LANG".into(), "C.UTF-8".into())]),
             isolation: Isolation::Namespace,
             egress: if version >= 8 {

@@ -477,7 +477,10 @@ fn the_backends_list_says_what_each_offers() {
         assert_eq!(caps["strong_isolation"], false, "{b}");
         assert_eq!(caps["memory_snapshots"], false, "{b}");
         assert_eq!(caps["pause"], true, "{b}");
-        assert_eq!(caps["limits"], serde_json::json!(["memory", "cpu", "pids"]));
+        assert_eq!(
+            caps["limits"],
+            serde_json::json!(["memory", "cpu", "pids", "disk"])
+        );
         assert!(
             caps["isolation"].as_str().unwrap().contains(name),
             "the runtime's version: {b}"
