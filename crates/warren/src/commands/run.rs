@@ -315,6 +315,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let outcome = run_command(sandbox.as_ref(), req, args.interactive, tty).await;
         trace::mark("cli: command ended");
         let oom = sandbox.usage().oom_kills > 0;
+        let task_cap = sandbox.fatal_task_limit_hits() > 0;
         let id = sandbox.id().to_string();
         let teardown = sandbox.destroy().await;
         trace::mark("cli: sandbox destroyed");
@@ -349,6 +350,31 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Err(ClientError::Agent { message, .. }) => {
                 eprintln!("warren: {message}");
                 126
+            }
+            // The whole sandbox stopped under the command (gVisor, whose kernel is one
+            // host process, past a limit): say which, as a killed process would.
+            Err(ClientError::Closed) if oom => {
+                let limit = memory
+                    .map(|m| format!(" (--memory {} MiB)", m >> 20))
+                    .unwrap_or_default();
+                eprintln!(
+                    "warren: the sandbox was stopped: out of memory{limit}; its kernel's \
+                     own memory counts too"
+                );
+                137
+            }
+            Err(ClientError::Closed) if task_cap => {
+                eprintln!(
+                    "warren: the sandbox was stopped: too many tasks (past its --pids limit)"
+                );
+                137
+            }
+            Err(ClientError::Closed) => {
+                eprintln!(
+                    "warren: the sandbox stopped under the command: its first process (Warren's \
+                     agent) ended, killed from inside or by the host"
+                );
+                137
             }
             Err(e) => return Err(e.into()),
         };
