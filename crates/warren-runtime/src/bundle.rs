@@ -196,6 +196,15 @@ pub(crate) fn bundle_config(
                            "source": read_only_point(bundle, i),
                            "options": ["rbind", "ro", "nosuid", "nodev"]}));
     }
+    if kind == BundleKind::Gvisor {
+        // runsc mounts a tmpfs of its own over /tmp unless the config mounts something
+        // there: /tmp stays the root's own directory, in the writable layer, as on the
+        // other backends (on the sandbox's disk, kept by a stop and in a snapshot).
+        // `warren __oci` makes sure it is a plain directory first (`ROOT_TMP`).
+        mounts.push(json!({"destination": "/tmp", "type": "bind",
+                           "source": bundle.join("root/tmp"),
+                           "options": ["bind", "rw", "nosuid", "nodev"]}));
+    }
     mounts.push(
         json!({"destination": AGENT_BIN, "type": "bind", "source": bundle.join("ro/agent"),
                        "options": ["bind", "ro", "nosuid", "nodev"]}),
@@ -411,6 +420,10 @@ pub(crate) struct OciLaunch {
     /// second path, which the bundle's config binds.
     #[serde(default)]
     pub(crate) read_only: Vec<(PathBuf, PathBuf)>,
+    /// Make `root/tmp` a plain directory (the config binds it at /tmp): a link there,
+    /// planted by a sandbox whose files a template kept, would be followed on the host.
+    #[serde(default)]
+    pub(crate) root_tmp: bool,
     /// Stay as the sandbox's keeper (see [`Keeper`]) rather than become the runtime.
     #[serde(default)]
     pub(crate) keeper: Option<Keeper>,
@@ -579,6 +592,11 @@ pub fn oci_main() -> ! {
     ) {
         oci_fail("mount the root overlay", &e);
     }
+    if launch.root_tmp {
+        if let Err(e) = plain_tmp(&launch.bundle.join("root/tmp")) {
+            oci_fail("make the root's /tmp", &e);
+        }
+    }
     for (src, at) in &launch.read_only {
         let made = if src.is_dir() {
             std::fs::create_dir_all(at)
@@ -728,6 +746,22 @@ pub(crate) const CGROUP2_ON_V1: &str = "/sys/fs/cgroup/unified";
 fn oci_fail(what: &str, e: &dyn std::fmt::Display) -> ! {
     eprintln!("warren __oci: {what}: {e}");
     std::process::exit(1)
+}
+
+/// Makes `tmp` (in the mounted root) a directory open to all (1777) unless it is one
+/// already: anything else there (a link, a file) is removed first. No process of the
+/// sandbox runs yet to swap it again.
+fn plain_tmp(tmp: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::symlink_metadata(tmp) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => std::fs::remove_file(tmp)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::create_dir(tmp)?;
+    // Made through the root's id mapping: the sandbox's root owns it.
+    std::fs::set_permissions(tmp, std::fs::Permissions::from_mode(0o1777))
 }
 
 /// The sandbox's run directory, which holds its bundle.

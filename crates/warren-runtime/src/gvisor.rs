@@ -266,30 +266,13 @@ impl GvisorBackend {
                     .into(),
             });
         }
-        for v in &spec.volumes {
-            if !v.target.starts_with('/') || v.target.split('/').any(|c| c == "..") {
-                return Err(Error::Invalid {
-                    what: "volume target",
-                    why: format!("{:?} must be an absolute path without ..", v.target),
-                });
-            }
-            if !crate::valid_name(&v.name) {
-                return Err(Error::Invalid {
-                    what: "volume name",
-                    why: format!("{:?}", v.name),
-                });
-            }
-        }
+        // The names, paths and limits every backend checks (volume names and targets, a
+        // CPU limit past the host's cores).
+        crate::namespace::validate(&spec)?;
         let nat = spec.network == NetworkMode::Nat;
         let runsc = runsc.on_nat(nat);
         if nat && from.is_some() {
             return Err(no_snapshots_on_nat());
-        }
-        if !crate::valid_name(&spec.id) {
-            return Err(Error::Invalid {
-                what: "sandbox id",
-                why: format!("{:?} is not a plain name", spec.id),
-            });
         }
         let template = template::resolve(&self.paths, &spec.template)?;
         template
@@ -424,6 +407,7 @@ impl GvisorBackend {
             disk,
             new_netns: sb.runsc.nat,
             keeper: None,
+            root_tmp: true,
             argv: std::iter::once(runsc.bin.display().to_string())
                 .chain(runsc.flags())
                 .chain(verb)
@@ -655,6 +639,7 @@ impl GvisorSandbox {
             disk: recorded_disk(&self.restore.paths.sandbox_data(&self.id)),
             new_netns: false,
             keeper: None,
+            root_tmp: true,
             argv: std::iter::once(self.runsc.bin.display().to_string())
                 .chain(self.runsc.flags())
                 .chain([

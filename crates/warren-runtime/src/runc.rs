@@ -307,6 +307,7 @@ impl RuncBackend {
                     container(&sb.id),
                 ])
                 .collect(),
+            root_tmp: false,
             keeper: Some(Keeper {
                 sandbox_run: run.clone(),
                 runtime_root: self.state_dir(),
