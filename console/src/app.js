@@ -711,7 +711,7 @@ async function readRecipe(file) {
   if (file.size > 1024 * 1024) throw new Error(`${file.name}: a recipe is at most 1 MiB`);
   const text = await file.text();
   if (text.includes('\0')) throw new Error(`${file.name} is not a text file`);
-  return text.replace(/\r\n?/g, '\n');
+  return text.replace(/\r\n/g, '\n');
 }
 
 async function templatesView() {
