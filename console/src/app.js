@@ -44,6 +44,23 @@ function parseSize(s) {
   return Math.round(parseFloat(m[1]) * mult);
 }
 
+/** `n` bytes as parseSize reads them back exactly: 512M rather than 536870912. */
+function sizeText(n) {
+  if (n === null || n === undefined) return '';
+  for (const [unit, mult] of [['T', 1024 ** 4], ['G', 1024 ** 3], ['M', 1024 ** 2], ['K', 1024]]) {
+    if (n >= mult && n % mult === 0) return `${n / mult}${unit}`;
+  }
+  return String(n);
+}
+
+/** A whole number of at least `min` from a form field, or undefined when it is empty. */
+function parseCount(s, what, min = 0) {
+  s = (s || '').trim();
+  if (!s) return undefined;
+  if (!/^\d+$/.test(s) || Number(s) < min) throw new Error(`${what}: use a whole number of at least ${min}`);
+  return Number(s);
+}
+
 function ago(iso) {
   if (!iso) return '—';
   const s = Math.max(0, Math.round((Date.now() - Date.parse(iso)) / 1000));
@@ -242,7 +259,6 @@ async function createForm(after) {
     isolation: h('select', { id: 'new-isolation' }, h('option', { value: '' }, 'default'),
       backends.filter((b) => b.available).map((b) => h('option', { value: b.name }, b.name))),
   };
-  const field = (label, el) => h('label', { for: el.id }, label, el);
   const form = h('form', { class: 'panel', 'aria-label': 'New sandbox' },
     h('h2', {}, 'New sandbox'),
     h('div', { class: 'row' },
@@ -678,6 +694,26 @@ async function usageTab(id, body) {
 
 // ---------- templates and pools ----------
 
+function field(label, el) { return h('label', { for: el.id }, label, el); }
+
+/** The backends a request may name here, as options after `first`. */
+function backendOptions(backends, first) {
+  return [first, ...backends.filter((b) => b.available).map((b) => h('option', { value: b.name }, b.name))];
+}
+
+/** A build's steps from the steps' text: one command a line; blank lines and `#` comments skipped. */
+function stepsOf(text) {
+  return text.split('\n').map((s) => s.trim()).filter((s) => s && !s.startsWith('#'));
+}
+
+/** The text of a recipe file: the steps as the form takes them, one command a line. */
+async function readRecipe(file) {
+  if (file.size > 1024 * 1024) throw new Error(`${file.name}: a recipe is at most 1 MiB`);
+  const text = await file.text();
+  if (text.includes('\0')) throw new Error(`${file.name} is not a text file`);
+  return text.replace(/\r\n/g, '\n');
+}
+
 async function templatesView() {
   const list = h('div', { id: 'template-list' });
   const log = h('pre', { class: 'log', id: 'build-log', hidden: true });
@@ -693,21 +729,33 @@ async function templatesView() {
         }, { class: 'danger', 'aria-label': `Remove ${t.name}` })]), { empty: 'No templates.' }));
     return templates;
   };
-  const templates = await draw();
+  const [templates, backends] = await Promise.all([draw(), api('GET', '/v1/backends').catch(() => [])]);
   const f = {
     name: h('input', { id: 'build-name', required: true, size: 14 }),
     from: h('select', { id: 'build-from' }, templates.map((t) => h('option', { value: t.name }, t.name))),
+    recipe: h('input', { type: 'file', id: 'build-recipe', accept: '.txt,.sh,.recipe,text/plain', 'aria-describedby': 'build-recipe-note' }),
     steps: h('textarea', { id: 'build-steps', rows: 5, placeholder: 'one shell command per line, run as root in order' }),
     start: h('input', { id: 'build-start', size: 24, placeholder: 'optional' }),
     network: h('input', { type: 'checkbox', id: 'build-network' }),
   };
+  const recipeNote = h('span', { id: 'build-recipe-note', class: 'muted note', 'aria-live': 'polite' },
+    'A text file of steps, one shell command a line (# comments and blank lines skipped): it replaces the steps below, which you may still edit.');
+  f.recipe.addEventListener('change', async () => {
+    const file = f.recipe.files[0];
+    if (!file) return;
+    try {
+      f.steps.value = await readRecipe(file);
+      const n = stepsOf(f.steps.value).length;
+      recipeNote.textContent = `${n} step${n === 1 ? '' : 's'} from ${file.name}, below; edit them or build.`;
+    } catch (e) { failed(e); }
+  });
   const form = h('form', { class: 'panel', 'aria-label': 'Build a template' },
     h('h2', {}, 'Build a template'),
     h('div', { class: 'row' },
-      h('label', { for: 'build-name' }, 'Name', f.name), h('label', { for: 'build-from' }, 'From', f.from),
-      h('label', { for: 'build-start' }, 'Start command', f.start),
+      field('Name', f.name), field('From', f.from), field('Start command', f.start),
       h('label', { class: 'check', for: 'build-network' }, f.network, 'Network for the steps')),
-    h('label', { for: 'build-steps' }, 'Steps', f.steps),
+    h('div', { class: 'row', style: 'margin:10px 0' }, field('Recipe file', f.recipe), recipeNote),
+    field('Steps', f.steps),
     h('div', { class: 'row', style: 'margin-top:8px' }, h('button', { type: 'submit', class: 'primary', id: 'build-go' }, 'Build')),
     progress, log);
   form.addEventListener('submit', async (ev) => {
@@ -718,7 +766,7 @@ async function templatesView() {
     log.textContent = '';
     const append = (s) => { log.textContent += s; log.scrollTop = log.scrollHeight; };
     try {
-      const req = { name: f.name.value, from: f.from.value, steps: f.steps.value.split('\n').map((s) => s.trim()).filter(Boolean), network: f.network.checked };
+      const req = { name: f.name.value, from: f.from.value, steps: stepsOf(f.steps.value), network: f.network.checked };
       if (f.start.value) req.start_cmd = f.start.value;
       const r = await api('POST', '/v1/templates/build', { json: req, raw: true });
       await eachLine(r, (ev2) => {
@@ -731,15 +779,22 @@ async function templatesView() {
       await draw();
     } catch (e) { failed(e); } finally { btn.disabled = false; }
   });
-  mount(h('h1', {}, 'Templates'), h('div', { style: 'margin-bottom:16px' }, list), form, importForm(draw));
+  mount(h('h1', {}, 'Templates'), h('div', { style: 'margin-bottom:16px' }, list), form, importForm(draw, backends));
 }
 
 /** Sends a `docker save` or OCI layout archive to the daemon, showing how much is sent. */
-function importForm(draw) {
+function importForm(draw, backends) {
   const f = {
     file: h('input', { type: 'file', id: 'import-file', required: true, accept: '.tar,.gz,.tgz,.zst,application/x-tar' }),
     name: h('input', { id: 'import-name', required: true, size: 14 }),
     start: h('input', { id: 'import-start', size: 24, placeholder: 'optional' }),
+    ready: h('input', { id: 'import-ready', size: 24, placeholder: 'optional', 'aria-describedby': 'import-help' }),
+    readyTimeout: h('input', { id: 'import-ready-timeout', size: 6, inputmode: 'numeric', placeholder: '60', 'aria-describedby': 'import-help' }),
+    isolation: h('select', { id: 'import-isolation', 'aria-describedby': 'import-help' },
+      backendOptions(backends, h('option', { value: '' }, 'the daemon\'s'))),
+    maxSize: h('input', { id: 'import-max-size', size: 8, placeholder: 'e.g. 2G', 'aria-describedby': 'import-help' }),
+    // The operator's alone to ask (the daemon refuses it from anyone else).
+    setuid: session.operator ? h('input', { type: 'checkbox', id: 'import-setuid' }) : null,
   };
   const progress = h('progress', { id: 'import-progress', hidden: true, max: 1, value: 0 });
   const percent = h('span', { id: 'import-percent', class: 'muted' });
@@ -747,9 +802,13 @@ function importForm(draw) {
   const form = h('form', { class: 'panel', 'aria-label': 'Import an image' },
     h('h2', {}, 'Import an image'),
     h('p', { class: 'muted' }, 'A docker save or OCI layout archive (.tar, or gzip or zstd of one). The template is your tenant\'s own.'),
-    h('div', { class: 'row' },
-      h('label', { for: 'import-file' }, 'Archive', f.file), h('label', { for: 'import-name' }, 'Name', f.name),
-      h('label', { for: 'import-start' }, 'Start command', f.start)),
+    h('div', { class: 'row' }, field('Archive', f.file), field('Name', f.name)),
+    h('div', { class: 'row', style: 'margin-top:8px' },
+      field('Start command', f.start), field('Ready command', f.ready), field('Ready timeout (s)', f.readyTimeout),
+      field('Isolation', f.isolation), field('Size limit', f.maxSize),
+      f.setuid && h('label', { class: 'check', for: 'import-setuid' }, f.setuid, 'Keep setuid programs (sudo) working')),
+    h('p', { class: 'muted note', id: 'import-help' },
+      'The start command runs in the background whenever a sandbox of the template starts; the ready command is polled until it exits 0, for at most the ready timeout, before the sandbox counts as running. Isolation is the backend its sandboxes get when a request names none. The size limit bounds the archive and what its layers unpack to (8G at most).'),
     h('div', { class: 'row', style: 'margin-top:8px' }, h('button', { type: 'submit', class: 'primary', id: 'import-go' }, 'Import'), progress, percent),
     result);
   form.addEventListener('submit', async (ev) => {
@@ -758,12 +817,19 @@ function importForm(draw) {
     if (!file) return;
     const btn = form.querySelector('button[type=submit]');
     btn.disabled = true;
-    progress.hidden = false; progress.max = 1; progress.value = 0;
-    percent.textContent = '0%';
     result.hidden = true; result.textContent = '';
-    const query = new URLSearchParams({ name: f.name.value });
-    if (f.start.value) query.set('start_cmd', f.start.value);
     try {
+      const query = new URLSearchParams({ name: f.name.value });
+      if (f.start.value) query.set('start_cmd', f.start.value);
+      if (f.ready.value) query.set('ready_cmd', f.ready.value);
+      const timeout = parseCount(f.readyTimeout.value, 'Ready timeout', 1);
+      if (timeout !== undefined) query.set('ready_timeout_secs', String(timeout));
+      if (f.isolation.value) query.set('isolation', f.isolation.value);
+      const max = parseSize(f.maxSize.value);
+      if (max !== undefined) query.set('max_bytes', String(max));
+      if (f.setuid?.checked) query.set('setuid', 'true');
+      progress.hidden = false; progress.max = 1; progress.value = 0;
+      percent.textContent = '0%';
       const r = await upload(`/v1/templates/upload?${query}`, file, (sent, total) => {
         progress.max = total || 1; progress.value = sent;
         percent.textContent = `${total ? Math.floor((100 * sent) / total) : 100}% (${bytes(sent)} of ${bytes(total)})`;
@@ -774,6 +840,9 @@ function importForm(draw) {
       say(`template ${r.template.name} imported`, 'ok');
       await draw();
     } catch (e) {
+      // What was sent is no measure of a refused import.
+      progress.hidden = true;
+      percent.textContent = '';
       result.hidden = false;
       result.textContent = `error: ${e.message}${e.code ? ` (${e.code})` : ''}`;
       failed(e);
@@ -803,17 +872,118 @@ function upload(path, file, onProgress) {
   });
 }
 
+function poolProfile(spec) {
+  const r = spec.resources || {};
+  return [
+    r.memory != null ? bytes(r.memory) : null,
+    r.cpu_millis != null ? `${r.cpu_millis / 1000} CPU` : null,
+    r.pids != null ? `${r.pids} processes` : null,
+    r.disk != null ? `${bytes(r.disk)} disk` : null,
+  ].filter(Boolean).join(' · ') || 'the daemon\'s defaults';
+}
+
 async function poolsView() {
+  if (!session.operator) {
+    mount(h('h1', {}, 'Warm pools'), h('p', { class: 'empty' }, 'Pools are the host operator\'s: sign in with an operator key to see and set them.'));
+    return;
+  }
+  const [templates, backends] = await Promise.all([
+    api('GET', '/v1/templates').catch(() => []),
+    api('GET', '/v1/backends').catch(() => []),
+  ]);
   const el = h('div', { id: 'pool-list' });
-  mount(h('h1', {}, 'Warm pools'), el,
-    h('p', { class: 'muted' }, 'Pools are set on the daemon\'s host (POST /v1/pools on its unix socket).'));
-  every(2000, async () => {
+  const f = {
+    template: h('select', { id: 'pool-template' }, templates.filter((t) => !t.private).map((t) => h('option', { value: t.name }, t.name))),
+    min: h('input', { id: 'pool-min', required: true, size: 5, inputmode: 'numeric', placeholder: 'e.g. 2' }),
+    max: h('input', { id: 'pool-max', size: 5, inputmode: 'numeric', placeholder: 'same' }),
+    isolation: h('select', { id: 'pool-isolation' }, backendOptions(backends.filter((b) => b.name !== 'namespace'), h('option', { value: 'namespace' }, 'namespace'))),
+    network: h('select', { id: 'pool-network' }, h('option', { value: 'none' }, 'none'), h('option', { value: 'nat' }, 'nat')),
+    memory: h('input', { id: 'pool-memory', placeholder: 'default', size: 8 }),
+    cpus: h('input', { id: 'pool-cpus', placeholder: 'default', size: 6, inputmode: 'decimal' }),
+    pids: h('input', { id: 'pool-pids', placeholder: 'default', size: 6, inputmode: 'numeric' }),
+    disk: h('input', { id: 'pool-disk', placeholder: 'default', size: 8 }),
+    ttl: h('input', { id: 'pool-ttl', placeholder: 'never', size: 7, inputmode: 'numeric' }),
+  };
+  const form = h('form', { class: 'panel', id: 'pool-form', 'aria-label': 'Set a pool' },
+    h('h2', {}, 'Set a pool'),
+    h('p', { class: 'muted note' }, 'A pool keeps sandboxes of one template and profile (backend, network, limits) made ahead: a create that asks for exactly that profile, with no home volume, environment or published ports, gets one at once. Setting a profile again changes its pool; "At most" empty means as many as kept ready.'),
+    h('div', { class: 'row' },
+      field('Template', f.template), field('Kept ready', f.min), field('At most', f.max),
+      field('Isolation', f.isolation), field('Network', f.network),
+      field('Memory', f.memory), field('CPUs', f.cpus), field('Processes', f.pids), field('Disk', f.disk),
+      field('Replace after (s)', f.ttl),
+      h('button', { type: 'submit', class: 'primary', id: 'pool-set' }, 'Set pool')));
+  const fill = (spec) => {
+    // A pool may name what this form does not offer (a backend not available now).
+    const choose = (select, value) => {
+      if (![...select.options].some((o) => o.value === value)) select.append(h('option', { value }, value));
+      select.value = value;
+    };
+    const r = spec.resources || {};
+    choose(f.template, spec.template);
+    choose(f.isolation, spec.isolation);
+    choose(f.network, spec.network);
+    f.min.value = String(spec.min);
+    f.max.value = String(spec.max);
+    f.memory.value = sizeText(r.memory);
+    f.cpus.value = r.cpu_millis != null ? String(r.cpu_millis / 1000) : '';
+    f.pids.value = r.pids != null ? String(r.pids) : '';
+    f.disk.value = sizeText(r.disk);
+    f.ttl.value = spec.ttl_secs != null ? String(spec.ttl_secs) : '';
+    f.min.focus();
+    f.min.select();
+  };
+  let shown = '';
+  const refresh = async () => {
     const pools = await api('GET', '/v1/pools');
-    el.replaceChildren(table([['Template'], ['Backend'], ['Network'], ['Fill'], ['Min', 'num'], ['Max', 'num'], ['Hits', 'num'], ['Misses', 'num']],
-      pools.map((p) => [p.spec.template, p.spec.isolation || 'namespace', p.spec.network,
+    const now = JSON.stringify(pools);
+    if (now === shown) return; // Unchanged: keep the rows, and the focus on them.
+    shown = now;
+    const focused = el.contains(document.activeElement) ? document.activeElement.id : null;
+    el.replaceChildren(table([['Template'], ['Backend'], ['Network'], ['Limits'], ['Fill'], ['Min', 'num'], ['Max', 'num'], ['Hits', 'num'], ['Misses', 'num'], ['']],
+      pools.map((p, i) => [p.spec.template, p.spec.isolation || 'namespace', p.spec.network, poolProfile(p.spec),
         h('div', { class: 'fill' }, h('progress', { max: Math.max(1, p.spec.min), value: p.ready, 'aria-label': `${p.ready} of ${p.spec.min} ready` }), `${p.ready}/${p.spec.min}`),
-        String(p.spec.min), String(p.spec.max), String(p.hits), String(p.misses)]), { empty: 'No pools.' }));
+        String(p.spec.min), String(p.spec.max), String(p.hits), String(p.misses),
+        h('div', { class: 'actions' },
+          act('Change', async () => fill(p.spec), { id: `pool-change-${i}`, 'aria-label': `Change the pool of ${p.spec.template} (${p.spec.isolation}, ${p.spec.network})` }),
+          act('Remove', async () => {
+            if (!confirm(`Remove the pool of ${p.spec.template}? Its ${p.ready} warm sandbox(es) end.`)) return;
+            await api('POST', '/v1/pools', { json: { ...p.spec, min: 0, max: 0 } });
+            say(`the pool of ${p.spec.template} is removed`, 'ok');
+            await refresh();
+          }, { class: 'danger', id: `pool-remove-${i}`, 'aria-label': `Remove the pool of ${p.spec.template} (${p.spec.isolation}, ${p.spec.network})` }))]),
+      { empty: 'No pools. Set one below.' }));
+    if (focused) document.getElementById(focused)?.focus();
+  };
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const btn = form.querySelector('button[type=submit]');
+    btn.disabled = true;
+    try {
+      const min = parseCount(f.min.value, 'Kept ready', 0);
+      if (min === undefined) throw new Error('Kept ready: say how many sandboxes to keep ready');
+      const spec = {
+        template: f.template.value,
+        isolation: f.isolation.value,
+        network: f.network.value,
+        min,
+        max: parseCount(f.max.value, 'At most', 0) ?? min,
+        resources: {},
+      };
+      if (f.memory.value) spec.resources.memory = parseSize(f.memory.value);
+      if (f.disk.value) spec.resources.disk = parseSize(f.disk.value);
+      if (f.cpus.value) spec.resources.cpu_millis = Math.round(parseFloat(f.cpus.value) * 1000);
+      if (f.pids.value) spec.resources.pids = parseCount(f.pids.value, 'Processes', 1);
+      const ttl = parseCount(f.ttl.value, 'Replace after', 1);
+      if (ttl !== undefined) spec.ttl_secs = ttl;
+      await api('POST', '/v1/pools', { json: spec });
+      say(spec.max === 0 ? `the pool of ${spec.template} is removed` : `the pool of ${spec.template} keeps ${spec.min} ready`, 'ok');
+      shown = '';
+      await refresh();
+    } catch (e) { failed(e); } finally { btn.disabled = false; }
   });
+  mount(h('h1', {}, 'Warm pools'), h('div', { style: 'margin-bottom:16px' }, el), form);
+  every(2000, refresh);
 }
 
 // ---------- a shared terminal (no sign-in: the link's token is the credential) ----------

@@ -384,14 +384,22 @@ test('a page on another port of the same host cannot use the session (a sandbox\
   }
 });
 
-test('templates: build one from a recipe with its log streaming, then remove it', async () => {
+test('templates: build one from a recipe file with its log streaming, then remove it', async () => {
   await page.goto(`${d.url}/console/#/templates`);
   await page.waitForSelector('#template-list');
   await page.fill('#build-name', 'console-built');
-  await page.fill('#build-steps', 'echo step-one-output\nmkdir -p /opt/built && echo yes > /opt/built/flag');
+  const recipe = '#!/bin/sh\r\n# made by the console test\r\necho step-one-output\r\n\r\nmkdir -p /opt/built && echo yes > /opt/built/flag\r\n';
+  await page.setInputFiles('#build-recipe', { name: 'recipe.txt', mimeType: 'text/plain', buffer: Buffer.from(recipe) });
+  await until('the steps from the file', async () => (await page.locator('#build-steps').inputValue()).includes('echo step-one-output'));
+  assert(!(await page.locator('#build-steps').inputValue()).includes('\r'), 'CRLF line ends are read as lines');
+  assert((await page.locator('#build-recipe-note').innerText()).includes('2 steps from recipe.txt'), await page.locator('#build-recipe-note').innerText());
+  await shot(page, '15-template-recipe');
   await page.click('#build-go');
   await until('the build log', async () => (await page.locator('#build-log').innerText()).includes('step-one-output'), 60000);
   await until('the build done', async () => (await page.locator('#build-log').innerText()).includes('done: template console-built'), 120000);
+  const built = await page.locator('#build-log').innerText();
+  assert(!built.includes('made by the console test') && !built.includes('#!/bin/sh'), `comments ran as steps: ${built}`);
+  assert(built.includes('$ mkdir -p /opt/built'), built);
   await until('the template listed', async () => (await page.locator('#template-list').innerText()).includes('console-built'));
   await shot(page, '11-templates');
   page.once('dialog', (dlg) => dlg.accept());
@@ -419,16 +427,36 @@ test('templates: import an archive from the browser, its progress shown, then li
   const archive = dockerSave(mkdtempSync(join(d.dir, 'archive-')));
   await page.goto(`${d.url}/console/#/templates`);
   await page.waitForSelector('#import-file');
+  assert(!(await page.locator('#import-setuid').count()), 'a tenant is offered setuid');
   await page.setInputFiles('#import-file', { name: 'image.tar', mimeType: 'application/x-tar', buffer: archive });
   await page.fill('#import-name', 'console-imported');
+  // A size limit below the archive's size: refused, nothing made.
+  await page.getByLabel('Size limit', { exact: true }).fill('1K');
+  await page.click('#import-go');
+  await until('the size refusal', async () => (await page.locator('#import-result').innerText()).includes('larger than 1 KiB'), 30000);
+  assert((await page.locator('#import-result').innerText()).includes('payload_too_large'), await page.locator('#import-result').innerText());
+  assert(await page.locator('#import-progress').isHidden(), 'a refused import still shows what was sent');
+  // The options, reached by their labels.
+  const backends = await page.locator('#import-isolation option').evaluateAll((os) => os.map((o) => o.value).filter(Boolean));
+  const isolation = backends.find((b) => b !== 'namespace') || 'namespace';
+  await page.getByLabel('Size limit', { exact: true }).fill('64M');
+  await page.fill('#import-start', 'sleep 1000');
+  await page.getByLabel('Ready command', { exact: true }).fill('test -e /etc/from-the-console');
+  await page.getByLabel('Ready timeout (s)', { exact: true }).fill('30');
+  await page.selectOption('#import-isolation', isolation);
+  assert((await page.locator('label[for="import-isolation"]').innerText()).startsWith('Isolation'), 'the isolation field is labelled');
+  await shot(page, '16-template-import-options');
   await page.click('#import-go');
   await until('the import done', async () => (await page.locator('#import-result').innerText()).includes('template console-imported'), 60000);
   assert((await page.locator('#import-percent').innerText()).includes('100%'), 'the progress reached 100%');
   assert(await page.locator('#import-progress').evaluate((p) => p.value === p.max), 'the progress bar is full');
   await until('the template listed', async () => (await page.locator('#template-list').innerText()).includes('console-imported'));
   await shot(page, '12-template-import');
+  const t = await d.api(d.alice, 'GET', '/v1/templates/console-imported');
+  assert(t.ready_cmd === 'test -e /etc/from-the-console' && t.ready_timeout_secs === 30 && t.start_cmd === 'sleep 1000' && t.isolation === isolation,
+    `the template's metadata: ${JSON.stringify(t)}`);
   const others = await d.api(d.bob, 'GET', '/v1/templates');
-  assert(!others.some((t) => t.name === 'console-imported'), 'another tenant does not see it');
+  assert(!others.some((x) => x.name === 'console-imported'), 'another tenant does not see it');
   // A second import of the same name is refused, and says why.
   await page.click('#import-go');
   await until('the refusal shown', async () => (await page.locator('#import-result').innerText()).startsWith('error:'));
@@ -437,22 +465,58 @@ test('templates: import an archive from the browser, its progress shown, then li
   await until('the template gone', async () => !(await page.locator('#template-list').innerText()).includes('console-imported'));
 });
 
-test('an operator sees the pools with their fill level', async () => {
-  d.unix('POST', '/v1/pools', { template: 'host', min: 1, max: 1 });
+test('an operator sets a pool from the console, sees it fill, changes and removes it', async () => {
   const opCtx = await browser.newContext({ viewport: { width: 1280, height: 800 } });
   try {
     const op = await opCtx.newPage();
+    op.setDefaultTimeout(20000);
     await signIn(op, d, d.operator);
     assert(await op.locator('#nav-pools').isVisible(), 'the pools link');
     await op.click('#nav-pools');
-    await until('the pool filled', async () => (await op.locator('#pool-list').innerText()).includes('1/1'), 30000);
+    await op.waitForSelector('#pool-form');
+    await op.selectOption('#pool-template', 'host');
+    await op.getByLabel('Kept ready', { exact: true }).fill('1');
+    await op.getByLabel('Memory', { exact: true }).fill('256M');
+    await op.click('#pool-set');
+    await until('the pool filled', async () => (await op.locator('#pool-list').innerText()).includes('1/1'), 60000);
+    let pools = await d.api(d.operator, 'GET', '/v1/pools');
+    assert(pools.length === 1 && pools[0].ready === 1 && pools[0].spec.max === 1 && pools[0].spec.resources.memory === 256 * 1024 * 1024, JSON.stringify(pools));
     await shot(op, '12-pools');
+    // Change fills the form with the pool's profile: setting it again changes that pool.
+    await op.click('#pool-change-0');
+    assert(await op.evaluate(() => document.activeElement?.id === 'pool-min'), 'Change moves the focus to the size');
+    assert((await op.locator('#pool-memory').inputValue()) === '256M', await op.locator('#pool-memory').inputValue());
+    await op.fill('#pool-max', '2');
+    await op.click('#pool-set');
+    await until('the new maximum', async () => (await d.api(d.operator, 'GET', '/v1/pools'))[0]?.spec.max === 2);
+    pools = await d.api(d.operator, 'GET', '/v1/pools');
+    assert(pools.length === 1, `a second pool was made: ${JSON.stringify(pools)}`);
+    await shot(op, '17-pools-changed');
+    op.once('dialog', (dlg) => dlg.accept());
+    await op.click('#pool-remove-0');
+    await until('the pool gone', async () => (await op.locator('#pool-list').innerText()).includes('No pools'));
+    assert(!(await d.api(d.operator, 'GET', '/v1/pools')).length, 'the pool is still set');
   } finally {
     await opCtx.close();
   }
+});
+
+test('a tenant sees no pool controls and may not set a pool', async () => {
+  await page.goto(`${d.url}/console/#/`);
+  await page.waitForSelector('#sandbox-list');
+  assert(await page.locator('#nav-pools').isHidden(), 'the pools link is shown to a tenant');
+  await page.goto(`${d.url}/console/#/pools`);
+  await until('the pools page', async () => (await page.locator('main').innerText()).includes('operator'));
+  assert(!(await page.locator('#pool-form, #pool-set, #pool-list').count()), 'a tenant is shown pool controls');
   const denied = await fetch(`${d.url}/v1/pools`, { headers: { Authorization: `Bearer ${d.alice}` } });
   assert(denied.status === 403, `a tenant's key read the pools: ${denied.status}`);
-  d.unix('POST', '/v1/pools', { template: 'host', min: 0, max: 0 });
+  const set = await page.evaluate(async () => {
+    const { csrf_token: csrf } = await (await fetch('/console/session')).json();
+    const r = await fetch('/v1/pools', { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-CSRF-Token': csrf }, body: JSON.stringify({ template: 'host', min: 1, max: 1 }) });
+    return r.status;
+  });
+  assert(set === 403, `a tenant's session set a pool: ${set}`);
+  assert(!(await d.api(d.operator, 'GET', '/v1/pools')).length, 'a pool was set');
 });
 
 test('the keyboard alone signs in and reaches a sandbox; the pages fit a phone', async () => {
@@ -487,6 +551,23 @@ test('the keyboard alone signs in and reaches a sandbox; the pages fit a phone',
     assert(await p.evaluate(() => !document.activeElement?.classList.contains('xterm-helper-textarea')), 'Ctrl+Shift+X leaves the terminal');
   } finally {
     await kb.close();
+  }
+});
+
+test('the template and pool forms fit a phone', async () => {
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  try {
+    const p = await phone.newPage();
+    await signIn(p, d, d.operator);
+    for (const [hash, ready, name] of [['#/templates', '#import-go', '18-phone-templates'], ['#/pools', '#pool-set', '19-phone-pools']]) {
+      await p.goto(`${d.url}/console/${hash}`);
+      await p.waitForSelector(ready);
+      await shot(p, name);
+      const overflow = await p.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+      assert(overflow <= 1, `${hash} is ${overflow}px wider than a phone`);
+    }
+  } finally {
+    await phone.close();
   }
 });
 

@@ -1,4 +1,11 @@
 //! Warm pools: sandboxes made ahead per profile, claimed by requests that fit exactly.
+//!
+//! Pools are the host's: their warm sandboxes take the node's memory and disk before any
+//! tenant asks for them, so only the operator (the unix socket, or an operator key) reads
+//! or sets them.
+//! An operator key already makes sandboxes without quota, so a pool gives it no more
+//! than it has; a pool names no host path, so no key is kept from it as one is from host
+//! directory mounts.
 
 use super::*;
 
@@ -92,8 +99,9 @@ impl Manager {
     }
 
     /// Adds a warm pool, or changes the pool of the same template and profile. A pool
-    /// with `max` 0 is removed, and its warm sandboxes with it.
-    pub async fn set_pool(&self, spec: PoolSpec) -> Result<PoolInfo> {
+    /// with `max` 0 is removed, and its warm sandboxes with it. The operator's alone.
+    pub async fn set_pool(&self, who: &Caller, spec: PoolSpec) -> Result<PoolInfo> {
+        operator_only(who)?;
         if spec.min > spec.max || spec.max > 1000 {
             return Err(CoreError::Invalid(
                 "a pool needs min <= max <= 1000 (max 0 removes the pool)".into(),
@@ -109,6 +117,15 @@ impl Manager {
         }
         let t = warren_runtime::template::resolve(&self.config.paths, &spec.template)
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        // A key names the templates its own creates may use: another tenant's are as
+        // unknown to it here as there, so a pool is no way to learn they exist. The
+        // host's root may name any.
+        if !who.host_root && !templates::usable_by(&t.meta, who) {
+            let name = warren_runtime::template::display_name(&spec.template).to_string();
+            return Err(CoreError::Invalid(
+                warren_runtime::Error::UnknownTemplate(name).to_string(),
+            ));
+        }
         if t.meta.memory.is_some() {
             // Its sandboxes are restored, already warm, not booted.
             return Err(CoreError::Invalid(format!(
@@ -199,6 +216,12 @@ impl Manager {
         }
     }
 
+    /// Every pool with its readiness and hit counts, for the operator.
+    pub fn pools_for(&self, who: &Caller) -> Result<Vec<PoolInfo>> {
+        operator_only(who)?;
+        Ok(self.pools())
+    }
+
     pub fn pools(&self) -> Vec<PoolInfo> {
         let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|e| e.into_inner()).clone();
         pools.iter().map(|p| self.pool_info(p)).collect()
@@ -261,4 +284,14 @@ impl Manager {
             }
         }
     }
+}
+
+fn operator_only(who: &Caller) -> Result<()> {
+    if !who.operator || who.only_sandbox.is_some() {
+        return Err(CoreError::Forbidden(
+            "pools are the host operator's: use an operator key (warren keys create --operator)"
+                .into(),
+        ));
+    }
+    Ok(())
 }

@@ -948,7 +948,7 @@ impl Drop for BuildGuard<'_> {
 /// Copies a sandbox's writable layer into a new layer and saves `meta` with it on top.
 /// Whether `who` may see and use template `meta`: a snapshot holds its sandbox's files,
 /// so it is its tenant's alone; every other template is the node's, shared.
-fn usable_by(meta: &TemplateMeta, who: &Caller) -> bool {
+pub(crate) fn usable_by(meta: &TemplateMeta, who: &Caller) -> bool {
     if meta.private {
         return template::in_scope_of(&meta.key, &who.tenant);
     }

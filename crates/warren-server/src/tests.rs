@@ -20,6 +20,7 @@ use crate::{router, Surface, ROUTES, UNIX_ONLY};
 
 struct Env {
     _dir: tempfile::TempDir,
+    paths: Paths,
     mgr: Arc<Manager>,
 }
 
@@ -29,10 +30,14 @@ async fn env() -> Env {
         run: dir.path().join("run"),
         data: dir.path().join("data"),
     };
-    let mgr = Manager::open(Config::new(paths, "/nonexistent".into()))
+    let mgr = Manager::open(Config::new(paths.clone(), "/nonexistent".into()))
         .await
         .expect("manager");
-    Env { _dir: dir, mgr }
+    Env {
+        _dir: dir,
+        paths,
+        mgr,
+    }
 }
 
 impl Env {
@@ -875,4 +880,108 @@ async fn host_mounts_are_refused_over_tcp_whatever_the_key() {
         assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"));
         assert!(v["message"].as_str().unwrap_or("").contains(why), "{v}");
     }
+}
+
+/// Pools are the operator's on either surface: an operator key sets, changes and removes
+/// them over TCP (as the web console does); a tenant's key may neither read nor set them.
+#[tokio::test]
+async fn pools_are_the_operators_on_either_surface() {
+    let e = env().await;
+    let with_key = |key: &str, method: &str, body: Option<&str>| {
+        let r = req(method, "/v1/pools").header(header::AUTHORIZATION, format!("Bearer {key}"));
+        match body {
+            Some(b) => r
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(b.to_string())),
+            None => r.body(Body::empty()),
+        }
+        .expect("request")
+    };
+    let tenant = e.mgr.create_api_key("t1", false).expect("key");
+    let operator = e.mgr.create_api_key("ops", true).expect("key");
+    // A warm sandbox is never made here (no helper binary): min 0 keeps the pool empty.
+    let pool = r#"{"template":"host","min":0,"max":2}"#;
+    for (method, body) in [("GET", None), ("POST", Some(pool))] {
+        let (s, v) = send(e.tcp(), with_key(&tenant, method, body)).await;
+        assert_eq!(
+            (s, code(&v)),
+            (StatusCode::FORBIDDEN, "permission_denied"),
+            "{method}: {v}"
+        );
+    }
+    assert!(e.mgr.pools().is_empty());
+    let (s, v) = send(e.tcp(), with_key(&operator, "POST", Some(pool))).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["spec"]["max"].as_u64(), v["ready"].as_u64()),
+        (Some(2), Some(0))
+    );
+    // The same profile again changes that pool rather than adding one.
+    let bigger = r#"{"template":"host","min":0,"max":3}"#;
+    let (s, _) = send(e.tcp(), with_key(&operator, "POST", Some(bigger))).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = send(e.tcp(), with_key(&operator, "GET", None)).await;
+    assert_eq!(s, StatusCode::OK);
+    let listed = v.as_array().expect("a list");
+    assert_eq!(listed.len(), 1, "{v}");
+    assert_eq!(listed[0]["spec"]["max"], 3);
+    // Checked as on the unix socket.
+    let (s, v) = send(
+        e.tcp(),
+        with_key(
+            &operator,
+            "POST",
+            Some(r#"{"template":"host","min":3,"max":1}"#),
+        ),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (StatusCode::BAD_REQUEST, "invalid_request"));
+    // Another tenant's own template is as unknown to an operator key as one that does
+    // not exist (a pool would tell otherwise); the host's root names it.
+    let scope = |tenant: &str| {
+        use sha2::Digest;
+        let hex = warren_types::random::to_hex(&sha2::Sha256::digest(tenant.as_bytes()));
+        format!("@{}", &hex[..16])
+    };
+    let theirs = format!("{}/secret", scope("alice"));
+    let dir = e.paths.template(&theirs);
+    std::fs::create_dir_all(&dir).expect("template dir");
+    let meta = serde_json::json!({
+        "name": "secret", "kind": "build", "source": "host", "layers": [],
+        "host_base": false, "created_at": 0, "tenant": "alice", "private": true,
+    });
+    std::fs::write(dir.join("template.json"), meta.to_string()).expect("template.json");
+    let answer = |template: &str| {
+        let body = serde_json::json!({"template": template, "min": 0, "max": 1}).to_string();
+        send(e.tcp(), with_key(&operator, "POST", Some(&body)))
+    };
+    let (s, known) = answer(&theirs).await;
+    assert_eq!(
+        (s, code(&known)),
+        (StatusCode::BAD_REQUEST, "invalid_request")
+    );
+    let (_, unknown) = answer(&format!("{}/nothing", scope("alice"))).await;
+    assert_eq!(
+        known["message"]
+            .as_str()
+            .map(|m| m.replace("secret", "nothing")),
+        unknown["message"].as_str().map(str::to_string),
+    );
+    assert_eq!(e.mgr.pools().len(), 1, "{:?}", e.mgr.pools());
+    let body = serde_json::json!({"template": theirs, "min": 0, "max": 1}).to_string();
+    let (s, v) = send(e.unix(), json_req("POST", "/v1/pools", &body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let body = serde_json::json!({"template": theirs, "min": 0, "max": 0}).to_string();
+    let (s, _) = send(e.unix(), json_req("POST", "/v1/pools", &body)).await;
+    assert_eq!(s, StatusCode::OK);
+    let gone = r#"{"template":"host","min":0,"max":0}"#;
+    let (s, _) = send(e.tcp(), with_key(&operator, "POST", Some(gone))).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(e.mgr.pools().is_empty());
+    // The unix socket is the operator, as before.
+    let (s, v) = send(e.unix(), json_req("POST", "/v1/pools", pool)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, _) = send(e.unix(), json_req("POST", "/v1/pools", gone)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(e.mgr.pools().is_empty());
 }

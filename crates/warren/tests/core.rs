@@ -286,15 +286,18 @@ async fn a_warm_pool_hands_out_ready_sandboxes() {
     }
     let env = Env::new("pool");
     let mgr = env.manager().await;
-    mgr.set_pool(PoolSpec {
-        template: "host".into(),
-        resources: Default::default(),
-        network: Default::default(),
-        isolation: Default::default(),
-        min: 2,
-        max: 3,
-        ttl_secs: None,
-    })
+    mgr.set_pool(
+        &Caller::host_root("default"),
+        PoolSpec {
+            template: "host".into(),
+            resources: Default::default(),
+            network: Default::default(),
+            isolation: Default::default(),
+            min: 2,
+            max: 3,
+            ttl_secs: None,
+        },
+    )
     .await
     .unwrap();
     wait_for("the pool to fill", 20, || mgr.pools()[0].ready == 2).await;

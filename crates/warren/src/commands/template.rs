@@ -202,6 +202,7 @@ fn code_interpreter(a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
             // Matplotlib's font cache, made now rather than on the first plot.
             "runuser -u user -- env HOME=/home/user python3 -c 'import matplotlib.pyplot'".into(),
         ],
+        file: None,
         env: Vec::new(),
         workdir: None,
         network: true,
@@ -229,6 +230,11 @@ struct BuildArgs {
     /// A shell command to run as root (repeat for several steps, run in order).
     #[arg(long = "run", value_name = "COMMAND")]
     steps: Vec<String>,
+    /// A recipe: a text file of steps, one shell command a line, blank lines and lines
+    /// starting with `#` skipped (the web console reads the same). Its steps run before
+    /// those of `--run`.
+    #[arg(long, value_name = "FILE")]
+    file: Option<std::path::PathBuf>,
     /// An environment variable of the steps and of the template (NAME=VALUE).
     #[arg(short, long = "env", value_name = "NAME=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
@@ -560,9 +566,25 @@ fn spinner(msg: &str) -> ProgressBar {
     pb
 }
 
-fn build(a: BuildArgs) -> anyhow::Result<ExitCode> {
+/// The steps of a recipe: one command a line, blank lines and `#` comments skipped.
+fn recipe_steps(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+fn build(mut a: BuildArgs) -> anyhow::Result<ExitCode> {
+    if let Some(file) = &a.file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| anyhow::anyhow!("cannot read the recipe {}: {e}", file.display()))?;
+        let mut steps = recipe_steps(&text);
+        steps.append(&mut a.steps);
+        a.steps = steps;
+    }
     if a.steps.is_empty() {
-        anyhow::bail!("give at least one step with --run 'COMMAND'");
+        anyhow::bail!("give at least one step with --run 'COMMAND' or --file RECIPE");
     }
     let client = Client::new(&a.client)?;
     let count = a.steps.len() as u64;
@@ -693,12 +715,22 @@ fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
 
 #[cfg(test)]
 mod tests {
-    use super::human;
+    use super::{human, recipe_steps};
 
     #[test]
     fn sizes_read_as_people_write_them() {
         assert_eq!(human(512), "512B");
         assert_eq!(human(1536), "1.5K");
         assert_eq!(human(100 << 20), "100.0M");
+    }
+
+    #[test]
+    fn a_recipe_is_one_step_a_line() {
+        let text =
+            "#!/bin/sh\r\n# the tools\r\napt-get install -y git\r\n\n  echo '#' > /x  \nmake\n";
+        assert_eq!(
+            recipe_steps(text),
+            ["apt-get install -y git", "echo '#' > /x", "make"]
+        );
     }
 }
