@@ -602,14 +602,7 @@ impl Manager {
             .with_live(&r.id, |l| l.sandbox.monitor_pid())
             .ok()
             .flatten();
-        let src = match (r.spec.resources.disk.is_some(), helper) {
-            (false, _) => UpperSource::Dir(paths.sandbox_data(&r.id).join("upper")),
-            (true, Some(pid)) => UpperSource::InNamespace {
-                pid,
-                dir: paths.sandbox_run(&r.id).join("disk/upper"),
-            },
-            (true, None) => UpperSource::Image(paths.sandbox_data(&r.id).join("disk.img")),
-        };
+        let src = template::upper_source(&paths, &r.id, helper);
         let meta = snapshot_meta(&r, &base.meta, name, kind);
         let made = blocking({
             let paths = paths.clone();
@@ -755,7 +748,6 @@ impl Manager {
             warren_runtime::new_id().map_err(CoreError::from)?
         );
         let resources = self.config.policy.with_defaults(&Default::default());
-        let bounded_disk = resources.disk.is_some();
         let spec = SandboxSpec {
             resources,
             id: id.clone(),
@@ -823,11 +815,7 @@ impl Manager {
                     key: String::new(),
                 };
                 // The build sandbox is gone: its layer is read where it was kept.
-                let src = if bounded_disk {
-                    UpperSource::Image(paths.sandbox_data(&id).join("disk.img"))
-                } else {
-                    UpperSource::Dir(paths.sandbox_data(&id).join("upper"))
-                };
+                let src = template::upper_source(&paths, &id, None);
                 let p = paths.clone();
                 let log = log_path.clone();
                 blocking(move || {

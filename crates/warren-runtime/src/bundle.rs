@@ -829,7 +829,7 @@ fn mount_disk(data: &Path, size: u64, run: &Path) -> crate::helper::Setup<PathBu
     }
     let seed = data.join("upper");
     if new && std::fs::read_dir(&seed).is_ok_and(|mut d| d.next().is_some()) {
-        copy_tree(&seed, &at.join("upper"))?;
+        copy_layer(&seed, &at.join("upper"))?;
         let _ = crate::tree::remove(&seed);
         let _ = std::fs::create_dir(&seed);
     }
@@ -846,27 +846,36 @@ fn mount_disk(data: &Path, size: u64, run: &Path) -> crate::helper::Setup<PathBu
     Ok(at)
 }
 
-/// `cp -a from/. to`, told apart when the disk is full.
-fn copy_tree(from: &Path, to: &Path) -> crate::helper::Setup<()> {
+/// Copies a writable layer (or a checkpoint image) `from` into `to`, keeping owners,
+/// modes, links, holes and xattrs; a copy that met a full disk is told apart.
+pub(crate) fn copy_layer(from: &Path, to: &Path) -> Result<()> {
     let out = std::process::Command::new("cp")
-        .args(["-a", "--sparse=always", "-T"])
+        .args(["-a", "--reflink=auto", "--sparse=always", "-T"])
         .arg(from)
         .arg(to)
         .env("LC_ALL", "C")
         .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .output()
-        .map_err(|e| format!("run cp: {e}"))?;
+        .map_err(crate::io_err("run cp"))?;
     if out.status.success() {
         return Ok(());
     }
     let why = String::from_utf8_lossy(&out.stderr);
+    let e = Error::Setup(format!(
+        "copy the writable layer: {}",
+        why.lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect::<String>()
+    ));
     Err(if crate::tool_says_disk_full(&why) {
-        crate::helper::SetupError::no_space(format!(
-            "the sandbox's files do not fit its disk: {}",
-            why.lines().next().unwrap_or("")
-        ))
+        Error::disk_full(e)
     } else {
-        format!("copy the files into the disk: {}", why.trim()).into()
+        e
     })
 }
 

@@ -48,9 +48,9 @@ use warren_types::spec::{NetworkMode, SandboxSpec};
 
 use crate::backend::{BoxFuture, PortDialer};
 use crate::bundle::{
-    bundle_config, container, prepare_dirs, read_only_sources, recorded_disk, recorded_mounts,
-    recorded_volumes, remove_runtime_cgroups, run_oci, which, BundleKind, OciCli, OciLaunch,
-    OciVolume,
+    bundle_config, container, copy_layer, prepare_dirs, read_only_sources, recorded_disk,
+    recorded_mounts, recorded_volumes, remove_runtime_cgroups, run_oci, which, BundleKind, OciCli,
+    OciLaunch, OciVolume,
 };
 use crate::ids::FIRST_SLOT_BASE;
 use crate::namespace::CreateOptions;
@@ -499,7 +499,6 @@ fn no_snapshots_on_nat() -> Error {
     }
 }
 
-/// Copies a writable layer (owners, modes, links, holes) for a sandbox of its own.
 /// Copies the files a sandbox starts from into `to`: `files` is a template's saved
 /// files (an `upper` directory) or a running sandbox's data directory (a fork), whose
 /// layer may be in its disk image, mounted only in the namespace of its mounts' holder.
@@ -507,41 +506,10 @@ fn copy_start_files(paths: &Paths, files: &Path, to: &Path) -> Result<()> {
     if recorded_disk(files).is_none() {
         return copy_layer(&files.join("upper"), to);
     }
-    let run = paths.sandbox_run(&files.file_name().unwrap_or_default().to_string_lossy());
-    let src = match crate::bundle::mounts_holder(&run).filter(|_| !image_done(&run)) {
-        Some(pid) => template::UpperSource::InNamespace {
-            pid,
-            dir: run.join(crate::bundle::DISK_MOUNT).join("upper"),
-        },
-        None => template::UpperSource::Image(files.join("disk.img")),
-    };
-    template::copy_upper(&src, to)
-}
-
-fn copy_layer(from: &Path, to: &Path) -> Result<()> {
-    let out = std::process::Command::new("cp")
-        .args(["-a", "--reflink=auto", "--sparse=always", "-T"])
-        .arg(from)
-        .arg(to)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(crate::io_err("run cp"))?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        return Err(Error::Setup(format!(
-            "copy the writable layer: {}",
-            err.lines()
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(300)
-                .collect::<String>()
-        )));
-    }
-    Ok(())
+    let id = files.file_name().unwrap_or_default().to_string_lossy();
+    let run = paths.sandbox_run(&id);
+    let holder = crate::bundle::mounts_holder(&run).filter(|_| !image_done(&run));
+    template::copy_upper(&template::upper_source(paths, &id, holder), to)
 }
 
 /// The checkpoint image of a sandbox paused to disk; complete once `done` is written.

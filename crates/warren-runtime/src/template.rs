@@ -703,6 +703,25 @@ pub enum UpperSource {
     InNamespace { pid: i32, dir: PathBuf },
 }
 
+/// Where sandbox `id`'s writable layer is read from: its directory; or, with a bounded
+/// disk, inside the mount namespace of `holder` (the live process that mounts that disk:
+/// a namespace sandbox's helper, an OCI sandbox's mounts holder), or from the image
+/// itself when nothing mounts it.
+pub fn upper_source(paths: &Paths, id: &str, holder: Option<i32>) -> UpperSource {
+    let data = paths.sandbox_data(id);
+    let image = data.join("disk.img");
+    if !image.exists() {
+        return UpperSource::Dir(data.join("upper"));
+    }
+    match holder {
+        Some(pid) => UpperSource::InNamespace {
+            pid,
+            dir: paths.sandbox_run(id).join("disk/upper"),
+        },
+        None => UpperSource::Image(image),
+    }
+}
+
 /// Copies a sandbox's writable layer into directory `dst` (see [`snapshot_layer`]).
 pub(crate) fn copy_upper(src: &UpperSource, dst: &Path) -> Result<()> {
     let mnt = dst.with_extension("mnt");

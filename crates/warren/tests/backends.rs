@@ -1351,3 +1351,40 @@ fn an_oci_sandboxs_disk_holds_through_stop_snapshot_and_saved_memory() {
     }
     d.finish();
 }
+
+#[test]
+fn a_link_planted_at_tmp_on_gvisor_is_not_followed_on_the_host() {
+    let Some((_t, _spaces, d)) =
+        gvisor_test("a_link_planted_at_tmp_on_gvisor_is_not_followed_on_the_host")
+    else {
+        return;
+    };
+    // /tmp is the root's own directory bound by runsc: a sandbox tries to swap it for a
+    // link to /, then its files live on in a stop/start and in a template.
+    let id = d.create(&["--isolation", "gvisor"]);
+    d.exec(
+        &id,
+        "rm -rf /tmp 2>/dev/null; mv /tmp /tmp.old 2>/dev/null; ln -s / /tmp 2>/dev/null; \
+         mkdir -p /x && ln -s / /x/tmp; true",
+    );
+    d.ok(&["stop", &id]);
+    d.ok(&["start", &id]);
+    d.ok(&["snapshot", &id, "--name", "tmp-link"]);
+    let copy = d.create(&["--template", "tmp-link", "--isolation", "gvisor"]);
+    let marker = format!("/root/warren-tmp-probe-{}", std::process::id());
+    for sb in [&id, &copy] {
+        let (_, out) = d.exec(
+            sb,
+            &format!(
+                "test -d /tmp -a ! -L /tmp && echo plain; ls /tmp | grep -c -e work -e etc; \
+                 touch /tmp/probe && echo wrote; test -e {marker} && echo host-root"
+            ),
+        );
+        assert_eq!(out, "plain\n0\nwrote\n", "{sb}: {out}");
+    }
+    assert!(!Path::new(&marker).exists());
+    d.ok(&["rm", &id]);
+    d.ok(&["rm", &copy]);
+    d.ok(&["template", "rm", "tmp-link"]);
+    d.finish();
+}
