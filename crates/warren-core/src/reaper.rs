@@ -44,8 +44,14 @@ impl Manager {
     /// that holds it), on a thread of its own and one walk at a time: requests read the
     /// last figures, never walk a tree themselves.
     pub(crate) fn measure_disks(&self, only_new: bool) {
+        // A sandbox still being made has no files yet: measured then, it would keep a
+        // figure of nothing until the next full walk. It is measured once it is made.
         let ids: Vec<String> = match self.store().list_live(None) {
-            Ok(rs) => rs.into_iter().map(|r| r.id).collect(),
+            Ok(rs) => rs
+                .into_iter()
+                .filter(|r| r.state != SandboxState::Creating)
+                .map(|r| r.id)
+                .collect(),
             Err(_) => return,
         };
         let known = |id: &str| {
