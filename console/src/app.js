@@ -649,14 +649,35 @@ async function eventsTab(id, body) {
   });
 }
 
+/** Opens `port` of sandbox `id` in a new tab, through the daemon (a one-time port link). */
+async function openPort(id, port) {
+  const link = await api('POST', `/v1/sandboxes/${enc(id)}/ports/${port}/link`);
+  if (!link.url) {
+    throw new Error(`Open the console by a host name (for example http://localhost:${location.port || 80}/ on this host) to open a port: ${location.hostname} has no names under it.`);
+  }
+  window.open(link.url, '_blank', 'noopener,noreferrer');
+}
+
 async function portsTab(id, body, info) {
   const s = info();
   const rows = (s.publish || []).map((p) => {
     const url = `http://${location.hostname}:${p.host}/`;
-    return [String(p.sandbox), String(p.host), h('a', { href: url, target: '_blank', rel: 'noopener noreferrer' }, url)];
+    return [String(p.sandbox), String(p.host), h('a', { href: url, target: '_blank', rel: 'noopener noreferrer' }, url),
+      act('Open through Warren', () => openPort(id, p.sandbox), { 'aria-label': `Open port ${p.sandbox} through Warren` })];
+  });
+  const port = h('input', { id: 'open-port', size: 6, inputmode: 'numeric', required: true, placeholder: '8888', 'aria-describedby': 'open-port-help' });
+  const form = h('form', { class: 'panel', 'aria-label': 'Open a port in the browser', id: 'open-port-form' },
+    h('h2', {}, 'Open a port in the browser'),
+    h('div', { class: 'row' }, field('Sandbox port', port), h('button', { type: 'submit', class: 'primary', id: 'open-port-go' }, 'Open')),
+    h('p', { class: 'muted note', id: 'open-port-help' },
+      `A web server inside the sandbox (JupyterLab on 8888, an editor, a preview) opens in a new tab on a host of its own, PORT-${s.id}.${location.hostname === '127.0.0.1' || location.hostname === '[::1]' ? 'localhost' : location.hostname}, through this daemon. The link is good once, for a minute; the tab keeps its access for 12 hours. Nobody without such a link (or the sandbox's traffic token) gets in there.`));
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    try { await openPort(id, parseCount(port.value, 'Sandbox port', 1)); } catch (e) { failed(e); }
   });
   body.replaceChildren(
-    table([['Sandbox port', 'num'], ['Host port', 'num'], ['URL']], rows, { empty: 'No published ports. Publish one when creating the sandbox (warren create -p HOST:PORT), or reach any port through the E2B surface (PORT-ID.DOMAIN).' }),
+    form,
+    table([['Sandbox port', 'num'], ['Host port', 'num'], ['URL'], ['']], rows, { empty: 'No published ports. Publish one when creating the sandbox (warren create -p HOST:PORT).' }),
     h('p', { class: 'muted' }, 'Published ports listen on the daemon\'s host loopback; the URL works from a browser on that host or through a tunnel to it.'));
 }
 
@@ -736,6 +757,10 @@ async function templatesView() {
     recipe: h('input', { type: 'file', id: 'build-recipe', accept: '.txt,.sh,.recipe,text/plain', 'aria-describedby': 'build-recipe-note' }),
     steps: h('textarea', { id: 'build-steps', rows: 5, placeholder: 'one shell command per line, run as root in order' }),
     start: h('input', { id: 'build-start', size: 24, placeholder: 'optional' }),
+    ready: h('input', { id: 'build-ready', size: 24, placeholder: 'optional', 'aria-describedby': 'build-help' }),
+    readyTimeout: h('input', { id: 'build-ready-timeout', size: 6, inputmode: 'numeric', placeholder: '60', 'aria-describedby': 'build-help' }),
+    isolation: h('select', { id: 'build-isolation', 'aria-describedby': 'build-help' },
+      backendOptions(backends, h('option', { value: '' }, 'the daemon\'s'))),
     network: h('input', { type: 'checkbox', id: 'build-network' }),
   };
   const recipeNote = h('span', { id: 'build-recipe-note', class: 'muted note', 'aria-live': 'polite' },
@@ -752,8 +777,13 @@ async function templatesView() {
   const form = h('form', { class: 'panel', 'aria-label': 'Build a template' },
     h('h2', {}, 'Build a template'),
     h('div', { class: 'row' },
-      field('Name', f.name), field('From', f.from), field('Start command', f.start),
+      field('Name', f.name), field('From', f.from),
       h('label', { class: 'check', for: 'build-network' }, f.network, 'Network for the steps')),
+    h('div', { class: 'row', style: 'margin-top:8px' },
+      field('Start command', f.start), field('Ready command', f.ready), field('Ready timeout (s)', f.readyTimeout),
+      field('Isolation', f.isolation)),
+    h('p', { class: 'muted note', id: 'build-help' },
+      'The start command runs in the background whenever a sandbox of the template starts; the ready command is run until it succeeds (within the timeout) before the sandbox counts as running. Isolation is the backend its sandboxes get when a request names none.'),
     h('div', { class: 'row', style: 'margin:10px 0' }, field('Recipe file', f.recipe), recipeNote),
     field('Steps', f.steps),
     h('div', { class: 'row', style: 'margin-top:8px' }, h('button', { type: 'submit', class: 'primary', id: 'build-go' }, 'Build')),
@@ -768,6 +798,10 @@ async function templatesView() {
     try {
       const req = { name: f.name.value, from: f.from.value, steps: stepsOf(f.steps.value), network: f.network.checked };
       if (f.start.value) req.start_cmd = f.start.value;
+      if (f.ready.value) req.ready_cmd = f.ready.value;
+      const timeout = parseCount(f.readyTimeout.value, 'Ready timeout', 1);
+      if (timeout !== undefined) req.ready_timeout_secs = timeout;
+      if (f.isolation.value) req.isolation = f.isolation.value;
       const r = await api('POST', '/v1/templates/build', { json: req, raw: true });
       await eachLine(r, (ev2) => {
         if (ev2.type === 'step') { progress.max = ev2.count + 1; progress.value = ev2.index; append(`\n$ ${ev2.command}\n`); }

@@ -3,7 +3,7 @@
 // Screenshots of each page go to $WARREN_CONSOLE_SHOTS (default target/console-shots).
 // Prints one line per test and a summary line `N passed, M failed`.
 import { chromium } from 'playwright-core';
-import { spawn, execFileSync } from 'node:child_process';
+import { spawn, execFile, execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer, request } from 'node:http';
 import { createHash } from 'node:crypto';
@@ -56,6 +56,11 @@ class Daemon {
 
   cli(...args) { return execFileSync(WARREN, args, { env: this.env, encoding: 'utf8' }); }
 
+  /** A long CLI call, the event loop running meanwhile (kept-alive connections stay sound). */
+  cliLong(...args) {
+    return new Promise((res, rej) => execFile(WARREN, args, { env: this.env, encoding: 'utf8', maxBuffer: 1 << 26 }, (e, out, err) => (e ? rej(new Error(`warren ${args.join(' ')}: ${err || e.message}`)) : res(out))));
+  }
+
   async api(key, method, path, body) {
     const r = await fetch(this.url + path, {
       method,
@@ -65,6 +70,29 @@ class Daemon {
     const text = await r.text();
     if (!r.ok) throw new Error(`${method} ${path}: ${r.status} ${text}`);
     return text ? JSON.parse(text) : null;
+  }
+
+  /** Starts `shell` in the background in sandbox `id`; its pid. */
+  async background(key, id, shell) {
+    const ac = new AbortController();
+    const r = await fetch(`${this.url}/v1/sandboxes/${id}/exec?stream=true`, {
+      method: 'POST',
+      headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ command: { shell }, background: true }),
+      signal: ac.signal,
+    });
+    if (!r.ok) throw new Error(`exec: ${r.status} ${await r.text()}`);
+    const reader = r.body.getReader();
+    let text = '';
+    while (!text.includes('\n')) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += new TextDecoder().decode(value);
+    }
+    ac.abort();
+    const started = JSON.parse(text.split('\n')[0]);
+    if (started.type !== 'started') throw new Error(`exec: ${text}`);
+    return started.pid;
   }
 
   /** A request on the unix socket (the host's root). */
@@ -288,6 +316,88 @@ test('processes, events, ports and usage pages show the sandbox', async () => {
   await shot(page, '08-usage');
 });
 
+/** The page a port link opened, once it has loaded. */
+async function openedPort(click) {
+  const [popup] = await Promise.all([ctx.waitForEvent('page'), click()]);
+  await popup.waitForLoadState();
+  return popup;
+}
+
+test('a port opens in the browser through a one-time link, on a host of its own, and nowhere else', async () => {
+  // A web server inside the sandbox, on its loopback.
+  const pid = await d.background(d.alice, sandboxId,
+    'mkdir -p /tmp/site && echo served-from-inside > /tmp/site/index.html && cd /tmp/site && exec python3 -m http.server 8765 --bind 127.0.0.1 >/dev/null 2>&1');
+  await page.click('a[href$="/ports"]');
+  await page.fill('#open-port', '8765');
+  const popup = await until('the server inside answering', async () => {
+    const p = await openedPort(() => page.click('#open-port-go'));
+    if ((await p.content()).includes('served-from-inside')) return p;
+    await p.close();
+    return null;
+  }, 30000);
+  const url = new URL(popup.url());
+  assert(url.hostname === `8765-${sandboxId}.localhost`, `opened ${popup.url()}`);
+  assert(!url.search.includes('warren_port_link'), `the code stays in the address: ${popup.url()}`);
+  const cookies = await ctx.cookies(popup.url());
+  const grant = cookies.find((c) => c.name === '__warren_port');
+  assert(grant && grant.httpOnly && !grant.domain.startsWith('.'), `the grant's cookie: ${JSON.stringify(cookies)}`);
+  assert(!(await popup.evaluate(() => document.cookie)).includes('__warren_port'), 'the page reads the grant');
+  await popup.reload();
+  assert((await popup.content()).includes('served-from-inside'), 'a reload keeps the access');
+  await shot(popup, '20-port-opened');
+  await popup.close();
+  // Without the grant: the sandbox's id, or an API key, opens nothing; a code is good once.
+  const host = `8765-${sandboxId}.localhost:${d.port}`;
+  const at = (path, headers = {}) => raw(`${d.url}${path}`, { headers: { Host: host, ...headers } });
+  assert((await at('/')).status === 502, 'the port opened for its id alone');
+  assert((await at('/', { Authorization: `Bearer ${d.alice}` })).status === 502, 'an API key opened the port');
+  const link = await d.api(d.alice, 'POST', `/v1/sandboxes/${sandboxId}/ports/8765/link`);
+  assert(link.url === `http://8765-${sandboxId}.localhost:${d.port}/?warren_port_link=${link.code}`, JSON.stringify(link));
+  const first = await at(`/?warren_port_link=${link.code}`);
+  assert(first.status === 303 && first.headers.location === '/', `first use: ${first.status} ${JSON.stringify(first.headers)}`);
+  const cookie = first.headers['set-cookie'][0].split(';')[0];
+  assert((await at(`/?warren_port_link=${link.code}`)).status === 502, 'a code was good twice');
+  assert((await at('/', { Cookie: cookie })).body.includes('served-from-inside'), 'the grant opens the port');
+  // The grant is for that port of that sandbox only.
+  const other = await raw(`${d.url}/`, { headers: { Host: `8766-${sandboxId}.localhost:${d.port}`, Cookie: cookie } });
+  assert(other.status === 502, 'a grant opened another port');
+  // Another tenant cannot ask for a link to it.
+  const refused = await fetch(`${d.url}/v1/sandboxes/${sandboxId}/ports/8765/link`, { method: 'POST', headers: { Authorization: `Bearer ${d.bob}` } });
+  assert(refused.status === 404, `another tenant's link: ${refused.status}`);
+  await d.api(d.alice, 'POST', `/v1/sandboxes/${sandboxId}/processes/${pid}/signal`, { signal: 9 });
+});
+
+test('JupyterLab, built from its recipe, opens from the console and runs a cell', async () => {
+  // E2B's `base` (Debian with python and pip), from the archive the E2B suite keeps, or
+  // built now; then `warren template jupyterlab` on it (PyPI).
+  const archive = process.env.WARREN_BASE_ARCHIVE;
+  if (archive && existsSync(archive)) await d.cliLong('template', 'import', archive, '--name', 'base', '--setuid');
+  else await d.cliLong('template', 'base', ...(archive ? ['--save', archive] : []));
+  await d.cliLong('template', 'jupyterlab', '--quiet-progress');
+  const lab = await d.api(d.alice, 'POST', '/v1/sandboxes', { template: 'jupyterlab', name: 'notebook' });
+  try {
+    await page.goto(`${d.url}/console/#/sandbox/${lab.id}/ports`);
+    await page.fill('#open-port', '8888');
+    const nb = await openedPort(() => page.click('#open-port-go'));
+    nb.setDefaultTimeout(60000);
+    assert(new URL(nb.url()).hostname === `8888-${lab.id}.localhost`, `opened ${nb.url()}`);
+    // A new Python notebook from the launcher; a cell typed and run.
+    await nb.locator('.jp-LauncherCard[data-category="Notebook"]').first().click();
+    const cell = nb.locator('.jp-Notebook .jp-Cell .cm-content').first();
+    await cell.click();
+    await nb.keyboard.type('print(6 * 7, "from the kernel")');
+    await nb.keyboard.press('Shift+Enter');
+    await until('the cell\'s output', async () => (await nb.locator('.jp-OutputArea-output').first().innerText()).includes('42 from the kernel'), 60000);
+    await shot(nb, '21-jupyterlab');
+    await nb.close();
+  } finally {
+    await d.api(d.alice, 'DELETE', `/v1/sandboxes/${lab.id}`).catch(() => {});
+    d.unix('DELETE', '/v1/templates/jupyterlab');
+    // Back to the sandbox the next tests use.
+    await page.goto(`${d.url}/console/#/sandbox/${sandboxId}/ports`);
+  }
+});
+
 test('pause and resume from the console', async () => {
   await page.click('a[href$="/terminal"]');
   await page.getByRole('button', { name: 'Pause' }).first().click();
@@ -393,6 +503,11 @@ test('templates: build one from a recipe file with its log streaming, then remov
   await until('the steps from the file', async () => (await page.locator('#build-steps').inputValue()).includes('echo step-one-output'));
   assert(!(await page.locator('#build-steps').inputValue()).includes('\r'), 'CRLF line ends are read as lines');
   assert((await page.locator('#build-recipe-note').innerText()).includes('2 steps from recipe.txt'), await page.locator('#build-recipe-note').innerText());
+  await page.getByRole('form', { name: 'Build a template' }).getByLabel('Ready command', { exact: true }).fill('test -f /opt/built/flag');
+  await page.fill('#build-ready-timeout', '30');
+  const backends = await page.locator('#build-isolation option').evaluateAll((os) => os.map((o) => o.value).filter(Boolean));
+  assert(backends.includes('namespace'), `the build's backends: ${backends}`);
+  await page.selectOption('#build-isolation', 'namespace');
   await shot(page, '15-template-recipe');
   await page.click('#build-go');
   await until('the build log', async () => (await page.locator('#build-log').innerText()).includes('step-one-output'), 60000);
@@ -401,6 +516,9 @@ test('templates: build one from a recipe file with its log streaming, then remov
   assert(!built.includes('made by the console test') && !built.includes('#!/bin/sh'), `comments ran as steps: ${built}`);
   assert(built.includes('$ mkdir -p /opt/built'), built);
   await until('the template listed', async () => (await page.locator('#template-list').innerText()).includes('console-built'));
+  const t = await d.api(d.alice, 'GET', '/v1/templates/console-built');
+  assert(t.ready_cmd === 'test -f /opt/built/flag' && t.ready_timeout_secs === 30 && t.isolation === 'namespace',
+    `the template's metadata: ${JSON.stringify(t)}`);
   await shot(page, '11-templates');
   page.once('dialog', (dlg) => dlg.accept());
   await page.click('button[aria-label="Remove console-built"]');
@@ -441,8 +559,9 @@ test('templates: import an archive from the browser, its progress shown, then li
   const isolation = backends.find((b) => b !== 'namespace') || 'namespace';
   await page.getByLabel('Size limit', { exact: true }).fill('64M');
   await page.fill('#import-start', 'sleep 1000');
-  await page.getByLabel('Ready command', { exact: true }).fill('test -e /etc/from-the-console');
-  await page.getByLabel('Ready timeout (s)', { exact: true }).fill('30');
+  const importing = page.getByRole('form', { name: 'Import an image' });
+  await importing.getByLabel('Ready command', { exact: true }).fill('test -e /etc/from-the-console');
+  await importing.getByLabel('Ready timeout (s)', { exact: true }).fill('30');
   await page.selectOption('#import-isolation', isolation);
   assert((await page.locator('label[for="import-isolation"]').innerText()).startsWith('Isolation'), 'the isolation field is labelled');
   await shot(page, '16-template-import-options');

@@ -25,6 +25,7 @@ mod metrics;
 mod mounts;
 pub mod policy;
 mod pools;
+mod port_links;
 mod reaper;
 mod session;
 mod share;
@@ -53,6 +54,7 @@ use warren_types::api::{
 use warren_types::spec::Isolation;
 use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
 
+pub use crate::port_links::{PortLink, CODE_TTL_MS as PORT_LINK_CODE_TTL_MS};
 pub use crate::share::Guest;
 pub use crate::store::{Record, Store, StoreError};
 pub use crate::templates::{
@@ -176,6 +178,19 @@ pub enum PortError {
     Closed(std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What a request to a sandbox's port through the daemon carries.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PortPass<'a> {
+    /// The sandbox's traffic token, when it was made with one.
+    pub token: Option<&'a str>,
+    /// A port link's grant (what a browser keeps in a cookie; see [`port_links`]).
+    pub grant: Option<&'a str>,
+    /// A sandbox made without a traffic token takes traffic from whoever names it (the
+    /// E2B surface's rule). False on the daemon's own listener, where only a grant or a
+    /// traffic token gets in.
+    pub open_by_id: bool,
 }
 
 /// Longest wait for a sandbox's port to accept a connection.
@@ -481,6 +496,8 @@ pub struct Manager {
     pruned_at: std::sync::atomic::AtomicI64,
     pools: Mutex<Vec<Arc<Pool>>>,
     shares: Mutex<Vec<Arc<share::Share>>>,
+    /// Port links' codes and the grants browsers keep (see [`port_links`]).
+    port_grants: Mutex<Vec<port_links::PortGrant>>,
     backends: Backends,
     store: Mutex<Store>,
     live: Mutex<HashMap<String, Live>>,
@@ -592,6 +609,7 @@ impl Manager {
             pruned_at: std::sync::atomic::AtomicI64::new(0),
             pools: Mutex::new(Vec::new()),
             shares: Mutex::new(Vec::new()),
+            port_grants: Mutex::new(Vec::new()),
             backends,
             store: Mutex::new(store),
             live: Mutex::new(HashMap::new()),
@@ -888,24 +906,32 @@ impl Manager {
     }
 
     /// Opens a TCP connection to `port` inside sandbox `id`, for traffic to its ports
-    /// through the daemon, if `token` is what the sandbox requires (nothing, or its
-    /// traffic token). A sandbox that does not exist and a wrong token are told apart
-    /// only by the caller's having the right token.
+    /// through the daemon, if `pass` lets it in: a port link's grant for that port, the
+    /// sandbox's traffic token, or, for a sandbox made without one, nothing at all where
+    /// `pass.open_by_id` says so. A sandbox that does not exist and a refused pass are
+    /// told apart only by the caller's having a pass that works.
     pub async fn connect_port(
         &self,
         id: &str,
         port: u16,
-        token: Option<&str>,
+        pass: PortPass<'_>,
     ) -> Result<PortConnection, PortError> {
         let r = self
             .store()
             .get(id)?
             .filter(|r| r.state != SandboxState::Terminated)
             .ok_or(PortError::NoSandbox)?;
-        if let Some(want) = &r.traffic {
-            if !token.is_some_and(|t| self.keys.verify(TokenKind::Traffic, &r.id, want, t)) {
-                return Err(PortError::Token);
-            }
+        let granted = pass
+            .grant
+            .is_some_and(|g| self.port_granted(g, &r.id, port));
+        let tokened = match &r.traffic {
+            Some(want) => pass
+                .token
+                .is_some_and(|t| self.keys.verify(TokenKind::Traffic, &r.id, want, t)),
+            None => pass.open_by_id,
+        };
+        if !granted && !tokened {
+            return Err(PortError::Token);
         }
         self.dial_port(r, port).await
     }

@@ -183,16 +183,33 @@ fn live(s: &Session, now: Instant) -> bool {
     now.duration_since(s.used) < IDLE && now.duration_since(s.made) < MAX_AGE
 }
 
-/// The session cookie's value, if the request has one.
+/// The session cookie's value, if the request has one. Sent twice, it names no session
+/// (an empty value): a page on a host under the console's (a sandbox's port host) may
+/// have set one for the console's domain, and neither can be told for the browser's own.
 fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v)
+        .filter(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v);
+    let first = found.next()?;
+    Some(if found.next().is_some() { "" } else { first })
+}
+
+/// Headers that clear a session cookie set for the console's own host as a domain
+/// (`Domain=HOST`, which reaches every host under it): what a page on a port host
+/// could have set.
+fn clear_domain_cookie(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let name = match host.rsplit_once(':') {
+        Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => host,
+    };
+    (!name.is_empty() && name.parse::<std::net::IpAddr>().is_err() && !name.starts_with('['))
+        .then(|| format!("{COOKIE}=; Path=/; Domain={name}; Max-Age=0"))
 }
 
 /// The caller a console session authenticates, for a TCP request without
@@ -352,12 +369,16 @@ pub async fn sign_in(
         operator: caller.operator,
         csrf_token,
     };
-    Ok((
+    let mut resp = (
         StatusCode::CREATED,
         [(header::SET_COOKIE, cookie)],
         axum::Json(info),
     )
-        .into_response())
+        .into_response();
+    if let Some(v) = clear_domain_cookie(&headers).and_then(|c| HeaderValue::from_str(&c).ok()) {
+        resp.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(resp)
 }
 
 /// `GET /console/session`: who the cookie's session is, and its CSRF token.
@@ -415,6 +436,25 @@ mod tests {
         assert_eq!(session_cookie(&h), Some("x"));
         let h = headers(&[(header::COOKIE, "warren_sessionx=1")]);
         assert_eq!(session_cookie(&h), None);
+        // Twice (one set for a parent domain by a page under it): no session.
+        let h = headers(&[(
+            header::COOKIE,
+            "warren_session=mine; warren_session=planted",
+        )]);
+        assert_eq!(session_cookie(&h), Some(""));
+    }
+
+    #[test]
+    fn signing_in_clears_a_session_cookie_planted_for_the_consoles_domain() {
+        let h = headers(&[(header::HOST, "localhost:7070")]);
+        assert_eq!(
+            clear_domain_cookie(&h).as_deref(),
+            Some("warren_session=; Path=/; Domain=localhost; Max-Age=0")
+        );
+        // An address has no hosts under it.
+        for host in ["127.0.0.1:7070", "[::1]:7070"] {
+            assert_eq!(clear_domain_cookie(&headers(&[(header::HOST, host)])), None);
+        }
     }
 
     #[test]

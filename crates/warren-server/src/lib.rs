@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post};
 use axum::Router;
 use tokio::net::{TcpListener, UnixListener};
@@ -100,6 +101,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/sandboxes/{key}"),
     ("DELETE", "/v1/sandboxes/{key}"),
     ("POST", "/v1/sandboxes/{key}/pause"),
+    ("POST", "/v1/sandboxes/{key}/ports/{port}/link"),
     ("POST", "/v1/sandboxes/{key}/fork"),
     ("POST", "/v1/sandboxes/{key}/resume"),
     ("POST", "/v1/sandboxes/{key}/stop"),
@@ -190,6 +192,10 @@ fn build(state: AppState) -> Router {
             get(sandboxes::get).delete(sandboxes::terminate),
         )
         .route("/v1/sandboxes/{key}/pause", post(sandboxes::pause))
+        .route(
+            "/v1/sandboxes/{key}/ports/{port}/link",
+            post(sandboxes::port_link),
+        )
         .route("/v1/sandboxes/{key}/fork", post(sandboxes::fork))
         .route("/v1/sandboxes/{key}/metrics", get(sandboxes::usage_history))
         .route("/v1/sandboxes/{key}/resume", post(sandboxes::resume))
@@ -285,12 +291,52 @@ fn build(state: AppState) -> Router {
                     .delete(console::sign_out),
             );
     }
-    r.fallback(fallback)
+    let mgr = state.mgr.clone();
+    let surface = state.surface;
+    let api = r
+        .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON))
         .layer(axum::middleware::from_fn(drain::drain_unread))
         .layer(axum::middleware::from_fn(reqlog::log_request))
-        .with_state(state)
+        .with_state(state);
+    match surface {
+        Surface::Unix => api,
+        Surface::Tcp => with_port_hosts(api, mgr),
+    }
+}
+
+/// The TCP listener's router: a request whose `Host` is `PORT-ID.DOMAIN` is traffic to
+/// that sandbox's port (for a browser with a port link: see [`e2b::ports`]), every other
+/// one the API's.
+fn with_port_hosts(api: Router, mgr: Arc<Manager>) -> Router {
+    let ports = Router::new()
+        .fallback(port_traffic)
+        .layer(axum::middleware::from_fn(drain::drain_unread))
+        .layer(axum::middleware::from_fn(reqlog::log_port_request))
+        .with_state(mgr);
+    Router::new().fallback(move |req: axum::extract::Request| async move {
+        let to = if e2b::host_target(req.headers()).is_some() {
+            ports
+        } else {
+            api
+        };
+        match tower::ServiceExt::oneshot(to, req).await {
+            Ok(resp) => resp,
+            Err(never) => match never {},
+        }
+    })
+}
+
+async fn port_traffic(
+    axum::extract::State(mgr): axum::extract::State<Arc<Manager>>,
+    req: axum::extract::Request,
+) -> axum::response::Response {
+    let Some(t) = e2b::host_target(req.headers()) else {
+        return Error::not_found("no sandbox port is named by this host").into_response();
+    };
+    reqlog::note_route(req.extensions(), &format!("port {}", t.port));
+    e2b::ports::proxy(&mgr, t, e2b::ports::Door::Listener, req).await
 }
 
 pub(crate) fn no_route(method: &str, path: &str) -> Error {

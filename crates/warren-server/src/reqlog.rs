@@ -189,7 +189,18 @@ fn e2b_sandbox_of<'a>(route: &str, path: &'a str) -> Option<&'a str> {
 }
 
 /// The middleware of the E2B listener.
-pub(crate) async fn log_e2b_request(mut req: Request, next: Next) -> Response {
+pub(crate) async fn log_e2b_request(req: Request, next: Next) -> Response {
+    log_by_route("e2b", req, next).await
+}
+
+/// The middleware of traffic to sandboxes' ports on the daemon's own listener: like
+/// the E2B listener's, the port and never the path.
+pub(crate) async fn log_port_request(req: Request, next: Next) -> Response {
+    log_by_route("port", req, next).await
+}
+
+/// One line per request, with the route it matched (or `port N`), never its path.
+async fn log_by_route(api: &'static str, mut req: Request, next: Next) -> Response {
     let tenant = TenantSlot::default();
     let route = RouteSlot::default();
     req.extensions_mut().insert(tenant.clone());
@@ -211,7 +222,7 @@ pub(crate) async fn log_e2b_request(mut req: Request, next: Next) -> Response {
     if admitted(tenant.is_some(), sandbox) {
         tracing::info!(
             target: "warren::request",
-            api = "e2b",
+            api,
             %method,
             route,
             status = resp.status().as_u16(),

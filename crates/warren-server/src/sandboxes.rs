@@ -15,7 +15,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use warren_core::ListFilter;
-use warren_types::api::{CreateSandbox, Event, SandboxInfo, SandboxState, SetTimeout};
+use warren_types::api::{
+    CreateSandbox, Event, PortLinkInfo, SandboxInfo, SandboxState, SetTimeout,
+};
 
 use crate::error::Error;
 use crate::exec::ndjson;
@@ -188,6 +190,28 @@ pub async fn usage_history(
     Query(q): Query<MetricsQuery>,
 ) -> Result<axum::Json<Vec<warren_types::api::UsageSample>>, Error> {
     Ok(axum::Json(st.mgr.usage_history(&who, &key, q.from, q.to)?))
+}
+
+/// `POST /v1/sandboxes/{key}/ports/{port}/link`: a one-time link for a browser to one
+/// port of the sandbox (see [`crate::e2b::ports`]).
+pub async fn port_link(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+    Path((key, port)): Path<(String, u16)>,
+    headers: axum::http::HeaderMap,
+) -> Result<axum::Json<PortLinkInfo>, Error> {
+    let link = st.mgr.port_link(&who, &key, port)?;
+    let url = match st.surface {
+        crate::Surface::Tcp => crate::e2b::ports::link_url(&headers, &link),
+        crate::Surface::Unix => None,
+    };
+    Ok(axum::Json(PortLinkInfo {
+        url,
+        expires_in_secs: (warren_core::PORT_LINK_CODE_TTL_MS / 1000) as u64,
+        sandbox: link.sandbox,
+        port: link.port,
+        code: link.code,
+    }))
 }
 
 /// `POST /v1/sandboxes/{key}/pause`.

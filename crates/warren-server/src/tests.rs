@@ -705,6 +705,98 @@ fn openapi_schemas_match_serde() {
         output_end: 0,
     };
     assert_eq!(props("ProcessInfo"), keys(&pi));
+    let link = warren_types::api::PortLinkInfo {
+        sandbox: String::new(),
+        port: 1,
+        code: String::new(),
+        url: Some(String::new()),
+        expires_in_secs: 60,
+    };
+    assert_eq!(props("PortLinkInfo"), keys(&link));
+}
+
+#[tokio::test]
+async fn a_port_host_on_tcp_is_never_the_api_and_needs_a_grant() {
+    let e = env().await;
+    let (_, v) = send(
+        e.unix(),
+        json_req("POST", "/v1/keys", r#"{"tenant":"alice"}"#),
+    )
+    .await;
+    let key = v["api_key"].as_str().expect("api_key").to_string();
+    // A port's host with a valid key is still not the API: the key opens no port.
+    let r = req("GET", "/v1/sandboxes")
+        .header(header::HOST, "8080-sbx1.localhost:7070")
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, v) = send(e.tcp(), r).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{v}");
+    // A code that was never given is refused the same way, with no cookie.
+    let r = req("GET", "/?warren_port_link=wpl_0000")
+        .header(header::HOST, "8080-sbx1.localhost:7070")
+        .body(Body::empty())
+        .unwrap();
+    let resp = e.tcp().oneshot(r).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert!(resp.headers().get(header::SET_COOKIE).is_none());
+    // The API's own hosts stay the API's.
+    for host in [
+        "127.0.0.1:7070",
+        "localhost:7070",
+        "warren.example.com",
+        "my-host.lan:7070",
+    ] {
+        let r = req("GET", "/health")
+            .header(header::HOST, host)
+            .body(Body::empty())
+            .unwrap();
+        let (status, v) = send(e.tcp(), r).await;
+        assert_eq!(status, StatusCode::OK, "{host}: {v}");
+    }
+    // A link to a sandbox that is not the caller's (or does not exist) is a 404.
+    let r = req("POST", "/v1/sandboxes/nope/ports/8080/link")
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, v) = send(e.tcp(), r).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{v}");
+    let r = req("POST", "/v1/sandboxes/nope/ports/70000/link")
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap();
+    let (status, v) = send(e.tcp(), r).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+}
+
+#[test]
+fn a_links_address_is_the_ports_host_under_the_callers() {
+    use axum::http::HeaderMap;
+    let link = warren_core::PortLink {
+        sandbox: "sbx1".into(),
+        port: 8888,
+        code: "wpl_c".into(),
+    };
+    let url = |host: &str| {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, host.parse().unwrap());
+        crate::e2b::ports::link_url(&h, &link)
+    };
+    let q = "/?warren_port_link=wpl_c";
+    assert_eq!(
+        url("127.0.0.1:7070").as_deref(),
+        Some(&*format!("http://8888-sbx1.localhost:7070{q}"))
+    );
+    assert_eq!(
+        url("[::1]:7070").as_deref(),
+        Some(&*format!("http://8888-sbx1.localhost:7070{q}"))
+    );
+    assert_eq!(
+        url("warren.example.com").as_deref(),
+        Some(&*format!("http://8888-sbx1.warren.example.com{q}"))
+    );
+    // An address other than loopback has no names under it.
+    assert_eq!(url("192.0.2.1:7070"), None);
 }
 
 /// The field names `v` serializes with.

@@ -571,6 +571,26 @@ pub struct ShareRequest {
     pub screen: bool,
 }
 
+/// A one-time link that lets a browser reach one port of a sandbox through the daemon's
+/// TCP listener, on a host of its own (`PORT-ID.HOST`): the answer of
+/// `POST /v1/sandboxes/{key}/ports/{port}/link`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PortLinkInfo {
+    /// The sandbox's id.
+    pub sandbox: String,
+    pub port: u16,
+    /// Spent by the first request to the port's host that carries it as
+    /// `?warren_port_link=CODE`, which answers with a cookie for that host and a redirect.
+    pub code: String,
+    /// Where to send the browser: the port's host under the host this request was sent
+    /// to (`localhost` for a loopback address). Absent when that is an address other than
+    /// loopback (a port host needs a name) or the request came over the unix socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// How long the code waits for its first use.
+    pub expires_in_secs: u64,
+}
+
 /// A shared terminal: a token that lets a second client watch (or drive) one process.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ShareInfo {

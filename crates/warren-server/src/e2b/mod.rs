@@ -25,7 +25,7 @@ mod connect;
 mod control;
 mod envd;
 mod filesystem;
-mod ports;
+pub(crate) mod ports;
 mod process;
 #[cfg(test)]
 mod tests;
@@ -136,7 +136,12 @@ pub(crate) fn target(headers: &HeaderMap) -> Option<Target> {
             port,
         });
     }
-    let host = text("host")?;
+    host_target(headers)
+}
+
+/// The sandbox and port a `Host` of the form `PORT-ID.DOMAIN` names.
+pub(crate) fn host_target(headers: &HeaderMap) -> Option<Target> {
+    let host = headers.get("host").and_then(|v| v.to_str().ok())?;
     let label = host.split('.').next()?;
     // A bare `host:port` has no dot and no sandbox in it.
     if !host.contains('.') {
@@ -154,7 +159,7 @@ async fn dispatch(State(r): State<Routers>, req: Request) -> Response {
     let router = match target(req.headers()) {
         Some(t) if t.port != ENVD_PORT => {
             crate::reqlog::note_route(req.extensions(), &format!("port {}", t.port));
-            return ports::proxy(&r.mgr, t, req).await;
+            return ports::proxy(&r.mgr, t, ports::Door::E2b, req).await;
         }
         Some(_) => r.envd,
         None => r.control,

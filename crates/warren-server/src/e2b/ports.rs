@@ -8,6 +8,15 @@
 //! every request must carry in `e2b-traffic-access-token`; it is taken off the request
 //! before it goes in.
 //!
+//! The daemon's own TCP listener (`--listen`) serves the same hosts for browsers, with
+//! a stricter rule ([`Door::Listener`]): only a port link's grant or the sandbox's
+//! traffic token gets in, never a sandbox id alone. A link
+//! (`POST /v1/sandboxes/{key}/ports/{port}/link`) gives a one-time code; the first
+//! request that carries it as `?warren_port_link=CODE` is answered with a redirect to
+//! the same address without it and a cookie of that host only, holding the grant
+//! ([`warren_core::Manager::port_link`]). The cookie is taken off every request before
+//! it goes in: the server inside never sees it.
+//!
 //! Whoever reaches this listener can send anything here, with no API key: so a sandbox
 //! that does not exist, one that is not running, a missing or wrong traffic token and a
 //! port nothing listens on all get one and the same answer. Anything else would tell a
@@ -18,12 +27,27 @@ use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
-use warren_core::{Manager, PortError};
+use warren_core::{Manager, PortError, PortLink, PortPass};
 
 use super::Target;
 
 /// The header that carries a sandbox's traffic token.
 pub(crate) const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
+
+/// The query parameter that carries a port link's one-time code.
+pub(crate) const LINK_PARAM: &str = "warren_port_link";
+/// The cookie that carries a port link's grant, on the port's host only.
+const GRANT_COOKIE: &str = "__warren_port";
+
+/// Which listener a request to a sandbox's port came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Door {
+    /// The E2B surface: a sandbox made without a traffic token is open to whoever names
+    /// it, as on E2B.
+    E2b,
+    /// The daemon's own TCP listener: a port link's grant or the traffic token only.
+    Listener,
+}
 
 /// Headers of one hop that a proxy does not pass on (RFC 9110, 7.6.1), besides those
 /// the `Connection` header names.
@@ -55,21 +79,31 @@ fn unreachable(id: &str, port: u16) -> Response {
 }
 
 /// Passes `req` to `target`'s port and its answer back.
-pub(crate) async fn proxy(mgr: &Manager, target: Target, mut req: Request) -> Response {
+pub(crate) async fn proxy(mgr: &Manager, target: Target, door: Door, mut req: Request) -> Response {
+    if let Some(code) = query_value(req.uri(), LINK_PARAM) {
+        return redeem(mgr, &target, &code, req.uri());
+    }
     let token = req
         .headers()
         .get(TRAFFIC_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    // Any of them (a page of another port host may have set one for a parent domain).
+    let grants = take_cookie(req.headers_mut(), GRANT_COOKIE);
+    let grant = grants
+        .iter()
+        .find(|g| mgr.port_granted(g, &target.sandbox, target.port));
+    let pass = PortPass {
+        token: token.as_deref(),
+        grant: grant.map(String::as_str),
+        open_by_id: door == Door::E2b,
+    };
     let warren_core::PortConnection {
         stream,
         activity,
         host,
         tenant,
-    } = match mgr
-        .connect_port(&target.sandbox, target.port, token.as_deref())
-        .await
-    {
+    } = match mgr.connect_port(&target.sandbox, target.port, pass).await {
         Ok(c) => c,
         Err(
             PortError::NoSandbox
@@ -135,6 +169,110 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, mut req: Request) -> Re
     Response::from_parts(parts, Body::new(body))
 }
 
+/// Spends a port link's `code`: a redirect to the same address without it, with the
+/// grant in a cookie of this host only; the one refusal otherwise.
+fn redeem(mgr: &Manager, target: &Target, code: &str, uri: &Uri) -> Response {
+    let Some(grant) = mgr.redeem_port_link(code, &target.sandbox, target.port) else {
+        return unreachable(&target.sandbox, target.port);
+    };
+    let rest: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some(LINK_PARAM))
+        .collect();
+    let mut location = uri.path().to_string();
+    if !rest.is_empty() {
+        location = format!("{location}?{}", rest.join("&"));
+    }
+    let cookie = format!("{GRANT_COOKIE}={grant}; Path=/; HttpOnly; SameSite=Lax");
+    let mut resp = StatusCode::SEE_OTHER.into_response();
+    let h = resp.headers_mut();
+    if let (Ok(l), Ok(c)) = (
+        HeaderValue::from_str(&location),
+        HeaderValue::from_str(&cookie),
+    ) {
+        h.insert(header::LOCATION, l);
+        h.insert(header::SET_COOKIE, c);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    resp
+}
+
+/// The value of query parameter `name`, when the request has it.
+fn query_value(uri: &Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|p| {
+        let (k, v) = p.split_once('=')?;
+        (k == name).then(|| v.to_string())
+    })
+}
+
+/// Takes cookie `name` off the request's `Cookie` headers (the others stay as they
+/// were) and returns its values.
+fn take_cookie(h: &mut HeaderMap, name: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut kept = Vec::new();
+    for v in h.get_all(header::COOKIE) {
+        let Ok(text) = v.to_str() else {
+            kept.push(v.clone());
+            continue;
+        };
+        let mut others = Vec::new();
+        for pair in text.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some((k, v)) if k.trim() == name => found.push(v.trim().to_string()),
+                _ => others.push(pair),
+            }
+        }
+        if !others.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&others.join("; ")) {
+                kept.push(v);
+            }
+        }
+    }
+    h.remove(header::COOKIE);
+    for v in kept {
+        h.append(header::COOKIE, v);
+    }
+    found
+}
+
+/// Where a browser goes with `link`: the port's host under the host `headers` name
+/// (`localhost` for a loopback address, which browsers resolve with every name under
+/// it); `None` for another address, which has no names under it.
+pub(crate) fn link_url(headers: &HeaderMap, link: &PortLink) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?.trim();
+    let (name, port) = match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => {
+            let (addr, after) = rest.split_once(']')?;
+            (addr, after)
+        }
+        None => match host.rsplit_once(':') {
+            Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (n, &host[n.len()..]),
+            _ => (host, ""),
+        },
+    };
+    let name = match name.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_loopback() => "localhost",
+        Ok(_) => return None,
+        Err(_) if name.is_empty() => return None,
+        Err(_) => name,
+    };
+    let scheme = match headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("https") => "https",
+        _ => "http",
+    };
+    Some(format!(
+        "{scheme}://{}-{}.{name}{port}/?{LINK_PARAM}={}",
+        link.port, link.sandbox, link.code
+    ))
+}
+
 fn wants_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION).iter().any(|v| {
@@ -172,6 +310,32 @@ fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_grant_cookie_is_taken_off_and_the_others_kept() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("_xsrf=1; __warren_port=g1"),
+        );
+        h.append(header::COOKIE, HeaderValue::from_static("__warren_port=g2"));
+        h.append(header::COOKIE, HeaderValue::from_static("theme=dark"));
+        assert_eq!(take_cookie(&mut h, GRANT_COOKIE), ["g1", "g2"]);
+        let left: Vec<&str> = h
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap())
+            .collect();
+        assert_eq!(left, ["_xsrf=1", "theme=dark"]);
+    }
+
+    #[test]
+    fn a_link_code_is_read_from_the_query() {
+        let uri: Uri = "/lab?x=1&warren_port_link=wpl_abc".parse().unwrap();
+        assert_eq!(query_value(&uri, LINK_PARAM).as_deref(), Some("wpl_abc"));
+        let uri: Uri = "/lab?warren_port_linkx=1".parse().unwrap();
+        assert_eq!(query_value(&uri, LINK_PARAM), None);
+    }
 
     #[test]
     fn hop_by_hop_headers_stay_on_their_hop() {

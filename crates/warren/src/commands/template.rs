@@ -30,6 +30,7 @@ enum TemplateCommand {
     Import(ImportArgs),
     Base(BaseArgs),
     CodeInterpreter(CodeInterpreterArgs),
+    Jupyterlab(JupyterLabArgs),
     Build(BuildArgs),
     Ls(LsArgs),
     /// Show a template as JSON: its layers, size, commands and backend.
@@ -190,26 +191,106 @@ fn code_interpreter(a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
     if CODE_INTERPRETER.contains(END) {
         anyhow::bail!("the embedded server holds its own end marker");
     }
-    remove_old(&Client::new(&a.client)?, &a.name)?;
     let server = "/opt/warren/code-interpreter.py";
+    build_server(
+        ServerRecipe {
+            steps: vec![
+                format!("mkdir -p /opt/warren && cat > {server} <<'{END}'\n{CODE_INTERPRETER}{END}"),
+                format!("pip install --no-cache-dir --disable-pip-version-check -q {CODE_INTERPRETER_PACKAGES}"),
+                "python3 -m bash_kernel.install --prefix /usr/local >/dev/null".into(),
+                // Matplotlib's font cache, made now rather than on the first plot.
+                "runuser -u user -- env HOME=/home/user python3 -c 'import matplotlib.pyplot'".into(),
+            ],
+            start_cmd: format!("runuser -u user -- env HOME=/home/user USER=user python3 {server}"),
+            ready_cmd: "curl -sf http://127.0.0.1:49999/health >/dev/null".into(),
+        },
+        a,
+    )
+}
+
+/// Build a `jupyterlab` template from `base`: JupyterLab and a Python kernel from PyPI,
+/// its server started with each sandbox as `user` in /home/user, on port 8888 of the
+/// sandbox's loopback. Open it in a browser from the web console (the sandbox's Ports
+/// tab: "Open in the browser"), or ask for a link with `POST
+/// /v1/sandboxes/{key}/ports/8888/link`. The server asks for no password of its own: the
+/// daemon's port link (or the sandbox's traffic token) is what lets a browser in. The
+/// build needs PyPI.
+#[derive(Debug, Args)]
+struct JupyterLabArgs {
+    #[arg(long, default_value = "jupyterlab")]
+    name: String,
+    /// The template it is built on (one with python3 and pip: `warren template base`).
+    #[arg(long, default_value = "base")]
+    from: String,
+    /// Plain output (no progress line) even on a terminal.
+    #[arg(long)]
+    quiet_progress: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// JupyterLab's packages, pinned.
+const JUPYTERLAB_PACKAGES: &str = "jupyterlab==4.2.5 ipykernel==6.29.5";
+
+/// The port JupyterLab listens on inside its sandboxes.
+pub const JUPYTERLAB_PORT: u16 = 8888;
+
+fn jupyterlab(a: JupyterLabArgs) -> anyhow::Result<ExitCode> {
+    let port = JUPYTERLAB_PORT;
+    build_server(
+        ServerRecipe {
+            steps: vec![
+                format!("pip install --no-cache-dir --disable-pip-version-check -q {JUPYTERLAB_PACKAGES}"),
+                // Its configuration: the loopback only, any Host (the daemon's port host
+                // names it), no token or password of its own (see the command's help).
+                "mkdir -p /etc/jupyter && printf '%s\\n' \
+                 \"c.ServerApp.ip = '127.0.0.1'\" \
+                 \"c.ServerApp.open_browser = False\" \
+                 \"c.ServerApp.allow_remote_access = True\" \
+                 \"c.ServerApp.root_dir = '/home/user'\" \
+                 \"c.IdentityProvider.token = ''\" \
+                 \"c.PasswordIdentityProvider.hashed_password = ''\" \
+                 > /etc/jupyter/jupyter_server_config.py"
+                    .into(),
+            ],
+            start_cmd: format!(
+                "cd /home/user && runuser -u user -- env HOME=/home/user USER=user SHELL=/bin/bash \
+                 jupyter lab --port={port}"
+            ),
+            ready_cmd: format!("curl -sf http://127.0.0.1:{port}/api >/dev/null"),
+        },
+        CodeInterpreterArgs {
+            name: a.name,
+            from: a.from,
+            quiet_progress: a.quiet_progress,
+            client: a.client,
+        },
+    )
+}
+
+/// A template that runs a server of its own: the steps that install it, how it starts
+/// with each sandbox, and how to tell it answers.
+#[derive(Debug)]
+struct ServerRecipe {
+    steps: Vec<String>,
+    start_cmd: String,
+    ready_cmd: String,
+}
+
+/// Builds `recipe` as template `a.name` on `a.from` (network on for the steps), replacing
+/// an older one of that name.
+fn build_server(recipe: ServerRecipe, a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
+    remove_old(&Client::new(&a.client)?, &a.name)?;
     build(BuildArgs {
         name: a.name,
         from: a.from,
-        steps: vec![
-            format!("mkdir -p /opt/warren && cat > {server} <<'{END}'\n{CODE_INTERPRETER}{END}"),
-            format!("pip install --no-cache-dir --disable-pip-version-check -q {CODE_INTERPRETER_PACKAGES}"),
-            "python3 -m bash_kernel.install --prefix /usr/local >/dev/null".into(),
-            // Matplotlib's font cache, made now rather than on the first plot.
-            "runuser -u user -- env HOME=/home/user python3 -c 'import matplotlib.pyplot'".into(),
-        ],
+        steps: recipe.steps,
         file: None,
         env: Vec::new(),
         workdir: None,
         network: true,
-        start_cmd: Some(format!(
-            "runuser -u user -- env HOME=/home/user USER=user python3 {server}"
-        )),
-        ready_cmd: Some("curl -sf http://127.0.0.1:49999/health >/dev/null".into()),
+        start_cmd: Some(recipe.start_cmd),
+        ready_cmd: Some(recipe.ready_cmd),
         ready_timeout: Some(Duration::from_secs(60)),
         step_timeout: None,
         isolation: None,
@@ -341,6 +422,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
         TemplateCommand::Import(a) => import(a),
         TemplateCommand::Base(a) => base(a),
         TemplateCommand::CodeInterpreter(a) => code_interpreter(a),
+        TemplateCommand::Jupyterlab(a) => jupyterlab(a),
         TemplateCommand::Build(a) => build(a),
         TemplateCommand::Ls(a) => ls(a),
         TemplateCommand::Inspect(a) => {
