@@ -15,7 +15,7 @@ use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_types::proto::{FileInfo, FileType};
 
-use crate::client::{block_on, enc, Client, ClientArgs, Error};
+use crate::client::{block_on, connect, enc, Client, ClientArgs, Error};
 
 /// Copy files or directories between a sandbox and the host: `warren cp lab:/work/out
 /// ./out`, `warren cp ./src alice/lab:/work`. One side is SANDBOX:PATH; a host path that
@@ -55,7 +55,7 @@ fn end(s: &str) -> End {
 }
 
 pub fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::client::connect(&args.client)?;
+    let client = connect(&args.client)?;
     let copy = Copy {
         client: &client,
         skipped: Vec::new(),

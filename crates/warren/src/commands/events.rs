@@ -12,7 +12,7 @@ use clap::Args;
 use hyper::Method;
 use warren_types::api::{Event, SandboxInfo};
 
-use crate::client::{block_on, out, sandbox_path, ClientArgs, Error, Lines};
+use crate::client::{block_on, connect, out, sandbox_path, ClientArgs, Error, Lines};
 use crate::term::clean_line;
 
 /// Follow lifecycle events of the tenant's sandboxes, or show one sandbox's.
@@ -32,7 +32,7 @@ pub struct EventsArgs {
 }
 
 pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::client::connect(&args.client)?;
+    let client = connect(&args.client)?;
     block_on(async {
         let Some(key) = &args.key else {
             let mut live = client.lines(Method::GET, "/v1/events", None::<&()>).await?;

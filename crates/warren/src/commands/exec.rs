@@ -26,7 +26,8 @@ use warren_types::api::{ApiError, ExecEvent};
 use warren_types::proto::{Command, ExecRequest, User, WinSize, CHUNK};
 
 use crate::client::{
-    block_on, enc, out, sandbox_path, write_stderr, Client, ClientArgs, ClientError, Error, Lines,
+    block_on, connect, enc, out, sandbox_path, write_stderr, Client, ClientArgs, ClientError,
+    Error, Lines,
 };
 use crate::parse::{parse_env, parse_user};
 use warren_types::size::parse_duration;
@@ -66,7 +67,7 @@ pub struct ExecArgs {
 }
 
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::client::connect(&args.client)?;
+    let client = connect(&args.client)?;
     let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let plain = args.env.is_empty()
         && args.workdir.is_none()

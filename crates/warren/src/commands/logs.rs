@@ -20,7 +20,7 @@ use hyper::Method;
 use warren_types::api::ExecEvent;
 use warren_types::proto::ProcessInfo;
 
-use crate::client::{block_on, out, sandbox_path, write_stderr, ClientArgs, Error};
+use crate::client::{block_on, connect, out, sandbox_path, write_stderr, ClientArgs, Error};
 
 /// The tag `run -d` gives the process it starts.
 pub const MAIN_TAG: &str = "main";
@@ -49,7 +49,7 @@ pub struct LogsArgs {
 }
 
 pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::client::connect(&args.client)?;
+    let client = connect(&args.client)?;
     block_on(async {
         let procs: Vec<ProcessInfo> = client
             .call(

@@ -35,7 +35,7 @@ use std::process::ExitCode;
 
 use hyper::Method;
 
-use crate::client::{block_on, out, sandbox_path, ClientArgs, ClientError, Error};
+use crate::client::{block_on, connect, out, sandbox_path, ClientArgs, ClientError, Error};
 
 /// One call per sandbox named; each success prints its key, each failure its error, and
 /// the status is 1 if any failed (the others still happen).
@@ -55,7 +55,7 @@ pub(crate) fn for_each(
     method: Method,
     path: impl Fn(&str) -> String,
 ) -> anyhow::Result<ExitCode> {
-    let client = crate::client::connect(client)?;
+    let client = connect(client)?;
     let failed = block_on(async {
         let mut failed = false;
         for key in keys {

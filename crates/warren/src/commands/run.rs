@@ -34,7 +34,7 @@ use warren_types::proto::User;
 
 use super::flags::{SandboxFlags, SandboxSettings};
 use super::logs::MAIN_TAG;
-use crate::client::{block_on, enc, out, sandbox_path, Client, ClientArgs, Error};
+use crate::client::{block_on, connect, enc, out, sandbox_path, Client, ClientArgs, Error};
 use crate::parse::{parse_env, parse_host_mount, parse_pair, parse_user};
 use warren_types::size::{parse_duration, parse_size};
 
@@ -424,7 +424,7 @@ fn detached(args: RunArgs, sandbox: SandboxSettings) -> anyhow::Result<ExitCode>
         mounts: args.volume.iter().filter_map(VolumeArg::host).collect(),
         ..CreateSandbox::default()
     };
-    let client = crate::client::connect(&args.client)?;
+    let client = connect(&args.client)?;
     let code = block_on(async {
         let info: SandboxInfo = client
             .call(Method::POST, "/v1/sandboxes", Some(&body))

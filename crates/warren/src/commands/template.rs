@@ -13,7 +13,7 @@ use warren_core::{
     BuildEvent, BuildTemplate, DiskUsage, ImportResult, ImportTemplate, LayerGcResult, TemplateInfo,
 };
 
-use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::client::{block_on, connect, enc, out, Client, ClientArgs};
 use crate::format::{parse_format, Format};
 use crate::parse::parse_env;
 use warren_types::size::{parse_duration, parse_size};
@@ -145,7 +145,7 @@ fn base(a: BaseArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("building the {} template's files failed ({status})", a.name);
     }
     // The new one replaces the old only once it is made: remove the old, then import.
-    remove_old(&crate::client::connect(&a.client)?, &a.name)?;
+    remove_old(&connect(&a.client)?, &a.name)?;
     import(ImportArgs {
         archive,
         name_arg: None,
@@ -190,7 +190,7 @@ fn code_interpreter(a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
     if CODE_INTERPRETER.contains(END) {
         anyhow::bail!("the embedded server holds its own end marker");
     }
-    remove_old(&crate::client::connect(&a.client)?, &a.name)?;
+    remove_old(&connect(&a.client)?, &a.name)?;
     let server = "/opt/warren/code-interpreter.py";
     build(BuildArgs {
         name: a.name,
@@ -344,7 +344,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
         TemplateCommand::Build(a) => build(a),
         TemplateCommand::Ls(a) => ls(a),
         TemplateCommand::Inspect(a) => {
-            let client = crate::client::connect(&a.client)?;
+            let client = connect(&a.client)?;
             let path = format!("/v1/templates/{}", enc(&a.name));
             let t: TemplateInfo = block_on(client.call(Method::GET, &path, None::<&()>))??;
             match &a.format {
@@ -354,14 +354,14 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TemplateCommand::Rm(a) => {
-            let client = crate::client::connect(&a.client)?;
+            let client = connect(&a.client)?;
             let path = format!("/v1/templates/{}", enc(&a.name));
             block_on(client.call_raw(Method::DELETE, &path, None::<&()>))??;
             out(format!("{}\n", a.name))?;
             Ok(ExitCode::SUCCESS)
         }
         TemplateCommand::Gc(a) => {
-            let client = crate::client::connect(&a.client)?;
+            let client = connect(&a.client)?;
             let body = serde_json::json!({ "dry_run": a.dry_run });
             let r: LayerGcResult =
                 block_on(client.call(Method::POST, "/v1/templates/gc", Some(&body)))??;
@@ -377,7 +377,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TemplateCommand::Du(a) => {
-            let client = crate::client::connect(&a.client)?;
+            let client = connect(&a.client)?;
             let u: DiskUsage = block_on(client.call(Method::GET, "/v1/disk", None::<&()>))??;
             if let Some(f) = &a.format {
                 out(f.render(&serde_json::to_value(&u)?))?;
@@ -410,7 +410,7 @@ fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| a.name.clone())
         .ok_or_else(|| anyhow::anyhow!("give the template a name"))?;
-    let client = crate::client::connect(&a.client)?;
+    let client = connect(&a.client)?;
     let r = if client.over_tcp() {
         upload(&client, &a, &name)?
     } else {
@@ -586,7 +586,7 @@ fn build(mut a: BuildArgs) -> anyhow::Result<ExitCode> {
     if a.steps.is_empty() {
         anyhow::bail!("give at least one step with --run 'COMMAND' or --file RECIPE");
     }
-    let client = crate::client::connect(&a.client)?;
+    let client = connect(&a.client)?;
     let count = a.steps.len() as u64;
     let body = BuildTemplate {
         name: a.name.clone(),
@@ -675,7 +675,7 @@ fn build(mut a: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
-    let client = crate::client::connect(&a.client)?;
+    let client = connect(&a.client)?;
     let list: Vec<TemplateInfo> =
         block_on(client.call(Method::GET, "/v1/templates", None::<&()>))??;
     if let Some(f) = &a.format {
