@@ -10,7 +10,7 @@ use common::{block_on, can_run, Daemon};
 use warren_client::warren_types::api::{
     CreateSandbox, OpenSession, SandboxState, SetTimeout, WireCode,
 };
-use warren_client::warren_types::proto::FileType;
+use warren_client::warren_types::proto::{FileType, WinSize};
 use warren_client::{
     argv, shell, Error, ListFilter, Notice, Output, SnapshotRequest, TerminalEvent, TerminalOptions,
 };
@@ -75,6 +75,30 @@ fn exec_streams_output_as_it_comes_takes_stdin_and_reports_the_exit() {
             .unwrap();
         assert_eq!(r.exit_code, Some(5));
         assert_eq!(r.stdout_b64, "Yf9i");
+
+        // A background process outlives its stream and is followed again, from the start.
+        let mut bg = shell("echo early; sleep 0.5; echo late");
+        bg.background = true;
+        let started = c.exec_stream(key, &bg).await.unwrap();
+        let pid = started.pid();
+        drop(started);
+        let (out, _, exit) = c
+            .attach(key, pid, true)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out), "early\nlate\n");
+        assert!(exit.success());
+
+        // A terminal's size changes from beside its stream.
+        let mut tty = shell("sleep 1; stty size");
+        tty.tty = Some(WinSize { rows: 10, cols: 20 });
+        let run = c.exec_stream(key, &tty).await.unwrap();
+        run.handle().resize(40, 120).await.unwrap();
+        let (out, _, _) = run.collect().await.unwrap();
+        assert!(String::from_utf8_lossy(&out).contains("40 120"));
 
         // A process listed, and killed.
         let mut sleeper = c.exec_stream(key, &argv(["sleep", "300"])).await.unwrap();
