@@ -13,10 +13,20 @@ pub enum Error {
     /// than this client still reaches the caller; [`Error::wire_code`] reads the known
     /// ones.
     #[error("{message} ({code})")]
-    Api { code: String, message: String },
+    Api {
+        /// The stable machine code.
+        code: String,
+        /// What went wrong, for people.
+        message: String,
+    },
     /// The daemon could not be reached (no socket, nothing listening on the port).
     #[error("cannot connect: {reason}; is `warren serve` running? ({target})")]
-    Connect { target: String, reason: String },
+    Connect {
+        /// The socket or host tried.
+        target: String,
+        /// Why the connection failed.
+        reason: String,
+    },
     /// The connection broke during the call.
     #[error("the connection to the daemon failed: {0}")]
     Connection(String),

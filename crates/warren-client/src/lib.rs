@@ -27,6 +27,8 @@
 //! lists them); [`Client::send`], [`Client::call`], [`Client::lines`] and
 //! [`Client::websocket`] reach the routes without a typed method here.
 
+#![warn(missing_docs)]
+
 mod error;
 pub mod exec;
 pub mod files;
@@ -41,7 +43,9 @@ pub use warren_types;
 pub use crate::error::Error;
 pub use crate::exec::{argv, shell, ExecStream, Exit, Output, ProcessHandle};
 pub use crate::files::Files;
-pub use crate::sandboxes::{Health, ListFilter, SnapshotRequest, SnapshotResult, TemplateInfo};
+pub use crate::sandboxes::{
+    Events, Health, ListFilter, SnapshotRequest, SnapshotResult, TemplateInfo,
+};
 pub use crate::sessions::Lease;
 pub use crate::terminal::{
     Notice, Terminal, TerminalEvent, TerminalInput, TerminalOptions, TerminalOutput,

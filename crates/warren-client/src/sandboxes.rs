@@ -5,16 +5,19 @@ use std::collections::BTreeMap;
 use hyper::Method;
 use serde::{Deserialize, Serialize};
 use warren_types::api::{
-    BackendInfo, CreateSandbox, ForkRequest, SandboxInfo, SandboxState, SetTimeout, UsageSample,
+    BackendInfo, CreateSandbox, Event, ForkRequest, SandboxInfo, SandboxState, SetTimeout,
+    UsageSample,
 };
 
-use crate::transport::{enc, sandbox_path};
+use crate::transport::{enc, sandbox_path, Lines};
 use crate::{Client, Error};
 
 /// Which sandboxes [`Client::list`] shows; every field left out matches all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ListFilter {
+    /// Sandboxes of this owner.
     pub owner: Option<String>,
+    /// Sandboxes in this state.
     pub state: Option<SandboxState>,
     /// Labels the sandbox must carry, with these values.
     pub labels: BTreeMap<String, String>,
@@ -59,6 +62,7 @@ pub struct Health {
 /// kept in `other` as the daemon sent them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TemplateInfo {
+    /// What sandboxes name it by (`template` in [`CreateSandbox`]).
     pub name: String,
     /// How it was made: `builtin`, `image`, `build`, `snapshot`.
     pub kind: String,
@@ -90,7 +94,20 @@ pub struct SnapshotResult {
     pub template: TemplateInfo,
     /// Bytes of the new layer: the sandbox's own changes.
     pub bytes_written: u64,
+    /// How long it took.
     pub millis: u64,
+}
+
+/// The lifecycle events of the tenant's sandboxes as they happen: see
+/// [`Client::events`].
+#[derive(Debug)]
+pub struct Events(Lines);
+
+impl Events {
+    /// The next event; `None` when the stream ends (the daemon shut down).
+    pub async fn next(&mut self) -> Result<Option<Event>, Error> {
+        self.0.next().await
+    }
 }
 
 impl Client {
@@ -194,6 +211,18 @@ impl Client {
         };
         let path = sandbox_path(key, &format!("/metrics{query}"));
         self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// A sandbox's lifecycle so far: created, paused, resumed, timed out...
+    pub async fn logs(&self, key: &str) -> Result<Vec<Event>, Error> {
+        self.call(Method::GET, &sandbox_path(key, "/logs"), None::<&()>)
+            .await
+    }
+
+    /// Follows the lifecycle events of the tenant's sandboxes from now on.
+    pub async fn events(&self) -> Result<Events, Error> {
+        let lines = self.lines(Method::GET, "/v1/events", None::<&()>).await?;
+        Ok(Events(lines))
     }
 
     /// The templates the tenant can make sandboxes from.

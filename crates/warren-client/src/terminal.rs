@@ -20,12 +20,14 @@ use crate::{Client, Error};
 /// How to open a terminal.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TerminalOptions {
+    /// The window's height, in lines [default: 24].
     pub rows: u16,
+    /// The window's width, in columns [default: 80].
     pub cols: u16,
     /// The command, run by `/bin/sh -c` [default: `/bin/bash`].
     pub cmd: Option<String>,
     /// Keep the command running when the terminal closes; the first event is then
-    /// [`TerminalEvent::Process`], whose pid [`pid`](Self::pid) joins again.
+    /// the notice [`Notice::Process`], whose pid [`pid`](Self::pid) joins again.
     pub keep: bool,
     /// Join the terminal of this running process instead of starting one: the output
     /// the agent still holds comes first, so the screen is drawn again.
@@ -69,9 +71,15 @@ pub enum Notice {
     /// Something failed: a refused resize or key, or the reason the terminal ends.
     Error(ApiError),
     /// First to a share's guest: whether its keys reach the process.
-    Share { write: bool },
+    Share {
+        /// The guest's keys reach the process.
+        write: bool,
+    },
     /// First on a kept or joined terminal: the process, to join again later.
-    Process { pid: u32 },
+    Process {
+        /// Its pid in the sandbox: [`TerminalOptions::pid`] joins it.
+        pid: u32,
+    },
 }
 
 /// What a terminal sends.

@@ -246,6 +246,7 @@ fn the_lifecycle_pause_resume_stop_start_fork_snapshot_and_timeouts() {
     let d = Daemon::start(bin, false);
     let c = d.client();
     block_on(async {
+        let mut events = c.events().await.unwrap();
         let req = CreateSandbox {
             name: Some("lab".into()),
             labels: [("team".to_string(), "ml".to_string())].into(),
@@ -259,6 +260,18 @@ fn the_lifecycle_pause_resume_stop_start_fork_snapshot_and_timeouts() {
 
         let paused = c.pause("lab").await.unwrap();
         assert_eq!(paused.state, SandboxState::Paused);
+        let mut kinds = Vec::new();
+        while !kinds.iter().any(|k| k == "paused") {
+            let ev = tokio::time::timeout(Duration::from_secs(10), events.next())
+                .await
+                .expect("an event")
+                .unwrap()
+                .expect("the stream goes on");
+            assert_eq!(ev.sandbox, sb.id);
+            kinds.push(ev.kind);
+        }
+        assert!(kinds.iter().any(|k| k == "created"), "{kinds:?}");
+        drop(events);
         let filter = ListFilter {
             state: Some(SandboxState::Paused),
             ..ListFilter::default()
@@ -321,6 +334,11 @@ fn the_lifecycle_pause_resume_stop_start_fork_snapshot_and_timeouts() {
             "{templates:?}"
         );
 
+        let history = c.logs("lab").await.unwrap();
+        let kinds: Vec<&str> = history.iter().map(|e| e.kind.as_str()).collect();
+        for kind in ["created", "paused", "resumed", "stopped", "started"] {
+            assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+        }
         c.remove("lab").await.unwrap();
         assert!(c.get(&sb.id).await.unwrap_err().is_not_found());
     });
