@@ -64,13 +64,13 @@ impl Client {
     }
 
     /// Opens a session and keeps it active with a heartbeat every `every` (keep it well
-    /// under the session's `active_secs`, 300 s by default) until the lease is released
-    /// or dropped. Needs a tokio runtime.
+    /// under the session's `active_secs`, 300 s by default; at least 100 ms) until the
+    /// lease is released or dropped. Needs a tokio runtime.
     pub async fn acquire(&self, req: &OpenSession, every: Duration) -> Result<Lease, Error> {
         let info = self.open_session(req).await?;
         let (client, id) = (self.clone(), info.id.clone());
         let heartbeats = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
             tick.tick().await;
             loop {
                 tick.tick().await;

@@ -29,7 +29,8 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 /// The `warren` binary: `WARREN_BIN`, else the one cargo built beside this test.
 pub fn warren_bin() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("WARREN_BIN") {
-        return Some(PathBuf::from(p));
+        let bin = PathBuf::from(p);
+        return bin.is_file().then_some(bin);
     }
     // target/debug/deps/live-HASH → target/debug/warren
     let exe = std::env::current_exe().ok()?;
@@ -54,8 +55,8 @@ pub fn can_run(test: &str) -> Option<PathBuf> {
         None => {
             warren_testkit::skip(
                 test,
-                "no warren binary beside the test: build it (cargo build -p warren) or \
-                 name one in WARREN_BIN",
+                "no warren binary beside the test (or at WARREN_BIN): build it with \
+                 cargo build -p warren, or name one in WARREN_BIN",
             );
             None
         }
