@@ -11,7 +11,7 @@
 
 use serde_json::Value;
 
-use crate::client::Error;
+use crate::client::ClientError as Error;
 
 /// A parsed `--format` template.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -141,13 +141,13 @@ fn main() -> ExitCode {
     match r {
         Ok(code) => code,
         Err(e) => {
-            let client_error = e.downcast_ref::<client::Error>();
-            if !matches!(client_error, Some(client::Error::StdoutClosed)) {
+            let (code, say) = client::exit_status(&e);
+            if say {
                 eprintln!("warren: {}", term::clean(&format!("{e:#}")));
             }
             // A daemon's refusal is the caller's to fix (1); not reaching it, or a
             // sandbox that could not be made, is Warren's (125).
-            ExitCode::from(client_error.map_or(125, client::Error::exit_code))
+            ExitCode::from(code)
         }
     }
 }

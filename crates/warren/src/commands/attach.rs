@@ -10,7 +10,7 @@ use hyper::Method;
 use warren_types::proto::ProcessInfo;
 
 use super::exec::{follow, Follow};
-use crate::client::{block_on, sandbox_path, Client, ClientArgs};
+use crate::client::{block_on, connect, sandbox_path, ClientArgs};
 
 /// Follow a running process's output until it ends; exits with its status.
 #[derive(Debug, Args)]
@@ -30,7 +30,7 @@ pub struct AttachArgs {
 }
 
 pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let code = block_on(async {
         let path = sandbox_path(
             &args.key,

@@ -7,7 +7,7 @@ use clap::Args;
 use hyper::Method;
 use warren_types::api::BackendInfo;
 
-use crate::client::{block_on, out, Client, ClientArgs};
+use crate::client::{block_on, connect, out, ClientArgs};
 
 /// List the isolation backends and their capabilities.
 #[derive(Debug, Args)]
@@ -20,7 +20,7 @@ pub struct BackendsArgs {
 }
 
 pub fn run(args: BackendsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let list: Vec<BackendInfo> = block_on(client.call(Method::GET, "/v1/backends", None::<&()>))??;
     if args.json {
         out(format!("{}\n", serde_json::to_string_pretty(&list)?))?;

@@ -15,7 +15,7 @@ use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_types::proto::{FileInfo, FileType};
 
-use crate::client::{block_on, enc, Client, ClientArgs, Error};
+use crate::client::{block_on, connect, enc, Client, ClientArgs, Error};
 
 /// Copy files or directories between a sandbox and the host: `warren cp lab:/work/out
 /// ./out`, `warren cp ./src alice/lab:/work`. One side is SANDBOX:PATH; a host path that
@@ -55,7 +55,7 @@ fn end(s: &str) -> End {
 }
 
 pub fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let copy = Copy {
         client: &client,
         skipped: Vec::new(),
@@ -64,13 +64,13 @@ pub fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
         (End::Host(from), End::Sandbox { key, path }) => block_on(copy.upload(&key, from, path))?,
         (End::Sandbox { key, path }, End::Host(to)) => block_on(copy.download(&key, path, to))?,
         (End::Host(_), End::Host(_)) => {
-            return Err(Error::Invalid(
+            return Err(Error::invalid(
                 "one side must be in a sandbox: SANDBOX:PATH (use cp for host to host)".into(),
             )
             .into())
         }
         (End::Sandbox { .. }, End::Sandbox { .. }) => {
-            return Err(Error::Invalid(
+            return Err(Error::invalid(
                 "one side must be a host path: copy through the host in two steps".into(),
             )
             .into())
@@ -122,8 +122,8 @@ impl Copy<'_> {
             .await
         {
             Ok(i) => Ok(Some(i)),
-            Err(Error::Api { code, .. }) if code == "file_not_found" => Ok(None),
-            Err(e) => Err(e),
+            Err(e) if e.code() == Some("file_not_found") => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -131,8 +131,8 @@ impl Copy<'_> {
         let url = format!("/v1/sandboxes/{}/files/mkdir?path={}", enc(key), enc(path));
         match self.client.call_raw(Method::POST, &url, None::<&()>).await {
             Ok(_) => Ok(()),
-            Err(Error::Api { code, .. }) if code == "already_exists" => Ok(()),
-            Err(e) => Err(e),
+            Err(e) if e.code() == Some("already_exists") => Ok(()),
+            Err(e) => Err(e.into()),
         }
     }
 

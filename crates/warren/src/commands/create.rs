@@ -9,7 +9,7 @@ use hyper::Method;
 use warren_types::api::{CreateSandbox, HostMount, SandboxInfo, TimeoutAction};
 
 use super::flags::SandboxFlags;
-use crate::client::{block_on, out, Client, ClientArgs};
+use crate::client::{block_on, connect, out, ClientArgs};
 use crate::parse::{parse_env, parse_host_mount, parse_pair};
 use warren_types::size::{parse_duration, parse_size};
 
@@ -116,7 +116,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
         isolation: sandbox.isolation,
         mounts: args.mounts,
     };
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let info: SandboxInfo = block_on(client.call(Method::POST, "/v1/sandboxes", Some(&body)))??;
     out(format!("{}\n", info.id))?;
     Ok(ExitCode::SUCCESS)

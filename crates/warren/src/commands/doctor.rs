@@ -8,7 +8,7 @@ use hyper::Method;
 use warren_runtime::{doctor, NamespaceBackend, Paths};
 use warren_types::api::{BackendInfo, Isolation};
 
-use crate::client::{block_on, Client, ClientArgs};
+use crate::client::{block_on, connect, ClientArgs};
 
 /// Check the host for leftovers of ended sandboxes (cgroups, mounts, links, processes).
 #[derive(Debug, Args)]
@@ -39,7 +39,9 @@ fn backends(client: &ClientArgs) {
     if client.host.is_some() {
         return;
     }
-    let Ok(c) = Client::new(client) else { return };
+    let Ok(c) = connect(client) else {
+        return;
+    };
     let Ok(Ok(list)) =
         block_on(c.call::<Vec<BackendInfo>>(Method::GET, "/v1/backends", None::<&()>))
     else {

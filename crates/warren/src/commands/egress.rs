@@ -7,7 +7,7 @@ use hyper::Method;
 use warren_types::api::SandboxInfo;
 
 use super::create::EgressFlags;
-use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+use crate::client::{block_on, connect, out, sandbox_path, ClientArgs};
 
 /// Show a `nat` sandbox's egress rules, or replace them (a running sandbox is under the
 /// new ones at once, its open connections included).
@@ -26,7 +26,7 @@ pub struct EgressArgs {
 }
 
 pub fn run(args: EgressArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let info: SandboxInfo = if args.open || !args.rules.is_open() {
         let body = args.rules.into_egress();
         let path = sandbox_path(&args.key, "/egress");

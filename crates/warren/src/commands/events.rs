@@ -12,7 +12,7 @@ use clap::Args;
 use hyper::Method;
 use warren_types::api::{Event, SandboxInfo};
 
-use crate::client::{block_on, out, sandbox_path, Client, ClientArgs, Error, Lines};
+use crate::client::{block_on, connect, out, sandbox_path, ClientArgs, Error, Lines};
 use crate::term::clean_line;
 
 /// Follow lifecycle events of the tenant's sandboxes, or show one sandbox's.
@@ -32,7 +32,7 @@ pub struct EventsArgs {
 }
 
 pub fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     block_on(async {
         let Some(key) = &args.key else {
             let mut live = client.lines(Method::GET, "/v1/events", None::<&()>).await?;
@@ -75,7 +75,7 @@ async fn follow(
 ) -> Result<(), Error> {
     while let Some(line) = live.next_line().await? {
         let e: Event =
-            serde_json::from_slice(&line).map_err(|e| Error::Protocol(format!("an event: {e}")))?;
+            serde_json::from_slice(&line).map_err(|e| Error::protocol(format!("an event: {e}")))?;
         if sandbox.is_some_and(|id| e.sandbox != id) || seen.contains(&identity(&e)) {
             continue;
         }
@@ -88,7 +88,7 @@ async fn follow(
         }
         print(&e, false, sandbox.is_none())?;
     }
-    Err(Error::Connection(
+    Err(Error::connection(
         "the daemon ended the event stream".into(),
     ))
 }

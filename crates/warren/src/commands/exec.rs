@@ -18,15 +18,16 @@ use base64::Engine;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use hyper::Method;
-use serde::Deserialize;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use warren_client::Notice;
 use warren_types::api::{ApiError, ExecEvent};
 use warren_types::proto::{Command, ExecRequest, User, WinSize, CHUNK};
 
 use crate::client::{
-    block_on, enc, out, sandbox_path, write_stderr, Client, ClientArgs, Error, Lines,
+    block_on, connect, enc, out, sandbox_path, write_stderr, Client, ClientArgs, ClientError,
+    Error, Lines,
 };
 use crate::parse::{parse_env, parse_user};
 use warren_types::size::parse_duration;
@@ -66,7 +67,7 @@ pub struct ExecArgs {
 }
 
 pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let terminal = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     let plain = args.env.is_empty()
         && args.workdir.is_none()
@@ -111,7 +112,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
 /// command's failure, and exits as a shell would.
 fn not_started(r: Result<u8, Error>) -> Result<u8, Error> {
     match r {
-        Err(Error::Api { code, message })
+        Err(Error::Client(ClientError::Api { code, message }))
             if code == "command_not_found" || code == "permission_denied" =>
         {
             Ok(start_failed(&code, &message))
@@ -128,10 +129,10 @@ async fn detach(lines: &mut Lines) -> Result<u8, Error> {
             Ok(0)
         }
         Some(ExecEvent::Error { code, message }) => Ok(start_failed(&code, &message)),
-        Some(other) => Err(Error::Protocol(format!(
+        Some(other) => Err(Error::protocol(format!(
             "expected the process to start, got {other:?}"
         ))),
-        None => Err(Error::Protocol(
+        None => Err(Error::protocol(
             "the stream ended before the process started".into(),
         )),
     }
@@ -188,10 +189,10 @@ pub(crate) async fn follow(
                     if pid.is_none() {
                         break End::NotStarted { code, message };
                     }
-                    return Err(Error::Api { code, message });
+                    return Err(Error::api(code, message));
                 }
                 None => {
-                    return Err(Error::Connection(
+                    return Err(Error::connection(
                         "the output stream ended before the command did".into(),
                     ))
                 }
@@ -267,7 +268,7 @@ impl End {
 
 fn decode(b64: &impl Engine, data: &str) -> Result<Vec<u8>, Error> {
     b64.decode(data)
-        .map_err(|e| Error::Protocol(format!("output is not base64: {e}")))
+        .map_err(|e| Error::protocol(format!("output is not base64: {e}")))
 }
 
 /// The shell's convention, with the reasons a status alone would hide said on stderr.
@@ -422,15 +423,6 @@ enum Caught {
     WindowChanged,
 }
 
-/// What the terminal WebSocket says in text frames.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum PtyNotice {
-    Exit(PtyExit),
-    Error(ApiError),
-    Share { write: bool },
-}
-
 /// Ctrl-P then Ctrl-Q: leave a terminal and let its process run on (docker's keys).
 const DETACH: (u8, u8) = (0x10, 0x11);
 
@@ -461,18 +453,6 @@ impl DetachKeys {
         }
         (out, false)
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct PtyExit {
-    #[serde(default)]
-    exit_code: Option<i32>,
-    #[serde(default)]
-    signal: Option<i32>,
-    #[serde(default)]
-    timed_out: bool,
-    #[serde(default)]
-    oom_killed: bool,
 }
 
 /// An interactive terminal over the daemon's WebSocket: keystrokes out as binary frames,
@@ -506,7 +486,7 @@ pub(crate) async fn terminal(client: &Client, path: &str) -> Result<u8, Error> {
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(data))) => out(&data)?,
                 Some(Ok(Message::Text(text))) => match serde_json::from_str(text.as_str()) {
-                    Ok(PtyNotice::Exit(e)) => {
+                    Ok(Notice::Exit(e)) => {
                         break End::Exited {
                             code: e.exit_code,
                             signal: e.signal,
@@ -515,16 +495,16 @@ pub(crate) async fn terminal(client: &Client, path: &str) -> Result<u8, Error> {
                         };
                     }
                     // Keys of a read-only guest are dropped, and the guest told once.
-                    Ok(PtyNotice::Error(ApiError { code, .. })) if code == "read_only" => {
+                    Ok(Notice::Error(ApiError { code, .. })) if code == "read_only" => {
                         if !told_read_only {
                             told_read_only = true;
                             eprint!("\r\nwarren: read-only share: your keys are not sent; Ctrl-P Ctrl-Q leaves\r\n");
                         }
                     }
-                    Ok(PtyNotice::Error(ApiError { code, message })) => {
-                        failure = Some(Error::Api { code, message });
+                    Ok(Notice::Error(ApiError { code, message })) => {
+                        failure = Some(Error::api(code, message));
                     }
-                    Ok(PtyNotice::Share { write }) => {
+                    Ok(Notice::Share { write }) => {
                         let mode = if write {
                             "read-write: you type into it"
                         } else {
@@ -532,15 +512,16 @@ pub(crate) async fn terminal(client: &Client, path: &str) -> Result<u8, Error> {
                         };
                         eprint!("warren: joined a shared terminal, {mode}; Ctrl-P Ctrl-Q leaves\r\n");
                     }
-                    Err(_) => {}
+                    // The process to join again: this terminal does not leave it running.
+                    Ok(Notice::Process { .. }) | Err(_) => {}
                 },
                 Some(Ok(Message::Close(_))) | None => {
                     return Err(failure.unwrap_or_else(|| {
-                        Error::Connection("the terminal closed before the command ended".into())
+                        Error::connection("the terminal closed before the command ended".into())
                     }));
                 }
                 Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(Error::Connection(e.to_string())),
+                Some(Err(e)) => return Err(Error::connection(e.to_string())),
             },
             chunk = input.recv(), if input_open => match chunk {
                 Some(data) => {
@@ -548,7 +529,7 @@ pub(crate) async fn terminal(client: &Client, path: &str) -> Result<u8, Error> {
                     if !keys.is_empty() {
                         ws.send(Message::Binary(keys.into()))
                             .await
-                            .map_err(|e| Error::Connection(e.to_string()))?;
+                            .map_err(|e| Error::connection(e.to_string()))?;
                     }
                     if leave {
                         drop(raw);

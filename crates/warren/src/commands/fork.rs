@@ -7,7 +7,7 @@ use clap::Args;
 use hyper::Method;
 use warren_types::api::{ForkRequest, SandboxInfo};
 
-use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::client::{block_on, connect, enc, out, ClientArgs};
 
 /// Copy a running sandbox: its files, and on gvisor its processes and memory too.
 #[derive(Debug, Args)]
@@ -22,7 +22,7 @@ pub struct ForkArgs {
 }
 
 pub fn run(args: ForkArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let body = ForkRequest {
         count: Some(args.count),
     };

@@ -12,7 +12,7 @@ use serde::Serialize;
 use warren_types::api::SandboxInfo;
 
 use super::ls::{ago, align};
-use crate::client::{block_on, out, Client, ClientArgs};
+use crate::client::{block_on, connect, out, ClientArgs};
 use crate::term::clean_line;
 
 /// Remove sandboxes idle for longer than --idle-minutes; prints each one's id.
@@ -38,7 +38,7 @@ struct GcRequest {
 }
 
 pub fn run(args: GcArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let body = GcRequest {
         idle_minutes: args.idle_minutes,
         dry_run: args.dry_run,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Args;
 use hyper::Method;
 
-use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+use crate::client::{block_on, connect, out, sandbox_path, ClientArgs};
 use crate::format::{parse_format, Format};
 
 /// Show a sandbox as pretty-printed JSON.
@@ -22,7 +22,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let path = sandbox_path(&args.key, "");
     // As the daemon sent it: fields this CLI does not know yet are shown too.
     let info: serde_json::Value = block_on(client.call(Method::GET, &path, None::<&()>))??;

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use hyper::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::client::{block_on, connect, enc, out, ClientArgs};
 
 /// Manage API keys.
 #[derive(Debug, Args)]
@@ -100,7 +100,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
             operator,
             socket,
         } => {
-            let client = Client::new(&ClientArgs {
+            let client = connect(&ClientArgs {
                 socket,
                 ..ClientArgs::default()
             })?;
@@ -131,7 +131,7 @@ fn ssh(command: SshCommand) -> anyhow::Result<ExitCode> {
                 std::fs::read_to_string(&file)
                     .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?
             };
-            let client = Client::new(&client)?;
+            let client = connect(&client)?;
             let body = AddSshKey {
                 owner,
                 public_key: text.trim().to_string(),
@@ -148,7 +148,7 @@ fn ssh(command: SshCommand) -> anyhow::Result<ExitCode> {
             json,
             client,
         } => {
-            let client = Client::new(&client)?;
+            let client = connect(&client)?;
             let path = match &owner {
                 Some(o) => format!("/v1/ssh-keys?owner={}", enc(o)),
                 None => "/v1/ssh-keys".to_string(),
@@ -175,7 +175,7 @@ fn ssh(command: SshCommand) -> anyhow::Result<ExitCode> {
             owner,
             client,
         } => {
-            let client = Client::new(&client)?;
+            let client = connect(&client)?;
             let mut path = format!("/v1/ssh-keys/{}", enc(&fingerprint));
             if let Some(o) = &owner {
                 path.push_str(&format!("?owner={}", enc(o)));

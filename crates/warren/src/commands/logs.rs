@@ -20,7 +20,7 @@ use hyper::Method;
 use warren_types::api::ExecEvent;
 use warren_types::proto::ProcessInfo;
 
-use crate::client::{block_on, out, sandbox_path, write_stderr, Client, ClientArgs, Error};
+use crate::client::{block_on, connect, out, sandbox_path, write_stderr, ClientArgs, Error};
 
 /// The tag `run -d` gives the process it starts.
 pub const MAIN_TAG: &str = "main";
@@ -49,7 +49,7 @@ pub struct LogsArgs {
 }
 
 pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     block_on(async {
         let procs: Vec<ProcessInfo> = client
             .call(
@@ -171,13 +171,13 @@ async fn next_chunk(lines: &mut crate::client::Lines) -> Result<Option<Chunk>, E
     let b64 = base64::engine::general_purpose::STANDARD;
     let decode = |data: &str| {
         b64.decode(data)
-            .map_err(|e| Error::Protocol(format!("output not in base64: {e}")))
+            .map_err(|e| Error::protocol(format!("output not in base64: {e}")))
     };
     loop {
         return match lines.next::<ExecEvent>().await? {
             Some(ExecEvent::Stdout { data }) => Ok(Some(Chunk::Stdout(decode(&data)?))),
             Some(ExecEvent::Stderr { data }) => Ok(Some(Chunk::Stderr(decode(&data)?))),
-            Some(ExecEvent::Error { code, message }) => Err(Error::Api { code, message }),
+            Some(ExecEvent::Error { code, message }) => Err(Error::api(code, message)),
             Some(ExecEvent::Exit { .. }) | None => Ok(None),
             Some(ExecEvent::Started { .. }) => continue,
         };

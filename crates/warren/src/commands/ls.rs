@@ -6,7 +6,7 @@ use clap::Args;
 use hyper::Method;
 use warren_types::api::{SandboxInfo, SandboxState};
 
-use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::client::{block_on, connect, enc, out, ClientArgs};
 use crate::format::{parse_format, Format};
 use crate::parse::parse_pair;
 
@@ -56,7 +56,7 @@ pub fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
     if !query.is_empty() {
         path = format!("{path}?{}", query.join("&"));
     }
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     if let Some(f) = &args.format {
         let list: Vec<serde_json::Value> = block_on(client.call(Method::GET, &path, None::<&()>))??;
         out(f.render_all(&list))?;

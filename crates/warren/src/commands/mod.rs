@@ -35,7 +35,7 @@ use std::process::ExitCode;
 
 use hyper::Method;
 
-use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+use crate::client::{block_on, connect, out, sandbox_path, ClientArgs, ClientError, Error};
 
 /// One call per sandbox named; each success prints its key, each failure its error, and
 /// the status is 1 if any failed (the others still happen).
@@ -55,22 +55,22 @@ pub(crate) fn for_each(
     method: Method,
     path: impl Fn(&str) -> String,
 ) -> anyhow::Result<ExitCode> {
-    let client = Client::new(client)?;
+    let client = connect(client)?;
     let failed = block_on(async {
         let mut failed = false;
         for key in keys {
             let path = path(key);
             match client.call_raw(method.clone(), &path, None::<&()>).await {
                 Ok(_) => out(format!("{key}\n"))?,
-                Err(e) if e.exit_code() == 1 => {
+                Err(e @ ClientError::Api { .. }) => {
                     eprintln!("warren: {e}");
                     failed = true;
                 }
                 // The daemon is unreachable: the other keys would fail the same way.
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
-        Ok(failed)
+        Ok::<_, Error>(failed)
     })??;
     Ok(if failed {
         ExitCode::from(1)

@@ -11,7 +11,7 @@ use hyper::Method;
 use warren_types::api::SandboxInfo;
 use warren_types::spec::PortMap;
 
-use crate::client::{block_on, out, sandbox_path, Client, ClientArgs, Error};
+use crate::client::{block_on, connect, out, sandbox_path, ClientArgs, Error};
 
 /// List a sandbox's published ports, or the host address of one of them.
 #[derive(Debug, Args)]
@@ -40,7 +40,7 @@ fn parse_port(s: &str) -> Result<u16, String> {
 }
 
 pub fn run(args: PortArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let path = sandbox_path(&args.key, "");
     let info: SandboxInfo = block_on(client.call(Method::GET, &path, None::<&()>))??;
     out(render(&info.publish, args.port).map_err(|port| {

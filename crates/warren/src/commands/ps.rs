@@ -7,7 +7,7 @@ use clap::Args;
 use hyper::Method;
 use warren_types::proto::{Command, ProcessInfo};
 
-use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+use crate::client::{block_on, connect, out, sandbox_path, ClientArgs};
 use crate::format::{parse_format, Format};
 
 /// List a sandbox's processes started through the API (exec, terminals, start commands).
@@ -27,7 +27,7 @@ pub struct PsArgs {
 }
 
 pub fn run(args: PsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let path = sandbox_path(&args.key, "/processes");
     if let Some(f) = &args.format {
         let list: Vec<serde_json::Value> = block_on(client.call(Method::GET, &path, None::<&()>))??;

@@ -34,7 +34,7 @@ use warren_types::proto::User;
 
 use super::flags::{SandboxFlags, SandboxSettings};
 use super::logs::MAIN_TAG;
-use crate::client::{block_on, enc, out, sandbox_path, Client, ClientArgs, Error};
+use crate::client::{block_on, connect, enc, out, sandbox_path, Client, ClientArgs, Error};
 use crate::parse::{parse_env, parse_host_mount, parse_pair, parse_user};
 use warren_types::size::{parse_duration, parse_size};
 
@@ -175,7 +175,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return detached(args, sandbox);
     }
     if let Some(p) = sandbox.publish.iter().find(|p| p.host == 0) {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "-p {}: without -d there is no daemon to choose a host port; write \
              HOSTPORT:PORT, e.g. -p 8080:{}, or run it with -d",
             p.sandbox, p.sandbox
@@ -394,7 +394,7 @@ fn detached(args: RunArgs, sandbox: SandboxSettings) -> anyhow::Result<ExitCode>
         VolumeArg::Host(_) => None,
     });
     if let Some(v) = named {
-        return Err(Error::Invalid(format!(
+        return Err(Error::invalid(format!(
             "-v {}:{}: with -d the daemon mounts the owner's home volume at /home/user; \
              named volumes are for `warren run` without -d",
             v.name, v.target
@@ -402,14 +402,14 @@ fn detached(args: RunArgs, sandbox: SandboxSettings) -> anyhow::Result<ExitCode>
         .into());
     }
     if args.hostname.is_some() {
-        return Err(Error::Invalid("--hostname is for `warren run` without -d".into()).into());
+        return Err(Error::invalid("--hostname is for `warren run` without -d".into()).into());
     }
     let user = args
         .user
         .as_deref()
         .map(parse_user)
         .transpose()
-        .map_err(Error::Invalid)?;
+        .map_err(Error::invalid)?;
     let body = CreateSandbox {
         owner: args.owner.clone(),
         name: args.name.clone(),
@@ -424,7 +424,7 @@ fn detached(args: RunArgs, sandbox: SandboxSettings) -> anyhow::Result<ExitCode>
         mounts: args.volume.iter().filter_map(VolumeArg::host).collect(),
         ..CreateSandbox::default()
     };
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let code = block_on(async {
         let info: SandboxInfo = client
             .call(Method::POST, "/v1/sandboxes", Some(&body))
@@ -457,8 +457,8 @@ async fn start_main(
             .await
         {
             Ok(t) => t.cmd,
-            Err(Error::Api { .. }) => Vec::new(),
-            Err(e) => return Err(e),
+            Err(warren_client::Error::Api { .. }) => Vec::new(),
+            Err(e) => return Err(e.into()),
         }
     } else {
         Vec::new()
@@ -490,17 +490,17 @@ async fn start_main(
     };
     let mut lines = match client.lines(Method::POST, &path, Some(&req)).await {
         Ok(lines) => lines,
-        Err(Error::Api { code, message })
+        Err(warren_client::Error::Api { code, message })
             if code == "command_not_found" || code == "permission_denied" =>
         {
             return not_started(&code, &message);
         }
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     };
     match lines.next::<ExecEvent>().await? {
         Some(ExecEvent::Started { .. }) => Ok(0),
         Some(ExecEvent::Error { code, message }) => not_started(&code, &message),
-        other => Err(Error::Protocol(format!(
+        other => Err(Error::protocol(format!(
             "expected the command to start, got {other:?}"
         ))),
     }

@@ -11,7 +11,7 @@ use hyper::Method;
 use warren_types::api::{ShareInfo, ShareRequest};
 
 use super::exec::terminal;
-use crate::client::{block_on, enc, sandbox_path, Client, ClientArgs};
+use crate::client::{block_on, connect, enc, sandbox_path, ClientArgs};
 
 /// Share a process's terminal; prints the token a collaborator joins with.
 #[derive(Debug, Args)]
@@ -36,7 +36,7 @@ pub struct ShareArgs {
 }
 
 pub fn run(args: ShareArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     block_on(async {
         if args.list {
             let shares: Vec<ShareInfo> = client
@@ -101,7 +101,7 @@ pub struct JoinArgs {
 }
 
 pub fn join(args: JoinArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let code =
         block_on(async { terminal(&client, &format!("/v1/shared/{}", enc(&args.token))).await })??;
     Ok(ExitCode::from(code))

@@ -7,7 +7,7 @@ use clap::Args;
 use hyper::Method;
 use warren_core::{SnapshotRequest, SnapshotResult};
 
-use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+use crate::client::{block_on, connect, out, sandbox_path, ClientArgs};
 
 /// Capture a sandbox's files as a template; `warren create --template NAME` makes copies.
 #[derive(Debug, Args)]
@@ -26,7 +26,7 @@ pub struct SnapshotArgs {
 }
 
 pub fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     let body = SnapshotRequest {
         name: args.name.clone(),
         memory: args.memory,

@@ -8,7 +8,7 @@ use hyper::Method;
 use warren_types::api::{SandboxInfo, UsageSample};
 
 use super::template::human;
-use crate::client::{block_on, out, sandbox_path, Client, ClientArgs};
+use crate::client::{block_on, connect, out, sandbox_path, ClientArgs};
 use crate::format::{parse_format, Format};
 
 /// Show running sandboxes' CPU, memory and disk use (the daemon's last reading).
@@ -30,7 +30,7 @@ pub struct StatsArgs {
 }
 
 pub fn run(args: StatsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&args.client)?;
+    let client = connect(&args.client)?;
     block_on(async {
         let sandboxes: Vec<SandboxInfo> = if args.keys.is_empty() {
             client

@@ -13,7 +13,7 @@ use warren_core::{
     BuildEvent, BuildTemplate, DiskUsage, ImportResult, ImportTemplate, LayerGcResult, TemplateInfo,
 };
 
-use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::client::{block_on, connect, enc, out, Client, ClientArgs};
 use crate::format::{parse_format, Format};
 use crate::parse::parse_env;
 use warren_types::size::{parse_duration, parse_size};
@@ -113,7 +113,7 @@ fn remove_old(client: &Client, name: &str) -> anyhow::Result<()> {
     let path = format!("/v1/templates/{}", enc(name));
     match block_on(client.call_raw(Method::DELETE, &path, None::<&()>))? {
         Ok(_) => eprintln!("warren: the old {name} template is removed"),
-        Err(crate::client::Error::Api { code, .. }) if code == "not_found" => {}
+        Err(e) if e.code() == Some("not_found") => {}
         Err(e) => return Err(e.into()),
     }
     Ok(())
@@ -146,7 +146,7 @@ fn base(a: BaseArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("building the {} template's files failed ({status})", a.name);
     }
     // The new one replaces the old only once it is made: remove the old, then import.
-    remove_old(&Client::new(&a.client)?, &a.name)?;
+    remove_old(&connect(&a.client)?, &a.name)?;
     import(ImportArgs {
         archive,
         name_arg: None,
@@ -280,7 +280,7 @@ struct ServerRecipe {
 /// Builds `recipe` as template `a.name` on `a.from` (network on for the steps), replacing
 /// an older one of that name.
 fn build_server(recipe: ServerRecipe, a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
-    remove_old(&Client::new(&a.client)?, &a.name)?;
+    remove_old(&connect(&a.client)?, &a.name)?;
     build(BuildArgs {
         name: a.name,
         from: a.from,
@@ -426,7 +426,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
         TemplateCommand::Build(a) => build(a),
         TemplateCommand::Ls(a) => ls(a),
         TemplateCommand::Inspect(a) => {
-            let client = Client::new(&a.client)?;
+            let client = connect(&a.client)?;
             let path = format!("/v1/templates/{}", enc(&a.name));
             let t: TemplateInfo = block_on(client.call(Method::GET, &path, None::<&()>))??;
             match &a.format {
@@ -436,14 +436,14 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TemplateCommand::Rm(a) => {
-            let client = Client::new(&a.client)?;
+            let client = connect(&a.client)?;
             let path = format!("/v1/templates/{}", enc(&a.name));
             block_on(client.call_raw(Method::DELETE, &path, None::<&()>))??;
             out(format!("{}\n", a.name))?;
             Ok(ExitCode::SUCCESS)
         }
         TemplateCommand::Gc(a) => {
-            let client = Client::new(&a.client)?;
+            let client = connect(&a.client)?;
             let body = serde_json::json!({ "dry_run": a.dry_run });
             let r: LayerGcResult =
                 block_on(client.call(Method::POST, "/v1/templates/gc", Some(&body)))??;
@@ -459,7 +459,7 @@ pub fn run(args: TemplateArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TemplateCommand::Du(a) => {
-            let client = Client::new(&a.client)?;
+            let client = connect(&a.client)?;
             let u: DiskUsage = block_on(client.call(Method::GET, "/v1/disk", None::<&()>))??;
             if let Some(f) = &a.format {
                 out(f.render(&serde_json::to_value(&u)?))?;
@@ -492,7 +492,7 @@ fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| a.name.clone())
         .ok_or_else(|| anyhow::anyhow!("give the template a name"))?;
-    let client = Client::new(&a.client)?;
+    let client = connect(&a.client)?;
     let r = if client.over_tcp() {
         upload(&client, &a, &name)?
     } else {
@@ -600,10 +600,10 @@ fn upload(client: &Client, a: &ImportArgs, name: &str) -> anyhow::Result<ImportR
             .await?;
         let bytes = http_body_util::BodyExt::collect(resp.into_body())
             .await
-            .map_err(|e| crate::client::Error::Connection(e.to_string()))?
+            .map_err(|e| crate::client::Error::connection(e.to_string()))?
             .to_bytes();
         serde_json::from_slice::<ImportResult>(&bytes)
-            .map_err(|e| crate::client::Error::Protocol(e.to_string()))
+            .map_err(|e| crate::client::Error::protocol(e.to_string()))
     });
     bar.finish_and_clear();
     let r = r??;
@@ -668,7 +668,7 @@ fn build(mut a: BuildArgs) -> anyhow::Result<ExitCode> {
     if a.steps.is_empty() {
         anyhow::bail!("give at least one step with --run 'COMMAND' or --file RECIPE");
     }
-    let client = Client::new(&a.client)?;
+    let client = connect(&a.client)?;
     let count = a.steps.len() as u64;
     let body = BuildTemplate {
         name: a.name.clone(),
@@ -737,11 +737,11 @@ fn build(mut a: BuildArgs) -> anyhow::Result<ExitCode> {
                     if !partial.is_empty() {
                         bar.suspend(|| eprintln!("{partial}"));
                     }
-                    return Ok(Err(crate::client::Error::Api { code, message }));
+                    return Ok(Err(crate::client::Error::api(code, message)));
                 }
             }
         }
-        Ok::<_, crate::client::Error>(Err(crate::client::Error::Protocol(
+        Ok::<_, crate::client::Error>(Err(crate::client::Error::protocol(
             "the build stream ended without a result".into(),
         )))
     })?;
@@ -757,7 +757,7 @@ fn build(mut a: BuildArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&a.client)?;
+    let client = connect(&a.client)?;
     let list: Vec<TemplateInfo> =
         block_on(client.call(Method::GET, "/v1/templates", None::<&()>))??;
     if let Some(f) = &a.format {

@@ -12,7 +12,7 @@ use warren_types::api::VolumeInfo;
 
 use super::ls::align;
 use super::template::human;
-use crate::client::{block_on, enc, out, Client, ClientArgs};
+use crate::client::{block_on, connect, enc, out, ClientArgs};
 use crate::format::{parse_format, Format};
 use crate::term::clean_line;
 use warren_types::api::ResizeVolume;
@@ -93,7 +93,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         VolumeCommand::Ls(a) => ls(a),
         VolumeCommand::Inspect(a) => {
-            let client = Client::new(&a.client)?;
+            let client = connect(&a.client)?;
             let path = volume_path(&a.owner);
             let v: serde_json::Value = block_on(client.call(Method::GET, &path, None::<&()>))??;
             match &a.format {
@@ -103,7 +103,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         VolumeCommand::Resize(a) => {
-            let client = Client::new(&a.client)?;
+            let client = connect(&a.client)?;
             let path = format!("{}/resize", volume_path(&a.owner));
             let body = ResizeVolume { size_bytes: a.size };
             let v: VolumeInfo = block_on(client.call(Method::POST, &path, Some(&body)))??;
@@ -115,7 +115,7 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&a.client)?;
+    let client = connect(&a.client)?;
     if a.json || a.format.is_some() {
         // As the daemon sent it: fields this CLI does not know yet are kept.
         let list: Vec<serde_json::Value> =
