@@ -33,6 +33,10 @@
 //! Published ports need no network at all: the helper listens on 127.0.0.1 of the host
 //! and opens each forwarded connection from inside the sandbox's namespace (a thread that
 //! has joined it), to the sandbox's own loopback. That works for `none` sandboxes too.
+//! The OCI backends do the same in the process of Warren's that lives exactly as long as
+//! the sandbox: runc's and crun's keeper, gVisor's reaper on `nat` (see
+//! [`crate::bundle`]); gVisor on `none` has a network stack of its own the host cannot
+//! reach, and publishes nothing.
 
 use std::fs;
 use std::io;
@@ -635,23 +639,42 @@ pub fn leftover_egress() -> Vec<String> {
 /// Forwards 127.0.0.1:`map.host` on the host to the sandbox's own 127.0.0.1:`map.sandbox`.
 /// The listener is bound before this returns, so a taken port is reported at once.
 pub fn publish(pid: Pid, map: PortMap) -> Result<JoinHandle<()>, NetError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, map.host))
-        .map_err(|e| NetError::Publish(map.host, e))?;
+    let listener = listen(map)?;
     let netns = ns::open_ns(pid, "net")?;
-    Ok(std::thread::spawn(move || {
-        // From here this thread's sockets are created in the sandbox's namespace; the
-        // listener, made before, stays in the host's.
-        if ns::setns(&netns, CloneFlags::CLONE_NEWNET).is_err() {
-            return;
+    Ok(forward(listener, map.sandbox, Some(netns)))
+}
+
+/// The host side of published port `map`: 127.0.0.1:`map.host`, bound in the calling
+/// thread's network namespace (the host's), close-on-exec (a runtime the caller starts
+/// afterwards does not hold it).
+pub fn listen(map: PortMap) -> Result<TcpListener, NetError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, map.host)).map_err(|e| NetError::Publish(map.host, e))
+}
+
+/// Serves a published port's `listener` on a thread of its own: each connection is
+/// forwarded to 127.0.0.1:`port` of the network namespace `netns`, which the thread
+/// joins first, or, without one, of the namespace the calling thread is in (a process
+/// that lives in the sandbox's). The listener, made before, stays in the host's.
+pub fn forward(
+    listener: TcpListener,
+    port: u16,
+    netns: Option<std::os::fd::OwnedFd>,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        // From here this thread's sockets are created in the sandbox's namespace.
+        if let Some(netns) = netns {
+            if ns::setns(&netns, CloneFlags::CLONE_NEWNET).is_err() {
+                return;
+            }
         }
         for conn in listener.incoming() {
             let Ok(client) = conn else { continue };
-            let Ok(upstream) = TcpStream::connect((Ipv4Addr::LOCALHOST, map.sandbox)) else {
+            let Ok(upstream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
                 continue;
             };
             splice_pair(client, upstream);
         }
-    }))
+    })
 }
 
 /// Opens a TCP connection from the host to `port` on the loopback of the sandbox whose
