@@ -45,7 +45,10 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::Pid;
@@ -660,6 +663,20 @@ pub fn forward(
     port: u16,
     netns: Option<std::os::fd::OwnedFd>,
 ) -> JoinHandle<()> {
+    forward_at_most(listener, port, netns, MAX_FORWARDED)
+}
+
+/// Connections one published port forwards at once. Anyone on the host's loopback may
+/// open them, and each holds two threads and two descriptors of the process forwarding
+/// it (the sandbox's helper, keeper or reaper); past this, a new one is closed at once.
+const MAX_FORWARDED: usize = 256;
+
+fn forward_at_most(
+    listener: TcpListener,
+    port: u16,
+    netns: Option<std::os::fd::OwnedFd>,
+    max: usize,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         // From here this thread's sockets are created in the sandbox's namespace.
         if let Some(netns) = netns {
@@ -667,14 +684,45 @@ pub fn forward(
                 return;
             }
         }
+        let open = Arc::new(AtomicUsize::new(0));
+        let to = (Ipv4Addr::LOCALHOST, port).into();
         for conn in listener.incoming() {
-            let Ok(client) = conn else { continue };
-            let Ok(upstream) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) else {
+            let client = match conn {
+                Ok(c) => c,
+                // Out of descriptors, say: wait for some to close rather than spin.
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            if open.load(Ordering::Acquire) >= max {
+                continue;
+            }
+            // A sandbox frozen with its backlog full does not answer: one connection
+            // must not hold up the port's others for long.
+            let Ok(upstream) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) else {
                 continue;
             };
-            splice_pair(client, upstream);
+            splice_pair(client, upstream, Open::count(&open));
         }
     })
+}
+
+/// One forwarded connection, counted against its port's [`MAX_FORWARDED`] until both
+/// its directions are done.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn count(open: &Arc<AtomicUsize>) -> Arc<Open> {
+        open.fetch_add(1, Ordering::AcqRel);
+        Arc::new(Open(open.clone()))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Opens a TCP connection from the host to `port` on the loopback of the sandbox whose
@@ -693,23 +741,80 @@ pub fn connect_inside(pid: i32, port: u16, timeout: std::time::Duration) -> io::
         .unwrap_or_else(|_| Err(io::Error::other("the connecting thread panicked")))
 }
 
-fn splice_pair(a: TcpStream, b: TcpStream) {
+fn splice_pair(a: TcpStream, b: TcpStream, open: Arc<Open>) {
     let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
         return;
     };
-    let pump = |mut from: TcpStream, mut to: TcpStream| {
+    let pump = |mut from: TcpStream, mut to: TcpStream, open: Arc<Open>| {
         std::thread::spawn(move || {
             let _ = io::copy(&mut from, &mut to);
             let _ = to.shutdown(std::net::Shutdown::Write);
+            drop(open);
         });
     };
-    pump(a, b2);
-    pump(b, a2);
+    pump(a, b2, open.clone());
+    pump(b, a2, open);
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
+
+    /// A forwarded port carries bytes both ways, and holds at most `max` connections at
+    /// once: past that a new one is closed at once, and a slot frees when one ends.
+    #[test]
+    fn a_forwarded_port_carries_bytes_and_holds_a_bounded_number_of_connections() {
+        let inside = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = inside.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for c in inside.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut c = c;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = c.read(&mut buf) {
+                        if c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let outside = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let host = outside.local_addr().unwrap().port();
+        forward_at_most(outside, port, None, 2);
+        let echo = |c: &mut TcpStream| -> io::Result<Vec<u8>> {
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.write_all(b"ping")?;
+            let mut got = vec![0u8; 4];
+            let n = c.read(&mut got)?;
+            got.truncate(n);
+            Ok(got)
+        };
+        let mut a = TcpStream::connect((Ipv4Addr::LOCALHOST, host)).unwrap();
+        let mut b = TcpStream::connect((Ipv4Addr::LOCALHOST, host)).unwrap();
+        assert_eq!(echo(&mut a).unwrap(), b"ping");
+        assert_eq!(echo(&mut b).unwrap(), b"ping");
+        let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, host)).unwrap();
+        let third = echo(&mut c);
+        assert!(
+            third.as_ref().map_or(true, |g| g.is_empty()),
+            "a third connection was forwarded: {third:?}"
+        );
+        drop((a, c));
+        // Both directions of the first end, and its slot is free again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut d = TcpStream::connect((Ipv4Addr::LOCALHOST, host)).unwrap();
+            if echo(&mut d).is_ok_and(|g| g == b"ping") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no slot came free");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(echo(&mut b).unwrap(), b"ping");
+    }
 
     #[test]
     fn leases_are_distinct_30s() {

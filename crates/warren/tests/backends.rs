@@ -1661,3 +1661,92 @@ fn an_oci_backend_refuses_a_taken_host_port_and_leaves_nothing() {
     drop(taken);
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// The threads of host process `pid`.
+fn threads_of(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A local host user opens connection after connection to a sandbox's published port
+/// (the server inside holds each): the process forwarding them (the helper, the keeper,
+/// gVisor's reaper) holds at most 256 at once, two threads each, and the port answers
+/// again once they close.
+#[test]
+fn a_published_port_forwards_a_bounded_number_of_connections() {
+    let test = "a_published_port_forwards_a_bounded_number_of_connections";
+    if !can_run(test) {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    let backend = common::isolation();
+    let list = backends(&d);
+    let b = entry(&list, &backend);
+    if b["available"] != true {
+        warren_testkit::skip(test, b["reason"].as_str().unwrap_or("unavailable"));
+        d.finish();
+        return;
+    }
+    let port = free_host_port();
+    let network = if backend == "gvisor" { "nat" } else { "none" };
+    let id = d.create(&[
+        "--isolation",
+        &backend,
+        "--no-home",
+        "--network",
+        network,
+        "-p",
+        &format!("{port}:8080"),
+    ]);
+    // Greets each connection and holds it until its client closes.
+    python_in_background(&d, &id, "import selectors, socket\nsel = selectors.DefaultSelector()\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', 8080))\ns.listen(1024)\nsel.register(s, selectors.EVENT_READ)\nwhile True:\n    for k, _ in sel.select():\n        if k.fileobj is s:\n            c, _ = s.accept()\n            c.sendall(b'hi')\n            sel.register(c, selectors.EVENT_READ)\n        elif not k.fileobj.recv(64):\n            sel.unregister(k.fileobj)\n            k.fileobj.close()");
+    let hello = || {
+        use std::io::Read;
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut got = [0u8; 2];
+                s.read_exact(&mut got)?;
+                Ok(got)
+            })
+            .is_ok_and(|g| &g == b"hi")
+    };
+    assert!(eventually(20, hello), "{backend}: no answer on {port}");
+    let run = d.run_dir().join("sandboxes").join(&id);
+    // gVisor's reaper is named in mounts.pid (helper.pid is its Sentry).
+    let holder = ["mounts.pid", "helper.pid"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(run.join(f)).ok())
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .expect("the forwarding process");
+    let idle = threads_of(holder);
+    let conns: Vec<std::net::TcpStream> = (0..400)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = threads_of(holder);
+    eprintln!(
+        "{backend}: {} connections open, forwarder {holder} at {idle} threads idle, {busy} busy",
+        conns.len()
+    );
+    // Its main thread, one per published port, two per connection forwarded, and a
+    // few to spare (the greeting's connection may still be ending).
+    assert!(
+        busy <= 2 * 256 + 8,
+        "{backend}: {busy} threads forward {} connections",
+        conns.len()
+    );
+    drop(conns);
+    assert!(
+        eventually(20, hello),
+        "{backend}: no answer once they closed"
+    );
+    d.ok(&["rm", &id]);
+    d.finish();
+}
