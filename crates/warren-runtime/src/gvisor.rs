@@ -266,6 +266,15 @@ impl GvisorBackend {
                 why: "a gvisor sandbox has network `none` or `nat`".into(),
             });
         }
+        if from.is_some() && !spec.publish.is_empty() {
+            return Err(Error::Invalid {
+                what: "request",
+                why: "a gvisor sandbox started from saved memory is on `none`, which the \
+                      host cannot reach: it publishes no ports (a fresh one on \
+                      `--network nat` does)"
+                    .into(),
+            });
+        }
         if spec.network == NetworkMode::None && !spec.publish.is_empty() {
             return Err(Error::Invalid {
                 what: "request",

@@ -1750,3 +1750,91 @@ fn a_published_port_forwards_a_bounded_number_of_connections() {
     d.ok(&["rm", &id]);
     d.finish();
 }
+
+/// No copy of a sandbox binds its host ports: a fork's copies publish nothing (the
+/// source keeps its ports), a gVisor sandbox with published ports (on `nat`) is neither
+/// forked nor saved with its memory, and a sandbox started from saved memory (on `none`)
+/// is refused ports, saying so.
+#[test]
+fn copies_of_a_sandbox_with_published_ports_publish_nothing() {
+    let test = "copies_of_a_sandbox_with_published_ports_publish_nothing";
+    if !can_run(test) {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    for backend in oci_backends() {
+        let list = backends(&d);
+        let b = entry(&list, backend);
+        if b["available"] != true {
+            warren_testkit::skip(
+                &format!("{test} ({backend})"),
+                b["reason"].as_str().unwrap_or("unavailable"),
+            );
+            continue;
+        }
+        let port = free_host_port();
+        let id = d.create(&[
+            "--isolation",
+            backend,
+            "--no-home",
+            "--network",
+            "nat",
+            "-p",
+            &format!("{port}:8080"),
+        ]);
+        serve_http(&d, &id);
+        assert!(answers_http(port, 20), "{backend}: no answer on {port}");
+        let r = post(
+            &d,
+            &format!("/v1/sandboxes/{id}/fork"),
+            &serde_json::json!({"count": 1}),
+        );
+        if backend == "gvisor" {
+            assert_eq!(r.status, 400, "{backend}: {}", r.text());
+            assert!(r.text().contains("nat"), "{backend}: {}", r.text());
+            let o = d.run(&["snapshot", &id, "--name", "warm-ports", "--memory"]);
+            assert!(!o.status.success(), "{backend}: saved with its memory");
+            assert!(trust::stderr(&o).contains("nat"), "{}", trust::stderr(&o));
+        } else {
+            assert_eq!(r.status, 201, "{backend}: {}", r.text());
+            let copy = r.json()[0]["id"].as_str().expect("a copy").to_string();
+            d.saw(&copy);
+            assert_eq!(d.ok(&["port", &copy]), "", "{backend}: the copy publishes");
+            d.ok(&["rm", &copy]);
+        }
+        assert!(answers_http(port, 10), "{backend}: the source lost {port}");
+        d.ok(&["rm", &id]);
+        assert!(
+            port_is_free(port),
+            "{backend}: a removed sandbox holds {port}"
+        );
+        eprintln!("BACKEND {backend}: its copies publish nothing");
+    }
+    if oci_backends().contains(&"gvisor") && gvisor_here(&d, test) {
+        let src = d.create(&["--isolation", "gvisor", "--no-home"]);
+        d.ok(&["snapshot", &src, "--name", "warm-ports", "--memory"]);
+        let o = d.run(&[
+            "create",
+            "--template",
+            "warm-ports",
+            "--no-home",
+            "-p",
+            &format!("{}:8080", free_host_port()),
+        ]);
+        assert!(
+            !o.status.success(),
+            "a sandbox from memory published a port"
+        );
+        assert!(
+            trust::stderr(&o).contains("saved memory"),
+            "{}",
+            trust::stderr(&o)
+        );
+        d.ok(&["rm", &src]);
+        d.ok(&["template", "rm", "warm-ports"]);
+        eprintln!("BACKEND gvisor: a sandbox from saved memory is refused ports");
+    }
+    d.finish();
+}
