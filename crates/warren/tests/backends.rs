@@ -1817,6 +1817,8 @@ fn copies_of_a_sandbox_with_published_ports_publish_nothing() {
         d.ok(&["snapshot", &src, "--name", "warm-ports", "--memory"]);
         let o = d.run(&[
             "create",
+            "--isolation",
+            "gvisor",
             "--template",
             "warm-ports",
             "--no-home",
