@@ -7,6 +7,12 @@
 //! agent's binary, volumes). `warren __oci` ([`oci_main`]) mounts all of them in a
 //! private mount namespace, so nothing of a sandbox is mounted on the host, and runs the
 //! runtime's `create` there.
+//!
+//! Published ports are listened on first, in the daemon's network namespace, and kept
+//! by the process that then lives exactly as long as the sandbox (the keeper of a runc
+//! or crun sandbox, the reaper of a gVisor one), whose threads forward each connection
+//! into the sandbox's network namespace: they survive a daemon restart and close with
+//! the sandbox.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -14,7 +20,7 @@ use std::process::Stdio;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use warren_types::api::Isolation;
-use warren_types::spec::{HostMount, NetworkMode, SandboxSpec};
+use warren_types::spec::{HostMount, NetworkMode, PortMap, SandboxSpec};
 
 use crate::ids::IdSlot;
 use crate::launch::AgentLaunch;
@@ -316,6 +322,9 @@ pub(crate) fn run_oci(exe: &Path, launch: &OciLaunch, log_path: &Path, name: &st
     if status.success() {
         return Ok(());
     }
+    if status.code() == Some(PORT_TAKEN) {
+        return Err(port_taken(log_path));
+    }
     Err(Error::Setup(format!(
         "{name} failed ({status}): {}",
         last_line(log_path)
@@ -336,7 +345,10 @@ pub(crate) fn run_keeper(
     if let Some(out) = child.stdout.take() {
         let _ = std::io::BufReader::new(out).read_line(&mut line);
     }
-    let _ = child.wait();
+    let status = child.wait().ok();
+    if status.and_then(|s| s.code()) == Some(PORT_TAKEN) {
+        return Err(port_taken(log_path));
+    }
     let mut words = line.split_whitespace();
     match (words.next(), words.next(), words.next()) {
         (Some("ready"), Some(k), Some(i)) => match (k.parse(), i.parse()) {
@@ -375,6 +387,19 @@ fn start_oci(exe: &Path, launch: &OciLaunch, log_path: &Path) -> Result<std::pro
             .map_err(crate::io_err("send the launch"))?;
     }
     Ok(child)
+}
+
+/// How `warren __oci` exits when a published port's host side cannot be listened on
+/// (the runtimes it becomes or waits for exit 1 when they fail).
+const PORT_TAKEN: i32 = 98;
+
+/// A published port `warren __oci` could not listen on (its log's last line says which
+/// and why): the request's to change, as when core finds the port taken.
+fn port_taken(log_path: &Path) -> Error {
+    Error::Invalid {
+        what: "published port",
+        why: format!("{}; pick another, or 0", last_line(log_path)),
+    }
 }
 
 /// The last line of a runtime's log, for an error.
@@ -427,6 +452,11 @@ pub(crate) struct OciLaunch {
     /// Stay as the sandbox's keeper (see [`Keeper`]) rather than become the runtime.
     #[serde(default)]
     pub(crate) keeper: Option<Keeper>,
+    /// Published ports: listened on (127.0.0.1 of the caller's network namespace, the
+    /// host's) before anything else, and forwarded by the process that lives as long as
+    /// the sandbox (the keeper, or gVisor's reaper on `nat`) into the sandbox's network.
+    #[serde(default)]
+    pub(crate) publish: Vec<PortMap>,
 }
 
 /// What `warren __oci` does for a runtime that runs the sandbox's processes on the host
@@ -538,6 +568,24 @@ pub fn oci_main() -> ! {
         Ok(l) => l,
         Err(e) => oci_fail("bad launch", &e),
     };
+    // In the caller's network namespace, before this process leaves it (gVisor on `nat`)
+    // or joins the sandbox's (the keeper): a port taken fails the create before anything
+    // of the sandbox exists.
+    let listeners: Vec<(std::net::TcpListener, u16)> = launch
+        .publish
+        .iter()
+        .map(|p| match crate::network::listen(*p) {
+            Ok(l) => (l, p.sandbox),
+            Err(e) => {
+                let why = match e {
+                    crate::network::NetError::Publish(_, e) => e.to_string(),
+                    e => e.to_string(),
+                };
+                eprintln!("host port {} cannot be published ({why})", p.host);
+                std::process::exit(PORT_TAKEN)
+            }
+        })
+        .collect();
     let mut flags = warren_sys::ns::CloneFlags::CLONE_NEWNS;
     if launch.new_netns {
         flags |= warren_sys::ns::CloneFlags::CLONE_NEWNET;
@@ -655,7 +703,7 @@ pub fn oci_main() -> ! {
         .collect();
     let bin = std::ffi::CString::new(bin.as_str()).unwrap_or_default();
     match (launch.keeper, slot) {
-        (Some(keeper), Some(slot)) => keep(&launch.bundle, &keeper, slot, &bin, &args),
+        (Some(keeper), Some(slot)) => keep(&launch.bundle, &keeper, slot, &bin, &args, listeners),
         _ => {
             // The runtime's create (or restore) leaves the container's processes behind
             // when it exits. They are adopted by a reaper of the sandbox's own, not by the
@@ -669,10 +717,11 @@ pub fn oci_main() -> ! {
             match warren_sys::ns::fork_process() {
                 Ok(warren_sys::ns::Forked::Child) => {
                     drop(status_r);
-                    reap_for_the_sandbox(&bin, &args, status_w)
+                    reap_for_the_sandbox(&bin, &args, status_w, listeners)
                 }
                 Ok(warren_sys::ns::Forked::Parent(reaper)) => {
                     drop(status_w);
+                    drop(listeners);
                     record_mounts_holder(&launch.bundle, reaper.as_raw());
                     // The runtime's exit status, from the reaper; nothing if it died first.
                     let mut code = [1u8];
@@ -688,11 +737,14 @@ pub fn oci_main() -> ! {
 
 /// The sandbox's reaper (see [`oci_main`]): in a session of its own, it adopts what the
 /// runtime leaves (PR_SET_CHILD_SUBREAPER), runs the runtime, sends its exit status
-/// down `status`, and reaps until nothing is left under it. Never returns.
+/// down `status`, and reaps until nothing is left under it. Once the runtime has made
+/// the sandbox, it forwards the published ports' `listeners` from the network namespace
+/// it is in, the sandbox's (gVisor on `nat`): they close with it. Never returns.
 fn reap_for_the_sandbox(
     bin: &std::ffi::CStr,
     args: &[std::ffi::CString],
     status: std::os::fd::OwnedFd,
+    listeners: Vec<(std::net::TcpListener, u16)>,
 ) -> ! {
     use nix::sys::wait::{waitpid, WaitStatus};
     let _ = nix::unistd::setsid();
@@ -721,6 +773,12 @@ fn reap_for_the_sandbox(
             Err(_) => break 1,
         }
     };
+    // Threads only now: no fork follows.
+    if code == 0 {
+        for (l, port) in listeners {
+            crate::network::forward(l, port, None);
+        }
+    }
     let _ = std::io::Write::write_all(&mut std::fs::File::from(status), &[code]);
     // Nothing of the daemon's is held from here on: not its log, not a terminal.
     if let Ok(null) = std::fs::OpenOptions::new()
@@ -886,6 +944,7 @@ fn keep(
     slot: IdSlot,
     bin: &std::ffi::CStr,
     args: &[std::ffi::CString],
+    listeners: Vec<(std::net::TcpListener, u16)>,
 ) -> ! {
     use std::io::Write;
     use warren_sys::ns::Forked;
@@ -965,6 +1024,14 @@ fn keep(
     });
     if let Err(e) = up {
         oci_fail("bring up the sandbox's loopback", &e);
+    }
+    // The published ports, forwarded into the sandbox's network namespace by threads of
+    // this process (no fork follows): they close when it exits, with the sandbox.
+    for (l, port) in listeners {
+        match warren_sys::ns::open_ns(nix::unistd::Pid::from_raw(init), "net") {
+            Ok(net) => drop(crate::network::forward(l, port, Some(net))),
+            Err(e) => oci_fail("open the sandbox's network namespace", &e),
+        }
     }
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "ready {} {init}", std::process::id());

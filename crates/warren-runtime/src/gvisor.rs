@@ -35,6 +35,9 @@
 //! takes every namespace for the host's on kernels that show `net.core` settings in all
 //! of them, and refuses. A `nat` sandbox's sockets are the host kernel's, which runsc
 //! cannot checkpoint: it pauses in place (frozen, its memory kept) and is not forked.
+//! Its published ports are listened on by `warren __oci` before it leaves the host's
+//! network namespace, and forwarded by the sandbox's reaper, which lives in the
+//! sandbox's, as long as its processes do. A sandbox on `none` publishes none.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -257,12 +260,26 @@ impl GvisorBackend {
         from: Option<(&Path, &Path)>,
     ) -> Result<GvisorSandbox> {
         let runsc = self.runsc()?;
-        if !matches!(spec.network, NetworkMode::None | NetworkMode::Nat) || !spec.publish.is_empty()
-        {
+        if !matches!(spec.network, NetworkMode::None | NetworkMode::Nat) {
             return Err(Error::Invalid {
                 what: "request",
-                why: "a gvisor sandbox has network `none` or `nat` and takes no published \
-                      ports yet (reach its ports through the daemon)"
+                why: "a gvisor sandbox has network `none` or `nat`".into(),
+            });
+        }
+        if from.is_some() && !spec.publish.is_empty() {
+            return Err(Error::Invalid {
+                what: "request",
+                why: "a gvisor sandbox started from saved memory is on `none`, which the \
+                      host cannot reach: it publishes no ports (a fresh one on \
+                      `--network nat` does)"
+                    .into(),
+            });
+        }
+        if spec.network == NetworkMode::None && !spec.publish.is_empty() {
+            return Err(Error::Invalid {
+                what: "request",
+                why: "a gvisor sandbox on `none` has no network the host can reach, so it \
+                      publishes no ports: create it with `--network nat` to publish them"
                     .into(),
             });
         }
@@ -333,14 +350,7 @@ impl GvisorBackend {
             }
         };
         match self
-            .start(
-                &mut sb,
-                &bundle,
-                &template,
-                &data,
-                spec.resources.disk,
-                from.map(|f| f.0),
-            )
+            .start(&mut sb, &bundle, &template, &data, &spec, from.map(|f| f.0))
             .await
         {
             Ok(()) if opts.die_with_parent => {
@@ -385,7 +395,7 @@ impl GvisorBackend {
         bundle: &Path,
         template: &template::Template,
         data: &Path,
-        disk: Option<u64>,
+        spec: &SandboxSpec,
         image: Option<&Path>,
     ) -> Result<()> {
         let runsc = &sb.runsc.clone();
@@ -404,9 +414,11 @@ impl GvisorBackend {
             bundle: bundle.to_path_buf(),
             lower: template.lower.clone(),
             rw: data.to_path_buf(),
-            disk,
+            disk: spec.resources.disk,
             new_netns: sb.runsc.nat,
             keeper: None,
+            // On `nat` only (refused on `none`); forwarded by the sandbox's reaper.
+            publish: spec.publish.clone(),
             root_tmp: true,
             argv: std::iter::once(runsc.bin.display().to_string())
                 .chain(runsc.flags())
@@ -607,6 +619,8 @@ impl GvisorSandbox {
             disk: recorded_disk(&self.restore.paths.sandbox_data(&self.id)),
             new_netns: false,
             keeper: None,
+            // Only a sandbox on `none` is saved to disk: it publishes nothing.
+            publish: Vec::new(),
             root_tmp: true,
             argv: std::iter::once(self.runsc.bin.display().to_string())
                 .chain(self.runsc.flags())

@@ -33,6 +33,10 @@
 //! Published ports need no network at all: the helper listens on 127.0.0.1 of the host
 //! and opens each forwarded connection from inside the sandbox's namespace (a thread that
 //! has joined it), to the sandbox's own loopback. That works for `none` sandboxes too.
+//! The OCI backends do the same in the process of Warren's that lives exactly as long as
+//! the sandbox: runc's and crun's keeper, gVisor's reaper on `nat` (see
+//! [`crate::bundle`]); gVisor on `none` has a network stack of its own the host cannot
+//! reach, and publishes nothing.
 
 use std::fs;
 use std::io;
@@ -41,7 +45,10 @@ use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::Pid;
@@ -635,23 +642,87 @@ pub fn leftover_egress() -> Vec<String> {
 /// Forwards 127.0.0.1:`map.host` on the host to the sandbox's own 127.0.0.1:`map.sandbox`.
 /// The listener is bound before this returns, so a taken port is reported at once.
 pub fn publish(pid: Pid, map: PortMap) -> Result<JoinHandle<()>, NetError> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, map.host))
-        .map_err(|e| NetError::Publish(map.host, e))?;
+    let listener = listen(map)?;
     let netns = ns::open_ns(pid, "net")?;
-    Ok(std::thread::spawn(move || {
-        // From here this thread's sockets are created in the sandbox's namespace; the
-        // listener, made before, stays in the host's.
-        if ns::setns(&netns, CloneFlags::CLONE_NEWNET).is_err() {
-            return;
+    Ok(forward(listener, map.sandbox, Some(netns)))
+}
+
+/// The host side of published port `map`: 127.0.0.1:`map.host`, bound in the calling
+/// thread's network namespace (the host's), close-on-exec (a runtime the caller starts
+/// afterwards does not hold it).
+pub fn listen(map: PortMap) -> Result<TcpListener, NetError> {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, map.host)).map_err(|e| NetError::Publish(map.host, e))
+}
+
+/// Serves a published port's `listener` on a thread of its own: each connection is
+/// forwarded to 127.0.0.1:`port` of the network namespace `netns`, which the thread
+/// joins first, or, without one, of the namespace the calling thread is in (a process
+/// that lives in the sandbox's). The listener, made before, stays in the host's.
+pub fn forward(
+    listener: TcpListener,
+    port: u16,
+    netns: Option<std::os::fd::OwnedFd>,
+) -> JoinHandle<()> {
+    forward_at_most(listener, port, netns, MAX_FORWARDED)
+}
+
+/// Connections one published port forwards at once. Anyone on the host's loopback may
+/// open them, and each holds two threads and two descriptors of the process forwarding
+/// it (the sandbox's helper, keeper or reaper); past this, a new one is closed at once.
+const MAX_FORWARDED: usize = 256;
+
+fn forward_at_most(
+    listener: TcpListener,
+    port: u16,
+    netns: Option<std::os::fd::OwnedFd>,
+    max: usize,
+) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        // From here this thread's sockets are created in the sandbox's namespace.
+        if let Some(netns) = netns {
+            if ns::setns(&netns, CloneFlags::CLONE_NEWNET).is_err() {
+                return;
+            }
         }
+        let open = Arc::new(AtomicUsize::new(0));
+        let to = (Ipv4Addr::LOCALHOST, port).into();
         for conn in listener.incoming() {
-            let Ok(client) = conn else { continue };
-            let Ok(upstream) = TcpStream::connect((Ipv4Addr::LOCALHOST, map.sandbox)) else {
+            let client = match conn {
+                Ok(c) => c,
+                // Out of descriptors, say: wait for some to close rather than spin.
+                Err(_) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            if open.load(Ordering::Acquire) >= max {
+                continue;
+            }
+            // A sandbox frozen with its backlog full does not answer: one connection
+            // must not hold up the port's others for long.
+            let Ok(upstream) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) else {
                 continue;
             };
-            splice_pair(client, upstream);
+            splice_pair(client, upstream, Open::count(&open));
         }
-    }))
+    })
+}
+
+/// One forwarded connection, counted against its port's [`MAX_FORWARDED`] until both
+/// its directions are done.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn count(open: &Arc<AtomicUsize>) -> Arc<Open> {
+        open.fetch_add(1, Ordering::AcqRel);
+        Arc::new(Open(open.clone()))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Opens a TCP connection from the host to `port` on the loopback of the sandbox whose
@@ -670,23 +741,80 @@ pub fn connect_inside(pid: i32, port: u16, timeout: std::time::Duration) -> io::
         .unwrap_or_else(|_| Err(io::Error::other("the connecting thread panicked")))
 }
 
-fn splice_pair(a: TcpStream, b: TcpStream) {
+fn splice_pair(a: TcpStream, b: TcpStream, open: Arc<Open>) {
     let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
         return;
     };
-    let pump = |mut from: TcpStream, mut to: TcpStream| {
+    let pump = |mut from: TcpStream, mut to: TcpStream, open: Arc<Open>| {
         std::thread::spawn(move || {
             let _ = io::copy(&mut from, &mut to);
             let _ = to.shutdown(std::net::Shutdown::Write);
+            drop(open);
         });
     };
-    pump(a, b2);
-    pump(b, a2);
+    pump(a, b2, open.clone());
+    pump(b, a2, open);
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
+
+    /// A forwarded port carries bytes both ways, and holds at most `max` connections at
+    /// once: past that a new one is closed at once, and a slot frees when one ends.
+    #[test]
+    fn a_forwarded_port_carries_bytes_and_holds_a_bounded_number_of_connections() {
+        let inside = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = inside.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for c in inside.incoming().flatten() {
+                std::thread::spawn(move || {
+                    let mut c = c;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = c.read(&mut buf) {
+                        if c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        let outside = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let host = outside.local_addr().unwrap().port();
+        forward_at_most(outside, port, None, 2);
+        let echo = |c: &mut TcpStream| -> io::Result<Vec<u8>> {
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.write_all(b"ping")?;
+            let mut got = vec![0u8; 4];
+            let n = c.read(&mut got)?;
+            got.truncate(n);
+            Ok(got)
+        };
+        let mut a = TcpStream::connect((Ipv4Addr::LOCALHOST, host)).unwrap();
+        let mut b = TcpStream::connect((Ipv4Addr::LOCALHOST, host)).unwrap();
+        assert_eq!(echo(&mut a).unwrap(), b"ping");
+        assert_eq!(echo(&mut b).unwrap(), b"ping");
+        let mut c = TcpStream::connect((Ipv4Addr::LOCALHOST, host)).unwrap();
+        let third = echo(&mut c);
+        assert!(
+            third.as_ref().map_or(true, |g| g.is_empty()),
+            "a third connection was forwarded: {third:?}"
+        );
+        drop((a, c));
+        // Both directions of the first end, and its slot is free again.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut d = TcpStream::connect((Ipv4Addr::LOCALHOST, host)).unwrap();
+            if echo(&mut d).is_ok_and(|g| g == b"ping") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no slot came free");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(echo(&mut b).unwrap(), b"ping");
+    }
 
     #[test]
     fn leases_are_distinct_30s() {

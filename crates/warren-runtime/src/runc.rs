@@ -15,6 +15,10 @@
 //!    runs the agent (`warren __agent`, bound read-only at `/.warren/warren`), which binds
 //!    its socket in the socket directory, bound at `/.warren/run`.
 //!
+//! Published ports are listened on by `warren __oci` before anything else (a port taken
+//! fails the create with nothing made) and forwarded by the keeper's threads into the
+//! container's network namespace: they outlive a daemon restart and end with the keeper.
+//!
 //! The container has its own user (the slot's 65,536 ids), pid, ipc, uts, mount, cgroup
 //! and network namespaces; memory, CPU and pids limits go in `linux.resources`, under a
 //! cgroup named as a namespace sandbox's (relative, so under this process's own cgroup,
@@ -216,16 +220,6 @@ impl RuncBackend {
     async fn make(&self, spec: SandboxSpec, opts: CreateOptions) -> Result<RuncSandbox> {
         let cli = self.cli()?;
         crate::namespace::validate(&spec)?;
-        if !spec.publish.is_empty() {
-            return Err(Error::Invalid {
-                what: "request",
-                why: format!(
-                    "a {} sandbox takes no published ports yet: reach its ports through the \
-                     daemon (`warren port`, the port routes)",
-                    self.name()
-                ),
-            });
-        }
         let template = template::resolve(&self.paths, &spec.template)?;
         template
             .check_layers()
@@ -308,6 +302,7 @@ impl RuncBackend {
                 ])
                 .collect(),
             root_tmp: false,
+            publish: spec.publish.clone(),
             keeper: Some(Keeper {
                 sandbox_run: run.clone(),
                 runtime_root: self.state_dir(),

@@ -1388,3 +1388,455 @@ fn a_link_planted_at_tmp_on_gvisor_is_not_followed_on_the_host() {
     d.ok(&["template", "rm", "tmp-link"]);
     d.finish();
 }
+
+/// An HTTP GET of `/` on 127.0.0.1:`port` within `secs` seconds (retried while a server
+/// starts): whether an HTTP answer came back.
+fn answers_http(port: u16, secs: u64) -> bool {
+    use std::io::{Read, Write};
+    eventually(secs, || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")?;
+                let mut answer = String::new();
+                s.read_to_string(&mut answer)?;
+                Ok(answer)
+            })
+            .is_ok_and(|a| a.starts_with("HTTP/"))
+    })
+}
+
+/// A host port free right now.
+fn free_host_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Whether 127.0.0.1:`port` can be listened on again.
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// Starts a web server on the sandbox's own 127.0.0.1:8080.
+fn serve_http(d: &Daemon, id: &str) {
+    d.ok(&[
+        "exec",
+        "-d",
+        id,
+        "--",
+        "python3",
+        "-m",
+        "http.server",
+        "--bind",
+        "127.0.0.1",
+        "8080",
+    ]);
+}
+
+/// The OCI backends this run covers: the one `WARREN_ISOLATION` names, or all three.
+fn oci_backends() -> Vec<&'static str> {
+    let all = ["runc", "crun", "gvisor"];
+    match all.iter().find(|b| **b == common::isolation()) {
+        Some(b) => vec![*b],
+        None => all.to_vec(),
+    }
+}
+
+#[test]
+fn published_ports_answer_on_the_oci_backends_through_pause_restart_stop_and_remove() {
+    let test = "published_ports_answer_on_the_oci_backends_through_pause_restart_stop_and_remove";
+    if !can_run(test) {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let mut d = daemon(&spaces.0, "");
+    for backend in oci_backends() {
+        let list = backends(&d);
+        let b = entry(&list, backend);
+        if b["available"] != true {
+            warren_testkit::skip(
+                &format!("{test} ({backend})"),
+                b["reason"].as_str().unwrap_or("unavailable"),
+            );
+            continue;
+        }
+        // gVisor's own network stack (`none`) is out of the host's reach: `nat` it is.
+        let port = free_host_port();
+        let publish = format!("{port}:8080");
+        let id = d.create(&[
+            "--isolation",
+            backend,
+            "--no-home",
+            "--network",
+            "nat",
+            "-p",
+            &publish,
+        ]);
+        assert_eq!(
+            d.ok(&["port", &id]),
+            format!("8080/tcp -> 127.0.0.1:{port}\n"),
+            "{backend}"
+        );
+        assert_eq!(d.info(&id)["publish"][0]["host"], port, "{backend}");
+        serve_http(&d, &id);
+        assert!(answers_http(port, 20), "{backend}: no answer on {port}");
+
+        // Paused, the listener stays; resumed, it answers again.
+        d.ok(&["pause", &id]);
+        assert!(!port_is_free(port), "{backend}: a pause let the port go");
+        d.ok(&["resume", &id]);
+        assert!(answers_http(port, 10), "{backend}: no answer after resume");
+
+        // The daemon's restart is not the sandbox's: the port answers while no daemon
+        // runs, and after another takes the sandbox over.
+        d.shut_down();
+        assert!(
+            answers_http(port, 5),
+            "{backend}: no answer without a daemon"
+        );
+        d.spawn();
+        assert!(answers_http(port, 5), "{backend}: no answer after restart");
+        assert_eq!(
+            d.ok(&["port", &id]),
+            format!("8080/tcp -> 127.0.0.1:{port}\n"),
+            "{backend}"
+        );
+
+        // Stopped, the port is free; started, it is listened on again.
+        d.ok(&["stop", &id]);
+        assert!(
+            port_is_free(port),
+            "{backend}: a stopped sandbox holds {port}"
+        );
+        d.ok(&["start", &id]);
+        serve_http(&d, &id);
+        assert!(answers_http(port, 20), "{backend}: no answer after start");
+
+        // Removed, the port can be listened on at once.
+        d.ok(&["rm", &id]);
+        assert!(
+            port_is_free(port),
+            "{backend}: a removed sandbox holds {port}"
+        );
+
+        // A port someone else listens on fails the create, and leaves nothing.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let before = d.ok(&["ls", "-q"]);
+        let o = d.run(&[
+            "create",
+            "--isolation",
+            backend,
+            "--no-home",
+            "--network",
+            "nat",
+            "-p",
+            &format!("{port}:8080"),
+        ]);
+        assert!(!o.status.success(), "{backend}: published a taken port");
+        let err = trust::stderr(&o);
+        assert!(
+            err.contains(&format!("host port {port}")) && err.contains("in use"),
+            "{backend}: {err}"
+        );
+        assert_eq!(d.ok(&["ls", "-q"]), before, "{backend}");
+        drop(taken);
+        eprintln!("BACKEND {backend}: published ports passed");
+    }
+    d.finish();
+}
+
+#[test]
+fn a_gvisor_sandbox_on_none_refuses_published_ports_and_says_to_use_nat() {
+    let Some((_t, _spaces, d)) =
+        gvisor_test("a_gvisor_sandbox_on_none_refuses_published_ports_and_says_to_use_nat")
+    else {
+        return;
+    };
+    let before = d.ok(&["ls", "-q"]);
+    let port = free_host_port().to_string();
+    let o = d.run(&[
+        "create",
+        "--isolation",
+        "gvisor",
+        "--no-home",
+        "-p",
+        &format!("{port}:8080"),
+    ]);
+    assert!(
+        !o.status.success(),
+        "a gvisor sandbox on none published a port"
+    );
+    let err = trust::stderr(&o);
+    assert!(err.contains("--network nat"), "{err}");
+    assert_eq!(d.ok(&["ls", "-q"]), before);
+    d.finish();
+}
+
+/// A host port taken between core's check and the sandbox's making (core checks it
+/// first, so this is the backend's own answer): the create is the caller's error, and
+/// nothing of the sandbox is left.
+#[test]
+fn an_oci_backend_refuses_a_taken_host_port_and_leaves_nothing() {
+    use warren_runtime::Backend;
+    use warren_types::api::Isolation;
+    use warren_types::spec::{NetworkMode, PortMap, SandboxSpec};
+    let test = "an_oci_backend_refuses_a_taken_host_port_and_leaves_nothing";
+    if !can_run(test) {
+        return;
+    }
+    let _t = my_turn();
+    let root = common::test_root().join(format!("oci-ports-{}", std::process::id()));
+    let paths = warren_runtime::Paths {
+        run: root.join("run"),
+        data: root.join("data"),
+    };
+    paths.secure().unwrap();
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_warren"));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    for backend in oci_backends() {
+        let b: Box<dyn Backend> = match backend {
+            "gvisor" => Box::new(
+                warren_runtime::gvisor::GvisorBackend::new(paths.clone(), exe.clone(), None)
+                    .unwrap(),
+            ),
+            k => Box::new(
+                warren_runtime::runc::RuncBackend::new(
+                    k.parse::<Isolation>().unwrap(),
+                    paths.clone(),
+                    exe.clone(),
+                    None,
+                )
+                .unwrap(),
+            ),
+        };
+        let info = b.info();
+        if !info.available {
+            warren_testkit::skip(
+                &format!("{test} ({backend})"),
+                info.reason.as_deref().unwrap_or("unavailable"),
+            );
+            continue;
+        }
+        let id = format!("ports{}{backend}", std::process::id());
+        let spec = SandboxSpec {
+            id: id.clone(),
+            template: "host".into(),
+            network: NetworkMode::Nat,
+            publish: vec![PortMap {
+                host: port,
+                sandbox: 80,
+            }],
+            isolation: b.kind(),
+            ..Default::default()
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let e = rt
+            .block_on(b.create(spec, Default::default()))
+            .map(|_| ())
+            .expect_err("a taken port was published");
+        assert!(
+            matches!(e, warren_runtime::Error::Invalid { .. }),
+            "{backend}: {e:?}"
+        );
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("host port {port} cannot be published"))
+                && msg.contains("in use"),
+            "{backend}: {msg}"
+        );
+        assert!(
+            !paths.sandbox_run(&id).exists(),
+            "{backend}: its run directory is left"
+        );
+        let cgroups = warren_runtime::bundle::cgroups_everywhere(&format!("warren-{id}"));
+        assert!(cgroups.is_empty(), "{backend}: {cgroups:?}");
+        eprintln!("BACKEND {backend}: a taken port is refused");
+    }
+    drop(taken);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+/// The threads of host process `pid`.
+fn threads_of(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A local host user opens connection after connection to a sandbox's published port
+/// (the server inside holds each): the process forwarding them (the helper, the keeper,
+/// gVisor's reaper) holds at most 256 at once, two threads each, and the port answers
+/// again once they close.
+#[test]
+fn a_published_port_forwards_a_bounded_number_of_connections() {
+    let test = "a_published_port_forwards_a_bounded_number_of_connections";
+    if !can_run(test) {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    let backend = common::isolation();
+    let list = backends(&d);
+    let b = entry(&list, &backend);
+    if b["available"] != true {
+        warren_testkit::skip(test, b["reason"].as_str().unwrap_or("unavailable"));
+        d.finish();
+        return;
+    }
+    let port = free_host_port();
+    let network = if backend == "gvisor" { "nat" } else { "none" };
+    let id = d.create(&[
+        "--isolation",
+        &backend,
+        "--no-home",
+        "--network",
+        network,
+        "-p",
+        &format!("{port}:8080"),
+    ]);
+    // Greets each connection and holds it until its client closes.
+    python_in_background(&d, &id, "import selectors, socket\nsel = selectors.DefaultSelector()\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('127.0.0.1', 8080))\ns.listen(1024)\nsel.register(s, selectors.EVENT_READ)\nwhile True:\n    for k, _ in sel.select():\n        if k.fileobj is s:\n            c, _ = s.accept()\n            c.sendall(b'hi')\n            sel.register(c, selectors.EVENT_READ)\n        elif not k.fileobj.recv(64):\n            sel.unregister(k.fileobj)\n            k.fileobj.close()");
+    let hello = || {
+        use std::io::Read;
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .and_then(|mut s| {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut got = [0u8; 2];
+                s.read_exact(&mut got)?;
+                Ok(got)
+            })
+            .is_ok_and(|g| &g == b"hi")
+    };
+    assert!(eventually(20, hello), "{backend}: no answer on {port}");
+    let run = d.run_dir().join("sandboxes").join(&id);
+    // gVisor's reaper is named in mounts.pid (helper.pid is its Sentry).
+    let holder = ["mounts.pid", "helper.pid"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(run.join(f)).ok())
+        .and_then(|s| s.trim().parse::<i32>().ok())
+        .expect("the forwarding process");
+    let idle = threads_of(holder);
+    let conns: Vec<std::net::TcpStream> = (0..400)
+        .filter_map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = threads_of(holder);
+    eprintln!(
+        "{backend}: {} connections open, forwarder {holder} at {idle} threads idle, {busy} busy",
+        conns.len()
+    );
+    // Its main thread, one per published port, two per connection forwarded, and a
+    // few to spare (the greeting's connection may still be ending).
+    assert!(
+        busy <= 2 * 256 + 8,
+        "{backend}: {busy} threads forward {} connections",
+        conns.len()
+    );
+    drop(conns);
+    assert!(
+        eventually(20, hello),
+        "{backend}: no answer once they closed"
+    );
+    d.ok(&["rm", &id]);
+    d.finish();
+}
+
+/// No copy of a sandbox binds its host ports: a fork's copies publish nothing (the
+/// source keeps its ports), a gVisor sandbox with published ports (on `nat`) is neither
+/// forked nor saved with its memory, and a sandbox started from saved memory (on `none`)
+/// is refused ports, saying so.
+#[test]
+fn copies_of_a_sandbox_with_published_ports_publish_nothing() {
+    let test = "copies_of_a_sandbox_with_published_ports_publish_nothing";
+    if !can_run(test) {
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    for backend in oci_backends() {
+        let list = backends(&d);
+        let b = entry(&list, backend);
+        if b["available"] != true {
+            warren_testkit::skip(
+                &format!("{test} ({backend})"),
+                b["reason"].as_str().unwrap_or("unavailable"),
+            );
+            continue;
+        }
+        let port = free_host_port();
+        let id = d.create(&[
+            "--isolation",
+            backend,
+            "--no-home",
+            "--network",
+            "nat",
+            "-p",
+            &format!("{port}:8080"),
+        ]);
+        serve_http(&d, &id);
+        assert!(answers_http(port, 20), "{backend}: no answer on {port}");
+        let r = post(
+            &d,
+            &format!("/v1/sandboxes/{id}/fork"),
+            &serde_json::json!({"count": 1}),
+        );
+        if backend == "gvisor" {
+            assert_eq!(r.status, 400, "{backend}: {}", r.text());
+            assert!(r.text().contains("nat"), "{backend}: {}", r.text());
+            let o = d.run(&["snapshot", &id, "--name", "warm-ports", "--memory"]);
+            assert!(!o.status.success(), "{backend}: saved with its memory");
+            assert!(trust::stderr(&o).contains("nat"), "{}", trust::stderr(&o));
+        } else {
+            assert_eq!(r.status, 201, "{backend}: {}", r.text());
+            let copy = r.json()[0]["id"].as_str().expect("a copy").to_string();
+            d.saw(&copy);
+            assert_eq!(d.ok(&["port", &copy]), "", "{backend}: the copy publishes");
+            d.ok(&["rm", &copy]);
+        }
+        assert!(answers_http(port, 10), "{backend}: the source lost {port}");
+        d.ok(&["rm", &id]);
+        assert!(
+            port_is_free(port),
+            "{backend}: a removed sandbox holds {port}"
+        );
+        eprintln!("BACKEND {backend}: its copies publish nothing");
+    }
+    if oci_backends().contains(&"gvisor") && gvisor_here(&d, test) {
+        let src = d.create(&["--isolation", "gvisor", "--no-home"]);
+        d.ok(&["snapshot", &src, "--name", "warm-ports", "--memory"]);
+        let o = d.run(&[
+            "create",
+            "--isolation",
+            "gvisor",
+            "--template",
+            "warm-ports",
+            "--no-home",
+            "-p",
+            &format!("{}:8080", free_host_port()),
+        ]);
+        assert!(
+            !o.status.success(),
+            "a sandbox from memory published a port"
+        );
+        assert!(
+            trust::stderr(&o).contains("saved memory"),
+            "{}",
+            trust::stderr(&o)
+        );
+        d.ok(&["rm", &src]);
+        d.ok(&["template", "rm", "warm-ports"]);
+        eprintln!("BACKEND gvisor: a sandbox from saved memory is refused ports");
+    }
+    d.finish();
+}

@@ -47,7 +47,23 @@ fn port_lists_published_ports_and_their_host_addresses() {
     let _turn = my_turn();
     let d = Daemon::start(false);
     // `-p PORT` leaves the host port to the daemon: `warren port` is how to learn it.
-    d.create(&["--name", "web", "--no-home", "-p", "8080", "-p", "0:9090"]);
+    // gVisor publishes on `nat` only (its own stack is out of the host's reach).
+    let network = if common::isolation() == "gvisor" {
+        "nat"
+    } else {
+        "none"
+    };
+    d.create(&[
+        "--name",
+        "web",
+        "--no-home",
+        "--network",
+        network,
+        "-p",
+        "8080",
+        "-p",
+        "0:9090",
+    ]);
     let all = d.ok(&["port", "web"]);
     let lines: Vec<&str> = all.lines().collect();
     assert_eq!(lines.len(), 2, "{all}");
