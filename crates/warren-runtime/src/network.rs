@@ -24,6 +24,10 @@
 //!   that does not come from a sandbox or answer one: the host does not become a router
 //!   between its other interfaces.
 //!
+//! Links, addresses, the link alias and the sandbox's default route are made over
+//! rtnetlink ([`rtnl`]), not with `ip` processes: inside the sandbox from a thread that
+//! has joined its namespace, with a socket that thread opened there.
+//!
 //! The tables are read with one `iptables-save`, and every change they need goes in as
 //! one `iptables-restore --noflush`, which applies it atomically (whole chains replaced,
 //! single rules added or deleted), under a host-wide lock: every Warren of the host
@@ -56,6 +60,8 @@ use sha2::{Digest, Sha256};
 use warren_sys::ns::{self, CloneFlags};
 use warren_types::spec::PortMap;
 
+mod rtnl;
+
 /// The chain of Warren's filter table holding each sandbox's jump to its egress rules.
 const EGRESS: &str = "WARREN-EGRESS";
 /// The filter chain accepting each sandbox's redirected connections to the proxy.
@@ -79,8 +85,11 @@ const RULES_LOCK: &str = "/run/warren-netfilter.lock";
 pub enum NetError {
     #[error("{cmd} failed: {stderr}")]
     Command { cmd: String, stderr: String },
-    #[error("cannot run {0} (install iproute2 and iptables for --network nat): {1}")]
+    #[error("cannot run {0} (install iptables for --network nat): {1}")]
     Missing(&'static str, io::Error),
+    /// A change of links, addresses or routes the kernel refused.
+    #[error("{what}: {source}")]
+    Link { what: String, source: io::Error },
     #[error("no free sandbox subnet: every /30 of {SUBNET} is leased")]
     Exhausted,
     #[error("publish 127.0.0.1:{0}: {1}")]
@@ -129,8 +138,14 @@ pub fn link_name(id: &str) -> String {
 /// Deletes a sandbox's host link, and with it its peer; one already gone is no error.
 pub fn remove_link(name: &str) {
     if Path::new("/sys/class/net").join(name).exists() {
-        let _ = run("ip", &["link", "del", name]);
+        let _ = rtnl::Rtnl::open().and_then(|mut nl| nl.delete_link(name));
     }
+}
+
+/// What to say when the kernel refuses a change of links.
+fn link_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> NetError {
+    let what = what.into();
+    move |source| NetError::Link { what, source }
 }
 
 /// The pid of the helper that made host link `name`, from its alias.
@@ -211,25 +226,28 @@ pub fn setup_nat(
         let (gw, ip) = (addr(n, 1), addr(n, 2));
         // New interfaces of the sandbox's namespace get no IPv6, eth0 included.
         in_netns_of(pid, || no_ipv6("default"))?;
-        let pid_s = pid.to_string();
-        run(
-            "ip",
-            &[
-                "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &pid_s,
-            ],
-        )?;
-        fs::write(
-            Path::new("/sys/class/net").join(&host_if).join("ifalias"),
-            format!("{LINK_ALIAS}{helper}"),
-        )?;
+        let mut nl = rtnl::Rtnl::open().map_err(link_err("open a route netlink socket"))?;
+        let peer_pid = u32::try_from(pid.as_raw()).map_err(io::Error::other)?;
+        nl.add_veth(&host_if, "eth0", peer_pid)
+            .map_err(link_err(format!("add veth pair {host_if}/eth0")))?;
         no_ipv6(&host_if)?;
-        run("ip", &["addr", "add", &format!("{gw}/30"), "dev", &host_if])?;
-        run("ip", &["link", "set", &host_if, "up"])?;
+        nl.add_address(&host_if, gw, 30)
+            .map_err(link_err(format!("add {gw}/30 to {host_if}")))?;
+        nl.set_up(&host_if, Some(&format!("{LINK_ALIAS}{helper}")))
+            .map_err(link_err(format!("bring {host_if} up")))?;
+        drop(nl);
         in_netns_of(pid, || {
             no_ipv6("eth0")?;
-            run("ip", &["addr", "add", &format!("{ip}/30"), "dev", "eth0"])?;
-            run("ip", &["link", "set", "eth0", "up"])?;
-            run("ip", &["route", "add", "default", "via", &gw.to_string()])
+            // Opened inside: a netlink socket speaks for its opener's namespace.
+            let mut nl = rtnl::Rtnl::open()
+                .map_err(link_err("open a route netlink socket in the sandbox"))?;
+            nl.add_address("eth0", ip, 30)
+                .map_err(link_err(format!("add {ip}/30 to the sandbox's eth0")))?;
+            nl.set_up("eth0", None)
+                .map_err(link_err("bring the sandbox's eth0 up"))?;
+            nl.add_default_route(gw).map_err(link_err(format!(
+                "add the sandbox's default route via {gw}"
+            )))
         })?;
         host_rules()
     })();
@@ -871,5 +889,118 @@ mod tests {
         assert!(names
             .iter()
             .all(|n| n.starts_with(LINK_PREFIX) && n.len() < 16));
+    }
+
+    /// A process alone in a new network namespace, killed on drop.
+    struct Netns(std::process::Child);
+
+    impl Netns {
+        fn new() -> Self {
+            let child = Command::new("unshare")
+                .args(["-n", "sleep", "60"])
+                .spawn()
+                .unwrap();
+            let own = fs::read_link("/proc/self/ns/net").unwrap();
+            let theirs = format!("/proc/{}/ns/net", child.id());
+            while fs::read_link(&theirs).map_or(true, |l| l == own) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Self(child)
+        }
+
+        fn pid(&self) -> Pid {
+            Pid::from_raw(self.0.id() as i32)
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_nat_link_is_made_and_removed_over_netlink() {
+        if !warren_testkit::needs_root(
+            "a_nat_link_is_made_and_removed_over_netlink",
+            "makes a veth pair",
+        ) {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Netns::new();
+        let id = format!("nl-test-{}", std::process::id());
+        let host_if = link_name(&id);
+        let lease_file = setup_nat(dir.path(), &id, ns.pid(), 4242).unwrap();
+        let n: u32 = lease_file
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let sys = Path::new("/sys/class/net").join(&host_if);
+        assert_eq!(
+            link_helper(&host_if),
+            Some(4242),
+            "the alias names the helper"
+        );
+        assert_eq!(
+            fs::read_to_string(sys.join("operstate")).unwrap().trim(),
+            "up"
+        );
+        let v6 = Path::new("/proc/sys/net/ipv6/conf")
+            .join(&host_if)
+            .join("disable_ipv6");
+        if v6.exists() {
+            assert_eq!(fs::read_to_string(v6).unwrap().trim(), "1");
+        }
+        // The sandbox's side, as its namespace sees it: eth0 up with the lease's second
+        // address, and the default route through the first.
+        let (gw, ip) = (addr(n, 1), addr(n, 2));
+        let inside = in_netns_of(ns.pid(), || {
+            let route = fs::read_to_string("/proc/thread-self/net/route")?;
+            let fib = fs::read_to_string("/proc/thread-self/net/fib_trie")?;
+            let v6 = fs::read_to_string("/proc/sys/net/ipv6/conf/eth0/disable_ipv6").ok();
+            Ok((route, fib, v6))
+        })
+        .unwrap();
+        let gw_hex = format!("{:08X}", u32::from(gw).swap_bytes());
+        assert!(
+            inside
+                .0
+                .lines()
+                .any(|l| l.starts_with("eth0\t00000000\t") && l.contains(&gw_hex)),
+            "no default route via {gw}: {}",
+            inside.0
+        );
+        assert!(
+            inside.1.contains(&ip.to_string()),
+            "no {ip} inside: {}",
+            inside.1
+        );
+        assert!(inside.2.is_none_or(|v| v.trim() == "1"), "eth0 has IPv6");
+        remove_link(&host_if);
+        assert!(!sys.exists(), "{host_if} outlived remove_link");
+        let eth0 = in_netns_of(ns.pid(), || {
+            Ok(fs::read_to_string("/proc/thread-self/net/dev")?.contains("eth0:"))
+        });
+        assert!(!eth0.unwrap(), "the peer outlived its host end");
+        fs::remove_file(lease_file).unwrap();
+        // A link of that name already there: the kernel's refusal says what failed, and
+        // the failed attempt gives its lease back.
+        let mut nl = rtnl::Rtnl::open().unwrap();
+        nl.add_veth(&host_if, "eth0", ns.pid().as_raw() as u32)
+            .unwrap();
+        match setup_nat(dir.path(), &id, ns.pid(), 4242) {
+            Err(NetError::Link { what, source }) => {
+                assert!(what.contains(&host_if), "{what}");
+                assert_eq!(source.kind(), io::ErrorKind::AlreadyExists);
+            }
+            r => panic!("a second veth of the same name: {r:?}"),
+        }
+        assert_eq!(fs::read_dir(dir.path().join("net")).unwrap().count(), 0);
+        remove_link(&host_if);
     }
 }
