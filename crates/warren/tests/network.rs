@@ -2,6 +2,7 @@
 //! to a network namespace the test makes itself. Needs root.
 
 mod common;
+mod trust;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -222,4 +223,62 @@ fn a_removed_nat_sandbox_leaves_no_host_link() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(left.is_empty(), "host link {left:?} outlived its sandbox");
+}
+
+/// A running sandbox's egress rules hold from its first connection and change at once:
+/// a denied peer refuses the connection (a reset, not a timeout), an allowed one answers,
+/// and opening the rules again reaches it; the rules go with the sandbox.
+#[test]
+fn egress_rules_refuse_and_then_allow_a_peer() {
+    if !can_run("egress_rules_refuse_and_then_allow_a_peer") {
+        return;
+    }
+    let Some(peer) = Peer::new("wtegr", "198.18.0.5", "198.18.0.6") else {
+        warren_testkit::skip(
+            "egress_rules_refuse_and_then_allow_a_peer",
+            "cannot make a peer network namespace",
+        );
+        return;
+    };
+    let server = "import socket\n\
+        s = socket.socket(); s.bind(('198.18.0.6', 9001)); s.listen()\n\
+        while True:\n\
+        \x20   c, a = s.accept(); c.sendall(b'peer'); c.close()";
+    let mut srv = peer.cmd(&["python3", "-c", server]).spawn().unwrap();
+    let d = trust::Daemon::start(false);
+    let key = d.create(&[
+        "--isolation",
+        &isolation(),
+        "--network",
+        "nat",
+        "--deny-out",
+        "198.18.0.4/30",
+    ]);
+    // Up to a few tries: the peer's server may still be starting.
+    let probe = "python3 -c \"\nimport socket, time\nfor i in range(40):\n    try:\n        c = socket.create_connection(('198.18.0.6', 9001), timeout=3); print(c.recv(10).decode()); break\n    except ConnectionRefusedError: print('refused'); break\n    except OSError as e: time.sleep(0.1)\nelse: print('timeout')\n\"";
+    let (_, got) = d.exec(&key, probe);
+    assert_eq!(got.trim(), "refused", "a denied block");
+    d.ok(&[
+        "egress",
+        &key,
+        "--deny-out",
+        "198.18.0.4/30",
+        "--allow-out",
+        "198.18.0.6",
+    ]);
+    let (_, got) = d.exec(&key, probe);
+    assert_eq!(
+        got.trim(),
+        "peer",
+        "an allowed address inside a denied block"
+    );
+    d.ok(&["egress", &key, "--deny-out", "198.18.0.6"]);
+    let (_, got) = d.exec(&key, probe);
+    assert_eq!(got.trim(), "refused", "the rules replaced");
+    d.ok(&["egress", &key, "--open"]);
+    let (_, got) = d.exec(&key, probe);
+    assert_eq!(got.trim(), "peer", "open rules");
+    d.ok(&["rm", &key]);
+    let _ = srv.kill();
+    let _ = srv.wait();
 }
