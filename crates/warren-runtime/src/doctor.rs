@@ -123,7 +123,7 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
     for link in crate::network::leftover_egress() {
         out.push(Leftover {
             kind: "egress rules",
-            what: format!("the netfilter chain of {link}, whose link is gone"),
+            what: format!("the nftables rules of {link}, whose link is gone"),
         });
     }
     out.extend(orphan_processes(&runs));

@@ -4,13 +4,15 @@
 //! pair: `wrn…` on the host, `eth0` inside, a /30 of 10.200.0.0/16 between them, and
 //! masquerading for traffic leaving the host. Neither end has IPv6: the policy below is
 //! written for IPv4, and a link-local address on either end would reach the host's
-//! services on `[::]` around it (ip6tables drops whatever an interface of Warren's still
-//! carries, when the host has it).
+//! services on `[::]` around it (Warren's table drops any other family on its links).
 //!
-//! The host's filter rules live in chains of Warren's own (`WARREN-INPUT`,
-//! `WARREN-FORWARD`, `WARREN-PREROUTING` in the raw table, and `WARREN-POSTROUTING` for
-//! NAT), jumped to first from the built-in chains, and do not rely on the host's
-//! policies:
+//! The host's rules live in an nftables table of Warren's own, `inet warren`, whose base
+//! chains hook prerouting (the reverse-path check at `raw`, the redirections to the egress
+//! proxy at `dstnat`), postrouting (the masquerade), input and forward (at `filter - 10`,
+//! before the host's own filter). A drop there is final whatever the host's other tables
+//! say; an accept is not: a host whose own rules drop forwarded traffic (a `FORWARD`
+//! policy of `DROP`, as Docker sets) must accept the sandboxes' (`iifname "wrn*"` and
+//! replies to them) itself. The policy does not rely on the host's:
 //!
 //! - nothing from a sandbox whose source address is not its own (root inside may set
 //!   any): the raw table's reverse-path check drops a packet whose source would not be
@@ -28,11 +30,16 @@
 //! rtnetlink ([`rtnl`]), not with `ip` processes: inside the sandbox from a thread that
 //! has joined its namespace, with a socket that thread opened there.
 //!
-//! The tables are read with one `iptables-save`, and every change they need goes in as
-//! one `iptables-restore --noflush`, which applies it atomically (whole chains replaced,
-//! single rules added or deleted), under a host-wide lock: every Warren of the host
-//! writes the same rules. The host end of a veth carries, in its alias, the pid of the helper that made
-//! it, so `warren doctor` tells a live sandbox's link (of any Warren) from a leftover.
+//! Every change is one `nft -f` batch, which the kernel applies as one transaction (all
+//! of it or nothing), under a host-wide lock: every Warren of the host writes the same
+//! base chains. A sandbox's egress rules are chains of its own (`e_<hash>`, and with a
+//! domain rule `r_<hash>` and `p_<hash>`), reached through verdict maps from its host
+//! link's name (`egress`, `redirects`, `proxy`), so a change of one sandbox's rules
+//! touches nothing of another's. The first write on a host without Warren's table
+//! removes the iptables chains (`WARREN-*`) of older Warrens, so an upgraded host does
+//! not keep both. The host end of a veth carries, in its alias, the pid of the helper
+//! that made it, so `warren doctor` tells a live sandbox's link (of any Warren) from a
+//! leftover; a link in Warren's maps that no longer exists is a leftover too.
 //!
 //! Published ports need no network at all: the helper listens on 127.0.0.1 of the host
 //! and opens each forwarded connection from inside the sandbox's namespace (a thread that
@@ -62,17 +69,6 @@ use warren_types::spec::PortMap;
 
 mod rtnl;
 
-/// The chain of Warren's filter table holding each sandbox's jump to its egress rules.
-const EGRESS: &str = "WARREN-EGRESS";
-/// The filter chain accepting each sandbox's redirected connections to the proxy.
-const EGRESS_IN: &str = "WARREN-EGRESS-IN";
-/// The nat chain holding each sandbox's jump to its redirections.
-const REDIRECT: &str = "WARREN-REDIRECT";
-/// A sandbox's own filter chain starts with this (then its link's hash).
-pub const EGRESS_CHAIN: &str = "WARREN-E-";
-/// A sandbox's own nat chain starts with this.
-const REDIRECT_CHAIN: &str = "WARREN-R-";
-
 /// Host-side link names start with this; `warren doctor` looks for them.
 pub const LINK_PREFIX: &str = "wrn";
 /// What a host link's alias starts with, followed by its helper's pid.
@@ -85,7 +81,7 @@ const RULES_LOCK: &str = "/run/warren-netfilter.lock";
 pub enum NetError {
     #[error("{cmd} failed: {stderr}")]
     Command { cmd: String, stderr: String },
-    #[error("cannot run {0} (install iptables for --network nat): {1}")]
+    #[error("cannot run {0} (install nftables for --network nat): {1}")]
     Missing(&'static str, io::Error),
     /// A change of links, addresses or routes the kernel refused.
     #[error("{what}: {source}")]
@@ -121,10 +117,6 @@ fn run_with(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<St
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn run(tool: &'static str, args: &[&str]) -> Result<(), NetError> {
-    run_with(tool, args, None).map(|_| ())
 }
 
 /// The host link name of a sandbox: a hash of its whole id, so that no two sandboxes'
@@ -259,164 +251,161 @@ pub fn setup_nat(
     Ok(lease_file)
 }
 
-/// Chains of one table, each with its rule specs in order, written as `iptables -S`
-/// prints them (so an unchanged chain is recognised and left alone).
-type Chains = Vec<(&'static str, Vec<String>)>;
-
-/// The chains of Warren's IPv4 filter table.
-fn filter_v4(router_guard: bool) -> Chains {
-    let w = format!("{LINK_PREFIX}+");
-    let mut forward = vec![
-        // Behind the reverse-path check: whatever else a sandbox forges, an address
-        // outside the sandboxes' subnet never leaves the host unmasqueraded.
-        format!("! -s {SUBNET} -i {w} -j DROP"),
-        format!("-i {w} -o {w} -j DROP"),
-        // Link-local addresses: a cloud's metadata service (169.254.169.254) hands out
-        // the machine's credentials to whoever asks.
-        format!("-d 169.254.0.0/16 -i {w} -j DROP"),
-        format!("-o {w} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
-        format!("-o {w} -j DROP"),
-        // Each sandbox with egress rules has a chain of its own, jumped to from here.
-        format!("-i {w} -j {EGRESS}"),
-        format!("-i {w} -j ACCEPT"),
-    ];
-    if router_guard {
-        forward.push("-j DROP".to_string());
-    }
-    vec![
-        (
-            "WARREN-INPUT",
-            vec![
-                // Connections a sandbox's egress rules sent to the daemon's proxy
-                // (redirected, so only those); each sandbox's own port is accepted in
-                // the chain jumped to.
-                format!("-i {w} -p tcp -m conntrack --ctstate DNAT -j {EGRESS_IN}"),
-                format!("-i {w} -j DROP"),
-            ],
-        ),
-        ("WARREN-FORWARD", forward),
-    ]
-}
-
-fn filter_v6() -> Chains {
-    let w = format!("{LINK_PREFIX}+");
-    vec![
-        ("WARREN-INPUT", vec![format!("-i {w} -j DROP")]),
-        (
-            "WARREN-FORWARD",
-            vec![format!("-i {w} -j DROP"), format!("-o {w} -j DROP")],
-        ),
-    ]
-}
-
-/// One family's tables as `iptables-save` (or `ip6tables-save`) printed them: read once
-/// for all the checks of a change, which then goes in as one `iptables-restore`.
-struct Saved(String);
-
-impl Saved {
-    fn read(save: &'static str) -> Result<Self, NetError> {
-        run_with(save, &[], None).map(Self)
-    }
-
-    /// The lines of `table`, between its `*table` and its `COMMIT`.
-    fn table(&self, table: &str) -> Vec<&str> {
-        let head = format!("*{table}");
-        self.0
-            .lines()
-            .skip_while(|l| *l != head)
-            .skip(1)
-            .take_while(|l| *l != "COMMIT")
-            .collect()
-    }
-
-    fn has_chain(&self, table: &str, chain: &str) -> bool {
-        self.table(table)
-            .iter()
-            .any(|l| l.strip_prefix(':').and_then(|r| r.split(' ').next()) == Some(chain))
-    }
-
-    /// The rule specs of `chain` (without `-A chain`), in order.
-    fn rules(&self, table: &str, chain: &str) -> Vec<String> {
-        let prefix = format!("-A {chain} ");
-        self.table(table)
-            .iter()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-/// Restore input, table by table, applied in one `iptables-restore --noflush` (one
-/// transaction): whatever it holds takes effect together.
-#[derive(Default)]
-struct Batch(Vec<(String, Vec<String>)>);
+/// Warren's own nftables table; `inet`, so that one table holds the IPv4 policy and the
+/// IPv6 drop.
+const TABLE: &str = "inet warren";
+/// Its base chains, each hooked where the policy needs it: the reverse-path check before
+/// conntrack, the redirections and the masquerade in NAT, and the filter a little before
+/// the host's own (`filter - 10`), so a drop of Warren's is final whatever they accept.
+const BASE_CHAINS: [(&str, &str); 6] = [
+    (
+        "prerouting_raw",
+        "type filter hook prerouting priority raw; policy accept;",
+    ),
+    (
+        "prerouting_nat",
+        "type nat hook prerouting priority dstnat; policy accept;",
+    ),
+    (
+        "postrouting_nat",
+        "type nat hook postrouting priority srcnat; policy accept;",
+    ),
+    (
+        "input",
+        "type filter hook input priority filter - 10; policy accept;",
+    ),
+    (
+        "forward",
+        "type filter hook forward priority filter - 10; policy accept;",
+    ),
+    // Never flushed by a Warren: its rules say that Warren turned forwarding on.
+    (
+        "router_guard",
+        "type filter hook forward priority filter - 5; policy accept;",
+    ),
+];
+/// Verdict maps from a sandbox's host link to its own chains: egress filter, redirections
+/// to the proxy, and the proxy port its redirected connections may reach.
+const MAPS: [&str; 3] = ["egress", "redirects", "proxy"];
+/// A sandbox's own filter chain starts with this (then its link's hash).
+pub const EGRESS_CHAIN: &str = "e_";
+/// A sandbox's own chain of redirections starts with this.
+const REDIRECT_CHAIN: &str = "r_";
+/// A sandbox's own chain accepting its redirected connections starts with this.
+const PROXY_CHAIN: &str = "p_";
+/// One `nft -f` input: every command in it is one transaction, applied whole or not at
+/// all.
+#[derive(Debug, Default)]
+struct Batch(String);
 
 impl Batch {
-    fn push(&mut self, table: &str, line: String) {
-        match self.0.iter_mut().find(|(t, _)| t == table) {
-            Some((_, lines)) => lines.push(line),
-            None => self.0.push((table.to_string(), vec![line])),
-        }
+    fn push(&mut self, command: impl AsRef<str>) {
+        self.0.push_str(command.as_ref());
+        self.0.push('\n');
     }
 
-    /// Makes `chain` exactly `rules` (declaring a chain empties it).
-    fn replace(&mut self, table: &str, chain: &str, rules: &[String]) {
-        self.push(table, format!(":{chain} - [0:0]"));
+    /// Makes chain `chain` of Warren's table exist and hold exactly `rules`.
+    fn replace(&mut self, chain: &str, rules: &[String]) {
+        self.push(format!("add chain {TABLE} {chain}"));
+        self.push(format!("flush chain {TABLE} {chain}"));
         for r in rules {
-            self.push(table, format!("-A {chain} {r}"));
+            self.push(format!("add rule {TABLE} {chain} {r}"));
         }
     }
 
-    /// The restore input, or nothing when there is nothing to change.
-    fn input(self) -> Option<String> {
-        if self.0.is_empty() {
-            return None;
-        }
-        let mut input = String::new();
-        for (table, mut lines) in self.0 {
-            // Chains are declared before any rule of the table.
-            lines.sort_by_key(|l| !l.starts_with(':'));
-            input.push_str(&format!("*{table}\n"));
-            for l in lines {
-                input.push_str(&l);
-                input.push('\n');
-            }
-            input.push_str("COMMIT\n");
-        }
-        Some(input)
+    /// Removes `link`'s element of `map` and its chain `chain`, whether they are there or
+    /// not (added first, so that the deletions cannot fail).
+    fn remove(&mut self, map: &str, link: &str, chain: &str) {
+        self.push(format!("add chain {TABLE} {chain}"));
+        self.push(format!(
+            "add element {TABLE} {map} {{ \"{link}\" : jump {chain} }}"
+        ));
+        self.push(format!("delete element {TABLE} {map} {{ \"{link}\" }}"));
+        self.push(format!("delete chain {TABLE} {chain}"));
     }
 
-    fn apply(self, restore: &'static str) -> Result<(), NetError> {
-        match self.input() {
-            Some(input) => run_with(restore, &["-w", "--noflush"], Some(&input)).map(drop),
-            None => Ok(()),
-        }
+    fn apply(self) -> Result<(), NetError> {
+        run_with("nft", &["-f", "-"], Some(&self.0)).map(drop)
     }
 }
 
-/// Adds to `batch` what makes Warren's chains of one family what `tables` say, and
-/// jumps to them first from the built-in chains.
-fn ensure_family(saved: &Saved, batch: &mut Batch, tables: &[(&str, Chains)]) {
-    for (table, chains) in tables {
-        let up_to_date = chains
-            .iter()
-            .all(|(c, rules)| saved.rules(table, c) == *rules);
-        if !up_to_date {
-            for (c, rules) in chains {
-                batch.replace(table, c, rules);
-            }
-        }
-        for (c, _) in chains {
-            let builtin = c.trim_start_matches("WARREN-");
-            let jump = format!("-j {c}");
-            if !saved.rules(table, builtin).contains(&jump) {
-                batch.push(table, format!("-I {builtin} 1 -j {c}"));
-            }
-        }
+/// Declares Warren's table, its maps and its base chains (a no-op where they exist).
+fn declare(batch: &mut Batch) {
+    batch.push(format!("add table {TABLE}"));
+    for map in MAPS {
+        batch.push(format!(
+            "add map {TABLE} {map} {{ type ifname : verdict; }}"
+        ));
+    }
+    for (chain, hook) in BASE_CHAINS {
+        batch.push(format!("add chain {TABLE} {chain} {{ {hook} }}"));
     }
 }
 
-/// Holds the host-wide lock for writing Warren's netfilter rules.
+/// The host-wide rules of the module doc, rewritten whole in `batch` (so a Warren with
+/// other rules converges everyone's); with `guard`, the router guard too.
+fn host_batch(batch: &mut Batch, guard: bool) {
+    declare(batch);
+    batch.push(format!("add chain {TABLE} {RULES_VERSION}"));
+    let w = format!("\"{LINK_PREFIX}*\"");
+    batch.replace(
+        "prerouting_raw",
+        &[format!("iifname {w} fib saddr . iif oif missing drop")],
+    );
+    batch.replace(
+        "prerouting_nat",
+        &[format!(
+            "iifname {w} meta nfproto ipv4 iifname vmap @redirects"
+        )],
+    );
+    batch.replace(
+        "postrouting_nat",
+        &[format!("ip saddr {SUBNET} oifname != {w} masquerade")],
+    );
+    batch.replace(
+        "input",
+        &[
+            // Connections a sandbox's egress rules sent to the daemon's proxy
+            // (redirected, so only those); each sandbox's own port is accepted in the
+            // chain its link maps to.
+            format!(
+                "iifname {w} meta nfproto ipv4 meta l4proto tcp ct status dnat iifname vmap @proxy"
+            ),
+            format!("iifname {w} drop"),
+        ],
+    );
+    batch.replace(
+        "forward",
+        &[
+            // Both ends have IPv6 off; this is for anything of Warren's that has it anyway.
+            format!("iifname {w} meta nfproto != ipv4 drop"),
+            format!("oifname {w} meta nfproto != ipv4 drop"),
+            // Behind the reverse-path check: whatever else a sandbox forges, an address
+            // outside the sandboxes' subnet never leaves the host unmasqueraded.
+            format!("iifname {w} ip saddr != {SUBNET} drop"),
+            format!("iifname {w} oifname {w} drop"),
+            // Link-local addresses: a cloud's metadata service (169.254.169.254) hands
+            // out the machine's credentials to whoever asks.
+            format!("iifname {w} ip daddr 169.254.0.0/16 drop"),
+            format!("oifname {w} ct state established,related accept"),
+            format!("oifname {w} drop"),
+            // Each sandbox with egress rules has a chain of its own, its link mapped to it.
+            format!("iifname {w} iifname vmap @egress"),
+            format!("iifname {w} accept"),
+        ],
+    );
+    if guard {
+        batch.replace(
+            "router_guard",
+            &[
+                format!("iifname {w} return"),
+                format!("oifname {w} ct state established,related return"),
+                "drop".to_string(),
+            ],
+        );
+    }
+}
+
 fn rules_lock() -> Result<Flock<fs::File>, NetError> {
     let lock = fs::OpenOptions::new()
         .create(true)
@@ -426,121 +415,208 @@ fn rules_lock() -> Result<Flock<fs::File>, NetError> {
     Ok(Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?)
 }
 
-/// The host-wide rules (see the module doc), written when missing or changed.
+/// The host-wide rules (see the module doc), in one transaction when they need one.
 fn host_rules() -> Result<(), NetError> {
     let _held = rules_lock()?;
-    let saved = Saved::read("iptables-save")?;
     let mut batch = Batch::default();
-    host_rules_locked(&saved, &mut batch)?;
-    batch.apply("iptables-restore")
+    host_rules_locked(&mut batch)?;
+    if batch.0.is_empty() {
+        return Ok(());
+    }
+    batch.apply()
 }
 
-/// Adds the IPv4 host-wide rules that `saved` lacks to `batch` (applied by the caller,
-/// with the lock held); the IPv6 ones are written here.
-fn host_rules_locked(saved: &Saved, batch: &mut Batch) -> Result<(), NetError> {
+/// Adds the host-wide rules to `batch` (applied by the caller, with the lock held),
+/// unless they are there already: a transaction costs the kernel tens of milliseconds.
+fn host_rules_locked(batch: &mut Batch) -> Result<(), NetError> {
     let forwarding = fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
     let turned_on = forwarding.trim() == "0";
     if turned_on {
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
     }
-    // The guard stays once set: the rule itself records that Warren turned forwarding on.
-    let guard = turned_on
-        || saved
-            .rules("filter", "WARREN-FORWARD")
-            .iter()
-            .any(|l| l == "-j DROP");
-    let nat = vec![
-        (
-            "WARREN-POSTROUTING",
-            vec![format!("-s {SUBNET} ! -o {LINK_PREFIX}+ -j MASQUERADE")],
-        ),
-        (
-            "WARREN-PREROUTING",
-            vec![format!("-i {LINK_PREFIX}+ -j {REDIRECT}")],
-        ),
-    ];
-    // The chains each sandbox's rules hang from: made once, never rewritten whole
-    // (the rules in them are sandboxes').
-    for (table, chain) in [("filter", EGRESS), ("filter", EGRESS_IN), ("nat", REDIRECT)] {
-        if !saved.has_chain(table, chain) {
-            batch.push(table, format!(":{chain} - [0:0]"));
-        }
-    }
-    let reverse_path = vec![(
-        "WARREN-PREROUTING",
-        vec![format!("-i {LINK_PREFIX}+ -m rpfilter --invert -j DROP")],
-    )];
-    ensure_family(
-        saved,
-        batch,
-        &[
-            ("raw", reverse_path),
-            ("filter", filter_v4(guard)),
-            ("nat", nat),
-        ],
-    );
-    // Both ends have IPv6 off; these rules are for anything of Warren's that has it
-    // anyway. A host without ip6tables has no IPv6 filtering to do it with.
-    if let Ok(saved6) = Saved::read("ip6tables-save") {
-        let mut batch6 = Batch::default();
-        ensure_family(&saved6, &mut batch6, &[("filter", filter_v6())]);
-        batch6.apply("ip6tables-restore")?;
+    let state = table_state()?;
+    // An older Warren's rules record in theirs whether it turned forwarding on.
+    let old_guard = state == TableState::Missing && remove_old_chains();
+    if turned_on || old_guard || state != TableState::Current {
+        host_batch(batch, turned_on || old_guard);
     }
     Ok(())
 }
 
-/// Adds to `batch` what makes the rules naming `link` in `chain` exactly `wanted` (each
-/// a rule spec without `-A chain`): missing ones are appended, others deleted; one
-/// already there stays, so a jump that must not lapse never does.
-fn converge(
-    saved: &Saved,
-    batch: &mut Batch,
-    table: &str,
-    chain: &str,
-    link: &str,
-    wanted: &[String],
-) {
-    let tag = format!("-i {link} ");
-    let have: Vec<String> = saved
-        .rules(table, chain)
-        .into_iter()
-        .filter(|l| l.starts_with(&tag) || l.contains(&format!(" {tag}")))
-        .collect();
-    for w in wanted {
-        if !have.contains(w) {
-            batch.push(table, format!("-A {chain} {w}"));
-        }
-    }
-    for h in &have {
-        if !wanted.contains(h) {
-            batch.push(table, format!("-D {chain} {h}"));
-        }
-    }
+/// Whether Warren's table is in this network namespace, and with this Warren's rules.
+#[derive(Debug, PartialEq, Eq)]
+enum TableState {
+    Missing,
+    Other,
+    Current,
 }
 
-/// The names of sandbox `id`'s own chains: (filter, nat).
-fn egress_chains(id: &str) -> (String, String) {
+fn table_state() -> Result<TableState, NetError> {
+    let chains = run_with("nft", &["list", "chains", "inet"], None)?;
+    let mut table = None;
+    let mut state = TableState::Missing;
+    for line in chains.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix("table ") {
+            table = Some(t.trim_end_matches(" {").to_string());
+            if table.as_deref() == Some(TABLE) {
+                state = TableState::Other;
+            }
+        } else if table.as_deref() == Some(TABLE)
+            && line
+                .strip_prefix("chain ")
+                .map(|c| c.trim_end_matches(" {"))
+                == Some(RULES_VERSION)
+        {
+            return Ok(TableState::Current);
+        }
+    }
+    Ok(state)
+}
+
+/// An empty chain whose name says which version of the host rules the table holds:
+/// changed with them, so that a Warren with other rules writes its own.
+const RULES_VERSION: &str = "rules_v1";
+
+/// Whether Warren's table exists in this network namespace.
+fn has_table() -> Result<bool, NetError> {
+    Ok(table_state()? != TableState::Missing)
+}
+
+/// Removes the iptables chains of older Warrens (and their IPv6 ones), in one restore a
+/// family; a host without iptables has none. Returns whether they held the router guard
+/// (an older Warren turned forwarding on).
+fn remove_old_chains() -> bool {
+    let mut guard = false;
+    for (save, restore) in [
+        ("iptables-save", "iptables-restore"),
+        ("ip6tables-save", "ip6tables-restore"),
+    ] {
+        let Ok(saved) = run_with(save, &[], None) else {
+            continue;
+        };
+        guard |= save == "iptables-save" && saved.lines().any(|l| l == OLD_GUARD);
+        if let Some(input) = old_chains_removal(&saved) {
+            let _ = run_with(restore, &["-w", "--noflush"], Some(&input));
+        }
+    }
+    guard
+}
+
+/// The rule of an older Warren's that said it had turned IPv4 forwarding on.
+const OLD_GUARD: &str = "-A WARREN-FORWARD -j DROP";
+
+/// The `iptables-restore --noflush` input removing every `WARREN-` chain `saved` (an
+/// `iptables-save` output) shows, and the jumps to them; none when there are none.
+fn old_chains_removal(saved: &str) -> Option<String> {
+    let mut input = String::new();
+    let mut table = "";
+    let mut jumps = Vec::new();
+    let mut chains = Vec::new();
+    for line in saved.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            table = t;
+            jumps.clear();
+            chains.clear();
+        } else if let Some(c) = line.strip_prefix(":WARREN-") {
+            chains.push(format!("WARREN-{}", c.split(' ').next().unwrap_or("")));
+        } else if let Some(rule) = line.strip_prefix("-A ") {
+            let builtin = !rule.starts_with("WARREN-");
+            if builtin && rule.contains(" -j WARREN-") {
+                jumps.push(format!("-D {rule}"));
+            }
+        } else if line == "COMMIT" && !chains.is_empty() {
+            input.push_str(&format!("*{table}\n"));
+            for c in &chains {
+                input.push_str(&format!(":{c} - [0:0]\n"));
+            }
+            for j in &jumps {
+                input.push_str(&format!("{j}\n"));
+            }
+            for c in &chains {
+                input.push_str(&format!("-X {c}\n"));
+            }
+            input.push_str("COMMIT\n");
+        }
+    }
+    (!input.is_empty()).then_some(input)
+}
+
+/// The names of sandbox `id`'s own chains: (filter, redirections, proxy).
+fn egress_chains(id: &str) -> (String, String, String) {
     let h = &link_name(id)[LINK_PREFIX.len()..];
-    (format!("{EGRESS_CHAIN}{h}"), format!("{REDIRECT_CHAIN}{h}"))
+    (
+        format!("{EGRESS_CHAIN}{h}"),
+        format!("{REDIRECT_CHAIN}{h}"),
+        format!("{PROXY_CHAIN}{h}"),
+    )
 }
 
-/// Puts sandbox `id`'s egress rules in place, or replaces the ones it has: the rules of
-/// its own chain change in one step, so no connection sees half of the old set and half
-/// of the new. Works before the sandbox's link exists (the rules name the link), so a
-/// sandbox is under its rules from its first packet. With a domain rule, connections
-/// on ports 80 and 443 that no address rule allows go to the proxy on `proxy_port`,
-/// which looks at the name they carry. Open rules remove everything.
+/// Adds to `batch` what makes sandbox `id`'s egress rules `rules`, with `dns` the
+/// resolvers a domain rule keeps reachable.
+fn egress_batch(
+    batch: &mut Batch,
+    id: &str,
+    rules: &warren_types::egress::EgressRules,
+    dns: &[Ipv4Addr],
+    proxy_port: u16,
+) {
+    let link = link_name(id);
+    let (filter, redirect, proxy) = egress_chains(id);
+    let mut f = Vec::new();
+    for ip in dns {
+        f.push(format!("ip daddr {ip} return"));
+    }
+    for n in &rules.allow_nets {
+        f.push(format!("ip daddr {n} return"));
+    }
+    for n in &rules.deny_nets {
+        // Refused at once rather than left to time out.
+        f.push(format!(
+            "ip daddr {n} meta l4proto tcp reject with tcp reset"
+        ));
+        f.push(format!("ip daddr {n} reject with icmp type net-prohibited"));
+    }
+    batch.replace(&filter, &f);
+    batch.push(format!(
+        "add element {TABLE} egress {{ \"{link}\" : jump {filter} }}"
+    ));
+    if rules.has_domains() {
+        let mut r = Vec::new();
+        for n in &rules.allow_nets {
+            r.push(format!("ip daddr {n} return"));
+        }
+        for ip in dns {
+            r.push(format!("ip daddr {ip} return"));
+        }
+        r.push(format!("tcp dport {{ 80, 443 }} redirect to :{proxy_port}"));
+        batch.replace(&redirect, &r);
+        batch.replace(&proxy, &[format!("tcp dport {proxy_port} accept")]);
+        batch.push(format!(
+            "add element {TABLE} redirects {{ \"{link}\" : jump {redirect} }}"
+        ));
+        batch.push(format!(
+            "add element {TABLE} proxy {{ \"{link}\" : jump {proxy} }}"
+        ));
+    } else {
+        batch.remove("redirects", &link, &redirect);
+        batch.remove("proxy", &link, &proxy);
+    }
+}
+
+/// Puts sandbox `id`'s egress rules in place, or replaces the ones it has: the whole
+/// change is one transaction, so no connection sees half of the old set and half of the
+/// new. Works before the sandbox's link exists (the rules name the link), so a sandbox is
+/// under its rules from its first packet. With a domain rule, connections on ports 80
+/// and 443 that no address rule allows go to the proxy on `proxy_port`, which looks at
+/// the name they carry. Open rules remove everything.
 pub fn set_egress(
     id: &str,
     rules: &warren_types::egress::EgressRules,
     proxy_port: u16,
 ) -> Result<(), NetError> {
     let _held = rules_lock()?;
-    let saved = Saved::read("iptables-save")?;
     let mut batch = Batch::default();
-    host_rules_locked(&saved, &mut batch)?;
-    let link = link_name(id);
-    let (filter, nat) = egress_chains(id);
+    host_rules_locked(&mut batch)?;
     let dns: Vec<Ipv4Addr> = if !rules.has_domains() {
         Vec::new()
     } else if rules.dns_given {
@@ -548,113 +624,51 @@ pub fn set_egress(
     } else {
         crate::template::sandbox_resolvers()
     };
-    let mut f = Vec::new();
-    for ip in &dns {
-        f.push(format!("-d {ip}/32 -j RETURN"));
-    }
-    for n in &rules.allow_nets {
-        f.push(format!("-d {n} -j RETURN"));
-    }
-    for n in &rules.deny_nets {
-        // Refused at once rather than left to time out.
-        f.push(format!("-d {n} -p tcp -j REJECT --reject-with tcp-reset"));
-        f.push(format!(
-            "-d {n} -j REJECT --reject-with icmp-net-prohibited"
-        ));
-    }
-    batch.replace("filter", &filter, &f);
-    converge(
-        &saved,
-        &mut batch,
-        "filter",
-        EGRESS,
-        &link,
-        &[format!("-i {link} -j {filter}")],
-    );
-    if rules.has_domains() {
-        let mut r = Vec::new();
-        for n in &rules.allow_nets {
-            r.push(format!("-d {n} -j RETURN"));
-        }
-        for ip in &dns {
-            r.push(format!("-d {ip}/32 -j RETURN"));
-        }
-        r.push(format!(
-            "-p tcp -m multiport --dports 80,443 -j REDIRECT --to-ports {proxy_port}"
-        ));
-        batch.replace("nat", &nat, &r);
-        converge(
-            &saved,
-            &mut batch,
-            "filter",
-            EGRESS_IN,
-            &link,
-            &[format!(
-                "-i {link} -p tcp -m tcp --dport {proxy_port} -j ACCEPT"
-            )],
-        );
-        converge(
-            &saved,
-            &mut batch,
-            "nat",
-            REDIRECT,
-            &link,
-            &[format!("-i {link} -j {nat}")],
-        );
-        batch.apply("iptables-restore")
-    } else {
-        converge(&saved, &mut batch, "filter", EGRESS_IN, &link, &[]);
-        converge(&saved, &mut batch, "nat", REDIRECT, &link, &[]);
-        batch.apply("iptables-restore")?;
-        // A chain is deleted only once nothing jumps to it, so after the batch.
-        if saved.has_chain("nat", &nat) {
-            let _ = run("iptables", &["-w", "-t", "nat", "-X", &nat]);
-        }
-        Ok(())
-    }
+    egress_batch(&mut batch, id, rules, &dns, proxy_port);
+    batch.apply()
+}
+
+/// Adds to `batch` the removal of sandbox `id`'s egress rules.
+fn clear_batch(batch: &mut Batch, id: &str) {
+    let link = link_name(id);
+    let (filter, redirect, proxy) = egress_chains(id);
+    declare(batch);
+    batch.remove("egress", &link, &filter);
+    batch.remove("redirects", &link, &redirect);
+    batch.remove("proxy", &link, &proxy);
 }
 
 /// Removes sandbox `id`'s egress rules; a sandbox without any is no error.
 pub fn clear_egress(id: &str) {
     let Ok(_held) = rules_lock() else { return };
-    let Ok(saved) = Saved::read("iptables-save") else {
+    // Without Warren's table there is nothing to clear, and making it here would skip
+    // the removal of an older Warren's chains that the first write does.
+    if !has_table().unwrap_or(false) {
         return;
-    };
-    let link = link_name(id);
-    let (filter, nat) = egress_chains(id);
-    let mut batch = Batch::default();
-    converge(&saved, &mut batch, "filter", EGRESS, &link, &[]);
-    converge(&saved, &mut batch, "filter", EGRESS_IN, &link, &[]);
-    converge(&saved, &mut batch, "nat", REDIRECT, &link, &[]);
-    let mine = [("filter", &filter), ("nat", &nat)];
-    for (table, chain) in mine {
-        if saved.has_chain(table, chain) {
-            batch.replace(table, chain, &[]);
-        }
     }
-    if batch.apply("iptables-restore").is_ok() {
-        for (table, chain) in mine {
-            if saved.has_chain(table, chain) {
-                let _ = run("iptables", &["-w", "-t", table, "-X", chain]);
+    let mut batch = Batch::default();
+    clear_batch(&mut batch, id);
+    let _ = batch.apply();
+}
+
+/// Sandboxes' egress rules whose link is gone (a sandbox being made has its rules a
+/// moment before its link): the links named in Warren's maps.
+pub fn leftover_egress() -> Vec<String> {
+    let mut links = Vec::new();
+    for map in MAPS {
+        let Ok(listed) = run_with("nft", &["list", "map", "inet", "warren", map], None) else {
+            continue;
+        };
+        for name in listed.split('"').skip(1).step_by(2) {
+            if name.starts_with(LINK_PREFIX)
+                && !Path::new("/sys/class/net").join(name).exists()
+                && !links.iter().any(|l| l == name)
+            {
+                links.push(name.to_string());
             }
         }
     }
-}
-
-/// Sandboxes' egress chains whose link is gone (a sandbox being made has its chain a
-/// moment before its link).
-pub fn leftover_egress() -> Vec<String> {
-    let Ok(saved) = Saved::read("iptables-save") else {
-        return Vec::new();
-    };
-    saved
-        .rules("filter", EGRESS)
-        .iter()
-        .filter_map(|l| {
-            let link = l.split_whitespace().skip_while(|w| *w != "-i").nth(1)?;
-            (!Path::new("/sys/class/net").join(link).exists()).then(|| link.to_string())
-        })
-        .collect()
+    links
 }
 
 /// Forwards 127.0.0.1:`map.host` on the host to the sandbox's own 127.0.0.1:`map.sandbox`.
@@ -778,6 +792,8 @@ fn splice_pair(a: TcpStream, b: TcpStream, open: Arc<Open>) {
 mod tests {
     use std::io::Read;
 
+    use warren_types::egress::{Domain, EgressRules, Net};
+
     use super::*;
 
     /// A forwarded port carries bytes both ways, and holds at most `max` connections at
@@ -847,31 +863,57 @@ mod tests {
     }
 
     #[test]
-    fn a_saved_table_is_read_and_a_change_is_one_restore() {
-        let saved = Saved(
-            "# Generated by iptables-save\n*raw\n:PREROUTING ACCEPT [0:0]\nCOMMIT\n\
-             *filter\n:INPUT ACCEPT [0:0]\n:WARREN-EGRESS - [0:0]\n\
-             -A INPUT -j WARREN-INPUT\n-A WARREN-EGRESS -i wrnaa -j WARREN-E-aa\n\
-             -A WARREN-EGRESS -i wrnaab -j WARREN-E-aab\nCOMMIT\n"
-                .into(),
-        );
-        assert!(saved.has_chain("filter", "WARREN-EGRESS"));
-        assert!(!saved.has_chain("filter", "WARREN-E-aa"));
-        assert!(!saved.has_chain("raw", "WARREN-EGRESS"));
-        assert_eq!(saved.rules("filter", "INPUT"), ["-j WARREN-INPUT"]);
-        let mut batch = Batch::default();
-        // Only the rule of link wrnaa is this sandbox's, not wrnaab's.
-        converge(&saved, &mut batch, "filter", "WARREN-EGRESS", "wrnaa", &[]);
-        batch.replace("filter", "WARREN-E-aa", &["-d 10.0.0.0/8 -j RETURN".into()]);
-        batch.push("nat", ":WARREN-REDIRECT - [0:0]".into());
+    fn old_iptables_chains_and_the_jumps_to_them_are_removed_in_one_restore() {
+        let saved = "# Generated by iptables-save\n*raw\n:PREROUTING ACCEPT [0:0]\n\
+             :WARREN-PREROUTING - [0:0]\n-A PREROUTING -j WARREN-PREROUTING\n\
+             -A WARREN-PREROUTING -i wrn+ -m rpfilter --invert -j DROP\nCOMMIT\n\
+             *filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:DOCKER - [0:0]\n\
+             :WARREN-EGRESS - [0:0]\n:WARREN-E-aa - [0:0]\n\
+             -A INPUT -j WARREN-INPUT\n-A FORWARD -j DOCKER\n\
+             -A WARREN-EGRESS -i wrnaa -j WARREN-E-aa\nCOMMIT\n\
+             *nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -j MASQUERADE\nCOMMIT\n";
         assert_eq!(
-            batch.input().unwrap(),
-            "*filter\n:WARREN-E-aa - [0:0]\n\
-             -D WARREN-EGRESS -i wrnaa -j WARREN-E-aa\n\
-             -A WARREN-E-aa -d 10.0.0.0/8 -j RETURN\nCOMMIT\n\
-             *nat\n:WARREN-REDIRECT - [0:0]\nCOMMIT\n"
+            old_chains_removal(saved).unwrap(),
+            "*raw\n:WARREN-PREROUTING - [0:0]\n-D PREROUTING -j WARREN-PREROUTING\n\
+             -X WARREN-PREROUTING\nCOMMIT\n\
+             *filter\n:WARREN-EGRESS - [0:0]\n:WARREN-E-aa - [0:0]\n\
+             -D INPUT -j WARREN-INPUT\n-X WARREN-EGRESS\n-X WARREN-E-aa\nCOMMIT\n"
         );
-        assert_eq!(Batch::default().input(), None);
+        assert_eq!(
+            old_chains_removal("*nat\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn a_sandboxs_egress_change_is_one_batch_naming_only_its_link() {
+        let rules = EgressRules {
+            allow_nets: vec![Net::parse("10.1.0.0/16").unwrap()],
+            deny_nets: vec![Net::parse("0.0.0.0/0").unwrap()],
+            ..Default::default()
+        };
+        let mut batch = Batch::default();
+        egress_batch(&mut batch, "sb1", &rules, &[], 8080);
+        let link = link_name("sb1");
+        let (e, r, p) = egress_chains("sb1");
+        let text = batch.0;
+        assert!(
+            text.contains(&format!("flush chain inet warren {e}\n")),
+            "{text}"
+        );
+        assert!(text.contains(&format!(
+            "add rule inet warren {e} ip daddr 10.1.0.0/16 return\n"
+        )));
+        assert!(text.contains(&format!(
+            "add element inet warren egress {{ \"{link}\" : jump {e} }}"
+        )));
+        // Without a domain rule, no redirection is left behind.
+        assert!(text.contains(&format!("delete chain inet warren {r}\n")));
+        assert!(text.contains(&format!("delete chain inet warren {p}\n")));
+        assert!(!text.contains("redirect to"));
+        let mut other = Batch::default();
+        clear_batch(&mut other, "sb2");
+        assert!(!other.0.contains(&link), "{}", other.0);
     }
 
     #[test]
@@ -1002,5 +1044,107 @@ mod tests {
         }
         assert_eq!(fs::read_dir(dir.path().join("net")).unwrap().count(), 0);
         remove_link(&host_if);
+    }
+
+    fn nft_table() -> String {
+        run_with("nft", &["list", "table", "inet", "warren"], None).unwrap_or_default()
+    }
+
+    /// In a network namespace of its own: the first write removes an older Warren's
+    /// iptables chains and makes Warren's table; a sandbox's egress rules are found as
+    /// leftovers while its link is missing and go with `clear_egress`; a batch that fails
+    /// halfway changes nothing.
+    #[test]
+    fn rules_live_in_warrens_own_table_and_change_in_one_transaction() {
+        let test = "rules_live_in_warrens_own_table_and_change_in_one_transaction";
+        if !warren_testkit::needs_root(test, "writes netfilter rules in its own namespace") {
+            return;
+        }
+        if run_with("nft", &["--version"], None).is_err() {
+            warren_testkit::skip(test, "no nft (install nftables)");
+            return;
+        }
+        let ns = Netns::new();
+        in_netns_of(ns.pid(), || {
+            let old = "*filter\n:WARREN-FORWARD - [0:0]\n:WARREN-E-aa - [0:0]\n\
+                       -A FORWARD -j WARREN-FORWARD\n-A WARREN-FORWARD -i wrn+ -j WARREN-E-aa\n\
+                       -A WARREN-FORWARD -j DROP\nCOMMIT\n";
+            let iptables = run_with("iptables-restore", &["-w", "--noflush"], Some(old)).is_ok();
+            // Forwarding is on, and the older Warren's rules say it was Warren's doing
+            // (without iptables, off: Warren turns it on).
+            fs::write(
+                "/proc/sys/net/ipv4/ip_forward",
+                if iptables { "1" } else { "0" },
+            )?;
+            host_rules()?;
+            if iptables {
+                let saved = run_with("iptables-save", &[], None)?;
+                assert!(!saved.contains("WARREN"), "old chains left: {saved}");
+            }
+            let table = nft_table();
+            for rule in [
+                "fib saddr . iif oif missing drop",
+                "masquerade",
+                "ip daddr 169.254.0.0/16 drop",
+                "iifname vmap @egress",
+            ] {
+                assert!(table.contains(rule), "no {rule}: {table}");
+            }
+            // So the router guard carries over to Warren's table (and where iptables is
+            // missing, this namespace's forwarding was off: Warren turned it on); a
+            // second write keeps it.
+            host_rules()?;
+            let guard = run_with(
+                "nft",
+                &["list", "chain", "inet", "warren", "router_guard"],
+                None,
+            )?;
+            assert!(guard.lines().any(|l| l.trim() == "drop"), "{guard}");
+
+            let rules = EgressRules {
+                allow_nets: vec![Net::parse("10.9.0.0/16").unwrap()],
+                allow_domains: vec![Domain::parse("example.com").unwrap()],
+                deny_nets: vec![Net::parse("0.0.0.0/0").unwrap()],
+                dns: vec![Ipv4Addr::new(10, 9, 0, 53)],
+                dns_given: true,
+            };
+            let id = "nft-test-gone";
+            set_egress(id, &rules, 8080)?;
+            let (e, r, p) = egress_chains(id);
+            let table = nft_table();
+            for chain in [&e, &r, &p] {
+                assert!(
+                    table.contains(&format!("chain {chain} {{")),
+                    "no {chain}: {table}"
+                );
+            }
+            assert!(table.contains("redirect to :8080"), "{table}");
+            assert_eq!(leftover_egress(), [link_name(id)]);
+            // The same rules without the domain: no redirection is left.
+            let plain = EgressRules {
+                allow_domains: Vec::new(),
+                ..rules.clone()
+            };
+            set_egress(id, &plain, 8080)?;
+            let table = nft_table();
+            assert!(!table.contains(&format!("chain {r} {{")), "{table}");
+            assert!(!table.contains("redirect to"), "{table}");
+
+            let mut half = Batch::default();
+            half.push(format!("add chain {TABLE} half_done"));
+            half.push(format!("add rule {TABLE} no_such_chain drop"));
+            assert!(half.apply().is_err());
+            assert!(
+                !nft_table().contains("half_done"),
+                "a failed batch left a part"
+            );
+
+            clear_egress(id);
+            assert_eq!(leftover_egress(), Vec::<String>::new());
+            let table = nft_table();
+            assert!(!table.contains(&format!("chain {e} {{")), "{table}");
+            Ok(())
+        })
+        .unwrap();
     }
 }

@@ -466,14 +466,11 @@ fn neighbours_routing_through_the_host_reach_no_sandbox_and_no_other_network() {
         "a neighbour reached the sandbox: {got}"
     );
     // Through the host to another of its networks: only when the host forwarded before.
-    let guard = Command::new("iptables")
-        .args(["-w", "-S", "WARREN-FORWARD"])
+    let guard = Command::new("nft")
+        .args(["list", "chain", "inet", "warren", "router_guard"])
         .output()
         .unwrap();
-    if stdout(&guard)
-        .lines()
-        .any(|l| l == "-A WARREN-FORWARD -j DROP")
-    {
+    if stdout(&guard).lines().any(|l| l.trim() == "drop") {
         let mut server = b
             .cmd(&[
                 "python3",

@@ -323,25 +323,14 @@ fn the_metadata_address_is_unreachable() {
     // With nat, a probe would be forwarded off the machine unless the host drops it:
     // make sure the rule is in place (a nat sandbox installs it) before sending one.
     sh_ok(&["--network", "nat"], "true");
-    let check = |args: &[&str]| {
-        Command::new("iptables")
-            .args(["-w", "-C"])
-            .args(args)
-            .status()
-            .unwrap()
-            .success()
-    };
+    let forward = Command::new("nft")
+        .args(["list", "chain", "inet", "warren", "forward"])
+        .output()
+        .unwrap();
     assert!(
-        check(&["FORWARD", "-j", "WARREN-FORWARD"])
-            && check(&[
-                "WARREN-FORWARD",
-                "-d",
-                "169.254.0.0/16",
-                "-i",
-                "wrn+",
-                "-j",
-                "DROP",
-            ]),
+        stdout(&forward)
+            .lines()
+            .any(|l| l.trim() == "iifname \"wrn*\" ip daddr 169.254.0.0/16 drop"),
         "the host forwards nat sandboxes' traffic to link-local (metadata) addresses"
     );
     assert_eq!(sh_ok(&["--network", "nat"], probe).trim(), "blocked");
