@@ -300,6 +300,30 @@ pub struct ExecQuery {
 }
 
 /// `POST /v1/sandboxes/{key}/exec`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/exec",
+    operation_id = "exec",
+    tag = "processes",
+    summary = "Run a command.",
+    description = "Without `stream`, waits for the exit and answers an ExecResult. With `stream=true`, answers NDJSON ExecEvent lines (`started`, then `stdout`/`stderr` chunks, then `exit` or `error`) as they happen. A client that disconnects kills a non-background command. The sandbox must be running.",
+    params(
+        crate::openapi::SandboxKey,
+        ("stream" = Option<bool>, Query, description = "Stream NDJSON instead of collecting."),
+    ),
+    request_body(content = warren_types::proto::ExecRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "ExecResult, or with stream=true an NDJSON stream of ExecEvent.", content((warren_types::api::ExecResult = "application/json"), (warren_types::api::ExecEvent = "application/x-ndjson"))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn exec(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -421,6 +445,25 @@ async fn pump(
 }
 
 /// `GET /v1/sandboxes/{key}/processes`.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/processes",
+    operation_id = "listProcesses",
+    tag = "processes",
+    summary = "Processes the agent started (ended ones stay until collected).",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    responses(
+        (status = 200, description = "Processes.", body = [warren_types::proto::ProcessInfo], content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn list(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -443,13 +486,35 @@ async fn running(client: &AgentClient, pid: u32) -> Result<ProcessInfo, Error> {
 /// `{key}` and `{pid}`.
 type ProcessPath = (String, u32);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
     pub signal: i32,
 }
 
 /// `POST /v1/sandboxes/{key}/processes/{pid}/signal`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/processes/{pid}/signal",
+    operation_id = "signalProcess",
+    tag = "processes",
+    summary = "Send a signal to a process.",
+    params(
+        crate::openapi::SandboxKey,
+        crate::openapi::ProcessId,
+    ),
+    request_body(content = crate::exec::SignalRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn signal(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -461,10 +526,12 @@ pub async fn signal(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeRequest {
+    #[schema(minimum = 1, maximum = 65535)]
     pub rows: u16,
+    #[schema(minimum = 1, maximum = 65535)]
     pub cols: u16,
 }
 
@@ -476,6 +543,28 @@ pub(crate) fn win_size(rows: u16, cols: u16) -> Result<WinSize, Error> {
 }
 
 /// `POST /v1/sandboxes/{key}/processes/{pid}/resize`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/processes/{pid}/resize",
+    operation_id = "resizeProcess",
+    tag = "processes",
+    summary = "Resize a process's terminal.",
+    params(
+        crate::openapi::SandboxKey,
+        crate::openapi::ProcessId,
+    ),
+    request_body(content = crate::exec::ResizeRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn resize(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -497,6 +586,30 @@ pub struct StdinQuery {
 
 /// `POST /v1/sandboxes/{key}/processes/{pid}/stdin`: writes the body to the process's
 /// stdin on a channel of its own, then lets go of it (the process keeps running).
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/processes/{pid}/stdin",
+    operation_id = "writeStdin",
+    tag = "processes",
+    summary = "Write the body to a process's stdin (started with stdin: true).",
+    params(
+        crate::openapi::SandboxKey,
+        crate::openapi::ProcessId,
+        ("eof" = Option<bool>, Query, description = "Close stdin after writing."),
+    ),
+    request_body(content = inline(Option<crate::openapi::Binary>), content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn stdin(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -526,6 +639,28 @@ pub struct AttachQuery {
 
 /// `GET /v1/sandboxes/{key}/processes/{pid}/attach`: the same stream as a streamed exec,
 /// without the `started` line.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/processes/{pid}/attach",
+    operation_id = "attachProcess",
+    tag = "processes",
+    summary = "Follow a process's output as NDJSON ExecEvent lines (no `started` line).",
+    params(
+        crate::openapi::SandboxKey,
+        crate::openapi::ProcessId,
+        ("replay" = Option<bool>, Query, description = "First the output since its start, as much as the agent kept."),
+    ),
+    responses(
+        (status = 200, description = "stdout/stderr lines, then exit or error. Disconnecting does not stop the process.", body = warren_types::api::ExecEvent, content_type = "application/x-ndjson"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn attach(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -594,6 +729,32 @@ pub(crate) enum PtyNotice {
 /// `GET /v1/sandboxes/{key}/pty`: a terminal over a WebSocket. The command starts (or,
 /// with `pid`, is found) before the upgrade, so a sandbox that cannot run it answers
 /// with an HTTP error.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/pty",
+    operation_id = "pty",
+    tag = "processes",
+    summary = "A terminal over a WebSocket.",
+    description = "Upgrade to a WebSocket. Runs `cmd` (default /bin/bash) through /bin/sh -c on a new terminal of rows x cols. Binary messages from the client are keystrokes (stdin); binary messages to the client are terminal output. A text message `{\"resize\":{\"rows\":R,\"cols\":C}}` resizes. When the command ends the server sends the text message `{\"exit\":{\"exit_code\":..,\"signal\":..,\"timed_out\":..,\"oom_killed\":..}}` and closes; a problem is sent as `{\"error\":{\"code\":..,\"message\":..}}`. Closing the socket kills the command.",
+    params(
+        crate::openapi::SandboxKey,
+        ("rows" = Option<u32>, Query, description = "Terminal rows.", minimum = 1),
+        ("cols" = Option<u32>, Query, description = "Terminal columns.", minimum = 1),
+        ("cmd" = Option<String>, Query, description = "Shell command line; default /bin/bash."),
+        ("keep" = Option<bool>, Query, description = "Keep the command running when the WebSocket closes; the first message is then {\"process\":{\"pid\":N}}, to join it again with pid."),
+        ("pid" = Option<u32>, Query, description = "Join the terminal of this running process instead of starting one (no cmd or keep): the output the agent still holds comes first, so the screen is drawn again.", minimum = 1),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn pty(
     State(st): State<AppState>,
     access: SandboxAccess,

@@ -83,6 +83,28 @@ fn body_of(reader: FileReader) -> HttpBody {
 }
 
 /// `GET /v1/sandboxes/{key}/files?path=&special=`: the file's contents, streamed.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/files",
+    operation_id = "readFile",
+    tag = "files",
+    summary = "Read a file.",
+    params(
+        crate::openapi::SandboxKey,
+        ("path" = String, Query, description = "A path inside the sandbox."),
+    ),
+    responses(
+        (status = 200, description = "The file's bytes.", body = inline(crate::openapi::Binary), content_type = "application/octet-stream"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn read(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -165,6 +187,31 @@ pub(crate) fn upload_error(e: ClientError) -> Error {
 
 /// `PUT /v1/sandboxes/{key}/files?path=&mode=`: replaces the file with the body, which
 /// is passed to the sandbox as it arrives.
+#[utoipa::path(
+    put,
+    path = "/v1/sandboxes/{key}/files",
+    operation_id = "writeFile",
+    tag = "files",
+    summary = "Write a file (replaced atomically; parent directories made), up to 128 MiB.",
+    params(
+        crate::openapi::SandboxKey,
+        ("path" = String, Query, description = "A path inside the sandbox."),
+        ("mode" = Option<String>, Query, description = "Octal permission bits, like 644.", pattern = "^[0-7]{1,4}$"),
+    ),
+    request_body(content = inline(Option<crate::openapi::Binary>), content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn write(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -197,6 +244,29 @@ pub struct RemoveQuery {
 }
 
 /// `DELETE /v1/sandboxes/{key}/files?path=&recursive=`.
+#[utoipa::path(
+    delete,
+    path = "/v1/sandboxes/{key}/files",
+    operation_id = "removeFile",
+    tag = "files",
+    summary = "Remove a file or directory.",
+    params(
+        crate::openapi::SandboxKey,
+        ("path" = String, Query, description = "A path inside the sandbox."),
+        ("recursive" = Option<bool>, Query, description = "Remove a non-empty directory with its contents."),
+    ),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn remove(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -209,6 +279,28 @@ pub async fn remove(
 }
 
 /// `GET /v1/sandboxes/{key}/files/stat?path=`.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/files/stat",
+    operation_id = "statFile",
+    tag = "files",
+    summary = "Describe a file (symlinks are not followed).",
+    params(
+        crate::openapi::SandboxKey,
+        ("path" = String, Query, description = "A path inside the sandbox."),
+    ),
+    responses(
+        (status = 200, description = "The file.", body = warren_types::proto::FileInfo, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn stat(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -238,6 +330,29 @@ fn one() -> u32 {
 pub const MAX_DEPTH: u32 = 16;
 
 /// `GET /v1/sandboxes/{key}/files/list?path=&depth=`.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/files/list",
+    operation_id = "listDir",
+    tag = "files",
+    summary = "List a directory, down to `depth` levels.",
+    params(
+        crate::openapi::SandboxKey,
+        ("path" = String, Query, description = "A path inside the sandbox."),
+        ("depth" = Option<u32>, Query, description = "Levels to descend.", minimum = 1, maximum = 16),
+    ),
+    responses(
+        (status = 200, description = "Entries.", body = [warren_types::proto::FileInfo], content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn list(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -252,6 +367,28 @@ pub async fn list(
 }
 
 /// `POST /v1/sandboxes/{key}/files/mkdir?path=`: makes the directory and its parents.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/files/mkdir",
+    operation_id = "makeDir",
+    tag = "files",
+    summary = "Make a directory and its parents.",
+    params(
+        crate::openapi::SandboxKey,
+        ("path" = String, Query, description = "A path inside the sandbox."),
+    ),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn mkdir(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -263,7 +400,7 @@ pub async fn mkdir(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
     #[serde(default)]
@@ -277,6 +414,28 @@ pub struct RenameRequest {
 }
 
 /// `POST /v1/sandboxes/{key}/files/rename`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/files/rename",
+    operation_id = "renameFile",
+    tag = "files",
+    summary = "Rename (move) a file or directory.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    request_body(content = crate::files::RenameRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn rename(
     State(st): State<AppState>,
     access: SandboxAccess,
