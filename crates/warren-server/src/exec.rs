@@ -292,9 +292,11 @@ pub(crate) fn ndjson(rx: mpsc::Receiver<Bytes>) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExecQuery {
+    /// Stream NDJSON instead of collecting.
     #[serde(default)]
     stream: bool,
 }
@@ -309,7 +311,7 @@ pub struct ExecQuery {
     description = "Without `stream`, waits for the exit and answers an ExecResult. With `stream=true`, answers NDJSON ExecEvent lines (`started`, then `stdout`/`stderr` chunks, then `exit` or `error`) as they happen. A client that disconnects kills a non-background command. The sandbox must be running.",
     params(
         crate::openapi::SandboxKey,
-        ("stream" = Option<bool>, Query, description = "Stream NDJSON instead of collecting."),
+        ExecQuery,
     ),
     request_body(content = warren_types::proto::ExecRequest, content_type = "application/json"),
     responses(
@@ -577,9 +579,11 @@ pub async fn resize(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StdinQuery {
+    /// Close stdin after writing.
     #[serde(default)]
     eof: bool,
 }
@@ -595,7 +599,7 @@ pub struct StdinQuery {
     params(
         crate::openapi::SandboxKey,
         crate::openapi::ProcessId,
-        ("eof" = Option<bool>, Query, description = "Close stdin after writing."),
+        StdinQuery,
     ),
     request_body(content = inline(Option<crate::openapi::Binary>), content_type = "application/octet-stream"),
     responses(
@@ -630,9 +634,11 @@ pub async fn stdin(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AttachQuery {
+    /// First the output since its start, as much as the agent kept.
     #[serde(default)]
     replay: bool,
 }
@@ -648,7 +654,7 @@ pub struct AttachQuery {
     params(
         crate::openapi::SandboxKey,
         crate::openapi::ProcessId,
-        ("replay" = Option<bool>, Query, description = "First the output since its start, as much as the agent kept."),
+        AttachQuery,
     ),
     responses(
         (status = 200, description = "stdout/stderr lines, then exit or error. Disconnecting does not stop the process.", body = warren_types::api::ExecEvent, content_type = "application/x-ndjson"),
@@ -677,13 +683,19 @@ pub async fn attach(
     Ok(ndjson(rx))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PtyQuery {
+    /// Terminal rows (default 24).
+    #[param(minimum = 1)]
     #[serde(default)]
     rows: Option<u16>,
+    /// Terminal columns (default 80).
+    #[param(minimum = 1)]
     #[serde(default)]
     cols: Option<u16>,
+    /// Shell command line; default /bin/bash.
     #[serde(default)]
     cmd: Option<String>,
     /// Keep the command running when the WebSocket closes (it can be joined again with
@@ -692,6 +704,7 @@ pub struct PtyQuery {
     keep: bool,
     /// Join the terminal of this running process instead of starting one: the output
     /// the agent still holds comes first, so the screen is drawn again.
+    #[param(minimum = 1)]
     #[serde(default)]
     pid: Option<u32>,
 }
@@ -738,11 +751,7 @@ pub(crate) enum PtyNotice {
     description = "Upgrade to a WebSocket. Runs `cmd` (default /bin/bash) through /bin/sh -c on a new terminal of rows x cols. Binary messages from the client are keystrokes (stdin); binary messages to the client are terminal output. A text message `{\"resize\":{\"rows\":R,\"cols\":C}}` resizes. When the command ends the server sends the text message `{\"exit\":{\"exit_code\":..,\"signal\":..,\"timed_out\":..,\"oom_killed\":..}}` and closes; a problem is sent as `{\"error\":{\"code\":..,\"message\":..}}`. Closing the socket kills the command.",
     params(
         crate::openapi::SandboxKey,
-        ("rows" = Option<u32>, Query, description = "Terminal rows.", minimum = 1),
-        ("cols" = Option<u32>, Query, description = "Terminal columns.", minimum = 1),
-        ("cmd" = Option<String>, Query, description = "Shell command line; default /bin/bash."),
-        ("keep" = Option<bool>, Query, description = "Keep the command running when the WebSocket closes; the first message is then {\"process\":{\"pid\":N}}, to join it again with pid."),
-        ("pid" = Option<u32>, Query, description = "Join the terminal of this running process instead of starting one (no cmd or keep): the output the agent still holds comes first, so the screen is drawn again.", minimum = 1),
+        PtyQuery,
     ),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol."),

@@ -42,11 +42,14 @@ fn wire_path(path: Option<&str>, b64: Option<&str>) -> Result<WirePath, Error> {
     Ok(p)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PathQuery {
+    /// A path inside the sandbox (or `path_b64`).
     #[serde(default)]
     path: Option<String>,
+    /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
 }
@@ -57,11 +60,14 @@ impl PathQuery {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
+    /// A path inside the sandbox (or `path_b64`).
     #[serde(default)]
     path: Option<String>,
+    /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
     /// Also read a FIFO, a device or a socket (otherwise refused with `not_a_file`); such
@@ -91,7 +97,7 @@ fn body_of(reader: FileReader) -> HttpBody {
     summary = "Read a file.",
     params(
         crate::openapi::SandboxKey,
-        ("path" = String, Query, description = "A path inside the sandbox."),
+        ReadQuery,
     ),
     responses(
         (status = 200, description = "The file's bytes.", body = inline(crate::openapi::Binary), content_type = "application/octet-stream"),
@@ -125,14 +131,18 @@ pub async fn read(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WriteQuery {
+    /// A path inside the sandbox (or `path_b64`).
     #[serde(default)]
     path: Option<String>,
+    /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
     /// Octal permission bits, as `chmod` takes them.
+    #[param(pattern = "^[0-7]{1,4}$")]
     #[serde(default)]
     mode: Option<String>,
 }
@@ -195,8 +205,7 @@ pub(crate) fn upload_error(e: ClientError) -> Error {
     summary = "Write a file (replaced atomically; parent directories made), up to 128 MiB.",
     params(
         crate::openapi::SandboxKey,
-        ("path" = String, Query, description = "A path inside the sandbox."),
-        ("mode" = Option<String>, Query, description = "Octal permission bits, like 644.", pattern = "^[0-7]{1,4}$"),
+        WriteQuery,
     ),
     request_body(content = inline(Option<crate::openapi::Binary>), content_type = "application/octet-stream"),
     responses(
@@ -232,13 +241,17 @@ pub async fn write(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
+    /// A path inside the sandbox (or `path_b64`).
     #[serde(default)]
     path: Option<String>,
+    /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
+    /// Remove a non-empty directory with its contents.
     #[serde(default)]
     recursive: bool,
 }
@@ -252,8 +265,7 @@ pub struct RemoveQuery {
     summary = "Remove a file or directory.",
     params(
         crate::openapi::SandboxKey,
-        ("path" = String, Query, description = "A path inside the sandbox."),
-        ("recursive" = Option<bool>, Query, description = "Remove a non-empty directory with its contents."),
+        RemoveQuery,
     ),
     responses(
         (status = 204, description = "Done."),
@@ -287,7 +299,7 @@ pub async fn remove(
     summary = "Describe a file (symlinks are not followed).",
     params(
         crate::openapi::SandboxKey,
-        ("path" = String, Query, description = "A path inside the sandbox."),
+        PathQuery,
     ),
     responses(
         (status = 200, description = "The file.", body = warren_types::proto::FileInfo, content_type = "application/json"),
@@ -311,13 +323,18 @@ pub async fn stat(
     Ok(axum::Json(client.stat_as(path, None).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// A path inside the sandbox (or `path_b64`).
     #[serde(default)]
     path: Option<String>,
+    /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
+    /// Levels to descend.
+    #[param(minimum = 1, maximum = 16, default = 1)]
     #[serde(default = "one")]
     depth: u32,
 }
@@ -338,8 +355,7 @@ pub const MAX_DEPTH: u32 = 16;
     summary = "List a directory, down to `depth` levels.",
     params(
         crate::openapi::SandboxKey,
-        ("path" = String, Query, description = "A path inside the sandbox."),
-        ("depth" = Option<u32>, Query, description = "Levels to descend.", minimum = 1, maximum = 16),
+        ListQuery,
     ),
     responses(
         (status = 200, description = "Entries.", body = [warren_types::proto::FileInfo], content_type = "application/json"),
@@ -375,7 +391,7 @@ pub async fn list(
     summary = "Make a directory and its parents.",
     params(
         crate::openapi::SandboxKey,
-        ("path" = String, Query, description = "A path inside the sandbox."),
+        PathQuery,
     ),
     responses(
         (status = 204, description = "Done."),

@@ -316,11 +316,13 @@ pub async fn fork(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsQuery {
     /// Unix milliseconds.
     from: Option<i64>,
+    /// Unix milliseconds: readings at or before.
     to: Option<i64>,
 }
 
@@ -334,8 +336,7 @@ pub struct MetricsQuery {
     summary = "Readings of a live sandbox's use (CPU, memory, disk), taken every 5 s while it is live; the last half hour of them, oldest first. A sandbox that is not live has none.",
     params(
         crate::openapi::SandboxKey,
-        ("from" = Option<i64>, Query, description = "Unix milliseconds: readings at or after."),
-        ("to" = Option<i64>, Query, description = "Unix milliseconds: readings at or before."),
+        MetricsQuery,
     ),
     responses(
         (status = 200, description = "The readings.", body = [warren_types::api::UsageSample], content_type = "application/json"),

@@ -77,9 +77,11 @@ pub async fn add(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub struct OwnerQuery {
+    /// Only this owner's keys.
     owner: Option<String>,
 }
 
@@ -91,7 +93,7 @@ pub struct OwnerQuery {
     tag = "ssh",
     summary = "The tenant's SSH keys, oldest first.",
     params(
-        ("owner" = Option<String>, Query, description = "Only this owner's keys."),
+        OwnerQuery,
     ),
     responses(
         (status = 200, description = "The keys.", body = [warren_types::api::SshKey], content_type = "application/json"),
@@ -118,7 +120,7 @@ pub async fn list(
     summary = "Remove a key (of one owner, or of every owner of the tenant that has it).",
     params(
         ("fingerprint" = String, Path, description = "`SHA256:...` as `ssh-keygen -l` prints it (percent-encoded)."),
-        ("owner" = Option<String>, Query, description = "Only this owner's keys."),
+        OwnerQuery,
     ),
     responses(
         (status = 204, description = "Removed."),
