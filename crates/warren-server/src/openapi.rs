@@ -11,7 +11,9 @@ use std::sync::LazyLock;
 
 use utoipa::openapi::response::{Response, ResponseBuilder};
 use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, SchemaType, Type};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{
+    ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 use warren_types::spec::Isolation;
@@ -46,7 +48,7 @@ pub fn document() -> &'static str {
         (name = "volumes", description = "The home volumes of the tenant's owners, mounted at /home/user in their sandboxes."),
     ),
     security(("bearerAuth" = []), ("unixTenant" = [])),
-    modifiers(&SecuritySchemes, &OptionalBodies),
+    modifiers(&SecuritySchemes, &OptionalBodies, &NoCredential),
     paths(
         crate::sandboxes::health,
         crate::sandboxes::metrics,
@@ -193,6 +195,33 @@ impl Modify for OptionalBodies {
                         if null.schema_type == SchemaType::Type(Type::Null) {
                             content.schema = Some(schema.clone());
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `security(())` on a route that takes no credential is written `[{}]` (a credential is
+/// optional); the document says `[]`: none is asked for.
+struct NoCredential;
+
+impl Modify for NoCredential {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        for item in doc.paths.paths.values_mut() {
+            let ops = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for op in ops.into_iter().flatten() {
+                if let Some(security) = &mut op.security {
+                    if security
+                        .iter()
+                        .all(|s| *s == SecurityRequirement::default())
+                    {
+                        security.clear();
                     }
                 }
             }
