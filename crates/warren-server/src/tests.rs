@@ -469,6 +469,28 @@ async fn every_listed_route_is_routed() {
     }
 }
 
+/// The other way round: on a listed path, the router takes no method the list leaves
+/// out, so nothing is routed that the document does not describe.
+#[tokio::test]
+async fn no_unlisted_method_is_routed() {
+    let e = env().await;
+    let paths: BTreeSet<&str> = ROUTES.iter().map(|(_, p)| *p).collect();
+    for path in paths {
+        for method in ["GET", "PUT", "POST", "DELETE", "PATCH"] {
+            if ROUTES.contains(&(method, path)) {
+                continue;
+            }
+            let r = json_req(method, &concrete(path), "{}");
+            let resp = e.unix().oneshot(r).await.expect("infallible");
+            assert_eq!(
+                resp.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method} {path} is routed but not listed"
+            );
+        }
+    }
+}
+
 #[test]
 fn openapi_documents_exactly_the_routes() {
     let doc: Value = serde_json::from_str(crate::openapi::document()).expect("valid JSON");
