@@ -298,6 +298,7 @@ pub(crate) fn ndjson(rx: mpsc::Receiver<Bytes>) -> Response {
 pub struct ExecQuery {
     /// Stream NDJSON instead of collecting.
     #[serde(default)]
+    #[param(default = false)]
     stream: bool,
 }
 
@@ -585,6 +586,7 @@ pub async fn resize(
 pub struct StdinQuery {
     /// Close stdin after writing.
     #[serde(default)]
+    #[param(default = false)]
     eof: bool,
 }
 
@@ -640,6 +642,7 @@ pub async fn stdin(
 pub struct AttachQuery {
     /// First the output since its start, as much as the agent kept.
     #[serde(default)]
+    #[param(default = false)]
     replay: bool,
 }
 
@@ -687,12 +690,12 @@ pub async fn attach(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PtyQuery {
-    /// Terminal rows (default 24).
-    #[param(minimum = 1)]
+    /// Terminal rows.
+    #[param(minimum = 1, default = 24)]
     #[serde(default)]
     rows: Option<u16>,
-    /// Terminal columns (default 80).
-    #[param(minimum = 1)]
+    /// Terminal columns.
+    #[param(minimum = 1, default = 80)]
     #[serde(default)]
     cols: Option<u16>,
     /// Shell command line; default /bin/bash.
@@ -701,6 +704,7 @@ pub struct PtyQuery {
     /// Keep the command running when the WebSocket closes (it can be joined again with
     /// `pid`); the first message then names its pid.
     #[serde(default)]
+    #[param(default = false)]
     keep: bool,
     /// Join the terminal of this running process instead of starting one: the output
     /// the agent still holds comes first, so the screen is drawn again.

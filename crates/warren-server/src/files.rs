@@ -73,6 +73,7 @@ pub struct ReadQuery {
     /// Also read a FIFO, a device or a socket (otherwise refused with `not_a_file`); such
     /// a file may never end, and is read for as long as the client reads.
     #[serde(default)]
+    #[param(default = false)]
     special: bool,
 }
 
@@ -253,6 +254,7 @@ pub struct RemoveQuery {
     path_b64: Option<String>,
     /// Remove a non-empty directory with its contents.
     #[serde(default)]
+    #[param(default = false)]
     recursive: bool,
 }
 

@@ -641,6 +641,7 @@ pub struct GcRequest {
     #[schema(maximum = 5256000)]
     pub idle_minutes: u64,
     #[serde(default)]
+    #[schema(default = false)]
     pub dry_run: bool,
 }
 
@@ -685,6 +686,7 @@ pub struct KeyRequest {
     pub tenant: String,
     /// An operator's key: no quota, any host port, the whole host's metrics.
     #[serde(default)]
+    #[schema(default = false)]
     pub operator: bool,
 }
 

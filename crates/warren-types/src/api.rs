@@ -58,6 +58,7 @@ impl SandboxState {
 /// What happens when a sandbox's timeout passes.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(default = "terminate"))]
 #[serde(rename_all = "snake_case")]
 pub enum TimeoutAction {
     Pause,
@@ -84,8 +85,10 @@ pub struct CreateSandbox {
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub get_or_create: bool,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = "host"))]
     pub template: Option<String>,
     #[serde(default)]
     pub resources: ResourceRequest,
@@ -567,6 +570,7 @@ impl std::fmt::Display for WireCode {
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     #[serde(default = "host")]
+    #[cfg_attr(feature = "openapi", schema(default = "host"))]
     pub template: String,
     #[serde(default)]
     pub resources: ResourceRequest,
@@ -605,11 +609,13 @@ pub struct PoolInfo {
 pub struct ShareRequest {
     /// Let the guest type too; read-only otherwise.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub write: bool,
     /// Show the guest the output the agent still holds from before the share too (the
     /// screen as it is now, and what scrolled past); otherwise a guest sees what comes
     /// after the share only.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub screen: bool,
 }
 
@@ -670,10 +676,13 @@ pub enum SessionState {
 #[serde(deny_unknown_fields)]
 pub struct SessionTimeouts {
     #[serde(default = "five_minutes")]
+    #[cfg_attr(feature = "openapi", schema(default = 300))]
     pub active_secs: u64,
     #[serde(default = "one_hour")]
+    #[cfg_attr(feature = "openapi", schema(default = 3600))]
     pub detached_secs: u64,
     #[serde(default = "one_day")]
+    #[cfg_attr(feature = "openapi", schema(default = 86400))]
     pub suspended_secs: u64,
 }
 
@@ -717,6 +726,7 @@ pub struct OpenSession {
 pub struct ReleaseSession {
     /// Keep the sandbox running for the client's next session; otherwise it is removed.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub keep_alive: bool,
 }
 

@@ -470,12 +470,14 @@ pub struct ExecRequest {
     pub tty: Option<WinSize>,
     /// Keep stdin open for the client to write; otherwise stdin is /dev/null.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub stdin: bool,
     /// Kill the whole process group after this many milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Keep the process running when this channel closes; reattach with `Attach`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub background: bool,
     /// A client-chosen label shown in process lists.
     #[serde(default)]

@@ -28,6 +28,7 @@ pub struct Resources {
 /// How a sandbox reaches the network.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(default = "none"))]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
     /// Loopback only.
@@ -54,6 +55,7 @@ impl NetworkMode {
 /// What separates a sandbox from the host: the backend that makes it.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(default = "namespace"))]
 #[serde(rename_all = "snake_case")]
 pub enum Isolation {
     /// Linux namespaces, cgroups, seccomp and an overlay root; the host kernel is
@@ -148,6 +150,7 @@ pub struct HostMount {
     pub target: String,
     /// Mounted read-only: writes fail, and a remount inside cannot make it writable.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub read_only: bool,
 }
 
