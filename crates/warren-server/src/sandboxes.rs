@@ -683,6 +683,7 @@ pub async fn gc(
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {
+    /// 1-128 letters, digits and - _ . @ + (not . or ..).
     pub tenant: String,
     /// An operator's key: no quota, any host port, the whole host's metrics.
     #[serde(default)]
@@ -693,6 +694,7 @@ pub struct KeyRequest {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyResponse {
     pub tenant: String,
+    /// Shown once; only its hash is stored.
     pub api_key: String,
 }
 

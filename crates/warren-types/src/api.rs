@@ -84,6 +84,8 @@ pub struct CreateSandbox {
     /// returned (and resumed or started if needed) instead of an error.
     #[serde(default)]
     pub name: Option<String>,
+    /// With a name: return (and resume or start) the existing sandbox of that name instead
+    /// of failing with `name_taken`.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(default = false))]
     pub get_or_create: bool,
@@ -153,6 +155,7 @@ pub struct CreateSandbox {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetTimeout {
+    /// New lifetime, from now.
     #[serde(default)]
     #[cfg_attr(feature = "openapi", schema(maximum = 315360000))]
     pub timeout_secs: Option<u64>,
@@ -353,8 +356,10 @@ pub struct ExecResult {
     /// UTF-8 (invalid bytes replaced); `stdout_b64` has the exact bytes.
     pub stdout: String,
     pub stderr: String,
+    /// The exact bytes of stdout, in base64.
     #[cfg_attr(feature = "openapi", schema(format = Byte))]
     pub stdout_b64: String,
+    /// The exact bytes of stderr, in base64.
     #[cfg_attr(feature = "openapi", schema(format = Byte))]
     pub stderr_b64: String,
     #[cfg_attr(feature = "openapi", schema(required))]
@@ -362,6 +367,7 @@ pub struct ExecResult {
     #[cfg_attr(feature = "openapi", schema(required))]
     pub signal: Option<i32>,
     pub timed_out: bool,
+    /// Killed by the sandbox's memory limit.
     pub oom_killed: bool,
 }
 

@@ -700,10 +700,14 @@ pub struct FileInfo {
     /// Where a symlink points.
     #[cfg_attr(feature = "openapi", schema(required))]
     pub symlink_target: Option<String>,
+    /// The exact bytes of `path` in standard base64, present only when they are not UTF-8
+    /// (`path` then shows them with U+FFFD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_b64: Option<String>,
+    /// The exact bytes of `name`, as `path_b64` for `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name_b64: Option<String>,
+    /// The exact bytes of `symlink_target`, as `path_b64` for `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symlink_target_b64: Option<String>,
     /// For a symlink, what it finally leads to when it leads anywhere.

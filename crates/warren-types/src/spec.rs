@@ -118,6 +118,7 @@ impl std::str::FromStr for Isolation {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PortMap {
+    /// Port on the host's 127.0.0.1.
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub host: u16,
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
