@@ -404,7 +404,10 @@ impl GvisorBackend {
         // runsc less).
         let pid_file = sb.run.join("runsc.pid");
         let verb: Vec<String> = match image {
-            None => vec!["create".into(), format!("--pid-file={}", pid_file.display())],
+            None => vec![
+                "create".into(),
+                format!("--pid-file={}", pid_file.display()),
+            ],
             Some(i) => vec![
                 "restore".into(),
                 format!("--image-path={}", i.display()),

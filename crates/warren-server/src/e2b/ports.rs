@@ -349,7 +349,10 @@ mod tests {
             ("/lab/tree?x=1&warren_port_link=c", "/lab/tree?x=1"),
             ("/?warren_port_link=c", "/"),
             ("//evil.example/x?warren_port_link=c", "/"),
-            ("/%5Cevil.example/x?warren_port_link=c", "/%5Cevil.example/x"),
+            (
+                "/%5Cevil.example/x?warren_port_link=c",
+                "/%5Cevil.example/x",
+            ),
         ] {
             let uri: Uri = path.parse().unwrap();
             assert_eq!(redirect_target(&uri), to, "{path}");
