@@ -252,22 +252,25 @@ fn take_cookie(h: &mut HeaderMap, name: &str) -> Vec<String> {
     found
 }
 
+/// The `Host` header as its name (or address, without brackets) and what follows it
+/// (`:PORT`, or nothing).
+pub(crate) fn host_parts(headers: &HeaderMap) -> Option<(&str, &str)> {
+    let host = headers.get(header::HOST)?.to_str().ok()?.trim();
+    match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split_once(']'),
+        None => Some(match host.rsplit_once(':') {
+            Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (n, &host[n.len()..]),
+            _ => (host, ""),
+        }),
+    }
+}
+
 /// Where a browser goes with `link`: the port's host under the host `headers` name
 /// (`localhost` for a loopback address, which browsers resolve with every name under
 /// it); `None` for another address, which has no names under it.
 pub(crate) fn link_url(headers: &HeaderMap, link: &PortLink) -> Option<String> {
-    let host = headers.get(header::HOST)?.to_str().ok()?.trim();
-    let (name, port) = match host.strip_prefix('[') {
-        // [v6]:port
-        Some(rest) => {
-            let (addr, after) = rest.split_once(']')?;
-            (addr, after)
-        }
-        None => match host.rsplit_once(':') {
-            Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (n, &host[n.len()..]),
-            _ => (host, ""),
-        },
-    };
+    let (name, port) = host_parts(headers)?;
     let name = match name.parse::<std::net::IpAddr>() {
         Ok(ip) if ip.is_loopback() => "localhost",
         Ok(_) => return None,
