@@ -241,7 +241,10 @@ fn tail(s: &str, n: usize) -> &str {
 }
 
 impl Manager {
-    fn template_info(&self, meta: TemplateMeta) -> TemplateInfo {
+    /// Template `meta` as `who` sees it: of its users, only `who`'s tenant's sandboxes
+    /// (an operator sees every one); of a template another made, the archive's file name
+    /// and not where on the host it was (an operator sees the whole path).
+    fn template_info(&self, mut meta: TemplateMeta, who: &Caller) -> TemplateInfo {
         let key = meta.key.clone();
         let paths = &self.config.paths;
         let size_bytes = meta
@@ -249,7 +252,13 @@ impl Manager {
             .iter()
             .map(|l| template::layer_size(paths, l))
             .sum();
-        let used_by = self.template_users(&key);
+        let used_by = self.template_users(&key, who);
+        let theirs = meta.tenant.as_deref() == Some(who.tenant.as_str());
+        if !who.operator && !theirs && meta.kind == TemplateKind::Image {
+            if let Some(name) = std::path::Path::new(&meta.source).file_name() {
+                meta.source = name.to_string_lossy().into_owned();
+            }
+        }
         TemplateInfo {
             meta,
             size_bytes,
@@ -257,19 +266,24 @@ impl Manager {
         }
     }
 
-    /// Sandboxes (not terminated) made from the template stored under `key`.
-    fn template_users(&self, key: &str) -> Vec<String> {
+    /// Sandboxes (not terminated) made from the template stored under `key`: every one
+    /// for an operator, `who`'s tenant's for anyone else (other tenants' sandbox ids are
+    /// theirs to know: an id alone reaches a sandbox's ports on the E2B surface).
+    fn template_users(&self, key: &str, who: &Caller) -> Vec<String> {
         let mut users: Vec<String> = self
             .store()
-            .list_live(None)
+            .list_live((!who.operator).then_some(who.tenant.as_str()))
             .unwrap_or_default()
             .into_iter()
             .filter(|r| r.spec.template == key)
             .map(|r| r.id)
             .collect();
-        for id in template::live_users(&self.config.paths, key) {
-            if !users.contains(&id) {
-                users.push(id);
+        // Sandboxes the store does not hold (`warren run`'s, builds'): the host's root's.
+        if who.operator {
+            for id in template::live_users(&self.config.paths, key) {
+                if !users.contains(&id) {
+                    users.push(id);
+                }
             }
         }
         users.sort();
@@ -282,12 +296,12 @@ impl Manager {
         Ok(metas
             .into_iter()
             .filter(|m| m.kind != TemplateKind::Fork && usable_by(m, who))
-            .map(|m| self.template_info(m))
+            .map(|m| self.template_info(m, who))
             .collect())
     }
 
     pub fn template(&self, who: &Caller, name: &str) -> Result<TemplateInfo> {
-        Ok(self.template_info(self.resolve_template(who, name)?.meta))
+        Ok(self.template_info(self.resolve_template(who, name)?.meta, who))
     }
 
     /// Template `name`'s metadata, if `who` may see it (cheaper than
@@ -419,8 +433,13 @@ impl Manager {
                 ));
             }
         }
+        // Whoever imported it: its tenant, or the host's root for a template of all.
+        let importer = match &imported.template.tenant {
+            Some(t) => Caller::tenant(t),
+            None => Caller::operator(""),
+        };
         Ok(ImportResult {
-            template: self.template_info(imported.template),
+            template: self.template_info(imported.template, &importer),
             new_layers: imported.new_layers,
             shared_layers: imported.shared_layers,
             warnings,
@@ -445,11 +464,21 @@ impl Manager {
                 "template {name} belongs to another tenant; only its maker can remove it"
             )));
         }
-        let users = self.template_users(&meta.key);
+        let users = self.template_users(&meta.key, &Caller::operator(""));
         if !users.is_empty() {
+            // Named when they are the caller's to see; counted otherwise.
+            let seen = self.template_users(&meta.key, who);
+            let others = users.len() - seen.len();
+            let mut by = Vec::new();
+            if !seen.is_empty() {
+                by.push(format!("sandbox(es) {}", seen.join(", ")));
+            }
+            if others > 0 {
+                by.push(format!("{others} sandbox(es) of other tenants"));
+            }
             return Err(CoreError::InvalidState(format!(
-                "template {name} is in use by sandbox(es) {}: terminate them first",
-                users.join(", ")
+                "template {name} is in use by {}: it can be removed once they are gone",
+                by.join(" and ")
             )));
         }
         template::remove(paths, &meta.key).map_err(template_error)
@@ -560,7 +589,7 @@ impl Manager {
                 .await?
         };
         Ok(SnapshotResult {
-            template: self.template_info(meta),
+            template: self.template_info(meta, who),
             bytes_written,
             millis: started.elapsed().as_millis() as u64,
         })
@@ -701,7 +730,9 @@ impl Manager {
         for m in metas {
             if m.kind == TemplateKind::Fork
                 && m.created_at < old
-                && self.template_users(&m.key).is_empty()
+                && self
+                    .template_users(&m.key, &Caller::operator(""))
+                    .is_empty()
             {
                 let _ = template::remove(paths, &m.key);
             }
@@ -842,7 +873,7 @@ impl Manager {
                 return Err(e);
             }
         };
-        let info = self.template_info(meta);
+        let info = self.template_info(meta, who);
         let _ = events
             .send(BuildEvent::Done {
                 template: Box::new(info.clone()),

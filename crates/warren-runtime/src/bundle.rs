@@ -622,6 +622,7 @@ pub fn oci_main() -> ! {
         Ok(fd) => fd,
         Err(e) => oci_fail("make the id mapping of the sandbox's files", &e),
     };
+    crate::trace::mark("__oci: namespaces and id map");
     let rw = match launch.disk {
         None => launch.rw.clone(),
         Some(size) => match mount_disk(&launch.rw, size, &sandbox_run(&launch.bundle)) {
@@ -629,6 +630,7 @@ pub fn oci_main() -> ! {
             Err(e) => oci_fail("mount the sandbox's disk", &e.message),
         },
     };
+    crate::trace::mark("__oci: disk mounted");
     if let Err(e) = warren_sys::mount::mount_overlay(
         &launch.bundle,
         &launch.lower,
@@ -693,6 +695,7 @@ pub fn oci_main() -> ! {
             }
         }
     }
+    crate::trace::mark("__oci: root and mounts");
     let Some((bin, _)) = launch.argv.split_first() else {
         oci_fail("launch", &"no command");
     };

@@ -342,6 +342,7 @@ impl GvisorBackend {
                 .map_err(crate::io_err("record the host directory mounts"))?;
             Ok(bundle)
         })();
+        crate::trace::mark("gvisor: bundle written");
         let bundle = match r {
             Ok(b) => b,
             Err(e) => {
@@ -399,8 +400,14 @@ impl GvisorBackend {
         image: Option<&Path>,
     ) -> Result<()> {
         let runsc = &sb.runsc.clone();
+        // The sandbox process's pid, written by `create` (what `runsc state` would say, one
+        // runsc less).
+        let pid_file = sb.run.join("runsc.pid");
         let verb: Vec<String> = match image {
-            None => vec!["create".into()],
+            None => vec![
+                "create".into(),
+                format!("--pid-file={}", pid_file.display()),
+            ],
             Some(i) => vec![
                 "restore".into(),
                 format!("--image-path={}", i.display()),
@@ -431,9 +438,18 @@ impl GvisorBackend {
         tokio::task::spawn_blocking(move || run_oci(&exe, &launch, &log, "runsc"))
             .await
             .map_err(|e| Error::Setup(format!("runsc create: {e}")))??;
+        crate::trace::mark("gvisor: runsc create");
+        let created_pid = || -> i32 {
+            std::fs::read_to_string(&pid_file)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .filter(|p| *p > 0)
+                .or_else(|| runsc.state(&sb.id).map(|(_, pid)| pid))
+                .unwrap_or_default()
+        };
         if sb.runsc.nat {
             // The container's processes are in the namespace `__oci` made: wire it.
-            let (_, pid) = runsc.state(&sb.id).unwrap_or_default();
+            let pid = created_pid();
             if pid <= 0 {
                 return Err(Error::Setup("runsc create left no sandbox process".into()));
             }
@@ -465,7 +481,13 @@ impl GvisorBackend {
         })
         .await
         .map_err(|e| Error::Setup(format!("runsc start: {e}")))??;
-        let (_, pid) = runsc.state(&sb.id).unwrap_or_default();
+        crate::trace::mark("gvisor: runsc start");
+        let pid = if restored {
+            runsc.state(&sb.id).unwrap_or_default().1
+        } else {
+            created_pid()
+        };
+        crate::trace::mark("gvisor: the sandbox's pid");
         sb.pid.store(pid, Ordering::Relaxed);
         std::fs::write(sb.run.join("helper.pid"), pid.to_string())
             .map_err(crate::io_err("write the sandbox's pid"))?;
@@ -473,7 +495,10 @@ impl GvisorBackend {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match crate::client::AgentClient::connect(&sb.socket).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    crate::trace::mark("gvisor: the agent answers");
+                    return Ok(());
+                }
                 Err(e) if Instant::now() > deadline => {
                     return Err(Error::Setup(format!(
                         "the agent did not answer in 30 s: {e}"
@@ -666,17 +691,22 @@ impl GvisorSandbox {
             let _ = w.wait();
         }
         let c = container(&self.id);
-        if self.runsc.state(&self.id).is_some() {
-            let _ = self.runsc.run(&["kill", &c, "KILL"]);
-            let _ = self.runsc.run(&["delete", "--force", &c]);
-        }
+        crate::trace::mark("gvisor teardown: begin");
+        // Killed first: `delete --force` alone waits on a running sandbox for some 100 ms
+        // more. A container that is not there fails both, which is no error here.
+        let _ = self.runsc.run(&["kill", &c, "KILL"]);
+        crate::trace::mark("gvisor teardown: runsc kill");
+        let _ = self.runsc.run(&["delete", "--force", &c]);
+        crate::trace::mark("gvisor teardown: runsc delete");
         if self.cgroup.exists() {
             let _ = self.cgroup.kill_all(Duration::from_secs(5));
             let _ = self.cgroup.remove();
         }
         remove_runtime_cgroups(&c);
+        crate::trace::mark("gvisor teardown: cgroups");
         // Nothing of it outlives its removal: the reaper holding its mounts ends last.
         crate::bundle::wait_mounts_released(&self.run);
+        crate::trace::mark("gvisor teardown: mounts released");
         // Its link went with its namespace; the lease is this daemon's to return.
         if let Ok(lease) = std::fs::read(self.run.join("lease")) {
             crate::network::remove_link(&crate::network::link_name(&self.id));

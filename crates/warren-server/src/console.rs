@@ -203,12 +203,8 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
 /// (`Domain=HOST`, which reaches every host under it): what a page on a port host
 /// could have set.
 fn clear_domain_cookie(headers: &HeaderMap) -> Option<String> {
-    let host = headers.get(header::HOST)?.to_str().ok()?;
-    let name = match host.rsplit_once(':') {
-        Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => n,
-        _ => host,
-    };
-    (!name.is_empty() && name.parse::<std::net::IpAddr>().is_err() && !name.starts_with('['))
+    let (name, _) = crate::e2b::ports::host_parts(headers)?;
+    (!name.is_empty() && name.parse::<std::net::IpAddr>().is_err())
         .then(|| format!("{COOKIE}=; Path=/; Domain={name}; Max-Age=0"))
 }
 

@@ -292,14 +292,41 @@ pub(crate) fn ndjson(rx: mpsc::Receiver<Bytes>) -> Response {
         .into_response()
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExecQuery {
+    /// Stream NDJSON instead of collecting.
     #[serde(default)]
+    #[param(default = false)]
     stream: bool,
 }
 
 /// `POST /v1/sandboxes/{key}/exec`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/exec",
+    operation_id = "exec",
+    tag = "processes",
+    summary = "Run a command.",
+    description = "Without `stream`, waits for the exit and answers an ExecResult. With `stream=true`, answers NDJSON ExecEvent lines (`started`, then `stdout`/`stderr` chunks, then `exit` or `error`) as they happen. A client that disconnects kills a non-background command. The sandbox must be running.",
+    params(
+        crate::openapi::SandboxKey,
+        ExecQuery,
+    ),
+    request_body(content = warren_types::proto::ExecRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "ExecResult, or with stream=true an NDJSON stream of ExecEvent.", content((warren_types::api::ExecResult = "application/json"), (warren_types::api::ExecEvent = "application/x-ndjson"))),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn exec(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -421,6 +448,25 @@ async fn pump(
 }
 
 /// `GET /v1/sandboxes/{key}/processes`.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/processes",
+    operation_id = "listProcesses",
+    tag = "processes",
+    summary = "Processes the agent started (ended ones stay until collected).",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    responses(
+        (status = 200, description = "Processes.", body = [warren_types::proto::ProcessInfo], content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn list(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -443,13 +489,35 @@ async fn running(client: &AgentClient, pid: u32) -> Result<ProcessInfo, Error> {
 /// `{key}` and `{pid}`.
 type ProcessPath = (String, u32);
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
     pub signal: i32,
 }
 
 /// `POST /v1/sandboxes/{key}/processes/{pid}/signal`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/processes/{pid}/signal",
+    operation_id = "signalProcess",
+    tag = "processes",
+    summary = "Send a signal to a process.",
+    params(
+        crate::openapi::SandboxKey,
+        crate::openapi::ProcessId,
+    ),
+    request_body(content = crate::exec::SignalRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn signal(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -461,10 +529,12 @@ pub async fn signal(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResizeRequest {
+    #[schema(minimum = 1, maximum = 65535)]
     pub rows: u16,
+    #[schema(minimum = 1, maximum = 65535)]
     pub cols: u16,
 }
 
@@ -476,6 +546,28 @@ pub(crate) fn win_size(rows: u16, cols: u16) -> Result<WinSize, Error> {
 }
 
 /// `POST /v1/sandboxes/{key}/processes/{pid}/resize`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/processes/{pid}/resize",
+    operation_id = "resizeProcess",
+    tag = "processes",
+    summary = "Resize a process's terminal.",
+    params(
+        crate::openapi::SandboxKey,
+        crate::openapi::ProcessId,
+    ),
+    request_body(content = crate::exec::ResizeRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn resize(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -488,15 +580,42 @@ pub async fn resize(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StdinQuery {
+    /// Close stdin after writing.
     #[serde(default)]
+    #[param(default = false)]
     eof: bool,
 }
 
 /// `POST /v1/sandboxes/{key}/processes/{pid}/stdin`: writes the body to the process's
 /// stdin on a channel of its own, then lets go of it (the process keeps running).
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/processes/{pid}/stdin",
+    operation_id = "writeStdin",
+    tag = "processes",
+    summary = "Write the body to a process's stdin (started with stdin: true).",
+    params(
+        crate::openapi::SandboxKey,
+        crate::openapi::ProcessId,
+        StdinQuery,
+    ),
+    request_body(content = inline(Option<crate::openapi::Binary>), content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn stdin(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -517,15 +636,40 @@ pub async fn stdin(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AttachQuery {
+    /// First the output since its start, as much as the agent kept.
     #[serde(default)]
+    #[param(default = false)]
     replay: bool,
 }
 
 /// `GET /v1/sandboxes/{key}/processes/{pid}/attach`: the same stream as a streamed exec,
 /// without the `started` line.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/processes/{pid}/attach",
+    operation_id = "attachProcess",
+    tag = "processes",
+    summary = "Follow a process's output as NDJSON ExecEvent lines (no `started` line).",
+    params(
+        crate::openapi::SandboxKey,
+        crate::openapi::ProcessId,
+        AttachQuery,
+    ),
+    responses(
+        (status = 200, description = "stdout/stderr lines, then exit or error. Disconnecting does not stop the process.", body = warren_types::api::ExecEvent, content_type = "application/x-ndjson"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn attach(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -542,21 +686,29 @@ pub async fn attach(
     Ok(ndjson(rx))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PtyQuery {
+    /// Terminal rows.
+    #[param(minimum = 1, default = 24)]
     #[serde(default)]
     rows: Option<u16>,
+    /// Terminal columns.
+    #[param(minimum = 1, default = 80)]
     #[serde(default)]
     cols: Option<u16>,
+    /// Shell command line; default /bin/bash.
     #[serde(default)]
     cmd: Option<String>,
     /// Keep the command running when the WebSocket closes (it can be joined again with
     /// `pid`); the first message then names its pid.
     #[serde(default)]
+    #[param(default = false)]
     keep: bool,
     /// Join the terminal of this running process instead of starting one: the output
     /// the agent still holds comes first, so the screen is drawn again.
+    #[param(minimum = 1)]
     #[serde(default)]
     pid: Option<u32>,
 }
@@ -594,6 +746,28 @@ pub(crate) enum PtyNotice {
 /// `GET /v1/sandboxes/{key}/pty`: a terminal over a WebSocket. The command starts (or,
 /// with `pid`, is found) before the upgrade, so a sandbox that cannot run it answers
 /// with an HTTP error.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/pty",
+    operation_id = "pty",
+    tag = "processes",
+    summary = "A terminal over a WebSocket.",
+    description = "Upgrade to a WebSocket. Runs `cmd` (default /bin/bash) through /bin/sh -c on a new terminal of rows x cols. Binary messages from the client are keystrokes (stdin); binary messages to the client are terminal output. A text message `{\"resize\":{\"rows\":R,\"cols\":C}}` resizes. When the command ends the server sends the text message `{\"exit\":{\"exit_code\":..,\"signal\":..,\"timed_out\":..,\"oom_killed\":..}}` and closes; a problem is sent as `{\"error\":{\"code\":..,\"message\":..}}`. Closing the socket kills the command.",
+    params(
+        crate::openapi::SandboxKey,
+        PtyQuery,
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn pty(
     State(st): State<AppState>,
     access: SandboxAccess,

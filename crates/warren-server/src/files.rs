@@ -42,11 +42,14 @@ fn wire_path(path: Option<&str>, b64: Option<&str>) -> Result<WirePath, Error> {
     Ok(p)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PathQuery {
+    /// A path inside the sandbox (or `path_b64`).
     #[serde(default)]
     path: Option<String>,
+    /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
 }
@@ -57,16 +60,20 @@ impl PathQuery {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
+    /// A path inside the sandbox (or `path_b64`).
     #[serde(default)]
     path: Option<String>,
+    /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
     /// Also read a FIFO, a device or a socket (otherwise refused with `not_a_file`); such
     /// a file may never end, and is read for as long as the client reads.
     #[serde(default)]
+    #[param(default = false)]
     special: bool,
 }
 
@@ -83,6 +90,28 @@ fn body_of(reader: FileReader) -> HttpBody {
 }
 
 /// `GET /v1/sandboxes/{key}/files?path=&special=`: the file's contents, streamed.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/files",
+    operation_id = "readFile",
+    tag = "files",
+    summary = "Read a file.",
+    params(
+        crate::openapi::SandboxKey,
+        ReadQuery,
+    ),
+    responses(
+        (status = 200, description = "The file's bytes.", body = inline(crate::openapi::Binary), content_type = "application/octet-stream"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn read(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -103,14 +132,18 @@ pub async fn read(
         .into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WriteQuery {
+    /// A path inside the sandbox (or `path_b64`).
     #[serde(default)]
     path: Option<String>,
+    /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
     /// Octal permission bits, as `chmod` takes them.
+    #[param(pattern = "^[0-7]{1,4}$")]
     #[serde(default)]
     mode: Option<String>,
 }
@@ -165,6 +198,30 @@ pub(crate) fn upload_error(e: ClientError) -> Error {
 
 /// `PUT /v1/sandboxes/{key}/files?path=&mode=`: replaces the file with the body, which
 /// is passed to the sandbox as it arrives.
+#[utoipa::path(
+    put,
+    path = "/v1/sandboxes/{key}/files",
+    operation_id = "writeFile",
+    tag = "files",
+    summary = "Write a file (replaced atomically; parent directories made), up to 128 MiB.",
+    params(
+        crate::openapi::SandboxKey,
+        WriteQuery,
+    ),
+    request_body(content = inline(Option<crate::openapi::Binary>), content_type = "application/octet-stream"),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn write(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -185,18 +242,45 @@ pub async fn write(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RemoveQuery {
+    /// A path inside the sandbox (or `path_b64`).
     #[serde(default)]
     path: Option<String>,
+    /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
+    /// Remove a non-empty directory with its contents.
     #[serde(default)]
+    #[param(default = false)]
     recursive: bool,
 }
 
 /// `DELETE /v1/sandboxes/{key}/files?path=&recursive=`.
+#[utoipa::path(
+    delete,
+    path = "/v1/sandboxes/{key}/files",
+    operation_id = "removeFile",
+    tag = "files",
+    summary = "Remove a file or directory.",
+    params(
+        crate::openapi::SandboxKey,
+        RemoveQuery,
+    ),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn remove(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -209,6 +293,28 @@ pub async fn remove(
 }
 
 /// `GET /v1/sandboxes/{key}/files/stat?path=`.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/files/stat",
+    operation_id = "statFile",
+    tag = "files",
+    summary = "Describe a file (symlinks are not followed).",
+    params(
+        crate::openapi::SandboxKey,
+        PathQuery,
+    ),
+    responses(
+        (status = 200, description = "The file.", body = warren_types::proto::FileInfo, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn stat(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -219,13 +325,18 @@ pub async fn stat(
     Ok(axum::Json(client.stat_as(path, None).await?))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
+    /// A path inside the sandbox (or `path_b64`).
     #[serde(default)]
     path: Option<String>,
+    /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
+    /// Levels to descend.
+    #[param(minimum = 1, maximum = 16, default = 1)]
     #[serde(default = "one")]
     depth: u32,
 }
@@ -238,6 +349,28 @@ fn one() -> u32 {
 pub const MAX_DEPTH: u32 = 16;
 
 /// `GET /v1/sandboxes/{key}/files/list?path=&depth=`.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/files/list",
+    operation_id = "listDir",
+    tag = "files",
+    summary = "List a directory, down to `depth` levels.",
+    params(
+        crate::openapi::SandboxKey,
+        ListQuery,
+    ),
+    responses(
+        (status = 200, description = "Entries.", body = [warren_types::proto::FileInfo], content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn list(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -252,6 +385,28 @@ pub async fn list(
 }
 
 /// `POST /v1/sandboxes/{key}/files/mkdir?path=`: makes the directory and its parents.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/files/mkdir",
+    operation_id = "makeDir",
+    tag = "files",
+    summary = "Make a directory and its parents.",
+    params(
+        crate::openapi::SandboxKey,
+        PathQuery,
+    ),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn mkdir(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -263,7 +418,7 @@ pub async fn mkdir(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RenameRequest {
     #[serde(default)]
@@ -277,6 +432,28 @@ pub struct RenameRequest {
 }
 
 /// `POST /v1/sandboxes/{key}/files/rename`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/files/rename",
+    operation_id = "renameFile",
+    tag = "files",
+    summary = "Rename (move) a file or directory.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    request_body(content = crate::files::RenameRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("accessToken" = []), ("unixTenant" = [])),
+)]
 pub async fn rename(
     State(st): State<AppState>,
     access: SandboxAccess,

@@ -1,5 +1,5 @@
-//! Warren's HTTP surfaces: the native REST API (OpenAPI document in `docs/openapi.json`,
-//! guide in `docs/api.md`).
+//! Warren's HTTP surfaces: the native REST API (OpenAPI document generated from the
+//! handlers in `openapi`, copied to `docs/openapi.json`; guide in `docs/api.md`).
 //!
 //! The same routes are served on two surfaces that differ only in who the caller is:
 //!
@@ -24,6 +24,7 @@ mod error;
 mod exec;
 mod extract;
 mod files;
+mod openapi;
 mod pools;
 mod reqlog;
 mod sandboxes;

@@ -24,17 +24,28 @@ use crate::exec::ndjson;
 use crate::extract::{valid_tenant, Json, Path, Query, Tenant};
 use crate::{shutting_down, AppState};
 
-/// The document served at `/openapi.json`.
-pub const OPENAPI: &str = include_str!("../../../docs/openapi.json");
-
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Health {
     pub status: String,
     pub version: String,
+    /// Sandboxes running or paused.
     pub sandboxes: usize,
 }
 
 /// `GET /health`: no authentication, so a load balancer can ask.
+#[utoipa::path(
+    get,
+    path = "/health",
+    operation_id = "health",
+    tag = "daemon",
+    summary = "Liveness, version and the number of live sandboxes.",
+    responses(
+        (status = 200, description = "Healthy.", body = crate::sandboxes::Health, content_type = "application/json"),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(()),
+)]
 pub async fn health(State(st): State<AppState>) -> axum::Json<Health> {
     axum::Json(Health {
         status: "ok".into(),
@@ -45,6 +56,20 @@ pub async fn health(State(st): State<AppState>) -> axum::Json<Health> {
 
 /// `GET /metrics`: Prometheus text exposition of the caller's tenant, or for the
 /// operator of the whole host.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "daemon",
+    summary = "Prometheus metrics.",
+    responses(
+        (status = 200, description = "Text exposition format 0.0.4.", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn metrics(State(st): State<AppState>, Tenant(who): Tenant) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -54,8 +79,25 @@ pub async fn metrics(State(st): State<AppState>, Tenant(who): Tenant) -> Respons
 }
 
 /// `GET /openapi.json`.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    operation_id = "openapi",
+    tag = "daemon",
+    summary = "This document.",
+    responses(
+        (status = 200, description = "OpenAPI 3.1.", body = inline(crate::openapi::AnyObject), content_type = "application/json"),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(()),
+)]
 pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI).into_response()
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document(),
+    )
+        .into_response()
 }
 
 /// Longest timeout accepted (ten years): the engine adds timeouts to clock times, and
@@ -74,6 +116,28 @@ fn check_timeouts(lifetime: Option<u64>, idle: Option<u64>) -> Result<(), Error>
 }
 
 /// `POST /v1/sandboxes`: 201 when made, 200 when `get_or_create` found it.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes",
+    operation_id = "createSandbox",
+    tag = "sandboxes",
+    summary = "Create a sandbox (or get it, with a name and get_or_create).",
+    description = "An empty body makes a sandbox with every default.",
+    request_body(content = Option<warren_types::api::CreateSandbox>, content_type = "application/json"),
+    responses(
+        (status = 200, description = "get_or_create found an existing sandbox (resumed or started if it was not running).", body = warren_types::api::SandboxInfo, content_type = "application/json"),
+        (status = 201, description = "Created.", body = warren_types::api::SandboxInfo, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 403, response = crate::openapi::Forbidden),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 429, response = crate::openapi::QuotaExceeded),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn create(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -91,6 +155,27 @@ pub async fn create(
 
 /// `GET /v1/sandboxes?owner=&state=&label=k=v&metadata=k=v`; `label` and `metadata`
 /// repeat, and every pair given must match.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes",
+    operation_id = "listSandboxes",
+    tag = "sandboxes",
+    summary = "List the tenant's sandboxes (not terminated).",
+    params(
+        ("owner" = Option<String>, Query, description = "Only this owner's."),
+        ("state" = Option<warren_types::api::SandboxState>, Query, description = "Only sandboxes in this state."),
+        ("label" = Option<Vec<String>>, Query, description = "key=value; repeat for more; all must match.", style = Form, explode),
+        ("metadata" = Option<Vec<String>>, Query, description = "key=value; repeat for more; all must match.", style = Form, explode),
+    ),
+    responses(
+        (status = 200, description = "The sandboxes.", body = [warren_types::api::SandboxInfo], content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn list(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -132,6 +217,24 @@ fn list_filter(pairs: Vec<(String, String)>) -> Result<ListFilter, Error> {
 }
 
 /// `GET /v1/sandboxes/{key}`.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}",
+    operation_id = "getSandbox",
+    tag = "sandboxes",
+    summary = "Get a sandbox.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    responses(
+        (status = 200, description = "The sandbox.", body = warren_types::api::SandboxInfo, content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn get(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -141,6 +244,24 @@ pub async fn get(
 }
 
 /// `DELETE /v1/sandboxes/{key}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/sandboxes/{key}",
+    operation_id = "terminateSandbox",
+    tag = "sandboxes",
+    summary = "Terminate a sandbox: processes and files go; volumes stay; the name is free again.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    responses(
+        (status = 204, description = "Done."),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn terminate(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -153,6 +274,28 @@ pub async fn terminate(
 /// `POST /v1/sandboxes/{key}/fork`: copies of a running sandbox (with its processes and
 /// memory where the backend has memory snapshots, its files otherwise), each with its
 /// tokens (shown only here). The copies that were made; the first failure if none was.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/fork",
+    operation_id = "forkSandbox",
+    tag = "sandboxes",
+    summary = "Copies of a running sandbox with its processes and memory (gvisor): each has its own id, tokens and writable layer, and goes on from the moment of the copy; the source keeps running. A backend without memory snapshots answers 400.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    request_body(content = Option<warren_types::api::ForkRequest>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The copies, with their tokens.", body = [warren_types::api::SandboxInfo], content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+        (status = 429, response = crate::openapi::QuotaExceeded),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn fork(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -173,16 +316,37 @@ pub async fn fork(
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsQuery {
     /// Unix milliseconds.
     from: Option<i64>,
+    /// Unix milliseconds: readings at or before.
     to: Option<i64>,
 }
 
 /// `GET /v1/sandboxes/{key}/metrics?from=&to=`: readings of a live sandbox's use,
 /// taken every 5 s, the last half hour of them, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/metrics",
+    operation_id = "sandboxMetrics",
+    tag = "sandboxes",
+    summary = "Readings of a live sandbox's use (CPU, memory, disk), taken every 5 s while it is live; the last half hour of them, oldest first. A sandbox that is not live has none.",
+    params(
+        crate::openapi::SandboxKey,
+        MetricsQuery,
+    ),
+    responses(
+        (status = 200, description = "The readings.", body = [warren_types::api::UsageSample], content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::ServerError),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn usage_history(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -194,6 +358,25 @@ pub async fn usage_history(
 
 /// `POST /v1/sandboxes/{key}/ports/{port}/link`: a one-time link for a browser to one
 /// port of the sandbox (see [`crate::e2b::ports`]).
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/ports/{port}/link",
+    operation_id = "linkSandboxPort",
+    tag = "sandboxes",
+    summary = "A one-time link that opens one port of the sandbox in a browser, through the daemon's TCP listener on a host of its own (PORT-ID.HOST). The first request to that host that carries the code as ?warren_port_link=CODE is answered with a redirect and a cookie of that host only, which every later request of that browser to the port carries; that cookie, or the sandbox's traffic token in e2b-traffic-access-token, is the only way in there (never the sandbox's id alone). The code is spent on first use and waits 60 s; the grant lasts 12 hours or until the daemon restarts.",
+    params(
+        crate::openapi::SandboxKey,
+        ("port" = u32, Path, description = "The sandbox's port, 1-65535.", minimum = 1, maximum = 65535),
+    ),
+    responses(
+        (status = 200, description = "The code, and the address to send the browser to.", body = warren_types::api::PortLinkInfo, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::ServerError),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn port_link(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -215,6 +398,25 @@ pub async fn port_link(
 }
 
 /// `POST /v1/sandboxes/{key}/pause`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/pause",
+    operation_id = "pauseSandbox",
+    tag = "sandboxes",
+    summary = "Freeze every process (cgroup freezer). Doing it again is a no-op.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    responses(
+        (status = 200, description = "The sandbox.", body = warren_types::api::SandboxInfo, content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn pause(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -224,6 +426,25 @@ pub async fn pause(
 }
 
 /// `POST /v1/sandboxes/{key}/resume`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/resume",
+    operation_id = "resumeSandbox",
+    tag = "sandboxes",
+    summary = "Thaw a paused sandbox. Doing it again is a no-op.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    responses(
+        (status = 200, description = "The sandbox.", body = warren_types::api::SandboxInfo, content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn resume(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -233,6 +454,25 @@ pub async fn resume(
 }
 
 /// `POST /v1/sandboxes/{key}/stop`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/stop",
+    operation_id = "stopSandbox",
+    tag = "sandboxes",
+    summary = "End every process; files are kept. Doing it again is a no-op.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    responses(
+        (status = 200, description = "The sandbox.", body = warren_types::api::SandboxInfo, content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn stop(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -242,6 +482,25 @@ pub async fn stop(
 }
 
 /// `POST /v1/sandboxes/{key}/start`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/start",
+    operation_id = "startSandbox",
+    tag = "sandboxes",
+    summary = "Run a stopped sandbox again from its kept files. Doing it again is a no-op.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    responses(
+        (status = 200, description = "The sandbox.", body = warren_types::api::SandboxInfo, content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn start(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -251,6 +510,26 @@ pub async fn start(
 }
 
 /// `POST /v1/sandboxes/{key}/timeout`.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/timeout",
+    operation_id = "setTimeout",
+    tag = "sandboxes",
+    summary = "Change the lifetime (from now), idle timeout or timeout action.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    request_body(content = warren_types::api::SetTimeout, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The sandbox.", body = warren_types::api::SandboxInfo, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn set_timeout(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -262,6 +541,26 @@ pub async fn set_timeout(
 }
 
 /// `PUT /v1/sandboxes/{key}/egress`: replaces the sandbox's egress rules.
+#[utoipa::path(
+    put,
+    path = "/v1/sandboxes/{key}/egress",
+    operation_id = "setEgress",
+    tag = "sandboxes",
+    summary = "Replace a sandbox's egress rules; a running or paused sandbox is under them at once, its open connections included.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    request_body(content = warren_types::egress::Egress, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The sandbox.", body = warren_types::api::SandboxInfo, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 409, response = crate::openapi::Conflict),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn set_egress(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -272,6 +571,24 @@ pub async fn set_egress(
 }
 
 /// `GET /v1/sandboxes/{key}/logs`.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/logs",
+    operation_id = "sandboxLogs",
+    tag = "sandboxes",
+    summary = "The sandbox's lifecycle events, oldest first (at most 1000).",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    responses(
+        (status = 200, description = "Events.", body = [warren_types::api::Event], content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn logs(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -281,6 +598,20 @@ pub async fn logs(
 }
 
 /// `GET /v1/events`: NDJSON, one [`Event`] a line, until the client leaves.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "events",
+    tag = "sandboxes",
+    summary = "Live lifecycle events of the tenant's sandboxes, as NDJSON, until the client disconnects.",
+    responses(
+        (status = 200, description = "One Event per line.", body = warren_types::api::Event, content_type = "application/x-ndjson"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn events(State(st): State<AppState>, Tenant(who): Tenant) -> Result<Response, Error> {
     let mut events = st.mgr.subscribe(&who);
     let (tx, out) = mpsc::channel::<Bytes>(64);
@@ -304,16 +635,34 @@ pub async fn events(State(st): State<AppState>, Tenant(who): Tenant) -> Result<R
     Ok(ndjson(out))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GcRequest {
+    #[schema(maximum = 5256000)]
     pub idle_minutes: u64,
     #[serde(default)]
+    #[schema(default = false)]
     pub dry_run: bool,
 }
 
 /// `POST /v1/gc`: removes (or with `dry_run`, lists) the caller's sandboxes idle longer
 /// than `idle_minutes`.
+#[utoipa::path(
+    post,
+    path = "/v1/gc",
+    operation_id = "gc",
+    tag = "sandboxes",
+    summary = "Terminate the tenant's sandboxes idle longer than idle_minutes (or only list them, with dry_run). Sandboxes with an open stream or terminal are never idle.",
+    request_body(content = crate::sandboxes::GcRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The sandboxes removed (or that would be).", body = [warren_types::api::SandboxInfo], content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn gc(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -331,23 +680,42 @@ pub async fn gc(
     ))
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {
+    /// 1-128 letters, digits and - _ . @ + (not . or ..).
     pub tenant: String,
     /// An operator's key: no quota, any host port, the whole host's metrics.
     #[serde(default)]
+    #[schema(default = false)]
     pub operator: bool,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KeyResponse {
     pub tenant: String,
+    /// Shown once; only its hash is stored.
     pub api_key: String,
 }
 
 /// `POST /v1/keys`: only the host's root, on the unix socket, hands out keys; the TCP
 /// router does not have this route.
+#[utoipa::path(
+    post,
+    path = "/v1/keys",
+    operation_id = "createKey",
+    tag = "daemon",
+    summary = "Mint an API key for a tenant (unix socket only; 404 on TCP).",
+    request_body(content = crate::sandboxes::KeyRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new key.", body = crate::sandboxes::KeyResponse, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("unixTenant" = [])),
+)]
 pub async fn create_key(
     State(st): State<AppState>,
     Json(req): Json<KeyRequest>,
@@ -370,6 +738,18 @@ pub async fn create_key(
 
 /// `GET /v1/backends`: the isolation backends, whether each is available here, and what
 /// each offers.
+#[utoipa::path(
+    get,
+    path = "/v1/backends",
+    operation_id = "listBackends",
+    tag = "sandboxes",
+    summary = "The isolation backends of this daemon: whether each is available here (and why not), and what it offers.",
+    responses(
+        (status = 200, description = "Every backend.", body = [warren_types::api::BackendInfo], content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn backends(
     State(st): State<AppState>,
     Tenant(_who): Tenant,

@@ -11,6 +11,20 @@ use crate::extract::{Json, Path, Tenant};
 use crate::AppState;
 
 /// `POST /v1/sessions`: attaches a client to its default sandbox.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions",
+    operation_id = "openSession",
+    tag = "sessions",
+    summary = "Attach a client to its default sandbox (owner = the client, name default), made on first use; a client with a live session gets it back, active again.",
+    request_body(content = warren_types::api::OpenSession, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The session.", body = warren_types::api::SessionInfo, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 429, response = crate::openapi::QuotaExceeded),
+    ),
+)]
 pub async fn open(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -21,6 +35,17 @@ pub async fn open(
 }
 
 /// `GET /v1/sessions`.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions",
+    operation_id = "listSessions",
+    tag = "sessions",
+    summary = "The tenant's live sessions.",
+    responses(
+        (status = 200, description = "Sessions.", body = [warren_types::api::SessionInfo], content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+    ),
+)]
 pub async fn list(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -29,6 +54,21 @@ pub async fn list(
 }
 
 /// `GET /v1/sessions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    operation_id = "getSession",
+    tag = "sessions",
+    summary = "One session.",
+    params(
+        ("id" = String, Path),
+    ),
+    responses(
+        (status = 200, description = "The session.", body = warren_types::api::SessionInfo, content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+)]
 pub async fn get(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -38,6 +78,21 @@ pub async fn get(
 }
 
 /// `POST /v1/sessions/{id}/heartbeat`: the client is there (also re-attaches).
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/heartbeat",
+    operation_id = "heartbeatSession",
+    tag = "sessions",
+    summary = "The client is there: the session is active again (its sandbox resumed if it was suspended).",
+    params(
+        ("id" = String, Path),
+    ),
+    responses(
+        (status = 200, description = "The session.", body = warren_types::api::SessionInfo, content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+)]
 pub async fn heartbeat(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -47,6 +102,21 @@ pub async fn heartbeat(
 }
 
 /// `POST /v1/sessions/{id}/detach`: the client leaves for now.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/detach",
+    operation_id = "detachSession",
+    tag = "sessions",
+    summary = "The client leaves for now; the sandbox runs on until the detached timeout suspends it.",
+    params(
+        ("id" = String, Path),
+    ),
+    responses(
+        (status = 200, description = "The session.", body = warren_types::api::SessionInfo, content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+)]
 pub async fn detach(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -56,6 +126,22 @@ pub async fn detach(
 }
 
 /// `POST /v1/sessions/{id}/release`: ends the session (keep-alive keeps the sandbox).
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/release",
+    operation_id = "releaseSession",
+    tag = "sessions",
+    summary = "End the session. With keep_alive the sandbox stays for the client's next session; otherwise it is removed unless another session uses it.",
+    params(
+        ("id" = String, Path),
+    ),
+    request_body(content = Option<warren_types::api::ReleaseSession>, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Released."),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+)]
 pub async fn release(
     State(st): State<AppState>,
     Tenant(who): Tenant,

@@ -22,6 +22,25 @@ use crate::extract::{Json, Path, SandboxAccess, Tenant};
 use crate::AppState;
 
 /// `POST /v1/sandboxes/{key}/processes/{pid}/share`: a token for a second client.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/processes/{pid}/share",
+    operation_id = "shareProcess",
+    tag = "terminals",
+    summary = "Share the terminal of a running process: the token in the answer (shown once) lets a second client join it at /v1/shared/{token}, read-only unless write is true.",
+    params(
+        crate::openapi::SandboxKey,
+        crate::openapi::ProcessId,
+    ),
+    request_body(content = Option<warren_types::api::ShareRequest>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The share, with its token.", body = warren_types::api::ShareInfo, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+    ),
+)]
 pub async fn create(
     State(st): State<AppState>,
     access: SandboxAccess,
@@ -36,6 +55,21 @@ pub async fn create(
 }
 
 /// `GET /v1/sandboxes/{key}/shares`.
+#[utoipa::path(
+    get,
+    path = "/v1/sandboxes/{key}/shares",
+    operation_id = "listShares",
+    tag = "terminals",
+    summary = "The sandbox's shares (without tokens).",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    responses(
+        (status = 200, description = "Shares.", body = [warren_types::api::ShareInfo], content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+)]
 pub async fn list(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -45,6 +79,22 @@ pub async fn list(
 }
 
 /// `DELETE /v1/sandboxes/{key}/shares/{id}`: revokes; connected guests are cut off.
+#[utoipa::path(
+    delete,
+    path = "/v1/sandboxes/{key}/shares/{id}",
+    operation_id = "revokeShare",
+    tag = "terminals",
+    summary = "Revoke a share; guests connected with it are cut off.",
+    params(
+        crate::openapi::SandboxKey,
+        ("id" = String, Path),
+    ),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+)]
 pub async fn revoke(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -56,6 +106,20 @@ pub async fn revoke(
 
 /// `GET /v1/shared/{token}`: joins a shared terminal (WebSocket). The token is the
 /// credential; an unknown or revoked one is 404, as for anything one may not see.
+#[utoipa::path(
+    get,
+    path = "/v1/shared/{token}",
+    operation_id = "joinShare",
+    tag = "terminals",
+    summary = "Join a shared terminal (WebSocket upgrade). The token is the credential: no API key. Binary frames carry terminal bytes; a read-write guest may send input and {\"resize\":{...}} text frames; the server sends {\"exit\":{...}} or {\"error\":{...}} text frames.",
+    params(
+        ("token" = String, Path),
+    ),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol."),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+)]
 pub async fn join(
     State(st): State<AppState>,
     Path(token): Path<String>,

@@ -48,6 +48,20 @@ pub(crate) fn parse(owner: &str, line: &str) -> Result<SshKey, Error> {
 }
 
 /// `POST /v1/ssh-keys`: registers a key for one of the tenant's owners.
+#[utoipa::path(
+    post,
+    path = "/v1/ssh-keys",
+    operation_id = "addSshKey",
+    tag = "ssh",
+    summary = "Register a public key an owner signs in to the SSH gateway with; the same key again answers the one kept.",
+    request_body(content = warren_types::api::AddSshKey, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Registered.", body = warren_types::api::SshKey, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn add(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -63,13 +77,31 @@ pub async fn add(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(default, deny_unknown_fields)]
 pub struct OwnerQuery {
+    /// Only this owner's keys.
     owner: Option<String>,
 }
 
 /// `GET /v1/ssh-keys?owner=`: the tenant's keys, of one owner or all.
+#[utoipa::path(
+    get,
+    path = "/v1/ssh-keys",
+    operation_id = "listSshKeys",
+    tag = "ssh",
+    summary = "The tenant's SSH keys, oldest first.",
+    params(
+        OwnerQuery,
+    ),
+    responses(
+        (status = 200, description = "The keys.", body = [warren_types::api::SshKey], content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn list(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -80,6 +112,24 @@ pub async fn list(
 
 /// `DELETE /v1/ssh-keys/{fingerprint}?owner=`: removes a key (of one owner, or of every
 /// owner of the tenant that has it).
+#[utoipa::path(
+    delete,
+    path = "/v1/ssh-keys/{fingerprint}",
+    operation_id = "removeSshKey",
+    tag = "ssh",
+    summary = "Remove a key (of one owner, or of every owner of the tenant that has it).",
+    params(
+        ("fingerprint" = String, Path, description = "`SHA256:...` as `ssh-keygen -l` prints it (percent-encoded)."),
+        OwnerQuery,
+    ),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn remove(
     State(st): State<AppState>,
     Tenant(who): Tenant,

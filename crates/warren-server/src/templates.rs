@@ -23,6 +23,18 @@ use crate::extract::{Json, Path, Query, Tenant};
 use crate::{AppState, Surface};
 
 /// `GET /v1/templates`.
+#[utoipa::path(
+    get,
+    path = "/v1/templates",
+    operation_id = "listTemplates",
+    tag = "templates",
+    summary = "Every template of the node, `host` first, with the bytes its layers take and the sandboxes made from it.",
+    responses(
+        (status = 200, description = "The templates.", body = [crate::openapi::TemplateInfo], content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn list(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -31,6 +43,22 @@ pub async fn list(
 }
 
 /// `GET /v1/templates/{name}`.
+#[utoipa::path(
+    get,
+    path = "/v1/templates/{name}",
+    operation_id = "getTemplate",
+    tag = "templates",
+    summary = "One template.",
+    params(
+        ("name" = String, Path),
+    ),
+    responses(
+        (status = 200, description = "The template.", body = crate::openapi::TemplateInfo, content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn get(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -40,6 +68,24 @@ pub async fn get(
 }
 
 /// `DELETE /v1/templates/{name}`: 409 while a sandbox uses it.
+#[utoipa::path(
+    delete,
+    path = "/v1/templates/{name}",
+    operation_id = "removeTemplate",
+    tag = "templates",
+    summary = "Remove a template. Refused (409) while any sandbox that is not terminated was made from it, or when another tenant made it. Its layers stay until `POST /v1/templates/gc` finds them unused.",
+    params(
+        ("name" = String, Path),
+    ),
+    responses(
+        (status = 204, description = "Removed."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn remove(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -51,6 +97,21 @@ pub async fn remove(
 
 /// `POST /v1/templates/import` (unix socket only: the archive is a path on the daemon's
 /// host, which only the host's root may name).
+#[utoipa::path(
+    post,
+    path = "/v1/templates/import",
+    operation_id = "importTemplate",
+    tag = "templates",
+    summary = "Import a `docker save` or OCI image layout archive (a path on the daemon's host) as a template: layers gzip, zstd or plain, whiteouts applied, the image's Env, WorkingDir, User, Entrypoint and Cmd kept. Hostile archives (path traversal, writes through links, hard links out of the tree) are refused; device nodes, setuid bits and unmappable owners are neutralised and reported in `warnings`. Unix socket only.",
+    request_body(content = crate::openapi::ImportTemplate, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The template made.", body = crate::openapi::ImportResult, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+)]
 pub async fn import(
     State(st): State<AppState>,
     req: Request,
@@ -68,6 +129,34 @@ const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(60);
 /// imported as `import` does. The route has no body limit of axum's: the engine's
 /// [`Upload`](warren_core::Upload) counts, and removes its file however this ends (the
 /// client leaving drops it with this future).
+#[utoipa::path(
+    post,
+    path = "/v1/templates/upload",
+    operation_id = "uploadTemplate",
+    tag = "templates",
+    summary = "Import a `docker save` or OCI image layout archive sent as the body (a tar, optionally gzip or zstd as a whole), as `importTemplate` imports a file of the daemon's host. The body is written to the daemon's data directory as it arrives and removed once imported, refused or broken off; it may be at most 8 GiB, or `max_bytes` if less (`413 payload_too_large` naming the limit). A tenant's template is its own (other tenants do not see it); an operator's is every tenant's. At most 2 uploads at once on the daemon (`503 busy` otherwise).",
+    params(
+        ("name" = String, Query, description = "The new template's name."),
+        ("start_cmd" = Option<String>, Query, description = "Run in the background whenever a sandbox of this template starts."),
+        ("ready_cmd" = Option<String>, Query, description = "Polled until it exits 0 before a sandbox counts as running."),
+        ("ready_timeout_secs" = Option<i64>, Query, description = "How long the ready command may take to succeed (default 60)."),
+        ("max_bytes" = Option<i64>, Query, description = "Most bytes the archive, and its layers unpacked, may take."),
+        ("isolation" = Option<warren_types::spec::Isolation>, Query, description = "The backend its sandboxes get when their request names none."),
+        ("setuid" = Option<bool>, Query, description = "Keep the image's setuid programs working inside: the operator's alone to ask (see `importTemplate`)."),
+    ),
+    request_body(content = inline(crate::openapi::Binary), content_type = "application/octet-stream"),
+    responses(
+        (status = 201, description = "The template made.", body = crate::openapi::ImportResult, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 413, response = crate::openapi::PayloadTooLarge),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 503, description = "`busy`: the daemon already receives as many archives as it takes at once; retry.", body = warren_types::api::ApiError, content_type = "application/json"),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn upload(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -121,6 +210,21 @@ async fn unix_only<T: serde::de::DeserializeOwned>(
 }
 
 /// `POST /v1/templates/build`: NDJSON [`BuildEvent`]s, the last `done` or `error`.
+#[utoipa::path(
+    post,
+    path = "/v1/templates/build",
+    operation_id = "buildTemplate",
+    tag = "templates",
+    summary = "Build a template: run `steps` (`sh -c`, as root, in order) in a sandbox of the base template, then keep its files as the new template's top layer. Streams NDJSON BuildEvent lines; the last is `done` or `error`. A failed step keeps nothing.",
+    request_body(content = crate::openapi::BuildTemplate, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Build progress, one BuildEvent per line.", body = crate::openapi::BuildEvent, content_type = "application/x-ndjson"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 429, response = crate::openapi::QuotaExceeded),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn build(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -189,7 +293,7 @@ pub async fn build(
     Ok(ndjson(rx))
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LayerGcRequest {
     #[serde(default)]
@@ -198,6 +302,20 @@ pub struct LayerGcRequest {
 
 /// `POST /v1/templates/gc` (unix socket only: layers are the node's, not a tenant's):
 /// removes layers no template uses.
+#[utoipa::path(
+    post,
+    path = "/v1/templates/gc",
+    operation_id = "gcLayers",
+    tag = "templates",
+    summary = "Remove layers no template lists, unfinished layers, and the files of builds that never finished (or only list them, with dry_run). Unix socket only.",
+    request_body(content = crate::templates::LayerGcRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "What was removed.", body = crate::openapi::LayerGcResult, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+)]
 pub async fn gc(
     State(st): State<AppState>,
     req: Request,
@@ -207,6 +325,18 @@ pub async fn gc(
 }
 
 /// `GET /v1/disk`: bytes per template and per sandbox of the caller.
+#[utoipa::path(
+    get,
+    path = "/v1/disk",
+    operation_id = "diskUsage",
+    tag = "templates",
+    summary = "Disk used by each template (its layers) and by each of the caller's sandboxes (writable layer or disk image).",
+    responses(
+        (status = 200, description = "Disk use.", body = crate::openapi::DiskUsage, content_type = "application/json"),
+        (status = 401, response = crate::openapi::Unauthorized),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn disk(
     State(st): State<AppState>,
     Tenant(who): Tenant,
@@ -215,6 +345,27 @@ pub async fn disk(
 }
 
 /// `POST /v1/sandboxes/{key}/snapshot`: the sandbox's files as a new template.
+#[utoipa::path(
+    post,
+    path = "/v1/sandboxes/{key}/snapshot",
+    operation_id = "snapshotSandbox",
+    tag = "templates",
+    summary = "Capture the sandbox's files (running: frozen during the copy; paused; or stopped) as a new template that shares its base template's layers. Only the sandbox's own changes are copied.",
+    params(
+        crate::openapi::SandboxKey,
+    ),
+    request_body(content = crate::openapi::SnapshotRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The template made, the bytes written and the time taken.", body = crate::openapi::SnapshotResult, content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+        (status = 409, response = crate::openapi::Conflict),
+        (status = 500, response = crate::openapi::ServerError),
+        (status = 507, response = crate::openapi::NoSpace),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
 pub async fn snapshot(
     State(st): State<AppState>,
     Tenant(who): Tenant,

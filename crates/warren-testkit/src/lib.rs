@@ -45,3 +45,22 @@ pub fn needs_root(test: &str, why: &str) -> bool {
     skip(test, &format!("needs root: {why}"));
     false
 }
+
+/// Stops a daemon a test started: SIGTERM, then SIGKILL if it is still there after 10 s;
+/// reaped either way.
+pub fn stop_daemon(child: &mut std::process::Child) {
+    use std::time::{Duration, Instant};
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().ok().flatten().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.wait();
+}

@@ -19,6 +19,7 @@ use crate::spec::{NetworkMode, PortMap};
 /// any → terminated
 /// ```
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxState {
     Creating,
@@ -56,6 +57,8 @@ impl SandboxState {
 
 /// What happens when a sandbox's timeout passes.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(default = "terminate"))]
 #[serde(rename_all = "snake_case")]
 pub enum TimeoutAction {
     Pause,
@@ -71,6 +74,7 @@ pub type ResourceRequest = Resources;
 
 /// `POST /v1/sandboxes`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandbox {
     /// Who the sandbox is for (a user, an agent); defaults to the tenant's name.
@@ -80,9 +84,13 @@ pub struct CreateSandbox {
     /// returned (and resumed or started if needed) instead of an error.
     #[serde(default)]
     pub name: Option<String>,
+    /// With a name: return (and resume or start) the existing sandbox of that name instead
+    /// of failing with `name_taken`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub get_or_create: bool,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = "host"))]
     pub template: Option<String>,
     #[serde(default)]
     pub resources: ResourceRequest,
@@ -102,10 +110,12 @@ pub struct CreateSandbox {
     pub metadata: BTreeMap<String, String>,
     /// Seconds the sandbox may live, from now; `set_timeout` moves it later.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 315360000))]
     pub timeout_secs: Option<u64>,
     /// Seconds without activity (API calls, attached clients, CPU use inside) before
     /// the timeout action applies.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 315360000))]
     pub idle_timeout_secs: Option<u64>,
     #[serde(default)]
     pub on_timeout: Option<TimeoutAction>,
@@ -142,11 +152,15 @@ pub struct CreateSandbox {
 
 /// `POST /v1/sandboxes/{id}/timeout`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetTimeout {
+    /// New lifetime, from now.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 315360000))]
     pub timeout_secs: Option<u64>,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 315360000))]
     pub idle_timeout_secs: Option<u64>,
     #[serde(default)]
     pub on_timeout: Option<TimeoutAction>,
@@ -154,9 +168,11 @@ pub struct SetTimeout {
 
 /// A sandbox as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxInfo {
     pub id: String,
     pub owner: String,
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub name: Option<String>,
     pub template: String,
     pub state: SandboxState,
@@ -174,10 +190,14 @@ pub struct SandboxInfo {
     pub labels: BTreeMap<String, String>,
     pub metadata: BTreeMap<String, String>,
     /// RFC 3339 times.
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub last_active_at: String,
     /// When the lifetime ends, if it has one.
+    #[cfg_attr(feature = "openapi", schema(required, format = DateTime))]
     pub expires_at: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub idle_timeout_secs: Option<u64>,
     pub on_timeout: TimeoutAction,
     /// A paused sandbox resumes by itself on its next use.
@@ -203,6 +223,7 @@ pub struct SandboxInfo {
 /// A persistent volume: an owner's home, mounted at `/home/user` in each of the owner's
 /// sandboxes (`GET /v1/volumes`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VolumeInfo {
     /// The owner whose home it is: the volume routes name it by this.
     pub owner: String,
@@ -210,6 +231,7 @@ pub struct VolumeInfo {
     pub name: String,
     /// Its size when it is an ext4 image of its own (made with `home_size`); a directory
     /// has none and takes what the disk has.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub size_bytes: Option<u64>,
     /// Bytes it takes on the host's disk.
     pub used_bytes: u64,
@@ -220,6 +242,7 @@ pub struct VolumeInfo {
 
 /// `POST /v1/volumes/{owner}/resize`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ResizeVolume {
     /// The new size: more than the volume's, within the daemon's largest home.
@@ -228,6 +251,7 @@ pub struct ResizeVolume {
 
 /// `POST /v1/ssh-keys`: a public key an owner signs in to the SSH gateway with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddSshKey {
     /// The owner whose sandboxes the key reaches (`ssh OWNER+NAME@host`).
@@ -242,6 +266,7 @@ pub struct AddSshKey {
 
 /// A registered SSH public key.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SshKey {
     pub owner: String,
     /// `SHA256:...`, as `ssh-keygen -l` prints it.
@@ -260,16 +285,19 @@ pub struct SshKey {
 
 /// `POST /v1/sandboxes/{key}/fork`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ForkRequest {
     /// How many copies [default: 1].
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 16))]
     pub count: Option<usize>,
 }
 
 /// One reading of a sandbox's use, taken by the daemon every few seconds while it is
 /// live (`GET /v1/sandboxes/{key}/metrics`, E2B's sandbox metrics).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UsageSample {
     /// Unix milliseconds.
     pub at_ms: i64,
@@ -283,6 +311,7 @@ pub struct UsageSample {
 
 /// `GET /v1/backends`: one isolation backend of this host.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackendInfo {
     pub name: Isolation,
     /// Whether sandboxes can be made with it here.
@@ -295,6 +324,7 @@ pub struct BackendInfo {
 
 /// What a backend offers.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capabilities {
     /// What stands between a sandbox's code and the host kernel, in a few words.
     pub isolation: String,
@@ -320,21 +350,30 @@ pub struct Capabilities {
 
 /// `POST /v1/sandboxes/{id}/exec` without streaming: the collected result.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecResult {
     pub pid: u32,
     /// UTF-8 (invalid bytes replaced); `stdout_b64` has the exact bytes.
     pub stdout: String,
     pub stderr: String,
+    /// The exact bytes of stdout, in base64.
+    #[cfg_attr(feature = "openapi", schema(format = Byte))]
     pub stdout_b64: String,
+    /// The exact bytes of stderr, in base64.
+    #[cfg_attr(feature = "openapi", schema(format = Byte))]
     pub stderr_b64: String,
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub exit_code: Option<i32>,
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub signal: Option<i32>,
     pub timed_out: bool,
+    /// Killed by the sandbox's memory limit.
     pub oom_killed: bool,
 }
 
 /// One line of a streamed exec or attach (NDJSON).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecEvent {
     Started {
@@ -342,13 +381,17 @@ pub enum ExecEvent {
     },
     /// `data` is base64.
     Stdout {
+        #[cfg_attr(feature = "openapi", schema(format = Byte))]
         data: String,
     },
     Stderr {
+        #[cfg_attr(feature = "openapi", schema(format = Byte))]
         data: String,
     },
     Exit {
+        #[cfg_attr(feature = "openapi", schema(required))]
         exit_code: Option<i32>,
+        #[cfg_attr(feature = "openapi", schema(required))]
         signal: Option<i32>,
         timed_out: bool,
         oom_killed: bool,
@@ -361,7 +404,9 @@ pub enum ExecEvent {
 
 /// A lifecycle event (the `/v1/events` stream and per-sandbox logs).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub time: String,
     pub sandbox: String,
     pub owner: String,
@@ -375,6 +420,8 @@ pub struct Event {
 /// `code` stays a string: a client reads the codes of daemons newer than itself too.
 /// The daemon sends only [`WireCode`]s.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = Error))]
 pub struct ApiError {
     pub code: String,
     pub message: String,
@@ -525,9 +572,11 @@ impl std::fmt::Display for WireCode {
 /// handed out by creates that ask for exactly that profile (and no home volume, env or
 /// published ports, which are fixed when a sandbox is made).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PoolSpec {
     #[serde(default = "host")]
+    #[cfg_attr(feature = "openapi", schema(default = "host"))]
     pub template: String,
     #[serde(default)]
     pub resources: ResourceRequest,
@@ -538,6 +587,7 @@ pub struct PoolSpec {
     /// Warm sandboxes kept ready.
     pub min: usize,
     /// Most warm sandboxes at once (ready and being made).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     pub max: usize,
     /// A warm sandbox older than this is replaced by a fresh one.
     #[serde(default)]
@@ -550,6 +600,7 @@ fn host() -> String {
 
 /// A pool and how full it is.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PoolInfo {
     pub spec: PoolSpec,
     pub ready: usize,
@@ -559,15 +610,18 @@ pub struct PoolInfo {
 
 /// `POST /v1/sandboxes/{key}/processes/{pid}/share`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ShareRequest {
     /// Let the guest type too; read-only otherwise.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub write: bool,
     /// Show the guest the output the agent still holds from before the share too (the
     /// screen as it is now, and what scrolled past); otherwise a guest sees what comes
     /// after the share only.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub screen: bool,
 }
 
@@ -575,6 +629,7 @@ pub struct ShareRequest {
 /// TCP listener, on a host of its own (`PORT-ID.HOST`): the answer of
 /// `POST /v1/sandboxes/{key}/ports/{port}/link`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PortLinkInfo {
     /// The sandbox's id.
     pub sandbox: String,
@@ -593,6 +648,7 @@ pub struct PortLinkInfo {
 
 /// A shared terminal: a token that lets a second client watch (or drive) one process.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShareInfo {
     /// Names the share in lists and revocations; not a credential.
     pub id: String,
@@ -601,11 +657,13 @@ pub struct ShareInfo {
     pub sandbox: String,
     pub pid: u32,
     pub write: bool,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
 }
 
 /// The states of a session: a client's attachment to its sandbox.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum SessionState {
     /// The client is there (it calls or sends heartbeats).
@@ -620,13 +678,17 @@ pub enum SessionState {
 /// How long a session may stay in each state before it moves on: active without a
 /// heartbeat → detached → suspended (sandbox paused) → terminated (sandbox removed).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SessionTimeouts {
     #[serde(default = "five_minutes")]
+    #[cfg_attr(feature = "openapi", schema(default = 300))]
     pub active_secs: u64,
     #[serde(default = "one_hour")]
+    #[cfg_attr(feature = "openapi", schema(default = 3600))]
     pub detached_secs: u64,
     #[serde(default = "one_day")]
+    #[cfg_attr(feature = "openapi", schema(default = 86400))]
     pub suspended_secs: u64,
 }
 
@@ -653,6 +715,7 @@ impl Default for SessionTimeouts {
 /// `POST /v1/sessions`: attach `client` to its default sandbox (made on first use from
 /// `sandbox`'s settings, found again afterwards).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct OpenSession {
     pub client: String,
@@ -664,22 +727,27 @@ pub struct OpenSession {
 
 /// `POST /v1/sessions/{id}/release`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseSession {
     /// Keep the sandbox running for the client's next session; otherwise it is removed.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub keep_alive: bool,
 }
 
 /// A session as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SessionInfo {
     pub id: String,
     pub client: String,
     pub state: SessionState,
     pub sandbox: SandboxInfo,
     pub timeouts: SessionTimeouts,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub created_at: String,
+    #[cfg_attr(feature = "openapi", schema(format = DateTime))]
     pub last_seen_at: String,
 }
 

@@ -19,6 +19,7 @@ pub const MAX_ENTRIES: usize = 256;
 
 /// The rules as a request gives them and the API shows them.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Egress {
     /// Addresses, CIDR blocks and domain names always reachable (they win over `deny`).

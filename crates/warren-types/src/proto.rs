@@ -420,6 +420,7 @@ impl<'de> Deserialize<'de> for WirePath {
 
 /// What to run.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     /// argv\[0\] is looked up in PATH.
@@ -430,13 +431,17 @@ pub enum Command {
 
 /// Terminal size in character cells.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WinSize {
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub rows: u16,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub cols: u16,
 }
 
 /// Who a process runs as, inside the sandbox.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum User {
     /// A numeric uid; the gid defaults to the same number.
@@ -447,6 +452,7 @@ pub enum User {
 
 /// Start a process.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub command: Option<Command>,
@@ -464,12 +470,14 @@ pub struct ExecRequest {
     pub tty: Option<WinSize>,
     /// Keep stdin open for the client to write; otherwise stdin is /dev/null.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub stdin: bool,
     /// Kill the whole process group after this many milliseconds.
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Keep the process running when this channel closes; reattach with `Attach`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub background: bool,
     /// A client-chosen label shown in process lists.
     #[serde(default)]
@@ -608,10 +616,13 @@ fn is_false(b: &bool) -> bool {
 
 /// How a process ended.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExitStatus {
     /// The exit code, when it exited.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub code: Option<i32>,
     /// The signal that killed it, when it was killed.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub signal: Option<i32>,
     /// Killed because its timeout passed.
     #[serde(default)]
@@ -631,27 +642,33 @@ impl ExitStatus {
 
 /// A process the agent started.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessInfo {
     pub pid: u32,
     /// Assigned by the agent, from 1, never reused while it runs: tells this process from
     /// a later one the kernel gave the same pid.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub serial: u64,
     pub command: Command,
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub tag: Option<String>,
     pub tty: bool,
     pub background: bool,
     /// Set once it has ended (an ended process stays listed until a client has seen its
     /// end; one started in the background, until 64 newer ones have ended).
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub exit: Option<ExitStatus>,
     /// The absolute offset just past the newest output byte: how many bytes of output
     /// (stdout and stderr together) the process has produced so far.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub output_end: u64,
 }
 
 /// The type of a file.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FileType {
     File,
@@ -666,6 +683,7 @@ pub enum FileType {
 /// they show them lossily and the matching `*_b64` field holds the exact bytes (see
 /// [`WirePath`]). [`FileInfo::raw_path`] and its siblings give the exact bytes either way.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileInfo {
     /// The path as the client named it (joined for listings).
     pub path: String,
@@ -680,11 +698,16 @@ pub struct FileInfo {
     /// Seconds since the epoch.
     pub modified: i64,
     /// Where a symlink points.
+    #[cfg_attr(feature = "openapi", schema(required))]
     pub symlink_target: Option<String>,
+    /// The exact bytes of `path` in standard base64, present only when they are not UTF-8
+    /// (`path` then shows them with U+FFFD).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_b64: Option<String>,
+    /// The exact bytes of `name`, as `path_b64` for `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name_b64: Option<String>,
+    /// The exact bytes of `symlink_target`, as `path_b64` for `path`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub symlink_target_b64: Option<String>,
     /// For a symlink, what it finally leads to when it leads anywhere.
@@ -701,6 +724,7 @@ pub const METADATA_XATTR: &str = "user.e2b.";
 /// Where a chain of symlinks ends: the absolute path with every link followed, and
 /// what is there.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resolved {
     pub path: String,
     #[serde(rename = "type")]

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 /// Kernel-enforced limits. `None` means the host's own limit (in a request: the
 /// daemon's default).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = ResourceRequest))]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     /// Memory (and tmpfs) in bytes; swap is not granted beyond it.
@@ -25,6 +27,8 @@ pub struct Resources {
 
 /// How a sandbox reaches the network.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(default = "none"))]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkMode {
     /// Loopback only.
@@ -50,6 +54,8 @@ impl NetworkMode {
 
 /// What separates a sandbox from the host: the backend that makes it.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(default = "namespace"))]
 #[serde(rename_all = "snake_case")]
 pub enum Isolation {
     /// Linux namespaces, cgroups, seccomp and an overlay root; the host kernel is
@@ -110,8 +116,12 @@ impl std::str::FromStr for Isolation {
 
 /// A host port on 127.0.0.1 forwarded to a port inside the sandbox.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PortMap {
+    /// Port on the host's 127.0.0.1.
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub host: u16,
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     pub sandbox: u16,
 }
 
@@ -129,6 +139,7 @@ pub struct VolumeMount {
 /// path on the host. Host ids 0-65,535 show inside as themselves (the mount is idmapped
 /// onto the sandbox's ids), so root inside writes as the host's root there.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HostMount {
     /// An absolute path of an existing directory on the host. Recorded as the daemon
@@ -140,6 +151,7 @@ pub struct HostMount {
     pub target: String,
     /// Mounted read-only: writes fail, and a remount inside cannot make it writable.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
     pub read_only: bool,
 }
 

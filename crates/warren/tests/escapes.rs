@@ -923,6 +923,7 @@ fn concrete_routes(sandbox: &str) -> Vec<(&'static str, String)> {
             let p = p
                 .replace("{key}", sandbox)
                 .replace("{pid}", "1")
+                .replace("{port}", "8080")
                 .replace("{id}", "nope")
                 .replace("{token}", "wsh_nope")
                 .replace("{name}", "host");

@@ -101,15 +101,27 @@ ts = [threading.Thread(target=spin, args=(stop,)) for _ in range(2)]
 [t.start() for t in ts]; [t.join() for t in ts]
 print((time.process_time() - c0) / (time.monotonic() - t0))
 "#;
-    let out = sh_ok(&["--cpus", "0.5"], &format!("python3 -c '{script}'"));
-    let share: f64 = out.trim().parse().unwrap();
     // gVisor's kernel counts its processes' CPU time by its own clock, which runs on
     // while the host holds the Sentry back: the quota is the host's, the figure is
     // gVisor's, and they agree only roughly (0.55-0.65 here for 0.5).
     let slack = if isolation() == "gvisor" { 0.5 } else { 0.15 };
-    assert!(
-        (0.5 * (1.0 - slack)..=0.5 * (1.0 + slack)).contains(&share),
-        "CPU share {share:.3} is not within 15 % of 0.5"
+    let within = 0.5 * (1.0 - slack)..=0.5 * (1.0 + slack);
+    // A shared host's clocks are noisy (a hypervisor's stolen time, other tests'
+    // memory pressure): one figure in three within the slack shows the quota holds,
+    // while a quota not applied is outside it every time (about 1.9 for two threads).
+    let mut shares = Vec::new();
+    for _ in 0..3 {
+        let out = sh_ok(&["--cpus", "0.5"], &format!("python3 -c '{script}'"));
+        let share: f64 = out.trim().parse().unwrap();
+        println!("CPU share under --cpus 0.5: {share:.3}");
+        shares.push(share);
+        if within.contains(&share) {
+            return;
+        }
+    }
+    panic!(
+        "CPU shares {shares:.3?} under --cpus 0.5: none within {:.0} % of 0.5",
+        slack * 100.0
     );
 }
 

@@ -193,3 +193,65 @@ fn an_archive_sent_over_tcp_is_its_tenants_template() {
     assert!(o.status.success(), "{}", stderr(&o));
     d.finish();
 }
+
+#[test]
+fn a_shared_template_shows_a_tenant_its_own_users_and_no_host_path() {
+    if !can_run("a_shared_template_shows_a_tenant_its_own_users_and_no_host_path") {
+        return;
+    }
+    let _turn = my_turn();
+    let (d, key_a, key_b) = two_tenants(None);
+    // The host's root imports a template every tenant may use, from a path of the host.
+    let archive = d.dir().join("shared-image.tar");
+    std::fs::write(&archive, docker_save(shell_layer())).unwrap();
+    let archive = archive.to_str().unwrap();
+    d.ok(&["template", "import", archive, "shared"]);
+    let a = d.create_as(&key_a, r#"{"template":"shared"}"#);
+    let b = d.create_as(&key_b, r#"{"template":"shared"}"#);
+    // Each tenant sees its own sandbox among the users, never the other's id; a tenant
+    // other than the one it was imported in (`default`, the unix socket's) sees the
+    // archive's name, not where on the host it was.
+    for (key, mine, theirs, maker) in [(&key_a, &a, &b, true), (&key_b, &b, &a, false)] {
+        let r = d.as_tenant(key, "GET", "/v1/templates/shared", "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        let t = r.json();
+        let users: Vec<&str> = t["used_by"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(users, [mine.as_str()], "{t}");
+        let list = d.as_tenant(key, "GET", "/v1/templates", "").text();
+        assert!(!list.contains(theirs.as_str()), "{list}");
+        if maker {
+            assert_eq!(t["source"], archive, "{t}");
+        } else {
+            assert_eq!(t["source"], "shared-image.tar", "{t}");
+            assert!(!list.contains(d.dir().to_str().unwrap()), "{list}");
+        }
+        // Removing it (its maker only) names the caller's sandbox and counts the other's.
+        let r = d.as_tenant(key, "DELETE", "/v1/templates/shared", "");
+        assert_eq!(r.status, 409, "{}", r.text());
+        assert!(!r.text().contains(theirs.as_str()), "{}", r.text());
+        if maker {
+            assert!(r.text().contains(mine.as_str()), "{}", r.text());
+            assert!(
+                r.text().contains("1 sandbox(es) of other tenants"),
+                "{}",
+                r.text()
+            );
+        }
+    }
+    // The operator, on the unix socket, sees both and the whole path.
+    let t: serde_json::Value =
+        serde_json::from_str(&d.ok(&["template", "inspect", "shared"])).unwrap();
+    assert_eq!(t["used_by"].as_array().unwrap().len(), 2, "{t}");
+    assert_eq!(t["source"], archive, "{t}");
+    for (key, id) in [(&key_a, &a), (&key_b, &b)] {
+        let r = d.as_tenant(key, "DELETE", &format!("/v1/sandboxes/{id}"), "");
+        assert_eq!(r.status, 204, "{}", r.text());
+    }
+    d.ok(&["template", "rm", "shared"]);
+    d.finish();
+}

@@ -199,22 +199,9 @@ impl Daemon {
     }
 
     fn shut_down(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while child.try_wait().ok().flatten().is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if let Some(mut child) = self.child.take() {
+            warren_testkit::stop_daemon(&mut child);
         }
-        let _ = child.wait();
     }
 
     /// The lines of `warren doctor` about this daemon's directories: what it left.

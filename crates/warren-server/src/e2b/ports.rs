@@ -175,16 +175,7 @@ fn redeem(mgr: &Manager, target: &Target, code: &str, uri: &Uri) -> Response {
     let Some(grant) = mgr.redeem_port_link(code, &target.sandbox, target.port) else {
         return unreachable(&target.sandbox, target.port);
     };
-    let rest: Vec<&str> = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty() && p.split('=').next() != Some(LINK_PARAM))
-        .collect();
-    let mut location = uri.path().to_string();
-    if !rest.is_empty() {
-        location = format!("{location}?{}", rest.join("&"));
-    }
+    let location = redirect_target(uri);
     let cookie = format!("{GRANT_COOKIE}={grant}; Path=/; HttpOnly; SameSite=Lax");
     let mut resp = StatusCode::SEE_OTHER.into_response();
     let h = resp.headers_mut();
@@ -198,6 +189,29 @@ fn redeem(mgr: &Manager, target: &Target, code: &str, uri: &Uri) -> Response {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     resp
+}
+
+/// Where a request that spent a link's code goes next: the same address without the
+/// code. A path a browser would read as another host's (`//evil.example/`, `/\\...`)
+/// goes to the port's own root instead.
+fn redirect_target(uri: &Uri) -> String {
+    let rest: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some(LINK_PARAM))
+        .collect();
+    let path = uri.path();
+    let path = if path.starts_with("//") || path.starts_with("/\\") || !path.starts_with('/') {
+        "/"
+    } else {
+        path
+    };
+    if rest.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{}", rest.join("&"))
+    }
 }
 
 /// The value of query parameter `name`, when the request has it.
@@ -238,22 +252,25 @@ fn take_cookie(h: &mut HeaderMap, name: &str) -> Vec<String> {
     found
 }
 
+/// The `Host` header as its name (or address, without brackets) and what follows it
+/// (`:PORT`, or nothing).
+pub(crate) fn host_parts(headers: &HeaderMap) -> Option<(&str, &str)> {
+    let host = headers.get(header::HOST)?.to_str().ok()?.trim();
+    match host.strip_prefix('[') {
+        // [v6]:port
+        Some(rest) => rest.split_once(']'),
+        None => Some(match host.rsplit_once(':') {
+            Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (n, &host[n.len()..]),
+            _ => (host, ""),
+        }),
+    }
+}
+
 /// Where a browser goes with `link`: the port's host under the host `headers` name
 /// (`localhost` for a loopback address, which browsers resolve with every name under
 /// it); `None` for another address, which has no names under it.
 pub(crate) fn link_url(headers: &HeaderMap, link: &PortLink) -> Option<String> {
-    let host = headers.get(header::HOST)?.to_str().ok()?.trim();
-    let (name, port) = match host.strip_prefix('[') {
-        // [v6]:port
-        Some(rest) => {
-            let (addr, after) = rest.split_once(']')?;
-            (addr, after)
-        }
-        None => match host.rsplit_once(':') {
-            Some((n, p)) if p.bytes().all(|b| b.is_ascii_digit()) => (n, &host[n.len()..]),
-            _ => (host, ""),
-        },
-    };
+    let (name, port) = host_parts(headers)?;
     let name = match name.parse::<std::net::IpAddr>() {
         Ok(ip) if ip.is_loopback() => "localhost",
         Ok(_) => return None,
@@ -327,6 +344,22 @@ mod tests {
             .map(|v| v.to_str().unwrap())
             .collect();
         assert_eq!(left, ["_xsrf=1", "theme=dark"]);
+    }
+
+    #[test]
+    fn spending_a_code_redirects_to_the_ports_own_host_only() {
+        for (path, to) in [
+            ("/lab/tree?x=1&warren_port_link=c", "/lab/tree?x=1"),
+            ("/?warren_port_link=c", "/"),
+            ("//evil.example/x?warren_port_link=c", "/"),
+            (
+                "/%5Cevil.example/x?warren_port_link=c",
+                "/%5Cevil.example/x",
+            ),
+        ] {
+            let uri: Uri = path.parse().unwrap();
+            assert_eq!(redirect_target(&uri), to, "{path}");
+        }
     }
 
     #[test]
