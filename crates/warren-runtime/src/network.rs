@@ -11,8 +11,15 @@
 //! proxy at `dstnat`), postrouting (the masquerade), input and forward (at `filter - 10`,
 //! before the host's own filter). A drop there is final whatever the host's other tables
 //! say; an accept is not: a host whose own rules drop forwarded traffic (a `FORWARD`
-//! policy of `DROP`, as Docker sets) must accept the sandboxes' (`iifname "wrn*"` and
-//! replies to them) itself. The policy does not rely on the host's:
+//! policy of `DROP`, as Docker and ufw set) would drop a sandbox's traffic after
+//! Warren's table let it through. So where iptables is installed and its `FORWARD`
+//! chain drops (by policy or by a rule), the first change of each Warren process inserts
+//! two accepts at its head, for the sandboxes' links and the replies to them, commented
+//! `warren`: by then Warren's own chain, earlier in the hook, has dropped whatever its
+//! policy refuses. They stay (they match no link once Warren's are gone); `warren
+//! doctor` shows them. A host firewall made only of nftables tables of its own that drop
+//! forwarded traffic must accept `iifname "wrn*"` itself. The policy does not rely on the
+//! host's:
 //!
 //! - nothing from a sandbox whose source address is not its own (root inside may set
 //!   any): the raw table's reverse-path check drops a packet whose source would not be
@@ -434,6 +441,7 @@ fn host_rules_locked(batch: &mut Batch) -> Result<(), NetError> {
     if turned_on {
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
     }
+    accept_in_host_forward();
     let state = table_state()?;
     // An older Warren's rules record in theirs whether it turned forwarding on.
     let old_guard = state == TableState::Missing && remove_old_chains();
@@ -441,6 +449,92 @@ fn host_rules_locked(batch: &mut Batch) -> Result<(), NetError> {
         host_batch(batch, turned_on || old_guard);
     }
     Ok(())
+}
+
+/// What marks the accepts Warren inserts into the host's iptables `FORWARD` chain.
+pub const HOST_ACCEPT_COMMENT: &str = "warren: nat sandboxes, filtered in table inet warren";
+
+/// The accepts of the module doc, as `iptables` arguments after the chain.
+fn host_accepts() -> [Vec<&'static str>; 2] {
+    let mark = [
+        "-m",
+        "comment",
+        "--comment",
+        HOST_ACCEPT_COMMENT,
+        "-j",
+        "ACCEPT",
+    ];
+    let into = [
+        "-o",
+        "wrn+",
+        "-m",
+        "conntrack",
+        "--ctstate",
+        "RELATED,ESTABLISHED",
+    ];
+    [
+        [&["-i", "wrn+"][..], &mark].concat(),
+        [&into[..], &mark].concat(),
+    ]
+}
+
+/// Whether `listed` (an `iptables -S FORWARD`) drops what it does not accept: by its
+/// policy, or by a rule that drops or rejects.
+fn host_forward_drops(listed: &str) -> bool {
+    listed.lines().any(|l| {
+        let l = l.trim();
+        (l.starts_with("-P FORWARD") && !l.ends_with(" ACCEPT"))
+            || (l.starts_with("-A FORWARD") && (l.ends_with("-j DROP") || l.contains("-j REJECT")))
+    })
+}
+
+/// Makes the host's iptables `FORWARD` chain accept the sandboxes' traffic where it would
+/// drop it (see the module doc), once per process: later changes of this process rely on
+/// it. A rule that cannot be inserted is said on stderr and the sandbox is made all the
+/// same (its network then reaches nothing beyond the host, as on a host firewall of
+/// nftables alone).
+fn accept_in_host_forward() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        if let Err(e) = insert_host_accepts() {
+            eprintln!(
+                "warren: the host's FORWARD chain drops forwarded traffic, and accepting nat sandboxes' in it failed: {e}"
+            );
+        }
+    });
+}
+
+/// The work of [`accept_in_host_forward`]: nothing without iptables or where its
+/// `FORWARD` chain accepts, and no accept inserted twice.
+fn insert_host_accepts() -> Result<(), NetError> {
+    let Ok(listed) = run_with("iptables", &["-w", "-S", "FORWARD"], None) else {
+        return Ok(());
+    };
+    if !host_forward_drops(&listed) {
+        return Ok(());
+    }
+    // Inserted last first, so they stand at the head in their order.
+    for rule in host_accepts().iter().rev() {
+        let with = |verb: &'static str| [&["-w", verb, "FORWARD"][..], rule].concat();
+        if run_with("iptables", &with("-C"), None).is_err() {
+            run_with("iptables", &with("-I"), None)?;
+        }
+    }
+    Ok(())
+}
+
+/// The accepts of Warren's in the host's iptables `FORWARD` chain, as `iptables -S`
+/// lists them; none without iptables.
+pub fn host_forward_accepts() -> Vec<String> {
+    run_with("iptables", &["-w", "-S", "FORWARD"], None)
+        .map(|listed| {
+            listed
+                .lines()
+                .filter(|l| l.contains(HOST_ACCEPT_COMMENT))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Whether Warren's table is in this network namespace, and with this Warren's rules.
@@ -1044,6 +1138,54 @@ mod tests {
         }
         assert_eq!(fs::read_dir(dir.path().join("net")).unwrap().count(), 0);
         remove_link(&host_if);
+    }
+
+    #[test]
+    fn a_host_forward_chain_that_drops_is_told_from_one_that_accepts() {
+        assert!(!host_forward_drops(
+            "-P FORWARD ACCEPT\n-A FORWARD -j WARREN-FORWARD\n"
+        ));
+        assert!(host_forward_drops(
+            "-P FORWARD DROP\n-N DOCKER\n-A FORWARD -j DOCKER-USER\n"
+        ));
+        assert!(host_forward_drops(
+            "-P FORWARD ACCEPT\n-A FORWARD -j REJECT --reject-with icmp-host-prohibited\n"
+        ));
+        assert!(!host_forward_drops("-P INPUT DROP\n-P FORWARD ACCEPT\n"));
+    }
+
+    /// In a network namespace of its own whose iptables `FORWARD` policy drops, as
+    /// Docker's does: a sandbox's traffic is accepted there once, and a second change does
+    /// not add the accepts again.
+    #[test]
+    fn a_host_forward_chain_that_drops_gets_warrens_accepts_once() {
+        let test = "a_host_forward_chain_that_drops_gets_warrens_accepts_once";
+        if !warren_testkit::needs_root(test, "writes netfilter rules in its own namespace") {
+            return;
+        }
+        if run_with("iptables", &["--version"], None).is_err() {
+            warren_testkit::skip(
+                test,
+                "no iptables: there is no host FORWARD chain to accept in",
+            );
+            return;
+        }
+        let ns = Netns::new();
+        in_netns_of(ns.pid(), || {
+            run_with("iptables", &["-w", "-P", "FORWARD", "DROP"], None)?;
+            // Twice, as two Warren processes would.
+            insert_host_accepts()?;
+            insert_host_accepts()?;
+            let listed = host_forward_accepts();
+            assert_eq!(listed.len(), 2, "{listed:?}");
+            assert!(listed[0].starts_with("-A FORWARD -i wrn+"), "{listed:?}");
+            assert!(
+                listed[1].contains("-o wrn+") && listed[1].contains("RELATED,ESTABLISHED"),
+                "{listed:?}"
+            );
+            Ok(())
+        })
+        .unwrap();
     }
 
     fn nft_table() -> String {

@@ -22,6 +22,10 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<ExitCode> {
     let backend = NamespaceBackend::new(Paths::from_env(), exe)?;
     let found = doctor::leftovers(&backend);
     backends(&args.client);
+    // Not leftovers: they are the host firewall's, and stay (see warren_runtime::network).
+    for rule in warren_runtime::network::host_forward_accepts() {
+        println!("host firewall: nat sandboxes accepted in FORWARD: {rule}");
+    }
     if found.is_empty() {
         println!("no leftovers: nothing of an ended sandbox remains");
         return Ok(ExitCode::SUCCESS);
