@@ -29,8 +29,19 @@ pub struct TemplateArgs {
 enum TemplateCommand {
     Import(ImportArgs),
     Base(BaseArgs),
-    CodeInterpreter(CodeInterpreterArgs),
-    Jupyterlab(JupyterLabArgs),
+    /// Build E2B's `code-interpreter-v1` template from `base`: Jupyter kernels for Python
+    /// (ipykernel, with numpy, pandas and matplotlib) and bash (bash_kernel) from PyPI, and
+    /// Warren's server of E2B's code-interpreter protocol on port 49999, so
+    /// `e2b_code_interpreter.Sandbox.create()` and `run_code` work. The build needs PyPI.
+    CodeInterpreter(RecipeArgs),
+    /// Build a `jupyterlab` template from `base`: JupyterLab and a Python kernel from PyPI,
+    /// its server started with each sandbox as `user` in /home/user, on port 8888 of the
+    /// sandbox's loopback. Open it in a browser from the web console (the sandbox's Ports
+    /// tab, "Open a port in the browser", 8888), or ask for a link with `POST
+    /// /v1/sandboxes/{key}/ports/8888/link`. The server asks for no password of its own: the
+    /// daemon's port link (or the sandbox's traffic token) is what lets a browser in. The
+    /// build needs PyPI.
+    Jupyterlab(RecipeArgs),
     Build(BuildArgs),
     Ls(LsArgs),
     /// Show a template as JSON: its layers, size, commands and backend.
@@ -161,14 +172,12 @@ fn base(a: BaseArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Build E2B's `code-interpreter-v1` template from `base`: Jupyter kernels for Python
-/// (ipykernel, with numpy, pandas and matplotlib) and bash (bash_kernel) from PyPI, and
-/// Warren's server of E2B's code-interpreter protocol on port 49999, so
-/// `e2b_code_interpreter.Sandbox.create()` and `run_code` work. The build needs PyPI.
+/// How a template of a server recipe (`code-interpreter`, `jupyterlab`) is built.
 #[derive(Debug, Args)]
-struct CodeInterpreterArgs {
-    #[arg(long, default_value = "code-interpreter-v1")]
-    name: String,
+struct RecipeArgs {
+    /// The template's name (by default the recipe's: `code-interpreter-v1`, `jupyterlab`).
+    #[arg(long)]
+    name: Option<String>,
     /// The template it is built on (one with python3 and pip: `warren template base`).
     #[arg(long, default_value = "base")]
     from: String,
@@ -186,7 +195,7 @@ const CODE_INTERPRETER: &str = include_str!("code-interpreter.py");
 const CODE_INTERPRETER_PACKAGES: &str = "ipykernel==6.29.5 jupyter_client==8.6.3 \
      numpy==2.1.3 pandas==2.2.3 matplotlib==3.9.2 bash_kernel==0.10.0";
 
-fn code_interpreter(a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
+fn code_interpreter(a: RecipeArgs) -> anyhow::Result<ExitCode> {
     const END: &str = "WARREN_CODE_INTERPRETER_EOF";
     if CODE_INTERPRETER.contains(END) {
         anyhow::bail!("the embedded server holds its own end marker");
@@ -203,30 +212,10 @@ fn code_interpreter(a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
             ],
             start_cmd: format!("runuser -u user -- env HOME=/home/user USER=user python3 {server}"),
             ready_cmd: "curl -sf http://127.0.0.1:49999/health >/dev/null".into(),
+            name: "code-interpreter-v1",
         },
         a,
     )
-}
-
-/// Build a `jupyterlab` template from `base`: JupyterLab and a Python kernel from PyPI,
-/// its server started with each sandbox as `user` in /home/user, on port 8888 of the
-/// sandbox's loopback. Open it in a browser from the web console (the sandbox's Ports
-/// tab: "Open in the browser"), or ask for a link with `POST
-/// /v1/sandboxes/{key}/ports/8888/link`. The server asks for no password of its own: the
-/// daemon's port link (or the sandbox's traffic token) is what lets a browser in. The
-/// build needs PyPI.
-#[derive(Debug, Args)]
-struct JupyterLabArgs {
-    #[arg(long, default_value = "jupyterlab")]
-    name: String,
-    /// The template it is built on (one with python3 and pip: `warren template base`).
-    #[arg(long, default_value = "base")]
-    from: String,
-    /// Plain output (no progress line) even on a terminal.
-    #[arg(long)]
-    quiet_progress: bool,
-    #[command(flatten)]
-    client: ClientArgs,
 }
 
 /// JupyterLab's packages, pinned.
@@ -235,7 +224,7 @@ const JUPYTERLAB_PACKAGES: &str = "jupyterlab==4.2.5 ipykernel==6.29.5";
 /// The port JupyterLab listens on inside its sandboxes.
 pub const JUPYTERLAB_PORT: u16 = 8888;
 
-fn jupyterlab(a: JupyterLabArgs) -> anyhow::Result<ExitCode> {
+fn jupyterlab(a: RecipeArgs) -> anyhow::Result<ExitCode> {
     let port = JUPYTERLAB_PORT;
     build_server(
         ServerRecipe {
@@ -258,31 +247,30 @@ fn jupyterlab(a: JupyterLabArgs) -> anyhow::Result<ExitCode> {
                  jupyter lab --port={port}"
             ),
             ready_cmd: format!("curl -sf http://127.0.0.1:{port}/api >/dev/null"),
+            name: "jupyterlab",
         },
-        CodeInterpreterArgs {
-            name: a.name,
-            from: a.from,
-            quiet_progress: a.quiet_progress,
-            client: a.client,
-        },
+        a,
     )
 }
 
 /// A template that runs a server of its own: the steps that install it, how it starts
-/// with each sandbox, and how to tell it answers.
+/// with each sandbox, how to tell it answers, and the template's name unless the user
+/// gives one.
 #[derive(Debug)]
 struct ServerRecipe {
     steps: Vec<String>,
     start_cmd: String,
     ready_cmd: String,
+    name: &'static str,
 }
 
-/// Builds `recipe` as template `a.name` on `a.from` (network on for the steps), replacing
-/// an older one of that name.
-fn build_server(recipe: ServerRecipe, a: CodeInterpreterArgs) -> anyhow::Result<ExitCode> {
-    remove_old(&connect(&a.client)?, &a.name)?;
+/// Builds `recipe` as template `a.name` (or the recipe's) on `a.from` (network on for the
+/// steps), replacing an older one of that name.
+fn build_server(recipe: ServerRecipe, a: RecipeArgs) -> anyhow::Result<ExitCode> {
+    let name = a.name.unwrap_or_else(|| recipe.name.to_string());
+    remove_old(&connect(&a.client)?, &name)?;
     build(BuildArgs {
-        name: a.name,
+        name,
         from: a.from,
         steps: recipe.steps,
         file: None,
