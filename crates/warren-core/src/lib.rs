@@ -185,8 +185,10 @@ pub enum PortError {
 pub struct PortPass<'a> {
     /// The sandbox's traffic token, when it was made with one.
     pub token: Option<&'a str>,
-    /// A port link's grant (what a browser keeps in a cookie; see [`port_links`]).
-    pub grant: Option<&'a str>,
+    /// Port links' grants (what a browser keeps in a cookie, possibly more than one: a
+    /// page of another port host may have set one for a parent domain; see
+    /// [`port_links`]): any one for this sandbox and port lets it in.
+    pub grants: &'a [String],
     /// A sandbox made without a traffic token takes traffic from whoever names it (the
     /// E2B surface's rule). False on the daemon's own listener, where only a grant or a
     /// traffic token gets in.
@@ -922,8 +924,9 @@ impl Manager {
             .filter(|r| r.state != SandboxState::Terminated)
             .ok_or(PortError::NoSandbox)?;
         let granted = pass
-            .grant
-            .is_some_and(|g| self.port_granted(g, &r.id, port));
+            .grants
+            .iter()
+            .any(|g| self.port_granted(g, &r.id, port));
         let tokened = match &r.traffic {
             Some(want) => pass
                 .token

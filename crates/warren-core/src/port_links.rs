@@ -108,7 +108,7 @@ impl Manager {
     }
 
     /// Whether `grant` lets its holder reach `port` of sandbox `id`.
-    pub fn port_granted(&self, grant: &str, id: &str, port: u16) -> bool {
+    pub(crate) fn port_granted(&self, grant: &str, id: &str, port: u16) -> bool {
         let hash = sha256_hex(grant);
         let now = now_ms();
         self.port_grants().iter().any(|g| {

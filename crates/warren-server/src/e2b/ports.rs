@@ -88,14 +88,10 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, door: Door, mut req: Re
         .get(TRAFFIC_TOKEN_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    // Any of them (a page of another port host may have set one for a parent domain).
     let grants = take_cookie(req.headers_mut(), GRANT_COOKIE);
-    let grant = grants
-        .iter()
-        .find(|g| mgr.port_granted(g, &target.sandbox, target.port));
     let pass = PortPass {
         token: token.as_deref(),
-        grant: grant.map(String::as_str),
+        grants: &grants,
         open_by_id: door == Door::E2b,
     };
     let warren_core::PortConnection {
