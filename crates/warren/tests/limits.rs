@@ -108,7 +108,7 @@ print((time.process_time() - c0) / (time.monotonic() - t0))
     let within = 0.5 * (1.0 - slack)..=0.5 * (1.0 + slack);
     // A shared host's clocks are noisy (a hypervisor's stolen time, other tests'
     // memory pressure): one figure in three within the slack shows the quota holds,
-    // while a quota not applied is outside it every time (about 1.9 for two threads).
+    // while a quota not applied is above it every time (about 1.9 for two threads).
     let mut shares = Vec::new();
     for _ in 0..3 {
         let out = sh_ok(&["--cpus", "0.5"], &format!("python3 -c '{script}'"));
@@ -119,10 +119,31 @@ print((time.process_time() - c0) / (time.monotonic() - t0))
             return;
         }
     }
+    // On a host busier than its cores the sandbox may get less than its share, which
+    // says nothing of the quota: what it must never get is more.
+    let (load, cores) = host_load();
+    if load >= cores && shares.iter().all(|s| s < within.start()) {
+        println!(
+            "the host is loaded ({load:.1} on {cores:.0} cores): no share above the quota, \
+             the lower bound not held against it"
+        );
+        return;
+    }
     panic!(
-        "CPU shares {shares:.3?} under --cpus 0.5: none within {:.0} % of 0.5",
+        "CPU shares {shares:.3?} under --cpus 0.5: none within {:.0} % of 0.5 (host load \
+         {load:.1} on {cores:.0} cores)",
         slack * 100.0
     );
+}
+
+/// The host's one-minute load average and its number of cores.
+fn host_load() -> (f64, f64) {
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (load, cores as f64)
 }
 
 #[test]
