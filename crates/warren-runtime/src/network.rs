@@ -42,9 +42,11 @@
 //! base chains. A sandbox's egress rules are chains of its own (`e_<hash>`, and with a
 //! domain rule `r_<hash>` and `p_<hash>`), reached through verdict maps from its host
 //! link's name (`egress`, `redirects`, `proxy`), so a change of one sandbox's rules
-//! touches nothing of another's. The first write on a host without Warren's table
-//! removes the iptables chains (`WARREN-*`) of older Warrens, so an upgraded host does
-//! not keep both. The host end of a veth carries, in its alias, the pid of the helper
+//! touches nothing of another's. The first write of each Warren process, and any on a
+//! host without Warren's table, removes the iptables chains (`WARREN-*`) of older
+//! Warrens, so an upgraded host does not keep both (an older Warren still running beside
+//! a newer one would make them again with its next `nat` sandbox, and the two do not mix:
+//! upgrade every Warren of a host together). The host end of a veth carries, in its alias, the pid of the helper
 //! that made it, so `warren doctor` tells a live sandbox's link (of any Warren) from a
 //! leftover; a link in Warren's maps that no longer exists is a leftover too.
 //!
@@ -443,8 +445,14 @@ fn host_rules_locked(batch: &mut Batch) -> Result<(), NetError> {
     }
     accept_in_host_forward();
     let state = table_state()?;
-    // An older Warren's rules record in theirs whether it turned forwarding on.
-    let old_guard = state == TableState::Missing && remove_old_chains();
+    // An older Warren's chains are looked for by each process's first change (an older
+    // Warren that ran since, beside this one, would have made them again: their drop of
+    // the sandboxes' input would stop this Warren's egress proxy) and wherever the table
+    // is missing. Its rules record in theirs whether it turned forwarding on.
+    static OLD_CHAINS_LOOKED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+    let first = !OLD_CHAINS_LOOKED.swap(true, std::sync::atomic::Ordering::Relaxed);
+    let old_guard = (first || state == TableState::Missing) && remove_old_chains();
     if turned_on || old_guard || state != TableState::Current {
         host_batch(batch, turned_on || old_guard);
     }
