@@ -185,11 +185,16 @@ def _arrivals(peer) -> list:
         return f.read().splitlines()
 
 
+def _table() -> str:
+    """Warren's nftables table, as `nft` lists it (empty when there is none)."""
+    r = subprocess.run(["nft", "list", "table", "inet", "warren"], capture_output=True, text=True)
+    return r.stdout if r.returncode == 0 else ""
+
+
 def _chains(sandbox_id: str) -> str:
-    """Every netfilter rule that names the sandbox's link or its chains."""
+    """Every line of Warren's netfilter table that names the sandbox's link or its chains."""
     h = hashlib.sha256(sandbox_id.encode()).hexdigest()[:12]
-    rules = _sh("iptables", "-S") + _sh("iptables", "-t", "nat", "-S")
-    return "\n".join(l for l in rules.splitlines() if h in l)
+    return "\n".join(l.strip() for l in _table().splitlines() if h in l)
 
 
 def test_address_rules_allow_wins_over_deny(edaemon, peer):
@@ -206,6 +211,10 @@ def test_address_rules_allow_wins_over_deny(edaemon, peer):
         # Nothing of the host is reachable through an allowed rule either.
         r = _probe(s, f"http,{peer['gw']},x:8080")
         assert r[f"http,{peer['gw']},x:8080"].startswith("ERR"), r
+        # Its rules: a chain of its own, reached from its link's name.
+        h = hashlib.sha256(s.sandbox_id.encode()).hexdigest()[:12]
+        held = _chains(s.sandbox_id)
+        assert f"chain e_{h}" in held and f'"wrn{h}" : jump e_{h}' in held, held
     finally:
         s.kill()
     assert _chains(s.sandbox_id) == "", "the sandbox's rules outlived it"
@@ -256,8 +265,9 @@ def test_domain_rules_go_where_the_name_resolves(edaemon, peer):
         # The proxy itself, dialled on the sandbox's gateway rather than redirected to:
         # dropped by the host before the proxy sees it.
         h = hashlib.sha256(s.sandbox_id.encode()).hexdigest()[:12]
-        listing = _sh("iptables", "-S", "WARREN-EGRESS-IN")
-        port = next(l.split("--dport ")[1].split()[0] for l in listing.splitlines() if f"wrn{h} " in l)
+        # The sandbox's own chain accepting its redirected connections: `p_<hash>`.
+        chain = _table().split(f"chain p_{h} {{", 1)[1].split("}", 1)[0]
+        port = chain.split("tcp dport ", 1)[1].split()[0]
         direct = s.commands.run(
             "python3 -c 'import socket, struct\n"
             "gw = [l.split()[2] for l in open(\"/proc/net/route\") if l.split()[1] == \"00000000\"][0]\n"
