@@ -285,10 +285,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(Box::new(backend.create_forked(spec.clone(), opts)?))
         }
         Isolation::Gvisor | Isolation::Runc | Isolation::Crun => None,
-        Isolation::Process => anyhow::bail!(
-            "trust mode (--isolation process) is the daemon's, as its operator configured \
-             it: use `warren create --isolation process`"
-        ),
+        Isolation::Process => {
+            return Err(Error::invalid(
+                "trust mode (--isolation process) is the daemon's, as its operator \
+                 configured it: use `warren create --isolation process`"
+                    .into(),
+            )
+            .into())
+        }
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
