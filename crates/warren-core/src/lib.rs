@@ -353,6 +353,7 @@ impl Live {
             cpu_pct,
             memory_bytes: usage.memory_bytes,
             disk_bytes,
+            pids: usage.tasks,
         });
     }
 }

@@ -79,6 +79,8 @@ pub struct Usage {
     pub cpu_us: u64,
     pub memory_bytes: u64,
     pub oom_kills: u64,
+    /// Processes and threads.
+    pub tasks: u64,
 }
 
 /// Connects to a port inside a sandbox, blocking, within a timeout.
@@ -91,6 +93,7 @@ impl Usage {
             cpu_us: cgroup.cpu_usage_us(),
             memory_bytes: cgroup.memory_current(),
             oom_kills: cgroup.oom_kills(),
+            tasks: cgroup.tasks_current(),
         }
     }
 }

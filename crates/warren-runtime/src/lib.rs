@@ -14,6 +14,7 @@ pub mod egress;
 pub mod gvisor;
 pub mod helper;
 pub mod ids;
+pub mod kept;
 pub mod launch;
 pub mod mounts;
 pub mod namespace;

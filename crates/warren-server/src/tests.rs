@@ -646,6 +646,7 @@ fn openapi_schemas_match_serde() {
             cpu_pct: 0.0,
             memory_bytes: 0,
             disk_bytes: 0,
+            pids: 0,
         }),
     };
     assert_eq!(props("SandboxInfo"), keys(&info));

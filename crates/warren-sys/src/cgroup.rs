@@ -415,6 +415,15 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
+    /// Processes and threads in the cgroup now, as its pids limit counts them.
+    pub fn tasks_current(&self) -> u64 {
+        let ctrl = if self.v2 { "" } else { "pids" };
+        self.read(ctrl, "pids.current")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// CPU time used, microseconds.
     pub fn cpu_usage_us(&self) -> u64 {
         if self.v2 {
@@ -596,5 +605,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cg.oom_kills(), 1);
+        fs::write(dir.join("warren-t2/pids.current"), "7\n").unwrap();
+        assert_eq!(cg.tasks_current(), 7);
     }
 }

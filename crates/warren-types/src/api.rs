@@ -307,6 +307,11 @@ pub struct UsageSample {
     pub memory_bytes: u64,
     /// The files the sandbox added, as last measured.
     pub disk_bytes: u64,
+    /// Processes and threads in the sandbox's cgroup (what `--pids` limits), Warren's
+    /// own included (under gVisor, its kernel's threads); 0 from a daemon that did not
+    /// count them.
+    #[serde(default)]
+    pub pids: u64,
 }
 
 /// `GET /v1/backends`: one isolation backend of this host.

@@ -103,8 +103,8 @@ impl Error {
         Self::api(WireCode::NotFound.as_str().into(), message)
     }
 
-    /// The CLI's exit status for this error: 1 when the daemon said no, 125 when it could
-    /// not be asked.
+    /// The CLI's exit status for this error: 2 for a flag or argument that cannot be used,
+    /// 1 when the daemon said no, 125 when it could not be asked.
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Client(e) => client_exit_code(e),

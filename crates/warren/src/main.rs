@@ -145,8 +145,9 @@ fn main() -> ExitCode {
             if say {
                 eprintln!("warren: {}", term::clean(&format!("{e:#}")));
             }
-            // A daemon's refusal is the caller's to fix (1); not reaching it, or a
-            // sandbox that could not be made, is Warren's (125).
+            // A bad flag or argument is the caller's to change (2), as is a daemon's
+            // refusal (1); not reaching it, or a sandbox that could not be made, is
+            // Warren's (125).
             ExitCode::from(code)
         }
     }

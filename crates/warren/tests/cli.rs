@@ -601,3 +601,42 @@ fn volume_resize_grows_a_home_with_its_files_only_while_unmounted() {
     assert!(kib > 48 << 10, "{seen}");
     d.finish();
 }
+
+/// A bad value is the caller's to change: it exits 2 with the flag and what would do,
+/// before any daemon is asked (there is none at this socket), as clap's own usage errors.
+/// Needs neither root nor a daemon.
+#[test]
+fn a_bad_flag_value_is_a_usage_error_before_any_daemon_is_asked() {
+    let nowhere = std::env::temp_dir().join("warren-no-daemon-here.sock");
+    let run = |args: &[&str]| {
+        common::warren()
+            .args(args)
+            .env("WARREN_SOCKET", &nowhere)
+            .env_remove("WARREN_HOST")
+            .output()
+            .expect("run warren")
+    };
+    for (args, says) in [
+        (
+            &["create", "--cpus", "0"][..],
+            "--cpus 0: give a positive number",
+        ),
+        (
+            &["create", "--pids", "0"][..],
+            "--pids 0: no process could start",
+        ),
+        (&["create", "--memory", "1K"][..], "--memory 1024 bytes"),
+        (&["create", "--network", "bogus"][..], "bogus"),
+    ] {
+        let o = run(args);
+        assert_eq!(code(&o), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with("warren: ") && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+    // Reaching no daemon is Warren's failure, not the caller's: 125.
+    let o = run(&["create", "--cpus", "1"]);
+    assert_eq!(code(&o), Some(125), "{}", stderr(&o));
+}

@@ -73,3 +73,47 @@ fn the_serve_table_holds_the_listeners() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     d.finish();
 }
+
+/// `WARREN_CONFIG` names the file as `--config` does (the flag wins); with neither,
+/// `--check-config` checks the default file, or says there is none. Starts no daemon.
+#[test]
+fn check_config_finds_the_file_by_environment_or_at_the_default_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&good, "[connections]\nmax_per_peer = 8\n").unwrap();
+    std::fs::write(&bad, "[connections]\nmax_per_peer = 0\n").unwrap();
+    let check = |args: &[&str], env: Option<&std::path::Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+        c.args(["serve", "--check-config"])
+            .args(args)
+            .env("WARREN_RUN_DIR", dir.path().join("run"))
+            .env("WARREN_DATA_DIR", dir.path().join("data"))
+            .env_remove("WARREN_CONFIG");
+        if let Some(p) = env {
+            c.env("WARREN_CONFIG", p);
+        }
+        let o = c.output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), said)
+    };
+    let (code, said) = check(&[], Some(&bad));
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("bad.toml") && said.contains("max_per_peer"),
+        "{said}"
+    );
+    let (code, said) = check(&["--config", good.to_str().unwrap()], Some(&bad));
+    assert_eq!(code, Some(0), "the flag does not win: {said}");
+    assert!(said.contains("good.toml: ok"), "{said}");
+    // Neither: the default file, whether or not this host has one.
+    let (_, said) = check(&[], None);
+    assert!(said.contains("/etc/warren/warren.toml"), "{said}");
+    if !std::path::Path::new("/etc/warren/warren.toml").exists() {
+        assert!(said.starts_with("no configuration"), "{said}");
+    }
+}

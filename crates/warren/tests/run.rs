@@ -293,3 +293,112 @@ fn a_1gib_flood_to_a_slow_reader_keeps_memory_bounded() {
     assert!(peak > 0, "the processes were measured");
     assert!(peak < 64, "a process of the chain grew to {peak} MiB");
 }
+
+/// `warren run` without `--rm` keeps its sandbox's files; `warren gc` lists them with
+/// why (`--dry-run`) and removes them, but never those of a run still going. A run
+/// killed outright is found once its sandbox is torn down. On directories of its own, so
+/// no other test's kept files are touched.
+#[test]
+fn gc_removes_what_a_finished_run_kept_and_never_a_live_runs() {
+    if !can_run("gc_removes_what_a_finished_run_kept_and_never_a_live_runs") {
+        return;
+    }
+    let root = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let warren = || {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_warren"));
+        c.env("WARREN_RUN_DIR", root.path().join("run"))
+            .env("WARREN_DATA_DIR", root.path().join("data"))
+            .stdin(Stdio::null());
+        c
+    };
+    let runs = root.path().join("data/runs");
+    let files = |id: &str| root.path().join("data/sandboxes").join(id);
+    let marks = || -> Vec<String> {
+        std::fs::read_dir(&runs)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    let o = warren()
+        .args(["run", "--", "sh", "-c", "echo kept > /kept-by-run"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("`warren gc` removes them"),
+        "{}",
+        stderr(&o)
+    );
+    let done = marks();
+    assert_eq!(done.len(), 1, "{done:?}");
+    let done = done[0].clone();
+    assert!(files(&done).exists());
+
+    // A run still going.
+    let mut live = warren()
+        .args(["run", "--", "sleep", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let live_id = loop {
+        if let Some(id) = marks().into_iter().find(|m| *m != done) {
+            if files(id.as_str()).exists() {
+                break id;
+            }
+        }
+        assert!(Instant::now() < deadline, "the second run never started");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+
+    let o = warren().args(["gc", "--dry-run"]).output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.contains(&done), "{table}");
+    assert!(
+        table.contains("kept by `warren run` without --rm"),
+        "{table}"
+    );
+    assert!(!table.contains(&live_id), "a live run is listed:\n{table}");
+    assert!(
+        stderr(&o).contains("1 kept run(s) would be removed"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(files(&done).exists(), "a dry run removed files");
+
+    let o = warren().arg("gc").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), format!("{done}\n"));
+    assert!(!files(&done).exists());
+    assert!(files(&live_id).exists(), "a live run's files were removed");
+
+    // Killed outright: found once its sandbox is down.
+    live.kill().unwrap();
+    live.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = warren().args(["gc", "--dry-run", "-q"]).output().unwrap();
+        if stdout(&o) == format!("{live_id}\n") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed run is never listed: {}",
+            stdout(&o)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let o = warren().arg("gc").output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!files(&live_id).exists());
+    assert!(marks().is_empty(), "{:?}", marks());
+    let o = warren().arg("doctor").output().unwrap();
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}

@@ -106,7 +106,12 @@ fn base_name(path: &str) -> anyhow::Result<&str> {
         .rsplit('/')
         .next()
         .filter(|n| !n.is_empty() && *n != "." && *n != "..")
-        .ok_or_else(|| anyhow!("{path:?} names no file: give the file or directory itself"))
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "{path:?} names no file: give the file or directory itself"
+            ))
+            .into()
+        })
 }
 
 fn join(dir: &str, name: &str) -> String {

@@ -7,8 +7,10 @@ use clap::{Args, ValueEnum};
 use warren_types::api::ResourceRequest;
 use warren_types::spec::{Isolation, NetworkMode, PortMap, Resources};
 
-use crate::parse::parse_publish;
 use warren_types::size::parse_size;
+
+use crate::client::Error;
+use crate::parse::parse_publish;
 
 #[derive(Debug, Args)]
 pub struct SandboxFlags {
@@ -55,32 +57,43 @@ pub struct SandboxSettings {
 }
 
 impl SandboxFlags {
-    pub fn settings(&self) -> anyhow::Result<SandboxSettings> {
-        // Checked here, each with its own message, before anything is asked of a daemon
-        // or the kernel.
+    /// The flags checked, each with its own message, before anything is asked of a
+    /// daemon or the kernel; a bad one is a usage error (exit 2).
+    pub fn settings(&self) -> Result<SandboxSettings, Error> {
+        let bad = |m: String| Err(Error::invalid(m));
         let cpu_millis = match self.cpus {
             Some(c) if !(c.is_finite() && c > 0.0) => {
-                anyhow::bail!("--cpus {c}: give a positive number of cores, e.g. 0.5")
+                return bad(format!(
+                    "--cpus {c}: give a positive number of cores, e.g. 0.5"
+                ));
             }
             Some(c) if c < 0.01 => {
-                anyhow::bail!("--cpus {c}: below 0.01 core, the least the kernel can give")
+                return bad(format!(
+                    "--cpus {c}: below 0.01 core, the least the kernel can give"
+                ));
             }
-            Some(c) if c > 4096.0 => anyhow::bail!("--cpus {c}: more cores than any host has"),
+            Some(c) if c > 4096.0 => {
+                return bad(format!("--cpus {c}: more cores than any host has"));
+            }
             Some(c) => Some((c * 1000.0).round() as u32),
             None => None,
         };
         let pids = match self.pids {
             Some(n) if n < 1 => {
-                anyhow::bail!("--pids {n}: no process could start; give at least 1")
+                return bad(format!(
+                    "--pids {n}: no process could start; give at least 1"
+                ));
             }
-            Some(n) => Some(
-                u32::try_from(n)
-                    .map_err(|_| anyhow::anyhow!("--pids {n}: at most {}", u32::MAX))?,
-            ),
+            Some(n) => match u32::try_from(n) {
+                Ok(n) => Some(n),
+                Err(_) => return bad(format!("--pids {n}: at most {}", u32::MAX)),
+            },
             None => None,
         };
         if let Some(m) = self.memory.filter(|m| *m < 8 << 20) {
-            anyhow::bail!("--memory {m} bytes: below 8M, where no program can start");
+            return bad(format!(
+                "--memory {m} bytes: below 8M, where no program can start"
+            ));
         }
         Ok(SandboxSettings {
             resources: Resources {
@@ -132,7 +145,7 @@ mod tests {
 
     fn settings(args: &[&str]) -> anyhow::Result<SandboxSettings> {
         let cli = Cli::try_parse_from(std::iter::once("warren").chain(args.iter().copied()))?;
-        cli.sandbox.settings()
+        Ok(cli.sandbox.settings()?)
     }
 
     #[test]
@@ -154,6 +167,9 @@ mod tests {
         assert!(err(&["--pids", "0"]).starts_with("--pids 0"));
         assert!(err(&["--pids", "-3"]).starts_with("--pids -3"));
         assert!(err(&["--memory", "1K"]).starts_with("--memory 1024 bytes"));
+        // Each is the caller's to change: a usage error.
+        let cli = Cli::try_parse_from(["warren", "--cpus", "0"]).unwrap();
+        assert_eq!(cli.sandbox.settings().unwrap_err().exit_code(), 2);
     }
 
     #[test]

@@ -278,6 +278,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         ephemeral: args.rm,
     };
     let isolation = spec.isolation;
+    // Files kept past the run are marked as its own, before a helper is forked that
+    // holds the mark too, for `warren gc` to find once nothing uses them.
+    let kept = match args.rm {
+        true => None,
+        false => Some(warren_runtime::kept::mark(&paths, &spec.id)?),
+    };
     let forked: Option<Box<dyn Instance>> = match isolation {
         Isolation::Namespace => {
             let backend = NamespaceBackend::new(paths.clone(), exe.clone())?;
@@ -285,10 +291,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(Box::new(backend.create_forked(spec.clone(), opts)?))
         }
         Isolation::Gvisor | Isolation::Runc | Isolation::Crun => None,
-        Isolation::Process => anyhow::bail!(
-            "trust mode (--isolation process) is the daemon's, as its operator configured \
-             it: use `warren create --isolation process`"
-        ),
+        Isolation::Process => {
+            return Err(Error::invalid(
+                "trust mode (--isolation process) is the daemon's, as its operator \
+                 configured it: use `warren create --isolation process`"
+                    .into(),
+            )
+            .into())
+        }
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -319,9 +329,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let id = sandbox.id().to_string();
         let teardown = sandbox.destroy().await;
         trace::mark("cli: sandbox destroyed");
-        if !args.rm {
+        if let Some(mark) = kept {
+            if teardown.is_ok() {
+                mark.ended();
+            }
             eprintln!(
-                "warren: sandbox {id} ended; its files are kept in {}",
+                "warren: sandbox {id} ended; its files are kept in {} (`warren gc` removes \
+                 them)",
                 paths.sandbox_data(&id).display()
             );
         }

@@ -50,17 +50,19 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     pub ssh_listen: Option<SocketAddr>,
     /// A TOML file of limits: defaults, maxima, per-tenant quotas, publishable host ports
-    /// (see docs/api.md, "Limits and quotas"), TCP connections ("Connections on TCP").
-    #[arg(long, value_name = "PATH")]
+    /// (see docs/api.md, "Limits and quotas"), TCP connections ("Connections on TCP")
+    /// [default: /etc/warren/warren.toml, when it exists]
+    #[arg(long, value_name = "PATH", env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// How the log (stderr) is written: `text` for people, `json` (one object a line)
     /// for log shippers. Which lines: `WARREN_LOG` (e.g. `info`, `warren::request=off`,
     /// `debug`) [default: info]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
-    /// Check the --config file (every key and value, the TLS files it names) and exit:
-    /// 0 when the daemon would start with it, 1 with the key at fault otherwise.
-    #[arg(long, requires = "config")]
+    /// Check the configuration (--config, else the default file; every key and value, the
+    /// TLS files it names) and exit: 0 when the daemon would start with it, 1 with the
+    /// key at fault otherwise.
+    #[arg(long)]
     pub check_config: bool,
     /// Start from a backup (`warren backup FILE`) instead of the store in the data
     /// directory, which is kept beside it (`warren.db.before-restore-TIME`). Sandboxes the
@@ -202,6 +204,19 @@ impl ConnectionsConfig {
     }
 }
 
+/// The configuration read when neither `--config` nor `WARREN_CONFIG` names one, if it
+/// exists.
+pub const DEFAULT_CONFIG: &str = "/etc/warren/warren.toml";
+
+/// The file the daemon reads: the one named, else `default` when it exists. A file named
+/// must exist; the default may not.
+fn config_file(named: Option<&Path>, default: &Path) -> Option<PathBuf> {
+    match named {
+        Some(p) => Some(p.to_path_buf()),
+        None => default.exists().then(|| default.to_path_buf()),
+    }
+}
+
 /// The daemon's configuration, its connection limits, and the E2B surface's options and
 /// TLS files (certificate, key) when the file names them.
 type Loaded = (
@@ -275,11 +290,42 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
     Ok((config, limits, e2b, tls, file.serve))
 }
 
+/// `--check-config`: 0 when the daemon would start with the configuration at `path` (and
+/// the TLS files of the flags), 1 naming what is at fault, as docs/api.md says.
+fn check(args: &ServeArgs, path: Option<&Path>) -> ExitCode {
+    let checked = load_config(path).and_then(|(_, _, _, tls_files, _)| {
+        let tls_files = match (&args.e2b_tls_cert, &args.e2b_tls_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            _ => tls_files,
+        };
+        if let Some((cert, key)) = &tls_files {
+            warren_server::tls::server_config(cert, key).context("e2b.tls_cert / e2b.tls_key")?;
+        }
+        Ok(())
+    });
+    if let Err(e) = checked {
+        eprintln!("warren: {}", crate::term::clean(&format!("{e:#}")));
+        return ExitCode::from(1);
+    }
+    match path {
+        Some(path) => println!("configuration {}: ok", path.display()),
+        None => println!(
+            "no configuration: neither --config nor WARREN_CONFIG names a file, and \
+             {DEFAULT_CONFIG} does not exist; the daemon starts with its defaults"
+        ),
+    }
+    ExitCode::SUCCESS
+}
+
 /// The tenant whose key is made on first start.
 const DEFAULT_TENANT: &str = "default";
 
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let (config, limits, e2b, tls_files, file) = load_config(args.config.as_deref())?;
+    let config_path = config_file(args.config.as_deref(), Path::new(DEFAULT_CONFIG));
+    if args.check_config {
+        return Ok(check(&args, config_path.as_deref()));
+    }
+    let (config, limits, e2b, tls_files, file) = load_config(config_path.as_deref())?;
     let tls_files = match (args.e2b_tls_cert, args.e2b_tls_key) {
         (Some(c), Some(k)) => Some((c, k)),
         _ => tls_files,
@@ -295,15 +341,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         e2b_tls_key: None,
         ..args
     };
-    if args.check_config {
-        if let Some((cert, key)) = &tls_files {
-            warren_server::tls::server_config(cert, key).context("e2b.tls_cert / e2b.tls_key")?;
-        }
-        let path = args.config.as_deref().unwrap_or(Path::new("-"));
-        println!("configuration {}: ok", path.display());
-        return Ok(ExitCode::SUCCESS);
-    }
     start_log(args.log_format.unwrap_or(LogFormat::Text))?;
+    // The default file is read unasked: the log says which file, if any, was.
+    match &config_path {
+        Some(p) => tracing::info!(path = %p.display(), "configuration read"),
+        None => tracing::info!("no configuration file: the defaults"),
+    }
     let paths = config.paths.clone();
     let socket = args.socket.unwrap_or_else(|| paths.run.join("warren.sock"));
     if let Some(backup) = &args.restore {
@@ -440,6 +483,18 @@ mod tests {
     fn connections(text: &str) -> anyhow::Result<Limits> {
         let file: ServeConfig = toml::from_str(text)?;
         file.connections.limits()
+    }
+
+    #[test]
+    fn the_file_named_wins_and_the_default_is_read_only_when_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("warren.toml");
+        let named = Path::new("/elsewhere/warren.toml");
+        assert_eq!(config_file(None, &default), None);
+        assert_eq!(config_file(Some(named), &default).as_deref(), Some(named));
+        std::fs::write(&default, "").unwrap();
+        assert_eq!(config_file(None, &default), Some(default.clone()));
+        assert_eq!(config_file(Some(named), &default).as_deref(), Some(named));
     }
 
     #[test]

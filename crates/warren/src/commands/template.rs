@@ -479,7 +479,11 @@ fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
         .name_arg
         .clone()
         .or_else(|| a.name.clone())
-        .ok_or_else(|| anyhow::anyhow!("give the template a name"))?;
+        .ok_or_else(|| {
+            crate::client::Error::invalid(
+                "give the template a name: ARCHIVE NAME, or --name NAME".into(),
+            )
+        })?;
     let client = connect(&a.client)?;
     let r = if client.over_tcp() {
         upload(&client, &a, &name)?
@@ -654,7 +658,10 @@ fn build(mut a: BuildArgs) -> anyhow::Result<ExitCode> {
         a.steps = steps;
     }
     if a.steps.is_empty() {
-        anyhow::bail!("give at least one step with --run 'COMMAND' or --file RECIPE");
+        return Err(crate::client::Error::invalid(
+            "give at least one step with --run 'COMMAND' or --file RECIPE".into(),
+        )
+        .into());
     }
     let client = connect(&a.client)?;
     let count = a.steps.len() as u64;

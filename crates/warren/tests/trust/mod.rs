@@ -134,12 +134,11 @@ impl Daemon {
         };
         let listen = o.tcp.then(free_port);
         let e2b = o.e2b.then(free_port);
-        let mut serve_args = Vec::new();
-        if let Some(config) = &o.config {
-            let path = dir.path().join("config.toml");
-            std::fs::write(&path, config).unwrap();
-            serve_args = vec!["--config".into(), path.display().to_string()];
-        }
+        // Always a file of the test's own (empty: the defaults), so that a host's
+        // /etc/warren/warren.toml never reaches a test's daemon.
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, o.config.as_deref().unwrap_or_default()).unwrap();
+        let mut serve_args = vec!["--config".into(), path.display().to_string()];
         serve_args.extend(o.serve_args);
         let mut d = Daemon {
             dir,
