@@ -1,116 +1,17 @@
 //! `warren join` on a real terminal: tmux runs it, and the test reads the screen and
 //! types. A read-only guest sees the banner, its keys (Ctrl-C and Ctrl-D too) never
 //! reach the shell; a read-write guest's do; Ctrl-P Ctrl-Q leaves either way, with
-//! status 0 and the shared shell running on. Needs root and tmux.
-//!
-//! Each tmux server is the test's own (`-L` with a name of its own, its socket under
-//! the daemon's directory, no configuration file read) and is killed at the end, even
-//! when the test fails.
+//! status 0 and the shared shell running on. Needs root and tmux (see [`tmux`]).
 
 mod common;
+mod tmux;
 mod trust;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{can_run, stderr, stdout};
+use common::can_run;
+use tmux::{has_tmux, Tmux};
 use trust::{my_turn, Daemon, Via};
-
-const TMUX: &str = "/usr/bin/tmux";
-
-/// A tmux server of the test's own with one detached session; killed on drop.
-struct Tmux {
-    name: String,
-    dir: PathBuf,
-}
-
-impl Tmux {
-    /// Runs `command` (a shell command line) in a new detached session, 250 columns wide
-    /// so that no line of interest wraps.
-    fn start(dir: &Path, tag: &str, command: &str) -> Tmux {
-        let tmux = Tmux {
-            name: format!("warren-{tag}-{}", std::process::id()),
-            dir: dir.to_path_buf(),
-        };
-        let o = tmux.run(&[
-            "new-session",
-            "-d",
-            "-s",
-            "t",
-            "-x",
-            "250",
-            "-y",
-            "50",
-            command,
-        ]);
-        assert!(o.status.success(), "tmux new-session: {}", stderr(&o));
-        tmux
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(TMUX)
-            .env("TMUX_TMPDIR", &self.dir)
-            .env_remove("TMUX")
-            .env("TERM", "xterm-256color")
-            .args(["-L", &self.name, "-f", "/dev/null"])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run tmux")
-    }
-
-    /// The pane's text, wrapped lines joined, with its history.
-    fn screen(&self) -> String {
-        stdout(&self.run(&["capture-pane", "-p", "-J", "-S", "-", "-t", "t"]))
-    }
-
-    /// Waits (up to 20 s) for the pane to show `needle`; the screen then.
-    fn wait_for(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let screen = self.screen();
-            if screen.contains(needle) {
-                return screen;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "waited for {needle:?}; the pane shows:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Types `text` as it is.
-    fn type_text(&self, text: &str) {
-        let o = self.run(&["send-keys", "-t", "t", "-l", text]);
-        assert!(o.status.success(), "tmux send-keys: {}", stderr(&o));
-    }
-
-    /// Presses keys named as tmux names them (`Enter`, `C-c`).
-    fn press(&self, keys: &[&str]) {
-        let o = self.run(&[&["send-keys", "-t", "t"], keys].concat());
-        assert!(o.status.success(), "tmux send-keys: {}", stderr(&o));
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("the tmux pane showed:\n{}", self.screen());
-        }
-        let _ = self.run(&["kill-server"]);
-    }
-}
-
-/// Whether tmux is there to drive a terminal; otherwise the skip is recorded.
-fn has_tmux(test: &str) -> bool {
-    if Path::new(TMUX).exists() {
-        return true;
-    }
-    warren_testkit::skip(test, "needs tmux at /usr/bin/tmux to drive a terminal");
-    false
-}
 
 /// A sandbox with a shell on a terminal, left running: (sandbox id, the shell's pid).
 fn shell(d: &Daemon) -> (String, String) {

@@ -1,12 +1,14 @@
 //! The SSH gateway, driven by OpenSSH's own client: a key registered for an owner signs
 //! in as `OWNER+NAME` and lands in that sandbox (made the first time, the same one after);
 //! a command's stdout, stderr and exit status come back apart, stdin streams in, a shell
-//! gets a terminal of the client's size, scp and sftp move files both ways (times and
-//! modes kept with -p), local forwarding reaches the sandbox's loopback,
+//! gets a terminal of the client's size and follows its resizes, scp moves 100 MB both
+//! ways (times and modes kept with -p) and sftp its verbs, local forwarding reaches the
+//! sandbox's loopback,
 //! the host key stays the same across restarts; unknown keys, another owner's name,
 //! remote forwarding and forwarding to other hosts are refused. Needs root and `ssh`.
 
 mod common;
+mod tmux;
 mod trust;
 
 use std::io::{Read, Write};
@@ -16,7 +18,11 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{can_run, stderr, stdout};
+use tmux::{has_tmux, shell_line, Tmux};
 use trust::{my_turn, Daemon};
+
+/// The size of the file scp moves both ways: 100 MB.
+const BLOB: u32 = 100_000_000;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -243,6 +249,22 @@ fn an_owner_signs_in_with_a_key_and_lands_in_the_named_sandbox() {
     assert!(out.contains("/dev/pts/"), "{out}");
     assert_eq!(o.status.code(), Some(3), "{out}");
 
+    // On a real terminal (tmux's) that changes size: the client tells the gateway, the
+    // sandbox's shell sees the new size.
+    if has_tmux("an_owner_signs_in_with_a_key_and_lands_in_the_named_sandbox") {
+        let line = shell_line(&client.ssh(&alice, "alice+lab", &["-tt"], &[]));
+        let term = Tmux::start(keys.path(), "ssh", &line);
+        term.type_text("echo size-$(stty size | tr ' ' x)-end");
+        term.press(&["Enter"]);
+        term.wait_for("size-50x250-end");
+        term.resize(120, 40);
+        term.type_text("echo size-$(stty size | tr ' ' x)-end");
+        term.press(&["Enter"]);
+        term.wait_for("size-40x120-end");
+        term.type_text("exit");
+        term.press(&["Enter"]);
+    }
+
     // Local forwarding to the sandbox's own loopback.
     d.exec(
         "alice%2Flab",
@@ -283,7 +305,7 @@ fn an_owner_signs_in_with_a_key_and_lands_in_the_named_sandbox() {
     // Files both ways: scp (which speaks SFTP) with times and modes kept, a tree, and
     // an sftp session's verbs.
     let local = keys.path().join("blob");
-    let blob: Vec<u8> = (0..2_000_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let blob: Vec<u8> = (0..BLOB).map(|i| (i * 7 + i / 251) as u8).collect();
     std::fs::write(&local, &blob).unwrap();
     let secs = 1_700_000_000;
     let set_times = Command::new("touch")
@@ -317,7 +339,7 @@ fn an_owner_signs_in_with_a_key_and_lands_in_the_named_sandbox() {
         .split_once('\n')
         .map(|(a, b)| (a.to_string(), b.to_string()))
         .unwrap();
-    assert_eq!(stat, format!("2000000 {secs}"));
+    assert_eq!(stat, format!("{BLOB} {secs}"));
     assert_eq!(
         sum.split_whitespace().next(),
         host_sum.split_whitespace().next()
