@@ -241,6 +241,18 @@ impl Caller {
             ..Self::operator(name)
         }
     }
+
+    /// Refuses a caller that holds one sandbox's access token only: `what` (keys,
+    /// sessions) belongs to the tenant, which that token does not stand for.
+    pub(crate) fn tenant_wide(&self, what: &str) -> Result<()> {
+        if self.only_sandbox.is_some() {
+            return Err(CoreError::Forbidden(format!(
+                "a sandbox's access token cannot manage {what}; send the tenant's API key \
+                 (Authorization: Bearer <api key>)"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// How the manager runs.

@@ -1201,3 +1201,45 @@ fn openapi_engine_schemas_match_serde() {
 fn keys_of<T: serde::Serialize>(v: &T, field: &str) -> Value {
     serde_json::to_value(v).expect("serializable")[field].clone()
 }
+
+#[tokio::test]
+async fn a_sandbox_token_is_refused_tenant_wide_things_by_name() {
+    let e = env().await;
+    let scoped = Caller {
+        only_sandbox: Some("abc".into()),
+        ..Caller::tenant("t1")
+    };
+    let key = warren_types::api::SshKey {
+        owner: "alice".into(),
+        fingerprint: "SHA256:x".into(),
+        algorithm: "ssh-ed25519".into(),
+        comment: String::new(),
+        public_key: "ssh-ed25519 AAAA".into(),
+        template: None,
+        created_at: 0,
+    };
+    let session = warren_types::api::OpenSession {
+        client: "c1".into(),
+        ..Default::default()
+    };
+    let refusals = [
+        ("SSH keys", e.mgr.add_ssh_key(&scoped, key).err()),
+        ("SSH keys", e.mgr.ssh_keys(&scoped, None).err()),
+        (
+            "SSH keys",
+            e.mgr.remove_ssh_key(&scoped, "SHA256:x", None).err(),
+        ),
+        ("sessions", e.mgr.open_session(&scoped, session).await.err()),
+    ];
+    for (what, err) in refusals {
+        let err = crate::error::Error::from(err.expect("refused"));
+        let resp = axum::response::IntoResponse::into_response(err);
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{what}");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: Value = serde_json::from_slice(&body).expect("JSON error");
+        assert_eq!(code(&v), "permission_denied", "{what}");
+        let msg = v["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(what) && msg.contains("API key"), "{msg}");
+        assert!(!msg.contains("no sandbox"), "{msg}");
+    }
+}
