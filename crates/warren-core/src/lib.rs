@@ -20,6 +20,7 @@
 
 mod create;
 mod egress;
+mod keys;
 mod lifecycle;
 mod metrics;
 mod mounts;
