@@ -490,3 +490,36 @@ fn tcp_takes_the_key_and_refuses_a_wrong_one() {
     });
     d.finish();
 }
+
+#[test]
+fn keys_are_listed_and_revoked() {
+    let Some(bin) = can_run("keys_are_listed_and_revoked") else {
+        return;
+    };
+    let d = Daemon::start(bin, true);
+    let kept = d.api_key();
+    let o = d
+        .warren(&["keys", "create", "--tenant", "default"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doomed = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    block_on(async {
+        let good = d.tcp_client(Some(&kept));
+        let keys = good.keys().await.unwrap();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys.iter().all(|k| k.tenant == "default"));
+        assert_eq!(d.client().keys().await.unwrap(), keys);
+        // The newer is the second made.
+        let id = &keys.iter().max_by_key(|k| k.created_at).unwrap().id;
+        let gone = d.tcp_client(Some(&doomed));
+        gone.health().await.unwrap();
+        good.revoke_key(id).await.unwrap();
+        let e = gone.keys().await.unwrap_err();
+        assert!(e.is(WireCode::Unauthorized), "{e}");
+        assert_eq!(good.keys().await.unwrap().len(), 1);
+        let e = good.revoke_key(id).await.unwrap_err();
+        assert!(e.is(WireCode::NotFound), "{e}");
+    });
+    d.finish();
+}
