@@ -513,10 +513,48 @@ fn keys_are_listed_and_revoked() {
         // The newer is the second made.
         let id = &keys.iter().max_by_key(|k| k.created_at).unwrap().id;
         let gone = d.tcp_client(Some(&doomed));
-        gone.health().await.unwrap();
+        // Streams opened with the key before: a terminal and an exec's output.
+        let sb = good.create(&CreateSandbox::default()).await.unwrap();
+        let mut term = gone
+            .terminal(
+                &sb.id,
+                &TerminalOptions {
+                    cmd: Some("echo ready; sleep 600".into()),
+                    ..TerminalOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut stream = gone
+            .exec_stream(&sb.id, &shell("echo ready; sleep 600"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            stream.next().await.unwrap(),
+            Some(Output::Stdout(_))
+        ));
         good.revoke_key(id).await.unwrap();
         let e = gone.keys().await.unwrap_err();
         assert!(e.is(WireCode::Unauthorized), "{e}");
+        let revoked = |e: &Error| e.is(WireCode::Unauthorized) && e.to_string().contains("revoked");
+        let e = tokio::time::timeout(Duration::from_secs(30), term.wait())
+            .await
+            .expect("the terminal ends")
+            .unwrap_err();
+        assert!(revoked(&e), "{e}");
+        let e = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream.next().await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the stream ends")
+        .unwrap_err();
+        assert!(revoked(&e), "{e}");
+        good.remove(&sb.id).await.unwrap();
         assert_eq!(good.keys().await.unwrap().len(), 1);
         let e = good.revoke_key(id).await.unwrap_err();
         assert!(e.is(WireCode::NotFound), "{e}");

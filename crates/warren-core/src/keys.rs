@@ -1,7 +1,8 @@
 //! Listing and revoking API keys. A key is named by the start of its hash (see
 //! [`ApiKeyInfo::id`]), never shown again after it is made. Every request on TCP looks its
 //! key up in the store, so a key revoked here fails from the next request on, and a web
-//! console session signed in with it ends at once.
+//! console session signed in with it ends at once; streams opened with it (terminals,
+//! exec and attach output) are told of each revocation and end too.
 //!
 //! A tenant sees and revokes its own keys only; another tenant's look missing, so ids do
 //! not leak. The host's root on the unix socket sees every tenant's.
@@ -47,7 +48,16 @@ impl Manager {
             0 => Err(CoreError::Missing(format!(
                 "no API key {id}; `warren keys ls` lists them"
             ))),
-            _ => Ok(()),
+            _ => {
+                self.revocations.send_modify(|n| *n += 1);
+                Ok(())
+            }
         }
+    }
+
+    /// Changes each time a key is revoked: a stream opened with a key waits on it, then
+    /// checks its key again.
+    pub fn key_revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.subscribe()
     }
 }

@@ -518,6 +518,8 @@ pub struct Manager {
     live: Mutex<HashMap<String, Live>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<(String, Event)>,
+    /// Counts API keys revoked, so that streams opened with one can look again.
+    revocations: tokio::sync::watch::Sender<u64>,
     metrics: metrics::Metrics,
     /// Held while a create checks its tenant's quota and records itself.
     quota_lock: Mutex<()>,
@@ -630,6 +632,7 @@ impl Manager {
             live: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             events,
+            revocations: tokio::sync::watch::Sender::new(0),
             metrics: metrics::Metrics::default(),
             quota_lock: Mutex::new(()),
             disk_cache: Mutex::default(),

@@ -782,7 +782,7 @@ pub async fn list_keys(
     path = "/v1/keys/{id}",
     operation_id = "revokeKey",
     tag = "daemon",
-    summary = "Revoke an API key: every request with it is refused from now on, and a console session signed in with it ends. A key revokes its own tenant's keys only (another's: 404); the unix socket any.",
+    summary = "Revoke an API key: every request with it is refused from now on; a console session signed in with it, and the terminals and exec and attach streams it opened, end. A key revokes its own tenant's keys only (another's: 404); the unix socket any.",
     params(
         ("id" = String, Path, description = "The key's id, as `GET /v1/keys` lists it."),
     ),
