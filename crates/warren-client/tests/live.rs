@@ -533,6 +533,7 @@ fn keys_are_listed_and_revoked() {
             stream.next().await.unwrap(),
             Some(Output::Stdout(_))
         ));
+        let mut events = gone.events().await.unwrap();
         good.revoke_key(id).await.unwrap();
         let e = gone.keys().await.unwrap_err();
         assert!(e.is(WireCode::Unauthorized), "{e}");
@@ -554,6 +555,12 @@ fn keys_are_listed_and_revoked() {
         .expect("the stream ends")
         .unwrap_err();
         assert!(revoked(&e), "{e}");
+        // The event stream ends.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(_)) = events.next().await {}
+        })
+        .await
+        .expect("the event stream ends");
         good.remove(&sb.id).await.unwrap();
         assert_eq!(good.keys().await.unwrap().len(), 1);
         let e = good.revoke_key(id).await.unwrap_err();

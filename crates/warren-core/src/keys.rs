@@ -2,7 +2,7 @@
 //! [`ApiKeyInfo::id`]), never shown again after it is made. Every request on TCP looks its
 //! key up in the store, so a key revoked here fails from the next request on, and a web
 //! console session signed in with it ends at once; streams opened with it (terminals,
-//! exec and attach output) are told of each revocation and end too.
+//! exec and attach output, events) are told of each revocation and end too.
 //!
 //! A tenant sees and revokes its own keys only; another tenant's look missing, so ids do
 //! not leak. The host's root on the unix socket sees every tenant's.

@@ -169,6 +169,18 @@ impl Credential {
     }
 }
 
+/// The credential a tenant's request passed with (see [`Tenant`]): its API key, else its
+/// console session; none on the unix socket.
+pub fn tenant_credential(st: &AppState, headers: &HeaderMap) -> Option<Credential> {
+    if st.surface == Surface::Unix {
+        return None;
+    }
+    match bearer(headers) {
+        Ok(Some(key)) => Some(Credential::ApiKey(key.to_string())),
+        _ => session_of(headers).map(Credential::ConsoleSession),
+    }
+}
+
 /// Resolves, to what the client is told, once `credential` no longer authenticates (its
 /// key was revoked): a stream opened with it ends then. Never without one (the unix
 /// socket, a sandbox's access token).

@@ -612,17 +612,26 @@ pub async fn logs(
     ),
     security(("bearerAuth" = []), ("unixTenant" = [])),
 )]
-pub async fn events(State(st): State<AppState>, Tenant(who): Tenant) -> Result<Response, Error> {
+pub async fn events(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Tenant(who): Tenant,
+) -> Result<Response, Error> {
     let mut events = st.mgr.subscribe(&who);
+    let revoked =
+        crate::extract::revoked(st.clone(), crate::extract::tenant_credential(&st, &headers));
     let (tx, out) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let shutdown = shutting_down(st.shutdown.clone());
         tokio::pin!(shutdown);
+        tokio::pin!(revoked);
         loop {
             let ev = tokio::select! {
                 ev = events.next() => ev,
                 _ = tx.closed() => return,
                 _ = &mut shutdown => return,
+                // Ends as a shutdown does: an event stream has no error line.
+                _ = &mut revoked => return,
             };
             let Some(ev) = ev else { return };
             let mut line = serde_json::to_vec(&ev).unwrap_or_default();
@@ -782,7 +791,7 @@ pub async fn list_keys(
     path = "/v1/keys/{id}",
     operation_id = "revokeKey",
     tag = "daemon",
-    summary = "Revoke an API key: every request with it is refused from now on; a console session signed in with it, and the terminals and exec and attach streams it opened, end. A key revokes its own tenant's keys only (another's: 404); the unix socket any.",
+    summary = "Revoke an API key: every request with it is refused from now on; a console session signed in with it, and the terminals, exec, attach and event streams it opened, end. A key revokes its own tenant's keys only (another's: 404); the unix socket any.",
     params(
         ("id" = String, Path, description = "The key's id, as `GET /v1/keys` lists it."),
     ),
