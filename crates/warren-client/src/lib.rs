@@ -32,6 +32,7 @@
 mod error;
 pub mod exec;
 pub mod files;
+pub mod keys;
 pub mod sandboxes;
 pub mod sessions;
 pub mod terminal;

@@ -490,3 +490,81 @@ fn tcp_takes_the_key_and_refuses_a_wrong_one() {
     });
     d.finish();
 }
+
+#[test]
+fn keys_are_listed_and_revoked() {
+    let Some(bin) = can_run("keys_are_listed_and_revoked") else {
+        return;
+    };
+    let d = Daemon::start(bin, true);
+    let kept = d.api_key();
+    let o = d
+        .warren(&["keys", "create", "--tenant", "default"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let doomed = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    block_on(async {
+        let good = d.tcp_client(Some(&kept));
+        let keys = good.keys().await.unwrap();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys.iter().all(|k| k.tenant == "default"));
+        assert_eq!(d.client().keys().await.unwrap(), keys);
+        // The newer is the second made.
+        let id = &keys.iter().max_by_key(|k| k.created_at).unwrap().id;
+        let gone = d.tcp_client(Some(&doomed));
+        // Streams opened with the key before: a terminal and an exec's output.
+        let sb = good.create(&CreateSandbox::default()).await.unwrap();
+        let mut term = gone
+            .terminal(
+                &sb.id,
+                &TerminalOptions {
+                    cmd: Some("echo ready; sleep 600".into()),
+                    ..TerminalOptions::default()
+                },
+            )
+            .await
+            .unwrap();
+        let mut stream = gone
+            .exec_stream(&sb.id, &shell("echo ready; sleep 600"))
+            .await
+            .unwrap();
+        assert!(matches!(
+            stream.next().await.unwrap(),
+            Some(Output::Stdout(_))
+        ));
+        let mut events = gone.events().await.unwrap();
+        good.revoke_key(id).await.unwrap();
+        let e = gone.keys().await.unwrap_err();
+        assert!(e.is(WireCode::Unauthorized), "{e}");
+        let revoked = |e: &Error| e.is(WireCode::Unauthorized) && e.to_string().contains("revoked");
+        let e = tokio::time::timeout(Duration::from_secs(30), term.wait())
+            .await
+            .expect("the terminal ends")
+            .unwrap_err();
+        assert!(revoked(&e), "{e}");
+        let e = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match stream.next().await {
+                    Ok(Some(_)) => continue,
+                    other => return other,
+                }
+            }
+        })
+        .await
+        .expect("the stream ends")
+        .unwrap_err();
+        assert!(revoked(&e), "{e}");
+        // The event stream ends.
+        tokio::time::timeout(Duration::from_secs(30), async {
+            while let Ok(Some(_)) = events.next().await {}
+        })
+        .await
+        .expect("the event stream ends");
+        good.remove(&sb.id).await.unwrap();
+        assert_eq!(good.keys().await.unwrap().len(), 1);
+        let e = good.revoke_key(id).await.unwrap_err();
+        assert!(e.is(WireCode::NotFound), "{e}");
+    });
+    d.finish();
+}

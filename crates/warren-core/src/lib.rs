@@ -20,6 +20,7 @@
 
 mod create;
 mod egress;
+mod keys;
 mod lifecycle;
 mod metrics;
 mod mounts;
@@ -240,6 +241,18 @@ impl Caller {
             host_root: true,
             ..Self::operator(name)
         }
+    }
+
+    /// Refuses a caller that holds one sandbox's access token only: `what` (keys,
+    /// sessions) belongs to the tenant, which that token does not stand for.
+    pub(crate) fn tenant_wide(&self, what: &str) -> Result<()> {
+        if self.only_sandbox.is_some() {
+            return Err(CoreError::Forbidden(format!(
+                "a sandbox's access token cannot manage {what}; send the tenant's API key \
+                 (Authorization: Bearer <api key>)"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -506,6 +519,8 @@ pub struct Manager {
     live: Mutex<HashMap<String, Live>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     events: broadcast::Sender<(String, Event)>,
+    /// Counts API keys revoked, so that streams opened with one can look again.
+    revocations: tokio::sync::watch::Sender<u64>,
     metrics: metrics::Metrics,
     /// Held while a create checks its tenant's quota and records itself.
     quota_lock: Mutex<()>,
@@ -618,6 +633,7 @@ impl Manager {
             live: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
             events,
+            revocations: tokio::sync::watch::Sender::new(0),
             metrics: metrics::Metrics::default(),
             quota_lock: Mutex::new(()),
             disk_cache: Mutex::default(),

@@ -66,9 +66,7 @@ impl Manager {
     /// Attaches `client` to its default sandbox, making it on first use. A client with a
     /// live session gets that session back, active again.
     pub async fn open_session(&self, who: &Caller, req: OpenSession) -> Result<SessionInfo> {
-        if who.only_sandbox.is_some() {
-            return Err(CoreError::NotFound("sessions".into()));
-        }
+        who.tenant_wide("sessions")?;
         if !valid_owner(&req.client) {
             return Err(CoreError::Invalid(format!(
                 "client {:?}: use 1-128 letters, digits and - _ . @ + (not . or ..)",

@@ -11,9 +11,7 @@ const MAX_SSH_KEYS: usize = 10_000;
 impl Manager {
     /// Registers `key` for its owner; the same key again answers the one kept.
     pub fn add_ssh_key(&self, who: &Caller, key: SshKey) -> Result<SshKey> {
-        if who.only_sandbox.is_some() {
-            return Err(CoreError::NotFound("ssh keys".into()));
-        }
+        who.tenant_wide("SSH keys")?;
         if !valid_owner(&key.owner) {
             return Err(CoreError::Invalid(format!(
                 "owner {:?}: use 1-128 letters, digits and - _ . @ (not . or ..)",
@@ -71,9 +69,7 @@ impl Manager {
 
     /// The tenant's keys, of one owner or of all.
     pub fn ssh_keys(&self, who: &Caller, owner: Option<&str>) -> Result<Vec<SshKey>> {
-        if who.only_sandbox.is_some() {
-            return Err(CoreError::NotFound("ssh keys".into()));
-        }
+        who.tenant_wide("SSH keys")?;
         Ok(self.store().ssh_keys(&who.tenant, owner)?)
     }
 
@@ -84,9 +80,7 @@ impl Manager {
         fingerprint: &str,
         owner: Option<&str>,
     ) -> Result<()> {
-        if who.only_sandbox.is_some() {
-            return Err(CoreError::NotFound("ssh keys".into()));
-        }
+        who.tenant_wide("SSH keys")?;
         match self
             .store()
             .remove_ssh_key(&who.tenant, fingerprint, owner)?

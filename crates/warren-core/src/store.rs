@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
-use warren_types::api::{SandboxState, SshKey, TimeoutAction};
+use warren_types::api::{ApiKeyInfo, SandboxState, SshKey, TimeoutAction};
 use warren_types::spec::SandboxSpec;
 
 use crate::tokens::TokenRef;
@@ -118,6 +118,10 @@ pub struct Store {
 
 /// Events kept per sandbox.
 pub const EVENTS_KEPT: u32 = 1000;
+
+/// The hex digits of an API key's hash that name it (see [`ApiKeyInfo::id`]): 64 bits,
+/// so two keys of one store do not share an id.
+pub const API_KEY_ID_LEN: usize = 16;
 
 /// The version of [`SCHEMA`], kept in the store's `PRAGMA user_version`. Migrations go
 /// forward only: a store of an earlier version is brought up to this one when opened,
@@ -551,6 +555,32 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?)
+    }
+
+    /// The API keys of `tenant` (of every tenant: None), oldest first.
+    pub fn api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKeyInfo>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT substr(hash, 1, ?2), tenant, operator, created_at FROM api_keys \
+             WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at, tenant, hash",
+        )?;
+        let rows = stmt.query_map(params![tenant, API_KEY_ID_LEN], |r| {
+            Ok(ApiKeyInfo {
+                id: r.get(0)?,
+                tenant: r.get(1)?,
+                operator: r.get(2)?,
+                created_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes the API key named `id` (see [`ApiKeyInfo::id`]), if it is `tenant`'s (of
+    /// any tenant: None): how many.
+    pub fn remove_api_key(&self, id: &str, tenant: Option<&str>) -> Result<usize, StoreError> {
+        Ok(self.run(
+            "DELETE FROM api_keys WHERE substr(hash, 1, ?3) = ?1 AND (?2 IS NULL OR tenant = ?2)",
+            params![id, tenant, API_KEY_ID_LEN],
+        )?)
     }
 
     /// Registers `key` for `tenant`; false if that owner of that tenant has it already.

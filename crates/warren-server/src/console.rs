@@ -183,6 +183,16 @@ fn live(s: &Session, now: Instant) -> bool {
     now.duration_since(s.used) < IDLE && now.duration_since(s.made) < MAX_AGE
 }
 
+/// Whether the console session `id` is live and its key still authenticates.
+pub(crate) fn session_alive(st: &AppState, id: &str) -> bool {
+    st.console.caller(&st.mgr, id).is_some()
+}
+
+/// The console session a request's cookie names, if it has one.
+pub(crate) fn session_of(headers: &HeaderMap) -> Option<String> {
+    session_cookie(headers).map(str::to_string)
+}
+
 /// The session cookie's value, if the request has one. Sent twice, it names no session
 /// (an empty value): a page on a host under the console's (a sandbox's port host) may
 /// have set one for the console's domain, and neither can be told for the browser's own.

@@ -37,7 +37,7 @@ use warren_types::proto::{
 };
 
 use crate::error::Error;
-use crate::extract::{Body, Json, Path, Query, SandboxAccess};
+use crate::extract::{revoked, Body, Credential, Json, Path, Query, SandboxAccess};
 use crate::{shutting_down, AppState};
 
 /// Largest answer a collected exec may make, as encoded (the output as text, escaped,
@@ -349,7 +349,16 @@ pub async fn exec(
     }
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let started = line(&ExecEvent::Started { pid: p.pid });
-    tokio::spawn(pump(st, id, p, tx, Some(started), oom_before, activity));
+    tokio::spawn(pump(
+        st,
+        id,
+        p,
+        tx,
+        Some(started),
+        oom_before,
+        activity,
+        access.credential,
+    ));
     Ok(ndjson(rx))
 }
 
@@ -408,6 +417,7 @@ async fn collect(
 
 /// Feeds a process's events to an NDJSON body until the exit, an error, the client
 /// leaving, or the daemon shutting down.
+#[allow(clippy::too_many_arguments)]
 async fn pump(
     st: AppState,
     id: String,
@@ -416,6 +426,7 @@ async fn pump(
     first: Option<Bytes>,
     oom_before: u64,
     _activity: Option<ActivityGuard>,
+    credential: Option<Credential>,
 ) {
     if let Some(first) = first {
         if tx.send(first).await.is_err() {
@@ -424,6 +435,8 @@ async fn pump(
     }
     let shutdown = shutting_down(st.shutdown.clone());
     tokio::pin!(shutdown);
+    let revoked = revoked(st.clone(), credential);
+    tokio::pin!(revoked);
     loop {
         let (ev, last) = tokio::select! {
             ev = p.next() => match ev {
@@ -440,6 +453,7 @@ async fn pump(
                 WireCode::ShuttingDown,
                 "the daemon is shutting down; the stream ends here",
             )), true),
+            e = &mut revoked => (error_event(e), true),
         };
         if tx.send(line(&ev)).await.is_err() || last {
             return;
@@ -682,7 +696,16 @@ pub async fn attach(
     let oom_before = st.mgr.oom_kills(&id);
     let p = Followed::attach(&client, pid, q.replay).await?;
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    tokio::spawn(pump(st, id, p, tx, None, oom_before, activity));
+    tokio::spawn(pump(
+        st,
+        id,
+        p,
+        tx,
+        None,
+        oom_before,
+        activity,
+        access.credential,
+    ));
     Ok(ndjson(rx))
 }
 
@@ -818,13 +841,18 @@ pub async fn pty(
             notice(&mut socket, &PtyNotice::Process { pid: p.pid }).await;
         }
         let shutdown = shutting_down(st.shutdown.clone());
+        let revoked = revoked(st.clone(), access.credential);
         let rules = TerminalRules {
             input: Input::Forward {
                 report_failures: true,
             },
             cut_off: async {
-                shutdown.await;
-                Error::new(WireCode::ShuttingDown, "the daemon is shutting down")
+                tokio::select! {
+                    _ = shutdown => {
+                        Error::new(WireCode::ShuttingDown, "the daemon is shutting down")
+                    }
+                    e = revoked => e,
+                }
             },
             close_wait: Some(Duration::from_secs(2)),
         };

@@ -18,7 +18,7 @@ use serde::de::DeserializeOwned;
 use warren_core::Caller;
 
 use crate::conn::mark_authenticated;
-use crate::console::cookie_caller;
+use crate::console::{cookie_caller, session_alive, session_of};
 use crate::error::Error;
 use crate::reqlog::note_caller;
 use crate::{AppState, Surface};
@@ -149,6 +149,59 @@ impl FromRequestParts<AppState> for Tenant {
 pub struct SandboxAccess {
     pub caller: Caller,
     pub key: String,
+    /// What revoking an API key can take away from this caller.
+    pub credential: Option<Credential>,
+}
+
+/// An API key, or the console session signed in with one: what a TCP caller passed.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    ApiKey(String),
+    ConsoleSession(String),
+}
+
+impl Credential {
+    fn still_valid(&self, st: &AppState) -> bool {
+        match self {
+            Self::ApiKey(key) => st.mgr.authenticate(key).is_some(),
+            Self::ConsoleSession(id) => session_alive(st, id),
+        }
+    }
+}
+
+/// The credential a tenant's request passed with (see [`Tenant`]): its API key, else its
+/// console session; none on the unix socket.
+pub fn tenant_credential(st: &AppState, headers: &HeaderMap) -> Option<Credential> {
+    if st.surface == Surface::Unix {
+        return None;
+    }
+    match bearer(headers) {
+        Ok(Some(key)) => Some(Credential::ApiKey(key.to_string())),
+        _ => session_of(headers).map(Credential::ConsoleSession),
+    }
+}
+
+/// Resolves, to what the client is told, once `credential` no longer authenticates (its
+/// key was revoked): a stream opened with it ends then. Never without one (the unix
+/// socket, a sandbox's access token).
+pub fn revoked(
+    st: AppState,
+    credential: Option<Credential>,
+) -> impl std::future::Future<Output = Error> {
+    // Subscribed now, not when first polled: a revocation in between counts.
+    let mut revocations = st.mgr.key_revocations();
+    async move {
+        if let Some(c) = credential {
+            while revocations.changed().await.is_ok() {
+                if !c.still_valid(&st) {
+                    return Error::unauthorized(
+                        "the API key this stream was opened with was revoked",
+                    );
+                }
+            }
+        }
+        std::future::pending().await
+    }
 }
 
 impl FromRequestParts<AppState> for SandboxAccess {
@@ -161,16 +214,23 @@ impl FromRequestParts<AppState> for SandboxAccess {
             .get("key")
             .cloned()
             .ok_or_else(|| Error::invalid("no sandbox in the path"))?;
+        let mut credential = None;
         let caller = match state.surface {
             Surface::Unix => unix_caller(&parts.headers)?,
             Surface::Tcp => match bearer(&parts.headers)? {
-                Some(api_key) => api_key_caller(state, api_key)?,
+                Some(api_key) => {
+                    let caller = api_key_caller(state, api_key)?;
+                    credential = Some(Credential::ApiKey(api_key.to_string()));
+                    caller
+                }
                 None if parts.headers.get(ACCESS_TOKEN_HEADER).is_none() => {
-                    cookie_caller(parts, state)?.ok_or_else(|| {
+                    let caller = cookie_caller(parts, state)?.ok_or_else(|| {
                         Error::unauthorized(
                             "send Authorization: Bearer <api key>, or X-Access-Token: <the sandbox's access token>",
                         )
-                    })?
+                    })?;
+                    credential = session_of(&parts.headers).map(Credential::ConsoleSession);
+                    caller
                 }
                 None => {
                     let token = parts
@@ -195,7 +255,11 @@ impl FromRequestParts<AppState> for SandboxAccess {
         };
         mark_authenticated(&parts.extensions);
         note_caller(&parts.extensions, &caller);
-        Ok(SandboxAccess { caller, key })
+        Ok(SandboxAccess {
+            caller,
+            key,
+            credential,
+        })
     }
 }
 

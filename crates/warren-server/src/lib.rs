@@ -5,7 +5,8 @@
 //!
 //! - [`Surface::Unix`], the daemon's unix socket (mode 0600, so only the host's root
 //!   reaches it): no key; the tenant is named by `X-Warren-Tenant` (default `default`);
-//!   API keys are minted here (`POST /v1/keys`).
+//!   API keys are minted here (`POST /v1/keys`); a key lists and revokes its own
+//!   tenant's on either surface.
 //! - [`Surface::Tcp`]: every route but `/health` and `/openapi.json` needs
 //!   `Authorization: Bearer <api key>`; the routes about one sandbox's insides (exec,
 //!   processes, files, terminal) also take `X-Access-Token: <its access token>`, which
@@ -138,6 +139,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/events"),
     ("POST", "/v1/gc"),
     ("POST", "/v1/keys"),
+    ("GET", "/v1/keys"),
+    ("DELETE", "/v1/keys/{id}"),
     ("GET", "/v1/pools"),
     ("POST", "/v1/pools"),
     ("GET", "/v1/templates"),
@@ -252,6 +255,12 @@ fn build(state: AppState) -> Router {
         .route("/v1/sessions/{id}/release", post(sessions::release))
         .route("/v1/events", get(sandboxes::events))
         .route("/v1/gc", post(sandboxes::gc))
+        // POST is refused inside on TCP: GET shares the path.
+        .route(
+            "/v1/keys",
+            post(sandboxes::create_key).get(sandboxes::list_keys),
+        )
+        .route("/v1/keys/{id}", delete(sandboxes::revoke_key))
         .route("/v1/templates", get(templates::list))
         .route("/v1/templates/build", post(templates::build))
         // Unix socket only, refused inside: on TCP `{name}` would match them.
@@ -278,9 +287,7 @@ fn build(state: AppState) -> Router {
         )
         .route("/v1/volumes/{owner}/resize", post(volumes::resize))
         .route("/v1/pools", get(pools::list).post(pools::set));
-    if state.surface == Surface::Unix {
-        r = r.route("/v1/keys", post(sandboxes::create_key));
-    } else {
+    if state.surface == Surface::Tcp {
         r = r
             .route("/", get(console::root))
             .route("/console/", get(console::page))

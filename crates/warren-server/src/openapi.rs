@@ -68,6 +68,8 @@ pub fn document() -> &'static str {
         crate::sandboxes::events,
         crate::sandboxes::gc,
         crate::sandboxes::create_key,
+        crate::sandboxes::list_keys,
+        crate::sandboxes::revoke_key,
         crate::sandboxes::backends,
         crate::sandboxes::fork,
         crate::sandboxes::usage_history,

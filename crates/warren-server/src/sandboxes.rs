@@ -612,17 +612,26 @@ pub async fn logs(
     ),
     security(("bearerAuth" = []), ("unixTenant" = [])),
 )]
-pub async fn events(State(st): State<AppState>, Tenant(who): Tenant) -> Result<Response, Error> {
+pub async fn events(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    Tenant(who): Tenant,
+) -> Result<Response, Error> {
     let mut events = st.mgr.subscribe(&who);
+    let revoked =
+        crate::extract::revoked(st.clone(), crate::extract::tenant_credential(&st, &headers));
     let (tx, out) = mpsc::channel::<Bytes>(64);
     tokio::spawn(async move {
         let shutdown = shutting_down(st.shutdown.clone());
         tokio::pin!(shutdown);
+        tokio::pin!(revoked);
         loop {
             let ev = tokio::select! {
                 ev = events.next() => ev,
                 _ = tx.closed() => return,
                 _ = &mut shutdown => return,
+                // Ends as a shutdown does: an event stream has no error line.
+                _ = &mut revoked => return,
             };
             let Some(ev) = ev else { return };
             let mut line = serde_json::to_vec(&ev).unwrap_or_default();
@@ -698,8 +707,9 @@ pub struct KeyResponse {
     pub api_key: String,
 }
 
-/// `POST /v1/keys`: only the host's root, on the unix socket, hands out keys; the TCP
-/// router does not have this route.
+/// `POST /v1/keys`: only the host's root, on the unix socket, hands out keys. The TCP
+/// router has the path (for listing) but not this method: it answers as if it had
+/// neither, before reading anything.
 #[utoipa::path(
     post,
     path = "/v1/keys",
@@ -718,8 +728,13 @@ pub struct KeyResponse {
 )]
 pub async fn create_key(
     State(st): State<AppState>,
-    Json(req): Json<KeyRequest>,
+    req: axum::extract::Request,
 ) -> Result<(StatusCode, axum::Json<KeyResponse>), Error> {
+    if st.surface != crate::Surface::Unix {
+        return Err(crate::no_route("POST", "/v1/keys"));
+    }
+    let Json(req) =
+        <Json<KeyRequest> as axum::extract::FromRequest<_>>::from_request(req, &st).await?;
     if !valid_tenant(&req.tenant) {
         return Err(Error::invalid(format!(
             "tenant {:?}: use 1-128 letters, digits and - _ . @ + (not . or ..)",
@@ -734,6 +749,67 @@ pub async fn create_key(
             api_key,
         }),
     ))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeysQuery {
+    /// Only this tenant's keys (the unix socket; a key lists its own tenant's only).
+    tenant: Option<String>,
+}
+
+/// `GET /v1/keys`: the caller's tenant's keys; on the unix socket every tenant's.
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    operation_id = "listKeys",
+    tag = "daemon",
+    summary = "API keys, oldest first, each by its id (never the key): a key lists its own tenant's; the unix socket every tenant's, or one's with `tenant`.",
+    params(
+        KeysQuery,
+    ),
+    responses(
+        (status = 200, description = "The keys.", body = [warren_types::api::ApiKeyInfo], content_type = "application/json"),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
+pub async fn list_keys(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+    Query(q): Query<KeysQuery>,
+) -> Result<axum::Json<Vec<warren_types::api::ApiKeyInfo>>, Error> {
+    Ok(axum::Json(st.mgr.api_keys(&who, q.tenant.as_deref())?))
+}
+
+/// `DELETE /v1/keys/{id}`: revokes a key; the next request that sends it is refused.
+#[utoipa::path(
+    delete,
+    path = "/v1/keys/{id}",
+    operation_id = "revokeKey",
+    tag = "daemon",
+    summary = "Revoke an API key: every request with it is refused from now on; a console session signed in with it, and the terminals, exec, attach and event streams it opened, end. A key revokes its own tenant's keys only (another's: 404); the unix socket any.",
+    params(
+        ("id" = String, Path, description = "The key's id, as `GET /v1/keys` lists it."),
+    ),
+    responses(
+        (status = 204, description = "Revoked."),
+        (status = 400, response = crate::openapi::BadRequest),
+        (status = 401, response = crate::openapi::Unauthorized),
+        (status = 404, response = crate::openapi::NotFound),
+    ),
+    security(("bearerAuth" = []), ("unixTenant" = [])),
+)]
+pub async fn revoke_key(
+    State(st): State<AppState>,
+    Tenant(who): Tenant,
+    Path(id): Path<String>,
+) -> Result<StatusCode, Error> {
+    st.mgr.revoke_api_key(&who, &id)?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /v1/backends`: the isolation backends, whether each is available here, and what

@@ -391,6 +391,118 @@ async fn keys_are_minted_on_unix_only_and_work_on_tcp() {
     assert_eq!(send(e.tcp(), r).await.0, StatusCode::NOT_FOUND);
 }
 
+/// A TCP request with `key` as its bearer.
+fn with_key(method: &str, uri: &str, key: &str) -> Request<Body> {
+    req(method, uri)
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(Body::empty())
+        .expect("request")
+}
+
+/// The ids a key listing shows.
+fn key_ids(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .expect("a list")
+        .iter()
+        .map(|k| k["id"].as_str().expect("id"))
+        .collect()
+}
+
+#[tokio::test]
+async fn keys_are_listed_by_id_and_revoked_within_their_tenant() {
+    let e = env().await;
+    let one = e.mgr.create_api_key("t1", false).expect("key");
+    let two = e.mgr.create_api_key("t1", false).expect("key");
+    let other = e.mgr.create_api_key("t2", false).expect("key");
+
+    let (s, listed) = send(e.tcp(), with_key("GET", "/v1/keys", &one)).await;
+    assert_eq!(s, StatusCode::OK);
+    let ids = key_ids(&listed);
+    assert_eq!(ids.len(), 2, "{listed}");
+    let text = listed.to_string();
+    for k in [&one, &two, &other] {
+        assert!(!text.contains(k.as_str()), "a listing shows a key: {text}");
+        assert!(
+            !text.contains(&k[4..12]),
+            "a listing shows part of a key: {text}"
+        );
+    }
+    for k in listed.as_array().expect("list") {
+        assert_eq!(k["tenant"], "t1");
+        assert_eq!(k["operator"], false);
+        assert!(k["created_at"].as_i64().expect("created_at") > 0);
+    }
+    // The unix socket sees every tenant's, or one's.
+    let (_, all) = send(e.unix(), empty("GET", "/v1/keys")).await;
+    assert_eq!(key_ids(&all).len(), 3);
+    let (_, theirs) = send(e.unix(), empty("GET", "/v1/keys?tenant=t2")).await;
+    let other_id = key_ids(&theirs)[0].to_string();
+    assert!(!ids.contains(&other_id.as_str()));
+
+    // Another tenant's keys look missing, listed or revoked.
+    let (s, v) = send(e.tcp(), with_key("GET", "/v1/keys?tenant=t1", &other)).await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{v}");
+    let (s, v) = send(
+        e.tcp(),
+        with_key("DELETE", &format!("/v1/keys/{}", ids[1]), &other),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{v}");
+    let (s, v) = send(
+        e.tcp(),
+        with_key("DELETE", "/v1/keys/0123456789abcdef", &one),
+    )
+    .await;
+    assert_eq!((s, code(&v)), (StatusCode::NOT_FOUND, "not_found"), "{v}");
+    assert!(v["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("warren keys ls"));
+    // A key pasted where its id belongs is not echoed.
+    let (s, v) = send(
+        e.tcp(),
+        with_key("DELETE", &format!("/v1/keys/{two}"), &one),
+    )
+    .await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::BAD_REQUEST, "invalid_request"),
+        "{v}"
+    );
+    assert!(!v.to_string().contains(&two[4..]), "{v}");
+
+    // Revoked, a key stops working at once; the others go on.
+    let two_id = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|k| k["id"].as_str().expect("id"))
+        .find(|id| warren_core::tokens::sha256_hex(&two).starts_with(id))
+        .expect("the second key's id")
+        .to_string();
+    let (s, _) = send(
+        e.tcp(),
+        with_key("DELETE", &format!("/v1/keys/{two_id}"), &one),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, v) = send(e.tcp(), with_key("GET", "/v1/sandboxes", &two)).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let (s, _) = send(e.tcp(), with_key("GET", "/v1/sandboxes", &one)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = send(
+        e.tcp(),
+        with_key("DELETE", &format!("/v1/keys/{two_id}"), &one),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // The host's root revokes any tenant's.
+    let (s, _) = send(e.unix(), empty("DELETE", &format!("/v1/keys/{other_id}"))).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = send(e.tcp(), with_key("GET", "/v1/sandboxes", &other)).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
 /// Whether `r`, coming off a TCP connection, marks that connection as authenticated.
 async fn marks(app: Router, mut r: Request<Body>) -> bool {
     let mark = Trusted::default();
@@ -438,7 +550,9 @@ async fn events_stream_as_ndjson() {
 
 /// The path with its parameters filled in, so it reaches the handler.
 fn concrete(path: &str) -> String {
-    path.replace("{key}", "nosuch").replace("{pid}", "1")
+    path.replace("{key}", "nosuch")
+        .replace("{pid}", "1")
+        .replace("{id}", "0123456789abcdef")
 }
 
 #[tokio::test]
@@ -1201,4 +1315,46 @@ fn openapi_engine_schemas_match_serde() {
 
 fn keys_of<T: serde::Serialize>(v: &T, field: &str) -> Value {
     serde_json::to_value(v).expect("serializable")[field].clone()
+}
+
+#[tokio::test]
+async fn a_sandbox_token_is_refused_tenant_wide_things_by_name() {
+    let e = env().await;
+    let scoped = Caller {
+        only_sandbox: Some("abc".into()),
+        ..Caller::tenant("t1")
+    };
+    let key = warren_types::api::SshKey {
+        owner: "alice".into(),
+        fingerprint: "SHA256:x".into(),
+        algorithm: "ssh-ed25519".into(),
+        comment: String::new(),
+        public_key: "ssh-ed25519 AAAA".into(),
+        template: None,
+        created_at: 0,
+    };
+    let session = warren_types::api::OpenSession {
+        client: "c1".into(),
+        ..Default::default()
+    };
+    let refusals = [
+        ("SSH keys", e.mgr.add_ssh_key(&scoped, key).err()),
+        ("SSH keys", e.mgr.ssh_keys(&scoped, None).err()),
+        (
+            "SSH keys",
+            e.mgr.remove_ssh_key(&scoped, "SHA256:x", None).err(),
+        ),
+        ("sessions", e.mgr.open_session(&scoped, session).await.err()),
+    ];
+    for (what, err) in refusals {
+        let err = crate::error::Error::from(err.expect("refused"));
+        let resp = axum::response::IntoResponse::into_response(err);
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN, "{what}");
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: Value = serde_json::from_slice(&body).expect("JSON error");
+        assert_eq!(code(&v), "permission_denied", "{what}");
+        let msg = v["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(what) && msg.contains("API key"), "{msg}");
+        assert!(!msg.contains("no sandbox"), "{msg}");
+    }
 }

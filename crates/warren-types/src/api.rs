@@ -249,6 +249,21 @@ pub struct ResizeVolume {
     pub size_bytes: u64,
 }
 
+/// An API key as `GET /v1/keys` lists it. The key itself is shown once, when it is made,
+/// and never again: the daemon keeps only its hash.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiKeyInfo {
+    /// Names the key to `DELETE /v1/keys/{id}`: the first 16 hex digits of its SHA-256
+    /// hash, which tell nothing of the key.
+    pub id: String,
+    pub tenant: String,
+    /// An operator's key (no quota, the whole host's metrics and templates).
+    pub operator: bool,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
 /// `POST /v1/ssh-keys`: a public key an owner signs in to the SSH gateway with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

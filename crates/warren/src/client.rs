@@ -39,6 +39,13 @@ pub fn set_default_tenant(tenant: Option<String>) {
     }
 }
 
+/// The tenant the verb names (`--tenant`), else `warren --tenant` (or WARREN_TENANT).
+pub fn named_tenant(args: &ClientArgs) -> Option<String> {
+    args.tenant
+        .clone()
+        .or_else(|| DEFAULT_TENANT.get().cloned())
+}
+
 /// The daemon the flags and the environment name: `--host` (TCP, with WARREN_API_KEY)
 /// wins over the socket.
 pub fn connect(args: &ClientArgs) -> Result<Client, ClientError> {
@@ -50,11 +57,7 @@ pub fn connect(args: &ClientArgs) -> Result<Client, ClientError> {
                 .unwrap_or_else(warren_client::default_socket),
         ),
     };
-    let tenant = args
-        .tenant
-        .clone()
-        .or_else(|| DEFAULT_TENANT.get().cloned());
-    Ok(match tenant {
+    Ok(match named_tenant(args) {
         Some(t) => client.with_tenant(t),
         None => client,
     })

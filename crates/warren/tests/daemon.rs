@@ -784,3 +784,95 @@ fn cp_copies_files_and_trees_both_ways() {
     );
     d.finish();
 }
+
+/// The ids `warren keys ls -q` prints.
+fn key_ids(o: &Output) -> Vec<String> {
+    assert!(o.status.success(), "{}", stderr(o));
+    stdout(o).lines().map(str::to_string).collect()
+}
+
+#[test]
+fn keys_are_listed_without_their_secret_and_revoked_at_once() {
+    if !can_run("keys_are_listed_without_their_secret_and_revoked_at_once") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(true);
+    let kept = d
+        .ok(&["keys", "create", "--tenant", "b"])
+        .trim()
+        .to_string();
+    let first = key_ids(&d.tcp(Some(&kept), &["keys", "ls", "-q"]));
+    assert_eq!(first.len(), 1, "{first:?}");
+    let doomed = d
+        .ok(&["keys", "create", "--tenant", "b"])
+        .trim()
+        .to_string();
+    let other = d
+        .ok(&["keys", "create", "--tenant", "c"])
+        .trim()
+        .to_string();
+    let both = key_ids(&d.tcp(Some(&kept), &["keys", "ls", "-q"]));
+    assert_eq!(both.len(), 2, "{both:?}");
+    let doomed_id = both.iter().find(|id| **id != first[0]).unwrap().clone();
+
+    // The listing, as JSON and as a table, never holds a key.
+    let o = d.tcp(Some(&kept), &["keys", "ls", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let listed: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    for k in listed.as_array().unwrap() {
+        assert_eq!(k["tenant"], "b", "{listed}");
+    }
+    let table = stdout(&d.tcp(Some(&kept), &["keys", "ls"]));
+    assert!(table.starts_with("ID"), "{table}");
+    for text in [stdout(&o), table, d.ok(&["keys", "ls", "--json"])] {
+        for key in [&kept, &doomed, &other] {
+            assert!(!text.contains(&key[4..]), "a listing shows a key: {text}");
+        }
+    }
+    // The unix socket sees every tenant's (the default tenant's key too), or one's.
+    assert!(d.ok(&["keys", "ls", "-q"]).lines().count() >= 4);
+    assert_eq!(
+        d.ok(&["keys", "ls", "-q", "--tenant", "b"]).lines().count(),
+        2
+    );
+
+    // Another tenant can neither list nor revoke them, and learns nothing: not found.
+    let r = d.as_tenant(&other, "GET", "/v1/keys?tenant=b", "");
+    assert_eq!(
+        (r.status, r.code()),
+        (404, "not_found".into()),
+        "{}",
+        r.text()
+    );
+    let o = d.tcp(Some(&other), &["keys", "revoke", &doomed_id]);
+    assert_eq!(code(&o), Some(1));
+    assert!(stderr(&o).contains("(not_found)"), "{}", stderr(&o));
+    assert_eq!(d.as_tenant(&doomed, "GET", "/v1/sandboxes", "").status, 200);
+
+    // Revoked by its tenant, the key is refused from the next request on; the other works.
+    let o = d.tcp(Some(&kept), &["keys", "revoke", &doomed_id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), doomed_id);
+    let r = d.as_tenant(&doomed, "GET", "/v1/sandboxes", "");
+    assert_eq!(
+        (r.status, r.code()),
+        (401, "unauthorized".into()),
+        "{}",
+        r.text()
+    );
+    let o = d.tcp(Some(&doomed), &["keys", "ls"]);
+    assert!(stderr(&o).contains("(unauthorized)"), "{}", stderr(&o));
+    assert_eq!(d.as_tenant(&kept, "GET", "/v1/sandboxes", "").status, 200);
+    assert_eq!(key_ids(&d.tcp(Some(&kept), &["keys", "ls", "-q"])), first);
+
+    // Again: it is gone, and the message says where ids are listed.
+    let o = d.tcp(Some(&kept), &["keys", "revoke", &doomed_id]);
+    assert_eq!(code(&o), Some(1));
+    assert!(
+        stderr(&o).contains("(not_found)") && stderr(&o).contains("warren keys ls"),
+        "{}",
+        stderr(&o)
+    );
+    d.finish();
+}

@@ -1,6 +1,7 @@
 //! `warren keys`: API keys for tenants, which TCP clients present as
 //! `Authorization: Bearer <key>`. Only the unix socket hands them out, so only whoever
-//! may open it (the host's root) makes keys. `warren keys ssh`: the public keys owners
+//! may open it (the host's root) makes keys; a key lists and revokes its own tenant's,
+//! each named by an id that does not reveal it. `warren keys ssh`: the public keys owners
 //! sign in to the SSH gateway with, a tenant's to manage.
 
 use std::path::PathBuf;
@@ -10,7 +11,8 @@ use clap::{Args, Subcommand};
 use hyper::Method;
 use serde::{Deserialize, Serialize};
 
-use crate::client::{block_on, connect, enc, out, ClientArgs};
+use crate::client::{block_on, connect, enc, named_tenant, out, ClientArgs};
+use crate::format::{parse_format, Format};
 
 /// Manage API keys.
 #[derive(Debug, Args)]
@@ -35,6 +37,30 @@ enum KeysCommand {
         /// /run/warren/warren.sock].
         #[arg(long, env = "WARREN_SOCKET", value_name = "PATH")]
         socket: Option<PathBuf>,
+    },
+    /// List API keys by id (never the keys themselves): the tenant's own, or on the unix
+    /// socket every tenant's (`--tenant`: one's).
+    Ls {
+        /// Print ids only.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Print the list as JSON.
+        #[arg(long, conflicts_with = "quiet")]
+        json: bool,
+        /// Print one line per key from a template of its JSON fields, e.g.
+        /// '{{.id}} {{.tenant}}' (see README, "--format").
+        #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with_all = ["quiet", "json"])]
+        format: Option<Format>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke API keys by id (as `warren keys ls` shows them): every request with one is
+    /// refused from then on.
+    Revoke {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
     },
     /// Public keys for the SSH gateway (`warren serve --ssh-listen`).
     Ssh {
@@ -112,8 +138,69 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
             out(format!("{}\n", key.api_key))?;
             Ok(ExitCode::SUCCESS)
         }
+        KeysCommand::Ls {
+            quiet,
+            json,
+            format,
+            client,
+        } => ls(quiet, json, format, &client),
+        KeysCommand::Revoke { ids, client } => {
+            super::for_each(&client, &ids, Method::DELETE, |id| {
+                format!("/v1/keys/{}", enc(id))
+            })
+        }
         KeysCommand::Ssh { command } => ssh(command),
     }
+}
+
+fn ls(
+    quiet: bool,
+    json: bool,
+    format: Option<Format>,
+    args: &ClientArgs,
+) -> anyhow::Result<ExitCode> {
+    use warren_types::api::ApiKeyInfo;
+    let client = connect(args)?;
+    // Over TCP the key decides whose keys are listed.
+    let path = match named_tenant(args).filter(|_| args.host.is_none()) {
+        Some(t) => format!("/v1/keys?tenant={}", enc(&t)),
+        None => "/v1/keys".to_string(),
+    };
+    if json || format.is_some() {
+        // As the daemon sent it: fields this CLI does not know yet are kept.
+        let list: Vec<serde_json::Value> = block_on(client.call(Method::GET, &path, None::<&()>))??;
+        match &format {
+            Some(f) => out(f.render_all(&list))?,
+            None => out(format!("{}\n", serde_json::to_string_pretty(&list)?))?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let list: Vec<ApiKeyInfo> = block_on(client.call(Method::GET, &path, None::<&()>))??;
+    if quiet {
+        out(list
+            .iter()
+            .map(|k| format!("{}\n", k.id))
+            .collect::<String>())?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let now = jiff::Timestamp::now();
+    let mut text = format!(
+        "{:<16}  {:<24} {:<8} {}\n",
+        "ID", "TENANT", "OPERATOR", "CREATED"
+    );
+    for k in list {
+        let created = jiff::Timestamp::from_millisecond(k.created_at)
+            .map(|t| super::ls::ago(&t.to_string(), now))
+            .unwrap_or_else(|_| "-".into());
+        text.push_str(&format!(
+            "{:<16}  {:<24} {:<8} {created} ago\n",
+            k.id,
+            crate::term::clean_line(&k.tenant),
+            if k.operator { "yes" } else { "no" },
+        ));
+    }
+    out(text)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn ssh(command: SshCommand) -> anyhow::Result<ExitCode> {
