@@ -10,7 +10,9 @@ impl Manager {
     /// (resumed or started if needed). The flag says whether a new one was made.
     pub async fn create(&self, who: &Caller, req: CreateSandbox) -> Result<(SandboxInfo, bool)> {
         if who.only_sandbox.is_some() {
-            return Err(CoreError::NotFound("sandboxes".into()));
+            return Err(CoreError::Forbidden(
+                "a sandbox's own token cannot create sandboxes: use an API key".into(),
+            ));
         }
         let mut req = req;
         let name = req.template.clone().unwrap_or_else(|| "host".into());
@@ -94,7 +96,9 @@ impl Manager {
         count: usize,
     ) -> Result<Vec<Result<SandboxInfo>>> {
         if who.only_sandbox.is_some() {
-            return Err(CoreError::NotFound("sandboxes".into()));
+            return Err(CoreError::Forbidden(
+                "a sandbox's own token cannot fork sandboxes: use an API key".into(),
+            ));
         }
         if count == 0 || count > MAX_FORKS {
             return Err(CoreError::Invalid(format!(
