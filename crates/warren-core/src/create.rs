@@ -483,7 +483,8 @@ impl Manager {
 }
 
 /// Fits a request to a template that carries memory: only a backend with memory
-/// snapshots restores it, and its processes find the mounts they had.
+/// snapshots restores it, on `none` (so with no published ports), and its processes find
+/// the mounts they had.
 fn check_memory_template(
     name: &str,
     saved: &template::SavedMemory,
@@ -493,6 +494,13 @@ fn check_memory_template(
         return Err(CoreError::Invalid(format!(
             "template {name} carries a gVisor sandbox's memory: only the gvisor backend can \
              start it (leave isolation out)"
+        )));
+    }
+    if !req.publish.is_empty() {
+        return Err(CoreError::Invalid(format!(
+            "template {name} carries saved memory: a sandbox started from it is on `none`, \
+             which the host cannot reach, so it publishes no ports (a fresh one on \
+             `--network nat` does)"
         )));
     }
     match req.home_volume {
