@@ -451,6 +451,10 @@ fn the_backends_list_says_what_each_offers() {
         serde_json::json!(["none", "nat"])
     );
     assert_eq!(ns["capabilities"]["volumes"], true);
+    assert_eq!(
+        ns["capabilities"]["publish"],
+        serde_json::json!(["none", "nat"])
+    );
     for b in &list[1..4] {
         if b["available"] == true {
             assert_eq!(
@@ -460,6 +464,15 @@ fn the_backends_list_says_what_each_offers() {
             assert_eq!(b["capabilities"]["volumes"], true);
         }
     }
+    // On `none` gVisor's network is its own, which the host cannot reach.
+    assert_eq!(
+        entry(&list, "gvisor")["capabilities"]["publish"],
+        serde_json::json!(["nat"])
+    );
+    assert_eq!(
+        entry(&list, "process")["capabilities"]["publish"],
+        serde_json::json!([])
+    );
     // The runc-compatible runtimes say what they are and what they lack, and why.
     for name in ["runc", "crun"] {
         let b = entry(&list, name);
@@ -502,6 +515,7 @@ fn the_backends_list_says_what_each_offers() {
     );
     let o = d.ok(&["backends"]);
     assert!(o.contains("namespace  available"), "{o}");
+    assert!(o.contains("ports published on: none, nat;"), "{o}");
     if entry(&list, "runc")["available"] == true {
         assert!(
             o.contains("no memory snapshots: runc checkpoints through CRIU"),
