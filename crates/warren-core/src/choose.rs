@@ -426,6 +426,39 @@ mod tests {
     }
 
     #[test]
+    fn a_named_backend_is_refused_with_what_it_lacks() {
+        let ns = info(Isolation::Namespace);
+        let refusal = |lack: Lack| lack.refusal(Isolation::Namespace, &ns);
+        assert_eq!(
+            refusal(Lack::Network(NetworkMode::Host)),
+            "the namespace backend offers no `host` network; it offers none, nat"
+        );
+        assert_eq!(
+            refusal(Lack::Limit("disk")),
+            "the namespace backend cannot enforce a disk limit here; leave it out or pick \
+             another isolation (`GET /v1/backends`)"
+        );
+        assert_eq!(
+            refusal(Lack::MemorySnapshots),
+            "the namespace backend has no memory snapshots; leave it out of `requires` or \
+             pick another isolation (`GET /v1/backends`)"
+        );
+        let gvisor = info(Isolation::Gvisor);
+        let req = CreateSandbox {
+            publish: vec![PortMap {
+                host: 8080,
+                sandbox: 80,
+            }],
+            ..Default::default()
+        };
+        let lacks = lacks(&gvisor, &req);
+        assert_eq!(lacks, [Lack::Publish(NetworkMode::None)]);
+        assert!(lacks[0]
+            .refusal(Isolation::Gvisor, &gvisor)
+            .contains("--network nat"));
+    }
+
+    #[test]
     fn trust_mode_defaults_to_its_own_network() {
         let req = requiring(Requirements::default());
         assert!(lacks(&info(Isolation::Process), &req).is_empty());

@@ -577,6 +577,9 @@ fn a_request_no_backend_can_serve_is_refused_before_anything_is_recorded() {
         // Requirements no one backend meets: memory snapshots (gVisor's) on the host's
         // network (trust mode's).
         serde_json::json!({"name": "g", "network": "host", "requires": {"memory_snapshots": true}}),
+        // A backend named with a requirement it does not meet.
+        serde_json::json!({"name": "i", "isolation": "namespace",
+                           "requires": {"memory_snapshots": true}}),
         // A memory requirement above the memory asked for.
         serde_json::json!({"name": "h", "resources": {"memory": 64 << 20},
                            "requires": {"memory": 128 << 20}}),
@@ -589,6 +592,17 @@ fn a_request_no_backend_can_serve_is_refused_before_anything_is_recorded() {
         }
         assert!(!r.text().is_empty());
     }
+    let r = post(
+        &d,
+        "/v1/sandboxes",
+        &serde_json::json!({"isolation": "namespace", "requires": {"profile": "snapshots"}}),
+    );
+    assert!(
+        r.text()
+            .contains("the namespace backend has no memory snapshots"),
+        "{}",
+        r.text()
+    );
     let r = post(
         &d,
         "/v1/sandboxes",
