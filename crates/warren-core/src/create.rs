@@ -10,7 +10,9 @@ impl Manager {
     /// (resumed or started if needed). The flag says whether a new one was made.
     pub async fn create(&self, who: &Caller, req: CreateSandbox) -> Result<(SandboxInfo, bool)> {
         if who.only_sandbox.is_some() {
-            return Err(CoreError::NotFound("sandboxes".into()));
+            return Err(CoreError::Forbidden(
+                "a sandbox's own token cannot create sandboxes: use an API key".into(),
+            ));
         }
         let mut req = req;
         let name = req.template.clone().unwrap_or_else(|| "host".into());
@@ -23,8 +25,14 @@ impl Manager {
                 e => CoreError::Invalid(e.to_string()),
             })?
             .meta;
-        // A request that names no backend gets its template's (then the daemon's).
-        req.isolation = req.isolation.or(meta.isolation);
+        // A request that names no backend gets its template's (then the daemon's), or,
+        // stating what it requires, the first that offers it.
+        if req.isolation.is_none() {
+            req.isolation = match &req.requires {
+                Some(_) => Some(self.choose_backend(who, meta.isolation, &req)?),
+                None => meta.isolation,
+            };
+        }
         if let Some(saved) = &meta.memory {
             check_memory_template(&name, saved, &mut req)?;
         }
@@ -94,7 +102,9 @@ impl Manager {
         count: usize,
     ) -> Result<Vec<Result<SandboxInfo>>> {
         if who.only_sandbox.is_some() {
-            return Err(CoreError::NotFound("sandboxes".into()));
+            return Err(CoreError::Forbidden(
+                "a sandbox's own token cannot fork sandboxes: use an API key".into(),
+            ));
         }
         if count == 0 || count > MAX_FORKS {
             return Err(CoreError::Invalid(format!(
@@ -190,8 +200,20 @@ impl Manager {
         let enforced = &info.capabilities.limits;
         let defaults = policy.with_defaults(&Resources::default());
         let keep = |l: &str| enforced.iter().any(|e| e == l);
+        let least = req.requires.as_ref().and_then(|n| n.memory);
+        if let (Some(asked), Some(least)) = (req.resources.memory, least) {
+            if asked < least {
+                return Err(CoreError::Invalid(format!(
+                    "resources.memory {asked} is below requires.memory {least}: ask for at \
+                     least that, or leave resources.memory out"
+                )));
+            }
+        }
         let r = &mut req.resources;
         r.memory = r.memory.or(defaults.memory.filter(|_| keep("memory")));
+        if let Some(least) = least.filter(|_| keep("memory")) {
+            r.memory = Some(r.memory.unwrap_or(0).max(least));
+        }
         r.cpu_millis = r.cpu_millis.or(defaults.cpu_millis.filter(|_| keep("cpu")));
         r.pids = r.pids.or(defaults.pids.filter(|_| keep("pids")));
         r.disk = r.disk.or(defaults.disk.filter(|_| keep("disk")));
@@ -218,13 +240,7 @@ impl Manager {
         req.publish = policy.place_ports(who, &req.publish)?;
         // `none` is only the default: a backend that cannot honour it (trust mode has the
         // host's network) says which network the sandbox gets instead of pretending.
-        let networks = &info.capabilities.networks;
-        if req.network == warren_types::spec::NetworkMode::None && !networks.contains(&req.network)
-        {
-            if let Some(first) = networks.first() {
-                req.network = *first;
-            }
-        }
+        req.network = choose::network_on(&info.capabilities.networks, req.network);
         self.check_backend(who, isolation, &info, &req)?;
         req.mounts = self.check_mounts(who, isolation, &info, &req)?;
         self.check_egress(req.network, &req.egress)?;
@@ -240,45 +256,46 @@ impl Manager {
         info: &warren_types::api::BackendInfo,
         req: &CreateSandbox,
     ) -> Result<()> {
-        if kind == Isolation::Process
-            && !who.operator
-            && !self.config.process_tenants.contains(&who.tenant)
-        {
+        if kind == Isolation::Process && !self.trust_open(who) {
             return Err(CoreError::Invalid(format!(
                 "the process backend (trust mode) is not open to tenant {:?}: the operator \
                  allows it per tenant (`[backends.process] tenants`)",
                 who.tenant
             )));
         }
-        if !info.capabilities.networks.contains(&req.network) {
-            let offered: Vec<&str> = info
-                .capabilities
-                .networks
-                .iter()
-                .map(|n| n.as_str())
+        match choose::lacks(info, req).first() {
+            Some(lack) => Err(CoreError::Invalid(lack.refusal(kind, info))),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether trust mode (the process backend) is open to `who`.
+    fn trust_open(&self, who: &Caller) -> bool {
+        who.operator || self.config.process_tenants.contains(&who.tenant)
+    }
+
+    /// The backend for a request that names none but states what it requires: the first
+    /// available one, of the template's default, the daemon's, then a fixed order, that
+    /// offers everything the request asks.
+    fn choose_backend(
+        &self,
+        who: &Caller,
+        template: Option<Isolation>,
+        req: &CreateSandbox,
+    ) -> Result<Isolation> {
+        let infos = self.backends.infos();
+        let candidates: Vec<choose::Candidate> =
+            choose::candidates(template, self.config.isolation)
+                .into_iter()
+                .filter_map(|kind| {
+                    let info = infos.iter().find(|i| i.name == kind)?.clone();
+                    Some(choose::Candidate {
+                        info,
+                        open: kind != Isolation::Process || self.trust_open(who),
+                    })
+                })
                 .collect();
-            return Err(CoreError::Invalid(format!(
-                "the {kind} backend offers no `{}` network; it offers {}",
-                req.network.as_str(),
-                offered.join(", ")
-            )));
-        }
-        let r = &req.resources;
-        let asked = [
-            ("memory", r.memory.is_some()),
-            ("cpu", r.cpu_millis.is_some()),
-            ("pids", r.pids.is_some()),
-            ("disk", r.disk.is_some()),
-        ];
-        for (limit, set) in asked {
-            if set && !info.capabilities.limits.iter().any(|l| l == limit) {
-                return Err(CoreError::Invalid(format!(
-                    "the {kind} backend cannot enforce a {limit} limit here; leave it out or \
-                     pick another isolation (`GET /v1/backends`)"
-                )));
-            }
-        }
-        Ok(())
+        choose::choose(&candidates, req).map_err(|e| CoreError::Invalid(e.to_string()))
     }
 
     /// Refuses a sandbox that would take `who`'s tenant past a quota (the operator has
@@ -466,7 +483,8 @@ impl Manager {
 }
 
 /// Fits a request to a template that carries memory: only a backend with memory
-/// snapshots restores it, and its processes find the mounts they had.
+/// snapshots restores it, on `none` (so with no published ports), and its processes find
+/// the mounts they had.
 fn check_memory_template(
     name: &str,
     saved: &template::SavedMemory,
@@ -476,6 +494,13 @@ fn check_memory_template(
         return Err(CoreError::Invalid(format!(
             "template {name} carries a gVisor sandbox's memory: only the gvisor backend can \
              start it (leave isolation out)"
+        )));
+    }
+    if !req.publish.is_empty() {
+        return Err(CoreError::Invalid(format!(
+            "template {name} carries saved memory: a sandbox started from it is on `none`, \
+             which the host cannot reach, so it publishes no ports (a fresh one on \
+             `--network nat` does)"
         )));
     }
     match req.home_volume {

@@ -18,6 +18,7 @@
 //! daemon starts, [`Manager::open`] re-adopts every sandbox whose helper is alive, and
 //! cleans up those half-made or whose processes died meanwhile.
 
+mod choose;
 mod create;
 mod egress;
 mod keys;

@@ -746,6 +746,8 @@ impl Backend for GvisorBackend {
                 limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
                 volumes: true,
                 host_mounts: true,
+                // On `none` its network is gVisor's own, which the host cannot reach.
+                publish: vec![NetworkMode::Nat],
                 lacking: Default::default(),
             },
         }

@@ -471,6 +471,7 @@ impl crate::Backend for NamespaceBackend {
                 limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
                 volumes: true,
                 host_mounts: true,
+                publish: vec![NetworkMode::None, NetworkMode::Nat],
                 lacking: Default::default(),
             },
         }

@@ -289,6 +289,8 @@ impl Backend for ProcessBackend {
                 limits: ["memory", "cpu", "pids"].map(String::from).to_vec(),
                 volumes: false,
                 host_mounts: false,
+                // Its ports are the host's already.
+                publish: Vec::new(),
                 lacking: Default::default(),
             },
         }

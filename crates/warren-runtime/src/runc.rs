@@ -453,6 +453,7 @@ impl Backend for RuncBackend {
                 limits: ["memory", "cpu", "pids", "disk"].map(String::from).to_vec(),
                 volumes: true,
                 host_mounts: true,
+                publish: vec![NetworkMode::None, NetworkMode::Nat],
                 lacking,
             },
         }

@@ -772,8 +772,14 @@ fn openapi_schemas_match_serde() {
         props("CreateSandbox"),
         keys(&warren_types::api::CreateSandbox {
             mounts: vec![host_mount()],
+            // Present when asked.
+            requires: Some(Default::default()),
             ..Default::default()
         })
+    );
+    assert_eq!(
+        props("Requirements"),
+        keys(&warren_types::api::Requirements::default())
     );
     assert_eq!(props("HostMount"), keys(&host_mount()));
     assert_eq!(

@@ -148,6 +148,63 @@ pub struct CreateSandbox {
     /// when absent. `GET /v1/backends` lists what this host offers.
     #[serde(default)]
     pub isolation: Option<Isolation>,
+    /// What the backend must offer. Without `isolation`, the first available backend
+    /// that offers it (and the asked network, published ports and limits) is chosen:
+    /// the template's default, the daemon's, then namespace, gvisor, runc, crun, and
+    /// process where trust mode is open to the tenant. With `isolation`, that backend
+    /// must offer it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<Requirements>,
+}
+
+/// What a sandbox needs of its backend, as `GET /v1/backends` describes them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Requirements {
+    /// Snapshots and forks that carry processes and memory.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
+    pub memory_snapshots: bool,
+    /// Stronger than a shared kernel with namespaces (gVisor's own kernel).
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
+    pub strong_isolation: bool,
+    /// Pause keeps processes and memory.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(default = false))]
+    pub pause: bool,
+    /// At least this many bytes of memory, held as a limit: the backend must enforce
+    /// one, and the sandbox's limit is at least this (a default below it is raised; a
+    /// `resources.memory` below it is refused).
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// A named set of the above.
+    #[serde(default)]
+    pub profile: Option<Profile>,
+}
+
+/// Named sets of requirements, fixed: one stands for the requirement it names.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// For code nobody vouches for: strong isolation.
+    Untrusted,
+    /// For sandboxes that are forked or saved with their processes: memory snapshots.
+    Snapshots,
+}
+
+impl Requirements {
+    /// Strong isolation, asked for itself or by the profile.
+    pub fn needs_strong_isolation(&self) -> bool {
+        self.strong_isolation || self.profile == Some(Profile::Untrusted)
+    }
+
+    /// Memory snapshots, asked for themselves or by the profile.
+    pub fn needs_memory_snapshots(&self) -> bool {
+        self.memory_snapshots || self.profile == Some(Profile::Snapshots)
+    }
 }
 
 /// `POST /v1/sandboxes/{id}/timeout`.
@@ -363,6 +420,9 @@ pub struct Capabilities {
     /// Host directories can be mounted (`mounts`, on the unix socket).
     #[serde(default)]
     pub host_mounts: bool,
+    /// The networks on which a sandbox's ports can be published to the host.
+    #[serde(default)]
+    pub publish: Vec<NetworkMode>,
     /// Why a capability this backend lacks is missing here, by its name above.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub lacking: std::collections::BTreeMap<String, String>,

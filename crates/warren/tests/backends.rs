@@ -451,6 +451,10 @@ fn the_backends_list_says_what_each_offers() {
         serde_json::json!(["none", "nat"])
     );
     assert_eq!(ns["capabilities"]["volumes"], true);
+    assert_eq!(
+        ns["capabilities"]["publish"],
+        serde_json::json!(["none", "nat"])
+    );
     for b in &list[1..4] {
         if b["available"] == true {
             assert_eq!(
@@ -460,6 +464,15 @@ fn the_backends_list_says_what_each_offers() {
             assert_eq!(b["capabilities"]["volumes"], true);
         }
     }
+    // On `none` gVisor's network is its own, which the host cannot reach.
+    assert_eq!(
+        entry(&list, "gvisor")["capabilities"]["publish"],
+        serde_json::json!(["nat"])
+    );
+    assert_eq!(
+        entry(&list, "process")["capabilities"]["publish"],
+        serde_json::json!([])
+    );
     // The runc-compatible runtimes say what they are and what they lack, and why.
     for name in ["runc", "crun"] {
         let b = entry(&list, name);
@@ -502,6 +515,7 @@ fn the_backends_list_says_what_each_offers() {
     );
     let o = d.ok(&["backends"]);
     assert!(o.contains("namespace  available"), "{o}");
+    assert!(o.contains("ports published on: none, nat;"), "{o}");
     if entry(&list, "runc")["available"] == true {
         assert!(
             o.contains("no memory snapshots: runc checkpoints through CRIU"),
@@ -539,6 +553,14 @@ fn a_request_no_backend_can_serve_is_refused_before_anything_is_recorded() {
     let _t = my_turn();
     let spaces = Spaces::new();
     let d = daemon(&spaces.0, "");
+    // Every lifecycle event of the tenant, from before the first request.
+    let mut events = d
+        .warren(&["events"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run warren events");
+    std::thread::sleep(Duration::from_millis(300));
+    let port = serde_json::json!([{"host": 0, "sandbox": 80}]);
     let refused = [
         // Trust mode has the host's network; it cannot make a `nat` one.
         serde_json::json!({"name": "a", "isolation": "process", "network": "nat"}),
@@ -547,12 +569,63 @@ fn a_request_no_backend_can_serve_is_refused_before_anything_is_recorded() {
         // A namespace sandbox never gets the host's network.
         serde_json::json!({"name": "c", "network": "host"}),
         serde_json::json!({"name": "d", "isolation": "vm"}),
+        // Trust mode's ports are the host's already: it publishes none.
+        serde_json::json!({"name": "e", "isolation": "process", "publish": port}),
+        // gVisor on `none` has a network of its own the host cannot reach (refused as
+        // unavailable where it is).
+        serde_json::json!({"name": "f", "isolation": "gvisor", "publish": port}),
+        // Requirements no one backend meets: memory snapshots (gVisor's) on the host's
+        // network (trust mode's).
+        serde_json::json!({"name": "g", "network": "host", "requires": {"memory_snapshots": true}}),
+        // A backend named with a requirement it does not meet.
+        serde_json::json!({"name": "i", "isolation": "namespace",
+                           "requires": {"memory_snapshots": true}}),
+        // A memory requirement above the memory asked for.
+        serde_json::json!({"name": "h", "resources": {"memory": 64 << 20},
+                           "requires": {"memory": 128 << 20}}),
     ];
     for body in refused {
         let r = post(&d, "/v1/sandboxes", &body);
         assert_eq!(r.status, 400, "{body}: {}", r.text());
+        if body["isolation"] != "vm" {
+            assert_eq!(r.code(), "invalid_request", "{body}: {}", r.text());
+        }
         assert!(!r.text().is_empty());
     }
+    let r = post(
+        &d,
+        "/v1/sandboxes",
+        &serde_json::json!({"isolation": "namespace", "requires": {"profile": "snapshots"}}),
+    );
+    assert!(
+        r.text()
+            .contains("the namespace backend has no memory snapshots"),
+        "{}",
+        r.text()
+    );
+    let r = post(
+        &d,
+        "/v1/sandboxes",
+        &serde_json::json!({"isolation": "process", "publish": port}),
+    );
+    assert!(r.text().contains("publishes no ports"), "{}", r.text());
+    if entry(&backends(&d), "gvisor")["available"] == true {
+        let r = post(
+            &d,
+            "/v1/sandboxes",
+            &serde_json::json!({"isolation": "gvisor", "publish": port}),
+        );
+        assert!(r.text().contains("--network nat"), "{}", r.text());
+    }
+    let r = post(
+        &d,
+        "/v1/sandboxes",
+        &serde_json::json!({"network": "host", "requires": {"memory_snapshots": true}}),
+    );
+    let msg = r.json()["message"].as_str().unwrap_or_default().to_string();
+    assert!(msg.starts_with("no backend here offers"), "{msg}");
+    assert!(msg.contains("namespace offers no `host` network"), "{msg}");
+    assert!(msg.contains("process has no memory snapshots"), "{msg}");
     // A tenant the operator did not name cannot ask for trust mode.
     let key = d
         .ok(&["keys", "create", "--tenant", "other"])
@@ -561,7 +634,101 @@ fn a_request_no_backend_can_serve_is_refused_before_anything_is_recorded() {
     let r = d.as_tenant(&key, "POST", "/v1/sandboxes", r#"{"isolation":"process"}"#);
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("not open to tenant"), "{}", r.text());
-    // Nothing was recorded: no sandbox, no event.
+    // Nothing was recorded: no sandbox, no event. A sandbox made last shows the stream
+    // was listening: its `created` is the first event there.
+    let r = d.http(Via::Unix, "GET", "/v1/sandboxes", &[], b"");
+    assert_eq!(r.json(), serde_json::json!([]));
+    let id = d.create(&["--no-home"]);
+    let mut seen = String::new();
+    let shown = eventually(10, || {
+        seen = d.ok(&["events", &id]);
+        seen.contains("created")
+    });
+    assert!(shown, "{seen}");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = events.kill();
+    let out = events.wait_with_output().expect("warren events");
+    let out = String::from_utf8_lossy(&out.stdout);
+    let first = out.lines().next().unwrap_or_default();
+    assert!(
+        first.contains(&id) && first.contains("created"),
+        "events before the control sandbox's:\n{out}"
+    );
+    assert!(!out.contains("failed"), "{out}");
+    d.finish();
+}
+
+#[test]
+fn a_request_naming_no_backend_gets_the_first_that_offers_what_it_requires() {
+    let test = "a_request_naming_no_backend_gets_the_first_that_offers_what_it_requires";
+    let Some((_t, _spaces, d)) = gvisor_test(test) else {
+        return;
+    };
+    let made_on = |body: serde_json::Value| -> (String, serde_json::Value) {
+        let r = post(&d, "/v1/sandboxes", &body);
+        assert_eq!(r.status, 201, "{body}: {}", r.text());
+        let info = r.json();
+        let id = info["id"].as_str().unwrap().to_string();
+        d.saw(&id);
+        (id, info)
+    };
+    // The daemon's default (namespace) when it offers everything.
+    let (id, info) = made_on(serde_json::json!({
+        "home_volume": false,
+        "requires": {"pause": true, "memory": 96 << 20}
+    }));
+    assert_eq!(info["isolation"], "namespace", "{info}");
+    // At least that much: the daemon's default limit is kept when it is more.
+    assert!(
+        info["resources"]["memory"].as_u64().unwrap_or(0) >= 96 << 20,
+        "{info}"
+    );
+    d.ok(&["rm", &id]);
+    // Memory snapshots and strong isolation are gVisor's.
+    let (id, info) = made_on(serde_json::json!({
+        "home_volume": false,
+        "requires": {"memory_snapshots": true}
+    }));
+    assert_eq!(info["isolation"], "gvisor", "{info}");
+    d.ok(&["rm", &id]);
+    let (id, info) = made_on(serde_json::json!({
+        "home_volume": false,
+        "requires": {"profile": "untrusted"}
+    }));
+    assert_eq!(info["isolation"], "gvisor", "{info}");
+    d.ok(&["rm", &id]);
+    // So from the CLI.
+    let id = d.create(&["--no-home", "--require", "strong-isolation"]);
+    assert_eq!(d.info(&id)["isolation"], "gvisor");
+    d.ok(&["rm", &id]);
+    // Strong isolation with a port on `none`: gVisor cannot publish there, and every
+    // other backend shares the host kernel. Refused, nothing recorded.
+    let r = post(
+        &d,
+        "/v1/sandboxes",
+        &serde_json::json!({
+            "name": "nowhere",
+            "publish": [{"host": 0, "sandbox": 80}],
+            "requires": {"strong_isolation": true}
+        }),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let msg = r.json()["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        msg.starts_with("no backend here offers all this request needs together"),
+        "{msg}"
+    );
+    assert!(msg.contains("gvisor publishes no ports on `none`"), "{msg}");
+    assert!(msg.contains("namespace shares the host kernel"), "{msg}");
+    // On `nat` gVisor publishes.
+    let (id, info) = made_on(serde_json::json!({
+        "home_volume": false,
+        "network": "nat",
+        "publish": [{"host": 0, "sandbox": 80}],
+        "requires": {"strong_isolation": true}
+    }));
+    assert_eq!(info["isolation"], "gvisor", "{info}");
+    d.ok(&["rm", &id]);
     let r = d.http(Via::Unix, "GET", "/v1/sandboxes", &[], b"");
     assert_eq!(r.json(), serde_json::json!([]));
     d.finish();

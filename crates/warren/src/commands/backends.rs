@@ -49,12 +49,19 @@ fn table(list: &[BackendInfo]) -> String {
             "           isolation: {}\n",
             crate::term::clean_line(&c.isolation)
         );
+        let ports: Vec<&str> = c.publish.iter().map(|n| n.as_str()).collect();
         s += &format!(
-            "           networks: {}; limits: {}; pause: {}; memory snapshots: {}\n",
+            "           networks: {}; ports published on: {}; limits: {}; pause: {}; \
+             memory snapshots: {}\n",
             if nets.is_empty() {
                 "-".into()
             } else {
                 nets.join(", ")
+            },
+            if ports.is_empty() {
+                "-".into()
+            } else {
+                ports.join(", ")
             },
             if c.limits.is_empty() {
                 "-".into()

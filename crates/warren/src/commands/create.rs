@@ -114,6 +114,7 @@ pub fn run(args: CreateArgs) -> anyhow::Result<ExitCode> {
         home_size: args.home_size,
         traffic_token: false,
         isolation: sandbox.isolation,
+        requires: sandbox.requires,
         mounts: args.mounts,
     };
     let client = connect(&args.client)?;

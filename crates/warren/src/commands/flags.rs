@@ -4,7 +4,7 @@
 //! not in what it is made of, so they take these flags the same way.
 
 use clap::{Args, ValueEnum};
-use warren_types::api::ResourceRequest;
+use warren_types::api::{Profile, Requirements, ResourceRequest};
 use warren_types::spec::{Isolation, NetworkMode, PortMap, Resources};
 
 use warren_types::size::parse_size;
@@ -34,6 +34,19 @@ pub struct SandboxFlags {
     /// lists what this host offers) [default: the daemon's]
     #[arg(long, value_name = "BACKEND", env = "WARREN_ISOLATION")]
     isolation: Option<Isolation>,
+    /// Without --isolation, let the daemon pick the first backend that offers this:
+    /// memory-snapshots, strong-isolation or pause. Repeat for more (`warren backends`
+    /// shows what each offers).
+    #[arg(long = "require", value_name = "CAPABILITY", value_enum)]
+    require: Vec<Need>,
+    /// Require a backend that holds a memory limit, and at least this much memory under
+    /// it, e.g. 1G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    require_memory: Option<u64>,
+    /// A named set of requirements: untrusted (strong isolation) or snapshots (memory
+    /// snapshots).
+    #[arg(long, value_enum)]
+    profile: Option<ProfileArg>,
     /// Forward 127.0.0.1:HOSTPORT on the host to PORT in the sandbox; a daemon's sandbox
     /// may leave HOSTPORT out to be given a free one (`warren port` shows it).
     #[arg(short, long = "publish", value_name = "[HOSTPORT:]PORT", value_parser = parse_publish)]
@@ -47,6 +60,19 @@ enum Network {
     Host,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Need {
+    MemorySnapshots,
+    StrongIsolation,
+    Pause,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProfileArg {
+    Untrusted,
+    Snapshots,
+}
+
 /// The flags as the sandbox's specification takes them.
 #[derive(Debug)]
 pub struct SandboxSettings {
@@ -54,6 +80,8 @@ pub struct SandboxSettings {
     pub network: NetworkMode,
     pub publish: Vec<PortMap>,
     pub isolation: Option<Isolation>,
+    /// What the backend must offer, when a flag asked for anything.
+    pub requires: Option<Requirements>,
 }
 
 impl SandboxFlags {
@@ -109,6 +137,23 @@ impl SandboxFlags {
             },
             publish: self.publish.clone(),
             isolation: self.isolation,
+            requires: self.requirements(),
+        })
+    }
+
+    fn requirements(&self) -> Option<Requirements> {
+        if self.require.is_empty() && self.require_memory.is_none() && self.profile.is_none() {
+            return None;
+        }
+        Some(Requirements {
+            memory_snapshots: self.require.contains(&Need::MemorySnapshots),
+            strong_isolation: self.require.contains(&Need::StrongIsolation),
+            pause: self.require.contains(&Need::Pause),
+            memory: self.require_memory,
+            profile: self.profile.map(|p| match p {
+                ProfileArg::Untrusted => Profile::Untrusted,
+                ProfileArg::Snapshots => Profile::Snapshots,
+            }),
         })
     }
 }
@@ -179,6 +224,33 @@ mod tests {
         assert_eq!(s.network, NetworkMode::None);
         assert!(s.publish.is_empty());
         assert_eq!(s.resource_request(), ResourceRequest::default());
+        assert_eq!(s.requires, None);
+    }
+
+    #[test]
+    fn requirements_reach_the_request() {
+        let s = settings(&[
+            "--require",
+            "memory-snapshots",
+            "--require",
+            "pause",
+            "--require-memory",
+            "1G",
+            "--profile",
+            "untrusted",
+        ])
+        .unwrap();
+        assert_eq!(
+            s.requires,
+            Some(Requirements {
+                memory_snapshots: true,
+                strong_isolation: false,
+                pause: true,
+                memory: Some(1 << 30),
+                profile: Some(Profile::Untrusted),
+            })
+        );
+        assert!(settings(&["--require", "gpu"]).is_err());
     }
 
     #[test]

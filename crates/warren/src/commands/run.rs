@@ -174,6 +174,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if args.detach {
         return detached(args, sandbox);
     }
+    if sandbox.requires.is_some() {
+        return Err(Error::invalid(
+            "--require, --require-memory and --profile: without -d there is no daemon to \
+             choose a backend; run it with -d, or name one with --isolation"
+                .into(),
+        )
+        .into());
+    }
     if let Some(p) = sandbox.publish.iter().find(|p| p.host == 0) {
         return Err(Error::invalid(format!(
             "-p {}: without -d there is no daemon to choose a host port; write \
@@ -435,6 +443,7 @@ fn detached(args: RunArgs, sandbox: SandboxSettings) -> anyhow::Result<ExitCode>
         // As docker's -e: every process of the sandbox sees it, later execs too.
         env: args.env.iter().cloned().collect(),
         isolation: sandbox.isolation,
+        requires: sandbox.requires.clone(),
         mounts: args.volume.iter().filter_map(VolumeArg::host).collect(),
         ..CreateSandbox::default()
     };
