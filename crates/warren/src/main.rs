@@ -63,6 +63,7 @@ enum Command {
 /// ~/.config/fish/completions/warren.fish`.
 #[derive(Debug, clap::Args)]
 struct CompletionsArgs {
+    /// The shell the script is for.
     #[arg(value_enum)]
     shell: clap_complete::Shell,
 }
@@ -201,6 +202,49 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every verb says what it does, in words of its own (no two verbs share a help
+    /// text), and every flag and argument has a help line.
+    #[test]
+    fn every_verb_and_flag_has_its_own_help() {
+        fn walk(
+            c: &clap::Command,
+            path: &str,
+            missing: &mut Vec<String>,
+            abouts: &mut Vec<(String, String)>,
+        ) {
+            for sub in c.get_subcommands() {
+                let name = format!("{path} {}", sub.get_name());
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                match sub.get_about() {
+                    Some(about) => abouts.push((about.to_string(), name.clone())),
+                    None => missing.push(format!("{name}: no help text")),
+                }
+                for arg in sub.get_arguments() {
+                    let id = arg.get_id().as_str();
+                    if matches!(id, "help" | "version") || arg.is_hide_set() {
+                        continue;
+                    }
+                    if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                        missing.push(format!("{name}: {id} has no help"));
+                    }
+                }
+                walk(sub, &name, missing, abouts);
+            }
+        }
+        let mut missing = Vec::new();
+        let mut abouts = Vec::new();
+        walk(&Cli::command(), "warren", &mut missing, &mut abouts);
+        abouts.sort();
+        for pair in abouts.windows(2) {
+            if pair[0].0 == pair[1].0 {
+                missing.push(format!("{} and {} share a help text", pair[0].1, pair[1].1));
+            }
+        }
+        assert!(missing.is_empty(), "{}", missing.join("\n"));
     }
 
     /// Each shell's script names the verbs.

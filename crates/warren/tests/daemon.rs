@@ -699,6 +699,106 @@ fn the_readmes_walkthrough_and_its_errors_read_right() {
     d.finish();
 }
 
+/// The shell lines of README.md's section `heading`'s first `sh` block, each without its
+/// comment.
+fn readme_lines(heading: &str) -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md"))
+        .expect("read README.md");
+    let section = readme
+        .split_once(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README.md has no {heading:?}"))
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .and_then(|(_, b)| b.split_once("```"))
+        .expect("a sh block")
+        .0;
+    block
+        .lines()
+        .map(|l| {
+            l.split_once("  #")
+                .map_or(l, |(cmd, _)| cmd)
+                .trim_end()
+                .to_string()
+        })
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+/// The README's walkthrough of the daemon, its lines run as written (a line naming a
+/// placeholder such as `PID`, listing alternatives with ` / `, or starting another
+/// daemon is left out, and the test says which it runs), in a shell whose `warren` is
+/// this build talking to a daemon of the test's own: so the README cannot drift from
+/// what works.
+#[test]
+fn the_readmes_daemon_walkthrough_runs_as_written() {
+    if !can_run("the_readmes_daemon_walkthrough_runs_as_written") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let lines = readme_lines("### The daemon");
+    let runs = [
+        "warren create --owner alice --name lab --memory 1G --timeout 1h --idle-timeout 15m",
+        "warren exec lab -- python3 -c 'print(\"hi from lab\")'",
+        "warren events lab",
+        "warren create --name web -p 8080; warren port web",
+        "warren cp ./src lab:/work; warren cp lab:/work/out ./out",
+        "warren snapshot lab --name lab-v2",
+        "warren gc --idle-minutes 60 --dry-run",
+        "warren keys create --tenant acme",
+        "warren keys ls",
+    ];
+    // `warren` on the PATH is this build; the working directory has the `src` that `cp`
+    // sends.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_warren"), bin.path().join("warren")).unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(cwd.path().join("src")).unwrap();
+    std::fs::write(cwd.path().join("src/out"), "made on the host\n").unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut outputs = Vec::new();
+    for line in runs {
+        assert!(
+            lines.iter().any(|l| l == line),
+            "README.md's daemon walkthrough no longer has `{line}`; it has:\n{}",
+            lines.join("\n")
+        );
+        let mut c = Command::new("sh");
+        d.env(&mut c);
+        let o = c
+            .args(["-ec", line])
+            .env("PATH", &path)
+            .current_dir(cwd.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "`{line}` failed: {}", stderr(&o));
+        outputs.push(stdout(&o));
+    }
+    assert_eq!(outputs[1], "hi from lab\n");
+    assert!(outputs[2].contains("created"), "{}", outputs[2]);
+    assert!(
+        outputs[3].contains("8080/tcp -> 127.0.0.1:"),
+        "{}",
+        outputs[3]
+    );
+    assert_eq!(
+        std::fs::read_to_string(cwd.path().join("out")).unwrap(),
+        "made on the host\n"
+    );
+    assert!(outputs[7].trim().len() > 16, "{}", outputs[7]);
+    // The snapshot is a template of its own; then everything goes.
+    assert!(d.ok(&["template", "ls"]).contains("lab-v2"));
+    d.ok(&["rm", "lab", "web"]);
+    d.ok(&["template", "rm", "lab-v2"]);
+    d.finish();
+}
+
 #[test]
 fn cp_copies_files_and_trees_both_ways() {
     if !can_run("cp_copies_files_and_trees_both_ways") {

@@ -57,6 +57,7 @@ enum KeysCommand {
     /// Revoke API keys by id (as `warren keys ls` shows them): every request with one is
     /// refused from then on.
     Revoke {
+        /// The keys' ids (16 hex digits, the ID column of `warren keys ls`).
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
         #[command(flatten)]
@@ -99,6 +100,7 @@ enum SshCommand {
     },
     /// Remove a key by its fingerprint (`SHA256:...`, as `warren keys ssh ls` shows it).
     Rm {
+        /// The key's fingerprint, `SHA256:...`.
         fingerprint: String,
         /// Only from this owner (otherwise from every owner that has it).
         #[arg(long)]

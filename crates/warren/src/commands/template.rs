@@ -67,6 +67,7 @@ struct ImportArgs {
         conflicts_with = "name"
     )]
     name_arg: Option<String>,
+    /// The template's name (or as the second argument).
     #[arg(long)]
     name: Option<String>,
     /// Run in the background whenever a sandbox of this template starts.
@@ -101,11 +102,13 @@ struct ImportArgs {
 /// sandbox uses.
 #[derive(Debug, Args)]
 struct BaseArgs {
+    /// The template's name.
     #[arg(long, default_value = "base")]
     name: String,
     /// The Debian release.
     #[arg(long, default_value = "bookworm")]
     suite: String,
+    /// The Debian mirror debootstrap fetches from.
     #[arg(long, default_value = "http://deb.debian.org/debian")]
     mirror: String,
     /// More packages, comma-separated.
