@@ -699,6 +699,41 @@ fn the_readmes_walkthrough_and_its_errors_read_right() {
     d.finish();
 }
 
+/// `warren serve --listen` on a TCP port another program holds fails naming that
+/// address (not the unix socket), and leaves no socket file behind; the next start works.
+#[test]
+fn serve_on_a_taken_port_names_it_and_leaves_no_socket() {
+    if !can_run("serve_on_a_taken_port_names_it_and_leaves_no_socket") {
+        return;
+    }
+    let _turn = my_turn();
+    let mut d = Daemon::start(false);
+    d.shut_down();
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap().to_string();
+    let o = d
+        .serve_command()
+        .args(["--listen", &addr])
+        .output()
+        .expect("run warren serve");
+    let err = stderr(&o);
+    assert!(!o.status.success(), "served on a taken port: {err}");
+    assert!(err.contains(&addr), "the taken address is not named: {err}");
+    let socket = d.socket();
+    assert!(
+        !err.contains(&socket.display().to_string()),
+        "the unix socket is named as the failing address: {err}"
+    );
+    assert!(
+        !socket.exists(),
+        "a socket file was left at {}",
+        socket.display()
+    );
+    drop(holder);
+    d.spawn();
+    d.finish();
+}
+
 /// The shell lines of README.md's section `heading`'s first `sh` block, each without its
 /// comment.
 fn readme_lines(heading: &str) -> Vec<String> {
