@@ -6,6 +6,7 @@ use clap::Args;
 use hyper::Method;
 use warren_types::api::{SandboxInfo, SandboxState};
 
+use super::template::human;
 use crate::client::{block_on, connect, enc, out, ClientArgs};
 use crate::format::{parse_format, Format};
 use crate::parse::parse_pair;
@@ -94,13 +95,19 @@ pub(crate) fn ago(time: &str, now: jiff::Timestamp) -> String {
 }
 
 /// Columns padded to their widest cell; the last is not padded. IDLE is the time since
-/// the sandbox was last used (calls, attached streams, CPU).
+/// the sandbox was last used (calls, attached streams, CPU); CPU, MEM and DISK are the
+/// daemon's last reading (`warren stats` has the limits and processes).
 fn table(list: &[SandboxInfo], now: jiff::Timestamp) -> String {
     let mut rows = vec![[
-        "ID", "NAME", "OWNER", "STATE", "TEMPLATE", "BACKEND", "IDLE", "CREATED",
+        "ID", "NAME", "OWNER", "STATE", "TEMPLATE", "BACKEND", "IDLE", "CPU", "MEM", "DISK",
+        "CREATED",
     ]
     .map(String::from)];
     for s in list {
+        // The daemon's last reading (every 5 s); none for a sandbox that is not running.
+        let usage = |f: &dyn Fn(&warren_types::api::UsageSample) -> String| {
+            s.usage.as_ref().map_or_else(|| "-".into(), f)
+        };
         rows.push(
             [
                 s.id.clone(),
@@ -110,6 +117,9 @@ fn table(list: &[SandboxInfo], now: jiff::Timestamp) -> String {
                 s.template.clone(),
                 s.isolation.as_str().to_string(),
                 ago(&s.last_active_at, now),
+                usage(&|u| format!("{:.1}%", u.cpu_pct)),
+                usage(&|u| human(u.memory_bytes)),
+                usage(&|u| human(u.disk_bytes)),
                 s.created_at.clone(),
             ]
             .map(|c| crate::term::clean_line(&c)),
@@ -179,16 +189,27 @@ mod tests {
             traffic_token: None,
             usage: None,
         };
+        let measured = SandboxInfo {
+            id: "def456".into(),
+            usage: Some(warren_types::api::UsageSample {
+                at_ms: 0,
+                cpu_pct: 12.345,
+                memory_bytes: 48 << 20,
+                disk_bytes: 3 << 20,
+                pids: 4,
+            }),
+            ..info.clone()
+        };
         let now: jiff::Timestamp = "2025-01-01T00:12:30Z".parse().unwrap();
-        let t = table(&[info], now);
+        let t = table(&[info, measured], now);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(
-            lines[0],
-            "ID      NAME  OWNER    STATE    TEMPLATE  BACKEND    IDLE  CREATED"
-        );
-        assert_eq!(
-            lines[1],
-            "abc123  -     default  running  host      namespace  12m   2025-01-01T00:00:00Z"
+            lines,
+            [
+                "ID      NAME  OWNER    STATE    TEMPLATE  BACKEND    IDLE  CPU    MEM    DISK  CREATED",
+                "abc123  -     default  running  host      namespace  12m   -      -      -     2025-01-01T00:00:00Z",
+                "def456  -     default  running  host      namespace  12m   12.3%  48.0M  3.0M  2025-01-01T00:00:00Z",
+            ]
         );
     }
 }
