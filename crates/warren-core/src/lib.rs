@@ -23,6 +23,7 @@ mod create;
 mod egress;
 mod keys;
 mod lifecycle;
+pub mod log_limit;
 mod metrics;
 mod mounts;
 pub mod policy;
@@ -196,6 +197,9 @@ pub struct PortPass<'a> {
     /// traffic token gets in.
     pub open_by_id: bool,
 }
+
+/// Lifecycle log lines a second for one sandbox (its events are all kept in the store).
+const LIFECYCLE_LINES_PER_SECOND: u32 = 10;
 
 /// Longest wait for a sandbox's port to accept a connection.
 const PORT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -762,14 +766,31 @@ impl Manager {
 
     fn event(&self, r: &Record, kind: &str, message: impl Into<String>) {
         let message = message.into();
-        tracing::info!(
-            target: "warren::lifecycle",
-            tenant = %r.tenant,
-            sandbox = %r.id,
-            owner = %r.owner,
-            kind,
-            "{message}"
-        );
+        // Every event is kept in the store; the log gets a few a second per sandbox.
+        static LIFECYCLE_LINES: std::sync::OnceLock<log_limit::LogLimit> =
+            std::sync::OnceLock::new();
+        let (log, left_out) = LIFECYCLE_LINES
+            .get_or_init(|| log_limit::LogLimit::new(LIFECYCLE_LINES_PER_SECOND))
+            .admit(&r.id);
+        if left_out > 0 {
+            tracing::info!(
+                target: "warren::lifecycle",
+                tenant = %r.tenant,
+                sandbox = %r.id,
+                left_out,
+                "{left_out} more lifecycle changes were not logged (`warren events` has them)"
+            );
+        }
+        if log {
+            tracing::info!(
+                target: "warren::lifecycle",
+                tenant = %r.tenant,
+                sandbox = %r.id,
+                owner = %r.owner,
+                kind,
+                "{message}"
+            );
+        }
         let time = now_ms();
         let _ = self.store().add_event(&store::EventRow {
             time,

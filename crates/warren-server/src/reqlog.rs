@@ -15,20 +15,18 @@
 //! time must not buy a line each. The query string is never logged (it may carry a
 //! path, a name, or a signed URL's signature); nor are headers (keys and tokens).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Extensions, Method};
 use axum::middleware::Next;
 use axum::response::Response;
+use warren_core::log_limit::LogLimit;
 use warren_core::Caller;
 
 /// Lines a second for one sandbox.
 pub const PER_SECOND: u32 = 10;
-/// Sandboxes whose counts are kept; past it they all start afresh.
-const KEPT: usize = 4096;
 
 /// Where the extractors note who the caller was, for the line written after the answer.
 #[derive(Debug, Clone, Default)]
@@ -66,50 +64,10 @@ pub(crate) async fn note_matched_route(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-#[derive(Debug, Default)]
-struct Window {
-    second: u64,
-    logged: u32,
-    left_out: u64,
-}
-
-fn windows() -> &'static Mutex<HashMap<String, Window>> {
-    static W: OnceLock<Mutex<HashMap<String, Window>>> = OnceLock::new();
-    W.get_or_init(Mutex::default)
-}
-
-fn seconds() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_secs()
-}
-
-/// Whether to log a request about `sandbox` now; and how many about it were left out in
-/// the seconds before, to be said once.
-fn admit(sandbox: &str, now: u64) -> (bool, u64) {
-    let mut w = windows().lock().unwrap_or_else(|e| e.into_inner());
-    // A sandbox already counted costs no allocation: every exec passes here.
-    if !w.contains_key(sandbox) {
-        if w.len() >= KEPT {
-            w.clear();
-        }
-        w.insert(sandbox.to_string(), Window::default());
-    }
-    let Some(win) = w.get_mut(sandbox) else {
-        return (true, 0);
-    };
-    let mut said = 0;
-    if win.second != now {
-        said = std::mem::take(&mut win.left_out);
-        win.second = now;
-        win.logged = 0;
-    }
-    if win.logged < PER_SECOND {
-        win.logged += 1;
-        (true, said)
-    } else {
-        win.left_out += 1;
-        (false, said)
-    }
+/// The request lines' budget (see the module doc).
+fn limit() -> &'static LogLimit {
+    static L: OnceLock<LogLimit> = OnceLock::new();
+    L.get_or_init(|| LogLimit::new(PER_SECOND))
 }
 
 /// The sandbox a path is about: `/v1/sandboxes/{key}/...`.
@@ -134,7 +92,7 @@ fn loggable_path(path: &str) -> &str {
 /// count were left out before.
 fn admitted(known_caller: bool, sandbox: &str) -> bool {
     let bucket = if known_caller { sandbox } else { "-" };
-    let (log, left_out) = admit(bucket, seconds());
+    let (log, left_out) = limit().admit(bucket);
     if left_out > 0 {
         tracing::info!(
             target: "warren::request",
@@ -238,17 +196,6 @@ async fn log_by_route(api: &'static str, mut req: Request, next: Next) -> Respon
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_flood_about_one_sandbox_is_cut_to_a_few_lines_and_counted() {
-        let key = "a-sandbox-of-this-test";
-        let admitted = (0..100).filter(|_| admit(key, 1_000_000).0).count();
-        assert_eq!(admitted, PER_SECOND as usize);
-        // Another sandbox is counted apart.
-        assert!(admit("another-of-this-test", 1_000_000).0);
-        // The next second logs again and says how many were left out.
-        assert_eq!(admit(key, 1_000_001), (true, 100 - u64::from(PER_SECOND)));
-    }
 
     #[test]
     fn the_sandbox_is_read_off_the_path() {
