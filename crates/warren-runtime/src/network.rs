@@ -322,10 +322,15 @@ impl Batch {
         }
     }
 
-    /// Removes `link`'s element of `map` and its chain `chain`, whether they are there or
-    /// not (added first, so that the deletions cannot fail).
-    fn remove(&mut self, map: &str, link: &str, chain: &str) {
-        self.push(format!("add chain {TABLE} {chain}"));
+    /// Removes `link`'s element of `map` and its chain `chain` when `chain` is among
+    /// `existing` (the table's chains, listed under the lock): nothing otherwise, since a
+    /// chain deleted in a transaction costs the kernel about 8 ms and a sandbox without
+    /// a domain rule never had one. The element is added first, so that its deletion
+    /// cannot fail.
+    fn remove(&mut self, map: &str, link: &str, chain: &str, existing: &Chains) {
+        if !existing.has(chain) {
+            return;
+        }
         self.push(format!(
             "add element {TABLE} {map} {{ \"{link}\" : jump {chain} }}"
         ));
@@ -437,14 +442,15 @@ fn host_rules() -> Result<(), NetError> {
 
 /// Adds the host-wide rules to `batch` (applied by the caller, with the lock held),
 /// unless they are there already: a transaction costs the kernel tens of milliseconds.
-fn host_rules_locked(batch: &mut Batch) -> Result<(), NetError> {
+/// Returns the chains Warren's table had.
+fn host_rules_locked(batch: &mut Batch) -> Result<Chains, NetError> {
     let forwarding = fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?;
     let turned_on = forwarding.trim() == "0";
     if turned_on {
         fs::write("/proc/sys/net/ipv4/ip_forward", "1")?;
     }
     accept_in_host_forward();
-    let state = table_state()?;
+    let (state, chains) = table_state()?;
     // An older Warren's chains are looked for by each process's first change (an older
     // Warren that ran since, beside this one, would have made them again: their drop of
     // the sandboxes' input would stop this Warren's egress proxy) and wherever the table
@@ -456,7 +462,7 @@ fn host_rules_locked(batch: &mut Batch) -> Result<(), NetError> {
     if turned_on || old_guard || state != TableState::Current {
         host_batch(batch, turned_on || old_guard);
     }
-    Ok(())
+    Ok(chains)
 }
 
 /// What marks the accepts Warren inserts into the host's iptables `FORWARD` chain.
@@ -553,35 +559,57 @@ enum TableState {
     Current,
 }
 
-fn table_state() -> Result<TableState, NetError> {
-    let chains = run_with("nft", &["list", "chains", "inet"], None)?;
-    let mut table = None;
-    let mut state = TableState::Missing;
-    for line in chains.lines().map(str::trim) {
-        if let Some(t) = line.strip_prefix("table ") {
-            table = Some(t.trim_end_matches(" {").to_string());
-            if table.as_deref() == Some(TABLE) {
-                state = TableState::Other;
-            }
-        } else if table.as_deref() == Some(TABLE)
-            && line
-                .strip_prefix("chain ")
-                .map(|c| c.trim_end_matches(" {"))
-                == Some(RULES_VERSION)
-        {
-            return Ok(TableState::Current);
+/// The chains of Warren's table, as listed.
+#[derive(Debug, Default)]
+struct Chains(Vec<String>);
+
+impl Chains {
+    fn has(&self, chain: &str) -> bool {
+        self.0.iter().any(|c| c == chain)
+    }
+
+    /// Whether the table is there, and with this Warren's rules.
+    fn state(&self, listed: bool) -> TableState {
+        match (listed, self.has(RULES_VERSION)) {
+            (false, _) => TableState::Missing,
+            (true, false) => TableState::Other,
+            (true, true) => TableState::Current,
         }
     }
-    Ok(state)
+}
+
+/// Warren's table's state and chains, from one listing of the `inet` tables.
+fn table_state() -> Result<(TableState, Chains), NetError> {
+    let listed = run_with("nft", &["list", "chains", "inet"], None)?;
+    Ok(parse_chains(&listed))
+}
+
+/// [`table_state`] of an `nft list chains inet` output.
+fn parse_chains(listed: &str) -> (TableState, Chains) {
+    let mut table = None;
+    let mut found = false;
+    let mut chains = Chains::default();
+    for line in listed.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix("table ") {
+            table = Some(t.trim_end_matches(" {").to_string());
+            found |= table.as_deref() == Some(TABLE);
+        } else if table.as_deref() == Some(TABLE) {
+            if let Some(c) = line.strip_prefix("chain ") {
+                chains.0.push(c.trim_end_matches(" {").to_string());
+            }
+        }
+    }
+    (chains.state(found), chains)
 }
 
 /// An empty chain whose name says which version of the host rules the table holds:
 /// changed with them, so that a Warren with other rules writes its own.
 const RULES_VERSION: &str = "rules_v1";
 
-/// Whether Warren's table exists in this network namespace.
-fn has_table() -> Result<bool, NetError> {
-    Ok(table_state()? != TableState::Missing)
+/// Warren's table's chains, when it exists in this network namespace.
+fn has_table() -> Result<Option<Chains>, NetError> {
+    let (state, chains) = table_state()?;
+    Ok((state != TableState::Missing).then_some(chains))
 }
 
 /// Removes the iptables chains of older Warrens (and their IPv6 ones), in one restore a
@@ -657,6 +685,7 @@ fn egress_chains(id: &str) -> (String, String, String) {
 /// resolvers a domain rule keeps reachable.
 fn egress_batch(
     batch: &mut Batch,
+    existing: &Chains,
     id: &str,
     rules: &warren_types::egress::EgressRules,
     dns: &[Ipv4Addr],
@@ -700,8 +729,8 @@ fn egress_batch(
             "add element {TABLE} proxy {{ \"{link}\" : jump {proxy} }}"
         ));
     } else {
-        batch.remove("redirects", &link, &redirect);
-        batch.remove("proxy", &link, &proxy);
+        batch.remove("redirects", &link, &redirect, existing);
+        batch.remove("proxy", &link, &proxy, existing);
     }
 }
 
@@ -718,7 +747,7 @@ pub fn set_egress(
 ) -> Result<(), NetError> {
     let _held = rules_lock()?;
     let mut batch = Batch::default();
-    host_rules_locked(&mut batch)?;
+    let existing = host_rules_locked(&mut batch)?;
     let dns: Vec<Ipv4Addr> = if !rules.has_domains() {
         Vec::new()
     } else if rules.dns_given {
@@ -726,18 +755,17 @@ pub fn set_egress(
     } else {
         crate::template::sandbox_resolvers()
     };
-    egress_batch(&mut batch, id, rules, &dns, proxy_port);
+    egress_batch(&mut batch, &existing, id, rules, &dns, proxy_port);
     batch.apply()
 }
 
 /// Adds to `batch` the removal of sandbox `id`'s egress rules.
-fn clear_batch(batch: &mut Batch, id: &str) {
+fn clear_batch(batch: &mut Batch, existing: &Chains, id: &str) {
     let link = link_name(id);
     let (filter, redirect, proxy) = egress_chains(id);
-    declare(batch);
-    batch.remove("egress", &link, &filter);
-    batch.remove("redirects", &link, &redirect);
-    batch.remove("proxy", &link, &proxy);
+    batch.remove("egress", &link, &filter, existing);
+    batch.remove("redirects", &link, &redirect, existing);
+    batch.remove("proxy", &link, &proxy, existing);
 }
 
 /// Removes sandbox `id`'s egress rules; a sandbox without any is no error.
@@ -745,12 +773,15 @@ pub fn clear_egress(id: &str) {
     let Ok(_held) = rules_lock() else { return };
     // Without Warren's table there is nothing to clear, and making it here would skip
     // the removal of an older Warren's chains that the first write does.
-    if !has_table().unwrap_or(false) {
+    let Ok(Some(existing)) = has_table() else {
         return;
-    }
+    };
     let mut batch = Batch::default();
-    clear_batch(&mut batch, id);
-    let _ = batch.apply();
+    clear_batch(&mut batch, &existing, id);
+    // A sandbox that never had rules has nothing to remove: no transaction at all.
+    if !batch.0.is_empty() {
+        let _ = batch.apply();
+    }
 }
 
 /// Sandboxes' egress rules whose link is gone (a sandbox being made has its rules a
@@ -994,10 +1025,12 @@ mod tests {
             deny_nets: vec![Net::parse("0.0.0.0/0").unwrap()],
             ..Default::default()
         };
-        let mut batch = Batch::default();
-        egress_batch(&mut batch, "sb1", &rules, &[], 8080);
         let link = link_name("sb1");
         let (e, r, p) = egress_chains("sb1");
+        // The sandbox had a domain rule before: its redirection chains are there.
+        let had = Chains(vec![r.clone(), p.clone()]);
+        let mut batch = Batch::default();
+        egress_batch(&mut batch, &had, "sb1", &rules, &[], 8080);
         let text = batch.0;
         assert!(
             text.contains(&format!("flush chain inet warren {e}\n")),
@@ -1013,9 +1046,14 @@ mod tests {
         assert!(text.contains(&format!("delete chain inet warren {r}\n")));
         assert!(text.contains(&format!("delete chain inet warren {p}\n")));
         assert!(!text.contains("redirect to"));
+        // Chains that are not there are not removed: a deletion costs a transaction.
+        let mut fresh = Batch::default();
+        egress_batch(&mut fresh, &Chains::default(), "sb1", &rules, &[], 8080);
+        assert!(!fresh.0.contains("delete"), "{}", fresh.0);
         let mut other = Batch::default();
-        clear_batch(&mut other, "sb2");
+        clear_batch(&mut other, &had, "sb2");
         assert!(!other.0.contains(&link), "{}", other.0);
+        assert!(other.0.is_empty(), "{}", other.0);
     }
 
     #[test]
@@ -1194,6 +1232,22 @@ mod tests {
             Ok(())
         })
         .unwrap();
+    }
+
+    #[test]
+    fn the_listing_tells_the_tables_state_and_its_chains() {
+        let listed = "table inet other {\n\tchain e_x {\n\t}\n}\ntable inet warren {\n\
+                      \tchain forward {\n\t\ttype filter hook forward priority filter - 10; policy accept;\n\t}\n\
+                      \tchain e_abc {\n\t}\n}\n";
+        let (state, chains) = parse_chains(listed);
+        assert_eq!(state, TableState::Other);
+        assert!(chains.has("e_abc") && chains.has("forward") && !chains.has("e_x"));
+        let current = format!("table inet warren {{\n\tchain {RULES_VERSION} {{\n\t}}\n}}\n");
+        assert_eq!(parse_chains(&current).0, TableState::Current);
+        assert_eq!(
+            parse_chains("table inet other {\n}\n").0,
+            TableState::Missing
+        );
     }
 
     fn nft_table() -> String {
