@@ -5,7 +5,9 @@
 //! exec and attach output, events) are told of each revocation and end too.
 //!
 //! A tenant sees and revokes its own keys only; another tenant's look missing, so ids do
-//! not leak. The host's root on the unix socket sees every tenant's.
+//! not leak. An operator's keys are an operator's business: a tenant's key of the same
+//! tenant neither lists nor revokes them. The host's root on the unix socket sees every
+//! tenant's.
 
 use super::*;
 use crate::store::API_KEY_ID_LEN;
@@ -26,7 +28,7 @@ impl Manager {
             }
             _ => Some(who.tenant.as_str()),
         };
-        Ok(self.store().api_keys(of)?)
+        Ok(self.store().api_keys(of, who.operator)?)
     }
 
     /// Revokes the key named `id`: it authenticates nothing from now on.
@@ -44,7 +46,7 @@ impl Manager {
             )));
         }
         let of = (!who.host_root).then_some(who.tenant.as_str());
-        match self.store().remove_api_key(id, of)? {
+        match self.store().remove_api_key(id, of, who.operator)? {
             0 => Err(CoreError::Missing(format!(
                 "no API key {id}; `warren keys ls` lists them"
             ))),

@@ -557,13 +557,19 @@ impl Store {
             .optional()?)
     }
 
-    /// The API keys of `tenant` (of every tenant: None), oldest first.
-    pub fn api_keys(&self, tenant: Option<&str>) -> Result<Vec<ApiKeyInfo>, StoreError> {
+    /// The API keys of `tenant` (of every tenant: None), oldest first; operators' keys
+    /// only `with_operators`.
+    pub fn api_keys(
+        &self,
+        tenant: Option<&str>,
+        with_operators: bool,
+    ) -> Result<Vec<ApiKeyInfo>, StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT substr(hash, 1, ?2), tenant, operator, created_at FROM api_keys \
-             WHERE ?1 IS NULL OR tenant = ?1 ORDER BY created_at, tenant, hash",
+             WHERE (?1 IS NULL OR tenant = ?1) AND (?3 OR operator = 0) \
+             ORDER BY created_at, tenant, hash",
         )?;
-        let rows = stmt.query_map(params![tenant, API_KEY_ID_LEN], |r| {
+        let rows = stmt.query_map(params![tenant, API_KEY_ID_LEN, with_operators], |r| {
             Ok(ApiKeyInfo {
                 id: r.get(0)?,
                 tenant: r.get(1)?,
@@ -575,11 +581,17 @@ impl Store {
     }
 
     /// Deletes the API key named `id` (see [`ApiKeyInfo::id`]), if it is `tenant`'s (of
-    /// any tenant: None): how many.
-    pub fn remove_api_key(&self, id: &str, tenant: Option<&str>) -> Result<usize, StoreError> {
+    /// any tenant: None), and not an operator's unless `with_operators`: how many.
+    pub fn remove_api_key(
+        &self,
+        id: &str,
+        tenant: Option<&str>,
+        with_operators: bool,
+    ) -> Result<usize, StoreError> {
         Ok(self.run(
-            "DELETE FROM api_keys WHERE substr(hash, 1, ?3) = ?1 AND (?2 IS NULL OR tenant = ?2)",
-            params![id, tenant, API_KEY_ID_LEN],
+            "DELETE FROM api_keys WHERE substr(hash, 1, ?3) = ?1 AND (?2 IS NULL OR tenant = ?2) \
+             AND (?4 OR operator = 0)",
+            params![id, tenant, API_KEY_ID_LEN, with_operators],
         )?)
     }
 

@@ -501,6 +501,29 @@ async fn keys_are_listed_by_id_and_revoked_within_their_tenant() {
     assert_eq!(s, StatusCode::NO_CONTENT);
     let (s, _) = send(e.tcp(), with_key("GET", "/v1/sandboxes", &other)).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // An operator's key in the same tenant is an operator's business: a tenant's key
+    // neither lists nor revokes it; the operator's own key does both.
+    let op = e.mgr.create_api_key("t1", true).expect("key");
+    let op_id = warren_core::tokens::sha256_hex(&op)[..16].to_string();
+    let (_, v) = send(e.tcp(), with_key("GET", "/v1/keys", &one)).await;
+    assert!(!key_ids(&v).contains(&op_id.as_str()), "{v}");
+    let (s, _) = send(
+        e.tcp(),
+        with_key("DELETE", &format!("/v1/keys/{op_id}"), &one),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = send(e.tcp(), with_key("GET", "/v1/sandboxes", &op)).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, v) = send(e.tcp(), with_key("GET", "/v1/keys", &op)).await;
+    assert!(key_ids(&v).contains(&op_id.as_str()), "{v}");
+    let (s, _) = send(
+        e.tcp(),
+        with_key("DELETE", &format!("/v1/keys/{op_id}"), &op),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
 }
 
 /// Whether `r`, coming off a TCP connection, marks that connection as authenticated.
