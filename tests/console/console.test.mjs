@@ -383,11 +383,36 @@ test('JupyterLab, built from its recipe, opens from the console and runs a cell'
     assert(new URL(nb.url()).hostname === `8888-${lab.id}.localhost`, `opened ${nb.url()}`);
     // A new Python notebook from the launcher; a cell typed and run.
     await nb.locator('.jp-LauncherCard[data-category="Notebook"]').first().click();
-    const cell = nb.locator('.jp-Notebook .jp-Cell .cm-content').first();
-    await cell.click();
-    await nb.keyboard.type('print(6 * 7, "from the kernel")');
-    await nb.keyboard.press('Shift+Enter');
-    await until('the cell\'s output', async () => (await nb.locator('.jp-OutputArea-output').first().innerText()).includes('42 from the kernel'), 60000);
+    const code = 'print(6 * 7, "from the kernel")';
+    const cell = nb.locator('.jp-Notebook .jp-Cell').first();
+    const editor = cell.locator('.cm-content');
+    try {
+      // Keys typed while the new notebook is still being set up can be lost: typed
+      // again until the cell holds the code.
+      await until('the cell to hold the code', async () => {
+        if ((await editor.innerText({ timeout: 5000 })).includes(code)) return true;
+        await editor.click();
+        await nb.keyboard.press('Control+a');
+        await nb.keyboard.type(code);
+        return false;
+      }, 60000);
+      // Run in place (Ctrl+Enter); run again every 10 s while no output shows, as a
+      // kernel still starting may not have taken the first.
+      let ran = 0;
+      await until('the cell\'s output', async () => {
+        const out = cell.locator('.jp-OutputArea-output');
+        if (await out.count() && (await out.first().innerText()).includes('42 from the kernel')) return true;
+        if (Date.now() - ran > 10000) {
+          ran = Date.now();
+          await editor.click();
+          await nb.keyboard.press('Control+Enter');
+        }
+        return false;
+      }, 120000);
+    } catch (e) {
+      await shot(nb, '21-jupyterlab-failed');
+      throw e;
+    }
     await shot(nb, '21-jupyterlab');
     await nb.close();
   } finally {
