@@ -38,7 +38,7 @@ impl LogLimit {
     }
 
     /// [`admit`](Self::admit) at second `now` of the process.
-    pub fn admit_at(&self, key: &str, now: u64) -> (bool, u64) {
+    fn admit_at(&self, key: &str, now: u64) -> (bool, u64) {
         let mut w = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         // A key already counted costs no allocation: every exec passes here.
         if !w.contains_key(key) {

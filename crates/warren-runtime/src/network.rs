@@ -14,8 +14,9 @@
 //! policy of `DROP`, as Docker and ufw set) would drop a sandbox's traffic after
 //! Warren's table let it through. So where iptables is installed and its `FORWARD`
 //! chain drops (by policy or by a rule), the first change of each Warren process inserts
-//! two accepts at its head, for the sandboxes' links and the replies to them, commented
-//! `warren`: by then Warren's own chain, earlier in the hook, has dropped whatever its
+//! accepts at its head, commented `warren`: from the sandboxes' links out of the
+//! interfaces the host's default routes leave by (not to another bridge of the host's,
+//! such as Docker's containers, which the host's rules keep apart), and the replies: by then Warren's own chain, earlier in the hook, has dropped whatever its
 //! policy refuses. They stay (they match no link once Warren's are gone); `warren
 //! doctor` shows them. A host firewall made only of nftables tables of its own that drop
 //! forwarded traffic must accept `iifname "wrn*"` itself. The policy does not rely on the
@@ -466,10 +467,13 @@ fn host_rules_locked(batch: &mut Batch) -> Result<Chains, NetError> {
 }
 
 /// What marks the accepts Warren inserts into the host's iptables `FORWARD` chain.
-pub const HOST_ACCEPT_COMMENT: &str = "warren: nat sandboxes, filtered in table inet warren";
+const HOST_ACCEPT_COMMENT: &str = "warren: nat sandboxes, filtered in table inet warren";
 
-/// The accepts of the module doc, as `iptables` arguments after the chain.
-fn host_accepts() -> [Vec<&'static str>; 2] {
+/// The accepts of the module doc, as `iptables` arguments after the chain: from the
+/// sandboxes' links out of each interface of `uplinks` (those the host's default
+/// routes leave by, so that a sandbox is not let through to what the host's own rules
+/// keep apart, such as a Docker bridge's containers), and the replies back.
+fn host_accepts(uplinks: &[String]) -> Vec<Vec<&str>> {
     let mark = [
         "-m",
         "comment",
@@ -486,10 +490,29 @@ fn host_accepts() -> [Vec<&'static str>; 2] {
         "--ctstate",
         "RELATED,ESTABLISHED",
     ];
-    [
-        [&["-i", "wrn+"][..], &mark].concat(),
-        [&into[..], &mark].concat(),
-    ]
+    let mut rules: Vec<Vec<&str>> = uplinks
+        .iter()
+        .map(|up| [&["-i", "wrn+", "-o", up.as_str()][..], &mark].concat())
+        .collect();
+    rules.push([&into[..], &mark].concat());
+    rules
+}
+
+/// The interfaces `route` (a `/proc/thread-self/net/route`: the calling thread's network
+/// namespace, which `/proc/net` is not for a thread that joined another) sends its
+/// default routes out of.
+fn default_route_links(route: &str) -> Vec<String> {
+    let mut links: Vec<String> = route
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 7 && f[1] == "00000000" && f[7] == "00000000").then(|| f[0].to_string())
+        })
+        .filter(|l| !l.starts_with(LINK_PREFIX))
+        .collect();
+    links.dedup();
+    links
 }
 
 /// Whether `listed` (an `iptables -S FORWARD`) drops what it does not accept: by its
@@ -527,8 +550,9 @@ fn insert_host_accepts() -> Result<(), NetError> {
     if !host_forward_drops(&listed) {
         return Ok(());
     }
+    let uplinks = default_route_links(&fs::read_to_string("/proc/thread-self/net/route")?);
     // Inserted last first, so they stand at the head in their order.
-    for rule in host_accepts().iter().rev() {
+    for rule in host_accepts(&uplinks).iter().rev() {
         let with = |verb: &'static str| [&["-w", verb, "FORWARD"][..], rule].concat();
         if run_with("iptables", &with("-C"), None).is_err() {
             run_with("iptables", &with("-I"), None)?;
@@ -1187,6 +1211,21 @@ mod tests {
     }
 
     #[test]
+    fn default_routes_name_their_links() {
+        let route =
+            "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                     eth0\t00000000\t0102A8C0\t0003\t0\t0\t100\t00000000\t0\t0\t0\n\
+                     eth0\t0002A8C0\t00000000\t0001\t0\t0\t100\t00FFFFFF\t0\t0\t0\n\
+                     docker0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+                     wlan0\t00000000\t0101A8C0\t0003\t0\t0\t600\t00000000\t0\t0\t0\n";
+        assert_eq!(default_route_links(route), ["eth0", "wlan0"]);
+        let uplinks = ["eth0".to_string()];
+        let rules = host_accepts(&uplinks);
+        assert_eq!(rules.len(), 2);
+        assert_eq!(&rules[0][..4], ["-i", "wrn+", "-o", "eth0"]);
+    }
+
+    #[test]
     fn a_host_forward_chain_that_drops_is_told_from_one_that_accepts() {
         assert!(!host_forward_drops(
             "-P FORWARD ACCEPT\n-A FORWARD -j WARREN-FORWARD\n"
@@ -1218,13 +1257,27 @@ mod tests {
         }
         let ns = Netns::new();
         in_netns_of(ns.pid(), || {
+            // An uplink with the default route.
+            for args in [
+                &["link", "add", "up0", "type", "veth", "peer", "name", "up1"][..],
+                &["addr", "add", "192.0.2.1/24", "dev", "up0"],
+                &["link", "set", "up1", "up"],
+                &["link", "set", "up0", "up"],
+                &["route", "add", "default", "via", "192.0.2.254"],
+            ] {
+                run_with("ip", args, None)?;
+            }
             run_with("iptables", &["-w", "-P", "FORWARD", "DROP"], None)?;
             // Twice, as two Warren processes would.
             insert_host_accepts()?;
             insert_host_accepts()?;
             let listed = host_forward_accepts();
             assert_eq!(listed.len(), 2, "{listed:?}");
-            assert!(listed[0].starts_with("-A FORWARD -i wrn+"), "{listed:?}");
+            // Out of the uplink only: not to another bridge of the host's.
+            assert!(
+                listed[0].starts_with("-A FORWARD -i wrn+ -o up0 "),
+                "{listed:?}"
+            );
             assert!(
                 listed[1].contains("-o wrn+") && listed[1].contains("RELATED,ESTABLISHED"),
                 "{listed:?}"
