@@ -522,6 +522,7 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
         None => None,
     };
     let home = account.as_ref().and_then(|a| a.home.clone());
+    let login = account.as_ref().and_then(|a| a.name.clone());
 
     if let Some(why) = warren_types::spec::env_problem(&req.env) {
         return Err(Failure::new(ErrorCode::BadRequest, why));
@@ -540,6 +541,11 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
     env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     if let Some(home) = &home {
         env.entry("HOME".into()).or_insert_with(|| home.clone());
+    }
+    if let Some(name) = &login {
+        // As login(1) and su(1) set them: programs read who they are from these.
+        env.entry("USER".into()).or_insert_with(|| name.clone());
+        env.entry("LOGNAME".into()).or_insert_with(|| name.clone());
     }
     if req.tty.is_some() {
         env.entry("TERM".into())

@@ -42,6 +42,8 @@ pub(crate) enum UserError {
 pub(crate) struct Account {
     pub identity: Identity,
     pub home: Option<String>,
+    /// The account's name, when /etc/passwd has it.
+    pub name: Option<String>,
 }
 
 struct PasswdEntry {
@@ -133,6 +135,7 @@ pub(crate) fn resolve(root: &Path, user: &User) -> Result<Account, UserError> {
                     groups: supplementary(root, &e.name, e.gid)?,
                 },
                 home: Some(e.home.clone()),
+                name: Some(e.name.clone()),
             })
         }
         User::Id { uid, gid } => {
@@ -152,6 +155,7 @@ pub(crate) fn resolve(root: &Path, user: &User) -> Result<Account, UserError> {
                     groups,
                 },
                 home: known.map(|e| e.home.clone()),
+                name: known.map(|e| e.name.clone()),
             })
         }
     }
@@ -217,6 +221,7 @@ mod tests {
             }
         );
         assert_eq!(a.home.as_deref(), Some("/home/user"));
+        assert_eq!(a.name.as_deref(), Some("user"));
         let b = resolve(
             root.path(),
             &User::Id {

@@ -39,7 +39,7 @@ use warren_runtime::namespace::CreateOptions;
 use warren_runtime::template::{self, Template, TemplateKind, TemplateMeta, UpperSource};
 use warren_runtime::{oci, Instance};
 use warren_types::api::SandboxState;
-use warren_types::proto::{Command, ExecRequest};
+use warren_types::proto::{Command, ExecRequest, User};
 use warren_types::spec::{Isolation, NetworkMode, SandboxSpec};
 
 use crate::{random_hex, Caller, CoreError, Manager, Record, Result};
@@ -109,8 +109,14 @@ pub struct BuildTemplate {
     /// Give the steps outbound network (NAT).
     #[serde(default)]
     pub network: bool,
+    /// Working directory of the steps and of the template's processes (made if missing).
     #[serde(default)]
     pub workdir: Option<String>,
+    /// Who the template's processes run as when they name nobody, in their home:
+    /// `name`, `uid` or `uid:gid` [default: the base template's, else root]. The steps
+    /// run as root; a name must exist once they have run (`useradd -m NAME` in a step).
+    #[serde(default)]
+    pub user: Option<String>,
     #[serde(default)]
     pub start_cmd: Option<String>,
     #[serde(default)]
@@ -773,6 +779,9 @@ impl Manager {
             Some(_) => {}
             None => req.step_timeout_secs = Some(max_step),
         }
+        if let Some(user) = &req.user {
+            check_user(user)?;
+        }
         let _build = self.start_build(who)?;
         let id = format!(
             "build-{}",
@@ -831,7 +840,7 @@ impl Manager {
                         env
                     },
                     workdir: req.workdir.clone().or(base.meta.workdir.clone()),
-                    user: base.meta.user.clone(),
+                    user: req.user.clone().or(base.meta.user.clone()),
                     cmd: base.meta.cmd.clone(),
                     start_cmd: req.start_cmd.clone().or(base.meta.start_cmd.clone()),
                     ready_cmd: req.ready_cmd.clone().or(base.meta.ready_cmd.clone()),
@@ -1054,6 +1063,7 @@ async fn run_steps(
                 env: req.env.clone(),
                 cwd: req.workdir.clone(),
                 timeout_ms: req.step_timeout_secs.map(|s| s.saturating_mul(1000)),
+                user: Some(ROOT),
                 ..Default::default()
             })
             .await?;
@@ -1093,7 +1103,58 @@ async fn run_steps(
             )));
         }
     }
+    if let Some(user) = &req.user {
+        // The template's processes will run as this user: it must exist in what the
+        // steps left, or every exec would fail later.
+        let mut p = client
+            .exec(ExecRequest {
+                command: Some(Command::Argv(vec!["true".into()])),
+                user: Some(template::agent_user(user)),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| {
+                CoreError::Invalid(format!(
+                    "the template's user {user:?} cannot run a process once the steps have                      run ({e}); nothing was kept: add it in a step, e.g. `useradd -m {user}`"
+                ))
+            })?;
+        while !matches!(p.next().await?, ProcessEvent::Exited(_)) {}
+    }
     Ok(())
+}
+
+/// The steps of a build run as root, whoever the base template's processes run as.
+const ROOT: User = User::Id {
+    uid: 0,
+    gid: Some(0),
+};
+
+/// A template's user as `warren build --user` takes it: a name as `useradd` accepts
+/// it, a uid, or `uid:gid`.
+fn check_user(user: &str) -> Result<()> {
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let numeric = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
+    let name = |s: &str| {
+        (1..=32).contains(&s.len())
+            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && s
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    };
+    let ok = match g {
+        None => numeric(u) && u.parse::<u32>().is_ok() || name(u),
+        Some(g) => numeric(u) && numeric(g) && u.parse::<u32>().is_ok() && g.parse::<u32>().is_ok(),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::Invalid(format!(
+            "user {user:?} is not a user name (lowercase letters, digits, `_` and `-`, at              most 32), a uid, or uid:gid"
+        )))
+    }
 }
 
 /// Runs the start command in the background, then polls the ready command until it
@@ -1180,6 +1241,19 @@ mod tests {
         assert_eq!(tail("abc", 10), "abc");
         assert_eq!(tail("one\ntwo\nthree", 7), "three");
         assert_eq!(tail("ééééé", 3), "é");
+    }
+
+    #[test]
+    fn a_builds_user_is_a_name_a_uid_or_uid_and_gid() {
+        for ok in ["user", "_svc", "a-b_1", "1000", "0", "1000:1000"] {
+            assert!(check_user(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", "User", "1a", "-x", "a b", "a:b", "1000:", ":1000", "99999999999", "../x",
+            "user:1000", &"a".repeat(33),
+        ] {
+            assert!(check_user(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -447,8 +447,14 @@ pub(crate) struct BuildTemplate {
     /// Give the steps outbound network (NAT).
     #[serde(default)]
     network: bool,
+    /// Working directory of the steps and of the template's processes (made if missing).
     #[serde(default)]
     workdir: Option<String>,
+    /// Who the template's processes run as when they name nobody, in their home:
+    /// `name`, `uid` or `uid:gid` (default: the base template's, else root). The steps
+    /// run as root; a name must exist once they have run (`useradd -m NAME` in a step).
+    #[serde(default)]
+    user: Option<String>,
     #[serde(default)]
     start_cmd: Option<String>,
     #[serde(default)]

@@ -529,8 +529,9 @@ fn volume_lists_inspects_and_removes_owners_homes_but_not_one_in_use() {
     let o = d.run(&["--tenant", "acme", "volume", "rm", "alice"]);
     assert_eq!(code(&o), Some(1), "{}", stderr(&o));
 
-    // A volume outlives its sandboxes, files and all, until removed.
-    d.ok(&["rm", "a"]);
+    // A volume outlives its sandboxes, files and all, until removed (`-f` as docker's
+    // users type it: a running sandbox is removed with or without it).
+    d.ok(&["rm", "-f", "a"]);
     assert_eq!(d.ok(&["volume", "ls", "-q"]), "alice\nbob\n");
     d.create(&["--owner", "alice", "--name", "again"]);
     assert_eq!(

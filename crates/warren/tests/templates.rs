@@ -931,6 +931,63 @@ async fn a_build_runs_its_steps_and_keeps_the_result() {
 }
 
 #[tokio::test]
+async fn a_builds_user_runs_its_processes_in_their_home() {
+    if !can_run("a_builds_user_runs_its_processes_in_their_home") {
+        return;
+    }
+    let env = Env::new("builduser");
+    let mgr = env.manager().await;
+    let (r, _) = build(
+        &mgr,
+        BuildTemplate {
+            name: "dev".into(),
+            steps: vec!["useradd -m -u 1234 -s /bin/sh alice && id -u > /root/step-ran-as".into()],
+            user: Some("alice".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let t = r.unwrap();
+    assert_eq!(t.meta.user.as_deref(), Some("alice"));
+    mgr.create(&who(), sandbox("dev", "s")).await.unwrap();
+    let (code, out) = sh(&mgr, "s", "id -un; id -u; pwd; echo $HOME; touch mine && ls -n mine | cut -d' ' -f3").await;
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out, "alice\n1234\n/home/alice\n/home/alice\n1234\n");
+    // The steps ran as root, whoever the template's processes run as.
+    let (_, out) = sh(&mgr, "s", "cat /root/step-ran-as 2>&1 || sudo -n true 2>&1; true").await;
+    assert!(out.contains("Permission denied"), "alice read root's home: {out}");
+
+    // A user the steps did not make is refused, and nothing is kept.
+    let (r, _) = build(
+        &mgr,
+        BuildTemplate {
+            name: "ghost".into(),
+            steps: vec!["true".into()],
+            user: Some("ghost".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let text = r.unwrap_err().to_string();
+    assert!(text.contains("ghost") && text.contains("useradd -m ghost"), "{text}");
+    assert!(mgr.template(&who(), "ghost").is_err());
+    // A user that is no user name is refused before anything runs.
+    let (r, events) = build(
+        &mgr,
+        BuildTemplate {
+            name: "bad".into(),
+            steps: vec!["true".into()],
+            user: Some("root; rm -rf /".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert!(r.unwrap_err().to_string().contains("not a user name"));
+    assert!(!events.iter().any(|e| matches!(e, BuildEvent::Step { .. })));
+    assert!(env.staging_left().is_empty());
+}
+
+#[tokio::test]
 async fn a_failed_build_step_leaves_nothing() {
     if !can_run("a_failed_build_step_leaves_nothing") {
         return;

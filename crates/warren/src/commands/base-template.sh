@@ -16,7 +16,8 @@ work=$(mktemp -d "${TMPDIR:-/var/tmp}/warren-base.XXXXXX")
 trap 'umount -l "$work/rootfs/proc" 2>/dev/null || true; rm -rf "$work"' EXIT
 root="$work/rootfs"
 # What programs written for E2B's base template expect: python and python3 with pip that
-# installs, git, curl, a `user` with passwordless sudo, and the usual shell tools.
+# installs, git, curl, a `user` with passwordless sudo (whom processes run as, in
+# /home/user, unless they name another), and the usual shell tools.
 packages=python3,python-is-python3,python3-pip,python3-venv,python3-dev,git,curl,wget,ca-certificates,sudo,procps,psmisc,iproute2,iputils-ping,less,nano,vim-tiny,unzip,zip,xz-utils,file,jq,build-essential,locales,tzdata,openssh-client
 if [ -n "${INCLUDE:-}" ]; then packages="$packages,$INCLUDE"; fi
 echo "debootstrap $SUITE from $MIRROR" >&2
@@ -51,7 +52,7 @@ mkdir "$work/image"
 tar --numeric-owner --exclude='./dev/*' --exclude='./proc/*' --exclude='./sys/*' \
   -C "$root" -cf "$work/image/layer.tar" .
 cat >"$work/image/config.json" <<EOF
-{"architecture":"$(dpkg --print-architecture)","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","LANG=C.UTF-8","LC_ALL=C.UTF-8","SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt","REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt"],"Cmd":["/bin/bash"]},"rootfs":{"type":"layers","diff_ids":["sha256:$(sha256sum "$work/image/layer.tar" | cut -d' ' -f1)"]}}
+{"architecture":"$(dpkg --print-architecture)","os":"linux","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin","LANG=C.UTF-8","LC_ALL=C.UTF-8","SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt","REQUESTS_CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt"],"User":"user","Cmd":["/bin/bash"]},"rootfs":{"type":"layers","diff_ids":["sha256:$(sha256sum "$work/image/layer.tar" | cut -d' ' -f1)"]}}
 EOF
 printf '[{"Config":"config.json","RepoTags":["warren/base:%s"],"Layers":["layer.tar"]}]\n' "$SUITE" >"$work/image/manifest.json"
 tar -C "$work/image" -cf "$OUT.tmp" manifest.json config.json layer.tar

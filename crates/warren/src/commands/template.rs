@@ -213,7 +213,7 @@ fn code_interpreter(a: RecipeArgs) -> anyhow::Result<ExitCode> {
                 // Matplotlib's font cache, made now rather than on the first plot.
                 "runuser -u user -- env HOME=/home/user python3 -c 'import matplotlib.pyplot'".into(),
             ],
-            start_cmd: format!("runuser -u user -- env HOME=/home/user USER=user python3 {server}"),
+            start_cmd: format!("python3 {server}"),
             ready_cmd: "curl -sf http://127.0.0.1:49999/health >/dev/null".into(),
             name: "code-interpreter-v1",
         },
@@ -245,10 +245,7 @@ fn jupyterlab(a: RecipeArgs) -> anyhow::Result<ExitCode> {
                  > /etc/jupyter/jupyter_server_config.py"
                     .into(),
             ],
-            start_cmd: format!(
-                "cd /home/user && runuser -u user -- env HOME=/home/user USER=user SHELL=/bin/bash \
-                 jupyter lab --port={port}"
-            ),
+            start_cmd: format!("cd /home/user && SHELL=/bin/bash jupyter lab --port={port}"),
             ready_cmd: format!("curl -sf http://127.0.0.1:{port}/api >/dev/null"),
             name: "jupyterlab",
         },
@@ -268,7 +265,8 @@ struct ServerRecipe {
 }
 
 /// Builds `recipe` as template `a.name` (or the recipe's) on `a.from` (network on for the
-/// steps), replacing an older one of that name.
+/// steps), replacing an older one of that name. Its processes, the server among them,
+/// run as the base template's `user` in /home/user.
 fn build_server(recipe: ServerRecipe, a: RecipeArgs) -> anyhow::Result<ExitCode> {
     let name = a.name.unwrap_or_else(|| recipe.name.to_string());
     remove_old(&connect(&a.client)?, &name)?;
@@ -279,6 +277,7 @@ fn build_server(recipe: ServerRecipe, a: RecipeArgs) -> anyhow::Result<ExitCode>
         file: None,
         env: Vec::new(),
         workdir: None,
+        user: Some("user".into()),
         network: true,
         start_cmd: Some(recipe.start_cmd),
         ready_cmd: Some(recipe.ready_cmd),
@@ -313,6 +312,11 @@ struct BuildArgs {
     /// Working directory of the steps and of the template's processes.
     #[arg(short, long)]
     workdir: Option<String>,
+    /// Who the template's processes run as when they name nobody, in their home: a
+    /// name, a uid or uid:gid [default: the base template's, else root]. The steps run as
+    /// root; a name must exist once they have run (`--run 'useradd -m NAME'`).
+    #[arg(short, long)]
+    user: Option<String>,
     /// Give the steps outbound network (NAT).
     #[arg(long)]
     network: bool,
@@ -675,6 +679,7 @@ fn build(mut a: BuildArgs) -> anyhow::Result<ExitCode> {
         env: a.env.into_iter().collect::<BTreeMap<_, _>>(),
         network: a.network,
         workdir: a.workdir,
+        user: a.user,
         start_cmd: a.start_cmd,
         ready_cmd: a.ready_cmd,
         ready_timeout_secs: a.ready_timeout.map(secs),
