@@ -35,6 +35,7 @@ pub mod files;
 pub mod keys;
 pub mod sandboxes;
 pub mod sessions;
+pub mod tenants;
 pub mod terminal;
 mod transport;
 

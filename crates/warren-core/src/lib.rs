@@ -35,6 +35,7 @@ mod share;
 mod ssh;
 pub mod store;
 mod templates;
+mod tenants;
 mod time;
 pub mod tokens;
 mod upload;

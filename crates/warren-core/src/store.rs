@@ -595,6 +595,26 @@ impl Store {
         )?)
     }
 
+    /// The tenants given an API key, with when the first was made.
+    pub fn tenants(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, created_at FROM tenants ORDER BY name")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets `tenant`: its API keys, its owners' SSH keys and its row, at once. How
+    /// many API keys and SSH keys went.
+    pub fn remove_tenant(&self, tenant: &str) -> Result<(usize, usize), StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let keys = tx.execute("DELETE FROM api_keys WHERE tenant = ?1", params![tenant])?;
+        let ssh = tx.execute("DELETE FROM ssh_keys WHERE tenant = ?1", params![tenant])?;
+        tx.execute("DELETE FROM tenants WHERE name = ?1", params![tenant])?;
+        tx.commit()?;
+        Ok((keys, ssh))
+    }
+
     /// Registers `key` for `tenant`; false if that owner of that tenant has it already.
     pub fn add_ssh_key(&self, tenant: &str, key: &SshKey) -> Result<bool, StoreError> {
         let n = self.run(

@@ -275,7 +275,7 @@ impl Manager {
     /// Sandboxes (not terminated) made from the template stored under `key`: every one
     /// for an operator, `who`'s tenant's for anyone else (other tenants' sandbox ids are
     /// theirs to know: an id alone reaches a sandbox's ports on the E2B surface).
-    fn template_users(&self, key: &str, who: &Caller) -> Vec<String> {
+    pub(crate) fn template_users(&self, key: &str, who: &Caller) -> Vec<String> {
         let mut users: Vec<String> = self
             .store()
             .list_live((!who.operator).then_some(who.tenant.as_str()))
@@ -1139,9 +1139,10 @@ fn check_user(user: &str) -> Result<()> {
     let numeric = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
     let name = |s: &str| {
         (1..=32).contains(&s.len())
-            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-            && s
-                .bytes()
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+            && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     };
     let ok = match g {
@@ -1249,8 +1250,18 @@ mod tests {
             assert!(check_user(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", "User", "1a", "-x", "a b", "a:b", "1000:", ":1000", "99999999999", "../x",
-            "user:1000", &"a".repeat(33),
+            "",
+            "User",
+            "1a",
+            "-x",
+            "a b",
+            "a:b",
+            "1000:",
+            ":1000",
+            "99999999999",
+            "../x",
+            "user:1000",
+            &"a".repeat(33),
         ] {
             assert!(check_user(bad).is_err(), "{bad:?}");
         }

@@ -82,6 +82,21 @@ impl Manager {
         Ok(list)
     }
 
+    /// The tenant of each recorded home volume, once per volume.
+    pub(crate) fn volume_tenants(&self) -> Vec<String> {
+        let root = self.config.paths.data.join("volumes");
+        std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            // A volume being removed is moved aside under a dot name.
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .filter_map(|e| std::fs::read(e.path().join(META)).ok())
+            .filter_map(|b| serde_json::from_slice::<VolumeMeta>(&b).ok())
+            .map(|m| m.tenant)
+            .collect()
+    }
+
     /// The home volume of `owner`.
     pub async fn volume(&self, who: &Caller, owner: &str) -> Result<VolumeInfo> {
         let name = home_volume_name(&who.tenant, owner);

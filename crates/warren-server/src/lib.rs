@@ -35,6 +35,7 @@ mod share;
 pub mod ssh;
 mod ssh_keys;
 mod templates;
+mod tenants;
 #[cfg(test)]
 mod tests;
 pub mod tls;
@@ -160,6 +161,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/volumes/{owner}"),
     ("DELETE", "/v1/volumes/{owner}"),
     ("POST", "/v1/volumes/{owner}/resize"),
+    ("GET", "/v1/tenants"),
+    ("DELETE", "/v1/tenants/{name}"),
 ];
 
 /// Routes served on the unix socket only.
@@ -167,6 +170,8 @@ pub const UNIX_ONLY: &[(&str, &str)] = &[
     ("POST", "/v1/keys"),
     ("POST", "/v1/templates/import"),
     ("POST", "/v1/templates/gc"),
+    ("GET", "/v1/tenants"),
+    ("DELETE", "/v1/tenants/{name}"),
 ];
 
 /// The API for one surface. Streams it serves never see a shutdown; [`serve`] builds
@@ -286,6 +291,9 @@ fn build(state: AppState) -> Router {
             get(volumes::get).delete(volumes::remove),
         )
         .route("/v1/volumes/{owner}/resize", post(volumes::resize))
+        // Unix socket only, refused inside before any key is read.
+        .route("/v1/tenants", get(tenants::list))
+        .route("/v1/tenants/{name}", delete(tenants::remove))
         .route("/v1/pools", get(pools::list).post(pools::set));
     if state.surface == Surface::Tcp {
         r = r

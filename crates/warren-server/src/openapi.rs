@@ -115,6 +115,8 @@ pub fn document() -> &'static str {
         crate::volumes::get,
         crate::volumes::remove,
         crate::volumes::resize,
+        crate::tenants::list,
+        crate::tenants::remove,
     ),
     components(
         responses(

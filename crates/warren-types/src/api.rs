@@ -321,6 +321,42 @@ pub struct ApiKeyInfo {
     pub created_at: i64,
 }
 
+/// A tenant as `GET /v1/tenants` lists it (the daemon's unix socket only), with what it
+/// holds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantInfo {
+    pub name: String,
+    /// Unix milliseconds its first API key was made; none for a tenant only the unix
+    /// socket has acted for.
+    pub created_at: Option<i64>,
+    pub keys: u64,
+    /// Sandboxes that are not terminated, stopped ones included.
+    pub sandboxes: u64,
+    pub volumes: u64,
+    /// Templates it built, imported or uploaded (its snapshots apart).
+    pub templates: u64,
+    pub snapshots: u64,
+}
+
+/// What `DELETE /v1/tenants/{name}` removed, and what it kept.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TenantRemoval {
+    pub name: String,
+    /// API keys revoked (with the SSH keys of its owners).
+    pub keys: u64,
+    pub sandboxes: u64,
+    pub volumes: u64,
+    pub templates: u64,
+    pub snapshots: u64,
+    /// Snapshots kept (`keep_snapshots`): a tenant of the same name has them again.
+    pub kept_snapshots: Vec<String>,
+    /// Templates it made for every tenant: others may use them, so they stay until
+    /// removed by name.
+    pub kept_templates: Vec<String>,
+}
+
 /// `POST /v1/ssh-keys`: a public key an owner signs in to the SSH gateway with.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

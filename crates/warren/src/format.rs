@@ -118,6 +118,52 @@ pub fn parse_format(s: &str) -> Result<Format, String> {
     })
 }
 
+/// How a listing prints: a table (the default), its first column alone, JSON, or a
+/// `--format` template. Flattened into each verb that lists.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListOutput {
+    /// Print the first column only (ids, names, owners).
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Print the list as JSON, every field the daemon gives.
+    #[arg(long, conflicts_with = "quiet")]
+    pub json: bool,
+    /// Print one line per item from a template of its JSON fields, e.g.
+    /// '{{.id}}\t{{.name}}' (see README, "--format").
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with_all = ["quiet", "json"])]
+    pub format: Option<Format>,
+}
+
+impl ListOutput {
+    /// Prints `list`, as the daemon sent it: `--json` and `--format` keep fields this
+    /// CLI does not know yet; otherwise each item is read as a `T`, and printed by
+    /// `first` (`--quiet`) or as `table`.
+    pub fn print<T: serde::de::DeserializeOwned>(
+        &self,
+        list: Vec<Value>,
+        first: impl Fn(&T) -> String,
+        table: impl FnOnce(&[T]) -> String,
+    ) -> anyhow::Result<()> {
+        if let Some(f) = &self.format {
+            return Ok(crate::client::out(f.render_all(&list))?);
+        }
+        if self.json {
+            let text = format!("{}\n", serde_json::to_string_pretty(&list)?);
+            return Ok(crate::client::out(text)?);
+        }
+        let items = list
+            .into_iter()
+            .map(serde_json::from_value)
+            .collect::<Result<Vec<T>, _>>()?;
+        let text = if self.quiet {
+            items.iter().map(|i| format!("{}\n", first(i))).collect()
+        } else {
+            table(&items)
+        };
+        Ok(crate::client::out(text)?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -55,6 +55,7 @@ enum Command {
     Template(commands::template::TemplateArgs),
     Snapshot(commands::snapshot::SnapshotArgs),
     Volume(commands::volume::VolumeArgs),
+    Tenants(commands::tenants::TenantsArgs),
     Completions(CompletionsArgs),
 }
 
@@ -138,6 +139,7 @@ fn main() -> ExitCode {
         Command::Template(a) => commands::template::run(a),
         Command::Snapshot(a) => commands::snapshot::run(a),
         Command::Volume(a) => commands::volume::run(a),
+        Command::Tenants(a) => commands::tenants::run(a),
     };
     match r {
         Ok(code) => code,

@@ -1011,3 +1011,84 @@ fn keys_are_listed_without_their_secret_and_revoked_at_once() {
     );
     d.finish();
 }
+
+#[test]
+fn a_tenant_is_removed_with_what_it_holds_and_its_snapshots_kept_if_asked() {
+    if !can_run("a_tenant_is_removed_with_what_it_holds_and_its_snapshots_kept_if_asked") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(true);
+    let key = d
+        .ok(&["keys", "create", "--tenant", "acme"])
+        .trim()
+        .to_string();
+    // What it holds: a running sandbox with its owner's home volume, a stopped one, a
+    // snapshot; another tenant has a sandbox of its own.
+    let a1 = d.create_as(&key, r#"{"owner":"alice","name":"a1"}"#);
+    let a2 = d.create_as(&key, r#"{"owner":"alice","name":"a2"}"#);
+    let o = d.tcp(Some(&key), &["stop", &a2]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = d.tcp(Some(&key), &["snapshot", &a1, "--name", "snap1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let b1 = d.create(&["--tenant", "other", "--owner", "bob", "--name", "b1"]);
+
+    let listed: serde_json::Value =
+        serde_json::from_str(&d.ok(&["tenants", "ls", "--json"])).unwrap();
+    let acme = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "acme")
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert_eq!(
+        (
+            &acme["keys"],
+            &acme["sandboxes"],
+            &acme["volumes"],
+            &acme["snapshots"]
+        ),
+        (&1.into(), &2.into(), &1.into(), &1.into()),
+        "{listed}"
+    );
+    assert!(d.ok(&["tenants", "ls"]).starts_with("NAME"));
+    // Over TCP, no key reaches them, the tenant's own neither.
+    let o = d.tcp(Some(&key), &["tenants", "ls"]);
+    assert_eq!(code(&o), Some(1));
+    assert!(stderr(&o).contains("unix socket only"), "{}", stderr(&o));
+    let o = d.tcp(Some(&key), &["tenants", "rm", "acme"]);
+    assert_eq!(code(&o), Some(1));
+    assert_eq!(d.ok(&["--tenant", "acme", "ls", "-q"]).lines().count(), 2);
+
+    // Removed, snapshots kept: the key is refused, the sandboxes and volume gone.
+    let out = d.ok(&["tenants", "rm", "acme", "--keep-snapshots"]);
+    assert_eq!(
+        out,
+        "acme: removed 1 API key(s), 2 sandbox(es), 1 volume(s), 0 template(s), 0 \
+         snapshot(s)\n  kept snapshots: snap1\n"
+    );
+    let r = d.as_tenant(&key, "GET", "/v1/sandboxes", "");
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(d.ok(&["--tenant", "acme", "ls", "-q"]), "");
+    assert_eq!(d.ok(&["--tenant", "acme", "volume", "ls", "-q"]), "");
+    assert!(d
+        .ok(&["--tenant", "acme", "template", "ls"])
+        .contains("snap1"));
+    assert_eq!(
+        d.ok(&["--tenant", "other", "ls", "-q"]).trim(),
+        b1,
+        "another tenant's sandbox"
+    );
+
+    // Again, without keeping them: the snapshot goes; a third time, nothing is left.
+    let out = d.ok(&["tenants", "rm", "acme"]);
+    assert!(out.contains("1 snapshot(s)"), "{out}");
+    assert!(!d
+        .ok(&["--tenant", "acme", "template", "ls"])
+        .contains("snap1"));
+    let o = d.run(&["tenants", "rm", "acme"]);
+    assert_eq!(code(&o), Some(1));
+    assert!(stderr(&o).contains("no tenant \"acme\""), "{}", stderr(&o));
+    d.ok(&["--tenant", "other", "rm", &b1]);
+    d.finish();
+}

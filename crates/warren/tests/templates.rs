@@ -950,12 +950,25 @@ async fn a_builds_user_runs_its_processes_in_their_home() {
     let t = r.unwrap();
     assert_eq!(t.meta.user.as_deref(), Some("alice"));
     mgr.create(&who(), sandbox("dev", "s")).await.unwrap();
-    let (code, out) = sh(&mgr, "s", "id -un; id -u; pwd; echo $HOME; touch mine && ls -n mine | cut -d' ' -f3").await;
+    let (code, out) = sh(
+        &mgr,
+        "s",
+        "id -un; id -u; pwd; echo $HOME; touch mine && ls -n mine | cut -d' ' -f3",
+    )
+    .await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(out, "alice\n1234\n/home/alice\n/home/alice\n1234\n");
     // The steps ran as root, whoever the template's processes run as.
-    let (_, out) = sh(&mgr, "s", "cat /root/step-ran-as 2>&1 || sudo -n true 2>&1; true").await;
-    assert!(out.contains("Permission denied"), "alice read root's home: {out}");
+    let (_, out) = sh(
+        &mgr,
+        "s",
+        "cat /root/step-ran-as 2>&1 || sudo -n true 2>&1; true",
+    )
+    .await;
+    assert!(
+        out.contains("Permission denied"),
+        "alice read root's home: {out}"
+    );
 
     // A user the steps did not make is refused, and nothing is kept.
     let (r, _) = build(
@@ -969,7 +982,10 @@ async fn a_builds_user_runs_its_processes_in_their_home() {
     )
     .await;
     let text = r.unwrap_err().to_string();
-    assert!(text.contains("ghost") && text.contains("useradd -m ghost"), "{text}");
+    assert!(
+        text.contains("ghost") && text.contains("useradd -m ghost"),
+        "{text}"
+    );
     assert!(mgr.template(&who(), "ghost").is_err());
     // A user that is no user name is refused before anything runs.
     let (r, events) = build(

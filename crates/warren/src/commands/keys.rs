@@ -12,7 +12,7 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{block_on, connect, enc, named_tenant, out, ClientArgs};
-use crate::format::{parse_format, Format};
+use crate::format::ListOutput;
 
 /// Manage API keys.
 #[derive(Debug, Args)]
@@ -41,16 +41,8 @@ enum KeysCommand {
     /// List API keys by id (never the keys themselves): the tenant's own, or on the unix
     /// socket every tenant's (`--tenant`: one's).
     Ls {
-        /// Print ids only.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Print the list as JSON.
-        #[arg(long, conflicts_with = "quiet")]
-        json: bool,
-        /// Print one line per key from a template of its JSON fields, e.g.
-        /// '{{.id}} {{.tenant}}' (see README, "--format").
-        #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with_all = ["quiet", "json"])]
-        format: Option<Format>,
+        #[command(flatten)]
+        output: ListOutput,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -140,12 +132,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
             out(format!("{}\n", key.api_key))?;
             Ok(ExitCode::SUCCESS)
         }
-        KeysCommand::Ls {
-            quiet,
-            json,
-            format,
-            client,
-        } => ls(quiet, json, format, &client),
+        KeysCommand::Ls { output, client } => ls(&output, &client),
         KeysCommand::Revoke { ids, client } => {
             super::for_each(&client, &ids, Method::DELETE, |id| {
                 format!("/v1/keys/{}", enc(id))
@@ -155,12 +142,7 @@ pub fn run(args: KeysArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn ls(
-    quiet: bool,
-    json: bool,
-    format: Option<Format>,
-    args: &ClientArgs,
-) -> anyhow::Result<ExitCode> {
+fn ls(output: &ListOutput, args: &ClientArgs) -> anyhow::Result<ExitCode> {
     use warren_types::api::ApiKeyInfo;
     let client = connect(args)?;
     // Over TCP the key decides whose keys are listed.
@@ -168,40 +150,30 @@ fn ls(
         Some(t) => format!("/v1/keys?tenant={}", enc(&t)),
         None => "/v1/keys".to_string(),
     };
-    if json || format.is_some() {
-        // As the daemon sent it: fields this CLI does not know yet are kept.
-        let list: Vec<serde_json::Value> = block_on(client.call(Method::GET, &path, None::<&()>))??;
-        match &format {
-            Some(f) => out(f.render_all(&list))?,
-            None => out(format!("{}\n", serde_json::to_string_pretty(&list)?))?,
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let list: Vec<ApiKeyInfo> = block_on(client.call(Method::GET, &path, None::<&()>))??;
-    if quiet {
-        out(list
-            .iter()
-            .map(|k| format!("{}\n", k.id))
-            .collect::<String>())?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let now = jiff::Timestamp::now();
-    let mut text = format!(
-        "{:<16}  {:<24} {:<8} {}\n",
-        "ID", "TENANT", "OPERATOR", "CREATED"
-    );
-    for k in list {
-        let created = jiff::Timestamp::from_millisecond(k.created_at)
-            .map(|t| super::ls::ago(&t.to_string(), now))
-            .unwrap_or_else(|_| "-".into());
-        text.push_str(&format!(
-            "{:<16}  {:<24} {:<8} {created} ago\n",
-            k.id,
-            crate::term::clean_line(&k.tenant),
-            if k.operator { "yes" } else { "no" },
-        ));
-    }
-    out(text)?;
+    let list = block_on(client.call(Method::GET, &path, None::<&()>))??;
+    output.print(
+        list,
+        |k: &ApiKeyInfo| k.id.clone(),
+        |list| {
+            let now = jiff::Timestamp::now();
+            let mut text = format!(
+                "{:<16}  {:<24} {:<8} {}\n",
+                "ID", "TENANT", "OPERATOR", "CREATED"
+            );
+            for k in list {
+                let created = jiff::Timestamp::from_millisecond(k.created_at)
+                    .map(|t| super::ls::ago(&t.to_string(), now))
+                    .unwrap_or_else(|_| "-".into());
+                text.push_str(&format!(
+                    "{:<16}  {:<24} {:<8} {created} ago\n",
+                    k.id,
+                    crate::term::clean_line(&k.tenant),
+                    if k.operator { "yes" } else { "no" },
+                ));
+            }
+            text
+        },
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,8 +7,8 @@ use hyper::Method;
 use warren_types::api::{SandboxInfo, SandboxState};
 
 use super::template::human;
-use crate::client::{block_on, connect, enc, out, ClientArgs};
-use crate::format::{parse_format, Format};
+use crate::client::{block_on, connect, enc, ClientArgs};
+use crate::format::ListOutput;
 use crate::parse::parse_pair;
 
 /// List sandboxes.
@@ -23,16 +23,8 @@ pub struct LsArgs {
     /// Only those with this label (KEY=VALUE); repeat to require several.
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_pair)]
     labels: Vec<(String, String)>,
-    /// Print ids only.
-    #[arg(short, long)]
-    quiet: bool,
-    /// Print the list as JSON, every field the daemon gives.
-    #[arg(long, conflicts_with = "quiet")]
-    json: bool,
-    /// Print one line per sandbox from a template of its JSON fields, e.g.
-    /// '{{.id}}\t{{.name}}\t{{.resources.memory}}' (see README, "--format").
-    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with_all = ["quiet", "json"])]
-    format: Option<Format>,
+    #[command(flatten)]
+    output: ListOutput,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -58,25 +50,12 @@ pub fn run(args: LsArgs) -> anyhow::Result<ExitCode> {
         path = format!("{path}?{}", query.join("&"));
     }
     let client = connect(&args.client)?;
-    if let Some(f) = &args.format {
-        let list: Vec<serde_json::Value> = block_on(client.call(Method::GET, &path, None::<&()>))??;
-        out(f.render_all(&list))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if args.json {
-        // As the daemon sent it: fields this CLI does not know yet are kept.
-        let list: serde_json::Value = block_on(client.call(Method::GET, &path, None::<&()>))??;
-        out(format!("{}\n", serde_json::to_string_pretty(&list)?))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let list: Vec<SandboxInfo> = block_on(client.call(Method::GET, &path, None::<&()>))??;
-    if args.quiet {
-        for s in &list {
-            out(format!("{}\n", s.id))?;
-        }
-    } else {
-        out(table(&list, jiff::Timestamp::now()))?;
-    }
+    let list = block_on(client.call(Method::GET, &path, None::<&()>))??;
+    args.output.print(
+        list,
+        |s: &SandboxInfo| s.id.clone(),
+        |l| table(l, jiff::Timestamp::now()),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -29,6 +29,7 @@ pub mod start;
 pub mod stats;
 pub mod stop;
 pub mod template;
+pub mod tenants;
 pub mod volume;
 
 use std::process::ExitCode;

@@ -13,7 +13,7 @@ use warren_types::api::VolumeInfo;
 use super::ls::align;
 use super::template::human;
 use crate::client::{block_on, connect, enc, out, ClientArgs};
-use crate::format::{parse_format, Format};
+use crate::format::{parse_format, Format, ListOutput};
 use crate::term::clean_line;
 use warren_types::api::ResizeVolume;
 use warren_types::size::parse_size;
@@ -48,16 +48,8 @@ struct ResizeArgs {
 /// List the home volumes of the tenant's owners.
 #[derive(Debug, Args)]
 struct LsArgs {
-    /// Print owners only.
-    #[arg(short, long)]
-    quiet: bool,
-    /// Print the list as JSON.
-    #[arg(long, conflicts_with = "quiet")]
-    json: bool,
-    /// Print one line per volume from a template of its JSON fields, e.g.
-    /// '{{.owner}} {{.used_bytes}}' (see README, "--format").
-    #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with_all = ["quiet", "json"])]
-    format: Option<Format>,
+    #[command(flatten)]
+    output: ListOutput,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -116,24 +108,9 @@ pub fn run(args: VolumeArgs) -> anyhow::Result<ExitCode> {
 
 fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&a.client)?;
-    if a.json || a.format.is_some() {
-        // As the daemon sent it: fields this CLI does not know yet are kept.
-        let list: Vec<serde_json::Value> =
-            block_on(client.call(Method::GET, "/v1/volumes", None::<&()>))??;
-        match &a.format {
-            Some(f) => out(f.render_all(&list))?,
-            None => out(format!("{}\n", serde_json::to_string_pretty(&list)?))?,
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    let list: Vec<VolumeInfo> = block_on(client.call(Method::GET, "/v1/volumes", None::<&()>))??;
-    if a.quiet {
-        for v in &list {
-            out(format!("{}\n", clean_line(&v.owner)))?;
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    out(table(&list))?;
+    let list = block_on(client.call(Method::GET, "/v1/volumes", None::<&()>))??;
+    a.output
+        .print(list, |v: &VolumeInfo| clean_line(&v.owner), table)?;
     Ok(ExitCode::SUCCESS)
 }
 
