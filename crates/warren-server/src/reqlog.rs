@@ -14,6 +14,10 @@
 //! with those about no sandbox, whatever sandbox it names: one naming a new sandbox each
 //! time must not buy a line each. The query string is never logged (it may carry a
 //! path, a name, or a signed URL's signature); nor are headers (keys and tokens).
+//!
+//! Each request also runs in a `request` span holding its tenant (once its caller is
+//! known) and the sandbox it names, so whatever the engine logs while answering it
+//! (a lifecycle change, a warning) carries them.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -22,6 +26,8 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{Extensions, Method};
 use axum::middleware::Next;
 use axum::response::Response;
+use tracing::field::Empty;
+use tracing::Instrument;
 use warren_core::log_limit::LogLimit;
 use warren_core::Caller;
 
@@ -41,7 +47,19 @@ pub(crate) fn note_caller(extensions: &Extensions, caller: &Caller) {
 pub(crate) fn note_tenant(extensions: &Extensions, tenant: &str) {
     if let Some(slot) = extensions.get::<TenantSlot>() {
         let _ = slot.0.set(tenant.to_string());
+        // The extractors run inside the request's span (see `span`).
+        tracing::Span::current().record("tenant", tenant);
     }
+}
+
+/// The span a request is answered in: its tenant is recorded once known.
+fn span(sandbox: Option<&str>) -> tracing::Span {
+    tracing::info_span!(
+        target: "warren::request",
+        "request",
+        tenant = Empty,
+        sandbox = sandbox.unwrap_or("-")
+    )
 }
 
 /// Where the E2B routers note the route a request matched: its template, never the
@@ -115,7 +133,7 @@ pub(crate) async fn log_request(mut req: Request, next: Next) -> Response {
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = Instant::now();
-    let resp = next.run(req).await;
+    let resp = next.run(req).instrument(span(sandbox_of(&path))).await;
     let sandbox = sandbox_of(&path).unwrap_or("-");
     let tenant = slot.0.get().map(String::as_str);
     if admitted(tenant.is_some(), sandbox) {
@@ -169,7 +187,8 @@ async fn log_by_route(api: &'static str, mut req: Request, next: Next) -> Respon
     let named = crate::e2b::target(req.headers()).map(|t| t.sandbox);
     let path = req.uri().path().to_string();
     let started = Instant::now();
-    let resp = next.run(req).await;
+    let in_span = span(named.as_deref().filter(|id| crate::e2b::valid_id(id)));
+    let resp = next.run(req).instrument(in_span).await;
     let route = route.0.get().map(String::as_str).unwrap_or("-");
     let sandbox = named
         .as_deref()

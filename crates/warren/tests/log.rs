@@ -59,6 +59,17 @@ fn the_daemon_logs_requests_and_lifecycle_changes_as_json_lines() {
             d.log()
         );
     }
+    // What the engine logs while answering a request carries the request's span: the
+    // tenant, and the sandbox as the request named it.
+    let terminated = lines
+        .iter()
+        .find(|v| {
+            v["target"] == "warren::lifecycle" && field(v, "kind").as_deref() == Some("terminated")
+        })
+        .unwrap();
+    assert_eq!(terminated["span"]["name"], "request", "{terminated}");
+    assert_eq!(terminated["span"]["tenant"], "default", "{terminated}");
+    assert_eq!(terminated["span"]["sandbox"], "logged", "{terminated}");
     // The file read went through `?path=`: no line carries a query.
     assert!(
         lines

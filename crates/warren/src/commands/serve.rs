@@ -55,7 +55,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH", env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// How the log (stderr) is written: `text` for people, `json` (one object a line)
-    /// for log shippers. Which lines: `WARREN_LOG` (e.g. `info`, `warren::request=off`,
+    /// for log shippers. Which lines: `WARREN_LOG`, else `RUST_LOG` (e.g. `info`, `warren::request=off`,
     /// `debug`) [default: info]
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -80,14 +80,17 @@ pub enum LogFormat {
 }
 
 /// Starts the log: requests (`warren::request`) and lifecycle changes
-/// (`warren::lifecycle`) at info, filtered by `WARREN_LOG`.
+/// (`warren::lifecycle`) at info, filtered by `WARREN_LOG` (else `RUST_LOG`, as other
+/// Rust daemons read it).
 fn start_log(format: LogFormat) -> anyhow::Result<()> {
     use tracing_subscriber::EnvFilter;
-    let filter = match std::env::var("WARREN_LOG") {
-        Ok(f) => EnvFilter::try_new(&f).with_context(|| {
-            format!("WARREN_LOG={f:?}: use a level (info) or target=level pairs")
-        })?,
-        Err(_) => EnvFilter::new("info"),
+    let set = ["WARREN_LOG", "RUST_LOG"]
+        .into_iter()
+        .find_map(|var| std::env::var(var).ok().map(|f| (var, f)));
+    let filter = match set {
+        Some((var, f)) => EnvFilter::try_new(&f)
+            .with_context(|| format!("{var}={f:?}: use a level (info) or target=level pairs"))?,
+        None => EnvFilter::new("info"),
     };
     let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
