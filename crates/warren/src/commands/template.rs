@@ -14,7 +14,7 @@ use warren_core::{
 };
 
 use crate::client::{block_on, connect, enc, out, Client, ClientArgs};
-use crate::format::{parse_format, Format};
+use crate::format::{parse_format, Format, ListOutput};
 use crate::parse::parse_env;
 use warren_types::size::{parse_duration, parse_size};
 
@@ -49,8 +49,7 @@ enum TemplateCommand {
     /// Remove a template (refused while a sandbox uses it); its layers go with `gc`.
     Rm(NameArgs),
     Gc(GcArgs),
-    /// The disk templates and your sandboxes use.
-    Du(LsArgs),
+    Du(DuArgs),
 }
 
 /// Import a `docker save` or OCI layout archive (.tar, optionally gzip or zstd). On the
@@ -343,14 +342,23 @@ struct BuildArgs {
     client: ClientArgs,
 }
 
-/// List templates (`ls`), or the disk they and your sandboxes use (`du`).
+/// List templates.
 #[derive(Debug, Args)]
 struct LsArgs {
+    #[command(flatten)]
+    output: ListOutput,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+/// The disk templates and your sandboxes use.
+#[derive(Debug, Args)]
+struct DuArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
-    /// Print one line per template from a template of its JSON fields, e.g.
-    /// '{{.name}} {{.size_bytes}} {{json .cmd}}' (see README, "--format").
+    /// Print one line from a template of its JSON fields, e.g. '{{.layers_bytes}}' (see
+    /// README, "--format").
     #[arg(long, value_name = "TEMPLATE", value_parser = parse_format, conflicts_with = "json")]
     format: Option<Format>,
     #[command(flatten)]
@@ -761,40 +769,33 @@ fn build(mut a: BuildArgs) -> anyhow::Result<ExitCode> {
 
 fn ls(a: LsArgs) -> anyhow::Result<ExitCode> {
     let client = connect(&a.client)?;
-    let list: Vec<TemplateInfo> =
-        block_on(client.call(Method::GET, "/v1/templates", None::<&()>))??;
-    if let Some(f) = &a.format {
-        let list: Vec<serde_json::Value> = list
-            .iter()
-            .map(serde_json::to_value)
-            .collect::<Result<_, _>>()?;
-        out(f.render_all(&list))?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    if a.json {
-        json_out(&list)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let mut text = format!(
-        "{:<24}  {:<8}  {:>6}  {:>8}  {:>4}  SOURCE\n",
-        "NAME", "KIND", "LAYERS", "SIZE", "USED"
-    );
-    for t in &list {
-        let kind = serde_json::to_value(t.meta.kind)
-            .ok()
-            .and_then(|v| v.as_str().map(String::from))
-            .unwrap_or_default();
-        text.push_str(&format!(
-            "{:<24}  {:<8}  {:>6}  {:>8}  {:>4}  {}\n",
-            t.meta.name,
-            kind,
-            t.meta.layers.len(),
-            human(t.size_bytes),
-            t.used_by.len(),
-            t.meta.source
-        ));
-    }
-    out(text)?;
+    let list = block_on(client.call(Method::GET, "/v1/templates", None::<&()>))??;
+    a.output.print(
+        list,
+        |t: &TemplateInfo| t.meta.name.clone(),
+        |list| {
+            let mut text = format!(
+                "{:<24}  {:<8}  {:>6}  {:>8}  {:>4}  SOURCE\n",
+                "NAME", "KIND", "LAYERS", "SIZE", "USED"
+            );
+            for t in list {
+                let kind = serde_json::to_value(t.meta.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default();
+                text.push_str(&format!(
+                    "{:<24}  {:<8}  {:>6}  {:>8}  {:>4}  {}\n",
+                    t.meta.name,
+                    kind,
+                    t.meta.layers.len(),
+                    human(t.size_bytes),
+                    t.used_by.len(),
+                    crate::term::clean_line(&t.meta.source)
+                ));
+            }
+            text
+        },
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
