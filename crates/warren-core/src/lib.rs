@@ -20,6 +20,7 @@
 
 mod choose;
 mod create;
+mod dataplane;
 mod egress;
 mod keys;
 mod lifecycle;
@@ -48,7 +49,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
-use warren_runtime::client::AgentClient;
 use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{Backend, Backends, Instance, NamespaceBackend};
 use warren_types::api::{
@@ -58,6 +58,7 @@ use warren_types::api::{
 use warren_types::spec::Isolation;
 use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
 
+pub use crate::dataplane::{ActivityGuard, AgentConn, ProcessExit};
 pub use crate::port_links::{PortLink, CODE_TTL_MS as PORT_LINK_CODE_TTL_MS};
 pub use crate::share::Guest;
 pub use crate::store::{Record, Store, StoreError};
@@ -387,16 +388,6 @@ pub struct PortConnection {
     pub host: Option<String>,
     /// The sandbox's tenant.
     pub tenant: String,
-}
-
-/// Keeps a sandbox counted as active while held (an attached terminal or a stream).
-#[derive(Debug)]
-pub struct ActivityGuard(Arc<AtomicUsize>);
-
-impl Drop for ActivityGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 /// A configured pool and its counters.
@@ -1195,38 +1186,6 @@ impl Manager {
         Ok(())
     }
 
-    /// A connection of its own to a running sandbox's agent (for exec and file calls).
-    /// Counts as activity. Each caller gets a fresh connection: when it goes away, the
-    /// agent ends what it started on it (a foreground process), which a shared
-    /// connection could not tell.
-    pub async fn agent(&self, who: &Caller, key: &str) -> Result<(String, AgentClient)> {
-        let r = self.resolve(who, key)?;
-        let r = self.wake_if_asked(r).await?;
-        if r.state != SandboxState::Running {
-            return Err(Self::invalid(&r, "reach the processes of"));
-        }
-        // Best-effort: a data directory too full to record the activity must not stop
-        // the sandbox's own work (a read, a command that frees space).
-        let _ = self.store().touch(&r.id, now_ms());
-        let socket = self.with_live(&r.id, |l| l.sandbox.agent_socket().to_owned())?;
-        let c = warren_runtime::backend::connect_agent(&socket).await?;
-        Ok((r.id, c))
-    }
-
-    /// Marks the sandbox active for as long as the guard lives.
-    pub fn hold_activity(&self, id: &str) -> Option<ActivityGuard> {
-        self.with_live(id, |l| {
-            l.streams.fetch_add(1, Ordering::Relaxed);
-            ActivityGuard(l.streams.clone())
-        })
-        .ok()
-    }
-
-    /// OOM kills so far in a sandbox.
-    pub fn oom_kills(&self, id: &str) -> u64 {
-        self.with_live(id, |l| l.sandbox.oom_kills()).unwrap_or(0)
-    }
-
     /// Lifecycle events of the caller's sandboxes, from now on.
     pub fn subscribe(&self, who: &Caller) -> EventStream {
         EventStream {
@@ -1304,7 +1263,7 @@ mod tests {
 
     /// The HTTP server runs these on a multi-threaded runtime: their futures must be Send.
     #[allow(dead_code, clippy::diverging_sub_expression, unreachable_code)]
-    fn futures_are_send(m: &Manager, who: &Caller) {
+    fn futures_are_send(m: &Arc<Manager>, who: &Caller) {
         is_send(&m.create(who, CreateSandbox::default()));
         is_send(&m.pause(who, ""));
         is_send(&m.resume(who, ""));

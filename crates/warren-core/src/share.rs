@@ -62,7 +62,7 @@ impl Manager {
         pid: u32,
         req: &ShareRequest,
     ) -> Result<ShareInfo> {
-        let (id, client) = self.agent(who, key).await?;
+        let (id, client) = self.agent_client(who, key).await?;
         let procs = client.list_processes().await?;
         let p = procs.iter().find(|p| p.pid == pid && p.exit.is_none());
         let p = match p {
@@ -116,7 +116,7 @@ impl Manager {
         if mine.is_empty() {
             return Ok(Vec::new());
         }
-        let running = match self.agent(who, &info.id).await {
+        let running = match self.agent_client(who, &info.id).await {
             Ok((_, client)) => client.list_processes().await?,
             // Not running: its processes are gone, and so are its shares.
             Err(CoreError::InvalidState(_)) => Vec::new(),
@@ -178,7 +178,7 @@ impl Manager {
         if !running {
             return None;
         }
-        let same_process = match self.agent(&caller, &s.info.sandbox).await {
+        let same_process = match self.agent_client(&caller, &s.info.sandbox).await {
             Ok((_, client)) => client.list_processes().await.is_ok_and(|ps| {
                 ps.iter()
                     .any(|p| p.pid == s.info.pid && p.serial == s.serial && p.exit.is_none())

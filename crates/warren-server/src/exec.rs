@@ -29,11 +29,11 @@ use tokio_util::task::AbortOnDropHandle;
 use warren_agent::client::{
     AgentClient, Channel, ChannelSender, ClientError, Incoming, Process, ProcessEvent,
 };
-use warren_core::ActivityGuard;
+use warren_core::{ActivityGuard, AgentConn, ProcessExit};
 use warren_types::api::{ExecEvent, ExecResult, WireCode};
 use warren_types::proto::{
-    Command, ExecRequest, ExitStatus, FrameKind, ProcessInfo, Request, Response as AgentResponse,
-    WinSize, CHUNK,
+    Command, ExecRequest, FrameKind, ProcessInfo, Request, Response as AgentResponse, WinSize,
+    CHUNK,
 };
 
 use crate::error::Error;
@@ -252,17 +252,12 @@ fn b64(d: &[u8]) -> String {
     B64.encode(d)
 }
 
-/// Whether a SIGKILL was the memory limit's: the sandbox's OOM count rose meanwhile.
-pub(crate) fn oom_killed(status: &ExitStatus, before: u64, after: u64) -> bool {
-    status.signal == Some(SIGKILL) && after > before
-}
-
-fn exit_event(status: &ExitStatus, oom: bool) -> ExecEvent {
+fn exit_event(e: ProcessExit) -> ExecEvent {
     ExecEvent::Exit {
-        exit_code: status.code,
-        signal: status.signal,
-        timed_out: status.timed_out,
-        oom_killed: oom,
+        exit_code: e.code,
+        signal: e.signal,
+        timed_out: e.timed_out,
+        oom_killed: e.oom_killed,
     }
 }
 
@@ -333,17 +328,16 @@ pub async fn exec(
     Query(q): Query<ExecQuery>,
     Json(req): Json<ExecRequest>,
 ) -> Result<Response, Error> {
-    let (id, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    let activity = st.mgr.hold_activity(&id);
-    let oom_before = st.mgr.oom_kills(&id);
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    let activity = conn.hold();
     let stdin = req.stdin;
-    let p = Followed::exec(&client, req).await?;
+    let p = Followed::exec(conn.client(), req).await?;
     if !q.stream {
         if stdin {
             // Nobody can write to it in this mode; an open stdin would only hang readers.
             p.close_stdin().await?;
         }
-        let r = collect(p, &st, &id, oom_before).await;
+        let r = collect(p, &conn).await;
         drop(activity);
         return r.map(|r| axum::Json(r).into_response());
     }
@@ -351,23 +345,17 @@ pub async fn exec(
     let started = line(&ExecEvent::Started { pid: p.pid });
     tokio::spawn(pump(
         st,
-        id,
+        conn,
         p,
         tx,
         Some(started),
-        oom_before,
         activity,
         access.credential,
     ));
     Ok(ndjson(rx))
 }
 
-async fn collect(
-    mut p: Followed,
-    st: &AppState,
-    id: &str,
-    oom_before: u64,
-) -> Result<ExecResult, Error> {
+async fn collect(mut p: Followed, conn: &AgentConn) -> Result<ExecResult, Error> {
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     let mut held = Held(0);
     let mut answer = 0usize;
@@ -382,17 +370,17 @@ async fn collect(
                 d
             }
             ProcessEvent::Exited(status) => {
-                let oom = oom_killed(&status, oom_before, st.mgr.oom_kills(id));
+                let exit = conn.exit(&status);
                 return Ok(ExecResult {
                     pid: p.pid,
                     stdout: String::from_utf8_lossy(&stdout).into_owned(),
                     stderr: String::from_utf8_lossy(&stderr).into_owned(),
                     stdout_b64: b64(&stdout),
                     stderr_b64: b64(&stderr),
-                    exit_code: status.code,
-                    signal: status.signal,
-                    timed_out: status.timed_out,
-                    oom_killed: oom,
+                    exit_code: exit.code,
+                    signal: exit.signal,
+                    timed_out: exit.timed_out,
+                    oom_killed: exit.oom_killed,
                 });
             }
         };
@@ -417,14 +405,12 @@ async fn collect(
 
 /// Feeds a process's events to an NDJSON body until the exit, an error, the client
 /// leaving, or the daemon shutting down.
-#[allow(clippy::too_many_arguments)]
 async fn pump(
     st: AppState,
-    id: String,
+    conn: AgentConn,
     mut p: Followed,
     tx: mpsc::Sender<Bytes>,
     first: Option<Bytes>,
-    oom_before: u64,
     _activity: Option<ActivityGuard>,
     credential: Option<Credential>,
 ) {
@@ -442,10 +428,7 @@ async fn pump(
             ev = p.next() => match ev {
                 Ok(ProcessEvent::Stdout(d)) => (ExecEvent::Stdout { data: b64(&d) }, false),
                 Ok(ProcessEvent::Stderr(d)) => (ExecEvent::Stderr { data: b64(&d) }, false),
-                Ok(ProcessEvent::Exited(s)) => {
-                    let oom = oom_killed(&s, oom_before, st.mgr.oom_kills(&id));
-                    (exit_event(&s, oom), true)
-                }
+                Ok(ProcessEvent::Exited(s)) => (exit_event(conn.exit(&s)), true),
                 Err(e) => (error_event(e.into()), true),
             },
             _ = tx.closed() => return,
@@ -485,8 +468,8 @@ pub async fn list(
     State(st): State<AppState>,
     access: SandboxAccess,
 ) -> Result<axum::Json<Vec<ProcessInfo>>, Error> {
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    Ok(axum::Json(client.list_processes().await?))
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    Ok(axum::Json(conn.client().list_processes().await?))
 }
 
 /// A process the agent knows and that still runs.
@@ -538,8 +521,8 @@ pub async fn signal(
     Path((_, pid)): Path<ProcessPath>,
     Json(req): Json<SignalRequest>,
 ) -> Result<StatusCode, Error> {
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    client.signal(pid, req.signal).await?;
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    conn.client().signal(pid, req.signal).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -589,8 +572,8 @@ pub async fn resize(
     Json(req): Json<ResizeRequest>,
 ) -> Result<StatusCode, Error> {
     let size = win_size(req.rows, req.cols)?;
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    client.resize(pid, size).await?;
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    conn.client().resize(pid, size).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -637,12 +620,13 @@ pub async fn stdin(
     Query(q): Query<StdinQuery>,
     Body(body): Body,
 ) -> Result<StatusCode, Error> {
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    let p = running(&client, pid).await?;
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    let client = conn.client();
+    let p = running(client, pid).await?;
     if p.exit.is_some() {
         return Err(Error::invalid_state(format!("process {} has ended", pid)));
     }
-    let attached = Followed::attach(&client, pid, false).await?;
+    let attached = Followed::attach(client, pid, false).await?;
     attached.write_stdin(&body).await?;
     if q.eof {
         attached.close_stdin().await?;
@@ -690,22 +674,12 @@ pub async fn attach(
     Path((_, pid)): Path<ProcessPath>,
     Query(q): Query<AttachQuery>,
 ) -> Result<Response, Error> {
-    let (id, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    running(&client, pid).await?;
-    let activity = st.mgr.hold_activity(&id);
-    let oom_before = st.mgr.oom_kills(&id);
-    let p = Followed::attach(&client, pid, q.replay).await?;
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    running(conn.client(), pid).await?;
+    let activity = conn.hold();
+    let p = Followed::attach(conn.client(), pid, q.replay).await?;
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    tokio::spawn(pump(
-        st,
-        id,
-        p,
-        tx,
-        None,
-        oom_before,
-        activity,
-        access.credential,
-    ));
+    tokio::spawn(pump(st, conn, p, tx, None, activity, access.credential));
     Ok(ndjson(rx))
 }
 
@@ -749,6 +723,17 @@ pub(crate) struct PtyExit {
     pub(crate) signal: Option<i32>,
     pub(crate) timed_out: bool,
     pub(crate) oom_killed: bool,
+}
+
+impl From<ProcessExit> for PtyExit {
+    fn from(e: ProcessExit) -> Self {
+        Self {
+            exit_code: e.code,
+            signal: e.signal,
+            timed_out: e.timed_out,
+            oom_killed: e.oom_killed,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -805,17 +790,17 @@ pub async fn pty(
             "pid joins a running terminal: it takes no cmd or keep",
         ));
     }
-    let (id, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    let activity = st.mgr.hold_activity(&id);
-    let oom_before = st.mgr.oom_kills(&id);
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    let activity = conn.hold();
+    let client = conn.client();
     let p = match q.pid {
         Some(pid) => {
-            if !running(&client, pid).await?.tty {
+            if !running(client, pid).await?.tty {
                 return Err(Error::invalid(format!(
                     "process {pid} has no terminal: follow its output with .../processes/{pid}/attach"
                 )));
             }
-            let p = Followed::attach(&client, pid, true).await?;
+            let p = Followed::attach(client, pid, true).await?;
             // The joining window's size, as a terminal that starts takes its own.
             client.resize(pid, size).await.map_err(Error::from)?;
             p
@@ -830,7 +815,7 @@ pub async fn pty(
                 background: q.keep,
                 ..ExecRequest::default()
             };
-            Followed::exec(&client, req).await?
+            Followed::exec(client, req).await?
         }
     };
     let named = q.keep || q.pid.is_some();
@@ -856,7 +841,7 @@ pub async fn pty(
             },
             close_wait: Some(Duration::from_secs(2)),
         };
-        terminal(&st, &id, oom_before, &mut p, socket, rules).await;
+        terminal(&conn, &mut p, socket, rules).await;
     }))
 }
 
@@ -936,9 +921,7 @@ const TERMINAL_INPUT_QUEUE: usize = 64;
 /// it is not reading must not hold up its output here, nor a Ctrl-C behind it (which
 /// reaches the process once the paste is taken).
 pub(crate) async fn terminal<C: Future<Output = Error>>(
-    st: &AppState,
-    id: &str,
-    oom_before: u64,
+    conn: &AgentConn,
     p: &mut impl TerminalProcess,
     mut socket: WebSocket,
     rules: TerminalRules<C>,
@@ -998,12 +981,7 @@ pub(crate) async fn terminal<C: Future<Output = Error>>(
                     }
                 }
                 Ok(ProcessEvent::Exited(s)) => {
-                    let exit = PtyExit {
-                        exit_code: s.code,
-                        signal: s.signal,
-                        timed_out: s.timed_out,
-                        oom_killed: oom_killed(&s, oom_before, st.mgr.oom_kills(id)),
-                    };
+                    let exit = PtyExit::from(conn.exit(&s));
                     notice(&mut socket, &PtyNotice::Exit(exit)).await;
                     break;
                 }

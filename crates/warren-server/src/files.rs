@@ -118,13 +118,13 @@ pub async fn read(
     Query(q): Query<ReadQuery>,
 ) -> Result<Response, Error> {
     let path = wire_path(q.path.as_deref(), q.path_b64.as_deref())?;
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
     let opts = ReadOptions {
         user: None,
         special: q.special,
     };
     // The reader's channel holds the agent connection for as long as the body is read.
-    let reader = client.open_read(path, &opts).await?;
+    let reader = conn.client().open_read(path, &opts).await?;
     Ok((
         [(header::CONTENT_TYPE, "application/octet-stream")],
         body_of(reader),
@@ -230,12 +230,12 @@ pub async fn write(
 ) -> Result<StatusCode, Error> {
     let path = wire_path(q.path.as_deref(), q.path_b64.as_deref())?;
     let mode = q.mode.as_deref().map(parse_mode).transpose()?;
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
     let opts = WriteOptions {
         mode,
         ..WriteOptions::default()
     };
-    client
+    conn.client()
         .write_stream(path, limited_body(req.into_body(), MAX_FILE), &opts)
         .await
         .map_err(upload_error)?;
@@ -287,8 +287,8 @@ pub async fn remove(
     Query(q): Query<RemoveQuery>,
 ) -> Result<StatusCode, Error> {
     let path = wire_path(q.path.as_deref(), q.path_b64.as_deref())?;
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    client.remove_as(path, q.recursive, None).await?;
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    conn.client().remove_as(path, q.recursive, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -321,8 +321,8 @@ pub async fn stat(
     Query(q): Query<PathQuery>,
 ) -> Result<axum::Json<FileInfo>, Error> {
     let path = q.path()?;
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    Ok(axum::Json(client.stat_as(path, None).await?))
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    Ok(axum::Json(conn.client().stat_as(path, None).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -380,8 +380,10 @@ pub async fn list(
     if q.depth == 0 || q.depth > MAX_DEPTH {
         return Err(Error::invalid(format!("depth must be 1 to {MAX_DEPTH}")));
     }
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    Ok(axum::Json(client.list_dir_as(path, q.depth, None).await?))
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    Ok(axum::Json(
+        conn.client().list_dir_as(path, q.depth, None).await?,
+    ))
 }
 
 /// `POST /v1/sandboxes/{key}/files/mkdir?path=`: makes the directory and its parents.
@@ -413,8 +415,8 @@ pub async fn mkdir(
     Query(q): Query<PathQuery>,
 ) -> Result<StatusCode, Error> {
     let path = q.path()?;
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    client.make_dir_as(path, None, None).await?;
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    conn.client().make_dir_as(path, None, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -461,7 +463,7 @@ pub async fn rename(
 ) -> Result<StatusCode, Error> {
     let from = wire_path(req.from.as_deref(), req.from_b64.as_deref())?;
     let to = wire_path(req.to.as_deref(), req.to_b64.as_deref())?;
-    let (_, client) = st.mgr.agent(&access.caller, &access.key).await?;
-    client.rename_as(from, to, None).await?;
+    let conn = st.mgr.agent(&access.caller, &access.key).await?;
+    conn.client().rename_as(from, to, None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

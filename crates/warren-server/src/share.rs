@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use warren_agent::client::{AttachOptions, Process};
-use warren_core::Guest;
+use warren_core::{AgentConn, Guest};
 use warren_types::api::{ShareInfo, ShareRequest, WireCode};
 
 use crate::conn::Connection;
@@ -133,9 +133,10 @@ pub async fn join(
     conn.authenticated();
     let ws =
         ws.map_err(|e| Error::with_status(e.status(), WireCode::InvalidRequest, e.body_text()))?;
-    let (id, client) = st.mgr.agent(&guest.caller, &guest.sandbox).await?;
+    let conn = st.mgr.agent(&guest.caller, &guest.sandbox).await?;
     // The shared process itself (its serial), from where the share began.
-    let process = client
+    let process = conn
+        .client()
         .attach_with(
             guest.pid,
             AttachOptions {
@@ -145,24 +146,18 @@ pub async fn join(
             },
         )
         .await?;
-    let activity = st.mgr.hold_activity(&id);
+    let activity = conn.hold();
     Ok(ws.on_upgrade(move |socket| async move {
         let _activity = activity;
-        let _client = client;
-        guest_terminal(st, id, guest, process, socket).await;
+        guest_terminal(conn, guest, process, socket).await;
     }))
 }
 
-async fn guest_terminal(
-    st: AppState,
-    id: String,
-    mut guest: Guest,
-    mut p: Process,
-    mut socket: WebSocket,
-) {
+/// A guest's session on the shared process. `conn` carries the agent connection the
+/// process is followed on: it must live as long as the session.
+async fn guest_terminal(conn: AgentConn, mut guest: Guest, mut p: Process, mut socket: WebSocket) {
     let mode = crate::exec::PtyNotice::Share { write: guest.write };
     crate::exec::notice(&mut socket, &mode).await;
-    let oom_before = st.mgr.oom_kills(&id);
     let input = if guest.write {
         Input::Forward {
             report_failures: false,
@@ -178,5 +173,5 @@ async fn guest_terminal(
         },
         close_wait: None,
     };
-    terminal(&st, &id, oom_before, &mut p, socket, rules).await;
+    terminal(&conn, &mut p, socket, rules).await;
 }

@@ -34,12 +34,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 use warren_agent::client::ProcessEvent;
-use warren_core::Caller;
+use warren_core::{AgentConn, Caller};
 use warren_types::api::CreateSandbox;
 use warren_types::proto::{Command, ExecRequest, WinSize};
 
 use crate::error::Error;
-use crate::exec::{oom_killed, win_size, Followed, Stdin};
+use crate::exec::{win_size, Followed, Stdin};
 use crate::{shutting_down, AppState};
 
 /// Connections served at once; more are closed at accept.
@@ -585,7 +585,7 @@ async fn run_session(
     }
     let started = unless_gone(&mut gone, start(&st, &login, command, tty, env)).await;
     let Some(started) = started else { return };
-    let (sandbox, p) = match started {
+    let (conn, p) = match started {
         Ok(s) => s,
         Err(e) => {
             reply(&handle, id, want_reply, false).await;
@@ -598,7 +598,7 @@ async fn run_session(
         }
     };
     reply(&handle, id, want_reply, true).await;
-    let _activity = st.mgr.hold_activity(&sandbox);
+    let _activity = conn.hold();
     let (mut rd, wr) = ch.split();
     // Three parts run at once, so that none waits on another: the process's output to
     // the client, the client's input to the process (which waits for the agent's credit
@@ -613,8 +613,7 @@ async fn run_session(
         .map(|stdin| AbortOnDropHandle::new(tokio::spawn(feed(stdin, queue, backlog.clone()))));
     let resizer = p.resizer();
     let mut output = AbortOnDropHandle::new(tokio::spawn(send_output(
-        st.clone(),
-        sandbox,
+        conn,
         p,
         wr,
         handle.clone(),
@@ -666,8 +665,7 @@ async fn run_session(
 
 /// The process's output to the client, then its exit status; the channel ends after.
 async fn send_output(
-    st: AppState,
-    sandbox: String,
+    conn: AgentConn,
     mut p: Followed,
     wr: russh::ChannelWriteHalf<Msg>,
     handle: Handle,
@@ -675,7 +673,6 @@ async fn send_output(
     mut gone: watch::Receiver<bool>,
 ) {
     let id = wr.id();
-    let oom_before = st.mgr.oom_kills(&sandbox);
     loop {
         let ev = p.next().await;
         let sent = match ev {
@@ -693,7 +690,7 @@ async fn send_output(
                         let _ = wr.exit_status(code as u32).await;
                     }
                     (None, Some(sig)) => {
-                        let oom = oom_killed(&s, oom_before, st.mgr.oom_kills(&sandbox));
+                        let oom = conn.exit(&s).oom_killed;
                         let why = if oom { "killed: out of memory" } else { "" };
                         let _ = handle
                             .exit_signal_request(id, signal(sig), false, why.into(), String::new())
@@ -835,15 +832,15 @@ async fn sftp(
     let id = ch.id();
     let opened = async {
         let sandbox = login.sandbox(&st).await?;
-        let (sandbox, client) = st.mgr.agent(&login.caller, &sandbox).await?;
-        let user = st.mgr.default_user(&login.caller, &sandbox)?;
-        Ok::<_, Error>((sandbox, client, user))
+        let conn = st.mgr.agent(&login.caller, &sandbox).await?;
+        let user = st.mgr.default_user(&login.caller, conn.id())?;
+        Ok::<_, Error>((conn, user))
     };
     match opened.await {
-        Ok((sandbox, client, user)) => {
+        Ok((conn, user)) => {
             reply(&handle, id, want_reply, true).await;
-            let activity = st.mgr.hold_activity(&sandbox);
-            let session = crate::sftp::Sftp::new(client, user, activity);
+            let activity = conn.hold();
+            let session = crate::sftp::Sftp::new(conn.into_client(), user, activity);
             // The SFTP server runs on one end of a pipe; two tasks carry the channel to
             // the other, one each way (so that a full channel one way never stops the
             // other), and the session answers with an exit status once the server ends,
@@ -919,9 +916,9 @@ async fn start(
     command: Option<String>,
     tty: Option<WinSize>,
     env: BTreeMap<String, String>,
-) -> Result<(String, Followed), Error> {
+) -> Result<(AgentConn, Followed), Error> {
     let id = login.sandbox(st).await?;
-    let (id, client) = st.mgr.agent(&login.caller, &id).await?;
+    let conn = st.mgr.agent(&login.caller, &id).await?;
     let req = ExecRequest {
         command: Some(Command::Shell(
             command.unwrap_or_else(|| LOGIN_SHELL.to_string()),
@@ -931,8 +928,8 @@ async fn start(
         stdin: true,
         ..Default::default()
     };
-    let p = Followed::exec(&client, req).await?;
-    Ok((id, p))
+    let p = Followed::exec(conn.client(), req).await?;
+    Ok((conn, p))
 }
 
 async fn reply(handle: &Handle, id: russh::ChannelId, want_reply: bool, ok: bool) {

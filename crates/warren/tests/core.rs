@@ -58,8 +58,8 @@ fn alice() -> Caller {
     Caller::tenant("alice")
 }
 
-async fn run(mgr: &Manager, who: &Caller, key: &str, script: &str) -> String {
-    let (_, client) = mgr.agent(who, key).await.unwrap();
+async fn run(mgr: &Arc<Manager>, who: &Caller, key: &str, script: &str) -> String {
+    let client = mgr.agent(who, key).await.unwrap().into_client();
     let out = client
         .exec(ExecRequest {
             command: Some(Command::Shell(script.into())),
@@ -226,7 +226,7 @@ async fn busy_sandboxes_are_not_idle_and_idle_ones_expire() {
     };
     let (sb, _) = mgr.create(&who, req).await.unwrap();
     // A computation with no client connected: 3 s of CPU, in the background.
-    let (_, client) = mgr.agent(&who, &sb.id).await.unwrap();
+    let client = mgr.agent(&who, &sb.id).await.unwrap().into_client();
     let mut bg = ExecRequest {
         command: Some(Command::Shell(
             "timeout 3 sh -c 'while :; do :; done'".into(),

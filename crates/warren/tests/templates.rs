@@ -93,8 +93,8 @@ fn sandbox(template: &str, name: &str) -> CreateSandbox {
     }
 }
 
-async fn sh(mgr: &Manager, key: &str, script: &str) -> (i32, String) {
-    let (_, client) = mgr.agent(&who(), key).await.unwrap();
+async fn sh(mgr: &Arc<Manager>, key: &str, script: &str) -> (i32, String) {
+    let client = mgr.agent(&who(), key).await.unwrap().into_client();
     let out = client
         .exec(ExecRequest {
             command: Some(Command::Shell(script.into())),

@@ -155,7 +155,7 @@ impl Envd {
 
     /// A connection to the sandbox's agent.
     pub async fn agent(&self, st: &E2bState) -> Result<AgentClient, RpcError> {
-        let (_, client) = st.mgr.agent(&self.caller, &self.id).await?;
+        let client = st.mgr.agent(&self.caller, &self.id).await?.into_client();
         Ok(client)
     }
 
@@ -420,7 +420,7 @@ async fn download(
         .filter(|p| !p.is_empty())
         .ok_or_else(|| HttpError::new(StatusCode::BAD_REQUEST, "path is required"))?;
     let path = resolve(&path, &env.home()).map_err(bad_path)?;
-    let (_, client) = st.mgr.agent(&env.caller, &env.id).await?;
+    let client = st.mgr.agent(&env.caller, &env.id).await?.into_client();
     let opts = ReadOptions {
         user: env.fs_user(),
         special: false,
@@ -603,7 +603,7 @@ async fn upload(
         };
         resolve(&dest, &env.home()).map_err(bad_path)
     };
-    let (_, client) = st.mgr.agent(&env.caller, &env.id).await?;
+    let client = st.mgr.agent(&env.caller, &env.id).await?.into_client();
     let mut out: Vec<Written> = Vec::new();
     if !multipart {
         let path = dest(None)?;

@@ -273,9 +273,9 @@ async fn start_stream(
         background: true,
         tag: msg.tag,
     };
-    let (id, client) = st.mgr.agent(&env.caller, &env.id).await?;
-    let activity = st.mgr.hold_activity(&id);
-    let p = Followed::exec(&client, req).await?;
+    let conn = st.mgr.agent(&env.caller, &env.id).await?;
+    let activity = conn.hold();
+    let p = Followed::exec(conn.client(), req).await?;
     Ok(follow(st, p, tty.is_some(), keepalive, activity))
 }
 
@@ -417,10 +417,10 @@ async fn reconnect(st: &E2bState, env: &Envd, rpc: Rpc<Selected>, keepalive: Dur
         );
     }
     let result = async {
-        let (id, client) = st.mgr.agent(&env.caller, &env.id).await?;
-        let p = running(&client, rpc.msg.process.as_ref()).await?;
-        let activity = st.mgr.hold_activity(&id);
-        let followed = Followed::attach(&client, p.pid, false).await?;
+        let conn = st.mgr.agent(&env.caller, &env.id).await?;
+        let p = running(conn.client(), rpc.msg.process.as_ref()).await?;
+        let activity = conn.hold();
+        let followed = Followed::attach(conn.client(), p.pid, false).await?;
         Ok::<_, RpcError>(follow(st, followed, p.tty, keepalive, activity))
     }
     .await;
