@@ -43,6 +43,7 @@ impl Drop for ActivityGuard {
 #[derive(Debug)]
 pub struct AgentConn {
     mgr: Arc<Manager>,
+    who: Caller,
     id: String,
     client: AgentClient,
     oom_before: u64,
@@ -76,6 +77,13 @@ impl AgentConn {
     /// no exit reported.
     pub fn into_client(self) -> AgentClient {
         self.client
+    }
+
+    /// Who file calls act as when the caller names nobody: the template's user (the
+    /// one its processes run as), `None` for the sandbox's root. Files a client puts in
+    /// a sandbox are then its processes' to change.
+    pub fn default_user(&self) -> Result<Option<warren_types::proto::User>> {
+        self.mgr.default_user(&self.who, &self.id)
     }
 
     /// Keeps the sandbox counted as active while the guard lives: for a stream, which
@@ -116,6 +124,7 @@ impl Manager {
         let oom_before = self.oom_count(&id);
         Ok(AgentConn {
             mgr: self.clone(),
+            who: who.clone(),
             id,
             client,
             oom_before,

@@ -16,7 +16,8 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use warren_agent::client::{ClientError, FileReader, ReadOptions, WriteOptions};
-use warren_types::proto::{FileInfo, WirePath};
+use warren_core::AgentConn;
+use warren_types::proto::{FileInfo, User, WirePath};
 
 use crate::error::Error;
 use crate::extract::{Json, Query, SandboxAccess};
@@ -52,11 +53,26 @@ pub struct PathQuery {
     /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
+    /// Act as this sandbox user: a name, uid or uid:gid [default: the template's user,
+    /// the one its processes run as; root when it names none].
+    #[serde(default)]
+    user: Option<String>,
 }
 
 impl PathQuery {
     fn path(&self) -> Result<WirePath, Error> {
         wire_path(self.path.as_deref(), self.path_b64.as_deref())
+    }
+}
+
+/// Who a file call acts as: the user the request names, else the template's (see
+/// [`AgentConn::default_user`]).
+fn acting_user(named: Option<&str>, conn: &AgentConn) -> Result<Option<User>, Error> {
+    match named {
+        Some(u) => User::parse(u)
+            .map(Some)
+            .map_err(|e| Error::invalid(format!("user: {e}"))),
+        None => Ok(conn.default_user()?),
     }
 }
 
@@ -70,6 +86,10 @@ pub struct ReadQuery {
     /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
+    /// Act as this sandbox user: a name, uid or uid:gid [default: the template's user,
+    /// the one its processes run as; root when it names none].
+    #[serde(default)]
+    user: Option<String>,
     /// Also read a FIFO, a device or a socket (otherwise refused with `not_a_file`); such
     /// a file may never end, and is read for as long as the client reads.
     #[serde(default)]
@@ -120,7 +140,7 @@ pub async fn read(
     let path = wire_path(q.path.as_deref(), q.path_b64.as_deref())?;
     let conn = st.mgr.agent(&access.caller, &access.key).await?;
     let opts = ReadOptions {
-        user: None,
+        user: acting_user(q.user.as_deref(), &conn)?,
         special: q.special,
     };
     // The reader's channel holds the agent connection for as long as the body is read.
@@ -142,6 +162,10 @@ pub struct WriteQuery {
     /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
+    /// Act as this sandbox user: a name, uid or uid:gid [default: the template's user,
+    /// the one its processes run as; root when it names none].
+    #[serde(default)]
+    user: Option<String>,
     /// Octal permission bits, as `chmod` takes them.
     #[param(pattern = "^[0-7]{1,4}$")]
     #[serde(default)]
@@ -233,6 +257,7 @@ pub async fn write(
     let conn = st.mgr.agent(&access.caller, &access.key).await?;
     let opts = WriteOptions {
         mode,
+        user: acting_user(q.user.as_deref(), &conn)?,
         ..WriteOptions::default()
     };
     conn.client()
@@ -252,6 +277,10 @@ pub struct RemoveQuery {
     /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
+    /// Act as this sandbox user: a name, uid or uid:gid [default: the template's user,
+    /// the one its processes run as; root when it names none].
+    #[serde(default)]
+    user: Option<String>,
     /// Remove a non-empty directory with its contents.
     #[serde(default)]
     #[param(default = false)]
@@ -288,7 +317,10 @@ pub async fn remove(
 ) -> Result<StatusCode, Error> {
     let path = wire_path(q.path.as_deref(), q.path_b64.as_deref())?;
     let conn = st.mgr.agent(&access.caller, &access.key).await?;
-    conn.client().remove_as(path, q.recursive, None).await?;
+    let user = acting_user(q.user.as_deref(), &conn)?;
+    conn.client()
+        .remove_as(path, q.recursive, user.as_ref())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -322,7 +354,10 @@ pub async fn stat(
 ) -> Result<axum::Json<FileInfo>, Error> {
     let path = q.path()?;
     let conn = st.mgr.agent(&access.caller, &access.key).await?;
-    Ok(axum::Json(conn.client().stat_as(path, None).await?))
+    let user = acting_user(q.user.as_deref(), &conn)?;
+    Ok(axum::Json(
+        conn.client().stat_as(path, user.as_ref()).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -335,6 +370,10 @@ pub struct ListQuery {
     /// The path's bytes in base64, for a name that is not UTF-8 (instead of `path`).
     #[serde(default)]
     path_b64: Option<String>,
+    /// Act as this sandbox user: a name, uid or uid:gid [default: the template's user,
+    /// the one its processes run as; root when it names none].
+    #[serde(default)]
+    user: Option<String>,
     /// Levels to descend.
     #[param(minimum = 1, maximum = 16, default = 1)]
     #[serde(default = "one")]
@@ -382,7 +421,13 @@ pub async fn list(
     }
     let conn = st.mgr.agent(&access.caller, &access.key).await?;
     Ok(axum::Json(
-        conn.client().list_dir_as(path, q.depth, None).await?,
+        conn.client()
+            .list_dir_as(
+                path,
+                q.depth,
+                acting_user(q.user.as_deref(), &conn)?.as_ref(),
+            )
+            .await?,
     ))
 }
 
@@ -416,7 +461,8 @@ pub async fn mkdir(
 ) -> Result<StatusCode, Error> {
     let path = q.path()?;
     let conn = st.mgr.agent(&access.caller, &access.key).await?;
-    conn.client().make_dir_as(path, None, None).await?;
+    let user = acting_user(q.user.as_deref(), &conn)?;
+    conn.client().make_dir_as(path, None, user.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -431,6 +477,10 @@ pub struct RenameRequest {
     pub from_b64: Option<String>,
     #[serde(default)]
     pub to_b64: Option<String>,
+    /// Act as this sandbox user: a name, uid or uid:gid [default: the template's user,
+    /// the one its processes run as; root when it names none].
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// `POST /v1/sandboxes/{key}/files/rename`.
@@ -464,6 +514,7 @@ pub async fn rename(
     let from = wire_path(req.from.as_deref(), req.from_b64.as_deref())?;
     let to = wire_path(req.to.as_deref(), req.to_b64.as_deref())?;
     let conn = st.mgr.agent(&access.caller, &access.key).await?;
-    conn.client().rename_as(from, to, None).await?;
+    let user = acting_user(req.user.as_deref(), &conn)?;
+    conn.client().rename_as(from, to, user.as_ref()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

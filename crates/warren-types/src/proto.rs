@@ -450,6 +450,27 @@ pub enum User {
     Name(String),
 }
 
+impl User {
+    /// `name`, `uid` or `uid:gid`, as `docker exec --user` takes them.
+    pub fn parse(s: &str) -> Result<User, String> {
+        if s.is_empty() {
+            return Err("the user is empty: give a name, a uid or uid:gid".into());
+        }
+        if let Some((u, g)) = s.split_once(':') {
+            let uid = u.parse().map_err(|_| format!("{u:?} is not a uid"))?;
+            let gid = g.parse().map_err(|_| format!("{g:?} is not a gid"))?;
+            return Ok(User::Id {
+                uid,
+                gid: Some(gid),
+            });
+        }
+        Ok(match s.parse::<u32>() {
+            Ok(uid) => User::Id { uid, gid: None },
+            Err(_) => User::Name(s.into()),
+        })
+    }
+}
+
 /// Start a process.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

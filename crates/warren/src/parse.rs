@@ -40,18 +40,7 @@ pub fn parse_pair(s: &str) -> Result<(String, String), String> {
 
 /// A user inside the sandbox: a name, a uid, or `uid:gid`.
 pub fn parse_user(s: &str) -> Result<User, String> {
-    if let Some((u, g)) = s.split_once(':') {
-        let uid = u.parse().map_err(|_| format!("{u:?} is not a uid"))?;
-        let gid = g.parse().map_err(|_| format!("{g:?} is not a gid"))?;
-        return Ok(User::Id {
-            uid,
-            gid: Some(gid),
-        });
-    }
-    Ok(match s.parse::<u32>() {
-        Ok(uid) => User::Id { uid, gid: None },
-        Err(_) => User::Name(s.into()),
-    })
+    User::parse(s)
 }
 
 /// A host directory to mount, as `docker run -v` writes it: `/HOST/DIR:/PATH`, then

@@ -1092,3 +1092,67 @@ fn a_tenant_is_removed_with_what_it_holds_and_its_snapshots_kept_if_asked() {
     d.ok(&["--tenant", "other", "rm", &b1]);
     d.finish();
 }
+
+#[test]
+fn a_templates_user_runs_its_processes_and_owns_what_is_copied_in() {
+    if !can_run("a_templates_user_runs_its_processes_and_owns_what_is_copied_in") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    d.ok(&[
+        "template",
+        "build",
+        "--name",
+        "dev",
+        "--run",
+        "useradd -m -u 1234 -s /bin/sh alice",
+        "--user",
+        "alice",
+        "--quiet-progress",
+    ]);
+    let id = d.create(&["--template", "dev", "--no-home"]);
+    let (rc, out) = d.exec(&id, "id -un; pwd; echo $HOME $USER $LOGNAME");
+    assert_eq!(rc, 0, "{out}");
+    assert_eq!(out, "alice\n/home/alice\n/home/alice alice alice\n");
+
+    // What a client copies in is the user's, to change from inside; root's only when
+    // asked for.
+    let host = tempfile::tempdir().unwrap();
+    let file = host.path().join("notes.txt");
+    std::fs::write(&file, "from the host\n").unwrap();
+    let file = file.to_str().unwrap();
+    d.ok(&["cp", file, &format!("{id}:/home/alice/notes.txt")]);
+    let (rc, out) = d.exec(
+        &id,
+        "stat -c %U notes.txt && echo more >> notes.txt && cat notes.txt",
+    );
+    assert_eq!(
+        (rc, out.as_str()),
+        (0, "alice\nfrom the host\nmore\n"),
+        "{out}"
+    );
+    let o = d.run(&["cp", file, &format!("{id}:/etc/notes.txt")]);
+    assert_eq!(code(&o), Some(1), "alice wrote in /etc: {}", stderr(&o));
+    d.ok(&[
+        "cp",
+        "--user",
+        "root",
+        file,
+        &format!("{id}:/etc/notes.txt"),
+    ]);
+    let (_, out) = d.exec(&id, "stat -c %U /etc/notes.txt");
+    assert_eq!(out, "root\n");
+    // The API's file calls take the same `user`.
+    let r = d.http(
+        trust::Via::Unix,
+        "GET",
+        &format!("/v1/sandboxes/{id}/files/stat?path=/etc/notes.txt&user=nobody-here"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    d.ok(&["rm", &id]);
+    d.ok(&["template", "rm", "dev"]);
+    d.finish();
+}

@@ -13,6 +13,7 @@ use clap::Args;
 use http_body_util::BodyExt;
 use hyper::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_types::proto::User;
 use warren_types::proto::{FileInfo, FileType};
 
 use crate::client::{block_on, connect, enc, Client, ClientArgs, Error};
@@ -26,6 +27,10 @@ pub struct CpArgs {
     from: String,
     /// Where to: SANDBOX:PATH or a host path.
     to: String,
+    /// Read and write in the sandbox as this user (name, uid or uid:gid), who owns what
+    /// is made [default: the template's user; root when it names none].
+    #[arg(short, long, value_parser = crate::parse::parse_user)]
+    user: Option<warren_types::proto::User>,
     #[command(flatten)]
     client: ClientArgs,
 }
@@ -59,6 +64,15 @@ pub fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
     let copy = Copy {
         client: &client,
         skipped: Vec::new(),
+        as_user: match &args.user {
+            None => String::new(),
+            Some(User::Name(n)) => format!("&user={}", enc(n)),
+            Some(User::Id { uid, gid: None }) => format!("&user={uid}"),
+            Some(User::Id {
+                uid,
+                gid: Some(gid),
+            }) => format!("&user={uid}:{gid}"),
+        },
     };
     let copied = match (end(&args.from), end(&args.to)) {
         (End::Host(from), End::Sandbox { key, path }) => block_on(copy.upload(&key, from, path))?,
@@ -98,6 +112,8 @@ pub fn run(args: CpArgs) -> anyhow::Result<ExitCode> {
 struct Copy<'a> {
     client: &'a Client,
     skipped: Vec<String>,
+    /// `&user=...`, or nothing.
+    as_user: String,
 }
 
 /// The last component of a path, for copying into a directory.
@@ -120,7 +136,12 @@ fn join(dir: &str, name: &str) -> String {
 
 impl Copy<'_> {
     async fn stat(&self, key: &str, path: &str) -> Result<Option<FileInfo>, Error> {
-        let url = format!("/v1/sandboxes/{}/files/stat?path={}", enc(key), enc(path));
+        let url = format!(
+            "/v1/sandboxes/{}/files/stat?path={}{}",
+            enc(key),
+            enc(path),
+            self.as_user
+        );
         match self
             .client
             .call::<FileInfo>(Method::GET, &url, None::<&()>)
@@ -133,7 +154,12 @@ impl Copy<'_> {
     }
 
     async fn mkdir(&self, key: &str, path: &str) -> Result<(), Error> {
-        let url = format!("/v1/sandboxes/{}/files/mkdir?path={}", enc(key), enc(path));
+        let url = format!(
+            "/v1/sandboxes/{}/files/mkdir?path={}{}",
+            enc(key),
+            enc(path),
+            self.as_user
+        );
         match self.client.call_raw(Method::POST, &url, None::<&()>).await {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("already_exists") => Ok(()),
@@ -229,10 +255,11 @@ impl Copy<'_> {
             }
         });
         let url = format!(
-            "/v1/sandboxes/{}/files?path={}&mode={:o}",
+            "/v1/sandboxes/{}/files?path={}&mode={:o}{}",
             enc(key),
             enc(to),
-            meta.permissions().mode() & 0o7777
+            meta.permissions().mode() & 0o7777,
+            self.as_user
         );
         let resp = self
             .client
@@ -293,9 +320,10 @@ impl Copy<'_> {
                 }
             }
             let url = format!(
-                "/v1/sandboxes/{}/files/list?path={}&depth=1",
+                "/v1/sandboxes/{}/files/list?path={}&depth=1{}",
                 enc(key),
-                enc(&dir)
+                enc(&dir),
+                self.as_user
             );
             let entries: Vec<FileInfo> = self.client.call(Method::GET, &url, None::<&()>).await?;
             for e in entries {
@@ -340,7 +368,12 @@ impl Copy<'_> {
         to: &Path,
         mode: u32,
     ) -> anyhow::Result<()> {
-        let url = format!("/v1/sandboxes/{}/files?path={}", enc(key), enc(from));
+        let url = format!(
+            "/v1/sandboxes/{}/files?path={}{}",
+            enc(key),
+            enc(from),
+            self.as_user
+        );
         let resp = self.client.send(Method::GET, &url, None).await?;
         // Never through a link that is already there: the file itself is replaced.
         let _ = std::fs::remove_file(to).or_else(|e| match e.kind() {
