@@ -6,7 +6,7 @@
 //! filesystem the agent sees.
 //!
 //! Everything runs on one thread (a current-thread tokio runtime). That is not only
-//! frugal: it is what makes reaping sound (see [`process`]), and it keeps the state a
+//! frugal: it is what makes reaping sound (see `process`), and it keeps the state a
 //! few mutexes that are never held across an await. Blocking file work goes to tokio's
 //! blocking pool, which never forks.
 //!

@@ -192,7 +192,7 @@ pub struct PortPass<'a> {
     pub token: Option<&'a str>,
     /// Port links' grants (what a browser keeps in a cookie, possibly more than one: a
     /// page of another port host may have set one for a parent domain; see
-    /// [`port_links`]): any one for this sandbox and port lets it in.
+    /// [`PortLink`]): any one for this sandbox and port lets it in.
     pub grants: &'a [String],
     /// A sandbox made without a traffic token takes traffic from whoever names it (the
     /// E2B surface's rule). False on the daemon's own listener, where only a grant or a

@@ -123,7 +123,7 @@ pub const EVENTS_KEPT: u32 = 1000;
 /// so two keys of one store do not share an id.
 pub const API_KEY_ID_LEN: usize = 16;
 
-/// The version of [`SCHEMA`], kept in the store's `PRAGMA user_version`. Migrations go
+/// The version of the schema, kept in the store's `PRAGMA user_version`. Migrations go
 /// forward only: a store of an earlier version is brought up to this one when opened,
 /// and one of a later version is refused untouched.
 ///

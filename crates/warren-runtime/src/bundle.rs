@@ -552,7 +552,7 @@ pub(crate) fn recorded_volumes(run: &Path) -> Result<Vec<OciVolume>> {
 
 /// `warren __oci`: mounts a sandbox's root in a mount namespace of its own and runs the
 /// OCI runtime's `create` there, whose processes keep that namespace: under a reaper of
-/// the sandbox's own (runsc), or, with a [`Keeper`] in the launch, under the keeper.
+/// the sandbox's own (runsc), or, with a `Keeper` in the launch, under the keeper.
 /// Must run before any thread starts (it unshares and forks). Never returns.
 pub fn oci_main() -> ! {
     use std::io::Read;

@@ -5,7 +5,7 @@
 //! Creating one:
 //! 1. the run directory gets a bundle (`config.json`) and a socket directory; the data
 //!    directory the writable layer (`upper`, `work`);
-//! 2. `warren __oci` (single-threaded, see [`oci_main`]) makes a private mount
+//! 2. `warren __oci` (single-threaded, see [`oci_main`](crate::bundle::oci_main)) makes a private mount
 //!    namespace, mounts the overlay root there (idmapped: files stored under the common
 //!    id range show as the sandbox's 0-65,535, as they do in a namespace sandbox) and
 //!    becomes `runsc create`: the sandbox's processes inherit that namespace, so the
@@ -18,7 +18,7 @@
 //! the namespace backend names its own (relative, so under this process's cgroup).
 //! Tasks are limited on the host too, and always: each process inside costs gVisor
 //! (on the ptrace platform) several host tasks, so without a cap a fork bomb inside
-//! would use up the host's pids. The cap is [`host_tasks`] of the sandbox's pids limit;
+//! would use up the host's pids. The cap is `host_tasks` of the sandbox's pids limit;
 //! past it gVisor cannot make a thread and the sandbox stops whole, as past its memory
 //! limit. gVisor's own pids cgroup is not used: this runsc enforces it only now and then.
 //!

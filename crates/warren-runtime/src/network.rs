@@ -35,7 +35,7 @@
 //!   between its other interfaces.
 //!
 //! Links, addresses, the link alias and the sandbox's default route are made over
-//! rtnetlink ([`rtnl`]), not with `ip` processes: inside the sandbox from a thread that
+//! rtnetlink (`rtnl`), not with `ip` processes: inside the sandbox from a thread that
 //! has joined its namespace, with a socket that thread opened there.
 //!
 //! Every change is one `nft -f` batch, which the kernel applies as one transaction (all

@@ -18,7 +18,7 @@ use std::process::{Command, ExitStatus, Stdio};
 const STDERR_KEPT: usize = 2048;
 
 /// Runs `cmd` with stdout discarded; returns its status and the start of what it wrote
-/// to stderr (at most [`STDERR_KEPT`] bytes, the rest read and dropped), on one line.
+/// to stderr (at most `STDERR_KEPT` bytes, the rest read and dropped), on one line.
 pub fn run_quietly(cmd: &mut Command) -> io::Result<(ExitStatus, String)> {
     let mut child = cmd
         .stdin(Stdio::null())

@@ -2,13 +2,13 @@
 //!
 //! E2B splits its API in two, and so does this module:
 //!
-//! - the **control plane** ([`control`]): REST + JSON under `/sandboxes` and
+//! - the **control plane** (`control`): REST + JSON under `/sandboxes` and
 //!   `/v2/sandboxes`, authenticated by `X-API-Key`. Each call is one [`Manager`] call
 //!   for the [`Caller`](warren_core::Caller) the key belongs to, so tenancy is the
 //!   native API's: another tenant's sandbox is a 404, exactly like a missing one.
 //! - **envd**, the daemon E2B runs inside each sandbox: the Connect-protocol services
-//!   `process.Process` ([`process`]) and `filesystem.Filesystem` ([`filesystem`]), plus
-//!   plain HTTP `/files` and `/health` ([`envd`]). Warren has no daemon inside the
+//!   `process.Process` (`process`) and `filesystem.Filesystem` (`filesystem`), plus
+//!   plain HTTP `/files` and `/health` (`envd`). Warren has no daemon inside the
 //!   sandbox that speaks this; its agent does the work, and this module translates.
 //!
 //! Both are served on one TCP listener. E2B reaches envd through a proxy that picks the

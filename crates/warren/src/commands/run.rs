@@ -91,8 +91,9 @@ pub struct RunArgs {
     /// User to run as: a name, UID or UID:GID.
     #[arg(short, long)]
     user: Option<String>,
-    /// Mount a host directory (/HOST/DIR:/PATH[:ro]), or the named persistent volume
-    /// (NAME:/PATH[:SIZE], without -d). Repeat for more.
+    /// Mount a host directory (/HOST/DIR:/PATH, with :ro after it for read-only), or
+    /// the named persistent volume (NAME:/PATH, with :SIZE after it for its size; not
+    /// with -d). Repeat for more.
     #[arg(
         short,
         long = "volume",
