@@ -18,10 +18,12 @@
 //! daemon starts, [`Manager::open`] re-adopts every sandbox whose helper is alive, and
 //! cleans up those half-made or whose processes died meanwhile.
 
+mod auth;
 mod choose;
 mod create;
 mod dataplane;
 mod egress;
+mod error;
 mod keys;
 mod lifecycle;
 pub mod log_limit;
@@ -30,6 +32,7 @@ mod mounts;
 pub mod policy;
 mod pools;
 mod port_links;
+mod port_traffic;
 mod reaper;
 mod session;
 mod share;
@@ -53,13 +56,16 @@ use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{Backend, Backends, Instance, NamespaceBackend};
 use warren_types::api::{
     CreateSandbox, Event, PoolInfo, PoolSpec, ResourceRequest, SandboxInfo, SandboxState,
-    SetTimeout, TimeoutAction, UsageSample, WireCode,
+    SetTimeout, TimeoutAction, UsageSample,
 };
 use warren_types::spec::Isolation;
 use warren_types::spec::{Resources, SandboxSpec, VolumeMount};
 
+pub use crate::auth::Caller;
 pub use crate::dataplane::{ActivityGuard, AgentConn, ProcessExit};
+pub use crate::error::{CoreError, Result};
 pub use crate::port_links::{PortLink, CODE_TTL_MS as PORT_LINK_CODE_TTL_MS};
+pub use crate::port_traffic::{PortConnection, PortError, PortPass};
 pub use crate::share::Guest;
 pub use crate::store::{Record, Store, StoreError};
 pub use crate::templates::{
@@ -71,197 +77,8 @@ use crate::tokens::{Keyring, TokenKind, TokenRef};
 pub use crate::upload::{Upload, UploadTemplate, MAX_UPLOAD, MAX_UPLOADS};
 pub use warren_runtime::Paths;
 
-/// Errors of the engine, each with a stable code (see [`CoreError::code`]).
-#[derive(Debug, thiserror::Error)]
-pub enum CoreError {
-    #[error("no sandbox {0:?}; `warren ls` lists them (by id, name or owner/name)")]
-    NotFound(String),
-    /// Something in a sandbox, or of the tenant, that is not there (the message says
-    /// what).
-    #[error("{0}")]
-    Missing(String),
-    #[error("no template {0:?}; `warren template ls` lists them")]
-    TemplateNotFound(String),
-    /// A sandbox asked for a template that does not exist (or is another tenant's
-    /// snapshot): a bad request, not a missing resource.
-    #[error("unknown template {0:?}; `warren template ls` lists them")]
-    UnknownTemplate(String),
-    #[error("{0}")]
-    InvalidState(String),
-    #[error("a sandbox named {0:?} already exists for this owner; pick another name, or get the existing one (`--get-or-create`, `\"get_or_create\": true`)")]
-    NameTaken(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("the sandbox could not be made: {0}")]
-    Backend(String),
-    #[error("the sandbox's agent: {0}")]
-    Agent(#[from] warren_runtime::client::ClientError),
-    #[error("{0}")]
-    NoSpace(String),
-    #[error(transparent)]
-    Store(StoreError),
-    #[error(transparent)]
-    Random(#[from] warren_types::random::RandomError),
-    /// A tenant's quota would be passed.
-    #[error("{0}")]
-    Quota(String),
-    /// What the caller sent is over its limit.
-    #[error("{0}")]
-    TooLarge(String),
-    /// The daemon does as much of this as it takes at once; retry later.
-    #[error("{0}")]
-    Busy(String),
-    /// Allowed, but not to this caller (whatever its key).
-    #[error("{0}")]
-    Forbidden(String),
-}
-
-impl From<StoreError> for CoreError {
-    fn from(e: StoreError) -> Self {
-        if e.is_disk_full() {
-            return Self::NoSpace(
-                "the daemon's data directory is full; free space there and retry".into(),
-            );
-        }
-        Self::Store(e)
-    }
-}
-
-impl From<warren_runtime::Error> for CoreError {
-    /// A backend's failure: a full disk and a bad request keep their kinds, anything else
-    /// is the backend's failing.
-    fn from(e: warren_runtime::Error) -> Self {
-        use warren_runtime::Error as E;
-        match e {
-            E::NoSpace { why, .. } => Self::NoSpace(why),
-            E::Invalid { .. } | E::Image(_) | E::Unavailable { .. } => Self::Invalid(e.to_string()),
-            E::Random(r) => Self::Random(r),
-            e => Self::Backend(e.to_string()),
-        }
-    }
-}
-
-impl CoreError {
-    /// The stable machine-readable code of this error.
-    pub fn code(&self) -> WireCode {
-        match self {
-            Self::NotFound(_) | Self::TemplateNotFound(_) | Self::Missing(_) => WireCode::NotFound,
-            Self::InvalidState(_) => WireCode::InvalidState,
-            Self::UnknownTemplate(_) | Self::Invalid(_) => WireCode::InvalidRequest,
-            Self::NameTaken(_) => WireCode::NameTaken,
-            Self::Backend(_) => WireCode::BackendFailed,
-            Self::Agent(_) => WireCode::AgentError,
-            Self::NoSpace(_) => WireCode::NoSpace,
-            Self::Store(_) => WireCode::StoreError,
-            Self::Random(_) => WireCode::Unavailable,
-            Self::Quota(_) => WireCode::QuotaExceeded,
-            Self::TooLarge(_) => WireCode::PayloadTooLarge,
-            Self::Busy(_) => WireCode::Busy,
-            Self::Forbidden(_) => WireCode::PermissionDenied,
-        }
-    }
-
-    /// An I/O failure of the engine's own doing `what`: a full disk is told apart as the
-    /// backend's failures are.
-    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        warren_runtime::Error::io(what, source).into()
-    }
-}
-
-pub type Result<T, E = CoreError> = std::result::Result<T, E>;
-
-/// Why traffic to a sandbox's port was not let through.
-#[derive(Debug, thiserror::Error)]
-pub enum PortError {
-    #[error("no such sandbox")]
-    NoSandbox,
-    #[error("the traffic token is missing or wrong")]
-    Token,
-    #[error("the sandbox is {}", .0.as_str())]
-    NotRunning(SandboxState),
-    #[error("nothing accepts connections on that port: {0}")]
-    Closed(std::io::Error),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// What a request to a sandbox's port through the daemon carries.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PortPass<'a> {
-    /// The sandbox's traffic token, when it was made with one.
-    pub token: Option<&'a str>,
-    /// Port links' grants (what a browser keeps in a cookie, possibly more than one: a
-    /// page of another port host may have set one for a parent domain; see
-    /// [`PortLink`]): any one for this sandbox and port lets it in.
-    pub grants: &'a [String],
-    /// A sandbox made without a traffic token takes traffic from whoever names it (the
-    /// E2B surface's rule). False on the daemon's own listener, where only a grant or a
-    /// traffic token gets in.
-    pub open_by_id: bool,
-}
-
 /// Lifecycle log lines a second for one sandbox (its events are all kept in the store).
 const LIFECYCLE_LINES_PER_SECOND: u32 = 10;
-
-/// Longest wait for a sandbox's port to accept a connection.
-const PORT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Who is asking: a tenant sees and touches only its own sandboxes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub tenant: String,
-    /// Set when the caller authenticated with one sandbox's access token: it may act on
-    /// that sandbox only.
-    pub only_sandbox: Option<String>,
-    /// The host's operator (root on the unix socket, or an operator key): no quota, any
-    /// host port, the whole host's metrics, templates for every tenant.
-    pub operator: bool,
-    /// The host's root itself, on the daemon's unix socket: it may name paths of the
-    /// host (host directory mounts). No key confers this, an operator's neither: a key
-    /// travels, and whoever holds it need not be on the host.
-    pub host_root: bool,
-}
-
-impl Caller {
-    /// A tenant's caller.
-    pub fn tenant(name: &str) -> Self {
-        Self {
-            tenant: name.to_string(),
-            only_sandbox: None,
-            operator: false,
-            host_root: false,
-        }
-    }
-
-    /// The operator, acting in tenant `name`.
-    pub fn operator(name: &str) -> Self {
-        Self {
-            operator: true,
-            ..Self::tenant(name)
-        }
-    }
-
-    /// The host's root on the unix socket, acting in tenant `name`: the operator, who may
-    /// also mount host directories.
-    pub fn host_root(name: &str) -> Self {
-        Self {
-            host_root: true,
-            ..Self::operator(name)
-        }
-    }
-
-    /// Refuses a caller that holds one sandbox's access token only: `what` (keys,
-    /// sessions) belongs to the tenant, which that token does not stand for.
-    pub(crate) fn tenant_wide(&self, what: &str) -> Result<()> {
-        if self.only_sandbox.is_some() {
-            return Err(CoreError::Forbidden(format!(
-                "a sandbox's access token cannot manage {what}; send the tenant's API key \
-                 (Authorization: Bearer <api key>)"
-            )));
-        }
-        Ok(())
-    }
-}
 
 /// How the manager runs.
 #[derive(Debug, Clone)]
@@ -376,18 +193,6 @@ impl Live {
             pids: usage.tasks,
         });
     }
-}
-
-/// A connection to a port inside a sandbox, for traffic through the daemon.
-#[derive(Debug)]
-pub struct PortConnection {
-    pub stream: tokio::net::TcpStream,
-    /// Keeps the sandbox active while the connection is used.
-    pub activity: Option<ActivityGuard>,
-    /// The `Host` the sandbox asked its ports to see, when it did.
-    pub host: Option<String>,
-    /// The sandbox's tenant.
-    pub tenant: String,
 }
 
 /// A configured pool and its counters.
@@ -875,142 +680,6 @@ impl Manager {
             .is_some_and(|e| e.kind == TERMINATING)
     }
 
-    /// A new API key for `tenant` (created if new), an operator's when `operator` (see
-    /// [`Caller::operator`]). Only its hash is stored: the key is shown this once.
-    pub fn create_api_key(&self, tenant: &str, operator: bool) -> Result<String> {
-        if !valid_owner(tenant) || tenant.starts_with('@') {
-            return Err(CoreError::Invalid(format!(
-                "tenant {tenant:?}: use letters, digits and - _ . @ +, not starting with @"
-            )));
-        }
-        let key = format!("wrn_{}", random_hex(24)?);
-        self.store()
-            .add_api_key(&sha256_hex(&key), tenant, operator, now_ms())?;
-        Ok(key)
-    }
-
-    /// The caller an API key stands for.
-    pub fn authenticate(&self, api_key: &str) -> Option<Caller> {
-        let (tenant, operator) = self.store().tenant_of_key(&sha256_hex(api_key)).ok()??;
-        Some(Caller {
-            operator,
-            ..Caller::tenant(&tenant)
-        })
-    }
-
-    /// A caller limited to sandbox `id`, if `token` is its access token.
-    pub fn authenticate_sandbox(&self, id: &str, token: &str) -> Option<Caller> {
-        let r = self.store().get(id).ok()??;
-        if r.state == SandboxState::Terminated
-            || !self.keys.verify(TokenKind::Access, &r.id, &r.access, token)
-        {
-            return None;
-        }
-        Some(Caller {
-            tenant: r.tenant,
-            only_sandbox: Some(r.id),
-            operator: false,
-            host_root: false,
-        })
-    }
-
-    /// The caller a file URL signed with sandbox `id`'s access token acts as, when
-    /// `signed` (given that token) says the signature is right. A sandbox whose token is
-    /// kept only as a hash (made by an old version) cannot check signatures.
-    pub fn authenticate_signed(
-        &self,
-        id: &str,
-        signed: impl FnOnce(&str) -> bool,
-    ) -> Option<Caller> {
-        let r = self.store().get(id).ok()??;
-        if r.state == SandboxState::Terminated {
-            return None;
-        }
-        let token = self.keys.token(TokenKind::Access, &r.id, &r.access)?;
-        if !signed(&token) {
-            return None;
-        }
-        Some(Caller {
-            tenant: r.tenant,
-            only_sandbox: Some(r.id),
-            operator: false,
-            host_root: false,
-        })
-    }
-
-    /// Opens a TCP connection to `port` inside sandbox `id`, for traffic to its ports
-    /// through the daemon, if `pass` lets it in: a port link's grant for that port, the
-    /// sandbox's traffic token, or, for a sandbox made without one, nothing at all where
-    /// `pass.open_by_id` says so. A sandbox that does not exist and a refused pass are
-    /// told apart only by the caller's having a pass that works.
-    pub async fn connect_port(
-        &self,
-        id: &str,
-        port: u16,
-        pass: PortPass<'_>,
-    ) -> Result<PortConnection, PortError> {
-        let r = self
-            .store()
-            .get(id)?
-            .filter(|r| r.state != SandboxState::Terminated)
-            .ok_or(PortError::NoSandbox)?;
-        let granted = pass
-            .grants
-            .iter()
-            .any(|g| self.port_granted(g, &r.id, port));
-        let tokened = match &r.traffic {
-            Some(want) => pass
-                .token
-                .is_some_and(|t| self.keys.verify(TokenKind::Traffic, &r.id, want, t)),
-            None => pass.open_by_id,
-        };
-        if !granted && !tokened {
-            return Err(PortError::Token);
-        }
-        self.dial_port(r, port).await
-    }
-
-    /// Opens a TCP connection to `port` inside sandbox `key` of `who`'s, who needs no
-    /// traffic token: the sandbox is theirs (the SSH gateway's local forwarding).
-    pub async fn connect_port_as(
-        &self,
-        who: &Caller,
-        key: &str,
-        port: u16,
-    ) -> Result<PortConnection, PortError> {
-        let r = self.resolve(who, key).map_err(|_| PortError::NoSandbox)?;
-        self.dial_port(r, port).await
-    }
-
-    async fn dial_port(&self, r: Record, port: u16) -> Result<PortConnection, PortError> {
-        let state = r.state;
-        let r = self
-            .wake_if_asked(r)
-            .await
-            .map_err(|_| PortError::NotRunning(state))?;
-        if r.state != SandboxState::Running {
-            return Err(PortError::NotRunning(r.state));
-        }
-        let dial = self
-            .with_live(&r.id, |l| l.sandbox.port_dialer())
-            .map_err(|_| PortError::NotRunning(r.state))?;
-        let _ = self.store().touch(&r.id, now_ms());
-        let stream = tokio::task::spawn_blocking(move || dial(port, PORT_CONNECT_TIMEOUT))
-            .await
-            .map_err(|e| PortError::Closed(std::io::Error::other(e.to_string())))?
-            .map_err(PortError::Closed)?;
-        stream.set_nonblocking(true).map_err(PortError::Closed)?;
-        let stream = tokio::net::TcpStream::from_std(stream).map_err(PortError::Closed)?;
-        Ok(PortConnection {
-            stream,
-            activity: self.hold_activity(&r.id),
-            host: r
-                .request_host
-                .map(|h| h.replace("${PORT}", &port.to_string())),
-            tenant: r.tenant,
-        })
-    }
-
     /// Finds a sandbox by id, `owner/name`, or name (of the owner named like the tenant).
     fn resolve(&self, who: &Caller, key: &str) -> Result<Record> {
         let not_found = || CoreError::NotFound(key.to_string());
@@ -1230,6 +899,7 @@ impl Manager {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use warren_types::api::WireCode;
 
     #[test]
     fn a_full_disk_is_told_by_the_runtime_not_by_its_message() {
