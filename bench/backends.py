@@ -12,7 +12,7 @@ and, for every backend `GET /v1/backends` says is available, interleaved round b
            after it settled, plus the RSS of its host processes outside the cgroup
 
 and, as the floor the gvisor backend adds to: `runsc do true`, and bare `runsc
-checkpoint` / `restore` of a minimal bundle (an idle shell; a python holding 100 MB)
+checkpoint` / `restore` of a minimal bundle (an idle shell; a python holding 100 MB, and 1 GB)
 next to Warren's pause (memory to disk) and resume of the same workloads, the image
 sizes, a fork of 10, and a template carrying each workload's memory (`snapshot` with
 `memory`) with sandboxes made from it. Prints median, p90, min, max and n, and the ratios.
@@ -82,7 +82,17 @@ def runsc_floor(runs):
 
 HOLD_100M = ("import os, time\nb = os.urandom(100 << 20)\n"
              "while True:\n    time.sleep(1)")
+HOLD_1G = ("import os, time\nb = os.urandom(1 << 30)\n"
+           "while True:\n    time.sleep(1)")
 IDLE = "while true; do sleep 1; done"
+
+# The workloads paused and resumed: name, command, seconds to settle after it starts,
+# most rounds (the 1 GB one is slow to save and takes a GiB of disk per image).
+WORKLOADS = (
+    ("idle shell", ["sh", "-c", IDLE], 0.3, None),
+    ("python holding 100 MB", ["python3", "-c", HOLD_100M], 1.5, None),
+    ("python holding 1 GB", ["python3", "-c", HOLD_1G], 10.0, 2),
+)
 
 
 def du(path):
@@ -112,8 +122,8 @@ def bare_runsc(runs, tmp):
             os.symlink("usr/" + l, os.path.join(rootfs, l))
     flags = [runsc, f"--root={root}", "--platform=ptrace", "--network=none",
              "--overlay2=root:memory"]
-    for name, args in (("idle shell", ["sh", "-c", IDLE]),
-                       ("python holding 100 MB", ["python3", "-c", HOLD_100M])):
+    for name, args, settle, most in WORKLOADS:
+        rounds = min(runs, most or runs)
         cfg = {
             "ociVersion": "1.0.2",
             "process": {"user": {"uid": 0, "gid": 0}, "args": args, "cwd": "/",
@@ -129,14 +139,14 @@ def bare_runsc(runs, tmp):
         }
         with open(os.path.join(b, "config.json"), "w") as f:
             json.dump(cfg, f)
-        for i in range(runs + 1):
+        for i in range(rounds + 1):
             cid = f"wbb-{os.getpid()}-{i}"
             img = os.path.join(tmp, f"img-{i}")
             run = lambda *a: subprocess.run([*flags, *a], stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL, check=True)
             try:
                 run("run", "--bundle", b, "-detach", cid)
-                time.sleep(1.5 if "python" in name else 0.3)
+                time.sleep(settle)
                 t0 = time.perf_counter()
                 run("checkpoint", f"--image-path={img}", cid)
                 t_ck = ms(t0)
@@ -171,13 +181,15 @@ def start_background(sock, sid, argv):
 def warren_pause(api, sock, runs, run_dir):
     """Warren's pause (memory to disk) and resume of the same workloads, and a fork."""
     out = {}
-    for name, cmd in (("idle shell", ["sh", "-c", IDLE]),
-                      ("python holding 100 MB", ["python3", "-c", HOLD_100M])):
-        sid = api.call("POST", "/v1/sandboxes", {"isolation": "gvisor", "resources": {}})["id"]
+    for name, cmd, settle, most in WORKLOADS:
+        rounds = min(runs, most or runs)
+        resources = {"memory": 3 << 30} if "1 GB" in name else {}
+        sid = api.call("POST", "/v1/sandboxes",
+                       {"isolation": "gvisor", "resources": resources})["id"]
         try:
             start_background(sock, sid, cmd)
-            time.sleep(1.5)
-            for i in range(runs + 1):
+            time.sleep(settle)
+            for i in range(rounds + 1):
                 t0 = time.perf_counter()
                 api.call("POST", f"/v1/sandboxes/{sid}/pause")
                 t_p = ms(t0)
@@ -202,9 +214,10 @@ def warren_pause(api, sock, runs, run_dir):
             api.call("POST", f"/v1/sandboxes/{sid}/snapshot", {"name": tname, "memory": True})
             out[f"warren snapshot with memory, {name}"] = [ms(t0)]
             try:
-                for _ in range(runs):
+                for _ in range(rounds):
                     t0 = time.perf_counter()
-                    w = api.call("POST", "/v1/sandboxes", {"template": tname, "resources": {}})
+                    w = api.call("POST", "/v1/sandboxes", {"template": tname,
+                                                           "resources": resources})
                     api.call("POST", f"/v1/sandboxes/{w['id']}/exec", TRUE)
                     out.setdefault(f"warren create from it + exec, {name}", []).append(ms(t0))
                     api.call("DELETE", f"/v1/sandboxes/{w['id']}")
@@ -304,7 +317,7 @@ def main():
     if g and floor:
         ratio = statistics.median(g) / statistics.median(floor)
         print(f"gvisor backend / runsc do true (medians): {ratio:.2f}x")
-    for w in ("idle shell", "python holding 100 MB"):
+    for w, _, _, _ in WORKLOADS:
         for ours, bare in (("warren pause (to disk)", "bare runsc checkpoint"),
                            ("warren resume", "bare runsc restore")):
             x, y = results.get(f"{ours}, {w}"), results.get(f"{bare}, {w}")
