@@ -178,7 +178,7 @@ def start_background(sock, sid, argv):
         raise RuntimeError(f"exec in {sid}: {first[:200]!r}")
 
 
-def warren_pause(api, sock, runs, run_dir):
+def warren_pause(api, sock, runs, data_dir):
     """Warren's pause (memory to disk) and resume of the same workloads, and a fork."""
     out = {}
     for name, cmd, settle, most in WORKLOADS:
@@ -193,7 +193,7 @@ def warren_pause(api, sock, runs, run_dir):
                 t0 = time.perf_counter()
                 api.call("POST", f"/v1/sandboxes/{sid}/pause")
                 t_p = ms(t0)
-                img = du(os.path.join(run_dir, "sandboxes", sid, "image")) / 2**20
+                img = du(os.path.join(data_dir, "sandboxes", sid, "image")) / 2**20
                 t0 = time.perf_counter()
                 api.call("POST", f"/v1/sandboxes/{sid}/resume")
                 t_r = ms(t0)
@@ -296,7 +296,7 @@ def main():
         results.update(runsc_floor(a.runs))
         if "gvisor" in names:
             results.update(warren_pause(api, sock, max(3, a.runs // 4),
-                                        os.path.join(tmp, "run")))
+                                        os.path.join(tmp, "data")))
             results.update(bare_runsc(max(3, a.runs // 4), tmp))
     finally:
         for s in made:

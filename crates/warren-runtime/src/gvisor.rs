@@ -411,6 +411,7 @@ impl GvisorBackend {
             Some(i) => vec![
                 "restore".into(),
                 format!("--image-path={}", i.display()),
+                format!("--pid-file={}", pid_file.display()),
                 "-detach".into(),
             ],
         };
@@ -439,14 +440,7 @@ impl GvisorBackend {
             .await
             .map_err(|e| Error::Setup(format!("runsc create: {e}")))??;
         crate::trace::mark("gvisor: runsc create");
-        let created_pid = || -> i32 {
-            std::fs::read_to_string(&pid_file)
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
-                .filter(|p| *p > 0)
-                .or_else(|| runsc.state(&sb.id).map(|(_, pid)| pid))
-                .unwrap_or_default()
-        };
+        let created_pid = || sandbox_pid(runsc, &sb.id, &pid_file);
         if sb.runsc.nat {
             // The container's processes are in the namespace `__oci` made: wire it.
             let pid = created_pid();
@@ -482,11 +476,7 @@ impl GvisorBackend {
         .await
         .map_err(|e| Error::Setup(format!("runsc start: {e}")))??;
         crate::trace::mark("gvisor: runsc start");
-        let pid = if restored {
-            runsc.state(&sb.id).unwrap_or_default().1
-        } else {
-            created_pid()
-        };
+        let pid = created_pid();
         crate::trace::mark("gvisor: the sandbox's pid");
         sb.pid.store(pid, Ordering::Relaxed);
         std::fs::write(sb.run.join("helper.pid"), pid.to_string())
@@ -545,20 +535,40 @@ fn copy_start_files(paths: &Paths, files: &Path, to: &Path) -> Result<()> {
     }
     let id = files.file_name().unwrap_or_default().to_string_lossy();
     let run = paths.sandbox_run(&id);
-    let holder = crate::bundle::mounts_holder(&run).filter(|_| !image_done(&run));
+    let holder =
+        crate::bundle::mounts_holder(&run).filter(|_| !image_done(&paths.sandbox_data(&id)));
     template::copy_upper(&template::upper_source(paths, &id, holder), to)
 }
 
-/// The checkpoint image of a sandbox paused to disk; complete once `done` is written.
-fn image_dir(run: &Path) -> PathBuf {
-    run.join("image")
+/// The sandbox process's pid as `create` or `restore` wrote it to `pid_file` (what
+/// `runsc state` would say, one runsc less), else as `runsc state` says it.
+fn sandbox_pid(runsc: &Runsc, id: &str, pid_file: &Path) -> i32 {
+    std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse().ok())
+        .filter(|p: &i32| *p > 0)
+        .or_else(|| runsc.state(id).map(|(_, pid)| pid))
+        .unwrap_or_default()
 }
 
-fn image_done(run: &Path) -> bool {
-    image_dir(run).join("done").exists()
+/// The checkpoint image of a sandbox paused to disk, in its data directory (the run
+/// directory is often a tmpfs, where the image would hold as much memory as the
+/// processes it saved); complete once `done` is written.
+fn image_dir(data: &Path) -> PathBuf {
+    data.join("image")
+}
+
+fn image_done(data: &Path) -> bool {
+    image_dir(data).join("done").exists()
 }
 
 impl GvisorSandbox {
+    /// Its data directory: its writable layer (or disk image) and, paused to disk, its
+    /// checkpoint image.
+    fn data(&self) -> PathBuf {
+        self.restore.paths.sandbox_data(&self.id)
+    }
+
     /// Writes the container's memory to `image` with the agent's host socket closed;
     /// `leave_running` keeps the container (the agent listens again), otherwise it is
     /// stopped.
@@ -609,7 +619,7 @@ impl GvisorSandbox {
     /// Agent, close the host socket; checkpoint; remove the stopped container.
     fn checkpoint_to_disk(&self) -> Result<()> {
         let c = container(&self.id);
-        let image = image_dir(&self.run);
+        let image = image_dir(&self.data());
         let _ = crate::tree::remove(&image);
         if let Err(e) = self.checkpoint_into(&image, false) {
             let _ = crate::tree::remove(&image);
@@ -628,8 +638,10 @@ impl GvisorSandbox {
     /// agent listen again.
     fn restore_from_disk(&self) -> Result<()> {
         let c = container(&self.id);
-        let image = image_dir(&self.run);
+        let image = image_dir(&self.data());
         let bundle = self.run.join("bundle");
+        let pid_file = self.run.join("runsc.pid");
+        let _ = std::fs::remove_file(&pid_file);
         let key = std::fs::read_to_string(self.run.join("template"))
             .map_err(crate::io_err("read the sandbox's template"))?;
         let template = template::resolve(&self.restore.paths, key.trim())?;
@@ -652,6 +664,7 @@ impl GvisorSandbox {
                 .chain([
                     "restore".to_string(),
                     format!("--image-path={}", image.display()),
+                    format!("--pid-file={}", pid_file.display()),
                     format!("--bundle={}", bundle.display()),
                     "-detach".to_string(),
                     c.clone(),
@@ -674,7 +687,7 @@ impl GvisorSandbox {
                  and removing it is safe"
             )));
         }
-        let (_, pid) = self.runsc.state(&self.id).unwrap_or_default();
+        let pid = sandbox_pid(&self.runsc, &self.id, &pid_file);
         self.pid.store(pid, Ordering::Relaxed);
         let _ = std::fs::write(self.run.join("helper.pid"), pid.to_string());
         self.runsc.run(&["kill", &c, "USR2"])?;
@@ -714,6 +727,8 @@ impl GvisorSandbox {
             let _ = std::fs::remove_file(std::ffi::OsStr::from_bytes(&lease));
         }
         let _ = crate::tree::remove(&self.run);
+        // The processes it saved are gone with it: a stopped sandbox starts afresh.
+        let _ = crate::tree::remove(&image_dir(&self.data()));
         if let Some(dir) = self.ephemeral.take() {
             let _ = crate::tree::remove(&dir);
         }
@@ -767,7 +782,7 @@ impl Backend for GvisorBackend {
         // Paused to disk: no container, an image.
         let (status, pid) = match runsc.state(id) {
             Some(s) => s,
-            None if image_done(&run) => ("saved".into(), 0),
+            None if image_done(&self.paths.sandbox_data(id)) => ("saved".into(), 0),
             None => return None,
         };
         if !matches!(status.as_str(), "running" | "paused" | "saved") {
@@ -847,7 +862,7 @@ impl Instance for GvisorSandbox {
     }
 
     fn resume(&self) -> Result<()> {
-        if image_done(&self.run) {
+        if image_done(&self.data()) {
             self.restore_from_disk()
         } else {
             // Paused in place by an earlier daemon (`runsc pause`).
@@ -868,14 +883,14 @@ impl Instance for GvisorSandbox {
         if self.runsc.nat {
             return Err(no_snapshots_on_nat());
         }
-        let was_running = !image_done(&self.run);
+        let was_running = !image_done(&self.data());
         if was_running {
             self.checkpoint_to_disk()?;
         }
         let data = self.restore.paths.sandbox_data(&self.id);
         let copied = std::fs::create_dir_all(into)
             .map_err(crate::io_err("make the memory directory"))
-            .and_then(|()| copy_layer(&image_dir(&self.run), &into.join("image")))
+            .and_then(|()| copy_layer(&image_dir(&data), &into.join("image")))
             .and_then(|()| match recorded_disk(&data) {
                 // Nothing mounts the disk while the sandbox is paused to disk.
                 Some(_) => template::copy_upper(
@@ -891,7 +906,7 @@ impl Instance for GvisorSandbox {
     }
 
     fn is_paused(&self) -> bool {
-        image_done(&self.run)
+        image_done(&self.data())
             || self
                 .runsc
                 .state(&self.id)
@@ -911,12 +926,12 @@ impl Instance for GvisorSandbox {
     }
 
     fn is_alive(&mut self) -> bool {
-        image_done(&self.run) || crate::namespace::pid_alive(self.pid.load(Ordering::Relaxed))
+        image_done(&self.data()) || crate::namespace::pid_alive(self.pid.load(Ordering::Relaxed))
     }
 
     fn monitor_pid(&self) -> Option<i32> {
         // Paused to disk, nothing mounts its files.
-        if image_done(&self.run) {
+        if image_done(&self.data()) {
             return None;
         }
         crate::bundle::mounts_holder(&self.run)
