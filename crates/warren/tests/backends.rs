@@ -37,6 +37,7 @@ fn daemon(spaces: &Path, extra: &str) -> Daemon {
             spaces.display()
         )),
         tcp: true,
+        e2b: true,
         ..Default::default()
     })
 }
@@ -182,6 +183,62 @@ fn host_address() -> String {
     let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
     s.connect("192.0.2.1:53").unwrap();
     s.local_addr().unwrap().ip().to_string()
+}
+
+/// Watches `dir` in sandbox `id` through the E2B API's polling watcher (the only
+/// watches Warren serves) while `act` runs; the events seen, as `TYPE name`, once one
+/// names `last` (or after 15 s).
+fn watched(d: &Daemon, id: &str, dir: &str, last: &str, act: impl FnOnce()) -> Vec<String> {
+    let key = d.api_key();
+    let r = d.http(
+        Via::E2b,
+        "GET",
+        &format!("/sandboxes/{id}"),
+        &[("X-API-Key", &key)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["envdAccessToken"].as_str().unwrap().to_string();
+    let rpc = |method: &str, msg: serde_json::Value| {
+        let r = d.http(
+            Via::E2b,
+            "POST",
+            &format!("/filesystem.Filesystem/{method}"),
+            &[
+                ("E2b-Sandbox-Id", id),
+                ("X-Access-Token", &token),
+                ("Content-Type", "application/json"),
+                // `root:`: as the agent itself, which every backend has (E2B's default
+                // user `user` is no account of the host in trust mode).
+                ("Authorization", "Basic cm9vdDo="),
+            ],
+            msg.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+        r.json()
+    };
+    let watcher = rpc("CreateWatcher", serde_json::json!({ "path": dir }))["watcherId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    act();
+    let mut seen = Vec::new();
+    eventually(15, || {
+        let events = rpc(
+            "GetWatcherEvents",
+            serde_json::json!({ "watcherId": watcher }),
+        );
+        for e in events["events"].as_array().into_iter().flatten() {
+            seen.push(format!(
+                "{} {}",
+                e["type"].as_str().unwrap_or(""),
+                e["name"].as_str().unwrap_or("")
+            ));
+        }
+        seen.iter().any(|e| e.ends_with(last))
+    });
+    rpc("RemoveWatcher", serde_json::json!({ "watcherId": watcher }));
+    seen
 }
 
 /// What a terminal session through `GET /v1/sandboxes/{id}/pty` showed: its output, and
@@ -379,6 +436,25 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         b"",
     );
     assert_eq!(r.text(), "from-inside\n", "{isolation}");
+    // A watch on the home sees a file made, written and removed inside.
+    let seen = watched(d, &id, &dir, "gone.txt", || {
+        let (code, _) = d.exec(
+            &id,
+            &format!("echo one > {dir}/w.txt; echo two >> {dir}/w.txt; mv {dir}/w.txt {dir}/gone.txt; rm {dir}/gone.txt"),
+        );
+        assert_eq!(code, 0, "{isolation}");
+    });
+    for event in [
+        "EVENT_TYPE_CREATE w.txt",
+        "EVENT_TYPE_WRITE w.txt",
+        "EVENT_TYPE_RENAME w.txt",
+        "EVENT_TYPE_REMOVE gone.txt",
+    ] {
+        assert!(
+            seen.iter().any(|e| e == event),
+            "{isolation}: a watch on {dir} saw {seen:?}, not {event}"
+        );
+    }
     if isolation != "process" {
         // The host's files that the template binds in cannot be changed from inside by
         // any path: written or truncated directly, or through a symbolic or hard link
