@@ -186,8 +186,8 @@ fn host_address() -> String {
 }
 
 /// Watches `dir` in sandbox `id` through the E2B API's polling watcher (the only
-/// watches Warren serves) while `act` runs; the events seen, as `TYPE name`, once one
-/// names `last` (or after 15 s).
+/// watches Warren serves) while `act` runs; the events seen, as `TYPE name`, once
+/// `last` is among them (or after 15 s).
 fn watched(d: &Daemon, id: &str, dir: &str, last: &str, act: impl FnOnce()) -> Vec<String> {
     let key = d.api_key();
     let r = d.http(
@@ -235,7 +235,7 @@ fn watched(d: &Daemon, id: &str, dir: &str, last: &str, act: impl FnOnce()) -> V
                 e["name"].as_str().unwrap_or("")
             ));
         }
-        seen.iter().any(|e| e.ends_with(last))
+        seen.iter().any(|e| e == last)
     });
     rpc("RemoveWatcher", serde_json::json!({ "watcherId": watcher }));
     seen
@@ -437,7 +437,7 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     );
     assert_eq!(r.text(), "from-inside\n", "{isolation}");
     // A watch on the home sees a file made, written and removed inside.
-    let seen = watched(d, &id, &dir, "gone.txt", || {
+    let seen = watched(d, &id, &dir, "EVENT_TYPE_REMOVE gone.txt", || {
         let (code, _) = d.exec(
             &id,
             &format!("echo one > {dir}/w.txt; echo two >> {dir}/w.txt; mv {dir}/w.txt {dir}/gone.txt; rm {dir}/gone.txt"),
