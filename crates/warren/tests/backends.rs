@@ -1,6 +1,7 @@
-//! The isolation backends: one behaviour suite (lifecycle, exec, files, limits, pause)
-//! run against every backend this host offers, and how a request picks one. A backend
-//! that cannot run here records a visible skip with its reason.
+//! The isolation backends: one behaviour suite (lifecycle, exec, a terminal, files,
+//! limits, network, pause, stop and start) run against every backend this host offers,
+//! and how a request picks one. A backend that cannot run here records a visible skip
+//! with its reason.
 
 mod common;
 mod trust;
@@ -36,6 +37,7 @@ fn daemon(spaces: &Path, extra: &str) -> Daemon {
             spaces.display()
         )),
         tcp: true,
+        e2b: true,
         ..Default::default()
     })
 }
@@ -142,8 +144,6 @@ fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
-/// The same behaviour, whatever isolates it. `home` is a directory the sandbox's
-/// default user may write (inside for isolating backends, on the host in trust mode).
 /// Prints how the sandbox's default gateway answers a connection to port 22: `open`,
 /// `refused` or `dropped`; `no route` without one.
 const GATEWAY_PROBE: &str = r#"python3 -c '
@@ -161,6 +161,151 @@ except OSError:
     print("refused")
 '"#;
 
+/// Prints the sandbox's network interfaces other than loopback (`only lo` when none),
+/// then how a connection to `ADDR` port 53 ends: `unreachable` when there is no route,
+/// `dropped`, `refused` or `open` otherwise.
+const WAY_OUT_PROBE: &str = r#"python3 -c '
+import errno, socket
+links = [l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:]]
+print(" ".join(sorted(l for l in links if l != "lo")) or "only lo")
+s = socket.socket(); s.settimeout(1)
+try:
+    s.connect(("ADDR", 53)); print("open")
+except socket.timeout:
+    print("dropped")
+except OSError as e:
+    print("unreachable" if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH) else "refused")
+'"#;
+
+/// The host's source address for the way out (its default route's): what a sandbox on
+/// `none` must not reach either.
+fn host_address() -> String {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.connect("192.0.2.1:53").unwrap();
+    s.local_addr().unwrap().ip().to_string()
+}
+
+/// Watches `dir` in sandbox `id` through the E2B API's polling watcher (the only
+/// watches Warren serves) while `act` runs; the events seen, as `TYPE name`, once
+/// `last` is among them (or after 15 s).
+fn watched(d: &Daemon, id: &str, dir: &str, last: &str, act: impl FnOnce()) -> Vec<String> {
+    let key = d.api_key();
+    let r = d.http(
+        Via::E2b,
+        "GET",
+        &format!("/sandboxes/{id}"),
+        &[("X-API-Key", &key)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let token = r.json()["envdAccessToken"].as_str().unwrap().to_string();
+    let rpc = |method: &str, msg: serde_json::Value| {
+        let r = d.http(
+            Via::E2b,
+            "POST",
+            &format!("/filesystem.Filesystem/{method}"),
+            &[
+                ("E2b-Sandbox-Id", id),
+                ("X-Access-Token", &token),
+                ("Content-Type", "application/json"),
+                // `root:`: as the agent itself, which every backend has (E2B's default
+                // user `user` is no account of the host in trust mode).
+                ("Authorization", "Basic cm9vdDo="),
+            ],
+            msg.to_string().as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+        r.json()
+    };
+    let watcher = rpc("CreateWatcher", serde_json::json!({ "path": dir }))["watcherId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    act();
+    let mut seen = Vec::new();
+    eventually(15, || {
+        let events = rpc(
+            "GetWatcherEvents",
+            serde_json::json!({ "watcherId": watcher }),
+        );
+        for e in events["events"].as_array().into_iter().flatten() {
+            seen.push(format!(
+                "{} {}",
+                e["type"].as_str().unwrap_or(""),
+                e["name"].as_str().unwrap_or("")
+            ));
+        }
+        seen.iter().any(|e| e == last)
+    });
+    rpc("RemoveWatcher", serde_json::json!({ "watcherId": watcher }));
+    seen
+}
+
+/// What a terminal session through `GET /v1/sandboxes/{id}/pty` showed: its output, and
+/// the exit notice that ended it.
+#[derive(Debug)]
+struct TerminalSession {
+    output: String,
+    exit: serde_json::Value,
+}
+
+/// Runs `cmd` on a terminal of 30 rows and 100 columns through the terminal WebSocket;
+/// once its output shows `ready`, resizes the terminal to 40x120 and types `typed`. Reads
+/// until the exit notice (at most 30 s).
+fn on_a_terminal(d: &Daemon, id: &str, cmd: &str, ready: &str, typed: &str) -> TerminalSession {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let stream = tokio::net::UnixStream::connect(d.socket()).await.unwrap();
+        let url = format!(
+            "ws://localhost/v1/sandboxes/{id}/pty?rows=30&cols=100&cmd={}",
+            trust::enc(cmd)
+        );
+        let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+            .await
+            .unwrap_or_else(|e| panic!("the terminal of {id}: {e}"));
+        let mut session = TerminalSession {
+            output: String::new(),
+            exit: serde_json::Value::Null,
+        };
+        let mut typed_yet = false;
+        let read = async {
+            while let Some(m) = ws.next().await {
+                match m.unwrap_or_else(|e| panic!("the terminal of {id}: {e}")) {
+                    Message::Binary(b) => session.output.push_str(&String::from_utf8_lossy(&b)),
+                    Message::Text(t) => {
+                        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                        if v.get("exit").is_some() || v.get("error").is_some() {
+                            session.exit = v;
+                            return;
+                        }
+                    }
+                    Message::Close(_) => return,
+                    _ => {}
+                }
+                if !typed_yet && session.output.contains(ready) {
+                    typed_yet = true;
+                    ws.send(Message::text(r#"{"resize":{"rows":40,"cols":120}}"#))
+                        .await
+                        .unwrap();
+                    ws.send(Message::binary(typed.as_bytes().to_vec()))
+                        .await
+                        .unwrap();
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(30), read).await;
+        session
+    })
+}
+
+/// The same behaviour, whatever isolates it. `home` is a directory the sandbox's
+/// default user may write (inside for isolating backends, on the host in trust mode).
+/// A check the backend's capabilities rule out says so on stderr.
 fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> String) {
     let isolation = backend["name"].as_str().unwrap();
     let enforces = |l: &str| {
@@ -186,6 +331,10 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     if disk {
         flags.extend(["--disk", "64M"]);
     }
+    let cpu = enforces("cpu");
+    if cpu {
+        flags.extend(["--cpus", "0.5"]);
+    }
     let id = d.create(&flags);
     let info = d.info(&id);
     assert_eq!(info["isolation"], isolation, "{info}");
@@ -197,12 +346,66 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     let (code, _) = d.exec(&id, "exit 7");
     assert_eq!(code, 7, "{isolation}");
 
+    // A terminal: the process is on a pseudo-terminal of the size asked, follows a
+    // resize, reads what is typed, and its exit code comes back.
+    let t = on_a_terminal(
+        d,
+        &id,
+        "tty; stty size; read line; stty size; echo got:$line; exit 3",
+        "30 100",
+        "typed\r",
+    );
+    assert_eq!(t.exit["exit"]["exit_code"], 3, "{isolation}: {t:?}");
+    let lines: Vec<&str> = t.output.lines().map(str::trim_end).collect();
+    assert!(
+        lines.first().is_some_and(|l| l.starts_with("/dev/pts/")),
+        "{isolation}: tty said {lines:?}"
+    );
+    assert!(
+        lines.contains(&"30 100") && lines.contains(&"40 120") && lines.contains(&"got:typed"),
+        "{isolation}: the terminal's size, its resize and the typed line: {lines:?}"
+    );
+
+    // CPU: a quota of half a core holds two busy threads to about half a core.
+    if cpu {
+        common::assert_cpu_share_held(isolation, 0.5, || {
+            let (_, out) = d.exec(&id, &format!("python3 -c '{}'", common::CPU_SPIN));
+            out.trim().parse().unwrap_or(f64::NAN)
+        });
+    } else {
+        eprintln!("BACKEND {isolation}: enforces no cpu limit: the quota check does not apply");
+    }
+
     // A `nat` sandbox has a way out, and none into the host: its gateway is the host's
     // end of its link, where nothing answers (dropped, not refused). No packet leaves
     // the host.
     if nat {
         let (code, out) = d.exec(&id, GATEWAY_PROBE);
         assert_eq!((code, out.trim()), (0, "dropped"), "{isolation}");
+    }
+    // A sandbox on `none` has loopback only: no link, no route out, not even to the
+    // host's own address.
+    let offers_none = backend["capabilities"]["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "none");
+    if offers_none {
+        let shut = d.create(&["--isolation", isolation, "--network", "none", "--no-home"]);
+        for to in ["1.1.1.1".to_string(), host_address()] {
+            let (code, out) = d.exec(&shut, &WAY_OUT_PROBE.replace("ADDR", &to));
+            assert_eq!(
+                (code, out.as_str()),
+                (0, "only lo\nunreachable\n"),
+                "{isolation}: on `none`, towards {to}"
+            );
+        }
+        d.ok(&["rm", &shut]);
+    } else {
+        eprintln!(
+            "BACKEND {isolation}: no `none` network among its networks {}: the way-out check does not apply",
+            backend["capabilities"]["networks"]
+        );
     }
 
     // Files through the API, read back from a process.
@@ -233,6 +436,25 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         b"",
     );
     assert_eq!(r.text(), "from-inside\n", "{isolation}");
+    // A watch on the home sees a file made, written and removed inside.
+    let seen = watched(d, &id, &dir, "EVENT_TYPE_REMOVE gone.txt", || {
+        let (code, _) = d.exec(
+            &id,
+            &format!("echo one > {dir}/w.txt; echo two >> {dir}/w.txt; mv {dir}/w.txt {dir}/gone.txt; rm {dir}/gone.txt"),
+        );
+        assert_eq!(code, 0, "{isolation}");
+    });
+    for event in [
+        "EVENT_TYPE_CREATE w.txt",
+        "EVENT_TYPE_WRITE w.txt",
+        "EVENT_TYPE_RENAME w.txt",
+        "EVENT_TYPE_REMOVE gone.txt",
+    ] {
+        assert!(
+            seen.iter().any(|e| e == event),
+            "{isolation}: a watch on {dir} saw {seen:?}, not {event}"
+        );
+    }
     if isolation != "process" {
         // The host's files that the template binds in cannot be changed from inside by
         // any path: written or truncated directly, or through a symbolic or hard link
@@ -362,6 +584,54 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         assert!(
             started > 0 && started < 64,
             "{isolation}: {started} sleeps ran under --pids 64 after a resume"
+        );
+    }
+
+    // Stop ends every process and keeps the files (the writable layer's and the
+    // home's); start brings the sandbox back, with its limits.
+    let (code, _) = d.exec(&id, &format!("echo before-stop > {dir}/stop.txt"));
+    assert_eq!(code, 0, "{isolation}");
+    d.ok(&["stop", &id]);
+    assert_eq!(d.info(&id)["state"], "stopped", "{isolation}");
+    let r = post(
+        d,
+        &format!("/v1/sandboxes/{id}/exec"),
+        &serde_json::json!({"command": {"shell": "true"}}),
+    );
+    assert_eq!(
+        r.status,
+        409,
+        "{isolation}: exec in a stopped sandbox: {}",
+        r.text()
+    );
+    d.ok(&["start", &id]);
+    assert_eq!(d.info(&id)["state"], "running", "{isolation}");
+    let (code, out) = d.exec(
+        &id,
+        &format!("cat {dir}/note.txt; echo; cat {dir}/stop.txt"),
+    );
+    assert_eq!(
+        (code, out.as_str()),
+        (0, "written through the API\nbefore-stop\n"),
+        "{isolation}: the home after a stop and a start"
+    );
+    if disk {
+        let (_, out) = d.exec(&id, "stat -c %s /root/kept");
+        assert_eq!(
+            out.trim(),
+            "1048576",
+            "{isolation}: the writable layer after a start"
+        );
+    }
+    let a = read(d);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(read(d), a, "{isolation}: the counter ran on through a stop");
+    if refuses_forks {
+        let (_, out) = d.exec(&id, &FORKS.replace('N', "100"));
+        let started: u32 = out.trim().parse().unwrap_or(999);
+        assert!(
+            started > 0 && started < 64,
+            "{isolation}: {started} sleeps ran under --pids 64 after a start"
         );
     }
 
