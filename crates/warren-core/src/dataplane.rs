@@ -131,6 +131,16 @@ impl Manager {
         })
     }
 
+    /// For a sandbox in trust mode (the process backend), its directory on the host,
+    /// where its processes start; `None` for any other.
+    pub fn trust_dir(&self, who: &Caller, key: &str) -> Result<Option<std::path::PathBuf>> {
+        let r = self.resolve(who, key)?;
+        Ok(match (r.spec.isolation, &self.config.process) {
+            (warren_types::spec::Isolation::Process, Some(c)) => Some(c.dir.join(&r.id)),
+            _ => None,
+        })
+    }
+
     /// [`Manager::agent`]'s connection and the sandbox's id, without the accounting of
     /// a stream: for core's own look at a sandbox's processes.
     pub(crate) async fn agent_client(

@@ -207,10 +207,9 @@ fn watched(d: &Daemon, id: &str, dir: &str, last: &str, act: impl FnOnce()) -> V
             &[
                 ("E2b-Sandbox-Id", id),
                 ("X-Access-Token", &token),
+                // As E2B's default user (no `Authorization`): `user`, or in trust mode
+                // the host account the operator chose, in the sandbox's directory.
                 ("Content-Type", "application/json"),
-                // `root:`: as the agent itself, which every backend has (E2B's default
-                // user `user` is no account of the host in trust mode).
-                ("Authorization", "Basic cm9vdDo="),
             ],
             msg.to_string().as_bytes(),
         );

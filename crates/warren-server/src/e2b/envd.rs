@@ -137,12 +137,19 @@ pub(crate) struct Envd {
     pub caller: Caller,
     /// The E2B user from `Authorization: Basic`, `user` when none is named.
     pub user: String,
+    /// Set for a sandbox in trust mode (the process backend): its directory on the host.
+    /// Its processes run as the host account the operator chose, which E2B's users all
+    /// stand for there, and that directory is their home.
+    pub trust_dir: Option<String>,
 }
 
 impl Envd {
     /// The user's home: relative paths and a missing `cwd` start there.
     pub fn home(&self) -> String {
-        home_of(&self.user)
+        match &self.trust_dir {
+            Some(dir) => dir.clone(),
+            None => home_of(&self.user),
+        }
     }
 
     /// A path of the request as an absolute path inside the sandbox.
@@ -159,15 +166,21 @@ impl Envd {
         Ok(client)
     }
 
-    /// The agent's notion of this user, for the processes it starts.
-    pub fn exec_user(&self) -> User {
-        User::Name(self.user.clone())
+    /// The agent's notion of this user, for the processes it starts: none in trust
+    /// mode, where they run as the agent's own account.
+    pub fn exec_user(&self) -> Option<User> {
+        self.trust_dir
+            .is_none()
+            .then(|| User::Name(self.user.clone()))
     }
 
     /// Whom the agent's file operations act as: the user, or the agent itself (the
-    /// sandbox's root) for root.
+    /// sandbox's root, or in trust mode its account) for root.
     pub fn fs_user(&self) -> Option<User> {
-        (self.user != "root").then(|| self.exec_user())
+        if self.user == "root" {
+            return None;
+        }
+        self.exec_user()
     }
 }
 
@@ -304,10 +317,15 @@ impl FromRequestParts<E2bState> for Envd {
                 format!("invalid user {user:?}"),
             ));
         }
+        let trust_dir = st
+            .mgr
+            .trust_dir(&caller, &t.sandbox)?
+            .map(|d| d.display().to_string());
         Ok(Envd {
             id: t.sandbox,
             caller,
             user,
+            trust_dir,
         })
     }
 }

@@ -264,7 +264,7 @@ async fn start_stream(
         command: Some(Command::Argv(argv)),
         env: cfg.envs,
         cwd: cwd.or_else(|| Some(env.home())),
-        user: Some(env.exec_user()),
+        user: env.exec_user(),
         tty,
         // Older clients expect stdin open unless they say otherwise; a terminal always
         // takes input.
