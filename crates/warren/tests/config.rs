@@ -55,11 +55,7 @@ fn the_serve_table_holds_the_listeners() {
         return;
     }
     let _t = my_turn();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let d = Daemon::start_opts(Options {
         config: Some(format!("[serve]\nlisten = \"127.0.0.1:{port}\"\n")),
         ..Default::default()
@@ -71,6 +67,36 @@ fn the_serve_table_holds_the_listeners() {
     let mut answer = String::new();
     s.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    d.finish();
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A listener's variable wins over the file (a container's or a unit's environment
+/// over the packaged file); the flag would win over both.
+#[test]
+fn a_listeners_variable_wins_over_the_file() {
+    if !common::can_run("a_listeners_variable_wins_over_the_file") {
+        return;
+    }
+    let _t = my_turn();
+    let (in_file, in_env) = (free_port(), free_port());
+    let d = Daemon::start_opts(Options {
+        config: Some(format!("[serve]\nlisten = \"127.0.0.1:{in_file}\"\n")),
+        inherit: Some(format!("export WARREN_LISTEN=127.0.0.1:{in_env}")),
+        ..Default::default()
+    });
+    assert!(std::net::TcpStream::connect(("127.0.0.1", in_env)).is_ok());
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", in_file)).is_err(),
+        "the file's listener was used over the variable's"
+    );
     d.finish();
 }
 

@@ -19,13 +19,13 @@ use warren_server::Limits;
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Unix socket to serve on [default: $WARREN_RUN_DIR/warren.sock]
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "WARREN_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Also serve on this TCP address (API key or sandbox token required), e.g. 127.0.0.1:7070
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "WARREN_LISTEN")]
     pub listen: Option<SocketAddr>,
     /// Also serve the E2B API (control plane and envd) on this TCP address, e.g. 127.0.0.1:3001
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "WARREN_E2B_LISTEN")]
     pub e2b_listen: Option<SocketAddr>,
     /// Serve the E2B API over TLS with this certificate chain (PEM; for DOMAIN and
     /// *.DOMAIN, the `E2B_DOMAIN` of its clients). Needs --e2b-tls-key.
@@ -47,7 +47,7 @@ pub struct ServeArgs {
     /// Also serve the SSH gateway on this TCP address, e.g. 0.0.0.0:2222: `ssh -p 2222
     /// OWNER+SANDBOX@host` with a key registered by `warren keys ssh add`. The host key is
     /// made on first start and kept in the data directory (`ssh/host_ed25519_key`).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, value_name = "ADDR", env = "WARREN_SSH_LISTEN")]
     pub ssh_listen: Option<SocketAddr>,
     /// A TOML file of limits: defaults, maxima, per-tenant quotas, publishable host ports
     /// (see docs/api.md, "Limits and quotas"), TCP connections ("Connections on TCP")
@@ -55,9 +55,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "PATH", env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// How the log (stderr) is written: `text` for people, `json` (one object a line)
-    /// for log shippers. Which lines: `WARREN_LOG`, else `RUST_LOG` (e.g. `info`, `warren::request=off`,
-    /// `debug`) [default: info]
-    #[arg(long, value_name = "FORMAT")]
+    /// for log shippers. Which lines: `WARREN_LOG`, else `RUST_LOG` (e.g. `info`,
+    /// `warren::request=off`, `debug`) [default: info]
+    #[arg(long, value_name = "FORMAT", env = "WARREN_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
     /// Check the configuration (--config, else the default file; every key and value, the
     /// TLS files it names) and exit: 0 when the daemon would start with it, 1 with the
