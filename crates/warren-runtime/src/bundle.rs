@@ -883,7 +883,7 @@ fn mount_disk(data: &Path, size: u64, run: &Path) -> crate::helper::Setup<PathBu
         .mode(0o700)
         .create(&at)
         .map_err(|e| format!("make the disk's mount point: {e}"))?;
-    crate::helper::mount_image(&img, &at)?;
+    crate::helper::mount_image(&img, &at, new)?;
     if new {
         // An empty disk: lost+found is fsck's business, which makes it when it needs it.
         let _ = std::fs::remove_dir(at.join("lost+found"));

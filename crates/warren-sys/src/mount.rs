@@ -500,7 +500,11 @@ pub struct LoopDevice {
 /// already has that file (a volume two sandboxes mount at once), gives that one: one
 /// file system mounted from two devices would be two caches writing one disk, and
 /// corrupt it. Mounted from one device it is one file system, however often mounted.
-pub fn attach_loop(backing: &Path) -> io::Result<LoopDevice> {
+///
+/// `fresh` says the file was just made by the caller, so no device can have it: the
+/// search through every loop device (one read each, under the lock every attach takes:
+/// linear in the devices attached, so in the sandboxes running) is skipped.
+pub fn attach_loop(backing: &Path, fresh: bool) -> io::Result<LoopDevice> {
     let name = backing;
     let backing = OpenOptions::new().read(true).write(true).open(backing)?;
     let ctl = OpenOptions::new()
@@ -513,8 +517,10 @@ pub fn attach_loop(backing: &Path) -> io::Result<LoopDevice> {
     let _turn = nix::fcntl::Flock::lock(ctl, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, e)| io::Error::from(e))?;
     let ctl = &*_turn;
-    if let Some(dev) = loop_of(name, &backing.metadata()?) {
-        return Ok(dev);
+    if !fresh {
+        if let Some(dev) = loop_of(name, &backing.metadata()?) {
+            return Ok(dev);
+        }
     }
     for attempt in 0..LOOP_TRIES {
         if attempt > 0 {
