@@ -632,22 +632,27 @@ impl GvisorSandbox {
         let c = container(&self.id);
         let image = image_dir(&self.data());
         let _ = crate::tree::remove(&image);
+        crate::trace::mark("gvisor pause: begin");
         if let Err(e) = self.checkpoint_into(&image, false) {
             let _ = crate::tree::remove(&image);
             return Err(e);
         }
+        crate::trace::mark("gvisor pause: runsc checkpoint");
         std::fs::write(image.join("done"), b"")
             .map_err(crate::io_err("mark the checkpoint complete"))?;
         let _ = self.runsc.run(&["delete", "--force", &c]);
+        crate::trace::mark("gvisor pause: runsc delete");
         remove_runtime_cgroups(&c);
         self.pid.store(0, Ordering::Relaxed);
         crate::bundle::wait_mounts_released(&self.run);
+        crate::trace::mark("gvisor pause: mounts released");
         Ok(())
     }
 
     /// Restores the container from its image, in a fresh mount of its root, and has the
     /// agent listen again.
     fn restore_from_disk(&self) -> Result<()> {
+        crate::trace::mark("gvisor resume: begin");
         let c = container(&self.id);
         let image = image_dir(&self.data());
         let bundle = self.run.join("bundle");
@@ -701,9 +706,27 @@ impl GvisorSandbox {
         let pid = sandbox_pid(&self.runsc, &self.id, &pid_file);
         self.pid.store(pid, Ordering::Relaxed);
         let _ = std::fs::write(self.run.join("helper.pid"), pid.to_string());
+        crate::trace::mark("gvisor resume: runsc restore");
         self.runsc.run(&["kill", &c, "USR2"])?;
         self.wait_listening()?;
-        let _ = crate::tree::remove(&image);
+        crate::trace::mark("gvisor resume: the agent listens");
+        // The image is no longer the sandbox's state: out of the way at once (a pause
+        // that follows writes a new one there), its files removed off the request's
+        // path (a 1 GB image takes a while to unlink).
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let aside = image.with_file_name(format!(".image-gone-{nanos}"));
+        match std::fs::rename(&image, &aside) {
+            Ok(()) => {
+                std::thread::spawn(move || crate::tree::remove(&aside));
+            }
+            Err(_) => {
+                let _ = crate::tree::remove(&image);
+            }
+        }
+        crate::trace::mark("gvisor resume: image set aside");
         Ok(())
     }
 
