@@ -1,5 +1,6 @@
 //! The verbs a docker or podman user reaches for, run as a user runs them: `warren port`,
-//! `logs`, `run -d`, `--format`, `--tenant`, `gc --dry-run`, `volume`. Needs root.
+//! `logs`, `run -d`, `--format`, `--tenant`, `gc --dry-run`, `volume`, `fork`, `completions`,
+//! `template du` and `gc`. Needs root.
 //!
 //! As in daemon.rs, each test runs a daemon of its own on directories of its own, removes
 //! what it made, and ends with `warren doctor` on those directories (the tests take
@@ -640,4 +641,76 @@ fn a_bad_flag_value_is_a_usage_error_before_any_daemon_is_asked() {
     // Reaching no daemon is Warren's failure, not the caller's: 125.
     let o = run(&["create", "--cpus", "1"]);
     assert_eq!(code(&o), Some(125), "{}", stderr(&o));
+}
+
+#[test]
+fn fork_completions_and_the_template_disk_verbs_do_what_their_help_says() {
+    if !can_run("fork_completions_and_the_template_disk_verbs_do_what_their_help_says") {
+        return;
+    }
+    let _t = my_turn();
+    let d = Daemon::start(false);
+
+    // Completion scripts name the verbs, and bash's parses.
+    for shell in ["bash", "zsh", "fish"] {
+        let script = d.ok(&["completions", shell]);
+        assert!(
+            script.contains("tenants") && script.contains("snapshot"),
+            "{shell}: {}",
+            &script[..script.len().min(300)]
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bash = dir.path().join("warren.bash");
+    std::fs::write(&bash, d.ok(&["completions", "bash"])).unwrap();
+    let o = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(&bash)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = d.run(&["completions", "powershell7"]);
+    assert_eq!(code(&o), Some(2), "{}", stderr(&o));
+
+    // Forks are copies with the files as they were, each its own from then on.
+    let id = d.create(&["--no-home"]);
+    assert_eq!(d.exec(&id, "echo kept > /root/f").0, 0);
+    let copies: Vec<String> = d
+        .ok(&["fork", &id, "-n", "2"])
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(copies.len(), 2, "{copies:?}");
+    assert!(
+        copies[0] != copies[1] && !copies.contains(&id),
+        "{copies:?}"
+    );
+    for c in &copies {
+        assert_eq!(d.exec(c, "cat /root/f").1, "kept\n", "{c}");
+    }
+    d.exec(&copies[0], "echo mine > /root/f");
+    assert_eq!(d.exec(&copies[1], "cat /root/f").1, "kept\n");
+    assert_eq!(d.exec(&id, "cat /root/f").1, "kept\n");
+
+    // The disk verbs: every sandbox in `du`, and a dry gc that keeps what is in use.
+    let du: serde_json::Value = serde_json::from_str(&d.ok(&["template", "du", "--json"])).unwrap();
+    let rows: Vec<&str> = du["sandboxes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    for s in copies.iter().chain([&id]) {
+        assert!(rows.contains(&s.as_str()), "{s} not in {du}");
+    }
+    assert!(d.ok(&["template", "du"]).starts_with("KIND"));
+    let o = d.run(&["template", "gc", "--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("would free"), "{}", stderr(&o));
+    assert_eq!(d.exec(&id, "cat /root/f").1, "kept\n");
+
+    for s in copies.iter().chain([&id]) {
+        d.ok(&["rm", s]);
+    }
+    d.finish();
 }

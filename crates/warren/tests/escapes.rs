@@ -916,11 +916,12 @@ fn a_terminal_cannot_be_joined_without_its_share_token() {
 }
 
 /// Every route of [`warren_server::ROUTES`] with its parameters filled in.
-fn concrete_routes(sandbox: &str) -> Vec<(&'static str, String)> {
+/// Each route: its method, its template, and a path of it naming `sandbox`.
+fn concrete_routes(sandbox: &str) -> Vec<(&'static str, &'static str, String)> {
     warren_server::ROUTES
         .iter()
-        .map(|(m, p)| {
-            let p = p
+        .map(|(m, template)| {
+            let p = template
                 .replace("{key}", sandbox)
                 .replace("{pid}", "1")
                 .replace("{port}", "8080")
@@ -933,7 +934,7 @@ fn concrete_routes(sandbox: &str) -> Vec<(&'static str, String)> {
             } else {
                 p
             };
-            (*m, p)
+            (*m, *template, p)
         })
         .collect()
 }
@@ -972,7 +973,7 @@ fn every_route_refuses_a_missing_or_wrong_credential() {
     ];
     let mut n = 0;
     for (what, h) in &creds {
-        for (method, path) in concrete_routes(&t.a) {
+        for (method, template, path) in concrete_routes(&t.a) {
             if is_public(&path) {
                 continue;
             }
@@ -981,7 +982,7 @@ fn every_route_refuses_a_missing_or_wrong_credential() {
             let r = d.http(Via::Tcp, method, &path, &headers, b"{}");
             let unix_only = warren_server::UNIX_ONLY
                 .iter()
-                .any(|(m, p)| *m == method && path == *p);
+                .any(|(m, p)| *m == method && template == *p);
             let shared = path.starts_with("/v1/shared/");
             // A share token is itself the credential: an unknown one is 404, as anything
             // one may not see, handshake or not.
@@ -1033,7 +1034,7 @@ fn another_tenants_key_and_another_sandboxs_token_reach_nothing() {
     let json = ("Content-Type", "application/json");
     let bearer_b = format!("Bearer {}", t.key_b);
     let mut n = 0;
-    for (method, path) in concrete_routes(&t.a) {
+    for (method, _, path) in concrete_routes(&t.a) {
         // The terminal is a WebSocket: a_terminal_cannot_be_joined_without_its_share_token
         // sends it a real handshake with these credentials.
         if !path.starts_with(&format!("/v1/sandboxes/{}", t.a)) || path.ends_with("/pty") {
