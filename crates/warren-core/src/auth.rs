@@ -30,6 +30,17 @@ impl Caller {
         }
     }
 
+    /// The holder of sandbox `id`'s access token (or of a URL signed with it), in
+    /// tenant `tenant`: it reaches that sandbox only.
+    pub(crate) fn sandbox(tenant: String, id: String) -> Self {
+        Self {
+            tenant,
+            only_sandbox: Some(id),
+            operator: false,
+            host_root: false,
+        }
+    }
+
     /// The operator, acting in tenant `name`.
     pub fn operator(name: &str) -> Self {
         Self {
@@ -92,12 +103,7 @@ impl Manager {
         {
             return None;
         }
-        Some(Caller {
-            tenant: r.tenant,
-            only_sandbox: Some(r.id),
-            operator: false,
-            host_root: false,
-        })
+        Some(Caller::sandbox(r.tenant, r.id))
     }
 
     /// The caller a file URL signed with sandbox `id`'s access token acts as, when
@@ -116,11 +122,6 @@ impl Manager {
         if !signed(&token) {
             return None;
         }
-        Some(Caller {
-            tenant: r.tenant,
-            only_sandbox: Some(r.id),
-            operator: false,
-            host_root: false,
-        })
+        Some(Caller::sandbox(r.tenant, r.id))
     }
 }

@@ -134,6 +134,10 @@ impl Manager {
     /// For a sandbox in trust mode (the process backend), its directory on the host,
     /// where its processes start; `None` for any other.
     pub fn trust_dir(&self, who: &Caller, key: &str) -> Result<Option<std::path::PathBuf>> {
+        // Off (the default): no sandbox is in trust mode, and no envd call pays a lookup.
+        if self.config.process.is_none() {
+            return Ok(None);
+        }
         let r = self.resolve(who, key)?;
         Ok(match (r.spec.isolation, &self.config.process) {
             (warren_types::spec::Isolation::Process, Some(c)) => Some(c.dir.join(&r.id)),

@@ -1130,14 +1130,9 @@ const ROOT: User = User::Id {
 };
 
 /// A template's user as `warren build --user` takes it: a name as `useradd` accepts
-/// it, a uid, or `uid:gid`.
+/// it, a uid, or `uid:gid` (read as [`User::parse`] reads them).
 fn check_user(user: &str) -> Result<()> {
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let numeric = |s: &str| !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit());
-    let name = |s: &str| {
+    let name_ok = |s: &str| {
         (1..=32).contains(&s.len())
             && s.bytes()
                 .next()
@@ -1145,16 +1140,13 @@ fn check_user(user: &str) -> Result<()> {
             && s.bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
     };
-    let ok = match g {
-        None => numeric(u) && u.parse::<u32>().is_ok() || name(u),
-        Some(g) => numeric(u) && numeric(g) && u.parse::<u32>().is_ok() && g.parse::<u32>().is_ok(),
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(CoreError::Invalid(format!(
-            "user {user:?} is not a user name (lowercase letters, digits, `_` and `-`, at              most 32), a uid, or uid:gid"
-        )))
+    match User::parse(user) {
+        Ok(User::Id { .. }) => Ok(()),
+        Ok(User::Name(n)) if name_ok(&n) => Ok(()),
+        _ => Err(CoreError::Invalid(format!(
+            "user {user:?} is not a user name (lowercase letters, digits, `_` and `-`, at \
+             most 32), a uid, or uid:gid"
+        ))),
     }
 }
 

@@ -713,16 +713,12 @@ impl GvisorSandbox {
         // The image is no longer the sandbox's state: out of the way at once (a pause
         // that follows writes a new one there), its files removed off the request's
         // path (a 1 GB image takes a while to unlink).
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let aside = image.with_file_name(format!(".image-gone-{nanos}"));
-        match std::fs::rename(&image, &aside) {
-            Ok(()) => {
+        let aside = crate::new_id().map(|id| image.with_file_name(format!(".image-gone-{id}")));
+        match aside.map(|a| std::fs::rename(&image, &a).map(|()| a)) {
+            Ok(Ok(aside)) => {
                 std::thread::spawn(move || crate::tree::remove(&aside));
             }
-            Err(_) => {
+            _ => {
                 let _ = crate::tree::remove(&image);
             }
         }

@@ -770,11 +770,8 @@ fn mkfs_ext4(at: &Path, size: u64, owner: u32) -> Setup<()> {
 fn keep_blank(from: &Path, to: &Path) -> std::io::Result<()> {
     let dir = to.parent().unwrap_or(Path::new("/"));
     fs::create_dir_all(dir)?;
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    let aside = dir.join(format!(".{}-{nanos}", std::process::id()));
+    let id = crate::new_id().map_err(|e| std::io::Error::other(e.to_string()))?;
+    let aside = dir.join(format!(".{id}"));
     let r = copy_sparse(from, &aside).and_then(|()| fs::rename(&aside, to));
     if r.is_err() {
         let _ = fs::remove_file(&aside);

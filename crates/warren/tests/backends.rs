@@ -1845,12 +1845,6 @@ fn answers_http(port: u16, secs: u64) -> bool {
     })
 }
 
-/// A host port free right now.
-fn free_host_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// Whether 127.0.0.1:`port` can be listened on again.
 fn port_is_free(port: u16) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
@@ -1901,7 +1895,7 @@ fn published_ports_answer_on_the_oci_backends_through_pause_restart_stop_and_rem
             continue;
         }
         // gVisor's own network stack (`none`) is out of the host's reach: `nat` it is.
-        let port = free_host_port();
+        let port = common::free_port();
         let publish = format!("{port}:8080");
         let id = d.create(&[
             "--isolation",
@@ -1994,7 +1988,7 @@ fn a_gvisor_sandbox_on_none_refuses_published_ports_and_says_to_use_nat() {
         return;
     };
     let before = d.ok(&["ls", "-q"]);
-    let port = free_host_port().to_string();
+    let port = common::free_port().to_string();
     let o = d.run(&[
         "create",
         "--isolation",
@@ -2132,7 +2126,7 @@ fn a_published_port_forwards_a_bounded_number_of_connections() {
         d.finish();
         return;
     }
-    let port = free_host_port();
+    let port = common::free_port();
     let network = if backend == "gvisor" { "nat" } else { "none" };
     let id = d.create(&[
         "--isolation",
@@ -2213,7 +2207,7 @@ fn copies_of_a_sandbox_with_published_ports_publish_nothing() {
             );
             continue;
         }
-        let port = free_host_port();
+        let port = common::free_port();
         let id = d.create(&[
             "--isolation",
             backend,
@@ -2262,7 +2256,7 @@ fn copies_of_a_sandbox_with_published_ports_publish_nothing() {
             "warm-ports",
             "--no-home",
             "-p",
-            &format!("{}:8080", free_host_port()),
+            &format!("{}:8080", common::free_port()),
         ]);
         assert!(
             !o.status.success(),

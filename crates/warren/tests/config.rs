@@ -55,7 +55,7 @@ fn the_serve_table_holds_the_listeners() {
         return;
     }
     let _t = my_turn();
-    let port = free_port();
+    let port = common::free_port();
     let d = Daemon::start_opts(Options {
         config: Some(format!("[serve]\nlisten = \"127.0.0.1:{port}\"\n")),
         ..Default::default()
@@ -70,14 +70,6 @@ fn the_serve_table_holds_the_listeners() {
     d.finish();
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A listener's variable wins over the file (a container's or a unit's environment
 /// over the packaged file); the flag would win over both.
 #[test]
@@ -86,7 +78,7 @@ fn a_listeners_variable_wins_over_the_file() {
         return;
     }
     let _t = my_turn();
-    let (in_file, in_env) = (free_port(), free_port());
+    let (in_file, in_env) = (common::free_port(), common::free_port());
     let d = Daemon::start_opts(Options {
         config: Some(format!("[serve]\nlisten = \"127.0.0.1:{in_file}\"\n")),
         inherit: Some(format!("export WARREN_LISTEN=127.0.0.1:{in_env}")),

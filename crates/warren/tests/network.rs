@@ -11,14 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_published_port_reaches_a_server_in_the_sandbox() {
     if !can_run("a_published_port_reaches_a_server_in_the_sandbox") {

@@ -17,20 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{can_run, stderr, stdout};
+use common::{can_run, free_port, stderr, stdout};
 use tmux::{has_tmux, shell_line, Tmux};
 use trust::{my_turn, Daemon};
 
 /// The size of the file scp moves both ways: 100 MB.
 const BLOB: u32 = 100_000_000;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A fresh ed25519 key pair: (private key path, public key path).
 fn keypair(dir: &Path, name: &str) -> (PathBuf, PathBuf) {

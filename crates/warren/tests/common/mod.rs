@@ -238,3 +238,12 @@ pub fn host_load() -> (f64, f64) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     (load, cores as f64)
 }
+
+/// A loopback TCP port free right now (another may take it before it is used).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
