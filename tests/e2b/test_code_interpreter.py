@@ -71,6 +71,9 @@ def test_a_timeout_interrupts_the_kernel(sbx):
     start = time.monotonic()
     assert sbx.run_code("n + 1", timeout=20).text == "2"
     assert time.monotonic() - start < 10
+    # One interrupt only: none arrives late, in a run that follows.
+    later = sbx.run_code("import time\ntime.sleep(1)\nn + 2", timeout=20)
+    assert later.error is None and later.text == "3", later
 
 
 def test_contexts_are_separate_and_can_be_restarted_and_removed(sbx):

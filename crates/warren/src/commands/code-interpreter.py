@@ -139,18 +139,20 @@ class Context:
         msg_id = self.kc.execute(code, silent=True, store_history=False)
         self.wait_idle(msg_id, deadline=time.monotonic() + 30)
 
-    def wait_idle(self, msg_id: str, deadline: float) -> None:
+    def wait_idle(self, msg_id: str, deadline: float) -> bool:
+        """Whether the kernel went idle after `msg_id` (or died) before `deadline`."""
         while time.monotonic() < deadline:
             try:
-                msg = self.kc.get_iopub_msg(timeout=0.2)
+                msg = self.kc.get_iopub_msg(timeout=min(0.2, max(0.0, deadline - time.monotonic())))
             except queue.Empty:
                 if not self.km.is_alive():
-                    return
+                    return True
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
                 continue
             if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                return
+                return True
+        return False
 
     def execute(self, code: str, env: dict, gone):
         """Yields the protocol's lines for one execution; `gone()` says whether the
@@ -169,8 +171,23 @@ class Context:
 
     def _execute(self, code: str, gone):
         msg_id = self.kc.execute(code, store_history=True, allow_stdin=False)
+        state = {"interrupted": False}
+        finished = False
+        try:
+            yield from self._messages(msg_id, gone, state)
+            finished = True
+        finally:
+            # Closed early (the client went away while a line was being sent): the
+            # code is still running. Interrupt it once and let the kernel settle
+            # before the lock is let go, so no interrupt lands in the next execution.
+            if not finished and self.km is not None and self.km.is_alive():
+                ended = self.wait_idle(msg_id, deadline=time.monotonic() + 0.05)
+                if not ended and not state["interrupted"]:
+                    self.km.interrupt_kernel()
+                self.wait_idle(msg_id, deadline=time.monotonic() + 10)
+
+    def _messages(self, msg_id: str, gone, state: dict):
         started = False
-        interrupted = False
         while True:
             try:
                 msg = self.kc.get_iopub_msg(timeout=0.1)
@@ -184,8 +201,8 @@ class Context:
                     }
                     self.restart()
                     return
-                if not interrupted and gone():
-                    interrupted = True
+                if not state["interrupted"] and gone():
+                    state["interrupted"] = True
                     self.km.interrupt_kernel()
                 continue
             if msg["parent_header"].get("msg_id") != msg_id:
@@ -383,14 +400,18 @@ class Handler(BaseHTTPRequestHandler):
             except OSError:
                 return True
 
+        run = ctx.execute(code, {str(k): str(v) for k, v in env.items()}, gone)
         try:
-            for line in ctx.execute(code, {str(k): str(v) for k, v in env.items()}, gone):
+            for line in run:
                 self.chunk(json.dumps(line) + "\n")
             self.chunk(json.dumps({"type": "end_of_execution"}) + "\n")
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):
-            if ctx.km is not None and ctx.km.is_alive():
-                ctx.km.interrupt_kernel()
+            pass
+        finally:
+            # An execution still running is interrupted by its own close, and only
+            # then: an interrupt sent after it ended would hit the next one.
+            run.close()
 
     def chunk(self, text: str) -> None:
         data = text.encode()
