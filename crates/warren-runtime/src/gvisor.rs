@@ -445,9 +445,18 @@ impl GvisorBackend {
         };
         let exe = self.exe.clone();
         let log = sb.run.join("runsc.log");
-        tokio::task::spawn_blocking(move || run_oci(&exe, &launch, &log, "runsc"))
+        // A restore reads the saved memory unthrottled, as a resume does.
+        let cpu = match image {
+            Some(_) => Some(CpuAside::take(bundle)?),
+            None => None,
+        };
+        let made = tokio::task::spawn_blocking(move || run_oci(&exe, &launch, &log, "runsc"))
             .await
-            .map_err(|e| Error::Setup(format!("runsc create: {e}")))??;
+            .map_err(|e| Error::Setup(format!("runsc create: {e}")))?;
+        if let Some(cpu) = cpu {
+            cpu.put_back(made.is_ok().then_some(&sb.cgroup))?;
+        }
+        made?;
         crate::trace::mark("gvisor: runsc create");
         let created_pid = || sandbox_pid(runsc, &sb.id, &pid_file);
         if sb.runsc.nat {
@@ -573,6 +582,68 @@ fn image_done(data: &Path) -> bool {
     image_dir(data).join("done").exists()
 }
 
+/// A bundle's CPU limit set aside for a `runsc restore`: the Sentry reads (and
+/// decompresses) the saved memory in the sandbox's cgroup, which the restore makes from
+/// the bundle, before any process of the sandbox runs; a limit of one core made that
+/// twice as slow on two. Put back on the cgroup once the restore is done, and in the
+/// bundle for the next one.
+struct CpuAside {
+    config: PathBuf,
+    /// The bundle's `linux.resources.cpu`, when it had one.
+    cpu: Option<serde_json::Value>,
+    whole: serde_json::Value,
+}
+
+impl CpuAside {
+    fn take(bundle: &Path) -> Result<Self> {
+        let config = bundle.join("config.json");
+        let text = std::fs::read(&config).map_err(crate::io_err("read the sandbox's bundle"))?;
+        let mut whole: serde_json::Value = serde_json::from_slice(&text)
+            .map_err(|e| Error::Setup(format!("the sandbox's bundle is not JSON: {e}")))?;
+        let cpu = whole
+            .pointer_mut("/linux/resources")
+            .and_then(|r| r.as_object_mut())
+            .and_then(|r| r.remove("cpu"));
+        if cpu.is_some() {
+            write_config(&config, &whole)?;
+        }
+        Ok(Self { config, cpu, whole })
+    }
+
+    /// Sets the limit on `cgroup` (when the restore made it) and writes the bundle as
+    /// it was.
+    fn put_back(mut self, cgroup: Option<&Cgroup>) -> Result<()> {
+        let Some(cpu) = self.cpu.take() else {
+            return Ok(());
+        };
+        let quota = cpu["quota"].as_i64().filter(|q| *q > 0);
+        let period = cpu["period"].as_u64().filter(|p| *p > 0);
+        if let Some(resources) = self
+            .whole
+            .pointer_mut("/linux/resources")
+            .and_then(|r| r.as_object_mut())
+        {
+            resources.insert("cpu".into(), cpu);
+        }
+        write_config(&self.config, &self.whole)?;
+        if let (Some(cgroup), Some(quota), Some(period)) = (cgroup, quota, period) {
+            let millis = (quota as u64 * 1000 / period) as u32;
+            cgroup
+                .set_cpu(Some(millis))
+                .map_err(|e| Error::Setup(format!("set the sandbox's CPU limit: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes a bundle's `config.json` whole or not at all.
+fn write_config(config: &Path, value: &serde_json::Value) -> Result<()> {
+    let tmp = config.with_extension("json.new");
+    let bytes = serde_json::to_vec(value).map_err(|e| Error::Setup(e.to_string()))?;
+    std::fs::write(&tmp, bytes).map_err(crate::io_err("write the sandbox's bundle"))?;
+    std::fs::rename(&tmp, config).map_err(crate::io_err("write the sandbox's bundle"))
+}
+
 impl GvisorSandbox {
     /// Its data directory: its writable layer (or disk image) and, paused to disk, its
     /// checkpoint image.
@@ -605,7 +676,20 @@ impl GvisorSandbox {
             args.push("--leave-running");
         }
         args.push(&c);
+        // The Sentry saves (and compresses) the memory itself, in the sandbox's cgroup,
+        // with every process of the sandbox stopped: its CPU limit would only slow the
+        // save (one core of two doubled it). Lifted for the save, set again if the
+        // sandbox goes on.
+        let cpu = self.cgroup.cpu();
+        if cpu.is_some() {
+            let _ = self.cgroup.set_cpu(None);
+        }
         let r = self.runsc.run(&args);
+        if cpu.is_some() && (r.is_err() || leave_running) {
+            self.cgroup
+                .set_cpu(cpu)
+                .map_err(|e| Error::Setup(format!("set the sandbox's CPU limit again: {e}")))?;
+        }
         if r.is_err() || leave_running {
             // Still running (a checkpoint that failed leaves it be): listen again.
             let _ = self.runsc.run(&["kill", &c, "USR2"]);
@@ -690,12 +774,15 @@ impl GvisorSandbox {
         // Nothing of an earlier attempt may stand in the way, and nothing of a failed one
         // may stay: a damaged image is refused whole, the sandbox stays paused.
         let _ = self.runsc.run(&["delete", "--force", &c]);
-        if let Err(e) = run_oci(
+        let cpu = CpuAside::take(&bundle)?;
+        let restored = run_oci(
             &self.restore.exe,
             &launch,
             &self.run.join("runsc.log"),
             "runsc",
-        ) {
+        );
+        let limited = cpu.put_back(restored.is_ok().then_some(&self.cgroup));
+        if let Err(e) = restored.and(limited) {
             let _ = self.runsc.run(&["delete", "--force", &c]);
             remove_runtime_cgroups(&c);
             return Err(Error::Setup(format!(

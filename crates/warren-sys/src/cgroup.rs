@@ -277,9 +277,8 @@ impl Cgroup {
                 // Absent when the host has no swap accounting: nothing to bound then.
                 let _ = self.write("", "memory.swap.max", "0");
             }
-            if let Some(c) = l.cpu_millis {
-                let quota = u64::from(c) * CPU_PERIOD_US / 1000;
-                self.write("", "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?;
+            if l.cpu_millis.is_some() {
+                self.set_cpu(l.cpu_millis)?;
             }
             if let Some(p) = l.pids {
                 self.write("", "pids.max", &p.to_string())?;
@@ -293,15 +292,46 @@ impl Cgroup {
                 fs::write(&sw, m.to_string()).map_err(io_at(&sw))?;
             }
         }
-        if let Some(c) = l.cpu_millis {
-            let quota = u64::from(c) * CPU_PERIOD_US / 1000;
-            self.write("cpu", "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
-            self.write("cpu", "cpu.cfs_quota_us", &quota.to_string())?;
+        if l.cpu_millis.is_some() {
+            self.set_cpu(l.cpu_millis)?;
         }
         if let Some(p) = l.pids {
             self.write("pids", "pids.max", &p.to_string())?;
         }
         Ok(())
+    }
+
+    /// Sets the CPU bandwidth to `cpu_millis` thousandths of a core, or none at all.
+    pub fn set_cpu(&self, cpu_millis: Option<u32>) -> Result<(), CgroupError> {
+        let quota = cpu_millis.map(|c| u64::from(c) * CPU_PERIOD_US / 1000);
+        if self.v2 {
+            let quota = quota.map_or("max".to_string(), |q| q.to_string());
+            return self.write("", "cpu.max", &format!("{quota} {CPU_PERIOD_US}"));
+        }
+        self.write("cpu", "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+        let quota = quota.map_or("-1".to_string(), |q| q.to_string());
+        self.write("cpu", "cpu.cfs_quota_us", &quota)
+    }
+
+    /// The CPU bandwidth set, in thousandths of a core; `None` when there is none (or it
+    /// cannot be read).
+    pub fn cpu(&self) -> Option<u32> {
+        let (quota, period) = if self.v2 {
+            let line = self.read("", "cpu.max").ok()?;
+            let mut parts = line.split_whitespace();
+            (
+                parts.next()?.parse::<u64>().ok()?,
+                parts.next()?.parse::<u64>().ok()?,
+            )
+        } else {
+            let quota = self.read("cpu", "cpu.cfs_quota_us").ok()?;
+            let period = self.read("cpu", "cpu.cfs_period_us").ok()?;
+            (
+                quota.trim().parse::<u64>().ok()?,
+                period.trim().parse::<u64>().ok()?,
+            )
+        };
+        (period > 0).then(|| (quota * 1000 / period) as u32)
     }
 
     /// Moves process `pid` into this cgroup.
@@ -580,6 +610,13 @@ mod tests {
         );
         assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
         assert_eq!(read("pids", "pids.max"), "64");
+        // Lifted for a while, and set again.
+        assert_eq!(cg.cpu(), Some(500));
+        cg.set_cpu(None).unwrap();
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "-1");
+        assert_eq!(cg.cpu(), None);
+        cg.set_cpu(Some(500)).unwrap();
+        assert_eq!(cg.cpu(), Some(500));
         assert_eq!(h.list("warren-"), vec!["warren-t1".to_string()]);
     }
 
@@ -599,6 +636,10 @@ mod tests {
         let read = |f: &str| fs::read_to_string(dir.join("warren-t2").join(f)).unwrap();
         assert_eq!(read("memory.max"), (1u64 << 30).to_string());
         assert_eq!(read("cpu.max"), "150000 100000");
+        assert_eq!(cg.cpu(), Some(1500));
+        cg.set_cpu(None).unwrap();
+        assert_eq!(read("cpu.max"), "max 100000");
+        assert_eq!(cg.cpu(), None);
         fs::write(
             dir.join("warren-t2/memory.events"),
             "low 0\noom 2\noom_kill 1\n",

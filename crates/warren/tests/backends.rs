@@ -1043,7 +1043,14 @@ fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
     else {
         return;
     };
-    let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
+    let id = d.create(&[
+        "--isolation",
+        "gvisor",
+        "--memory",
+        "256M",
+        "--cpus",
+        "0.5",
+    ]);
     // A counter in memory only, and a listener with a connection's worth of state.
     // Written whole (a rename), so a reader never sees a half-written file.
     python_in_background(&d, &id, "import os, time\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/c.new', 'w').write(str(i))\n    os.replace('/tmp/c.new', '/tmp/count')\n    time.sleep(0.05)");
@@ -1089,6 +1096,12 @@ fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
         "python3 -c \"import socket; print(socket.create_connection(('127.0.0.1', 7000)).recv(20).decode())\"",
     );
     assert_eq!(out.trim(), "still here");
+    // The save and the restore ran without the CPU limit (the Sentry's own work, no
+    // process of the sandbox running): it holds again once the processes go on.
+    common::assert_cpu_share_held("gvisor", 0.5, || {
+        let (_, out) = d.exec(&id, &format!("python3 -c '{}'", common::CPU_SPIN));
+        out.trim().parse().unwrap_or(f64::NAN)
+    });
     d.ok(&["rm", &id]);
     d.finish();
 }
