@@ -334,11 +334,7 @@ impl Client {
             None => None,
         };
         let resp = self.send(method, path, body).await?;
-        Ok(Lines {
-            body: resp.into_body(),
-            buf: Vec::new(),
-            eof: false,
-        })
+        Ok(Lines::new(resp))
     }
 
     /// Opens a WebSocket on `path`. A refused upgrade becomes [`Error::Api`].
@@ -450,6 +446,15 @@ pub struct Lines {
 }
 
 impl Lines {
+    /// The lines of `resp`'s body, as they arrive.
+    pub fn new(resp: Response<Incoming>) -> Self {
+        Self {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            eof: false,
+        }
+    }
+
     /// The next non-empty line, without its newline; `None` at the end of the stream.
     pub async fn next_line(&mut self) -> Result<Option<Vec<u8>>, Error> {
         loop {

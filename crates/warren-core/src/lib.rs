@@ -69,12 +69,13 @@ pub use crate::port_traffic::{PortConnection, PortError, PortPass};
 pub use crate::share::Guest;
 pub use crate::store::{Record, Store, StoreError};
 pub use crate::templates::{
-    BuildEvent, BuildTemplate, DiskUsage, HostDisk, ImportResult, ImportTemplate, LayerGcResult,
-    SnapshotRequest, SnapshotResult, TemplateInfo, UsageRow,
+    BuildEvent, BuildTemplate, DiskUsage, HostDisk, ImportEvent, ImportResult, ImportTemplate,
+    LayerGcResult, SnapshotRequest, SnapshotResult, TemplateInfo, UsageRow,
 };
 pub use crate::time::{now_ms, rfc3339};
 use crate::tokens::{Keyring, TokenKind, TokenRef};
 pub use crate::upload::{Upload, UploadTemplate, MAX_UPLOAD, MAX_UPLOADS};
+pub use warren_runtime::oci::ImportProgress;
 pub use warren_runtime::Paths;
 
 /// Lifecycle log lines a second for one sandbox (its events are all kept in the store).

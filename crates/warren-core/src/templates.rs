@@ -33,11 +33,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use warren_runtime::client::ProcessEvent;
 use warren_runtime::namespace::CreateOptions;
+use warren_runtime::oci::{self, ImportProgress};
 use warren_runtime::template::{self, Template, TemplateKind, TemplateMeta, UpperSource};
-use warren_runtime::{oci, Instance};
+use warren_runtime::Instance;
 use warren_types::api::SandboxState;
 use warren_types::proto::{Command, ExecRequest, User};
 use warren_types::spec::{Isolation, NetworkMode, SandboxSpec};
@@ -90,6 +91,16 @@ pub struct ImportResult {
     pub shared_layers: usize,
     /// Device nodes skipped, setuid bits cleared, owners clamped: what was neutralised.
     pub warnings: Vec<String>,
+}
+
+/// A line of an import's progress (NDJSON on the wire, when the caller asks for it with
+/// `?progress=true`), tagged by `type`; the last is `done` or `error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ImportEvent {
+    Progress(ImportProgress),
+    Done { result: Box<ImportResult> },
+    Error { code: String, message: String },
 }
 
 /// `POST /v1/templates/build`.
@@ -370,8 +381,14 @@ impl Manager {
         Ok((key, private))
     }
 
-    /// Imports an image archive from the daemon's host as a template.
-    pub async fn import_template(&self, who: &Caller, req: ImportTemplate) -> Result<ImportResult> {
+    /// Imports an image archive from the daemon's host as a template; `progress`, when
+    /// given, hears how far it has come.
+    pub async fn import_template(
+        &self,
+        who: &Caller,
+        req: ImportTemplate,
+        progress: Option<watch::Sender<ImportProgress>>,
+    ) -> Result<ImportResult> {
         if who.only_sandbox.is_some() {
             return Err(CoreError::TemplateNotFound(req.name));
         }
@@ -399,7 +416,7 @@ impl Manager {
             private: false,
             source: None,
         };
-        self.import_archive(req.archive, opts, ()).await
+        self.import_archive(req.archive, opts, (), progress).await
     }
 
     /// Imports `archive` as `opts` says; `keep` lives until the import is done, whether
@@ -409,10 +426,15 @@ impl Manager {
         archive: PathBuf,
         opts: oci::ImportOptions,
         keep: impl Send + 'static,
+        progress: Option<watch::Sender<ImportProgress>>,
     ) -> Result<ImportResult> {
         let paths = self.config.paths.clone();
         let imported = blocking(move || {
-            let r = oci::import(&paths, &archive, &opts, &mut |_| {});
+            let r = oci::import(&paths, &archive, &opts, &mut |at| {
+                if let Some(p) = &progress {
+                    p.send_replace(at);
+                }
+            });
             drop(keep);
             r
         })

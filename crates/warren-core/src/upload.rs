@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use warren_runtime::oci;
 
-use crate::{Caller, CoreError, ImportResult, Manager, Result};
+use crate::{Caller, CoreError, ImportProgress, ImportResult, Manager, Result};
 
 /// The largest archive an upload takes unless its `max_bytes` says less.
 pub const MAX_UPLOAD: u64 = 8 << 30;
@@ -46,6 +46,10 @@ pub struct UploadTemplate {
     /// The operator's alone to ask, as for an import.
     #[serde(default)]
     pub setuid: bool,
+    /// Answer with NDJSON [`ImportEvent`](crate::ImportEvent)s as the layers unpack,
+    /// instead of one result at the end.
+    #[serde(default)]
+    pub progress: bool,
 }
 
 /// The uploads' side of the [`Manager`].
@@ -189,7 +193,12 @@ impl Manager {
     }
 
     /// Imports a complete upload as its request says; its file is gone afterwards.
-    pub async fn import_upload(&self, who: &Caller, mut upload: Upload) -> Result<ImportResult> {
+    pub async fn import_upload(
+        &self,
+        who: &Caller,
+        mut upload: Upload,
+        progress: Option<watch::Sender<ImportProgress>>,
+    ) -> Result<ImportResult> {
         let archive = upload.finish().await?.to_path_buf();
         let req = upload.req.clone();
         let mut limits = oci::Limits::default();
@@ -212,7 +221,7 @@ impl Manager {
             )),
         };
         // The file goes when the import is done, even if the caller stopped waiting.
-        self.import_archive(archive, opts, upload).await
+        self.import_archive(archive, opts, upload, progress).await
     }
 }
 

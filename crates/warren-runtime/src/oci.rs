@@ -118,12 +118,27 @@ pub struct Imported {
     pub reports: Vec<Report>,
 }
 
-/// Imports `archive` as template `opts.name`. `progress` hears about each layer.
+/// How far an import has come: the layers' bytes read, as the archive stores them
+/// (compressed or not), of all its layers'.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportProgress {
+    /// The layer being unpacked, from 1.
+    pub layer: usize,
+    pub layers: usize,
+    pub bytes: u64,
+    pub total_bytes: u64,
+}
+
+/// Bytes between two reports of progress within a layer.
+const PROGRESS_STEP: u64 = 4 << 20;
+
+/// Imports `archive` as template `opts.name`. `progress` hears as each layer starts,
+/// every few MiB read of it, and once at the end.
 pub fn import(
     paths: &Paths,
     archive: &Path,
     opts: &ImportOptions,
-    progress: &mut dyn FnMut(&str),
+    progress: &mut dyn FnMut(ImportProgress),
 ) -> crate::Result<Imported> {
     let key = template::key(opts.tenant.as_deref().filter(|_| opts.private), &opts.name);
     template::check_new_name(paths, &key)?;
@@ -139,11 +154,29 @@ pub fn import(
     let mut ids = Vec::with_capacity(count);
     let mut reports = Vec::with_capacity(count);
     let (mut new_layers, mut shared_layers) = (0, 0);
+    let mut at = ImportProgress {
+        layer: 0,
+        layers: count,
+        bytes: 0,
+        total_bytes: image
+            .layers
+            .iter()
+            .map(|l| index.find(&l.path).map(|(_, size)| size).unwrap_or(0))
+            .sum(),
+    };
     for (i, layer) in image.layers.iter().enumerate() {
-        progress(&format!("layer {}/{count}: unpacking", i + 1));
+        at.layer = i + 1;
+        progress(at);
         let staging = Staging::new(paths)?;
         let (report, diff_id) = index
-            .unpack_layer(layer, staging.path(), opts.setuid, &mut budget)
+            .unpack_layer(
+                layer,
+                staging.path(),
+                opts.setuid,
+                &mut budget,
+                &mut at,
+                progress,
+            )
             .map_err(|e| match e {
                 LayerError::Unpack(source) => ImportError::Layer {
                     index: i + 1,
@@ -170,14 +203,10 @@ pub fn import(
         } else {
             shared_layers += 1;
         }
-        progress(&format!(
-            "layer {}/{count}: sha256:{}",
-            i + 1,
-            &diff_id[..12]
-        ));
         ids.push(diff_id);
         reports.push(report);
     }
+    progress(at);
     ids.reverse();
     let c = image.config;
     let meta = TemplateMeta {
@@ -410,6 +439,27 @@ struct Hashing<R> {
     hash: Sha256,
 }
 
+/// A layer's reader that tells `progress` every [`PROGRESS_STEP`] bytes.
+struct Counting<'a, R> {
+    inner: R,
+    at: &'a mut ImportProgress,
+    /// `at.bytes` at which to tell next.
+    next: u64,
+    progress: &'a mut dyn FnMut(ImportProgress),
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.at.bytes += n as u64;
+        if self.at.bytes >= self.next {
+            self.next = self.at.bytes + PROGRESS_STEP;
+            (self.progress)(*self.at);
+        }
+        Ok(n)
+    }
+}
+
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
@@ -613,9 +663,16 @@ impl Index {
         dest: &Path,
         keep_setid: bool,
         budget: &mut unpack::Budget,
+        at: &mut ImportProgress,
+        progress: &mut dyn FnMut(ImportProgress),
     ) -> Result<(Report, String), LayerError> {
         let mut blob = Hashing {
-            inner: self.section(&layer.path).map_err(LayerError::Import)?,
+            inner: Counting {
+                inner: self.section(&layer.path).map_err(LayerError::Import)?,
+                at,
+                next: 0,
+                progress,
+            },
             hash: Sha256::new(),
         };
         let (report, diff_hash) = {

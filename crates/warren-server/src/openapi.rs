@@ -431,6 +431,29 @@ pub(crate) struct ImportResult {
     warnings: Vec<String>,
 }
 
+/// How far an import has come: the layers' bytes read, as the archive stores them
+/// (compressed or not), of all its layers'.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub(crate) struct ImportProgress {
+    /// The layer being unpacked, from 1.
+    layer: u64,
+    layers: u64,
+    bytes: u64,
+    total_bytes: u64,
+}
+
+/// A line of an import's progress (NDJSON on the wire, with `progress=true`), tagged
+/// by `type`; the last is `done` or `error`.
+#[derive(ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(dead_code)]
+pub(crate) enum ImportEvent {
+    Progress(ImportProgress),
+    Done { result: Box<ImportResult> },
+    Error { code: String, message: String },
+}
+
 /// `POST /v1/templates/build`.
 #[derive(ToSchema)]
 #[serde(deny_unknown_fields)]

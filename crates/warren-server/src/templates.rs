@@ -8,13 +8,13 @@
 use axum::body::Body;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use warren_core::{
-    BuildEvent, BuildTemplate, DiskUsage, ImportResult, ImportTemplate, LayerGcResult,
-    SnapshotRequest, SnapshotResult, TemplateInfo, UploadTemplate,
+    BuildEvent, BuildTemplate, DiskUsage, ImportEvent, ImportProgress, ImportResult,
+    ImportTemplate, LayerGcResult, SnapshotRequest, SnapshotResult, TemplateInfo, UploadTemplate,
 };
 
 use crate::error::Error;
@@ -103,22 +103,108 @@ pub async fn remove(
     operation_id = "importTemplate",
     tag = "templates",
     summary = "Import a `docker save` or OCI image layout archive (a path on the daemon's host) as a template: layers gzip, zstd or plain, whiteouts applied, the image's Env, WorkingDir, User, Entrypoint and Cmd kept. Hostile archives (path traversal, writes through links, hard links out of the tree) are refused; device nodes, setuid bits and unmappable owners are neutralised and reported in `warnings`. Unix socket only.",
+    params(
+        ("progress" = Option<bool>, Query, description = "Answer 200 with NDJSON ImportEvent lines as the layers unpack (the last `done` or `error`) instead of 201 with the result."),
+    ),
     request_body(content = crate::openapi::ImportTemplate, content_type = "application/json"),
     responses(
         (status = 201, description = "The template made.", body = crate::openapi::ImportResult, content_type = "application/json"),
+        (status = 200, description = "With `progress=true`: the import's progress, one ImportEvent per line.", body = crate::openapi::ImportEvent, content_type = "application/x-ndjson"),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 409, response = crate::openapi::Conflict),
         (status = 500, response = crate::openapi::ServerError),
         (status = 507, response = crate::openapi::NoSpace),
     ),
 )]
-pub async fn import(
-    State(st): State<AppState>,
-    req: Request,
-) -> Result<(StatusCode, axum::Json<ImportResult>), Error> {
-    let (who, req) = unix_only::<ImportTemplate>(&st, req, "/v1/templates/import").await?;
-    let r = st.mgr.import_template(&who, req).await?;
-    Ok((StatusCode::CREATED, axum::Json(r)))
+pub async fn import(State(st): State<AppState>, req: Request) -> Result<Response, Error> {
+    let (who, query, req) =
+        unix_only::<ProgressQuery, ImportTemplate>(&st, req, "/v1/templates/import").await?;
+    let mgr = st.mgr.clone();
+    answer_import(query.progress, move |progress| async move {
+        mgr.import_template(&who, req, progress).await
+    })
+    .await
+}
+
+/// `?progress=true`: the answer is NDJSON [`ImportEvent`]s instead of one result.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProgressQuery {
+    #[serde(default)]
+    progress: bool,
+}
+
+/// Answers an import: `201` with its result, or, when the caller asked for its
+/// progress, `200` with NDJSON [`ImportEvent`]s, the last `done` or `error`. An import
+/// refused before its first layer (a bad name, a missing file) is answered with its
+/// error's status either way. The import goes on if the caller leaves.
+async fn answer_import<F, Fut>(progress: bool, run: F) -> Result<Response, Error>
+where
+    F: FnOnce(Option<watch::Sender<ImportProgress>>) -> Fut,
+    Fut: std::future::Future<Output = warren_core::Result<ImportResult>> + Send + 'static,
+{
+    if !progress {
+        let r = run(None).await?;
+        return Ok((StatusCode::CREATED, axum::Json(r)).into_response());
+    }
+    let (progress_tx, mut progress_rx) = watch::channel(ImportProgress::default());
+    let mut task = tokio::spawn(run(Some(progress_tx)));
+    let ended = |r: Result<warren_core::Result<ImportResult>, tokio::task::JoinError>| match r {
+        Ok(Ok(result)) => ImportEvent::Done {
+            result: Box::new(result),
+        },
+        Ok(Err(e)) => ImportEvent::Error {
+            code: e.code().to_string(),
+            message: e.to_string(),
+        },
+        Err(e) => ImportEvent::Error {
+            code: warren_types::api::WireCode::BackendFailed
+                .as_str()
+                .to_string(),
+            message: format!("the import failed: {e}"),
+        },
+    };
+    if progress_rx.changed().await.is_err() {
+        // Over before its first layer: refused, most likely.
+        let r = (&mut task).await;
+        if let Ok(Err(e)) = r {
+            return Err(e.into());
+        }
+        let (tx, rx) = mpsc::channel::<Bytes>(1);
+        let _ = tx.send(line(&ended(r))).await;
+        return Ok(ndjson(rx));
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let first = ImportEvent::Progress(*progress_rx.borrow_and_update());
+        let _ = tx.send(line(&first)).await;
+        loop {
+            tokio::select! {
+                r = &mut task => {
+                    let _ = tx.send(line(&ended(r))).await;
+                    return;
+                }
+                changed = progress_rx.changed() => {
+                    if changed.is_err() {
+                        let r = (&mut task).await;
+                        let _ = tx.send(line(&ended(r))).await;
+                        return;
+                    }
+                    let at = ImportEvent::Progress(*progress_rx.borrow_and_update());
+                    // A client gone stops hearing; the import goes on.
+                    let _ = tx.send(line(&at)).await;
+                }
+            }
+        }
+    });
+    Ok(ndjson(rx))
+}
+
+/// One NDJSON line.
+fn line(event: &impl Serialize) -> Bytes {
+    let mut line = serde_json::to_vec(event).expect("events serialize");
+    line.push(b'\n');
+    Bytes::from(line)
 }
 
 /// Longest wait for the next part of an upload.
@@ -143,10 +229,12 @@ const UPLOAD_STALL: std::time::Duration = std::time::Duration::from_secs(60);
         ("max_bytes" = Option<i64>, Query, description = "Most bytes the archive, and its layers unpacked, may take."),
         ("isolation" = Option<warren_types::spec::Isolation>, Query, description = "The backend its sandboxes get when their request names none."),
         ("setuid" = Option<bool>, Query, description = "Keep the image's setuid programs working inside: the operator's alone to ask (see `importTemplate`)."),
+        ("progress" = Option<bool>, Query, description = "Once the body is in, answer 200 with NDJSON ImportEvent lines as the layers unpack (the last `done` or `error`) instead of 201 with the result."),
     ),
     request_body(content = inline(crate::openapi::Binary), content_type = "application/octet-stream"),
     responses(
         (status = 201, description = "The template made.", body = crate::openapi::ImportResult, content_type = "application/json"),
+        (status = 200, description = "With `progress=true`: the import's progress, one ImportEvent per line.", body = crate::openapi::ImportEvent, content_type = "application/x-ndjson"),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 409, response = crate::openapi::Conflict),
@@ -163,7 +251,8 @@ pub async fn upload(
     Query(req): Query<UploadTemplate>,
     headers: HeaderMap,
     body: Body,
-) -> Result<(StatusCode, axum::Json<ImportResult>), Error> {
+) -> Result<Response, Error> {
+    let progress = req.progress;
     let mut upload = st.mgr.begin_upload(&who, req)?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -189,24 +278,28 @@ pub async fn upload(
         let chunk = chunk.map_err(|e| Error::invalid(format!("the upload broke off: {e}")))?;
         upload.write(&chunk).await?;
     }
-    let r = st.mgr.import_upload(&who, upload).await?;
-    Ok((StatusCode::CREATED, axum::Json(r)))
+    let mgr = st.mgr.clone();
+    answer_import(progress, move |p| async move {
+        mgr.import_upload(&who, upload, p).await
+    })
+    .await
 }
 
 /// The caller and body of a unix-socket-only route. On TCP the route does not exist,
 /// whoever asks: checked before authentication, so TCP callers learn nothing more.
-async fn unix_only<T: serde::de::DeserializeOwned>(
+async fn unix_only<Q: serde::de::DeserializeOwned, T: serde::de::DeserializeOwned>(
     st: &AppState,
     req: Request,
     path: &str,
-) -> Result<(warren_core::Caller, T), Error> {
+) -> Result<(warren_core::Caller, Q, T), Error> {
     if st.surface != Surface::Unix {
         return Err(crate::no_route("POST", path));
     }
     let (mut parts, body) = req.into_parts();
     let Tenant(who) = Tenant::from_request_parts(&mut parts, st).await?;
+    let Query(query) = Query::<Q>::from_request_parts(&mut parts, st).await?;
     let Json(body) = Json::<T>::from_request(Request::from_parts(parts, body), st).await?;
-    Ok((who, body))
+    Ok((who, query, body))
 }
 
 /// `POST /v1/templates/build`: NDJSON [`BuildEvent`]s, the last `done` or `error`.
@@ -269,9 +362,7 @@ pub async fn build(
             tokio_stream::iter(first).chain(tokio_stream::wrappers::ReceiverStream::new(events_rx));
         while let Some(ev) = events.next().await {
             ended |= matches!(ev, BuildEvent::Done { .. } | BuildEvent::Error { .. });
-            let mut line = serde_json::to_vec(&ev).expect("events serialize");
-            line.push(b'\n');
-            if tx.send(Bytes::from(line)).await.is_err() {
+            if tx.send(line(&ev)).await.is_err() {
                 // Keep draining so the build is never blocked on a gone client.
                 continue;
             }
@@ -285,9 +376,7 @@ pub async fn build(
                 code: e.code().to_string(),
                 message: e.to_string(),
             };
-            let mut line = serde_json::to_vec(&ev).expect("events serialize");
-            line.push(b'\n');
-            let _ = tx.send(Bytes::from(line)).await;
+            let _ = tx.send(line(&ev)).await;
         }
     });
     Ok(ndjson(rx))
@@ -320,7 +409,8 @@ pub async fn gc(
     State(st): State<AppState>,
     req: Request,
 ) -> Result<axum::Json<LayerGcResult>, Error> {
-    let (_, req) = unix_only::<LayerGcRequest>(&st, req, "/v1/templates/gc").await?;
+    let (_, _, req) =
+        unix_only::<serde::de::IgnoredAny, LayerGcRequest>(&st, req, "/v1/templates/gc").await?;
     Ok(axum::Json(st.mgr.gc_layers(req.dry_run).await?))
 }
 

@@ -1041,11 +1041,18 @@ async fn template_uploads_are_bounded_and_leave_no_file() {
     let (s, v) = send(e.unix(), r).await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(uploads_left(&e).is_empty());
-    // Within the limit but not an archive: refused, nothing kept.
-    let r = upload("/v1/templates/upload?name=junk", vec![7; 4096], false);
-    let (s, v) = send(e.unix(), r).await;
-    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
-    assert!(uploads_left(&e).is_empty());
+    // Within the limit but not an archive: refused, nothing kept; with progress asked
+    // for too (refused before its first layer: a status, not a stream).
+    for uri in [
+        "/v1/templates/upload?name=junk",
+        "/v1/templates/upload?name=junk&progress=true",
+    ] {
+        let r = upload(uri, vec![7; 4096], false);
+        let (s, v) = send(e.unix(), r).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        assert_eq!(code(&v), "invalid_request", "{v}");
+        assert!(uploads_left(&e).is_empty());
+    }
     // A bad name, setuid from a tenant, and no name are refused before the body is read.
     let r = upload("/v1/templates/upload?name=..", vec![0; 10], false);
     assert_eq!(send(e.unix(), r).await.0, StatusCode::BAD_REQUEST);

@@ -374,6 +374,7 @@ async fn import(
             name: name.into(),
             ..Default::default()
         },
+        None,
     )
     .await
 }
@@ -654,6 +655,7 @@ async fn a_decompression_bomb_is_refused() {
                 max_bytes: Some(16 << 20),
                 ..Default::default()
             },
+            None,
         )
         .await
         .unwrap_err();

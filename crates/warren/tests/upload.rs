@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use common::{can_run, stderr, stdout};
 use sha2::{Digest, Sha256};
-use trust::{my_turn, two_tenants};
+use trust::{my_turn, two_tenants, Daemon, Via};
 
 fn sha(b: &[u8]) -> String {
     Sha256::digest(b)
@@ -28,8 +28,9 @@ fn append(b: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryType, mode:
     b.append(&h, data).unwrap();
 }
 
-/// One layer: the host's /bin/sh and the libraries it loads.
-fn shell_layer() -> Vec<u8> {
+/// One layer: the host's /bin/sh and the libraries it loads, and `ballast` bytes in
+/// `/ballast`.
+fn shell_layer(ballast: usize) -> Vec<u8> {
     let sh = std::fs::canonicalize("/bin/sh").unwrap();
     let mut files = vec![("bin/sh".to_string(), sh.clone())];
     let ldd = std::process::Command::new("ldd").arg(&sh).output().unwrap();
@@ -76,6 +77,10 @@ fn shell_layer() -> Vec<u8> {
         let data = std::fs::read(host).unwrap();
         append(&mut b, inside, tar::EntryType::Regular, 0o755, &data);
     }
+    if ballast > 0 {
+        let data = vec![7u8; ballast];
+        append(&mut b, "ballast", tar::EntryType::Regular, 0o644, &data);
+    }
     b.into_inner().unwrap()
 }
 
@@ -120,7 +125,7 @@ fn an_archive_sent_over_tcp_is_its_tenants_template() {
     let _turn = my_turn();
     let (d, key_a, key_b) = two_tenants(None);
     let archive = d.dir().join("image.tar");
-    std::fs::write(&archive, docker_save(shell_layer())).unwrap();
+    std::fs::write(&archive, docker_save(shell_layer(0))).unwrap();
     let archive = archive.to_str().unwrap();
 
     let o = d.tcp(Some(&key_a), &["template", "import", archive, "up"]);
@@ -203,7 +208,7 @@ fn a_shared_template_shows_a_tenant_its_own_users_and_no_host_path() {
     let (d, key_a, key_b) = two_tenants(None);
     // The host's root imports a template every tenant may use, from a path of the host.
     let archive = d.dir().join("shared-image.tar");
-    std::fs::write(&archive, docker_save(shell_layer())).unwrap();
+    std::fs::write(&archive, docker_save(shell_layer(0))).unwrap();
     let archive = archive.to_str().unwrap();
     d.ok(&["template", "import", archive, "shared"]);
     let a = d.create_as(&key_a, r#"{"template":"shared"}"#);
@@ -253,5 +258,79 @@ fn a_shared_template_shows_a_tenant_its_own_users_and_no_host_path() {
         assert_eq!(r.status, 204, "{}", r.text());
     }
     d.ok(&["template", "rm", "shared"]);
+    d.finish();
+}
+
+#[test]
+fn an_import_tells_how_far_it_has_come() {
+    if !can_run("an_import_tells_how_far_it_has_come") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let archive = d.dir().join("big.tar");
+    std::fs::write(&archive, docker_save(shell_layer(24 << 20))).unwrap();
+    let body = serde_json::json!({"archive": archive, "name": "big"}).to_string();
+    let import = |path: &str| {
+        d.http(
+            Via::Unix,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    };
+    // With `progress=true`: NDJSON lines as the layer unpacks, then the result.
+    let r = import("/v1/templates/import?progress=true");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events: Vec<serde_json::Value> = r
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let (last, progress) = events.split_last().unwrap();
+    assert_eq!(last["type"], "done", "{last}");
+    assert_eq!(last["result"]["template"]["name"], "big", "{last}");
+    assert_eq!(last["result"]["new_layers"], 1, "{last}");
+    // The 24 MiB layer is told in steps of at most a few MiB, never going back.
+    assert!(progress.len() >= 5, "{events:?}");
+    let total = progress[0]["total_bytes"].as_u64().unwrap();
+    assert!(total > 24 << 20, "{events:?}");
+    let mut seen = 0;
+    for p in progress {
+        assert_eq!(p["type"], "progress", "{p}");
+        assert_eq!(
+            (p["layer"].as_u64(), p["layers"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert_eq!(p["total_bytes"].as_u64(), Some(total), "{p}");
+        let bytes = p["bytes"].as_u64().unwrap();
+        assert!(bytes >= seen && bytes <= total, "{events:?}");
+        seen = bytes;
+    }
+    assert_eq!(seen, total, "the last progress is the whole");
+    // Refused before its first layer (the name is taken): the error's status, no stream.
+    let r = import("/v1/templates/import?progress=true");
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert_eq!(r.code(), "invalid_state", "{}", r.text());
+    // Without it, one result, as before.
+    let body = serde_json::json!({"archive": archive, "name": "plain"}).to_string();
+    let r = d.http(
+        Via::Unix,
+        "POST",
+        "/v1/templates/import",
+        &[("Content-Type", "application/json")],
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["template"]["name"], "plain");
+    // The CLI follows the lines (no bar when stderr is not a terminal).
+    let archive = archive.to_str().unwrap();
+    let o = d.run(&["template", "import", archive, "cli"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "cli\n");
+    for name in ["big", "plain", "cli"] {
+        d.ok(&["template", "rm", name]);
+    }
     d.finish();
 }

@@ -10,10 +10,11 @@ use clap::{Args, Subcommand};
 use hyper::Method;
 use indicatif::{ProgressBar, ProgressStyle};
 use warren_core::{
-    BuildEvent, BuildTemplate, DiskUsage, ImportResult, ImportTemplate, LayerGcResult, TemplateInfo,
+    BuildEvent, BuildTemplate, DiskUsage, ImportEvent, ImportResult, ImportTemplate, LayerGcResult,
+    TemplateInfo,
 };
 
-use crate::client::{block_on, connect, enc, out, Client, ClientArgs};
+use crate::client::{block_on, connect, enc, out, Client, ClientArgs, Lines};
 use crate::format::{parse_format, Format, ListOutput};
 use crate::parse::parse_env;
 use warren_types::size::{parse_duration, parse_size};
@@ -516,14 +517,19 @@ fn import(a: ImportArgs) -> anyhow::Result<ExitCode> {
             isolation: a.isolation,
             setuid: a.setuid,
         };
-        let spinner = spinner(&format!("importing {name}"));
-        let r = block_on(client.call::<ImportResult>(
-            Method::POST,
-            "/v1/templates/import",
-            Some(&body),
-        ))?;
-        spinner.finish_and_clear();
-        r?
+        let bar = import_bar(&name);
+        let r = block_on(async {
+            let lines = client
+                .lines(
+                    Method::POST,
+                    "/v1/templates/import?progress=true",
+                    Some(&body),
+                )
+                .await?;
+            follow_import(lines, &bar).await
+        });
+        bar.finish_and_clear();
+        r??
     };
     for w in &r.warnings {
         eprintln!("warren: {w}");
@@ -565,6 +571,7 @@ fn upload(client: &Client, a: &ImportArgs, name: &str) -> anyhow::Result<ImportR
             .and_then(|v| v.as_str().map(str::to_string)),
     );
     param("setuid", a.setuid.then(|| "true".to_string()));
+    param("progress", Some("true".to_string()));
     let path = format!("/v1/templates/upload?{}", query.join("&"));
     let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         let pb = ProgressBar::new(len);
@@ -580,7 +587,8 @@ fn upload(client: &Client, a: &ImportArgs, name: &str) -> anyhow::Result<ImportR
         ProgressBar::hidden()
     };
     let sent = bar.clone();
-    let r = block_on(async move {
+    let unpacking = import_bar(name);
+    let r = block_on(async {
         let file = tokio::fs::File::from_std(file);
         let chunks = futures_util::stream::unfold(file, move |mut f| {
             let sent = sent.clone();
@@ -605,17 +613,54 @@ fn upload(client: &Client, a: &ImportArgs, name: &str) -> anyhow::Result<ImportR
         let resp = client
             .send_body(Method::POST, &path, Some("application/octet-stream"), body)
             .await?;
-        let bytes = http_body_util::BodyExt::collect(resp.into_body())
-            .await
-            .map_err(|e| crate::client::Error::connection(e.to_string()))?
-            .to_bytes();
-        serde_json::from_slice::<ImportResult>(&bytes)
-            .map_err(|e| crate::client::Error::protocol(e.to_string()))
+        bar.finish_and_clear();
+        eprintln!("warren: sent {} ({len} bytes)", human(len));
+        follow_import(Lines::new(resp), &unpacking).await
     });
     bar.finish_and_clear();
-    let r = r??;
-    eprintln!("warren: sent {} ({len} bytes)", human(len));
-    Ok(r)
+    unpacking.finish_and_clear();
+    Ok(r??)
+}
+
+/// The bar of an import's unpacking on stderr when it is a terminal: the layers' bytes
+/// read and their share.
+fn import_bar(name: &str) -> ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressBar::hidden();
+    }
+    // No length until the daemon says how many bytes the layers are.
+    let pb = ProgressBar::no_length();
+    pb.set_style(
+        ProgressStyle::with_template(
+            "importing {prefix} {msg} {bytes}/{total_bytes} ({percent}%) [{wide_bar}] {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_prefix(name.to_string());
+    pb
+}
+
+/// Reads an import's NDJSON [`ImportEvent`]s into `bar` until its result.
+async fn follow_import(
+    mut lines: Lines,
+    bar: &ProgressBar,
+) -> Result<ImportResult, crate::client::Error> {
+    while let Some(ev) = lines.next::<ImportEvent>().await? {
+        match ev {
+            ImportEvent::Progress(at) => {
+                bar.set_length(at.total_bytes);
+                bar.set_position(at.bytes);
+                bar.set_message(format!("layer {}/{}", at.layer, at.layers));
+            }
+            ImportEvent::Done { result } => return Ok(*result),
+            ImportEvent::Error { code, message } => {
+                return Err(crate::client::Error::api(code, message))
+            }
+        }
+    }
+    Err(crate::client::Error::protocol(
+        "the import's stream ended without a result".into(),
+    ))
 }
 
 /// A body whose length is known before it is read: sent with `Content-Length`, so the
@@ -639,20 +684,6 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Declared<B> {
     fn size_hint(&self) -> hyper::body::SizeHint {
         hyper::body::SizeHint::with_exact(self.len)
     }
-}
-
-fn spinner(msg: &str) -> ProgressBar {
-    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::new_spinner();
-    pb.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    pb.set_message(msg.to_string());
-    pb.enable_steady_tick(Duration::from_millis(100));
-    pb
 }
 
 /// The steps of a recipe: one command a line, blank lines and `#` comments skipped.
