@@ -1043,14 +1043,7 @@ fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
     else {
         return;
     };
-    let id = d.create(&[
-        "--isolation",
-        "gvisor",
-        "--memory",
-        "256M",
-        "--cpus",
-        "0.5",
-    ]);
+    let id = d.create(&["--isolation", "gvisor", "--memory", "256M", "--cpus", "0.5"]);
     // A counter in memory only, and a listener with a connection's worth of state.
     // Written whole (a rename), so a reader never sees a half-written file.
     python_in_background(&d, &id, "import os, time\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/c.new', 'w').write(str(i))\n    os.replace('/tmp/c.new', '/tmp/count')\n    time.sleep(0.05)");
