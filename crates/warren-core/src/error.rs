@@ -25,8 +25,14 @@ pub enum CoreError {
     NameTaken(String),
     #[error("{0}")]
     Invalid(String),
-    #[error("the sandbox could not be made: {0}")]
-    Backend(String),
+    /// The sandbox's backend failed (to make, pause, resume, stop or remove it), with
+    /// its own error kept as the source.
+    #[error("the sandbox's backend failed: {0}")]
+    Backend(#[source] warren_runtime::Error),
+    /// A host-side step of the engine's own (a filesystem tool, a task) failed; the
+    /// message says which.
+    #[error("{0}")]
+    Host(String),
     #[error("the sandbox's agent: {0}")]
     Agent(#[from] warren_runtime::client::ClientError),
     #[error("{0}")]
@@ -69,7 +75,7 @@ impl From<warren_runtime::Error> for CoreError {
             E::NoSpace { why, .. } => Self::NoSpace(why),
             E::Invalid { .. } | E::Image(_) | E::Unavailable { .. } => Self::Invalid(e.to_string()),
             E::Random(r) => Self::Random(r),
-            e => Self::Backend(e.to_string()),
+            e => Self::Backend(e),
         }
     }
 }
@@ -83,6 +89,7 @@ impl CoreError {
             Self::UnknownTemplate(_) | Self::Invalid(_) => WireCode::InvalidRequest,
             Self::NameTaken(_) => WireCode::NameTaken,
             Self::Backend(_) => WireCode::BackendFailed,
+            Self::Host(_) => WireCode::IoError,
             Self::Agent(_) => WireCode::AgentError,
             Self::NoSpace(_) => WireCode::NoSpace,
             Self::Store(_) => WireCode::StoreError,
@@ -102,3 +109,34 @@ impl CoreError {
 }
 
 pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backends_failure_keeps_its_kind_and_its_source() {
+        let e = CoreError::from(warren_runtime::Error::Setup(
+            "runsc restore: bad image".into(),
+        ));
+        assert_eq!(e.code(), WireCode::BackendFailed);
+        assert_eq!(
+            e.to_string(),
+            "the sandbox's backend failed: runsc restore: bad image"
+        );
+        let source = std::error::Error::source(&e).expect("the backend's error kept");
+        assert!(source.is::<warren_runtime::Error>(), "{source:?}");
+
+        let full = CoreError::io("write a layer", std::io::Error::from_raw_os_error(28));
+        assert_eq!(full.code(), WireCode::NoSpace);
+        let bad = CoreError::from(warren_runtime::Error::Invalid {
+            what: "memory",
+            why: "too small".into(),
+        });
+        assert_eq!(bad.code(), WireCode::InvalidRequest);
+        assert_eq!(
+            CoreError::Host("resize2fs failed".into()).code(),
+            WireCode::IoError
+        );
+    }
+}

@@ -240,7 +240,7 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| CoreError::Backend(format!("a template task failed: {e}")))?
+        .map_err(|e| CoreError::Host(format!("a template task failed: {e}")))?
         .map_err(template_error)
 }
 
@@ -587,7 +587,7 @@ impl Manager {
             Ok::<_, CoreError>((templates, layers, host))
         })
         .await
-        .map_err(|e| CoreError::Backend(format!("measuring disks: {e}")))??;
+        .map_err(|e| CoreError::Host(format!("measuring disks: {e}")))??;
         Ok(DiskUsage {
             layers_bytes,
             templates: templates
@@ -841,7 +841,7 @@ impl Manager {
             .await
             .map_err(|e| match e {
                 e @ warren_runtime::Error::NoSpace { .. } => e.into(),
-                e => CoreError::Backend(format!("the build sandbox: {e}")),
+                e => CoreError::Host(format!("the build sandbox: {e}")),
             })?;
         let ran = run_steps(sb.as_ref(), &req, &log_path, &events).await;
         let destroyed = sb.destroy().await;

@@ -107,7 +107,7 @@ impl Manager {
         let used_by = self.mounted_by(who, &name)?;
         let (size_bytes, used_bytes) = tokio::task::spawn_blocking(move || usage(&dir))
             .await
-            .map_err(|e| CoreError::Backend(format!("measuring a volume failed: {e}")))?;
+            .map_err(|e| CoreError::Host(format!("measuring a volume failed: {e}")))?;
         Ok(VolumeInfo {
             owner: owner.to_string(),
             name,
@@ -145,7 +145,7 @@ impl Manager {
         };
         tokio::task::spawn_blocking(move || std::fs::remove_dir_all(&gone))
             .await
-            .map_err(|e| CoreError::Backend(format!("removing a volume failed: {e}")))?
+            .map_err(|e| CoreError::Host(format!("removing a volume failed: {e}")))?
             .map_err(|e| CoreError::io("remove a volume", e))
     }
 
@@ -197,7 +197,7 @@ impl Manager {
             let free = warren_runtime::template::disk_commitments(&self.config.paths).free;
             let grown = tokio::task::spawn_blocking(move || grow(&img, from, size, free))
                 .await
-                .map_err(|e| CoreError::Backend(format!("resizing a volume failed: {e}")));
+                .map_err(|e| CoreError::Host(format!("resizing a volume failed: {e}")));
             {
                 let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
                 std::fs::rename(&aside, &dir).map_err(|e| CoreError::io("put a volume back", e))?;
@@ -266,7 +266,7 @@ fn grow(img: &Path, from: u64, to: u64, free: u64) -> Result<()> {
     // 0: clean; 1: mended. Anything else: it is not fit to grow.
     let check = tool(Command::new("e2fsck").args(["-f", "-p"]).arg(img))?;
     if !matches!(check.status.code(), Some(0 | 1)) {
-        return Err(CoreError::Backend(format!(
+        return Err(CoreError::Host(format!(
             "the volume's filesystem has errors e2fsck could not mend: {}",
             String::from_utf8_lossy(&check.stdout).trim()
         )));
@@ -280,7 +280,7 @@ fn grow(img: &Path, from: u64, to: u64, free: u64) -> Result<()> {
     let resized = tool(Command::new("resize2fs").arg(img))?;
     if !resized.status.success() {
         let _ = file.set_len(from);
-        return Err(CoreError::Backend(format!(
+        return Err(CoreError::Host(format!(
             "resize2fs failed: {}",
             String::from_utf8_lossy(&resized.stderr).trim()
         )));
@@ -294,7 +294,7 @@ fn tool(c: &mut Command) -> Result<std::process::Output> {
     c.env("LC_ALL", "C")
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| CoreError::Backend(format!("run {name} (install e2fsprogs): {e}")))
+        .map_err(|e| CoreError::Host(format!("run {name} (install e2fsprogs): {e}")))
 }
 
 /// Its size limit (an image's size; a directory has none) and the bytes it takes.

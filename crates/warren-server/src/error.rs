@@ -176,11 +176,7 @@ mod tests {
                 400,
                 "invalid_request",
             ),
-            (
-                CoreError::Backend("first\nsecond".into()),
-                500,
-                "backend_failed",
-            ),
+            (CoreError::Host("first\nsecond".into()), 500, "io_error"),
             (CoreError::NoSpace("full".into()), 507, "no_space"),
             // ENOSPC, as the runtime meets it writing, through the engine to the wire.
             (
