@@ -135,3 +135,51 @@ fn check_config_finds_the_file_by_environment_or_at_the_default_path() {
         assert!(said.starts_with("no configuration"), "{said}");
     }
 }
+
+/// A `WARREN__TABLE__KEY` variable sets one key over the file (or with no file), as a
+/// container's or a unit's environment would; a wrong one is named. Starts no daemon.
+#[test]
+fn a_variable_sets_one_key_and_a_wrong_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("warren.toml");
+    std::fs::write(&file, "[connections]\nmax_per_peer = 0\n").unwrap();
+    let check = |config: Option<&std::path::Path>, vars: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+        c.args(["serve", "--check-config"])
+            .env("WARREN_RUN_DIR", dir.path().join("run"))
+            .env("WARREN_DATA_DIR", dir.path().join("data"))
+            .env_remove("WARREN_CONFIG");
+        if let Some(p) = config {
+            c.arg("--config").arg(p);
+        }
+        c.envs(vars.iter().copied());
+        let o = c.output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.code(), said)
+    };
+    // The file's bad value, mended by the variable.
+    let (code, said) = check(Some(&file), &[]);
+    assert_eq!(code, Some(1), "{said}");
+    let (code, said) = check(Some(&file), &[("WARREN__CONNECTIONS__MAX_PER_PEER", "8")]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("with WARREN__CONNECTIONS__MAX_PER_PEER: ok"),
+        "{said}"
+    );
+    // No file: the variables alone, checked as a file's keys are.
+    let (code, said) = check(None, &[("WARREN__LIMITS__DEFAULTS__MEMORY", "512M")]);
+    assert_eq!(code, Some(0), "{said}");
+    let (code, said) = check(None, &[("WARREN__SERVE__LISEN", "127.0.0.1:7070")]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("WARREN__SERVE__LISEN") && said.contains("lisen"),
+        "{said}"
+    );
+    let (code, said) = check(None, &[("WARREN__LIMITS__DEFAULTS__MEMORY", "lots")]);
+    assert_eq!(code, Some(1), "{said}");
+    assert!(said.contains("memory"), "{said}");
+}

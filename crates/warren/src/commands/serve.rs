@@ -230,11 +230,94 @@ type Loaded = (
     ServeTable,
 );
 
+/// The prefix of a variable that sets one key of the configuration: `WARREN__` then the
+/// key's path with `__` between tables, e.g. `WARREN__LIMITS__DEFAULTS__MEMORY=2G` for
+/// `[limits.defaults] memory` (keys hold single underscores, so the double one is never
+/// ambiguous).
+pub const ENV_PREFIX: &str = "WARREN__";
+
+/// Sets in `table` each key a `WARREN__...` variable names, over the file's value; the
+/// value is read as TOML (`8`, `true`, `["a"]`), else taken as a string. Answers the
+/// variables used, sorted.
+fn env_overrides(
+    table: &mut toml::Table,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> anyhow::Result<Vec<String>> {
+    let mut used: Vec<(String, String)> = vars
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    used.sort();
+    for (var, value) in &used {
+        let keys: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        anyhow::ensure!(
+            keys.iter().all(|k| !k.is_empty()),
+            "{var}: name a key, as WARREN__TABLE__KEY (tables and key joined by `__`)"
+        );
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.clone()));
+        let (last, tables) = keys.split_last().expect("at least one key");
+        let mut at = &mut *table;
+        for (i, k) in tables.iter().enumerate() {
+            let entry = at
+                .entry(k.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            at = entry.as_table_mut().ok_or_else(|| {
+                anyhow::anyhow!("{var}: {} is a value, not a table", keys[..=i].join("."))
+            })?;
+        }
+        at.insert(last.clone(), parsed);
+    }
+    Ok(used.into_iter().map(|(k, _)| k).collect())
+}
+
+/// The `WARREN__...` variables of this process, sorted; one that is not UTF-8 is an
+/// error naming it.
+fn override_vars() -> anyhow::Result<Vec<(String, String)>> {
+    let mut vars = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if !k.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
+            continue;
+        }
+        match (k.into_string(), v.into_string()) {
+            (Ok(k), Ok(v)) => vars.push((k, v)),
+            (k, _) => anyhow::bail!("{k:?}: a configuration variable must be UTF-8"),
+        }
+    }
+    vars.sort();
+    Ok(vars)
+}
+
+/// Where the configuration came from, as errors name it.
+fn config_source(path: Option<&Path>, vars: &[String]) -> String {
+    match (path, vars) {
+        (Some(p), []) => format!("configuration {}", p.display()),
+        (Some(p), v) => format!("configuration {} with {}", p.display(), v.join(", ")),
+        (None, v) => format!("configuration from {}", v.join(", ")),
+    }
+}
+
 fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
     let paths = Paths::from_env();
     let exe = std::env::current_exe().context("cannot find the warren binary")?;
     let mut config = Config::new(paths, exe);
-    let Some(path) = path else {
+    let mut table = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the configuration {}", path.display()))?;
+            text.parse::<toml::Table>()
+                .with_context(|| format!("configuration {}", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    let vars = env_overrides(&mut table, override_vars()?)?;
+    if path.is_none() && vars.is_empty() {
         return Ok((
             config,
             Limits::default(),
@@ -242,25 +325,17 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
             None,
             ServeTable::default(),
         ));
-    };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the configuration {}", path.display()))?;
-    let file: ServeConfig =
-        toml::from_str(&text).with_context(|| format!("configuration {}", path.display()))?;
-    config.policy = warren_core::policy::Policy::from_config(&file.limits)
-        .with_context(|| format!("configuration {}", path.display()))?;
+    }
+    let source = config_source(path, &vars);
+    let file: ServeConfig = serde::Deserialize::deserialize(toml::Value::Table(table))
+        .with_context(|| source.clone())?;
+    config.policy =
+        warren_core::policy::Policy::from_config(&file.limits).with_context(|| source.clone())?;
     if let Some(s) = file.disk_measure_secs {
-        anyhow::ensure!(
-            s > 0,
-            "configuration {}: disk_measure_secs must be at least 1",
-            path.display()
-        );
+        anyhow::ensure!(s > 0, "{source}: disk_measure_secs must be at least 1");
         config.disk_interval = std::time::Duration::from_secs(s);
     }
-    let limits = file
-        .connections
-        .limits()
-        .with_context(|| format!("configuration {}", path.display()))?;
+    let limits = file.connections.limits().with_context(|| source.clone())?;
     if let Some(d) = file.backends.default {
         config.isolation = d;
     }
@@ -270,8 +345,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
     if let Some(p) = file.backends.process {
         anyhow::ensure!(
             p.dir.is_absolute(),
-            "configuration {}: backends.process.dir must be an absolute path",
-            path.display()
+            "{source}: backends.process.dir must be an absolute path"
         );
         config.process = Some(warren_runtime::process::ProcessConfig {
             user: p.user,
@@ -285,10 +359,7 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
     let tls = match (file.e2b.tls_cert, file.e2b.tls_key) {
         (Some(c), Some(k)) => Some((c, k)),
         (None, None) => None,
-        _ => anyhow::bail!(
-            "configuration {}: e2b.tls_cert and e2b.tls_key go together",
-            path.display()
-        ),
+        _ => anyhow::bail!("{source}: e2b.tls_cert and e2b.tls_key go together"),
     };
     Ok((config, limits, e2b, tls, file.serve))
 }
@@ -310,12 +381,17 @@ fn check(args: &ServeArgs, path: Option<&Path>) -> ExitCode {
         eprintln!("warren: {}", crate::term::clean(&format!("{e:#}")));
         return ExitCode::from(1);
     }
-    match path {
-        Some(path) => println!("configuration {}: ok", path.display()),
-        None => println!(
+    let vars: Vec<String> = override_vars()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    match (path, vars.is_empty()) {
+        (None, true) => println!(
             "no configuration: neither --config nor WARREN_CONFIG names a file, and \
              {DEFAULT_CONFIG} does not exist; the daemon starts with its defaults"
         ),
+        _ => println!("{}: ok", config_source(path, &vars)),
     }
     ExitCode::SUCCESS
 }
@@ -346,9 +422,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     start_log(args.log_format.unwrap_or(LogFormat::Text))?;
     // The default file is read unasked: the log says which file, if any, was.
+    let vars: Vec<String> = override_vars()?.into_iter().map(|(k, _)| k).collect();
     match &config_path {
-        Some(p) => tracing::info!(path = %p.display(), "configuration read"),
-        None => tracing::info!("no configuration file: the defaults"),
+        Some(p) => tracing::info!(path = %p.display(), variables = ?vars, "configuration read"),
+        None if vars.is_empty() => tracing::info!("no configuration file: the defaults"),
+        None => {
+            tracing::info!(variables = ?vars, "no configuration file: the defaults and the variables")
+        }
     }
     let paths = config.paths.clone();
     let socket = args.socket.unwrap_or_else(|| paths.run.join("warren.sock"));
@@ -511,5 +591,63 @@ mod tests {
         let zero = connections("[connections]\nmax_connections = 0").unwrap_err();
         assert!(zero.to_string().contains("max_connections"), "{zero}");
         assert!(connections("[connections]\nmax_conections = 5").is_err());
+    }
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_variable_sets_one_key_over_the_file() {
+        let mut t: toml::Table = "[connections]\nmax_per_peer = 8\nmax_connections = 100\n"
+            .parse()
+            .unwrap();
+        let used = env_overrides(
+            &mut t,
+            vars(&[
+                ("WARREN__CONNECTIONS__MAX_PER_PEER", "16"),
+                ("WARREN__LIMITS__DEFAULTS__MEMORY", "2G"),
+                ("WARREN__SERVE__LISTEN", "127.0.0.1:7070"),
+                ("WARREN__BACKENDS__PROCESS__TENANTS", "[\"alice\"]"),
+                ("WARREN_LISTEN", "not a key"),
+                ("HOME", "/root"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(used.len(), 4, "{used:?}");
+        assert_eq!(t["connections"]["max_per_peer"].as_integer(), Some(16));
+        assert_eq!(t["connections"]["max_connections"].as_integer(), Some(100));
+        assert_eq!(t["limits"]["defaults"]["memory"].as_str(), Some("2G"));
+        assert_eq!(t["serve"]["listen"].as_str(), Some("127.0.0.1:7070"));
+        assert_eq!(
+            t["backends"]["process"]["tenants"].as_array().map(Vec::len),
+            Some(1)
+        );
+        let file: ServeConfig = serde::Deserialize::deserialize(toml::Value::Table(
+            t.into_iter().filter(|(k, _)| k != "backends").collect(),
+        ))
+        .unwrap();
+        assert_eq!(file.connections.max_per_peer, Some(16));
+    }
+
+    #[test]
+    fn a_variable_naming_no_key_or_a_value_as_a_table_is_refused() {
+        let mut t: toml::Table = "disk_measure_secs = 5\n".parse().unwrap();
+        let e = env_overrides(&mut t, vars(&[("WARREN__", "1")])).unwrap_err();
+        assert!(e.to_string().contains("WARREN__:"), "{e}");
+        let e = env_overrides(&mut t, vars(&[("WARREN__LIMITS____MEMORY", "1")])).unwrap_err();
+        assert!(e.to_string().contains("name a key"), "{e}");
+        let e = env_overrides(&mut t, vars(&[("WARREN__DISK_MEASURE_SECS__X", "1")])).unwrap_err();
+        assert!(
+            e.to_string().contains("disk_measure_secs is a value"),
+            "{e}"
+        );
+        assert_eq!(
+            config_source(Some(Path::new("/etc/w.toml")), &["WARREN__A".into()]),
+            "configuration /etc/w.toml with WARREN__A"
+        );
     }
 }
