@@ -16,14 +16,17 @@
 //! Reaping does not use `tokio::process`: as PID 1 the agent must `waitpid(-1)` for every
 //! orphan reparented to it, which would steal statuses from tokio's own child handling.
 //! The reaper runs on the runtime's single thread, as does every spawn, so it can never
-//! reap a child between `spawn` returning and the pid entering the table, nor race std's
-//! own wait for a child whose exec failed.
+//! reap a child between `spawn` returning and the pid entering the table, nor race the
+//! spawn's own wait for a child whose exec failed.
+//!
+//! A process is started by [`warren_sys::child::spawn`], a child sharing the agent's
+//! memory until its exec (no copy of the agent's page tables: under gVisor, where that
+//! copy is the Sentry's, it took most of an exec's 20-30 ms).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -596,12 +599,6 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
         }
     };
 
-    let mut cmd = std::process::Command::new(&program);
-    cmd.arg0(&argv0)
-        .args(&args)
-        .env_clear()
-        .envs(&env)
-        .current_dir(&cwd);
     let terminal = match req.tty {
         Some(size) => Some(
             pty::open(TermSize {
@@ -616,21 +613,27 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
         Some(p) => (Some(p.master), Some(p.slave)),
         None => (None, None),
     };
-    if master.is_some() {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-    } else {
-        cmd.stdin(if req.stdin {
-            Stdio::piped()
+    let program = child::Program {
+        path: program.into_os_string(),
+        argv: std::iter::once(&argv0)
+            .chain(&args)
+            .map(OsString::from)
+            .collect(),
+        env: env
+            .iter()
+            .map(|(k, v)| (OsString::from(k), OsString::from(v)))
+            .collect(),
+        cwd: cwd.into_os_string(),
+        stdin: if req.stdin {
+            child::Stdio::Pipe
         } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    }
-    child::prepare(
-        &mut cmd,
+            child::Stdio::Null
+        },
+        stdout: child::Stdio::Pipe,
+        stderr: child::Stdio::Pipe,
+    };
+    let spawned = child::spawn(
+        &program,
         ChildSetup {
             tty: slave,
             oom_victim: true,
@@ -640,11 +643,7 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
             allow_setuid: config.allow_setuid,
         },
     );
-    let spawned = cmd.spawn();
-    // The Command owns the parent's copy of the terminal slave: close it now, or the
-    // master would never see the terminal hang up.
-    drop(cmd);
-    let mut child = spawned.map_err(|e| match e.raw_os_error() {
+    let child = spawned.map_err(|e| match e.raw_os_error() {
         Some(libc::ENOENT) => Failure::new(
             ErrorCode::CommandNotFound,
             format!("{argv0}: command not found"),
@@ -655,7 +654,7 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
         ),
         _ => Failure::new(ErrorCode::Io, format!("starting {argv0}: {e}")),
     })?;
-    let pid = child.id();
+    let pid = child.pid as u32;
 
     // From here the child runs: failures below must not leave it unsupervised, so the
     // process is registered first and killed if its plumbing cannot be set up.
@@ -670,13 +669,13 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
             input
         }
         None => {
-            if let Some(out) = child.stdout.take() {
-                streams.push((out.into(), Stream::Stdout));
+            if let Some(out) = child.stdout {
+                streams.push((out, Stream::Stdout));
             }
-            if let Some(err) = child.stderr.take() {
-                streams.push((err.into(), Stream::Stderr));
+            if let Some(err) = child.stderr {
+                streams.push((err, Stream::Stderr));
             }
-            child.stdin.take().map(OwnedFd::from)
+            child.stdin
         }
     };
     let (stdin_tx, stdin_rx) = mpsc::unbounded_channel();

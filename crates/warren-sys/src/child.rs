@@ -1,55 +1,71 @@
-//! What a sandboxed process's child does between fork and exec.
+//! Starting a sandboxed process: the child made with `clone(CLONE_VM | CLONE_VFORK)` on a
+//! stack of its own, as `posix_spawn` makes it, and what it does before exec.
 //!
-//! After `fork` in a multi-threaded parent only async-signal-safe calls are sound (another
-//! thread may have held the allocator's lock), so [`prepare`] does every allocation up
-//! front and the hook it installs makes plain syscalls on prepared data. A failing step
-//! returns its `io::Error` from the hook, which std turns into an error from `spawn`: a
+//! A child that shares its parent's memory costs no copy of the parent's page tables:
+//! under gVisor a fork copies the agent's whole address space in the Sentry (20-30 ms on
+//! the ptrace platform, against 6-9 ms for a spawn that shares it), on a host a few
+//! hundred microseconds. The price is care: the parent's calling thread waits until the
+//! child has exec'd or exited, and the child runs on the parent's memory, so it makes
+//! only plain syscalls on data [`spawn`] prepared before the clone (no allocation, no
+//! lock, nothing of libc's that keeps state for the whole process: the uid and gid are
+//! changed by raw syscalls, as glibc's `setuid` would signal every thread of the
+//! *parent*). Signals are blocked in the parent's thread around the clone, so no handler
+//! of the parent runs in the child; the child resets every handler before unblocking. A
+//! failing step leaves its errno where the parent reads it, and the child exits: a
 //! process never starts half-confined.
 //!
 //! The steps run in this order, each for a reason:
 //!
-//! 1. `setsid`: a new session and process group, so a timeout or a disconnect can kill
+//! 1. stdin, stdout and stderr (pipes or `/dev/null`) moved onto 0-2, then the working
+//!    directory.
+//! 2. `setsid`: a new session and process group, so a timeout or a disconnect can kill
 //!    the whole group, and so a terminal can become the controlling one.
-//! 2. The terminal (if any) becomes the controlling terminal and stdin/stdout/stderr.
-//! 3. Every descriptor above 2 becomes close-on-exec: the agent's sockets, other
+//! 3. The terminal (if any) becomes the controlling terminal and stdin/stdout/stderr.
+//! 4. Every descriptor above 2 becomes close-on-exec: the agent's sockets, other
 //!    processes' pipes and whatever a library left inheritable must not leak into tenant
-//!    code. std's own exec-error pipe is close-on-exec already, so marking it again
-//!    changes nothing.
-//! 4. The signal mask and dispositions are reset: the agent's handlers and masks are its
+//!    code.
+//! 5. `oom_score_adj` raised to 1000: when a sandbox runs out of memory the OOM killer
+//!    must pick a sandboxed process, never the agent, which reports the kill. (Lowering
+//!    the agent's own score would need CAP_SYS_RESOURCE, which hosts may withhold;
+//!    raising a score needs nothing.) Done while the child still has the agent's
+//!    credentials, when they own its `/proc` files (the agent is root of the user
+//!    namespace its memory was made in); otherwise (trust mode, an agent of a host user
+//!    whose non-dumpable `/proc` files are global root's) the parent raises it as soon as
+//!    the program runs, dumpable and its own.
+//! 6. The signal mask and dispositions are reset: the agent's handlers and masks are its
 //!    own business, and an ignored signal would survive exec.
-//! 5. Capabilities drop to [`crate::caps`]'s set, before the uid changes, because the
+//! 7. Capabilities drop to [`crate::caps`]'s set, before the uid changes, because the
 //!    bounding set can only shrink while `CAP_SETPCAP` is effective.
-//! 6. Groups, gid, then uid (the uid last: it takes the right to change the others).
-//! 7. `no_new_privs`, so setuid binaries and file capabilities cannot undo steps 5-6, and
+//! 8. Groups, gid, then uid (the uid last: it takes the right to change the others).
+//! 9. `no_new_privs`, so setuid binaries and file capabilities cannot undo steps 7-8, and
 //!    so an unprivileged process may install seccomp.
-//! 8. seccomp, so the filter never has to allow the setup above.
-//! 9. Only now the child becomes dumpable and raises `oom_score_adj` to 1000: when a
-//!    sandbox runs out of memory the OOM killer must pick a sandboxed process, never the
-//!    agent, which reports the kill. (Lowering the agent's own score would need
-//!    CAP_SYS_RESOURCE, which hosts may withhold; raising a score needs nothing.)
+//! 10. seccomp, so the filter never has to allow the setup above.
+//! 11. exec; a file the kernel cannot run (`ENOEXEC`: a script without `#!`) is run by
+//!     `/bin/sh`, as `execvp` does.
 //!
 //! A template that carries setuid programs it trusts (a distribution's `sudo`) asks for
-//! [`ChildSetup::allow_setuid`]: then step 7 is left out, so a setuid program can raise
-//! its process to the sandbox's root and no further (the bounding set of step 5 and the
-//! filter stay), and the filter is installed first, before step 5, while the child still
+//! [`ChildSetup::allow_setuid`]: then step 9 is left out, so a setuid program can raise
+//! its process to the sandbox's root and no further (the bounding set of step 7 and the
+//! filter stay), and the filter is installed first, before step 7, while the child still
 //! holds `CAP_SYS_ADMIN` in the sandbox's user namespace, which installing a filter
 //! without `no_new_privs` needs. The steps after it are ones the filter allows.
 //!
-//! Step 9 is last because dumpability is what lets other processes of the same uid
-//! reach this one: a dumpable process can be ptraced, and its `/proc/PID/mem` written,
-//! by the sandbox's root. A child forked from the agent is non-dumpable, like the agent,
-//! and must stay so until nothing it still runs could be worth hijacking: a process
-//! stopped and rewritten before step 8 would run the attacker's code with the agent's
-//! capabilities and without seccomp. After the uid change `/proc/self/oom_score_adj`
-//! belongs to the new uid once the process is dumpable, so the unprivileged child can
-//! still write it. What remains reachable until exec is a process confined exactly as
-//! the program it is about to run.
+//! The child is never made dumpable: dumpability belongs to the memory, and until exec
+//! that is the agent's. A dumpable process can be ptraced, and its `/proc/PID/mem`
+//! written, by the sandbox's root or a process of its uid: a child made so before exec
+//! would hand them the agent itself. Non-dumpable, it is reachable only as the agent
+//! is, and exec gives the program memory of its own, dumpable as its credentials say.
+//! A process of the new uid may still stop the child between its uid change and exec
+//! with a signal: the parent waits for the exec at most [`EXEC_DEADLINE`], then kills
+//! it.
 
+use std::ffi::{c_char, c_int, c_void, CString, OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::seccomp::SeccompProgram;
 
@@ -65,7 +81,8 @@ pub struct Identity {
 /// Everything a child sets up before exec.
 #[derive(Debug, Default)]
 pub struct ChildSetup {
-    /// A pseudo-terminal slave that becomes the controlling terminal and fds 0-2.
+    /// A pseudo-terminal slave that becomes the controlling terminal and fds 0-2
+    /// (the program's stdin, stdout and stderr are then left out).
     pub tty: Option<OwnedFd>,
     /// Raise `oom_score_adj` to 1000, making the process the OOM killer's first choice
     /// (see the module doc).
@@ -78,75 +95,506 @@ pub struct ChildSetup {
     pub allow_setuid: bool,
 }
 
-/// Installs `setup` to run in the child of `cmd`. Stdio configured on `cmd` is replaced
-/// when `setup.tty` is set. The setup (including the terminal fd) lives as long as `cmd`:
-/// drop `cmd` after spawning so the parent's copy of the slave closes.
-pub fn prepare(cmd: &mut Command, setup: ChildSetup) {
-    let ChildSetup {
-        tty,
-        oom_victim,
-        identity,
-        drop_caps,
-        seccomp,
-        allow_setuid,
-    } = setup;
-    // std sets up stdio in the child before the hook runs, so a slave numbered 0-2 (an
-    // agent started with those closed) would be overwritten; move it out of the way.
-    let tty = tty.map(|fd| match fd.as_raw_fd() {
-        0..=2 => fd.try_clone().unwrap_or(fd),
-        _ => fd,
-    });
-    let hook = move || -> io::Result<()> {
-        // SAFETY: setsid takes no arguments.
-        check(unsafe { libc::setsid() })?;
-        if let Some(fd) = &tty {
-            let fd = fd.as_raw_fd();
-            // SAFETY: TIOCSCTTY takes an int by value; `fd` is an open terminal owned by
-            // the hook.
-            check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) })?;
-            for target in 0..3 {
-                // SAFETY: dup2 on an open descriptor; it replaces 0-2 in this child only.
-                check(unsafe { libc::dup2(fd, target) })?;
-            }
+/// What one of a child's stdin, stdout and stderr is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stdio {
+    /// `/dev/null`.
+    Null,
+    /// A pipe whose other end [`spawn`] answers.
+    Pipe,
+}
+
+/// A program for [`spawn`] to start.
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// Its file, found beforehand (no `PATH` search).
+    pub path: OsString,
+    /// Its arguments, `argv[0]` first.
+    pub argv: Vec<OsString>,
+    /// Its whole environment.
+    pub env: Vec<(OsString, OsString)>,
+    /// Its working directory.
+    pub cwd: OsString,
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+}
+
+/// A started child: its pid and the parent's ends of the pipes asked for. The caller
+/// waits for it (it is an ordinary child, `SIGCHLD` on exit).
+#[derive(Debug)]
+pub struct Spawned {
+    pub pid: libc::pid_t,
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// How long a child may take from the clone to its exec before it is killed: one
+/// stopped by a signal (its user may send it one once its uid has changed) would hold
+/// the parent, which waits for the exec, forever.
+const EXEC_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The child's stack. Small: the child makes syscalls and nothing else.
+const STACK_SIZE: usize = 128 << 10;
+
+/// Starts `program` confined by `setup` (the steps of the module doc) in a child that
+/// shares this process's memory until it execs. Returns once the program runs; a step
+/// that failed is the error (`ENOENT`, `EACCES` and the like from exec among them), and
+/// then no process is left.
+pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
+    let plan_data = PlanData::new(program, setup)?;
+    let (report_r, report_w) = pipe()?;
+    let report_w = above_stdio(report_w)?;
+    let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut child_ends: [Option<OwnedFd>; 3] = [None, None, None];
+    if plan_data.tty.is_none() {
+        let mut null: Option<OwnedFd> = None;
+        for (i, how) in [program.stdin, program.stdout, program.stderr]
+            .into_iter()
+            .enumerate()
+        {
+            child_ends[i] = Some(match how {
+                Stdio::Null => match &null {
+                    Some(fd) => fd.try_clone()?,
+                    None => {
+                        let fd = above_stdio(open_null()?)?;
+                        null = Some(fd.try_clone()?);
+                        fd
+                    }
+                },
+                Stdio::Pipe => {
+                    let (r, w) = pipe()?;
+                    let (mine, theirs) = if i == 0 { (w, r) } else { (r, w) };
+                    parent_ends[i] = Some(mine);
+                    above_stdio(theirs)?
+                }
+            });
         }
-        crate::fd::cloexec_from(3)?;
-        reset_signals()?;
-        if allow_setuid {
-            if let Some(filter) = &seccomp {
-                filter.install()?;
-            }
-        }
-        if drop_caps {
-            crate::caps::drop_to_kept()?;
-        }
-        if let Some(id) = &identity {
-            // SAFETY: the pointer and length describe `id.groups`, alive for the hook.
-            check(unsafe { libc::setgroups(id.groups.len(), id.groups.as_ptr()) })?;
-            // SAFETY: setgid and setuid take plain integers.
-            check(unsafe { libc::setgid(id.gid) })?;
-            // SAFETY: as above.
-            check(unsafe { libc::setuid(id.uid) })?;
-        }
-        if !allow_setuid {
-            // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
-            check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
-            if let Some(filter) = &seccomp {
-                filter.install()?;
-            }
-        }
-        if oom_victim {
-            // The agent is non-dumpable and a fork inherits that, which makes /proc/self
-            // belong to global root, unwritable for the sandbox's own root or user. exec
-            // resets dumpability from the credentials anyway.
-            // SAFETY: PR_SET_DUMPABLE takes integers only.
-            check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 1, 0, 0, 0) })?;
-            write_oom_score_adj_max()?;
-        }
-        Ok(())
+    }
+    let stdio = child_ends
+        .each_ref()
+        .map(|fd| fd.as_ref().map_or(-1, AsRawFd::as_raw_fd));
+    let plan = Plan {
+        data: &plan_data,
+        stdio,
+        report: report_w.as_raw_fd(),
+        oom_done: AtomicBool::new(false),
     };
-    // SAFETY: the hook only makes async-signal-safe syscalls on data prepared before the
-    // fork (no allocation, no locks), as pre_exec requires.
-    unsafe { cmd.pre_exec(hook) };
+    let stack = Stack::new(STACK_SIZE)?;
+
+    // No handler of this process may run in the child (it shares our memory): every
+    // signal is blocked in this thread until the child has exec'd or exited; the child
+    // resets the handlers before it unblocks them.
+    let blocked = BlockedSignals::all()?;
+    // SAFETY: `child_main` runs on `stack`, which stays mapped, with `plan` and all it
+    // points at alive and untouched, until the report pipe says the child has exec'd or
+    // exited (below). CLONE_VM without CLONE_FILES or CLONE_SIGHAND: the child shares
+    // this memory and nothing else.
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            stack.top(),
+            libc::CLONE_VM | libc::SIGCHLD,
+            std::ptr::from_ref(&plan).cast_mut().cast(),
+        )
+    };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        drop(blocked);
+        return Err(e);
+    }
+    drop(report_w);
+    drop(child_ends);
+    let report = wait_exec(&report_r, pid);
+    drop(blocked);
+    drop(stack);
+    let failed = match report {
+        Ok(None) => None,
+        Ok(Some(errno)) => Some(io::Error::from_raw_os_error(errno)),
+        Err(e) => Some(e),
+    };
+    if let Some(e) = failed {
+        reap(pid);
+        return Err(e);
+    }
+    if plan_data.oom_victim && !plan.oom_done.load(Ordering::Relaxed) {
+        // The child could not write its own score (its /proc files were the agent's
+        // owner's until exec): the program runs now, dumpable, and is its owner's.
+        let path = CString::new(format!("/proc/{pid}/oom_score_adj")).expect("no NUL in a number");
+        if let Err(e) = write_oom_score_adj_max(&path) {
+            if e.raw_os_error() != Some(libc::ESRCH) && e.kind() != io::ErrorKind::NotFound {
+                // SAFETY: kill takes plain integers; `pid` is our unreaped child.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                reap(pid);
+                return Err(e);
+            }
+        }
+    }
+    let [stdin, stdout, stderr] = parent_ends;
+    Ok(Spawned {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+    })
+}
+
+/// Waits until the child has exec'd (`None`) or reported the errno of the step that
+/// failed; past [`EXEC_DEADLINE`] it is killed.
+fn wait_exec(report: &OwnedFd, pid: libc::pid_t) -> io::Result<Option<c_int>> {
+    let deadline = Instant::now() + EXEC_DEADLINE;
+    let mut killed = false;
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    loop {
+        let timeout = if killed {
+            -1
+        } else {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .as_millis()
+                .min(c_int::MAX as u128) as c_int
+        };
+        let mut pfd = libc::pollfd {
+            fd: report.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd, valid for the call.
+        let n = unsafe { libc::poll(&mut pfd, 1, timeout) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            // SAFETY: kill takes plain integers; `pid` is our unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            killed = true;
+            continue;
+        }
+        // SAFETY: reads into the rest of `buf`, of its length.
+        let r = unsafe {
+            libc::read(
+                report.as_raw_fd(),
+                buf[got..].as_mut_ptr().cast(),
+                buf.len() - got,
+            )
+        };
+        match r {
+            0 if got == buf.len() => return Ok(Some(c_int::from_ne_bytes(buf))),
+            0 if killed => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the new process did not start within 10 s (stopped?) and was killed",
+                ))
+            }
+            0 => return Ok(None),
+            r if r < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            r => got = (got + r as usize).min(buf.len()),
+        }
+    }
+}
+
+/// Waits for a child that never ran its program (another waiter may have reaped it).
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: waits for our own child; `status` is written once.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted
+    {}
+}
+
+/// What the child reads: every string and array it needs, made before the clone.
+struct PlanData {
+    path: CString,
+    /// The strings `argv_ptrs` points at, alive as long as it.
+    _argv: Vec<CString>,
+    argv_ptrs: Vec<*const c_char>,
+    /// The strings `envp_ptrs` points at.
+    _envp: Vec<CString>,
+    envp_ptrs: Vec<*const c_char>,
+    /// `/bin/sh PATH ARGS...`, for a file exec cannot run by itself.
+    sh_argv_ptrs: Vec<*const c_char>,
+    cwd: CString,
+    tty: Option<OwnedFd>,
+    oom_victim: bool,
+    identity: Option<Identity>,
+    drop_caps: bool,
+    seccomp: Option<Arc<SeccompProgram>>,
+    allow_setuid: bool,
+}
+
+const SH: &std::ffi::CStr = c"/bin/sh";
+
+impl PlanData {
+    fn new(program: &Program, setup: ChildSetup) -> io::Result<Self> {
+        let path = c_string(&program.path)?;
+        let argv = program
+            .argv
+            .iter()
+            .map(|a| c_string(a))
+            .collect::<io::Result<Vec<_>>>()?;
+        let envp = program
+            .env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = OsString::with_capacity(k.len() + v.len() + 1);
+                kv.push(k);
+                kv.push("=");
+                kv.push(v);
+                c_string(&kv)
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let with_nul = |v: &[CString]| -> Vec<*const c_char> {
+            v.iter()
+                .map(|c| c.as_ptr())
+                .chain(std::iter::once(std::ptr::null()))
+                .collect()
+        };
+        let argv_ptrs = with_nul(&argv);
+        let envp_ptrs = with_nul(&envp);
+        let sh_argv_ptrs = [SH.as_ptr(), path.as_ptr()]
+            .into_iter()
+            .chain(argv.iter().skip(1).map(|c| c.as_ptr()))
+            .chain(std::iter::once(std::ptr::null()))
+            .collect();
+        let ChildSetup {
+            tty,
+            oom_victim,
+            identity,
+            drop_caps,
+            seccomp,
+            allow_setuid,
+        } = setup;
+        Ok(Self {
+            path,
+            _argv: argv,
+            argv_ptrs,
+            _envp: envp,
+            envp_ptrs,
+            sh_argv_ptrs,
+            cwd: c_string(&program.cwd)?,
+            tty: tty.map(above_stdio).transpose()?,
+            oom_victim,
+            identity,
+            drop_caps,
+            seccomp,
+            allow_setuid,
+        })
+    }
+}
+
+/// The child's plan: what it reads, the descriptors it moves onto 0-2 (-1: none), where
+/// it reports a failure, and whether it raised its OOM score itself.
+struct Plan<'a> {
+    data: &'a PlanData,
+    stdio: [RawFd; 3],
+    report: RawFd,
+    oom_done: AtomicBool,
+}
+
+/// The child: the steps of the module doc, then exec. Never returns on success.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the `Plan` that `spawn` keeps alive, unchanged, until this process
+    // has exec'd or exited.
+    let plan = unsafe { &*arg.cast::<Plan<'_>>() };
+    let errno = match confine_and_exec(plan) {
+        Ok(()) => libc::EIO,
+        Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+    };
+    let bytes = errno.to_ne_bytes();
+    // SAFETY: writes four bytes from the stack to the report pipe, then leaves without
+    // running anything of the parent's (no atexit handlers, no buffers flushed).
+    unsafe {
+        libc::write(plan.report, bytes.as_ptr().cast(), bytes.len());
+        libc::_exit(127)
+    }
+}
+
+fn confine_and_exec(plan: &Plan<'_>) -> io::Result<()> {
+    let d = plan.data;
+    if d.tty.is_none() {
+        for (target, fd) in plan.stdio.into_iter().enumerate() {
+            // SAFETY: dup2 of a descriptor of this process's own table (the child's
+            // copy), all above 2, onto 0-2.
+            check(unsafe { libc::dup2(fd, target as c_int) })?;
+        }
+    }
+    // SAFETY: chdir reads a NUL-terminated string prepared by the parent.
+    check(unsafe { libc::chdir(d.cwd.as_ptr()) })?;
+    // SAFETY: setsid takes no arguments.
+    check(unsafe { libc::setsid() })?;
+    if let Some(fd) = &d.tty {
+        let fd = fd.as_raw_fd();
+        // SAFETY: TIOCSCTTY takes an int by value; `fd` is an open terminal.
+        check(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) })?;
+        for target in 0..3 {
+            // SAFETY: dup2 on an open descriptor; it replaces 0-2 in this child only.
+            check(unsafe { libc::dup2(fd, target) })?;
+        }
+    }
+    crate::fd::cloexec_from(3)?;
+    if d.oom_victim {
+        // While the child still has the agent's credentials: where the agent is root of
+        // its user namespace the score is its own to raise; elsewhere the parent raises
+        // it once the program runs (never by making this shared memory dumpable).
+        let done = write_oom_score_adj_max(c"/proc/self/oom_score_adj").is_ok();
+        plan.oom_done.store(done, Ordering::Relaxed);
+    }
+    reset_signals()?;
+    if d.allow_setuid {
+        if let Some(filter) = &d.seccomp {
+            filter.install()?;
+        }
+    }
+    if d.drop_caps {
+        crate::caps::drop_to_kept()?;
+    }
+    if let Some(id) = &d.identity {
+        // Raw syscalls: glibc's wrappers would have every thread of the process they
+        // believe this is (the parent's, whose memory this is) change ids too.
+        // SAFETY: the pointer and length describe `id.groups`, alive for the call.
+        check_long(unsafe {
+            libc::syscall(libc::SYS_setgroups, id.groups.len(), id.groups.as_ptr())
+        })?;
+        // SAFETY: setgid and setuid take plain integers.
+        check_long(unsafe { libc::syscall(libc::SYS_setgid, id.gid) })?;
+        // SAFETY: as above.
+        check_long(unsafe { libc::syscall(libc::SYS_setuid, id.uid) })?;
+    }
+    if !d.allow_setuid {
+        // SAFETY: PR_SET_NO_NEW_PRIVS takes integers only.
+        check(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) })?;
+        if let Some(filter) = &d.seccomp {
+            filter.install()?;
+        }
+    }
+    // SAFETY: path, argv and envp are NUL-terminated strings and NULL-terminated arrays
+    // of them, prepared by the parent and alive until exec.
+    unsafe { libc::execve(d.path.as_ptr(), d.argv_ptrs.as_ptr(), d.envp_ptrs.as_ptr()) };
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::ENOEXEC) {
+        // SAFETY: as above, with `/bin/sh PATH ARGS...`.
+        unsafe { libc::execve(SH.as_ptr(), d.sh_argv_ptrs.as_ptr(), d.envp_ptrs.as_ptr()) };
+        return Err(io::Error::last_os_error());
+    }
+    Err(e)
+}
+
+fn c_string(s: &OsStr) -> io::Result<CString> {
+    CString::new(s.as_bytes()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a program's path, arguments, environment or directory holds a NUL byte",
+        )
+    })
+}
+
+/// A close-on-exec pipe: (read end, write end).
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: pipe2 writes two descriptors into `fds`.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    // SAFETY: both were just opened and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn open_null() -> io::Result<OwnedFd> {
+    // SAFETY: the path is a NUL-terminated literal.
+    let fd = check(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) })?;
+    // SAFETY: just opened, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fd`, numbered above 2 (a process started with 0-2 closed gets them back from its
+/// first opens; moved onto 0-2 in the child, one would overwrite another).
+fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
+    if fd.as_raw_fd() > 2 {
+        return Ok(fd);
+    }
+    // SAFETY: F_DUPFD_CLOEXEC takes a lowest number by value.
+    let new = check(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: just made, owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// An anonymous stack with a guard page at its low end, unmapped on drop.
+struct Stack {
+    base: *mut c_void,
+    len: usize,
+}
+
+impl Stack {
+    fn new(size: usize) -> io::Result<Self> {
+        let len = size + 4096;
+        // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = Self { base, len };
+        // SAFETY: the lowest page of the mapping just made.
+        check(unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) })?;
+        Ok(stack)
+    }
+
+    /// The highest address, where a downward-growing stack starts (16-byte aligned: the
+    /// mapping is page aligned).
+    fn top(&self) -> *mut c_void {
+        // SAFETY: one past the end of the mapping, which is `len` bytes long.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`, no longer used by anyone.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Every signal blocked in the calling thread; the previous mask back on drop.
+struct BlockedSignals(libc::sigset_t);
+
+impl BlockedSignals {
+    fn all() -> io::Result<Self> {
+        // SAFETY: sigfillset and pthread_sigmask initialise and read the sets given.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            let rc = libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+            if rc != 0 {
+                return Err(io::Error::from_raw_os_error(rc));
+            }
+            Ok(Self(old))
+        }
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved in `all`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+    }
 }
 
 /// Makes the calling process non-dumpable: no core dumps, and its /proc files and memory
@@ -155,6 +603,14 @@ pub fn set_non_dumpable() -> io::Result<()> {
     // SAFETY: PR_SET_DUMPABLE takes integers only.
     check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) })?;
     Ok(())
+}
+
+fn check_long(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
 }
 
 fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
@@ -166,16 +622,27 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 fn reset_signals() -> io::Result<()> {
-    for sig in 1..libc::SIGRTMAX() {
+    // The kernel's own call, not libc's `sigaction`, which refuses the signals libc keeps
+    // for itself (32 and 33 in glibc): one ignored by the agent's parent would stay
+    // ignored across exec. An all-zero kernel sigaction, whatever its layout, is
+    // SIG_DFL with no flags and an empty mask.
+    const NSIG: libc::c_int = 64;
+    let zero = [0u64; 4];
+    for sig in 1..=NSIG {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: an all-zero sigaction is SIG_DFL with no flags and an empty mask.
-        let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-        act.sa_sigaction = libc::SIG_DFL;
-        // SAFETY: `act` is a valid sigaction; the old action is not requested. Errors are
-        // ignored: libc reserves a few real-time signals and refuses to touch them.
-        unsafe { libc::sigaction(sig, &act, std::ptr::null_mut()) };
+        // SAFETY: `zero` is at least as large as the kernel's sigaction, all zero; the
+        // old action is not requested; the set's size is the kernel's (64 signals).
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                zero.as_ptr(),
+                std::ptr::null_mut::<c_void>(),
+                (NSIG / 8) as libc::size_t,
+            )
+        };
     }
     // SAFETY: sigemptyset initialises the set it is given.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -186,14 +653,11 @@ fn reset_signals() -> io::Result<()> {
     Ok(())
 }
 
-fn write_oom_score_adj_max() -> io::Result<()> {
-    // SAFETY: the path is a NUL-terminated literal.
-    let fd = check(unsafe {
-        libc::open(
-            c"/proc/self/oom_score_adj".as_ptr(),
-            libc::O_WRONLY | libc::O_CLOEXEC,
-        )
-    })?;
+/// Raises the OOM score at `path` (a process's `oom_score_adj`) to its maximum. Makes
+/// plain syscalls only (the child calls it).
+fn write_oom_score_adj_max(path: &std::ffi::CStr) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    let fd = check(unsafe { libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) })?;
     const MAX: &[u8] = b"1000";
     // SAFETY: writes from a static buffer, of its length, to the descriptor just opened.
     let written = unsafe { libc::write(fd, MAX.as_ptr().cast(), MAX.len()) };
@@ -209,50 +673,180 @@ fn write_oom_score_adj_max() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsFd;
-    use std::process::Stdio;
 
     use super::*;
     use crate::pty::{self, TermSize};
 
+    fn sh(script: &str) -> Program {
+        Program {
+            path: "/bin/sh".into(),
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: "/".into(),
+            stdin: Stdio::Null,
+            stdout: Stdio::Pipe,
+            stderr: Stdio::Pipe,
+        }
+    }
+
+    /// Reads `fd` to its end.
+    fn read_all(fd: OwnedFd) -> String {
+        use std::io::Read;
+        let mut text = String::new();
+        std::fs::File::from(fd).read_to_string(&mut text).unwrap();
+        text
+    }
+
+    /// Waits for `pid`: its exit code, or 128 + the signal that ended it.
+    fn wait(pid: libc::pid_t) -> i32 {
+        let mut status = 0;
+        // SAFETY: waits for the test's own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        }
+    }
+
+    /// Runs `program` with `setup`: exit code, stdout, stderr.
+    fn run(program: &Program, setup: ChildSetup) -> (i32, String, String) {
+        let child = spawn(program, setup).unwrap();
+        let err = child.stderr.map(read_all).unwrap_or_default();
+        let out = child.stdout.map(read_all).unwrap_or_default();
+        (wait(child.pid), out, err)
+    }
+
     #[test]
-    fn child_gets_new_session_and_is_the_oom_victim() {
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", "cat /proc/self/oom_score_adj; ps -o sid= -o pgid= -p $$ 2>/dev/null || cut -d' ' -f5,6 /proc/$$/stat; echo $$"]);
-        cmd.stdout(Stdio::piped()).stdin(Stdio::null());
-        prepare(
-            &mut cmd,
+    fn a_program_gets_exactly_its_arguments_environment_directory_and_pipes() {
+        let mut p = sh("printf '%s|' \"$0\" \"$1\" \"$X\" \"$(pwd)\"; cat; echo err >&2; exit 3");
+        p.argv.extend(["zero".into(), "one arg".into()]);
+        p.env.push(("X".into(), "y=z".into()));
+        p.cwd = "/usr".into();
+        p.stdin = Stdio::Pipe;
+        let child = spawn(&p, ChildSetup::default()).unwrap();
+        let mut input = std::fs::File::from(child.stdin.unwrap());
+        std::io::Write::write_all(&mut input, b"from stdin").unwrap();
+        drop(input);
+        let err = read_all(child.stderr.unwrap());
+        let out = read_all(child.stdout.unwrap());
+        assert_eq!(wait(child.pid), 3);
+        assert_eq!(out, "zero|one arg|y=z|/usr|from stdin");
+        assert_eq!(err, "err\n");
+        // The whole environment is the one given, nothing of ours.
+        let env = Program {
+            path: "/usr/bin/env".into(),
+            argv: vec!["env".into()],
+            env: vec![("A".into(), "1".into()), ("B".into(), "two words".into())],
+            ..sh("")
+        };
+        let (code, out, _) = run(&env, ChildSetup::default());
+        assert_eq!((code, out.as_str()), (0, "A=1\nB=two words\n"));
+    }
+
+    #[test]
+    fn exec_failures_are_the_spawns_errors() {
+        let mut p = sh("true");
+        p.path = "/nonexistent/program".into();
+        let e = spawn(&p, ChildSetup::default()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, "echo hi\n").unwrap();
+        p.path = plain.clone().into();
+        let e = spawn(&p, ChildSetup::default()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES), "{e}");
+        p.cwd = "/nonexistent".into();
+        p.path = "/bin/true".into();
+        let e = spawn(&p, ChildSetup::default()).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{e}");
+        p.cwd = "/".into();
+        p.argv.push("a\0b".into());
+        let e = spawn(&p, ChildSetup::default()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{e}");
+    }
+
+    #[test]
+    fn a_script_without_an_interpreter_line_runs_in_sh() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("script");
+        std::fs::write(&script, "echo \"ran $1\"\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut p = sh("");
+        p.path = script.into();
+        p.argv = vec!["script".into(), "with arg".into()];
+        let (code, out, err) = run(&p, ChildSetup::default());
+        assert_eq!((code, out.as_str()), (0, "ran with arg\n"), "{err}");
+    }
+
+    #[test]
+    fn child_gets_new_session_and_is_the_oom_victim_with_no_signal_of_ours() {
+        let p = sh(
+            "cat /proc/self/oom_score_adj; cut -d' ' -f5,6 /proc/$$/stat; echo $$; \
+                    grep -E '^Sig(Blk|Ign):' /proc/self/status",
+        );
+        // The test's own thread ignores one signal and blocks another: neither reaches
+        // the child.
+        // SAFETY: ignoring SIGUSR2 in this test process only.
+        unsafe { libc::signal(libc::SIGUSR2, libc::SIG_IGN) };
+        // SAFETY: a set with SIGUSR1, blocked in this thread.
+        let before = unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
+            old
+        };
+        let (code, out, err) = run(
+            &p,
             ChildSetup {
                 oom_victim: true,
                 ..Default::default()
             },
         );
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let text = String::from_utf8(out.stdout).unwrap();
-        let lines: Vec<&str> = text.lines().collect();
+        // SAFETY: back as they were.
+        unsafe {
+            let mut now: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_SETMASK, &before, &mut now);
+            assert_eq!(
+                libc::sigismember(&now, libc::SIGUSR1),
+                1,
+                "the mask is ours again"
+            );
+            assert_eq!(
+                libc::sigismember(&now, libc::SIGINT),
+                0,
+                "the mask is ours again"
+            );
+            libc::signal(libc::SIGUSR2, libc::SIG_DFL);
+        }
+        assert_eq!(code, 0, "{err}");
+        let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], "1000");
         let pid = lines[2].trim();
         let ids: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(ids, [pid, pid], "session and group led by the child");
+        assert_eq!(lines[3], "SigBlk:\t0000000000000000", "{out}");
+        assert_eq!(lines[4], "SigIgn:\t0000000000000000", "{out}");
     }
 
     #[test]
     fn child_runs_on_its_terminal() {
         let pty = pty::open(TermSize { rows: 33, cols: 77 }).unwrap();
         let master = pty.master;
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args(["-c", "stty size; test -t 0 && echo tty"]);
-        prepare(
-            &mut cmd,
+        let p = sh("stty size; test -t 0 && echo tty");
+        let child = spawn(
+            &p,
             ChildSetup {
                 tty: Some(pty.slave),
                 ..Default::default()
             },
-        );
-        let mut child = cmd.spawn().unwrap();
-        drop(cmd);
-        let status = child.wait().unwrap();
-        assert!(status.success());
+        )
+        .unwrap();
+        assert!(child.stdout.is_none() && child.stdin.is_none());
+        assert_eq!(wait(child.pid), 0);
         let mut out = Vec::new();
         let mut buf = [0u8; 256];
         // The child and our copy of the slave are gone: the master reads what is left,
@@ -281,17 +875,12 @@ mod tests {
                 return;
             }
         };
-        let mut cmd = Command::new("/bin/sh");
-        cmd.args([
-            "-c",
-            "id -u; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; cat /proc/self/oom_score_adj",
-        ]);
-        cmd.current_dir("/")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
-        prepare(
-            &mut cmd,
+        let p = sh(
+            "id -u; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; \
+                    cat /proc/self/oom_score_adj; id -G",
+        );
+        let (code, text, err) = run(
+            &p,
             ChildSetup {
                 oom_victim: true,
                 identity: Some(Identity {
@@ -304,9 +893,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let text = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(code, 0, "{err}");
         let fields: Vec<Vec<&str>> = text
             .lines()
             .map(|l| l.split_whitespace().collect())
@@ -318,25 +905,18 @@ mod tests {
                 vec!["NoNewPrivs:", "1"],
                 vec!["Seccomp:", "2"],
                 vec!["1000"],
+                vec!["1000"],
             ],
             "{text}"
         );
+        // This process (whose memory the child shared) kept its own ids.
+        // SAFETY: getuid and getgid take nothing.
+        assert_eq!(unsafe { (libc::getuid(), libc::getgid()) }, (0, 0));
     }
 
     /// The descriptors `/bin/ls` finds open in itself, while `parent_fd` is open here
     /// without close-on-exec.
-    fn inherited(parent_fd: libc::c_int, hook: Option<fn() -> io::Result<()>>) -> Vec<String> {
-        let mut cmd = Command::new("/bin/ls");
-        cmd.arg("/proc/self/fd")
-            .stdout(Stdio::piped())
-            .stdin(Stdio::null());
-        match hook {
-            // SAFETY: the hooks given make only async-signal-safe syscalls.
-            Some(hook) => unsafe {
-                cmd.pre_exec(hook);
-            },
-            None => prepare(&mut cmd, ChildSetup::default()),
-        }
+    fn inherited(parent_fd: libc::c_int) -> Vec<String> {
         // SAFETY: F_GETFD takes no argument.
         let flags = unsafe { libc::fcntl(parent_fd, libc::F_GETFD) };
         assert_eq!(
@@ -344,13 +924,18 @@ mod tests {
             0,
             "the test descriptor is inheritable"
         );
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect()
+        let p = Program {
+            path: "/bin/ls".into(),
+            argv: vec!["ls".into(), "/proc/self/fd".into()],
+            env: Vec::new(),
+            cwd: "/".into(),
+            stdin: Stdio::Null,
+            stdout: Stdio::Pipe,
+            stderr: Stdio::Null,
+        };
+        let (code, out, _) = run(&p, ChildSetup::default());
+        assert_eq!(code, 0);
+        out.lines().map(str::to_string).collect()
     }
 
     #[test]
@@ -358,32 +943,43 @@ mod tests {
         // nix's pipe() does not set close-on-exec, like a library that forgot to.
         let (r, w) = nix::unistd::pipe().unwrap();
         // ls lists 0-2 and the descriptor it reads the listing through, the lowest free.
-        assert_eq!(inherited(r.as_raw_fd(), None), ["0", "1", "2", "3"]);
+        assert_eq!(inherited(r.as_raw_fd()), ["0", "1", "2", "3"]);
         drop(w);
     }
 
     #[test]
     fn the_slow_path_marks_descriptors_too() {
+        use std::os::unix::process::CommandExt;
         let (r, w) = nix::unistd::pipe().unwrap();
-        assert_eq!(
-            inherited(w.as_raw_fd(), Some(|| crate::fd::cloexec_each(3))),
-            ["0", "1", "2", "3"]
-        );
-        drop(r);
+        let mut cmd = std::process::Command::new("/bin/ls");
+        cmd.arg("/proc/self/fd")
+            .stdout(std::process::Stdio::piped())
+            .stdin(std::process::Stdio::null());
+        // SAFETY: the hook makes only async-signal-safe syscalls.
+        unsafe { cmd.pre_exec(|| crate::fd::cloexec_each(3)) };
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let listed: Vec<String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        assert_eq!(listed, ["0", "1", "2", "3"]);
+        drop((r, w));
     }
 
     #[test]
     fn failing_setup_is_a_spawn_error() {
-        let mut cmd = Command::new("/bin/true");
-        // No such descriptor: TIOCSCTTY fails in the child.
+        // Not a terminal: TIOCSCTTY fails in the child.
         let bogus = std::fs::File::open("/dev/null").unwrap();
-        prepare(
-            &mut cmd,
+        let e = spawn(
+            &sh("true"),
             ChildSetup {
                 tty: Some(bogus.into()),
                 ..Default::default()
             },
-        );
-        assert!(cmd.spawn().is_err());
+        )
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOTTY), "{e}");
     }
 }
