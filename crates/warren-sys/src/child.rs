@@ -219,11 +219,14 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
         return Err(e);
     }
     if plan_data.oom_victim && !plan.oom_done.load(Ordering::Relaxed) {
-        // The child could not write its own score (its /proc files were the agent's
-        // owner's until exec): the program runs now, dumpable, and is its owner's.
+        // The child could not write its own score (its /proc files were global root's
+        // until exec): the program runs now, in memory of its own, and its files are
+        // its owner's or its user namespace's root's, which the agent is. One that has
+        // already ended (`true`) has no memory and its files are global root's again:
+        // nothing to raise.
         let path = CString::new(format!("/proc/{pid}/oom_score_adj")).expect("no NUL in a number");
         if let Err(e) = write_oom_score_adj_max(&path) {
-            if e.raw_os_error() != Some(libc::ESRCH) && e.kind() != io::ErrorKind::NotFound {
+            if !ended(pid) {
                 // SAFETY: kill takes plain integers; `pid` is our unreaped child.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
                 reap(pid);
@@ -302,6 +305,25 @@ fn wait_exec(report: &OwnedFd, pid: libc::pid_t) -> io::Result<Option<c_int>> {
             r => got = (got + r as usize).min(buf.len()),
         }
     }
+}
+
+/// Whether `pid`, our child, has ended or is ending (a zombie, or past releasing its
+/// memory: `PF_EXITING`).
+fn ended(pid: libc::pid_t) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // After the command's closing parenthesis: state, ppid, pgrp, session, tty, tpgid,
+    // flags.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let state = fields.first().copied().unwrap_or("Z");
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
 }
 
 /// Waits for a child that never ran its program (another waiter may have reaped it).

@@ -344,6 +344,20 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     assert_eq!((code, out.as_str()), (0, "hello\n"), "{isolation}");
     let (code, _) = d.exec(&id, "exit 7");
     assert_eq!(code, 7, "{isolation}");
+    // A program that ends at once, started by argv (no shell), again and again: its
+    // start never fails on its having ended before the agent was done with it.
+    for _ in 0..20 {
+        let r = post(
+            d,
+            &format!("/v1/sandboxes/{id}/exec"),
+            &serde_json::json!({ "command": { "argv": ["true"] } }),
+        );
+        assert_eq!(r.status, 200, "{isolation}: {}", r.text());
+        assert_eq!(r.json()["exit_code"], 0, "{isolation}: {}", r.text());
+    }
+    // Every process the agent starts is the OOM killer's first choice, never the agent.
+    let (code, out) = d.exec(&id, "cat /proc/$$/oom_score_adj");
+    assert_eq!((code, out.as_str()), (0, "1000\n"), "{isolation}");
 
     // A terminal: the process is on a pseudo-terminal of the size asked, follows a
     // resize, reads what is typed, and its exit code comes back.
