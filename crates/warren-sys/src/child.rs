@@ -56,7 +56,7 @@
 //! would hand them the agent itself. Non-dumpable, it is reachable only as the agent
 //! is, and exec gives the program memory of its own, dumpable as its credentials say.
 //! A process of the new uid may still stop the child between its uid change and exec
-//! with a signal: the parent waits for the exec at most [`EXEC_DEADLINE`], then kills
+//! with a signal: the parent waits for the exec at most 10 s (`EXEC_DEADLINE`), then kills
 //! it.
 
 use std::ffi::{c_char, c_int, c_void, CString, OsStr, OsString};
