@@ -654,9 +654,10 @@ impl Manager {
                 .map_err(CoreError::from)?;
         }
         // Asked once paused: a sandbox paused to disk (gVisor) has no process left that
-        // mounts its disk.
+        // mounts its disk, once the end of its pause has run (it may wait for that).
         let helper = self
-            .with_live(&r.id, |l| l.sandbox.monitor_pid())
+            .off_lock(&r.id, |l| l.sandbox.monitor_pid())
+            .await
             .ok()
             .flatten();
         let src = template::upper_source(&paths, &r.id, helper);

@@ -142,7 +142,8 @@ pub trait Instance: Send + Sync + Debug {
     fn port_dialer(&self) -> PortDialer;
 
     /// The host process that watches the sandbox (for a snapshot that must read the
-    /// writable layer from inside the sandbox's mount namespace), when there is one.
+    /// writable layer from inside the sandbox's mount namespace), when there is one. May
+    /// block (a gVisor sandbox paused to disk waits until nothing mounts its disk).
     fn monitor_pid(&self) -> Option<i32> {
         None
     }

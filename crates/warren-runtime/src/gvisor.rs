@@ -100,6 +100,10 @@ pub struct GvisorSandbox {
     /// With `die_with_parent` (`warren run`): the process that removes the sandbox if
     /// its maker dies first.
     watchdog: Option<std::process::Child>,
+    /// The end of a pause to disk still running off the request's path (the saved
+    /// container deleted, its Sentry's memory freed, its mounts let go): joined by
+    /// whatever touches the container or its files next ([`GvisorSandbox::settle`]).
+    settling: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 /// What a restore needs besides the checkpoint image: the root is mounted afresh in the
@@ -308,6 +312,7 @@ impl GvisorBackend {
             ephemeral: opts.ephemeral.then(|| data.clone()),
             restore: self.restore(),
             watchdog: None,
+            settling: Default::default(),
         };
         let r = (|| -> Result<PathBuf> {
             let bundle = prepare_dirs(&run, &data, false)?;
@@ -655,6 +660,7 @@ impl GvisorSandbox {
     /// `leave_running` keeps the container (the agent listens again), otherwise it is
     /// stopped.
     fn checkpoint_into(&self, image: &Path, leave_running: bool) -> Result<()> {
+        self.settle();
         let c = container(&self.id);
         std::fs::create_dir_all(image).map_err(crate::io_err("make the checkpoint directory"))?;
         // An open host socket cannot be saved: the agent closes its listener and every
@@ -724,18 +730,39 @@ impl GvisorSandbox {
         crate::trace::mark("gvisor pause: runsc checkpoint");
         std::fs::write(image.join("done"), b"")
             .map_err(crate::io_err("mark the checkpoint complete"))?;
-        let _ = self.runsc.run(&["delete", "--force", &c]);
-        crate::trace::mark("gvisor pause: runsc delete");
-        remove_runtime_cgroups(&c);
+        // Saved: the pause is done. What is left (deleting the stopped container, which
+        // waits for its Sentry to free the memory it held, 0.3 s for 1 GB; the runtime's
+        // cgroups; the gofer letting go of the disk) runs off the request's path, and
+        // whatever touches the container or its files next waits for it first.
         self.pid.store(0, Ordering::Relaxed);
-        crate::bundle::wait_mounts_released(&self.run);
-        crate::trace::mark("gvisor pause: mounts released");
+        let (runsc, run) = (self.runsc.clone(), self.run.clone());
+        let settling = std::thread::spawn(move || {
+            let _ = runsc.run(&["delete", "--force", &c]);
+            crate::trace::mark("gvisor pause: runsc delete");
+            remove_runtime_cgroups(&c);
+            crate::bundle::wait_mounts_released(&run);
+            crate::trace::mark("gvisor pause: mounts released");
+        });
+        *self.settling.lock().unwrap_or_else(|e| e.into_inner()) = Some(settling);
         Ok(())
+    }
+
+    /// Waits for the end of a pause to disk still running, if one is.
+    fn settle(&self) {
+        let pending = self
+            .settling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(settling) = pending {
+            let _ = settling.join();
+        }
     }
 
     /// Restores the container from its image, in a fresh mount of its root, and has the
     /// agent listen again.
     fn restore_from_disk(&self) -> Result<()> {
+        self.settle();
         crate::trace::mark("gvisor resume: begin");
         let c = container(&self.id);
         let image = image_dir(&self.data());
@@ -848,6 +875,7 @@ impl GvisorSandbox {
     /// Stops and deletes the container, removes its cgroup and run directory (and its
     /// writable layer when ephemeral). Blocking.
     fn teardown(&mut self) {
+        self.settle();
         if let Some(mut w) = self.watchdog.take() {
             let _ = w.kill();
             let _ = w.wait();
@@ -951,6 +979,7 @@ impl Backend for GvisorBackend {
             ephemeral: None,
             restore: self.restore(),
             watchdog: None,
+            settling: Default::default(),
         }))
     }
 
@@ -968,6 +997,7 @@ impl Backend for GvisorBackend {
             ephemeral: remove_data.then(|| self.paths.sandbox_data(id)),
             restore: self.restore(),
             watchdog: None,
+            settling: Default::default(),
         };
         sb.teardown();
     }
@@ -1040,6 +1070,8 @@ impl Instance for GvisorSandbox {
         if was_running {
             self.checkpoint_to_disk()?;
         }
+        // Nothing may still hold the disk it copies.
+        self.settle();
         let data = self.restore.paths.sandbox_data(&self.id);
         let copied = std::fs::create_dir_all(into)
             .map_err(crate::io_err("make the memory directory"))
@@ -1083,8 +1115,9 @@ impl Instance for GvisorSandbox {
     }
 
     fn monitor_pid(&self) -> Option<i32> {
-        // Paused to disk, nothing mounts its files.
+        // Paused to disk, nothing mounts its files once the pause's end has run.
         if image_done(&self.data()) {
+            self.settle();
             return None;
         }
         crate::bundle::mounts_holder(&self.run)
