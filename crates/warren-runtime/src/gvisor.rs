@@ -801,6 +801,9 @@ impl GvisorSandbox {
         // Nothing of an earlier attempt may stand in the way, and nothing of a failed one
         // may stay: a damaged image is refused whole, the sandbox stays paused.
         let _ = self.runsc.run(&["delete", "--force", &c]);
+        // The pause's end ran in this daemon (settled above); after a restart nothing
+        // waited for it: no mount of the disk may stand while the restore mounts it.
+        crate::bundle::wait_mounts_released(&self.run);
         let cpu = CpuAside::take(&bundle)?;
         let restored = run_oci(
             &self.restore.exe,
