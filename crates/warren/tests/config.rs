@@ -4,27 +4,38 @@
 mod common;
 mod trust;
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Command;
 
 use trust::{my_turn, Daemon, Options};
 
+/// `--check-config` of a file holding `text`: whether it passed, and what it said.
 fn check(text: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("warren.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["serve", "--check-config", "--config"])
-        .arg(&path)
-        .env("WARREN_RUN_DIR", dir.path().join("run"))
-        .env("WARREN_DATA_DIR", dir.path().join("data"))
-        .output()
-        .unwrap();
+    let (code, said) = check_config(dir.path(), &["--config", path.to_str().unwrap()], &[]);
+    (code == Some(0), said)
+}
+
+/// `warren serve --check-config ARGS` in `dir`, with `vars` set and `WARREN_CONFIG`
+/// unset unless `vars` names it: its exit code and what it said.
+fn check_config(dir: &Path, args: &[&str], vars: &[(&str, &OsStr)]) -> (Option<i32>, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.args(["serve", "--check-config"])
+        .args(args)
+        .env("WARREN_RUN_DIR", dir.join("run"))
+        .env("WARREN_DATA_DIR", dir.join("data"))
+        .env_remove("WARREN_CONFIG")
+        .envs(vars.iter().copied());
+    let o = c.output().unwrap();
     let said = format!(
         "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
     );
-    (out.status.success(), said)
+    (o.status.code(), said)
 }
 
 #[test]
@@ -102,22 +113,11 @@ fn check_config_finds_the_file_by_environment_or_at_the_default_path() {
     std::fs::write(&good, "[connections]\nmax_per_peer = 8\n").unwrap();
     std::fs::write(&bad, "[connections]\nmax_per_peer = 0\n").unwrap();
     let check = |args: &[&str], env: Option<&std::path::Path>| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
-        c.args(["serve", "--check-config"])
-            .args(args)
-            .env("WARREN_RUN_DIR", dir.path().join("run"))
-            .env("WARREN_DATA_DIR", dir.path().join("data"))
-            .env_remove("WARREN_CONFIG");
-        if let Some(p) = env {
-            c.env("WARREN_CONFIG", p);
-        }
-        let o = c.output().unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        (o.status.code(), said)
+        let vars: Vec<(&str, &OsStr)> = env
+            .map(|p| ("WARREN_CONFIG", p.as_os_str()))
+            .into_iter()
+            .collect();
+        check_config(dir.path(), args, &vars)
     };
     let (code, said) = check(&[], Some(&bad));
     assert_eq!(code, Some(1), "{said}");
@@ -144,22 +144,12 @@ fn a_variable_sets_one_key_and_a_wrong_one_is_named() {
     let file = dir.path().join("warren.toml");
     std::fs::write(&file, "[connections]\nmax_per_peer = 0\n").unwrap();
     let check = |config: Option<&std::path::Path>, vars: &[(&str, &str)]| {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
-        c.args(["serve", "--check-config"])
-            .env("WARREN_RUN_DIR", dir.path().join("run"))
-            .env("WARREN_DATA_DIR", dir.path().join("data"))
-            .env_remove("WARREN_CONFIG");
-        if let Some(p) = config {
-            c.arg("--config").arg(p);
-        }
-        c.envs(vars.iter().copied());
-        let o = c.output().unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        (o.status.code(), said)
+        let args: Vec<&str> = match config {
+            Some(p) => vec!["--config", p.to_str().unwrap()],
+            None => Vec::new(),
+        };
+        let vars: Vec<(&str, &OsStr)> = vars.iter().map(|(k, v)| (*k, OsStr::new(*v))).collect();
+        check_config(dir.path(), &args, &vars)
     };
     // The file's bad value, mended by the variable.
     let (code, said) = check(Some(&file), &[]);
