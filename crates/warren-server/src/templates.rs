@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use warren_core::{
-    BuildEvent, BuildTemplate, DiskUsage, ImportEvent, ImportProgress, ImportResult,
+    BuildEvent, BuildTemplate, CoreError, DiskUsage, ImportEvent, ImportProgress, ImportResult,
     ImportTemplate, LayerGcResult, SnapshotRequest, SnapshotResult, TemplateInfo, UploadTemplate,
 };
 
@@ -149,19 +149,15 @@ where
     }
     let (progress_tx, mut progress_rx) = watch::channel(ImportProgress::default());
     let mut task = tokio::spawn(run(Some(progress_tx)));
-    let ended = |r: Result<warren_core::Result<ImportResult>, tokio::task::JoinError>| match r {
-        Ok(Ok(result)) => ImportEvent::Done {
+    let ended = |r: Result<warren_core::Result<ImportResult>, tokio::task::JoinError>| match r
+        .unwrap_or_else(|e| Err(CoreError::Host(format!("the import failed: {e}"))))
+    {
+        Ok(result) => ImportEvent::Done {
             result: Box::new(result),
         },
-        Ok(Err(e)) => ImportEvent::Error {
+        Err(e) => ImportEvent::Error {
             code: e.code().to_string(),
             message: e.to_string(),
-        },
-        Err(e) => ImportEvent::Error {
-            code: warren_types::api::WireCode::BackendFailed
-                .as_str()
-                .to_string(),
-            message: format!("the import failed: {e}"),
         },
     };
     if progress_rx.changed().await.is_err() {

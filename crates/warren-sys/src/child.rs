@@ -146,35 +146,31 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
     let plan_data = PlanData::new(program, setup)?;
     let (report_r, report_w) = pipe()?;
     let report_w = above_stdio(report_w)?;
+    // The parent's ends of the pipes asked for, and the child's: its stdin, stdout and
+    // stderr, `/dev/null` (opened once, whatever takes it) for the others.
     let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
-    let mut child_ends: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut pipe_ends: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut null: Option<OwnedFd> = None;
+    let mut stdio: [RawFd; 3] = [-1; 3];
     if plan_data.tty.is_none() {
-        let mut null: Option<OwnedFd> = None;
         for (i, how) in [program.stdin, program.stdout, program.stderr]
             .into_iter()
             .enumerate()
         {
-            child_ends[i] = Some(match how {
+            stdio[i] = match how {
                 Stdio::Null => match &null {
-                    Some(fd) => fd.try_clone()?,
-                    None => {
-                        let fd = above_stdio(open_null()?)?;
-                        null = Some(fd.try_clone()?);
-                        fd
-                    }
+                    Some(fd) => fd.as_raw_fd(),
+                    None => null.insert(above_stdio(open_null()?)?).as_raw_fd(),
                 },
                 Stdio::Pipe => {
                     let (r, w) = pipe()?;
                     let (mine, theirs) = if i == 0 { (w, r) } else { (r, w) };
                     parent_ends[i] = Some(mine);
-                    above_stdio(theirs)?
+                    pipe_ends[i].insert(above_stdio(theirs)?).as_raw_fd()
                 }
-            });
+            };
         }
     }
-    let stdio = child_ends
-        .each_ref()
-        .map(|fd| fd.as_ref().map_or(-1, AsRawFd::as_raw_fd));
     let plan = Plan {
         data: &plan_data,
         stdio,
@@ -205,7 +201,7 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
         return Err(e);
     }
     drop(report_w);
-    drop(child_ends);
+    drop((pipe_ends, null));
     let report = wait_exec(&report_r, pid);
     drop(blocked);
     drop(stack);
@@ -429,10 +425,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Plan` that `spawn` keeps alive, unchanged, until this process
     // has exec'd or exited.
     let plan = unsafe { &*arg.cast::<Plan<'_>>() };
-    let errno = match confine_and_exec(plan) {
-        Ok(()) => libc::EIO,
-        Err(e) => e.raw_os_error().unwrap_or(libc::EIO),
+    let failed = match confine(plan) {
+        Ok(()) => exec(plan.data),
+        Err(e) => e,
     };
+    let errno = failed.raw_os_error().unwrap_or(libc::EIO);
     let bytes = errno.to_ne_bytes();
     // SAFETY: writes four bytes from the stack to the report pipe, then leaves without
     // running anything of the parent's (no atexit handlers, no buffers flushed).
@@ -442,7 +439,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     }
 }
 
-fn confine_and_exec(plan: &Plan<'_>) -> io::Result<()> {
+/// The steps of the module doc before exec.
+fn confine(plan: &Plan<'_>) -> io::Result<()> {
     let d = plan.data;
     if d.tty.is_none() {
         for (target, fd) in plan.stdio.into_iter().enumerate() {
@@ -500,16 +498,22 @@ fn confine_and_exec(plan: &Plan<'_>) -> io::Result<()> {
             filter.install()?;
         }
     }
+    Ok(())
+}
+
+/// Execs the program (or `/bin/sh` with it, for a file the kernel cannot run): the
+/// error is why it did not.
+fn exec(d: &PlanData) -> io::Error {
     // SAFETY: path, argv and envp are NUL-terminated strings and NULL-terminated arrays
     // of them, prepared by the parent and alive until exec.
     unsafe { libc::execve(d.path.as_ptr(), d.argv_ptrs.as_ptr(), d.envp_ptrs.as_ptr()) };
     let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::ENOEXEC) {
-        // SAFETY: as above, with `/bin/sh PATH ARGS...`.
-        unsafe { libc::execve(SH.as_ptr(), d.sh_argv_ptrs.as_ptr(), d.envp_ptrs.as_ptr()) };
-        return Err(io::Error::last_os_error());
+    if e.raw_os_error() != Some(libc::ENOEXEC) {
+        return e;
     }
-    Err(e)
+    // SAFETY: as above, with `/bin/sh PATH ARGS...`.
+    unsafe { libc::execve(SH.as_ptr(), d.sh_argv_ptrs.as_ptr(), d.envp_ptrs.as_ptr()) };
+    io::Error::last_os_error()
 }
 
 fn c_string(s: &OsStr) -> io::Result<CString> {

@@ -358,6 +358,29 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
     // Every process the agent starts is the OOM killer's first choice, never the agent.
     let (code, out) = d.exec(&id, "cat /proc/$$/oom_score_adj");
     assert_eq!((code, out.as_str()), (0, "1000\n"), "{isolation}");
+    // It holds its stdio and nothing else of the agent's (the descriptor `ls` reads
+    // through is its own), and none of the agent's blocked or ignored signals (gVisor's
+    // status file has no signal lines).
+    let r = post(
+        d,
+        &format!("/v1/sandboxes/{id}/exec"),
+        &serde_json::json!({ "command": { "argv": ["ls", "/proc/self/fd"] } }),
+    );
+    assert_eq!(
+        r.json()["stdout"],
+        "0\n1\n2\n3\n",
+        "{isolation}: {}",
+        r.text()
+    );
+    let (code, out) = d.exec(&id, "grep -E '^Sig(Blk|Ign):' /proc/self/status || true");
+    assert_eq!(code, 0, "{isolation}");
+    let sig: Vec<&str> = out.lines().collect();
+    if isolation != "gvisor" {
+        assert_eq!(sig.len(), 2, "{isolation}: {out}");
+    }
+    for line in sig {
+        assert!(line.ends_with("\t0000000000000000"), "{isolation}: {line}");
+    }
 
     // A terminal: the process is on a pseudo-terminal of the size asked, follows a
     // resize, reads what is typed, and its exit code comes back.

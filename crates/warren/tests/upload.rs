@@ -270,8 +270,8 @@ fn an_import_tells_how_far_it_has_come() {
     let d = Daemon::start(false);
     let archive = d.dir().join("big.tar");
     std::fs::write(&archive, docker_save(shell_layer(24 << 20))).unwrap();
-    let body = serde_json::json!({"archive": archive, "name": "big"}).to_string();
-    let import = |path: &str| {
+    let import = |path: &str, name: &str| {
+        let body = serde_json::json!({"archive": archive, "name": name}).to_string();
         d.http(
             Via::Unix,
             "POST",
@@ -281,7 +281,7 @@ fn an_import_tells_how_far_it_has_come() {
         )
     };
     // With `progress=true`: NDJSON lines as the layer unpacks, then the result.
-    let r = import("/v1/templates/import?progress=true");
+    let r = import("/v1/templates/import?progress=true", "big");
     assert_eq!(r.status, 200, "{}", r.text());
     let events: Vec<serde_json::Value> = r
         .text()
@@ -310,18 +310,11 @@ fn an_import_tells_how_far_it_has_come() {
     }
     assert_eq!(seen, total, "the last progress is the whole");
     // Refused before its first layer (the name is taken): the error's status, no stream.
-    let r = import("/v1/templates/import?progress=true");
+    let r = import("/v1/templates/import?progress=true", "big");
     assert_eq!(r.status, 409, "{}", r.text());
     assert_eq!(r.code(), "invalid_state", "{}", r.text());
     // Without it, one result, as before.
-    let body = serde_json::json!({"archive": archive, "name": "plain"}).to_string();
-    let r = d.http(
-        Via::Unix,
-        "POST",
-        "/v1/templates/import",
-        &[("Content-Type", "application/json")],
-        body.as_bytes(),
-    );
+    let r = import("/v1/templates/import", "plain");
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(r.json()["template"]["name"], "plain");
     // The CLI follows the lines (no bar when stderr is not a terminal).

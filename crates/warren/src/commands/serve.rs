@@ -236,19 +236,11 @@ type Loaded = (
 /// ambiguous).
 pub const ENV_PREFIX: &str = "WARREN__";
 
-/// Sets in `table` each key a `WARREN__...` variable names, over the file's value; the
-/// value is read as TOML (`8`, `true`, `["a"]`), else taken as a string. Answers the
-/// variables used, sorted.
-fn env_overrides(
-    table: &mut toml::Table,
-    vars: impl IntoIterator<Item = (String, String)>,
-) -> anyhow::Result<Vec<String>> {
-    let mut used: Vec<(String, String)> = vars
-        .into_iter()
-        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
-        .collect();
-    used.sort();
-    for (var, value) in &used {
+/// Sets in `table` each key a variable of `vars` (from [`override_vars`]) names, over the
+/// file's value; the value is read as TOML (`8`, `true`, `["a"]`), else taken as a
+/// string.
+fn env_overrides(table: &mut toml::Table, vars: &[(String, String)]) -> anyhow::Result<()> {
+    for (var, value) in vars {
         let keys: Vec<String> = var[ENV_PREFIX.len()..]
             .split("__")
             .map(str::to_ascii_lowercase)
@@ -274,14 +266,16 @@ fn env_overrides(
         }
         at.insert(last.clone(), parsed);
     }
-    Ok(used.into_iter().map(|(k, _)| k).collect())
+    Ok(())
 }
 
-/// The `WARREN__...` variables of this process, sorted; one that is not UTF-8 is an
-/// error naming it.
-fn override_vars() -> anyhow::Result<Vec<(String, String)>> {
+/// The `WARREN__...` variables of `env` (this process's: `std::env::vars_os()`),
+/// sorted; one that is not UTF-8 is an error naming it.
+fn override_vars(
+    env: impl IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+) -> anyhow::Result<Vec<(String, String)>> {
     let mut vars = Vec::new();
-    for (k, v) in std::env::vars_os() {
+    for (k, v) in env {
         if !k.as_encoded_bytes().starts_with(ENV_PREFIX.as_bytes()) {
             continue;
         }
@@ -292,6 +286,14 @@ fn override_vars() -> anyhow::Result<Vec<(String, String)>> {
     }
     vars.sort();
     Ok(vars)
+}
+
+/// The names of this process's `WARREN__...` variables, sorted.
+fn override_names() -> anyhow::Result<Vec<String>> {
+    Ok(override_vars(std::env::vars_os())?
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect())
 }
 
 /// Where the configuration came from, as errors name it.
@@ -316,7 +318,9 @@ fn load_config(path: Option<&Path>) -> anyhow::Result<Loaded> {
         }
         None => toml::Table::new(),
     };
-    let vars = env_overrides(&mut table, override_vars()?)?;
+    let overrides = override_vars(std::env::vars_os())?;
+    env_overrides(&mut table, &overrides)?;
+    let vars: Vec<String> = overrides.into_iter().map(|(k, _)| k).collect();
     if path.is_none() && vars.is_empty() {
         return Ok((
             config,
@@ -381,11 +385,7 @@ fn check(args: &ServeArgs, path: Option<&Path>) -> ExitCode {
         eprintln!("warren: {}", crate::term::clean(&format!("{e:#}")));
         return ExitCode::from(1);
     }
-    let vars: Vec<String> = override_vars()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, _)| k)
-        .collect();
+    let vars = override_names().unwrap_or_default();
     match (path, vars.is_empty()) {
         (None, true) => println!(
             "no configuration: neither --config nor WARREN_CONFIG names a file, and \
@@ -422,7 +422,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     start_log(args.log_format.unwrap_or(LogFormat::Text))?;
     // The default file is read unasked: the log says which file, if any, was.
-    let vars: Vec<String> = override_vars()?.into_iter().map(|(k, _)| k).collect();
+    let vars = override_names()?;
     match &config_path {
         Some(p) => tracing::info!(path = %p.display(), variables = ?vars, "configuration read"),
         None if vars.is_empty() => tracing::info!("no configuration file: the defaults"),
@@ -593,11 +593,13 @@ mod tests {
         assert!(connections("[connections]\nmax_conections = 5").is_err());
     }
 
-    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        pairs.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    /// Applies `pairs` as this process's variables would be.
+    fn apply(t: &mut toml::Table, pairs: &[(&str, &str)]) -> anyhow::Result<()> {
+        env_overrides(t, &override_vars(vars(pairs))?)
     }
 
     #[test]
@@ -605,19 +607,21 @@ mod tests {
         let mut t: toml::Table = "[connections]\nmax_per_peer = 8\nmax_connections = 100\n"
             .parse()
             .unwrap();
-        let used = env_overrides(
-            &mut t,
-            vars(&[
-                ("WARREN__CONNECTIONS__MAX_PER_PEER", "16"),
-                ("WARREN__LIMITS__DEFAULTS__MEMORY", "2G"),
-                ("WARREN__SERVE__LISTEN", "127.0.0.1:7070"),
-                ("WARREN__BACKENDS__PROCESS__TENANTS", "[\"alice\"]"),
-                ("WARREN_LISTEN", "not a key"),
-                ("HOME", "/root"),
-            ]),
-        )
+        let used = override_vars(vars(&[
+            ("WARREN__CONNECTIONS__MAX_PER_PEER", "16"),
+            ("WARREN__LIMITS__DEFAULTS__MEMORY", "2G"),
+            ("WARREN__SERVE__LISTEN", "127.0.0.1:7070"),
+            ("WARREN__BACKENDS__PROCESS__TENANTS", "[\"alice\"]"),
+            ("WARREN_LISTEN", "not a key"),
+            ("HOME", "/root"),
+        ]))
         .unwrap();
         assert_eq!(used.len(), 4, "{used:?}");
+        assert_eq!(
+            used[0].0, "WARREN__BACKENDS__PROCESS__TENANTS",
+            "sorted: {used:?}"
+        );
+        env_overrides(&mut t, &used).unwrap();
         assert_eq!(t["connections"]["max_per_peer"].as_integer(), Some(16));
         assert_eq!(t["connections"]["max_connections"].as_integer(), Some(100));
         assert_eq!(t["limits"]["defaults"]["memory"].as_str(), Some("2G"));
@@ -636,11 +640,11 @@ mod tests {
     #[test]
     fn a_variable_naming_no_key_or_a_value_as_a_table_is_refused() {
         let mut t: toml::Table = "disk_measure_secs = 5\n".parse().unwrap();
-        let e = env_overrides(&mut t, vars(&[("WARREN__", "1")])).unwrap_err();
+        let e = apply(&mut t, &[("WARREN__", "1")]).unwrap_err();
         assert!(e.to_string().contains("WARREN__:"), "{e}");
-        let e = env_overrides(&mut t, vars(&[("WARREN__LIMITS____MEMORY", "1")])).unwrap_err();
+        let e = apply(&mut t, &[("WARREN__LIMITS____MEMORY", "1")]).unwrap_err();
         assert!(e.to_string().contains("name a key"), "{e}");
-        let e = env_overrides(&mut t, vars(&[("WARREN__DISK_MEASURE_SECS__X", "1")])).unwrap_err();
+        let e = apply(&mut t, &[("WARREN__DISK_MEASURE_SECS__X", "1")]).unwrap_err();
         assert!(
             e.to_string().contains("disk_measure_secs is a value"),
             "{e}"
