@@ -77,6 +77,7 @@ GOALS = {
     "density": ">= 1000 idle sandboxes at <= 2 MiB host memory each",
     "throughput_8": ">= 200 creates/s at 8 clients",
     "scaling_flat": "create latency flat up to 1000 running (median within 25% of 0)",
+    "stream_vs_crun": "100 MB stdout, API binary stream >= crun exec to a pipe",
 }
 
 
@@ -312,6 +313,40 @@ class Api:
 
     def delete(self, sid):
         self.call("DELETE", f"/v1/sandboxes/{sid}")
+
+    def stream_binary(self, sid, argv):
+        """Runs argv with ?stream=binary; returns the stdout byte count."""
+        body = json.dumps({"command": {"argv": argv}}).encode()
+        conn = apimod.UnixHTTP(self.sock)
+        try:
+            conn.request("POST", f"/v1/sandboxes/{sid}/exec?stream=binary", body=body,
+                         headers={"content-type": "application/json"})
+            r = conn.getresponse()
+            if r.status >= 300:
+                raise RuntimeError(f"stream: {r.status} {r.read()[:300]!r}")
+            n, buf, at, last = 0, bytearray(), 0, None
+            while True:
+                chunk = r.read1(1 << 20)
+                if not chunk:
+                    break
+                buf += chunk
+                # Frames: kind, three zero bytes, a big-endian length, the payload.
+                while len(buf) - at >= 8:
+                    size = int.from_bytes(buf[at + 4:at + 8], "big")
+                    if len(buf) - at < 8 + size:
+                        break
+                    if buf[at] == 1:
+                        n += size
+                    elif buf[at] == 3:
+                        last = json.loads(bytes(buf[at + 8:at + 8 + size]))
+                    at += 8 + size
+                del buf[:at]
+                at = 0
+            if not last or last.get("type") != "exit" or last.get("exit_code") != 0:
+                raise RuntimeError(f"stream ended with {last}")
+            return n
+        finally:
+            conn.close()
 
     def stream(self, sid, argv):
         """Runs argv with ?stream=true; returns the stdout byte count (decoded)."""
@@ -770,6 +805,9 @@ class Suite:
             srows.append(Row("warren-api", mbps(lambda: self.api.stream(sid, head)),
                              "exec ?stream=true, NDJSON+base64 decoded by the harness",
                              warren=True))
+            srows.append(Row("warren-api-binary", mbps(lambda: self.api.stream_binary(sid, head)),
+                             "exec ?stream=binary, frames of raw bytes read by the harness",
+                             warren=True))
             srows.append(Row("warren-cli", mbps(lambda: timed_pipe(
                 [self.warren, "exec", sid, "--", *head], env=self.daemon.env)[1]),
                 "warren exec ID -- head ..., stdout on a pipe the harness drains",
@@ -1153,6 +1191,10 @@ class Suite:
                 put("scaling_flat", worst / base, worst / base <= 1.25 and top_n >= 1000,
                     f"{base:.2f} ms at 0, worst {worst:.2f} ms up to {top_n} "
                     f"({worst / base:.2f}x)")
+        w, c = med("stream", "warren-api-binary"), med("stream", "crun exec")
+        if w is not None and c:
+            put("stream_vs_crun", w / c, w >= c,
+                f"{w:.0f} MB/s vs crun {c:.0f} MB/s ({w / c:.2f}x)")
         log("== goals (issue 6; not asserted)")
         for g in GOALS:
             if g in out:

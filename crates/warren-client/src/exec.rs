@@ -1,21 +1,21 @@
 //! Processes: a command run to its end, or streamed as it runs, with stdin, signals and
 //! window sizes sent beside the stream.
 //!
-//! A streamed exec is one response of NDJSON lines ([`ExecEvent`]): `started`, then
-//! `stdout`/`stderr` chunks (base64) as the process writes them, then `exit` (or `error`
-//! when following it failed). Stdin, signals and resizes go as short calls of their own
+//! A streamed exec is one response of binary frames ([`warren_types::mux`]): a
+//! `started` event, then stdout and stderr chunks, raw, as the process writes them, then
+//! an `exit` event (or `error` when following it failed). Stdin, signals and resizes go as short calls of their own
 //! on other connections, so a process blocked writing output never holds up the input it
 //! waits for. Dropping an [`ExecStream`] before the exit kills the process, unless it was
 //! started with `background`.
 
-use base64::Engine;
 use bytes::Bytes;
 use hyper::Method;
 use serde::{Deserialize, Serialize};
 use warren_types::api::{ExecEvent, ExecResult};
+use warren_types::mux;
 use warren_types::proto::{Command, ExecRequest, ProcessInfo};
 
-use crate::transport::{sandbox_path, Lines};
+use crate::transport::{sandbox_path, Frames};
 use crate::{Client, Error};
 
 /// An [`ExecRequest`] running `argv` (its first word looked up in `PATH`).
@@ -153,8 +153,35 @@ impl ProcessHandle {
 #[derive(Debug)]
 pub struct ExecStream {
     handle: ProcessHandle,
-    lines: Lines,
+    frames: Frames,
     ended: bool,
+}
+
+/// One piece of a binary exec or attach stream, as it arrives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// Bytes the process wrote to stdout (or its terminal).
+    Stdout(Bytes),
+    /// Bytes it wrote to stderr.
+    Stderr(Bytes),
+    /// `started`, `exit` or `error` (output always comes as the two above).
+    Event(ExecEvent),
+}
+
+impl Frames {
+    /// The next piece of an exec or attach stream; `None` at the end of the stream.
+    pub async fn piece(&mut self) -> Result<Option<Piece>, Error> {
+        Ok(match self.next().await? {
+            Some((mux::Kind::Stdout, data)) => Some(Piece::Stdout(data)),
+            Some((mux::Kind::Stderr, data)) => Some(Piece::Stderr(data)),
+            Some((mux::Kind::Event, json)) => {
+                Some(Piece::Event(serde_json::from_slice(&json).map_err(
+                    |e| Error::Protocol(format!("{e}: {}", String::from_utf8_lossy(&json))),
+                )?))
+            }
+            None => None,
+        })
+    }
 }
 
 impl ExecStream {
@@ -174,24 +201,29 @@ impl ExecStream {
         if self.ended {
             return Ok(None);
         }
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let decode = |data: String| {
-            b64.decode(data)
-                .map(Bytes::from)
-                .map_err(|e| Error::Protocol(format!("output is not base64: {e}")))
-        };
         loop {
-            let ev = self.lines.next::<ExecEvent>().await?;
+            let ev = match self.frames.piece().await? {
+                Some(Piece::Stdout(data)) => return Ok(Some(Output::Stdout(data))),
+                Some(Piece::Stderr(data)) => return Ok(Some(Output::Stderr(data))),
+                Some(Piece::Event(ev)) => ev,
+                None => {
+                    return Err(Error::Connection(
+                        "the output stream ended before the process did".into(),
+                    ))
+                }
+            };
             return match ev {
-                Some(ExecEvent::Started { .. }) => continue,
-                Some(ExecEvent::Stdout { data }) => Ok(Some(Output::Stdout(decode(data)?))),
-                Some(ExecEvent::Stderr { data }) => Ok(Some(Output::Stderr(decode(data)?))),
-                Some(ExecEvent::Exit {
+                ExecEvent::Started { .. } => continue,
+                // Output comes as frames of its own, never as an event.
+                ExecEvent::Stdout { .. } | ExecEvent::Stderr { .. } => {
+                    Err(Error::Protocol("output inside an event frame".into()))
+                }
+                ExecEvent::Exit {
                     exit_code,
                     signal,
                     timed_out,
                     oom_killed,
-                }) => {
+                } => {
                     self.ended = true;
                     Ok(Some(Output::Exit(Exit {
                         exit_code,
@@ -200,13 +232,10 @@ impl ExecStream {
                         oom_killed,
                     })))
                 }
-                Some(ExecEvent::Error { code, message }) => {
+                ExecEvent::Error { code, message } => {
                     self.ended = true;
                     Err(Error::Api { code, message })
                 }
-                None => Err(Error::Connection(
-                    "the output stream ended before the process did".into(),
-                )),
             };
         }
     }
@@ -253,11 +282,13 @@ impl Client {
     /// started. With `stdin: true` in `req`, write to it with
     /// [`ExecStream::write_stdin`].
     pub async fn exec_stream(&self, key: &str, req: &ExecRequest) -> Result<ExecStream, Error> {
-        let path = sandbox_path(key, "/exec?stream=true");
-        let mut lines = self.lines(Method::POST, &path, Some(req)).await?;
-        let pid = match lines.next::<ExecEvent>().await? {
-            Some(ExecEvent::Started { pid }) => pid,
-            Some(ExecEvent::Error { code, message }) => return Err(Error::Api { code, message }),
+        let path = sandbox_path(key, "/exec?stream=binary");
+        let mut frames = self.frames(Method::POST, &path, Some(req)).await?;
+        let pid = match frames.piece().await? {
+            Some(Piece::Event(ExecEvent::Started { pid })) => pid,
+            Some(Piece::Event(ExecEvent::Error { code, message })) => {
+                return Err(Error::Api { code, message })
+            }
             Some(other) => {
                 return Err(Error::Protocol(format!(
                     "expected the process to start, got {other:?}"
@@ -271,7 +302,7 @@ impl Client {
         };
         Ok(ExecStream {
             handle: self.process(key, pid),
-            lines,
+            frames,
             ended: false,
         })
     }
@@ -279,12 +310,14 @@ impl Client {
     /// Follows a process started earlier (in the background, or by another client);
     /// with `replay`, the output the agent still holds comes first.
     pub async fn attach(&self, key: &str, pid: u32, replay: bool) -> Result<ExecStream, Error> {
-        let q = if replay { "?replay=true" } else { "" };
-        let path = sandbox_path(key, &format!("/processes/{pid}/attach{q}"));
-        let lines = self.lines(Method::GET, &path, None::<&()>).await?;
+        let path = sandbox_path(
+            key,
+            &format!("/processes/{pid}/attach?stream=binary&replay={replay}"),
+        );
+        let frames = self.frames(Method::GET, &path, None::<&()>).await?;
         Ok(ExecStream {
             handle: self.process(key, pid),
-            lines,
+            frames,
             ended: false,
         })
     }

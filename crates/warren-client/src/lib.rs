@@ -43,7 +43,7 @@ pub use hyper::Method;
 pub use warren_types;
 
 pub use crate::error::Error;
-pub use crate::exec::{argv, shell, ExecStream, Exit, Output, ProcessHandle};
+pub use crate::exec::{argv, shell, ExecStream, Exit, Output, Piece, ProcessHandle};
 pub use crate::files::Files;
 pub use crate::sandboxes::{
     Events, Health, ListFilter, SnapshotRequest, SnapshotResult, TemplateInfo,
@@ -53,5 +53,6 @@ pub use crate::terminal::{
     Notice, Terminal, TerminalEvent, TerminalInput, TerminalOptions, TerminalOutput,
 };
 pub use crate::transport::{
-    default_socket, enc, sandbox_path, Client, Io, Lines, ACCESS_TOKEN_HEADER, TENANT_HEADER,
+    default_socket, enc, sandbox_path, Client, Frames, Io, Lines, ACCESS_TOKEN_HEADER,
+    TENANT_HEADER,
 };

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::WebSocketStream;
 use warren_types::api::{ApiError, WireCode};
+use warren_types::mux;
 
 use crate::Error;
 
@@ -337,6 +338,21 @@ impl Client {
         Ok(Lines::new(resp))
     }
 
+    /// A call whose answer is a stream of binary frames ([`mux`]).
+    pub async fn frames(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Frames, Error> {
+        let body = match body {
+            Some(b) => Some(("application/json", json_bytes(b)?)),
+            None => None,
+        };
+        let resp = self.send(method, path, body).await?;
+        Ok(Frames::new(resp))
+    }
+
     /// Opens a WebSocket on `path`. A refused upgrade becomes [`Error::Api`].
     pub async fn websocket(&self, path: &str) -> Result<WebSocketStream<Box<dyn Io>>, Error> {
         let io = self.connect().await?;
@@ -500,6 +516,54 @@ impl Lines {
                 .map(Some)
                 .map_err(|e| Error::Protocol(format!("{e}: {}", String::from_utf8_lossy(&line)))),
             None => Ok(None),
+        }
+    }
+}
+
+/// A stream of binary frames ([`mux`]) from a response body.
+#[derive(Debug)]
+pub struct Frames {
+    body: Incoming,
+    buf: BytesMut,
+    eof: bool,
+}
+
+impl Frames {
+    /// The frames of `resp`'s body, as they arrive.
+    pub fn new(resp: Response<Incoming>) -> Self {
+        Self {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+            eof: false,
+        }
+    }
+
+    /// The next frame: its kind and payload; `None` at the end of the stream.
+    pub async fn next(&mut self) -> Result<Option<(mux::Kind, Bytes)>, Error> {
+        loop {
+            if let Some(head) = self.buf.first_chunk::<{ mux::HEADER_LEN }>() {
+                let (kind, len) =
+                    mux::parse_header(head).map_err(|e| Error::Protocol(e.to_string()))?;
+                if self.buf.len() >= mux::HEADER_LEN + len {
+                    self.buf.advance(mux::HEADER_LEN);
+                    return Ok(Some((kind, self.buf.split_to(len).freeze())));
+                }
+            }
+            if self.eof {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(Error::Connection("the stream ended inside a frame".into()));
+            }
+            match self.body.frame().await {
+                None => self.eof = true,
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+                Some(Err(e)) => return Err(Error::Connection(e.to_string())),
+            }
         }
     }
 }

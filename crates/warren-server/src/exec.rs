@@ -1,8 +1,9 @@
 //! Processes: exec (collected or streamed), attach, stdin, signals, resize, and the
 //! terminal WebSocket.
 //!
-//! Streams are NDJSON: one [`ExecEvent`] per line, written as soon as the agent sends a
-//! chunk, so a client sees output live. A stream holds the sandbox active for its
+//! Streams are NDJSON (one [`ExecEvent`] per line, output in base64) or, with
+//! `stream=binary`, frames of raw bytes ([`warren_types::mux`]); either is written as soon
+//! as the agent sends a chunk, so a client sees output live. A stream holds the sandbox active for its
 //! lifetime. When the HTTP client goes away the body is dropped; the task feeding it
 //! sees its queue close and drops the [`Followed`] process, which kills a foreground
 //! exec and stops the agent's stream (the agent would only kill it when the whole
@@ -31,6 +32,7 @@ use warren_agent::client::{
 };
 use warren_core::{ActivityGuard, AgentConn, ProcessExit};
 use warren_types::api::{ExecEvent, ExecResult, WireCode};
+use warren_types::mux;
 use warren_types::proto::{
     Command, ExecRequest, FrameKind, ProcessInfo, Request, Response as AgentResponse, WinSize,
     CHUNK,
@@ -274,12 +276,51 @@ fn line(ev: &ExecEvent) -> Bytes {
     Bytes::from(v)
 }
 
+/// How a stream is written: NDJSON lines, or binary frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Ndjson,
+    Binary,
+}
+
+impl Wire {
+    fn event(self, ev: &ExecEvent) -> Bytes {
+        match self {
+            Wire::Ndjson => line(ev),
+            Wire::Binary => Bytes::from(mux::frame(
+                mux::Kind::Event,
+                &serde_json::to_vec(ev).unwrap_or_default(),
+            )),
+        }
+    }
+
+    fn output(self, kind: mux::Kind, data: Vec<u8>) -> Bytes {
+        match (self, kind) {
+            (Wire::Ndjson, mux::Kind::Stderr) => line(&ExecEvent::Stderr { data: b64(&data) }),
+            (Wire::Ndjson, _) => line(&ExecEvent::Stdout { data: b64(&data) }),
+            (Wire::Binary, kind) => Bytes::from(mux::frame(kind, &data)),
+        }
+    }
+
+    fn response(self, rx: mpsc::Receiver<Bytes>) -> Response {
+        match self {
+            Wire::Ndjson => ndjson(rx),
+            Wire::Binary => streamed(rx, mux::CONTENT_TYPE),
+        }
+    }
+}
+
 /// An NDJSON response fed by `rx`.
 pub(crate) fn ndjson(rx: mpsc::Receiver<Bytes>) -> Response {
+    streamed(rx, "application/x-ndjson")
+}
+
+/// A response of `content_type` fed by `rx`, never cached.
+fn streamed(rx: mpsc::Receiver<Bytes>, content_type: &'static str) -> Response {
     let body = HttpBody::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
     (
         [
-            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CONTENT_TYPE, content_type),
             (header::CACHE_CONTROL, "no-store"),
         ],
         body,
@@ -291,10 +332,25 @@ pub(crate) fn ndjson(rx: mpsc::Receiver<Bytes>) -> Response {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExecQuery {
-    /// Stream NDJSON instead of collecting.
+    /// `true` streams NDJSON lines, `binary` raw frames, instead of collecting.
     #[serde(default)]
-    #[param(default = false)]
-    stream: bool,
+    #[param(inline)]
+    stream: StreamMode,
+}
+
+/// How an exec or attach answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
+pub enum StreamMode {
+    /// Collected: one ExecResult at the exit.
+    #[default]
+    #[serde(rename = "false")]
+    Collected,
+    /// NDJSON ExecEvent lines, output in base64.
+    #[serde(rename = "true")]
+    Ndjson,
+    /// Frames of raw output and JSON events (`application/vnd.warren.multiplexed-stream`).
+    #[serde(rename = "binary")]
+    Binary,
 }
 
 /// `POST /v1/sandboxes/{key}/exec`.
@@ -304,14 +360,14 @@ pub struct ExecQuery {
     operation_id = "exec",
     tag = "processes",
     summary = "Run a command.",
-    description = "Without `stream`, waits for the exit and answers an ExecResult. With `stream=true`, answers NDJSON ExecEvent lines (`started`, then `stdout`/`stderr` chunks, then `exit` or `error`) as they happen. A client that disconnects kills a non-background command. The sandbox must be running.",
+    description = "Without `stream`, waits for the exit and answers an ExecResult. With `stream=true`, answers NDJSON ExecEvent lines (`started`, then `stdout`/`stderr` chunks in base64, then `exit` or `error`) as they happen. With `stream=binary`, the same as frames (`application/vnd.warren.multiplexed-stream`): an 8-byte header (kind 1 stdout, 2 stderr, 3 an ExecEvent as JSON; three zero bytes; the payload's length, big-endian u32) and the payload, the output raw. A client that disconnects kills a non-background command. The sandbox must be running.",
     params(
         crate::openapi::SandboxKey,
         ExecQuery,
     ),
     request_body(content = warren_types::proto::ExecRequest, content_type = "application/json"),
     responses(
-        (status = 200, description = "ExecResult, or with stream=true an NDJSON stream of ExecEvent.", content((warren_types::api::ExecResult = "application/json"), (warren_types::api::ExecEvent = "application/x-ndjson"))),
+        (status = 200, description = "ExecResult, or with stream=true an NDJSON stream of ExecEvent, or with stream=binary a stream of frames.", content((warren_types::api::ExecResult = "application/json"), (warren_types::api::ExecEvent = "application/x-ndjson"), (crate::openapi::Binary = "application/vnd.warren.multiplexed-stream"))),
         (status = 400, response = crate::openapi::BadRequest),
         (status = 401, response = crate::openapi::Unauthorized),
         (status = 404, response = crate::openapi::NotFound),
@@ -332,27 +388,24 @@ pub async fn exec(
     let activity = conn.hold();
     let stdin = req.stdin;
     let p = Followed::exec(conn.client(), req).await?;
-    if !q.stream {
-        if stdin {
-            // Nobody can write to it in this mode; an open stdin would only hang readers.
-            p.close_stdin().await?;
+    let wire = match q.stream {
+        StreamMode::Ndjson => Wire::Ndjson,
+        StreamMode::Binary => Wire::Binary,
+        StreamMode::Collected => {
+            if stdin {
+                // Nobody can write to it in this mode; an open stdin would only hang readers.
+                p.close_stdin().await?;
+            }
+            let r = collect(p, &conn).await;
+            drop(activity);
+            return r.map(|r| axum::Json(r).into_response());
         }
-        let r = collect(p, &conn).await;
-        drop(activity);
-        return r.map(|r| axum::Json(r).into_response());
-    }
+    };
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    let started = line(&ExecEvent::Started { pid: p.pid });
-    tokio::spawn(pump(
-        st,
-        conn,
-        p,
-        tx,
-        Some(started),
-        activity,
-        access.credential,
-    ));
-    Ok(ndjson(rx))
+    // The queue is new and empty: this never waits, and the line is first.
+    let _ = tx.try_send(wire.event(&ExecEvent::Started { pid: p.pid }));
+    tokio::spawn(pump(st, conn, p, wire, tx, activity, access.credential));
+    Ok(wire.response(rx))
 }
 
 async fn collect(mut p: Followed, conn: &AgentConn) -> Result<ExecResult, Error> {
@@ -403,42 +456,37 @@ async fn collect(mut p: Followed, conn: &AgentConn) -> Result<ExecResult, Error>
     }
 }
 
-/// Feeds a process's events to an NDJSON body until the exit, an error, the client
+/// Feeds a process's events to a streamed body until the exit, an error, the client
 /// leaving, or the daemon shutting down.
 async fn pump(
     st: AppState,
     conn: AgentConn,
     mut p: Followed,
+    wire: Wire,
     tx: mpsc::Sender<Bytes>,
-    first: Option<Bytes>,
     _activity: Option<ActivityGuard>,
     credential: Option<Credential>,
 ) {
-    if let Some(first) = first {
-        if tx.send(first).await.is_err() {
-            return;
-        }
-    }
     let shutdown = shutting_down(st.shutdown.clone());
     tokio::pin!(shutdown);
     let revoked = revoked(st.clone(), credential);
     tokio::pin!(revoked);
     loop {
-        let (ev, last) = tokio::select! {
+        let (out, last) = tokio::select! {
             ev = p.next() => match ev {
-                Ok(ProcessEvent::Stdout(d)) => (ExecEvent::Stdout { data: b64(&d) }, false),
-                Ok(ProcessEvent::Stderr(d)) => (ExecEvent::Stderr { data: b64(&d) }, false),
-                Ok(ProcessEvent::Exited(s)) => (exit_event(conn.exit(&s)), true),
-                Err(e) => (error_event(e.into()), true),
+                Ok(ProcessEvent::Stdout(d)) => (wire.output(mux::Kind::Stdout, d), false),
+                Ok(ProcessEvent::Stderr(d)) => (wire.output(mux::Kind::Stderr, d), false),
+                Ok(ProcessEvent::Exited(s)) => (wire.event(&exit_event(conn.exit(&s))), true),
+                Err(e) => (wire.event(&error_event(e.into())), true),
             },
             _ = tx.closed() => return,
-            _ = &mut shutdown => (error_event(Error::new(
+            _ = &mut shutdown => (wire.event(&error_event(Error::new(
                 WireCode::ShuttingDown,
                 "the daemon is shutting down; the stream ends here",
-            )), true),
-            e = &mut revoked => (error_event(e), true),
+            ))), true),
+            e = &mut revoked => (wire.event(&error_event(e)), true),
         };
-        if tx.send(line(&ev)).await.is_err() || last {
+        if tx.send(out).await.is_err() || last {
             return;
         }
     }
@@ -642,6 +690,10 @@ pub struct AttachQuery {
     #[serde(default)]
     #[param(default = false)]
     replay: bool,
+    /// `true` (the default) for NDJSON lines, `binary` for frames as a streamed exec's.
+    #[serde(default)]
+    #[param(inline)]
+    stream: Option<StreamMode>,
 }
 
 /// `GET /v1/sandboxes/{key}/processes/{pid}/attach`: the same stream as a streamed exec,
@@ -651,7 +703,7 @@ pub struct AttachQuery {
     path = "/v1/sandboxes/{key}/processes/{pid}/attach",
     operation_id = "attachProcess",
     tag = "processes",
-    summary = "Follow a process's output as NDJSON ExecEvent lines (no `started` line).",
+    summary = "Follow a process's output as NDJSON ExecEvent lines, or binary frames with stream=binary (no `started` event).",
     params(
         crate::openapi::SandboxKey,
         crate::openapi::ProcessId,
@@ -674,13 +726,22 @@ pub async fn attach(
     Path((_, pid)): Path<ProcessPath>,
     Query(q): Query<AttachQuery>,
 ) -> Result<Response, Error> {
+    let wire = match q.stream {
+        None | Some(StreamMode::Ndjson) => Wire::Ndjson,
+        Some(StreamMode::Binary) => Wire::Binary,
+        Some(StreamMode::Collected) => {
+            return Err(Error::invalid(
+                "an attach always streams: stream=true (NDJSON) or stream=binary",
+            ))
+        }
+    };
     let conn = st.mgr.agent(&access.caller, &access.key).await?;
     running(conn.client(), pid).await?;
     let activity = conn.hold();
     let p = Followed::attach(conn.client(), pid, q.replay).await?;
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
-    tokio::spawn(pump(st, conn, p, tx, None, activity, access.credential));
-    Ok(ndjson(rx))
+    tokio::spawn(pump(st, conn, p, wire, tx, activity, access.credential));
+    Ok(wire.response(rx))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -4,6 +4,7 @@
 pub mod api;
 mod b64;
 pub mod egress;
+pub mod mux;
 pub mod proto;
 pub mod random;
 pub mod size;

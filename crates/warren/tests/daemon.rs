@@ -1156,3 +1156,172 @@ fn a_templates_user_runs_its_processes_and_owns_what_is_copied_in() {
     d.ok(&["template", "rm", "dev"]);
     d.finish();
 }
+
+/// A stream's output and how it ended, read from NDJSON lines or binary frames.
+#[derive(Debug, Default, PartialEq)]
+struct Streamed {
+    /// Every event in order (`started`, then `exit`/`error`), output left out.
+    events: Vec<serde_json::Value>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+fn from_ndjson(body: &[u8]) -> Streamed {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut s = Streamed::default();
+    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+        let data = || b64.decode(v["data"].as_str().unwrap()).unwrap();
+        match v["type"].as_str().unwrap() {
+            "stdout" => s.stdout.extend(data()),
+            "stderr" => s.stderr.extend(data()),
+            _ => s.events.push(v),
+        }
+    }
+    s
+}
+
+/// Frames as docs/api.md lays them out: kind, three zero bytes, a big-endian length.
+fn from_frames(mut body: &[u8]) -> Streamed {
+    let mut s = Streamed::default();
+    while !body.is_empty() {
+        assert!(body.len() >= 8, "a cut header: {body:?}");
+        assert_eq!(body[1..4], [0, 0, 0], "the header's padding");
+        let len = u32::from_be_bytes(body[4..8].try_into().unwrap()) as usize;
+        let payload = &body[8..8 + len];
+        match body[0] {
+            1 => s.stdout.extend_from_slice(payload),
+            2 => s.stderr.extend_from_slice(payload),
+            3 => s.events.push(serde_json::from_slice(payload).unwrap()),
+            k => panic!("a frame of kind {k}"),
+        }
+        body = &body[8 + len..];
+    }
+    s
+}
+
+#[test]
+fn an_exec_streams_the_same_bytes_as_ndjson_lines_and_as_binary_frames() {
+    if !can_run("an_exec_streams_the_same_bytes_as_ndjson_lines_and_as_binary_frames") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&[]);
+    let via = trust::Via::Unix;
+    let json = [("Content-Type", "application/json")];
+    // Every byte value on stdout, then 3 MiB (many frames), stderr between, and a code.
+    let every: String = (0..=255u8)
+        .map(|b| match b {
+            b'%' => "%%".to_string(),
+            b => format!("\\{b:03o}"),
+        })
+        .collect();
+    let script = format!(
+        "printf 'a\\000b{every}'; echo oops >&2; \
+         head -c 3145728 /dev/urandom | tee /tmp/sent; exit 3"
+    );
+    let body = serde_json::json!({ "command": { "shell": script } }).to_string();
+    let exec = |stream: &str| {
+        let r = d.http(
+            via,
+            "POST",
+            &format!("/v1/sandboxes/{id}/exec?stream={stream}"),
+            &json,
+            body.as_bytes(),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.body
+    };
+    let lines = from_ndjson(&exec("true"));
+    let frames = from_frames(&exec("binary"));
+    for s in [&lines, &frames] {
+        assert_eq!(
+            s.events.first().unwrap()["type"],
+            "started",
+            "{:?}",
+            s.events
+        );
+        let exit = s.events.last().unwrap();
+        assert_eq!(
+            (exit["type"].as_str(), exit["exit_code"].as_i64()),
+            (Some("exit"), Some(3)),
+            "{exit}"
+        );
+        assert_eq!(s.events.len(), 2, "{:?}", s.events);
+        assert_eq!(s.stderr, b"oops\n");
+        assert!(s.stdout.starts_with(b"a\0b"));
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(s.stdout[3..259], all[..], "every byte value, unchanged");
+        assert_eq!(s.stdout.len(), 3 + 256 + (3 << 20));
+    }
+    assert_eq!(lines.stderr, frames.stderr);
+    // The random tail as the sandbox kept it, byte for byte (it was overwritten by the
+    // second run: compare the binary stream's copy).
+    let (code, sent) = d.exec(&id, "od -An -tx1 -v /tmp/sent | tr -d ' \\n' | head -c 64");
+    assert_eq!(code, 0);
+    let head: String = frames.stdout[259..291]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(sent, head);
+
+    // A process followed in the background: attach in either form, a wrong one named.
+    let r = d.http(
+        via,
+        "POST",
+        &format!("/v1/sandboxes/{id}/exec"),
+        &json,
+        br#"{"command":{"shell":"echo one; echo two >&2"},"background":true}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let pid = r.json()["pid"].as_u64().unwrap();
+    let attach = |q: &str| {
+        d.http(
+            via,
+            "GET",
+            &format!("/v1/sandboxes/{id}/processes/{pid}/attach?replay=true{q}"),
+            &[],
+            b"",
+        )
+    };
+    let r = attach("&stream=binary");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let framed = from_frames(&r.body);
+    assert_eq!(
+        (framed.stdout.as_slice(), framed.stderr.as_slice()),
+        (&b"one\n"[..], &b"two\n"[..])
+    );
+    assert_eq!(
+        framed.events.len(),
+        1,
+        "no started event on attach: {:?}",
+        framed.events
+    );
+    assert_eq!(framed.events[0]["exit_code"], 0);
+    assert_eq!(from_ndjson(&attach("").body), framed);
+    for (q, word) in [
+        ("&stream=false", "always streams"),
+        ("&stream=yes", "binary"),
+    ] {
+        let r = attach(q);
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_request".into()),
+            "{}",
+            r.text()
+        );
+        assert!(r.text().contains(word), "{}", r.text());
+    }
+    let r = d.http(
+        via,
+        "POST",
+        &format!("/v1/sandboxes/{id}/exec?stream=yes"),
+        &json,
+        body.as_bytes(),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    d.ok(&["rm", "-f", &id]);
+    d.finish();
+}

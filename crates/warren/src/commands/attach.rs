@@ -34,7 +34,10 @@ pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
     let code = block_on(async {
         let path = sandbox_path(
             &args.key,
-            &format!("/processes/{}/attach?replay={}", args.pid, !args.no_replay),
+            &format!(
+                "/processes/{}/attach?stream=binary&replay={}",
+                args.pid, !args.no_replay
+            ),
         );
         let processes: Vec<ProcessInfo> = client
             .call(
@@ -44,12 +47,12 @@ pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
             )
             .await?;
         let tty = processes.iter().any(|p| p.pid == args.pid && p.tty);
-        let mut lines = client.lines(Method::GET, &path, None::<&()>).await?;
+        let mut frames = client.frames(Method::GET, &path, None::<&()>).await?;
         let opts = Follow {
             stdin: args.interactive,
             tty,
         };
-        follow(&client, &args.key, Some(args.pid), &mut lines, opts).await
+        follow(&client, &args.key, Some(args.pid), &mut frames, opts).await
     })??;
     Ok(ExitCode::from(code))
 }

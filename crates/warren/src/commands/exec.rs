@@ -1,6 +1,6 @@
 //! `warren exec`: a command in a sandbox the daemon keeps.
 //!
-//! Output arrives as a stream of JSON lines (started, stdout, stderr, exit); stdout and
+//! Output arrives as a stream of binary frames (started, stdout, stderr, exit); stdout and
 //! stderr go to ours separately, and the exit status is the command's. Stdin, signals and
 //! window sizes go back through their own short calls, sent beside the stream so that a
 //! command blocked writing output never holds up the input it waits for. An interactive
@@ -14,7 +14,6 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use base64::Engine;
 use clap::Args;
 use futures_util::{SinkExt, StreamExt};
 use hyper::Method;
@@ -27,7 +26,7 @@ use warren_types::proto::{Command, ExecRequest, User, WinSize, CHUNK};
 
 use crate::client::{
     block_on, connect, enc, out, sandbox_path, write_stderr, Client, ClientArgs, ClientError,
-    Error, Lines,
+    Error, Frames, Piece,
 };
 use crate::parse::{parse_env, parse_user};
 use warren_types::size::parse_duration;
@@ -94,16 +93,16 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         tag: None,
     };
     let code = block_on(async {
-        let path = sandbox_path(&args.key, "/exec?stream=true");
-        let mut lines = client.lines(Method::POST, &path, Some(&req)).await?;
+        let path = sandbox_path(&args.key, "/exec?stream=binary");
+        let mut frames = client.frames(Method::POST, &path, Some(&req)).await?;
         if args.detach {
-            return detach(&mut lines).await;
+            return detach(&mut frames).await;
         }
         let opts = Follow {
             stdin: args.interactive,
             tty: args.tty,
         };
-        follow(&client, &args.key, None, &mut lines, opts).await
+        follow(&client, &args.key, None, &mut frames, opts).await
     })?;
     Ok(ExitCode::from(not_started(code)?))
 }
@@ -122,13 +121,13 @@ fn not_started(r: Result<u8, Error>) -> Result<u8, Error> {
 }
 
 /// Prints the pid of a process started in the background.
-async fn detach(lines: &mut Lines) -> Result<u8, Error> {
-    match lines.next::<ExecEvent>().await? {
-        Some(ExecEvent::Started { pid }) => {
+async fn detach(frames: &mut Frames) -> Result<u8, Error> {
+    match frames.piece().await? {
+        Some(Piece::Event(ExecEvent::Started { pid })) => {
             out(format!("{pid}\n"))?;
             Ok(0)
         }
-        Some(ExecEvent::Error { code, message }) => Ok(start_failed(&code, &message)),
+        Some(Piece::Event(ExecEvent::Error { code, message })) => Ok(start_failed(&code, &message)),
         Some(other) => Err(Error::protocol(format!(
             "expected the process to start, got {other:?}"
         ))),
@@ -152,7 +151,7 @@ pub(crate) async fn follow(
     client: &Client,
     key: &str,
     mut pid: Option<u32>,
-    lines: &mut Lines,
+    frames: &mut Frames,
     opts: Follow,
 ) -> Result<u8, Error> {
     let stdin = std::io::stdin();
@@ -170,22 +169,24 @@ pub(crate) async fn follow(
     if let (true, Some(pid)) = (opts.stdin, pid) {
         pump = Some(spawn_stdin(client, key, pid, detach_tx.take()));
     }
-    let b64 = base64::engine::general_purpose::STANDARD;
     let code = loop {
         tokio::select! {
-            ev = lines.next::<ExecEvent>() => match ev? {
-                Some(ExecEvent::Started { pid: p }) => {
+            piece = frames.piece() => match piece? {
+                Some(Piece::Stdout(data)) => out(data)?,
+                Some(Piece::Stderr(data)) => write_stderr(&data),
+                Some(Piece::Event(ExecEvent::Started { pid: p })) => {
                     pid = Some(p);
                     if opts.stdin && pump.is_none() {
                         pump = Some(spawn_stdin(client, key, p, detach_tx.take()));
                     }
                 }
-                Some(ExecEvent::Stdout { data }) => out(decode(&b64, &data)?)?,
-                Some(ExecEvent::Stderr { data }) => write_stderr(&decode(&b64, &data)?),
-                Some(ExecEvent::Exit { exit_code, signal, timed_out, oom_killed }) => {
+                Some(Piece::Event(ExecEvent::Exit { exit_code, signal, timed_out, oom_killed })) => {
                     break End::Exited { code: exit_code, signal, timed_out, oom_killed };
                 }
-                Some(ExecEvent::Error { code, message }) => {
+                Some(Piece::Event(ExecEvent::Stdout { .. } | ExecEvent::Stderr { .. })) => {
+                    return Err(Error::protocol("output inside an event frame".into()));
+                }
+                Some(Piece::Event(ExecEvent::Error { code, message })) => {
                     if pid.is_none() {
                         break End::NotStarted { code, message };
                     }
@@ -264,11 +265,6 @@ impl End {
             Self::NotStarted { code, message } => start_failed(&code, &message),
         }
     }
-}
-
-fn decode(b64: &impl Engine, data: &str) -> Result<Vec<u8>, Error> {
-    b64.decode(data)
-        .map_err(|e| Error::protocol(format!("output is not base64: {e}")))
 }
 
 /// The shell's convention, with the reasons a status alone would hide said on stderr.

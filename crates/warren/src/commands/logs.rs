@@ -14,13 +14,14 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use base64::Engine;
 use clap::Args;
 use hyper::Method;
 use warren_types::api::ExecEvent;
 use warren_types::proto::ProcessInfo;
 
-use crate::client::{block_on, connect, out, sandbox_path, write_stderr, ClientArgs, Error};
+use crate::client::{
+    block_on, connect, out, sandbox_path, write_stderr, ClientArgs, Error, Frames, Piece,
+};
 
 /// The tag `run -d` gives the process it starts.
 pub const MAIN_TAG: &str = "main";
@@ -69,10 +70,10 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
         }
         let path = sandbox_path(
             &args.key,
-            &format!("/processes/{}/attach?replay=true", p.pid),
+            &format!("/processes/{}/attach?stream=binary&replay=true", p.pid),
         );
-        let mut lines = client.lines(Method::GET, &path, None::<&()>).await?;
-        show(&mut lines, p.output_end, args.follow, args.tail).await
+        let mut frames = client.frames(Method::GET, &path, None::<&()>).await?;
+        show(&mut frames, p.output_end, args.follow, args.tail).await
     })??;
     Ok(ExitCode::SUCCESS)
 }
@@ -130,7 +131,7 @@ impl Chunk {
 /// the buffer still holds of it: the stream is left once it stays quiet), only its last
 /// `tail` lines when given; then, with `follow`, what follows until the process ends.
 async fn show(
-    lines: &mut crate::client::Lines,
+    frames: &mut Frames,
     output_end: u64,
     follow: bool,
     tail: Option<usize>,
@@ -139,7 +140,7 @@ async fn show(
     let mut kept = Vec::new();
     let mut ended = false;
     while shown < output_end {
-        let Ok(next) = tokio::time::timeout(QUIET, next_chunk(lines)).await else {
+        let Ok(next) = tokio::time::timeout(QUIET, next_chunk(frames)).await else {
             break;
         };
         let Some(chunk) = next? else {
@@ -160,26 +161,23 @@ async fn show(
     if ended || !follow {
         return Ok(());
     }
-    while let Some(chunk) = next_chunk(lines).await? {
+    while let Some(chunk) = next_chunk(frames).await? {
         chunk.print()?;
     }
     Ok(())
 }
 
 /// The next piece of output; `None` once the process has ended.
-async fn next_chunk(lines: &mut crate::client::Lines) -> Result<Option<Chunk>, Error> {
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let decode = |data: &str| {
-        b64.decode(data)
-            .map_err(|e| Error::protocol(format!("output not in base64: {e}")))
-    };
+async fn next_chunk(frames: &mut Frames) -> Result<Option<Chunk>, Error> {
     loop {
-        return match lines.next::<ExecEvent>().await? {
-            Some(ExecEvent::Stdout { data }) => Ok(Some(Chunk::Stdout(decode(&data)?))),
-            Some(ExecEvent::Stderr { data }) => Ok(Some(Chunk::Stderr(decode(&data)?))),
-            Some(ExecEvent::Error { code, message }) => Err(Error::api(code, message)),
-            Some(ExecEvent::Exit { .. }) | None => Ok(None),
-            Some(ExecEvent::Started { .. }) => continue,
+        return match frames.piece().await? {
+            Some(Piece::Stdout(data)) => Ok(Some(Chunk::Stdout(data.into()))),
+            Some(Piece::Stderr(data)) => Ok(Some(Chunk::Stderr(data.into()))),
+            Some(Piece::Event(ExecEvent::Error { code, message })) => {
+                Err(Error::api(code, message))
+            }
+            Some(Piece::Event(ExecEvent::Exit { .. })) | None => Ok(None),
+            Some(Piece::Event(_)) => continue,
         };
     }
 }

@@ -34,7 +34,7 @@ use warren_types::proto::User;
 
 use super::flags::{SandboxFlags, SandboxSettings};
 use super::logs::MAIN_TAG;
-use crate::client::{block_on, connect, enc, out, sandbox_path, Client, ClientArgs, Error};
+use crate::client::{block_on, connect, enc, out, sandbox_path, Client, ClientArgs, Error, Piece};
 use crate::parse::{parse_env, parse_host_mount, parse_pair, parse_user};
 use warren_types::size::{parse_duration, parse_size};
 
@@ -501,7 +501,7 @@ async fn start_main(
         tag: Some(MAIN_TAG.into()),
         ..ExecRequest::default()
     };
-    let path = sandbox_path(&info.id, "/exec?stream=true");
+    let path = sandbox_path(&info.id, "/exec?stream=binary");
     // A command that cannot start is refused before the stream, or as its first line;
     // either way it exits as a shell would.
     let not_started = |code: &str, message: &str| {
@@ -512,8 +512,8 @@ async fn start_main(
             126
         })
     };
-    let mut lines = match client.lines(Method::POST, &path, Some(&req)).await {
-        Ok(lines) => lines,
+    let mut frames = match client.frames(Method::POST, &path, Some(&req)).await {
+        Ok(frames) => frames,
         Err(warren_client::Error::Api { code, message })
             if code == "command_not_found" || code == "permission_denied" =>
         {
@@ -521,9 +521,9 @@ async fn start_main(
         }
         Err(e) => return Err(e.into()),
     };
-    match lines.next::<ExecEvent>().await? {
-        Some(ExecEvent::Started { .. }) => Ok(0),
-        Some(ExecEvent::Error { code, message }) => not_started(&code, &message),
+    match frames.piece().await? {
+        Some(Piece::Event(ExecEvent::Started { .. })) => Ok(0),
+        Some(Piece::Event(ExecEvent::Error { code, message })) => not_started(&code, &message),
         other => Err(Error::protocol(format!(
             "expected the command to start, got {other:?}"
         ))),
