@@ -63,6 +63,8 @@ struct Inner {
     in_flight: Arc<Semaphore>,
     /// Whether the agent grants credit for input (protocol version 2 on).
     input_credit: AtomicBool,
+    /// The protocol version the connection speaks.
+    version: u16,
 }
 
 /// Where the reader puts a channel's frames, and what they hold there until taken.
@@ -174,7 +176,45 @@ impl AgentClient {
         }
     }
 
+    /// Connects to an agent known to speak this build's protocol version (an earlier
+    /// connection to the same agent said so, [`AgentClient::speaks_current`]): the hello
+    /// goes out and the caller's first request right behind it, without waiting a round
+    /// trip for the answer. An agent that refuses the hello after all closes the
+    /// connection, and calls on it fail as on a closed one.
+    pub async fn connect_current(socket: &Path) -> Result<Self> {
+        let (client, hello) = Self::start(socket, PROTOCOL_VERSION).await?;
+        hello
+            .send(&Request::Hello {
+                version: PROTOCOL_VERSION,
+            })
+            .await?;
+        // Its answer, once it comes, finds no channel and is dropped.
+        drop(hello);
+        Ok(client)
+    }
+
+    /// Whether the agent speaks this build's protocol version (not an older one).
+    pub fn speaks_current(&self) -> bool {
+        self.inner.version == PROTOCOL_VERSION
+    }
+
     async fn connect_speaking(socket: &Path, version: u16) -> Result<Self> {
+        let (client, mut hello) = Self::start(socket, version).await?;
+        hello.send(&Request::Hello { version }).await?;
+        match hello.recv().await {
+            Some(Incoming::Control(Response::Hello { version: v, .. })) if v == version => {
+                Ok(client)
+            }
+            Some(Incoming::Control(Response::Error { code, message })) => {
+                Err(ClientError::Agent { code, message })
+            }
+            Some(other) => Err(ClientError::Protocol(format!("{other:?}"))),
+            None => Err(ClientError::Closed),
+        }
+    }
+
+    /// A connection to speak `version` on, and its channel 0 for the hello.
+    async fn start(socket: &Path, version: u16) -> Result<(Self, Channel)> {
         let stream = UnixStream::connect(socket)
             .await
             .map_err(ClientError::Connect)?;
@@ -192,6 +232,7 @@ impl AgentClient {
             next: AtomicU32::new(1),
             in_flight: in_flight.clone(),
             input_credit: AtomicBool::new(version >= 2),
+            version,
         });
         tokio::spawn(async move {
             loop {
@@ -214,7 +255,7 @@ impl AgentClient {
             in_flight.close();
         });
         let client = AgentClient { inner };
-        let mut hello = client.open_at(0);
+        let hello = client.open_at(0);
         let reader_inner = Arc::downgrade(&client.inner);
         tokio::spawn(async move {
             while let Ok(Some(f)) = read_frame(&mut r).await {
@@ -254,17 +295,7 @@ impl AgentClient {
                 }
             }
         });
-        hello.send(&Request::Hello { version }).await?;
-        match hello.recv().await {
-            Some(Incoming::Control(Response::Hello { version: v, .. })) if v == version => {
-                Ok(client)
-            }
-            Some(Incoming::Control(Response::Error { code, message })) => {
-                Err(ClientError::Agent { code, message })
-            }
-            Some(other) => Err(ClientError::Protocol(format!("{other:?}"))),
-            None => Err(ClientError::Closed),
-        }
+        Ok((client, hello))
     }
 
     /// Whether the connection has ended (the agent went away).
@@ -1346,6 +1377,66 @@ mod tests {
             .expect("the client waited for credit an old agent never sends")
             .unwrap();
         assert_eq!(agent.await.unwrap(), 1 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_known_agent_gets_the_first_request_behind_the_hello_and_a_refusal_fails_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        // An agent that reads two frames before it answers anything: the hello and the
+        // request must both have come without waiting. The second connection it refuses.
+        let agent = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let hello = read_frame(&mut s).await.unwrap().unwrap();
+            assert!(matches!(
+                hello.parse::<Request>().unwrap(),
+                Request::Hello {
+                    version: PROTOCOL_VERSION
+                }
+            ));
+            let list = read_frame(&mut s).await.unwrap().unwrap();
+            assert!(matches!(
+                list.parse::<Request>().unwrap(),
+                Request::ListProcesses
+            ));
+            let reply = Response::Hello {
+                version: PROTOCOL_VERSION,
+                agent: "known".into(),
+            };
+            write_frame(&mut s, &Frame::control(0, &reply))
+                .await
+                .unwrap();
+            write_frame(
+                &mut s,
+                &Frame::control(list.channel, &Response::Processes { list: vec![] }),
+            )
+            .await
+            .unwrap();
+            let (mut s, _) = listener.accept().await.unwrap();
+            let _hello = read_frame(&mut s).await.unwrap().unwrap();
+            let refusal = Response::Error {
+                code: ErrorCode::VersionMismatch,
+                message: "another version".into(),
+            };
+            write_frame(&mut s, &Frame::control(0, &refusal))
+                .await
+                .unwrap();
+        });
+        let client = AgentClient::connect_current(&socket).await.unwrap();
+        assert!(client.speaks_current());
+        let listed = tokio::time::timeout(Duration::from_secs(10), client.list_processes())
+            .await
+            .expect("the request waited for the hello's answer");
+        assert!(listed.unwrap().is_empty());
+
+        let refused = AgentClient::connect_current(&socket).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), refused.list_processes()).await;
+        assert!(
+            matches!(r, Ok(Err(ClientError::Closed))),
+            "a refused hello fails the call: {r:?}"
+        );
+        agent.await.unwrap();
     }
 
     #[tokio::test]

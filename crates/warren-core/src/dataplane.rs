@@ -17,6 +17,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use warren_runtime::backend::{connect_agent_with, Hello};
 use warren_runtime::client::AgentClient;
 use warren_types::api::SandboxState;
 use warren_types::proto::ExitStatus;
@@ -160,8 +161,19 @@ impl Manager {
         // Best-effort: a data directory too full to record the activity must not stop
         // the sandbox's own work (a read, a command that frees space).
         let _ = self.store().touch(&r.id, now_ms());
-        let socket = self.with_live(&r.id, |l| l.sandbox.agent_socket().to_owned())?;
-        let client = warren_runtime::backend::connect_agent(&socket).await?;
+        let (socket, known) = self.with_live(&r.id, |l| {
+            (l.sandbox.agent_socket().to_owned(), l.agent_current.clone())
+        })?;
+        // An agent that once spoke this build's protocol always will (a later one, after
+        // a restart, is this build's too): its hello is not waited for again.
+        let hello = match known.load(Ordering::Relaxed) {
+            true => Hello::Known,
+            false => Hello::Ask,
+        };
+        let client = connect_agent_with(&socket, hello).await?;
+        if client.speaks_current() {
+            known.store(true, Ordering::Relaxed);
+        }
         Ok((r.id, client))
     }
 

@@ -143,6 +143,8 @@ pub struct ListFilter {
 struct Live {
     sandbox: Box<dyn Instance>,
     streams: Arc<AtomicUsize>,
+    /// Its agent has answered a hello in this build's protocol version.
+    agent_current: Arc<AtomicBool>,
     last_cpu_us: u64,
     /// Readings of its use, oldest first, at most [`SAMPLES_KEPT`].
     samples: std::collections::VecDeque<UsageSample>,
@@ -162,6 +164,7 @@ impl Live {
         Self {
             sandbox,
             streams: Arc::default(),
+            agent_current: Arc::default(),
             last_cpu_us: cpu,
             samples: std::collections::VecDeque::new(),
             sampled_cpu_us: cpu,

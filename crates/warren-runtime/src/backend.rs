@@ -176,6 +176,21 @@ pub trait Instance: Send + Sync + Debug {
 /// path (`O_PATH | O_NOFOLLOW`), checked to be one, and connected to through that
 /// descriptor, so what is checked is what is connected to.
 pub async fn connect_agent(path: &Path) -> Result<AgentClient, ClientError> {
+    connect_agent_with(path, Hello::Ask).await
+}
+
+/// How a connection to an agent starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hello {
+    /// Ask which protocol version the agent speaks and wait for the answer.
+    Ask,
+    /// The agent is known to speak this build's version: the first request follows the
+    /// hello at once ([`AgentClient::connect_current`]).
+    Known,
+}
+
+/// [`connect_agent`], starting as `hello` says.
+pub async fn connect_agent_with(path: &Path, hello: Hello) -> Result<AgentClient, ClientError> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let connect_err = ClientError::Connect;
@@ -196,7 +211,10 @@ pub async fn connect_agent(path: &Path) -> Result<AgentClient, ClientError> {
         ))));
     }
     let via = format!("/proc/self/fd/{}", pinned.as_raw_fd());
-    let client = AgentClient::connect(Path::new(&via)).await;
+    let client = match hello {
+        Hello::Ask => AgentClient::connect(Path::new(&via)).await,
+        Hello::Known => AgentClient::connect_current(Path::new(&via)).await,
+    };
     drop(pinned);
     client
 }
