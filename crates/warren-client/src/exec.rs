@@ -8,6 +8,7 @@
 //! waits for. Dropping an [`ExecStream`] before the exit kills the process, unless it was
 //! started with `background`.
 
+use base64::Engine;
 use bytes::Bytes;
 use hyper::Method;
 use serde::{Deserialize, Serialize};
@@ -15,7 +16,7 @@ use warren_types::api::{ExecEvent, ExecResult};
 use warren_types::mux;
 use warren_types::proto::{Command, ExecRequest, ProcessInfo};
 
-use crate::transport::{sandbox_path, Frames};
+use crate::transport::{sandbox_path, Frames, Lines};
 use crate::{Client, Error};
 
 /// An [`ExecRequest`] running `argv` (its first word looked up in `PATH`).
@@ -153,7 +154,7 @@ impl ProcessHandle {
 #[derive(Debug)]
 pub struct ExecStream {
     handle: ProcessHandle,
-    frames: Frames,
+    pieces: Pieces,
     ended: bool,
 }
 
@@ -184,6 +185,39 @@ impl Frames {
     }
 }
 
+/// A process's output stream as it arrives: binary frames, or NDJSON lines from a daemon
+/// older than them (see [`Client::process_stream`]).
+#[derive(Debug)]
+pub struct Pieces(Source);
+
+#[derive(Debug)]
+enum Source {
+    Frames(Frames),
+    Lines(Lines),
+}
+
+impl Pieces {
+    /// The next piece; `None` at the end of the stream.
+    pub async fn next(&mut self) -> Result<Option<Piece>, Error> {
+        let lines = match &mut self.0 {
+            Source::Frames(f) => return f.piece().await,
+            Source::Lines(l) => l,
+        };
+        let decode = |data: String| {
+            base64::engine::general_purpose::STANDARD
+                .decode(data)
+                .map(Bytes::from)
+                .map_err(|e| Error::Protocol(format!("output is not base64: {e}")))
+        };
+        Ok(match lines.next::<ExecEvent>().await? {
+            Some(ExecEvent::Stdout { data }) => Some(Piece::Stdout(decode(data)?)),
+            Some(ExecEvent::Stderr { data }) => Some(Piece::Stderr(decode(data)?)),
+            Some(event) => Some(Piece::Event(event)),
+            None => None,
+        })
+    }
+}
+
 impl ExecStream {
     /// The process's pid inside the sandbox.
     pub fn pid(&self) -> u32 {
@@ -202,7 +236,7 @@ impl ExecStream {
             return Ok(None);
         }
         loop {
-            let ev = match self.frames.piece().await? {
+            let ev = match self.pieces.next().await? {
                 Some(Piece::Stdout(data)) => return Ok(Some(Output::Stdout(data))),
                 Some(Piece::Stderr(data)) => return Ok(Some(Output::Stderr(data))),
                 Some(Piece::Event(ev)) => ev,
@@ -282,9 +316,9 @@ impl Client {
     /// started. With `stdin: true` in `req`, write to it with
     /// [`ExecStream::write_stdin`].
     pub async fn exec_stream(&self, key: &str, req: &ExecRequest) -> Result<ExecStream, Error> {
-        let path = sandbox_path(key, "/exec?stream=binary");
-        let mut frames = self.frames(Method::POST, &path, Some(req)).await?;
-        let pid = match frames.piece().await? {
+        let path = sandbox_path(key, "/exec");
+        let mut pieces = self.process_stream(Method::POST, &path, Some(req)).await?;
+        let pid = match pieces.next().await? {
             Some(Piece::Event(ExecEvent::Started { pid })) => pid,
             Some(Piece::Event(ExecEvent::Error { code, message })) => {
                 return Err(Error::Api { code, message })
@@ -302,22 +336,50 @@ impl Client {
         };
         Ok(ExecStream {
             handle: self.process(key, pid),
-            frames,
+            pieces,
             ended: false,
         })
+    }
+
+    /// Opens the output stream of an exec (`POST .../exec`, `body` its request) or an
+    /// attach (`GET .../attach`); `path` has no `stream` parameter. Binary frames, or,
+    /// from a daemon older than them (one that refuses `stream=binary`, which it does
+    /// before running anything), NDJSON lines.
+    pub async fn process_stream(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Pieces, Error> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let binary = format!("{path}{sep}stream=binary");
+        match self.frames(method.clone(), &binary, body).await {
+            Err(Error::Api { code, message })
+                if code == "invalid_request" && message.starts_with("query:") =>
+            {
+                // Its exec streams with stream=true, its attach always (and knows no
+                // stream parameter).
+                let lines = if method == Method::POST {
+                    format!("{path}{sep}stream=true")
+                } else {
+                    path.to_string()
+                };
+                Ok(Pieces(Source::Lines(
+                    self.lines(method, &lines, body).await?,
+                )))
+            }
+            r => r.map(|f| Pieces(Source::Frames(f))),
+        }
     }
 
     /// Follows a process started earlier (in the background, or by another client);
     /// with `replay`, the output the agent still holds comes first.
     pub async fn attach(&self, key: &str, pid: u32, replay: bool) -> Result<ExecStream, Error> {
-        let path = sandbox_path(
-            key,
-            &format!("/processes/{pid}/attach?stream=binary&replay={replay}"),
-        );
-        let frames = self.frames(Method::GET, &path, None::<&()>).await?;
+        let path = sandbox_path(key, &format!("/processes/{pid}/attach?replay={replay}"));
+        let pieces = self.process_stream(Method::GET, &path, None::<&()>).await?;
         Ok(ExecStream {
             handle: self.process(key, pid),
-            frames,
+            pieces,
             ended: false,
         })
     }

@@ -43,7 +43,7 @@ pub use hyper::Method;
 pub use warren_types;
 
 pub use crate::error::Error;
-pub use crate::exec::{argv, shell, ExecStream, Exit, Output, Piece, ProcessHandle};
+pub use crate::exec::{argv, shell, ExecStream, Exit, Output, Piece, Pieces, ProcessHandle};
 pub use crate::files::Files;
 pub use crate::sandboxes::{
     Events, Health, ListFilter, SnapshotRequest, SnapshotResult, TemplateInfo,

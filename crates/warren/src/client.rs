@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 
-pub use warren_client::{enc, sandbox_path, Client, Frames, Lines, Piece};
+pub use warren_client::{enc, sandbox_path, Client, Lines, Piece, Pieces};
 use warren_types::api::WireCode;
 
 /// How to reach the daemon; accepted by every verb that talks to it.

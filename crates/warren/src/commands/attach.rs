@@ -34,10 +34,7 @@ pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
     let code = block_on(async {
         let path = sandbox_path(
             &args.key,
-            &format!(
-                "/processes/{}/attach?stream=binary&replay={}",
-                args.pid, !args.no_replay
-            ),
+            &format!("/processes/{}/attach?replay={}", args.pid, !args.no_replay),
         );
         let processes: Vec<ProcessInfo> = client
             .call(
@@ -47,12 +44,14 @@ pub fn run(args: AttachArgs) -> anyhow::Result<ExitCode> {
             )
             .await?;
         let tty = processes.iter().any(|p| p.pid == args.pid && p.tty);
-        let mut frames = client.frames(Method::GET, &path, None::<&()>).await?;
+        let mut pieces = client
+            .process_stream(Method::GET, &path, None::<&()>)
+            .await?;
         let opts = Follow {
             stdin: args.interactive,
             tty,
         };
-        follow(&client, &args.key, Some(args.pid), &mut frames, opts).await
+        follow(&client, &args.key, Some(args.pid), &mut pieces, opts).await
     })??;
     Ok(ExitCode::from(code))
 }

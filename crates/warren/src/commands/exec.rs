@@ -1,6 +1,6 @@
 //! `warren exec`: a command in a sandbox the daemon keeps.
 //!
-//! Output arrives as a stream of binary frames (started, stdout, stderr, exit); stdout and
+//! Output arrives as a stream of pieces (started, stdout, stderr, exit); stdout and
 //! stderr go to ours separately, and the exit status is the command's. Stdin, signals and
 //! window sizes go back through their own short calls, sent beside the stream so that a
 //! command blocked writing output never holds up the input it waits for. An interactive
@@ -26,7 +26,7 @@ use warren_types::proto::{Command, ExecRequest, User, WinSize, CHUNK};
 
 use crate::client::{
     block_on, connect, enc, out, sandbox_path, write_stderr, Client, ClientArgs, ClientError,
-    Error, Frames, Piece,
+    Error, Piece, Pieces,
 };
 use crate::parse::{parse_env, parse_user};
 use warren_types::size::parse_duration;
@@ -93,16 +93,18 @@ pub fn run(args: ExecArgs) -> anyhow::Result<ExitCode> {
         tag: None,
     };
     let code = block_on(async {
-        let path = sandbox_path(&args.key, "/exec?stream=binary");
-        let mut frames = client.frames(Method::POST, &path, Some(&req)).await?;
+        let path = sandbox_path(&args.key, "/exec");
+        let mut pieces = client
+            .process_stream(Method::POST, &path, Some(&req))
+            .await?;
         if args.detach {
-            return detach(&mut frames).await;
+            return detach(&mut pieces).await;
         }
         let opts = Follow {
             stdin: args.interactive,
             tty: args.tty,
         };
-        follow(&client, &args.key, None, &mut frames, opts).await
+        follow(&client, &args.key, None, &mut pieces, opts).await
     })?;
     Ok(ExitCode::from(not_started(code)?))
 }
@@ -121,8 +123,8 @@ fn not_started(r: Result<u8, Error>) -> Result<u8, Error> {
 }
 
 /// Prints the pid of a process started in the background.
-async fn detach(frames: &mut Frames) -> Result<u8, Error> {
-    match frames.piece().await? {
+async fn detach(pieces: &mut Pieces) -> Result<u8, Error> {
+    match pieces.next().await? {
         Some(Piece::Event(ExecEvent::Started { pid })) => {
             out(format!("{pid}\n"))?;
             Ok(0)
@@ -151,7 +153,7 @@ pub(crate) async fn follow(
     client: &Client,
     key: &str,
     mut pid: Option<u32>,
-    frames: &mut Frames,
+    pieces: &mut Pieces,
     opts: Follow,
 ) -> Result<u8, Error> {
     let stdin = std::io::stdin();
@@ -171,7 +173,7 @@ pub(crate) async fn follow(
     }
     let code = loop {
         tokio::select! {
-            piece = frames.piece() => match piece? {
+            piece = pieces.next() => match piece? {
                 Some(Piece::Stdout(data)) => out(data)?,
                 Some(Piece::Stderr(data)) => write_stderr(&data),
                 Some(Piece::Event(ExecEvent::Started { pid: p })) => {

@@ -20,7 +20,7 @@ use warren_types::api::ExecEvent;
 use warren_types::proto::ProcessInfo;
 
 use crate::client::{
-    block_on, connect, out, sandbox_path, write_stderr, ClientArgs, Error, Frames, Piece,
+    block_on, connect, out, sandbox_path, write_stderr, ClientArgs, Error, Piece, Pieces,
 };
 
 /// The tag `run -d` gives the process it starts.
@@ -70,10 +70,12 @@ pub fn run(args: LogsArgs) -> anyhow::Result<ExitCode> {
         }
         let path = sandbox_path(
             &args.key,
-            &format!("/processes/{}/attach?stream=binary&replay=true", p.pid),
+            &format!("/processes/{}/attach?replay=true", p.pid),
         );
-        let mut frames = client.frames(Method::GET, &path, None::<&()>).await?;
-        show(&mut frames, p.output_end, args.follow, args.tail).await
+        let mut pieces = client
+            .process_stream(Method::GET, &path, None::<&()>)
+            .await?;
+        show(&mut pieces, p.output_end, args.follow, args.tail).await
     })??;
     Ok(ExitCode::SUCCESS)
 }
@@ -131,7 +133,7 @@ impl Chunk {
 /// the buffer still holds of it: the stream is left once it stays quiet), only its last
 /// `tail` lines when given; then, with `follow`, what follows until the process ends.
 async fn show(
-    frames: &mut Frames,
+    pieces: &mut Pieces,
     output_end: u64,
     follow: bool,
     tail: Option<usize>,
@@ -140,7 +142,7 @@ async fn show(
     let mut kept = Vec::new();
     let mut ended = false;
     while shown < output_end {
-        let Ok(next) = tokio::time::timeout(QUIET, next_chunk(frames)).await else {
+        let Ok(next) = tokio::time::timeout(QUIET, next_chunk(pieces)).await else {
             break;
         };
         let Some(chunk) = next? else {
@@ -161,16 +163,16 @@ async fn show(
     if ended || !follow {
         return Ok(());
     }
-    while let Some(chunk) = next_chunk(frames).await? {
+    while let Some(chunk) = next_chunk(pieces).await? {
         chunk.print()?;
     }
     Ok(())
 }
 
 /// The next piece of output; `None` once the process has ended.
-async fn next_chunk(frames: &mut Frames) -> Result<Option<Chunk>, Error> {
+async fn next_chunk(pieces: &mut Pieces) -> Result<Option<Chunk>, Error> {
     loop {
-        return match frames.piece().await? {
+        return match pieces.next().await? {
             Some(Piece::Stdout(data)) => Ok(Some(Chunk::Stdout(data.into()))),
             Some(Piece::Stderr(data)) => Ok(Some(Chunk::Stderr(data.into()))),
             Some(Piece::Event(ExecEvent::Error { code, message })) => {

@@ -501,7 +501,7 @@ async fn start_main(
         tag: Some(MAIN_TAG.into()),
         ..ExecRequest::default()
     };
-    let path = sandbox_path(&info.id, "/exec?stream=binary");
+    let path = sandbox_path(&info.id, "/exec");
     // A command that cannot start is refused before the stream, or as its first line;
     // either way it exits as a shell would.
     let not_started = |code: &str, message: &str| {
@@ -512,8 +512,8 @@ async fn start_main(
             126
         })
     };
-    let mut frames = match client.frames(Method::POST, &path, Some(&req)).await {
-        Ok(frames) => frames,
+    let mut pieces = match client.process_stream(Method::POST, &path, Some(&req)).await {
+        Ok(pieces) => pieces,
         Err(warren_client::Error::Api { code, message })
             if code == "command_not_found" || code == "permission_denied" =>
         {
@@ -521,7 +521,7 @@ async fn start_main(
         }
         Err(e) => return Err(e.into()),
     };
-    match frames.piece().await? {
+    match pieces.next().await? {
         Some(Piece::Event(ExecEvent::Started { .. })) => Ok(0),
         Some(Piece::Event(ExecEvent::Error { code, message })) => not_started(&code, &message),
         other => Err(Error::protocol(format!(
