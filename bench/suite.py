@@ -314,21 +314,31 @@ class Api:
     def delete(self, sid):
         self.call("DELETE", f"/v1/sandboxes/{sid}")
 
-    def stream_binary(self, sid, argv):
-        """Runs argv with ?stream=binary; returns the stdout byte count."""
+    def _streamed(self, sid, argv, mode, read):
+        """Runs argv with ?stream=MODE; `read(response)` returns (stdout bytes, last event)."""
         body = json.dumps({"command": {"argv": argv}}).encode()
         conn = apimod.UnixHTTP(self.sock)
         try:
-            conn.request("POST", f"/v1/sandboxes/{sid}/exec?stream=binary", body=body,
+            conn.request("POST", f"/v1/sandboxes/{sid}/exec?stream={mode}", body=body,
                          headers={"content-type": "application/json"})
             r = conn.getresponse()
             if r.status >= 300:
                 raise RuntimeError(f"stream: {r.status} {r.read()[:300]!r}")
+            n, last = read(r)
+            if not last or last.get("type") != "exit" or last.get("exit_code") != 0:
+                raise RuntimeError(f"stream ended with {last}")
+            return n
+        finally:
+            conn.close()
+
+    def stream_binary(self, sid, argv):
+        """Runs argv with ?stream=binary; returns the stdout byte count."""
+        def read(r):
             n, buf, at, last = 0, bytearray(), 0, None
             while True:
                 chunk = r.read1(1 << 20)
                 if not chunk:
-                    break
+                    return n, last
                 buf += chunk
                 # Frames: kind, three zero bytes, a big-endian length, the payload.
                 while len(buf) - at >= 8:
@@ -342,27 +352,16 @@ class Api:
                     at += 8 + size
                 del buf[:at]
                 at = 0
-            if not last or last.get("type") != "exit" or last.get("exit_code") != 0:
-                raise RuntimeError(f"stream ended with {last}")
-            return n
-        finally:
-            conn.close()
+        return self._streamed(sid, argv, "binary", read)
 
     def stream(self, sid, argv):
         """Runs argv with ?stream=true; returns the stdout byte count (decoded)."""
-        body = json.dumps({"command": {"argv": argv}}).encode()
-        conn = apimod.UnixHTTP(self.sock)
-        try:
-            conn.request("POST", f"/v1/sandboxes/{sid}/exec?stream=true", body=body,
-                         headers={"content-type": "application/json"})
-            r = conn.getresponse()
-            if r.status >= 300:
-                raise RuntimeError(f"stream: {r.status} {r.read()[:300]!r}")
-            n, buf, exit_line = 0, b"", None
+        def read(r):
+            n, buf, last = 0, b"", None
             while True:
                 chunk = r.read1(1 << 20)
                 if not chunk:
-                    break
+                    return n, last
                 buf += chunk
                 lines = buf.split(b"\n")
                 buf = lines.pop()
@@ -374,12 +373,8 @@ class Api:
                     if t == "stdout":
                         n += len(base64.b64decode(ev["data"]))
                     elif t in ("exit", "error"):
-                        exit_line = ev
-            if not exit_line or exit_line.get("type") != "exit" or exit_line.get("exit_code") != 0:
-                raise RuntimeError(f"stream ended with {exit_line}")
-            return n
-        finally:
-            conn.close()
+                        last = ev
+        return self._streamed(sid, argv, "true", read)
 
 
 class Daemon:

@@ -315,12 +315,22 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<Bytes, Error> {
+        let resp = self.send_json(method, path, body).await?;
+        collect(resp).await
+    }
+
+    /// Sends one request whose body, if any, is `body` as JSON.
+    async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Response<Incoming>, Error> {
         let body = match body {
             Some(b) => Some(("application/json", json_bytes(b)?)),
             None => None,
         };
-        let resp = self.send(method, path, body).await?;
-        collect(resp).await
+        self.send(method, path, body).await
     }
 
     /// A call whose answer is a stream of JSON lines.
@@ -330,12 +340,7 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<Lines, Error> {
-        let body = match body {
-            Some(b) => Some(("application/json", json_bytes(b)?)),
-            None => None,
-        };
-        let resp = self.send(method, path, body).await?;
-        Ok(Lines::new(resp))
+        Ok(Lines::new(self.send_json(method, path, body).await?))
     }
 
     /// A call whose answer is a stream of binary frames ([`mux`]).
@@ -345,12 +350,7 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<Frames, Error> {
-        let body = match body {
-            Some(b) => Some(("application/json", json_bytes(b)?)),
-            None => None,
-        };
-        let resp = self.send(method, path, body).await?;
-        Ok(Frames::new(resp))
+        Ok(Frames::new(self.send_json(method, path, body).await?))
     }
 
     /// Opens a WebSocket on `path`. A refused upgrade becomes [`Error::Api`].
