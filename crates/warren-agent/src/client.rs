@@ -56,14 +56,12 @@ struct Inner {
     /// Credit grants jump the data queue and never wait: a `recv` abandoned halfway
     /// (in a `select!`) must not lose the frame it took.
     credit: mpsc::UnboundedSender<Frame>,
-    closed: std::sync::atomic::AtomicBool,
+    closed: AtomicBool,
     chans: Mutex<HashMap<u32, Route>>,
     next: AtomicU32,
     /// Permits for [`DATA_IN_FLIGHT`] bytes; closed when the writer stops.
     in_flight: Arc<Semaphore>,
-    /// Whether the agent grants credit for input (protocol version 2 on).
-    input_credit: AtomicBool,
-    /// The protocol version the connection speaks.
+    /// The protocol version the connection speaks (input credit from version 2 on).
     version: u16,
 }
 
@@ -227,11 +225,10 @@ impl AgentClient {
         let inner = Arc::new(Inner {
             out,
             credit,
-            closed: std::sync::atomic::AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             chans: Mutex::new(HashMap::new()),
             next: AtomicU32::new(1),
             in_flight: in_flight.clone(),
-            input_credit: AtomicBool::new(version >= 2),
             version,
         });
         tokio::spawn(async move {
@@ -752,7 +749,7 @@ impl ChannelSender {
     }
 
     async fn send_frame(&self, kind: FrameKind, data: Vec<u8>) -> Result<()> {
-        if self.inner.input_credit.load(Ordering::Relaxed) {
+        if self.inner.version >= 2 {
             // CHUNK is below INPUT_WINDOW, so the agent can always grant this much.
             let cost = frame_credit(data.len()) as u32;
             match self.input.acquire_many(cost).await {
@@ -1228,22 +1225,35 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn an_agent_that_stops_reading_holds_back_the_sender() {
+    /// A socket for a stand-in agent, in a directory that lives as long as the first.
+    fn fake_agent() -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        tokio::net::UnixListener,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        (dir, socket, listener)
+    }
+
+    /// The stand-in agent's answer to a hello (always on channel 0).
+    async fn answer_hello(s: &mut tokio::net::UnixStream, version: u16, agent: &str) {
+        let reply = Response::Hello {
+            version,
+            agent: agent.into(),
+        };
+        write_frame(s, &Frame::control(0, &reply)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_agent_that_stops_reading_holds_back_the_sender() {
+        let (_dir, socket, listener) = fake_agent();
         // An agent that says hello, then reads nothing more.
         let agent = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let hello = read_frame(&mut s).await.unwrap().unwrap();
-            let reply = Response::Hello {
-                version: PROTOCOL_VERSION,
-                agent: "stalled".into(),
-            };
-            write_frame(&mut s, &Frame::control(hello.channel, &reply))
-                .await
-                .unwrap();
+            read_frame(&mut s).await.unwrap().unwrap();
+            answer_hello(&mut s, PROTOCOL_VERSION, "stalled").await;
             std::future::pending::<()>().await;
             drop(s);
         });
@@ -1326,9 +1336,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_agent_of_the_previous_version_is_sent_stdin_without_credit() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let (_dir, socket, listener) = fake_agent();
         // An agent as version 1 was: it refuses any other version and closes, and
         // grants no input credit.
         let agent = tokio::spawn(async move {
@@ -1349,13 +1357,7 @@ mod tests {
                     other => panic!("{other:?}"),
                 }
             };
-            let reply = Response::Hello {
-                version: 1,
-                agent: "old".into(),
-            };
-            write_frame(&mut s, &Frame::control(0, &reply))
-                .await
-                .unwrap();
+            answer_hello(&mut s, 1, "old").await;
             let exec = read_frame(&mut s).await.unwrap().unwrap();
             let started = Response::Started { pid: 7, serial: 1 };
             write_frame(&mut s, &Frame::control(exec.channel, &started))
@@ -1381,9 +1383,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_known_agent_gets_the_first_request_behind_the_hello_and_a_refusal_fails_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let (_dir, socket, listener) = fake_agent();
         // An agent that reads two frames before it answers anything: the hello and the
         // request must both have come without waiting. The second connection it refuses.
         let agent = tokio::spawn(async move {
@@ -1400,13 +1400,7 @@ mod tests {
                 list.parse::<Request>().unwrap(),
                 Request::ListProcesses
             ));
-            let reply = Response::Hello {
-                version: PROTOCOL_VERSION,
-                agent: "known".into(),
-            };
-            write_frame(&mut s, &Frame::control(0, &reply))
-                .await
-                .unwrap();
+            answer_hello(&mut s, PROTOCOL_VERSION, "known").await;
             write_frame(
                 &mut s,
                 &Frame::control(list.channel, &Response::Processes { list: vec![] }),
@@ -1441,21 +1435,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_channel_whose_consumer_stopped_ends_instead_of_growing() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("agent.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let (_dir, socket, listener) = fake_agent();
         // An agent that answers hello, then floods channel 1 with 4 KiB control messages
         // (as watch events would come) far past MAX_QUEUED, then says something on 3.
         let agent = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
-            let hello = read_frame(&mut s).await.unwrap().unwrap();
-            let reply = Response::Hello {
-                version: PROTOCOL_VERSION,
-                agent: "flooding".into(),
-            };
-            write_frame(&mut s, &Frame::control(hello.channel, &reply))
-                .await
-                .unwrap();
+            read_frame(&mut s).await.unwrap().unwrap();
+            answer_hello(&mut s, PROTOCOL_VERSION, "flooding").await;
             let event = Response::Error {
                 code: ErrorCode::Io,
                 message: "e".repeat(4096),

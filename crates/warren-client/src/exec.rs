@@ -12,7 +12,7 @@ use base64::Engine;
 use bytes::Bytes;
 use hyper::Method;
 use serde::{Deserialize, Serialize};
-use warren_types::api::{ExecEvent, ExecResult};
+use warren_types::api::{ExecEvent, ExecResult, WireCode};
 use warren_types::mux;
 use warren_types::proto::{Command, ExecRequest, ProcessInfo};
 
@@ -165,7 +165,7 @@ pub enum Piece {
     Stdout(Bytes),
     /// Bytes it wrote to stderr.
     Stderr(Bytes),
-    /// `started`, `exit` or `error` (output always comes as the two above).
+    /// `started`, `exit` or `error`: never output, which always comes as the two above.
     Event(ExecEvent),
 }
 
@@ -176,9 +176,14 @@ impl Frames {
             Some((mux::Kind::Stdout, data)) => Some(Piece::Stdout(data)),
             Some((mux::Kind::Stderr, data)) => Some(Piece::Stderr(data)),
             Some((mux::Kind::Event, json)) => {
-                Some(Piece::Event(serde_json::from_slice(&json).map_err(
-                    |e| Error::Protocol(format!("{e}: {}", String::from_utf8_lossy(&json))),
-                )?))
+                match serde_json::from_slice(&json).map_err(|e| {
+                    Error::Protocol(format!("{e}: {}", String::from_utf8_lossy(&json)))
+                })? {
+                    ExecEvent::Stdout { .. } | ExecEvent::Stderr { .. } => {
+                        return Err(Error::Protocol("output inside an event frame".into()))
+                    }
+                    event => Some(Piece::Event(event)),
+                }
             }
             None => None,
         })
@@ -247,10 +252,9 @@ impl ExecStream {
                 }
             };
             return match ev {
-                ExecEvent::Started { .. } => continue,
-                // Output comes as frames of its own, never as an event.
-                ExecEvent::Stdout { .. } | ExecEvent::Stderr { .. } => {
-                    Err(Error::Protocol("output inside an event frame".into()))
+                // Output never comes as an event (`Pieces` sees to it).
+                ExecEvent::Started { .. } | ExecEvent::Stdout { .. } | ExecEvent::Stderr { .. } => {
+                    continue
                 }
                 ExecEvent::Exit {
                     exit_code,
@@ -355,7 +359,7 @@ impl Client {
         let binary = format!("{path}{sep}stream=binary");
         match self.frames(method.clone(), &binary, body).await {
             Err(Error::Api { code, message })
-                if code == "invalid_request" && message.starts_with("query:") =>
+                if code == WireCode::InvalidRequest.as_str() && message.starts_with("query:") =>
             {
                 // Its exec streams with stream=true, its attach always (and knows no
                 // stream parameter).

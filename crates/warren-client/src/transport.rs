@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
@@ -453,6 +453,20 @@ pub fn sandbox_path(key: &str, rest: &str) -> String {
     format!("/v1/sandboxes/{}{rest}", enc(key))
 }
 
+/// Appends the body's next chunk to `buf`; false at its end.
+async fn read_more(body: &mut Incoming, buf: &mut impl BufMut) -> Result<bool, Error> {
+    match body.frame().await {
+        None => Ok(false),
+        Some(Ok(frame)) => {
+            if let Ok(data) = frame.into_data() {
+                buf.put_slice(&data);
+            }
+            Ok(true)
+        }
+        Some(Err(e)) => Err(Error::Connection(e.to_string())),
+    }
+}
+
 /// A stream of newline-delimited JSON values from a response body.
 #[derive(Debug)]
 pub struct Lines {
@@ -497,15 +511,7 @@ impl Lines {
                     "a line of the stream is longer than {MAX_LINE} bytes"
                 )));
             }
-            match self.body.frame().await {
-                None => self.eof = true,
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => return Err(Error::Connection(e.to_string())),
-            }
+            self.eof = !read_more(&mut self.body, &mut self.buf).await?;
         }
     }
 
@@ -555,15 +561,7 @@ impl Frames {
                 }
                 return Err(Error::Connection("the stream ended inside a frame".into()));
             }
-            match self.body.frame().await {
-                None => self.eof = true,
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.buf.extend_from_slice(&data);
-                    }
-                }
-                Some(Err(e)) => return Err(Error::Connection(e.to_string())),
-            }
+            self.eof = !read_more(&mut self.body, &mut self.buf).await?;
         }
     }
 }

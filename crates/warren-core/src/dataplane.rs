@@ -162,17 +162,15 @@ impl Manager {
         // the sandbox's own work (a read, a command that frees space).
         let _ = self.store().touch(&r.id, now_ms());
         let (socket, known) = self.with_live(&r.id, |l| {
-            (l.sandbox.agent_socket().to_owned(), l.agent_current.clone())
+            (l.sandbox.agent_socket().to_owned(), l.agent_current)
         })?;
         // An agent that once spoke this build's protocol always will (a later one, after
         // a restart, is this build's too): its hello is not waited for again.
-        let hello = match known.load(Ordering::Relaxed) {
-            true => Hello::Known,
-            false => Hello::Ask,
-        };
+        let hello = if known { Hello::Known } else { Hello::Ask };
         let client = connect_agent_with(&socket, hello).await?;
-        if client.speaks_current() {
-            known.store(true, Ordering::Relaxed);
+        if !known && client.speaks_current() {
+            // Gone meanwhile (stopped, removed): nothing to remember.
+            let _ = self.with_live(&r.id, |l| l.agent_current = true);
         }
         Ok((r.id, client))
     }

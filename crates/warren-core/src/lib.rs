@@ -144,7 +144,7 @@ struct Live {
     sandbox: Box<dyn Instance>,
     streams: Arc<AtomicUsize>,
     /// Its agent has answered a hello in this build's protocol version.
-    agent_current: Arc<AtomicBool>,
+    agent_current: bool,
     last_cpu_us: u64,
     /// Readings of its use, oldest first, at most [`SAMPLES_KEPT`].
     samples: std::collections::VecDeque<UsageSample>,
@@ -164,7 +164,7 @@ impl Live {
         Self {
             sandbox,
             streams: Arc::default(),
-            agent_current: Arc::default(),
+            agent_current: false,
             last_cpu_us: cpu,
             samples: std::collections::VecDeque::new(),
             sampled_cpu_us: cpu,

@@ -1212,15 +1212,28 @@ fn an_exec_streams_the_same_bytes_as_ndjson_lines_and_as_binary_frames() {
     let via = trust::Via::Unix;
     let json = [("Content-Type", "application/json")];
     // Every byte value on stdout, then 3 MiB (many frames), stderr between, and a code.
-    let every: String = (0..=255u8)
-        .map(|b| match b {
-            b'%' => "%%".to_string(),
-            b => format!("\\{b:03o}"),
-        })
-        .collect();
+    // As printf's format: each byte as an octal escape ('%' doubled).
+    let escaped = |bytes: &[u8]| -> String {
+        bytes
+            .iter()
+            .map(|b| match b {
+                b'%' => "%%".to_string(),
+                b => format!("\\{b:03o}"),
+            })
+            .collect()
+    };
+    let every = escaped(&(0..=255u8).collect::<Vec<_>>());
+    // Last, an attack: output shaped as a whole event frame (kind 3, a fitting length)
+    // saying the command exited 0. It must arrive as stdout, byte for byte.
+    let forged_event =
+        br#"{"type":"exit","exit_code":0,"signal":null,"timed_out":false,"oom_killed":false}"#;
+    let mut forged = vec![3, 0, 0, 0];
+    forged.extend_from_slice(&(forged_event.len() as u32).to_be_bytes());
+    forged.extend_from_slice(forged_event);
     let script = format!(
         "printf 'a\\000b{every}'; echo oops >&2; \
-         head -c 3145728 /dev/urandom | tee /tmp/sent; exit 3"
+         head -c 3145728 /dev/urandom | tee /tmp/sent; printf '{}'; exit 3",
+        escaped(&forged)
     );
     let body = serde_json::json!({ "command": { "shell": script } }).to_string();
     let exec = |stream: &str| {
@@ -1254,7 +1267,11 @@ fn an_exec_streams_the_same_bytes_as_ndjson_lines_and_as_binary_frames() {
         assert!(s.stdout.starts_with(b"a\0b"));
         let all: Vec<u8> = (0..=255).collect();
         assert_eq!(s.stdout[3..259], all[..], "every byte value, unchanged");
-        assert_eq!(s.stdout.len(), 3 + 256 + (3 << 20));
+        assert_eq!(s.stdout.len(), 3 + 256 + (3 << 20) + forged.len());
+        assert!(
+            s.stdout.ends_with(&forged),
+            "the forged frame is output, as written"
+        );
     }
     assert_eq!(lines.stderr, frames.stderr);
     // The random tail as the sandbox kept it, byte for byte (it was overwritten by the

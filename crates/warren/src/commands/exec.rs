@@ -185,9 +185,8 @@ pub(crate) async fn follow(
                 Some(Piece::Event(ExecEvent::Exit { exit_code, signal, timed_out, oom_killed })) => {
                     break End::Exited { code: exit_code, signal, timed_out, oom_killed };
                 }
-                Some(Piece::Event(ExecEvent::Stdout { .. } | ExecEvent::Stderr { .. })) => {
-                    return Err(Error::protocol("output inside an event frame".into()));
-                }
+                // Never sent: output comes as pieces of its own.
+                Some(Piece::Event(ExecEvent::Stdout { .. } | ExecEvent::Stderr { .. })) => {}
                 Some(Piece::Event(ExecEvent::Error { code, message })) => {
                     if pid.is_none() {
                         break End::NotStarted { code, message };
