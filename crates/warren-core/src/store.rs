@@ -5,7 +5,8 @@
 //! (tenant, owner) among sandboxes that are not terminated; SQLite's UNIQUE index is what
 //! makes get-or-create atomic under concurrency.
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -111,10 +112,34 @@ pub struct EventRow {
     pub message: String,
 }
 
+/// The daemon is the store's one writer (a second daemon on the same data directory is
+/// refused before the store is opened), so what it keeps of the rows in memory stays true.
 #[derive(Debug)]
 pub struct Store {
     conn: Connection,
+    /// Sandboxes' rows as last read by id: every exec, file call and terminal looks its
+    /// sandbox up here. Every write to a row drops its entry.
+    rows: RefCell<HashMap<String, Record>>,
+    /// Activity newer than the rows say (see [`Store::touch`]), merged into every record
+    /// read.
+    activity: RefCell<HashMap<String, Activity>>,
 }
+
+/// A sandbox's last activity, and when it was last written to its row.
+#[derive(Debug, Clone, Copy)]
+struct Activity {
+    written: i64,
+    latest: i64,
+}
+
+/// How often one sandbox's activity is written to its row: a command loop makes a
+/// store write per second, not one per command. What is newer is kept in memory and
+/// read with the row, so the reaper and the API see it at once; a daemon killed loses
+/// at most this much of it (the sandbox looks that much longer idle after a restart).
+pub const ACTIVITY_WRITE_MS: i64 = 1_000;
+
+/// Rows kept in memory at most; past it the memory starts again empty.
+const ROWS_KEPT: usize = 4096;
 
 /// Events kept per sandbox.
 pub const EVENTS_KEPT: u32 = 1000;
@@ -387,7 +412,7 @@ impl Store {
             tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             tx.commit()?;
         }
-        Ok(Self { conn })
+        Ok(Self::with(conn))
     }
 
     /// Copies the store at `from` to a new file `to`, consistently while a daemon
@@ -507,6 +532,44 @@ impl Store {
         Ok(kept)
     }
 
+    fn with(conn: Connection) -> Self {
+        Self {
+            conn,
+            rows: RefCell::default(),
+            activity: RefCell::default(),
+        }
+    }
+
+    /// Forgets what is kept in memory of a row: it is about to change.
+    fn changing(&self, id: &str) {
+        self.rows.borrow_mut().remove(id);
+    }
+
+    /// Forgets every row kept in memory: a statement changes rows it does not name.
+    fn changing_many(&self) {
+        self.rows.borrow_mut().clear();
+    }
+
+    /// `r` with the activity not yet written to its row.
+    fn fresh(&self, mut r: Record) -> Record {
+        if let Some(a) = self.activity.borrow().get(&r.id) {
+            r.last_active_at = r.last_active_at.max(a.latest);
+        }
+        r
+    }
+
+    /// Records read from rows, with the activity not yet written.
+    fn fresh_all(
+        &self,
+        rows: impl Iterator<Item = rusqlite::Result<Result<Record, StoreError>>>,
+    ) -> Result<Vec<Record>, StoreError> {
+        let mut out = Vec::new();
+        for r in rows {
+            out.push(self.fresh(r??));
+        }
+        Ok(out)
+    }
+
     /// Runs one statement through the connection's cache of prepared statements: the
     /// daemon runs the same few on every request, and parsing one costs more than
     /// running it.
@@ -519,7 +582,7 @@ impl Store {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
-        Ok(Self { conn })
+        Ok(Self::with(conn))
     }
 
     pub fn ensure_tenant(&self, name: &str, now: i64) -> Result<(), StoreError> {
@@ -687,6 +750,8 @@ impl Store {
     /// Inserts a new sandbox. A live sandbox with the same (tenant, owner, name) makes
     /// this fail with `NameTaken`, atomically.
     pub fn insert(&self, r: &Record) -> Result<(), StoreError> {
+        self.changing(&r.id);
+        self.activity.borrow_mut().remove(&r.id);
         let res = self.run(
             &format!(
                 "INSERT INTO sandboxes ({COLUMNS}) VALUES \
@@ -723,15 +788,28 @@ impl Store {
         }
     }
 
+    /// A sandbox's record by id. Every exec and file call resolves its sandbox here:
+    /// the row is read once and kept (reading and decoding it was a seventh of the
+    /// daemon's instructions per exec), and the statement is prepared once (parsing it
+    /// each time was a third).
     pub fn get(&self, id: &str) -> Result<Option<Record>, StoreError> {
-        // Cached: every exec and file call resolves its sandbox here, and parsing the
-        // statement each time was a third of the daemon's instructions per exec.
+        if let Some(r) = self.rows.borrow().get(id) {
+            return Ok(Some(self.fresh(r.clone())));
+        }
         let r = self
             .conn
             .prepare_cached(&format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"))?
             .query_row(params![id], row_to_record)
-            .optional()?;
-        r.transpose()
+            .optional()?
+            .transpose()?;
+        if let Some(r) = &r {
+            let mut rows = self.rows.borrow_mut();
+            if rows.len() >= ROWS_KEPT {
+                rows.clear();
+            }
+            rows.insert(r.id.clone(), r.clone());
+        }
+        Ok(r.map(|r| self.fresh(r)))
     }
 
     /// The live sandbox of that name, if any.
@@ -752,7 +830,7 @@ impl Store {
                 row_to_record,
             )
             .optional()?;
-        r.transpose()
+        Ok(r.transpose()?.map(|r| self.fresh(r)))
     }
 
     /// A tenant's sandboxes (not terminated) named `name`, whatever their owner, at
@@ -771,11 +849,7 @@ impl Store {
             params![tenant, name, i64::try_from(limit).unwrap_or(i64::MAX)],
             row_to_record,
         )?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r??);
-        }
-        Ok(out)
+        self.fresh_all(rows)
     }
 
     /// Sandboxes not terminated; of one tenant when given.
@@ -785,14 +859,15 @@ impl Store {
              AND (?1 IS NULL OR tenant = ?1) ORDER BY created_at, id"
         ))?;
         let rows = stmt.query_map(params![tenant], row_to_record)?;
-        let mut out = Vec::new();
-        for r in rows {
-            out.push(r??);
-        }
-        Ok(out)
+        self.fresh_all(rows)
     }
 
     pub fn set_state(&self, id: &str, state: SandboxState) -> Result<(), StoreError> {
+        self.changing(id);
+        if state == SandboxState::Terminated {
+            // Its row's activity becomes its end, below.
+            self.activity.borrow_mut().remove(id);
+        }
         // A terminated sandbox gives up its name, so the name can be used again, and
         // its last activity is its end, from which [`Store::prune_terminated`] counts.
         self.run(
@@ -809,6 +884,7 @@ impl Store {
 
     /// Replaces a sandbox's recorded specification (its egress rules change).
     pub fn set_spec(&self, id: &str, spec: &SandboxSpec) -> Result<(), StoreError> {
+        self.changing(id);
         self.run(
             "UPDATE sandboxes SET spec = ?2 WHERE id = ?1",
             params![id, serde_json::to_string(spec)?],
@@ -816,12 +892,30 @@ impl Store {
         Ok(())
     }
 
+    /// Marks a sandbox active at `now`. Written to its row at most once per
+    /// [`ACTIVITY_WRITE_MS`]; every record read in between carries it.
     pub fn touch(&self, id: &str, now: i64) -> Result<(), StoreError> {
+        let mut activity = self.activity.borrow_mut();
+        if let Some(a) = activity.get_mut(id) {
+            a.latest = a.latest.max(now);
+            if now - a.written < ACTIVITY_WRITE_MS {
+                return Ok(());
+            }
+        }
+        // The row holds the time, not the memory: written before it is kept as written.
         self.conn
             .prepare_cached(
                 "UPDATE sandboxes SET last_active_at = ?2 WHERE id = ?1 AND last_active_at < ?2",
             )?
             .execute(params![id, now])?;
+        let latest = activity.get(id).map_or(now, |a| a.latest.max(now));
+        activity.insert(
+            id.to_string(),
+            Activity {
+                written: now,
+                latest,
+            },
+        );
         Ok(())
     }
 
@@ -832,6 +926,7 @@ impl Store {
         idle_timeout_secs: Option<u64>,
         on_timeout: TimeoutAction,
     ) -> Result<(), StoreError> {
+        self.changing(id);
         self.run(
             "UPDATE sandboxes SET expires_at = ?2, idle_timeout_secs = ?3, on_timeout = ?4 \
              WHERE id = ?1",
@@ -847,6 +942,7 @@ impl Store {
 
     /// Marks a new sandbox as a member of pool `key`.
     pub fn set_pool(&self, id: &str, key: Option<&str>) -> Result<(), StoreError> {
+        self.changing(id);
         self.run(
             "UPDATE sandboxes SET pool_key = ?2 WHERE id = ?1",
             params![id, key],
@@ -867,6 +963,8 @@ impl Store {
     /// Takes one running member out of pool `key` and gives it to `claim`'s tenant,
     /// owner, name and settings, in one statement: two claims never get the same member.
     pub fn claim_from_pool(&self, key: &str, claim: &Record) -> Result<Option<Record>, StoreError> {
+        // Which row changes is the statement's choice.
+        self.changing_many();
         let res = self.conn.query_row(
             "UPDATE sandboxes SET tenant = ?2, owner = ?3, name = ?4, labels = ?5, \
              metadata = ?6, created_at = ?7, last_active_at = ?7, expires_at = ?8, \
@@ -894,7 +992,11 @@ impl Store {
             |r| r.get::<_, String>(0),
         );
         let id = match res {
-            Ok(id) => id,
+            Ok(id) => {
+                // Its activity starts again at the claim.
+                self.activity.borrow_mut().remove(&id);
+                id
+            }
             Err(rusqlite::Error::QueryReturnedNoRows) => return Ok(None),
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
@@ -980,6 +1082,7 @@ impl Store {
     /// that ended before then: a tenant that creates and removes sandboxes in a loop must
     /// not grow the store without end. Returns how many sandboxes went.
     pub fn prune_terminated(&self, before: i64) -> Result<usize, StoreError> {
+        self.changing_many();
         let tx = self.conn.unchecked_transaction()?;
         tx.execute(
             "DELETE FROM events WHERE sandbox IN (SELECT id FROM sandboxes \
@@ -1163,6 +1266,87 @@ mod tests {
             auto_resume: false,
             request_host: None,
         }
+    }
+
+    /// The row as the file has it, past what the store keeps in memory.
+    fn on_disk(s: &Store, id: &str) -> Option<Record> {
+        s.conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM sandboxes WHERE id = ?1"),
+                params![id],
+                row_to_record,
+            )
+            .optional()
+            .unwrap()
+            .transpose()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_kept_row_follows_every_write_to_it() {
+        let s = Store::in_memory().unwrap();
+        s.insert(&record("a", Some("lab"))).unwrap();
+        let same = |s: &Store| {
+            let kept = s.get("a").unwrap();
+            assert_eq!(kept, on_disk(s, "a"));
+            // Asked twice: the second answer is the kept one.
+            assert_eq!(s.get("a").unwrap(), kept);
+            kept
+        };
+        same(&s);
+        s.set_state("a", SandboxState::Running).unwrap();
+        assert_eq!(same(&s).unwrap().state, SandboxState::Running);
+        let mut spec = record("a", None).spec;
+        spec.template = "other".into();
+        s.set_spec("a", &spec).unwrap();
+        assert_eq!(same(&s).unwrap().spec.template, "other");
+        s.set_timeouts("a", None, Some(5), TimeoutAction::Stop)
+            .unwrap();
+        assert_eq!(same(&s).unwrap().idle_timeout_secs, Some(5));
+        s.set_pool("a", Some("pool")).unwrap();
+        same(&s);
+        let mut claim = record("ignored", Some("mine"));
+        claim.owner = "bob".into();
+        claim.created_at = 7;
+        assert_eq!(s.claim_from_pool("pool", &claim).unwrap().unwrap().id, "a");
+        let claimed = same(&s).unwrap();
+        assert_eq!((claimed.owner.as_str(), claimed.created_at), ("bob", 7));
+        s.set_state("a", SandboxState::Terminated).unwrap();
+        let end = same(&s).unwrap().last_active_at;
+        s.prune_terminated(end + 1).unwrap();
+        assert_eq!(same(&s), None);
+    }
+
+    #[test]
+    fn activity_is_written_once_a_second_and_read_at_once() {
+        let s = Store::in_memory().unwrap();
+        s.insert(&record("a", None)).unwrap();
+        s.set_state("a", SandboxState::Running).unwrap();
+        let t = 1_000_000;
+        s.touch("a", t).unwrap();
+        assert_eq!(on_disk(&s, "a").unwrap().last_active_at, t);
+        // Within the second: in memory, and every read carries it.
+        s.touch("a", t + 400).unwrap();
+        s.touch("a", t + 300).unwrap();
+        assert_eq!(on_disk(&s, "a").unwrap().last_active_at, t);
+        assert_eq!(s.get("a").unwrap().unwrap().last_active_at, t + 400);
+        assert_eq!(s.list_live(None).unwrap()[0].last_active_at, t + 400);
+        assert_eq!(s.list_live(Some("t")).unwrap()[0].last_active_at, t + 400);
+        // A second after the last write: written.
+        s.touch("a", t + ACTIVITY_WRITE_MS).unwrap();
+        assert_eq!(
+            on_disk(&s, "a").unwrap().last_active_at,
+            t + ACTIVITY_WRITE_MS
+        );
+        // Another sandbox's activity is its own.
+        s.insert(&record("b", None)).unwrap();
+        assert_eq!(s.get("b").unwrap().unwrap().last_active_at, 1);
+        // Its end is its last activity, whatever was kept in memory.
+        s.touch("a", i64::MAX / 2).unwrap();
+        s.set_state("a", SandboxState::Terminated).unwrap();
+        let end = s.get("a").unwrap().unwrap().last_active_at;
+        assert_eq!(end, on_disk(&s, "a").unwrap().last_active_at);
+        assert!(end < i64::MAX / 2);
     }
 
     #[test]
