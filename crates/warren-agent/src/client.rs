@@ -180,14 +180,20 @@ impl AgentClient {
     /// trip for the answer. An agent that refuses the hello after all closes the
     /// connection, and calls on it fail as on a closed one.
     pub async fn connect_current(socket: &Path) -> Result<Self> {
-        let (client, hello) = Self::start(socket, PROTOCOL_VERSION).await?;
-        hello
-            .send(&Request::Hello {
-                version: PROTOCOL_VERSION,
-            })
-            .await?;
-        // Its answer, once it comes, finds no channel and is dropped.
-        drop(hello);
+        let client = Self::start(socket, PROTOCOL_VERSION).await?;
+        // On channel 0, which is not opened here: its answer, once it comes, finds no
+        // channel and is dropped.
+        client
+            .inner
+            .out
+            .send(Frame::control(
+                0,
+                &Request::Hello {
+                    version: PROTOCOL_VERSION,
+                },
+            ))
+            .await
+            .map_err(|_| ClientError::Closed)?;
         Ok(client)
     }
 
@@ -197,7 +203,8 @@ impl AgentClient {
     }
 
     async fn connect_speaking(socket: &Path, version: u16) -> Result<Self> {
-        let (client, mut hello) = Self::start(socket, version).await?;
+        let client = Self::start(socket, version).await?;
+        let mut hello = client.open_at(0);
         hello.send(&Request::Hello { version }).await?;
         match hello.recv().await {
             Some(Incoming::Control(Response::Hello { version: v, .. })) if v == version => {
@@ -211,8 +218,8 @@ impl AgentClient {
         }
     }
 
-    /// A connection to speak `version` on, and its channel 0 for the hello.
-    async fn start(socket: &Path, version: u16) -> Result<(Self, Channel)> {
+    /// A connection to speak `version` on; its hello goes on channel 0.
+    async fn start(socket: &Path, version: u16) -> Result<Self> {
         let stream = UnixStream::connect(socket)
             .await
             .map_err(ClientError::Connect)?;
@@ -252,7 +259,6 @@ impl AgentClient {
             in_flight.close();
         });
         let client = AgentClient { inner };
-        let hello = client.open_at(0);
         let reader_inner = Arc::downgrade(&client.inner);
         tokio::spawn(async move {
             while let Ok(Some(f)) = read_frame(&mut r).await {
@@ -292,7 +298,7 @@ impl AgentClient {
                 }
             }
         });
-        Ok((client, hello))
+        Ok(client)
     }
 
     /// Whether the connection has ended (the agent went away).

@@ -98,12 +98,14 @@ impl AgentConn {
     /// whether the memory limit killed it (the sandbox's OOM count rose since the
     /// connection was made).
     pub fn exit(&self, status: &ExitStatus) -> ProcessExit {
-        let oom_after = self.mgr.oom_count(&self.id);
+        // Only a SIGKILL can be the OOM killer's: the count is read again for those alone.
+        let oom_killed = status.signal == Some(SIGKILL)
+            && oom_killed(status, self.oom_before, self.mgr.oom_count(&self.id));
         ProcessExit {
             code: status.code,
             signal: status.signal,
             timed_out: status.timed_out,
-            oom_killed: oom_killed(status, self.oom_before, oom_after),
+            oom_killed,
         }
     }
 }

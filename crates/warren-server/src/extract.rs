@@ -8,8 +8,6 @@
 //! On TCP a request with neither `Authorization` nor an access token may be the web
 //! console's, authenticated by its session cookie (see [`crate::console`]).
 
-use std::collections::HashMap;
-
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -208,11 +206,13 @@ impl FromRequestParts<AppState> for SandboxAccess {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Error> {
-        let Path(params) =
-            Path::<HashMap<String, String>>::from_request_parts(parts, state).await?;
+        // Read as they are (percent-decoded): no map is built for one parameter.
+        let params = axum::extract::RawPathParams::from_request_parts(parts, state)
+            .await
+            .map_err(|e| Error::invalid(e.body_text()))?;
         let key = params
-            .get("key")
-            .cloned()
+            .iter()
+            .find_map(|(name, value)| (name == "key").then(|| value.to_string()))
             .ok_or_else(|| Error::invalid("no sandbox in the path"))?;
         let mut credential = None;
         let caller = match state.surface {
