@@ -171,13 +171,19 @@ impl Live {
         }
     }
 
-    /// Keeps `usage` (read by the reaper's pass) as a reading when the last one is old
-    /// enough (or there is none).
+    /// Whether a reading is due: the last one is old enough, or there is none.
+    fn sample_due(&self, now: i64) -> bool {
+        self.samples
+            .back()
+            .is_none_or(|s| now - s.at_ms >= SAMPLE_EVERY_MS)
+    }
+
+    /// Keeps `usage` (read by the reaper's pass) as a reading when one is due.
     fn sample(&mut self, now: i64, usage: &warren_runtime::Usage, disk_bytes: u64) {
-        let last = self.samples.back().map(|s| s.at_ms);
-        if last.is_some_and(|t| now - t < SAMPLE_EVERY_MS) {
+        if !self.sample_due(now) {
             return;
         }
+        let last = self.samples.back().map(|s| s.at_ms);
         let cpu_pct = match last {
             Some(t) if now > t => {
                 let used = usage.cpu_us.saturating_sub(self.sampled_cpu_us) as f64;

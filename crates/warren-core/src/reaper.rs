@@ -78,9 +78,9 @@ impl Manager {
 
     /// Whether a live sandbox has no measurement yet (made since the last walk).
     pub(crate) fn has_unmeasured(&self) -> bool {
-        let live: Vec<String> = self.live().keys().cloned().collect();
+        let live = self.live();
         let cache = self.disk_cache.lock().unwrap_or_else(|e| e.into_inner());
-        live.iter().any(|id| !cache.contains_key(id))
+        live.keys().any(|id| !cache.contains_key(id))
     }
 
     /// One pass of the reaper: activity from CPU use and attached clients, then expiry;
@@ -95,19 +95,34 @@ impl Manager {
         }
         let mut active = Vec::new();
         let mut dead = Vec::new();
-        {
-            let mut live = self.live();
-            // Held with the live table, in the order `has_unmeasured` takes them.
-            let disks = self.disk_cache.lock().unwrap_or_else(|e| e.into_inner());
-            for (id, l) in live.iter_mut() {
+        // One sandbox at a time under the live table's lock: with a thousand running, a
+        // pass reads a thousand cgroups, and a create or an exec waiting for the table
+        // meanwhile would wait for all of them.
+        let ids: Vec<String> = self.live().keys().cloned().collect();
+        for id in ids {
+            let _ = self.with_live(&id, |l| {
                 if !l.sandbox.is_alive() {
                     let s = &l.sandbox;
                     dead.push((id.clone(), s.oom_kills(), s.fatal_task_limit_hits()));
-                    continue;
+                    return;
                 }
-                let usage = l.sandbox.usage();
-                l.sample(now, &usage, disks.get(id).copied().unwrap_or(0));
-                let cpu = usage.cpu_us;
+                // Its CPU time every pass (is it busy?); the rest of its use (three more
+                // cgroup files) only when a reading is kept.
+                let cpu = if l.sample_due(now) {
+                    let usage = l.sandbox.usage();
+                    // Taken with the live table, in the order `has_unmeasured` takes them.
+                    let disk = self
+                        .disk_cache
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&id)
+                        .copied()
+                        .unwrap_or(0);
+                    l.sample(now, &usage, disk);
+                    usage.cpu_us
+                } else {
+                    l.sandbox.cpu_us()
+                };
                 let used = cpu.saturating_sub(l.last_cpu_us) as f64;
                 l.last_cpu_us = cpu;
                 if l.streams.load(Ordering::Relaxed) > 0
@@ -115,7 +130,7 @@ impl Manager {
                 {
                     active.push(id.clone());
                 }
-            }
+            });
         }
         for id in &active {
             let _ = self.store().touch(id, now);
@@ -140,7 +155,7 @@ impl Manager {
                 let _ = self.stop_locked(r, "failed", reason).await;
             }
         }
-        let Ok(records) = self.store().list_live(None) else {
+        let Ok(records) = self.store().list_due(now) else {
             return;
         };
         for r in records {

@@ -862,6 +862,23 @@ impl Store {
         self.fresh_all(rows)
     }
 
+    /// Running sandboxes whose lifetime or idle timeout may have passed at `now`, by
+    /// their rows: the reaper's question every pass, which must not decode every
+    /// sandbox's record to ask it. Activity kept in memory is newer than the rows, so
+    /// this is every sandbox that is due and maybe some that are not (the reaper looks
+    /// at each record again).
+    pub fn list_due(&self, now: i64) -> Result<Vec<Record>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE state = 'running' \
+             AND (expires_at <= ?1 \
+                  OR (idle_timeout_secs IS NOT NULL \
+                      AND last_active_at + idle_timeout_secs * 1000 <= ?1)) \
+             ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map(params![now], row_to_record)?;
+        self.fresh_all(rows)
+    }
+
     pub fn set_state(&self, id: &str, state: SandboxState) -> Result<(), StoreError> {
         self.changing(id);
         if state == SandboxState::Terminated {
@@ -1338,6 +1355,21 @@ mod tests {
             on_disk(&s, "a").unwrap().last_active_at,
             t + ACTIVITY_WRITE_MS
         );
+        // Due by its row (idle 60 s from t), but its activity in memory is newer: the
+        // reaper is told of it and finds it not due.
+        s.set_timeouts("a", None, Some(60), TimeoutAction::Pause)
+            .unwrap();
+        let idle_at = t + ACTIVITY_WRITE_MS + 60_000;
+        assert!(s.list_due(idle_at - 1).unwrap().is_empty());
+        s.touch("a", t + ACTIVITY_WRITE_MS + 10).unwrap();
+        let due = s.list_due(idle_at).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].last_active_at, t + ACTIVITY_WRITE_MS + 10);
+        // Its lifetime, without an idle timeout: due from `expires_at` on.
+        s.set_timeouts("a", Some(idle_at + 5), None, TimeoutAction::Stop)
+            .unwrap();
+        assert!(s.list_due(idle_at + 4).unwrap().is_empty());
+        assert_eq!(s.list_due(idle_at + 5).unwrap().len(), 1);
         // Another sandbox's activity is its own.
         s.insert(&record("b", None)).unwrap();
         assert_eq!(s.get("b").unwrap().unwrap().last_active_at, 1);

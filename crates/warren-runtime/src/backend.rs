@@ -121,6 +121,12 @@ pub trait Instance: Send + Sync + Debug {
 
     fn usage(&self) -> Usage;
 
+    /// [`Usage::cpu_us`] alone: the reaper reads it every pass to tell a busy sandbox,
+    /// and the whole usage only when it keeps a reading.
+    fn cpu_us(&self) -> u64 {
+        self.usage().cpu_us
+    }
+
     /// [`Usage::oom_kills`] alone: an exec reads it before and after the command, and
     /// the other figures cost a cgroup file each.
     fn oom_kills(&self) -> u64 {

@@ -374,6 +374,10 @@ impl Instance for ProcessSandbox {
         Usage::of(&self.cgroup)
     }
 
+    fn cpu_us(&self) -> u64 {
+        self.cgroup.cpu_usage_us()
+    }
+
     fn oom_kills(&self) -> u64 {
         self.cgroup.oom_kills()
     }

@@ -520,6 +520,10 @@ impl Instance for RuncSandbox {
         Usage::of(&self.cgroup)
     }
 
+    fn cpu_us(&self) -> u64 {
+        self.cgroup.cpu_usage_us()
+    }
+
     fn oom_kills(&self) -> u64 {
         self.cgroup.oom_kills()
     }
