@@ -11,12 +11,17 @@ temp dir: WARREN_RUN_DIR, WARREN_DATA_DIR) and measures, through the unix-socket
   idle    the daemon doing nothing for as long as each window above took (its ticks:
           reaper, metrics, disk measures), subtracted from both
 
+With `--running N`, both windows are measured again with N more sandboxes running
+(made first, outside any window): what a create and an exec cost the daemon when it
+holds many sandboxes, and, from the idle windows, what those sandboxes cost it per
+second doing nothing.
+
 Each window is bracketed with `callgrind_control --zero` and `--dump`, so only the daemon's
 instructions between the two count: its helpers (`warren __init`) and agents are separate
 processes that run natively (valgrind does not follow exec by default). The agent's
 side of an exec is not counted: BENCHMARKS.md says why.
 
-    python3 bench/callgrind.py [--n 100] [--top 25] [--warren PATH] [--json PATH]
+    python3 bench/callgrind.py [--n 100] [--running N] [--top 25] [--warren PATH] [--json PATH]
 
 Root (sandboxes need it); needs valgrind (`apt-get install valgrind`). A release build has
 line tables, which is what callgrind_annotate needs for function names. Not part of CI:
@@ -256,17 +261,24 @@ def idle(grind, label, secs):
     return window(grind, label, lambda: time.sleep(secs))[0]
 
 
-def measure_daemon(d, n, top):
+def figure(n, ir, quiet, secs, path, top):
+    return {"n": n, "window_ir": ir, "idle_ir": quiet, "seconds": round(secs, 2),
+            "idle_ir_per_s": round(quiet / secs) if secs else None,
+            "per_op": (ir - quiet) // n, "top": top_functions(path, top)}
+
+
+def measure_daemon(d, n, top, tag=""):
     api = d.api
     sid = api.call("POST", "/v1/sandboxes", CREATE)["id"]
     # Warm-up: first connections, lazily built state, the page cache.
     for _ in range(3):
         api.call("POST", f"/v1/sandboxes/{sid}/exec", TRUE)
-    ir, secs, path = window(d.grind, "exec", lambda: [
+    # The reaper's first passes over it (statements prepared once) before any window.
+    time.sleep(2.5)
+    ir, secs, path = window(d.grind, f"exec{tag}", lambda: [
         api.call("POST", f"/v1/sandboxes/{sid}/exec", TRUE) for _ in range(n)])
-    quiet = idle(d.grind, "exec-idle", secs)
-    exec_fig = {"n": n, "window_ir": ir, "idle_ir": quiet, "seconds": round(secs, 2),
-                "per_op": (ir - quiet) // n, "top": top_functions(path, top)}
+    quiet = idle(d.grind, f"exec-idle{tag}", secs)
+    exec_fig = figure(n, ir, quiet, secs, path, top)
     api.call("DELETE", f"/v1/sandboxes/{sid}")
 
     for _ in range(2):
@@ -278,11 +290,20 @@ def measure_daemon(d, n, top):
             s = api.call("POST", "/v1/sandboxes", CREATE)["id"]
             api.call("DELETE", f"/v1/sandboxes/{s}")
 
-    ir, secs, path = window(d.grind, "create", creates)
-    quiet = idle(d.grind, "create-idle", secs)
-    create_fig = {"n": n, "window_ir": ir, "idle_ir": quiet, "seconds": round(secs, 2),
-                  "per_op": (ir - quiet) // n, "top": top_functions(path, top)}
-    return exec_fig, create_fig
+    ir, secs, path = window(d.grind, f"create{tag}", creates)
+    quiet = idle(d.grind, f"create-idle{tag}", secs)
+    return exec_fig, figure(n, ir, quiet, secs, path, top)
+
+
+def fill(d, count):
+    """Makes `count` sandboxes that stay running; returns their ids."""
+    ids = []
+    t0 = time.monotonic()
+    for i in range(count):
+        ids.append(d.api.call("POST", "/v1/sandboxes", CREATE)["id"])
+        if (i + 1) % 100 == 0:
+            log(f"  {i + 1} running ({time.monotonic() - t0:.0f} s)")
+    return ids
 
 
 def show(title, fig):
@@ -301,6 +322,8 @@ def main():
     ap.add_argument("--warren", default=os.path.join(target, "release/warren"))
     ap.add_argument("--n", type=int, default=100, help="operations per window (default 100)")
     ap.add_argument("--top", type=int, default=25, help="functions listed per window")
+    ap.add_argument("--running", type=int, default=0,
+                    help="measure again with this many sandboxes running")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (callgrind files)")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -318,6 +341,12 @@ def main():
         daemons.append(d)
         log(f"exec and create windows, n={a.n} (the daemon runs about 50x slower under callgrind)")
         figs["exec"], figs["create"] = measure_daemon(d, a.n, a.top)
+        if a.running:
+            log(f"making {a.running} sandboxes that stay running")
+            fill(d, a.running)
+            time.sleep(5)  # their first reaper passes and disk measures
+            figs[f"exec_{a.running}"], figs[f"create_{a.running}"] = measure_daemon(
+                d, a.n, a.top, tag=f"-{a.running}")
     finally:
         for d in daemons:
             try:
@@ -339,6 +368,11 @@ def main():
     print(f"commit {commit}, binary {warren}")
     show("daemon: exec of `true` (collected) in a running sandbox", figs["exec"])
     show("daemon: create + remove", figs["create"])
+    if a.running:
+        show(f"daemon: exec of `true` with {a.running} more running", figs[f"exec_{a.running}"])
+        show(f"daemon: create + remove with {a.running} running", figs[f"create_{a.running}"])
+    for name, fig in figs.items():
+        print(f"   idle {name}: {fig['idle_ir_per_s']:,} Ir per second of the daemon doing nothing")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"commit": commit, "figures": figs, "problems": problems}, f, indent=1)
