@@ -1,7 +1,9 @@
 //! The embedded store: SQLite in WAL mode, the truth for every sandbox.
 //!
 //! Every state change is written (and committed) before the API acknowledges it, so a
-//! daemon killed at any point restarts from what it last promised. Names are unique per
+//! daemon killed at any point restarts from what it last promised. A sandbox's last
+//! activity is the one exception: it is written at most once a second
+//! ([`ACTIVITY_WRITE_MS`]), and read from memory in between. Names are unique per
 //! (tenant, owner) among sandboxes that are not terminated; SQLite's UNIQUE index is what
 //! makes get-or-create atomic under concurrency.
 
