@@ -802,8 +802,26 @@ mod tests {
         let mut p = sh("");
         p.path = script.into();
         p.argv = vec!["script".into(), "with arg".into()];
-        let (code, out, err) = run(&p, ChildSetup::default());
-        assert_eq!((code, out.as_str()), (0, "ran with arg\n"), "{err}");
+        // A child another test forked while this one still had the script open for
+        // writing keeps that descriptor until it execs, and the script cannot be run
+        // meanwhile (ETXTBSY): asked again, as shells do.
+        let mut tries = 0;
+        let child = loop {
+            match spawn(&p, ChildSetup::default()) {
+                Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                r => break r.unwrap(),
+            }
+        };
+        let err = child.stderr.map(read_all).unwrap_or_default();
+        let out = child.stdout.map(read_all).unwrap_or_default();
+        assert_eq!(
+            (wait(child.pid), out.as_str()),
+            (0, "ran with arg\n"),
+            "{err}"
+        );
     }
 
     #[test]
