@@ -470,6 +470,10 @@ impl Sandbox {
             .map_err(|e| format!("compile the seccomp policy: {e}"))?;
         crate::trace::mark("helper: seccomp compiled");
 
+        // On cgroup v1 the child moves itself in (see `Cgroup::open_for_self`: the helper
+        // moving it would wait for an RCU grace period); on v2 the helper moves it.
+        let mut join = cgroup.open_for_self().map_err(|e| e.to_string())?;
+        let self_joins = join.is_some();
         let (go_r, go_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         let (st_r, st_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         match ns::clone_process_owned_by(ns::sandbox_flags(), ids.owner)
@@ -483,6 +487,7 @@ impl Sandbox {
                     status: st_w,
                     root: root_fd,
                     hostname: &hostname,
+                    join: join.take(),
                     listener,
                     env,
                     seccomp,
@@ -500,6 +505,7 @@ impl Sandbox {
                 drop(st_w);
                 drop(listener);
                 drop(root_fd);
+                drop(join);
                 cleanup.agent = Some(child);
                 // Cloning as the namespace's owner changed this process's credentials for
                 // a moment, and the kernel forgets the death signal on any such change.
@@ -517,7 +523,9 @@ impl Sandbox {
                     // CLI's arguments): every process of the sandbox could read it.
                     warren_sys::proctitle::set_of(&child.to_string(), "warren-agent")
                         .map_err(fail("rename the agent"))?;
-                    cgroup.add(child.as_raw()).map_err(|e| e.to_string())?;
+                    if !self_joins {
+                        cgroup.add(child.as_raw()).map_err(|e| e.to_string())?;
+                    }
                     if spec.network == NetworkMode::Nat {
                         let lease = crate::network::setup_nat(
                             &config.run_dir,
@@ -1016,6 +1024,8 @@ struct ChildArgs<'a> {
     /// The sandbox's root directory (its overlay).
     root: OwnedFd,
     hostname: &'a str,
+    /// The cgroup's files through which the child moves itself in (cgroup v1).
+    join: Option<warren_sys::cgroup::SelfJoin>,
     listener: UnixListener,
     env: std::collections::BTreeMap<String, String>,
     seccomp: warren_sys::seccomp::SeccompProgram,
@@ -1032,7 +1042,7 @@ const READY: &str = "ready";
 /// after writing the reason to the status pipe.
 fn child_main(args: ChildArgs<'_>) -> String {
     let mut status = fs::File::from(args.status);
-    let r = child_setup(&args.go, &args.root, args.hostname);
+    let r = child_setup(&args.go, &args.root, args.hostname, args.join);
     drop(args.go);
     drop(args.root);
     if let Err(e) = r {
@@ -1075,11 +1085,23 @@ fn child_main(args: ChildArgs<'_>) -> String {
     }
 }
 
-fn child_setup(go: &OwnedFd, root: &OwnedFd, hostname: &str) -> Setup<()> {
+fn child_setup(
+    go: &OwnedFd,
+    root: &OwnedFd,
+    hostname: &str,
+    join: Option<warren_sys::cgroup::SelfJoin>,
+) -> Setup<()> {
     let mut b = [0u8; 1];
     match nix::unistd::read(go.as_raw_fd(), &mut b) {
         Ok(1) => {}
         _ => return Err("the helper did not start the sandbox".into()),
+    }
+    // Into the sandbox's cgroup first, before anything of the sandbox is done (and before
+    // the cgroup namespace below, whose root is the cgroup this process is in).
+    if let Some(join) = join {
+        join.join()
+            .map_err(|e| format!("join the sandbox's cgroup: {e}"))?;
+        drop(join);
     }
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| format!("unblock signals: {e}"))?;

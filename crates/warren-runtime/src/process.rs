@@ -162,21 +162,30 @@ impl ProcessBackend {
     }
 
     async fn start_agent(&self, sb: &mut ProcessSandbox, launch: &AgentLaunch) -> Result<()> {
-        let mut child = tokio::process::Command::new(&self.exe)
-            .arg("__agent")
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        cmd.arg("__agent")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
-            .env_clear()
-            .spawn()
-            .map_err(crate::io_err(format!(
-                "start the agent {}",
-                self.exe.display()
-            )))?;
+            .env_clear();
+        // In the cgroup before it says ready, so before anything it starts exists: on v1
+        // it moves itself in before its exec (see `Cgroup::open_for_self`), on v2 it is
+        // moved once started.
+        let join = sb.cgroup.open_for_self()?;
+        let self_joins = join.is_some();
+        if let Some(join) = join {
+            join.join_on_spawn(cmd.as_std_mut());
+        }
+        let mut child = cmd.spawn().map_err(crate::io_err(format!(
+            "start the agent {}",
+            self.exe.display()
+        )))?;
         let pid = child.id().unwrap_or(0) as i32;
         sb.agent_pid = pid;
-        // In the cgroup before it says ready, so before anything it starts exists.
-        sb.cgroup.add(pid)?;
+        if !self_joins {
+            sb.cgroup.add(pid)?;
+        }
+        drop(cmd);
         let mut stdin = child.stdin.take().expect("piped stdin");
         let input = serde_json::to_vec(launch).expect("the launch serializes");
         stdin
