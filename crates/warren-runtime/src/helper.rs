@@ -615,8 +615,15 @@ impl Sandbox {
         crate::trace::mark("helper: stop asked");
         self.cleanup.stop_processes();
         // A caller that only needs the processes gone may go on now; the rest of the
-        // teardown does not need it to wait.
+        // teardown does not need it to wait. Nor need whoever reads the caller's stderr,
+        // which this helper has held since it was forked (`$(warren run ...)` and a pipe
+        // wait until every holder closes it): it lets go first, unless it prints traces.
         if let Some(fd) = self.stopped.take() {
+            if !crate::trace::enabled() {
+                if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
+                    let _ = nix::unistd::dup2(null.as_raw_fd(), 2);
+                }
+            }
             let _ = nix::unistd::write(&fd, b"s");
         }
         crate::trace::mark("helper: processes gone");

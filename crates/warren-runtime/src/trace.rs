@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 static STATE: AtomicU8 = AtomicU8::new(0);
 
-fn enabled() -> bool {
+/// Whether `WARREN_TRACE=1` asked for marks.
+pub(crate) fn enabled() -> bool {
     match STATE.load(Ordering::Relaxed) {
         0 => {
             let on = std::env::var_os("WARREN_TRACE").is_some_and(|v| v == "1");

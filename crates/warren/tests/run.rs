@@ -34,6 +34,52 @@ fn exit_status_is_the_commands_own() {
 }
 
 #[test]
+fn its_output_ends_when_it_exits_not_after_the_teardown() {
+    // `$(warren run ...)` and a pipe wait until every holder of the CLI's stdout and
+    // stderr has closed them: the sandbox's helper, forked from the CLI, must not hold
+    // them through the teardown it finishes after the CLI has gone.
+    if !can_run("its_output_ends_when_it_exits_not_after_the_teardown") {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    for _ in 0..3 {
+        let mut child = warren()
+            .args(["run", "--rm", "--", "sh", "-c", "echo out; echo err >&2"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let err = child.stderr.take().unwrap();
+        assert!(child.wait().unwrap().success());
+        // Right after the CLI's exit: whatever is buffered, then the end, never "nothing
+        // yet" (which would mean another process still holds the pipe).
+        for (name, fd, want) in [
+            ("stdout", out.as_raw_fd(), "out\n"),
+            ("stderr", err.as_raw_fd(), "err\n"),
+        ] {
+            let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+            let flags =
+                nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                match nix::unistd::read(fd, &mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) => panic!(
+                        "{name} read {e} after the CLI exited (with {:?} read): another process still holds it",
+                        String::from_utf8_lossy(&got)
+                    ),
+                }
+            }
+            assert_eq!(String::from_utf8_lossy(&got), want, "{name}");
+        }
+    }
+}
+
+#[test]
 fn a_missing_command_says_so() {
     if !can_run("a_missing_command_says_so") {
         return;
