@@ -6,15 +6,25 @@ the helper mark, the median and p90 of the time since the previous mark and sinc
 CLI started. "create to agent ready" is from the CLI's backend being ready to the
 sandbox being reported created (the helper's whole set-up, seen from the caller).
 
-    python3 bench/phases.py [--runs 50] [--warren target/release/warren]
+With --api, the same for sandboxes made through the daemon: a `warren serve` of its own
+with WARREN_TRACE=1, N times `POST /v1/sandboxes` then `DELETE`, and the marks of each
+helper (one process per sandbox) read back from the daemon's stderr; `--no-home` asks for
+no home volume, as the suite's throughput scenario does. Each step's time is since the
+same helper's previous mark.
+
+    python3 bench/phases.py [--runs 50] [--warren target/release/warren] [--api [--no-home]]
 """
 import argparse
+import collections
+import importlib.util
 import re
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 
 def pct(xs, p):
@@ -31,7 +41,11 @@ def main():
     ap.add_argument("--runs", type=int, default=50)
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap.add_argument("--warren", default=os.path.join(here, "target/release/warren"))
+    ap.add_argument("--api", action="store_true", help="sandboxes made through a daemon")
+    ap.add_argument("--no-home", action="store_true", help="with --api: no home volume")
     a = ap.parse_args()
+    if a.api:
+        return api_phases(a)
     tmp = tempfile.mkdtemp(prefix="warren-phases-")
     env = dict(os.environ, WARREN_TRACE="1",
                WARREN_RUN_DIR=os.path.join(tmp, "run"),
@@ -71,6 +85,67 @@ def main():
     if ready:
         print(f"\ncreate to agent ready: p50 {statistics.median(ready):.2f} ms, "
               f"p90 {pct(ready, .9):.2f} ms")
+
+
+MARK = re.compile(r"trace (\d+) (\d+) (.+?)(?=trace \d+ \d+ |\n|$)")
+
+
+def api_phases(a):
+    here = os.path.dirname(os.path.abspath(__file__))
+    spec = importlib.util.spec_from_file_location("api", os.path.join(here, "api.py"))
+    api_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(api_mod)
+    tmp = tempfile.mkdtemp(prefix="warren-phases-")
+    sock = os.path.join(tmp, "run", "warren.sock")
+    env = dict(os.environ, WARREN_TRACE="1", WARREN_LOG="off",
+               WARREN_RUN_DIR=os.path.join(tmp, "run"),
+               WARREN_DATA_DIR=os.path.join(tmp, "data"))
+    log = open(os.path.join(tmp, "stderr"), "w+")
+    server = subprocess.Popen([a.warren, "serve", "--socket", sock], env=env,
+                              stdout=subprocess.DEVNULL, stderr=log)
+    body = {"home_volume": False} if a.no_home else {}
+    create, remove = [], []
+    try:
+        for _ in range(500):
+            if os.path.exists(sock):
+                break
+            time.sleep(0.01)
+        api = api_mod.Api(sock)
+        api.call("GET", "/health")
+        for i in range(a.runs + 3):
+            t0 = time.perf_counter()
+            sb = api.call("POST", "/v1/sandboxes", body)
+            t1 = time.perf_counter()
+            api.call("DELETE", f"/v1/sandboxes/{sb['id']}")
+            if i >= 3:
+                create.append((t1 - t0) * 1000)
+                remove.append((time.perf_counter() - t1) * 1000)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+        log.seek(0)
+        text = log.read()
+        log.close()
+        subprocess.run(["rm", "-rf", tmp])
+    by_pid = collections.defaultdict(list)
+    for m in MARK.finditer(text):
+        by_pid[int(m.group(2))].append((int(m.group(1)), m.group(3).strip()))
+    # The first three helpers are the warm-up's.
+    helpers = sorted((marks for marks in by_pid.values() if len(marks) > 3),
+                     key=lambda ms: min(t for t, _ in ms))[3:]
+    order, steps = [], {}
+    for marks in helpers:
+        marks.sort()
+        for (t0, _), (t1, name) in zip(marks, marks[1:]):
+            if name not in order:
+                order.append(name)
+            steps.setdefault(name, []).append((t1 - t0) / 1000)
+    print(f"{'helper phase (API)':32} {'step p50':>9} {'step p90':>9}   (ms, {len(helpers)} sandboxes)")
+    for name in order:
+        xs = steps[name]
+        print(f"{name:32} {statistics.median(xs):9.2f} {pct(xs, .9):9.2f}")
+    print(f"\nPOST /v1/sandboxes: p50 {statistics.median(create):.2f} ms, p90 {pct(create, .9):.2f}; "
+          f"DELETE: p50 {statistics.median(remove):.2f} ms, p90 {pct(remove, .9):.2f}")
 
 
 if __name__ == "__main__":
