@@ -177,6 +177,14 @@ pub fn run(config: &HelperConfig, mut status: fs::File, stopped: Option<OwnedFd>
         std::process::exit(1);
     }
     monitor.stopped = stopped;
+    // The next sandbox's disk, copied beside this one's watch, now that it is ready; the
+    // helper does not exit before the copy is placed or removed.
+    let spare = config.spec.resources.disk.and_then(|size| {
+        let data = config.data_dir.clone();
+        std::thread::Builder::new()
+            .spawn(move || make_spare(&data, size, HOST_ID_BASE))
+            .ok()
+    });
     // The helper keeps none of its caller's input and output (a reader waiting for the
     // caller's stdout to close must not wait for the helper); stderr stays for traces.
     if let Ok(null) = fs::OpenOptions::new()
@@ -189,6 +197,9 @@ pub fn run(config: &HelperConfig, mut status: fs::File, stopped: Option<OwnedFd>
         }
     }
     let code = monitor.watch();
+    if let Some(t) = spare {
+        let _ = t.join();
+    }
     std::process::exit(code)
 }
 
@@ -735,10 +746,17 @@ pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
         }
     }
     let tmp = img.with_extension("tmp");
-    let blank = img.ancestors().nth(3).map(|data| {
-        data.join(".blank-disks")
-            .join(format!("{size}-{owner}.img"))
-    });
+    let blank = img
+        .ancestors()
+        .nth(3)
+        .map(|data| blank_disk(data, size, owner));
+    // A copy made ahead (see `make_spare`) is taken whole, by one rename: of two takers
+    // only one gets it, and the other copies the blank itself.
+    if let Some(b) = &blank {
+        if fs::rename(b.with_extension("spare"), img).is_ok() {
+            return Ok(());
+        }
+    }
     let copied = match &blank {
         Some(b) if b.exists() => copy_sparse(b, &tmp).is_ok(),
         _ => false,
@@ -752,6 +770,37 @@ pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
         }
     }
     fs::rename(&tmp, img).map_err(fail("place the disk image"))
+}
+
+/// The kept blank image of `size` bytes whose root `owner` owns, under the data
+/// directory `data`.
+fn blank_disk(data: &Path, size: u64, owner: u32) -> PathBuf {
+    data.join(".blank-disks")
+        .join(format!("{size}-{owner}.img"))
+}
+
+/// Leaves a copy of the blank of `size` and `owner` (`DATA/.blank-disks/SIZE-OWNER.spare`)
+/// for the next [`make_ext4`] of that size to take by a rename, when there is a blank
+/// and no spare yet: the copy and its sync (1-6 ms, most of it waiting for the disk)
+/// then happen after a sandbox is ready rather than in the next one's create. Failing
+/// costs only that time.
+pub(crate) fn make_spare(data: &Path, size: u64, owner: u32) {
+    let blank = blank_disk(data, size, owner);
+    let spare = blank.with_extension("spare");
+    if !blank.exists() || spare.exists() {
+        return;
+    }
+    // Beside the blank, under a name no taker looks for, then renamed into place: a
+    // half-made spare is never taken. Nothing is created but that file (a data directory
+    // removed meanwhile stays removed).
+    let Ok(id) = crate::new_id() else { return };
+    let aside = blank.with_file_name(format!(".{id}"));
+    if copy_sparse(&blank, &aside)
+        .and_then(|()| fs::rename(&aside, &spare))
+        .is_err()
+    {
+        let _ = fs::remove_file(&aside);
+    }
 }
 
 /// `mkfs.ext4` of a new sparse file `at` of `size` bytes, its root owned by `owner`.
@@ -1260,5 +1309,20 @@ mod tests {
         let c = img("c");
         make_ext4(&c, 32 << 20, 1234).unwrap();
         assert_eq!(fs::read_dir(blank.parent().unwrap()).unwrap().count(), 2);
+        // A spare made ahead is the next image of its size, taken whole; then there is
+        // none until one is made again.
+        let spare = blank.with_extension("spare");
+        make_spare(data.path(), 64 << 20, 1234);
+        let ino = fs::metadata(&spare).unwrap().ino();
+        let d = img("d");
+        make_ext4(&d, 64 << 20, 1234).unwrap();
+        assert!(!spare.exists());
+        assert_eq!(fs::metadata(&d).unwrap().ino(), ino);
+        assert_eq!(fs::read(&a).unwrap(), fs::read(&d).unwrap());
+        make_spare(data.path(), 64 << 20, 1234);
+        assert!(spare.exists());
+        // No blank of a size, no spare of it.
+        make_spare(data.path(), 48 << 20, 1234);
+        assert_eq!(fs::read_dir(blank.parent().unwrap()).unwrap().count(), 3);
     }
 }
