@@ -484,7 +484,6 @@ impl Sandbox {
         // On cgroup v1 the child moves itself in (see `Cgroup::open_for_self`: the helper
         // moving it would wait for an RCU grace period); on v2 the helper moves it.
         let mut join = cgroup.open_for_self().map_err(|e| e.to_string())?;
-        let self_joins = join.is_some();
         let (go_r, go_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         let (st_r, st_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         match ns::clone_process_owned_by(ns::sandbox_flags(), ids.owner)
@@ -534,9 +533,9 @@ impl Sandbox {
                     // CLI's arguments): every process of the sandbox could read it.
                     warren_sys::proctitle::set_of(&child.to_string(), "warren-agent")
                         .map_err(fail("rename the agent"))?;
-                    if !self_joins {
-                        cgroup.add(child.as_raw()).map_err(|e| e.to_string())?;
-                    }
+                    cgroup
+                        .finish_join(child.as_raw())
+                        .map_err(|e| e.to_string())?;
                     if spec.network == NetworkMode::Nat {
                         let lease = crate::network::setup_nat(
                             &config.run_dir,
@@ -790,17 +789,8 @@ pub(crate) fn make_spare(data: &Path, size: u64, owner: u32) {
     if !blank.exists() || spare.exists() {
         return;
     }
-    // Beside the blank, under a name no taker looks for, then renamed into place: a
-    // half-made spare is never taken. Nothing is created but that file (a data directory
-    // removed meanwhile stays removed).
-    let Ok(id) = crate::new_id() else { return };
-    let aside = blank.with_file_name(format!(".{id}"));
-    if copy_sparse(&blank, &aside)
-        .and_then(|()| fs::rename(&aside, &spare))
-        .is_err()
-    {
-        let _ = fs::remove_file(&aside);
-    }
+    // A half-made spare is never taken; a data directory removed meanwhile stays removed.
+    let _ = copy_into_place(&blank, &spare);
 }
 
 /// `mkfs.ext4` of a new sparse file `at` of `size` bytes, its root owned by `owner`.
@@ -832,10 +822,15 @@ fn mkfs_ext4(at: &Path, size: u64, owner: u32) -> Setup<()> {
 
 /// Copies the fresh image `from` to the blank `to`, through a file of its own.
 fn keep_blank(from: &Path, to: &Path) -> std::io::Result<()> {
-    let dir = to.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(dir)?;
+    fs::create_dir_all(to.parent().unwrap_or(Path::new("/")))?;
+    copy_into_place(from, to)
+}
+
+/// Copies `from` to `to` beside it under a dot-name no taker looks for, then renames it
+/// into place: a half-made copy is never seen at `to`. Creates nothing but that file.
+fn copy_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
     let id = crate::new_id().map_err(|e| std::io::Error::other(e.to_string()))?;
-    let aside = dir.join(format!(".{id}"));
+    let aside = to.with_file_name(format!(".{id}"));
     let r = copy_sparse(from, &aside).and_then(|()| fs::rename(&aside, to));
     if r.is_err() {
         let _ = fs::remove_file(&aside);

@@ -171,9 +171,7 @@ impl ProcessBackend {
         // In the cgroup before it says ready, so before anything it starts exists: on v1
         // it moves itself in before its exec (see `Cgroup::open_for_self`), on v2 it is
         // moved once started.
-        let join = sb.cgroup.open_for_self()?;
-        let self_joins = join.is_some();
-        if let Some(join) = join {
+        if let Some(join) = sb.cgroup.open_for_self()? {
             join.join_on_spawn(cmd.as_std_mut());
         }
         let mut child = cmd.spawn().map_err(crate::io_err(format!(
@@ -182,9 +180,8 @@ impl ProcessBackend {
         )))?;
         let pid = child.id().unwrap_or(0) as i32;
         sb.agent_pid = pid;
-        if !self_joins {
-            sb.cgroup.add(pid)?;
-        }
+        sb.cgroup.finish_join(pid)?;
+        // The parent's copies of the `tasks` files go with the command.
         drop(cmd);
         let mut stdin = child.stdin.take().expect("piped stdin");
         let input = serde_json::to_vec(launch).expect("the launch serializes");

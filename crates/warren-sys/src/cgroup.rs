@@ -349,8 +349,8 @@ impl Cgroup {
     }
 
     /// On v1, opens this cgroup's `tasks` file in every hierarchy, so that a process forked
-    /// after this call can move itself in with [`SelfJoin::join`]; `None` on v2 (where
-    /// [`Cgroup::add`] is the way).
+    /// after this call can move itself in with [`SelfJoin::join`]; `None` on v2. Either
+    /// way, [`Cgroup::finish_join`] once the process has started.
     ///
     /// Why: moving a whole process (a pid written to `cgroup.procs`, as `add` does) takes
     /// the kernel's `cgroup_threadgroup_rwsem` for writing, and its first writer waits for
@@ -376,6 +376,17 @@ impl Cgroup {
             files.push((f, file));
         }
         Ok(Some(SelfJoin { files }))
+    }
+
+    /// Puts process `pid`, started after [`Cgroup::open_for_self`] with what it returned,
+    /// in the cgroup: on v1 it has moved itself and nothing is left to do; on v2 it is
+    /// moved here, by pid.
+    pub fn finish_join(&self, pid: i32) -> Result<(), CgroupError> {
+        if self.v2 {
+            self.add(pid)
+        } else {
+            Ok(())
+        }
     }
 
     /// Processes in the cgroup.
