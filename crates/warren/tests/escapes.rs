@@ -358,6 +358,40 @@ fn setuid_binaries_grant_nothing() {
 }
 
 #[test]
+fn no_process_of_a_sandbox_holds_a_cgroup_file_to_move_itself_out() {
+    // A sandbox's first process joins its cgroup through `tasks` files the helper opened
+    // as host root (SECURITY.md A46): look for any such descriptor in every process the
+    // sandbox can see, and write `0` through whatever is found. Then say where this
+    // process stands: in its own cgroup namespace's root in every hierarchy.
+    if !can_run("no_process_of_a_sandbox_holds_a_cgroup_file_to_move_itself_out") {
+        return;
+    }
+    let out = sh_ok(
+        &[],
+        "for l in /proc/[0-9]*/fd/*; do t=$(readlink $l 2>/dev/null) || continue; \
+           case \"$t\" in *cgroup*|*tasks*) echo held:$l:$t; \
+             echo 0 > $l 2>/dev/null && echo wrote:$l;; esac; done; \
+         echo cgroups:; cat /proc/self/cgroup",
+    );
+    let (found, cgroups) = out.split_once("cgroups:\n").unwrap_or((&out, ""));
+    assert!(
+        found.trim().is_empty(),
+        "a descriptor to a cgroup file was reachable from inside:\n{out}"
+    );
+    if isolation() == "namespace" {
+        // Every hierarchy's line ends at the namespace's root: no host cgroup path shows.
+        let lines: Vec<&str> = cgroups.lines().filter(|l| !l.is_empty()).collect();
+        assert!(!lines.is_empty(), "{out}");
+        for l in lines {
+            assert!(
+                l.ends_with(":/"),
+                "outside its cgroup namespace's root: {l}\n{out}"
+            );
+        }
+    }
+}
+
+#[test]
 fn cgroup_limits_cannot_be_raised_from_inside() {
     if !can_run("cgroup_limits_cannot_be_raised_from_inside") {
         return;
