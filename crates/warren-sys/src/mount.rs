@@ -501,9 +501,12 @@ pub struct LoopDevice {
 /// file system mounted from two devices would be two caches writing one disk, and
 /// corrupt it. Mounted from one device it is one file system, however often mounted.
 ///
-/// `fresh` says the file was just made by the caller, so no device can have it: the
-/// search through every loop device (one read each, under the lock every attach takes:
-/// linear in the devices attached, so in the sandboxes running) is skipped.
+/// `fresh` says the file was just made by the caller, so no device can have it. Else
+/// the device is found through the file's `user.warren.loop` attribute, which every
+/// attach here sets under the lock below: only the device it names can have the file.
+/// A file without it (attached before the attribute, or on a filesystem without
+/// extended attributes) is looked for in every loop device, one read each: linear in
+/// the devices the host ever made, some 9 ms at a thousand.
 pub fn attach_loop(backing: &Path, fresh: bool) -> io::Result<LoopDevice> {
     let name = backing;
     let backing = OpenOptions::new().read(true).write(true).open(backing)?;
@@ -518,7 +521,12 @@ pub fn attach_loop(backing: &Path, fresh: bool) -> io::Result<LoopDevice> {
         .map_err(|(_, e)| io::Error::from(e))?;
     let ctl = &*_turn;
     if !fresh {
-        if let Some(dev) = loop_of(name, &backing.metadata()?) {
+        let meta = backing.metadata()?;
+        let found = match recorded_loop(&backing) {
+            Some(n) => bound_to(n, &meta),
+            None => loop_of(name, &meta),
+        };
+        if let Some(dev) = found {
             return Ok(dev);
         }
     }
@@ -558,6 +566,7 @@ pub fn attach_loop(backing: &Path, fresh: bool) -> io::Result<LoopDevice> {
         // field for field (repr(C)); the pointer is valid for the call and not retained.
         let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
         if r == 0 {
+            record_loop(&backing, n);
             return Ok(LoopDevice { path, _dev: dev });
         }
         let e = io::Error::last_os_error();
@@ -571,16 +580,39 @@ pub fn attach_loop(backing: &Path, fresh: bool) -> io::Result<LoopDevice> {
     ))
 }
 
+/// The extended attribute of a backing file naming the loop device last attached to it.
+const LOOP_ATTR: &str = "user.warren.loop";
+
+/// The device number the backing file's attribute names; none when it has no readable
+/// one (never attached here, or a filesystem without extended attributes).
+fn recorded_loop(backing: &File) -> Option<u32> {
+    use xattr::FileExt;
+    let v = backing.get_xattr(LOOP_ATTR).ok()??;
+    std::str::from_utf8(&v).ok()?.parse().ok()
+}
+
+/// Names device `n` in the backing file's attribute. A name that cannot be written is
+/// removed, so that it cannot point away from the device that has the file; a file
+/// left without one is searched for (see [`loop_of`]).
+fn record_loop(backing: &File, n: libc::c_int) {
+    use xattr::FileExt;
+    if backing
+        .set_xattr(LOOP_ATTR, n.to_string().as_bytes())
+        .is_err()
+    {
+        let _ = backing.remove_xattr(LOOP_ATTR);
+    }
+}
+
 /// The loop device bound to the file `meta` describes (at `path`), opened, so that it
 /// stays bound until the caller's mount of it exists; none if no device has it.
 fn loop_of(path: &Path, meta: &std::fs::Metadata) -> Option<LoopDevice> {
-    use std::os::unix::fs::MetadataExt;
     let want = std::fs::canonicalize(path).ok()?;
     for e in std::fs::read_dir("/sys/block").ok()?.flatten() {
         let dev = e.file_name().to_string_lossy().into_owned();
-        if !dev.starts_with("loop") {
+        let Some(n) = dev.strip_prefix("loop").and_then(|n| n.parse().ok()) else {
             continue;
-        }
+        };
         // The name narrows it down; the device and inode numbers decide.
         let Ok(file) = std::fs::read_to_string(e.path().join("loop/backing_file")) else {
             continue;
@@ -588,29 +620,102 @@ fn loop_of(path: &Path, meta: &std::fs::Metadata) -> Option<LoopDevice> {
         if Path::new(file.trim_end()) != want {
             continue;
         }
-        let path = PathBuf::from(format!("/dev/{dev}"));
-        let Ok(f) = OpenOptions::new().read(true).write(true).open(&path) else {
-            continue;
-        };
-        // SAFETY: all-zero is a valid LoopInfo64 (integers and byte arrays).
-        let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
-        // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which LoopInfo64
-        // mirrors (repr(C)); the pointer is valid for the call and not retained.
-        let r = unsafe {
-            libc::ioctl(
-                f.as_raw_fd(),
-                LOOP_GET_STATUS64,
-                &mut info as *mut LoopInfo64,
-            )
-        };
-        // Read after the open: a device being cleared answers ENXIO.
-        if r == 0 && info.lo_device == meta.dev() && info.lo_inode == meta.ino() {
-            return Some(LoopDevice { path, _dev: f });
+        if let Some(found) = bound_to(n, meta) {
+            return Some(found);
         }
     }
     None
 }
 
+/// Loop device `n`, opened, when the file `meta` describes is bound to it.
+fn bound_to(n: u32, meta: &std::fs::Metadata) -> Option<LoopDevice> {
+    use std::os::unix::fs::MetadataExt;
+    let path = PathBuf::from(format!("/dev/loop{n}"));
+    let f = OpenOptions::new().read(true).write(true).open(&path).ok()?;
+    // SAFETY: all-zero is a valid LoopInfo64 (integers and byte arrays).
+    let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`, which LoopInfo64
+    // mirrors (repr(C)); the pointer is valid for the call and not retained.
+    let r = unsafe {
+        libc::ioctl(
+            f.as_raw_fd(),
+            LOOP_GET_STATUS64,
+            &mut info as *mut LoopInfo64,
+        )
+    };
+    // Read after the open: a device being cleared, or free, answers ENXIO.
+    (r == 0 && info.lo_device == meta.dev() && info.lo_inode == meta.ino())
+        .then_some(LoopDevice { path, _dev: f })
+}
+
 /// How often [`attach_loop`] asks for another free device when one it was given was
 /// taken by another program first.
 const LOOP_TRIES: u32 = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use xattr::FileExt;
+
+    /// A sparse backing file of 16 MiB in a new directory.
+    fn backing() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        (dir, img)
+    }
+
+    #[test]
+    fn a_file_attached_twice_is_given_the_device_it_has() {
+        if !warren_testkit::needs_root(
+            "mount::a_file_attached_twice_is_given_the_device_it_has",
+            "attaching loop devices",
+        ) {
+            return;
+        }
+        let (_dir, img) = backing();
+        let first = attach_loop(&img, true).unwrap();
+        let again = attach_loop(&img, false).unwrap();
+        assert_eq!(again.path, first.path, "one file, one device");
+        // The device is found through the attribute, not by reading every device.
+        let recorded = recorded_loop(&File::open(&img).unwrap()).unwrap();
+        assert_eq!(first.path, PathBuf::from(format!("/dev/loop{recorded}")));
+        // A name that points elsewhere (the device cleared and taken by another file)
+        // is checked, not believed: a new device is attached and named instead.
+        let (_other_dir, other) = backing();
+        let taken = attach_loop(&other, true).unwrap();
+        drop((first, again));
+        let n = taken
+            .path
+            .to_string_lossy()
+            .trim_start_matches("/dev/loop")
+            .to_string();
+        File::open(&img)
+            .unwrap()
+            .set_xattr(LOOP_ATTR, n.as_bytes())
+            .unwrap();
+        let fresh = attach_loop(&img, false).unwrap();
+        assert_ne!(
+            fresh.path, taken.path,
+            "another file's device is never given"
+        );
+        let recorded = recorded_loop(&File::open(&img).unwrap()).unwrap();
+        assert_eq!(fresh.path, PathBuf::from(format!("/dev/loop{recorded}")));
+    }
+
+    #[test]
+    fn a_file_without_the_attribute_is_found_by_its_device_and_inode() {
+        if !warren_testkit::needs_root(
+            "mount::a_file_without_the_attribute_is_found_by_its_device_and_inode",
+            "attaching loop devices",
+        ) {
+            return;
+        }
+        let (_dir, img) = backing();
+        let first = attach_loop(&img, true).unwrap();
+        // As a file attached before the attribute existed.
+        File::open(&img).unwrap().remove_xattr(LOOP_ATTR).unwrap();
+        let again = attach_loop(&img, false).unwrap();
+        assert_eq!(again.path, first.path);
+    }
+}
