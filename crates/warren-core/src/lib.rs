@@ -501,6 +501,14 @@ impl Manager {
         self.backends.get(kind).map_err(CoreError::from)
     }
 
+    /// Waits until the teardowns of terminated sandboxes still finishing are done (a
+    /// terminate answers once the sandbox's processes are gone): for the daemon's exit.
+    pub async fn settle(&self) {
+        for b in self.backends.iter() {
+            b.settle().await;
+        }
+    }
+
     /// Every isolation backend of this daemon: whether it is available and what it offers.
     pub fn backends(&self) -> Vec<warren_types::api::BackendInfo> {
         self.backends.infos()

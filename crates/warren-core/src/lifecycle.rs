@@ -205,7 +205,9 @@ impl Manager {
         self.event(&r, TERMINATING, why);
         let live = self.live().remove(&r.id);
         if let Some(l) = live {
-            l.sandbox.destroy().await.map_err(CoreError::from)?;
+            // Its id is never used again: what is left of its teardown once its processes
+            // are gone may finish after the answer (`settle` waits for it at exit).
+            l.sandbox.end().await.map_err(CoreError::from)?;
         }
         self.clear_egress(&r.spec);
         self.remove_data(&r).await?;

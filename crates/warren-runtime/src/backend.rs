@@ -52,6 +52,12 @@ pub trait Backend: Send + Sync + Debug {
     /// Deletes a stopped sandbox's kept files.
     fn remove_data<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>>;
 
+    /// Waits until every teardown that [`Instance::end`] left running has finished (at
+    /// the daemon's exit, so that nothing it made outlives it half removed).
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// Makes a sandbox from a memory image another sandbox of this backend wrote
     /// ([`Instance::checkpoint`]): its processes go on where they were, over a copy of
     /// `files` (that sandbox's writable layer). Only backends whose info declares
@@ -157,6 +163,15 @@ pub trait Instance: Send + Sync + Debug {
     /// Stops everything and removes what the sandbox was made of (its writable layer
     /// too if it was created ephemeral).
     fn destroy(self: Box<Self>) -> BoxFuture<'static, Result<()>>;
+
+    /// Ends a sandbox that will never run again under this id: like
+    /// [`destroy`](Self::destroy), but it may return once the sandbox's processes are
+    /// gone, with the rest of its teardown (cgroup, mounts, run directory) finishing
+    /// after; [`Backend::settle`] waits for that. Not for a stop whose files a start
+    /// takes up again: that start would meet the teardown still going.
+    fn end(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        self.destroy()
+    }
 
     /// Writes the sandbox's processes and memory to `image` (a directory) and lets it
     /// run on. Blocking. Only backends whose info declares `memory_snapshots`.

@@ -122,7 +122,12 @@ pub fn main() -> ! {
         Err(_) => std::process::exit(1),
     };
     match config {
-        Ok(c) => run(&c, status, None),
+        // The status pipe says when the processes are gone too: a caller that ends the
+        // sandbox for good need not wait for the rest (see `Instance::end`).
+        Ok(c) => {
+            let stopped = status.as_fd().try_clone_to_owned().ok();
+            run(&c, status, stopped)
+        }
         Err(e) => report_and_exit(
             status,
             HelperStatus::Error {

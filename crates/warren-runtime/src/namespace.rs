@@ -3,7 +3,8 @@
 //! Creating a sandbox starts the helper (`warren __init`, see [`crate::helper`]) and
 //! waits for its one status line; from then on the helper is the sandbox's monitor and
 //! this side talks to the agent over its socket. Pausing and resuming act on the cgroup
-//! freezer directly; destroying asks the helper to tear down and waits for it.
+//! freezer directly; destroying asks the helper to tear down and waits for it, and
+//! ending (for good) waits only until the helper says the processes are gone.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -12,7 +13,9 @@ use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::ChildStdout;
+use tokio_util::task::TaskTracker;
 use warren_sys::cgroup::{Cgroup, Hierarchy};
 use warren_types::spec::SandboxSpec;
 
@@ -41,6 +44,8 @@ pub struct NamespaceBackend {
     paths: Paths,
     exe: PathBuf,
     hierarchy: Hierarchy,
+    /// Helpers finishing the teardown of sandboxes ended for good.
+    teardowns: TaskTracker,
 }
 
 /// A live sandbox.
@@ -52,12 +57,13 @@ pub struct Sandbox {
     pub agent_pid: i32,
     cgroup: Cgroup,
     helper: Helper,
+    teardowns: TaskTracker,
 }
 
 /// The sandbox's helper: our child, or one a previous daemon started (after a restart).
 #[derive(Debug)]
 enum Helper {
-    Child(tokio::process::Child),
+    Child(Box<tokio::process::Child>, BufReader<ChildStdout>),
     /// Forked from this process without exec (see [`NamespaceBackend::create_forked`]),
     /// with the pipe on which it says the sandbox's processes are gone.
     Forked(i32, std::os::fd::OwnedFd),
@@ -72,6 +78,7 @@ impl NamespaceBackend {
             paths,
             exe,
             hierarchy,
+            teardowns: TaskTracker::new(),
         })
     }
 
@@ -142,6 +149,7 @@ impl NamespaceBackend {
                         socket,
                         agent_pid,
                         helper: Helper::Forked(pid.as_raw(), stopped_r),
+                        teardowns: self.teardowns.clone(),
                     }),
                     Ok(HelperStatus::Error { message, kind }) => {
                         let _ = nix::sys::wait::waitpid(pid, None);
@@ -189,9 +197,9 @@ impl NamespaceBackend {
             .await
             .map_err(crate::io_err("send the helper its configuration"))?;
         drop(stdin);
-        let stdout = child.stdout.take().expect("piped stdout");
+        let mut status = BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
-        BufReader::new(stdout)
+        status
             .read_line(&mut line)
             .await
             .map_err(crate::io_err("read the helper's status"))?;
@@ -201,7 +209,8 @@ impl NamespaceBackend {
                 id,
                 socket,
                 agent_pid,
-                helper: Helper::Child(child),
+                helper: Helper::Child(Box::new(child), status),
+                teardowns: self.teardowns.clone(),
             }),
             Ok(HelperStatus::Error { message, kind }) => {
                 let _ = child.wait().await;
@@ -218,6 +227,13 @@ impl NamespaceBackend {
 }
 
 impl NamespaceBackend {
+    /// Waits for the helpers of sandboxes ended for good to finish their teardowns.
+    pub async fn settle(&self) {
+        self.teardowns.close();
+        self.teardowns.wait().await;
+        self.teardowns.reopen();
+    }
+
     /// Takes over a sandbox whose helper is alive (made by an earlier daemon); `None` if
     /// it is gone.
     pub fn adopt(&self, id: &str) -> Option<Sandbox> {
@@ -240,6 +256,7 @@ impl NamespaceBackend {
             agent_pid,
             cgroup: self.cgroup(id),
             helper: Helper::Adopted(pid),
+            teardowns: self.teardowns.clone(),
         })
     }
 
@@ -366,7 +383,7 @@ impl Sandbox {
     /// The helper's pid on the host.
     pub fn helper_pid(&self) -> Option<i32> {
         match &self.helper {
-            Helper::Child(c) => c.id().map(|p| p as i32),
+            Helper::Child(c, _) => c.id().map(|p| p as i32),
             Helper::Forked(p, _) | Helper::Adopted(p) => Some(*p),
         }
     }
@@ -374,7 +391,7 @@ impl Sandbox {
     /// Whether the sandbox still runs (its helper is alive).
     pub fn is_alive(&mut self) -> bool {
         match &mut self.helper {
-            Helper::Child(c) => matches!(c.try_wait(), Ok(None)),
+            Helper::Child(c, _) => matches!(c.try_wait(), Ok(None)),
             Helper::Forked(p, _) | Helper::Adopted(p) => pid_alive(*p),
         }
     }
@@ -387,7 +404,7 @@ impl Sandbox {
         }
         let wait = async {
             match &mut self.helper {
-                Helper::Child(c) => {
+                Helper::Child(c, _) => {
                     let _ = c.wait().await;
                 }
                 // The helper says when the processes are gone and finishes the rest
@@ -425,6 +442,30 @@ impl Sandbox {
                 "it did not finish tearing down in 30 s".into(),
             )),
         }
+    }
+
+    /// Ends the sandbox for good: returns once its processes are gone, and leaves its
+    /// helper removing the rest (its cgroup, mounts and run directory: the unmount of an
+    /// ext4 disk alone writes its journal out, some milliseconds), tracked so that
+    /// [`NamespaceBackend::settle`] can wait for it. Only a helper this process started
+    /// says when the processes are gone; any other is waited for as by `destroy`.
+    pub async fn end(self) -> Result<()> {
+        let Helper::Child(mut child, mut status) = self.helper else {
+            return self.destroy().await;
+        };
+        if let Some(pid) = child.id() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        // A byte once the processes are gone; the end of the pipe if the helper died.
+        let gone = async {
+            let mut b = [0u8; 1];
+            let _ = status.read(&mut b).await;
+        };
+        let told = tokio::time::timeout(Duration::from_secs(30), gone).await;
+        self.teardowns.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+        });
+        told.map_err(|_| Error::Helper("its processes were not gone after 30 s".into()))
     }
 }
 
@@ -499,6 +540,10 @@ impl crate::Backend for NamespaceBackend {
     fn remove_data<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(NamespaceBackend::remove_data(self, id))
     }
+
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        Box::pin(NamespaceBackend::settle(self))
+    }
 }
 
 impl Instance for Sandbox {
@@ -549,5 +594,9 @@ impl Instance for Sandbox {
 
     fn destroy(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(Sandbox::destroy(*self))
+    }
+
+    fn end(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(Sandbox::end(*self))
     }
 }

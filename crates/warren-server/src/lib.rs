@@ -550,6 +550,8 @@ pub async fn serve_with(
     })
     .await;
     servers.abort_all();
+    // Nothing the daemon made is left half removed behind it.
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, mgr.settle()).await;
     let _ = std::fs::remove_file(&unix_socket);
     result
 }

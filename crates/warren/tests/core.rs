@@ -147,6 +147,53 @@ async fn the_state_machine_holds_and_refuses_invalid_moves() {
 }
 
 #[tokio::test]
+async fn a_terminate_answers_once_the_processes_are_gone_and_settle_finishes_the_rest() {
+    if !can_run("a_terminate_answers_once_the_processes_are_gone_and_settle_finishes_the_rest") {
+        return;
+    }
+    let env = Env::new("end");
+    let mgr = env.manager().await;
+    let who = alice();
+    let req = CreateSandbox {
+        resources: warren_types::spec::Resources {
+            disk: Some(32 << 20),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (sb, _) = mgr.create(&who, req).await.unwrap();
+    run(&mgr, &who, &sb.id, "sleep 1000 & echo x > /root/f").await;
+    let cgroups = warren_runtime::bundle::cgroups_everywhere(&format!("warren-{}", sb.id));
+    assert!(!cgroups.is_empty(), "no cgroup found for a running sandbox");
+    let procs: Vec<PathBuf> = cgroups
+        .iter()
+        .map(|(_, p)| p.join("cgroup.procs"))
+        .collect();
+    mgr.terminate(&who, &sb.id).await.unwrap();
+    // Answered: nothing of it runs any more, whatever of its cgroup is still there.
+    for p in &procs {
+        let left = std::fs::read_to_string(p).unwrap_or_default();
+        assert!(left.trim().is_empty(), "{}: {left}", p.display());
+    }
+    assert!(matches!(mgr.get(&who, &sb.id), Err(CoreError::NotFound(_))));
+    mgr.settle().await;
+    let run_dir = env.root.join("run/sandboxes").join(&sb.id);
+    assert!(!run_dir.exists(), "its run directory is left");
+    assert!(!env.root.join("data/sandboxes").join(&sb.id).exists());
+    let left = warren_runtime::bundle::cgroups_everywhere(&format!("warren-{}", sb.id));
+    assert!(left.is_empty(), "{left:?}");
+    let loops = std::process::Command::new("losetup")
+        .args(["-n", "-O", "BACK-FILE", "-l"])
+        .output()
+        .unwrap();
+    let loops = String::from_utf8_lossy(&loops.stdout).into_owned();
+    assert!(
+        !loops.contains(&sb.id),
+        "its disk's loop device stayed: {loops}"
+    );
+}
+
+#[tokio::test]
 async fn fifty_parallel_get_or_creates_make_one_sandbox() {
     if !can_run("fifty_parallel_get_or_creates_make_one_sandbox") {
         return;
@@ -276,6 +323,8 @@ async fn the_lifetime_can_be_extended_and_then_ends() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(mgr.get(&who, &sb.id).is_ok(), "the extension holds");
     wait_for("the lifetime to end", 10, || mgr.get(&who, &sb.id).is_err()).await;
+    // Its processes are gone when it ends; the rest of its teardown is done at `settle`.
+    mgr.settle().await;
     assert!(!env.root.join("run/sandboxes").join(&sb.id).exists());
 }
 
