@@ -156,6 +156,9 @@ impl Manager {
         let name = home_volume_name(&who.tenant, owner);
         let dir = self.config.paths.volume(&name);
         let aside = resizing(&dir, &name);
+        // A sandbox just terminated may still be unmounting it: e2fsck and resize2fs
+        // must find it unmounted.
+        self.settle().await;
         let from = {
             let _quota = self.quota_lock.lock().unwrap_or_else(|e| e.into_inner());
             let img = dir.join("volume.img");

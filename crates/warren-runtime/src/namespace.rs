@@ -15,7 +15,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::ChildStdout;
-use tokio_util::task::TaskTracker;
 use warren_sys::cgroup::{Cgroup, Hierarchy};
 use warren_types::spec::SandboxSpec;
 
@@ -44,8 +43,9 @@ pub struct NamespaceBackend {
     paths: Paths,
     exe: PathBuf,
     hierarchy: Hierarchy,
-    /// Helpers finishing the teardown of sandboxes ended for good.
-    teardowns: TaskTracker,
+    /// Held shared by each helper finishing the teardown of a sandbox ended for good;
+    /// taken whole by [`settle`](Self::settle) to wait for them all.
+    teardowns: Teardowns,
 }
 
 /// A live sandbox.
@@ -57,8 +57,11 @@ pub struct Sandbox {
     pub agent_pid: i32,
     cgroup: Cgroup,
     helper: Helper,
-    teardowns: TaskTracker,
+    teardowns: Teardowns,
 }
+
+/// Teardowns still finishing (see [`Sandbox::end`]).
+type Teardowns = std::sync::Arc<tokio::sync::RwLock<()>>;
 
 /// The sandbox's helper: our child, or one a previous daemon started (after a restart).
 #[derive(Debug)]
@@ -78,7 +81,7 @@ impl NamespaceBackend {
             paths,
             exe,
             hierarchy,
-            teardowns: TaskTracker::new(),
+            teardowns: Teardowns::default(),
         })
     }
 
@@ -229,9 +232,8 @@ impl NamespaceBackend {
 impl NamespaceBackend {
     /// Waits for the helpers of sandboxes ended for good to finish their teardowns.
     pub async fn settle(&self) {
-        self.teardowns.close();
-        self.teardowns.wait().await;
-        self.teardowns.reopen();
+        // Teardowns begun while this waits queue behind it, and are not waited for.
+        drop(self.teardowns.write().await);
     }
 
     /// Takes over a sandbox whose helper is alive (made by an earlier daemon); `None` if
@@ -462,8 +464,10 @@ impl Sandbox {
             let _ = status.read(&mut b).await;
         };
         let told = tokio::time::timeout(Duration::from_secs(30), gone).await;
-        self.teardowns.spawn(async move {
+        let held = self.teardowns.clone().read_owned().await;
+        tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+            drop(held);
         });
         told.map_err(|_| Error::Helper("its processes were not gone after 30 s".into()))
     }

@@ -255,6 +255,20 @@ async fn the_home_volume_outlives_its_sandbox_and_is_the_owners_alone() {
         "0\n"
     );
     mgr.terminate(&who, &b.id).await.unwrap();
+    // Right after the terminate its helper may still be unmounting the home: a resize
+    // (e2fsck, resize2fs) waits for that, and the files come through.
+    let size = mgr.volume(&who, "ann").await.unwrap().size_bytes.unwrap();
+    let grown = mgr
+        .resize_volume(&who, "ann", size + (16 << 20))
+        .await
+        .unwrap();
+    assert_eq!(grown.size_bytes, Some(size + (16 << 20)));
+    let (d, _) = mgr.create(&who, mk("ann")).await.unwrap();
+    assert_eq!(
+        run(&mgr, &who, &d.id, "cat /home/user/notes.txt").await,
+        "notes\n"
+    );
+    mgr.terminate(&who, &d.id).await.unwrap();
     mgr.terminate(&who, &c.id).await.unwrap();
 }
 
