@@ -633,13 +633,19 @@ impl Sandbox {
         // teardown does not need it to wait. Nor need whoever reads the caller's stderr,
         // which this helper has held since it was forked (`$(warren run ...)` and a pipe
         // wait until every holder closes it): it lets go first, unless it prints traces.
+        // Published ports are this process's listeners, free only once it exits: their
+        // caller hears at the exit (the pipe's end), so that a port is free when it does.
         if let Some(fd) = self.stopped.take() {
             if !crate::trace::enabled() {
                 if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
                     let _ = nix::unistd::dup2(null.as_raw_fd(), 2);
                 }
             }
-            let _ = nix::unistd::write(&fd, b"s");
+            if self.publishers.is_empty() {
+                let _ = nix::unistd::write(&fd, b"s");
+            } else {
+                self.stopped = Some(fd);
+            }
         }
         crate::trace::mark("helper: processes gone");
         self.cleanup.run();

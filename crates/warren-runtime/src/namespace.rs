@@ -458,10 +458,14 @@ impl Sandbox {
         if let Some(pid) = child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
-        // A byte once the processes are gone; the end of the pipe if the helper died.
+        // A byte once the processes are gone. The end of the pipe instead when the
+        // helper exits without telling (it publishes ports, which are free only once it
+        // has exited; or it died): then it is waited for, as by `destroy`.
         let gone = async {
             let mut b = [0u8; 1];
-            let _ = status.read(&mut b).await;
+            if !matches!(status.read(&mut b).await, Ok(1)) {
+                let _ = child.wait().await;
+            }
         };
         let told = tokio::time::timeout(Duration::from_secs(30), gone).await;
         let held = self.teardowns.clone().read_owned().await;

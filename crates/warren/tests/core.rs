@@ -567,4 +567,24 @@ async fn a_taken_host_port_is_the_callers_error() {
         .list(&alice(), &ListFilter::default())
         .unwrap()
         .is_empty());
+    // Free, it is published; and a terminate frees it before it answers: the next create
+    // that asks for it gets it.
+    drop(taken);
+    // One of the range tenants publish on, free now.
+    let port = (20000..30000u16)
+        .rev()
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap();
+    let publish = vec![warren_types::spec::PortMap {
+        host: port,
+        sandbox: 80,
+    }];
+    for _ in 0..3 {
+        let req = CreateSandbox {
+            publish: publish.clone(),
+            ..Default::default()
+        };
+        let (sb, _) = mgr.create(&alice(), req).await.unwrap();
+        mgr.terminate(&alice(), &sb.id).await.unwrap();
+    }
 }
