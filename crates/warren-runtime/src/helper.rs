@@ -298,6 +298,8 @@ struct Sandbox {
     /// Written to once every process of the sandbox is gone (see `watch`).
     stopped: Option<OwnedFd>,
     socket: PathBuf,
+    /// `RUN/template`: which template the sandbox's processes run from.
+    template_mark: PathBuf,
     cleanup: Cleanup,
     publishers: Vec<std::thread::JoinHandle<()>>,
 }
@@ -587,6 +589,7 @@ impl Sandbox {
                     stopped: None,
                     agent: child,
                     socket,
+                    template_mark: run.join("template"),
                     cleanup,
                     publishers,
                 })
@@ -629,6 +632,9 @@ impl Sandbox {
         };
         crate::trace::mark("helper: stop asked");
         self.cleanup.stop_processes();
+        // Nothing runs from the template any more: it may be removed while the rest of
+        // the teardown goes on (the mounts left hold its files until they go).
+        let _ = fs::remove_file(&self.template_mark);
         // A caller that only needs the processes gone may go on now; the rest of the
         // teardown does not need it to wait. Nor need whoever reads the caller's stderr,
         // which this helper has held since it was forked (`$(warren run ...)` and a pipe
