@@ -25,6 +25,7 @@ pub mod runc;
 pub mod template;
 pub mod trace;
 pub mod tree;
+pub mod zygote;
 
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@
 //! freezer directly; destroying asks the helper to tear down and waits for it, and
 //! ending (for good) waits only until the helper says the processes are gone.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::pipe;
 use tokio::process::ChildStdout;
 use warren_sys::cgroup::{Cgroup, Hierarchy};
 use warren_types::spec::SandboxSpec;
@@ -24,6 +25,7 @@ use warren_types::spec::NetworkMode;
 use crate::backend::BoxFuture;
 use crate::client::AgentClient;
 use crate::helper::{HelperConfig, HelperStatus};
+use crate::zygote::Zygote;
 use crate::{Error, Instance, Paths, Result, Usage, PREFIX};
 
 /// How a sandbox relates to the process that creates it.
@@ -46,6 +48,8 @@ pub struct NamespaceBackend {
     /// Held shared by each helper finishing the teardown of a sandbox ended for good;
     /// taken whole by [`settle`](Self::settle) to wait for them all.
     teardowns: Teardowns,
+    /// What forks the helpers (see [`crate::zygote`]), started with the first create.
+    zygote: std::sync::Arc<std::sync::Mutex<Option<Zygote>>>,
 }
 
 /// A live sandbox.
@@ -67,6 +71,9 @@ type Teardowns = std::sync::Arc<tokio::sync::RwLock<()>>;
 #[derive(Debug)]
 enum Helper {
     Child(Box<tokio::process::Child>, BufReader<ChildStdout>),
+    /// Forked by the zygote: its pid, a pidfd readable once it has exited, and its
+    /// status pipe.
+    Spawned(i32, OwnedFd, BufReader<pipe::Receiver>),
     /// Forked from this process without exec (see [`NamespaceBackend::create_forked`]),
     /// with the pipe on which it says the sandbox's processes are gone.
     Forked(i32, std::os::fd::OwnedFd),
@@ -82,6 +89,7 @@ impl NamespaceBackend {
             exe,
             hierarchy,
             teardowns: Teardowns::default(),
+            zygote: Default::default(),
         })
     }
 
@@ -183,6 +191,12 @@ impl NamespaceBackend {
                 .map(|p| p as i32),
             ephemeral: opts.ephemeral,
         };
+        let input = serde_json::to_vec(&config).expect("helper config serializes");
+        if let Some((pid, exited, config_w, status_r)) = self.fork_by_zygote() {
+            return self
+                .finish_spawned(id, &input, pid, exited, config_w, status_r)
+                .await;
+        }
         let mut child = tokio::process::Command::new(&self.exe)
             .arg("__init")
             .stdin(Stdio::piped())
@@ -193,7 +207,6 @@ impl NamespaceBackend {
                 "start the sandbox helper {}",
                 self.exe.display()
             )))?;
-        let input = serde_json::to_vec(&config).expect("helper config serializes");
         let mut stdin = child.stdin.take().expect("piped stdin");
         stdin
             .write_all(&input)
@@ -230,6 +243,83 @@ impl NamespaceBackend {
 }
 
 impl NamespaceBackend {
+    /// Has the zygote fork a helper (starting the zygote first if there is none, or
+    /// again once if it has died): the helper's pid, its pidfd, and the daemon's ends of
+    /// its configuration and status pipes. `None` if that cannot be: the helper is then
+    /// started afresh.
+    fn fork_by_zygote(&self) -> Option<(i32, OwnedFd, OwnedFd, OwnedFd)> {
+        use nix::fcntl::OFlag;
+        let (config_r, config_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
+        let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
+        let mut zygote = self.zygote.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..2 {
+            if zygote.is_none() {
+                *zygote = Some(Zygote::start(&self.exe).ok()?);
+            }
+            let z = zygote.as_ref()?;
+            match z.fork_helper(config_r.as_fd(), status_w.as_fd()) {
+                Ok(pid) => {
+                    drop(zygote);
+                    // Until it has its configuration the helper waits: it cannot have
+                    // exited and its pid cannot have been reused.
+                    let exited = warren_sys::ns::pidfd_open(pid).ok()?;
+                    return Some((pid, exited, config_w, status_r));
+                }
+                // Gone (or stuck): it is replaced.
+                Err(_) => *zygote = None,
+            }
+        }
+        None
+    }
+
+    /// The rest of [`create`](Self::create) for a helper the zygote forked.
+    async fn finish_spawned(
+        &self,
+        id: String,
+        input: &[u8],
+        pid: i32,
+        exited: OwnedFd,
+        config_w: OwnedFd,
+        status_r: OwnedFd,
+    ) -> Result<Sandbox> {
+        let mut config = pipe::Sender::from_owned_fd(config_w)
+            .map_err(crate::io_err("send the helper its configuration"))?;
+        let sent = config.write_all(input).await;
+        drop(config);
+        let mut status = BufReader::new(
+            pipe::Receiver::from_owned_fd(status_r)
+                .map_err(crate::io_err("read the helper's status"))?,
+        );
+        let mut line = String::new();
+        if sent.is_ok() {
+            status
+                .read_line(&mut line)
+                .await
+                .map_err(crate::io_err("read the helper's status"))?;
+        }
+        match serde_json::from_str::<HelperStatus>(&line) {
+            Ok(HelperStatus::Ready { agent_pid, socket }) => Ok(Sandbox {
+                cgroup: self.cgroup(&id),
+                id,
+                socket,
+                agent_pid,
+                helper: Helper::Spawned(pid, exited, status),
+                teardowns: self.teardowns.clone(),
+            }),
+            Ok(HelperStatus::Error { message, kind }) => {
+                exit_of_pidfd(&exited).await;
+                Err(Error::from_helper(kind, message))
+            }
+            Err(_) => {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                exit_of_pidfd(&exited).await;
+                Err(Error::Helper(
+                    "it exited without reporting; see its messages above".into(),
+                ))
+            }
+        }
+    }
+
     /// Waits for the helpers of sandboxes ended for good to finish their teardowns.
     pub async fn settle(&self) {
         // Teardowns begun while this waits queue behind it, and are not waited for.
@@ -386,7 +476,7 @@ impl Sandbox {
     pub fn helper_pid(&self) -> Option<i32> {
         match &self.helper {
             Helper::Child(c, _) => c.id().map(|p| p as i32),
-            Helper::Forked(p, _) | Helper::Adopted(p) => Some(*p),
+            Helper::Spawned(p, _, _) | Helper::Forked(p, _) | Helper::Adopted(p) => Some(*p),
         }
     }
 
@@ -394,7 +484,7 @@ impl Sandbox {
     pub fn is_alive(&mut self) -> bool {
         match &mut self.helper {
             Helper::Child(c, _) => matches!(c.try_wait(), Ok(None)),
-            Helper::Forked(p, _) | Helper::Adopted(p) => pid_alive(*p),
+            Helper::Spawned(p, _, _) | Helper::Forked(p, _) | Helper::Adopted(p) => pid_alive(*p),
         }
     }
 
@@ -409,6 +499,7 @@ impl Sandbox {
                 Helper::Child(c, _) => {
                     let _ = c.wait().await;
                 }
+                Helper::Spawned(_, exited, _) => exit_of_pidfd(exited).await,
                 // The helper says when the processes are gone and finishes the rest
                 // of the teardown alone: a `--rm` caller need not wait for directories
                 // and cgroups to be removed. (It is this process's child: the kernel
@@ -452,29 +543,61 @@ impl Sandbox {
     /// [`NamespaceBackend::settle`] can wait for it. Only a helper this process started
     /// says when the processes are gone; any other is waited for as by `destroy`.
     pub async fn end(self) -> Result<()> {
-        let Helper::Child(mut child, mut status) = self.helper else {
+        if !matches!(self.helper, Helper::Child(..) | Helper::Spawned(..)) {
             return self.destroy().await;
-        };
-        if let Some(pid) = child.id() {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
+        if let Some(pid) = self.helper_pid() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let held = self.teardowns.clone();
+        let mut helper = self.helper;
         // A byte once the processes are gone. The end of the pipe instead when the
         // helper exits without telling (it publishes ports, which are free only once it
         // has exited; or it died): then it is waited for, as by `destroy`.
         let gone = async {
             let mut b = [0u8; 1];
-            if !matches!(status.read(&mut b).await, Ok(1)) {
-                let _ = child.wait().await;
+            let told = match &mut helper {
+                Helper::Child(_, status) => status.read(&mut b).await,
+                Helper::Spawned(_, _, status) => status.read(&mut b).await,
+                _ => Ok(0),
+            };
+            if !matches!(told, Ok(1)) {
+                exit_of(&mut helper).await;
             }
         };
         let told = tokio::time::timeout(Duration::from_secs(30), gone).await;
-        let held = self.teardowns.clone().read_owned().await;
+        let held = held.read_owned().await;
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(30), exit_of(&mut helper)).await;
             drop(held);
         });
         told.map_err(|_| Error::Helper("its processes were not gone after 30 s".into()))
     }
+}
+
+/// Waits until a helper this process started (or had forked) has exited.
+async fn exit_of(helper: &mut Helper) {
+    match helper {
+        Helper::Child(child, _) => {
+            let _ = child.wait().await;
+        }
+        Helper::Spawned(_, exited, _) => exit_of_pidfd(exited).await,
+        Helper::Forked(..) | Helper::Adopted(..) => {}
+    }
+}
+
+/// Waits until the process of `pidfd` has exited (on a blocking thread: a helper takes
+/// milliseconds to exit once told to).
+async fn exit_of_pidfd(pidfd: &OwnedFd) {
+    let Ok(fd) = pidfd.try_clone() else {
+        return;
+    };
+    let _ = tokio::task::spawn_blocking(move || {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
+    })
+    .await;
 }
 
 /// The agent socket of sandbox `id`.

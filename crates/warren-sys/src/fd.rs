@@ -138,6 +138,56 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
     }
 }
 
+/// Sends one message of `byte` carrying `fds` (SCM_RIGHTS) on the Unix socket `sock`.
+pub fn send_fds(
+    sock: std::os::fd::BorrowedFd,
+    byte: u8,
+    fds: &[std::os::fd::BorrowedFd],
+) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &[io::IoSlice::new(&[byte])],
+        &[ControlMessage::ScmRights(&raw)],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    Ok(())
+}
+
+/// Receives one message sent by [`send_fds`] on `sock`: the descriptors it carried (at
+/// most [`MAX_RECEIVED`], each close-on-exec), or `None` when the peer has closed.
+pub fn recv_fds(sock: std::os::fd::BorrowedFd) -> io::Result<Option<Vec<std::os::fd::OwnedFd>>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([RawFd; MAX_RECEIVED]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = c {
+            // SAFETY: the kernel installed each of these descriptors in this process for
+            // this message; nothing else refers to them.
+            fds.extend(raw.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
+        }
+    }
+    if msg.bytes == 0 && fds.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(fds))
+}
+
+/// Most descriptors [`recv_fds`] takes from one message.
+pub const MAX_RECEIVED: usize = 4;
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::{AsRawFd, IntoRawFd};
@@ -147,6 +197,38 @@ mod tests {
     fn is_open(fd: RawFd) -> bool {
         // SAFETY: F_GETFD only reads the descriptor's flags.
         unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+    }
+
+    #[test]
+    fn descriptors_travel_over_a_socket_and_the_end_is_seen() {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        let (r, w) = nix::unistd::pipe().unwrap();
+        send_fds(a.as_fd(), b'x', &[r.as_fd(), w.as_fd()]).unwrap();
+        drop((r, w));
+        let got = recv_fds(b.as_fd()).unwrap().unwrap();
+        assert_eq!(got.len(), 2);
+        // The same pipe, through the copies that arrived.
+        let mut it = got.into_iter();
+        let (mut r, mut w) = (
+            std::fs::File::from(it.next().unwrap()),
+            std::fs::File::from(it.next().unwrap()),
+        );
+        w.write_all(b"hi").unwrap();
+        drop(w);
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "hi");
+        drop(a);
+        assert!(recv_fds(b.as_fd()).unwrap().is_none());
     }
 
     #[test]

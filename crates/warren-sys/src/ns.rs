@@ -63,6 +63,19 @@ pub fn fork_process() -> io::Result<Forked> {
     clone_process(CloneFlags::empty())
 }
 
+/// A descriptor of process `pid` that becomes readable when the process exits, whoever
+/// its parent is (a zombie counts as exited).
+pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags (none) and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel, open, and owned by no one else.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 // From <linux/securebits.h>.
 const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
 

@@ -83,6 +83,12 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__init") {
         warren_runtime::helper::main();
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == warren_runtime::zygote::ARG)
+    {
+        warren_runtime::zygote::main();
+    }
     if std::env::args_os().nth(1).is_some_and(|a| a == "__oci") {
         warren_runtime::bundle::oci_main();
     }

@@ -1,0 +1,145 @@
+//! The zygote: one `warren __zygote` per daemon that forks each sandbox's helper.
+//!
+//! Started afresh, a helper pays for the exec of the whole `warren` binary: the dynamic
+//! loader, about 30,000 relocations of a position-independent executable (which make
+//! half a megabyte of the binary's pages private to that process, for the sandbox's
+//! life) and the runtime's start. The zygote pays that once. It is single-threaded and
+//! does nothing but wait on its socket (fd 0, a `SOCK_SEQPACKET` pair with the daemon)
+//! for a request: a byte and two descriptors, the pipe a helper reads its configuration
+//! from and the one it writes its status to. It forks; the child puts them on its
+//! stdin and stdout, renames itself `warren __init` and becomes the helper as if
+//! started so; the zygote answers the child's pid and reaps its children. Every helper
+//! shares the zygote's relocated pages copy-on-write.
+//!
+//! The zygote exits when the daemon's end of the socket closes; helpers it forked live
+//! on (as a helper the daemon started would), and a daemon started later adopts them.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    setsockopt, socketpair, sockopt, AddressFamily, MsgFlags, SockFlag, SockType,
+};
+use nix::sys::time::TimeVal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+
+/// The argument that starts the zygote.
+pub const ARG: &str = "__zygote";
+
+/// The argument of a helper started afresh, which a forked one takes as its name.
+const ARG_HELPER: &str = "__init";
+
+/// The daemon's side: the zygote process and the socket to it.
+#[derive(Debug)]
+pub(crate) struct Zygote {
+    sock: OwnedFd,
+    child: Child,
+}
+
+impl Zygote {
+    /// Starts `exe __zygote`.
+    pub(crate) fn start(exe: &Path) -> io::Result<Self> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(io::Error::from)?;
+        // A zygote that stopped answering must not hang a create.
+        setsockopt(&ours, sockopt::ReceiveTimeout, &TimeVal::new(10, 0))
+            .map_err(io::Error::from)?;
+        let child = Command::new(exe)
+            .arg(ARG)
+            .stdin(Stdio::from(theirs))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        Ok(Self { sock: ours, child })
+    }
+
+    /// Has a helper forked that reads its configuration from `config` and writes its
+    /// status to `status`; its pid.
+    pub(crate) fn fork_helper(&self, config: BorrowedFd, status: BorrowedFd) -> io::Result<i32> {
+        warren_sys::fd::send_fds(self.sock.as_fd(), b'h', &[config, status])?;
+        let mut b = [0u8; 4];
+        let n = nix::sys::socket::recv(self.sock.as_raw_fd(), &mut b, MsgFlags::empty())
+            .map_err(io::Error::from)?;
+        match i32::from_le_bytes(b) {
+            pid if n == 4 && pid > 0 => Ok(pid),
+            _ => Err(io::Error::other("the zygote could not fork a helper")),
+        }
+    }
+}
+
+impl Drop for Zygote {
+    fn drop(&mut self) {
+        // Its socket closes with `sock`, after this: it exits at once.
+        let _ = nix::sys::socket::shutdown(self.sock.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let _ = self.child.wait();
+    }
+}
+
+/// Entry point of `warren __zygote` (fd 0 is its socket). Never returns.
+pub fn main() -> ! {
+    let stdin = std::io::stdin();
+    let sock = stdin.as_fd();
+    loop {
+        reap();
+        let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(100u8)) {
+            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+            Ok(_) => {}
+            Err(_) => std::process::exit(1),
+        }
+        let pid = match warren_sys::fd::recv_fds(sock) {
+            // The daemon is gone.
+            Ok(None) => std::process::exit(0),
+            Ok(Some(fds)) => match <[OwnedFd; 2]>::try_from(fds) {
+                Ok([config, status]) => fork_one(config, status),
+                Err(_) => -1,
+            },
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            Err(_) => std::process::exit(1),
+        };
+        if nix::sys::socket::send(sock.as_raw_fd(), &pid.to_le_bytes(), MsgFlags::MSG_NOSIGNAL)
+            .is_err()
+        {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// Forks a helper on `config` and `status`; its pid, or -1.
+fn fork_one(config: OwnedFd, status: OwnedFd) -> i32 {
+    match warren_sys::ns::fork_process() {
+        Ok(warren_sys::ns::Forked::Child) => {
+            // The request's descriptors become stdin and stdout (the socket's copy on
+            // fd 0 goes), and the process is named as a helper started afresh is.
+            if nix::unistd::dup2(config.as_raw_fd(), 0).is_err()
+                || nix::unistd::dup2(status.as_raw_fd(), 1).is_err()
+            {
+                std::process::exit(1);
+            }
+            drop(config);
+            drop(status);
+            let exe = std::env::args().next().unwrap_or_default();
+            let _ = warren_sys::proctitle::set(&format!("{exe}\0{ARG_HELPER}"));
+            crate::helper::main()
+        }
+        Ok(warren_sys::ns::Forked::Parent(pid)) => pid.as_raw(),
+        Err(_) => -1,
+    }
+}
+
+/// Reaps the helpers that have exited.
+fn reap() {
+    while let Ok(s) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if matches!(s, WaitStatus::StillAlive) {
+            break;
+        }
+    }
+}
