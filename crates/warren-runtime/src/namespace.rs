@@ -192,7 +192,13 @@ impl NamespaceBackend {
             ephemeral: opts.ephemeral,
         };
         let input = serde_json::to_vec(&config).expect("helper config serializes");
-        if let Some((pid, exited, config_w, status_r)) = self.fork_by_zygote() {
+        // A helper that dies with its caller (`die_with_parent`) must be the caller's
+        // child; any other is the zygote's.
+        let forked = match opts.die_with_parent {
+            true => None,
+            false => self.fork_by_zygote(),
+        };
+        if let Some((pid, exited, config_w, status_r)) = forked {
             return self
                 .finish_spawned(id, &input, pid, exited, config_w, status_r)
                 .await;

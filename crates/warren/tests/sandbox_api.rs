@@ -186,3 +186,92 @@ async fn files_round_trip_through_the_agent() {
     assert!(c.read_file("/../../etc/shadow").await.is_err());
     sb.destroy().await.unwrap();
 }
+
+/// The command line of process `pid`, argument by argument.
+fn args_of(pid: i32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .unwrap_or_default()
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect()
+}
+
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = stat.rsplit_once(')').unwrap().1;
+    rest.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn helpers_not_bound_to_their_caller_are_forked_by_a_zygote_which_is_replaced_if_it_dies() {
+    if !can_run(
+        "helpers_not_bound_to_their_caller_are_forked_by_a_zygote_which_is_replaced_if_it_dies",
+    ) {
+        return;
+    }
+    let backend = backend();
+    let make = || SandboxSpec {
+        id: warren_runtime::new_id().unwrap(),
+        template: "host".into(),
+        ..Default::default()
+    };
+    let opts = CreateOptions {
+        die_with_parent: false,
+        ephemeral: true,
+    };
+    let a = backend.create(make(), opts).await.unwrap();
+    let helper = a.helper_pid().unwrap();
+    let zygote = parent_of(helper);
+    // Named as a helper started afresh (what `warren doctor` and operators look for);
+    // its parent is the zygote, this process's child.
+    assert_eq!(args_of(helper).get(1).map(String::as_str), Some("__init"));
+    assert_eq!(
+        args_of(zygote).get(1).map(String::as_str),
+        Some(warren_runtime::zygote::ARG)
+    );
+    assert_eq!(parent_of(zygote), std::process::id() as i32);
+    let out = a
+        .connect()
+        .await
+        .unwrap()
+        .exec(shell("echo forked"))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, b"forked\n");
+
+    // A zygote killed is started again by the next create; the sandbox it forked before
+    // lives on and ends as any other.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(zygote),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let b = backend.create(make(), opts).await.unwrap();
+    let second = parent_of(b.helper_pid().unwrap());
+    assert_ne!(second, zygote);
+    assert_eq!(
+        args_of(second).get(1).map(String::as_str),
+        Some(warren_runtime::zygote::ARG)
+    );
+    a.end().await.unwrap();
+    b.destroy().await.unwrap();
+    for pid in [helper] {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(format!("/proc/{pid}")).is_ok()
+            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z"))
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "helper {pid} still runs after its sandbox ended"
+        );
+    }
+    backend.settle().await;
+}
