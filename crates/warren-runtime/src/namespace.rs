@@ -486,6 +486,21 @@ impl Sandbox {
         }
     }
 
+    /// Asks the helper to stop the sandbox and tear it down (SIGTERM); one the zygote
+    /// forked is signalled through its pidfd, never a process that took its pid.
+    fn stop_helper(&self) {
+        match &self.helper {
+            Helper::Spawned(_, pidfd, _) => {
+                let _ = warren_sys::ns::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM);
+            }
+            _ => {
+                if let Some(pid) = self.helper_pid() {
+                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                }
+            }
+        }
+    }
+
     /// Whether the sandbox still runs (its helper is alive).
     pub fn is_alive(&mut self) -> bool {
         match &mut self.helper {
@@ -497,9 +512,7 @@ impl Sandbox {
     /// Stops everything and removes what the sandbox was made of (its writable layer too
     /// if it was created ephemeral).
     pub async fn destroy(mut self) -> Result<()> {
-        if let Some(pid) = self.helper_pid() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
+        self.stop_helper();
         let wait = async {
             match &mut self.helper {
                 Helper::Child(c, _) => {
@@ -552,9 +565,7 @@ impl Sandbox {
         if !matches!(self.helper, Helper::Child(..) | Helper::Spawned(..)) {
             return self.destroy().await;
         }
-        if let Some(pid) = self.helper_pid() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
+        self.stop_helper();
         let held = self.teardowns.clone();
         let mut helper = self.helper;
         // A byte once the processes are gone. The end of the pipe instead when the

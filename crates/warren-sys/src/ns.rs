@@ -76,6 +76,27 @@ pub fn pidfd_open(pid: i32) -> io::Result<std::os::fd::OwnedFd> {
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// Sends `signal` to the process of `pidfd`: never to another that took its pid after
+/// it was reaped (the error is then ESRCH).
+pub fn pidfd_send_signal(pidfd: std::os::fd::BorrowedFd, signal: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal takes a descriptor, a signal number, no siginfo (null:
+    // the kernel fills in one as kill(2) would) and no flags.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 // From <linux/securebits.h>.
 const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
 
