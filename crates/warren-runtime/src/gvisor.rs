@@ -169,6 +169,18 @@ impl Runsc {
         self.cli().run(args)
     }
 
+    /// Whether runsc may still hold state of `container`: something in its root
+    /// directory names it (its state file, lock or control socket). An unreadable root
+    /// counts as yes, so the caller cleans up rather than trusting nothing.
+    fn may_know(&self, container: &str) -> bool {
+        match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().contains(container)),
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
+    }
+
     /// `runsc state ID`: its status (`created`, `running`, `paused`, `stopped`) and pid.
     fn state(&self, id: &str) -> Option<(String, i32)> {
         self.cli().state(id)
@@ -666,6 +678,7 @@ impl GvisorSandbox {
         // An open host socket cannot be saved: the agent closes its listener and every
         // connection (SIGUSR1) and keeps its processes.
         self.runsc.run(&["kill", &c, "USR1"])?;
+        crate::trace::mark("gvisor checkpoint: agent told to close");
         // The agent removes its socket's path once it holds none (never probed with a
         // connect: one queued behind a listener that stopped accepting would block).
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -676,6 +689,7 @@ impl GvisorSandbox {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
+        crate::trace::mark("gvisor checkpoint: agent socket closed");
         let image_flag = format!("--image-path={}", image.display());
         let mut args = vec!["checkpoint", image_flag.as_str()];
         if leave_running {
@@ -799,18 +813,25 @@ impl GvisorSandbox {
                 .collect(),
         };
         // Nothing of an earlier attempt may stand in the way, and nothing of a failed one
-        // may stay: a damaged image is refused whole, the sandbox stays paused.
-        let _ = self.runsc.run(&["delete", "--force", &c]);
+        // may stay: a damaged image is refused whole, the sandbox stays paused. After a
+        // pause in this daemon runsc knows nothing of the container any more (its end
+        // deleted it, settled above), and asking it costs a runsc process (15-45 ms).
+        if self.runsc.may_know(&c) {
+            let _ = self.runsc.run(&["delete", "--force", &c]);
+            crate::trace::mark("gvisor resume: stale container deleted");
+        }
         // The pause's end ran in this daemon (settled above); after a restart nothing
         // waited for it: no mount of the disk may stand while the restore mounts it.
         crate::bundle::wait_mounts_released(&self.run);
         let cpu = CpuAside::take(&bundle)?;
+        crate::trace::mark("gvisor resume: mounts released, CPU limit aside");
         let restored = run_oci(
             &self.restore.exe,
             &launch,
             &self.run.join("runsc.log"),
             "runsc",
         );
+        crate::trace::mark("gvisor resume: runsc restore exited");
         let limited = cpu.put_back(restored.is_ok().then_some(&self.cgroup));
         if let Err(e) = restored.and(limited) {
             let _ = self.runsc.run(&["delete", "--force", &c]);
@@ -1157,3 +1178,44 @@ impl Instance for GvisorSandbox {
 
 // The slot range of namespace sandboxes starts far above the common range gVisor maps.
 const _: () = assert!(HOST_ID_BASE + ID_COUNT <= FIRST_SLOT_BASE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runsc(root: PathBuf) -> Runsc {
+        Runsc {
+            bin: PathBuf::from("runsc"),
+            root,
+            platform: "ptrace".into(),
+            debug_log: None,
+            nat: false,
+        }
+    }
+
+    #[test]
+    fn runsc_is_asked_to_delete_only_a_container_its_root_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = runsc(dir.path().to_path_buf());
+        let c = container("0123456789abcdef");
+        assert!(!r.may_know(&c), "an empty root knows no container");
+        std::fs::write(
+            dir.path().join("warren-other_sandbox:warren-other.state"),
+            "",
+        )
+        .unwrap();
+        assert!(
+            !r.may_know(&c),
+            "another container's state is not this one's"
+        );
+        std::fs::write(dir.path().join(format!("{c}_sandbox:{c}.lock")), "").unwrap();
+        assert!(
+            r.may_know(&c),
+            "a lock file naming it is state runsc may hold"
+        );
+        assert!(
+            !runsc(dir.path().join("missing")).may_know(&c),
+            "a root never made holds nothing"
+        );
+    }
+}

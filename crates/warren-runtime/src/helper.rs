@@ -452,10 +452,12 @@ impl Sandbox {
         fs::create_dir_all(&root).map_err(fail("create the root mount point"))?;
         let (rw, disk) = writable_layer(config, &run, &data)?;
         cleanup.mounts.extend(disk);
+        crate::trace::mark("helper: writable layer");
         template.check_layers()?;
         // Files are stored under the common range; the sandbox sees them under its own.
         let storage = ns::idmap_userns(&ids.storage_map(), &ids.storage_map())
             .map_err(fail("make the id mapping of the sandbox's files"))?;
+        crate::trace::mark("helper: id mapping made");
         mount_overlay(
             &run,
             &template.lower,
