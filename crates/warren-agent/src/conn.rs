@@ -444,6 +444,22 @@ impl Conn {
                 let list = self.agent.procs.list();
                 self.send(ch, Response::Processes { list }).await;
             }
+            Request::Quiesce => match &self.agent.config.rebind {
+                Some(_) => {
+                    // Queued before the close, and written by the connection's writer,
+                    // which drains its queue when the connection ends.
+                    self.send(ch, Response::Ok).await;
+                    self.agent.quiesce.notify_one();
+                }
+                None => {
+                    self.fail(
+                        ch,
+                        ErrorCode::BadRequest,
+                        "this sandbox's memory is not saved by closing the agent's socket",
+                    )
+                    .await
+                }
+            },
             Request::Signal { pid, signal, group } => {
                 let result = parse_signal(signal).and_then(|sig| match self.agent.procs.get(pid) {
                     Some(proc) => proc.signal(sig, group),
@@ -551,14 +567,27 @@ impl Conn {
         }
     }
 
-    fn close(self) {
-        for chan in self.chans.into_values() {
+    fn close(mut self) {
+        for chan in std::mem::take(&mut self.chans).into_values() {
             if chan.kill_on_disconnect {
                 if let Some(proc) = chan.pid.and_then(|pid| self.agent.procs.get(pid)) {
                     proc.kill_group();
                 }
             }
             if let Some(task) = chan.task {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Conn {
+    /// A connection ended from outside (the agent closing every connection before its
+    /// sandbox's memory is saved) stops the work it ran for its channels, which holds
+    /// its half of the socket open otherwise; the processes go on.
+    fn drop(&mut self) {
+        for chan in self.chans.values() {
+            if let Some(task) = &chan.task {
                 task.abort();
             }
         }

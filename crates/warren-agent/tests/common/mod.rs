@@ -32,10 +32,23 @@ impl TestAgent {
         Self::start_with(AgentConfig::default())
     }
 
-    pub fn start_with(mut config: AgentConfig) -> Self {
+    pub fn start_with(config: AgentConfig) -> Self {
+        Self::start_in(config, false)
+    }
+
+    /// An agent whose socket closes for a checkpoint and opens again
+    /// ([`AgentConfig::rebind`]).
+    pub fn start_quiescable() -> Self {
+        Self::start_in(AgentConfig::default(), true)
+    }
+
+    fn start_in(mut config: AgentConfig, rebind: bool) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("agent.sock");
         let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        if rebind {
+            config.rebind = Some(socket.clone());
+        }
         let (stop, stopped) = watch::channel(false);
         config.shutdown = Some(stopped);
         let thread = std::thread::spawn(move || warren_agent::serve(listener, config));
