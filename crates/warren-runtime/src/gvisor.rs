@@ -82,7 +82,13 @@ pub struct GvisorBackend {
     runsc: std::result::Result<PathBuf, String>,
     platform: String,
     debug_log: Option<PathBuf>,
+    /// Teardowns still finishing after their sandbox's end was answered (see
+    /// [`GvisorSandbox::end`]): each holds it shared, [`Backend::settle`] takes it whole.
+    teardowns: Teardowns,
 }
+
+/// See [`GvisorBackend::teardowns`].
+type Teardowns = std::sync::Arc<tokio::sync::RwLock<()>>;
 
 /// A live gVisor sandbox.
 #[derive(Debug)]
@@ -104,6 +110,7 @@ pub struct GvisorSandbox {
     /// container deleted, its Sentry's memory freed, its mounts let go): joined by
     /// whatever touches the container or its files next ([`GvisorSandbox::settle`]).
     settling: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    teardowns: Teardowns,
 }
 
 /// What a restore needs besides the checkpoint image: the root is mounted afresh in the
@@ -235,6 +242,7 @@ impl GvisorBackend {
             runsc,
             platform: config.platform.unwrap_or_else(|| "ptrace".into()),
             debug_log: config.debug_log,
+            teardowns: Teardowns::default(),
         })
     }
 
@@ -325,6 +333,7 @@ impl GvisorBackend {
             restore: self.restore(),
             watchdog: None,
             settling: Default::default(),
+            teardowns: self.teardowns.clone(),
         };
         let r = (|| -> Result<PathBuf> {
             let bundle = prepare_dirs(&run, &data, false)?;
@@ -933,21 +942,35 @@ impl GvisorSandbox {
     /// Stops and deletes the container, removes its cgroup and run directory (and its
     /// writable layer when ephemeral). Blocking.
     fn teardown(&mut self) {
+        self.stop_processes();
+        self.finish_teardown();
+    }
+
+    /// The first half of [`teardown`](Self::teardown): every process of the sandbox
+    /// stopped. True when they are known to be gone: its Sentry, which holds them all,
+    /// was killed and has exited.
+    fn stop_processes(&mut self) -> bool {
         self.settle();
         if let Some(mut w) = self.watchdog.take() {
             let _ = w.kill();
             let _ = w.wait();
         }
-        let c = container(&self.id);
         crate::trace::mark("gvisor teardown: begin");
         // Killed first: `delete --force` alone waits on a running sandbox for some 100 ms
         // more. Its Sentry, when it is still the one this sandbox started, is killed
         // directly (some 5 ms; `runsc kill` is a runsc process of 20); otherwise runsc
         // does it. A container that is not there fails both, which is no error here.
-        if !self.kill_sentry() {
-            let _ = self.runsc.run(&["kill", &c, "KILL"]);
+        let gone = self.kill_sentry();
+        if !gone {
+            let _ = self.runsc.run(&["kill", &container(&self.id), "KILL"]);
         }
         crate::trace::mark("gvisor teardown: runsc kill");
+        gone
+    }
+
+    /// The rest of [`teardown`](Self::teardown), once the processes are stopped.
+    fn finish_teardown(&mut self) {
+        let c = container(&self.id);
         let _ = self.runsc.run(&["delete", "--force", &c]);
         crate::trace::mark("gvisor teardown: runsc delete");
         if self.cgroup.exists() {
@@ -1038,6 +1061,7 @@ impl Backend for GvisorBackend {
             restore: self.restore(),
             watchdog: None,
             settling: Default::default(),
+            teardowns: self.teardowns.clone(),
         }))
     }
 
@@ -1056,6 +1080,7 @@ impl Backend for GvisorBackend {
             restore: self.restore(),
             watchdog: None,
             settling: Default::default(),
+            teardowns: self.teardowns.clone(),
         };
         sb.teardown();
     }
@@ -1081,6 +1106,11 @@ impl Backend for GvisorBackend {
 
     fn files_of(&self, id: &str) -> Option<PathBuf> {
         Some(self.paths.sandbox_data(id))
+    }
+
+    fn settle(&self) -> BoxFuture<'_, ()> {
+        // Teardowns begun while this waits queue behind it, and are not waited for.
+        Box::pin(async move { drop(self.teardowns.write().await) })
     }
 }
 
@@ -1206,6 +1236,44 @@ impl Instance for GvisorSandbox {
             tokio::task::spawn_blocking(move || self.teardown())
                 .await
                 .map_err(|e| Error::Setup(format!("tear down: {e}")))
+        })
+    }
+
+    /// Answers once the Sentry, and with it every process of the sandbox, is gone; the
+    /// rest (`runsc delete`, some 15 ms, the cgroups, the gofer letting go of the mounts,
+    /// the run directory) finishes after, and [`Backend::settle`] waits for it. A sandbox
+    /// on `nat` is torn down whole first: its published ports are free only once its
+    /// reaper has exited. So is one whose Sentry could not be killed directly.
+    fn end(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            if self.runsc.nat {
+                return self.destroy().await;
+            }
+            let held = self.teardowns.clone().read_owned().await;
+            let (mut sb, gone) = tokio::task::spawn_blocking(move || {
+                let gone = self.stop_processes();
+                if gone {
+                    // Nothing runs from its template any more: the template may go.
+                    let _ = std::fs::remove_file(self.run.join("template"));
+                    // Its files are removed before the answer, as the caller removes
+                    // them too, never by two at once.
+                    if let Some(dir) = self.ephemeral.take() {
+                        let _ = crate::tree::remove(&dir);
+                    }
+                }
+                (self, gone)
+            })
+            .await
+            .map_err(|e| Error::Setup(format!("tear down: {e}")))?;
+            let rest = tokio::task::spawn_blocking(move || {
+                sb.finish_teardown();
+                drop(held);
+            });
+            if !gone {
+                rest.await
+                    .map_err(|e| Error::Setup(format!("tear down: {e}")))?;
+            }
+            Ok(())
         })
     }
 }

@@ -1073,6 +1073,49 @@ fn a_trust_mode_sandbox_is_its_users_processes_in_its_directory() {
     d.finish();
 }
 
+/// Whether process `pid` runs (a zombie does not).
+fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+        !matches!(
+            state.and_then(|r| r.chars().next()),
+            Some('Z') | Some('X') | None
+        )
+    })
+}
+
+#[test]
+fn a_gvisor_removal_answers_once_its_sentry_is_gone_and_the_rest_follows() {
+    let Some((_t, _spaces, d)) =
+        gvisor_test("a_gvisor_removal_answers_once_its_sentry_is_gone_and_the_rest_follows")
+    else {
+        return;
+    };
+    let id = d.create(&["--isolation", "gvisor"]);
+    d.ok(&["exec", "-d", &id, "--", "sleep", "1000"]);
+    let run = d.run_dir().join(format!("sandboxes/{id}"));
+    let sentry: i32 = std::fs::read_to_string(run.join("helper.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(runs(sentry), "no Sentry at {sentry}");
+    assert!(run.join("template").exists());
+    d.ok(&["rm", &id]);
+    // Answered: its Sentry, and every process of the sandbox with it, is gone, and
+    // nothing runs from its template any more.
+    assert!(!runs(sentry), "the Sentry {sentry} outlived the answer");
+    assert!(
+        !run.join("template").exists(),
+        "its template is still marked used"
+    );
+    assert!(!d.data_dir().join(format!("sandboxes/{id}")).exists());
+    // The rest (runsc's state, the cgroups, the gofer's mounts, the run directory)
+    // follows on its own; the daemon waits for it at exit, and nothing is left.
+    assert!(eventually(10, || !run.exists()), "its run directory stayed");
+    d.finish();
+}
+
 #[test]
 fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
     let Some((_t, _spaces, d)) =
