@@ -409,11 +409,6 @@ impl AgentClient {
         }
     }
 
-    /// Asks the agent to close its socket for a checkpoint ([`Request::Quiesce`]).
-    pub async fn quiesce(&self) -> Result<()> {
-        self.call_ok(&Request::Quiesce).await
-    }
-
     pub async fn signal(&self, pid: u32, signal: i32) -> Result<()> {
         self.call_ok(&Request::Signal {
             pid,

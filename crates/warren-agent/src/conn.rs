@@ -444,22 +444,6 @@ impl Conn {
                 let list = self.agent.procs.list();
                 self.send(ch, Response::Processes { list }).await;
             }
-            Request::Quiesce => match &self.agent.config.rebind {
-                Some(_) => {
-                    // Queued before the close, and written by the connection's writer,
-                    // which drains its queue when the connection ends.
-                    self.send(ch, Response::Ok).await;
-                    self.agent.quiesce.notify_one();
-                }
-                None => {
-                    self.fail(
-                        ch,
-                        ErrorCode::BadRequest,
-                        "this sandbox's memory is not saved by closing the agent's socket",
-                    )
-                    .await
-                }
-            },
             Request::Signal { pid, signal, group } => {
                 let result = parse_signal(signal).and_then(|sig| match self.agent.procs.get(pid) {
                     Some(proc) => proc.signal(sig, group),

@@ -63,8 +63,8 @@ pub struct AgentConfig {
     /// `serve` kills every process it started and returns once this turns true. PID 1
     /// never stops and leaves it `None`.
     pub shutdown: Option<watch::Receiver<bool>>,
-    /// The listener's path, for a sandbox whose memory is saved to disk: on SIGUSR1 (or
-    /// a `Quiesce` request) the agent closes its listener and every connection (an open host socket cannot be
+    /// The listener's path, for a sandbox whose memory is saved to disk: on SIGUSR1 the
+    /// agent closes its listener and every connection (an open host socket cannot be
     /// saved), removes the socket's path and keeps its processes; on SIGUSR2, after the
     /// restore, it listens again.
     pub rebind: Option<PathBuf>,
@@ -93,8 +93,6 @@ impl Default for AgentConfig {
 pub(crate) struct Agent {
     config: AgentConfig,
     procs: process::Procs,
-    /// Set by a `Quiesce` request: close the socket as SIGUSR1 does.
-    quiesce: tokio::sync::Notify,
 }
 
 /// Serves the agent protocol on `listener` until `config.shutdown` (forever as PID 1).
@@ -129,7 +127,6 @@ async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
     let agent = Arc::new(Agent {
         config,
         procs: process::Procs::new(),
-        quiesce: tokio::sync::Notify::new(),
     });
     let reaper = tokio::spawn(process::reaper(agent.clone(), sigchld));
     let mut conns = tokio::task::JoinSet::new();
@@ -143,7 +140,7 @@ async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            close = quiesced(&mut quiesce, &agent.quiesce) => {
+            close = quiesced(&mut quiesce) => {
                 if close {
                     listener = None;
                     conns.abort_all();
@@ -178,16 +175,14 @@ async fn accept(
     }
 }
 
-/// True on the next SIGUSR1 or `Quiesce` request (close), false on the next SIGUSR2
-/// (listen again); never without `rebind`.
+/// True on the next SIGUSR1 (close), false on the next SIGUSR2 (listen again); never
+/// without `rebind`.
 async fn quiesced(
     signals: &mut Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
-    asked: &tokio::sync::Notify,
 ) -> bool {
     match signals {
         Some((usr1, usr2)) => tokio::select! {
             _ = usr1.recv() => true,
-            _ = asked.notified() => true,
             _ = usr2.recv() => false,
         },
         None => std::future::pending().await,

@@ -685,11 +685,8 @@ impl GvisorSandbox {
         let c = container(&self.id);
         std::fs::create_dir_all(image).map_err(crate::io_err("make the checkpoint directory"))?;
         // An open host socket cannot be saved: the agent closes its listener and every
-        // connection and keeps its processes. Asked over its socket; an agent that
-        // cannot be asked so is signalled (SIGUSR1) through runsc.
-        if !self.ask_agent_to_close() {
-            self.runsc.run(&["kill", &c, "USR1"])?;
-        }
+        // connection (SIGUSR1) and keeps its processes.
+        self.runsc.run(&["kill", &c, "USR1"])?;
         crate::trace::mark("gvisor checkpoint: agent told to close");
         // The agent removes its socket's path once it holds none (never probed with a
         // connect: one queued behind a listener that stopped accepting would block).
@@ -728,37 +725,6 @@ impl GvisorSandbox {
             self.wait_listening()?;
         }
         r.map(drop)
-    }
-
-    /// Asks the agent to close its socket with a `Quiesce` request: a round trip on its
-    /// socket, where `runsc kill` starts a runsc process (15-25 ms). False when it could
-    /// not be asked (an agent of an older build, one that does not answer in 2 s): the
-    /// caller signals it instead. Asked from a thread of its own with a runtime of its
-    /// own, so it works whatever thread this is called on.
-    fn ask_agent_to_close(&self) -> bool {
-        let socket = &self.socket;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                else {
-                    return false;
-                };
-                rt.block_on(async {
-                    let ask = async {
-                        let client = crate::backend::connect_agent(socket).await.ok()?;
-                        client.quiesce().await.ok()
-                    };
-                    matches!(
-                        tokio::time::timeout(Duration::from_secs(2), ask).await,
-                        Ok(Some(()))
-                    )
-                })
-            })
-            .join()
-            .unwrap_or(false)
-        })
     }
 
     fn wait_listening(&self) -> Result<()> {

@@ -539,12 +539,6 @@ pub enum Request {
         serial: Option<u64>,
     },
     ListProcesses,
-    /// Close the listener and every connection, remove the socket's path and keep the
-    /// processes: the sandbox's memory is about to be saved, and an open host socket
-    /// cannot be. Answered `Ok` first; the socket's path is gone once the agent holds
-    /// none. Only an agent started to be saved this way accepts it (others answer
-    /// `BadRequest`); it listens again when told (SIGUSR2) after the restore.
-    Quiesce,
     Signal {
         pid: u32,
         signal: i32,

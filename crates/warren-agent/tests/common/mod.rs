@@ -36,8 +36,8 @@ impl TestAgent {
         Self::start_in(config, false)
     }
 
-    /// An agent whose socket closes for a checkpoint and opens again
-    /// ([`AgentConfig::rebind`]).
+    /// An agent whose socket closes for a checkpoint (SIGUSR1) and opens again
+    /// (SIGUSR2): [`AgentConfig::rebind`].
     pub fn start_quiescable() -> Self {
         Self::start_in(AgentConfig::default(), true)
     }
