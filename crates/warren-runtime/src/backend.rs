@@ -190,6 +190,25 @@ pub trait Instance: Send + Sync + Debug {
     }
 }
 
+/// The teardowns of a backend's sandboxes still finishing after their end was answered
+/// ([`Instance::end`]): each holds the lock shared while it runs, and
+/// [`Backend::settle`] waits until it can take it whole.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Teardowns(Arc<tokio::sync::RwLock<()>>);
+
+impl Teardowns {
+    /// Held by one teardown until it has finished.
+    pub(crate) async fn hold(&self) -> tokio::sync::OwnedRwLockReadGuard<()> {
+        self.0.clone().read_owned().await
+    }
+
+    /// Waits for the teardowns begun before this call; those begun while it waits queue
+    /// behind it and are not waited for.
+    pub(crate) async fn settle(&self) {
+        drop(self.0.write().await);
+    }
+}
+
 /// Connects to the agent's socket at `path`, never through a link there. A backend whose
 /// sandbox can write in the socket's directory (gVisor's `--host-uds` makes the agent's
 /// files there host files) would otherwise let it swap the socket for a link to another

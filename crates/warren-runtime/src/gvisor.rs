@@ -49,7 +49,7 @@ use warren_sys::cgroup::{Cgroup, Hierarchy};
 use warren_types::api::{BackendInfo, Capabilities, Isolation};
 use warren_types::spec::{NetworkMode, SandboxSpec};
 
-use crate::backend::{BoxFuture, PortDialer};
+use crate::backend::{BoxFuture, PortDialer, Teardowns};
 use crate::bundle::{
     bundle_config, container, copy_layer, prepare_dirs, read_only_sources, recorded_disk,
     recorded_mounts, recorded_volumes, remove_runtime_cgroups, run_oci, which, BundleKind, OciCli,
@@ -83,12 +83,9 @@ pub struct GvisorBackend {
     platform: String,
     debug_log: Option<PathBuf>,
     /// Teardowns still finishing after their sandbox's end was answered (see
-    /// [`GvisorSandbox::end`]): each holds it shared, [`Backend::settle`] takes it whole.
+    /// [`GvisorSandbox::end`]).
     teardowns: Teardowns,
 }
-
-/// See [`GvisorBackend::teardowns`].
-type Teardowns = std::sync::Arc<tokio::sync::RwLock<()>>;
 
 /// A live gVisor sandbox.
 #[derive(Debug)]
@@ -1075,8 +1072,7 @@ impl Backend for GvisorBackend {
     }
 
     fn settle(&self) -> BoxFuture<'_, ()> {
-        // Teardowns begun while this waits queue behind it, and are not waited for.
-        Box::pin(async move { drop(self.teardowns.write().await) })
+        Box::pin(self.teardowns.settle())
     }
 }
 
@@ -1215,7 +1211,7 @@ impl Instance for GvisorSandbox {
             if self.runsc.nat {
                 return self.destroy().await;
             }
-            let held = self.teardowns.clone().read_owned().await;
+            let held = self.teardowns.hold().await;
             let (mut sb, gone) = tokio::task::spawn_blocking(move || {
                 let gone = self.stop_processes();
                 if gone {

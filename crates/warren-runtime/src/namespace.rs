@@ -22,7 +22,7 @@ use warren_types::spec::SandboxSpec;
 use warren_types::api::{BackendInfo, Capabilities, Isolation};
 use warren_types::spec::NetworkMode;
 
-use crate::backend::BoxFuture;
+use crate::backend::{BoxFuture, Teardowns};
 use crate::client::AgentClient;
 use crate::helper::{HelperConfig, HelperStatus};
 use crate::zygote::Zygote;
@@ -63,9 +63,6 @@ pub struct Sandbox {
     helper: Helper,
     teardowns: Teardowns,
 }
-
-/// Teardowns still finishing (see [`Sandbox::end`]).
-type Teardowns = std::sync::Arc<tokio::sync::RwLock<()>>;
 
 /// The sandbox's helper: our child, or one a previous daemon started (after a restart).
 #[derive(Debug)]
@@ -328,8 +325,7 @@ impl NamespaceBackend {
 
     /// Waits for the helpers of sandboxes ended for good to finish their teardowns.
     pub async fn settle(&self) {
-        // Teardowns begun while this waits queue behind it, and are not waited for.
-        drop(self.teardowns.write().await);
+        self.teardowns.settle().await;
     }
 
     /// Takes over a sandbox whose helper is alive (made by an earlier daemon); `None` if
@@ -566,7 +562,7 @@ impl Sandbox {
             return self.destroy().await;
         }
         self.stop_helper();
-        let held = self.teardowns.clone();
+        let teardowns = self.teardowns.clone();
         let mut helper = self.helper;
         // A byte once the processes are gone. The end of the pipe instead when the
         // helper exits without telling (it publishes ports, which are free only once it
@@ -583,7 +579,7 @@ impl Sandbox {
             }
         };
         let told = tokio::time::timeout(Duration::from_secs(30), gone).await;
-        let held = held.read_owned().await;
+        let held = teardowns.hold().await;
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(30), exit_of(&mut helper)).await;
             drop(held);
