@@ -605,11 +605,17 @@ fn memory_filesystems_are_charged_to_the_sandbox() {
          dd if=/dev/zero of=/dev/shm/fill bs=1M count=256 2>/dev/null; \
          echo $(( ($(stat -c %s /root/fill) + $(stat -c %s /dev/shm/fill)) >> 20 ))",
     );
-    // Two outcomes keep the host whole: the writes stop at the limit (the files hold
+    // Three outcomes keep the host whole: the writes stop at the limit (the files hold
     // at most 64 MiB), or the kernel's OOM killer, acting for the sandbox's cgroup,
-    // picks the shell itself before it can print (tmpfs pages belong to no process,
-    // so which one it picks varies). Anything else means the pages went uncharged.
-    if !o.status.success() && stderr(&o).contains("killed by the kernel: out of memory") {
+    // picks the shell itself before it can print, or, once the shell is gone and the
+    // files still hold the memory, the sandbox's agent (tmpfs pages belong to no
+    // process, so which one it picks varies). Anything else means the pages went
+    // uncharged.
+    let err = stderr(&o);
+    if !o.status.success()
+        && (err.contains("killed by the kernel: out of memory")
+            || err.contains("the sandbox was stopped: out of memory"))
+    {
         return;
     }
     let out = stdout(&o);

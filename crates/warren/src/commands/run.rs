@@ -375,14 +375,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
                 126
             }
             // The whole sandbox stopped under the command (gVisor, whose kernel is one
-            // host process, past a limit): say which, as a killed process would.
+            // host process, past a limit; or the agent itself chosen by the OOM killer
+            // once memory filesystems held the rest): say which, as a killed process would.
             Err(ClientError::Closed) if oom => {
                 let limit = memory
                     .map(|m| format!(" (--memory {} MiB)", m >> 20))
                     .unwrap_or_default();
                 eprintln!(
-                    "warren: the sandbox was stopped: out of memory{limit}; its kernel's \
-                     own memory counts too"
+                    "warren: the sandbox was stopped: out of memory{limit}; files in \
+                     memory filesystems and its kernel's own memory count too"
                 );
                 137
             }
