@@ -36,13 +36,10 @@ impl Manager {
         if let Some(saved) = &meta.memory {
             check_memory_template(&name, saved, &mut req)?;
         }
-        let template = meta.key;
+        let template = meta.key.clone();
         let req = self.admit(who, req)?;
         // A template that carries memory is restored, never booted: its processes go on.
-        let memory = meta
-            .memory
-            .is_some()
-            .then(|| template::memory_dir(&self.config.paths, &template));
+        let memory = saved_memory(&self.config.paths, &template, &meta);
         if memory.is_some() && req.network != NetworkMode::None {
             return Err(CoreError::Invalid(format!(
                 "template {name} carries memory, which a sandbox on `{}` cannot restore (its \
@@ -50,8 +47,7 @@ impl Manager {
                 req.network.as_str()
             )));
         }
-        let from = memory.as_ref().map(|d| (d.join("image"), d.clone()));
-        let from = from.as_ref().map(|(i, d)| (i.as_path(), d.as_path()));
+        let from = memory.as_ref().map(|(i, d)| (i.as_path(), d.as_path()));
         let owner = req.owner.clone().unwrap_or_else(|| who.tenant.clone());
         if !valid_owner(&owner) {
             return Err(CoreError::Invalid(format!(
@@ -65,10 +61,9 @@ impl Manager {
                 )));
             }
         }
-        if from.is_none() {
-            if let Some(info) = self.claim_from_pool(who, &owner, &template, &req)? {
-                return Ok((info, true));
-            }
+        // A pool of a template that carries memory holds sandboxes restored ahead.
+        if let Some(info) = self.claim_from_pool(who, &owner, &template, &req)? {
+            return Ok((info, true));
         }
         // Creation with a taken name races with its creator at most this many times.
         for _ in 0..100 {
@@ -362,6 +357,8 @@ impl Manager {
         })
     }
 
+    /// Makes a sandbox of `template` (a stored key) as a create naming it would: booted,
+    /// or restored from the memory it carries.
     pub(crate) async fn create_new(
         &self,
         who: &Caller,
@@ -369,7 +366,11 @@ impl Manager {
         template: &str,
         req: &CreateSandbox,
     ) -> Result<SandboxInfo> {
-        self.create_from(who, owner, template, req, None).await
+        let t = template::resolve(&self.config.paths, template)
+            .map_err(|e| CoreError::Invalid(e.to_string()))?;
+        let memory = saved_memory(&self.config.paths, template, &t.meta);
+        let from = memory.as_ref().map(|(i, d)| (i.as_path(), d.as_path()));
+        self.create_from(who, owner, template, req, from).await
     }
 
     /// Makes a sandbox and records it; with `from`, by restoring a memory image over a
@@ -480,6 +481,19 @@ impl Manager {
             }
         }
     }
+}
+
+/// Where the template stored as `key` keeps its saved memory, when it carries some: the
+/// checkpoint image, and the directory holding it with the files saved beside it.
+fn saved_memory(
+    paths: &warren_runtime::Paths,
+    key: &str,
+    meta: &template::TemplateMeta,
+) -> Option<(PathBuf, PathBuf)> {
+    meta.memory.as_ref().map(|_| {
+        let dir = template::memory_dir(paths, key);
+        (dir.join("image"), dir)
+    })
 }
 
 /// Fits a request to a template that carries memory: only a backend with memory

@@ -112,26 +112,40 @@ impl Manager {
         self.config
             .policy
             .check_resources(&spec.resources, "the pool's resources")?;
+        // A name means what it means to the caller's creates (a snapshot it made is
+        // its own tenant's); the pool holds the template's stored key.
+        let t = self.pool_template(who, &spec.template);
         if spec.max == 0 {
+            // A pool of a template since removed is removed by the key it holds.
+            if let Ok(t) = &t {
+                spec.template = t.meta.key.clone();
+            }
             return self.remove_pool(spec).await;
         }
-        let t = warren_runtime::template::resolve(&self.config.paths, &spec.template)
-            .map_err(|e| CoreError::Invalid(e.to_string()))?;
-        // A key names the templates its own creates may use: another tenant's are as
-        // unknown to it here as there, so a pool is no way to learn they exist. The
-        // host's root may name any.
-        if !who.host_root && !templates::usable_by(&t.meta, who) {
-            let name = warren_runtime::template::display_name(&spec.template).to_string();
-            return Err(CoreError::Invalid(
-                warren_runtime::Error::UnknownTemplate(name).to_string(),
-            ));
-        }
-        if t.meta.memory.is_some() {
-            // Its sandboxes are restored, already warm, not booted.
-            return Err(CoreError::Invalid(format!(
-                "template {} carries memory: its sandboxes start warm without a pool",
-                t.name
-            )));
+        let t = t?;
+        spec.template = t.meta.key.clone();
+        if let Some(saved) = &t.meta.memory {
+            // Its members are restored ahead from the saved memory, their processes
+            // going on, as a create from it would make them: only where such a create
+            // can be, and with what every pool member has (no home volume).
+            let why = if spec.isolation != Isolation::Gvisor {
+                Some("only the gvisor backend restores it: set isolation gvisor")
+            } else if spec.network != warren_types::spec::NetworkMode::None {
+                Some("a sandbox restored from it is on `none`: leave network out")
+            } else if saved.home_volume {
+                Some(
+                    "its memory was saved with the owner's home volume, which no pool's \
+                     sandbox has",
+                )
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(CoreError::Invalid(format!(
+                    "template {} carries memory: {why}",
+                    t.name
+                )));
+            }
         }
         let key = pool_key(
             &spec.template,
@@ -167,6 +181,32 @@ impl Manager {
         };
         drop(pools);
         Ok(self.pool_info(&pool))
+    }
+
+    /// The template a pool of `name` is made of: the one `who`'s creates would use (a
+    /// key names the templates its own creates may use: another tenant's are as unknown
+    /// to it here as there, so a pool is no way to learn they exist); the host's root
+    /// may also name any by its stored key.
+    fn pool_template(
+        &self,
+        who: &Caller,
+        name: &str,
+    ) -> Result<warren_runtime::template::Template> {
+        let unknown = || {
+            let shown = warren_runtime::template::display_name(name).to_string();
+            CoreError::Invalid(warren_runtime::Error::UnknownTemplate(shown).to_string())
+        };
+        match self.resolve_template(who, name) {
+            Ok(t) => Ok(t),
+            Err(CoreError::TemplateNotFound(_)) if who.host_root => {
+                warren_runtime::template::resolve(&self.config.paths, name).map_err(|e| match e {
+                    warren_runtime::Error::UnknownTemplate(_) => unknown(),
+                    e => CoreError::Invalid(e.to_string()),
+                })
+            }
+            Err(CoreError::TemplateNotFound(_)) => Err(unknown()),
+            Err(e) => Err(e),
+        }
     }
 
     pub(crate) async fn remove_pool(&self, spec: PoolSpec) -> Result<PoolInfo> {

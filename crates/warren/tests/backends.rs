@@ -1456,6 +1456,90 @@ fn a_template_with_memory_starts_its_sandboxes_warm() {
 }
 
 #[test]
+fn a_pool_of_a_template_with_memory_holds_sandboxes_restored_ahead() {
+    let Some((_t, _spaces, d)) =
+        gvisor_test("a_pool_of_a_template_with_memory_holds_sandboxes_restored_ahead")
+    else {
+        return;
+    };
+    let id = d.create(&["--isolation", "gvisor", "--no-home"]);
+    start_secret_counter(&d, &id);
+    assert!(
+        eventually(20, || secret_and_count(&d, &id).1 > 3),
+        "the counter never ran"
+    );
+    d.ok(&["snapshot", &id, "--name", "warm-pool", "--memory"]);
+    let (secret, _) = secret_and_count(&d, &id);
+    d.ok(&["rm", &id]);
+
+    // Only where a create from it could be: on gvisor, on `none`.
+    for (body, says) in [
+        (
+            serde_json::json!({"template": "warm-pool", "min": 1, "max": 1}),
+            "gvisor",
+        ),
+        (
+            serde_json::json!({"template": "warm-pool", "isolation": "gvisor", "network": "nat", "min": 1, "max": 1}),
+            "none",
+        ),
+    ] {
+        let r = post(&d, "/v1/pools", &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
+    // Named as the caller's creates name it (the snapshot is its tenant's own).
+    let pool =
+        serde_json::json!({"template": "warm-pool", "isolation": "gvisor", "min": 1, "max": 1});
+    let r = post(&d, "/v1/pools", &pool);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let pools = || d.http(Via::Unix, "GET", "/v1/pools", &[], b"").json();
+    assert!(
+        eventually(60, || pools()[0]["ready"] == 1),
+        "the pool never filled: {}",
+        pools()
+    );
+
+    // A create takes the member restored ahead: its process is the template's, warm,
+    // and goes on; the pool makes another.
+    let c = d.create(&["--template", "warm-pool"]);
+    let p = pools();
+    assert_eq!(p[0]["hits"], 1, "{p}");
+    assert_eq!(d.info(&c)["isolation"], "gvisor");
+    let (s, n) = secret_and_count(&d, &c);
+    assert_eq!(
+        s, secret,
+        "the pooled sandbox does not carry the template's memory"
+    );
+    assert!(n > 3, "its counter started again from nothing: {n}");
+    assert!(
+        eventually(10, || secret_and_count(&d, &c).1 > n),
+        "its counter stopped"
+    );
+    assert!(
+        eventually(60, || pools()[0]["ready"] == 1),
+        "the pool did not make another: {}",
+        pools()
+    );
+    let c2 = d.create(&["--template", "warm-pool"]);
+    assert_ne!(c, c2);
+    assert_eq!(pools()[0]["hits"], 2);
+    d.exec(&c, "echo one > /root/who");
+    assert_ne!(d.exec(&c2, "cat /root/who 2>&1").1.trim(), "one");
+
+    let mut gone = pool.clone();
+    gone["max"] = 0.into();
+    gone["min"] = 0.into();
+    let r = post(&d, "/v1/pools", &gone);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(pools(), serde_json::json!([]));
+    for c in [&c, &c2] {
+        d.ok(&["rm", c]);
+    }
+    d.ok(&["template", "rm", "warm-pool"]);
+    d.finish();
+}
+
+#[test]
 fn a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused() {
     let Some((_t, _spaces, d)) =
         gvisor_test("a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused")
