@@ -15,7 +15,8 @@ and, as the floor the gvisor backend adds to: `runsc do true`, and bare `runsc
 checkpoint` / `restore` of a minimal bundle (an idle shell; a python holding 100 MB, and 1 GB)
 next to Warren's pause (memory to disk) and resume of the same workloads, the image
 sizes, a fork of 10, and a template carrying each workload's memory (`snapshot` with
-`memory`) with sandboxes made from it. Prints median, p90, min, max and n, and the ratios.
+`memory`) with sandboxes made from it, cold and (idle shell, 100 MB) claimed from a pool
+of one that restores them ahead. Prints median, p90, min, max and n, and the ratios.
 `--json PATH` writes every sample.
 Python 3 standard library only; root.
 """
@@ -225,6 +226,42 @@ def warren_pause(api, sock, runs, data_dir):
                 api.call("DELETE", f"/v1/templates/{tname}")
         finally:
             api.call("DELETE", f"/v1/sandboxes/{sid}")
+        if "1 GB" not in name:
+            out.update(warm_pool(api, sock, name, cmd, settle, rounds))
+    return out
+
+
+def warm_pool(api, sock, name, cmd, settle, rounds):
+    """Creates from a template that carries memory, claimed from a pool of one that
+    restores its members ahead (the template saved without a home volume, as a pool's
+    sandboxes have none)."""
+    out = {}
+    sid = api.call("POST", "/v1/sandboxes", {"isolation": "gvisor", "home_volume": False})["id"]
+    tname = f"pooled-{sid}"
+    pool = {"template": tname, "isolation": "gvisor", "min": 1, "max": 1}
+    try:
+        start_background(sock, sid, cmd)
+        time.sleep(settle)
+        api.call("POST", f"/v1/sandboxes/{sid}/snapshot", {"name": tname, "memory": True})
+        api.call("DELETE", f"/v1/sandboxes/{sid}")
+        sid = None
+        api.call("POST", "/v1/pools", pool)
+        ready = lambda: api.call("GET", "/v1/pools")[0]["ready"] == 1
+        for _ in range(rounds):
+            deadline = time.time() + 120
+            while not ready() and time.time() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+            t0 = time.perf_counter()
+            w = api.call("POST", "/v1/sandboxes", {"template": tname})
+            api.call("POST", f"/v1/sandboxes/{w['id']}/exec", TRUE)
+            out.setdefault(f"warren create from it + exec, pool of 1, {name}", []).append(ms(t0))
+            api.call("DELETE", f"/v1/sandboxes/{w['id']}")
+    finally:
+        api.call("POST", "/v1/pools", dict(pool, min=0, max=0))
+        if sid:
+            api.call("DELETE", f"/v1/sandboxes/{sid}")
+        api.call("DELETE", f"/v1/templates/{tname}")
     return out
 
 
@@ -324,6 +361,11 @@ def main():
             if x and y:
                 print(f"{ours} / {bare}, {w}: "
                       f"{statistics.median(x) / statistics.median(y):.2f}x")
+        x = results.get(f"warren create from it + exec, pool of 1, {w}")
+        y = results.get(f"bare runsc restore, {w}")
+        if x and y:
+            print(f"create from a template with memory, pooled / bare runsc restore, {w}: "
+                  f"{statistics.median(x) / statistics.median(y):.2f}x")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)
