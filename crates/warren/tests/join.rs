@@ -47,8 +47,11 @@ fn owner_types(d: &Daemon, id: &str, pid: &str, text: &str) {
 /// the pane to be read.
 fn join_command(d: &Daemon, token: &str) -> String {
     let data = d.data_dir();
+    // The caller's own daemon settings (tmux's server passes its environment on) never
+    // reach it, as with every command the test daemon runs.
     format!(
-        "WARREN_RUN_DIR={} WARREN_DATA_DIR={} {} join {token}; echo JOIN-EXIT=$?; sleep 60",
+        "unset WARREN_SOCKET WARREN_HOST WARREN_TENANT WARREN_API_KEY; \
+         WARREN_RUN_DIR={} WARREN_DATA_DIR={} {} join {token}; echo JOIN-EXIT=$?; sleep 60",
         d.run_dir().display(),
         data.display(),
         env!("CARGO_BIN_EXE_warren"),
