@@ -207,6 +207,17 @@ impl Runsc {
         }
     }
 
+    /// The pid of `container`'s gofer, as its state file in runsc's root records it.
+    fn gofer_pid(&self, container: &str) -> Option<i32> {
+        let state = self
+            .root
+            .join(format!("{container}_sandbox:{container}.state"));
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(state).ok()?).ok()?;
+        state["goferPid"]
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+    }
+
     /// `runsc state ID`: its status (`created`, `running`, `paused`, `stopped`) and pid.
     fn state(&self, id: &str) -> Option<(String, i32)> {
         self.cli().state(id)
@@ -565,6 +576,38 @@ impl GvisorBackend {
     }
 }
 
+/// Kills `pid`, a runsc process (the Sentry, the gofer) of the sandbox whose run
+/// directory is `run`, with SIGKILL and waits (up to 2 s) for it to be gone: true if it
+/// did. Only a process whose command line names that sandbox's bundle is signalled,
+/// never another that took its pid.
+fn kill_runsc_process(pid: i32, run: &Path) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    let bundle = format!("--bundle={}", run.join("bundle").display());
+    let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == bundle.as_bytes()));
+    if !ours || !crate::namespace::pid_alive(pid) {
+        return false;
+    }
+    if nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .is_err()
+    {
+        return false;
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while crate::namespace::pid_alive(pid) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
 /// Host tasks gVisor's Sentry, Gofer and platform use with nothing running inside
 /// (measured: about 40 on the ptrace platform), with room to spare.
 const BASE_HOST_TASKS: u64 = 256;
@@ -776,9 +819,18 @@ impl GvisorSandbox {
         // waits for its Sentry to free the memory it held, 0.3 s for 1 GB; the runtime's
         // cgroups; the gofer letting go of the disk) runs off the request's path, and
         // whatever touches the container or its files next waits for it first.
-        self.pid.store(0, Ordering::Relaxed);
+        let sentry = self.pid.swap(0, Ordering::Relaxed);
         let (runsc, run) = (self.runsc.clone(), self.run.clone());
         let settling = std::thread::spawn(move || {
+            // Its image complete, the Sentry is only freeing what it held, and the
+            // gofer serves no one: killed, they are gone at once, and `runsc delete`
+            // does not wait on them (it kills the gofer itself and looks again every
+            // 100 ms, which a resume right after waited for).
+            kill_runsc_process(sentry, &run);
+            if let Some(gofer) = runsc.gofer_pid(&c) {
+                kill_runsc_process(gofer, &run);
+            }
+            crate::trace::mark("gvisor pause: Sentry and gofer gone");
             let _ = runsc.run(&["delete", "--force", &c]);
             crate::trace::mark("gvisor pause: runsc delete");
             remove_runtime_cgroups(&c);
@@ -896,32 +948,7 @@ impl GvisorSandbox {
     /// true if it did. Only a process whose command line names this sandbox's bundle is
     /// signalled, never another that took its pid.
     fn kill_sentry(&self) -> bool {
-        let pid = self.pid.load(Ordering::Relaxed);
-        if pid <= 0 {
-            return false;
-        }
-        let bundle = format!("--bundle={}", self.run.join("bundle").display());
-        let ours = std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == bundle.as_bytes()));
-        if !ours || !crate::namespace::pid_alive(pid) {
-            return false;
-        }
-        if nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .is_err()
-        {
-            return false;
-        }
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while crate::namespace::pid_alive(pid) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        true
+        kill_runsc_process(self.pid.load(Ordering::Relaxed), &self.run)
     }
 
     /// Stops and deletes the container, removes its cgroup and run directory (and its
@@ -956,6 +983,10 @@ impl GvisorSandbox {
     /// The rest of [`teardown`](Self::teardown), once the processes are stopped.
     fn finish_teardown(&mut self) {
         let c = container(&self.id);
+        // The gofer, killed here, is not waited on by `runsc delete` (100 ms steps).
+        if let Some(gofer) = self.runsc.gofer_pid(&c) {
+            kill_runsc_process(gofer, &self.run);
+        }
         let _ = self.runsc.run(&["delete", "--force", &c]);
         crate::trace::mark("gvisor teardown: runsc delete");
         if self.cgroup.exists() {
