@@ -152,8 +152,22 @@ impl Daemon {
             inherit: o.inherit,
             serve_args,
         };
-        d.spawn();
-        d
+        // A free port is free when asked, not necessarily when the daemon binds it:
+        // another test may take it between the two. Then the daemon is started again
+        // on others (a restart later keeps them).
+        for _ in 0..5 {
+            match d.try_spawn() {
+                Err(e) if e.contains("Address already in use") => {
+                    d.listen = d.listen.as_ref().map(|_| free_port());
+                    d.e2b = d.e2b.as_ref().map(|_| free_port());
+                }
+                r => {
+                    r.unwrap_or_else(|e| panic!("{e}"));
+                    return d;
+                }
+            }
+        }
+        panic!("warren serve found no free port in 5 tries:\n{}", d.log());
     }
 
     pub fn dir(&self) -> &Path {
