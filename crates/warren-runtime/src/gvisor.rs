@@ -207,6 +207,16 @@ impl Runsc {
         }
     }
 
+    /// `runsc delete --force CONTAINER`, its gofer killed first: runsc kills the gofer
+    /// itself, then looks again only 100 ms later. `run` is the sandbox's run directory,
+    /// whose bundle the gofer's command line must name to be killed.
+    fn delete(&self, container: &str, run: &Path) {
+        if let Some(gofer) = self.gofer_pid(container) {
+            kill_runsc_process(gofer, run);
+        }
+        let _ = self.run(&["delete", "--force", container]);
+    }
+
     /// The pid of `container`'s gofer, as its state file in runsc's root records it.
     fn gofer_pid(&self, container: &str) -> Option<i32> {
         let state = self
@@ -822,16 +832,13 @@ impl GvisorSandbox {
         let sentry = self.pid.swap(0, Ordering::Relaxed);
         let (runsc, run) = (self.runsc.clone(), self.run.clone());
         let settling = std::thread::spawn(move || {
-            // Its image complete, the Sentry is only freeing what it held, and the
-            // gofer serves no one: killed, they are gone at once, and `runsc delete`
-            // does not wait on them (it kills the gofer itself and looks again every
-            // 100 ms, which a resume right after waited for).
+            // Its image complete, the Sentry is only freeing what it held: killed, it is
+            // gone at once, and the delete (which kills the gofer first) does not wait
+            // on either (runsc looks again every 100 ms, which a resume right after
+            // waited for).
             kill_runsc_process(sentry, &run);
-            if let Some(gofer) = runsc.gofer_pid(&c) {
-                kill_runsc_process(gofer, &run);
-            }
-            crate::trace::mark("gvisor pause: Sentry and gofer gone");
-            let _ = runsc.run(&["delete", "--force", &c]);
+            crate::trace::mark("gvisor pause: Sentry gone");
+            runsc.delete(&c, &run);
             crate::trace::mark("gvisor pause: runsc delete");
             remove_runtime_cgroups(&c);
             crate::bundle::wait_mounts_released(&run);
@@ -897,7 +904,7 @@ impl GvisorSandbox {
         // pause in this daemon runsc knows nothing of the container any more (its end
         // deleted it, settled above), and asking it costs a runsc process (15-45 ms).
         if self.runsc.may_know(&c) {
-            let _ = self.runsc.run(&["delete", "--force", &c]);
+            self.runsc.delete(&c, &self.run);
             crate::trace::mark("gvisor resume: stale container deleted");
         }
         // The pause's end ran in this daemon (settled above); after a restart nothing
@@ -914,7 +921,7 @@ impl GvisorSandbox {
         crate::trace::mark("gvisor resume: runsc restore exited");
         let limited = cpu.put_back(restored.is_ok().then_some(&self.cgroup));
         if let Err(e) = restored.and(limited) {
-            let _ = self.runsc.run(&["delete", "--force", &c]);
+            self.runsc.delete(&c, &self.run);
             remove_runtime_cgroups(&c);
             return Err(Error::Setup(format!(
                 "the sandbox's saved memory could not be restored ({e}); it stays paused, \
@@ -983,11 +990,7 @@ impl GvisorSandbox {
     /// The rest of [`teardown`](Self::teardown), once the processes are stopped.
     fn finish_teardown(&mut self) {
         let c = container(&self.id);
-        // The gofer, killed here, is not waited on by `runsc delete` (100 ms steps).
-        if let Some(gofer) = self.runsc.gofer_pid(&c) {
-            kill_runsc_process(gofer, &self.run);
-        }
-        let _ = self.runsc.run(&["delete", "--force", &c]);
+        self.runsc.delete(&c, &self.run);
         crate::trace::mark("gvisor teardown: runsc delete");
         if self.cgroup.exists() {
             let _ = self.cgroup.kill_all(Duration::from_secs(5));

@@ -183,15 +183,6 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
     }
 
-    /// runsc on the PATH, if it is there.
-    fn runsc_bin() -> Option<PathBuf> {
-        std::env::var_os("PATH")?
-            .to_str()?
-            .split(':')
-            .map(|d| Path::new(d).join("runsc"))
-            .find(|p| p.is_file())
-    }
-
     /// Removes the container however the test ends.
     struct Container<'a> {
         runsc: &'a Path,
@@ -214,7 +205,7 @@ mod tests {
         if !warren_testkit::needs_root(test, "runsc runs containers as root") {
             return;
         }
-        let Some(runsc) = runsc_bin() else {
+        let Some(runsc) = crate::bundle::which("runsc") else {
             warren_testkit::skip(test, "no runsc on the PATH");
             return;
         };
