@@ -624,6 +624,72 @@ fn a_tenants_template_names_never_lead_to_another_tenants_templates() {
 }
 
 #[test]
+fn a_pool_names_templates_as_its_keys_creates_do_and_never_another_tenants() {
+    if !can_run("a_pool_names_templates_as_its_keys_creates_do_and_never_another_tenants") {
+        return;
+    }
+    let _turn = my_turn();
+    let (d, key_a, _key_b) = trust::two_tenants(None);
+    // A snapshot is its tenant's own template.
+    let id = d.create_as(&key_a, r#"{"home_volume":false}"#);
+    let r = d.as_tenant(
+        &key_a,
+        "POST",
+        &format!("/v1/sandboxes/{id}/snapshot"),
+        r#"{"name":"mine"}"#,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let operator = |tenant: &str| {
+        d.ok(&["keys", "create", "--tenant", tenant, "--operator"])
+            .trim()
+            .to_string()
+    };
+    let (op_a, op_b) = (operator("default"), operator("b"));
+    // a's operator pools it by the name a's creates use (min 0: nothing is made); the
+    // pool holds its stored key.
+    let r = d.as_tenant(
+        &op_a,
+        "POST",
+        "/v1/pools",
+        r#"{"template":"mine","min":0,"max":1}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let stored = r.json()["spec"]["template"].as_str().unwrap().to_string();
+    assert!(stored.ends_with("/mine"), "{stored}");
+    // b's operator reaches it neither by that name nor by the stored key, and is told
+    // only that it does not know it.
+    for name in ["mine", stored.as_str()] {
+        let body = serde_json::json!({"template": name, "min": 0, "max": 1}).to_string();
+        let r = d.as_tenant(&op_b, "POST", "/v1/pools", &body);
+        assert_eq!(
+            r.status,
+            400,
+            "b pooled a's template as {name}: {}",
+            r.text()
+        );
+        assert!(r.text().contains("unknown template"), "{}", r.text());
+    }
+    let listed = d.as_tenant(&op_a, "GET", "/v1/pools", "").json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    // Removed by the name it was set with.
+    let r = d.as_tenant(
+        &op_a,
+        "POST",
+        "/v1/pools",
+        r#"{"template":"mine","min":0,"max":0}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        d.as_tenant(&op_a, "GET", "/v1/pools", "").json(),
+        serde_json::json!([])
+    );
+    d.ok(&["rm", &id]);
+    let r = d.as_tenant(&key_a, "DELETE", "/v1/templates/mine", "");
+    assert_eq!(r.status, 204, "{}", r.text());
+    d.finish();
+}
+
+#[test]
 fn home_volumes_have_a_size_the_kernel_enforces() {
     if !can_run("home_volumes_have_a_size_the_kernel_enforces") {
         return;
