@@ -8,19 +8,27 @@
 //! sandbox's other layers (namespaces, dropped capabilities, no_new_privs) are what stop
 //! the dangerous ones, and this filter narrows what is left.
 //!
-//! Three BPF programs are installed, all of which the kernel runs on every syscall:
+//! Three BPF programs make the policy, run in this order:
 //!
-//! - `main` (from the JSON): the `EPERM` list, including `clone` with namespace flags,
-//!   `personality` outside the values Docker allows, and `socket` and `socketpair` for the
-//!   address families Docker refuses.
-//! - `clone3` (from the JSON): `ENOSYS`, because clone3's flags sit in user memory that
-//!   a filter cannot inspect; libc then falls back to `clone`, which `main` checks.
-//!   seccompiler gives one action per filter, hence a filter of its own.
 //! - a guard built here: kills the process for a foreign architecture or an x32 syscall
-//!   number (x32 shares x86-64's audit arch, so without it every rule above could be
+//!   number (x32 shares x86-64's audit arch, so without it every rule below could be
 //!   bypassed by setting bit 30 of the syscall number), refuses the syscalls that
 //!   seccompiler 0.4's table cannot name, and answers `ENOSYS` for numbers newer than the
 //!   reviewed kernel.
+//! - `clone3` (from the JSON): `ENOSYS`, because clone3's flags sit in user memory that
+//!   a filter cannot inspect; libc then falls back to `clone`, which `main` checks.
+//!   seccompiler gives one action per filter, hence a filter of its own.
+//! - `main` (from the JSON): the `EPERM` list, including `clone` with namespace flags,
+//!   `personality` outside the values Docker allows, and `socket` and `socketpair` for the
+//!   address families Docker refuses.
+//!
+//! They are installed as one filter (`chain`): each program's "allow" goes on to the
+//! next, the first other verdict is the answer. Installed one by one, the kernel would
+//! run all three and keep the most severe verdict; the two agree because the guard, the
+//! only one that kills, runs first, and no syscall gets an error from two of them. One
+//! filter is one program to run per syscall, and one to install per process: under
+//! gVisor, whose kernel prepares every filter stack it is given, three installs cost an
+//! exec some 7 ms against about 4 for one.
 //!
 //! Installing only copies a prepared program into the kernel, so it is async-signal-safe
 //! and can run between fork and exec.
@@ -71,6 +79,35 @@ pub struct SeccompProgram {
     filters: Vec<BpfProgram>,
 }
 
+/// One program that runs `programs` in turn: each `RET ALLOW` of all but the last becomes
+/// a jump to the first instruction of the next (a program's other verdicts stay the
+/// answer). Only sound for programs whose non-allow verdicts no later program would make
+/// more severe, as those of [`SeccompProgram::default_policy`] (see the module doc).
+#[cfg(target_arch = "x86_64")]
+fn chain(programs: Vec<BpfProgram>) -> BpfProgram {
+    use bpf::{JA, RET_K};
+    let count = programs.len();
+    let mut out = Vec::new();
+    for (i, mut p) in programs.into_iter().enumerate() {
+        if i + 1 < count {
+            let len = p.len();
+            for (at, ins) in p.iter_mut().enumerate() {
+                if ins.code == RET_K && ins.k == libc::SECCOMP_RET_ALLOW {
+                    // From the instruction after this one to the program's end.
+                    *ins = sock_filter {
+                        code: JA,
+                        jt: 0,
+                        jf: 0,
+                        k: (len - at - 1) as u32,
+                    };
+                }
+            }
+        }
+        out.extend(p);
+    }
+    out
+}
+
 impl SeccompProgram {
     /// Compiles `seccomp/default.json` for this machine. Compile once and share the result:
     /// it is immutable.
@@ -85,7 +122,7 @@ impl SeccompProgram {
         let main = take("main")?;
         let clone3 = take("clone3")?;
         Ok(Self {
-            filters: vec![guard_program(), main, clone3],
+            filters: vec![chain(vec![guard_program(), clone3, main])],
         })
     }
 
@@ -138,6 +175,7 @@ mod bpf {
     pub const JEQ_K: u16 = 0x15;
     pub const JGE_K: u16 = 0x35;
     pub const RET_K: u16 = 0x06;
+    pub const JA: u16 = 0x05;
     pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
     // Offsets in struct seccomp_data.
@@ -227,7 +265,40 @@ mod tests {
     #[test]
     fn policy_compiles() {
         let p = SeccompProgram::default_policy().unwrap();
-        assert_eq!(p.filters.len(), 3);
+        // One filter, within the kernel's limit of 4,096 instructions; the only allow
+        // left is `main`'s, the last program's.
+        assert_eq!(p.filters.len(), 1);
+        assert!(p.filters[0].len() <= 4096, "{}", p.filters[0].len());
+        let allows: Vec<usize> = p.filters[0]
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.code == bpf::RET_K && i.k == libc::SECCOMP_RET_ALLOW)
+            .map(|(at, _)| at)
+            .collect();
+        let main_start = p.filters[0].len()
+            - seccompiler::compile_from_json(
+                DEFAULT_POLICY.as_bytes(),
+                seccompiler::TargetArch::x86_64,
+            )
+            .unwrap()["main"]
+                .len();
+        assert!(!allows.is_empty() && allows.iter().all(|at| *at >= main_start));
+        // What makes the chain agree with three filters: no syscall gets an error from
+        // two of them (the guard's are those `main` cannot name).
+        let json: serde_json::Value = serde_json::from_str(DEFAULT_POLICY).unwrap();
+        let named = |f: &str| -> Vec<String> {
+            json[f]["filter"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["syscall"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(named("clone3"), ["clone3"]);
+        assert!(!named("main").contains(&"clone3".to_string()));
+        for (name, _) in UNNAMED_EPERM {
+            assert!(!named("main").contains(&name.to_string()), "{name}");
+        }
         assert!(p
             .filters
             .iter()
