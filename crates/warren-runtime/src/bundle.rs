@@ -457,6 +457,18 @@ pub(crate) struct OciLaunch {
     /// the sandbox (the keeper, or gVisor's reaper on `nat`) into the sandbox's network.
     #[serde(default)]
     pub(crate) publish: Vec<PortMap>,
+    /// The sandbox's cgroup, made by the daemon, for a runtime told to leave cgroups
+    /// alone: the files (see [`warren_sys::cgroup::Cgroup::self_join_files`]) the
+    /// runtime's process writes `0` to between its fork and its exec, so that it and
+    /// every process it starts are in the cgroup from their first instruction, and no
+    /// whole process is ever moved (the kernel's RCU wait, twice per start when runsc
+    /// placed its processes itself). Empty: the runtime places them itself.
+    #[serde(default)]
+    pub(crate) cgroup: Vec<PathBuf>,
+    /// The sandbox's memory limit, shown to the runtime as the host's memory (see
+    /// [`limit_meminfo`]).
+    #[serde(default)]
+    pub(crate) memory: Option<u64>,
 }
 
 /// What `warren __oci` does for a runtime that runs the sandbox's processes on the host
@@ -475,11 +487,6 @@ pub(crate) struct Keeper {
     pub(crate) runtime_root: PathBuf,
     /// Where the runtime's `create` writes the first process's pid (`--pid-file`).
     pub(crate) pid_file: PathBuf,
-    /// Cgroups (a directory per hierarchy) the runtime's `create` is put in before it
-    /// runs, for a runtime told to leave cgroups alone: the sandbox's processes start
-    /// there.
-    #[serde(default)]
-    pub(crate) join_cgroups: Vec<PathBuf>,
     /// Hide the (controller-less but for one) cgroup v2 hierarchy of a v1 host from the
     /// runtime's `create`, which would refuse such a host (see `crate::runc`).
     #[serde(default)]
@@ -606,6 +613,11 @@ pub fn oci_main() -> ! {
     if let Err(e) = std::fs::create_dir_all(launch.bundle.join("root")) {
         oci_fail("make the root mount point", &e);
     }
+    if let Some(limit) = launch.memory {
+        if let Err(e) = limit_meminfo(limit, &sandbox_run(&launch.bundle)) {
+            oci_fail("show the memory limit as the host's memory", &e);
+        }
+    }
     let slot = launch.keeper.as_ref().map(|_| match IdSlot::allocate() {
         Ok(s) => s,
         Err(e) => oci_fail("take an id slot", &e),
@@ -706,7 +718,13 @@ pub fn oci_main() -> ! {
         .collect();
     let bin = std::ffi::CString::new(bin.as_str()).unwrap_or_default();
     match (launch.keeper, slot) {
-        (Some(keeper), Some(slot)) => keep(&launch.bundle, &keeper, slot, &bin, &args, listeners),
+        (Some(keeper), Some(slot)) => keep(
+            &launch.bundle,
+            &keeper,
+            slot,
+            (&bin, &args, &launch.cgroup),
+            listeners,
+        ),
         _ => {
             // The runtime's create (or restore) leaves the container's processes behind
             // when it exits. They are adopted by a reaper of the sandbox's own, not by the
@@ -720,7 +738,7 @@ pub fn oci_main() -> ! {
             match warren_sys::ns::fork_process() {
                 Ok(warren_sys::ns::Forked::Child) => {
                     drop(status_r);
-                    reap_for_the_sandbox(&bin, &args, status_w, listeners)
+                    reap_for_the_sandbox((&bin, &args, &launch.cgroup), status_w, listeners)
                 }
                 Ok(warren_sys::ns::Forked::Parent(reaper)) => {
                     drop(status_w);
@@ -738,14 +756,48 @@ pub fn oci_main() -> ! {
     }
 }
 
+/// Shows `limit` as the host's memory to the runtime, in this (private) mount namespace
+/// only: /proc/meminfo is covered by a copy whose `MemTotal` is the smaller of the
+/// two, kept in `run`. runsc sizes its kernel's memory (`MemTotal` inside, what
+/// programs size their caches and heaps by) from the host's /proc/meminfo and the
+/// cgroup it makes; told to leave cgroups alone, it reads the file alone.
+fn limit_meminfo(limit: u64, run: &Path) -> std::io::Result<()> {
+    let host = std::fs::read_to_string("/proc/meminfo")?;
+    let shown: String = host
+        .lines()
+        .map(|line| match line.strip_prefix("MemTotal:") {
+            Some(rest) => {
+                let kb = rest
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(u64::MAX);
+                format!("MemTotal:{:>16} kB\n", kb.min(limit / 1024))
+            }
+            None => format!("{line}\n"),
+        })
+        .collect();
+    let copy = run.join("meminfo");
+    std::fs::write(&copy, shown)?;
+    warren_sys::mount::bind_with(
+        &copy,
+        Path::new("/proc/meminfo"),
+        warren_sys::mount::MountAttrs::PROTECTED,
+    )
+}
+
+/// The OCI runtime's command: its program, its arguments, and the files that put it in
+/// the sandbox's cgroup ([`OciLaunch::cgroup`]) between its fork and its exec.
+type Runtime<'a> = (&'a std::ffi::CStr, &'a [std::ffi::CString], &'a [PathBuf]);
+
 /// The sandbox's reaper (see [`oci_main`]): in a session of its own, it adopts what the
 /// runtime leaves (PR_SET_CHILD_SUBREAPER), runs the runtime, sends its exit status
 /// down `status`, and reaps until nothing is left under it. Once the runtime has made
 /// the sandbox, it forwards the published ports' `listeners` from the network namespace
 /// it is in, the sandbox's (gVisor on `nat`): they close with it. Never returns.
 fn reap_for_the_sandbox(
-    bin: &std::ffi::CStr,
-    args: &[std::ffi::CString],
+    (bin, args, cgroup): Runtime<'_>,
     status: std::os::fd::OwnedFd,
     listeners: Vec<(std::net::TcpListener, u16)>,
 ) -> ! {
@@ -757,6 +809,10 @@ fn reap_for_the_sandbox(
     let runtime = match warren_sys::ns::fork_process() {
         Ok(warren_sys::ns::Forked::Child) => {
             drop(status);
+            if let Err(e) = warren_sys::cgroup::join_self(cgroup) {
+                eprintln!("warren __oci: join the sandbox's cgroup: {e}");
+                std::process::exit(1)
+            }
             let e = nix::unistd::execv(bin, args).unwrap_err();
             eprintln!("warren __oci: exec the OCI runtime: {e}");
             std::process::exit(1)
@@ -907,6 +963,18 @@ fn mount_disk(data: &Path, size: u64, run: &Path) -> crate::helper::Setup<PathBu
     Ok(at)
 }
 
+/// Once an OCI sandbox with a disk of `size` is ready: the next one's disk copied from
+/// the blank off the request's path, as a namespace sandbox's helper does (see
+/// [`crate::helper::make_spare`]); `warren __oci` takes it by a rename.
+pub(crate) fn copy_next_disk(paths: &crate::Paths, size: Option<u64>) {
+    if let Some(size) = size {
+        let data = paths.data.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::helper::make_spare(&data, size, crate::HOST_ID_BASE)
+        });
+    }
+}
+
 /// Copies a writable layer (or a checkpoint image) `from` into `to`, keeping owners,
 /// modes, links, holes and xattrs; a copy that met a full disk is told apart.
 pub(crate) fn copy_layer(from: &Path, to: &Path) -> Result<()> {
@@ -945,8 +1013,7 @@ fn keep(
     bundle: &Path,
     keeper: &Keeper,
     slot: IdSlot,
-    bin: &std::ffi::CStr,
-    args: &[std::ffi::CString],
+    (bin, args, cgroup): Runtime<'_>,
     listeners: Vec<(std::net::TcpListener, u16)>,
 ) -> ! {
     use std::io::Write;
@@ -988,10 +1055,8 @@ fn keep(
     let _ = std::fs::remove_file(&keeper.pid_file);
     let create = match warren_sys::ns::fork_process() {
         Ok(Forked::Child) => {
-            for dir in &keeper.join_cgroups {
-                if let Err(e) = std::fs::write(dir.join("cgroup.procs"), b"0") {
-                    oci_fail("join the sandbox's cgroup", &e);
-                }
+            if let Err(e) = warren_sys::cgroup::join_self(cgroup) {
+                oci_fail("join the sandbox's cgroup", &e);
             }
             // The runtime's output goes to the log (stderr); the first process inherits
             // its descriptors, and must not hold the caller's status pipe.

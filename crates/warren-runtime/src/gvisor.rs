@@ -14,8 +14,12 @@
 //!    `/.warren/warren`), which binds its socket in the socket directory; with
 //!    `--host-uds=create` that is a socket on the host the daemon connects to.
 //!
-//! Limits: memory and CPU go in the bundle's `linux.resources`, under a cgroup named as
-//! the namespace backend names its own (relative, so under this process's cgroup).
+//! Limits: memory and CPU are recorded in the bundle's `linux.resources` and written by
+//! Warren to a cgroup named as the namespace backend names its own (under this process's
+//! cgroup), which runsc's process enters between its fork and its exec; runsc runs with
+//! `--ignore-cgroups`, so it moves no process itself (see `place_cgroup`). The memory
+//! limit is also the memory gVisor's kernel reports (`MemTotal`), as runsc would make it
+//! from its own cgroup (see `crate::bundle::limit_meminfo`).
 //! Tasks are limited on the host too, and always: each process inside costs gVisor
 //! (on the ptrace platform) several host tasks, so without a cap a fork bomb inside
 //! would use up the host's pids. The cap is `host_tasks` of the sandbox's pids limit;
@@ -45,7 +49,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use warren_sys::cgroup::{Cgroup, Hierarchy};
+use warren_sys::cgroup::{Cgroup, Hierarchy, Limits};
 use warren_types::api::{BackendInfo, Capabilities, Isolation};
 use warren_types::spec::{NetworkMode, SandboxSpec};
 
@@ -153,6 +157,11 @@ impl Runsc {
             "--host-uds=create".into(),
             // The writable layer is Warren's own overlay, not a file inside the root.
             "--overlay2=none".into(),
+            // Warren makes the sandbox's cgroup and starts runsc in it (see
+            // `place_cgroup`): runsc moving its processes in and itself out again, each
+            // a whole-process move the kernel makes wait for an RCU grace period, cost
+            // some 25 ms of every start and restore.
+            "--ignore-cgroups".into(),
         ];
         if let Some(d) = &self.debug_log {
             f.push("--debug".into());
@@ -356,6 +365,8 @@ impl GvisorBackend {
             return Err(no_snapshots_on_nat());
         }
         let template = template::resolve(&self.paths, &spec.template)?;
+        // On v2, the controllers its cgroup needs handed down (see `place_cgroup`).
+        self.hierarchy.prepare()?;
         template
             .check_layers()
             .map_err(|e| Error::Setup(e.to_string()))?;
@@ -416,10 +427,13 @@ impl GvisorBackend {
                 return Err(e);
             }
         };
-        match self
+        let started = self
             .start(&mut sb, &bundle, &template, &data, &spec, from.map(|f| f.0))
-            .await
-        {
+            .await;
+        if started.is_ok() {
+            crate::bundle::copy_next_disk(&self.paths, spec.resources.disk);
+        }
+        match started {
             Ok(()) if opts.die_with_parent => {
                 // Started from this (the caller's) thread: the kernel tells it when the
                 // thread ends.
@@ -490,6 +504,9 @@ impl GvisorBackend {
                 "-detach".into(),
             ],
         };
+        // A restore reads the saved memory unthrottled, as a resume does.
+        let limits = host_limits(&spec.resources);
+        place_cgroup(&sb.cgroup, &limits, image.is_some())?;
         let launch = OciLaunch {
             volumes: recorded_volumes(&sb.run)?,
             mounts: recorded_mounts(&sb.run)?,
@@ -502,6 +519,8 @@ impl GvisorBackend {
             keeper: None,
             // On `nat` only (refused on `none`); forwarded by the sandbox's reaper.
             publish: spec.publish.clone(),
+            cgroup: sb.cgroup.self_join_files(),
+            memory: limits.memory,
             root_tmp: true,
             argv: std::iter::once(runsc.bin.display().to_string())
                 .chain(runsc.flags())
@@ -511,18 +530,12 @@ impl GvisorBackend {
         };
         let exe = self.exe.clone();
         let log = sb.run.join("runsc.log");
-        // A restore reads the saved memory unthrottled, as a resume does.
-        let cpu = match image {
-            Some(_) => Some(CpuAside::take(bundle)?),
-            None => None,
-        };
-        let made = tokio::task::spawn_blocking(move || run_oci(&exe, &launch, &log, "runsc"))
+        tokio::task::spawn_blocking(move || run_oci(&exe, &launch, &log, "runsc"))
             .await
-            .map_err(|e| Error::Setup(format!("runsc create: {e}")))?;
-        if let Some(cpu) = cpu {
-            cpu.put_back(made.is_ok().then_some(&sb.cgroup))?;
+            .map_err(|e| Error::Setup(format!("runsc create: {e}")))??;
+        if image.is_some() {
+            limit_cpu(&sb.cgroup, limits.cpu_millis)?;
         }
-        made?;
         crate::trace::mark("gvisor: runsc create");
         let created_pid = || sandbox_pid(runsc, &sb.id, &pid_file);
         if sb.runsc.nat {
@@ -568,7 +581,8 @@ impl GvisorBackend {
         std::fs::write(sb.run.join("helper.pid"), pid.to_string())
             .map_err(crate::io_err("write the sandbox's pid"))?;
         // The agent binds its socket once it runs: wait for it to answer.
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
         loop {
             match crate::client::AgentClient::connect(&sb.socket).await {
                 Ok(_) => {
@@ -580,7 +594,16 @@ impl GvisorBackend {
                         "the agent did not answer in 30 s: {e}"
                     )))
                 }
-                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err(_) => {
+                    // It answers 10-20 ms after runsc returns: asked every millisecond
+                    // then (a refused connect costs microseconds), every 5 after the
+                    // first half second.
+                    let every = match started.elapsed() < Duration::from_millis(500) {
+                        true => 1,
+                        false => 5,
+                    };
+                    tokio::time::sleep(Duration::from_millis(every)).await
+                }
             }
         }
     }
@@ -680,66 +703,65 @@ fn image_done(data: &Path) -> bool {
     image_dir(data).join("done").exists()
 }
 
-/// A bundle's CPU limit set aside for a `runsc restore`: the Sentry reads (and
-/// decompresses) the saved memory in the sandbox's cgroup, which the restore makes from
-/// the bundle, before any process of the sandbox runs; a limit of one core made that
-/// twice as slow on two. Put back on the cgroup once the restore is done, and in the
-/// bundle for the next one.
-struct CpuAside {
-    config: PathBuf,
-    /// The bundle's `linux.resources.cpu`, when it had one.
-    cpu: Option<serde_json::Value>,
-    whole: serde_json::Value,
-}
-
-impl CpuAside {
-    fn take(bundle: &Path) -> Result<Self> {
-        let config = bundle.join("config.json");
-        let text = std::fs::read(&config).map_err(crate::io_err("read the sandbox's bundle"))?;
-        let mut whole: serde_json::Value = serde_json::from_slice(&text)
-            .map_err(|e| Error::Setup(format!("the sandbox's bundle is not JSON: {e}")))?;
-        let cpu = whole
-            .pointer_mut("/linux/resources")
-            .and_then(|r| r.as_object_mut())
-            .and_then(|r| r.remove("cpu"));
-        if cpu.is_some() {
-            write_config(&config, &whole)?;
-        }
-        Ok(Self { config, cpu, whole })
-    }
-
-    /// Sets the limit on `cgroup` (when the restore made it) and writes the bundle as
-    /// it was.
-    fn put_back(mut self, cgroup: Option<&Cgroup>) -> Result<()> {
-        let Some(cpu) = self.cpu.take() else {
-            return Ok(());
-        };
-        let quota = cpu["quota"].as_i64().filter(|q| *q > 0);
-        let period = cpu["period"].as_u64().filter(|p| *p > 0);
-        if let Some(resources) = self
-            .whole
-            .pointer_mut("/linux/resources")
-            .and_then(|r| r.as_object_mut())
-        {
-            resources.insert("cpu".into(), cpu);
-        }
-        write_config(&self.config, &self.whole)?;
-        if let (Some(cgroup), Some(quota), Some(period)) = (cgroup, quota, period) {
-            let millis = (quota as u64 * 1000 / period) as u32;
-            cgroup
-                .set_cpu(Some(millis))
-                .map_err(|e| Error::Setup(format!("set the sandbox's CPU limit: {e}")))?;
-        }
-        Ok(())
+/// The host cgroup limits of a gVisor sandbox's resources: the request's, with the host
+/// task cap ([`host_tasks`]) for its pids. What its cgroup is made with at its start, and
+/// what its bundle records for a resume ([`bundle_limits`]).
+fn host_limits(r: &warren_types::spec::Resources) -> Limits {
+    Limits {
+        pids: Some(u32::try_from(host_tasks(r.pids)).unwrap_or(u32::MAX)),
+        ..crate::cgroup_limits(r)
     }
 }
 
-/// Writes a bundle's `config.json` whole or not at all.
-fn write_config(config: &Path, value: &serde_json::Value) -> Result<()> {
-    let tmp = config.with_extension("json.new");
-    let bytes = serde_json::to_vec(value).map_err(|e| Error::Setup(e.to_string()))?;
-    std::fs::write(&tmp, bytes).map_err(crate::io_err("write the sandbox's bundle"))?;
-    std::fs::rename(&tmp, config).map_err(crate::io_err("write the sandbox's bundle"))
+/// The limits a sandbox's bundle records (`linux.resources`, as [`bundle_config`]
+/// writes them, [`host_limits`] of its request): what its cgroup is made with at a
+/// resume, when no request is at hand.
+fn bundle_limits(bundle: &Path) -> Result<Limits> {
+    let text = std::fs::read(bundle.join("config.json"))
+        .map_err(crate::io_err("read the sandbox's bundle"))?;
+    let config: serde_json::Value = serde_json::from_slice(&text)
+        .map_err(|e| Error::Setup(format!("the sandbox's bundle is not JSON: {e}")))?;
+    let r = &config["linux"]["resources"];
+    let cpu = (r["cpu"]["quota"].as_u64(), r["cpu"]["period"].as_u64());
+    Ok(Limits {
+        memory: r["memory"]["limit"].as_u64(),
+        cpu_millis: match cpu {
+            (Some(q), Some(p)) if q > 0 && p > 0 => u32::try_from(q * 1000 / p).ok(),
+            _ => None,
+        },
+        pids: r["pids"]["limit"]
+            .as_u64()
+            .map(|p| u32::try_from(p).unwrap_or(u32::MAX)),
+    })
+}
+
+/// Makes the sandbox's cgroup with `limits` (one left by an earlier start, empty, goes
+/// first), where `warren __oci` starts runsc: runsc, told to leave cgroups alone, and
+/// every process it starts (the gofer, the Sentry) are in it from their first
+/// instruction. `restoring` leaves the CPU limit off: the Sentry reads (and decompresses)
+/// the saved memory before any process of the sandbox runs, and a limit of one core made
+/// that twice as slow on two; [`limit_cpu`] sets it once the restore is done.
+fn place_cgroup(cgroup: &Cgroup, limits: &Limits, restoring: bool) -> Result<()> {
+    if cgroup.exists() {
+        let _ = cgroup.remove();
+    }
+    let limits = Limits {
+        cpu_millis: limits.cpu_millis.filter(|_| !restoring),
+        ..*limits
+    };
+    cgroup
+        .create(&limits)
+        .map_err(|e| Error::Setup(format!("make the sandbox's cgroup: {e}")))
+}
+
+/// Sets the CPU limit [`place_cgroup`] left off for a restore.
+fn limit_cpu(cgroup: &Cgroup, cpu_millis: Option<u32>) -> Result<()> {
+    match cpu_millis {
+        Some(_) => cgroup
+            .set_cpu(cpu_millis)
+            .map_err(|e| Error::Setup(format!("set the sandbox's CPU limit: {e}"))),
+        None => Ok(()),
+    }
 }
 
 impl GvisorSandbox {
@@ -830,7 +852,7 @@ impl GvisorSandbox {
         // cgroups; the gofer letting go of the disk) runs off the request's path, and
         // whatever touches the container or its files next waits for it first.
         let sentry = self.pid.swap(0, Ordering::Relaxed);
-        let (runsc, run) = (self.runsc.clone(), self.run.clone());
+        let (runsc, run, cgroup) = (self.runsc.clone(), self.run.clone(), self.cgroup.clone());
         let settling = std::thread::spawn(move || {
             // Its image complete, the Sentry is only freeing what it held: killed, it is
             // gone at once, and the delete (which kills the gofer first) does not wait
@@ -840,6 +862,7 @@ impl GvisorSandbox {
             crate::trace::mark("gvisor pause: Sentry gone");
             runsc.delete(&c, &run);
             crate::trace::mark("gvisor pause: runsc delete");
+            let _ = cgroup.remove();
             remove_runtime_cgroups(&c);
             crate::bundle::wait_mounts_released(&run);
             crate::trace::mark("gvisor pause: mounts released");
@@ -873,6 +896,7 @@ impl GvisorSandbox {
         let key = std::fs::read_to_string(self.run.join("template"))
             .map_err(crate::io_err("read the sandbox's template"))?;
         let template = template::resolve(&self.restore.paths, key.trim())?;
+        let limits = bundle_limits(&bundle)?;
         let launch = OciLaunch {
             volumes: recorded_volumes(&self.run)?,
             mounts: recorded_mounts(&self.run)?,
@@ -886,6 +910,8 @@ impl GvisorSandbox {
             keeper: None,
             // Only a sandbox on `none` is saved to disk: it publishes nothing.
             publish: Vec::new(),
+            cgroup: self.cgroup.self_join_files(),
+            memory: limits.memory,
             root_tmp: true,
             argv: std::iter::once(self.runsc.bin.display().to_string())
                 .chain(self.runsc.flags())
@@ -910,8 +936,8 @@ impl GvisorSandbox {
         // The pause's end ran in this daemon (settled above); after a restart nothing
         // waited for it: no mount of the disk may stand while the restore mounts it.
         crate::bundle::wait_mounts_released(&self.run);
-        let cpu = CpuAside::take(&bundle)?;
-        crate::trace::mark("gvisor resume: mounts released, CPU limit aside");
+        place_cgroup(&self.cgroup, &limits, true)?;
+        crate::trace::mark("gvisor resume: mounts released, cgroup made");
         let restored = run_oci(
             &self.restore.exe,
             &launch,
@@ -919,9 +945,10 @@ impl GvisorSandbox {
             "runsc",
         );
         crate::trace::mark("gvisor resume: runsc restore exited");
-        let limited = cpu.put_back(restored.is_ok().then_some(&self.cgroup));
-        if let Err(e) = restored.and(limited) {
+        if let Err(e) = restored.and_then(|()| limit_cpu(&self.cgroup, limits.cpu_millis)) {
             self.runsc.delete(&c, &self.run);
+            let _ = self.cgroup.kill_all(Duration::from_secs(5));
+            let _ = self.cgroup.remove();
             remove_runtime_cgroups(&c);
             return Err(Error::Setup(format!(
                 "the sandbox's saved memory could not be restored ({e}); it stays paused, \
@@ -1302,6 +1329,45 @@ const _: () = assert!(HOST_ID_BASE + ID_COUNT <= FIRST_SLOT_BASE);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resume_reads_back_the_limits_its_start_made_the_cgroup_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let template = template::Template {
+            name: "host".into(),
+            lower: vec![],
+            host_binds: vec![],
+            env: Default::default(),
+            meta: template::host_meta(),
+        };
+        for (memory, cpu_millis, pids) in [
+            (Some(256 << 20), Some(500), Some(32)),
+            (None, None, None),
+            (Some(3 << 30), Some(1500), None),
+        ] {
+            let mut spec = SandboxSpec {
+                id: "abc".into(),
+                ..Default::default()
+            };
+            spec.resources.memory = memory;
+            spec.resources.cpu_millis = cpu_millis;
+            spec.resources.pids = pids;
+            let config = bundle_config(
+                &spec,
+                &template,
+                Path::new("/s"),
+                dir.path(),
+                BundleKind::Gvisor,
+            )
+            .unwrap();
+            std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+            let limits = host_limits(&spec.resources);
+            assert_eq!(bundle_limits(dir.path()).unwrap(), limits);
+            assert_eq!(limits.memory, memory);
+            assert_eq!(limits.cpu_millis, cpu_millis);
+            assert_eq!(limits.pids.map(u64::from), Some(host_tasks(pids)));
+        }
+    }
 
     fn runsc(root: PathBuf) -> Runsc {
         Runsc {

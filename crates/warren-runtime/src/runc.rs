@@ -229,6 +229,9 @@ impl RuncBackend {
         let mut sb = self.sandbox(&id, cli.clone(), 0);
         sb.ephemeral = opts.ephemeral.then(|| data.clone());
         let r = self.start(&mut sb, &spec, &template, &data).await;
+        if r.is_ok() {
+            crate::bundle::copy_next_disk(&self.paths, spec.resources.disk);
+        }
         let r = match r {
             Ok(()) if opts.die_with_parent => {
                 crate::bundle::start_watch(&self.exe, &self.paths, self.kind, &id, opts.ephemeral)
@@ -268,11 +271,11 @@ impl RuncBackend {
         std::fs::write(run.join("template"), spec.template.as_bytes())
             .map_err(crate::io_err("record the template"))?;
         let pid_file = run.join("init.pid");
-        let mut join_cgroups = Vec::new();
+        let mut cgroup = Vec::new();
         if self.warren_cgroups {
             self.hierarchy.prepare()?;
             sb.cgroup.create(&crate::cgroup_limits(&spec.resources))?;
-            join_cgroups = sb.cgroup.paths().map(Path::to_path_buf).collect();
+            cgroup = sb.cgroup.self_join_files();
         }
 
         let launch = OciLaunch {
@@ -303,11 +306,12 @@ impl RuncBackend {
                 .collect(),
             root_tmp: false,
             publish: spec.publish.clone(),
+            cgroup,
+            memory: None,
             keeper: Some(Keeper {
                 sandbox_run: run.clone(),
                 runtime_root: self.state_dir(),
                 pid_file,
-                join_cgroups,
                 hide_cgroup2: self.hide_cgroup2,
             }),
         };

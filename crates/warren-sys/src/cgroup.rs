@@ -378,6 +378,21 @@ impl Cgroup {
         Ok(Some(SelfJoin { files }))
     }
 
+    /// The files a process writes `0` to, with [`join_self`], to move itself into this
+    /// cgroup from another program: v1's `tasks` in each hierarchy (the writing thread
+    /// alone, without the wait [`Cgroup::open_for_self`] explains), v2's `cgroup.procs`.
+    pub fn self_join_files(&self) -> Vec<PathBuf> {
+        let name = if self.v2 { "cgroup.procs" } else { "tasks" };
+        let mut files: Vec<PathBuf> = Vec::new();
+        for (_, p) in &self.paths {
+            let f = p.join(name);
+            if !files.contains(&f) {
+                files.push(f);
+            }
+        }
+        files
+    }
+
     /// Puts process `pid`, started after [`Cgroup::open_for_self`] with what it returned,
     /// in the cgroup: on v1 it has moved itself and nothing is left to do; on v2 it is
     /// moved here, by pid.
@@ -566,6 +581,16 @@ impl Cgroup {
     }
 }
 
+/// Moves the calling process into the cgroup whose [`Cgroup::self_join_files`] are
+/// `files`. The caller must be its process's only thread: on v1 another thread would stay
+/// where it was, outside the cgroup's limits.
+pub fn join_self(files: &[PathBuf]) -> Result<(), CgroupError> {
+    for f in files {
+        fs::write(f, b"0").map_err(io_at(f))?;
+    }
+    Ok(())
+}
+
 /// A v1 cgroup's `tasks` files, open for a process to move itself in: see
 /// [`Cgroup::open_for_self`]. The descriptors close on exec and when this is dropped.
 #[derive(Debug)]
@@ -639,6 +664,28 @@ mod tests {
         };
         let mem = &dirs.iter().find(|(c, _)| c == "memory").unwrap().1;
         assert_eq!(mem, &root.path().join("sys/fs/cgroup/memory/job/abc"));
+    }
+
+    #[test]
+    fn a_process_joins_by_the_tasks_files_on_v1_and_cgroup_procs_on_v2() {
+        let root = tempfile::tempdir().unwrap();
+        let h = Hierarchy::from_tables(HYBRID, OWN, root.path()).unwrap();
+        let files = h.cgroup("warren-x").self_join_files();
+        let base = root.path().join("sys/fs/cgroup");
+        assert_eq!(files.len(), 5, "one per hierarchy: {files:?}");
+        assert!(files.contains(&base.join("memory/job/abc/warren-x/tasks")));
+        assert!(files.contains(&base.join("pids/warren-x/tasks")));
+        let v2 = Hierarchy::V2(base.join("user.slice"));
+        assert_eq!(
+            v2.cgroup("warren-x").self_join_files(),
+            vec![base.join("user.slice/warren-x/cgroup.procs")]
+        );
+        // Written as the kernel takes it: `0`, the writer itself.
+        let dir = root.path().join("fake");
+        fs::create_dir_all(&dir).unwrap();
+        join_self(&[dir.join("tasks")]).unwrap();
+        assert_eq!(fs::read_to_string(dir.join("tasks")).unwrap(), "0");
+        assert!(join_self(&[dir.join("missing/tasks")]).is_err());
     }
 
     #[test]

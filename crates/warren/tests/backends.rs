@@ -1124,6 +1124,38 @@ fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
         return;
     };
     let id = d.create(&["--isolation", "gvisor", "--memory", "256M", "--cpus", "0.5"]);
+    // gVisor's kernel reports the memory limit as the memory there is (programs size
+    // their heaps and caches by it), at the start and after a restore.
+    let mem_total = |d: &Daemon| d.exec(&id, "grep MemTotal /proc/meminfo").1;
+    assert!(
+        mem_total(&d).contains(" 262144 kB"),
+        "MemTotal is not the limit: {}",
+        mem_total(&d)
+    );
+    // The Sentry, which holds every process of the sandbox, is in the sandbox's cgroup
+    // in the hierarchies that hold its limits (runsc places nothing itself), and so is
+    // every host process of the sandbox: the gofer's, the Sentry's stubs.
+    let in_its_cgroup = |d: &Daemon| {
+        let sentry: i32 =
+            std::fs::read_to_string(d.run_dir().join(format!("sandboxes/{id}/helper.pid")))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+        let lines = std::fs::read_to_string(format!("/proc/{sentry}/cgroup")).unwrap();
+        for ctrl in ["memory", "pids", "cpu"] {
+            let line = lines.lines().find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|c| c == ctrl))
+            });
+            assert!(
+                line.is_some_and(|l| l.ends_with(&format!("/warren-{id}"))),
+                "the Sentry is outside its {ctrl} cgroup: {lines}"
+            );
+        }
+    };
+    in_its_cgroup(&d);
     // A counter in memory only, and a listener with a connection's worth of state.
     // Written whole (a rename), so a reader never sees a half-written file.
     python_in_background(&d, &id, "import os, time\ni = 0\nwhile True:\n    i += 1\n    open('/tmp/c.new', 'w').write(str(i))\n    os.replace('/tmp/c.new', '/tmp/count')\n    time.sleep(0.05)");
@@ -1159,6 +1191,8 @@ fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
     assert_eq!(d.info(&id)["state"], "paused");
     d.ok(&["resume", &id]);
     assert_eq!(d.info(&id)["state"], "running");
+    assert!(mem_total(&d).contains(" 262144 kB"), "{}", mem_total(&d));
+    in_its_cgroup(&d);
     let after = count(&d);
     assert!(after > 5, "the counter started again from nothing: {after}");
     assert!(
@@ -1890,6 +1924,14 @@ fn an_oci_sandboxs_disk_holds_through_stop_snapshot_and_saved_memory() {
         // Its files are in its image, not on the host's disk beside it.
         let data = d.data_dir().join("sandboxes").join(&id);
         assert!(data.join("disk.img").is_file(), "{name}: no disk image");
+        // The next disk of that size is copied once this one is ready, off the create's
+        // path, for the next create to take by a rename.
+        let spare = d.data_dir().join(".blank-disks").join(format!(
+            "{}-{}.spare",
+            32 << 20,
+            warren_runtime::HOST_ID_BASE
+        ));
+        assert!(eventually(10, || spare.is_file()), "{name}: no spare disk");
         assert_eq!(
             walk_size(&data.join("upper")),
             0,
