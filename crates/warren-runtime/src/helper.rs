@@ -1038,6 +1038,16 @@ pub(crate) fn place_volume(
     let img = dir.join("volume.img");
     let owner = HOST_ID_BASE + USER_ID;
     let data = dir.join("data");
+    // An owner's first sandboxes may start together, each finding the volume new: they
+    // take turns on the volume's directory, so that one makes its image and the others
+    // mount that one (two makers would write the same file at once, or one would
+    // replace the image the other had mounted, and what was written there would be
+    // lost). Mounting needs no turn: the loop device is shared (see `mount_image`).
+    let turn = nix::fcntl::Flock::lock(
+        fs::File::open(dir).map_err(fail("open the volume"))?,
+        nix::fcntl::FlockArg::LockExclusive,
+    )
+    .map_err(|(_, e)| fail("wait for the volume")(e.into()))?;
     // A volume made as a plain directory (before volumes had sizes) stays one: its files
     // are there, not in a new, empty image.
     if img.exists() || (size.is_some() && !data.exists()) {
@@ -1045,6 +1055,7 @@ pub(crate) fn place_volume(
         if new {
             make_ext4(&img, size.unwrap_or(0), owner)?;
         }
+        drop(turn);
         // Mounted aside, then shown through the mapping where it belongs.
         let staging = scratch.join(format!(".volume-{index}"));
         fs::create_dir_all(&staging).map_err(fail("create a volume mount point"))?;

@@ -273,6 +273,66 @@ async fn the_home_volume_outlives_its_sandbox_and_is_the_owners_alone() {
 }
 
 #[tokio::test]
+async fn an_owners_first_sandboxes_started_at_once_share_one_home() {
+    if !can_run("an_owners_first_sandboxes_started_at_once_share_one_home") {
+        return;
+    }
+    let env = Env::new("home-race");
+    let mgr = env.manager().await;
+    let who = alice();
+    // Six sandboxes of a new owner at once: each helper finds the home volume new.
+    let made = futures_util::future::join_all((0..6).map(|_| {
+        mgr.create(
+            &who,
+            CreateSandbox {
+                owner: Some("cat".into()),
+                ..Default::default()
+            },
+        )
+    }))
+    .await;
+    let ids: Vec<String> = made
+        .into_iter()
+        .map(|r| r.expect("a create of the owner's first sandboxes").0.id)
+        .collect();
+    // One home, the same in every sandbox: what one writes, all read, and it is kept.
+    for (i, id) in ids.iter().enumerate() {
+        run(&mgr, &who, id, &format!("echo {i} > /home/user/from-{i}")).await;
+    }
+    for id in &ids {
+        assert_eq!(
+            run(
+                &mgr,
+                &who,
+                id,
+                "cat /home/user/from-* | sort -n | tr '\\n' ' '"
+            )
+            .await,
+            "0 1 2 3 4 5 ",
+            "{id} sees another home"
+        );
+    }
+    for id in &ids {
+        mgr.terminate(&who, id).await.unwrap();
+    }
+    let (again, _) = mgr
+        .create(
+            &who,
+            CreateSandbox {
+                owner: Some("cat".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        run(&mgr, &who, &again.id, "ls /home/user | wc -l").await,
+        "6\n"
+    );
+    mgr.terminate(&who, &again.id).await.unwrap();
+}
+
+#[tokio::test]
 async fn busy_sandboxes_are_not_idle_and_idle_ones_expire() {
     if !can_run("busy_sandboxes_are_not_idle_and_idle_ones_expire") {
         return;
