@@ -10,9 +10,13 @@ With --api, the same for sandboxes made through the daemon: a `warren serve` of 
 with WARREN_TRACE=1, N times `POST /v1/sandboxes` then `DELETE`, and the marks of each
 helper (one process per sandbox) read back from the daemon's stderr; `--no-home` asks for
 no home volume, as the suite's throughput scenario does. Each step's time is since the
-same helper's previous mark.
+same helper's previous mark. `--running N` first starts N idle sandboxes (8 clients) and
+leaves them running while the N+1st to the last are made and removed, to see which steps
+grow with the number of sandboxes on the host; the sandbox's first process marks its own
+steps too (`child: ...`, pid 1 in its namespace), listed after the helper's.
 
-    python3 bench/phases.py [--runs 50] [--warren target/release/warren] [--api [--no-home]]
+    python3 bench/phases.py [--runs 50] [--warren target/release/warren] [--api [--no-home]
+                            [--running N]]
 """
 import argparse
 import collections
@@ -43,6 +47,8 @@ def main():
     ap.add_argument("--warren", default=os.path.join(here, "target/release/warren"))
     ap.add_argument("--api", action="store_true", help="sandboxes made through a daemon")
     ap.add_argument("--no-home", action="store_true", help="with --api: no home volume")
+    ap.add_argument("--running", type=int, default=0,
+                    help="with --api: idle sandboxes left running during the probe")
     a = ap.parse_args()
     if a.api:
         return api_phases(a)
@@ -87,6 +93,53 @@ def main():
               f"p90 {pct(ready, .9):.2f} ms")
 
 
+CHILD_FIRST = "child: cgroup joined"
+
+
+def fill(api_mod, sock, body, n, clients=8):
+    """Starts n sandboxes from `clients` connections; their ids."""
+    import threading
+    ids, errors, lock = [], [], threading.Lock()
+
+    def work(k):
+        api = api_mod.Api(sock)
+        for _ in range(k):
+            try:
+                sid = api.call("POST", "/v1/sandboxes", body)["id"]
+            except Exception as e:  # reported below, once the others are removed
+                with lock:
+                    errors.append(e)
+                return
+            with lock:
+                ids.append(sid)
+    threads = [threading.Thread(target=work, args=(n // clients + (i < n % clients),))
+               for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        empty(api_mod, sock, ids, clients)
+        raise errors[0]
+    if n:
+        time.sleep(5)  # the agents settle into idle
+    return ids
+
+
+def empty(api_mod, sock, ids, clients=8):
+    import threading
+
+    def work(part):
+        api = api_mod.Api(sock)
+        for sid in part:
+            api.call("DELETE", f"/v1/sandboxes/{sid}")
+    threads = [threading.Thread(target=work, args=(ids[i::clients],)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 MARK = re.compile(r"trace (\d+) (\d+) (.+?)(?=trace \d+ \d+ |\n|$)")
 
 
@@ -105,6 +158,7 @@ def api_phases(a):
                               stdout=subprocess.DEVNULL, stderr=log)
     body = {"home_volume": False} if a.no_home else {}
     create, remove = [], []
+    start = end = 0
     try:
         for _ in range(500):
             if os.path.exists(sock):
@@ -112,6 +166,10 @@ def api_phases(a):
             time.sleep(0.01)
         api = api_mod.Api(sock)
         api.call("GET", "/health")
+        idle = fill(api_mod, sock, body, a.running)
+        log.flush()
+        # Only the probe's marks: the daemon appends to the file after this.
+        start = os.path.getsize(log.name)
         for i in range(a.runs + 3):
             t0 = time.perf_counter()
             sb = api.call("POST", "/v1/sandboxes", body)
@@ -120,19 +178,33 @@ def api_phases(a):
             if i >= 3:
                 create.append((t1 - t0) * 1000)
                 remove.append((time.perf_counter() - t1) * 1000)
+        end = os.path.getsize(log.name)
+        empty(api_mod, sock, idle)
     finally:
+        end = end or os.path.getsize(log.name)
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
-        log.seek(0)
-        text = log.read()
+        log.seek(start if a.running else 0)
+        text = log.read(end - start if a.running else -1)
         log.close()
         subprocess.run(["rm", "-rf", tmp])
     by_pid = collections.defaultdict(list)
+    children, child = [], None
     for m in MARK.finditer(text):
-        by_pid[int(m.group(2))].append((int(m.group(1)), m.group(3).strip()))
+        t, pid, name = int(m.group(1)), int(m.group(2)), m.group(3).strip()
+        if name.startswith("child:"):
+            # Every sandbox's first process is pid 1 in its namespace; the probe makes
+            # one sandbox at a time, so a first step starts the next one's list.
+            if child is None or name == CHILD_FIRST:
+                child = []
+                children.append(child)
+            child.append((t, name))
+        else:
+            by_pid[pid].append((t, name))
     # The first three helpers are the warm-up's.
     helpers = sorted((marks for marks in by_pid.values() if len(marks) > 3),
                      key=lambda ms: min(t for t, _ in ms))[3:]
+    helpers += children[3:]
     order, steps = [], {}
     for marks in helpers:
         marks.sort()
@@ -140,7 +212,9 @@ def api_phases(a):
             if name not in order:
                 order.append(name)
             steps.setdefault(name, []).append((t1 - t0) / 1000)
-    print(f"{'helper phase (API)':32} {'step p50':>9} {'step p90':>9}   (ms, {len(helpers)} sandboxes)")
+    n = len(helpers) - len(children[3:])
+    print(f"{'helper phase (API)':32} {'step p50':>9} {'step p90':>9}   (ms, {n} sandboxes, "
+          f"{a.running} running)")
     for name in order:
         xs = steps[name]
         print(f"{name:32} {statistics.median(xs):9.2f} {pct(xs, .9):9.2f}")

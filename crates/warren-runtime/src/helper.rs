@@ -1185,6 +1185,7 @@ fn child_setup(
             .map_err(|e| format!("join the sandbox's cgroup: {e}"))?;
         drop(join);
     }
+    crate::trace::mark("child: cgroup joined");
     nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
         .map_err(|e| format!("unblock signals: {e}"))?;
     // This process runs as the owner of its user namespace, who may not walk the host's
@@ -1203,6 +1204,7 @@ fn child_setup(
         .try_clone_to_owned()
         .map_err(fail("hold the root"))?;
     tree.attach(here).map_err(fail("place the root"))?;
+    crate::trace::mark("child: mount namespace");
     nix::unistd::fchdir(top.as_raw_fd()).map_err(|e| format!("enter the root: {e}"))?;
     drop(top);
     let root = Path::new(".");
@@ -1219,6 +1221,7 @@ fn child_setup(
         None,
     )
     .map_err(fail("mount /sys"))?;
+    crate::trace::mark("child: /proc and /sys mounted");
     mount_fs(
         "devpts",
         &root.join("dev/pts"),
@@ -1252,7 +1255,9 @@ fn child_setup(
             bind(&p, &p, true).map_err(fail("make a /proc path read-only"))?;
         }
     }
+    crate::trace::mark("child: /proc masked");
     ns::pivot_root(root).map_err(fail("pivot into the sandbox root"))?;
+    crate::trace::mark("child: pivoted");
     // A clone keeps the host ids it had (host root); now become root *of the namespace*,
     // which the maps tie to an unprivileged host uid. Not earlier: the mounts above name
     // host paths, whose directories may be open to their owner (host root) alone.
