@@ -1231,21 +1231,27 @@ fn child_setup(
     )
     .map_err(fail("mount /dev/pts"))?;
     let null = root.join("dev/null");
+    // One empty read-only tmpfs masks every directory: the first gets it, the others a
+    // bind of it. A superblock is kernel memory of its own, and one more entry the
+    // kernel walks, under its cgroup lock, whenever a memory cgroup is removed (every
+    // superblock's caches are handed to the parent cgroup).
+    let mut empty: Option<PathBuf> = None;
     for m in MASKED {
         let p = root.join(m);
         let Ok(meta) = p.symlink_metadata() else {
             continue;
         };
-        if meta.is_dir() {
-            mount_fs(
+        match (meta.is_dir(), &empty) {
+            (true, None) => mount_fs(
                 "tmpfs",
                 &p,
                 "tmpfs",
                 hidden | MsFlags::MS_RDONLY,
                 Some("size=0"),
             )
-        } else {
-            bind(&null, &p, false)
+            .map(|()| empty = Some(p.clone())),
+            (true, Some(first)) => bind(first, &p, true),
+            (false, _) => bind(&null, &p, false),
         }
         .map_err(fail("mask a /proc path"))?;
     }
