@@ -238,25 +238,20 @@ pub(crate) fn bundle_config(
                            "source": host_mount_point(bundle, i),
                            "options": ["bind", mode, "nosuid", "nodev"]}));
     }
-    let r = &spec.resources;
+    // The limits the sandbox's cgroup is made with, as the runtime reads them (gVisor's
+    // pids are a cap on the host tasks it uses, always: see `crate::gvisor`).
+    let limits = match kind {
+        BundleKind::Gvisor => crate::gvisor::host_limits(&spec.resources),
+        BundleKind::HostKernel => crate::cgroup_limits(&spec.resources),
+    };
     let mut resources = serde_json::Map::new();
-    if let Some(m) = r.memory {
+    if let Some(m) = limits.memory {
         resources.insert("memory".into(), json!({"limit": m, "swap": m}));
     }
-    match (kind, r.pids) {
-        // A cap on the host tasks gVisor uses, always (see `crate::gvisor`).
-        (BundleKind::Gvisor, p) => {
-            resources.insert(
-                "pids".into(),
-                json!({"limit": crate::gvisor::host_tasks(p)}),
-            );
-        }
-        (BundleKind::HostKernel, Some(p)) => {
-            resources.insert("pids".into(), json!({"limit": p}));
-        }
-        (BundleKind::HostKernel, None) => {}
+    if let Some(p) = limits.pids {
+        resources.insert("pids".into(), json!({"limit": p}));
     }
-    if let Some(c) = r.cpu_millis {
+    if let Some(c) = limits.cpu_millis {
         resources.insert(
             "cpu".into(),
             json!({"quota": u64::from(c) * 100, "period": 100_000}),

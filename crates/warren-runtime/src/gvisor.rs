@@ -706,7 +706,7 @@ fn image_done(data: &Path) -> bool {
 /// The host cgroup limits of a gVisor sandbox's resources: the request's, with the host
 /// task cap ([`host_tasks`]) for its pids. What its cgroup is made with at its start, and
 /// what its bundle records for a resume ([`bundle_limits`]).
-fn host_limits(r: &warren_types::spec::Resources) -> Limits {
+pub(crate) fn host_limits(r: &warren_types::spec::Resources) -> Limits {
     Limits {
         pids: Some(u32::try_from(host_tasks(r.pids)).unwrap_or(u32::MAX)),
         ..crate::cgroup_limits(r)

@@ -363,18 +363,17 @@ impl Cgroup {
         if self.v2 {
             return Ok(None);
         }
-        let mut files = Vec::new();
-        for (_, p) in &self.paths {
-            let f = p.join("tasks");
-            if files.iter().any(|(q, _)| q == &f) {
-                continue;
-            }
-            let file = fs::OpenOptions::new()
-                .write(true)
-                .open(&f)
-                .map_err(io_at(&f))?;
-            files.push((f, file));
-        }
+        let files = self
+            .self_join_files()
+            .into_iter()
+            .map(|f| {
+                let file = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&f)
+                    .map_err(io_at(&f))?;
+                Ok((f, file))
+            })
+            .collect::<Result<_, CgroupError>>()?;
         Ok(Some(SelfJoin { files }))
     }
 

@@ -20,23 +20,12 @@ fn close_range(first: u32, last: u32, flags: libc::c_uint) -> io::Result<()> {
     Ok(())
 }
 
-/// The descriptors open in this process, from /proc/self/fd (for kernels without
-/// close_range). Not async-signal-safe: it allocates.
-fn open_fds() -> Vec<RawFd> {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Most descriptors [`close_all_except`] can keep.
 pub const MAX_KEPT: usize = 16;
 
 /// Closes every descriptor from 3 up except those in `keep` (at most [`MAX_KEPT`]).
-/// Standard input, output and error are the caller's to redirect. Async-signal-safe on
-/// kernels with close_range (5.9 and later): it allocates nothing.
+/// Standard input, output and error are the caller's to redirect. Async-signal-safe: it
+/// allocates nothing.
 pub fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
     if keep.len() > MAX_KEPT {
         return Err(io::Error::new(
@@ -67,12 +56,13 @@ fn close_between(first: u32, last: u32) -> io::Result<()> {
     match close_range(first, last, 0) {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) => {
             // An older kernel: close one by one what /proc lists.
-            for fd in open_fds() {
-                if fd as u32 >= first && fd as u32 <= last {
+            for_each_listed(first, |fd| {
+                if fd as u32 <= last {
                     let _ = nix::unistd::close(fd);
                 }
-            }
-            Ok(())
+                Ok(())
+            })
+            .map(|_| ())
         }
         other => other,
     }
@@ -96,12 +86,19 @@ pub fn cloexec_from(first: RawFd) -> io::Result<()> {
     }
 }
 
-/// [`cloexec_from`] over the descriptors /proc/self/fd lists, read with raw `getdents64`
-/// into a buffer on the stack (async-signal-safe); false, having done nothing, when that
-/// directory cannot be opened. A few calls per descriptor open, where [`cloexec_each`]
-/// makes two per number up to the limit: under gVisor, where every system call is a
-/// trip to its kernel, a thousand of them cost an exec some 20 ms.
+/// [`cloexec_from`] over the descriptors /proc/self/fd lists; false, having done nothing,
+/// when that directory cannot be opened. A few calls per descriptor open, where
+/// [`cloexec_each`] makes two per number up to the limit: under gVisor, where every
+/// system call is a trip to its kernel, a thousand of them cost an exec some 20 ms.
 pub(crate) fn cloexec_listed(first: u32) -> io::Result<bool> {
+    for_each_listed(first, mark_cloexec)
+}
+
+/// Calls `each` with every descriptor from `first` up that /proc/self/fd lists, read
+/// with raw `getdents64` into a buffer on the stack (async-signal-safe when `each` is);
+/// false, having done nothing, when that directory cannot be opened. `each` may close
+/// the descriptor it is given: the directory is read by number, on from the last one.
+fn for_each_listed(first: u32, mut each: impl FnMut(RawFd) -> io::Result<()>) -> io::Result<bool> {
     // SAFETY: open reads a NUL-terminated literal.
     let dir = unsafe {
         libc::open(
@@ -112,14 +109,18 @@ pub(crate) fn cloexec_listed(first: u32) -> io::Result<bool> {
     if dir < 0 {
         return Ok(false);
     }
-    let r = mark_listed(dir, first);
+    let r = walk_listed(dir, first, &mut each);
     // SAFETY: closes the descriptor opened above, which nothing else uses.
     unsafe { libc::close(dir) };
     r.map(|()| true)
 }
 
-/// The loop of [`cloexec_listed`] over the open directory `dir`.
-fn mark_listed(dir: RawFd, first: u32) -> io::Result<()> {
+/// The loop of [`for_each_listed`] over the open directory `dir`.
+fn walk_listed(
+    dir: RawFd,
+    first: u32,
+    each: &mut impl FnMut(RawFd) -> io::Result<()>,
+) -> io::Result<()> {
     // u64s: `struct linux_dirent64` is 8-byte aligned.
     let mut buf = [0u64; 512];
     loop {
@@ -160,7 +161,7 @@ fn mark_listed(dir: RawFd, first: u32) -> io::Result<()> {
             let Some(fd) = fd.filter(|fd| *fd >= first && *fd as RawFd != dir) else {
                 continue;
             };
-            mark_cloexec(fd as RawFd)?;
+            each(fd as RawFd)?;
         }
     }
 }
@@ -358,6 +359,24 @@ mod tests {
                 && is_cloexec(high)
                 && is_cloexec(far)
                 && !is_cloexec(0)
+        });
+        let _ = nix::unistd::close(far);
+        drop((r, w));
+    }
+
+    #[test]
+    fn the_listed_way_closes_what_proc_lists_from_first() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let (low, high) = (r.as_raw_fd(), w.as_raw_fd());
+        // SAFETY: F_DUPFD takes the lowest number by value; the copy is closed below.
+        let far = unsafe { libc::fcntl(low, libc::F_DUPFD, 900) };
+        assert!(far >= 900);
+        in_child(|| {
+            let walked = for_each_listed(high as u32, |fd| {
+                let _ = nix::unistd::close(fd);
+                Ok(())
+            });
+            walked.unwrap_or(false) && is_open(low) && !is_open(high) && !is_open(far)
         });
         let _ = nix::unistd::close(far);
         drop((r, w));

@@ -280,17 +280,12 @@ async fn an_owners_first_sandboxes_started_at_once_share_one_home() {
     let env = Env::new("home-race");
     let mgr = env.manager().await;
     let who = alice();
+    let cat = || CreateSandbox {
+        owner: Some("cat".into()),
+        ..Default::default()
+    };
     // Six sandboxes of a new owner at once: each helper finds the home volume new.
-    let made = futures_util::future::join_all((0..6).map(|_| {
-        mgr.create(
-            &who,
-            CreateSandbox {
-                owner: Some("cat".into()),
-                ..Default::default()
-            },
-        )
-    }))
-    .await;
+    let made = futures_util::future::join_all((0..6).map(|_| mgr.create(&who, cat()))).await;
     let ids: Vec<String> = made
         .into_iter()
         .map(|r| r.expect("a create of the owner's first sandboxes").0.id)
@@ -315,16 +310,7 @@ async fn an_owners_first_sandboxes_started_at_once_share_one_home() {
     for id in &ids {
         mgr.terminate(&who, id).await.unwrap();
     }
-    let (again, _) = mgr
-        .create(
-            &who,
-            CreateSandbox {
-                owner: Some("cat".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let (again, _) = mgr.create(&who, cat()).await.unwrap();
     assert_eq!(
         run(&mgr, &who, &again.id, "ls /home/user | wc -l").await,
         "6\n"
