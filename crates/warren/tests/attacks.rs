@@ -579,6 +579,9 @@ fn mounts_cannot_be_made_undone_or_remounted_from_inside() {
         &[],
         "mkdir -p /tmp/m; try() { \"$@\" >/dev/null 2>&1 && echo \"did: $*\"; }; \
          try umount /proc/interrupts; try umount -l /proc/kcore; try umount -l /dev; \
+         try umount /proc/acpi; try umount -l /sys/firmware; \
+         try mount -o remount,rw /sys/firmware; try mount -o remount,rw /proc/acpi; \
+         try touch /sys/firmware/x; try touch /proc/acpi/x; \
          try mount -o remount,rw /usr; try mount -o remount,suid /; \
          try mount -t proc proc /tmp/m; try mount -t sysfs sys /tmp/m; \
          try mount -t tmpfs t /tmp/m; try mount --bind / /tmp/m; \
