@@ -13,6 +13,10 @@
 //!
 //! The zygote exits when the daemon's end of the socket closes; helpers it forked live
 //! on (as a helper the daemon started would), and a daemon started later adopts them.
+//!
+//! It reaps its children when told one has exited (`SIGCHLD` through a signalfd), not on
+//! a timer: each `waitpid(-1)` looks at every child, and the zygote's children are every
+//! running sandbox's helper.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -20,6 +24,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{
     setsockopt, socketpair, sockopt, AddressFamily, MsgFlags, SockFlag, SockType,
 };
@@ -87,19 +93,37 @@ impl Drop for Zygote {
 pub fn main() -> ! {
     let stdin = std::io::stdin();
     let sock = stdin.as_fd();
+    let mut chld = SigSet::empty();
+    chld.add(Signal::SIGCHLD);
+    let exited = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None)
+        .and_then(|()| SignalFd::with_flags(&chld, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC));
+    let Ok(exited) = exited else {
+        std::process::exit(1)
+    };
     loop {
-        reap();
-        let mut fds = [PollFd::new(sock, PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(100u8)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
+        let mut fds = [
+            PollFd::new(sock, PollFlags::POLLIN),
+            PollFd::new(exited.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => std::process::exit(1),
+        }
+        let [request, child] = fds.map(|f| f.revents().unwrap_or(PollFlags::empty()));
+        if !child.is_empty() {
+            // Signals of the same kind merge: one read may stand for many exits.
+            while let Ok(Some(_)) = exited.read_signal() {}
+            reap();
+        }
+        if request.is_empty() {
+            continue;
         }
         let pid = match warren_sys::fd::recv_fds(sock) {
             // The daemon is gone.
             Ok(None) => std::process::exit(0),
             Ok(Some(fds)) => match <[OwnedFd; 2]>::try_from(fds) {
-                Ok([config, status]) => fork_one(config, status),
+                Ok([config, status]) => fork_one(config, status, &chld),
                 Err(_) => -1,
             },
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
@@ -114,9 +138,14 @@ pub fn main() -> ! {
 }
 
 /// Forks a helper on `config` and `status`; its pid, or -1.
-fn fork_one(config: OwnedFd, status: OwnedFd) -> i32 {
+fn fork_one(config: OwnedFd, status: OwnedFd, chld: &SigSet) -> i32 {
     match warren_sys::ns::fork_process() {
         Ok(warren_sys::ns::Forked::Child) => {
+            // A helper starts with the signal mask a helper started afresh has (it blocks
+            // what it waits for itself); the signalfd goes with the inherited descriptors.
+            if nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(chld), None).is_err() {
+                std::process::exit(1);
+            }
             // The request's descriptors become stdin and stdout (the socket's copy on
             // fd 0 goes), and the process is named as a helper started afresh is.
             if nix::unistd::dup2(config.as_raw_fd(), 0).is_err()
