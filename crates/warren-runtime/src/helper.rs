@@ -923,13 +923,19 @@ fn populate_root(
         bind_with(host, &target, MountAttrs::PROTECTED)
             .map_err(fail("bind a template directory"))?;
     }
+    // One tmpfs holds /dev and /dev/shm (a superblock is kernel memory of its own, and
+    // one more entry every memory cgroup's removal walks): its size is the shared
+    // memory's, since nothing else in it can grow. /dev itself belongs to the host's
+    // root, whom the sandbox's root is not; /dev/shm is a directory the sandbox owns,
+    // bound onto itself without exec, setuid or devices.
+    let shm_size = spec.resources.memory.map(|m| m / 2).unwrap_or(64 << 20);
     let dev = root.join("dev");
     mount_fs(
         "tmpfs",
         &dev,
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("mode=755,size=64k"),
+        Some(&format!("mode=755,size={shm_size}")),
     )
     .map_err(fail("mount /dev"))?;
     let nodes: [(&str, u64, u64); 6] = [
@@ -966,18 +972,17 @@ fn populate_root(
     for (name, target) in links {
         std::os::unix::fs::symlink(target, dev.join(name)).map_err(fail("link a /dev entry"))?;
     }
-    let shm_size = spec.resources.memory.map(|m| m / 2).unwrap_or(64 << 20);
-    mount_fs(
-        "shm",
-        &dev.join("shm"),
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some(&format!(
-            "mode=1777,size={shm_size},uid={},gid={}",
-            ids.base, ids.base
-        )),
-    )
-    .map_err(fail("mount /dev/shm"))?;
+    let shm = dev.join("shm");
+    let base = Some(nix::unistd::Uid::from_raw(ids.base));
+    nix::unistd::chown(&shm, base, Some(nix::unistd::Gid::from_raw(ids.base)))
+        .map_err(|e| fail("own /dev/shm")(e.into()))?;
+    fs::set_permissions(&shm, std::os::unix::fs::PermissionsExt::from_mode(0o1777))
+        .map_err(fail("open /dev/shm to every user"))?;
+    let shared = MountAttrs {
+        noexec: true,
+        ..MountAttrs::PLAIN
+    };
+    bind_with(&shm, &shm, shared).map_err(fail("mount /dev/shm"))?;
     for (i, v) in spec.volumes.iter().enumerate() {
         mount_volume(v, i, root, paths, storage)?;
     }
