@@ -1227,36 +1227,22 @@ fn child_setup(
     )
     .map_err(fail("mount /sys"))?;
     crate::trace::mark("child: /proc and /sys mounted");
-    mount_fs(
-        "devpts",
-        &root.join("dev/pts"),
-        "devpts",
-        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
-        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
-    )
-    .map_err(fail("mount /dev/pts"))?;
+    // Masked directories show an empty read-only directory: /dev/pts's own, of the /dev
+    // tmpfs, before devpts covers it. It belongs to the host's root, whom nobody in the
+    // sandbox is, so it stays empty even were its bind made writable; and a mask costs
+    // no filesystem of its own (a superblock is kernel memory, and one more entry the
+    // kernel walks, under its cgroup lock, whenever a memory cgroup is removed).
+    let empty = root.join("dev/pts");
     let null = root.join("dev/null");
-    // One empty read-only tmpfs masks every directory: the first gets it, the others a
-    // bind of it. A superblock is kernel memory of its own, and one more entry the
-    // kernel walks, under its cgroup lock, whenever a memory cgroup is removed (every
-    // superblock's caches are handed to the parent cgroup).
-    let mut empty: Option<PathBuf> = None;
     for m in MASKED {
         let p = root.join(m);
         let Ok(meta) = p.symlink_metadata() else {
             continue;
         };
-        match (meta.is_dir(), &empty) {
-            (true, None) => mount_fs(
-                "tmpfs",
-                &p,
-                "tmpfs",
-                hidden | MsFlags::MS_RDONLY,
-                Some("size=0"),
-            )
-            .map(|()| empty = Some(p.clone())),
-            (true, Some(first)) => bind(first, &p, true),
-            (false, _) => bind(&null, &p, false),
+        if meta.is_dir() {
+            bind(&empty, &p, false).and_then(|()| warren_sys::mount::remount_readonly(&p, hidden))
+        } else {
+            bind(&null, &p, false)
         }
         .map_err(fail("mask a /proc path"))?;
     }
@@ -1266,6 +1252,14 @@ fn child_setup(
             bind(&p, &p, true).map_err(fail("make a /proc path read-only"))?;
         }
     }
+    mount_fs(
+        "devpts",
+        &root.join("dev/pts"),
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .map_err(fail("mount /dev/pts"))?;
     crate::trace::mark("child: /proc masked");
     ns::pivot_root(root).map_err(fail("pivot into the sandbox root"))?;
     crate::trace::mark("child: pivoted");
