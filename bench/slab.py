@@ -5,8 +5,10 @@ Starts a `warren serve` of its own (temp run and data directories), makes one sa
 to warm up, drops the kernel's reclaimable caches, notes /proc/meminfo and
 /proc/slabinfo, makes N more sandboxes one by one through the CLI, waits for them to
 settle, drops the caches again and prints the change per sandbox: unreclaimable and
-reclaimable slab, kernel stacks, page tables, and the slab caches that grew most. Then
-removes everything it made. Root only (slabinfo, cache dropping).
+reclaimable slab, kernel stacks, page tables, and the slab caches that grew most, by the
+objects in use (a cache's slabs may hold objects freed by an earlier run, which new ones
+fill before it grows: its allocated size is printed beside). Then removes everything it
+made. Root only (slabinfo, cache dropping).
 
     python3 bench/slab.py [--n 400] [--warren target/release/warren] [--top 20]
 """
@@ -19,11 +21,12 @@ import time
 
 
 def slabs():
+    """Per cache: bytes of the objects in use, and of all objects its slabs hold."""
     out = {}
     with open("/proc/slabinfo") as f:
         for line in f.read().splitlines()[2:]:
-            name, _active, objs, size = line.split()[:4]
-            out[name] = int(objs) * int(size)
+            name, active, objs, size = line.split()[:4]
+            out[name] = (int(active) * int(size), int(objs) * int(size))
     return out
 
 
@@ -78,10 +81,13 @@ def main():
         print(f"per sandbox, {n} idle sandboxes (KiB):")
         for key in ("SUnreclaim", "SReclaimable", "KernelStack", "PageTables"):
             print(f"  {key:14} {(m1[key] - m0[key]) / n / 1024:8.1f}")
-        grown = sorted(((s1[c] - s0.get(c, 0)) / n / 1024, c) for c in s1)
-        print("slab caches that grew most (KiB per sandbox):")
-        for kib, cache in reversed(grown[-a.top:]):
-            print(f"  {kib:8.1f}  {cache}")
+        def growth(c, i):
+            return (s1[c][i] - s0.get(c, (0, 0))[i]) / n / 1024
+
+        grown = sorted((growth(c, 0), growth(c, 1), c) for c in s1)
+        print("slab caches that grew most (KiB per sandbox: objects in use, slabs):")
+        for used, held, cache in reversed(grown[-a.top:]):
+            print(f"  {used:8.1f} {held:8.1f}  {cache}")
     finally:
         for sid in ids:
             subprocess.run([a.warren, "rm", "-f", sid], env=env, capture_output=True)
