@@ -130,21 +130,35 @@ async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
     });
     let reaper = tokio::spawn(process::reaper(agent.clone(), sigchld));
     let mut conns = tokio::task::JoinSet::new();
+    // When the heap's free pages go back to the kernel: a while after the last client
+    // left (a command's buffers are freed by then), not between one client and the next.
+    let mut trim_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             accepted = accept(&listener) => match accepted {
                 Ok((stream, _)) => {
+                    trim_at = None;
                     conns.spawn(conn::serve(stream, agent.clone()));
                 }
                 // Out of descriptors or memory: refuse this client, keep serving others.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             },
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            Some(_) = conns.join_next(), if !conns.is_empty() => {
+                if conns.is_empty() {
+                    trim_at = Some(tokio::time::Instant::now() + IDLE_TRIM);
+                }
+            }
+            () = trim(trim_at) => {
+                trim_at = None;
+                warren_sys::heap::release_free();
+            }
             close = quiesced(&mut quiesce) => {
                 if close {
                     listener = None;
                     conns.abort_all();
                     while conns.join_next().await.is_some() {}
+                    // What a checkpoint saves is this process's memory: not its free pages.
+                    warren_sys::heap::release_free();
                     // Gone from the directory: the sign, seen from outside, that the
                     // agent holds no socket any more.
                     if let Some(path) = &agent.config.rebind {
@@ -163,6 +177,17 @@ async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
     reaper.abort();
     agent.procs.kill_all(agent.config.reap_all);
     Ok(())
+}
+
+/// How long the agent waits without clients before it gives its free heap back.
+const IDLE_TRIM: Duration = Duration::from_secs(1);
+
+/// Ready at `at`; never without it.
+async fn trim(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next connection, or never while the listener is closed.

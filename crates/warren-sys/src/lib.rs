@@ -7,6 +7,7 @@ pub mod cgroup;
 pub mod child;
 pub mod fd;
 pub mod fsid;
+pub mod heap;
 pub mod mount;
 pub mod ns;
 pub mod proctitle;
