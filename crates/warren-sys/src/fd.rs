@@ -56,16 +56,22 @@ fn close_between(first: u32, last: u32) -> io::Result<()> {
     match close_range(first, last, 0) {
         Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS) | Some(libc::EINVAL)) => {
             // An older kernel: close one by one what /proc lists.
-            for_each_listed(first, |fd| {
-                if fd as u32 <= last {
-                    let _ = nix::unistd::close(fd);
-                }
-                Ok(())
-            })
-            .map(|_| ())
+            close_listed(first, last)
         }
         other => other,
     }
+}
+
+/// Closes the descriptors from `first` to `last` that /proc/self/fd lists
+/// (async-signal-safe, as [`for_each_listed`]).
+fn close_listed(first: u32, last: u32) -> io::Result<()> {
+    for_each_listed(first, |fd| {
+        if fd as u32 <= last {
+            let _ = nix::unistd::close(fd);
+        }
+        Ok(())
+    })
+    .map(|_| ())
 }
 
 /// Marks every descriptor from `first` up close-on-exec, without closing any: one still
@@ -345,41 +351,44 @@ mod tests {
         drop((r, w));
     }
 
-    #[test]
-    fn the_listed_way_marks_what_proc_lists_and_only_from_first() {
+    /// Runs `check` in a child with a pipe open (`low`, `high`) and a copy of it numbered
+    /// far above the others (`far`), as a scan up to the limit finds.
+    fn with_listed_fds(check: impl FnOnce(RawFd, RawFd, RawFd) -> bool) {
         let (r, w) = nix::unistd::pipe().unwrap();
         let (low, high) = (r.as_raw_fd(), w.as_raw_fd());
-        // A descriptor numbered far above the others, as a scan up to the limit finds.
         // SAFETY: F_DUPFD takes the lowest number by value; the copy is closed below.
         let far = unsafe { libc::fcntl(low, libc::F_DUPFD, 900) };
         assert!(far >= 900);
-        in_child(|| {
+        in_child(|| check(low, high, far));
+        let _ = nix::unistd::close(far);
+        drop((r, w));
+    }
+
+    #[test]
+    fn the_listed_way_marks_what_proc_lists_and_only_from_first() {
+        with_listed_fds(|low, high, far| {
             cloexec_listed(high as u32).unwrap_or(false)
                 && !is_cloexec(low)
                 && is_cloexec(high)
                 && is_cloexec(far)
                 && !is_cloexec(0)
         });
-        let _ = nix::unistd::close(far);
-        drop((r, w));
     }
 
     #[test]
-    fn the_listed_way_closes_what_proc_lists_from_first() {
-        let (r, w) = nix::unistd::pipe().unwrap();
-        let (low, high) = (r.as_raw_fd(), w.as_raw_fd());
-        // SAFETY: F_DUPFD takes the lowest number by value; the copy is closed below.
-        let far = unsafe { libc::fcntl(low, libc::F_DUPFD, 900) };
-        assert!(far >= 900);
-        in_child(|| {
-            let walked = for_each_listed(high as u32, |fd| {
-                let _ = nix::unistd::close(fd);
-                Ok(())
-            });
-            walked.unwrap_or(false) && is_open(low) && !is_open(high) && !is_open(far)
+    fn the_listed_way_closes_what_proc_lists_from_first_to_last() {
+        with_listed_fds(|low, high, far| {
+            close_listed(high as u32, far as u32 - 1).is_ok()
+                && is_open(low)
+                && !is_open(high)
+                && is_open(far)
         });
-        let _ = nix::unistd::close(far);
-        drop((r, w));
+        with_listed_fds(|low, high, far| {
+            close_listed(high as u32, u32::MAX).is_ok()
+                && is_open(low)
+                && !is_open(high)
+                && !is_open(far)
+        });
     }
 
     fn is_cloexec(fd: RawFd) -> bool {
