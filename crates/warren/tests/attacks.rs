@@ -595,6 +595,38 @@ fn mounts_cannot_be_made_undone_or_remounted_from_inside() {
     assert!(did.is_empty(), "mount changes went through: {did:?}");
 }
 
+/// /dev/shm is a directory of the /dev tmpfs, and the masked directories are binds of
+/// /dev/pts's directory of it: what a sandbox writes to /dev/shm must reach nothing
+/// else of that filesystem, as root or as another user.
+#[test]
+fn dev_shm_reaches_nothing_else_of_the_dev_tmpfs() {
+    if !can_run("dev_shm_reaches_nothing_else_of_the_dev_tmpfs") {
+        return;
+    }
+    let script = "try() { \"$@\" >/dev/null 2>&1 && echo \"did: $*\"; }; \
+         echo x > /dev/shm/f || echo 'no write to /dev/shm'; cp /bin/true /dev/shm/t; \
+         try touch /dev/x; try mkdir /dev/d; try ln /dev/shm/f /dev/f; \
+         try mv /dev/shm/f /dev/null; try mv /dev/shm/f /dev/pts/f; \
+         try ln -s /dev/shm/f /dev/l; try mknod /dev/shm/n c 1 3; \
+         try mount -o remount,exec /dev/shm; try mount -o remount,dev /dev/shm; \
+         try mount -o remount,suid /dev/shm; try umount /dev/shm; try /dev/shm/t; \
+         test -c /dev/null || echo 'did: /dev/null replaced'; \
+         for m in /proc/acpi /sys/firmware; do \
+           test -z \"$(ls -A $m 2>/dev/null)\" || echo \"did: $m filled\"; done; \
+         true";
+    for user in [&[][..], &["--user", "65534"][..]] {
+        let o = sh(user, script);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let out = stdout(&o);
+        assert!(
+            !out.contains("no write"),
+            "{user:?}: /dev/shm is not writable: {out}"
+        );
+        let did: Vec<&str> = out.lines().filter(|l| l.starts_with("did:")).collect();
+        assert!(did.is_empty(), "{user:?}: went through: {did:?}");
+    }
+}
+
 #[test]
 fn memory_filesystems_are_charged_to_the_sandbox() {
     if !can_run("memory_filesystems_are_charged_to_the_sandbox") {
