@@ -140,6 +140,9 @@ fn parent_of(pid: i32) -> Option<i32> {
         .ok()
 }
 
+/// Whether `pid` is a live process of some Warren of this host: one whose second argument
+/// is a helper's or a zygote's (whatever its binary is called: an operator may run a copy
+/// named otherwise, and its live sandboxes are not leftovers), or whose name is `warren`.
 fn is_warren(pid: i32) -> bool {
     let state_ok = fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -148,7 +151,13 @@ fn is_warren(pid: i32) -> bool {
                 .map(|(_, r)| r.trim_start().starts_with(['Z', 'X']))
         })
         == Some(false);
-    state_ok && fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "warren")
+    if !state_ok {
+        return false;
+    }
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let role = cmdline.split(|b| *b == 0).nth(1);
+    role.is_some_and(|a| a == crate::helper::ARG.as_bytes() || a == crate::zygote::ARG.as_bytes())
+        || fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "warren")
 }
 
 /// Whether the processes of a cgroup hang off a live helper: the one process whose
@@ -190,7 +199,7 @@ fn orphan_processes(runs: &std::path::Path) -> Vec<Leftover> {
         // A process of that name with neither, for a while, belongs to no sandbox.
         let children =
             fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        if args.get(1) == Some(&&b"__init"[..])
+        if args.get(1) == Some(&crate::helper::ARG.as_bytes())
             && !known.contains(&pid)
             && children.trim().is_empty()
             && !parent_of(pid).is_some_and(is_warren)

@@ -109,6 +109,10 @@ const READONLY: [&str; 6] = [
     "proc/sysrq-trigger",
 ];
 
+/// The argument that starts a helper (and the second word of a forked helper's command
+/// line, by which `warren doctor` knows it whatever the binary is called).
+pub const ARG: &str = "__init";
+
 /// Entry point of `warren __init`: the configuration on stdin, the status on stdout.
 /// Never returns.
 pub fn main() -> ! {

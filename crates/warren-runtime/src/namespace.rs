@@ -201,7 +201,7 @@ impl NamespaceBackend {
                 .await;
         }
         let mut child = tokio::process::Command::new(&self.exe)
-            .arg("__init")
+            .arg(crate::helper::ARG)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

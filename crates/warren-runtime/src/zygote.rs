@@ -35,9 +35,6 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 /// The argument that starts the zygote.
 pub const ARG: &str = "__zygote";
 
-/// The argument of a helper started afresh, which a forked one takes as its name.
-const ARG_HELPER: &str = "__init";
-
 /// The daemon's side: the zygote process and the socket to it.
 #[derive(Debug)]
 pub(crate) struct Zygote {
@@ -156,7 +153,7 @@ fn fork_one(config: OwnedFd, status: OwnedFd, chld: &SigSet) -> i32 {
             drop(config);
             drop(status);
             let exe = std::env::args().next().unwrap_or_default();
-            let _ = warren_sys::proctitle::set(&format!("{exe}\0{ARG_HELPER}"));
+            let _ = warren_sys::proctitle::set(&format!("{exe}\0{}", crate::helper::ARG));
             crate::helper::main()
         }
         Ok(warren_sys::ns::Forked::Parent(pid)) => pid.as_raw(),

@@ -80,7 +80,10 @@ fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     // The helper must start single-threaded and before anything else: it forks into new
     // namespaces.
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__init") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == warren_runtime::helper::ARG)
+    {
         warren_runtime::helper::main();
     }
     if std::env::args_os()

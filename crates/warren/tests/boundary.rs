@@ -1549,3 +1549,44 @@ fn doctor_tells_another_daemons_live_link_from_a_leftover() {
     );
     d.finish();
 }
+
+#[test]
+fn doctor_tells_a_live_sandbox_of_a_renamed_binary_from_a_leftover() {
+    if !can_run("doctor_tells_a_live_sandbox_of_a_renamed_binary_from_a_leftover") {
+        return;
+    }
+    let _turn = my_turn();
+    // An operator's copy of the binary under another name: its processes are not called
+    // `warren`. A hard link beside the build, so nothing is copied.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let exe = dir.path().join("warren-renamed");
+    std::fs::hard_link(env!("CARGO_BIN_EXE_warren"), &exe).unwrap();
+    let d = Daemon::start_opts(trust::Options {
+        exe: Some(exe),
+        ..Default::default()
+    });
+    let id = d.create(&["--no-home", "--network", "nat"]);
+    let link = warren_runtime::network::link_name(&id);
+    let helper =
+        std::fs::read_to_string(d.run_dir().join(format!("sandboxes/{id}/helper.pid"))).unwrap();
+    let comm = std::fs::read_to_string(format!("/proc/{}/comm", helper.trim())).unwrap();
+    assert_eq!(
+        comm.trim(),
+        "warren-renamed",
+        "the helper runs the renamed binary"
+    );
+    let other = tempfile::tempdir_in("/tmp").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("doctor")
+        .env("WARREN_RUN_DIR", other.path().join("run"))
+        .env("WARREN_DATA_DIR", other.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        !stdout(&o).contains(&id) && !stdout(&o).contains(&link),
+        "a live sandbox of a renamed binary was reported as a leftover:\n{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    d.finish();
+}

@@ -80,6 +80,8 @@ pub struct Daemon {
     pub inherit: Option<String>,
     /// Extra arguments of `warren serve`.
     pub serve_args: Vec<String>,
+    /// The binary it runs, when not the one built for the tests.
+    exe: Option<PathBuf>,
 }
 
 /// How a test's daemon is started.
@@ -97,6 +99,8 @@ pub struct Options {
     pub e2b: bool,
     /// More arguments of `warren serve`.
     pub serve_args: Vec<String>,
+    /// Run this binary instead of the one built for the tests (a copy named otherwise).
+    pub exe: Option<PathBuf>,
 }
 
 impl Daemon {
@@ -151,6 +155,7 @@ impl Daemon {
             finished: false,
             inherit: o.inherit,
             serve_args,
+            exe: o.exe,
         };
         // A free port is free when asked, not necessarily when the daemon binds it:
         // another test may take it between the two. Then the daemon is started again
@@ -211,7 +216,8 @@ impl Daemon {
 
     /// `warren serve` with this daemon's directories, not yet started.
     pub fn serve_command(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+        let exe = self.exe.as_deref();
+        let mut c = Command::new(exe.unwrap_or(Path::new(env!("CARGO_BIN_EXE_warren"))));
         self.env(&mut c);
         c.arg("serve").stdin(Stdio::null());
         if let Some(addr) = &self.listen {
