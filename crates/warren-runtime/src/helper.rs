@@ -1155,7 +1155,7 @@ fn child_main(args: ChildArgs<'_>) -> String {
     if let Err(e) = warren_sys::fd::close_all_except(&[args.listener.as_raw_fd()]) {
         return format!("close the helper's descriptors: {e}");
     }
-    let config = warren_agent::AgentConfig {
+    let mut config = warren_agent::AgentConfig {
         env: args.env,
         reap_all: true,
         seccomp: Some(Arc::new(args.seccomp)),
@@ -1170,6 +1170,9 @@ fn child_main(args: ChildArgs<'_>) -> String {
         workdir: args.workdir,
         ..Default::default()
     };
+    // The agent holds CAP_SYS_ADMIN in the sandbox's user namespace, so this does not
+    // fail; if it did, each process would install the filter itself.
+    let _ = config.confine_agent();
     match warren_agent::serve(args.listener, config) {
         Ok(()) => std::process::exit(0),
         Err(e) => e.to_string(),

@@ -93,7 +93,7 @@ fn serve(listener: std::os::unix::net::UnixListener, launch: AgentLaunch) -> i32
         (false, None) => None,
     };
     let rebind = launch.quiesce.then(|| launch.socket.clone());
-    let config = warren_agent::AgentConfig {
+    let mut config = warren_agent::AgentConfig {
         rebind,
         env: launch.env,
         reap_all: true,
@@ -112,6 +112,9 @@ fn serve(listener: std::os::unix::net::UnixListener, launch: AgentLaunch) -> i32
         },
         ..Default::default()
     };
+    // A container's process has no_new_privs (the bundle asks for it), so the kernel
+    // takes the filter; if it did not, each process would install it itself.
+    let _ = config.confine_agent();
     match warren_agent::serve(listener, config) {
         Ok(()) => 0,
         Err(e) => {

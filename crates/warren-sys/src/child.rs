@@ -39,7 +39,10 @@
 //! 8. Groups, gid, then uid (the uid last: it takes the right to change the others).
 //! 9. `no_new_privs`, so setuid binaries and file capabilities cannot undo steps 7-8, and
 //!    so an unprivileged process may install seccomp.
-//! 10. seccomp, so the filter never has to allow the setup above.
+//! 10. seccomp, so the filter never has to allow the setup above. A parent that runs under
+//!     the policy already (the agent puts itself under it, so that each exec does not
+//!     compile it again) passes none: the child inherits the parent's filter, and the
+//!     setup above is then made under it, which refuses none of those calls.
 //! 11. exec; a file the kernel cannot run (`ENOEXEC`: a script without `#!`) is run by
 //!     `/bin/sh`, as `execvp` does.
 //!

@@ -137,6 +137,19 @@ impl SeccompProgram {
     /// CAP_SYS_ADMIN). Async-signal-safe: no allocation, only `seccomp(2)` calls, so it is
     /// fit for a `pre_exec` hook.
     pub fn install(&self) -> std::io::Result<()> {
+        self.install_with(0)
+    }
+
+    /// Installs the policy on every thread of the calling process
+    /// (`SECCOMP_FILTER_FLAG_TSYNC`), for a process whose children are all to run under
+    /// it: a child inherits its parent's filter as it is, where an install converts,
+    /// JIT-compiles and analyses the program again. Requires no_new_privs (or
+    /// CAP_SYS_ADMIN); fails, installing nothing, if a thread cannot take it.
+    pub fn install_on_process(&self) -> std::io::Result<()> {
+        self.install_with(libc::SECCOMP_FILTER_FLAG_TSYNC)
+    }
+
+    fn install_with(&self, flags: libc::c_ulong) -> std::io::Result<()> {
         for filter in &self.filters {
             let prog = SockFprog {
                 len: filter.len() as u16,
@@ -149,12 +162,19 @@ impl SeccompProgram {
                 libc::syscall(
                     libc::SYS_seccomp,
                     libc::SECCOMP_SET_MODE_FILTER,
-                    0,
+                    flags,
                     &prog as *const SockFprog,
                 )
             };
-            if rc != 0 {
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if rc > 0 {
+                // TSYNC's answer: the thread that could not take it (its filter is not an
+                // ancestor of this one's).
+                return Err(std::io::Error::other(format!(
+                    "thread {rc} cannot take the seccomp filter"
+                )));
             }
         }
         Ok(())

@@ -356,3 +356,38 @@ fn every_refused_call_fails_in_a_sandbox() {
         wrong.join("\n")
     );
 }
+
+#[test]
+fn a_command_inherits_the_agents_one_filter() {
+    if !can_run("a_command_inherits_the_agents_one_filter") {
+        return;
+    }
+    // The agent (the sandbox's first process) runs under the policy itself, so a command
+    // inherits that filter rather than stacking a second one of its own; and a command's
+    // child inherits it again.
+    let out = sh_ok(
+        &[],
+        "grep -H '^Seccomp' /proc/1/status /proc/self/status; \
+         sh -c 'grep -H ^Seccomp /proc/self/status' | sed s/self/child/",
+    );
+    for who in ["1", "self", "child"] {
+        let field = |key: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("/proc/{who}/status:{key}:")))
+                .map(|v| v.trim().to_string())
+        };
+        assert_eq!(
+            field("Seccomp").as_deref(),
+            Some("2"),
+            "/proc/{who} is not under the filter:\n{out}"
+        );
+        // gVisor's kernel does not count a process's filters.
+        if isolation() != "gvisor" {
+            assert_eq!(
+                field("Seccomp_filters").as_deref(),
+                Some("1"),
+                "/proc/{who} carries other than the one filter:\n{out}"
+            );
+        }
+    }
+}
