@@ -250,12 +250,18 @@ impl NamespaceBackend {
     /// again once if it has died): the helper's pid, its pidfd, and the daemon's ends of
     /// its configuration and status pipes. `None` if that cannot be: the helper is then
     /// started afresh.
+    ///
+    /// Each try has pipes of its own: a zygote that failed to answer may still have
+    /// forked a helper on the pipes it was sent, and two helpers on one configuration
+    /// pipe would race for it (one reads the configuration, the other an empty one, and
+    /// both write to one status pipe). A helper left on a try's pipes reads an empty
+    /// configuration once they are dropped, and exits.
     fn fork_by_zygote(&self) -> Option<(i32, OwnedFd, OwnedFd, OwnedFd)> {
         use nix::fcntl::OFlag;
-        let (config_r, config_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
-        let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
         let mut zygote = self.zygote.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..2 {
+            let (config_r, config_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
+            let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
             if zygote.is_none() {
                 *zygote = Some(Zygote::start(&self.exe).ok()?);
             }

@@ -66,11 +66,26 @@ impl Zygote {
 
     /// Has a helper forked that reads its configuration from `config` and writes its
     /// status to `status`; its pid.
+    ///
+    /// A signal that interrupts the wait is not an answer: with a receive timeout set,
+    /// the kernel never restarts `recv` after a handler ran (signal(7)), and the daemon's
+    /// threads take `SIGCHLD` for the children it starts. A caller that gives up on an
+    /// error must not hand the same descriptors to another zygote: this one may have
+    /// forked a helper on them already.
     pub(crate) fn fork_helper(&self, config: BorrowedFd, status: BorrowedFd) -> io::Result<i32> {
-        warren_sys::fd::send_fds(self.sock.as_fd(), b'h', &[config, status])?;
+        loop {
+            match warren_sys::fd::send_fds(self.sock.as_fd(), b'h', &[config, status]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => break r?,
+            }
+        }
         let mut b = [0u8; 4];
-        let n = nix::sys::socket::recv(self.sock.as_raw_fd(), &mut b, MsgFlags::empty())
-            .map_err(io::Error::from)?;
+        let n = loop {
+            match nix::sys::socket::recv(self.sock.as_raw_fd(), &mut b, MsgFlags::empty()) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r.map_err(io::Error::from)?,
+            }
+        };
         match i32::from_le_bytes(b) {
             pid if n == 4 && pid > 0 => Ok(pid),
             _ => Err(io::Error::other("the zygote could not fork a helper")),
@@ -167,5 +182,61 @@ fn reap() {
         if matches!(s, WaitStatus::StillAlive) {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use nix::sys::pthread::{pthread_kill, pthread_self};
+
+    use super::*;
+
+    #[test]
+    fn a_signal_during_the_wait_is_not_an_answer() {
+        // The daemon's side of a zygote's socket, the test playing the zygote: it answers
+        // late, and meanwhile a signal that has a handler (the one tokio installs for
+        // `SIGUSR2`, with SA_RESTART) interrupts the wait for the answer.
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .unwrap();
+        setsockopt(&ours, sockopt::ReceiveTimeout, &TimeVal::new(10, 0)).unwrap();
+        let zygote = Zygote {
+            sock: ours,
+            child: Command::new("true").spawn().unwrap(),
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _handled = rt.block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
+        });
+        let fake = std::thread::spawn(move || {
+            let fds = warren_sys::fd::recv_fds(theirs.as_fd()).unwrap().unwrap();
+            assert_eq!(fds.len(), 2);
+            std::thread::sleep(Duration::from_millis(300));
+            nix::sys::socket::send(
+                theirs.as_raw_fd(),
+                &4242i32.to_le_bytes(),
+                MsgFlags::empty(),
+            )
+            .unwrap();
+        });
+        let waiter = pthread_self();
+        let signaller = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            pthread_kill(waiter, Signal::SIGUSR2).unwrap();
+        });
+        let (config, status) = nix::unistd::pipe().unwrap();
+        let pid = zygote.fork_helper(config.as_fd(), status.as_fd());
+        signaller.join().unwrap();
+        fake.join().unwrap();
+        assert_eq!(pid.unwrap(), 4242);
     }
 }
