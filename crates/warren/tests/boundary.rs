@@ -1525,6 +1525,17 @@ fn host_directories_stay_read_only_below_and_nothing_honours_setuid_or_devices()
     let _ = std::fs::remove_dir_all(common::test_root().join("data/volumes/bnd-vol"));
 }
 
+/// `warren doctor` of another Warren of the host, with directories of its own.
+fn doctor_of_another_warren() -> std::process::Output {
+    let other = tempfile::tempdir_in("/tmp").unwrap();
+    Command::new(env!("CARGO_BIN_EXE_warren"))
+        .arg("doctor")
+        .env("WARREN_RUN_DIR", other.path().join("run"))
+        .env("WARREN_DATA_DIR", other.path().join("data"))
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn doctor_tells_another_daemons_live_link_from_a_leftover() {
     if !can_run("doctor_tells_another_daemons_live_link_from_a_leftover") {
@@ -1534,14 +1545,7 @@ fn doctor_tells_another_daemons_live_link_from_a_leftover() {
     let d = Daemon::start(false);
     let id = d.create(&["--no-home", "--network", "nat"]);
     let link = warren_runtime::network::link_name(&id);
-    // Another Warren of the host, with directories of its own.
-    let other = tempfile::tempdir_in("/tmp").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .arg("doctor")
-        .env("WARREN_RUN_DIR", other.path().join("run"))
-        .env("WARREN_DATA_DIR", other.path().join("data"))
-        .output()
-        .unwrap();
+    let o = doctor_of_another_warren();
     assert!(
         !stdout(&o).contains(&link),
         "another daemon's live sandbox was reported as a leftover:\n{}",
@@ -1575,13 +1579,7 @@ fn doctor_tells_a_live_sandbox_of_a_renamed_binary_from_a_leftover() {
         "warren-renamed",
         "the helper runs the renamed binary"
     );
-    let other = tempfile::tempdir_in("/tmp").unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .arg("doctor")
-        .env("WARREN_RUN_DIR", other.path().join("run"))
-        .env("WARREN_DATA_DIR", other.path().join("data"))
-        .output()
-        .unwrap();
+    let o = doctor_of_another_warren();
     assert!(
         !stdout(&o).contains(&id) && !stdout(&o).contains(&link),
         "a live sandbox of a renamed binary was reported as a leftover:\n{}{}",
