@@ -258,10 +258,19 @@ impl NamespaceBackend {
     /// configuration once they are dropped, and exits.
     fn fork_by_zygote(&self) -> Option<(i32, OwnedFd, OwnedFd, OwnedFd)> {
         use nix::fcntl::OFlag;
-        let mut zygote = self.zygote.lock().unwrap_or_else(|e| e.into_inner());
-        for _ in 0..2 {
+        let pipes = || {
             let (config_r, config_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
             let (status_r, status_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
+            Some((config_r, config_w, status_r, status_w))
+        };
+        // The first try's pipes are made before the lock, which every create waits for.
+        let mut next = pipes();
+        let mut zygote = self.zygote.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..2 {
+            let (config_r, config_w, status_r, status_w) = match next.take() {
+                Some(p) => p,
+                None => pipes()?,
+            };
             if zygote.is_none() {
                 *zygote = Some(Zygote::start(&self.exe).ok()?);
             }
