@@ -8,7 +8,7 @@
 //! link (a sandbox being made has its rules a moment before its link).
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::namespace::helper_alive;
 use crate::network::{link_helper, link_name, LINK_PREFIX};
@@ -86,6 +86,19 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
     let data_s = paths.data.display().to_string();
     for line in mountinfo.lines() {
         let mnt = line.split(' ').nth(4).unwrap_or("");
+        // A daemon's tmpfs for the run directories (any Warren's) is left over only when
+        // it is this one's, holds none and no daemon serves on it.
+        if let Some(at) = crate::rundir::run_mount(line) {
+            let empty = fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_none());
+            let served = std::os::unix::net::UnixStream::connect(paths.run.join("warren.sock"));
+            if runs == Path::new(&at) && empty && served.is_err() {
+                out.push(Leftover {
+                    kind: "mount",
+                    what: at,
+                });
+            }
+            continue;
+        }
         if mnt.starts_with(&run_s) || mnt.starts_with(&data_s) || mnt.contains("warren") {
             out.push(Leftover {
                 kind: "mount",

@@ -22,6 +22,7 @@ pub mod network;
 pub mod oci;
 pub mod process;
 pub mod runc;
+pub mod rundir;
 pub mod template;
 pub mod trace;
 pub mod tree;

@@ -387,6 +387,9 @@ fn sandboxes_outlive_their_daemon_and_the_next_one_adopts_them() {
     }
     let _turn = my_turn();
     let mut d = Daemon::start(false);
+    // The run directories are on a tmpfs of the daemon's when the test's are on a disk.
+    let on_disk = !on_tmpfs(&d.run_dir());
+    assert_eq!(run_tmpfs(&d), on_disk);
     let id = d.create(&["--name", "survivor"]);
     let id = id.as_str();
     d.ok(&["exec", id, "--", "sh", "-c", "echo before > /tmp/mark"]);
@@ -415,6 +418,8 @@ fn sandboxes_outlive_their_daemon_and_the_next_one_adopts_them() {
         ("SIGTERM", Daemon::shut_down),
     ] {
         stop(&mut d);
+        // A sandbox lives in it: it stays for the next daemon.
+        assert_eq!(run_tmpfs(&d), on_disk, "after {how}");
         let o = d.run(&["ls"]);
         assert_eq!(code(&o), Some(125), "no daemon: {}", stderr(&o));
         assert!(
@@ -444,7 +449,31 @@ fn sandboxes_outlive_their_daemon_and_the_next_one_adopts_them() {
         .filter(|l| l.split_whitespace().nth(1) == Some("adopted"))
         .count();
     assert_eq!(adoptions, 2, "{logs}");
+    let run = d.run_dir();
     d.finish();
+    // The last daemon, stopping with no sandbox left, took it down.
+    assert!(
+        !mounted_at(&run.join("sandboxes")),
+        "the run tmpfs outlived the daemon"
+    );
+}
+
+fn on_tmpfs(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir).unwrap().filesystem_type() == nix::sys::statfs::TMPFS_MAGIC
+}
+
+/// The daemon's tmpfs is mounted on its sandboxes' run directories.
+fn run_tmpfs(d: &Daemon) -> bool {
+    let dir = d.run_dir().join("sandboxes");
+    mounted_at(&dir) && on_tmpfs(&dir)
+}
+
+fn mounted_at(dir: &Path) -> bool {
+    let at = dir.display().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(at.as_str()))
 }
 
 /// Joins a shared terminal over the daemon's unix socket.

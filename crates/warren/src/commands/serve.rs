@@ -404,7 +404,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.check_config {
         return Ok(check(&args, config_path.as_deref()));
     }
-    let (config, limits, e2b, tls_files, file) = load_config(config_path.as_deref())?;
+    let (mut config, limits, e2b, tls_files, file) = load_config(config_path.as_deref())?;
+    config.run_in_memory = true;
     let tls_files = match (args.e2b_tls_cert, args.e2b_tls_key) {
         (Some(c), Some(k)) => Some((c, k)),
         _ => tls_files,
@@ -507,9 +508,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             options: e2b,
             tls,
         });
-        warren_server::serve_with(mgr, socket, args.listen, e2b_listen, ssh, limits, ready)
-            .await
-            .context("cannot serve")
+        let served =
+            warren_server::serve_with(mgr, socket, args.listen, e2b_listen, ssh, limits, ready)
+                .await
+                .context("cannot serve");
+        if let Err(e) = warren_runtime::rundir::release(&paths) {
+            tracing::warn!("cannot unmount the sandboxes' run directories: {e}");
+        }
+        served
     })?;
     Ok(ExitCode::SUCCESS)
 }
