@@ -926,7 +926,7 @@ fn mount_disk(data: &Path, size: u64, run: &Path) -> crate::helper::Setup<PathBu
     let img = data.join("disk.img");
     let new = !img.exists();
     if new {
-        crate::helper::make_ext4(&img, size, HOST_ID_BASE)?;
+        crate::helper::make_ext4(&img, size, HOST_ID_BASE, crate::helper::Image::Disk)?;
     }
     let at = run.join(DISK_MOUNT);
     std::fs::DirBuilder::new()

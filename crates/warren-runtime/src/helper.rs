@@ -711,7 +711,7 @@ fn writable_layer(
             let img = data.join("disk.img");
             let fresh = !img.exists();
             if fresh {
-                make_ext4(&img, size, HOST_ID_BASE)?;
+                make_ext4(&img, size, HOST_ID_BASE, Image::Disk)?;
             }
             let mnt = run.join("disk");
             fs::create_dir_all(&mnt).map_err(fail("create the disk mount point"))?;
@@ -739,15 +739,27 @@ fn in_memory_layer(config: &HelperConfig) -> bool {
     config.ephemeral && config.spec.resources.disk.is_none()
 }
 
+/// What an ext4 image is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Image {
+    /// A sandbox's disk: its size is fixed for its life, so the image has no blocks kept
+    /// for growing it while mounted (`resize_inode`: 2 MiB of a 4 GiB image's 2.2 MiB of
+    /// metadata, copied and synced for every new sandbox).
+    Disk,
+    /// A home volume, which grows (offline, `resize2fs`) when its owner asks.
+    Volume,
+}
+
 /// Makes a sparse ext4 image of `size` bytes whose root directory `owner` owns, at
 /// `img` (a sandbox's `DATA/sandboxes/ID/disk.img` or a volume's
 /// `DATA/volumes/NAME/volume.img`).
 ///
-/// The first image of a size and owner is made by `mkfs.ext4` (some 7-10 ms: a process,
-/// and the metadata of every block group written) as a blank kept in `DATA/.blank-disks`;
-/// each image after it is a sparse copy of that blank (its 2 MiB or so of metadata, about
-/// 1 ms). Copies share the blank's filesystem UUID, which nothing mounts by.
-pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
+/// The first image of a kind, size and owner is made by `mkfs.ext4` (some 7-10 ms: a
+/// process, and the metadata of every block group written) as a blank kept in
+/// `DATA/.blank-disks`; each image after it is a sparse copy of that blank (a disk's
+/// 180 KiB of metadata, a volume's 2 MiB or so). Copies share the blank's filesystem
+/// UUID, which nothing mounts by.
+pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32, kind: Image) -> Setup<()> {
     const MIN: u64 = 16 << 20;
     if size < MIN {
         return Err(format!("a disk of {size} bytes is too small: give at least 16M").into());
@@ -771,7 +783,7 @@ pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
     let blank = img
         .ancestors()
         .nth(3)
-        .map(|data| blank_disk(data, size, owner));
+        .map(|data| blank_disk(data, size, owner, kind));
     // A copy made ahead (see `make_spare`) is taken whole, by one rename: of two takers
     // only one gets it, and the other copies the blank itself.
     if let Some(b) = &blank {
@@ -784,7 +796,7 @@ pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
         _ => false,
     };
     if !copied {
-        mkfs_ext4(&tmp, size, owner)?;
+        mkfs_ext4(&tmp, size, owner, kind)?;
         if let Some(b) = &blank {
             // Kept for the next image of this size, made aside and renamed into place so
             // a half-made blank is never copied. Failing to keep it costs only time.
@@ -794,11 +806,14 @@ pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32) -> Setup<()> {
     fs::rename(&tmp, img).map_err(fail("place the disk image"))
 }
 
-/// The kept blank image of `size` bytes whose root `owner` owns, under the data
+/// The kept blank image of `kind`, `size` bytes, whose root `owner` owns, under the data
 /// directory `data`.
-fn blank_disk(data: &Path, size: u64, owner: u32) -> PathBuf {
-    data.join(".blank-disks")
-        .join(format!("{size}-{owner}.img"))
+fn blank_disk(data: &Path, size: u64, owner: u32, kind: Image) -> PathBuf {
+    let name = match kind {
+        Image::Disk => format!("{size}-{owner}-disk.img"),
+        Image::Volume => format!("{size}-{owner}.img"),
+    };
+    data.join(".blank-disks").join(name)
 }
 
 /// Leaves a copy of the blank of `size` and `owner` (`DATA/.blank-disks/SIZE-OWNER.spare`)
@@ -807,7 +822,7 @@ fn blank_disk(data: &Path, size: u64, owner: u32) -> PathBuf {
 /// then happen after a sandbox is ready rather than in the next one's create. Failing
 /// costs only that time.
 pub(crate) fn make_spare(data: &Path, size: u64, owner: u32) {
-    let blank = blank_disk(data, size, owner);
+    let blank = blank_disk(data, size, owner, Image::Disk);
     let spare = blank.with_extension("spare");
     if !blank.exists() || spare.exists() {
         return;
@@ -817,11 +832,15 @@ pub(crate) fn make_spare(data: &Path, size: u64, owner: u32) {
 }
 
 /// `mkfs.ext4` of a new sparse file `at` of `size` bytes, its root owned by `owner`.
-fn mkfs_ext4(at: &Path, size: u64, owner: u32) -> Setup<()> {
+fn mkfs_ext4(at: &Path, size: u64, owner: u32, kind: Image) -> Setup<()> {
     let f = fs::File::create(at).map_err(fail("create the disk image"))?;
     f.set_len(size).map_err(fail("size the disk image"))?;
     drop(f);
-    let out = std::process::Command::new("mkfs.ext4")
+    let mut mkfs = std::process::Command::new("mkfs.ext4");
+    if kind == Image::Disk {
+        mkfs.args(["-O", "^resize_inode"]);
+    }
+    let out = mkfs
         .env("LC_ALL", "C")
         .args(["-q", "-F", "-m", "0", "-E"])
         .arg(format!(
@@ -1062,7 +1081,7 @@ pub(crate) fn place_volume(
     if img.exists() || (size.is_some() && !data.exists()) {
         let new = !img.exists();
         if new {
-            make_ext4(&img, size.unwrap_or(0), owner)?;
+            make_ext4(&img, size.unwrap_or(0), owner, Image::Volume)?;
         }
         drop(turn);
         // Mounted aside, then shown through the mapping where it belongs.
@@ -1320,6 +1339,20 @@ mod tests {
         );
     }
 
+    /// The filesystem features `dumpe2fs -h` lists for image `img`.
+    fn features(img: &Path) -> String {
+        let out = std::process::Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(img)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Filesystem features:"))
+            .unwrap_or_default()
+            .to_string()
+    }
+
     #[test]
     fn disk_images_after_the_first_are_copies_of_a_kept_blank() {
         let data = tempfile::tempdir().unwrap();
@@ -1339,18 +1372,27 @@ mod tests {
             return;
         }
         let (a, b) = (img("a"), img("b"));
-        make_ext4(&a, 64 << 20, 1234).unwrap();
+        make_ext4(&a, 64 << 20, 1234, Image::Disk).unwrap();
         let blank = data
             .path()
             .join(".blank-disks")
-            .join(format!("{}-1234.img", 64 << 20));
+            .join(format!("{}-1234-disk.img", 64 << 20));
         assert!(blank.exists());
-        make_ext4(&b, 64 << 20, 1234).unwrap();
+        make_ext4(&b, 64 << 20, 1234, Image::Disk).unwrap();
         assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
         assert_eq!(fs::metadata(&b).unwrap().len(), 64 << 20);
+        // A disk keeps no blocks for growing: what a copy writes is a few blocks a group.
+        let allocated = |p: &Path| fs::metadata(p).unwrap().blocks() * 512;
+        assert!(allocated(&b) < 512 << 10, "{} bytes", allocated(&b));
+        // A volume, which grows, has them, and a blank of its own.
+        let v = img("v");
+        make_ext4(&v, 64 << 20, 1234, Image::Volume).unwrap();
+        assert!(features(&v).contains("resize_inode"), "{}", features(&v));
+        assert!(!features(&b).contains("resize_inode"), "{}", features(&b));
+        fs::remove_file(blank.with_file_name(format!("{}-1234.img", 64 << 20))).unwrap();
         // Another size or owner has a blank of its own.
         let c = img("c");
-        make_ext4(&c, 32 << 20, 1234).unwrap();
+        make_ext4(&c, 32 << 20, 1234, Image::Disk).unwrap();
         assert_eq!(fs::read_dir(blank.parent().unwrap()).unwrap().count(), 2);
         // A spare made ahead is the next image of its size, taken whole; then there is
         // none until one is made again.
@@ -1358,7 +1400,7 @@ mod tests {
         make_spare(data.path(), 64 << 20, 1234);
         let ino = fs::metadata(&spare).unwrap().ino();
         let d = img("d");
-        make_ext4(&d, 64 << 20, 1234).unwrap();
+        make_ext4(&d, 64 << 20, 1234, Image::Disk).unwrap();
         assert!(!spare.exists());
         assert_eq!(fs::metadata(&d).unwrap().ino(), ino);
         assert_eq!(fs::read(&a).unwrap(), fs::read(&d).unwrap());

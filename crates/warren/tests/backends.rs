@@ -1927,7 +1927,7 @@ fn an_oci_sandboxs_disk_holds_through_stop_snapshot_and_saved_memory() {
         // The next disk of that size is copied once this one is ready, off the create's
         // path, for the next create to take by a rename.
         let spare = d.data_dir().join(".blank-disks").join(format!(
-            "{}-{}.spare",
+            "{}-{}-disk.spare",
             32 << 20,
             warren_runtime::HOST_ID_BASE
         ));
