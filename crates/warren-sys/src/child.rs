@@ -557,13 +557,13 @@ fn above_stdio(fd: OwnedFd) -> io::Result<OwnedFd> {
 }
 
 /// An anonymous stack with a guard page at its low end, unmapped on drop.
-struct Stack {
+pub(crate) struct Stack {
     base: *mut c_void,
     len: usize,
 }
 
 impl Stack {
-    fn new(size: usize) -> io::Result<Self> {
+    pub(crate) fn new(size: usize) -> io::Result<Self> {
         let len = size + 4096;
         // SAFETY: a fresh private anonymous mapping; no existing memory is touched.
         let base = unsafe {
@@ -587,7 +587,7 @@ impl Stack {
 
     /// The highest address, where a downward-growing stack starts (16-byte aligned: the
     /// mapping is page aligned).
-    fn top(&self) -> *mut c_void {
+    pub(crate) fn top(&self) -> *mut c_void {
         // SAFETY: one past the end of the mapping, which is `len` bytes long.
         unsafe { self.base.cast::<u8>().add(self.len).cast() }
     }
@@ -601,10 +601,10 @@ impl Drop for Stack {
 }
 
 /// Every signal blocked in the calling thread; the previous mask back on drop.
-struct BlockedSignals(libc::sigset_t);
+pub(crate) struct BlockedSignals(libc::sigset_t);
 
 impl BlockedSignals {
-    fn all() -> io::Result<Self> {
+    pub(crate) fn all() -> io::Result<Self> {
         // SAFETY: sigfillset and pthread_sigmask initialise and read the sets given.
         unsafe {
             let mut all: libc::sigset_t = std::mem::zeroed();

@@ -161,41 +161,55 @@ pub fn clone_process_owned_by(flags: CloneFlags, owner: u32) -> io::Result<Forke
 }
 
 /// A user namespace with these maps and no process in it: a description of an id
-/// mapping for idmapped mounts (see `mount::DetachedMount::idmap`). A throwaway child
-/// creates it and exits once the maps are written. Single-threaded caller.
+/// mapping for idmapped mounts (see `mount::DetachedMount::idmap`). A throwaway child,
+/// cloned into the new namespace sharing this process's memory (no page tables copied,
+/// no copy-on-write faults after), holds it until the maps are written and the namespace
+/// opened, then exits.
 pub fn idmap_userns(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
+    use crate::child::{BlockedSignals, Stack};
+    // The child only waits for a byte on this pipe and exits.
     let (r, w) = nix::unistd::pipe()?;
-    let (r2, w2) = nix::unistd::pipe()?;
-    match fork_process()? {
-        Forked::Child => {
-            drop(r);
-            drop(w2);
-            let ok = nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok();
-            let _ = nix::unistd::write(&w, if ok { b"k" } else { b"e" });
-            // Wait for the parent to have written the maps and opened the namespace.
-            let mut b = [0u8; 1];
-            let _ = nix::unistd::read(r2.as_raw_fd(), &mut b);
-            // SAFETY: _exit ends this forked child without running the parent's handlers.
-            unsafe { libc::_exit(0) }
-        }
-        Forked::Parent(child) => {
-            drop(w);
-            drop(r2);
-            let result = (|| {
-                let mut b = [0u8; 1];
-                match nix::unistd::read(r.as_raw_fd(), &mut b) {
-                    Ok(1) if b[0] == b'k' => {}
-                    _ => return Err(io::Error::other("could not make a user namespace")),
-                }
-                std::fs::write(format!("/proc/{child}/uid_map"), uid_map)?;
-                std::fs::write(format!("/proc/{child}/gid_map"), gid_map)?;
-                open_ns(child, "user")
-            })();
-            drop(w2);
-            let _ = nix::sys::wait::waitpid(child, None);
-            result
+    let stack = Stack::new(16 << 10)?;
+    // No handler of this process may run in the child (it shares our memory): it is born
+    // with every signal blocked, and ends without unblocking any.
+    let blocked = BlockedSignals::all()?;
+    extern "C" fn hold(arg: *mut libc::c_void) -> libc::c_int {
+        let fd = arg as usize as libc::c_int;
+        let mut b = 0u8;
+        // SAFETY: read into a byte on this stack, then _exit: two syscalls and no memory
+        // of the parent's touched.
+        unsafe {
+            libc::read(fd, std::ptr::from_mut(&mut b).cast(), 1);
+            libc::_exit(0)
         }
     }
+    // SAFETY: `hold` runs on `stack`, which stays mapped until the child is reaped below,
+    // and touches nothing but that stack; its argument is a descriptor number. CLONE_VM
+    // without CLONE_FILES or CLONE_SIGHAND: the child shares this memory only.
+    let pid = unsafe {
+        libc::clone(
+            hold,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD,
+            r.as_raw_fd() as usize as *mut libc::c_void,
+        )
+    };
+    drop(blocked);
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let child = Pid::from_raw(pid);
+    let result = (|| {
+        std::fs::write(format!("/proc/{child}/uid_map"), uid_map)?;
+        std::fs::write(format!("/proc/{child}/gid_map"), gid_map)?;
+        open_ns(child, "user")
+    })();
+    // A byte ends its wait (not the pipe's end: its copy of the descriptors holds the
+    // writing end too).
+    let _ = nix::unistd::write(&w, b"x");
+    let _ = nix::sys::wait::waitpid(child, None);
+    drop((r, w, stack));
+    result
 }
 
 /// Writes the uid and gid maps of `pid`'s user namespace: `inside` maps to host ids
@@ -289,4 +303,48 @@ pub fn loopback_up() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn an_idmap_namespace_shows_files_through_its_maps() {
+        if !warren_testkit::needs_root(
+            "ns::an_idmap_namespace_shows_files_through_its_maps",
+            "user namespaces with maps and idmapped mounts",
+        ) {
+            return;
+        }
+        let map = "0 0 1\n100000 200000 10\n";
+        let ns = idmap_userns(map, map).unwrap();
+        let ns2 = idmap_userns(map, map).unwrap();
+        let id = |fd: &OwnedFd| std::fs::metadata(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+        assert_ne!(
+            id(&ns).unwrap().ino(),
+            id(&ns2).unwrap().ino(),
+            "one namespace each"
+        );
+        // In a mount namespace of this thread's own, a file stored as 100005 is seen as
+        // 200005 through a mount idmapped by it.
+        std::thread::spawn(move || {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS).unwrap();
+            crate::mount::set_propagation(Path::new("/"), nix::mount::MsFlags::MS_PRIVATE).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let (src, at) = (dir.path().join("src"), dir.path().join("at"));
+            std::fs::create_dir(&src).unwrap();
+            std::fs::create_dir(&at).unwrap();
+            std::fs::write(src.join("f"), "x").unwrap();
+            std::os::unix::fs::chown(src.join("f"), Some(100005), Some(100005)).unwrap();
+            crate::mount::bind_idmapped(&src, &at, ns.as_fd(), crate::mount::MountAttrs::PLAIN)
+                .unwrap();
+            let m = std::fs::metadata(at.join("f")).unwrap();
+            assert_eq!((m.uid(), m.gid()), (200005, 200005));
+            crate::mount::unmount(&at).unwrap();
+        })
+        .join()
+        .unwrap();
+    }
 }
