@@ -35,8 +35,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use warren_sys::cgroup::Hierarchy;
 use warren_sys::mount::{
-    bind, bind_idmapped, bind_with, mount_fs, mount_overlay, set_propagation, unmount, MountAttrs,
-    MsFlags,
+    bind, bind_idmapped, bind_with, mount_fs, mount_overlay, set_propagation, unmount,
+    DetachedMount, MountAttrs, MsFlags,
 };
 use warren_sys::ns::{self, Forked};
 use warren_types::spec::{HostMount, NetworkMode, SandboxSpec, VolumeMount};
@@ -55,7 +55,14 @@ pub struct HelperConfig {
     pub die_with_parent: Option<i32>,
     /// Remove the writable layer when the sandbox ends.
     pub ephemeral: bool,
+    /// Its disk, `DATA/sandboxes/ID/disk.img`, was made and mounted ahead by the daemon:
+    /// the mount is the descriptor at [`PREPARED_DISK_FD`] (see [`crate::prepared`]).
+    #[serde(default)]
+    pub prepared_disk: bool,
 }
+
+/// Where a helper forked with a prepared disk finds its mount.
+pub const PREPARED_DISK_FD: i32 = 3;
 
 /// The helper's one status line on stdout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -130,7 +137,12 @@ pub fn main() -> ! {
         // sandbox for good need not wait for the rest (see `Instance::end`).
         Ok(c) => {
             let stopped = status.as_fd().try_clone_to_owned().ok();
-            run(&c, status, stopped)
+            // Taken before anything else is opened; without it the disk is made here.
+            let disk = c
+                .prepared_disk
+                .then(|| warren_sys::fd::take_inherited(PREPARED_DISK_FD).ok())
+                .flatten();
+            run(&c, status, stopped, disk)
         }
         Err(e) => report_and_exit(
             status,
@@ -144,13 +156,20 @@ pub fn main() -> ! {
 
 /// Builds the sandbox of `config`, writes one status line to `status`, then watches the
 /// sandbox until it ends, writing a byte to `stopped` (if given) once its processes are
-/// gone and before the rest of the teardown. Never returns.
-pub fn run(config: &HelperConfig, mut status: fs::File, stopped: Option<OwnedFd>) -> ! {
+/// gone and before the rest of the teardown. `disk` is the mount of a disk made ahead
+/// (see [`HelperConfig::prepared_disk`]). Never returns.
+pub fn run(
+    config: &HelperConfig,
+    mut status: fs::File,
+    stopped: Option<OwnedFd>,
+    disk: Option<OwnedFd>,
+) -> ! {
     crate::trace::mark("helper: configuration read");
     // Nothing its caller left open may reach the sandbox (see warren_sys::fd).
     let keep = [
         status.as_raw_fd(),
         stopped.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        disk.as_ref().map_or(-1, |f| f.as_raw_fd()),
     ];
     if let Err(e) = warren_sys::fd::close_all_except(&keep) {
         report_and_exit(
@@ -161,7 +180,7 @@ pub fn run(config: &HelperConfig, mut status: fs::File, stopped: Option<OwnedFd>
             },
         );
     }
-    let mut monitor = match Sandbox::build(config) {
+    let mut monitor = match Sandbox::build(config, disk.map(DetachedMount::from)) {
         Ok(m) => m,
         Err(e) => report_and_exit(
             status,
@@ -383,7 +402,7 @@ fn fail(what: &str) -> impl FnOnce(std::io::Error) -> SetupError + '_ {
 }
 
 impl Sandbox {
-    fn build(config: &HelperConfig) -> Setup<Self> {
+    fn build(config: &HelperConfig, disk: Option<DetachedMount>) -> Setup<Self> {
         let spec = &config.spec;
         if let Some(parent) = config.die_with_parent {
             ns::set_parent_death_signal(Signal::SIGTERM).map_err(fail("set death signal"))?;
@@ -454,7 +473,7 @@ impl Sandbox {
 
         let root = run.join("root");
         fs::create_dir_all(&root).map_err(fail("create the root mount point"))?;
-        let (rw, disk) = writable_layer(config, &run, &data)?;
+        let (rw, disk) = writable_layer(config, &run, &data, disk)?;
         cleanup.mounts.extend(disk);
         crate::trace::mark("helper: writable layer");
         template.check_layers()?;
@@ -683,11 +702,13 @@ fn block_signals() -> Setup<()> {
 
 /// The directory holding the overlay's upper and work directories: on the host's disk,
 /// in memory, or inside a loop-mounted ext4 image of the requested size when the disk is
-/// bounded (whose mount point is returned too, for the teardown).
+/// bounded (whose mount point is returned too, for the teardown). `prepared` is that
+/// image's mount when the daemon made it ahead.
 fn writable_layer(
     config: &HelperConfig,
     run: &Path,
     data: &Path,
+    prepared: Option<DetachedMount>,
 ) -> Setup<(PathBuf, Option<PathBuf>)> {
     let (base, mount) = match config.spec.resources.disk {
         // Nothing of an ephemeral sandbox outlives it: its layer lives in memory (charged
@@ -707,6 +728,14 @@ fn writable_layer(
             (mnt.clone(), Some(mnt))
         }
         None => (data.to_path_buf(), None),
+        Some(_) if prepared.is_some() => {
+            let mnt = run.join("disk");
+            fs::create_dir_all(&mnt).map_err(fail("create the disk mount point"))?;
+            if let Some(m) = prepared {
+                m.attach(&mnt).map_err(fail("place the disk"))?;
+            }
+            (mnt.clone(), Some(mnt))
+        }
         Some(size) => {
             let img = data.join("disk.img");
             let fresh = !img.exists();
@@ -808,7 +837,7 @@ pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32, kind: Image) -> Setup
 
 /// The kept blank image of `kind`, `size` bytes, whose root `owner` owns, under the data
 /// directory `data`.
-fn blank_disk(data: &Path, size: u64, owner: u32, kind: Image) -> PathBuf {
+pub(crate) fn blank_disk(data: &Path, size: u64, owner: u32, kind: Image) -> PathBuf {
     let name = match kind {
         Image::Disk => format!("{size}-{owner}-disk.img"),
         Image::Volume => format!("{size}-{owner}.img"),
@@ -870,7 +899,7 @@ fn keep_blank(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Copies `from` to `to` beside it under a dot-name no taker looks for, then renames it
 /// into place: a half-made copy is never seen at `to`. Creates nothing but that file.
-fn copy_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
     let id = crate::new_id().map_err(|e| std::io::Error::other(e.to_string()))?;
     let aside = to.with_file_name(format!(".{id}"));
     let r = copy_sparse(from, &aside).and_then(|()| fs::rename(&aside, to));

@@ -20,6 +20,7 @@ pub mod mounts;
 pub mod namespace;
 pub mod network;
 pub mod oci;
+pub mod prepared;
 pub mod process;
 pub mod runc;
 pub mod rundir;

@@ -25,6 +25,7 @@ use warren_types::spec::NetworkMode;
 use crate::backend::{BoxFuture, Teardowns};
 use crate::client::AgentClient;
 use crate::helper::{HelperConfig, HelperStatus};
+use crate::prepared::PreparedDisk;
 use crate::zygote::Zygote;
 use crate::{Error, Instance, Paths, Result, Usage, PREFIX};
 
@@ -50,6 +51,17 @@ pub struct NamespaceBackend {
     teardowns: Teardowns,
     /// What forks the helpers (see [`crate::zygote`]), started with the first create.
     zygote: std::sync::Arc<std::sync::Mutex<Option<Zygote>>>,
+    /// The next sandbox's disk, made ahead (see [`crate::prepared`]).
+    next_disk: std::sync::Arc<NextDisk>,
+}
+
+/// The disk made ahead for the next create, and whether one is being made.
+#[derive(Debug, Default)]
+struct NextDisk {
+    slot: std::sync::Mutex<Option<PreparedDisk>>,
+    making: std::sync::atomic::AtomicBool,
+    /// What a daemon before this one left has been removed.
+    cleared: std::sync::atomic::AtomicBool,
 }
 
 /// A live sandbox.
@@ -87,6 +99,7 @@ impl NamespaceBackend {
             hierarchy,
             teardowns: Teardowns::default(),
             zygote: Default::default(),
+            next_disk: Default::default(),
         })
     }
 
@@ -131,6 +144,7 @@ impl NamespaceBackend {
                 .then(std::process::id)
                 .map(|p| p as i32),
             ephemeral: opts.ephemeral,
+            prepared_disk: false,
         };
         let (r, w) = nix::unistd::pipe().map_err(|e| Error::Helper(format!("pipe: {e}")))?;
         // Close-on-exec: only the helper may hold the writing end, not what it starts.
@@ -140,7 +154,7 @@ impl NamespaceBackend {
             warren_sys::ns::Forked::Child => {
                 drop(r);
                 drop(stopped_r);
-                crate::helper::run(&config, std::fs::File::from(w), Some(stopped_w))
+                crate::helper::run(&config, std::fs::File::from(w), Some(stopped_w), None)
             }
             warren_sys::ns::Forked::Parent(pid) => {
                 drop(w);
@@ -178,7 +192,12 @@ impl NamespaceBackend {
     pub async fn create(&self, spec: SandboxSpec, opts: CreateOptions) -> Result<Sandbox> {
         validate(&spec)?;
         let id = spec.id.clone();
-        let config = HelperConfig {
+        // A helper that dies with its caller (`die_with_parent`) must be the caller's
+        // child; any other is the zygote's, and may be given a disk made ahead.
+        let by_zygote = !opts.die_with_parent;
+        let disk_size = spec.resources.disk.filter(|_| by_zygote);
+        let prepared = disk_size.and_then(|size| self.take_disk(&id, size));
+        let mut config = HelperConfig {
             spec,
             run_dir: self.paths.run.clone(),
             data_dir: self.paths.data.clone(),
@@ -187,19 +206,28 @@ impl NamespaceBackend {
                 .then(std::process::id)
                 .map(|p| p as i32),
             ephemeral: opts.ephemeral,
+            prepared_disk: prepared.is_some(),
         };
-        let input = serde_json::to_vec(&config).expect("helper config serializes");
-        // A helper that dies with its caller (`die_with_parent`) must be the caller's
-        // child; any other is the zygote's.
-        let forked = match opts.die_with_parent {
-            true => None,
-            false => self.fork_by_zygote(),
+        let forked = match by_zygote {
+            true => self.fork_by_zygote(prepared.as_ref().map(|m| m.as_fd())),
+            false => None,
         };
+        // The helper has its own copy now; without one, its image is mounted as any
+        // sandbox's existing disk is.
+        drop(prepared);
         if let Some((pid, exited, config_w, status_r)) = forked {
-            return self
+            let input = serde_json::to_vec(&config).expect("helper config serializes");
+            let made = self
                 .finish_spawned(id, &input, pid, exited, config_w, status_r)
                 .await;
+            // After it: the first sandbox of a size makes the blank the next disk copies.
+            if let Some(size) = disk_size {
+                self.make_next_disk(size);
+            }
+            return made;
         }
+        config.prepared_disk = false;
+        let input = serde_json::to_vec(&config).expect("helper config serializes");
         let mut child = tokio::process::Command::new(&self.exe)
             .arg(crate::helper::ARG)
             .stdin(Stdio::piped())
@@ -256,7 +284,10 @@ impl NamespaceBackend {
     /// pipe would race for it (one reads the configuration, the other an empty one, and
     /// both write to one status pipe). A helper left on a try's pipes reads an empty
     /// configuration once they are dropped, and exits.
-    fn fork_by_zygote(&self) -> Option<(i32, OwnedFd, OwnedFd, OwnedFd)> {
+    fn fork_by_zygote(
+        &self,
+        disk: Option<std::os::fd::BorrowedFd>,
+    ) -> Option<(i32, OwnedFd, OwnedFd, OwnedFd)> {
         use nix::fcntl::OFlag;
         let pipes = || {
             let (config_r, config_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).ok()?;
@@ -275,7 +306,7 @@ impl NamespaceBackend {
                 *zygote = Some(Zygote::start(&self.exe).ok()?);
             }
             let z = zygote.as_ref()?;
-            match z.fork_helper(config_r.as_fd(), status_w.as_fd()) {
+            match z.fork_helper(config_r.as_fd(), status_w.as_fd(), disk) {
                 Ok(pid) => {
                     drop(zygote);
                     // Until it has its configuration the helper waits: it cannot have
@@ -338,9 +369,71 @@ impl NamespaceBackend {
         }
     }
 
-    /// Waits for the helpers of sandboxes ended for good to finish their teardowns.
+    /// Waits for the helpers of sandboxes ended for good to finish their teardowns, and
+    /// drops the disk made ahead (a daemon stopping leaves none behind).
     pub async fn settle(&self) {
         self.teardowns.settle().await;
+        for _ in 0..100 {
+            if !self
+                .next_disk
+                .making
+                .load(std::sync::atomic::Ordering::SeqCst)
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let left = self.next_disk.slot.lock().ok().and_then(|mut s| s.take());
+        drop(left);
+    }
+
+    /// The disk made ahead, for sandbox `id` with a disk of `size` bytes: its image
+    /// renamed into the sandbox's data directory, its mount given. `None` when there is
+    /// none of that size, or the sandbox has a disk already (one started again).
+    fn take_disk(&self, id: &str, size: u64) -> Option<warren_sys::mount::DetachedMount> {
+        let data = self.paths.sandbox_data(id);
+        let img = data.join("disk.img");
+        if img.exists() {
+            return None;
+        }
+        let disk = self
+            .next_disk
+            .slot
+            .lock()
+            .ok()?
+            .take_if(|d| d.size == size)?;
+        std::fs::create_dir_all(&data).ok()?;
+        disk.take(&img).ok()
+    }
+
+    /// Makes the next disk of `size` bytes off the create's path, unless one is there or
+    /// being made.
+    fn make_next_disk(&self, size: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        let next = self.next_disk.clone();
+        if next.making.swap(true, SeqCst) {
+            return;
+        }
+        let data = self.paths.data.clone();
+        tokio::task::spawn_blocking(move || {
+            let have = next
+                .slot
+                .lock()
+                .map_or(true, |s| s.as_ref().is_some_and(|d| d.size == size));
+            if !have {
+                if !next.cleared.swap(true, SeqCst) {
+                    crate::prepared::clear_left(&data, None);
+                }
+                let made = PreparedDisk::make(&data, size);
+                let replaced = next
+                    .slot
+                    .lock()
+                    .ok()
+                    .and_then(|mut s| std::mem::replace(&mut *s, made));
+                drop(replaced);
+            }
+            next.making.store(false, SeqCst);
+        });
     }
 
     /// Takes over a sandbox whose helper is alive (made by an earlier daemon); `None` if

@@ -65,16 +65,24 @@ impl Zygote {
     }
 
     /// Has a helper forked that reads its configuration from `config` and writes its
-    /// status to `status`; its pid.
+    /// status to `status`, with the mount of a disk made ahead at
+    /// [`crate::helper::PREPARED_DISK_FD`] when `disk` is given; its pid.
     ///
     /// A signal that interrupts the wait is not an answer: with a receive timeout set,
     /// the kernel never restarts `recv` after a handler ran (signal(7)), and the daemon's
     /// threads take `SIGCHLD` for the children it starts. A caller that gives up on an
     /// error must not hand the same descriptors to another zygote: this one may have
     /// forked a helper on them already.
-    pub(crate) fn fork_helper(&self, config: BorrowedFd, status: BorrowedFd) -> io::Result<i32> {
+    pub(crate) fn fork_helper(
+        &self,
+        config: BorrowedFd,
+        status: BorrowedFd,
+        disk: Option<BorrowedFd>,
+    ) -> io::Result<i32> {
+        let mut fds = vec![config, status];
+        fds.extend(disk);
         loop {
-            match warren_sys::fd::send_fds(self.sock.as_fd(), b'h', &[config, status]) {
+            match warren_sys::fd::send_fds(self.sock.as_fd(), b'h', &fds) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 r => break r?,
             }
@@ -134,10 +142,15 @@ pub fn main() -> ! {
         let pid = match warren_sys::fd::recv_fds(sock) {
             // The daemon is gone.
             Ok(None) => std::process::exit(0),
-            Ok(Some(fds)) => match <[OwnedFd; 2]>::try_from(fds) {
-                Ok([config, status]) => fork_one(config, status, &chld),
-                Err(_) => -1,
-            },
+            Ok(Some(fds)) => {
+                let mut fds = fds.into_iter();
+                match (fds.next(), fds.next(), fds.next(), fds.next()) {
+                    (Some(config), Some(status), disk, None) => {
+                        fork_one(config, status, disk, &chld)
+                    }
+                    _ => -1,
+                }
+            }
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(_) => std::process::exit(1),
         };
@@ -149,8 +162,9 @@ pub fn main() -> ! {
     }
 }
 
-/// Forks a helper on `config` and `status`; its pid, or -1.
-fn fork_one(config: OwnedFd, status: OwnedFd, chld: &SigSet) -> i32 {
+/// Forks a helper on `config` and `status` (and `disk`, see [`Zygote::fork_helper`]); its
+/// pid, or -1.
+fn fork_one(config: OwnedFd, status: OwnedFd, disk: Option<OwnedFd>, chld: &SigSet) -> i32 {
     match warren_sys::ns::fork_process() {
         Ok(warren_sys::ns::Forked::Child) => {
             // A helper starts with the signal mask a helper started afresh has (it blocks
@@ -167,6 +181,16 @@ fn fork_one(config: OwnedFd, status: OwnedFd, chld: &SigSet) -> i32 {
             }
             drop(config);
             drop(status);
+            // Its originals are gone: the disk's number cannot be one of theirs.
+            if let Some(d) = disk {
+                use std::os::fd::IntoRawFd;
+                let at = crate::helper::PREPARED_DISK_FD;
+                if d.as_raw_fd() == at {
+                    let _ = d.into_raw_fd();
+                } else if nix::unistd::dup2(d.as_raw_fd(), at).is_err() {
+                    std::process::exit(1);
+                }
+            }
             let exe = std::env::args().next().unwrap_or_default();
             let _ = warren_sys::proctitle::set(&format!("{exe}\0{}", crate::helper::ARG));
             crate::helper::main()
@@ -234,7 +258,7 @@ mod tests {
             pthread_kill(waiter, Signal::SIGUSR2).unwrap();
         });
         let (config, status) = nix::unistd::pipe().unwrap();
-        let pid = zygote.fork_helper(config.as_fd(), status.as_fd());
+        let pid = zygote.fork_helper(config.as_fd(), status.as_fd(), None);
         signaller.join().unwrap();
         fake.join().unwrap();
         assert_eq!(pid.unwrap(), 4242);

@@ -275,6 +275,18 @@ pub fn recv_fds(sock: std::os::fd::BorrowedFd) -> io::Result<Option<Vec<std::os:
 /// Most descriptors [`recv_fds`] takes from one message.
 pub const MAX_RECEIVED: usize = 4;
 
+/// Takes the descriptor a parent placed at `fd` for this process before it started
+/// (once, at start: nothing else in the process may own that number), moved above the
+/// standard three and close-on-exec.
+pub fn take_inherited(fd: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let moved = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3))?;
+    // SAFETY: fcntl just made `moved`, a new descriptor nothing else refers to.
+    let owned = unsafe { OwnedFd::from_raw_fd(moved) };
+    nix::unistd::close(fd)?;
+    Ok(owned)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::{AsRawFd, IntoRawFd};

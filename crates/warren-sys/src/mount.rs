@@ -286,6 +286,87 @@ pub fn clone_tree_at(dirfd: RawFd, path: &Path, recursive: bool) -> io::Result<D
     Ok(DetachedMount { fd, recursive })
 }
 
+const FSOPEN_CLOEXEC: libc::c_uint = 1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+
+/// Mounts the filesystem of type `fstype` on the block device `device` as a detached
+/// mount with `attrs` (fsopen, fsconfig, fsmount): in no namespace's table until it is
+/// placed with [`DetachedMount::attach`], and unmounted when its descriptor closes
+/// unplaced. One process can make it and another place it, in a namespace of its own.
+pub fn mount_detached(device: &Path, fstype: &str, attrs: MountAttrs) -> io::Result<DetachedMount> {
+    let kind = std::ffi::CString::new(fstype)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a type with a NUL byte"))?;
+    let source = path_cstr(device)?;
+    // SAFETY: fsopen reads the NUL-terminated type name, which outlives the call, and
+    // returns a new descriptor or -1.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, kind.as_ptr(), FSOPEN_CLOEXEC) };
+    if fs < 0 {
+        return Err(err_at("open a filesystem context for", device));
+    }
+    // SAFETY: fsopen returned a fresh descriptor that nothing else owns.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
+    // SAFETY: fsconfig reads the NUL-terminated key and value, which outlive the call;
+    // the descriptor is the context opened above.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            c"source".as_ptr(),
+            source.as_ptr(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(err_at("name the device", device));
+    }
+    // SAFETY: as above, with no key or value: the filesystem is made from the context.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(err_at("mount", device));
+    }
+    // SAFETY: fsmount takes the context's descriptor and flags, returns a new descriptor
+    // or -1.
+    let m = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            attrs.bits() as libc::c_uint,
+        )
+    };
+    if m < 0 {
+        return Err(err_at("make a mount of", device));
+    }
+    // SAFETY: fsmount returned a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(m as RawFd) };
+    Ok(DetachedMount {
+        fd,
+        recursive: false,
+    })
+}
+
+impl From<OwnedFd> for DetachedMount {
+    /// A detached mount received from another process (see [`mount_detached`]).
+    fn from(fd: OwnedFd) -> Self {
+        Self {
+            fd,
+            recursive: false,
+        }
+    }
+}
+
 fn err_at(what: &str, path: &Path) -> io::Error {
     let e = io::Error::last_os_error();
     io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()))
@@ -717,5 +798,57 @@ mod tests {
         File::open(&img).unwrap().remove_xattr(LOOP_ATTR).unwrap();
         let again = attach_loop(&img, false).unwrap();
         assert_eq!(again.path, first.path);
+    }
+
+    #[test]
+    fn a_detached_mount_is_placed_elsewhere_or_gone_with_its_descriptor() {
+        let test = "mount::a_detached_mount_is_placed_elsewhere_or_gone_with_its_descriptor";
+        if !warren_testkit::needs_root(test, "attaching loop devices and mounting") {
+            return;
+        }
+        let (dir, img) = backing();
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            warren_testkit::skip(test, "no mkfs.ext4");
+            return;
+        }
+        let bound = |dev: &Path| {
+            let name = dev.file_name().unwrap().to_string_lossy().into_owned();
+            Path::new("/sys/block")
+                .join(name)
+                .join("loop/backing_file")
+                .exists()
+        };
+        // Unplaced, it goes with its descriptor, and its loop device with it.
+        let dev = attach_loop(&img, true).unwrap();
+        let m = mount_detached(&dev.path, "ext4", MountAttrs::PLAIN).unwrap();
+        let path = dev.path.clone();
+        drop(dev);
+        assert!(bound(&path));
+        drop(m);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while bound(&path) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(!bound(&path), "{} still bound", path.display());
+        // Made here, placed in another mount namespace (a thread's own), written there.
+        let dev = attach_loop(&img, true).unwrap();
+        let m = mount_detached(&dev.path, "ext4", MountAttrs::PLAIN).unwrap();
+        drop(dev);
+        let at = dir.path().join("at");
+        std::fs::create_dir(&at).unwrap();
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            set_propagation(Path::new("/"), MsFlags::MS_PRIVATE).unwrap();
+            m.attach(&at).unwrap();
+            std::fs::write(at.join("f"), "x").unwrap();
+            assert!(at.join("lost+found").is_dir(), "not the image's filesystem");
+            umount2(&at, MntFlags::empty()).unwrap();
+        })
+        .join()
+        .unwrap();
     }
 }

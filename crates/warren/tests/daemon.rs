@@ -1371,3 +1371,88 @@ fn an_exec_streams_the_same_bytes_as_ndjson_lines_and_as_binary_frames() {
     d.ok(&["rm", "-f", &id]);
     d.finish();
 }
+
+/// The loop devices whose backing file is under `dir`.
+fn loops_under(dir: &Path) -> Vec<String> {
+    let out = Command::new("losetup")
+        .args(["-n", "-O", "NAME,BACK-FILE", "-l"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter(|l| l.contains(&*dir.display().to_string()))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The disks the daemon made ahead and has not given out, under its data directory.
+fn prepared_disks(d: &Daemon) -> usize {
+    std::fs::read_dir(d.data_dir().join(".blank-disks"))
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(".prepared-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_disk_made_ahead_is_the_next_sandboxs_own() {
+    if !can_run("a_disk_made_ahead_is_the_next_sandboxs_own") {
+        return;
+    }
+    let _turn = my_turn();
+    let mut d = Daemon::start(false);
+    let first = d.create(&["--disk", "32M"]);
+    assert_eq!(d.exec(&first, "echo mine > /root/first").0, 0);
+    // Once the first is made, the next disk of its size waits, mounted nowhere.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while prepared_disks(&d) == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(prepared_disks(&d), 1, "no disk made ahead");
+    let second = d.create(&["--disk", "32M"]);
+    let image = d
+        .data_dir()
+        .join("sandboxes")
+        .join(&second)
+        .join("disk.img");
+    assert!(
+        image.is_file(),
+        "the disk is not in the sandbox's data directory"
+    );
+    // Its own, empty, of its size, and full at its size.
+    let (code, out) = d.exec(
+        &second,
+        "ls /root; df -m / | awk 'NR==2 {print $2}'; \
+         { head -c 40M /dev/zero > /root/big; } 2>&1 | grep -c 'No space'; rm -f /root/big; \
+         echo kept > /root/second",
+    );
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let size: u64 = lines
+        .first()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(0);
+    assert!((24..=32).contains(&size), "df says {size} MiB: {out}");
+    assert_eq!(lines.get(1), Some(&"1"), "40M fit on a 32M disk: {out}");
+    // Its files stay on it through a stop and a start (the image, not the mount made
+    // ahead, is the sandbox's).
+    d.ok(&["stop", &second]);
+    d.ok(&["start", &second]);
+    assert_eq!(d.exec(&second, "cat /root/second"), (0, "kept\n".into()));
+    assert_eq!(d.exec(&first, "cat /root/first"), (0, "mine\n".into()));
+    let data = d.data_dir();
+    d.remove_all();
+    d.shut_down();
+    // The daemon that stopped left no disk made ahead, and no loop device.
+    let left: Vec<_> = std::fs::read_dir(data.join(".blank-disks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".prepared-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    assert!(loops_under(&data).is_empty(), "{:?}", loops_under(&data));
+    d.finish();
+}
