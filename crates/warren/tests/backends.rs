@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::can_run;
-use trust::{my_turn, Daemon, Options, Via};
+use trust::{loops_under, my_turn, Daemon, Options, Via};
 
 /// A directory for trust-mode sandboxes that the unprivileged user can reach (the
 /// daemon's own directory is private to root), removed at the end.
@@ -1874,19 +1874,6 @@ fn a_planted_link_for_the_agent_socket_is_not_followed() {
     d.ok(&["rm", &a]);
     d.ok(&["rm", &b]);
     d.finish();
-}
-
-/// Loop devices backed by a file under `dir`.
-fn loops_under(dir: &Path) -> Vec<String> {
-    let out = std::process::Command::new("losetup")
-        .args(["-n", "-O", "NAME,BACK-FILE", "-l"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.lines()
-        .filter(|l| l.contains(&*dir.display().to_string()))
-        .map(str::to_string)
-        .collect()
 }
 
 #[test]

@@ -18,7 +18,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{can_run, stderr, stdout};
-use trust::{my_turn, Daemon};
+use trust::{loops_under, my_turn, Daemon};
 
 fn code(o: &Output) -> Option<i32> {
     o.status.code()
@@ -1372,19 +1372,6 @@ fn an_exec_streams_the_same_bytes_as_ndjson_lines_and_as_binary_frames() {
     d.finish();
 }
 
-/// The loop devices whose backing file is under `dir`.
-fn loops_under(dir: &Path) -> Vec<String> {
-    let out = Command::new("losetup")
-        .args(["-n", "-O", "NAME,BACK-FILE", "-l"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.lines()
-        .filter(|l| l.contains(&*dir.display().to_string()))
-        .map(str::to_string)
-        .collect()
-}
-
 /// The disks the daemon made ahead and has not given out, under its data directory.
 fn prepared_disks(d: &Daemon) -> usize {
     std::fs::read_dir(d.data_dir().join(".blank-disks"))
@@ -1446,13 +1433,7 @@ fn a_disk_made_ahead_is_the_next_sandboxs_own() {
     d.remove_all();
     d.shut_down();
     // The daemon that stopped left no disk made ahead, and no loop device.
-    let left: Vec<_> = std::fs::read_dir(data.join(".blank-disks"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with(".prepared-"))
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(prepared_disks(&d), 0);
     assert!(loops_under(&data).is_empty(), "{:?}", loops_under(&data));
     d.finish();
 }

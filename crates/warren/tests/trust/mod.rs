@@ -789,3 +789,17 @@ pub fn two_tenants(config: Option<&str>) -> (Daemon, String, String) {
     let key_b = r.json()["api_key"].as_str().unwrap().to_string();
     (d, key_a, key_b)
 }
+
+/// The loop devices whose backing file is under `dir` (`losetup`), for a test that checks
+/// it left none.
+pub fn loops_under(dir: &Path) -> Vec<String> {
+    let out = Command::new("losetup")
+        .args(["-n", "-O", "NAME,BACK-FILE", "-l"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter(|l| l.contains(&*dir.display().to_string()))
+        .map(str::to_string)
+        .collect()
+}
