@@ -212,8 +212,8 @@ impl NamespaceBackend {
             true => self.fork_by_zygote(prepared.as_ref().map(|m| m.as_fd())),
             false => None,
         };
-        // The helper has its own copy now; without one, its image is mounted as any
-        // sandbox's existing disk is.
+        // The helper has its own copy now.
+        let taken = prepared.is_some();
         drop(prepared);
         if let Some((pid, exited, config_w, status_r)) = forked {
             let input = serde_json::to_vec(&config).expect("helper config serializes");
@@ -226,7 +226,13 @@ impl NamespaceBackend {
             }
             return made;
         }
-        config.prepared_disk = false;
+        if taken {
+            // No helper got the mount, which went with the descriptor dropped above and
+            // takes its loop device with it: the blank image goes too, and the helper
+            // started below makes the disk afresh rather than meet a device being cleared.
+            let _ = std::fs::remove_file(self.paths.sandbox_data(&id).join("disk.img"));
+            config.prepared_disk = false;
+        }
         let input = serde_json::to_vec(&config).expect("helper config serializes");
         let mut child = tokio::process::Command::new(&self.exe)
             .arg(crate::helper::ARG)
