@@ -108,9 +108,6 @@ pub struct Config {
     pub process: Option<warren_runtime::process::ProcessConfig>,
     /// Tenants other than the operator's that may ask for the process backend.
     pub process_tenants: Vec<String>,
-    /// Mount a tmpfs on the sandboxes' run directories when they are on a disk (see
-    /// [`warren_runtime::rundir`]); the daemon sets it and unmounts it as it stops.
-    pub run_in_memory: bool,
 }
 
 impl Config {
@@ -128,7 +125,6 @@ impl Config {
             crun: None,
             process: None,
             process_tenants: Vec::new(),
-            run_in_memory: false,
         }
     }
 }
@@ -399,21 +395,6 @@ impl Manager {
             .paths
             .secure()
             .map_err(|e| CoreError::Invalid(e.to_string()))?;
-        // Before any backend starts: the helpers it forks must see the mount.
-        let placed = match config.run_in_memory {
-            true => warren_runtime::rundir::keep_in_memory(&config.paths),
-            false => Ok(warren_runtime::rundir::Placed::InMemory),
-        };
-        match placed {
-            Ok(warren_runtime::rundir::Placed::Mounted) => {
-                tracing::info!("sandboxes' run directories on a tmpfs of their own")
-            }
-            Ok(warren_runtime::rundir::Placed::OnDisk(why)) => {
-                tracing::info!("sandboxes' run directories stay on the disk: {why}")
-            }
-            Ok(warren_runtime::rundir::Placed::InMemory) => {}
-            Err(e) => tracing::warn!("sandboxes' run directories stay on the disk: {e}"),
-        }
         let store = Store::open(&config.paths.data.join("warren.db"))?;
         let keys = Keyring::load_or_create(&config.paths.data.join("secret"))?;
         let namespace = NamespaceBackend::new(config.paths.clone(), config.exe.clone())

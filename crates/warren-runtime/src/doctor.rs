@@ -90,8 +90,7 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
         // it is this one's, holds none and no daemon serves on it.
         if let Some(at) = crate::rundir::run_mount(line) {
             let empty = fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_none());
-            let served = std::os::unix::net::UnixStream::connect(paths.run.join("warren.sock"));
-            if runs == Path::new(&at) && empty && served.is_err() {
+            if runs == Path::new(&at) && empty && !crate::rundir::served(paths) {
                 out.push(Leftover {
                     kind: "mount",
                     what: at,

@@ -728,23 +728,20 @@ fn writable_layer(
             (mnt.clone(), Some(mnt))
         }
         None => (data.to_path_buf(), None),
-        Some(_) if prepared.is_some() => {
-            let mnt = run.join("disk");
-            fs::create_dir_all(&mnt).map_err(fail("create the disk mount point"))?;
-            if let Some(m) = prepared {
-                m.attach(&mnt).map_err(fail("place the disk"))?;
-            }
-            (mnt.clone(), Some(mnt))
-        }
         Some(size) => {
-            let img = data.join("disk.img");
-            let fresh = !img.exists();
-            if fresh {
-                make_ext4(&img, size, HOST_ID_BASE, Image::Disk)?;
-            }
             let mnt = run.join("disk");
             fs::create_dir_all(&mnt).map_err(fail("create the disk mount point"))?;
-            mount_image(&img, &mnt, fresh)?;
+            match prepared {
+                Some(m) => m.attach(&mnt).map_err(fail("place the disk"))?,
+                None => {
+                    let img = data.join("disk.img");
+                    let fresh = !img.exists();
+                    if fresh {
+                        make_ext4(&img, size, HOST_ID_BASE, Image::Disk)?;
+                    }
+                    mount_image(&img, &mnt, fresh)?;
+                }
+            }
             (mnt.clone(), Some(mnt))
         }
     };
@@ -808,31 +805,32 @@ pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32, kind: Image) -> Setup
             )));
         }
     }
-    let tmp = img.with_extension("tmp");
     let blank = img
         .ancestors()
         .nth(3)
         .map(|data| blank_disk(data, size, owner, kind));
-    // A copy made ahead (see `make_spare`) is taken whole, by one rename: of two takers
-    // only one gets it, and the other copies the blank itself.
-    if let Some(b) = &blank {
-        if fs::rename(b.with_extension("spare"), img).is_ok() {
+    if let Some(b) = blank.as_ref().filter(|b| b.exists()) {
+        if copy_of_blank(b, img).is_ok() {
             return Ok(());
         }
     }
-    let copied = match &blank {
-        Some(b) if b.exists() => copy_sparse(b, &tmp).is_ok(),
-        _ => false,
-    };
-    if !copied {
-        mkfs_ext4(&tmp, size, owner, kind)?;
-        if let Some(b) = &blank {
-            // Kept for the next image of this size, made aside and renamed into place so
-            // a half-made blank is never copied. Failing to keep it costs only time.
-            let _ = keep_blank(&tmp, b);
-        }
+    let tmp = img.with_extension("tmp");
+    mkfs_ext4(&tmp, size, owner, kind)?;
+    if let Some(b) = &blank {
+        // Kept for the next image of this size, made aside and renamed into place so a
+        // half-made blank is never copied. Failing to keep it costs only time.
+        let _ = keep_blank(&tmp, b);
     }
     fs::rename(&tmp, img).map_err(fail("place the disk image"))
+}
+
+/// A copy of the kept blank `blank` at `to`: the spare made ahead (see [`make_spare`]),
+/// taken whole by one rename (of two takers only one gets it), else a copy made now.
+pub(crate) fn copy_of_blank(blank: &Path, to: &Path) -> std::io::Result<()> {
+    if fs::rename(blank.with_extension("spare"), to).is_ok() {
+        return Ok(());
+    }
+    copy_into_place(blank, to)
 }
 
 /// The kept blank image of `kind`, `size` bytes, whose root `owner` owns, under the data
@@ -845,7 +843,8 @@ pub(crate) fn blank_disk(data: &Path, size: u64, owner: u32, kind: Image) -> Pat
     data.join(".blank-disks").join(name)
 }
 
-/// Leaves a copy of the blank of `size` and `owner` (`DATA/.blank-disks/SIZE-OWNER.spare`)
+/// Leaves a copy of the disk blank of `size` and `owner`
+/// (`DATA/.blank-disks/SIZE-OWNER-disk.spare`)
 /// for the next [`make_ext4`] of that size to take by a rename, when there is a blank
 /// and no spare yet: the copy and its sync (1-6 ms, most of it waiting for the disk)
 /// then happen after a sandbox is ready rather than in the next one's create. Failing

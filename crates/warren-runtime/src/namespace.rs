@@ -213,7 +213,6 @@ impl NamespaceBackend {
             false => None,
         };
         // The helper has its own copy now.
-        let taken = prepared.is_some();
         drop(prepared);
         if let Some((pid, exited, config_w, status_r)) = forked {
             let input = serde_json::to_vec(&config).expect("helper config serializes");
@@ -226,7 +225,7 @@ impl NamespaceBackend {
             }
             return made;
         }
-        if taken {
+        if config.prepared_disk {
             // No helper got the mount, which went with the descriptor dropped above and
             // takes its loop device with it: the blank image goes too, and the helper
             // started below makes the disk afresh rather than meet a device being cleared.
@@ -428,7 +427,7 @@ impl NamespaceBackend {
                 .map_or(true, |s| s.as_ref().is_some_and(|d| d.size == size));
             if !have {
                 if !next.cleared.swap(true, SeqCst) {
-                    crate::prepared::clear_left(&data, None);
+                    crate::prepared::clear_left(&data);
                 }
                 let made = PreparedDisk::make(&data, size);
                 let replaced = next

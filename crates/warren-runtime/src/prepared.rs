@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use warren_sys::mount::{DetachedMount, MountAttrs};
 
-use crate::helper::{blank_disk, copy_into_place, Image};
+use crate::helper::{blank_disk, copy_of_blank, Image};
 use crate::HOST_ID_BASE;
 
 /// The file name prefix of a prepared image in `DATA/.blank-disks`.
@@ -47,9 +47,7 @@ impl PreparedDisk {
         }
         let id = crate::new_id().ok()?;
         let image = blank.with_file_name(format!("{PREFIX}{id}.img"));
-        if fs::rename(blank.with_extension("spare"), &image).is_err() {
-            copy_into_place(&blank, &image).ok()?;
-        }
+        copy_of_blank(&blank, &image).ok()?;
         let mut disk = Self {
             size,
             image: Some(image),
@@ -105,13 +103,12 @@ impl Drop for PreparedDisk {
     }
 }
 
-/// Removes the prepared images a daemon that died left under `data`, except `keep`.
-pub fn clear_left(data: &Path, keep: Option<&PreparedDisk>) {
-    let keep = keep.and_then(|d| d.image.as_deref());
+/// Removes the prepared images a daemon that died left under `data` (called before this
+/// daemon makes its first).
+pub fn clear_left(data: &Path) {
     let dir = data.join(".blank-disks");
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        let ours = e.file_name().to_string_lossy().starts_with(PREFIX);
-        if ours && Some(e.path().as_path()) != keep {
+        if e.file_name().to_string_lossy().starts_with(PREFIX) {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -134,23 +131,22 @@ mod tests {
         ] {
             fs::write(dir.join(n), "x").unwrap();
         }
-        let kept = PreparedDisk {
-            size: 64,
-            image: Some(dir.join(".prepared-b.img")),
-            mount: None,
-        };
-        clear_left(data.path(), Some(&kept));
+        clear_left(data.path());
         let mut left: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(
-            left,
-            [".prepared-b.img", "64-1-disk.img", "64-1-disk.spare"]
-        );
-        // Dropped untaken, its image goes.
-        drop(kept);
-        assert!(!dir.join(".prepared-b.img").exists());
+        assert_eq!(left, ["64-1-disk.img", "64-1-disk.spare"]);
+        // One of this daemon's, dropped untaken: its image goes.
+        let image = dir.join(".prepared-c.img");
+        fs::write(&image, "x").unwrap();
+        let made = PreparedDisk {
+            size: 64,
+            image: Some(image.clone()),
+            mount: None,
+        };
+        drop(made);
+        assert!(!image.exists());
     }
 }

@@ -72,11 +72,19 @@ pub fn keep_in_memory(paths: &Paths) -> io::Result<Placed> {
 /// when it was unmounted.
 pub fn release(paths: &Paths) -> io::Result<bool> {
     let dir = dir(paths);
-    if !is_ours(&dir) || std::fs::read_dir(&dir)?.next().is_some() {
+    // Nor while another daemon serves on these directories (one started second, that
+    // found the socket taken and stops, must not take the first one's away).
+    if !is_ours(&dir) || std::fs::read_dir(&dir)?.next().is_some() || served(paths) {
         return Ok(false);
     }
     nix::mount::umount2(&dir, nix::mount::MntFlags::empty()).map_err(io::Error::from)?;
     Ok(true)
+}
+
+/// True when a daemon answers on the run directory's socket (`RUN/warren.sock`; one
+/// serving on a socket elsewhere is not seen).
+pub fn served(paths: &Paths) -> bool {
+    std::os::unix::net::UnixStream::connect(paths.run.join("warren.sock")).is_ok()
 }
 
 /// True when `dir` is the mount point of a tmpfs of [`keep_in_memory`].

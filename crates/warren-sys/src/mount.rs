@@ -307,35 +307,12 @@ pub fn mount_detached(device: &Path, fstype: &str, attrs: MountAttrs) -> io::Res
     }
     // SAFETY: fsopen returned a fresh descriptor that nothing else owns.
     let fs = unsafe { OwnedFd::from_raw_fd(fs as RawFd) };
-    // SAFETY: fsconfig reads the NUL-terminated key and value, which outlive the call;
-    // the descriptor is the context opened above.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_SET_STRING,
-            c"source".as_ptr(),
-            source.as_ptr(),
-            0,
-        )
+    let at = |what: &'static str| {
+        move |e: io::Error| io::Error::new(e.kind(), format!("{what} {}: {e}", device.display()))
     };
-    if rc != 0 {
-        return Err(err_at("name the device", device));
-    }
-    // SAFETY: as above, with no key or value: the filesystem is made from the context.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    if rc != 0 {
-        return Err(err_at("mount", device));
-    }
+    fsconfig(&fs, FSCONFIG_SET_STRING, Some((c"source", &source)))
+        .map_err(at("name the device"))?;
+    fsconfig(&fs, FSCONFIG_CMD_CREATE, None).map_err(at("mount"))?;
     // SAFETY: fsmount takes the context's descriptor and flags, returns a new descriptor
     // or -1.
     let m = unsafe {
@@ -355,6 +332,24 @@ pub fn mount_detached(device: &Path, fstype: &str, attrs: MountAttrs) -> io::Res
         fd,
         recursive: false,
     })
+}
+
+/// One fsconfig(2) call on the context `fs`: `cmd` with a string key and value, or none.
+fn fsconfig(
+    fs: &OwnedFd,
+    cmd: libc::c_uint,
+    pair: Option<(&std::ffi::CStr, &std::ffi::CStr)>,
+) -> io::Result<()> {
+    let (key, value) = pair.map_or((std::ptr::null(), std::ptr::null()), |(k, v)| {
+        (k.as_ptr(), v.as_ptr())
+    });
+    // SAFETY: fsconfig reads the NUL-terminated key and value (or takes none, null), which
+    // outlive the call; the descriptor is an open filesystem context.
+    let rc = unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, key, value, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 impl From<OwnedFd> for DetachedMount {

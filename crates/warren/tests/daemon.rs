@@ -458,6 +458,28 @@ fn sandboxes_outlive_their_daemon_and_the_next_one_adopts_them() {
     );
 }
 
+#[test]
+fn a_second_daemon_on_the_same_directories_leaves_the_first_ones_run_tmpfs() {
+    if !can_run("a_second_daemon_on_the_same_directories_leaves_the_first_ones_run_tmpfs") {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let on_disk = !on_tmpfs(&d.run_dir());
+    assert_eq!(run_tmpfs(&d), on_disk);
+    let o = d.serve_command().output().expect("run warren serve");
+    assert!(
+        !o.status.success(),
+        "a second daemon served: {}",
+        stderr(&o)
+    );
+    // The first one's is still mounted, and its sandboxes are made in it.
+    assert_eq!(run_tmpfs(&d), on_disk, "{}", stderr(&o));
+    let id = d.create(&[]);
+    assert_eq!(d.exec(&id, "echo up"), (0, "up\n".into()));
+    d.finish();
+}
+
 fn on_tmpfs(dir: &Path) -> bool {
     nix::sys::statfs::statfs(dir).unwrap().filesystem_type() == nix::sys::statfs::TMPFS_MAGIC
 }

@@ -404,8 +404,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if args.check_config {
         return Ok(check(&args, config_path.as_deref()));
     }
-    let (mut config, limits, e2b, tls_files, file) = load_config(config_path.as_deref())?;
-    config.run_in_memory = true;
+    let (config, limits, e2b, tls_files, file) = load_config(config_path.as_deref())?;
     let tls_files = match (args.e2b_tls_cert, args.e2b_tls_key) {
         (Some(c), Some(k)) => Some((c, k)),
         _ => tls_files,
@@ -458,7 +457,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
+    // Before the engine opens and any helper is forked (they must see the mount); undone
+    // as the daemon stops, below.
+    use warren_runtime::rundir::{self, Placed};
+    paths.secure().context("cannot use the state directories")?;
+    match rundir::keep_in_memory(&paths) {
+        Ok(Placed::Mounted) => tracing::info!("sandboxes' run directories on a tmpfs of their own"),
+        Ok(Placed::OnDisk(why)) => {
+            tracing::info!("sandboxes' run directories stay on the disk: {why}")
+        }
+        Ok(Placed::InMemory) => {}
+        Err(e) => tracing::warn!("sandboxes' run directories stay on the disk: {e}"),
+    }
+    let run_paths = paths.clone();
+    let served = rt.block_on(async move {
         let mgr = Manager::open(config)
             .await
             .context("cannot open the engine")?;
@@ -508,15 +520,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             options: e2b,
             tls,
         });
-        let served =
-            warren_server::serve_with(mgr, socket, args.listen, e2b_listen, ssh, limits, ready)
-                .await
-                .context("cannot serve");
-        if let Err(e) = warren_runtime::rundir::release(&paths) {
-            tracing::warn!("cannot unmount the sandboxes' run directories: {e}");
-        }
-        served
-    })?;
+        warren_server::serve_with(mgr, socket, args.listen, e2b_listen, ssh, limits, ready)
+            .await
+            .context("cannot serve")
+    });
+    // However it ended, the engine failing to open included.
+    if let Err(e) = rundir::release(&run_paths) {
+        tracing::warn!("cannot unmount the sandboxes' run directories: {e}");
+    }
+    served?;
     Ok(ExitCode::SUCCESS)
 }
 
