@@ -82,6 +82,26 @@ fn inherited_descriptors_do_not_reach_sandboxes_of_the_daemon() {
     assert_eq!(r.status, 200, "{}", r.text());
     let (_, fds) = d.exec(&id, "cat /tmp/fds");
     assert_eq!(fds, "", "descriptors reached a terminal process");
+    // The next sandbox's disk was made ahead and handed to its helper as a descriptor
+    // (the mount's): nothing of it reaches the sandbox's processes either.
+    assert!(d.wait_for_prepared_disk(), "no disk made ahead");
+    let ahead: Vec<_> = std::fs::read_dir(d.data_dir().join(".blank-disks"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains("/.prepared-"))
+        .collect();
+    let next = d.create(&["--no-home"]);
+    assert!(
+        ahead.iter().all(|p| !p.exists()),
+        "the next sandbox did not take the disk made ahead"
+    );
+    let (code, out) = d.exec(&next, LIST_FDS);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out, "",
+        "a descriptor reached the sandbox with a disk made ahead"
+    );
     d.finish();
 }
 

@@ -1394,17 +1394,6 @@ fn an_exec_streams_the_same_bytes_as_ndjson_lines_and_as_binary_frames() {
     d.finish();
 }
 
-/// The disks the daemon made ahead and has not given out, under its data directory.
-fn prepared_disks(d: &Daemon) -> usize {
-    std::fs::read_dir(d.data_dir().join(".blank-disks"))
-        .map(|r| {
-            r.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with(".prepared-"))
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_disk_made_ahead_is_the_next_sandboxs_own() {
     if !can_run("a_disk_made_ahead_is_the_next_sandboxs_own") {
@@ -1415,11 +1404,8 @@ fn a_disk_made_ahead_is_the_next_sandboxs_own() {
     let first = d.create(&["--disk", "32M"]);
     assert_eq!(d.exec(&first, "echo mine > /root/first").0, 0);
     // Once the first is made, the next disk of its size waits, mounted nowhere.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while prepared_disks(&d) == 0 && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(prepared_disks(&d), 1, "no disk made ahead");
+    assert!(d.wait_for_prepared_disk(), "no disk made ahead");
+    assert_eq!(d.prepared_disks(), 1);
     let second = d.create(&["--disk", "32M"]);
     let image = d
         .data_dir()
@@ -1455,7 +1441,7 @@ fn a_disk_made_ahead_is_the_next_sandboxs_own() {
     d.remove_all();
     d.shut_down();
     // The daemon that stopped left no disk made ahead, and no loop device.
-    assert_eq!(prepared_disks(&d), 0);
+    assert_eq!(d.prepared_disks(), 0);
     assert!(loops_under(&data).is_empty(), "{:?}", loops_under(&data));
     d.finish();
 }

@@ -506,6 +506,27 @@ impl Daemon {
         }
     }
 
+    /// The disks the daemon made ahead and has not given out (see
+    /// `warren_runtime::prepared`).
+    pub fn prepared_disks(&self) -> usize {
+        std::fs::read_dir(self.data_dir().join(".blank-disks"))
+            .map(|r| {
+                r.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with(".prepared-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Waits up to 10 s for the daemon to have a disk made ahead; whether it has.
+    pub fn wait_for_prepared_disk(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.prepared_disks() == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.prepared_disks() > 0
+    }
+
     /// Removes every sandbox of the known tenants, stops the daemon, and asserts that
     /// `warren doctor` finds nothing of this test's left.
     pub fn finish(mut self) {
