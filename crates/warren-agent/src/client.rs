@@ -223,7 +223,7 @@ impl AgentClient {
         let stream = UnixStream::connect(socket)
             .await
             .map_err(ClientError::Connect)?;
-        let (mut r, mut w) = stream.into_split();
+        let (r, mut w) = stream.into_split();
         // Frames waiting for the socket: data frames are up to CHUNK each, so this bounds
         // what one connection holds (2 MiB) when the agent reads slower than we send.
         let (out, mut out_rx) = mpsc::channel::<Frame>(32);
@@ -260,6 +260,9 @@ impl AgentClient {
         });
         let client = AgentClient { inner };
         let reader_inner = Arc::downgrade(&client.inner);
+        // Buffered: a frame's length and header are two small reads, which without a
+        // buffer were a system call each, and a stream's frames arrive back to back.
+        let mut r = tokio::io::BufReader::with_capacity(2 * CHUNK, r);
         tokio::spawn(async move {
             while let Ok(Some(f)) = read_frame(&mut r).await {
                 let Some(inner) = reader_inner.upgrade() else {

@@ -294,11 +294,18 @@ impl Wire {
         }
     }
 
-    fn output(self, kind: mux::Kind, data: Vec<u8>) -> Bytes {
+    /// What a chunk of output becomes: one piece, or a binary frame's header followed by
+    /// the bytes themselves, handed on without a copy.
+    fn output(self, kind: mux::Kind, data: Vec<u8>) -> (Bytes, Option<Bytes>) {
         match (self, kind) {
-            (Wire::Ndjson, mux::Kind::Stderr) => line(&ExecEvent::Stderr { data: b64(&data) }),
-            (Wire::Ndjson, _) => line(&ExecEvent::Stdout { data: b64(&data) }),
-            (Wire::Binary, kind) => Bytes::from(mux::frame(kind, &data)),
+            (Wire::Ndjson, mux::Kind::Stderr) => {
+                (line(&ExecEvent::Stderr { data: b64(&data) }), None)
+            }
+            (Wire::Ndjson, _) => (line(&ExecEvent::Stdout { data: b64(&data) }), None),
+            (Wire::Binary, kind) => (
+                Bytes::copy_from_slice(&mux::header(kind, data.len())),
+                Some(Bytes::from(data)),
+            ),
         }
     }
 
@@ -476,17 +483,22 @@ async fn pump(
             ev = p.next() => match ev {
                 Ok(ProcessEvent::Stdout(d)) => (wire.output(mux::Kind::Stdout, d), false),
                 Ok(ProcessEvent::Stderr(d)) => (wire.output(mux::Kind::Stderr, d), false),
-                Ok(ProcessEvent::Exited(s)) => (wire.event(&exit_event(conn.exit(&s))), true),
-                Err(e) => (wire.event(&error_event(e.into())), true),
+                Ok(ProcessEvent::Exited(s)) => ((wire.event(&exit_event(conn.exit(&s))), None), true),
+                Err(e) => ((wire.event(&error_event(e.into())), None), true),
             },
             _ = tx.closed() => return,
-            _ = &mut shutdown => (wire.event(&error_event(Error::new(
+            _ = &mut shutdown => ((wire.event(&error_event(Error::new(
                 WireCode::ShuttingDown,
                 "the daemon is shutting down; the stream ends here",
-            ))), true),
-            e = &mut revoked => (wire.event(&error_event(e)), true),
+            ))), None), true),
+            e = &mut revoked => ((wire.event(&error_event(e)), None), true),
         };
-        if tx.send(out).await.is_err() || last {
+        for piece in [Some(out.0), out.1].into_iter().flatten() {
+            if tx.send(piece).await.is_err() {
+                return;
+            }
+        }
+        if last {
             return;
         }
     }
