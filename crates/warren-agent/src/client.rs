@@ -261,8 +261,9 @@ impl AgentClient {
         let client = AgentClient { inner };
         let reader_inner = Arc::downgrade(&client.inner);
         // Buffered: a frame's length and header are two small reads, which without a
-        // buffer were a system call each, and a stream's frames arrive back to back.
-        let mut r = tokio::io::BufReader::with_capacity(2 * CHUNK, r);
+        // buffer were a system call each, and small frames arrive back to back. The buffer
+        // is small so that most of a large payload is read straight into its frame.
+        let mut r = tokio::io::BufReader::with_capacity(16 << 10, r);
         tokio::spawn(async move {
             while let Ok(Some(f)) = read_frame(&mut r).await {
                 let Some(inner) = reader_inner.upgrade() else {

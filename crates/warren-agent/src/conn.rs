@@ -157,12 +157,18 @@ async fn handshake(
     out.send(Frame::control(0, &reply)).await.is_ok() && ok
 }
 
+/// The agent's write buffer: small frames are gathered in it, larger ones bypass it.
+const WRITE_BUFFER: usize = 16 << 10;
+
 async fn write_frames(
     wr: OwnedWriteHalf,
     mut rx: mpsc::Receiver<Frame>,
     mut grants: mpsc::UnboundedReceiver<Arc<Window>>,
 ) {
-    let mut w = BufWriter::with_capacity(2 * CHUNK, wr);
+    // Small frames (credit, control, short output) gather into one flush; a frame of at
+    // least the buffer's size goes straight to the socket from where its payload lies
+    // (after what is buffered), not copied into the buffer first.
+    let mut w = BufWriter::with_capacity(WRITE_BUFFER, wr);
     loop {
         let frame = tokio::select! {
             biased;
