@@ -509,8 +509,9 @@ impl Sandbox {
         let mut env = template.env.clone();
         env.extend(spec.env.clone());
         let hostname = spec.hostname.clone().unwrap_or_else(|| "sandbox".into());
-        let seccomp = warren_sys::seccomp::SeccompProgram::default_policy()
-            .map_err(|e| format!("compile the seccomp policy: {e}"))?;
+        let seccomp = warren_sys::seccomp::SeccompProgram::default_policy_shared()
+            .map_err(|e| format!("compile the seccomp policy: {e}"))?
+            .clone();
         crate::trace::mark("helper: seccomp compiled");
 
         // On cgroup v1 the child moves itself in (see `Cgroup::open_for_self`: the helper

@@ -120,6 +120,9 @@ pub fn main() -> ! {
     let Ok(exited) = exited else {
         std::process::exit(1)
     };
+    // Compiled here once, every helper forked after has it (a failure is the helper's
+    // to report, as it compiles again).
+    let _ = warren_sys::seccomp::SeccompProgram::default_policy_shared();
     loop {
         let mut fds = [
             PollFd::new(sock, PollFlags::POLLIN),

@@ -126,6 +126,19 @@ impl SeccompProgram {
         })
     }
 
+    /// The default policy, compiled once in this process and shared after: by the first
+    /// caller, or before the fork that made this process (the zygote compiles it as it
+    /// starts, so no helper it forks compiles it again). A failure is not kept: the next
+    /// caller tries again.
+    pub fn default_policy_shared() -> Result<&'static Self, SeccompError> {
+        static COMPILED: std::sync::OnceLock<SeccompProgram> = std::sync::OnceLock::new();
+        if let Some(p) = COMPILED.get() {
+            return Ok(p);
+        }
+        let p = Self::default_policy()?;
+        Ok(COMPILED.get_or_init(|| p))
+    }
+
     /// Only the x86-64 policy has been reviewed.
     #[cfg(not(target_arch = "x86_64"))]
     pub fn default_policy() -> Result<Self, SeccompError> {
@@ -245,6 +258,16 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_shared_policy_is_compiled_once_and_is_the_default() {
+        let a = SeccompProgram::default_policy_shared().unwrap();
+        let b = SeccompProgram::default_policy_shared().unwrap();
+        assert!(std::ptr::eq(a, b));
+        let fresh = SeccompProgram::default_policy().unwrap();
+        assert_eq!(format!("{:?}", a.filters), format!("{:?}", fresh.filters));
+    }
 
     fn run_filtered(
         f: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
