@@ -188,36 +188,60 @@ def api_phases(a):
         text = log.read(end - start if a.running else -1)
         log.close()
         subprocess.run(["rm", "-rf", tmp])
-    by_pid = collections.defaultdict(list)
-    children, child = [], None
+    # The daemon's marks, one run per create ("daemon: create asked" starts one); the
+    # helpers' and the sandboxes' first processes' marks, each placed in the create whose
+    # window holds them (the probe makes one sandbox at a time); what a helper marks
+    # after its create answered (its stop and teardown) is listed apart.
+    runs, by_pid, rest = [], collections.defaultdict(list), []
     for m in MARK.finditer(text):
         t, pid, name = int(m.group(1)), int(m.group(2)), m.group(3).strip()
-        if name.startswith("child:"):
-            # Every sandbox's first process is pid 1 in its namespace; the probe makes
-            # one sandbox at a time, so a first step starts the next one's list.
-            if child is None or name == CHILD_FIRST:
-                child = []
-                children.append(child)
-            child.append((t, name))
+        if name.startswith("daemon:"):
+            if name == "daemon: request in" or not runs:
+                runs.append([])
+            runs[-1].append((t, name))
         else:
             by_pid[pid].append((t, name))
-    # The first three helpers are the warm-up's.
-    helpers = sorted((marks for marks in by_pid.values() if len(marks) > 3),
-                     key=lambda ms: min(t for t, _ in ms))[3:]
-    helpers += children[3:]
-    order, steps = [], {}
-    for marks in helpers:
-        marks.sort()
-        for (t0, _), (t1, name) in zip(marks, marks[1:]):
-            if name not in order:
-                order.append(name)
-            steps.setdefault(name, []).append((t1 - t0) / 1000)
-    n = len(helpers) - len(children[3:])
-    print(f"{'helper phase (API)':32} {'step p50':>9} {'step p90':>9}   (ms, {n} sandboxes, "
-          f"{a.running} running)")
-    for name in order:
-        xs = steps[name]
-        print(f"{name:32} {statistics.median(xs):9.2f} {pct(xs, .9):9.2f}")
+    runs = runs[3:]  # the warm-up's
+    windows = [(min(t for t, _ in r), max(t for t, _ in r)) for r in runs]
+    for marks in by_pid.values():
+        for t, name in marks:
+            for r, (lo, hi) in zip(runs, windows):
+                if lo <= t <= hi:
+                    r.append((t, name))
+                    break
+            else:
+                if t > windows[0][0] if windows else False:
+                    rest.append((t, name))
+
+    def table(title, seqs):
+        order, steps = [], {}
+        for marks in seqs:
+            marks.sort()
+            for (t0, _), (t1, name) in zip(marks, marks[1:]):
+                if name not in order:
+                    order.append(name)
+                steps.setdefault(name, []).append((t1 - t0) / 1000)
+        print(f"{title:32} {'step p50':>9} {'step p90':>9}   (ms, {len(seqs)} sandboxes, "
+              f"{a.running} running)")
+        for name in order:
+            xs = steps[name]
+            print(f"{name:32} {statistics.median(xs):9.2f} {pct(xs, .9):9.2f}")
+
+    table("create, daemon and helper (API)", runs)
+    spans = [(max(t for t, n in r if n.startswith("daemon:")) - r[0][0]) / 1000
+             for r in runs if r]
+    if spans:
+        print(f"{'core, request in to recorded':32} {statistics.median(spans):9.2f} "
+              f"{pct(spans, .9):9.2f}")
+    # A helper's later marks, per helper: its stop and teardown.
+    later = collections.defaultdict(list)
+    for pid, marks in by_pid.items():
+        tail = [(t, n) for t, n in marks if (t, n) in set(rest)]
+        if len(tail) > 1:
+            later[pid] = tail
+    if later:
+        print()
+        table("after the create (helper)", list(later.values()))
     print(f"\nPOST /v1/sandboxes: p50 {statistics.median(create):.2f} ms, p90 {pct(create, .9):.2f}; "
           f"DELETE: p50 {statistics.median(remove):.2f} ms, p90 {pct(remove, .9):.2f}")
 

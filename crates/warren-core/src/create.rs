@@ -9,6 +9,7 @@ impl Manager {
     /// Creates a sandbox; with a name and `get_or_create`, returns the existing one
     /// (resumed or started if needed). The flag says whether a new one was made.
     pub async fn create(&self, who: &Caller, req: CreateSandbox) -> Result<(SandboxInfo, bool)> {
+        warren_runtime::trace::mark("daemon: request in");
         if who.only_sandbox.is_some() {
             return Err(CoreError::Forbidden(
                 "a sandbox's own token cannot create sandboxes: use an API key".into(),
@@ -38,6 +39,7 @@ impl Manager {
         }
         let template = meta.key.clone();
         let req = self.admit(who, req)?;
+        warren_runtime::trace::mark("daemon: template and limits checked");
         // A template that carries memory is restored, never booted: its processes go on.
         let memory = saved_memory(&self.config.paths, &template, &meta);
         if memory.is_some() && req.network != NetworkMode::None {
@@ -383,6 +385,7 @@ impl Manager {
         req: &CreateSandbox,
         from: Option<(&Path, &Path)>,
     ) -> Result<SandboxInfo> {
+        warren_runtime::trace::mark("daemon: create asked");
         let id = warren_runtime::new_id().map_err(CoreError::from)?;
         let mut volumes = Vec::new();
         if req.home_volume.unwrap_or(true) {
@@ -438,6 +441,7 @@ impl Manager {
                 e => e.into(),
             })?;
         }
+        warren_runtime::trace::mark("daemon: recorded");
         let lock = self.lock_for(&id);
         let _g = lock.lock().await;
         let started = std::time::Instant::now();
@@ -452,6 +456,7 @@ impl Manager {
                 Err(e) => Err(e),
             },
         };
+        warren_runtime::trace::mark("daemon: backend answered");
         match made {
             Ok(sb) => {
                 self.metrics.observe_create(started.elapsed());
@@ -468,7 +473,9 @@ impl Manager {
                         warren_runtime::template::display_name(template)
                     ),
                 );
-                Ok(self.info_with(&r, true))
+                let info = self.info_with(&r, true);
+                warren_runtime::trace::mark("daemon: running recorded");
+                Ok(info)
             }
             Err(e) => {
                 let _ = self.remove_data(&record).await;

@@ -214,6 +214,7 @@ impl NamespaceBackend {
         };
         // The helper has its own copy now.
         drop(prepared);
+        crate::trace::mark("daemon: helper forked");
         if let Some((pid, exited, config_w, status_r)) = forked {
             let input = serde_json::to_vec(&config).expect("helper config serializes");
             let made = self

@@ -1,8 +1,8 @@
 //! Phase timings for finding where sandbox creation spends its time.
 //!
-//! With `WARREN_TRACE=1`, the CLI and the helper print one line per phase to stderr:
-//! the monotonic clock in microseconds (comparable across processes), the process, and
-//! the phase. Off by default; when off, a mark costs one relaxed atomic load.
+//! With `WARREN_TRACE=1`, the CLI, the daemon and the helper print one line per phase to
+//! stderr: the monotonic clock in microseconds (comparable across processes), the
+//! process, and the phase. Off by default; when off, a mark costs one relaxed atomic load.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
