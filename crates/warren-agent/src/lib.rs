@@ -122,6 +122,11 @@ pub(crate) struct Agent {
 
 /// Serves the agent protocol on `listener` until `config.shutdown` (forever as PID 1).
 pub fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) -> io::Result<()> {
+    if config.drop_caps {
+        // Before any thread exists: every process started after gets no more than this
+        // bounding set, which it then need not limit itself.
+        warren_sys::caps::limit_bounding_set();
+    }
     if config.reap_all {
         warren_sys::child::set_non_dumpable()?;
         // No core dumps in a sandbox, and no way to turn them back on (raising a hard

@@ -25,6 +25,7 @@
 //! non-root uid clears, so [`drop_to_kept`] must run before the identity change.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The capabilities kept, by name, as published to users.
 pub const KEPT_CAPABILITIES: &[&str] = &[
@@ -72,9 +73,31 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Limits the calling thread to [`KEPT_MASK`] in every capability set. Never raises a
-/// capability the caller lacks. Async-signal-safe: only `prctl`, `capget` and `capset`.
-pub fn drop_to_kept() -> io::Result<()> {
+/// Set once every thread of this process has a bounding set within [`KEPT_MASK`] (see
+/// [`limit_bounding_set`]): [`drop_to_kept`] then leaves the bounding set as it is, which
+/// spares every process a sandbox starts some forty system calls.
+static BOUNDING_KEPT: AtomicBool = AtomicBool::new(false);
+
+/// Limits the bounding set of this process, while it has a single thread, to
+/// [`KEPT_MASK`], for a process whose children are all to get no more (the agent): the
+/// children's [`drop_to_kept`] then skips the bounding set. Its own effective and
+/// permitted capabilities stay: the bounding set only bounds what an exec may gain.
+///
+/// The set is each thread's own, so a thread made before would keep the full one: with
+/// more than one thread (or when the set cannot be limited) nothing is recorded, and each
+/// child limits the set itself as before. True when it is recorded.
+pub fn limit_bounding_set() -> bool {
+    let single = std::fs::read_dir("/proc/self/task").map(|d| d.count() == 1);
+    if !matches!(single, Ok(true)) || drop_bounding().is_err() {
+        return false;
+    }
+    BOUNDING_KEPT.store(true, Ordering::Release);
+    true
+}
+
+/// Removes from the calling thread's bounding set every capability outside [`KEPT_MASK`].
+/// Async-signal-safe: only `prctl`.
+fn drop_bounding() -> io::Result<()> {
     for cap in 0..64 {
         if KEPT_MASK & (1 << cap) != 0 {
             continue;
@@ -95,6 +118,15 @@ pub fn drop_to_kept() -> io::Result<()> {
         if unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) } != 0 {
             return Err(io::Error::last_os_error());
         }
+    }
+    Ok(())
+}
+
+/// Limits the calling thread to [`KEPT_MASK`] in every capability set. Never raises a
+/// capability the caller lacks. Async-signal-safe: only `prctl`, `capget` and `capset`.
+pub fn drop_to_kept() -> io::Result<()> {
+    if !BOUNDING_KEPT.load(Ordering::Acquire) {
+        drop_bounding()?;
     }
     // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointers.
     let rc = unsafe {
@@ -191,5 +223,56 @@ mod tests {
         assert_eq!(status_field(&status, "CapPrm:"), KEPT_MASK);
         assert_eq!(status_field(&status, "CapInh:"), 0);
         assert_eq!(status_field(&status, "CapAmb:"), 0);
+    }
+
+    #[test]
+    fn a_process_that_limits_its_bounding_set_starts_children_within_it() {
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        if status_field(&own, "CapEff:") & (1 << 8) == 0 {
+            warren_testkit::skip(
+                "a_process_that_limits_its_bounding_set_starts_children_within_it",
+                "needs CAP_SETPCAP (run as root)",
+            );
+            return;
+        }
+        // Here, with the harness's threads, nothing is limited or recorded.
+        assert!(!limit_bounding_set(), "more than one thread here");
+        assert!(!BOUNDING_KEPT.load(Ordering::Acquire));
+        // SAFETY: the child runs the checks below on one thread and leaves with _exit;
+        // glibc's fork leaves the allocator usable in the child.
+        match unsafe { nix::unistd::fork() }.unwrap() {
+            nix::unistd::ForkResult::Child => {
+                let ok = std::panic::catch_unwind(limited_in_one_thread).is_ok();
+                // SAFETY: leaves the forked child without running the harness's code.
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
+            }
+            nix::unistd::ForkResult::Parent { child } => {
+                let status = nix::sys::wait::waitpid(child, None).unwrap();
+                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+            }
+        }
+    }
+
+    /// In a process of one thread: the bounding set limited, its own capabilities kept,
+    /// and a child that drops to the kept set within it.
+    fn limited_in_one_thread() {
+        let before = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(limit_bounding_set(), "{before}");
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert_eq!(status_field(&own, "CapBnd:"), KEPT_MASK);
+        assert_eq!(
+            status_field(&own, "CapEff:"),
+            status_field(&before, "CapEff:")
+        );
+        let mut cmd = Command::new("/bin/cat");
+        cmd.arg("/proc/self/status");
+        // SAFETY: drop_to_kept is async-signal-safe.
+        unsafe { cmd.pre_exec(drop_to_kept) };
+        let out = cmd.output().unwrap();
+        assert!(out.status.success());
+        let status = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(status_field(&status, "CapBnd:"), KEPT_MASK);
+        assert_eq!(status_field(&status, "CapEff:"), KEPT_MASK);
+        assert_eq!(status_field(&status, "CapPrm:"), KEPT_MASK);
     }
 }

@@ -33,9 +33,13 @@
 //!    whose non-dumpable `/proc` files are global root's) the parent raises it as soon as
 //!    the program runs, dumpable and its own.
 //! 6. The signal mask and dispositions are reset: the agent's handlers and masks are its
-//!    own business, and an ignored signal would survive exec.
+//!    own business, and an ignored signal would survive exec. Only the signals the agent
+//!    ignores or catches are reset (read from `/proc/self/status` as the plan is made):
+//!    the others are at their default already.
 //! 7. Capabilities drop to [`crate::caps`]'s set, before the uid changes, because the
-//!    bounding set can only shrink while `CAP_SETPCAP` is effective.
+//!    bounding set can only shrink while `CAP_SETPCAP` is effective. (The agent limits
+//!    its own bounding set as it starts, [`crate::caps::limit_bounding_set`]; its
+//!    children then inherit it and only drop the other sets.)
 //! 8. Groups, gid, then uid (the uid last: it takes the right to change the others).
 //! 9. `no_new_privs`, so setuid binaries and file capabilities cannot undo steps 7-8, and
 //!    so an unprivileged process may install seccomp.
@@ -352,9 +356,27 @@ struct PlanData {
     drop_caps: bool,
     seccomp: Option<Arc<SeccompProgram>>,
     allow_setuid: bool,
+    /// The signals the child resets (bit n-1 for signal n): those this process ignores
+    /// or catches when the plan is made; all of them when that cannot be read.
+    signals: u64,
 }
 
 const SH: &std::ffi::CStr = c"/bin/sh";
+
+/// The signals this process ignores or catches (bit n-1 for signal n), from
+/// `/proc/self/status`: the only ones a child must reset before exec, as every other
+/// is at its default already. Dispositions are the process's; the agent sets its own
+/// as it starts, so none changes between this reading and a spawn.
+fn disposed_signals() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+    };
+    Some(mask("SigIgn:")? | mask("SigCgt:")?)
+}
 
 impl PlanData {
     fn new(program: &Program, setup: ChildSetup) -> io::Result<Self> {
@@ -410,6 +432,7 @@ impl PlanData {
             drop_caps,
             seccomp,
             allow_setuid,
+            signals: disposed_signals().unwrap_or(u64::MAX),
         })
     }
 }
@@ -473,7 +496,7 @@ fn confine(plan: &Plan<'_>) -> io::Result<()> {
         let done = write_oom_score_adj_max(c"/proc/self/oom_score_adj").is_ok();
         plan.oom_done.store(done, Ordering::Relaxed);
     }
-    reset_signals()?;
+    reset_signals(d.signals)?;
     if d.allow_setuid {
         if let Some(filter) = &d.seccomp {
             filter.install()?;
@@ -650,7 +673,9 @@ fn check(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn reset_signals() -> io::Result<()> {
+/// Resets the signals of `which` (bit n-1 for signal n) to their default action, then
+/// unblocks every signal.
+fn reset_signals(which: u64) -> io::Result<()> {
     // The kernel's own call, not libc's `sigaction`, which refuses the signals libc keeps
     // for itself (32 and 33 in glibc): one ignored by the agent's parent would stay
     // ignored across exec. An all-zero kernel sigaction, whatever its layout, is
@@ -658,7 +683,7 @@ fn reset_signals() -> io::Result<()> {
     const NSIG: libc::c_int = 64;
     let zero = [0u64; 4];
     for sig in 1..=NSIG {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP || which & (1 << (sig - 1)) == 0 {
             continue;
         }
         // SAFETY: `zero` is at least as large as the kernel's sigaction, all zero; the
