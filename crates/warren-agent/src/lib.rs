@@ -153,6 +153,8 @@ async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
         )),
         None => None,
     };
+    // Every handler the agent has is set now: the processes it starts reset just those.
+    warren_sys::child::record_dispositions();
     let mut shutdown = config.shutdown.clone();
     let agent = Arc::new(Agent {
         config,
