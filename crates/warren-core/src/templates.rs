@@ -938,22 +938,15 @@ impl Manager {
         spec: SandboxSpec,
         opts: CreateOptions,
     ) -> warren_runtime::Result<Box<dyn Instance>> {
-        let template = spec.template.clone();
         let backend = self.backends.get(spec.isolation)?;
+        // What runs once it is up: read before it is made (its layers are the backend's).
+        let meta = template::meta(&self.config.paths, &spec.template)?;
         // Before the sandbox exists: it is under its rules from its first packet.
         self.apply_egress(&spec)?;
         let kept = spec.clone();
         let sb = match backend.create(spec, opts).await {
             Ok(sb) => sb,
             Err(e) => {
-                self.clear_egress(&kept);
-                return Err(e);
-            }
-        };
-        let meta = match template::resolve(&self.config.paths, &template) {
-            Ok(t) => t.meta,
-            Err(e) => {
-                let _ = sb.destroy().await;
                 self.clear_egress(&kept);
                 return Err(e);
             }

@@ -311,14 +311,20 @@ fn host_rootfs(paths: &Paths) -> Result<PathBuf> {
     Ok(dir.join("rootfs"))
 }
 
+/// The description of the template stored under `key`, without looking at its layers
+/// (see [`resolve`] for those).
+pub fn meta(paths: &Paths, key: &str) -> Result<TemplateMeta> {
+    if key == HOST {
+        Ok(host_meta())
+    } else {
+        load(paths, key)
+    }
+}
+
 /// Finds the template stored under `key` (see [`key`]), building the `host` template on
 /// first use.
 pub fn resolve(paths: &Paths, key: &str) -> Result<Template> {
-    let meta = if key == HOST {
-        host_meta()
-    } else {
-        load(paths, key)?
-    };
+    let meta = meta(paths, key)?;
     let name = meta.name.as_str();
     let mut lower = Vec::with_capacity(meta.layers.len() + 1);
     for id in &meta.layers {
