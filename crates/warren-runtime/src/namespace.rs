@@ -214,8 +214,8 @@ impl NamespaceBackend {
         };
         // The helper has its own copy now.
         drop(prepared);
-        crate::trace::mark("daemon: helper forked");
         if let Some((pid, exited, config_w, status_r)) = forked {
+            crate::trace::mark("daemon: helper forked");
             let input = serde_json::to_vec(&config).expect("helper config serializes");
             let made = self
                 .finish_spawned(id, &input, pid, exited, config_w, status_r)

@@ -244,19 +244,7 @@ mod tests {
         // Here, with the harness's threads, nothing is limited or recorded.
         assert!(!limit_bounding_set(), "more than one thread here");
         assert!(!BOUNDING_KEPT.load(Ordering::Acquire));
-        // SAFETY: the child runs the checks below on one thread and leaves with _exit;
-        // glibc's fork leaves the allocator usable in the child.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let ok = std::panic::catch_unwind(limited_in_one_thread).is_ok();
-                // SAFETY: leaves the forked child without running the harness's code.
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                let status = nix::sys::wait::waitpid(child, None).unwrap();
-                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
-            }
-        }
+        crate::testing::in_a_forked_process(limited_in_one_thread);
     }
 
     /// In a process of one thread: the bounding set limited, its own capabilities kept,

@@ -70,7 +70,7 @@ use std::ffi::{c_char, c_int, c_void, CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -364,8 +364,7 @@ struct PlanData {
 const SH: &std::ffi::CStr = c"/bin/sh";
 
 /// The signals this process ignores or catches, once recorded ([`record_dispositions`]).
-static DISPOSED: AtomicU64 = AtomicU64::new(0);
-static RECORDED: AtomicBool = AtomicBool::new(false);
+static RECORDED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// Records which signals this process ignores or catches, for a process that has set
 /// every handler it will have (the agent, as it starts, before anything of its sandbox
@@ -374,20 +373,15 @@ static RECORDED: AtomicBool = AtomicBool::new(false);
 /// agent's handlers. A process that records nothing has each plan read its own. True
 /// when recorded.
 pub fn record_dispositions() -> bool {
-    let Some(mask) = disposed_signals() else {
-        return false;
-    };
-    DISPOSED.store(mask, Ordering::Release);
-    RECORDED.store(true, Ordering::Release);
-    true
+    disposed_signals().is_some_and(|mask| RECORDED.set(mask).is_ok())
 }
 
 /// The signals a child resets before exec: the recorded ones, or those read now, or all.
 fn signals_to_reset() -> u64 {
-    if RECORDED.load(Ordering::Acquire) {
-        return DISPOSED.load(Ordering::Acquire);
+    match RECORDED.get() {
+        Some(&mask) => mask,
+        None => disposed_signals().unwrap_or(u64::MAX),
     }
-    disposed_signals().unwrap_or(u64::MAX)
 }
 
 /// The signals this process ignores or catches (bit n-1 for signal n), from
@@ -883,42 +877,28 @@ mod tests {
         // Recording is for the whole process: in a forked one of its own. SIGUSR2
         // ignored before recording is reset in the child; one ignored after is not
         // (the recording stands for the process's handlers, set once).
-        // SAFETY: the child runs the checks below and leaves with _exit; glibc's fork
-        // leaves the allocator usable in the child.
-        match unsafe { nix::unistd::fork() }.unwrap() {
-            nix::unistd::ForkResult::Child => {
-                let ok = std::panic::catch_unwind(|| {
-                    let ign = || {
-                        let (code, out, _) = run(
-                            &sh("grep '^SigIgn:' /proc/self/status"),
-                            ChildSetup::default(),
-                        );
-                        assert_eq!(code, 0);
-                        u64::from_str_radix(out.trim().trim_start_matches("SigIgn:").trim(), 16)
-                            .unwrap()
-                    };
-                    // SAFETY: in this forked process only.
-                    unsafe { libc::signal(libc::SIGUSR2, libc::SIG_IGN) };
-                    assert!(record_dispositions());
-                    assert_ne!(
-                        DISPOSED.load(Ordering::Acquire) & (1 << (libc::SIGUSR2 - 1)),
-                        0
-                    );
-                    assert_eq!(ign(), 0, "SIGUSR2, ignored when recorded, is reset");
-                    // SAFETY: as above.
-                    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
-                    assert_eq!(ign(), 1 << (libc::SIGUSR1 - 1), "only what was recorded");
-                })
-                .is_ok();
-                // SAFETY: leaves the forked child without running the harness's code.
-                unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-            }
-            nix::unistd::ForkResult::Parent { child } => {
-                let status = nix::sys::wait::waitpid(child, None).unwrap();
-                assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
-            }
-        }
-        assert!(!RECORDED.load(Ordering::Acquire), "nothing recorded here");
+        crate::testing::in_a_forked_process(|| {
+            let ign = || {
+                let (code, out, _) = run(
+                    &sh("grep '^SigIgn:' /proc/self/status"),
+                    ChildSetup::default(),
+                );
+                assert_eq!(code, 0);
+                u64::from_str_radix(out.trim().trim_start_matches("SigIgn:").trim(), 16).unwrap()
+            };
+            // SAFETY: in this forked process only.
+            unsafe { libc::signal(libc::SIGUSR2, libc::SIG_IGN) };
+            assert!(record_dispositions());
+            assert_ne!(
+                RECORDED.get().copied().unwrap_or(0) & (1 << (libc::SIGUSR2 - 1)),
+                0
+            );
+            assert_eq!(ign(), 0, "SIGUSR2, ignored when recorded, is reset");
+            // SAFETY: as above.
+            unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
+            assert_eq!(ign(), 1 << (libc::SIGUSR1 - 1), "only what was recorded");
+        });
+        assert!(RECORDED.get().is_none(), "nothing recorded here");
     }
 
     #[test]

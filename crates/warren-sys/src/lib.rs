@@ -13,3 +13,6 @@ pub mod ns;
 pub mod proctitle;
 pub mod pty;
 pub mod seccomp;
+
+#[cfg(test)]
+mod testing;
