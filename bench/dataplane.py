@@ -4,10 +4,12 @@
 Starts one `warren serve` per binary (temp directories under /tmp), one sandbox in each,
 then alternates the binaries round by round: each round times 20 execs of `true`
 (POST /exec, median) and one 100 MB stdout stream (`head -c 100000000 /dev/zero`,
-`?stream=binary`, MB/s). A plain pipe from the same `head` to the same reader is timed
+`?stream=binary`, MB/s); with `--files`, also 20 writes and 20 reads of a 1 KiB file
+(PUT and GET /files, medians). A plain pipe from the same `head` to the same reader is timed
 in every round too, as the floor. Prints medians, min and max per binary. Root.
 
     python3 bench/dataplane.py BIN_A BIN_B [--rounds 20] [--isolation gvisor] [--no-stream]
+                                      [--files]
 """
 import argparse
 import os
@@ -22,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import suite  # noqa: E402  (the suite's API client and stream reader)
 
 HEAD = ["head", "-c", "100000000", "/dev/zero"]
+KIB_BYTES = bytes(range(256)) * 4
 
 
 def start(binary, isolation):
@@ -71,6 +74,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--isolation", help="the sandboxes' backend (default: the daemon's)")
     ap.add_argument("--no-stream", action="store_true", help="execs only")
+    ap.add_argument("--files", action="store_true", help="small file writes and reads too")
     a = ap.parse_args()
     if os.geteuid() != 0:
         print("SKIPPED dataplane: sandboxes need root")
@@ -78,6 +82,8 @@ def main():
     workers = []
     execs = {b: [] for b in a.binaries}
     streams = {b: [] for b in a.binaries}
+    writes = {b: [] for b in a.binaries}
+    reads = {b: [] for b in a.binaries}
     floor = []
     try:
         for b in a.binaries:
@@ -92,6 +98,19 @@ def main():
                              {"command": {"argv": ["true"]}})
                     xs.append((time.perf_counter() - t) * 1000)
                 execs[w["bin"]].append(statistics.median(xs))
+                if a.files:
+                    url = f"/v1/sandboxes/{sid}/files?path=/tmp/f"
+                    ws, rs = [], []
+                    for _ in range(20):
+                        t = time.perf_counter()
+                        api.call("PUT", url, KIB_BYTES)
+                        ws.append((time.perf_counter() - t) * 1000)
+                        t = time.perf_counter()
+                        if api.call("GET", url, expect_json=False) != KIB_BYTES:
+                            raise RuntimeError(f"{w['bin']}: the file read back differs")
+                        rs.append((time.perf_counter() - t) * 1000)
+                    writes[w["bin"]].append(statistics.median(ws))
+                    reads[w["bin"]].append(statistics.median(rs))
                 if not a.no_stream:
                     t = time.perf_counter()
                     n = api.stream_binary(sid, HEAD)
@@ -106,6 +125,9 @@ def main():
     for b in a.binaries:
         e = execs[b]
         line = f"{b:40} exec true {statistics.median(e):7.3f} ms ({min(e):.3f}-{max(e):.3f})"
+        for name, xs in (("write 1 KiB", writes[b]), ("read 1 KiB", reads[b])):
+            if xs:
+                line += f"   {name} {statistics.median(xs):.3f} ms ({min(xs):.3f}-{max(xs):.3f})"
         if streams[b]:
             s = streams[b]
             line += f"   stream {statistics.median(s):7.1f} MB/s ({min(s):.0f}-{max(s):.0f})"

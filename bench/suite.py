@@ -287,8 +287,11 @@ class Api:
         self.conn = apimod.UnixHTTP(sock)
 
     def call(self, method, url, body=None, expect_json=True):
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"content-type": "application/json"} if data is not None else {}
+        if isinstance(body, bytes):
+            data, headers = body, {"content-type": "application/octet-stream"}
+        else:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"content-type": "application/json"} if data is not None else {}
         try:
             self.conn.request(method, url, body=data, headers=headers)
             r = self.conn.getresponse()

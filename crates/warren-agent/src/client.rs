@@ -26,8 +26,8 @@ use tokio::net::UnixStream;
 use tokio::sync::{mpsc, Semaphore};
 use warren_types::proto::{
     frame_credit, read_frame, write_frame, ErrorCode, ExecRequest, ExitStatus, FileInfo, Frame,
-    FrameKind, ProcessInfo, Request, Response, User, WinSize, WirePath, CHUNK, INPUT_WINDOW,
-    OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    FrameKind, ProcessInfo, Request, Response, User, WinSize, WirePath, CHUNK, CLOSE_SINCE,
+    INPUT_WINDOW, OLDEST_PROTOCOL_VERSION, PROTOCOL_VERSION,
 };
 
 /// Bytes of data (uploads, stdin) one connection queues for the agent at most; a frame
@@ -114,6 +114,9 @@ pub struct Channel {
     /// Credit for stdin and upload data; closed when the channel or connection ends.
     input: Arc<Semaphore>,
     inner: Arc<Inner>,
+    /// Its operation has ended on the agent's side (the last answer came): dropping it
+    /// tells the agent nothing.
+    settled: bool,
 }
 
 /// How to read a file.
@@ -157,21 +160,27 @@ pub struct AttachOptions {
 }
 
 impl AgentClient {
-    /// Connects and checks that the agent speaks our protocol version, or the older
-    /// one that an agent started by an older build speaks.
+    /// Connects and checks that the agent speaks our protocol version, or one of the
+    /// older ones that an agent started by an older build speaks (newest first).
     pub async fn connect(socket: &Path) -> Result<Self> {
-        match Self::connect_speaking(socket, PROTOCOL_VERSION).await {
-            // The agent closes a connection it refuses: ask again on a new one.
-            Err(
-                e @ ClientError::Agent {
-                    code: ErrorCode::VersionMismatch,
-                    ..
-                },
-            ) => Self::connect_speaking(socket, OLDEST_PROTOCOL_VERSION)
-                .await
-                .map_err(|_| e),
-            connected => connected,
+        let mut refused = None;
+        for version in (OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION).rev() {
+            match Self::connect_speaking(socket, version).await {
+                // The agent closes a connection it refuses: ask again on a new one.
+                Err(
+                    e @ ClientError::Agent {
+                        code: ErrorCode::VersionMismatch,
+                        ..
+                    },
+                ) => {
+                    refused.get_or_insert(e);
+                }
+                // What went wrong with the newest version says most.
+                Err(e) => return Err(refused.unwrap_or(e)),
+                Ok(client) => return Ok(client),
+            }
         }
+        Err(refused.unwrap_or(ClientError::Closed))
     }
 
     /// Connects to an agent known to speak this build's protocol version (an earlier
@@ -202,9 +211,19 @@ impl AgentClient {
         self.inner.version == PROTOCOL_VERSION
     }
 
+    /// Whether this connection can carry many callers' operations at once: its agent
+    /// ends a channel's work (a foreground process, a stream) when the channel is
+    /// dropped before its operation finished, as it does for all of a connection's
+    /// channels when the connection closes. Older agents end them only then.
+    pub fn ends_dropped_channels(&self) -> bool {
+        self.inner.version >= CLOSE_SINCE
+    }
+
     async fn connect_speaking(socket: &Path, version: u16) -> Result<Self> {
         let client = Self::start(socket, version).await?;
-        let mut hello = client.open_at(0);
+        let mut hello = client.open_at(|_| 0);
+        // Channel 0 is the handshake's alone: nothing is ever closed on it.
+        hello.settled = true;
         hello.send(&Request::Hello { version }).await?;
         match hello.recv().await {
             Some(Incoming::Control(Response::Hello { version: v, .. })) if v == version => {
@@ -310,7 +329,8 @@ impl AgentClient {
         self.inner.closed.load(Ordering::Relaxed) || self.inner.out.is_closed()
     }
 
-    fn open_at(&self, id: u32) -> Channel {
+    /// A channel with the id `id` gives, under the table's lock.
+    fn open_at(&self, id: impl FnOnce(&HashMap<u32, Route>) -> u32) -> Channel {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let input = Arc::new(Semaphore::new(INPUT_WINDOW as usize));
@@ -324,6 +344,7 @@ impl AgentClient {
             // The reader has gone: nothing would ever close this channel's input.
             input.close();
         }
+        let id = id(&chans);
         chans.insert(id, route);
         drop(chans);
         Channel {
@@ -332,20 +353,30 @@ impl AgentClient {
             queued,
             input,
             inner: self.inner.clone(),
+            settled: false,
         }
     }
 
     /// A new channel for one operation.
     pub fn open(&self) -> Channel {
-        let id = self.inner.next.fetch_add(2, Ordering::Relaxed);
-        self.open_at(id)
+        self.open_at(|open| loop {
+            // Odd ids, so never the handshake's 0. A connection kept for long enough to
+            // wrap around skips the ids still open (a watch, a terminal).
+            let id = self.inner.next.fetch_add(2, Ordering::Relaxed);
+            if !open.contains_key(&id) {
+                break id;
+            }
+        })
     }
 
     /// Sends one request on a new channel and returns its first reply.
     pub async fn call(&self, req: &Request) -> Result<Response> {
         let mut ch = self.open();
         ch.send(req).await?;
-        ch.reply().await
+        let reply = ch.reply().await;
+        // One answer is all a call's channel carries.
+        ch.settled = true;
+        reply
     }
 
     async fn call_ok(&self, req: &Request) -> Result<()> {
@@ -675,7 +706,8 @@ struct Abandon(Option<Channel>);
 
 impl Drop for Abandon {
     fn drop(&mut self) {
-        if let Some(ch) = &self.0 {
+        // An agent that ends dropped channels ends this one as the channel drops.
+        if let Some(ch) = self.0.as_ref().filter(|ch| !ch.ends_when_dropped()) {
             ch.cancel_queued();
         }
     }
@@ -710,6 +742,7 @@ impl FileReader {
             }
             Some(Incoming::Control(Response::Error { code, message })) => {
                 self.ended = true;
+                self.ch.settled = true;
                 Err(ClientError::Agent { code, message })
             }
             Some(other) => Err(ClientError::Protocol(format!("{other:?}"))),
@@ -720,7 +753,7 @@ impl FileReader {
 
 impl Drop for FileReader {
     fn drop(&mut self) {
-        if !self.ended {
+        if !self.ended && !self.ch.ends_when_dropped() {
             self.ch.cancel_queued();
         }
     }
@@ -834,7 +867,7 @@ impl Channel {
 
     /// Decodes a frame handed to the consumer, granting the agent credit for its data;
     /// `None` for frames a client never receives.
-    fn take(&self, f: Frame) -> Option<Incoming> {
+    fn take(&mut self, f: Frame) -> Option<Incoming> {
         self.queued.fetch_sub(queued_cost(&f), Ordering::Relaxed);
         let kind = f.kind;
         if matches!(
@@ -850,7 +883,16 @@ impl Channel {
         }
         Some(match kind {
             FrameKind::Control => match f.parse::<Response>() {
-                Ok(r) => Incoming::Control(r),
+                Ok(r) => {
+                    // The last answer of a process, a read and an upload.
+                    if matches!(
+                        r,
+                        Response::Exited { .. } | Response::End | Response::Written { .. }
+                    ) {
+                        self.settled = true;
+                    }
+                    Incoming::Control(r)
+                }
                 Err(e) => Incoming::Control(Response::Error {
                     code: ErrorCode::BadRequest,
                     message: format!("undecodable reply: {e}"),
@@ -872,7 +914,19 @@ impl Channel {
     /// [`Channel::cancel`] from a destructor, which cannot wait: queued after what was
     /// sent before, so the agent never sees the cancel ahead of the request it cancels.
     fn cancel_queued(&self) {
-        let frame = Frame::control(self.id, &Request::Cancel);
+        self.queue(&Request::Cancel);
+    }
+
+    /// Whether dropping the channel before its operation ended ends it on the agent
+    /// (see [`AgentClient::ends_dropped_channels`]).
+    fn ends_when_dropped(&self) -> bool {
+        self.inner.version >= CLOSE_SINCE
+    }
+
+    /// Sends `req` on this channel from a destructor, which cannot wait: queued after
+    /// what was sent before, so the agent never sees it ahead of the request it is about.
+    fn queue(&self, req: &Request) {
+        let frame = Frame::control(self.id, req);
         match self.inner.out.try_send(frame) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(frame)) => {
@@ -888,12 +942,14 @@ impl Channel {
         }
     }
 
-    /// The next control reply, with agent errors turned into `Err`.
+    /// The next control reply, with agent errors turned into `Err`. An error as the
+    /// reply to a request ends its operation: the channel is then settled.
     pub async fn reply(&mut self) -> Result<Response> {
         loop {
             match self.recv().await {
                 Some(Incoming::Control(Response::Error { code, message })) => {
-                    return Err(ClientError::Agent { code, message })
+                    self.settled = true;
+                    return Err(ClientError::Agent { code, message });
                 }
                 Some(Incoming::Control(r)) => return Ok(r),
                 Some(_) => continue,
@@ -905,6 +961,10 @@ impl Channel {
 
 impl Drop for Channel {
     fn drop(&mut self) {
+        if !self.settled && self.ends_when_dropped() {
+            // Whatever runs on it is nobody's now; the connection may go on for others.
+            self.queue(&Request::Close);
+        }
         self.inner.chans.lock().unwrap().remove(&self.id);
         // Nothing routes credit to it now: a sender waiting for some gives up.
         self.input.close();
@@ -1254,6 +1314,119 @@ mod tests {
             agent: agent.into(),
         };
         write_frame(s, &Frame::control(0, &reply)).await.unwrap();
+    }
+
+    /// What a client sends an agent of protocol `version` (which refuses any other) on
+    /// channels other than the handshake's, while it makes a call, starts a process and
+    /// drops it unfinished, then makes another call.
+    async fn requests_seen_by_an_agent_of(version: u16) -> Vec<(u32, Request)> {
+        let (_dir, socket, listener) = fake_agent();
+        let agent = tokio::spawn(async move {
+            let mut s = loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let hello = read_frame(&mut s).await.unwrap().unwrap();
+                match hello.parse::<Request>().unwrap() {
+                    Request::Hello { version: v } if v == version => break s,
+                    _ => {
+                        let refusal = Response::Error {
+                            code: ErrorCode::VersionMismatch,
+                            message: format!("agent speaks protocol version {version}"),
+                        };
+                        write_frame(&mut s, &Frame::control(0, &refusal))
+                            .await
+                            .unwrap();
+                    }
+                }
+            };
+            answer_hello(&mut s, version, "fake").await;
+            let mut seen = Vec::new();
+            let mut lists = 0;
+            while lists < 2 {
+                let f = read_frame(&mut s).await.unwrap().unwrap();
+                let req = f.parse::<Request>().unwrap();
+                let answer = match req {
+                    Request::ListProcesses => {
+                        lists += 1;
+                        Some(Response::Processes { list: vec![] })
+                    }
+                    Request::Exec(_) => Some(Response::Started { pid: 7, serial: 1 }),
+                    _ => None,
+                };
+                if let Some(answer) = answer {
+                    write_frame(&mut s, &Frame::control(f.channel, &answer))
+                        .await
+                        .unwrap();
+                }
+                seen.push((f.channel, req));
+            }
+            seen
+        });
+        let client = AgentClient::connect(&socket).await.unwrap();
+        assert_eq!(client.ends_dropped_channels(), version >= CLOSE_SINCE);
+        client.list_processes().await.unwrap();
+        drop(client.exec(ExecRequest::default()).await.unwrap());
+        client.list_processes().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), agent)
+            .await
+            .expect("the fake agent did not see both calls")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn channel_ids_wrapping_around_skip_the_open_ones() {
+        let (_dir, socket, listener) = fake_agent();
+        let agent = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_frame(&mut s).await.unwrap().unwrap();
+            answer_hello(&mut s, PROTOCOL_VERSION, "fake").await;
+            std::future::pending::<()>().await;
+            drop(s);
+        });
+        let client = AgentClient::connect(&socket).await.unwrap();
+        let kept = client.open();
+        assert_eq!(kept.id, 1);
+        client.inner.next.store(u32::MAX, Ordering::Relaxed);
+        let last = client.open();
+        assert_eq!(last.id, u32::MAX);
+        // 1 is still open: the ids go on at 3, never at the handshake's 0.
+        assert_eq!(client.open().id, 3);
+        drop(kept);
+        agent.abort();
+    }
+
+    #[tokio::test]
+    async fn a_channel_dropped_unfinished_is_closed_and_an_answered_one_is_not() {
+        let seen = requests_seen_by_an_agent_of(PROTOCOL_VERSION).await;
+        let kinds: Vec<_> = seen
+            .iter()
+            .map(|(ch, r)| {
+                (
+                    *ch,
+                    format!("{r:?}")
+                        .split([' ', '('])
+                        .next()
+                        .unwrap()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (1, "ListProcesses".to_owned()),
+                (3, "Exec".to_owned()),
+                (3, "Close".to_owned()),
+                (5, "ListProcesses".to_owned()),
+            ]
+        );
+        // An agent of the version before is told nothing it does not know: its
+        // connection is the caller's alone, and closing it ends the process.
+        let old = requests_seen_by_an_agent_of(CLOSE_SINCE - 1).await;
+        assert!(
+            !old.iter().any(|(_, r)| matches!(r, Request::Close)),
+            "{old:?}"
+        );
+        assert_eq!(old.len(), 3);
     }
 
     #[tokio::test]

@@ -16,7 +16,9 @@
 //! Credit frames for a channel that has just finished are dropped, and so are its stdin
 //! and data frames, with their credit given back: the client may have sent them before
 //! it saw the operation end. When the connection goes away every channel task is stopped,
-//! and processes started on it without `background` are killed with their process group.
+//! and processes started on it without `background` are killed with their process group;
+//! a client that leaves one channel of a connection it keeps says so (`Request::Close`),
+//! and that channel alone ends the same way.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,7 +30,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use warren_types::proto::{
-    frame_credit, read_frame, write_frame, ErrorCode, Frame, FrameKind, Request, Response, CHUNK,
+    frame_credit, read_frame, write_frame, ErrorCode, Frame, FrameKind, Request, Response,
     PROTOCOL_VERSION,
 };
 
@@ -38,7 +40,7 @@ use crate::process::{self, parse_signal, Replay};
 use crate::watches;
 use crate::{Agent, Failure};
 
-/// Frames queued for the socket; data frames are at most [`CHUNK`] each.
+/// Frames queued for the socket; data frames are at most [`CHUNK`](warren_types::proto::CHUNK) each.
 const OUT_QUEUE: usize = 16;
 
 #[derive(Debug)]
@@ -85,7 +87,7 @@ pub(crate) async fn serve(stream: UnixStream, agent: Arc<Agent>) {
     let (out, out_rx) = mpsc::channel(OUT_QUEUE);
     let (grants, grants_rx) = mpsc::unbounded_channel();
     tokio::spawn(write_frames(wr, out_rx, grants_rx));
-    let mut rd = BufReader::with_capacity(CHUNK, rd);
+    let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
     if !handshake(&mut rd, &out).await {
         return;
     }
@@ -159,6 +161,11 @@ async fn handshake(
 
 /// The agent's write buffer: small frames are gathered in it, larger ones bypass it.
 const WRITE_BUFFER: usize = 16 << 10;
+
+/// The agent's read buffer: small frames arrive back to back, and most of a large one
+/// is read straight into its payload. A connection the daemon keeps open between calls
+/// holds it, so it is kept small.
+const READ_BUFFER: usize = 16 << 10;
 
 async fn write_frames(
     wr: OwnedWriteHalf,
@@ -353,6 +360,11 @@ impl Conn {
                 // abandons it.
                 if let Some(task) = self.chans.remove(&ch).and_then(|c| c.task) {
                     task.abort();
+                }
+            }
+            Request::Close => {
+                if let Some(chan) = self.chans.remove(&ch) {
+                    self.close_chan(chan);
                 }
             }
             Request::CloseStdin => {
@@ -550,7 +562,7 @@ impl Conn {
                 self.fail(ch, ErrorCode::BadRequest, "hello was already exchanged")
                     .await
             }
-            Request::End | Request::Cancel | Request::CloseStdin => {
+            Request::End | Request::Cancel | Request::Close | Request::CloseStdin => {
                 self.fail(ch, ErrorCode::BadRequest, "nothing runs on this channel")
                     .await
             }
@@ -559,14 +571,20 @@ impl Conn {
 
     fn close(mut self) {
         for chan in std::mem::take(&mut self.chans).into_values() {
-            if chan.kill_on_disconnect {
-                if let Some(proc) = chan.pid.and_then(|pid| self.agent.procs.get(pid)) {
-                    proc.kill_group();
-                }
+            self.close_chan(chan);
+        }
+    }
+
+    /// Ends a channel its client has gone from: its work stops, and a process started
+    /// on it in the foreground dies with its group.
+    fn close_chan(&self, chan: Chan) {
+        if chan.kill_on_disconnect {
+            if let Some(proc) = chan.pid.and_then(|pid| self.agent.procs.get(pid)) {
+                proc.kill_group();
             }
-            if let Some(task) = chan.task {
-                task.abort();
-            }
+        }
+        if let Some(task) = chan.task {
+            task.abort();
         }
     }
 }

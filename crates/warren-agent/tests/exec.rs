@@ -333,6 +333,82 @@ async fn foreground_process_dies_with_its_connection() {
     assert_eq!(b.outcome(attach).await.status.signal, Some(9));
 }
 
+/// The exit of `pid` as the agent lists it, once it has ended (within 5 s).
+async fn ended(c: &mut common::Client, pid: u32) -> warren_types::proto::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let Response::Processes { list } = c.request(&Request::ListProcesses).await else {
+            panic!("no list")
+        };
+        let p = list.iter().find(|p| p.pid == pid).expect("listed");
+        if let Some(exit) = p.exit {
+            return exit;
+        }
+        assert!(Instant::now() < deadline, "process {pid} is still running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_closed_channel_ends_its_foreground_process_and_the_connection_goes_on() {
+    let agent = TestAgent::start();
+    let mut c = agent.connect().await;
+    let (fg, fg_pid) = c.exec(sh("sleep 100 & exec sleep 100")).await;
+    let mut bg_req = argv(&["sleep", "100"]);
+    bg_req.background = true;
+    let (bg, bg_pid) = c.exec(bg_req).await;
+    let (watching, watched_pid) = c.exec(argv(&["sleep", "100"])).await;
+
+    // Closing is not answered: the next frame is the list asked for after it.
+    c.send(fg, &Request::Close).await;
+    assert_eq!(ended(&mut c, fg_pid).await.signal, Some(9));
+    // A background process keeps running when its channel closes.
+    c.send(bg, &Request::Close).await;
+    // Closing an unknown channel, and one closed already, is not answered either.
+    c.send(999, &Request::Close).await;
+    c.send(fg, &Request::Close).await;
+    let Response::Processes { list } = c.request(&Request::ListProcesses).await else {
+        panic!("no list")
+    };
+    let running = |pid: u32| list.iter().any(|p| p.pid == pid && p.exit.is_none());
+    assert!(
+        running(bg_pid),
+        "the background process died with its channel"
+    );
+    assert!(running(watched_pid), "another channel's process died");
+
+    // The connection still carries new work, and the other channel's process goes on
+    // until it is signalled.
+    let (echo, _) = c.exec(sh("echo still here")).await;
+    assert_eq!(c.outcome(echo).await.stdout(), "still here\n");
+    let Response::Ok = c
+        .request(&Request::Signal {
+            pid: watched_pid,
+            signal: 9,
+            group: false,
+        })
+        .await
+    else {
+        panic!("not signalled")
+    };
+    assert_eq!(c.outcome(watching).await.status.signal, Some(9));
+    let Response::Ok = c
+        .request(&Request::Signal {
+            pid: bg_pid,
+            signal: 9,
+            group: false,
+        })
+        .await
+    else {
+        panic!("not signalled")
+    };
+    assert_eq!(ended(&mut c, bg_pid).await.signal, Some(9));
+    // Nothing came on the closed channels, not even the foreground process's exit.
+    while c.poll_credit(Duration::from_millis(200)).await {}
+    assert_eq!(c.pending_on(999), 0);
+    assert_eq!(c.pending_on(fg), 0);
+}
+
 #[tokio::test]
 async fn signals_and_resizes_need_a_known_process() {
     let agent = TestAgent::start();
@@ -623,7 +699,7 @@ async fn handshake_and_framing_errors_close_only_that_connection() {
         Response::Error {
             code: ErrorCode::VersionMismatch,
             message,
-        } => assert!(message.contains("version 2, client 1"), "{message}"),
+        } => assert!(message.contains("version 3, client 1"), "{message}"),
         other => panic!("{other:?}"),
     }
     assert!(old.next_frame().await.is_none());

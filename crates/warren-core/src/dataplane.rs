@@ -10,7 +10,8 @@
 //!   and a stream (a followed process, a terminal, an SFTP session) keeps it counted
 //!   active for as long as it lives ([`AgentConn::hold`]);
 //! - OOM reporting: whether a process the kernel killed was killed for the sandbox's
-//!   memory limit ([`AgentConn::exit`]).
+//!   memory limit ([`AgentConn::exit`]);
+//! - the connection: one per sandbox, made by the first call and shared by the rest.
 //!
 //! The servers only translate between their wire formats and the agent's protocol.
 
@@ -37,10 +38,10 @@ impl Drop for ActivityGuard {
     }
 }
 
-/// A connection of its own to a running sandbox's agent, for one caller's call or
-/// stream, with what core needs to account for it: the sandbox, and its OOM count when
-/// the connection was made (just before a process is started or followed on it), to
-/// tell at the process's exit whether the memory limit killed it.
+/// A running sandbox's agent, reached for one caller's call or stream, with what core
+/// needs to account for it: the sandbox, and its OOM count when it was reached (just
+/// before a process is started or followed), to tell at the process's exit whether the
+/// memory limit killed it.
 #[derive(Debug)]
 pub struct AgentConn {
     mgr: Arc<Manager>,
@@ -118,10 +119,13 @@ fn oom_killed(status: &ExitStatus, before: u64, after: u64) -> bool {
 }
 
 impl Manager {
-    /// A connection of its own to a running sandbox's agent (for exec and file calls).
-    /// Counts as activity. Each caller gets a fresh connection: when it goes away, the
-    /// agent ends what it started on it (a foreground process), which a shared
-    /// connection could not tell.
+    /// A running sandbox's agent (for exec and file calls). Counts as activity. Callers
+    /// share one connection per sandbox, each operation on a channel of its own: a
+    /// caller that goes away before its operation ended drops its channel, and the agent
+    /// ends what ran on it (a foreground process is killed), as it ends everything on a
+    /// connection that closes. An agent too old to be told (an older build's, adopted
+    /// after a restart) gets a connection per caller instead. No call waits for a
+    /// connection to be made after the sandbox's first.
     pub async fn agent(self: &Arc<Self>, who: &Caller, key: &str) -> Result<AgentConn> {
         let (id, client) = self.agent_client(who, key).await?;
         let oom_before = self.oom_count(&id);
@@ -148,8 +152,8 @@ impl Manager {
         })
     }
 
-    /// [`Manager::agent`]'s connection and the sandbox's id, without the accounting of
-    /// a stream: for core's own look at a sandbox's processes.
+    /// [`Manager::agent`]'s client and the sandbox's id, without the accounting of a
+    /// stream: for core's own look at a sandbox's processes.
     pub(crate) async fn agent_client(
         &self,
         who: &Caller,
@@ -162,18 +166,34 @@ impl Manager {
         }
         // Best-effort: a data directory too full to record the activity must not stop
         // the sandbox's own work (a read, a command that frees space).
-        let _ = self.store().touch(&r.id, now_ms());
-        let (socket, known) = self.with_live(&r.id, |l| {
-            (l.sandbox.agent_socket().to_owned(), l.agent_current)
+        let now = now_ms();
+        let _ = self.store().touch(&r.id, now);
+        let (socket, known, shared) = self.with_live(&r.id, |l| {
+            let shared = l.agent.clone().filter(|c| !c.is_closed());
+            if shared.is_some() {
+                l.agent_used_ms = now;
+            }
+            (l.sandbox.agent_socket().to_owned(), l.agent_current, shared)
         })?;
+        if let Some(client) = shared {
+            return Ok((r.id, client));
+        }
         // An agent that once spoke this build's protocol always will (a later one, after
         // a restart, is this build's too): its hello is not waited for again.
         let hello = if known { Hello::Known } else { Hello::Ask };
         let client = connect_agent_with(&socket, hello).await?;
-        if !known && client.speaks_current() {
-            // Gone meanwhile (stopped, removed): nothing to remember.
-            let _ = self.with_live(&r.id, |l| l.agent_current = true);
-        }
+        // Kept for every later call when its agent ends what a caller leaves behind on
+        // it; an older agent gets a connection per call, whose closing does that.
+        let share = client.ends_dropped_channels().then(|| client.clone());
+        let current = client.speaks_current();
+        // Gone meanwhile (stopped, removed): nothing to remember.
+        let _ = self.with_live(&r.id, |l| {
+            l.agent_current |= current;
+            if share.is_some() {
+                l.agent = share;
+                l.agent_used_ms = now;
+            }
+        });
         Ok((r.id, client))
     }
 

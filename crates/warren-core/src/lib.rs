@@ -145,6 +145,12 @@ struct Live {
     streams: Arc<AtomicUsize>,
     /// Its agent has answered a hello in this build's protocol version.
     agent_current: bool,
+    /// The connection every data-plane call shares (see [`Manager::agent`]), once made;
+    /// dropped whenever the sandbox is paused, saved or resumed.
+    agent: Option<warren_runtime::client::AgentClient>,
+    /// When a call last took the shared connection (ms): one unused for
+    /// [`AGENT_KEPT_MS`] is let go (the agent's buffers for it with it).
+    agent_used_ms: i64,
     last_cpu_us: u64,
     /// Readings of its use, oldest first, at most [`SAMPLES_KEPT`].
     samples: std::collections::VecDeque<UsageSample>,
@@ -155,6 +161,10 @@ struct Live {
 /// How often a live sandbox's use is read into its history, and how many readings
 /// are kept (half an hour).
 const SAMPLE_EVERY_MS: i64 = 5_000;
+
+/// How long a sandbox's shared agent connection is kept without a call (its streams
+/// keep theirs for as long as they last).
+const AGENT_KEPT_MS: i64 = 30_000;
 const SAMPLES_KEPT: usize = 360;
 
 impl Live {
@@ -165,6 +175,8 @@ impl Live {
             sandbox,
             streams: Arc::default(),
             agent_current: false,
+            agent: None,
+            agent_used_ms: 0,
             last_cpu_us: cpu,
             samples: std::collections::VecDeque::new(),
             sampled_cpu_us: cpu,

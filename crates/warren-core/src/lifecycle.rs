@@ -110,6 +110,9 @@ impl Manager {
             .live()
             .remove(id)
             .ok_or_else(|| CoreError::InvalidState(format!("sandbox {id} is not running")))?;
+        // What it does (a pause, a save of its memory) may end the agent's connections,
+        // or leave one that a restored agent does not know: the next call makes a new one.
+        l.agent = None;
         let (l, out) = tokio::task::spawn_blocking(move || {
             let out = f(&mut l);
             (l, out)

@@ -63,8 +63,12 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub use crate::b64::Base64Error;
 
 /// The protocol version this build speaks. Version 2 added credit for the data a
-/// client sends ([`INPUT_WINDOW`]).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// client sends ([`INPUT_WINDOW`]); version 3 added [`Request::Close`], so that one
+/// connection can carry the channels of many callers.
+pub const PROTOCOL_VERSION: u16 = 3;
+
+/// The first version with [`Request::Close`].
+pub const CLOSE_SINCE: u16 = 3;
 
 /// The oldest version a client still speaks, to an agent an older build started. In
 /// version 1 the agent grants no credit for stdin and upload data: a client sends it
@@ -630,6 +634,11 @@ pub enum Request {
     },
     /// Stop what runs on this channel (a watch, a stream); the process stays alive.
     Cancel,
+    /// The client has gone from this channel: what runs on it stops, and a process
+    /// started on it without `background` is killed with its process group, as when a
+    /// connection closes. Never answered; a channel that has already ended is left as
+    /// it is. Since version 3 ([`CLOSE_SINCE`]).
+    Close,
 }
 
 fn one() -> u32 {

@@ -1445,3 +1445,87 @@ fn a_disk_made_ahead_is_the_next_sandboxs_own() {
     assert!(loops_under(&data).is_empty(), "{:?}", loops_under(&data));
     d.finish();
 }
+
+/// The daemon keeps one connection to a sandbox's agent for every caller: a caller that
+/// hangs up mid-command still ends its own command (and only that), callers at once each
+/// get their own answers, and the sandbox serves the next call.
+#[test]
+fn a_caller_that_hangs_up_ends_its_own_command_and_callers_at_once_get_their_own_answers() {
+    use std::io::{BufRead, BufReader};
+    if !can_run(
+        "a_caller_that_hangs_up_ends_its_own_command_and_callers_at_once_get_their_own_answers",
+    ) {
+        return;
+    }
+    let _turn = my_turn();
+    let d = Daemon::start(false);
+    let id = d.create(&[]);
+    // Another command, in a session of its own, that no caller follows.
+    let (code, _) = d.exec(
+        &id,
+        "setsid sleep 1000 >/dev/null 2>&1 & echo $! > /tmp/other",
+    );
+    assert_eq!(code, 0);
+
+    // A streamed command whose caller reads its first line, then hangs up.
+    let body = serde_json::json!({
+        "command": { "shell": "echo $$ > /tmp/followed; echo started; exec sleep 1000" }
+    })
+    .to_string();
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        s,
+        "POST /v1/sandboxes/{id}/exec?stream=true HTTP/1.1\r\nHost: warren\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.exec(&id, "cat /tmp/followed 2>/dev/null").1.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(r);
+
+    let alive = |file: &str| {
+        let (_, out) = d.exec(
+            &id,
+            &format!("kill -0 $(cat {file}) 2>/dev/null && echo alive"),
+        );
+        out.trim() == "alive"
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while alive("/tmp/followed") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the command outlived the caller that hung up"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(alive("/tmp/other"), "a command nobody followed died too");
+
+    // Eight callers at once, ten commands each: every answer is its own caller's.
+    std::thread::scope(|scope| {
+        for caller in 0..8 {
+            let (d, id) = (&d, &id);
+            scope.spawn(move || {
+                for n in 0..10 {
+                    let said = format!("caller {caller} command {n}");
+                    let (code, out) = d.exec(id, &format!("echo '{said}'"));
+                    assert_eq!((code, out.trim()), (0, said.as_str()));
+                }
+            });
+        }
+    });
+    let (code, _) = d.exec(&id, "kill $(cat /tmp/other)");
+    assert_eq!(code, 0);
+    d.ok(&["rm", "-f", &id]);
+}

@@ -202,6 +202,11 @@ impl Client {
         *spent -= n;
     }
 
+    /// Frames that came on `ch` and are waiting to be read.
+    pub fn pending_on(&self, ch: u32) -> usize {
+        self.pending.iter().filter(|f| f.channel == ch).count()
+    }
+
     /// Input credit left on `ch`.
     pub fn input_left(&self, ch: u32) -> usize {
         (INPUT_WINDOW as usize).saturating_sub(self.input_spent.get(&ch).copied().unwrap_or(0))
