@@ -183,32 +183,28 @@ impl AgentClient {
         Err(refused.unwrap_or(ClientError::Closed))
     }
 
-    /// Connects to an agent known to speak this build's protocol version (an earlier
-    /// connection to the same agent said so, [`AgentClient::speaks_current`]): the hello
-    /// goes out and the caller's first request right behind it, without waiting a round
-    /// trip for the answer. An agent that refuses the hello after all closes the
-    /// connection, and calls on it fail as on a closed one.
-    pub async fn connect_current(socket: &Path) -> Result<Self> {
-        let client = Self::start(socket, PROTOCOL_VERSION).await?;
+    /// Connects to an agent known to speak protocol `version` (an earlier connection to
+    /// the same agent said so, [`AgentClient::version`]): the hello goes out and the
+    /// caller's first request right behind it, without waiting a round trip for the
+    /// answer. An agent that refuses the hello after all closes the connection, and
+    /// calls on it fail as on a closed one.
+    pub async fn connect_known(socket: &Path, version: u16) -> Result<Self> {
+        let client = Self::start(socket, version).await?;
         // On channel 0, which is not opened here: its answer, once it comes, finds no
         // channel and is dropped.
         client
             .inner
             .out
-            .send(Frame::control(
-                0,
-                &Request::Hello {
-                    version: PROTOCOL_VERSION,
-                },
-            ))
+            .send(Frame::control(0, &Request::Hello { version }))
             .await
             .map_err(|_| ClientError::Closed)?;
         Ok(client)
     }
 
-    /// Whether the agent speaks this build's protocol version (not an older one).
-    pub fn speaks_current(&self) -> bool {
-        self.inner.version == PROTOCOL_VERSION
+    /// The protocol version the connection speaks: this build's, or an older one that
+    /// its agent speaks.
+    pub fn version(&self) -> u16 {
+        self.inner.version
     }
 
     /// Whether this connection can carry many callers' operations at once: its agent
@@ -1362,6 +1358,8 @@ mod tests {
             seen
         });
         let client = AgentClient::connect(&socket).await.unwrap();
+        // Newest first, down to the one the agent speaks.
+        assert_eq!(client.version(), version);
         assert_eq!(client.ends_dropped_channels(), version >= CLOSE_SINCE);
         client.list_processes().await.unwrap();
         drop(client.exec(ExecRequest::default()).await.unwrap());
@@ -1600,14 +1598,18 @@ mod tests {
                 .await
                 .unwrap();
         });
-        let client = AgentClient::connect_current(&socket).await.unwrap();
-        assert!(client.speaks_current());
+        let client = AgentClient::connect_known(&socket, PROTOCOL_VERSION)
+            .await
+            .unwrap();
+        assert_eq!(client.version(), PROTOCOL_VERSION);
         let listed = tokio::time::timeout(Duration::from_secs(10), client.list_processes())
             .await
             .expect("the request waited for the hello's answer");
         assert!(listed.unwrap().is_empty());
 
-        let refused = AgentClient::connect_current(&socket).await.unwrap();
+        let refused = AgentClient::connect_known(&socket, PROTOCOL_VERSION)
+            .await
+            .unwrap();
         let r = tokio::time::timeout(Duration::from_secs(10), refused.list_processes()).await;
         assert!(
             matches!(r, Ok(Err(ClientError::Closed))),

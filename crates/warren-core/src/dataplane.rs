@@ -173,22 +173,22 @@ impl Manager {
             if shared.is_some() {
                 l.agent_used_ms = now;
             }
-            (l.sandbox.agent_socket().to_owned(), l.agent_current, shared)
+            (l.sandbox.agent_socket().to_owned(), l.agent_version, shared)
         })?;
         if let Some(client) = shared {
             return Ok((r.id, client));
         }
-        // An agent that once spoke this build's protocol always will (a later one, after
-        // a restart, is this build's too): its hello is not waited for again.
-        let hello = if known { Hello::Known } else { Hello::Ask };
+        // An agent that once spoke a protocol version always will (a later one, after a
+        // restart, is the same build's): its hello is not waited for again.
+        let hello = known.map_or(Hello::Ask, Hello::Known);
         let client = connect_agent_with(&socket, hello).await?;
         // Kept for every later call when its agent ends what a caller leaves behind on
         // it; an older agent gets a connection per call, whose closing does that.
         let share = client.ends_dropped_channels().then(|| client.clone());
-        let current = client.speaks_current();
+        let version = client.version();
         // Gone meanwhile (stopped, removed): nothing to remember.
         let _ = self.with_live(&r.id, |l| {
-            l.agent_current |= current;
+            l.agent_version = Some(version);
             if share.is_some() {
                 l.agent = share;
                 l.agent_used_ms = now;

@@ -143,8 +143,8 @@ pub struct ListFilter {
 struct Live {
     sandbox: Box<dyn Instance>,
     streams: Arc<AtomicUsize>,
-    /// Its agent has answered a hello in this build's protocol version.
-    agent_current: bool,
+    /// The protocol version its agent answered a hello in, once it has.
+    agent_version: Option<u16>,
     /// The connection every data-plane call shares (see [`Manager::agent`]), once made;
     /// dropped whenever the sandbox is paused, saved or resumed.
     agent: Option<warren_runtime::client::AgentClient>,
@@ -174,7 +174,7 @@ impl Live {
         Self {
             sandbox,
             streams: Arc::default(),
-            agent_current: false,
+            agent_version: None,
             agent: None,
             agent_used_ms: 0,
             last_cpu_us: cpu,

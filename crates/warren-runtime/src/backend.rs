@@ -224,9 +224,9 @@ pub async fn connect_agent(path: &Path) -> Result<AgentClient, ClientError> {
 pub enum Hello {
     /// Ask which protocol version the agent speaks and wait for the answer.
     Ask,
-    /// The agent is known to speak this build's version: the first request follows the
-    /// hello at once ([`AgentClient::connect_current`]).
-    Known,
+    /// The agent is known to speak this version: the first request follows the hello
+    /// at once ([`AgentClient::connect_known`]).
+    Known(u16),
 }
 
 /// [`connect_agent`], starting as `hello` says.
@@ -253,7 +253,7 @@ pub async fn connect_agent_with(path: &Path, hello: Hello) -> Result<AgentClient
     let via = format!("/proc/self/fd/{}", pinned.as_raw_fd());
     let client = match hello {
         Hello::Ask => AgentClient::connect(Path::new(&via)).await,
-        Hello::Known => AgentClient::connect_current(Path::new(&via)).await,
+        Hello::Known(version) => AgentClient::connect_known(Path::new(&via), version).await,
     };
     drop(pinned);
     client
