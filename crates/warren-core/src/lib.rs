@@ -151,6 +151,9 @@ struct Live {
     /// When a call last took the shared connection (ms): one unused for
     /// [`AGENT_KEPT_MS`] is let go (the agent's buffers for it with it).
     agent_used_ms: i64,
+    /// A warm pool's member: its shared connection was made ahead and is kept until the
+    /// member is claimed, so that the first call after a claim finds it.
+    warm: bool,
     last_cpu_us: u64,
     /// Readings of its use, oldest first, at most [`SAMPLES_KEPT`].
     samples: std::collections::VecDeque<UsageSample>,
@@ -177,6 +180,7 @@ impl Live {
             agent_version: None,
             agent: None,
             agent_used_ms: 0,
+            warm: false,
             last_cpu_us: cpu,
             samples: std::collections::VecDeque::new(),
             sampled_cpu_us: cpu,

@@ -79,6 +79,11 @@ impl Manager {
         };
         match claimed {
             Some(r) => {
+                // Its connection, made ahead, is an ordinary one from now on.
+                let _ = self.with_live(&r.id, |l| {
+                    l.warm = false;
+                    l.agent_used_ms = now;
+                });
                 pool.hits.fetch_add(1, Ordering::Relaxed);
                 self.metrics.created.fetch_add(1, Ordering::Relaxed);
                 self.event(
@@ -267,6 +272,16 @@ impl Manager {
         pools.iter().map(|p| self.pool_info(p)).collect()
     }
 
+    /// Makes a new pool member's shared agent connection and keeps it until the member
+    /// is claimed: the agent's first connection (its hello, the agent's first work for a
+    /// caller) is then behind the member when a request takes it. Best-effort: a member
+    /// whose agent does not answer now is reached as any other at its first call.
+    async fn warm_agent(&self, who: &Caller, id: &str) {
+        if self.agent_client(who, id).await.is_ok() {
+            let _ = self.with_live(id, |l| l.warm = l.agent.is_some());
+        }
+    }
+
     /// Tops pools up to their minimum and replaces members past their time to live.
     pub(crate) fn refill_pools(self: &Arc<Self>) {
         let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -317,6 +332,9 @@ impl Manager {
                         .create_new(&who, POOL_TENANT, &pool.spec.template, &req)
                         .await
                     {
+                        // Before it can be claimed, so that a claim always finds it
+                        // warm or not yet made, never warmed after it was claimed.
+                        mgr.warm_agent(&who, &info.id).await;
                         let _ = mgr.store().set_pool(&info.id, Some(&pool.key));
                     }
                     pool.filling.fetch_sub(1, Ordering::Relaxed);

@@ -123,7 +123,7 @@ impl Manager {
                 } else {
                     l.sandbox.cpu_us()
                 };
-                if now - l.agent_used_ms >= crate::AGENT_KEPT_MS {
+                if !l.warm && now - l.agent_used_ms >= crate::AGENT_KEPT_MS {
                     l.agent = None;
                 }
                 let used = cpu.saturating_sub(l.last_cpu_us) as f64;
