@@ -338,6 +338,8 @@ pub struct Manager {
     measuring: AtomicBool,
     /// When the reaper last forgot long-terminated sandboxes (ms).
     pruned_at: std::sync::atomic::AtomicI64,
+    /// When the pools' orphans were last looked for (ms).
+    orphans_swept_at: std::sync::atomic::AtomicI64,
     pools: Mutex<Vec<Arc<Pool>>>,
     shares: Mutex<Vec<Arc<share::Share>>>,
     /// Port links' codes and the grants browsers keep (see [`port_links`]).
@@ -453,6 +455,9 @@ impl Manager {
             passes: AtomicU64::new(0),
             measuring: AtomicBool::new(false),
             pruned_at: std::sync::atomic::AtomicI64::new(0),
+            // The first look a minute after the start: an operator who sets the pools
+            // again after a restart finds their warm members still there.
+            orphans_swept_at: std::sync::atomic::AtomicI64::new(now_ms() + 50_000),
             pools: Mutex::new(Vec::new()),
             shares: Mutex::new(Vec::new()),
             port_grants: Mutex::new(Vec::new()),

@@ -226,15 +226,17 @@ impl Manager {
             let i = pools.iter().position(|p| p.key == key);
             i.map(|i| pools.remove(i))
         };
+        // A member being made now ends itself once it finds its pool gone: waited for,
+        // so that the pool is all gone when this answers.
+        if let Some(p) = &removed {
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            while p.filling.load(Ordering::Relaxed) > 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let members = self.store().pool_members(&key)?;
         for (id, _) in members {
-            let lock = self.lock_for(&id);
-            let _g = lock.lock().await;
-            let found = self.store().get(&id)?;
-            if let Some(r) = found.filter(|r| r.tenant == POOL_TENANT) {
-                self.terminate_locked(r, "terminated", "its pool was removed")
-                    .await?;
-            }
+            self.end_warm(&id, "its pool was removed").await?;
         }
         Ok(PoolInfo {
             spec,
@@ -282,10 +284,62 @@ impl Manager {
         }
     }
 
-    /// Tops pools up to their minimum and replaces members past their time to live.
+    /// Removes `id` if it is still a pool's unclaimed member (a claim may have taken it,
+    /// or another removal ended it, meanwhile).
+    async fn end_warm(&self, id: &str, why: &str) -> Result<()> {
+        let lock = self.lock_for(id);
+        let _g = lock.lock().await;
+        let found = self.store().get(id)?;
+        if let Some(r) =
+            found.filter(|r| r.tenant == POOL_TENANT && r.state == SandboxState::Running)
+        {
+            self.terminate_locked(r, "terminated", why).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a pool of `key` is configured now.
+    fn has_pool(&self, key: &str) -> bool {
+        let pools = self.pools.lock().unwrap_or_else(|e| e.into_inner());
+        pools.iter().any(|p| p.key == key)
+    }
+
+    /// Removes warm members that no pool holds: those of a pool removed while they were
+    /// being made, or of one this daemon (after a restart) was not given again; and
+    /// those a fill never finished marking (an earlier daemon's, stopped in between),
+    /// once they are older than any fill takes.
+    fn sweep_orphans(self: &Arc<Self>, now: i64) {
+        /// Longer than any fill takes from its record to its pool key.
+        const UNMARKED_AFTER_MS: i64 = 300_000;
+        /// A look is a query of the store: not at every pass of the reaper.
+        const EVERY_MS: i64 = 10_000;
+        if now - self.orphans_swept_at.load(Ordering::Relaxed) < EVERY_MS {
+            return;
+        }
+        self.orphans_swept_at.store(now, Ordering::Relaxed);
+        let Ok(warm) = self.store().running_of_tenant(POOL_TENANT) else {
+            return;
+        };
+        for (id, key, created) in warm {
+            let orphan = match &key {
+                Some(key) => !self.has_pool(key),
+                None => now - created >= UNMARKED_AFTER_MS,
+            };
+            if orphan {
+                let mgr = self.clone();
+                tokio::spawn(async move {
+                    let _ = mgr.end_warm(&id, "no pool holds it").await;
+                });
+            }
+        }
+    }
+
+    /// Tops pools up to their minimum, replaces members past their time to live, and
+    /// removes members no pool holds.
     pub(crate) fn refill_pools(self: &Arc<Self>) {
         let pools: Vec<Arc<Pool>> = self.pools.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let now = now_ms();
+        self.sweep_orphans(now);
         for pool in pools {
             let Ok(members) = self.store().pool_members(&pool.key) else {
                 continue;
@@ -298,16 +352,7 @@ impl Manager {
                         let mgr = self.clone();
                         let id = id.clone();
                         tokio::spawn(async move {
-                            let lock = mgr.lock_for(&id);
-                            let _g = lock.lock().await;
-                            let found = mgr.store().get(&id);
-                            if let Ok(Some(r)) = found {
-                                if r.tenant == POOL_TENANT && r.state == SandboxState::Running {
-                                    let _ = mgr
-                                        .terminate_locked(r, "terminated", "warm too long")
-                                        .await;
-                                }
-                            }
+                            let _ = mgr.end_warm(&id, "warm too long").await;
                         });
                     }
                 }
@@ -336,6 +381,11 @@ impl Manager {
                         // warm or not yet made, never warmed after it was claimed.
                         mgr.warm_agent(&who, &info.id).await;
                         let _ = mgr.store().set_pool(&info.id, Some(&pool.key));
+                        // Its pool removed while it was being made: the removal may
+                        // have listed the members before this one was marked.
+                        if !mgr.has_pool(&pool.key) {
+                            let _ = mgr.end_warm(&info.id, "its pool was removed").await;
+                        }
                     }
                     pool.filling.fetch_sub(1, Ordering::Relaxed);
                 });

@@ -979,6 +979,19 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// Every running sandbox of `tenant` (the pools' own): (id, pool key, created_at).
+    pub fn running_of_tenant(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<(String, Option<String>, i64)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, pool_key, created_at FROM sandboxes WHERE tenant = ?1 \
+             AND state = 'running'",
+        )?;
+        let rows = stmt.query_map(params![tenant], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Takes one running member out of pool `key` and gives it to `claim`'s tenant,
     /// owner, name and settings, in one statement: two claims never get the same member.
     pub fn claim_from_pool(&self, key: &str, claim: &Record) -> Result<Option<Record>, StoreError> {
@@ -1334,6 +1347,32 @@ mod tests {
         let end = same(&s).unwrap().last_active_at;
         s.prune_terminated(end + 1).unwrap();
         assert_eq!(same(&s), None);
+    }
+
+    #[test]
+    fn a_tenants_running_sandboxes_are_listed_with_their_pool_keys() {
+        let s = Store::in_memory().unwrap();
+        for (id, tenant, state) in [
+            ("warm", "@pool", SandboxState::Running),
+            ("unmarked", "@pool", SandboxState::Running),
+            ("gone", "@pool", SandboxState::Terminated),
+            ("someone's", "t", SandboxState::Running),
+        ] {
+            let mut r = record(id, None);
+            r.tenant = tenant.into();
+            s.insert(&r).unwrap();
+            s.set_state(id, state).unwrap();
+        }
+        s.set_pool("warm", Some("key")).unwrap();
+        let mut listed = s.running_of_tenant("@pool").unwrap();
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                ("unmarked".to_string(), None, 1),
+                ("warm".to_string(), Some("key".to_string()), 1)
+            ]
+        );
     }
 
     #[test]

@@ -440,6 +440,41 @@ async fn a_warm_pool_hands_out_ready_sandboxes() {
 }
 
 #[tokio::test]
+async fn a_pool_removed_while_it_fills_leaves_no_member_behind() {
+    if !can_run("a_pool_removed_while_it_fills_leaves_no_member_behind") {
+        return;
+    }
+    let env = Env::new("pool-race");
+    let mgr = env.manager().await;
+    let pool = |min, max| PoolSpec {
+        template: "host".into(),
+        resources: Default::default(),
+        network: Default::default(),
+        isolation: Default::default(),
+        min,
+        max,
+        ttl_secs: None,
+    };
+    let operator = Caller::host_root("default");
+    // Removed at moments all through the reaper's period (200 ms here; its pass starts
+    // the fills): some removals come while members are being made.
+    for wait_ms in (0..210).step_by(7) {
+        mgr.set_pool(&operator, pool(3, 3)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        mgr.set_pool(&operator, pool(0, 0)).await.unwrap();
+        mgr.settle().await;
+        let left: Vec<_> = std::fs::read_dir(env.root.join("run/sandboxes"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "removed {wait_ms} ms after it was set, the pool left {left:?}"
+        );
+    }
+    assert!(mgr.pools().is_empty());
+}
+
+#[tokio::test]
 async fn another_tenant_sees_nothing() {
     if !can_run("another_tenant_sees_nothing") {
         return;
