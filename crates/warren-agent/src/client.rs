@@ -1370,16 +1370,23 @@ mod tests {
             .unwrap()
     }
 
+    /// A stand-in agent that says hello, then reads nothing more.
+    fn agent_that_only_says_hello(
+        listener: tokio::net::UnixListener,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_frame(&mut s).await.unwrap().unwrap();
+            answer_hello(&mut s, PROTOCOL_VERSION, "stalled").await;
+            std::future::pending::<()>().await;
+            drop(s);
+        })
+    }
+
     #[tokio::test]
     async fn channel_ids_wrapping_around_skip_the_open_ones() {
         let (_dir, socket, listener) = fake_agent();
-        let agent = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            read_frame(&mut s).await.unwrap().unwrap();
-            answer_hello(&mut s, PROTOCOL_VERSION, "fake").await;
-            std::future::pending::<()>().await;
-            drop(s);
-        });
+        let agent = agent_that_only_says_hello(listener);
         let client = AgentClient::connect(&socket).await.unwrap();
         let kept = client.open();
         assert_eq!(kept.id, 1);
@@ -1430,14 +1437,7 @@ mod tests {
     #[tokio::test]
     async fn an_agent_that_stops_reading_holds_back_the_sender() {
         let (_dir, socket, listener) = fake_agent();
-        // An agent that says hello, then reads nothing more.
-        let agent = tokio::spawn(async move {
-            let (mut s, _) = listener.accept().await.unwrap();
-            read_frame(&mut s).await.unwrap().unwrap();
-            answer_hello(&mut s, PROTOCOL_VERSION, "stalled").await;
-            std::future::pending::<()>().await;
-            drop(s);
-        });
+        let agent = agent_that_only_says_hello(listener);
         let client = AgentClient::connect(&socket).await.unwrap();
         let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let source = Counted(read.clone());

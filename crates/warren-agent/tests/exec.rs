@@ -381,27 +381,15 @@ async fn a_closed_channel_ends_its_foreground_process_and_the_connection_goes_on
     // until it is signalled.
     let (echo, _) = c.exec(sh("echo still here")).await;
     assert_eq!(c.outcome(echo).await.stdout(), "still here\n");
-    let Response::Ok = c
-        .request(&Request::Signal {
-            pid: watched_pid,
+    for pid in [watched_pid, bg_pid] {
+        let kill = Request::Signal {
+            pid,
             signal: 9,
             group: false,
-        })
-        .await
-    else {
-        panic!("not signalled")
-    };
+        };
+        assert!(matches!(c.request(&kill).await, Response::Ok));
+    }
     assert_eq!(c.outcome(watching).await.status.signal, Some(9));
-    let Response::Ok = c
-        .request(&Request::Signal {
-            pid: bg_pid,
-            signal: 9,
-            group: false,
-        })
-        .await
-    else {
-        panic!("not signalled")
-    };
     assert_eq!(ended(&mut c, bg_pid).await.signal, Some(9));
     // Nothing came on the closed channels, not even the foreground process's exit.
     while c.poll_credit(Duration::from_millis(200)).await {}
