@@ -277,9 +277,11 @@ impl Manager {
     /// Makes a new pool member's shared agent connection and keeps it until the member
     /// is claimed: the agent's first connection (its hello, the agent's first work for a
     /// caller) is then behind the member when a request takes it. Best-effort: a member
-    /// whose agent does not answer now is reached as any other at its first call.
+    /// whose agent does not answer now (within [`WARM_AGENT_WAIT`]: the fill, and with it
+    /// the pool's removal, waits no longer) is reached as any other at its first call.
     async fn warm_agent(&self, who: &Caller, id: &str) {
-        if self.agent_client(who, id).await.is_ok() {
+        let made = tokio::time::timeout(WARM_AGENT_WAIT, self.agent_client(who, id)).await;
+        if let Ok(Ok(_)) = made {
             let _ = self.with_live(id, |l| l.warm = l.agent.is_some());
         }
     }
@@ -393,6 +395,9 @@ impl Manager {
         }
     }
 }
+
+/// How long a fill waits for a new member's agent to answer its first connection.
+const WARM_AGENT_WAIT: Duration = Duration::from_secs(5);
 
 fn operator_only(who: &Caller) -> Result<()> {
     if !who.operator || who.only_sandbox.is_some() {
