@@ -63,6 +63,9 @@ struct Inner {
     in_flight: Arc<Semaphore>,
     /// The protocol version the connection speaks (input credit from version 2 on).
     version: u16,
+    /// Dropped with the last client: the reader stops then, and the socket is closed at
+    /// once rather than when the agent closes its end.
+    _last_client: tokio::sync::oneshot::Sender<()>,
 }
 
 /// Where the reader puts a channel's frames, and what they hold there until taken.
@@ -244,6 +247,7 @@ impl AgentClient {
         let (out, mut out_rx) = mpsc::channel::<Frame>(32);
         let (credit, mut credit_rx) = mpsc::unbounded_channel::<Frame>();
         let in_flight = Arc::new(Semaphore::new(DATA_IN_FLIGHT));
+        let (last_client, mut no_client) = tokio::sync::oneshot::channel::<()>();
         let inner = Arc::new(Inner {
             out,
             credit,
@@ -252,6 +256,7 @@ impl AgentClient {
             next: AtomicU32::new(1),
             in_flight: in_flight.clone(),
             version,
+            _last_client: last_client,
         });
         tokio::spawn(async move {
             loop {
@@ -280,7 +285,15 @@ impl AgentClient {
         // is small so that most of a large payload is read straight into its frame.
         let mut r = tokio::io::BufReader::with_capacity(16 << 10, r);
         tokio::spawn(async move {
-            while let Ok(Some(f)) = read_frame(&mut r).await {
+            loop {
+                let f = tokio::select! {
+                    read = read_frame(&mut r) => match read {
+                        Ok(Some(f)) => f,
+                        _ => break,
+                    },
+                    // Nobody holds the connection any more.
+                    _ = &mut no_client => break,
+                };
                 let Some(inner) = reader_inner.upgrade() else {
                     break;
                 };
@@ -1381,6 +1394,38 @@ mod tests {
             std::future::pending::<()>().await;
             drop(s);
         })
+    }
+
+    #[tokio::test]
+    async fn the_last_client_dropped_closes_the_socket_without_waiting_for_the_agent() {
+        let (_dir, socket, listener) = fake_agent();
+        let (dropped_tx, dropped) = tokio::sync::oneshot::channel::<()>();
+        let agent = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            read_frame(&mut s).await.unwrap().unwrap();
+            answer_hello(&mut s, PROTOCOL_VERSION, "lingering").await;
+            // It never closes its end and sends nothing until the client is gone; then
+            // its first frame must find the client's end closed, both ways.
+            dropped.await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let f = Frame::control(999, &Response::Ok);
+            write_frame(&mut s, &f).await.is_err()
+        });
+        let client = AgentClient::connect(&socket).await.unwrap();
+        let second = client.clone();
+        drop(client);
+        // Another clone still holds it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !second.is_closed(),
+            "the connection closed under a live clone"
+        );
+        drop(second);
+        dropped_tx.send(()).unwrap();
+        assert!(
+            agent.await.unwrap(),
+            "the client's end stayed open after the last clone was dropped"
+        );
     }
 
     #[tokio::test]

@@ -82,11 +82,29 @@ struct Conn {
     done_rx: mpsc::UnboundedReceiver<u32>,
 }
 
+/// Serves one connection until the client goes and what it left running has sent its
+/// last frame. The writer runs in this same task, not one of its own: when the task is
+/// aborted (the agent closing every connection before its memory is saved), both halves
+/// of the socket are closed by the time the abort is joined, so no connection is open
+/// in the saved image.
 pub(crate) async fn serve(stream: UnixStream, agent: Arc<Agent>) {
     let (rd, wr) = stream.into_split();
     let (out, out_rx) = mpsc::channel(OUT_QUEUE);
     let (grants, grants_rx) = mpsc::unbounded_channel();
-    tokio::spawn(write_frames(wr, out_rx, grants_rx));
+    tokio::join!(
+        read_requests(rd, out, grants, agent),
+        write_frames(wr, out_rx, grants_rx)
+    );
+}
+
+/// The dispatcher: the handshake, then every frame to its channel until the client
+/// closes the connection.
+async fn read_requests(
+    rd: tokio::net::unix::OwnedReadHalf,
+    out: mpsc::Sender<Frame>,
+    grants: mpsc::UnboundedSender<Arc<Window>>,
+    agent: Arc<Agent>,
+) {
     let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
     if !handshake(&mut rd, &out).await {
         return;
@@ -598,6 +616,36 @@ impl Drop for Conn {
             if let Some(task) = &chan.task {
                 task.abort();
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_aborted_connection_is_closed_once_its_abort_is_joined() {
+        let agent = Arc::new(Agent {
+            config: crate::AgentConfig::default(),
+            procs: process::Procs::new(),
+        });
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        theirs.set_nonblocking(true).unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let mut conns = tokio::task::JoinSet::new();
+        conns.spawn(serve(UnixStream::from_std(theirs).unwrap(), agent));
+        // Served a while: the dispatcher waits for the hello, the writer for frames.
+        tokio::task::yield_now().await;
+        // As the agent does before its memory is saved.
+        conns.abort_all();
+        while conns.join_next().await.is_some() {}
+        // Nothing else has run since: the socket must be closed already, not once some
+        // other task of the agent's gets to it.
+        let mut byte = [0u8; 1];
+        match std::io::Read::read(&mut &ours, &mut byte) {
+            Ok(0) => {}
+            other => panic!("the connection is still open: {other:?}"),
         }
     }
 }
