@@ -68,6 +68,13 @@ struct Inner {
     _last_client: tokio::sync::oneshot::Sender<()>,
 }
 
+impl Inner {
+    /// See [`AgentClient::ends_dropped_channels`].
+    fn ends_dropped_channels(&self) -> bool {
+        self.version >= CLOSE_SINCE
+    }
+}
+
 /// Where the reader puts a channel's frames, and what they hold there until taken.
 #[derive(Debug, Clone)]
 struct Route {
@@ -215,7 +222,7 @@ impl AgentClient {
     /// dropped before its operation finished, as it does for all of a connection's
     /// channels when the connection closes. Older agents end them only then.
     pub fn ends_dropped_channels(&self) -> bool {
-        self.inner.version >= CLOSE_SINCE
+        self.inner.ends_dropped_channels()
     }
 
     async fn connect_speaking(socket: &Path, version: u16) -> Result<Self> {
@@ -633,11 +640,7 @@ impl AgentClient {
         })
         .await?;
         match ch.reply().await? {
-            Response::FileInfo { info } => Ok(FileReader {
-                info,
-                ch,
-                ended: false,
-            }),
+            Response::FileInfo { info } => Ok(FileReader { info, ch }),
             other => Err(ClientError::Protocol(format!("{other:?}"))),
         }
     }
@@ -728,7 +731,6 @@ impl Drop for Abandon {
 pub struct FileReader {
     info: FileInfo,
     ch: Channel,
-    ended: bool,
 }
 
 impl FileReader {
@@ -740,17 +742,14 @@ impl FileReader {
     /// The next chunk of the contents, `None` at the end. Taking a chunk grants the
     /// agent credit for as many bytes more.
     pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>> {
-        if self.ended {
+        // Settled by its `End` or an error: the read is over.
+        if self.ch.settled {
             return Ok(None);
         }
         match self.ch.recv().await {
             Some(Incoming::Data(d)) => Ok(Some(d)),
-            Some(Incoming::Control(Response::End)) => {
-                self.ended = true;
-                Ok(None)
-            }
+            Some(Incoming::Control(Response::End)) => Ok(None),
             Some(Incoming::Control(Response::Error { code, message })) => {
-                self.ended = true;
                 self.ch.settled = true;
                 Err(ClientError::Agent { code, message })
             }
@@ -762,7 +761,7 @@ impl FileReader {
 
 impl Drop for FileReader {
     fn drop(&mut self) {
-        if !self.ended && !self.ch.ends_when_dropped() {
+        if !self.ch.settled && !self.ch.ends_when_dropped() {
             self.ch.cancel_queued();
         }
     }
@@ -929,7 +928,7 @@ impl Channel {
     /// Whether dropping the channel before its operation ended ends it on the agent
     /// (see [`AgentClient::ends_dropped_channels`]).
     fn ends_when_dropped(&self) -> bool {
-        self.inner.version >= CLOSE_SINCE
+        self.inner.ends_dropped_channels()
     }
 
     /// Sends `req` on this channel from a destructor, which cannot wait: queued after
