@@ -927,7 +927,7 @@ impl Channel {
 
     /// Whether dropping the channel before its operation ended ends it on the agent
     /// (see [`AgentClient::ends_dropped_channels`]).
-    fn ends_when_dropped(&self) -> bool {
+    pub fn ends_when_dropped(&self) -> bool {
         self.inner.ends_dropped_channels()
     }
 

@@ -55,6 +55,11 @@ const EXIT_GRACE: Duration = Duration::from_millis(100);
 /// Ended processes nobody has collected are kept (with their output) up to this many: a
 /// background process is never collected, so these are its output's last home.
 const MAX_ENDED: usize = 64;
+
+/// The most output one frame carries: what a follower has not yet taken of one stream
+/// (several pipe reads, when the client is behind the process) goes in one frame up to
+/// this, so a fast stream crosses the daemon and the client in fewer, larger pieces.
+const MAX_FRAME: usize = 4 * CHUNK;
 /// A safety net under SIGCHLD, which coalesces and could in principle be missed.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -372,8 +377,8 @@ impl Reader {
     fn next(&self) -> Next {
         let s = lock(&self.proc.state);
         let pos = s.readers.get(&self.id).copied().unwrap_or(0);
-        if let Some((_, _, data)) = s.ring.read(pos, CHUNK) {
-            return Next::Data(data.len());
+        if let Some((_, _, len)) = s.ring.run(pos, MAX_FRAME) {
+            return Next::Data(len);
         }
         match s.exit {
             Some(status) if s.open_streams == 0 => Next::Done(status),
@@ -385,8 +390,8 @@ impl Reader {
         let taken = {
             let mut s = lock(&self.proc.state);
             let pos = s.readers.get(&self.id).copied().unwrap_or(0);
-            let (at, stream, data) = s.ring.read(pos, max)?;
-            let (end, taken) = (at + data.len() as u64, (stream, data.to_vec()));
+            let (at, stream, data) = s.ring.read_run(pos, max)?;
+            let (end, taken) = (at + data.len() as u64, (stream, data));
             s.readers.insert(self.id, end);
             taken
         };

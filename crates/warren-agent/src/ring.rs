@@ -141,8 +141,37 @@ impl Ring {
         let i = self.chunks.partition_point(|c| c.end() <= pos);
         let chunk = self.chunks.get(i)?;
         let from = (pos - chunk.offset) as usize;
-        let to = chunk.data.len().min(from + max);
+        let to = chunk.data.len().min(from.saturating_add(max));
         Some((pos, chunk.stream, &chunk.data[from..to]))
+    }
+}
+
+impl Ring {
+    /// Where the bytes from `pos` start, their stream, and how many of that stream follow
+    /// without a change of stream, up to `max`: [`Ring::read`] across chunks.
+    pub(crate) fn run(&self, pos: u64, max: usize) -> Option<(u64, Stream, usize)> {
+        let (at, stream, first) = self.read(pos, max)?;
+        let mut len = first.len();
+        while len < max {
+            match self.read(at + len as u64, max - len) {
+                Some((_, s, data)) if s == stream => len += data.len(),
+                _ => break,
+            }
+        }
+        Some((at, stream, len))
+    }
+
+    /// The bytes of [`Ring::run`], copied out in one piece.
+    pub(crate) fn read_run(&self, pos: u64, max: usize) -> Option<(u64, Stream, Vec<u8>)> {
+        let (at, stream, len) = self.run(pos, max)?;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let Some((_, _, data)) = self.read(at + out.len() as u64, len - out.len()) else {
+                break;
+            };
+            out.extend_from_slice(data);
+        }
+        Some((at, stream, out))
     }
 }
 
@@ -160,6 +189,35 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn a_run_joins_the_chunks_of_one_stream_and_stops_at_the_other() {
+        let mut r = Ring::new(8 * CHUNK);
+        let block = vec![1u8; CHUNK];
+        for _ in 0..3 {
+            r.push(Stream::Stdout, &block, None);
+        }
+        r.push(Stream::Stderr, b"err", None);
+        r.push(Stream::Stdout, b"tail", None);
+        assert_eq!(r.chunks.len(), 5, "a full chunk is not grown");
+        let (at, stream, data) = r.read_run(10, usize::MAX).unwrap();
+        assert_eq!(
+            (at, stream, data.len()),
+            (10, Stream::Stdout, 3 * CHUNK - 10)
+        );
+        assert!(data.iter().all(|b| *b == 1));
+        assert_eq!(r.run(10, CHUNK + 5), Some((10, Stream::Stdout, CHUNK + 5)));
+        let end = 3 * CHUNK as u64;
+        assert_eq!(
+            r.read_run(end, 100),
+            Some((end, Stream::Stderr, b"err".to_vec()))
+        );
+        assert_eq!(
+            r.read_run(end + 3, 100),
+            Some((end + 3, Stream::Stdout, b"tail".to_vec()))
+        );
+        assert_eq!(r.read_run(end + 7, 100), None);
     }
 
     #[test]

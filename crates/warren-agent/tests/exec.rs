@@ -529,6 +529,48 @@ async fn output_never_exceeds_granted_credit() {
 }
 
 #[tokio::test]
+async fn a_client_behind_the_process_takes_its_output_in_larger_frames() {
+    const TOTAL: usize = 3_000_000;
+    let agent = TestAgent::start();
+    let mut c = agent.connect().await;
+    let (ch, _) = c
+        .exec(argv(&["head", "-c", &TOTAL.to_string(), "/dev/zero"]))
+        .await;
+    // The first window's worth and no grant: the process writes on into the history
+    // while the client is behind.
+    let mut received = 0usize;
+    let mut charged = 0usize;
+    while INITIAL_WINDOW as usize - charged >= MIN_FRAME_CREDIT {
+        let f = c.frame(ch).await;
+        assert_eq!(f.kind, FrameKind::Stdout, "{f:?}");
+        assert!(f.payload.len() <= 4 * CHUNK, "{} bytes", f.payload.len());
+        received += f.payload.len();
+        charged += frame_credit(f.payload.len());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.grant(ch, charged as u32).await;
+    let mut largest = 0;
+    loop {
+        let f = c.frame(ch).await;
+        match f.kind {
+            FrameKind::Stdout => {
+                largest = largest.max(f.payload.len());
+                assert!(f.payload.len() <= 4 * CHUNK, "{} bytes", f.payload.len());
+                received += f.payload.len();
+                c.grant(ch, frame_credit(f.payload.len()) as u32).await;
+            }
+            FrameKind::Control => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(received, TOTAL);
+    assert!(
+        largest > CHUNK,
+        "what waited in the history came in frames of at most {largest} bytes"
+    );
+}
+
+#[tokio::test]
 async fn processes_run_confined_as_their_user() {
     if !warren_testkit::needs_root("processes_run_confined_as_their_user", "switching users") {
         return;

@@ -235,6 +235,11 @@ impl Drop for Followed {
         let Some(ch) = self.ch.take() else {
             return;
         };
+        // Dropped unanswered, the channel itself tells the agent, which ends a foreground
+        // process with its group and stops sending, as below.
+        if ch.ends_when_dropped() {
+            return;
+        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
