@@ -266,9 +266,15 @@ impl Runsc {
         let lock_path = self
             .root
             .join(format!("{container}_sandbox:{container}.lock"));
-        let lock = std::fs::File::open(&lock_path)
-            .ok()
-            .and_then(|f| Flock::lock(f, FlockArg::LockExclusive).ok());
+        let lock = match std::fs::File::open(&lock_path) {
+            Ok(file) => match hold_runsc_lock(file) {
+                Some(held) => Some(held),
+                // A runsc command holds it past the wait: runsc's own delete, which
+                // waits its turn.
+                None => return false,
+            },
+            Err(_) => None,
+        };
         for path in [
             self.root
                 .join(format!("{container}_sandbox:{container}.state")),
@@ -679,6 +685,22 @@ fn kill_runsc_processes(pids: &[i32], run: &Path) -> bool {
         }
     }
     signalled.len() == pids.len()
+}
+
+/// Takes runsc's lock of a container (`flock` on its lock file), waiting up to a second
+/// for a runsc command that holds it.
+fn hold_runsc_lock(mut file: std::fs::File) -> Option<Flock<std::fs::File>> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(held) => return Some(held),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if Instant::now() < deadline => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(_) => return None,
+        }
+    }
 }
 
 /// A pid as runsc's state file holds it.
@@ -1521,6 +1543,21 @@ mod tests {
         assert!(ran.exists(), "runsc deletes a container whose Sentry runs");
         let _ = sentry.kill();
         let _ = sentry.wait();
+
+        // A runsc command that holds the container's lock past the wait: runsc's turn.
+        std::fs::remove_file(&ran).unwrap();
+        save(exited.id(), exited.id());
+        let held = Flock::lock(
+            std::fs::File::open(root.join(format!("{c}_sandbox:{c}.lock"))).unwrap(),
+            FlockArg::LockExclusive,
+        )
+        .unwrap();
+        r.delete(&c, &run);
+        assert!(
+            ran.exists(),
+            "a held lock is waited for by runsc, not removed under it"
+        );
+        drop(held);
 
         // A state file that names no pids is not read as one whose processes are gone.
         std::fs::remove_file(&ran).unwrap();
