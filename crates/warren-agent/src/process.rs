@@ -60,6 +60,7 @@ const MAX_ENDED: usize = 64;
 /// (several pipe reads, when the client is behind the process) goes in one frame up to
 /// this, so a fast stream crosses the daemon and the client in fewer, larger pieces.
 const MAX_FRAME: usize = 4 * CHUNK;
+
 /// A safety net under SIGCHLD, which coalesces and could in principle be missed.
 const REAP_INTERVAL: Duration = Duration::from_secs(1);
 

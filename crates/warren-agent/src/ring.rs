@@ -144,34 +144,43 @@ impl Ring {
         let to = chunk.data.len().min(from.saturating_add(max));
         Some((pos, chunk.stream, &chunk.data[from..to]))
     }
-}
 
-impl Ring {
     /// Where the bytes from `pos` start, their stream, and how many of that stream follow
     /// without a change of stream, up to `max`: [`Ring::read`] across chunks.
     pub(crate) fn run(&self, pos: u64, max: usize) -> Option<(u64, Stream, usize)> {
-        let (at, stream, first) = self.read(pos, max)?;
-        let mut len = first.len();
-        while len < max {
-            match self.read(at + len as u64, max - len) {
-                Some((_, s, data)) if s == stream => len += data.len(),
-                _ => break,
-            }
-        }
+        let mut len = 0;
+        let (at, stream) = self.walk_run(pos, max, |data| len += data.len())?;
         Some((at, stream, len))
     }
 
     /// The bytes of [`Ring::run`], copied out in one piece.
     pub(crate) fn read_run(&self, pos: u64, max: usize) -> Option<(u64, Stream, Vec<u8>)> {
-        let (at, stream, len) = self.run(pos, max)?;
-        let mut out = Vec::with_capacity(len);
-        while out.len() < len {
-            let Some((_, _, data)) = self.read(at + out.len() as u64, len - out.len()) else {
-                break;
-            };
-            out.extend_from_slice(data);
-        }
+        let held = self.end.saturating_sub(pos.max(self.start));
+        let mut out = Vec::with_capacity(usize::try_from(held).map_or(max, |h| h.min(max)));
+        let (at, stream) = self.walk_run(pos, max, |data| out.extend_from_slice(data))?;
         Some((at, stream, out))
+    }
+
+    /// Hands `visit` each piece of the run from `pos` (see [`Ring::run`]) in order.
+    fn walk_run(
+        &self,
+        pos: u64,
+        max: usize,
+        mut visit: impl FnMut(&[u8]),
+    ) -> Option<(u64, Stream)> {
+        let (at, stream, first) = self.read(pos, max)?;
+        let mut len = first.len();
+        visit(first);
+        while len < max {
+            match self.read(at + len as u64, max - len) {
+                Some((_, s, data)) if s == stream => {
+                    len += data.len();
+                    visit(data);
+                }
+                _ => break,
+            }
+        }
+        Some((at, stream))
     }
 }
 

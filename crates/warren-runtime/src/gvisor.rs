@@ -217,20 +217,20 @@ impl Runsc {
         }
     }
 
-    /// Ends `container` for good. Its gofer is killed first (runsc kills it itself, then
-    /// looks again only 100 ms later). Once its Sentry and its gofer are both gone (`run`
-    /// is the sandbox's run directory, whose bundle a process's command line must name to
-    /// count as the container's), all runsc keeps of it is in its root: the state file,
-    /// its lock and the control socket's path, removed here under runsc's own lock, as
-    /// `runsc delete --force` would, without a runsc process (25-35 ms). Otherwise, or
-    /// when anything else in the root still names the container, runsc deletes it.
+    /// Ends `container` for good. Its Sentry and its gofer, as its state file names them,
+    /// are killed side by side (runsc kills the gofer, then looks again only 100 ms
+    /// later); `run` is the sandbox's run directory, whose bundle a process's command
+    /// line must name to count as the container's. Once both are gone, all runsc keeps
+    /// of it is in its root: the state file, its lock and the control socket's path,
+    /// removed here under runsc's own lock, as `runsc delete --force` would, without a
+    /// runsc process (25-35 ms). Otherwise, or when anything else in the root still
+    /// names the container, runsc deletes it.
     fn delete(&self, container: &str, run: &Path) {
         let state = self.saved_state(container);
         let gofer = state.as_ref().and_then(|s| state_pid(&s["goferPid"]));
         let sentry = state.as_ref().and_then(|s| state_pid(&s["sandbox"]["pid"]));
-        if let Some(gofer) = gofer {
-            kill_runsc_process(gofer, run);
-        }
+        let known: Vec<i32> = [gofer, sentry].into_iter().flatten().collect();
+        kill_runsc_processes(&known, run);
         let gone = match (&state, gofer, sentry) {
             // Nothing saved: nothing runs that runsc would know of.
             (None, _, _) => true,
@@ -950,18 +950,15 @@ impl GvisorSandbox {
         // waits for its Sentry to free the memory it held, 0.3 s for 1 GB; the runtime's
         // cgroups; the gofer letting go of the disk) runs off the request's path, and
         // whatever touches the container or its files next waits for it first.
-        let sentry = self.pid.swap(0, Ordering::Relaxed);
+        self.pid.store(0, Ordering::Relaxed);
         let (runsc, run, cgroup) = (self.runsc.clone(), self.run.clone(), self.cgroup.clone());
         let settling = std::thread::spawn(move || {
-            // Its image complete, the Sentry is only freeing what it held: killed with
-            // its gofer, side by side, both are gone at once, and the delete is left
-            // with runsc's files (runsc's own looks again every 100 ms, which a resume
-            // right after waited for).
-            let gofer = runsc.gofer_pid(&c).unwrap_or(0);
-            kill_runsc_processes(&[sentry, gofer], &run);
-            crate::trace::mark("gvisor pause: Sentry and gofer gone");
+            // Its image complete, the Sentry is only freeing what it held: the delete
+            // kills it with its gofer, both gone at once, and removes runsc's files of
+            // them (runsc's own delete looks again every 100 ms, which a resume right
+            // after waited for).
             runsc.delete(&c, &run);
-            crate::trace::mark("gvisor pause: runsc delete");
+            crate::trace::mark("gvisor pause: Sentry and gofer killed, container deleted");
             let _ = cgroup.remove();
             remove_runtime_cgroups(&c);
             crate::bundle::wait_mounts_released(&run);
@@ -1536,16 +1533,34 @@ mod tests {
         assert!(!r.may_know(&c), "nothing in runsc's root names it");
         assert!(!ran.exists(), "no runsc process was needed");
 
-        // A Sentry still running is runsc's to end.
-        let mut sentry = fake_runsc_process(&run);
-        save(exited.id(), sentry.id());
+        // Both still running: killed side by side, then the files go.
+        let (mut gofer, mut sentry) = (fake_runsc_process(&run), fake_runsc_process(&run));
+        save(gofer.id(), sentry.id());
         r.delete(&c, &run);
-        assert!(ran.exists(), "runsc deletes a container whose Sentry runs");
-        let _ = sentry.kill();
-        let _ = sentry.wait();
+        assert!(gofer.try_wait().unwrap().is_some(), "the gofer was killed");
+        assert!(
+            sentry.try_wait().unwrap().is_some(),
+            "the Sentry was killed"
+        );
+        assert!(!r.may_know(&c), "nothing in runsc's root names it");
+        assert!(!ran.exists(), "no runsc process was needed");
+
+        // A Sentry that is not this sandbox's (its pid taken by another process) is
+        // never signalled.
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        save(exited.id(), other.id());
+        r.delete(&c, &run);
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "another process was killed"
+        );
+        let _ = other.kill();
+        let _ = other.wait();
 
         // A runsc command that holds the container's lock past the wait: runsc's turn.
-        std::fs::remove_file(&ran).unwrap();
         save(exited.id(), exited.id());
         let held = Flock::lock(
             std::fs::File::open(root.join(format!("{c}_sandbox:{c}.lock"))).unwrap(),
