@@ -8,6 +8,7 @@ pub mod child;
 pub mod fd;
 pub mod fsid;
 pub mod heap;
+pub mod linked;
 pub mod mount;
 pub mod ns;
 pub mod proctitle;
