@@ -486,6 +486,8 @@ impl Manager {
         });
         mgr.recover()?;
         upload::clear_leftovers(&mgr.config.paths);
+        // What earlier binaries' agents ran from, where no sandbox or saved memory needs it.
+        warren_runtime::bundle::remove_unused_agent_files(&mgr.config.paths, &mgr.config.exe);
         let weak = Arc::downgrade(&mgr);
         let interval = mgr.config.reaper_interval;
         tokio::spawn(async move {

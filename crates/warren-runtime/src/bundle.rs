@@ -30,6 +30,8 @@ use crate::{template, Backend, Error, Paths, Result, HOST_ID_BASE, ID_COUNT, PRE
 pub(crate) const SOCKET_DIR: &str = "/.warren/run";
 /// Where the warren binary is inside the sandbox.
 pub(crate) const AGENT_BIN: &str = "/.warren/warren";
+/// Where the agent's dynamic loader and libraries are inside the sandbox.
+pub(crate) const AGENT_LIB: &str = "/.warren/lib";
 /// Soft limit on open files inside: where a process without close_range (gVisor has
 /// none) stops scanning descriptors before an exec.
 pub(crate) const NOFILE_SOFT: u64 = 1024;
@@ -100,6 +102,287 @@ impl OciCli {
     }
 }
 
+/// What the agent of an OCI sandbox runs from, kept in `DATA/agent/KEY`: the warren
+/// binary (`warren`: a hard link to the running binary where the data directory is on
+/// its filesystem, a copy elsewhere) and, for a dynamically linked binary, the host's
+/// dynamic loader and the libraries the binary was linked with (`lib/`, copies; the
+/// loader's name in `loader`).
+///
+/// The agent is started through that loader with those libraries, so it needs nothing of
+/// the template's root: not its C library (musl, a glibc older than the binary's), not
+/// even one at all (a static image). KEY names the files (device, inode, size and time of
+/// each), so a new binary or new libraries get a new directory, and the one a checkpoint
+/// image was made with stays for its restore ([`AgentFiles::for_restore`]): an agent
+/// restored from memory maps the very files it mapped when it was saved, after an
+/// upgrade as before it.
+#[derive(Debug, Clone)]
+pub(crate) struct AgentFiles {
+    key: String,
+    dir: PathBuf,
+    /// The loader's file name in `lib/`; `None` for a static binary.
+    loader: Option<String>,
+}
+
+/// The agent's files by name: `(name in the directory, the host file)`, the loader first.
+type Linked = (Option<String>, Vec<(std::ffi::OsString, PathBuf)>);
+
+impl AgentFiles {
+    /// The files of the running binary, kept under `paths.data` (made there on first use).
+    pub(crate) fn current(paths: &Paths, exe: &Path) -> Result<Self> {
+        let (key, (loader, libs)) = current_key(exe)?;
+        let dir = agent_root(paths).join(&key);
+        if !dir.join("warren").exists() {
+            make_agent_dir(&agent_root(paths), &key, exe, loader.as_deref(), &libs)?;
+        }
+        Ok(Self { key, dir, loader })
+    }
+
+    /// The files a checkpoint image's agent ran from, as `record` (a file of the image)
+    /// names them, while they are kept; else the running binary's ([`Self::current`]): an
+    /// image made before records were kept.
+    pub(crate) fn for_restore(paths: &Paths, exe: &Path, record: &Path) -> Result<Self> {
+        let recorded = std::fs::read_to_string(record).ok().and_then(|key| {
+            let key = key.trim();
+            let valid = !key.is_empty() && key.bytes().all(|b| b.is_ascii_hexdigit());
+            let dir = agent_root(paths).join(key);
+            (valid && dir.join("warren").exists()).then(|| Self {
+                key: key.to_string(),
+                loader: std::fs::read_to_string(dir.join("loader"))
+                    .ok()
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty()),
+                dir,
+            })
+        });
+        match recorded {
+            Some(a) => Ok(a),
+            None => Self::current(paths, exe),
+        }
+    }
+
+    /// Writes which files these are at `record`, for a restore to find them again.
+    pub(crate) fn record(&self, record: &Path) -> Result<()> {
+        std::fs::write(record, &self.key).map_err(crate::io_err("record the agent's files"))
+    }
+
+    /// Files at `/a/k` named `k`, with `loader`, for tests of what a bundle says.
+    #[cfg(test)]
+    pub(crate) fn stand_in(loader: Option<&str>) -> Self {
+        Self {
+            key: "k".into(),
+            dir: "/a/k".into(),
+            loader: loader.map(str::to_string),
+        }
+    }
+
+    fn exe(&self) -> PathBuf {
+        self.dir.join("warren")
+    }
+
+    fn libs(&self) -> Option<PathBuf> {
+        self.loader.as_ref().map(|_| self.dir.join("lib"))
+    }
+
+    /// The agent's command line, `launch` its configuration.
+    fn argv(&self, launch: String) -> Vec<String> {
+        let mut argv = match &self.loader {
+            // `--inhibit-cache`: the root's /etc/ld.so.cache names the root's libraries.
+            Some(loader) => vec![
+                format!("{AGENT_LIB}/{loader}"),
+                "--inhibit-cache".into(),
+                "--library-path".into(),
+                AGENT_LIB.into(),
+            ],
+            None => Vec::new(),
+        };
+        argv.extend([AGENT_BIN.into(), "__agent".into(), launch]);
+        argv
+    }
+}
+
+/// Where every version's agent files are kept.
+fn agent_root(paths: &Paths) -> PathBuf {
+    paths.data.join("agent")
+}
+
+/// The running binary's key and files: the loader (by its name in the binary's
+/// `PT_INTERP`) and each library (by the name the binary asks for it by), as the loader
+/// reports them; no loader and no library for a static binary.
+fn current_key(exe: &Path) -> Result<(String, Linked)> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    // Found once: the loader's report and where its names lead do not change while this
+    // process runs (a library replaced on the host is a new file under the same name,
+    // which the key below tells apart).
+    static LINKED: std::sync::OnceLock<std::result::Result<Linked, String>> =
+        std::sync::OnceLock::new();
+    let (loader, files) = LINKED
+        .get_or_init(|| {
+            let linked = warren_sys::linked::linked();
+            let loader = match &linked.interpreter {
+                None => None,
+                Some(i) => Some(
+                    i.file_name()
+                        .and_then(|n| n.to_str())
+                        .ok_or_else(|| {
+                            format!(
+                                "the binary's loader {} has no usable file name",
+                                i.display()
+                            )
+                        })?
+                        .to_string(),
+                ),
+            };
+            let mut files: Vec<(std::ffi::OsString, PathBuf)> = Vec::new();
+            for path in linked.interpreter.iter().chain(&linked.libraries) {
+                let Some(name) = path.file_name() else {
+                    continue;
+                };
+                if !files.iter().any(|(n, _)| n == name) {
+                    let real = std::fs::canonicalize(path)
+                        .map_err(|e| format!("find {}: {e}", path.display()))?;
+                    files.push((name.to_owned(), real));
+                }
+            }
+            Ok((loader, files))
+        })
+        .clone()
+        .map_err(Error::Setup)?;
+    let mut key = Sha256::new();
+    for (name, path) in std::iter::once((std::ffi::OsStr::new("warren"), exe))
+        .chain(files.iter().map(|(n, p)| (n.as_os_str(), p.as_path())))
+    {
+        let m =
+            std::fs::metadata(path).map_err(crate::io_err(format!("read {}", path.display())))?;
+        key.update(name.as_bytes());
+        for v in [m.dev(), m.ino(), m.size()] {
+            key.update(v.to_le_bytes());
+        }
+        for v in [m.mtime(), m.mtime_nsec()] {
+            key.update(v.to_le_bytes());
+        }
+    }
+    let key = key.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((key, (loader, files)))
+}
+
+/// Makes `root/KEY`: made aside, then renamed in whole, so a directory under KEY is
+/// always complete, whoever made it first.
+fn make_agent_dir(
+    root: &Path,
+    key: &str,
+    exe: &Path,
+    loader: Option<&str>,
+    libs: &[(std::ffi::OsString, PathBuf)],
+) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    std::fs::create_dir_all(root).map_err(crate::io_err(format!("make {}", root.display())))?;
+    let dir = root.join(key);
+    let tmp = root.join(format!(
+        ".{key}.{}.{}",
+        std::process::id(),
+        MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ));
+    let made = || -> std::io::Result<()> {
+        let mode =
+            |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+        std::fs::create_dir(&tmp)?;
+        if std::fs::hard_link(exe, tmp.join("warren")).is_err() {
+            std::fs::copy(exe, tmp.join("warren"))?;
+            mode(&tmp.join("warren"), 0o755)?;
+        }
+        if let Some(loader) = loader {
+            let lib = tmp.join("lib");
+            std::fs::create_dir(&lib)?;
+            for (name, real) in libs {
+                std::fs::copy(real, lib.join(name))?;
+                mode(&lib.join(name), 0o755)?;
+            }
+            mode(&lib, 0o755)?;
+            std::fs::write(tmp.join("loader"), loader)?;
+        }
+        mode(&tmp, 0o755)?;
+        std::fs::rename(&tmp, &dir)
+    };
+    match made() {
+        Ok(()) => Ok(()),
+        Err(_) if dir.join("warren").exists() => {
+            let _ = crate::tree::remove(&tmp);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = crate::tree::remove(&tmp);
+            Err(crate::io_err(format!(
+                "keep the agent's files in {}",
+                dir.display()
+            ))(e))
+        }
+    }
+}
+
+/// Removes the agent files of other binaries that nothing needs any more: kept are the
+/// running binary's, and those a live sandbox (its run directory's `agent`) or a
+/// checkpoint image (a paused sandbox's, a template's saved memory) records. Run by the
+/// daemon as it starts, once it has adopted what runs.
+pub fn remove_unused_agent_files(paths: &Paths, exe: &Path) {
+    let root = agent_root(paths);
+    let Ok(entries) = std::fs::read_dir(&root) else {
+        return;
+    };
+    let mut keep: std::collections::HashSet<String> = std::collections::HashSet::new();
+    if let Ok((key, _)) = current_key(exe) {
+        keep.insert(key);
+    }
+    let mut note = |p: PathBuf| {
+        if let Ok(k) = std::fs::read_to_string(p) {
+            keep.insert(k.trim().to_string());
+        }
+    };
+    for dir in [paths.run.join("sandboxes"), paths.data.join("sandboxes")] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            note(e.path().join("agent"));
+            note(e.path().join("image/agent"));
+        }
+    }
+    for f in records_under(&paths.data.join("templates"), 4) {
+        note(f);
+    }
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // Something else may be making one right now: only a long-abandoned one goes.
+        let aside = name.starts_with('.')
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t < old);
+        if aside || (!name.starts_with('.') && !keep.contains(&name)) {
+            let _ = crate::tree::remove(&e.path());
+        }
+    }
+}
+
+/// Every `memory/image/agent` below `dir`, at most `depth` directories down.
+fn records_under(dir: &Path, depth: u32) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let record = dir.join("memory/image/agent");
+    if record.exists() {
+        out.push(record);
+    }
+    if depth > 0 {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(records_under(&e.path(), depth - 1));
+            }
+        }
+    }
+    out
+}
+
 /// The container id the OCI runtime knows a sandbox by.
 pub(crate) fn container(id: &str) -> String {
     format!("{PREFIX}{id}")
@@ -160,6 +443,7 @@ pub(crate) fn bundle_config(
     sock: &Path,
     bundle: &Path,
     kind: BundleKind,
+    agent: &AgentFiles,
 ) -> Result<serde_json::Value> {
     let mut env = template.env.clone();
     env.extend(spec.env.clone());
@@ -215,6 +499,12 @@ pub(crate) fn bundle_config(
         json!({"destination": AGENT_BIN, "type": "bind", "source": bundle.join("ro/agent"),
                        "options": ["bind", "ro", "nosuid", "nodev"]}),
     );
+    if agent.libs().is_some() {
+        mounts.push(
+            json!({"destination": AGENT_LIB, "type": "bind", "source": bundle.join("ro/lib"),
+                           "options": ["bind", "ro", "nosuid", "nodev"]}),
+        );
+    }
     mounts.push(
         json!({"destination": SOCKET_DIR, "type": "bind", "source": sock,
                        "options": ["rbind", "rw", "nosuid", "nodev", "noexec"]}),
@@ -282,7 +572,7 @@ pub(crate) fn bundle_config(
         "process": {
             "terminal": false,
             "user": {"uid": 0, "gid": 0},
-            "args": [AGENT_BIN, "__agent", launch],
+            "args": agent.argv(launch),
             "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
             "cwd": "/",
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
@@ -506,11 +796,12 @@ pub(crate) fn read_only_point(bundle: &Path, i: usize) -> PathBuf {
 }
 
 /// What a bundle binds read-only from the host, each with where `warren __oci` mounts its
-/// read-only view: the template's host directories, and the agent's binary.
+/// read-only view: the template's host directories, the agent's binary and its
+/// libraries.
 pub(crate) fn read_only_sources(
     bundle: &Path,
     template: &template::Template,
-    exe: &Path,
+    agent: &AgentFiles,
 ) -> Vec<(PathBuf, PathBuf)> {
     let mut out: Vec<(PathBuf, PathBuf)> = template
         .host_binds
@@ -518,7 +809,10 @@ pub(crate) fn read_only_sources(
         .enumerate()
         .map(|(i, h)| (h.clone(), read_only_point(bundle, i)))
         .collect();
-    out.push((exe.to_path_buf(), bundle.join("ro/agent")));
+    out.push((agent.exe(), bundle.join("ro/agent")));
+    if let Some(dir) = agent.libs() {
+        out.push((dir, bundle.join("ro/lib")));
+    }
     out
 }
 
@@ -1316,6 +1610,170 @@ mod tests {
         }
     }
 
+    fn agent() -> AgentFiles {
+        AgentFiles::stand_in(Some("ld-linux-x86-64.so.2"))
+    }
+
+    #[test]
+    fn the_agent_starts_through_the_hosts_loader_with_the_hosts_libraries() {
+        let b = Path::new("/b");
+        let c = bundle_config(
+            &spec(NetworkMode::None),
+            &host(),
+            Path::new("/s"),
+            b,
+            BundleKind::Gvisor,
+            &agent(),
+        )
+        .unwrap();
+        let args: Vec<&str> = c["process"]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            args[..6],
+            [
+                "/.warren/lib/ld-linux-x86-64.so.2",
+                "--inhibit-cache",
+                "--library-path",
+                "/.warren/lib",
+                "/.warren/warren",
+                "__agent"
+            ]
+        );
+        let lib = c["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["destination"] == AGENT_LIB)
+            .unwrap();
+        assert_eq!(lib["source"], "/b/ro/lib");
+        assert_eq!(lib["options"], json!(["bind", "ro", "nosuid", "nodev"]));
+        let ro = read_only_sources(b, &host(), &agent());
+        assert!(ro.contains(&("/a/k/warren".into(), "/b/ro/agent".into())));
+        assert!(ro.contains(&("/a/k/lib".into(), "/b/ro/lib".into())));
+        // A static binary is its own loader: no mount, started by itself.
+        let alone = AgentFiles::stand_in(None);
+        let c = bundle_config(
+            &spec(NetworkMode::None),
+            &host(),
+            Path::new("/s"),
+            b,
+            BundleKind::Gvisor,
+            &alone,
+        )
+        .unwrap();
+        assert_eq!(c["process"]["args"][0], AGENT_BIN);
+        let mounts = c["mounts"].as_array().unwrap();
+        assert!(!mounts.iter().any(|m| m["destination"] == AGENT_LIB));
+        assert_eq!(read_only_sources(b, &host(), &alone).len(), 2);
+    }
+
+    #[test]
+    fn the_kept_loader_and_libraries_start_this_binary_and_are_kept_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            run: tmp.path().join("run"),
+            data: tmp.path().join("data"),
+        };
+        let exe = std::env::current_exe().unwrap();
+        let agent = AgentFiles::current(&paths, &exe).unwrap();
+        assert!(agent.dir.starts_with(paths.data.join("agent")));
+        let (libs, loader) = (agent.libs().unwrap(), agent.loader.clone().unwrap());
+        assert_eq!(
+            std::fs::metadata(agent.exe()).unwrap().len(),
+            std::fs::metadata(&exe).unwrap().len()
+        );
+        // The kept binary started by nothing but the kept loader, searching the kept
+        // libraries alone: no cache, no LD_LIBRARY_PATH, an empty environment.
+        let run = |args: &[&str]| {
+            std::process::Command::new(libs.join(&loader))
+                .args(args)
+                .args(["--inhibit-cache", "--library-path"])
+                .arg(&libs)
+                .arg(agent.exe())
+                .arg("--list")
+                .env_clear()
+                .output()
+                .unwrap()
+        };
+        let out = run(&[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Every library it loads comes from there.
+        let list = run(&["--list"]);
+        let list = String::from_utf8_lossy(&list.stdout);
+        let found: Vec<&str> = list
+            .lines()
+            .filter_map(|l| l.split(" => ").nth(1))
+            .collect();
+        assert!(!found.is_empty(), "{list}");
+        assert!(
+            found.iter().all(|f| f.starts_with(libs.to_str().unwrap())),
+            "{list}"
+        );
+        // Kept once.
+        let again = AgentFiles::current(&paths, &exe).unwrap();
+        assert_eq!(
+            (again.key.as_str(), &again.dir),
+            (agent.key.as_str(), &agent.dir)
+        );
+        let kept = || -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(paths.data.join("agent"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            kept(),
+            vec![agent.key.clone()],
+            "one directory, nothing left aside"
+        );
+
+        // A new binary (another file) gets files of its own; an image's record finds the
+        // old ones again, a missing or unknown record the running binary's.
+        let newer = tmp.path().join("warren-newer");
+        std::fs::copy(&exe, &newer).unwrap();
+        let image = paths.data.join("sandboxes/abc/image");
+        std::fs::create_dir_all(&image).unwrap();
+        agent.record(&image.join("agent")).unwrap();
+        let restored = AgentFiles::for_restore(&paths, &newer, &image.join("agent")).unwrap();
+        assert_eq!(restored.dir, agent.dir);
+        assert_eq!(restored.loader, agent.loader);
+        let fresh = AgentFiles::for_restore(&paths, &newer, &image.join("none")).unwrap();
+        assert_ne!(fresh.key, agent.key);
+        std::fs::write(image.join("bad"), "../../etc").unwrap();
+        let bad = AgentFiles::for_restore(&paths, &newer, &image.join("bad")).unwrap();
+        assert_eq!(bad.key, fresh.key);
+        let mut both = vec![agent.key.clone(), fresh.key.clone()];
+        both.sort();
+        assert_eq!(kept(), both);
+
+        // What a record names stays; what nothing names goes, but never the running
+        // binary's.
+        remove_unused_agent_files(&paths, &newer);
+        assert_eq!(kept(), both);
+        std::fs::remove_file(image.join("agent")).unwrap();
+        remove_unused_agent_files(&paths, &newer);
+        assert_eq!(kept(), vec![fresh.key.clone()]);
+        // A template's saved memory keeps its own.
+        let memory = paths.data.join("templates/acme/warm/memory/image");
+        std::fs::create_dir_all(&memory).unwrap();
+        let current = AgentFiles::current(&paths, &exe).unwrap();
+        current.record(&memory.join("agent")).unwrap();
+        remove_unused_agent_files(&paths, &newer);
+        let mut now = vec![current.key.clone(), fresh.key.clone()];
+        now.sort();
+        assert_eq!(kept(), now);
+    }
+
     fn spec(network: NetworkMode) -> SandboxSpec {
         let mut s = SandboxSpec {
             id: "abc".into(),
@@ -1346,6 +1804,7 @@ mod tests {
                 Path::new("/s"),
                 b,
                 BundleKind::HostKernel,
+                &agent(),
             )
             .unwrap();
             assert_eq!(
@@ -1357,7 +1816,8 @@ mod tests {
             assert_eq!(c["linux"]["cgroupsPath"], "warren-abc");
             assert_eq!(c["process"]["noNewPrivileges"], true);
             // The agent does not close its socket for a checkpoint no one makes.
-            let launch = c["process"]["args"][2].as_str().unwrap();
+            let args = c["process"]["args"].as_array().unwrap();
+            let launch = args.last().unwrap().as_str().unwrap();
             assert!(launch.contains("\"quiesce\":false"), "{launch}");
             // Host directories come from the read-only mounts `warren __oci` made.
             let usr = c["mounts"]
@@ -1379,6 +1839,7 @@ mod tests {
             Path::new("/s"),
             b,
             BundleKind::Gvisor,
+            &agent(),
         )
         .unwrap();
         assert_eq!(namespaces(&c), ["pid", "ipc", "uts", "mount"]);
@@ -1389,6 +1850,7 @@ mod tests {
             Path::new("/s"),
             b,
             BundleKind::Gvisor,
+            &agent(),
         )
         .unwrap();
         assert_eq!(namespaces(&c), ["pid", "ipc", "uts", "mount", "network"]);

@@ -57,8 +57,8 @@ use warren_types::spec::{NetworkMode, SandboxSpec};
 use crate::backend::{BoxFuture, PortDialer, Teardowns};
 use crate::bundle::{
     bundle_config, container, copy_layer, prepare_dirs, read_only_sources, recorded_disk,
-    recorded_mounts, recorded_volumes, remove_runtime_cgroups, run_oci, which, BundleKind, OciCli,
-    OciLaunch, OciVolume,
+    recorded_mounts, recorded_volumes, remove_runtime_cgroups, run_oci, which, AgentFiles,
+    BundleKind, OciCli, OciLaunch, OciVolume,
 };
 use crate::ids::FIRST_SLOT_BASE;
 use crate::namespace::CreateOptions;
@@ -436,17 +436,26 @@ impl GvisorBackend {
             settling: Default::default(),
             teardowns: self.teardowns.clone(),
         };
-        let r = (|| -> Result<PathBuf> {
+        let r = (|| -> Result<(PathBuf, AgentFiles)> {
             let bundle = prepare_dirs(&run, &data, false)?;
             if let Some((_, files)) = from {
                 copy_start_files(&self.paths, files, &data.join("upper"))?;
             }
+            // A restore runs the agent from the files its image was saved with.
+            let agent = match from {
+                Some((image, _)) => {
+                    AgentFiles::for_restore(&self.paths, &self.exe, &image.join("agent"))?
+                }
+                None => AgentFiles::current(&self.paths, &self.exe)?,
+            };
+            agent.record(&run.join("agent"))?;
             let config = bundle_config(
                 &spec,
                 &template,
                 &run.join("sock"),
                 &bundle,
                 BundleKind::Gvisor,
+                &agent,
             )?;
             std::fs::write(bundle.join("config.json"), config.to_string())
                 .map_err(crate::io_err("write the bundle's config.json"))?;
@@ -467,10 +476,10 @@ impl GvisorBackend {
             let mounts = serde_json::to_vec(&spec.mounts).expect("mounts serialize");
             std::fs::write(run.join("mounts.json"), mounts)
                 .map_err(crate::io_err("record the host directory mounts"))?;
-            Ok(bundle)
+            Ok((bundle, agent))
         })();
         crate::trace::mark("gvisor: bundle written");
-        let bundle = match r {
+        let (bundle, agent) = match r {
             Ok(b) => b,
             Err(e) => {
                 sb.teardown();
@@ -478,7 +487,14 @@ impl GvisorBackend {
             }
         };
         let started = self
-            .start(&mut sb, &bundle, &template, &data, &spec, from.map(|f| f.0))
+            .start(
+                &mut sb,
+                &bundle,
+                (&template, &agent),
+                &data,
+                &spec,
+                from.map(|f| f.0),
+            )
             .await;
         if started.is_ok() {
             crate::bundle::copy_next_disk(&self.paths, spec.resources.disk);
@@ -524,7 +540,7 @@ impl GvisorBackend {
         &self,
         sb: &mut GvisorSandbox,
         bundle: &Path,
-        template: &template::Template,
+        (template, agent): (&template::Template, &AgentFiles),
         data: &Path,
         spec: &SandboxSpec,
         image: Option<&Path>,
@@ -560,7 +576,7 @@ impl GvisorBackend {
         let launch = OciLaunch {
             volumes: recorded_volumes(&sb.run)?,
             mounts: recorded_mounts(&sb.run)?,
-            read_only: read_only_sources(bundle, template, &self.exe),
+            read_only: read_only_sources(bundle, template, agent),
             bundle: bundle.to_path_buf(),
             lower: template.lower.clone(),
             rw: data.to_path_buf(),
@@ -883,6 +899,13 @@ impl GvisorSandbox {
             std::thread::sleep(Duration::from_millis(2));
         }
         crate::trace::mark("gvisor checkpoint: agent socket closed");
+        // Which files the agent runs from, for the restore to run it from the same.
+        match std::fs::copy(self.run.join("agent"), image.join("agent")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(crate::io_err("record the agent's files in the image")(e));
+            }
+            _ => {}
+        }
         let image_flag = format!("--image-path={}", image.display());
         // Committed pages that hold only zeros are left out of the image (restored as
         // zeros): gVisor commits anonymous memory in large runs, so a process's stack
@@ -997,7 +1020,15 @@ impl GvisorSandbox {
         let launch = OciLaunch {
             volumes: recorded_volumes(&self.run)?,
             mounts: recorded_mounts(&self.run)?,
-            read_only: read_only_sources(&bundle, &template, &self.restore.exe),
+            read_only: read_only_sources(
+                &bundle,
+                &template,
+                &AgentFiles::for_restore(
+                    &self.restore.paths,
+                    &self.restore.exe,
+                    &image.join("agent"),
+                )?,
+            ),
             bundle: bundle.clone(),
             lower: template.lower.clone(),
             rw: self.restore.paths.sandbox_data(&self.id),
@@ -1460,6 +1491,7 @@ mod tests {
                 Path::new("/s"),
                 dir.path(),
                 BundleKind::Gvisor,
+                &crate::bundle::AgentFiles::stand_in(None),
             )
             .unwrap();
             std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();

@@ -47,6 +47,9 @@ pub struct AgentLaunch {
 
 /// Runs the agent; never returns.
 pub fn agent_main() -> ! {
+    // Started through the host's loader (see `crate::bundle::AgentFiles`), the kernel
+    // named it after the loader: it is `warren` to `ps` inside, as when exec'd itself.
+    let _ = nix::sys::prctl::set_name(c"warren");
     let mut out = std::io::stdout();
     let code = match setup() {
         Ok((listener, launch)) => {

@@ -40,7 +40,7 @@ use warren_types::spec::{NetworkMode, SandboxSpec};
 use crate::backend::{BoxFuture, PortDialer};
 use crate::bundle::{
     bundle_config, container, prepare_dirs, read_only_sources, remove_runtime_cgroups, run_keeper,
-    which, BundleKind, Keeper, OciCli, OciLaunch, OciVolume,
+    which, AgentFiles, BundleKind, Keeper, OciCli, OciLaunch, OciVolume,
 };
 use crate::namespace::CreateOptions;
 use crate::{template, Backend, Error, Instance, Paths, Result, Usage};
@@ -259,12 +259,14 @@ impl RuncBackend {
     ) -> Result<()> {
         let run = sb.run.clone();
         let bundle = prepare_dirs(&run, data, true)?;
+        let agent = AgentFiles::current(&self.paths, &self.exe)?;
         let config = bundle_config(
             spec,
             template,
             &run.join("sock"),
             &bundle,
             BundleKind::HostKernel,
+            &agent,
         )?;
         std::fs::write(bundle.join("config.json"), config.to_string())
             .map_err(crate::io_err("write the bundle's config.json"))?;
@@ -289,7 +291,7 @@ impl RuncBackend {
                 })
                 .collect(),
             mounts: spec.mounts.clone(),
-            read_only: read_only_sources(&bundle, template, &self.exe),
+            read_only: read_only_sources(&bundle, template, &agent),
             bundle: bundle.clone(),
             lower: template.lower.clone(),
             rw: data.to_path_buf(),

@@ -1493,6 +1493,83 @@ fn a_template_with_memory_starts_its_sandboxes_warm() {
     d.finish();
 }
 
+/// An upgrade between a save and its restore: a new binary (the build with a byte
+/// appended: another file, other contents) resumes a sandbox an old one paused with its
+/// memory, and starts one from a template's memory the old one saved. The restored agent
+/// maps the very binary and libraries it mapped when it was saved, kept for it in the
+/// data directory (it crashed under the new binary's text before, and the resume
+/// failed); what nothing needs any more goes at the next start.
+#[test]
+fn a_new_binary_restores_what_an_old_one_saved_with_memory() {
+    let test = "a_new_binary_restores_what_an_old_one_saved_with_memory";
+    let Some((_t, _spaces, d)) = gvisor_test(test) else {
+        return;
+    };
+    let mut d = d;
+    let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
+    start_secret_counter(&d, &id);
+    assert!(
+        eventually(20, || secret_and_count(&d, &id).1 > 3),
+        "the counter never ran"
+    );
+    d.ok(&["snapshot", &id, "--name", "warm-old", "--memory"]);
+    let (secret, at) = secret_and_count(&d, &id);
+    d.ok(&["pause", &id]);
+    let agent_dir = d.data_dir().join("agent");
+    let kept = || -> Vec<String> {
+        std::fs::read_dir(&agent_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect()
+    };
+    assert_eq!(kept().len(), 1, "{:?}", kept());
+
+    // The new binary.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let newer = dir.path().join("warren");
+    std::fs::copy(env!("CARGO_BIN_EXE_warren"), &newer).unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&newer)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"\n"))
+        .unwrap();
+    d.shut_down();
+    d.set_exe(newer);
+    d.spawn();
+    assert_eq!(d.info(&id)["state"], "paused");
+    d.ok(&["resume", &id]);
+    let (s, n) = secret_and_count(&d, &id);
+    assert_eq!(s, secret, "the resumed sandbox lost its memory");
+    assert!(n >= at, "its counter went back: {n} < {at}");
+    assert!(
+        eventually(10, || secret_and_count(&d, &id).1 > n),
+        "its counter did not go on under the new binary"
+    );
+    let warm = d.create(&["--template", "warm-old"]);
+    assert!(
+        eventually(10, || secret_and_count(&d, &warm).1 > 3),
+        "a sandbox from the old binary's saved memory does not run"
+    );
+    assert_eq!(secret_and_count(&d, &warm).0, secret);
+    // A new sandbox runs from the new binary's files; both kept while something needs
+    // the old ones.
+    let fresh = d.create(&["--isolation", "gvisor"]);
+    assert_eq!(d.exec(&fresh, "echo up").1.trim(), "up");
+    assert_eq!(kept().len(), 2, "{:?}", kept());
+    d.ok(&["rm", &id, &warm, &fresh]);
+    d.ok(&["template", "rm", "warm-old"]);
+    d.shut_down();
+    d.spawn();
+    assert_eq!(
+        kept().len(),
+        1,
+        "the old binary's files stayed: {:?}",
+        kept()
+    );
+    d.finish();
+}
+
 #[test]
 fn a_pool_of_a_template_with_memory_holds_sandboxes_restored_ahead() {
     let Some((_t, _spaces, d)) =
@@ -1832,6 +1909,150 @@ fn warren_run_takes_runc_and_crun() {
             String::from_utf8_lossy(&o.stderr)
         );
     }
+}
+
+/// Whether the ELF file at `path` is statically linked (no program interpreter).
+fn is_static(path: &Path) -> bool {
+    let Ok(b) = std::fs::read(path) else {
+        return false;
+    };
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        return false;
+    }
+    let u = |at: usize, n: usize| -> usize {
+        b[at..at + n]
+            .iter()
+            .rev()
+            .fold(0usize, |acc, x| (acc << 8) | usize::from(*x))
+    };
+    let (off, size, count) = (u(32, 8), u(54, 2), u(56, 2));
+    (0..count).all(|i| {
+        let at = off + i * size;
+        // PT_INTERP
+        at + 4 <= b.len() && u(at, 4) != 3
+    })
+}
+
+/// A `docker save` archive of one layer: a static busybox as the whole userland.
+fn static_busybox_image(busybox: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    let tar_of = |files: &[(String, Vec<u8>, u32, Option<&str>)]| {
+        let mut t = tar::Builder::new(Vec::new());
+        for (name, data, mode, link) in files {
+            let mut h = tar::Header::new_ustar();
+            h.set_mode(*mode);
+            match link {
+                Some(to) => {
+                    h.set_entry_type(tar::EntryType::Symlink);
+                    h.set_size(0);
+                    t.append_link(&mut h, name, to).unwrap();
+                }
+                None if name.ends_with('/') => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    t.append_data(&mut h, name, &[][..]).unwrap();
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(data.len() as u64);
+                    t.append_data(&mut h, name, &data[..]).unwrap();
+                }
+            }
+        }
+        t.into_inner().unwrap()
+    };
+    let mut files = vec![
+        ("bin/".to_string(), vec![], 0o755, None),
+        ("etc/".to_string(), vec![], 0o755, None),
+        ("tmp/".to_string(), vec![], 0o1777, None),
+        ("root/".to_string(), vec![], 0o700, None),
+        (
+            "etc/passwd".to_string(),
+            b"root:x:0:0:root:/root:/bin/sh\n".to_vec(),
+            0o644,
+            None,
+        ),
+        (
+            "bin/busybox".to_string(),
+            std::fs::read(busybox).unwrap(),
+            0o755,
+            None,
+        ),
+    ];
+    for applet in ["sh", "ls", "cat", "echo", "sleep", "uname", "id"] {
+        files.push((format!("bin/{applet}"), vec![], 0o777, Some("busybox")));
+    }
+    let layer = tar_of(&files);
+    let hex = |b: &[u8]| format!("{:x}", sha2::Sha256::digest(b));
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex(&layer))]},
+    })
+    .to_string()
+    .into_bytes();
+    let config_name = format!("{}.json", hex(&config));
+    let manifest = serde_json::json!([{"Config": config_name, "RepoTags": ["static:latest"],
+                                        "Layers": ["0/layer.tar"]}])
+    .to_string()
+    .into_bytes();
+    tar_of(&[
+        (config_name, config, 0o644, None),
+        ("0/layer.tar".into(), layer, 0o644, None),
+        ("manifest.json".into(), manifest, 0o644, None),
+    ])
+}
+
+/// An image with no C library of its own (a static busybox, as the `busybox` image or a
+/// distroless one; Alpine's musl, or a glibc older than the binary's, is the same case
+/// for the agent): every backend runs commands in it. On the OCI backends the agent, the
+/// warren binary, starts through the host's dynamic loader with the host's libraries,
+/// bound read-only beside it; it took the root's before, and found none here.
+#[test]
+fn an_image_without_a_c_library_runs_on_every_backend() {
+    let test = "an_image_without_a_c_library_runs_on_every_backend";
+    if !can_run(test) {
+        return;
+    }
+    let busybox = Path::new("/bin/busybox");
+    if !is_static(busybox) {
+        warren_testkit::skip(
+            test,
+            "no static /bin/busybox here (`apt-get install busybox-static`)",
+        );
+        return;
+    }
+    let _t = my_turn();
+    let spaces = Spaces::new();
+    let d = daemon(&spaces.0, "");
+    let archive = common::test_root().join(format!("static-{}.tar", std::process::id()));
+    std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
+    std::fs::write(&archive, static_busybox_image(busybox)).unwrap();
+    d.ok(&[
+        "template",
+        "import",
+        archive.to_str().unwrap(),
+        "--name",
+        "static",
+    ]);
+    let _ = std::fs::remove_file(&archive);
+    let mut ran = Vec::new();
+    for b in backends(&d) {
+        let name = b["name"].as_str().unwrap().to_string();
+        if b["available"] != true || name == "process" {
+            continue;
+        }
+        let id = d.create(&["--isolation", &name, "--template", "static"]);
+        let (code, out) = d.exec(&id, "echo hello from $(uname -s); ls /lib 2>&1 | head -1");
+        assert_eq!(code, 0, "{name}: {out}");
+        assert!(out.starts_with("hello from Linux\n"), "{name}: {out}");
+        // The root stays the image's: nothing of the host's libraries shows in its /lib.
+        assert!(out.contains("No such file"), "{name}: {out}");
+        d.ok(&["rm", "-f", &id]);
+        ran.push(name);
+    }
+    assert!(ran.contains(&"namespace".to_string()), "{ran:?}");
+    d.finish();
 }
 
 /// A sandbox that can write in its agent socket's directory (gVisor makes the agent's

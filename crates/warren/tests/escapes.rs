@@ -132,14 +132,17 @@ fn mountinfo_names_no_host_path() {
         "cat /proc/self/mountinfo /proc/self/mounts /proc/1/mountinfo 2>/dev/null",
     );
     let root = common::test_root().display().to_string();
-    // runc and crun bind the agent's binary and its socket directory from the host, and
-    // a bind mount's root is its path in the host's filesystem: those two lines name host
-    // paths (SECURITY.md, "Known gaps"). Nothing else may.
+    // runc and crun bind the agent's binary, its libraries and its socket directory from
+    // the host, and a bind mount's root is its path in the host's filesystem: those three
+    // lines name host paths (SECURITY.md, "Known gaps"). Nothing else may.
     let oci_binds = matches!(isolation().as_str(), "runc" | "crun");
     let out: String = out
         .lines()
         .filter(|l| {
-            !(oci_binds && (l.contains(" /.warren/warren ") || l.contains(" /.warren/run ")))
+            !(oci_binds
+                && [" /.warren/warren ", " /.warren/lib ", " /.warren/run "]
+                    .iter()
+                    .any(|m| l.contains(m)))
         })
         .map(|l| format!("{l}\n"))
         .collect();

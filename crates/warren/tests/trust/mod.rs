@@ -492,6 +492,11 @@ impl Daemon {
         c.output().expect("run warren")
     }
 
+    /// The binary the next [`spawn`](Self::spawn) runs (an upgrade between two).
+    pub fn set_exe(&mut self, exe: PathBuf) {
+        self.exe = Some(exe);
+    }
+
     /// kill -9: the daemon gets no chance to tidy up.
     pub fn crash(&mut self) {
         let mut child = self.child.take().expect("a running daemon");
