@@ -143,6 +143,18 @@ pub fn serve(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
 
 async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) -> io::Result<()> {
     listener.set_nonblocking(true)?;
+    // An image's working directory that its layers do not hold (its config names one
+    // no layer made) is made, as an OCI runtime makes a missing `cwd`: empty, the
+    // agent's own, mode 0755. Where it cannot be made, each exec says so.
+    if let Some(dir) = &config.workdir {
+        if std::fs::symlink_metadata(dir).is_err() {
+            use std::os::unix::fs::DirBuilderExt;
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(dir);
+        }
+    }
     let mut listener = Some(tokio::net::UnixListener::from_std(listener)?);
     // Registered before any child exists, so no exit goes unnoticed.
     let sigchld = signal(SignalKind::child())?;

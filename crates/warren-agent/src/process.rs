@@ -548,8 +548,11 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
     }
     let mut env = config.env.clone();
     env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    if let Some(home) = &home {
-        env.entry("HOME".into()).or_insert_with(|| home.clone());
+    if account.is_some() {
+        // A user without a home (not in the root's /etc/passwd: a numeric user of an
+        // image that has none) gets `/`, as an OCI runtime gives it.
+        env.entry("HOME".into())
+            .or_insert_with(|| home.clone().unwrap_or_else(|| "/".into()));
     }
     if let Some(name) = &login {
         // As login(1) and su(1) set them: programs read who they are from these.

@@ -1986,7 +1986,10 @@ fn static_busybox_image(busybox: &Path) -> Vec<u8> {
     let hex = |b: &[u8]| format!("{:x}", sha2::Sha256::digest(b));
     let config = serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        // A user of its own with no entry in /etc/passwd, and a working directory no
+        // layer holds (an image configured without a build step, `buildah config`).
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"], "User": "1000:1000",
+                   "WorkingDir": "/srv/app"},
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex(&layer))]},
     })
     .to_string()
@@ -2005,7 +2008,8 @@ fn static_busybox_image(busybox: &Path) -> Vec<u8> {
 
 /// An image with no C library of its own (a static busybox, as the `busybox` image or a
 /// distroless one; Alpine's musl, or a glibc older than the binary's, is the same case
-/// for the agent): every backend runs commands in it. On the OCI backends the agent, the
+/// for the agent), a user without a passwd entry and a working directory no layer holds:
+/// every backend runs commands in it. On the OCI backends the agent, the
 /// warren binary, starts through the host's dynamic loader with the host's libraries,
 /// bound read-only beside it; it took the root's before, and found none here.
 #[test]
@@ -2043,11 +2047,17 @@ fn an_image_without_a_c_library_runs_on_every_backend() {
             continue;
         }
         let id = d.create(&["--isolation", &name, "--template", "static"]);
-        let (code, out) = d.exec(&id, "echo hello from $(uname -s); ls /lib 2>&1 | head -1");
+        let (code, out) = d.exec(
+            &id,
+            "echo hello from $(uname -s); ls /lib 2>&1 | head -1; echo $(id -u) $HOME $(pwd)",
+        );
         assert_eq!(code, 0, "{name}: {out}");
         assert!(out.starts_with("hello from Linux\n"), "{name}: {out}");
         // The root stays the image's: nothing of the host's libraries shows in its /lib.
         assert!(out.contains("No such file"), "{name}: {out}");
+        // As an OCI runtime runs it: HOME is / for a user /etc/passwd does not know, and
+        // the missing working directory is made (commands failed there before).
+        assert!(out.ends_with("\n1000 / /srv/app\n"), "{name}: {out}");
         d.ok(&["rm", "-f", &id]);
         ran.push(name);
     }
