@@ -884,6 +884,14 @@ impl GvisorSandbox {
         self.settle();
         let c = container(&self.id);
         std::fs::create_dir_all(image).map_err(crate::io_err("make the checkpoint directory"))?;
+        // Which files the agent runs from, for the restore to run it from the same (a
+        // sandbox made before records were kept has none).
+        match std::fs::copy(self.run.join("agent"), image.join("agent")) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(crate::io_err("record the agent's files in the image")(e));
+            }
+            _ => {}
+        }
         // An open host socket cannot be saved: the agent closes its listener and every
         // connection (SIGUSR1) and keeps its processes.
         self.runsc.signal(&c, nix::sys::signal::Signal::SIGUSR1)?;
@@ -899,13 +907,6 @@ impl GvisorSandbox {
             std::thread::sleep(Duration::from_millis(2));
         }
         crate::trace::mark("gvisor checkpoint: agent socket closed");
-        // Which files the agent runs from, for the restore to run it from the same.
-        match std::fs::copy(self.run.join("agent"), image.join("agent")) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(crate::io_err("record the agent's files in the image")(e));
-            }
-            _ => {}
-        }
         let image_flag = format!("--image-path={}", image.display());
         // Committed pages that hold only zeros are left out of the image (restored as
         // zeros): gVisor commits anonymous memory in large runs, so a process's stack

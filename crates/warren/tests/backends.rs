@@ -1512,6 +1512,18 @@ fn a_new_binary_restores_what_an_old_one_saved_with_memory() {
         eventually(20, || secret_and_count(&d, &id).1 > 3),
         "the counter never ran"
     );
+    // A record that cannot be copied fails the pause before the agent lets go of its
+    // socket: the sandbox goes on, reachable.
+    let record = d.run_dir().join(format!("sandboxes/{id}/agent"));
+    let key = std::fs::read_to_string(&record).unwrap();
+    std::fs::remove_file(&record).unwrap();
+    std::fs::create_dir(&record).unwrap();
+    let o = d.run(&["pause", &id]);
+    assert!(!o.status.success(), "a pause without its record went on");
+    assert_eq!(d.info(&id)["state"], "running");
+    assert_eq!(d.exec(&id, "echo still").1.trim(), "still");
+    std::fs::remove_dir(&record).unwrap();
+    std::fs::write(&record, key).unwrap();
     d.ok(&["snapshot", &id, "--name", "warm-old", "--memory"]);
     let (secret, at) = secret_and_count(&d, &id);
     d.ok(&["pause", &id]);
