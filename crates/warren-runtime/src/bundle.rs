@@ -1614,18 +1614,27 @@ mod tests {
         AgentFiles::stand_in(Some("ld-linux-x86-64.so.2"))
     }
 
+    /// The bundle at /b of the host template on `network`.
+    fn config_at_b(
+        network: NetworkMode,
+        kind: BundleKind,
+        agent: &AgentFiles,
+    ) -> serde_json::Value {
+        bundle_config(
+            &spec(network),
+            &host(),
+            Path::new("/s"),
+            Path::new("/b"),
+            kind,
+            agent,
+        )
+        .unwrap()
+    }
+
     #[test]
     fn the_agent_starts_through_the_hosts_loader_with_the_hosts_libraries() {
         let b = Path::new("/b");
-        let c = bundle_config(
-            &spec(NetworkMode::None),
-            &host(),
-            Path::new("/s"),
-            b,
-            BundleKind::Gvisor,
-            &agent(),
-        )
-        .unwrap();
+        let c = config_at_b(NetworkMode::None, BundleKind::Gvisor, &agent());
         let args: Vec<&str> = c["process"]["args"]
             .as_array()
             .unwrap()
@@ -1656,15 +1665,7 @@ mod tests {
         assert!(ro.contains(&("/a/k/lib".into(), "/b/ro/lib".into())));
         // A static binary is its own loader: no mount, started by itself.
         let alone = AgentFiles::stand_in(None);
-        let c = bundle_config(
-            &spec(NetworkMode::None),
-            &host(),
-            Path::new("/s"),
-            b,
-            BundleKind::Gvisor,
-            &alone,
-        )
-        .unwrap();
+        let c = config_at_b(NetworkMode::None, BundleKind::Gvisor, &alone);
         assert_eq!(c["process"]["args"][0], AGENT_BIN);
         let mounts = c["mounts"].as_array().unwrap();
         assert!(!mounts.iter().any(|m| m["destination"] == AGENT_LIB));
@@ -1832,27 +1833,10 @@ mod tests {
 
     #[test]
     fn a_gvisor_bundle_keeps_runscs_network_and_a_host_task_cap() {
-        let b = Path::new("/b");
-        let c = bundle_config(
-            &spec(NetworkMode::Nat),
-            &host(),
-            Path::new("/s"),
-            b,
-            BundleKind::Gvisor,
-            &agent(),
-        )
-        .unwrap();
+        let c = config_at_b(NetworkMode::Nat, BundleKind::Gvisor, &agent());
         assert_eq!(namespaces(&c), ["pid", "ipc", "uts", "mount"]);
         assert_eq!(c["linux"]["resources"]["pids"]["limit"], 256 + 8 * 32);
-        let c = bundle_config(
-            &spec(NetworkMode::None),
-            &host(),
-            Path::new("/s"),
-            b,
-            BundleKind::Gvisor,
-            &agent(),
-        )
-        .unwrap();
+        let c = config_at_b(NetworkMode::None, BundleKind::Gvisor, &agent());
         assert_eq!(namespaces(&c), ["pid", "ipc", "uts", "mount", "network"]);
     }
 
