@@ -513,6 +513,48 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
             "{isolation}: a host file was changed from inside"
         );
     }
+    if ["gvisor", "runc", "crun"].contains(&isolation) {
+        // Nor the agent's binary and libraries, kept once for every sandbox of a binary
+        // and run again by every restore of a saved agent.
+        let kept = || -> Vec<(PathBuf, u64)> {
+            let ls = |dir: &Path| -> Vec<PathBuf> {
+                std::fs::read_dir(dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .map(|e| e.path())
+                    .collect()
+            };
+            let mut v: Vec<(PathBuf, u64)> = ls(&d.data_dir().join("agent"))
+                .into_iter()
+                .flat_map(|k| [ls(&k), ls(&k.join("lib"))].concat())
+                .filter(|p| p.is_file())
+                .map(|p| {
+                    let len = std::fs::metadata(&p).unwrap().len();
+                    (p, len)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let before = kept();
+        assert!(
+            before.iter().any(|(p, _)| p.ends_with("lib/libc.so.6")),
+            "{isolation}: {before:?}"
+        );
+        d.exec(
+            &id,
+            "(: > /.warren/lib/libc.so.6); (echo x >> /.warren/lib/libc.so.6); \
+             (truncate -s 0 /.warren/warren); (rm -f /.warren/lib/libm.so.6); \
+             (ln /.warren/lib/libc.so.6 /root/h && : > /root/h); rm -f /root/h; true",
+        );
+        assert_eq!(
+            kept(),
+            before,
+            "{isolation}: the agent's files changed from inside"
+        );
+        assert_eq!(d.exec(&id, "echo alive").1.trim(), "alive");
+    }
     if backend["capabilities"]["volumes"] == true {
         // The home is the owner's volume: another sandbox of the owner, made while this
         // one runs, has the same files.
