@@ -249,6 +249,14 @@ fn current_key(exe: &Path) -> Result<(String, Linked)> {
         })
         .clone()
         .map_err(Error::Setup)?;
+    // Named once per binary too: a create then costs one look at the directory. The
+    // daemon keeps running its agents from the files it found first, the ones it runs
+    // itself, even once a new binary is installed beside it.
+    static KEYS: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+    let mut keys = KEYS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, key)) = keys.iter().find(|(e, _)| e == exe) {
+        return Ok((key.clone(), (loader, files)));
+    }
     let mut key = Sha256::new();
     for (name, path) in std::iter::once((std::ffi::OsStr::new("warren"), exe))
         .chain(files.iter().map(|(n, p)| (n.as_os_str(), p.as_path())))
@@ -263,10 +271,11 @@ fn current_key(exe: &Path) -> Result<(String, Linked)> {
             key.update(v.to_le_bytes());
         }
     }
-    let key = key.finalize()[..8]
+    let key: String = key.finalize()[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    keys.push((exe.to_path_buf(), key.clone()));
     Ok((key, (loader, files)))
 }
 
@@ -343,14 +352,17 @@ pub fn remove_unused_agent_files(paths: &Paths, exe: &Path) {
             keep.insert(k.trim().to_string());
         }
     };
-    for dir in [paths.run.join("sandboxes"), paths.data.join("sandboxes")] {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            note(e.path().join("agent"));
-            note(e.path().join("image/agent"));
-        }
+    let sandboxes = |dir: PathBuf| std::fs::read_dir(dir).into_iter().flatten().flatten();
+    for e in sandboxes(paths.run.join("sandboxes")) {
+        note(e.path().join("agent"));
     }
-    for f in records_under(&paths.data.join("templates"), 4) {
-        note(f);
+    for e in sandboxes(paths.data.join("sandboxes")) {
+        note(e.path().join("image/agent"));
+    }
+    for t in crate::template::list(paths).unwrap_or_default() {
+        if t.memory.is_some() {
+            note(crate::template::memory_dir(paths, &t.storage_key()).join("image/agent"));
+        }
     }
     let old = std::time::SystemTime::now() - std::time::Duration::from_secs(600);
     for e in entries.flatten() {
@@ -364,23 +376,6 @@ pub fn remove_unused_agent_files(paths: &Paths, exe: &Path) {
             let _ = crate::tree::remove(&e.path());
         }
     }
-}
-
-/// Every `memory/image/agent` below `dir`, at most `depth` directories down.
-fn records_under(dir: &Path, depth: u32) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let record = dir.join("memory/image/agent");
-    if record.exists() {
-        out.push(record);
-    }
-    if depth > 0 {
-        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.extend(records_under(&e.path(), depth - 1));
-            }
-        }
-    }
-    out
 }
 
 /// The container id the OCI runtime knows a sandbox by.
@@ -1675,10 +1670,7 @@ mod tests {
     #[test]
     fn the_kept_loader_and_libraries_start_this_binary_and_are_kept_once() {
         let tmp = tempfile::tempdir().unwrap();
-        let paths = Paths {
-            run: tmp.path().join("run"),
-            data: tmp.path().join("data"),
-        };
+        let paths = Paths::under(tmp.path());
         let exe = std::env::current_exe().unwrap();
         let agent = AgentFiles::current(&paths, &exe).unwrap();
         assert!(agent.dir.starts_with(paths.data.join("agent")));
@@ -1764,11 +1756,25 @@ mod tests {
         std::fs::remove_file(image.join("agent")).unwrap();
         remove_unused_agent_files(&paths, &newer);
         assert_eq!(kept(), vec![fresh.key.clone()]);
-        // A template's saved memory keeps its own.
-        let memory = paths.data.join("templates/acme/warm/memory/image");
-        std::fs::create_dir_all(&memory).unwrap();
+        // A template's saved memory (here a tenant's own) keeps its own.
         let current = AgentFiles::current(&paths, &exe).unwrap();
-        current.record(&memory.join("agent")).unwrap();
+        let meta = template::TemplateMeta {
+            name: "warm".into(),
+            key: template::key(Some("acme"), "warm"),
+            private: true,
+            tenant: Some("acme".into()),
+            memory: Some(template::SavedMemory {
+                home_volume: false,
+                image_bytes: 0,
+            }),
+            ..Default::default()
+        };
+        template::save_with(&paths, &meta, |stage| {
+            let image = stage.join("memory/image");
+            std::fs::create_dir_all(&image).unwrap();
+            current.record(&image.join("agent"))
+        })
+        .unwrap();
         remove_unused_agent_files(&paths, &newer);
         let mut now = vec![current.key.clone(), fresh.key.clone()];
         now.sort();

@@ -131,17 +131,10 @@ pub fn remove(paths: &Paths, run: KeptRun) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn paths(root: &std::path::Path) -> Paths {
-        Paths {
-            run: root.join("run"),
-            data: root.join("data"),
-        }
-    }
-
     #[test]
     fn a_run_is_kept_once_it_is_over_and_never_while_it_lives() {
         let root = tempfile::tempdir().unwrap();
-        let p = paths(root.path());
+        let p = Paths::under(root.path());
         assert!(ended(&p).unwrap().is_empty(), "no data directory yet");
         let live = mark(&p, "aaaa1111").unwrap();
         let done = mark(&p, "bbbb2222").unwrap();

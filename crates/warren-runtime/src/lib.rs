@@ -55,6 +55,15 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// `ROOT/run` and `ROOT/data`: a test's own directories.
+    #[cfg(test)]
+    pub(crate) fn under(root: &std::path::Path) -> Self {
+        Self {
+            run: root.join("run"),
+            data: root.join("data"),
+        }
+    }
+
     /// `WARREN_RUN_DIR` and `WARREN_DATA_DIR`, or /run/warren and /var/lib/warren; a
     /// relative path is taken from the current directory, once.
     pub fn from_env() -> Self {

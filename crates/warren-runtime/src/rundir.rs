@@ -157,10 +157,7 @@ mod tests {
             nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
             warren_sys::mount::set_propagation(Path::new("/"), MsFlags::MS_PRIVATE).unwrap();
             let base = tempfile::tempdir().unwrap();
-            let paths = Paths {
-                run: base.path().join("run"),
-                data: base.path().join("data"),
-            };
+            let paths = Paths::under(base.path());
             let placed = keep_in_memory(&paths).unwrap();
             let dir = paths.run.join("sandboxes");
             let on_tmpfs = statfs(&dir).unwrap().filesystem_type() == TMPFS_MAGIC;

@@ -1131,10 +1131,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let paths = Paths {
-            run: dir.path().join("run"),
-            data: dir.path().join("data"),
-        };
+        let paths = Paths::under(dir.path());
         // Each user holds its copy open, as a sandbox's overlay does; no later builder may
         // empty a copy that is in use.
         let start = std::sync::Barrier::new(8);
@@ -1169,10 +1166,7 @@ mod tests {
     #[test]
     fn unknown_template_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
-        let paths = Paths {
-            run: dir.path().join("run"),
-            data: dir.path().join("data"),
-        };
+        let paths = Paths::under(dir.path());
         let e = resolve(&paths, "nope").unwrap_err();
         assert!(e.to_string().contains("unknown template"));
     }
