@@ -255,6 +255,12 @@ struct Cleanup {
     agent: Option<Pid>,
     /// The host end of a `nat` sandbox's veth pair.
     link: Option<String>,
+    /// Where the sandbox's own disk is mounted, when it has one.
+    disk: Option<PathBuf>,
+    /// The sandbox ends for good (`warren run --rm`, or a removal: see [`END_SIGNAL`]):
+    /// its disk's image is removed next, and nothing it writes on its way down need
+    /// reach the host's disk.
+    for_good: bool,
 }
 
 impl Cleanup {
@@ -284,6 +290,14 @@ impl Cleanup {
     }
 
     fn remove(&mut self) {
+        // Before the mounts go, with the sandbox's processes gone: the unmount's journal
+        // commit is not forced to the host's disk for an image about to be removed. Held
+        // until the mounts are gone, then undone.
+        let cacheless = self
+            .disk
+            .take()
+            .filter(|_| self.for_good)
+            .and_then(|disk| warren_sys::mount::write_through(&disk).ok().flatten());
         if let Some(cg) = self.cgroup.take() {
             // Normally a no-op: only a task that escaped the namespace would be left.
             let _ = cg.kill_all(Duration::from_secs(5));
@@ -299,6 +313,7 @@ impl Cleanup {
                 let _ = unmount(&m);
             }
         }
+        drop(cacheless);
         for d in self.dirs.drain(..).rev() {
             if crate::tree::remove(&d).is_err() {
                 let _ = fs::remove_file(&d);
@@ -433,6 +448,8 @@ impl Sandbox {
             mounts: vec![],
             agent: None,
             link: None,
+            disk: None,
+            for_good: config.ephemeral,
         };
         fs::create_dir_all(&run).map_err(fail("create the run directory"))?;
         cleanup.dirs.push(run.clone());
@@ -474,6 +491,9 @@ impl Sandbox {
         let root = run.join("root");
         fs::create_dir_all(&root).map_err(fail("create the root mount point"))?;
         let (rw, disk) = writable_layer(config, &run, &data, disk)?;
+        if spec.resources.disk.is_some() {
+            cleanup.disk.clone_from(&disk);
+        }
         cleanup.mounts.extend(disk);
         crate::trace::mark("helper: writable layer");
         template.check_layers()?;
@@ -634,6 +654,7 @@ impl Sandbox {
         ] {
             set.add(s);
         }
+        set.add(END_SIGNAL);
         let code = loop {
             match waitpid(self.agent, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => {}
@@ -653,6 +674,10 @@ impl Sandbox {
             }
             match set.wait() {
                 Ok(Signal::SIGCHLD) | Err(_) => continue,
+                Ok(END_SIGNAL) => {
+                    self.cleanup.for_good = true;
+                    break 0;
+                }
                 Ok(_) => break 0,
             }
         };
@@ -687,6 +712,11 @@ impl Sandbox {
     }
 }
 
+/// What a helper is sent, instead of SIGTERM, when its sandbox ends for good: the same
+/// stop and teardown, and its disk's last writes are not forced to the host's disk
+/// (its image is removed next).
+pub const END_SIGNAL: Signal = Signal::SIGUSR2;
+
 fn block_signals() -> Setup<()> {
     let mut set = SigSet::empty();
     for s in [
@@ -694,6 +724,7 @@ fn block_signals() -> Setup<()> {
         Signal::SIGINT,
         Signal::SIGHUP,
         Signal::SIGCHLD,
+        END_SIGNAL,
     ] {
         set.add(s);
     }
@@ -771,7 +802,7 @@ fn in_memory_layer(config: &HelperConfig) -> bool {
 pub(crate) enum Image {
     /// A sandbox's disk: its size is fixed for its life, so the image has no blocks kept
     /// for growing it while mounted (`resize_inode`: 2 MiB of a 4 GiB image's 2.2 MiB of
-    /// metadata, copied and synced for every new sandbox).
+    /// metadata, copied and written out for every new sandbox).
     Disk,
     /// A home volume, which grows (offline, `resize2fs`) when its owner asks.
     Volume,
@@ -828,10 +859,31 @@ pub(crate) fn make_ext4(img: &Path, size: u64, owner: u32, kind: Image) -> Setup
 /// A copy of the kept blank `blank` at `to`: the spare made ahead (see [`make_spare`]),
 /// taken whole by one rename (of two takers only one gets it), else a copy made now.
 pub(crate) fn copy_of_blank(blank: &Path, to: &Path) -> std::io::Result<()> {
-    if fs::rename(blank.with_extension("spare"), to).is_ok() {
+    let spare = blank.with_extension("spare");
+    if made_since_boot(&spare) && fs::rename(&spare, to).is_ok() {
         return Ok(());
     }
-    copy_into_place(blank, to)
+    copy_into_place(blank, to, Durable::Mounted)
+}
+
+/// Whether the file at `path` was last written since the host booted. A spare is not
+/// synced when made: one from before a crash of the host may be torn, and is neither
+/// taken nor kept (a clock set back since the boot makes spares look old: slower
+/// creates, never a torn disk).
+fn made_since_boot(path: &Path) -> bool {
+    static BOOT: std::sync::OnceLock<Option<std::time::SystemTime>> = std::sync::OnceLock::new();
+    let boot = BOOT.get_or_init(|| {
+        let stat = fs::read_to_string("/proc/stat").ok()?;
+        let secs = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(std::time::UNIX_EPOCH + Duration::from_secs(secs))
+    });
+    let written = fs::metadata(path).and_then(|m| m.modified());
+    matches!((boot, written), (Some(boot), Ok(w)) if w >= *boot)
 }
 
 /// The kept blank image of `kind`, `size` bytes, whose root `owner` owns, under the data
@@ -847,17 +899,17 @@ pub(crate) fn blank_disk(data: &Path, size: u64, owner: u32, kind: Image) -> Pat
 /// Leaves a copy of the disk blank of `size` and `owner`
 /// (`DATA/.blank-disks/SIZE-OWNER-disk.spare`)
 /// for the next [`make_ext4`] of that size to take by a rename, when there is a blank
-/// and no spare yet: the copy and its sync (1-6 ms, most of it waiting for the disk)
-/// then happen after a sandbox is ready rather than in the next one's create. Failing
-/// costs only that time.
+/// and no spare yet: the copy then happens after a sandbox is ready rather than in the
+/// next one's create. Failing costs only that time.
 pub(crate) fn make_spare(data: &Path, size: u64, owner: u32) {
     let blank = blank_disk(data, size, owner, Image::Disk);
     let spare = blank.with_extension("spare");
-    if !blank.exists() || spare.exists() {
+    if !blank.exists() || made_since_boot(&spare) {
         return;
     }
-    // A half-made spare is never taken; a data directory removed meanwhile stays removed.
-    let _ = copy_into_place(&blank, &spare);
+    // A half-made spare is never taken (one from before the boot is replaced); a data
+    // directory removed meanwhile stays removed.
+    let _ = copy_into_place(&blank, &spare, Durable::Mounted);
 }
 
 /// `mkfs.ext4` of a new sparse file `at` of `size` bytes, its root owned by `owner`.
@@ -894,15 +946,32 @@ fn mkfs_ext4(at: &Path, size: u64, owner: u32, kind: Image) -> Setup<()> {
 /// Copies the fresh image `from` to the blank `to`, through a file of its own.
 fn keep_blank(from: &Path, to: &Path) -> std::io::Result<()> {
     fs::create_dir_all(to.parent().unwrap_or(Path::new("/")))?;
-    copy_into_place(from, to)
+    copy_into_place(from, to, Durable::Synced)
+}
+
+/// Whether a copy is synced to the disk before it is put in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durable {
+    /// A blank, kept for good: synced.
+    Synced,
+    /// An image that is mounted before anything uses it: not synced here, since
+    /// attaching it to its loop device writes it out (`LOOP_CONFIGURE` syncs the file);
+    /// a spare a crash of the host may have left torn is never taken (see
+    /// [`made_since_boot`]).
+    Mounted,
 }
 
 /// Copies `from` to `to` beside it under a dot-name no taker looks for, then renames it
 /// into place: a half-made copy is never seen at `to`. Creates nothing but that file.
-pub(crate) fn copy_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(crate) fn copy_into_place(from: &Path, to: &Path, durable: Durable) -> std::io::Result<()> {
     let id = crate::new_id().map_err(|e| std::io::Error::other(e.to_string()))?;
     let aside = to.with_file_name(format!(".{id}"));
-    let r = copy_sparse(from, &aside).and_then(|()| fs::rename(&aside, to));
+    let r = copy_sparse(from, &aside)
+        .and_then(|dst| match durable {
+            Durable::Synced => dst.sync_data(),
+            Durable::Mounted => Ok(()),
+        })
+        .and_then(|()| fs::rename(&aside, to));
     if r.is_err() {
         let _ = fs::remove_file(&aside);
     }
@@ -914,7 +983,7 @@ pub(crate) fn copy_into_place(from: &Path, to: &Path) -> std::io::Result<()> {
 /// (`copy_file_range`, through `std::io::copy`): no buffer of this process holds the
 /// bytes, so a helper that makes a spare keeps no megabyte of heap for the rest of its
 /// sandbox's life.
-fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<fs::File> {
     use nix::unistd::{lseek, Whence};
     use std::io::{Read, Seek, SeekFrom};
     let src = fs::File::open(from)?;
@@ -940,7 +1009,7 @@ fn copy_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
         }
         pos = hole;
     }
-    dst.sync_data()
+    Ok(dst)
 }
 
 /// Mounts the ext4 image `img` at `target`; `fresh`: the caller just made it (see
@@ -1435,6 +1504,25 @@ mod tests {
         assert_eq!(fs::read(&a).unwrap(), fs::read(&d).unwrap());
         make_spare(data.path(), 64 << 20, 1234);
         assert!(spare.exists());
+        // A spare written before the host booted (not synced when made: a crash may have
+        // torn it) is not taken, and the next spare replaces it.
+        let before_boot = std::time::UNIX_EPOCH + Duration::from_secs(86_400);
+        let set_old = |p: &Path| {
+            fs::write(p, b"torn").unwrap();
+            fs::File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(before_boot)
+                .unwrap();
+        };
+        set_old(&spare);
+        let e = img("e");
+        make_ext4(&e, 64 << 20, 1234, Image::Disk).unwrap();
+        assert_eq!(fs::read(&a).unwrap(), fs::read(&e).unwrap());
+        assert_eq!(fs::read(&spare).unwrap(), b"torn");
+        make_spare(data.path(), 64 << 20, 1234);
+        assert_eq!(fs::read(&a).unwrap(), fs::read(&spare).unwrap());
         // No blank of a size, no spare of it.
         make_spare(data.path(), 48 << 20, 1234);
         assert_eq!(fs::read_dir(blank.parent().unwrap()).unwrap().count(), 3);

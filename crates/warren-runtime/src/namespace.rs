@@ -596,16 +596,17 @@ impl Sandbox {
         }
     }
 
-    /// Asks the helper to stop the sandbox and tear it down (SIGTERM); one the zygote
-    /// forked is signalled through its pidfd, never a process that took its pid.
-    fn stop_helper(&self) {
+    /// Asks the helper to stop the sandbox and tear it down (SIGTERM, or
+    /// [`helper::END_SIGNAL`](crate::helper::END_SIGNAL) when it ends for good); one the
+    /// zygote forked is signalled through its pidfd, never a process that took its pid.
+    fn stop_helper(&self, signal: Signal) {
         match &self.helper {
             Helper::Spawned(_, pidfd, _) => {
-                let _ = warren_sys::ns::pidfd_send_signal(pidfd.as_fd(), libc::SIGTERM);
+                let _ = warren_sys::ns::pidfd_send_signal(pidfd.as_fd(), signal as i32);
             }
             _ => {
                 if let Some(pid) = self.helper_pid() {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+                    let _ = kill(Pid::from_raw(pid), signal);
                 }
             }
         }
@@ -622,7 +623,7 @@ impl Sandbox {
     /// Stops everything and removes what the sandbox was made of (its writable layer too
     /// if it was created ephemeral).
     pub async fn destroy(mut self) -> Result<()> {
-        self.stop_helper();
+        self.stop_helper(Signal::SIGTERM);
         let wait = async {
             match &mut self.helper {
                 Helper::Child(c, _) => {
@@ -675,7 +676,7 @@ impl Sandbox {
         if !matches!(self.helper, Helper::Child(..) | Helper::Spawned(..)) {
             return self.destroy().await;
         }
-        self.stop_helper();
+        self.stop_helper(crate::helper::END_SIGNAL);
         let teardowns = self.teardowns.clone();
         let mut helper = self.helper;
         // A byte once the processes are gone. The end of the pipe instead when the

@@ -103,12 +103,14 @@ impl Drop for PreparedDisk {
     }
 }
 
-/// Removes the prepared images a daemon that died left under `data` (called before this
-/// daemon makes its first).
+/// Removes what a daemon that died may have left under `data` (called before this
+/// daemon makes its first prepared disk): its prepared images, and copies being made
+/// (dot-names; one a helper is making now then fails, which costs it only time). The
+/// kept blanks and spares stay.
 pub fn clear_left(data: &Path) {
     let dir = data.join(".blank-disks");
     for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_name().to_string_lossy().starts_with(PREFIX) {
+        if e.file_name().to_string_lossy().starts_with('.') {
             let _ = fs::remove_file(e.path());
         }
     }
@@ -126,8 +128,10 @@ mod tests {
         for n in [
             ".prepared-a.img",
             ".prepared-b.img",
+            ".0123456789abcdef",
             "64-1-disk.img",
             "64-1-disk.spare",
+            "64-1.img",
         ] {
             fs::write(dir.join(n), "x").unwrap();
         }
@@ -137,7 +141,7 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["64-1-disk.img", "64-1-disk.spare"]);
+        assert_eq!(left, ["64-1-disk.img", "64-1-disk.spare", "64-1.img"]);
         // One of this daemon's, dropped untaken: its image goes.
         let image = dir.join(".prepared-c.img");
         fs::write(&image, "x").unwrap();

@@ -532,6 +532,66 @@ pub fn unmount(target: &Path) -> io::Result<()> {
     umount2(target, MntFlags::MNT_DETACH).map_err(|e| err("unmount", target, e))
 }
 
+/// The major number of loop devices (`<linux/major.h>`).
+const LOOP_MAJOR: u32 = 7;
+
+/// A loop device told that it keeps no writes in a cache of its own (see
+/// [`write_through`]), held open so that it stays bound to its file. Dropped, it is told
+/// it caches again (the kernel keeps the setting for whatever file the device is given
+/// next) and then let go of, which lets a device with autoclear clear itself.
+#[derive(Debug)]
+pub struct WriteThrough {
+    knob: PathBuf,
+    _dev: File,
+}
+
+impl Drop for WriteThrough {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.knob, "write back");
+    }
+}
+
+/// Tells the loop device under the filesystem mounted at `mount` that it keeps no
+/// writes in a cache ("write through"): the block layer then drops the flushes and
+/// forced writes the filesystem sends, and what it writes stays in its image file's
+/// page cache until the host writes it back. For a disk whose image is removed next:
+/// an ext4 unmount's journal commit and superblock write (some ten flushes and thirty
+/// writes, each flush an `fsync` of the image on the host) then never reach the host's
+/// disk. Never for a filesystem whose image is kept: an `fsync` inside would no longer
+/// make anything durable. `None` when `mount` is not on a loop device.
+pub fn write_through(mount: &Path) -> io::Result<Option<WriteThrough>> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let dev = std::fs::metadata(mount)?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    if major != LOOP_MAJOR {
+        return Ok(None);
+    }
+    // Held open, the device stays bound to this file until the setting is undone.
+    let node = PathBuf::from(format!("/dev/loop{minor}"));
+    let held = File::open(&node)?;
+    let meta = held.metadata()?;
+    if !meta.file_type().is_block_device() || meta.rdev() != dev {
+        return Err(io::Error::other(format!(
+            "{} is not the device of {}",
+            node.display(),
+            mount.display()
+        )));
+    }
+    let knob = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/queue/write_cache"));
+    std::fs::write(&knob, "write through")
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", knob.display())))?;
+    Ok(Some(WriteThrough { knob, _dev: held }))
+}
+
+/// Undoes a "write through" a device kept from an earlier binding (a process that died
+/// holding a [`WriteThrough`]): the file just attached gets its flushes.
+fn cache_writes(n: libc::c_int) {
+    let knob = format!("/sys/block/loop{n}/queue/write_cache");
+    if std::fs::read_to_string(&knob).is_ok_and(|v| v.trim() == "write through") {
+        let _ = std::fs::write(&knob, "write back");
+    }
+}
+
 // From <linux/loop.h>.
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
 const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
@@ -643,6 +703,7 @@ pub fn attach_loop(backing: &Path, fresh: bool) -> io::Result<LoopDevice> {
         let r = unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
         if r == 0 {
             record_loop(&backing, n);
+            cache_writes(n);
             return Ok(LoopDevice { path, _dev: dev });
         }
         let e = io::Error::last_os_error();
@@ -845,5 +906,71 @@ mod tests {
         })
         .join()
         .unwrap();
+    }
+
+    #[test]
+    fn a_disk_made_write_through_sends_its_device_no_flush() {
+        let test = "mount::a_disk_made_write_through_sends_its_device_no_flush";
+        if !warren_testkit::needs_root(test, "attaching loop devices and mounting") {
+            return;
+        }
+        let (dir, img) = backing();
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            warren_testkit::skip(test, "no mkfs.ext4");
+            return;
+        }
+        let dev = attach_loop(&img, true).unwrap();
+        let m = mount_detached(&dev.path, "ext4", MountAttrs::PLAIN).unwrap();
+        let sys = Path::new("/sys/block").join(dev.path.file_name().unwrap());
+        let flushes = || {
+            let stat = std::fs::read_to_string(sys.join("stat")).unwrap();
+            stat.split_whitespace()
+                .nth(15)
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        };
+        let cache = || std::fs::read_to_string(sys.join("queue/write_cache")).unwrap();
+        let root = PathBuf::from(format!("/proc/self/fd/{}", m.as_fd().as_raw_fd()));
+        let synced_write = |name: &str| {
+            let f = File::create(root.join(name)).unwrap();
+            std::io::Write::write_all(&mut &f, b"x").unwrap();
+            f.sync_all().unwrap();
+        };
+        assert_eq!(cache().trim(), "write back");
+        let before = flushes();
+        synced_write("a");
+        assert!(
+            flushes() > before,
+            "an fsync flushes the device while it caches"
+        );
+        let held = write_through(&root).unwrap().unwrap();
+        assert_eq!(cache().trim(), "write through");
+        let before = flushes();
+        synced_write("b");
+        assert_eq!(flushes(), before, "no flush reaches the device");
+        // Unmounted, the device stays bound while held, and caches again once let go.
+        drop((m, dev));
+        assert!(sys.join("loop/backing_file").exists());
+        drop(held);
+        assert_eq!(cache().trim(), "write back");
+        // A device a process left "write through" (it died holding it) caches again
+        // for the next file attached to it.
+        let dev = attach_loop(&img, true).unwrap();
+        let n: libc::c_int = dev.path.to_string_lossy()["/dev/loop".len()..]
+            .parse()
+            .unwrap();
+        let knob = Path::new("/sys/block")
+            .join(dev.path.file_name().unwrap())
+            .join("queue/write_cache");
+        std::fs::write(&knob, "write through").unwrap();
+        cache_writes(n);
+        assert_eq!(std::fs::read_to_string(&knob).unwrap().trim(), "write back");
+        // Not a loop device: nothing to do, nothing done.
+        assert!(write_through(dir.path()).unwrap().is_none());
     }
 }

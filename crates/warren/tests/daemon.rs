@@ -1438,8 +1438,32 @@ fn a_disk_made_ahead_is_the_next_sandboxs_own() {
     assert_eq!(d.exec(&second, "cat /root/second"), (0, "kept\n".into()));
     assert_eq!(d.exec(&first, "cat /root/first"), (0, "mine\n".into()));
     let data = d.data_dir();
+    // A running sandbox's device caches its writes and takes flushes (an fsync inside
+    // reaches the host's disk). A removal's unmount skips them, its image being removed
+    // next, and leaves the device caching again for whatever file it is given next.
+    let devices: Vec<String> = loops_under(&data)
+        .iter()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|dev| dev.trim_start_matches("/dev/").to_string())
+        .collect();
+    assert!(
+        devices.len() >= 2,
+        "no device for the two disks: {devices:?}"
+    );
+    let cache = |dev: &str| {
+        std::fs::read_to_string(format!("/sys/block/{dev}/queue/write_cache"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
+    for dev in &devices {
+        assert_eq!(cache(dev), "write back", "{dev} of a running sandbox");
+    }
     d.remove_all();
     d.shut_down();
+    for dev in &devices {
+        assert_eq!(cache(dev), "write back", "{dev} after its sandbox");
+    }
     // The daemon that stopped left no disk made ahead, and no loop device.
     assert_eq!(d.prepared_disks(), 0);
     assert!(loops_under(&data).is_empty(), "{:?}", loops_under(&data));
