@@ -113,16 +113,12 @@ fn host_memory() -> u64 {
         .map_or(1 << 30, |kb| kb * 1024)
 }
 
-fn host_cores() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-}
-
 impl Default for Policy {
     /// Out of the box: a sandbox gets 1 GiB of memory, one core, 1024 tasks, a 4 GiB
     /// disk and a 2 GiB home; nothing may ask for more than the host has; a tenant may
     /// keep 100 sandboxes, 64 GiB of memory limits and 1 TiB of disk.
     fn default() -> Self {
-        let cores = host_cores();
+        let cores = warren_runtime::host_cores();
         Self {
             defaults: Resources {
                 memory: Some((1 << 30u64).min(host_memory())),

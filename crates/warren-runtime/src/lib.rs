@@ -33,6 +33,7 @@ use std::path::PathBuf;
 
 pub use backend::{Backend, Backends, Instance, Usage};
 pub use namespace::{NamespaceBackend, Sandbox};
+pub use warren_sys::host_cores;
 
 /// Host uid and gid that root inside every sandbox maps to. Sandbox ids 0..65536 map to
 /// `HOST_ID_BASE..HOST_ID_BASE + 65536`, an unprivileged range no host account uses.

@@ -553,9 +553,7 @@ pub(crate) fn validate(spec: &SandboxSpec) -> Result<()> {
             why: "--cpus and --pids must be above zero".into(),
         });
     }
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
+    let cores = warren_sys::host_cores();
     if r.cpu_millis.is_some_and(|c| c > cores * 1000) {
         return Err(Error::Invalid {
             what: "CPU limit",

@@ -296,7 +296,7 @@ fn created(i: &SandboxInfo) -> Created {
 
 /// The host's CPUs and memory, shown for sandboxes without their own limits.
 fn host_cpus() -> u64 {
-    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+    u64::from(warren_sys::host_cores())
 }
 
 fn host_memory_mb() -> u64 {
