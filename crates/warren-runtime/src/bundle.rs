@@ -1247,6 +1247,17 @@ fn mount_disk(data: &Path, size: u64, run: &Path) -> crate::helper::Setup<PathBu
     Ok(at)
 }
 
+/// An OCI sandbox whose data directory is `data` ends for good: its disk's loop device
+/// is set to drop flushes (see [`warren_sys::mount::write_through`]), so that the ext4
+/// unmount when the runtime's last process lets go of the mounts is not forced to the
+/// host's disk for an image removed next. Held until the mounts are released, then
+/// dropped, which lets the device cache and flush again. `None` without a disk.
+pub(crate) fn disk_ending(data: &Path) -> Option<warren_sys::mount::WriteThrough> {
+    warren_sys::mount::write_through_image(&data.join("disk.img"))
+        .ok()
+        .flatten()
+}
+
 /// Once an OCI sandbox with a disk of `size` is ready: the next one's disk copied from
 /// the blank off the request's path, as a namespace sandbox's helper does (see
 /// [`crate::helper::make_spare`]); `warren __oci` takes it by a rename.

@@ -1425,8 +1425,11 @@ impl Instance for GvisorSandbox {
     /// reaper has exited. So is one whose Sentry could not be killed directly.
     fn end(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
+            let disk = crate::bundle::disk_ending(&self.data());
             if self.runsc.nat {
-                return self.destroy().await;
+                let r = self.destroy().await;
+                drop(disk);
+                return r;
             }
             let held = self.teardowns.hold().await;
             let (mut sb, gone) = tokio::task::spawn_blocking(move || {
@@ -1446,6 +1449,7 @@ impl Instance for GvisorSandbox {
             .map_err(|e| Error::Setup(format!("tear down: {e}")))?;
             let rest = tokio::task::spawn_blocking(move || {
                 sb.finish_teardown();
+                drop(disk);
                 drop(held);
             });
             if !gone {

@@ -87,6 +87,8 @@ pub struct RuncSandbox {
     /// Pause and resume are Warren's own freezing of the cgroup Warren made.
     warren_cgroups: bool,
     run: PathBuf,
+    /// Its data directory: its writable layer or disk image.
+    data: PathBuf,
     ephemeral: Option<PathBuf>,
     /// With `die_with_parent` (`warren run`): the process that removes the sandbox if
     /// its maker dies first.
@@ -212,6 +214,7 @@ impl RuncBackend {
             cli,
             warren_cgroups: self.warren_cgroups,
             run,
+            data: self.paths.sandbox_data(id),
             ephemeral: None,
             watchdog: None,
         }
@@ -553,6 +556,17 @@ impl Instance for RuncSandbox {
             tokio::task::spawn_blocking(move || self.teardown())
                 .await
                 .map_err(|e| Error::Setup(format!("tear down the {kind} sandbox: {e}")))
+        })
+    }
+
+    /// [`destroy`](Self::destroy), for good: the teardown waits for the keeper that
+    /// holds the mounts, and the disk's last writes are not forced to the host's disk.
+    fn end(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
+        Box::pin(async move {
+            let disk = crate::bundle::disk_ending(&self.data);
+            let r = self.destroy().await;
+            drop(disk);
+            r
         })
     }
 }

@@ -577,10 +577,31 @@ pub fn write_through(mount: &Path) -> io::Result<Option<WriteThrough>> {
             mount.display()
         )));
     }
-    let knob = PathBuf::from(format!("/sys/dev/block/{major}:{minor}/queue/write_cache"));
+    hold_write_through(minor, held).map(Some)
+}
+
+/// [`write_through`] for the loop device the image file `img` is attached to, found
+/// through the device the file's attribute names and checked against the file: for a
+/// disk whose mounts belong to another process (an OCI runtime's). `None` when no
+/// device has the file.
+pub fn write_through_image(img: &Path) -> io::Result<Option<WriteThrough>> {
+    let file = File::open(img)?;
+    let meta = file.metadata()?;
+    let Some(n) = recorded_loop(&file) else {
+        return Ok(None);
+    };
+    let Some(dev) = bound_to(n, &meta) else {
+        return Ok(None);
+    };
+    hold_write_through(n, dev._dev).map(Some)
+}
+
+/// Sets loop device `n`, which `held` keeps bound, to "write through".
+fn hold_write_through(n: u32, held: File) -> io::Result<WriteThrough> {
+    let knob = PathBuf::from(format!("/sys/block/loop{n}/queue/write_cache"));
     std::fs::write(&knob, "write through")
         .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", knob.display())))?;
-    Ok(Some(WriteThrough { knob, _dev: held }))
+    Ok(WriteThrough { knob, _dev: held })
 }
 
 /// Undoes a "write through" a device kept from an earlier binding (a process that died

@@ -2268,6 +2268,21 @@ fn an_oci_sandboxs_disk_holds_through_stop_snapshot_and_saved_memory() {
             d.ok(&["rm", &warm]);
             d.ok(&["template", "rm", "disk-warm"]);
         }
+        // Its device caches writes while it runs (an fsync inside reaches the host's
+        // disk); the removal's unmount skips the flushes, and leaves the device caching
+        // again for the next file attached to it.
+        let device = loops_under(&data)
+            .first()
+            .and_then(|l| l.split_whitespace().next())
+            .map(|dev| dev.trim_start_matches("/dev/").to_string())
+            .unwrap_or_default();
+        let cache = || {
+            std::fs::read_to_string(format!("/sys/block/{device}/queue/write_cache"))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        assert_eq!(cache(), "write back", "{name}: {device} while running");
         d.ok(&["rm", &id]);
         d.ok(&["template", "rm", &format!("disk-{name}")]);
         assert!(!data.exists(), "{name}: its data directory stayed");
@@ -2277,6 +2292,11 @@ fn an_oci_sandboxs_disk_holds_through_stop_snapshot_and_saved_memory() {
             eventually(10, || loops_under(&d.data_dir()).is_empty()),
             "{name}: a loop device stayed: {:?}",
             loops_under(&d.data_dir())
+        );
+        assert!(
+            eventually(10, || cache() == "write back"),
+            "{name}: {device} after its sandbox: {}",
+            cache()
         );
         eprintln!("BACKEND {name}: the disk limit holds");
     }
