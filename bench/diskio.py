@@ -3,11 +3,13 @@
 what each create + remove costs the host's disk.
 
     python3 bench/diskio.py BEFORE AFTER [--rounds 3] [--seconds 8] [--clients 8]
+                            [--isolation gvisor|runc|crun]
 
 Each round starts a daemon of each binary in turn (the order swapped every round; state
 in a temp dir), makes five sandboxes to warm it (the first of a disk size makes the kept
 blank), syncs, then for `--seconds` keeps `--clients` connections creating a sandbox
-(default limits: a 4 GiB disk, no home volume) and removing it. Read from
+(default limits: a 4 GiB disk, no home volume; on the backend `--isolation` names, the
+daemon's default otherwise) and removing it. Read from
 /sys/dev/block/MAJ:MIN/stat of the device holding the temp dir, before and after: the
 writes, KiB written, flushes and discards per create + remove. Prints each run and the
 medians, after/before. Python 3 standard library only; root.
@@ -40,7 +42,7 @@ def disk_stat(path):
             "flushes": v[15] if len(v) > 15 else 0}
 
 
-def churn(sock, seconds, clients):
+def churn(sock, seconds, clients, body):
     count, errors, lock = [0], [], threading.Lock()
     end = time.time() + seconds
 
@@ -48,7 +50,7 @@ def churn(sock, seconds, clients):
         api = api_mod.Api(sock)
         try:
             while time.time() < end:
-                sid = api.call("POST", "/v1/sandboxes", BODY)["id"]
+                sid = api.call("POST", "/v1/sandboxes", body)["id"]
                 api.call("DELETE", f"/v1/sandboxes/{sid}")
                 with lock:
                     count[0] += 1
@@ -83,13 +85,14 @@ def one(binary, a):
             time.sleep(0.01)
         api = api_mod.Api(sock)
         api.call("GET", "/health")
+        body = dict(BODY, **({"isolation": a.isolation} if a.isolation else {}))
         for _ in range(5):
-            sid = api.call("POST", "/v1/sandboxes", BODY)["id"]
+            sid = api.call("POST", "/v1/sandboxes", body)["id"]
             api.call("DELETE", f"/v1/sandboxes/{sid}")
         os.sync()
         time.sleep(1)
         before = disk_stat(tmp)
-        n, took = churn(sock, a.seconds, a.clients)
+        n, took = churn(sock, a.seconds, a.clients, body)
         time.sleep(0.5)
         after = disk_stat(tmp)
         left = api.call("GET", "/v1/sandboxes")
@@ -111,6 +114,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=8)
     ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--isolation", help="the backend to create on (gvisor, runc, crun, ...)")
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("run as root: sandboxes need it")
