@@ -1247,15 +1247,47 @@ fn mount_disk(data: &Path, size: u64, run: &Path) -> crate::helper::Setup<PathBu
     Ok(at)
 }
 
-/// An OCI sandbox whose data directory is `data` ends for good: its disk's loop device
-/// is set to drop flushes (see [`warren_sys::mount::write_through`]), so that the ext4
-/// unmount when the runtime's last process lets go of the mounts is not forced to the
-/// host's disk for an image removed next. Held until the mounts are released, then
-/// dropped, which lets the device cache and flush again. `None` without a disk.
-pub(crate) fn disk_ending(data: &Path) -> Option<warren_sys::mount::WriteThrough> {
-    warren_sys::mount::write_through_image(&data.join("disk.img"))
-        .ok()
-        .flatten()
+/// The disk of an OCI sandbox that ends for good, whose run directory is `run` and data
+/// directory `data`: its filesystem held open from before the sandbox's processes are
+/// killed, so that nothing unmounts it while the sandbox ends, and the loop device it is
+/// mounted from set to drop flushes only then, off the removal's answer (the setting
+/// freezes the device's queue, some 16 ms each way; see
+/// [`warren_sys::mount::write_through`]). `None` without a disk.
+pub(crate) struct EndingDisk {
+    held: std::fs::File,
+    img: std::fs::File,
+}
+
+impl EndingDisk {
+    /// Opens the disk mounted at `run/disk` in the namespace of what holds the sandbox's
+    /// mounts (`warren __oci`), while it runs.
+    pub(crate) fn open(run: &Path, data: &Path) -> Option<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let holder = mounts_holder(run)?;
+        // Opened now: the caller removes the sandbox's files before the rest is done.
+        let img = std::fs::File::open(data.join("disk.img")).ok()?;
+        let mount = run.join(DISK_MOUNT);
+        let seen = Path::new(&format!("/proc/{holder}/root"))
+            .join(mount.strip_prefix("/").unwrap_or(&mount));
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(seen)
+            .ok()?;
+        Some(Self { held, img })
+    }
+
+    /// With the sandbox's processes gone: sets its device to drop flushes and lets go of
+    /// the filesystem, whose unmount, when the runtime too has let go of its mounts,
+    /// then forces nothing to the host's disk. The setting is undone when the returned
+    /// value is dropped, once the mounts are gone.
+    pub(crate) fn let_go(self) -> Option<warren_sys::mount::WriteThrough> {
+        let through = warren_sys::mount::write_through_image(&self.img)
+            .ok()
+            .flatten();
+        drop(self.held);
+        through
+    }
 }
 
 /// Once an OCI sandbox with a disk of `size` is ready: the next one's disk copied from

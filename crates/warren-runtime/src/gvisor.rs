@@ -1425,12 +1425,10 @@ impl Instance for GvisorSandbox {
     /// reaper has exited. So is one whose Sentry could not be killed directly.
     fn end(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            let disk = crate::bundle::disk_ending(&self.data());
             if self.runsc.nat {
-                let r = self.destroy().await;
-                drop(disk);
-                return r;
+                return self.destroy().await;
             }
+            let disk = crate::bundle::EndingDisk::open(&self.run, &self.data());
             let held = self.teardowns.hold().await;
             let (mut sb, gone) = tokio::task::spawn_blocking(move || {
                 let gone = self.stop_processes();
@@ -1448,8 +1446,9 @@ impl Instance for GvisorSandbox {
             .await
             .map_err(|e| Error::Setup(format!("tear down: {e}")))?;
             let rest = tokio::task::spawn_blocking(move || {
+                let through = disk.and_then(crate::bundle::EndingDisk::let_go);
                 sb.finish_teardown();
-                drop(disk);
+                drop(through);
                 drop(held);
             });
             if !gone {

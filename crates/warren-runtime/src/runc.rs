@@ -559,13 +559,16 @@ impl Instance for RuncSandbox {
         })
     }
 
-    /// [`destroy`](Self::destroy), for good: the teardown waits for the keeper that
-    /// holds the mounts, and the disk's last writes are not forced to the host's disk.
+    /// [`destroy`](Self::destroy), for good: its disk, held open through the teardown,
+    /// is let go of after the answer with its device set to drop flushes, so that its
+    /// unmount forces nothing to the host's disk for an image removed next.
     fn end(self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            let disk = crate::bundle::disk_ending(&self.data);
+            let disk = crate::bundle::EndingDisk::open(&self.run, &self.data);
             let r = self.destroy().await;
-            drop(disk);
+            if let Some(disk) = disk {
+                tokio::task::spawn_blocking(move || drop(disk.let_go()));
+            }
             r
         })
     }

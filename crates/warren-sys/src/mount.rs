@@ -580,14 +580,13 @@ pub fn write_through(mount: &Path) -> io::Result<Option<WriteThrough>> {
     hold_write_through(minor, held).map(Some)
 }
 
-/// [`write_through`] for the loop device the image file `img` is attached to, found
-/// through the device the file's attribute names and checked against the file: for a
-/// disk whose mounts belong to another process (an OCI runtime's). `None` when no
+/// [`write_through`] for the loop device the image file open as `img` is attached to,
+/// found through the device the file's attribute names and checked against the file: for
+/// a disk whose mounts belong to another process (an OCI runtime's). `None` when no
 /// device has the file.
-pub fn write_through_image(img: &Path) -> io::Result<Option<WriteThrough>> {
-    let file = File::open(img)?;
-    let meta = file.metadata()?;
-    let Some(n) = recorded_loop(&file) else {
+pub fn write_through_image(img: &File) -> io::Result<Option<WriteThrough>> {
+    let meta = img.metadata()?;
+    let Some(n) = recorded_loop(img) else {
         return Ok(None);
     };
     let Some(dev) = bound_to(n, &meta) else {
