@@ -1422,13 +1422,19 @@ impl Instance for GvisorSandbox {
     /// rest (`runsc delete`, some 15 ms, the cgroups, the gofer letting go of the mounts,
     /// the run directory) finishes after, and [`Backend::settle`] waits for it. A sandbox
     /// on `nat` is torn down whole first: its published ports are free only once its
-    /// reaper has exited. So is one whose Sentry could not be killed directly.
+    /// reaper has exited. So is one whose Sentry could not be killed directly. Either
+    /// way its disk is held open until then and let go of without flushes (see
+    /// [`crate::bundle::EndingDisk`]).
     fn end(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
-            if self.runsc.nat {
-                return self.destroy().await;
-            }
             let disk = crate::bundle::EndingDisk::open(&self.run, &self.data());
+            if self.runsc.nat {
+                let r = self.destroy().await;
+                if let Some(disk) = disk {
+                    tokio::task::spawn_blocking(move || drop(disk.let_go()));
+                }
+                return r;
+            }
             let held = self.teardowns.hold().await;
             let (mut sb, gone) = tokio::task::spawn_blocking(move || {
                 let gone = self.stop_processes();
