@@ -1424,7 +1424,7 @@ impl Instance for GvisorSandbox {
     /// on `nat` is torn down whole first: its published ports are free only once its
     /// reaper has exited. So is one whose Sentry could not be killed directly. Either
     /// way its disk is held open until then and let go of without flushes (see
-    /// [`crate::bundle::EndingDisk`]).
+    /// `bundle::EndingDisk`).
     fn end(mut self: Box<Self>) -> BoxFuture<'static, Result<()>> {
         Box::pin(async move {
             let disk = crate::bundle::EndingDisk::open(&self.run, &self.data());
