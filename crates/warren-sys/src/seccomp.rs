@@ -30,6 +30,14 @@
 //! gVisor, whose kernel prepares every filter stack it is given, three installs cost an
 //! exec some 7 ms against about 4 for one.
 //!
+//! Between the guard and the rest sits a search over the syscall number (`fast_path`),
+//! made from the rest itself: a number the rest allows whatever the arguments is allowed
+//! there after some eight comparisons, every other number goes on to the rest unchanged.
+//! Nothing is decided differently; what changes is the install. The kernel works out, as
+//! it installs a filter, which numbers the filter allows without reading arguments, by
+//! running it for each number under a lock with interrupts off; through a deny list of
+//! some 500 instructions that cost 0.3 ms per install, on every sandbox's create.
+//!
 //! Installing only copies a prepared program into the kernel, so it is async-signal-safe
 //! and can run between fork and exec.
 
@@ -121,8 +129,11 @@ impl SeccompProgram {
             |name: &'static str| map.remove(name).ok_or(SeccompError::MissingFilter(name));
         let main = take("main")?;
         let clone3 = take("clone3")?;
+        let rest = chain(vec![clone3, main]);
+        let mut searched = fast_path(&rest);
+        searched.extend(rest);
         Ok(Self {
-            filters: vec![chain(vec![guard_program(), clone3, main])],
+            filters: vec![chain(vec![guard_program(), searched])],
         })
     }
 
@@ -209,6 +220,9 @@ mod bpf {
     pub const JGE_K: u16 = 0x35;
     pub const RET_K: u16 = 0x06;
     pub const JA: u16 = 0x05;
+    pub const JGT_K: u16 = 0x25;
+    pub const JSET_K: u16 = 0x45;
+    pub const AND_K: u16 = 0x54;
     pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     pub const X32_SYSCALL_BIT: u32 = 0x4000_0000;
     // Offsets in struct seccomp_data.
@@ -248,6 +262,106 @@ fn guard_program() -> BpfProgram {
         0,
         libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
     ));
+    p
+}
+
+/// What running `program` on an x86-64 syscall numbered `nr` answers, with `args` as its
+/// arguments (the six of `struct seccomp_data`, in order), or `None` when it reads an
+/// argument it is not given (`args` of `None`), or anything else of `seccomp_data`: the
+/// kernel's own reckoning of a filter's answers at install time, and the tests' reference.
+/// Knows the instructions seccompiler and this module write; `None` for any other.
+#[cfg(target_arch = "x86_64")]
+fn evaluate(program: &[sock_filter], nr: u32, args: Option<&[u64; 6]>) -> Option<u32> {
+    use bpf::*;
+    let mut acc: u32 = 0;
+    let mut pc = 0usize;
+    while let Some(ins) = program.get(pc) {
+        pc += 1;
+        let jump = |taken: bool| usize::from(if taken { ins.jt } else { ins.jf });
+        match ins.code {
+            LD_W_ABS => {
+                acc = match ins.k {
+                    NR => nr,
+                    ARCH => AUDIT_ARCH_X86_64,
+                    // The arguments start at 16, eight bytes each, low half first.
+                    k if (16..64).contains(&k) && k % 4 == 0 => {
+                        let arg = args?[(k as usize - 16) / 8];
+                        if k % 8 == 0 {
+                            arg as u32
+                        } else {
+                            (arg >> 32) as u32
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            JEQ_K => pc += jump(acc == ins.k),
+            JGE_K => pc += jump(acc >= ins.k),
+            JGT_K => pc += jump(acc > ins.k),
+            JSET_K => pc += jump(acc & ins.k != 0),
+            JA => pc += ins.k as usize,
+            AND_K => acc &= ins.k,
+            RET_K => return Some(ins.k),
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// A search over the syscall number for the programs `rest` (reviewed x86-64 numbers,
+/// below [`FIRST_UNREVIEWED`], the guard having answered the others): `RET ALLOW` for a
+/// number `rest` allows whatever its arguments, a jump past its own end (to `rest`) for
+/// every other. A balanced tree of `JGE` over the ranges of numbers that share an answer,
+/// each right branch through a `JA` so that no jump is limited to 255 instructions.
+#[cfg(target_arch = "x86_64")]
+fn fast_path(rest: &[sock_filter]) -> BpfProgram {
+    use bpf::*;
+    let allowed = |nr: u32| {
+        evaluate(rest, nr, None) == Some(libc::SECCOMP_RET_ALLOW) && nr < FIRST_UNREVIEWED
+    };
+    // The ranges [start, next start) where the answer is the same, and that answer.
+    let mut ranges: Vec<(u32, bool)> = Vec::new();
+    for nr in 0..=FIRST_UNREVIEWED {
+        let a = allowed(nr);
+        if ranges.last().is_none_or(|&(_, b)| b != a) {
+            ranges.push((nr, a));
+        }
+    }
+    /// Leaves are written as `RET ALLOW` or as a placeholder `JA` to `rest`, whose offset
+    /// is set once the program's length is known.
+    const TO_REST: u32 = u32::MAX;
+    fn tree(ranges: &[(u32, bool)], out: &mut Vec<sock_filter>) {
+        let ins = |code, jt, jf, k| sock_filter { code, jt, jf, k };
+        if let [(_, allow)] = ranges {
+            out.push(if *allow {
+                ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW)
+            } else {
+                ins(JA, 0, 0, TO_REST)
+            });
+            return;
+        }
+        let (left, right) = ranges.split_at(ranges.len() / 2);
+        let mut low = Vec::new();
+        tree(left, &mut low);
+        // nr >= the right half's first number: over the `JA`, which skips the left half.
+        out.push(ins(JGE_K, 0, 1, right[0].0));
+        out.push(ins(JA, 0, 0, low.len() as u32));
+        out.extend(low);
+        tree(right, out);
+    }
+    let mut p = vec![sock_filter {
+        code: LD_W_ABS,
+        jt: 0,
+        jf: 0,
+        k: NR,
+    }];
+    tree(&ranges, &mut p);
+    let len = p.len();
+    for (at, ins) in p.iter_mut().enumerate() {
+        if ins.code == JA && ins.k == TO_REST {
+            ins.k = (len - at - 1) as u32;
+        }
+    }
     p
 }
 
@@ -308,8 +422,8 @@ mod tests {
     #[test]
     fn policy_compiles() {
         let p = SeccompProgram::default_policy().unwrap();
-        // One filter, within the kernel's limit of 4,096 instructions; the only allow
-        // left is `main`'s, the last program's.
+        // One filter, within the kernel's limit of 4,096 instructions; the only allows
+        // left are the search's and `main`'s, the last program's.
         assert_eq!(p.filters.len(), 1);
         assert!(p.filters[0].len() <= 4096, "{}", p.filters[0].len());
         let allows: Vec<usize> = p.filters[0]
@@ -325,7 +439,14 @@ mod tests {
             )
             .unwrap()["main"]
                 .len();
-        assert!(!allows.is_empty() && allows.iter().all(|at| *at >= main_start));
+        let search = guard_program().len()..guard_program().len() + search_len();
+        assert!(!allows.is_empty());
+        assert!(
+            allows
+                .iter()
+                .all(|at| *at >= main_start || search.contains(at)),
+            "{allows:?}"
+        );
         // What makes the chain agree with three filters: no syscall gets an error from
         // two of them (the guard's are those `main` cannot name).
         let json: serde_json::Value = serde_json::from_str(DEFAULT_POLICY).unwrap();
@@ -346,6 +467,75 @@ mod tests {
             .filters
             .iter()
             .all(|f| !f.is_empty() && f.len() < u16::MAX as usize));
+    }
+
+    /// `clone3` and `main` chained, as the search is made from.
+    fn rest() -> BpfProgram {
+        let mut map = seccompiler::compile_from_json(
+            DEFAULT_POLICY.as_bytes(),
+            seccompiler::TargetArch::x86_64,
+        )
+        .unwrap();
+        chain(vec![
+            map.remove("clone3").unwrap(),
+            map.remove("main").unwrap(),
+        ])
+    }
+
+    fn search_len() -> usize {
+        fast_path(&rest()).len()
+    }
+
+    #[test]
+    fn the_search_allows_what_the_rest_allows_whatever_the_arguments_and_sends_on_the_rest() {
+        let rest = rest();
+        let search = fast_path(&rest);
+        let mut allowed = 0;
+        for nr in 0..FIRST_UNREVIEWED + 64 {
+            let free =
+                nr < FIRST_UNREVIEWED && evaluate(&rest, nr, None) == Some(libc::SECCOMP_RET_ALLOW);
+            // Run alone, the search answers ALLOW or jumps past its end (no answer).
+            let answer = evaluate(&search, nr, None);
+            if free {
+                allowed += 1;
+                assert_eq!(answer, Some(libc::SECCOMP_RET_ALLOW), "#{nr}");
+            } else {
+                assert_eq!(answer, None, "#{nr} is not the search's to allow");
+            }
+        }
+        // A deny list: most numbers are allowed, each after a few comparisons.
+        assert!(allowed > 350, "{allowed}");
+        assert!(search.len() < 400, "{}", search.len());
+    }
+
+    #[test]
+    fn the_policy_answers_as_it_did_without_the_search() {
+        let plain = chain(vec![guard_program(), rest()]);
+        let policy = SeccompProgram::default_policy().unwrap();
+        let policy = &policy.filters[0];
+        // Every value the policy compares anything with, in every argument, with the high
+        // half clear and set; and no argument, and every bit set.
+        let mut values: Vec<u64> = plain
+            .iter()
+            .filter(|i| [bpf::JEQ_K, bpf::JGE_K, bpf::JGT_K, bpf::JSET_K].contains(&i.code))
+            .map(|i| u64::from(i.k))
+            .collect();
+        values.sort_unstable();
+        values.dedup();
+        let mut vectors = vec![[0u64; 6], [u64::MAX; 6]];
+        for v in values {
+            vectors.push([v; 6]);
+            vectors.push([v | 1 << 32; 6]);
+        }
+        for nr in (0..FIRST_UNREVIEWED + 64).chain([bpf::X32_SYSCALL_BIT - 1]) {
+            for args in &vectors {
+                assert_eq!(
+                    evaluate(policy, nr, Some(args)),
+                    evaluate(&plain, nr, Some(args)),
+                    "#{nr} with {args:?}"
+                );
+            }
+        }
     }
 
     #[test]
