@@ -268,9 +268,10 @@ fn guard_program() -> BpfProgram {
 /// What running `program` on an x86-64 syscall numbered `nr` answers, with `args` as its
 /// arguments (the six of `struct seccomp_data`, in order), or `None` when it reads an
 /// argument it is not given (`args` of `None`), or anything else of `seccomp_data`: the
-/// kernel's own reckoning of a filter's answers at install time, and the tests' reference.
-/// Knows the instructions seccompiler and this module write; `None` for any other.
-#[cfg(target_arch = "x86_64")]
+/// kernel's own reckoning of a filter's answers at install time, one number at a time;
+/// the tests' reference for [`unconditionally_allowed`]. Knows the instructions
+/// seccompiler and this module write; `None` for any other.
+#[cfg(all(test, target_arch = "x86_64"))]
 fn evaluate(program: &[sock_filter], nr: u32, args: Option<&[u64; 6]>) -> Option<u32> {
     use bpf::*;
     let mut acc: u32 = 0;
@@ -308,6 +309,152 @@ fn evaluate(program: &[sock_filter], nr: u32, args: Option<&[u64; 6]>) -> Option
     None
 }
 
+/// A set of syscall numbers below [`FIRST_UNREVIEWED`], one bit each.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Numbers([u64; 8]);
+
+#[cfg(target_arch = "x86_64")]
+const _: () = assert!(FIRST_UNREVIEWED <= 64 * 8);
+
+#[cfg(target_arch = "x86_64")]
+impl Numbers {
+    const NONE: Self = Self([0; 8]);
+
+    /// The numbers from `from` on (below [`FIRST_UNREVIEWED`]).
+    fn from(from: u32) -> Self {
+        let mut s = Self::NONE;
+        for (i, w) in s.0.iter_mut().enumerate() {
+            let first = i as u32 * 64;
+            *w = match from.checked_sub(first) {
+                None | Some(0) => u64::MAX,
+                Some(n) if n < 64 => u64::MAX << n,
+                Some(_) => 0,
+            };
+        }
+        s.and(Self::below(FIRST_UNREVIEWED))
+    }
+
+    fn below(end: u32) -> Self {
+        let mut s = Self::NONE;
+        for nr in 0..end.min(64 * 8) {
+            s.0[nr as usize / 64] |= 1 << (nr % 64);
+        }
+        s
+    }
+
+    fn one(nr: u32) -> Self {
+        let mut s = Self::NONE;
+        if nr < FIRST_UNREVIEWED {
+            s.0[nr as usize / 64] = 1 << (nr % 64);
+        }
+        s
+    }
+
+    fn has(&self, nr: u32) -> bool {
+        nr < 64 * 8 && self.0[nr as usize / 64] & (1 << (nr % 64)) != 0
+    }
+
+    fn and(mut self, other: Self) -> Self {
+        self.0.iter_mut().zip(other.0).for_each(|(w, o)| *w &= o);
+        self
+    }
+
+    fn minus(mut self, other: Self) -> Self {
+        self.0.iter_mut().zip(other.0).for_each(|(w, o)| *w &= !o);
+        self
+    }
+
+    fn add(&mut self, other: Self) {
+        self.0.iter_mut().zip(other.0).for_each(|(w, o)| *w |= o);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|w| *w == 0)
+    }
+}
+
+/// The reviewed syscall numbers `program` allows on x86-64 whatever their arguments: one
+/// pass over it (classic BPF jumps only forward), carrying to each instruction the numbers
+/// that reach it with the number, or the architecture, in the accumulator. Numbers that
+/// reach a read of anything else (an argument) are dropped, as the kernel's reckoning
+/// drops them; so are numbers at an instruction this does not know. The same answer as
+/// running the program for each number (`evaluate`, which the tests compare it with), in
+/// some microseconds rather than the 0.4 ms that costs.
+#[cfg(target_arch = "x86_64")]
+fn unconditionally_allowed(program: &[sock_filter]) -> Numbers {
+    use bpf::*;
+    // What reaches each instruction: with the number in the accumulator, with the arch.
+    let mut with_nr = vec![Numbers::NONE; program.len() + 1];
+    let mut with_arch = vec![Numbers::NONE; program.len() + 1];
+    // Before any load the accumulator is 0: nothing is known of it here, so a program
+    // that does not start by loading the number or the arch allows nothing unchecked.
+    match program.first() {
+        Some(ins) if ins.code == LD_W_ABS && ins.k == NR => {
+            with_nr[1] = Numbers::below(FIRST_UNREVIEWED)
+        }
+        Some(ins) if ins.code == LD_W_ABS && ins.k == ARCH => {
+            with_arch[1] = Numbers::below(FIRST_UNREVIEWED)
+        }
+        _ => return Numbers::NONE,
+    }
+    let mut allowed = Numbers::NONE;
+    let end = program.len();
+    for (pc, ins) in program.iter().enumerate().skip(1) {
+        let next = pc + 1;
+        let (t, f) = (next + usize::from(ins.jt), next + usize::from(ins.jf));
+        let send = |to: usize, into: &mut Vec<Numbers>, s: Numbers| {
+            if to <= end {
+                into[to].add(s);
+            }
+        };
+        for arch in [false, true] {
+            let s = if arch { with_arch[pc] } else { with_nr[pc] };
+            if s.is_empty() {
+                continue;
+            }
+            let into = if arch { &mut with_arch } else { &mut with_nr };
+            match ins.code {
+                LD_W_ABS if ins.k == NR => send(next, &mut with_nr, s),
+                LD_W_ABS if ins.k == ARCH => send(next, &mut with_arch, s),
+                JEQ_K | JGE_K | JGT_K | JSET_K if arch => {
+                    let a = AUDIT_ARCH_X86_64;
+                    let taken = match ins.code {
+                        JEQ_K => a == ins.k,
+                        JGE_K => a >= ins.k,
+                        JGT_K => a > ins.k,
+                        _ => a & ins.k != 0,
+                    };
+                    send(if taken { t } else { f }, into, s);
+                }
+                JEQ_K | JGE_K | JGT_K | JSET_K => {
+                    let taken = match ins.code {
+                        JEQ_K => s.and(Numbers::one(ins.k)),
+                        JGE_K => s.and(Numbers::from(ins.k)),
+                        JGT_K => s.and(Numbers::from(ins.k.saturating_add(1))),
+                        _ => {
+                            let mut m = Numbers::NONE;
+                            for nr in (0..FIRST_UNREVIEWED).filter(|nr| nr & ins.k != 0) {
+                                m.add(Numbers::one(nr));
+                            }
+                            s.and(m)
+                        }
+                    };
+                    send(t, into, taken);
+                    send(f, into, s.minus(taken));
+                }
+                JA => send(next + ins.k as usize, into, s),
+                RET_K if ins.k == libc::SECCOMP_RET_ALLOW => allowed.add(s),
+                // The accumulator masked holds neither the number nor the arch any more.
+                AND_K => {}
+                // Another answer, an argument read, or an instruction not known here.
+                _ => {}
+            }
+        }
+    }
+    allowed
+}
+
 /// A search over the syscall number for the programs `rest` (reviewed x86-64 numbers,
 /// below [`FIRST_UNREVIEWED`], the guard having answered the others): `RET ALLOW` for a
 /// number `rest` allows whatever its arguments, a jump past its own end (to `rest`) for
@@ -316,9 +463,8 @@ fn evaluate(program: &[sock_filter], nr: u32, args: Option<&[u64; 6]>) -> Option
 #[cfg(target_arch = "x86_64")]
 fn fast_path(rest: &[sock_filter]) -> BpfProgram {
     use bpf::*;
-    let allowed = |nr: u32| {
-        evaluate(rest, nr, None) == Some(libc::SECCOMP_RET_ALLOW) && nr < FIRST_UNREVIEWED
-    };
+    let free = unconditionally_allowed(rest);
+    let allowed = |nr: u32| nr < FIRST_UNREVIEWED && free.has(nr);
     // The ranges [start, next start) where the answer is the same, and that answer.
     let mut ranges: Vec<(u32, bool)> = Vec::new();
     for nr in 0..=FIRST_UNREVIEWED {
@@ -506,6 +652,31 @@ mod tests {
         // A deny list: most numbers are allowed, each after a few comparisons.
         assert!(allowed > 350, "{allowed}");
         assert!(search.len() < 400, "{}", search.len());
+    }
+
+    #[test]
+    fn one_pass_finds_the_numbers_running_each_number_finds() {
+        let rest = rest();
+        let free = unconditionally_allowed(&rest);
+        for nr in 0..FIRST_UNREVIEWED {
+            assert_eq!(
+                free.has(nr),
+                evaluate(&rest, nr, None) == Some(libc::SECCOMP_RET_ALLOW),
+                "#{nr}"
+            );
+        }
+        // The whole policy too, guard and all: what the guard refuses is refused, the rest
+        // as the rest says.
+        let plain = chain(vec![guard_program(), rest]);
+        let free = unconditionally_allowed(&plain);
+        for nr in 0..FIRST_UNREVIEWED {
+            assert_eq!(
+                free.has(nr),
+                evaluate(&plain, nr, None) == Some(libc::SECCOMP_RET_ALLOW),
+                "#{nr} through the guard"
+            );
+        }
+        assert!(!free.has(165), "mount");
     }
 
     #[test]
