@@ -48,6 +48,18 @@ class Api:
         return json.loads(raw) if raw and r.getheader("content-type", "").startswith("application/json") else raw
 
 
+def connect(sock, tries=500):
+    """An Api on the daemon listening at `sock`, once it answers /health (it is waited for
+    up to `tries` times 10 ms to make its socket)."""
+    for _ in range(tries):
+        if os.path.exists(sock):
+            break
+        time.sleep(0.01)
+    api = Api(sock)
+    api.call("GET", "/health")
+    return api
+
+
 def pct(xs, p):
     xs = sorted(xs)
     k = (len(xs) - 1) * p
@@ -78,12 +90,7 @@ def main():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     results = {}
     try:
-        for _ in range(500):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.01)
-        api = Api(sock)
-        api.call("GET", "/health")
+        api = connect(sock)
         made = []
 
         def create_exec(record):

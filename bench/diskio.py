@@ -79,12 +79,7 @@ def one(binary, a):
     srv = subprocess.Popen([binary, "serve", "--socket", sock], env=env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(500):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.01)
-        api = api_mod.Api(sock)
-        api.call("GET", "/health")
+        api = api_mod.connect(sock)
         body = dict(BODY, **({"isolation": a.isolation} if a.isolation else {}))
         for _ in range(5):
             sid = api.call("POST", "/v1/sandboxes", body)["id"]

@@ -160,12 +160,7 @@ def api_phases(a):
     create, remove = [], []
     start = end = 0
     try:
-        for _ in range(500):
-            if os.path.exists(sock):
-                break
-            time.sleep(0.01)
-        api = api_mod.Api(sock)
-        api.call("GET", "/health")
+        api = api_mod.connect(sock)
         idle = fill(api_mod, sock, body, a.running)
         log.flush()
         # Only the probe's marks: the daemon appends to the file after this.

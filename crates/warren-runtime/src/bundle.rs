@@ -1196,6 +1196,12 @@ pub(crate) fn recorded_disk(data: &Path) -> Option<u64> {
         .map(|m| m.len())
 }
 
+/// The host path `path` as the process `pid` sees it, in its mount namespace: a disk
+/// that only a sandbox's mount holder has mounted.
+pub(crate) fn seen_by(pid: i32, path: &Path) -> PathBuf {
+    Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
+}
+
 /// Waits (up to 5 s) until nothing holds the mounts of the OCI sandbox whose run
 /// directory is `run`: its disk image may then be mounted again, by a restore or a
 /// snapshot, without two mounts of one ext4 image at once.
@@ -1266,15 +1272,19 @@ impl EndingDisk {
         let holder = mounts_holder(run)?;
         // Opened now: the caller removes the sandbox's files before the rest is done.
         let img = std::fs::File::open(data.join("disk.img")).ok()?;
-        let mount = run.join(DISK_MOUNT);
-        let seen = Path::new(&format!("/proc/{holder}/root"))
-            .join(mount.strip_prefix("/").unwrap_or(&mount));
         let held = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(seen)
+            .open(seen_by(holder, &run.join(DISK_MOUNT)))
             .ok()?;
         Some(Self { held, img })
+    }
+
+    /// [`let_go`](Self::let_go) in a task of its own, for a caller that has answered.
+    pub(crate) fn let_go_later(disk: Option<Self>) {
+        if let Some(disk) = disk {
+            tokio::task::spawn_blocking(move || drop(disk.let_go()));
+        }
     }
 
     /// With the sandbox's processes gone: sets its device to drop flushes and lets go of

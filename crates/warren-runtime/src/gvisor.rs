@@ -1430,9 +1430,7 @@ impl Instance for GvisorSandbox {
             let disk = crate::bundle::EndingDisk::open(&self.run, &self.data());
             if self.runsc.nat {
                 let r = self.destroy().await;
-                if let Some(disk) = disk {
-                    tokio::task::spawn_blocking(move || drop(disk.let_go()));
-                }
+                crate::bundle::EndingDisk::let_go_later(disk);
                 return r;
             }
             let held = self.teardowns.hold().await;

@@ -566,9 +566,7 @@ impl Instance for RuncSandbox {
         Box::pin(async move {
             let disk = crate::bundle::EndingDisk::open(&self.run, &self.data);
             let r = self.destroy().await;
-            if let Some(disk) = disk {
-                tokio::task::spawn_blocking(move || drop(disk.let_go()));
-            }
+            crate::bundle::EndingDisk::let_go_later(disk);
             r
         })
     }

@@ -627,13 +627,7 @@ pub fn sandbox_disk_used(paths: &Paths, id: &str) -> u64 {
             .filter(|_| crate::namespace::helper_alive(&run))
     });
     if let Some(pid) = helper {
-        let mounted = Path::new(&format!("/proc/{pid}/root")).join(
-            paths
-                .sandbox_run(id)
-                .join("disk")
-                .strip_prefix("/")
-                .unwrap_or(Path::new("")),
-        );
+        let mounted = crate::bundle::seen_by(pid, &run.join("disk"));
         if let Ok(st) = nix::sys::statvfs::statvfs(&mounted) {
             return (st.blocks() - st.blocks_free()) * st.fragment_size();
         }

@@ -822,6 +822,20 @@ mod tests {
         (dir, img)
     }
 
+    /// [`backing`] made an ext4 filesystem; `None`, the test skipped, without mkfs.ext4.
+    fn ext4_backing(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+        let (dir, img) = backing();
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&img)
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            warren_testkit::skip(test, "no mkfs.ext4");
+            return None;
+        }
+        Some((dir, img))
+    }
+
     #[test]
     fn a_file_attached_twice_is_given_the_device_it_has() {
         if !warren_testkit::needs_root(
@@ -882,15 +896,9 @@ mod tests {
         if !warren_testkit::needs_root(test, "attaching loop devices and mounting") {
             return;
         }
-        let (dir, img) = backing();
-        let made = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&img)
-            .status();
-        if !made.is_ok_and(|s| s.success()) {
-            warren_testkit::skip(test, "no mkfs.ext4");
+        let Some((dir, img)) = ext4_backing(test) else {
             return;
-        }
+        };
         let bound = |dev: &Path| {
             let name = dev.file_name().unwrap().to_string_lossy().into_owned();
             Path::new("/sys/block")
@@ -934,15 +942,9 @@ mod tests {
         if !warren_testkit::needs_root(test, "attaching loop devices and mounting") {
             return;
         }
-        let (dir, img) = backing();
-        let made = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
-            .arg(&img)
-            .status();
-        if !made.is_ok_and(|s| s.success()) {
-            warren_testkit::skip(test, "no mkfs.ext4");
+        let Some((dir, img)) = ext4_backing(test) else {
             return;
-        }
+        };
         let dev = attach_loop(&img, true).unwrap();
         let m = mount_detached(&dev.path, "ext4", MountAttrs::PLAIN).unwrap();
         let sys = Path::new("/sys/block").join(dev.path.file_name().unwrap());
