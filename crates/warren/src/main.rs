@@ -24,6 +24,7 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[command(defer = true)]
 enum Command {
     Run(Box<commands::run::RunArgs>),
     Serve(commands::serve::ServeArgs),
@@ -70,9 +71,13 @@ struct CompletionsArgs {
 }
 
 fn completions(args: CompletionsArgs) -> anyhow::Result<ExitCode> {
-    use clap::CommandFactory;
     let mut script = Vec::new();
-    clap_complete::generate(args.shell, &mut Cli::command(), "warren", &mut script);
+    clap_complete::generate(
+        args.shell,
+        &mut whole_command("warren"),
+        "warren",
+        &mut script,
+    );
     client::out(script)?;
     Ok(ExitCode::SUCCESS)
 }
@@ -111,7 +116,7 @@ fn main() -> ExitCode {
         eprintln!("warren: cannot mark inherited descriptors close-on-exec: {e}");
         return ExitCode::from(125);
     }
-    let cli = match Cli::try_parse() {
+    let cli = match parse(std::env::args_os().collect()) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -165,6 +170,48 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line. A verb's flags (and its own verbs) are built only when it is the
+/// verb named (`defer` on the verbs' enum): building every verb's was half of the
+/// instructions of a CLI start. Help and usage errors are rendered from the whole
+/// command, which lists each verb with its help text.
+fn parse(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    Cli::try_parse_from(&args).or_else(|_| {
+        // Named as clap names it, after the program's file.
+        let bin = args
+            .first()
+            .and_then(|a| std::path::Path::new(a).file_name()?.to_str())
+            .unwrap_or("warren")
+            .to_owned();
+        whole_command(&bin)
+            .try_get_matches_from(args)
+            .and_then(|m| Cli::from_arg_matches(&m))
+    })
+}
+
+/// Every verb and flag, built, the program named `bin`. Each verb is built before the
+/// whole: clap's `help` verb copies the verbs as they are when it is made, and a verb not
+/// built yet has none of its own (`warren help template import`, and the completion
+/// scripts, need them). A verb built alone would name itself as the program: it is
+/// named as the whole command names it.
+fn whole_command(bin: &str) -> clap::Command {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command().bin_name(bin);
+    let verbs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|v| v.get_name().to_owned())
+        .collect();
+    for verb in verbs {
+        cmd = cmd.mut_subcommand(&verb, |v| {
+            let mut v = v.bin_name(format!("{bin} {verb}"));
+            v.build();
+            v
+        });
+    }
+    cmd.build();
+    cmd
+}
+
 /// Help and version print as clap renders them; a usage error is one line naming what to
 /// change, as every other error of the CLI.
 fn usage_error(e: clap::Error) -> ExitCode {
@@ -206,13 +253,49 @@ fn one_line_usage(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use clap::CommandFactory;
+    use super::{whole_command, Cli};
 
-    use super::Cli;
+    /// A verb's flags are built only when it is named: what is parsed is what the whole
+    /// command parses, and help lists every verb (and a verb's own verbs) with its text.
+    #[test]
+    fn a_verb_built_when_named_parses_and_helps_as_the_whole_command() {
+        use clap::FromArgMatches;
+        for args in [
+            &["run", "--rm", "--memory", "256M", "--", "sh", "-c", "true"][..],
+            &["--tenant", "t", "exec", "lab", "--", "ls", "-l"],
+            &["create", "--network", "nat", "--template", "base"],
+            &[
+                "template", "build", "--name", "x", "--from", "base", "--run", "true",
+            ],
+            &["keys", "ssh", "ls"],
+            &["volume", "ls"],
+        ] {
+            let argv: Vec<&str> = std::iter::once("warren")
+                .chain(args.iter().copied())
+                .collect();
+            let whole = whole_command("warren")
+                .try_get_matches_from(&argv)
+                .and_then(|m| Cli::from_arg_matches(&m))
+                .map(|c| format!("{c:?}"))
+                .map_err(|e| e.to_string());
+            let named = parse(args)
+                .map(|c| format!("{c:?}"))
+                .map_err(|e| e.to_string());
+            assert_eq!(named, whole, "{args:?}");
+        }
+        let help = |args: &[&str]| parse(args).unwrap_err().render().to_string();
+        let top = help(&["--help"]);
+        assert!(top.contains("Run a command in a new sandbox"), "{top}");
+        assert!(top.contains("Manage templates"), "{top}");
+        let template = help(&["template", "--help"]);
+        assert!(template.contains("List templates"), "{template}");
+        let keys = help(&["keys", "ssh", "--help"]);
+        assert!(keys.contains("Register an owner's public key"), "{keys}");
+    }
 
     #[test]
     fn the_command_line_is_consistent() {
-        Cli::command().debug_assert();
+        whole_command("warren").debug_assert();
     }
 
     /// Every verb says what it does, in words of its own (no two verbs share a help
@@ -248,7 +331,12 @@ mod tests {
         }
         let mut missing = Vec::new();
         let mut abouts = Vec::new();
-        walk(&Cli::command(), "warren", &mut missing, &mut abouts);
+        walk(
+            &whole_command("warren"),
+            "warren",
+            &mut missing,
+            &mut abouts,
+        );
         abouts.sort();
         for pair in abouts.windows(2) {
             if pair[0].0 == pair[1].0 {
@@ -267,7 +355,7 @@ mod tests {
             clap_complete::Shell::Fish,
         ] {
             let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "warren", &mut script);
+            clap_complete::generate(shell, &mut whole_command("warren"), "warren", &mut script);
             let text = String::from_utf8(script).unwrap();
             for verb in ["create", "exec", "egress", "template"] {
                 assert!(text.contains(verb), "{shell}: {verb}");
@@ -275,15 +363,20 @@ mod tests {
         }
     }
 
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        super::parse(
+            std::iter::once("warren")
+                .chain(args.iter().copied())
+                .map(Into::into)
+                .collect(),
+        )
+    }
+
     /// A usage error names what is missing or wrong, and what would do.
     #[test]
     fn usage_errors_say_what_to_change() {
-        let err = |args: &[&str]| {
-            let e = Cli::command()
-                .try_get_matches_from(std::iter::once("warren").chain(args.iter().copied()))
-                .unwrap_err();
-            super::one_line_usage(&e.render().to_string())
-        };
+        let err =
+            |args: &[&str]| super::one_line_usage(&parse(args).unwrap_err().render().to_string());
         let m = err(&["inspect"]);
         assert!(m.contains("<KEY>"), "{m}");
         let m = err(&["exec"]);
