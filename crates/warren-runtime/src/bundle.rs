@@ -1206,10 +1206,9 @@ pub(crate) fn seen_by(pid: i32, path: &Path) -> PathBuf {
 /// directory is `run`: its disk image may then be mounted again, by a restore or a
 /// snapshot, without two mounts of one ext4 image at once.
 pub(crate) fn wait_mounts_released(run: &Path) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while mounts_holder(run).is_some() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    crate::wait_for(std::time::Duration::from_secs(5), || {
+        mounts_holder(run).is_none()
+    });
 }
 
 /// Mounts the sandbox's disk image (made first, of `size` bytes, when `data` has none)

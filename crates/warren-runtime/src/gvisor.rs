@@ -898,13 +898,11 @@ impl GvisorSandbox {
         crate::trace::mark("gvisor checkpoint: agent told to close");
         // The agent removes its socket's path once it holds none (never probed with a
         // connect: one queued behind a listener that stopped accepting would block).
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.socket.symlink_metadata().is_ok() {
-            if Instant::now() > deadline {
-                let _ = self.runsc.signal(&c, nix::sys::signal::Signal::SIGUSR2);
-                return Err(Error::Setup("the agent did not close its socket".into()));
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        if !crate::wait_for(Duration::from_secs(5), || {
+            self.socket.symlink_metadata().is_err()
+        }) {
+            let _ = self.runsc.signal(&c, nix::sys::signal::Signal::SIGUSR2);
+            return Err(Error::Setup("the agent did not close its socket".into()));
         }
         crate::trace::mark("gvisor checkpoint: agent socket closed");
         let image_flag = format!("--image-path={}", image.display());
@@ -945,16 +943,14 @@ impl GvisorSandbox {
     }
 
     fn wait_listening(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            if Instant::now() > deadline {
-                return Err(Error::Setup(
-                    "the agent did not listen again in 10 s".into(),
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(2));
+        match crate::wait_for(Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+        }) {
+            true => Ok(()),
+            false => Err(Error::Setup(
+                "the agent did not listen again in 10 s".into(),
+            )),
         }
-        Ok(())
     }
 
     /// Agent, close the host socket; checkpoint; remove the stopped container.

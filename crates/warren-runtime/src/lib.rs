@@ -282,6 +282,26 @@ pub fn valid_name(name: &str) -> bool {
         && !name.starts_with('.')
 }
 
+/// Checks `done` until it holds or `limit` has passed: first 50 µs after the first
+/// check, then twice as long each time up to 2 ms. What is waited for this way (a socket
+/// a process was told to close or bind) usually comes within a millisecond or two, which
+/// a fixed 2 ms sleep rounded up to 2 ms every time. Whether it held.
+pub(crate) fn wait_for(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + limit;
+    let mut nap = Duration::from_micros(50);
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(nap);
+        nap = (nap * 2).min(Duration::from_millis(2));
+    }
+}
+
 /// A fresh random sandbox id (16 hex digits).
 pub fn new_id() -> Result<String> {
     Ok(warren_types::random::hex(8)?)
@@ -290,6 +310,24 @@ pub fn new_id() -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_ends_when_its_condition_holds_or_its_limit_passes() {
+        use std::time::{Duration, Instant};
+        let mut checks = 0;
+        assert!(wait_for(Duration::from_secs(5), || {
+            checks += 1;
+            checks == 4
+        }));
+        assert_eq!(checks, 4);
+        let t0 = Instant::now();
+        assert!(!wait_for(Duration::from_millis(20), || false));
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(20) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+    }
 
     #[test]
     fn names_that_could_escape_are_refused() {

@@ -407,10 +407,7 @@ impl RuncSandbox {
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok());
         if let Some(k) = keeper {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while crate::namespace::pid_alive(k) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            crate::wait_for(Duration::from_secs(5), || !crate::namespace::pid_alive(k));
         }
         if let Ok(lease) = std::fs::read(self.run.join("lease")) {
             crate::network::remove_link(&crate::network::link_name(&self.id));
