@@ -6,14 +6,15 @@
 Starts its own `warren serve` (trust mode on, as user nobody, in a temporary directory)
 and, for every backend `GET /v1/backends` says is available, interleaved round by round:
 
-  cold     POST /v1/sandboxes + exec `true` + DELETE, through the API
+  cold     POST /v1/sandboxes + exec `true` + DELETE, through the API (and with gvisor,
+           `runsc do true` in the same rounds)
   exec     exec round trip of `true` in a running sandbox
   idle     host memory per idle sandbox: its cgroup's memory (kernel and user side)
            after it settled, plus the RSS of its host processes outside the cgroup
 
 and, as the floor the gvisor backend adds to: `runsc do true`, and bare `runsc
 checkpoint` / `restore` of a minimal bundle (an idle shell; a python holding 100 MB, and 1 GB)
-next to Warren's pause (memory to disk) and resume of the same workloads, the image
+round by round with Warren's pause (memory to disk) and resume of the same workloads, the image
 sizes, a fork of 10, and a template carrying each workload's memory (`snapshot` with
 `memory`) with sandboxes made from it, cold and (idle shell, 100 MB) claimed from a pool
 of one that restores them ahead. Prints median, p90, min, max and n, and the ratios.
@@ -67,18 +68,16 @@ def cgroup_memory(sid):
     return None
 
 
-def runsc_floor(runs):
+def runsc_do_true():
+    """`runsc do true`, the floor of a gVisor sandbox's create + exec + remove: ms, or
+    None without runsc."""
     runsc = shutil.which("runsc")
     if not runsc:
-        return {}
-    out = {"runsc do true": []}
-    for i in range(runs + 2):
-        t0 = time.perf_counter()
-        subprocess.run([runsc, "--platform=ptrace", "--network=none", "do", "true"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
-        if i >= 2:
-            out["runsc do true"].append(ms(t0))
-    return out
+        return None
+    t0 = time.perf_counter()
+    subprocess.run([runsc, "--platform=ptrace", "--network=none", "do", "true"],
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return ms(t0)
 
 
 HOLD_100M = ("import os, time\nb = os.urandom(100 << 20)\n"
@@ -86,6 +85,8 @@ HOLD_100M = ("import os, time\nb = os.urandom(100 << 20)\n"
 HOLD_1G = ("import os, time\nb = os.urandom(1 << 30)\n"
            "while True:\n    time.sleep(1)")
 IDLE = "while true; do sleep 1; done"
+# Seconds a sandbox stays paused before its resume is timed.
+PAUSED = 1.0
 
 # The workloads paused and resumed: name, command, seconds to settle after it starts,
 # most rounds (the 1 GB one is slow to save and takes a GiB of disk per image).
@@ -107,24 +108,26 @@ def du(path):
     return total
 
 
-def bare_runsc(runs, tmp):
-    """runsc checkpoint and restore of a minimal bundle, as the floor."""
-    runsc = shutil.which("runsc")
-    if not runsc:
-        return {}
-    out = {}
-    root = os.path.join(tmp, "runsc-root")
-    b = os.path.join(tmp, "bundle")
-    rootfs = os.path.join(b, "rootfs")
-    for d in ("usr", "proc", "dev", "tmp", "etc"):
-        os.makedirs(os.path.join(rootfs, d), exist_ok=True)
-    for l in ("bin", "lib", "lib64", "sbin"):
-        if not os.path.lexists(os.path.join(rootfs, l)):
-            os.symlink("usr/" + l, os.path.join(rootfs, l))
-    flags = [runsc, f"--root={root}", "--platform=ptrace", "--network=none",
-             "--overlay2=root:memory"]
-    for name, args, settle, most in WORKLOADS:
-        rounds = min(runs, most or runs)
+class BareRunsc:
+    """runsc checkpoint and restore of a minimal bundle, as the floor, a round at a time
+    (called between Warren's rounds of the same workload, so the two meet the same host)."""
+
+    def __init__(self, runsc, tmp):
+        self.tmp = tmp
+        self.root = os.path.join(tmp, "runsc-root")
+        self.bundle = os.path.join(tmp, "bundle")
+        rootfs = os.path.join(self.bundle, "rootfs")
+        for d in ("usr", "proc", "dev", "tmp", "etc"):
+            os.makedirs(os.path.join(rootfs, d), exist_ok=True)
+        for l in ("bin", "lib", "lib64", "sbin"):
+            if not os.path.lexists(os.path.join(rootfs, l)):
+                os.symlink("usr/" + l, os.path.join(rootfs, l))
+        self.flags = [runsc, f"--root={self.root}", "--platform=ptrace", "--network=none",
+                      "--overlay2=root:memory"]
+
+    def round(self, name, args, settle, i):
+        """One container of workload `name` started, checkpointed `settle` s later and
+        restored: (checkpoint ms, restore ms, image MiB)."""
         cfg = {
             "ociVersion": "1.0.2",
             "process": {"user": {"uid": 0, "gid": 0}, "args": args, "cwd": "/",
@@ -138,32 +141,26 @@ def bare_runsc(runs, tmp):
             "linux": {"namespaces": [{"type": t} for t in ("pid", "ipc", "uts", "mount",
                                                            "network")]},
         }
-        with open(os.path.join(b, "config.json"), "w") as f:
+        with open(os.path.join(self.bundle, "config.json"), "w") as f:
             json.dump(cfg, f)
-        for i in range(rounds + 1):
-            cid = f"wbb-{os.getpid()}-{i}"
-            img = os.path.join(tmp, f"img-{i}")
-            run = lambda *a: subprocess.run([*flags, *a], stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.DEVNULL, check=True)
-            try:
-                run("run", "--bundle", b, "-detach", cid)
-                time.sleep(settle)
-                t0 = time.perf_counter()
-                run("checkpoint", f"--image-path={img}", cid)
-                t_ck = ms(t0)
-                run("delete", "-force", cid)
-                t0 = time.perf_counter()
-                run("restore", f"--image-path={img}", "--bundle", b, "-detach", cid)
-                t_rs = ms(t0)
-                if i >= 1:
-                    out.setdefault(f"bare runsc checkpoint, {name}", []).append(t_ck)
-                    out.setdefault(f"bare runsc restore, {name}", []).append(t_rs)
-                    out.setdefault(f"bare runsc image, {name}", []).append(du(img) / 2**20)
-            finally:
-                subprocess.run([*flags, "delete", "-force", cid], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-                shutil.rmtree(img, ignore_errors=True)
-    return out
+        cid = f"wbb-{os.getpid()}-{i}"
+        img = os.path.join(self.tmp, f"img-{i}")
+        run = lambda *a: subprocess.run([*self.flags, *a], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, check=True)
+        try:
+            run("run", "--bundle", self.bundle, "-detach", cid)
+            time.sleep(settle)
+            t0 = time.perf_counter()
+            run("checkpoint", f"--image-path={img}", cid)
+            t_ck = ms(t0)
+            run("delete", "-force", cid)
+            t0 = time.perf_counter()
+            run("restore", f"--image-path={img}", "--bundle", self.bundle, "-detach", cid)
+            return t_ck, ms(t0), du(img) / 2**20
+        finally:
+            subprocess.run([*self.flags, "delete", "-force", cid], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            shutil.rmtree(img, ignore_errors=True)
 
 
 def start_background(sock, sid, argv):
@@ -179,8 +176,9 @@ def start_background(sock, sid, argv):
         raise RuntimeError(f"exec in {sid}: {first[:200]!r}")
 
 
-def warren_pause(api, sock, runs, data_dir):
-    """Warren's pause (memory to disk) and resume of the same workloads, and a fork."""
+def warren_pause(api, sock, runs, data_dir, bare):
+    """Warren's pause (memory to disk) and resume of the same workloads, each round next
+    to a round of bare runsc's (`bare`, a BareRunsc, when runsc is there), and a fork."""
     out = {}
     for name, cmd, settle, most in WORKLOADS:
         rounds = min(runs, most or runs)
@@ -195,6 +193,11 @@ def warren_pause(api, sock, runs, data_dir):
                 api.call("POST", f"/v1/sandboxes/{sid}/pause")
                 t_p = ms(t0)
                 img = du(os.path.join(data_dir, "sandboxes", sid, "image")) / 2**20
+                # Paused, the sandbox's Sentry is still letting go of its memory (some 0.3 s
+                # for 1 GB; the pause answered once the image was complete, as bare runsc's
+                # checkpoint returns before its delete), and a resume waits for that:
+                # resumed a second later, as bare runsc restores once deleted.
+                time.sleep(PAUSED)
                 t0 = time.perf_counter()
                 api.call("POST", f"/v1/sandboxes/{sid}/resume")
                 t_r = ms(t0)
@@ -202,6 +205,12 @@ def warren_pause(api, sock, runs, data_dir):
                     out.setdefault(f"warren pause (to disk), {name}", []).append(t_p)
                     out.setdefault(f"warren resume, {name}", []).append(t_r)
                     out.setdefault(f"warren image, {name}", []).append(img)
+                if bare:
+                    t_ck, t_rs, b_img = bare.round(name, cmd, settle, i)
+                    if i >= 1:
+                        out.setdefault(f"bare runsc checkpoint, {name}", []).append(t_ck)
+                        out.setdefault(f"bare runsc restore, {name}", []).append(t_rs)
+                        out.setdefault(f"bare runsc image, {name}", []).append(b_img)
             if "idle" in name:
                 t0 = time.perf_counter()
                 copies = api.call("POST", f"/v1/sandboxes/{sid}/fork", {"count": 10})
@@ -311,6 +320,10 @@ def main():
                 api.call("DELETE", f"/v1/sandboxes/{sb['id']}")
                 if i >= 2:
                     results.setdefault(f"{n}: create+exec+remove", []).append(ms(t0))
+            # gVisor's floor in the same rounds.
+            floor = runsc_do_true() if "gvisor" in names else None
+            if floor is not None and i >= 2:
+                results.setdefault("runsc do true", []).append(floor)
 
         # exec round trip
         running = {n: api.call("POST", "/v1/sandboxes", body(n))["id"] for n in names}
@@ -330,11 +343,11 @@ def main():
             mem = [cgroup_memory(s) for s in ids]
             results[f"{n}: idle memory per sandbox"] = [m / 2**20 for m in mem if m is not None]
 
-        results.update(runsc_floor(a.runs))
         if "gvisor" in names:
+            runsc = shutil.which("runsc")
+            bare = BareRunsc(runsc, tmp) if runsc else None
             results.update(warren_pause(api, sock, max(3, a.runs // 4),
-                                        os.path.join(tmp, "data")))
-            results.update(bare_runsc(max(3, a.runs // 4), tmp))
+                                        os.path.join(tmp, "data"), bare))
     finally:
         for s in made:
             try:
