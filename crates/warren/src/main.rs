@@ -278,7 +278,8 @@ mod tests {
                 .and_then(|m| Cli::from_arg_matches(&m))
                 .map(|c| format!("{c:?}"))
                 .map_err(|e| e.to_string());
-            let named = parse(args)
+            // As `parse` first tries: the verb built when named.
+            let named = <Cli as clap::Parser>::try_parse_from(&argv)
                 .map(|c| format!("{c:?}"))
                 .map_err(|e| e.to_string());
             assert_eq!(named, whole, "{args:?}");
