@@ -68,12 +68,9 @@ def cgroup_memory(sid):
     return None
 
 
-def runsc_do_true():
-    """`runsc do true`, the floor of a gVisor sandbox's create + exec + remove: ms, or
-    None without runsc."""
-    runsc = shutil.which("runsc")
-    if not runsc:
-        return None
+def runsc_do_true(runsc):
+    """`runsc do true` (`runsc` the program's path), the floor of a gVisor sandbox's
+    create + exec + remove: ms."""
     t0 = time.perf_counter()
     subprocess.run([runsc, "--platform=ptrace", "--network=none", "do", "true"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
@@ -309,6 +306,7 @@ def main():
             if not b["available"]:
                 print(f"SKIPPED {b['name']}: {b.get('reason')}")
         names = [b["name"] for b in backends]
+        runsc = shutil.which("runsc")
         body = lambda n: {"isolation": n, "resources": {}}
 
         # cold: interleaved round by round
@@ -321,7 +319,7 @@ def main():
                 if i >= 2:
                     results.setdefault(f"{n}: create+exec+remove", []).append(ms(t0))
             # gVisor's floor in the same rounds.
-            floor = runsc_do_true() if "gvisor" in names else None
+            floor = runsc_do_true(runsc) if runsc and "gvisor" in names else None
             if floor is not None and i >= 2:
                 results.setdefault("runsc do true", []).append(floor)
 
@@ -344,7 +342,6 @@ def main():
             results[f"{n}: idle memory per sandbox"] = [m / 2**20 for m in mem if m is not None]
 
         if "gvisor" in names:
-            runsc = shutil.which("runsc")
             bare = BareRunsc(runsc, tmp) if runsc else None
             results.update(warren_pause(api, sock, max(3, a.runs // 4),
                                         os.path.join(tmp, "data"), bare))

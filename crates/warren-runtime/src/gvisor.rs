@@ -691,16 +691,12 @@ fn kill_runsc_processes(pids: &[i32], run: &Path) -> bool {
         .copied()
         .filter(|&pid| signal_runsc_process(pid, run))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    for &pid in &signalled {
-        while crate::namespace::pid_alive(pid) {
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    signalled.len() == pids.len()
+    let gone = crate::wait_for(Duration::from_secs(2), || {
+        !signalled
+            .iter()
+            .any(|&pid| crate::namespace::pid_alive(pid))
+    });
+    gone && signalled.len() == pids.len()
 }
 
 /// Takes runsc's lock of a container (`flock` on its lock file), waiting up to a second
