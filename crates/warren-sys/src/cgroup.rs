@@ -559,26 +559,45 @@ impl Cgroup {
         }
     }
 
-    /// Removes the directories. They must hold no process.
+    /// Removes the directories. They must hold no process. A killed process leaves its
+    /// cgroup only at the end of its exit, after it has freed its memory and dropped its
+    /// namespaces (the last one out of a mount namespace unmounts its file systems, a
+    /// journal commit on a busy disk), and it is gone from `cgroup.procs` before that:
+    /// a directory the kernel still calls busy is tried again, first after 1 ms, then
+    /// twice as long each time up to 50 ms, for up to [`REMOVE_PATIENCE`]. Every
+    /// hierarchy is tried even when one fails; the first failure is returned.
     pub fn remove(&self) -> Result<(), CgroupError> {
+        self.remove_within(REMOVE_PATIENCE)
+    }
+
+    fn remove_within(&self, patience: Duration) -> Result<(), CgroupError> {
+        let deadline = Instant::now() + patience;
+        let mut first = None;
         for (_, p) in &self.paths {
-            let mut tries = 0;
+            let mut nap = Duration::from_millis(1);
             loop {
                 match fs::remove_dir(p) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    // Exiting tasks leave the cgroup a moment after they are reaped.
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
-                        tries += 1;
-                        std::thread::sleep(Duration::from_millis(5));
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(nap);
+                        nap = (nap * 2).min(Duration::from_millis(50));
                     }
-                    Err(e) => return Err(io_at(p)(e)),
+                    Err(e) => {
+                        first.get_or_insert(io_at(p)(e));
+                        break;
+                    }
                 }
             }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 }
+
+/// How long [`Cgroup::remove`] waits for the processes of a cgroup to finish exiting.
+pub const REMOVE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Moves the calling process into the cgroup whose [`Cgroup::self_join_files`] are
 /// `files`. The caller must be its process's only thread: on v1 another thread would stay
@@ -751,6 +770,52 @@ mod tests {
             assert!(line.ends_with(&format!("/{name}")), "{ctrl}: {line}");
         }
         assert_eq!(in_cgroup.len(), 1, "{in_cgroup:?}");
+    }
+
+    #[test]
+    fn a_busy_cgroup_is_removed_once_it_is_free() {
+        let skip =
+            |why: &str| warren_testkit::skip("a_busy_cgroup_is_removed_once_it_is_free", why);
+        if !nix::unistd::geteuid().is_root() {
+            return skip("needs root");
+        }
+        let h = match Hierarchy::detect() {
+            Ok(h) => h,
+            Err(e) => return skip(&e.to_string()),
+        };
+        let cg = h.cgroup(&format!("warren-busy-test-{}", std::process::id()));
+        cg.create(&Limits::default()).unwrap();
+        // A cgroup with a child cgroup is busy, as one whose last process is still
+        // exiting is: the kernel answers EBUSY until the child goes.
+        let child = cg.paths().next().unwrap().join("child");
+        fs::create_dir(&child).unwrap();
+        let freed = {
+            let child = child.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(300));
+                fs::remove_dir(&child).unwrap();
+            })
+        };
+        let removed = cg.remove();
+        freed.join().unwrap();
+        let left = cg.exists();
+        let _ = cg.remove();
+        removed.unwrap();
+        assert!(!left);
+    }
+
+    #[test]
+    fn every_hierarchy_is_removed_when_one_cannot_be() {
+        let root = tempfile::tempdir().unwrap();
+        let h = fake_v1(root.path());
+        let cg = h.cgroup("warren-t3");
+        cg.create(&Limits::default()).unwrap();
+        let first = cg.paths().next().unwrap().to_owned();
+        fs::create_dir(first.join("stuck")).unwrap();
+        let e = cg.remove_within(Duration::from_millis(10)).unwrap_err();
+        assert!(e.to_string().contains(&first.display().to_string()), "{e}");
+        let left: Vec<_> = cg.paths().filter(|p| p.exists()).collect();
+        assert_eq!(left, vec![first.as_path()]);
     }
 
     #[test]
