@@ -171,6 +171,32 @@ fn set_metadata(
     Ok(())
 }
 
+/// Makes `metadata` the open file's whole metadata, as envd does when it overwrites a
+/// file: its `user.e2b.*` attributes absent from `metadata` go (a truncation keeps a
+/// file's attributes, and an overwrite must not report the last writer's), then the
+/// given ones are set.
+fn replace_metadata(
+    file: &fs::File,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> io::Result<()> {
+    use xattr::FileExt;
+    let stale: Vec<_> = file
+        .list_xattr()?
+        .filter(|name| {
+            name.to_str()
+                .and_then(|n| n.strip_prefix(METADATA_XATTR))
+                .is_some_and(|k| !metadata.contains_key(k))
+        })
+        .collect();
+    for name in stale {
+        match file.remove_xattr(&name) {
+            Err(e) if e.raw_os_error() != Some(libc::ENODATA) => return Err(e),
+            _ => {}
+        }
+    }
+    set_metadata(file, metadata)
+}
+
 /// Where the symlink at `path` finally leads, if anywhere (followed by the kernel, as
 /// the acting user).
 fn resolve(path: &Path) -> Option<Resolved> {
@@ -562,8 +588,18 @@ fn write_upload(
         use std::io::Seek;
         tmp.file.rewind()?;
         let mut file = open_target()?;
+        // envd gives the file it opened to its user before it writes, which a watcher
+        // sees as a CHMOD between the CREATE (or the truncation's WRITE) and the WRITE;
+        // programs written against it see the same events here. To its own owner and
+        // group: nothing else changes (on a file of another owner, which the user may
+        // only write, it is refused, which is no failure of the write). Not on a
+        // set-user-ID or set-group-ID file, whose bits a chown clears.
+        let meta = file.metadata()?;
+        if meta.mode() & 0o6000 == 0 {
+            let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
+        }
         io::copy(&mut tmp.file, &mut file)?;
-        set_metadata(&file, metadata)?;
+        replace_metadata(&file, metadata)?;
         return Ok(Some(bytes));
     }
     let mode = mode
