@@ -279,15 +279,22 @@ impl FromRequestParts<E2bState> for Envd {
             // A signed file URL (`download_url` / `upload_url`): the signature stands for
             // the token, for this path, operation and user, until it expires.
             None if parts.uri.path() == "/files" && param("signature").is_some() => {
+                // envd's order and words: the signature first, then its expiration.
                 let signed = SignedUrl::of(&parts.method, &param)?;
-                st.mgr
+                let caller = st
+                    .mgr
                     .authenticate_signed(&t.sandbox, |token| signed.holds_for(token))
-                    .ok_or_else(|| {
-                        HttpError::new(
-                            StatusCode::UNAUTHORIZED,
-                            "the file URL's signature is wrong or has expired",
-                        )
-                    })?
+                    .ok_or_else(|| HttpError::new(StatusCode::UNAUTHORIZED, "invalid signature"))?;
+                if signed
+                    .expiration
+                    .is_some_and(|e| e < warren_core::now_ms() / 1000)
+                {
+                    return Err(HttpError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "signature is already expired",
+                    ));
+                }
+                caller
             }
             None => {
                 return Err(HttpError::new(
@@ -357,9 +364,6 @@ impl SignedUrl {
                     .map_err(|_| bad("signature_expiration is not a number"))
             })
             .transpose()?;
-        if expiration.is_some_and(|e| e < warren_core::now_ms() / 1000) {
-            return Err(bad("the file URL has expired"));
-        }
         Ok(Self {
             signature: param("signature").unwrap_or_default().to_string(),
             path: param("path").unwrap_or_default().to_string(),
