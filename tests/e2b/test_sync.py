@@ -1,5 +1,6 @@
 """The sync E2B SDK against a live Warren, as an E2B application would use it."""
 
+import json
 import os
 import time
 import uuid
@@ -259,12 +260,16 @@ def test_traffic_to_a_port_by_host(daemon, sb):
     status, body = _get(daemon, host, "/some/path?q=1")
     assert status == 200, body
     assert body == f"GET /some/path?q=1 HTTP/1.1 token=None host={host}"
-    # A port nothing listens on, and a sandbox that does not exist: one answer, so that a
-    # stranger cannot tell which ids exist.
-    closed = _get(daemon, sb.get_host(8081))
-    missing = _get(daemon, f"8081-{'0' * 16}.e2b.app")
-    assert closed[0] == missing[0] == 502
-    assert closed[1].replace(sb.sandbox_id, "ID") == missing[1].replace("0" * 16, "ID")
+    # A port nothing listens on, to a caller the sandbox lets in: E2B's proxy's answer,
+    # word for word (programs wait on it while a server inside starts).
+    status, body = _get(daemon, sb.get_host(8081))
+    assert status == 502, body
+    closed = json.loads(body)
+    assert closed["message"] == "The sandbox is running but port is not open", closed
+    assert (closed["sandboxId"], closed["port"], closed["code"]) == (sb.sandbox_id, 8081, 502)
+    # A sandbox that does not exist says nothing of the kind.
+    status, body = _get(daemon, f"8081-{'0' * 16}.e2b.app")
+    assert status == 502 and "port is not open" not in body, body
 
 
 def test_private_traffic_needs_the_token(daemon):
@@ -274,9 +279,19 @@ def test_private_traffic_needs_the_token(daemon):
         assert token
         _start_port_server(s, 8080)
         host = s.get_host(8080)
-        # Without the token, or with a wrong one: as if there were no such sandbox.
-        assert _get(daemon, host)[0] == 502
-        assert _get(daemon, host, headers={"e2b-traffic-access-token": "wrong"})[0] == 502
+        # Without the token, or with a wrong one: as if there were no such sandbox, on an
+        # open port and a closed one alike.
+        missing = _get(daemon, f"8080-{'0' * 16}.e2b.app")
+        unknown = missing[1].replace("0" * 16, "ID")
+        for h in (host, s.get_host(8081)):
+            for headers in ({}, {"e2b-traffic-access-token": "wrong"}):
+                status, body = _get(daemon, h, headers=headers)
+                port = h.split("-")[0]
+                assert status == 502, body
+                assert body.replace(s.sandbox_id, "ID") == unknown.replace("8080", port), body
+        # With it, a closed port is E2B's "port is not open".
+        status, body = _get(daemon, s.get_host(8081), headers={"e2b-traffic-access-token": token})
+        assert status == 502 and json.loads(body)["message"].endswith("port is not open"), body
         status, body = _get(daemon, host, headers={"e2b-traffic-access-token": token})
         assert status == 200, body
         # The token is the proxy's business; the service never sees it.

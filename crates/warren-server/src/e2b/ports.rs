@@ -18,9 +18,12 @@
 //! it goes in: the server inside never sees it.
 //!
 //! Whoever reaches this listener can send anything here, with no API key: so a sandbox
-//! that does not exist, one that is not running, a missing or wrong traffic token and a
-//! port nothing listens on all get one and the same answer. Anything else would tell a
-//! stranger which sandbox ids exist.
+//! that does not exist and a missing or wrong traffic token (or, on the daemon's
+//! listener, a missing grant) get one and the same answer. Anything else would tell a
+//! stranger which sandbox ids exist. Only a request that would be let in learns more:
+//! that the sandbox is not running, or that nothing listens on the port, in E2B's
+//! proxy's words ("The sandbox is running but port is not open"), which programs
+//! written for E2B wait on while a server inside starts.
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -78,6 +81,33 @@ fn unreachable(id: &str, port: u16) -> Response {
     (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
 }
 
+/// The answer to a request that would be let in, for a port nothing listens on: E2B's
+/// proxy's, word for word.
+fn port_closed(id: &str, port: u16) -> Response {
+    let body = serde_json::json!({
+        "sandboxId": id,
+        "message": "The sandbox is running but port is not open",
+        "port": port,
+        "code": 502,
+    });
+    (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
+}
+
+/// The answer to a request that would be let in, for a sandbox that is not running.
+fn not_running(id: &str, port: u16, state: warren_types::api::SandboxState) -> Response {
+    let body = serde_json::json!({
+        "sandboxId": id,
+        "message": format!(
+            "The sandbox is {}: port {port} is reached while it runs (resume it, or create \
+             it with auto-resume)",
+            state.as_str()
+        ),
+        "port": port,
+        "code": 502,
+    });
+    (StatusCode::BAD_GATEWAY, axum::Json(body)).into_response()
+}
+
 /// Passes `req` to `target`'s port and its answer back.
 pub(crate) async fn proxy(mgr: &Manager, target: Target, door: Door, mut req: Request) -> Response {
     if let Some(code) = query_value(req.uri(), LINK_PARAM) {
@@ -101,19 +131,20 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, door: Door, mut req: Re
         tenant,
     } = match mgr.connect_port(&target.sandbox, target.port, pass).await {
         Ok(c) => c,
-        Err(
-            PortError::NoSandbox
-            | PortError::Store(_)
-            | PortError::Token
-            | PortError::NotRunning(_)
-            | PortError::Closed(_),
-        ) => return unreachable(&target.sandbox, target.port),
+        Err(PortError::NoSandbox | PortError::Store(_) | PortError::Token) => {
+            return unreachable(&target.sandbox, target.port)
+        }
+        // Past the token: the caller may reach this sandbox's ports.
+        Err(PortError::NotRunning(state)) => {
+            return not_running(&target.sandbox, target.port, state)
+        }
+        Err(PortError::Closed(_)) => return port_closed(&target.sandbox, target.port),
     };
     crate::reqlog::note_tenant(req.extensions(), &tenant);
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(x) => x,
-        Err(_) => return unreachable(&target.sandbox, target.port),
+        Err(_) => return port_closed(&target.sandbox, target.port),
     };
     tokio::spawn(async move {
         // Counts as activity for as long as the connection to the sandbox lasts.
