@@ -465,6 +465,47 @@ def test_file_metadata_sync(daemon):
         s.commands.run("python3 -c \"import os; os.setxattr('tagged.txt', 'user.e2b.stage', b'done')\"")
         assert s.files.get_info("tagged.txt").metadata["stage"] == "done"
         assert s.files.get_info("/etc/hostname").metadata is None
+        # An overwrite's metadata is the file's whole metadata, as envd's: none clears it
+        # (a truncation keeps extended attributes), other keys replace it.
+        assert s.files.write("tagged.txt", "y").metadata is None
+        assert s.files.get_info("tagged.txt").metadata is None
+        s.files.write("tagged.txt", "z", metadata={"other": "x"})
+        assert s.files.get_info("tagged.txt").metadata == {"other": "x"}
+    finally:
+        s.kill()
+
+
+def _events(handle, until, settle=0.3):
+    """Events of `handle` until `until(events)` holds (5 s at most), and any that follow
+    within `settle` seconds."""
+    events = []
+    deadline = time.time() + 5
+    while time.time() < deadline and not until(events):
+        events += handle.get_new_events()
+        time.sleep(0.02)
+    time.sleep(settle)
+    return events + handle.get_new_events()
+
+
+# 10. files.write's events are envd's (E2B's own tests count them): a new file CREATE,
+# CHMOD (envd gives the file to its user), WRITE; an overwrite starts with a WRITE.
+def test_write_events_sync(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        s.files.make_dir("ev")
+        handle = s.files.watch_dir("/home/user/ev")
+        s.files.write("ev/new.txt", "x")
+        events = _events(handle, lambda ev: len(ev) >= 3)
+        assert [(e.type, e.name) for e in events] == [
+            (FilesystemEventType.CREATE, "new.txt"),
+            (FilesystemEventType.CHMOD, "new.txt"),
+            (FilesystemEventType.WRITE, "new.txt"),
+        ], events
+        s.files.write("ev/new.txt", "longer text")
+        events = _events(handle, lambda ev: FilesystemEventType.WRITE in [e.type for e in ev])
+        assert events and events[0].type == FilesystemEventType.WRITE, events
+        assert all(e.name == "new.txt" for e in events), events
+        handle.stop()
     finally:
         s.kill()
 
@@ -507,9 +548,17 @@ def test_signed_file_urls_sync(daemon):
         assert "signature=v1_" in url
         r = _via_host(daemon, s, url)
         assert r.status_code == 200 and r.text == "via a link", r.text
-        # Another path, or a changed signature: refused.
-        assert _via_host(daemon, s, url.replace("shared.txt", "other.txt")).status_code == 401
+        # Another path, or a changed signature: refused, in envd's words.
+        r = _via_host(daemon, s, url.replace("shared.txt", "other.txt"))
+        assert (r.status_code, r.json()) == (401, {"code": 401, "message": "invalid signature"})
         assert _via_host(daemon, s, url.replace("signature=v1_", "signature=v1_A")).status_code == 401
+        # Expired: envd's answer, word for word (E2B's own tests compare the whole body);
+        # a wrong signature with a past expiration is still a wrong signature.
+        r = _via_host(daemon, s, s.download_url("shared.txt", use_signature_expiration=-120))
+        assert (r.status_code, r.json()) == (401, {"code": 401, "message": "signature is already expired"})
+        old = s.download_url("shared.txt", use_signature_expiration=-120)
+        r = _via_host(daemon, s, old.replace("signature=v1_", "signature=v1_A"))
+        assert r.json()["message"] == "invalid signature", r.text
         # A read signature does not write.
         assert _via_host(daemon, s, url, "POST", files={"file": ("x", b"no")}).status_code == 401
         up = s.upload_url("uploaded.txt")

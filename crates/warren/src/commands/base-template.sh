@@ -18,7 +18,7 @@ root="$work/rootfs"
 # What programs written for E2B's base template expect: python and python3 with pip that
 # installs, git, curl, a `user` with passwordless sudo (whom processes run as, in
 # /home/user, unless they name another), and the usual shell tools.
-packages=python3,python-is-python3,python3-pip,python3-venv,python3-dev,git,curl,wget,ca-certificates,sudo,procps,psmisc,iproute2,iputils-ping,less,nano,vim-tiny,unzip,zip,xz-utils,file,jq,build-essential,locales,tzdata,openssh-client
+packages=python3,python-is-python3,python3-pip,python3-venv,python3-dev,git,curl,wget,ca-certificates,sudo,procps,psmisc,iproute2,iputils-ping,less,nano,vim-tiny,unzip,zip,xz-utils,file,jq,build-essential,locales,tzdata,openssh-client,attr
 if [ -n "${INCLUDE:-}" ]; then packages="$packages,$INCLUDE"; fi
 echo "debootstrap $SUITE from $MIRROR" >&2
 debootstrap --variant=minbase --include="$packages" "$SUITE" "$root" "$MIRROR" >"$work/debootstrap.log" 2>&1 || {
