@@ -568,6 +568,22 @@ def test_signed_file_urls_sync(daemon):
         short = s.download_url("shared.txt", use_signature_expiration=1)
         time.sleep(2.1)
         assert _via_host(daemon, s, short).status_code == 401
+        # As the SDK builds them on E2B_SANDBOX_URL, naming no sandbox: the sandbox whose
+        # token signed the URL serves it, and none other.
+        r = httpx.get(s.download_url("shared.txt"))
+        assert r.status_code == 200 and r.text == "via a link", r.text
+        r = httpx.post(s.upload_url("direct.txt"), files={"file": ("direct.txt", b"no header")})
+        assert r.status_code == 200, r.text
+        assert s.files.read("direct.txt") == "no header"
+        r = httpx.get(s.download_url("shared.txt", use_signature_expiration=-120))
+        assert (r.status_code, r.json()) == (401, {"code": 401, "message": "signature is already expired"})
+        other = Sandbox.create(timeout=60)
+        try:
+            other.files.write("shared.txt", "the other one")
+            assert httpx.get(other.download_url("shared.txt")).text == "the other one"
+            assert httpx.get(s.download_url("shared.txt")).text == "via a link"
+        finally:
+            other.kill()
     finally:
         s.kill()
 

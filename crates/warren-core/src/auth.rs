@@ -106,6 +106,23 @@ impl Manager {
         Some(Caller::sandbox(r.tenant, r.id))
     }
 
+    /// The sandbox whose access token `signed` (given a token) says signed a file URL
+    /// that names no sandbox: the SDK builds its signed URLs on `E2B_SANDBOX_URL`, one URL
+    /// for every sandbox. Every sandbox not terminated is looked at: one HMAC and one
+    /// hash each, which the caller keeps to a few lookups a second.
+    pub fn sandbox_signed_by(&self, signed: impl Fn(&str) -> bool) -> Option<String> {
+        self.store()
+            .list_live(None)
+            .ok()?
+            .into_iter()
+            .find(|r| {
+                self.keys
+                    .token(TokenKind::Access, &r.id, &r.access)
+                    .is_some_and(|t| signed(&t))
+            })
+            .map(|r| r.id)
+    }
+
     /// The caller a file URL signed with sandbox `id`'s access token acts as, when
     /// `signed` (given that token) says the signature is right. A sandbox whose token is
     /// kept only as a hash (made by an old version) cannot check signatures.

@@ -337,6 +337,35 @@ impl FromRequestParts<E2bState> for Envd {
     }
 }
 
+/// The sandbox that signed `uri`, a signed file URL (`GET` or `POST /files` with a
+/// `signature`) that names none: see [`warren_core::Manager::sandbox_signed_by`]. None
+/// when `uri` is no such URL; `admit` is asked before any sandbox is looked at.
+pub(super) fn signed_sandbox(
+    mgr: &warren_core::Manager,
+    method: &axum::http::Method,
+    uri: &axum::http::Uri,
+    admit: impl FnOnce() -> Result<(), HttpError>,
+) -> Option<Result<String, HttpError>> {
+    if uri.path() != "/files" {
+        return None;
+    }
+    let query: Vec<(String, String)> =
+        serde_urlencoded::from_str(uri.query().unwrap_or_default()).unwrap_or_default();
+    let param = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    param("signature")?;
+    let found = SignedUrl::of(method, &param).and_then(|signed| {
+        admit()?;
+        mgr.sandbox_signed_by(|token| signed.holds_for(token))
+            .ok_or_else(|| HttpError::new(StatusCode::UNAUTHORIZED, "invalid signature"))
+    });
+    Some(found)
+}
+
 /// A file URL signed as envd signs them: `v1_` and the unpadded base64 of the SHA-256
 /// of `path:operation:user:token[:expiration]`.
 struct SignedUrl {

@@ -97,6 +97,7 @@ pub fn router(mgr: Arc<Manager>, shutdown: watch::Receiver<bool>, options: E2bOp
             control,
             envd,
             mgr: state.mgr,
+            signed_lookups: SignedLookups::default(),
         })
 }
 
@@ -105,6 +106,38 @@ struct Routers {
     control: Router,
     envd: Router,
     mgr: Arc<Manager>,
+    signed_lookups: SignedLookups,
+}
+
+/// How many signed file URLs that name no sandbox are looked up a second. Each looks at
+/// every sandbox (see [`envd::signed_sandbox`]) and needs no key: the limit keeps what a
+/// stranger can make the daemon do for them small. A browser following a download link
+/// makes one.
+const SIGNED_LOOKUPS_PER_SECOND: u32 = 20;
+
+/// The count of [`SIGNED_LOOKUPS_PER_SECOND`] in the current second.
+#[derive(Debug, Clone, Default)]
+struct SignedLookups(Arc<std::sync::Mutex<(Option<std::time::Instant>, u32)>>);
+
+impl SignedLookups {
+    fn admit(&self) -> Result<(), envd::HttpError> {
+        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if w.0
+            .is_none_or(|start| now.duration_since(start).as_secs() >= 1)
+        {
+            *w = (Some(now), 0);
+        }
+        if w.1 >= SIGNED_LOOKUPS_PER_SECOND {
+            return Err(envd::HttpError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "too many signed file URLs that name no sandbox this second: try again, or \
+                 name the sandbox (the E2b-Sandbox-Id header, or a 49983-ID host)",
+            ));
+        }
+        w.1 += 1;
+        Ok(())
+    }
 }
 
 /// Which sandbox (and port) a request is for, when it is for one.
@@ -162,7 +195,26 @@ async fn dispatch(State(r): State<Routers>, req: Request) -> Response {
             return ports::proxy(&r.mgr, t, ports::Door::E2b, req).await;
         }
         Some(_) => r.envd,
-        None => r.control,
+        None => {
+            match envd::signed_sandbox(&r.mgr, req.method(), req.uri(), || r.signed_lookups.admit())
+            {
+                None => r.control,
+                // A signed file URL built on `E2B_SANDBOX_URL`: to the sandbox that signed it.
+                Some(found) => match found {
+                    Ok(id) => {
+                        let mut req = req;
+                        if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+                            req.headers_mut().insert(SANDBOX_ID_HEADER, v);
+                        }
+                        return match r.envd.oneshot(req).await {
+                            Ok(resp) => resp,
+                            Err(never) => match never {},
+                        };
+                    }
+                    Err(e) => return axum::response::IntoResponse::into_response(e),
+                },
+            }
+        }
     };
     match router.oneshot(req).await {
         Ok(resp) => resp,

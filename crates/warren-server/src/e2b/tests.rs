@@ -219,3 +219,35 @@ fn targets_come_from_headers_or_host() {
     h.insert("e2b-sandbox-id", "xyz".parse().unwrap());
     assert_eq!(super::target(&h).unwrap().sandbox, "xyz");
 }
+
+#[tokio::test]
+async fn a_signed_file_url_naming_no_sandbox_is_looked_up_by_its_signature() {
+    let e = env().await;
+    let app = e.app();
+    let signed = || {
+        Request::get("/files?path=x.txt&username=user&signature=v1_abc")
+            .body(Body::empty())
+            .unwrap()
+    };
+    // No sandbox signed it: envd's answer to a wrong signature, not the control plane's.
+    let (status, body, _) = send(app.clone(), signed()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"code": 401, "message": "invalid signature"})
+    );
+    // Without a signature it is nobody's.
+    let plain = Request::get("/files?path=x.txt")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(app.clone(), plain).await.0, StatusCode::NOT_FOUND);
+    // Each lookup looks at every sandbox and needs no key: a few a second.
+    let mut statuses = Vec::new();
+    for _ in 0..super::SIGNED_LOOKUPS_PER_SECOND + 5 {
+        statuses.push(send(app.clone(), signed()).await.0);
+    }
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
+}
