@@ -106,6 +106,13 @@ const MASKED: [&str; 11] = [
     "sys/devices/virtual/powercap",
 ];
 
+/// Where the helper leaves the sandbox's own boot id (in its /dev, which the host's root
+/// owns) for its first process to put over the kernel's, and removes it once that is
+/// done: the host's boot id, the same in every sandbox and readable by all, would tell
+/// sandboxes that they share a host, and a sandbox's start is its boot (a paused
+/// sandbox resumed from its files starts again with a new one, as E2B's microVMs boot).
+const BOOT_ID: &str = "dev/.boot_id";
+
 /// /proc paths made read-only.
 const READONLY: [&str; 6] = [
     "proc/asound",
@@ -623,6 +630,8 @@ impl Sandbox {
                     },
                 }
                 crate::trace::mark("helper: child ready");
+                // Its mount over the kernel's holds it now.
+                let _ = fs::remove_file(root.join(BOOT_ID));
                 fs::write(run.join("agent.pid"), child.to_string())
                     .map_err(fail("write the agent pid"))?;
                 let mut publishers = Vec::new();
@@ -1083,6 +1092,7 @@ fn populate_root(
     for d in ["pts", "shm"] {
         fs::create_dir(dev.join(d)).map_err(fail("create a /dev directory"))?;
     }
+    fs::write(root.join(BOOT_ID), boot_id()?).map_err(fail("write the boot id"))?;
     let links = [
         ("ptmx", "pts/ptmx"),
         ("fd", "/proc/self/fd"),
@@ -1122,6 +1132,23 @@ fn populate_root(
         }
     }
     Ok(())
+}
+
+/// A fresh boot id, as the kernel shows one: a random (version 4) UUID and a newline.
+fn boot_id() -> Setup<String> {
+    let b = warren_types::random::bytes(16).map_err(|e| format!("make a boot id: {e}"))?;
+    let mut b: [u8; 16] = b.try_into().map_err(|_| "make a boot id: short read")?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = warren_types::random::to_hex(&b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}\n",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    ))
 }
 
 /// A named volume: a host directory, or an ext4 image when it has a size, made on first
@@ -1375,6 +1402,10 @@ fn child_setup(
         if p.symlink_metadata().is_ok() {
             bind(&p, &p, true).map_err(fail("make a /proc path read-only"))?;
         }
+    }
+    let boot_id = root.join("proc/sys/kernel/random/boot_id");
+    if boot_id.symlink_metadata().is_ok() {
+        bind(&root.join(BOOT_ID), &boot_id, true).map_err(fail("give the sandbox its boot id"))?;
     }
     mount_fs(
         "devpts",

@@ -322,6 +322,26 @@ fn proc_is_masked_like_the_oci_default() {
 }
 
 #[test]
+fn the_boot_id_is_the_sandboxs_own() {
+    if !can_run("the_boot_id_is_the_sandboxs_own") {
+        return;
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let read = "cat /proc/sys/kernel/random/boot_id; \
+                (echo x > /proc/sys/kernel/random/boot_id) 2>/dev/null && echo written; true";
+    let first = sh_ok(&[], read);
+    let second = sh_ok(&[], read);
+    for id in [&first, &second] {
+        let id = id.trim();
+        let groups: Vec<usize> = id.split('-').map(str::len).collect();
+        assert_eq!(groups, [8, 4, 4, 4, 12], "{id:?} is no UUID");
+        assert_eq!(&id[14..15], "4", "{id:?} is no random UUID");
+    }
+    assert_ne!(first.trim(), host.trim(), "the host's boot id is shown");
+    assert_ne!(first, second, "two starts share a boot id");
+}
+
+#[test]
 fn dev_is_minimal() {
     if !can_run("dev_is_minimal") {
         return;
