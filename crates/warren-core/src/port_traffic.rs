@@ -78,7 +78,17 @@ impl Manager {
         if !granted && !tokened {
             return Err(PortError::Token);
         }
-        self.dial_port(r, port).await
+        // A caller let in by the id alone (a sandbox without a traffic token, on the E2B
+        // listener) proved nothing: that the sandbox is not running, or that nothing
+        // listens on the port, would tell it which ids exist. Only a token or a grant
+        // learns why traffic does not get through.
+        let credentialed = granted || r.traffic.is_some();
+        match self.dial_port(r, port).await {
+            Err(PortError::NotRunning(_) | PortError::Closed(_)) if !credentialed => {
+                Err(PortError::NoSandbox)
+            }
+            dialed => dialed,
+        }
     }
 
     /// Opens a TCP connection to `port` inside sandbox `key` of `who`'s, who needs no

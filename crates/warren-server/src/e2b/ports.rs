@@ -18,12 +18,13 @@
 //! it goes in: the server inside never sees it.
 //!
 //! Whoever reaches this listener can send anything here, with no API key: so a sandbox
-//! that does not exist and a missing or wrong traffic token (or, on the daemon's
-//! listener, a missing grant) get one and the same answer. Anything else would tell a
-//! stranger which sandbox ids exist. Only a request that would be let in learns more:
-//! that the sandbox is not running, or that nothing listens on the port, in E2B's
-//! proxy's words ("The sandbox is running but port is not open"), which programs
-//! written for E2B wait on while a server inside starts.
+//! that does not exist, a missing or wrong traffic token (or, on the daemon's listener,
+//! a missing grant), and, to a caller who named only the id, a sandbox that is not
+//! running or a port nothing listens on get one and the same answer. Anything else would
+//! tell a stranger which sandbox ids exist. Only a request that carries the sandbox's
+//! traffic token or a port link's grant learns more: that the sandbox is not running, or
+//! that nothing listens on the port, in E2B's proxy's words ("The sandbox is running but
+//! port is not open").
 
 use axum::body::Body;
 use axum::extract::Request;
@@ -70,10 +71,11 @@ const HOP_BY_HOP: &[&str] = &[
 fn unreachable(id: &str, port: u16) -> Response {
     let body = serde_json::json!({
         "sandboxId": id,
+        // E2B's words for each case are in it, whichever it is.
         "message": format!(
-            "The sandbox is not reachable on port {port}: it does not exist, is not running, \
-             nothing listens on the port, or it needs its traffic access token in the \
-             {TRAFFIC_TOKEN_HEADER} header"
+            "The sandbox was not found or cannot be reached on port {port}: it does not \
+             exist, is not running, needs its traffic access token in the \
+             {TRAFFIC_TOKEN_HEADER} header, or is running but port is not open"
         ),
         "port": port,
         "code": 502,
@@ -134,7 +136,7 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, door: Door, mut req: Re
         Err(PortError::NoSandbox | PortError::Store(_) | PortError::Token) => {
             return unreachable(&target.sandbox, target.port)
         }
-        // Past the token: the caller may reach this sandbox's ports.
+        // Asked with the sandbox's token or a grant (see the module doc).
         Err(PortError::NotRunning(state)) => {
             return not_running(&target.sandbox, target.port, state)
         }
@@ -144,7 +146,7 @@ pub(crate) async fn proxy(mgr: &Manager, target: Target, door: Door, mut req: Re
     let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
     {
         Ok(x) => x,
-        Err(_) => return port_closed(&target.sandbox, target.port),
+        Err(_) => return unreachable(&target.sandbox, target.port),
     };
     tokio::spawn(async move {
         // Counts as activity for as long as the connection to the sandbox lasts.
