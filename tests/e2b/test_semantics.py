@@ -642,3 +642,28 @@ def test_file_metadata_is_bounded(daemon):
         assert not s.files.exists("big.txt") and not s.files.exists("many.txt")
     finally:
         s.kill()
+
+
+# 11. A write makes the directories missing above the file as envd does: the user's, also
+# where the user could not make them (a new top-level directory); never inside a directory
+# the user may not enter, nor through a link.
+def test_write_makes_parents_as_envd_sync(daemon):
+    s = Sandbox.create(timeout=60)
+    try:
+        s.files.write("/0/deep/multi.txt", "x")
+        assert s.files.read("/0/deep/multi.txt") == "x"
+        out = s.commands.run("stat -c '%U %a' /0 /0/deep /0/deep/multi.txt").stdout.splitlines()
+        assert out == ["user 755", "user 755", "user 644"], out
+        with pytest.raises(Exception):
+            s.files.write("/root/made/x.txt", "x")
+        absent = "test -e /root/made || echo absent"
+        assert s.commands.run(absent, user="root").stdout == "absent\n"
+        s.commands.run("ln -s /etc /home/user/etc-link")
+        with pytest.raises(Exception):
+            s.files.write("/home/user/etc-link/made/x.txt", "x")
+        assert s.commands.run("test -e /etc/made || echo absent").stdout == "absent\n"
+        # Where the user may make them, the user does (as before).
+        s.files.write("/tmp/a/b/c.txt", "y")
+        assert s.commands.run("stat -c %U /tmp/a/b").stdout == "user\n"
+    finally:
+        s.kill()

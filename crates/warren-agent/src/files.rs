@@ -523,6 +523,9 @@ pub(crate) fn write_file(
         user,
     } = job;
     let written = identity_of(user.as_ref()).and_then(|identity| {
+        if let Some(id) = &identity {
+            make_parents(&path, id).map_err(|e| Failure::io(path.display(), &e))?;
+        }
         acting_as(identity.as_ref(), || {
             write_upload(&path, mode, how, &metadata, &mut rx)
         })?
@@ -540,6 +543,98 @@ pub(crate) fn write_file(
         }
     };
     let _ = out.blocking_send(Frame::control(ch, &response));
+}
+
+/// Makes the missing directories above `target` for a write as `id`, as envd does: where
+/// the user may not make them (a new top-level directory such as `/app`), the agent
+/// makes them and gives them to the user. The agent follows nothing the user could have
+/// placed: the directories that exist are walked from `/` as the user, one name at a
+/// time and through no link (a path through a link is left to the user's own rights),
+/// and the agent makes each missing one inside the one before through their
+/// descriptors. A directory the user may not search is neither entered nor given away,
+/// nor is anything that was there before.
+fn make_parents(target: &Path, id: &Identity) -> io::Result<()> {
+    use std::path::Component;
+    let Some(parent) = target.parent().filter(|p| p.is_absolute()) else {
+        return Ok(());
+    };
+    let as_user =
+        |work: &mut dyn FnMut() -> io::Result<()>| with_fs_identity(id, work).and_then(|r| r);
+    // Mostly they exist, or the user may make them: the write does it, as the user.
+    let mut exists = false;
+    as_user(&mut || {
+        exists = fs::metadata(parent).is_ok_and(|m| m.is_dir());
+        Ok(())
+    })?;
+    if exists {
+        return Ok(());
+    }
+    let mut names = Vec::new();
+    for c in parent.components() {
+        match c {
+            Component::RootDir => {}
+            Component::Normal(n) => names.push(n.to_owned()),
+            _ => return Ok(()),
+        }
+    }
+    let through = |dir: &fs::File, name: &OsStr| {
+        let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+        p.push(name);
+        p
+    };
+    let open_dir = |at: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(at)
+    };
+    // As the user: down from `/` while the names exist.
+    let mut dir = None;
+    let mut walked = 0;
+    let mut stop = false;
+    as_user(&mut || {
+        let mut here = open_dir(Path::new("/"))?;
+        for name in &names {
+            match open_dir(&through(&here, name)) {
+                Ok(next) => here = next,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                // A link, a file, or a directory the user may not search.
+                Err(_) => {
+                    stop = true;
+                    break;
+                }
+            }
+            walked += 1;
+        }
+        // Only inside a directory the user may search.
+        stop |= fs::metadata(through(&here, OsStr::new("."))).is_err();
+        dir = Some(here);
+        Ok(())
+    })?;
+    let Some(mut dir) = dir.filter(|_| !stop) else {
+        return Ok(());
+    };
+    let mut made = Vec::new();
+    for name in &names[walked..] {
+        match fs::DirBuilder::new()
+            .mode(0o755)
+            .create(through(&dir, name))
+        {
+            Ok(()) => {}
+            // Made meanwhile: not entered, nor given away; the write fails as the user's.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => break,
+            Err(e) => return Err(e),
+        }
+        dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+            .open(through(&dir, name))?;
+        made.push(dir.try_clone()?);
+    }
+    for d in made {
+        std::os::unix::fs::fchown(&d, Some(id.uid), Some(id.gid))?;
+    }
+    Ok(())
 }
 
 /// Writes the upload; `None` when it was abandoned before its End.
