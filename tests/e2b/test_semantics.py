@@ -14,7 +14,7 @@ import uuid
 import httpx
 import pytest
 from e2b import AsyncSandbox, Sandbox, SandboxQuery
-from e2b.exceptions import TimeoutException
+from e2b.exceptions import SandboxException, TimeoutException
 from e2b.sandbox.filesystem.watch_handle import FilesystemEventType
 
 
@@ -667,3 +667,24 @@ def test_write_makes_parents_as_envd_sync(daemon):
         assert s.commands.run("stat -c %U /tmp/a/b").stdout == "user\n"
     finally:
         s.kill()
+
+
+# 12. A command whose sandbox is killed under it: the stream ends as a microVM's death ends
+# it (the connection drops), and the SDK, asking the sandbox's health, says it was killed.
+def test_command_of_a_killed_sandbox_sync(daemon):
+    s = Sandbox.create(timeout=60)
+    cmd = s.commands.run("sleep 60", background=True)
+    s.kill()
+    with pytest.raises(SandboxException) as e:
+        cmd.wait()
+    assert "sandbox was killed or reached its end of life" in str(e.value), e.value
+
+
+@pytest.mark.asyncio
+async def test_command_of_a_killed_sandbox_async(daemon):
+    s = await AsyncSandbox.create(timeout=60)
+    cmd = await s.commands.run("sleep 60", background=True)
+    await s.kill()
+    with pytest.raises(SandboxException) as e:
+        await cmd.wait()
+    assert "sandbox was killed or reached its end of life" in str(e.value), e.value

@@ -16,8 +16,6 @@
 //! and leave out defaults, and newer SDKs add fields this server does not know, which
 //! are ignored as the mapping requires.
 
-use std::convert::Infallible;
-
 use axum::body::Body as HttpBody;
 use axum::extract::{FromRequest, Request};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -295,10 +293,25 @@ pub fn end(error: Option<&RpcError>) -> Bytes {
     envelope(FLAG_END_STREAM, body.to_string().as_bytes())
 }
 
-/// A server-streaming response fed by `rx`; the feeder sends the end envelope last.
+/// A server-streaming response fed by `rx`; the feeder sends the end envelope last, or
+/// [`drop_connection`] instead.
 pub fn stream(rx: mpsc::Receiver<Bytes>) -> Response {
-    let body = HttpBody::from_stream(ReceiverStream::new(rx).map(Ok::<_, Infallible>));
+    let body = HttpBody::from_stream(ReceiverStream::new(rx).map(|b| {
+        if b.is_empty() {
+            Err(std::io::Error::other("the sandbox went away"))
+        } else {
+            Ok(b)
+        }
+    }));
     ([(header::CONTENT_TYPE, "application/connect+json")], body).into_response()
+}
+
+/// Sent in place of the end envelope (no envelope is empty), it ends the stream as the
+/// death of E2B's microVM does: the connection is dropped mid-stream, and the SDKs, which
+/// then ask the sandbox's health, tell the caller that the sandbox was killed or reached
+/// its end of life.
+pub fn drop_connection() -> Bytes {
+    Bytes::new()
 }
 
 /// A server stream that failed before its first message.

@@ -27,7 +27,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
-use warren_agent::client::{AgentClient, ProcessEvent};
+use warren_agent::client::{AgentClient, ClientError, ProcessEvent};
 use warren_core::ActivityGuard;
 use warren_types::proto::{Command, ExecRequest, ExitStatus, ProcessInfo as AgentProcess, WinSize};
 
@@ -367,6 +367,10 @@ async fn pump(
                     (vec![connect::end(Some(&e))], true)
                 }
                 Ok(ProcessEvent::Exited(s)) => (vec![event(end_event(&s)), connect::end(None)], true),
+                // The sandbox (its agent) went away under the stream.
+                Err(ClientError::Closed | ClientError::Connect(_)) => {
+                    (vec![connect::drop_connection()], true)
+                }
                 Err(e) => (vec![connect::end(Some(&RpcError::from(e)))], true),
             },
             _ = ticks.tick() => (vec![event(json!({"keepalive": {}}))], false),
