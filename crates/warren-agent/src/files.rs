@@ -560,13 +560,14 @@ fn make_parents(target: &Path, id: &Identity) -> io::Result<()> {
     };
     let as_user =
         |work: &mut dyn FnMut() -> io::Result<()>| with_fs_identity(id, work).and_then(|r| r);
-    // Mostly they exist, or the user may make them: the write does it, as the user.
-    let mut exists = false;
+    // Mostly they exist, or the user may make them: then they are the user's own work.
+    let mut refused = false;
     as_user(&mut || {
-        exists = fs::metadata(parent).is_ok_and(|m| m.is_dir());
+        refused =
+            fs::create_dir_all(parent).is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied);
         Ok(())
     })?;
-    if exists {
+    if !refused {
         return Ok(());
     }
     let mut names = Vec::new();
