@@ -1405,7 +1405,10 @@ fn child_setup(
     }
     let boot_id = root.join("proc/sys/kernel/random/boot_id");
     if boot_id.symlink_metadata().is_ok() {
-        bind(&root.join(BOOT_ID), &boot_id, true).map_err(fail("give the sandbox its boot id"))?;
+        // Of the /dev tmpfs, which honours device nodes: not this mount.
+        bind(&root.join(BOOT_ID), &boot_id, false)
+            .and_then(|()| warren_sys::mount::remount_readonly(&boot_id, hidden))
+            .map_err(fail("give the sandbox its boot id"))?;
     }
     mount_fs(
         "devpts",
