@@ -665,6 +665,13 @@ def test_write_makes_parents_as_envd_sync(daemon):
         # Where the user may make them, the user does (as before).
         s.files.write("/tmp/a/b/c.txt", "y")
         assert s.commands.run("stat -c %U /tmp/a/b").stdout == "user\n"
+        # make_dir as envd's MakeDir: the directory and those above it the user's.
+        assert s.files.make_dir("/newtop/sub") is True
+        assert s.commands.run("stat -c %U /newtop /newtop/sub").stdout == "user\nuser\n"
+        assert s.files.make_dir("/newtop/sub") is False
+        with pytest.raises(Exception):
+            s.files.make_dir("/root/made")
+        assert s.commands.run(absent, user="root").stdout == "absent\n"
     finally:
         s.kill()
 

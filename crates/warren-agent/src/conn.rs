@@ -554,7 +554,7 @@ impl Conn {
                 files::as_user(user.as_ref(), || files::stat(path.as_path()))
             }),
             Request::MakeDir { path, mode, user } => self.run_blocking(ch, move || {
-                files::as_user(user.as_ref(), || files::make_dir(path.as_path(), mode))
+                files::make_dir_as(path.as_path(), mode, user.as_ref())
             }),
             Request::Remove {
                 path,

@@ -297,6 +297,37 @@ pub(crate) fn make_dir(path: &Path, mode: Option<u32>) -> Response {
     }
 }
 
+/// [`make_dir`] as `user`, making what the user is refused as envd's `MakeDir` does: the
+/// directory and those missing above it become the user's (see [`make_parents`]).
+pub(crate) fn make_dir_as(path: &Path, mode: Option<u32>, user: Option<&User>) -> Response {
+    let id = match identity_of(user) {
+        Ok(Some(id)) => id,
+        Ok(None) => return make_dir(path, mode),
+        Err(f) => return f.response(),
+    };
+    let mine = acting_as(Some(&id), || make_dir(path, mode)).unwrap_or_else(Failure::response);
+    let refused =
+        matches!(&mine, Response::Error { code, .. } if *code == ErrorCode::PermissionDenied);
+    if !refused {
+        return mine;
+    }
+    if let Err(e) = make_parents(&path.join("_"), &id) {
+        return Failure::io(path.display(), &e).response();
+    }
+    acting_as(Some(&id), || match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {
+            if let Some(mode) = mode {
+                if let Err(e) = fs::set_permissions(path, Permissions::from_mode(mode)) {
+                    return Failure::io(path.display(), &e).response();
+                }
+            }
+            Response::Ok
+        }
+        _ => mine,
+    })
+    .unwrap_or_else(Failure::response)
+}
+
 pub(crate) fn remove(path: &Path, recursive: bool) -> Response {
     let result = match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() && recursive => remove_tree(path),
