@@ -658,6 +658,10 @@ def test_write_makes_parents_as_envd_sync(daemon):
             s.files.write("/root/made/x.txt", "x")
         absent = "test -e /root/made || echo absent"
         assert s.commands.run(absent, user="root").stdout == "absent\n"
+        # What was there before is never given away, only what was made.
+        s.files.write("/usr/local/made/x.txt", "x")
+        owners = s.commands.run("stat -c %U /usr/local /usr/local/made").stdout
+        assert owners == "root\nuser\n", owners
         s.commands.run("ln -s /etc /home/user/etc-link")
         with pytest.raises(Exception):
             s.files.write("/home/user/etc-link/made/x.txt", "x")

@@ -553,14 +553,33 @@ pub(crate) fn write_file(
         metadata,
         user,
     } = job;
+    let failed = |e: io::Error| Failure::io(path.display(), &e);
     let written = identity_of(user.as_ref()).and_then(|identity| {
-        if let Some(id) = &identity {
-            make_parents(&path, id).map_err(|e| Failure::io(path.display(), &e))?;
+        // As the user: the directories above the file, then the upload. One the user was
+        // refused, before anything of the upload is read, is made by the agent (see
+        // `make_parents`) and the write tried again.
+        let attempt = |rx: &mut mpsc::UnboundedReceiver<Upload>| {
+            acting_as(identity.as_ref(), || {
+                if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                    match fs::create_dir_all(parent) {
+                        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+                            return Ok(Err(e));
+                        }
+                        made => made?,
+                    }
+                }
+                write_upload(&path, mode, how, &metadata, rx).map(Ok)
+            })?
+            .map_err(failed)
+        };
+        match (attempt(&mut rx)?, &identity) {
+            (Ok(written), _) => Ok(written),
+            (Err(refused), Some(id)) => {
+                make_parents(&path, id).map_err(failed)?;
+                attempt(&mut rx)?.or(Err(refused)).map_err(failed)
+            }
+            (Err(refused), None) => Err(failed(refused)),
         }
-        acting_as(identity.as_ref(), || {
-            write_upload(&path, mode, how, &metadata, &mut rx)
-        })?
-        .map_err(|e| Failure::io(path.display(), &e))
     });
     let response = match written {
         Ok(Some(bytes)) => Response::Written { bytes },
@@ -576,14 +595,16 @@ pub(crate) fn write_file(
     let _ = out.blocking_send(Frame::control(ch, &response));
 }
 
-/// Makes the missing directories above `target` for a write as `id`, as envd does: where
-/// the user may not make them (a new top-level directory such as `/app`), the agent
-/// makes them and gives them to the user. The agent follows nothing the user could have
-/// placed: the directories that exist are walked from `/` as the user, one name at a
-/// time and through no link (a path through a link is left to the user's own rights),
-/// and the agent makes each missing one inside the one before through their
-/// descriptors. A directory the user may not search is neither entered nor given away,
-/// nor is anything that was there before.
+/// Makes the directories missing above `target` that the user `id` was refused making,
+/// as envd does: where the user may not make them (a new top-level directory such as
+/// `/app`), the agent makes them and gives them to the user. The agent follows nothing
+/// the user could have placed: the directories that exist are walked from `/` as the
+/// user, one name at a time and through no link (a path through a link is left to the
+/// user's own rights), and the agent makes each missing one inside the one before through
+/// their descriptors. A directory the user may not search is neither entered nor given
+/// away, nor is anything that was there before. (Not `warren_sys::mount::
+/// open_dir_no_symlinks`: gVisor's kernel as Debian ships it, runsc 20240729, answers
+/// openat2 with ENOSYS.)
 fn make_parents(target: &Path, id: &Identity) -> io::Result<()> {
     use std::path::Component;
     let Some(parent) = target.parent().filter(|p| p.is_absolute()) else {
@@ -591,16 +612,6 @@ fn make_parents(target: &Path, id: &Identity) -> io::Result<()> {
     };
     let as_user =
         |work: &mut dyn FnMut() -> io::Result<()>| with_fs_identity(id, work).and_then(|r| r);
-    // Mostly they exist, or the user may make them: then they are the user's own work.
-    let mut refused = false;
-    as_user(&mut || {
-        refused =
-            fs::create_dir_all(parent).is_err_and(|e| e.kind() == io::ErrorKind::PermissionDenied);
-        Ok(())
-    })?;
-    if !refused {
-        return Ok(());
-    }
     let mut names = Vec::new();
     for c in parent.components() {
         match c {
@@ -677,9 +688,6 @@ fn write_upload(
     metadata: &std::collections::BTreeMap<String, String>,
     rx: &mut mpsc::UnboundedReceiver<Upload>,
 ) -> io::Result<Option<u64>> {
-    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)?;
-    }
     let existing = fs::metadata(target).ok();
     if existing.as_ref().is_some_and(|m| m.is_dir()) {
         return Err(io::Error::from_raw_os_error(libc::EISDIR));
@@ -726,7 +734,12 @@ fn write_upload(
             let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
         }
         io::copy(&mut tmp.file, &mut file)?;
-        replace_metadata(&file, metadata)?;
+        // A file just made holds no metadata to replace.
+        if existing.is_some() {
+            replace_metadata(&file, metadata)?;
+        } else {
+            set_metadata(&file, metadata)?;
+        }
         return Ok(Some(bytes));
     }
     let mode = mode

@@ -1,6 +1,8 @@
 //! A log line budget per key (a sandbox): at most a number of lines a second each; the
 //! rest are counted, so that one line can say how many were left out. A client that
-//! hammers one sandbox so costs the log a few lines a second, not one per request.
+//! hammers one sandbox so costs the log a few lines a second, not one per request. The
+//! same budget bounds other work a stranger can ask for (the E2B listener's lookups of
+//! signed file URLs that name no sandbox).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};

@@ -353,6 +353,33 @@ fn the_boot_id_is_the_sandboxs_own() {
 }
 
 #[test]
+fn the_hosts_boot_id_cannot_be_uncovered() {
+    if !can_run("the_hosts_boot_id_cannot_be_uncovered") {
+        return;
+    }
+    if matches!(isolation().as_str(), "runc" | "crun") {
+        return warren_testkit::skip(
+            "the_hosts_boot_id_cannot_be_uncovered",
+            "runc and crun show the host's boot id (see the_boot_id_is_the_sandboxs_own)",
+        );
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    // Take the mount off, mount a /proc of one's own, or find the file hidden in /dev.
+    let out = sh_ok(
+        &[],
+        "umount /proc/sys/kernel/random/boot_id 2>/dev/null; \
+         umount -l /proc/sys/kernel/random/boot_id 2>/dev/null; \
+         cat /proc/sys/kernel/random/boot_id; \
+         mkdir -p /tmp/p && mount -t proc proc /tmp/p 2>/dev/null && \
+           cat /tmp/p/sys/kernel/random/boot_id; \
+         cat /proc/1/root/proc/sys/kernel/random/boot_id 2>/dev/null; \
+         cat /dev/.boot_id 2>/dev/null; true",
+    );
+    assert!(!out.contains(host.trim()), "the host's boot id: {out}");
+    assert!(!out.trim().is_empty());
+}
+
+#[test]
 fn dev_is_minimal() {
     if !can_run("dev_is_minimal") {
         return;

@@ -39,6 +39,7 @@ use axum::response::Response;
 use axum::Router;
 use tokio::sync::watch;
 use tower::ServiceExt;
+use warren_core::log_limit::LogLimit;
 use warren_core::Manager;
 
 /// The port envd listens on inside an E2B sandbox; the SDK names it in `Host` and in
@@ -115,28 +116,26 @@ struct Routers {
 /// makes one.
 const SIGNED_LOOKUPS_PER_SECOND: u32 = 20;
 
-/// The count of [`SIGNED_LOOKUPS_PER_SECOND`] in the current second.
-#[derive(Debug, Clone, Default)]
-struct SignedLookups(Arc<std::sync::Mutex<(Option<std::time::Instant>, u32)>>);
+/// The budget of [`SIGNED_LOOKUPS_PER_SECOND`], one for the whole listener.
+#[derive(Debug, Clone)]
+struct SignedLookups(Arc<LogLimit>);
+
+impl Default for SignedLookups {
+    fn default() -> Self {
+        Self(Arc::new(LogLimit::new(SIGNED_LOOKUPS_PER_SECOND)))
+    }
+}
 
 impl SignedLookups {
     fn admit(&self) -> Result<(), envd::HttpError> {
-        let mut w = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let now = std::time::Instant::now();
-        if w.0
-            .is_none_or(|start| now.duration_since(start).as_secs() >= 1)
-        {
-            *w = (Some(now), 0);
+        if self.0.admit("signed file URLs").0 {
+            return Ok(());
         }
-        if w.1 >= SIGNED_LOOKUPS_PER_SECOND {
-            return Err(envd::HttpError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "too many signed file URLs that name no sandbox this second: try again, or \
-                 name the sandbox (the E2b-Sandbox-Id header, or a 49983-ID host)",
-            ));
-        }
-        w.1 += 1;
-        Ok(())
+        Err(envd::HttpError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "too many signed file URLs that name no sandbox this second: try again, or \
+             name the sandbox (the E2b-Sandbox-Id header, or a 49983-ID host)",
+        ))
     }
 }
 
