@@ -54,6 +54,11 @@ pub struct AgentConfig {
     pub allow_setuid: bool,
     /// Who processes run as when an exec names nobody; `None` keeps the agent's identity.
     pub user: Option<User>,
+    /// Make every process the OOM killer's first choice (`oom_score_adj` 1000), so that
+    /// a sandbox out of memory loses a process and keeps its agent. False where no
+    /// kernel chooses among them: under gVisor the host's OOM killer sees one Sentry and
+    /// takes the sandbox whole, and gVisor's kernel has no OOM killer of its own.
+    pub oom_victims: bool,
     /// Working directory when an exec names none and its user has no home.
     pub cwd: Option<PathBuf>,
     /// Working directory of every exec that names none, ahead of the user's home: a
@@ -80,6 +85,7 @@ impl Default for AgentConfig {
             drop_caps: false,
             allow_setuid: false,
             user: None,
+            oom_victims: true,
             cwd: None,
             workdir: None,
             ring_size: 1 << 20,

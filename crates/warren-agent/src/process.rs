@@ -645,7 +645,7 @@ pub(crate) fn spawn(agent: &Agent, req: &ExecRequest) -> Result<Arc<Proc>, Failu
         &program,
         ChildSetup {
             tty: slave,
-            oom_victim: true,
+            oom_victim: config.oom_victims,
             identity: account.map(|a| a.identity),
             drop_caps: config.drop_caps,
             seccomp: config.seccomp.clone(),

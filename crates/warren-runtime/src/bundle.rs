@@ -458,6 +458,10 @@ pub(crate) fn bundle_config(
             // crun's link to /proc/kcore (masked, but no business in /dev).
             BundleKind::HostKernel => vec!["/dev/core".into()],
         },
+        // gVisor's Sentry is one process to the host's OOM killer. (A score written
+        // inside would also leave the process's /proc directory in gVisor's kernel,
+        // saved by every checkpoint after.)
+        killed_whole: kind == BundleKind::Gvisor,
     };
     let caps: Vec<&str> = warren_sys::caps::KEPT_CAPABILITIES.to_vec();
     let mut mounts = vec![
@@ -1682,6 +1686,12 @@ mod tests {
     fn the_agent_starts_through_the_hosts_loader_with_the_hosts_libraries() {
         let b = Path::new("/b");
         let c = config_at_b(NetworkMode::None, BundleKind::Gvisor, &agent());
+        // The host's OOM killer sees one Sentry: no OOM score is written inside.
+        let launch = c["process"]["args"].as_array().unwrap().last().unwrap();
+        assert!(
+            launch.as_str().unwrap().contains("\"killed_whole\":true"),
+            "{launch}"
+        );
         let args: Vec<&str> = c["process"]["args"]
             .as_array()
             .unwrap()
@@ -1878,6 +1888,9 @@ mod tests {
             let args = c["process"]["args"].as_array().unwrap();
             let launch = args.last().unwrap().as_str().unwrap();
             assert!(launch.contains("\"quiesce\":false"), "{launch}");
+            // A host kernel's OOM killer chooses among the processes: they ask to be
+            // chosen before the agent.
+            assert!(launch.contains("\"killed_whole\":false"), "{launch}");
             // Host directories come from the read-only mounts `warren __oci` made.
             let usr = c["mounts"]
                 .as_array()

@@ -43,6 +43,11 @@ pub struct AgentLaunch {
     /// what a namespace sandbox's does.
     #[serde(default)]
     pub remove: Vec<PathBuf>,
+    /// The sandbox is killed whole at its memory limit (gVisor's Sentry, one process to
+    /// the host): its processes' OOM scores choose nothing and are left as they are
+    /// (see `warren_agent::AgentConfig::oom_victims`).
+    #[serde(default)]
+    pub killed_whole: bool,
 }
 
 /// Runs the agent; never returns.
@@ -103,6 +108,7 @@ fn serve(listener: std::os::unix::net::UnixListener, launch: AgentLaunch) -> i32
         seccomp,
         drop_caps: launch.confined,
         user,
+        oom_victims: !launch.killed_whole,
         cwd: if launch.confined {
             None
         } else {

@@ -151,6 +151,7 @@ impl ProcessBackend {
             user: None,
             quiesce: false,
             remove: Vec::new(),
+            killed_whole: false,
         };
         match self.start_agent(&mut sb, &launch).await {
             Ok(()) => Ok(sb),
