@@ -191,3 +191,37 @@ def finish(d: Daemon) -> None:
     assert doctor.returncode == 0, f"warren doctor found leftovers:\n{doctor.stdout}{doctor.stderr}"
     if failed:
         raise failed
+
+
+def watch_events(handle, until, settle=0.3):
+    """Events of `handle` until `until(events)` holds (5 s at most), and any that follow
+    within `settle` seconds."""
+    events = []
+    deadline = time.time() + 5
+    while time.time() < deadline and not until(events):
+        events += handle.get_new_events()
+        time.sleep(0.02)
+    time.sleep(settle)
+    return events + handle.get_new_events()
+
+
+def assert_write_events(s, directory):
+    """`files.write`'s events in `directory` are envd's (E2B's own tests count them): a new
+    file CREATE, CHMOD (envd gives the file to its user), WRITE; an overwrite starts with
+    a WRITE."""
+    from e2b import FilesystemEventType
+
+    s.files.make_dir(directory)
+    handle = s.files.watch_dir(directory)
+    s.files.write(f"{directory}/new.txt", "x")
+    events = watch_events(handle, lambda ev: len(ev) >= 3)
+    assert [(e.type, e.name) for e in events] == [
+        (FilesystemEventType.CREATE, "new.txt"),
+        (FilesystemEventType.CHMOD, "new.txt"),
+        (FilesystemEventType.WRITE, "new.txt"),
+    ], events
+    s.files.write(f"{directory}/new.txt", "longer text")
+    events = watch_events(handle, lambda ev: FilesystemEventType.WRITE in [e.type for e in ev])
+    assert events and events[0].type == FilesystemEventType.WRITE, events
+    assert all(e.name == "new.txt" for e in events), events
+    handle.stop()

@@ -8,7 +8,8 @@ import time
 import uuid
 
 import pytest
-from e2b import AsyncSandbox, Sandbox
+from conftest import assert_write_events
+from e2b import AsyncSandbox, InvalidArgumentException, Sandbox
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.1; done"
 
@@ -73,6 +74,26 @@ def test_pause_keeps_memory_and_fork_copies_processes(daemon, gvisor_template):
     finally:
         for f in forks:
             f.kill()
+        s.kill()
+
+
+# gVisor's files hold no extended attributes: a write with metadata is refused whole and
+# says why, nothing written, an existing file untouched; and a watcher sees envd's events
+# (a new file CREATE, CHMOD, WRITE; an overwrite starting with a WRITE, which gVisor's
+# truncation at open does not make).
+def test_files_on_gvisor(daemon, gvisor_template):
+    s = Sandbox.create(gvisor_template, timeout=60)
+    try:
+        with pytest.raises(InvalidArgumentException, match="metadata"):
+            s.files.write("/tmp/m.txt", "x", metadata={"k": "v"})
+        assert not s.files.exists("/tmp/m.txt")
+        s.files.write("/tmp/m.txt", "old")
+        with pytest.raises(InvalidArgumentException, match="metadata"):
+            s.files.write("/tmp/m.txt", "new", metadata={"k": "v"})
+        assert s.files.read("/tmp/m.txt") == "old"
+
+        assert_write_events(s, "/tmp/ev")
+    finally:
         s.kill()
 
 

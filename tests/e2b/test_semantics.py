@@ -13,6 +13,7 @@ import uuid
 
 import httpx
 import pytest
+from conftest import assert_write_events
 from e2b import AsyncSandbox, Sandbox, SandboxQuery
 from e2b.exceptions import SandboxException, TimeoutException
 from e2b.sandbox.filesystem.watch_handle import FilesystemEventType
@@ -475,37 +476,12 @@ def test_file_metadata_sync(daemon):
         s.kill()
 
 
-def _events(handle, until, settle=0.3):
-    """Events of `handle` until `until(events)` holds (5 s at most), and any that follow
-    within `settle` seconds."""
-    events = []
-    deadline = time.time() + 5
-    while time.time() < deadline and not until(events):
-        events += handle.get_new_events()
-        time.sleep(0.02)
-    time.sleep(settle)
-    return events + handle.get_new_events()
-
-
 # 10. files.write's events are envd's (E2B's own tests count them): a new file CREATE,
 # CHMOD (envd gives the file to its user), WRITE; an overwrite starts with a WRITE.
 def test_write_events_sync(daemon):
     s = Sandbox.create(timeout=60)
     try:
-        s.files.make_dir("ev")
-        handle = s.files.watch_dir("/home/user/ev")
-        s.files.write("ev/new.txt", "x")
-        events = _events(handle, lambda ev: len(ev) >= 3)
-        assert [(e.type, e.name) for e in events] == [
-            (FilesystemEventType.CREATE, "new.txt"),
-            (FilesystemEventType.CHMOD, "new.txt"),
-            (FilesystemEventType.WRITE, "new.txt"),
-        ], events
-        s.files.write("ev/new.txt", "longer text")
-        events = _events(handle, lambda ev: FilesystemEventType.WRITE in [e.type for e in ev])
-        assert events and events[0].type == FilesystemEventType.WRITE, events
-        assert all(e.name == "new.txt" for e in events), events
-        handle.stop()
+        assert_write_events(s, "/home/user/ev")
     finally:
         s.kill()
 

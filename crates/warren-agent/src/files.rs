@@ -166,7 +166,17 @@ fn set_metadata(
 ) -> io::Result<()> {
     use xattr::FileExt;
     for (k, v) in metadata {
-        file.set_xattr(format!("{METADATA_XATTR}{k}"), v.as_bytes())?;
+        match file.set_xattr(format!("{METADATA_XATTR}{k}"), v.as_bytes()) {
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "file metadata is kept in extended attributes (user.*), which this \
+                     filesystem does not hold (a gVisor sandbox's files, served by its \
+                     gofer): write the file without metadata",
+                ));
+            }
+            set => set?,
+        }
     }
     Ok(())
 }
@@ -707,13 +717,14 @@ fn write_upload(
     };
     if how == WriteHow::Append {
         let mut file = open_target()?;
-        let written = receive(rx, &mut file)?;
-        if written.is_some() {
-            set_metadata(&file, metadata)?;
-        }
-        return Ok(written);
+        set_metadata(&file, metadata)?;
+        return receive(rx, &mut file);
     }
     let mut tmp = TempFile::beside(target)?;
+    // Before the upload is read: metadata the filesystem cannot keep is refused with
+    // nothing written. The temporary file takes the file's place, or is only a probe
+    // of the same filesystem for a write in place.
+    set_metadata(&tmp.file, metadata)?;
     let Some(bytes) = receive(rx, &mut tmp.file)? else {
         return Ok(None);
     };
@@ -723,14 +734,15 @@ fn write_upload(
         use std::io::Seek;
         tmp.file.rewind()?;
         let mut file = open_target()?;
-        // envd gives the file it opened to its user before it writes, which a watcher
-        // sees as a CHMOD between the CREATE (or the truncation's WRITE) and the WRITE;
-        // programs written against it see the same events here. To its own owner and
-        // group: nothing else changes (on a file of another owner, which the user may
-        // only write, it is refused, which is no failure of the write). Not on a
-        // set-user-ID or set-group-ID file, whose bits a chown clears.
+        // envd gives the file it made to its user before it writes, which a watcher
+        // sees as CREATE, CHMOD, WRITE (E2B's tests count them); programs written
+        // against it see the same events here. To its own owner and group: nothing else
+        // changes. Only a new file: an overwrite's first event is a WRITE, the
+        // truncation's on Linux, and under gVisor, whose truncation at open makes none,
+        // the write's (a CHMOD would come first there). Not on a set-user-ID or
+        // set-group-ID file (a `mode` may ask for one), whose bits a chown clears.
         let meta = file.metadata()?;
-        if meta.mode() & 0o6000 == 0 {
+        if existing.is_none() && meta.mode() & 0o6000 == 0 {
             let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
         }
         io::copy(&mut tmp.file, &mut file)?;
@@ -753,7 +765,6 @@ fn write_upload(
         // more).
         let _ = std::os::unix::fs::fchown(&tmp.file, Some(m.uid()), Some(m.gid()));
     }
-    set_metadata(&tmp.file, metadata)?;
     fs::rename(&tmp.path, target)?;
     tmp.persisted = true;
     Ok(Some(bytes))

@@ -303,6 +303,8 @@ impl Failure {
             Some(libc::EISDIR) => ErrorCode::IsADirectory,
             Some(libc::ENOTEMPTY) => ErrorCode::NotEmpty,
             Some(libc::ENOSPC) | Some(libc::EDQUOT) => ErrorCode::NoSpace,
+            // What the request asks that this sandbox cannot do, said in the message.
+            None if e.kind() == io::ErrorKind::Unsupported => ErrorCode::BadRequest,
             _ => ErrorCode::Io,
         };
         Self::new(code, format!("{path}: {}", reason(e)))
