@@ -74,10 +74,14 @@ fn read_account_file(root: &Path, name: &str) -> Result<String, UserError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(String::new()),
         Err(e) => return Err(read(e)),
     };
-    if !f.metadata().map_err(read)?.is_file() {
+    let meta = f.metadata().map_err(read)?;
+    if !meta.is_file() {
         return Err(UserError::NotAFile { file: file() });
     }
-    let mut bytes = Vec::new();
+    // Room for the whole file and the read that finds its end: two reads, where an
+    // empty buffer grown as it fills took five or six (each a trip to the kernel, under
+    // gVisor a costly one, and these files are read for every command).
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_ACCOUNT_FILE) as usize + 1);
     f.take(MAX_ACCOUNT_FILE + 1)
         .read_to_end(&mut bytes)
         .map_err(read)?;
