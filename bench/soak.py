@@ -23,7 +23,6 @@ import argparse
 import importlib.util
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +37,7 @@ def load(name):
     return mod
 
 
-api_mod, backends_mod = load("api"), load("backends")
+api_mod, backends_mod, ab_mod = load("api"), load("backends"), load("ab")
 Api, ms = api_mod.Api, api_mod.ms
 IDLE = ["sh", "-c", "while true; do sleep 1; done"]
 
@@ -108,12 +107,9 @@ def main():
     tmp = tempfile.mkdtemp(prefix="wsoak-")
     sock = os.path.join(tmp, "run", "warren.sock")
     data_dir = os.path.join(tmp, "data")
-    env = dict(os.environ, WARREN_RUN_DIR=os.path.join(tmp, "run"), WARREN_DATA_DIR=data_dir,
-               WARREN_LOG="off")
-    server = subprocess.Popen([a.warren, "serve", "--socket", sock], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A daemon as bench/ab.py starts one: its directories in `tmp`, its log off.
+    server, api = ab_mod.start(a.warren, tmp)
     try:
-        api = api_mod.connect(sock)
         offered = {b["name"]: b for b in api.call("GET", "/v1/backends")}
         for backend in a.backends.split(","):
             b = offered.get(backend)

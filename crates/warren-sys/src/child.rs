@@ -382,18 +382,23 @@ fn signals_to_reset() -> u64 {
     }
 }
 
+/// The kernel's number of signals; its sigaction calls take a set of this many bits.
+const KERNEL_NSIG: c_int = 64;
+
+/// Every signal whose action can be asked or set (all but SIGKILL and SIGSTOP).
+/// Allocates nothing: fit for the child.
+fn settable_signals() -> impl Iterator<Item = c_int> {
+    (1..=KERNEL_NSIG).filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
+}
+
 /// The signals this process ignores or catches (bit n-1 for signal n), asked of the
 /// kernel one signal at a time: the only ones a child must reset before exec, as every
 /// other is at its default already. (Not read from `/proc/self/status`: gVisor's has no
 /// signal lines, so every child there reset all 62, some 60 trips to gVisor's kernel per
 /// command.) `None` if the kernel refuses to say.
 fn disposed_signals() -> Option<u64> {
-    const NSIG: libc::c_int = 64;
     let mut mask = 0u64;
-    for sig in 1..=NSIG {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
+    for sig in settable_signals() {
         // The kernel's sigaction, whose handler comes first (on x86_64 and aarch64);
         // SIG_DFL is 0.
         let mut old = [0u64; 4];
@@ -405,7 +410,7 @@ fn disposed_signals() -> Option<u64> {
                 sig,
                 std::ptr::null::<c_void>(),
                 old.as_mut_ptr(),
-                (NSIG / 8) as libc::size_t,
+                (KERNEL_NSIG / 8) as libc::size_t,
             )
         };
         if rc != 0 {
@@ -720,12 +725,8 @@ fn reset_signals(which: u64) -> io::Result<()> {
     // for itself (32 and 33 in glibc): one ignored by the agent's parent would stay
     // ignored across exec. An all-zero kernel sigaction, whatever its layout, is
     // SIG_DFL with no flags and an empty mask.
-    const NSIG: libc::c_int = 64;
     let zero = [0u64; 4];
-    for sig in 1..=NSIG {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP || which & (1 << (sig - 1)) == 0 {
-            continue;
-        }
+    for sig in settable_signals().filter(|sig| which & (1 << (sig - 1)) != 0) {
         // SAFETY: `zero` is at least as large as the kernel's sigaction, all zero; the
         // old action is not requested; the set's size is the kernel's (64 signals).
         unsafe {
@@ -734,7 +735,7 @@ fn reset_signals(which: u64) -> io::Result<()> {
                 sig,
                 zero.as_ptr(),
                 std::ptr::null_mut::<c_void>(),
-                (NSIG / 8) as libc::size_t,
+                (KERNEL_NSIG / 8) as libc::size_t,
             )
         };
     }
