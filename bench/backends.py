@@ -13,8 +13,8 @@ and, for every backend `GET /v1/backends` says is available, interleaved round b
            after it settled, plus the RSS of its host processes outside the cgroup
 
 and, as the floor the gvisor backend adds to: `runsc do true`, and bare `runsc
-checkpoint` / `restore` of a minimal bundle (an idle shell; a python holding 100 MB, and 1 GB)
-round by round with Warren's pause (memory to disk) and resume of the same workloads, the image
+checkpoint` / `restore` of a minimal bundle (an idle shell; a python holding 100 MB, and 1 GB;
+each image written with runsc's default flate and uncompressed, as Warren writes it) round by round with Warren's pause (memory to disk) and resume of the same workloads, the image
 sizes, a fork of 10, and a template carrying each workload's memory (`snapshot` with
 `memory`) with sandboxes made from it, cold and (idle shell, 100 MB) claimed from a pool
 of one that restores them ahead. Prints median, p90, min, max and n, and the ratios.
@@ -122,9 +122,10 @@ class BareRunsc:
         self.flags = [runsc, f"--root={self.root}", "--platform=ptrace", "--network=none",
                       "--overlay2=root:memory"]
 
-    def round(self, name, args, settle, i):
-        """One container of workload `name` started, checkpointed `settle` s later and
-        restored: (checkpoint ms, restore ms, image MiB)."""
+    def round(self, name, args, settle, i, compression=None):
+        """One container of workload `name` started, checkpointed `settle` s later (with
+        `--compression=COMPRESSION`, else runsc's default, flate) and restored:
+        (checkpoint ms, restore ms, image MiB)."""
         cfg = {
             "ociVersion": "1.0.2",
             "process": {"user": {"uid": 0, "gid": 0}, "args": args, "cwd": "/",
@@ -148,7 +149,8 @@ class BareRunsc:
             run("run", "--bundle", self.bundle, "-detach", cid)
             time.sleep(settle)
             t0 = time.perf_counter()
-            run("checkpoint", f"--image-path={img}", cid)
+            run("checkpoint", f"--image-path={img}",
+                *([f"--compression={compression}"] if compression else []), cid)
             t_ck = ms(t0)
             run("delete", "-force", cid)
             t0 = time.perf_counter()
@@ -202,12 +204,16 @@ def warren_pause(api, sock, runs, data_dir, bare):
                     out.setdefault(f"warren pause (to disk), {name}", []).append(t_p)
                     out.setdefault(f"warren resume, {name}", []).append(t_r)
                     out.setdefault(f"warren image, {name}", []).append(img)
-                if bare:
-                    t_ck, t_rs, b_img = bare.round(name, cmd, settle, i)
+                # Bare runsc as its users run it (flate), and writing its image as Warren
+                # does by default (uncompressed): Warren's own cost over the same work.
+                for compression, how in ((None, ""), ("none", " uncompressed")):
+                    if not bare:
+                        break
+                    t_ck, t_rs, b_img = bare.round(name, cmd, settle, i, compression)
                     if i >= 1:
-                        out.setdefault(f"bare runsc checkpoint, {name}", []).append(t_ck)
-                        out.setdefault(f"bare runsc restore, {name}", []).append(t_rs)
-                        out.setdefault(f"bare runsc image, {name}", []).append(b_img)
+                        out.setdefault(f"bare runsc checkpoint{how}, {name}", []).append(t_ck)
+                        out.setdefault(f"bare runsc restore{how}, {name}", []).append(t_rs)
+                        out.setdefault(f"bare runsc image{how}, {name}", []).append(b_img)
             if "idle" in name:
                 t0 = time.perf_counter()
                 copies = api.call("POST", f"/v1/sandboxes/{sid}/fork", {"count": 10})
@@ -366,7 +372,9 @@ def main():
         print(f"gvisor backend / runsc do true (medians): {ratio:.2f}x")
     for w, _, _, _ in WORKLOADS:
         for ours, bare in (("warren pause (to disk)", "bare runsc checkpoint"),
-                           ("warren resume", "bare runsc restore")):
+                           ("warren resume", "bare runsc restore"),
+                           ("warren pause (to disk)", "bare runsc checkpoint uncompressed"),
+                           ("warren resume", "bare runsc restore uncompressed")):
             x, y = results.get(f"{ours}, {w}"), results.get(f"{bare}, {w}")
             if x and y:
                 print(f"{ours} / {bare}, {w}: "

@@ -79,6 +79,33 @@ pub struct GvisorConfig {
     /// A directory for runsc's debug logs (`--debug-log`), when diagnosing it.
     #[serde(default)]
     pub debug_log: Option<PathBuf>,
+    /// How a pause, snapshot or fork with memory writes its image [default: none].
+    #[serde(default)]
+    pub image_compression: ImageCompression,
+}
+
+/// How `runsc checkpoint` writes a memory image (its `--compression`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageCompression {
+    /// Pages as they are: a pause and a resume spend no time compressing (an idle
+    /// shell's pause 56 -> 47 ms, a process holding 100 MB 266 -> 84 ms, its resume
+    /// 272 -> 214 ms, against runsc's default here), for a larger image on disk (0.12 ->
+    /// 0.81 MiB for the idle shell; memory that compresses well, such as text, grows most).
+    #[default]
+    None,
+    /// flate at its fastest level (runsc's own default): a smaller image, made and read
+    /// more slowly. For hosts short of disk rather than time.
+    Flate,
+}
+
+impl ImageCompression {
+    fn flag(self) -> &'static str {
+        match self {
+            Self::None => "--compression=none",
+            Self::Flate => "--compression=flate-best-speed",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +116,7 @@ pub struct GvisorBackend {
     runsc: std::result::Result<PathBuf, String>,
     platform: String,
     debug_log: Option<PathBuf>,
+    compression: Compression,
     /// Teardowns still finishing after their sandbox's end was answered (see
     /// [`GvisorSandbox::end`]).
     teardowns: Teardowns,
@@ -132,8 +160,34 @@ struct Runsc {
     root: PathBuf,
     platform: String,
     debug_log: Option<PathBuf>,
+    compression: Compression,
     /// For a container on `nat`: every command must name the network it was made with.
     nat: bool,
+}
+
+/// The image compression asked for, and whether this runsc takes `--compression` (asked
+/// of `runsc help checkpoint` at the first checkpoint, once per daemon): one that does
+/// not writes its default, flate.
+#[derive(Debug, Clone, Default)]
+struct Compression {
+    wanted: ImageCompression,
+    supported: std::sync::Arc<std::sync::OnceLock<bool>>,
+}
+
+impl Compression {
+    /// `runsc checkpoint`'s flag for it, if `bin` takes one.
+    fn flag(&self, bin: &Path) -> Option<&'static str> {
+        let supported = *self.supported.get_or_init(|| {
+            std::process::Command::new(bin)
+                .args(["help", "checkpoint"])
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).contains("-compression"))
+                .unwrap_or(false)
+        });
+        supported.then(|| self.wanted.flag())
+    }
 }
 
 impl Runsc {
@@ -323,6 +377,7 @@ impl GvisorBackend {
             runsc: None,
             platform: None,
             debug_log: None,
+            image_compression: ImageCompression::default(),
         });
         let runsc = config
             .runsc
@@ -341,6 +396,10 @@ impl GvisorBackend {
             runsc,
             platform: config.platform.unwrap_or_else(|| "ptrace".into()),
             debug_log: config.debug_log,
+            compression: Compression {
+                wanted: config.image_compression,
+                supported: Default::default(),
+            },
             teardowns: Teardowns::default(),
         })
     }
@@ -355,6 +414,7 @@ impl GvisorBackend {
             root: self.paths.run.join("runsc"),
             platform: self.platform.clone(),
             debug_log: self.debug_log.clone(),
+            compression: self.compression.clone(),
             nat: false,
         })
     }
@@ -912,6 +972,7 @@ impl GvisorSandbox {
             image_flag.as_str(),
             "--exclude-committed-zero-pages",
         ];
+        args.extend(self.runsc.compression.flag(&self.runsc.bin));
         if leave_running {
             args.push("--leave-running");
         }
@@ -1464,6 +1525,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn memory_images_are_uncompressed_unless_configured_and_runsc_takes_the_flag() {
+        let parse = |v: serde_json::Value| serde_json::from_value::<GvisorConfig>(v);
+        let default = parse(serde_json::json!({})).unwrap();
+        assert_eq!(default.image_compression, ImageCompression::None);
+        let flate = parse(serde_json::json!({"image_compression": "flate"})).unwrap();
+        assert_eq!(flate.image_compression, ImageCompression::Flate);
+        assert!(parse(serde_json::json!({"image_compression": "zstd"})).is_err());
+
+        // A runsc whose `help checkpoint` lists the flag is given it; one that does not
+        // is given none (it writes its default), and is asked once.
+        let dir = tempfile::tempdir().unwrap();
+        let fake = |name: &str, help: &str| {
+            let bin = dir.path().join(name);
+            let script = format!(
+                "#!/bin/sh\necho asked >> {}.asked\nprintf '%s\\n' '{help}'\n",
+                bin.display()
+            );
+            std::fs::write(&bin, script).unwrap();
+            std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+            bin
+        };
+        let new = fake("new", "  -compression value");
+        let old = fake("old", "  -image-path string");
+        for (wanted, flag) in [
+            (ImageCompression::None, "--compression=none"),
+            (ImageCompression::Flate, "--compression=flate-best-speed"),
+        ] {
+            let c = Compression {
+                wanted,
+                supported: Default::default(),
+            };
+            assert_eq!(c.flag(&new), Some(flag));
+            let c = Compression {
+                wanted,
+                supported: Default::default(),
+            };
+            assert_eq!(c.flag(&old), None);
+            assert_eq!(c.flag(&old), None);
+        }
+        let asked = |bin: &Path| {
+            std::fs::read_to_string(format!("{}.asked", bin.display()))
+                .unwrap()
+                .lines()
+                .count()
+        };
+        assert_eq!(
+            (asked(&new), asked(&old)),
+            (2, 2),
+            "once per daemon's runsc"
+        );
+    }
+
+    #[test]
     fn a_resume_reads_back_the_limits_its_start_made_the_cgroup_with() {
         let dir = tempfile::tempdir().unwrap();
         let template = template::Template {
@@ -1509,6 +1624,7 @@ mod tests {
             root,
             platform: "ptrace".into(),
             debug_log: None,
+            compression: Compression::default(),
             nat: false,
         }
     }

@@ -1267,7 +1267,8 @@ fn a_paused_gvisor_sandbox_keeps_its_processes_on_disk_and_holds_no_memory() {
 /// Every command a sandbox ran used to leave its /proc directory in gVisor's kernel
 /// (the agent's child listed /proc/self/fd and wrote its OOM score there), saved by
 /// every checkpoint after: 420 commands made an idle shell's pause 1.9 s instead of
-/// 0.08, and its image 1.6 MiB instead of 0.3.
+/// 0.08, and its image 1.6 MiB instead of 0.3. Measured on the kernel's state
+/// (`checkpoint.img`), not its memory (`pages.img`), which the agent's heap moves.
 #[test]
 fn a_gvisor_pause_does_not_grow_with_the_commands_the_sandbox_ran() {
     let Some((_t, _spaces, d)) =
@@ -1276,68 +1277,28 @@ fn a_gvisor_pause_does_not_grow_with_the_commands_the_sandbox_ran() {
         return;
     };
     let id = d.create(&["--isolation", "gvisor"]);
-    let image = d.data_dir().join(format!("sandboxes/{id}/image"));
+    let state = d
+        .data_dir()
+        .join(format!("sandboxes/{id}/image/checkpoint.img"));
     d.ok(&["pause", &id]);
-    let before = walk_size(&image);
+    let before = walk_size(&state);
     d.ok(&["resume", &id]);
     for _ in 0..60 {
         assert_eq!(d.exec(&id, "true").0, 0);
     }
     d.ok(&["pause", &id]);
-    let after = walk_size(&image);
+    let after = walk_size(&state);
     eprintln!(
-        "GVISOR image before 60 commands {} KiB, after {} KiB",
+        "GVISOR kernel state before 60 commands {} KiB, after {} KiB",
         before >> 10,
         after >> 10
     );
-    // Some 3 KiB a command when each left its /proc behind; the rest of a checkpoint
-    // moves by a few KiB from one save to the next.
+    assert!(before > 0, "no kernel state at {}", state.display());
     assert!(
         after < before + (32 << 10),
-        "the image grew from {before} to {after} bytes over 60 commands"
+        "the kernel's state grew from {before} to {after} bytes over 60 commands"
     );
     d.ok(&["rm", &id]);
-    d.finish();
-}
-
-#[test]
-fn a_gvisor_fork_bomb_stops_its_sandbox_and_not_the_hosts_pids() {
-    let Some((_t, _spaces, d)) =
-        gvisor_test("a_gvisor_fork_bomb_stops_its_sandbox_and_not_the_hosts_pids")
-    else {
-        return;
-    };
-    let id = d.create(&["--isolation", "gvisor", "--memory", "512M", "--pids", "32"]);
-    let cgroups = warren_runtime::bundle::cgroups_everywhere(&format!("warren-{id}"));
-    let pids = cgroups
-        .into_iter()
-        .map(|(_, p)| p)
-        .find(|p| p.join("pids.max").exists())
-        .expect("the sandbox has a pids cgroup on the host");
-    let max: u64 = std::fs::read_to_string(pids.join("pids.max"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(max < 1024, "the host cap for --pids 32 is {max} tasks");
-    // Each process inside costs gVisor several host tasks: unchecked, this would use up
-    // the host's pids in seconds.
-    d.ok(&["exec", "-d", &id, "--", "bash", "-c", "f() { f | f & }; f"]);
-    assert!(
-        eventually(60, || d.info(&id)["state"] != "running"),
-        "the fork bomb is still running"
-    );
-    assert!(
-        eventually(15, || d.ok(&["events", &id]).contains("too many tasks")),
-        "the stop is not told as the task limit: {}",
-        d.ok(&["events", &id])
-    );
-    d.ok(&["rm", &id]);
-    // Removed with the rest of its runtime's state, which may follow the answer.
-    assert!(
-        eventually(10, || !pids.exists()),
-        "its pids cgroup outlived it"
-    );
     d.finish();
 }
 
