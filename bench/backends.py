@@ -364,7 +364,7 @@ def main():
 
     print(f"{'scenario':<34} {'median':>9} {'p90':>9} {'min':>9} {'max':>9} {'n':>5}")
     for k, xs in results.items():
-        print(row(k, xs, "MiB" if ("idle memory" in k or "image," in k) else "ms"))
+        print(row(k, xs, "MiB" if ("idle memory" in k or " image" in k) else "ms"))
     g = results.get("gvisor: create+exec+remove")
     floor = results.get("runsc do true")
     if g and floor:

@@ -32,6 +32,9 @@ pub(crate) const SOCKET_DIR: &str = "/.warren/run";
 pub(crate) const AGENT_BIN: &str = "/.warren/warren";
 /// Where the agent's dynamic loader and libraries are inside the sandbox.
 pub(crate) const AGENT_LIB: &str = "/.warren/lib";
+/// The argument that makes the binary `warren __oci` ([`oci_main`]): an OCI sandbox's
+/// keeper, which holds its namespaces and reaps its runtime.
+pub const OCI_ARG: &str = "__oci";
 /// Soft limit on open files inside: where a process without close_range (gVisor has
 /// none) stops scanning descriptors before an exec.
 pub(crate) const NOFILE_SOFT: u64 = 1024;
@@ -660,7 +663,7 @@ fn start_oci(exe: &Path, launch: &OciLaunch, log_path: &Path) -> Result<std::pro
             .into()
     };
     let mut child = std::process::Command::new(exe)
-        .arg("__oci")
+        .arg(OCI_ARG)
         .stdin(Stdio::piped())
         .stdout(stdout)
         .stderr(log)

@@ -114,9 +114,9 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
         if !name.starts_with(LINK_PREFIX) {
             continue;
         }
-        // Its helper, named in its alias, is alive: a sandbox of some Warren of this host
-        // (any run directory) still uses it.
-        if link_helper(&name).is_some_and(is_warren) {
+        // Its helper (a gvisor sandbox's Sentry), named in its alias, is alive: a sandbox
+        // of some Warren of this host (any run directory) still uses it.
+        if link_helper(&name).is_some_and(|p| is_warren(p) || is_runsc(p)) {
             continue;
         }
         let owner = fs::read_dir(&runs)
@@ -153,8 +153,9 @@ fn parent_of(pid: i32) -> Option<i32> {
 }
 
 /// Whether `pid` is a live process of some Warren of this host: one whose second argument
-/// is a helper's or a zygote's (whatever its binary is called: an operator may run a copy
-/// named otherwise, and its live sandboxes are not leftovers), or whose name is `warren`.
+/// is a helper's, a zygote's or an OCI sandbox's keeper's (whatever its binary is called:
+/// an operator may run a copy named otherwise, and its live sandboxes are not leftovers),
+/// or whose name is `warren`.
 fn is_warren(pid: i32) -> bool {
     let state_ok = fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
@@ -168,7 +169,14 @@ fn is_warren(pid: i32) -> bool {
     }
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let role = cmdline.split(|b| *b == 0).nth(1);
-    role.is_some_and(|a| a == crate::helper::ARG.as_bytes() || a == crate::zygote::ARG.as_bytes())
+    // Known by its role (a helper, the zygote, an OCI sandbox's keeper), whatever the
+    // binary is named; else by the name of the binary.
+    let roles = [
+        crate::helper::ARG,
+        crate::zygote::ARG,
+        crate::bundle::OCI_ARG,
+    ];
+    role.is_some_and(|a| roles.iter().any(|r| a == r.as_bytes()))
         || fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "warren")
 }
 
@@ -183,9 +191,13 @@ fn owned_by_live_helper(pids: &[i32]) -> bool {
 }
 
 /// A gvisor sandbox's own processes (its Sentry, its Gofer): a live sandbox of some
-/// Warren of this host, whichever run directory it has.
+/// Warren of this host, whichever run directory it has. Known by their name or their
+/// first argument: the Sentry re-executes runsc (`/proc/self/exe`, so its name is `exe`)
+/// as `runsc-sandbox`.
 fn is_runsc(pid: i32) -> bool {
+    let argv0 = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("runsc"))
+        || argv0.starts_with(b"runsc")
 }
 
 /// Helpers (`warren __init`) whose run directory is gone.

@@ -672,11 +672,13 @@ impl GvisorBackend {
             }
             let (run_dir, id) = (self.paths.run.clone(), sb.id.clone());
             let lease = tokio::task::spawn_blocking(move || {
+                // The link's alias names the Sentry, which lives exactly as long as
+                // the sandbox (a `nat` sandbox pauses in place, never restored anew).
                 crate::network::setup_nat(
                     &run_dir,
                     &id,
                     nix::unistd::Pid::from_raw(pid),
-                    std::process::id(),
+                    pid.unsigned_abs(),
                 )
             })
             .await

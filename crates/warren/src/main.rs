@@ -97,7 +97,10 @@ fn main() -> ExitCode {
     {
         warren_runtime::zygote::main();
     }
-    if std::env::args_os().nth(1).is_some_and(|a| a == "__oci") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == warren_runtime::bundle::OCI_ARG)
+    {
         warren_runtime::bundle::oci_main();
     }
     if std::env::args_os()
