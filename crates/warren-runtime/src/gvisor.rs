@@ -1541,12 +1541,26 @@ mod tests {
         let fake = |name: &str, help: &str| {
             let bin = dir.path().join(name);
             let script = format!(
-                "#!/bin/sh\necho asked >> {}.asked\nprintf '%s\\n' '{help}'\n",
+                "#!/bin/sh\n[ \"$1\" = ready ] && exit 0\necho asked >> {}.asked\n\
+                 printf '%s\\n' '{help}'\n",
                 bin.display()
             );
             std::fs::write(&bin, script).unwrap();
             std::fs::set_permissions(&bin, std::os::unix::fs::PermissionsExt::from_mode(0o755))
                 .unwrap();
+            // A file just written may be held open for writing by a child another test
+            // forked meanwhile (ETXTBSY) until that child's exec: run once it can be.
+            for _ in 0..100 {
+                match std::process::Command::new(&bin).arg("ready").status() {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(10))
+                    }
+                    r => {
+                        assert!(r.unwrap().success());
+                        break;
+                    }
+                }
+            }
             bin
         };
         let new = fake("new", "  -compression value");
