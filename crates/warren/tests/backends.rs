@@ -1713,6 +1713,50 @@ fn a_pool_of_a_template_with_memory_holds_sandboxes_restored_ahead() {
     d.finish();
 }
 
+/// A memory image is written as the daemon is told: uncompressed by default, flate with
+/// `[backends.gvisor] image_compression = "flate"` (runsc records which in the image's
+/// header), and a sandbox resumes from either with its processes.
+#[test]
+fn a_memory_image_is_compressed_as_configured_and_resumes_either_way() {
+    let test = "a_memory_image_is_compressed_as_configured_and_resumes_either_way";
+    let Some((_t, spaces, d)) = gvisor_test(test) else {
+        return;
+    };
+    let round = |d: &Daemon, expect: &str| {
+        let id = d.create(&["--isolation", "gvisor", "--no-home"]);
+        let (code, pid) = d.exec(&id, "sleep 1000 > /dev/null 2>&1 & echo $!");
+        assert_eq!(code, 0);
+        let pid = pid.trim().to_string();
+        d.ok(&["pause", &id]);
+        let state = d
+            .data_dir()
+            .join(format!("sandboxes/{id}/image/checkpoint.img"));
+        let mut head = vec![0u8; 4096];
+        let n = std::io::Read::read(&mut std::fs::File::open(&state).unwrap(), &mut head).unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        assert!(
+            head.contains(&format!("\"compression\":\"{expect}\"")),
+            "the image's header does not say {expect}: {head:.300}"
+        );
+        d.ok(&["resume", &id]);
+        let (code, out) = d.exec(&id, &format!("kill -0 {pid} 2>&1 && echo alive"));
+        assert_eq!(
+            (code, out.trim()),
+            (0, "alive"),
+            "its process after the resume"
+        );
+        d.ok(&["rm", &id]);
+    };
+    round(&d, "none");
+    d.finish();
+    let d = daemon(
+        &spaces.0,
+        "[backends.gvisor]\nimage_compression = \"flate\"\n",
+    );
+    round(&d, "flate-best-speed");
+    d.finish();
+}
+
 #[test]
 fn a_damaged_memory_image_is_refused_whole_and_the_sandbox_stays_paused() {
     let Some((_t, _spaces, d)) =
