@@ -206,9 +206,7 @@ def warren_pause(api, sock, runs, data_dir, bare):
                     out.setdefault(f"warren image, {name}", []).append(img)
                 # Bare runsc as its users run it (flate), and writing its image as Warren
                 # does by default (uncompressed): Warren's own cost over the same work.
-                for compression, how in ((None, ""), ("none", " uncompressed")):
-                    if not bare:
-                        break
+                for compression, how in ((None, ""), ("none", " uncompressed")) if bare else ():
                     t_ck, t_rs, b_img = bare.round(name, cmd, settle, i, compression)
                     if i >= 1:
                         out.setdefault(f"bare runsc checkpoint{how}, {name}", []).append(t_ck)

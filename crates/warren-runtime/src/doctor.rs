@@ -195,9 +195,8 @@ fn owned_by_live_helper(pids: &[i32]) -> bool {
 /// first argument: the Sentry re-executes runsc (`/proc/self/exe`, so its name is `exe`)
 /// as `runsc-sandbox`.
 fn is_runsc(pid: i32) -> bool {
-    let argv0 = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.starts_with("runsc"))
-        || argv0.starts_with(b"runsc")
+        || fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|a| a.starts_with(b"runsc"))
 }
 
 /// Helpers (`warren __init`) whose run directory is gone.
