@@ -12,7 +12,9 @@
 //!    mount, pid, uts, ipc and network namespaces, writes its id maps, puts it in the
 //!    cgroup, and lets it go on;
 //! 4. the child mounts /proc, /sys and /dev/pts, masks what the OCI default masks,
-//!    pivots into the new root and becomes the agent (PID 1);
+//!    enters the new root and becomes the agent (PID 1): a helper the zygote forked
+//!    clones it in a copy of the zygote's shell namespace (see [`crate::shell`]), where
+//!    it moves the root onto the namespace's own and `chroot`s; otherwise it pivots;
 //! 5. the helper reports `ready`, then stays as the sandbox's monitor: it forwards
 //!    published ports and, when asked to stop (SIGTERM) or when PID 1 dies, kills what is
 //!    left, removes the cgroup and the sandbox's directories, and exits.
@@ -127,9 +129,9 @@ const READONLY: [&str; 6] = [
 /// line, by which `warren doctor` knows it whatever the binary is called).
 pub const ARG: &str = "__init";
 
-/// Entry point of `warren __init`: the configuration on stdin, the status on stdout.
-/// Never returns.
-pub fn main() -> ! {
+/// Entry point of `warren __init`: the configuration on stdin, the status on stdout;
+/// `shell` is the zygote's (see [`crate::shell`]), for a helper it forked. Never returns.
+pub fn main(shell: Option<OwnedFd>) -> ! {
     let mut input = Vec::new();
     let config = std::io::stdin()
         .read_to_end(&mut input)
@@ -149,7 +151,7 @@ pub fn main() -> ! {
                 .prepared_disk
                 .then(|| warren_sys::fd::take_inherited(PREPARED_DISK_FD).ok())
                 .flatten();
-            run(&c, status, stopped, disk)
+            run(&c, status, stopped, disk, shell)
         }
         Err(e) => report_and_exit(
             status,
@@ -164,12 +166,14 @@ pub fn main() -> ! {
 /// Builds the sandbox of `config`, writes one status line to `status`, then watches the
 /// sandbox until it ends, writing a byte to `stopped` (if given) once its processes are
 /// gone and before the rest of the teardown. `disk` is the mount of a disk made ahead
-/// (see [`HelperConfig::prepared_disk`]). Never returns.
+/// (see [`HelperConfig::prepared_disk`]); `shell`, when given, the namespace the sandbox
+/// is built in a copy of (see [`crate::shell`]). Never returns.
 pub fn run(
     config: &HelperConfig,
     mut status: fs::File,
     stopped: Option<OwnedFd>,
     disk: Option<OwnedFd>,
+    shell: Option<OwnedFd>,
 ) -> ! {
     crate::trace::mark("helper: configuration read");
     // Nothing its caller left open may reach the sandbox (see warren_sys::fd).
@@ -177,6 +181,7 @@ pub fn run(
         status.as_raw_fd(),
         stopped.as_ref().map_or(-1, |f| f.as_raw_fd()),
         disk.as_ref().map_or(-1, |f| f.as_raw_fd()),
+        shell.as_ref().map_or(-1, |f| f.as_raw_fd()),
     ];
     if let Err(e) = warren_sys::fd::close_all_except(&keep) {
         report_and_exit(
@@ -187,7 +192,7 @@ pub fn run(
             },
         );
     }
-    let mut monitor = match Sandbox::build(config, disk.map(DetachedMount::from)) {
+    let mut monitor = match Sandbox::build(config, disk.map(DetachedMount::from), shell) {
         Ok(m) => m,
         Err(e) => report_and_exit(
             status,
@@ -424,7 +429,11 @@ fn fail(what: &str) -> impl FnOnce(std::io::Error) -> SetupError + '_ {
 }
 
 impl Sandbox {
-    fn build(config: &HelperConfig, disk: Option<DetachedMount>) -> Setup<Self> {
+    fn build(
+        config: &HelperConfig,
+        disk: Option<DetachedMount>,
+        shell: Option<OwnedFd>,
+    ) -> Setup<Self> {
         let spec = &config.spec;
         if let Some(parent) = config.die_with_parent {
             ns::set_parent_death_signal(Signal::SIGTERM).map_err(fail("set death signal"))?;
@@ -526,7 +535,7 @@ impl Sandbox {
         drop(storage);
         // The child works from this descriptor: as the sandbox's namespace owner it may
         // not walk the host's directories that lead to the root.
-        let root_fd: OwnedFd = fs::File::open(&root).map_err(fail("open the root"))?.into();
+        let mut root_fd: OwnedFd = fs::File::open(&root).map_err(fail("open the root"))?.into();
         crate::trace::mark("helper: root populated");
 
         let socket = run.join("agent.sock");
@@ -546,9 +555,22 @@ impl Sandbox {
         let mut join = cgroup.open_for_self().map_err(|e| e.to_string())?;
         let (go_r, go_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         let (st_r, st_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-        match ns::clone_process_owned_by(ns::sandbox_flags(), ids.owner)
-            .map_err(fail("clone the sandbox"))?
-        {
+        // From here to the clone this helper stands in its copy of the shell, with the
+        // root tree placed there; the namespace to come back to right after.
+        let back = match &shell {
+            Some(shell) => {
+                let (fd, back) = enter_shell(shell, &root)?;
+                root_fd = fd;
+                Some(back)
+            }
+            None => None,
+        };
+        let cloned = ns::clone_process_owned_by(ns::sandbox_flags(), ids.owner);
+        if let (Ok(Forked::Parent(_)) | Err(_), Some(back)) = (&cloned, &back) {
+            ns::setns(back, ns::CloneFlags::CLONE_NEWNS)
+                .map_err(fail("return from the shell namespace"))?;
+        }
+        match cloned.map_err(fail("clone the sandbox"))? {
             Forked::Child => {
                 drop(go_w);
                 drop(st_r);
@@ -564,6 +586,7 @@ impl Sandbox {
                     user: template.meta.user.as_deref().map(template::agent_user),
                     workdir: template.meta.workdir.as_ref().map(PathBuf::from),
                     allow_setuid: template.meta.setuid,
+                    in_shell: back.is_some(),
                 });
                 // Only reached on failure; the status pipe carried the reason.
                 let _ = err;
@@ -1268,6 +1291,30 @@ struct ChildArgs<'a> {
     user: Option<warren_types::proto::User>,
     workdir: Option<PathBuf>,
     allow_setuid: bool,
+    /// `root` is placed in a copy of the shell (see [`crate::shell`]): the child moves it
+    /// onto the namespace's root instead of pivoting.
+    in_shell: bool,
+}
+
+/// Places a copy of the root tree at `root` (this namespace's) in a copy of `shell` and
+/// stays there: the tree's descriptor and this namespace's, to come back to once the
+/// sandbox's first process is cloned. On failure the caller is where it was.
+fn enter_shell(shell: &OwnedFd, root: &Path) -> Setup<(OwnedFd, OwnedFd)> {
+    let here =
+        ns::open_ns(nix::unistd::getpid(), "mnt").map_err(fail("open the mount namespace"))?;
+    let tree = warren_sys::mount::clone_tree(root, true).map_err(fail("copy the root tree"))?;
+    let top = tree
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(fail("hold the root tree"))?;
+    ns::setns(shell, ns::CloneFlags::CLONE_NEWNS).map_err(fail("enter the shell namespace"))?;
+    let placed = ns::unshare(ns::CloneFlags::CLONE_NEWNS)
+        .and_then(|()| tree.attach(Path::new(crate::shell::ROOT)));
+    if let Err(e) = placed {
+        let _ = ns::setns(&here, ns::CloneFlags::CLONE_NEWNS);
+        return Err(fail("place the root in the shell namespace")(e));
+    }
+    Ok((top, here))
 }
 
 /// What the sandbox's first process writes on the status pipe once it is set up.
@@ -1277,7 +1324,13 @@ const READY: &str = "ready";
 /// after writing the reason to the status pipe.
 fn child_main(args: ChildArgs<'_>) -> String {
     let mut status = fs::File::from(args.status);
-    let r = child_setup(&args.go, &args.root, args.hostname, args.join);
+    let r = child_setup(
+        &args.go,
+        &args.root,
+        args.hostname,
+        args.join,
+        args.in_shell,
+    );
     drop(args.go);
     drop(args.root);
     if let Err(e) = r {
@@ -1328,6 +1381,7 @@ fn child_setup(
     root: &OwnedFd,
     hostname: &str,
     join: Option<warren_sys::cgroup::SelfJoin>,
+    in_shell: bool,
 ) -> Setup<()> {
     let mut b = [0u8; 1];
     match nix::unistd::read(go.as_raw_fd(), &mut b) {
@@ -1350,9 +1404,9 @@ fn child_setup(
     // its own mount namespace, made then, follows its working directory to the copy.
     nix::unistd::fchdir(root.as_raw_fd()).map_err(|e| format!("enter the root: {e}"))?;
     ns::unshare(ns::CloneFlags::CLONE_NEWNS).map_err(fail("new mount namespace"))?;
-    // Mounts copied from the helper's namespace are locked here, and pivot_root refuses a
-    // locked new root: a copy of the root tree, made and placed in this namespace, is
-    // not.
+    // Mounts copied from the helper's namespace are locked here, and pivot_root (or a
+    // move) refuses a locked new root: a copy of the root tree, made and placed in this
+    // namespace, is not.
     let here = Path::new(".");
     let tree = warren_sys::mount::clone_tree(here, true).map_err(fail("copy the root"))?;
     let top = tree
@@ -1419,7 +1473,11 @@ fn child_setup(
     )
     .map_err(fail("mount /dev/pts"))?;
     crate::trace::mark("child: /proc masked");
-    ns::pivot_root(root).map_err(fail("pivot into the sandbox root"))?;
+    if in_shell {
+        ns::move_root_here().map_err(fail("enter the sandbox root"))?;
+    } else {
+        ns::pivot_root(root).map_err(fail("pivot into the sandbox root"))?;
+    }
     crate::trace::mark("child: pivoted");
     // A clone keeps the host ids it had (host root); now become root *of the namespace*,
     // which the maps tie to an unprivileged host uid. Not earlier: the mounts above name

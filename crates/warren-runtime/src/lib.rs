@@ -24,6 +24,7 @@ pub mod prepared;
 pub mod process;
 pub mod runc;
 pub mod rundir;
+pub mod shell;
 pub mod template;
 pub mod trace;
 pub mod tree;

@@ -154,7 +154,7 @@ impl NamespaceBackend {
             warren_sys::ns::Forked::Child => {
                 drop(r);
                 drop(stopped_r);
-                crate::helper::run(&config, std::fs::File::from(w), Some(stopped_w), None)
+                crate::helper::run(&config, std::fs::File::from(w), Some(stopped_w), None, None)
             }
             warren_sys::ns::Forked::Parent(pid) => {
                 drop(w);

@@ -113,6 +113,12 @@ impl Drop for Zygote {
 pub fn main() -> ! {
     let stdin = std::io::stdin();
     let sock = stdin.as_fd();
+    // The namespace every helper builds its sandbox in a copy of (see crate::shell), made
+    // once by a thread that is gone before the first fork. Without it, each sandbox's
+    // first process pivots out of a copy of the host's namespace.
+    let shell = crate::shell::make()
+        .map_err(|e| eprintln!("warren: no shell namespace for sandboxes ({e}): they pivot_root"))
+        .ok();
     let mut chld = SigSet::empty();
     chld.add(Signal::SIGCHLD);
     let exited = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&chld), None)
@@ -149,7 +155,7 @@ pub fn main() -> ! {
                 let mut fds = fds.into_iter();
                 match (fds.next(), fds.next(), fds.next(), fds.next()) {
                     (Some(config), Some(status), disk, None) => {
-                        fork_one(config, status, disk, &chld)
+                        fork_one(config, status, disk, &chld, shell.as_ref())
                     }
                     _ => -1,
                 }
@@ -165,11 +171,22 @@ pub fn main() -> ! {
     }
 }
 
-/// Forks a helper on `config` and `status` (and `disk`, see [`Zygote::fork_helper`]); its
-/// pid, or -1.
-fn fork_one(config: OwnedFd, status: OwnedFd, disk: Option<OwnedFd>, chld: &SigSet) -> i32 {
+/// Forks a helper on `config` and `status` (and `disk`, see [`Zygote::fork_helper`]),
+/// which builds its sandbox from a copy of `shell`; its pid, or -1.
+fn fork_one(
+    config: OwnedFd,
+    status: OwnedFd,
+    disk: Option<OwnedFd>,
+    chld: &SigSet,
+    shell: Option<&OwnedFd>,
+) -> i32 {
     match warren_sys::ns::fork_process() {
         Ok(warren_sys::ns::Forked::Child) => {
+            // Its copy first, numbered above the descriptors placed below (the zygote's
+            // own may be one of those numbers).
+            let shell = shell.and_then(|s| {
+                warren_sys::fd::dup_at_least(s.as_fd(), crate::helper::PREPARED_DISK_FD + 1).ok()
+            });
             // A helper starts with the signal mask a helper started afresh has (it blocks
             // what it waits for itself); the signalfd goes with the inherited descriptors.
             if nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(chld), None).is_err() {
@@ -196,7 +213,7 @@ fn fork_one(config: OwnedFd, status: OwnedFd, disk: Option<OwnedFd>, chld: &SigS
             }
             let exe = std::env::args().next().unwrap_or_default();
             let _ = warren_sys::proctitle::set(&format!("{exe}\0{}", crate::helper::ARG));
-            crate::helper::main()
+            crate::helper::main(shell)
         }
         Ok(warren_sys::ns::Forked::Parent(pid)) => pid.as_raw(),
         Err(_) => -1,

@@ -282,6 +282,16 @@ pub fn recv_fds(sock: std::os::fd::BorrowedFd) -> io::Result<Option<Vec<std::os:
 /// Most descriptors [`recv_fds`] takes from one message.
 pub const MAX_RECEIVED: usize = 4;
 
+/// A close-on-exec copy of `fd` numbered `min` or above: out of the way of descriptors
+/// about to be placed at fixed numbers below `min`.
+pub fn dup_at_least(fd: std::os::fd::BorrowedFd, min: RawFd) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let raw = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(min))
+        .map_err(io::Error::from)?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) })
+}
+
 /// Takes the descriptor a parent placed at `fd` for this process before it started
 /// (once, at start: nothing else in the process may own that number), moved above the
 /// standard three and close-on-exec.

@@ -264,6 +264,23 @@ pub fn pivot_root(new_root: &Path) -> io::Result<()> {
     std::env::set_current_dir("/")
 }
 
+/// Makes the mount whose root is the current directory the caller's root, as
+/// [`pivot_root`] does, without the kernel's visit of every thread on the host that
+/// `pivot_root` pays: the mount is moved onto the namespace's root and the caller
+/// `chroot`s into it. What was the namespace's root stays below it, reachable by a
+/// process that may `chroot` again and climbs out: so the namespace must be one whose
+/// root holds nothing (warren-runtime's shell).
+pub fn move_root_here() -> io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    let step = |what: &'static str| {
+        move |e: nix::Error| io::Error::new(io::Error::from(e).kind(), format!("{what}: {e}"))
+    };
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(step("move the root onto /"))?;
+    nix::unistd::chroot(".").map_err(step("chroot"))?;
+    std::env::set_current_dir("/")
+}
+
 /// Asks the kernel to send `sig` when the parent thread exits.
 pub fn set_parent_death_signal(sig: nix::sys::signal::Signal) -> io::Result<()> {
     nix::sys::prctl::set_pdeathsig(sig).map_err(io::Error::from)

@@ -89,7 +89,7 @@ fn main() -> ExitCode {
         .nth(1)
         .is_some_and(|a| a == warren_runtime::helper::ARG)
     {
-        warren_runtime::helper::main();
+        warren_runtime::helper::main(None);
     }
     if std::env::args_os()
         .nth(1)

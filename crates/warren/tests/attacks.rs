@@ -595,6 +595,50 @@ fn mounts_cannot_be_made_undone_or_remounted_from_inside() {
     assert!(did.is_empty(), "mount changes went through: {did:?}");
 }
 
+/// The classic climb out of a chroot, as root inside (who may `chroot`): keep a
+/// descriptor of `/`, chroot into a subdirectory, go back to the descriptor and up. A
+/// sandbox made by the daemon sits on an empty shell namespace rather than pivoting out
+/// of the host's (see warren-runtime's `shell`), one made by `warren run` pivots: either
+/// way the climb stops at the sandbox's own root and nothing else is in reach.
+#[test]
+fn a_chroot_climb_stops_at_the_sandboxs_own_root() {
+    if !can_run("a_chroot_climb_stops_at_the_sandboxs_own_root") {
+        return;
+    }
+    let _turn = my_turn();
+    let marker = format!("warren-climb-{}", std::process::id());
+    let climb = format!(
+        "import os\n\
+         before = sorted(os.listdir('/'))\n\
+         os.makedirs('/tmp/in', exist_ok=True)\n\
+         fd = os.open('/', os.O_RDONLY)\n\
+         os.chroot('/tmp/in')\n\
+         os.fchdir(fd)\n\
+         for _ in range(64): os.chdir('..')\n\
+         os.chroot('.')\n\
+         after = sorted(os.listdir('/'))\n\
+         print('same' if after == before else 'other: %s' % after)\n\
+         for p in ['/r', '/p', '/s', '/p/1/root', '/tmp/{marker}', '/proc/1/root/tmp/{marker}']:\n\
+         \x20   if os.path.exists(p): print('reached', p)\n"
+    );
+    // Something of the host's to look for from inside: it must stay out of reach.
+    std::fs::create_dir_all(std::env::temp_dir().join(&marker)).unwrap();
+    let d = Daemon::start(false);
+    let id = d.create(&["--no-home"]);
+    let (code, via_daemon) = d.exec(&id, &format!("python3 -c \"{climb}\""));
+    let via_cli = stdout(&sh(&[], &format!("python3 -c \"{climb}\"")));
+    d.finish();
+    let _ = std::fs::remove_dir(std::env::temp_dir().join(&marker));
+    assert_eq!(code, 0, "{via_daemon}");
+    for (how, out) in [("daemon", via_daemon), ("warren run", via_cli)] {
+        assert_eq!(
+            out.trim(),
+            "same",
+            "through the {how}: the climb reached {out}"
+        );
+    }
+}
+
 /// /dev/shm is a directory of the /dev tmpfs, and the masked directories are binds of
 /// /dev/pts's directory of it: what a sandbox writes to /dev/shm must reach nothing
 /// else of that filesystem, as root or as another user.
