@@ -273,6 +273,9 @@ struct Cleanup {
     /// its disk's image is removed next, and nothing it writes on its way down need
     /// reach the host's disk.
     for_good: bool,
+    /// Made by `warren run`, which put the run directories in memory: they are released
+    /// last when none is left (see [`crate::rundir`]).
+    release_run: Option<Paths>,
 }
 
 impl Cleanup {
@@ -330,6 +333,9 @@ impl Cleanup {
             if crate::tree::remove(&d).is_err() {
                 let _ = fs::remove_file(&d);
             }
+        }
+        if let Some(paths) = self.release_run.take().filter(|_| back_home) {
+            let _ = crate::rundir::release(&paths);
         }
     }
 }
@@ -466,6 +472,7 @@ impl Sandbox {
             link: None,
             disk: None,
             for_good: config.ephemeral,
+            release_run: config.die_with_parent.map(|_| paths.clone()),
         };
         fs::create_dir_all(&run).map_err(fail("create the run directory"))?;
         cleanup.dirs.push(run.clone());

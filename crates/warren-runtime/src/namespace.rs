@@ -146,11 +146,28 @@ impl NamespaceBackend {
             ephemeral: opts.ephemeral,
             prepared_disk: false,
         };
+        // The run directories in memory, as a daemon keeps them: this sandbox's is made
+        // under the lock, which is let go before the helper is forked (its teardown takes
+        // the lock to release them).
+        let run_dir = self.paths.sandbox_run(&id);
+        let held = crate::rundir::hold(&self.paths);
+        let _ = std::fs::create_dir_all(&run_dir);
+        drop(held);
+        // A helper that fails before it owns the directory leaves it (and the tmpfs).
+        let undo = || {
+            let _ = std::fs::remove_dir(&run_dir);
+            let _ = crate::rundir::release(&self.paths);
+        };
         let (r, w) = nix::unistd::pipe().map_err(|e| Error::Helper(format!("pipe: {e}")))?;
         // Close-on-exec: only the helper may hold the writing end, not what it starts.
         let (stopped_r, stopped_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| Error::Helper(format!("pipe: {e}")))?;
-        match warren_sys::ns::fork_process().map_err(crate::io_err("fork the sandbox helper"))? {
+        let forked =
+            warren_sys::ns::fork_process().map_err(crate::io_err("fork the sandbox helper"));
+        if forked.is_err() {
+            undo();
+        }
+        match forked? {
             warren_sys::ns::Forked::Child => {
                 drop(r);
                 drop(stopped_r);
@@ -175,10 +192,12 @@ impl NamespaceBackend {
                     }),
                     Ok(HelperStatus::Error { message, kind }) => {
                         let _ = nix::sys::wait::waitpid(pid, None);
+                        undo();
                         Err(Error::from_helper(kind, message))
                     }
                     Err(_) => {
                         let status = nix::sys::wait::waitpid(pid, None).ok();
+                        undo();
                         Err(Error::Helper(format!(
                             "it exited ({status:?}) without reporting; see its messages above"
                         )))

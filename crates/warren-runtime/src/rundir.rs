@@ -10,10 +10,17 @@
 //! when it stops with no sandbox left; a sandbox that outlives the daemon keeps it
 //! mounted for the next one. Nothing persistent is ever in it: a sandbox's files are in
 //! the data directory.
+//!
+//! `warren run` does the same without a daemon: the CLI mounts the tmpfs and makes its
+//! sandbox's directory in it under the lock of [`hold`], and that sandbox's helper, once
+//! its sandbox is gone, unmounts it when no other run directory is left and no daemon
+//! serves there ([`release`], under the same lock, so that a sandbox being made never
+//! loses its directory to another's release).
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::mount::MsFlags;
 use nix::sys::statfs::{statfs, TMPFS_MAGIC};
 
@@ -48,6 +55,8 @@ pub fn keep_in_memory(paths: &Paths) -> io::Result<Placed> {
         .recursive(true)
         .mode(0o700)
         .create(&dir)?;
+    // Not two mounts stacked by two callers at once.
+    let _held = lock(paths, FlockArg::LockExclusive)?;
     if statfs(&dir).map_err(io::Error::from)?.filesystem_type() == TMPFS_MAGIC {
         return Ok(Placed::InMemory);
     }
@@ -67,11 +76,29 @@ pub fn keep_in_memory(paths: &Paths) -> io::Result<Placed> {
     Ok(Placed::Mounted)
 }
 
+/// The run directory's lock (`flock` on `RUN` itself), taken as `how`.
+fn lock(paths: &Paths, how: FlockArg) -> io::Result<Flock<std::fs::File>> {
+    let run = std::fs::File::open(&paths.run)?;
+    Flock::lock(run, how).map_err(|(_, e)| io::Error::from(e))
+}
+
+/// For a sandbox made without a daemon: puts `RUN/sandboxes` in memory as
+/// [`keep_in_memory`] does, then holds the lock shared, so that no [`release`] takes the
+/// tmpfs away before the caller has made its sandbox's directory in it (drop the lock
+/// then, and before any process that may call [`release`] waits on the caller).
+/// None when the lock cannot be had: the directories stay where they are.
+pub fn hold(paths: &Paths) -> Option<Flock<std::fs::File>> {
+    // A release between the two leaves the directories on the disk: slower, no harm.
+    let _ = keep_in_memory(paths);
+    lock(paths, FlockArg::LockShared).ok()
+}
+
 /// Unmounts the tmpfs of [`keep_in_memory`] when no run directory is left in it: the
-/// daemon's last step. One that a sandbox still uses stays for the next daemon. True
-/// when it was unmounted.
+/// daemon's last step, and that of the helper of a sandbox [`hold`] made room for. One
+/// that a sandbox still uses stays for the next. True when it was unmounted.
 pub fn release(paths: &Paths) -> io::Result<bool> {
     let dir = dir(paths);
+    let _held = lock(paths, FlockArg::LockExclusive)?;
     // Nor while another daemon serves on these directories (one started second, that
     // found the socket taken and stops, must not take the first one's away).
     if !is_ours(&dir) || std::fs::read_dir(&dir)?.next().is_some() || served(paths) {

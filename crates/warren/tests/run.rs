@@ -448,3 +448,55 @@ fn gc_removes_what_a_finished_run_kept_and_never_a_live_runs() {
     let o = warren().arg("doctor").output().unwrap();
     assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
 }
+
+/// Without a daemon, `warren run` keeps its sandbox's run directory in memory as a
+/// daemon does (a tmpfs of its own on `RUN/sandboxes` where that is on a disk: each file
+/// and directory made there cost the disk's inode allocator), and the helper of the last
+/// such sandbox to end takes the tmpfs away. Two runs at once share it.
+#[test]
+fn its_run_directories_are_in_memory_and_gone_after_the_last_run() {
+    let test = "its_run_directories_are_in_memory_and_gone_after_the_last_run";
+    if !can_run(test) || isolation() != "namespace" {
+        if can_run(test) {
+            eprintln!("SKIPPED {test}: the namespace backend's helper keeps the run directories");
+        }
+        return;
+    }
+    let root = test_root();
+    std::fs::create_dir_all(&root).unwrap();
+    let dir = tempfile::tempdir_in(&root).unwrap();
+    let runs = dir.path().join("run").join("sandboxes");
+    let on_disk =
+        nix::sys::statfs::statfs(&root).unwrap().filesystem_type() != nix::sys::statfs::TMPFS_MAGIC;
+    let mounted = || {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter_map(warren_runtime::rundir::run_mount)
+            .any(|at| std::path::Path::new(&at) == runs)
+    };
+    let run = || {
+        warren()
+            .env("WARREN_RUN_DIR", dir.path().join("run"))
+            .args(["run", "--rm", "--", "sleep", "1"])
+            .spawn()
+            .unwrap()
+    };
+    let (mut a, mut b) = (run(), run());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let count = || std::fs::read_dir(&runs).map_or(0, |d| d.count());
+    while count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(count(), 2, "both runs have their directory");
+    assert_eq!(mounted(), on_disk, "a tmpfs on {}", runs.display());
+    assert!(a.wait().unwrap().success());
+    assert!(b.wait().unwrap().success());
+    // The helpers finish their teardown after their runs have exited.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (mounted() || count() > 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!mounted(), "the tmpfs is left on {}", runs.display());
+    assert_eq!(count(), 0);
+}
