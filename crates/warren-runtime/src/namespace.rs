@@ -84,8 +84,9 @@ enum Helper {
     /// status pipe.
     Spawned(i32, OwnedFd, BufReader<pipe::Receiver>),
     /// Forked from this process without exec (see [`NamespaceBackend::create_forked`]),
-    /// with the pipe on which it says the sandbox's processes are gone.
-    Forked(i32, std::os::fd::OwnedFd),
+    /// with the pipe on which it says the sandbox's processes are gone, and the
+    /// directories whose run directories it put in memory.
+    Forked(i32, std::os::fd::OwnedFd, Paths),
     Adopted(i32),
 }
 
@@ -120,16 +121,26 @@ impl NamespaceBackend {
     /// than started afresh, which saves an exec of the binary on the CLI's path.
     ///
     /// Forking is only sound while this process has one thread: the CLI calls this before
-    /// it starts its async runtime, and the call checks.
+    /// it starts its async runtime, and the call checks. (A thread just joined may still
+    /// be counted for a moment, until the kernel has released it: the check waits for
+    /// that, up to 50 ms.)
     pub fn create_forked(&self, spec: SandboxSpec, opts: CreateOptions) -> Result<Sandbox> {
         validate(&spec)?;
-        let threads = std::fs::read_to_string("/proc/self/status")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("Threads:")?.trim().parse::<u32>().ok())
-            });
-        if threads != Some(1) {
+        let threads = || {
+            std::fs::read_to_string("/proc/self/status")
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Threads:")?.trim().parse::<u32>().ok())
+                })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_millis(50);
+        let mut counted = threads();
+        while counted != Some(1) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(100));
+            counted = threads();
+        }
+        if counted != Some(1) {
             return Err(Error::Helper(
                 "create_forked needs a single-threaded caller; use create".into(),
             ));
@@ -187,7 +198,7 @@ impl NamespaceBackend {
                         id,
                         socket,
                         agent_pid,
-                        helper: Helper::Forked(pid.as_raw(), stopped_r),
+                        helper: Helper::Forked(pid.as_raw(), stopped_r, self.paths.clone()),
                         teardowns: self.teardowns.clone(),
                     }),
                     Ok(HelperStatus::Error { message, kind }) => {
@@ -609,7 +620,7 @@ impl Sandbox {
     pub fn helper_pid(&self) -> Option<i32> {
         match &self.helper {
             Helper::Child(c, _) => c.id().map(|p| p as i32),
-            Helper::Spawned(p, _, _) | Helper::Forked(p, _) | Helper::Adopted(p) => Some(*p),
+            Helper::Spawned(p, _, _) | Helper::Forked(p, _, _) | Helper::Adopted(p) => Some(*p),
         }
     }
 
@@ -633,7 +644,9 @@ impl Sandbox {
     pub fn is_alive(&mut self) -> bool {
         match &mut self.helper {
             Helper::Child(c, _) => matches!(c.try_wait(), Ok(None)),
-            Helper::Spawned(p, _, _) | Helper::Forked(p, _) | Helper::Adopted(p) => pid_alive(*p),
+            Helper::Spawned(p, _, _) | Helper::Forked(p, _, _) | Helper::Adopted(p) => {
+                pid_alive(*p)
+            }
         }
     }
 
@@ -652,14 +665,21 @@ impl Sandbox {
                 // and cgroups to be removed. (It is this process's child: the kernel
                 // reaps it once this process exits, and a caller that lives on reaps
                 // it here.)
-                Helper::Forked(p, stopped) => {
+                Helper::Forked(p, stopped, paths) => {
                     let pid = Pid::from_raw(*p);
                     let fd = stopped.try_clone().ok();
+                    let paths = paths.clone();
                     let _ = tokio::task::spawn_blocking(move || {
                         let mut b = [0u8; 1];
                         match fd {
                             Some(fd) => {
-                                let _ = nix::unistd::read(fd.as_raw_fd(), &mut b);
+                                // The pipe's end, not its byte: the helper is gone, its
+                                // teardown done, without releasing the run directories'
+                                // tmpfs (a helper with published ports cannot leave its
+                                // own mount namespace to), so this process does.
+                                if let Ok(0) = nix::unistd::read(fd.as_raw_fd(), &mut b) {
+                                    let _ = crate::rundir::release(&paths);
+                                }
                             }
                             None => {
                                 let _ = nix::sys::wait::waitpid(pid, None);

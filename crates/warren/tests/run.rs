@@ -499,4 +499,20 @@ fn its_run_directories_are_in_memory_and_gone_after_the_last_run() {
     }
     assert!(!mounted(), "the tmpfs is left on {}", runs.display());
     assert_eq!(count(), 0);
+    // A run with a published port: its helper, whose listeners are threads, cannot
+    // leave its own mount namespace to release the tmpfs; the CLI does, once it is gone.
+    let port = free_port().to_string();
+    let o = warren()
+        .env("WARREN_RUN_DIR", dir.path().join("run"))
+        .args(["run", "--rm", "--network", "nat", "-p"])
+        .arg(format!("{port}:8080"))
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        !mounted(),
+        "the tmpfs is left after a run with a published port"
+    );
+    assert_eq!(count(), 0);
 }
