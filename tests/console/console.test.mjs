@@ -316,9 +316,17 @@ test('processes, events, ports and usage pages show the sandbox', async () => {
   await shot(page, '08-usage');
 });
 
-/** The page a port link opened, once it has loaded. */
+/** The page a port link opened, once it has loaded. When none opens, the error names
+ * what the console said instead (its status line) and where it was. */
 async function openedPort(click) {
-  const [popup] = await Promise.all([ctx.waitForEvent('page'), click()]);
+  let popup;
+  try {
+    [popup] = await Promise.all([ctx.waitForEvent('page'), click()]);
+  } catch (e) {
+    const said = await page.locator('#status').innerText({ timeout: 1000 }).catch(() => '');
+    await shot(page, 'no-port-page').catch(() => {});
+    throw new Error(`${e.message}; the console at ${page.url()} said: ${said || '(nothing)'}`);
+  }
   await popup.waitForLoadState();
   return popup;
 }
