@@ -43,7 +43,8 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
 /// Which hierarchy this host has, and where our own cgroup sits in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hierarchy {
-    /// One directory per controller: (controller, our cgroup's directory).
+    /// One directory per hierarchy: (its controllers, comma-separated; our cgroup's
+    /// directory in it).
     V1(Vec<(String, PathBuf)>),
     /// The unified hierarchy: our cgroup's directory.
     V2(PathBuf),
@@ -135,14 +136,23 @@ impl Hierarchy {
         if v1.is_empty() {
             return Err(CgroupError::NotMounted);
         }
-        let mut dirs = Vec::new();
+        let mut dirs: Vec<(String, PathBuf)> = Vec::new();
         for c in V1_CONTROLLERS {
             let (_, mnt) = v1
                 .iter()
                 .find(|(name, _)| name == c)
                 .ok_or_else(|| CgroupError::MissingController(c.to_string()))?;
             let own = own_path(Some(c)).unwrap_or_default();
-            dirs.push((c.to_string(), mnt.join(own)));
+            let dir = mnt.join(own);
+            // Controllers mounted together (systemd's `cpu,cpuacct`) share one directory:
+            // it is made, joined and removed once.
+            match dirs.iter_mut().find(|(_, d)| *d == dir) {
+                Some((names, _)) => {
+                    names.push(',');
+                    names.push_str(c);
+                }
+                None => dirs.push((c.to_string(), dir)),
+            }
         }
         Ok(Hierarchy::V1(dirs))
     }
@@ -234,7 +244,7 @@ impl Cgroup {
         }
         self.paths
             .iter()
-            .find(|(c, _)| c == ctrl)
+            .find(|(c, _)| c.split(',').any(|c| c == ctrl))
             .map(|(_, p)| p.as_path())
             .unwrap_or(&self.paths[0].1)
     }
@@ -308,7 +318,18 @@ impl Cgroup {
             let quota = quota.map_or("max".to_string(), |q| q.to_string());
             return self.write("", "cpu.max", &format!("{quota} {CPU_PERIOD_US}"));
         }
-        self.write("cpu", "cpu.cfs_period_us", &CPU_PERIOD_US.to_string())?;
+        // A new cgroup's period is already this one: each write of either file makes
+        // the kernel check every CPU cgroup's bandwidth on the host.
+        let period = CPU_PERIOD_US.to_string();
+        if self
+            .read("cpu", "cpu.cfs_period_us")
+            .ok()
+            .as_deref()
+            .map(str::trim)
+            != Some(&period)
+        {
+            self.write("cpu", "cpu.cfs_period_us", &period)?;
+        }
         let quota = quota.map_or("-1".to_string(), |q| q.to_string());
         self.write("cpu", "cpu.cfs_quota_us", &quota)
     }
@@ -861,6 +882,39 @@ mod tests {
         cg.set_cpu(Some(500)).unwrap();
         assert_eq!(cg.cpu(), Some(500));
         assert_eq!(h.list("warren-"), vec!["warren-t1".to_string()]);
+    }
+
+    #[test]
+    fn controllers_mounted_together_share_one_directory() {
+        // systemd's layout: cpu and cpuacct in one hierarchy.
+        const TOGETHER: &str = "\
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+";
+        const OWN: &str = "8:pids:/\n6:freezer:/\n4:memory:/\n2:cpu,cpuacct:/x\n";
+        let root = tempfile::tempdir().unwrap();
+        let h = Hierarchy::from_tables(TOGETHER, OWN, root.path()).unwrap();
+        let Hierarchy::V1(dirs) = &h else {
+            panic!("expected v1, got {h:?}")
+        };
+        for (_, p) in dirs {
+            fs::create_dir_all(p).unwrap();
+        }
+        assert_eq!(dirs.len(), 4, "{dirs:?}");
+        let cg = h.cgroup("warren-t2");
+        cg.create(&Limits {
+            cpu_millis: Some(250),
+            ..Limits::default()
+        })
+        .unwrap();
+        let both = root.path().join("sys/fs/cgroup/cpu,cpuacct/x/warren-t2");
+        assert_eq!(cg.dir("cpu"), both);
+        assert_eq!(cg.dir("cpuacct"), both);
+        assert_eq!(cg.cpu(), Some(250));
+        assert_eq!(cg.self_join_files().len(), 4);
+        assert_eq!(cg.paths().count(), 4);
     }
 
     #[test]
