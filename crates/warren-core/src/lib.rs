@@ -417,6 +417,8 @@ impl Manager {
         let keys = Keyring::load_or_create(&config.paths.data.join("secret"))?;
         let namespace = NamespaceBackend::new(config.paths.clone(), config.exe.clone())
             .map_err(CoreError::from)?;
+        // Cgroups a killed daemon made ahead are nobody's now.
+        warren_runtime::spares::clear_dead(namespace.hierarchy());
         let process = warren_runtime::process::ProcessBackend::new(
             config.paths.clone(),
             config.exe.clone(),

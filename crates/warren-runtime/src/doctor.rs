@@ -29,6 +29,10 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
 
     for name in backend.hierarchy().list(PREFIX) {
         let id = name.trim_start_matches(PREFIX);
+        // Made ahead by a daemon (see crate::spares): its own while it runs.
+        if crate::spares::owner(id).is_some_and(crate::spares::running) {
+            continue;
+        }
         // A sandbox kept under other directories (another daemon, another test root) is
         // alive while its agent's parent, the helper, is: only a cgroup with no live
         // helper behind it is left over.

@@ -61,6 +61,10 @@ pub struct HelperConfig {
     /// the mount is the descriptor at [`PREPARED_DISK_FD`] (see [`crate::prepared`]).
     #[serde(default)]
     pub prepared_disk: bool,
+    /// A cgroup the daemon made ahead with this sandbox's limits, to be renamed into
+    /// place (see [`crate::spares`]); one is made afresh when that cannot be.
+    #[serde(default)]
+    pub spare_cgroup: Option<String>,
 }
 
 /// Where a helper forked with a prepared disk finds its mount.
@@ -493,13 +497,18 @@ impl Sandbox {
         // The host uid of the sandbox's root, for people and tests reading the host.
         fs::write(run.join("uid"), ids.base.to_string()).map_err(fail("record the ids"))?;
 
-        let hierarchy = Hierarchy::detect().map_err(|e| e.to_string())?;
+        let hierarchy = Hierarchy::detect_shared().map_err(|e| e.to_string())?;
         hierarchy.prepare().map_err(|e| e.to_string())?;
         let cgroup = hierarchy.cgroup(&format!("{PREFIX}{}", spec.id));
-        let r = &spec.resources;
-        cgroup
-            .create(&crate::cgroup_limits(r))
-            .map_err(|e| e.to_string())?;
+        let renamed = config
+            .spare_cgroup
+            .as_deref()
+            .is_some_and(|spare| cgroup.rename_from(&hierarchy.cgroup(spare)).is_ok());
+        if !renamed {
+            cgroup
+                .create(&crate::cgroup_limits(&spec.resources))
+                .map_err(|e| e.to_string())?;
+        }
         cleanup.cgroup = Some(cgroup.clone());
         crate::trace::mark("helper: cgroup created");
 

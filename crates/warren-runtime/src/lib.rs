@@ -25,6 +25,7 @@ pub mod process;
 pub mod runc;
 pub mod rundir;
 pub mod shell;
+pub mod spares;
 pub mod template;
 pub mod trace;
 pub mod tree;

@@ -53,6 +53,8 @@ pub struct NamespaceBackend {
     zygote: std::sync::Arc<std::sync::Mutex<Option<Zygote>>>,
     /// The next sandbox's disk, made ahead (see [`crate::prepared`]).
     next_disk: std::sync::Arc<NextDisk>,
+    /// Cgroups made ahead for the next creates (see [`crate::spares`]).
+    spares: std::sync::Arc<crate::spares::Spares>,
 }
 
 /// The disk made ahead for the next create, and whether one is being made.
@@ -93,7 +95,7 @@ enum Helper {
 impl NamespaceBackend {
     pub fn new(paths: Paths, exe: PathBuf) -> Result<Self> {
         paths.secure()?;
-        let hierarchy = Hierarchy::detect()?;
+        let hierarchy = Hierarchy::detect_shared()?;
         Ok(Self {
             paths,
             exe,
@@ -101,6 +103,7 @@ impl NamespaceBackend {
             teardowns: Teardowns::default(),
             zygote: Default::default(),
             next_disk: Default::default(),
+            spares: Default::default(),
         })
     }
 
@@ -156,6 +159,7 @@ impl NamespaceBackend {
                 .map(|p| p as i32),
             ephemeral: opts.ephemeral,
             prepared_disk: false,
+            spare_cgroup: None,
         };
         // The run directories in memory, as a daemon keeps them: this sandbox's is made
         // under the lock, which is let go before the helper is forked (its teardown takes
@@ -227,6 +231,11 @@ impl NamespaceBackend {
         let by_zygote = !opts.die_with_parent;
         let disk_size = spec.resources.disk.filter(|_| by_zygote);
         let prepared = disk_size.and_then(|size| self.take_disk(&id, size));
+        let limits = crate::cgroup_limits(&spec.resources);
+        // Removed when this create is done with it, if its helper did not rename it.
+        let spare = by_zygote
+            .then(|| self.spares.take(&self.hierarchy, &limits))
+            .flatten();
         let mut config = HelperConfig {
             spec,
             run_dir: self.paths.run.clone(),
@@ -237,6 +246,7 @@ impl NamespaceBackend {
                 .map(|p| p as i32),
             ephemeral: opts.ephemeral,
             prepared_disk: prepared.is_some(),
+            spare_cgroup: None,
         };
         let forked = match by_zygote {
             true => self.fork_by_zygote(prepared.as_ref().map(|m| m.as_fd())),
@@ -246,16 +256,20 @@ impl NamespaceBackend {
         drop(prepared);
         if let Some((pid, exited, config_w, status_r)) = forked {
             crate::trace::mark("daemon: helper forked");
+            config.spare_cgroup = spare.as_ref().map(|s| s.name.clone());
             let input = serde_json::to_vec(&config).expect("helper config serializes");
             let made = self
                 .finish_spawned(id, &input, pid, exited, config_w, status_r)
                 .await;
-            // After it: the first sandbox of a size makes the blank the next disk copies.
+            // After it: the first sandbox of a size makes the blank the next disk copies,
+            // and the cgroups of the next creates are made with these limits.
             if let Some(size) = disk_size {
                 self.make_next_disk(size);
             }
+            self.spares.refill(&self.hierarchy, limits, spare);
             return made;
         }
+        drop(spare);
         if config.prepared_disk {
             // No helper got the mount, which went with the descriptor dropped above and
             // takes its loop device with it: the blank image goes too, and the helper
@@ -409,6 +423,7 @@ impl NamespaceBackend {
     /// drops the disk made ahead (a daemon stopping leaves none behind).
     pub async fn settle(&self) {
         self.teardowns.settle().await;
+        self.spares.clear(&self.hierarchy).await;
         for _ in 0..100 {
             if !self
                 .next_disk

@@ -78,6 +78,18 @@ impl Hierarchy {
         Self::from_tables(&mountinfo, &own, Path::new("/"))
     }
 
+    /// [`detect`](Self::detect), once per process: what a process forks after the first
+    /// call (a zygote's helpers, `warren run`'s) has it already, and reads neither table
+    /// again on a create's path.
+    pub fn detect_shared() -> Result<Self, CgroupError> {
+        static DETECTED: std::sync::OnceLock<Hierarchy> = std::sync::OnceLock::new();
+        if let Some(h) = DETECTED.get() {
+            return Ok(h.clone());
+        }
+        let h = Self::detect()?;
+        Ok(DETECTED.get_or_init(|| h).clone())
+    }
+
     /// Detection from the two tables' text; `root` prefixes every path (tests use a
     /// temporary directory as a fake cgroupfs).
     pub fn from_tables(mountinfo: &str, own: &str, root: &Path) -> Result<Self, CgroupError> {
@@ -278,6 +290,31 @@ impl Cgroup {
             let _ = self.remove();
         }
         r
+    }
+
+    /// Takes `spare`'s directories (made ahead in the same hierarchies, with the limits
+    /// wanted) under this cgroup's name: on v1 each is renamed within its parent, which
+    /// costs none of a new directory's allocations nor the limits' writes. Undone if one
+    /// cannot be; v2 cannot rename a cgroup at all.
+    pub fn rename_from(&self, spare: &Cgroup) -> Result<(), CgroupError> {
+        if self.v2 || spare.v2 || self.paths.len() != spare.paths.len() {
+            let at = spare
+                .paths
+                .first()
+                .map_or(Path::new(""), |(_, p)| p.as_path());
+            return Err(io_at(at)(io::ErrorKind::Unsupported.into()));
+        }
+        let mut done: Vec<(&Path, &Path)> = Vec::new();
+        for ((_, from), (_, to)) in spare.paths.iter().zip(&self.paths) {
+            if let Err(e) = fs::rename(from, to) {
+                for (from, to) in done.into_iter().rev() {
+                    let _ = fs::rename(to, from);
+                }
+                return Err(io_at(from)(e));
+            }
+            done.push((from, to));
+        }
+        Ok(())
     }
 
     fn apply(&self, l: &Limits) -> Result<(), CgroupError> {
@@ -882,6 +919,45 @@ mod tests {
         cg.set_cpu(Some(500)).unwrap();
         assert_eq!(cg.cpu(), Some(500));
         assert_eq!(h.list("warren-"), vec!["warren-t1".to_string()]);
+    }
+
+    #[test]
+    fn a_spare_is_renamed_into_place_whole_or_not_at_all() {
+        let root = tempfile::tempdir().unwrap();
+        let h = fake_v1(root.path());
+        let limits = Limits {
+            memory: Some(64 << 20),
+            cpu_millis: Some(500),
+            pids: Some(32),
+        };
+        let spare = h.cgroup("warren-spare-1-0");
+        spare.create(&limits).unwrap();
+        let cg = h.cgroup("warren-a");
+        cg.rename_from(&spare).unwrap();
+        assert!(!spare.exists());
+        assert_eq!(cg.paths().filter(|p| p.is_dir()).count(), 5);
+        assert_eq!(cg.cpu(), Some(500));
+        assert_eq!(
+            fs::read_to_string(cg.dir("pids").join("pids.max")).unwrap(),
+            "32"
+        );
+
+        // One hierarchy already has a directory by the name: the others are put back.
+        let spare = h.cgroup("warren-spare-1-1");
+        spare.create(&limits).unwrap();
+        let taken = h.cgroup("warren-b");
+        let pids = taken.dir("pids").to_owned();
+        fs::create_dir(&pids).unwrap();
+        fs::write(pids.join("tasks"), "").unwrap();
+        assert!(taken.rename_from(&spare).is_err());
+        assert_eq!(spare.paths().filter(|p| p.is_dir()).count(), 5);
+        assert_eq!(taken.paths().filter(|p| p.exists()).count(), 1);
+        // v2 has no rename.
+        let v2 = Hierarchy::V2(root.path().join("v2"));
+        assert!(v2
+            .cgroup("warren-c")
+            .rename_from(&v2.cgroup("warren-d"))
+            .is_err());
     }
 
     #[test]

@@ -46,6 +46,18 @@ pub fn needs_root(test: &str, why: &str) -> bool {
     false
 }
 
+/// Waits until `f` holds, for at most `secs` seconds: whether it did.
+pub fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    f()
+}
+
 /// Stops a daemon a test started: SIGTERM, then SIGKILL if it is still there after 10 s;
 /// reaped either way.
 pub fn stop_daemon(child: &mut std::process::Child) {

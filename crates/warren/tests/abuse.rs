@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::can_run;
 use trust::{my_turn, rss, Daemon, Options, Via};
+use warren_testkit::eventually;
 
 /// The daemon's resident memory must stay under this through every abuse.
 const RSS_BOUND: u64 = 256 << 20;
@@ -250,18 +251,6 @@ impl Drop for SetOnDrop<'_> {
     fn drop(&mut self) {
         self.0.store(true, Ordering::SeqCst);
     }
-}
-
-/// Waits until `f` holds, for at most `secs` seconds.
-fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 /// Whether the sandbox stopped and its events tell of a stop for one of `whys`.

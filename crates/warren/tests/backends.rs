@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::can_run;
 use trust::{loops_under, my_turn, Daemon, Options, Via};
+use warren_testkit::eventually;
 
 /// A directory for trust-mode sandboxes that the unprivileged user can reach (the
 /// daemon's own directory is private to root), removed at the end.
@@ -131,17 +132,6 @@ fn secret_and_count(d: &Daemon, id: &str) -> (String, u64) {
     let (_, out) = d.exec(id, "cat /tmp/state");
     let (s, n) = out.trim().split_once(' ').unwrap_or(("", "0"));
     (s.to_string(), n.parse().unwrap_or(0))
-}
-
-fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let end = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 /// Prints how the sandbox's default gateway answers a connection to port 22: `open`,

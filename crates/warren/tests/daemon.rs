@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use common::{can_run, stderr, stdout};
 use trust::{loops_under, my_turn, Daemon};
+use warren_testkit::eventually;
 
 fn code(o: &Output) -> Option<i32> {
     o.status.code()
@@ -1552,4 +1553,106 @@ fn a_caller_that_hangs_up_ends_its_own_command_and_callers_at_once_get_their_own
     let (code, _) = d.exec(&id, "kill $(cat /tmp/other)");
     assert_eq!(code, 0);
     d.ok(&["rm", "-f", &id]);
+}
+
+/// The cgroups daemon `pid` made ahead (see `warren_runtime::spares`), by name.
+fn spare_cgroups(pid: u32) -> Vec<String> {
+    let h = warren_sys::cgroup::Hierarchy::detect().unwrap();
+    h.list(&format!("warren-spare-{pid}-"))
+}
+
+/// What `file` of a sandbox's cgroup holds, in the hierarchy of `ctrl`.
+fn cgroup_file(id: &str, ctrl: &str, file: &str) -> String {
+    let h = warren_sys::cgroup::Hierarchy::detect().unwrap();
+    let cg = h.cgroup(&format!("warren-{id}"));
+    let dir = cg
+        .paths()
+        .find(|p| p.join(file).exists() && p.to_string_lossy().contains(ctrl))
+        .unwrap_or_else(|| panic!("no {file} for {id}"))
+        .to_owned();
+    std::fs::read_to_string(dir.join(file))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn cgroups_made_ahead_carry_each_creates_limits_and_go_with_their_daemon() {
+    let test = "cgroups_made_ahead_carry_each_creates_limits_and_go_with_their_daemon";
+    if !can_run(test) {
+        return;
+    }
+    if warren_sys::cgroup::Hierarchy::detect().is_ok_and(|h| h.is_v2()) {
+        warren_testkit::skip(
+            test,
+            "cgroup v2 cannot rename a cgroup: nothing is made ahead",
+        );
+        return;
+    }
+    let _turn = my_turn();
+    let mut d = Daemon::start(false);
+    let pid = d.pid().unwrap();
+    d.create(&["--no-home"]);
+    assert!(
+        eventually(10, || spare_cgroups(pid).len() == 2),
+        "{:?}",
+        spare_cgroups(pid)
+    );
+    let ready = spare_cgroups(pid);
+    // The next create of the same limits is given one, renamed under its own name.
+    let second = d.create(&["--no-home"]);
+    assert!(
+        eventually(10, || {
+            let now = spare_cgroups(pid);
+            now.len() == 2 && now != ready
+        }),
+        "{ready:?} -> {:?}",
+        spare_cgroups(pid)
+    );
+    let taken = ready
+        .iter()
+        .filter(|n| !spare_cgroups(pid).contains(n))
+        .count();
+    assert_eq!(taken, 1, "one spare taken of {ready:?}");
+    let limits = d.info(&second)["resources"].clone();
+    assert_eq!(
+        cgroup_file(&second, "memory", "memory.limit_in_bytes"),
+        limits["memory"].to_string()
+    );
+    assert_eq!(
+        cgroup_file(&second, "pids", "pids.max"),
+        limits["pids"].to_string()
+    );
+    assert_eq!(
+        cgroup_file(&second, "cpu", "cpu.cfs_quota_us"),
+        (limits["cpu_millis"].as_u64().unwrap() * 100).to_string()
+    );
+    // Other limits: a cgroup of its own with them, and the spares made again with them.
+    let small = d.create(&["--no-home", "--memory", "64M"]);
+    assert_eq!(
+        cgroup_file(&small, "memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    let again = d.create(&["--no-home", "--memory", "64M"]);
+    assert_eq!(
+        cgroup_file(&again, "memory", "memory.limit_in_bytes"),
+        (64u64 << 20).to_string()
+    );
+    // A running daemon's spares are its own, not leftovers.
+    let doctor = stdout(&d.run(&["doctor"]));
+    assert!(!doctor.contains("warren-spare-"), "{doctor}");
+
+    // Killed, it leaves them: the doctor names them, the next daemon removes them.
+    assert!(eventually(10, || spare_cgroups(pid).len() == 2));
+    d.crash();
+    let doctor = stdout(&d.run(&["doctor"]));
+    assert!(doctor.contains(&format!("warren-spare-{pid}-")), "{doctor}");
+    d.spawn();
+    assert!(spare_cgroups(pid).is_empty(), "{:?}", spare_cgroups(pid));
+    let next = d.pid().unwrap();
+    d.create(&["--no-home"]);
+    assert!(eventually(10, || spare_cgroups(next).len() == 2));
+    // Stopped, it removes its own (`finish` removes the sandboxes first).
+    d.finish();
+    assert!(spare_cgroups(next).is_empty(), "{:?}", spare_cgroups(next));
 }
