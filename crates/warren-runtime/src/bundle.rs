@@ -1618,19 +1618,13 @@ pub fn cgroups_everywhere(prefix: &str) -> Vec<(String, PathBuf)> {
         return out;
     };
     for m in mounts.flatten() {
+        // systemd links `cpu` and `cpuacct` to the `cpu,cpuacct` it mounts: each hierarchy
+        // is looked through once, at its mount.
+        if m.file_type().is_ok_and(|t| t.is_symlink()) {
+            continue;
+        }
         let dir = m.file_name().to_string_lossy().into_owned();
-        let path = own.lines().find_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-            let hit = if dir == "unified" {
-                ctrls.is_empty()
-            } else {
-                ctrls
-                    .split(',')
-                    .any(|c| c == dir || c.strip_prefix("name=") == Some(dir.as_str()))
-            };
-            hit.then(|| path.trim_start_matches('/').to_string())
-        });
+        let path = own_path_in(&own, &dir);
         let base = m.path();
         let mut parents = vec![base.clone()];
         if let Some(p) = path.filter(|p| !p.is_empty()) {
@@ -1650,9 +1644,40 @@ pub fn cgroups_everywhere(prefix: &str) -> Vec<(String, PathBuf)> {
     out
 }
 
+/// This process's cgroup in the hierarchy mounted at `/sys/fs/cgroup/<dir>`, from
+/// `/proc/self/cgroup` (`own`): the cgroup2 one for `unified`, else the line naming the
+/// directory's controllers, one (`pids`), all of them (`cpu,cpuacct`) or a named
+/// hierarchy (`systemd` for `name=systemd`).
+fn own_path_in(own: &str, dir: &str) -> Option<String> {
+    own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = if dir == "unified" {
+            ctrls.is_empty()
+        } else {
+            ctrls == dir
+                || ctrls
+                    .split(',')
+                    .any(|c| c == dir || c.strip_prefix("name=") == Some(dir))
+        };
+        hit.then(|| path.trim_start_matches('/').to_string())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hierarchys_own_cgroup_is_found_by_its_mount_directory() {
+        let own = "9:name=systemd:/s\n4:memory:/m/n\n2:cpu,cpuacct:/c\n0::/u\n";
+        assert_eq!(own_path_in(own, "memory").as_deref(), Some("m/n"));
+        assert_eq!(own_path_in(own, "cpu,cpuacct").as_deref(), Some("c"));
+        assert_eq!(own_path_in(own, "cpu").as_deref(), Some("c"));
+        assert_eq!(own_path_in(own, "systemd").as_deref(), Some("s"));
+        assert_eq!(own_path_in(own, "unified").as_deref(), Some("u"));
+        assert_eq!(own_path_in(own, "blkio"), None);
+    }
 
     fn host() -> template::Template {
         template::Template {
