@@ -176,7 +176,10 @@ impl Spares {
 }
 
 /// A spare handed to a create: removed when dropped if it is still there under its own
-/// name (its helper made a cgroup afresh, or failed before it got that far).
+/// name (its helper made a cgroup afresh, or failed before it got that far). A create
+/// abandoned while its helper runs drops it too: a helper renaming it meanwhile finds a
+/// directory gone, removes what it renamed and makes its own (see
+/// [`Cgroup::rename_from`]); either way nothing is left.
 #[derive(Debug)]
 pub(crate) struct Taken {
     pub(crate) name: String,

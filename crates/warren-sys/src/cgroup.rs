@@ -294,8 +294,10 @@ impl Cgroup {
 
     /// Takes `spare`'s directories (made ahead in the same hierarchies, with the limits
     /// wanted) under this cgroup's name: on v1 each is renamed within its parent, which
-    /// costs none of a new directory's allocations nor the limits' writes. Undone if one
-    /// cannot be; v2 cannot rename a cgroup at all.
+    /// costs none of a new directory's allocations nor the limits' writes. If one cannot
+    /// be (gone: its owner removed it meanwhile), those already renamed are removed, so
+    /// that nothing is left under this name and nothing comes back under the spare's for
+    /// its owner to miss; v2 cannot rename a cgroup at all.
     pub fn rename_from(&self, spare: &Cgroup) -> Result<(), CgroupError> {
         if self.v2 || spare.v2 || self.paths.len() != spare.paths.len() {
             let at = spare
@@ -304,15 +306,15 @@ impl Cgroup {
                 .map_or(Path::new(""), |(_, p)| p.as_path());
             return Err(io_at(at)(io::ErrorKind::Unsupported.into()));
         }
-        let mut done: Vec<(&Path, &Path)> = Vec::new();
+        let mut done: Vec<&Path> = Vec::new();
         for ((_, from), (_, to)) in spare.paths.iter().zip(&self.paths) {
             if let Err(e) = fs::rename(from, to) {
-                for (from, to) in done.into_iter().rev() {
-                    let _ = fs::rename(to, from);
+                for to in done.into_iter().rev() {
+                    let _ = fs::remove_dir(to);
                 }
                 return Err(io_at(from)(e));
             }
-            done.push((from, to));
+            done.push(to);
         }
         Ok(())
     }
@@ -922,7 +924,7 @@ mod tests {
     }
 
     #[test]
-    fn a_spare_is_renamed_into_place_whole_or_not_at_all() {
+    fn a_spare_is_renamed_into_place_or_nothing_is_left_under_the_new_name() {
         let root = tempfile::tempdir().unwrap();
         let h = fake_v1(root.path());
         let limits = Limits {
@@ -942,16 +944,15 @@ mod tests {
             "32"
         );
 
-        // One hierarchy already has a directory by the name: the others are put back.
+        // Its owner removed part of it meanwhile: what was renamed is removed, the rest
+        // stays for the owner (a fake cgroupfs has no control files until written).
         let spare = h.cgroup("warren-spare-1-1");
-        spare.create(&limits).unwrap();
+        spare.create(&Limits::default()).unwrap();
+        fs::remove_dir(spare.dir("pids")).unwrap();
         let taken = h.cgroup("warren-b");
-        let pids = taken.dir("pids").to_owned();
-        fs::create_dir(&pids).unwrap();
-        fs::write(pids.join("tasks"), "").unwrap();
         assert!(taken.rename_from(&spare).is_err());
-        assert_eq!(spare.paths().filter(|p| p.is_dir()).count(), 5);
-        assert_eq!(taken.paths().filter(|p| p.exists()).count(), 1);
+        assert!(!taken.exists());
+        assert_eq!(spare.paths().filter(|p| p.is_dir()).count(), 1);
         // v2 has no rename.
         let v2 = Hierarchy::V2(root.path().join("v2"));
         assert!(v2
