@@ -4,9 +4,10 @@
 //! limits are four writes, two of which make the kernel check the bandwidth of every CPU
 //! cgroup on the host: 0.2 ms of a create on an idle host, 0.45 ms beside a thousand
 //! running sandboxes, more when another sandbox's removal holds the kernel's cgroup lock.
-//! A daemon keeps a few spare cgroups, made with the limits its last create asked for,
-//! and a create whose limits are the same has its helper rename one into place under the
-//! sandbox's name (v1 renames within a parent; v2 cannot, and makes its one directory).
+//! A daemon keeps a few spare cgroups, made with the limits its creates ask for (other
+//! limits once two creates running have asked for them), and a create whose limits are
+//! the same has its helper rename one into place under the sandbox's name (v1 renames
+//! within a parent; v2 cannot, and makes its one directory).
 //!
 //! A spare is named `warren-spare-<daemon pid>-<n>`: its daemon removes its own when it
 //! stops, the next daemon those of a daemon that died, and `warren doctor` reports those
@@ -49,6 +50,29 @@ struct State {
     /// The limits the ready spares were made with.
     limits: Option<Limits>,
     ready: Vec<String>,
+    /// Other limits the last create asked for: the spares follow them when the next
+    /// create asks for them again, not before (creates of ever-changing limits would
+    /// have every spare made only to be removed).
+    asked: Option<Limits>,
+}
+
+impl State {
+    /// Whether spares with `limits` are to be made now, and the names of those made with
+    /// other limits, to be removed.
+    fn follow(&mut self, limits: Limits) -> Option<Vec<String>> {
+        if self.limits == Some(limits) || self.limits.is_none() {
+            self.limits = Some(limits);
+            self.asked = None;
+            return Some(Vec::new());
+        }
+        if self.asked != Some(limits) {
+            self.asked = Some(limits);
+            return None;
+        }
+        self.limits = Some(limits);
+        self.asked = None;
+        Some(std::mem::take(&mut self.ready))
+    }
 }
 
 impl Spares {
@@ -114,25 +138,25 @@ impl Spares {
     }
 
     fn fill(&self, hierarchy: &Hierarchy, limits: Limits) {
+        let stale = match self.state.lock() {
+            Ok(mut st) => st.follow(limits),
+            Err(_) => None,
+        };
+        let Some(stale) = stale else {
+            return;
+        };
+        for name in stale {
+            let _ = hierarchy.cgroup(&name).remove();
+        }
         loop {
-            let stale = {
-                let Ok(mut st) = self.state.lock() else {
+            {
+                let Ok(st) = self.state.lock() else {
                     return;
                 };
-                let enough = st.limits == Some(limits) && st.ready.len() >= KEEP;
-                if enough || self.closed.load(SeqCst) {
+                let done = st.limits != Some(limits) || st.ready.len() >= KEEP;
+                if done || self.closed.load(SeqCst) {
                     return;
                 }
-                match st.limits == Some(limits) {
-                    true => Vec::new(),
-                    false => {
-                        st.limits = Some(limits);
-                        std::mem::take(&mut st.ready)
-                    }
-                }
-            };
-            for name in stale {
-                let _ = hierarchy.cgroup(&name).remove();
             }
             let name = spare_name(std::process::id(), self.next.fetch_add(1, SeqCst));
             let cgroup = hierarchy.cgroup(&name);
@@ -266,5 +290,36 @@ mod tests {
         );
         assert_eq!(spares.take_name(&limits), None);
         assert!(running(std::process::id() as i32));
+    }
+
+    #[test]
+    fn the_spares_follow_other_limits_only_when_asked_for_twice_running() {
+        let a = Limits {
+            memory: Some(1 << 30),
+            ..Limits::default()
+        };
+        let b = Limits {
+            memory: Some(1 << 28),
+            ..Limits::default()
+        };
+        let c = Limits {
+            pids: Some(64),
+            ..Limits::default()
+        };
+        let mut st = State::default();
+        assert_eq!(st.follow(a), Some(vec![]));
+        st.ready = vec!["warren-spare-1-0".into()];
+        // Ever-changing limits: the spares stay as they are.
+        assert_eq!(st.follow(b), None);
+        assert_eq!(st.follow(c), None);
+        assert_eq!(st.follow(b), None);
+        assert_eq!(st.limits, Some(a));
+        // The first limits again: kept, and what was asked in between forgotten.
+        assert_eq!(st.follow(a), Some(vec![]));
+        assert_eq!(st.follow(b), None);
+        // Asked for twice running: the spares follow, those of before to be removed.
+        assert_eq!(st.follow(b), Some(vec!["warren-spare-1-0".to_string()]));
+        assert_eq!(st.limits, Some(b));
+        assert!(st.ready.is_empty());
     }
 }

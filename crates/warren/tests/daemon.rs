@@ -1561,19 +1561,21 @@ fn spare_cgroups(pid: u32) -> Vec<String> {
     h.list(&format!("warren-spare-{pid}-"))
 }
 
-/// What `file` of a sandbox's cgroup holds, in the hierarchy of `ctrl`.
-fn cgroup_file(id: &str, ctrl: &str, file: &str) -> String {
-    let h = warren_sys::cgroup::Hierarchy::detect().unwrap();
-    let cg = h.cgroup(&format!("warren-{id}"));
+/// What `file` of cgroup `name` holds, in the hierarchy of `ctrl`, if it is there.
+fn try_cgroup_file(name: &str, ctrl: &str, file: &str) -> Option<String> {
+    let h = warren_sys::cgroup::Hierarchy::detect().ok()?;
+    let cg = h.cgroup(name);
     let dir = cg
         .paths()
-        .find(|p| p.join(file).exists() && p.to_string_lossy().contains(ctrl))
-        .unwrap_or_else(|| panic!("no {file} for {id}"))
+        .find(|p| p.join(file).exists() && p.to_string_lossy().contains(ctrl))?
         .to_owned();
-    std::fs::read_to_string(dir.join(file))
-        .unwrap()
-        .trim()
-        .to_string()
+    let text = std::fs::read_to_string(dir.join(file)).ok()?;
+    Some(text.trim().to_string())
+}
+
+/// [`try_cgroup_file`], which must be there.
+fn cgroup_file(name: &str, ctrl: &str, file: &str) -> String {
+    try_cgroup_file(name, ctrl, file).unwrap_or_else(|| panic!("no {file} for {name}"))
 }
 
 #[test]
@@ -1616,28 +1618,50 @@ fn cgroups_made_ahead_carry_each_creates_limits_and_go_with_their_daemon() {
     assert_eq!(taken, 1, "one spare taken of {ready:?}");
     let limits = d.info(&second)["resources"].clone();
     assert_eq!(
-        cgroup_file(&second, "memory", "memory.limit_in_bytes"),
+        cgroup_file(
+            &format!("warren-{second}"),
+            "memory",
+            "memory.limit_in_bytes"
+        ),
         limits["memory"].to_string()
     );
     assert_eq!(
-        cgroup_file(&second, "pids", "pids.max"),
+        cgroup_file(&format!("warren-{second}"), "pids", "pids.max"),
         limits["pids"].to_string()
     );
     assert_eq!(
-        cgroup_file(&second, "cpu", "cpu.cfs_quota_us"),
+        cgroup_file(&format!("warren-{second}"), "cpu", "cpu.cfs_quota_us"),
         (limits["cpu_millis"].as_u64().unwrap() * 100).to_string()
     );
-    // Other limits: a cgroup of its own with them, and the spares made again with them.
+    // Other limits: a cgroup of its own with them; asked for twice running, the spares
+    // are made again with them.
     let small = d.create(&["--no-home", "--memory", "64M"]);
     assert_eq!(
-        cgroup_file(&small, "memory", "memory.limit_in_bytes"),
+        cgroup_file(
+            &format!("warren-{small}"),
+            "memory",
+            "memory.limit_in_bytes"
+        ),
         (64u64 << 20).to_string()
     );
     let again = d.create(&["--no-home", "--memory", "64M"]);
     assert_eq!(
-        cgroup_file(&again, "memory", "memory.limit_in_bytes"),
+        cgroup_file(
+            &format!("warren-{again}"),
+            "memory",
+            "memory.limit_in_bytes"
+        ),
         (64u64 << 20).to_string()
     );
+    let small_spares = || {
+        let spares = spare_cgroups(pid);
+        spares.len() == 2
+            && spares.iter().all(|s| {
+                try_cgroup_file(s, "memory", "memory.limit_in_bytes")
+                    == Some((64u64 << 20).to_string())
+            })
+    };
+    assert!(eventually(10, small_spares), "{:?}", spare_cgroups(pid));
     // A running daemon's spares are its own, not leftovers.
     let doctor = stdout(&d.run(&["doctor"]));
     assert!(!doctor.contains("warren-spare-"), "{doctor}");
