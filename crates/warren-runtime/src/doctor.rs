@@ -30,7 +30,7 @@ pub fn leftovers(backend: &NamespaceBackend) -> Vec<Leftover> {
     for name in backend.hierarchy().list(PREFIX) {
         let id = name.trim_start_matches(PREFIX);
         // Made ahead by a daemon (see crate::spares): its own while it runs.
-        if crate::spares::owner(id).is_some_and(crate::spares::running) {
+        if crate::spares::owner(id).is_some_and(crate::namespace::pid_alive) {
             continue;
         }
         // A sandbox kept under other directories (another daemon, another test root) is

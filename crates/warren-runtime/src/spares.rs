@@ -18,6 +18,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use warren_sys::cgroup::{Cgroup, Hierarchy, Limits};
 
+use crate::namespace::pid_alive;
 use crate::PREFIX;
 
 /// What follows [`PREFIX`] in a spare's name.
@@ -230,22 +231,11 @@ pub fn owner(name: &str) -> Option<i32> {
     pid.parse().ok()
 }
 
-/// Whether process `pid` is running (not a zombie).
-pub fn running(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, r)| !r.trim_start().starts_with(['Z', 'X']))
-        })
-        .unwrap_or(false)
-}
-
 /// Removes the spares of daemons no longer running (a daemon killed before it could).
 pub fn clear_dead(hierarchy: &Hierarchy) {
     for name in hierarchy.list(&format!("{PREFIX}{SPARE}")) {
         let pid = owner(name.trim_start_matches(PREFIX));
-        if pid.is_some_and(|p| !running(p)) {
+        if pid.is_some_and(|p| !pid_alive(p)) {
             let _ = hierarchy.cgroup(&name).remove();
         }
     }
@@ -289,7 +279,7 @@ mod tests {
             Some("warren-spare-1-0")
         );
         assert_eq!(spares.take_name(&limits), None);
-        assert!(running(std::process::id() as i32));
+        assert!(pid_alive(std::process::id() as i32));
     }
 
     #[test]
