@@ -357,6 +357,8 @@ struct Sandbox {
     agent: Pid,
     /// Written to once every process of the sandbox is gone (see `watch`).
     stopped: Option<OwnedFd>,
+    /// The caller removes the sandbox itself, even one whose PID 1 ended (`warren run`).
+    caller_removes: bool,
     socket: PathBuf,
     /// `RUN/template`: which template the sandbox's processes run from.
     template_mark: PathBuf,
@@ -681,6 +683,7 @@ impl Sandbox {
                 Ok(Sandbox {
                     _ids: ids,
                     stopped: None,
+                    caller_removes: config.die_with_parent.is_some(),
                     agent: child,
                     socket,
                     template_mark: run.join("template"),
@@ -688,6 +691,19 @@ impl Sandbox {
                     publishers,
                 })
             }
+        }
+    }
+
+    /// Waits for one of `set`'s signals: whether it asks for the sandbox's stop (a
+    /// SIGCHLD does not), and for good ([`END_SIGNAL`]).
+    fn stop_asked(&mut self, set: &SigSet) -> bool {
+        match set.wait() {
+            Ok(Signal::SIGCHLD) | Err(_) => false,
+            Ok(END_SIGNAL) => {
+                self.cleanup.for_good = true;
+                true
+            }
+            Ok(_) => true,
         }
     }
 
@@ -720,15 +736,17 @@ impl Sandbox {
                     break 1;
                 }
             }
-            match set.wait() {
-                Ok(Signal::SIGCHLD) | Err(_) => continue,
-                Ok(END_SIGNAL) => {
-                    self.cleanup.for_good = true;
-                    break 0;
-                }
-                Ok(_) => break 0,
+            if self.stop_asked(&set) {
+                break 0;
             }
         };
+        if self.caller_removes && self.cleanup.agent.is_none() {
+            // PID 1 ended by itself: the caller (`warren run`) reads the sandbox's
+            // counters once the command's connection closes (was it the OOM killer?),
+            // which must not be gone by then. It asks for the rest, or dies, which sends
+            // SIGTERM.
+            while !self.stop_asked(&set) {}
+        }
         crate::trace::mark("helper: stop asked");
         self.cleanup.stop_processes();
         // Nothing runs from the template any more: it may be removed while the rest of

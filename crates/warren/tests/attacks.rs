@@ -707,8 +707,8 @@ fn memory_filesystems_are_charged_to_the_sandbox() {
         .unwrap_or(u64::MAX);
     assert!(
         held <= 64,
-        "{held} MiB were held in memory filesystems under a 64 MiB limit: {}",
-        stderr(&o)
+        "{held} MiB were held in memory filesystems under a 64 MiB limit ({}): {out}{err}",
+        o.status
     );
 }
 

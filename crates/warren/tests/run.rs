@@ -291,6 +291,73 @@ fn process_tree(pid: u32) -> Vec<u32> {
     tree
 }
 
+#[test]
+fn a_sandbox_killed_under_its_command_is_told_and_removed() {
+    let name = "a_sandbox_killed_under_its_command_is_told_and_removed";
+    if !can_run(name) {
+        return;
+    }
+    if isolation() != "namespace" {
+        warren_testkit::skip(
+            name,
+            "the agent is a host process of the namespace backend's",
+        );
+        return;
+    }
+    let mut cli = warren()
+        .args(["run", "--rm", "--", "sh", "-c", "echo up; exec sleep 100"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 3];
+    cli.stdout.as_mut().unwrap().read_exact(&mut line).unwrap();
+    // The sandbox's first process, Warren's agent, killed by the host: the command's
+    // connection closes, the CLI (which removes the sandbox itself) still reads what
+    // ended it, says so, and removes it.
+    let tree = process_tree(cli.id());
+    let agent = *tree
+        .iter()
+        .find(|p| {
+            std::fs::read(format!("/proc/{p}/cmdline"))
+                .is_ok_and(|c| c.starts_with(b"warren-agent"))
+        })
+        .expect("the sandbox's agent");
+    let helper = tree[1];
+    let sandboxes = test_root().join("run/sandboxes");
+    let dir = std::fs::read_dir(&sandboxes)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|d| {
+            std::fs::read_to_string(d.join("agent.pid")).is_ok_and(|p| p == agent.to_string())
+        })
+        .expect("the sandbox's run directory");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let o = cli.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the sandbox stopped under the command"),
+        "{}",
+        stderr(&o)
+    );
+    // Its helper finishes the teardown after the CLI's exit, and leaves nothing.
+    let gone = |p: u32| {
+        std::fs::read_to_string(format!("/proc/{p}/stat")).map_or(true, |s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        })
+    };
+    assert!(
+        warren_testkit::eventually(10, || gone(helper) && !dir.exists()),
+        "the sandbox's helper or run directory is left"
+    );
+}
+
 /// The largest peak resident set among `pids`, in MiB.
 fn peak_rss_mib(pids: &[u32]) -> u64 {
     pids.iter()
