@@ -636,18 +636,7 @@ impl Sandbox {
                         .map_err(fail("rename the agent"))?;
                     cgroup
                         .finish_join(child.as_raw())
-                        .map_err(|e| e.to_string())?;
-                    if spec.network == NetworkMode::Nat {
-                        let lease = crate::network::setup_nat(
-                            &config.run_dir,
-                            &spec.id,
-                            child,
-                            std::process::id(),
-                        )?;
-                        cleanup.dirs.push(lease);
-                        cleanup.link = Some(crate::network::link_name(&spec.id));
-                    }
-                    Ok(())
+                        .map_err(|e| e.to_string().into())
                 })();
                 let go = fs::File::from(go_w);
                 setup?;
@@ -671,6 +660,18 @@ impl Sandbox {
                     },
                 }
                 crate::trace::mark("helper: child ready");
+                // Its network namespace is the child's own from its set-up on; nothing of
+                // the sandbox runs before it is answered for.
+                if spec.network == NetworkMode::Nat {
+                    let lease = crate::network::setup_nat(
+                        &config.run_dir,
+                        &spec.id,
+                        child,
+                        std::process::id(),
+                    )?;
+                    cleanup.dirs.push(lease);
+                    cleanup.link = Some(crate::network::link_name(&spec.id));
+                }
                 // Its mount over the kernel's holds it now.
                 let _ = fs::remove_file(root.join(BOOT_ID));
                 fs::write(run.join("agent.pid"), child.to_string())
@@ -1358,12 +1359,16 @@ const READY: &str = "ready";
 /// after writing the reason to the status pipe.
 fn child_main(args: ChildArgs<'_>) -> String {
     let mut status = fs::File::from(args.status);
+    // Made while the helper finishes its part and this process its mounts; should the
+    // maker not start, this process makes its own namespace when it needs it.
+    let net = ns::make_netns_beside().ok();
     let r = child_setup(
         &args.go,
         &args.root,
         args.hostname,
         args.join,
         args.in_shell,
+        net,
     );
     drop(args.go);
     drop(args.root);
@@ -1416,6 +1421,7 @@ fn child_setup(
     hostname: &str,
     join: Option<warren_sys::cgroup::SelfJoin>,
     in_shell: bool,
+    net: Option<ns::NetnsBeside>,
 ) -> Setup<()> {
     let mut b = [0u8; 1];
     match nix::unistd::read(go.as_raw_fd(), &mut b) {
@@ -1454,9 +1460,16 @@ fn child_setup(
     let root = Path::new(".");
     ns::unshare(ns::CloneFlags::CLONE_NEWCGROUP).map_err(fail("new cgroup namespace"))?;
     ns::sethostname(hostname).map_err(fail("set the hostname"))?;
-    ns::loopback_up().map_err(fail("bring up loopback"))?;
     let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", &root.join("proc"), "proc", hidden, None).map_err(fail("mount /proc"))?;
+    // A sysfs shows the network namespace of whoever mounts it: this process enters its
+    // own first.
+    match net {
+        Some(net) => net.enter(),
+        None => ns::unshare(ns::CloneFlags::CLONE_NEWNET).and_then(|()| ns::loopback_up()),
+    }
+    .map_err(fail("new network namespace"))?;
+    crate::trace::mark("child: network namespace");
     mount_fs(
         "sysfs",
         &root.join("sys"),

@@ -10,16 +10,186 @@ use std::path::Path;
 pub use nix::sched::CloneFlags;
 use nix::unistd::Pid;
 
-/// Namespaces a sandbox's first process is cloned into (user, pid, uts, ipc, net). The
+/// Namespaces a sandbox's first process is cloned into (user, pid, uts, ipc). The
 /// mount namespace is made by the child itself once it stands in its root (see
-/// `unshare`: the copy it gets follows its working directory), and the cgroup namespace
-/// once it sits in its own cgroup.
+/// `unshare`: the copy it gets follows its working directory), the cgroup namespace
+/// once it sits in its own cgroup, and the network namespace, the costliest of all to
+/// make, by a task of the child's own while both go on ([`NetnsBeside`]).
 pub fn sandbox_flags() -> CloneFlags {
     CloneFlags::CLONE_NEWUSER
         | CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
-        | CloneFlags::CLONE_NEWNET
+}
+
+/// A network namespace being made beside the caller's own work, for the caller to enter
+/// when it needs it ([`NetnsBeside::enter`]).
+///
+/// The kernel makes a network namespace in the context of the task that asks for it,
+/// running every network subsystem's set-up for it: about two thirds of a sandbox's
+/// namespaces' cost. Asked for by a task of its own, sharing this process's memory and
+/// descriptors (no page tables copied), it is made on another CPU while this process
+/// goes on. The maker brings its loopback up and leaves a descriptor of it in the shared
+/// table (from a socket of the namespace, `SIOCGSKNS`: no `/proc`, no ptrace check,
+/// which a process that changed its ids would fail); the namespace belongs to the
+/// caller's user namespace, as one the caller made itself would.
+pub struct NetnsBeside {
+    maker: Pid,
+    /// Four bytes from the maker: the namespace's descriptor, or -1 if it could not be
+    /// made.
+    made: OwnedFd,
+    /// The pipe's other end, which the maker writes to: in the shared table, so closed
+    /// only once the maker is gone.
+    made_w: Option<OwnedFd>,
+    /// Whether the four bytes were read.
+    taken: bool,
+    stack: Option<crate::child::Stack>,
+}
+
+/// Starts making a network namespace beside the caller: see [`NetnsBeside`].
+pub fn make_netns_beside() -> io::Result<NetnsBeside> {
+    use crate::child::{BlockedSignals, Stack};
+    let (made_r, made_w) = nix::unistd::pipe()?;
+    let stack = Stack::new(16 << 10)?;
+    // No handler of this process may run in the maker (it shares our memory): it is born
+    // with every signal blocked, and ends without unblocking any.
+    let blocked = BlockedSignals::all()?;
+    extern "C" fn make(arg: *mut libc::c_void) -> libc::c_int {
+        let made = arg as usize as libc::c_int;
+        // SAFETY: system calls on this stack's own data (an `ifreq` and an integer),
+        // then _exit: no memory of the parent's touched. A failing call may set the
+        // errno of the thread whose memory this is, which reads it only on its own
+        // error path: the caller sees -1 and makes a namespace itself.
+        unsafe {
+            let fd = (|| {
+                if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                    return -1;
+                }
+                let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+                if sock < 0 {
+                    return -1;
+                }
+                let mut req: libc::ifreq = std::mem::zeroed();
+                for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+                    *dst = *src as libc::c_char;
+                }
+                let mut ns = -1;
+                if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0 {
+                    req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+                    if libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0 {
+                        ns = libc::ioctl(sock, libc::SIOCGSKNS);
+                    }
+                }
+                libc::close(sock);
+                ns
+            })();
+            libc::write(
+                made,
+                std::ptr::from_ref(&fd).cast(),
+                std::mem::size_of_val(&fd),
+            );
+            libc::_exit(0)
+        }
+    }
+    // SAFETY: `make` runs on `stack`, which stays mapped until the maker is reaped (in
+    // `NetnsBeside`'s drop), and touches nothing but that stack; its argument is a
+    // descriptor number. CLONE_VM and CLONE_FILES without CLONE_SIGHAND: the maker shares
+    // this memory and descriptor table, and no signal handler.
+    let pid = unsafe {
+        libc::clone(
+            make,
+            stack.top(),
+            libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
+            made_w.as_raw_fd() as usize as *mut libc::c_void,
+        )
+    };
+    drop(blocked);
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    away_from_this_cpu(pid);
+    Ok(NetnsBeside {
+        maker: Pid::from_raw(pid),
+        made: made_r,
+        made_w: Some(made_w),
+        taken: false,
+        stack: Some(stack),
+    })
+}
+
+/// Keeps task `pid` off the CPU this thread runs on, where it can. A new task starts
+/// on its maker's CPU and runs there only once its maker sleeps: a task meant to run
+/// beside its maker would run after it instead.
+fn away_from_this_cpu(pid: libc::pid_t) {
+    // SAFETY: sched_getcpu takes nothing; sched_getaffinity and sched_setaffinity read
+    // and write the `cpu_set_t` owned here, of the size given.
+    unsafe {
+        let here = libc::sched_getcpu();
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        if here < 0 || libc::sched_getaffinity(0, size, &mut set) != 0 {
+            return;
+        }
+        libc::CPU_CLR(here as usize, &mut set);
+        if libc::CPU_COUNT(&set) > 0 {
+            libc::sched_setaffinity(pid, size, &set);
+        }
+    }
+}
+
+impl std::fmt::Debug for NetnsBeside {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetnsBeside")
+            .field("maker", &self.maker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetnsBeside {
+    /// Waits until the namespace is made and moves the calling thread into it (the
+    /// process, if it has one thread), its loopback up. Should the maker have failed, the
+    /// caller makes one itself: either way it ends in a network namespace of its own,
+    /// never the one it was in.
+    pub fn enter(mut self) -> io::Result<()> {
+        let ns = self.take();
+        drop(self);
+        if let Some(ns) = ns {
+            if setns(&ns, CloneFlags::CLONE_NEWNET).is_ok() {
+                return Ok(());
+            }
+        }
+        unshare(CloneFlags::CLONE_NEWNET)?;
+        loopback_up()
+    }
+
+    /// The namespace's descriptor, once the maker is done; `None` if it made none.
+    fn take(&mut self) -> Option<OwnedFd> {
+        use std::os::fd::FromRawFd;
+        if std::mem::replace(&mut self.taken, true) {
+            return None;
+        }
+        let mut b = [0u8; 4];
+        // The maker writes once and ends: a short read is one that died first.
+        let fd = match nix::unistd::read(self.made.as_raw_fd(), &mut b) {
+            Ok(4) => i32::from_ne_bytes(b),
+            _ => -1,
+        };
+        // SAFETY: the maker opened this descriptor in the table this process shares
+        // with it and handed it over here alone.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+}
+
+impl Drop for NetnsBeside {
+    fn drop(&mut self) {
+        // A namespace not entered is closed (it lives no longer than its descriptor).
+        drop(self.take());
+        // The maker ends once it wrote (or died): reaped here, then its stack unmapped
+        // and its end of the pipe closed.
+        let _ = nix::sys::wait::waitpid(self.maker, None);
+        drop(self.stack.take());
+        drop(self.made_w.take());
+    }
 }
 
 /// Which side of [`clone_process`] we are on.
@@ -326,6 +496,64 @@ pub fn loopback_up() -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
+
+    #[test]
+    fn a_network_namespace_made_beside_is_new_and_the_callers_alone() {
+        if !warren_testkit::needs_root(
+            "ns::a_network_namespace_made_beside_is_new_and_the_callers_alone",
+            "new network namespaces",
+        ) {
+            return;
+        }
+        let netns = || std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+        let before = netns();
+        // Each in a thread of its own: a thread's network namespace is its own.
+        let made: Vec<u64> = (0..3)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let beside = make_netns_beside().unwrap();
+                    // Still where it was until it enters.
+                    assert_eq!(netns(), before);
+                    beside.enter().unwrap();
+                    // A new namespace has its loopback, up, and no other link.
+                    let dev = std::fs::read_to_string("/proc/thread-self/net/dev").unwrap();
+                    let links: Vec<&str> = dev
+                        .lines()
+                        .skip(2)
+                        .filter_map(|l| l.split(':').next())
+                        .map(str::trim)
+                        .collect();
+                    assert_eq!(links, ["lo"]);
+                    netns()
+                })
+                .join()
+                .unwrap()
+            })
+            .collect();
+        assert_eq!(netns(), before, "the test's own thread stayed");
+        for (i, n) in made.iter().enumerate() {
+            assert_ne!(*n, before);
+            assert!(!made[..i].contains(n), "one namespace each");
+        }
+        // A maker not entered is gone (reaped) once dropped, and the namespace it made
+        // with it (it lives no longer than a descriptor of it).
+        let open_netns = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter(|l| l.to_string_lossy().starts_with("net:["))
+                .count()
+        };
+        let open_before = open_netns();
+        let beside = make_netns_beside().unwrap();
+        let maker = beside.maker;
+        drop(beside);
+        assert_eq!(
+            nix::sys::signal::kill(maker, None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        assert_eq!(open_netns(), open_before);
+    }
 
     #[test]
     fn an_idmap_namespace_shows_files_through_its_maps() {
