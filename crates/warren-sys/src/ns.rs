@@ -41,7 +41,7 @@ pub struct NetnsBeside {
     /// The pipe's other end, which the maker writes to: in the shared table, so closed
     /// only once the maker is gone.
     made_w: Option<OwnedFd>,
-    /// Whether the four bytes were read.
+    /// Whether the maker was reaped and its word read.
     taken: bool,
     stack: Option<crate::child::Stack>,
 }
@@ -168,8 +168,12 @@ impl NetnsBeside {
         if std::mem::replace(&mut self.taken, true) {
             return None;
         }
+        // The maker writes once and ends. Reaped first, then its end of the pipe closed:
+        // a maker that died before it wrote (only SIGKILL can end it) leaves a pipe that
+        // reads as ended, not one read forever.
+        let _ = nix::sys::wait::waitpid(self.maker, None);
+        drop(self.made_w.take());
         let mut b = [0u8; 4];
-        // The maker writes once and ends: a short read is one that died first.
         let fd = match nix::unistd::read(self.made.as_raw_fd(), &mut b) {
             Ok(4) => i32::from_ne_bytes(b),
             _ => -1,
@@ -182,13 +186,10 @@ impl NetnsBeside {
 
 impl Drop for NetnsBeside {
     fn drop(&mut self) {
-        // A namespace not entered is closed (it lives no longer than its descriptor).
+        // The maker reaped, and a namespace not entered closed (it lives no longer than
+        // its descriptor); then the stack the maker ran on is unmapped.
         drop(self.take());
-        // The maker ends once it wrote (or died): reaped here, then its stack unmapped
-        // and its end of the pipe closed.
-        let _ = nix::sys::wait::waitpid(self.maker, None);
         drop(self.stack.take());
-        drop(self.made_w.take());
     }
 }
 
