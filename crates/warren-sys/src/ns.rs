@@ -48,16 +48,13 @@ pub struct NetnsBeside {
 
 /// Starts making a network namespace beside the caller: see [`NetnsBeside`].
 pub fn make_netns_beside() -> io::Result<NetnsBeside> {
-    use crate::child::{BlockedSignals, Stack};
+    use crate::child::Stack;
     let (made_r, made_w) = nix::unistd::pipe()?;
     let stack = Stack::new(16 << 10)?;
-    // No handler of this process may run in the maker (it shares our memory): it is born
-    // with every signal blocked, and ends without unblocking any.
-    let blocked = BlockedSignals::all()?;
     extern "C" fn make(arg: *mut libc::c_void) -> libc::c_int {
         let made = arg as usize as libc::c_int;
-        // SAFETY: system calls on this stack's own data (an `ifreq` and an integer),
-        // then _exit: no memory of the parent's touched. A failing call may set the
+        // SAFETY: system calls on this stack's own data (integers, and the `ifreq` of
+        // `raise_loopback`'s frame), then _exit: no memory of the parent's touched. A failing call may set the
         // errno of the thread whose memory this is, which reads it only on its own
         // error path: the caller sees -1 and makes a namespace itself.
         unsafe {
@@ -69,16 +66,9 @@ pub fn make_netns_beside() -> io::Result<NetnsBeside> {
                 if sock < 0 {
                     return -1;
                 }
-                let mut req: libc::ifreq = std::mem::zeroed();
-                for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-                    *dst = *src as libc::c_char;
-                }
                 let mut ns = -1;
-                if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0 {
-                    req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-                    if libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0 {
-                        ns = libc::ioctl(sock, libc::SIOCGSKNS);
-                    }
+                if raise_loopback(sock) == 0 {
+                    ns = libc::ioctl(sock, libc::SIOCGSKNS);
                 }
                 libc::close(sock);
                 ns
@@ -91,25 +81,14 @@ pub fn make_netns_beside() -> io::Result<NetnsBeside> {
             libc::_exit(0)
         }
     }
-    // SAFETY: `make` runs on `stack`, which stays mapped until the maker is reaped (in
-    // `NetnsBeside`'s drop), and touches nothing but that stack; its argument is a
-    // descriptor number. CLONE_VM and CLONE_FILES without CLONE_SIGHAND: the maker shares
-    // this memory and descriptor table, and no signal handler.
-    let pid = unsafe {
-        libc::clone(
-            make,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_FILES | libc::SIGCHLD,
-            made_w.as_raw_fd() as usize as *mut libc::c_void,
-        )
-    };
-    drop(blocked);
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    away_from_this_cpu(pid);
+    // SAFETY: `make` touches nothing but its own stack; the stack stays mapped until the
+    // maker is reaped (in `NetnsBeside`'s drop); its argument is a descriptor number.
+    // CLONE_FILES: the maker shares this descriptor table too.
+    let maker =
+        unsafe { run_on_stack(&stack, make, libc::CLONE_FILES, made_w.as_raw_fd() as usize)? };
+    away_from_this_cpu(maker.as_raw());
     Ok(NetnsBeside {
-        maker: Pid::from_raw(pid),
+        maker,
         made: made_r,
         made_w: Some(made_w),
         taken: false,
@@ -331,19 +310,49 @@ pub fn clone_process_owned_by(flags: CloneFlags, owner: u32) -> io::Result<Forke
     Ok(forked)
 }
 
+/// Starts `f(arg)` in a new process sharing this one's memory (`CLONE_VM`, plus
+/// `flags`: namespaces, `CLONE_FILES`), on `stack`: no page tables copied. No signal
+/// handler of this process may run there, so the process is born with every signal
+/// blocked; `f` must end it with `_exit`, unblocking none.
+///
+/// # Safety
+///
+/// `f` may touch only its own stack and `arg` (no allocation, no lock, nothing of the
+/// caller's memory), and `stack` must stay mapped until the process is reaped.
+unsafe fn run_on_stack(
+    stack: &crate::child::Stack,
+    f: extern "C" fn(*mut libc::c_void) -> libc::c_int,
+    flags: libc::c_int,
+    arg: usize,
+) -> io::Result<Pid> {
+    let blocked = crate::child::BlockedSignals::all()?;
+    // SAFETY: the caller vouches for `f` and the stack (above); CLONE_VM without
+    // CLONE_SIGHAND or CLONE_THREAD: a process of its own that shares this memory.
+    let pid = unsafe {
+        libc::clone(
+            f,
+            stack.top(),
+            libc::CLONE_VM | flags | libc::SIGCHLD,
+            arg as *mut libc::c_void,
+        )
+    };
+    drop(blocked);
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Pid::from_raw(pid))
+}
+
 /// A user namespace with these maps and no process in it: a description of an id
 /// mapping for idmapped mounts (see `mount::DetachedMount::idmap`). A throwaway child,
 /// cloned into the new namespace sharing this process's memory (no page tables copied,
 /// no copy-on-write faults after), holds it until the maps are written and the namespace
 /// opened, then exits.
 pub fn idmap_userns(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
-    use crate::child::{BlockedSignals, Stack};
+    use crate::child::Stack;
     // The child only waits for a byte on this pipe and exits.
     let (r, w) = nix::unistd::pipe()?;
     let stack = Stack::new(16 << 10)?;
-    // No handler of this process may run in the child (it shares our memory): it is born
-    // with every signal blocked, and ends without unblocking any.
-    let blocked = BlockedSignals::all()?;
     extern "C" fn hold(arg: *mut libc::c_void) -> libc::c_int {
         let fd = arg as usize as libc::c_int;
         let mut b = 0u8;
@@ -354,22 +363,9 @@ pub fn idmap_userns(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
             libc::_exit(0)
         }
     }
-    // SAFETY: `hold` runs on `stack`, which stays mapped until the child is reaped below,
-    // and touches nothing but that stack; its argument is a descriptor number. CLONE_VM
-    // without CLONE_FILES or CLONE_SIGHAND: the child shares this memory only.
-    let pid = unsafe {
-        libc::clone(
-            hold,
-            stack.top(),
-            libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD,
-            r.as_raw_fd() as usize as *mut libc::c_void,
-        )
-    };
-    drop(blocked);
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let child = Pid::from_raw(pid);
+    // SAFETY: `hold` touches nothing but its own stack, which stays mapped until the
+    // child is reaped below; its argument is a descriptor number.
+    let child = unsafe { run_on_stack(&stack, hold, libc::CLONE_NEWUSER, r.as_raw_fd() as usize)? };
     let result = (|| {
         std::fs::write(format!("/proc/{child}/uid_map"), uid_map)?;
         std::fs::write(format!("/proc/{child}/gid_map"), gid_map)?;
@@ -462,6 +458,26 @@ pub fn set_child_subreaper() -> io::Result<()> {
     nix::sys::prctl::set_child_subreaper(true).map_err(io::Error::from)
 }
 
+/// Sets loopback's up and running flags through `sock`, a socket of its network
+/// namespace: 0, or -1 with `errno` set, as a system call. Touches nothing but its own
+/// stack (a namespace's maker calls it: see [`make_netns_beside`]).
+fn raise_loopback(sock: libc::c_int) -> libc::c_int {
+    // SAFETY: `ifreq` is plain old data, all-zero valid for every field; SIOCGIFFLAGS
+    // fills its flags member, read and written back by SIOCSIFFLAGS; the `ifreq` lives on
+    // this stack through both calls. A bad descriptor is the kernel's to refuse.
+    unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return -1;
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        libc::ioctl(sock, libc::SIOCSIFFLAGS, &req)
+    }
+}
+
 /// Brings the loopback interface of the current network namespace up (a new network
 /// namespace starts with it down).
 pub fn loopback_up() -> io::Result<()> {
@@ -472,22 +488,7 @@ pub fn loopback_up() -> io::Result<()> {
         SockFlag::SOCK_CLOEXEC,
         None,
     )?;
-    // SAFETY: `ifreq` is plain old data; all-zero is a valid value for every field.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: SIOCGIFFLAGS fills the flags union member of the `ifreq` we own, which
-    // outlives the call; the socket descriptor is valid.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: reading the flags member SIOCGIFFLAGS just wrote, then writing it back.
-    unsafe {
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    }
-    // SAFETY: SIOCSIFFLAGS reads the `ifreq` we own for the duration of the call.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
+    if raise_loopback(sock.as_raw_fd()) < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
