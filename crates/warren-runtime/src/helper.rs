@@ -1464,11 +1464,8 @@ fn child_setup(
     mount_fs("proc", &root.join("proc"), "proc", hidden, None).map_err(fail("mount /proc"))?;
     // A sysfs shows the network namespace of whoever mounts it: this process enters its
     // own first.
-    match net {
-        Some(net) => net.enter(),
-        None => ns::unshare(ns::CloneFlags::CLONE_NEWNET).and_then(|()| ns::loopback_up()),
-    }
-    .map_err(fail("new network namespace"))?;
+    net.map_or_else(ns::new_netns, ns::NetnsBeside::enter)
+        .map_err(fail("new network namespace"))?;
     crate::trace::mark("child: network namespace");
     mount_fs(
         "sysfs",

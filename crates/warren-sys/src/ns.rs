@@ -34,64 +34,57 @@ pub fn sandbox_flags() -> CloneFlags {
 /// which a process that changed its ids would fail); the namespace belongs to the
 /// caller's user namespace, as one the caller made itself would.
 pub struct NetnsBeside {
-    maker: Pid,
-    /// Four bytes from the maker: the namespace's descriptor, or -1 if it could not be
-    /// made.
-    made: OwnedFd,
-    /// The pipe's other end, which the maker writes to: in the shared table, so closed
-    /// only once the maker is gone.
-    made_w: Option<OwnedFd>,
-    /// Whether the maker was reaped and its word read.
-    taken: bool,
+    /// Until reaped.
+    maker: Option<Pid>,
+    /// What the maker leaves: the namespace's descriptor, -1 until then or if it could
+    /// not make one. Read once the maker is reaped, which orders its write before.
+    made: Box<std::sync::atomic::AtomicI32>,
     stack: Option<crate::child::Stack>,
 }
 
 /// Starts making a network namespace beside the caller: see [`NetnsBeside`].
 pub fn make_netns_beside() -> io::Result<NetnsBeside> {
-    use crate::child::Stack;
-    let (made_r, made_w) = nix::unistd::pipe()?;
-    let stack = Stack::new(16 << 10)?;
+    use std::sync::atomic::{AtomicI32, Ordering};
+    let stack = crate::child::Stack::new(16 << 10)?;
+    let made = Box::new(AtomicI32::new(-1));
     extern "C" fn make(arg: *mut libc::c_void) -> libc::c_int {
-        let made = arg as usize as libc::c_int;
-        // SAFETY: system calls on this stack's own data (integers, and the `ifreq` of
-        // `raise_loopback`'s frame), then _exit: no memory of the parent's touched. A failing call may set the
-        // errno of the thread whose memory this is, which reads it only on its own
-        // error path: the caller sees -1 and makes a namespace itself.
+        // SAFETY: `arg` is the `AtomicI32` the caller keeps boxed until this process is
+        // reaped; the rest is system calls on this stack's own data (integers, and the
+        // `ifreq` of `raise_loopback`'s frame), then _exit: nothing else of the parent's
+        // memory touched. A failing call may set the errno of the thread whose memory
+        // this is, which reads it only on its own error path: the caller sees -1 and
+        // makes a namespace itself.
         unsafe {
-            let fd = (|| {
-                if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                    return -1;
-                }
-                let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-                if sock < 0 {
-                    return -1;
-                }
-                let mut ns = -1;
-                if raise_loopback(sock) == 0 {
-                    ns = libc::ioctl(sock, libc::SIOCGSKNS);
-                }
-                libc::close(sock);
-                ns
-            })();
-            libc::write(
-                made,
-                std::ptr::from_ref(&fd).cast(),
-                std::mem::size_of_val(&fd),
-            );
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                libc::_exit(1)
+            }
+            let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+            if sock < 0 {
+                libc::_exit(1)
+            }
+            if raise_loopback(sock) == 0 {
+                let ns = libc::ioctl(sock, libc::SIOCGSKNS);
+                (*arg.cast::<AtomicI32>()).store(ns, Ordering::Release);
+            }
+            libc::close(sock);
             libc::_exit(0)
         }
     }
-    // SAFETY: `make` touches nothing but its own stack; the stack stays mapped until the
-    // maker is reaped (in `NetnsBeside`'s drop); its argument is a descriptor number.
-    // CLONE_FILES: the maker shares this descriptor table too.
-    let maker =
-        unsafe { run_on_stack(&stack, make, libc::CLONE_FILES, made_w.as_raw_fd() as usize)? };
+    // SAFETY: `make` touches nothing but its own stack and the boxed integer, both kept
+    // until the maker is reaped (in `NetnsBeside`'s drop at the latest). CLONE_FILES: the
+    // maker shares this descriptor table too.
+    let maker = unsafe {
+        run_on_stack(
+            &stack,
+            make,
+            libc::CLONE_FILES,
+            std::ptr::from_ref::<AtomicI32>(&made) as usize,
+        )?
+    };
     away_from_this_cpu(maker.as_raw());
     Ok(NetnsBeside {
-        maker,
-        made: made_r,
-        made_w: Some(made_w),
-        taken: false,
+        maker: Some(maker),
+        made,
         stack: Some(stack),
     })
 }
@@ -127,36 +120,23 @@ impl std::fmt::Debug for NetnsBeside {
 impl NetnsBeside {
     /// Waits until the namespace is made and moves the calling thread into it (the
     /// process, if it has one thread), its loopback up. Should the maker have failed, the
-    /// caller makes one itself: either way it ends in a network namespace of its own,
-    /// never the one it was in.
+    /// caller makes one itself ([`new_netns`]): either way it ends in a network namespace
+    /// of its own, never the one it was in.
     pub fn enter(mut self) -> io::Result<()> {
         let ns = self.take();
         drop(self);
-        if let Some(ns) = ns {
-            if setns(&ns, CloneFlags::CLONE_NEWNET).is_ok() {
-                return Ok(());
-            }
+        match ns {
+            Some(ns) if setns(&ns, CloneFlags::CLONE_NEWNET).is_ok() => Ok(()),
+            _ => new_netns(),
         }
-        unshare(CloneFlags::CLONE_NEWNET)?;
-        loopback_up()
     }
 
-    /// The namespace's descriptor, once the maker is done; `None` if it made none.
+    /// Reaps the maker (once) and takes the namespace's descriptor it left, if any.
     fn take(&mut self) -> Option<OwnedFd> {
         use std::os::fd::FromRawFd;
-        if std::mem::replace(&mut self.taken, true) {
-            return None;
-        }
-        // The maker writes once and ends. Reaped first, then its end of the pipe closed:
-        // a maker that died before it wrote (only SIGKILL can end it) leaves a pipe that
-        // reads as ended, not one read forever.
-        let _ = nix::sys::wait::waitpid(self.maker, None);
-        drop(self.made_w.take());
-        let mut b = [0u8; 4];
-        let fd = match nix::unistd::read(self.made.as_raw_fd(), &mut b) {
-            Ok(4) => i32::from_ne_bytes(b),
-            _ => -1,
-        };
+        let maker = self.maker.take()?;
+        let _ = nix::sys::wait::waitpid(maker, None);
+        let fd = self.made.load(std::sync::atomic::Ordering::Acquire);
         // SAFETY: the maker opened this descriptor in the table this process shares
         // with it and handed it over here alone.
         (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
@@ -170,6 +150,12 @@ impl Drop for NetnsBeside {
         drop(self.take());
         drop(self.stack.take());
     }
+}
+
+/// Moves the calling thread into a new network namespace, its loopback up.
+pub fn new_netns() -> io::Result<()> {
+    unshare(CloneFlags::CLONE_NEWNET)?;
+    loopback_up()
 }
 
 /// Which side of [`clone_process`] we are on.
@@ -548,7 +534,7 @@ mod tests {
         };
         let open_before = open_netns();
         let beside = make_netns_beside().unwrap();
-        let maker = beside.maker;
+        let maker = beside.maker.unwrap();
         drop(beside);
         assert_eq!(
             nix::sys::signal::kill(maker, None),
