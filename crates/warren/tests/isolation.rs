@@ -246,6 +246,50 @@ fn each_namespace_is_new() {
     }
 }
 
+/// The network namespace is made by a task of the sandbox's first process beside its
+/// set-up: it must still be the sandbox's own, owned by its user namespace (whose root
+/// then holds CAP_NET_ADMIN over it and nothing else), and no other sandbox's.
+#[test]
+fn the_network_namespace_is_the_sandboxs_own() {
+    let name = "the_network_namespace_is_the_sandboxs_own";
+    if !can_run(name) || !host_kernel(name) {
+        return;
+    }
+    // NS_GET_USERNS: the user namespace owning the network namespace, refused (EPERM)
+    // when that owner is outside the caller's, as the host's is.
+    let script = "python3 -c '\nimport fcntl, os\n\
+        fd = os.open(\"/proc/self/ns/net\", os.O_RDONLY)\n\
+        try:\n    owner = os.readlink(\"/proc/self/fd/%d\" % fcntl.ioctl(fd, 0xb701))\n\
+        except OSError as e:\n    owner = \"refused: %s\" % e\n\
+        print(owner, os.readlink(\"/proc/self/ns/user\"), os.readlink(\"/proc/self/ns/net\"))'";
+    // Two sandboxes alive at once: one holds while the other looks.
+    let mut first = warren()
+        .args(["run", "--rm", "--", "sh", "-c"])
+        .arg(format!("{script}; sleep 2"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(first.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let second = sh_ok(&[], script);
+    assert!(first.wait().unwrap().success());
+    let mut nets = Vec::new();
+    for out in [line.as_str(), second.as_str()] {
+        let f: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "{out}");
+        assert_eq!(
+            f[0], f[1],
+            "the network namespace's owner is not the sandbox's: {out}"
+        );
+        nets.push(f[2].to_string());
+    }
+    assert_ne!(nets[0], nets[1], "two sandboxes share a network namespace");
+}
+
 #[test]
 fn hostname_is_the_sandboxs_and_cannot_be_changed() {
     if !can_run("hostname_is_the_sandboxs_and_cannot_be_changed") {
