@@ -564,9 +564,9 @@ impl Sandbox {
         env.extend(spec.env.clone());
         let hostname = spec.hostname.clone().unwrap_or_else(|| "sandbox".into());
         let seccomp = warren_sys::seccomp::SeccompProgram::default_policy_shared()
-            .map_err(|e| format!("compile the seccomp policy: {e}"))?
+            .map_err(|e| format!("the seccomp policy: {e}"))?
             .clone();
-        crate::trace::mark("helper: seccomp compiled");
+        crate::trace::mark("helper: seccomp policy");
 
         // On cgroup v1 the child moves itself in (see `Cgroup::open_for_self`: the helper
         // moving it would wait for an RCU grace period); on v2 the helper moves it.

@@ -85,7 +85,7 @@ fn serve(listener: std::os::unix::net::UnixListener, launch: AgentLaunch) -> i32
         match warren_sys::seccomp::SeccompProgram::default_policy() {
             Ok(p) => Some(Arc::new(p)),
             Err(e) => {
-                eprintln!("warren agent: compile the seccomp policy: {e}");
+                eprintln!("warren agent: the seccomp policy: {e}");
                 return 1;
             }
         }

@@ -126,7 +126,7 @@ pub fn main() -> ! {
     let Ok(exited) = exited else {
         std::process::exit(1)
     };
-    // Compiled and read here once, every helper forked after has them (a failure is the
+    // Made and read here once, every helper forked after has them (a failure is the
     // helper's to report, as it tries again).
     let _ = warren_sys::seccomp::SeccompProgram::default_policy_shared();
     let _ = warren_sys::cgroup::Hierarchy::detect_shared();

@@ -197,17 +197,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
              root: run it as root, or ask a daemon with `warren create` and `warren exec`"
         );
     }
-    // The helper forked below installs the seccomp policy, compiled once per process: a
-    // thread compiles it now, beside the rest of this set-up, and the fork inherits it.
-    let compiling = (sandbox.isolation.unwrap_or_default() == Isolation::Namespace)
-        .then(|| {
-            std::thread::Builder::new()
-                .spawn(|| {
-                    let _ = warren_sys::seccomp::SeccompProgram::default_policy_shared();
-                })
-                .ok()
-        })
-        .flatten();
     let memory = sandbox.resources.memory;
     let user = args
         .user
@@ -307,10 +296,6 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let forked: Option<Box<dyn Instance>> = match isolation {
         Isolation::Namespace => {
             let backend = NamespaceBackend::new(paths.clone(), exe.clone())?;
-            // Gone before the fork, which needs this process single-threaded.
-            if let Some(t) = compiling {
-                let _ = t.join();
-            }
             trace::mark("cli: backend ready");
             Some(Box::new(backend.create_forked(spec.clone(), opts)?))
         }
