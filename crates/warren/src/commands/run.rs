@@ -21,6 +21,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
+use warren_runtime::backend::{connect_agent_with, Hello};
 use warren_runtime::client::{ClientError, ProcessEvent};
 use warren_runtime::namespace::CreateOptions;
 use warren_runtime::{trace, Instance, NamespaceBackend, Paths};
@@ -312,6 +313,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // A helper forked from this process runs this very build's agent: its protocol is
+    // known, and the command goes out behind the hello without waiting for the answer.
+    let hello = match forked {
+        Some(_) => Hello::Known(warren_types::proto::PROTOCOL_VERSION),
+        None => Hello::Ask,
+    };
     let sandbox = match forked {
         Some(sb) => sb,
         // Other backends are made through the same seam the daemon uses.
@@ -331,7 +338,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let outcome = rt.block_on(async move {
         trace::mark("cli: sandbox created");
-        let outcome = run_command(sandbox.as_ref(), req, args.interactive, tty).await;
+        let outcome = run_command(sandbox.as_ref(), hello, req, args.interactive, tty).await;
         trace::mark("cli: command ended");
         let oom = sandbox.usage().oom_kills > 0;
         let task_cap = sandbox.fatal_task_limit_hits() > 0;
@@ -540,14 +547,18 @@ struct TemplateCommand {
 
 async fn run_command(
     sandbox: &dyn Instance,
+    hello: Hello,
     req: ExecRequest,
     interactive: bool,
     tty: bool,
 ) -> Result<warren_types::proto::ExitStatus, ClientError> {
-    let client = sandbox
-        .connect()
-        .await
-        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let client = match hello {
+        Hello::Known(_) => connect_agent_with(sandbox.agent_socket(), hello).await?,
+        Hello::Ask => sandbox
+            .connect()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?,
+    };
     trace::mark("cli: agent connected");
     let mut proc = client.exec(req).await?;
     trace::mark("cli: process started");
