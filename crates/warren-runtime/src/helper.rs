@@ -168,8 +168,9 @@ pub fn main(shell: Option<OwnedFd>) -> ! {
 }
 
 /// Builds the sandbox of `config`, writes one status line to `status`, then watches the
-/// sandbox until it ends, writing a byte to `stopped` (if given) once its processes are
-/// gone and before the rest of the teardown. `disk` is the mount of a disk made ahead
+/// sandbox until it ends, writing a [`Stopped`] to `stopped` (if given) once its processes
+/// are gone and before the rest of the teardown (with ports published, once they are
+/// free, as it exits). `disk` is the mount of a disk made ahead
 /// (see [`HelperConfig::prepared_disk`]); `shell`, when given, the namespace the sandbox
 /// is built in a copy of (see [`crate::shell`]). Never returns.
 pub fn run(
@@ -759,6 +760,12 @@ impl Sandbox {
         // wait until every holder closes it): it lets go first, unless it prints traces.
         // Published ports are this process's listeners, free only once it exits: their
         // caller hears at the exit (the pipe's end), so that a port is free when it does.
+        // What the caller cannot read once the cgroup is gone: whether the OOM killer
+        // had a hand in the end (a sandbox whose first process it took is told so).
+        let told = Stopped {
+            oom_kills: self.cleanup.cgroup.as_ref().map_or(0, |c| c.oom_kills()),
+        }
+        .encode();
         if let Some(fd) = self.stopped.take() {
             if !crate::trace::enabled() {
                 if let Ok(null) = fs::OpenOptions::new().write(true).open("/dev/null") {
@@ -766,7 +773,7 @@ impl Sandbox {
                 }
             }
             if self.publishers.is_empty() {
-                let _ = nix::unistd::write(&fd, b"s");
+                let _ = nix::unistd::write(&fd, &told);
             } else {
                 self.stopped = Some(fd);
             }
@@ -775,7 +782,45 @@ impl Sandbox {
         self.cleanup.run();
         crate::trace::mark("helper: torn down");
         drop(self.publishers);
+        // With ports published the caller hears once they are free, now. `warren run`'s
+        // hears the pipe's end instead, as a sign to release the run directories this
+        // helper could not (see `Sandbox::destroy`); it reads the counters itself.
+        if let Some(fd) = self.stopped.take() {
+            if !self.caller_removes {
+                let _ = nix::unistd::write(&fd, &told);
+            }
+        }
         code
+    }
+}
+
+/// What a helper writes on its stopped pipe once the sandbox's processes are gone: a byte
+/// (`s`, all a caller waiting for the processes to be gone reads), then the sandbox's
+/// counters of that moment, which its cgroup, removed next, no longer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Processes the OOM killer killed in the sandbox.
+    pub oom_kills: u64,
+}
+
+impl Stopped {
+    const LEN: usize = 9;
+
+    fn encode(self) -> [u8; Self::LEN] {
+        let mut b = [0u8; Self::LEN];
+        b[0] = b's';
+        b[1..].copy_from_slice(&self.oom_kills.to_le_bytes());
+        b
+    }
+
+    /// What [`encode`](Self::encode) wrote, read whole; `None` for anything else (a
+    /// helper that died first, or wrote only the byte).
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        let (&[b's'], rest) = b.split_first_chunk::<1>()? else {
+            return None;
+        };
+        let oom_kills = u64::from_le_bytes(rest.try_into().ok()?);
+        Some(Self { oom_kills })
     }
 }
 
@@ -1550,6 +1595,19 @@ fn child_setup(
 mod tests {
     use super::*;
     use std::os::unix::fs::{FileExt, MetadataExt};
+
+    #[test]
+    fn what_a_helper_tells_as_the_processes_are_gone_reads_back_whole_or_not_at_all() {
+        let told = Stopped { oom_kills: 3 };
+        assert_eq!(Stopped::decode(&told.encode()), Some(told));
+        // The byte alone, a cut message, or one with more after it: nothing is made up.
+        let b = told.encode();
+        for cut in [&b[..0], &b[..1], &b[..8]] {
+            assert_eq!(Stopped::decode(cut), None, "{cut:?}");
+        }
+        assert_eq!(Stopped::decode(&[&b[..], b"s"].concat()), None);
+        assert_eq!(Stopped::decode(b"x\0\0\0\0\0\0\0\0"), None);
+    }
 
     #[test]
     fn a_sparse_copy_keeps_the_data_and_the_holes() {

@@ -24,7 +24,7 @@ use warren_types::spec::NetworkMode;
 
 use crate::backend::{BoxFuture, Teardowns};
 use crate::client::AgentClient;
-use crate::helper::{HelperConfig, HelperStatus};
+use crate::helper::{HelperConfig, HelperStatus, Stopped};
 use crate::prepared::PreparedDisk;
 use crate::zygote::Zygote;
 use crate::{Error, Instance, Paths, Result, Usage, PREFIX};
@@ -76,6 +76,9 @@ pub struct Sandbox {
     cgroup: Cgroup,
     helper: Helper,
     teardowns: Teardowns,
+    /// What its helper said as the sandbox's processes were gone, read once it is found
+    /// dead: the counters its cgroup, removed after, no longer holds.
+    stopped: Option<Stopped>,
 }
 
 /// The sandbox's helper: our child, or one a previous daemon started (after a restart).
@@ -204,6 +207,7 @@ impl NamespaceBackend {
                         agent_pid,
                         helper: Helper::Forked(pid.as_raw(), stopped_r, self.paths.clone()),
                         teardowns: self.teardowns.clone(),
+                        stopped: None,
                     }),
                     Ok(HelperStatus::Error { message, kind }) => {
                         let _ = nix::sys::wait::waitpid(pid, None);
@@ -308,6 +312,7 @@ impl NamespaceBackend {
                 agent_pid,
                 helper: Helper::Child(Box::new(child), status),
                 teardowns: self.teardowns.clone(),
+                stopped: None,
             }),
             Ok(HelperStatus::Error { message, kind }) => {
                 let _ = child.wait().await;
@@ -404,6 +409,7 @@ impl NamespaceBackend {
                 agent_pid,
                 helper: Helper::Spawned(pid, exited, status),
                 teardowns: self.teardowns.clone(),
+                stopped: None,
             }),
             Ok(HelperStatus::Error { message, kind }) => {
                 exit_of_pidfd(&exited).await;
@@ -510,6 +516,7 @@ impl NamespaceBackend {
             cgroup: self.cgroup(id),
             helper: Helper::Adopted(pid),
             teardowns: self.teardowns.clone(),
+            stopped: None,
         })
     }
 
@@ -628,7 +635,8 @@ impl Sandbox {
 
     /// Processes the OOM killer has killed in this sandbox so far.
     pub fn oom_kills(&self) -> u64 {
-        self.cgroup.oom_kills()
+        let told = self.stopped.map_or(0, |s| s.oom_kills);
+        self.cgroup.oom_kills().max(told)
     }
 
     /// The helper's pid on the host.
@@ -657,12 +665,16 @@ impl Sandbox {
 
     /// Whether the sandbox still runs (its helper is alive).
     pub fn is_alive(&mut self) -> bool {
-        match &mut self.helper {
+        let alive = match &mut self.helper {
             Helper::Child(c, _) => matches!(c.try_wait(), Ok(None)),
             Helper::Spawned(p, _, _) | Helper::Forked(p, _, _) | Helper::Adopted(p) => {
                 pid_alive(*p)
             }
+        };
+        if !alive && self.stopped.is_none() {
+            self.stopped = self.helper.told_stopped();
         }
+        alive
     }
 
     /// Stops everything and removes what the sandbox was made of (its writable layer too
@@ -752,6 +764,41 @@ impl Sandbox {
             drop(held);
         });
         told.map_err(|_| Error::Helper("its processes were not gone after 30 s".into()))
+    }
+}
+
+impl Helper {
+    /// What a helper that has exited wrote on its status pipe after its status line
+    /// ([`Stopped`]), read without waiting; `None` for a helper without that pipe here or
+    /// one that died before writing it.
+    fn told_stopped(&mut self) -> Option<Stopped> {
+        let (buffered, fd) = match self {
+            Helper::Child(_, status) => (status.buffer().to_vec(), status.get_ref().as_fd()),
+            Helper::Spawned(_, _, status) => (status.buffer().to_vec(), status.get_ref().as_fd()),
+            Helper::Forked(..) | Helper::Adopted(..) => return None,
+        };
+        let mut told = buffered;
+        let mut chunk = [0u8; 64];
+        // The writer has exited: what it wrote is there or never will be. Polled first
+        // all the same, so that a descriptor someone else still holds open for writing
+        // cannot make this wait.
+        while told.len() < 64 {
+            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+            if !matches!(
+                nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO),
+                Ok(1)
+            ) || !fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(nix::poll::PollFlags::POLLIN))
+            {
+                break;
+            }
+            match nix::unistd::read(fd.as_raw_fd(), &mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => told.extend_from_slice(&chunk[..n]),
+            }
+        }
+        Stopped::decode(&told)
     }
 }
 
@@ -879,7 +926,9 @@ impl Instance for Sandbox {
     }
 
     fn usage(&self) -> Usage {
-        Usage::of(&self.cgroup)
+        let mut usage = Usage::of(&self.cgroup);
+        usage.oom_kills = usage.oom_kills.max(self.stopped.map_or(0, |s| s.oom_kills));
+        usage
     }
 
     fn cpu_us(&self) -> u64 {
@@ -887,7 +936,7 @@ impl Instance for Sandbox {
     }
 
     fn oom_kills(&self) -> u64 {
-        self.cgroup.oom_kills()
+        Sandbox::oom_kills(self)
     }
 
     fn is_alive(&mut self) -> bool {

@@ -275,3 +275,62 @@ async fn helpers_not_bound_to_their_caller_are_forked_by_a_zygote_which_is_repla
     }
     backend.settle().await;
 }
+
+#[tokio::test]
+async fn a_sandbox_whose_first_process_died_still_tells_its_oom_kills() {
+    if !can_run("a_sandbox_whose_first_process_died_still_tells_its_oom_kills") {
+        return;
+    }
+    let backend = backend();
+    let mut spec = SandboxSpec {
+        id: warren_runtime::new_id().unwrap(),
+        template: "host".into(),
+        ..Default::default()
+    };
+    spec.resources.memory = Some(64 << 20);
+    // As a daemon's: the helper tears the sandbox down, cgroup included, as soon as its
+    // first process dies, and nobody waits for the caller.
+    let opts = CreateOptions {
+        die_with_parent: false,
+        ephemeral: true,
+    };
+    let mut sb = backend.create(spec, opts).await.unwrap();
+    let agent = nix::unistd::Pid::from_raw(sb.agent_pid);
+    // Whatever happens below, the first process dies, and its helper takes the rest.
+    struct Kill(nix::unistd::Pid);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let kill = Kill(agent);
+    let out = sb
+        .connect()
+        .await
+        .unwrap()
+        .exec(shell(
+            "exec python3 -c 'b = bytearray(256 << 20); print(1)'",
+        ))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.unwrap().signal, Some(9), "{out:?}");
+    let before = sb.oom_kills();
+    assert!(before >= 1, "the OOM kill is not counted");
+    drop(kill);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sb.is_alive() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !sb.is_alive(),
+        "the helper outlived its sandbox's first process"
+    );
+    // Its cgroup is gone with it: what it counted is what the helper told.
+    assert_eq!(sb.cgroup().oom_kills(), 0, "the cgroup outlived its helper");
+    assert_eq!(sb.oom_kills(), before);
+    sb.destroy().await.unwrap();
+    backend.settle().await;
+}
