@@ -813,7 +813,7 @@ impl Stopped {
         b
     }
 
-    /// What [`encode`](Self::encode) wrote, read whole; `None` for anything else (a
+    /// What a helper wrote (`encode`), read whole; `None` for anything else (a
     /// helper that died first, or wrote only the byte).
     pub fn decode(b: &[u8]) -> Option<Self> {
         let (&[b's'], rest) = b.split_first_chunk::<1>()? else {
