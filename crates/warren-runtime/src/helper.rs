@@ -758,8 +758,8 @@ impl Sandbox {
         // teardown does not need it to wait. Nor need whoever reads the caller's stderr,
         // which this helper has held since it was forked (`$(warren run ...)` and a pipe
         // wait until every holder closes it): it lets go first, unless it prints traces.
-        // Published ports are this process's listeners, free only once it exits: their
-        // caller hears at the exit (the pipe's end), so that a port is free when it does.
+        // Published ports are this process's listeners, free only once they are dropped:
+        // their caller hears after that (below), so that a port is free when it does.
         // What the caller cannot read once the cgroup is gone: whether the OOM killer
         // had a hand in the end (a sandbox whose first process it took is told so).
         let told = Stopped {
