@@ -123,17 +123,27 @@ impl Manager {
         }
         let mut template = r.spec.template.clone();
         let memory = if caps.memory_snapshots {
-            let files = backend
-                .files_of(&r.id)
-                .ok_or_else(|| CoreError::Invalid("this backend keeps no files to copy".into()))?;
-            let image = self.config.paths.run.join("forks").join(random_hex(8)?);
+            // The memory and the files of one moment, as a snapshot with memory takes
+            // them (the image in `image`, the files in `upper`): files copied from the
+            // source after its memory was saved would be of a later moment, which a copy
+            // restored from that memory cannot make sense of (a file its processes held
+            // open, renamed since, fails the restore). Saved aside in the data
+            // directory, as a snapshot's memory is (the run directory is often in
+            // memory, and the files can be large), and removed once the copies are made.
+            let dir = (self.config.paths.data.join("templates"))
+                .join(format!(".memory-{}", random_hex(8)?));
             let lock = self.lock_for(&r.id);
             let _g = lock.lock().await;
-            let img = image.clone();
-            self.off_lock(&r.id, move |l| l.sandbox.checkpoint(&img))
+            let into = dir.clone();
+            let saved = self
+                .off_lock(&r.id, move |l| l.sandbox.save_memory(&into))
                 .await?
-                .map_err(CoreError::from)?;
-            Some((image, files))
+                .map_err(CoreError::from);
+            if let Err(e) = saved {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+            Some((dir.join("image"), dir))
         } else if r.spec.isolation != Isolation::Process {
             // Its files as a template of its tenant's that no listing shows, removed by
             // the reaper once the last copy is gone.
@@ -180,8 +190,8 @@ impl Manager {
             let from = memory.as_ref().map(|(i, f)| (i.as_path(), f.as_path()));
             out.push(self.create_from(who, &r.owner, &template, &req, from).await);
         }
-        if let Some((image, _)) = &memory {
-            let _ = std::fs::remove_dir_all(image);
+        if let Some((_, dir)) = &memory {
+            let _ = std::fs::remove_dir_all(dir);
         }
         Ok(out)
     }

@@ -58,10 +58,10 @@ pub trait Backend: Send + Sync + Debug {
         Box::pin(std::future::ready(()))
     }
 
-    /// Makes a sandbox from a memory image another sandbox of this backend wrote
-    /// ([`Instance::checkpoint`]): its processes go on where they were, over a copy of
-    /// `files` (that sandbox's writable layer). Only backends whose info declares
-    /// `memory_snapshots`.
+    /// Makes a sandbox from what [`Instance::save_memory`] saved of another sandbox of
+    /// this backend: its processes go on where they were (the memory image `image`),
+    /// over a copy of the writable layer saved with it (`files/upper`). Only backends
+    /// whose info declares `memory_snapshots`.
     fn restore<'a>(
         &'a self,
         spec: SandboxSpec,
@@ -70,12 +70,6 @@ pub trait Backend: Send + Sync + Debug {
     ) -> BoxFuture<'a, Result<Box<dyn Instance>>> {
         let _ = (spec, image, files);
         Box::pin(async { Err(Error::Unsupported("memory snapshots")) })
-    }
-
-    /// Where a sandbox's writable layer is kept, for [`restore`](Self::restore)'s copy.
-    fn files_of(&self, id: &str) -> Option<std::path::PathBuf> {
-        let _ = id;
-        None
     }
 }
 
@@ -173,19 +167,12 @@ pub trait Instance: Send + Sync + Debug {
         self.destroy()
     }
 
-    /// Writes the sandbox's processes and memory to `image` (a directory) and lets it
-    /// run on. Blocking. Only backends whose info declares `memory_snapshots`.
     /// Saves the sandbox's processes and memory, and its writable layer, as they are at
     /// one moment, into `into` (`image/` and `upper/`, see
     /// [`memory_dir`](crate::template::memory_dir)); the sandbox goes on as it was
     /// (running or paused). Only backends whose info declares `memory_snapshots`.
     fn save_memory(&self, into: &Path) -> Result<()> {
         let _ = into;
-        Err(Error::Unsupported("memory snapshots"))
-    }
-
-    fn checkpoint(&self, image: &Path) -> Result<()> {
-        let _ = image;
         Err(Error::Unsupported("memory snapshots"))
     }
 }

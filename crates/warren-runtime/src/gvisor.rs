@@ -935,10 +935,9 @@ impl GvisorSandbox {
         self.restore.paths.sandbox_data(&self.id)
     }
 
-    /// Writes the container's memory to `image` with the agent's host socket closed;
-    /// `leave_running` keeps the container (the agent listens again), otherwise it is
-    /// stopped.
-    fn checkpoint_into(&self, image: &Path, leave_running: bool) -> Result<()> {
+    /// Writes the container's memory to `image` with the agent's host socket closed, and
+    /// stops the container.
+    fn checkpoint_into(&self, image: &Path) -> Result<()> {
         self.settle();
         let c = container(&self.id);
         std::fs::create_dir_all(image).map_err(crate::io_err("make the checkpoint directory"))?;
@@ -975,9 +974,6 @@ impl GvisorSandbox {
             "--exclude-committed-zero-pages",
         ];
         args.extend(self.runsc.compression.flag(&self.runsc.bin));
-        if leave_running {
-            args.push("--leave-running");
-        }
         args.push(&c);
         // The Sentry saves (and compresses) the memory itself, in the sandbox's cgroup,
         // with every process of the sandbox stopped: its CPU limit would only slow the
@@ -988,12 +984,12 @@ impl GvisorSandbox {
             let _ = self.cgroup.set_cpu(None);
         }
         let r = self.runsc.run(&args);
-        if cpu.is_some() && (r.is_err() || leave_running) {
+        if cpu.is_some() && r.is_err() {
             self.cgroup
                 .set_cpu(cpu)
                 .map_err(|e| Error::Setup(format!("set the sandbox's CPU limit again: {e}")))?;
         }
-        if r.is_err() || leave_running {
+        if r.is_err() {
             // Still running (a checkpoint that failed leaves it be): listen again.
             let _ = self.runsc.signal(&c, nix::sys::signal::Signal::SIGUSR2);
             self.wait_listening()?;
@@ -1018,7 +1014,7 @@ impl GvisorSandbox {
         let image = image_dir(&self.data());
         let _ = crate::tree::remove(&image);
         crate::trace::mark("gvisor pause: begin");
-        if let Err(e) = self.checkpoint_into(&image, false) {
+        if let Err(e) = self.checkpoint_into(&image) {
             let _ = crate::tree::remove(&image);
             return Err(e);
         }
@@ -1339,10 +1335,6 @@ impl Backend for GvisorBackend {
         })
     }
 
-    fn files_of(&self, id: &str) -> Option<PathBuf> {
-        Some(self.paths.sandbox_data(id))
-    }
-
     fn settle(&self) -> BoxFuture<'_, ()> {
         Box::pin(self.teardowns.settle())
     }
@@ -1373,13 +1365,6 @@ impl Instance for GvisorSandbox {
             // Paused in place by an earlier daemon (`runsc pause`).
             self.runsc.run(&["resume", &container(&self.id)]).map(drop)
         }
-    }
-
-    fn checkpoint(&self, image: &Path) -> Result<()> {
-        if self.runsc.nat {
-            return Err(no_snapshots_on_nat());
-        }
-        self.checkpoint_into(image, true)
     }
 
     /// Pauses it to disk (unless it is), so that the image and the files are of one

@@ -1384,6 +1384,28 @@ fn a_fork_copies_the_files_and_on_gvisor_the_processes() {
     let id = d.create(&["--isolation", "gvisor", "--memory", "256M"]);
     // State only in memory: a counter, and a value the copies must share.
     start_secret_counter(&d, &id);
+    // A file held open, renamed away as soon as the process finds it was stopped (a
+    // gap in its clock: its memory being saved) and not made again for a while. Files
+    // copied after the source went on would lack it, and a copy restored holding it
+    // open would fail: the copies' files must be of the moment their memory was saved.
+    python_in_background(
+        &d,
+        &id,
+        "import os, time\n\
+         f = open('/tmp/held', 'w')\n\
+         last, n = time.monotonic(), 0\n\
+         while True:\n\
+         \x20   time.sleep(0.01)\n\
+         \x20   now = time.monotonic()\n\
+         \x20   if now - last > 0.05:\n\
+         \x20       n += 1\n\
+         \x20       os.rename('/tmp/held', f'/tmp/held.{n}')\n\
+         \x20       f.close()\n\
+         \x20       time.sleep(3)\n\
+         \x20       f = open('/tmp/held', 'w')\n\
+         \x20       now = time.monotonic()\n\
+         \x20   last = now",
+    );
     d.exec(&id, "echo source > /root/who");
     let state = secret_and_count;
     assert!(
