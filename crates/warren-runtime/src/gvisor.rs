@@ -499,7 +499,8 @@ impl GvisorBackend {
         let r = (|| -> Result<(PathBuf, AgentFiles)> {
             let bundle = prepare_dirs(&run, &data, false)?;
             if let Some((_, files)) = from {
-                copy_start_files(&self.paths, files, &data.join("upper"))?;
+                // Saved with the memory (`save_memory`): a directory, of that moment.
+                copy_layer(&files.join("upper"), &data.join("upper"))?;
             }
             // A restore runs the agent from the files its image was saved with.
             let agent = match from {
@@ -829,20 +830,6 @@ fn no_snapshots_on_nat() -> Error {
               one on `none`"
             .into(),
     }
-}
-
-/// Copies the files a sandbox starts from into `to`: `files` is a template's saved
-/// files (an `upper` directory) or a running sandbox's data directory (a fork), whose
-/// layer may be in its disk image, mounted only in the namespace of its mounts' holder.
-fn copy_start_files(paths: &Paths, files: &Path, to: &Path) -> Result<()> {
-    if recorded_disk(files).is_none() {
-        return copy_layer(&files.join("upper"), to);
-    }
-    let id = files.file_name().unwrap_or_default().to_string_lossy();
-    let run = paths.sandbox_run(&id);
-    let holder =
-        crate::bundle::mounts_holder(&run).filter(|_| !image_done(&paths.sandbox_data(&id)));
-    template::copy_upper(&template::upper_source(paths, &id, holder), to)
 }
 
 /// The sandbox process's pid as `create` or `restore` wrote it to `pid_file` (what

@@ -635,8 +635,12 @@ impl Sandbox {
 
     /// Processes the OOM killer has killed in this sandbox so far.
     pub fn oom_kills(&self) -> u64 {
-        let told = self.stopped.map_or(0, |s| s.oom_kills);
-        self.cgroup.oom_kills().max(told)
+        self.with_told_oom_kills(self.cgroup.oom_kills())
+    }
+
+    /// `counted` (the cgroup's count), or what the helper told as it removed the cgroup.
+    fn with_told_oom_kills(&self, counted: u64) -> u64 {
+        counted.max(self.stopped.map_or(0, |s| s.oom_kills))
     }
 
     /// The helper's pid on the host.
@@ -927,7 +931,7 @@ impl Instance for Sandbox {
 
     fn usage(&self) -> Usage {
         let mut usage = Usage::of(&self.cgroup);
-        usage.oom_kills = usage.oom_kills.max(self.stopped.map_or(0, |s| s.oom_kills));
+        usage.oom_kills = self.with_told_oom_kills(usage.oom_kills);
         usage
     }
 
