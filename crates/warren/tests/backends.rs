@@ -356,6 +356,27 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         "1000\n"
     };
     assert_eq!((code, out.as_str()), (0, score), "{isolation}");
+    // From its first instruction: a program that reads its score at once (no shell
+    // before it) never finds it still 0.
+    for _ in 0..10 {
+        let r = post(
+            d,
+            &format!("/v1/sandboxes/{id}/exec"),
+            &serde_json::json!({ "command": { "argv": ["cat", "/proc/self/oom_score_adj"] } }),
+        );
+        assert_eq!(r.json()["stdout"], score, "{isolation}: {}", r.text());
+    }
+    // And the agent keeps the score it was given (the daemon's, which is this test's: a
+    // score is inherited). A child that raised its own before exec, sharing the agent's
+    // memory, raised the agent's with it.
+    let ours = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    let agent = if isolation == "gvisor" { "0\n" } else { &ours };
+    let (code, out) = d.exec(&id, "cat /proc/$PPID/oom_score_adj");
+    assert_eq!(
+        (code, out.as_str()),
+        (0, agent),
+        "{isolation}: the agent's score"
+    );
     // It holds its stdio and nothing else of the agent's (the descriptor `ls` reads
     // through is its own), and none of the agent's blocked or ignored signals (gVisor's
     // status file has no signal lines).
