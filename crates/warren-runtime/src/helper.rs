@@ -572,7 +572,14 @@ impl Sandbox {
         // On cgroup v1 the child moves itself in (see `Cgroup::open_for_self`: the helper
         // moving it would wait for an RCU grace period); on v2 the helper moves it.
         let mut join = cgroup.open_for_self().map_err(|e| e.to_string())?;
-        let (go_r, go_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        // The go, and with it the child's own OOM score file (see below).
+        let (go_r, go_w) = nix::sys::socket::socketpair(
+            nix::sys::socket::AddressFamily::Unix,
+            nix::sys::socket::SockType::Stream,
+            None,
+            nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| format!("socketpair: {e}"))?;
         let (st_r, st_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         // From here to the clone this helper stands in its copy of the shell, with the
         // root tree placed there; the namespace to come back to right after.
@@ -639,11 +646,22 @@ impl Sandbox {
                         .finish_join(child.as_raw())
                         .map_err(|e| e.to_string().into())
                 })();
-                let go = fs::File::from(go_w);
                 setup?;
                 crate::trace::mark("helper: maps and cgroup set");
-                (&go).write_all(b"g").map_err(fail("start the sandbox"))?;
-                drop(go);
+                // The agent gives every process it starts its OOM score by raising its
+                // own around the clone (see `warren_sys::child`), through this file: its
+                // /proc files are global root's (its memory is this helper's copy, made
+                // in the host's user namespace, and not dumpable), so only this process
+                // can open it. Without it, processes are raised once they run.
+                let score = fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(format!("/proc/{child}/oom_score_adj"))
+                    .map(OwnedFd::from);
+                let fds: Vec<BorrowedFd> = score.iter().map(|f| f.as_fd()).collect();
+                warren_sys::fd::send_fds(go_w.as_fd(), b'g', &fds)
+                    .map_err(fail("start the sandbox"))?;
+                drop((go_w, score));
                 // The child writes READY when set up, or why not (a `HelperStatus`); a
                 // child that died saying nothing did not make it either.
                 let mut msg = String::new();
@@ -1408,33 +1426,40 @@ fn child_main(args: ChildArgs<'_>) -> String {
     // maker not start, this process makes its own namespace when it needs it.
     let net = ns::make_netns_beside().ok();
     let r = child_setup(
-        &args.go,
+        args.go,
         &args.root,
         args.hostname,
         args.join,
         args.in_shell,
         net,
     );
-    drop(args.go);
     drop(args.root);
-    if let Err(e) = r {
-        let line = serde_json::to_vec(&HelperStatus::Error {
-            message: e.message.clone(),
-            kind: e.kind,
-        })
-        .unwrap_or_default();
-        let _ = status.write_all(&line);
-        return e.message;
-    }
+    let score = match r {
+        Ok(score) => score,
+        Err(e) => {
+            let line = serde_json::to_vec(&HelperStatus::Error {
+                message: e.message.clone(),
+                kind: e.kind,
+            })
+            .unwrap_or_default();
+            let _ = status.write_all(&line);
+            return e.message;
+        }
+    };
     crate::trace::mark("child: set up");
     if status.write_all(READY.as_bytes()).is_err() {
         return "the helper went away".into();
     }
     drop(status);
-    // The agent holds its listener and nothing else of the helper's: not the host's
-    // mount namespace, not a pipe, not a lock.
-    if let Err(e) = warren_sys::fd::close_all_except(&[args.listener.as_raw_fd()]) {
+    // The agent holds its listener and its own OOM score file, and nothing else of the
+    // helper's: not the host's mount namespace, not a pipe, not a lock.
+    let mut kept = vec![args.listener.as_raw_fd()];
+    kept.extend(score.as_ref().map(|f| f.as_raw_fd()));
+    if let Err(e) = warren_sys::fd::close_all_except(&kept) {
         return format!("close the helper's descriptors: {e}");
+    }
+    if let Some(score) = score {
+        warren_sys::child::keep_oom_score_file(score);
     }
     let mut config = warren_agent::AgentConfig {
         env: args.env,
@@ -1460,19 +1485,26 @@ fn child_main(args: ChildArgs<'_>) -> String {
     }
 }
 
+/// Waits for the helper's go, then sets the sandbox up; returns the file of this
+/// process's own OOM score the go carried, if it carried one.
 fn child_setup(
-    go: &OwnedFd,
+    go: OwnedFd,
     root: &OwnedFd,
     hostname: &str,
     join: Option<warren_sys::cgroup::SelfJoin>,
     in_shell: bool,
     net: Option<ns::NetnsBeside>,
-) -> Setup<()> {
-    let mut b = [0u8; 1];
-    match nix::unistd::read(go.as_raw_fd(), &mut b) {
-        Ok(1) => {}
+) -> Setup<Option<OwnedFd>> {
+    let score = match warren_sys::fd::recv_fds(go.as_fd()) {
+        Ok(Some(mut fds)) => fds.pop(),
         _ => return Err("the helper did not start the sandbox".into()),
-    }
+    };
+    drop(go);
+    // Out of the way of stdio, which becomes /dev/null below.
+    let score = score.and_then(|f| match f.as_raw_fd() {
+        0..=2 => warren_sys::fd::dup_at_least(f.as_fd(), 3).ok(),
+        _ => Some(f),
+    });
     // Into the sandbox's cgroup first, before anything of the sandbox is done (and before
     // the cgroup namespace below, whose root is the cgroup this process is in).
     if let Some(join) = join {
@@ -1588,7 +1620,7 @@ fn child_setup(
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
     }
-    Ok(())
+    Ok(score)
 }
 
 #[cfg(test)]

@@ -171,6 +171,13 @@ fn setup_inner() -> Result<(Bound, AgentLaunch), String> {
             serde_json::from_slice(&input).map_err(|e| format!("bad launch: {e}"))?
         }
     };
+    if !launch.killed_whole {
+        // While this process's /proc files are its own (before it gives up root in
+        // trust mode, and before it makes itself not dumpable): the processes it starts
+        // take their OOM score from it (see `warren_sys::child`). Without the file they
+        // are raised once they run.
+        let _ = warren_sys::child::keep_own_oom_score_file();
+    }
     if launch.host_user.is_some() {
         // Its own session (no terminal of the daemon's), and the parent of every orphan
         // its processes leave, as PID 1 is in a sandbox.

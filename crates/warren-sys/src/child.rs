@@ -27,15 +27,22 @@
 //! 5. `oom_score_adj` 1000: when a sandbox runs out of memory the OOM killer must pick
 //!    a sandboxed process, never the agent, which reports the kill. (Lowering the
 //!    agent's own score would need CAP_SYS_RESOURCE, which hosts may withhold; raising
-//!    a score needs nothing.) Not by the child: the kernel keeps one score for every
-//!    process of one memory, so a child that raised its own before exec raised the
-//!    agent's with it, for good (so it was under runc and crun, where the child could).
-//!    The parent raises it once the program runs in memory of its own, before [`spawn`]
-//!    returns: until then the program may run at the agent's score, as a process it
-//!    starts itself would. (Raising the parent's score around the clone, for the child
-//!    to inherit, closes that moment but costs every exec two walks of every process on
-//!    the host under one kernel-wide lock: a score written for a memory several
-//!    processes share is written to each of them.)
+//!    a score needs nothing.) The child takes it from its parent rather than writing
+//!    it: a process's score is copied into the processes it clones, and the kernel
+//!    keeps one score for every process of one memory, so a child that raised its own
+//!    before exec would raise the agent's with it, for good (so it was under runc and
+//!    crun). The parent raises its own score through its own `oom_score_adj`, held
+//!    open ([`keep_oom_score_file`]: the agent's `/proc` files are global root's, not
+//!    its own, once it is not dumpable), clones, and lowers it again once the child has
+//!    exec'd into memory of its own: the program is the OOM killer's first choice from
+//!    its first instruction, and the agent is one only for the clone's few hundred
+//!    microseconds, and then only as a sandbox process of its size would be. A parent
+//!    that holds no such file raises the child's score as soon as the program runs;
+//!    until then a program that forks at once (`sh -c 'big; echo'`) gives its children
+//!    the agent's score, and the OOM killer then takes the shell. The price: the
+//!    parent's memory is shared with its children (`CLONE_VM`), so the kernel walks
+//!    every process on the host, under one kernel-wide lock, at each of the two writes
+//!    (some 0.09 ms each with 200 sandboxes running).
 //! 6. The signal mask and dispositions are reset: the agent's handlers and masks are its
 //!    own business, and an ignored signal would survive exec. Only the signals the agent
 //!    ignores or catches are reset (asked of the kernel once its handlers are
@@ -187,6 +194,11 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
         report: report_w.as_raw_fd(),
     };
     let stack = Stack::new(STACK_SIZE)?;
+    // The child takes its score from this process, raised until it has exec'd (step 5).
+    let raised = match plan_data.oom_victim {
+        true => RaisedScore::raise(),
+        false => None,
+    };
 
     // No handler of this process may run in the child (it shares our memory): every
     // signal is blocked in this thread until the child has exec'd or exited; the child
@@ -212,6 +224,10 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
     drop(report_w);
     drop((pipe_ends, null));
     let report = wait_exec(&report_r, pid);
+    // The child has exec'd (its memory is its own: lowering this process's score no
+    // longer lowers its) or will not.
+    let inherited = raised.is_some();
+    drop(raised);
     drop(blocked);
     drop(stack);
     let failed = match report {
@@ -223,11 +239,11 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
         reap(pid);
         return Err(e);
     }
-    if plan_data.oom_victim {
-        // The program runs now, in memory of its own (step 5), and its files are its
-        // owner's or its user namespace's root's, which the agent is. One that has
-        // already ended (`true`) has no memory and its files are global root's again:
-        // nothing to raise.
+    if plan_data.oom_victim && !inherited {
+        // This process could not raise its own score: the program runs now, in memory of
+        // its own, and its files are its owner's or its user namespace's root's, which
+        // the agent is. One that has already ended (`true`) has no memory and its files
+        // are global root's again: nothing to raise.
         let path = CString::new(format!("/proc/{pid}/oom_score_adj")).expect("no NUL in a number");
         if let Err(e) = write_oom_score_adj_max(&path) {
             if !ended(pid) {
@@ -741,6 +757,108 @@ fn reset_signals(which: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// This process's own `oom_score_adj`, open for reading and writing, and the lock that
+/// keeps one spawn at a time between raising the score and lowering it again.
+struct OwnScore {
+    file: OwnedFd,
+    lock: std::sync::Mutex<()>,
+}
+
+/// The file [`keep_oom_score_file`] was given, or else the one opened at the first spawn
+/// that asked for an OOM victim (`None` if it could not be).
+static OWN_SCORE: std::sync::OnceLock<Option<OwnScore>> = std::sync::OnceLock::new();
+
+/// Keeps `file`, this process's own `oom_score_adj` opened for reading and writing, to
+/// give the processes [`spawn`] starts their score from their first instruction (step 5
+/// of the module doc). For a process whose `/proc` files are not its own to open: the
+/// agent of a namespace sandbox, not dumpable, whose memory the host's user namespace
+/// made, gets the file from its helper, which can open it. Call it before any spawn; a
+/// file kept already (given, or opened by a spawn) stays.
+pub fn keep_oom_score_file(file: OwnedFd) {
+    let _ = OWN_SCORE.set(Some(OwnScore {
+        file,
+        lock: std::sync::Mutex::new(()),
+    }));
+}
+
+/// Opens this process's own `oom_score_adj` and keeps it ([`keep_oom_score_file`]): for a
+/// process about to give up what lets it open the file (a change of uid, or not being
+/// dumpable, makes its `/proc` files global root's).
+pub fn keep_own_oom_score_file() -> io::Result<()> {
+    keep_oom_score_file(open_own_score()?);
+    Ok(())
+}
+
+fn open_own_score() -> io::Result<OwnedFd> {
+    // SAFETY: the path is NUL-terminated; the descriptor returned is ours alone.
+    let fd = check(unsafe {
+        libc::open(
+            c"/proc/self/oom_score_adj".as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: `fd` was just opened and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The kept file of this process's own score, opened now if none is kept yet.
+fn own_score() -> Option<&'static OwnScore> {
+    OWN_SCORE
+        .get_or_init(|| {
+            open_own_score().ok().map(|file| OwnScore {
+                file,
+                lock: std::sync::Mutex::new(()),
+            })
+        })
+        .as_ref()
+}
+
+/// This process's score raised to 1000, lowered to what it was when dropped.
+struct RaisedScore {
+    file: RawFd,
+    was: [u8; 8],
+    len: usize,
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
+}
+
+impl RaisedScore {
+    /// `None` if this process holds no file of its own score or cannot raise it: then
+    /// the child's score is raised once it runs.
+    fn raise() -> Option<Self> {
+        let own = own_score()?;
+        let guard = own.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let file = own.file.as_raw_fd();
+        let mut was = [0u8; 8];
+        // SAFETY: reads into `was`, of its length, from a descriptor this process keeps.
+        let len = unsafe { libc::pread(file, was.as_mut_ptr().cast(), was.len(), 0) };
+        if len <= 0 {
+            return None;
+        }
+        const MAX: &[u8] = b"1000";
+        // SAFETY: writes a static buffer, of its length, to the same descriptor.
+        if unsafe { libc::pwrite(file, MAX.as_ptr().cast(), MAX.len(), 0) } != MAX.len() as isize {
+            return None;
+        }
+        Some(Self {
+            file,
+            was,
+            len: len as usize,
+            _one_at_a_time: guard,
+        })
+    }
+}
+
+impl Drop for RaisedScore {
+    fn drop(&mut self) {
+        // Back to what it was, which is never below the least this process may set
+        // (the kernel's `oom_score_adj_min`), so no capability is needed. Should it fail,
+        // the agent stays a candidate as a sandbox process is, and nothing worse.
+        // SAFETY: writes the bytes read in `raise`, of their length, to the descriptor
+        // this process keeps (in `OWN_SCORE`, never dropped).
+        unsafe { libc::pwrite(self.file, self.was.as_ptr().cast(), self.len, 0) };
+    }
+}
+
 /// Raises the OOM score at `path` (another process's `oom_score_adj`) to its maximum.
 fn write_oom_score_adj_max(path: &std::ffi::CStr) -> io::Result<()> {
     // SAFETY: `path` is NUL-terminated.
@@ -797,10 +915,8 @@ mod tests {
     }
 
     /// Runs `program` with `setup`: exit code, stdout, stderr.
-    /// Runs `program` to its end; a stdin asked for reads its end at once.
     fn run(program: &Program, setup: ChildSetup) -> (i32, String, String) {
-        let mut child = spawn(program, setup).unwrap();
-        drop(child.stdin.take());
+        let child = spawn(program, setup).unwrap();
         let err = child.stderr.map(read_all).unwrap_or_default();
         let out = child.stdout.map(read_all).unwrap_or_default();
         (wait(child.pid), out, err)
@@ -940,12 +1056,10 @@ mod tests {
 
     #[test]
     fn child_gets_new_session_and_is_the_oom_victim_with_no_signal_of_ours() {
-        // The score is raised by the time `spawn` returns: read once stdin ends.
-        let mut p = sh(
-            "cat >/dev/null; cat /proc/self/oom_score_adj; cut -d' ' -f5,6 /proc/$$/stat; echo $$; \
+        let p = sh(
+            "cat /proc/self/oom_score_adj; cut -d' ' -f5,6 /proc/$$/stat; echo $$; \
                     grep -E '^Sig(Blk|Ign):' /proc/self/status",
         );
-        p.stdin = Stdio::Pipe;
         // The test's own thread ignores one signal and blocks another: neither reaches
         // the child.
         // SAFETY: ignoring SIGUSR2 in this test process only.
@@ -993,13 +1107,21 @@ mod tests {
     }
 
     #[test]
-    fn raising_the_child_leaves_the_parent_its_own_score() {
-        let ours = || std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    fn the_child_starts_raised_and_the_parent_keeps_its_own_score() {
+        // Read between spawns (another test's may raise this process's score meanwhile).
+        let ours = || {
+            let own = own_score().expect("a test process may open its own score");
+            let _one = own.lock.lock().unwrap_or_else(|e| e.into_inner());
+            std::fs::read_to_string("/proc/self/oom_score_adj").unwrap()
+        };
         let before = ours();
         assert_ne!(before, "1000\n", "run the tests at a score below 1000");
-        let mut p = sh("cat >/dev/null; cat /proc/self/oom_score_adj");
-        p.stdin = Stdio::Pipe;
-        for _ in 0..5 {
+        let p = Program {
+            path: "/bin/cat".into(),
+            argv: vec!["cat".into(), "/proc/self/oom_score_adj".into()],
+            ..sh("")
+        };
+        for _ in 0..20 {
             let (code, out, err) = run(
                 &p,
                 ChildSetup {
@@ -1055,11 +1177,10 @@ mod tests {
                 return;
             }
         };
-        let mut p = sh(
-            "cat >/dev/null; id -u; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; \
+        let p = sh(
+            "id -u; grep -E '^(Seccomp|NoNewPrivs):' /proc/self/status; \
                     cat /proc/self/oom_score_adj; id -G",
         );
-        p.stdin = Stdio::Pipe;
         let (code, text, err) = run(
             &p,
             ChildSetup {
