@@ -459,6 +459,7 @@ impl Manager {
             die_with_parent: false,
             ephemeral: false,
         };
+        let booted = from.is_none();
         let made = match from {
             None => self.boot(spec, opts).await,
             Some((image, files)) => match self.backends.get(spec.isolation) {
@@ -471,7 +472,11 @@ impl Manager {
             Ok(sb) => {
                 self.metrics.observe_create(started.elapsed());
                 self.store().set_state(&id, SandboxState::Running)?;
-                self.live().insert(id.clone(), Live::new(sb, 0));
+                let live = match booted {
+                    true => Live::booted(sb),
+                    false => Live::new(sb, 0),
+                };
+                self.live().insert(id.clone(), live);
                 self.metrics.created.fetch_add(1, Ordering::Relaxed);
                 let mut r = record;
                 r.state = SandboxState::Running;

@@ -187,6 +187,17 @@ impl Live {
         }
     }
 
+    /// A sandbox this daemon has just booted: its agent is this build (the helper, or
+    /// the runtime's first process, ran this daemon's own binary), so the first call
+    /// need not wait for its hello's answer (see [`Manager::agent`]). Not one restored
+    /// from saved memory, whose agent may be an older build's.
+    fn booted(sandbox: Box<dyn Instance>) -> Self {
+        Self {
+            agent_version: Some(warren_types::proto::PROTOCOL_VERSION),
+            ..Self::new(sandbox, 0)
+        }
+    }
+
     /// Whether a reading is due: the last one is old enough, or there is none.
     fn sample_due(&self, now: i64) -> bool {
         self.samples

@@ -186,7 +186,7 @@ impl Manager {
             .map_err(CoreError::from)?;
         self.store().set_state(&r.id, SandboxState::Running)?;
         self.store().touch(&r.id, now_ms())?;
-        self.live().insert(r.id.clone(), Live::new(sb, 0));
+        self.live().insert(r.id.clone(), Live::booted(sb));
         r.state = SandboxState::Running;
         self.event(&r, "started", "running again from its kept files");
         Ok(self.info(&r))
