@@ -193,7 +193,11 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
         stdio,
         report: report_w.as_raw_fd(),
     };
-    let stack = Stack::new(STACK_SIZE)?;
+    let spare = SPARE_STACK.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let stack = match spare {
+        Some(stack) => stack,
+        None => Stack::new(STACK_SIZE)?,
+    };
     // The child takes its score from this process, raised until it has exec'd (step 5).
     let raised = match plan_data.oom_victim {
         true => RaisedScore::raise(),
@@ -229,12 +233,17 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
     let inherited = raised.is_some();
     drop(raised);
     drop(blocked);
-    drop(stack);
     let failed = match report {
         Ok(None) => None,
         Ok(Some(errno)) => Some(io::Error::from_raw_os_error(errno)),
         Err(e) => Some(e),
     };
+    match failed {
+        // Exec'd (or killed): the child runs on its stack no more; the next spawn takes it.
+        None => *SPARE_STACK.lock().unwrap_or_else(|e| e.into_inner()) = Some(stack),
+        // A child that reported a failure may still be on its way out on it.
+        Some(_) => drop(stack),
+    }
     if let Some(e) = failed {
         reap(pid);
         return Err(e);
@@ -638,6 +647,15 @@ pub(crate) struct Stack {
     base: *mut c_void,
     len: usize,
 }
+
+// SAFETY: a `Stack` owns its mapping; nothing else refers to it while it is held (a
+// child that ran on it has exec'd or is gone before it is passed on).
+unsafe impl Send for Stack {}
+
+/// The stack of the last child that exec'd, for the next [`spawn`] to take instead of
+/// mapping one: unmapping a stack after each spawn made the kernel flush the TLB of
+/// every CPU the child ran on (an interrupt to each, dear on a virtual machine).
+static SPARE_STACK: std::sync::Mutex<Option<Stack>> = std::sync::Mutex::new(None);
 
 impl Stack {
     pub(crate) fn new(size: usize) -> io::Result<Self> {
