@@ -39,10 +39,15 @@
 //!    microseconds, and then only as a sandbox process of its size would be. A parent
 //!    that holds no such file raises the child's score as soon as the program runs;
 //!    until then a program that forks at once (`sh -c 'big; echo'`) gives its children
-//!    the agent's score, and the OOM killer then takes the shell. The price: the
-//!    parent's memory is shared with its children (`CLONE_VM`), so the kernel walks
-//!    every process on the host, under one kernel-wide lock, at each of the two writes
-//!    (some 0.09 ms each with 200 sandboxes running).
+//!    the agent's score, and the OOM killer then takes the shell. The clone then waits
+//!    for the exec (`CLONE_VFORK`): the kernel marks for good a memory that a second
+//!    process shares while both run, and each write of a score of a process of a marked
+//!    memory walks every process on the host under one kernel-wide lock (some 0.09 ms
+//!    a write with 200 sandboxes running); a child the parent waits for in the clone
+//!    marks nothing. (Nor may anything else of the agent's: the namespace its sandbox
+//!    is made with is made by a thread, `crate::ns::NetnsBeside`.) Its parent unable to
+//!    kill it meanwhile, such a child first arms a timer that kills it at the deadline
+//!    the parent would have kept (`EXEC_DEADLINE`, 10 s); an exec deletes it.
 //! 6. The signal mask and dispositions are reset: the agent's handlers and masks are its
 //!    own business, and an ignored signal would survive exec. Only the signals the agent
 //!    ignores or catches are reset (asked of the kernel once its handlers are
@@ -149,7 +154,8 @@ pub struct Spawned {
 
 /// How long a child may take from the clone to its exec before it is killed: one
 /// stopped by a signal (its user may send it one once its uid has changed) would hold
-/// the parent, which waits for the exec, forever.
+/// the parent, which waits for the exec, forever. The parent kills it, or, when the
+/// parent waits in the clone itself (`CLONE_VFORK`), the child's own timer does.
 const EXEC_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The child's stack. Small: the child makes syscalls and nothing else.
@@ -188,11 +194,6 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
             };
         }
     }
-    let plan = Plan {
-        data: &plan_data,
-        stdio,
-        report: report_w.as_raw_fd(),
-    };
     let spare = SPARE_STACK.lock().unwrap_or_else(|e| e.into_inner()).take();
     let stack = match spare {
         Some(stack) => stack,
@@ -203,6 +204,21 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
         true => RaisedScore::raise(),
         false => None,
     };
+    // With the score raised around it, the clone waits for the exec (CLONE_VFORK): a
+    // memory that a second process shares while it runs is marked for good, and every
+    // write of its score after walks every process on the host. The child then keeps
+    // its own deadline (step 0).
+    let vfork = raised.is_some();
+    let plan = Plan {
+        data: &plan_data,
+        stdio,
+        report: report_w.as_raw_fd(),
+        own_deadline: vfork,
+    };
+    let flags = match vfork {
+        true => libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+        false => libc::CLONE_VM | libc::SIGCHLD,
+    };
 
     // No handler of this process may run in the child (it shares our memory): every
     // signal is blocked in this thread until the child has exec'd or exited; the child
@@ -210,13 +226,13 @@ pub fn spawn(program: &Program, setup: ChildSetup) -> io::Result<Spawned> {
     let blocked = BlockedSignals::all()?;
     // SAFETY: `child_main` runs on `stack`, which stays mapped, with `plan` and all it
     // points at alive and untouched, until the report pipe says the child has exec'd or
-    // exited (below). CLONE_VM without CLONE_FILES or CLONE_SIGHAND: the child shares
-    // this memory and nothing else.
+    // exited (below; with CLONE_VFORK the clone itself returns only then). CLONE_VM
+    // without CLONE_FILES or CLONE_SIGHAND: the child shares this memory and nothing else.
     let pid = unsafe {
         libc::clone(
             child_main,
             stack.top(),
-            libc::CLONE_VM | libc::SIGCHLD,
+            flags,
             std::ptr::from_ref(&plan).cast_mut().cast(),
         )
     };
@@ -508,12 +524,14 @@ impl PlanData {
     }
 }
 
-/// The child's plan: what it reads, the descriptors it moves onto 0-2 (-1: none), and
-/// where it reports a failure.
+/// The child's plan: what it reads, the descriptors it moves onto 0-2 (-1: none), where
+/// it reports a failure, and whether it keeps its own deadline (its parent waits in the
+/// clone, unable to kill it).
 struct Plan<'a> {
     data: &'a PlanData,
     stdio: [RawFd; 3],
     report: RawFd,
+    own_deadline: bool,
 }
 
 /// The child: the steps of the module doc, then exec. Never returns on success.
@@ -521,7 +539,11 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
     // SAFETY: `arg` is the `Plan` that `spawn` keeps alive, unchanged, until this process
     // has exec'd or exited.
     let plan = unsafe { &*arg.cast::<Plan<'_>>() };
-    let failed = match confine(plan) {
+    let armed = match plan.own_deadline {
+        true => arm_own_deadline(EXEC_DEADLINE),
+        false => Ok(()),
+    };
+    let failed = match armed.and_then(|()| confine(plan)) {
         Ok(()) => exec(plan.data),
         Err(e) => e,
     };
@@ -533,6 +555,37 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         libc::write(plan.report, bytes.as_ptr().cast(), bytes.len());
         libc::_exit(127)
     }
+}
+
+/// Step 0 for a child its parent waits for in the clone: a timer of its own that kills
+/// it `after` this long ([`EXEC_DEADLINE`]), should it not have exec'd by then (an exec
+/// deletes it). Stopped, it is killed all the same.
+fn arm_own_deadline(after: Duration) -> io::Result<()> {
+    // SAFETY: `sigevent` is plain old data, all-zero valid; both structures live on this
+    // stack through the calls; the kernel writes the timer's id (an int) into `id`.
+    unsafe {
+        let mut event: libc::sigevent = std::mem::zeroed();
+        event.sigev_notify = libc::SIGEV_SIGNAL;
+        event.sigev_signo = libc::SIGKILL;
+        let mut id: c_int = 0;
+        check_long(libc::syscall(
+            libc::SYS_timer_create,
+            libc::CLOCK_MONOTONIC,
+            &mut event,
+            &mut id,
+        ))?;
+        let mut when: libc::itimerspec = std::mem::zeroed();
+        when.it_value.tv_sec = after.as_secs() as libc::time_t;
+        when.it_value.tv_nsec = after.subsec_nanos() as libc::c_long;
+        check_long(libc::syscall(
+            libc::SYS_timer_settime,
+            id,
+            0,
+            &when,
+            std::ptr::null_mut::<libc::itimerspec>(),
+        ))?;
+    }
+    Ok(())
 }
 
 /// The steps of the module doc before exec.
@@ -1149,6 +1202,35 @@ mod tests {
             );
             assert_eq!((code, out.as_str()), (0, "1000\n"), "{err}");
             assert_eq!(ours(), before);
+        }
+    }
+
+    #[test]
+    fn a_child_past_its_own_deadline_is_killed_even_stopped_and_an_exec_disarms_it() {
+        let deadline = Duration::from_millis(100);
+        // Forked (not threads of this test): each arms its timer, then stops itself, or
+        // execs a program that outlives the deadline.
+        for stop in [true, false] {
+            // SAFETY: the child makes system calls only, then exits or execs.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                if arm_own_deadline(deadline).is_err() {
+                    // SAFETY: ends the forked child.
+                    unsafe { libc::_exit(2) };
+                }
+                // SAFETY: as above; the strings are NUL-terminated.
+                unsafe {
+                    if stop {
+                        libc::raise(libc::SIGSTOP);
+                    } else {
+                        let argv = [c"sleep".as_ptr(), c"0.3".as_ptr(), std::ptr::null()];
+                        libc::execv(c"/bin/sleep".as_ptr(), argv.as_ptr());
+                    }
+                    libc::_exit(3)
+                }
+            }
+            assert_eq!(wait(pid), if stop { 128 + libc::SIGKILL } else { 0 });
         }
     }
 

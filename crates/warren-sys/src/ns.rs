@@ -27,64 +27,101 @@ pub fn sandbox_flags() -> CloneFlags {
 ///
 /// The kernel makes a network namespace in the context of the task that asks for it,
 /// running every network subsystem's set-up for it: about two thirds of a sandbox's
-/// namespaces' cost. Asked for by a task of its own, sharing this process's memory and
-/// descriptors (no page tables copied), it is made on another CPU while this process
-/// goes on. The maker brings its loopback up and leaves a descriptor of it in the shared
+/// namespaces' cost. Asked for by a thread of this process's own (a namespace is a
+/// task's, not a process's), it is made on another CPU while this thread goes on. A
+/// thread rather than a process sharing this memory: the kernel marks a memory that a
+/// second process shares for good, and from then on every write of an OOM score of a
+/// process of it walks every process on the host (the agent's, at every exec: see
+/// `crate::child`). The maker brings its loopback up and leaves a descriptor of it in the shared
 /// table (from a socket of the namespace, `SIOCGSKNS`: no `/proc`, no ptrace check,
 /// which a process that changed its ids would fail); the namespace belongs to the
 /// caller's user namespace, as one the caller made itself would.
 pub struct NetnsBeside {
-    /// Until reaped.
-    maker: Option<Pid>,
-    /// What the maker leaves: the namespace's descriptor, -1 until then or if it could
-    /// not make one. Read once the maker is reaped, which orders its write before.
-    made: Box<std::sync::atomic::AtomicI32>,
+    /// Until it has ended: what the maker shares with this thread.
+    maker: Option<Box<Maker>>,
     stack: Option<crate::child::Stack>,
+}
+
+/// What the maker thread and its creator share.
+#[derive(Debug)]
+struct Maker {
+    /// The maker's thread id, which the kernel clears (and wakes a futex waiter on) once
+    /// the thread has ended (`CLONE_CHILD_CLEARTID`).
+    tid: std::sync::atomic::AtomicI32,
+    /// The namespace's descriptor, -1 until then or if it could not make one. Read once
+    /// the maker has ended, which orders its write before.
+    made: std::sync::atomic::AtomicI32,
 }
 
 /// Starts making a network namespace beside the caller: see [`NetnsBeside`].
 pub fn make_netns_beside() -> io::Result<NetnsBeside> {
     use std::sync::atomic::{AtomicI32, Ordering};
     let stack = crate::child::Stack::new(16 << 10)?;
-    let made = Box::new(AtomicI32::new(-1));
+    let maker = Box::new(Maker {
+        tid: AtomicI32::new(0),
+        made: AtomicI32::new(-1),
+    });
     extern "C" fn make(arg: *mut libc::c_void) -> libc::c_int {
-        // SAFETY: `arg` is the `AtomicI32` the caller keeps boxed until this process is
-        // reaped; the rest is system calls on this stack's own data (integers, and the
-        // `ifreq` of `raise_loopback`'s frame), then _exit: nothing else of the parent's
-        // memory touched. A failing call may set the errno of the thread whose memory
-        // this is, which reads it only on its own error path: the caller sees -1 and
-        // makes a namespace itself.
+        /// Ends this thread alone (`_exit` would end the whole process).
+        fn end() -> ! {
+            // SAFETY: exit takes an integer and ends the calling thread.
+            unsafe { libc::syscall(libc::SYS_exit, 0) };
+            unreachable!("exit returned")
+        }
+        // SAFETY: `arg` is the `Maker` the caller keeps boxed until this thread has
+        // ended; the rest is system calls on this stack's own data (integers, and the
+        // `ifreq` of `raise_loopback`'s frame): nothing else of the process's memory
+        // touched. The thread has no TLS of its own: a failing call may set the errno of
+        // the thread that made it, which reads it only on its own error path; the caller
+        // then sees -1 and makes a namespace itself.
         unsafe {
+            let made = &(*arg.cast::<Maker>()).made;
             if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                libc::_exit(1)
+                end()
             }
             let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
             if sock < 0 {
-                libc::_exit(1)
+                end()
             }
             if raise_loopback(sock) == 0 {
                 let ns = libc::ioctl(sock, libc::SIOCGSKNS);
-                (*arg.cast::<AtomicI32>()).store(ns, Ordering::Release);
+                made.store(ns, Ordering::Release);
             }
             libc::close(sock);
-            libc::_exit(0)
+            end()
         }
     }
-    // SAFETY: `make` touches nothing but its own stack and the boxed integer, both kept
-    // until the maker is reaped (in `NetnsBeside`'s drop at the latest). CLONE_FILES: the
-    // maker shares this descriptor table too.
-    let maker = unsafe {
-        run_on_stack(
-            &stack,
+    let blocked = crate::child::BlockedSignals::all()?;
+    // SAFETY: `make` touches nothing but its own stack and the boxed `Maker`, both kept
+    // until the thread has ended (in `NetnsBeside`'s drop at the latest). A thread of
+    // this process (CLONE_THREAD, with the memory, handlers and descriptor table it
+    // needs), born with every signal blocked and never unblocking one, so no handler of
+    // this process runs on its stack; it ends with the exit of one thread. The kernel
+    // writes its id to `tid` before it runs and clears it when it ends.
+    let tid = unsafe {
+        libc::clone(
             make,
-            libc::CLONE_FILES,
-            std::ptr::from_ref::<AtomicI32>(&made) as usize,
-        )?
+            stack.top(),
+            libc::CLONE_VM
+                | libc::CLONE_FILES
+                | libc::CLONE_SIGHAND
+                | libc::CLONE_THREAD
+                | libc::CLONE_SYSVSEM
+                | libc::CLONE_PARENT_SETTID
+                | libc::CLONE_CHILD_CLEARTID,
+            std::ptr::from_ref::<Maker>(&maker).cast_mut().cast(),
+            maker.tid.as_ptr(),
+            std::ptr::null_mut::<libc::c_void>(),
+            maker.tid.as_ptr(),
+        )
     };
-    away_from_this_cpu(maker.as_raw());
+    drop(blocked);
+    if tid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    away_from_this_cpu(tid);
     Ok(NetnsBeside {
         maker: Some(maker),
-        made,
         stack: Some(stack),
     })
 }
@@ -131,12 +168,30 @@ impl NetnsBeside {
         }
     }
 
-    /// Reaps the maker (once) and takes the namespace's descriptor it left, if any.
+    /// Waits for the maker to end (once) and takes the namespace's descriptor it left,
+    /// if any.
     fn take(&mut self) -> Option<OwnedFd> {
         use std::os::fd::FromRawFd;
+        use std::sync::atomic::Ordering;
         let maker = self.maker.take()?;
-        let _ = nix::sys::wait::waitpid(maker, None);
-        let fd = self.made.load(std::sync::atomic::Ordering::Acquire);
+        loop {
+            let tid = maker.tid.load(Ordering::Acquire);
+            if tid == 0 {
+                break;
+            }
+            // SAFETY: waits while the word still holds `tid`; the kernel clears it and
+            // wakes the waiters when the thread ends. No timeout.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    maker.tid.as_ptr(),
+                    libc::FUTEX_WAIT,
+                    tid,
+                    std::ptr::null::<libc::timespec>(),
+                )
+            };
+        }
+        let fd = maker.made.load(Ordering::Acquire);
         // SAFETY: the maker opened this descriptor in the table this process shares
         // with it and handed it over here alone.
         (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
@@ -145,7 +200,7 @@ impl NetnsBeside {
 
 impl Drop for NetnsBeside {
     fn drop(&mut self) {
-        // The maker reaped, and a namespace not entered closed (it lives no longer than
+        // The maker ended, and a namespace not entered closed (it lives no longer than
         // its descriptor); then the stack the maker ran on is unmapped.
         drop(self.take());
         drop(self.stack.take());
@@ -523,8 +578,8 @@ mod tests {
             assert_ne!(*n, before);
             assert!(!made[..i].contains(n), "one namespace each");
         }
-        // A maker not entered is gone (reaped) once dropped, and the namespace it made
-        // with it (it lives no longer than a descriptor of it).
+        // A maker not entered is gone once dropped, and the namespace it made with it (it
+        // lives no longer than a descriptor of it).
         let open_netns = || {
             std::fs::read_dir("/proc/self/fd")
                 .unwrap()
@@ -534,12 +589,13 @@ mod tests {
         };
         let open_before = open_netns();
         let beside = make_netns_beside().unwrap();
-        let maker = beside.maker.unwrap();
+        let maker = beside.maker.as_ref().unwrap();
+        let tid = maker.tid.load(std::sync::atomic::Ordering::Acquire);
         drop(beside);
-        assert_eq!(
-            nix::sys::signal::kill(maker, None),
-            Err(nix::errno::Errno::ESRCH)
-        );
+        if tid != 0 {
+            // A thread of this process, ended.
+            assert!(!std::path::Path::new(&format!("/proc/self/task/{tid}")).exists());
+        }
         assert_eq!(open_netns(), open_before);
     }
 
