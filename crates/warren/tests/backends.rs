@@ -377,6 +377,30 @@ fn behaviour(d: &Daemon, backend: &serde_json::Value, home: impl Fn(&str) -> Str
         (0, agent),
         "{isolation}: the agent's score"
     );
+    // The agent holds its own score's file open: no process of the sandbox, its root
+    // included, reaches a descriptor of the agent's. Nor does one write the agent's
+    // score where the agent's files are the host's (a namespace sandbox's, trust mode's);
+    // under runc and crun they are the container's root's, as the agent is, and that
+    // root may raise its own agent's score (and nothing above it).
+    if isolation != "gvisor" {
+        let write = match isolation {
+            "runc" | "crun" => "",
+            _ => "echo 1000 2>/dev/null >/proc/$PPID/oom_score_adj && echo score-written;",
+        };
+        let (code, out) = d.exec(
+            &id,
+            &format!(
+                "for f in /proc/$PPID/fd/*; do readlink $f >/dev/null 2>&1 && echo reached $f; \
+                 cat $f >/dev/null 2>&1 </dev/null && echo opened $f; done; {write} \
+                 cat /proc/$PPID/oom_score_adj"
+            ),
+        );
+        assert_eq!(
+            (code, out.as_str()),
+            (0, agent),
+            "{isolation}: the agent reached from inside"
+        );
+    }
     // It holds its stdio and nothing else of the agent's (the descriptor `ls` reads
     // through is its own), and none of the agent's blocked or ignored signals (gVisor's
     // status file has no signal lines).
