@@ -581,6 +581,8 @@ impl Sandbox {
         )
         .map_err(|e| format!("socketpair: {e}"))?;
         let (st_r, st_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        // Where the child's command line is: this helper's, whose memory it copies.
+        let title = warren_sys::proctitle::ArgArea::own().map_err(fail("find the command line"))?;
         // From here to the clone this helper stands in its copy of the shell, with the
         // root tree placed there; the namespace to come back to right after.
         let back = match &shell {
@@ -613,6 +615,7 @@ impl Sandbox {
                     workdir: template.meta.workdir.as_ref().map(PathBuf::from),
                     allow_setuid: template.meta.setuid,
                     in_shell: back.is_some(),
+                    title,
                 });
                 // Only reached on failure; the status pipe carried the reason.
                 let _ = err;
@@ -638,10 +641,6 @@ impl Sandbox {
                 let setup = (|| -> Setup<()> {
                     ns::write_id_maps(child, 0, ids.base, ID_COUNT)
                         .map_err(fail("write the id maps"))?;
-                    // Its command line is this helper's (the host's path of warren, a
-                    // CLI's arguments): every process of the sandbox could read it.
-                    warren_sys::proctitle::set_of(&child.to_string(), "warren-agent")
-                        .map_err(fail("rename the agent"))?;
                     cgroup
                         .finish_join(child.as_raw())
                         .map_err(|e| e.to_string().into())
@@ -1392,6 +1391,10 @@ struct ChildArgs<'a> {
     /// `root` is placed in a copy of the shell (see [`crate::shell`]): the child moves it
     /// onto the namespace's root instead of pivoting.
     in_shell: bool,
+    /// The child's command line, which is this helper's (the host's path of warren, a
+    /// CLI's arguments) until the child overwrites it: every process of the sandbox can
+    /// read PID 1's.
+    title: warren_sys::proctitle::ArgArea,
 }
 
 /// Places a copy of the root tree at `root` (this namespace's) in a copy of `shell` and
@@ -1425,6 +1428,9 @@ fn child_main(args: ChildArgs<'_>) -> String {
     // Made while the helper finishes its part and this process its mounts; should the
     // maker not start, this process makes its own namespace when it needs it.
     let net = ns::make_netns_beside().ok();
+    // Before anything of the sandbox runs, while the helper writes the id maps. The
+    // namespace's maker reads no arguments.
+    args.title.write("warren-agent");
     let r = child_setup(
         args.go,
         &args.root,
