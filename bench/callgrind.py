@@ -8,6 +8,8 @@ temp dir: WARREN_RUN_DIR, WARREN_DATA_DIR) and measures, through the unix-socket
 
   exec    N collected execs of `true` in one running sandbox
   create  N creates, each followed by its remove (`POST /v1/sandboxes`, `DELETE`)
+  first   N creates, each followed by one exec of `true` and its remove: less the
+          create window, what a new sandbox's first exec costs (its agent connection)
   idle    the daemon doing nothing for as long as each window above took (its ticks:
           reaper, metrics, disk measures), subtracted from both
 
@@ -292,7 +294,17 @@ def measure_daemon(d, n, top, tag=""):
 
     ir, secs, path = window(d.grind, f"create{tag}", creates)
     quiet = idle(d.grind, f"create-idle{tag}", secs)
-    return exec_fig, figure(n, ir, quiet, secs, path, top)
+    create_fig = figure(n, ir, quiet, secs, path, top)
+
+    def firsts():
+        for _ in range(n):
+            s = api.call("POST", "/v1/sandboxes", CREATE)["id"]
+            api.call("POST", f"/v1/sandboxes/{s}/exec", TRUE)
+            api.call("DELETE", f"/v1/sandboxes/{s}")
+
+    ir, secs, path = window(d.grind, f"first{tag}", firsts)
+    quiet = idle(d.grind, f"first-idle{tag}", secs)
+    return exec_fig, create_fig, figure(n, ir, quiet, secs, path, top)
 
 
 def fill(d, count):
@@ -340,13 +352,13 @@ def main():
         d = Daemon(warren, tmp, "daemon")
         daemons.append(d)
         log(f"exec and create windows, n={a.n} (the daemon runs about 50x slower under callgrind)")
-        figs["exec"], figs["create"] = measure_daemon(d, a.n, a.top)
+        figs["exec"], figs["create"], figs["first"] = measure_daemon(d, a.n, a.top)
         if a.running:
             log(f"making {a.running} sandboxes that stay running")
             fill(d, a.running)
             time.sleep(5)  # their first reaper passes and disk measures
-            figs[f"exec_{a.running}"], figs[f"create_{a.running}"] = measure_daemon(
-                d, a.n, a.top, tag=f"-{a.running}")
+            (figs[f"exec_{a.running}"], figs[f"create_{a.running}"],
+             figs[f"first_{a.running}"]) = measure_daemon(d, a.n, a.top, tag=f"-{a.running}")
     finally:
         for d in daemons:
             try:
@@ -368,9 +380,14 @@ def main():
     print(f"commit {commit}, binary {warren}")
     show("daemon: exec of `true` (collected) in a running sandbox", figs["exec"])
     show("daemon: create + remove", figs["create"])
+    show("daemon: create + first exec of `true` + remove", figs["first"])
+    print(f"   a first exec: {figs['first']['per_op'] - figs['create']['per_op']:,} "
+          f"instructions (the window above less create + remove)")
     if a.running:
         show(f"daemon: exec of `true` with {a.running} more running", figs[f"exec_{a.running}"])
         show(f"daemon: create + remove with {a.running} running", figs[f"create_{a.running}"])
+        show(f"daemon: create + first exec + remove with {a.running} running",
+             figs[f"first_{a.running}"])
     for name, fig in figs.items():
         print(f"   idle {name}: {fig['idle_ir_per_s']:,} Ir per second of the daemon doing nothing")
     if a.json:

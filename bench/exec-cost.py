@@ -11,8 +11,13 @@ Starts its own `warren serve` in a temporary directory, then:
   the daemon spent per exec (`/proc/PID/stat`, utime + stime; the agent is the
   sandbox's `warren-agent`, the children it starts are not counted).
 
+- faults (`--faults N`): per exec of the first four after a create (`--pause S` after
+  it), the agent's minor page faults (its children's not counted) and CPU time, the
+  sandbox's CPU time (its cgroup: the agent and what it started), the daemon's CPU time
+  and the round trip; medians of N creates.
+
     python3 bench/exec-cost.py [--warren target/release/warren] [--first 80]
-                               [--steady 800] [--idle 200]
+                               [--steady 800] [--idle 200] [--faults 40] [--pause 0.2]
 """
 import argparse
 import os
@@ -36,11 +41,30 @@ def exec_true(api, sid):
     return (time.perf_counter() - t) * 1000
 
 
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (the state is field 0)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()
+
+
 def cpu_ms(pid):
     """utime + stime of `pid`, in ms."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    fields = stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) * 1000.0 / os.sysconf("SC_CLK_TCK")
+
+
+def minor_faults(pid):
+    """The minor page faults `pid` has taken (its children's not counted)."""
+    return int(stat_fields(pid)[7])
+
+
+def run_us(pid):
+    """The time every thread of `pid` has spent on a CPU, in us (schedstat: ns)."""
+    total = 0
+    for t in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{t}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total / 1000.0
 
 
 def agents():
@@ -69,6 +93,78 @@ def first(api, n):
                 c.append(v)
     meds = " ".join(f"{statistics.median(c):.2f}" for c in cols)
     print(f"first: create, exec 1..4 (ms, medians of {n}): {meds}")
+
+
+def sandbox_usage(agent):
+    """A reader of the CPU time of every process in `agent`'s sandbox (its cgroup's
+    cpuacct.usage, v1, or cpu.stat's usage_usec, v2), in us."""
+    with open(f"/proc/{agent}/cgroup") as f:
+        lines = [ln.strip().split(":", 2) for ln in f]
+    for _, ctrl, path in lines:
+        if "cpuacct" in ctrl.split(","):
+            name = "cpuacct,cpu" if os.path.isdir("/sys/fs/cgroup/cpuacct,cpu") else "cpuacct"
+            file = f"/sys/fs/cgroup/{name}{path}/cpuacct.usage"
+            return lambda: int(open(file).read()) / 1000.0
+    for _, ctrl, path in lines:
+        if ctrl == "":
+            file = f"/sys/fs/cgroup{path}/cpu.stat"
+
+            def v2():
+                for ln in open(file):
+                    if ln.startswith("usage_usec"):
+                        return float(ln.split()[1])
+                return 0.0
+            return v2
+    return lambda: 0.0
+
+
+def faults(api, n, pause):
+    """The agent's minor page faults and CPU time in each of the first four execs after
+    a create."""
+    cols = [[] for _ in range(5)]
+    cpu = [[] for _ in range(5)]
+    whole = [[] for _ in range(5)]
+    daemon = [[] for _ in range(5)]
+    lat = [[] for _ in range(4)]
+    for i in range(n + 2):
+        before = agents()
+        sid = api.call("POST", "/v1/sandboxes", BODY)["id"]
+        mine = agents() - before
+        if len(mine) != 1:
+            sys.exit(f"cannot tell the sandbox's agent among {sorted(mine)}")
+        agent = mine.pop()
+        usage = sandbox_usage(agent)
+        time.sleep(pause)
+        seen = [(minor_faults(agent), run_us(agent), usage(), run_us(api.pid))]
+        for k in range(4):
+            ms = exec_true(api, sid)
+            seen.append((minor_faults(agent), run_us(agent), usage(), run_us(api.pid)))
+            if i >= 2:
+                lat[k].append(ms)
+        api.call("DELETE", f"/v1/sandboxes/{sid}")
+        if i >= 2:
+            cols[0].append(seen[0][0])
+            cpu[0].append(seen[0][1])
+            whole[0].append(seen[0][2])
+            daemon[0].append(0)
+            for k, (a, b) in enumerate(zip(seen, seen[1:]), start=1):
+                cols[k].append(b[0] - a[0])
+                cpu[k].append(b[1] - a[1])
+                whole[k].append(b[2] - a[2])
+                daemon[k].append(b[3] - a[3])
+    meds = " ".join(f"{statistics.median(c):.0f}" for c in cols)
+    print(f"faults: the agent's minor faults at the create's answer, then in exec 1..4 "
+          f"(medians of {n}): {meds}")
+    meds = " ".join(f"{statistics.median(c):.0f}" for c in cpu)
+    print(f"faults: the agent's CPU (us) to the create's answer, then in exec 1..4 "
+          f"(medians of {n}): {meds}")
+    meds = " ".join(f"{statistics.median(c):.0f}" for c in whole)
+    print(f"faults: the sandbox's CPU (us, its cgroup) to the create's answer, then in "
+          f"exec 1..4 (medians of {n}): {meds}")
+    meds = " ".join(f"{statistics.median(c):.0f}" for c in daemon[1:])
+    print(f"faults: the daemon's CPU (us) in exec 1..4 (medians of {n}): {meds}")
+    meds = " ".join(f"{statistics.median(c):.2f}" for c in lat)
+    print(f"faults: exec 1..4 round trips (ms, medians of {n}): {meds}")
 
 
 def steady(api, n, idle):
@@ -100,6 +196,10 @@ def main():
     ap.add_argument("--first", type=int, default=80)
     ap.add_argument("--steady", type=int, default=800)
     ap.add_argument("--idle", type=int, default=0)
+    ap.add_argument("--faults", type=int, default=0,
+                    help="creates whose agent's page faults in its first execs are counted")
+    ap.add_argument("--pause", type=float, default=0.0,
+                    help="seconds between a create and its first exec, with --faults")
     a = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="warren-exec-cost-")
     sock = os.path.join(tmp, "run", "warren.sock")
@@ -112,6 +212,8 @@ def main():
         api.pid = server.pid
         if a.first:
             first(api, a.first)
+        if a.faults:
+            faults(api, a.faults, a.pause)
         if a.steady:
             steady(api, a.steady, a.idle)
     finally:
