@@ -780,7 +780,10 @@ impl Store {
             ],
         );
         match res {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.written_now(&r.id, r.last_active_at);
+                Ok(())
+            }
             Err(rusqlite::Error::SqliteFailure(e, _))
                 if e.code == rusqlite::ErrorCode::ConstraintViolation =>
             {
@@ -911,6 +914,18 @@ impl Store {
         Ok(())
     }
 
+    /// Records that `id`'s row was just written with activity `at` (its insert, a
+    /// claim): a call in the next second, a new sandbox's first exec, writes nothing.
+    fn written_now(&self, id: &str, at: i64) {
+        self.activity.borrow_mut().insert(
+            id.to_string(),
+            Activity {
+                written: at,
+                latest: at,
+            },
+        );
+    }
+
     /// Marks a sandbox active at `now`. Written to its row at most once per
     /// [`ACTIVITY_WRITE_MS`]; every record read in between carries it.
     pub fn touch(&self, id: &str, now: i64) -> Result<(), StoreError> {
@@ -1026,7 +1041,7 @@ impl Store {
         let id = match res {
             Ok(id) => {
                 // Its activity starts again at the claim.
-                self.activity.borrow_mut().remove(&id);
+                self.written_now(&id, claim.created_at);
                 id
             }
             Err(rusqlite::Error::QueryReturnedNoRows) => return Ok(None),
@@ -1343,6 +1358,9 @@ mod tests {
         assert_eq!(s.claim_from_pool("pool", &claim).unwrap().unwrap().id, "a");
         let claimed = same(&s).unwrap();
         assert_eq!((claimed.owner.as_str(), claimed.created_at), ("bob", 7));
+        // The claim wrote its activity: a call within the second writes nothing.
+        s.touch("a", 7 + 300).unwrap();
+        assert_eq!(on_disk(&s, "a").unwrap().last_active_at, 7);
         s.set_state("a", SandboxState::Terminated).unwrap();
         let end = same(&s).unwrap().last_active_at;
         s.prune_terminated(end + 1).unwrap();
@@ -1373,6 +1391,31 @@ mod tests {
                 ("warm".to_string(), Some("key".to_string()), 1)
             ]
         );
+    }
+
+    #[test]
+    fn a_new_rows_first_second_of_activity_is_not_written_again() {
+        let s = Store::in_memory().unwrap();
+        let t = 5_000_000;
+        let mut r = record("n", None);
+        (r.created_at, r.last_active_at) = (t, t);
+        s.insert(&r).unwrap();
+        s.set_state("n", SandboxState::Running).unwrap();
+        // The insert wrote `t`: a call within the second is kept in memory only.
+        s.touch("n", t + 300).unwrap();
+        assert_eq!(on_disk(&s, "n").unwrap().last_active_at, t);
+        assert_eq!(s.get("n").unwrap().unwrap().last_active_at, t + 300);
+        s.touch("n", t + ACTIVITY_WRITE_MS).unwrap();
+        assert_eq!(
+            on_disk(&s, "n").unwrap().last_active_at,
+            t + ACTIVITY_WRITE_MS
+        );
+        // A name refused writes nothing of its own.
+        let mut dup = record("m", Some("taken"));
+        s.insert(&dup).unwrap();
+        dup.id = "o".into();
+        assert!(s.insert(&dup).is_err());
+        assert!(s.activity.borrow().get("o").is_none());
     }
 
     #[test]
