@@ -1425,6 +1425,13 @@ const READY: &str = "ready";
 /// after writing the reason to the status pipe.
 fn child_main(args: ChildArgs<'_>) -> String {
     let mut status = fs::File::from(args.status);
+    // While this process has its one thread (the namespace's maker below is a second,
+    // listed for some time after it ends, and in the shell no /proc tells): every
+    // process the agent starts then gets no more than the kept capabilities without
+    // dropping the rest itself (some seventy system calls an exec). The agent drops its
+    // children's capabilities always; its own stay, the set only bounds what an exec
+    // may gain.
+    warren_sys::caps::limit_bounding_set_of_one_thread();
     // Made while the helper finishes its part and this process its mounts; should the
     // maker not start, this process makes its own namespace when it needs it.
     let net = ns::make_netns_beside().ok();

@@ -88,7 +88,13 @@ static BOUNDING_KEPT: AtomicBool = AtomicBool::new(false);
 /// child limits the set itself as before. True when it is recorded.
 pub fn limit_bounding_set() -> bool {
     let single = std::fs::read_dir("/proc/self/task").map(|d| d.count() == 1);
-    if !matches!(single, Ok(true)) || drop_bounding().is_err() {
+    matches!(single, Ok(true)) && limit_bounding_set_of_one_thread()
+}
+
+/// [`limit_bounding_set`] for a process its caller knows to have one thread (one just
+/// cloned, which may stand where no /proc is). True when it is recorded.
+pub fn limit_bounding_set_of_one_thread() -> bool {
+    if drop_bounding().is_err() {
         return false;
     }
     BOUNDING_KEPT.store(true, Ordering::Release);

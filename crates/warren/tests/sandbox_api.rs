@@ -276,6 +276,48 @@ async fn helpers_not_bound_to_their_caller_are_forked_by_a_zygote_which_is_repla
     backend.settle().await;
 }
 
+/// The agent's own bounding set is the kept one, whether its helper was forked by the
+/// zygote (and cloned it in the shell, where no /proc tells how many threads it has) or
+/// started for its caller alone: the processes it starts then need not drop the rest one
+/// by one. Their own set is held to the kept one either way (isolation's tests).
+#[tokio::test]
+async fn the_agent_bounds_what_its_processes_may_gain() {
+    if !can_run("the_agent_bounds_what_its_processes_may_gain") {
+        return;
+    }
+    let backend = backend();
+    let kept = format!("CapBnd:\t{:016x}", warren_sys::caps::KEPT_MASK);
+    for die_with_parent in [false, true] {
+        // Three each: the set was left whole in about half of them, by a race.
+        for _ in 0..3 {
+            let spec = SandboxSpec {
+                id: warren_runtime::new_id().unwrap(),
+                template: "host".into(),
+                ..Default::default()
+            };
+            let opts = CreateOptions {
+                die_with_parent,
+                ephemeral: true,
+            };
+            let sb = backend.create(spec, opts).await.unwrap();
+            let out = sb
+                .connect()
+                .await
+                .unwrap()
+                .exec(shell("grep CapBnd /proc/1/status"))
+                .await
+                .unwrap()
+                .output()
+                .await
+                .unwrap();
+            sb.destroy().await.unwrap();
+            let out = String::from_utf8_lossy(&out.stdout);
+            assert_eq!(out.trim(), kept, "die with parent: {die_with_parent}");
+        }
+    }
+    backend.settle().await;
+}
+
 #[tokio::test]
 async fn a_sandbox_whose_first_process_died_still_tells_its_oom_kills() {
     if !can_run("a_sandbox_whose_first_process_died_still_tells_its_oom_kills") {
