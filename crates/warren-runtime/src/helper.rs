@@ -1552,20 +1552,6 @@ fn child_setup(
     ns::sethostname(hostname).map_err(fail("set the hostname"))?;
     let hidden = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", &root.join("proc"), "proc", hidden, None).map_err(fail("mount /proc"))?;
-    // A sysfs shows the network namespace of whoever mounts it: this process enters its
-    // own first.
-    net.map_or_else(ns::new_netns, ns::NetnsBeside::enter)
-        .map_err(fail("new network namespace"))?;
-    crate::trace::mark("child: network namespace");
-    mount_fs(
-        "sysfs",
-        &root.join("sys"),
-        "sysfs",
-        hidden | MsFlags::MS_RDONLY,
-        None,
-    )
-    .map_err(fail("mount /sys"))?;
-    crate::trace::mark("child: /proc and /sys mounted");
     // Masked directories show an empty read-only directory: /dev/pts's own, of the /dev
     // tmpfs, before devpts covers it. It belongs to the host's root, whom nobody in the
     // sandbox is, so it stays empty even were its bind made writable; and a mask costs
@@ -1573,17 +1559,21 @@ fn child_setup(
     // kernel walks, under its cgroup lock, whenever a memory cgroup is removed).
     let empty = root.join("dev/pts");
     let null = root.join("dev/null");
-    for m in MASKED {
+    let mask = |m: &str| -> Setup<()> {
         let p = root.join(m);
         let Ok(meta) = p.symlink_metadata() else {
-            continue;
+            return Ok(());
         };
         if meta.is_dir() {
             bind(&empty, &p, false).and_then(|()| warren_sys::mount::remount_readonly(&p, hidden))
         } else {
             bind(&null, &p, false)
         }
-        .map_err(fail("mask a /proc path"))?;
+        .map_err(fail("mask a /proc or /sys path"))
+    };
+    let in_sys = |m: &str| m.starts_with("sys/");
+    for m in MASKED.iter().filter(|m| !in_sys(m)) {
+        mask(m)?;
     }
     for m in READONLY {
         let p = root.join(m);
@@ -1598,6 +1588,23 @@ fn child_setup(
             .and_then(|()| warren_sys::mount::remount_readonly(&boot_id, hidden))
             .map_err(fail("give the sandbox its boot id"))?;
     }
+    crate::trace::mark("child: /proc masked");
+    // A sysfs shows the network namespace of whoever mounts it: this process enters its
+    // own first, as late as it can (its maker has had /proc's masks' time more).
+    net.map_or_else(ns::new_netns, ns::NetnsBeside::enter)
+        .map_err(fail("new network namespace"))?;
+    crate::trace::mark("child: network namespace");
+    mount_fs(
+        "sysfs",
+        &root.join("sys"),
+        "sysfs",
+        hidden | MsFlags::MS_RDONLY,
+        None,
+    )
+    .map_err(fail("mount /sys"))?;
+    for m in MASKED.iter().filter(|m| in_sys(m)) {
+        mask(m)?;
+    }
     mount_fs(
         "devpts",
         &root.join("dev/pts"),
@@ -1606,7 +1613,7 @@ fn child_setup(
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )
     .map_err(fail("mount /dev/pts"))?;
-    crate::trace::mark("child: /proc masked");
+    crate::trace::mark("child: /sys mounted and masked");
     if in_shell {
         ns::move_root_here().map_err(fail("enter the sandbox root"))?;
     } else {
