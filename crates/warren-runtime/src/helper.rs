@@ -270,6 +270,11 @@ struct Cleanup {
     dirs: Vec<PathBuf>,
     mounts: Vec<PathBuf>,
     agent: Option<Pid>,
+    /// The sandbox's own mount namespace, held so that its last process's exit does not
+    /// take it down: that unmounts its whole tree and waits for an expedited RCU grace
+    /// period, after which alone the exit is told. Let go once the caller has heard that
+    /// the processes are gone.
+    sandbox_mounts: Option<OwnedFd>,
     /// The host end of a `nat` sandbox's veth pair.
     link: Option<String>,
     /// Where the sandbox's own disk is mounted, when it has one.
@@ -310,6 +315,7 @@ impl Cleanup {
     }
 
     fn remove(&mut self) {
+        drop(self.sandbox_mounts.take());
         // Before the mounts go, with the sandbox's processes gone: the unmount's journal
         // commit is not forced to the host's disk for an image about to be removed. Held
         // until the mounts are gone, then undone.
@@ -476,6 +482,7 @@ impl Sandbox {
             dirs: vec![],
             mounts: vec![],
             agent: None,
+            sandbox_mounts: None,
             link: None,
             disk: None,
             for_good: config.ephemeral,
@@ -678,6 +685,7 @@ impl Sandbox {
                     },
                 }
                 crate::trace::mark("helper: child ready");
+                cleanup.sandbox_mounts = ns::open_ns(child, "mnt").ok();
                 // Its network namespace is the child's own from its set-up on; nothing of
                 // the sandbox runs before it is answered for.
                 if spec.network == NetworkMode::Nat {
