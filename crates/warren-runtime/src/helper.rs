@@ -37,8 +37,8 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use warren_sys::cgroup::Hierarchy;
 use warren_sys::mount::{
-    bind, bind_idmapped, bind_with, mount_fs, mount_overlay, set_propagation, unmount,
-    DetachedMount, MountAttrs, MsFlags,
+    bind, bind_idmapped, bind_with, mount_fs, set_propagation, unmount, DetachedMount, MountAttrs,
+    MsFlags,
 };
 use warren_sys::ns::{self, Forked};
 use warren_types::spec::{HostMount, NetworkMode, SandboxSpec, VolumeMount};
@@ -275,6 +275,10 @@ struct Cleanup {
     /// period, after which alone the exit is told. Let go once the caller has heard that
     /// the processes are gone.
     sandbox_mounts: Option<OwnedFd>,
+    /// The binds the root overlay was mounted from, and their directory (see
+    /// `mount_overlay_staged`): gone with this process's mount namespace, their
+    /// directories removed after it.
+    staged: Vec<PathBuf>,
     /// The host end of a `nat` sandbox's veth pair.
     link: Option<String>,
     /// Where the sandbox's own disk is mounted, when it has one.
@@ -339,6 +343,8 @@ impl Cleanup {
                 let _ = unmount(&m);
             }
         }
+        // Before the disk's cache is back: a bind of its writable layer holds it.
+        warren_sys::mount::drop_staged(&std::mem::take(&mut self.staged));
         drop(cacheless);
         for d in self.dirs.drain(..).rev() {
             if crate::tree::remove(&d).is_err() {
@@ -483,6 +489,7 @@ impl Sandbox {
             mounts: vec![],
             agent: None,
             sandbox_mounts: None,
+            staged: vec![],
             link: None,
             disk: None,
             for_good: config.ephemeral,
@@ -543,7 +550,9 @@ impl Sandbox {
         let storage = ns::idmap_userns(&ids.storage_map(), &ids.storage_map())
             .map_err(fail("make the id mapping of the sandbox's files"))?;
         crate::trace::mark("helper: id mapping made");
-        mount_overlay(
+        // The binds of its layers go with this process's mount namespace, not one by one
+        // now (see `mount_overlay_staged`).
+        cleanup.staged = warren_sys::mount::mount_overlay_staged(
             &run,
             &template.lower,
             &rw,

@@ -101,6 +101,24 @@ pub fn mount_overlay(
     idmap: Option<BorrowedFd<'_>>,
     setuid: bool,
 ) -> io::Result<()> {
+    let staged = mount_overlay_staged(dir, lowers, rw, idmap, setuid)?;
+    drop_staged(&staged);
+    Ok(())
+}
+
+/// [`mount_overlay`], leaving the bind mounts of the layers where they are: each
+/// unmount waits for an RCU grace period the kernel makes all CPUs take part in, and a
+/// caller whose private mount namespace ends with it loses them all at once then. Returns
+/// the directories staged, which hold nothing else: `dir/.lower`, then the binds. Each
+/// is removed only as an empty directory ([`drop_staged`]): one still mounted shows a
+/// layer, which a recursive removal would empty.
+pub fn mount_overlay_staged(
+    dir: &Path,
+    lowers: &[PathBuf],
+    rw: &Path,
+    idmap: Option<BorrowedFd<'_>>,
+    setuid: bool,
+) -> io::Result<Vec<PathBuf>> {
     let staged = dir.join(".lower");
     std::fs::create_dir_all(&staged)?;
     let mut binds = Vec::new();
@@ -143,15 +161,30 @@ pub fn mount_overlay(
             .map_err(|e| err("mount overlay on", &dir.join("root"), e))
         })
     })();
-    // Only empty directories are removed: a bind mount that would not go away must not
-    // lead a recursive removal into a template's layer.
-    for b in binds.iter().rev() {
-        if umount2(b, MntFlags::MNT_DETACH).is_ok() {
+    // First, so that it goes last: it holds the others.
+    binds.insert(0, staged);
+    if let Err(e) = result {
+        drop_staged(&binds);
+        return Err(e);
+    }
+    Ok(binds)
+}
+
+/// Unmounts the binds [`mount_overlay_staged`] left and removes their directories. Only
+/// empty directories are removed: a bind mount that would not go away must not lead a
+/// recursive removal into a template's layer.
+pub fn drop_staged(staged: &[PathBuf]) {
+    for b in staged.iter().rev() {
+        let gone = match umount2(b, MntFlags::MNT_DETACH) {
+            Ok(()) => true,
+            // Not a mount point: `.lower` itself, or a bind that was never made.
+            Err(nix::Error::EINVAL) => true,
+            Err(_) => false,
+        };
+        if gone {
             let _ = std::fs::remove_dir(b);
         }
     }
-    let _ = std::fs::remove_dir(&staged);
-    result
 }
 
 /// Runs `f` with the process's root and working directory at `dir`, then puts both back.
