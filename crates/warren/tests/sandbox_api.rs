@@ -42,6 +42,12 @@ fn shell(script: &str) -> ExecRequest {
     }
 }
 
+/// What `script` prints on stdout in `sb`, over a connection of its own.
+async fn stdout_of(sb: &Sandbox, script: &str) -> Vec<u8> {
+    let run = sb.connect().await.unwrap().exec(shell(script)).await;
+    run.unwrap().output().await.unwrap().stdout
+}
+
 #[tokio::test]
 async fn pause_stops_the_clock_and_resume_restarts_it() {
     if !can_run("pause_stops_the_clock_and_resume_restarts_it") {
@@ -231,17 +237,7 @@ async fn helpers_not_bound_to_their_caller_are_forked_by_a_zygote_which_is_repla
         Some(warren_runtime::zygote::ARG)
     );
     assert_eq!(parent_of(zygote), std::process::id() as i32);
-    let out = a
-        .connect()
-        .await
-        .unwrap()
-        .exec(shell("echo forked"))
-        .await
-        .unwrap()
-        .output()
-        .await
-        .unwrap();
-    assert_eq!(out.stdout, b"forked\n");
+    assert_eq!(stdout_of(&a, "echo forked").await, b"forked\n");
 
     // A zygote killed is started again by the next create; the sandbox it forked before
     // lives on and ends as any other.
@@ -300,18 +296,9 @@ async fn the_agent_bounds_what_its_processes_may_gain() {
                 ephemeral: true,
             };
             let sb = backend.create(spec, opts).await.unwrap();
-            let out = sb
-                .connect()
-                .await
-                .unwrap()
-                .exec(shell("grep CapBnd /proc/1/status"))
-                .await
-                .unwrap()
-                .output()
-                .await
-                .unwrap();
+            let out = stdout_of(&sb, "grep CapBnd /proc/1/status").await;
             sb.destroy().await.unwrap();
-            let out = String::from_utf8_lossy(&out.stdout);
+            let out = String::from_utf8_lossy(&out);
             assert_eq!(out.trim(), kept, "die with parent: {die_with_parent}");
         }
     }
