@@ -130,6 +130,9 @@ pub fn main() -> ! {
     // helper's to report, as it tries again).
     let _ = warren_sys::seccomp::SeccompProgram::default_policy_shared();
     let _ = warren_sys::cgroup::Hierarchy::detect_shared();
+    // Where the command line is, which each helper rewrites for itself and then for its
+    // sandbox's first process: the same place in every process forked from this one.
+    let _ = warren_sys::proctitle::ArgArea::own();
     loop {
         let mut fds = [
             PollFd::new(sock, PollFlags::POLLIN),

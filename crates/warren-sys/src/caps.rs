@@ -85,8 +85,13 @@ static BOUNDING_KEPT: AtomicBool = AtomicBool::new(false);
 ///
 /// The set is each thread's own, so a thread made before would keep the full one: with
 /// more than one thread (or when the set cannot be limited) nothing is recorded, and each
-/// child limits the set itself as before. True when it is recorded.
+/// child limits the set itself as before. True when it is recorded; once recorded (the
+/// namespace backend's first process limits it as it starts), asked again, it reads
+/// nothing and calls nothing.
 pub fn limit_bounding_set() -> bool {
+    if BOUNDING_KEPT.load(Ordering::Acquire) {
+        return true;
+    }
     let single = std::fs::read_dir("/proc/self/task").map(|d| d.count() == 1);
     matches!(single, Ok(true)) && limit_bounding_set_of_one_thread()
 }
@@ -259,6 +264,8 @@ mod tests {
         let before = std::fs::read_to_string("/proc/self/status").unwrap();
         assert!(limit_bounding_set(), "{before}");
         assert!(BOUNDING_KEPT.load(Ordering::Acquire));
+        // Asked again (the agent's `serve` after its first process's start): still true.
+        assert!(limit_bounding_set());
         let own = std::fs::read_to_string("/proc/self/status").unwrap();
         assert_eq!(status_field(&own, "CapBnd:"), KEPT_MASK);
         assert_eq!(

@@ -593,8 +593,18 @@ mod tests {
         let tid = maker.tid.load(std::sync::atomic::Ordering::Acquire);
         drop(beside);
         if tid != 0 {
-            // A thread of this process, ended.
-            assert!(!std::path::Path::new(&format!("/proc/self/task/{tid}")).exists());
+            // A thread of this process, ended: the kernel wakes its waiter as the thread
+            // lets go of the memory, and lists it in /proc a moment longer, until it is
+            // released.
+            let task = format!("/proc/self/task/{tid}");
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while std::path::Path::new(&task).exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            assert!(
+                !std::path::Path::new(&task).exists(),
+                "the maker thread lives on"
+            );
         }
         assert_eq!(open_netns(), open_before);
     }

@@ -19,11 +19,21 @@ pub struct ArgArea {
 }
 
 impl ArgArea {
-    /// The calling process's, from /proc/self/stat. It stays the place in this process
-    /// until it execs, and in every process cloned from it without `CLONE_VM` until that
-    /// one execs: the strings are on the stack the kernel made at exec, which a copy of
-    /// the memory keeps where it was.
+    /// The calling process's. It stays the place in this process until it execs, and in
+    /// every process cloned from it without `CLONE_VM` until that one execs: the strings
+    /// are on the stack the kernel made at exec, which a copy of the memory keeps where
+    /// it was. So it is read from /proc/self/stat once, and kept: a process forked after
+    /// (the zygote's helpers, their sandboxes' first processes) has it without a read.
     pub fn own() -> io::Result<Self> {
+        static OWN: std::sync::OnceLock<ArgArea> = std::sync::OnceLock::new();
+        if let Some(area) = OWN.get() {
+            return Ok(*area);
+        }
+        let area = Self::read()?;
+        Ok(*OWN.get_or_init(|| area))
+    }
+
+    fn read() -> io::Result<Self> {
         let stat = std::fs::read_to_string("/proc/self/stat")?;
         // Fields after the command name, which may hold spaces and parentheses itself.
         let rest = stat

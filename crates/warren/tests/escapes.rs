@@ -162,6 +162,16 @@ fn mountinfo_names_no_host_path() {
             "mount tables inside name the host path {secret:?}:\n{out}"
         );
     }
+    // The binds the root overlay is mounted from stay in the helper's own namespace until
+    // its teardown: none is a mount of the sandbox's (its first process's copy of that
+    // namespace is left before anything of the sandbox runs).
+    for line in out.lines().filter(|l| l.contains(" - ")) {
+        let point = line.split_whitespace().nth(4).unwrap_or_default();
+        assert!(
+            !point.contains("/.lower") && !point.contains("/.rw"),
+            "a staging bind of the root overlay is mounted inside: {line}"
+        );
+    }
     // gVisor shows its own mounts (9p from its Gofer), which name no host path either.
     if isolation() != "gvisor" {
         assert!(
