@@ -762,28 +762,32 @@ impl Sandbox {
                 // and cgroups to be removed. (It is this process's child: the kernel
                 // reaps it once this process exits, and a caller that lives on reaps
                 // it here.)
+                // Read on the runtime, not by a thread of its blocking pool: `warren run`
+                // would start one for this read alone, and have it killed at its exit.
                 Helper::Forked(p, stopped, paths) => {
                     let pid = Pid::from_raw(*p);
-                    let fd = stopped.try_clone().ok();
-                    let paths = paths.clone();
-                    let _ = tokio::task::spawn_blocking(move || {
-                        let mut b = [0u8; 1];
-                        match fd {
-                            Some(fd) => {
-                                // The pipe's end, not its byte: the helper is gone, its
-                                // teardown done, without releasing the run directories'
-                                // tmpfs (a helper with published ports cannot leave its
-                                // own mount namespace to), so this process does.
-                                if let Ok(0) = nix::unistd::read(fd.as_raw_fd(), &mut b) {
-                                    let _ = crate::rundir::release(&paths);
-                                }
-                            }
-                            None => {
-                                let _ = nix::sys::wait::waitpid(pid, None);
+                    let pipe = stopped
+                        .try_clone()
+                        .and_then(pipe::Receiver::from_owned_fd)
+                        .ok();
+                    match pipe {
+                        Some(mut pipe) => {
+                            // The pipe's end, not its byte: the helper is gone, its
+                            // teardown done, without releasing the run directories'
+                            // tmpfs (a helper with published ports cannot leave its own
+                            // mount namespace to), so this process does.
+                            let mut b = [0u8; 1];
+                            if let Ok(0) = pipe.read(&mut b).await {
+                                let _ = crate::rundir::release(paths);
                             }
                         }
-                    })
-                    .await;
+                        None => {
+                            let _ = tokio::task::spawn_blocking(move || {
+                                nix::sys::wait::waitpid(pid, None)
+                            })
+                            .await;
+                        }
+                    }
                 }
                 // Not our child: watch for the pid to go away.
                 Helper::Adopted(p) => {
