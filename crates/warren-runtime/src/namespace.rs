@@ -474,11 +474,11 @@ impl NamespaceBackend {
     /// renamed into the sandbox's data directory, its mount given. `None` when there is
     /// none of that size, or the sandbox has a disk already (one started again).
     fn take_disk(&self, id: &str, size: u64) -> Option<warren_sys::mount::DetachedMount> {
-        let data = self.paths.sandbox_data(id);
-        let img = data.join("disk.img");
-        if img.exists() {
+        if self.has_own_disk(id) {
             return None;
         }
+        let data = self.paths.sandbox_data(id);
+        let img = data.join("disk.img");
         let disk = self
             .next_disk
             .slot
@@ -489,16 +489,26 @@ impl NamespaceBackend {
         disk.take(&img).ok()
     }
 
+    /// Whether sandbox `id` has its disk image already (one started again).
+    fn has_own_disk(&self, id: &str) -> bool {
+        self.paths.sandbox_data(id).join("disk.img").exists()
+    }
+
     /// [`take_disk`](Self::take_disk), or when there is none of `size` and one is being
     /// made, that one once it is placed: begun before this create, it is done sooner
     /// than one this create would make (up to [`DISK_WAIT`]). One create at a time
-    /// waits; the others make their own.
+    /// waits; the others make their own, and a sandbox started again (its disk is
+    /// there) never waits.
     async fn take_or_await_disk(
         &self,
         id: &str,
         size: u64,
     ) -> Option<warren_sys::mount::DetachedMount> {
         use std::sync::atomic::Ordering::SeqCst;
+        // A sandbox started again has its disk: nothing made ahead is for it.
+        if self.has_own_disk(id) {
+            return None;
+        }
         let next = &self.next_disk;
         let made = next.made.notified();
         tokio::pin!(made);
