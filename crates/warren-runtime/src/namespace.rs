@@ -250,16 +250,16 @@ impl NamespaceBackend {
             Some(size) => self.take_or_await_disk(&id, size).await,
             None => None,
         };
-        if disk_size.is_some() {
+        if let Some(size) = disk_size {
             crate::trace::mark(match prepared {
                 Some(_) => "daemon: disk made ahead taken",
                 None => "daemon: no disk made ahead",
             });
-        }
-        // The next one is begun now, beside this create, rather than after it: a create
-        // that follows at once (a removal between) finds it made, or nearly.
-        if let Some(size) = disk_size.filter(|_| prepared.is_some()) {
-            self.make_next_disk(size);
+            // The next one is begun now, beside this create, rather than after it: a
+            // create that follows at once (a removal between) finds it made, or nearly.
+            if prepared.is_some() {
+                self.make_next_disk(size);
+            }
         }
         let limits = crate::cgroup_limits(&spec.resources);
         // Removed when this create is done with it, if its helper did not rename it.
@@ -472,26 +472,17 @@ impl NamespaceBackend {
 
     /// The disk made ahead, for sandbox `id` with a disk of `size` bytes: its image
     /// renamed into the sandbox's data directory, its mount given. `None` when there is
-    /// none of that size, or the sandbox has a disk already (one started again).
+    /// none of that size (the caller has looked that the sandbox has no disk yet).
     fn take_disk(&self, id: &str, size: u64) -> Option<warren_sys::mount::DetachedMount> {
-        if self.has_own_disk(id) {
-            return None;
-        }
-        let data = self.paths.sandbox_data(id);
-        let img = data.join("disk.img");
         let disk = self
             .next_disk
             .slot
             .lock()
             .ok()?
             .take_if(|d| d.size == size)?;
+        let data = self.paths.sandbox_data(id);
         std::fs::create_dir_all(&data).ok()?;
-        disk.take(&img).ok()
-    }
-
-    /// Whether sandbox `id` has its disk image already (one started again).
-    fn has_own_disk(&self, id: &str) -> bool {
-        self.paths.sandbox_data(id).join("disk.img").exists()
+        disk.take(&data.join("disk.img")).ok()
     }
 
     /// [`take_disk`](Self::take_disk), or when there is none of `size` and one is being
@@ -505,8 +496,9 @@ impl NamespaceBackend {
         size: u64,
     ) -> Option<warren_sys::mount::DetachedMount> {
         use std::sync::atomic::Ordering::SeqCst;
-        // A sandbox started again has its disk: nothing made ahead is for it.
-        if self.has_own_disk(id) {
+        // A sandbox started again has its disk: nothing made ahead is for it. Looked at
+        // once: `take_disk` below and after the wait do not look again.
+        if self.paths.sandbox_data(id).join("disk.img").exists() {
             return None;
         }
         let next = &self.next_disk;

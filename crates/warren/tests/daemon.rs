@@ -1482,34 +1482,23 @@ fn creates_back_to_back_each_take_a_disk_made_ahead() {
     }
     let _turn = my_turn();
     let d = Daemon::start_opts(trust::Options {
+        tcp: true,
         inherit: Some("export WARREN_TRACE=1".into()),
         ..Default::default()
     });
-    let make = |d: &Daemon| {
-        let json = [("content-type", "application/json")];
-        let r = d.http(trust::Via::Unix, "POST", "/v1/sandboxes", &json, b"{}");
-        assert_eq!(r.status, 201, "{}", r.text());
-        let id = r.json()["id"].as_str().unwrap().to_string();
-        d.saw(&id);
-        id
-    };
-    let remove = |d: &Daemon, id: &str| {
-        let r = d.http(
-            trust::Via::Unix,
-            "DELETE",
-            &format!("/v1/sandboxes/{id}"),
-            &[],
-            b"",
-        );
+    let key = d.api_key();
+    let make = || d.create_as(&key, "{}");
+    let remove = |id: &str| {
+        let r = d.as_tenant(&key, "DELETE", &format!("/v1/sandboxes/{id}"), "");
         assert_eq!(r.status, 204, "{}", r.text());
     };
     // The first of its size makes the blank the others are copies of.
-    let first = make(&d);
-    remove(&d, &first);
+    let first = make();
+    remove(&first);
     assert!(d.wait_for_prepared_disk(), "no disk made ahead");
     for _ in 0..12 {
-        let id = make(&d);
-        remove(&d, &id);
+        let id = make();
+        remove(&id);
     }
     let log = d.log();
     let taken = log.matches("daemon: disk made ahead taken").count();
