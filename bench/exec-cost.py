@@ -11,13 +11,16 @@ Starts its own `warren serve` in a temporary directory, then:
   the daemon spent per exec (`/proc/PID/stat`, utime + stime; the agent is the
   sandbox's `warren-agent`, the children it starts are not counted).
 
+- warm (`--warm N`): N creates from a warm pool as the suite makes them, each followed by
+  three execs of `true` (`--pause S` between the create and the first exec).
+
 - faults (`--faults N`): per exec of the first four after a create (`--pause S` after
   it), the agent's minor page faults (its children's not counted) and CPU time, the
   sandbox's CPU time (its cgroup: the agent and what it started), the daemon's CPU time
   and the round trip; medians of N creates.
 
     python3 bench/exec-cost.py [--warren target/release/warren] [--first 80]
-                               [--steady 800] [--idle 200] [--faults 40] [--pause 0.2]
+                               [--steady 800] [--idle 200] [--warm 80] [--faults 40] [--pause 0.2]
 """
 import argparse
 import os
@@ -93,6 +96,36 @@ def first(api, n):
                 c.append(v)
     meds = " ".join(f"{statistics.median(c):.2f}" for c in cols)
     print(f"first: create, exec 1..4 (ms, medians of {n}): {meds}")
+
+
+def warm(api, n, pause):
+    """Creates from a warm pool (min 4, max 8) as the suite does: each round waits for four
+    ready members, takes one, runs `true` in it three times and removes it; `pause` seconds
+    between the take and the first exec show what the pool's refill beside it costs."""
+    api.call("POST", "/v1/pools", {"min": 4, "max": 8})
+    cols = [[] for _ in range(4)]
+    try:
+        for i in range(n + 3):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                pools = api.call("GET", "/v1/pools")
+                if pools and pools[0]["ready"] >= 4:
+                    break
+                time.sleep(0.005)
+            t = time.perf_counter()
+            sid = api.call("POST", "/v1/sandboxes", BODY)["id"]
+            row = [(time.perf_counter() - t) * 1000]
+            if pause:
+                time.sleep(pause)
+            row += [exec_true(api, sid) for _ in range(3)]
+            api.call("DELETE", f"/v1/sandboxes/{sid}")
+            if i >= 3:
+                for c, v in zip(cols, row):
+                    c.append(v)
+    finally:
+        api.call("POST", "/v1/pools", {"min": 0, "max": 0})
+    meds = " ".join(f"{statistics.median(c):.2f}" for c in cols)
+    print(f"warm (pause {pause} s): create, exec 1..3 (ms, medians of {n}): {meds}")
 
 
 def sandbox_usage(agent):
@@ -196,6 +229,8 @@ def main():
     ap.add_argument("--first", type=int, default=80)
     ap.add_argument("--steady", type=int, default=800)
     ap.add_argument("--idle", type=int, default=0)
+    ap.add_argument("--warm", type=int, default=0,
+                    help="creates from a warm pool, each followed by three execs")
     ap.add_argument("--faults", type=int, default=0,
                     help="creates whose agent's page faults in its first execs are counted")
     ap.add_argument("--pause", type=float, default=0.0,
@@ -212,6 +247,8 @@ def main():
         api.pid = server.pid
         if a.first:
             first(api, a.first)
+        if a.warm:
+            warm(api, a.warm, a.pause)
         if a.faults:
             faults(api, a.faults, a.pause)
         if a.steady:
