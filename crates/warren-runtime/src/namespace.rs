@@ -739,9 +739,11 @@ impl Sandbox {
     pub fn is_alive(&mut self) -> bool {
         let alive = match &mut self.helper {
             Helper::Child(c, _) => matches!(c.try_wait(), Ok(None)),
-            Helper::Spawned(p, _, _) | Helper::Forked(p, _, _) | Helper::Adopted(p) => {
-                pid_alive(*p)
-            }
+            Helper::Spawned(p, exited, _) => match pidfd_exited(exited) {
+                Some(gone) => !gone,
+                None => pid_alive(*p),
+            },
+            Helper::Forked(p, _, _) | Helper::Adopted(p) => pid_alive(*p),
         };
         if !alive && self.stopped.is_none() {
             self.stopped = self.helper.told_stopped();
@@ -891,6 +893,19 @@ async fn exit_of(helper: &mut Helper) {
 
 /// Waits until the process of `pidfd` has exited (on a blocking thread: a helper takes
 /// milliseconds to exit once told to).
+/// Whether the process of `pidfd` has exited (a zombie counts as gone, as for
+/// [`pid_alive`]), asked without waiting: one `poll`, where reading `/proc/PID/stat`
+/// has the kernel write out the process's whole status (the daemon asks of every
+/// sandbox each second). `None` when the descriptor cannot be polled.
+fn pidfd_exited(pidfd: &OwnedFd) -> Option<bool> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) => Some(n > 0),
+        Err(_) => None,
+    }
+}
+
 async fn exit_of_pidfd(pidfd: &OwnedFd) {
     let Ok(fd) = pidfd.try_clone() else {
         return;

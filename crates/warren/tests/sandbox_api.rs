@@ -96,6 +96,43 @@ async fn pause_stops_the_clock_and_resume_restarts_it() {
     sb.destroy().await.unwrap();
 }
 
+/// The context switches of `pid`'s main thread (its agent's runtime runs on it).
+fn switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).unwrap();
+    status
+        .lines()
+        .filter(|l| l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_"))
+        .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// An idle sandbox's agent sleeps until it is asked something: nothing in it wakes on
+/// a timer (a reap once a second cost a thousand idle sandboxes some 50 ms of CPU a
+/// second, and the host 2,000 context switches).
+#[tokio::test]
+async fn an_idle_agent_does_not_wake() {
+    if !can_run("an_idle_agent_does_not_wake") {
+        return;
+    }
+    let sb = sandbox().await;
+    let client = sb.connect().await.unwrap();
+    // A command started, ended and reaped, its client still connected.
+    let out = client
+        .exec(shell("true"))
+        .await
+        .unwrap()
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.and_then(|e| e.code), Some(0));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = switches(sb.agent_pid);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let woke = switches(sb.agent_pid) - before;
+    assert_eq!(woke, 0, "the idle agent woke {woke} times in 2.5 s");
+    drop(client);
+}
+
 #[tokio::test]
 async fn background_processes_survive_disconnect_and_replay_on_attach() {
     if !can_run("background_processes_survive_disconnect_and_replay_on_attach") {
