@@ -891,8 +891,6 @@ async fn exit_of(helper: &mut Helper) {
     }
 }
 
-/// Waits until the process of `pidfd` has exited (on a blocking thread: a helper takes
-/// milliseconds to exit once told to).
 /// Whether the process of `pidfd` has exited (a zombie counts as gone, as for
 /// [`pid_alive`]), asked without waiting: one `poll`, where reading `/proc/PID/stat`
 /// has the kernel write out the process's whole status (the daemon asks of every
@@ -906,6 +904,8 @@ fn pidfd_exited(pidfd: &OwnedFd) -> Option<bool> {
     }
 }
 
+/// Waits until the process of `pidfd` has exited (on a blocking thread: a helper takes
+/// milliseconds to exit once told to).
 async fn exit_of_pidfd(pidfd: &OwnedFd) {
     let Ok(fd) = pidfd.try_clone() else {
         return;

@@ -131,6 +131,7 @@ async fn an_idle_agent_does_not_wake() {
     let woke = switches(sb.agent_pid) - before;
     assert_eq!(woke, 0, "the idle agent woke {woke} times in 2.5 s");
     drop(client);
+    sb.destroy().await.unwrap();
 }
 
 #[tokio::test]
