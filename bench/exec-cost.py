@@ -62,12 +62,8 @@ def minor_faults(pid):
 
 
 def run_us(pid):
-    """The time every thread of `pid` has spent on a CPU, in us (schedstat: ns)."""
-    total = 0
-    for t in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{t}/schedstat") as f:
-            total += int(f.read().split()[0])
-    return total / 1000.0
+    """The time every thread of `pid` has spent on a CPU, in us."""
+    return api_mod.run_ns(pid) / 1000.0
 
 
 def agents():

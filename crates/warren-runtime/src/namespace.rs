@@ -6,11 +6,12 @@
 //! freezer directly; destroying asks the helper to tear down and waits for it, and
 //! ending (for good) waits only until the helper says the processes are gone.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -470,19 +471,18 @@ impl NamespaceBackend {
         drop(left);
     }
 
-    /// The disk made ahead, for sandbox `id` with a disk of `size` bytes: its image
-    /// renamed into the sandbox's data directory, its mount given. `None` when there is
-    /// none of that size (the caller has looked that the sandbox has no disk yet).
-    fn take_disk(&self, id: &str, size: u64) -> Option<warren_sys::mount::DetachedMount> {
+    /// The disk made ahead, for a sandbox with a disk of `size` bytes at `img`: its image
+    /// renamed there (its directory made), its mount given. `None` when there is none of
+    /// that size (the caller has looked that the sandbox has no disk yet).
+    fn take_disk(&self, img: &Path, size: u64) -> Option<warren_sys::mount::DetachedMount> {
         let disk = self
             .next_disk
             .slot
             .lock()
             .ok()?
             .take_if(|d| d.size == size)?;
-        let data = self.paths.sandbox_data(id);
-        std::fs::create_dir_all(&data).ok()?;
-        disk.take(&data.join("disk.img")).ok()
+        std::fs::create_dir_all(img.parent()?).ok()?;
+        disk.take(img).ok()
     }
 
     /// [`take_disk`](Self::take_disk), or when there is none of `size` and one is being
@@ -498,7 +498,8 @@ impl NamespaceBackend {
         use std::sync::atomic::Ordering::SeqCst;
         // A sandbox started again has its disk: nothing made ahead is for it. Looked at
         // once: `take_disk` below and after the wait do not look again.
-        if self.paths.sandbox_data(id).join("disk.img").exists() {
+        let img = self.paths.sandbox_data(id).join("disk.img");
+        if img.exists() {
             return None;
         }
         let next = &self.next_disk;
@@ -506,7 +507,7 @@ impl NamespaceBackend {
         tokio::pin!(made);
         // Told from here on: a disk placed after this line wakes the wait below.
         made.as_mut().enable();
-        if let Some(disk) = self.take_disk(id, size) {
+        if let Some(disk) = self.take_disk(&img, size) {
             return Some(disk);
         }
         if !next.making.load(SeqCst)
@@ -526,7 +527,7 @@ impl NamespaceBackend {
         let waiting = Waiting(&next.awaited);
         let _ = tokio::time::timeout(DISK_WAIT, made).await;
         drop(waiting);
-        self.take_disk(id, size)
+        self.take_disk(&img, size)
     }
 
     /// Makes the next disk of `size` bytes off the create's path, unless one is there or
@@ -739,10 +740,12 @@ impl Sandbox {
     pub fn is_alive(&mut self) -> bool {
         let alive = match &mut self.helper {
             Helper::Child(c, _) => matches!(c.try_wait(), Ok(None)),
-            Helper::Spawned(p, exited, _) => match pidfd_exited(exited) {
-                Some(gone) => !gone,
-                None => pid_alive(*p),
-            },
+            Helper::Spawned(p, exited, _) => {
+                match pidfd_exited(exited.as_fd(), PollTimeout::ZERO) {
+                    Some(gone) => !gone,
+                    None => pid_alive(*p),
+                }
+            }
             Helper::Forked(p, _, _) | Helper::Adopted(p) => pid_alive(*p),
         };
         if !alive && self.stopped.is_none() {
@@ -892,15 +895,17 @@ async fn exit_of(helper: &mut Helper) {
 }
 
 /// Whether the process of `pidfd` has exited (a zombie counts as gone, as for
-/// [`pid_alive`]), asked without waiting: one `poll`, where reading `/proc/PID/stat`
-/// has the kernel write out the process's whole status (the daemon asks of every
-/// sandbox each second). `None` when the descriptor cannot be polled.
-fn pidfd_exited(pidfd: &OwnedFd) -> Option<bool> {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-    match poll(&mut fds, PollTimeout::ZERO) {
-        Ok(n) => Some(n > 0),
-        Err(_) => None,
+/// [`pid_alive`]) within `timeout`: one `poll`, where reading `/proc/PID/stat` has the
+/// kernel write out the process's whole status (the daemon asks of every sandbox each
+/// second, with no wait). `None` when the descriptor cannot be polled.
+fn pidfd_exited(pidfd: BorrowedFd, timeout: PollTimeout) -> Option<bool> {
+    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+    loop {
+        match poll(&mut fds, timeout) {
+            Ok(n) => return Some(n > 0),
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
+        }
     }
 }
 
@@ -910,12 +915,7 @@ async fn exit_of_pidfd(pidfd: &OwnedFd) {
     let Ok(fd) = pidfd.try_clone() else {
         return;
     };
-    let _ = tokio::task::spawn_blocking(move || {
-        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-        while let Err(nix::errno::Errno::EINTR) = poll(&mut fds, PollTimeout::NONE) {}
-    })
-    .await;
+    let _ = tokio::task::spawn_blocking(move || pidfd_exited(fd.as_fd(), PollTimeout::NONE)).await;
 }
 
 /// The agent socket of sandbox `id`.
