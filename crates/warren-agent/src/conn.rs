@@ -241,9 +241,11 @@ impl Conn {
     /// Runs `task` as channel `ch`'s operation; the channel closes when it ends.
     fn run(&mut self, ch: u32, task: impl Future<Output = ()> + Send + 'static) -> &mut Chan {
         let done = self.done_tx.clone();
+        let busy = self.agent.busy.enter();
         let handle = tokio::spawn(async move {
             task.await;
             let _ = done.send(ch);
+            drop(busy);
         });
         let grants = self.grants.clone();
         let chan = self
@@ -629,6 +631,7 @@ mod tests {
         let agent = Arc::new(Agent {
             config: crate::AgentConfig::default(),
             procs: process::Procs::new(),
+            busy: Arc::default(),
         });
         let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
         theirs.set_nonblocking(true).unwrap();

@@ -28,6 +28,7 @@ mod watches;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -124,6 +125,42 @@ impl AgentConfig {
 pub(crate) struct Agent {
     config: AgentConfig,
     procs: process::Procs,
+    busy: Arc<Busy>,
+}
+
+/// The operations in flight on every connection, and a wake-up for the agent's loop
+/// when their number leaves zero or comes back to it: the agent gives back memory once
+/// it has been idle a while, whether or not a client stays connected.
+#[derive(Debug, Default)]
+pub(crate) struct Busy {
+    count: AtomicUsize,
+    changed: tokio::sync::Notify,
+}
+
+impl Busy {
+    /// Counts one operation until the guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> BusyGuard {
+        if self.count.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.changed.notify_one();
+        }
+        BusyGuard(self.clone())
+    }
+
+    fn idle(&self) -> bool {
+        self.count.load(Ordering::SeqCst) == 0
+    }
+}
+
+/// One operation in flight (see [`Busy`]).
+#[derive(Debug)]
+pub(crate) struct BusyGuard(Arc<Busy>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.changed.notify_one();
+        }
+    }
 }
 
 /// Serves the agent protocol on `listener` until `config.shutdown` (forever as PID 1).
@@ -177,29 +214,37 @@ async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
     let agent = Arc::new(Agent {
         config,
         procs: process::Procs::new(),
+        busy: Arc::default(),
     });
     let reaper = tokio::spawn(process::reaper(agent.clone(), sigchld));
     let mut conns = tokio::task::JoinSet::new();
-    // When the heap's free pages go back to the kernel: a while after the last client
-    // left (a command's buffers are freed by then), not between one client and the next.
-    let mut trim_at: Option<tokio::time::Instant> = None;
+    // When memory goes back to the kernel: a while after the last operation ended (a
+    // command's buffers are freed by then), not between one and the next; a client may
+    // stay connected (the daemon does). First what the set-up left, once nothing came.
+    let idle_from_now = || Some(tokio::time::Instant::now() + IDLE_TRIM);
+    let mut trim_at = idle_from_now();
     loop {
         tokio::select! {
             accepted = accept(&listener) => match accepted {
                 Ok((stream, _)) => {
-                    trim_at = None;
                     conns.spawn(conn::serve(stream, agent.clone()));
                 }
                 // Out of descriptors or memory: refuse this client, keep serving others.
                 Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {
-                if conns.is_empty() {
-                    trim_at = Some(tokio::time::Instant::now() + IDLE_TRIM);
+                if conns.is_empty() && agent.busy.idle() {
+                    // A connection's buffers are gone with it.
+                    trim_at = idle_from_now();
                 }
+            }
+            () = agent.busy.changed.notified() => {
+                trim_at = if agent.busy.idle() { idle_from_now() } else { None };
             }
             () = trim(trim_at) => {
                 trim_at = None;
+                // Its code's page tables stay: the idle loop maps most of them again
+                // at once, and the next command would fault them back.
                 warren_sys::heap::release_free();
             }
             close = quiesced(&mut quiesce) => {
@@ -229,7 +274,8 @@ async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
     Ok(())
 }
 
-/// How long the agent waits without clients before it gives its free heap back.
+/// How long the agent waits without an operation in flight before it gives its free
+/// heap back.
 const IDLE_TRIM: Duration = Duration::from_secs(1);
 
 /// Ready at `at`; never without it.

@@ -224,7 +224,7 @@ pub fn run(
     monitor.stopped = stopped;
     // The next sandbox's disk, copied beside this one's watch, now that it is ready; the
     // helper does not exit before the copy is placed or removed.
-    let spare = config.spec.resources.disk.and_then(|size| {
+    monitor.spare = config.spec.resources.disk.and_then(|size| {
         let data = config.data_dir.clone();
         std::thread::Builder::new()
             .spawn(move || make_spare(&data, size, HOST_ID_BASE))
@@ -241,11 +241,7 @@ pub fn run(
             let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
         }
     }
-    let code = monitor.watch();
-    if let Some(t) = spare {
-        let _ = t.join();
-    }
-    std::process::exit(code)
+    std::process::exit(monitor.watch())
 }
 
 /// Writes one status line; false when nobody is there to read it.
@@ -377,6 +373,11 @@ struct Sandbox {
     template_mark: PathBuf,
     cleanup: Cleanup,
     publishers: Vec<std::thread::JoinHandle<()>>,
+    /// The thread copying the next sandbox's disk, joined before the helper exits.
+    spare: Option<std::thread::JoinHandle<()>>,
+    /// When the helper gives back what it held only for the set-up (see `settle`),
+    /// unless the sandbox ends first; `None` once done.
+    settle_at: Option<std::time::Instant>,
 }
 
 /// Why a sandbox could not be made, and what kind of failure it was: the caller answers
@@ -725,14 +726,23 @@ impl Sandbox {
                     template_mark: run.join("template"),
                     cleanup,
                     publishers,
+                    spare: None,
+                    settle_at: None,
                 })
             }
         }
     }
 
     /// Waits for one of `set`'s signals: whether it asks for the sandbox's stop (a
-    /// SIGCHLD does not), and for good ([`END_SIGNAL`]).
+    /// SIGCHLD does not), and for good ([`END_SIGNAL`]). The helper settles first if
+    /// no signal comes before it is time to.
     fn stop_asked(&mut self, set: &SigSet) -> bool {
+        if let Some(at) = self.settle_at {
+            if !signalled_within(set, at.saturating_duration_since(std::time::Instant::now())) {
+                self.settle_at = None;
+                self.settle();
+            }
+        }
         match set.wait() {
             Ok(Signal::SIGCHLD) | Err(_) => false,
             Ok(END_SIGNAL) => {
@@ -743,8 +753,24 @@ impl Sandbox {
         }
     }
 
+    /// Gives back what this helper held only to build the sandbox: the thread that
+    /// copied the next disk (once done), the heap's free pages, and the page tables of
+    /// its code (some 30 KiB; the teardown maps what it runs again).
+    fn settle(&mut self) {
+        if self.spare.as_ref().is_some_and(|t| t.is_finished()) {
+            if let Some(t) = self.spare.take() {
+                let _ = t.join();
+            }
+        }
+        // The copying thread, if still at work, loads no library.
+        let _ = warren_sys::heap::release_read_only_mappings();
+        warren_sys::heap::release_free();
+        crate::trace::mark("helper: settled");
+    }
+
     /// Waits until PID 1 dies or a stop is asked for, then tears everything down.
     fn watch(mut self) -> i32 {
+        self.settle_at = Some(std::time::Instant::now() + SETTLE_AFTER);
         let mut set = SigSet::empty();
         for s in [
             Signal::SIGTERM,
@@ -824,7 +850,37 @@ impl Sandbox {
                 let _ = nix::unistd::write(&fd, &told);
             }
         }
+        if let Some(t) = self.spare.take() {
+            let _ = t.join();
+        }
         code
+    }
+}
+
+/// How long a helper waits, once its sandbox is ready, before it gives back what it
+/// held for the set-up: a sandbox removed sooner (a create, a command and a removal in
+/// a row) leaves its helper's code mapped for its teardown.
+const SETTLE_AFTER: Duration = Duration::from_secs(1);
+
+/// Whether one of `set`'s signals (blocked) is pending within `timeout`; it stays
+/// pending, for the wait that follows.
+fn signalled_within(set: &SigSet, timeout: Duration) -> bool {
+    let Ok(fd) =
+        nix::sys::signalfd::SignalFd::with_flags(set, nix::sys::signalfd::SfdFlags::SFD_CLOEXEC)
+    else {
+        return true;
+    };
+    let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [nix::poll::PollFd::new(
+        fd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    loop {
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
+            Ok(0) => return false,
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return true,
+        }
     }
 }
 

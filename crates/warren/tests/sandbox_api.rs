@@ -125,13 +125,97 @@ async fn an_idle_agent_does_not_wake() {
         .await
         .unwrap();
     assert_eq!(out.status.and_then(|e| e.code), Some(0));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Past the one wake a second after the last operation, which gives memory back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = switches(sb.agent_pid);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let woke = switches(sb.agent_pid) - before;
     assert_eq!(woke, 0, "the idle agent woke {woke} times in 2.5 s");
     drop(client);
     sb.destroy().await.unwrap();
+}
+
+/// `field` of `pid`'s memory (`Rss`, `Private_Dirty`, ...), in KiB.
+fn memory_kib(pid: i32, field: &str) -> u64 {
+    let field = format!("{field}:");
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field.as_str()))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+fn private_dirty_kib(pid: i32) -> u64 {
+    memory_kib(pid, "Private_Dirty")
+}
+
+/// What an agent's heap took for a command's output goes back to the kernel once it is
+/// idle, though its client stays connected (as the daemon's connection always does).
+#[tokio::test]
+async fn an_idle_agent_gives_back_a_commands_buffers() {
+    if !can_run("an_idle_agent_gives_back_a_commands_buffers") {
+        return;
+    }
+    let sb = sandbox().await;
+    let client = sb.connect().await.unwrap();
+    let run = |script: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .exec(shell(script))
+                .await
+                .unwrap()
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(run("true").await.status.and_then(|e| e.code), Some(0));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = private_dirty_kib(sb.agent_pid);
+    let out = run("head -c 8000000 /dev/zero | tr '\\0' a").await;
+    assert_eq!(out.stdout.len(), 8_000_000);
+    let grown = private_dirty_kib(sb.agent_pid);
+    assert!(
+        grown >= before + 512,
+        "the output took {before} -> {grown} KiB"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut now = grown;
+    while now > before + 128 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = private_dirty_kib(sb.agent_pid);
+    }
+    assert!(
+        now <= before + 128,
+        "private dirty {before} KiB idle, {grown} after the output, {now} 5 s later"
+    );
+    drop(client);
+    sb.destroy().await.unwrap();
+}
+
+/// A helper whose sandbox stays lets go of the code it ran to build it, and still
+/// tears its sandbox down, running that code again, when asked.
+#[tokio::test]
+async fn a_settled_helper_lets_go_of_its_code_and_still_tears_down() {
+    if !can_run("a_settled_helper_lets_go_of_its_code_and_still_tears_down") {
+        return;
+    }
+    let sb = sandbox().await;
+    let helper = sb.helper_pid().unwrap();
+    let built = memory_kib(helper, "Rss");
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let settled = memory_kib(helper, "Rss");
+    // The binary's pages it mapped are some MiB; what stays is its own few hundred KiB.
+    assert!(
+        settled + 1024 < built,
+        "the helper kept {settled} KiB of {built}"
+    );
+    assert_eq!(stdout_of(&sb, "echo alive").await, b"alive\n");
+    let cgroup = sb.cgroup().clone();
+    sb.destroy().await.unwrap();
+    assert!(!cgroup.exists(), "the sandbox's cgroup is left");
 }
 
 #[tokio::test]
