@@ -220,9 +220,11 @@ async fn run(listener: std::os::unix::net::UnixListener, config: AgentConfig) ->
     let mut conns = tokio::task::JoinSet::new();
     // When memory goes back to the kernel: a while after the last operation ended (a
     // command's buffers are freed by then), not between one and the next; a client may
-    // stay connected (the daemon does). First what the set-up left, once nothing came.
+    // stay connected (the daemon does). Not before the first: a forked agent's heap is
+    // then still shared with the process it came from, and a trim would write private
+    // copies of its pages.
     let idle_from_now = || Some(tokio::time::Instant::now() + IDLE_TRIM);
-    let mut trim_at = idle_from_now();
+    let mut trim_at = None;
     loop {
         tokio::select! {
             accepted = accept(&listener) => match accepted {
