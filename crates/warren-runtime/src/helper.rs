@@ -65,6 +65,11 @@ pub struct HelperConfig {
     /// place (see [`crate::spares`]); one is made afresh when that cannot be.
     #[serde(default)]
     pub spare_cgroup: Option<String>,
+    /// The caller makes the copy of the blank disk that the next sandbox's disk takes
+    /// (a daemon does, with its disks made ahead): the helper does not (see
+    /// `make_spare`).
+    #[serde(default)]
+    pub no_spare_disk: bool,
 }
 
 /// Where a helper forked with a prepared disk finds its mount.
@@ -224,7 +229,8 @@ pub fn run(
     monitor.stopped = stopped;
     // The next sandbox's disk, copied beside this one's watch, now that it is ready; the
     // helper does not exit before the copy is placed or removed.
-    monitor.spare = config.spec.resources.disk.and_then(|size| {
+    let spare_size = config.spec.resources.disk.filter(|_| !config.no_spare_disk);
+    monitor.spare = spare_size.and_then(|size| {
         let data = config.data_dir.clone();
         std::thread::Builder::new()
             .spawn(move || make_spare(&data, size, HOST_ID_BASE))

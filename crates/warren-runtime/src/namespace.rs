@@ -72,6 +72,9 @@ struct NextDisk {
     made: tokio::sync::Notify,
     /// What a daemon before this one left has been removed.
     cleared: std::sync::atomic::AtomicBool,
+    /// A spare copy of the blank is being made for the next disk to take (see
+    /// [`helper::make_spare`](crate::helper::make_spare)).
+    sparing: std::sync::atomic::AtomicBool,
 }
 
 /// How long a create waits for the disk being made before it makes its own: making one
@@ -176,6 +179,7 @@ impl NamespaceBackend {
             ephemeral: opts.ephemeral,
             prepared_disk: false,
             spare_cgroup: None,
+            no_spare_disk: false,
         };
         // The run directories in memory, as a daemon keeps them: this sandbox's is made
         // under the lock, which is let go before the helper is forked (its teardown takes
@@ -278,6 +282,7 @@ impl NamespaceBackend {
             ephemeral: opts.ephemeral,
             prepared_disk: prepared.is_some(),
             spare_cgroup: None,
+            no_spare_disk: false,
         };
         let forked = match by_zygote {
             true => self.fork_by_zygote(prepared.as_ref().map(|m| m.as_fd())),
@@ -288,6 +293,8 @@ impl NamespaceBackend {
         if let Some((pid, exited, config_w, status_r)) = forked {
             crate::trace::mark("daemon: helper forked");
             config.spare_cgroup = spare.as_ref().map(|s| s.name.clone());
+            // Made with the next disk, below.
+            config.no_spare_disk = true;
             let input = serde_json::to_vec(&config).expect("helper config serializes");
             let made = self
                 .finish_spawned(id, &input, pid, exited, config_w, status_r)
@@ -559,6 +566,13 @@ impl NamespaceBackend {
             }
             next.making.store(false, SeqCst);
             next.made.notify_waiters();
+            // The copy the next disk takes by a rename, made here rather than by each
+            // helper beside its watch (a thread whose stack and heap an idle helper
+            // would keep): the next disk is begun meanwhile if one is taken.
+            if !next.sparing.swap(true, SeqCst) {
+                crate::helper::make_spare(&data, size, crate::HOST_ID_BASE);
+                next.sparing.store(false, SeqCst);
+            }
         });
     }
 

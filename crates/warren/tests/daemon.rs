@@ -1407,6 +1407,14 @@ fn a_disk_made_ahead_is_the_next_sandboxs_own() {
     // Once the first is made, the next disk of its size waits, mounted nowhere.
     assert!(d.wait_for_prepared_disk(), "no disk made ahead");
     assert_eq!(d.prepared_disks(), 1);
+    // And the daemon copies the blank for the disk after it (no helper keeps a thread
+    // for that while its sandbox runs).
+    let spare = d.data_dir().join(".blank-disks").join(format!(
+        "{}-{}-disk.spare",
+        32 << 20,
+        warren_runtime::HOST_ID_BASE
+    ));
+    assert!(eventually(10, || spare.is_file()), "no spare disk");
     let second = d.create(&["--disk", "32M"]);
     let image = d
         .data_dir()
