@@ -768,8 +768,7 @@ impl Sandbox {
                 let _ = t.join();
             }
         }
-        // The copying thread, if still at work, loads no library.
-        let _ = warren_sys::heap::release_read_only_mappings();
+        warren_sys::heap::release_read_only_segments();
         warren_sys::heap::release_free();
         crate::trace::mark("helper: settled");
     }

@@ -1,5 +1,5 @@
 //! Memory a process holds that it can give back once idle: its heap's free pages, and
-//! the page tables of the files it maps only to read.
+//! the page tables that map its code.
 //!
 //! Memory freed inside the C allocator's heap stays in the process: the allocator keeps
 //! it for the next allocation and gives back only what lies at the heap's top. An agent
@@ -22,101 +22,118 @@ pub fn release_free() {
     }
 }
 
-/// Lets go of every page this process maps of a file it only reads (its code, its
-/// read-only data, the libraries'), and with them of the page tables that mapped them;
-/// the next access maps the same pages of the page cache again, as after the kernel
-/// reclaimed them. A mapping that cannot be written but holds a private copy of a page
-/// (data relocated before it was made read-only) is left alone. Returns the KiB that
-/// were mapped.
+/// Lets go of every page this process maps of its loaded objects' read-only segments
+/// (the program's code and read-only data, the libraries'), and with them of the page
+/// tables that mapped them; the next access maps the same pages of the page cache
+/// again, as after the kernel reclaimed them. Returns the KiB of the ranges let go of
+/// (what was mapped of them or not).
 ///
-/// Call it only while no thread of the process loads a library (whose loader may
-/// relocate a read-only mapping it is making, between the look and the advice).
-pub fn release_read_only_mappings() -> std::io::Result<u64> {
-    // Read a line at a time: the whole text (some 40 KiB) would grow the heap itself.
-    let smaps = std::fs::File::open("/proc/self/smaps")?;
-    let mut released = 0;
-    for m in read_only_file_mappings(std::io::BufReader::with_capacity(4096, smaps)) {
-        // SAFETY: the range is one whole mapping of this process as its own smaps lists
-        // it: of a file, not writable, with no anonymous page, so every page in it is
-        // the file's page in the page cache and nothing Rust or C owns is changed.
-        // MADV_DONTNEED removes the range's page table entries; the next access faults
-        // the same pages in again. A range unmapped meanwhile is simply not mapped.
-        let r = unsafe { libc::madvise(m.start as *mut libc::c_void, m.len, libc::MADV_DONTNEED) };
-        if r == 0 {
-            released += m.rss_kib;
-        }
+/// Only a segment that is not writable is let go of: the loader never writes one (it
+/// relocates into writable segments, and makes part of them read-only after), unless
+/// the object has text relocations, and such an object is left alone. The loader's lock
+/// is held throughout (`dl_iterate_phdr`): no object is loaded or unloaded meanwhile.
+pub fn release_read_only_segments() -> u64 {
+    let mut released = 0usize;
+    // SAFETY: `each` is called once per loaded object with the loader's own description
+    // of it, and `data` is the `usize` above, alive and not otherwise used until the call
+    // returns; `each` reads only what the loader gave it (see there).
+    unsafe {
+        libc::dl_iterate_phdr(Some(each), std::ptr::addr_of_mut!(released).cast());
     }
-    Ok(released)
+    (released >> 10) as u64
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Mapping {
-    start: usize,
-    len: usize,
-    rss_kib: u64,
-}
-
-/// The mappings of a `/proc/PID/smaps` text that are of a file, cannot be written, and
-/// hold pages none of which is anonymous. A read that fails ends the list there.
-fn read_only_file_mappings(mut smaps: impl std::io::BufRead) -> Vec<Mapping> {
-    let mut out = Vec::new();
-    // The mapping being read, if it qualifies so far, and its anonymous KiB.
-    let mut current: Option<(Mapping, u64)> = None;
-    let mut finish = |m: Option<(Mapping, u64)>| {
-        if let Some((m, 0)) = m {
-            if m.rss_kib > 0 {
-                out.push(m);
-            }
-        }
+/// `release_read_only_segments`' look at one loaded object.
+///
+/// # Safety
+///
+/// `info` must be what `dl_iterate_phdr` passes (its program headers and, through them,
+/// its dynamic section, mapped while the call lasts), `data` a valid `*mut usize`.
+unsafe extern "C" fn each(
+    info: *mut libc::dl_phdr_info,
+    _size: libc::size_t,
+    data: *mut libc::c_void,
+) -> libc::c_int {
+    // SAFETY: the caller's contract: `info` is the loader's and `data` our `usize`.
+    let (info, released) = unsafe { (&*info, &mut *data.cast::<usize>()) };
+    if info.dlpi_phdr.is_null() {
+        return 0;
+    }
+    // SAFETY: the loader's program headers of this object, `dlpi_phnum` of them.
+    let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) };
+    let base = info.dlpi_addr as usize;
+    // The kernel's vDSO is no file's; an object with text relocations may be having its
+    // code written (made writable, relocated, made read-only again) by a loader at work.
+    let name: &[u8] = if info.dlpi_name.is_null() {
+        b""
+    } else {
+        // SAFETY: the loader's name of the object, a C string it keeps.
+        unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes()
     };
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if !matches!(smaps.read_line(&mut line), Ok(1..)) {
-            break;
-        }
-        let mut words = line.split_whitespace();
-        let Some(first) = words.next() else { continue };
-        if let Some(field) = first.strip_suffix(':') {
-            let mut kib = || words.next().and_then(|v| v.parse::<u64>().ok());
-            if let Some((m, anon)) = current.as_mut() {
-                match field {
-                    "Rss" => m.rss_kib = kib().unwrap_or(0),
-                    // Unknown means kept.
-                    "Anonymous" => *anon = kib().unwrap_or(1),
-                    _ => {}
-                }
-            }
+    // SAFETY: the dynamic section is mapped with the object.
+    if name.starts_with(b"linux-") || unsafe { has_text_relocations(base, phdrs) } {
+        return 0;
+    }
+    const PAGE: usize = 4096;
+    for p in phdrs {
+        if p.p_type != libc::PT_LOAD || p.p_flags & libc::PF_W != 0 {
             continue;
         }
-        finish(current.take());
-        let Some((lo, hi)) = first.split_once('-') else {
+        // Whole pages inside the segment only: a page it shares with a writable one
+        // (when the linker packed them) stays.
+        let at = base.wrapping_add(p.p_vaddr as usize);
+        let (start, end) = (
+            (at + PAGE - 1) & !(PAGE - 1),
+            (at + p.p_memsz as usize) & !(PAGE - 1),
+        );
+        if end <= start {
             continue;
-        };
-        let (Ok(lo), Ok(hi)) = (usize::from_str_radix(lo, 16), usize::from_str_radix(hi, 16))
-        else {
-            continue;
-        };
-        let perms = words.next().unwrap_or("");
-        let inode = words
-            .nth(2)
-            .and_then(|i| i.parse::<u64>().ok())
-            .unwrap_or(0);
-        if perms.starts_with('r') && perms.as_bytes().get(1) == Some(&b'-') && inode != 0 && hi > lo
+        }
+        // SAFETY: [start, end) is whole pages of a segment of a loaded object that is not
+        // writable and never was (no text relocations): every page in it is the file's
+        // page in the page cache, and nothing Rust or C owns is changed. MADV_DONTNEED
+        // removes its page table entries; the next access faults the same pages in. The
+        // loader's lock keeps the object mapped until this returns.
+        if unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) }
+            == 0
         {
-            // Anonymous until its line is read: a mapping whose line is missing is kept.
-            current = Some((
-                Mapping {
-                    start: lo,
-                    len: hi - lo,
-                    rss_kib: 0,
-                },
-                1,
-            ));
+            *released += end - start;
         }
     }
-    finish(current.take());
-    out
+    0
+}
+
+/// Whether the object loaded at `base` with program headers `phdrs` has text relocations
+/// (`DT_TEXTREL`, or `DF_TEXTREL` in `DT_FLAGS`); true when it cannot be told.
+///
+/// # Safety
+///
+/// `base` and `phdrs` must describe a loaded object, whose dynamic section is mapped.
+unsafe fn has_text_relocations(base: usize, phdrs: &[libc::Elf64_Phdr]) -> bool {
+    const DT_NULL: i64 = 0;
+    const DT_TEXTREL: i64 = 22;
+    const DT_FLAGS: i64 = 30;
+    const DF_TEXTREL: u64 = 0x4;
+    let Some(dynamic) = phdrs.iter().find(|p| p.p_type == libc::PT_DYNAMIC) else {
+        // A static program: relocated by nothing.
+        return false;
+    };
+    let mut entry = base.wrapping_add(dynamic.p_vaddr as usize) as *const [u64; 2];
+    let count = dynamic.p_memsz as usize / std::mem::size_of::<[u64; 2]>();
+    for _ in 0..count {
+        // SAFETY: within the object's dynamic section (`count` entries of a tag and a
+        // value), mapped while it is loaded; read unaligned to assume nothing.
+        let [tag, value] = unsafe { entry.read_unaligned() };
+        match tag as i64 {
+            DT_NULL => return false,
+            DT_TEXTREL => return true,
+            DT_FLAGS if value & DF_TEXTREL != 0 => return true,
+            _ => {}
+        }
+        // SAFETY: the next entry, still within `count`.
+        entry = unsafe { entry.add(1) };
+    }
+    false
 }
 
 #[cfg(test)]
@@ -161,95 +178,53 @@ mod tests {
             .unwrap()
     }
 
-    /// A private mapping of `file`'s first `len` bytes.
-    fn map(file: &std::fs::File, len: usize, prot: libc::c_int) -> *mut u8 {
+    /// Read-only data in the program's read-only segment.
+    static TABLE: [u8; 64 << 10] = {
+        let mut t = [0u8; 64 << 10];
+        let mut i = 0;
+        while i < t.len() {
+            t[i] = (i % 251) as u8;
+            i += 1;
+        }
+        t
+    };
+
+    /// Pointers the loader relocated at start, in a segment made read-only after.
+    static NAMES: [&str; 3] = ["alpha", "beta", "gamma"];
+
+    #[test]
+    fn read_only_segments_are_let_go_and_come_back_the_same() {
         use std::os::fd::AsRawFd;
-        // SAFETY: a new mapping at an address the kernel picks, of a descriptor that
-        // lives through the call; nothing existing is touched.
+        let sum = |t: &[u8]| t.iter().map(|&b| u64::from(b)).sum::<u64>();
+        let before = sum(std::hint::black_box(&TABLE[..]));
+        // A file mapped read-only, not a loaded object's: not this function's to touch.
+        let len = 1 << 20;
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &vec![7u8; len]).unwrap();
+        // SAFETY: a new mapping at an address the kernel picks, of a descriptor alive
+        // through the call; nothing existing is touched.
         let p = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
                 len,
-                prot,
+                libc::PROT_READ,
                 libc::MAP_PRIVATE,
                 file.as_raw_fd(),
                 0,
             )
         };
         assert_ne!(p, libc::MAP_FAILED);
-        p.cast()
-    }
-
-    #[test]
-    fn read_only_file_pages_are_let_go_and_come_back_the_same() {
-        let len = 4 << 20;
-        let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
-        let mut file = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut file, &content).unwrap();
-        let ro = map(&file, len, libc::PROT_READ);
-        // A read-only mapping with private copies in it, as a relocated library's
-        // data is once the loader made it read-only: never let go of.
-        let copied = map(&file, len, libc::PROT_READ | libc::PROT_WRITE);
-        // SAFETY: both ranges are the `len` bytes mapped above, alive until the unmap
-        // below; every access is in bounds and nothing else refers to them.
-        let (ro_bytes, copied_bytes) = unsafe {
-            for i in (0..len).step_by(4096) {
-                copied.add(i).write(0xAA);
-            }
-            assert_eq!(libc::mprotect(copied.cast(), len, libc::PROT_READ), 0);
-            (
-                std::slice::from_raw_parts(ro, len),
-                std::slice::from_raw_parts(copied, len),
-            )
-        };
-        let sum: u64 = ro_bytes.iter().step_by(4096).map(|&b| u64::from(b)).sum();
-        assert!(sum > 0);
-        assert!(
-            rss_of(ro as usize) >= 4 << 10,
-            "the mapping was not faulted in"
-        );
-        let released = release_read_only_mappings().unwrap();
-        assert!(released >= 4 << 10, "released {released} KiB");
-        assert_eq!(rss_of(ro as usize), 0);
-        assert_eq!(ro_bytes, &content[..]);
-        assert!(copied_bytes.iter().step_by(4096).all(|&b| b == 0xAA));
-        assert_eq!(copied_bytes[1], content[1]);
-        // SAFETY: the two mappings made above; the slices into them are not used again.
-        unsafe {
-            libc::munmap(ro.cast(), len);
-            libc::munmap(copied.cast(), len);
-        }
-    }
-
-    #[test]
-    fn only_unwritable_file_mappings_without_copies_are_chosen() {
-        let smaps = "\
-55f0-5600 r--p 00000000 fd:01 1234 /usr/bin/warren
-Rss:                  16 kB
-Anonymous:             0 kB
-VmFlags: rd mr mw me
-5600-5700 r-xp 00010000 fd:01 1234 /usr/bin/warren
-Rss:                  64 kB
-Anonymous:             0 kB
-5700-5710 r--p 00110000 fd:01 1234 /usr/bin/warren
-Rss:                  16 kB
-Anonymous:            16 kB
-5710-5720 rw-p 00120000 fd:01 1234 /usr/bin/warren
-Rss:                   8 kB
-Anonymous:             0 kB
-5720-5730 r--p 00000000 fd:01 99 /usr/lib/libm.so
-Rss:                   0 kB
-Anonymous:             0 kB
-7ff0-7ff2 r-xp 00000000 00:00 0 [vdso]
-Rss:                   4 kB
-Anonymous:             0 kB
-7ff4-7ff6 r--p 00000000 fd:01 77 /usr/lib/libc.so
-Rss:                   8 kB
-";
-        let got = read_only_file_mappings(smaps.as_bytes());
-        let want = [(0x55f0, 0x10, 16), (0x5600, 0x100, 64)];
-        let got: Vec<_> = got.iter().map(|m| (m.start, m.len, m.rss_kib)).collect();
-        // The writable, copied, empty, anonymous and incompletely described ones stay.
-        assert_eq!(got, want);
+        // SAFETY: the `len` bytes mapped above, unmapped below after their last use.
+        let mapped = unsafe { std::slice::from_raw_parts(p.cast::<u8>(), len) };
+        assert_eq!(sum(mapped), 7 * len as u64);
+        let resident = rss_of(p as usize);
+        // The program's code alone is megabytes.
+        let released = release_read_only_segments();
+        assert!(released >= 1024, "released {released} KiB");
+        assert_eq!(sum(std::hint::black_box(&TABLE[..])), before);
+        assert_eq!(std::hint::black_box(NAMES).concat(), "alphabetagamma");
+        assert_eq!(rss_of(p as usize), resident);
+        // SAFETY: the mapping made above; `mapped` is not used again.
+        unsafe { libc::munmap(p, len) };
     }
 }
