@@ -174,12 +174,17 @@ async fn an_idle_agent_gives_back_a_commands_buffers() {
     assert_eq!(run("true").await.status.and_then(|e| e.code), Some(0));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = private_dirty_kib(sb.agent_pid);
-    let out = run("head -c 8000000 /dev/zero | tr '\\0' a").await;
-    assert_eq!(out.stdout.len(), 8_000_000);
+    // Three at once: how much the buffers take depends on how the client keeps up (440
+    // KiB to 1.7 MiB for one; 470 KiB at least for three, in runs here).
+    let script = "head -c 8000000 /dev/zero | tr '\\0' a";
+    let outs = tokio::join!(run(script), run(script), run(script));
+    for out in [outs.0, outs.1, outs.2] {
+        assert_eq!(out.stdout.len(), 8_000_000);
+    }
     let grown = private_dirty_kib(sb.agent_pid);
     assert!(
-        grown >= before + 512,
-        "the output took {before} -> {grown} KiB"
+        grown >= before + 256,
+        "the outputs took {before} -> {grown} KiB"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let mut now = grown;
