@@ -876,17 +876,7 @@ fn signalled_within(set: &SigSet, timeout: Duration) -> bool {
         return true;
     };
     let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
-    let mut fds = [nix::poll::PollFd::new(
-        fd.as_fd(),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    loop {
-        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms)) {
-            Ok(0) => return false,
-            Err(nix::errno::Errno::EINTR) => continue,
-            _ => return true,
-        }
-    }
+    crate::namespace::readable_within(fd.as_fd(), nix::poll::PollTimeout::from(ms)).unwrap_or(true)
 }
 
 /// What a helper writes on its stopped pipe once the sandbox's processes are gone: a byte

@@ -755,7 +755,7 @@ impl Sandbox {
         let alive = match &mut self.helper {
             Helper::Child(c, _) => matches!(c.try_wait(), Ok(None)),
             Helper::Spawned(p, exited, _) => {
-                match pidfd_exited(exited.as_fd(), PollTimeout::ZERO) {
+                match readable_within(exited.as_fd(), PollTimeout::ZERO) {
                     Some(gone) => !gone,
                     None => pid_alive(*p),
                 }
@@ -908,12 +908,13 @@ async fn exit_of(helper: &mut Helper) {
     }
 }
 
-/// Whether the process of `pidfd` has exited (a zombie counts as gone, as for
-/// [`pid_alive`]) within `timeout`: one `poll`, where reading `/proc/PID/stat` has the
+/// Whether `fd` is readable within `timeout` (one `poll`, retried when interrupted);
+/// `None` when it cannot be polled. Of a pidfd: whether its process has exited (a
+/// zombie counts as gone, as for [`pid_alive`]), where reading `/proc/PID/stat` has the
 /// kernel write out the process's whole status (the daemon asks of every sandbox each
-/// second, with no wait). `None` when the descriptor cannot be polled.
-fn pidfd_exited(pidfd: BorrowedFd, timeout: PollTimeout) -> Option<bool> {
-    let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+/// second, with no wait). Of a signalfd: whether one of its signals is pending.
+pub(crate) fn readable_within(fd: BorrowedFd, timeout: PollTimeout) -> Option<bool> {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
     loop {
         match poll(&mut fds, timeout) {
             Ok(n) => return Some(n > 0),
@@ -929,7 +930,8 @@ async fn exit_of_pidfd(pidfd: &OwnedFd) {
     let Ok(fd) = pidfd.try_clone() else {
         return;
     };
-    let _ = tokio::task::spawn_blocking(move || pidfd_exited(fd.as_fd(), PollTimeout::NONE)).await;
+    let _ =
+        tokio::task::spawn_blocking(move || readable_within(fd.as_fd(), PollTimeout::NONE)).await;
 }
 
 /// The agent socket of sandbox `id`.

@@ -146,10 +146,6 @@ fn memory_kib(pid: i32, field: &str) -> u64 {
         .unwrap()
 }
 
-fn private_dirty_kib(pid: i32) -> u64 {
-    memory_kib(pid, "Private_Dirty")
-}
-
 /// What an agent's heap took for a command's output goes back to the kernel once it is
 /// idle, though its client stays connected (as the daemon's connection always does).
 #[tokio::test]
@@ -173,7 +169,7 @@ async fn an_idle_agent_gives_back_a_commands_buffers() {
     };
     assert_eq!(run("true").await.status.and_then(|e| e.code), Some(0));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let before = private_dirty_kib(sb.agent_pid);
+    let before = memory_kib(sb.agent_pid, "Private_Dirty");
     // Three at once: how much the buffers take depends on how the client keeps up (440
     // KiB to 1.7 MiB for one; 470 KiB at least for three, in runs here).
     let script = "head -c 8000000 /dev/zero | tr '\\0' a";
@@ -181,7 +177,7 @@ async fn an_idle_agent_gives_back_a_commands_buffers() {
     for out in [outs.0, outs.1, outs.2] {
         assert_eq!(out.stdout.len(), 8_000_000);
     }
-    let grown = private_dirty_kib(sb.agent_pid);
+    let grown = memory_kib(sb.agent_pid, "Private_Dirty");
     assert!(
         grown >= before + 256,
         "the outputs took {before} -> {grown} KiB"
@@ -190,7 +186,7 @@ async fn an_idle_agent_gives_back_a_commands_buffers() {
     let mut now = grown;
     while now > before + 128 && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        now = private_dirty_kib(sb.agent_pid);
+        now = memory_kib(sb.agent_pid, "Private_Dirty");
     }
     assert!(
         now <= before + 128,
