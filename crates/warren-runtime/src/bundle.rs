@@ -1246,16 +1246,9 @@ fn mount_disk(data: &Path, size: u64, run: &Path) -> crate::helper::Setup<PathBu
         let _ = crate::tree::remove(&seed);
         let _ = std::fs::create_dir(&seed);
     }
-    for d in ["upper", "work"] {
-        let d = at.join(d);
-        std::fs::create_dir_all(&d).map_err(|e| format!("make the writable layer: {e}"))?;
-        nix::unistd::chown(
-            &d,
-            Some(nix::unistd::Uid::from_raw(HOST_ID_BASE)),
-            Some(nix::unistd::Gid::from_raw(HOST_ID_BASE)),
-        )
-        .map_err(|e| format!("chown the writable layer: {e}"))?;
-    }
+    std::fs::File::open(&at)
+        .and_then(|d| crate::helper::layer_dirs(std::os::fd::AsFd::as_fd(&d)))
+        .map_err(|e| format!("make the writable layer: {e}"))?;
     Ok(at)
 }
 

@@ -974,20 +974,53 @@ fn writable_layer(
             (mnt.clone(), Some(mnt))
         }
     };
-    let upper = base.join("upper");
-    let work = base.join("work");
-    for d in [&upper, &work] {
-        fs::create_dir_all(d).map_err(fail("create the writable layer"))?;
-    }
-    // The upper directory is the sandbox root's own directory: root inside owns it.
-    nix::unistd::chown(
-        &upper,
-        Some(nix::unistd::Uid::from_raw(HOST_ID_BASE)),
-        Some(nix::unistd::Gid::from_raw(HOST_ID_BASE)),
-    )
-    .map_err(|e| fail("chown the writable layer")(e.into()))?;
+    fs::create_dir_all(&base).map_err(fail("create the writable layer"))?;
+    let dir = fs::File::open(&base).map_err(fail("open the writable layer"))?;
+    layer_dirs(dir.as_fd()).map_err(fail("create the writable layer"))?;
     Ok((base, mount))
 }
+
+/// The directories of a writable layer, [`LAYER_DIRS`], in the directory open as `base`,
+/// owned by the sandbox's root (stored as the common range's root: see [`crate::ids`]):
+/// made, or given to it, only where they are not already so (a sandbox started again
+/// has them; its disk is not written for it).
+pub(crate) fn layer_dirs(base: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(HOST_ID_BASE),
+        nix::unistd::Gid::from_raw(HOST_ID_BASE),
+    );
+    let base = Some(base.as_raw_fd());
+    for d in LAYER_DIRS {
+        let st = match fstatat(base, d, AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Some(st),
+            Err(nix::errno::Errno::ENOENT) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let is_dir = |st: &nix::sys::stat::FileStat| {
+            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+        };
+        match st {
+            Some(st) if is_dir(&st) && st.st_uid == uid.as_raw() && st.st_gid == gid.as_raw() => {
+                continue
+            }
+            Some(st) if !is_dir(&st) => {
+                return Err(std::io::Error::other(format!(
+                    "{d} of the writable layer is not a directory"
+                )))
+            }
+            Some(_) => {}
+            None => mkdirat(base, d, Mode::from_bits_truncate(0o755))?,
+        }
+        nix::unistd::fchownat(base, d, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    }
+    Ok(())
+}
+
+/// A writable layer's directories: the overlay's upper directory, the sandbox root's
+/// own, and its work directory beside it.
+pub(crate) const LAYER_DIRS: [&str; 2] = ["upper", "work"];
 
 /// An ephemeral sandbox without a disk limit keeps its writable layer in memory.
 fn in_memory_layer(config: &HelperConfig) -> bool {
@@ -1221,7 +1254,10 @@ pub(crate) fn mount_image(img: &Path, target: &Path, fresh: bool) -> Setup<()> {
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         None,
     )
-    .map_err(fail("mount the disk image"))
+    .map_err(fail("mount the disk image"))?;
+    // Costs only time if it cannot be said.
+    let _ = warren_sys::mount::ext4_no_bitmap_prefetch(&dev.path);
+    Ok(())
 }
 
 /// Binds the template's host directories, builds /dev and mounts the volumes (their
@@ -1763,6 +1799,49 @@ mod tests {
             .find_map(|l| l.strip_prefix("Filesystem features:"))
             .unwrap_or_default()
             .to_string()
+    }
+
+    #[test]
+    fn a_layers_directories_are_made_or_given_only_where_they_are_not_so() {
+        let name = "a_layers_directories_are_made_or_given_only_where_they_are_not_so";
+        if !warren_testkit::needs_root(name, "giving directories to the sandbox's root") {
+            return;
+        }
+        let base = tempfile::tempdir().unwrap();
+        let at = |d: &str| base.path().join(d);
+        let dir = fs::File::open(base.path()).unwrap();
+        let owner = |d: &str| {
+            let m = fs::symlink_metadata(at(d)).unwrap();
+            (m.is_dir(), m.uid(), m.gid())
+        };
+        let ours = (true, HOST_ID_BASE, HOST_ID_BASE);
+        layer_dirs(dir.as_fd()).unwrap();
+        for d in LAYER_DIRS {
+            assert_eq!(owner(d), ours, "{d}");
+        }
+        // Already so: nothing is written, not even a change time.
+        let changed = |d: &str| {
+            let m = fs::symlink_metadata(at(d)).unwrap();
+            (m.ctime(), m.ctime_nsec())
+        };
+        let before = changed("upper");
+        layer_dirs(dir.as_fd()).unwrap();
+        assert_eq!(changed("upper"), before);
+        // One of another owner is given back, the other left alone.
+        std::os::unix::fs::chown(at("work"), Some(0), Some(0)).unwrap();
+        layer_dirs(dir.as_fd()).unwrap();
+        assert_eq!(owner("work"), ours);
+        assert_eq!(changed("upper"), before);
+        // Neither a file nor a link in a directory's place is taken, or followed.
+        fs::remove_dir(at("upper")).unwrap();
+        fs::write(at("upper"), b"x").unwrap();
+        assert!(layer_dirs(dir.as_fd()).is_err());
+        assert_eq!(fs::read(at("upper")).unwrap(), b"x");
+        fs::remove_file(at("upper")).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), at("upper")).unwrap();
+        assert!(layer_dirs(dir.as_fd()).is_err());
+        assert_eq!(fs::metadata(elsewhere.path()).unwrap().uid(), 0);
     }
 
     #[test]

@@ -56,21 +56,11 @@ impl PreparedDisk {
         let at = disk.image.as_deref()?;
         let dev = warren_sys::mount::attach_loop(at, true).ok()?;
         let mount = warren_sys::mount::mount_detached(&dev.path, "ext4", MountAttrs::PLAIN).ok()?;
-        // The writable layer's directories, which the sandbox's root owns, made here too.
-        for d in ["upper", "work"] {
-            let root = Some(std::os::fd::AsRawFd::as_raw_fd(&mount.as_fd()));
-            let mode = nix::sys::stat::Mode::from_bits_truncate(0o755);
-            nix::sys::stat::mkdirat(root, d, mode).ok()?;
-            let id = Some(HOST_ID_BASE);
-            nix::unistd::fchownat(
-                root,
-                d,
-                id.map(nix::unistd::Uid::from_raw),
-                id.map(nix::unistd::Gid::from_raw),
-                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .ok()?;
-        }
+        let _ = warren_sys::mount::ext4_no_bitmap_prefetch(&dev.path);
+        // The writable layer's directories, which the sandbox's root owns, made here too:
+        // the filesystem's first allocation (which indexes its first group's free
+        // blocks) is made now, not by the overlay's mount in the create.
+        crate::helper::layer_dirs(mount.as_fd()).ok()?;
         disk.mount = Some(mount);
         Some(disk)
     }

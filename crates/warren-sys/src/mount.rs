@@ -770,6 +770,21 @@ pub fn attach_loop(backing: &Path, fresh: bool) -> io::Result<LoopDevice> {
     ))
 }
 
+/// Tells the ext4 filesystem mounted from the block device at `dev` not to read the
+/// bitmaps of other block groups ahead when it allocates: on a fresh disk the first
+/// allocation (the overlay's work directory, at its mount) otherwise reads and indexes
+/// every group's (a 4 GiB disk's 32: some 0.1 ms and 200 KiB of page cache), where the
+/// group it asks first has the room.
+pub fn ext4_no_bitmap_prefetch(dev: &Path) -> io::Result<()> {
+    let name = dev
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} names no device", dev.display())))?;
+    std::fs::write(
+        Path::new("/sys/fs/ext4").join(name).join("mb_prefetch"),
+        "0",
+    )
+}
+
 /// The extended attribute of a backing file naming the loop device last attached to it.
 const LOOP_ATTR: &str = "user.warren.loop";
 
@@ -867,6 +882,47 @@ mod tests {
             return None;
         }
         Some((dir, img))
+    }
+
+    #[test]
+    fn a_fresh_disks_first_allocation_reads_no_other_groups_bitmap() {
+        let name = "mount::a_fresh_disks_first_allocation_reads_no_other_groups_bitmap";
+        if !warren_testkit::needs_root(name, "attaching loop devices") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("disk.img");
+        File::create(&img).unwrap().set_len(1 << 30).unwrap();
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
+            .arg(&img)
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            warren_testkit::skip(name, "no mkfs.ext4");
+            return;
+        }
+        let dev = attach_loop(&img, true).unwrap();
+        let m = mount_detached(&dev.path, "ext4", MountAttrs::PLAIN).unwrap();
+        ext4_no_bitmap_prefetch(&dev.path).unwrap();
+        let sys = Path::new("/sys/fs/ext4").join(dev.path.file_name().unwrap());
+        let prefetch = std::fs::read_to_string(sys.join("mb_prefetch")).unwrap();
+        assert_eq!(prefetch.trim(), "0");
+        // Counted (`mb_stats`): after its first allocation the filesystem has indexed
+        // one group's free blocks (built its buddy), not the other seven's.
+        std::fs::write(sys.join("mb_stats"), "1").unwrap();
+        let root = PathBuf::from(format!("/proc/self/fd/{}", m.as_fd().as_raw_fd()));
+        std::fs::create_dir(root.join("d")).unwrap();
+        let stats = Path::new("/proc/fs/ext4")
+            .join(dev.path.file_name().unwrap())
+            .join("mb_stats");
+        let stats = std::fs::read_to_string(stats).unwrap();
+        let built = stats
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("buddies_generated:"))
+            .unwrap_or_else(|| panic!("no buddies_generated in {stats}"))
+            .trim();
+        assert_eq!(built, "1/8", "{stats}");
+        drop((m, dev));
     }
 
     #[test]

@@ -1465,8 +1465,17 @@ fn a_disk_made_ahead_is_the_next_sandboxs_own() {
             .trim()
             .to_string()
     };
+    let prefetch = |dev: &str| {
+        std::fs::read_to_string(format!("/sys/fs/ext4/{dev}/mb_prefetch"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    };
     for dev in &devices {
         assert_eq!(cache(dev), "write back", "{dev} of a running sandbox");
+        // Its filesystem allocates from the group it asks first, reading no other
+        // group's bitmap ahead.
+        assert_eq!(prefetch(dev), "0", "{dev} of a running sandbox");
     }
     d.remove_all();
     d.shut_down();
