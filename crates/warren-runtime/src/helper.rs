@@ -974,7 +974,6 @@ fn writable_layer(
             (mnt.clone(), Some(mnt))
         }
     };
-    fs::create_dir_all(&base).map_err(fail("create the writable layer"))?;
     let dir = fs::File::open(&base).map_err(fail("open the writable layer"))?;
     layer_dirs(dir.as_fd()).map_err(fail("create the writable layer"))?;
     Ok((base, mount))
@@ -985,34 +984,31 @@ fn writable_layer(
 /// made, or given to it, only where they are not already so (a sandbox started again
 /// has them; its disk is not written for it).
 pub(crate) fn layer_dirs(base: BorrowedFd<'_>) -> std::io::Result<()> {
+    use nix::errno::Errno;
     use nix::fcntl::AtFlags;
     use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
-    let (uid, gid) = (
-        nix::unistd::Uid::from_raw(HOST_ID_BASE),
-        nix::unistd::Gid::from_raw(HOST_ID_BASE),
-    );
     let base = Some(base.as_raw_fd());
     for d in LAYER_DIRS {
-        let st = match fstatat(base, d, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => Some(st),
-            Err(nix::errno::Errno::ENOENT) => None,
+        // Made, as it mostly is (a new disk or layer): no look first.
+        match mkdirat(base, d, Mode::from_bits_truncate(0o755)) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) => {
+                let st = fstatat(base, d, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+                if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFDIR {
+                    return Err(std::io::Error::other(format!(
+                        "{d} of the writable layer is not a directory"
+                    )));
+                }
+                if st.st_uid == HOST_ID_BASE && st.st_gid == HOST_ID_BASE {
+                    continue;
+                }
+            }
             Err(e) => return Err(e.into()),
-        };
-        let is_dir = |st: &nix::sys::stat::FileStat| {
-            SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
-        };
-        match st {
-            Some(st) if is_dir(&st) && st.st_uid == uid.as_raw() && st.st_gid == gid.as_raw() => {
-                continue
-            }
-            Some(st) if !is_dir(&st) => {
-                return Err(std::io::Error::other(format!(
-                    "{d} of the writable layer is not a directory"
-                )))
-            }
-            Some(_) => {}
-            None => mkdirat(base, d, Mode::from_bits_truncate(0o755))?,
         }
+        let (uid, gid) = (
+            nix::unistd::Uid::from_raw(HOST_ID_BASE),
+            nix::unistd::Gid::from_raw(HOST_ID_BASE),
+        );
         nix::unistd::fchownat(base, d, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
     }
     Ok(())

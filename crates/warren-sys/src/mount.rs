@@ -864,17 +864,29 @@ mod tests {
 
     /// A sparse backing file of 16 MiB in a new directory.
     fn backing() -> (tempfile::TempDir, PathBuf) {
+        backing_of(16 << 20)
+    }
+
+    /// A sparse file of `len` bytes in a temporary directory.
+    fn backing_of(len: u64) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let img = dir.path().join("disk.img");
-        File::create(&img).unwrap().set_len(16 << 20).unwrap();
+        File::create(&img).unwrap().set_len(len).unwrap();
         (dir, img)
     }
 
     /// [`backing`] made an ext4 filesystem; `None`, the test skipped, without mkfs.ext4.
     fn ext4_backing(test: &str) -> Option<(tempfile::TempDir, PathBuf)> {
-        let (dir, img) = backing();
+        ext4_backing_of(test, 16 << 20)
+    }
+
+    /// [`backing_of`] `len` bytes made an ext4 filesystem (its inode tables and journal
+    /// left to be zeroed lazily, as Warren's disks are); `None`, the test skipped, without
+    /// mkfs.ext4.
+    fn ext4_backing_of(test: &str, len: u64) -> Option<(tempfile::TempDir, PathBuf)> {
+        let (dir, img) = backing_of(len);
         let made = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F"])
+            .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
             .arg(&img)
             .status();
         if !made.is_ok_and(|s| s.success()) {
@@ -890,17 +902,10 @@ mod tests {
         if !warren_testkit::needs_root(name, "attaching loop devices") {
             return;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let img = dir.path().join("disk.img");
-        File::create(&img).unwrap().set_len(1 << 30).unwrap();
-        let made = std::process::Command::new("mkfs.ext4")
-            .args(["-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1"])
-            .arg(&img)
-            .status();
-        if !made.is_ok_and(|s| s.success()) {
-            warren_testkit::skip(name, "no mkfs.ext4");
+        // Eight block groups of 128 MiB.
+        let Some((_dir, img)) = ext4_backing_of(name, 1 << 30) else {
             return;
-        }
+        };
         let dev = attach_loop(&img, true).unwrap();
         let m = mount_detached(&dev.path, "ext4", MountAttrs::PLAIN).unwrap();
         ext4_no_bitmap_prefetch(&dev.path).unwrap();

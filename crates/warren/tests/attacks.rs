@@ -571,6 +571,34 @@ fn the_clock_and_kernel_settings_cannot_be_changed() {
 }
 
 #[test]
+fn a_sandbox_cannot_retune_its_disk_or_any_filesystem_of_the_host() {
+    if !can_run("a_sandbox_cannot_retune_its_disk_or_any_filesystem_of_the_host") {
+        return;
+    }
+    // Its disk's allocator is set from the host (`mb_prefetch`), in the host's sysfs:
+    // the sandbox's own /sys is read-only, its root no root of the host's, and a
+    // remount or a fresh sysfs changes neither.
+    let o = sh(
+        &["--disk", "64M"],
+        "ls /sys/fs/ext4 | grep -q '^loop' || echo 'no disk of its own seen'; \
+         for f in /sys/fs/ext4/*/mb_prefetch /sys/fs/ext4/*/mb_stats \
+                  /sys/fs/ext4/*/inode_readahead_blks; do \
+           [ -e \"$f\" ] || continue; echo 32 > \"$f\" 2>/dev/null && echo \"wrote $f\"; done; \
+         mount -o remount,rw /sys 2>/dev/null && echo remounted; \
+         mkdir -p /tmp/s && mount -t sysfs sysfs /tmp/s 2>/dev/null && \
+           for f in /tmp/s/fs/ext4/*/mb_prefetch; do \
+             [ -e \"$f\" ] || continue; echo 32 > \"$f\" 2>/dev/null && echo \"wrote $f\"; done; \
+         true",
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        "",
+        "a filesystem setting was changed from inside"
+    );
+}
+
+#[test]
 fn mounts_cannot_be_made_undone_or_remounted_from_inside() {
     if !can_run("mounts_cannot_be_made_undone_or_remounted_from_inside") {
         return;
